@@ -1,0 +1,101 @@
+"""The approval API: what an approver may see and answer (used by the CLI and the console)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from fastapi import FastAPI, Header, HTTPException
+from pydantic import BaseModel, Field
+
+from keyturn.approval.service import ApprovalDesk, pending_state
+from keyturn.bus.codec import registry
+from keyturn.core import approval as rules
+from keyturn.core.principal import Principal
+from keyturn.identity import InvalidToken, bearer_token
+
+REFUSAL_STATUS = {
+    "UnknownAction": 404,
+    "SelfApprovalRefused": 403,
+    "ApproverNotAuthorised": 403,
+    "DigestMismatch": 409,
+    "DuplicateVote": 409,
+    "AlreadyResolved": 409,
+    "ApprovalExpired": 410,
+}
+
+
+class VoteRequest(BaseModel):
+    choice: Literal["approve", "deny"]
+    payload_digest: str = Field(..., min_length=8, description="The digest shown with the parameters (sha256:<hex>)")
+    reason: str | None = Field(None, max_length=2000)
+    channel: str = Field("cli", max_length=32)
+
+
+def approval_view(decided: Any, state: rules.PendingApproval) -> dict[str, Any]:
+    """An approval as approvers see it: masked parameters only, progress, deadlines."""
+    request = decided.request
+    progress = rules.approval_progress(state)
+    return {
+        "action_id": decided.action_id,
+        "action": request.action,
+        "resource": request.resource,
+        "parameters": request.parameters,
+        "reason": request.reason,
+        "requester": request.requester.id,
+        "acting_for": list(request.requester.chain),
+        "payload_digest": str(request.payload_digest),
+        "status": state.status,
+        "groups": [{"name": g.name, "have": g.have, "need": g.need, "approvers": list(g.approvers)} for g in progress.groups],
+        "summary": progress.summary,
+        "policy_reasons": list(decided.reasons),
+        "expires_at": state.expires_at.isoformat(),
+        "policy_revision": decided.provenance.policy_revision,
+    }
+
+
+def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Any) -> None:
+    def approver_of(authorization: str | None) -> Principal:
+        try:
+            return verifier().verify(bearer_token(authorization))
+        except InvalidToken as exc:
+            raise HTTPException(401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}) from exc
+
+    @app.get("/v1/approvals", responses={401: {"description": "Missing or invalid token"}})
+    async def inbox(authorization: str | None = Header(None)) -> list[dict[str, Any]]:
+        """Pending approvals the signed-in principal did not ask for (membership is checked on vote)."""
+        approver = approver_of(authorization)
+        desk = await desk_of()
+        rows = await desk.store.pending_for(sorted(approver.everyone))
+        views = []
+        for row in rows:
+            decided = registry().decode_event(row.decided_event)
+            full = await desk.store.read(row.action_id)
+            views.append(approval_view(decided, pending_state(decided, full)))
+        return views
+
+    @app.get("/v1/approvals/{action_id}", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown approval"}})
+    async def show(action_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
+        """One approval with masked parameters and the digest a vote must name."""
+        approver_of(authorization)
+        desk = await desk_of()
+        row = await desk.store.read(action_id)
+        if row is None:
+            raise HTTPException(404, detail=f"no approval is pending or recorded for action {action_id}")
+        decided = registry().decode_event(row.decided_event)
+        return approval_view(decided, pending_state(decided, row))
+
+    @app.post("/v1/approvals/{action_id}/votes", responses={
+        401: {"description": "Missing or invalid token"}, 403: {"description": "Self-approval or not an approver"},
+        404: {"description": "Unknown action"}, 409: {"description": "Resolved already, duplicate vote or digest drift"},
+        410: {"description": "Approval expired"}, 503: {"description": "Policy unavailable"},
+    })
+    async def vote(action_id: str, body: VoteRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
+        """Approve or deny. Refusals are recorded and audited, and change nothing."""
+        approver = approver_of(authorization)
+        desk = await desk_of()
+        result = await desk.vote(action_id, approver, body.choice, body.payload_digest, body.reason, body.channel)
+        await desk.flush()
+        if not result.accepted:
+            raise HTTPException(REFUSAL_STATUS.get(result.refusal or "", 409), detail={"error": result.refusal, "message": result.message})
+        return {"action_id": action_id, "accepted": True, "status": result.status, "summary": result.summary}

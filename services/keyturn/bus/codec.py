@@ -1,0 +1,116 @@
+"""Avro single-object encoding: ``C3 01`` + CRC-64-AVRO fingerprint (little endian) + body.
+
+Every message names its writer schema by fingerprint, so a reader resolves any older (or
+newer) writer it knows into the current reader schema. Writer schemas come from
+``schemas/*.avsc`` (current) and ``schemas/history/*.avsc`` (every earlier version, frozen by
+``keyturn schemas freeze``). No registry server: the schemas ship with the code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, load_schema, parse_schema, to_parsing_canonical_form
+
+from keyturn.config import REPO_ROOT
+from keyturn.core.events import EVENT_TYPES
+from keyturn.core.records import from_record, to_record
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = len(MAGIC) + 8
+SCHEMA_DIR = REPO_ROOT / "schemas"
+
+
+class UndecodableMessage(ValueError):
+    """A message that cannot be read; ``reason`` says why, for the dead-letter record."""
+
+    def __init__(self, error_type: str, reason: str) -> None:
+        super().__init__(reason)
+        self.error_type = error_type
+        self.reason = reason
+
+
+def schema_fingerprint(schema: Any) -> bytes:
+    """The 8-byte CRC-64-AVRO fingerprint of a schema's parsing canonical form."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+@dataclass(frozen=True)
+class _Writer:
+    name: str
+    schema: Any
+
+
+class SchemaRegistry:
+    """Current reader schemas by record name, and every known writer schema by fingerprint."""
+
+    def __init__(self, schema_dir: Path = SCHEMA_DIR) -> None:
+        self.readers: dict[str, Any] = {}
+        self.writers: dict[bytes, _Writer] = {}
+        self.fingerprints: dict[str, bytes] = {}
+        for path in sorted(schema_dir.glob("*.avsc")):
+            schema = load_schema(str(path), _write_hint=False)
+            name = schema["name"].removeprefix("keyturn.")
+            self.readers[name] = schema
+            self.fingerprints[name] = schema_fingerprint(schema)
+            self.writers[self.fingerprints[name]] = _Writer(name, schema)
+        for path in sorted((schema_dir / "history").glob("*.avsc")):
+            schema = parse_schema(json.loads(path.read_text()), _write_hint=False)
+            name = schema["name"].removeprefix("keyturn.")
+            self.writers.setdefault(schema_fingerprint(schema), _Writer(name, schema))
+
+    def encode(self, name: str, record: dict[str, Any]) -> bytes:
+        """Single-object encode ``record`` with the current schema of ``name``."""
+        buf = io.BytesIO()
+        buf.write(MAGIC)
+        buf.write(self.fingerprints[name])
+        fastavro.schemaless_writer(buf, self.readers[name], record)
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        """(record name, record) from single-object bytes, resolved to the current schema."""
+        if not isinstance(data, (bytes, bytearray)) or len(data) < HEADER_SIZE:
+            raise UndecodableMessage("truncated", f"message of {len(data or b'')} bytes is shorter than the 10-byte Avro single-object header")
+        if data[:2] != MAGIC:
+            raise UndecodableMessage("not_avro", f"message does not start with the Avro single-object marker C3 01 (starts with {bytes(data[:2]).hex()})")
+        writer = self.writers.get(bytes(data[2:HEADER_SIZE]))
+        if writer is None:
+            raise UndecodableMessage("unknown_schema", f"writer schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()} is not a known Keyturn schema (freeze it into schemas/history)")
+        reader = self.readers.get(writer.name)
+        if reader is None:
+            raise UndecodableMessage("unknown_schema", f"no current schema for record {writer.name}")
+        body = io.BytesIO(bytes(data[HEADER_SIZE:]))
+        try:
+            record = fastavro.schemaless_reader(body, writer.schema, reader)
+        except Exception as exc:  # fastavro raises many types for corrupt bytes; all mean the same here
+            raise UndecodableMessage("corrupt_body", f"{writer.name} body cannot be decoded: {type(exc).__name__}: {exc}") from exc
+        if body.tell() != len(data) - HEADER_SIZE:
+            raise UndecodableMessage("corrupt_body", f"{writer.name} body has {len(data) - HEADER_SIZE - body.tell()} trailing bytes")
+        return writer.name, record
+
+    def encode_event(self, event: Any) -> bytes:
+        """Encode an event dataclass with the schema named after its class."""
+        return self.encode(type(event).__name__, to_record(event))
+
+    def decode_event(self, data: bytes) -> Any:
+        """Decode bytes into the event dataclass its writer schema names."""
+        name, record = self.decode(data)
+        cls = EVENT_TYPES.get(name)
+        if cls is None:
+            raise UndecodableMessage("unexpected_type", f"record {name} is not an event type")
+        try:
+            return from_record(cls, record)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise UndecodableMessage("invalid_event", f"{name} decoded but is not a valid event: {exc}") from exc
+
+
+@cache
+def registry() -> SchemaRegistry:
+    """The process-wide registry of the schemas shipped in ``schemas/``."""
+    return SchemaRegistry()

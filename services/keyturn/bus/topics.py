@@ -1,0 +1,92 @@
+"""The topics services talk through. Names are ``<namespace>.<suffix>``; all lifecycle topics
+share one partition count and are keyed by ``action_id``, so an action's events stay in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from keyturn.config import Settings
+
+
+@dataclass(frozen=True)
+class Topics:
+    namespace: str
+    partitions: int
+
+    def _name(self, suffix: str) -> str:
+        return f"{self.namespace}.{suffix}"
+
+    @property
+    def submissions(self) -> str:
+        return self._name("submissions")
+
+    @property
+    def requested(self) -> str:
+        return self._name("actions.requested")
+
+    @property
+    def decided(self) -> str:
+        return self._name("actions.decided")
+
+    @property
+    def votes(self) -> str:
+        return self._name("approvals.votes")
+
+    @property
+    def resolved(self) -> str:
+        return self._name("actions.resolved")
+
+    @property
+    def executed(self) -> str:
+        return self._name("actions.executed")
+
+    @property
+    def dlq(self) -> str:
+        return self._name("dlq")
+
+    @property
+    def audit(self) -> str:
+        return self._name("audit")
+
+    @property
+    def lifecycle(self) -> tuple[str, ...]:
+        """Topics whose events move an action through its states."""
+        return (self.requested, self.decided, self.resolved, self.executed)
+
+    @property
+    def audited(self) -> tuple[str, ...]:
+        """Everything the audit service chains: the lifecycle, every vote, every dead letter."""
+        return (*self.lifecycle, self.votes, self.dlq)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Topics":
+        return cls(settings.namespace, settings.partitions)
+
+
+def topic_specs(topics: Topics) -> list[NewTopic]:
+    """Every topic with its partitions and retention; the audit topic is one ordered log, kept forever."""
+    keyed = [topics.submissions, *topics.lifecycle, topics.votes, topics.dlq]
+    specs = [NewTopic(name, topics.partitions, 1) for name in keyed]
+    specs.append(
+        NewTopic(topics.audit, 1, 1, topic_configs={"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"})
+    )
+    return specs
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create any missing topic (idempotent; safe for several services starting at once)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in topic_specs(Topics.from_settings(settings)) if spec.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()

@@ -1,0 +1,227 @@
+"""The ``keyturn`` command: run a service, mint local tokens, answer approvals, read the audit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from keyturn.config import Settings
+
+app = typer.Typer(help="Keyturn: a human key-turn in front of every privileged action an AI agent takes.", no_args_is_help=True)
+token_app = typer.Typer(help="Local development tokens.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit stream.", no_args_is_help=True)
+schemas_app = typer.Typer(help="Avro schemas and their history.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
+app.add_typer(schemas_app, name="schemas")
+console = Console()
+err = Console(stderr=True)
+
+SERVICES = ("intake", "policy", "approval", "executor", "audit")
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(service: str = typer.Argument(..., help="intake | policy | approval | executor | audit")) -> None:
+    """Run one service in the foreground."""
+    settings = _settings()
+    if service not in SERVICES:
+        _fail(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}", 2)
+    if service == "intake":
+        import uvicorn
+
+        from keyturn.intake.app import create_app
+
+        uvicorn.run(create_app(settings), host=settings.intake_host, port=settings.intake_port, log_level=settings.log_level.lower())
+        return
+    import faust
+    import importlib
+
+    module = importlib.import_module(f"keyturn.{service}.app")
+    worker = faust.Worker(module.create_app(settings), loglevel=settings.log_level, logfile=None)
+    worker.execute_from_commandline()
+
+
+@token_app.command("issue")
+def token_issue(
+    sub: str = typer.Option(..., "--sub", help="The principal, e.g. agent:reporter or human:carol"),
+    act: list[str] = typer.Option([], "--act", help="Who it acts for, outermost first (repeatable), e.g. human:alice"),
+    ttl: int = typer.Option(3600, help="Lifetime in seconds"),
+) -> None:
+    """Mint a token signed by the local development key (never for production)."""
+    from keyturn.identity import issue_token, load_or_create_signing_key
+
+    settings = _settings()
+    key = load_or_create_signing_key(settings.keys_dir)
+    typer.echo(issue_token(key, subject=sub, acts_for=act, audience=settings.jwt_audience, issuer=settings.jwt_issuer, ttl=timedelta(seconds=ttl)))
+
+
+def _token(token: Optional[str]) -> str:
+    token = token or os.environ.get("KEYTURN_TOKEN")
+    if not token:
+        _fail("no token: pass --token or set KEYTURN_TOKEN (mint one with `keyturn token issue --sub human:NAME`)", 2)
+    return token
+
+
+def _vote(action_id: str, choice: str, reason: Optional[str], token: Optional[str]) -> None:
+    settings = _settings()
+    headers = {"Authorization": f"Bearer {_token(token)}"}
+    with httpx.Client(base_url=settings.approval_url, headers=headers, timeout=30) as client:
+        shown = client.get(f"/v1/approvals/{action_id}")
+        if shown.status_code != 200:
+            _fail(_detail(shown))
+        approval = shown.json()
+        console.print(f"[bold]{approval['action']}[/bold] on {approval['resource']} requested by {approval['requester']}"
+                      + (f" for {', '.join(approval['acting_for'])}" if approval["acting_for"] else ""))
+        console.print(f"reason: {approval['reason']}")
+        console.print_json(data=approval["parameters"])
+        answer = client.post(f"/v1/approvals/{action_id}/votes", json={
+            "choice": choice, "reason": reason, "payload_digest": approval["payload_digest"], "channel": "cli",
+        })
+    if answer.status_code != 200:
+        _fail(_detail(answer))
+    body = answer.json()
+    console.print(f"[green]{choice} recorded[/green]: {body['status']} — {body['summary']}")
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:300]}"
+    if isinstance(detail, dict):
+        return f"{detail.get('error')}: {detail.get('message')}"
+    return f"HTTP {response.status_code}: {detail}"
+
+
+@app.command()
+def approve(action_id: str, reason: Optional[str] = typer.Option(None, help="Why (optional)"), token: Optional[str] = typer.Option(None, help="Approver token (or KEYTURN_TOKEN)")) -> None:
+    """Approve a pending action, bound to the parameters shown."""
+    _vote(action_id, "approve", reason, token)
+
+
+@app.command()
+def deny(action_id: str, reason: str = typer.Option(..., help="Why; shown to the requester"), token: Optional[str] = typer.Option(None, help="Approver token (or KEYTURN_TOKEN)")) -> None:
+    """Deny a pending action."""
+    _vote(action_id, "deny", reason, token)
+
+
+@app.command()
+def status(action_id: str, wait: float = typer.Option(0, help="Wait up to this many seconds for a terminal state"), token: Optional[str] = typer.Option(None)) -> None:
+    """Show an action's state and history (as its requester)."""
+    settings = _settings()
+    path = f"/v1/actions/{action_id}/wait?timeout={wait}" if wait else f"/v1/actions/{action_id}"
+    response = httpx.get(settings.intake_url + path, headers={"Authorization": f"Bearer {_token(token)}"}, timeout=wait + 10)
+    if response.status_code != 200:
+        _fail(_detail(response))
+    console.print_json(data=response.json())
+
+
+@audit_app.command("tail")
+def audit_tail(
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON record per line"),
+    limit: int = typer.Option(0, help="Only the last N records (0: all)"),
+) -> None:
+    """Print the audit stream: sequence, time, event, action, actor."""
+    from keyturn.audit.stream import follow_audit
+
+    table_rows = []
+
+    async def run() -> None:
+        async for record in follow_audit(_settings(), follow=follow):
+            if as_json or follow:
+                _print_record(record, as_json)
+            else:
+                table_rows.append(record)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        return
+    for record in table_rows[-limit:] if limit else table_rows:
+        _print_record(record, False)
+
+
+def _print_record(record, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(record.to_dict(), sort_keys=True))
+        return
+    from keyturn.core.audit_chain import from_millis
+
+    typer.echo(f"{record.sequence:>6}  {from_millis(record.recorded_at).isoformat(timespec='milliseconds')}  "
+               f"{record.event_type:<17} {record.action_id or '-':<36}  {record.actor or '-'}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    export: Optional[Path] = typer.Option(None, help="Verify a JSONL export instead of the topic"),
+    public_key: list[Path] = typer.Option([], help="Checkpoint public key PEM(s); default: the local key"),
+    require_checkpoint_at_end: bool = typer.Option(False, help="Fail when the tail after the last checkpoint is unsigned"),
+) -> None:
+    """Prove the chain is intact: every edit, drop, reorder or forged checkpoint is named."""
+    from keyturn.audit.keys import load_or_create_signing_key, load_verifier
+    from keyturn.audit.stream import read_audit_log
+    from keyturn.core.audit_chain import CheckpointVerifier, verify
+    from keyturn.audit.app import checkpoint_key_path
+
+    settings = _settings()
+    if public_key:
+        verifier = load_verifier(public_key)
+    else:
+        verifier = CheckpointVerifier.from_keys([load_or_create_signing_key(checkpoint_key_path(settings)).public_key()])
+    if export:
+        from keyturn.audit.export import read_jsonl
+
+        with export.open() as fp:
+            report = verify(read_jsonl(fp), verifier, require_checkpoint_at_end=require_checkpoint_at_end)
+    else:
+        report = verify(asyncio.run(read_audit_log(settings)), verifier, require_checkpoint_at_end=require_checkpoint_at_end)
+    for problem in report.problems:
+        err.print(f"[red]{problem.kind.value}[/red] at sequence {problem.sequence} (index {problem.index}): {problem.message}")
+    if not report.ok:
+        raise typer.Exit(1)
+    console.print(f"[green]audit chain intact[/green]: {report.records_checked} records, last sequence {report.last_sequence}, "
+                  f"last checkpoint at {report.last_checkpoint_sequence}")
+
+
+@schemas_app.command("freeze")
+def schemas_freeze() -> None:
+    """Copy every current schema into schemas/history under its fingerprint (run before changing one)."""
+    from fastavro.schema import to_parsing_canonical_form
+
+    from keyturn.bus.codec import SCHEMA_DIR, registry
+
+    history = SCHEMA_DIR / "history"
+    history.mkdir(exist_ok=True)
+    for name, schema in sorted(registry().readers.items()):
+        path = history / f"keyturn.{name}.{registry().fingerprints[name].hex()}.avsc"
+        if not path.exists():
+            path.write_text(json.dumps(json.loads(to_parsing_canonical_form(schema)), indent=1) + "\n")
+            console.print(f"froze {path.name}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

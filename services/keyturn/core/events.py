@@ -1,0 +1,229 @@
+"""Domain events: facts in past tense, immutable. Each mirrors one Avro schema in ``schemas/``.
+
+``tests/unit/test_schemas.py`` proves every dataclass here agrees field by field with its
+schema, so the schema stays the single definition of an event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from keyturn.core.principal import Principal
+
+
+class DecisionOutcome(str, Enum):
+    ALLOWED = "allowed"
+    DENIED = "denied"
+    NEEDS_APPROVAL = "needs_approval"
+
+
+class ResolutionOutcome(str, Enum):
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+
+
+class ExecutionOutcome(str, Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    OUTCOME_UNKNOWN = "outcome_unknown"
+
+
+class VoteChoice(str, Enum):
+    APPROVE = "approve"
+    DENY = "deny"
+
+
+class SubmissionChannel(str, Enum):
+    HTTP = "http"
+    TOPIC = "topic"
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A content digest; ``str()`` gives ``sha256:<hex>``."""
+
+    hex: str
+    algorithm: str = "sha256"
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Digest":
+        """``sha256:<hex>`` (or bare hex, taken as SHA-256) as a Digest."""
+        algorithm, sep, hex_digest = text.partition(":")
+        return cls(hex_digest, algorithm) if sep else cls(text)
+
+    @classmethod
+    def of_json(cls, document: Any) -> "Digest":
+        """SHA-256 over the canonical JSON of ``document`` (sorted keys, no spaces, UTF-8)."""
+        return cls(hashlib.sha256(canonical_json(document).encode()).hexdigest())
+
+
+def canonical_json(document: Any) -> str:
+    """The one JSON spelling used for digests and masked parameters."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    policy_revision: str
+    decision_id: str
+    input_digest: Digest
+    evaluated_at: datetime
+    input_json: str = ""
+
+
+@dataclass(frozen=True)
+class SealedParameters:
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class GroupRequirement:
+    name: str
+    min_approvals: int = 1
+
+
+@dataclass(frozen=True)
+class ApprovalRequirement:
+    groups: tuple[GroupRequirement, ...]
+    pending_ttl_s: int
+    execution_window_s: int
+    require_all: bool = True
+    escalation_group: str | None = None
+    reminder_fractions: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ActionSubmitted:
+    """What an agent publishes on the submissions topic (its JWT rides in a header)."""
+
+    action: str
+    resource: str
+    parameters_json: str
+    reason: str
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ActionRequested:
+    event_id: str
+    action_id: str
+    action: str
+    resource: str
+    parameters_json: str
+    reason: str
+    requester: Principal
+    payload_digest: Digest
+    requested_at: datetime
+    idempotency_key: str | None = None
+    sealed_parameters: SealedParameters | None = None
+    channel: SubmissionChannel = SubmissionChannel.HTTP
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The masked parameters as a dict."""
+        return json.loads(self.parameters_json)
+
+
+@dataclass(frozen=True)
+class ActionDecided:
+    event_id: str
+    action_id: str
+    outcome: DecisionOutcome
+    provenance: Provenance
+    decided_at: datetime
+    request: ActionRequested
+    reasons: tuple[str, ...] = ()
+    approvals: ApprovalRequirement | None = None
+    credential_ttl_s: int = 60
+    mask: tuple[str, ...] = ()
+    break_glass: bool = False
+
+
+@dataclass(frozen=True)
+class Vote:
+    approver: Principal
+    choice: VoteChoice
+    payload_digest: Digest
+    cast_at: datetime
+    reason: str | None = None
+    channel: str = "cli"
+    counts_for: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VoteRecorded:
+    event_id: str
+    action_id: str
+    vote: Vote
+    accepted: bool
+    recorded_at: datetime
+    refusal: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ApprovalResolved:
+    event_id: str
+    action_id: str
+    outcome: ResolutionOutcome
+    resolved_at: datetime
+    decision: ActionDecided
+    votes: tuple[Vote, ...] = ()
+    summary: str = ""
+    execute_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ActionExecuted:
+    event_id: str
+    action_id: str
+    outcome: ExecutionOutcome
+    plugin: str
+    payload_digest: Digest
+    finished_at: datetime
+    started_at: datetime | None = None
+    result_json: str | None = None
+    error: str | None = None
+    executor: str = ""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    event_id: str
+    source_topic: str
+    partition: int
+    offset: int
+    payload: bytes
+    payload_digest: Digest
+    error_type: str
+    reason: str
+    service: str
+    failed_at: datetime
+    key: bytes | None = None
+
+
+EVENT_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        ActionSubmitted,
+        ActionRequested,
+        ActionDecided,
+        VoteRecorded,
+        ApprovalResolved,
+        ActionExecuted,
+        DeadLetter,
+    )
+}
+"""Every event a topic may carry, by Avro record name (without the ``keyturn.`` namespace)."""
+

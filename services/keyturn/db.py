@@ -1,0 +1,42 @@
+"""PostgreSQL access shared by the services that keep state there (each in its own tables).
+
+Tables live in a schema named after the namespace, so test runs and deployments never mix.
+"""
+
+from __future__ import annotations
+
+import re
+
+from psycopg_pool import AsyncConnectionPool
+
+from keyturn.config import Settings
+
+
+def schema_name(settings: Settings) -> str:
+    """The SQL schema for this namespace (``keyturn`` by default)."""
+    return re.sub(r"[^a-z0-9_]", "_", settings.namespace.lower())
+
+
+async def open_pool(settings: Settings, ddl: str, *, max_size: int = 8) -> AsyncConnectionPool:
+    """An open pool whose connections use the namespace schema, after applying ``ddl`` once.
+
+    ``ddl`` is idempotent (``CREATE … IF NOT EXISTS``) and may use ``{schema}``.
+    """
+    schema = schema_name(settings)
+    pool = AsyncConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=max_size,
+        kwargs={"options": f"-c search_path={schema}", "autocommit": True},
+        open=False,
+    )
+    await pool.open(wait=True, timeout=30)
+    async with pool.connection() as conn:
+        # one lock per schema: several services migrating at start must not race
+        await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (schema,))
+        try:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(ddl.format(schema=f'"{schema}"'))
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (schema,))
+    return pool

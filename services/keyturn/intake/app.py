@@ -1,0 +1,198 @@
+"""Intake service: agents submit actions over HTTP or the submissions topic; requesters follow them.
+
+routes    POST /v1/actions · GET /v1/actions/{id} · GET /v1/actions/{id}/wait · GET /.well-known/jwks.json
+consumes  <ns>.submissions (ActionSubmitted + JWT header) · lifecycle topics (status of each action)
+produces  <ns>.actions.requested · <ns>.dlq
+state     intake_actions in PostgreSQL: idempotency keys, the outbox of accepted requests, status
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+
+from keyturn.bus.codec import UndecodableMessage, registry
+from keyturn.bus.publisher import Publisher
+from keyturn.bus.topics import Topics, ensure_topics
+from keyturn.config import Settings
+from keyturn.core.events import SubmissionChannel
+from keyturn.core.principal import Principal
+from keyturn.db import open_pool
+from keyturn.identity import InvalidToken, bearer_token, load_or_create_signing_key, verifier_from_settings
+from keyturn.intake.status import StatusFollower
+from keyturn.intake.store import DDL, ActionStore
+from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, Intake, submission_from_record
+from keyturn.masking.protect import parameter_protector
+
+log = logging.getLogger(__name__)
+REJECTED = Counter("keyturn_intake_rejected_total", "Submissions refused at intake", ["channel", "reason"])
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    topics = Topics.from_settings(settings)
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await ensure_topics(settings)
+        pool = await open_pool(settings, DDL)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+        await producer.start()
+
+        async def send(topic: str, key: bytes, value: bytes) -> None:
+            await producer.send_and_wait(topic, value, key=key)
+
+        publisher = Publisher(send, topics, "intake")
+        store = ActionStore(pool)
+        intake = Intake(store, publisher, parameter_protector(settings))
+        follower = StatusFollower(settings, store)
+        state.update(store=store, intake=intake, publisher=publisher, follower=follower,
+                     verifier=verifier_from_settings(settings.jwks_url or None, settings.jwks_path or None, settings.keys_dir, settings.jwt_issuer, settings.jwt_audience), jwks=load_or_create_signing_key(settings.keys_dir).jwks())
+        tasks = [
+            asyncio.create_task(follower.run(), name="status"),
+            asyncio.create_task(_consume_submissions(settings, topics, intake, publisher, state["verifier"]), name="submissions"),
+            asyncio.create_task(_republish_outbox(intake, store), name="outbox"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await producer.stop()
+            await pool.close()
+
+    app = FastAPI(
+        title="Keyturn intake",
+        version="0.1.0",
+        description="Submit privileged actions on behalf of an agent and follow them to their outcome.",
+        lifespan=lifespan,
+    )
+
+    def authenticate(authorization: str | None) -> Principal:
+        try:
+            return state["verifier"].verify(bearer_token(authorization))
+        except InvalidToken as exc:
+            REJECTED.labels("http", f"token_{exc.code}").inc()
+            if exc.code == "jwks_unavailable":
+                raise HTTPException(503, detail=f"cannot verify tokens right now: {exc}") from exc
+            raise HTTPException(401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}) from exc
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
+        REJECTED.labels("http", "invalid_body").inc()
+        if request.method == "POST":
+            body = await request.body()
+            await state["publisher"].dead_letter(
+                source_topic=f"http:{request.url.path}", partition=-1, offset=-1, key=None, payload=body,
+                error=UndecodableMessage("invalid_body", "; ".join(problems)),
+            )
+        return JSONResponse(status_code=422, content={"error": "invalid_request", "detail": "; ".join(problems), "problems": problems})
+
+    @app.post("/v1/actions", status_code=202, responses={200: {"description": "Same idempotency key: the existing action"}, 401: {"description": "Missing or invalid token"}, 409: {"description": "Idempotency key reused for a different request"}, 422: {"description": "Invalid body"}})
+    async def submit_action(submission: ActionSubmission, response: Response, authorization: str | None = Header(None)) -> dict[str, str]:
+        """Submit an action; 202 with its id, or 200 with the existing id for a repeated idempotency key."""
+        principal = authenticate(authorization)
+        try:
+            stored, created = await state["intake"].submit(principal, submission, SubmissionChannel.HTTP)
+        except IdempotencyConflict as exc:
+            REJECTED.labels("http", "idempotency_conflict").inc()
+            raise HTTPException(409, detail=str(exc)) from exc
+        if not created:
+            response.status_code = 200
+        return {"action_id": stored.action_id, "state": stored.state.value}
+
+    async def visible_action(action_id: str, principal: Principal) -> Any:
+        stored = await state["store"].get(action_id)
+        # the requester and everyone it acts for may read it; others learn nothing, not even that it exists
+        if stored is None or not (principal.everyone & set(stored.principals)):
+            raise HTTPException(404, detail=f"no action {action_id} visible to {principal.id}")
+        return stored
+
+    @app.get("/v1/actions/{action_id}", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}})
+    async def get_action(action_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
+        """The action's current state and its history."""
+        return (await visible_action(action_id, authenticate(authorization))).view()
+
+    @app.get("/v1/actions/{action_id}/wait", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}})
+    async def wait_for_action(action_id: str, timeout: float = Query(30.0, ge=0, le=300), authorization: str | None = Header(None)) -> dict[str, Any]:
+        """Returns when the action is terminal, or at the timeout with its current state."""
+        principal = authenticate(authorization)
+        stored = await visible_action(action_id, principal)
+        if not stored.state.is_terminal:
+            await state["follower"].wait_terminal(action_id, timeout)
+            stored = await visible_action(action_id, principal)
+        return stored.view()
+
+    @app.get("/.well-known/jwks.json")
+    async def jwks() -> dict[str, Any]:
+        """Public keys of the local development token issuer."""
+        return state["jwks"]
+
+    @app.get("/healthz")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _consume_submissions(settings: Settings, topics: Topics, intake: Intake, publisher: Publisher, verifier: Any) -> None:
+    """Agents that publish instead of calling HTTP: same checks; failures go to the DLQ."""
+    consumer = AIOKafkaConsumer(
+        topics.submissions, bootstrap_servers=settings.kafka_bootstrap, group_id=f"{settings.namespace}-intake-submissions",
+        enable_auto_commit=False, auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        async for message in consumer:
+            try:
+                principal = verifier.verify(bearer_token(dict(message.headers).get("authorization", b"").decode() or None))
+                name, record = registry().decode(message.value)
+                if name != "ActionSubmitted":
+                    raise UndecodableMessage("unexpected_type", f"{name} does not belong on {message.topic}")
+                submission = submission_from_record(record)
+                await intake.submit(principal, submission, SubmissionChannel.TOPIC)
+            except Exception as exc:  # every refusal is recorded, whatever its cause
+                error = exc if isinstance(exc, UndecodableMessage) else UndecodableMessage(_error_type(exc), str(exc))
+                REJECTED.labels("topic", error.error_type).inc()
+                await publisher.dead_letter(
+                    source_topic=message.topic, partition=message.partition, offset=message.offset,
+                    key=message.key, payload=message.value or b"", error=error,
+                )
+            await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+def _error_type(exc: Exception) -> str:
+    if isinstance(exc, InvalidToken):
+        return f"token_{exc.code}"
+    if isinstance(exc, IdempotencyConflict):
+        return "idempotency_conflict"
+    return "invalid_submission"
+
+
+async def _republish_outbox(intake: Intake, store: ActionStore, every_s: float = 5.0) -> None:
+    """Publish accepted requests a crash left unpublished (the outbox sweep)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            for stored in await store.unpublished():
+                await intake.publish_stored(stored)
+        except Exception:
+            log.exception("outbox sweep failed; retrying in %ss", every_s)

@@ -1,0 +1,140 @@
+"""Accepting a request: validate it, give it an id, mask and seal its parameters, store, publish.
+
+HTTP and the submissions topic both end here, so both get the same checks.
+"""
+
+from __future__ import annotations
+
+
+import json
+import re
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from keyturn.bus.publisher import Publisher
+from keyturn.core.events import ActionRequested, Digest, SubmissionChannel, canonical_json
+from keyturn.core.principal import Principal
+from keyturn.intake.store import ActionStore, StoredAction
+
+ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c3b0e-6c3e-4f7c-9a55-2b8f0d6e7a10")
+MAX_PARAMETERS_BYTES = 64 * 1024
+
+
+class ActionSubmission(BaseModel):
+    """The body of ``POST /v1/actions``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: str = Field(..., min_length=3, max_length=128, description="Dotted action type, e.g. db.export", examples=["read.table"])
+    resource: str = Field(..., min_length=1, max_length=2048, description="What the action touches", examples=["postgres://staging/analytics/orders"])
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Action parameters; masked before any topic carries them")
+    reason: str = Field(..., min_length=1, max_length=4000, description="Why the agent needs this, shown to approvers")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200, description="Same key from the same principal → same action")
+
+    @field_validator("action")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if not ACTION_PATTERN.match(value):
+            raise ValueError("action must be lower-case dotted words such as 'db.export' or 'iam.role.grant'")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(canonical_json(value).encode()) > MAX_PARAMETERS_BYTES:
+            raise ValueError(f"parameters exceed {MAX_PARAMETERS_BYTES} bytes as JSON")
+        return value
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before by this principal for a different request."""
+
+
+def submission_from_json(raw: bytes | str) -> ActionSubmission:
+    """Parse and validate a submission; ``ValueError`` with a readable message otherwise."""
+    try:
+        return ActionSubmission.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(problems) from exc
+
+
+def submission_from_record(record: dict[str, Any]) -> ActionSubmission:
+    """A submission from an ``ActionSubmitted`` record (parameters travel as a JSON string)."""
+    try:
+        parameters = json.loads(record["parameters_json"])
+        return ActionSubmission.model_validate({**{k: v for k, v in record.items() if k != "parameters_json"}, "parameters": parameters})
+    except (ValueError, ValidationError) as exc:
+        raise ValueError(f"invalid ActionSubmitted: {exc}") from exc
+
+
+def action_id_for(principal: Principal, idempotency_key: str | None) -> str:
+    """A fresh id, or one derived from (principal, key) so retries map to the same action."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{principal.id}\n{idempotency_key}"))
+
+
+def payload_digest(submission: ActionSubmission) -> Digest:
+    """What approvals bind to: the action, the resource and the clear parameters."""
+    return Digest.of_json({"action": submission.action, "resource": submission.resource, "parameters": submission.parameters})
+
+
+class Intake:
+    """Turns verified submissions into published ``ActionRequested`` events, exactly once per id."""
+
+    def __init__(self, store: ActionStore, publisher: Publisher, protect: Any) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.protect = protect  # masks and seals parameters (keyturn.masking)
+
+    async def submit(self, principal: Principal, submission: ActionSubmission, channel: SubmissionChannel) -> tuple[StoredAction, bool]:
+        """(stored action, created?) — raises ``IdempotencyConflict`` on a reused key."""
+        now = datetime.now(timezone.utc)
+        action_id = action_id_for(principal, submission.idempotency_key)
+        digest = payload_digest(submission)
+        masked_json, sealed = self.protect(submission.parameters, action_id=action_id, payload_digest=digest)
+        event = ActionRequested(
+            event_id=f"requested:{action_id}",
+            action_id=action_id,
+            idempotency_key=submission.idempotency_key,
+            action=submission.action,
+            resource=submission.resource,
+            parameters_json=masked_json,
+            sealed_parameters=sealed,
+            reason=submission.reason,
+            requester=principal,
+            payload_digest=digest,
+            requested_at=now,
+            channel=channel,
+        )
+        stored, created = await self.store.insert_requested(
+            action_id=action_id,
+            requester=principal.id,
+            principals=sorted(principal.everyone),
+            idempotency_key=submission.idempotency_key,
+            payload_digest=str(digest),
+            action=submission.action,
+            resource=submission.resource,
+            requested_event=self.publisher.encode(event),
+            at=now,
+        )
+        if not created and stored.payload_digest != str(digest):
+            raise IdempotencyConflict(
+                f"idempotency key {submission.idempotency_key!r} was already used by {principal.id} for a different "
+                f"request (action {stored.action_id}); use a new key for a new request"
+            )
+        if not stored.published:
+            await self.publish_stored(stored)
+        return stored, created
+
+    async def publish_stored(self, stored: StoredAction) -> None:
+        """Publish an accepted request's event (again, if a crash left it unpublished)."""
+        await self.publisher.publish_encoded(self.publisher.topics.requested, stored.action_id, stored.requested_event)
+        await self.store.mark_published(stored.action_id)
+
+

@@ -1,0 +1,69 @@
+"""Policy service: every request → OPA → one decision (allowed / denied / needs approval).
+
+consumes  <ns>.actions.requested   (ActionRequested)
+produces  <ns>.actions.decided     (ActionDecided, with provenance)
+          <ns>.dlq                 (anything undecodable)
+state     none; OPA holds the policy. Fail closed: no answer from OPA means no allow, ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+
+from keyturn.bus.topics import Topics
+from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
+from keyturn.config import Settings
+from keyturn.core.events import ActionDecided, ActionRequested
+from keyturn.policy.decisions import decided_from_answer, denied, policy_input, provenance_for
+from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class PolicyDecider:
+    """Asks OPA, retrying while it is away for at most ``unavailable_after_s``, then denies."""
+
+    def __init__(self, opa: OpaClient, unavailable_after_s: float) -> None:
+        self.opa = opa
+        self.unavailable_after_s = unavailable_after_s
+
+    async def decide(self, request: ActionRequested) -> ActionDecided:
+        document = policy_input(request)
+        give_up_at = time.monotonic() + self.unavailable_after_s
+        while True:
+            now = datetime.now(timezone.utc)
+            try:
+                answer = await self.opa.query("keyturn/decision", document)
+                revision = await self.opa.policy_revision()
+            except PolicyAnswerInvalid as exc:
+                return denied(request, [f"policy_invalid: {exc}"], provenance_for(document, "unknown", None, now), now)
+            except PolicyUnavailable as exc:
+                if time.monotonic() >= give_up_at:
+                    reason = f"policy_unavailable: no decision from OPA within {self.unavailable_after_s:.0f}s ({exc})"
+                    return denied(request, [reason], provenance_for(document, "unknown", None, now), now)
+                log.warning("OPA unavailable, holding %s: %s", request.action_id, exc)
+                await asyncio.sleep(1.0)
+                continue
+            return decided_from_answer(request, answer.result, provenance_for(document, revision, answer.decision_id, now), now)
+
+
+def create_app(settings: Settings):
+    app = make_app(settings, "policy")
+    topics = Topics.from_settings(settings)
+    publisher = faust_publisher(app, settings, "policy")
+    decider = PolicyDecider(
+        OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s, retries=settings.opa_retries),
+        settings.policy_unavailable_after_s,
+    )
+
+    @app.agent(consume(app, topics.requested))
+    async def decide_requests(stream):
+        async for request, _ in decoded_events(stream, publisher, accept=(ActionRequested,)):
+            decision = await decider.decide(request)
+            log.info("decided %s %s: %s", request.action_id, request.action, decision.outcome.value)
+            await publisher.publish(topics.decided, decision)
+
+    return app

@@ -1,0 +1,75 @@
+"""Helpers for tests that drive the running services the way an agent and an approver would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from keyturn.config import REPO_ROOT, Settings
+from keyturn.identity import issue_token, load_or_create_signing_key
+from tests.conftest import settings_env
+
+pytestmark = pytest.mark.integration
+
+
+class Agent:
+    """An agent (or human) talking to the intake with its own token."""
+
+    def __init__(self, settings: Settings, subject: str, acts_for: tuple[str, ...] = ()) -> None:
+        self.settings = settings
+        self.subject = subject
+        self.token = mint(settings, subject, acts_for)
+        self.http = httpx.Client(base_url=settings.intake_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=90)
+
+    def submit(self, action: str, resource: str, parameters: dict[str, Any] | None = None, reason: str = "integration test", **extra: Any) -> httpx.Response:
+        body = {"action": action, "resource": resource, "parameters": parameters or {}, "reason": reason, **extra}
+        return self.http.post("/v1/actions", json=body)
+
+    def submit_ok(self, *args: Any, **kwargs: Any) -> str:
+        response = self.submit(*args, **kwargs)
+        assert response.status_code == 202, response.text
+        return response.json()["action_id"]
+
+    def status(self, action_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/v1/actions/{action_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, action_id: str, timeout: float = 60) -> dict[str, Any]:
+        response = self.http.get(f"/v1/actions/{action_id}/wait", params={"timeout": timeout})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for_state(self, action_id: str, state: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            current = self.status(action_id)
+            if current["state"] == state or current["terminal"]:
+                return current
+            time.sleep(0.2)
+        return self.status(action_id)
+
+
+def mint(settings: Settings, subject: str, acts_for: tuple[str, ...] = ()) -> str:
+    key = load_or_create_signing_key(settings.keys_dir)
+    return issue_token(key, subject=subject, acts_for=acts_for, audience=settings.jwt_audience, issuer=settings.jwt_issuer, ttl=timedelta(hours=2))
+
+
+def keyturn_cli(settings: Settings, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    """Run the ``keyturn`` command as a user would, against this session's services."""
+    env = settings_env(settings)
+    if token:
+        env["KEYTURN_TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "keyturn.cli", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def reporter(settings, services) -> Agent:
+    """agent:reporter acting for human:alice."""
+    return Agent(settings, "agent:reporter", ("human:alice",))
