@@ -1,0 +1,43 @@
+# METADATA
+# title: Reads
+# description: |
+#   read.* actions (read.table, read.object, ...): reading is allowed; a production read
+#   declaring more rows than data.keyturn.limits.read_approval_rows needs data-owners.
+# schemas:
+#   - input: schema.decision.decision_input
+package keyturn.catalog.reads
+
+import data.keyturn.request
+import data.keyturn.verdict
+
+# METADATA
+# description: True for every read.* action.
+covers_action if startswith(request.action, "read.")
+
+# parameters.row_count is the requester's estimate; absent means it declared none.
+default row_count := 0
+
+row_count := request.parameters.row_count if is_number(request.parameters.row_count)
+
+large_read_in_production if {
+	covers_action
+	request.in_production
+	row_count > data.keyturn.limits.read_approval_rows
+}
+
+# METADATA
+# scope: document
+# description: What this family says about the action.
+verdicts contains verdict.allow("reads.read_is_allowed", msg) if {
+	covers_action
+	not large_read_in_production
+	msg := sprintf("%s only reads (%d rows declared) in %s", [request.action, row_count, request.environment])
+}
+
+verdicts contains verdict.approve_all("reads.large_read_in_production", msg, [verdict.group("data-owners", 1)]) if {
+	large_read_in_production
+	msg := sprintf(
+		"%s reads %d rows in production, more than %d: data-owners must approve",
+		[request.action, row_count, data.keyturn.limits.read_approval_rows],
+	)
+}

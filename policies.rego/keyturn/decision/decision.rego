@@ -1,0 +1,39 @@
+# METADATA
+# title: Keyturn decision
+# description: |
+#   The entry point the policy service queries (POST /v1/data/keyturn/decision, reading
+#   result.decision). It only shapes the answer; keyturn.combination decides. The package
+#   holds nothing else, so the response carries the decision and no internals.
+# schemas:
+#   - input: schema.decision.decision_input
+package keyturn.decision
+
+import data.keyturn.combination
+
+# METADATA
+# scope: document
+# title: Decision
+# description: |
+#   Always an object: outcome (allowed, denied, needs_approval), reasons, approvals
+#   ({} unless needs_approval), credential_ttl_s, mask, break_glass and the rules that fired.
+# entrypoint: true
+default decision := {
+	"outcome": "denied",
+	"reasons": ["no decision could be reached for this input; denied by default"],
+	"approvals": {},
+	"credential_ttl_s": 0,
+	"mask": [],
+	"break_glass": false,
+	"rules": ["decision.default_denial"],
+}
+
+# The contract fixes the path data.keyturn.decision.decision, so the name repeats the package.
+decision := {
+	"outcome": combination.outcome,
+	"reasons": sort(combination.reasons),
+	"approvals": combination.approvals,
+	"credential_ttl_s": combination.credential_ttl_s,
+	"mask": sort(combination.mask),
+	"break_glass": combination.break_glass,
+	"rules": sort(combination.rules),
+}
