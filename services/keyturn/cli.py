@@ -206,8 +206,6 @@ def audit_verify(
 @schemas_app.command("freeze")
 def schemas_freeze() -> None:
     """Copy every current schema into schemas/history under its fingerprint (run before changing one)."""
-    from fastavro.schema import to_parsing_canonical_form
-
     from keyturn.bus.codec import SCHEMA_DIR, registry
 
     history = SCHEMA_DIR / "history"
@@ -215,7 +213,7 @@ def schemas_freeze() -> None:
     for name, schema in sorted(registry().readers.items()):
         path = history / f"keyturn.{name}.{registry().fingerprints[name].hex()}.avsc"
         if not path.exists():
-            path.write_text(json.dumps(json.loads(to_parsing_canonical_form(schema)), indent=1) + "\n")
+            path.write_text(json.dumps(schema, indent=1) + "\n")
             console.print(f"froze {path.name}")
 
 

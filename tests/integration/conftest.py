@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -73,3 +74,62 @@ def keyturn_cli(settings: Settings, *args: str, token: str | None = None) -> sub
 def reporter(settings, services) -> Agent:
     """agent:reporter acting for human:alice."""
     return Agent(settings, "agent:reporter", ("human:alice",))
+
+
+async def _read_topic(settings: Settings, topic: str) -> list[tuple[Any, Any]]:
+    from aiokafka import AIOKafkaConsumer
+
+    from keyturn.bus.codec import UndecodableMessage, registry
+
+    # no group: the consumer assigns itself every partition of the topic
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        for _ in range(100):
+            partitions = sorted(consumer.assignment())
+            if partitions:
+                break
+            await asyncio.sleep(0.1)
+        assert partitions, f"topic {topic} has no partitions"
+        end = await consumer.end_offsets(partitions)
+        found: list[tuple[Any, Any]] = []
+        while any([await consumer.position(tp) < end[tp] for tp in partitions]):
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    try:
+                        found.append((registry().decode_event(message.value), message))
+                    except UndecodableMessage:
+                        found.append((None, message))
+        return found
+    finally:
+        await consumer.stop()
+
+
+def read_topic(settings: Settings, topic: str) -> list[tuple[Any, Any]]:
+    """Every (event or None when undecodable, message) on ``topic`` so far."""
+    return asyncio.run(_read_topic(settings, topic))
+
+
+def eventually(check, timeout: float = 30, every: float = 0.3):
+    """Poll ``check`` until it returns something truthy; return that, or fail with the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def produce(settings: Settings, topic: str, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
+    """Publish raw bytes, as a misbehaving or external producer would."""
+    from aiokafka import AIOKafkaProducer
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value, key=key, headers=headers or [])
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())

@@ -61,6 +61,11 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         except InvalidToken as exc:
             raise HTTPException(401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}) from exc
 
+    @app.get("/healthz")
+    async def health() -> dict[str, str]:
+        await desk_of()
+        return {"status": "ok"}
+
     @app.get("/v1/approvals", responses={401: {"description": "Missing or invalid token"}})
     async def inbox(authorization: str | None = Header(None)) -> list[dict[str, Any]]:
         """Pending approvals the signed-in principal did not ask for (membership is checked on vote)."""

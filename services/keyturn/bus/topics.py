@@ -61,6 +61,18 @@ class Topics:
         """Everything the audit service chains: the lifecycle, every vote, every dead letter."""
         return (*self.lifecycle, self.votes, self.dlq)
 
+    def dead_letter_owner(self, topic: str) -> str:
+        """The one service that dead-letters bad messages found on ``topic``.
+
+        Several services read some topics; only the owner quarantines what it cannot read,
+        so one bad message yields one dead letter. Other readers skip it.
+        """
+        owners = {
+            self.submissions: "intake", self.requested: "policy", self.decided: "executor",
+            self.resolved: "executor", self.votes: "audit", self.executed: "audit", self.dlq: "audit",
+        }
+        return owners.get(topic, "audit")
+
     @classmethod
     def from_settings(cls, settings: Settings) -> "Topics":
         return cls(settings.namespace, settings.partitions)

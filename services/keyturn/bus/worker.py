@@ -53,7 +53,8 @@ def faust_publisher(app: faust.App, settings: Settings, service: str) -> Publish
 
 
 async def decoded_events(stream: faust.StreamT, publisher: Publisher, *, accept: tuple[type, ...]) -> AsyncIterator[tuple[Any, Any]]:
-    """(event, message) for each decodable message of an accepted type; the rest go to the DLQ."""
+    """(event, message) for each decodable message of an accepted type; the rest go to the DLQ
+    (by the topic's owner, see ``Topics.dead_letter_owner``)."""
     async for raw in stream.events():
         message = raw.message
         try:
@@ -61,6 +62,10 @@ async def decoded_events(stream: faust.StreamT, publisher: Publisher, *, accept:
             if not isinstance(event, accept):
                 raise UndecodableMessage("unexpected_type", f"{type(event).__name__} does not belong on {message.topic}")
         except UndecodableMessage as error:
+            if publisher.topics.dead_letter_owner(message.topic) != publisher.service:
+                log.warning("skipping undecodable %s:%s:%s (its owner dead-letters it): %s",
+                            message.topic, message.partition, message.offset, error.reason)
+                continue
             await publisher.dead_letter(
                 source_topic=message.topic,
                 partition=message.partition,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -98,17 +99,24 @@ class OpaClient:
         """Content hash of the policy modules OPA has loaded (cached for ``max_age_s``).
 
         A directory loaded with ``opa run --watch`` has no bundle revision, so the revision
-        is the SHA-256 over every module id and its source, as OPA reports them.
+        is the SHA-256 over every module's id and source and over the policy data, as OPA
+        has them loaded (so a hot reload shows as a new revision).
         """
         now = time.monotonic()
         if self._revision and now - self._revision[0] < max_age_s:
             return self._revision[1]
-        body = await self._get("/v1/policies")
+        modules = (await self._get("/v1/policies")).get("result", [])
         digest = hashlib.sha256()
-        for module in sorted(body.get("result", []), key=lambda m: m["id"]):
+        packages: set[str] = set()
+        for module in sorted(modules, key=lambda m: m["id"]):
             digest.update(module["id"].encode() + b"\0" + module.get("raw", "").encode() + b"\0")
-        data = await self._get("/v1/data/keyturn/data")
-        digest.update(repr(sorted(data.get("result", {}).items())).encode())
+            path = [term.get("value") for term in module.get("ast", {}).get("package", {}).get("path", [])]
+            if len(path) > 2 and path[1] == "keyturn":
+                packages.add(path[2])
+        # base documents (policies.rego/data.json) are data.keyturn minus the rule packages
+        document = (await self._get("/v1/data/keyturn")).get("result", {})
+        base = {key: value for key, value in document.items() if key not in packages}
+        digest.update(json.dumps(base, sort_keys=True, separators=(",", ":")).encode())
         revision = "sha256:" + digest.hexdigest()[:16]
         self._revision = (now, revision)
         return revision

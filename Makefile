@@ -1,0 +1,47 @@
+# Keyturn — every entry point a developer needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OPA ?= $(shell command -v opa 2>/dev/null || echo .cache/bin/opa)
+PYTEST_ARGS ?=
+
+.PHONY: help venv stack-up stack-down run test test-unit test-integration policy-check compose-check bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)  ## create .venv with the pinned dependencies
+
+stack-up: venv  ## install (first time) and start Kafka, OPA and PostgreSQL on loopback
+	deploy/stack.sh up
+
+stack-down:  ## stop the servers started by stack-up
+	deploy/stack.sh down
+
+run: venv  ## start the whole system (servers + five services); Ctrl-C stops everything
+	deploy/run.sh
+
+policy-check: stack-up  ## opa fmt / check --strict / test --coverage >= 90% (and lint when available)
+	OPA=$(OPA) policies.rego/check.sh
+
+test: venv stack-up policy-check  ## everything CI runs: policy checks, unit and integration tests
+	eval "$$(deploy/stack.sh env)" && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: venv  ## unit tests only (no servers)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+compose-check:  ## validate docker-compose.yml
+	docker-compose config -q
+
+clean:  ## stop servers and remove runtime state (keeps the download cache)
+	-deploy/stack.sh down
+	rm -rf .run tests/artifacts

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# `make run`: the servers plus the five services on loopback, in the foreground.
+# Ctrl-C stops the services and the servers this script started.
+set -euo pipefail
+NAME=run
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO"
+T0=$EPOCHREALTIME
+
+"$REPO/deploy/stack.sh" up
+eval "$("$REPO/deploy/stack.sh" env)"
+export KEYTURN_RUN_DIR=${KEYTURN_RUN_DIR:-$RUN}
+LOGS=$RUN/logs
+mkdir -p "$LOGS"
+KEYTURN=("$REPO/.venv/bin/keyturn")
+
+PIDS=()
+stop_all() {
+  trap - INT TERM EXIT
+  say "stopping services"
+  ((${#PIDS[@]})) && kill "${PIDS[@]}" 2>/dev/null || true
+  ((${#PIDS[@]})) && wait "${PIDS[@]}" 2>/dev/null || true
+  "$REPO/deploy/stack.sh" down || true
+  say "stopped"
+}
+trap stop_all INT TERM EXIT
+
+for service in intake policy approval executor audit; do
+  "${KEYTURN[@]}" serve "$service" >>"$LOGS/$service.log" 2>&1 &
+  PIDS+=($!)
+done
+
+intake=${KEYTURN_INTAKE_URL:-http://127.0.0.1:8080}
+approval=${KEYTURN_APPROVAL_URL:-http://127.0.0.1:8090}
+deadline=$((SECONDS + 90))
+until http_ok "$intake/healthz" && http_ok "$approval/healthz" ; do
+  for pid in "${PIDS[@]}"; do
+    alive "$pid" || die "a service exited; see $LOGS/*.log"
+  done
+  ((SECONDS < deadline)) || die "services did not answer within 90s; see $LOGS/*.log"
+  sleep 0.5
+done
+
+cat <<MSG
+
+Keyturn is up in $(since "$T0").
+  intake     $intake      (POST /v1/actions, GET /v1/actions/{id}, /docs)
+  approvals  $approval      (GET /v1/approvals, /docs)
+  logs       $LOGS/<service>.log
+  Kafka $KEYTURN_KAFKA_BOOTSTRAP · OPA $KEYTURN_OPA_URL · PostgreSQL $KEYTURN_DATABASE_URL
+
+Try it, in another shell (from $REPO):
+  export PATH=\$PWD/.venv/bin:\$PATH
+  AGENT=\$(keyturn token issue --sub agent:reporter --act human:alice)
+  curl -s -X POST $intake/v1/actions -H "Authorization: Bearer \$AGENT" -H 'Content-Type: application/json' \\
+       -d '{"action":"iam.role.grant","resource":"iam://staging/roles/analyst","parameters":{"user":"human:bob","role":"analyst"},"reason":"onboarding"}'
+  keyturn approve ACTION_ID --token "\$(keyturn token issue --sub human:carol)"     # carol is in group security
+  keyturn status ACTION_ID --token "\$AGENT" --wait 10
+  keyturn audit tail
+
+Ctrl-C stops everything.
+MSG
+wait -n "${PIDS[@]}" || true
+die "a service stopped unexpectedly; see $LOGS/*.log"
