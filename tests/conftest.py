@@ -78,10 +78,11 @@ class ServiceProcesses:
         self.log_dir = ARTIFACTS / "logs" / settings.namespace
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, service: str | None = None) -> None:
+        """Start ``service`` (default: ``name``) as the process called ``name``."""
         log = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "keyturn.cli", "serve", name],
+            [sys.executable, "-m", "keyturn.cli", "serve", service or name],
             env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
         )
 
@@ -123,7 +124,7 @@ def services(settings) -> Iterator[ServiceProcesses]:
         procs.start(name)
     try:
         procs.wait_http(f"{settings.intake_url}/healthz")
-        procs.wait_http(f"{settings.approval_url}/v1/approvals/none")
+        procs.wait_http(f"{settings.approval_url}/healthz")
         yield procs
     finally:
         procs.stop_all()

@@ -45,6 +45,9 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     settings = _settings()
     if service not in SERVICES:
         _fail(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}", 2)
+    from keyturn.bus.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings))  # every service may be first up: topics exist before anyone consumes
     if service == "intake":
         import uvicorn
 
