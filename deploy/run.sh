@@ -7,6 +7,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
 T0=$EPOCHREALTIME
 
+# servers named by the user's KEYTURN_* variables are theirs: stack.sh neither starts nor stops them
+OURS=()
+for variable in KEYTURN_KAFKA_BOOTSTRAP KEYTURN_OPA_URL KEYTURN_DATABASE_URL; do
+  [[ -n ${!variable:-} ]] || OURS+=(-u "$variable")
+done
 "$REPO/deploy/stack.sh" up
 eval "$("$REPO/deploy/stack.sh" env)"
 export KEYTURN_RUN_DIR=${KEYTURN_RUN_DIR:-$RUN}
@@ -20,10 +25,11 @@ stop_all() {
   say "stopping services"
   ((${#PIDS[@]})) && kill "${PIDS[@]}" 2>/dev/null || true
   ((${#PIDS[@]})) && wait "${PIDS[@]}" 2>/dev/null || true
-  "$REPO/deploy/stack.sh" down || true
+  env "${OURS[@]}" "$REPO/deploy/stack.sh" down || true
   say "stopped"
 }
-trap stop_all INT TERM EXIT
+trap stop_all EXIT
+trap 'exit 0' INT TERM
 
 for service in intake policy approval executor audit; do
   "${KEYTURN[@]}" serve "$service" >>"$LOGS/$service.log" 2>&1 &

@@ -102,3 +102,14 @@ async def ensure_topics(settings: Settings) -> None:
                 pass
     finally:
         await admin.close()
+
+
+async def partition_count(settings: Settings, topic: str) -> int:
+    """How many partitions ``topic`` has (0 when it does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return len(described[0].get("partitions", ())) if described and not described[0].get("error_code") else 0

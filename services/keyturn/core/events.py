@@ -128,6 +128,7 @@ class ActionRequested:
     idempotency_key: str | None = None
     sealed_parameters: SealedParameters | None = None
     channel: SubmissionChannel = SubmissionChannel.HTTP
+    callback_url: str | None = None
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -144,6 +145,7 @@ class ActionDecided:
     decided_at: datetime
     request: ActionRequested
     reasons: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
     approvals: ApprovalRequirement | None = None
     credential_ttl_s: int = 60
     mask: tuple[str, ...] = ()

@@ -108,6 +108,7 @@ def _decided(request: ActionRequested, answer: Any, provenance: Provenance, now:
         action_id=request.action_id,
         outcome=outcome,
         reasons=tuple(str(r) for r in doc.get("reasons", ())),
+        rules=tuple(str(r) for r in doc.get("rules", ())),
         approvals=approvals,
         credential_ttl_s=int(doc.get("credential_ttl_s", 60)),
         mask=tuple(str(m) for m in doc.get("mask", ())),
