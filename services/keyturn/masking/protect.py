@@ -1,27 +1,73 @@
-"""Glue between the services and data protection: mask for topics, seal for the executor."""
+"""Where the services meet data protection: intake masks and seals, the executor opens.
+
+Clear parameters exist in exactly two places: the intake's request handler, and the executor
+after ``open_parameters`` (which refuses a seal that does not belong to this action and digest).
+"""
 
 from __future__ import annotations
 
 import json
+from functools import cache
 from typing import Any
 
 from keyturn.config import Settings
 from keyturn.core.events import ActionRequested, Digest, SealedParameters, canonical_json
+from keyturn.masking.sealing import Keyring, SealError, open_sealed, seal_parameters
+
+
+class ParametersUnavailable(SealError):
+    """The executor cannot get clear parameters it may trust; the action must not run."""
+
+
+def keyring_for(settings: Settings) -> Keyring:
+    """KEYTURN_SEAL_KEYS when set (production), else a local key file created on first run."""
+    if settings.seal_keys:
+        return Keyring.parse(settings.seal_keys)
+    return Keyring.load_or_create(settings.keys_dir / "seal.keys")
+
+
+@cache
+def _masker() -> Any:
+    from keyturn.masking.masker import ParameterMasker  # ~1.5 s of imports: only where masking happens
+
+    return ParameterMasker()
+
+
+def mask_parameters(parameters: dict[str, Any], extra_fields: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A copy safe for topics, chat, logs and audit (PII and secrets replaced by placeholders)."""
+    return _masker().mask(parameters, extra_fields).parameters
 
 
 def parameter_protector(settings: Settings):
-    """(parameters, action_id, payload_digest) → (masked JSON, sealed clear copy)."""
+    """(parameters, action_id, payload_digest) → (masked canonical JSON, sealed clear copy)."""
+    keyring = keyring_for(settings)
+    _masker()  # build at start-up, not on the first request
 
-    def protect(parameters: dict[str, Any], *, action_id: str, payload_digest: Digest) -> tuple[str, SealedParameters | None]:
-        return canonical_json(parameters), None
+    def protect(parameters: dict[str, Any], *, action_id: str, payload_digest: Digest) -> tuple[str, SealedParameters]:
+        masked = canonical_json(mask_parameters(parameters))
+        sealed = seal_parameters(parameters, action_id=action_id, payload_digest=str(payload_digest), keyring=keyring)
+        return masked, sealed
 
     return protect
 
 
 def parameter_opener(settings: Settings):
-    """(request) → the clear parameters, opened from the sealed copy."""
+    """(request) → the clear parameters, opened from the sealed copy and checked against the digest."""
+    keyring = keyring_for(settings)
 
     def open_parameters(request: ActionRequested) -> dict[str, Any]:
-        return json.loads(request.parameters_json)
+        if request.sealed_parameters is None:
+            raise ParametersUnavailable(f"action {request.action_id} carries no sealed parameters; refusing to run masked ones")
+        clear = open_sealed(request.sealed_parameters, action_id=request.action_id,
+                            payload_digest=str(request.payload_digest), keyring=keyring)
+        opened = Digest.of_json({"action": request.action, "resource": request.resource, "parameters": clear})
+        if opened != request.payload_digest:
+            raise ParametersUnavailable(f"sealed parameters of {request.action_id} do not match its payload digest")
+        return clear
 
     return open_parameters
+
+
+def masked_view(parameters_json: str, extra_fields: tuple[str, ...]) -> str:
+    """Already-masked parameters with the policy's extra fields masked too."""
+    return canonical_json(mask_parameters(json.loads(parameters_json), extra_fields))

@@ -1,0 +1,480 @@
+"""Masking of action parameters: what approvers, topics, logs and audit get to see.
+
+Rules, in the order they apply to each value of the parameters:
+
+1. A field named like a credential (see :mod:`keyturn.masking.field_names`) or listed in
+   the policy's extra fields is masked whole, whatever its type: strings, numbers, lists and
+   objects become one placeholder. ``null`` stays ``null``; it hides nothing.
+2. Strings are scanned (see :mod:`keyturn.masking.recognizers`) and each finding is replaced
+   in place by a type-revealing placeholder: ``<EMAIL_ADDRESS>``, ``<AWS_ACCESS_KEY>``, …;
+   a card number keeps its last four digits (``****1234``). Overlapping findings merge into
+   one placeholder, named after the most specific type (order of :data:`PLACEHOLDER_ORDER`).
+3. A string that is, as a whole, a UUID or an ISO-8601 date or timestamp is an identifier
+   or a time and is kept without scanning.
+4. Numbers, booleans and ``null`` are kept; dict keys are never masked, only values (keys
+   are the shape approvers need to read, and name rules already look at them).
+
+Masking is idempotent: each string is masked to a fixpoint (re-scanned while scans find
+something, see :data:`MAX_ROUNDS`) and placeholders contain nothing any rule detects, so
+masking a masked payload returns it unchanged. Findings carry the JSON path and the type,
+never the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import regex
+from presidio_analyzer import AnalyzerEngine
+
+from keyturn.masking.field_names import FieldPathTrie, sensitive_field_entity
+from keyturn.masking.prefilter import Prefilter
+from keyturn.masking.recognizers import (
+    LANGUAGE,
+    SCORE_THRESHOLD,
+    build_analyzer,
+    kept_results,
+)
+
+#: When findings overlap, the earliest type in this order names the merged placeholder.
+PLACEHOLDER_ORDER = (
+    "PRIVATE_KEY",
+    "JWT",
+    "AWS_ACCESS_KEY",
+    "AWS_SECRET_KEY",
+    "GITHUB_TOKEN",
+    "SLACK_TOKEN",
+    "GCP_API_KEY",
+    "AZURE_KEY",
+    "SECRET",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "IP_ADDRESS",
+)
+_RANK = {entity: rank for rank, entity in enumerate(PLACEHOLDER_ORDER)}
+
+#: Deepest nesting accepted; deeper input is refused rather than half masked.
+MAX_DEPTH = 64
+
+#: A masked string is scanned again until nothing new is found, at most this many times:
+#: a detector may miss a value next to another one (a phone number followed by a card) and
+#: find it once the neighbour is a placeholder. This is what makes masking idempotent.
+MAX_ROUNDS = 4
+
+_IDENTIFIER_OR_TIME = regex.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?"
+)
+_SIMPLE_KEY = regex.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Joins values analysed in one Presidio call. No recognizer matches across a line break or
+# a NUL, both look like the edge of a text to every boundary check, and six of them are
+# more than any gap a pattern bridges (phone digit groups allow four), so each value gets
+# the results it would get alone. Values containing NUL are analysed alone.
+_SEPARATOR = "\n\x00\x00\x00\x00\n"
+_BATCH_CHARS = 16_000
+_CLEAN_MEMO_CHARS = 200
+
+
+class Finding(NamedTuple):
+    """One masked span: where it was and what it was, never the value."""
+
+    path: str
+    entity_type: str
+
+
+@dataclass(frozen=True)
+class MaskedParameters:
+    """Parameters safe to show and store, and what was masked in them."""
+
+    parameters: dict[str, Any]
+    findings: list[Finding]
+
+    @property
+    def entity_types(self) -> frozenset[str]:
+        """The distinct types masked, e.g. for the approval message."""
+        return frozenset(finding.entity_type for finding in self.findings)
+
+
+class UnmaskableParameters(ValueError):
+    """The parameters are not a JSON object Keyturn can mask; nothing was masked."""
+
+
+def placeholder(entity_type: str, value: Any = None) -> str:
+    """The text shown instead of a value of ``entity_type``.
+
+    Cards keep their last four digits when ``value`` has at least four; every other type
+    is ``<TYPE>``.
+    """
+    if entity_type == "CREDIT_CARD" and isinstance(value, (str, int)):
+        digits = [ch for ch in str(value) if ch.isdigit()]
+        if len(digits) >= 4:
+            return "****" + "".join(digits[-4:])
+    return f"<{entity_type}>"
+
+
+def format_path(path: tuple[str | int, ...]) -> str:
+    """``("customer", "emails", 0)`` → ``$.customer.emails[0]``; odd keys are quoted."""
+    parts = ["$"]
+    for segment in path:
+        if isinstance(segment, int):
+            parts.append(f"[{segment}]")
+        elif _SIMPLE_KEY.fullmatch(segment):
+            parts.append(f".{segment}")
+        else:
+            escaped = segment.replace("\\", "\\\\").replace('"', '\\"')
+            parts.append(f'["{escaped}"]')
+    return "".join(parts)
+
+
+class _MaskedTextCache:
+    """LRU of masked strings, keyed by a keyed digest so no clear value is retained."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[bytes, tuple[str, tuple[str, ...]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key = os.urandom(32)
+        self.hits = 0
+        self.misses = 0
+
+    def digest(self, text: str) -> bytes:
+        return hashlib.blake2b(
+            text.encode("utf-8", "surrogatepass"), key=self._key, digest_size=16
+        ).digest()
+
+    def get(self, digest: bytes) -> tuple[str, tuple[str, ...]] | None:
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(digest)
+            self.hits += 1
+            return entry
+
+    def put(self, digest: bytes, entry: tuple[str, tuple[str, ...]]) -> None:
+        with self._lock:
+            self._entries[digest] = entry
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+@dataclass
+class _PendingText:
+    """A string waiting for batched analysis, and where its result goes."""
+
+    container: dict | list
+    slot: str | int
+    text: str
+    path: tuple[str | int, ...]
+    entities: frozenset[str]
+    findings: list[Finding]
+    current: str = ""
+    found: list[str] = field(default_factory=list)
+    digest: bytes | None = None
+
+    def __post_init__(self) -> None:
+        self.current = self.text
+
+
+class ParameterMasker:
+    """Masks action parameters. Build once and share: ``mask`` is safe from many threads.
+
+    ``fast_path=False`` sends every string to Presidio with every recognizer, one call per
+    string, without pre-filter, batching or cache: the reference the fast path must equal,
+    and the baseline of ``bench/masking.py``.
+    """
+
+    def __init__(
+        self,
+        analyzer: AnalyzerEngine | None = None,
+        *,
+        fast_path: bool = True,
+        cache_size: int = 8192,
+    ) -> None:
+        self._analyzer = analyzer or build_analyzer()
+        self._fast_path = fast_path
+        self._prefilter = Prefilter() if fast_path else None
+        self._cache = _MaskedTextCache(cache_size) if fast_path and cache_size > 0 else None
+        # Strings the pre-filter found nothing in; they are shown in clear anyway.
+        self._clean: dict[str, None] = {}
+        self._clean_size = cache_size
+
+    @property
+    def cache_stats(self) -> tuple[int, int]:
+        """(hits, misses) of the masked-string cache since start."""
+        return (self._cache.hits, self._cache.misses) if self._cache else (0, 0)
+
+    def mask(
+        self, parameters: Mapping[str, Any], extra_fields: Iterable[str] = ()
+    ) -> MaskedParameters:
+        """Mask ``parameters``; ``extra_fields`` are dotted paths the policy marks sensitive.
+
+        Raises :class:`UnmaskableParameters` when ``parameters`` is not a JSON object
+        (a mapping of JSON values), or nests deeper than :data:`MAX_DEPTH`.
+        """
+        if not isinstance(parameters, Mapping):
+            raise UnmaskableParameters(
+                f"parameters must be a JSON object, got {type(parameters).__name__}"
+            )
+        scan = self._scan_fast if self._fast_path else self._scan_reference
+        walk = _Walk(FieldPathTrie.from_paths(extra_fields), scan)
+        masked = walk.root(parameters)
+        if walk.pending:
+            self._resolve(walk.pending)
+        return MaskedParameters(parameters=masked, findings=walk.flatten_findings())
+
+    def mask_text(self, text: str) -> tuple[str, list[str]]:
+        """Mask one free-text string (a log line, a result message): text and types found."""
+        masked = self.mask({"text": text})
+        return masked.parameters["text"], [f.entity_type for f in masked.findings]
+
+    # -- string analysis -------------------------------------------------------------------
+
+    def _scan_reference(self, text: str) -> tuple[str, tuple[str, ...]]:
+        current, found = text, []
+        for _ in range(MAX_ROUNDS):
+            results = self._analyzer.analyze(
+                current, language=LANGUAGE, score_threshold=SCORE_THRESHOLD
+            )
+            masked, types = _render(current, _spans(current, results, 0, len(current)))
+            if not types:
+                break
+            found.extend(types)
+            if masked == current:
+                break
+            current = masked
+        return current, tuple(found)
+
+    def _scan_fast(self, text: str) -> tuple[str, tuple[str, ...]] | frozenset[str]:
+        """The masked text when known now, else the entity types to analyse for."""
+        if text in self._clean:
+            return text, ()
+        entities = self._prefilter.candidates(text)
+        if entities:
+            return entities
+        if len(text) <= _CLEAN_MEMO_CHARS:
+            if len(self._clean) >= self._clean_size:
+                self._clean.clear()
+            self._clean[text] = None
+        return text, ()
+
+    def _resolve(self, pending: list[_PendingText]) -> None:
+        """Analyse pending strings in batches, round after round, as the reference would."""
+        active: list[_PendingText] = []
+        for item in pending:
+            if self._cache is not None:
+                item.digest = self._cache.digest(item.text)
+                cached = self._cache.get(item.digest)
+                if cached is not None:
+                    _deliver(item, cached)
+                    continue
+            active.append(item)
+        for round_number in range(1, MAX_ROUNDS + 1):
+            again: list[_PendingText] = []
+            for batch in _batches(active):
+                for item, (masked, types) in zip(batch, self._analyze_batch(batch)):
+                    if types:
+                        item.found.extend(types)
+                        if masked != item.current:
+                            item.current = masked
+                            if round_number < MAX_ROUNDS:
+                                item.entities = self._prefilter.candidates(masked)
+                                if item.entities:
+                                    again.append(item)
+                                    continue
+                    self._finish(item)
+            active = again
+
+    def _finish(self, item: _PendingText) -> None:
+        outcome = (item.current, tuple(item.found))
+        if self._cache is not None and item.digest is not None:
+            self._cache.put(item.digest, outcome)
+        _deliver(item, outcome)
+
+    def _analyze_batch(self, batch: list[_PendingText]) -> list[tuple[str, tuple[str, ...]]]:
+        texts = [item.current for item in batch]
+        joined = _SEPARATOR.join(texts)
+        entities = sorted(frozenset().union(*(item.entities for item in batch)))
+        results = self._analyzer.analyze(
+            joined, language=LANGUAGE, entities=entities, score_threshold=SCORE_THRESHOLD
+        )
+        outcomes = []
+        start = 0
+        for text in texts:
+            end = start + len(text)
+            mine = [r for r in results if start <= r.start < end + len(_SEPARATOR)]
+            if any(r.end > end for r in mine):
+                # A result ran into the separator: never expected, so be exact, not fast.
+                return [self._scan_single(item) for item in batch]
+            outcomes.append(_render(text, _spans(joined, mine, start, end)))
+            start = end + len(_SEPARATOR)
+        return outcomes
+
+    def _scan_single(self, item: _PendingText) -> tuple[str, tuple[str, ...]]:
+        results = self._analyzer.analyze(
+            item.current,
+            language=LANGUAGE,
+            entities=sorted(item.entities),
+            score_threshold=SCORE_THRESHOLD,
+        )
+        return _render(item.current, _spans(item.current, results, 0, len(item.current)))
+
+
+class _Walk:
+    """One pass over a parameters tree, building the masked copy."""
+
+    def __init__(self, extra_fields: FieldPathTrie | None, scan_text) -> None:
+        self.extra_fields = extra_fields
+        self.scan_text = scan_text
+        self.pending: list[_PendingText] = []
+        self._findings: list[Finding | list[Finding]] = []
+
+    def flatten_findings(self) -> list[Finding]:
+        flat: list[Finding] = []
+        for entry in self._findings:
+            if isinstance(entry, list):
+                flat.extend(entry)
+            else:
+                flat.append(entry)
+        return flat
+
+    def root(self, parameters: Mapping) -> dict:
+        masked: dict = {}
+        self._mapping(parameters, masked, (), self.extra_fields, 0)
+        return masked
+
+    def _mapping(self, value: Mapping, masked: dict, path, extra, depth: int) -> None:
+        for key, item in value.items():
+            name = key if isinstance(key, str) else str(key)
+            child = extra.child(name) if extra is not None else None
+            entity = sensitive_field_entity(name)
+            if entity is None and child is not None and child.terminal:
+                entity = "SECRET"
+            if entity is not None and item is not None:
+                masked[key] = placeholder(entity, item)
+                self._findings.append(Finding(format_path(path + (name,)), entity))
+            else:
+                self._slot(masked, key, item, path + (name,), child, depth + 1)
+
+    def _slot(self, container, slot, value: Any, path, extra, depth: int) -> None:
+        """Put the masked ``value`` at ``container[slot]`` (now, or once analysed)."""
+        kind = type(value)
+        if kind is str:
+            container[slot] = value
+            self._text(container, slot, value, path)
+        elif kind is int or kind is bool or kind is float or value is None:
+            container[slot] = value
+        elif isinstance(value, str):
+            container[slot] = value
+            self._text(container, slot, value, path)
+        elif isinstance(value, Mapping):
+            self._check_depth(path, depth)
+            masked: dict = {}
+            container[slot] = masked
+            self._mapping(value, masked, path, extra, depth)
+        elif isinstance(value, (list, tuple)):
+            self._check_depth(path, depth)
+            masked_list: list = [None] * len(value)
+            container[slot] = masked_list
+            for index, item in enumerate(value):
+                self._slot(masked_list, index, item, path + (index,), extra, depth + 1)
+        elif value is None or isinstance(value, (bool, int, float)):
+            container[slot] = value
+        else:
+            raise UnmaskableParameters(
+                f"{format_path(path)} holds a {type(value).__name__}, "
+                "which is not a JSON value"
+            )
+
+    @staticmethod
+    def _check_depth(path, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise UnmaskableParameters(
+                f"{format_path(path)} nests deeper than {MAX_DEPTH} levels"
+            )
+
+    def _text(self, container, slot, text: str, path) -> None:
+        if not text or _IDENTIFIER_OR_TIME.fullmatch(text):
+            return
+        outcome = self.scan_text(text)
+        if isinstance(outcome, frozenset):
+            findings: list[Finding] = []
+            self._findings.append(findings)
+            self.pending.append(
+                _PendingText(container, slot, text, path, outcome, findings)
+            )
+            return
+        masked, entity_types = outcome
+        container[slot] = masked
+        for entity in entity_types:
+            self._findings.append(Finding(format_path(path), entity))
+
+
+def _deliver(item: _PendingText, outcome: tuple[str, tuple[str, ...]]) -> None:
+    masked, entity_types = outcome
+    item.container[item.slot] = masked
+    item.findings.extend(Finding(format_path(item.path), entity) for entity in entity_types)
+
+
+def _batches(items: list[_PendingText]) -> Iterable[list[_PendingText]]:
+    """Texts with the same candidate types, so no recognizer reads text it cannot match."""
+    groups: dict[frozenset[str], list[_PendingText]] = {}
+    for item in items:
+        if "\x00" in item.current or len(item.current) >= _BATCH_CHARS:
+            yield [item]
+        else:
+            groups.setdefault(item.entities, []).append(item)
+    for group in groups.values():
+        batch: list[_PendingText] = []
+        size = 0
+        for item in group:
+            if batch and size + len(item.current) > _BATCH_CHARS:
+                yield batch
+                batch, size = [], 0
+            batch.append(item)
+            size += len(item.current) + len(_SEPARATOR)
+        yield batch
+
+
+def _spans(text: str, results, start: int, end: int) -> list[tuple[int, int, str]]:
+    """Kept results inside ``text[start:end]``, relative to ``start``, overlaps merged."""
+    kept = sorted(
+        (r.start - start, r.end - start, r.entity_type)
+        for r in kept_results(text, [r for r in results if start <= r.start and r.end <= end])
+    )
+    merged: list[tuple[int, int, str]] = []
+    for span_start, span_end, entity in kept:
+        if merged and span_start < merged[-1][1]:
+            last_start, last_end, last_entity = merged[-1]
+            if _RANK[entity] < _RANK[last_entity]:
+                last_entity = entity
+            merged[-1] = (last_start, max(last_end, span_end), last_entity)
+        else:
+            merged.append((span_start, span_end, entity))
+    return merged
+
+
+def _render(text: str, spans: list[tuple[int, int, str]]) -> tuple[str, tuple[str, ...]]:
+    if not spans:
+        return text, ()
+    parts = []
+    position = 0
+    for start, end, entity in spans:
+        parts.append(text[position:start])
+        parts.append(placeholder(entity, text[start:end]))
+        position = end
+    parts.append(text[position:])
+    return "".join(parts), tuple(entity for _, _, entity in spans)

@@ -1,0 +1,391 @@
+"""Masking of action parameters: what approvers, topics, logs and audit get to see."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+import spacy
+
+from keyturn.masking import (
+    ENTITY_TYPES,
+    Finding,
+    ParameterMasker,
+    UnmaskableParameters,
+    build_analyzer,
+)
+from keyturn.masking.field_names import sensitive_field_entity
+
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZ2VudDpyZXBvcnRlciJ9."
+    "dBjftJeZ4CVPmB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+)
+PEM = (
+    "-----BEGIN RSA PRIVATE KEY-----\n"
+    "MIIEowIBAAKCAQEA7xK2c9v3b4W1n8Qz5r0tY6uJ2aLk9PmN4oS7dF3gH1jK8lZx\n"
+    "cV5bN2mQ9wE4rT6yU1iO3pA7sD0fG8hJ5kL2zX4cV9bN6mQ1wE3rT8yU0iO5pA2s\n"
+    "-----END RSA PRIVATE KEY-----"
+)
+
+#: One value per entity type, as an agent might send it.
+EXAMPLES = {
+    "EMAIL_ADDRESS": "customer.4821@example.com",
+    "PHONE_NUMBER": "+1 415 555 0142",
+    "CREDIT_CARD": "4111 1111 1111 1111",
+    "IBAN_CODE": "DE89 3704 0044 0532 0130 00",
+    "US_SSN": "536-80-4398",
+    "IP_ADDRESS": "10.24.8.15",
+    "AWS_ACCESS_KEY": "AKIAIOSFODNN7EXAMPLE",
+    "AWS_SECRET_KEY": "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "GCP_API_KEY": "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY",
+    "AZURE_KEY": "AccountName=x;AccountKey=" + "A1b2C3d4" * 10 + "q1w2e3==",
+    "SLACK_TOKEN": "xoxb-1234567890-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+    "GITHUB_TOKEN": "ghp_Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8Qr9St0Uv1Wx2",
+    "JWT": JWT,
+    "PRIVATE_KEY": PEM,
+    "SECRET": "postgres://report:Vx9kq2LmPz7@db.internal.example:5432/analytics",
+}
+
+
+@pytest.fixture(scope="module")
+def masker() -> ParameterMasker:
+    return ParameterMasker()
+
+
+def test_every_entity_type_has_an_example():
+    assert set(EXAMPLES) == set(ENTITY_TYPES)
+
+
+@pytest.mark.parametrize("entity", sorted(EXAMPLES))
+def test_each_entity_type_is_detected_deep_in_nested_json(masker, entity):
+    value = EXAMPLES[entity]
+    payload = {"request": {"items": [{"note": "first"}, {"note": f"see {value}"}]}}
+
+    masked = masker.mask(payload)
+
+    note = masked.parameters["request"]["items"][1]["note"]
+    assert Finding("$.request.items[1].note", entity) in masked.findings
+    assert value not in note
+    assert note.startswith("see ")
+    assert masked.parameters["request"]["items"][0]["note"] == "first"
+
+
+@pytest.mark.parametrize(
+    "entity", sorted(set(EXAMPLES) - {"AWS_SECRET_KEY", "AZURE_KEY", "SECRET"})
+)
+def test_text_around_a_finding_stays_readable(masker, entity):
+    masked = masker.mask({"note": f"see {EXAMPLES[entity]} (from the last run)"})
+    assert masked.parameters["note"].startswith("see ")
+    assert masked.parameters["note"].endswith(" (from the last run)")
+
+
+def test_a_keyword_assignment_is_masked_to_the_end_of_its_line(masker):
+    # detect-secrets' config-file rule: an unquoted value runs to the end of the line, so a
+    # passphrase with spaces is never half shown.
+    masked = masker.mask({"cmd": "export PGPASSWORD=correct horse battery\npg_dump analytics"})
+    assert masked.parameters == {"cmd": "export PGPASSWORD=<SECRET>\npg_dump analytics"}
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("customer.4821@example.com", "<EMAIL_ADDRESS>"),
+        ("+44 20 7946 0958", "<PHONE_NUMBER>"),
+        ("GB82WEST12345698765432", "<IBAN_CODE>"),
+        ("536-80-4398", "<US_SSN>"),
+        ("AKIAIOSFODNN7EXAMPLE", "<AWS_ACCESS_KEY>"),
+        ("xoxp-1234567890-1234567890-AbCdEfGhIjKlMnOpQrStUvWxYz012345", "<SLACK_TOKEN>"),
+        ("ghp_Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8Qr9St0Uv1Wx2", "<GITHUB_TOKEN>"),
+        (JWT, "<JWT>"),
+        (PEM, "<PRIVATE_KEY>"),
+        ("4111 1111 1111 1111", "****1111"),
+        ("5555-5555-5555-4444", "****4444"),
+    ],
+)
+def test_placeholders_reveal_the_type_and_cards_their_last_four(masker, value, shown):
+    assert masker.mask({"value": value}).parameters == {"value": shown}
+
+
+def test_high_entropy_strings_and_password_assignments_are_secrets(masker):
+    masked = masker.mask(
+        {
+            "command": "export PGPASSWORD=Tr0ub4dor-3x && pg_dump analytics",
+            "header": "sk_live_4eC39HqLyjWDarjtT1zdp7dcQ2",
+            "dsn": "postgres://report:Vx9kq2LmPz7@db.internal.example:5432/analytics",
+        }
+    )
+    assert masked.parameters == {
+        "command": "export PGPASSWORD=<SECRET>",
+        "header": "<SECRET>",
+        "dsn": "postgres://report:<SECRET>@db.internal.example:5432/analytics",
+    }
+
+
+def test_a_luhn_invalid_card_number_is_not_a_card(masker):
+    masked = masker.mask({"value": "card 4111 1111 1111 1112"})
+    assert "CREDIT_CARD" not in masked.entity_types
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "550e8400-e29b-41d4-a716-446655440000",
+        "2024-05-01T10:00:00Z",
+        "2024-05-01 10:00:00+02:00",
+        "05.10.2024",
+        "1714557600",
+        "42",
+        "1640",
+        "12345678",
+        "1.24.3",
+        "v2.0.0-rc.1",
+        "python==3.11.7",
+        "https://example.com/api/v2/customers/12345/orders?limit=10&page=2",
+        "s3://exports-eu/2024/q2/part-00001.parquet",
+        "SELECT id FROM customers WHERE region = 'eu'",
+        "SELECT id, email FROM customers WHERE created_at >= '2024-01-01' LIMIT 1000",
+        "UPDATE orders SET status = 'shipped' WHERE id IN (1042, 1043, 1044)",
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",  # sha256
+        "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3",  # sha1 / git commit
+        "4bf92f3577b34da6a3ce929d0e0e4736",  # trace id
+        "507f1f77bcf86cd799439011",  # object id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "registry.example/app@sha256:"
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "ORD-16847292",
+        "INV-2024-0042",
+        "Quarterly revenue grew 12.5% to 4,250,000 EUR",
+        "api-7d9f8c6b5-x2x4z",
+        "sg-0123456789abcdef0",
+        "arn:aws:iam::123456789012:role/reporting",
+        "customer_orders_2024_archive_table",
+        "SGVsbG8gd29ybGQ=",
+        "password reset requested by the account owner",
+        "token_type: bearer",
+    ],
+)
+def test_ordinary_values_stay_clear(masker, value):
+    masked = masker.mask({"value": value, "nested": [{"value": f"({value})"}]})
+    assert masked.findings == []
+    assert masked.parameters == {"value": value, "nested": [{"value": f"({value})"}]}
+
+
+@pytest.mark.parametrize(
+    ("key", "entity"),
+    [
+        ("password", "SECRET"),
+        ("DB_PASSWORD", "SECRET"),
+        ("dbPassword", "SECRET"),
+        ("passwd", "SECRET"),
+        ("client_secret", "SECRET"),
+        ("clientsecret", "SECRET"),
+        ("access_token", "SECRET"),
+        ("api_key", "SECRET"),
+        ("apiKey", "SECRET"),
+        ("X-Api-Key", "SECRET"),
+        ("Authorization", "SECRET"),
+        ("credentials", "SECRET"),
+        ("destination_credentials", "SECRET"),
+        ("private_key", "PRIVATE_KEY"),
+        ("ssh_private_key_passphrase", "SECRET"),
+        ("ssn", "US_SSN"),
+        ("customer_ssn", "US_SSN"),
+        ("card_number", "CREDIT_CARD"),
+        ("cardNumber", "CREDIT_CARD"),
+    ],
+)
+def test_fields_named_like_credentials_are_masked_whole(key, entity):
+    assert sensitive_field_entity(key) == entity
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "secretary", "tokenizer", "classname", "passwordless", "max_tokens", "total_tokens",
+        "token_type", "token_url", "secret_name", "password_expires_at", "private_key_path",
+        "access_key_id", "region", "email", "key", "description",
+    ],
+)  # fmt: skip
+def test_names_that_only_describe_a_secret_are_not_masked_by_name(key):
+    assert sensitive_field_entity(key) is None
+
+
+def test_a_sensitive_name_masks_any_value_type_but_leaves_null(masker):
+    masked = masker.mask(
+        {
+            "password": "hunter2",
+            "pin_secret": 4821,
+            "card_number": 4111111111111111,
+            "credentials": {"user": "report", "password": "hunter2"},
+            "api_keys": ["k1", "k2"],
+            "client_secret": None,
+            "max_tokens": 1024,
+        }
+    )
+    assert masked.parameters == {
+        "password": "<SECRET>",
+        "pin_secret": "<SECRET>",
+        "card_number": "****1111",
+        "credentials": "<SECRET>",
+        "api_keys": "<SECRET>",
+        "client_secret": None,
+        "max_tokens": 1024,
+    }
+    assert [f.path for f in masked.findings] == [
+        "$.password", "$.pin_secret", "$.card_number", "$.credentials", "$.api_keys",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra_field", ["parameters.destination.credentials", "destination.credentials"]
+)
+def test_policy_extra_fields_are_masked_whole_in_either_path_form(masker, extra_field):
+    payload = {"destination": {"bucket": "s3://exports-eu/", "credentials": {"user": "x"}}}
+    masked = masker.mask(payload, extra_fields=[extra_field])
+    assert masked.parameters == {
+        "destination": {"bucket": "s3://exports-eu/", "credentials": "<SECRET>"}
+    }
+    assert masked.findings == [Finding("$.destination.credentials", "SECRET")]
+
+
+def test_extra_fields_see_through_lists(masker):
+    payload = {"recipients": [{"name": "ops", "note": "a"}, {"name": "finance", "note": "b"}]}
+    masked = masker.mask(payload, extra_fields=["recipients.note"])
+    assert masked.parameters == {
+        "recipients": [
+            {"name": "ops", "note": "<SECRET>"},
+            {"name": "finance", "note": "<SECRET>"},
+        ]
+    }
+
+
+@pytest.mark.parametrize("extra_field", ["parameters..x", "", "x."])
+def test_a_malformed_extra_field_is_refused(masker, extra_field):
+    with pytest.raises(ValueError, match="dotted path"):
+        masker.mask({"x": 1}, extra_fields=[extra_field])
+
+
+def test_shape_numbers_booleans_and_keys_are_kept(masker):
+    payload = {
+        "customer.4821@example.com": {"count": 3, "ratio": 0.5, "ok": True, "none": None},
+        "rows": [[1, 2], ["a", ["b", {"c": "customer.4821@example.com"}]]],
+        "empty": {},
+        "nothing": [],
+        "blank": "",
+    }
+    masked = masker.mask(payload)
+    assert masked.parameters == {
+        "customer.4821@example.com": {"count": 3, "ratio": 0.5, "ok": True, "none": None},
+        "rows": [[1, 2], ["a", ["b", {"c": "<EMAIL_ADDRESS>"}]]],
+        "empty": {},
+        "nothing": [],
+        "blank": "",
+    }
+    assert masked.findings == [Finding("$.rows[1][1][1].c", "EMAIL_ADDRESS")]
+
+
+def test_odd_keys_are_quoted_in_finding_paths(masker):
+    masked = masker.mask({"odd key": {'q"uote': "customer.4821@example.com"}})
+    assert masked.findings == [Finding('$["odd key"]["q\\"uote"]', "EMAIL_ADDRESS")]
+
+
+def test_findings_carry_paths_and_types_never_values(masker):
+    values = [EXAMPLES[e] for e in ("EMAIL_ADDRESS", "US_SSN", "SLACK_TOKEN", "JWT")]
+    masked = masker.mask({"notes": values, "password": "hunter2"})
+    rendered = json.dumps([list(f) for f in masked.findings]) + repr(masked.findings)
+    for value in [*values, "hunter2"]:
+        assert value not in rendered
+        assert value not in json.dumps(masked.parameters)
+
+
+def test_masking_a_masked_payload_changes_nothing(masker):
+    payload = {
+        "note": " ".join(EXAMPLES.values()),
+        "password": "hunter2",
+        "card_number": "4111 1111 1111 1111",
+        "items": [{"contact": EXAMPLES["PHONE_NUMBER"]}],
+        "destination": {"credentials": "x"},
+    }
+    once = masker.mask(payload, extra_fields=["destination.credentials"]).parameters
+    twice = masker.mask(once, extra_fields=["destination.credentials"]).parameters
+    assert twice == once
+
+
+def test_the_input_is_not_modified(masker):
+    payload = {"a": [{"email": "customer.4821@example.com"}], "password": "hunter2"}
+    before = json.dumps(payload)
+    masker.mask(payload)
+    assert json.dumps(payload) == before
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (["not", "an", "object"], "must be a JSON object"),
+        ({"blob": b"\x00\x01"}, r"\$\.blob holds a bytes"),
+        ({"when": {1, 2}}, r"\$\.when holds a set"),
+    ],
+)
+def test_non_json_input_is_refused_with_the_path(masker, payload, message):
+    with pytest.raises(UnmaskableParameters, match=message):
+        masker.mask(payload)
+
+
+def test_absurdly_deep_nesting_is_refused(masker):
+    payload: dict = {}
+    node = payload
+    for _ in range(100):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(UnmaskableParameters, match="nests deeper"):
+        masker.mask(payload)
+
+
+def test_mask_text_masks_a_single_string(masker):
+    text, types = masker.mask_text("mail customer.4821@example.com or call +1 415 555 0142")
+    assert text == "mail <EMAIL_ADDRESS> or call <PHONE_NUMBER>"
+    assert types == ["EMAIL_ADDRESS", "PHONE_NUMBER"]
+
+
+def test_masking_is_the_same_from_many_threads(masker):
+    payloads = [
+        {"i": i, "note": f"{EXAMPLES[e]} #{i}", "other": [f"ORD-{i:08d}"]}
+        for i, e in enumerate(sorted(EXAMPLES) * 4)
+    ]
+    expected = [masker.mask(p) for p in payloads]
+    results: dict[int, list] = {}
+
+    def work(worker: int) -> None:
+        results[worker] = [masker.mask(p) for p in payloads]
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(results[w] == expected for w in range(4))
+
+
+def test_building_and_masking_never_touch_the_network_or_load_a_model(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network or model access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(spacy, "load", refuse)
+    monkeypatch.setattr(spacy.cli, "download", refuse)
+
+    masker = ParameterMasker(build_analyzer())
+    masked = masker.mask({"note": "mail someone.else@example.net", "n": "+1 415 555 0142"})
+    assert masked.parameters == {"note": "mail <EMAIL_ADDRESS>", "n": "<PHONE_NUMBER>"}
+
+
+def test_memory_does_not_grow_with_unique_values(masker):
+    vocab = masker._analyzer.nlp_engine.nlp["en"].vocab
+    before = len(vocab)
+    for i in range(300):
+        masker.mask({"note": f"ticket {i:06x}{i * 7919:x} for customer.{i}@example.com"})
+    assert len(vocab) == before
