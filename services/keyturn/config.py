@@ -40,7 +40,40 @@ class Settings:
     opa_timeout_s: float = 2.0
     opa_retries: int = 3
     policy_unavailable_after_s: float = 30.0  # then a request ends denied: policy_unavailable
+    audit_metrics_port: int = 9464  # the audit worker's Prometheus /metrics on 127.0.0.1; 0 = off
+    seal_keys: str = ""  # "kid:base64key,…", first seals; empty = a local key file in run_dir/keys
     log_level: str = "INFO"
+    sql_target_url: str = ""  # the PostgreSQL the sql plugin runs statements on; empty = database_url
+    sql_statement_timeout_s: float = 30.0  # per statement, and never longer than the credential TTL
+    http_allowed_hosts: str = ""  # comma list the http plugin may call (the policy allow-lists too); empty = none
+    http_connect_to: str = ""  # "host=address:port,…": reach an allow-listed host at another address
+    http_ca_file: str = ""  # extra CA bundle (PEM) trusted for the http plugin's TLS; empty = system CAs
+    http_timeout_s: float = 10.0
+    executor_max_result_rows: int = 50  # rows a result carries back; the rest become a row count
+    executor_timeout_s: float = 120.0  # a plugin still running after this ends outcome_unknown
+    # Approvers in chat. Slack is off while slack_bot_token is empty; maps are JSON.
+    slack_api_url: str = "https://slack.com/api/"
+    slack_bot_token: str = ""
+    slack_signing_secret: str = ""
+    slack_channels: str = ""  # {"security": ["C0SEC"], "*": ["C0APPROVALS"]}: group -> channel or user ids
+    slack_user_map: str = ""  # {"U0CAROL": "human:carol"}; otherwise users.info email -> human:<local-part>
+    slack_email_domains: str = ""  # comma list; empty accepts any verified workspace email
+    # Microsoft Teams. Off while teams_app_id is empty; the URLs default to Microsoft's public cloud.
+    teams_app_id: str = ""
+    teams_app_password: str = ""
+    teams_tenant_id: str = "botframework.com"
+    teams_service_url: str = "https://smba.trafficmanager.net/teams"
+    teams_token_url: str = "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token"
+    teams_openid_url: str = "https://login.botframework.com/v1/.well-known/openidconfiguration"
+    teams_token_issuer: str = "https://api.botframework.com"
+    teams_conversations: str = ""  # {"security": ["19:abc@thread.tacv2"], "*": [...]}
+    teams_user_map: str = ""  # {"<aad object id or Teams user id>": "human:carol"}
+    # Web console: dev sign-in mints tokens; on when this is 1 or while the local dev key is in use.
+    console_dev_signin: int = 0
+    # Requester webhooks (callback_url): HMAC-signed; only these hosts are ever called.
+    callback_secret: str = ""  # empty: a random secret kept in <run_dir>/keys/callback-secret
+    callback_allowed_hosts: str = ""  # comma list of host or host:port; empty: no callbacks are sent
+    callback_max_attempts: int = 6
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -54,6 +87,11 @@ class Settings:
             kind = f.type if isinstance(f.type, type) else {"int": int, "float": float}.get(str(f.type), str)
             values[f.name] = kind(raw)
         return cls(**values)
+
+    @property
+    def dev_identity(self) -> bool:
+        """Whether tokens are verified with the local dev key (no identity provider configured)."""
+        return not (self.jwks_url or self.jwks_path)
 
     @property
     def keys_dir(self) -> Path:

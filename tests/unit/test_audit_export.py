@@ -173,11 +173,12 @@ def test_any_single_byte_change_to_a_jsonl_export_is_refused_or_reported(positio
     tampered[position] ^= xor
 
     try:
-        records = read_jsonl(io.BytesIO(bytes(tampered)))
-        report = verify(records, VERIFIER, require_checkpoint_at_end=True)
+        records = list(read_jsonl(io.BytesIO(bytes(tampered))))
     except AuditFileError:
         return
-    assert not report.ok
+    if records == list(read_jsonl(io.BytesIO(JSONL_BYTES))):
+        return  # whitespace between records (e.g. a tab for the final newline) changes no record
+    assert not verify(records, VERIFIER, require_checkpoint_at_end=True).ok
 
 
 def test_csv_export_flattens_records_for_spreadsheets():

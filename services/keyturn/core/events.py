@@ -68,7 +68,7 @@ class Digest:
 
 def canonical_json(document: Any) -> str:
     """The one JSON spelling used for digests and masked parameters."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True)

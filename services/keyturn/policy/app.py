@@ -9,6 +9,7 @@ state     none; OPA holds the policy. Fail closed: no answer from OPA means no a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionRequested
+from keyturn.masking.protect import masked_view
 from keyturn.policy.decisions import decided_from_answer, denied, policy_input, provenance_for
 from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
 
@@ -50,6 +52,14 @@ class PolicyDecider:
             return decided_from_answer(request, answer.result, provenance_for(document, revision, answer.decision_id, now), now)
 
 
+def with_policy_masking(decision: ActionDecided) -> ActionDecided:
+    """The decision whose embedded request also masks the fields the policy names (``mask``)."""
+    if not decision.mask:
+        return decision
+    masked = masked_view(decision.request.parameters_json, decision.mask)
+    return dataclasses.replace(decision, request=dataclasses.replace(decision.request, parameters_json=masked))
+
+
 def create_app(settings: Settings):
     app = make_app(settings, "policy")
     topics = Topics.from_settings(settings)
@@ -62,7 +72,7 @@ def create_app(settings: Settings):
     @app.agent(consume(app, topics.requested))
     async def decide_requests(stream):
         async for request, _ in decoded_events(stream, publisher, accept=(ActionRequested,)):
-            decision = await decider.decide(request)
+            decision = with_policy_masking(await decider.decide(request))
             log.info("decided %s %s: %s", request.action_id, request.action, decision.outcome.value)
             await publisher.publish(topics.decided, decision)
 
