@@ -15,14 +15,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from keyturn.audit import cli as audit_cli
 from keyturn.config import Settings
+from keyturn.policy import cli as policy_cli
 
 app = typer.Typer(help="Keyturn: a human key-turn in front of every privileged action an AI agent takes.", no_args_is_help=True)
 token_app = typer.Typer(help="Local development tokens.", no_args_is_help=True)
-audit_app = typer.Typer(help="The hash-chained audit stream.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Avro schemas and their history.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
-app.add_typer(audit_app, name="audit")
+app.add_typer(audit_cli.app, name="audit")
+app.add_typer(policy_cli.app, name="policy")
 app.add_typer(schemas_app, name="schemas")
 console = Console()
 err = Console(stderr=True)
@@ -136,74 +138,6 @@ def status(action_id: str, wait: float = typer.Option(0, help="Wait up to this m
     if response.status_code != 200:
         _fail(_detail(response))
     console.print_json(data=response.json())
-
-
-@audit_app.command("tail")
-def audit_tail(
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records"),
-    as_json: bool = typer.Option(False, "--json", help="One JSON record per line"),
-    limit: int = typer.Option(0, help="Only the last N records (0: all)"),
-) -> None:
-    """Print the audit stream: sequence, time, event, action, actor."""
-    from keyturn.audit.stream import follow_audit
-
-    table_rows = []
-
-    async def run() -> None:
-        async for record in follow_audit(_settings(), follow=follow):
-            if as_json or follow:
-                _print_record(record, as_json)
-            else:
-                table_rows.append(record)
-
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        return
-    for record in table_rows[-limit:] if limit else table_rows:
-        _print_record(record, False)
-
-
-def _print_record(record, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(record.to_dict(), sort_keys=True))
-        return
-    from keyturn.core.audit_chain import from_millis
-
-    typer.echo(f"{record.sequence:>6}  {from_millis(record.recorded_at).isoformat(timespec='milliseconds')}  "
-               f"{record.event_type:<17} {record.action_id or '-':<36}  {record.actor or '-'}")
-
-
-@audit_app.command("verify")
-def audit_verify(
-    export: Optional[Path] = typer.Option(None, help="Verify a JSONL export instead of the topic"),
-    public_key: list[Path] = typer.Option([], help="Checkpoint public key PEM(s); default: the local key"),
-    require_checkpoint_at_end: bool = typer.Option(False, help="Fail when the tail after the last checkpoint is unsigned"),
-) -> None:
-    """Prove the chain is intact: every edit, drop, reorder or forged checkpoint is named."""
-    from keyturn.audit.keys import load_or_create_signing_key, load_verifier
-    from keyturn.audit.stream import read_audit_log
-    from keyturn.core.audit_chain import CheckpointVerifier, verify
-    from keyturn.audit.app import checkpoint_key_path
-
-    settings = _settings()
-    if public_key:
-        verifier = load_verifier(public_key)
-    else:
-        verifier = CheckpointVerifier.from_keys([load_or_create_signing_key(checkpoint_key_path(settings)).public_key()])
-    if export:
-        from keyturn.audit.export import read_jsonl
-
-        with export.open() as fp:
-            report = verify(read_jsonl(fp), verifier, require_checkpoint_at_end=require_checkpoint_at_end)
-    else:
-        report = verify(asyncio.run(read_audit_log(settings)), verifier, require_checkpoint_at_end=require_checkpoint_at_end)
-    for problem in report.problems:
-        err.print(f"[red]{problem.kind.value}[/red] at sequence {problem.sequence} (index {problem.index}): {problem.message}")
-    if not report.ok:
-        raise typer.Exit(1)
-    console.print(f"[green]audit chain intact[/green]: {report.records_checked} records, last sequence {report.last_sequence}, "
-                  f"last checkpoint at {report.last_checkpoint_sequence}")
 
 
 @schemas_app.command("freeze")

@@ -1,34 +1,139 @@
-"""Reading the audit topic: the whole log (to resume or verify), or following it live."""
+"""Reading the audit topic: the whole log (to resume, verify or replay), or following it live.
+
+The audit worker writes in Kafka transactions, so every reader here is ``read_committed``:
+records of a transaction that a crashed or fenced writer never committed are never seen.
+Transaction markers take offsets too, so an offset is a position in the topic, not a sequence.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from keyturn.bus.codec import registry
+from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
-from keyturn.core.audit_chain import AuditRecord
+from keyturn.core.audit_chain import AuditRecord, MalformedRecord
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class UnreadableAuditMessage:
+    """A message in the audit topic that is not an audit record (its sequence is unknown)."""
+
+    offset: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class AuditMessage:
+    """One message of the audit topic: its offset and the record (or why it is unreadable)."""
+
+    offset: int
+    record: AuditRecord | None
+    unreadable: UnreadableAuditMessage | None = None
+
+
+def decode_audit_message(offset: int, value: bytes | None) -> AuditMessage:
+    """The record in one message of the audit topic; never raises on bad bytes."""
+    try:
+        name, body = registry().decode(value or b"")
+        if name != "AuditRecord":
+            raise UndecodableMessage("unexpected_type", f"a {name} is not an audit record")
+        return AuditMessage(offset, AuditRecord.from_dict(body))
+    except (UndecodableMessage, MalformedRecord) as error:
+        reason = getattr(error, "reason", None) or str(error)
+        return AuditMessage(offset, None, UnreadableAuditMessage(offset, reason))
+
+
+class AuditTopic:
+    """The audit topic's one partition, opened for reading from ``from_offset``.
+
+    ``async with AuditTopic(settings) as topic:`` then ``topic.end_offset`` (for progress) and
+    ``async for message in topic.messages(follow=...)``.
+    """
+
+    def __init__(self, settings: Settings, *, from_offset: int = 0, to_offset: int | None = None) -> None:
+        self._partition = TopicPartition(Topics.from_settings(settings).audit, 0)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        self._from_offset = from_offset
+        self._to_offset = to_offset
+        self.start_offset = 0
+        self.end_offset = 0
+
+    async def __aenter__(self) -> AuditTopic:
+        await self._consumer.start()
+        partition = self._partition
+        self._consumer.assign([partition])
+        first = (await self._consumer.beginning_offsets([partition]))[partition]
+        self.start_offset = max(first, self._from_offset)
+        self._consumer.seek(partition, self.start_offset)
+        self.end_offset = (await self._consumer.end_offsets([partition]))[partition]
+        if self._to_offset is not None:
+            self.end_offset = min(self.end_offset, self._to_offset)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._consumer.stop()
+
+    async def position(self) -> int:
+        """The offset of the next message this reader will look at."""
+        return await self._consumer.position(self._partition)
+
+    async def messages(self, *, follow: bool = False, poll_ms: int = 500) -> AsyncIterator[AuditMessage]:
+        """Every message from the start offset to the end found on opening; with ``follow``,
+        keep waiting for new ones."""
+        partition = self._partition
+        while follow or await self._consumer.position(partition) < self.end_offset:
+            batches = await self._consumer.getmany(partition, timeout_ms=poll_ms)
+            for batch in batches.values():
+                for message in batch:
+                    if not follow and message.offset >= self.end_offset:
+                        return
+                    yield decode_audit_message(message.offset, message.value)
+
+    async def batches(self, *, follow: bool = False, poll_ms: int = 500) -> AsyncIterator[list[AuditMessage]]:
+        """Messages as they arrive, one list per fetch (empty lists while following an idle topic)."""
+        partition = self._partition
+        while follow or await self._consumer.position(partition) < self.end_offset:
+            fetched = await self._consumer.getmany(partition, timeout_ms=poll_ms)
+            yield [decode_audit_message(m.offset, m.value) for batch in fetched.values() for m in batch]
 
 
 async def follow_audit(settings: Settings, *, follow: bool = False) -> AsyncIterator[AuditRecord]:
-    """Every audit record from the first; with ``follow``, keep waiting for new ones."""
-    partition = TopicPartition(Topics.from_settings(settings).audit, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
-        end = (await consumer.end_offsets([partition]))[partition]
-        while follow or await consumer.position(partition) < end:
-            for messages in (await consumer.getmany(partition, timeout_ms=500)).values():
-                for message in messages:
-                    yield AuditRecord.from_dict(registry().decode(message.value)[1])
-    finally:
-        await consumer.stop()
+    """Every readable audit record from the first; with ``follow``, keep waiting for new ones."""
+    async with AuditTopic(settings) as topic:
+        async for message in topic.messages(follow=follow):
+            if message.record is not None:
+                yield message.record
 
 
 async def read_audit_log(settings: Settings) -> list[AuditRecord]:
-    """Every record in the audit topic, oldest first."""
+    """Every readable record in the audit topic, oldest first."""
     return [record async for record in follow_audit(settings)]
+
+
+def blocking(stream: AsyncIterator[T]) -> Iterator[T]:
+    """Iterate an async stream from synchronous code (one private event loop, one item at a
+    time), so file writers and :func:`~keyturn.core.audit_chain.verify` stream in constant memory."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(stream.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        try:
+            loop.run_until_complete(stream.aclose())  # type: ignore[attr-defined]
+        finally:
+            loop.close()

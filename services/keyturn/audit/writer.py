@@ -1,0 +1,164 @@
+"""The one writer of ``<ns>.audit``: the chain head, and a transactional producer that fences others.
+
+Starting a writer registers the transactional id ``<ns>-audit-chain`` with the broker, which
+fences every older writer with that id (a second worker, or a paused one that came back) and
+aborts whatever transaction it left open. Only then is the chain head read back, so the head
+cannot move under us. Each batch of records (with any checkpoint due) is one transaction: it
+lands whole or not at all. Redelivered events are skipped by event id, so every event is
+recorded exactly once even when the worker is killed between committing records and
+committing its source offsets.
+
+When a commit fails the writer's head is ahead of the topic; it refuses further writes and the
+worker must stop without committing source offsets (``os._exit`` in the app) so the events
+are read again by the next worker, which resumes from what the topic really holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from keyturn.audit import metrics
+from keyturn.audit.records import actor_of, audit_payload, flags_of, occurred_at
+from keyturn.audit.stream import read_audit_log
+from keyturn.bus.codec import registry
+from keyturn.bus.topics import Topics
+from keyturn.config import Settings
+from keyturn.core.audit_chain import AuditChain, AuditRecord, CheckpointSigner
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_EVERY = 100
+
+
+class AuditWriterStopped(RuntimeError):
+    """The writer cannot append: it was closed, fenced by a newer writer, or a commit failed."""
+
+
+def transactional_id(settings: Settings) -> str:
+    """The id every audit worker of a namespace shares, so a new one fences the old."""
+    return f"{settings.namespace}-audit-chain"
+
+
+class AuditWriter:
+    """Turns source events into chained records and commits them to the audit topic."""
+
+    def __init__(self, settings: Settings, signer: CheckpointSigner, *, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+        self._settings = settings
+        self._topic = Topics.from_settings(settings).audit
+        self._chain = AuditChain(signer, checkpoint_every=checkpoint_every, audit_topic=self._topic)
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+        self._in_step_with_topic = False
+
+    @property
+    def next_sequence(self) -> int:
+        return self._chain.next_sequence
+
+    async def start(self) -> None:
+        """Fence older writers, resume from the topic, and sign a checkpoint marking the restart."""
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            transactional_id=transactional_id(self._settings),
+            enable_idempotence=True,
+            acks="all",
+        )
+        await self._producer.start()  # InitProducerId: older writers are fenced from here on
+        history = await read_audit_log(self._settings)
+        if history:
+            self._chain.resume(history[-1], seen_event_ids=(r.event_id for r in history))
+        self._in_step_with_topic = True
+        log.info("audit chain resumed at sequence %d", self._chain.next_sequence)
+        if self._chain.checkpoint_due:
+            await self._commit([self._chain.checkpoint(_now())], checkpoint_reason="resume")
+        metrics.HEAD.set(self._chain.next_sequence - 1)
+
+    async def record(self, events: Iterable[tuple[Any, str]]) -> int:
+        """Append (event, source topic) pairs as one transaction; returns records written."""
+        async with self._lock:
+            self._require_writable()
+            now = _now()
+            records: list[AuditRecord] = []
+            newest_event_at: datetime | None = None
+            for event, source_topic in events:
+                record = self._chain.append(
+                    event_id=event.event_id,
+                    event_type=type(event).__name__,
+                    source_topic=source_topic,
+                    occurred_at=occurred_at(event),
+                    payload=audit_payload(event),
+                    now=now,
+                    action_id=getattr(event, "action_id", None),
+                    actor=actor_of(event),
+                    flags=flags_of(event),
+                )
+                if record is None:
+                    metrics.DUPLICATES.inc()
+                    continue
+                records.append(record)
+                newest_event_at = max(filter(None, (newest_event_at, occurred_at(event))))
+                if self._chain.checkpoint_due:
+                    records.append(self._chain.checkpoint(now))
+            if records:
+                await self._commit(records, checkpoint_reason="periodic")
+            if newest_event_at is not None:
+                metrics.LAG.set((_now() - newest_event_at).total_seconds())
+            return len(records)
+
+    async def close(self) -> None:
+        """Sign a final checkpoint (when the head is known to be in the topic) and stop."""
+        async with self._lock:
+            try:
+                if self._in_step_with_topic and self._chain.records_since_checkpoint:
+                    await self._commit([self._chain.checkpoint(_now())], checkpoint_reason="shutdown")
+                    log.info("audit chain closed with a checkpoint at sequence %d", self._chain.next_sequence - 1)
+            finally:
+                self._in_step_with_topic = False
+                if self._producer is not None:
+                    await self._producer.stop()
+                    self._producer = None
+
+    def _require_writable(self) -> None:
+        if self._producer is None or not self._in_step_with_topic:
+            raise AuditWriterStopped(
+                "the audit writer is closed or out of step with the audit topic; restart the audit worker"
+            )
+
+    async def _commit(self, records: list[AuditRecord], *, checkpoint_reason: str) -> None:
+        assert self._producer is not None
+        started = time.perf_counter()
+        self._in_step_with_topic = False  # until the broker says the transaction committed
+        try:
+            async with self._producer.transaction():
+                sent = [
+                    await self._producer.send(
+                        self._topic,
+                        registry().encode("AuditRecord", record.to_dict()),
+                        key=(record.action_id or record.event_id).encode(),
+                    )
+                    for record in records
+                ]
+                await asyncio.gather(*sent)
+        except Exception as error:
+            raise AuditWriterStopped(
+                f"committing audit records {records[0].sequence}..{records[-1].sequence} failed "
+                f"({type(error).__name__}: {error}); another audit worker may have taken over"
+            ) from error
+        self._in_step_with_topic = True
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.HEAD.set(records[-1].sequence)
+        for record in records:
+            if record.is_checkpoint:
+                metrics.CHECKPOINTS.labels(checkpoint_reason).inc()
+            else:
+                metrics.RECORDS.labels(record.event_type).inc()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
