@@ -32,21 +32,23 @@ TERMINAL_STATES = frozenset(
     {ActionState.DENIED, ActionState.EXPIRED, ActionState.SUCCEEDED, ActionState.FAILED, ActionState.OUTCOME_UNKNOWN}
 )
 
-_ALLOWED_FROM: dict[ActionState, frozenset[ActionState]] = {
-    ActionState.REQUESTED: frozenset(),
-    ActionState.ALLOWED: frozenset({ActionState.REQUESTED}),
-    ActionState.NEEDS_APPROVAL: frozenset({ActionState.REQUESTED}),
-    ActionState.APPROVED: frozenset({ActionState.NEEDS_APPROVAL}),
-    ActionState.DENIED: frozenset({ActionState.REQUESTED, ActionState.NEEDS_APPROVAL}),
-    ActionState.EXPIRED: frozenset({ActionState.NEEDS_APPROVAL}),
-    ActionState.SUCCEEDED: frozenset({ActionState.ALLOWED, ActionState.APPROVED}),
-    ActionState.FAILED: frozenset({ActionState.ALLOWED, ActionState.APPROVED}),
-    ActionState.OUTCOME_UNKNOWN: frozenset({ActionState.ALLOWED, ActionState.APPROVED}),
+# How far along the lifecycle each state is. Events of one action travel on different topics,
+# so a reader may see a later stage before an earlier one; the state never moves backwards.
+STAGE: dict[ActionState, int] = {
+    ActionState.REQUESTED: 0,
+    ActionState.ALLOWED: 1,
+    ActionState.NEEDS_APPROVAL: 1,
+    ActionState.APPROVED: 2,
+    ActionState.EXPIRED: 2,
+    ActionState.DENIED: 2,
+    ActionState.SUCCEEDED: 3,
+    ActionState.FAILED: 3,
+    ActionState.OUTCOME_UNKNOWN: 3,
 }
 
 
 class IllegalTransition(ValueError):
-    """An event that cannot follow the action's current state (duplicate or out of order)."""
+    """An event that contradicts the action's state (e.g. executed after denied)."""
 
 
 def state_after(event: Any) -> ActionState:
@@ -59,16 +61,14 @@ def state_after(event: Any) -> ActionState:
 
 
 def advance(current: ActionState | None, event: Any) -> ActionState:
-    """The next state, or ``IllegalTransition`` when ``event`` cannot follow ``current``.
+    """The state after ``event``: later stages move it on, late-arriving earlier stages leave it.
 
-    Events of later stages may arrive before earlier ones are seen by a reader that joins
-    mid-stream (``current`` is None), so the first event seen is always accepted.
+    Raises ``IllegalTransition`` for a contradiction: anything later than a terminal state, or a
+    second, different terminal state.
     """
     target = state_after(event)
     if current is None:
         return target
-    if current.is_terminal:
-        raise IllegalTransition(f"action is already {current.value}; {type(event).__name__} ({target.value}) ignored")
-    if current not in _ALLOWED_FROM[target]:
-        raise IllegalTransition(f"{current.value} cannot become {target.value}")
-    return target
+    if current.is_terminal and target is not current and (target.is_terminal or STAGE[target] > STAGE[current]):
+        raise IllegalTransition(f"action is already {current.value}; {type(event).__name__} ({target.value}) contradicts it")
+    return target if STAGE[target] > STAGE[current] else current

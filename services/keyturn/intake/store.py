@@ -14,7 +14,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from keyturn.core.lifecycle import ActionState, IllegalTransition, advance
+from keyturn.core.lifecycle import ActionState, IllegalTransition, advance, state_after
 
 DDL = """
 CREATE TABLE IF NOT EXISTS {schema}.intake_actions (
@@ -125,23 +125,34 @@ class ActionStore:
             return _row(row) if row else None
 
     async def apply(self, action_id: str, event: Any, entry: dict[str, Any], *, reasons: list[str] | None = None, result: Any = None) -> ActionState | None:
-        """Advance the action's state for a lifecycle event; duplicates and stale events are ignored."""
+        """Record a lifecycle event: history in time order, the state only ever moving forward.
+
+        Events of one action arrive on different topics, so a later stage may come first; an
+        earlier one arriving late joins the history without moving the state back. Duplicates
+        (redelivery) and contradictions (an event after a different terminal state) are ignored.
+        """
         async with self.pool.connection() as conn:
             async with conn.transaction():
-                cur = await conn.execute("SELECT state FROM intake_actions WHERE action_id = %s FOR UPDATE", (action_id,))
+                cur = await conn.execute("SELECT state, history FROM intake_actions WHERE action_id = %s FOR UPDATE", (action_id,))
                 row = await cur.fetchone()
                 if row is None:
                     return None  # submitted by another deployment or before this store existed
+                current, history = ActionState(row[0]), row[1]
                 try:
-                    state = advance(ActionState(row[0]), event)
+                    state = advance(current, event)
                 except IllegalTransition:
                     return None
+                entry = {**entry, "state": state_after(event).value}
+                if any(e.get("event") == entry["event"] and e.get("state") == entry["state"] for e in history):
+                    return state
+                history = sorted([*history, entry], key=lambda e: e.get("at", ""))
+                moved = state is not current
                 await conn.execute(
-                    """UPDATE intake_actions SET state = %s, history = history || %s::jsonb,
+                    """UPDATE intake_actions SET state = %s, history = %s::jsonb,
                            reasons = COALESCE(%s::jsonb, reasons), result = COALESCE(%s::jsonb, result), updated_at = %s
                        WHERE action_id = %s""",
-                    (state.value, json.dumps([{**entry, "state": state.value}]),
-                     json.dumps(reasons) if reasons is not None else None,
+                    (state.value, json.dumps(history),
+                     json.dumps(reasons) if moved and reasons is not None else None,
                      json.dumps(result) if result is not None else None,
                      datetime.now(timezone.utc), action_id),
                 )
