@@ -22,7 +22,7 @@ from keyturn.config import REPO_ROOT
 from keyturn.core.events import ActionDecided, ActionRequested, DecisionOutcome, Digest, canonical_json
 from keyturn.core.principal import Principal, PrincipalKind
 from tests.conftest import ServiceProcesses, free_port
-from tests.integration.conftest import Agent, eventually, produce, read_topic
+from tests.integration.conftest import Agent, eventually, keyturn_cli, produce, read_topic
 
 pytestmark = pytest.mark.integration
 OPA_BINARY = shutil.which("opa") or str(REPO_ROOT / ".cache" / "bin" / "opa")
@@ -190,3 +190,22 @@ def test_two_policy_workers_split_the_partitions_and_decide_each_request_once(is
     for name in ("policy", "policy-2"):
         log = (isolated.workers.log_dir / f"{name}.log").read_text(errors="replace")
         assert sum(log.count(action_id) for action_id in ids) > 0, f"{name} decided nothing"
+
+
+def test_policy_explain_shows_the_rules_that_fired_and_whether_the_policy_changed(reporter: Agent, settings) -> None:
+    action_id = reporter.submit_ok("iam.role.grant", "iam://staging/roles/analyst", {"role": "analyst"})
+    eventually(lambda: decisions(settings, {action_id}).get(action_id))
+    explained = keyturn_cli(settings, "policy", "explain", action_id, "--json")
+    assert explained.returncode == 0, explained.stderr
+    result = json.loads(explained.stdout)
+    assert result["recorded"]["outcome"] == "needs_approval"
+    assert result["recorded"]["rules"], "the decision records which rules fired"
+    assert result["now"]["outcome"] == "needs_approval"
+    assert result["revision_changed"] is False
+    assert result["rules_added"] == result["rules_removed"] == []
+
+    readable = keyturn_cli(settings, "policy", "explain", action_id)
+    assert "fired:" in readable.stdout and "same policy revision" in readable.stdout
+
+    unknown = keyturn_cli(settings, "policy", "explain", str(uuid.uuid4()))
+    assert unknown.returncode == 1 and "no decision recorded" in unknown.stderr

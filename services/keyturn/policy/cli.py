@@ -12,7 +12,7 @@ from rich.console import Console
 
 from keyturn.config import Settings
 
-app = typer.Typer(help="Policies: simulate a candidate against history.", no_args_is_help=True)
+app = typer.Typer(help="Policies: explain a decision, simulate a candidate against history.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
 
@@ -20,6 +20,46 @@ err = Console(stderr=True)
 def _fail(message: str, code: int = 1) -> None:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+@app.command("explain")
+def explain(
+    action_id: str = typer.Argument(..., help="The action whose decision to explain"),
+    as_json: bool = typer.Option(False, "--json", help="Print the explanation as one JSON document"),
+) -> None:
+    """Re-evaluate the exact recorded input against the policy OPA has loaded now: which rules
+    fired then and now, and whether the policy revision has changed since it decided."""
+    from keyturn.policy.explain import explain as explain_decision
+    from keyturn.policy.opa import PolicyAnswerInvalid, PolicyUnavailable
+
+    try:
+        explanation = asyncio.run(explain_decision(Settings.from_env(), action_id))
+    except (PolicyUnavailable, PolicyAnswerInvalid) as error:
+        _fail(f"cannot re-evaluate: {error}")
+    if explanation is None:
+        _fail(f"no decision recorded for action {action_id}")
+    result = explanation.as_dict()
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    then, now = result["recorded"], result["now"]
+    console.print(f"[bold]{result['action']}[/bold] {action_id}", highlight=False)
+    console.print(f"decided {then['outcome']} at {then['decided_at']} by revision {then['policy_revision']} "
+                  f"(OPA decision {then['decision_id']}, input {then['input_digest']})", highlight=False)
+    for rule in then["rules"]:
+        console.print(f"  fired: {rule}", highlight=False)
+    for reason in then["reasons"]:
+        console.print(f"  why:   {reason}", highlight=False)
+    if result["revision_changed"]:
+        console.print(f"[yellow]the policy changed since[/yellow]: now revision {now['policy_revision']}", highlight=False)
+    else:
+        console.print(f"same policy revision now ({now['policy_revision']})", highlight=False)
+    verdict = "[red]would now be[/red]" if result["outcome_changed"] else "still"
+    console.print(f"today: {verdict} {now['outcome']}", highlight=False)
+    for rule in result["rules_added"]:
+        console.print(f"  now fires:      {rule}", highlight=False)
+    for rule in result["rules_removed"]:
+        console.print(f"  no longer fires: {rule}", highlight=False)
 
 
 @app.command("simulate")
