@@ -40,6 +40,7 @@ class Settings:
     opa_timeout_s: float = 2.0
     opa_retries: int = 3
     policy_unavailable_after_s: float = 30.0  # then a request ends denied: policy_unavailable
+    policy_metrics_port: int = 9465  # the policy worker's Prometheus /metrics on 127.0.0.1; 0 = off
     audit_metrics_port: int = 9464  # the audit worker's Prometheus /metrics on 127.0.0.1; 0 = off
     seal_keys: str = ""  # "kid:base64key,…", first seals; empty = a local key file in run_dir/keys
     log_level: str = "INFO"

@@ -209,3 +209,10 @@ def test_policy_explain_shows_the_rules_that_fired_and_whether_the_policy_change
 
     unknown = keyturn_cli(settings, "policy", "explain", str(uuid.uuid4()))
     assert unknown.returncode == 1 and "no decision recorded" in unknown.stderr
+
+
+def test_decision_latency_is_exported_as_a_metric(reporter: Agent, settings) -> None:
+    reporter.wait(reporter.submit_ok("read.table", "postgres://staging/a/b"))
+    metrics = httpx.get(f"http://127.0.0.1:{settings.policy_metrics_port}/metrics", timeout=5).text
+    count = next(line for line in metrics.splitlines() if line.startswith('keyturn_opa_decision_seconds_count{path="keyturn/decision"}'))
+    assert float(count.split()[-1]) >= 1

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from keyturn.audit.keys import load_signer
-from keyturn.audit.metrics import serve_metrics
+from keyturn.metrics import serve_metrics
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
 from keyturn.bus.topics import Topics, ensure_topics
 from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
@@ -45,7 +45,7 @@ def create_app(settings: Settings):
     async def chain_events(stream):
         await ensure_topics(settings)
         await writer.start()
-        serve_metrics(settings.audit_metrics_port)
+        serve_metrics("audit", settings.audit_metrics_port)
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             events = [(event, message.topic) async for event, message in decoded_events(_Batch(batch), publisher, accept=auditable)]
             try:

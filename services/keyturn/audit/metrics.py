@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-log = logging.getLogger(__name__)
+from prometheus_client import Counter, Gauge, Histogram
 
 RECORDS = Counter("keyturn_audit_records_total", "Event records appended to the audit chain", ["event_type"])
 CHECKPOINTS = Counter("keyturn_audit_checkpoints_total", "Signed checkpoints appended", ["reason"])
@@ -19,19 +15,3 @@ LAG = Gauge(
     "How long the newest recorded event waited between happening and being committed to the audit",
 )
 COMMIT_SECONDS = Histogram("keyturn_audit_commit_seconds", "Time to commit one transaction of audit records")
-
-
-def serve_metrics(port: int, host: str = "127.0.0.1") -> bool:
-    """Serve /metrics on ``port`` (0: not at all); True when serving.
-
-    A port already taken is logged, not fatal: the chain matters more than its metrics.
-    """
-    if not port:
-        return False
-    try:
-        start_http_server(port, addr=host)
-    except OSError as error:
-        log.warning("audit metrics not served: port %d on %s is unavailable (%s)", port, host, error)
-        return False
-    log.info("audit metrics on http://%s:%d/metrics", host, port)
-    return True

@@ -19,6 +19,7 @@ from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_ap
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionRequested
 from keyturn.masking.protect import masked_view
+from keyturn.metrics import serve_metrics
 from keyturn.policy.decisions import decided_from_answer, denied, policy_input, provenance_for
 from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
 
@@ -62,6 +63,7 @@ def with_policy_masking(decision: ActionDecided) -> ActionDecided:
 
 def create_app(settings: Settings):
     app = make_app(settings, "policy")
+    serve_metrics("policy", settings.policy_metrics_port)  # decision latency, OPA errors
     topics = Topics.from_settings(settings)
     publisher = faust_publisher(app, settings, "policy")
     decider = PolicyDecider(
