@@ -3,14 +3,16 @@
 consumes  <ns>.actions.decided (allowed) · <ns>.actions.resolved (approved)
 produces  <ns>.actions.executed · <ns>.dlq
 state     the execution ledger in PostgreSQL (started / finished per action id)
+plugins   sql.query → sql (a temporary role per statement) · http.request → http (a token
+          per call) · anything else → noop; see executor/plugins/base.py to add one
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
-from datetime import datetime, timezone
 
 from keyturn.bus.topics import Topics, ensure_topics
 from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
@@ -20,22 +22,28 @@ from keyturn.core.execution import order_from
 from keyturn.db import open_pool
 from keyturn.executor.ledger import DDL, ExecutionLedger
 from keyturn.executor.plugins import PluginRegistry
+from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor
 from keyturn.masking.protect import parameter_opener
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings):
+def create_app(settings: Settings, plugins: PluginRegistry | None = None):
+    """The executor's faust app; ``plugins`` defaults to the shipped ones configured from ``settings``."""
     app = make_app(settings, "executor")
     topics = Topics.from_settings(settings)
     publisher = faust_publisher(app, settings, "executor")
+    registry = plugins or PluginRegistry.from_settings(settings)
 
     async def build_executor() -> Executor:
         await ensure_topics(settings)
         pool = await open_pool(settings, DDL)
+        results = ResultShaper(settings.executor_max_result_rows)
+        await asyncio.to_thread(results.warm)
+        await registry.start()
         ledger = ExecutionLedger(pool, f"{socket.gethostname()}:{os.getpid()}")
-        return Executor(ledger, PluginRegistry(), parameter_opener(settings))
+        return Executor(ledger, registry, parameter_opener(settings), publisher.encode, results, timeout_s=settings.executor_timeout_s)
 
     @app.agent(consume(app, topics.decided, topics.resolved))
     async def execute_orders(stream):
@@ -44,11 +52,8 @@ def create_app(settings: Settings):
             order = order_from(event)
             if order is None:
                 continue
-            executed, recorded = await executor.execute(order)
-            encoded = recorded or publisher.encode(executed)
-            if recorded is None:
-                await executor.ledger.finish(order.action_id, executed.outcome.value, encoded, datetime.now(timezone.utc))
-            log.info("executed %s: %s", order.action_id, executed.outcome.value)
+            outcome, encoded = await executor.execute(order)
+            log.info("executed %s: %s", order.action_id, outcome.value)
             await publisher.publish_encoded(topics.executed, order.action_id, encoded)
 
     return app

@@ -1,59 +1,126 @@
-"""Runs one cleared order at most once and describes what happened as an ``ActionExecuted``."""
+"""Runs one cleared order at most once and describes what happened as an ``ActionExecuted``.
+
+The order of things is the guarantee:
+
+1. ``ledger.start`` (committed) — a second start of the same action is impossible;
+2. the checks of ``core.execution.refusal_reason``, on the clear parameters;
+3. the plugin, once, under a time limit;
+4. ``ledger.finish`` with the encoded outcome, which is then published (and republished
+   as is on any redelivery).
+
+Redelivered after 1 but before 4 (the executor died), the action is not run again: the
+plugin's ``abandon`` cleans up what the dead run may have left, and the action ends
+``outcome_unknown`` with that evidence.
+"""
 
 from __future__ import annotations
 
 import asyncio
-
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from keyturn.core.events import ActionExecuted, ExecutionOutcome, canonical_json
 from keyturn.core.execution import ExecutionOrder, refusal_reason
-from keyturn.executor.ledger import ExecutionLedger
-from keyturn.executor.plugins import Command, ExecutionFailed, PluginRegistry
+from keyturn.executor.ledger import ExecutionLedger, LedgerEntry
+from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, Plugin, PluginRegistry
+from keyturn.executor.results import ResultShaper
 
 log = logging.getLogger(__name__)
 
 
 class Executor:
-    def __init__(self, ledger: ExecutionLedger, plugins: PluginRegistry, open_parameters: Any, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        ledger: ExecutionLedger,
+        plugins: PluginRegistry,
+        open_parameters: Callable[[Any], dict[str, Any]],
+        encode: Callable[[ActionExecuted], bytes],
+        results: ResultShaper,
+        *,
+        timeout_s: float = 120.0,
+    ) -> None:
         self.ledger = ledger
         self.plugins = plugins
         self.open_parameters = open_parameters  # (request) -> clear parameters; refuses tampered seals
+        self.encode = encode
+        self.results = results
         self.timeout_s = timeout_s
 
-    async def execute(self, order: ExecutionOrder) -> tuple[ActionExecuted, bytes | None]:
-        """(the outcome, or the encoded outcome recorded earlier for a redelivered order)."""
+    async def execute(self, order: ExecutionOrder) -> tuple[ExecutionOutcome, bytes]:
+        """Run ``order`` at most once; (its outcome, the encoded ``ActionExecuted`` to publish)."""
         now = datetime.now(timezone.utc)
-        request = order.decision.request
-        plugin = self.plugins.plugin_for(request.action)
-        earlier = await self.ledger.start(order.action_id, now)
+        plugin = self.plugins.plugin_for(order.decision.request.action)
+        earlier = await self.ledger.start(order.action_id, now, payload_digest=str(order.payload_digest), plugin=plugin.name)
+        if earlier is not None and earlier.finished:
+            return ExecutionOutcome(earlier.outcome), earlier.executed_event
         if earlier is not None:
-            if earlier.executed_event is not None:
-                return self._outcome(order, plugin.name, ExecutionOutcome(earlier.outcome), earlier.started_at, error=None), earlier.executed_event
-            unknown = self._outcome(
-                order, plugin.name, ExecutionOutcome.OUTCOME_UNKNOWN, earlier.started_at,
-                error=f"started at {earlier.started_at.isoformat()} by {earlier.executor} and never finished; not run again",
-            )
-            return unknown, None
-        refusal = refusal_reason(order, now)
-        if refusal is not None:
-            return self._outcome(order, plugin.name, ExecutionOutcome.FAILED, now, error=f"refused before execution: {refusal}"), None
+            executed = await self._interrupted(order, plugin, earlier)
+        else:
+            executed = await self._run(order, plugin, now)
+        encoded = self.encode(executed)
+        if not await self.ledger.finish(order.action_id, executed.outcome.value, encoded, datetime.now(timezone.utc)):
+            recorded = await self.ledger.get(order.action_id)  # another executor recorded first; its word stands
+            return ExecutionOutcome(recorded.outcome), recorded.executed_event
+        return executed.outcome, encoded
+
+    async def _run(self, order: ExecutionOrder, plugin: Plugin, started_at: datetime) -> ActionExecuted:
+        request = order.decision.request
+
+        def outcome(kind: ExecutionOutcome, *, error: str | None = None, result: Any = None) -> ActionExecuted:
+            return self._executed(order, plugin.name, kind, started_at, error=error, result=result)
+
         try:
-            command = Command(order.action_id, request.action, request.resource, self.open_parameters(request), order.decision.credential_ttl_s)
+            parameters = self.open_parameters(request)
+        except Exception as exc:  # a seal that does not open is a refusal, never a crash
+            return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: the parameters do not open ({type(exc).__name__}: {exc})")
+        refusal = refusal_reason(order, started_at, parameters)
+        if refusal is not None:
+            return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {refusal}")
+        command = Command(order.action_id, request.action, request.resource, parameters,
+                          order.decision.credential_ttl_s, request.requester)
+        try:
             result = await asyncio.wait_for(plugin.execute(command), self.timeout_s)
         except ExecutionFailed as exc:
-            return self._outcome(order, plugin.name, ExecutionOutcome.FAILED, now, error=str(exc)), None
+            return outcome(ExecutionOutcome.FAILED, error=self.results.mask_text(str(exc)))
+        except OutcomeUnknown as exc:
+            return outcome(ExecutionOutcome.OUTCOME_UNKNOWN, error=self.results.mask_text(str(exc)))
         except asyncio.TimeoutError:
-            return self._outcome(order, plugin.name, ExecutionOutcome.FAILED, now, error=f"timed out after {self.timeout_s:.0f}s"), None
+            return outcome(ExecutionOutcome.OUTCOME_UNKNOWN,
+                           error=f"{plugin.name} did not finish within {self.timeout_s:g}s and was stopped; it may have had effects")
         except Exception as exc:  # a plugin bug is a failed action, never a crash loop that re-runs it
             log.exception("plugin %s failed on %s", plugin.name, order.action_id)
-            return self._outcome(order, plugin.name, ExecutionOutcome.FAILED, now, error=f"{type(exc).__name__}: {exc}"), None
-        return self._outcome(order, plugin.name, ExecutionOutcome.SUCCEEDED, now, result=result), None
+            return outcome(ExecutionOutcome.FAILED, error=self.results.mask_text(f"{plugin.name} plugin error: {type(exc).__name__}: {exc}"))
+        shaped = await asyncio.to_thread(self.results.shape, result, tuple(order.decision.mask))
+        return outcome(ExecutionOutcome.SUCCEEDED, result=shaped)
 
-    @staticmethod
-    def _outcome(order: ExecutionOrder, plugin: str, outcome: ExecutionOutcome, started_at: datetime, *, error: str | None = None, result: Any = None) -> ActionExecuted:
+    async def _interrupted(self, order: ExecutionOrder, plugin: Plugin, earlier: LedgerEntry) -> ActionExecuted:
+        """The action started before and never finished: clean up, say what is known, do not run it."""
+        evidence: dict[str, Any] = {
+            "started_at": earlier.started_at.isoformat(),
+            "started_by": earlier.executor,
+            "plugin": earlier.plugin or plugin.name,
+        }
+        if earlier.payload_digest and earlier.payload_digest != str(order.payload_digest):
+            evidence["started_with_payload_digest"] = earlier.payload_digest
+        abandon = getattr(plugin, "abandon", None)
+        if abandon is not None:
+            request = order.decision.request
+            command = Command(order.action_id, request.action, request.resource, {}, order.decision.credential_ttl_s, request.requester)
+            try:
+                evidence["cleanup"] = await asyncio.wait_for(abandon(command), self.timeout_s)
+            except Exception as exc:
+                log.exception("cleanup after interrupted %s failed", order.action_id)
+                evidence["cleanup"] = {"error": f"{type(exc).__name__}: {exc}"}
+        error = (f"started at {earlier.started_at.isoformat()} by {earlier.executor} and never finished "
+                 "(the executor stopped mid-way); not run again: check the target before asking again")
+        log.warning("action %s was interrupted; ending it outcome_unknown: %s", order.action_id, evidence)
+        return self._executed(order, plugin.name, ExecutionOutcome.OUTCOME_UNKNOWN, earlier.started_at, error=error,
+                              result={"evidence": evidence})
+
+    def _executed(self, order: ExecutionOrder, plugin: str, outcome: ExecutionOutcome, started_at: datetime, *,
+                  error: str | None = None, result: Any = None) -> ActionExecuted:
         return ActionExecuted(
             event_id=f"executed:{order.action_id}",
             action_id=order.action_id,
@@ -64,6 +131,5 @@ class Executor:
             finished_at=datetime.now(timezone.utc),
             result_json=canonical_json(result) if result is not None else None,
             error=error,
+            executor=self.ledger.executor,
         )
-
-

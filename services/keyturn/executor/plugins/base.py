@@ -1,8 +1,23 @@
 """The plugin interface: one class per kind of action, registered by action prefix.
 
-A plugin gets the clear parameters (opened from the sealed copy) and the credential TTL the
-policy granted; it returns a JSON-able result or raises ``ExecutionFailed`` with a reason
-the requester can read. It must not retry side effects: the executor guarantees at most once.
+Writing a plugin (see ``noop.py`` for the smallest, ``sql.py`` and ``http.py`` for real ones):
+
+- ``name``: a short word shown in ``ActionExecuted.plugin`` and the audit.
+- ``async execute(command)``: perform the command **once** and return a JSON-able result.
+  The executor has already checked the decision, the approval window and the parameters'
+  digest, and recorded in its ledger that the command started. Mint whatever credential the
+  command needs for this one command (``command.credential_ttl_s`` is its lifetime) and
+  destroy it before returning, in a ``finally``. Never retry a side effect.
+  Raise ``ExecutionFailed`` when nothing happened (or nothing was committed) and say why;
+  raise ``OutcomeUnknown`` when it may have happened. Any other exception counts as failed.
+- ``async abandon(command)`` (optional): called instead of ``execute`` when an earlier run
+  of this command started and never finished (the executor died). Clean up what that run
+  may have left (its credential, its sessions) and return evidence as a JSON-able dict;
+  never perform the command.
+- ``async start()`` (optional): called once when the executor starts.
+
+Results go back to the requester masked and capped by the executor, not by the plugin;
+a plugin returns rows as ``{"row_count": n, "rows": [...]}`` so they can be capped.
 """
 
 from __future__ import annotations
@@ -10,18 +25,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from keyturn.core.principal import Principal
+
 
 @dataclass(frozen=True)
 class Command:
+    """One approved command: what to do, with the clear parameters, and for whom."""
+
     action_id: str
     action: str
     resource: str
     parameters: dict[str, Any]
     credential_ttl_s: int
+    requester: Principal | None = None
 
 
 class ExecutionFailed(Exception):
-    """The action ran (or tried to) and failed; the message is shown to the requester."""
+    """The command did not take effect; the message is shown to the requester and audited."""
+
+
+class OutcomeUnknown(Exception):
+    """The command may or may not have taken effect; the message says what is known."""
 
 
 class Plugin(Protocol):

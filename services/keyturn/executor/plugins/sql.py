@@ -1,0 +1,260 @@
+"""The ``sql`` plugin: one statement on PostgreSQL, as a role that exists for that statement only.
+
+For each command (``sql.query`` with ``parameters.statement`` and optionally ``max_rows``):
+
+1. read what the statement touches (``sql_text``); refuse anything but one SELECT / VALUES /
+   TABLE / INSERT / UPDATE / DELETE;
+2. resolve the tables on the target (unqualified names mean ``public.``) and create the role
+   ``keyturn_cmd_<action>``: LOGIN, one connection, VALID UNTIL now + the policy's credential
+   TTL, granted SELECT on the tables a read names, or the write's privilege on its target
+   (plus SELECT where the statement reads, and the target's serial sequences for INSERT);
+3. connect as that role with a statement timeout (the smaller of the setting and the TTL)
+   and run the statement: reads in a READ ONLY transaction through a server-side cursor
+   (only the rows that travel back are fetched; the rest are counted), writes in one
+   transaction;
+4. always, in ``finally``: end the role's sessions, revoke everything (DROP OWNED), drop it.
+
+Statement errors, timeouts and refused connections end the command ``failed`` with the
+reason; a connection lost while committing a write ends it ``outcome_unknown``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
+from keyturn.executor.plugins.sql_roles import (
+    Grants,
+    Relation,
+    RoleCleanup,
+    create_role,
+    drop_role,
+    role_name_for,
+    sweep_expired_roles,
+)
+from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
+from keyturn.executor.values import jsonable
+
+log = logging.getLogger(__name__)
+
+_GRANTABLE_KINDS = {"r", "p", "v", "m", "f"}  # tables, partitioned tables, views, materialized views, foreign tables
+_PUBLIC_CATALOGS = {"pg_catalog", "information_schema"}  # readable by everyone already
+
+
+class SqlPlugin:
+    name = "sql"
+
+    def __init__(
+        self,
+        target_url: str,
+        *,
+        statement_timeout_s: float = 30.0,
+        max_result_rows: int = 50,
+        connect_timeout_s: int = 5,
+        credential_observer: Callable[[str], None] | None = None,
+    ) -> None:
+        self.target_url = target_url
+        self.statement_timeout_s = statement_timeout_s
+        self.max_result_rows = max_result_rows
+        self.connect_timeout_s = connect_timeout_s
+        # Tests pass an observer to learn every minted password and prove it leaks nowhere.
+        self.credential_observer = credential_observer
+        target = conninfo_to_dict(target_url)
+        self.target_name = f"{target.get('host', 'localhost')}:{target.get('port', 5432)}/{target.get('dbname', '')}"
+
+    async def start(self) -> None:
+        """Drop temporary roles that outlived their validity (left by a crash)."""
+        try:
+            async with await self._admin() as admin:
+                dropped = await sweep_expired_roles(admin)
+        except ExecutionFailed as exc:
+            log.warning("sql plugin: no sweep of expired temporary roles: %s", exc)
+            return
+        if dropped:
+            log.info("sql plugin: dropped %d expired temporary roles", len(dropped))
+
+    async def execute(self, command: Command) -> Any:
+        statement, max_rows = _statement_parameters(command.parameters)
+        try:
+            shape = statement_shape(statement)
+        except UnsupportedStatement as exc:
+            raise ExecutionFailed(f"statement refused before running: {exc}") from None
+        ttl_s = command.credential_ttl_s
+        if ttl_s <= 0:
+            raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
+        timeout_s = min(self.statement_timeout_s, ttl_s)
+        name = role_name_for(command.action_id)
+        async with await self._admin() as admin:
+            grants = await self._grants_for(admin, shape)
+            try:
+                role = await create_role(admin, name, ttl_s, grants)
+            except psycopg.errors.DuplicateObject:
+                raise ExecutionFailed(f"the temporary role for action {command.action_id} already exists: "
+                                      "another run of it started; refusing to run it twice") from None
+            except psycopg.Error as exc:
+                raise ExecutionFailed(f"could not create the temporary role on {self.target_name}: {_message(exc)}") from None
+        if self.credential_observer is not None:
+            self.credential_observer(role.password)
+        try:
+            return await self._run_as(role.name, role.password, shape, statement, max_rows, timeout_s, grants)
+        finally:
+            try:
+                await self._drop(name)
+            except ExecutionFailed:
+                pass  # logged by _drop; the role expires with its TTL and the next start sweeps it
+
+    async def abandon(self, command: Command) -> dict[str, Any]:
+        """After a crash mid-command: end the role's sessions and drop it; report what was found."""
+        name = role_name_for(command.action_id)
+        try:
+            cleanup = await self._drop(name)
+        except ExecutionFailed as exc:
+            return {"temporary_role": name, "cleanup_error": str(exc)}
+        return cleanup.as_evidence()
+
+    async def _admin(self) -> psycopg.AsyncConnection:
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self.target_url, autocommit=True, connect_timeout=self.connect_timeout_s,
+                options="-c search_path=public", application_name="keyturn-executor",
+            )
+        except psycopg.OperationalError as exc:
+            raise ExecutionFailed(f"cannot connect to the SQL target {self.target_name}: {_message(exc)}") from None
+
+    async def _drop(self, name: str) -> RoleCleanup:
+        try:
+            async with await self._admin() as admin:
+                return await drop_role(admin, name)
+        except (ExecutionFailed, psycopg.Error) as exc:
+            reason = str(exc) if isinstance(exc, ExecutionFailed) else _message(exc)
+            log.error("sql plugin: temporary role %s not dropped: %s", name, reason)
+            raise ExecutionFailed(f"temporary role {name} not dropped: {reason}") from None
+
+    async def _grants_for(self, admin: psycopg.AsyncConnection, shape: StatementShape) -> Grants:
+        tables: dict[Relation, list[str]] = {}
+        for written in shape.reads:
+            found = await _resolve(admin, written)
+            if found is not None:
+                tables.setdefault(found[0], []).append("SELECT")
+        sequences: tuple[Relation, ...] = ()
+        if shape.write_target is not None:
+            found = await _resolve(admin, shape.write_target)
+            if found is None:
+                raise ExecutionFailed(f"{shape.write_privilege} refused before running: table {shape.write_target} does not exist on {self.target_name}")
+            target, oid = found
+            tables.setdefault(target, []).append(shape.write_privilege)
+            if shape.write_privilege == "INSERT":
+                sequences = await _serial_sequences(admin, oid)
+        return Grants({relation: tuple(sorted(set(p))) for relation, p in tables.items()}, sequences)
+
+    async def _run_as(self, role: str, password: str, shape: StatementShape, statement: str,
+                      max_rows: int | None, timeout_s: float, grants: Grants) -> dict[str, Any]:
+        wanted = self.max_result_rows if max_rows is None else min(max_rows, self.max_result_rows)
+        options = f"-c statement_timeout={int(timeout_s * 1000)} -c search_path=public -c client_connection_check_interval=1000"
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.target_url, user=role, password=password, options=options,
+                connect_timeout=self.connect_timeout_s, application_name="keyturn-command",
+            )
+        except psycopg.OperationalError as exc:
+            raise ExecutionFailed(f"cannot connect to the SQL target {self.target_name} as the temporary role: {_message(exc)}") from None
+        committing = False
+        try:
+            async with conn:
+                if shape.is_read:
+                    await conn.set_read_only(True)
+                    async with conn.transaction():
+                        return await _read(conn, statement, wanted)
+                transaction = conn.transaction()
+                async with transaction:
+                    result = await _write(conn, statement, wanted)
+                    committing = True
+                return result
+        except psycopg.errors.QueryCanceled:
+            raise ExecutionFailed(f"the statement ran longer than {timeout_s:g}s; PostgreSQL cancelled it and nothing was changed") from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ExecutionFailed(f"PostgreSQL refused the statement: {_message(exc)} (the temporary role held {grants.describe()}; "
+                                  "every table must be named after FROM, JOIN, INTO or UPDATE)") from None
+        except psycopg.OperationalError as exc:
+            if committing and not shape.is_read:
+                raise OutcomeUnknown(f"the connection to {self.target_name} broke while committing: the write may or may not "
+                                     f"have been applied ({_message(exc)})") from None
+            raise ExecutionFailed(f"the connection to {self.target_name} broke before the statement committed; nothing was changed "
+                                  f"({_message(exc)})") from None
+        except psycopg.Error as exc:
+            raise ExecutionFailed(f"PostgreSQL: {_message(exc)}") from None
+
+
+async def _read(conn: psycopg.AsyncConnection, statement: str, wanted: int) -> dict[str, Any]:
+    async with conn.cursor(name="keyturn_result") as cursor:
+        await cursor.execute(statement)
+        rows = await cursor.fetchmany(wanted) if wanted > 0 else []
+        columns = [column.name for column in cursor.description or ()]
+        moved = await conn.execute("MOVE FORWARD ALL IN keyturn_result")
+        remaining = int((moved.statusmessage or "MOVE 0").split()[-1])
+    return {"row_count": len(rows) + remaining, "columns": columns, "rows": [_row(columns, r) for r in rows]}
+
+
+async def _write(conn: psycopg.AsyncConnection, statement: str, wanted: int) -> dict[str, Any]:
+    cursor = await conn.execute(statement)
+    result: dict[str, Any] = {"row_count": cursor.rowcount}
+    if cursor.description:  # RETURNING
+        columns = [column.name for column in cursor.description]
+        rows = await cursor.fetchmany(wanted) if wanted > 0 else []
+        result |= {"columns": columns, "rows": [_row(columns, r) for r in rows]}
+    return result
+
+
+def _row(columns: list[str], values: tuple) -> dict[str, Any]:
+    return {column: jsonable(value) for column, value in zip(columns, values)}
+
+
+async def _resolve(admin: psycopg.AsyncConnection, written: str) -> tuple[Relation, int] | None:
+    """The relation ``written`` names on the target (search_path ``public``), when it grants anything."""
+    try:
+        cursor = await admin.execute(
+            "SELECT n.nspname, c.relname, c.relkind, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = to_regclass(%s)",
+            (written,),
+        )
+    except psycopg.Error as exc:
+        raise ExecutionFailed(f"statement refused before running: {written!r} is not a table name ({_message(exc)})") from None
+    row = await cursor.fetchone()
+    if row is None or row[2] not in _GRANTABLE_KINDS or row[0] in _PUBLIC_CATALOGS:
+        return None
+    return Relation(row[0], row[1]), row[3]
+
+
+async def _serial_sequences(admin: psycopg.AsyncConnection, table_oid: int) -> tuple[Relation, ...]:
+    """Sequences behind the table's serial columns (an INSERT draws from them)."""
+    cursor = await admin.execute(
+        "SELECT n.nspname, s.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+        "JOIN pg_namespace n ON n.oid = s.relnamespace "
+        "WHERE d.classid = 'pg_class'::regclass AND d.refobjid = %s AND d.deptype = 'a'",
+        (table_oid,),
+    )
+    return tuple(Relation(schema, name) for schema, name in await cursor.fetchall())
+
+
+def _statement_parameters(parameters: dict[str, Any]) -> tuple[str, int | None]:
+    statement = parameters.get("statement")
+    if not isinstance(statement, str) or not statement.strip():
+        raise ExecutionFailed("parameters.statement must be a non-empty SQL string")
+    max_rows = parameters.get("max_rows")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
+        raise ExecutionFailed(f"parameters.max_rows must be a whole number ≥ 0, not {max_rows!r}")
+    return statement, max_rows
+
+
+def _message(exc: Exception) -> str:
+    """PostgreSQL's own words on one line, with the SQLSTATE; never the connection string."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = primary or " ".join(str(exc).split()) or type(exc).__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{text} [{sqlstate}]" if sqlstate else text

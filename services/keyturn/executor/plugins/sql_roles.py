@@ -1,0 +1,164 @@
+"""Temporary PostgreSQL roles: one per command, created with only its grants, dropped after.
+
+The executor's own connection needs CREATEROLE and the right to grant what commands need
+(ownership of, or GRANT OPTION on, the tables). A role is named after its action
+(``keyturn_cmd_<action id hex>``), so a role left behind by a crash is found and dropped by
+the next run of that action's recovery, or by ``sweep_expired_roles`` at start.
+
+The password never reaches the server in clear: ``CREATE ROLE`` gets a SCRAM-SHA-256
+verifier computed here, so even ``log_statement = 'all'`` logs nothing a client could log
+in with. The target's ``pg_hba.conf`` must check passwords (``scram-sha-256``) for these
+roles; under ``trust`` the credential limits nothing. A role also holds whatever PUBLIC holds
+(EXECUTE on functions, TEMP, CONNECT): revoke those from PUBLIC on a target that needs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+ROLE_PREFIX = "keyturn_cmd_"
+SCRAM_ITERATIONS = 4096  # PostgreSQL's own default for scram-sha-256
+
+
+def role_name_for(action_id: str) -> str:
+    """The temporary role of one action: the same name on every try, so a leftover is found."""
+    try:
+        suffix = uuid.UUID(action_id).hex
+    except ValueError:
+        suffix = hashlib.sha256(action_id.encode()).hexdigest()[:32]
+    return ROLE_PREFIX + suffix
+
+
+def scram_sha256_verifier(password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802, RFC 7677)."""
+    salt = salt or secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A table (or view, or sequence) the role is granted something on."""
+
+    schema: str
+    name: str
+
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What one command may do: privileges per table, sequences it may draw from."""
+
+    tables: dict[Relation, tuple[str, ...]] = field(default_factory=dict)
+    sequences: tuple[Relation, ...] = ()
+
+    @property
+    def schemas(self) -> tuple[str, ...]:
+        return tuple(sorted({r.schema for r in (*self.tables, *self.sequences)}))
+
+    def describe(self) -> str:
+        """``SELECT on public.orders; INSERT on public.marks`` (for messages)."""
+        parts = [f"{', '.join(privileges)} on {relation}" for relation, privileges in sorted(self.tables.items(), key=lambda kv: str(kv[0]))]
+        return "; ".join(parts) or "no table privileges"
+
+
+@dataclass(frozen=True)
+class TemporaryRole:
+    name: str
+    password: str = field(repr=False)
+    valid_until: datetime
+
+
+@dataclass(frozen=True)
+class RoleCleanup:
+    """What dropping a role found: whether it existed and how many of its sessions were ended."""
+
+    role: str
+    existed: bool
+    sessions_terminated: int
+
+    def as_evidence(self) -> dict[str, object]:
+        return {"temporary_role": self.role, "role_existed": self.existed, "sessions_terminated": self.sessions_terminated,
+                "role_dropped": self.existed}
+
+
+async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, grants: Grants) -> TemporaryRole:
+    """Create ``name`` (LOGIN, one connection, VALID UNTIL now + ttl) holding exactly ``grants``.
+
+    One transaction: a role exists with all its grants or not at all.
+    """
+    password = secrets.token_urlsafe(32)
+    role = sql.Identifier(name)
+    async with admin.transaction():
+        cursor = await admin.execute("SELECT now() + make_interval(secs => %s)", (float(ttl_s),))
+        (valid_until,) = await cursor.fetchone()
+        await admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION CONNECTION LIMIT 1 "
+                    "PASSWORD {} VALID UNTIL {}").format(role, sql.Literal(scram_sha256_verifier(password)), sql.Literal(valid_until.isoformat()))
+        )
+        for schema in grants.schemas:
+            await admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
+        for relation, privileges in grants.tables.items():
+            await admin.execute(
+                sql.SQL("GRANT {} ON TABLE {} TO {}").format(sql.SQL(", ").join(sql.SQL(p) for p in privileges), relation.identifier(), role)
+            )
+        for sequence in grants.sequences:
+            await admin.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence.identifier(), role))
+    return TemporaryRole(name, password, valid_until)
+
+
+async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
+    """End the role's sessions, revoke everything it was granted (DROP OWNED) and drop it."""
+    role = sql.Identifier(name)
+    async with admin.transaction():
+        cursor = await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
+        if await cursor.fetchone() is None:
+            return RoleCleanup(name, existed=False, sessions_terminated=0)
+        # membership gives the executor the right to end the role's sessions and DROP OWNED it
+        await admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+        cursor = await admin.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        (terminated,) = await cursor.fetchone()
+        await admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        await admin.execute(sql.SQL("DROP ROLE {}").format(role))
+    return RoleCleanup(name, existed=True, sessions_terminated=int(terminated))
+
+
+async def sweep_expired_roles(admin: psycopg.AsyncConnection, *, grace_s: float = 60.0) -> list[str]:
+    """Drop temporary roles whose validity ended more than ``grace_s`` ago (crash leftovers)."""
+    cursor = await admin.execute(
+        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s) AND rolvaliduntil < now() - make_interval(secs => %s)",
+        (ROLE_PREFIX, grace_s),
+    )
+    names = [row[0] for row in await cursor.fetchall()]
+    dropped = []
+    for name in names:
+        try:
+            if (await drop_role(admin, name)).existed:
+                dropped.append(name)
+        except psycopg.Error:
+            continue  # another executor is dropping it right now
+    return dropped

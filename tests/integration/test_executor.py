@@ -1,0 +1,374 @@
+"""The executor through the real stack: a temporary role per SQL statement, a token per HTTP call,
+checks before anything runs, capped and masked results, failures as outcomes, and no
+credential left anywhere afterwards.
+
+The SQL target is a private PostgreSQL that checks passwords and logs every statement; the
+HTTP target is a local HTTPS server that verifies each token with the executor's JWKS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import replace
+
+import psycopg
+import pytest
+
+from keyturn.audit.stream import read_audit_log
+from keyturn.bus.codec import registry
+from keyturn.bus.topics import Topics
+from keyturn.core.events import ActionDecided, ActionExecuted, canonical_json
+from keyturn.core.execution import payload_digest_of
+from keyturn.db import schema_name
+from keyturn.executor.plugins.base import Command, ExecutionFailed
+from keyturn.executor.plugins.sql import SqlPlugin
+from keyturn.executor.plugins.sql_roles import Grants, create_role, drop_role, role_name_for
+from tests.conftest import ARTIFACTS, free_port
+from tests.integration.conftest import Agent, eventually, keyturn_cli, mint, produce, read_topic
+from tests.integration.test_executor_support import (  # noqa: F401  (fixtures)
+    PEER_HOST,
+    UNREACHABLE_HOST,
+    ExecutorUnderTest,
+    HttpsPeer,
+    SqlTarget,
+    https_peer,
+    sql_target,
+    witnessed_secrets,
+)
+
+pytestmark = pytest.mark.integration
+
+STAGING = "postgres://staging/shop"
+RESULT_ROWS = 5
+
+
+@pytest.fixture(scope="module")
+def shop(sql_target: SqlTarget) -> SqlTarget:
+    """Tables on the SQL target, owned by the executor's admin role (so it can grant on them)."""
+    with sql_target.admin() as conn:
+        conn.execute("""
+            CREATE TABLE customers (id serial PRIMARY KEY, email text, password text, city text);
+            INSERT INTO customers (email, password, city)
+                SELECT 'customer' || n || '@example.com', 'hunter' || n, 'Lyon' FROM generate_series(1, 12) n;
+            CREATE TABLE marks (id serial PRIMARY KEY, note text NOT NULL);
+            CREATE TABLE vault (secret text);
+            INSERT INTO vault VALUES ('the crown jewels');
+            CREATE FUNCTION peek_vault() RETURNS text LANGUAGE sql AS 'SELECT secret FROM vault LIMIT 1';
+            CREATE FUNCTION add_mark_as_owner() RETURNS int LANGUAGE sql SECURITY DEFINER
+                AS $$ INSERT INTO marks (note) VALUES ('by definer') RETURNING id $$;
+        """)
+    return sql_target
+
+
+@pytest.fixture(scope="module")
+def executor(settings, services, shop: SqlTarget, https_peer: HttpsPeer, tmp_path_factory):
+    witness = tmp_path_factory.mktemp("witness") / "minted.txt"
+    overrides = {
+        "KEYTURN_SQL_TARGET_URL": shop.url,
+        "KEYTURN_SQL_STATEMENT_TIMEOUT_S": "3",
+        "KEYTURN_HTTP_ALLOWED_HOSTS": f"{PEER_HOST},{UNREACHABLE_HOST}",
+        "KEYTURN_HTTP_CONNECT_TO": f"{PEER_HOST}=127.0.0.1:{https_peer.port},{UNREACHABLE_HOST}=127.0.0.1:{free_port()}",
+        "KEYTURN_HTTP_CA_FILE": str(https_peer.ca_file),
+        "KEYTURN_HTTP_TIMEOUT_S": "2",
+        "KEYTURN_EXECUTOR_MAX_RESULT_ROWS": str(RESULT_ROWS),
+    }
+    with ExecutorUnderTest(settings, services, overrides, witness=witness) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def agent(settings, services, executor) -> Agent:
+    """agent:reporter acting for human:alice (a person behind it: staging writes are allowed)."""
+    return Agent(settings, "agent:reporter", ("human:alice",))
+
+
+def marks(target: SqlTarget, note: str) -> int:
+    with target.admin() as conn:
+        return conn.execute("SELECT count(*) FROM marks WHERE note = %s", (note,)).fetchone()[0]
+
+
+def outcome(agent: Agent, action_id: str) -> dict:
+    """The requester's view of a finished action (from the intake's status API)."""
+    view = agent.wait(action_id)
+    if not view["terminal"] and executed_events(agent.settings, action_id):
+        pytest.fail(f"the executor published the outcome of {action_id}, but the intake's status still says "
+                    f"{view['state']!r}: the intake dropped an ActionExecuted that it read before the ActionDecided")
+    return view
+
+
+def sql(agent: Agent, statement: str, resource: str = STAGING, **parameters) -> dict:
+    return outcome(agent, agent.submit_ok("sql.query", resource, {"statement": statement, **parameters}))
+
+
+def http(agent: Agent, path: str, host: str = PEER_HOST, method: str = "GET") -> dict:
+    return outcome(agent, agent.submit_ok("http.request", f"https://{host}{path}", {"method": method}))
+
+
+def executed_events(settings, action_id: str) -> list[ActionExecuted]:
+    found = read_topic(settings, Topics.from_settings(settings).executed)
+    return [event for event, _ in found if isinstance(event, ActionExecuted) and event.action_id == action_id]
+
+
+# --- sql ------------------------------------------------------------------------------------------
+
+
+def test_a_read_runs_as_a_role_made_for_that_one_statement(agent: Agent) -> None:
+    view = sql(agent, "SELECT current_user AS who, session_user AS login")
+    assert view["state"] == "succeeded", view
+    row = view["result"]["rows"][0]
+    assert row["who"] == row["login"] == role_name_for(view["action_id"])
+
+
+def test_a_large_read_comes_back_as_a_row_count_and_the_first_rows_masked(agent: Agent) -> None:
+    view = sql(agent, "SELECT id, email, password, city FROM customers ORDER BY id", max_rows=100)
+    assert view["state"] == "succeeded", view
+    result = view["result"]
+    assert result["row_count"] == 12 and result["truncated"] is True
+    assert [row["id"] for row in result["rows"]] == [1, 2, 3, 4, 5]
+    assert {row["email"] for row in result["rows"]} == {"<EMAIL_ADDRESS>"}
+    assert {row["password"] for row in result["rows"]} == {"<SECRET>"}
+    assert result["rows"][0]["city"] == "Lyon"
+
+
+def test_max_rows_caps_what_comes_back(agent: Agent) -> None:
+    result = sql(agent, "SELECT id FROM customers ORDER BY id", max_rows=2)["result"]
+    assert (result["row_count"], len(result["rows"]), result["truncated"]) == (12, 2, True)
+
+
+def test_a_read_cannot_write_even_through_a_function_that_could(agent: Agent, shop: SqlTarget) -> None:
+    view = sql(agent, "SELECT add_mark_as_owner()")
+    assert view["state"] == "failed", view
+    assert "read-only transaction" in view["reasons"][0]
+    assert marks(shop, "by definer") == 0
+
+
+def test_a_write_changes_its_table_once(agent: Agent, shop: SqlTarget) -> None:
+    view = sql(agent, "INSERT INTO marks (note) VALUES ('written once') RETURNING id")
+    assert view["state"] == "succeeded", view
+    assert view["result"]["row_count"] == 1
+    assert marks(shop, "written once") == 1
+
+
+def test_the_role_holds_only_the_tables_the_statement_names(agent: Agent, shop: SqlTarget) -> None:
+    view = sql(agent, "INSERT INTO marks (note) SELECT peek_vault()")
+    assert view["state"] == "failed", view
+    reason = view["reasons"][0]
+    assert "permission denied for table vault" in reason
+    assert "INSERT on public.marks" in reason  # what the role did hold, so the requester can fix the statement
+    with shop.admin() as conn:
+        assert conn.execute("SELECT count(*) FROM marks WHERE note = 'the crown jewels'").fetchone()[0] == 0
+
+
+def test_an_approved_production_write_runs_after_the_key_turn(agent: Agent, settings, shop: SqlTarget) -> None:
+    action_id = agent.submit_ok("sql.query", "postgres://prod/shop", {"statement": "UPDATE marks SET note = 'approved' WHERE note = 'written once'"})
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    assert marks(shop, "approved") == 0
+    approved = keyturn_cli(settings, "approve", action_id, "--reason", "change 7", token=mint(settings, "human:frank"))
+    assert approved.returncode == 0, approved.stderr
+    view = outcome(agent, action_id)
+    assert view["state"] == "succeeded", view
+    assert view["result"] == {"row_count": 1}
+    assert marks(shop, "approved") == 1
+
+
+def test_a_statement_error_fails_with_the_reason_for_the_requester_and_the_audit(agent: Agent, settings) -> None:
+    view = sql(agent, "SELECT no_such_column FROM customers")
+    assert view["state"] == "failed"
+    assert view["reasons"] == ['PostgreSQL: column "no_such_column" does not exist [42703]']
+
+    def audited():
+        return [r for r in asyncio.run(read_audit_log(settings)) if r.action_id == view["action_id"] and r.event_type == "ActionExecuted"]
+
+    records = eventually(audited)
+    assert records and "no_such_column" in records[0].payload_json
+
+
+def test_a_statement_past_its_timeout_fails_and_changes_nothing(agent: Agent, shop: SqlTarget) -> None:
+    view = sql(agent, "INSERT INTO marks (note) SELECT 'too slow' FROM pg_sleep(10)")
+    assert view["state"] == "failed", view
+    assert view["reasons"] == ["the statement ran longer than 3s; PostgreSQL cancelled it and nothing was changed"]
+    assert marks(shop, "too slow") == 0
+
+
+def test_a_statement_the_plugin_cannot_read_is_refused_not_guessed(agent: Agent, shop: SqlTarget) -> None:
+    view = sql(agent, "SELECT 1; INSERT INTO marks (note) VALUES ('smuggled')")
+    assert view["state"] == "failed"
+    assert "one statement per command" in view["reasons"][0]
+    assert marks(shop, "smuggled") == 0
+
+
+def test_a_refused_connection_fails_with_the_reason() -> None:
+    plugin = SqlPlugin(f"postgresql://keyturn:keyturn@127.0.0.1:{free_port()}/keyturn")
+    command = Command(str(uuid.uuid4()), "sql.query", STAGING, {"statement": "SELECT 1"}, 300)
+    with pytest.raises(ExecutionFailed) as failed:
+        asyncio.run(plugin.execute(command))
+    assert "cannot connect to the SQL target" in str(failed.value) and "Connection refused" in str(failed.value)
+
+
+def test_postgresql_refuses_a_credential_once_it_has_expired(shop: SqlTarget) -> None:
+    name = role_name_for(str(uuid.uuid4()))
+
+    async def create():
+        async with await psycopg.AsyncConnection.connect(shop.url, autocommit=True) as admin:
+            return await create_role(admin, name, 2.0, Grants())
+
+    role = asyncio.run(create())
+    try:
+        with psycopg.connect(shop.url, user=role.name, password=role.password) as conn:  # valid: it works
+            assert conn.execute("SELECT current_user").fetchone()[0] == name
+        time.sleep(3)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(shop.url, user=role.name, password=role.password)
+        assert f'User "{name}" has an expired password' in shop.log_path.read_text()
+    finally:
+        async def drop():
+            async with await psycopg.AsyncConnection.connect(shop.url, autocommit=True) as admin:
+                await drop_role(admin, name)
+
+        asyncio.run(drop())
+
+
+# --- http -----------------------------------------------------------------------------------------
+
+
+def test_an_http_call_carries_a_token_minted_for_that_call_only(agent: Agent, https_peer: HttpsPeer) -> None:
+    view = http(agent, "/v1/whoami")
+    action_id = view["action_id"]
+    assert view["state"] == "succeeded", view
+    body = view["result"]["body"]
+    assert body["verified"] is True  # the peer checked signature, issuer, audience, expiry and the call
+    assert body["subject"] == "service:keyturn-executor"
+    assert body["acts_for"] == ["agent:reporter", "human:alice"]
+    assert body["action_id"] == action_id
+    assert body["audience"] == f"https://{PEER_HOST}"
+    assert body["lifetime_s"] == 60  # the policy's credential TTL for http.request
+    assert body["contact"] == "<EMAIL_ADDRESS>"  # results are masked on their way back
+
+
+def test_an_http_answer_with_many_items_is_capped(agent: Agent) -> None:
+    view = http(agent, "/v1/items")
+    assert view["state"] == "succeeded", view
+    body = view["result"]["body"]
+    assert (body["row_count"], len(body["rows"]), body["truncated"]) == (80, RESULT_ROWS, True)
+    assert body["rows"][0]["owner"] == "<EMAIL_ADDRESS>"
+
+
+def test_a_minted_token_is_worthless_for_another_target(agent: Agent, https_peer: HttpsPeer) -> None:
+    from keyturn.executor.plugins.http import TOKEN_ISSUER
+    from keyturn.identity import InvalidToken, TokenVerifier
+
+    assert http(agent, "/v1/whoami")["state"] == "succeeded"
+    token = https_peer.tokens[-1]
+    elsewhere = TokenVerifier(str(https_peer.jwks_path), issuer=TOKEN_ISSUER, audience=f"https://{UNREACHABLE_HOST}", algorithms=("ES256",))
+    with pytest.raises(InvalidToken) as refused:
+        elsewhere.verify(token)
+    assert refused.value.code == "wrong_audience"
+
+
+def test_an_http_target_that_does_not_answer_in_time_fails(agent: Agent) -> None:
+    view = http(agent, "/v1/slow")
+    assert view["state"] == "failed"
+    assert view["reasons"] == [f"{PEER_HOST} did not answer within 2s"]
+
+
+def test_an_http_target_that_refuses_the_connection_fails(agent: Agent) -> None:
+    view = http(agent, "/hook", host=UNREACHABLE_HOST)
+    assert view["state"] == "failed"
+    assert view["reasons"][0].startswith(f"cannot connect to {UNREACHABLE_HOST}: ")
+    assert "Connection refused" in view["reasons"][0] and view["reasons"][0].endswith("nothing was sent")
+
+
+# --- checks before execution, and never twice -----------------------------------------------------
+
+
+def _first_decided(settings, action_id: str) -> ActionDecided:
+    found = read_topic(settings, Topics.from_settings(settings).decided)
+    return next(event for event, _ in found if isinstance(event, ActionDecided) and event.action_id == action_id)
+
+
+def test_a_forged_order_with_other_parameters_is_refused_before_anything_runs(agent: Agent, settings, shop: SqlTarget) -> None:
+    action_id = sql(agent, "SELECT 1")["action_id"]
+    decided = _first_decided(settings, action_id)
+    forged_id = str(uuid.uuid4())
+    other = {"statement": "INSERT INTO marks (note) VALUES ('forged')"}
+    # someone with write access to the topic sends an allowed decision for other parameters,
+    # reusing a genuine sealed copy and digest (a forger has no seal key of their own)
+    forged = replace(decided, action_id=forged_id, event_id=f"decided:{forged_id}", request=replace(
+        decided.request, action_id=forged_id, parameters_json=canonical_json(other)))
+    produce(settings, Topics.from_settings(settings).decided, registry().encode_event(forged), key=forged_id.encode())
+    executed = eventually(lambda: executed_events(settings, forged_id), timeout=60)
+    assert executed and executed[0].outcome.value == "failed"
+    assert executed[0].error.startswith("refused before execution: ")
+    assert payload_digest_of("sql.query", STAGING, other) != decided.request.payload_digest
+    assert marks(shop, "forged") == 0
+
+
+def test_a_redelivered_order_is_answered_from_the_ledger_not_run_again(agent: Agent, settings, shop: SqlTarget) -> None:
+    view = sql(agent, "INSERT INTO marks (note) VALUES ('redelivered')")
+    assert view["state"] == "succeeded" and marks(shop, "redelivered") == 1
+    decided = _first_decided(settings, view["action_id"])
+    produce(settings, Topics.from_settings(settings).decided, registry().encode_event(decided), key=decided.action_id.encode())
+
+    def republished():
+        found = executed_events(settings, view["action_id"])
+        return found if len(found) >= 2 else None
+
+    executed = eventually(republished, timeout=60)
+    assert [e.outcome.value for e in executed] == ["succeeded", "succeeded"]
+    assert executed[0].finished_at == executed[1].finished_at  # the recorded event, republished
+    assert marks(shop, "redelivered") == 1
+
+
+# --- credential hygiene (last: besides its own actions, it scans what every test above left) -------
+
+
+def test_no_temporary_role_is_left_behind(agent: Agent, shop: SqlTarget) -> None:
+    assert sql(agent, "SELECT count(*) FROM customers")["state"] == "succeeded"
+    assert sql(agent, "SELECT no_such_column FROM customers")["state"] == "failed"
+    assert shop.temporary_roles() == []
+
+
+def test_no_minted_credential_appears_in_any_topic_log_or_audit_record(agent: Agent, settings, executor: ExecutorUnderTest,
+                                                                       https_peer: HttpsPeer, shop: SqlTarget) -> None:
+    assert sql(agent, "SELECT email FROM customers WHERE id = 1")["state"] == "succeeded"
+    assert http(agent, "/v1/whoami")["state"] == "succeeded"
+    minted = witnessed_secrets(executor.witness)
+    tokens = [m for m in minted if m.count(".") == 2]
+    passwords = [m for m in minted if m not in tokens]
+    assert tokens and passwords, "the tests above minted SQL passwords and HTTP tokens"
+    assert set(https_peer.tokens) <= set(tokens)  # the peer got only tokens the executor minted
+    secrets = [s.encode() for s in minted]
+
+    places: dict[str, bytes] = {}
+    for topic in _namespace_topics(settings):
+        places[f"topic {topic}"] = b"\n".join((m.key or b"") + b"\t" + (m.value or b"") for _, m in read_topic(settings, topic))
+    for log in sorted((ARTIFACTS / "logs" / settings.namespace).glob("*.log")):
+        places[f"log {log.name}"] = log.read_bytes()
+    places["audit records"] = "\n".join(canonical_json(r.to_dict()) for r in asyncio.run(read_audit_log(settings))).encode()
+    places["SQL target server log"] = shop.log_path.read_bytes()
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute(f'SELECT executed_event FROM "{schema_name(settings)}".executions').fetchall()
+    places["execution ledger"] = b"\n".join(bytes(r[0] or b"") for r in rows)
+
+    assert b"CREATE ROLE" in places["SQL target server log"] and b"SCRAM-SHA-256$" in places["SQL target server log"]
+    assert any(b"executed" in content for name, content in places.items() if name.startswith("log "))
+    leaks = [(name, secret[:6] + b"...") for name, content in places.items() for secret in secrets if secret in content]
+    assert leaks == [], f"minted credentials found in: {leaks}"
+
+
+def _namespace_topics(settings) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def names() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            return sorted(t for t in await admin.list_topics() if t.startswith(settings.namespace))
+        finally:
+            await admin.close()
+
+    found = asyncio.run(names())
+    assert Topics.from_settings(settings).executed in found
+    return found

@@ -1,0 +1,101 @@
+"""At most once, across a crash: the executor is SIGKILLed while a write runs, then restarted.
+
+The write is a real slow statement (an INSERT fed by ``pg_sleep``), so the kill lands between
+the ledger's "started" and "finished" every time. The redelivered order must not run again:
+the action ends ``outcome_unknown`` with the evidence, the temporary role is gone, and the
+INSERT happened at most once — counted in its table and in the target's statement log.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import psycopg
+import pytest
+
+from keyturn.bus.codec import registry
+from keyturn.bus.topics import Topics
+from keyturn.core.events import ActionDecided, ActionExecuted
+from keyturn.db import schema_name
+from keyturn.executor.plugins.sql_roles import role_name_for
+from tests.integration.conftest import Agent, eventually, produce, read_topic
+from tests.integration.test_executor_support import ExecutorUnderTest, SqlTarget, sql_target  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.integration
+
+STATEMENT = "INSERT INTO crash_marks (note) SELECT 'interrupted' FROM pg_sleep(30)"
+
+
+@pytest.fixture(scope="module")
+def executor(settings, services, sql_target: SqlTarget):
+    with sql_target.admin() as conn:
+        conn.execute("CREATE TABLE crash_marks (id serial PRIMARY KEY, note text NOT NULL)")
+    overrides = {"KEYTURN_SQL_TARGET_URL": sql_target.url, "KEYTURN_SQL_STATEMENT_TIMEOUT_S": "120"}
+    with ExecutorUnderTest(settings, services, overrides) as running:
+        yield running
+
+
+def ledger_entry(settings, action_id: str) -> tuple | None:
+    with psycopg.connect(settings.database_url) as conn:
+        return conn.execute(
+            f'SELECT executor, started_at, finished_at, outcome FROM "{schema_name(settings)}".executions WHERE action_id = %s',
+            (action_id,),
+        ).fetchone()
+
+
+def statement_running(target: SqlTarget, role: str) -> bool:
+    with target.superuser() as conn:
+        row = conn.execute("SELECT query FROM pg_stat_activity WHERE usename = %s AND state = 'active'", (role,)).fetchone()
+    return row is not None and "pg_sleep" in row[0]
+
+
+def test_a_write_interrupted_by_a_crash_ends_outcome_unknown_and_never_runs_twice(
+    settings, executor: ExecutorUnderTest, sql_target: SqlTarget
+) -> None:
+    agent = Agent(settings, "agent:reporter", ("human:alice",))
+    action_id = agent.submit_ok("sql.query", "postgres://staging/shop", {"statement": STATEMENT})
+    role = role_name_for(action_id)
+
+    # started, and the statement is running on the target as the action's own role: now crash
+    assert eventually(lambda: statement_running(sql_target, role), timeout=60), "the statement never started"
+    started = ledger_entry(settings, action_id)
+    assert started is not None and started[2] is None  # started, not finished
+    executor.kill()
+    assert agent.status(action_id)["state"] == "allowed"  # nobody has said anything about the outcome yet
+
+    executor.start()
+    view = agent.wait(action_id, timeout=120)
+    assert view["state"] == "outcome_unknown", view
+    reason = view["reasons"][0]
+    assert reason.startswith(f"started at {started[1].isoformat()} by {started[0]} and never finished")
+    assert "not run again" in reason
+    evidence = view["result"]["evidence"]
+    assert evidence["started_by"] == started[0] and evidence["plugin"] == "sql"
+    assert evidence["cleanup"]["temporary_role"] == role
+    assert role not in sql_target.temporary_roles()
+
+    def count() -> int:
+        with sql_target.admin() as conn:
+            return conn.execute("SELECT count(*) FROM crash_marks").fetchone()[0]
+
+    assert count() <= 1  # at most once: 0 when the statement died with its client, 1 if it committed first
+
+    # the order arrives once more (a second redelivery): still not run, same answer
+    topics = Topics.from_settings(settings)
+    decided = next(e for e, _ in read_topic(settings, topics.decided) if isinstance(e, ActionDecided) and e.action_id == action_id)
+    produce(settings, topics.decided, registry().encode_event(decided), key=action_id.encode())
+
+    def answers() -> list[ActionExecuted] | None:
+        found = [e for e, _ in read_topic(settings, topics.executed) if isinstance(e, ActionExecuted) and e.action_id == action_id]
+        return found if len(found) >= 2 else None
+
+    executed = eventually(answers, timeout=60)
+    assert {e.outcome.value for e in executed} == {"outcome_unknown"}
+    time.sleep(1)
+    assert not statement_running(sql_target, role)
+    assert count() <= 1
+    # the target was sent the statement exactly once (log_statement = 'all' logs every statement received)
+    received = [line for line in sql_target.log_path.read_text().splitlines() if re.search(r"LOG:  (statement|execute [^:]*): ", line) and STATEMENT in line]
+    assert len(received) == 1, received
+    assert ledger_entry(settings, action_id)[3] == "outcome_unknown"

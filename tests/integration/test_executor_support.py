@@ -1,0 +1,290 @@
+"""Real peers for the executor's tests (no tests here; the executor test modules import these).
+
+- ``sql_target``: a private PostgreSQL cluster started with ``deploy/postgres.sh`` on a free
+  port. Unlike a development server it checks passwords (``scram-sha-256``), so expired and
+  dropped credentials are really refused, and it logs every statement, so a test can read the
+  server log for leaked secrets.
+- ``https_peer``: an HTTPS server for ``api.example.internal`` (a test CA signs its
+  certificate) that verifies every token it gets with the executor's published JWKS:
+  signature, issuer, audience, expiry, and that it was minted for this very call.
+- ``ExecutorUnderTest``: the executor as its own process, configured for those peers, in
+  place of the session's executor. Run with ``witness=True`` it is started through this
+  module's ``__main__``: the production ``create_app`` and plugins, plus an observer that
+  writes each minted credential to a file, so a test knows every secret to search for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psycopg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from keyturn.config import REPO_ROOT, Settings
+from tests.conftest import ARTIFACTS, ServiceProcesses, free_port, settings_env
+
+PEER_HOST = "api.example.internal"
+UNREACHABLE_HOST = "hooks.example.internal"  # allow-listed everywhere, but nothing listens where it points
+
+
+# --- a password-checking PostgreSQL -------------------------------------------------------------
+
+
+@dataclass
+class SqlTarget:
+    url: str  # as the executor's admin role (keyturn, CREATEROLE)
+    port: int
+    socket_dir: Path
+    log_path: Path
+
+    def superuser(self) -> psycopg.Connection:
+        """A superuser session over the cluster's private socket (for pg_stat_activity, settings)."""
+        return psycopg.connect(host=str(self.socket_dir), port=self.port, user="postgres", dbname="keyturn", autocommit=True)
+
+    def admin(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True)
+
+    def temporary_roles(self) -> list[str]:
+        with self.admin() as conn:
+            return [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'keyturn\\_cmd\\_%' ORDER BY 1")]
+
+
+@pytest.fixture(scope="module")
+def sql_target() -> SqlTarget:
+    run = Path(tempfile.mkdtemp(prefix="keyturn-sql-target-"))
+    run.chmod(0o755)  # the cluster's owner (postgres, when tests run as root) must reach it
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "KEYTURN_DATABASE_URL"} | {"KEYTURN_RUN": str(run), "KEYTURN_PG_PORT": str(port)}
+    script = REPO_ROOT / "deploy" / "postgres.sh"
+    started = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True)
+    assert started.returncode == 0, started.stdout + started.stderr
+    data_dir = next(run.glob("**/data/PG_VERSION")).parent.parent
+    target = SqlTarget(f"postgresql://keyturn:keyturn@127.0.0.1:{port}/keyturn", port, data_dir / "socket", data_dir / "postgres.log")
+    with target.superuser() as conn:
+        conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield target
+    finally:
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, text=True)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+# --- an HTTPS peer that verifies the executor's tokens ------------------------------------------
+
+
+@dataclass
+class HttpsPeer:
+    port: int
+    ca_file: Path
+    jwks_path: Path
+    tokens: list[str] = field(default_factory=list)  # every Authorization bearer received
+    verified: list[dict[str, Any]] = field(default_factory=list)  # claims of the tokens that passed
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, server key) for the peer's host names."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Keyturn test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PEER_HOST)]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(PEER_HOST), x509.DNSName(UNREACHABLE_HOST)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server-key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return paths
+
+
+def _peer_handler(peer: HttpsPeer):
+    from keyturn.executor.plugins.http import TOKEN_ISSUER
+    from keyturn.identity import InvalidToken, TokenVerifier
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._answer()
+
+        def do_POST(self) -> None:
+            self._answer()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # the test reads what the peer recorded, not its chatter
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            peer.tokens.append(token)
+            origin = f"https://{self.headers.get('Host')}"
+            try:
+                verifier = TokenVerifier(str(peer.jwks_path), issuer=TOKEN_ISSUER, audience=origin, algorithms=("ES256",), leeway_s=0)
+                principal = verifier.verify(token)
+            except (InvalidToken, ValueError) as exc:
+                return self._json(401, {"error": getattr(exc, "code", "invalid"), "detail": str(exc)})
+            claims = jwt.decode(token, options={"verify_signature": False})
+            if claims.get("htm") != self.command or claims.get("htu") != origin + self.path.split("?")[0]:
+                return self._json(401, {"error": "wrong_call", "detail": "the token was minted for another call"})
+            peer.verified.append(claims)
+            if self.path.startswith("/v1/slow"):
+                time.sleep(4)
+            if self.path.startswith("/v1/items"):
+                return self._json(200, [{"id": n, "owner": f"owner{n}@example.com"} for n in range(80)])
+            self._json(200, {"verified": True, "subject": principal.id, "acts_for": list(principal.chain),
+                             "action_id": claims.get("keyturn_action_id"), "audience": claims["aud"],
+                             "lifetime_s": claims["exp"] - claims["iat"], "echo": body, "contact": "ops@example.com"})
+
+        def _json(self, status: int, document: Any) -> None:
+            payload = json.dumps(document).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return Handler
+
+
+@pytest.fixture(scope="module")
+def https_peer(settings: Settings, tmp_path_factory) -> HttpsPeer:
+    import ssl
+
+    from keyturn.executor.plugins.http import JWKS_FILE, executor_key_directory
+
+    directory = tmp_path_factory.mktemp("https-peer")
+    ca_file, cert_file, key_file = _certificates(directory)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), None)
+    peer = HttpsPeer(server.server_address[1], ca_file, executor_key_directory(settings) / JWKS_FILE)
+    server.RequestHandlerClass = _peer_handler(peer)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield peer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- the executor as its own process, in place of the session's ---------------------------------
+
+
+class ExecutorUnderTest:
+    """Stops the session's executor and runs one configured with ``overrides`` instead."""
+
+    def __init__(self, settings: Settings, services: ServiceProcesses, overrides: dict[str, str], *, witness: Path | None = None) -> None:
+        self.settings = settings
+        self.services = services
+        self.env = settings_env(settings) | overrides
+        self.witness = witness
+        self.log_path = ARTIFACTS / "logs" / settings.namespace / "executor-under-test.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        """Start the process and wait until faust says it is ready (partitions assigned)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        command = ([sys.executable, "-m", "tests.integration.test_executor_support", str(self.witness)] if self.witness
+                   else [sys.executable, "-m", "keyturn.cli", "serve", "executor"])
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the executor exited with {self.proc.returncode}; see {self.log_path}")
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                if b"Worker ready" in log.read():
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"the executor was not ready within {timeout}s; see {self.log_path}")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no offset commit, no goodbye to the consumer group."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> "ExecutorUnderTest":
+        if "executor" in self.services.procs:
+            self.services.stop("executor")
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+        self.services.start("executor")
+
+
+def witnessed_secrets(witness: Path) -> list[str]:
+    """Every credential the executor minted so far (one per line)."""
+    return [line for line in witness.read_text().splitlines() if line] if witness.exists() else []
+
+
+if __name__ == "__main__":  # the executor, with an observer of minted credentials (ExecutorUnderTest(witness=…))
+    import asyncio
+
+    import faust
+
+    from keyturn.bus.topics import ensure_topics
+    from keyturn.executor.app import create_app
+    from keyturn.executor.plugins import PluginRegistry
+
+    witness_path = Path(sys.argv[1])
+
+    def observe(secret: str) -> None:
+        with witness_path.open("a") as out:
+            out.write(secret + "\n")
+
+    run_settings = Settings.from_env()
+    asyncio.run(ensure_topics(run_settings))
+    app = create_app(run_settings, PluginRegistry.from_settings(run_settings, credential_observer=observe))
+    faust.Worker(app, loglevel=run_settings.log_level, logfile=None).execute_from_commandline()

@@ -1,0 +1,242 @@
+"""Keyturn's services and servers as processes this run owns: shared by the test fixtures, the
+chaos tests (tests/chaos/) and ``make bench`` (bench/), so all three start things the same way.
+
+``ServiceProcesses``  the five services (or extra workers of one) as child processes.
+``PrivateServers``    a Kafka + OPA + PostgreSQL of this run's own, through deploy/*.sh, on free
+                      ports and in its own KEYTURN_RUN, so stopping or restarting one of them never
+                      touches the shared development servers or another engineer's run.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import httpx
+
+from keyturn.config import REPO_ROOT, Settings
+
+ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
+SERVICES = ("intake", "policy", "approval", "executor", "audit")
+SERVERS = ("kafka", "opa", "postgres")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A free port whose successor is free too (Kafka's controller listens on port + 1)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports found on 127.0.0.1")
+
+
+def settings_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes a child process use ``settings`` (plus ``extra`` variables)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
+    env.update({f"KEYTURN_{f.name.upper()}": str(getattr(settings, f.name)) for f in fields(settings)})
+    env["PYTHONPATH"] = str(REPO_ROOT / "services")
+    env.update(extra or {})
+    return env
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process (VmRSS), 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class ServiceProcesses:
+    """Services as child processes, each logging to ``<log_dir>/<name>.log``.
+
+    Each process runs with its log directory as working directory, so what a worker writes
+    next to itself (faust's ``<app>-data`` folders) stays with its logs, not in the checkout.
+    """
+
+    def __init__(self, settings: Settings, *, log_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = dict(env or {})
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.services: dict[str, str] = {}  # process name -> service it runs
+        self.log_dir = log_dir or ARTIFACTS / "logs" / settings.namespace
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, service: str | None = None) -> None:
+        """Start ``service`` (default: ``name``) as the process called ``name``."""
+        service = service or self.services.get(name) or name
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.services[name] = service
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "keyturn.cli", "serve", service],
+            env=settings_env(self.settings, self.env), stdout=log, stderr=subprocess.STDOUT, cwd=self.log_dir,
+        )
+
+    def start_all(self, names: tuple[str, ...] = SERVICES, *, timeout: float = 90) -> None:
+        """Start ``names`` and wait until the intake and the approval desk answer."""
+        for name in names:
+            self.start(name)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Wait for the HTTP services that are running to answer /healthz."""
+        if "intake" in self.procs:
+            self.wait_http(f"{self.settings.intake_url}/healthz", timeout)
+        if "approval" in self.procs:
+            self.wait_http(f"{self.settings.approval_url}/healthz", timeout)
+
+    def stop(self, name: str, *, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL with ``kill``) one process and wait for it."""
+        proc = self.procs.pop(name)
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def restart(self, name: str, *, kill: bool = False, timeout: float = 90) -> None:
+        """Stop one process (SIGKILL with ``kill``), start it again, wait until it answers."""
+        self.stop(name, kill=kill)
+        self.start(name)
+        if self.services[name] in ("intake", "approval"):
+            self.wait_ready(timeout)
+
+    def pid(self, name: str) -> int:
+        return self.procs[name].pid
+
+    def rss(self) -> dict[str, int]:
+        """Resident memory of every running process, by name."""
+        return {name: rss_bytes(proc.pid) for name, proc in self.procs.items()}
+
+    def exited(self) -> dict[str, int]:
+        """Processes that exited on their own, with their exit codes."""
+        return {name: proc.returncode for name, proc in self.procs.items() if proc.poll() is not None}
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def wait_http(self, url: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir / (name + '.log')}")
+            try:
+                if httpx.get(url, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"{url} did not answer within {timeout}s; logs in {self.log_dir}")
+
+
+class ServerScriptFailed(RuntimeError):
+    """A deploy/*.sh command failed; the message carries its output."""
+
+
+class PrivateServers:
+    """Kafka, OPA and PostgreSQL of this run alone, started with deploy/*.sh.
+
+    They live in ``run_dir`` (KEYTURN_RUN) on the given ports (free ones by default), so
+    ``stop("kafka")`` restarts this broker and no other. ``up()`` starts all three;
+    ``down()`` stops them; with ``remove=True`` it also deletes ``run_dir``.
+    """
+
+    def __init__(self, run_dir: Path, *, kafka_port: int | None = None, opa_port: int | None = None, pg_port: int | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.ports = {
+            "kafka": kafka_port or free_port_pair(),
+            "opa": opa_port or free_port(),
+            "postgres": pg_port or free_port(),
+        }
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment deploy/*.sh need to act on these servers (and not on any other)."""
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("KEYTURN_KAFKA_BOOTSTRAP", "KEYTURN_OPA_URL", "KEYTURN_DATABASE_URL")}
+        env.update(KEYTURN_RUN=str(self.run_dir), KEYTURN_KAFKA_PORT=str(self.ports["kafka"]),
+                   KEYTURN_OPA_PORT=str(self.ports["opa"]), KEYTURN_PG_PORT=str(self.ports["postgres"]))
+        return env
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ports['kafka']}"
+
+    @property
+    def opa_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['opa']}"
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://keyturn:keyturn@127.0.0.1:{self.ports['postgres']}/keyturn"
+
+    def script(self, name: str, command: str, *, timeout: float = 180) -> str:
+        """Run ``deploy/<name>.sh <command>`` for these servers; its output."""
+        result = subprocess.run([str(REPO_ROOT / "deploy" / f"{name}.sh"), command], env=self.env, cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=timeout, check=False)
+        if result.returncode != 0:
+            raise ServerScriptFailed(f"deploy/{name}.sh {command} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+        return result.stdout
+
+    def up(self) -> None:
+        self.script("stack", "up")
+
+    def start(self, server: str) -> None:
+        self.script(server, "start")
+
+    def stop(self, server: str) -> None:
+        self.script(server, "stop")
+
+    def pid(self, server: str) -> int | None:
+        """The PID deploy/<server>.sh recorded, while that process runs."""
+        try:
+            return int((self.run_dir / f"{server}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def signal(self, server: str, sig: signal.Signals) -> None:
+        """Send ``sig`` to the recorded server process (SIGSTOP / SIGCONT to freeze it)."""
+        pid = self.pid(server)
+        if pid is None:
+            raise ServerScriptFailed(f"{server} has no recorded pid in {self.run_dir}")
+        os.kill(pid, sig)
+
+    def down(self, *, remove: bool = False) -> None:
+        """Stop all three; with ``remove`` delete their data and logs too."""
+        try:
+            self.script("stack", "down")
+        finally:
+            if remove:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items() if k.startswith("KEYTURN_"))
+
