@@ -38,9 +38,9 @@ def _seeded() -> dict[str, str]:
 
 def test_seeded_pii_and_secrets_never_travel_in_clear(reporter: Agent, settings, services) -> None:
     documents = CORPUS["documents"]
-    ids = [reporter.submit_ok("read.table", "postgres://staging/analytics/customers", {"filter": doc}, reason=f"corpus {i}")
+    ids = [reporter.submit_ok("read.table", "postgres://staging/analytics/customers", {"filter": doc["payload"]}, reason=f"corpus {i}")
            for i, doc in enumerate(documents[:24])]
-    needs_approval = reporter.submit_ok("iam.role.grant", "iam://staging/roles/analyst", {"note": documents[24], "role": "analyst"})
+    needs_approval = reporter.submit_ok("iam.role.grant", "iam://staging/roles/analyst", {"note": documents[24]["payload"], "role": "analyst"})
     reporter.wait_for_state(needs_approval, "needs_approval")
     assert keyturn_cli(settings, "approve", needs_approval, token=mint(settings, "human:carol")).returncode == 0
     for action_id in [*ids, needs_approval]:
