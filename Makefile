@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 OPA ?= $(shell command -v opa 2>/dev/null || echo .cache/bin/opa)
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack-up stack-down run test test-unit test-integration policy-check compose-check bench clean
+.PHONY: help e2e-deps venv stack-up stack-down run test test-unit test-integration policy-check compose-check bench chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -33,11 +33,28 @@ run: venv  ## start the whole system (servers + five services); Ctrl-C stops eve
 policy-check: stack-up  ## opa fmt / check --strict / test --coverage >= 90% (and lint when available)
 	OPA=$(OPA) policies.rego/check.sh
 
-test: venv stack-up policy-check  ## everything CI runs: policy checks, unit and integration tests
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "tests/e2e needs Debian's chromium at $(CHROMIUM)"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+e2e-deps: $(CHROMIUM)  ## Debian's Chromium for the console browser test (no browser download)
+
+test: venv stack-up policy-check e2e-deps  ## everything CI runs: policy checks, unit, integration, e2e tests
 	eval "$$(deploy/stack.sh env)" && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: venv  ## unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,bench]'
+	@touch $@
+
+bench: $(VENV)/.bench-installed  ## benchmark on a stack of its own (~5 min; BENCH_QUICK=1 ~1 min); bench/results/
+	PYTHONPATH=services:. $(PY) -m bench.run
+
+chaos: venv  ## long fault drill on a stack of its own (minutes); a short one runs in make test
+	KEYTURN_CHAOS=long $(PY) -m pytest -q -s -p no:cacheprovider tests/chaos/test_long_chaos.py $(PYTEST_ARGS)
 
 compose-check:  ## validate docker-compose.yml
 	docker-compose config -q

@@ -1,31 +1,28 @@
 """Approval service: holds needs-approval actions until approvers answer, or the TTL runs out.
 
-consumes  <ns>.actions.decided (needs_approval)
+consumes  <ns>.actions.decided (needs approval; break-glass) · <ns>.actions.executed (requester webhooks)
 produces  <ns>.actions.resolved (approved / denied / expired) · <ns>.approvals.votes (every
-          vote, accepted or refused) · <ns>.dlq
-routes    GET /v1/approvals · GET /v1/approvals/{id} · POST /v1/approvals/{id}/votes
-state     approvals, votes and an outbox in PostgreSQL
+          vote, accepted or refused) · <ns>.dlq (refused chat interactions)
+routes    GET /v1/approvals · GET /v1/approvals/{id} · POST /v1/approvals/{id}/votes ·
+          POST /slack/interactions · POST /api/messages (Teams) · /console (web console)
+state     approvals, votes, and outboxes for events, chat notifications and webhooks in PostgreSQL
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any
 
 from fastapi import FastAPI
 
+from keyturn.approval.console import mount_console
 from keyturn.approval.http import mount_routes
-from keyturn.approval.service import ApprovalDesk, needs_approval
-from keyturn.approval.store import DDL, ApprovalStore
+from keyturn.approval.runtime import ApprovalRuntime
+from keyturn.approval.slack_interactions import mount_slack
 from keyturn.bus.http import embedded_server
-from keyturn.bus.topics import Topics, ensure_topics
+from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
 from keyturn.config import Settings
-from keyturn.core.events import ActionDecided
-from keyturn.db import open_pool
-from keyturn.identity import verifier_from_settings
-from keyturn.policy.opa import OpaClient
+from keyturn.core.events import ActionDecided, ActionExecuted
 
 log = logging.getLogger(__name__)
 
@@ -34,42 +31,37 @@ def create_app(settings: Settings):
     app = make_app(settings, "approval")
     topics = Topics.from_settings(settings)
     publisher = faust_publisher(app, settings, "approval")
+    runtime = ApprovalRuntime(settings, topics, publisher.send_raw)
     http = FastAPI(title="Keyturn approvals", version="0.1.0", description="Answer pending actions.")
-    runtime: dict[str, Any] = {}
+    mount_routes(http, runtime.desk, runtime.verifier)
+    mount_console(http, runtime.desk, runtime.verifier, settings)
+    if runtime.slack is not None:
+        mount_slack(http, runtime.desk, runtime.slack, settings.slack_signing_secret)
 
-    async def desk() -> ApprovalDesk:
-        """The desk, built once on first use inside the worker's event loop."""
-        lock = runtime.setdefault("lock", asyncio.Lock())
-        async with lock:
-            if "desk" not in runtime:
-                await ensure_topics(settings)
-                pool = await open_pool(settings, DDL)
-                opa = OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s, retries=settings.opa_retries)
-                runtime["verifier"] = verifier_from_settings(
-                    settings.jwks_url or None, settings.jwks_path or None, settings.keys_dir, settings.jwt_issuer, settings.jwt_audience
-                )
-                runtime["desk"] = ApprovalDesk(ApprovalStore(pool), opa, topics, publisher.send_raw)
-        return runtime["desk"]
-
-    mount_routes(http, desk, lambda: runtime["verifier"])
-
-    @app.agent(consume(app, topics.decided))
-    async def open_approvals(stream):
-        approvals = await desk()
-        async for decided, message in decoded_events(stream, publisher, accept=(ActionDecided,)):
-            if needs_approval(decided) and await approvals.open(decided, bytes(message.value)):
-                log.info("approval opened for %s (%s)", decided.action_id, decided.request.action)
+    @app.agent(consume(app, topics.decided, topics.executed))
+    async def follow_actions(stream):
+        desk = await runtime.desk()
+        async for event, message in decoded_events(stream, publisher, accept=(ActionDecided, ActionExecuted)):
+            if isinstance(event, ActionExecuted):
+                await desk.note_executed(event)
+            elif done := await desk.take_decision(event, bytes(message.value)):
+                log.info("%s: %s (%s)", done, event.action_id, event.request.action)
 
     @app.timer(interval=1.0)
-    async def expire_and_flush():
-        if "desk" in runtime:
-            approvals = runtime["desk"]
-            await approvals.expire_due()
-            await approvals.flush()
+    async def keep_time():
+        if runtime.ready:
+            await runtime.keep_time()
+
+    @app.timer(interval=1.0)
+    async def deliver_notifications():
+        if runtime.ready:
+            await runtime.deliver()
 
     @app.task
     async def serve_api():
-        await desk()
+        await runtime.desk()
+        if runtime.teams is not None:
+            await runtime.teams.mount(http, runtime.desk)
         await embedded_server(http, settings.approval_host, settings.approval_port).serve()
 
     return app

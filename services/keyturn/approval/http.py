@@ -9,13 +9,14 @@ from fastapi import FastAPI, Header, HTTPException
 from pydantic import BaseModel, Field
 
 from keyturn.approval.service import ApprovalDesk, pending_state
+from keyturn.approval.views import approval_view
 from keyturn.bus.codec import registry
-from keyturn.core import approval as rules
 from keyturn.core.principal import Principal
 from keyturn.identity import InvalidToken, bearer_token
 
 REFUSAL_STATUS = {
     "UnknownAction": 404,
+    "UnknownChatUser": 403,
     "SelfApprovalRefused": 403,
     "ApproverNotAuthorised": 403,
     "DigestMismatch": 409,
@@ -30,28 +31,6 @@ class VoteRequest(BaseModel):
     payload_digest: str = Field(..., min_length=8, description="The digest shown with the parameters (sha256:<hex>)")
     reason: str | None = Field(None, max_length=2000)
     channel: str = Field("cli", max_length=32)
-
-
-def approval_view(decided: Any, state: rules.PendingApproval) -> dict[str, Any]:
-    """An approval as approvers see it: masked parameters only, progress, deadlines."""
-    request = decided.request
-    progress = rules.approval_progress(state)
-    return {
-        "action_id": decided.action_id,
-        "action": request.action,
-        "resource": request.resource,
-        "parameters": request.parameters,
-        "reason": request.reason,
-        "requester": request.requester.id,
-        "acting_for": list(request.requester.chain),
-        "payload_digest": str(request.payload_digest),
-        "status": state.status,
-        "groups": [{"name": g.name, "have": g.have, "need": g.need, "approvers": list(g.approvers)} for g in progress.groups],
-        "summary": progress.summary,
-        "policy_reasons": list(decided.reasons),
-        "expires_at": state.expires_at.isoformat(),
-        "policy_revision": decided.provenance.policy_revision,
-    }
 
 
 def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Any) -> None:

@@ -1,15 +1,23 @@
-"""The approval service's own tables: pending approvals, every vote received, and an outbox.
+"""The approval service's own tables: pending approvals, votes, and three outboxes.
 
-A pending approval's state is rebuilt from its decision and its accepted votes (replayed
-through the pure state machine), so there is one source of truth and nothing to migrate.
-Events leave through the outbox: written in the same transaction as the state change,
-published after commit, so a crash can delay an event but never lose or invent one.
+A pending approval's state is rebuilt from its decision, its accepted votes and the moment it
+escalated (replayed through the pure state machine), so there is one source of truth and
+nothing to migrate.
+
+Everything that leaves the service is written in the same transaction as the state change
+that causes it, and sent after commit, so a crash delays a message but never loses one:
+
+- ``approval_outbox``: events for Kafka (resolutions, votes, dead letters);
+- ``approval_notifications``: chat messages, one row per (action, channel, target, kind,
+  occasion); the unique key makes a redelivered decision or a repeated sweep a no-op, and the
+  row keeps the remote message id that later updates edit;
+- ``approval_callbacks``: the requester's webhook, one row per (action, state).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -25,6 +33,9 @@ CREATE TABLE IF NOT EXISTS {schema}.approvals (
     expires_at      timestamptz NOT NULL,
     resolved_at     timestamptz
 );
+ALTER TABLE {schema}.approvals ADD COLUMN IF NOT EXISTS escalated_at timestamptz;
+ALTER TABLE {schema}.approvals ADD COLUMN IF NOT EXISTS reminders_sent double precision[] NOT NULL DEFAULT '{{}}';
+ALTER TABLE {schema}.approvals ADD COLUMN IF NOT EXISTS next_sweep_at timestamptz;
 CREATE INDEX IF NOT EXISTS approvals_pending_expiry ON {schema}.approvals (expires_at) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS {schema}.approval_votes (
     id              bigserial PRIMARY KEY,
@@ -39,7 +50,57 @@ CREATE TABLE IF NOT EXISTS {schema}.approval_outbox (
     key             text NOT NULL,
     value           bytea NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {schema}.approval_break_glass (
+    action_id       text PRIMARY KEY,
+    decided_event   bytea NOT NULL,
+    noticed_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {schema}.approval_notifications (
+    id              bigserial PRIMARY KEY,
+    action_id       text NOT NULL,
+    channel         text NOT NULL,
+    target          text NOT NULL,
+    kind            text NOT NULL,
+    occasion        text NOT NULL DEFAULT '',
+    state           text NOT NULL DEFAULT 'pending',
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    claimed_at      timestamptz,
+    last_error      text,
+    remote_ref      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    delivered_at    timestamptz,
+    UNIQUE (action_id, channel, target, kind, occasion)
+);
+CREATE INDEX IF NOT EXISTS approval_notifications_due ON {schema}.approval_notifications (next_attempt_at, id) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS {schema}.approval_interactions_seen (
+    source          text NOT NULL,
+    interaction     text NOT NULL,
+    seen_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, interaction)
+);
+CREATE TABLE IF NOT EXISTS {schema}.approval_callback_targets (
+    action_id       text PRIMARY KEY,
+    url             text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {schema}.approval_callbacks (
+    id              bigserial PRIMARY KEY,
+    action_id       text NOT NULL,
+    state           text NOT NULL,
+    body            text NOT NULL,
+    delivery        text NOT NULL DEFAULT 'pending',
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    delivered_at    timestamptz,
+    UNIQUE (action_id, state)
+);
+CREATE INDEX IF NOT EXISTS approval_callbacks_due ON {schema}.approval_callbacks (next_attempt_at, id) WHERE delivery = 'pending';
 """
+
+# A claim older than this is an orphan of a crashed sender (every remote call times out sooner).
+CLAIM_LEASE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -49,37 +110,75 @@ class ApprovalRow:
     status: str
     resolved_at: datetime | None
     accepted_votes: tuple[bytes, ...]
+    escalated_at: datetime | None = None
+    reminders_sent: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One chat message to send (or edit), as claimed from ``approval_notifications``."""
+
+    id: int
+    action_id: str
+    channel: str
+    target: str
+    kind: str
+    occasion: str
+    attempts: int
+    created_at: datetime
+    state: str = "pending"
+
+
+@dataclass(frozen=True)
+class Callback:
+    """One webhook delivery to the requester, with the URL it named."""
+
+    id: int
+    action_id: str
+    state: str
+    body: str
+    url: str
+    attempts: int
+
+
+_APPROVAL_COLUMNS = "action_id, decided_event, status, resolved_at, escalated_at, reminders_sent"
 
 
 class ApprovalStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
 
-    async def open(self, action_id: str, decided_event: bytes, principals: list[str], groups: list[str], opened_at: datetime, expires_at: datetime) -> bool:
+    # --- approvals ----------------------------------------------------------------------------
+
+    @staticmethod
+    async def open(conn: AsyncConnection, action_id: str, decided_event: bytes, principals: list[str], groups: list[str], opened_at: datetime, expires_at: datetime) -> bool:
         """Record a new pending approval; False when it was already open (redelivery)."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                """INSERT INTO approvals (action_id, decided_event, principals, groups, opened_at, expires_at)
-                   VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING action_id""",
-                (action_id, decided_event, principals, groups, opened_at, expires_at),
-            )
-            return await cur.fetchone() is not None
+        cur = await conn.execute(
+            """INSERT INTO approvals (action_id, decided_event, principals, groups, opened_at, expires_at)
+               VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING action_id""",
+            (action_id, decided_event, principals, groups, opened_at, expires_at),
+        )
+        return await cur.fetchone() is not None
 
     @staticmethod
     async def lock(conn: AsyncConnection, action_id: str) -> ApprovalRow | None:
         """The approval and its accepted votes, locked for this transaction."""
-        cur = await conn.execute(
-            "SELECT action_id, decided_event, status, resolved_at FROM approvals WHERE action_id = %s FOR UPDATE", (action_id,)
-        )
+        cur = await conn.execute(f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE action_id = %s FOR UPDATE", (action_id,))
         row = await cur.fetchone()
         if row is None:
             return None
         votes = await conn.execute("SELECT vote_event FROM approval_votes WHERE action_id = %s AND accepted ORDER BY id", (action_id,))
-        return ApprovalRow(row[0], bytes(row[1]), row[2], row[3], tuple(bytes(v[0]) for v in await votes.fetchall()))
+        return ApprovalRow(row[0], bytes(row[1]), row[2], row[3], tuple(bytes(v[0]) for v in await votes.fetchall()), row[4], tuple(row[5] or ()))
 
     async def read(self, action_id: str) -> ApprovalRow | None:
         async with self.pool.connection() as conn, conn.transaction():
             return await self.lock(conn, action_id)
+
+    async def vote_history(self, action_id: str) -> list[bytes]:
+        """Every vote recorded for the action, accepted or refused, oldest first."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT vote_event FROM approval_votes WHERE action_id = %s ORDER BY id", (action_id,))
+            return [bytes(r[0]) for r in await cur.fetchall()]
 
     @staticmethod
     async def record_vote(conn: AsyncConnection, action_id: str, accepted: bool, vote_event: bytes) -> None:
@@ -90,8 +189,12 @@ class ApprovalStore:
         await conn.execute("UPDATE approvals SET status = %s, resolved_at = %s WHERE action_id = %s", (status, at, action_id))
 
     @staticmethod
-    async def enqueue(conn: AsyncConnection, topic: str, key: str, value: bytes) -> None:
-        await conn.execute("INSERT INTO approval_outbox (topic, key, value) VALUES (%s, %s, %s)", (topic, key, value))
+    async def mark_escalated(conn: AsyncConnection, action_id: str, at: datetime) -> None:
+        await conn.execute("UPDATE approvals SET escalated_at = %s WHERE action_id = %s AND escalated_at IS NULL", (at, action_id))
+
+    @staticmethod
+    async def mark_reminded(conn: AsyncConnection, action_id: str, fractions: tuple[float, ...]) -> None:
+        await conn.execute("UPDATE approvals SET reminders_sent = %s WHERE action_id = %s", (list(fractions), action_id))
 
     async def due_for_expiry(self, now: datetime, limit: int = 100) -> list[str]:
         async with self.pool.connection() as conn:
@@ -100,15 +203,50 @@ class ApprovalStore:
             )
             return [r[0] for r in await cur.fetchall()]
 
+    async def due_for_sweep(self, now: datetime, limit: int = 200) -> list[str]:
+        """Pending approvals with a reminder or an escalation due (never computed counts as due)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """SELECT action_id FROM approvals WHERE status = 'pending' AND COALESCE(next_sweep_at, '-infinity') <= %s
+                   ORDER BY next_sweep_at NULLS FIRST LIMIT %s""",
+                (now, limit),
+            )
+            return [r[0] for r in await cur.fetchall()]
+
+    @staticmethod
+    async def set_next_sweep(conn: AsyncConnection, action_id: str, at: datetime | None) -> None:
+        """When the next reminder or escalation falls due ('infinity' when none is left)."""
+        await conn.execute("UPDATE approvals SET next_sweep_at = COALESCE(%s, 'infinity'::timestamptz) WHERE action_id = %s", (at, action_id))
+
     async def pending_for(self, principal_ids: list[str], limit: int = 200) -> list[ApprovalRow]:
         """Pending approvals not requested by (or for) any of ``principal_ids``, oldest first."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                """SELECT action_id, decided_event, status, resolved_at FROM approvals
+                f"""SELECT {_APPROVAL_COLUMNS} FROM approvals
                    WHERE status = 'pending' AND NOT (principals && %s) ORDER BY opened_at LIMIT %s""",
                 (principal_ids, limit),
             )
-            return [ApprovalRow(r[0], bytes(r[1]), r[2], r[3], ()) for r in await cur.fetchall()]
+            return [ApprovalRow(r[0], bytes(r[1]), r[2], r[3], (), r[4], tuple(r[5] or ())) for r in await cur.fetchall()]
+
+    @staticmethod
+    async def note_break_glass(conn: AsyncConnection, action_id: str, decided_event: bytes) -> bool:
+        """Remember a break-glass decision once; False on redelivery."""
+        cur = await conn.execute(
+            "INSERT INTO approval_break_glass (action_id, decided_event) VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING action_id",
+            (action_id, decided_event),
+        )
+        return await cur.fetchone() is not None
+
+    async def break_glass_decision(self, action_id: str) -> bytes | None:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute("SELECT decided_event FROM approval_break_glass WHERE action_id = %s", (action_id,))).fetchone()
+            return bytes(row[0]) if row else None
+
+    # --- the Kafka outbox ---------------------------------------------------------------------
+
+    @staticmethod
+    async def enqueue(conn: AsyncConnection, topic: str, key: str, value: bytes) -> None:
+        await conn.execute("INSERT INTO approval_outbox (topic, key, value) VALUES (%s, %s, %s)", (topic, key, value))
 
     async def drain_outbox(self, publish, batch: int = 200) -> int:
         """Publish queued events in order and delete them; returns how many were sent."""
@@ -127,3 +265,142 @@ class ApprovalStore:
                 await conn.execute("DELETE FROM approval_outbox WHERE id = %s", (row_id,))
                 sent += 1
         return sent
+
+    # --- chat notifications -------------------------------------------------------------------
+
+    @staticmethod
+    async def enqueue_notification(conn: AsyncConnection, action_id: str, channel: str, target: str, kind: str, occasion: str = "") -> None:
+        """Queue one chat message; a second identical request (redelivery, repeated sweep) is a no-op."""
+        await conn.execute(
+            """INSERT INTO approval_notifications (action_id, channel, target, kind, occasion)
+               VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            (action_id, channel, target, kind, occasion),
+        )
+
+    @staticmethod
+    async def message_targets(conn: AsyncConnection, action_id: str) -> list[tuple[str, str]]:
+        """(channel, target) of every approval message posted or queued for the action."""
+        cur = await conn.execute(
+            """SELECT DISTINCT channel, target FROM approval_notifications
+               WHERE action_id = %s AND kind IN ('opened', 'escalated') ORDER BY channel, target""",
+            (action_id,),
+        )
+        return [(r[0], r[1]) for r in await cur.fetchall()]
+
+    async def claim_notifications(self, now: datetime, limit: int = 50) -> list[Notification]:
+        """Claim due messages (oldest first) so that no other sender takes them."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                """UPDATE approval_notifications SET state = 'sending', claimed_at = %s, attempts = attempts + 1
+                   WHERE id IN (SELECT id FROM approval_notifications WHERE state = 'pending' AND next_attempt_at <= %s
+                                ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)
+                   RETURNING id, action_id, channel, target, kind, occasion, attempts, created_at""",
+                (now, now, limit),
+            )
+            rows = sorted(await cur.fetchall())
+        return [Notification(*row, state="sending") for row in rows]
+
+    async def orphaned_notifications(self, now: datetime) -> list[Notification]:
+        """Messages claimed by a sender that stopped before saying whether they went out."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """SELECT id, action_id, channel, target, kind, occasion, attempts, created_at FROM approval_notifications
+                   WHERE state = 'sending' AND claimed_at < %s ORDER BY id""",
+                (now - CLAIM_LEASE,),
+            )
+            return [Notification(*row, state="sending") for row in await cur.fetchall()]
+
+    async def delivered(self, notification_id: int, remote_ref: str | None, now: datetime) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE approval_notifications SET state = 'delivered', remote_ref = %s, delivered_at = %s, last_error = NULL WHERE id = %s",
+                (remote_ref, now, notification_id),
+            )
+
+    async def retry_later(self, notification_id: int, error: str, at: datetime, *, give_up: bool) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE approval_notifications SET state = %s, next_attempt_at = %s, last_error = %s WHERE id = %s",
+                ("failed" if give_up else "pending", at, error[:2000], notification_id),
+            )
+
+    async def message_of(self, action_id: str, channel: str, target: str) -> tuple[str, str, str | None] | None:
+        """(kind, state, remote ref) of the approval message on ``target``: the original, else the escalation."""
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(
+                """SELECT kind, state, remote_ref FROM approval_notifications
+                   WHERE action_id = %s AND channel = %s AND target = %s AND kind IN ('opened', 'escalated')
+                   ORDER BY (kind = 'opened') DESC, id LIMIT 1""",
+                (action_id, channel, target),
+            )).fetchone()
+            return (row[0], row[1], row[2]) if row else None
+
+    async def notifications_of(self, action_id: str) -> list[tuple[str, str, str, str, str, datetime | None]]:
+        """(channel, target, kind, occasion, state, delivered_at) of every message for the action."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """SELECT channel, target, kind, occasion, state, delivered_at FROM approval_notifications
+                   WHERE action_id = %s ORDER BY id""",
+                (action_id,),
+            )
+            return [tuple(r) for r in await cur.fetchall()]
+
+    # --- replayed interactions ----------------------------------------------------------------
+
+    async def first_sighting(self, source: str, interaction: str) -> bool:
+        """True the first time an interaction id is seen from ``source``; False for a replay."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO approval_interactions_seen (source, interaction) VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING source",
+                (source, interaction),
+            )
+            return await cur.fetchone() is not None
+
+    async def record_dead_letter(self, topic: str, key: str, value: bytes) -> None:
+        """Queue a dead letter (refused interaction) for the DLQ topic, so the audit sees it."""
+        async with self.pool.connection() as conn:
+            await self.enqueue(conn, topic, key, value)
+
+    # --- requester webhooks -------------------------------------------------------------------
+
+    @staticmethod
+    async def set_callback_target(conn: AsyncConnection, action_id: str, url: str) -> None:
+        await conn.execute("INSERT INTO approval_callback_targets (action_id, url) VALUES (%s, %s) ON CONFLICT DO NOTHING", (action_id, url))
+
+    @staticmethod
+    async def enqueue_callback(conn: AsyncConnection, action_id: str, state: str, body: str) -> None:
+        await conn.execute(
+            "INSERT INTO approval_callbacks (action_id, state, body) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (action_id, state, body)
+        )
+
+    async def claim_callbacks(self, now: datetime, limit: int = 20) -> list[Callback]:
+        """Due webhook deliveries whose action named a callback URL, oldest first."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                """UPDATE approval_callbacks c SET attempts = c.attempts + 1, next_attempt_at = %s
+                   FROM approval_callback_targets t
+                   WHERE c.action_id = t.action_id AND c.id IN (
+                       SELECT id FROM approval_callbacks WHERE delivery = 'pending' AND next_attempt_at <= %s
+                       ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)
+                   RETURNING c.id, c.action_id, c.state, c.body, t.url, c.attempts""",
+                (now + CLAIM_LEASE, now, limit),
+            )
+            return [Callback(*row) for row in sorted(await cur.fetchall())]
+
+    async def forget_untargeted_callbacks(self, older_than: datetime) -> None:
+        """Drop execution outcomes of actions that never named a callback URL."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """DELETE FROM approval_callbacks c WHERE c.created_at < %s AND c.delivery = 'pending'
+                   AND NOT EXISTS (SELECT 1 FROM approval_callback_targets t WHERE t.action_id = c.action_id)""",
+                (older_than,),
+            )
+
+    async def callback_done(self, callback_id: int, delivery: str, error: str | None, now: datetime, next_attempt_at: datetime | None = None) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """UPDATE approval_callbacks SET delivery = %s, last_error = %s,
+                   delivered_at = CASE WHEN %s::text = 'delivered' THEN %s ELSE delivered_at END,
+                   next_attempt_at = COALESCE(%s, next_attempt_at) WHERE id = %s""",
+                (delivery, error, delivery, now, next_attempt_at, callback_id),
+            )

@@ -34,6 +34,7 @@ class ActionSubmission(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict, description="Action parameters; masked before any topic carries them")
     reason: str = Field(..., min_length=1, max_length=4000, description="Why the agent needs this, shown to approvers")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200, description="Same key from the same principal → same action")
+    callback_url: str | None = Field(None, max_length=2048, pattern=r"^https?://[^\s/]+(/\S*)?$", description="Optional webhook told each outcome, HMAC-signed (X-Keyturn-Signature)", examples=["https://agent.example.internal/keyturn"])
 
     @field_validator("action")
     @classmethod
@@ -111,6 +112,7 @@ class Intake:
             payload_digest=digest,
             requested_at=now,
             channel=channel,
+            callback_url=submission.callback_url,
         )
         stored, created = await self.store.insert_requested(
             action_id=action_id,

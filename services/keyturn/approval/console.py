@@ -1,0 +1,227 @@
+"""The web console: an approver's inbox, one page per action, approve / deny with a reason.
+
+Server-rendered (Jinja2, autoescaped) from the approval service itself. Who is signed in comes
+from a bearer token — an ``Authorization`` header set by an OIDC proxy in production, or the
+``keyturn_session`` cookie holding a token pasted at sign-in (or, in development only, minted
+for ``human:NAME``). Every form carries a CSRF token derived from the session token, and the
+session cookie is HttpOnly and SameSite=Strict. Votes go through ``ApprovalDesk.vote`` like
+every other channel (``channel=console``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from keyturn.approval.http import REFUSAL_STATUS
+from keyturn.approval.service import ApprovalDesk, pending_state
+from keyturn.approval.views import requester_line, timeline
+from keyturn.bus.codec import registry
+from keyturn.config import Settings
+from keyturn.core.principal import Principal
+from keyturn.identity import InvalidToken, issue_token, load_or_create_signing_key
+from keyturn.policy.opa import PolicyAnswerInvalid, PolicyUnavailable
+
+SESSION_COOKIE = "keyturn_session"
+SIGN_IN_COOKIE = "keyturn_sign_in"
+SESSION_TTL = timedelta(hours=8)
+HUMAN_NAME = re.compile(r"^(human:)?([a-z][a-z0-9._-]{0,63})$")
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(("html",), default=True),
+)
+TEMPLATES.globals["requester_line"] = requester_line
+TEMPLATES.filters["when"] = lambda iso: datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class Console:
+    """Sessions, CSRF and the pages; routes are added by ``mount_console``."""
+
+    def __init__(self, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Callable[[], Any], settings: Settings) -> None:
+        self.desk_of = desk_of
+        self.verifier = verifier
+        self.settings = settings
+        self.dev_sign_in = settings.console_dev_signin == 1 or settings.dev_identity
+        self._secret = secrets.token_bytes(32)  # forms older than a restart must be reloaded
+
+    def session(self, request: Request) -> tuple[Principal, str] | None:
+        """(principal, token) of the signed-in person, from the Authorization header or the cookie."""
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(SESSION_COOKIE, "")
+        if not token:
+            return None
+        try:
+            return self.verifier().verify(token), token
+        except InvalidToken:
+            return None
+
+    def csrf(self, token: str) -> str:
+        return hmac.new(self._secret, b"csrf:" + token.encode(), hashlib.sha256).hexdigest()[:40]
+
+    def csrf_valid(self, token: str, presented: str) -> bool:
+        return hmac.compare_digest(self.csrf(token), presented or "")
+
+    def render(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(TEMPLATES.get_template(name).render(**context), status_code=status)
+
+    async def may_decide(self, desk: ApprovalDesk, approver: Principal, decided: Any, state: Any) -> tuple[bool, str]:
+        """Whether this approver could answer now, and if not, why (shown instead of the buttons)."""
+        if state.status != "pending":
+            return False, f"This action is {state.status}; answers are no longer taken."
+        if approver.everyone & decided.request.requester.everyone:
+            return False, "You are in the chain that asked for this action, so you cannot answer it."
+        if any(vote.approver.id == approver.id for vote in state.votes):
+            return False, "You have already answered this action."
+        try:
+            groups = await desk.counts_for(approver, decided, state.policy)
+        except (PolicyUnavailable, PolicyAnswerInvalid):
+            return False, "The policy engine is unavailable, so nobody can answer right now."
+        if not groups:
+            return False, f"You are not in any group that may answer {decided.request.action}."
+        return True, "You answer for " + ", ".join(groups) + "."
+
+
+def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Callable[[], Any], settings: Settings) -> Console:
+    """Add the ``/console`` pages to the approval service's HTTP app."""
+    console = Console(desk_of, verifier, settings)
+
+    @app.get("/console", response_class=HTMLResponse, include_in_schema=False)
+    async def inbox(request: Request) -> Response:
+        signed_in = console.session(request)
+        if signed_in is None:
+            return RedirectResponse("/console/sign-in", status_code=303)
+        approver, token = signed_in
+        desk = await desk_of()
+        rows = await desk.store.pending_for(sorted(approver.everyone))
+        decided_states = []
+        for row in rows:
+            full = await desk.store.read(row.action_id)
+            if full is not None and full.status == "pending":
+                decided = registry().decode_event(full.decided_event)
+                decided_states.append((decided, pending_state(decided, full)))
+        verdicts = await asyncio.gather(*(console.may_decide(desk, approver, d, s) for d, s in decided_states))
+        items = [_item(d, s) for (d, s), (may, _) in zip(decided_states, verdicts) if may]
+        return console.render("inbox.html", approver=approver, items=items, csrf=console.csrf(token))
+
+    @app.get("/console/sign-in", response_class=HTMLResponse, include_in_schema=False)
+    async def sign_in_page(request: Request, error: str = "") -> Response:
+        nonce = secrets.token_urlsafe(24)
+        response = console.render("sign_in.html", dev=console.dev_sign_in, error=error, nonce=nonce, approver=None)
+        response.set_cookie(SIGN_IN_COOKIE, nonce, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/console")
+        return response
+
+    @app.post("/console/sign-in", include_in_schema=False)
+    async def sign_in(request: Request) -> Response:
+        nonce, name, token = (await _form(request, "nonce", "name", "token"))
+        if not nonce or not hmac.compare_digest(nonce, request.cookies.get(SIGN_IN_COOKIE, "")):
+            return console.render("sign_in.html", 403, dev=console.dev_sign_in, error="The sign-in form expired; try again.", nonce="", approver=None)
+        if token.strip():
+            chosen = token.strip()
+        elif name.strip() and console.dev_sign_in:
+            match = HUMAN_NAME.match(name.strip().lower())
+            if not match:
+                return RedirectResponse("/console/sign-in?error=" + quote("Use a name like carol (people only)."), status_code=303)
+            key = load_or_create_signing_key(settings.keys_dir)
+            chosen = issue_token(key, subject=f"human:{match.group(2)}", audience=settings.jwt_audience, issuer=settings.jwt_issuer, ttl=SESSION_TTL)
+        else:
+            return RedirectResponse("/console/sign-in?error=" + quote("Paste a token from your identity provider."), status_code=303)
+        try:
+            verifier().verify(chosen)
+        except InvalidToken as exc:
+            return RedirectResponse("/console/sign-in?error=" + quote(f"That token was refused ({exc.code})."), status_code=303)
+        response = RedirectResponse("/console", status_code=303)
+        response.set_cookie(SESSION_COOKIE, chosen, httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                            max_age=int(SESSION_TTL.total_seconds()), path="/console")
+        response.delete_cookie(SIGN_IN_COOKIE, path="/console")
+        return response
+
+    @app.post("/console/sign-out", include_in_schema=False)
+    async def sign_out(request: Request) -> Response:
+        (csrf,) = await _form(request, "csrf")
+        signed_in = console.session(request)
+        if signed_in is not None and not console.csrf_valid(signed_in[1], csrf):
+            return HTMLResponse("The form expired; reload the page.", status_code=403)
+        response = RedirectResponse("/console/sign-in", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/console")
+        return response
+
+    @app.get("/console/actions/{action_id}", response_class=HTMLResponse, include_in_schema=False)
+    async def action_page(request: Request, action_id: str, done: str = "") -> Response:
+        signed_in = console.session(request)
+        if signed_in is None:
+            return RedirectResponse("/console/sign-in", status_code=303)
+        return await _action_page(console, signed_in, action_id, notice=_notice(done))
+
+    @app.post("/console/actions/{action_id}/vote", include_in_schema=False)
+    async def vote(request: Request, action_id: str) -> Response:
+        choice, reason, payload_digest, csrf = await _form(request, "choice", "reason", "payload_digest", "csrf")
+        signed_in = console.session(request)
+        if signed_in is None:
+            return RedirectResponse("/console/sign-in", status_code=303)
+        approver, token = signed_in
+        if not console.csrf_valid(token, csrf):
+            return await _action_page(console, signed_in, action_id, error="The form expired or did not come from this console; nothing was recorded. Try again.", status=403)
+        if choice not in ("approve", "deny"):
+            return await _action_page(console, signed_in, action_id, error="Choose Approve or Deny.", status=400)
+        if choice == "deny" and not reason.strip():
+            return await _action_page(console, signed_in, action_id, error="A denial needs a reason; the requester will see it.", status=400)
+        desk = await desk_of()
+        result = await desk.vote(action_id, approver, choice, payload_digest, reason.strip()[:2000] or None, "console")
+        await desk.flush()
+        if not result.accepted:
+            return await _action_page(console, signed_in, action_id, error=f"{result.refusal}: {result.message}",
+                                      status=REFUSAL_STATUS.get(result.refusal or "", 409))
+        return RedirectResponse(f"/console/actions/{quote(action_id)}?done={choice}", status_code=303)
+
+    return console
+
+
+async def _action_page(console: Console, signed_in: tuple[Principal, str], action_id: str, *, notice: str = "", error: str = "", status: int = 200) -> Response:
+    approver, token = signed_in
+    desk = await console.desk_of()
+    row = await desk.store.read(action_id)
+    if row is None:
+        return console.render("missing.html", 404, approver=approver, action_id=action_id, csrf=console.csrf(token))
+    decided = registry().decode_event(row.decided_event)
+    state = pending_state(decided, row)
+    view = await desk.view(action_id)
+    history = [registry().decode_event(v) for v in await desk.store.vote_history(action_id)]
+    may, why = await console.may_decide(desk, approver, decided, state)
+    return console.render("action.html", status, approver=approver, view=view, timeline=timeline(view, history, await desk.store.notifications_of(action_id)),
+                          may_decide=may, why=why, notice=notice, error=error, csrf=console.csrf(token),
+                          parameters=_pretty(view["parameters"]))
+
+
+async def _form(request: Request, *names: str) -> tuple[str, ...]:
+    """Fields of an urlencoded form (the first value of each; missing ones empty)."""
+    body = (await request.body())[:64 * 1024].decode(errors="replace")
+    fields = parse_qs(body, keep_blank_values=True)
+    return tuple(fields.get(name, [""])[0] for name in names)
+
+
+def _item(decided: Any, state: Any) -> dict[str, Any]:
+    request = decided.request
+    return {"action_id": decided.action_id, "action": request.action, "resource": request.resource,
+            "requester": requester_line(request.requester.id, list(request.requester.chain)),
+            "reason": request.reason, "expires_at": state.expires_at.isoformat(timespec="seconds")}
+
+
+def _notice(done: str) -> str:
+    return {"approve": "Your approval was recorded.", "deny": "Your denial was recorded."}.get(done, "")
+
+
+def _pretty(parameters: Any) -> str:
+    return json.dumps(parameters, indent=2, sort_keys=True, ensure_ascii=False)

@@ -1,0 +1,90 @@
+"""The one place the approval service is wired: database, policy client, desk, chat adapters, couriers.
+
+Built once, lazily, inside the worker's event loop (the pool and the HTTP clients belong to it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from keyturn.approval.callbacks import CallbackCourier
+from keyturn.approval.channels import ApproverChannel
+from keyturn.approval.courier import NotificationCourier
+from keyturn.approval.service import ApprovalDesk
+from keyturn.approval.slack import SlackChannel
+from keyturn.approval.store import DDL, ApprovalStore
+from keyturn.bus.topics import Topics, ensure_topics
+from keyturn.config import Settings
+from keyturn.db import open_pool
+from keyturn.identity import TokenVerifier, verifier_from_settings
+from keyturn.policy.opa import OpaClient
+
+log = logging.getLogger(__name__)
+
+
+class ApprovalRuntime:
+    """Everything the approval service's agents, timers and routes share."""
+
+    def __init__(self, settings: Settings, topics: Topics, send: Any) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.send = send
+        self.slack: SlackChannel | None = SlackChannel.from_settings(settings)
+        self.teams: Any = None  # set by build() when Teams is configured (it needs the event loop)
+        self._lock = asyncio.Lock()
+        self._desk: ApprovalDesk | None = None
+        self._verifier: TokenVerifier | None = None
+        self.notifications: NotificationCourier | None = None
+        self.callbacks: CallbackCourier | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._desk is not None
+
+    @property
+    def adapters(self) -> dict[str, ApproverChannel]:
+        return {adapter.name: adapter for adapter in (self.slack, self.teams) if adapter is not None}
+
+    def verifier(self) -> TokenVerifier:
+        if self._verifier is None:
+            s = self.settings
+            self._verifier = verifier_from_settings(s.jwks_url or None, s.jwks_path or None, s.keys_dir, s.jwt_issuer, s.jwt_audience)
+        return self._verifier
+
+    async def desk(self) -> ApprovalDesk:
+        """The desk, built on first use."""
+        async with self._lock:
+            if self._desk is None:
+                await self._build()
+        return self._desk
+
+    async def _build(self) -> None:
+        s = self.settings
+        await ensure_topics(s)
+        store = ApprovalStore(await open_pool(s, DDL))
+        opa = OpaClient(s.opa_url, timeout_s=s.opa_timeout_s, retries=s.opa_retries)
+        self.verifier()
+        if s.teams_app_id:
+            from keyturn.approval.teams import TeamsChannel  # the Teams SDK is only imported when used
+
+            self.teams = await TeamsChannel.from_settings(s)
+        routes = {name: adapter.targets for name, adapter in self.adapters.items()}
+        desk = ApprovalDesk(store, opa, self.topics, self.send, routes)
+        self.notifications = NotificationCourier(store, self.adapters, desk.view)
+        self.callbacks = CallbackCourier.from_settings(s, store)
+        self._desk = desk
+        log.info("approval desk ready; chat channels: %s", ", ".join(routes) or "none")
+
+    async def keep_time(self) -> None:
+        """Expire, remind and escalate what is due, and publish the events that follow."""
+        await self._desk.expire_due()
+        await self._desk.remind_and_escalate()
+        await self._desk.flush()
+
+    async def deliver(self) -> None:
+        """Send due chat notifications and webhooks; settle claims a crash left behind."""
+        await self.notifications.reconcile()
+        await self.notifications.deliver_due()
+        await self.callbacks.deliver_due()

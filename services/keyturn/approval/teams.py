@@ -1,0 +1,222 @@
+"""Microsoft Teams as an approver channel, through the Teams SDK (microsoft-teams-apps).
+
+Outgoing: an Adaptive Card per approver conversation, sent and updated through the Bot
+Connector with an app token obtained by the OAuth client-credentials grant. Incoming: Teams
+posts ``invoke`` activities (``adaptiveCard/action``) to ``/api/messages``; the SDK checks
+the bearer token against the Bot Framework's OpenID keys, issuer, audience (our app id) and
+service URL before our handler sees anything. A click on Approve / Deny then goes through
+``ApprovalDesk.vote`` like every other vote; the answer to the invoke is the refreshed card.
+
+Every endpoint (token URL, OpenID metadata, issuer, service URL) is a setting, so tests run
+against a local connector and token issuer, and sovereign clouds need no code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from microsoft_teams.api import MessageActivityInput
+from microsoft_teams.api.auth.cloud_environment import PUBLIC, with_overrides
+from microsoft_teams.api.models.adaptive_card import AdaptiveCardActionCardResponse, AdaptiveCardActionMessageResponse
+from microsoft_teams.apps import App
+from microsoft_teams.apps.http.fastapi_adapter import FastAPIAdapter
+
+from keyturn.approval import teams_cards as cards
+from keyturn.approval.channels import ChatTargets, UnknownChatUser, principal_map
+from keyturn.approval.service import ApprovalDesk
+from keyturn.config import Settings
+from keyturn.core.principal import Principal, PrincipalKind
+
+log = logging.getLogger(__name__)
+SOURCE = "teams:messages"
+
+
+class ClientCredentialTokens:
+    """App tokens for the Bot Connector by the OAuth 2.0 client-credentials grant, cached until near expiry."""
+
+    def __init__(self, token_url: str, client_id: str, client_secret: str) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    async def __call__(self, scope: str | list[str], tenant_id: str | None = None) -> str:
+        scope = scope if isinstance(scope, str) else " ".join(scope)
+        token, expires = self._cache.get(scope, ("", 0.0))
+        if time.time() < expires - 60:
+            return token
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await client.post(self.token_url, data={
+                "grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret, "scope": scope,
+            })
+        if answer.status_code != 200:
+            raise RuntimeError(f"the token endpoint refused the Teams app credentials ({answer.status_code}): {answer.text[:200]}")
+        body = answer.json()
+        self._cache[scope] = (body["access_token"], time.time() + float(body.get("expires_in", 300)))
+        return body["access_token"]
+
+
+class TeamsChannel:
+    """The Teams adapter (see ``channels.ApproverChannel``)."""
+
+    name = "teams"
+
+    def __init__(self, app: App, targets: ChatTargets, user_map: dict[str, str]) -> None:
+        self.app = app
+        self.targets = targets
+        self.user_map = user_map
+        self._desk_of: Callable[[], Awaitable[ApprovalDesk]] | None = None
+        app.on_card_action_execute(self._card_action)
+
+    @classmethod
+    async def from_settings(cls, settings: Settings) -> "TeamsChannel":
+        cloud = with_overrides(PUBLIC, openid_metadata_url=settings.teams_openid_url, token_issuer=settings.teams_token_issuer,
+                               login_tenant=settings.teams_tenant_id)
+        app = App(
+            client_id=settings.teams_app_id,
+            token=ClientCredentialTokens(settings.teams_token_url, settings.teams_app_id, settings.teams_app_password),
+            tenant_id=settings.teams_tenant_id,
+            service_url=settings.teams_service_url,
+            cloud=cloud,
+            http_server_adapter=FastAPIAdapter(app=FastAPI()),  # the route is ours (mount); the SDK only validates and routes
+            dangerously_allow_unauthenticated_requests=False,
+        )
+        await app.initialize()
+        return cls(app, ChatTargets.from_json(settings.teams_conversations, "KEYTURN_TEAMS_CONVERSATIONS"),
+                   principal_map(settings.teams_user_map, "KEYTURN_TEAMS_USER_MAP"))
+
+    async def mount(self, http: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]]) -> None:
+        """Add ``POST /api/messages`` (the bot's messaging endpoint) to the approval service."""
+        self._desk_of = desk_of
+
+        @http.post("/api/messages", include_in_schema=False)
+        async def messages(request: Request) -> Response:
+            raw = await request.body()
+            desk = await desk_of()
+            try:
+                body = json.loads(raw)
+                if not isinstance(body, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                await desk.refuse_interaction(SOURCE, "malformed_activity", f"the body is not a Bot Framework activity: {exc}", raw)
+                await desk.flush()
+                return JSONResponse({"error": "malformed_activity"}, status_code=400)
+            answer = await self.app.server.handle_request({"body": body, "headers": dict(request.headers)})
+            if answer["status"] == 401:
+                await desk.refuse_interaction(SOURCE, "unauthenticated_bot_request",
+                                              "the bearer token is missing or is not a valid Bot Framework token for this app", raw)
+                await desk.flush()
+                return JSONResponse({"error": "unauthenticated_bot_request",
+                                     "message": "the bearer token is missing or is not a valid Bot Framework token for this app"}, status_code=401)
+            if answer.get("body") is None:
+                return Response(status_code=answer["status"])
+            return JSONResponse(answer["body"], status_code=answer["status"])
+
+    # --- telling approvers ----------------------------------------------------------------------
+
+    async def notify_opened(self, target: str, view: dict[str, Any], *, notification_id: int) -> str:
+        sent = await self.app.send(target, cards.approval_card(view))
+        return f"{target}|{sent.id}"
+
+    async def notify_progress(self, target: str, ref: str, view: dict[str, Any]) -> None:
+        conversation, activity_id = _split(ref)
+        await self.app.api.conversations.activities(conversation).update(activity_id, MessageActivityInput().add_card(cards.approval_card(view)))
+
+    async def notify_resolved(self, target: str, ref: str, view: dict[str, Any], *, notification_id: int) -> None:
+        await self.notify_progress(target, ref, view)
+        conversation, activity_id = _split(ref)
+        await self.app.api.conversations.activities(conversation).reply(activity_id, MessageActivityInput(text=cards.outcome_text(view)))
+
+    async def remind(self, target: str, ref: str, view: dict[str, Any], fraction: float, *, notification_id: int) -> None:
+        conversation, activity_id = _split(ref)
+        await self.app.api.conversations.activities(conversation).reply(activity_id, MessageActivityInput(text=cards.reminder_text(view, fraction)))
+
+    async def escalate(self, target: str, ref: str | None, view: dict[str, Any], *, notification_id: int) -> str | None:
+        if ref is None:
+            sent = await self.app.send(target, cards.approval_card(view, headline=f"Escalated to {view['escalation_group']}"))
+            return f"{target}|{sent.id}"
+        conversation, activity_id = _split(ref)
+        await self.app.api.conversations.activities(conversation).reply(activity_id, MessageActivityInput(text=cards.escalation_text(view)))
+        return None
+
+    async def notify_break_glass(self, target: str, view: dict[str, Any], *, notification_id: int) -> str:
+        sent = await self.app.send(target, cards.break_glass_card(view))
+        return f"{target}|{sent.id}"
+
+    async def find_sent(self, target: str, parent_ref: str | None, notification_id: int, since: datetime) -> str | None:
+        # The Bot Connector cannot list a conversation's past activities, so a message whose
+        # confirmation was lost in a crash is sent again (at least once, never lost).
+        return None
+
+    # --- answers --------------------------------------------------------------------------------
+
+    async def _card_action(self, ctx: Any) -> Any:
+        activity = ctx.activity
+        desk = await self._desk_of()
+        action = activity.value.action
+        data = action.data or {}
+        action_id, digest = str(data.get("action_id", "")), str(data.get("payload_digest", ""))
+        conversation = activity.conversation.id
+        view = await desk.view(action_id)
+        if action.verb == cards.REFRESH:
+            return _card(view) if view else _message("This action is not known to Keyturn.")
+        if not await desk.store.first_sighting("teams", f"{conversation}:{activity.id}"):
+            await desk.refuse_interaction(SOURCE, "replayed_interaction", f"Teams activity {activity.id} was already received", activity.model_dump_json().encode())
+            await desk.flush()
+            return _message("This answer was already received; a replay changes nothing.")
+        if action.verb not in (cards.APPROVE, cards.DENY):
+            return _message(f"Keyturn does not know the card action {action.verb!r}.")
+        choice = "approve" if action.verb == cards.APPROVE else "deny"
+        try:
+            approver = await self._principal_of(ctx, conversation)
+        except UnknownChatUser as unknown:
+            user = activity.from_
+            await desk.refuse_answer(action_id, Principal(f"teams:{user.aad_object_id or user.id}", PrincipalKind.HUMAN), choice, digest,
+                                     "teams", "UnknownChatUser", str(unknown))
+            await desk.flush()
+            return _card(view, f"Your answer was not applied — {unknown}") if view else _message(f"Your answer was not applied — {unknown}")
+        reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
+        if choice == "deny" and reason is None and view is not None and view["status"] == "pending":
+            return _card(view, "A denial needs a reason; the requester will see it. Nothing was recorded.")
+        result = await desk.vote(action_id, approver, choice, digest, reason, "teams")
+        await desk.flush()
+        view = await desk.view(action_id)
+        problem = None if result.accepted else f"Your answer was not applied — {result.refusal}: {result.message}"
+        return _card(view, problem) if view else _message(problem or "")
+
+    async def _principal_of(self, ctx: Any, conversation: str) -> Principal:
+        """The principal a Teams user answers as: the configured map, else ``human:<email local part>``."""
+        user = ctx.activity.from_
+        for key in (user.aad_object_id, user.id):
+            if key and key in self.user_map:
+                return Principal(self.user_map[key], Principal.kind_of(self.user_map[key]))
+        try:
+            member = await ctx.api.conversations.members(conversation).get(user.id)
+        except Exception as exc:  # the connector answers 404 for people outside the conversation
+            raise UnknownChatUser(f"Teams user {user.id} could not be looked up in the conversation ({exc}); add them to KEYTURN_TEAMS_USER_MAP") from exc
+        address = str(member.email or member.user_principal_name or "")
+        local, at, _ = address.partition("@")
+        if not at or not local or "#ext#" in local.lower():
+            raise UnknownChatUser(f"Teams user {user.id} has no organisation email (guest accounts cannot approve); add them to KEYTURN_TEAMS_USER_MAP")
+        return Principal(f"human:{local.lower()}", PrincipalKind.HUMAN)
+
+
+def _card(view: dict[str, Any], problem: str | None = None) -> AdaptiveCardActionCardResponse:
+    return AdaptiveCardActionCardResponse(value=cards.approval_card(view, problem=problem))
+
+
+def _message(text: str) -> AdaptiveCardActionMessageResponse:
+    return AdaptiveCardActionMessageResponse(value=text)
+
+
+def _split(ref: str) -> tuple[str, str]:
+    conversation, _, activity_id = ref.rpartition("|")
+    return conversation, activity_id

@@ -1,0 +1,119 @@
+"""What approvers see of an action: masked parameters, who asks for whom, progress, deadlines.
+
+The API, the console and every chat adapter render these dictionaries, so all of them show
+the same facts; none of them ever sees clear parameters (only the masked copy travels).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from keyturn.core import approval as rules
+from keyturn.core.events import ActionDecided, VoteRecorded
+
+
+def approval_view(decided: ActionDecided, state: rules.PendingApproval) -> dict[str, Any]:
+    """An approval as approvers see it: masked parameters only, progress, deadlines."""
+    request = decided.request
+    progress = rules.approval_progress(state)
+    resolution = rules.resolution_of(state)
+    return {
+        "action_id": decided.action_id,
+        "action": request.action,
+        "resource": request.resource,
+        "parameters": masked_parameters(request.parameters, decided.mask),
+        "reason": request.reason,
+        "requester": request.requester.id,
+        "acting_for": list(request.requester.chain),
+        "payload_digest": str(request.payload_digest),
+        "status": state.status,
+        "groups": [{"name": g.name, "have": g.have, "need": g.need, "approvers": list(g.approvers)} for g in progress.groups],
+        "summary": progress.summary,
+        "policy_reasons": list(decided.reasons),
+        "requested_at": request.requested_at.isoformat(),
+        "opened_at": state.opened_at.isoformat(),
+        "expires_at": state.expires_at.isoformat(),
+        "resolved_at": state.resolved_at.isoformat() if state.resolved_at else None,
+        "resolution_reason": resolution.reason if resolution else None,
+        "escalation_group": state.policy.escalation_group,
+        "escalated": state.escalated,
+        "votes": [{"approver": v.approver.id, "choice": v.choice, "reason": v.reason, "channel": v.channel,
+                   "cast_at": v.cast_at.isoformat()} for v in state.votes],
+        "policy_revision": decided.provenance.policy_revision,
+        "break_glass": False,
+    }
+
+
+def break_glass_view(decided: ActionDecided) -> dict[str, Any]:
+    """A break-glass action: it ran without approval and is flagged for mandatory review."""
+    request = decided.request
+    parameters = request.parameters
+    return {
+        "action_id": decided.action_id,
+        "action": request.action,
+        "resource": request.resource,
+        "parameters": masked_parameters(parameters, decided.mask),
+        "reason": request.reason,
+        "requester": request.requester.id,
+        "acting_for": list(request.requester.chain),
+        "payload_digest": str(request.payload_digest),
+        "status": "break_glass",
+        "incident_id": str(parameters.get("incident_id", "")),
+        "policy_reasons": list(decided.reasons),
+        "requested_at": request.requested_at.isoformat(),
+        "summary": f"Break-glass by {requester_line(request.requester.id, list(request.requester.chain))}: "
+                   "ran without approval, mandatory review",
+        "break_glass": True,
+    }
+
+
+MASKED = "[masked]"
+
+
+def masked_parameters(parameters: Any, mask: tuple[str, ...] | list[str]) -> Any:
+    """The parameters with every path the decision says to mask (``parameters.password``) hidden.
+
+    Intake already masks what travels; this second pass makes sure that whatever the policy
+    names is never shown to a person, even if the first pass missed it.
+    """
+    shown = json.loads(json.dumps(parameters))
+    for path in mask:
+        keys = path.split(".")
+        if keys[:1] != ["parameters"] or len(keys) < 2:
+            continue
+        node = shown
+        for key in keys[1:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and keys[-1] in node:
+            node[keys[-1]] = MASKED
+    return shown
+
+
+def requester_line(requester: str, acting_for: list[str]) -> str:
+    """``agent:reporter for human:alice`` — who asks, for whom."""
+    return f"{requester} for {' for '.join(acting_for)}" if acting_for else requester
+
+
+def timeline(view: dict[str, Any], recorded_votes: list[VoteRecorded], notifications: list[tuple]) -> list[dict[str, str]]:
+    """What happened to an approval, in order: request, opening, every answer (refused ones too),
+    reminders and escalation messages, the outcome."""
+    entries = [
+        {"at": view["requested_at"], "what": f"requested by {requester_line(view['requester'], view['acting_for'])}", "kind": "requested"},
+        {"at": view["opened_at"], "what": "waiting for " + ", ".join(f"{g['name']} ×{g['need']}" for g in view["groups"]), "kind": "opened"},
+    ]
+    for recorded in recorded_votes:
+        vote = recorded.vote
+        if recorded.accepted:
+            what = f"{vote.approver.id} {'approved' if vote.choice.value == 'approve' else 'denied'} via {vote.channel}"
+            what += f": {vote.reason}" if vote.reason else ""
+        else:
+            what = f"refused answer from {vote.approver.id} via {vote.channel} ({recorded.refusal})"
+        entries.append({"at": recorded.recorded_at.isoformat(), "what": what, "kind": "vote" if recorded.accepted else "refused"})
+    for channel, target, kind, occasion, state, delivered_at in notifications:
+        if kind in ("reminder", "escalated") and delivered_at is not None:
+            label = f"reminder at {float(occasion):.0%} of the time" if kind == "reminder" else f"escalated to {view.get('escalation_group')}"
+            entries.append({"at": delivered_at.isoformat(), "what": f"{label} ({channel} {target})", "kind": kind})
+    if view.get("resolved_at"):
+        entries.append({"at": view["resolved_at"], "what": view["summary"], "kind": view["status"]})
+    return sorted(entries, key=lambda entry: entry["at"])

@@ -1,0 +1,116 @@
+"""The web console end to end: a person signs in, finds the action in the inbox, reads it, approves it.
+
+Driven in headless Chromium (Debian's ``chromium``) through Playwright with the system browser,
+against the five services over the real Kafka, OPA and PostgreSQL. Saves
+tests/artifacts/console.png of the action page after the approval.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+
+import httpx
+import pytest
+
+from keyturn.config import REPO_ROOT
+from tests.integration.conftest import Agent
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = REPO_ROOT / "tests" / "artifacts" / "console.png"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium` (make e2e-deps does)")
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="keyturn-chromium-")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS, viewport={"width": 1200, "height": 1400},
+        )
+        yield context
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def agent(settings, services) -> Agent:
+    return Agent(settings, "agent:reporter", ("human:alice",))
+
+
+def sign_in(page, settings, name: str) -> None:
+    page.context.clear_cookies()
+    page.goto(f"{settings.approval_url}/console")
+    assert page.url.endswith("/console/sign-in"), "unsigned visitors are sent to sign in"
+    page.fill("#name", name)
+    page.click("#dev-sign-in")
+    page.wait_for_url(re.compile(r"/console$"))
+    assert page.inner_text("#signed-in-as") == f"human:{name}"
+
+
+def test_an_approver_signs_in_finds_the_action_reads_it_and_approves(browser, settings, agent) -> None:
+    action_id = agent.submit_ok("iam.role.grant", "iam://staging/roles/analyst",
+                                {"user": "human:bob", "role": "analyst", "password": "hunter2-never-shown"}, reason="onboarding bob (console)")
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    page = browser.new_page()
+
+    # the human the agent acts for sees nothing to decide, and no buttons on the action itself
+    sign_in(page, settings, "alice")
+    assert action_id not in page.content()
+    page.goto(f"{settings.approval_url}/console/actions/{action_id}")
+    assert "You are in the chain that asked for this action" in page.inner_text("#why-not")
+    assert page.query_selector("#approve") is None
+
+    # an approver from security finds it in the inbox
+    sign_in(page, settings, "carol")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT.with_name("console-inbox.png")), full_page=True)
+    page.click(f"a[href='/console/actions/{action_id}']")
+    page.wait_for_url(re.compile(action_id))
+    assert "agent:reporter for human:alice" in page.content()
+    assert "hunter2" not in page.inner_text("#parameters") and '"role": "analyst"' in page.inner_text("#parameters")
+    assert page.inner_text("#status") == "pending"
+
+    # a denial needs a reason: refused in the page, nothing recorded
+    page.click("#deny")
+    assert "A denial needs a reason" in page.inner_text("#error")
+    assert agent.status(action_id)["state"] == "needs_approval"
+
+    page.fill("#reason", "ticket OPS-1234")
+    page.click("#approve")
+    page.wait_for_url(re.compile(r"done=approve"))
+    assert "Your approval was recorded." in page.content()
+    assert page.inner_text("#status") == "approved"
+    assert "human:carol approved via console: ticket OPS-1234" in page.inner_text("#timeline")
+    assert agent.wait(action_id)["state"] == "succeeded"
+
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.close()
+
+
+def test_a_vote_without_the_forms_csrf_token_is_refused(settings, agent) -> None:
+    action_id = agent.submit_ok("iam.role.grant", "iam://staging/roles/viewer", {"user": "human:bob", "role": "viewer"})
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    with httpx.Client(base_url=settings.approval_url, follow_redirects=False) as client:
+        form = client.get("/console/sign-in")
+        nonce = re.search(r'name="nonce" value="([^"]+)"', form.text).group(1)
+        assert client.post("/console/sign-in", data={"nonce": nonce, "name": "dave"}).status_code == 303
+        page = client.get(f"/console/actions/{action_id}")
+        digest = re.search(r'name="payload_digest" value="([^"]+)"', page.text).group(1)
+        forged = client.post(f"/console/actions/{action_id}/vote", data={"choice": "approve", "payload_digest": digest, "csrf": "guess"})
+    assert forged.status_code == 403 and "nothing was recorded" in forged.text
+    assert agent.status(action_id)["state"] == "needs_approval"
+
+
+def test_sign_in_without_the_forms_nonce_is_refused(settings) -> None:
+    answer = httpx.post(f"{settings.approval_url}/console/sign-in", data={"name": "carol"})
+    assert answer.status_code == 403 and "expired" in answer.text
+    assert "keyturn_session" not in answer.cookies

@@ -1,0 +1,51 @@
+"""A stack of its own for approval tests that need chat fakes wired into the services' settings.
+
+The session stack (tests/conftest.py) has no Slack or Teams configured; these tests start the
+five services again in a fresh namespace whose settings point at the local fakes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from keyturn.config import Settings
+from tests.conftest import ServiceProcesses, free_port
+
+SERVICES = ("intake", "policy", "approval", "executor", "audit")
+
+
+def stack_settings(settings: Settings, **overrides: Any) -> Settings:
+    """``settings`` in a fresh namespace on fresh ports, with ``overrides`` (e.g. the fakes' URLs)."""
+    intake_port, approval_port = free_port(), free_port()
+    return replace(
+        settings, namespace=f"kt{secrets.token_hex(4)}", intake_port=intake_port, approval_port=approval_port,
+        intake_url=f"http://127.0.0.1:{intake_port}", approval_url=f"http://127.0.0.1:{approval_port}", **overrides,
+    )
+
+
+@contextmanager
+def running_stack(settings: Settings) -> Iterator[ServiceProcesses]:
+    """The five services on ``settings``, stopped on exit."""
+    procs = ServiceProcesses(settings)
+    try:
+        for name in SERVICES:
+            procs.start(name)
+        procs.wait_http(f"{settings.intake_url}/healthz")
+        procs.wait_http(f"{settings.approval_url}/healthz")
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def restart(procs: ServiceProcesses, name: str, *, kill: bool = False) -> None:
+    """Stop one service (SIGTERM, or SIGKILL with ``kill``) and start it again."""
+    procs.stop(name, kill=kill)
+    procs.start(name)
+    if name == "approval":
+        procs.wait_http(f"{procs.settings.approval_url}/healthz")
+    if name == "intake":
+        procs.wait_http(f"{procs.settings.intake_url}/healthz")

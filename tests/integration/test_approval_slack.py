@@ -1,0 +1,340 @@
+"""Approvers answer in Slack: the message, the buttons, the modal, the updates, and every bad input.
+
+The five services run over the real Kafka, OPA and PostgreSQL; Slack is a local fake of its
+Web API (tests/fakes/slack.py) and interaction payloads are signed exactly as Slack signs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+
+from keyturn.approval.callbacks import signature_valid
+from keyturn.audit.stream import read_audit_log
+from tests.fakes.slack import FakeSlack
+from tests.fakes.webhook import WebhookReceiver
+from tests.integration.approval_stack import running_stack, stack_settings
+from tests.integration.conftest import Agent, eventually, keyturn_cli, mint
+
+pytestmark = pytest.mark.integration
+
+CALLBACK_SECRET = "callback-secret-for-tests"
+CHANNELS = {"security": ["C0SECURITY"], "security-oncall": ["C0ONCALL"], "*": ["C0APPROVALS"]}
+
+
+@pytest.fixture(scope="module")
+def slack() -> FakeSlack:
+    fake = FakeSlack().start()
+    for channel in ("C0SECURITY", "C0ONCALL", "C0APPROVALS"):
+        fake.add_channel(channel)
+    fake.add_user("U0CAROL", "carol@example.com")
+    fake.add_user("U0DAVE", None)  # no email visible: known through the configured map
+    fake.add_user("U0ALICE", "alice@example.com")
+    fake.add_user("U0FRANK", "frank@example.com")
+    fake.add_user("U0MALLORY", None)
+    fake.add_user("U0BOT", "bot@example.com", is_bot=True)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def webhook() -> WebhookReceiver:
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def chat(settings, slack, webhook):
+    chat_settings = stack_settings(
+        settings, slack_api_url=slack.api_url, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
+        slack_channels=json.dumps(CHANNELS), slack_user_map=json.dumps({"U0DAVE": "human:dave"}),
+        callback_secret=CALLBACK_SECRET, callback_allowed_hosts="127.0.0.1",
+    )
+    with running_stack(chat_settings):
+        yield chat_settings
+
+
+@pytest.fixture(scope="module")
+def agent(chat) -> Agent:
+    return Agent(chat, "agent:reporter", ("human:alice",))
+
+
+def interact(chat, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(f"{chat.approval_url}/slack/interactions", content=body, headers=headers, timeout=30)
+
+
+def grant(agent: Agent, role: str = "analyst", **extra) -> str:
+    action_id = agent.submit_ok("iam.role.grant", f"iam://staging/roles/{role}",
+                                {"user": "human:bob", "role": role, "password": "hunter2-never-shown"}, reason=f"onboarding bob as {role}", **extra)
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    return action_id
+
+
+def message_in(slack: FakeSlack, action_id: str, channel: str = "C0SECURITY"):
+    found = eventually(lambda: [m for m in slack.top_level(action_id) if m.channel == channel], timeout=30)
+    assert found, f"no Slack message about {action_id} in {channel}; calls: {slack.calls[-5:]}"
+    return found[0]
+
+
+def audit_records(chat, action_id: str | None = None, event_type: str | None = None, timeout: float = 30) -> list:
+    def matching():
+        records = asyncio.run(read_audit_log(chat))
+        return [r for r in records if (action_id is None or r.action_id == action_id) and (event_type is None or r.event_type == event_type)]
+    return eventually(matching, timeout=timeout) or []
+
+
+def refused_votes(chat, action_id: str, refusal: str) -> list:
+    def found():
+        return [r for r in audit_records(chat, action_id, "VoteRecorded", timeout=1) if json.loads(r.payload_json).get("refusal") == refusal]
+    return eventually(found, timeout=30) or []
+
+
+def dead_letters(chat, error_type: str) -> list:
+    def found():
+        return [r for r in audit_records(chat, None, "DeadLetter", timeout=1) if json.loads(r.payload_json).get("error_type") == error_type]
+    return eventually(found, timeout=30) or []
+
+
+# --- the message --------------------------------------------------------------------------------
+
+
+def test_each_approver_group_gets_a_message_with_everything_needed_to_decide(chat, agent, slack) -> None:
+    action_id = grant(agent)
+    message = message_in(slack, action_id)
+    shown = message.all_text()
+    for fact in ("iam.role.grant", "iam://staging/roles/analyst", "onboarding bob as analyst", "agent:reporter for human:alice",
+                 "Expires", "Impact", '\\"role\\": \\"analyst\\"', "No approvals yet (0 of 1), waiting for security"):
+        assert fact in shown, f"{fact!r} missing from the Slack message"
+    assert "hunter2" not in shown, "parameters in Slack are masked"
+    assert [b["action_id"] for b in message.buttons()] == ["keyturn_approve", "keyturn_deny"]
+    assert [m.channel for m in slack.top_level(action_id)] == ["C0SECURITY"], "one message per approver group target"
+
+
+def test_approving_in_slack_runs_the_action_and_the_message_shows_the_outcome(chat, agent, slack, webhook) -> None:
+    action_id = grant(agent, callback_url=webhook.url)
+    message = message_in(slack, action_id)
+    stale_deny = slack.click(message, "keyturn_deny", "U0DAVE")
+    answer = interact(chat, *slack.signed(slack.click(message, "keyturn_approve", "U0CAROL")))
+    assert answer.status_code == 200, answer.text
+
+    view = agent.wait(action_id)
+    assert view["state"] == "succeeded", view
+    assert eventually(lambda: not message.buttons() and "Approved by human:carol" in message.all_text()), message.all_text()
+    told = eventually(lambda: slack.thread(message))
+    assert told and "agent:reporter for human:alice" in told[-1].text and "it will run now" in told[-1].text
+
+    vote = audit_records(chat, action_id, "VoteRecorded")
+    assert json.loads(vote[0].payload_json)["vote"]["channel"] == "slack"
+
+    # dave still had the message open: his Deny after the approval is refused, recorded, never shown as the outcome
+    assert interact(chat, *slack.signed(stale_deny)).status_code == 200
+    assert refused_votes(chat, action_id, "AlreadyResolved")
+    assert agent.status(action_id)["state"] == "succeeded" and "Denied" not in message.all_text()
+    assert not slack.views or action_id not in slack.views[-1].get("private_metadata", ""), "no modal for a resolved action"
+
+    # the requester's webhook heard every state, signed with HMAC over timestamp and body
+    assert eventually(lambda: webhook.states(action_id) == ["needs_approval", "approved", "succeeded"]), webhook.states(action_id)
+    for headers, body in webhook.received:
+        assert signature_valid(CALLBACK_SECRET.encode(), body, headers["x-keyturn-signature"], time.time())
+        assert not signature_valid(b"another secret", body, headers["x-keyturn-signature"], time.time())
+
+
+def test_the_message_shows_progress_after_each_vote_until_quorum(chat, agent, slack) -> None:
+    action_id = grant(agent, role="db-admin")  # an admin role needs two people from security
+    message = message_in(slack, action_id)
+    assert interact(chat, *slack.signed(slack.click(message, "keyturn_approve", "U0CAROL"))).status_code == 200
+    assert eventually(lambda: "Approved by human:carol (1 of 2), waiting for security" in message.all_text()), message.all_text()
+    assert message.buttons(), "still pending: the buttons stay"
+    assert agent.status(action_id)["state"] == "needs_approval"
+
+    assert interact(chat, *slack.signed(slack.click(message, "keyturn_approve", "U0DAVE"))).status_code == 200
+    assert agent.wait(action_id)["state"] == "succeeded"
+    assert eventually(lambda: not message.buttons() and "Approved by human:carol, human:dave" in message.all_text())
+
+
+def test_deny_opens_a_modal_for_the_reason_and_the_requester_sees_it(chat, agent, slack) -> None:
+    action_id = grant(agent, role="writer")
+    message = message_in(slack, action_id)
+    assert interact(chat, *slack.signed(slack.click(message, "keyturn_deny", "U0DAVE"))).status_code == 200
+    assert agent.status(action_id)["state"] == "needs_approval", "clicking Deny only asks why"
+    modal = slack.views[-1]
+    assert modal["callback_id"] == "keyturn_deny_reason" and action_id in modal["private_metadata"]
+
+    answer = interact(chat, *slack.signed(slack.submit(modal, "U0DAVE", "writers need a ticket")))
+    assert answer.status_code == 200 and not answer.content, answer.text  # an empty answer closes the modal
+    view = agent.wait(action_id)
+    assert view["state"] == "denied"
+    assert eventually(lambda: not message.buttons() and "Denied by human:dave: writers need a ticket" in message.all_text())
+    assert eventually(lambda: any("it will not run" in m.text for m in slack.thread(message)))
+
+
+# --- bad input: a clear error, an audit record, and no change of state ---------------------------
+
+
+def test_forged_signature_is_refused_and_recorded(chat, agent, slack) -> None:
+    action_id = grant(agent, role="auditor")
+    message = message_in(slack, action_id)
+    body, headers = slack.signed(slack.click(message, "keyturn_approve", "U0CAROL"), secret="not-the-signing-secret")
+    answer = interact(chat, body, headers)
+    assert answer.status_code == 401 and answer.json()["error"] == "forged_signature"
+    assert dead_letters(chat, "forged_signature")
+    assert agent.status(action_id)["state"] == "needs_approval"
+
+
+def test_a_timestamp_older_than_five_minutes_is_refused_and_recorded(chat, agent, slack) -> None:
+    action_id = grant(agent, role="auditor")
+    message = message_in(slack, action_id)
+    answer = interact(chat, *slack.signed(slack.click(message, "keyturn_approve", "U0CAROL"), timestamp=int(time.time()) - 6 * 60))
+    assert answer.status_code == 401 and answer.json()["error"] == "stale_timestamp"
+    assert "5 minutes" in answer.json()["message"] or "300 s" in answer.json()["message"]
+    assert dead_letters(chat, "stale_timestamp")
+    assert agent.status(action_id)["state"] == "needs_approval"
+
+
+def test_a_replayed_interaction_changes_nothing(chat, agent, slack) -> None:
+    action_id = grant(agent, role="db-admin")
+    message = message_in(slack, action_id)
+    body, headers = slack.signed(slack.click(message, "keyturn_approve", "U0CAROL"))
+    assert interact(chat, body, headers).status_code == 200
+    replay = interact(chat, body, headers)
+    assert replay.status_code == 409 and replay.json()["error"] == "replayed_interaction"
+    assert dead_letters(chat, "replayed_interaction")
+    approval = httpx.get(f"{chat.approval_url}/v1/approvals/{action_id}", headers={"Authorization": f"Bearer {mint(chat, 'human:carol')}"}).json()
+    assert approval["status"] == "pending" and approval["summary"].startswith("Approved by human:carol (1 of 2)")
+
+
+@pytest.mark.parametrize("user, refusal", [
+    ("U0MALLORY", "UnknownChatUser"),  # no email, not in the map
+    ("U0BOT", "UnknownChatUser"),  # bots never approve
+    ("U0FRANK", "ApproverNotAuthorised"),  # db-owners, not security
+    ("U0ALICE", "SelfApprovalRefused"),  # the human the agent acts for
+])
+def test_answers_from_people_who_may_not_approve_are_refused_recorded_and_explained(chat, agent, slack, user, refusal) -> None:
+    action_id = grant(agent, role="auditor")
+    message = message_in(slack, action_id)
+    answer = interact(chat, *slack.signed(slack.click(message, "keyturn_approve", user)))
+    assert answer.status_code == 200  # Slack shows nothing for other codes; the person is told privately
+    assert refused_votes(chat, action_id, refusal)
+    told = [e for e in slack.ephemeral if e["user"] == user and refusal in e["text"] or (refusal == "UnknownChatUser" and e["user"] == user)]
+    assert told and "not applied" in told[-1]["text"]
+    assert agent.status(action_id)["state"] == "needs_approval"
+    assert message.buttons() and "No approvals yet" in message.all_text(), "the message does not pretend anything happened"
+
+
+def test_a_vote_on_a_different_digest_is_refused(chat, agent, slack) -> None:
+    action_id = grant(agent, role="auditor")
+    message = message_in(slack, action_id)
+    payload = slack.click(message, "keyturn_approve", "U0CAROL")
+    payload["actions"][0]["value"] = json.dumps({"action_id": action_id, "payload_digest": "sha256:" + "0" * 64})
+    assert interact(chat, *slack.signed(payload)).status_code == 200
+    assert refused_votes(chat, action_id, "DigestMismatch")
+    assert agent.status(action_id)["state"] == "needs_approval"
+
+
+def test_a_vote_on_an_unknown_action_is_refused(chat, agent, slack) -> None:
+    action_id = grant(agent, role="auditor")
+    message = message_in(slack, action_id)
+    unknown = str(uuid.uuid4())
+    payload = slack.click(message, "keyturn_approve", "U0CAROL")
+    payload["actions"][0]["value"] = json.dumps({"action_id": unknown, "payload_digest": "sha256:" + "0" * 64})
+    assert interact(chat, *slack.signed(payload)).status_code == 200
+    assert refused_votes(chat, unknown, "UnknownAction")
+    assert any("UnknownAction" in e["text"] for e in slack.ephemeral if e["user"] == "U0CAROL")
+
+
+def test_a_vote_after_resolution_is_refused_and_approval_is_never_shown_twice(chat, agent, slack) -> None:
+    action_id = grant(agent, role="reader")
+    message = message_in(slack, action_id)
+    stale_click = slack.click(message, "keyturn_approve", "U0DAVE")  # dave still has the old message open
+    denied = keyturn_cli(chat, "deny", action_id, "--reason", "not today", token=mint(chat, "human:carol"))
+    assert denied.returncode == 0, denied.stderr
+    assert agent.wait(action_id)["state"] == "denied"
+    assert interact(chat, *slack.signed(stale_click)).status_code == 200
+    assert refused_votes(chat, action_id, "AlreadyResolved")
+    assert agent.wait(action_id)["state"] == "denied", "no approval after a denial"
+    assert eventually(lambda: "Denied by human:carol: not today" in message.all_text() and not message.buttons())
+    assert "Approved" not in message.all_text()
+
+
+# --- break-glass ------------------------------------------------------------------------------------
+
+
+def test_break_glass_runs_without_approval_tells_every_approver_channel_and_is_flagged(chat, agent, slack) -> None:
+    action_id = agent.submit_ok("iam.role.grant", "iam://prod/roles/incident-responder",
+                                {"user": "human:bob", "role": "incident-responder", "break_glass": True, "incident_id": "INC-4242"},
+                                reason="payments are down; bob is on call")
+    view = agent.wait(action_id)
+    assert view["state"] == "succeeded", view
+    notices = eventually(lambda: sorted(m.channel for m in slack.top_level(action_id)) == ["C0APPROVALS", "C0ONCALL", "C0SECURITY"])
+    assert notices, [m.channel for m in slack.top_level(action_id)]
+    for message in slack.top_level(action_id):
+        assert "Break-glass" in message.text and "INC-4242" in message.all_text() and "mandatory review" in message.all_text()
+        assert not message.buttons()
+    decided = audit_records(chat, action_id, "ActionDecided")
+    assert decided and {"break_glass", "mandatory_review"} <= set(decided[0].flags)
+
+
+# --- reminders, escalation, expiry (decisions with short clocks, as the policy service would publish them) ---
+
+
+def publish_decision(chat, *, ttl_s: int, groups: tuple[tuple[str, int], ...], reminders: tuple[float, ...] = (),
+                     escalation_group: str | None = None) -> str:
+    """Publish a needs-approval decision with short clocks on the decided topic; returns its action id."""
+    from datetime import datetime, timezone
+
+    from keyturn.bus.codec import registry
+    from keyturn.bus.topics import Topics
+    from keyturn.core.events import (
+        ActionDecided, ActionRequested, ApprovalRequirement, DecisionOutcome, Digest, GroupRequirement, Provenance, canonical_json,
+    )
+    from keyturn.core.principal import Principal, PrincipalKind
+    from tests.integration.conftest import produce
+
+    action_id = str(uuid.uuid4())
+    now = datetime.now(timezone.utc)
+    parameters = {"user": "human:bob", "role": "analyst"}
+    request = ActionRequested(
+        event_id=f"requested:{action_id}", action_id=action_id, action="iam.role.grant", resource="iam://staging/roles/analyst",
+        parameters_json=canonical_json(parameters), reason="short clocks", requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
+        payload_digest=Digest.of_json({"action": "iam.role.grant", "resource": "iam://staging/roles/analyst", "parameters": parameters}),
+        requested_at=now,
+    )
+    decided = ActionDecided(
+        event_id=f"decided:{action_id}", action_id=action_id, outcome=DecisionOutcome.NEEDS_APPROVAL,
+        provenance=Provenance("test", f"test-{action_id}", Digest.of_json({}), now), decided_at=now, request=request,
+        reasons=("granting a role needs security",),
+        approvals=ApprovalRequirement(groups=tuple(GroupRequirement(g, n) for g, n in groups), pending_ttl_s=ttl_s, execution_window_s=600,
+                                      require_all=True, escalation_group=escalation_group, reminder_fractions=reminders),
+    )
+    produce(chat, Topics.from_settings(chat).decided, registry().encode_event(decided), key=action_id.encode())
+    return action_id
+
+
+def test_approvers_are_reminded_then_the_fallback_group_is_asked_and_may_approve_alone(chat, slack) -> None:
+    slack.add_user("U0ERIN", "erin@example.com")
+    action_id = publish_decision(chat, ttl_s=20, groups=(("security", 2),), reminders=(0.2,), escalation_group="security-oncall")
+    message = message_in(slack, action_id)
+    assert eventually(lambda: any("Reminder" in m.text for m in slack.thread(message)), timeout=30), "reminded at 20 % of the TTL"
+    reminder = next(m for m in slack.thread(message) if "Reminder" in m.text)
+    assert "waiting for 2 from security" in reminder.text and "Expires" in reminder.text
+
+    fallback = message_in(slack, action_id, "C0ONCALL")  # escalated half way: a message for the fallback group
+    assert "Escalated to security-oncall" in fallback.all_text() and fallback.buttons()
+    assert interact(chat, *slack.signed(slack.click(fallback, "keyturn_approve", "U0ERIN"))).status_code == 200
+    for shown in (message, fallback):
+        assert eventually(lambda: "Approved by human:erin" in shown.all_text() and not shown.buttons()), shown.all_text()
+    assert len([m for m in slack.thread(message) if "Reminder" in m.text]) == 1, "each reminder once"
+
+
+def test_an_approval_nobody_answers_expires_and_the_message_says_so(chat, slack) -> None:
+    action_id = publish_decision(chat, ttl_s=3, groups=(("security", 1),))
+    message = message_in(slack, action_id)
+    assert eventually(lambda: "Expired" in message.all_text() and not message.buttons(), timeout=30), message.all_text()
+    assert "Denied" not in message.all_text(), "a TTL running out is expired, never denied"
+    assert eventually(lambda: any("it will not run" in m.text for m in slack.thread(message)))

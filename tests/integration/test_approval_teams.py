@@ -1,0 +1,166 @@
+"""Approvers answer in Microsoft Teams: Adaptive Cards with Action.Execute, refreshed as votes arrive.
+
+The five services run over the real Kafka, OPA and PostgreSQL; Teams is a local Bot Connector
+and token issuer (tests/fakes/teams.py). Inbound activities are authenticated by the Teams SDK
+against that issuer's OpenID keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from keyturn.audit.stream import read_audit_log
+from tests.fakes.teams import FakeTeams
+from tests.integration.approval_stack import running_stack, stack_settings
+from tests.integration.conftest import Agent, eventually
+
+pytestmark = pytest.mark.integration
+
+SECURITY = "19:security@thread.tacv2"
+ONCALL = "19:oncall@thread.tacv2"
+
+
+@pytest.fixture(scope="module")
+def teams() -> FakeTeams:
+    fake = FakeTeams().start()
+    fake.add_member("29:carol", "aad-carol", "carol@example.com")
+    fake.add_member("29:dave", "aad-dave", None)  # known through the configured map
+    fake.add_member("29:alice", "aad-alice", "alice@example.com")
+    fake.add_member("29:frank", "aad-frank", "frank@example.com")
+    fake.add_member("29:guest", "aad-guest", None, upn="carol_partner.example#EXT#@tenant.example")
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def chat(settings, teams):
+    chat_settings = stack_settings(
+        settings, teams_app_id=teams.app_id, teams_app_password=teams.app_password, teams_service_url=teams.service_url,
+        teams_token_url=teams.token_url, teams_openid_url=teams.openid_url, teams_token_issuer=teams.issuer,
+        teams_conversations=json.dumps({"security": [SECURITY], "*": [ONCALL]}), teams_user_map=json.dumps({"aad-dave": "human:dave"}),
+    )
+    with running_stack(chat_settings):
+        yield chat_settings
+
+
+@pytest.fixture(scope="module")
+def agent(chat) -> Agent:
+    return Agent(chat, "agent:reporter", ("human:alice",))
+
+
+def grant(agent: Agent, role: str) -> str:
+    action_id = agent.submit_ok("iam.role.grant", f"iam://staging/roles/{role}", {"user": "human:bob", "role": role, "token": "tok-never-shown"},
+                                reason=f"bob needs {role}")
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    return action_id
+
+
+def card_for(teams: FakeTeams, action_id: str):
+    found = eventually(lambda: [a for a in teams.cards_about(action_id) if a.conversation == SECURITY], timeout=30)
+    assert found, f"no card for {action_id}; refused calls: {teams.refused_calls}"
+    return found[0]
+
+
+def click(chat, teams: FakeTeams, card, verb: str, user: str, **inputs) -> dict:
+    answer = teams.post(chat.approval_url, teams.invoke(card, verb, user, inputs=inputs), teams.inbound_token())
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def audit_of(chat, action_id: str | None, event_type: str) -> list:
+    def found():
+        records = asyncio.run(read_audit_log(chat))
+        return [r for r in records if (action_id is None or r.action_id == action_id) and r.event_type == event_type]
+    return eventually(found, timeout=30) or []
+
+
+def refused(chat, action_id: str, refusal: str) -> bool:
+    return bool(eventually(lambda: [r for r in audit_of(chat, action_id, "VoteRecorded") if json.loads(r.payload_json)["refusal"] == refusal], timeout=30))
+
+
+def test_each_group_gets_a_card_with_what_to_decide_and_universal_actions(chat, agent, teams) -> None:
+    action_id = grant(agent, "analyst")
+    card = card_for(teams, action_id)
+    shown = card.all_text()
+    for fact in ("iam.role.grant", "iam://staging/roles/analyst", "bob needs analyst", "agent:reporter for human:alice", "Expires",
+                 "No approvals yet (0 of 1), waiting for security"):
+        assert fact in shown
+    assert "tok-never-shown" not in shown
+    assert [(a["type"], a["verb"]) for a in card.actions()] == [("Action.Execute", "approve"), ("Action.Execute", "deny")]
+    assert card.card()["refresh"]["action"]["verb"] == "refresh"
+    assert teams.token_requests and teams.token_requests[-1]["client_id"] == teams.app_id, "app token by client credentials"
+
+
+def test_approving_in_teams_answers_with_the_refreshed_card_and_updates_every_copy(chat, agent, teams) -> None:
+    action_id = grant(agent, "db-admin")  # two from security
+    card = card_for(teams, action_id)
+    first = click(chat, teams, card, "approve", "29:carol")
+    assert first["statusCode"] == 200 and first["type"] == "application/vnd.microsoft.card.adaptive"
+    assert "Approved by human:carol (1 of 2), waiting for security" in json.dumps(first["value"])
+    assert eventually(lambda: "Approved by human:carol (1 of 2)" in card.all_text() and card.actions())
+
+    second = click(chat, teams, card, "approve", "29:dave")
+    assert "Approved by human:carol, human:dave" in json.dumps(second["value"]) and "actions" not in second["value"]
+    assert agent.wait(action_id)["state"] == "succeeded"
+    assert eventually(lambda: not card.actions() and "Approved by human:carol, human:dave" in card.all_text())
+    assert eventually(lambda: any("it will run now" in r.all_text() for r in teams.replies_to(card)))
+    refreshed = click(chat, teams, card, "refresh", "29:frank")
+    assert "Approved by human:carol, human:dave" in json.dumps(refreshed["value"])
+
+
+def test_deny_needs_a_reason_typed_on_the_card(chat, agent, teams) -> None:
+    action_id = grant(agent, "writer")
+    card = card_for(teams, action_id)
+    asked = click(chat, teams, card, "deny", "29:carol")
+    assert "A denial needs a reason" in json.dumps(asked["value"])
+    assert agent.status(action_id)["state"] == "needs_approval"
+    denied = click(chat, teams, card, "deny", "29:carol", reason="writers need a ticket")
+    assert "Denied by human:carol: writers need a ticket" in json.dumps(denied["value"])
+    assert agent.wait(action_id)["state"] == "denied"
+
+
+@pytest.mark.parametrize("case", ["no token", "foreign key", "wrong audience", "expired", "wrong service url"])
+def test_unauthenticated_bot_requests_are_refused_and_recorded(chat, agent, teams, case) -> None:
+    action_id = grant(agent, "auditor")
+    card = card_for(teams, action_id)
+    token = {
+        "no token": None,
+        "foreign key": teams.inbound_token(key=rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        "wrong audience": teams.inbound_token(audience="another-bot"),
+        "expired": teams.inbound_token(expires_in=-3600),
+        "wrong service url": teams.inbound_token(service_url="https://elsewhere.invalid/"),
+    }[case]
+    answer = teams.post(chat.approval_url, teams.invoke(card, "approve", "29:carol"), token)
+    assert answer.status_code == 401 and answer.json()["error"] == "unauthenticated_bot_request"
+    assert eventually(lambda: [r for r in audit_of(chat, None, "DeadLetter") if "unauthenticated_bot_request" in r.payload_json])
+    assert agent.status(action_id)["state"] == "needs_approval"
+
+
+def test_a_replayed_activity_changes_nothing(chat, agent, teams) -> None:
+    action_id = grant(agent, "db-admin")
+    card = card_for(teams, action_id)
+    activity, token = teams.invoke(card, "approve", "29:carol"), teams.inbound_token()
+    assert teams.post(chat.approval_url, activity, token).status_code == 200
+    replay = teams.post(chat.approval_url, activity, token).json()
+    assert replay["type"] == "application/vnd.microsoft.activity.message" and "already received" in replay["value"]
+    assert eventually(lambda: [r for r in audit_of(chat, None, "DeadLetter") if "replayed_interaction" in r.payload_json])
+    assert agent.status(action_id)["state"] == "needs_approval"
+
+
+@pytest.mark.parametrize("user, refusal", [
+    ("29:nobody", "UnknownChatUser"),  # not a member the connector knows
+    ("29:guest", "UnknownChatUser"),  # a guest account
+    ("29:frank", "ApproverNotAuthorised"),
+    ("29:alice", "SelfApprovalRefused"),
+])
+def test_answers_from_people_who_may_not_approve_are_refused_and_shown_on_their_card(chat, agent, teams, user, refusal) -> None:
+    action_id = grant(agent, "auditor")
+    card = card_for(teams, action_id)
+    answer = click(chat, teams, card, "approve", user)
+    assert "Your answer was not applied" in json.dumps(answer["value"])
+    assert refused(chat, action_id, refusal)
+    assert agent.status(action_id)["state"] == "needs_approval"

@@ -1,0 +1,210 @@
+"""What approvers are shown in chat, and the checks on what comes back: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from slack_sdk.signature import SignatureVerifier
+
+from keyturn.approval import slack_messages, teams_cards
+from keyturn.approval.callbacks import host_allowed, sign, signature_valid
+from keyturn.approval.channels import ChatTargets, ChatTargetsInvalid, principal_map
+from keyturn.approval.slack_interactions import InteractionRefused, interaction_id, parse_payload, verify_request
+from keyturn.approval.views import MASKED, masked_parameters
+
+NOW = datetime(2026, 3, 4, 10, 0, tzinfo=timezone.utc)
+SECRET = "slack-signing-secret"
+
+
+def view(**changes) -> dict:
+    base = {
+        "action_id": "0b6f1d4e-1111-4222-8333-444455556666", "action": "iam.role.grant", "resource": "iam://staging/roles/analyst",
+        "parameters": {"user": "human:bob", "role": "analyst"}, "reason": "onboarding", "requester": "agent:reporter",
+        "acting_for": ["human:alice"], "payload_digest": "sha256:" + "ab" * 32, "status": "pending",
+        "groups": [{"name": "security", "have": 0, "need": 1, "approvers": []}], "summary": "No approvals yet (0 of 1), waiting for security",
+        "policy_reasons": ["granting analyst needs security"], "expires_at": (NOW + timedelta(hours=1)).isoformat(),
+        "escalation_group": "security-oncall", "incident_id": "INC-1",
+    }
+    return {**base, **changes}
+
+
+def texts(message: dict) -> str:
+    return json.dumps(message, ensure_ascii=False)
+
+
+# --- Slack messages ---------------------------------------------------------------------------------
+
+
+def test_a_pending_message_carries_approve_and_deny_bound_to_the_digest_shown() -> None:
+    message = slack_messages.approval_message(view())
+    buttons = [e for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert [b["action_id"] for b in buttons] == [slack_messages.APPROVE, slack_messages.DENY]
+    assert all(json.loads(b["value"]) == {"action_id": view()["action_id"], "payload_digest": view()["payload_digest"]} for b in buttons)
+
+
+@pytest.mark.parametrize("status", ["approved", "denied", "expired"])
+def test_a_resolved_message_has_no_buttons_and_says_how_it_ended(status: str) -> None:
+    message = slack_messages.approval_message(view(status=status, summary=f"{status} summary"))
+    assert not [b for b in message["blocks"] if b["type"] == "actions"]
+    assert slack_messages.STATUS_TITLES[status] in message["text"] and f"{status} summary" in texts(message)
+
+
+def test_what_an_agent_wrote_cannot_ping_link_or_format_in_slack() -> None:
+    hostile = "<!channel> please <https://evil.example|click here> & approve"
+    message = slack_messages.approval_message(view(reason=hostile, resource="<@U0BOSS>", parameters={"note": "<!here>"}))
+    shown = texts(message["blocks"])
+    assert "<!channel>" not in shown and "<https://evil" not in shown and "<@U0BOSS>" not in shown and "<!here>" not in shown
+    assert "&lt;!channel&gt;" in shown and "&amp; approve" in shown
+
+
+def test_long_parameters_and_titles_stay_within_slack_limits() -> None:
+    message = slack_messages.approval_message(view(action="x." + "a" * 400, parameters={"blob": "z" * 10_000}))
+    for block in message["blocks"]:
+        text = (block.get("text") or {}).get("text", "")
+        assert len(text) <= (150 if block["type"] == "header" else 3000)
+    assert "truncated" in texts(message)
+
+
+def test_the_deny_modal_remembers_the_action_and_digest_it_was_opened_for() -> None:
+    modal = slack_messages.deny_modal(view(), channel="C0SEC", message_ts="1.2")
+    assert modal["callback_id"] == slack_messages.DENY_MODAL
+    assert json.loads(modal["private_metadata"]) == {"action_id": view()["action_id"], "payload_digest": view()["payload_digest"],
+                                                     "channel": "C0SEC", "ts": "1.2"}
+    assert modal["blocks"][-1]["block_id"] == slack_messages.REASON_BLOCK
+
+
+def test_break_glass_notices_name_the_incident_and_the_review_and_offer_no_buttons() -> None:
+    message = slack_messages.break_glass_message(view(summary="Break-glass by agent:reporter for human:alice"))
+    assert "INC-1" in texts(message) and "mandatory review" in texts(message)
+    assert not [b for b in message["blocks"] if b["type"] == "actions"]
+
+
+# --- Teams cards ------------------------------------------------------------------------------------
+
+
+def test_a_pending_card_offers_universal_actions_and_a_reason_box() -> None:
+    card = teams_cards.card_json(teams_cards.approval_card(view()))
+    assert [(a["type"], a["verb"], a["data"]["payload_digest"]) for a in card["actions"]] == [
+        ("Action.Execute", "approve", view()["payload_digest"]), ("Action.Execute", "deny", view()["payload_digest"])]
+    assert any(e.get("type") == "Input.Text" and e["id"] == teams_cards.REASON_INPUT for e in card["body"])
+    assert card["refresh"]["action"]["verb"] == teams_cards.REFRESH
+
+
+def test_a_resolved_card_has_no_actions_and_a_refused_answer_is_shown_in_red() -> None:
+    card = teams_cards.card_json(teams_cards.approval_card(view(status="denied", summary="Denied by human:dave: no"), problem="not applied"))
+    assert "actions" not in card and not any(e.get("type") == "Input.Text" for e in card["body"])
+    assert any(e.get("text") == "not applied" and e.get("color") == "Attention" for e in card["body"])
+
+
+# --- who hears about what ----------------------------------------------------------------------------
+
+
+def test_targets_follow_the_groups_with_a_catch_all_and_no_repeats() -> None:
+    targets = ChatTargets.from_json(json.dumps({"security": ["C0SEC", "U0DAVE"], "db-owners": "C0SEC", "*": ["C0ALL"]}), "X")
+    assert targets.targets_for(["security", "db-owners", "platform"]) == ("C0SEC", "U0DAVE", "C0ALL")
+    assert targets.every_target() == ("C0SEC", "U0DAVE", "C0ALL")
+    assert ChatTargets.from_json("", "X").targets_for(["security"]) == ()
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"security": [3]}', '{"security": ""}'])
+def test_a_broken_channel_map_is_refused_with_the_setting_named(text: str) -> None:
+    with pytest.raises(ChatTargetsInvalid, match="KEYTURN_SLACK_CHANNELS"):
+        ChatTargets.from_json(text, "KEYTURN_SLACK_CHANNELS")
+
+
+def test_a_user_map_must_name_principals() -> None:
+    assert principal_map('{"U0CAROL": "human:carol"}', "M") == {"U0CAROL": "human:carol"}
+    with pytest.raises(ChatTargetsInvalid):
+        principal_map('{"U0CAROL": "carol"}', "M")
+
+
+def test_masked_paths_from_the_decision_are_hidden_wherever_they_are() -> None:
+    parameters = {"password": "p", "headers": {"authorization": "Bearer x", "accept": "json"}, "role": "analyst"}
+    shown = masked_parameters(parameters, ("parameters.password", "parameters.headers.authorization", "parameters.missing.deep", "resource"))
+    assert shown == {"password": MASKED, "headers": {"authorization": MASKED, "accept": "json"}, "role": "analyst"}
+    assert parameters["password"] == "p", "the event's own copy is left alone"
+
+
+# --- Slack requests -----------------------------------------------------------------------------------
+
+
+def slack_signed(body: bytes, timestamp: int, secret: str = SECRET) -> str:
+    return "v0=" + hmac.new(secret.encode(), f"v0:{timestamp}:".encode() + body, hashlib.sha256).hexdigest()
+
+
+def test_a_request_signed_by_slack_within_five_minutes_is_accepted() -> None:
+    now = time.time()
+    body = b"payload=%7B%7D"
+    verify_request(SignatureVerifier(SECRET), body, str(int(now) - 299), slack_signed(body, int(now) - 299), now)
+
+
+@pytest.mark.parametrize("timestamp_offset, secret, error", [
+    (-301, SECRET, "stale_timestamp"),
+    (+301, SECRET, "stale_timestamp"),
+    (0, "another-secret", "forged_signature"),
+])
+def test_stale_or_forged_requests_are_refused(timestamp_offset: int, secret: str, error: str) -> None:
+    now = time.time()
+    body = b"payload=%7B%7D"
+    timestamp = int(now) + timestamp_offset
+    with pytest.raises(InteractionRefused) as refused:
+        verify_request(SignatureVerifier(SECRET), body, str(timestamp), slack_signed(body, timestamp, secret), now)
+    assert refused.value.error == error and refused.value.status == 401
+
+
+@pytest.mark.parametrize("timestamp", [None, "", "yesterday"])
+def test_a_request_without_a_timestamp_is_refused(timestamp) -> None:
+    with pytest.raises(InteractionRefused) as refused:
+        verify_request(SignatureVerifier(SECRET), b"", timestamp, "v0=00", time.time())
+    assert refused.value.error == "missing_timestamp"
+
+
+def test_a_tampered_body_fails_the_signature() -> None:
+    now = int(time.time())
+    signature = slack_signed(b"payload=%7B%22a%22%3A1%7D", now)
+    with pytest.raises(InteractionRefused, match="does not match"):
+        verify_request(SignatureVerifier(SECRET), b"payload=%7B%22a%22%3A2%7D", str(now), signature, now)
+
+
+def test_interactions_are_told_apart_by_team_and_trigger() -> None:
+    assert interaction_id({"team": {"id": "T1"}, "user": {"id": "U1"}, "trigger_id": "123.abc"}) == "T1:123.abc"
+    assert interaction_id({"team": {"id": "T1"}, "user": {"id": "U1"}, "actions": [{"action_ts": "9.1"}]}) == "T1:9.1"
+    with pytest.raises(InteractionRefused):
+        interaction_id({"team": {"id": "T1"}, "user": {"id": "U1"}})
+
+
+@pytest.mark.parametrize("body", [b"", b"payload=not-json", b"other=1", b"payload=%7B%22type%22%3A%22block_actions%22%7D"])
+def test_bodies_that_are_not_interactions_are_refused(body: bytes) -> None:
+    with pytest.raises(InteractionRefused) as refused:
+        parse_payload(body)
+    assert refused.value.error == "malformed_payload"
+
+
+# --- requester webhooks --------------------------------------------------------------------------------
+
+
+def test_webhook_signatures_bind_secret_time_and_body() -> None:
+    body, now = b'{"state":"approved"}', int(time.time())
+    header = sign(b"s3cret", body, now)
+    assert header.startswith(f"t={now},v1=")
+    assert signature_valid(b"s3cret", body, header, now)
+    assert not signature_valid(b"other", body, header, now)
+    assert not signature_valid(b"s3cret", body + b" ", header, now)
+    assert not signature_valid(b"s3cret", body, header, now + 301), "an old delivery is refused by the receiver"
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("https://agent.example.internal/hook", True),
+    ("http://127.0.0.1:8123/hook", True),
+    ("http://127.0.0.1:9999/hook", False),
+    ("https://metadata.google.internal/computeMetadata", False),
+    ("file:///etc/passwd", False),
+    ("https://agent.example.internal.evil.example/hook", False),
+])
+def test_webhooks_only_go_to_allowed_hosts(url: str, allowed: bool) -> None:
+    assert host_allowed(url, frozenset({"agent.example.internal", "127.0.0.1:8123"})) is allowed
