@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from keyturn.approval.views import requester_line
+from keyturn.approval.views import escalation_sentence, outcome_sentence, reminder_sentence, requester_line
 
 APPROVE = "keyturn_approve"
 DENY = "keyturn_deny"
@@ -89,17 +89,16 @@ def break_glass_message(view: dict[str, Any]) -> dict[str, Any]:
 def outcome_reply(view: dict[str, Any], requester_mention: str | None) -> str:
     """The thread reply that tells the requester how the approval ended."""
     who = requester_mention or escape(requester_line(view["requester"], view["acting_for"]))
-    next_step = {"approved": "it will run now", "denied": "it will not run", "expired": "it will not run; submit it again if still needed"}
-    return f"{who}: {escape(view['summary'])} — {next_step.get(view['status'], view['status'])}."
+    return f"{who}: {escape(outcome_sentence(view))}"
 
 
 def reminder_reply(view: dict[str, Any], fraction: float) -> str:
     """A thread reply reminding approvers, with what is still missing and the deadline."""
-    return f":alarm_clock: Reminder ({fraction:.0%} of the time has passed): {escape(view['summary'])}. Expires {slack_date(view['expires_at'])}."
+    return f":alarm_clock: {escape(reminder_sentence(view, fraction))} Expires {slack_date(view['expires_at'])}."
 
 
 def escalation_reply(view: dict[str, Any]) -> str:
-    return f":arrow_double_up: Escalated: a member of *{escape(view['escalation_group'])}* may now approve alone. {escape(view['summary'])}."
+    return f":arrow_double_up: {escape(escalation_sentence(view))}"
 
 
 def deny_modal(view: dict[str, Any], *, channel: str, message_ts: str) -> dict[str, Any]:

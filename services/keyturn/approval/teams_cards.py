@@ -12,7 +12,7 @@ from typing import Any
 
 from microsoft_teams.cards import AdaptiveCard, ExecuteAction, Fact, FactSet, RefreshDefinition, TextBlock, TextInput
 
-from keyturn.approval.views import requester_line
+from keyturn.approval.views import escalation_sentence, outcome_sentence, reminder_sentence, requester_line
 
 APPROVE = "approve"
 DENY = "deny"
@@ -67,16 +67,15 @@ def break_glass_card(view: dict[str, Any]) -> AdaptiveCard:
 
 
 def outcome_text(view: dict[str, Any]) -> str:
-    next_step = {"approved": "it will run now", "denied": "it will not run", "expired": "it will not run; submit it again if still needed"}
-    return f"{requester_line(view['requester'], view['acting_for'])}: {view['summary']} — {next_step.get(view['status'], view['status'])}."
+    return f"{requester_line(view['requester'], view['acting_for'])}: {outcome_sentence(view)}"
 
 
 def reminder_text(view: dict[str, Any], fraction: float) -> str:
-    return f"Reminder ({fraction:.0%} of the time has passed): {view['summary']}. Expires {view['expires_at']}."
+    return f"{reminder_sentence(view, fraction)} Expires {view['expires_at']}."
 
 
 def escalation_text(view: dict[str, Any]) -> str:
-    return f"Escalated: a member of {view['escalation_group']} may now approve alone. {view['summary']}."
+    return escalation_sentence(view)
 
 
 def card_json(card: AdaptiveCard) -> dict[str, Any]:

@@ -90,6 +90,22 @@ def masked_parameters(parameters: Any, mask: tuple[str, ...] | list[str]) -> Any
     return shown
 
 
+NEXT_STEP = {"approved": "it will run now", "denied": "it will not run", "expired": "it will not run; submit it again if still needed"}
+
+
+def outcome_sentence(view: dict[str, Any]) -> str:
+    """How the approval ended and what happens next, the same words in every channel."""
+    return f"{view['summary']} — {NEXT_STEP.get(view['status'], view['status'])}."
+
+
+def reminder_sentence(view: dict[str, Any], fraction: float) -> str:
+    return f"Reminder ({fraction:.0%} of the time has passed): {view['summary']}."
+
+
+def escalation_sentence(view: dict[str, Any]) -> str:
+    return f"Escalated: a member of {view['escalation_group']} may now approve alone. {view['summary']}."
+
+
 def requester_line(requester: str, acting_for: list[str]) -> str:
     """``agent:reporter for human:alice`` — who asks, for whom."""
     return f"{requester} for {' for '.join(acting_for)}" if acting_for else requester
