@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
 from tests.conftest import free_port
+from tests.peers import JsonPeer
 
 pytestmark = pytest.mark.integration
 
@@ -37,39 +36,21 @@ def test_an_undefined_document_is_refused_not_treated_as_allow(endpoints) -> Non
         run(query(endpoints.opa_url, "keyturn/no_such_package/decision", {}))
 
 
-class FlakyOpa:
-    """An HTTP peer that fails the first ``failures`` calls with ``status``, then answers like OPA."""
+def flaky_opa(status: int, failures: int) -> JsonPeer:
+    """A peer that fails the first ``failures`` calls with ``status``, then answers like OPA."""
 
-    def __init__(self, status: int, failures: int) -> None:
-        self.calls = 0
-        outer = self
+    def respond(method: str, path: str, body: bytes) -> tuple[int, dict]:
+        if len(peer.requests) <= failures:
+            return status, {"message": "overloaded"}
+        return 200, {"result": {"decision": {"outcome": "allowed"}}, "decision_id": "d-1"}
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.calls += 1
-                failing = outer.calls <= failures
-                body = b'{"message": "overloaded"}' if failing else b'{"result": {"decision": {"outcome": "allowed"}}, "decision_id": "d-1"}'
-                self.send_response(status if failing else 200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
+    peer = JsonPeer(respond)
+    return peer
 
 
 @pytest.mark.parametrize("status", [503, 500, 429])
 def test_transient_failures_are_retried_with_backoff(status: int) -> None:
-    peer = FlakyOpa(status, failures=2)
+    peer = flaky_opa(status, failures=2)
     try:
         answer = run(query(peer.url, "keyturn/decision", {}, retries=3, backoff_s=0.01))
     finally:
@@ -79,7 +60,7 @@ def test_transient_failures_are_retried_with_backoff(status: int) -> None:
 
 
 def test_retries_are_bounded_and_the_error_keeps_opa_s_message() -> None:
-    peer = FlakyOpa(503, failures=100)
+    peer = flaky_opa(503, failures=100)
     try:
         with pytest.raises(PolicyUnavailable, match="overloaded"):
             run(query(peer.url, "keyturn/decision", {}, retries=2, backoff_s=0.01))
@@ -89,7 +70,7 @@ def test_retries_are_bounded_and_the_error_keeps_opa_s_message() -> None:
 
 
 def test_a_client_error_is_not_retried() -> None:
-    peer = FlakyOpa(400, failures=100)
+    peer = flaky_opa(400, failures=100)
     try:
         with pytest.raises(PolicyAnswerInvalid, match="HTTP 400"):
             run(query(peer.url, "keyturn/decision", {}, retries=3, backoff_s=0.01))

@@ -10,7 +10,6 @@ import socket
 import stat
 import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jwt
@@ -34,6 +33,7 @@ from keyturn.identity import (
     verifier_from_settings,
 )
 from keyturn.identity.keys import PRIVATE_KEY_FILE
+from tests.peers import JsonPeer
 
 ISSUER = "keyturn-dev"
 AUDIENCE = "keyturn"
@@ -496,32 +496,14 @@ def test_jwks_without_usable_keys_stops_start_up():
         TokenVerifier({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}, issuer=ISSUER, audience=AUDIENCE)
 
 
-class _JwksServer:
+class _JwksServer(JsonPeer):
+    """Serves a JWKS document (which a test may swap) and counts the fetches."""
+
     def __init__(self, document: dict) -> None:
         self.document = document
-        self.requests = 0
-        server = self
+        super().__init__(lambda method, path, body: (200, self.document))
+        self.url = f"{self.url}/.well-known/jwks.json"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests += 1
-                body = json.dumps(server.document).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_port}/.well-known/jwks.json"
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 @pytest.fixture
@@ -537,7 +519,7 @@ def test_jwks_from_url_is_fetched_once_and_cached(key, jwks_server):
     for _ in range(3):
         assert verifier.verify(issue_token(key, subject="human:alice")).id == "human:alice"
 
-    assert jwks_server.requests == 1
+    assert jwks_server.calls == 1
 
 
 def test_jwks_url_is_refetched_for_a_rotated_kid_after_the_cooldown(key, jwks_server):
@@ -552,7 +534,7 @@ def test_jwks_url_is_refetched_for_a_rotated_kid_after_the_cooldown(key, jwks_se
     assert refusal(verifier, token).code == "unknown_kid"  # within the cooldown
     clock[0] += 31
     assert verifier.verify(token).id == "human:alice"
-    assert jwks_server.requests == 2
+    assert jwks_server.calls == 2
 
 
 def test_unreachable_jwks_url_refuses_every_token(key):
