@@ -16,8 +16,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from keyturn.bus.codec import UndecodableMessage, registry
@@ -34,6 +37,15 @@ from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, In
 from keyturn.masking.protect import parameter_protector
 
 log = logging.getLogger(__name__)
+
+
+class Problem(BaseModel):
+    """What a refused request is told: a code, a sentence, and each problem found."""
+
+    error: str
+    detail: str
+    problems: list[str]
+
 REJECTED = Counter("keyturn_intake_rejected_total", "Submissions refused at intake", ["channel", "reason"])
 
 
@@ -88,19 +100,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise HTTPException(503, detail=f"cannot verify tokens right now: {exc}") from exc
             raise HTTPException(401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}) from exc
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()]
+    async def refuse(request: Request, status: int, problems: list[str]) -> JSONResponse:
+        """Answer a bad request with what is wrong; a refused submission is dead-lettered (and so audited)."""
         REJECTED.labels("http", "invalid_body").inc()
         if request.method == "POST":
-            body = await request.body()
             await state["publisher"].dead_letter(
-                source_topic=f"http:{request.url.path}", partition=-1, offset=-1, key=None, payload=body,
+                source_topic=f"http:{request.url.path}", partition=-1, offset=-1, key=None, payload=await request.body(),
                 error=UndecodableMessage("invalid_body", "; ".join(problems)),
             )
-        return JSONResponse(status_code=422, content={"error": "invalid_request", "detail": "; ".join(problems), "problems": problems})
+        return JSONResponse(status_code=status, content=Problem(error="invalid_request", detail="; ".join(problems), problems=problems).model_dump())
 
-    @app.post("/v1/actions", status_code=202, responses={200: {"description": "Same idempotency key: the existing action"}, 401: {"description": "Missing or invalid token"}, 409: {"description": "Idempotency key reused for a different request"}, 422: {"description": "Invalid body"}})
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await refuse(request, 422, [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body that cannot even be parsed (e.g. not UTF-8)
+            return await refuse(request, 400, [f"body: {exc.detail}; send UTF-8 JSON"])
+        return await http_exception_handler(request, exc)
+
+    @app.post("/v1/actions", status_code=202, responses={200: {"description": "Same idempotency key: the existing action"}, 400: {"model": Problem, "description": "Body is not parseable JSON"}, 401: {"description": "Missing or invalid token"}, 409: {"description": "Idempotency key reused for a different request"}, 422: {"model": Problem, "description": "Invalid body"}})
     async def submit_action(submission: ActionSubmission, response: Response, authorization: str | None = Header(None)) -> dict[str, str]:
         """Submit an action; 202 with its id, or 200 with the existing id for a repeated idempotency key."""
         principal = authenticate(authorization)
@@ -120,12 +140,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, detail=f"no action {action_id} visible to {principal.id}")
         return stored
 
-    @app.get("/v1/actions/{action_id}", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}})
+    @app.get("/v1/actions/{action_id}", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}, 422: {"model": Problem, "description": "Invalid request"}})
     async def get_action(action_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         """The action's current state and its history."""
         return (await visible_action(action_id, authenticate(authorization))).view()
 
-    @app.get("/v1/actions/{action_id}/wait", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}})
+    @app.get("/v1/actions/{action_id}/wait", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}, 422: {"model": Problem, "description": "Invalid timeout"}})
     async def wait_for_action(action_id: str, timeout: float = Query(30.0, ge=0, le=300), authorization: str | None = Header(None)) -> dict[str, Any]:
         """Returns when the action is terminal, or at the timeout with its current state."""
         principal = authenticate(authorization)
