@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 OPA ?= $(shell command -v opa 2>/dev/null || echo .cache/bin/opa)
 PYTEST_ARGS ?=
 
-.PHONY: help e2e-deps venv stack-up stack-down run test test-unit test-integration policy-check compose-check bench chaos clean
+.PHONY: help e2e-deps venv stack-up stack-down run test test-unit test-integration policy-check compose-check bench chaos chaos-short clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -50,10 +50,13 @@ $(VENV)/.bench-installed: $(STAMP)
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev,bench]'
 	@touch $@
 
-bench: $(VENV)/.bench-installed  ## benchmark on a stack of its own (~5 min; BENCH_QUICK=1 ~1 min); bench/results/
+bench: $(VENV)/.bench-installed  ## benchmark on a stack of its own (~9 min on 2 busy cores; BENCH_QUICK=1 ~4); bench/results/
 	PYTHONPATH=services:. $(PY) -m bench.run
 
-chaos: venv  ## long fault drill on a stack of its own (minutes); a short one runs in make test
+chaos-short: venv  ## the short fault drill (~3 min) on a stack of its own
+	KEYTURN_CHAOS=short $(PY) -m pytest -q -s -p no:cacheprovider tests/chaos/test_short_chaos.py $(PYTEST_ARGS)
+
+chaos: venv  ## the long fault drill on a stack of its own (minutes)
 	KEYTURN_CHAOS=long $(PY) -m pytest -q -s -p no:cacheprovider tests/chaos/test_long_chaos.py $(PYTEST_ARGS)
 
 compose-check:  ## validate docker-compose.yml

@@ -1,0 +1,253 @@
+"""The load: an agent submitting a mix of actions over HTTP, and a scripted approver answering
+the ones that need approval through the approval API — the same calls `keyturn approve` makes.
+
+The mix (by submission number, so every run sends the same sequence): 85 % allowed reads
+(noop executor), 10 % denied (`secrets.delete`), 5 % needing one approval from `security`
+(`iam.role.grant`, approved by human:carol). Every submission carries an idempotency key, so a
+retry after a refused connection or a 5xx can never create a second action.
+
+Submissions are timed by the wall clock (``time.time()``), the clock the services stamp their
+events with, so a latency is an event's ``decided_at`` / ``finished_at`` minus the moment the
+request left the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from keyturn.config import Settings
+from keyturn.identity import issue_token, load_or_create_signing_key
+
+ALLOWED, DENIED, APPROVAL = "allowed", "denied", "approval"
+RETRY_STATUSES = {500, 502, 503, 504}
+
+
+def mix_kind(number: int) -> str:
+    """The kind of the ``number``-th submission: 17 allowed, 2 denied, 1 approval per 20."""
+    slot = number % 20
+    if slot == 7:
+        return APPROVAL
+    if slot in (3, 13):
+        return DENIED
+    return ALLOWED
+
+
+def submission_body(number: int, run: str) -> dict[str, Any]:
+    kind = mix_kind(number)
+    key = f"{run}-{number}"
+    if kind == APPROVAL:
+        return {"action": "iam.role.grant", "resource": "iam://staging/roles/analyst",
+                "parameters": {"user": "human:bob", "role": "analyst", "ticket": f"BENCH-{number}"},
+                "reason": "onboarding (benchmark)", "idempotency_key": key}
+    if kind == DENIED:
+        return {"action": "secrets.delete", "resource": "vault://staging/kv/bench",
+                "parameters": {"path": f"bench/{number}"}, "reason": "cleanup (benchmark)", "idempotency_key": key}
+    return {"action": "read.table", "resource": "postgres://staging/analytics/orders",
+            "parameters": {"columns": ["id", "created_at", "amount", "currency"], "limit": 100, "row_count": 100,
+                           "filter": {"region": random.Random(number).choice(["eu", "us", "apac"])}},
+            "reason": "quarterly churn analysis (benchmark)", "idempotency_key": key}
+
+
+def mint(settings: Settings, subject: str, acts_for: tuple[str, ...] = ()) -> str:
+    key = load_or_create_signing_key(settings.keys_dir)
+    return issue_token(key, subject=subject, acts_for=acts_for, audience=settings.jwt_audience,
+                       issuer=settings.jwt_issuer, ttl=timedelta(hours=4))
+
+
+@dataclass
+class Submitted:
+    number: int
+    kind: str
+    sent_at: float  # wall clock, first attempt
+    answered_at: float
+    status: int
+
+
+@dataclass
+class LoadLog:
+    """What the client saw: accepted actions, their send times, refusals, votes."""
+
+    accepted: dict[str, Submitted] = field(default_factory=dict)
+    refused: Counter = field(default_factory=Counter)  # status or exception name -> count
+    retries: int = 0
+    votes: dict[str, float] = field(default_factory=dict)  # action id -> wall clock the vote was sent
+    vote_refusals: Counter = field(default_factory=Counter)
+    answered: set[str] = field(default_factory=set)  # approvals the approver is done with (voted or refused)
+
+    def of_kind(self, kind: str, ids: set[str] | None = None) -> set[str]:
+        return {a for a, s in self.accepted.items() if s.kind == kind and (ids is None or a in ids)}
+
+
+class Agent:
+    """The benchmark's agent and its approver, over HTTP/1.1 keep-alive pools."""
+
+    def __init__(self, settings: Settings, *, connections: int = 64, retry_for_s: float = 0.0) -> None:
+        self.settings = settings
+        self.run = uuid.uuid4().hex[:8]
+        self.retry_for_s = retry_for_s  # > 0: keep retrying a submission (same key) this long
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self.intake = httpx.AsyncClient(base_url=settings.intake_url, limits=limits, timeout=60,
+                                        headers={"Authorization": f"Bearer {mint(settings, 'agent:bench', ('human:alice',))}"})
+        self.desk = httpx.AsyncClient(base_url=settings.approval_url, limits=httpx.Limits(max_connections=16), timeout=60,
+                                      headers={"Authorization": f"Bearer {mint(settings, 'human:carol')}"})
+        self.log = LoadLog()
+        self.next_number = 0
+        self._to_approve: asyncio.Queue[tuple[str, float, float]] = asyncio.Queue()  # (action id, not before, next wait)
+        self._approvers: list[asyncio.Task] = []
+
+    async def close(self) -> None:
+        for task in self._approvers:
+            task.cancel()
+        await asyncio.gather(*self._approvers, return_exceptions=True)
+        await self.intake.aclose()
+        await self.desk.aclose()
+
+    # --- submitting -------------------------------------------------------------------------
+
+    async def submit(self, number: int) -> str | None:
+        """Submit the ``number``-th action; its id when accepted (202/200), else None."""
+        body = submission_body(number, self.run)
+        sent_at = time.time()
+        give_up = time.monotonic() + self.retry_for_s
+        while True:
+            try:
+                response = await self.intake.post("/v1/actions", json=body)
+                status = response.status_code
+            except httpx.HTTPError as exc:
+                response, status = None, type(exc).__name__
+            if response is not None and status in (200, 202):
+                action_id = response.json()["action_id"]
+                kind = mix_kind(number)
+                self.log.accepted[action_id] = Submitted(number, kind, sent_at, time.time(), status)
+                if kind == APPROVAL:
+                    self._to_approve.put_nowait((action_id, time.monotonic() + 0.2, 0.2))
+                return action_id
+            if time.monotonic() < give_up and (response is None or status in RETRY_STATUSES):
+                self.log.retries += 1
+                await asyncio.sleep(0.25)
+                continue
+            self.log.refused[str(status)] += 1
+            return None
+
+    async def closed_loop(self, count: int, concurrency: int) -> tuple[list[str], float]:
+        """Submit ``count`` actions with ``concurrency`` in flight; (accepted ids, seconds taken)."""
+        first, self.next_number = self.next_number, self.next_number + count
+        numbers = iter(range(first, first + count))
+        accepted: list[str] = []
+
+        async def worker() -> None:
+            for number in numbers:
+                action_id = await self.submit(number)
+                if action_id:
+                    accepted.append(action_id)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return accepted, time.perf_counter() - started
+
+    async def open_loop(self, rate: float, seconds: float, *, max_in_flight: int = 2000) -> tuple[list[str], dict[str, float]]:
+        """Submit at ``rate`` per second for ``seconds``, whatever the answers' pace (open loop).
+
+        Returns the accepted ids and how far the schedule slipped: a generator that cannot keep
+        its own schedule would hide the system's latency (coordinated omission), so that is
+        reported, not ignored.
+        """
+        count = int(rate * seconds)
+        first, self.next_number = self.next_number, self.next_number + count
+        in_flight = asyncio.Semaphore(max_in_flight)
+        accepted: list[str] = []
+        slips: list[float] = []
+
+        async def one(number: int) -> None:
+            try:
+                action_id = await self.submit(number)
+                if action_id:
+                    accepted.append(action_id)
+            finally:
+                in_flight.release()
+
+        tasks = []
+        start = time.monotonic()
+        for i in range(count):
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await in_flight.acquire()
+            slips.append(time.monotonic() - due)
+            tasks.append(asyncio.create_task(one(first + i)))
+        await asyncio.gather(*tasks)
+        slips.sort()
+        return accepted, {"max_s": slips[-1] if slips else 0.0, "p99_s": slips[int(len(slips) * 0.99) - 1] if slips else 0.0}
+
+    async def hammer(self, path: str, seconds: float, concurrency: int) -> float:
+        """GET ``path`` on the intake as fast as ``concurrency`` clients can: requests per second."""
+        stop = time.monotonic() + seconds
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                response = await self.intake.get(path)
+                response.raise_for_status()
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - started)
+
+    # --- approving --------------------------------------------------------------------------
+
+    def start_approvers(self, count: int = 8) -> None:
+        """Start the scripted approver: it answers every needs-approval action it is told of."""
+        self._approvers = [asyncio.create_task(self._approve_forever()) for _ in range(count)]
+
+    async def _approve_forever(self) -> None:
+        while True:
+            action_id, not_before, backoff = await self._to_approve.get()
+            wait = not_before - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            # not at the desk yet (or the desk is away): ask again later, less often each time,
+            # so a backlog of pending approvals does not turn the approver into a load of its own
+            backoff = min(backoff * 1.5, 2.0)
+            try:
+                if not await self._approve(action_id):
+                    self._to_approve.put_nowait((action_id, time.monotonic() + backoff, backoff))
+            except httpx.HTTPError as exc:
+                self.log.vote_refusals[type(exc).__name__] += 1
+                self._to_approve.put_nowait((action_id, time.monotonic() + backoff, backoff))
+
+    async def _approve(self, action_id: str) -> bool:
+        shown = await self.desk.get(f"/v1/approvals/{action_id}")
+        if shown.status_code in (404, 500, 502, 503):
+            return False
+        if shown.status_code != 200:
+            self.log.vote_refusals[f"show {shown.status_code}"] += 1
+            self.log.answered.add(action_id)
+            return True
+        sent_at = time.time()
+        answer = await self.desk.post(f"/v1/approvals/{action_id}/votes", json={
+            "choice": "approve", "payload_digest": shown.json()["payload_digest"], "channel": "cli",
+            "reason": "benchmark approver"})
+        if answer.status_code == 200:
+            self.log.votes[action_id] = sent_at
+            self.log.answered.add(action_id)
+            return True
+        if answer.status_code in (500, 502, 503):
+            return False
+        self.log.vote_refusals[f"vote {answer.status_code}"] += 1
+        self.log.answered.add(action_id)
+        return True
+
+    def pending_approvals(self) -> int:
+        return self._to_approve.qsize()

@@ -1,0 +1,29 @@
+"""The long fault drill, for `make chaos` (minutes): the same faults as the short one, longer —
+services down for seconds, the broker down 10 s, OPA down 30 s, PostgreSQL down 10 s — at a
+higher rate. Skipped unless KEYTURN_CHAOS=long (set by `make chaos`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.chaos.scenario import LONG, drill_stack, run_drill
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.chaos,
+    pytest.mark.skipif(os.environ.get("KEYTURN_CHAOS") != "long", reason="the long drill runs with `make chaos`"),
+    pytest.mark.timeout(1800),
+]
+
+
+def test_every_action_survives_long_outages_exactly_once() -> None:
+    with drill_stack(LONG) as (settings, servers, procs):
+        report = run_drill(LONG, settings, servers, procs)
+    print(report.summary())
+    assert report.accepted, "the load generator got nothing accepted:\n" + report.summary()
+    assert not report.problems, "invariants broken:\n" + report.summary()
+    assert not report.status_mismatches, "the status API disagrees with the topics:\n" + report.summary()
+    assert report.verify_ok, "keyturn audit verify failed:\n" + report.summary()
