@@ -3,7 +3,8 @@
 consumes  <ns>.actions.requested   (ActionRequested)
 produces  <ns>.actions.decided     (ActionDecided, with provenance)
           <ns>.dlq                 (anything undecodable)
-state     none; OPA holds the policy. Fail closed: no answer from OPA means no allow, ever.
+state     policy_decisions in PostgreSQL: the one decision per action (redelivery republishes it).
+          OPA holds the policy. Fail closed: no answer from OPA means no allow, ever.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionRequested
+from keyturn.db import open_pool
 from keyturn.masking.protect import masked_view
 from keyturn.metrics import serve_metrics
 from keyturn.policy.decisions import decided_from_answer, denied, policy_input, provenance_for
 from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
+from keyturn.policy.record import DDL, DecisionRecord
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +76,15 @@ def create_app(settings: Settings):
 
     @app.agent(consume(app, topics.requested))
     async def decide_requests(stream):
+        record = DecisionRecord(await open_pool(settings, DDL))
         async for request, _ in decoded_events(stream, publisher, accept=(ActionRequested,)):
-            decision = with_policy_masking(await decider.decide(request))
-            log.info("decided %s %s: %s", request.action_id, request.action, decision.outcome.value)
-            await publisher.publish(topics.decided, decision)
+            encoded = await record.earlier(request.action_id)
+            if encoded is None:
+                decision = with_policy_masking(await decider.decide(request))
+                log.info("decided %s %s: %s", request.action_id, request.action, decision.outcome.value)
+                encoded = await record.keep(request.action_id, publisher.encode(decision))
+            else:
+                log.info("redelivered %s: republishing its decision", request.action_id)
+            await publisher.publish_encoded(topics.decided, request.action_id, encoded)
 
     return app
