@@ -7,6 +7,7 @@ publishes (``Publisher``), and one call into its own logic per event.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,12 +23,15 @@ log = logging.getLogger(__name__)
 
 def make_app(settings: Settings, service: str, *, web_port: int | None = None) -> faust.App:
     """A faust app for one service: raw bytes in and out (our codec does Avro), memory tables."""
+    faust_dir = Path(settings.run_dir) / "faust"
+    faust_dir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         f"{settings.namespace}-{service}",
         broker=f"kafka://{settings.kafka_bootstrap}",
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
+        datadir=str(faust_dir / f"{settings.namespace}-{service}"),  # not the working directory
         topic_partitions=settings.partitions,
         topic_allow_declare=False,  # topics are created by bus.topics.ensure_topics, with retention
         web_enabled=web_port is not None,
