@@ -54,6 +54,7 @@ def settings_env(settings: Settings, extra: dict[str, str] | None = None) -> dic
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
     env.update({f"KEYTURN_{f.name.upper()}": str(getattr(settings, f.name)) for f in fields(settings)})
     env["PYTHONPATH"] = str(REPO_ROOT / "services")
+    env["COLUMNS"] = "400"  # the CLI's console wraps at the terminal width; tests read whole sentences
     env.update(extra or {})
     return env
 

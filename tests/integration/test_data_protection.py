@@ -51,7 +51,7 @@ def test_seeded_pii_and_secrets_never_travel_in_clear(reporter: Agent, settings,
 
     haystacks: dict[str, bytes] = {}
     for topic in (topics.submissions, *topics.lifecycle, topics.votes, topics.dlq, topics.audit):
-        haystacks[topic] = b"\n".join(message.value for _, message in read_topic(settings, topic))
+        haystacks[topic] = b"\n".join(message.value or b"" for _, message in read_topic(settings, topic))
     for log in Path(services.log_dir).glob("*.log"):
         haystacks[str(log)] = log.read_bytes()
     opa_log = REPO_ROOT / ".run" / "opa" / "opa.log"
