@@ -31,6 +31,7 @@ run: venv  ## start the whole system (servers + five services); Ctrl-C stops eve
 	deploy/run.sh
 
 policy-check: stack-up  ## opa fmt / check --strict / test --coverage >= 90% (and lint when available)
+	deploy/opa.sh install  # the binary is needed even when KEYTURN_OPA_URL points at another server
 	OPA=$(OPA) policies.rego/check.sh
 
 CHROMIUM ?= /usr/bin/chromium
