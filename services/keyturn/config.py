@@ -26,6 +26,7 @@ class Settings:
     database_url: str = "postgresql://keyturn:keyturn@127.0.0.1:5433/keyturn"
     namespace: str = "keyturn"  # topic prefix and consumer-group prefix; tests isolate with it
     partitions: int = 4  # every lifecycle topic has the same count (ordering per action_id)
+    worker_session_timeout_s: float = 10.0  # a dead worker's partitions move to a live one after this
     run_dir: str = field(default_factory=_default_run_dir)  # keys, logs, pids for local runs
     intake_host: str = "127.0.0.1"
     intake_port: int = 8080

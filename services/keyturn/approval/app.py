@@ -20,9 +20,10 @@ from keyturn.approval.runtime import ApprovalRuntime
 from keyturn.approval.slack_interactions import mount_slack
 from keyturn.bus.http import embedded_server
 from keyturn.bus.topics import Topics
-from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
+from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionExecuted
+from keyturn.faults import until_done
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,15 @@ def create_app(settings: Settings):
 
     @app.agent(consume(app, topics.decided, topics.executed))
     async def follow_actions(stream):
-        desk = await runtime.desk()
-        async for event, message in decoded_events(stream, publisher, accept=(ActionDecided, ActionExecuted)):
+        desk = await until_done(runtime.desk, "approval: opening the database")
+
+        async def follow(event: ActionDecided | ActionExecuted, message) -> None:
             if isinstance(event, ActionExecuted):
                 await desk.note_executed(event)
             elif done := await desk.take_decision(event, bytes(message.value)):
                 log.info("%s: %s (%s)", done, event.action_id, event.request.action)
+
+        await handle_each(stream, publisher, follow, accept=(ActionDecided, ActionExecuted))
 
     @app.timer(interval=1.0)
     async def keep_time():

@@ -46,11 +46,18 @@ class Publisher:
         return registry().encode_event(event)
 
     async def dead_letter(
-        self, *, source_topic: str, partition: int, offset: int, key: bytes | None, payload: bytes, error: UndecodableMessage
+        self, *, source_topic: str, partition: int, offset: int, key: bytes | None, payload: bytes, error: UndecodableMessage,
+        by_service: bool = False,
     ) -> DeadLetter:
-        """Quarantine input this service cannot accept, with the reason; returns the record."""
+        """Quarantine input this service cannot accept, with the reason; returns the record.
+
+        An undecodable message is dead-lettered once, by its topic's owner; a message that
+        failed in one service's handling (``by_service``) is that service's own record, so
+        several services failing on one message each keep theirs.
+        """
+        origin = f"{self.service}:" if by_service else ""
         letter = DeadLetter(
-            event_id=f"dlq:{source_topic}:{partition}:{offset}" if offset >= 0 else f"dlq:{source_topic}:{hashlib.sha256(payload).hexdigest()[:16]}:{datetime.now(timezone.utc).timestamp()}",
+            event_id=f"dlq:{origin}{source_topic}:{partition}:{offset}" if offset >= 0 else f"dlq:{source_topic}:{hashlib.sha256(payload).hexdigest()[:16]}:{datetime.now(timezone.utc).timestamp()}",
             source_topic=source_topic,
             partition=partition,
             offset=offset,

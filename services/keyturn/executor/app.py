@@ -15,7 +15,7 @@ import os
 import socket
 
 from keyturn.bus.topics import Topics, ensure_topics
-from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
+from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ApprovalResolved
 from keyturn.core.execution import order_from
@@ -24,6 +24,7 @@ from keyturn.executor.ledger import DDL, ExecutionLedger
 from keyturn.executor.plugins import PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor
+from keyturn.faults import until_done
 from keyturn.masking.protect import parameter_opener
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,16 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
 
     @app.agent(consume(app, topics.decided, topics.resolved))
     async def execute_orders(stream):
-        executor = await build_executor()
-        async for event, _ in decoded_events(stream, publisher, accept=(ActionDecided, ApprovalResolved)):
+        executor = await until_done(build_executor, "executor: opening the ledger")
+
+        async def execute(event: ActionDecided | ApprovalResolved, _message) -> None:
             order = order_from(event)
             if order is None:
-                continue
+                return
             outcome, encoded = await executor.execute(order)
             log.info("executed %s: %s", order.action_id, outcome.value)
             await publisher.publish_encoded(topics.executed, order.action_id, encoded)
+
+        await handle_each(stream, publisher, execute, accept=(ActionDecided, ApprovalResolved))
 
     return app

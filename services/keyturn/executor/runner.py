@@ -26,6 +26,7 @@ from keyturn.core.execution import ExecutionOrder, refusal_reason
 from keyturn.executor.ledger import ExecutionLedger, LedgerEntry
 from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, Plugin, PluginRegistry
 from keyturn.executor.results import ResultShaper
+from keyturn.faults import until_done
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,11 @@ class Executor:
         """Run ``order`` at most once; (its outcome, the encoded ``ActionExecuted`` to publish)."""
         now = datetime.now(timezone.utc)
         plugin = self.plugins.plugin_for(order.decision.request.action)
-        earlier = await self.ledger.start(order.action_id, now, payload_digest=str(order.payload_digest), plugin=plugin.name)
+        earlier = await until_done(
+            lambda: self.ledger.start(order.action_id, now, payload_digest=str(order.payload_digest), plugin=plugin.name),
+            f"starting {order.action_id} in the ledger")
+        if earlier is not None and (earlier.executor, earlier.started_at) == (self.ledger.executor, now):
+            earlier = None  # our own start, committed before the connection broke: nothing ran yet
         if earlier is not None and earlier.finished:
             return ExecutionOutcome(earlier.outcome), earlier.executed_event
         if earlier is not None:
@@ -60,8 +65,11 @@ class Executor:
         else:
             executed = await self._run(order, plugin, now)
         encoded = self.encode(executed)
-        if not await self.ledger.finish(order.action_id, executed.outcome.value, encoded, datetime.now(timezone.utc)):
-            recorded = await self.ledger.get(order.action_id)  # another executor recorded first; its word stands
+        finished_at = datetime.now(timezone.utc)
+        # the plugin has run: its outcome is kept until the ledger takes it (never "unknown" for a database restart)
+        if not await until_done(lambda: self.ledger.finish(order.action_id, executed.outcome.value, encoded, finished_at),
+                                f"recording the outcome of {order.action_id}"):
+            recorded = await until_done(lambda: self.ledger.get(order.action_id), f"reading the outcome of {order.action_id}")  # another executor recorded first; its word stands
             return ExecutionOutcome(recorded.outcome), recorded.executed_event
         return executed.outcome, encoded
 
@@ -92,7 +100,8 @@ class Executor:
         except Exception as exc:  # a plugin bug is a failed action, never a crash loop that re-runs it
             log.exception("plugin %s failed on %s", plugin.name, order.action_id)
             return outcome(ExecutionOutcome.FAILED, error=self.results.mask_text(f"{plugin.name} plugin error: {type(exc).__name__}: {exc}"))
-        shaped = await asyncio.to_thread(self.results.shape, result, tuple(order.decision.mask))
+        # masking a result is CPU work kept off the event loop; a result of None has nothing to mask
+        shaped = None if result is None else await asyncio.to_thread(self.results.shape, result, tuple(order.decision.mask))
         return outcome(ExecutionOutcome.SUCCEEDED, result=shaped)
 
     async def _interrupted(self, order: ExecutionOrder, plugin: Plugin, earlier: LedgerEntry) -> ActionExecuted:

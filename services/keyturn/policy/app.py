@@ -16,10 +16,11 @@ import time
 from datetime import datetime, timezone
 
 from keyturn.bus.topics import Topics
-from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
+from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionRequested
 from keyturn.db import open_pool
+from keyturn.faults import until_done
 from keyturn.masking.protect import masked_view
 from keyturn.metrics import serve_metrics
 from keyturn.policy.decisions import decided_from_answer, denied, policy_input, provenance_for
@@ -76,8 +77,9 @@ def create_app(settings: Settings):
 
     @app.agent(consume(app, topics.requested))
     async def decide_requests(stream):
-        record = DecisionRecord(await open_pool(settings, DDL))
-        async for request, _ in decoded_events(stream, publisher, accept=(ActionRequested,)):
+        record = DecisionRecord(await until_done(lambda: open_pool(settings, DDL), "policy: opening the database"))
+
+        async def decide(request: ActionRequested, _message) -> None:
             encoded = await record.earlier(request.action_id)
             if encoded is None:
                 decision = with_policy_masking(await decider.decide(request))
@@ -86,5 +88,7 @@ def create_app(settings: Settings):
             else:
                 log.info("redelivered %s: republishing its decision", request.action_id)
             await publisher.publish_encoded(topics.decided, request.action_id, encoded)
+
+        await handle_each(stream, publisher, decide, accept=(ActionRequested,))
 
     return app
