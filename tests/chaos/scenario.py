@@ -45,15 +45,10 @@ class Drill:
     approvals_within_s: float = 120.0  # after the load stops, the approver gets this long to answer
     status_within_s: float = 60.0  # the status API gets this long to show every terminal state
     policy_unavailable_after_s: float = 90.0  # longer than the OPA outage: requests wait, then resume
-    # faust reads these from the environment. A SIGKILLed worker stays a member of its consumer
-    # group until its session times out (faust's default: 60 s), and its partitions wait that long;
-    # the short drill uses 10 s so it fits in `make test`, the long one keeps the defaults.
-    worker_env: tuple[tuple[str, str], ...] = ()
 
 
 SHORT = Drill(rate=8, service_down_s=0.5, between_s=1.5, broker_down_s=2, opa_down_s=6, postgres_down_s=2, drain_timeout_s=60,
-              approvals_within_s=45, status_within_s=30,
-              worker_env=(("BROKER_SESSION_TIMEOUT", "10"), ("BROKER_HEARTBEAT_INTERVAL", "2"), ("BROKER_REBALANCE_TIMEOUT", "20")))
+              approvals_within_s=45, status_within_s=30)
 LONG = Drill(rate=25, service_down_s=5, between_s=10, broker_down_s=10, opa_down_s=30, postgres_down_s=10, drain_timeout_s=420)
 
 
@@ -160,7 +155,7 @@ def drill_stack(drill: Drill) -> Iterator[tuple[Settings, PrivateServers, Servic
     try:
         servers.up()
         settings = drill_settings(servers, drill)
-        procs = ServiceProcesses(settings, log_dir=ARTIFACTS / "logs" / settings.namespace, env=dict(drill.worker_env))
+        procs = ServiceProcesses(settings, log_dir=ARTIFACTS / "logs" / settings.namespace)
         try:
             procs.start_all()
             yield settings, servers, procs
