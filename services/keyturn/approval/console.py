@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from keyturn.approval.http import REFUSAL_STATUS
-from keyturn.approval.service import ApprovalDesk, pending_state
+from keyturn.approval.service import ApprovalDesk, DeskUnavailable, pending_state
 from keyturn.approval.views import requester_line, timeline
 from keyturn.bus.codec import registry
 from keyturn.config import Settings
@@ -179,8 +179,13 @@ def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], 
         if choice == "deny" and not reason.strip():
             return await _action_page(console, signed_in, action_id, error="A denial needs a reason; the requester will see it.", status=400)
         desk = await desk_of()
-        result = await desk.vote(action_id, approver, choice, payload_digest, reason.strip()[:2000] or None, "console")
-        await desk.flush()
+        try:
+            result = await desk.vote(action_id, approver, choice, payload_digest, reason.strip()[:2000] or None, "console")
+        except DeskUnavailable as unavailable:
+            if unavailable.error == "database_unavailable":
+                raise  # the page itself cannot be read back: the service's 503 "try again" answer
+            return await _action_page(console, signed_in, action_id, error=str(unavailable), status=503)
+        await desk.flush_after_commit()
         if not result.accepted:
             return await _action_page(console, signed_in, action_id, error=f"{result.refusal}: {result.message}",
                                       status=REFUSAL_STATUS.get(result.refusal or "", 409))

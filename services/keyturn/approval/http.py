@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from keyturn.approval.service import ApprovalDesk, pending_state
+from keyturn.approval.service import DATABASE_UNAVAILABLE, ApprovalDesk, DeskUnavailable, pending_state
 from keyturn.approval.views import approval_view
 from keyturn.bus.codec import registry
 from keyturn.core.principal import Principal
@@ -33,7 +34,30 @@ class VoteRequest(BaseModel):
     channel: str = Field("cli", max_length=32)
 
 
+def unavailable(exc: DeskUnavailable) -> JSONResponse:
+    """503 with the refusal shape every other answer uses, and when to try again."""
+    return JSONResponse({"detail": {"error": exc.error, "message": str(exc)}}, status_code=503,
+                        headers={"Retry-After": str(exc.retry_after_s)})
+
+
 def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Any) -> None:
+    @app.exception_handler(DeskUnavailable)
+    async def desk_unavailable(_: Request, exc: DeskUnavailable) -> JSONResponse:
+        return unavailable(exc)
+
+    # Any route (inbox, console, chat endpoints) that meets a database outage answers 503 "try
+    # again", not 500; and the dead connections go, so the first request after the restart works.
+    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        try:
+            await (await desk_of()).recover()
+        except Exception:  # the desk may not even be built yet (the database was down at start)
+            pass
+        return unavailable(DeskUnavailable("database_unavailable", "Keyturn cannot reach its database right now; "
+                                           "nothing was changed. Try again in a minute."))
+
+    for error in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(error, database_unavailable)
+
     def approver_of(authorization: str | None) -> Principal:
         try:
             return verifier().verify(bearer_token(authorization))
@@ -72,14 +96,15 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
     @app.post("/v1/approvals/{action_id}/votes", responses={
         401: {"description": "Missing or invalid token"}, 403: {"description": "Self-approval or not an approver"},
         404: {"description": "Unknown action"}, 409: {"description": "Resolved already, duplicate vote or digest drift"},
-        410: {"description": "Approval expired"}, 503: {"description": "Policy unavailable"},
+        410: {"description": "Approval expired"},
+        503: {"description": "Policy engine or database unreachable: nothing was recorded, answer again later (Retry-After)"},
     })
     async def vote(action_id: str, body: VoteRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
         """Approve or deny. Refusals are recorded and audited, and change nothing."""
         approver = approver_of(authorization)
         desk = await desk_of()
         result = await desk.vote(action_id, approver, body.choice, body.payload_digest, body.reason, body.channel)
-        await desk.flush()
+        await desk.flush_after_commit()
         if not result.accepted:
             raise HTTPException(REFUSAL_STATUS.get(result.refusal or "", 409), detail={"error": result.refusal, "message": result.message})
         return {"action_id": action_id, "accepted": True, "status": result.status, "summary": result.summary}

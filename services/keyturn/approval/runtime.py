@@ -12,7 +12,7 @@ from typing import Any
 from keyturn.approval.callbacks import CallbackCourier
 from keyturn.approval.channels import ApproverChannel
 from keyturn.approval.courier import NotificationCourier
-from keyturn.approval.service import ApprovalDesk
+from keyturn.approval.service import DATABASE_UNAVAILABLE, ApprovalDesk
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.topics import Topics, ensure_topics
@@ -22,6 +22,11 @@ from keyturn.identity import TokenVerifier, verifier_from_settings
 from keyturn.policy.opa import OpaClient
 
 log = logging.getLogger(__name__)
+
+# How long a caller waits for a pooled connection. The pool's default (30 s) would hold an
+# approver's request, and the clock, for half a minute while the database is down; this short
+# wait turns an outage into a quick "try again" (503) and a skipped tick instead.
+CONNECTION_WAIT_S = 5.0
 
 
 class ApprovalRuntime:
@@ -63,7 +68,9 @@ class ApprovalRuntime:
     async def _build(self) -> None:
         s = self.settings
         await ensure_topics(s)
-        store = ApprovalStore(await open_pool(s, DDL))
+        pool = await open_pool(s, DDL)
+        pool.timeout = CONNECTION_WAIT_S
+        store = ApprovalStore(pool)
         opa = OpaClient(s.opa_url, timeout_s=s.opa_timeout_s, retries=s.opa_retries)
         self.verifier()
         if s.teams_app_id:
@@ -78,13 +85,30 @@ class ApprovalRuntime:
         log.info("approval desk ready; chat channels: %s", ", ".join(routes) or "none")
 
     async def keep_time(self) -> None:
-        """Expire, remind and escalate what is due, and publish the events that follow."""
-        await self._desk.expire_due()
-        await self._desk.remind_and_escalate()
-        await self._desk.flush()
+        """Expire, remind and escalate what is due, and publish the events that follow.
+
+        A database outage skips this tick (each step is one transaction, so nothing is half
+        done) and the next tick picks up what is still due: an error raised from a faust timer
+        would stop the whole service, and every pending approval would stay pending."""
+        try:
+            await self._desk.expire_due()
+            await self._desk.remind_and_escalate()
+            await self._desk.flush()
+        except DATABASE_UNAVAILABLE as exc:
+            await self._skip_tick("expiry, reminders and escalations", exc)
 
     async def deliver(self) -> None:
-        """Send due chat notifications and webhooks; settle claims a crash left behind."""
-        await self.notifications.reconcile()
-        await self.notifications.deliver_due()
-        await self.callbacks.deliver_due()
+        """Send due chat notifications and webhooks; settle claims a crash left behind.
+
+        Like ``keep_time``, a database outage skips the tick: a claimed message whose result
+        could not be written is settled by ``reconcile`` once the claim's lease runs out."""
+        try:
+            await self.notifications.reconcile()
+            await self.notifications.deliver_due()
+            await self.callbacks.deliver_due()
+        except DATABASE_UNAVAILABLE as exc:
+            await self._skip_tick("chat notifications and webhooks", exc)
+
+    async def _skip_tick(self, what: str, exc: Exception) -> None:
+        log.warning("database unavailable; %s wait for the next tick: %s: %s", what, type(exc).__name__, exc)
+        await self._desk.recover()

@@ -7,12 +7,16 @@ Kafka, chat notifications and the requester's webhook, each into its own outbox.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+import psycopg
 
 from keyturn.approval import channels as kinds
 from keyturn.approval.channels import ChatTargets
@@ -36,7 +40,25 @@ from keyturn.core.principal import Principal
 from keyturn.policy.decisions import policy_input
 from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
 
+log = logging.getLogger(__name__)
+
 TERMINAL_STATES = frozenset({"denied", "expired", "succeeded", "failed", "outcome_unknown"})
+
+# What a database restart or outage raises: a connection the restart killed (AdminShutdown and
+# friends are OperationalErrors), a pool with no live connection to hand out (PoolTimeout), a
+# connection already closed under us (InterfaceError). All pass once the database is back.
+DATABASE_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+
+class DeskUnavailable(RuntimeError):
+    """The desk cannot take this answer now (policy engine or database unreachable). Nothing was
+    recorded, and the same answer will be taken once the dependency is back: try again."""
+
+    def __init__(self, error: str, message: str, retry_after_s: int = 10) -> None:
+        super().__init__(message)
+        self.error = error
+        self.retry_after_s = retry_after_s
 
 
 def approval_policy(decided: ActionDecided) -> rules.ApprovalPolicy:
@@ -160,11 +182,30 @@ class ApprovalDesk:
         while await self.store.drain_outbox(self.send):
             pass
 
+    async def flush_after_commit(self) -> None:
+        """Publish what an answer just committed; if the database drops now, the next tick of the
+        clock publishes it (the outbox keeps it), so the approver is not told it failed."""
+        try:
+            await self.flush()
+        except DATABASE_UNAVAILABLE as exc:
+            log.warning("outbox not drained after an answer (the next tick will): %s", exc)
+
+    async def recover(self) -> None:
+        """After a database error: test the idle pooled connections and replace the dead ones, so
+        that the next caller gets a fresh connection rather than one a restart killed."""
+        try:
+            await self.store.pool.check()
+        except Exception as exc:  # checking is best effort; the pool also reconnects on its own
+            log.warning("could not check the database connections: %s", exc)
+
     # --- decisions ----------------------------------------------------------------------------
 
     async def take_decision(self, decided: ActionDecided, encoded: bytes) -> str | None:
         """Act on a policy decision: open an approval, announce a break-glass action, and queue the
         requester's webhook. Returns what was done ("opened", "break_glass") or None (idempotent)."""
+        return await self._until_database_answers(f"decision for {decided.action_id}", lambda: self._take_decision(decided, encoded))
+
+    async def _take_decision(self, decided: ActionDecided, encoded: bytes) -> str | None:
         async with self.store.pool.connection() as conn, conn.transaction():
             done = None
             if decided.outcome is DecisionOutcome.NEEDS_APPROVAL:
@@ -206,11 +247,27 @@ class ApprovalDesk:
 
     async def note_executed(self, executed: ActionExecuted) -> None:
         """Queue the requester's webhook for an execution outcome (sent once its URL is known)."""
+        await self._until_database_answers(f"execution of {executed.action_id}", lambda: self._note_executed(executed))
+
+    async def _note_executed(self, executed: ActionExecuted) -> None:
         async with self.store.pool.connection() as conn:
             await self.store.enqueue_callback(conn, executed.action_id, executed.outcome.value, callback_body(
                 executed.action_id, executed.outcome.value, executed.finished_at, executed.outcome.value,
                 (executed.error,) if executed.error else (),
             ))
+
+    async def _until_database_answers(self, what: str, work: Any) -> Any:
+        """Run ``work`` (one transaction) until the database takes it. An event must not be dropped
+        because the database restarted while it was handled; each attempt is idempotent."""
+        delay = 0.5
+        while True:
+            try:
+                return await work()
+            except DATABASE_UNAVAILABLE as exc:
+                log.warning("database unavailable while handling the %s; trying again in %.1f s: %s", what, delay, exc)
+                await self.recover()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # --- votes --------------------------------------------------------------------------------
 
@@ -227,7 +284,18 @@ class ApprovalDesk:
         return tuple(sorted(str(g) for g in result.get("counts_for", ())))
 
     async def vote(self, action_id: str, approver: Principal, choice: str, payload_digest: str, reason: str | None, channel: str) -> VoteResult:
-        """Apply one answer; refusals are recorded (and audited) and change nothing."""
+        """Apply one answer; refusals are recorded (and audited) and change nothing.
+
+        Raises ``DeskUnavailable`` when the policy engine or the database cannot be reached: the
+        answer is then neither accepted nor refused (nothing is recorded) and can be given again."""
+        try:
+            return await self._vote(action_id, approver, choice, payload_digest, reason, channel)
+        except DATABASE_UNAVAILABLE as exc:
+            await self.recover()
+            raise DeskUnavailable("database_unavailable", "Keyturn cannot reach its database right now, so your answer was not "
+                                  "recorded. Try again in a minute.") from exc
+
+    async def _vote(self, action_id: str, approver: Principal, choice: str, payload_digest: str, reason: str | None, channel: str) -> VoteResult:
         now = datetime.now(timezone.utc)
         row = await self.store.read(action_id)
         decided = registry().decode_event(row.decided_event) if row else None
@@ -235,8 +303,13 @@ class ApprovalDesk:
         if decided is not None:
             try:
                 counts_for = await self.counts_for(approver, decided, pending_state(decided, row).policy)
-            except (PolicyUnavailable, PolicyAnswerInvalid):
-                counts_for = ()  # fail closed: without the policy nobody is authorised
+            except (PolicyUnavailable, PolicyAnswerInvalid) as exc:
+                # Still fail closed (nobody is authorised without the policy), but do not turn an
+                # outage into a refusal: "not in group" would be false, and a refused vote is
+                # recorded for good. The approver is told to answer again.
+                log.warning("vote by %s on %s not taken: the policy engine did not answer: %s", approver.id, action_id, exc)
+                raise DeskUnavailable("policy_unavailable", f"Keyturn cannot ask its policy engine whether {approver.id} may answer "
+                                      "this action right now, so your answer was not recorded. Try again in a minute.") from exc
         vote = events.Vote(
             approver=approver, choice=events.VoteChoice(choice), payload_digest=Digest.parse(payload_digest),
             cast_at=now, reason=reason, channel=channel, counts_for=counts_for,
