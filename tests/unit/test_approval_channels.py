@@ -14,7 +14,7 @@ from slack_sdk.signature import SignatureVerifier
 from keyturn.approval import slack_messages, teams_cards
 from keyturn.approval.callbacks import host_allowed, sign, signature_valid
 from keyturn.approval.channels import ChatTargets, ChatTargetsInvalid, principal_map
-from keyturn.approval.slack_interactions import InteractionRefused, interaction_id, parse_payload, verify_request
+from keyturn.approval.slack_interactions import InteractionRefused, interaction_id, parse_payload, read_interaction, verify_request
 from keyturn.approval.views import MASKED, masked_parameters
 
 NOW = datetime(2026, 3, 4, 10, 0, tzinfo=timezone.utc)
@@ -208,3 +208,79 @@ def test_webhook_signatures_bind_secret_time_and_body() -> None:
 ])
 def test_webhooks_only_go_to_allowed_hosts(url: str, allowed: bool) -> None:
     assert host_allowed(url, frozenset({"agent.example.internal", "127.0.0.1:8123"})) is allowed
+
+
+# --- what a signed request may still get wrong ------------------------------------------------------
+
+
+def test_a_body_that_is_not_utf8_is_refused_as_unsigned_not_as_a_crash() -> None:
+    now = int(time.time())
+    with pytest.raises(InteractionRefused) as refused:
+        verify_request(SignatureVerifier(SECRET), b"payload=\xff\xfe", str(now), "v0=00", now)
+    assert (refused.value.status, refused.value.error) == (401, "forged_signature")
+
+
+def test_a_signed_body_that_is_not_utf8_passes_the_signature_and_fails_as_malformed() -> None:
+    now, body = int(time.time()), b"payload=\xff\xfe"
+    verify_request(SignatureVerifier(SECRET), body, str(now), slack_signed(body, now), now)
+    with pytest.raises(InteractionRefused) as refused:
+        parse_payload(body)
+    assert (refused.value.status, refused.value.error) == (400, "malformed_payload")
+
+
+CLICK = {"type": "block_actions", "team": {"id": "T1"}, "user": {"id": "U1"}, "trigger_id": "1.2",
+         "channel": {"id": "C1"}, "container": {"message_ts": "9.9"},
+         "actions": [{"action_id": slack_messages.APPROVE, "value": '{"action_id": "a", "payload_digest": "sha256:00"}', "action_ts": "9.1"}]}
+
+
+def test_a_well_formed_click_is_read_into_the_answer_it_carries() -> None:
+    click = read_interaction(CLICK)
+    assert (click.user, click.team, click.button, click.channel, click.message_ts) == ("U1", "T1", slack_messages.APPROVE, "C1", "9.9")
+    assert click.shown == {"action_id": "a", "payload_digest": "sha256:00"}
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"team": "T1"}, "team"),
+    ({"actions": {"action_id": "keyturn_approve"}}, "actions"),
+    ({"actions": ["keyturn_approve"]}, "actions"),
+    ({"channel": ["C1"]}, "channel"),
+    ({"container": 5}, "container"),
+    ({"trigger_id": {"id": 1}}, "trigger_id"),
+    ({"team": {}, "user": {"id": "U1", "team_id": 7}}, "user.team_id"),
+])
+def test_a_signed_click_whose_fields_are_not_what_slack_sends_is_refused_naming_the_field(change: dict, field: str) -> None:
+    payload = {**CLICK, **change}
+    with pytest.raises(InteractionRefused) as refused:
+        interaction_id(payload)
+        read_interaction(payload)
+    assert (refused.value.status, refused.value.error) == (400, "malformed_payload")
+    assert field in str(refused.value)
+
+
+def test_a_deny_reason_that_is_not_text_is_refused() -> None:
+    view = {"callback_id": slack_messages.DENY_MODAL, "private_metadata": '{"action_id": "a"}',
+            "state": {"values": {slack_messages.REASON_BLOCK: {slack_messages.REASON_BLOCK: {"value": ["no"]}}}}}
+    with pytest.raises(InteractionRefused, match="reason"):
+        read_interaction({"type": "view_submission", "user": {"id": "U1"}, "view": view})
+
+
+@pytest.mark.parametrize("activity, where", [
+    ({}, "the activity"),
+    ({"type": "invoke", "name": "no/such/invoke", "id": "1", "channelId": "msteams", "from": {"id": "29:x"},
+      "conversation": {"id": "19:c"}, "recipient": {"id": "28:bot"}, "serviceUrl": "https://smba.invalid/"}, "invoke"),
+])
+def test_teams_activities_the_sdk_cannot_read_are_named_before_it_answers_500(activity: dict, where: str) -> None:
+    from keyturn.approval.teams import activity_problem
+
+    problem = activity_problem(activity)
+    assert problem is not None and problem.startswith(where)
+
+
+def test_a_teams_card_click_is_an_activity_the_sdk_reads() -> None:
+    from keyturn.approval.teams import activity_problem
+
+    assert activity_problem({
+        "type": "invoke", "name": "adaptiveCard/action", "id": "1", "channelId": "msteams", "from": {"id": "29:x"},
+        "conversation": {"id": "19:c"}, "recipient": {"id": "28:bot"}, "serviceUrl": "https://smba.invalid/",
+        "value": {"action": {"type": "Action.Execute", "verb": "approve", "data": {"action_id": "a"}}},
+    }) is None

@@ -2,17 +2,23 @@
 
 Checks, in order, each refused with a clear error and a dead letter the audit records:
 the timestamp (missing, or more than 5 minutes from now), the signature (Slack's v0 HMAC over
-``v0:<timestamp>:<body>`` with the signing secret), the payload shape, and replay (a
-(team, trigger id) pair seen before). A verified answer then goes through
+``v0:<timestamp>:<body>`` with the signing secret), the payload shape (every field Keyturn
+reads must have the type Slack gives it: a signed body is still only as good as its sender),
+and replay (a (team, trigger id) pair seen before). A verified answer then goes through
 ``ApprovalDesk.vote`` exactly like a CLI vote, so it meets the same refusals; an answer from a
-Slack user Keyturn cannot map is recorded as a refused vote.
+Slack user Keyturn cannot map is recorded as a refused vote. When the desk cannot take an
+answer now (policy engine or database unreachable) the person is told to answer again, and
+nothing is recorded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,8 +27,8 @@ from fastapi.responses import JSONResponse, Response
 from slack_sdk.signature import SignatureVerifier
 
 from keyturn.approval import slack_messages as blocks
-from keyturn.approval.service import ApprovalDesk
 from keyturn.approval.channels import UnknownChatUser
+from keyturn.approval.service import ApprovalDesk, DeskUnavailable
 from keyturn.approval.slack import SlackChannel
 from keyturn.core.principal import Principal, PrincipalKind
 
@@ -47,7 +53,10 @@ def verify_request(verifier: SignatureVerifier, body: bytes, timestamp: str | No
     if abs(age) > MAX_AGE_S:
         raise InteractionRefused(401, "stale_timestamp", f"the Slack request was signed {int(age)} s ago; requests more than "
                                  f"{MAX_AGE_S} s away from now are refused so a captured request cannot be replayed")
-    if not signature or not verifier.is_valid(body, timestamp, signature):
+    # The HMAC is computed over the bytes as received: the SDK's check decodes the body as UTF-8
+    # first and fails on anything else, and an unsigned body must be refused as unsigned (401).
+    expected = "v0=" + hmac.new(verifier.signing_secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
+    if not signature or not hmac.compare_digest(expected.encode(), signature.encode(errors="replace")):
         raise InteractionRefused(401, "forged_signature", "X-Slack-Signature does not match the body signed with this app's signing secret")
 
 
@@ -57,18 +66,85 @@ def parse_payload(body: bytes) -> dict[str, Any]:
         payload = json.loads(parse_qs(body.decode(), strict_parsing=True)["payload"][0])
     except (UnicodeDecodeError, ValueError, KeyError, IndexError) as exc:
         raise InteractionRefused(400, "malformed_payload", f"the body is not a Slack interaction (payload=<json>): {exc}") from exc
-    if not isinstance(payload, dict) or not isinstance(payload.get("user"), dict) or "id" not in payload["user"]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("user"), dict) or not isinstance(payload["user"].get("id"), str):
         raise InteractionRefused(400, "malformed_payload", "the interaction names no user")
     return payload
 
 
 def interaction_id(payload: dict[str, Any]) -> str:
     """What makes one interaction unique: Slack's trigger id (or action timestamp) within a team."""
-    team = (payload.get("team") or {}).get("id") or payload["user"].get("team_id") or "?"
-    unique = payload.get("trigger_id") or next((a.get("action_ts") for a in payload.get("actions", []) if a.get("action_ts")), None)
+    team = _text(_object(payload, "team").get("id"), "team.id") or _text(payload["user"].get("team_id"), "user.team_id") or "?"
+    unique = _text(payload.get("trigger_id"), "trigger_id") or next(
+        (ts for a in _actions(payload) if (ts := _text(a.get("action_ts"), "actions[].action_ts"))), None)
     if not unique:
         raise InteractionRefused(400, "malformed_payload", "the interaction has neither trigger_id nor action_ts")
     return f"{team}:{unique}"
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """The fields Keyturn acts on, each checked to be what Slack sends; read before anything is done."""
+
+    kind: str
+    user: str
+    team: str
+    trigger_id: str | None
+    button: str | None = None  # the action_id of the button clicked
+    shown: dict[str, Any] | None = None  # the button value or modal metadata: action id and digest
+    channel: str = ""
+    message_ts: str = ""
+    deny_reason: str | None = None
+
+
+def read_interaction(payload: dict[str, Any]) -> Interaction:
+    """An ``Interaction`` from a parsed payload, or ``InteractionRefused`` (400) naming the field
+    that is not what Slack sends."""
+    kind = payload.get("type")
+    user = payload["user"]["id"]
+    team = _text(_object(payload, "team").get("id"), "team.id") or "?"
+    trigger = _text(payload.get("trigger_id"), "trigger_id")
+    if kind == "block_actions":
+        action = next(iter(_actions(payload)), {})
+        button = action.get("action_id")
+        if button not in (blocks.APPROVE, blocks.DENY):
+            raise InteractionRefused(400, "unsupported_interaction", f"unknown button {button!r}")
+        container = _object(payload, "container")
+        channel = _text(_object(payload, "channel").get("id"), "channel.id") or _text(container.get("channel_id"), "container.channel_id")
+        return Interaction(kind, user, team, trigger, button, _json_object(action.get("value"), "button value"), channel or "",
+                           _text(container.get("message_ts"), "container.message_ts") or "")
+    view = _object(payload, "view")
+    if kind == "view_submission" and view.get("callback_id") == blocks.DENY_MODAL:
+        shown = _json_object(view.get("private_metadata"), "modal metadata")
+        state = _object(view, "state", "view.state")
+        reason_block = _object(_object(state, "values", "view.state.values"), blocks.REASON_BLOCK, "the reason block")
+        reason = _text(_object(reason_block, blocks.REASON_BLOCK, "the reason input").get("value"), "the reason")
+        return Interaction(kind, user, team, trigger, shown=shown, channel=_text(shown.get("channel"), "modal channel") or "",
+                           deny_reason=reason)
+    raise InteractionRefused(400, "unsupported_interaction", f"Keyturn does not handle Slack interactions of type {kind!r}")
+
+
+def _object(container: dict[str, Any], key: str, what: str | None = None) -> dict[str, Any]:
+    value = container.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InteractionRefused(400, "malformed_payload", f"the interaction's {what or key} is not an object")
+    return value
+
+
+def _actions(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    actions = payload.get("actions")
+    if actions is None:
+        return []
+    if not isinstance(actions, list) or not all(isinstance(a, dict) for a in actions):
+        raise InteractionRefused(400, "malformed_payload", "the interaction's actions are not a list of objects")
+    return actions
+
+
+def _text(value: Any, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value or None
+    raise InteractionRefused(400, "malformed_payload", f"the interaction's {what} is not a string")
 
 
 def mount_slack(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], slack: SlackChannel, signing_secret: str,
@@ -83,71 +159,67 @@ def mount_slack(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], sl
         try:
             verify_request(verifier, body, request.headers.get("x-slack-request-timestamp"), request.headers.get("x-slack-signature"), clock())
             payload = parse_payload(body)
-            if not await desk.store.first_sighting("slack", interaction_id(payload)):
+            unique = interaction_id(payload)
+            interaction = read_interaction(payload)
+            if not await desk.store.first_sighting("slack", unique):
                 raise InteractionRefused(409, "replayed_interaction", "this Slack interaction was already received; a replay changes nothing")
-            kind = payload.get("type")
-            if kind == "block_actions":
-                return await _button(desk, slack, payload)
-            if kind == "view_submission" and (payload.get("view") or {}).get("callback_id") == blocks.DENY_MODAL:
-                return await _deny_submitted(desk, slack, payload)
-            raise InteractionRefused(400, "unsupported_interaction", f"Keyturn does not handle Slack interactions of type {kind!r}")
+            if interaction.kind == "block_actions":
+                return await _button(desk, slack, interaction)
+            return await _deny_submitted(desk, slack, interaction)
         except InteractionRefused as refused:
             await desk.refuse_interaction(SOURCE, refused.error, str(refused), body)
-            await desk.flush()
+            await desk.flush_after_commit()
             return JSONResponse({"error": refused.error, "message": str(refused)}, status_code=refused.status)
 
 
-async def _button(desk: ApprovalDesk, slack: SlackChannel, payload: dict[str, Any]) -> Response:
-    action = next(iter(payload.get("actions") or []), {})
-    if action.get("action_id") not in (blocks.APPROVE, blocks.DENY):
-        raise InteractionRefused(400, "unsupported_interaction", f"unknown button {action.get('action_id')!r}")
-    shown = _json_object(action.get("value"), "button value")
-    action_id, digest = str(shown.get("action_id", "")), str(shown.get("payload_digest", ""))
-    channel = (payload.get("channel") or {}).get("id") or (payload.get("container") or {}).get("channel_id") or ""
-    user = payload["user"]["id"]
-    choice = "approve" if action["action_id"] == blocks.APPROVE else "deny"
-    approver = await _approver(desk, slack, payload, action_id, choice, digest, channel)
+async def _button(desk: ApprovalDesk, slack: SlackChannel, click: Interaction) -> Response:
+    action_id, digest = str(click.shown.get("action_id", "")), str(click.shown.get("payload_digest", ""))
+    choice = "approve" if click.button == blocks.APPROVE else "deny"
+    approver = await _approver(desk, slack, click, action_id, choice, digest, click.channel)
     if approver is None:
         return Response(status_code=200)
     if choice == "deny":
         view = await desk.view(action_id)
-        if view is not None and view["status"] == "pending" and payload.get("trigger_id"):
-            await slack.open_deny_modal(payload["trigger_id"], view, channel=channel, message_ts=(payload.get("container") or {}).get("message_ts", ""))
+        if view is not None and view["status"] == "pending" and click.trigger_id:
+            await slack.open_deny_modal(click.trigger_id, view, channel=click.channel, message_ts=click.message_ts)
             return Response(status_code=200)
-    result = await desk.vote(action_id, approver, choice, digest, None, "slack")
-    await desk.flush()
+    try:
+        result = await desk.vote(action_id, approver, choice, digest, None, "slack")
+    except DeskUnavailable as unavailable:
+        await slack.tell_user(click.channel, click.user, f":hourglass: {unavailable}")
+        return Response(status_code=200)
+    await desk.flush_after_commit()
     if not result.accepted:
-        await slack.tell_user(channel, user, f":warning: Your answer was not applied — {result.refusal}: {result.message}")
+        await slack.tell_user(click.channel, click.user, f":warning: Your answer was not applied — {result.refusal}: {result.message}")
     return Response(status_code=200)
 
 
-async def _deny_submitted(desk: ApprovalDesk, slack: SlackChannel, payload: dict[str, Any]) -> Response:
-    view = payload["view"]
-    shown = _json_object(view.get("private_metadata"), "modal metadata")
-    action_id, digest = str(shown.get("action_id", "")), str(shown.get("payload_digest", ""))
-    reason = (((view.get("state") or {}).get("values") or {}).get(blocks.REASON_BLOCK) or {}).get(blocks.REASON_BLOCK, {}).get("value")
-    approver = await _approver(desk, slack, payload, action_id, "deny", digest, str(shown.get("channel", "")))
+async def _deny_submitted(desk: ApprovalDesk, slack: SlackChannel, submitted: Interaction) -> Response:
+    action_id, digest = str(submitted.shown.get("action_id", "")), str(submitted.shown.get("payload_digest", ""))
+    approver = await _approver(desk, slack, submitted, action_id, "deny", digest, submitted.channel)
     if approver is None:
         return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: "Keyturn does not know who you are; your answer was not applied."}})
-    result = await desk.vote(action_id, approver, "deny", digest, reason, "slack")
-    await desk.flush()
+    try:
+        result = await desk.vote(action_id, approver, "deny", digest, submitted.deny_reason, "slack")
+    except DeskUnavailable as unavailable:
+        # the modal stays open with the reason typed, so submitting again is one click
+        return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: str(unavailable)[:2000]}})
+    await desk.flush_after_commit()
     if not result.accepted:
         return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: f"{result.refusal}: {result.message}"[:2000]}})
     return Response(status_code=200)
 
 
-async def _approver(desk: ApprovalDesk, slack: SlackChannel, payload: dict[str, Any], action_id: str, choice: str, digest: str, channel: str) -> Principal | None:
+async def _approver(desk: ApprovalDesk, slack: SlackChannel, answer: Interaction, action_id: str, choice: str, digest: str, channel: str) -> Principal | None:
     """The principal behind the Slack user, or None after recording and telling why not."""
-    user = payload["user"]["id"]
     try:
-        return await slack.principal_of(user)
+        return await slack.principal_of(answer.user)
     except UnknownChatUser as unknown:
-        team = (payload.get("team") or {}).get("id") or "?"
-        await desk.refuse_answer(action_id, Principal(f"slack:{team}/{user}", PrincipalKind.HUMAN), choice, digest, "slack",
+        await desk.refuse_answer(action_id, Principal(f"slack:{answer.team}/{answer.user}", PrincipalKind.HUMAN), choice, digest, "slack",
                                  "UnknownChatUser", str(unknown))
-        await desk.flush()
+        await desk.flush_after_commit()
         if channel:
-            await slack.tell_user(channel, user, f":warning: Your answer was not applied — {unknown}")
+            await slack.tell_user(channel, answer.user, f":warning: Your answer was not applied — {unknown}")
         return None
 
 

@@ -24,14 +24,16 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from microsoft_teams.api import MessageActivityInput
+from microsoft_teams.api.activities import ActivityTypeAdapter
 from microsoft_teams.api.auth.cloud_environment import PUBLIC, with_overrides
 from microsoft_teams.api.models.adaptive_card import AdaptiveCardActionCardResponse, AdaptiveCardActionMessageResponse
 from microsoft_teams.apps import App
+from microsoft_teams.apps.events import CoreActivity
 from microsoft_teams.apps.http.fastapi_adapter import FastAPIAdapter
 
 from keyturn.approval import teams_cards as cards
 from keyturn.approval.channels import ChatTargets, UnknownChatUser, principal_map
-from keyturn.approval.service import ApprovalDesk
+from keyturn.approval.service import DATABASE_UNAVAILABLE, ApprovalDesk, DeskUnavailable
 from keyturn.config import Settings
 from keyturn.core.principal import Principal, PrincipalKind
 
@@ -62,6 +64,20 @@ class ClientCredentialTokens:
         body = answer.json()
         self._cache[scope] = (body["access_token"], time.time() + float(body.get("expires_in", 300)))
         return body["access_token"]
+
+
+def activity_problem(body: dict[str, Any]) -> str | None:
+    """Why the Teams SDK would reject this activity (it validates it, after the token, into its own
+    models and answers a failure with 500), or None when it would take it. Checked by the same
+    models the SDK uses, so the two cannot disagree."""
+    try:
+        core = CoreActivity.model_validate(body)
+        ActivityTypeAdapter.validate_python(core.model_dump(by_alias=True, exclude_none=True))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        first = exc.errors()[0] if hasattr(exc, "errors") and exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "the activity"
+        return f"{where}: {first.get('msg', str(exc))}"[:500]
+    return None
 
 
 class TeamsChannel:
@@ -106,16 +122,24 @@ class TeamsChannel:
                 if not isinstance(body, dict):
                     raise ValueError("not a JSON object")
             except ValueError as exc:
-                await desk.refuse_interaction(SOURCE, "malformed_activity", f"the body is not a Bot Framework activity: {exc}", raw)
-                await desk.flush()
-                return JSONResponse({"error": "malformed_activity"}, status_code=400)
+                # the SDK still judges the token (on an empty activity), so an unsigned body is a 401
+                body, problem = {}, f"the body is not a Bot Framework activity: {exc}"
+            else:
+                problem = activity_problem(body)
+                problem = problem and f"the activity is not one the Bot Framework sends ({problem})"
+            # The SDK checks the token first, and its answer decides 401; only an authenticated
+            # activity it cannot read is refused here as malformed, with a 400 rather than its 500.
             answer = await self.app.server.handle_request({"body": body, "headers": dict(request.headers)})
             if answer["status"] == 401:
                 await desk.refuse_interaction(SOURCE, "unauthenticated_bot_request",
                                               "the bearer token is missing or is not a valid Bot Framework token for this app", raw)
-                await desk.flush()
+                await desk.flush_after_commit()
                 return JSONResponse({"error": "unauthenticated_bot_request",
                                      "message": "the bearer token is missing or is not a valid Bot Framework token for this app"}, status_code=401)
+            if problem is not None:
+                await desk.refuse_interaction(SOURCE, "malformed_activity", problem, raw)
+                await desk.flush_after_commit()
+                return JSONResponse({"error": "malformed_activity", "message": problem}, status_code=400)
             if answer.get("body") is None:
                 return Response(status_code=answer["status"])
             return JSONResponse(answer["body"], status_code=answer["status"])
@@ -159,6 +183,14 @@ class TeamsChannel:
     # --- answers --------------------------------------------------------------------------------
 
     async def _card_action(self, ctx: Any) -> Any:
+        try:
+            return await self._answer_card(ctx)
+        except DATABASE_UNAVAILABLE:
+            # the SDK would turn the error into a 500, which Teams shows as a bare failure
+            await (await self._desk_of()).recover()
+            return _message("Keyturn cannot reach its database right now, so your answer was not recorded. Try again in a minute.")
+
+    async def _answer_card(self, ctx: Any) -> Any:
         activity = ctx.activity
         desk = await self._desk_of()
         action = activity.value.action
@@ -170,7 +202,7 @@ class TeamsChannel:
             return _card(view) if view else _message("This action is not known to Keyturn.")
         if not await desk.store.first_sighting("teams", f"{conversation}:{activity.id}"):
             await desk.refuse_interaction(SOURCE, "replayed_interaction", f"Teams activity {activity.id} was already received", activity.model_dump_json().encode())
-            await desk.flush()
+            await desk.flush_after_commit()
             return _message("This answer was already received; a replay changes nothing.")
         if action.verb not in (cards.APPROVE, cards.DENY):
             return _message(f"Keyturn does not know the card action {action.verb!r}.")
@@ -181,13 +213,16 @@ class TeamsChannel:
             user = activity.from_
             await desk.refuse_answer(action_id, Principal(f"teams:{user.aad_object_id or user.id}", PrincipalKind.HUMAN), choice, digest,
                                      "teams", "UnknownChatUser", str(unknown))
-            await desk.flush()
+            await desk.flush_after_commit()
             return _card(view, f"Your answer was not applied — {unknown}") if view else _message(f"Your answer was not applied — {unknown}")
         reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
         if choice == "deny" and reason is None and view is not None and view["status"] == "pending":
             return _card(view, "A denial needs a reason; the requester will see it. Nothing was recorded.")
-        result = await desk.vote(action_id, approver, choice, digest, reason, "teams")
-        await desk.flush()
+        try:
+            result = await desk.vote(action_id, approver, choice, digest, reason, "teams")
+        except DeskUnavailable as unavailable:
+            return _card(view, str(unavailable)) if view else _message(str(unavailable))
+        await desk.flush_after_commit()
         view = await desk.view(action_id)
         problem = None if result.accepted else f"Your answer was not applied — {result.refusal}: {result.message}"
         return _card(view, problem) if view else _message(problem or "")
