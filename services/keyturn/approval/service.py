@@ -49,6 +49,10 @@ TERMINAL_STATES = frozenset({"denied", "expired", "succeeded", "failed", "outcom
 # connection already closed under us (InterfaceError). All pass once the database is back.
 DATABASE_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
+# How many execution outcomes the desk remembers the decision of (about 100 bytes each): enough
+# to cover the actions in flight, so that an execution whose decision named no callback URL
+# costs no database write.
+REMEMBERED_DECISIONS = 100_000
 
 
 class DeskUnavailable(RuntimeError):
@@ -176,6 +180,8 @@ class ApprovalDesk:
         self.topics = topics
         self.send = send  # (topic, key, value) -> awaits the broker's ack
         self.routes = dict(routes or {})  # chat channel name -> who hears about which group
+        # action id -> whether its decision named a callback URL (most recent last, bounded)
+        self._callback_wanted: dict[str, bool] = {}
 
     async def flush(self) -> None:
         """Publish everything the outbox holds, in order."""
@@ -202,8 +208,19 @@ class ApprovalDesk:
 
     async def take_decision(self, decided: ActionDecided, encoded: bytes) -> str | None:
         """Act on a policy decision: open an approval, announce a break-glass action, and queue the
-        requester's webhook. Returns what was done ("opened", "break_glass") or None (idempotent)."""
+        requester's webhook. Returns what was done ("opened", "break_glass") or None (idempotent,
+        or a decision the desk has nothing to do with)."""
+        self._remember_callback(decided.action_id, bool(decided.request.callback_url))
+        if not self.concerns(decided):
+            return None  # most decisions: allowed or denied outright, nobody to tell, no row to write
         return await self._until_database_answers(f"decision for {decided.action_id}", lambda: self._take_decision(decided, encoded))
+
+    def concerns(self, decided: ActionDecided) -> bool:
+        """Whether a decision means anything to the desk: an approval to open, a break-glass action
+        to announce and remember, or a webhook the requester asked for."""
+        if decided.outcome is DecisionOutcome.NEEDS_APPROVAL or decided.request.callback_url:
+            return True
+        return decided.outcome is DecisionOutcome.ALLOWED and decided.break_glass
 
     async def _take_decision(self, decided: ActionDecided, encoded: bytes) -> str | None:
         async with self.store.pool.connection() as conn, conn.transaction():
@@ -247,6 +264,10 @@ class ApprovalDesk:
 
     async def note_executed(self, executed: ActionExecuted) -> None:
         """Queue the requester's webhook for an execution outcome (sent once its URL is known)."""
+        if self._callback_wanted.get(executed.action_id) is False:
+            return  # its decision, seen here, named no callback URL: nobody to call back
+        # Otherwise write the row: the decision may still be on its way (another topic), or was
+        # read before a restart; a row whose action never names a URL is dropped within an hour.
         await self._until_database_answers(f"execution of {executed.action_id}", lambda: self._note_executed(executed))
 
     async def _note_executed(self, executed: ActionExecuted) -> None:
@@ -255,6 +276,12 @@ class ApprovalDesk:
                 executed.action_id, executed.outcome.value, executed.finished_at, executed.outcome.value,
                 (executed.error,) if executed.error else (),
             ))
+
+    def _remember_callback(self, action_id: str, wanted: bool) -> None:
+        self._callback_wanted.pop(action_id, None)
+        self._callback_wanted[action_id] = wanted
+        if len(self._callback_wanted) > REMEMBERED_DECISIONS:
+            del self._callback_wanted[next(iter(self._callback_wanted))]
 
     async def _until_database_answers(self, what: str, work: Any) -> Any:
         """Run ``work`` (one transaction) until the database takes it. An event must not be dropped

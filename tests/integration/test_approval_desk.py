@@ -1,0 +1,89 @@
+"""The desk on a real PostgreSQL, without the services: which decisions and executions leave rows.
+
+Most decisions are allowed or denied outright and name no webhook; the desk has nothing to do
+for them, so it must write nothing (bench/README.md: one transaction per event was the approval
+service's cost under load). What the requester notices is the other side: a webhook they asked
+for still gets every state, including an execution the desk saw before its decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import pytest
+
+from keyturn.approval.service import ApprovalDesk
+from keyturn.approval.store import DDL, ApprovalStore
+from keyturn.bus.topics import Topics
+from keyturn.core import events
+from keyturn.core.principal import Principal, PrincipalKind
+from keyturn.db import open_pool
+from keyturn.policy.opa import OpaClient
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 3, 4, 9, 0, tzinfo=timezone.utc)
+REQUESTER = Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",))
+
+
+def decided(outcome: events.DecisionOutcome, callback_url: str | None = None) -> events.ActionDecided:
+    action_id = str(uuid.uuid4())
+    request = events.ActionRequested(
+        event_id=f"requested:{action_id}", action_id=action_id, action="db.table.read", resource="sql://staging/reports",
+        parameters_json="{}", reason="r", requester=REQUESTER, payload_digest=events.Digest.of_json({}), requested_at=NOW,
+        callback_url=callback_url,
+    )
+    return events.ActionDecided(
+        event_id=f"decided:{action_id}", action_id=action_id, outcome=outcome,
+        provenance=events.Provenance("r", "d", events.Digest.of_json({}), NOW), decided_at=NOW, request=request,
+    )
+
+
+def executed(action_id: str) -> events.ActionExecuted:
+    return events.ActionExecuted(event_id=f"executed:{action_id}", action_id=action_id, outcome=events.ExecutionOutcome.SUCCEEDED,
+                                 plugin="sql", payload_digest=events.Digest.of_json({}), finished_at=NOW)
+
+
+async def with_desk(settings, work) -> list[tuple[str, str]]:
+    """Run ``work(desk)`` on a desk of a fresh namespace; every (action, state) callback row it left."""
+    pool = await open_pool(replace(settings, namespace=f"kt{uuid.uuid4().hex[:8]}"), DDL)
+    opa = OpaClient(settings.opa_url)
+    try:
+        await work(ApprovalDesk(ApprovalStore(pool), opa, Topics.from_settings(settings), send=None))
+        async with pool.connection() as conn:
+            rows = await (await conn.execute("SELECT action_id, state FROM approval_callbacks ORDER BY id")).fetchall()
+        return [(r[0], r[1]) for r in rows]
+    finally:
+        await opa.close()
+        await pool.close()
+
+
+def test_decisions_and_executions_without_a_webhook_leave_nothing_behind(settings) -> None:
+    quiet = [decided(events.DecisionOutcome.ALLOWED), decided(events.DecisionOutcome.DENIED)]
+
+    async def work(desk: ApprovalDesk) -> None:
+        for decision in quiet:
+            assert not desk.concerns(decision)
+            assert await desk.take_decision(decision, b"") is None
+        await desk.note_executed(executed(quiet[0].action_id))
+
+    assert asyncio.run(with_desk(settings, work)) == []
+
+
+def test_a_requested_webhook_still_hears_every_state_even_an_execution_seen_before_its_decision(settings) -> None:
+    asked = decided(events.DecisionOutcome.ALLOWED, "https://agent.example.internal/hook")
+    early = decided(events.DecisionOutcome.ALLOWED, "https://agent.example.internal/hook")
+
+    async def work(desk: ApprovalDesk) -> None:
+        assert desk.concerns(asked)
+        await desk.take_decision(asked, b"")
+        await desk.note_executed(executed(asked.action_id))
+        await desk.note_executed(executed(early.action_id))  # the decision is still on its way
+        await desk.take_decision(early, b"")
+
+    rows = asyncio.run(with_desk(settings, work))
+    assert sorted(rows) == sorted([(asked.action_id, "allowed"), (asked.action_id, "succeeded"),
+                                   (early.action_id, "succeeded"), (early.action_id, "allowed")])
