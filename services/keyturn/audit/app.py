@@ -3,7 +3,8 @@
 consumes  lifecycle topics · <ns>.approvals.votes · <ns>.dlq
 produces  <ns>.audit (one partition, kept forever; SHA-256 chained, Ed25519 checkpoints),
           in Kafka transactions under one transactional id, so a newer worker fences an older one
-state     the chain head and the event ids already recorded, rebuilt from <ns>.audit at start
+state     the chain head and the ids of the last 100,000 events recorded (to drop redeliveries),
+          read back from the tail of <ns>.audit at start
 metrics   http://127.0.0.1:<KEYTURN_AUDIT_METRICS_PORT>/metrics
 A checkpoint is signed every 100 records, after resuming, and on a clean shutdown.
 """

@@ -122,6 +122,26 @@ async def read_audit_log(settings: Settings) -> list[AuditRecord]:
     return [record async for record in follow_audit(settings)]
 
 
+async def read_audit_tail(settings: Settings, records: int) -> list[AuditRecord]:
+    """At least the last ``records`` readable records of the audit topic (all, if it holds
+    fewer), oldest first: what a writer needs to resume, in time and memory that do not grow
+    with the history behind them."""
+    async with AuditTopic(settings) as topic:
+        beginning, end = topic.start_offset, topic.end_offset
+    tail: list[AuditRecord] = []
+    # Offsets also count transaction markers (one per commit, at most one per record) and the
+    # records of aborted transactions, so read back in slices until enough records are in hand.
+    step = 2 * records + 2
+    to_offset = end
+    while to_offset > beginning and len(tail) < records:
+        from_offset = max(beginning, to_offset - step)
+        async with AuditTopic(settings, from_offset=from_offset, to_offset=to_offset) as topic:
+            piece = [m.record async for m in topic.messages() if m.record is not None]
+        tail = piece + tail
+        to_offset = from_offset
+    return tail
+
+
 def blocking(stream: AsyncIterator[T]) -> Iterator[T]:
     """Iterate an async stream from synchronous code (one private event loop, one item at a
     time), so file writers and :func:`~keyturn.core.audit_chain.verify` stream in constant memory."""

@@ -4,7 +4,8 @@ Starting a writer registers the transactional id ``<ns>-audit-chain`` with the b
 fences every older writer with that id (a second worker, or a paused one that came back) and
 aborts whatever transaction it left open. Only then is the chain head read back, so the head
 cannot move under us. Each batch of records (with any checkpoint due) is one transaction: it
-lands whole or not at all. Redelivered events are skipped by event id, so every event is
+lands whole or not at all. Redelivered events are skipped by event id (the ids of the last
+``DEDUPE_WINDOW`` records, read back from the tail of the topic at start), so every event is
 recorded exactly once even when the worker is killed between committing records and
 committing its source offsets.
 
@@ -26,15 +27,20 @@ from aiokafka import AIOKafkaProducer
 
 from keyturn.audit import metrics
 from keyturn.audit.records import actor_of, audit_payload, flags_of, occurred_at
-from keyturn.audit.stream import read_audit_log
+from keyturn.audit.stream import read_audit_tail
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
-from keyturn.core.audit_chain import AuditChain, AuditRecord, CheckpointSigner
+from keyturn.core.audit_chain import AuditChain, AuditRecord, CheckpointSigner, RecentEventIds
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 100
+# Event ids remembered to drop repeats (see RecentEventIds): a repeat arrives within seconds of
+# the original (the audit's own uncommitted offsets) or within a service's session timeout
+# (about a minute) when it republishes; 100,000 records is about a quarter of an hour at the
+# measured pace, at a flat ~14 MiB (ids and index) instead of growing with the chain.
+DEDUPE_WINDOW = 100_000
 
 
 class AuditWriterStopped(RuntimeError):
@@ -49,10 +55,18 @@ def transactional_id(settings: Settings) -> str:
 class AuditWriter:
     """Turns source events into chained records and commits them to the audit topic."""
 
-    def __init__(self, settings: Settings, signer: CheckpointSigner, *, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        signer: CheckpointSigner,
+        *,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        dedupe_window: int = DEDUPE_WINDOW,
+    ) -> None:
         self._settings = settings
         self._topic = Topics.from_settings(settings).audit
-        self._chain = AuditChain(signer, checkpoint_every=checkpoint_every, audit_topic=self._topic)
+        self._seen = RecentEventIds(dedupe_window)
+        self._chain = AuditChain(signer, checkpoint_every=checkpoint_every, seen=self._seen, audit_topic=self._topic)
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._in_step_with_topic = False
@@ -60,6 +74,11 @@ class AuditWriter:
     @property
     def next_sequence(self) -> int:
         return self._chain.next_sequence
+
+    @property
+    def remembered_event_ids(self) -> int:
+        """How many recorded event ids the writer holds to drop repeats (at most the window)."""
+        return len(self._seen)
 
     async def start(self) -> None:
         """Fence older writers, resume from the topic, and sign a checkpoint marking the restart."""
@@ -70,9 +89,9 @@ class AuditWriter:
             acks="all",
         )
         await self._producer.start()  # InitProducerId: older writers are fenced from here on
-        history = await read_audit_log(self._settings)
-        if history:
-            self._chain.resume(history[-1], seen_event_ids=(r.event_id for r in history))
+        tail = await read_audit_tail(self._settings, self._seen.limit)
+        if tail:
+            self._chain.resume(tail[-1], seen_event_ids=(r.event_id for r in tail))
         self._in_step_with_topic = True
         log.info("audit chain resumed at sequence %d", self._chain.next_sequence)
         if self._chain.checkpoint_due:

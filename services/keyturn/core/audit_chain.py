@@ -31,6 +31,7 @@ trustworthy as the medium holding them, which :func:`verify` reports.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import enum
 import hashlib
@@ -420,6 +421,46 @@ class SeenEvents(Protocol):
     def add(self, event_id: str) -> None: ...
 
 
+class RecentEventIds:
+    """The ids of the last ``limit`` events recorded: a :class:`SeenEvents` of bounded size.
+
+    A set of every id ever recorded grows with the whole history (about 120 bytes per event,
+    for as long as the worker runs). A repeated event never comes from far back: the audit
+    worker's own redelivery reaches back only to its last committed source offsets (faust
+    commits every second or 100 events), and a service that republishes an event (the policy's
+    stored decision, the executor's ledger) does so when its own input is redelivered, within
+    its consumer group's session timeout. So remembering the most recent ids is enough, and
+    memory stays flat however long the chain gets. Ids are forgotten oldest first, in the
+    order they were added.
+
+    Size it well beyond the furthest redelivery: an event redelivered from beyond the window is
+    recorded again, and adding it pushes out the oldest id, which is the next one a replay in
+    the original order brings, so from there the whole replay would be recorded twice
+    (``verify`` reports each as ``duplicate_event``).
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        self.limit = limit
+        self._ids: set[str] = set()
+        self._order: collections.deque[str] = collections.deque()
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, event_id: str) -> None:
+        if event_id in self._ids:
+            return
+        self._ids.add(event_id)
+        self._order.append(event_id)
+        if len(self._order) > self.limit:
+            self._ids.discard(self._order.popleft())
+
+
 class AuditChain:
     """The writer side of the chain: turns source events into chained records.
 
@@ -436,8 +477,8 @@ class AuditChain:
     If publishing fails, the state is ahead of the topic: rebuild the chain with
     :meth:`resume` from the last record actually in the topic.
 
-    ``seen`` defaults to an in-memory set, which grows by one id per event (about 100 bytes
-    each); the audit service passes a store backed by a compacted table instead.
+    ``seen`` defaults to an in-memory set, which grows by one id per event; the audit service
+    passes a :class:`RecentEventIds` window instead, so its memory does not grow with history.
     """
 
     def __init__(
@@ -571,8 +612,8 @@ class AuditChain:
     ) -> AuditChain:
         """Continue after a restart from the last record in the topic; returns ``self``.
 
-        ``seen_event_ids`` are the events already recorded (not needed when ``seen`` is a
-        persistent store). Unless the last record is a checkpoint, a checkpoint is due at
+        ``seen_event_ids`` are the events already recorded, oldest first (with a
+        :class:`RecentEventIds` window, the ids of the last records in the topic suffice). Unless the last record is a checkpoint, a checkpoint is due at
         once: the gap since the previous one is unknown, and it marks the restart.
         Raises :class:`MalformedRecord` if the last record's hash does not match its contents.
         """
@@ -587,9 +628,10 @@ class AuditChain:
         self._next_sequence = last_record.sequence + 1
         self._last_hash = last_record.hash
         self._since_checkpoint = 0 if last_record.is_checkpoint else (self._checkpoint_every or 0)
-        self._seen.add(last_record.event_id)
+        # The last record's id goes in last: a bounded window forgets the oldest first.
         for event_id in seen_event_ids:
             self._seen.add(event_id)
+        self._seen.add(last_record.event_id)
         return self
 
     def _link(self, **fields: Any) -> AuditRecord:
