@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -14,7 +15,8 @@ from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved
-from keyturn.intake.store import ActionStore
+from keyturn.intake.store import ActionStore, LifecycleChange, StoreUnavailable
+from keyturn.intake.supervise import supervised
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,19 @@ def history_entry(event: Any) -> tuple[dict[str, Any], list[str] | None, Any]:
     return entry, reasons, result
 
 
+def changes(values: Iterable[bytes]) -> list[LifecycleChange]:
+    """What a batch of lifecycle messages changes in the status table."""
+    found = []
+    for value in values:
+        try:
+            event = registry().decode_event(value)
+        except UndecodableMessage:
+            continue  # the owning service dead-letters bad input on its own topic; status only reads
+        entry, reasons, result = history_entry(event)
+        found.append(LifecycleChange(event.action_id, event, entry, reasons, result))
+    return found
+
+
 class StatusFollower:
     """Applies lifecycle events to the intake's status table and wakes waiting requesters."""
 
@@ -49,33 +64,41 @@ class StatusFollower:
         self._changed = asyncio.Condition()
 
     async def run(self) -> None:
+        """Follow the lifecycle topics until cancelled, whatever fails on the way."""
+        await supervised("status follower", self._follow)
+
+    async def _follow(self) -> None:
         topics = Topics.from_settings(self.settings)
         consumer = AIOKafkaConsumer(
             topics.decided, topics.resolved, topics.executed,
             bootstrap_servers=self.settings.kafka_bootstrap, group_id=f"{self.settings.namespace}-intake-status",
             enable_auto_commit=False, auto_offset_reset="earliest",
         )
-        await consumer.start()
         try:
+            await consumer.start()
             while True:
                 batch = await consumer.getmany(timeout_ms=1000, max_records=500)
-                for messages in batch.values():
-                    for message in messages:
-                        await self._apply(message.value)
-                if batch:
-                    await consumer.commit()
-                    async with self._changed:
-                        self._changed.notify_all()
+                if not batch:
+                    continue
+                await self._record(changes(message.value for messages in batch.values() for message in messages))
+                # only now: offsets committed before the batch was recorded would skip it after a restart
+                await consumer.commit()
+                async with self._changed:
+                    self._changed.notify_all()
         finally:
             await consumer.stop()
 
-    async def _apply(self, value: bytes) -> None:
-        try:
-            event = registry().decode_event(value)
-        except UndecodableMessage:
-            return  # the owning service dead-letters bad input on its own topic; status only reads
-        entry, reasons, result = history_entry(event)
-        await self.store.apply(event.action_id, event, entry, reasons=reasons, result=result)
+    async def _record(self, batch: list[LifecycleChange]) -> None:
+        """Record the batch, waiting out a database outage however long it lasts."""
+        delay = 0.5
+        while True:
+            try:
+                await self.store.apply_many(batch, patience_s=5.0)
+                return
+            except StoreUnavailable as exc:
+                log.warning("status of %d events not recorded yet, retrying in %.1fs: %s", len(batch), delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def wait_terminal(self, action_id: str, timeout: float) -> None:
         """Return when the action is terminal or ``timeout`` seconds passed."""

@@ -2,15 +2,23 @@
 
 Idempotency is a unique constraint on (requester, idempotency_key), so two concurrent
 submissions with one key cannot both create an action, even across intake replicas.
+
+Every call rides out a short database outage (a restart, a failover, a pool whose connections
+the restart killed) by retrying for a bounded time; past that it raises ``StoreUnavailable``,
+which callers turn into a 503 or a later retry, never into a lost event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import dataclass
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -77,9 +85,89 @@ def _row(row: dict[str, Any]) -> StoredAction:
     return StoredAction(**{**row, "state": ActionState(row["state"]), "requested_event": bytes(row["requested_event"])})
 
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What a restart or an unreachable server looks like from here: OperationalError covers lost
+# connections, AdminShutdown, refused connections, deadlocks and the pool's own timeouts;
+# InterfaceError is a connection the client already knows is closed.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
+
+
+class StoreUnavailable(Exception):
+    """The database did not answer within the caller's patience; trying again later is safe."""
+
+
+@dataclass(frozen=True)
+class LifecycleChange:
+    """One lifecycle event as the status table records it."""
+
+    action_id: str
+    event: Any
+    entry: dict[str, Any]
+    reasons: list[str] | None = None
+    result: Any = None
+
+
+@dataclass
+class StatusRow:
+    """An action's status while a batch of events is folded into it."""
+
+    state: ActionState
+    history: list[dict[str, Any]]
+    reasons: list[str] | None = None  # None: leave the stored reasons as they are
+    result: Any = None  # None: leave the stored result as it is
+    changed: bool = field(default=False)
+
+    def fold(self, change: LifecycleChange) -> None:
+        """Record one event: history in time order, the state only ever moving forward.
+
+        Events of one action arrive on different topics, so a later stage may come first; an
+        earlier one arriving late joins the history without moving the state back. Duplicates
+        (redelivery) and contradictions (an event after a different terminal state) are ignored.
+        """
+        try:
+            state = advance(self.state, change.event)
+        except IllegalTransition:
+            return
+        entry = {**change.entry, "state": state_after(change.event).value}
+        if any(e.get("event") == entry["event"] and e.get("state") == entry["state"] for e in self.history):
+            return
+        self.history = sorted([*self.history, entry], key=lambda e: e.get("at", ""))
+        if state is not self.state and change.reasons is not None:
+            self.reasons = change.reasons
+        if change.result is not None:
+            self.result = change.result
+        self.state = state
+        self.changed = True
+
+
 class ActionStore:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, *, patience_s: float = 2.0) -> None:
         self.pool = pool
+        # a request waits this long for the database before it is answered 503
+        self.patience_s = patience_s
+
+    async def _retrying(self, operation: Callable[[float], Awaitable[T]], patience_s: float | None = None) -> T:
+        """Run ``operation(connect_timeout)`` until it succeeds or the patience is spent.
+
+        A restart leaves every pooled connection dead and each fails on first use, so the first
+        retries come quickly; a server that is really down shows up as the pool's timeout.
+        Retrying is safe because each operation is one transaction and idempotent.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.patience_s if patience_s is None else patience_s)
+        delay = 0.01
+        while True:
+            try:
+                return await operation(max(deadline - loop.time(), 0.1))
+            except TRANSIENT_ERRORS as exc:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise StoreUnavailable(f"database unavailable: {type(exc).__name__}: {exc}".strip()) from exc
+                log.debug("database error, retrying in %.2fs: %s", delay, exc)
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.5)
 
     async def insert_requested(
         self, *, action_id: str, requester: str, principals: list[str], idempotency_key: str | None,
@@ -87,73 +175,94 @@ class ActionStore:
     ) -> tuple[StoredAction, bool]:
         """(the stored action, True) when new; (the existing one, False) when the key was used."""
         history = [{"state": ActionState.REQUESTED.value, "at": at.isoformat(), "event": "ActionRequested"}]
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                f"""INSERT INTO intake_actions (action_id, requester, principals, idempotency_key, payload_digest,
-                        action, resource, state, history, requested_event)
-                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                    ON CONFLICT DO NOTHING RETURNING {_COLUMNS}""",
-                (action_id, requester, principals, idempotency_key, payload_digest, action, resource,
-                 ActionState.REQUESTED.value, json.dumps(history), requested_event),
-            )
-            row = await cur.fetchone()
-            if row is not None:
-                return _row(row), True
+
+        async def insert(timeout: float) -> dict[str, Any] | None:
+            async with self.pool.connection(timeout) as conn, conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    f"""INSERT INTO intake_actions (action_id, requester, principals, idempotency_key, payload_digest,
+                            action, resource, state, history, requested_event)
+                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                        ON CONFLICT DO NOTHING RETURNING {_COLUMNS}""",
+                    (action_id, requester, principals, idempotency_key, payload_digest, action, resource,
+                     ActionState.REQUESTED.value, json.dumps(history), requested_event),
+                )
+                return await cur.fetchone()
+
+        row = await self._retrying(insert)
+        if row is not None:
+            return _row(row), True
         existing = await self.get(action_id)
         if existing is None:
             raise RuntimeError(f"action {action_id} conflicted on insert but cannot be read")
         return existing, False
 
     async def mark_published(self, action_id: str) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute("UPDATE intake_actions SET published = true WHERE action_id = %s", (action_id,))
+        async def update(timeout: float) -> None:
+            async with self.pool.connection(timeout) as conn:
+                await conn.execute("UPDATE intake_actions SET published = true WHERE action_id = %s", (action_id,))
+
+        await self._retrying(update)
 
     async def unpublished(self, older_than_s: float = 10.0, limit: int = 500) -> list[StoredAction]:
         """Accepted requests whose event may not have reached Kafka (crash between the two)."""
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                f"""SELECT {_COLUMNS} FROM intake_actions WHERE NOT published
-                    AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s""",
-                (older_than_s, limit),
-            )
-            return [_row(r) for r in await cur.fetchall()]
+        async def select(timeout: float) -> list[StoredAction]:
+            async with self.pool.connection(timeout) as conn, conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    f"""SELECT {_COLUMNS} FROM intake_actions WHERE NOT published
+                        AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s""",
+                    (older_than_s, limit),
+                )
+                return [_row(r) for r in await cur.fetchall()]
+
+        return await self._retrying(select)
 
     async def get(self, action_id: str) -> StoredAction | None:
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(f"SELECT {_COLUMNS} FROM intake_actions WHERE action_id = %s", (action_id,))
-            row = await cur.fetchone()
-            return _row(row) if row else None
-
-    async def apply(self, action_id: str, event: Any, entry: dict[str, Any], *, reasons: list[str] | None = None, result: Any = None) -> ActionState | None:
-        """Record a lifecycle event: history in time order, the state only ever moving forward.
-
-        Events of one action arrive on different topics, so a later stage may come first; an
-        earlier one arriving late joins the history without moving the state back. Duplicates
-        (redelivery) and contradictions (an event after a different terminal state) are ignored.
-        """
-        async with self.pool.connection() as conn:
-            async with conn.transaction():
-                cur = await conn.execute("SELECT state, history FROM intake_actions WHERE action_id = %s FOR UPDATE", (action_id,))
+        async def select(timeout: float) -> StoredAction | None:
+            async with self.pool.connection(timeout) as conn, conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(f"SELECT {_COLUMNS} FROM intake_actions WHERE action_id = %s", (action_id,))
                 row = await cur.fetchone()
-                if row is None:
-                    return None  # submitted by another deployment or before this store existed
-                current, history = ActionState(row[0]), row[1]
-                try:
-                    state = advance(current, event)
-                except IllegalTransition:
-                    return None
-                entry = {**entry, "state": state_after(event).value}
-                if any(e.get("event") == entry["event"] and e.get("state") == entry["state"] for e in history):
-                    return state
-                history = sorted([*history, entry], key=lambda e: e.get("at", ""))
-                moved = state is not current
-                await conn.execute(
-                    """UPDATE intake_actions SET state = %s, history = %s::jsonb,
-                           reasons = COALESCE(%s::jsonb, reasons), result = COALESCE(%s::jsonb, result), updated_at = %s
-                       WHERE action_id = %s""",
-                    (state.value, json.dumps(history),
-                     json.dumps(reasons) if moved and reasons is not None else None,
-                     json.dumps(result) if result is not None else None,
-                     datetime.now(timezone.utc), action_id),
+                return _row(row) if row else None
+
+        return await self._retrying(select)
+
+    async def apply_many(self, changes: Iterable[LifecycleChange], patience_s: float | None = None) -> dict[str, ActionState]:
+        """Record a batch of lifecycle events in one transaction; the state of each action touched.
+
+        Actions this store does not hold (submitted by another deployment, or before this store
+        existed) are skipped. Either the whole batch is recorded or none of it, so a caller that
+        retries after an error never skips an event.
+        """
+        changes = list(changes)
+        if not changes:
+            return {}
+        # locking in one order keeps two replicas applying overlapping batches from deadlocking
+        action_ids = sorted({c.action_id for c in changes})
+
+        async def apply(timeout: float) -> dict[str, ActionState]:
+            async with self.pool.connection(timeout) as conn, conn.transaction():
+                cur = await conn.execute(
+                    "SELECT action_id, state, history FROM intake_actions WHERE action_id = ANY(%s) ORDER BY action_id FOR UPDATE",
+                    (action_ids,),
                 )
-                return state
+                rows = {action_id: StatusRow(ActionState(state), history) for action_id, state, history in await cur.fetchall()}
+                for change in changes:
+                    if (row := rows.get(change.action_id)) is not None:
+                        row.fold(change)
+                now = datetime.now(timezone.utc)
+                updates = [
+                    (row.state.value, json.dumps(row.history),
+                     json.dumps(row.reasons) if row.reasons is not None else None,
+                     json.dumps(row.result) if row.result is not None else None, now, action_id)
+                    for action_id, row in rows.items() if row.changed
+                ]
+                if updates:
+                    async with conn.cursor() as update:
+                        await update.executemany(
+                            """UPDATE intake_actions SET state = %s, history = %s::jsonb,
+                                   reasons = COALESCE(%s::jsonb, reasons), result = COALESCE(%s::jsonb, result), updated_at = %s
+                               WHERE action_id = %s""",
+                            updates,
+                        )
+                return {action_id: row.state for action_id, row in rows.items()}
+
+        return await self._retrying(apply, patience_s)

@@ -1,0 +1,105 @@
+"""The status table records a whole batch of lifecycle events at once, with the same rules as one
+by one: the state only moves forward, history stays in time order, redeliveries and
+contradictions change nothing, and events of actions this intake never accepted are skipped."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from keyturn.config import Settings
+from keyturn.core.events import ActionDecided, ActionExecuted, DecisionOutcome, ExecutionOutcome
+from keyturn.db import open_pool
+from keyturn.intake.store import DDL, ActionStore, LifecycleChange
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+
+
+def event(cls, outcome):
+    """A lifecycle event carrying only the outcome the lifecycle rules read."""
+
+    def init(self, value):
+        object.__setattr__(self, "outcome", value)
+
+    return type(cls.__name__, (cls,), {"__init__": init})(outcome)
+
+
+def decided(action_id: str, outcome: DecisionOutcome, seconds: int, reasons: list[str] | None = None) -> LifecycleChange:
+    entry = {"event": "ActionDecided", "at": (T0 + timedelta(seconds=seconds)).isoformat()}
+    return LifecycleChange(action_id, event(ActionDecided, outcome), entry, reasons)
+
+
+def executed(action_id: str, outcome: ExecutionOutcome, seconds: int, result: object = None) -> LifecycleChange:
+    entry = {"event": "ActionExecuted", "at": (T0 + timedelta(seconds=seconds)).isoformat()}
+    return LifecycleChange(action_id, event(ActionExecuted, outcome), entry, None, result)
+
+
+@pytest.fixture
+async def store(endpoints) -> AsyncIterator[ActionStore]:
+    settings = Settings(kafka_bootstrap=endpoints.kafka_bootstrap, opa_url=endpoints.opa_url, database_url=endpoints.database_url,
+                        namespace=f"kt{secrets.token_hex(4)}")
+    pool = await open_pool(settings, DDL, max_size=2)
+    try:
+        yield ActionStore(pool)
+    finally:
+        async with pool.connection() as conn:
+            await conn.execute(f'DROP SCHEMA "{settings.namespace}" CASCADE')
+        await pool.close()
+
+
+async def accepted(store: ActionStore) -> str:
+    action_id = f"action-{secrets.token_hex(4)}"
+    await store.insert_requested(action_id=action_id, requester="agent:reporter", principals=["agent:reporter"], idempotency_key=None,
+                                 payload_digest="sha256:x", action="read.table", resource="postgres://staging/a/b",
+                                 requested_event=b"event", at=T0)
+    return action_id
+
+
+def states(stored) -> list[str]:
+    return [entry["state"] for entry in stored.history]
+
+
+async def test_a_batch_with_the_execution_before_its_decision_ends_in_order(store: ActionStore) -> None:
+    action_id = await accepted(store)
+    await store.apply_many([executed(action_id, ExecutionOutcome.SUCCEEDED, 3, {"rows": 1}),
+                            decided(action_id, DecisionOutcome.ALLOWED, 1, ["allowed by rule x"])])
+    stored = await store.get(action_id)
+    assert stored.state.value == "succeeded"
+    assert states(stored) == ["requested", "allowed", "succeeded"]
+    assert stored.result == {"rows": 1}
+    assert stored.reasons == []  # the decision came late: it joined the history without moving the state
+
+
+async def test_a_redelivered_batch_changes_nothing(store: ActionStore) -> None:
+    action_id = await accepted(store)
+    batch = [decided(action_id, DecisionOutcome.ALLOWED, 1), executed(action_id, ExecutionOutcome.SUCCEEDED, 2)]
+    await store.apply_many(batch)
+    first = await store.get(action_id)
+    await store.apply_many(batch + batch)
+    assert await store.get(action_id) == first
+
+
+async def test_an_execution_after_a_denial_in_the_same_batch_is_ignored(store: ActionStore) -> None:
+    action_id = await accepted(store)
+    await store.apply_many([decided(action_id, DecisionOutcome.DENIED, 1, ["production secrets are never deleted"]),
+                            executed(action_id, ExecutionOutcome.SUCCEEDED, 2)])
+    stored = await store.get(action_id)
+    assert stored.state.value == "denied"
+    assert states(stored) == ["requested", "denied"]
+    assert stored.reasons == ["production secrets are never deleted"]
+
+
+async def test_many_actions_in_one_batch_and_unknown_ones_skipped(store: ActionStore) -> None:
+    ids = [await accepted(store) for _ in range(30)]
+    batch = [decided(a, DecisionOutcome.ALLOWED, 1) for a in ids] + [decided("not-ours", DecisionOutcome.ALLOWED, 1)]
+    batch += [executed(a, ExecutionOutcome.FAILED, 2) for a in ids[::2]]
+    after = await store.apply_many(batch)
+    assert "not-ours" not in after
+    for number, action_id in enumerate(ids):
+        stored = await store.get(action_id)
+        assert stored.state.value == ("failed" if number % 2 == 0 else "allowed"), action_id
