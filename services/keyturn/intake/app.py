@@ -32,8 +32,9 @@ from keyturn.core.principal import Principal
 from keyturn.db import open_pool
 from keyturn.identity import InvalidToken, bearer_token, load_or_create_signing_key, verifier_from_settings
 from keyturn.intake.status import StatusFollower
-from keyturn.intake.store import DDL, ActionStore
+from keyturn.intake.store import DDL, ActionStore, StoreUnavailable
 from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, Intake, submission_from_record
+from keyturn.intake.supervise import supervised
 from keyturn.masking.protect import parameter_protector
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ class Problem(BaseModel):
     problems: list[str]
 
 REJECTED = Counter("keyturn_intake_rejected_total", "Submissions refused at intake", ["channel", "reason"])
+RETRY_AFTER_S = 2
+UNAVAILABLE = {
+    "model": Problem,
+    "description": "The intake's database is not answering; nothing to fix in the request, try again after Retry-After seconds",
+    "headers": {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}},
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -72,8 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                      verifier=verifier_from_settings(settings.jwks_url or None, settings.jwks_path or None, settings.keys_dir, settings.jwt_issuer, settings.jwt_audience), jwks=load_or_create_signing_key(settings.keys_dir).jwks())
         tasks = [
             asyncio.create_task(follower.run(), name="status"),
-            asyncio.create_task(_consume_submissions(settings, topics, intake, publisher, state["verifier"]), name="submissions"),
-            asyncio.create_task(_republish_outbox(intake, store), name="outbox"),
+            asyncio.create_task(supervised("submissions consumer", lambda: _consume_submissions(settings, topics, intake, publisher, state["verifier"])), name="submissions"),
+            asyncio.create_task(supervised("outbox sweep", lambda: _republish_outbox(intake, store)), name="outbox"),
         ]
         try:
             yield
@@ -120,7 +127,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return await refuse(request, 400, [f"body: {exc.detail}; send UTF-8 JSON"])
         return await http_exception_handler(request, exc)
 
-    @app.post("/v1/actions", status_code=202, responses={200: {"description": "Same idempotency key: the existing action"}, 400: {"model": Problem, "description": "Body is not parseable JSON"}, 401: {"description": "Missing or invalid token"}, 409: {"description": "Idempotency key reused for a different request"}, 422: {"model": Problem, "description": "Invalid body"}})
+    @app.exception_handler(StoreUnavailable)
+    async def _database_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("%s %s answered 503: %s", request.method, request.url.path, exc)
+        detail = f"the intake cannot reach its database right now; try again in {RETRY_AFTER_S} s"
+        if request.method == "POST":
+            detail += " with the same idempotency key (a retry with it never creates a second action)"
+        problem = Problem(error="unavailable", detail=detail, problems=["database: not answering"])
+        return JSONResponse(status_code=503, content=problem.model_dump(), headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.post("/v1/actions", status_code=202, responses={200: {"description": "Same idempotency key: the existing action"}, 400: {"model": Problem, "description": "Body is not parseable JSON"}, 401: {"description": "Missing or invalid token"}, 409: {"description": "Idempotency key reused for a different request"}, 422: {"model": Problem, "description": "Invalid body"}, 503: UNAVAILABLE})
     async def submit_action(submission: ActionSubmission, response: Response, authorization: str | None = Header(None)) -> dict[str, str]:
         """Submit an action; 202 with its id, or 200 with the existing id for a repeated idempotency key."""
         principal = authenticate(authorization)
@@ -140,12 +156,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, detail=f"no action {action_id} visible to {principal.id}")
         return stored
 
-    @app.get("/v1/actions/{action_id}", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}, 422: {"model": Problem, "description": "Invalid request"}})
+    @app.get("/v1/actions/{action_id}", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}, 422: {"model": Problem, "description": "Invalid request"}, 503: UNAVAILABLE})
     async def get_action(action_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         """The action's current state and its history."""
         return (await visible_action(action_id, authenticate(authorization))).view()
 
-    @app.get("/v1/actions/{action_id}/wait", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}, 422: {"model": Problem, "description": "Invalid timeout"}})
+    @app.get("/v1/actions/{action_id}/wait", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}, 422: {"model": Problem, "description": "Invalid timeout"}, 503: UNAVAILABLE})
     async def wait_for_action(action_id: str, timeout: float = Query(30.0, ge=0, le=300), authorization: str | None = Header(None)) -> dict[str, Any]:
         """Returns when the action is terminal, or at the timeout with its current state."""
         principal = authenticate(authorization)
@@ -177,26 +193,40 @@ async def _consume_submissions(settings: Settings, topics: Topics, intake: Intak
         topics.submissions, bootstrap_servers=settings.kafka_bootstrap, group_id=f"{settings.namespace}-intake-submissions",
         enable_auto_commit=False, auto_offset_reset="earliest",
     )
-    await consumer.start()
     try:
+        await consumer.start()
         async for message in consumer:
-            try:
-                principal = verifier.verify(bearer_token(dict(message.headers).get("authorization", b"").decode() or None))
-                name, record = registry().decode(message.value)
-                if name != "ActionSubmitted":
-                    raise UndecodableMessage("unexpected_type", f"{name} does not belong on {message.topic}")
-                submission = submission_from_record(record)
-                await intake.submit(principal, submission, SubmissionChannel.TOPIC)
-            except Exception as exc:  # every refusal is recorded, whatever its cause
-                error = exc if isinstance(exc, UndecodableMessage) else UndecodableMessage(_error_type(exc), str(exc))
-                REJECTED.labels("topic", error.error_type).inc()
-                await publisher.dead_letter(
-                    source_topic=message.topic, partition=message.partition, offset=message.offset,
-                    key=message.key, payload=message.value or b"", error=error,
-                )
+            await _accept_submission(message, intake, publisher, verifier)
             await consumer.commit()
     finally:
         await consumer.stop()
+
+
+async def _accept_submission(message: Any, intake: Intake, publisher: Publisher, verifier: Any) -> None:
+    """Accept one submission or dead-letter it; a database outage is waited out, never dead-lettered."""
+    try:
+        principal = verifier.verify(bearer_token(dict(message.headers).get("authorization", b"").decode() or None))
+        name, record = registry().decode(message.value)
+        if name != "ActionSubmitted":
+            raise UndecodableMessage("unexpected_type", f"{name} does not belong on {message.topic}")
+        submission = submission_from_record(record)
+        delay = 0.5
+        while True:
+            try:
+                await intake.submit(principal, submission, SubmissionChannel.TOPIC)
+                return
+            except StoreUnavailable as exc:
+                log.warning("submission %s/%d@%d waits for the database, retrying in %.1fs: %s",
+                            message.topic, message.partition, message.offset, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+    except Exception as exc:  # every refusal is recorded, whatever its cause
+        error = exc if isinstance(exc, UndecodableMessage) else UndecodableMessage(_error_type(exc), str(exc))
+        REJECTED.labels("topic", error.error_type).inc()
+        await publisher.dead_letter(
+            source_topic=message.topic, partition=message.partition, offset=message.offset,
+            key=message.key, payload=message.value or b"", error=error,
+        )
 
 
 def _error_type(exc: Exception) -> str:
@@ -214,5 +244,7 @@ async def _republish_outbox(intake: Intake, store: ActionStore, every_s: float =
         try:
             for stored in await store.unpublished():
                 await intake.publish_stored(stored)
+        except StoreUnavailable as exc:
+            log.warning("outbox sweep waits for the database; next try in %ss: %s", every_s, exc)
         except Exception:
             log.exception("outbox sweep failed; retrying in %ss", every_s)
