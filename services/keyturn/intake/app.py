@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(follower.run(), name="status"),
             asyncio.create_task(supervised("submissions consumer", lambda: _consume_submissions(settings, topics, intake, publisher, state["verifier"])), name="submissions"),
             asyncio.create_task(supervised("outbox sweep", lambda: _republish_outbox(intake, store)), name="outbox"),
+            asyncio.create_task(supervised("published marks", store.keep_marking), name="marks"),
         ]
         try:
             yield
@@ -88,6 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await store.flush_marks(patience_s=2.0)
+            except Exception as exc:  # harmless: the next intake's sweep republishes them under the same event ids
+                log.warning("published marks not recorded at shutdown: %s", exc)
             await producer.stop()
             await pool.close()
 
