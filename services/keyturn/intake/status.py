@@ -19,6 +19,7 @@ from keyturn.intake.store import ActionStore, LifecycleChange, StoreUnavailable
 from keyturn.intake.supervise import supervised
 
 log = logging.getLogger(__name__)
+LIFECYCLE_EVENTS = (ActionDecided, ApprovalResolved, ActionExecuted)
 
 
 def history_entry(event: Any) -> tuple[dict[str, Any], list[str] | None, Any]:
@@ -50,6 +51,8 @@ def changes(values: Iterable[bytes]) -> list[LifecycleChange]:
             event = registry().decode_event(value)
         except UndecodableMessage:
             continue  # the owning service dead-letters bad input on its own topic; status only reads
+        if not isinstance(event, LIFECYCLE_EVENTS):
+            continue  # likewise; recording it would fail the whole batch on every retry
         entry, reasons, result = history_entry(event)
         found.append(LifecycleChange(event.action_id, event, entry, reasons, result))
     return found
@@ -96,7 +99,7 @@ class StatusFollower:
                 await self.store.apply_many(batch, patience_s=5.0)
                 return
             except StoreUnavailable as exc:
-                log.warning("status of %d events not recorded yet, retrying in %.1fs: %s", len(batch), delay, exc)
+                log.warning("status not recorded yet for a batch of %d lifecycle events, retrying in %.1fs: %s", len(batch), delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
