@@ -40,6 +40,7 @@ class Settings:
     jwks_path: str = ""
     opa_timeout_s: float = 2.0
     opa_retries: int = 3
+    opa_revision_max_age_s: float = 1.0  # policy revision cache: one OPA read per period; provenance may lag a hot reload by as much
     policy_unavailable_after_s: float = 30.0  # then a request ends denied: policy_unavailable
     policy_metrics_port: int = 9465  # the policy worker's Prometheus /metrics on 127.0.0.1; 0 = off
     audit_metrics_port: int = 9464  # the audit worker's Prometheus /metrics on 127.0.0.1; 0 = off

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -82,3 +83,95 @@ def test_a_client_error_is_not_retried() -> None:
 def test_nothing_listening_is_policy_unavailable() -> None:
     with pytest.raises(PolicyUnavailable, match="unavailable after 2 attempts"):
         run(query(f"http://127.0.0.1:{free_port()}", "keyturn/decision", {}, retries=1, backoff_s=0.01))
+
+
+def slow_opa_with_policies(delay_s: float, source: list[str]) -> JsonPeer:
+    """A peer that answers OPA's policy and data reads after ``delay_s``; ``source[0]`` is the
+    module's text, so a test can change the loaded policy."""
+
+    def respond(method: str, path: str, body: bytes) -> tuple[int, dict]:
+        time.sleep(delay_s)
+        if path == "/v1/policies":
+            package = {"path": [{"type": "var", "value": "data"}, {"type": "string", "value": "keyturn"},
+                                {"type": "string", "value": "decision"}]}
+            return 200, {"result": [{"id": "decision.rego", "raw": source[0], "ast": {"package": package}}]}
+        if path == "/v1/data/keyturn":
+            return 200, {"result": {"decision": {"outcome": "allowed"}, "groups": {"security": ["human:carol"]}}}
+        return 404, {"code": "not_found", "message": path}
+
+    return JsonPeer(respond)
+
+
+def reads_of_policies(peer: JsonPeer) -> int:
+    return sum(1 for method, path, _ in peer.requests if path == "/v1/policies")
+
+
+def test_callers_waiting_for_the_policy_revision_share_one_read_of_opa() -> None:
+    peer = slow_opa_with_policies(0.2, ["package keyturn.decision\n"])
+
+    async def sixteen_at_once() -> set[str]:
+        client = OpaClient(peer.url)
+        try:
+            return set(await asyncio.gather(*(client.policy_revision() for _ in range(16))))
+        finally:
+            await client.close()
+
+    try:
+        revisions = run(sixteen_at_once())
+    finally:
+        peer.close()
+    assert len(revisions) == 1 and next(iter(revisions)).startswith("sha256:")
+    assert reads_of_policies(peer) == 1
+
+
+def test_the_policy_revision_is_read_again_only_when_it_is_older_than_its_max_age() -> None:
+    source = ["package keyturn.decision\n"]
+    peer = slow_opa_with_policies(0.0, source)
+
+    async def scenario() -> tuple[str, str, str, list[int]]:
+        client = OpaClient(peer.url, revision_max_age_s=0.5)
+        try:
+            first = await client.policy_revision()
+            source[0] = "package keyturn.decision\n\ndefault allow := false\n"  # a hot reload
+            cached = await client.policy_revision()
+            reads = [reads_of_policies(peer)]
+            await asyncio.sleep(0.6)
+            later = await client.policy_revision()
+            reads.append(reads_of_policies(peer))
+            await client.policy_revision(max_age_s=0)  # "now", as `keyturn policy explain` asks
+            reads.append(reads_of_policies(peer))
+            return first, cached, later, reads
+        finally:
+            await client.close()
+
+    try:
+        first, cached, later, reads = run(scenario())
+    finally:
+        peer.close()
+    assert cached == first  # within the max age: no read of OPA
+    assert later != first  # after it: the reloaded policy shows
+    assert reads == [1, 2, 3]
+
+
+def test_a_call_opa_does_not_answer_in_time_is_retried_then_policy_unavailable() -> None:
+    peer = JsonPeer(lambda method, path, body: (time.sleep(1.0), (200, {"result": {}}))[1])
+    started = time.monotonic()
+    try:
+        with pytest.raises(PolicyUnavailable, match="unavailable after 2 attempts"):
+            run(query(peer.url, "keyturn/decision", {}, timeout_s=0.2, retries=1, backoff_s=0.01))
+    finally:
+        peer.close()
+    assert time.monotonic() - started < 0.9  # two timed-out calls, not two full answers
+    assert peer.calls == 2
+
+
+def test_the_real_opa_s_revision_is_stable_while_its_policy_is(endpoints) -> None:
+    async def twice() -> tuple[str, str]:
+        client = OpaClient(endpoints.opa_url)
+        try:
+            return await client.policy_revision(max_age_s=0), await client.policy_revision(max_age_s=0)
+        finally:
+            await client.close()
+
+    first, second = run(twice())
+    assert first == second and first.startswith("sha256:")
