@@ -28,6 +28,10 @@ async def open_pool(settings: Settings, ddl: str, *, max_size: int = 8) -> Async
         min_size=1,
         max_size=max_size,
         kwargs={"options": f"-c search_path={schema}", "autocommit": True},
+        # The pool doubles its wait between reconnection attempts without a cap (1, 2, 4, 8 s…),
+        # so after a long outage it stayed down about as long again once PostgreSQL was back.
+        # Giving up an attempt after 5 s restarts the schedule at 1 s on the next demand.
+        reconnect_timeout=5.0,
         open=False,
     )
     await pool.open(wait=True, timeout=30)

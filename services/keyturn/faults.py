@@ -20,10 +20,15 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# What a database restart or outage raises: a connection the restart killed (AdminShutdown and
+# friends are OperationalErrors), a pool with no live connection to hand out (PoolTimeout), a
+# connection already closed under us (InterfaceError). All pass once the database is back.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that go away when a server comes back (database, broker, network)."""
-    if isinstance(exc, psycopg.OperationalError):  # includes AdminShutdown, PoolTimeout, closed connections
+    if isinstance(exc, DATABASE_UNAVAILABLE):
         return True
     if isinstance(exc, (KafkaConnectionError, KafkaTimeoutError)):
         return True

@@ -9,7 +9,8 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from keyturn.approval.service import DATABASE_UNAVAILABLE, ApprovalDesk, DeskUnavailable, pending_state
+from keyturn.approval.service import ApprovalDesk, DeskUnavailable, pending_state
+from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.approval.views import approval_view
 from keyturn.bus.codec import registry
 from keyturn.core.principal import Principal

@@ -12,7 +12,8 @@ from typing import Any
 from keyturn.approval.callbacks import CallbackCourier
 from keyturn.approval.channels import ApproverChannel
 from keyturn.approval.courier import NotificationCourier
-from keyturn.approval.service import DATABASE_UNAVAILABLE, ApprovalDesk
+from keyturn.approval.service import ApprovalDesk
+from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.topics import Topics, ensure_topics

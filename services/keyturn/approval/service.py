@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import psycopg
-
 from keyturn.approval import channels as kinds
 from keyturn.approval.channels import ChatTargets
 from keyturn.approval.store import ApprovalRow, ApprovalStore
@@ -37,17 +35,13 @@ from keyturn.core.events import (
     VoteRecorded,
 )
 from keyturn.core.principal import Principal
+from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.policy.decisions import policy_input
 from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
 
 log = logging.getLogger(__name__)
 
 TERMINAL_STATES = frozenset({"denied", "expired", "succeeded", "failed", "outcome_unknown"})
-
-# What a database restart or outage raises: a connection the restart killed (AdminShutdown and
-# friends are OperationalErrors), a pool with no live connection to hand out (PoolTimeout), a
-# connection already closed under us (InterfaceError). All pass once the database is back.
-DATABASE_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 # How many execution outcomes the desk remembers the decision of (about 100 bytes each): enough
 # to cover the actions in flight, so that an execution whose decision named no callback URL

@@ -33,7 +33,8 @@ from microsoft_teams.apps.http.fastapi_adapter import FastAPIAdapter
 
 from keyturn.approval import teams_cards as cards
 from keyturn.approval.channels import ChatTargets, UnknownChatUser, principal_map
-from keyturn.approval.service import DATABASE_UNAVAILABLE, ApprovalDesk, DeskUnavailable
+from keyturn.approval.service import ApprovalDesk, DeskUnavailable
+from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.config import Settings
 from keyturn.core.principal import Principal, PrincipalKind
 

@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from keyturn.core.lifecycle import ActionState, IllegalTransition, advance, state_after
+from keyturn.faults import DATABASE_UNAVAILABLE
 
 DDL = """
 CREATE TABLE IF NOT EXISTS {schema}.intake_actions (
@@ -88,10 +89,8 @@ def _row(row: dict[str, Any]) -> StoredAction:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What a restart or an unreachable server looks like from here: OperationalError covers lost
-# connections, AdminShutdown, refused connections, deadlocks and the pool's own timeouts;
-# InterfaceError is a connection the client already knows is closed.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
+# a restart or an unreachable server, as the database driver or the socket reports it
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_UNAVAILABLE, OSError)
 
 
 class StoreUnavailable(Exception):
