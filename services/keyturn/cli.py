@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from datetime import timedelta
@@ -50,6 +51,8 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     from keyturn.bus.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))  # every service may be first up: topics exist before anyone consumes
+    for chatty in ("httpx", "httpcore"):  # one INFO line per outgoing request (chat APIs, webhooks, tokens)
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if service == "intake":
         import uvicorn
 

@@ -72,7 +72,7 @@ class ApprovalRuntime:
         pool = await open_pool(s, DDL)
         pool.timeout = CONNECTION_WAIT_S
         store = ApprovalStore(pool)
-        opa = OpaClient(s.opa_url, timeout_s=s.opa_timeout_s, retries=s.opa_retries)
+        opa = OpaClient.from_settings(s)
         self.verifier()
         if s.teams_app_id:
             from keyturn.approval.teams import TeamsChannel  # the Teams SDK is only imported when used

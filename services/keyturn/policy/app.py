@@ -71,7 +71,7 @@ def create_app(settings: Settings):
     topics = Topics.from_settings(settings)
     publisher = faust_publisher(app, settings, "policy")
     decider = PolicyDecider(
-        OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s, retries=settings.opa_retries),
+        OpaClient.from_settings(settings),
         settings.policy_unavailable_after_s,
     )
 

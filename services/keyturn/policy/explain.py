@@ -86,7 +86,7 @@ async def explain(settings: Settings, action_id: str) -> Explanation | None:
     recorded = await recorded_decision(settings, action_id)
     if recorded is None:
         return None
-    opa = OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s, retries=settings.opa_retries)
+    opa = OpaClient.from_settings(settings)
     try:
         answer = await opa.query("keyturn/decision", json.loads(recorded.provenance.input_json))
         revision = await opa.policy_revision(max_age_s=0)
