@@ -10,6 +10,7 @@ button ids), and records every call so tests can assert what people would have s
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import hmac
 import itertools
 import json
@@ -17,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -294,3 +296,17 @@ def _json(value: Any) -> Any:
         except ValueError:
             return None
     return value
+
+
+@contextlib.contextmanager
+def running_slack(channels: tuple[str, ...], users: dict[str, str | None]) -> Iterator[FakeSlack]:
+    """A started fake workspace with these channels and users (id → email), stopped afterwards."""
+    fake = FakeSlack().start()
+    for channel in channels:
+        fake.add_channel(channel)
+    for user_id, email in users.items():
+        fake.add_user(user_id, email)
+    try:
+        yield fake
+    finally:
+        fake.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 
@@ -25,7 +26,7 @@ from keyturn.bus.topics import Topics
 from keyturn.config import REPO_ROOT, Settings
 from keyturn.core.events import ApprovalResolved, ResolutionOutcome, VoteRecorded
 from keyturn.db import schema_name
-from tests.fakes.slack import FakeSlack
+from tests.fakes.slack import FakeSlack, running_slack
 from tests.integration.conftest import Agent, eventually, mint, read_topic
 from tests.processes import ARTIFACTS, SERVICES, PrivateServers, ServiceProcesses, free_port
 
@@ -33,12 +34,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def slack() -> FakeSlack:
-    fake = FakeSlack().start()
-    fake.add_channel("C0SECURITY")
-    fake.add_user("U0DAVE", "dave@example.com")
-    yield fake
-    fake.stop()
+def slack() -> Iterator[FakeSlack]:
+    with running_slack(channels=("C0SECURITY",), users={"U0DAVE": "dave@example.com"}) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from keyturn.db import schema_name
-from tests.fakes.slack import FakeSlack
+from tests.fakes.slack import FakeSlack, running_slack
 from tests.integration.approval_stack import running_stack, stack_settings
 from tests.integration.conftest import Agent, eventually
 
@@ -16,13 +17,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def slack() -> FakeSlack:
-    fake = FakeSlack().start()
-    fake.add_channel("C0SECURITY")
-    fake.add_user("U0CAROL", "carol@example.com")
-    fake.add_user("U0DAVE", "dave@example.com")
-    yield fake
-    fake.stop()
+def slack() -> Iterator[FakeSlack]:
+    with running_slack(channels=("C0SECURITY",), users={"U0CAROL": "carol@example.com", "U0DAVE": "dave@example.com"}) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
