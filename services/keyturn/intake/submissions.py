@@ -6,7 +6,9 @@ HTTP and the submissions topic both end here, so both get the same checks.
 from __future__ import annotations
 
 
+import asyncio
 import json
+import logging
 import re
 import uuid
 from datetime import datetime, timezone
@@ -17,7 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from keyturn.bus.publisher import Publisher
 from keyturn.core.events import ActionRequested, Digest, SubmissionChannel, canonical_json
 from keyturn.core.principal import Principal
+from keyturn.faults import is_transient
 from keyturn.intake.store import ActionStore, StoredAction
+
+log = logging.getLogger(__name__)
 
 ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c3b0e-6c3e-4f7c-9a55-2b8f0d6e7a10")
@@ -88,10 +93,13 @@ def payload_digest(submission: ActionSubmission) -> Digest:
 class Intake:
     """Turns verified submissions into published ``ActionRequested`` events, exactly once per id."""
 
-    def __init__(self, store: ActionStore, publisher: Publisher, protect: Any) -> None:
+    def __init__(self, store: ActionStore, publisher: Publisher, protect: Any, *, publish_patience_s: float = 5.0) -> None:
         self.store = store
         self.publisher = publisher
         self.protect = protect  # masks and seals parameters (keyturn.masking)
+        # a request waits this long for the broker's ack; after that the stored action is
+        # answered accepted and the outbox sweep publishes it
+        self.publish_patience_s = publish_patience_s
 
     async def submit(self, principal: Principal, submission: ActionSubmission, channel: SubmissionChannel) -> tuple[StoredAction, bool]:
         """(stored action, created?) — raises ``IdempotencyConflict`` on a reused key."""
@@ -131,7 +139,14 @@ class Intake:
                 f"request (action {stored.action_id}); use a new key for a new request"
             )
         if not stored.published:
-            await self.publish_stored(stored)
+            try:
+                await asyncio.wait_for(self.publish_stored(stored), self.publish_patience_s)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # Stored is accepted: the outbox sweep publishes it once the broker answers (the
+                # same event id, so a send that did land meanwhile is a harmless redelivery).
+                log.warning("accepted %s; its event waits for the broker (%s: %s)", stored.action_id, type(exc).__name__, exc)
         return stored, created
 
     async def publish_stored(self, stored: StoredAction) -> None:

@@ -1,4 +1,4 @@
-"""The intake's own PostgreSQL restarts while actions flow.
+"""The intake's own PostgreSQL restarts, or the broker does, while actions flow.
 
 What an agent must notice: a request during the outage is told 503 (try again, same idempotency
 key) rather than a server error; once the database is back the same intake accepts requests
@@ -9,6 +9,9 @@ Only the intake's database is stopped: it is a private PostgreSQL (``PrivateServ
 the policy and the executor keep working on the shared servers, so lifecycle events keep
 arriving during the outage, as they would in a deployment where each service has its own
 database.
+
+When the broker is down, the intake still has its database: a request is stored and answered
+202 within a few seconds, and the outbox sweep publishes it once the broker is back.
 """
 
 from __future__ import annotations
@@ -166,3 +169,45 @@ def test_a_restart_of_the_intake_database_loses_nothing_and_needs_no_intake_rest
 
     wrong = wait_until_right(requester, 30)
     assert not wrong, f"{len(wrong)} of {len(requester.accepted)} actions show the wrong history: {wrong}"
+
+
+@pytest.fixture
+def stack_on_private_broker(endpoints, tmp_path) -> Iterator[tuple[Settings, PrivateServers]]:
+    servers = PrivateServers(REPO_ROOT / ".run" / f"intake-kafka-{secrets.token_hex(3)}")
+    intake_port = free_port()
+    settings = Settings(
+        kafka_bootstrap=servers.kafka_bootstrap, opa_url=endpoints.opa_url, database_url=endpoints.database_url,
+        namespace=f"kt{secrets.token_hex(4)}", run_dir=str(tmp_path / "run"),
+        intake_port=intake_port, intake_url=f"http://127.0.0.1:{intake_port}",
+        approval_port=free_port(), policy_metrics_port=free_port(), audit_metrics_port=free_port(), log_level="INFO",
+    )
+    procs = ServiceProcesses(settings)
+    try:
+        servers.start("kafka")
+        procs.start_all(("intake", "policy", "executor"))
+        yield settings, servers
+    finally:
+        procs.stop_all()
+        servers.down(remove=True)
+
+
+def test_while_the_broker_is_down_requests_are_accepted_and_published_when_it_is_back(stack_on_private_broker) -> None:
+    settings, servers = stack_on_private_broker
+    requester = Requester(settings)
+    requester.submit_all(range(0, 4))
+    assert len(requester.accepted) == 4, requester.unexpected
+    assert not wait_until_right(requester, 60), "the stack never got going"
+
+    servers.stop("kafka")
+    started = time.monotonic()
+    requester.submit_all(range(4, 12))
+    answered_in = time.monotonic() - started
+    assert not requester.unexpected and not requester.unavailable, (requester.unexpected, requester.unavailable)
+    assert len(requester.accepted) == 12, "a request the intake could store must be accepted while the broker is down"
+    assert answered_in < 30, f"eight requests took {answered_in:.0f} s to be answered with the broker down"
+    waiting = [a for a in requester.accepted if requester.states(a) == ["requested"]]
+    assert len(waiting) == 8, "the requests taken during the outage wait, stored, for the broker"
+
+    servers.start("kafka")
+    wrong = wait_until_right(requester, 90)
+    assert not wrong, f"{len(wrong)} of {len(requester.accepted)} actions never went on after the broker came back: {wrong}"
