@@ -1,4 +1,4 @@
-"""Which failures pass by themselves, and waiting them out.
+"""Which failures pass by themselves, waiting them out, and background work that outlives them.
 
 A PostgreSQL restart, a broker restart or a dropped connection is *transient*: the same work
 succeeds once the server is back, so the work is retried in place — an event is never skipped
@@ -26,9 +26,13 @@ T = TypeVar("T")
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
+class Unavailable(Exception):
+    """A dependency did not answer within the caller's patience; the same work succeeds later."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures that go away when a server comes back (database, broker, network)."""
-    if isinstance(exc, DATABASE_UNAVAILABLE):
+    if isinstance(exc, (Unavailable, *DATABASE_UNAVAILABLE)):
         return True
     if isinstance(exc, (KafkaConnectionError, KafkaTimeoutError)):
         return True
@@ -49,3 +53,28 @@ async def until_done(work: Callable[[], Awaitable[T]], what: str, *, first_wait_
             log.warning("%s failed (%s: %s); trying again in %.1fs", what, type(exc).__name__, exc, wait)
         await asyncio.sleep(wait)
         wait = min(wait * 2, max_wait_s)
+
+
+async def supervised(name: str, work: Callable[[], Awaitable[None]], *, first_delay_s: float = 0.5, max_delay_s: float = 15.0) -> None:
+    """Run ``work`` for as long as the service runs: whatever it raises is logged and it starts again.
+
+    A background loop that dies takes a part of the service with it (the intake's status
+    follower, its submissions consumer) while HTTP keeps answering, so nobody notices;
+    restarting it is always better. The
+    delay grows while it keeps failing, and resets once it ran for a minute.
+    """
+    loop = asyncio.get_running_loop()
+    delay = first_delay_s
+    while True:
+        started = loop.time()
+        try:
+            await work()
+            log.error("%s stopped on its own; starting it again in %.1fs", name, delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; starting it again in %.1fs", name, delay)
+        if loop.time() - started > 60:
+            delay = first_delay_s
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay_s)

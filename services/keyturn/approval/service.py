@@ -35,7 +35,7 @@ from keyturn.core.events import (
     VoteRecorded,
 )
 from keyturn.core.principal import Principal
-from keyturn.faults import DATABASE_UNAVAILABLE
+from keyturn.faults import DATABASE_UNAVAILABLE, until_done
 from keyturn.policy.decisions import policy_input
 from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
 
@@ -280,15 +280,14 @@ class ApprovalDesk:
     async def _until_database_answers(self, what: str, work: Any) -> Any:
         """Run ``work`` (one transaction) until the database takes it. An event must not be dropped
         because the database restarted while it was handled; each attempt is idempotent."""
-        delay = 0.5
-        while True:
+        async def attempt() -> Any:
             try:
                 return await work()
-            except DATABASE_UNAVAILABLE as exc:
-                log.warning("database unavailable while handling the %s; trying again in %.1f s: %s", what, delay, exc)
-                await self.recover()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            except DATABASE_UNAVAILABLE:
+                await self.recover()  # the next attempt gets a live connection, not another dead one
+                raise
+
+        return await until_done(attempt, f"approval desk: handling the {what}")
 
     # --- votes --------------------------------------------------------------------------------
 

@@ -30,11 +30,11 @@ from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
 from keyturn.core.principal import Principal
 from keyturn.db import open_pool
+from keyturn.faults import supervised, until_done
 from keyturn.identity import InvalidToken, bearer_token, load_or_create_signing_key, verifier_from_settings
 from keyturn.intake.status import StatusFollower
 from keyturn.intake.store import DDL, ActionStore, StoreUnavailable
 from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, Intake, submission_from_record
-from keyturn.intake.supervise import supervised
 from keyturn.masking.protect import parameter_protector
 
 log = logging.getLogger(__name__)
@@ -215,16 +215,8 @@ async def _accept_submission(message: Any, intake: Intake, publisher: Publisher,
         if name != "ActionSubmitted":
             raise UndecodableMessage("unexpected_type", f"{name} does not belong on {message.topic}")
         submission = submission_from_record(record)
-        delay = 0.5
-        while True:
-            try:
-                await intake.submit(principal, submission, SubmissionChannel.TOPIC)
-                return
-            except StoreUnavailable as exc:
-                log.warning("submission %s/%d@%d waits for the database, retrying in %.1fs: %s",
-                            message.topic, message.partition, message.offset, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await until_done(lambda: intake.submit(principal, submission, SubmissionChannel.TOPIC),
+                         f"intake: accepting submission {message.topic}:{message.partition}:{message.offset}")
     except Exception as exc:  # every refusal is recorded, whatever its cause
         error = exc if isinstance(exc, UndecodableMessage) else UndecodableMessage(_error_type(exc), str(exc))
         REJECTED.labels("topic", error.error_type).inc()

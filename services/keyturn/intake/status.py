@@ -15,8 +15,8 @@ from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved
-from keyturn.intake.store import ActionStore, LifecycleChange, StoreUnavailable
-from keyturn.intake.supervise import supervised
+from keyturn.faults import supervised, until_done
+from keyturn.intake.store import ActionStore, LifecycleChange
 
 log = logging.getLogger(__name__)
 LIFECYCLE_EVENTS = (ActionDecided, ApprovalResolved, ActionExecuted)
@@ -93,15 +93,8 @@ class StatusFollower:
 
     async def _record(self, batch: list[LifecycleChange]) -> None:
         """Record the batch, waiting out a database outage however long it lasts."""
-        delay = 0.5
-        while True:
-            try:
-                await self.store.apply_many(batch, patience_s=5.0)
-                return
-            except StoreUnavailable as exc:
-                log.warning("status not recorded yet for a batch of %d lifecycle events, retrying in %.1fs: %s", len(batch), delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await until_done(lambda: self.store.apply_many(batch, patience_s=5.0),
+                         f"intake: recording the status of {len(batch)} lifecycle events")
 
     async def wait_terminal(self, action_id: str, timeout: float) -> None:
         """Return when the action is terminal or ``timeout`` seconds passed."""

@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from keyturn.core.lifecycle import ActionState, IllegalTransition, advance, state_after
-from keyturn.faults import DATABASE_UNAVAILABLE
+from keyturn.faults import DATABASE_UNAVAILABLE, Unavailable
 
 DDL = """
 CREATE TABLE IF NOT EXISTS {schema}.intake_actions (
@@ -93,7 +93,7 @@ T = TypeVar("T")
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_UNAVAILABLE, OSError)
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(Unavailable):
     """The database did not answer within the caller's patience; trying again later is safe."""
 
 

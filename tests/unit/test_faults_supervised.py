@@ -1,4 +1,4 @@
-"""The intake's background loops (status, submissions, outbox) come back after any failure."""
+"""Background loops (the intake's status follower, submissions consumer, outbox) come back after any failure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from keyturn.intake.supervise import supervised
+from keyturn.faults import supervised
 
 
 async def test_a_loop_that_fails_or_returns_is_logged_and_started_again(caplog: pytest.LogCaptureFixture) -> None:
@@ -23,7 +23,7 @@ async def test_a_loop_that_fails_or_returns_is_logged_and_started_again(caplog: 
         resumed.set()
         await asyncio.Event().wait()
 
-    with caplog.at_level(logging.INFO, logger="keyturn.intake.supervise"):
+    with caplog.at_level(logging.INFO, logger="keyturn.faults"):
         task = asyncio.create_task(supervised("status follower", work, first_delay_s=0.01))
         await asyncio.wait_for(resumed.wait(), 5)
         task.cancel()
