@@ -26,7 +26,6 @@ from keyturn.core.events import EVENT_TYPES, ActionSubmitted
 log = logging.getLogger(__name__)
 
 BATCH_MAX, BATCH_WITHIN_S = 500, 0.1  # one transaction per batch: a commit costs ~30 ms
-SESSION_TIMEOUT_S = 10.0
 
 
 def checkpoint_key_path(settings: Settings) -> Path:
@@ -35,8 +34,6 @@ def checkpoint_key_path(settings: Settings) -> Path:
 
 def create_app(settings: Settings):
     app = make_app(settings, "audit")
-    # A killed worker's partitions pass to its successor after 10 s instead of faust's 60 s.
-    app.conf.broker_session_timeout = SESSION_TIMEOUT_S
     topics = Topics.from_settings(settings)
     publisher = faust_publisher(app, settings, "audit")
     auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
