@@ -29,14 +29,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import secrets
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -48,7 +46,7 @@ from bench.report import Figure, print_table, write_chart, write_json
 from keyturn.bus.topics import Topics
 from keyturn.config import REPO_ROOT, Settings
 from tests.chaos.invariants import Lifecycle, read_lifecycle_async
-from tests.processes import PrivateServers, ServiceProcesses, free_port, settings_env
+from tests.processes import PrivateServers, ServiceProcesses, settings_env
 
 console = Console(width=170)
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -547,14 +545,7 @@ def main() -> int:
                              opa_port=int(_env("BENCH_OPA_PORT", 28181)), pg_port=int(_env("BENCH_PG_PORT", 25433)))
     servers.down(remove=True)  # a fresh broker and database every run
     servers.up()
-    intake_port, approval_port = free_port(), free_port()
-    settings = Settings(
-        kafka_bootstrap=servers.kafka_bootstrap, opa_url=servers.opa_url, database_url=servers.database_url,
-        namespace=f"bench{secrets.token_hex(3)}", run_dir=str(servers.run_dir / "keyturn"),
-        intake_port=intake_port, approval_port=approval_port,
-        intake_url=f"http://127.0.0.1:{intake_port}", approval_url=f"http://127.0.0.1:{approval_port}",
-        audit_metrics_port=free_port(), log_level="INFO",
-    )
+    settings = servers.settings("bench")
     procs = ServiceProcesses(settings, log_dir=RESULTS / "logs" / stamp)
     bench = Bench(plan, settings, procs, servers, stamp)
     try:

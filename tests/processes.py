@@ -10,6 +10,7 @@ chaos tests (tests/chaos/) and ``make bench`` (bench/), so all three start thing
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import fields
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -47,6 +49,20 @@ def free_port_pair() -> int:
                 continue
         return port
     raise RuntimeError("no two consecutive free ports found on 127.0.0.1")
+
+
+def run_settings(prefix: str, run_dir: Path, *, kafka_bootstrap: str, opa_url: str, database_url: str, **extra: Any) -> Settings:
+    """Settings for services this run starts: a fresh namespace ``<prefix><hex>``, a free port for
+    everything they listen on (so runs never collide), INFO logs; ``extra`` overrides."""
+    intake_port, approval_port = free_port(), free_port()
+    values: dict[str, Any] = dict(
+        kafka_bootstrap=kafka_bootstrap, opa_url=opa_url, database_url=database_url,
+        namespace=f"{prefix}{secrets.token_hex(3)}", run_dir=str(run_dir),
+        intake_port=intake_port, approval_port=approval_port,
+        intake_url=f"http://127.0.0.1:{intake_port}", approval_url=f"http://127.0.0.1:{approval_port}",
+        policy_metrics_port=free_port(), audit_metrics_port=free_port(), log_level="INFO",
+    )
+    return Settings(**{**values, **extra})
 
 
 def settings_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -186,6 +202,11 @@ class PrivateServers:
         env.update(KEYTURN_RUN=str(self.run_dir), KEYTURN_KAFKA_PORT=str(self.ports["kafka"]),
                    KEYTURN_OPA_PORT=str(self.ports["opa"]), KEYTURN_PG_PORT=str(self.ports["postgres"]))
         return env
+
+    def settings(self, prefix: str, **extra: Any) -> Settings:
+        """``run_settings`` for services that use all three of these servers."""
+        return run_settings(prefix, self.run_dir / "keyturn", kafka_bootstrap=self.kafka_bootstrap, opa_url=self.opa_url,
+                            database_url=self.database_url, **extra)
 
     @property
     def kafka_bootstrap(self) -> str:

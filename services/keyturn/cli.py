@@ -8,13 +8,11 @@ import logging
 import os
 import sys
 from datetime import timedelta
-from pathlib import Path
 from typing import Optional
 
 import httpx
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from keyturn.audit import cli as audit_cli
 from keyturn.config import Settings

@@ -28,7 +28,7 @@ from bench.load import APPROVAL, Agent
 from keyturn.config import REPO_ROOT, Settings
 from keyturn.core.lifecycle import ActionState
 from tests.chaos.invariants import Lifecycle, read_lifecycle
-from tests.processes import ARTIFACTS, SERVICES, PrivateServers, ServiceProcesses, free_port, settings_env
+from tests.processes import ARTIFACTS, SERVICES, PrivateServers, ServiceProcesses, settings_env
 
 
 @dataclass(frozen=True)
@@ -137,14 +137,7 @@ class BackgroundLoad:
 
 
 def drill_settings(servers: PrivateServers, drill: Drill) -> Settings:
-    intake_port, approval_port = free_port(), free_port()
-    return Settings(
-        kafka_bootstrap=servers.kafka_bootstrap, opa_url=servers.opa_url, database_url=servers.database_url,
-        namespace=f"chaos{secrets.token_hex(3)}", run_dir=str(servers.run_dir / "keyturn"),
-        intake_port=intake_port, approval_port=approval_port,
-        intake_url=f"http://127.0.0.1:{intake_port}", approval_url=f"http://127.0.0.1:{approval_port}",
-        audit_metrics_port=free_port(), policy_unavailable_after_s=drill.policy_unavailable_after_s, log_level="INFO",
-    )
+    return servers.settings("chaos", policy_unavailable_after_s=drill.policy_unavailable_after_s)
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from keyturn.core.events import ApprovalResolved, ResolutionOutcome, VoteRecorde
 from keyturn.db import schema_name
 from tests.fakes.slack import FakeSlack, running_slack
 from tests.integration.conftest import Agent, eventually, mint, read_topic
-from tests.processes import ARTIFACTS, SERVICES, PrivateServers, ServiceProcesses, free_port
+from tests.processes import ARTIFACTS, SERVICES, PrivateServers, ServiceProcesses
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +45,8 @@ def private(slack):
     servers = PrivateServers(REPO_ROOT / ".run" / f"approval-faults-{secrets.token_hex(3)}")
     try:
         servers.up()
-        intake_port, approval_port = free_port(), free_port()
-        settings = Settings(
-            kafka_bootstrap=servers.kafka_bootstrap, opa_url=servers.opa_url, database_url=servers.database_url,
-            namespace=f"faults{secrets.token_hex(3)}", run_dir=str(servers.run_dir / "keyturn"),
-            intake_port=intake_port, approval_port=approval_port,
-            intake_url=f"http://127.0.0.1:{intake_port}", approval_url=f"http://127.0.0.1:{approval_port}",
-            policy_metrics_port=free_port(), audit_metrics_port=free_port(), policy_unavailable_after_s=120.0, log_level="INFO",
+        settings = servers.settings(
+            "faults", policy_unavailable_after_s=120.0,
             slack_api_url=slack.api_url, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
             slack_channels=json.dumps({"*": ["C0SECURITY"]}),
         )

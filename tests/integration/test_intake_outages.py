@@ -30,7 +30,7 @@ import pytest
 
 from keyturn.config import REPO_ROOT, Settings
 from tests.integration.conftest import mint
-from tests.processes import PrivateServers, ServiceProcesses, free_port
+from tests.processes import PrivateServers, ServiceProcesses, run_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -104,14 +104,8 @@ def wait_until_right(requester: Requester, timeout: float) -> dict[str, Any]:
 @pytest.fixture
 def intake_on_private_database(endpoints, tmp_path) -> Iterator[tuple[Settings, PrivateServers, ServiceProcesses]]:
     servers = PrivateServers(REPO_ROOT / ".run" / f"intake-db-{secrets.token_hex(3)}")
-    intake_port = free_port()
-    shared = Settings(
-        kafka_bootstrap=endpoints.kafka_bootstrap, opa_url=endpoints.opa_url, database_url=endpoints.database_url,
-        namespace=f"kt{secrets.token_hex(4)}", run_dir=str(tmp_path / "run"),
-        intake_port=intake_port, intake_url=f"http://127.0.0.1:{intake_port}",
-        approval_port=free_port(), policy_metrics_port=free_port(), audit_metrics_port=free_port(),
-        policy_unavailable_after_s=10.0, log_level="INFO",
-    )
+    shared = run_settings("kt", tmp_path / "run", kafka_bootstrap=endpoints.kafka_bootstrap, opa_url=endpoints.opa_url,
+                          database_url=endpoints.database_url, policy_unavailable_after_s=10.0)
     workers = ServiceProcesses(shared)
     intake = ServiceProcesses(dataclasses.replace(shared, database_url=servers.database_url))
     try:
@@ -174,13 +168,8 @@ def test_a_restart_of_the_intake_database_loses_nothing_and_needs_no_intake_rest
 @pytest.fixture
 def stack_on_private_broker(endpoints, tmp_path) -> Iterator[tuple[Settings, PrivateServers]]:
     servers = PrivateServers(REPO_ROOT / ".run" / f"intake-kafka-{secrets.token_hex(3)}")
-    intake_port = free_port()
-    settings = Settings(
-        kafka_bootstrap=servers.kafka_bootstrap, opa_url=endpoints.opa_url, database_url=endpoints.database_url,
-        namespace=f"kt{secrets.token_hex(4)}", run_dir=str(tmp_path / "run"),
-        intake_port=intake_port, intake_url=f"http://127.0.0.1:{intake_port}",
-        approval_port=free_port(), policy_metrics_port=free_port(), audit_metrics_port=free_port(), log_level="INFO",
-    )
+    settings = run_settings("kt", tmp_path / "run", kafka_bootstrap=servers.kafka_bootstrap, opa_url=endpoints.opa_url,
+                            database_url=endpoints.database_url)
     procs = ServiceProcesses(settings)
     try:
         servers.start("kafka")

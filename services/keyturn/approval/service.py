@@ -7,7 +7,6 @@ Kafka, chat notifications and the requester's webhook, each into its own outbox.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import uuid
