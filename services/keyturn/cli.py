@@ -48,7 +48,9 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
         _fail(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}", 2)
     from keyturn.bus.topics import ensure_topics
 
-    asyncio.run(ensure_topics(settings))  # every service may be first up: topics exist before anyone consumes
+    # the one place topics are created: every service may be first up, and a topic must exist
+    # (with its retention and partitions) before anyone consumes or produces it
+    asyncio.run(ensure_topics(settings))
     for chatty in ("httpx", "httpcore"):  # one INFO line per outgoing request (chat APIs, webhooks, tokens)
         logging.getLogger(chatty).setLevel(logging.WARNING)
     if service == "intake":

@@ -16,7 +16,7 @@ from keyturn.approval.service import ApprovalDesk
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
-from keyturn.bus.topics import Topics, ensure_topics
+from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.db import open_pool
 from keyturn.identity import TokenVerifier, verifier_from_settings
@@ -68,7 +68,6 @@ class ApprovalRuntime:
 
     async def _build(self) -> None:
         s = self.settings
-        await ensure_topics(s)
         pool = await open_pool(s, DDL)
         pool.timeout = CONNECTION_WAIT_S
         store = ApprovalStore(pool)

@@ -18,7 +18,7 @@ from pathlib import Path
 from keyturn.audit.keys import load_signer
 from keyturn.metrics import serve_metrics
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
-from keyturn.bus.topics import Topics, ensure_topics
+from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
 from keyturn.config import Settings
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
@@ -41,7 +41,6 @@ def create_app(settings: Settings):
 
     @app.agent(consume(app, *topics.audited), concurrency=1)
     async def chain_events(stream):
-        await ensure_topics(settings)
         await writer.start()
         serve_metrics("audit", settings.audit_metrics_port)
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 
-from keyturn.bus.topics import Topics, ensure_topics
+from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ApprovalResolved
@@ -38,7 +38,6 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
     registry = plugins or PluginRegistry.from_settings(settings)
 
     async def build_executor() -> Executor:
-        await ensure_topics(settings)
         pool = await open_pool(settings, DDL)
         results = ResultShaper(settings.executor_max_result_rows)
         await asyncio.to_thread(results.warm)

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.publisher import Publisher
-from keyturn.bus.topics import Topics, ensure_topics
+from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
 from keyturn.core.principal import Principal
@@ -63,7 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await ensure_topics(settings)
         pool = await open_pool(settings, DDL)
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
         await producer.start()
