@@ -8,6 +8,16 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+def answer_json(handler: BaseHTTPRequestHandler, status: int, document: Any, content_type: str = "application/json") -> None:
+    """Send ``document`` as the JSON answer to the request ``handler`` is serving."""
+    payload = json.dumps(document).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 Respond = Callable[[str, str, bytes], tuple[int, Any]]
 """(method, path, body) → (status, JSON document to answer with)."""
 
@@ -23,13 +33,7 @@ class JsonPeer:
             def _answer(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 peer.requests.append((self.command, self.path, body))
-                status, document = respond(self.command, self.path, body)
-                payload = json.dumps(document).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                answer_json(self, *respond(self.command, self.path, body))
 
             do_GET = do_POST = _answer
 

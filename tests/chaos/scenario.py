@@ -247,3 +247,12 @@ def verify_audit(report: DrillReport, settings: Settings) -> None:
     report.verify_ok = result.returncode == 0
     report.verify_output = re.sub(r"\s+\n", "\n", result.stdout + result.stderr)
     report.mark(f"keyturn audit verify: exit {result.returncode}: {report.verify_output.strip()[-300:]}")
+
+
+def assert_survived(report: DrillReport) -> None:
+    """What every drill asserts afterwards, printed first so a failure shows the whole timeline."""
+    print(report.summary())
+    assert report.accepted, "the load generator got nothing accepted:\n" + report.summary()
+    assert not report.problems, "invariants broken:\n" + report.summary()
+    assert not report.status_mismatches, "the status API disagrees with the topics:\n" + report.summary()
+    assert report.verify_ok, "keyturn audit verify failed:\n" + report.summary()

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.chaos.scenario import LONG, drill_stack, run_drill
+from tests.chaos.scenario import LONG, assert_survived, drill_stack, run_drill
 
 pytestmark = [
     pytest.mark.integration,
@@ -22,8 +22,4 @@ pytestmark = [
 def test_every_action_survives_long_outages_exactly_once() -> None:
     with drill_stack(LONG) as (settings, servers, procs):
         report = run_drill(LONG, settings, servers, procs)
-    print(report.summary())
-    assert report.accepted, "the load generator got nothing accepted:\n" + report.summary()
-    assert not report.problems, "invariants broken:\n" + report.summary()
-    assert not report.status_mismatches, "the status API disagrees with the topics:\n" + report.summary()
-    assert report.verify_ok, "keyturn audit verify failed:\n" + report.summary()
+    assert_survived(report)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chaos.scenario import SHORT, drill_stack, run_drill
+from tests.chaos.scenario import SHORT, assert_survived, drill_stack, run_drill
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(900)]
 
@@ -17,8 +17,4 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(90
 def test_every_action_survives_killed_services_and_restarted_servers_exactly_once() -> None:
     with drill_stack(SHORT) as (settings, servers, procs):
         report = run_drill(SHORT, settings, servers, procs)
-    print(report.summary())
-    assert report.accepted, "the load generator got nothing accepted:\n" + report.summary()
-    assert not report.problems, "invariants broken:\n" + report.summary()
-    assert not report.status_mismatches, "the status API disagrees with the topics:\n" + report.summary()
-    assert report.verify_ok, "keyturn audit verify failed:\n" + report.summary()
+    assert_survived(report)

@@ -9,18 +9,20 @@ button ids), and records every call so tests can assert what people would have s
 
 from __future__ import annotations
 
-import hashlib
 import contextlib
+import hashlib
 import hmac
 import itertools
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tests.peers import answer_json
 
 BLOCK_TYPES = {"header", "section", "context", "actions", "divider", "input", "image", "rich_text"}
 TEAM = "T0KEYTURN"
@@ -98,13 +100,7 @@ class FakeSlack:
                 args = {k: (v[0] if isinstance(v, list) and len(v) == 1 and isinstance(v[0], str) else v) for k, v in args.items()}
                 method = urlsplit(self.path).path.rsplit("/", 1)[-1]
                 token = (self.headers.get("authorization") or "").removeprefix("Bearer ") or args.pop("token", "")
-                body = fake.handle(method, token, args)
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json; charset=utf-8")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer_json(self, 200, fake.handle(method, token, args), "application/json; charset=utf-8")
 
             def log_message(self, *args: Any) -> None:
                 pass

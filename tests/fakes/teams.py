@@ -25,6 +25,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from tests.peers import answer_json
+
 APP_ID = "00000000-0000-4000-8000-00000000b075"
 APP_PASSWORD = "teams-app-password-for-tests"
 CONNECTOR_AUDIENCE = "https://api.botframework.com"
@@ -155,13 +157,7 @@ class FakeTeams:
                 self._route("PUT", self.rfile.read(int(self.headers.get("content-length") or 0)))
 
             def _route(self, method: str, raw: bytes) -> None:
-                status, body = fake.handle(method, urlsplit(self.path).path, self.headers.get("authorization") or "", raw)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer_json(self, *fake.handle(method, urlsplit(self.path).path, self.headers.get("authorization") or "", raw))
 
             def log_message(self, *args: Any) -> None:
                 pass

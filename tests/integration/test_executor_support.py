@@ -40,6 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keyturn.config import REPO_ROOT, Settings
 from tests.conftest import ARTIFACTS, ServiceProcesses, free_port, settings_env
+from tests.peers import answer_json
 
 PEER_HOST = "api.example.internal"
 UNREACHABLE_HOST = "hooks.example.internal"  # allow-listed everywhere, but nothing listens where it points
@@ -169,12 +170,7 @@ def _peer_handler(peer: HttpsPeer):
                              "lifetime_s": claims["exp"] - claims["iat"], "echo": body, "contact": "ops@example.com"})
 
         def _json(self, status: int, document: Any) -> None:
-            payload = json.dumps(document).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            answer_json(self, status, document)
 
     return Handler
 
