@@ -46,6 +46,9 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     settings = _settings()
     if service not in SERVICES:
         _fail(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}", 2)
+    from keyturn.masking.logs import install_log_masking
+
+    install_log_masking()  # before anything logs: every line of every service is masked
     from keyturn.bus.topics import ensure_topics
 
     # the one place topics are created: every service may be first up, and a topic must exist

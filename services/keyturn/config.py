@@ -34,6 +34,8 @@ class Settings:
     approval_port: int = 8090
     intake_url: str = "http://127.0.0.1:8080"
     approval_url: str = "http://127.0.0.1:8090"
+    max_body_bytes: int = 1024 * 1024  # larger HTTP bodies are answered 413 before they are read (intake and approval)
+    max_header_bytes: int = 16 * 1024  # all request headers together; more is answered 431
     jwt_issuer: str = "keyturn-dev"
     jwt_audience: str = "keyturn"
     jwks_url: str = ""  # production: the identity provider's JWKS; empty = local dev key

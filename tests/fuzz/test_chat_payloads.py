@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 from keyturn.bus.topics import Topics
 from keyturn.core.events import DeadLetter
 from tests.fakes.slack import FakeSlack
-from tests.fakes.teams import FakeTeams
-from tests.integration.approval_stack import running_stack, stack_settings
+from tests.integration.approval_stack import chat_stack
 from tests.integration.conftest import eventually, read_topic
 
 pytestmark = pytest.mark.integration
@@ -58,23 +57,8 @@ PAYLOADS = st.fixed_dictionaries(
 @pytest.fixture(scope="module")
 def chat_desk(settings):
     """One stack whose approval service talks to both fakes."""
-    slack, teams = FakeSlack().start(), FakeTeams().start()
-    slack.add_channel("C0SECURITY")
-    slack.add_user("U0CAROL", "carol@example.com")
-    teams.add_member("29:carol", "aad-carol", "carol@example.com")
-    chat = stack_settings(
-        settings, slack_api_url=slack.api_url, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
-        slack_channels=json.dumps({"*": ["C0SECURITY"]}),
-        teams_app_id=teams.app_id, teams_app_password=teams.app_password, teams_service_url=teams.service_url,
-        teams_token_url=teams.token_url, teams_openid_url=teams.openid_url, teams_token_issuer=teams.issuer,
-        teams_conversations=json.dumps({"*": ["19:security@thread.tacv2"]}),
-    )
-    try:
-        with running_stack(chat) as procs:
-            yield chat, slack, teams, procs
-    finally:
-        slack.stop()
-        teams.stop()
+    with chat_stack(settings) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

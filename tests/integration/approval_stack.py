@@ -6,6 +6,7 @@ five services again in a fresh namespace whose settings point at the local fakes
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,3 +50,29 @@ def restart(procs: ServiceProcesses, name: str, *, kill: bool = False) -> None:
         procs.wait_http(f"{procs.settings.approval_url}/healthz")
     if name == "intake":
         procs.wait_http(f"{procs.settings.intake_url}/healthz")
+
+
+@contextmanager
+def chat_stack(settings: Settings) -> Iterator[tuple[Settings, Any, Any, ServiceProcesses]]:
+    """(settings, fake Slack, fake Teams, processes): a stack whose approval service talks to both
+    fakes, with carol known to each."""
+    from tests.fakes.slack import FakeSlack
+    from tests.fakes.teams import FakeTeams
+
+    slack, teams = FakeSlack().start(), FakeTeams().start()
+    slack.add_channel("C0SECURITY")
+    slack.add_user("U0CAROL", "carol@example.com")
+    teams.add_member("29:carol", "aad-carol", "carol@example.com")
+    chat = stack_settings(
+        settings, slack_api_url=slack.api_url, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
+        slack_channels=json.dumps({"*": ["C0SECURITY"]}),
+        teams_app_id=teams.app_id, teams_app_password=teams.app_password, teams_service_url=teams.service_url,
+        teams_token_url=teams.token_url, teams_openid_url=teams.openid_url, teams_token_issuer=teams.issuer,
+        teams_conversations=json.dumps({"*": ["19:security@thread.tacv2"]}),
+    )
+    try:
+        with running_stack(chat) as procs:
+            yield chat, slack, teams, procs
+    finally:
+        slack.stop()
+        teams.stop()

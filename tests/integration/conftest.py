@@ -110,6 +110,21 @@ def read_topic(settings: Settings, topic: str) -> list[tuple[Any, Any]]:
     return asyncio.run(_read_topic(settings, topic))
 
 
+def namespace_topics(settings: Settings) -> list[str]:
+    """Every topic of this run's namespace."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def names() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            return sorted(t for t in await admin.list_topics() if t.startswith(settings.namespace))
+        finally:
+            await admin.close()
+
+    return asyncio.run(names())
+
+
 def eventually(check, timeout: float = 30, every: float = 0.3):
     """Poll ``check`` until it returns something truthy; return that, or fail with the last value."""
     deadline = time.monotonic() + timeout

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 
 from keyturn.audit.stream import read_audit_log
-from keyturn.bus.codec import MAGIC
+from keyturn.bus.codec import MAGIC, registry
 from keyturn.bus.topics import Topics
 from keyturn.core.events import DeadLetter
 from tests.integration.conftest import Agent, eventually, produce, read_topic
@@ -35,7 +36,10 @@ def test_undecodable_request_goes_to_the_dlq_and_the_audit(reporter: Agent, sett
     assert found is not None, "the bad message was dropped silently"
     assert found.error_type == error_type
     assert found.service == "policy"
-    assert found.payload == payload  # kept for repair and replay
+    # the letter points at the message (it stays on its topic for repair) and keeps no byte of it
+    assert (found.payload_length, found.payload_digest.hex) == (len(payload), hashlib.sha256(payload).hexdigest())
+    assert found.partition >= 0 and found.offset >= 0 and found.principal is None
+    assert payload not in registry().encode_event(found)
 
     audited = eventually(lambda: [r for r in asyncio.run(read_audit_log(settings)) if r.event_id == found.event_id])
     assert len(audited) == 1

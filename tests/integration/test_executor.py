@@ -26,7 +26,7 @@ from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin
 from keyturn.executor.plugins.sql_roles import Grants, create_role, drop_role, role_name_for
 from tests.conftest import ARTIFACTS, free_port
-from tests.integration.conftest import Agent, eventually, keyturn_cli, mint, produce, read_topic
+from tests.integration.conftest import Agent, eventually, keyturn_cli, mint, namespace_topics, produce, read_topic
 from tests.integration.test_executor_support import (  # noqa: F401  (fixtures)
     PEER_HOST,
     UNREACHABLE_HOST,
@@ -342,7 +342,9 @@ def test_no_minted_credential_appears_in_any_topic_log_or_audit_record(agent: Ag
     secrets = [s.encode() for s in minted]
 
     places: dict[str, bytes] = {}
-    for topic in _namespace_topics(settings):
+    found_topics = namespace_topics(settings)
+    assert Topics.from_settings(settings).executed in found_topics
+    for topic in found_topics:
         places[f"topic {topic}"] = b"\n".join((m.key or b"") + b"\t" + (m.value or b"") for _, m in read_topic(settings, topic))
     for log in sorted((ARTIFACTS / "logs" / settings.namespace).glob("*.log")):
         places[f"log {log.name}"] = log.read_bytes()
@@ -356,19 +358,3 @@ def test_no_minted_credential_appears_in_any_topic_log_or_audit_record(agent: Ag
     assert any(b"executed" in content for name, content in places.items() if name.startswith("log "))
     leaks = [(name, secret[:6] + b"...") for name, content in places.items() for secret in secrets if secret in content]
     assert leaks == [], f"minted credentials found in: {leaks}"
-
-
-def _namespace_topics(settings) -> list[str]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def names() -> list[str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            return sorted(t for t in await admin.list_topics() if t.startswith(settings.namespace))
-        finally:
-            await admin.close()
-
-    found = asyncio.run(names())
-    assert Topics.from_settings(settings).executed in found
-    return found

@@ -103,7 +103,7 @@ class History:
     def dead_letter(self, start: float) -> None:
         self._add(DeadLetter(
             event_id=f"dlq:kt.actions.requested:0:{int(start)}", source_topic="kt.actions.requested", partition=0,
-            offset=int(start), payload=b"\x00garbage", payload_digest=DIGEST, error_type="not_avro",
+            offset=int(start), payload_length=8, payload_digest=DIGEST, error_type="not_avro",
             reason="not Avro", service="policy", failed_at=at(start),
         ), "dlq")
 

@@ -29,7 +29,7 @@ DECIDED = ActionDecided(event_id="decided:a1", action_id="a1", outcome=DecisionO
                         provenance=Provenance("sha256:x", "d1", Digest("11" * 32), NOW), decided_at=NOW, request=REQUESTED)
 EXECUTED = ActionExecuted(event_id="executed:a1", action_id="a1", outcome=ExecutionOutcome.SUCCEEDED, plugin="noop",
                           payload_digest=Digest("00" * 32), finished_at=NOW, started_at=NOW, result_json='{"rows": 3}')
-LETTER = DeadLetter(event_id="dlq:x:0:1", source_topic="x", partition=0, offset=1, key=None, payload=b"?",
+LETTER = DeadLetter(event_id="dlq:x:0:1", source_topic="x", partition=0, offset=1, key=None, payload_length=1,
                     payload_digest=Digest("22" * 32), error_type="not_avro", reason="noise", service="policy", failed_at=NOW)
 
 

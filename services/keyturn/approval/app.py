@@ -18,7 +18,7 @@ from keyturn.approval.console import mount_console
 from keyturn.approval.http import mount_routes
 from keyturn.approval.runtime import ApprovalRuntime
 from keyturn.approval.slack_interactions import mount_slack
-from keyturn.bus.http import embedded_server
+from keyturn.bus.http import BoundedRequests, embedded_server
 from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
 from keyturn.config import Settings
@@ -34,6 +34,8 @@ def create_app(settings: Settings):
     publisher = faust_publisher(app, settings, "approval")
     runtime = ApprovalRuntime(settings, topics, publisher.send_raw)
     http = FastAPI(title="Keyturn approvals", version="0.1.0", description="Answer pending actions.")
+    http.add_middleware(BoundedRequests, max_body_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes,
+                        on_refused=runtime.refused_at_the_edge)
     mount_routes(http, runtime.desk, runtime.verifier)
     mount_console(http, runtime.desk, runtime.verifier, settings)
     if runtime.slack is not None:

@@ -173,8 +173,10 @@ def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], 
             return RedirectResponse("/console/sign-in", status_code=303)
         approver, token = signed_in
         if not console.csrf_valid(token, csrf):
+            await _refused(console, request, approver, "csrf_failed", f"a console vote on {action_id} without this session's form token")
             return await _action_page(console, signed_in, action_id, error="The form expired or did not come from this console; nothing was recorded. Try again.", status=403)
         if choice not in ("approve", "deny"):
+            await _refused(console, request, approver, "invalid_choice", f"a console vote on {action_id} chose neither approve nor deny")
             return await _action_page(console, signed_in, action_id, error="Choose Approve or Deny.", status=400)
         if choice == "deny" and not reason.strip():
             return await _action_page(console, signed_in, action_id, error="A denial needs a reason; the requester will see it.", status=400)
@@ -208,6 +210,13 @@ async def _action_page(console: Console, signed_in: tuple[Principal, str], actio
     return console.render("action.html", status, approver=approver, view=view, timeline=timeline(view, history, await desk.store.notifications_of(action_id)),
                           may_decide=may, why=why, notice=notice, error=error, csrf=console.csrf(token),
                           parameters=_pretty(view["parameters"]))
+
+
+async def _refused(console: Console, request: Request, approver: Principal, error: str, reason: str) -> None:
+    """A signed-in approver's form that cannot count: recorded under their name, without the form."""
+    desk = await console.desk_of()
+    await desk.refuse_interaction("console", error, reason, await request.body(), principal=approver.id)
+    await desk.flush_after_commit()
 
 
 async def _form(request: Request, *names: str) -> tuple[str, ...]:

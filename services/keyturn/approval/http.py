@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -13,6 +15,7 @@ from keyturn.approval.service import ApprovalDesk, DeskUnavailable, pending_stat
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.approval.views import approval_view
 from keyturn.bus.codec import registry
+from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.core.principal import Principal
 from keyturn.identity import InvalidToken, bearer_token
 
@@ -64,6 +67,23 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
             return verifier().verify(bearer_token(authorization))
         except InvalidToken as exc:
             raise HTTPException(401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}) from exc
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """Who is asking comes first: 401 records nothing; a signed-in caller's refusal is recorded
+        under their name, without the values it refused (and the answer does not echo them)."""
+        try:
+            approver = approver_of(request.headers.get("authorization"))
+        except HTTPException as unauthenticated:  # raised out of a handler it would become a 500
+            return await http_exception_handler(request, unauthenticated)
+        problems = [masked_line(p) for p in validation_problems(exc.errors())[:MAX_PROBLEMS]]
+        desk = await desk_of()
+        await desk.refuse_interaction(f"http:{request.method} {request.url.path}", "invalid_body",
+                                      f"{request.method} {request.url.path} refused from {approver.id}", await request.body(),
+                                      problems=tuple(problems), principal=approver.id)
+        await desk.flush_after_commit()
+        return JSONResponse({"detail": {"error": "invalid_request", "message": "; ".join(problems), "problems": problems}},
+                            status_code=422)
 
     @app.get("/healthz")
     async def health() -> dict[str, str]:

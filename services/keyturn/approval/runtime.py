@@ -9,6 +9,8 @@ import asyncio
 import logging
 from typing import Any
 
+from prometheus_client import Counter
+
 from keyturn.approval.callbacks import CallbackCourier
 from keyturn.approval.channels import ApproverChannel
 from keyturn.approval.courier import NotificationCourier
@@ -16,10 +18,11 @@ from keyturn.approval.service import ApprovalDesk
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
+from keyturn.bus.http import header
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.db import open_pool
-from keyturn.identity import TokenVerifier, verifier_from_settings
+from keyturn.identity import InvalidToken, TokenVerifier, bearer_token, verifier_from_settings
 from keyturn.policy.opa import OpaClient
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 # approver's request, and the clock, for half a minute while the database is down; this short
 # wait turns an outage into a quick "try again" (503) and a skipped tick instead.
 CONNECTION_WAIT_S = 5.0
+EDGE_REFUSALS = Counter("keyturn_approval_refused_at_edge_total", "Requests over the header or body bounds", ["status"])
 
 
 class ApprovalRuntime:
@@ -108,6 +112,21 @@ class ApprovalRuntime:
             await self.callbacks.deliver_due()
         except DATABASE_UNAVAILABLE as exc:
             await self._skip_tick("chat notifications and webhooks", exc)
+
+    async def refused_at_the_edge(self, scope: dict[str, Any], status: int, problems: list[str], received: bytes) -> None:
+        """A request over the size bounds (``bus.http.BoundedRequests``): counted, and recorded
+        (size and digest only) when it carries a valid approver token. Chat requests are signed
+        over their body, so one refused before its body was read cannot be held to anyone."""
+        EDGE_REFUSALS.labels(str(status)).inc()
+        try:
+            principal = self.verifier().verify(bearer_token(header(scope, "authorization")))
+        except InvalidToken:
+            return
+        desk = await self.desk()
+        where = f"http:{scope.get('method')} {scope.get('path')}"
+        await desk.refuse_interaction(where, "body_too_large" if status == 413 else "headers_too_large", "; ".join(problems), received,
+                                      problems=tuple(problems), principal=principal.id)
+        await desk.flush_after_commit()
 
     async def _skip_tick(self, what: str, exc: Exception) -> None:
         log.warning("database unavailable; %s wait for the next tick: %s: %s", what, type(exc).__name__, exc)

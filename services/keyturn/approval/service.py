@@ -7,7 +7,6 @@ Kafka, chat notifications and the requester's webhook, each into its own outbox.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -20,6 +19,8 @@ from keyturn.approval.channels import ChatTargets
 from keyturn.approval.store import ApprovalRow, ApprovalStore
 from keyturn.approval.views import approval_view, break_glass_view
 from keyturn.bus.codec import registry
+from keyturn.bus.refusals import refusal_letter
+from keyturn.masking.protect import mask_text
 from keyturn.bus.topics import Topics
 from keyturn.core import approval as rules
 from keyturn.core import events
@@ -27,7 +28,6 @@ from keyturn.core.events import (
     ActionDecided,
     ActionExecuted,
     ApprovalResolved,
-    DeadLetter,
     DecisionOutcome,
     Digest,
     ResolutionOutcome,
@@ -308,6 +308,7 @@ class ApprovalDesk:
 
         Raises ``DeskUnavailable`` when the policy engine or the database cannot be reached: the
         answer is then neither accepted nor refused (nothing is recorded) and can be given again."""
+        reason = mask_text(reason) if reason else reason  # a person's free text is masked like any other
         try:
             return await self._vote(action_id, approver, choice, payload_digest, reason, channel)
         except DATABASE_UNAVAILABLE as exc:
@@ -367,15 +368,12 @@ class ApprovalDesk:
             await self._record(conn, action_id, vote, False if known else None, refusal, message, now)
         return VoteResult(action_id, False, "unknown", "", refusal, message)
 
-    async def refuse_interaction(self, source: str, error_type: str, reason: str, payload: bytes) -> None:
+    async def refuse_interaction(self, source: str, error_type: str, reason: str, payload: bytes, *,
+                                 problems: tuple[str, ...] = (), principal: str | None = None) -> None:
         """Record input a channel refused before it could name a trustworthy vote (forged, stale,
-        replayed, malformed) as a dead letter, so the audit sees it."""
-        now = datetime.now(timezone.utc)
-        letter = DeadLetter(
-            event_id=f"dlq:{source}:{uuid.uuid4()}", source_topic=source, partition=-1, offset=-1, payload=payload,
-            payload_digest=Digest(hashlib.sha256(payload).hexdigest()), error_type=error_type, reason=reason,
-            service="approval", failed_at=now,
-        )
+        replayed, malformed) as a dead letter, so the audit sees it; the input itself is not kept."""
+        letter = refusal_letter(service="approval", source_topic=source, partition=-1, offset=-1, key=None, payload=payload,
+                                error_type=error_type, reason=reason, problems=problems, principal=principal)
         await self.store.record_dead_letter(self.topics.dlq, letter.event_id, registry().encode_event(letter))
 
     # --- the clock ----------------------------------------------------------------------------

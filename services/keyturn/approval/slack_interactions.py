@@ -65,7 +65,8 @@ def parse_payload(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(parse_qs(body.decode(), strict_parsing=True)["payload"][0])
     except (UnicodeDecodeError, ValueError, KeyError, IndexError) as exc:
-        raise InteractionRefused(400, "malformed_payload", f"the body is not a Slack interaction (payload=<json>): {exc}") from exc
+        # the parser's message quotes the body; a refusal names the problem, never the input
+        raise InteractionRefused(400, "malformed_payload", f"the body is not a Slack interaction (payload=<json>): {type(exc).__name__}") from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("user"), dict) or not isinstance(payload["user"].get("id"), str):
         raise InteractionRefused(400, "malformed_payload", "the interaction names no user")
     return payload

@@ -1,9 +1,13 @@
-"""Serving an HTTP app inside a faust worker's event loop (the worker owns signals and shutdown)."""
+"""HTTP serving shared by the intake and the approval service: a uvicorn server that lives inside
+a faust worker's event loop (the worker owns signals and shutdown), and the bounds every request
+meets before an app reads it."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -18,3 +22,110 @@ class EmbeddedServer(uvicorn.Server):
 
 def embedded_server(app, host: str, port: int) -> EmbeddedServer:
     return EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False))
+
+
+MAX_HEADER_COUNT = 100
+
+Refused = Callable[[dict[str, Any], int, list[str], bytes], Awaitable[None]]
+"""(ASGI scope, status, problems, the bytes received) → record or count the refusal."""
+
+
+class BoundedRequests:
+    """ASGI middleware: every request's headers and body are bounded before the app sees them.
+
+    More than ``max_header_bytes`` of headers (or more than ``MAX_HEADER_COUNT`` of them) is
+    answered 431; a body whose ``Content-Length`` is over ``max_body_bytes`` is answered 413
+    before a byte of it is read; a body without one (chunked) is read up to the limit and
+    answered 413 as soon as it passes it. Each answer is a Problem body, and ``on_refused``
+    hears of it with the bytes received (none, when the declared length was refused).
+
+    The servers bound what they parse too (uvicorn's own header limits), but not bodies:
+    a framework reads the whole body before any handler can look at it.
+    """
+
+    def __init__(self, app: Any, *, max_body_bytes: int, max_header_bytes: int, on_refused: Refused | None = None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.on_refused = on_refused
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers") or []
+        size = sum(len(name) + len(value) for name, value in headers)
+        if len(headers) > MAX_HEADER_COUNT or size > self.max_header_bytes:
+            await self._refuse(scope, send, 431, "headers_too_large",
+                               [f"headers: {len(headers)} headers, {size} bytes; at most {MAX_HEADER_COUNT} headers "
+                                f"and {self.max_header_bytes} bytes"], b"")
+            return
+        declared = _content_length(headers)
+        if declared is not None and declared > self.max_body_bytes:
+            await self._refuse(scope, send, 413, "body_too_large",
+                               [f"body: {declared} bytes declared; the limit is {self.max_body_bytes} bytes, so it was not read"], b"")
+            return
+        if declared is not None or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        body, complete = await _read_at_most(receive, self.max_body_bytes)
+        if not complete:
+            await self._refuse(scope, send, 413, "body_too_large",
+                               [f"body: more than {self.max_body_bytes} bytes; the rest was not read"], body)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _refuse(self, scope: dict[str, Any], send: Any, status: int, error: str, problems: list[str], received: bytes) -> None:
+        if self.on_refused is not None:
+            await self.on_refused(scope, status, problems, received)
+        body = json.dumps({"error": error, "detail": "; ".join(problems), "problems": problems}).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
+        ]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def header(scope: dict[str, Any], name: str) -> str | None:
+    """One request header from an ASGI scope (the first, if repeated)."""
+    wanted = name.lower().encode()
+    return next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == wanted), None)
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _read_at_most(receive: Any, limit: int) -> tuple[bytes, bool]:
+    """(what was read, whether that is the whole body); stops reading once past ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks), True
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks), False
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replayed() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed

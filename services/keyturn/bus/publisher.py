@@ -6,15 +6,14 @@ stream workers, a plain aiokafka producer in the HTTP intake).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.topics import Topics
-from keyturn.core.events import DeadLetter, Digest
+from keyturn.bus.refusals import refusal_letter
+from keyturn.core.events import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +46,19 @@ class Publisher:
 
     async def dead_letter(
         self, *, source_topic: str, partition: int, offset: int, key: bytes | None, payload: bytes, error: UndecodableMessage,
-        by_service: bool = False,
+        by_service: bool = False, principal: str | None = None, problems: tuple[str, ...] = (), excerpt: bool = False,
     ) -> DeadLetter:
         """Quarantine input this service cannot accept, with the reason; returns the record.
 
-        An undecodable message is dead-lettered once, by its topic's owner; a message that
-        failed in one service's handling (``by_service``) is that service's own record, so
-        several services failing on one message each keep theirs.
+        The record holds no byte of the input (see ``bus.refusals``). An undecodable message is
+        dead-lettered once, by its topic's owner; a message that failed in one service's
+        handling (``by_service``) is that service's own record.
         """
-        origin = f"{self.service}:" if by_service else ""
-        letter = DeadLetter(
-            event_id=f"dlq:{origin}{source_topic}:{partition}:{offset}" if offset >= 0 else f"dlq:{source_topic}:{hashlib.sha256(payload).hexdigest()[:16]}:{datetime.now(timezone.utc).timestamp()}",
-            source_topic=source_topic,
-            partition=partition,
-            offset=offset,
-            key=key,
-            payload=payload,
-            payload_digest=Digest(hashlib.sha256(payload).hexdigest()),
-            error_type=error.error_type,
-            reason=error.reason,
-            service=self.service,
-            failed_at=datetime.now(timezone.utc),
+        letter = refusal_letter(
+            service=self.service, source_topic=source_topic, partition=partition, offset=offset, key=key, payload=payload,
+            error_type=error.error_type, reason=error.reason, problems=problems, principal=principal, excerpt=excerpt,
+            by_service=by_service,
         )
-        log.warning("dead-lettered input from %s (%s): %s", source_topic, error.error_type, error.reason)
-        await self.publish(self.topics.dlq, letter, key=key.decode(errors="replace") if key else letter.event_id)
+        log.warning("dead-lettered input from %s (%s): %s", source_topic, letter.error_type, letter.reason)
+        await self.publish(self.topics.dlq, letter, key=letter.key.decode(errors="replace") if letter.key else letter.event_id)
         return letter

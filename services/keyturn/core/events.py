@@ -202,17 +202,22 @@ class ActionExecuted:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """Refused input: who sent it, why, and a digest — never the bytes (see ``bus.refusals``)."""
+
     event_id: str
     source_topic: str
     partition: int
     offset: int
-    payload: bytes
     payload_digest: Digest
     error_type: str
     reason: str
     service: str
     failed_at: datetime
     key: bytes | None = None
+    payload_length: int = 0
+    problems: tuple[str, ...] = ()
+    principal: str | None = None
+    excerpt: str | None = None
 
 
 EVENT_TYPES: dict[str, type] = {

@@ -14,7 +14,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -24,7 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from keyturn.bus.codec import UndecodableMessage, registry
+from keyturn.bus.http import BoundedRequests, header
 from keyturn.bus.publisher import Publisher
+from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
@@ -111,24 +114,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise HTTPException(503, detail=f"cannot verify tokens right now: {exc}") from exc
             raise HTTPException(401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}) from exc
 
-    async def refuse(request: Request, status: int, problems: list[str]) -> JSONResponse:
-        """Answer a bad request with what is wrong; a refused submission is dead-lettered (and so audited)."""
-        REJECTED.labels("http", "invalid_body").inc()
-        if request.method == "POST":
-            await state["publisher"].dead_letter(
-                source_topic=f"http:{request.url.path}", partition=-1, offset=-1, key=None, payload=await request.body(),
-                error=UndecodableMessage("invalid_body", "; ".join(problems)),
-            )
+    async def refuse(request: Request, status: int, error: str, problems: list[str]) -> JSONResponse:
+        """Answer a bad request with what is wrong, and record it under the caller's identity.
+
+        The caller is authenticated first: without a valid token the answer is 401 and nothing
+        is written anywhere but a counter. The record holds no byte of the body (``bus.refusals``).
+        """
+        try:
+            principal = authenticate(request.headers.get("authorization"))
+        except HTTPException as unauthenticated:  # raised out of a handler it would become a 500
+            return await http_exception_handler(request, unauthenticated)
+        problems = [masked_line(p) for p in problems[:MAX_PROBLEMS]]
+        REJECTED.labels("http", error).inc()
+        body = await request.body()
+        await state["publisher"].dead_letter(
+            source_topic=f"http:{request.method} {request.url.path}", partition=-1, offset=-1, key=None, payload=body,
+            error=UndecodableMessage(error, f"{request.method} {request.url.path} refused {len(body)} bytes from {principal.id}"),
+            principal=principal.id, problems=tuple(problems), excerpt=True,
+        )
         return JSONResponse(status_code=status, content=Problem(error="invalid_request", detail="; ".join(problems), problems=problems).model_dump())
+
+    async def refused_at_the_edge(scope: dict[str, Any], status: int, problems: list[str], received: bytes) -> None:
+        """A body or headers over the bounds: recorded (size and digest) for a verified caller only."""
+        REJECTED.labels("http", f"http_{status}").inc()
+        try:
+            principal = state["verifier"].verify(bearer_token(header(scope, "authorization")))
+        except InvalidToken:
+            return
+        await state["publisher"].dead_letter(
+            source_topic=f"http:{scope.get('method')} {scope.get('path')}", partition=-1, offset=-1, key=None, payload=received,
+            error=UndecodableMessage("body_too_large" if status == 413 else "headers_too_large", "; ".join(problems)),
+            principal=principal.id, problems=tuple(problems),
+        )
+
+    app.add_middleware(BoundedRequests, max_body_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes,
+                       on_refused=refused_at_the_edge)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return await refuse(request, 422, [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()])
+        return await refuse(request, 422, "invalid_body", validation_problems(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400:  # a body that cannot even be parsed (e.g. not UTF-8)
-            return await refuse(request, 400, [f"body: {exc.detail}; send UTF-8 JSON"])
+        if exc.status_code == 400:  # a body that cannot even be parsed (not UTF-8, nested too deep for the parser)
+            return await refuse(request, 400, "unparseable_body", [f"body: {exc.detail}; send UTF-8 JSON"])
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(StoreUnavailable)
@@ -192,22 +221,53 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def _consume_submissions(settings: Settings, topics: Topics, intake: Intake, publisher: Publisher, verifier: Any) -> None:
-    """Agents that publish instead of calling HTTP: same checks; failures go to the DLQ."""
+    """Agents that publish instead of calling HTTP: same checks; failures go to the DLQ.
+
+    A submission carries its parameters in clear (the agent's own channel in, like an HTTP
+    body). Once accepted (masked, sealed, stored) or dead-lettered, and committed, it is deleted
+    from the topic, so the clear copy lives only until the intake has taken it.
+    """
     consumer = AIOKafkaConsumer(
         topics.submissions, bootstrap_servers=settings.kafka_bootstrap, group_id=f"{settings.namespace}-intake-submissions",
         enable_auto_commit=False, auto_offset_reset="earliest",
     )
+    taken: dict[TopicPartition, int] = {}
+    forgetting = asyncio.create_task(supervised("forgetting taken submissions", lambda: _forget_taken(settings, taken)))
     try:
         await consumer.start()
         async for message in consumer:
             await _accept_submission(message, intake, publisher, verifier)
             await consumer.commit()
+            taken[TopicPartition(message.topic, message.partition)] = message.offset + 1
     finally:
+        forgetting.cancel()
+        await asyncio.gather(forgetting, return_exceptions=True)
         await consumer.stop()
 
 
+async def _forget_taken(settings: Settings, taken: dict[TopicPartition, int], every_s: float = 2.0) -> None:
+    """Delete committed submissions from the topic (the broker's DeleteRecords), every ``every_s``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    forgotten: dict[TopicPartition, int] = {}
+    try:
+        while True:
+            await asyncio.sleep(every_s)
+            due = {tp: offset for tp, offset in list(taken.items()) if forgotten.get(tp) != offset}
+            if due:
+                await admin.delete_records({tp: RecordsToDelete(before_offset=offset) for tp, offset in due.items()})
+                forgotten.update(due)
+    finally:
+        await admin.close()
+
+
 async def _accept_submission(message: Any, intake: Intake, publisher: Publisher, verifier: Any) -> None:
-    """Accept one submission or dead-letter it; a database outage is waited out, never dead-lettered."""
+    """Accept one submission or dead-letter it; a database outage is waited out, never dead-lettered.
+
+    The message stays on the submissions topic (partition and offset point at it); the dead
+    letter holds no byte of it, and names the sender only when its token was verified.
+    """
+    principal: Principal | None = None
     try:
         principal = verifier.verify(bearer_token(dict(message.headers).get("authorization", b"").decode() or None))
         name, record = registry().decode(message.value)
@@ -222,6 +282,7 @@ async def _accept_submission(message: Any, intake: Intake, publisher: Publisher,
         await publisher.dead_letter(
             source_topic=message.topic, partition=message.partition, offset=message.offset,
             key=message.key, payload=message.value or b"", error=error,
+            principal=principal.id if principal else None, problems=tuple(getattr(exc, "problems", ())),
         )
 
 

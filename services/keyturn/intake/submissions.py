@@ -17,16 +17,32 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keyturn.bus.publisher import Publisher
+from keyturn.bus.refusals import validation_problems
 from keyturn.core.events import ActionRequested, Digest, SubmissionChannel, canonical_json
 from keyturn.core.principal import Principal
 from keyturn.faults import is_transient
 from keyturn.intake.store import ActionStore, StoredAction
+from keyturn.masking.protect import mask_text
 
 log = logging.getLogger(__name__)
 
 ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c3b0e-6c3e-4f7c-9a55-2b8f0d6e7a10")
 MAX_PARAMETERS_BYTES = 64 * 1024
+MAX_PARAMETERS_DEPTH = 32  # below the masker's own limit, so accepted parameters can always be masked
+
+
+def json_depth(value: Any) -> int:
+    """How deeply objects and arrays nest in ``value`` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        children = current.values() if isinstance(current, dict) else current if isinstance(current, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 class ActionSubmission(BaseModel):
@@ -51,6 +67,8 @@ class ActionSubmission(BaseModel):
     @field_validator("parameters")
     @classmethod
     def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if json_depth(value) > MAX_PARAMETERS_DEPTH:
+            raise ValueError(f"parameters nest deeper than {MAX_PARAMETERS_DEPTH} levels")
         if len(canonical_json(value).encode()) > MAX_PARAMETERS_BYTES:
             raise ValueError(f"parameters exceed {MAX_PARAMETERS_BYTES} bytes as JSON")
         return value
@@ -60,22 +78,24 @@ class IdempotencyConflict(Exception):
     """The idempotency key was used before by this principal for a different request."""
 
 
-def submission_from_json(raw: bytes | str) -> ActionSubmission:
-    """Parse and validate a submission; ``ValueError`` with a readable message otherwise."""
-    try:
-        return ActionSubmission.model_validate_json(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(problems) from exc
-
-
 def submission_from_record(record: dict[str, Any]) -> ActionSubmission:
     """A submission from an ``ActionSubmitted`` record (parameters travel as a JSON string)."""
     try:
         parameters = json.loads(record["parameters_json"])
+    except (ValueError, RecursionError):
+        raise InvalidSubmission(["parameters_json: not JSON"]) from None
+    try:
         return ActionSubmission.model_validate({**{k: v for k, v in record.items() if k != "parameters_json"}, "parameters": parameters})
-    except (ValueError, ValidationError) as exc:
-        raise ValueError(f"invalid ActionSubmitted: {exc}") from exc
+    except ValidationError as exc:
+        raise InvalidSubmission(validation_problems(exc.errors(include_input=False))) from None
+
+
+class InvalidSubmission(ValueError):
+    """A submission that fails validation; ``problems`` name fields and rules, never values."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def action_id_for(principal: Principal, idempotency_key: str | None) -> str:
@@ -115,7 +135,7 @@ class Intake:
             resource=submission.resource,
             parameters_json=masked_json,
             sealed_parameters=sealed,
-            reason=submission.reason,
+            reason=mask_text(submission.reason),  # shown to approvers; masked like the parameters
             requester=principal,
             payload_digest=digest,
             requested_at=now,

@@ -38,6 +38,32 @@ def mask_parameters(parameters: dict[str, Any], extra_fields: tuple[str, ...] = 
     return _masker().mask(parameters, extra_fields).parameters
 
 
+def mask_text(text: str) -> str:
+    """Free text (a log line, a refusal's reason) with PII and secrets replaced by placeholders."""
+    return _masker().mask_text(text)[0]
+
+
+def masked_excerpt(body: bytes, *, chars: int, read_at_most: int) -> str | None:
+    """The start of a JSON object body after the masking accepted parameters get, or None.
+
+    Only a body that parses as a JSON object gets one: field-name rules (``password``,
+    ``api_key``…) need the structure, and free text cut mid-value could show half a secret.
+    The whole body is masked before it is cut, and the result is masked once more as text so
+    that keys, which parameter masking leaves alone, cannot carry a secret out either.
+    """
+    if len(body) > read_at_most:
+        return None
+    try:
+        parsed = json.loads(body)
+        if not isinstance(parsed, dict):
+            return None
+        masked = canonical_json(mask_parameters(parsed))
+    except (ValueError, RecursionError):  # unparseable, or unmaskable (too deep): no excerpt
+        return None
+    text = mask_text(masked)
+    return text if len(text) <= chars else text[: chars - 1] + "…"
+
+
 def parameter_protector(settings: Settings):
     """(parameters, action_id, payload_digest) → (masked canonical JSON, sealed clear copy)."""
     keyring = keyring_for(settings)

@@ -1,0 +1,94 @@
+"""What a refusal may write down: who, why, where, a digest and a length — never the input.
+
+Every dead letter, whichever service writes it and whatever it refused (an HTTP body, a chat
+interaction, a topic message), is built here, so the rule lives in one place:
+
+- the refused bytes are kept only as their SHA-256 and length; a message refused on a topic
+  stays in that topic, where partition and offset find it for repair;
+- the reason and each problem (a field path and a message) pass through the masker, and are
+  cut to a bounded length, because a field *name* or an exception's text can carry a value;
+- the principal is named only when it was verified; unauthenticated input is not written here
+  at all by the HTTP services (they count it on ``/metrics``);
+- at most a short excerpt of a JSON object body, masked as accepted parameters are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from keyturn.core.events import DeadLetter, Digest
+from keyturn.masking.protect import mask_text, masked_excerpt
+
+MAX_PROBLEMS = 20
+MAX_TEXT_CHARS = 300  # a reason or one problem
+MAX_KEY_BYTES = 200
+EXCERPT_CHARS = 512
+EXCERPT_FROM_BYTES = 64 * 1024  # larger bodies get no excerpt: masking them costs more than it tells
+
+
+def refusal_letter(
+    *, service: str, source_topic: str, partition: int, offset: int, key: bytes | None, payload: bytes,
+    error_type: str, reason: str, problems: Iterable[str] = (), principal: str | None = None,
+    excerpt: bool = False, by_service: bool = False,
+) -> DeadLetter:
+    """The dead letter for refused input, holding nothing of it in clear.
+
+    An input refused on a topic has one letter per place (``partition``/``offset``), so a
+    redelivery writes the same event id; a message that failed in one service's handling
+    (``by_service``) is that service's own record, so several services failing on one message
+    each keep theirs. Input from HTTP (``offset`` < 0) gets a fresh id.
+    """
+    digest = hashlib.sha256(payload).hexdigest()
+    if offset >= 0:
+        event_id = f"dlq:{service + ':' if by_service else ''}{source_topic}:{partition}:{offset}"
+    else:
+        event_id = f"dlq:{source_topic}:{uuid.uuid4()}"
+    return DeadLetter(
+        event_id=event_id,
+        source_topic=source_topic,
+        partition=partition,
+        offset=offset,
+        key=_masked_key(key),
+        payload_digest=Digest(digest),
+        payload_length=len(payload),
+        error_type=error_type[:64],
+        reason=masked_line(reason),
+        problems=tuple(masked_line(p) for p in list(problems)[:MAX_PROBLEMS]),
+        principal=principal,
+        excerpt=masked_excerpt(payload, chars=EXCERPT_CHARS, read_at_most=EXCERPT_FROM_BYTES) if excerpt else None,
+        service=service,
+        failed_at=datetime.now(timezone.utc),
+    )
+
+
+def masked_line(text: str) -> str:
+    """One line of refusal text, masked, then bounded (masking first: a cut can split a secret)."""
+    # cut far beyond the limit first (masking costs grow with length); a secret split by that
+    # cut is gone again after the second cut, which keeps only the start
+    masked = mask_text(" ".join(text[: MAX_TEXT_CHARS * 8].split()))
+    return masked if len(masked) <= MAX_TEXT_CHARS else masked[: MAX_TEXT_CHARS - 1] + "…"
+
+
+def _masked_key(key: bytes | None) -> bytes | None:
+    """A topic key is chosen by whoever produced the message: masked and bounded like text."""
+    if key is None:
+        return None
+    text = key[:MAX_KEY_BYTES].decode("utf-8", errors="replace")
+    return mask_text(text).encode()
+
+
+def validation_problems(errors: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Each validation error as ``field.path: message``, never with the offending value.
+
+    Validation errors carry the input they refused (``input``, and ``input_value`` in their
+    text); a refusal must not repeat it, so only the location and the message are kept.
+    """
+    problems = []
+    for error in errors:
+        path = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        problems.append(f"{path}: {error.get('msg', 'invalid')}")
+    return problems

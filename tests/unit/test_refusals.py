@@ -1,0 +1,189 @@
+"""Refusals write nothing secret down: dead letters, log lines and the HTTP bounds, without servers."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import httpx
+import pytest
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from keyturn.bus.codec import registry
+from keyturn.bus.http import BoundedRequests
+from keyturn.bus.refusals import MAX_TEXT_CHARS, refusal_letter, validation_problems
+from keyturn.intake.submissions import MAX_PARAMETERS_DEPTH, ActionSubmission, json_depth
+from keyturn.masking.logs import install_log_masking, mask_record
+
+AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+GITHUB = "ghp_" + "a1B2c3D4e5" * 3 + "f6G7h8"
+CARD = "4111 1111 1111 1111"
+PASSWORD = "pw-correct-horse-battery"
+
+
+def letter(payload: bytes, **changes):
+    base = dict(service="intake", source_topic="http:POST /v1/actions", partition=-1, offset=-1, key=None, payload=payload,
+                error_type="invalid_body", reason="refused", principal="agent:reporter")
+    return refusal_letter(**{**base, **changes})
+
+
+def test_a_dead_letter_keeps_a_digest_and_a_length_never_the_bytes() -> None:
+    body = json.dumps({"parameters": {"key": AWS_KEY, "password": PASSWORD}, "card": CARD}).encode()
+    found = letter(body)
+    encoded = registry().encode_event(found)
+    assert found.payload_length == len(body) and len(found.payload_digest.hex) == 64
+    for secret in (AWS_KEY, PASSWORD, "4111"):
+        assert secret.encode() not in encoded
+    assert found.principal == "agent:reporter" and found.excerpt is None  # no excerpt unless asked for
+
+
+def test_reason_problems_and_key_are_masked_and_bounded() -> None:
+    found = letter(b"x", reason=f"bad token {GITHUB} " + "y" * 5000, problems=[f"{AWS_KEY}: Extra inputs are not permitted"],
+                   key=f"agent-{CARD}".encode(), offset=7, partition=1, source_topic="kt.submissions")
+    assert GITHUB not in found.reason and len(found.reason) <= MAX_TEXT_CHARS
+    assert found.problems == ("<AWS_ACCESS_KEY>: Extra inputs are not permitted",)
+    assert b"4111 1111" not in found.key
+    assert found.event_id == "dlq:kt.submissions:1:7"  # one letter per place: a redelivery writes the same id
+
+
+def test_an_excerpt_is_masked_as_parameters_are_and_only_for_json_objects() -> None:
+    body = json.dumps({"action": "read.table", "parameters": {"password": PASSWORD, "note": f"card {CARD}"}, GITHUB: 1}).encode()
+    excerpt = letter(body, excerpt=True).excerpt
+    assert excerpt and "read.table" in excerpt
+    assert PASSWORD not in excerpt and "4111 1111" not in excerpt and GITHUB not in excerpt
+    assert letter(b'{"password": "' + PASSWORD.encode() + b'", ', excerpt=True).excerpt is None  # unparseable: none
+    assert letter(b"[1, 2]", excerpt=True).excerpt is None
+
+
+def test_validation_problems_name_the_field_and_the_rule_but_not_the_value() -> None:
+    class Body(BaseModel):
+        count: int
+
+    with pytest.raises(Exception) as refused:
+        Body.model_validate({"count": GITHUB})
+    problems = validation_problems(refused.value.errors())
+    assert problems == ["count: Input should be a valid integer, unable to parse string as an integer"]
+
+
+def test_parameters_nesting_is_bounded_before_anything_walks_them() -> None:
+    deep: dict = {"leaf": 1}
+    for _ in range(MAX_PARAMETERS_DEPTH):
+        deep = {"a": deep}
+    assert json_depth(deep) == MAX_PARAMETERS_DEPTH + 1 and json_depth([[]]) == 2 and json_depth("x") == 0
+    with pytest.raises(ValueError, match="nest deeper"):
+        ActionSubmission(action="read.table", resource="r", reason="why", parameters=deep)
+    very_deep: dict = {}
+    for _ in range(5000):  # past what recursive walkers survive
+        very_deep = {"a": very_deep}
+    with pytest.raises(ValueError, match="nest deeper"):
+        ActionSubmission(action="read.table", resource="r", reason="why", parameters=very_deep)
+
+
+# --- logs ---------------------------------------------------------------------------------------
+
+def _written(logger: logging.Logger, emit) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    try:
+        emit()
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue()
+
+
+@pytest.fixture
+def masked_logging():
+    previous = logging.getLogRecordFactory()
+    install_log_masking()
+    yield logging.getLogger("keyturn.test.refusals")
+    logging.setLogRecordFactory(previous)
+
+
+def test_every_log_line_is_masked_arguments_and_tracebacks_included(masked_logging) -> None:
+    class Body(BaseModel):
+        count: int
+
+    def emit() -> None:
+        masked_logging.warning("refused %s for %d requests", f"key {AWS_KEY}", 3)
+        try:
+            Body.model_validate({"count": f"{GITHUB} {CARD}"})
+        except Exception:
+            masked_logging.exception("validation failed")
+
+    written = _written(masked_logging, emit)
+    assert "<AWS_ACCESS_KEY> for 3 requests" in written
+    assert "Traceback" in written and "input_value=<withheld>" in written
+    for secret in (AWS_KEY, GITHUB, "4111 1111"):
+        assert secret not in written
+
+
+def test_web_framework_validation_lists_lose_their_input(masked_logging) -> None:
+    line = "1 validation error:\n  {'type': 'missing', 'loc': ('body', 'reason'), 'msg': 'Field required', 'input': {'password': '%s'}}" % PASSWORD
+    written = _written(masked_logging, lambda: masked_logging.error(line))
+    assert PASSWORD not in written and "'input': <withheld>}" in written
+
+
+def test_a_formatter_that_reads_arguments_still_works(masked_logging) -> None:
+    record = mask_record(logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                                           ("10.0.0.1:5000", "GET", f"/v1/actions?token={GITHUB}", "1.1", 200), None))
+    client, method, path, version, status = record.args
+    assert (method, version, status) == ("GET", "1.1", 200) and GITHUB not in path
+
+
+# --- HTTP bounds --------------------------------------------------------------------------------
+
+async def _echo(request: Request) -> JSONResponse:
+    return JSONResponse({"received": len(await request.body())})
+
+
+@pytest.fixture
+def bounded():
+    refused: list[tuple[int, list[str], bytes]] = []
+
+    async def on_refused(scope, status, problems, received) -> None:
+        refused.append((status, problems, received))
+
+    app = BoundedRequests(Starlette(routes=[Route("/", _echo, methods=["GET", "POST"])]), max_body_bytes=1000,
+                          max_header_bytes=2000, on_refused=on_refused)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bounded"), refused
+
+
+async def test_a_body_declared_too_large_is_refused_unread(bounded) -> None:
+    client, refused = bounded
+    answer = await client.post("/", content=b"x" * 1001)
+    assert answer.status_code == 413 and answer.json()["error"] == "body_too_large"
+    assert "1001 bytes declared" in answer.json()["detail"]
+    assert refused == [(413, answer.json()["problems"], b"")]
+    assert (await client.post("/", content=b"x" * 1000)).json() == {"received": 1000}
+
+
+async def test_a_streamed_body_is_cut_off_at_the_limit(bounded) -> None:
+    client, refused = bounded
+
+    async def chunks():
+        for _ in range(10):
+            yield b"y" * 300
+
+    answer = await client.post("/", content=chunks())
+    assert answer.status_code == 413
+    assert refused[0][0] == 413 and len(refused[0][2]) <= 1000
+
+    async def small():
+        yield b"z" * 10
+        yield b"z" * 10
+
+    assert (await client.post("/", content=small())).json() == {"received": 20}
+
+
+async def test_headers_are_bounded(bounded) -> None:
+    client, refused = bounded
+    answer = await client.get("/", headers={f"x-h{i}": "v" * 100 for i in range(30)})
+    assert answer.status_code == 431 and answer.json()["error"] == "headers_too_large"
+    assert (await client.get("/")).status_code == 200
