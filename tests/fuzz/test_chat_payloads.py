@@ -17,10 +17,11 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
+from keyturn.approval.slack_interactions import UNSIGNED
 from keyturn.bus.topics import Topics
 from keyturn.core.events import DeadLetter
 from tests.fakes.slack import FakeSlack
-from tests.integration.approval_stack import chat_stack
+from tests.integration.approval_stack import chat_stack, unattributed_refusals
 from tests.integration.conftest import eventually, read_topic
 
 pytestmark = pytest.mark.integration
@@ -99,21 +100,29 @@ def test_malformed_teams_activities_are_refused_recorded_and_never_crash(chat_de
             body = json.dumps(activity).encode() if raw is None else raw
             headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if signed else {})}
             response = client.post("/api/messages", content=body, headers=headers)
-            refused_here = response.status_code in (400, 401) and "error" in _json_or_empty(response)
+            # a malformed activity with a valid token is recorded; one without is only counted
+            refused_here = response.status_code == 400 and "error" in _json_or_empty(response)
             answers.append((response.status_code, response.text[:300], refused_here))
             assert response.status_code < 500, f"{response.status_code} for {body[:300]!r}: {response.text[:300]}"
 
+        counted_before = unattributed_refusals(chat, "teams", "unauthenticated_bot_request")
         post()
     refused = sum(1 for _, _, here in answers if here)
     assert eventually(lambda: dead_letters_from(chat, TEAMS_SOURCE) >= refused, timeout=60), \
         f"{refused} refusals, {dead_letters_from(chat, TEAMS_SOURCE)} dead letters"
+    unsigned = sum(1 for status, _, _ in answers if status == 401)
+    assert unsigned and unattributed_refusals(chat, "teams", "unauthenticated_bot_request") - counted_before == unsigned
     assert not procs.exited(), f"services died: {procs.exited()}"
     assert httpx.get(f"{chat.approval_url}/healthz", timeout=30).status_code == 200
 
 
 def _json_or_empty(response: httpx.Response) -> dict:
+    return _json_or_empty_text(response.text)
+
+
+def _json_or_empty_text(text: str) -> dict:
     try:
-        value = response.json()
+        value = json.loads(text)
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
@@ -142,7 +151,10 @@ def test_malformed_slack_interactions_are_refused_recorded_and_never_crash(slack
             answers.append((response.status_code, response.text[:300]))
             assert 400 <= response.status_code < 500, response.text
 
-    refused = sum(1 for status, _ in answers if status >= 400)
+    # refusals of requests Slack did not sign are counted, not recorded: anyone can send them
+    unsigned = sum(1 for status, text in answers if status >= 400 and _json_or_empty_text(text).get("error") in UNSIGNED)
+    refused = sum(1 for status, _ in answers if status >= 400) - unsigned
+    assert unsigned >= 3
 
     def letters() -> int:
         return dead_letters_from(chat, SOURCE)

@@ -76,3 +76,23 @@ def chat_stack(settings: Settings) -> Iterator[tuple[Settings, Any, Any, Service
     finally:
         slack.stop()
         teams.stop()
+
+
+def unattributed_refusals(settings: Settings, channel: str, reason: str) -> float:
+    """The approval service's count of refusals nobody could be held to (not recorded, counted)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{settings.approval_url}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "keyturn_approval_unattributed_refusals_total"
+               and sample.labels == {"channel": channel, "reason": reason})
+
+
+def dead_letters_now(settings: Settings, error_type: str) -> list:
+    """Dead letters of ``error_type`` on the DLQ topic at this moment."""
+    from keyturn.bus.topics import Topics
+    from keyturn.core.events import DeadLetter
+    from tests.integration.conftest import read_topic
+
+    return [e for e, _ in read_topic(settings, Topics.from_settings(settings).dlq) if isinstance(e, DeadLetter) and e.error_type == error_type]

@@ -18,7 +18,7 @@ from keyturn.approval.callbacks import signature_valid
 from keyturn.audit.stream import read_audit_log
 from tests.fakes.slack import FakeSlack
 from tests.fakes.webhook import WebhookReceiver
-from tests.integration.approval_stack import running_stack, stack_settings
+from tests.integration.approval_stack import dead_letters_now, running_stack, stack_settings, unattributed_refusals
 from tests.integration.conftest import Agent, eventually, keyturn_cli, mint
 
 pytestmark = pytest.mark.integration
@@ -177,23 +177,28 @@ def test_deny_opens_a_modal_for_the_reason_and_the_requester_sees_it(chat, agent
 # --- bad input: a clear error, an audit record, and no change of state ---------------------------
 
 
-def test_forged_signature_is_refused_and_recorded(chat, agent, slack) -> None:
+def test_forged_signature_is_refused_and_counted_not_recorded(chat, agent, slack) -> None:
+    # anyone who reaches the port can send one: it is counted, and writes nothing to the DLQ or the audit
     action_id = grant(agent, role="auditor")
     message = message_in(slack, action_id)
+    before = unattributed_refusals(chat, "slack", "forged_signature")
     body, headers = slack.signed(slack.click(message, "keyturn_approve", "U0CAROL"), secret="not-the-signing-secret")
     answer = interact(chat, body, headers)
     assert answer.status_code == 401 and answer.json()["error"] == "forged_signature"
-    assert dead_letters(chat, "forged_signature")
+    assert unattributed_refusals(chat, "slack", "forged_signature") == before + 1
+    assert dead_letters_now(chat, "forged_signature") == []
     assert agent.status(action_id)["state"] == "needs_approval"
 
 
-def test_a_timestamp_older_than_five_minutes_is_refused_and_recorded(chat, agent, slack) -> None:
+def test_a_timestamp_older_than_five_minutes_is_refused_and_counted(chat, agent, slack) -> None:
     action_id = grant(agent, role="auditor")
     message = message_in(slack, action_id)
+    before = unattributed_refusals(chat, "slack", "stale_timestamp")
     answer = interact(chat, *slack.signed(slack.click(message, "keyturn_approve", "U0CAROL"), timestamp=int(time.time()) - 6 * 60))
     assert answer.status_code == 401 and answer.json()["error"] == "stale_timestamp"
     assert "5 minutes" in answer.json()["message"] or "300 s" in answer.json()["message"]
-    assert dead_letters(chat, "stale_timestamp")
+    assert unattributed_refusals(chat, "slack", "stale_timestamp") == before + 1
+    assert dead_letters_now(chat, "stale_timestamp") == []
     assert agent.status(action_id)["state"] == "needs_approval"
 
 

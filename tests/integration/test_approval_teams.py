@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyturn.audit.stream import read_audit_log
 from tests.fakes.teams import FakeTeams
-from tests.integration.approval_stack import running_stack, stack_settings
+from tests.integration.approval_stack import dead_letters_now, running_stack, stack_settings, unattributed_refusals
 from tests.integration.conftest import Agent, eventually
 
 pytestmark = pytest.mark.integration
@@ -124,7 +124,7 @@ def test_deny_needs_a_reason_typed_on_the_card(chat, agent, teams) -> None:
 
 
 @pytest.mark.parametrize("case", ["no token", "foreign key", "wrong audience", "expired", "wrong service url"])
-def test_unauthenticated_bot_requests_are_refused_and_recorded(chat, agent, teams, case) -> None:
+def test_unauthenticated_bot_requests_are_refused_and_counted_not_recorded(chat, agent, teams, case) -> None:
     action_id = grant(agent, "auditor")
     card = card_for(teams, action_id)
     token = {
@@ -134,9 +134,12 @@ def test_unauthenticated_bot_requests_are_refused_and_recorded(chat, agent, team
         "expired": teams.inbound_token(expires_in=-3600),
         "wrong service url": teams.inbound_token(service_url="https://elsewhere.invalid/"),
     }[case]
+    before = unattributed_refusals(chat, "teams", "unauthenticated_bot_request")
     answer = teams.post(chat.approval_url, teams.invoke(card, "approve", "29:carol"), token)
     assert answer.status_code == 401 and answer.json()["error"] == "unauthenticated_bot_request"
-    assert eventually(lambda: [r for r in audit_of(chat, None, "DeadLetter") if "unauthenticated_bot_request" in r.payload_json])
+    # anyone who reaches the port can send one: counted, never written to the DLQ or the audit
+    assert unattributed_refusals(chat, "teams", "unauthenticated_bot_request") == before + 1
+    assert dead_letters_now(chat, "unauthenticated_bot_request") == []
     assert agent.status(action_id)["state"] == "needs_approval"
 
 

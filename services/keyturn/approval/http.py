@@ -8,7 +8,8 @@ from typing import Any, Literal
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel, Field
 
 from keyturn.approval.service import ApprovalDesk, DeskUnavailable, pending_state
@@ -29,6 +30,11 @@ REFUSAL_STATUS = {
     "AlreadyResolved": 409,
     "ApprovalExpired": 410,
 }
+
+
+UNATTRIBUTED = Counter("keyturn_approval_unattributed_refusals_total",
+                       "Requests refused before anyone could be held to them (no valid token or signature, over the size bounds); "
+                       "counted, not recorded", ["channel", "reason"])
 
 
 class VoteRequest(BaseModel):
@@ -75,6 +81,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         try:
             approver = approver_of(request.headers.get("authorization"))
         except HTTPException as unauthenticated:  # raised out of a handler it would become a 500
+            UNATTRIBUTED.labels("api", "invalid_token").inc()
             return await http_exception_handler(request, unauthenticated)
         problems = [masked_line(p) for p in validation_problems(exc.errors())[:MAX_PROBLEMS]]
         desk = await desk_of()
@@ -84,6 +91,10 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         await desk.flush_after_commit()
         return JSONResponse({"detail": {"error": "invalid_request", "message": "; ".join(problems), "problems": problems}},
                             status_code=422)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def health() -> dict[str, str]:

@@ -9,11 +9,10 @@ import asyncio
 import logging
 from typing import Any
 
-from prometheus_client import Counter
-
 from keyturn.approval.callbacks import CallbackCourier
 from keyturn.approval.channels import ApproverChannel
 from keyturn.approval.courier import NotificationCourier
+from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.service import ApprovalDesk
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.approval.slack import SlackChannel
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 # approver's request, and the clock, for half a minute while the database is down; this short
 # wait turns an outage into a quick "try again" (503) and a skipped tick instead.
 CONNECTION_WAIT_S = 5.0
-EDGE_REFUSALS = Counter("keyturn_approval_refused_at_edge_total", "Requests over the header or body bounds", ["status"])
 
 
 class ApprovalRuntime:
@@ -117,14 +115,15 @@ class ApprovalRuntime:
         """A request over the size bounds (``bus.http.BoundedRequests``): counted, and recorded
         (size and digest only) when it carries a valid approver token. Chat requests are signed
         over their body, so one refused before its body was read cannot be held to anyone."""
-        EDGE_REFUSALS.labels(str(status)).inc()
+        reason = "body_too_large" if status == 413 else "headers_too_large"
         try:
             principal = self.verifier().verify(bearer_token(header(scope, "authorization")))
         except InvalidToken:
+            UNATTRIBUTED.labels("http", reason).inc()
             return
         desk = await self.desk()
         where = f"http:{scope.get('method')} {scope.get('path')}"
-        await desk.refuse_interaction(where, "body_too_large" if status == 413 else "headers_too_large", "; ".join(problems), received,
+        await desk.refuse_interaction(where, reason, "; ".join(problems), received,
                                       problems=tuple(problems), principal=principal.id)
         await desk.flush_after_commit()
 

@@ -28,12 +28,18 @@ from slack_sdk.signature import SignatureVerifier
 
 from keyturn.approval import slack_messages as blocks
 from keyturn.approval.channels import UnknownChatUser
+from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.service import ApprovalDesk, DeskUnavailable
 from keyturn.approval.slack import SlackChannel
 from keyturn.core.principal import Principal, PrincipalKind
 
 SOURCE = "slack:interactions"
 MAX_AGE_S = 5 * 60
+
+
+UNSIGNED = frozenset({"missing_timestamp", "stale_timestamp", "forged_signature"})
+"""Refusals of requests Slack did not sign (for this app, now): anyone who reaches the port can
+send them, so they are counted on ``/metrics``, never written to the DLQ and the audit."""
 
 
 class InteractionRefused(Exception):
@@ -168,8 +174,11 @@ def mount_slack(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], sl
                 return await _button(desk, slack, interaction)
             return await _deny_submitted(desk, slack, interaction)
         except InteractionRefused as refused:
-            await desk.refuse_interaction(SOURCE, refused.error, str(refused), body)
-            await desk.flush_after_commit()
+            if refused.error in UNSIGNED:  # nobody can be held to it: counted, not recorded
+                UNATTRIBUTED.labels("slack", refused.error).inc()
+            else:
+                await desk.refuse_interaction(SOURCE, refused.error, str(refused), body)
+                await desk.flush_after_commit()
             return JSONResponse({"error": refused.error, "message": str(refused)}, status_code=refused.status)
 
 

@@ -33,6 +33,7 @@ from microsoft_teams.apps.http.fastapi_adapter import FastAPIAdapter
 
 from keyturn.approval import teams_cards as cards
 from keyturn.approval.channels import ChatTargets, UnknownChatUser, principal_map
+from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.service import ApprovalDesk, DeskUnavailable
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.config import Settings
@@ -131,10 +132,8 @@ class TeamsChannel:
             # The SDK checks the token first, and its answer decides 401; only an authenticated
             # activity it cannot read is refused here as malformed, with a 400 rather than its 500.
             answer = await self.app.server.handle_request({"body": body, "headers": dict(request.headers)})
-            if answer["status"] == 401:
-                await desk.refuse_interaction(SOURCE, "unauthenticated_bot_request",
-                                              "the bearer token is missing or is not a valid Bot Framework token for this app", raw)
-                await desk.flush_after_commit()
+            if answer["status"] == 401:  # nobody can be held to it: counted, not recorded
+                UNATTRIBUTED.labels("teams", "unauthenticated_bot_request").inc()
                 return JSONResponse({"error": "unauthenticated_bot_request",
                                      "message": "the bearer token is missing or is not a valid Bot Framework token for this app"}, status_code=401)
             if problem is not None:
