@@ -19,8 +19,7 @@ import pytest
 from keyturn.audit.stream import read_audit_log
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
-from keyturn.core.events import ActionDecided, ActionExecuted, canonical_json
-from keyturn.core.execution import payload_digest_of
+from keyturn.core.events import ActionDecided, ActionExecuted, canonical_json, payload_digest
 from keyturn.db import schema_name
 from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin
@@ -301,7 +300,7 @@ def test_a_forged_order_with_other_parameters_is_refused_before_anything_runs(ag
     executed = eventually(lambda: executed_events(settings, forged_id), timeout=60)
     assert executed and executed[0].outcome.value == "failed"
     assert executed[0].error.startswith("refused before execution: ")
-    assert payload_digest_of("sql.query", STAGING, other) != decided.request.payload_digest
+    assert payload_digest("sql.query", STAGING, other) != decided.request.payload_digest
     assert marks(shop, "forged") == 0
 
 
