@@ -94,6 +94,7 @@ class Interaction:
     channel: str = ""
     message_ts: str = ""
     deny_reason: str | None = None
+    user_team: str | None = None  # the team Slack says the user belongs to
 
 
 def read_interaction(payload: dict[str, Any]) -> Interaction:
@@ -102,6 +103,7 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
     kind = payload.get("type")
     user = payload["user"]["id"]
     team = _text(_object(payload, "team").get("id"), "team.id") or "?"
+    user_team = _text(payload["user"].get("team_id"), "user.team_id")
     trigger = _text(payload.get("trigger_id"), "trigger_id")
     if kind == "block_actions":
         action = next(iter(_actions(payload)), {})
@@ -111,7 +113,7 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
         container = _object(payload, "container")
         channel = _text(_object(payload, "channel").get("id"), "channel.id") or _text(container.get("channel_id"), "container.channel_id")
         return Interaction(kind, user, team, trigger, button, _json_object(action.get("value"), "button value"), channel or "",
-                           _text(container.get("message_ts"), "container.message_ts") or "")
+                           _text(container.get("message_ts"), "container.message_ts") or "", user_team=user_team)
     view = _object(payload, "view")
     if kind == "view_submission" and view.get("callback_id") == blocks.DENY_MODAL:
         shown = _json_object(view.get("private_metadata"), "modal metadata")
@@ -119,7 +121,7 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
         reason_block = _object(_object(state, "values", "view.state.values"), blocks.REASON_BLOCK, "the reason block")
         reason = _text(_object(reason_block, blocks.REASON_BLOCK, "the reason input").get("value"), "the reason")
         return Interaction(kind, user, team, trigger, shown=shown, channel=_text(shown.get("channel"), "modal channel") or "",
-                           deny_reason=reason)
+                           deny_reason=reason, user_team=user_team)
     raise InteractionRefused(400, "unsupported_interaction", f"Keyturn does not handle Slack interactions of type {kind!r}")
 
 
@@ -213,9 +215,9 @@ async def _deny_submitted(desk: ApprovalDesk, slack: SlackChannel, submitted: In
 async def _approver(desk: ApprovalDesk, slack: SlackChannel, answer: Interaction, action_id: str, choice: str, digest: str, channel: str) -> Principal | None:
     """The principal behind the Slack user, or None after recording and telling why not."""
     try:
-        return await slack.principal_of(answer.user)
+        return await slack.principal_of(answer.user, answer.user_team)
     except UnknownChatUser as unknown:
-        await desk.refuse_answer(action_id, Principal(f"slack:{answer.team}/{answer.user}", PrincipalKind.HUMAN), choice, digest, "slack",
+        await desk.refuse_answer(action_id, Principal(f"slack:{answer.user_team or answer.team}/{answer.user}", PrincipalKind.HUMAN), choice, digest, "slack",
                                  "UnknownChatUser", str(unknown))
         await desk.flush_after_commit()
         if channel:

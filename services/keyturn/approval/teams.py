@@ -33,6 +33,7 @@ from microsoft_teams.apps.http.fastapi_adapter import FastAPIAdapter
 
 from keyturn.approval import teams_cards as cards
 from keyturn.approval.channels import ChatTargets, UnknownChatUser, principal_map
+from keyturn.approval.identities import email_domains, principal_for, teams_account
 from keyturn.approval.service import ApprovalDesk, DeskUnavailable
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.config import Settings
@@ -86,10 +87,12 @@ class TeamsChannel:
 
     name = "teams"
 
-    def __init__(self, app: App, targets: ChatTargets, user_map: dict[str, str]) -> None:
+    def __init__(self, app: App, targets: ChatTargets, user_map: dict[str, str], *, tenant: str, email_domains: tuple[str, ...] = ()) -> None:
         self.app = app
         self.targets = targets
         self.user_map = user_map
+        self.tenant = tenant  # approvers' accounts must be in this tenant
+        self.email_domains = email_domains
         self._desk_of: Callable[[], Awaitable[ApprovalDesk]] | None = None
         app.on_card_action_execute(self._card_action)
 
@@ -108,7 +111,8 @@ class TeamsChannel:
         )
         await app.initialize()
         return cls(app, ChatTargets.from_json(settings.teams_conversations, "KEYTURN_TEAMS_CONVERSATIONS"),
-                   principal_map(settings.teams_user_map, "KEYTURN_TEAMS_USER_MAP"))
+                   principal_map(settings.teams_user_map, "KEYTURN_TEAMS_USER_MAP"),
+                   tenant=settings.teams_tenant_id, email_domains=email_domains(settings.teams_email_domains))
 
     async def mount(self, http: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]]) -> None:
         """Add ``POST /api/messages`` (the bot's messaging endpoint) to the approval service."""
@@ -229,20 +233,20 @@ class TeamsChannel:
         return _card(view, problem) if view else _message(problem or "")
 
     async def _principal_of(self, ctx: Any, conversation: str) -> Principal:
-        """The principal a Teams user answers as: the configured map, else ``human:<email local part>``."""
+        """The principal a Teams user answers as (the rule is ``identities.principal_for``), from the
+        conversation's member record: its role, tenant, UPN and email."""
         user = ctx.activity.from_
-        for key in (user.aad_object_id, user.id):
-            if key and key in self.user_map:
-                return Principal(self.user_map[key], Principal.kind_of(self.user_map[key]))
         try:
             member = await ctx.api.conversations.members(conversation).get(user.id)
         except Exception as exc:  # the connector answers 404 for people outside the conversation
-            raise UnknownChatUser(f"Teams user {user.id} could not be looked up in the conversation ({exc}); add them to KEYTURN_TEAMS_USER_MAP") from exc
-        address = str(member.email or member.user_principal_name or "")
-        local, at, _ = address.partition("@")
-        if not at or not local or "#ext#" in local.lower():
-            raise UnknownChatUser(f"Teams user {user.id} has no organisation email (guest accounts cannot approve); add them to KEYTURN_TEAMS_USER_MAP")
-        return Principal(f"human:{local.lower()}", PrincipalKind.HUMAN)
+            raise UnknownChatUser(f"teams:{user.aad_object_id or user.id} could not be looked up in the conversation ({exc}), "
+                                  "so Keyturn cannot tell whether the account may approve") from exc
+        record = member.model_dump(by_alias=True, exclude_none=True) if hasattr(member, "model_dump") else dict(member)
+        if user.user_role and not record.get("userRole"):
+            record["userRole"] = user.user_role
+        account = teams_account(user.id, user.aad_object_id, record, self.tenant)
+        return principal_for(account, self.user_map, self.email_domains,
+                             map_setting="KEYTURN_TEAMS_USER_MAP", domains_setting="KEYTURN_TEAMS_EMAIL_DOMAINS")
 
 
 def _card(view: dict[str, Any], problem: str | None = None) -> AdaptiveCardActionCardResponse:
