@@ -38,6 +38,15 @@ def slack() -> FakeSlack:
     fake.add_user("U0FRANK", "frank@example.com")
     fake.add_user("U0MALLORY", None)
     fake.add_user("U0BOT", "bot@example.com", is_bot=True)
+    # accounts that are not carol although their email says carol (carol is in security)
+    fake.add_user("U0GUEST", "carol@example.com", is_restricted=True)  # a guest with an approver's email
+    fake.add_user("U0ONECHANNEL", "carol@example.com", is_restricted=True, is_ultra_restricted=True)
+    fake.add_user("U0MAPPEDGUEST", "dave@example.com", is_restricted=True)  # in the user map, still a guest
+    fake.add_user("U0GONE", "carol@example.com", deleted=True)
+    fake.add_user("W0CONNECT", "carol@example.com", team_id="T0PARTNER", is_stranger=True)  # Slack Connect
+    fake.add_user("W0OTHERTEAM", "carol@example.com", team_id="T0PARTNER")  # another workspace, not flagged a stranger
+    fake.add_user("U0PARTNER", "carol@partner.example")  # a full member from a listed partner domain
+    fake.add_user("U0ELSEWHERE", "carol@elsewhere.example")  # a full member from a domain not in the list
     yield fake
     fake.stop()
 
@@ -53,7 +62,8 @@ def webhook() -> WebhookReceiver:
 def chat(settings, slack, webhook):
     chat_settings = stack_settings(
         settings, slack_api_url=slack.api_url, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
-        slack_channels=json.dumps(CHANNELS), slack_user_map=json.dumps({"U0DAVE": "human:dave"}),
+        slack_channels=json.dumps(CHANNELS), slack_user_map=json.dumps({"U0DAVE": "human:dave", "U0MAPPEDGUEST": "human:dave"}),
+        slack_email_domains="example.com,partner.example",
         callback_secret=CALLBACK_SECRET, callback_allowed_hosts="127.0.0.1",
     )
     with running_stack(chat_settings):
@@ -209,18 +219,27 @@ def test_a_replayed_interaction_changes_nothing(chat, agent, slack) -> None:
     assert approval["status"] == "pending" and approval["summary"].startswith("Approved by human:carol (1 of 2)")
 
 
-@pytest.mark.parametrize("user, refusal", [
-    ("U0MALLORY", "UnknownChatUser"),  # no email, not in the map
-    ("U0BOT", "UnknownChatUser"),  # bots never approve
-    ("U0FRANK", "ApproverNotAuthorised"),  # db-owners, not security
-    ("U0ALICE", "SelfApprovalRefused"),  # the human the agent acts for
+@pytest.mark.parametrize("user, refusal, recorded_as", [
+    ("U0MALLORY", "UnknownChatUser", "slack:T0KEYTURN/U0MALLORY"),  # no email, not in the map
+    ("U0BOT", "UnknownChatUser", "slack:T0KEYTURN/U0BOT"),  # bots never approve
+    ("U0GUEST", "UnknownChatUser", "slack:T0KEYTURN/U0GUEST"),  # a guest whose email is carol's: never human:carol
+    ("U0ONECHANNEL", "UnknownChatUser", "slack:T0KEYTURN/U0ONECHANNEL"),  # a single-channel guest
+    ("U0MAPPEDGUEST", "UnknownChatUser", "slack:T0KEYTURN/U0MAPPEDGUEST"),  # the map does not make a guest an approver
+    ("U0GONE", "UnknownChatUser", "slack:T0KEYTURN/U0GONE"),  # deactivated
+    ("W0CONNECT", "UnknownChatUser", "slack:T0PARTNER/W0CONNECT"),  # Slack Connect: another organisation
+    ("W0OTHERTEAM", "UnknownChatUser", "slack:T0PARTNER/W0OTHERTEAM"),  # another workspace
+    ("U0ELSEWHERE", "UnknownChatUser", "slack:T0KEYTURN/U0ELSEWHERE"),  # a domain not in KEYTURN_SLACK_EMAIL_DOMAINS
+    ("U0PARTNER", "ApproverNotAuthorised", "human:carol@partner.example"),  # a listed partner domain keeps its name
+    ("U0FRANK", "ApproverNotAuthorised", "human:frank"),  # db-owners, not security
+    ("U0ALICE", "SelfApprovalRefused", "human:alice"),  # the human the agent acts for
 ])
-def test_answers_from_people_who_may_not_approve_are_refused_recorded_and_explained(chat, agent, slack, user, refusal) -> None:
+def test_answers_from_people_who_may_not_approve_are_refused_recorded_and_explained(chat, agent, slack, user, refusal, recorded_as) -> None:
     action_id = grant(agent, role="auditor")
     message = message_in(slack, action_id)
     answer = interact(chat, *slack.signed(slack.click(message, "keyturn_approve", user)))
     assert answer.status_code == 200  # Slack shows nothing for other codes; the person is told privately
-    assert refused_votes(chat, action_id, refusal)
+    votes = refused_votes(chat, action_id, refusal)
+    assert votes and [json.loads(v.payload_json)["vote"]["approver"]["id"] for v in votes] == [recorded_as]
     told = [e for e in slack.ephemeral if e["user"] == user and refusal in e["text"] or (refusal == "UnknownChatUser" and e["user"] == user)]
     assert told and "not applied" in told[-1]["text"]
     assert agent.status(action_id)["state"] == "needs_approval"

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyturn.audit.stream import read_audit_log
-from tests.fakes.teams import FakeTeams
+from tests.fakes.teams import TENANT, FakeTeams
 from tests.integration.approval_stack import running_stack, stack_settings
 from tests.integration.conftest import Agent, eventually
 
@@ -31,7 +31,14 @@ def teams() -> FakeTeams:
     fake.add_member("29:dave", "aad-dave", None)  # known through the configured map
     fake.add_member("29:alice", "aad-alice", "alice@example.com")
     fake.add_member("29:frank", "aad-frank", "frank@example.com")
-    fake.add_member("29:guest", "aad-guest", None, upn="carol_partner.example#EXT#@tenant.example")
+    # accounts that are not carol although their email says carol (carol is in security)
+    fake.add_member("29:guest", "aad-guest", "carol@partner.example", upn="carol_partner.example#EXT#@example.com", role="guest")
+    fake.add_member("29:guest-own-domain", "aad-guest-own", "carol@example.com", upn="carol_example.com#EXT#@example.com", role="guest")
+    fake.add_member("29:ext-login", "aad-ext-login", "carol@example.com", upn="carol_example.com#EXT#@example.com")  # role not said
+    fake.add_member("29:mapped-guest", "aad-mapped-guest", "dave@example.com", role="guest")  # in the user map, still a guest
+    fake.add_member("29:other-tenant", "aad-other-tenant", "carol@example.com", tenant="00000000-0000-4000-8000-00000000beef")
+    fake.add_member("29:partner", "aad-partner", "carol@partner.example")  # a full member from a listed partner domain
+    fake.add_member("29:elsewhere", "aad-elsewhere", "carol@elsewhere.example")  # a domain not in the list
     yield fake
     fake.stop()
 
@@ -41,7 +48,8 @@ def chat(settings, teams):
     chat_settings = stack_settings(
         settings, teams_app_id=teams.app_id, teams_app_password=teams.app_password, teams_service_url=teams.service_url,
         teams_token_url=teams.token_url, teams_openid_url=teams.openid_url, teams_token_issuer=teams.issuer,
-        teams_conversations=json.dumps({"security": [SECURITY], "*": [ONCALL]}), teams_user_map=json.dumps({"aad-dave": "human:dave"}),
+        teams_conversations=json.dumps({"security": [SECURITY], "*": [ONCALL]}), teams_user_map=json.dumps({"aad-dave": "human:dave", "aad-mapped-guest": "human:dave"}),
+        teams_tenant_id=TENANT, teams_email_domains="example.com,partner.example",
     )
     with running_stack(chat_settings):
         yield chat_settings
@@ -151,16 +159,25 @@ def test_a_replayed_activity_changes_nothing(chat, agent, teams) -> None:
     assert agent.status(action_id)["state"] == "needs_approval"
 
 
-@pytest.mark.parametrize("user, refusal", [
-    ("29:nobody", "UnknownChatUser"),  # not a member the connector knows
-    ("29:guest", "UnknownChatUser"),  # a guest account
-    ("29:frank", "ApproverNotAuthorised"),
-    ("29:alice", "SelfApprovalRefused"),
+@pytest.mark.parametrize("user, refusal, recorded_as", [
+    ("29:nobody", "UnknownChatUser", "teams:29:nobody"),  # not a member the connector knows
+    ("29:guest", "UnknownChatUser", "teams:aad-guest"),  # a guest whose email local part is carol's: never human:carol
+    ("29:guest-own-domain", "UnknownChatUser", "teams:aad-guest-own"),  # a guest with an email in the own domain
+    ("29:ext-login", "UnknownChatUser", "teams:aad-ext-login"),  # a #EXT# login name
+    ("29:mapped-guest", "UnknownChatUser", "teams:aad-mapped-guest"),  # the map does not make a guest an approver
+    ("29:other-tenant", "UnknownChatUser", "teams:aad-other-tenant"),  # an account of another tenant
+    ("29:elsewhere", "UnknownChatUser", "teams:aad-elsewhere"),  # a domain not in KEYTURN_TEAMS_EMAIL_DOMAINS
+    ("29:partner", "ApproverNotAuthorised", "human:carol@partner.example"),  # a listed partner domain keeps its name
+    ("29:frank", "ApproverNotAuthorised", "human:frank"),
+    ("29:alice", "SelfApprovalRefused", "human:alice"),
 ])
-def test_answers_from_people_who_may_not_approve_are_refused_and_shown_on_their_card(chat, agent, teams, user, refusal) -> None:
+def test_answers_from_people_who_may_not_approve_are_refused_and_shown_on_their_card(chat, agent, teams, user, refusal, recorded_as) -> None:
     action_id = grant(agent, "auditor")
     card = card_for(teams, action_id)
     answer = click(chat, teams, card, "approve", user)
     assert "Your answer was not applied" in json.dumps(answer["value"])
     assert refused(chat, action_id, refusal)
+    votes = [json.loads(r.payload_json)["vote"]["approver"]["id"] for r in audit_of(chat, action_id, "VoteRecorded")]
+    assert votes == [recorded_as], "recorded under the chat account, never under a principal it does not own"
     assert agent.status(action_id)["state"] == "needs_approval"
+    assert "No approvals yet" in card.all_text()
