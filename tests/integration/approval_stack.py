@@ -7,6 +7,7 @@ five services again in a fresh namespace whose settings point at the local fakes
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -49,3 +50,36 @@ def restart(procs: ServiceProcesses, name: str, *, kill: bool = False) -> None:
         procs.wait_http(f"{procs.settings.approval_url}/healthz")
     if name == "intake":
         procs.wait_http(f"{procs.settings.intake_url}/healthz")
+
+
+def publish_decision(chat, *, ttl_s: int, groups: tuple[tuple[str, int], ...], reminders: tuple[float, ...] = (),
+                     escalation_group: str | None = None) -> str:
+    """Publish a needs-approval decision with short clocks on the decided topic; returns its action id."""
+    from datetime import datetime, timezone
+
+    from keyturn.bus.codec import registry
+    from keyturn.bus.topics import Topics
+    from keyturn.core.events import (
+        ActionDecided, ActionRequested, ApprovalRequirement, DecisionOutcome, Digest, GroupRequirement, Provenance, canonical_json,
+    )
+    from keyturn.core.principal import Principal, PrincipalKind
+    from tests.integration.conftest import produce
+
+    action_id = str(uuid.uuid4())
+    now = datetime.now(timezone.utc)
+    parameters = {"user": "human:bob", "role": "analyst"}
+    request = ActionRequested(
+        event_id=f"requested:{action_id}", action_id=action_id, action="iam.role.grant", resource="iam://staging/roles/analyst",
+        parameters_json=canonical_json(parameters), reason="short clocks", requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
+        payload_digest=Digest.of_json({"action": "iam.role.grant", "resource": "iam://staging/roles/analyst", "parameters": parameters}),
+        requested_at=now,
+    )
+    decided = ActionDecided(
+        event_id=f"decided:{action_id}", action_id=action_id, outcome=DecisionOutcome.NEEDS_APPROVAL,
+        provenance=Provenance("test", f"test-{action_id}", Digest.of_json({}), now), decided_at=now, request=request,
+        reasons=("granting a role needs security",),
+        approvals=ApprovalRequirement(groups=tuple(GroupRequirement(g, n) for g, n in groups), pending_ttl_s=ttl_s, execution_window_s=600,
+                                      require_all=True, escalation_group=escalation_group, reminder_fractions=reminders),
+    )
+    produce(chat, Topics.from_settings(chat).decided, registry().encode_event(decided), key=action_id.encode())
+    return action_id

@@ -16,7 +16,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from keyturn.approval import slack_messages as blocks
-from keyturn.approval.channels import ChatTargets, UnknownChatUser, principal_map
+from keyturn.approval.channels import ChatTargets, UnknownChatUser, message_ref, principal_map
 from keyturn.approval.identities import email_domains, principal_for, slack_account
 from keyturn.config import Settings
 from keyturn.core.principal import Principal
@@ -94,7 +94,7 @@ class SlackChannel:
         for message in answer.get("messages", []):
             payload = (message.get("metadata") or {}).get("event_payload") or {}
             if (message.get("metadata") or {}).get("event_type") == METADATA_EVENT and payload.get("notification_id") == str(notification_id):
-                return f"{channel}|{message['ts']}"
+                return message_ref(channel, message["ts"])
         return None
 
     async def tell_user(self, channel: str, user: str, text: str) -> None:
@@ -136,7 +136,7 @@ class SlackChannel:
             metadata={"event_type": METADATA_EVENT, "event_payload": {"notification_id": str(notification_id), "action_id": action_id}},
             **message,
         )
-        return f"{answer['channel']}|{answer['ts']}"
+        return message_ref(answer["channel"], answer["ts"])
 
     async def _channel_id(self, target: str) -> str:
         if target[:1] in ("U", "W"):  # a person: their direct-message channel
