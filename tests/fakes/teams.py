@@ -62,6 +62,7 @@ class FakeTeams:
     activities: list[TeamsActivity] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
     refused_calls: list[str] = field(default_factory=list)
+    unreachable: set[str] = field(default_factory=set)  # conversations the bot is not in: sending there fails
 
     def __post_init__(self) -> None:
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -195,6 +196,8 @@ class FakeTeams:
             return self._connector(method, unquote(path.removeprefix("/v3/conversations/")), json.loads(raw or b"{}"))
 
     def _connector(self, method: str, rest: str, body: dict[str, Any]) -> tuple[int, Any]:
+        if rest.split("/", 1)[0] in self.unreachable:
+            return 404, {"error": {"code": "ConversationNotFound", "message": "Conversation not found."}}
         if "/members/" in rest:
             conversation, _, user = rest.partition("/members/")
             member = self.members.get(user)

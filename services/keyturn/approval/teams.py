@@ -5,7 +5,9 @@ Connector with an app token obtained by the OAuth client-credentials grant. Inco
 posts ``invoke`` activities (``adaptiveCard/action``) to ``/api/messages``; the SDK checks
 the bearer token against the Bot Framework's OpenID keys, issuer, audience (our app id) and
 service URL before our handler sees anything. A click on Approve / Deny then goes through
-``ApprovalDesk.vote`` like every other vote; the answer to the invoke is the refreshed card.
+``ApprovalDesk.vote`` like every other vote — but only when the card it came from (the
+conversation and ``replyToId``) is one Keyturn sent for the action the card's data names
+(``channels.not_shown``); the answer to the invoke is the refreshed card.
 
 Every endpoint (token URL, OpenID metadata, issuer, service URL) is a setting, so tests run
 against a local connector and token issuer, and sovereign clouds need no code.
@@ -32,7 +34,7 @@ from microsoft_teams.apps.events import CoreActivity
 from microsoft_teams.apps.http.fastapi_adapter import FastAPIAdapter
 
 from keyturn.approval import teams_cards as cards
-from keyturn.approval.channels import ChatTargets, UnknownChatUser, principal_map
+from keyturn.approval.channels import NOT_SHOWN, ChatTargets, UnknownChatUser, message_ref, not_shown, principal_map
 from keyturn.approval.identities import email_domains, principal_for, teams_account
 from keyturn.approval.service import ApprovalDesk, DeskUnavailable
 from keyturn.faults import DATABASE_UNAVAILABLE
@@ -153,7 +155,7 @@ class TeamsChannel:
 
     async def notify_opened(self, target: str, view: dict[str, Any], *, notification_id: int) -> str:
         sent = await self.app.send(target, cards.approval_card(view))
-        return f"{target}|{sent.id}"
+        return message_ref(target, sent.id)
 
     async def notify_progress(self, target: str, ref: str, view: dict[str, Any]) -> None:
         conversation, activity_id = _split(ref)
@@ -171,14 +173,14 @@ class TeamsChannel:
     async def escalate(self, target: str, ref: str | None, view: dict[str, Any], *, notification_id: int) -> str | None:
         if ref is None:
             sent = await self.app.send(target, cards.approval_card(view, headline=f"Escalated to {view['escalation_group']}"))
-            return f"{target}|{sent.id}"
+            return message_ref(target, sent.id)
         conversation, activity_id = _split(ref)
         await self.app.api.conversations.activities(conversation).reply(activity_id, MessageActivityInput(text=cards.escalation_text(view)))
         return None
 
     async def notify_break_glass(self, target: str, view: dict[str, Any], *, notification_id: int) -> str:
         sent = await self.app.send(target, cards.break_glass_card(view))
-        return f"{target}|{sent.id}"
+        return message_ref(target, sent.id)
 
     async def find_sent(self, target: str, parent_ref: str | None, notification_id: int, since: datetime) -> str | None:
         # The Bot Connector cannot list a conversation's past activities, so a message whose
@@ -202,8 +204,12 @@ class TeamsChannel:
         data = action.data or {}
         action_id, digest = str(data.get("action_id", "")), str(data.get("payload_digest", ""))
         conversation = activity.conversation.id
-        view = await desk.view(action_id)
+        # in a channel, Teams names the thread: "<conversation>;messageid=<root>"; Keyturn sent to the conversation
+        unbound = await not_shown(desk.store, self.name, conversation.partition(";messageid=")[0], activity.reply_to_id or "", action_id)
         if action.verb == cards.REFRESH:
+            if unbound is not None:
+                return _message("This card is not one Keyturn sent for that action.")
+            view = await desk.view(action_id)
             return _card(view) if view else _message("This action is not known to Keyturn.")
         if not await desk.store.first_sighting("teams", f"{conversation}:{activity.id}"):
             await desk.refuse_interaction(SOURCE, "replayed_interaction", f"Teams activity {activity.id} was already received", activity.model_dump_json().encode())
@@ -212,10 +218,16 @@ class TeamsChannel:
         if action.verb not in (cards.APPROVE, cards.DENY):
             return _message(f"Keyturn does not know the card action {action.verb!r}.")
         choice = "approve" if action.verb == cards.APPROVE else "deny"
+        user = activity.from_
+        if unbound is not None:
+            await desk.refuse_answer(action_id, Principal(f"teams:{user.aad_object_id or user.id}", PrincipalKind.HUMAN), choice, digest,
+                                     "teams", NOT_SHOWN, unbound)
+            await desk.flush_after_commit()
+            return _message(f"Your answer was not applied — {unbound}")
+        view = await desk.view(action_id)
         try:
             approver = await self._principal_of(ctx, conversation)
         except UnknownChatUser as unknown:
-            user = activity.from_
             await desk.refuse_answer(action_id, Principal(f"teams:{user.aad_object_id or user.id}", PrincipalKind.HUMAN), choice, digest,
                                      "teams", "UnknownChatUser", str(unknown))
             await desk.flush_after_commit()
