@@ -9,9 +9,8 @@ message (``container.message_ts`` and the channel; for the Deny modal, the messa
 names) is one Keyturn posted for the action the button names (``channels.not_shown``); it then
 goes through ``ApprovalDesk.vote`` exactly like a CLI vote, so it meets the same refusals. An
 answer from another message, or from a Slack user Keyturn cannot map, is recorded as a refused
-vote under the Slack account. When the desk cannot take an
-answer now (policy engine or database unreachable) the person is told to answer again, and
-nothing is recorded.
+vote under the Slack account. When the desk cannot take an answer now (policy engine or
+database unreachable) the person is told to answer again, and nothing is recorded.
 """
 
 from __future__ import annotations

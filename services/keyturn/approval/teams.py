@@ -220,16 +220,14 @@ class TeamsChannel:
         choice = "approve" if action.verb == cards.APPROVE else "deny"
         user = activity.from_
         if unbound is not None:
-            await desk.refuse_answer(action_id, Principal(f"teams:{user.aad_object_id or user.id}", PrincipalKind.HUMAN), choice, digest,
-                                     "teams", NOT_SHOWN, unbound)
+            await desk.refuse_answer(action_id, _account(user), choice, digest, "teams", NOT_SHOWN, unbound)
             await desk.flush_after_commit()
             return _message(f"Your answer was not applied — {unbound}")
         view = await desk.view(action_id)
         try:
             approver = await self._principal_of(ctx, conversation)
         except UnknownChatUser as unknown:
-            await desk.refuse_answer(action_id, Principal(f"teams:{user.aad_object_id or user.id}", PrincipalKind.HUMAN), choice, digest,
-                                     "teams", "UnknownChatUser", str(unknown))
+            await desk.refuse_answer(action_id, _account(user), choice, digest, "teams", "UnknownChatUser", str(unknown))
             await desk.flush_after_commit()
             return _card(view, f"Your answer was not applied — {unknown}") if view else _message(f"Your answer was not applied — {unknown}")
         reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
@@ -251,7 +249,7 @@ class TeamsChannel:
         try:
             member = await ctx.api.conversations.members(conversation).get(user.id)
         except Exception as exc:  # the connector answers 404 for people outside the conversation
-            raise UnknownChatUser(f"teams:{user.aad_object_id or user.id} could not be looked up in the conversation ({exc}), "
+            raise UnknownChatUser(f"{_account(user).id} could not be looked up in the conversation ({exc}), "
                                   "so Keyturn cannot tell whether the account may approve") from exc
         record = member.model_dump(by_alias=True, exclude_none=True) if hasattr(member, "model_dump") else dict(member)
         if user.user_role and not record.get("userRole"):
@@ -259,6 +257,12 @@ class TeamsChannel:
         account = teams_account(user.id, user.aad_object_id, record, self.tenant)
         return principal_for(account, self.user_map, self.email_domains,
                              map_setting="KEYTURN_TEAMS_USER_MAP", domains_setting="KEYTURN_TEAMS_EMAIL_DOMAINS")
+
+
+def _account(user: Any) -> Principal:
+    """The Teams account itself (AAD object id, else Teams user id), for records of answers that did
+    not come from a known person."""
+    return Principal(f"teams:{user.aad_object_id or user.id}", PrincipalKind.HUMAN)
 
 
 def _card(view: dict[str, Any], problem: str | None = None) -> AdaptiveCardActionCardResponse:
