@@ -25,7 +25,8 @@ def slack() -> Iterator[FakeSlack]:
 @pytest.fixture(scope="module")
 def stack(settings, slack):
     chat = stack_settings(settings, slack_api_url=slack.api_url, slack_bot_token=slack.bot_token,
-                          slack_signing_secret=slack.signing_secret, slack_channels=json.dumps({"*": ["C0SECURITY"]}))
+                          slack_signing_secret=slack.signing_secret, slack_channels=json.dumps({"*": ["C0SECURITY"]}),
+                          slack_email_domains="example.com")
     with running_stack(chat) as procs:
         yield procs
 
