@@ -57,6 +57,12 @@ def click(stack, slack: FakeSlack, message, user: str) -> None:
     assert answer.status_code == 200, answer.text
 
 
+def adopted(stack, action_id: str) -> bool:
+    with psycopg.connect(stack.settings.database_url, autocommit=True, options=f"-c search_path={schema_name(stack.settings)}") as conn:
+        row = conn.execute("SELECT remote_ref FROM approval_notifications WHERE action_id = %s AND kind = 'opened'", (action_id,)).fetchone()
+    return bool(row and row[0])
+
+
 def sql(stack, statement: str, *args) -> None:
     with psycopg.connect(stack.settings.database_url, autocommit=True, options=f"-c search_path={schema_name(stack.settings)}") as conn:
         conn.execute(statement, args)
@@ -94,6 +100,9 @@ def test_a_message_sent_just_before_a_crash_is_adopted_not_sent_again(stack, sla
     posts = slack.count("chat.postMessage")
     start_again(stack)
 
+    # a click counts only on a message Keyturn knows it sent for the action, so the approver's
+    # click is taken once the message has been adopted (found in the channel, its id recorded)
+    assert eventually(lambda: adopted(stack, action_id), timeout=30), "the message was never adopted"
     click(stack, slack, message, "U0DAVE")
     assert agent.wait(action_id)["state"] == "succeeded"
     assert eventually(lambda: "Approved by human:dave" in message.all_text()), message.all_text()
