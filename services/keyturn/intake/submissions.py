@@ -150,7 +150,7 @@ class Intake:
         )
         if not created and stored.payload_digest != str(digest):
             raise IdempotencyConflict(
-                f"idempotency key {submission.idempotency_key!r} was already used by {principal.id} for a different "
+                f"that idempotency key was already used by {principal.id} for a different "
                 f"request (action {stored.action_id}); use a new key for a new request"
             )
         if not stored.published:
