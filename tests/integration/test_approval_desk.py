@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from keyturn.approval.service import ApprovalDesk
+from keyturn.approval.desk import ApprovalDesk
 from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.topics import Topics
 from keyturn.core import events
