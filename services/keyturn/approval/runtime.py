@@ -21,6 +21,7 @@ from keyturn.approval.courier import NotificationCourier
 from keyturn.approval.desk import ApprovalDesk
 from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.identities import email_domains
+from keyturn.approval.ports import PolicyEngine
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.http import header
@@ -117,16 +118,19 @@ class ApprovalRuntime:
         s = self.settings
         pool = await open_pool(s, DDL)
         pool.timeout = CONNECTION_WAIT_S
-        store = ApprovalStore(pool)
-        opa = OpaClient.from_settings(s)
         self.verifier()
         self.teams = await teams_channel(s)
+        self.wire(ApprovalStore(pool), OpaClient.from_settings(s))
+
+    def wire(self, store: Any, opa: PolicyEngine) -> ApprovalDesk:
+        """The desk and its couriers on ``store`` and ``opa`` (tests pass in-memory fakes here)."""
         routes = {name: adapter.targets for name, adapter in self.adapters.items()}
         desk = ApprovalDesk(store, opa, self.topics, self.send, routes)
         self.notifications = NotificationCourier(store, self.adapters, desk.view)
-        self.callbacks = callback_courier(s, store)
+        self.callbacks = callback_courier(self.settings, store)
         self._desk = desk
         log.info("approval desk ready; chat channels: %s", ", ".join(routes) or "none")
+        return desk
 
     async def keep_time(self) -> None:
         """Expire, remind and escalate what is due, and publish the events that follow.
