@@ -310,9 +310,7 @@ class ApprovalDesk:
                 return VoteResult(action_id, False, "unknown", "", type(refusal).__name__, str(refusal))
             decided = registry().decode_event(row.decided_event)
             state = pending_state(decided, row)
-            counts_for: tuple[str, ...] = ()
-            if state.status == "pending":
-                counts_for = await self._membership(approver, decided, state, action_id)
+            counts_for = await self._membership(approver, decided, state, action_id)
             vote = self._vote_of(approver, choice, payload_digest, now, reason, channel, counts_for)
             if state.status == "pending" and (expired := rules.expire_if_due(state, now)) is not None:
                 await self._resolve(unit, decided, expired, rules.approval_progress(expired).summary)
