@@ -29,7 +29,8 @@ DAVE = Principal("human:dave", PrincipalKind.HUMAN)
 BOB = Principal("human:bob", PrincipalKind.HUMAN)
 PARAMETERS = {"role": "analyst"}
 DIGEST = events.payload_digest("iam.role.grant", "iam://staging/roles/analyst", PARAMETERS)
-MEMBERS = {"human:carol": ("security",), "human:dave": ("security",), "human:alice": ("security",)}
+MEMBERS = {"human:carol": ("security",), "human:dave": ("security",), "human:alice": ("security",), "human:erin": ("oncall",)}
+ERIN = Principal("human:erin", PrincipalKind.HUMAN)
 
 
 class Clock:
@@ -55,7 +56,8 @@ class Desk:
         return [e for e in (registry().decode_event(value) for _, _, value in self.broker.sent) if isinstance(e, kind)]
 
 
-def decision(*, min_approvals: int = 1, callback_url: str | None = None, break_glass: bool = False) -> events.ActionDecided:
+def decision(*, min_approvals: int = 1, callback_url: str | None = None, break_glass: bool = False,
+             escalation_group: str | None = None, reminder_fractions: tuple[float, ...] = ()) -> events.ActionDecided:
     action_id = str(uuid.uuid4())
     request = events.ActionRequested(
         event_id=f"requested:{action_id}", action_id=action_id, action="iam.role.grant", resource="iam://staging/roles/analyst",
@@ -64,7 +66,8 @@ def decision(*, min_approvals: int = 1, callback_url: str | None = None, break_g
     )
     outcome = events.DecisionOutcome.ALLOWED if break_glass else events.DecisionOutcome.NEEDS_APPROVAL
     approvals = None if break_glass else events.ApprovalRequirement(
-        groups=(events.GroupRequirement("security", min_approvals),), pending_ttl_s=int(TTL.total_seconds()), execution_window_s=60)
+        groups=(events.GroupRequirement("security", min_approvals),), pending_ttl_s=int(TTL.total_seconds()), execution_window_s=60,
+        escalation_group=escalation_group, reminder_fractions=reminder_fractions)
     return events.ActionDecided(
         event_id=f"decided:{action_id}", action_id=action_id, outcome=outcome,
         provenance=events.Provenance("r", "d", DIGEST, OPENED), decided_at=OPENED, request=request,
@@ -191,6 +194,23 @@ async def test_a_vote_after_the_ttl_expires_the_approval_instead_of_counting() -
 
     assert not result.accepted and result.status == "expired"
     assert [r.outcome for r in d.published(events.ApprovalResolved)] == [events.ResolutionOutcome.EXPIRED]
+
+
+async def test_half_way_approvers_are_reminded_once_and_the_escalation_group_may_approve_alone() -> None:
+    d = Desk()
+    decided = await opened(d, min_approvals=2, escalation_group="oncall", reminder_fractions=(0.5,))
+    before = await vote(d, decided, ERIN)
+    d.clock.now = OPENED + TTL / 2
+
+    assert await d.desk.remind_and_escalate() == 2  # the reminder, the escalation
+    assert await d.desk.remind_and_escalate() == 0  # each once
+    after = await vote(d, decided, ERIN)
+
+    assert not before.accepted and before.refusal == "ApproverNotAuthorised"
+    assert after.accepted and after.status == "approved"
+    assert [n for n in d.store.notifications_of(decided.action_id) if n[2] in ("reminder", "escalated")] == [
+        ("slack", "C0APPROVALS", "reminder", "0.5"), ("slack", "C0APPROVALS", "escalated", "")]
+    assert len(d.published(events.ApprovalResolved)) == 1
 
 
 # --- an answer before the approval opened ---------------------------------------------------------
