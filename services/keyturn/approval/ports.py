@@ -58,7 +58,8 @@ class DeskStore(Protocol):
 
 
 class PolicyAnswer(Protocol):
-    result: Any
+    @property
+    def result(self) -> Any: ...
 
 
 @runtime_checkable
