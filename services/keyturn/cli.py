@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Optional
 
@@ -92,11 +94,38 @@ def _token(token: Optional[str]) -> str:
     return token
 
 
+NOT_OPEN_WAIT_S = 10.0  # how long approve/deny wait for an approval that has not opened yet
+
+
+def _when_open(request: Callable[[], httpx.Response], action_id: str, wait_s: float = NOT_OPEN_WAIT_S) -> httpx.Response:
+    """``request``'s answer, asked again while the approval service says the approval is not open
+    yet (425, ``Retry-After``): its decision is on its way, typically well within a second. Gives
+    up with a clear message after ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        answer = request()
+        if answer.status_code != 425:
+            return answer
+        pause = _retry_after(answer)
+        if time.monotonic() + pause > deadline:
+            _fail(f"no approval is open for action {action_id} after waiting {wait_s:g} s: check the action id, "
+                  "or whether the action needed approval at all (`keyturn status`); nothing was recorded")
+        err.print(f"the approval for {action_id} is not open yet; trying again in {pause:g} s")
+        time.sleep(pause)
+
+
+def _retry_after(answer: httpx.Response) -> float:
+    try:
+        return min(max(float(answer.headers.get("retry-after", "1")), 0.2), NOT_OPEN_WAIT_S)
+    except ValueError:
+        return 1.0
+
+
 def _vote(action_id: str, choice: str, reason: Optional[str], token: Optional[str]) -> None:
     settings = _settings()
     headers = {"Authorization": f"Bearer {_token(token)}"}
     with httpx.Client(base_url=settings.approval_url, headers=headers, timeout=30) as client:
-        shown = client.get(f"/v1/approvals/{action_id}")
+        shown = _when_open(lambda: client.get(f"/v1/approvals/{action_id}"), action_id)
         if shown.status_code != 200:
             _fail(_detail(shown))
         approval = shown.json()
@@ -104,9 +133,9 @@ def _vote(action_id: str, choice: str, reason: Optional[str], token: Optional[st
                       + (f" for {', '.join(approval['acting_for'])}" if approval["acting_for"] else ""))
         console.print(f"reason: {approval['reason']}")
         console.print_json(data=approval["parameters"])
-        answer = client.post(f"/v1/approvals/{action_id}/votes", json={
+        answer = _when_open(lambda: client.post(f"/v1/approvals/{action_id}/votes", json={
             "choice": choice, "reason": reason, "payload_digest": approval["payload_digest"], "channel": "cli",
-        })
+        }), action_id)
     if answer.status_code != 200:
         _fail(_detail(answer))
     body = answer.json()

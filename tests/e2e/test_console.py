@@ -114,3 +114,16 @@ def test_sign_in_without_the_forms_nonce_is_refused(settings) -> None:
     answer = httpx.post(f"{settings.approval_url}/console/sign-in", data={"name": "carol"})
     assert answer.status_code == 403 and "expired" in answer.text
     assert "keyturn_session" not in answer.cookies
+
+
+def test_a_page_for_an_approval_not_open_yet_reloads_itself_then_says_none_is_on_record(browser, settings) -> None:
+    missing = "00000000-0000-4000-8000-000000000425"
+    page = browser.new_page()
+    sign_in(page, settings, "carol")
+
+    answer = page.goto(f"{settings.approval_url}/console/actions/{missing}")
+    assert answer.status == 425 and "not open yet" in page.inner_text("#not-open")
+    page.wait_for_url(re.compile(r"waited=\d+$"), timeout=5_000)  # it reloads itself, as Retry-After says
+    page.wait_for_selector("text=No approval for", timeout=20_000)  # bounded: then it says so
+    assert "waited 10 s" in page.content()
+    page.close()

@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from keyturn.approval.service import ApprovalDesk
+from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet
 from keyturn.approval.store import DDL, ApprovalStore
+from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.core import events
 from keyturn.core.principal import Principal, PrincipalKind
@@ -87,3 +88,49 @@ def test_a_requested_webhook_still_hears_every_state_even_an_execution_seen_befo
     rows = asyncio.run(with_desk(settings, work))
     assert sorted(rows) == sorted([(asked.action_id, "allowed"), (asked.action_id, "succeeded"),
                                    (early.action_id, "succeeded"), (early.action_id, "allowed")])
+
+
+def test_a_vote_racing_the_opening_is_early_or_judged_never_an_error(settings) -> None:
+    """The vote reads the approval under the row lock the opening takes: on PostgreSQL it either
+    comes before (``ApprovalNotOpenYet``, nothing recorded) or after (judged and recorded)."""
+    sent: list[tuple[str, bytes, bytes]] = []
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        sent.append((topic, key, value))
+
+    async def work() -> list[str]:
+        pool = await open_pool(replace(settings, namespace=f"kt{uuid.uuid4().hex[:8]}"), DDL)
+        opa = OpaClient(settings.opa_url)
+        desk = ApprovalDesk(ApprovalStore(pool), opa, Topics.from_settings(settings), send)
+        answers = []
+        try:
+            for _ in range(6):
+                decision = needing_approval()
+
+                async def answer() -> str:
+                    try:
+                        result = await desk.vote(decision.action_id, Principal("human:carol", PrincipalKind.HUMAN), "approve",
+                                                 str(decision.request.payload_digest), None, "cli")
+                    except ApprovalNotOpenYet:
+                        return "early"
+                    return "judged" if result.refusal != "UnknownAction" else "unknown"
+
+                _, said = await asyncio.gather(desk.take_decision(decision, registry().encode_event(decision)), answer())
+                answers.append(said)
+                assert await desk.approval(decision.action_id) is not None  # opened either way
+        finally:
+            await opa.close()
+            await pool.close()
+        return answers
+
+    answers = asyncio.run(work())
+    assert set(answers) <= {"early", "judged"}, answers
+    recorded = [registry().decode_event(value) for _, _, value in sent]
+    assert len([e for e in recorded if isinstance(e, events.VoteRecorded)]) == answers.count("judged")
+
+
+def needing_approval() -> events.ActionDecided:
+    plain = decided(events.DecisionOutcome.NEEDS_APPROVAL)
+    request = replace(plain.request, action="iam.role.grant", resource="iam://staging/roles/analyst")
+    return replace(plain, request=request, decided_at=datetime.now(timezone.utc), approvals=events.ApprovalRequirement(
+        groups=(events.GroupRequirement("security", 1),), pending_ttl_s=600, execution_window_s=60))

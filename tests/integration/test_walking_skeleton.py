@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 
 import pytest
 
@@ -95,3 +97,13 @@ def test_every_lifecycle_event_reaches_the_audit_in_order(reporter: Agent, setti
     tail = keyturn_cli(settings, "audit", "tail")
     assert tail.returncode == 0
     assert action_id in tail.stdout
+
+
+def test_approving_an_action_with_no_approval_open_waits_then_says_so(settings) -> None:
+    """The approval service answers 'not open yet' (425) while a decision may be on its way; the
+    CLI asks again for a few seconds, then gives up saying so, and nothing was recorded."""
+    started = time.monotonic()
+    answer = keyturn_cli(settings, "approve", str(uuid.uuid4()), token=mint(settings, "human:carol"))
+    assert answer.returncode != 0
+    assert "not open yet" in answer.stderr and "no approval is open for action" in answer.stderr
+    assert time.monotonic() - started >= 5, "it waited before giving up"

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyturn.approval.service import approval_policy, pending_state
+from keyturn.approval.replay import next_sweep_at, pending_state
 from keyturn.approval.store import ApprovalRow
 from keyturn.bus.codec import registry
 from keyturn.core import approval as rules
@@ -55,7 +55,7 @@ votes = st.lists(st.tuples(
        reminders=st.sampled_from(((), (0.5,), (0.2, 0.8))))
 def test_replaying_stored_facts_rebuilds_the_state_the_rules_produced(votes, require_all, mins, escalation_at, reminders) -> None:
     decided = decision(require_all, mins, reminders)
-    live = rules.open_approval("a", REQUESTER, str(DIGEST), approval_policy(decided), OPENED, action="iam.role.grant")
+    live = rules.open_approval("a", REQUESTER, DIGEST, rules.approval_policy(decided.approvals), OPENED, action="iam.role.grant")
     accepted: list[bytes] = []
     escalated_at = None
     for approver, choice, counts_for, second, right_digest in sorted(votes, key=lambda v: v[3]):
@@ -64,15 +64,14 @@ def test_replaying_stored_facts_rebuilds_the_state_the_rules_produced(votes, req
             moment = OPENED + timedelta(seconds=escalation_at + 0.5)
             if (escalated := rules.escalate_if_due(live, moment)) is not None:
                 live, escalated_at = escalated, moment
-        vote = rules.Vote(approver=Principal(approver, PrincipalKind.HUMAN), choice=choice, counts_for=counts_for, cast_at=at,
-                          payload_digest=str(DIGEST) if right_digest else "sha256:" + "0" * 64, channel="slack")
+        vote = events.Vote(approver=Principal(approver, PrincipalKind.HUMAN), choice=events.VoteChoice(choice),
+                           counts_for=tuple(sorted(counts_for)), cast_at=at,
+                           payload_digest=DIGEST if right_digest else events.Digest("0" * 64), channel="slack")
         outcome = rules.cast_vote(live, vote, at)
         if outcome.accepted:
             live = outcome.state
             accepted.append(registry().encode_event(events.VoteRecorded(
-                event_id=f"v{len(accepted)}", action_id="a", accepted=True, recorded_at=at, vote=events.Vote(
-                    approver=vote.approver, choice=events.VoteChoice(choice), payload_digest=events.Digest.parse(vote.payload_digest),
-                    cast_at=at, channel="slack", counts_for=tuple(sorted(counts_for))))))
+                event_id=f"v{len(accepted)}", action_id="a", accepted=True, recorded_at=at, vote=vote)))
     if escalation_at is not None and escalated_at is None and live.status == "pending":
         moment = OPENED + timedelta(seconds=escalation_at + 0.5)
         if (escalated := rules.escalate_if_due(live, moment)) is not None:
@@ -101,10 +100,8 @@ def test_an_expired_row_replays_as_expired_never_denied() -> None:
 
 
 def test_the_next_sweep_is_the_earliest_reminder_or_escalation_still_to_come() -> None:
-    from keyturn.approval.service import next_sweep_at
-
     decided = decision(True, (1, 1), (0.2, 0.8))
-    state = rules.open_approval("a", REQUESTER, str(DIGEST), approval_policy(decided), OPENED, action="iam.role.grant")
+    state = rules.open_approval("a", REQUESTER, DIGEST, rules.approval_policy(decided.approvals), OPENED, action="iam.role.grant")
     assert next_sweep_at(state) == OPENED + timedelta(seconds=TTL_S * 0.2)
     state = rules.mark_reminded(state, (0.2,))
     assert next_sweep_at(state) == OPENED + timedelta(seconds=TTL_S * 0.5)  # the escalation

@@ -30,13 +30,15 @@ from keyturn.core.approval import (
     open_approval,
     reminders_due,
     resolution_of,
+    vote_choice,
 )
+from keyturn.core.events import Digest
 from keyturn.core.principal import Principal, PrincipalKind
 
 OPENED = datetime(2025, 3, 4, 9, 0, tzinfo=timezone.utc)
 TTL = timedelta(hours=1)
-DIGEST = "sha256:" + "a" * 64
-OTHER_DIGEST = "sha256:" + "b" * 64
+DIGEST = Digest("a" * 64)
+OTHER_DIGEST = Digest("b" * 64)
 
 ALICE = Principal("human:alice", PrincipalKind.HUMAN)
 REPORTER = Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",))
@@ -67,16 +69,16 @@ def vote(
     approver: Principal,
     *groups: str,
     choice: str = "approve",
-    digest: str = DIGEST,
+    digest: Digest = DIGEST,
     reason: str | None = None,
     minutes: float = 5,
 ) -> Vote:
     return Vote(
         approver=approver,
-        choice=choice,
+        choice=vote_choice(choice),
         payload_digest=digest,
         cast_at=OPENED + timedelta(minutes=minutes),
-        counts_for=frozenset(groups),
+        counts_for=tuple(sorted(set(groups))),
         channel="slack",
         reason=reason,
     )

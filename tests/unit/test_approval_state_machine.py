@@ -35,14 +35,15 @@ from keyturn.core.approval import (
     open_approval,
     reminders_due,
 )
+from keyturn.core.events import Digest, VoteChoice
 from keyturn.core.principal import Principal, PrincipalKind
 
 PROPERTY = settings(max_examples=200, deadline=None)
 
 OPENED = datetime(2025, 3, 4, 9, 0, tzinfo=timezone.utc)
 TTL = timedelta(minutes=60)
-DIGEST = "sha256:" + "a" * 64
-OTHER_DIGEST = "sha256:" + "b" * 64
+DIGEST = Digest("a" * 64)
+OTHER_DIGEST = Digest("b" * 64)
 
 HUMAN_IDS = tuple(f"human:p{number}" for number in range(6))
 AGENT_IDS = ("agent:a0", "agent:a1", "agent:a2")
@@ -109,7 +110,7 @@ class Step:
     wait: timedelta
     approver: Principal
     choice: str
-    digest: str
+    digest: Digest
 
 
 # Mostly quarter-hours of the one-hour TTL, so steps land exactly on the deadline and on the
@@ -176,10 +177,10 @@ def play(scenario: Scenario) -> Played:
         if step.kind == "vote":
             vote = Vote(
                 approver=step.approver,
-                choice=step.choice,
+                choice=VoteChoice(step.choice),
                 payload_digest=step.digest,
                 cast_at=now,
-                counts_for=scenario.groups_of[step.approver.id],
+                counts_for=tuple(sorted(scenario.groups_of[step.approver.id])),
                 channel="cli",
             )
             outcome = cast_vote(state, vote, now)
@@ -209,7 +210,7 @@ def quorum_by_hall(policy: ApprovalPolicy, votes: tuple[Vote, ...]) -> bool:
     first_vote: dict[str, frozenset[str]] = {}
     for vote in votes:
         if vote.choice == "approve":
-            first_vote.setdefault(vote.approver.id, vote.counts_for)
+            first_vote.setdefault(vote.approver.id, frozenset(vote.counts_for))
 
     def counting(names: set[str]) -> int:
         return sum(1 for groups in first_vote.values() if groups & names)
@@ -296,7 +297,7 @@ def vote_on_other_digest_never_changes_state(scenario: Scenario, played: Played)
             assert transition.after is transition.before
             open_ = transition.before.status == "pending" and transition.now < transition.before.expires_at
             outside_chain = not transition.vote.approver.everyone & scenario.requester.everyone
-            authorised = transition.vote.counts_for & set(transition.before.policy.required_group_names)
+            authorised = set(transition.vote.counts_for) & set(transition.before.policy.required_group_names)
             if open_ and outside_chain and authorised:
                 assert isinstance(transition.outcome.refusal, DigestMismatch)
 
@@ -323,7 +324,7 @@ def accepted_votes_are_authorised_bound_to_the_digest_and_in_time(scenario: Scen
             assert transition.before.status == "pending"
             assert transition.now < transition.before.expires_at
             assert vote.payload_digest == transition.before.payload_digest
-            assert vote.counts_for & set(transition.before.policy.required_group_names)
+            assert set(vote.counts_for) & set(transition.before.policy.required_group_names)
             assert transition.after.votes == (*transition.before.votes, vote)
             resolved = transition.after.status != "pending"
             assert (transition.outcome.resolution is not None) == resolved
@@ -439,10 +440,10 @@ def approve_in_turn(policy: ApprovalPolicy, answers: list[tuple[str, frozenset[s
         now = OPENED + timedelta(minutes=minute)
         vote = Vote(
             approver=Principal(person, PrincipalKind.HUMAN),
-            choice="approve",
+            choice=VoteChoice.APPROVE,
             payload_digest=DIGEST,
             cast_at=now,
-            counts_for=groups,
+            counts_for=tuple(sorted(groups)),
             channel="slack",
         )
         state = cast_vote(state, vote, now).state
@@ -461,10 +462,10 @@ def test_order_of_the_same_approvals_does_not_change_the_outcome(round_):
     authorised = tuple(
         Vote(
             approver=Principal(person, PrincipalKind.HUMAN),
-            choice="approve",
+            choice=VoteChoice.APPROVE,
             payload_digest=DIGEST,
             cast_at=OPENED,
-            counts_for=groups,
+            counts_for=tuple(sorted(groups)),
             channel="slack",
         )
         for person, groups in answers

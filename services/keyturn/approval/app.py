@@ -37,7 +37,7 @@ def create_app(settings: Settings):
     http.add_middleware(BoundedRequests, max_body_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes,
                         on_refused=runtime.refused_at_the_edge)
     mount_routes(http, runtime.desk, runtime.verifier)
-    mount_console(http, runtime.desk, runtime.verifier, settings)
+    mount_console(http, runtime.desk, runtime.verifier, runtime.console_sign_in)
     if runtime.slack is not None:
         mount_slack(http, runtime.desk, runtime.slack, settings.slack_signing_secret)
 

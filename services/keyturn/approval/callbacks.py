@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from keyturn.approval.store import ApprovalStore, Callback
-from keyturn.config import Settings
+from keyturn.core.events import canonical_json
+from keyturn.core.lifecycle import ActionState
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,19 @@ def signature_valid(secret: bytes, body: bytes, header: str, now: float, toleran
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def callback_secret(settings: Settings) -> bytes:
+def callback_body(action_id: str, state: str, at: datetime, summary: str, reasons: tuple[str, ...] = ()) -> str:
+    """What the requester's webhook receives: the action's new state, as JSON."""
+    return canonical_json({
+        "action_id": action_id, "state": state, "terminal": ActionState(state).is_terminal,
+        "summary": summary, "reasons": list(reasons), "at": at.isoformat(),
+    })
+
+
+def callback_secret(configured: str, keys_dir: Path | str) -> bytes:
     """The configured secret, else one kept (mode 0600) beside the local dev keys."""
-    if settings.callback_secret:
-        return settings.callback_secret.encode()
-    path = Path(settings.keys_dir) / "callback-secret"
+    if configured:
+        return configured.encode()
+    path = Path(keys_dir) / "callback-secret"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
@@ -73,13 +82,6 @@ class CallbackCourier:
         self.allowed_hosts = allowed_hosts
         self.max_attempts = max_attempts
         self.client = client
-
-    @classmethod
-    def from_settings(cls, settings: Settings, store: ApprovalStore) -> "CallbackCourier":
-        hosts = frozenset(h.strip().lower() for h in settings.callback_allowed_hosts.split(",") if h.strip())
-        # redirects are not followed: a redirect could leave the allow-list
-        client = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
-        return cls(store, callback_secret(settings), hosts, settings.callback_max_attempts, client)
 
     async def deliver_due(self) -> int:
         now = datetime.now(timezone.utc)

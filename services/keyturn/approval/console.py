@@ -6,6 +6,10 @@ from a bearer token — an ``Authorization`` header set by an OIDC proxy in prod
 for ``human:NAME``). Every form carries a CSRF token derived from the session token, and the
 session cookie is HttpOnly and SameSite=Strict. Votes go through ``ApprovalDesk.vote`` like
 every other channel (``channel=console``).
+
+An action whose approval has not opened yet (a link followed right after the agent asked) gets a
+page that says so and reloads itself every ``Retry-After`` seconds, up to ``NOT_OPEN_WAIT_S``;
+then it says that no approval is on record for the action.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -27,10 +32,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from keyturn.approval.http import REFUSAL_STATUS
-from keyturn.approval.service import ApprovalDesk, DeskUnavailable, pending_state
+from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet, DeskUnavailable
+from keyturn.approval.replay import pending_state
 from keyturn.approval.views import requester_line, timeline
 from keyturn.bus.codec import registry
-from keyturn.config import Settings
 from keyturn.core.principal import Principal
 from keyturn.identity import InvalidToken, issue_token, load_or_create_signing_key
 from keyturn.policy.opa import PolicyAnswerInvalid, PolicyUnavailable
@@ -38,6 +43,7 @@ from keyturn.policy.opa import PolicyAnswerInvalid, PolicyUnavailable
 SESSION_COOKIE = "keyturn_session"
 SIGN_IN_COOKIE = "keyturn_sign_in"
 SESSION_TTL = timedelta(hours=8)
+NOT_OPEN_WAIT_S = 10  # how long the page for an approval not open yet keeps reloading itself
 HUMAN_NAME = re.compile(r"^(human:)?([a-z][a-z0-9._-]{0,63})$")
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -47,14 +53,25 @@ TEMPLATES.globals["requester_line"] = requester_line
 TEMPLATES.filters["when"] = lambda iso: datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-class Console:
-    """Sessions, CSRF and the pages; routes are added by ``mount_console``."""
+@dataclass(frozen=True)
+class DevSignIn:
+    """Development sign-in by name: tokens minted with the local key for ``human:NAME``."""
 
-    def __init__(self, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Callable[[], Any], settings: Settings) -> None:
+    keys_dir: Path
+    audience: str
+    issuer: str
+
+
+class Console:
+    """Sessions, CSRF and the pages; routes are added by ``mount_console``.
+
+    ``dev_sign_in`` is None in production (sign in with a token from the identity provider)."""
+
+    def __init__(self, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Callable[[], Any], dev_sign_in: DevSignIn | None) -> None:
         self.desk_of = desk_of
         self.verifier = verifier
-        self.settings = settings
-        self.dev_sign_in = settings.console_dev_signin == 1 or settings.dev_identity
+        self.dev = dev_sign_in
+        self.dev_sign_in = dev_sign_in is not None
         self._secret = secrets.token_bytes(32)  # forms older than a restart must be reloaded
 
     def session(self, request: Request) -> tuple[Principal, str] | None:
@@ -94,9 +111,10 @@ class Console:
         return True, "You answer for " + ", ".join(groups) + "."
 
 
-def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Callable[[], Any], settings: Settings) -> Console:
+def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Callable[[], Any],
+                  dev_sign_in: DevSignIn | None) -> Console:
     """Add the ``/console`` pages to the approval service's HTTP app."""
-    console = Console(desk_of, verifier, settings)
+    console = Console(desk_of, verifier, dev_sign_in)
 
     @app.get("/console", response_class=HTMLResponse, include_in_schema=False)
     async def inbox(request: Request) -> Response:
@@ -130,12 +148,12 @@ def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], 
             return console.render("sign_in.html", 403, dev=console.dev_sign_in, error="The sign-in form expired; try again.", nonce="", approver=None)
         if token.strip():
             chosen = token.strip()
-        elif name.strip() and console.dev_sign_in:
+        elif name.strip() and console.dev is not None:
             match = HUMAN_NAME.match(name.strip().lower())
             if not match:
                 return RedirectResponse("/console/sign-in?error=" + quote("Use a name like carol (people only)."), status_code=303)
-            key = load_or_create_signing_key(settings.keys_dir)
-            chosen = issue_token(key, subject=f"human:{match.group(2)}", audience=settings.jwt_audience, issuer=settings.jwt_issuer, ttl=SESSION_TTL)
+            key = load_or_create_signing_key(console.dev.keys_dir)
+            chosen = issue_token(key, subject=f"human:{match.group(2)}", audience=console.dev.audience, issuer=console.dev.issuer, ttl=SESSION_TTL)
         else:
             return RedirectResponse("/console/sign-in?error=" + quote("Paste a token from your identity provider."), status_code=303)
         try:
@@ -159,11 +177,11 @@ def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], 
         return response
 
     @app.get("/console/actions/{action_id}", response_class=HTMLResponse, include_in_schema=False)
-    async def action_page(request: Request, action_id: str, done: str = "") -> Response:
+    async def action_page(request: Request, action_id: str, done: str = "", waited: int = 0) -> Response:
         signed_in = console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
-        return await _action_page(console, signed_in, action_id, notice=_notice(done))
+        return await _action_page(console, signed_in, action_id, notice=_notice(done), waited=max(0, waited))
 
     @app.post("/console/actions/{action_id}/vote", include_in_schema=False)
     async def vote(request: Request, action_id: str) -> Response:
@@ -187,7 +205,6 @@ def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], 
             if unavailable.error == "database_unavailable":
                 raise  # the page itself cannot be read back: the service's 503 "try again" answer
             return await _action_page(console, signed_in, action_id, error=str(unavailable), status=503)
-        await desk.flush_after_commit()
         if not result.accepted:
             return await _action_page(console, signed_in, action_id, error=f"{result.refusal}: {result.message}",
                                       status=REFUSAL_STATUS.get(result.refusal or "", 409))
@@ -196,14 +213,24 @@ def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], 
     return console
 
 
-async def _action_page(console: Console, signed_in: tuple[Principal, str], action_id: str, *, notice: str = "", error: str = "", status: int = 200) -> Response:
+async def _action_page(console: Console, signed_in: tuple[Principal, str], action_id: str, *, notice: str = "", error: str = "",
+                       status: int = 200, waited: int = 0) -> Response:
     approver, token = signed_in
     desk = await console.desk_of()
-    row = await desk.store.read(action_id)
-    if row is None:
-        return console.render("missing.html", 404, approver=approver, action_id=action_id, csrf=console.csrf(token))
-    decided = registry().decode_event(row.decided_event)
-    state = pending_state(decided, row)
+    try:
+        found = await desk.approval(action_id)
+    except ApprovalNotOpenYet as early:
+        if waited >= NOT_OPEN_WAIT_S:
+            return console.render("missing.html", 404, approver=approver, action_id=action_id, csrf=console.csrf(token), waited=waited)
+        # the decision may be on its way: this page reloads itself until the approval opens
+        again = f"/console/actions/{quote(action_id)}?waited={waited + early.retry_after_s}"
+        response = console.render("not_open.html", early.status, approver=approver, action_id=action_id, csrf=console.csrf(token),
+                                  retry_after_s=early.retry_after_s, again=again, error=error)
+        response.headers["Retry-After"] = str(early.retry_after_s)
+        return response
+    if found is None:
+        return console.render("missing.html", 404, approver=approver, action_id=action_id, csrf=console.csrf(token), waited=0)
+    decided, state = found
     view = await desk.view(action_id)
     history = [registry().decode_event(v) for v in await desk.store.vote_history(action_id)]
     may, why = await console.may_decide(desk, approver, decided, state)
@@ -216,7 +243,6 @@ async def _refused(console: Console, request: Request, approver: Principal, erro
     """A signed-in approver's form that cannot count: recorded under their name, without the form."""
     desk = await console.desk_of()
     await desk.refuse_interaction("console", error, reason, await request.body(), principal=approver.id)
-    await desk.flush_after_commit()
 
 
 async def _form(request: Request, *names: str) -> tuple[str, ...]:

@@ -12,9 +12,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel, Field
 
-from keyturn.approval.service import ApprovalDesk, DeskUnavailable, pending_state
-from keyturn.faults import DATABASE_UNAVAILABLE
+from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
+from keyturn.approval.replay import pending_state
 from keyturn.approval.views import approval_view
+from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.bus.codec import registry
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.core.principal import Principal
@@ -45,8 +46,9 @@ class VoteRequest(BaseModel):
 
 
 def unavailable(exc: DeskUnavailable) -> JSONResponse:
-    """503 with the refusal shape every other answer uses, and when to try again."""
-    return JSONResponse({"detail": {"error": exc.error, "message": str(exc)}}, status_code=503,
+    """Nothing was recorded, try again: 503 (a dependency is down) or 425 (the approval has not
+    opened yet), with the refusal shape every other answer uses, and when to try again."""
+    return JSONResponse({"detail": {"error": exc.error, "message": str(exc)}}, status_code=exc.status,
                         headers={"Retry-After": str(exc.retry_after_s)})
 
 
@@ -88,7 +90,6 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         await desk.refuse_interaction(f"http:{request.method} {request.url.path}", "invalid_body",
                                       f"{request.method} {request.url.path} refused from {approver.id}", await request.body(),
                                       problems=tuple(problems), principal=approver.id)
-        await desk.flush_after_commit()
         return JSONResponse({"detail": {"error": "invalid_request", "message": "; ".join(problems), "problems": problems}},
                             status_code=422)
 
@@ -114,21 +115,25 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
             views.append(approval_view(decided, pending_state(decided, full)))
         return views
 
-    @app.get("/v1/approvals/{action_id}", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown approval"}})
+    @app.get("/v1/approvals/{action_id}", responses={
+        401: {"description": "Missing or invalid token"}, 404: {"description": "Allowed without approval (break-glass)"},
+        425: {"description": "No approval is open for this action yet (its decision may be on its way): retry after Retry-After"},
+    })
     async def show(action_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         """One approval with masked parameters and the digest a vote must name."""
         approver_of(authorization)
         desk = await desk_of()
-        row = await desk.store.read(action_id)
-        if row is None:
-            raise HTTPException(404, detail=f"no approval is pending or recorded for action {action_id}")
-        decided = registry().decode_event(row.decided_event)
-        return approval_view(decided, pending_state(decided, row))
+        found = await desk.approval(action_id)
+        if found is None:
+            raise HTTPException(404, detail=f"action {action_id} was allowed without approval (break-glass); there is nothing to answer")
+        return approval_view(*found)
 
     @app.post("/v1/approvals/{action_id}/votes", responses={
         401: {"description": "Missing or invalid token"}, 403: {"description": "Self-approval or not an approver"},
-        404: {"description": "Unknown action"}, 409: {"description": "Resolved already, duplicate vote or digest drift"},
+        404: {"description": "Not an approval: the action was allowed without one (break-glass)"},
+        409: {"description": "Resolved already, duplicate vote or digest drift"},
         410: {"description": "Approval expired"},
+        425: {"description": "The approval has not opened yet: nothing was recorded, answer again after Retry-After"},
         503: {"description": "Policy engine or database unreachable: nothing was recorded, answer again later (Retry-After)"},
     })
     async def vote(action_id: str, body: VoteRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
@@ -136,7 +141,6 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         approver = approver_of(authorization)
         desk = await desk_of()
         result = await desk.vote(action_id, approver, body.choice, body.payload_digest, body.reason, body.channel)
-        await desk.flush_after_commit()
         if not result.accepted:
             raise HTTPException(REFUSAL_STATUS.get(result.refusal or "", 409), detail={"error": result.refusal, "message": result.message})
         return {"action_id": action_id, "accepted": True, "status": result.status, "summary": result.summary}

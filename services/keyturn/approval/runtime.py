@@ -1,6 +1,8 @@
 """The one place the approval service is wired: database, policy client, desk, chat adapters, couriers.
 
-Built once, lazily, inside the worker's event loop (the pool and the HTTP clients belong to it).
+The only module of the approval package that reads ``Settings`` (besides the entrypoint,
+``app.py``): every adapter below is built here from explicit arguments. Built once, lazily,
+inside the worker's event loop (the pool and the HTTP clients belong to it).
 """
 
 from __future__ import annotations
@@ -9,18 +11,24 @@ import asyncio
 import logging
 from typing import Any
 
-from keyturn.approval.callbacks import CallbackCourier
-from keyturn.approval.channels import ApproverChannel
+import httpx
+from slack_sdk.web.async_client import AsyncWebClient
+
+from keyturn.approval.callbacks import CallbackCourier, callback_secret
+from keyturn.approval.channels import ApproverChannel, ChatTargets, principal_map
+from keyturn.approval.console import DevSignIn
 from keyturn.approval.courier import NotificationCourier
+from keyturn.approval.desk import ApprovalDesk
 from keyturn.approval.http import UNATTRIBUTED
-from keyturn.approval.service import ApprovalDesk
-from keyturn.faults import DATABASE_UNAVAILABLE
+from keyturn.approval.identities import email_domains
+from keyturn.approval.ports import PolicyEngine
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.http import header
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.db import open_pool
+from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity import InvalidToken, TokenVerifier, bearer_token, verifier_from_settings
 from keyturn.policy.opa import OpaClient
 
@@ -32,6 +40,43 @@ log = logging.getLogger(__name__)
 CONNECTION_WAIT_S = 5.0
 
 
+def slack_channel(s: Settings) -> SlackChannel | None:
+    """The Slack adapter when a bot token is configured, else None (Slack off)."""
+    if not s.slack_bot_token:
+        return None
+    client = AsyncWebClient(token=s.slack_bot_token, base_url=s.slack_api_url, timeout=10)
+    return SlackChannel(client, ChatTargets.from_json(s.slack_channels, "KEYTURN_SLACK_CHANNELS"),
+                        principal_map(s.slack_user_map, "KEYTURN_SLACK_USER_MAP"), email_domains(s.slack_email_domains))
+
+
+async def teams_channel(s: Settings) -> Any:
+    """The Teams adapter when an app id is configured, else None (Teams off)."""
+    if not s.teams_app_id:
+        return None
+    from keyturn.approval.teams import TeamsChannel  # the Teams SDK is only imported when used
+
+    return await TeamsChannel.connect(
+        app_id=s.teams_app_id, app_password=s.teams_app_password, tenant_id=s.teams_tenant_id, token_url=s.teams_token_url,
+        openid_url=s.teams_openid_url, token_issuer=s.teams_token_issuer, service_url=s.teams_service_url,
+        targets=ChatTargets.from_json(s.teams_conversations, "KEYTURN_TEAMS_CONVERSATIONS"),
+        user_map=principal_map(s.teams_user_map, "KEYTURN_TEAMS_USER_MAP"), email_domains=email_domains(s.teams_email_domains),
+    )
+
+
+def callback_courier(s: Settings, store: ApprovalStore) -> CallbackCourier:
+    """The requester-webhook sender: only allow-listed hosts, no redirects (one could leave the list)."""
+    hosts = frozenset(h.strip().lower() for h in s.callback_allowed_hosts.split(",") if h.strip())
+    client = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+    return CallbackCourier(store, callback_secret(s.callback_secret, s.keys_dir), hosts, s.callback_max_attempts, client)
+
+
+def console_sign_in(s: Settings) -> DevSignIn | None:
+    """Sign-in by name with locally minted tokens, in development only."""
+    if not (s.console_dev_signin == 1 or s.dev_identity):
+        return None
+    return DevSignIn(s.keys_dir, s.jwt_audience, s.jwt_issuer)
+
+
 class ApprovalRuntime:
     """Everything the approval service's agents, timers and routes share."""
 
@@ -39,7 +84,8 @@ class ApprovalRuntime:
         self.settings = settings
         self.topics = topics
         self.send = send
-        self.slack: SlackChannel | None = SlackChannel.from_settings(settings)
+        self.slack: SlackChannel | None = slack_channel(settings)
+        self.console_sign_in = console_sign_in(settings)
         self.teams: Any = None  # set by build() when Teams is configured (it needs the event loop)
         self._lock = asyncio.Lock()
         self._desk: ApprovalDesk | None = None
@@ -72,19 +118,19 @@ class ApprovalRuntime:
         s = self.settings
         pool = await open_pool(s, DDL)
         pool.timeout = CONNECTION_WAIT_S
-        store = ApprovalStore(pool)
-        opa = OpaClient.from_settings(s)
         self.verifier()
-        if s.teams_app_id:
-            from keyturn.approval.teams import TeamsChannel  # the Teams SDK is only imported when used
+        self.teams = await teams_channel(s)
+        self.wire(ApprovalStore(pool), OpaClient.from_settings(s))
 
-            self.teams = await TeamsChannel.from_settings(s)
+    def wire(self, store: Any, opa: PolicyEngine) -> ApprovalDesk:
+        """The desk and its couriers on ``store`` and ``opa`` (tests pass in-memory fakes here)."""
         routes = {name: adapter.targets for name, adapter in self.adapters.items()}
         desk = ApprovalDesk(store, opa, self.topics, self.send, routes)
         self.notifications = NotificationCourier(store, self.adapters, desk.view)
-        self.callbacks = CallbackCourier.from_settings(s, store)
+        self.callbacks = callback_courier(self.settings, store)
         self._desk = desk
         log.info("approval desk ready; chat channels: %s", ", ".join(routes) or "none")
+        return desk
 
     async def keep_time(self) -> None:
         """Expire, remind and escalate what is due, and publish the events that follow.
@@ -125,7 +171,6 @@ class ApprovalRuntime:
         where = f"http:{scope.get('method')} {scope.get('path')}"
         await desk.refuse_interaction(where, reason, "; ".join(problems), received,
                                       problems=tuple(problems), principal=principal.id)
-        await desk.flush_after_commit()
 
     async def _skip_tick(self, what: str, exc: Exception) -> None:
         log.warning("database unavailable; %s wait for the next tick: %s: %s", what, type(exc).__name__, exc)

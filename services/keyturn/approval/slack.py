@@ -16,9 +16,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from keyturn.approval import slack_messages as blocks
-from keyturn.approval.channels import ChatTargets, UnknownChatUser, message_ref, principal_map
-from keyturn.approval.identities import email_domains, principal_for, slack_account
-from keyturn.config import Settings
+from keyturn.approval.channels import ChatTargets, UnknownChatUser, message_ref
+from keyturn.approval.identities import principal_for, slack_account
 from keyturn.core.principal import Principal
 
 log = logging.getLogger(__name__)
@@ -39,19 +38,6 @@ class SlackChannel:
         self.email_domains = tuple(d.lower() for d in email_domains)
         self.slack_user_of = {principal: user for user, principal in user_map.items()}
         self._workspace: str | None = None  # our team id, from auth.test on first use
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "SlackChannel | None":
-        """The adapter when a bot token is configured, else None (Slack off)."""
-        if not settings.slack_bot_token:
-            return None
-        client = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=10)
-        return cls(
-            client,
-            ChatTargets.from_json(settings.slack_channels, "KEYTURN_SLACK_CHANNELS"),
-            principal_map(settings.slack_user_map, "KEYTURN_SLACK_USER_MAP"),
-            email_domains(settings.slack_email_domains),
-        )
 
     # --- telling approvers ----------------------------------------------------------------------
 

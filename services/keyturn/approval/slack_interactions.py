@@ -31,7 +31,7 @@ from slack_sdk.signature import SignatureVerifier
 from keyturn.approval import slack_messages as blocks
 from keyturn.approval.channels import NOT_SHOWN, UnknownChatUser, not_shown
 from keyturn.approval.http import UNATTRIBUTED
-from keyturn.approval.service import ApprovalDesk, DeskUnavailable
+from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.slack import SlackChannel
 from keyturn.core.principal import Principal, PrincipalKind
 
@@ -192,7 +192,6 @@ def mount_slack(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], sl
                 UNATTRIBUTED.labels("slack", refused.error).inc()
             else:
                 await desk.refuse_interaction(SOURCE, refused.error, str(refused), body)
-                await desk.flush_after_commit()
             return JSONResponse({"error": refused.error, "message": str(refused)}, status_code=refused.status)
 
 
@@ -215,7 +214,6 @@ async def _button(desk: ApprovalDesk, slack: SlackChannel, click: Interaction) -
     except DeskUnavailable as unavailable:
         await slack.tell_user(click.channel, click.user, f":hourglass: {unavailable}")
         return Response(status_code=200)
-    await desk.flush_after_commit()
     if not result.accepted:
         await slack.tell_user(click.channel, click.user, f":warning: Your answer was not applied — {result.refusal}: {result.message}")
     return Response(status_code=200)
@@ -233,7 +231,6 @@ async def _deny_submitted(desk: ApprovalDesk, slack: SlackChannel, submitted: In
     except DeskUnavailable as unavailable:
         # the modal stays open with the reason typed, so submitting again is one click
         return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: str(unavailable)[:2000]}})
-    await desk.flush_after_commit()
     if not result.accepted:
         return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: f"{result.refusal}: {result.message}"[:2000]}})
     return Response(status_code=200)
@@ -245,7 +242,6 @@ async def _unbound(desk: ApprovalDesk, slack: SlackChannel, answer: Interaction,
     why = await not_shown(desk.store, slack.name, answer.channel, answer.message_ts, action_id)
     if why is not None:
         await desk.refuse_answer(action_id, _account(answer), choice, digest, "slack", NOT_SHOWN, why)
-        await desk.flush_after_commit()
     return why
 
 
@@ -260,7 +256,6 @@ async def _approver(desk: ApprovalDesk, slack: SlackChannel, answer: Interaction
         return await slack.principal_of(answer.user, answer.user_team)
     except UnknownChatUser as unknown:
         await desk.refuse_answer(action_id, _account(answer), choice, digest, "slack", "UnknownChatUser", str(unknown))
-        await desk.flush_after_commit()
         if channel:
             await slack.tell_user(channel, answer.user, f":warning: Your answer was not applied — {unknown}")
         return None

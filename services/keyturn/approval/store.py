@@ -16,6 +16,8 @@ that causes it, and sent after commit, so a crash delays a message but never los
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -146,8 +148,20 @@ _APPROVAL_COLUMNS = "action_id, decided_event, status, resolved_at, escalated_at
 
 
 class ApprovalStore:
+    """The PostgreSQL tables behind the desk (it satisfies ``ports.DeskStore``) and its couriers."""
+
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection in one transaction: committed on a normal exit, rolled back on an error."""
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    async def check(self) -> None:
+        """Test the idle pooled connections and replace the dead ones (after a database restart)."""
+        await self.pool.check()
 
     # --- approvals ----------------------------------------------------------------------------
 
@@ -367,11 +381,6 @@ class ApprovalStore:
                 (source, interaction),
             )
             return await cur.fetchone() is not None
-
-    async def record_dead_letter(self, topic: str, key: str, value: bytes) -> None:
-        """Queue a dead letter (refused interaction) for the DLQ topic, so the audit sees it."""
-        async with self.pool.connection() as conn:
-            await self.enqueue(conn, topic, key, value)
 
     # --- requester webhooks -------------------------------------------------------------------
 

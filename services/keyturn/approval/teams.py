@@ -34,12 +34,11 @@ from microsoft_teams.apps.events import CoreActivity
 from microsoft_teams.apps.http.fastapi_adapter import FastAPIAdapter
 
 from keyturn.approval import teams_cards as cards
-from keyturn.approval.channels import NOT_SHOWN, ChatTargets, UnknownChatUser, message_ref, not_shown, principal_map
+from keyturn.approval.channels import NOT_SHOWN, ChatTargets, UnknownChatUser, message_ref, not_shown
 from keyturn.approval.http import UNATTRIBUTED
-from keyturn.approval.identities import email_domains, principal_for, teams_account
-from keyturn.approval.service import ApprovalDesk, DeskUnavailable
+from keyturn.approval.identities import principal_for, teams_account
+from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.faults import DATABASE_UNAVAILABLE
-from keyturn.config import Settings
 from keyturn.core.principal import Principal, PrincipalKind
 
 log = logging.getLogger(__name__)
@@ -100,22 +99,22 @@ class TeamsChannel:
         app.on_card_action_execute(self._card_action)
 
     @classmethod
-    async def from_settings(cls, settings: Settings) -> "TeamsChannel":
-        cloud = with_overrides(PUBLIC, openid_metadata_url=settings.teams_openid_url, token_issuer=settings.teams_token_issuer,
-                               login_tenant=settings.teams_tenant_id)
+    async def connect(cls, *, app_id: str, app_password: str, tenant_id: str, token_url: str, openid_url: str,
+                      token_issuer: str, service_url: str, targets: ChatTargets, user_map: dict[str, str],
+                      email_domains: tuple[str, ...] = ()) -> "TeamsChannel":
+        """The adapter with its SDK app initialised (the app's tokens, the Bot Framework's keys)."""
+        cloud = with_overrides(PUBLIC, openid_metadata_url=openid_url, token_issuer=token_issuer, login_tenant=tenant_id)
         app = App(
-            client_id=settings.teams_app_id,
-            token=ClientCredentialTokens(settings.teams_token_url, settings.teams_app_id, settings.teams_app_password),
-            tenant_id=settings.teams_tenant_id,
-            service_url=settings.teams_service_url,
+            client_id=app_id,
+            token=ClientCredentialTokens(token_url, app_id, app_password),
+            tenant_id=tenant_id,
+            service_url=service_url,
             cloud=cloud,
             http_server_adapter=FastAPIAdapter(app=FastAPI()),  # the route is ours (mount); the SDK only validates and routes
             dangerously_allow_unauthenticated_requests=False,
         )
         await app.initialize()
-        return cls(app, ChatTargets.from_json(settings.teams_conversations, "KEYTURN_TEAMS_CONVERSATIONS"),
-                   principal_map(settings.teams_user_map, "KEYTURN_TEAMS_USER_MAP"),
-                   tenant=settings.teams_tenant_id, email_domains=email_domains(settings.teams_email_domains))
+        return cls(app, targets, user_map, tenant=tenant_id, email_domains=email_domains)
 
     async def mount(self, http: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]]) -> None:
         """Add ``POST /api/messages`` (the bot's messaging endpoint) to the approval service."""
@@ -144,7 +143,6 @@ class TeamsChannel:
                                      "message": "the bearer token is missing or is not a valid Bot Framework token for this app"}, status_code=401)
             if problem is not None:
                 await desk.refuse_interaction(SOURCE, "malformed_activity", problem, raw)
-                await desk.flush_after_commit()
                 return JSONResponse({"error": "malformed_activity", "message": problem}, status_code=400)
             if answer.get("body") is None:
                 return Response(status_code=answer["status"])
@@ -212,7 +210,6 @@ class TeamsChannel:
             return _card(view) if view else _message("This action is not known to Keyturn.")
         if not await desk.store.first_sighting("teams", f"{conversation}:{activity.id}"):
             await desk.refuse_interaction(SOURCE, "replayed_interaction", f"Teams activity {activity.id} was already received", activity.model_dump_json().encode())
-            await desk.flush_after_commit()
             return _message("This answer was already received; a replay changes nothing.")
         if action.verb not in (cards.APPROVE, cards.DENY):
             return _message(f"Keyturn does not know the card action {action.verb!r}.")
@@ -220,14 +217,12 @@ class TeamsChannel:
         user = activity.from_
         if unbound is not None:
             await desk.refuse_answer(action_id, _account(user), choice, digest, "teams", NOT_SHOWN, unbound)
-            await desk.flush_after_commit()
             return _message(f"Your answer was not applied — {unbound}")
         view = await desk.view(action_id)
         try:
             approver = await self._principal_of(ctx, conversation)
         except UnknownChatUser as unknown:
             await desk.refuse_answer(action_id, _account(user), choice, digest, "teams", "UnknownChatUser", str(unknown))
-            await desk.flush_after_commit()
             return _card(view, f"Your answer was not applied — {unknown}") if view else _message(f"Your answer was not applied — {unknown}")
         reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
         if choice == "deny" and reason is None and view is not None and view["status"] == "pending":
@@ -236,7 +231,6 @@ class TeamsChannel:
             result = await desk.vote(action_id, approver, choice, digest, reason, "teams")
         except DeskUnavailable as unavailable:
             return _card(view, str(unavailable)) if view else _message(str(unavailable))
-        await desk.flush_after_commit()
         view = await desk.view(action_id)
         problem = None if result.accepted else f"Your answer was not applied — {result.refusal}: {result.message}"
         return _card(view, problem) if view else _message(problem or "")

@@ -29,6 +29,9 @@ approval as denied. Approvals count per distinct person. With ``require_all`` ea
 fills at most one group's seat, so two groups needing one approval each always need two
 different people (separation of duties); without ``require_all`` any one group reaching its
 minimum suffices, and a person counts for every group they are in.
+
+A vote and a group requirement are the event types of ``keyturn.core.events`` (the Avro
+contract): the rules read them as they travel, so nothing translates between two models.
 """
 
 from __future__ import annotations
@@ -37,14 +40,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
+from keyturn.core.events import ApprovalRequirement, Digest, GroupRequirement, Vote, VoteChoice
 from keyturn.core.principal import Principal
 
 ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
 FinalStatus = Literal["approved", "denied", "expired"]
-VoteChoice = Literal["approve", "deny"]
 
 FINAL_STATUSES: frozenset[str] = frozenset({"approved", "denied", "expired"})
-VOTE_CHOICES: frozenset[str] = frozenset({"approve", "deny"})
 DEFAULT_ESCALATION_FRACTION = 0.5
 
 
@@ -53,25 +55,6 @@ class InvalidApprovalPolicy(ValueError):
 
 
 # --- the data ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GroupRequirement:
-    """At least ``min_approvals`` distinct members of group ``name`` must approve."""
-
-    name: str
-    min_approvals: int
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise InvalidApprovalPolicy(
-                "a group requirement has an empty group name; name the approver group in the policy"
-            )
-        if self.min_approvals < 1:
-            raise InvalidApprovalPolicy(
-                f"group {self.name} needs min_approvals of at least 1, got {self.min_approvals}; "
-                "leave a group that needs no approval out of the policy"
-            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +88,8 @@ class ApprovalPolicy:
                 "an approval needs at least one approver group and the policy decision named none; "
                 "add an approver group for this action to the policy data"
             )
+        for requirement in (*self.groups, *self.alternatives):
+            _check_requirement(requirement)
         for kind, requirements in (("groups", self.groups), ("alternatives", self.alternatives)):
             names = [requirement.name for requirement in requirements]
             repeated = sorted({name for name in names if names.count(name) > 1})
@@ -145,33 +130,6 @@ class ApprovalPolicy:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Vote:
-    """One approver's answer, as received from a channel.
-
-    ``payload_digest`` is the digest of the parameters the approver was shown.
-    ``counts_for`` is the set of groups this approver counts for on this action, decided by
-    the policy engine (membership is an input here, never looked up).
-    ``channel`` is where the answer came from: ``cli``, ``slack``, ``teams`` or ``console``.
-    """
-
-    approver: Principal
-    choice: VoteChoice
-    payload_digest: str
-    cast_at: datetime
-    counts_for: frozenset[str]
-    channel: str
-    reason: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "counts_for", frozenset(self.counts_for))
-        if self.choice not in VOTE_CHOICES:
-            raise ValueError(
-                f"vote choice {self.choice!r} from {self.approver.id} is neither 'approve' nor 'deny'; "
-                "the channel adapter must map the answer to one of those two"
-            )
-
-
-@dataclass(frozen=True, kw_only=True)
 class PendingApproval:
     """The approval state of one action.
 
@@ -183,7 +141,7 @@ class PendingApproval:
     action_id: str
     action: str
     requester: Principal
-    payload_digest: str
+    payload_digest: Digest
     policy: ApprovalPolicy
     opened_at: datetime
     expires_at: datetime
@@ -210,7 +168,7 @@ class Resolution:
     action_id: str
     status: FinalStatus
     at: datetime
-    payload_digest: str
+    payload_digest: Digest
     votes: tuple[Vote, ...]
     reason: str | None
 
@@ -329,7 +287,7 @@ class DuplicateVote(ApprovalRefusal):
 
     def __init__(self, *, action_id: str, approver_id: str, earlier: Vote) -> None:
         super().__init__(
-            f"{approver_id} already answered action {action_id} ({earlier.choice}, "
+            f"{approver_id} already answered action {action_id} ({earlier.choice.value}, "
             f"{earlier.cast_at.isoformat()}); each approver counts once, so this answer was not applied. "
             "To stop the action, ask another approver to deny it",
             action_id=action_id,
@@ -376,13 +334,39 @@ class UnknownAction(ApprovalRefusal):
         )
 
 
+# --- the data, from the decision -------------------------------------------------------------
+
+
+def approval_policy(requirement: ApprovalRequirement) -> ApprovalPolicy:
+    """The policy of one approval from the decision's approval requirement (TTLs in seconds)."""
+    return ApprovalPolicy(
+        groups=requirement.groups,
+        require_all=requirement.require_all,
+        pending_ttl=timedelta(seconds=requirement.pending_ttl_s),
+        execution_window=timedelta(seconds=requirement.execution_window_s),
+        escalation_group=requirement.escalation_group,
+        reminder_fractions=requirement.reminder_fractions,
+    )
+
+
+def vote_choice(answer: str) -> VoteChoice:
+    """The choice an answer names: ``approve`` or ``deny``, nothing else."""
+    try:
+        return VoteChoice(answer)
+    except ValueError:
+        raise ValueError(
+            f"vote choice {answer!r} is neither 'approve' nor 'deny'; "
+            "the channel adapter must map the answer to one of those two"
+        ) from None
+
+
 # --- transitions ------------------------------------------------------------------------------
 
 
 def open_approval(
     action_id: str,
     requester: Principal,
-    payload_digest: str,
+    payload_digest: Digest,
     policy: ApprovalPolicy,
     now: datetime,
     *,
@@ -390,7 +374,7 @@ def open_approval(
 ) -> PendingApproval:
     """Start waiting for approvers of ``action`` (e.g. ``db.export``) until ``policy.pending_ttl`` passes."""
     _require_aware(now)
-    if not payload_digest:
+    if not payload_digest.hex:
         raise ValueError(
             f"action {action_id} has no payload digest; an approval must be bound to the exact parameters"
         )
@@ -421,7 +405,7 @@ def cast_vote(state: PendingApproval, vote: Vote, now: datetime) -> VoteOutcome:
             state=state, accepted=False, refusal=refusal, resolution=None, progress=approval_progress(state)
         )
     votes = (*state.votes, vote)
-    if vote.choice == "deny":
+    if vote.choice is VoteChoice.DENY:
         after = replace(state, votes=votes, status="denied", resolved_at=now)
     elif quorum_reached(state.policy, votes):
         after = replace(state, votes=votes, status="approved", resolved_at=now)
@@ -537,7 +521,7 @@ def resolution_of(state: PendingApproval) -> Resolution | None:
     if state.status == "pending" or state.resolved_at is None:
         return None
     if state.status == "denied":
-        deny = next(vote for vote in reversed(state.votes) if vote.choice == "deny")
+        deny = next(vote for vote in reversed(state.votes) if vote.choice is VoteChoice.DENY)
         deciding: tuple[Vote, ...] = (deny,)
         reason = deny.reason
     elif state.status == "approved":
@@ -623,7 +607,7 @@ def _refusal_for(state: PendingApproval, vote: Vote, now: datetime) -> ApprovalR
             action_id=state.action_id, approver_id=vote.approver.id, requester=state.requester, shared=shared
         )
     required = state.policy.required_group_names
-    if not vote.counts_for & set(required):
+    if not set(vote.counts_for) & set(required):
         return ApproverNotAuthorised(
             action_id=state.action_id, action=state.action, approver_id=vote.approver.id, required_groups=required
         )
@@ -631,8 +615,8 @@ def _refusal_for(state: PendingApproval, vote: Vote, now: datetime) -> ApprovalR
         return DigestMismatch(
             action_id=state.action_id,
             approver_id=vote.approver.id,
-            expected=state.payload_digest,
-            shown=vote.payload_digest,
+            expected=str(state.payload_digest),
+            shown=str(vote.payload_digest),
         )
     earlier = next((accepted for accepted in state.votes if accepted.approver.id == vote.approver.id), None)
     if earlier is not None:
@@ -640,11 +624,23 @@ def _refusal_for(state: PendingApproval, vote: Vote, now: datetime) -> ApprovalR
     return None
 
 
+def _check_requirement(requirement: GroupRequirement) -> None:
+    if not requirement.name:
+        raise InvalidApprovalPolicy(
+            "a group requirement has an empty group name; name the approver group in the policy"
+        )
+    if requirement.min_approvals < 1:
+        raise InvalidApprovalPolicy(
+            f"group {requirement.name} needs min_approvals of at least 1, got {requirement.min_approvals}; "
+            "leave a group that needs no approval out of the policy"
+        )
+
+
 def _distinct_approvals(votes: tuple[Vote, ...]) -> tuple[Vote, ...]:
     seen: set[str] = set()
     approvals: list[Vote] = []
     for vote in votes:
-        if vote.choice == "approve" and vote.approver.id not in seen:
+        if vote.choice is VoteChoice.APPROVE and vote.approver.id not in seen:
             seen.add(vote.approver.id)
             approvals.append(vote)
     return tuple(approvals)
@@ -705,7 +701,7 @@ def _summary(
     if state.status == "approved":
         return f"Approved by {', '.join(approved_by)}"
     if state.status == "denied":
-        deny = next(vote for vote in reversed(state.votes) if vote.choice == "deny")
+        deny = next(vote for vote in reversed(state.votes) if vote.choice is VoteChoice.DENY)
         return f"Denied by {deny.approver.id}" + (f": {deny.reason}" if deny.reason else "")
     waiting = _waiting_for(state.policy.require_all, primary, alternatives)
     if state.status == "expired":

@@ -1,29 +1,33 @@
-"""Approval handlers: open a pending approval, take a vote, remind, escalate, expire.
+"""The approval desk: open a pending approval, take a vote, remind, escalate, expire.
 
-Each handler locks the approval row, rebuilds its state through the pure state machine in
-``keyturn.core.approval``, and writes what follows from it in one transaction: events for
-Kafka, chat notifications and the requester's webhook, each into its own outbox.
+Each public operation is one or more units of work (``unit_of_work``): a transaction that locks
+the approval row, rebuilds its state through the pure rules in ``keyturn.core.approval``
+(``replay.pending_state``), and writes what follows from it: events for Kafka, chat
+notifications and the requester's webhook, each into its own outbox. Once a unit committed, the
+events it queued are published; if that fails, they stay queued for the clock's next flush. No
+caller has to remember to publish.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from keyturn.approval import channels as kinds
+from keyturn.approval.callbacks import callback_body
 from keyturn.approval.channels import ChatTargets
-from keyturn.approval.store import ApprovalRow, ApprovalStore
+from keyturn.approval.ports import DeskStore, PolicyEngine, Publish
+from keyturn.approval.replay import next_sweep_at, opened_state, pending_state
 from keyturn.approval.views import approval_view, break_glass_view
 from keyturn.bus.codec import registry
 from keyturn.bus.refusals import refusal_letter
-from keyturn.masking.protect import mask_text
 from keyturn.bus.topics import Topics
 from keyturn.core import approval as rules
-from keyturn.core import events
 from keyturn.core.events import (
     ActionDecided,
     ActionExecuted,
@@ -31,16 +35,17 @@ from keyturn.core.events import (
     DecisionOutcome,
     Digest,
     ResolutionOutcome,
+    Vote,
+    VoteChoice,
     VoteRecorded,
 )
 from keyturn.core.principal import Principal
 from keyturn.faults import DATABASE_UNAVAILABLE, until_done
+from keyturn.masking.protect import mask_text
 from keyturn.policy.decisions import policy_input
-from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
+from keyturn.policy.opa import PolicyAnswerInvalid, PolicyUnavailable
 
 log = logging.getLogger(__name__)
-
-TERMINAL_STATES = frozenset({"denied", "expired", "succeeded", "failed", "outcome_unknown"})
 
 # How many decisions the desk remembers whether a callback was asked for (about 120 bytes each):
 # enough to cover the actions between decision and execution (two minutes at the measured pace),
@@ -48,10 +53,16 @@ TERMINAL_STATES = frozenset({"denied", "expired", "succeeded", "failed", "outcom
 # one costs one harmless row; 100,000 held 12 MiB and showed as growth in the 100k-action bench.
 REMEMBERED_DECISIONS = 10_000
 
+# How long an approver is asked to wait when the approval has not opened yet. A decision reaches
+# the desk well within a second of the intake answering ``needs_approval``.
+NOT_OPEN_RETRY_AFTER_S = 1
+
 
 class DeskUnavailable(RuntimeError):
     """The desk cannot take this answer now (policy engine or database unreachable). Nothing was
     recorded, and the same answer will be taken once the dependency is back: try again."""
+
+    status = 503
 
     def __init__(self, error: str, message: str, retry_after_s: int = 10) -> None:
         super().__init__(message)
@@ -59,66 +70,41 @@ class DeskUnavailable(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
-def approval_policy(decided: ActionDecided) -> rules.ApprovalPolicy:
-    """The state machine's policy from the decision's approval requirement."""
-    spec = decided.approvals
-    if spec is None:
-        raise ValueError(f"decision for {decided.action_id} needs approval but names no approvers")
-    return rules.ApprovalPolicy(
-        groups=tuple(rules.GroupRequirement(g.name, g.min_approvals) for g in spec.groups),
-        require_all=spec.require_all,
-        pending_ttl=timedelta(seconds=spec.pending_ttl_s),
-        execution_window=timedelta(seconds=spec.execution_window_s),
-        escalation_group=spec.escalation_group,
-        reminder_fractions=spec.reminder_fractions,
-    )
+class ApprovalNotOpenYet(DeskUnavailable):
+    """An answer (or a look) on an action whose approval has not opened: its decision is still on
+    its way to the desk, or the id is wrong. Nothing was refused and nothing was recorded; the
+    same answer is taken once the approval is open (HTTP 425 with ``Retry-After``)."""
+
+    status = 425
+
+    def __init__(self, action_id: str) -> None:
+        super().__init__(
+            "not_open_yet",
+            f"the approval for action {action_id} is not open yet (its decision may still be on its way); "
+            f"nothing was recorded. Retry after {NOT_OPEN_RETRY_AFTER_S} s, and check the action id if it stays so",
+            NOT_OPEN_RETRY_AFTER_S,
+        )
+        self.action_id = action_id
 
 
-def to_rule_vote(vote: events.Vote) -> rules.Vote:
-    return rules.Vote(
-        approver=vote.approver, choice=vote.choice.value, payload_digest=str(vote.payload_digest),
-        cast_at=vote.cast_at, counts_for=frozenset(vote.counts_for), channel=vote.channel, reason=vote.reason,
-    )
+@dataclass(frozen=True)
+class VoteResult:
+    """What the approver is told: accepted or refused (with the refusal class and message)."""
+
+    action_id: str
+    accepted: bool
+    status: str
+    summary: str
+    refusal: str | None = None
+    message: str = ""
 
 
-def pending_state(decided: ActionDecided, row: ApprovalRow) -> rules.PendingApproval:
-    """Replay the accepted votes (and the escalation, at the moment it happened) over a freshly
-    opened approval; the stored status is final."""
-    state = rules.open_approval(
-        decided.action_id, decided.request.requester, str(decided.request.payload_digest),
-        approval_policy(decided), decided.decided_at, action=decided.request.action,
-    )
-    escalated_at = row.escalated_at
-    for encoded in row.accepted_votes:
-        recorded: VoteRecorded = registry().decode_event(encoded)
-        if escalated_at is not None and recorded.vote.cast_at >= escalated_at:
-            state = _escalated(state, escalated_at)
-        state = rules.cast_vote(state, to_rule_vote(recorded.vote), recorded.vote.cast_at).state
-    if escalated_at is not None:
-        state = _escalated(state, escalated_at)
-    if row.reminders_sent:
-        known = tuple(f for f in row.reminders_sent if f in state.policy.reminder_fractions)
-        state = rules.mark_reminded(state, known)
-    if row.status == "expired" and state.status == "pending":
-        state = rules.expire_if_due(state, state.expires_at) or state
-    return state
+@dataclass
+class UnitOfWork:
+    """One transaction of the desk (``conn``) and how many Kafka events it queued."""
 
-
-def _escalated(state: rules.PendingApproval, at: datetime) -> rules.PendingApproval:
-    if state.escalated or state.status != "pending":
-        return state
-    return rules.escalate_if_due(state, at) or state
-
-
-def next_sweep_at(state: rules.PendingApproval) -> datetime | None:
-    """The next moment a reminder or the escalation falls due, or None when nothing is left to do."""
-    if state.status != "pending":
-        return None
-    moments = [state.opened_at + state.policy.pending_ttl * f for f in state.policy.reminder_fractions if f not in state.reminders_sent]
-    if state.policy.escalation_group and not state.escalated:
-        moments.append(state.opened_at + state.policy.pending_ttl * state.policy.escalation_fraction)
-    moments = [m for m in moments if m < state.expires_at]
-    return min(moments) if moments else None
+    conn: Any
+    queued: int = field(default=0)
 
 
 def opa_decision_document(decided: ActionDecided, policy: rules.ApprovalPolicy | None = None) -> dict[str, Any]:
@@ -144,57 +130,56 @@ def opa_decision_document(decided: ActionDecided, policy: rules.ApprovalPolicy |
     }
 
 
-def callback_body(action_id: str, state: str, at: datetime, summary: str, reasons: tuple[str, ...] = ()) -> str:
-    """What the requester's webhook receives: the action's new state, as JSON."""
-    return events.canonical_json({
-        "action_id": action_id, "state": state, "terminal": state in TERMINAL_STATES,
-        "summary": summary, "reasons": list(reasons), "at": at.isoformat(),
-    })
-
-
-@dataclass(frozen=True)
-class VoteResult:
-    """What the approver is told: accepted or refused (with the refusal class and message)."""
-
-    action_id: str
-    accepted: bool
-    status: str
-    summary: str
-    refusal: str | None = None
-    message: str = ""
-
-
 class ApprovalDesk:
     """Opens, votes on, reminds, escalates and expires approvals; every change leaves through an outbox."""
 
-    def __init__(self, store: ApprovalStore, opa: OpaClient, topics: Topics, send: Any,
-                 routes: Mapping[str, ChatTargets] | None = None) -> None:
+    def __init__(self, store: DeskStore, opa: PolicyEngine, topics: Topics, send: Publish,
+                 routes: Mapping[str, ChatTargets] | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.store = store
         self.opa = opa
         self.topics = topics
         self.send = send  # (topic, key, value) -> awaits the broker's ack
         self.routes = dict(routes or {})  # chat channel name -> who hears about which group
+        self.clock = clock
         # action id -> whether its decision named a callback URL (most recent last, bounded)
         self._callback_wanted: dict[str, bool] = {}
 
+    # --- units of work and the outbox ---------------------------------------------------------
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """One transaction. The events queued in it (``_publish``) commit with the state change
+        that caused them; once it committed, they are published. Nothing is published when the
+        unit fails (nothing was committed)."""
+        async with self.store.transaction() as conn:
+            unit = UnitOfWork(conn)
+            yield unit
+        if unit.queued:
+            await self._flush_after_commit()
+
     async def flush(self) -> None:
-        """Publish everything the outbox holds, in order."""
+        """Publish everything the outbox holds, in order (the clock calls this every tick)."""
         while await self.store.drain_outbox(self.send):
             pass
 
-    async def flush_after_commit(self) -> None:
-        """Publish what an answer just committed; if the database drops now, the next tick of the
+    async def _flush_after_commit(self) -> None:
+        """Publish what a unit just committed; if the database drops now, the next tick of the
         clock publishes it (the outbox keeps it), so the approver is not told it failed."""
         try:
             await self.flush()
         except DATABASE_UNAVAILABLE as exc:
-            log.warning("outbox not drained after an answer (the next tick will): %s", exc)
+            log.warning("outbox not drained after a commit (the next tick will): %s", exc)
+
+    async def _publish(self, unit: UnitOfWork, topic: str, key: str, value: bytes) -> None:
+        await self.store.enqueue(unit.conn, topic, key, value)
+        unit.queued += 1
 
     async def recover(self) -> None:
         """After a database error: test the idle pooled connections and replace the dead ones, so
         that the next caller gets a fresh connection rather than one a restart killed."""
         try:
-            await self.store.pool.check()
+            await self.store.check()
         except Exception as exc:  # checking is best effort; the pool also reconnects on its own
             log.warning("could not check the database connections: %s", exc)
 
@@ -217,43 +202,36 @@ class ApprovalDesk:
         return decided.outcome is DecisionOutcome.ALLOWED and decided.break_glass
 
     async def _take_decision(self, decided: ActionDecided, encoded: bytes) -> str | None:
-        async with self.store.pool.connection() as conn, conn.transaction():
+        async with self.unit_of_work() as unit:
             done = None
             if decided.outcome is DecisionOutcome.NEEDS_APPROVAL:
-                done = "opened" if await self._open(conn, decided, encoded) else None
+                done = "opened" if await self._open(unit, decided, encoded) else None
             elif decided.outcome is DecisionOutcome.ALLOWED and decided.break_glass:
-                if await self.store.note_break_glass(conn, decided.action_id, encoded):
+                if await self.store.note_break_glass(unit.conn, decided.action_id, encoded):
                     for channel, targets in self.routes.items():
                         for target in targets.every_target():
-                            await self.store.enqueue_notification(conn, decided.action_id, channel, target, kinds.BREAK_GLASS)
+                            await self.store.enqueue_notification(unit.conn, decided.action_id, channel, target, kinds.BREAK_GLASS)
                     done = "break_glass"
             if decided.request.callback_url:
-                await self.store.set_callback_target(conn, decided.action_id, decided.request.callback_url)
-                await self.store.enqueue_callback(conn, decided.action_id, decided.outcome.value, callback_body(
+                await self.store.set_callback_target(unit.conn, decided.action_id, decided.request.callback_url)
+                await self.store.enqueue_callback(unit.conn, decided.action_id, decided.outcome.value, callback_body(
                     decided.action_id, decided.outcome.value, decided.decided_at,
                     "break-glass: allowed without approval, reviewed after the fact" if decided.break_glass else decided.outcome.value,
                     decided.reasons,
                 ))
             return done
 
-    async def open(self, decided: ActionDecided, encoded: bytes) -> bool:
-        """Start waiting for approvers of a needs-approval decision (idempotent)."""
-        return await self.take_decision(decided, encoded) == "opened"
-
-    async def _open(self, conn: Any, decided: ActionDecided, encoded: bytes) -> bool:
-        state = rules.open_approval(
-            decided.action_id, decided.request.requester, str(decided.request.payload_digest),
-            approval_policy(decided), decided.decided_at, action=decided.request.action,
-        )
+    async def _open(self, unit: UnitOfWork, decided: ActionDecided, encoded: bytes) -> bool:
+        state = opened_state(decided)
         groups = [g.name for g in state.policy.groups]
         created = await self.store.open(
-            conn, decided.action_id, encoded, sorted(decided.request.requester.everyone), groups, state.opened_at, state.expires_at,
+            unit.conn, decided.action_id, encoded, sorted(decided.request.requester.everyone), groups, state.opened_at, state.expires_at,
         )
         if created:
-            await self.store.set_next_sweep(conn, decided.action_id, next_sweep_at(state))
+            await self.store.set_next_sweep(unit.conn, decided.action_id, next_sweep_at(state))
             for channel, targets in self.routes.items():
                 for target in targets.targets_for(groups):
-                    await self.store.enqueue_notification(conn, decided.action_id, channel, target, kinds.OPENED)
+                    await self.store.enqueue_notification(unit.conn, decided.action_id, channel, target, kinds.OPENED)
         return created
 
     async def note_executed(self, executed: ActionExecuted) -> None:
@@ -265,8 +243,8 @@ class ApprovalDesk:
         await self._until_database_answers(f"execution of {executed.action_id}", lambda: self._note_executed(executed))
 
     async def _note_executed(self, executed: ActionExecuted) -> None:
-        async with self.store.pool.connection() as conn:
-            await self.store.enqueue_callback(conn, executed.action_id, executed.outcome.value, callback_body(
+        async with self.unit_of_work() as unit:
+            await self.store.enqueue_callback(unit.conn, executed.action_id, executed.outcome.value, callback_body(
                 executed.action_id, executed.outcome.value, executed.finished_at, executed.outcome.value,
                 (executed.error,) if executed.error else (),
             ))
@@ -277,7 +255,7 @@ class ApprovalDesk:
         if len(self._callback_wanted) > REMEMBERED_DECISIONS:
             del self._callback_wanted[next(iter(self._callback_wanted))]
 
-    async def _until_database_answers(self, what: str, work: Any) -> Any:
+    async def _until_database_answers(self, what: str, work: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``work`` (one transaction) until the database takes it. An event must not be dropped
         because the database restarted while it was handled; each attempt is idempotent."""
         async def attempt() -> Any:
@@ -306,66 +284,71 @@ class ApprovalDesk:
     async def vote(self, action_id: str, approver: Principal, choice: str, payload_digest: str, reason: str | None, channel: str) -> VoteResult:
         """Apply one answer; refusals are recorded (and audited) and change nothing.
 
-        Raises ``DeskUnavailable`` when the policy engine or the database cannot be reached: the
-        answer is then neither accepted nor refused (nothing is recorded) and can be given again."""
+        Raises ``DeskUnavailable`` when the policy engine or the database cannot be reached, and
+        ``ApprovalNotOpenYet`` when the approval has not opened: the answer is then neither
+        accepted nor refused (nothing is recorded) and can be given again."""
         reason = mask_text(reason) if reason else reason  # a person's free text is masked like any other
         try:
-            return await self._vote(action_id, approver, choice, payload_digest, reason, channel)
+            return await self._vote(action_id, approver, rules.vote_choice(choice), payload_digest, reason, channel)
         except DATABASE_UNAVAILABLE as exc:
             await self.recover()
             raise DeskUnavailable("database_unavailable", "Keyturn cannot reach its database right now, so your answer was not "
                                   "recorded. Try again in a minute.") from exc
 
-    async def _vote(self, action_id: str, approver: Principal, choice: str, payload_digest: str, reason: str | None, channel: str) -> VoteResult:
-        now = datetime.now(timezone.utc)
-        row = await self.store.read(action_id)
-        decided = registry().decode_event(row.decided_event) if row else None
-        counts_for: tuple[str, ...] = ()
-        if decided is not None:
-            try:
-                counts_for = await self.counts_for(approver, decided, pending_state(decided, row).policy)
-            except (PolicyUnavailable, PolicyAnswerInvalid) as exc:
-                # Still fail closed (nobody is authorised without the policy), but do not turn an
-                # outage into a refusal: "not in group" would be false, and a refused vote is
-                # recorded for good. The approver is told to answer again.
-                log.warning("vote by %s on %s not taken: the policy engine did not answer: %s", approver.id, action_id, exc)
-                raise DeskUnavailable("policy_unavailable", f"Keyturn cannot ask its policy engine whether {approver.id} may answer "
-                                      "this action right now, so your answer was not recorded. Try again in a minute.") from exc
-        vote = events.Vote(
-            approver=approver, choice=events.VoteChoice(choice), payload_digest=Digest.parse(payload_digest),
-            cast_at=now, reason=reason, channel=channel, counts_for=counts_for,
-        )
-        async with self.store.pool.connection() as conn, conn.transaction():
-            row = await self.store.lock(conn, action_id)
+    async def _vote(self, action_id: str, approver: Principal, choice: VoteChoice, payload_digest: str, reason: str | None, channel: str) -> VoteResult:
+        # One lock from reading the approval to recording the answer: a vote racing the opening,
+        # another vote or the expiry sees the row either before or after, never half.
+        async with self.unit_of_work() as unit:
+            row = await self.store.lock(unit.conn, action_id)
+            now = self.clock()
             if row is None:
-                refusal = rules.UnknownAction(action_id=action_id)
-                await self._record(conn, action_id, vote, None, type(refusal).__name__, str(refusal), now)
+                if await self.store.break_glass_decision(action_id) is None:
+                    raise ApprovalNotOpenYet(action_id)  # rolls back: nothing is recorded
+                refusal = rules.UnknownAction(action_id=action_id)  # allowed without approval: nothing to answer
+                vote = self._vote_of(approver, choice, payload_digest, now, reason, channel, ())
+                await self._record(unit, action_id, vote, None, type(refusal).__name__, str(refusal), now)
                 return VoteResult(action_id, False, "unknown", "", type(refusal).__name__, str(refusal))
+            decided = registry().decode_event(row.decided_event)
             state = pending_state(decided, row)
+            counts_for = await self._membership(approver, decided, state, action_id)
+            vote = self._vote_of(approver, choice, payload_digest, now, reason, channel, counts_for)
             if state.status == "pending" and (expired := rules.expire_if_due(state, now)) is not None:
-                await self._resolve(conn, decided, expired, rules.approval_progress(expired).summary)
+                await self._resolve(unit, decided, expired, rules.approval_progress(expired).summary)
                 state = expired
-            outcome = rules.cast_vote(state, rules.Vote(
-                approver=approver, choice=choice, payload_digest=str(vote.payload_digest), cast_at=now,
-                counts_for=frozenset(counts_for), channel=channel, reason=reason,
-            ), now)
+            outcome = rules.cast_vote(state, vote, now)
             refusal_name = type(outcome.refusal).__name__ if outcome.refusal else None
-            await self._record(conn, action_id, vote, outcome.accepted, refusal_name, str(outcome.refusal or ""), now)
+            await self._record(unit, action_id, vote, outcome.accepted, refusal_name, str(outcome.refusal or ""), now)
             if outcome.resolution is not None:
-                await self._resolve(conn, decided, outcome.state, outcome.progress.summary)
+                await self._resolve(unit, decided, outcome.state, outcome.progress.summary)
             elif outcome.accepted:
-                await self._tell_message_holders(conn, action_id, kinds.PROGRESS, str(len(outcome.state.votes)))
+                await self._tell_message_holders(unit, action_id, kinds.PROGRESS, str(len(outcome.state.votes)))
             return VoteResult(action_id, outcome.accepted, outcome.state.status, outcome.progress.summary, refusal_name,
                               str(outcome.refusal or ""))
 
+    async def _membership(self, approver: Principal, decided: ActionDecided, state: rules.PendingApproval, action_id: str) -> tuple[str, ...]:
+        try:
+            return await self.counts_for(approver, decided, state.policy)
+        except (PolicyUnavailable, PolicyAnswerInvalid) as exc:
+            # Still fail closed (nobody is authorised without the policy), but do not turn an
+            # outage into a refusal: "not in group" would be false, and a refused vote is
+            # recorded for good. The approver is told to answer again.
+            log.warning("vote by %s on %s not taken: the policy engine did not answer: %s", approver.id, action_id, exc)
+            raise DeskUnavailable("policy_unavailable", f"Keyturn cannot ask its policy engine whether {approver.id} may answer "
+                                  "this action right now, so your answer was not recorded. Try again in a minute.") from exc
+
+    @staticmethod
+    def _vote_of(approver: Principal, choice: VoteChoice, payload_digest: str, now: datetime, reason: str | None, channel: str,
+                 counts_for: tuple[str, ...]) -> Vote:
+        return Vote(approver=approver, choice=choice, payload_digest=Digest.parse(payload_digest or "sha256:"), cast_at=now,
+                    reason=reason, channel=channel, counts_for=counts_for)
+
     async def refuse_answer(self, action_id: str, approver: Principal, choice: str, payload_digest: str, channel: str, refusal: str, message: str) -> VoteResult:
         """Record an answer refused before it reached the rules (e.g. an unknown chat user)."""
-        now = datetime.now(timezone.utc)
-        vote = events.Vote(approver=approver, choice=events.VoteChoice(choice), payload_digest=Digest.parse(payload_digest or "sha256:"),
-                           cast_at=now, channel=channel)
-        async with self.store.pool.connection() as conn, conn.transaction():
-            known = await self.store.lock(conn, action_id) is not None
-            await self._record(conn, action_id, vote, False if known else None, refusal, message, now)
+        now = self.clock()
+        vote = self._vote_of(approver, rules.vote_choice(choice), payload_digest, now, None, channel, ())
+        async with self.unit_of_work() as unit:
+            known = await self.store.lock(unit.conn, action_id) is not None
+            await self._record(unit, action_id, vote, False if known else None, refusal, message, now)
         return VoteResult(action_id, False, "unknown", "", refusal, message)
 
     async def refuse_interaction(self, source: str, error_type: str, reason: str, payload: bytes, *,
@@ -374,53 +357,54 @@ class ApprovalDesk:
         replayed, malformed) as a dead letter, so the audit sees it; the input itself is not kept."""
         letter = refusal_letter(service="approval", source_topic=source, partition=-1, offset=-1, key=None, payload=payload,
                                 error_type=error_type, reason=reason, problems=problems, principal=principal)
-        await self.store.record_dead_letter(self.topics.dlq, letter.event_id, registry().encode_event(letter))
+        async with self.unit_of_work() as unit:
+            await self._publish(unit, self.topics.dlq, letter.event_id, registry().encode_event(letter))
 
     # --- the clock ----------------------------------------------------------------------------
 
     async def expire_due(self) -> int:
         """Expire every pending approval whose TTL ran out; returns how many."""
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         expired = 0
         for action_id in await self.store.due_for_expiry(now):
-            async with self.store.pool.connection() as conn, conn.transaction():
-                row = await self.store.lock(conn, action_id)
+            async with self.unit_of_work() as unit:
+                row = await self.store.lock(unit.conn, action_id)
                 if row is None or row.status != "pending":
                     continue
                 decided = registry().decode_event(row.decided_event)
                 state = rules.expire_if_due(pending_state(decided, row), now)
                 if state is not None:
-                    await self._resolve(conn, decided, state, rules.approval_progress(state).summary)
+                    await self._resolve(unit, decided, state, rules.approval_progress(state).summary)
                     expired += 1
         return expired
 
     async def remind_and_escalate(self, now: datetime | None = None) -> int:
         """Queue due reminders and escalations for pending approvals; returns how many changed."""
-        now = now or datetime.now(timezone.utc)
+        now = now or self.clock()
         changed = 0
         for action_id in await self.store.due_for_sweep(now):
-            async with self.store.pool.connection() as conn, conn.transaction():
-                row = await self.store.lock(conn, action_id)
+            async with self.unit_of_work() as unit:
+                row = await self.store.lock(unit.conn, action_id)
                 if row is None or row.status != "pending":
                     continue
                 decided = registry().decode_event(row.decided_event)
                 state = pending_state(decided, row)
                 if due := rules.reminders_due(state, now):
                     # several may be due at once (after a restart): one reminder, all marked
-                    await self._tell_message_holders(conn, action_id, kinds.REMINDER, f"{max(due):g}")
-                    await self.store.mark_reminded(conn, action_id, rules.mark_reminded(state, due).reminders_sent)
+                    await self._tell_message_holders(unit, action_id, kinds.REMINDER, f"{max(due):g}")
+                    await self.store.mark_reminded(unit.conn, action_id, rules.mark_reminded(state, due).reminders_sent)
                     changed += 1
                 if (escalated := rules.escalate_if_due(state, now)) is not None:
-                    await self.store.mark_escalated(conn, action_id, now)
+                    await self.store.mark_escalated(unit.conn, action_id, now)
                     group = state.policy.escalation_group
                     for channel, targets in self.routes.items():
                         for target in targets.targets_for([group]):
-                            await self.store.enqueue_notification(conn, action_id, channel, target, kinds.ESCALATED)
+                            await self.store.enqueue_notification(unit.conn, action_id, channel, target, kinds.ESCALATED)
                     if escalated.status == "approved":
-                        await self._resolve(conn, decided, escalated, rules.approval_progress(escalated).summary)
+                        await self._resolve(unit, decided, escalated, rules.approval_progress(escalated).summary)
                     changed += 1
-                after = await self.store.lock(conn, action_id)
-                await self.store.set_next_sweep(conn, action_id, next_sweep_at(pending_state(decided, after)))
+                after = await self.store.lock(unit.conn, action_id)
+                await self.store.set_next_sweep(unit.conn, action_id, next_sweep_at(pending_state(decided, after)))
         return changed
 
     # --- reading ------------------------------------------------------------------------------
@@ -434,23 +418,36 @@ class ApprovalDesk:
         encoded = await self.store.break_glass_decision(action_id)
         return break_glass_view(registry().decode_event(encoded)) if encoded else None
 
+    async def approval(self, action_id: str) -> tuple[ActionDecided, rules.PendingApproval] | None:
+        """The decision and the approval state of an action, for the approval routes and pages;
+        None when the action was allowed without approval (break-glass): there is nothing to answer.
+
+        Raises ``ApprovalNotOpenYet`` when nothing is on record (yet) for it."""
+        row = await self.store.read(action_id)
+        if row is None:
+            if await self.store.break_glass_decision(action_id) is not None:
+                return None
+            raise ApprovalNotOpenYet(action_id)
+        decided = registry().decode_event(row.decided_event)
+        return decided, pending_state(decided, row)
+
     # --- private ------------------------------------------------------------------------------
 
-    async def _tell_message_holders(self, conn: Any, action_id: str, kind: str, occasion: str) -> None:
-        for channel, target in await self.store.message_targets(conn, action_id):
-            await self.store.enqueue_notification(conn, action_id, channel, target, kind, occasion)
+    async def _tell_message_holders(self, unit: UnitOfWork, action_id: str, kind: str, occasion: str) -> None:
+        for channel, target in await self.store.message_targets(unit.conn, action_id):
+            await self.store.enqueue_notification(unit.conn, action_id, channel, target, kind, occasion)
 
-    async def _record(self, conn: Any, action_id: str, vote: events.Vote, accepted: bool | None, refusal: str | None, message: str, now: datetime) -> None:
+    async def _record(self, unit: UnitOfWork, action_id: str, vote: Vote, accepted: bool | None, refusal: str | None, message: str, now: datetime) -> None:
         recorded = VoteRecorded(
             event_id=f"vote:{action_id}:{uuid.uuid4()}", action_id=action_id, vote=vote, accepted=bool(accepted),
             recorded_at=now, refusal=refusal, message=message,
         )
         encoded = registry().encode_event(recorded)
         if accepted is not None:
-            await self.store.record_vote(conn, action_id, bool(accepted), encoded)
-        await self.store.enqueue(conn, self.topics.votes, action_id, encoded)
+            await self.store.record_vote(unit.conn, action_id, bool(accepted), encoded)
+        await self._publish(unit, self.topics.votes, action_id, encoded)
 
-    async def _resolve(self, conn: Any, decided: ActionDecided, state: rules.PendingApproval, summary: str) -> None:
+    async def _resolve(self, unit: UnitOfWork, decided: ActionDecided, state: rules.PendingApproval, summary: str) -> None:
         resolution = rules.resolution_of(state)
         execute_before = rules.execution_deadline(resolution, state.policy) if resolution.status == "approved" else None
         summary = summary if resolution.status != "expired" else (resolution.reason or summary)
@@ -460,25 +457,14 @@ class ApprovalDesk:
             outcome=ResolutionOutcome(resolution.status),
             resolved_at=resolution.at,
             decision=decided,
-            votes=tuple(_event_vote(v) for v in resolution.votes),
+            votes=resolution.votes,
             summary=summary,
             execute_before=execute_before,
         )
-        await self.store.resolve(conn, decided.action_id, resolution.status, resolution.at)
-        await self.store.enqueue(conn, self.topics.resolved, decided.action_id, registry().encode_event(resolved))
-        await self._tell_message_holders(conn, decided.action_id, kinds.RESOLVED, "")
+        await self.store.resolve(unit.conn, decided.action_id, resolution.status, resolution.at)
+        await self._publish(unit, self.topics.resolved, decided.action_id, registry().encode_event(resolved))
+        await self._tell_message_holders(unit, decided.action_id, kinds.RESOLVED, "")
         if decided.request.callback_url:
-            await self.store.enqueue_callback(conn, decided.action_id, resolution.status, callback_body(
+            await self.store.enqueue_callback(unit.conn, decided.action_id, resolution.status, callback_body(
                 decided.action_id, resolution.status, resolution.at, summary,
             ))
-
-
-def _event_vote(vote: rules.Vote) -> events.Vote:
-    return events.Vote(
-        approver=vote.approver, choice=events.VoteChoice(vote.choice), payload_digest=events.Digest.parse(vote.payload_digest),
-        cast_at=vote.cast_at, reason=vote.reason, channel=vote.channel, counts_for=tuple(sorted(vote.counts_for)),
-    )
-
-
-def needs_approval(decided: ActionDecided) -> bool:
-    return decided.outcome is DecisionOutcome.NEEDS_APPROVAL

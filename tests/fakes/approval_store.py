@@ -1,0 +1,228 @@
+"""An in-memory ``DeskStore`` (``keyturn.approval.ports``) with the guarantees of the PostgreSQL one:
+
+- a transaction commits everything it wrote or nothing: an error inside it restores the tables;
+- transactions are serialised (one at a time), so the row lock serialises as ``FOR UPDATE`` does;
+- keyed writes (approval, break-glass note, notification, callback) are no-ops the second time;
+- the outbox publishes in the order rows were written and deletes a row only once the publisher
+  took it, so a publisher that fails leaves it (and everything after it) for the next drain.
+
+``fail_next_drain`` makes the next drain raise a database error, as a restart after commit would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from keyturn.approval.ports import Publish
+from keyturn.approval.store import ApprovalRow
+
+
+@dataclass
+class _Approval:
+    action_id: str
+    decided_event: bytes
+    principals: list[str]
+    groups: list[str]
+    opened_at: datetime
+    expires_at: datetime
+    status: str = "pending"
+    resolved_at: datetime | None = None
+    escalated_at: datetime | None = None
+    reminders_sent: tuple[float, ...] = ()
+    next_sweep_at: datetime | None = None  # None: never computed (due); see ``sweep_done``
+    sweep_done: bool = False  # no reminder or escalation left ('infinity' in PostgreSQL)
+
+
+@dataclass
+class _Tables:
+    approvals: dict[str, _Approval] = field(default_factory=dict)
+    votes: list[tuple[str, bool, bytes]] = field(default_factory=list)
+    outbox: list[tuple[int, str, str, bytes]] = field(default_factory=list)
+    break_glass: dict[str, bytes] = field(default_factory=dict)
+    notifications: dict[tuple[str, str, str, str, str], int] = field(default_factory=dict)
+    callback_targets: dict[str, str] = field(default_factory=dict)
+    callbacks: dict[tuple[str, str], str] = field(default_factory=dict)
+    next_id: int = 1
+
+
+class InMemoryApprovalStore:
+    """The desk's store, in memory (see the module docstring for what it guarantees)."""
+
+    def __init__(self) -> None:
+        self.tables = _Tables()
+        self._serial = asyncio.Lock()
+        self._in_transaction = False
+        self.fail_next_drain = False
+        self.checked = 0
+
+    # --- transactions -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with self._serial:
+            before = copy.deepcopy(self.tables)
+            self._in_transaction = True
+            try:
+                yield self
+            except BaseException:
+                self.tables = before  # rolled back: nothing it wrote survives
+                raise
+            finally:
+                self._in_transaction = False
+
+    def _need_transaction(self, conn: Any) -> _Tables:
+        assert conn is self and self._in_transaction, "a write outside the desk's transaction"
+        return self.tables
+
+    async def check(self) -> None:
+        self.checked += 1
+
+    # --- approvals ----------------------------------------------------------------------------
+
+    async def open(self, conn: Any, action_id: str, decided_event: bytes, principals: list[str], groups: list[str],
+                   opened_at: datetime, expires_at: datetime) -> bool:
+        tables = self._need_transaction(conn)
+        if action_id in tables.approvals:
+            return False
+        tables.approvals[action_id] = _Approval(action_id, decided_event, list(principals), list(groups), opened_at, expires_at)
+        return True
+
+    async def lock(self, conn: Any, action_id: str) -> ApprovalRow | None:
+        tables = self._need_transaction(conn)
+        return self._row(tables, action_id)
+
+    async def read(self, action_id: str) -> ApprovalRow | None:
+        async with self.transaction() as conn:
+            return await self.lock(conn, action_id)
+
+    @staticmethod
+    def _row(tables: _Tables, action_id: str) -> ApprovalRow | None:
+        found = tables.approvals.get(action_id)
+        if found is None:
+            return None
+        accepted = tuple(vote for owner, ok, vote in tables.votes if owner == action_id and ok)
+        return ApprovalRow(found.action_id, found.decided_event, found.status, found.resolved_at, accepted,
+                           found.escalated_at, found.reminders_sent)
+
+    async def record_vote(self, conn: Any, action_id: str, accepted: bool, vote_event: bytes) -> None:
+        self._need_transaction(conn).votes.append((action_id, accepted, vote_event))
+
+    async def resolve(self, conn: Any, action_id: str, status: str, at: datetime) -> None:
+        approval = self._need_transaction(conn).approvals[action_id]
+        approval.status, approval.resolved_at = status, at
+
+    async def mark_escalated(self, conn: Any, action_id: str, at: datetime) -> None:
+        approval = self._need_transaction(conn).approvals[action_id]
+        approval.escalated_at = approval.escalated_at or at
+
+    async def mark_reminded(self, conn: Any, action_id: str, fractions: tuple[float, ...]) -> None:
+        self._need_transaction(conn).approvals[action_id].reminders_sent = tuple(fractions)
+
+    async def set_next_sweep(self, conn: Any, action_id: str, at: datetime | None) -> None:
+        approval = self._need_transaction(conn).approvals[action_id]
+        approval.next_sweep_at, approval.sweep_done = at, at is None
+
+    async def due_for_expiry(self, now: datetime, limit: int = 100) -> list[str]:
+        due = sorted((a.expires_at, a.action_id) for a in self.tables.approvals.values() if a.status == "pending" and a.expires_at <= now)
+        return [action_id for _, action_id in due[:limit]]
+
+    async def due_for_sweep(self, now: datetime, limit: int = 200) -> list[str]:
+        due = [a.action_id for a in self.tables.approvals.values()
+               if a.status == "pending" and not a.sweep_done and (a.next_sweep_at is None or a.next_sweep_at <= now)]
+        return due[:limit]
+
+    async def note_break_glass(self, conn: Any, action_id: str, decided_event: bytes) -> bool:
+        tables = self._need_transaction(conn)
+        if action_id in tables.break_glass:
+            return False
+        tables.break_glass[action_id] = decided_event
+        return True
+
+    async def break_glass_decision(self, action_id: str) -> bytes | None:
+        return self.tables.break_glass.get(action_id)
+
+    # --- the Kafka outbox ---------------------------------------------------------------------
+
+    async def enqueue(self, conn: Any, topic: str, key: str, value: bytes) -> None:
+        tables = self._need_transaction(conn)
+        tables.outbox.append((tables.next_id, topic, key, value))
+        tables.next_id += 1
+
+    async def drain_outbox(self, publish: Publish, batch: int = 200) -> int:
+        if self.fail_next_drain:
+            self.fail_next_drain = False
+            raise psycopg.OperationalError("the database went away after the commit")
+        sent = 0
+        async with self._serial:  # one drainer at a time, as the advisory lock makes it
+            for row in list(self.tables.outbox[:batch]):
+                _, topic, key, value = row
+                await publish(topic, key.encode(), value)
+                self.tables.outbox.remove(row)
+                sent += 1
+        return sent
+
+    # --- notifications and webhooks -----------------------------------------------------------
+
+    async def enqueue_notification(self, conn: Any, action_id: str, channel: str, target: str, kind: str, occasion: str = "") -> None:
+        tables = self._need_transaction(conn)
+        tables.notifications.setdefault((action_id, channel, target, kind, occasion), len(tables.notifications) + 1)
+
+    async def message_targets(self, conn: Any, action_id: str) -> list[tuple[str, str]]:
+        tables = self._need_transaction(conn)
+        return sorted({(channel, target) for (owner, channel, target, kind, _) in tables.notifications
+                       if owner == action_id and kind in ("opened", "escalated")})
+
+    async def set_callback_target(self, conn: Any, action_id: str, url: str) -> None:
+        self._need_transaction(conn).callback_targets.setdefault(action_id, url)
+
+    async def enqueue_callback(self, conn: Any, action_id: str, state: str, body: str) -> None:
+        self._need_transaction(conn).callbacks.setdefault((action_id, state), body)
+
+    # --- what a test reads --------------------------------------------------------------------
+
+    def notifications_of(self, action_id: str) -> list[tuple[str, str, str, str]]:
+        """(channel, target, kind, occasion) of every message queued for the action, in order."""
+        rows = sorted((number, key) for key, number in self.tables.notifications.items() if key[0] == action_id)
+        return [key[1:] for _, key in rows]
+
+
+class FakePolicyEngine:
+    """The ``keyturn/approval`` answer from a table of who counts for which groups; ``down`` makes
+    every question fail as an unreachable engine does."""
+
+    def __init__(self, members: dict[str, tuple[str, ...]]) -> None:
+        self.members = members
+        self.down = False
+        self.asked = 0
+
+    async def query(self, path: str, input_document: dict[str, Any]) -> Any:
+        from keyturn.policy.opa import OpaAnswer, PolicyUnavailable
+
+        self.asked += 1
+        if self.down:
+            raise PolicyUnavailable("the policy engine is not answering (fake)")
+        approver = input_document["approver"]["id"]
+        required = {group["name"] for group in (input_document["decision"]["approvals"] or {}).get("groups", [])}
+        groups = tuple(sorted(set(self.members.get(approver, ())) & required))
+        return OpaAnswer({"may_approve": bool(groups), "counts_for": list(groups)}, None)
+
+
+class Broker:
+    """A publisher that records what it was sent, and can refuse (as an unreachable broker)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.refuse = False
+
+    async def __call__(self, topic: str, key: bytes, value: bytes) -> None:
+        if self.refuse:
+            raise ConnectionError("the broker is not answering (fake)")
+        self.sent.append((topic, key, value))

@@ -1,0 +1,304 @@
+"""The approval desk on its ports, with in-memory fakes: what approvers and requesters notice,
+in milliseconds and without a server (the same desk runs on PostgreSQL in tests/integration)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from keyturn.approval.channels import ChatTargets
+from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet, DeskUnavailable
+from keyturn.approval.ports import DeskStore, PolicyEngine
+from keyturn.approval.store import ApprovalStore
+from keyturn.bus.codec import registry
+from keyturn.bus.topics import Topics
+from keyturn.core import events
+from keyturn.core.principal import Principal, PrincipalKind
+from tests.fakes.approval_store import Broker, FakePolicyEngine, InMemoryApprovalStore
+
+OPENED = datetime(2026, 3, 4, 9, 0, tzinfo=timezone.utc)
+TTL = timedelta(minutes=10)
+TOPICS = Topics("unit", 1)
+REQUESTER = Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",))
+ALICE = Principal("human:alice", PrincipalKind.HUMAN)
+CAROL = Principal("human:carol", PrincipalKind.HUMAN)
+DAVE = Principal("human:dave", PrincipalKind.HUMAN)
+BOB = Principal("human:bob", PrincipalKind.HUMAN)
+PARAMETERS = {"role": "analyst"}
+DIGEST = events.payload_digest("iam.role.grant", "iam://staging/roles/analyst", PARAMETERS)
+MEMBERS = {"human:carol": ("security",), "human:dave": ("security",), "human:alice": ("security",), "human:erin": ("oncall",)}
+ERIN = Principal("human:erin", PrincipalKind.HUMAN)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = OPENED + timedelta(seconds=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Desk:
+    """A desk on fakes, and what left it."""
+
+    def __init__(self, members: dict[str, tuple[str, ...]] = MEMBERS) -> None:
+        self.store = InMemoryApprovalStore()
+        self.opa = FakePolicyEngine(members)
+        self.broker = Broker()
+        self.clock = Clock()
+        routes = {"slack": ChatTargets.from_json('{"*": ["C0APPROVALS"]}', "KEYTURN_SLACK_CHANNELS")}
+        self.desk = ApprovalDesk(self.store, self.opa, TOPICS, self.broker, routes, clock=self.clock)
+
+    def published(self, kind: type) -> list:
+        return [e for e in (registry().decode_event(value) for _, _, value in self.broker.sent) if isinstance(e, kind)]
+
+
+def decision(*, min_approvals: int = 1, callback_url: str | None = None, break_glass: bool = False,
+             escalation_group: str | None = None, reminder_fractions: tuple[float, ...] = ()) -> events.ActionDecided:
+    action_id = str(uuid.uuid4())
+    request = events.ActionRequested(
+        event_id=f"requested:{action_id}", action_id=action_id, action="iam.role.grant", resource="iam://staging/roles/analyst",
+        parameters_json=events.canonical_json(PARAMETERS), reason="onboarding", requester=REQUESTER, payload_digest=DIGEST,
+        requested_at=OPENED, callback_url=callback_url,
+    )
+    outcome = events.DecisionOutcome.ALLOWED if break_glass else events.DecisionOutcome.NEEDS_APPROVAL
+    approvals = None if break_glass else events.ApprovalRequirement(
+        groups=(events.GroupRequirement("security", min_approvals),), pending_ttl_s=int(TTL.total_seconds()), execution_window_s=60,
+        escalation_group=escalation_group, reminder_fractions=reminder_fractions)
+    return events.ActionDecided(
+        event_id=f"decided:{action_id}", action_id=action_id, outcome=outcome,
+        provenance=events.Provenance("r", "d", DIGEST, OPENED), decided_at=OPENED, request=request,
+        approvals=approvals, break_glass=break_glass,
+    )
+
+
+async def opened(d: Desk, **kwargs) -> events.ActionDecided:
+    decided = decision(**kwargs)
+    assert await d.desk.take_decision(decided, registry().encode_event(decided)) in ("opened", "break_glass")
+    return decided
+
+
+async def vote(d: Desk, decided: events.ActionDecided, who: Principal, choice: str = "approve", digest: str = str(DIGEST)):
+    return await d.desk.vote(decided.action_id, who, choice, digest, "ticket 42" if choice == "deny" else None, "cli")
+
+
+# --- the real store and the fakes answer to the same ports -------------------------------------
+
+
+def test_the_postgres_store_and_the_fake_both_are_desk_stores() -> None:
+    assert isinstance(ApprovalStore(pool=None), DeskStore)  # type: ignore[arg-type]
+    assert isinstance(InMemoryApprovalStore(), DeskStore)
+    assert isinstance(FakePolicyEngine({}), PolicyEngine)
+
+
+# --- votes ----------------------------------------------------------------------------------------
+
+
+async def test_an_authorised_vote_is_accepted_recorded_and_published_without_a_flush() -> None:
+    d = Desk()
+    decided = await opened(d, min_approvals=2)
+
+    result = await vote(d, decided, CAROL)
+
+    assert result.accepted and result.status == "pending"
+    assert "human:carol" in result.summary
+    recorded = d.published(events.VoteRecorded)
+    assert [(r.vote.approver.id, r.accepted, r.vote.counts_for) for r in recorded] == [("human:carol", True, ("security",))]
+    assert d.store.tables.outbox == []  # published once the vote committed: nobody called flush
+    assert ("slack", "C0APPROVALS", "progress", "1") in d.store.notifications_of(decided.action_id)
+
+
+async def test_a_vote_from_outside_the_groups_is_refused_and_recorded() -> None:
+    d = Desk()
+    decided = await opened(d)
+
+    result = await vote(d, decided, BOB)
+
+    assert not result.accepted and result.refusal == "ApproverNotAuthorised"
+    assert [(r.accepted, r.refusal) for r in d.published(events.VoteRecorded)] == [(False, "ApproverNotAuthorised")]
+    assert (await d.desk.view(decided.action_id))["status"] == "pending"
+
+
+async def test_the_requesting_chain_cannot_approve_even_from_the_right_group() -> None:
+    d = Desk()
+    decided = await opened(d)
+
+    result = await vote(d, decided, ALICE)
+
+    assert not result.accepted and result.refusal == "SelfApprovalRefused"
+    assert d.published(events.ApprovalResolved) == []
+
+
+async def test_a_second_answer_from_the_same_approver_is_refused() -> None:
+    d = Desk()
+    decided = await opened(d, min_approvals=2)
+    await vote(d, decided, CAROL)
+
+    again = await vote(d, decided, CAROL)
+
+    assert not again.accepted and again.refusal == "DuplicateVote"
+    assert [r.accepted for r in d.published(events.VoteRecorded)] == [True, False]
+    assert (await d.desk.view(decided.action_id))["status"] == "pending"
+
+
+async def test_the_quorum_resolves_the_approval_once_and_later_answers_are_refused() -> None:
+    d = Desk()
+    decided = await opened(d, min_approvals=2)
+
+    first, second = await asyncio.gather(vote(d, decided, CAROL), vote(d, decided, DAVE))
+    late = await vote(d, decided, ALICE)
+
+    assert first.accepted and second.accepted
+    assert {first.status, second.status} == {"pending", "approved"}
+    assert not late.accepted and late.refusal == "AlreadyResolved"
+    resolved = d.published(events.ApprovalResolved)
+    assert [(r.outcome, sorted(v.approver.id for v in r.votes)) for r in resolved] == [
+        (events.ResolutionOutcome.APPROVED, ["human:carol", "human:dave"])]
+    assert resolved[0].execute_before == resolved[0].resolved_at + timedelta(seconds=60)
+
+
+async def test_a_redelivered_decision_opens_nothing_twice() -> None:
+    d = Desk()
+    decided = await opened(d)
+
+    assert await d.desk.take_decision(decided, registry().encode_event(decided)) is None
+    assert d.store.notifications_of(decided.action_id) == [("slack", "C0APPROVALS", "opened", "")]
+
+
+# --- expiry ---------------------------------------------------------------------------------------
+
+
+async def test_an_approval_nobody_answers_expires_once_never_denied() -> None:
+    d = Desk()
+    decided = await opened(d, callback_url="https://requester.example/hook")
+    d.clock.now = OPENED + TTL
+
+    assert await d.desk.expire_due() == 1
+    assert await d.desk.expire_due() == 0
+    late = await vote(d, decided, CAROL)
+
+    assert not late.accepted and late.refusal == "AlreadyResolved"
+    assert [r.outcome for r in d.published(events.ApprovalResolved)] == [events.ResolutionOutcome.EXPIRED]
+    assert (decided.action_id, "expired") in d.store.tables.callbacks
+
+
+async def test_a_vote_after_the_ttl_expires_the_approval_instead_of_counting() -> None:
+    d = Desk()
+    decided = await opened(d)
+    d.clock.now = OPENED + TTL + timedelta(seconds=1)
+
+    result = await vote(d, decided, CAROL)
+
+    assert not result.accepted and result.status == "expired"
+    assert [r.outcome for r in d.published(events.ApprovalResolved)] == [events.ResolutionOutcome.EXPIRED]
+
+
+async def test_half_way_approvers_are_reminded_once_and_the_escalation_group_may_approve_alone() -> None:
+    d = Desk()
+    decided = await opened(d, min_approvals=2, escalation_group="oncall", reminder_fractions=(0.5,))
+    before = await vote(d, decided, ERIN)
+    d.clock.now = OPENED + TTL / 2
+
+    assert await d.desk.remind_and_escalate() == 2  # the reminder, the escalation
+    assert await d.desk.remind_and_escalate() == 0  # each once
+    after = await vote(d, decided, ERIN)
+
+    assert not before.accepted and before.refusal == "ApproverNotAuthorised"
+    assert after.accepted and after.status == "approved"
+    assert [n for n in d.store.notifications_of(decided.action_id) if n[2] in ("reminder", "escalated")] == [
+        ("slack", "C0APPROVALS", "reminder", "0.5"), ("slack", "C0APPROVALS", "escalated", "")]
+    assert len(d.published(events.ApprovalResolved)) == 1
+
+
+# --- an answer before the approval opened ---------------------------------------------------------
+
+
+async def test_a_vote_before_the_approval_opened_is_told_to_retry_and_nothing_is_recorded() -> None:
+    d = Desk()
+    decided = decision()
+
+    with pytest.raises(ApprovalNotOpenYet) as early:
+        await vote(d, decided, CAROL)
+    with pytest.raises(ApprovalNotOpenYet):
+        await d.desk.approval(decided.action_id)
+
+    assert early.value.status == 425 and early.value.retry_after_s >= 1
+    assert "not open yet" in str(early.value) and "Retry after" in str(early.value)
+    assert d.broker.sent == [] and d.store.tables.votes == []  # early is not refused: nothing on record
+
+    await d.desk.take_decision(decided, registry().encode_event(decided))
+    assert (await vote(d, decided, CAROL)).accepted  # the same answer, once it opened
+
+
+async def test_a_vote_racing_the_opening_is_either_early_or_counted() -> None:
+    d = Desk()
+    decided = decision()
+
+    async def answer():
+        try:
+            return await vote(d, decided, CAROL)
+        except ApprovalNotOpenYet:
+            return None
+
+    _, result = await asyncio.gather(d.desk.take_decision(decided, registry().encode_event(decided)), answer())
+
+    assert result is None or result.accepted
+    assert len(d.published(events.VoteRecorded)) == (0 if result is None else 1)
+
+
+async def test_a_vote_on_a_break_glass_action_is_refused_as_no_approval() -> None:
+    d = Desk()
+    decided = await opened(d, break_glass=True)
+
+    result = await vote(d, decided, CAROL)
+
+    assert not result.accepted and result.refusal == "UnknownAction"
+    assert await d.desk.approval(decided.action_id) is None
+
+
+# --- the unit of work -----------------------------------------------------------------------------
+
+
+async def test_a_vote_the_policy_engine_cannot_judge_leaves_nothing_behind() -> None:
+    d = Desk()
+    decided = await opened(d)
+    d.opa.down = True
+
+    with pytest.raises(DeskUnavailable) as unavailable:
+        await vote(d, decided, CAROL)
+
+    assert unavailable.value.error == "policy_unavailable" and unavailable.value.status == 503
+    assert d.broker.sent == [] and d.store.tables.outbox == [] and d.store.tables.votes == []
+
+
+async def test_a_database_drop_after_the_commit_keeps_the_event_for_the_next_flush() -> None:
+    d = Desk()
+    decided = await opened(d)
+    d.store.fail_next_drain = True
+
+    result = await vote(d, decided, CAROL)  # the approver is told what was committed
+
+    assert result.accepted and result.status == "approved"
+    assert d.broker.sent == [] and len(d.store.tables.outbox) == 2  # the vote and the resolution wait
+    await d.desk.flush()  # the clock's next tick
+    assert [type(registry().decode_event(v)).__name__ for _, _, v in d.broker.sent] == ["VoteRecorded", "ApprovalResolved"]
+    assert d.store.tables.outbox == []
+
+
+async def test_opening_an_approval_publishes_nothing_and_drains_nothing() -> None:
+    d = Desk()
+    drains = 0
+    real_drain = d.store.drain_outbox
+
+    async def counted(publish, batch=200):
+        nonlocal drains
+        drains += 1
+        return await real_drain(publish, batch)
+
+    d.store.drain_outbox = counted  # type: ignore[method-assign]
+    await opened(d)
+
+    assert drains == 0 and d.broker.sent == []  # chat messages and webhooks have couriers of their own
