@@ -156,9 +156,11 @@ def test_every_refusal_path_leaves_the_seeded_secrets_nowhere(chat) -> None:
                                                                           "payload_digest": corpus["aws_secret_access_key"], "x": corpus},
                                             headers={"Authorization": f"Bearer {carol}"}), 422)
         send("votes too large", approval.post("/v1/approvals/x/votes", content=huge, headers={"Authorization": f"Bearer {carol}"}), 413)
+        send("approval unknown action id", approval.get(f"/v1/approvals/{corpus['github_token']}",
+                                                        headers={"Authorization": f"Bearer {carol}"}), 404, 425)
         # the console, signed in, with a form that cannot count
         form = {"choice": corpus["card"], "reason": corpus["password"] + " " + corpus["github_token"], "payload_digest": corpus["ssn"], "csrf": "forged"}
-        send("console forged form", approval.post("/console/actions/x/vote", data=form, cookies={"keyturn_session": carol}), 403, 404)
+        send("console forged form", approval.post("/console/actions/x/vote", data=form, cookies={"keyturn_session": carol}), 403, 404, 425)
         # Slack: forged, then signed but malformed
         body, headers = slack.signed({"type": "block_actions", "user": {"id": corpus["email"]}, "token": corpus["github_token"]})
         send("slack forged", approval.post("/slack/interactions", content=body, headers={**headers, "X-Slack-Signature": "v0=00"}), 401)

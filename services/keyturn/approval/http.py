@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -17,6 +17,7 @@ from keyturn.approval.replay import pending_state
 from keyturn.approval.views import approval_view
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.bus.codec import registry
+from keyturn.bus.http import masked_http_error
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.core.principal import Principal
 from keyturn.identity import InvalidToken, bearer_token
@@ -48,7 +49,7 @@ class VoteRequest(BaseModel):
 def unavailable(exc: DeskUnavailable) -> JSONResponse:
     """Nothing was recorded, try again: 503 (a dependency is down) or 425 (the approval has not
     opened yet), with the refusal shape every other answer uses, and when to try again."""
-    return JSONResponse({"detail": {"error": exc.error, "message": str(exc)}}, status_code=exc.status,
+    return JSONResponse({"detail": {"error": exc.error, "message": masked_line(str(exc))}}, status_code=exc.status,
                         headers={"Retry-After": str(exc.retry_after_s)})
 
 
@@ -76,6 +77,8 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         except InvalidToken as exc:
             raise HTTPException(401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}) from exc
 
+    app.add_exception_handler(StarletteHTTPException, masked_http_error)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """Who is asking comes first: 401 records nothing; a signed-in caller's refusal is recorded
@@ -84,7 +87,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
             approver = approver_of(request.headers.get("authorization"))
         except HTTPException as unauthenticated:  # raised out of a handler it would become a 500
             UNATTRIBUTED.labels("api", "invalid_token").inc()
-            return await http_exception_handler(request, unauthenticated)
+            return await masked_http_error(request, unauthenticated)
         problems = [masked_line(p) for p in validation_problems(exc.errors())[:MAX_PROBLEMS]]
         desk = await desk_of()
         await desk.refuse_interaction(f"http:{request.method} {request.url.path}", "invalid_body",

@@ -17,7 +17,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -123,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             principal = authenticate(request.headers.get("authorization"))
         except HTTPException as unauthenticated:  # raised out of a handler it would become a 500
-            return await http_exception_handler(request, unauthenticated)
+            return await masked_http_error(request, unauthenticated)
         problems = [masked_line(p) for p in problems[:MAX_PROBLEMS]]
         REJECTED.labels("http", error).inc()
         body = await request.body()
