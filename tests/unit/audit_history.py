@@ -7,7 +7,9 @@ from datetime import datetime, timedelta, timezone
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keyturn.audit.records import actor_of, audit_payload, flags_of, occurred_at
-from keyturn.core.audit_chain import AuditChain, AuditRecord, CheckpointSigner
+from keyturn.core.audit.chain import AuditChain
+from keyturn.core.audit.checkpoint import CheckpointSigner
+from keyturn.core.audit.record import AuditRecord
 from keyturn.core.events import (
     ActionDecided,
     ActionExecuted,

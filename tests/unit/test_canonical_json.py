@@ -17,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyturn.audit.export import read_jsonl
-from keyturn.core.audit_chain import AuditChain, CheckpointSigner, CheckpointVerifier, verify
+from keyturn.core.audit.chain import AuditChain
+from keyturn.core.audit.checkpoint import CheckpointSigner, CheckpointVerifier
+from keyturn.core.audit.verify import verify
 from keyturn.core.events import Digest, SealedParameters, canonical_json
 from keyturn.masking import Keyring, open_sealed, seal_parameters
 

@@ -60,7 +60,7 @@ def audit_records(settings: Settings, export: Optional[Path], *, advance: Callab
     """
     if export is not None:
         from keyturn.audit.export import AuditFileError, read_jsonl
-        from keyturn.core.audit_chain import AuditRecord, MalformedRecord
+        from keyturn.core.audit.record import AuditRecord, MalformedRecord
 
         try:
             with export.open("rb") as fp:
@@ -139,7 +139,7 @@ def _print_record(record, as_json: bool) -> None:
         typer.echo(json.dumps(record.to_dict(), sort_keys=True), nl=True)
         sys.stdout.flush()
         return
-    from keyturn.core.audit_chain import from_millis
+    from keyturn.core.canonical import from_millis
 
     typer.echo(f"{record.sequence:>6}  {from_millis(record.recorded_at).isoformat(timespec='milliseconds')}  "
                f"{record.event_type:<17} {record.action_id or '-':<36}  {record.actor or '-'}")
@@ -155,8 +155,8 @@ def verify(
     with its position (sequence and index); exits 1 when anything is wrong."""
     from keyturn.audit.app import checkpoint_key_path
     from keyturn.audit.keys import load_or_create_signing_key, load_verifier
-    from keyturn.core.audit_chain import CheckpointVerifier
-    from keyturn.core.audit_chain import verify as verify_chain
+    from keyturn.core.audit.checkpoint import CheckpointVerifier
+    from keyturn.core.audit.verify import verify as verify_chain
 
     settings = _settings()
     try:
