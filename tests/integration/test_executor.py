@@ -19,7 +19,8 @@ import pytest
 from keyturn.audit.stream import read_audit_log
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
-from keyturn.core.events import ActionDecided, ActionExecuted, canonical_json
+from keyturn.core.canonical import canonical_json
+from keyturn.core.events import ActionDecided, ActionExecuted
 from keyturn.core.execution import payload_digest_of
 from keyturn.db import schema_name
 from keyturn.executor.plugins.base import Command, ExecutionFailed

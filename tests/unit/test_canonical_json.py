@@ -12,6 +12,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,7 +21,8 @@ from keyturn.audit.export import read_jsonl
 from keyturn.core.audit.chain import AuditChain
 from keyturn.core.audit.checkpoint import CheckpointSigner, CheckpointVerifier
 from keyturn.core.audit.verify import verify
-from keyturn.core.events import Digest, SealedParameters, canonical_json
+from keyturn.core.canonical import canonical_json
+from keyturn.core.events import Digest, SealedParameters
 from keyturn.masking import Keyring, open_sealed, seal_parameters
 
 GOLDEN_CHAIN = Path(__file__).parent / "golden" / "audit_chain_v1.jsonl"
@@ -130,3 +132,9 @@ def test_json_values_keep_the_spelling_digests_and_seals_were_made_with(value):
     those, canonical JSON is exactly this spelling, as it has always been."""
     assert canonical_json(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                                                allow_nan=False)
+
+
+def test_keys_that_are_not_strings_are_refused_rather_than_guessed_at():
+    """A digest over ``{1: ...}`` and ``{"1": ...}`` must not be the same: neither is spelt."""
+    with pytest.raises(TypeError, match="keys must be strings"):
+        Digest.of_json({"parameters": {1: "one"}})

@@ -24,6 +24,7 @@ from keyturn.masking.protect import mask_text
 from keyturn.bus.topics import Topics
 from keyturn.core import approval as rules
 from keyturn.core import events
+from keyturn.core.canonical import canonical_json
 from keyturn.core.events import (
     ActionDecided,
     ActionExecuted,
@@ -146,7 +147,7 @@ def opa_decision_document(decided: ActionDecided, policy: rules.ApprovalPolicy |
 
 def callback_body(action_id: str, state: str, at: datetime, summary: str, reasons: tuple[str, ...] = ()) -> str:
     """What the requester's webhook receives: the action's new state, as JSON."""
-    return events.canonical_json({
+    return canonical_json({
         "action_id": action_id, "state": state, "terminal": state in TERMINAL_STATES,
         "summary": summary, "reasons": list(reasons), "at": at.isoformat(),
     })

@@ -68,7 +68,15 @@ def canonical_json_of_plain(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind in _JSON_SCALARS:  # the common case first: exact JSON types need no conversion
+        return value
+    if kind is list:
+        return [_plain(item) for item in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         if isinstance(value, enum.Enum):
             return _plain(value.value)

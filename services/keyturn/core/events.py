@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from keyturn.core.canonical import canonical_json
 from keyturn.core.principal import Principal
 
 
@@ -64,11 +65,6 @@ class Digest:
     def of_json(cls, document: Any) -> "Digest":
         """SHA-256 over the canonical JSON of ``document`` (sorted keys, no spaces, UTF-8)."""
         return cls(hashlib.sha256(canonical_json(document).encode()).hexdigest())
-
-
-def canonical_json(document: Any) -> str:
-    """The one JSON spelling used for digests and masked parameters."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True)
