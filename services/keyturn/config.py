@@ -61,18 +61,19 @@ class Settings:
     slack_bot_token: str = ""
     slack_signing_secret: str = ""
     slack_channels: str = ""  # {"security": ["C0SEC"], "*": ["C0APPROVALS"]}: group -> channel or user ids
-    slack_user_map: str = ""  # {"U0CAROL": "human:carol"}; otherwise users.info email -> human:<local-part>
-    slack_email_domains: str = ""  # comma list; empty accepts any verified workspace email
+    slack_user_map: str = ""  # {"U0CAROL": "human:carol"}; otherwise the email rule (docs/approvers.md)
+    slack_email_domains: str = ""  # comma list, own domain first; empty: only slack_user_map maps people
     # Microsoft Teams. Off while teams_app_id is empty; the URLs default to Microsoft's public cloud.
     teams_app_id: str = ""
     teams_app_password: str = ""
-    teams_tenant_id: str = "botframework.com"
+    teams_tenant_id: str = "botframework.com"  # approvers' accounts must be in this tenant: set it to the organisation's
     teams_service_url: str = "https://smba.trafficmanager.net/teams"
     teams_token_url: str = "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token"
     teams_openid_url: str = "https://login.botframework.com/v1/.well-known/openidconfiguration"
     teams_token_issuer: str = "https://api.botframework.com"
     teams_conversations: str = ""  # {"security": ["19:abc@thread.tacv2"], "*": [...]}
     teams_user_map: str = ""  # {"<aad object id or Teams user id>": "human:carol"}
+    teams_email_domains: str = ""  # comma list, own domain first; empty: only teams_user_map maps people
     # Web console: dev sign-in mints tokens; on when this is 1 or while the local dev key is in use.
     console_dev_signin: int = 0
     # Requester webhooks (callback_url): HMAC-signed; only these hosts are ever called.

@@ -69,7 +69,11 @@ class FakeSlack:
     # --- the workspace ------------------------------------------------------------------------
 
     def add_user(self, user_id: str, email: str | None, **extra: Any) -> None:
+        """A person as ``users.info`` returns them; ``extra`` sets what Slack flags, as Slack names it:
+        ``is_restricted`` / ``is_ultra_restricted`` (guests), ``is_bot``, ``deleted``, ``is_stranger``,
+        and ``team_id`` (another organisation's team for a Slack Connect user)."""
         self.users[user_id] = {"id": user_id, "team_id": TEAM, "name": user_id.lower(), "deleted": False, "is_bot": False,
+                               "is_restricted": False, "is_ultra_restricted": False,
                                "profile": {"email": email} if email else {}, **extra}
 
     def add_channel(self, channel_id: str) -> None:
@@ -203,7 +207,7 @@ class FakeSlack:
         trigger = self._trigger()
         return {
             "type": "block_actions", "team": {"id": TEAM, "domain": "keyturn"},
-            "user": {"id": user, "username": user.lower(), "team_id": TEAM},
+            "user": {"id": user, "username": user.lower(), "team_id": self._team_of(user)},
             "api_app_id": "A0KEYTURN", "trigger_id": trigger,
             "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel, "is_ephemeral": False},
             "channel": {"id": message.channel, "name": "approvals"},
@@ -217,7 +221,7 @@ class FakeSlack:
         """The view_submission payload Slack sends when ``user`` submits the deny modal."""
         return {
             "type": "view_submission", "team": {"id": TEAM, "domain": "keyturn"},
-            "user": {"id": user, "username": user.lower(), "team_id": TEAM}, "trigger_id": self._trigger(),
+            "user": {"id": user, "username": user.lower(), "team_id": self._team_of(user)}, "trigger_id": self._trigger(),
             "view": {**view, "state": {"values": {"reason": {"reason": {"type": "plain_text_input", "value": reason}}}}},
         }
 
@@ -251,6 +255,9 @@ class FakeSlack:
             trigger = f"{int(time.time())}.{next(self._clock)}.{hashlib.sha1(str(time.time_ns()).encode()).hexdigest()[:16]}"
             self.triggers.add(trigger)
             return trigger
+
+    def _team_of(self, user: str) -> str:
+        return self.users.get(user, {}).get("team_id", TEAM)
 
     def _resolve_channel(self, channel: str) -> str | None:
         if channel in self.users:

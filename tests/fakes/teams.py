@@ -29,6 +29,7 @@ from tests.peers import answer_json
 
 APP_ID = "00000000-0000-4000-8000-00000000b075"
 APP_PASSWORD = "teams-app-password-for-tests"
+TENANT = "00000000-0000-4000-8000-0000000071e7"
 CONNECTOR_AUDIENCE = "https://api.botframework.com"
 
 
@@ -61,6 +62,7 @@ class FakeTeams:
     activities: list[TeamsActivity] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
     refused_calls: list[str] = field(default_factory=list)
+    unreachable: set[str] = field(default_factory=set)  # conversations the bot is not in: sending there fails
 
     def __post_init__(self) -> None:
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -90,9 +92,12 @@ class FakeTeams:
     def issuer(self) -> str:
         return f"{self.base}/issuer"
 
-    def add_member(self, user_id: str, aad_object_id: str, email: str | None, upn: str | None = None) -> None:
+    def add_member(self, user_id: str, aad_object_id: str, email: str | None, upn: str | None = None, *, role: str = "user",
+                   tenant: str = TENANT) -> None:
+        """A conversation member as the connector returns it: ``userRole`` (``user``, ``guest``), the
+        account's ``tenantId`` and its login name (``userPrincipalName``; a guest's reads ``…#EXT#@…``)."""
         self.members[user_id] = {"id": user_id, "name": user_id, "aadObjectId": aad_object_id, "email": email,
-                                 "userPrincipalName": upn or email, "tenantId": "tenant"}
+                                 "userPrincipalName": upn or email, "tenantId": tenant, "userRole": role}
 
     # --- tokens -------------------------------------------------------------------------------
 
@@ -126,7 +131,7 @@ class FakeTeams:
             "serviceUrl": self.service_url, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "from": {"id": user, "name": user, "aadObjectId": aad_object_id or self.members.get(user, {}).get("aadObjectId")},
             "recipient": {"id": f"28:{self.app_id}", "name": "Keyturn"},
-            "conversation": {"id": activity.conversation, "conversationType": "channel", "tenantId": "tenant"},
+            "conversation": {"id": activity.conversation, "conversationType": "channel", "tenantId": TENANT},
             "replyToId": activity.id,
             "value": {"action": {"type": "Action.Execute", "verb": verb, "data": {**action.get("data", {}), **(inputs or {})}}, "trigger": "manual"},
         }
@@ -191,6 +196,8 @@ class FakeTeams:
             return self._connector(method, unquote(path.removeprefix("/v3/conversations/")), json.loads(raw or b"{}"))
 
     def _connector(self, method: str, rest: str, body: dict[str, Any]) -> tuple[int, Any]:
+        if rest.split("/", 1)[0] in self.unreachable:
+            return 404, {"error": {"code": "ConversationNotFound", "message": "Conversation not found."}}
         if "/members/" in rest:
             conversation, _, user = rest.partition("/members/")
             member = self.members.get(user)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -57,7 +58,7 @@ def chat_stack(settings: Settings) -> Iterator[tuple[Settings, Any, Any, Service
     """(settings, fake Slack, fake Teams, processes): a stack whose approval service talks to both
     fakes, with carol known to each."""
     from tests.fakes.slack import FakeSlack
-    from tests.fakes.teams import FakeTeams
+    from tests.fakes.teams import TENANT, FakeTeams
 
     slack, teams = FakeSlack().start(), FakeTeams().start()
     slack.add_channel("C0SECURITY")
@@ -65,8 +66,8 @@ def chat_stack(settings: Settings) -> Iterator[tuple[Settings, Any, Any, Service
     teams.add_member("29:carol", "aad-carol", "carol@example.com")
     chat = stack_settings(
         settings, slack_api_url=slack.api_url, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
-        slack_channels=json.dumps({"*": ["C0SECURITY"]}),
-        teams_app_id=teams.app_id, teams_app_password=teams.app_password, teams_service_url=teams.service_url,
+        slack_channels=json.dumps({"*": ["C0SECURITY"]}), slack_email_domains="example.com",
+        teams_tenant_id=TENANT, teams_email_domains="example.com", teams_app_id=teams.app_id, teams_app_password=teams.app_password, teams_service_url=teams.service_url,
         teams_token_url=teams.token_url, teams_openid_url=teams.openid_url, teams_token_issuer=teams.issuer,
         teams_conversations=json.dumps({"*": ["19:security@thread.tacv2"]}),
     )
@@ -96,3 +97,37 @@ def dead_letters_now(settings: Settings, error_type: str) -> list:
     from tests.integration.conftest import read_topic
 
     return [e for e, _ in read_topic(settings, Topics.from_settings(settings).dlq) if isinstance(e, DeadLetter) and e.error_type == error_type]
+
+
+def publish_decision(chat, *, ttl_s: int, groups: tuple[tuple[str, int], ...], reminders: tuple[float, ...] = (),
+                     escalation_group: str | None = None) -> str:
+    """Publish a needs-approval decision with short clocks on the decided topic; returns its action id."""
+    from datetime import datetime, timezone
+
+    from keyturn.bus.codec import registry
+    from keyturn.bus.topics import Topics
+    from keyturn.core.canonical import canonical_json
+    from keyturn.core.events import (
+        ActionDecided, ActionRequested, ApprovalRequirement, DecisionOutcome, Digest, GroupRequirement, Provenance,
+    )
+    from keyturn.core.principal import Principal, PrincipalKind
+    from tests.integration.conftest import produce
+
+    action_id = str(uuid.uuid4())
+    now = datetime.now(timezone.utc)
+    parameters = {"user": "human:bob", "role": "analyst"}
+    request = ActionRequested(
+        event_id=f"requested:{action_id}", action_id=action_id, action="iam.role.grant", resource="iam://staging/roles/analyst",
+        parameters_json=canonical_json(parameters), reason="short clocks", requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
+        payload_digest=Digest.of_json({"action": "iam.role.grant", "resource": "iam://staging/roles/analyst", "parameters": parameters}),
+        requested_at=now,
+    )
+    decided = ActionDecided(
+        event_id=f"decided:{action_id}", action_id=action_id, outcome=DecisionOutcome.NEEDS_APPROVAL,
+        provenance=Provenance("test", f"test-{action_id}", Digest.of_json({}), now), decided_at=now, request=request,
+        reasons=("granting a role needs security",),
+        approvals=ApprovalRequirement(groups=tuple(GroupRequirement(g, n) for g, n in groups), pending_ttl_s=ttl_s, execution_window_s=600,
+                                      require_all=True, escalation_group=escalation_group, reminder_fractions=reminders),
+    )
+    produce(chat, Topics.from_settings(chat).decided, registry().encode_event(decided), key=action_id.encode())
+    return action_id

@@ -48,7 +48,7 @@ def private(slack):
         settings = servers.settings(
             "faults", policy_unavailable_after_s=120.0,
             slack_api_url=slack.api_url, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
-            slack_channels=json.dumps({"*": ["C0SECURITY"]}),
+            slack_channels=json.dumps({"*": ["C0SECURITY"]}), slack_email_domains="example.com",
         )
         procs = ServiceProcesses(settings, log_dir=ARTIFACTS / "logs" / settings.namespace)
         try:

@@ -25,7 +25,8 @@ def slack() -> Iterator[FakeSlack]:
 @pytest.fixture(scope="module")
 def stack(settings, slack):
     chat = stack_settings(settings, slack_api_url=slack.api_url, slack_bot_token=slack.bot_token,
-                          slack_signing_secret=slack.signing_secret, slack_channels=json.dumps({"*": ["C0SECURITY"]}))
+                          slack_signing_secret=slack.signing_secret, slack_channels=json.dumps({"*": ["C0SECURITY"]}),
+                          slack_email_domains="example.com")
     with running_stack(chat) as procs:
         yield procs
 
@@ -54,6 +55,12 @@ def click(stack, slack: FakeSlack, message, user: str) -> None:
     body, headers = slack.signed(slack.click(message, "keyturn_approve", user))
     answer = httpx.post(f"{stack.settings.approval_url}/slack/interactions", content=body, headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
+
+
+def adopted(stack, action_id: str) -> bool:
+    with psycopg.connect(stack.settings.database_url, autocommit=True, options=f"-c search_path={schema_name(stack.settings)}") as conn:
+        row = conn.execute("SELECT remote_ref FROM approval_notifications WHERE action_id = %s AND kind = 'opened'", (action_id,)).fetchone()
+    return bool(row and row[0])
 
 
 def sql(stack, statement: str, *args) -> None:
@@ -93,6 +100,9 @@ def test_a_message_sent_just_before_a_crash_is_adopted_not_sent_again(stack, sla
     posts = slack.count("chat.postMessage")
     start_again(stack)
 
+    # a click counts only on a message Keyturn knows it sent for the action, so the approver's
+    # click is taken once the message has been adopted (found in the channel, its id recorded)
+    assert eventually(lambda: adopted(stack, action_id), timeout=30), "the message was never adopted"
     click(stack, slack, message, "U0DAVE")
     assert agent.wait(action_id)["state"] == "succeeded"
     assert eventually(lambda: "Approved by human:dave" in message.all_text()), message.all_text()

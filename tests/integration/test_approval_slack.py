@@ -18,13 +18,13 @@ from keyturn.approval.callbacks import signature_valid
 from keyturn.audit.stream import read_audit_log
 from tests.fakes.slack import FakeSlack
 from tests.fakes.webhook import WebhookReceiver
-from tests.integration.approval_stack import dead_letters_now, running_stack, stack_settings, unattributed_refusals
+from tests.integration.approval_stack import dead_letters_now, publish_decision, running_stack, stack_settings, unattributed_refusals
 from tests.integration.conftest import Agent, eventually, keyturn_cli, mint
 
 pytestmark = pytest.mark.integration
 
 CALLBACK_SECRET = "callback-secret-for-tests"
-CHANNELS = {"security": ["C0SECURITY"], "security-oncall": ["C0ONCALL"], "*": ["C0APPROVALS"]}
+CHANNELS = {"security": ["C0SECURITY"], "security-oncall": ["C0ONCALL"], "db-owners": ["C0GONE"], "*": ["C0APPROVALS"]}  # C0GONE: the bot is not in it
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,15 @@ def slack() -> FakeSlack:
     fake.add_user("U0FRANK", "frank@example.com")
     fake.add_user("U0MALLORY", None)
     fake.add_user("U0BOT", "bot@example.com", is_bot=True)
+    # accounts that are not carol although their email says carol (carol is in security)
+    fake.add_user("U0GUEST", "carol@example.com", is_restricted=True)  # a guest with an approver's email
+    fake.add_user("U0ONECHANNEL", "carol@example.com", is_restricted=True, is_ultra_restricted=True)
+    fake.add_user("U0MAPPEDGUEST", "dave@example.com", is_restricted=True)  # in the user map, still a guest
+    fake.add_user("U0GONE", "carol@example.com", deleted=True)
+    fake.add_user("W0CONNECT", "carol@example.com", team_id="T0PARTNER", is_stranger=True)  # Slack Connect
+    fake.add_user("W0OTHERTEAM", "carol@example.com", team_id="T0PARTNER")  # another workspace, not flagged a stranger
+    fake.add_user("U0PARTNER", "carol@partner.example")  # a full member from a listed partner domain
+    fake.add_user("U0ELSEWHERE", "carol@elsewhere.example")  # a full member from a domain not in the list
     yield fake
     fake.stop()
 
@@ -53,7 +62,8 @@ def webhook() -> WebhookReceiver:
 def chat(settings, slack, webhook):
     chat_settings = stack_settings(
         settings, slack_api_url=slack.api_url, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
-        slack_channels=json.dumps(CHANNELS), slack_user_map=json.dumps({"U0DAVE": "human:dave"}),
+        slack_channels=json.dumps(CHANNELS), slack_user_map=json.dumps({"U0DAVE": "human:dave", "U0MAPPEDGUEST": "human:dave"}),
+        slack_email_domains="example.com,partner.example",
         callback_secret=CALLBACK_SECRET, callback_allowed_hosts="127.0.0.1",
     )
     with running_stack(chat_settings):
@@ -214,18 +224,27 @@ def test_a_replayed_interaction_changes_nothing(chat, agent, slack) -> None:
     assert approval["status"] == "pending" and approval["summary"].startswith("Approved by human:carol (1 of 2)")
 
 
-@pytest.mark.parametrize("user, refusal", [
-    ("U0MALLORY", "UnknownChatUser"),  # no email, not in the map
-    ("U0BOT", "UnknownChatUser"),  # bots never approve
-    ("U0FRANK", "ApproverNotAuthorised"),  # db-owners, not security
-    ("U0ALICE", "SelfApprovalRefused"),  # the human the agent acts for
+@pytest.mark.parametrize("user, refusal, recorded_as", [
+    ("U0MALLORY", "UnknownChatUser", "slack:T0KEYTURN/U0MALLORY"),  # no email, not in the map
+    ("U0BOT", "UnknownChatUser", "slack:T0KEYTURN/U0BOT"),  # bots never approve
+    ("U0GUEST", "UnknownChatUser", "slack:T0KEYTURN/U0GUEST"),  # a guest whose email is carol's: never human:carol
+    ("U0ONECHANNEL", "UnknownChatUser", "slack:T0KEYTURN/U0ONECHANNEL"),  # a single-channel guest
+    ("U0MAPPEDGUEST", "UnknownChatUser", "slack:T0KEYTURN/U0MAPPEDGUEST"),  # the map does not make a guest an approver
+    ("U0GONE", "UnknownChatUser", "slack:T0KEYTURN/U0GONE"),  # deactivated
+    ("W0CONNECT", "UnknownChatUser", "slack:T0PARTNER/W0CONNECT"),  # Slack Connect: another organisation
+    ("W0OTHERTEAM", "UnknownChatUser", "slack:T0PARTNER/W0OTHERTEAM"),  # another workspace
+    ("U0ELSEWHERE", "UnknownChatUser", "slack:T0KEYTURN/U0ELSEWHERE"),  # a domain not in KEYTURN_SLACK_EMAIL_DOMAINS
+    ("U0PARTNER", "ApproverNotAuthorised", "human:carol@partner.example"),  # a listed partner domain keeps its name
+    ("U0FRANK", "ApproverNotAuthorised", "human:frank"),  # db-owners, not security
+    ("U0ALICE", "SelfApprovalRefused", "human:alice"),  # the human the agent acts for
 ])
-def test_answers_from_people_who_may_not_approve_are_refused_recorded_and_explained(chat, agent, slack, user, refusal) -> None:
+def test_answers_from_people_who_may_not_approve_are_refused_recorded_and_explained(chat, agent, slack, user, refusal, recorded_as) -> None:
     action_id = grant(agent, role="auditor")
     message = message_in(slack, action_id)
     answer = interact(chat, *slack.signed(slack.click(message, "keyturn_approve", user)))
     assert answer.status_code == 200  # Slack shows nothing for other codes; the person is told privately
-    assert refused_votes(chat, action_id, refusal)
+    votes = refused_votes(chat, action_id, refusal)
+    assert votes and [json.loads(v.payload_json)["vote"]["approver"]["id"] for v in votes] == [recorded_as]
     told = [e for e in slack.ephemeral if e["user"] == user and refusal in e["text"] or (refusal == "UnknownChatUser" and e["user"] == user)]
     assert told and "not applied" in told[-1]["text"]
     assert agent.status(action_id)["state"] == "needs_approval"
@@ -242,15 +261,100 @@ def test_a_vote_on_a_different_digest_is_refused(chat, agent, slack) -> None:
     assert agent.status(action_id)["state"] == "needs_approval"
 
 
-def test_a_vote_on_an_unknown_action_is_refused(chat, agent, slack) -> None:
+# --- a click counts only for the action its message showed ------------------------------------------
+
+
+def approval(chat, action_id: str) -> dict:
+    answer = httpx.get(f"{chat.approval_url}/v1/approvals/{action_id}", headers={"Authorization": f"Bearer {mint(chat, 'human:carol')}"}, timeout=30)
+    return answer.json() if answer.status_code == 200 else {}
+
+
+def naming(payload: dict, action_id: str, digest: str) -> dict:
+    """A click payload whose button value was edited to name another action (signed afterwards, as with the secret)."""
+    payload["actions"][0]["value"] = json.dumps({"action_id": action_id, "payload_digest": digest})
+    return payload
+
+
+def refusal_of(vote) -> tuple[str, str, str]:
+    recorded = json.loads(vote.payload_json)
+    return recorded["vote"]["approver"]["id"], recorded["refusal"], recorded["message"]
+
+
+@pytest.mark.parametrize("digest_of", ["the other action", "the action shown"])
+def test_a_click_edited_to_name_another_action_is_refused_recorded_and_changes_nothing(chat, agent, slack, digest_of) -> None:
+    shown, other = grant(agent, role="auditor"), grant(agent, role="reader")
+    message, other_message = message_in(slack, shown), message_in(slack, other)
+    digest = approval(chat, other if digest_of == "the other action" else shown)["payload_digest"]
+    answer = interact(chat, *slack.signed(naming(slack.click(message, "keyturn_approve", "U0CAROL"), other, digest)))
+    assert answer.status_code == 200
+
+    votes = refused_votes(chat, other, "MessageNotForAction")
+    assert len(votes) == 1
+    who, _, why = refusal_of(votes[0])
+    assert who == "slack:T0KEYTURN/U0CAROL" and shown in why and other in why
+    told = [e["text"] for e in slack.ephemeral if e["user"] == "U0CAROL" and other in e["text"]]
+    assert told and "not applied" in told[-1] and f"posted for action {shown}" in told[-1]
+    for action_id, shown_message in ((shown, message), (other, other_message)):
+        assert agent.status(action_id)["state"] == "needs_approval"
+        assert approval(chat, action_id)["summary"].startswith("No approvals yet") and "No approvals yet" in shown_message.all_text()
+
+    # the same person on the message that shows the other action is heard
+    assert interact(chat, *slack.signed(slack.click(other_message, "keyturn_approve", "U0CAROL"))).status_code == 200
+    assert agent.wait(other)["state"] == "succeeded"
+    assert agent.status(shown)["state"] == "needs_approval"
+
+
+def test_an_action_whose_message_never_reached_slack_cannot_be_answered_in_slack(chat, agent, slack) -> None:
+    shown = grant(agent, role="auditor")
+    message = message_in(slack, shown)
+    unposted = publish_decision(chat, ttl_s=600, groups=(("db-owners", 1),))  # its only target, C0GONE, refuses the post
+    opened = eventually(lambda: approval(chat, unposted), timeout=30)
+    assert opened and opened["status"] == "pending"
+    assert eventually(lambda: any(m == "chat.postMessage" and a.get("channel") == "C0GONE" for m, a in list(slack.calls)), timeout=30)
+    assert not slack.top_level(unposted), "the message failed to send"
+
+    answer = interact(chat, *slack.signed(naming(slack.click(message, "keyturn_approve", "U0FRANK"), unposted, opened["payload_digest"])))
+    assert answer.status_code == 200
+    votes = refused_votes(chat, unposted, "MessageNotForAction")
+    assert [refusal_of(v)[0] for v in votes] == ["slack:T0KEYTURN/U0FRANK"]
+    assert any(unposted in e["text"] and "not applied" in e["text"] for e in slack.ephemeral if e["user"] == "U0FRANK")
+    assert approval(chat, unposted)["status"] == "pending" and approval(chat, shown)["status"] == "pending"
+
+
+def test_a_click_naming_an_action_keyturn_does_not_know_is_refused(chat, agent, slack) -> None:
     action_id = grant(agent, role="auditor")
     message = message_in(slack, action_id)
     unknown = str(uuid.uuid4())
-    payload = slack.click(message, "keyturn_approve", "U0CAROL")
-    payload["actions"][0]["value"] = json.dumps({"action_id": unknown, "payload_digest": "sha256:" + "0" * 64})
-    assert interact(chat, *slack.signed(payload)).status_code == 200
-    assert refused_votes(chat, unknown, "UnknownAction")
-    assert any("UnknownAction" in e["text"] for e in slack.ephemeral if e["user"] == "U0CAROL")
+    assert interact(chat, *slack.signed(naming(slack.click(message, "keyturn_approve", "U0CAROL"), unknown, "sha256:" + "0" * 64))).status_code == 200
+    assert refused_votes(chat, unknown, "MessageNotForAction")
+    assert any(unknown in e["text"] and "not applied" in e["text"] for e in slack.ephemeral if e["user"] == "U0CAROL")
+    assert agent.status(action_id)["state"] == "needs_approval"
+
+
+def test_a_deny_modal_re_pointed_at_another_action_is_refused_and_the_modal_as_opened_still_works(chat, agent, slack) -> None:
+    shown, other = grant(agent, role="auditor"), grant(agent, role="reader")
+    message, other_message = message_in(slack, shown), message_in(slack, other)
+    assert interact(chat, *slack.signed(slack.click(message, "keyturn_deny", "U0DAVE"))).status_code == 200
+    modal = slack.views[-1]
+    metadata = json.loads(modal["private_metadata"])
+    assert metadata["action_id"] == shown
+    metadata.update(action_id=other, payload_digest=approval(chat, other)["payload_digest"])
+    re_pointed = {**modal, "private_metadata": json.dumps(metadata)}
+
+    answer = interact(chat, *slack.signed(slack.submit(re_pointed, "U0DAVE", "not this one")))
+    assert answer.status_code == 200 and answer.json()["response_action"] == "errors", answer.text
+    shown_error = answer.json()["errors"]["reason"]
+    assert "not applied" in shown_error and other in shown_error
+    votes = refused_votes(chat, other, "MessageNotForAction")
+    assert [refusal_of(v)[:2] for v in votes] == [("slack:T0KEYTURN/U0DAVE", "MessageNotForAction")]
+    assert agent.status(other)["state"] == "needs_approval" and "No approvals yet" in other_message.all_text()
+    assert agent.status(shown)["state"] == "needs_approval"
+
+    # the modal as Keyturn opened it denies the action its message showed
+    answer = interact(chat, *slack.signed(slack.submit(modal, "U0DAVE", "auditors need a ticket")))
+    assert answer.status_code == 200 and not answer.content, answer.text
+    assert agent.wait(shown)["state"] == "denied"
+    assert agent.status(other)["state"] == "needs_approval"
 
 
 def test_a_vote_after_resolution_is_refused_and_approval_is_never_shown_twice(chat, agent, slack) -> None:
@@ -286,40 +390,6 @@ def test_break_glass_runs_without_approval_tells_every_approver_channel_and_is_f
 
 
 # --- reminders, escalation, expiry (decisions with short clocks, as the policy service would publish them) ---
-
-
-def publish_decision(chat, *, ttl_s: int, groups: tuple[tuple[str, int], ...], reminders: tuple[float, ...] = (),
-                     escalation_group: str | None = None) -> str:
-    """Publish a needs-approval decision with short clocks on the decided topic; returns its action id."""
-    from datetime import datetime, timezone
-
-    from keyturn.bus.codec import registry
-    from keyturn.bus.topics import Topics
-    from keyturn.core.canonical import canonical_json
-    from keyturn.core.events import (
-        ActionDecided, ActionRequested, ApprovalRequirement, DecisionOutcome, Digest, GroupRequirement, Provenance,
-    )
-    from keyturn.core.principal import Principal, PrincipalKind
-    from tests.integration.conftest import produce
-
-    action_id = str(uuid.uuid4())
-    now = datetime.now(timezone.utc)
-    parameters = {"user": "human:bob", "role": "analyst"}
-    request = ActionRequested(
-        event_id=f"requested:{action_id}", action_id=action_id, action="iam.role.grant", resource="iam://staging/roles/analyst",
-        parameters_json=canonical_json(parameters), reason="short clocks", requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
-        payload_digest=Digest.of_json({"action": "iam.role.grant", "resource": "iam://staging/roles/analyst", "parameters": parameters}),
-        requested_at=now,
-    )
-    decided = ActionDecided(
-        event_id=f"decided:{action_id}", action_id=action_id, outcome=DecisionOutcome.NEEDS_APPROVAL,
-        provenance=Provenance("test", f"test-{action_id}", Digest.of_json({}), now), decided_at=now, request=request,
-        reasons=("granting a role needs security",),
-        approvals=ApprovalRequirement(groups=tuple(GroupRequirement(g, n) for g, n in groups), pending_ttl_s=ttl_s, execution_window_s=600,
-                                      require_all=True, escalation_group=escalation_group, reminder_fractions=reminders),
-    )
-    produce(chat, Topics.from_settings(chat).decided, registry().encode_event(decided), key=action_id.encode())
-    return action_id
 
 
 def test_approvers_are_reminded_then_the_fallback_group_is_asked_and_may_approve_alone(chat, slack) -> None:

@@ -10,28 +10,37 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyturn.audit.stream import read_audit_log
-from tests.fakes.teams import FakeTeams
-from tests.integration.approval_stack import dead_letters_now, running_stack, stack_settings, unattributed_refusals
-from tests.integration.conftest import Agent, eventually
+from tests.fakes.teams import TENANT, FakeTeams
+from tests.integration.approval_stack import dead_letters_now, publish_decision, running_stack, stack_settings, unattributed_refusals
+from tests.integration.conftest import Agent, eventually, mint
 
 pytestmark = pytest.mark.integration
 
 SECURITY = "19:security@thread.tacv2"
 ONCALL = "19:oncall@thread.tacv2"
+GONE = "19:gone@thread.tacv2"  # a conversation the bot is not in: nothing sent there arrives
 
 
 @pytest.fixture(scope="module")
 def teams() -> FakeTeams:
-    fake = FakeTeams().start()
+    fake = FakeTeams(unreachable={GONE}).start()
     fake.add_member("29:carol", "aad-carol", "carol@example.com")
     fake.add_member("29:dave", "aad-dave", None)  # known through the configured map
     fake.add_member("29:alice", "aad-alice", "alice@example.com")
     fake.add_member("29:frank", "aad-frank", "frank@example.com")
-    fake.add_member("29:guest", "aad-guest", None, upn="carol_partner.example#EXT#@tenant.example")
+    # accounts that are not carol although their email says carol (carol is in security)
+    fake.add_member("29:guest", "aad-guest", "carol@partner.example", upn="carol_partner.example#EXT#@example.com", role="guest")
+    fake.add_member("29:guest-own-domain", "aad-guest-own", "carol@example.com", upn="carol_example.com#EXT#@example.com", role="guest")
+    fake.add_member("29:ext-login", "aad-ext-login", "carol@example.com", upn="carol_example.com#EXT#@example.com")  # role not said
+    fake.add_member("29:mapped-guest", "aad-mapped-guest", "dave@example.com", role="guest")  # in the user map, still a guest
+    fake.add_member("29:other-tenant", "aad-other-tenant", "carol@example.com", tenant="00000000-0000-4000-8000-00000000beef")
+    fake.add_member("29:partner", "aad-partner", "carol@partner.example")  # a full member from a listed partner domain
+    fake.add_member("29:elsewhere", "aad-elsewhere", "carol@elsewhere.example")  # a domain not in the list
     yield fake
     fake.stop()
 
@@ -41,7 +50,8 @@ def chat(settings, teams):
     chat_settings = stack_settings(
         settings, teams_app_id=teams.app_id, teams_app_password=teams.app_password, teams_service_url=teams.service_url,
         teams_token_url=teams.token_url, teams_openid_url=teams.openid_url, teams_token_issuer=teams.issuer,
-        teams_conversations=json.dumps({"security": [SECURITY], "*": [ONCALL]}), teams_user_map=json.dumps({"aad-dave": "human:dave"}),
+        teams_conversations=json.dumps({"security": [SECURITY], "db-owners": [GONE], "*": [ONCALL]}), teams_user_map=json.dumps({"aad-dave": "human:dave", "aad-mapped-guest": "human:dave"}),
+        teams_tenant_id=TENANT, teams_email_domains="example.com,partner.example",
     )
     with running_stack(chat_settings):
         yield chat_settings
@@ -154,16 +164,92 @@ def test_a_replayed_activity_changes_nothing(chat, agent, teams) -> None:
     assert agent.status(action_id)["state"] == "needs_approval"
 
 
-@pytest.mark.parametrize("user, refusal", [
-    ("29:nobody", "UnknownChatUser"),  # not a member the connector knows
-    ("29:guest", "UnknownChatUser"),  # a guest account
-    ("29:frank", "ApproverNotAuthorised"),
-    ("29:alice", "SelfApprovalRefused"),
+@pytest.mark.parametrize("user, refusal, recorded_as", [
+    ("29:nobody", "UnknownChatUser", "teams:29:nobody"),  # not a member the connector knows
+    ("29:guest", "UnknownChatUser", "teams:aad-guest"),  # a guest whose email local part is carol's: never human:carol
+    ("29:guest-own-domain", "UnknownChatUser", "teams:aad-guest-own"),  # a guest with an email in the own domain
+    ("29:ext-login", "UnknownChatUser", "teams:aad-ext-login"),  # a #EXT# login name
+    ("29:mapped-guest", "UnknownChatUser", "teams:aad-mapped-guest"),  # the map does not make a guest an approver
+    ("29:other-tenant", "UnknownChatUser", "teams:aad-other-tenant"),  # an account of another tenant
+    ("29:elsewhere", "UnknownChatUser", "teams:aad-elsewhere"),  # a domain not in KEYTURN_TEAMS_EMAIL_DOMAINS
+    ("29:partner", "ApproverNotAuthorised", "human:carol@partner.example"),  # a listed partner domain keeps its name
+    ("29:frank", "ApproverNotAuthorised", "human:frank"),
+    ("29:alice", "SelfApprovalRefused", "human:alice"),
 ])
-def test_answers_from_people_who_may_not_approve_are_refused_and_shown_on_their_card(chat, agent, teams, user, refusal) -> None:
+def test_answers_from_people_who_may_not_approve_are_refused_and_shown_on_their_card(chat, agent, teams, user, refusal, recorded_as) -> None:
     action_id = grant(agent, "auditor")
     card = card_for(teams, action_id)
     answer = click(chat, teams, card, "approve", user)
     assert "Your answer was not applied" in json.dumps(answer["value"])
     assert refused(chat, action_id, refusal)
+    votes = [json.loads(r.payload_json)["vote"]["approver"]["id"] for r in audit_of(chat, action_id, "VoteRecorded")]
+    assert votes == [recorded_as], "recorded under the chat account, never under a principal it does not own"
     assert agent.status(action_id)["state"] == "needs_approval"
+    assert "No approvals yet" in card.all_text()
+
+
+# --- a card answer counts only for the action the card showed -----------------------------------------
+
+
+def approval(chat, action_id: str) -> dict:
+    answer = httpx.get(f"{chat.approval_url}/v1/approvals/{action_id}", headers={"Authorization": f"Bearer {mint(chat, 'human:carol')}"}, timeout=30)
+    return answer.json() if answer.status_code == 200 else {}
+
+
+def naming(activity: dict, action_id: str, digest: str) -> dict:
+    """An invoke whose card data was edited to name another action."""
+    activity["value"]["action"]["data"].update(action_id=action_id, payload_digest=digest)
+    return activity
+
+
+def refusals(chat, action_id: str) -> list[tuple[str, str, str]]:
+    return [(v["vote"]["approver"]["id"], v["refusal"], v["message"])
+            for v in (json.loads(r.payload_json) for r in audit_of(chat, action_id, "VoteRecorded"))]
+
+
+@pytest.mark.parametrize("verb, digest_of", [("approve", "the other action"), ("approve", "the action shown"), ("deny", "the other action")])
+def test_a_card_answer_edited_to_name_another_action_is_refused_recorded_and_changes_nothing(chat, agent, teams, verb, digest_of) -> None:
+    shown, other = grant(agent, "auditor"), grant(agent, "reader")
+    card, other_card = card_for(teams, shown), card_for(teams, other)
+    digest = approval(chat, other if digest_of == "the other action" else shown)["payload_digest"]
+    activity = naming(teams.invoke(card, verb, "29:carol", inputs={"reason": "not this one"}), other, digest)
+    answer = teams.post(chat.approval_url, activity, teams.inbound_token())
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["type"] == "application/vnd.microsoft.activity.message", "never the other action's card"
+    assert "not applied" in body["value"] and f"posted for action {shown}" in body["value"]
+    assert refused(chat, other, "MessageNotForAction")
+    assert [r[:2] for r in refusals(chat, other)] == [("teams:aad-carol", "MessageNotForAction")]
+    for action_id, shown_card in ((shown, card), (other, other_card)):
+        assert agent.status(action_id)["state"] == "needs_approval"
+        assert "No approvals yet" in shown_card.all_text() and shown_card.actions()
+
+    # the same person on the card that shows the other action is heard
+    click(chat, teams, other_card, "approve", "29:carol")
+    assert agent.wait(other)["state"] == "succeeded"
+    assert agent.status(shown)["state"] == "needs_approval"
+
+
+def test_an_action_whose_card_never_reached_teams_cannot_be_answered_in_teams(chat, agent, teams) -> None:
+    shown = grant(agent, "auditor")
+    card = card_for(teams, shown)
+    unposted = publish_decision(chat, ttl_s=600, groups=(("db-owners", 1),))  # its only conversation is one the bot is not in
+    opened = eventually(lambda: approval(chat, unposted), timeout=30)
+    assert opened and opened["status"] == "pending"
+    assert not teams.cards_about(unposted)
+
+    answer = teams.post(chat.approval_url, naming(teams.invoke(card, "approve", "29:frank"), unposted, opened["payload_digest"]), teams.inbound_token())
+    assert answer.status_code == 200 and "not applied" in answer.json()["value"]
+    assert refused(chat, unposted, "MessageNotForAction")
+    assert [r[0] for r in refusals(chat, unposted)] == ["teams:aad-frank"]
+    assert approval(chat, unposted)["status"] == "pending" and approval(chat, shown)["status"] == "pending"
+
+
+def test_a_card_refresh_shows_only_the_action_the_card_was_sent_for(chat, agent, teams) -> None:
+    shown, other = grant(agent, "auditor"), grant(agent, "reader")
+    card = card_for(teams, shown)
+    forged = naming(teams.invoke(card, "refresh", "29:frank"), other, approval(chat, other)["payload_digest"])
+    answer = teams.post(chat.approval_url, forged, teams.inbound_token()).json()
+    assert answer["type"] == "application/vnd.microsoft.activity.message" and "not one Keyturn sent" in answer["value"]
+    assert "reader" not in json.dumps(answer)
+    assert "auditor" in json.dumps(click(chat, teams, card, "refresh", "29:frank")["value"])

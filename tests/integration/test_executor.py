@@ -20,8 +20,7 @@ from keyturn.audit.stream import read_audit_log
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.core.canonical import canonical_json
-from keyturn.core.events import ActionDecided, ActionExecuted
-from keyturn.core.execution import payload_digest_of
+from keyturn.core.events import ActionDecided, ActionExecuted, payload_digest
 from keyturn.db import schema_name
 from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin
@@ -302,7 +301,7 @@ def test_a_forged_order_with_other_parameters_is_refused_before_anything_runs(ag
     executed = eventually(lambda: executed_events(settings, forged_id), timeout=60)
     assert executed and executed[0].outcome.value == "failed"
     assert executed[0].error.startswith("refused before execution: ")
-    assert payload_digest_of("sql.query", STAGING, other) != decided.request.payload_digest
+    assert payload_digest("sql.query", STAGING, other) != decided.request.payload_digest
     assert marks(shop, "forged") == 0
 
 

@@ -135,6 +135,7 @@ def test_every_refusal_path_leaves_the_seeded_secrets_nowhere(chat) -> None:
         send("intake chunked body", intake.post("/v1/actions", content=(huge[i:i + 65536] for i in range(0, len(huge), 65536)),
                                                 headers={**bearer, "Content-Type": "application/json"}), 413)
         assert answers[-1][2] and json.loads(answers[-1][2])["error"] == "body_too_large"
+        send("intake unknown action id", intake.get(f"/v1/actions/{corpus['github_token']}", headers=bearer), 404)
         send("intake headers too large", intake.get("/healthz", headers={f"x-{i}": corpus["password"] * 20 for i in range(40)}), 431)
         metrics = intake.get("/metrics").text
 

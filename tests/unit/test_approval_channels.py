@@ -257,6 +257,34 @@ def test_a_signed_click_whose_fields_are_not_what_slack_sends_is_refused_naming_
     assert field in str(refused.value)
 
 
+@pytest.mark.parametrize("change, what", [
+    ({"message": {"ts": "8.8"}}, "container.message_ts and message.ts"),
+    ({"container": {"message_ts": "9.9", "channel_id": "C2"}}, "channel.id and container.channel_id"),
+])
+def test_a_click_that_names_two_different_messages_is_refused(change: dict, what: str) -> None:
+    with pytest.raises(InteractionRefused, match=what) as refused:
+        read_interaction({**CLICK, **change})
+    assert (refused.value.status, refused.value.error) == (400, "malformed_payload")
+
+
+def test_a_click_is_bound_to_its_message_wherever_slack_names_it() -> None:
+    only_message = {**CLICK, "container": {"type": "message"}, "message": {"ts": "9.9"}}
+    only_container = {**CLICK, "channel": None, "container": {"message_ts": "9.9", "channel_id": "C1"}}
+    for payload in (CLICK, only_message, only_container):
+        click = read_interaction(payload)
+        assert (click.channel, click.message_ts) == ("C1", "9.9")
+
+
+def test_a_deny_modal_is_bound_to_the_message_its_metadata_names() -> None:
+    metadata = {"action_id": "a", "payload_digest": "sha256:00", "channel": "C1", "ts": "9.9"}
+    modal = slack_messages.deny_modal(view(), channel="C1", message_ts="9.9")
+    assert json.loads(modal["private_metadata"]) == {**metadata, "action_id": view()["action_id"], "payload_digest": view()["payload_digest"]}
+    state = {"values": {slack_messages.REASON_BLOCK: {slack_messages.REASON_BLOCK: {"value": "no"}}}}
+    submitted = read_interaction({"type": "view_submission", "user": {"id": "U1", "team_id": "T1"},
+                                  "view": {"callback_id": slack_messages.DENY_MODAL, "private_metadata": json.dumps(metadata), "state": state}})
+    assert (submitted.shown["action_id"], submitted.channel, submitted.message_ts, submitted.user_team) == ("a", "C1", "9.9", "T1")
+
+
 def test_a_deny_reason_that_is_not_text_is_refused() -> None:
     view = {"callback_id": slack_messages.DENY_MODAL, "private_metadata": '{"action_id": "a"}',
             "state": {"values": {slack_messages.REASON_BLOCK: {slack_messages.REASON_BLOCK: {"value": ["no"]}}}}}

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from keyturn.masking import ParameterMasker, build_analyzer
 from keyturn.masking.masker import _SEPARATOR
 from keyturn.masking.prefilter import Prefilter
-from keyturn.masking.recognizers import _KEYWORD_HINT
+from keyturn.masking.recognizers.secrets import _KEYWORD_HINT
 
 CORPUS = json.loads((Path(__file__).parent / "corpus" / "masking_corpus.json").read_text())
 SEEDED = sorted(v for values in CORPUS["sensitive"].values() for v in values)

@@ -23,7 +23,9 @@ ESCALATED = "escalated"  # the fallback group may now approve: a fresh message, 
 BREAK_GLASS = "break_glass"  # an action ran without approval; everyone is told, it will be reviewed
 
 FRESH_MESSAGES = frozenset({OPENED, BREAK_GLASS})
+ANSWERABLE_MESSAGES = (OPENED, ESCALATED)  # the messages that carry Approve / Deny
 WILDCARD_GROUP = "*"
+NOT_SHOWN = "MessageNotForAction"  # the refusal of an answer that did not come from its action's message
 
 
 class UnknownChatUser(Exception):
@@ -91,6 +93,29 @@ def principal_map(text: str, setting: str) -> dict[str, str]:
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) and ":" in v for k, v in raw.items()):
         raise ChatTargetsInvalid(f"{setting} must map chat user ids to principal ids such as human:carol")
     return dict(raw)
+
+
+def message_ref(place: str, message_id: str) -> str:
+    """The reference of a posted message: Slack ``channel|ts``, Teams ``conversation|activity id``."""
+    return f"{place}|{message_id}"
+
+
+async def not_shown(store: Any, channel: str, place: str, message_id: str, action_id: str) -> str | None:
+    """Why an answer naming ``action_id`` does not count on ``channel``, or None when it does.
+
+    An answer counts only when it came from a message Keyturn posted (and since edited) for that
+    same action, with Approve / Deny, to that place: the button's value, a modal's metadata or a
+    card's data alone cannot name another action. So an action whose message never reached a
+    channel cannot be answered there."""
+    if not place or not message_id:
+        return f"the answer does not say which {channel} message it came from, so it cannot be bound to action {action_id}"
+    shown = await store.actions_shown_in(channel, message_ref(place, message_id))
+    if action_id in shown:
+        return None
+    if shown:
+        return (f"the message you answered on was posted for action {', '.join(shown)}, not for action {action_id}; "
+                "answer on the message that shows the action")
+    return f"the message you answered on is not one Keyturn posted in {channel} for action {action_id}"
 
 
 class ApproverChannel(Protocol):

@@ -16,9 +16,10 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from keyturn.approval import slack_messages as blocks
-from keyturn.approval.channels import ChatTargets, UnknownChatUser, principal_map
+from keyturn.approval.channels import ChatTargets, UnknownChatUser, message_ref, principal_map
+from keyturn.approval.identities import email_domains, principal_for, slack_account
 from keyturn.config import Settings
-from keyturn.core.principal import Principal, PrincipalKind
+from keyturn.core.principal import Principal
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class SlackChannel:
         self.user_map = user_map
         self.email_domains = tuple(d.lower() for d in email_domains)
         self.slack_user_of = {principal: user for user, principal in user_map.items()}
+        self._workspace: str | None = None  # our team id, from auth.test on first use
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SlackChannel | None":
@@ -48,7 +50,7 @@ class SlackChannel:
             client,
             ChatTargets.from_json(settings.slack_channels, "KEYTURN_SLACK_CHANNELS"),
             principal_map(settings.slack_user_map, "KEYTURN_SLACK_USER_MAP"),
-            tuple(d.strip() for d in settings.slack_email_domains.split(",") if d.strip()),
+            email_domains(settings.slack_email_domains),
         )
 
     # --- telling approvers ----------------------------------------------------------------------
@@ -92,7 +94,7 @@ class SlackChannel:
         for message in answer.get("messages", []):
             payload = (message.get("metadata") or {}).get("event_payload") or {}
             if (message.get("metadata") or {}).get("event_type") == METADATA_EVENT and payload.get("notification_id") == str(notification_id):
-                return f"{channel}|{message['ts']}"
+                return message_ref(channel, message["ts"])
         return None
 
     async def tell_user(self, channel: str, user: str, text: str) -> None:
@@ -107,26 +109,24 @@ class SlackChannel:
 
     # --- who is answering -------------------------------------------------------------------------
 
-    async def principal_of(self, user_id: str) -> Principal:
-        """The principal a Slack user answers as: the configured map, else ``human:<email local part>``."""
-        if user_id in self.user_map:
-            principal_id = self.user_map[user_id]
-            return Principal(principal_id, Principal.kind_of(principal_id))
+    async def principal_of(self, user_id: str, team_id: str | None = None) -> Principal:
+        """The principal a Slack user answers as (the rule is ``identities.principal_for``);
+        ``team_id`` is the team the interaction gives the user."""
         try:
+            workspace = await self.workspace()
             answer = await self.client.users_info(user=user_id)
         except SlackApiError as exc:
-            raise UnknownChatUser(f"Slack user {user_id} could not be looked up ({exc.response.get('error')}); "
-                                  "add them to KEYTURN_SLACK_USER_MAP") from exc
-        user = answer.get("user") or {}
-        if user.get("deleted") or user.get("is_bot") or user.get("is_restricted") or user.get("is_ultra_restricted"):
-            raise UnknownChatUser(f"Slack user {user_id} is a bot, a guest or deactivated and cannot approve")
-        email = str((user.get("profile") or {}).get("email") or "")
-        local, at, domain = email.partition("@")
-        if not at or not local:
-            raise UnknownChatUser(f"Slack user {user_id} has no email Keyturn can see; add them to KEYTURN_SLACK_USER_MAP")
-        if self.email_domains and domain.lower() not in self.email_domains:
-            raise UnknownChatUser(f"Slack user {user_id}'s email domain {domain} is not one of {', '.join(self.email_domains)}")
-        return Principal(f"human:{local.lower()}", PrincipalKind.HUMAN)
+            raise UnknownChatUser(f"Slack user {user_id} could not be looked up ({exc.response.get('error')}), "
+                                  "so Keyturn cannot tell whether the account may approve") from exc
+        account = slack_account(answer.get("user") or {"id": user_id}, workspace, clicked_as_team=team_id)
+        return principal_for(account, self.user_map, self.email_domains,
+                             map_setting="KEYTURN_SLACK_USER_MAP", domains_setting="KEYTURN_SLACK_EMAIL_DOMAINS")
+
+    async def workspace(self) -> str:
+        """The team id of the workspace the bot is installed in (``auth.test``, asked once)."""
+        if self._workspace is None:
+            self._workspace = str((await self.client.auth_test())["team_id"])
+        return self._workspace
 
     # --- private ----------------------------------------------------------------------------------
 
@@ -136,7 +136,7 @@ class SlackChannel:
             metadata={"event_type": METADATA_EVENT, "event_payload": {"notification_id": str(notification_id), "action_id": action_id}},
             **message,
         )
-        return f"{answer['channel']}|{answer['ts']}"
+        return message_ref(answer["channel"], answer["ts"])
 
     async def _channel_id(self, target: str) -> str:
         if target[:1] in ("U", "W"):  # a person: their direct-message channel

@@ -4,11 +4,13 @@ Checks, in order, each refused with a clear error and a dead letter the audit re
 the timestamp (missing, or more than 5 minutes from now), the signature (Slack's v0 HMAC over
 ``v0:<timestamp>:<body>`` with the signing secret), the payload shape (every field Keyturn
 reads must have the type Slack gives it: a signed body is still only as good as its sender),
-and replay (a (team, trigger id) pair seen before). A verified answer then goes through
-``ApprovalDesk.vote`` exactly like a CLI vote, so it meets the same refusals; an answer from a
-Slack user Keyturn cannot map is recorded as a refused vote. When the desk cannot take an
-answer now (policy engine or database unreachable) the person is told to answer again, and
-nothing is recorded.
+and replay (a (team, trigger id) pair seen before). A verified answer counts only when its
+message (``container.message_ts`` and the channel; for the Deny modal, the message its metadata
+names) is one Keyturn posted for the action the button names (``channels.not_shown``); it then
+goes through ``ApprovalDesk.vote`` exactly like a CLI vote, so it meets the same refusals. An
+answer from another message, or from a Slack user Keyturn cannot map, is recorded as a refused
+vote under the Slack account. When the desk cannot take an answer now (policy engine or
+database unreachable) the person is told to answer again, and nothing is recorded.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from slack_sdk.signature import SignatureVerifier
 
 from keyturn.approval import slack_messages as blocks
-from keyturn.approval.channels import UnknownChatUser
+from keyturn.approval.channels import NOT_SHOWN, UnknownChatUser, not_shown
 from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.service import ApprovalDesk, DeskUnavailable
 from keyturn.approval.slack import SlackChannel
@@ -101,6 +103,7 @@ class Interaction:
     channel: str = ""
     message_ts: str = ""
     deny_reason: str | None = None
+    user_team: str | None = None  # the team Slack says the user belongs to
 
 
 def read_interaction(payload: dict[str, Any]) -> Interaction:
@@ -109,6 +112,7 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
     kind = payload.get("type")
     user = payload["user"]["id"]
     team = _text(_object(payload, "team").get("id"), "team.id") or "?"
+    user_team = _text(payload["user"].get("team_id"), "user.team_id")
     trigger = _text(payload.get("trigger_id"), "trigger_id")
     if kind == "block_actions":
         action = next(iter(_actions(payload)), {})
@@ -116,9 +120,12 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
         if button not in (blocks.APPROVE, blocks.DENY):
             raise InteractionRefused(400, "unsupported_interaction", f"unknown button {button!r}")
         container = _object(payload, "container")
-        channel = _text(_object(payload, "channel").get("id"), "channel.id") or _text(container.get("channel_id"), "container.channel_id")
+        channel = _same(_text(_object(payload, "channel").get("id"), "channel.id"), _text(container.get("channel_id"), "container.channel_id"),
+                        "channel.id and container.channel_id")
+        message_ts = _same(_text(container.get("message_ts"), "container.message_ts"), _text(_object(payload, "message").get("ts"), "message.ts"),
+                           "container.message_ts and message.ts")
         return Interaction(kind, user, team, trigger, button, _json_object(action.get("value"), "button value"), channel or "",
-                           _text(container.get("message_ts"), "container.message_ts") or "")
+                           message_ts or "", user_team=user_team)
     view = _object(payload, "view")
     if kind == "view_submission" and view.get("callback_id") == blocks.DENY_MODAL:
         shown = _json_object(view.get("private_metadata"), "modal metadata")
@@ -126,8 +133,15 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
         reason_block = _object(_object(state, "values", "view.state.values"), blocks.REASON_BLOCK, "the reason block")
         reason = _text(_object(reason_block, blocks.REASON_BLOCK, "the reason input").get("value"), "the reason")
         return Interaction(kind, user, team, trigger, shown=shown, channel=_text(shown.get("channel"), "modal channel") or "",
-                           deny_reason=reason)
+                           message_ts=_text(shown.get("ts"), "modal message ts") or "", deny_reason=reason, user_team=user_team)
     raise InteractionRefused(400, "unsupported_interaction", f"Keyturn does not handle Slack interactions of type {kind!r}")
+
+
+def _same(first: str | None, second: str | None, what: str) -> str | None:
+    """One value Slack gives in two places; refused when the two disagree."""
+    if first and second and first != second:
+        raise InteractionRefused(400, "malformed_payload", f"the interaction's {what} name different messages")
+    return first or second
 
 
 def _object(container: dict[str, Any], key: str, what: str | None = None) -> dict[str, Any]:
@@ -185,6 +199,9 @@ def mount_slack(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], sl
 async def _button(desk: ApprovalDesk, slack: SlackChannel, click: Interaction) -> Response:
     action_id, digest = str(click.shown.get("action_id", "")), str(click.shown.get("payload_digest", ""))
     choice = "approve" if click.button == blocks.APPROVE else "deny"
+    if (why := await _unbound(desk, slack, click, action_id, choice, digest)) is not None:
+        await slack.tell_user(click.channel, click.user, f":warning: Your answer was not applied — {why}")
+        return Response(status_code=200)
     approver = await _approver(desk, slack, click, action_id, choice, digest, click.channel)
     if approver is None:
         return Response(status_code=200)
@@ -206,6 +223,8 @@ async def _button(desk: ApprovalDesk, slack: SlackChannel, click: Interaction) -
 
 async def _deny_submitted(desk: ApprovalDesk, slack: SlackChannel, submitted: Interaction) -> Response:
     action_id, digest = str(submitted.shown.get("action_id", "")), str(submitted.shown.get("payload_digest", ""))
+    if (why := await _unbound(desk, slack, submitted, action_id, "deny", digest)) is not None:
+        return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: f"Your answer was not applied — {why}"[:2000]}})
     approver = await _approver(desk, slack, submitted, action_id, "deny", digest, submitted.channel)
     if approver is None:
         return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: "Keyturn does not know who you are; your answer was not applied."}})
@@ -220,13 +239,27 @@ async def _deny_submitted(desk: ApprovalDesk, slack: SlackChannel, submitted: In
     return Response(status_code=200)
 
 
+async def _unbound(desk: ApprovalDesk, slack: SlackChannel, answer: Interaction, action_id: str, choice: str, digest: str) -> str | None:
+    """None when the answer came from a message Keyturn posted for ``action_id``; else why not,
+    after recording the refused answer under the Slack account (nothing changes)."""
+    why = await not_shown(desk.store, slack.name, answer.channel, answer.message_ts, action_id)
+    if why is not None:
+        await desk.refuse_answer(action_id, _account(answer), choice, digest, "slack", NOT_SHOWN, why)
+        await desk.flush_after_commit()
+    return why
+
+
+def _account(answer: Interaction) -> Principal:
+    """The Slack account itself, for records of answers that did not come from a known person."""
+    return Principal(f"slack:{answer.user_team or answer.team}/{answer.user}", PrincipalKind.HUMAN)
+
+
 async def _approver(desk: ApprovalDesk, slack: SlackChannel, answer: Interaction, action_id: str, choice: str, digest: str, channel: str) -> Principal | None:
     """The principal behind the Slack user, or None after recording and telling why not."""
     try:
-        return await slack.principal_of(answer.user)
+        return await slack.principal_of(answer.user, answer.user_team)
     except UnknownChatUser as unknown:
-        await desk.refuse_answer(action_id, Principal(f"slack:{answer.team}/{answer.user}", PrincipalKind.HUMAN), choice, digest, "slack",
-                                 "UnknownChatUser", str(unknown))
+        await desk.refuse_answer(action_id, _account(answer), choice, digest, "slack", "UnknownChatUser", str(unknown))
         await desk.flush_after_commit()
         if channel:
             await slack.tell_user(channel, answer.user, f":warning: Your answer was not applied — {unknown}")

@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS {schema}.approval_notifications (
     UNIQUE (action_id, channel, target, kind, occasion)
 );
 CREATE INDEX IF NOT EXISTS approval_notifications_due ON {schema}.approval_notifications (next_attempt_at, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS approval_notifications_message ON {schema}.approval_notifications (channel, remote_ref) WHERE remote_ref IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {schema}.approval_interactions_seen (
     source          text NOT NULL,
     interaction     text NOT NULL,
@@ -334,6 +335,17 @@ class ApprovalStore:
                 (action_id, channel, target),
             )).fetchone()
             return (row[0], row[1], row[2]) if row else None
+
+    async def actions_shown_in(self, channel: str, remote_ref: str) -> list[str]:
+        """The actions whose approval message (with Approve / Deny) went out on ``channel`` as ``remote_ref``."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """SELECT DISTINCT action_id FROM approval_notifications
+                   WHERE channel = %s AND remote_ref = %s AND state = 'delivered' AND kind IN ('opened', 'escalated')
+                   ORDER BY action_id""",
+                (channel, remote_ref),
+            )
+            return [r[0] for r in await cur.fetchall()]
 
     async def notifications_of(self, action_id: str) -> list[tuple[str, str, str, str, str, datetime | None]]:
         """(channel, target, kind, occasion, state, delivered_at) of every message for the action."""

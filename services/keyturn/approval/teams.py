@@ -5,7 +5,9 @@ Connector with an app token obtained by the OAuth client-credentials grant. Inco
 posts ``invoke`` activities (``adaptiveCard/action``) to ``/api/messages``; the SDK checks
 the bearer token against the Bot Framework's OpenID keys, issuer, audience (our app id) and
 service URL before our handler sees anything. A click on Approve / Deny then goes through
-``ApprovalDesk.vote`` like every other vote; the answer to the invoke is the refreshed card.
+``ApprovalDesk.vote`` like every other vote — but only when the card it came from (the
+conversation and ``replyToId``) is one Keyturn sent for the action the card's data names
+(``channels.not_shown``); the answer to the invoke is the refreshed card.
 
 Every endpoint (token URL, OpenID metadata, issuer, service URL) is a setting, so tests run
 against a local connector and token issuer, and sovereign clouds need no code.
@@ -32,8 +34,9 @@ from microsoft_teams.apps.events import CoreActivity
 from microsoft_teams.apps.http.fastapi_adapter import FastAPIAdapter
 
 from keyturn.approval import teams_cards as cards
-from keyturn.approval.channels import ChatTargets, UnknownChatUser, principal_map
+from keyturn.approval.channels import NOT_SHOWN, ChatTargets, UnknownChatUser, message_ref, not_shown, principal_map
 from keyturn.approval.http import UNATTRIBUTED
+from keyturn.approval.identities import email_domains, principal_for, teams_account
 from keyturn.approval.service import ApprovalDesk, DeskUnavailable
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.config import Settings
@@ -87,10 +90,12 @@ class TeamsChannel:
 
     name = "teams"
 
-    def __init__(self, app: App, targets: ChatTargets, user_map: dict[str, str]) -> None:
+    def __init__(self, app: App, targets: ChatTargets, user_map: dict[str, str], *, tenant: str, email_domains: tuple[str, ...] = ()) -> None:
         self.app = app
         self.targets = targets
         self.user_map = user_map
+        self.tenant = tenant  # approvers' accounts must be in this tenant
+        self.email_domains = email_domains
         self._desk_of: Callable[[], Awaitable[ApprovalDesk]] | None = None
         app.on_card_action_execute(self._card_action)
 
@@ -109,7 +114,8 @@ class TeamsChannel:
         )
         await app.initialize()
         return cls(app, ChatTargets.from_json(settings.teams_conversations, "KEYTURN_TEAMS_CONVERSATIONS"),
-                   principal_map(settings.teams_user_map, "KEYTURN_TEAMS_USER_MAP"))
+                   principal_map(settings.teams_user_map, "KEYTURN_TEAMS_USER_MAP"),
+                   tenant=settings.teams_tenant_id, email_domains=email_domains(settings.teams_email_domains))
 
     async def mount(self, http: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]]) -> None:
         """Add ``POST /api/messages`` (the bot's messaging endpoint) to the approval service."""
@@ -148,7 +154,7 @@ class TeamsChannel:
 
     async def notify_opened(self, target: str, view: dict[str, Any], *, notification_id: int) -> str:
         sent = await self.app.send(target, cards.approval_card(view))
-        return f"{target}|{sent.id}"
+        return message_ref(target, sent.id)
 
     async def notify_progress(self, target: str, ref: str, view: dict[str, Any]) -> None:
         conversation, activity_id = _split(ref)
@@ -166,14 +172,14 @@ class TeamsChannel:
     async def escalate(self, target: str, ref: str | None, view: dict[str, Any], *, notification_id: int) -> str | None:
         if ref is None:
             sent = await self.app.send(target, cards.approval_card(view, headline=f"Escalated to {view['escalation_group']}"))
-            return f"{target}|{sent.id}"
+            return message_ref(target, sent.id)
         conversation, activity_id = _split(ref)
         await self.app.api.conversations.activities(conversation).reply(activity_id, MessageActivityInput(text=cards.escalation_text(view)))
         return None
 
     async def notify_break_glass(self, target: str, view: dict[str, Any], *, notification_id: int) -> str:
         sent = await self.app.send(target, cards.break_glass_card(view))
-        return f"{target}|{sent.id}"
+        return message_ref(target, sent.id)
 
     async def find_sent(self, target: str, parent_ref: str | None, notification_id: int, since: datetime) -> str | None:
         # The Bot Connector cannot list a conversation's past activities, so a message whose
@@ -197,8 +203,12 @@ class TeamsChannel:
         data = action.data or {}
         action_id, digest = str(data.get("action_id", "")), str(data.get("payload_digest", ""))
         conversation = activity.conversation.id
-        view = await desk.view(action_id)
+        # in a channel, Teams names the thread: "<conversation>;messageid=<root>"; Keyturn sent to the conversation
+        unbound = await not_shown(desk.store, self.name, conversation.partition(";messageid=")[0], activity.reply_to_id or "", action_id)
         if action.verb == cards.REFRESH:
+            if unbound is not None:
+                return _message("This card is not one Keyturn sent for that action.")
+            view = await desk.view(action_id)
             return _card(view) if view else _message("This action is not known to Keyturn.")
         if not await desk.store.first_sighting("teams", f"{conversation}:{activity.id}"):
             await desk.refuse_interaction(SOURCE, "replayed_interaction", f"Teams activity {activity.id} was already received", activity.model_dump_json().encode())
@@ -207,12 +217,16 @@ class TeamsChannel:
         if action.verb not in (cards.APPROVE, cards.DENY):
             return _message(f"Keyturn does not know the card action {action.verb!r}.")
         choice = "approve" if action.verb == cards.APPROVE else "deny"
+        user = activity.from_
+        if unbound is not None:
+            await desk.refuse_answer(action_id, _account(user), choice, digest, "teams", NOT_SHOWN, unbound)
+            await desk.flush_after_commit()
+            return _message(f"Your answer was not applied — {unbound}")
+        view = await desk.view(action_id)
         try:
             approver = await self._principal_of(ctx, conversation)
         except UnknownChatUser as unknown:
-            user = activity.from_
-            await desk.refuse_answer(action_id, Principal(f"teams:{user.aad_object_id or user.id}", PrincipalKind.HUMAN), choice, digest,
-                                     "teams", "UnknownChatUser", str(unknown))
+            await desk.refuse_answer(action_id, _account(user), choice, digest, "teams", "UnknownChatUser", str(unknown))
             await desk.flush_after_commit()
             return _card(view, f"Your answer was not applied — {unknown}") if view else _message(f"Your answer was not applied — {unknown}")
         reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
@@ -228,20 +242,26 @@ class TeamsChannel:
         return _card(view, problem) if view else _message(problem or "")
 
     async def _principal_of(self, ctx: Any, conversation: str) -> Principal:
-        """The principal a Teams user answers as: the configured map, else ``human:<email local part>``."""
+        """The principal a Teams user answers as (the rule is ``identities.principal_for``), from the
+        conversation's member record: its role, tenant, UPN and email."""
         user = ctx.activity.from_
-        for key in (user.aad_object_id, user.id):
-            if key and key in self.user_map:
-                return Principal(self.user_map[key], Principal.kind_of(self.user_map[key]))
         try:
             member = await ctx.api.conversations.members(conversation).get(user.id)
         except Exception as exc:  # the connector answers 404 for people outside the conversation
-            raise UnknownChatUser(f"Teams user {user.id} could not be looked up in the conversation ({exc}); add them to KEYTURN_TEAMS_USER_MAP") from exc
-        address = str(member.email or member.user_principal_name or "")
-        local, at, _ = address.partition("@")
-        if not at or not local or "#ext#" in local.lower():
-            raise UnknownChatUser(f"Teams user {user.id} has no organisation email (guest accounts cannot approve); add them to KEYTURN_TEAMS_USER_MAP")
-        return Principal(f"human:{local.lower()}", PrincipalKind.HUMAN)
+            raise UnknownChatUser(f"{_account(user).id} could not be looked up in the conversation ({exc}), "
+                                  "so Keyturn cannot tell whether the account may approve") from exc
+        record = member.model_dump(by_alias=True, exclude_none=True) if hasattr(member, "model_dump") else dict(member)
+        if user.user_role and not record.get("userRole"):
+            record["userRole"] = user.user_role
+        account = teams_account(user.id, user.aad_object_id, record, self.tenant)
+        return principal_for(account, self.user_map, self.email_domains,
+                             map_setting="KEYTURN_TEAMS_USER_MAP", domains_setting="KEYTURN_TEAMS_EMAIL_DOMAINS")
+
+
+def _account(user: Any) -> Principal:
+    """The Teams account itself (AAD object id, else Teams user id), for records of answers that did
+    not come from a known person."""
+    return Principal(f"teams:{user.aad_object_id or user.id}", PrincipalKind.HUMAN)
 
 
 def _card(view: dict[str, Any], problem: str | None = None) -> AdaptiveCardActionCardResponse:

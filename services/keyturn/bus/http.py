@@ -129,3 +129,16 @@ def _replay(body: bytes, receive: Any) -> Any:
         return await receive()
 
     return replayed
+
+
+async def masked_http_error(request: Any, exc: Any) -> Any:
+    """The framework's answer to an HTTP error, with its detail masked: a detail may quote what
+    the caller sent (an id in the path, a claim of a refused token), and answers are written
+    down by proxies and clients like any log."""
+    from fastapi.exception_handlers import http_exception_handler
+
+    from keyturn.bus.refusals import masked_line
+
+    if isinstance(exc.detail, str):
+        exc.detail = masked_line(exc.detail)
+    return await http_exception_handler(request, exc)

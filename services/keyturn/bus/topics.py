@@ -78,13 +78,23 @@ class Topics:
         return cls(settings.namespace, settings.partitions)
 
 
+STREAM_WORKERS = ("policy", "approval", "executor", "audit")
+"""The services that run as stream workers, each a consumer group named ``<ns>-<service>``."""
+
+
 def topic_specs(topics: Topics) -> list[NewTopic]:
-    """Every topic with its partitions and retention; the audit topic is one ordered log, kept forever."""
+    """Every topic with its partitions and retention; the audit topic is one ordered log, kept forever.
+
+    Each stream worker's group leader also reads a one-partition topic of its own (the
+    assignor's, named by the worker framework); workers may not declare topics, so it is made
+    here with the rest, or every rebalance logs that it is missing.
+    """
     keyed = [topics.submissions, *topics.lifecycle, topics.votes, topics.dlq]
     specs = [NewTopic(name, topics.partitions, 1) for name in keyed]
     specs.append(
         NewTopic(topics.audit, 1, 1, topic_configs={"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"})
     )
+    specs.extend(NewTopic(f"{topics.namespace}-{service}-__assignor-__leader", 1, 1) for service in STREAM_WORKERS)
     return specs
 
 

@@ -23,7 +23,7 @@ from keyturn.faults import until_done
 log = logging.getLogger(__name__)
 
 
-def make_app(settings: Settings, service: str, *, web_port: int | None = None) -> faust.App:
+def make_app(settings: Settings, service: str) -> faust.App:
     """A faust app for one service: raw bytes in and out (our codec does Avro), memory tables."""
     faust_dir = Path(settings.run_dir) / "faust"
     faust_dir.mkdir(parents=True, exist_ok=True)
@@ -36,9 +36,7 @@ def make_app(settings: Settings, service: str, *, web_port: int | None = None) -
         datadir=str(faust_dir / f"{settings.namespace}-{service}"),  # not the working directory
         topic_partitions=settings.partitions,
         topic_allow_declare=False,  # topics are created by bus.topics.ensure_topics, with retention
-        web_enabled=web_port is not None,
-        web_port=web_port or 6066,
-        web_bind="127.0.0.1",
+        web_enabled=False,  # the approval service serves its HTTP API itself (bus.http)
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_every=100,

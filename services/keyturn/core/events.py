@@ -67,6 +67,12 @@ class Digest:
         return cls(hashlib.sha256(canonical_json(document).encode()).hexdigest())
 
 
+def payload_digest(action: str, resource: str, parameters: Any) -> Digest:
+    """What approvals bind to: the action, the resource and the clear parameters. The intake
+    computes it on acceptance and the executor again on the parameters it is about to run."""
+    return Digest.of_json({"action": action, "resource": resource, "parameters": parameters})
+
+
 @dataclass(frozen=True)
 class Provenance:
     policy_revision: str

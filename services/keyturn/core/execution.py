@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from keyturn.core.events import ActionDecided, ApprovalResolved, DecisionOutcome, Digest, ResolutionOutcome, VoteChoice
+from keyturn.core.events import ActionDecided, ApprovalResolved, DecisionOutcome, Digest, ResolutionOutcome, VoteChoice, payload_digest
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,6 @@ def order_from(event: ActionDecided | ApprovalResolved) -> ExecutionOrder | None
     return None
 
 
-def payload_digest_of(action: str, resource: str, parameters: dict[str, Any]) -> Digest:
-    """What approvals bind to: the action, the resource and the clear parameters (as the intake computes it)."""
-    return Digest.of_json({"action": action, "resource": resource, "parameters": parameters})
-
-
 def refusal_reason(order: ExecutionOrder, now: datetime, parameters: dict[str, Any] | None = None) -> str | None:
     """Why the order must not run now, or None when it may.
 
@@ -73,8 +68,6 @@ def refusal_reason(order: ExecutionOrder, now: datetime, parameters: dict[str, A
             return f"not approved: the approval ended {order.resolution.outcome.value}"
         if order.decision.outcome is not DecisionOutcome.NEEDS_APPROVAL:
             return f"not approvable: the decision was {order.decision.outcome.value}, not needs_approval"
-        if order.resolution.decision.request.payload_digest != order.payload_digest:
-            return "parameters drifted: the approval is for other parameters than the request"
         approving = [v for v in order.resolution.votes if v.choice is VoteChoice.APPROVE]
         if not approving:
             return "not approved: the resolution carries no approving vote"
@@ -85,7 +78,7 @@ def refusal_reason(order: ExecutionOrder, now: datetime, parameters: dict[str, A
         if deadline is not None and now > deadline:
             return f"execution window closed at {deadline.isoformat()}: submit the action again for a new approval"
     if parameters is not None:
-        actual = payload_digest_of(request.action, request.resource, parameters)
+        actual = payload_digest(request.action, request.resource, parameters)
         if actual != order.payload_digest:
             return (f"parameters drifted: the parameters to execute hash to {actual}, "
                     f"but {order.payload_digest} was decided on; nothing was run")

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from keyturn.bus.codec import UndecodableMessage, registry
-from keyturn.bus.http import BoundedRequests, header
+from keyturn.bus.http import BoundedRequests, header, masked_http_error
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.bus.topics import Topics
@@ -158,7 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # a body that cannot even be parsed (not UTF-8, nested too deep for the parser)
             return await refuse(request, 400, "unparseable_body", [f"body: {exc.detail}; send UTF-8 JSON"])
-        return await http_exception_handler(request, exc)
+        return await masked_http_error(request, exc)
 
     @app.exception_handler(StoreUnavailable)
     async def _database_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import validation_problems
 from keyturn.core.canonical import canonical_json
-from keyturn.core.events import ActionRequested, Digest, SubmissionChannel
+from keyturn.core.events import ActionRequested, SubmissionChannel, payload_digest
 from keyturn.core.principal import Principal
 from keyturn.faults import is_transient
 from keyturn.intake.store import ActionStore, StoredAction
@@ -106,11 +106,6 @@ def action_id_for(principal: Principal, idempotency_key: str | None) -> str:
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{principal.id}\n{idempotency_key}"))
 
 
-def payload_digest(submission: ActionSubmission) -> Digest:
-    """What approvals bind to: the action, the resource and the clear parameters."""
-    return Digest.of_json({"action": submission.action, "resource": submission.resource, "parameters": submission.parameters})
-
-
 class Intake:
     """Turns verified submissions into published ``ActionRequested`` events, exactly once per id."""
 
@@ -126,7 +121,7 @@ class Intake:
         """(stored action, created?) — raises ``IdempotencyConflict`` on a reused key."""
         now = datetime.now(timezone.utc)
         action_id = action_id_for(principal, submission.idempotency_key)
-        digest = payload_digest(submission)
+        digest = payload_digest(submission.action, submission.resource, submission.parameters)
         masked_json, sealed = self.protect(submission.parameters, action_id=action_id, payload_digest=digest)
         event = ActionRequested(
             event_id=f"requested:{action_id}",
@@ -156,7 +151,7 @@ class Intake:
         )
         if not created and stored.payload_digest != str(digest):
             raise IdempotencyConflict(
-                f"idempotency key {submission.idempotency_key!r} was already used by {principal.id} for a different "
+                f"that idempotency key was already used by {principal.id} for a different "
                 f"request (action {stored.action_id}); use a new key for a new request"
             )
         if not stored.published:

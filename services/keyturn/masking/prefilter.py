@@ -3,7 +3,7 @@
 Presidio costs about 0.1 ms per call before it does any work, and its phone recognizer
 about 0.3 ms per digit group, while most parameter values are plain words. For each entity
 type this module holds a *necessary condition* for that type's recognizer to report a result
-that :func:`keyturn.masking.recognizers.accept_result` keeps: something every such result
+that :func:`keyturn.masking.recognizers.kept_results` keeps: something every such result
 must contain. A value whose candidate set is empty skips Presidio; otherwise Presidio runs
 with only the candidate entity types. Patterns use the recognizers' regex engine (``regex``)
 and character classes, so Unicode digits count the same way on both sides.

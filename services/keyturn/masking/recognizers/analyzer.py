@@ -1,0 +1,93 @@
+"""The analyzer masking runs: every recognizer of this package, and which results count.
+
+:func:`build_analyzer` registers the recognizers of :mod:`.pii`, :mod:`.tokens` and
+:mod:`.secrets` on the blank-pipeline engine of :mod:`.engine`. Two result rules apply on
+top of Presidio (see :func:`kept_results`): results below :data:`SCORE_THRESHOLD` are
+dropped, which removes Presidio's "very weak" SSN patterns (any bare 9-digit number) and the
+bare ``::`` IPv6 address; and a phone number must pass the phone rule of :mod:`.phone`.
+"""
+
+from __future__ import annotations
+
+from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
+
+from keyturn.masking.recognizers.engine import (
+    LANGUAGE,
+    BlankPipelineContextEnhancer,
+    BlankSpacyNlpEngine,
+)
+from keyturn.masking.recognizers.phone import has_phone_core, not_phone_spans
+from keyturn.masking.recognizers.pii import pii_recognizers
+from keyturn.masking.recognizers.secrets import secret_recognizers
+from keyturn.masking.recognizers.tokens import token_recognizers
+
+#: Presidio results scoring below this are dropped (Presidio's own "very weak" tier).
+SCORE_THRESHOLD = 0.4
+
+#: Every entity type a detector can report; the placeholder for each is ``<TYPE>``.
+ENTITY_TYPES = (
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "IP_ADDRESS",
+    "AWS_ACCESS_KEY",
+    "AWS_SECRET_KEY",
+    "GCP_API_KEY",
+    "AZURE_KEY",
+    "SLACK_TOKEN",
+    "GITHUB_TOKEN",
+    "JWT",
+    "PRIVATE_KEY",
+    "SECRET",
+)
+
+
+def kept_results(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """Keyturn's rules on top of Presidio's (see the module docstring), in result order."""
+    kept = []
+    not_phone = None
+    for result in results:
+        if result.score < SCORE_THRESHOLD:
+            continue
+        if result.entity_type == "PHONE_NUMBER":
+            if not_phone is None:
+                not_phone = not_phone_spans(text)
+            if not has_phone_core(text, result.start, result.end, not_phone):
+                continue
+        kept.append(result)
+    return kept
+
+
+def build_analyzer() -> AnalyzerEngine:
+    """An analyzer with every recognizer of this package on a blank spaCy pipeline, warmed up.
+
+    The warm-up analyses a sample hitting every recognizer once, so lazily compiled
+    patterns exist before the analyzer is shared between threads.
+    """
+    registry = RecognizerRegistry(supported_languages=[LANGUAGE])
+    for recognizer in (
+        *pii_recognizers(),
+        *token_recognizers(),
+        *secret_recognizers(),
+    ):
+        registry.add_recognizer(recognizer)
+    analyzer = AnalyzerEngine(
+        registry=registry,
+        nlp_engine=BlankSpacyNlpEngine(),
+        supported_languages=[LANGUAGE],
+        context_aware_enhancer=BlankPipelineContextEnhancer(),
+    )
+    analyzer.analyze(_WARM_UP_TEXT, language=LANGUAGE, score_threshold=SCORE_THRESHOLD)
+    return analyzer
+
+
+_WARM_UP_TEXT = (
+    "mail ops@example.com or call +1 212 555 0100; card 4111 1111 1111 1111; "
+    "iban DE89 3704 0044 0532 0130 00; ssn 078-05-1120; ip 10.0.0.1 and ::1; "
+    "AKIAIOSFODNN7EXAMPLE xoxb-1234567890-abcdefghij ghp_" + "a" * 36 + " "
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig password=hunter2 "
+    "https://u:p@db.example.com AIza" + "B" * 35 + " "
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----"
+)

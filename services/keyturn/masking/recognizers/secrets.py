@@ -1,0 +1,197 @@
+"""``SECRET``: credentials with no format of their own, found by place or by randomness.
+
+Unlike the tokens of :mod:`.tokens`, a password or a generated key has no prefix to match,
+so two other signs are used: where it stands (the password part of a URL, matched by a
+pattern here; the value assigned to a ``password``/``secret``/``api_key``-like name, found
+by detect-secrets' keyword plugin) and how random it looks (a long run of a base64 or hex
+alphabet with high Shannon entropy, found by detect-secrets' high-entropy plugins). The
+plugins are tuned for JSON values rather than source files (see
+:class:`DetectSecretsRecognizer`).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterator
+
+from detect_secrets.filters.heuristic import (
+    is_indirect_reference,
+    is_likely_id_string,
+    is_not_alphanumeric_string,
+    is_potential_uuid,
+    is_prefixed_with_dollar_sign,
+    is_sequential_string,
+    is_templated_secret,
+)
+from detect_secrets.plugins.high_entropy_strings import (
+    Base64HighEntropyString,
+    HexHighEntropyString,
+    HighEntropyStringsPlugin,
+)
+from detect_secrets.plugins.keyword import CONFIG_DENYLIST_REGEX_TO_GROUP
+from presidio_analyzer import LocalRecognizer, RecognizerResult
+
+from keyturn.masking.recognizers.engine import LANGUAGE
+from keyturn.masking.recognizers.patterns import PatternRow, pattern_recognizers
+
+#: (entity, pattern name, regex, score): the password between ``user:`` and ``@`` in a URL.
+URL_PASSWORD_PATTERNS: tuple[PatternRow, ...] = (
+    (
+        "SECRET",
+        "password in url",
+        r"(?i:\b[a-z][a-z0-9+.\-]{1,20}://)[^\s/?#@:]{1,256}:\K[^\s/?#@]{1,256}(?=@)",
+        0.9,
+    ),
+)
+
+#: Hex tokens of these lengths are identifiers, not secrets: object ids (24), md5 / uuid
+#: without dashes / trace ids (32), sha1 / git commits (40), sha256 (64), sha512 (128).
+#: They stay clear unless a field name or a keyword says otherwise.
+HEX_ID_LENGTHS = frozenset({24, 32, 40, 64, 128})
+
+# Every detect-secrets keyword contains one of these; its config-file regexes all need an
+# assignment or comparison character after (or before) the keyword.
+_KEYWORD_HINT = "(?i:key|pass|pwd|secret|contrase)"
+_KEYWORD_OPERATORS = frozenset(":=;!")
+_BASE64_RUN = "[" + re.escape(Base64HighEntropyString().charset) + "]{23,}"
+_HEX_RUN = r"(?<![A-Za-z0-9])[0-9A-Fa-f]{20,}(?![A-Za-z0-9])"
+
+
+class DetectSecretsRecognizer(LocalRecognizer):
+    """``SECRET`` from detect-secrets' keyword and high-entropy plugins, line by line.
+
+    Runs the plugins' own regexes and entropy limits (defaults: base64 4.5, hex 3.0) with
+    these differences from a file scan, each to suit JSON values rather than source files:
+
+    - the keyword plugin uses the regexes detect-secrets applies to config files
+      (``password: x``, ``password=x``, quoted or not), and reports every assignment on a
+      line rather than the first per regex;
+    - entropy strings need no quotes around them (a parameter value is already a string);
+      the run is the maximal stretch of the plugin's alphabet, as in detect-secrets' own
+      unquoted mode;
+    - a base64-alphabet run counts only if it mixes upper case, lower case and digits, as
+      generated secrets do, which keeps paths, snake_case names and prose clear;
+    - a hex run counts only if it is a whole token of 20 or more characters, contains a
+      letter, and its length is not one of :data:`HEX_ID_LENGTHS` (digests, uuids, trace
+      and commit ids); shorter hex tokens are resource ids and pod hashes
+      (``sg-0123456789abcdef0``, ``api-7d9f8c6b5-x2x4z``), whose entropy passes 3.0 easily.
+
+    detect-secrets' default heuristic filters then drop uuids, sequential strings, templated
+    values (``<x>``, ``{x}``, ``${x}``), ``$VAR`` references, id-named values and indirect
+    references (``secret = get_secret()``), as a default scan would.
+    """
+
+    ENTITY = "SECRET"
+
+    def __init__(self) -> None:
+        self._base64 = Base64HighEntropyString()
+        self._hex = HexHighEntropyString()
+        self._base64_run = re.compile(_BASE64_RUN)
+        self._hex_run = re.compile(_HEX_RUN)
+        self._keyword_hint = re.compile(_KEYWORD_HINT)
+        super().__init__(
+            supported_entities=[self.ENTITY],
+            supported_language=LANGUAGE,
+            name="DetectSecretsRecognizer",
+        )
+
+    def load(self) -> None:  # noqa: D102 - nothing to load
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):  # noqa: D102
+        results = []
+        line_start = 0
+        for line in text.split("\n"):
+            for start, end in self.secret_spans(line):
+                results.append(self._result(line_start + start, line_start + end))
+            line_start += len(line) + 1
+        return results
+
+    def secret_spans(self, line: str) -> Iterator[tuple[int, int]]:
+        """Spans of ``line`` that detect-secrets' plugins flag as secrets."""
+        if len(line) >= 23:
+            yield from self._entropy_spans(line, self._base64, self._base64_run, _base64_shape)
+        if len(line) >= 20:
+            yield from self._entropy_spans(line, self._hex, self._hex_run, _hex_shape)
+        if not _KEYWORD_OPERATORS.isdisjoint(line) and self._keyword_hint.search(line):
+            yield from self._keyword_spans(line)
+
+    def could_flag(self, text: str) -> bool:
+        """Whether :meth:`analyze` reports anything in ``text``; cheap enough to pre-check."""
+        if len(text) < 20 and _KEYWORD_OPERATORS.isdisjoint(text):
+            return False
+        for line in text.split("\n"):
+            for _ in self.secret_spans(line):
+                return True
+        return False
+
+    def _entropy_spans(
+        self,
+        line: str,
+        plugin: HighEntropyStringsPlugin,
+        runs: re.Pattern[str],
+        shape,
+    ) -> Iterator[tuple[int, int]]:
+        for match in runs.finditer(line):
+            value = match.group()
+            if (
+                shape(value)
+                and plugin.calculate_shannon_entropy(value) > plugin.entropy_limit
+                and not _filtered_by_default_heuristics(value, line, plugin)
+            ):
+                yield match.span()
+
+    def _keyword_spans(self, line: str) -> Iterator[tuple[int, int]]:
+        if is_indirect_reference(line):
+            return
+        for keyword_regex, group in CONFIG_DENYLIST_REGEX_TO_GROUP.items():
+            for match in keyword_regex.finditer(line):
+                value = match.group(group)
+                if value and not (
+                    is_templated_secret(value) or is_prefixed_with_dollar_sign(value)
+                ):
+                    yield match.span(group)
+
+    def _result(self, start: int, end: int) -> RecognizerResult:
+        return RecognizerResult(
+            entity_type=self.ENTITY,
+            start=start,
+            end=end,
+            score=0.6,
+            recognition_metadata={
+                RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+            },
+        )
+
+
+_UPPER = frozenset(string.ascii_uppercase)
+_LOWER = frozenset(string.ascii_lowercase)
+_DIGITS = frozenset(string.digits)
+
+
+def _base64_shape(value: str) -> bool:
+    return not (
+        _UPPER.isdisjoint(value) or _LOWER.isdisjoint(value) or _DIGITS.isdisjoint(value)
+    )
+
+
+def _hex_shape(value: str) -> bool:
+    return len(value) not in HEX_ID_LENGTHS and not value.isdigit()
+
+
+def _filtered_by_default_heuristics(value: str, line: str, plugin) -> bool:
+    return (
+        is_sequential_string(value)
+        or is_potential_uuid(value)
+        or is_templated_secret(value)
+        or is_prefixed_with_dollar_sign(value)
+        or is_not_alphanumeric_string(value)
+        or is_likely_id_string(value, line, plugin)
+    )
+
+
+def secret_recognizers() -> list[LocalRecognizer]:
+    """The ``SECRET`` recognizers: the URL password pattern, then detect-secrets' plugins."""
+    return [*pattern_recognizers(URL_PASSWORD_PATTERNS), DetectSecretsRecognizer()]
