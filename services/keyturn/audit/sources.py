@@ -62,7 +62,8 @@ def audit_records(settings: Settings, export: Optional[Path], *, advance: Callab
                     try:
                         yield AuditRecord.from_dict(item)
                     except MalformedRecord as error:
-                        fail(f"{export}: record {number} is not an audit record ({error}); run keyturn audit verify --export {export}")
+                        fail(f"{export}: record {number} is not an audit record ({error}); "
+                             f"run keyturn audit verify --export {export}")
         except OSError as error:
             fail(f"cannot read {export}: {error.strerror}")
         except AuditFileError as error:
