@@ -43,7 +43,8 @@ class Checkpoint:
 class AuditRecord:
     """One record of the ``keyturn.audit`` stream; mirrors ``keyturn.AuditRecord.avsc``.
 
-    Timestamps are integer UTC milliseconds. ``hash`` is :func:`record_hash` of the rest.
+    Timestamps are integer UTC milliseconds. ``hash`` is
+    :func:`~keyturn.core.audit.canonical.record_hash` of the rest.
     """
 
     record_id: str
