@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -263,3 +264,13 @@ def test_checkpoints_signed_with_a_key_file_verify_with_its_public_key_file(tmp_
     assert verifier.key_ids == {signer.key_id}
     assert verify(records, verifier, require_checkpoint_at_end=True).ok
     assert load_public_key(tmp_path / "audit-checkpoint.pub.pem") == signer.public_key
+
+
+def test_every_record_stays_one_line_whatever_its_text_holds() -> None:
+    # refusals record what callers sent (masked): any character may reach the audit
+    odd = [dataclasses.replace(record, payload_json=record.payload_json.replace("}", ',"x":"a\u2028b\u2029c\x85d"}', 1))
+           for record in CHAIN[:5]]
+    file = io.StringIO()
+    write_jsonl(odd, file)
+    assert len(file.getvalue().splitlines()) == len(odd)
+    assert list(read_jsonl(io.StringIO(file.getvalue()))) == [record.to_dict() for record in odd]

@@ -63,11 +63,17 @@ def record_to_dict(record: RecordLike) -> dict[str, Any]:
     return as_record(record).to_dict()
 
 
+# Characters many line-based tools split lines at, which JSON leaves unescaped (it escapes the
+# other control characters itself). They can only stand inside strings, so escaping them keeps
+# every line one record, and the record the same.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def write_jsonl(records: Iterable[RecordLike], fp: IO[str]) -> int:
     """Write one JSON object per line, fields in schema order; returns the number written."""
     count = 0
     for record in records:
-        fp.write(json.dumps(record_to_dict(record), ensure_ascii=False, separators=(",", ":")))
+        fp.write(json.dumps(record_to_dict(record), ensure_ascii=False, separators=(",", ":")).translate(_LINE_BREAKS))
         fp.write("\n")
         count += 1
     return count
