@@ -34,7 +34,8 @@ from keyturn.audit.stream import AuditTopic, blocking  # noqa: E402
 from keyturn.bus.codec import registry  # noqa: E402
 from keyturn.bus.topics import Topics, ensure_topics, topic_specs  # noqa: E402
 from keyturn.config import Settings  # noqa: E402
-from keyturn.core.audit_chain import CheckpointVerifier, verify  # noqa: E402
+from keyturn.core.audit.checkpoint import CheckpointVerifier  # noqa: E402
+from keyturn.core.audit.verify import verify  # noqa: E402
 from tests.unit.audit_history import SIGNER, History  # noqa: E402
 
 

@@ -184,7 +184,8 @@ class KafkaChain:
 
 def sample_request() -> Any:
     """A request like the benchmark's allowed reads, as the policy service receives it."""
-    from keyturn.core.events import ActionRequested, Digest, canonical_json
+    from keyturn.core.canonical import canonical_json
+    from keyturn.core.events import ActionRequested, Digest
     from keyturn.core.principal import Principal, PrincipalKind
 
     parameters = {"columns": ["id", "created_at", "amount", "currency"], "limit": 100, "row_count": 100, "filter": {"region": "eu"}}

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
-from keyturn.core.audit_chain import CHECKPOINT_EVENT_TYPE
+from keyturn.core.audit.record import CHECKPOINT_EVENT_TYPE
 
 TERMINAL_DECISIONS = {"denied"}
 TERMINAL_RESOLUTIONS = {"denied", "expired"}

@@ -106,8 +106,9 @@ def publish_decision(chat, *, ttl_s: int, groups: tuple[tuple[str, int], ...], r
 
     from keyturn.bus.codec import registry
     from keyturn.bus.topics import Topics
+    from keyturn.core.canonical import canonical_json
     from keyturn.core.events import (
-        ActionDecided, ActionRequested, ApprovalRequirement, DecisionOutcome, Digest, GroupRequirement, Provenance, canonical_json,
+        ActionDecided, ActionRequested, ApprovalRequirement, DecisionOutcome, Digest, GroupRequirement, Provenance,
     )
     from keyturn.core.principal import Principal, PrincipalKind
     from tests.integration.conftest import produce

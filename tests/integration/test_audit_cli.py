@@ -19,7 +19,8 @@ import pytest
 
 from keyturn.audit.stream import read_audit_log
 from keyturn.config import REPO_ROOT
-from keyturn.core.audit_chain import AuditRecord, record_hash
+from keyturn.core.audit.canonical import record_hash
+from keyturn.core.audit.record import AuditRecord
 from tests.conftest import free_port
 from tests.integration.conftest import Agent, eventually, keyturn_cli, mint
 

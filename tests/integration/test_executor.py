@@ -19,7 +19,8 @@ import pytest
 from keyturn.audit.stream import read_audit_log
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
-from keyturn.core.events import ActionDecided, ActionExecuted, canonical_json, payload_digest
+from keyturn.core.canonical import canonical_json
+from keyturn.core.events import ActionDecided, ActionExecuted, payload_digest
 from keyturn.db import schema_name
 from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin

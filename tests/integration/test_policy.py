@@ -19,7 +19,8 @@ import pytest
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.config import REPO_ROOT
-from keyturn.core.events import ActionDecided, ActionRequested, DecisionOutcome, Digest, canonical_json
+from keyturn.core.canonical import canonical_json
+from keyturn.core.events import ActionDecided, ActionRequested, DecisionOutcome, Digest
 from keyturn.core.principal import Principal, PrincipalKind
 from tests.conftest import ServiceProcesses, free_port
 from tests.integration.conftest import Agent, eventually, keyturn_cli, produce, read_topic

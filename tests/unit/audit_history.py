@@ -7,7 +7,10 @@ from datetime import datetime, timedelta, timezone
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keyturn.audit.records import actor_of, audit_payload, flags_of, occurred_at
-from keyturn.core.audit_chain import AuditChain, AuditRecord, CheckpointSigner
+from keyturn.core.audit.chain import AuditChain
+from keyturn.core.audit.checkpoint import CheckpointSigner
+from keyturn.core.audit.record import AuditRecord
+from keyturn.core.canonical import canonical_json
 from keyturn.core.events import (
     ActionDecided,
     ActionExecuted,
@@ -24,7 +27,6 @@ from keyturn.core.events import (
     Vote,
     VoteChoice,
     VoteRecorded,
-    canonical_json,
 )
 from keyturn.core.principal import Principal, PrincipalKind
 

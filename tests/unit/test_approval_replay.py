@@ -17,6 +17,7 @@ from keyturn.approval.store import ApprovalRow
 from keyturn.bus.codec import registry
 from keyturn.core import approval as rules
 from keyturn.core import events
+from keyturn.core.canonical import canonical_json
 from keyturn.core.principal import Principal, PrincipalKind
 
 OPENED = datetime(2026, 3, 4, 9, 0, tzinfo=timezone.utc)
@@ -31,7 +32,7 @@ DIGEST = events.Digest.of_json(PARAMETERS)
 def decision(require_all: bool, mins: tuple[int, int], reminders: tuple[float, ...]) -> events.ActionDecided:
     request = events.ActionRequested(
         event_id="requested:a", action_id="a", action="iam.role.grant", resource="iam://staging/roles/analyst",
-        parameters_json=events.canonical_json(PARAMETERS), reason="r", requester=REQUESTER, payload_digest=DIGEST, requested_at=OPENED,
+        parameters_json=canonical_json(PARAMETERS), reason="r", requester=REQUESTER, payload_digest=DIGEST, requested_at=OPENED,
     )
     return events.ActionDecided(
         event_id="decided:a", action_id="a", outcome=events.DecisionOutcome.NEEDS_APPROVAL,

@@ -11,21 +11,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keyturn.core.audit_chain import (
-    GENESIS_HASH,
-    AuditChain,
-    AuditRecord,
-    CheckpointSigner,
-    CheckpointVerifier,
-    MalformedRecord,
-    Problem,
-    ProblemKind,
-    canonical_bytes,
-    canonical_json,
-    checkpoint_message,
-    record_hash,
-    verify,
-)
+from keyturn.core.audit.canonical import GENESIS_HASH, canonical_bytes, record_hash
+from keyturn.core.audit.chain import AuditChain
+from keyturn.core.audit.checkpoint import CheckpointSigner, CheckpointVerifier, checkpoint_message
+from keyturn.core.audit.record import AuditRecord, MalformedRecord
+from keyturn.core.audit.verify import Problem, ProblemKind, verify
+from keyturn.core.canonical import canonical_json
 
 T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z
 AUDIT_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

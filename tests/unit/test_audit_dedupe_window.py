@@ -7,7 +7,9 @@ from collections import Counter
 
 import pytest
 
-from keyturn.core.audit_chain import AuditChain, RecentEventIds, verify
+from keyturn.core.audit.chain import AuditChain
+from keyturn.core.audit.dedupe import RecentEventIds
+from keyturn.core.audit.verify import verify
 from tests.unit.test_audit_chain import SIGNER, T0, VERIFIER, event, feed
 
 

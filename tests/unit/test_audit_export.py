@@ -37,15 +37,11 @@ from keyturn.audit.keys import (
     load_verifier,
     write_public_key,
 )
-from keyturn.core.audit_chain import (
-    AuditChain,
-    AuditRecord,
-    Checkpoint,
-    CheckpointSigner,
-    CheckpointVerifier,
-    record_hash,
-    verify,
-)
+from keyturn.core.audit.canonical import record_hash
+from keyturn.core.audit.chain import AuditChain
+from keyturn.core.audit.checkpoint import CheckpointSigner, CheckpointVerifier
+from keyturn.core.audit.record import AuditRecord, Checkpoint
+from keyturn.core.audit.verify import verify
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "keyturn.AuditRecord.avsc"
 T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keyturn.core.audit_chain import to_millis
+from keyturn.core.canonical import to_millis
 from keyturn.policy.simulate import SimulationReport, compare, recorded_decisions
 from tests.unit.audit_history import at, story
 

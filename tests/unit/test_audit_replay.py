@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 import pytest
 
 from keyturn.audit.replay import ActionIndex, ReplayFilter, parse_instant, timeline
-from keyturn.core.audit_chain import to_millis, verify
+from keyturn.core.audit.verify import verify
+from keyturn.core.canonical import to_millis
 from tests.unit.audit_history import SIGNER, at, story
 
 HISTORY = story()
@@ -25,7 +26,7 @@ def actions(records) -> list[str]:
 
 
 def test_the_story_is_a_valid_chain():
-    from keyturn.core.audit_chain import CheckpointVerifier
+    from keyturn.core.audit.checkpoint import CheckpointVerifier
 
     assert verify(RECORDS, CheckpointVerifier.from_keys([SIGNER.public_key])).ok
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
+from keyturn.core.canonical import canonical_json
 from keyturn.core.events import (
     ActionDecided,
     ActionRequested,
@@ -17,7 +18,6 @@ from keyturn.core.events import (
     ResolutionOutcome,
     Vote,
     VoteChoice,
-    canonical_json,
     payload_digest,
 )
 from keyturn.core.execution import (

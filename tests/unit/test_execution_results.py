@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from keyturn.core.events import canonical_json
+from keyturn.core.canonical import canonical_json
 from keyturn.executor.results import ResultShaper
 from keyturn.executor.values import jsonable
 

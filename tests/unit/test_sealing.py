@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,6 @@ from keyturn.masking import (
     Keyring,
     SealTampered,
     UnknownSealKey,
-    canonical_json,
     open_sealed,
     seal_parameters,
 )
@@ -56,11 +56,15 @@ def test_each_seal_uses_a_fresh_nonce(keyring):
     assert first.nonce != second.nonce and first.ciphertext != second.ciphertext
 
 
-def test_the_sealed_bytes_are_canonical_json():
-    assert canonical_json({"b": [1, {"d": "é", "c": None}], "a": True}) == (
-        '{"a":true,"b":[1,{"c":null,"d":"é"}]}'.encode()
-    )
-    assert canonical_json({"x": 1, "y": 2}) == canonical_json({"y": 2, "x": 1})
+def test_the_sealed_bytes_are_canonical_json(keyring):
+    def clear_bytes(parameters: dict) -> bytes:
+        sealed = seal_parameters(parameters, action_id=ACTION, payload_digest=DIGEST, keyring=keyring)
+        return AESGCM(keyring.keys[sealed.key_id]).decrypt(
+            sealed.nonce, sealed.ciphertext, b"\x00".join((b"keyturn.seal.v1", sealed.key_id.encode(), ACTION.encode(), DIGEST.encode()))
+        )
+
+    assert clear_bytes({"b": [1, {"d": "é", "c": None}], "a": True}) == '{"a":true,"b":[1,{"c":null,"d":"é"}]}'.encode()
+    assert clear_bytes({"x": 1, "y": 2}) == clear_bytes({"y": 2, "x": 1})
 
 
 def test_non_json_numbers_are_refused_before_sealing(keyring):

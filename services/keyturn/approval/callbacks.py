@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from keyturn.approval.store import ApprovalStore, Callback
-from keyturn.core.events import canonical_json
+from keyturn.core.canonical import canonical_json
 from keyturn.core.lifecycle import ActionState
 
 log = logging.getLogger(__name__)

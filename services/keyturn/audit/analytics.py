@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keyturn.audit.replay import payload_of
-from keyturn.core.audit_chain import AuditRecord
+from keyturn.core.audit.record import AuditRecord
 
 DEFAULT_RUBBER_STAMP_S = 10.0
 PERCENTILES = (50, 90, 99)

@@ -11,19 +11,17 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
 
+from keyturn.audit.sources import audit_records, err, fail, progress, time_option
 from keyturn.config import Settings
 
 app = typer.Typer(help="The hash-chained audit stream: tail, verify, replay, export, stats, ship.", no_args_is_help=True)
 console = Console()
-err = Console(stderr=True)
 
 FORMATS = ("table", "jsonl", "csv", "parquet")
 EXPORT_OPTION = typer.Option(None, "--export", help="Read this JSONL export instead of the audit topic")
@@ -31,81 +29,6 @@ EXPORT_OPTION = typer.Option(None, "--export", help="Read this JSONL export inst
 
 def _settings() -> Settings:
     return Settings.from_env()
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def progress(label: str, *, enabled: bool = True):
-    """A progress bar on stderr when it is a terminal; ``advance(n)`` and ``total(n)`` drive it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    shown = enabled and err.is_terminal
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True, disable=not shown) as progress:
-        task = progress.add_task(label, total=None)
-        yield (lambda n=1: progress.advance(task, n)), (lambda total: progress.update(task, total=total))
-
-
-def audit_records(settings: Settings, export: Optional[Path], *, advance: Callable[[int], None] = lambda n=1: None,
-             total: Callable[[int], None] = lambda n: None, to_offset: Optional[int] = None,
-             on_unreadable: Optional[Callable[[Any], None]] = None, raw: bool = False,
-             on_end_offset: Callable[[int], None] = lambda offset: None) -> Iterator[Any]:
-    """Records of the topic or of an export, oldest first, streamed.
-
-    ``raw`` yields the export's dicts unparsed (for verify, which reports malformed ones).
-    """
-    if export is not None:
-        from keyturn.audit.export import AuditFileError, read_jsonl
-        from keyturn.core.audit_chain import AuditRecord, MalformedRecord
-
-        try:
-            with export.open("rb") as fp:
-                for number, item in enumerate(read_jsonl(fp), start=1):
-                    advance(1)
-                    if raw:
-                        yield item
-                        continue
-                    try:
-                        yield AuditRecord.from_dict(item)
-                    except MalformedRecord as error:
-                        _fail(f"{export}: record {number} is not an audit record ({error}); run keyturn audit verify --export {export}")
-        except OSError as error:
-            _fail(f"cannot read {export}: {error.strerror}")
-        except AuditFileError as error:
-            _fail(f"{export}: {error}")
-        return
-    from keyturn.audit.stream import AuditTopic, blocking
-
-    async def messages():
-        async with AuditTopic(settings, to_offset=to_offset) as topic:
-            total(max(0, topic.end_offset - topic.start_offset))
-            on_end_offset(topic.end_offset)
-            async for message in topic.messages():
-                advance(1)
-                yield message
-
-    for message in blocking(messages()):
-        if message.record is not None:
-            yield message.record
-        elif on_unreadable is not None:
-            on_unreadable(message.unreadable)
-
-
-def time_option(text: Optional[str], name: str) -> Optional[int]:
-    """UTC milliseconds for a --since/--until value; a clear usage error (exit 2) when unreadable."""
-    from keyturn.audit.replay import parse_instant
-
-    if text is None:
-        return None
-    try:
-        return parse_instant(text)
-    except ValueError as error:
-        _fail(f"{name}: {error}", 2)
-    return None
 
 
 @app.command("tail")
@@ -139,7 +62,7 @@ def _print_record(record, as_json: bool) -> None:
         typer.echo(json.dumps(record.to_dict(), sort_keys=True), nl=True)
         sys.stdout.flush()
         return
-    from keyturn.core.audit_chain import from_millis
+    from keyturn.core.canonical import from_millis
 
     typer.echo(f"{record.sequence:>6}  {from_millis(record.recorded_at).isoformat(timespec='milliseconds')}  "
                f"{record.event_type:<17} {record.action_id or '-':<36}  {record.actor or '-'}")
@@ -155,8 +78,8 @@ def verify(
     with its position (sequence and index); exits 1 when anything is wrong."""
     from keyturn.audit.app import checkpoint_key_path
     from keyturn.audit.keys import load_or_create_signing_key, load_verifier
-    from keyturn.core.audit_chain import CheckpointVerifier
-    from keyturn.core.audit_chain import verify as verify_chain
+    from keyturn.core.audit.checkpoint import CheckpointVerifier
+    from keyturn.core.audit.verify import verify as verify_chain
 
     settings = _settings()
     try:
@@ -165,7 +88,7 @@ def verify(
         else:
             verifier = CheckpointVerifier.from_keys([load_or_create_signing_key(checkpoint_key_path(settings)).public_key()])
     except (OSError, ValueError) as error:
-        _fail(f"cannot load the checkpoint key: {error}")
+        fail(f"cannot load the checkpoint key: {error}")
     unreadable: list[Any] = []
     started = time.perf_counter()
     with progress("verifying") as (advance, total):
@@ -202,9 +125,9 @@ def public_key(output: str = typer.Option("-", "--output", "-o", help="PEM file 
     try:
         pem = load_signing_key(path).public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     except FileNotFoundError:
-        _fail(f"no checkpoint key at {path}: the audit worker creates it on its first start")
+        fail(f"no checkpoint key at {path}: the audit worker creates it on its first start")
     except (OSError, ValueError) as error:
-        _fail(f"cannot read the checkpoint key {path}: {error}")
+        fail(f"cannot read the checkpoint key {path}: {error}")
     if output == "-":
         typer.echo(pem.decode(), nl=False)
     else:
@@ -221,9 +144,9 @@ def export(
     """Write the whole chain, in order, for an auditor or a SIEM. A JSONL export verifies with
     keyturn audit verify --export FILE."""
     if format not in ("jsonl", "csv", "parquet"):
-        _fail(f"unknown format {format!r}; choose jsonl, csv or parquet", 2)
+        fail(f"unknown format {format!r}; choose jsonl, csv or parquet", 2)
     if follow and format != "jsonl":
-        _fail("--follow writes JSON lines only; use --format jsonl", 2)
+        fail("--follow writes JSON lines only; use --format jsonl", 2)
     settings = _settings()
     if follow:
         _follow_jsonl(settings, output)
@@ -257,11 +180,11 @@ def _write(format: str, records, output: str) -> int:
 
     if format == "parquet":
         if output == "-":
-            _fail("parquet cannot go to stdout; pass --output FILE.parquet", 2)
+            fail("parquet cannot go to stdout; pass --output FILE.parquet", 2)
         try:
             return write_parquet(records, output)
         except ParquetUnavailable as error:
-            _fail(str(error))
+            fail(str(error))
     writer = write_jsonl if format == "jsonl" else write_csv
     if output == "-":
         return writer(records, sys.stdout)
@@ -269,7 +192,7 @@ def _write(format: str, records, output: str) -> int:
         with open(output, "w", encoding="utf-8", newline="" if format == "csv" else None) as fp:
             return writer(records, fp)
     except OSError as error:
-        _fail(f"cannot write {output}: {error.strerror}")
+        fail(f"cannot write {output}: {error.strerror}")
     return 0
 
 
@@ -290,12 +213,12 @@ def replay(
     from keyturn.audit.replay import ActionIndex, ReplayFilter
 
     if format not in FORMATS:
-        _fail(f"unknown format {format!r}; choose {', '.join(FORMATS)}", 2)
+        fail(f"unknown format {format!r}; choose {', '.join(FORMATS)}", 2)
     try:
         wanted = ReplayFilter(frozenset(action_id), frozenset(requester), frozenset(approver), frozenset(action_type),
                               frozenset(outcome), time_option(since, "--since"), time_option(until, "--until"))
     except ValueError as error:
-        _fail(str(error), 2)
+        fail(str(error), 2)
     settings = _settings()
     index, to_offset = None, None
     if wanted.needs_index:
@@ -354,7 +277,7 @@ def timeline(
     with progress("reading the audit") as (advance, total):
         steps = action_timeline(audit_records(_settings(), export, advance=advance, total=total), action_id)
     if not steps:
-        _fail(f"no audit records for action {action_id}")
+        fail(f"no audit records for action {action_id}")
     if as_json:
         for step in steps:
             typer.echo(json.dumps({"sequence": step.sequence, "at": step.at.isoformat(), "event_type": step.event_type,
@@ -456,12 +379,12 @@ def ship(
     for line in header:
         name, sep, value = line.partition(":")
         if not sep or not name.strip():
-            _fail(f"--header {line!r} is not 'Name: value'", 2)
+            fail(f"--header {line!r} is not 'Name: value'", 2)
         headers[name.strip()] = value.strip()
     try:
         sink = WebhookSink(webhook, retries=retries, backoff_s=backoff, headers=headers)
     except ValueError as error:
-        _fail(str(error), 2)
+        fail(str(error), 2)
     state_path = state or default_state_path(settings, webhook)
 
     def shipped(count: int, position) -> None:
@@ -478,6 +401,6 @@ def ship(
     except KeyboardInterrupt:
         return
     except (ShippingFailed, ShippingStateMismatch) as error:
-        _fail(f"{error} (position kept in {state_path})")
+        fail(f"{error} (position kept in {state_path})")
     console.print(f"shipped {result.shipped} records to {webhook}; last shipped sequence "
                   f"{result.state.last_sequence} (position in {state_path})", highlight=False)

@@ -1,6 +1,6 @@
 """Audit records to and from files: JSONL to verify and replay, CSV and Parquet for analysts.
 
-Only JSONL is read back: it keeps every field exactly, so :func:`keyturn.core.audit_chain.verify`
+Only JSONL is read back: it keeps every field exactly, so :func:`keyturn.core.audit.verify.verify`
 can check an export (``verify(read_jsonl(fp), verifier)``). CSV and Parquet are one-way.
 """
 
@@ -12,7 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from os import PathLike
 from typing import IO, Any, Union
 
-from keyturn.core.audit_chain import AuditRecord, from_millis
+from keyturn.core.audit.record import AuditRecord
+from keyturn.core.canonical import from_millis
 
 RecordLike = Union[AuditRecord, Mapping[str, Any]]
 """An :class:`AuditRecord` or its dict form (as read from JSONL or Avro)."""

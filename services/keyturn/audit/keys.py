@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from keyturn.core.audit_chain import CheckpointSigner, CheckpointVerifier
+from keyturn.core.audit.checkpoint import CheckpointSigner, CheckpointVerifier
 
 KeyPath = str | PathLike[str]
 

@@ -1,6 +1,6 @@
 """Replaying the audit: what each record says about its action, filters, and one action's timeline.
 
-Pure functions over :class:`~keyturn.core.audit_chain.AuditRecord`. Filters on who asked,
+Pure functions over :class:`~keyturn.core.audit.record.AuditRecord`. Filters on who asked,
 who answered, the action type and the outcome are facts of the *action*, not of one record
 (a vote does not say what was asked), so a filtered replay first indexes the actions
 (:class:`ActionIndex`, one small entry per action) and then selects every record of the
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from keyturn.core.audit_chain import AuditRecord, from_millis, to_millis
+from keyturn.core.audit.record import AuditRecord
+from keyturn.core.canonical import from_millis, to_millis
 
 OUTCOMES = (
     "allowed", "denied", "needs_approval", "approved", "expired", "succeeded", "failed", "outcome_unknown",

@@ -29,7 +29,7 @@ import httpx
 from keyturn.audit.export import record_to_dict
 from keyturn.audit.stream import AuditTopic
 from keyturn.config import Settings
-from keyturn.core.audit_chain import AuditRecord
+from keyturn.core.audit.record import AuditRecord
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 

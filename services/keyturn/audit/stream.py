@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
-from keyturn.core.audit_chain import AuditRecord, MalformedRecord
+from keyturn.core.audit.record import AuditRecord, MalformedRecord
 
 T = TypeVar("T")
 
@@ -144,7 +144,7 @@ async def read_audit_tail(settings: Settings, records: int) -> list[AuditRecord]
 
 def blocking(stream: AsyncIterator[T]) -> Iterator[T]:
     """Iterate an async stream from synchronous code (one private event loop, one item at a
-    time), so file writers and :func:`~keyturn.core.audit_chain.verify` stream in constant memory."""
+    time), so file writers and :func:`~keyturn.core.audit.verify.verify` stream in constant memory."""
     loop = asyncio.new_event_loop()
     try:
         while True:

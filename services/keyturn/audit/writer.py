@@ -31,7 +31,10 @@ from keyturn.audit.stream import read_audit_tail
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
-from keyturn.core.audit_chain import AuditChain, AuditRecord, CheckpointSigner, RecentEventIds
+from keyturn.core.audit.chain import AuditChain
+from keyturn.core.audit.checkpoint import CheckpointSigner
+from keyturn.core.audit.dedupe import RecentEventIds
+from keyturn.core.audit.record import AuditRecord
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from keyturn.core.canonical import canonical_json
 from keyturn.core.principal import Principal
 
 
@@ -70,11 +71,6 @@ def payload_digest(action: str, resource: str, parameters: Any) -> Digest:
     """What approvals bind to: the action, the resource and the clear parameters. The intake
     computes it on acceptance and the executor again on the parameters it is about to run."""
     return Digest.of_json({"action": action, "resource": resource, "parameters": parameters})
-
-
-def canonical_json(document: Any) -> str:
-    """The one JSON spelling used for digests and masked parameters."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Any
 
-from keyturn.core.events import canonical_json
+from keyturn.core.canonical import canonical_json
 from keyturn.core.execution import capped_result, result_mask_fields
 
 log = logging.getLogger(__name__)

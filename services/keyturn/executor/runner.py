@@ -21,7 +21,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from keyturn.core.events import ActionExecuted, ExecutionOutcome, canonical_json
+from keyturn.core.canonical import canonical_json
+from keyturn.core.events import ActionExecuted, ExecutionOutcome
 from keyturn.core.execution import ExecutionOrder, refusal_reason
 from keyturn.executor.ledger import ExecutionLedger, LedgerEntry
 from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, Plugin, PluginRegistry

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import validation_problems
-from keyturn.core.events import ActionRequested, SubmissionChannel, canonical_json, payload_digest
+from keyturn.core.canonical import canonical_json
+from keyturn.core.events import ActionRequested, SubmissionChannel, payload_digest
 from keyturn.core.principal import Principal
 from keyturn.faults import is_transient
 from keyturn.intake.store import ActionStore, StoredAction

@@ -19,7 +19,6 @@ from keyturn.masking.sealing import (
     SealError,
     SealTampered,
     UnknownSealKey,
-    canonical_json,
     open_sealed,
     seal_parameters,
 )
@@ -57,7 +56,6 @@ __all__ = [
     "UnknownSealKey",
     "UnmaskableParameters",
     "build_analyzer",
-    "canonical_json",
     "open_sealed",
     "placeholder",
     "seal_parameters",

@@ -11,7 +11,8 @@ from functools import cache
 from typing import Any
 
 from keyturn.config import Settings
-from keyturn.core.events import ActionRequested, Digest, SealedParameters, canonical_json
+from keyturn.core.canonical import canonical_json
+from keyturn.core.events import ActionRequested, Digest, SealedParameters
 from keyturn.masking.sealing import Keyring, SealError, open_sealed, seal_parameters
 
 

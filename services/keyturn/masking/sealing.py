@@ -7,7 +7,7 @@ blob copied onto another action, or kept after the parameters changed, does not 
     associated data = b"keyturn.seal.v1" NUL key_id NUL action_id NUL payload_digest
 
 (NUL-separated so that no two different triples give the same bytes). The plaintext is the
-parameters as canonical JSON: sorted keys, no spaces, UTF-8.
+parameters as canonical JSON (``keyturn.core.canonical``): sorted keys, no spaces, UTF-8.
 
 Keys rotate: a :class:`Keyring` seals with its current key and opens with any key it holds,
 so retired keys stay in the ring until no unopened blob needs them. Configuration:
@@ -36,7 +36,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from keyturn.core import events
+from keyturn.core.canonical import canonical_json
 from keyturn.core.events import SealedParameters
 
 ENV_VARIABLE = "KEYTURN_SEAL_KEYS"
@@ -170,11 +170,6 @@ class Keyring:
         return ",".join(f"{k}:{base64.b64encode(self.keys[k]).decode()}" for k in ordered)
 
 
-def canonical_json(parameters: Mapping[str, Any]) -> bytes:
-    """The bytes that are sealed: the one canonical JSON spelling (``core.events``), UTF-8."""
-    return events.canonical_json(parameters).encode("utf-8")
-
-
 def seal_parameters(
     parameters: Mapping[str, Any], *, action_id: str, payload_digest: str, keyring: Keyring
 ) -> SealedParameters:
@@ -182,7 +177,7 @@ def seal_parameters(
     key_id = keyring.current_key_id
     nonce = secrets.token_bytes(NONCE_BYTES)
     ciphertext = AESGCM(keyring.keys[key_id]).encrypt(
-        nonce, canonical_json(parameters), _associated_data(key_id, action_id, payload_digest)
+        nonce, canonical_json(parameters).encode("utf-8"), _associated_data(key_id, action_id, payload_digest)
     )
     return SealedParameters(key_id=key_id, nonce=nonce, ciphertext=ciphertext)
 

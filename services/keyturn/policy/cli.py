@@ -72,7 +72,7 @@ def simulate(
 ) -> None:
     """Replay recorded decisions through a candidate policy in a private OPA and print every
     decision that would change (outcome or approver groups), with counts by action type."""
-    from keyturn.audit.cli import audit_records, progress, time_option
+    from keyturn.audit.sources import audit_records, progress, time_option
     from keyturn.policy.opa import PolicyUnavailable
     from keyturn.policy.simulate import CandidateOpa, CandidatePolicyInvalid, OpaNotFound, recorded_decisions
     from keyturn.policy.simulate import simulate as run_simulation

@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from keyturn.core.canonical import canonical_json
 from keyturn.core.events import (
     ActionDecided,
     ActionRequested,
@@ -14,7 +15,6 @@ from keyturn.core.events import (
     Digest,
     GroupRequirement,
     Provenance,
-    canonical_json,
 )
 
 _ENVIRONMENT_MARKERS = (

@@ -26,7 +26,8 @@ import httpx
 
 from keyturn.audit.replay import payload_of
 from keyturn.config import REPO_ROOT
-from keyturn.core.audit_chain import AuditRecord, from_millis
+from keyturn.core.audit.record import AuditRecord
+from keyturn.core.canonical import from_millis
 from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
 
 DECISION_PATH = "keyturn/decision/decision"

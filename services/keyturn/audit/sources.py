@@ -1,0 +1,99 @@
+"""Reading the audit for a command: the audit topic of ``KEYTURN_NAMESPACE``, or a JSONL export.
+
+Shared by ``keyturn audit`` and ``keyturn policy simulate``, so neither command line imports the
+other. :func:`audit_records` streams the records of either source, oldest first;
+:func:`time_option` reads a ``--since``/``--until`` value; :func:`progress` shows how far the
+reading has got. What cannot be read ends the command through :func:`fail` (``error: ...`` on
+stderr). Heavy imports stay inside the functions so ``keyturn --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from keyturn.config import Settings
+
+err = Console(stderr=True)  # the one stderr console of the audit commands, progress bars included
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print ``error: message`` on stderr and end the command with exit ``code``."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def progress(label: str, *, enabled: bool = True):
+    """A progress bar on stderr when it is a terminal; ``advance(n)`` and ``total(n)`` drive it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    shown = enabled and err.is_terminal
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True, disable=not shown) as progress:
+        task = progress.add_task(label, total=None)
+        yield (lambda n=1: progress.advance(task, n)), (lambda total: progress.update(task, total=total))
+
+
+def audit_records(settings: Settings, export: Optional[Path], *, advance: Callable[[int], None] = lambda n=1: None,
+                  total: Callable[[int], None] = lambda n: None, to_offset: Optional[int] = None,
+                  on_unreadable: Optional[Callable[[Any], None]] = None, raw: bool = False,
+                  on_end_offset: Callable[[int], None] = lambda offset: None) -> Iterator[Any]:
+    """Records of the topic or of an export, oldest first, streamed.
+
+    ``raw`` yields the export's dicts unparsed (for verify, which reports malformed ones).
+    """
+    if export is not None:
+        from keyturn.audit.export import AuditFileError, read_jsonl
+        from keyturn.core.audit.record import AuditRecord, MalformedRecord
+
+        try:
+            with export.open("rb") as fp:
+                for number, item in enumerate(read_jsonl(fp), start=1):
+                    advance(1)
+                    if raw:
+                        yield item
+                        continue
+                    try:
+                        yield AuditRecord.from_dict(item)
+                    except MalformedRecord as error:
+                        fail(f"{export}: record {number} is not an audit record ({error}); "
+                             f"run keyturn audit verify --export {export}")
+        except OSError as error:
+            fail(f"cannot read {export}: {error.strerror}")
+        except AuditFileError as error:
+            fail(f"{export}: {error}")
+        return
+    from keyturn.audit.stream import AuditTopic, blocking
+
+    async def messages():
+        async with AuditTopic(settings, to_offset=to_offset) as topic:
+            total(max(0, topic.end_offset - topic.start_offset))
+            on_end_offset(topic.end_offset)
+            async for message in topic.messages():
+                advance(1)
+                yield message
+
+    for message in blocking(messages()):
+        if message.record is not None:
+            yield message.record
+        elif on_unreadable is not None:
+            on_unreadable(message.unreadable)
+
+
+def time_option(text: Optional[str], name: str) -> Optional[int]:
+    """UTC milliseconds for a --since/--until value; a clear usage error (exit 2) when unreadable."""
+    from keyturn.audit.replay import parse_instant
+
+    if text is None:
+        return None
+    try:
+        return parse_instant(text)
+    except ValueError as error:
+        fail(f"{name}: {error}", 2)
+    return None
