@@ -6,11 +6,10 @@ import asyncio
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Optional
+from typing import NoReturn, Optional
 
 import httpx
 import typer
@@ -37,7 +36,7 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
 
@@ -194,4 +193,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -7,8 +7,10 @@ README.md (section "Configuration").
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,12 +84,12 @@ class Settings:
     callback_max_attempts: int = 6
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Read ``KEYTURN_*`` variables over the defaults, converting to each field's type."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        source: Mapping[str, str] = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = environ.get(f"KEYTURN_{f.name.upper()}")
+            raw = source.get(f"KEYTURN_{f.name.upper()}")
             if raw is None or raw == "":
                 continue
             kind = f.type if isinstance(f.type, type) else {"int": int, "float": float}.get(str(f.type), str)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from os import PathLike
 from typing import IO, Any, Union
@@ -85,7 +86,7 @@ def read_jsonl(fp: IO[str] | IO[bytes]) -> Iterator[dict[str, Any]]:
     Raises :class:`AuditFileError` naming the line that is not UTF-8, not a JSON object, or
     has a field twice (which readers would resolve differently, so it is never guessed at).
     """
-    lines = iter(fp)
+    lines: Iterator[str | bytes] = iter(fp)
     number = 0
     while True:
         number += 1
@@ -126,8 +127,7 @@ class _RepeatedField(ValueError):
 def _refuse_repeated_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     value = dict(pairs)
     if len(value) != len(pairs):
-        seen: set[str] = set()
-        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        repeated = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
         raise _RepeatedField(f"field {repeated!r} appears twice")
     return value
 

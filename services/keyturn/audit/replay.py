@@ -69,7 +69,7 @@ class ActionFacts:
                 self.approvers.add(approver)
         if record.event_type == "ApprovalResolved":
             self.approvers.update(
-                (vote.get("approver") or {}).get("id") for vote in payload.get("votes") or () if vote.get("approver")
+                approver for vote in payload.get("votes") or () if (approver := (vote.get("approver") or {}).get("id"))
             )
         outcome = payload.get("outcome") if record.event_type in ("ActionDecided", "ApprovalResolved", "ActionExecuted") else None
         if outcome and outcome not in self.outcomes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -22,7 +22,7 @@ from keyturn.config import Settings
 err = Console(stderr=True)  # the one stderr console of the audit commands, progress bars included
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``error: message`` on stderr and end the command with exit ``code``."""
     err.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
@@ -37,13 +37,24 @@ def progress(label: str, *, enabled: bool = True):
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True, disable=not shown) as progress:
         task = progress.add_task(label, total=None)
-        yield (lambda n=1: progress.advance(task, n)), (lambda total: progress.update(task, total=total))
+
+        def advance(n: int = 1) -> None:
+            progress.advance(task, n)
+
+        def total(n: int) -> None:
+            progress.update(task, total=n)
+
+        yield advance, total
 
 
-def audit_records(settings: Settings, export: Optional[Path], *, advance: Callable[[int], None] = lambda n=1: None,
-                  total: Callable[[int], None] = lambda n: None, to_offset: Optional[int] = None,
+def _ignore(_: int = 1) -> None:
+    """Progress nobody is shown."""
+
+
+def audit_records(settings: Settings, export: Optional[Path], *, advance: Callable[[int], None] = _ignore,
+                  total: Callable[[int], None] = _ignore, to_offset: Optional[int] = None,
                   on_unreadable: Optional[Callable[[Any], None]] = None, raw: bool = False,
-                  on_end_offset: Callable[[int], None] = lambda offset: None) -> Iterator[Any]:
+                  on_end_offset: Callable[[int], None] = _ignore) -> Iterator[Any]:
     """Records of the topic or of an export, oldest first, streamed.
 
     ``raw`` yields the export's dicts unparsed (for verify, which reports malformed ones).

@@ -55,7 +55,7 @@ class SchemaRegistry:
         self.writers: dict[bytes, _Writer] = {}
         self.fingerprints: dict[str, bytes] = {}
         for path in sorted(schema_dir.glob("*.avsc")):
-            schema = load_schema(str(path), _write_hint=False)
+            schema: Any = load_schema(str(path), _write_hint=False)  # a record schema: a dict
             name = schema["name"].removeprefix("keyturn.")
             self.readers[name] = schema
             self.fingerprints[name] = schema_fingerprint(schema)
@@ -92,6 +92,8 @@ class SchemaRegistry:
             raise UndecodableMessage("corrupt_body", f"{writer.name} body cannot be decoded: {type(exc).__name__}: {exc}") from exc
         if body.tell() != len(data) - HEADER_SIZE:
             raise UndecodableMessage("corrupt_body", f"{writer.name} body has {len(data) - HEADER_SIZE - body.tell()} trailing bytes")
+        if not isinstance(record, dict):  # every Keyturn schema is a record
+            raise UndecodableMessage("corrupt_body", f"{writer.name} body is not a record")
         return writer.name, record
 
     def encode_event(self, event: Any) -> bytes:

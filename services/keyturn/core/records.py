@@ -30,18 +30,16 @@ def to_record(event: Any) -> Any:
 
 
 @cache
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
 def from_record(cls: type[T], record: dict[str, Any]) -> T:
     """The dataclass ``cls`` built from a dict as fastavro returns it."""
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"{cls!r} is not a dataclass")
     hints = _hints(cls)
-    kwargs = {
-        f.name: _convert(hints[f.name], record[f.name])
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-        if f.name in record
-    }
+    kwargs = {f.name: _convert(hints[f.name], record[f.name]) for f in dataclasses.fields(cls) if f.name in record}
     return cls(**kwargs)
 
 
@@ -55,7 +53,7 @@ def _convert(hint: Any, value: Any) -> Any:
     if origin is tuple:
         item = typing.get_args(hint)[0]
         return tuple(_convert(item, v) for v in value)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_record(hint, value)
     if isinstance(hint, type) and issubclass(hint, Enum):
         return hint(value)

@@ -103,14 +103,14 @@ class JwksUrl:
         """The cached document, fetched again when stale or when a refresh is due."""
         with self._lock:
             age = self._clock() - self._fetched_at
-            fresh = self._document is not None and age < self._cache_s
-            if fresh and (not refresh or age < self._refresh_cooldown_s):
-                return self._document
+            cached = self._document if age < self._cache_s else None
+            if cached is not None and (not refresh or age < self._refresh_cooldown_s):
+                return cached
             try:
                 self._document = self._fetch_unless_failing()
             except InvalidToken:
-                if fresh:  # only the kid refresh failed; the cached keys are still current
-                    return self._document
+                if cached is not None:  # only the kid refresh failed; the cached keys are still current
+                    return cached
                 raise
             self._fetched_at = self._clock()
             return self._document

@@ -175,7 +175,7 @@ class _MaskedTextCache:
 class _PendingText:
     """A string waiting for batched analysis, and where its result goes."""
 
-    container: dict | list
+    container: Any  # a dict (slot: its key) or a list (slot: an index)
     slot: str | int
     text: str
     path: tuple[str | int, ...]
@@ -213,6 +213,13 @@ class ParameterMasker:
         self._clean_size = cache_size
 
     @property
+    def _fast_prefilter(self) -> Prefilter:
+        """The pre-filter, which only the fast path has."""
+        if self._prefilter is None:
+            raise RuntimeError("the reference masker (fast_path=False) has no pre-filter")
+        return self._prefilter
+
+    @property
     def cache_stats(self) -> tuple[int, int]:
         """(hits, misses) of the masked-string cache since start."""
         return (self._cache.hits, self._cache.misses) if self._cache else (0, 0)
@@ -244,7 +251,7 @@ class ParameterMasker:
     # -- string analysis -------------------------------------------------------------------
 
     def _scan_reference(self, text: str) -> tuple[str, tuple[str, ...]]:
-        current, found = text, []
+        current, found = text, list[str]()
         for _ in range(MAX_ROUNDS):
             results = self._analyzer.analyze(
                 current, language=LANGUAGE, score_threshold=SCORE_THRESHOLD
@@ -262,7 +269,7 @@ class ParameterMasker:
         """The masked text when known now, else the entity types to analyse for."""
         if text in self._clean:
             return text, ()
-        entities = self._prefilter.candidates(text)
+        entities = self._fast_prefilter.candidates(text)
         if entities:
             return entities
         if len(text) <= _CLEAN_MEMO_CHARS:
@@ -291,7 +298,7 @@ class ParameterMasker:
                         if masked != item.current:
                             item.current = masked
                             if round_number < MAX_ROUNDS:
-                                item.entities = self._prefilter.candidates(masked)
+                                item.entities = self._fast_prefilter.candidates(masked)
                                 if item.entities:
                                     again.append(item)
                                     continue

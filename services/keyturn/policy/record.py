@@ -37,4 +37,6 @@ class DecisionRecord:
                 (action_id, decided_event),
             )
             row = await (await conn.execute("SELECT decided_event FROM policy_decisions WHERE action_id = %s", (action_id,))).fetchone()
+        if row is None:  # inserted or already there: only a concurrent delete could remove it, and nothing deletes
+            raise RuntimeError(f"the decision of {action_id} vanished from policy_decisions")
         return bytes(row[0])

@@ -8,6 +8,9 @@ deep-copying results for a context enhancer that cannot change them).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 import spacy
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
@@ -33,7 +36,8 @@ class BlankSpacyNlpEngine(SpacyNlpEngine):
 
     def load(self) -> None:
         """Create the blank pipeline."""
-        self.nlp = {LANGUAGE: spacy.blank(LANGUAGE)}
+        # the base class types ``nlp`` as what it has before loading (None); a loaded engine holds this
+        self.nlp = {LANGUAGE: spacy.blank(LANGUAGE)}  # type: ignore[assignment]
 
     def get_supported_entities(self) -> list[str]:
         """A blank pipeline recognises no named entities."""
@@ -43,14 +47,17 @@ class BlankSpacyNlpEngine(SpacyNlpEngine):
         """Artifacts with no tokens, lemmas or entities (see the class docstring)."""
         return NlpArtifacts(
             entities=[],
-            tokens=Doc(self.nlp[language].vocab),
+            tokens=Doc(self.nlp[language].vocab),  # type: ignore[index]  # loaded: see ``load``
             tokens_indices=[],
             lemmas=[],
             nlp_engine=self,
             language=language,
         )
 
-    def process_batch(self, texts, language, batch_size=1, n_process=1, as_tuples=False):
+    # the base's signature (Iterable[str], **kwargs) leaves out the as_tuples form its callers use
+    def process_batch(  # type: ignore[override]
+        self, texts: Iterable[Any], language: str, batch_size: int = 1, n_process: int = 1, as_tuples: bool = False,
+    ) -> Iterator[Any]:
         """:meth:`process_text` for each text, in the shape Presidio's batch engine expects."""
         for item in texts:
             if as_tuples:

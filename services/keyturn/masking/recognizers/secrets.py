@@ -82,6 +82,8 @@ class DetectSecretsRecognizer(LocalRecognizer):
     references (``secret = get_secret()``), as a default scan would.
     """
 
+    name: str  # set by the base class's constructor, which does not declare it
+
     ENTITY = "SECRET"
 
     def __init__(self) -> None:
