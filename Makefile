@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 OPA ?= $(shell command -v opa 2>/dev/null || echo .cache/bin/opa)
 PYTEST_ARGS ?=
 
-.PHONY: help e2e-deps venv stack-up stack-down run test test-unit test-integration policy-check compose-check bench chaos chaos-short clean
+.PHONY: help e2e-deps venv stack-up stack-down run test test-unit test-integration policy-check lint compose-check bench chaos chaos-short clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -33,6 +33,11 @@ run: venv  ## start the whole system (servers + five services); Ctrl-C stops eve
 policy-check: stack-up  ## opa fmt / check --strict / test --coverage >= 90% (and lint when available)
 	deploy/opa.sh install  # the binary is needed even when KEYTURN_OPA_URL points at another server
 	OPA=$(OPA) policies.rego/check.sh
+
+lint: venv  ## ruff (lint rules and format check) over the Python, mypy over services/ (config: pyproject.toml)
+	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/mypy
 
 CHROMIUM ?= /usr/bin/chromium
 $(CHROMIUM):
