@@ -4,7 +4,11 @@
 - transactions are serialised (one at a time), so the row lock serialises as ``FOR UPDATE`` does;
 - keyed writes (approval, break-glass note, notification, callback) are no-ops the second time;
 - the outbox publishes in the order rows were written and deletes a row only once the publisher
-  took it, so a publisher that fails leaves it (and everything after it) for the next drain.
+  took it, so a publisher that fails leaves it (and everything after it) for the next drain;
+- ``first_sighting`` is kept outside the tables a rollback restores, as PostgreSQL commits it on
+  its own connection: a replay stays a replay even when the answer after it rolled back.
+
+Nothing is ever delivered here: ``notifications_of`` reports every message as still pending.
 
 ``fail_next_drain`` makes the next drain raise a database error, as a restart after commit would.
 """
@@ -62,6 +66,7 @@ class InMemoryApprovalStore:
         self._in_transaction = False
         self.fail_next_drain = False
         self.checked = 0
+        self.seen: set[tuple[str, str]] = set()  # (source, interaction): committed at once, never rolled back
 
     # --- transactions -------------------------------------------------------------------------
 
@@ -186,9 +191,32 @@ class InMemoryApprovalStore:
     async def enqueue_callback(self, conn: Any, action_id: str, state: str, body: str) -> None:
         self._need_transaction(conn).callbacks.setdefault((action_id, state), body)
 
+    # --- what the routes read -----------------------------------------------------------------
+
+    async def pending_for(self, principal_ids: list[str], limit: int = 200) -> list[ApprovalRow]:
+        """Pending approvals not requested by (or for) any of ``principal_ids``, oldest first; as the
+        PostgreSQL store, without their votes (``read`` has them)."""
+        mine = set(principal_ids)
+        pending = sorted((a.opened_at, a.action_id) for a in self.tables.approvals.values()
+                         if a.status == "pending" and not mine & set(a.principals))
+        rows = [self.tables.approvals[action_id] for _, action_id in pending[:limit]]
+        return [ApprovalRow(a.action_id, a.decided_event, a.status, a.resolved_at, (), a.escalated_at, a.reminders_sent) for a in rows]
+
+    async def vote_history(self, action_id: str) -> list[bytes]:
+        return [vote for owner, _, vote in self.tables.votes if owner == action_id]
+
+    async def notifications_of(self, action_id: str) -> list[tuple[str, str, str, str, str, datetime | None]]:
+        return [(channel, target, kind, occasion, "pending", None) for channel, target, kind, occasion in self.queued(action_id)]
+
+    async def first_sighting(self, source: str, interaction: str) -> bool:
+        if (source, interaction) in self.seen:
+            return False
+        self.seen.add((source, interaction))
+        return True
+
     # --- what a test reads --------------------------------------------------------------------
 
-    def notifications_of(self, action_id: str) -> list[tuple[str, str, str, str]]:
+    def queued(self, action_id: str) -> list[tuple[str, str, str, str]]:
         """(channel, target, kind, occasion) of every message queued for the action, in order."""
         rows = sorted((number, key) for key, number in self.tables.notifications.items() if key[0] == action_id)
         return [key[1:] for _, key in rows]

@@ -108,7 +108,7 @@ async def test_an_authorised_vote_is_accepted_recorded_and_published_without_a_f
     recorded = d.published(events.VoteRecorded)
     assert [(r.vote.approver.id, r.accepted, r.vote.counts_for) for r in recorded] == [("human:carol", True, ("security",))]
     assert d.store.tables.outbox == []  # published once the vote committed: nobody called flush
-    assert ("slack", "C0APPROVALS", "progress", "1") in d.store.notifications_of(decided.action_id)
+    assert ("slack", "C0APPROVALS", "progress", "1") in d.store.queued(decided.action_id)
 
 
 async def test_a_vote_from_outside_the_groups_is_refused_and_recorded() -> None:
@@ -165,7 +165,7 @@ async def test_a_redelivered_decision_opens_nothing_twice() -> None:
     decided = await opened(d)
 
     assert await d.desk.take_decision(decided, registry().encode_event(decided)) is None
-    assert d.store.notifications_of(decided.action_id) == [("slack", "C0APPROVALS", "opened", "")]
+    assert d.store.queued(decided.action_id) == [("slack", "C0APPROVALS", "opened", "")]
 
 
 # --- expiry ---------------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ async def test_half_way_approvers_are_reminded_once_and_the_escalation_group_may
 
     assert not before.accepted and before.refusal == "ApproverNotAuthorised"
     assert after.accepted and after.status == "approved"
-    assert [n for n in d.store.notifications_of(decided.action_id) if n[2] in ("reminder", "escalated")] == [
+    assert [n for n in d.store.queued(decided.action_id) if n[2] in ("reminder", "escalated")] == [
         ("slack", "C0APPROVALS", "reminder", "0.5"), ("slack", "C0APPROVALS", "escalated", "")]
     assert len(d.published(events.ApprovalResolved)) == 1
 

@@ -232,6 +232,8 @@ async def _action_page(console: Console, signed_in: tuple[Principal, str], actio
         return console.render("missing.html", 404, approver=approver, action_id=action_id, csrf=console.csrf(token), waited=0)
     decided, state = found
     view = await desk.view(action_id)
+    if view is None:  # desk.approval found it just above, and approval rows are never deleted
+        raise RuntimeError(f"approval {action_id} vanished while shown")
     history = [registry().decode_event(v) for v in await desk.store.vote_history(action_id)]
     may, why = await console.may_decide(desk, approver, decided, state)
     return console.render("action.html", status, approver=approver, view=view, timeline=timeline(view, history, await desk.store.notifications_of(action_id)),

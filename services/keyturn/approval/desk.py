@@ -397,6 +397,8 @@ class ApprovalDesk:
                 if (escalated := rules.escalate_if_due(state, now)) is not None:
                     await self.store.mark_escalated(unit.conn, action_id, now)
                     group = state.policy.escalation_group
+                    if group is None:  # escalate_if_due escalates only a policy naming its group
+                        raise RuntimeError(f"approval {action_id} escalated without an escalation group")
                     for channel, targets in self.routes.items():
                         for target in targets.targets_for([group]):
                             await self.store.enqueue_notification(unit.conn, action_id, channel, target, kinds.ESCALATED)
@@ -404,6 +406,8 @@ class ApprovalDesk:
                         await self._resolve(unit, decided, escalated, rules.approval_progress(escalated).summary)
                     changed += 1
                 after = await self.store.lock(unit.conn, action_id)
+                if after is None:  # locked above in this transaction: it cannot have gone
+                    raise RuntimeError(f"approval {action_id} vanished while locked")
                 await self.store.set_next_sweep(unit.conn, action_id, next_sweep_at(pending_state(decided, after)))
         return changed
 
@@ -449,6 +453,8 @@ class ApprovalDesk:
 
     async def _resolve(self, unit: UnitOfWork, decided: ActionDecided, state: rules.PendingApproval, summary: str) -> None:
         resolution = rules.resolution_of(state)
+        if resolution is None:  # only resolved states are passed here
+            raise ValueError(f"approval {decided.action_id} is still {state.status}: nothing to resolve")
         execute_before = rules.execution_deadline(resolution, state.policy) if resolution.status == "approved" else None
         summary = summary if resolution.status != "expired" else (resolution.reason or summary)
         resolved = ApprovalResolved(

@@ -115,6 +115,8 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         for row in rows:
             decided = registry().decode_event(row.decided_event)
             full = await desk.store.read(row.action_id)
+            if full is None:  # approval rows are never deleted
+                raise RuntimeError(f"approval {row.action_id} vanished while listed as pending")
             views.append(approval_view(decided, pending_state(decided, full)))
         return views
 

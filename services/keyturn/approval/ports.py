@@ -10,7 +10,11 @@ in-memory one with the same guarantees, so the desk is unit-tested without a ser
   a second identical write (a redelivered decision, a repeated sweep) changes nothing;
 - ``enqueue`` queues an event for Kafka in the transaction; ``drain_outbox`` publishes queued
   events in the order they were written and deletes each once the broker took it, so a crash
-  leaves them queued for the next drain (at least once, never lost).
+  leaves them queued for the next drain (at least once, never lost);
+- ``first_sighting`` records an interaction id on its own, outside any transaction: True the
+  first time, False for every replay, even when the answer that follows is rolled back.
+
+The last group of methods is what the approval routes and pages read through ``desk.store``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,12 @@ class DeskStore(Protocol):
     async def message_targets(self, conn: Any, action_id: str) -> list[tuple[str, str]]: ...
     async def set_callback_target(self, conn: Any, action_id: str, url: str) -> None: ...
     async def enqueue_callback(self, conn: Any, action_id: str, state: str, body: str) -> None: ...
+
+    # read by the routes (/v1/approvals, /console, the chat interactions), not by the desk itself
+    async def pending_for(self, principal_ids: list[str], limit: int = 200) -> list[ApprovalRow]: ...
+    async def vote_history(self, action_id: str) -> list[bytes]: ...
+    async def notifications_of(self, action_id: str) -> list[tuple[str, str, str, str, str, datetime | None]]: ...
+    async def first_sighting(self, source: str, interaction: str) -> bool: ...
 
 
 class PolicyAnswer(Protocol):

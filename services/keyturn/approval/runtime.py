@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -77,6 +78,15 @@ def console_sign_in(s: Settings) -> DevSignIn | None:
     return DevSignIn(s.keys_dir, s.jwt_audience, s.jwt_issuer)
 
 
+@dataclass(frozen=True)
+class Wiring:
+    """The desk and its couriers, all on one store: built together, so present together."""
+
+    desk: ApprovalDesk
+    notifications: NotificationCourier
+    callbacks: CallbackCourier
+
+
 class ApprovalRuntime:
     """Everything the approval service's agents, timers and routes share."""
 
@@ -88,14 +98,18 @@ class ApprovalRuntime:
         self.console_sign_in = console_sign_in(settings)
         self.teams: Any = None  # set by build() when Teams is configured (it needs the event loop)
         self._lock = asyncio.Lock()
-        self._desk: ApprovalDesk | None = None
+        self._wiring: Wiring | None = None  # set by wire(), once
         self._verifier: TokenVerifier | None = None
-        self.notifications: NotificationCourier | None = None
-        self.callbacks: CallbackCourier | None = None
 
     @property
     def ready(self) -> bool:
-        return self._desk is not None
+        return self._wiring is not None
+
+    def _wired(self) -> Wiring:
+        """The desk and couriers; the timers only run once ``ready``, so they are built by then."""
+        if self._wiring is None:
+            raise RuntimeError("the approval desk is not built yet (await runtime.desk() first)")
+        return self._wiring
 
     @property
     def adapters(self) -> dict[str, ApproverChannel]:
@@ -110,9 +124,9 @@ class ApprovalRuntime:
     async def desk(self) -> ApprovalDesk:
         """The desk, built on first use."""
         async with self._lock:
-            if self._desk is None:
+            if self._wiring is None:
                 await self._build()
-        return self._desk
+        return self._wired().desk
 
     async def _build(self) -> None:
         s = self.settings
@@ -126,9 +140,7 @@ class ApprovalRuntime:
         """The desk and its couriers on ``store`` and ``opa`` (tests pass in-memory fakes here)."""
         routes = {name: adapter.targets for name, adapter in self.adapters.items()}
         desk = ApprovalDesk(store, opa, self.topics, self.send, routes)
-        self.notifications = NotificationCourier(store, self.adapters, desk.view)
-        self.callbacks = callback_courier(self.settings, store)
-        self._desk = desk
+        self._wiring = Wiring(desk, NotificationCourier(store, self.adapters, desk.view), callback_courier(self.settings, store))
         log.info("approval desk ready; chat channels: %s", ", ".join(routes) or "none")
         return desk
 
@@ -138,10 +150,11 @@ class ApprovalRuntime:
         A database outage skips this tick (each step is one transaction, so nothing is half
         done) and the next tick picks up what is still due: an error raised from a faust timer
         would stop the whole service, and every pending approval would stay pending."""
+        desk = self._wired().desk
         try:
-            await self._desk.expire_due()
-            await self._desk.remind_and_escalate()
-            await self._desk.flush()
+            await desk.expire_due()
+            await desk.remind_and_escalate()
+            await desk.flush()
         except DATABASE_UNAVAILABLE as exc:
             await self._skip_tick("expiry, reminders and escalations", exc)
 
@@ -150,10 +163,11 @@ class ApprovalRuntime:
 
         Like ``keep_time``, a database outage skips the tick: a claimed message whose result
         could not be written is settled by ``reconcile`` once the claim's lease runs out."""
+        wiring = self._wired()
         try:
-            await self.notifications.reconcile()
-            await self.notifications.deliver_due()
-            await self.callbacks.deliver_due()
+            await wiring.notifications.reconcile()
+            await wiring.notifications.deliver_due()
+            await wiring.callbacks.deliver_due()
         except DATABASE_UNAVAILABLE as exc:
             await self._skip_tick("chat notifications and webhooks", exc)
 
@@ -174,4 +188,4 @@ class ApprovalRuntime:
 
     async def _skip_tick(self, what: str, exc: Exception) -> None:
         log.warning("database unavailable; %s wait for the next tick: %s: %s", what, type(exc).__name__, exc)
-        await self._desk.recover()
+        await self._wired().desk.recover()

@@ -77,7 +77,8 @@ class SlackChannel:
         else:
             channel = await self._channel_id(target)
             answer = await self.client.conversations_history(channel=channel, oldest=oldest, include_all_metadata=True, limit=200)
-        for message in answer.get("messages", []):
+        messages: list[dict[str, Any]] = answer.get("messages", [])
+        for message in messages:
             payload = (message.get("metadata") or {}).get("event_payload") or {}
             if (message.get("metadata") or {}).get("event_type") == METADATA_EVENT and payload.get("notification_id") == str(notification_id):
                 return message_ref(channel, message["ts"])

@@ -20,7 +20,7 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -99,7 +99,7 @@ class Interaction:
     team: str
     trigger_id: str | None
     button: str | None = None  # the action_id of the button clicked
-    shown: dict[str, Any] | None = None  # the button value or modal metadata: action id and digest
+    shown: dict[str, Any] = field(default_factory=dict)  # the button value or modal metadata: action id and digest
     channel: str = ""
     message_ts: str = ""
     deny_reason: str | None = None

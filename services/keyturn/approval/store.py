@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -142,6 +143,12 @@ class Callback:
     body: str
     url: str
     attempts: int
+
+
+def _claimed(row: tuple[Any, ...]) -> Notification:
+    """A claimed notification from (id, action_id, channel, target, kind, occasion, attempts, created_at)."""
+    notification_id, action_id, channel, target, kind, occasion, attempts, created_at = row
+    return Notification(notification_id, action_id, channel, target, kind, occasion, attempts, created_at, state="sending")
 
 
 _APPROVAL_COLUMNS = "action_id, decided_event, status, resolved_at, escalated_at, reminders_sent"
@@ -269,6 +276,8 @@ class ApprovalStore:
         async with self.pool.connection() as conn, conn.transaction():
             # one drainer at a time keeps each action's events in the order they were written
             locked = await (await conn.execute("SELECT pg_try_advisory_xact_lock(hashtext('approval_outbox'))")).fetchone()
+            if locked is None:  # a SELECT of a function call always returns one row
+                raise RuntimeError("pg_try_advisory_xact_lock returned no row")
             if not locked[0]:
                 return 0
             cur = await conn.execute(
@@ -313,7 +322,7 @@ class ApprovalStore:
                 (now, now, limit),
             )
             rows = sorted(await cur.fetchall())
-        return [Notification(*row, state="sending") for row in rows]
+        return [_claimed(row) for row in rows]
 
     async def orphaned_notifications(self, now: datetime) -> list[Notification]:
         """Messages claimed by a sender that stopped before saying whether they went out."""
@@ -323,7 +332,7 @@ class ApprovalStore:
                    WHERE state = 'sending' AND claimed_at < %s ORDER BY id""",
                 (now - CLAIM_LEASE,),
             )
-            return [Notification(*row, state="sending") for row in await cur.fetchall()]
+            return [_claimed(row) for row in await cur.fetchall()]
 
     async def delivered(self, notification_id: int, remote_ref: str | None, now: datetime) -> None:
         async with self.pool.connection() as conn:

@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from microsoft_teams.api import MessageActivityInput
+# from its module: the package re-exports it through a computed __all__, which type checkers cannot follow
+from microsoft_teams.api.activities.message import MessageActivityInput
 from microsoft_teams.api.activities import ActivityTypeAdapter
 from microsoft_teams.api.auth.cloud_environment import PUBLIC, with_overrides
 from microsoft_teams.api.models.adaptive_card import AdaptiveCardActionCardResponse, AdaptiveCardActionMessageResponse
@@ -124,6 +125,7 @@ class TeamsChannel:
         async def messages(request: Request) -> Response:
             raw = await request.body()
             desk = await desk_of()
+            problem: str | None
             try:
                 body = json.loads(raw)
                 if not isinstance(body, dict):
@@ -186,17 +188,23 @@ class TeamsChannel:
 
     # --- answers --------------------------------------------------------------------------------
 
+    async def _desk(self) -> ApprovalDesk:
+        """The desk ``mount`` was given: card actions arrive only through the route it adds."""
+        if self._desk_of is None:
+            raise RuntimeError("a Teams card action arrived before TeamsChannel.mount() gave it the desk")
+        return await self._desk_of()
+
     async def _card_action(self, ctx: Any) -> Any:
         try:
             return await self._answer_card(ctx)
         except DATABASE_UNAVAILABLE:
             # the SDK would turn the error into a 500, which Teams shows as a bare failure
-            await (await self._desk_of()).recover()
+            await (await self._desk()).recover()
             return _message("Keyturn cannot reach its database right now, so your answer was not recorded. Try again in a minute.")
 
     async def _answer_card(self, ctx: Any) -> Any:
         activity = ctx.activity
-        desk = await self._desk_of()
+        desk = await self._desk()
         action = activity.value.action
         data = action.data or {}
         action_id, digest = str(data.get("action_id", "")), str(data.get("payload_digest", ""))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from microsoft_teams.cards import AdaptiveCard, ExecuteAction, Fact, FactSet, RefreshDefinition, TextBlock, TextInput
+from microsoft_teams.cards import Action, AdaptiveCard, ExecuteAction, Fact, FactSet, RefreshDefinition, TextBlock, TextInput
 
 from keyturn.approval.views import escalation_sentence, outcome_sentence, reminder_sentence, requester_line
 
@@ -43,7 +43,7 @@ def approval_card(view: dict[str, Any], *, headline: str | None = None, problem:
     body.append(TextBlock(text=view["summary"], wrap=True, weight="Bolder"))
     if problem:
         body.append(TextBlock(text=problem, wrap=True, color="Attention"))
-    actions = None
+    actions: list[Action] | None = None
     if view["status"] == "pending":
         body.append(TextInput(id=REASON_INPUT, label="Reason (required to deny; the requester sees it)", is_multiline=True, max_length=2000))
         actions = [
