@@ -25,7 +25,7 @@ from keyturn.approval.ports import DeskStore, PolicyEngine, Publish
 from keyturn.approval.replay import next_sweep_at, opened_state, pending_state
 from keyturn.approval.views import approval_view, break_glass_view
 from keyturn.bus.codec import registry
-from keyturn.bus.refusals import refusal_letter
+from keyturn.bus.refusals import masked_line, refusal_letter
 from keyturn.bus.topics import Topics
 from keyturn.core import approval as rules
 from keyturn.core.events import (
@@ -348,7 +348,8 @@ class ApprovalDesk:
         vote = self._vote_of(approver, rules.vote_choice(choice), payload_digest, now, None, channel, ())
         async with self.unit_of_work() as unit:
             known = await self.store.lock(unit.conn, action_id) is not None
-            await self._record(unit, action_id, vote, False if known else None, refusal, message, now)
+            # the message is told to the person alone; what is recorded is masked (it may name their email)
+            await self._record(unit, action_id, vote, False if known else None, refusal, masked_line(message), now)
         return VoteResult(action_id, False, "unknown", "", refusal, message)
 
     async def refuse_interaction(self, source: str, error_type: str, reason: str, payload: bytes, *,
