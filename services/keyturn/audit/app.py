@@ -19,7 +19,8 @@ from keyturn.audit.keys import load_signer
 from keyturn.metrics import serve_metrics
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
 from keyturn.bus.topics import Topics
-from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
+from keyturn.bus.loop import FaustSource, Stage, run
+from keyturn.bus.worker import consume, faust_publisher, make_app
 from keyturn.config import Settings
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
 
@@ -39,18 +40,20 @@ def create_app(settings: Settings):
     auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
     writer = AuditWriter(settings, load_signer(checkpoint_key_path(settings)))
 
+    async def chain(events: list[tuple[object, object]]) -> None:
+        """One batch, in arrival order, as one transaction of the one chain."""
+        try:
+            await writer.record([(event, message.topic) for event, message in events])  # type: ignore[attr-defined]
+        except AuditWriterStopped as error:
+            # Exit before faust commits these events' offsets: the next worker reads them again.
+            log.critical("audit worker stopping: %s", error)
+            os._exit(70)
+
     @app.agent(consume(app, *topics.audited), concurrency=1)
     async def chain_events(stream):
         await writer.start()
         serve_metrics("audit", settings.audit_metrics_port)
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            events = [(event, message.topic) async for event, message in decoded_events(_Batch(batch), publisher, accept=auditable)]
-            try:
-                await writer.record(events)
-            except AuditWriterStopped as error:
-                # Exit before faust commits these events' offsets: the next worker reads them again.
-                log.critical("audit worker stopping: %s", error)
-                os._exit(70)
+        await run(FaustSource(stream, batch=BATCH_MAX, within_s=BATCH_WITHIN_S), Stage(publisher, auditable, handle_batch=chain))
 
     @app.on_before_shutdown.connect
     async def sign_final_checkpoint(sender, **kwargs) -> None:
@@ -58,13 +61,3 @@ def create_app(settings: Settings):
 
     return app
 
-
-class _Batch:
-    """A batch taken from the stream, readable by ``decoded_events`` like a stream."""
-
-    def __init__(self, events) -> None:
-        self._events = events
-
-    async def events(self):
-        for event in self._events:
-            yield event
