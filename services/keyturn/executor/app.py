@@ -18,12 +18,11 @@ from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ApprovalResolved
-from keyturn.core.execution import order_from
 from keyturn.db import open_pool
 from keyturn.executor.ledger import DDL, ExecutionLedger
 from keyturn.executor.plugins import PluginRegistry
 from keyturn.executor.results import ResultShaper
-from keyturn.executor.runner import Executor
+from keyturn.executor.runner import Executor, ExecutorStage
 from keyturn.faults import until_done
 from keyturn.masking.protect import parameter_opener
 
@@ -47,16 +46,7 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
 
     @app.agent(consume(app, topics.decided, topics.resolved))
     async def execute_orders(stream):
-        executor = await until_done(build_executor, "executor: opening the ledger")
-
-        async def execute(event: ActionDecided | ApprovalResolved, _message) -> None:
-            order = order_from(event)
-            if order is None:
-                return
-            outcome, encoded = await executor.execute(order)
-            log.info("executed %s: %s", order.action_id, outcome.value)
-            await publisher.publish_encoded(topics.executed, order.action_id, encoded)
-
-        await handle_each(stream, publisher, execute, accept=(ActionDecided, ApprovalResolved))
+        stage = ExecutorStage(await until_done(build_executor, "executor: opening the ledger"), publisher)
+        await handle_each(stream, publisher, stage.execute, accept=(ActionDecided, ApprovalResolved), on_failure=stage.on_failure)
 
     return app
