@@ -24,7 +24,7 @@ from keyturn.executor.plugins import PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor, ExecutorStage
 from keyturn.faults import until_done
-from keyturn.masking.protect import parameter_opener
+from keyturn.masking.protect import keyring_for, parameter_opener
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
         await asyncio.to_thread(results.warm)
         await registry.start()
         ledger = ExecutionLedger(pool, f"{socket.gethostname()}:{os.getpid()}")
-        return Executor(ledger, registry, parameter_opener(settings), publisher.encode, results, timeout_s=settings.executor_timeout_s)
+        return Executor(ledger, registry, parameter_opener(keyring_for(settings.seal_keys, settings.keys_dir)), publisher.encode, results, timeout_s=settings.executor_timeout_s)
 
     @app.agent(consume(app, topics.decided, topics.resolved))
     async def execute_orders(stream):

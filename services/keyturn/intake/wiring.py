@@ -24,7 +24,7 @@ from keyturn.intake.consumers import Verifier, consume_submissions, republish_ou
 from keyturn.intake.status import StatusFollower
 from keyturn.intake.store import DDL, ActionStore, StoredAction
 from keyturn.intake.submissions import Intake, IntakeStore
-from keyturn.masking.protect import parameter_protector
+from keyturn.masking.protect import keyring_for, parameter_protector
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
 
     publisher = Publisher(send, topics, "intake")
     store = ActionStore(pool)
-    intake = Intake(store, publisher, parameter_protector(settings))
+    intake = Intake(store, publisher, parameter_protector(keyring_for(settings.seal_keys, settings.keys_dir)))
     follower = StatusFollower(store, publisher)
     verifier = verifier_from_settings(settings.jwks_url or None, settings.jwks_path or None, settings.keys_dir,
                                       settings.jwt_issuer, settings.jwt_audience)
