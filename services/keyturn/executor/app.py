@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
@@ -29,12 +30,40 @@ from keyturn.masking.protect import keyring_for, parameter_opener
 log = logging.getLogger(__name__)
 
 
+def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], None] | None = None) -> PluginRegistry:
+    """The shipped plugins, configured from ``settings``.
+
+    ``credential_observer`` sees every credential minted (tests use it to prove that none
+    leaks); production passes nothing.
+    """
+    from keyturn.executor.plugins.http import HttpPlugin, parse_connect_to
+    from keyturn.executor.plugins.sql import SqlPlugin
+
+    return PluginRegistry({
+        "sql.query": SqlPlugin(
+            settings.sql_target_url or settings.database_url,
+            statement_timeout_s=settings.sql_statement_timeout_s,
+            max_result_rows=settings.executor_max_result_rows,
+            credential_observer=credential_observer,
+        ),
+        "http.request": HttpPlugin.with_key_in(
+            settings.keys_dir,
+            allowed_hosts=frozenset(h.strip() for h in settings.http_allowed_hosts.split(",") if h.strip()),
+            connect_to=parse_connect_to(settings.http_connect_to),
+            ca_file=settings.http_ca_file,
+            timeout_s=settings.http_timeout_s,
+            credential_observer=credential_observer,
+        ),
+    })
+
+
 def create_app(settings: Settings, plugins: PluginRegistry | None = None):
-    """The executor's faust app; ``plugins`` defaults to the shipped ones configured from ``settings``."""
+    """The executor's composition root: its faust app, with everything it uses built here from
+    ``settings``; ``plugins`` defaults to the shipped ones (``shipped_plugins``)."""
     app = make_app(settings, "executor")
     topics = Topics.from_settings(settings)
     publisher = faust_publisher(app, settings, "executor")
-    registry = plugins or PluginRegistry.from_settings(settings)
+    registry = plugins or shipped_plugins(settings)
 
     async def build_executor() -> Executor:
         pool = await open_pool(settings, DDL)
