@@ -14,14 +14,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from keyturn.audit.keys import load_signer
 from keyturn.metrics import serve_metrics
+from keyturn.audit.stream import read_audit_tail
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
 from keyturn.bus.topics import Topics
 from keyturn.bus.loop import FaustSource, Stage, run
 from keyturn.bus.worker import consume, faust_publisher, make_app
 from keyturn.config import Settings
+from keyturn.core.audit_chain import CheckpointSigner
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
 
 log = logging.getLogger(__name__)
@@ -33,17 +36,25 @@ def checkpoint_key_path(settings: Settings) -> Path:
     return settings.keys_dir / "audit-checkpoint.pem"
 
 
+def audit_writer(settings: Settings, signer: CheckpointSigner, **options: Any) -> AuditWriter:
+    """The writer of ``<ns>.audit``; every audit worker of a namespace shares its transactional
+    id, so a new one fences the old. ``options`` as for ``AuditWriter``."""
+    return AuditWriter(settings.kafka_bootstrap, Topics.from_settings(settings).audit, f"{settings.namespace}-audit-chain",
+                       lambda records: read_audit_tail(settings, records), signer, **options)
+
+
 def create_app(settings: Settings):
+    """The audit service's composition root: everything it uses is built here from ``settings``."""
     app = make_app(settings, "audit")
     topics = Topics.from_settings(settings)
     publisher = faust_publisher(app, settings, "audit")
     auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
-    writer = AuditWriter(settings, load_signer(checkpoint_key_path(settings)))
+    writer = audit_writer(settings, load_signer(checkpoint_key_path(settings)))
 
-    async def chain(events: list[tuple[object, object]]) -> None:
+    async def chain(events: list[tuple[Any, Any]]) -> None:
         """One batch, in arrival order, as one transaction of the one chain."""
         try:
-            await writer.record([(event, message.topic) for event, message in events])  # type: ignore[attr-defined]
+            await writer.record([(event, message.topic) for event, message in events])
         except AuditWriterStopped as error:
             # Exit before faust commits these events' offsets: the next worker reads them again.
             log.critical("audit worker stopping: %s", error)
