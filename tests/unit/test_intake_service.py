@@ -4,6 +4,9 @@ consumption loop, and /healthz naming what is down."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import datetime
 import functools
 
 import pytest
@@ -12,7 +15,7 @@ from fastapi.testclient import TestClient
 from keyturn.bus import loop
 from keyturn.bus.codec import registry
 from keyturn.bus.loop import run
-from keyturn.core.events import ActionRequested, DeadLetter, SubmissionChannel, canonical_json
+from keyturn.core.events import ActionExecuted, ActionRequested, DeadLetter, ExecutionOutcome, SubmissionChannel, canonical_json
 from keyturn.core.principal import Principal
 from keyturn.faults import until_done
 from keyturn.identity import InvalidToken
@@ -24,7 +27,7 @@ from keyturn.intake.wiring import IntakeWiring
 from keyturn.masking.protect import parameter_protector
 from keyturn.masking.sealing import open_sealed
 from tests.fakes.service_ports import FakeActionStore, ListSource, Record, fake_publisher
-from tests.unit.service_events import KEYRING, REPORTER
+from tests.unit.service_events import KEYRING, REPORTER, allowed
 
 SECRET = "hunter2-Pa55w0rd!"
 
@@ -159,3 +162,25 @@ def test_healthz_reports_the_database_and_the_producer() -> None:
         answer = client.get("/healthz")
         assert answer.status_code == 503 and answer.json()["producer"] == "down: ConnectionError: no broker answers"
         assert answer.json()["database"] == "ok"
+
+
+async def test_the_status_follower_records_a_batch_and_wakes_a_waiting_requester() -> None:
+    intake, store, send = intake_with()
+    stored, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    follower = StatusFollower(store, intake.publisher)
+    decided = dataclasses.replace(allowed(stored.action_id), action_id=stored.action_id)
+    executed = ActionExecuted(event_id=f"executed:{stored.action_id}", action_id=stored.action_id, outcome=ExecutionOutcome.SUCCEEDED,
+                              plugin="noop", payload_digest=decided.request.payload_digest,
+                              finished_at=decided.decided_at + datetime.timedelta(seconds=1))
+    waiting = asyncio.create_task(follower.wait_terminal(stored.action_id, 5))
+    batch = [Record("unit.actions.executed", 0, 0, stored.action_id.encode(), registry().encode_event(executed)),
+             Record("unit.actions.decided", 0, 0, stored.action_id.encode(), b"garbage: not the intake's to dead-letter"),
+             Record("unit.actions.decided", 1, 0, stored.action_id.encode(), registry().encode_event(decided))]
+    source = ListSource([batch])
+    await run(source, follower.stage)
+    await asyncio.wait_for(waiting, 1)
+    row = store.rows[stored.action_id]
+    assert row.state.value == "succeeded"
+    assert [h["event"] for h in row.history] == ["ActionRequested", "ActionDecided", "ActionExecuted"]
+    assert source.committed == [batch]
+    assert send.events("unit.dlq") == []
