@@ -1,4 +1,5 @@
-"""The Kafka side every faust worker shares: the app, decoding with dead-lettering, publishing.
+"""The Kafka side every faust worker shares: the app, publishing, and the consumption loop
+(``bus.loop``) over a faust stream.
 
 A service's ``app.py`` reads top to bottom: which topics it consumes (``consume``), what it
 publishes (``Publisher``), and one call into its own logic per event.
