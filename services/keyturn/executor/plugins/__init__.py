@@ -7,7 +7,6 @@ in ``executor.app.shipped_plugins`` (the longest matching prefix wins).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown, Plugin
 from keyturn.executor.plugins.noop import NoopPlugin
