@@ -50,10 +50,12 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
 
     install_log_masking()  # before anything logs: every line of every service is masked
     from keyturn.bus.topics import ensure_topics
+    from keyturn.faults import until_done
 
     # the one place topics are created: every service may be first up, and a topic must exist
-    # (with its retention and partitions) before anyone consumes or produces it
-    asyncio.run(ensure_topics(settings))
+    # (with its retention and partitions) before anyone consumes or produces it. A broker that is
+    # away (restarting) when a service starts is waited for, like any transient fault.
+    asyncio.run(until_done(lambda: ensure_topics(settings), f"{service}: creating topics"))
     for chatty in ("httpx", "httpcore"):  # one INFO line per outgoing request (chat APIs, webhooks, tokens)
         logging.getLogger(chatty).setLevel(logging.WARNING)
     if service == "intake":
