@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -52,23 +53,22 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     from keyturn.bus.topics import ensure_topics
     from keyturn.faults import until_done
 
+    for chatty in ("httpx", "httpcore"):  # one INFO line per outgoing request (chat APIs, webhooks, tokens)
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # the slow imports first, so the broker found ready below is still there when the service starts
+    module = importlib.import_module(f"keyturn.{service}.app")
     # the one place topics are created: every service may be first up, and a topic must exist
     # (with its retention and partitions) before anyone consumes or produces it. A broker that is
     # away (restarting) when a service starts is waited for, like any transient fault.
     asyncio.run(until_done(lambda: ensure_topics(settings), f"{service}: creating topics"))
-    for chatty in ("httpx", "httpcore"):  # one INFO line per outgoing request (chat APIs, webhooks, tokens)
-        logging.getLogger(chatty).setLevel(logging.WARNING)
     if service == "intake":
         import uvicorn
 
-        from keyturn.intake.app import create_app
-
-        uvicorn.run(create_app(settings), host=settings.intake_host, port=settings.intake_port, log_level=settings.log_level.lower())
+        uvicorn.run(module.create_app(settings), host=settings.intake_host, port=settings.intake_port,
+                    log_level=settings.log_level.lower())
         return
     import faust
-    import importlib
 
-    module = importlib.import_module(f"keyturn.{service}.app")
     worker = faust.Worker(module.create_app(settings), loglevel=settings.log_level, logfile=None)
     worker.execute_from_commandline()
 
