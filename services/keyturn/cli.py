@@ -67,10 +67,33 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
         uvicorn.run(module.create_app(settings), host=settings.intake_host, port=settings.intake_port,
                     log_level=settings.log_level.lower())
         return
+    _run_worker(module.create_app(settings), settings.log_level, service)
+
+
+def _run_worker(stream_app: object, log_level: str, service: str) -> None:
+    """Run a stream worker; one that could not start because a server was away starts over.
+
+    The worker framework exits when the broker does not answer while it starts (a broker
+    restarting just then); like any transient fault that is waited out: the process runs again
+    (``exec``: the same process id, so whoever supervises it sees one process).
+    """
+    import time
+
     import faust
 
-    worker = faust.Worker(module.create_app(settings), loglevel=settings.log_level, logfile=None)
-    worker.execute_from_commandline()
+    from keyturn.faults import is_transient
+
+    worker = faust.Worker(stream_app, loglevel=log_level, logfile=None)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        starting = getattr(worker, "_starting_fut", None)  # the framework keeps its start's outcome there
+        failure = starting.exception() if starting is not None and starting.done() and not starting.cancelled() else None
+        if failure is None or not is_transient(failure):
+            raise
+        logging.getLogger(__name__).warning("%s could not start (%s: %s); starting again", service, type(failure).__name__, failure)
+        time.sleep(2)
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 @token_app.command("issue")
