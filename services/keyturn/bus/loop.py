@@ -180,7 +180,9 @@ class FaustSource:
     """A faust stream in batches of up to ``batch`` (or what arrived within ``within_s``).
 
     faust acknowledges a batch's events when the loop asks for the next batch, that is after
-    ``run`` handled it, so ``handled`` has nothing to commit.
+    ``run`` handled it, so ``handled`` has nothing to commit. It acknowledges them too when the
+    loop ends with an error (its generator's ``finally``), so nothing may raise out of a faust
+    stage: per-event failures are dead-lettered, and the audit exits its process instead.
     """
 
     def __init__(self, stream: Any, *, batch: int = 64, within_s: float = 0.005) -> None:
