@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -51,25 +52,49 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
 
     install_log_masking()  # before anything logs: every line of every service is masked
     from keyturn.bus.topics import ensure_topics
+    from keyturn.faults import until_done
 
-    # the one place topics are created: every service may be first up, and a topic must exist
-    # (with its retention and partitions) before anyone consumes or produces it
-    asyncio.run(ensure_topics(settings))
     for chatty in ("httpx", "httpcore"):  # one INFO line per outgoing request (chat APIs, webhooks, tokens)
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    # the slow imports first, so the broker found ready below is still there when the service starts
+    module = importlib.import_module(f"keyturn.{service}.app")
+    # the one place topics are created: every service may be first up, and a topic must exist
+    # (with its retention and partitions) before anyone consumes or produces it. A broker that is
+    # away (restarting) when a service starts is waited for, like any transient fault.
+    asyncio.run(until_done(lambda: ensure_topics(settings), f"{service}: creating topics"))
     if service == "intake":
         import uvicorn
 
-        from keyturn.intake.app import create_app
-
-        uvicorn.run(create_app(settings), host=settings.intake_host, port=settings.intake_port, log_level=settings.log_level.lower())
+        uvicorn.run(module.create_app(settings), host=settings.intake_host, port=settings.intake_port,
+                    log_level=settings.log_level.lower())
         return
-    import faust
-    import importlib
+    _run_worker(module.create_app(settings), settings.log_level, service)
 
-    module = importlib.import_module(f"keyturn.{service}.app")
-    worker = faust.Worker(module.create_app(settings), loglevel=settings.log_level, logfile=None)
-    worker.execute_from_commandline()
+
+def _run_worker(stream_app: object, log_level: str, service: str) -> None:
+    """Run a stream worker; one that could not start because a server was away starts over.
+
+    The worker framework exits when the broker does not answer while it starts (a broker
+    restarting just then); like any transient fault that is waited out: the process runs again
+    (``exec``: the same process id, so whoever supervises it sees one process).
+    """
+    import time
+
+    import faust
+
+    from keyturn.faults import is_transient
+
+    worker = faust.Worker(stream_app, loglevel=log_level, logfile=None)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        starting = getattr(worker, "_starting_fut", None)  # the framework keeps its start's outcome there
+        failure = starting.exception() if starting is not None and starting.done() and not starting.cancelled() else None
+        if failure is None or not is_transient(failure):
+            raise
+        logging.getLogger(__name__).warning("%s could not start (%s: %s); starting again", service, type(failure).__name__, failure)
+        time.sleep(2)
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 @token_app.command("issue")

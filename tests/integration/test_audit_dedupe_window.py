@@ -8,10 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from keyturn.audit.app import checkpoint_key_path
+from keyturn.audit.app import audit_writer, checkpoint_key_path
 from keyturn.audit.keys import load_signer
 from keyturn.audit.stream import read_audit_log, read_audit_tail
-from keyturn.audit.writer import AuditWriter
 from keyturn.bus.topics import Topics, ensure_topics
 from tests.integration.conftest import keyturn_cli
 from tests.unit.audit_history import History
@@ -31,14 +30,14 @@ def test_a_restarted_writer_drops_redeliveries_in_its_window_and_keeps_its_memor
 
     async def scenario() -> tuple[int, int, list]:
         signer = load_signer(checkpoint_key_path(settings))
-        first = AuditWriter(settings, signer, dedupe_window=WINDOW)
+        first = audit_writer(settings, signer, dedupe_window=WINDOW)
         await first.start()
         for start in range(0, 400, 50):
             await first.record(events[start : start + 50])
         remembered_before = first.remembered_event_ids
         await first.close()
 
-        second = AuditWriter(settings, signer, dedupe_window=WINDOW)
+        second = audit_writer(settings, signer, dedupe_window=WINDOW)
         await second.start()
         # The last two batches come again (their offsets were never committed), then new ones.
         written = 0

@@ -186,7 +186,7 @@ def https_peer(settings: Settings, tmp_path_factory) -> HttpsPeer:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
     server = ThreadingHTTPServer(("127.0.0.1", 0), None)
-    peer = HttpsPeer(server.server_address[1], ca_file, executor_key_directory(settings) / JWKS_FILE)
+    peer = HttpsPeer(server.server_address[1], ca_file, executor_key_directory(settings.keys_dir) / JWKS_FILE)
     server.RequestHandlerClass = _peer_handler(peer)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -271,8 +271,7 @@ if __name__ == "__main__":  # the executor, with an observer of minted credentia
     import faust
 
     from keyturn.bus.topics import ensure_topics
-    from keyturn.executor.app import create_app
-    from keyturn.executor.plugins import PluginRegistry
+    from keyturn.executor.app import create_app, shipped_plugins
 
     witness_path = Path(sys.argv[1])
 
@@ -282,5 +281,5 @@ if __name__ == "__main__":  # the executor, with an observer of minted credentia
 
     run_settings = Settings.from_env()
     asyncio.run(ensure_topics(run_settings))
-    app = create_app(run_settings, PluginRegistry.from_settings(run_settings, credential_observer=observe))
+    app = create_app(run_settings, shipped_plugins(run_settings, credential_observer=observe))
     faust.Worker(app, loglevel=run_settings.log_level, logfile=None).execute_from_commandline()

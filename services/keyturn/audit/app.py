@@ -14,13 +14,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from keyturn.audit.keys import load_signer
 from keyturn.metrics import serve_metrics
+from keyturn.audit.stream import read_audit_tail
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
 from keyturn.bus.topics import Topics
-from keyturn.bus.worker import consume, decoded_events, faust_publisher, make_app
+from keyturn.bus.loop import FaustSource, Stage, run
+from keyturn.bus.worker import consume, faust_publisher, make_app
 from keyturn.config import Settings
+from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
 
 log = logging.getLogger(__name__)
@@ -32,25 +36,35 @@ def checkpoint_key_path(settings: Settings) -> Path:
     return settings.keys_dir / "audit-checkpoint.pem"
 
 
+def audit_writer(settings: Settings, signer: CheckpointSigner, **options: Any) -> AuditWriter:
+    """The writer of ``<ns>.audit``; every audit worker of a namespace shares its transactional
+    id, so a new one fences the old. ``options`` as for ``AuditWriter``."""
+    return AuditWriter(settings.kafka_bootstrap, Topics.from_settings(settings).audit, f"{settings.namespace}-audit-chain",
+                       lambda records: read_audit_tail(settings, records), signer, **options)
+
+
 def create_app(settings: Settings):
+    """The audit service's composition root: everything it uses is built here from ``settings``."""
     app = make_app(settings, "audit")
     topics = Topics.from_settings(settings)
     publisher = faust_publisher(app, settings, "audit")
     auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
-    writer = AuditWriter(settings, load_signer(checkpoint_key_path(settings)))
+    writer = audit_writer(settings, load_signer(checkpoint_key_path(settings)))
+
+    async def chain(events: list[tuple[Any, Any]]) -> None:
+        """One batch, in arrival order, as one transaction of the one chain."""
+        try:
+            await writer.record([(event, message.topic) for event, message in events])
+        except AuditWriterStopped as error:
+            # Exit before faust commits these events' offsets: the next worker reads them again.
+            log.critical("audit worker stopping: %s", error)
+            os._exit(70)
 
     @app.agent(consume(app, *topics.audited), concurrency=1)
     async def chain_events(stream):
         await writer.start()
         serve_metrics("audit", settings.audit_metrics_port)
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            events = [(event, message.topic) async for event, message in decoded_events(_Batch(batch), publisher, accept=auditable)]
-            try:
-                await writer.record(events)
-            except AuditWriterStopped as error:
-                # Exit before faust commits these events' offsets: the next worker reads them again.
-                log.critical("audit worker stopping: %s", error)
-                os._exit(70)
+        await run(FaustSource(stream, batch=BATCH_MAX, within_s=BATCH_WITHIN_S), Stage(publisher, auditable, handle_batch=chain))
 
     @app.on_before_shutdown.connect
     async def sign_final_checkpoint(sender, **kwargs) -> None:
@@ -58,13 +72,3 @@ def create_app(settings: Settings):
 
     return app
 
-
-class _Batch:
-    """A batch taken from the stream, readable by ``decoded_events`` like a stream."""
-
-    def __init__(self, events) -> None:
-        self._events = events
-
-    async def events(self):
-        for event in self._events:
-            yield event

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,10 +27,8 @@ from aiokafka import AIOKafkaProducer
 
 from keyturn.audit import metrics
 from keyturn.audit.records import actor_of, audit_payload, flags_of, occurred_at
-from keyturn.audit.stream import read_audit_tail
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
-from keyturn.config import Settings
 from keyturn.core.audit.chain import AuditChain
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.audit.dedupe import RecentEventIds
@@ -50,24 +48,26 @@ class AuditWriterStopped(RuntimeError):
     """The writer cannot append: it was closed, fenced by a newer writer, or a commit failed."""
 
 
-def transactional_id(settings: Settings) -> str:
-    """The id every audit worker of a namespace shares, so a new one fences the old."""
-    return f"{settings.namespace}-audit-chain"
-
-
 class AuditWriter:
     """Turns source events into chained records and commits them to the audit topic."""
 
     def __init__(
         self,
-        settings: Settings,
+        kafka_bootstrap: str,
+        audit_topic: str,
+        transactional_id: str,
+        read_tail: Callable[[int], Awaitable[list[AuditRecord]]],
         signer: CheckpointSigner,
         *,
         checkpoint_every: int = CHECKPOINT_EVERY,
         dedupe_window: int = DEDUPE_WINDOW,
     ) -> None:
-        self._settings = settings
-        self._topic = Topics.from_settings(settings).audit
+        """``transactional_id`` is shared by every audit worker of a namespace, so a new one
+        fences the old; ``read_tail(n)`` returns the last ``n`` records of ``audit_topic``."""
+        self._kafka_bootstrap = kafka_bootstrap
+        self._transactional_id = transactional_id
+        self._read_tail = read_tail
+        self._topic = audit_topic
         self._seen = RecentEventIds(dedupe_window)
         self._chain = AuditChain(signer, checkpoint_every=checkpoint_every, seen=self._seen, audit_topic=self._topic)
         self._producer: AIOKafkaProducer | None = None
@@ -86,13 +86,13 @@ class AuditWriter:
     async def start(self) -> None:
         """Fence older writers, resume from the topic, and sign a checkpoint marking the restart."""
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            transactional_id=transactional_id(self._settings),
+            bootstrap_servers=self._kafka_bootstrap,
+            transactional_id=self._transactional_id,
             enable_idempotence=True,
             acks="all",
         )
         await self._producer.start()  # InitProducerId: older writers are fenced from here on
-        tail = await read_audit_tail(self._settings, self._seen.limit)
+        tail = await self._read_tail(self._seen.limit)
         if tail:
             self._chain.resume(tail[-1], seen_event_ids=(r.event_id for r in tail))
         self._in_step_with_topic = True

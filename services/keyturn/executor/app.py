@@ -13,29 +13,57 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ApprovalResolved
-from keyturn.core.execution import order_from
 from keyturn.db import open_pool
 from keyturn.executor.ledger import DDL, ExecutionLedger
 from keyturn.executor.plugins import PluginRegistry
 from keyturn.executor.results import ResultShaper
-from keyturn.executor.runner import Executor
+from keyturn.executor.runner import Executor, ExecutorStage
 from keyturn.faults import until_done
-from keyturn.masking.protect import parameter_opener
+from keyturn.masking.protect import keyring_for, parameter_opener
 
 log = logging.getLogger(__name__)
 
 
+def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], None] | None = None) -> PluginRegistry:
+    """The shipped plugins, configured from ``settings``.
+
+    ``credential_observer`` sees every credential minted (tests use it to prove that none
+    leaks); production passes nothing.
+    """
+    from keyturn.executor.plugins.http import HttpPlugin, parse_connect_to
+    from keyturn.executor.plugins.sql import SqlPlugin
+
+    return PluginRegistry({
+        "sql.query": SqlPlugin(
+            settings.sql_target_url or settings.database_url,
+            statement_timeout_s=settings.sql_statement_timeout_s,
+            max_result_rows=settings.executor_max_result_rows,
+            credential_observer=credential_observer,
+        ),
+        "http.request": HttpPlugin.with_key_in(
+            settings.keys_dir,
+            allowed_hosts=frozenset(h.strip() for h in settings.http_allowed_hosts.split(",") if h.strip()),
+            connect_to=parse_connect_to(settings.http_connect_to),
+            ca_file=settings.http_ca_file,
+            timeout_s=settings.http_timeout_s,
+            credential_observer=credential_observer,
+        ),
+    })
+
+
 def create_app(settings: Settings, plugins: PluginRegistry | None = None):
-    """The executor's faust app; ``plugins`` defaults to the shipped ones configured from ``settings``."""
+    """The executor's composition root: its faust app, with everything it uses built here from
+    ``settings``; ``plugins`` defaults to the shipped ones (``shipped_plugins``)."""
     app = make_app(settings, "executor")
     topics = Topics.from_settings(settings)
     publisher = faust_publisher(app, settings, "executor")
-    registry = plugins or PluginRegistry.from_settings(settings)
+    registry = plugins or shipped_plugins(settings)
 
     async def build_executor() -> Executor:
         pool = await open_pool(settings, DDL)
@@ -43,20 +71,11 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
         await asyncio.to_thread(results.warm)
         await registry.start()
         ledger = ExecutionLedger(pool, f"{socket.gethostname()}:{os.getpid()}")
-        return Executor(ledger, registry, parameter_opener(settings), publisher.encode, results, timeout_s=settings.executor_timeout_s)
+        return Executor(ledger, registry, parameter_opener(keyring_for(settings.seal_keys, settings.keys_dir)), publisher.encode, results, timeout_s=settings.executor_timeout_s)
 
     @app.agent(consume(app, topics.decided, topics.resolved))
     async def execute_orders(stream):
-        executor = await until_done(build_executor, "executor: opening the ledger")
-
-        async def execute(event: ActionDecided | ApprovalResolved, _message) -> None:
-            order = order_from(event)
-            if order is None:
-                return
-            outcome, encoded = await executor.execute(order)
-            log.info("executed %s: %s", order.action_id, outcome.value)
-            await publisher.publish_encoded(topics.executed, order.action_id, encoded)
-
-        await handle_each(stream, publisher, execute, accept=(ActionDecided, ApprovalResolved))
+        stage = ExecutorStage(await until_done(build_executor, "executor: opening the ledger"), publisher)
+        await handle_each(stream, publisher, stage.execute, accept=(ActionDecided, ApprovalResolved), on_failure=stage.on_failure)
 
     return app

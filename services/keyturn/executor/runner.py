@@ -19,12 +19,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from keyturn.core.canonical import canonical_json
-from keyturn.core.events import ActionExecuted, ExecutionOutcome
-from keyturn.core.execution import ExecutionOrder, refusal_reason
-from keyturn.executor.ledger import ExecutionLedger, LedgerEntry
+from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome
+from keyturn.core.execution import ExecutionOrder, order_from, refusal_reason
+from keyturn.executor.ledger import LedgerEntry
 from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, Plugin, PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.faults import until_done
@@ -32,10 +32,23 @@ from keyturn.faults import until_done
 log = logging.getLogger(__name__)
 
 
+class Ledger(Protocol):
+    """The execution ledger (``executor.ledger.ExecutionLedger``): a start is committed at most
+    once per action, ever; the first outcome recorded stays."""
+
+    executor: str
+
+    async def start(self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = "") -> LedgerEntry | None: ...
+
+    async def finish(self, action_id: str, outcome: str, executed_event: bytes, at: datetime) -> bool: ...
+
+    async def get(self, action_id: str) -> LedgerEntry | None: ...
+
+
 class Executor:
     def __init__(
         self,
-        ledger: ExecutionLedger,
+        ledger: Ledger,
         plugins: PluginRegistry,
         open_parameters: Callable[[Any], dict[str, Any]],
         encode: Callable[[ActionExecuted], bytes],
@@ -65,6 +78,33 @@ class Executor:
             executed = await self._interrupted(order, plugin, earlier)
         else:
             executed = await self._run(order, plugin, now)
+        return await self._finish(order, executed)
+
+    async def end_failed(self, order: ExecutionOrder, exc: Exception) -> tuple[ExecutionOutcome, bytes]:
+        """End an order whose handling failed (the executor's own fault, not the plugin's), never running it.
+
+        A start this call commits means nothing ran: ``failed``. A start found unfinished may be
+        the failed attempt's own, after which the plugin may have run: ``outcome_unknown``
+        (at most once: the action is not run again). A finished one keeps its recorded outcome.
+        """
+        now = datetime.now(timezone.utc)
+        try:
+            plugin = self.plugins.plugin_for(order.decision.request.action).name
+        except Exception:
+            plugin = "none"
+        earlier = await self.ledger.start(order.action_id, now, payload_digest=str(order.payload_digest), plugin=plugin)
+        if earlier is not None and earlier.finished:
+            return ExecutionOutcome(earlier.outcome), earlier.executed_event
+        fault = f"the executor failed on this order ({type(exc).__name__}: {exc})"
+        if earlier is None:
+            executed = self._executed(order, plugin, ExecutionOutcome.FAILED, now, error=f"executor_error: {fault}; it was not run")
+        else:
+            executed = self._executed(order, earlier.plugin or plugin, ExecutionOutcome.OUTCOME_UNKNOWN, earlier.started_at,
+                                      error=f"executor_error: {fault} after it started at {earlier.started_at.isoformat()}; "
+                                            "it may have had effects and is not run again: check the target before asking again")
+        return await self._finish(order, executed)
+
+    async def _finish(self, order: ExecutionOrder, executed: ActionExecuted) -> tuple[ExecutionOutcome, bytes]:
         encoded = self.encode(executed)
         finished_at = datetime.now(timezone.utc)
         # the plugin has run: its outcome is kept until the ledger takes it (never "unknown" for a database restart)
@@ -143,3 +183,28 @@ class Executor:
             error=error,
             executor=self.ledger.executor,
         )
+
+
+class ExecutorStage:
+    """``execute`` per cleared order (the loop's handler) and ``on_failure`` (its terminal event)."""
+
+    def __init__(self, executor: Executor, publisher: Any) -> None:
+        self.executor = executor
+        self.publisher = publisher
+
+    async def execute(self, event: ActionDecided | ApprovalResolved, _message: Any = None) -> None:
+        order = order_from(event)
+        if order is None:
+            return
+        outcome, encoded = await self.executor.execute(order)
+        log.info("executed %s: %s", order.action_id, outcome.value)
+        await self.publisher.publish_encoded(self.publisher.topics.executed, order.action_id, encoded)
+
+    async def on_failure(self, event: ActionDecided | ApprovalResolved, _message: Any, exc: Exception) -> None:
+        """End a cleared order ``failed`` (nothing ran) or ``outcome_unknown`` (it may have); others are not ours to end."""
+        order = order_from(event)
+        if order is None:
+            return
+        outcome, encoded = await self.executor.end_failed(order, exc)
+        log.warning("ended %s %s after the executor failed on it", order.action_id, outcome.value)
+        await self.publisher.publish_encoded(self.publisher.topics.executed, order.action_id, encoded)

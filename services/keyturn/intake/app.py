@@ -11,33 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from keyturn.bus.codec import UndecodableMessage, registry
+from keyturn.bus.codec import UndecodableMessage
 from keyturn.bus.http import BoundedRequests, header, masked_http_error
-from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
-from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
 from keyturn.core.principal import Principal
-from keyturn.db import open_pool
-from keyturn.faults import supervised, until_done
-from keyturn.identity import InvalidToken, bearer_token, load_or_create_signing_key, verifier_from_settings
-from keyturn.intake.status import StatusFollower
-from keyturn.intake.store import DDL, ActionStore, StoreUnavailable
-from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, Intake, submission_from_record
-from keyturn.masking.protect import parameter_protector
+from keyturn.identity import InvalidToken, bearer_token
+from keyturn.intake.consumers import REJECTED
+from keyturn.intake.store import StoreUnavailable
+from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict
+from keyturn.intake.wiring import IntakeWiring, bootstrap, start_background
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +43,6 @@ class Problem(BaseModel):
     detail: str
     problems: list[str]
 
-REJECTED = Counter("keyturn_intake_rejected_total", "Submissions refused at intake", ["channel", "reason"])
 RETRY_AFTER_S = 2
 UNAVAILABLE = {
     "model": Problem,
@@ -58,44 +51,30 @@ UNAVAILABLE = {
 }
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class _Wired:
+    """The wiring once the lifespan built it (routes run only after that)."""
+
+    parts: IntakeWiring
+
+
+def create_app(settings: Settings | None = None, *, wire: Callable[[], Awaitable[IntakeWiring]] | None = None) -> FastAPI:
+    """The intake's HTTP app; ``wire`` builds its parts (default: ``wiring.bootstrap`` from ``settings``)."""
     settings = settings or Settings.from_env()
-    topics = Topics.from_settings(settings)
-    state: dict[str, Any] = {}
+    build = wire or (lambda: bootstrap(settings))
+    wired = _Wired()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        pool = await open_pool(settings, DDL)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
-        await producer.start()
-
-        async def send(topic: str, key: bytes, value: bytes) -> None:
-            await producer.send_and_wait(topic, value, key=key)
-
-        publisher = Publisher(send, topics, "intake")
-        store = ActionStore(pool)
-        intake = Intake(store, publisher, parameter_protector(settings))
-        follower = StatusFollower(settings, store)
-        state.update(store=store, intake=intake, publisher=publisher, follower=follower,
-                     verifier=verifier_from_settings(settings.jwks_url or None, settings.jwks_path or None, settings.keys_dir, settings.jwt_issuer, settings.jwt_audience), jwks=load_or_create_signing_key(settings.keys_dir).jwks())
-        tasks = [
-            asyncio.create_task(follower.run(), name="status"),
-            asyncio.create_task(supervised("submissions consumer", lambda: _consume_submissions(settings, topics, intake, publisher, state["verifier"])), name="submissions"),
-            asyncio.create_task(supervised("outbox sweep", lambda: _republish_outbox(intake, store)), name="outbox"),
-            asyncio.create_task(supervised("published marks", store.keep_marking), name="marks"),
-        ]
+        wired.parts = await build()
+        tasks = start_background(wired.parts)
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            try:
-                await store.flush_marks(patience_s=2.0)
-            except Exception as exc:  # harmless: the next intake's sweep republishes them under the same event ids
-                log.warning("published marks not recorded at shutdown: %s", exc)
-            await producer.stop()
-            await pool.close()
+            if wired.parts.close is not None:
+                await wired.parts.close()
 
     app = FastAPI(
         title="Keyturn intake",
@@ -106,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def authenticate(authorization: str | None) -> Principal:
         try:
-            return state["verifier"].verify(bearer_token(authorization))
+            return wired.parts.verifier.verify(bearer_token(authorization))
         except InvalidToken as exc:
             REJECTED.labels("http", f"token_{exc.code}").inc()
             if exc.code == "jwks_unavailable":
@@ -126,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         problems = [masked_line(p) for p in problems[:MAX_PROBLEMS]]
         REJECTED.labels("http", error).inc()
         body = await request.body()
-        await state["publisher"].dead_letter(
+        await wired.parts.publisher.dead_letter(
             source_topic=f"http:{request.method} {request.url.path}", partition=-1, offset=-1, key=None, payload=body,
             error=UndecodableMessage(error, f"{request.method} {request.url.path} refused {len(body)} bytes from {principal.id}"),
             principal=principal.id, problems=tuple(problems), excerpt=True,
@@ -137,10 +116,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """A body or headers over the bounds: recorded (size and digest) for a verified caller only."""
         REJECTED.labels("http", f"http_{status}").inc()
         try:
-            principal = state["verifier"].verify(bearer_token(header(scope, "authorization")))
+            principal = wired.parts.verifier.verify(bearer_token(header(scope, "authorization")))
         except InvalidToken:
             return
-        await state["publisher"].dead_letter(
+        await wired.parts.publisher.dead_letter(
             source_topic=f"http:{scope.get('method')} {scope.get('path')}", partition=-1, offset=-1, key=None, payload=received,
             error=UndecodableMessage("body_too_large" if status == 413 else "headers_too_large", "; ".join(problems)),
             principal=principal.id, problems=tuple(problems),
@@ -173,7 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Submit an action; 202 with its id, or 200 with the existing id for a repeated idempotency key."""
         principal = authenticate(authorization)
         try:
-            stored, created = await state["intake"].submit(principal, submission, SubmissionChannel.HTTP)
+            stored, created = await wired.parts.intake.submit(principal, submission, SubmissionChannel.HTTP)
         except IdempotencyConflict as exc:
             REJECTED.labels("http", "idempotency_conflict").inc()
             raise HTTPException(409, detail=str(exc)) from exc
@@ -182,7 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"action_id": stored.action_id, "state": stored.state.value}
 
     async def visible_action(action_id: str, principal: Principal) -> Any:
-        stored = await state["store"].get(action_id)
+        stored = await wired.parts.store.get(action_id)
         # the requester and everyone it acts for may read it; others learn nothing, not even that it exists
         if stored is None or not (principal.everyone & set(stored.principals)):
             raise HTTPException(404, detail=f"no action {action_id} visible to {principal.id}")
@@ -199,18 +178,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         principal = authenticate(authorization)
         stored = await visible_action(action_id, principal)
         if not stored.state.is_terminal:
-            await state["follower"].wait_terminal(action_id, timeout)
+            await wired.parts.follower.wait_terminal(action_id, timeout)
             stored = await visible_action(action_id, principal)
         return stored.view()
 
     @app.get("/.well-known/jwks.json")
     async def jwks() -> dict[str, Any]:
         """Public keys of the local development token issuer."""
-        return state["jwks"]
+        return wired.parts.jwks
 
-    @app.get("/healthz")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", responses={503: {"description": "The database or the producer is not answering"}})
+    async def health(response: Response) -> dict[str, Any]:
+        """ok when the database and the producer answer; 503 naming what does not."""
+        checks = wired.parts.health
+        results = await asyncio.gather(*(check() for check in checks.values()), return_exceptions=True)
+        report = {name: "ok" if result is None else f"down: {type(result).__name__}: {result}".rstrip(": ")
+                  for name, result in zip(checks, results)}
+        if any(value != "ok" for value in report.values()):
+            response.status_code = 503
+            return {"status": "unavailable", **report}
+        return {"status": "ok", **report}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -218,89 +205,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     return app
 
-
-async def _consume_submissions(settings: Settings, topics: Topics, intake: Intake, publisher: Publisher, verifier: Any) -> None:
-    """Agents that publish instead of calling HTTP: same checks; failures go to the DLQ.
-
-    A submission carries its parameters in clear (the agent's own channel in, like an HTTP
-    body). Once accepted (masked, sealed, stored) or dead-lettered, and committed, it is deleted
-    from the topic, so the clear copy lives only until the intake has taken it.
-    """
-    consumer = AIOKafkaConsumer(
-        topics.submissions, bootstrap_servers=settings.kafka_bootstrap, group_id=f"{settings.namespace}-intake-submissions",
-        enable_auto_commit=False, auto_offset_reset="earliest",
-    )
-    taken: dict[TopicPartition, int] = {}
-    forgetting = asyncio.create_task(supervised("forgetting taken submissions", lambda: _forget_taken(settings, taken)))
-    try:
-        await consumer.start()
-        async for message in consumer:
-            await _accept_submission(message, intake, publisher, verifier)
-            await consumer.commit()
-            taken[TopicPartition(message.topic, message.partition)] = message.offset + 1
-    finally:
-        forgetting.cancel()
-        await asyncio.gather(forgetting, return_exceptions=True)
-        await consumer.stop()
-
-
-async def _forget_taken(settings: Settings, taken: dict[TopicPartition, int], every_s: float = 2.0) -> None:
-    """Delete committed submissions from the topic (the broker's DeleteRecords), every ``every_s``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    forgotten: dict[TopicPartition, int] = {}
-    try:
-        while True:
-            await asyncio.sleep(every_s)
-            due = {tp: offset for tp, offset in list(taken.items()) if forgotten.get(tp) != offset}
-            if due:
-                await admin.delete_records({tp: RecordsToDelete(before_offset=offset) for tp, offset in due.items()})
-                forgotten.update(due)
-    finally:
-        await admin.close()
-
-
-async def _accept_submission(message: Any, intake: Intake, publisher: Publisher, verifier: Any) -> None:
-    """Accept one submission or dead-letter it; a database outage is waited out, never dead-lettered.
-
-    The message stays on the submissions topic (partition and offset point at it); the dead
-    letter holds no byte of it, and names the sender only when its token was verified.
-    """
-    principal: Principal | None = None
-    try:
-        principal = verifier.verify(bearer_token(dict(message.headers).get("authorization", b"").decode() or None))
-        name, record = registry().decode(message.value)
-        if name != "ActionSubmitted":
-            raise UndecodableMessage("unexpected_type", f"{name} does not belong on {message.topic}")
-        submission = submission_from_record(record)
-        await until_done(lambda: intake.submit(principal, submission, SubmissionChannel.TOPIC),
-                         f"intake: accepting submission {message.topic}:{message.partition}:{message.offset}")
-    except Exception as exc:  # every refusal is recorded, whatever its cause
-        error = exc if isinstance(exc, UndecodableMessage) else UndecodableMessage(_error_type(exc), str(exc))
-        REJECTED.labels("topic", error.error_type).inc()
-        await publisher.dead_letter(
-            source_topic=message.topic, partition=message.partition, offset=message.offset,
-            key=message.key, payload=message.value or b"", error=error,
-            principal=principal.id if principal else None, problems=tuple(getattr(exc, "problems", ())),
-        )
-
-
-def _error_type(exc: Exception) -> str:
-    if isinstance(exc, InvalidToken):
-        return f"token_{exc.code}"
-    if isinstance(exc, IdempotencyConflict):
-        return "idempotency_conflict"
-    return "invalid_submission"
-
-
-async def _republish_outbox(intake: Intake, store: ActionStore, every_s: float = 5.0) -> None:
-    """Publish accepted requests a crash left unpublished (the outbox sweep)."""
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            for stored in await store.unpublished():
-                await intake.publish_stored(stored)
-        except StoreUnavailable as exc:
-            log.warning("outbox sweep waits for the database; next try in %ss: %s", every_s, exc)
-        except Exception:
-            log.exception("outbox sweep failed; retrying in %ss", every_s)

@@ -7,19 +7,24 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
-
-from aiokafka import AIOKafkaConsumer
+from typing import Any, Protocol
 
 from keyturn.bus.codec import UndecodableMessage, registry
-from keyturn.bus.topics import Topics
-from keyturn.config import Settings
+from keyturn.bus.loop import KafkaSource, Stage, run
+from keyturn.bus.publisher import Publisher
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved
-from keyturn.faults import supervised, until_done
-from keyturn.intake.store import ActionStore, LifecycleChange
+from keyturn.intake.store import LifecycleChange, StoredAction
 
 log = logging.getLogger(__name__)
 LIFECYCLE_EVENTS = (ActionDecided, ApprovalResolved, ActionExecuted)
+
+
+class StatusStore(Protocol):
+    """What the follower needs of the intake's store."""
+
+    async def apply_many(self, changes: Iterable[LifecycleChange], patience_s: float | None = None) -> Any: ...
+
+    async def get(self, action_id: str) -> StoredAction | None: ...
 
 
 def history_entry(event: Any) -> tuple[dict[str, Any], list[str] | None, Any]:
@@ -43,6 +48,12 @@ def history_entry(event: Any) -> tuple[dict[str, Any], list[str] | None, Any]:
     return entry, reasons, result
 
 
+def change_of(event: Any) -> LifecycleChange:
+    """What one lifecycle event changes in the status table."""
+    entry, reasons, result = history_entry(event)
+    return LifecycleChange(event.action_id, event, entry, reasons, result)
+
+
 def changes(values: Iterable[bytes]) -> list[LifecycleChange]:
     """What a batch of lifecycle messages changes in the status table."""
     found = []
@@ -53,49 +64,33 @@ def changes(values: Iterable[bytes]) -> list[LifecycleChange]:
             continue  # the owning service dead-letters bad input on its own topic; status only reads
         if not isinstance(event, LIFECYCLE_EVENTS):
             continue  # likewise; recording it would fail the whole batch on every retry
-        entry, reasons, result = history_entry(event)
-        found.append(LifecycleChange(event.action_id, event, entry, reasons, result))
+        found.append(change_of(event))
     return found
 
 
 class StatusFollower:
     """Applies lifecycle events to the intake's status table and wakes waiting requesters."""
 
-    def __init__(self, settings: Settings, store: ActionStore) -> None:
-        self.settings = settings
+    def __init__(self, store: StatusStore, publisher: Publisher) -> None:
         self.store = store
         self._changed = asyncio.Condition()
+        # the intake owns none of the lifecycle topics: the loop skips what it cannot read
+        # (``Topics.dead_letter_owner``) and their owners dead-letter it
+        self.stage = Stage(publisher, LIFECYCLE_EVENTS, handle_batch=self._record)
 
-    async def run(self) -> None:
-        """Follow the lifecycle topics until cancelled, whatever fails on the way."""
-        await supervised("status follower", self._follow)
+    async def follow(self, consumer: Any) -> None:
+        """Follow the lifecycle topics through a started consumer (auto-commit off) until cancelled.
 
-    async def _follow(self) -> None:
-        topics = Topics.from_settings(self.settings)
-        consumer = AIOKafkaConsumer(
-            topics.decided, topics.resolved, topics.executed,
-            bootstrap_servers=self.settings.kafka_bootstrap, group_id=f"{self.settings.namespace}-intake-status",
-            enable_auto_commit=False, auto_offset_reset="earliest",
-        )
-        try:
-            await consumer.start()
-            while True:
-                batch = await consumer.getmany(timeout_ms=1000, max_records=500)
-                if not batch:
-                    continue
-                await self._record(changes(message.value for messages in batch.values() for message in messages))
-                # only now: offsets committed before the batch was recorded would skip it after a restart
-                await consumer.commit()
-                async with self._changed:
-                    self._changed.notify_all()
-        finally:
-            await consumer.stop()
+        The consumption loop commits a batch only once it is recorded: offsets committed before
+        would skip it after a restart.
+        """
+        await run(KafkaSource(consumer, max_records=500, wait_ms=1000), self.stage)
 
-    async def _record(self, batch: list[LifecycleChange]) -> None:
-        """Record the batch, waiting out a database outage however long it lasts."""
-        await until_done(lambda: self.store.apply_many(batch, patience_s=5.0),
-                         f"intake: recording the status of {len(batch)} lifecycle events")
-
+    async def _record(self, batch: list[tuple[Any, Any]]) -> None:
+        """Record the batch in one statement (a database outage is waited out by the loop)."""
+        await self.store.apply_many([change_of(event) for event, _ in batch], patience_s=5.0)
+        async with self._changed:
+            self._changed.notify_all()
     async def wait_terminal(self, action_id: str, timeout: float) -> None:
         """Return when the action is terminal or ``timeout`` seconds passed."""
         async def terminal() -> None:

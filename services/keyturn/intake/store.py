@@ -170,6 +170,14 @@ class ActionStore:
                 await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 2, 0.5)
 
+    async def ping(self, patience_s: float = 1.0) -> None:
+        """Return once the database answers; ``StoreUnavailable`` after ``patience_s``."""
+        async def select(timeout: float) -> None:
+            async with self.pool.connection(timeout) as conn:
+                await conn.execute("SELECT 1")
+
+        await self._retrying(select, patience_s)
+
     async def insert_requested(
         self, *, action_id: str, requester: str, principals: list[str], idempotency_key: str | None,
         payload_digest: str, action: str, resource: str, requested_event: bytes, at: datetime,

@@ -12,7 +12,7 @@ import logging
 import re
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -22,7 +22,7 @@ from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionRequested, SubmissionChannel, payload_digest
 from keyturn.core.principal import Principal
 from keyturn.faults import is_transient
-from keyturn.intake.store import ActionStore, StoredAction
+from keyturn.intake.store import StoredAction
 from keyturn.masking.protect import mask_text
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,21 @@ def action_id_for(principal: Principal, idempotency_key: str | None) -> str:
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{principal.id}\n{idempotency_key}"))
 
 
+class IntakeStore(Protocol):
+    """The store ``Intake`` writes to: one row per action id, the first insert wins."""
+
+    async def insert_requested(
+        self, *, action_id: str, requester: str, principals: list[str], idempotency_key: str | None,
+        payload_digest: str, action: str, resource: str, requested_event: bytes, at: datetime,
+    ) -> tuple[StoredAction, bool]: ...
+
+    async def mark_published(self, action_id: str) -> None: ...
+
+
 class Intake:
     """Turns verified submissions into published ``ActionRequested`` events, exactly once per id."""
 
-    def __init__(self, store: ActionStore, publisher: Publisher, protect: Any, *, publish_patience_s: float = 5.0) -> None:
+    def __init__(self, store: IntakeStore, publisher: Publisher, protect: Any, *, publish_patience_s: float = 5.0) -> None:
         self.store = store
         self.publisher = publisher
         self.protect = protect  # masks and seals parameters (keyturn.masking)

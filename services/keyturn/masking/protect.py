@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from pathlib import Path
 from typing import Any
 
-from keyturn.config import Settings
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionRequested, Digest, SealedParameters
 from keyturn.masking.sealing import Keyring, SealError, open_sealed, seal_parameters
@@ -20,11 +20,12 @@ class ParametersUnavailable(SealError):
     """The executor cannot get clear parameters it may trust; the action must not run."""
 
 
-def keyring_for(settings: Settings) -> Keyring:
-    """KEYTURN_SEAL_KEYS when set (production), else a local key file created on first run."""
-    if settings.seal_keys:
-        return Keyring.parse(settings.seal_keys)
-    return Keyring.load_or_create(settings.keys_dir / "seal.keys")
+def keyring_for(seal_keys: str, keys_dir: Path) -> Keyring:
+    """The configured keys (KEYTURN_SEAL_KEYS, production) when given, else a local key file
+    in ``keys_dir`` created on first run."""
+    if seal_keys:
+        return Keyring.parse(seal_keys)
+    return Keyring.load_or_create(keys_dir / "seal.keys")
 
 
 @cache
@@ -65,9 +66,8 @@ def masked_excerpt(body: bytes, *, chars: int, read_at_most: int) -> str | None:
     return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
-def parameter_protector(settings: Settings):
+def parameter_protector(keyring: Keyring):
     """(parameters, action_id, payload_digest) → (masked canonical JSON, sealed clear copy)."""
-    keyring = keyring_for(settings)
     _masker()  # build at start-up, not on the first request
 
     def protect(parameters: dict[str, Any], *, action_id: str, payload_digest: Digest) -> tuple[str, SealedParameters]:
@@ -78,11 +78,10 @@ def parameter_protector(settings: Settings):
     return protect
 
 
-def parameter_opener(settings: Settings):
+def parameter_opener(keyring: Keyring):
     """(request) → the clear parameters, opened from the sealed copy (a seal made for another
     action or digest does not open); that they hash to the approved digest is the executor's
     rule (``core.execution.refusal_reason``), checked before anything runs."""
-    keyring = keyring_for(settings)
 
     def open_parameters(request: ActionRequested) -> dict[str, Any]:
         if request.sealed_parameters is None:

@@ -31,7 +31,6 @@ from typing import Any
 
 import httpx
 
-from keyturn.config import Settings
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.identity import SigningKey, issue_token, load_or_create_signing_key
 
@@ -46,9 +45,9 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_TEXT_CHARS = 64 * 1024
 
 
-def executor_key_directory(settings: Settings) -> Path:
-    """Where the executor keeps its signing key and publishes its JWKS."""
-    return settings.keys_dir / KEY_DIRECTORY
+def executor_key_directory(keys_dir: Path) -> Path:
+    """Where the executor keeps its signing key and publishes its JWKS, under the keys directory."""
+    return keys_dir / KEY_DIRECTORY
 
 
 def publish_jwks(directory: Path, key: SigningKey) -> Path:
@@ -97,18 +96,13 @@ class HttpPlugin:
         self.credential_observer = credential_observer
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, credential_observer: Callable[[str], None] | None = None) -> "HttpPlugin":
-        directory = executor_key_directory(settings)
+    def with_key_in(cls, keys_dir: Path, **options: Any) -> "HttpPlugin":
+        """A plugin signing with the executor's key under ``keys_dir`` (made on first run), whose
+        JWKS it publishes there for targets to verify; ``options`` as for the constructor."""
+        directory = executor_key_directory(keys_dir)
         key = load_or_create_signing_key(directory)
         publish_jwks(directory, key)
-        return cls(
-            key,
-            allowed_hosts=frozenset(h.strip() for h in settings.http_allowed_hosts.split(",") if h.strip()),
-            connect_to=parse_connect_to(settings.http_connect_to),
-            ca_file=settings.http_ca_file,
-            timeout_s=settings.http_timeout_s,
-            credential_observer=credential_observer,
-        )
+        return cls(key, **options)
 
     async def execute(self, command: Command) -> Any:
         url, method, headers, body = self._request_parts(command)

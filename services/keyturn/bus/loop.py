@@ -1,0 +1,224 @@
+"""The one consumption loop every service runs, whatever its transport.
+
+A *source* hands out batches of messages and commits a batch once told it was handled
+(``FaustSource`` for the stream workers, ``KafkaSource`` for the intake's plain consumers).
+A *stage* says what a service does with them. The loop, written once here, keeps every
+delivery guarantee:
+
+- **at least once**: a batch is committed only after every message of it was handled,
+  dead-lettered or (not its owner's) skipped; a crash before that redelivers the batch;
+- **per-key order**: messages of one key (one action) are handled one after another, in the
+  order they came; different keys of a batch run concurrently (their round trips overlap);
+  a stage that handles the whole batch at once (``handle_batch``) gets it in arrival order;
+- **a transient fault is waited out** (``keyturn.faults.until_done``): a database or broker
+  restart delays the batch, never skips it;
+- **undecodable input is dead-lettered once**, by its topic's owner
+  (``Topics.dead_letter_owner``); other readers skip it;
+- **a non-transient handler failure still ends the action**: the event is dead-lettered as
+  this service's record (``by_service``), then the stage's ``on_failure`` publishes the
+  terminal event its stage allows (docs/architecture.md, "When a handler fails").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from keyturn.bus.codec import UndecodableMessage, registry
+from keyturn.bus.publisher import Publisher
+from keyturn.faults import until_done
+
+log = logging.getLogger(__name__)
+
+
+class Message(Protocol):
+    """A consumed record, as both transports give it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class Source(Protocol):
+    def batches(self) -> AsyncIterator[Sequence[Message]]:
+        """Batches of messages, in partition order, for as long as the service runs."""
+        ...
+
+    async def handled(self, batch: Sequence[Message]) -> None:
+        """Called once every message of ``batch`` was dealt with: commit its offsets."""
+        ...
+
+
+class Refused(UndecodableMessage):
+    """Input a stage refuses, with what the dead letter may say about it (never its bytes)."""
+
+    def __init__(self, error_type: str, reason: str, *, principal: str | None = None, problems: Sequence[str] = ()) -> None:
+        super().__init__(error_type, reason)
+        self.principal = principal
+        self.problems = tuple(problems)
+
+
+Handler = Callable[[Any, Any], Awaitable[None]]
+BatchHandler = Callable[[list[tuple[Any, Any]]], Awaitable[None]]
+FailureHook = Callable[[Any, Any, Exception], Awaitable[None]]
+
+
+def decode_event(message: Message, accept: tuple[type, ...]) -> Any:
+    """The event a message holds; ``UndecodableMessage`` when it is not one of ``accept``."""
+    event = registry().decode_event(message.value)
+    if not isinstance(event, accept):
+        raise UndecodableMessage("unexpected_type", f"{type(event).__name__} does not belong on {message.topic}")
+    return event
+
+
+@dataclass
+class Stage:
+    """What one service does with what it consumes.
+
+    ``handle(event, message)`` per event (per-key order, keys concurrent), or
+    ``handle_batch([(event, message), ...])`` for the whole batch in arrival order (the audit
+    chain, the intake's status table). ``decode`` may raise ``UndecodableMessage`` (or
+    ``Refused``); the default decodes an event of an ``accept``ed type. ``on_failure`` runs
+    after a non-transient failure of ``handle`` was dead-lettered, to end the action.
+    """
+
+    publisher: Publisher
+    accept: tuple[type, ...] = ()
+    handle: Handler | None = None
+    handle_batch: BatchHandler | None = None
+    decode: Callable[[Message], Any] | None = None
+    on_failure: FailureHook | None = None
+
+    def __post_init__(self) -> None:
+        if (self.handle is None) == (self.handle_batch is None):
+            raise ValueError("a stage handles events one by one or in batches: give exactly one of handle, handle_batch")
+
+    @property
+    def service(self) -> str:
+        return self.publisher.service
+
+
+async def run(source: Source, stage: Stage) -> None:
+    """Consume ``source`` with ``stage`` until cancelled (see the module docstring)."""
+    async for batch in source.batches():
+        await handle_batch(batch, stage)
+        await source.handled(batch)
+
+
+async def handle_batch(batch: Sequence[Message], stage: Stage) -> None:
+    """Decode, dead-letter and handle one batch; returns once it may be committed."""
+    decoded: list[tuple[Any, Any]] = []
+    for message in batch:
+        event = await _decoded(message, stage)
+        if event is not None:
+            decoded.append((event, message))
+    if stage.handle_batch is not None:
+        if decoded:
+            handle = stage.handle_batch
+            await until_done(lambda: handle(decoded), f"{stage.service}: handling a batch of {len(decoded)}")
+        return
+    by_key: dict[Any, list[tuple[Any, Any]]] = {}
+    for event, message in decoded:
+        by_key.setdefault(message.key, []).append((event, message))
+    await asyncio.gather(*(_in_order(group, stage) for group in by_key.values()))
+
+
+async def _decoded(message: Message, stage: Stage) -> Any | None:
+    try:
+        return stage.decode(message) if stage.decode is not None else decode_event(message, stage.accept)
+    except UndecodableMessage as error:
+        if stage.publisher.topics.dead_letter_owner(message.topic) != stage.service:
+            log.warning("skipping undecodable %s:%s:%s (its owner dead-letters it): %s",
+                        message.topic, message.partition, message.offset, error.reason)
+            return None
+        await dead_letter(stage.publisher, message, error)
+        return None
+
+
+async def _in_order(events: list[tuple[Any, Any]], stage: Stage) -> None:
+    assert stage.handle is not None
+    handle = stage.handle
+    for event, message in events:
+        where = f"{message.topic}:{message.partition}:{message.offset}"
+        try:
+            await until_done(lambda: handle(event, message), f"{stage.service}: handling {where}")
+        except Refused as refused:  # the stage's own verdict on the input: its refusal, not a failure
+            await dead_letter(stage.publisher, message, refused)
+        except Exception as exc:
+            log.exception("%s could not handle %s", stage.service, where)
+            failure = UndecodableMessage("handler_failed", f"{stage.service} failed on it: {type(exc).__name__}: {exc}")
+            await dead_letter(stage.publisher, message, failure, by_service=True)
+            if stage.on_failure is not None:
+                await _end_action(stage.on_failure, event, message, exc, stage.service, where)
+
+
+async def _end_action(hook: FailureHook, event: Any, message: Any, exc: Exception, service: str, where: str) -> None:
+    """The stage's terminal event for a failed one; waits out transient faults, logs anything else."""
+    try:
+        await until_done(lambda: hook(event, message, exc), f"{service}: ending the action of {where}")
+    except Exception:
+        log.exception("%s could not end the action of %s after its failure; it stays dead-lettered", service, where)
+
+
+async def dead_letter(publisher: Publisher, message: Message, error: UndecodableMessage, *, by_service: bool = False) -> None:
+    """Quarantine ``message`` with ``error``'s reason, waiting out a broker outage."""
+    principal = error.principal if isinstance(error, Refused) else None
+    problems = error.problems if isinstance(error, Refused) else ()
+    await until_done(lambda: publisher.dead_letter(
+        source_topic=message.topic, partition=message.partition, offset=message.offset,
+        key=bytes(message.key) if message.key is not None else None, payload=bytes(message.value or b""),
+        error=error, by_service=by_service, principal=principal, problems=problems,
+    ), f"{publisher.service}: dead-lettering {message.topic}:{message.partition}:{message.offset}")
+
+
+class FaustSource:
+    """A faust stream in batches of up to ``batch`` (or what arrived within ``within_s``).
+
+    faust acknowledges a batch's events when the loop asks for the next batch, that is after
+    ``run`` handled it, so ``handled`` has nothing to commit. It acknowledges them too when the
+    loop ends with an error (its generator's ``finally``), so nothing may raise out of a faust
+    stage: per-event failures are dead-lettered, and the audit exits its process instead.
+    """
+
+    def __init__(self, stream: Any, *, batch: int = 64, within_s: float = 0.005) -> None:
+        self.stream = stream
+        self.batch = batch
+        self.within_s = within_s
+
+    async def batches(self) -> AsyncIterator[Sequence[Message]]:
+        async for events in self.stream.take_events(self.batch, self.within_s):
+            yield [event.message for event in events]
+
+    async def handled(self, batch: Sequence[Message]) -> None:
+        return None
+
+
+class KafkaSource:
+    """A started consumer (auto-commit off) in batches; commits each batch once handled.
+
+    ``after_commit`` gets the next offset per (topic, partition) that the commit covered.
+    """
+
+    def __init__(self, consumer: Any, *, max_records: int = 500, wait_ms: int = 1000,
+                 after_commit: Callable[[dict[tuple[str, int], int]], None] | None = None) -> None:
+        self.consumer = consumer
+        self.max_records = max_records
+        self.wait_ms = wait_ms
+        self.after_commit = after_commit
+
+    async def batches(self) -> AsyncIterator[Sequence[Message]]:
+        while True:
+            got = await self.consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
+            batch = [message for messages in got.values() for message in messages]
+            if batch:
+                yield batch
+
+    async def handled(self, batch: Sequence[Message]) -> None:
+        await self.consumer.commit()
+        if self.after_commit is not None:
+            self.after_commit({(m.topic, m.partition): m.offset + 1 for m in batch})

@@ -1,0 +1,139 @@
+"""The intake's background work: the submissions consumer and the outbox sweep.
+
+Agents that publish instead of calling HTTP get the same checks; what fails them is
+dead-lettered by the intake (the submissions topic's owner). A submission carries its
+parameters in clear (the agent's own channel in, like an HTTP body). Once accepted (masked,
+sealed, stored) or dead-lettered, and committed, it is deleted from the topic, so the clear
+copy lives only until the intake has taken it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from aiokafka import TopicPartition
+from aiokafka.admin import RecordsToDelete
+from prometheus_client import Counter
+
+from keyturn.bus.codec import UndecodableMessage, registry
+from keyturn.bus.loop import KafkaSource, Message, Refused, Stage, run
+from keyturn.bus.publisher import Publisher
+from keyturn.core.events import SubmissionChannel
+from keyturn.core.principal import Principal
+from keyturn.faults import is_transient
+from keyturn.identity import InvalidToken, bearer_token
+from keyturn.intake.store import StoredAction, StoreUnavailable
+from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, Intake, submission_from_record
+
+log = logging.getLogger(__name__)
+
+REJECTED = Counter("keyturn_intake_rejected_total", "Submissions refused at intake", ["channel", "reason"])
+
+
+class Verifier(Protocol):
+    def verify(self, token: str) -> Principal: ...
+
+
+def submissions_stage(intake: Intake, publisher: Publisher, verifier: Verifier) -> Stage:
+    """The intake's stage for ``<ns>.submissions``: verify, decode, validate, submit.
+
+    Every refusal is dead-lettered, whatever its cause; the dead letter holds no byte of the
+    message and names the sender only when its token was verified. A database outage is
+    waited out (the loop's rule), never dead-lettered.
+    """
+
+    def decode(message: Message) -> tuple[Principal, ActionSubmission]:
+        principal: Principal | None = None
+        try:
+            headers = dict(getattr(message, "headers", None) or ())
+            principal = verifier.verify(bearer_token(headers.get("authorization", b"").decode() or None))
+            name, record = registry().decode(message.value)
+            if name != "ActionSubmitted":
+                raise UndecodableMessage("unexpected_type", f"{name} does not belong on {message.topic}")
+            return principal, submission_from_record(record)
+        except Exception as exc:
+            raise _refused(exc, principal) from exc
+
+    async def handle(decoded: tuple[Principal, ActionSubmission], _message: Any) -> None:
+        principal, submission = decoded
+        try:
+            await intake.submit(principal, submission, SubmissionChannel.TOPIC)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            raise _refused(exc, principal) from exc
+
+    return Stage(publisher, handle=handle, decode=decode)
+
+
+def _refused(exc: Exception, principal: Principal | None) -> Refused:
+    error_type = exc.error_type if isinstance(exc, UndecodableMessage) else _error_type(exc)
+    REJECTED.labels("topic", error_type).inc()
+    return Refused(error_type, exc.reason if isinstance(exc, UndecodableMessage) else str(exc),
+                   principal=principal.id if principal else None, problems=tuple(getattr(exc, "problems", ())))
+
+
+def _error_type(exc: Exception) -> str:
+    if isinstance(exc, InvalidToken):
+        return f"token_{exc.code}"
+    if isinstance(exc, IdempotencyConflict):
+        return "idempotency_conflict"
+    return "invalid_submission"
+
+
+async def consume_submissions(consumer: Any, admin: Any, stage: Stage, *, forget_every_s: float = 2.0) -> None:
+    """Run ``stage`` over a started submissions consumer; committed submissions are deleted
+    from the topic (the broker's DeleteRecords through ``admin``) every ``forget_every_s``."""
+    taken: dict[TopicPartition, int] = {}
+
+    def remember(committed: dict[tuple[str, int], int]) -> None:
+        taken.update({TopicPartition(topic, partition): offset for (topic, partition), offset in committed.items()})
+
+    forgetting = asyncio.create_task(_forget_taken(admin, taken, forget_every_s))
+    try:
+        await run(KafkaSource(consumer, max_records=100, wait_ms=500, after_commit=remember), stage)
+    finally:
+        forgetting.cancel()
+        await asyncio.gather(forgetting, return_exceptions=True)
+
+
+async def _forget_taken(admin: Any, taken: dict[TopicPartition, int], every_s: float) -> None:
+    forgotten: dict[TopicPartition, int] = {}
+    while True:
+        await asyncio.sleep(every_s)
+        due = {tp: offset for tp, offset in list(taken.items()) if forgotten.get(tp) != offset}
+        if not due:
+            continue
+        try:
+            await admin.delete_records({tp: RecordsToDelete(before_offset=offset) for tp, offset in due.items()})
+        except Exception as exc:  # retried on the next round; the records are committed, only their deletion waits
+            log.warning("deleting taken submissions failed, trying again in %ss: %s", every_s, exc)
+            continue
+        forgotten.update(due)
+
+
+class Outbox(Protocol):
+    async def unpublished(self, older_than_s: float = 10.0, limit: int = 500) -> list[StoredAction]: ...
+
+
+async def republish_outbox(intake: Intake, store: Outbox, every_s: float = 5.0) -> None:
+    """Publish accepted requests a crash left unpublished (the outbox sweep)."""
+    while True:
+        await asyncio.sleep(every_s)
+        await sweep_outbox(intake, store)
+
+
+async def sweep_outbox(intake: Intake, store: Outbox) -> int:
+    """One sweep; how many were published. Waits for the next sweep on any failure."""
+    published = 0
+    try:
+        for stored in await store.unpublished():
+            await intake.publish_stored(stored)
+            published += 1
+    except StoreUnavailable as exc:
+        log.warning("outbox sweep waits for the database: %s", exc)
+    except Exception:
+        log.exception("outbox sweep failed; retrying at the next sweep")
+    return published

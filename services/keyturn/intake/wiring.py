@@ -1,0 +1,125 @@
+"""The intake's composition root: every adapter built from ``Settings``, once, in one place.
+
+Nothing below this module reads ``Settings``; tests build an ``IntakeWiring`` from fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from keyturn.bus.publisher import Publisher
+from keyturn.bus.topics import Topics
+from keyturn.config import Settings
+from keyturn.db import open_pool
+from keyturn.faults import supervised
+from keyturn.identity import load_or_create_signing_key, verifier_from_settings
+from keyturn.intake.consumers import Verifier, consume_submissions, republish_outbox, submissions_stage
+from keyturn.intake.status import StatusFollower
+from keyturn.intake.store import DDL, ActionStore, StoredAction
+from keyturn.intake.submissions import Intake, IntakeStore
+from keyturn.masking.protect import keyring_for, parameter_protector
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], Awaitable[None]]
+"""Returns when a dependency answers; raises (with the reason) when it does not."""
+
+
+class IntakeStorePort(IntakeStore, Protocol):
+    """All the routes and background work need of the intake's store."""
+
+    async def get(self, action_id: str) -> StoredAction | None: ...
+
+
+@dataclass
+class IntakeWiring:
+    """The intake's parts, as the routes and the background work use them."""
+
+    store: IntakeStorePort
+    intake: Intake
+    publisher: Publisher
+    follower: StatusFollower
+    verifier: Verifier
+    jwks: dict[str, Any]
+    health: dict[str, Check] = field(default_factory=dict)
+    background: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    close: Callable[[], Awaitable[None]] | None = None
+
+
+async def bootstrap(settings: Settings) -> IntakeWiring:
+    """Open the database and the producer and wire the intake's parts from ``settings``."""
+    topics = Topics.from_settings(settings)
+    pool = await open_pool(settings, DDL)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        await producer.send_and_wait(topic, value, key=key)
+
+    publisher = Publisher(send, topics, "intake")
+    store = ActionStore(pool)
+    intake = Intake(store, publisher, parameter_protector(keyring_for(settings.seal_keys, settings.keys_dir)))
+    follower = StatusFollower(store, publisher)
+    verifier = verifier_from_settings(settings.jwks_url or None, settings.jwks_path or None, settings.keys_dir,
+                                      settings.jwt_issuer, settings.jwt_audience)
+
+    async def follow_status() -> None:
+        consumer = AIOKafkaConsumer(
+            topics.decided, topics.resolved, topics.executed, bootstrap_servers=settings.kafka_bootstrap,
+            group_id=f"{settings.namespace}-intake-status", enable_auto_commit=False, auto_offset_reset="earliest",
+        )
+        try:
+            await consumer.start()
+            await follower.follow(consumer)
+        finally:
+            await consumer.stop()
+
+    async def take_submissions() -> None:
+        consumer = AIOKafkaConsumer(
+            topics.submissions, bootstrap_servers=settings.kafka_bootstrap, group_id=f"{settings.namespace}-intake-submissions",
+            enable_auto_commit=False, auto_offset_reset="earliest",
+        )
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        try:
+            await admin.start()
+            await consumer.start()
+            await consume_submissions(consumer, admin, submissions_stage(intake, publisher, verifier))
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    async def producer_answers() -> None:
+        await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
+
+    async def close() -> None:
+        try:
+            await store.flush_marks(patience_s=2.0)
+        except Exception as exc:  # harmless: the next intake's sweep republishes them under the same event ids
+            log.warning("published marks not recorded at shutdown: %s", exc)
+        await producer.stop()
+        await pool.close()
+
+    return IntakeWiring(
+        store=store, intake=intake, publisher=publisher, follower=follower, verifier=verifier,
+        jwks=load_or_create_signing_key(settings.keys_dir).jwks(),
+        health={"database": store.ping, "producer": producer_answers},
+        background={
+            "status follower": follow_status,
+            "submissions consumer": take_submissions,
+            "outbox sweep": lambda: republish_outbox(intake, store),
+            "published marks": store.keep_marking,
+        },
+        close=close,
+    )
+
+
+def start_background(wiring: IntakeWiring) -> list[asyncio.Task[None]]:
+    """Each background loop, restarted whenever it fails (``faults.supervised``)."""
+    return [asyncio.create_task(supervised(name, work), name=name) for name, work in wiring.background.items()]

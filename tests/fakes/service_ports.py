@@ -1,0 +1,190 @@
+"""In-memory stand-ins for the service layer's ports, keeping the real ones' guarantees.
+
+- ``FakeActionStore``: one row per action id, the first insert wins (as the primary key and
+  ``UNIQUE (requester, idempotency_key)`` make it); ``down`` makes it answer like a database
+  that is away (``StoreUnavailable``).
+- ``FakeLedger``: a start is committed at most once per action, ever; the first outcome stays.
+- ``FakeDecisions``: the policy's one decision per action; the first kept stands.
+- ``FakeSend``: a broker. A record counts once it is acknowledged; ``down`` raises the
+  transient error a broker outage raises, so nothing is acknowledged while it is down.
+- ``FakeOpa``: answers from a function of the input, or raises ``PolicyUnavailable`` while down.
+- ``ListSource``: a consumption source over fixed batches, recording each commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiokafka.errors import KafkaConnectionError
+
+from keyturn.bus.codec import registry
+from keyturn.bus.publisher import Publisher
+from keyturn.bus.topics import Topics
+from keyturn.core.lifecycle import ActionState
+from keyturn.executor.ledger import LedgerEntry
+from keyturn.intake.store import LifecycleChange, StatusRow, StoredAction, StoreUnavailable
+from keyturn.policy.opa import OpaAnswer, PolicyUnavailable
+
+
+class FakeActionStore:
+    def __init__(self) -> None:
+        self.rows: dict[str, StoredAction] = {}
+        self.keys: dict[tuple[str, str], str] = {}  # (requester, idempotency key) -> action id, unique
+        self.down = False
+
+    def _answer(self) -> None:
+        if self.down:
+            raise StoreUnavailable("database unavailable: the fake is down")
+
+    async def ping(self, patience_s: float = 1.0) -> None:
+        self._answer()
+
+    async def insert_requested(self, *, action_id: str, requester: str, principals: list[str], idempotency_key: str | None,
+                               payload_digest: str, action: str, resource: str, requested_event: bytes,
+                               at: datetime) -> tuple[StoredAction, bool]:
+        self._answer()
+        earlier = self.keys.get((requester, idempotency_key)) if idempotency_key is not None else None
+        if action_id in self.rows or earlier is not None:
+            return self.rows[action_id if action_id in self.rows else earlier], False  # type: ignore[index]
+        if idempotency_key is not None:
+            self.keys[(requester, idempotency_key)] = action_id
+        history = [{"state": ActionState.REQUESTED.value, "at": at.isoformat(), "event": "ActionRequested"}]
+        self.rows[action_id] = StoredAction(action_id, requester, principals, payload_digest, action, resource,
+                                            ActionState.REQUESTED, [], None, history, requested_event, False)
+        return self.rows[action_id], True
+
+    async def mark_published(self, action_id: str) -> None:
+        self.rows[action_id] = dataclasses.replace(self.rows[action_id], published=True)
+
+    async def unpublished(self, older_than_s: float = 10.0, limit: int = 500) -> list[StoredAction]:
+        self._answer()
+        return [r for r in self.rows.values() if not r.published][:limit]
+
+    async def get(self, action_id: str) -> StoredAction | None:
+        self._answer()
+        return self.rows.get(action_id)
+
+    async def apply_many(self, changes: Any, patience_s: float | None = None) -> dict[str, ActionState]:
+        self._answer()
+        folded: dict[str, StatusRow] = {}
+        for change in changes:
+            stored = self.rows.get(change.action_id)
+            if stored is None:
+                continue
+            row = folded.setdefault(change.action_id, StatusRow(stored.state, list(stored.history)))
+            row.fold(change)
+        for action_id, row in folded.items():
+            stored = self.rows[action_id]
+            self.rows[action_id] = dataclasses.replace(
+                stored, state=row.state, history=row.history,
+                reasons=row.reasons if row.reasons is not None else stored.reasons,
+                result=row.result if row.result is not None else stored.result)
+        return {action_id: row.state for action_id, row in folded.items()}
+
+
+class FakeLedger:
+    def __init__(self, executor: str = "fake-executor") -> None:
+        self.executor = executor
+        self.entries: dict[str, LedgerEntry] = {}
+
+    async def start(self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = "") -> LedgerEntry | None:
+        if action_id in self.entries:
+            return self.entries[action_id]
+        self.entries[action_id] = LedgerEntry(action_id, self.executor, at, None, None, None, payload_digest, plugin)
+        return None
+
+    async def finish(self, action_id: str, outcome: str, executed_event: bytes, at: datetime) -> bool:
+        entry = self.entries[action_id]
+        if entry.finished_at is not None:
+            return False
+        self.entries[action_id] = dataclasses.replace(entry, finished_at=at, outcome=outcome, executed_event=executed_event)
+        return True
+
+    async def get(self, action_id: str) -> LedgerEntry | None:
+        return self.entries.get(action_id)
+
+
+class FakeDecisions:
+    def __init__(self) -> None:
+        self.kept: dict[str, bytes] = {}
+
+    async def earlier(self, action_id: str) -> bytes | None:
+        return self.kept.get(action_id)
+
+    async def keep(self, action_id: str, decided_event: bytes) -> bytes:
+        return self.kept.setdefault(action_id, decided_event)
+
+
+@dataclass
+class FakeSend:
+    """Acknowledged records, in order: (topic, key, value)."""
+
+    acked: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    down: bool = False
+
+    async def __call__(self, topic: str, key: bytes, value: bytes) -> None:
+        if self.down:
+            raise KafkaConnectionError("the fake broker is down")
+        self.acked.append((topic, key, value))
+
+    def events(self, topic: str) -> list[Any]:
+        return [registry().decode_event(value) for t, _, value in self.acked if t == topic]
+
+
+def fake_publisher(service: str, send: FakeSend | None = None, namespace: str = "unit") -> tuple[Publisher, FakeSend]:
+    send = send or FakeSend()
+    return Publisher(send, Topics(namespace, 4), service), send
+
+
+class FakeOpa:
+    def __init__(self, answer: Callable[[dict[str, Any]], Any], revision: str = "sha256:fake") -> None:
+        self.answer = answer
+        self.revision = revision
+        self.down = False
+        self.queries = 0
+
+    async def query(self, path: str, input_document: dict[str, Any]) -> OpaAnswer:
+        self.queries += 1
+        if self.down:
+            raise PolicyUnavailable("the fake OPA is down")
+        return OpaAnswer(self.answer(input_document), f"decision-{self.queries}")
+
+    async def policy_revision(self) -> str:
+        if self.down:
+            raise PolicyUnavailable("the fake OPA is down")
+        return self.revision
+
+
+@dataclass
+class Record:
+    """A consumed record as both transports give it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+@dataclass
+class ListSource:
+    """Hands out fixed batches; ``committed`` lists the batches committed, in order."""
+
+    batches_to_give: list[list[Record]]
+    committed: list[list[Record]] = field(default_factory=list)
+
+    async def batches(self):
+        for batch in self.batches_to_give:
+            yield batch
+
+    async def handled(self, batch: Sequence[Record]) -> None:
+        self.committed.append(list(batch))
+
+
+__all__ = ["FakeActionStore", "FakeDecisions", "FakeLedger", "FakeOpa", "FakeSend", "ListSource", "Record",
+           "LifecycleChange", "fake_publisher"]

@@ -1,0 +1,158 @@
+"""The executor with a fake ledger, plugins and broker: at most once, refusals before anything
+runs, a timeout ends outcome_unknown, an interrupted run is never run again, and an order the
+executor itself fails on still ends (failed, or outcome_unknown once it may have started)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+from datetime import datetime, timezone
+
+from keyturn.bus import loop
+from keyturn.bus.codec import registry
+from keyturn.bus.loop import Stage, run
+from keyturn.core.events import ActionDecided, ApprovalResolved, DeadLetter, DecisionOutcome, ExecutionOutcome
+from keyturn.core.execution import ExecutionOrder
+from keyturn.executor.plugins import Command, PluginRegistry
+from keyturn.executor.results import ResultShaper
+from keyturn.executor.runner import Executor, ExecutorStage
+from keyturn.faults import until_done
+from keyturn.masking.protect import parameter_opener
+from tests.fakes.service_ports import FakeLedger, ListSource, Record, fake_publisher
+from tests.unit.service_events import KEYRING, PARAMETERS, allowed
+
+
+class PlainText:
+    """Stands in for the masker (tested on its own): text and results pass unchanged."""
+
+    def mask_text(self, text: str):
+        return text, []
+
+    def mask(self, parameters, fields):
+        return type("Masked", (), {"parameters": parameters})()
+
+
+class Recording:
+    name = "recording"
+
+    def __init__(self, *, hang: bool = False) -> None:
+        self.runs: list[Command] = []
+        self.hang = hang
+        self.abandoned: list[str] = []
+
+    async def execute(self, command: Command):
+        self.runs.append(command)
+        if self.hang:
+            await asyncio.sleep(10)
+        return {"rows": 1}
+
+    async def abandon(self, command: Command):
+        self.abandoned.append(command.action_id)
+        return {"revoked": True}
+
+
+def executor_with(plugin: Recording, ledger: FakeLedger | None = None, *, timeout_s: float = 5.0) -> tuple[Executor, FakeLedger]:
+    ledger = ledger or FakeLedger()
+    publisher, _ = fake_publisher("executor")
+    shaper = ResultShaper(100, masker=PlainText())
+    return Executor(ledger, PluginRegistry({"read": plugin}), parameter_opener(KEYRING), publisher.encode, shaper,
+                    timeout_s=timeout_s), ledger
+
+
+def decoded(encoded: bytes):
+    return registry().decode_event(encoded)
+
+
+async def test_an_allowed_order_runs_once_and_a_redelivery_republishes_its_outcome() -> None:
+    plugin = Recording()
+    executor, ledger = executor_with(plugin)
+    order = ExecutionOrder(allowed("a1"))
+    first = await executor.execute(order)
+    again = await executor.execute(order)
+    assert first[0] is ExecutionOutcome.SUCCEEDED
+    assert again == first
+    assert [c.parameters for c in plugin.runs] == [PARAMETERS]  # the clear parameters, opened from the seal
+    assert ledger.entries["a1"].outcome == "succeeded"
+
+
+async def test_parameters_that_do_not_match_the_approved_digest_are_refused_before_anything_runs() -> None:
+    plugin = Recording()
+    executor, _ = executor_with(plugin)
+    decision = allowed("a1")
+    other = allowed("a1", parameters={"statement": "DROP TABLE orders"})
+    tampered = dataclasses.replace(decision, request=dataclasses.replace(decision.request, sealed_parameters=other.request.sealed_parameters))
+    outcome, encoded = await executor.execute(ExecutionOrder(tampered))
+    assert outcome is ExecutionOutcome.FAILED
+    assert decoded(encoded).error.startswith("refused before execution")
+    assert plugin.runs == []
+
+
+async def test_a_plugin_past_its_time_limit_ends_outcome_unknown() -> None:
+    plugin = Recording(hang=True)
+    executor, _ = executor_with(plugin, timeout_s=0.01)
+    outcome, encoded = await executor.execute(ExecutionOrder(allowed("a1")))
+    assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
+    assert "did not finish within" in decoded(encoded).error
+
+
+async def test_an_order_started_by_an_executor_that_died_is_never_run_again() -> None:
+    plugin = Recording()
+    ledger = FakeLedger()
+    await ledger.start("a1", datetime(2026, 12, 4, 8, 0, tzinfo=timezone.utc), plugin="recording")  # then it crashed
+    executor, _ = executor_with(plugin, ledger)
+    outcome, encoded = await executor.execute(ExecutionOrder(allowed("a1")))
+    assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
+    assert plugin.runs == [] and plugin.abandoned == ["a1"]
+    assert "never finished" in decoded(encoded).error
+
+
+async def test_an_order_the_executor_fails_on_before_starting_ends_failed_and_never_runs(monkeypatch) -> None:
+    monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
+    plugin = Recording()
+    executor, ledger = executor_with(plugin)
+    publisher, send = fake_publisher("executor")
+    stage = ExecutorStage(executor, publisher)
+
+    async def fails_before_the_ledger(order):
+        raise RuntimeError("a bug before the start")
+
+    monkeypatch.setattr(executor, "execute", fails_before_the_ledger)
+    decision = allowed("a1")
+    source = ListSource([[Record("unit.actions.decided", 0, 3, b"a1", registry().encode_event(decision))]])
+    await run(source, Stage(publisher, (ActionDecided, ApprovalResolved), handle=stage.execute, on_failure=stage.on_failure))
+    [executed] = send.events("unit.actions.executed")
+    assert executed.outcome is ExecutionOutcome.FAILED and "executor_error" in executed.error
+    assert [e.error_type for e in send.events("unit.dlq") if isinstance(e, DeadLetter)] == ["handler_failed"]
+    assert plugin.runs == []
+    monkeypatch.undo()
+    assert (await executor.execute(ExecutionOrder(decision)))[0] is ExecutionOutcome.FAILED  # redelivered: the outcome stands
+    assert plugin.runs == []
+
+
+async def test_an_order_the_executor_fails_on_after_starting_ends_outcome_unknown() -> None:
+    plugin = Recording()
+    executor, ledger = executor_with(plugin)
+    order = ExecutionOrder(allowed("a1"))
+    await ledger.start("a1", datetime.now(timezone.utc), plugin="recording")  # the failed attempt had started it
+    outcome, encoded = await executor.end_failed(order, RuntimeError("lost while recording"))
+    assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
+    assert "may have had effects" in decoded(encoded).error
+    assert plugin.runs == []
+
+
+async def test_decisions_that_are_not_cleared_orders_are_not_the_executors_to_end() -> None:
+    executor, ledger = executor_with(Recording())
+    publisher, send = fake_publisher("executor")
+    stage = ExecutorStage(executor, publisher)
+    denied = dataclasses.replace(allowed("a1"), outcome=DecisionOutcome.DENIED)
+    await stage.execute(denied)
+    await stage.on_failure(denied, None, RuntimeError("irrelevant"))
+    assert send.acked == [] and ledger.entries == {}
+
+
+async def test_a_failure_after_the_outcome_was_recorded_republishes_that_outcome() -> None:
+    executor, _ = executor_with(Recording())
+    order = ExecutionOrder(allowed("a1"))
+    recorded = await executor.execute(order)
+    assert await executor.end_failed(order, RuntimeError("publishing failed")) == recorded

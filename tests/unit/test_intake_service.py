@@ -1,0 +1,187 @@
+"""The intake with a fake store and broker: idempotency, conflicts, masking and sealing before
+anything is stored, the outbox publishing once the broker is back, topic submissions on the
+consumption loop, and /healthz naming what is down."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import functools
+
+import pytest
+from fastapi.testclient import TestClient
+
+from keyturn.bus import loop
+from keyturn.bus.codec import registry
+from keyturn.bus.loop import run
+from keyturn.core.canonical import canonical_json
+from keyturn.core.events import ActionExecuted, ActionRequested, DeadLetter, ExecutionOutcome, SubmissionChannel
+from keyturn.core.principal import Principal
+from keyturn.faults import until_done
+from keyturn.identity import InvalidToken
+from keyturn.intake.app import create_app
+from keyturn.intake.consumers import submissions_stage, sweep_outbox
+from keyturn.intake.status import StatusFollower
+from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, Intake
+from keyturn.intake.wiring import IntakeWiring
+from keyturn.masking.protect import parameter_protector
+from keyturn.masking.sealing import open_sealed
+from tests.fakes.service_ports import FakeActionStore, ListSource, Record, fake_publisher
+from tests.unit.service_events import KEYRING, REPORTER, allowed
+
+SECRET = "hunter2-Pa55w0rd!"
+
+
+def submission(**changes) -> ActionSubmission:
+    return ActionSubmission(**{"action": "db.export", "resource": "postgres://staging/analytics/orders",
+                               "parameters": {"table": "orders", "password": SECRET}, "reason": "quarterly report",
+                               "idempotency_key": "k1", **changes})
+
+
+def intake_with(store: FakeActionStore | None = None):
+    store = store or FakeActionStore()
+    publisher, send = fake_publisher("intake")
+    return Intake(store, publisher, parameter_protector(KEYRING), publish_patience_s=0.05), store, send
+
+
+def published(send) -> list[ActionRequested]:
+    return send.events("unit.actions.requested")
+
+
+async def test_the_same_idempotency_key_gives_the_same_action_once() -> None:
+    intake, store, send = intake_with()
+    first, created = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    again, created_again = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    assert (created, created_again) == (True, False)
+    assert again.action_id == first.action_id
+    assert [e.action_id for e in published(send)] == [first.action_id]
+    assert list(store.rows) == [first.action_id]
+
+
+async def test_the_same_key_for_a_different_request_is_a_conflict() -> None:
+    intake, store, _ = intake_with()
+    await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    with pytest.raises(IdempotencyConflict):
+        await intake.submit(REPORTER, submission(resource="postgres://prod/analytics/orders"), SubmissionChannel.HTTP)
+    assert len(store.rows) == 1
+
+
+async def test_parameters_are_masked_for_every_topic_and_sealed_for_the_executor() -> None:
+    intake, store, send = intake_with()
+    stored, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    [event] = published(send)
+    assert SECRET not in event.parameters_json and "orders" in event.parameters_json
+    assert SECRET.encode() not in stored.requested_event
+    opened = open_sealed(event.sealed_parameters, action_id=event.action_id, payload_digest=str(event.payload_digest), keyring=KEYRING)
+    assert opened == {"table": "orders", "password": SECRET}
+
+
+async def test_with_the_broker_down_the_request_is_accepted_and_the_outbox_publishes_it_later() -> None:
+    intake, store, send = intake_with()
+    send.down = True
+    stored, created = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    assert created and published(send) == []
+    assert await sweep_outbox(intake, store) == 0  # still down: it waits for the next sweep
+    send.down = False
+    assert await sweep_outbox(intake, store) == 1
+    assert [e.action_id for e in published(send)] == [stored.action_id]
+    assert store.rows[stored.action_id].published
+    assert await sweep_outbox(intake, store) == 0
+
+
+class Verifier:
+    def verify(self, token: str) -> Principal:
+        if token != "good":
+            raise InvalidToken("bad_signature")
+        return REPORTER
+
+
+def on_topic(offset: int, sub: ActionSubmission, token: str = "good") -> Record:
+    record = {k: v for k, v in sub.model_dump().items() if k != "parameters"} | {"parameters_json": canonical_json(sub.parameters)}
+    return Record("unit.submissions", 0, offset, b"k", registry().encode("ActionSubmitted", record),
+                  headers=[("authorization", f"Bearer {token}".encode())])
+
+
+async def test_topic_submissions_are_accepted_or_dead_lettered_with_the_reason(monkeypatch) -> None:
+    monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
+    intake, store, send = intake_with()
+    batch = [on_topic(0, submission()), on_topic(1, submission(), token="forged"),
+             on_topic(2, submission(resource="postgres://prod/x")), Record("unit.submissions", 0, 3, b"k", b"not avro here", headers=[("authorization", b"Bearer good")])]
+    source = ListSource([batch])
+    await run(source, submissions_stage(intake, intake.publisher, Verifier()))
+    assert len(published(send)) == 1
+    letters = {letter.offset: letter for letter in send.events("unit.dlq") if isinstance(letter, DeadLetter)}
+    assert {o: letters[o].error_type for o in letters} == {1: "token_bad_signature", 2: "idempotency_conflict", 3: "not_avro"}
+    assert letters[2].principal == REPORTER.id and letters[1].principal is None
+    assert source.committed == [batch]
+
+
+async def test_a_database_outage_holds_a_topic_submission_until_it_is_back(monkeypatch) -> None:
+    store = FakeActionStore()
+    store.down = True
+    tries = []
+
+    async def comes_back(*args, **kwargs):
+        tries.append(1)
+        if len(tries) == 3:
+            store.down = False
+
+    monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
+    intake, _, send = intake_with(store)
+    original = store.insert_requested
+
+    async def insert(**kwargs):
+        await comes_back()
+        return await original(**kwargs)
+
+    store.insert_requested = insert
+    source = ListSource([[on_topic(0, submission())]])
+    await run(source, submissions_stage(intake, intake.publisher, Verifier()))
+    assert len(tries) == 3 and len(published(send)) == 1
+    assert [e for e in send.events("unit.dlq")] == []
+
+
+def test_healthz_reports_the_database_and_the_producer() -> None:
+    intake, store, send = intake_with()
+    broker = {"up": True}
+
+    async def producer() -> None:
+        if not broker["up"]:
+            raise ConnectionError("no broker answers")
+
+    async def wire() -> IntakeWiring:
+        return IntakeWiring(store=store, intake=intake, publisher=intake.publisher, follower=StatusFollower(store, intake.publisher),
+                            verifier=Verifier(), jwks={"keys": []}, health={"database": store.ping, "producer": producer})
+
+    with TestClient(create_app(wire=wire)) as client:
+        assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "producer": "ok"}
+        store.down = True
+        answer = client.get("/healthz")
+        assert answer.status_code == 503 and answer.json()["database"].startswith("down: StoreUnavailable")
+        store.down, broker["up"] = False, False
+        answer = client.get("/healthz")
+        assert answer.status_code == 503 and answer.json()["producer"] == "down: ConnectionError: no broker answers"
+        assert answer.json()["database"] == "ok"
+
+
+async def test_the_status_follower_records_a_batch_and_wakes_a_waiting_requester() -> None:
+    intake, store, send = intake_with()
+    stored, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    follower = StatusFollower(store, intake.publisher)
+    decided = dataclasses.replace(allowed(stored.action_id), action_id=stored.action_id)
+    executed = ActionExecuted(event_id=f"executed:{stored.action_id}", action_id=stored.action_id, outcome=ExecutionOutcome.SUCCEEDED,
+                              plugin="noop", payload_digest=decided.request.payload_digest,
+                              finished_at=decided.decided_at + datetime.timedelta(seconds=1))
+    waiting = asyncio.create_task(follower.wait_terminal(stored.action_id, 5))
+    batch = [Record("unit.actions.executed", 0, 0, stored.action_id.encode(), registry().encode_event(executed)),
+             Record("unit.actions.decided", 0, 0, stored.action_id.encode(), b"garbage: not the intake's to dead-letter"),
+             Record("unit.actions.decided", 1, 0, stored.action_id.encode(), registry().encode_event(decided))]
+    source = ListSource([batch])
+    await run(source, follower.stage)
+    await asyncio.wait_for(waiting, 1)
+    row = store.rows[stored.action_id]
+    assert row.state.value == "succeeded"
+    assert [h["event"] for h in row.history] == ["ActionRequested", "ActionDecided", "ActionExecuted"]
+    assert source.committed == [batch]
+    assert send.events("unit.dlq") == []

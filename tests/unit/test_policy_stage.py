@@ -1,0 +1,125 @@
+"""The policy stage with a fake OPA, decision record and broker: OPA's answer becomes the
+decision, OPA away for too long becomes a denial, a redelivery republishes the kept decision,
+and a request the stage fails on ends denied (policy_error)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from keyturn.bus import loop
+from keyturn.bus.codec import registry
+from keyturn.bus.loop import Stage, run
+from keyturn.core.events import ActionDecided, ActionRequested, DeadLetter, DecisionOutcome
+from keyturn.faults import until_done
+from keyturn.policy.decider import PolicyDecider, PolicyStage
+from tests.fakes.service_ports import FakeDecisions, FakeOpa, ListSource, Record, fake_publisher
+from tests.unit.service_events import requested
+
+NEEDS_APPROVAL = {"decision": {"outcome": "needs_approval", "reasons": ["production"], "approvals": {"groups": [{"name": "db-owners"}]}}}
+
+
+def answers(outcome: str, **extra) -> dict:
+    return {"decision": {"outcome": outcome, "reasons": [f"because {outcome}"], **extra}}
+
+
+def stage_with(opa: FakeOpa, *, unavailable_after_s: float = 30.0, clock=None):
+    publisher, send = fake_publisher("policy")
+    decider = PolicyDecider(opa, unavailable_after_s, retry_every_s=0, **({"clock": clock} if clock else {}))
+    return PolicyStage(decider, FakeDecisions(), publisher), send
+
+
+def decisions(send) -> list[ActionDecided]:
+    return [e for e in send.events("unit.actions.decided")]
+
+
+@pytest.mark.parametrize("answer, outcome", [
+    (answers("allowed"), DecisionOutcome.ALLOWED),
+    (answers("denied"), DecisionOutcome.DENIED),
+    (NEEDS_APPROVAL, DecisionOutcome.NEEDS_APPROVAL),
+    ({"decision": {"outcome": "maybe"}}, DecisionOutcome.DENIED),  # malformed: denied, saying why
+    ({"no": "decision"}, DecisionOutcome.DENIED),
+])
+async def test_opas_answer_becomes_the_published_decision(answer, outcome) -> None:
+    stage, send = stage_with(FakeOpa(lambda _: answer))
+    await stage.decide(requested("a1"))
+    [decision] = decisions(send)
+    assert (decision.action_id, decision.outcome) == ("a1", outcome)
+    assert (decision.provenance.policy_revision, decision.provenance.decision_id) == ("sha256:fake", "decision-1")
+    if outcome is DecisionOutcome.NEEDS_APPROVAL:
+        assert [g.name for g in decision.approvals.groups] == ["db-owners"]
+
+
+async def test_the_input_opa_gets_names_the_request() -> None:
+    inputs: list[dict] = []
+    stage, _ = stage_with(FakeOpa(lambda document: inputs.append(document) or answers("allowed")))
+    await stage.decide(requested("a1", resource="postgres://prod/analytics/orders"))
+    assert (inputs[0]["action_id"], inputs[0]["environment"]) == ("a1", "production")
+
+
+async def test_opa_away_longer_than_the_patience_is_a_denial_never_an_allow() -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 10.0  # each look at the clock is ten seconds later
+        return now[0]
+
+    opa = FakeOpa(lambda _: answers("allowed"))
+    opa.down = True
+    stage, send = stage_with(opa, unavailable_after_s=30.0, clock=clock)
+    await stage.decide(requested("a1"))
+    [decision] = decisions(send)
+    assert decision.outcome is DecisionOutcome.DENIED
+    assert decision.reasons[0].startswith("policy_unavailable:")
+    assert opa.queries >= 2  # it was asked again while it was away
+
+
+async def test_opa_back_within_the_patience_decides_normally() -> None:
+    opa = FakeOpa(lambda _: answers("allowed"))
+    opa.down = True
+    original = opa.query
+
+    async def back_on_second_try(path, document):
+        if opa.queries == 1:
+            opa.down = False
+        return await original(path, document)
+
+    opa.query = back_on_second_try
+    stage, send = stage_with(opa)
+    await stage.decide(requested("a1"))
+    assert [d.outcome for d in decisions(send)] == [DecisionOutcome.ALLOWED]
+
+
+async def test_a_redelivered_request_republishes_the_kept_decision_without_asking_opa_again() -> None:
+    opa = FakeOpa(lambda _: answers("allowed"))
+    stage, send = stage_with(opa)
+    await stage.decide(requested("a1"))
+    opa.answer = lambda _: answers("denied")  # a new policy would answer differently now
+    await stage.decide(requested("a1"))
+    first, second = send.acked
+    assert first == second
+    assert opa.queries == 1
+
+
+async def test_a_request_the_stage_fails_on_is_dead_lettered_and_ends_denied(monkeypatch) -> None:
+    monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
+
+    def broken(_document):
+        raise KeyError("a bug in the stage")
+
+    opa = FakeOpa(broken)
+    stage, send = stage_with(opa)
+    request = requested("a1")
+    source = ListSource([[Record("unit.actions.requested", 0, 5, b"a1", registry().encode_event(request))]])
+    await run(source, Stage(stage.publisher, (ActionRequested,), handle=stage.decide, on_failure=stage.on_failure))
+    [decision] = decisions(send)
+    assert decision.outcome is DecisionOutcome.DENIED
+    assert decision.reasons[0].startswith("policy_error:")
+    [letter] = [e for e in send.events("unit.dlq") if isinstance(e, DeadLetter)]
+    assert (letter.error_type, letter.offset) == ("handler_failed", 5)
+    assert source.committed  # the stream goes on
+    # a redelivery after the failure republishes the denial, whatever OPA says now
+    opa.answer = lambda _: answers("allowed")
+    await stage.decide(request)
+    assert [d.outcome for d in decisions(send)] == [DecisionOutcome.DENIED, DecisionOutcome.DENIED]
