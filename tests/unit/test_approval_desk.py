@@ -302,3 +302,24 @@ async def test_opening_an_approval_publishes_nothing_and_drains_nothing() -> Non
     await opened(d)
 
     assert drains == 0 and d.broker.sent == []  # chat messages and webhooks have couriers of their own
+
+
+async def test_an_approval_that_could_not_be_opened_ends_denied_not_open_for_ever() -> None:
+    d = Desk()
+    broken = decision()
+    await d.desk.end_failed(broken, None, ValueError("the requirement names no group"))
+    (resolved,) = d.published(events.ApprovalResolved)
+    assert (resolved.action_id, resolved.outcome) == (broken.action_id, events.ResolutionOutcome.DENIED)
+    assert resolved.summary.startswith("approval_error:") and "ValueError" in resolved.summary
+    assert resolved.votes == ()
+
+
+async def test_a_failure_after_the_approval_opened_leaves_it_to_its_approvers() -> None:
+    d = Desk()
+    decided = await opened(d)
+    before = len(d.published(events.ApprovalResolved))
+    await d.desk.end_failed(decided, None, RuntimeError("telling the requester failed"))
+    executed = events.ActionExecuted(event_id="executed:x", action_id=decided.action_id, outcome=events.ExecutionOutcome.SUCCEEDED,
+                                     plugin="noop", payload_digest=DIGEST, finished_at=OPENED)
+    await d.desk.end_failed(executed, None, RuntimeError("webhook"))
+    assert len(d.published(events.ApprovalResolved)) == before

@@ -51,7 +51,7 @@ def create_app(settings: Settings):
             elif done := await desk.take_decision(event, bytes(message.value)):
                 log.info("%s: %s (%s)", done, event.action_id, event.request.action)
 
-        await handle_each(stream, publisher, follow, accept=(ActionDecided, ActionExecuted))
+        await handle_each(stream, publisher, follow, accept=(ActionDecided, ActionExecuted), on_failure=desk.end_failed)
 
     @app.timer(interval=1.0)
     async def keep_time():

@@ -194,6 +194,26 @@ class ApprovalDesk:
             return None  # most decisions: allowed or denied outright, nobody to tell, no row to write
         return await self._until_database_answers(f"decision for {decided.action_id}", lambda: self._take_decision(decided, encoded))
 
+    async def end_failed(self, event: Any, _message: Any, exc: Exception) -> None:
+        """The consumption loop's hook when taking an event failed for good (``bus.loop``).
+
+        An approval that could not be opened can never be answered: the action ends ``denied``
+        with ``approval_error`` instead of staying open for ever. An approval that did open goes
+        on as usual, and an execution (the action is already over) needs no ending."""
+        if not isinstance(event, ActionDecided) or event.outcome is not DecisionOutcome.NEEDS_APPROVAL:
+            return
+        if await self.store.read(event.action_id) is not None:
+            return
+        resolved = ApprovalResolved(
+            event_id=f"resolved:{event.action_id}", action_id=event.action_id, outcome=ResolutionOutcome.DENIED,
+            resolved_at=self.clock(), decision=event,
+            summary=masked_line(f"approval_error: the approval service failed on this action ({type(exc).__name__}: {exc}); "
+                                "nobody could answer it, so it ends denied; submit it again"),
+        )
+        log.warning("denied %s: %s", event.action_id, resolved.summary)
+        async with self.unit_of_work() as unit:
+            await self._publish(unit, self.topics.resolved, event.action_id, registry().encode_event(resolved))
+
     def concerns(self, decided: ActionDecided) -> bool:
         """Whether a decision means anything to the desk: an approval to open, a break-glass action
         to announce and remember, or a webhook the requester asked for."""
