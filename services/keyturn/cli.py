@@ -7,10 +7,11 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import httpx
 import typer
@@ -71,7 +72,7 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     _run_worker(module.create_app(settings), settings.log_level, service)
 
 
-def _run_worker(stream_app: object, log_level: str, service: str) -> None:
+def _run_worker(stream_app: Any, log_level: str, service: str) -> None:
     """Run a stream worker; one that could not start because a server was away starts over.
 
     The worker framework exits when the broker does not answer while it starts (a broker

@@ -70,7 +70,7 @@ FailureHook = Callable[[Any, Any, Exception], Awaitable[None]]
 
 def decode_event(message: Message, accept: tuple[type, ...]) -> Any:
     """The event a message holds; ``UndecodableMessage`` when it is not one of ``accept``."""
-    event = registry().decode_event(message.value)
+    event = registry().decode_event(message.value or b"")  # no value: refused as truncated
     if not isinstance(event, accept):
         raise UndecodableMessage("unexpected_type", f"{type(event).__name__} does not belong on {message.topic}")
     return event

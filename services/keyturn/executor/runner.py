@@ -73,7 +73,7 @@ class Executor:
         if earlier is not None and (earlier.executor, earlier.started_at) == (self.ledger.executor, now):
             earlier = None  # our own start, committed before the connection broke: nothing ran yet
         if earlier is not None and earlier.finished:
-            return ExecutionOutcome(earlier.outcome), earlier.executed_event
+            return _recorded(earlier)
         if earlier is not None:
             executed = await self._interrupted(order, plugin, earlier)
         else:
@@ -94,7 +94,7 @@ class Executor:
             plugin = "none"
         earlier = await self.ledger.start(order.action_id, now, payload_digest=str(order.payload_digest), plugin=plugin)
         if earlier is not None and earlier.finished:
-            return ExecutionOutcome(earlier.outcome), earlier.executed_event
+            return _recorded(earlier)
         fault = f"the executor failed on this order ({type(exc).__name__}: {exc})"
         if earlier is None:
             executed = self._executed(order, plugin, ExecutionOutcome.FAILED, now, error=f"executor_error: {fault}; it was not run")
@@ -111,7 +111,9 @@ class Executor:
         if not await until_done(lambda: self.ledger.finish(order.action_id, executed.outcome.value, encoded, finished_at),
                                 f"recording the outcome of {order.action_id}"):
             recorded = await until_done(lambda: self.ledger.get(order.action_id), f"reading the outcome of {order.action_id}")  # another executor recorded first; its word stands
-            return ExecutionOutcome(recorded.outcome), recorded.executed_event
+            if recorded is None:
+                raise RuntimeError(f"the ledger refused the outcome of {order.action_id} but holds none")
+            return _recorded(recorded)
         return executed.outcome, encoded
 
     async def _run(self, order: ExecutionOrder, plugin: Plugin, started_at: datetime) -> ActionExecuted:
@@ -208,3 +210,10 @@ class ExecutorStage:
         outcome, encoded = await self.executor.end_failed(order, exc)
         log.warning("ended %s %s after the executor failed on it", order.action_id, outcome.value)
         await self.publisher.publish_encoded(self.publisher.topics.executed, order.action_id, encoded)
+
+
+def _recorded(entry: LedgerEntry) -> tuple[ExecutionOutcome, bytes]:
+    """The outcome a finished ledger entry holds, and the event that told it."""
+    if entry.outcome is None or entry.executed_event is None:
+        raise RuntimeError(f"the ledger entry of {entry.action_id} is finished without an outcome")
+    return ExecutionOutcome(entry.outcome), entry.executed_event

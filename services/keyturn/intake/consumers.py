@@ -49,7 +49,7 @@ def submissions_stage(intake: Intake, publisher: Publisher, verifier: Verifier) 
         try:
             headers = dict(getattr(message, "headers", None) or ())
             principal = verifier.verify(bearer_token(headers.get("authorization", b"").decode() or None))
-            name, record = registry().decode(message.value)
+            name, record = registry().decode(message.value or b"")  # no value: refused as truncated
             if name != "ActionSubmitted":
                 raise UndecodableMessage("unexpected_type", f"{name} does not belong on {message.topic}")
             return principal, submission_from_record(record)

@@ -215,6 +215,6 @@ def _reason(exc: BaseException) -> str:
     root: BaseException | None = exc
     while root is not None and not (isinstance(root, OSError) and root.errno):
         root = root.__cause__ or root.__context__
-    if root is not None:
+    if isinstance(root, OSError) and root.errno:
         return os.strerror(root.errno) if root.errno > 0 else str(root.strerror)
     return " ".join(str(exc).split()) or type(exc).__name__

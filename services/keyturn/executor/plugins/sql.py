@@ -142,7 +142,7 @@ class SqlPlugin:
             if found is not None:
                 tables.setdefault(found[0], []).append("SELECT")
         sequences: tuple[Relation, ...] = ()
-        if shape.write_target is not None:
+        if shape.write_target is not None and shape.write_privilege is not None:  # the statement shape sets both
             found = await _resolve(admin, shape.write_target)
             if found is None:
                 raise ExecutionFailed(f"{shape.write_privilege} refused before running: table {shape.write_target} does not exist on {self.target_name}")

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from typing import Any
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -112,7 +113,7 @@ async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, g
     role = sql.Identifier(name)
     async with admin.transaction():
         cursor = await admin.execute("SELECT now() + make_interval(secs => %s)", (float(ttl_s),))
-        (valid_until,) = await cursor.fetchone()
+        (valid_until,) = await _one_row(cursor)
         await admin.execute(
             sql.SQL("CREATE ROLE {} LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION CONNECTION LIMIT 1 "
                     "PASSWORD {} VALID UNTIL {}").format(role, sql.Literal(scram_sha256_verifier(password)), sql.Literal(valid_until.isoformat()))
@@ -141,7 +142,7 @@ async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
             (name,),
         )
-        (terminated,) = await cursor.fetchone()
+        (terminated,) = await _one_row(cursor)
         await admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
         await admin.execute(sql.SQL("DROP ROLE {}").format(role))
     return RoleCleanup(name, existed=True, sessions_terminated=int(terminated))
@@ -162,3 +163,11 @@ async def sweep_expired_roles(admin: psycopg.AsyncConnection, *, grace_s: float 
         except psycopg.Error:
             continue  # another executor is dropping it right now
     return dropped
+
+
+async def _one_row(cursor: Any) -> tuple[Any, ...]:
+    """The one row an aggregate or expression SELECT always returns."""
+    row = await cursor.fetchone()
+    if row is None:
+        raise RuntimeError("a single-row SELECT returned no row")
+    return tuple(row)

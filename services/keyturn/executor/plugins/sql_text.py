@@ -94,7 +94,7 @@ def tokenize(text: str) -> list[Token]:
         match = _TOKEN.match(text, position)
         if match is None:
             raise UnsupportedStatement(f"cannot read the statement at character {position + 1}: {text[position:position + 20]!r}")
-        kind = match.lastgroup if match.lastgroup != "tag" else "dollar"
+        kind = match.lastgroup or "" if match.lastgroup != "tag" else "dollar"
         if kind == "block_comment":
             position = _block_comment_end(text, match.start())
             continue
@@ -174,7 +174,7 @@ def _first_modifying(tokens: list[Token]) -> str:
 
 def _main_keyword(tokens: list[Token]) -> tuple[int, set[str]]:
     """(index of the main keyword, names the WITH clause defines)."""
-    index, names = 0, set()
+    index, names = 0, set[str]()
     while tokens[index].text == "(" and index + 1 < len(tokens):
         index += 1
     if tokens[index].keyword != "WITH":
