@@ -169,7 +169,9 @@ async def test_the_status_follower_records_a_batch_and_wakes_a_waiting_requester
     intake, store, send = intake_with()
     stored, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
     follower = StatusFollower(store, intake.publisher)
-    decided = dataclasses.replace(allowed(stored.action_id), action_id=stored.action_id)
+    requested_at = datetime.datetime.fromisoformat(stored.history[0]["at"])  # the story happens after the request
+    decided = dataclasses.replace(allowed(stored.action_id), action_id=stored.action_id,
+                                  decided_at=requested_at + datetime.timedelta(seconds=1))
     executed = ActionExecuted(event_id=f"executed:{stored.action_id}", action_id=stored.action_id, outcome=ExecutionOutcome.SUCCEEDED,
                               plugin="noop", payload_digest=decided.request.payload_digest,
                               finished_at=decided.decided_at + datetime.timedelta(seconds=1))
