@@ -23,8 +23,8 @@ WINDOW = 150  # records; the redelivery below reaches back 100 events (and their
 def test_a_restarted_writer_drops_redeliveries_in_its_window_and_keeps_its_memory_bounded(settings) -> None:
     # A namespace of its own: the session's audit worker shares no transactional id with this one.
     settings = replace(settings, namespace=f"{settings.namespace}dw")
-    asyncio.run(ensure_topics(settings))
-    topic = Topics.from_settings(settings).requested
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions)))
+    topic = Topics(settings.namespace, settings.partitions).requested
     history = History()
     events = [(history.request(f"act-{n:04d}", "read.table", n), topic) for n in range(450)]
 

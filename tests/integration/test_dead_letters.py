@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
     ],
 )
 def test_undecodable_request_goes_to_the_dlq_and_the_audit(reporter: Agent, settings, payload: bytes, error_type: str) -> None:
-    topics = Topics.from_settings(settings)
+    topics = Topics(settings.namespace, settings.partitions)
     key = f"bad-{error_type}".encode()
     produce(settings, topics.requested, payload, key=key)
 

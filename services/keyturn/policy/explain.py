@@ -53,8 +53,8 @@ class Explanation:
 
 async def recorded_decision(settings: Settings, action_id: str) -> ActionDecided | None:
     """The decision event for ``action_id``, read from its partition of the decided topic."""
-    topic = Topics.from_settings(settings).decided
-    partitions = list(range(await partition_count(settings, topic)))
+    topic = Topics(settings.namespace, settings.partitions).decided
+    partitions = list(range(await partition_count(settings.kafka_bootstrap, topic)))
     if not partitions:
         return None
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
