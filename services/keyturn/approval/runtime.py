@@ -134,7 +134,8 @@ class ApprovalRuntime:
         pool.timeout = CONNECTION_WAIT_S
         self.verifier()
         self.teams = await teams_channel(s)
-        self.wire(ApprovalStore(pool), OpaClient.from_settings(s))
+        self.wire(ApprovalStore(pool), OpaClient(s.opa_url, timeout_s=s.opa_timeout_s, retries=s.opa_retries,
+                                                 revision_max_age_s=s.opa_revision_max_age_s))
 
     def wire(self, store: Any, opa: PolicyEngine) -> ApprovalDesk:
         """The desk and its couriers on ``store`` and ``opa`` (tests pass in-memory fakes here)."""

@@ -32,7 +32,9 @@ def create_app(settings: Settings):
                    run_dir=settings.run_dir, session_timeout_s=settings.worker_session_timeout_s, service="policy")
     serve_metrics("policy", settings.policy_metrics_port)  # decision latency, OPA errors
     publisher = faust_publisher(app, topics, "policy")
-    decider = PolicyDecider(OpaClient.from_settings(settings), settings.policy_unavailable_after_s)
+    decider = PolicyDecider(OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s, retries=settings.opa_retries,
+                                       revision_max_age_s=settings.opa_revision_max_age_s),
+                             settings.policy_unavailable_after_s)
 
     @app.agent(consume(app, topics.requested))
     async def decide_requests(stream):

@@ -29,11 +29,16 @@ def explain(
 ) -> None:
     """Re-evaluate the exact recorded input against the policy OPA has loaded now: which rules
     fired then and now, and whether the policy revision has changed since it decided."""
+    from keyturn.bus.topics import Topics
     from keyturn.policy.explain import explain as explain_decision
-    from keyturn.policy.opa import PolicyAnswerInvalid, PolicyUnavailable
+    from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
 
+    settings = Settings.from_env()
+    opa = OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s, retries=settings.opa_retries,
+                    revision_max_age_s=settings.opa_revision_max_age_s)
+    decided = Topics(settings.namespace, settings.partitions).decided
     try:
-        explanation = asyncio.run(explain_decision(Settings.from_env(), action_id))
+        explanation = asyncio.run(explain_decision(opa, settings.kafka_bootstrap, decided, action_id))
     except (PolicyUnavailable, PolicyAnswerInvalid) as error:
         _fail(f"cannot re-evaluate: {error}")
     if explanation is None:
