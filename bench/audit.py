@@ -100,7 +100,7 @@ async def drop_topics(settings: Settings) -> None:
 
 def records_of(settings: Settings):
     async def read():
-        async with AuditTopic(settings) as topic:
+        async with AuditTopic(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit) as topic:
             async for message in topic.messages():
                 yield message.record
 

@@ -69,7 +69,7 @@ def test_seeded_pii_and_secrets_never_travel_in_clear(reporter: Agent, settings,
 
 
 def _audited_executions(settings) -> int:
-    return sum(1 for r in asyncio.run(read_audit_log(settings)) if r.event_type == "ActionExecuted")
+    return sum(1 for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)) if r.event_type == "ActionExecuted")
 
 
 def test_parameters_are_masked_with_type_revealing_placeholders(reporter: Agent) -> None:

@@ -179,7 +179,7 @@ def test_a_statement_error_fails_with_the_reason_for_the_requester_and_the_audit
     assert view["reasons"] == ['PostgreSQL: column "no_such_column" does not exist [42703]']
 
     def audited():
-        return [r for r in asyncio.run(read_audit_log(settings)) if r.action_id == view["action_id"] and r.event_type == "ActionExecuted"]
+        return [r for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)) if r.action_id == view["action_id"] and r.event_type == "ActionExecuted"]
 
     records = eventually(audited)
     assert records and "no_such_column" in records[0].payload_json
@@ -348,7 +348,7 @@ def test_no_minted_credential_appears_in_any_topic_log_or_audit_record(agent: Ag
         places[f"topic {topic}"] = b"\n".join((m.key or b"") + b"\t" + (m.value or b"") for _, m in read_topic(settings, topic))
     for log in sorted((ARTIFACTS / "logs" / settings.namespace).glob("*.log")):
         places[f"log {log.name}"] = log.read_bytes()
-    places["audit records"] = "\n".join(canonical_json(r.to_dict()) for r in asyncio.run(read_audit_log(settings))).encode()
+    places["audit records"] = "\n".join(canonical_json(r.to_dict()) for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit))).encode()
     places["SQL target server log"] = shop.log_path.read_bytes()
     with psycopg.connect(settings.database_url) as conn:
         rows = conn.execute(f'SELECT executed_event FROM "{schema_name(settings.namespace)}".executions').fetchall()

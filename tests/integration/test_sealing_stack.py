@@ -57,6 +57,6 @@ def test_a_replayed_or_tampered_seal_is_refused_and_audited(reporter: Agent, set
     assert executed is not None, "the forged order was neither run nor refused"
     assert executed.outcome is ExecutionOutcome.FAILED
     assert "seal" in (executed.error or "").lower(), executed.error
-    audited = eventually(lambda: [r for r in asyncio.run(read_audit_log(settings))
+    audited = eventually(lambda: [r for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit))
                                   if r.action_id == forged_id and r.event_type == "ActionExecuted"])
     assert audited and "failed" in audited[0].payload_json

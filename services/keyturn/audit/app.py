@@ -39,8 +39,9 @@ def checkpoint_key_path(settings: Settings) -> Path:
 def audit_writer(settings: Settings, signer: CheckpointSigner, **options: Any) -> AuditWriter:
     """The writer of ``<ns>.audit``; every audit worker of a namespace shares its transactional
     id, so a new one fences the old. ``options`` as for ``AuditWriter``."""
-    return AuditWriter(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit, f"{settings.namespace}-audit-chain",
-                       lambda records: read_audit_tail(settings, records), signer, **options)
+    bootstrap, topic = settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit
+    return AuditWriter(bootstrap, topic, f"{settings.namespace}-audit-chain",
+                       lambda records: read_audit_tail(bootstrap, topic, records), signer, **options)
 
 
 def create_app(settings: Settings):

@@ -78,6 +78,7 @@ def simulate(
     """Replay recorded decisions through a candidate policy in a private OPA and print every
     decision that would change (outcome or approver groups), with counts by action type."""
     from keyturn.audit.sources import audit_records, progress, time_option
+    from keyturn.bus.topics import Topics
     from keyturn.policy.opa import PolicyUnavailable
     from keyturn.policy.simulate import CandidateOpa, CandidatePolicyInvalid, OpaNotFound, recorded_decisions
     from keyturn.policy.simulate import simulate as run_simulation
@@ -87,7 +88,7 @@ def simulate(
     if window[0] is not None and window[1] is not None and window[0] >= window[1]:
         _fail("--since must be before --until", 2)
     with progress("reading decisions") as (advance, total):
-        decisions = recorded_decisions(audit_records(settings, export, advance=advance, total=total), since=window[0], until=window[1])
+        decisions = recorded_decisions(audit_records(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit, export, advance=advance, total=total), since=window[0], until=window[1])
     try:
         with CandidateOpa(policy) as opa_url:
             report = asyncio.run(run_simulation(decisions, opa_url))
