@@ -76,10 +76,10 @@ def build(actions: int) -> list:
 
 
 async def fill(settings: Settings, records: list) -> None:
-    await ensure_topics(settings)
+    await ensure_topics(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions))
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"{settings.namespace}-bench")
     await producer.start()
-    topic = Topics.from_settings(settings).audit
+    topic = Topics(settings.namespace, settings.partitions).audit
     try:
         for start in range(0, len(records), 500):
             async with producer.transaction():
@@ -93,14 +93,14 @@ async def drop_topics(settings: Settings) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        await admin.delete_topics([spec.name for spec in topic_specs(Topics.from_settings(settings))])
+        await admin.delete_topics([spec.name for spec in topic_specs(Topics(settings.namespace, settings.partitions))])
     finally:
         await admin.close()
 
 
 def records_of(settings: Settings):
     async def read():
-        async with AuditTopic(settings) as topic:
+        async with AuditTopic(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit) as topic:
             async for message in topic.messages():
                 yield message.record
 

@@ -90,7 +90,7 @@ class Drain:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.topics = Topics.from_settings(settings)
+        self.topics = Topics(settings.namespace, settings.partitions)
 
     async def __aenter__(self) -> "Drain":
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
@@ -168,7 +168,7 @@ class Bench:
             async with Drain(self.settings) as drain:
                 await self._phases(agent, drain)
                 self.note("waiting for the audit to catch up")
-                self.details["audit_end_offset"] = await drain.settle(Topics.from_settings(self.settings).audit, partitions=1)
+                self.details["audit_end_offset"] = await drain.settle(Topics(self.settings.namespace, self.settings.partitions).audit, partitions=1)
         finally:
             await agent.close()
         self.agent = agent
@@ -249,7 +249,7 @@ class Bench:
         second worker joins are not counted. Then everything starts again and catches up.
         """
         size = BACKLOG_ACTIONS
-        topics = Topics.from_settings(self.settings)
+        topics = Topics(self.settings.namespace, self.settings.partitions)
         for name in ("policy-2", "executor-2"):
             if name in self.procs.procs:
                 self.procs.stop(name)
@@ -477,7 +477,7 @@ async def audit_verify(settings: Settings) -> dict[str, Any]:
     text = result.stdout + result.stderr
     records = re.search(r"intact[^:]*: ([\d,]+) records", text)
     rate = re.search(r"\(([\d,]+) records/s\)", text)
-    topic = Topics.from_settings(settings).audit
+    topic = Topics(settings.namespace, settings.partitions).audit
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, isolation_level="read_committed",
                                 max_partition_fetch_bytes=16 * MIB, fetch_max_bytes=64 * MIB)
     await consumer.start()

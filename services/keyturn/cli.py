@@ -52,7 +52,7 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     from keyturn.masking.logs import install_log_masking
 
     install_log_masking()  # before anything logs: every line of every service is masked
-    from keyturn.bus.topics import ensure_topics
+    from keyturn.bus.topics import Topics, ensure_topics
     from keyturn.faults import until_done
 
     for chatty in ("httpx", "httpcore"):  # one INFO line per outgoing request (chat APIs, webhooks, tokens)
@@ -62,7 +62,7 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     # the one place topics are created: every service may be first up, and a topic must exist
     # (with its retention and partitions) before anyone consumes or produces it. A broker that is
     # away (restarting) when a service starts is waited for, like any transient fault.
-    asyncio.run(until_done(lambda: ensure_topics(settings), f"{service}: creating topics"))
+    asyncio.run(until_done(lambda: ensure_topics(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions)), f"{service}: creating topics"))
     if service == "intake":
         import uvicorn
 

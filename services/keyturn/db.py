@@ -9,22 +9,20 @@ import re
 
 from psycopg_pool import AsyncConnectionPool
 
-from keyturn.config import Settings
 
-
-def schema_name(settings: Settings) -> str:
+def schema_name(namespace: str) -> str:
     """The SQL schema for this namespace (``keyturn`` by default)."""
-    return re.sub(r"[^a-z0-9_]", "_", settings.namespace.lower())
+    return re.sub(r"[^a-z0-9_]", "_", namespace.lower())
 
 
-async def open_pool(settings: Settings, ddl: str, *, max_size: int = 8) -> AsyncConnectionPool:
-    """An open pool whose connections use the namespace schema, after applying ``ddl`` once.
+async def open_pool(url: str, ddl: str, *, schema: str, max_size: int = 8) -> AsyncConnectionPool:
+    """An open pool on ``url`` whose connections use ``schema`` (``schema_name(namespace)``),
+    after applying ``ddl`` once.
 
     ``ddl`` is idempotent (``CREATE … IF NOT EXISTS``) and may use ``{schema}``.
     """
-    schema = schema_name(settings)
     pool = AsyncConnectionPool(
-        settings.database_url,
+        url,
         min_size=1,
         max_size=max_size,
         kwargs={"options": f"-c search_path={schema}", "autocommit": True},

@@ -175,7 +175,7 @@ async def _read_all(settings: Settings, topic: str, partitions: int, *, read_com
 
 async def read_lifecycle_async(settings: Settings) -> Lifecycle:
     """Read the namespace's topics to their current ends (see the module doc)."""
-    topics = Topics.from_settings(settings)
+    topics = Topics(settings.namespace, settings.partitions)
     names = [topics.requested, topics.decided, topics.resolved, topics.executed, topics.votes, topics.dlq]
     read = await asyncio.gather(*(_read_all(settings, t, settings.partitions) for t in names),
                                 _read_all(settings, topics.audit, 1, read_committed=True))

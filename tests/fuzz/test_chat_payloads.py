@@ -69,7 +69,7 @@ def slack_desk(chat_desk):
 
 
 def dead_letters_from(chat, source: str) -> int:
-    return sum(1 for e, _ in read_topic(chat, Topics.from_settings(chat).dlq) if isinstance(e, DeadLetter) and e.source_topic == source)
+    return sum(1 for e, _ in read_topic(chat, Topics(chat.namespace, chat.partitions).dlq) if isinstance(e, DeadLetter) and e.source_topic == source)
 
 
 ACTIVITIES = st.fixed_dictionaries({}, optional={

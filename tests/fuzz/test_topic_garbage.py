@@ -52,7 +52,7 @@ async def _produce_all(bootstrap: str, batches: dict[str, list[tuple[str, bytes 
 
 
 def test_every_bad_message_on_every_consumed_topic_is_dead_lettered_once_by_its_owner(reporter: Agent, settings, services) -> None:
-    topics = Topics.from_settings(settings)
+    topics = Topics(settings.namespace, settings.partitions)
     consumed = [topics.submissions, topics.requested, topics.decided, topics.resolved, topics.executed, topics.votes, topics.dlq]
     batches = {topic: garbage(seed) for seed, topic in enumerate(consumed)}
     # well-formed events of a type the owner does not take on that topic

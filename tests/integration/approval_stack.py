@@ -96,7 +96,7 @@ def dead_letters_now(settings: Settings, error_type: str) -> list:
     from keyturn.core.events import DeadLetter
     from tests.integration.conftest import read_topic
 
-    return [e for e, _ in read_topic(settings, Topics.from_settings(settings).dlq) if isinstance(e, DeadLetter) and e.error_type == error_type]
+    return [e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).dlq) if isinstance(e, DeadLetter) and e.error_type == error_type]
 
 
 def publish_decision(chat, *, ttl_s: int, groups: tuple[tuple[str, int], ...], reminders: tuple[float, ...] = (),
@@ -129,5 +129,5 @@ def publish_decision(chat, *, ttl_s: int, groups: tuple[tuple[str, int], ...], r
         approvals=ApprovalRequirement(groups=tuple(GroupRequirement(g, n) for g, n in groups), pending_ttl_s=ttl_s, execution_window_s=600,
                                       require_all=True, escalation_group=escalation_group, reminder_fractions=reminders),
     )
-    produce(chat, Topics.from_settings(chat).decided, registry().encode_event(decided), key=action_id.encode())
+    produce(chat, Topics(chat.namespace, chat.partitions).decided, registry().encode_event(decided), key=action_id.encode())
     return action_id

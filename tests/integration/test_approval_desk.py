@@ -21,7 +21,7 @@ from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.core import events
 from keyturn.core.principal import Principal, PrincipalKind
-from keyturn.db import open_pool
+from keyturn.db import open_pool, schema_name
 from keyturn.policy.opa import OpaClient
 
 pytestmark = pytest.mark.integration
@@ -50,10 +50,10 @@ def executed(action_id: str) -> events.ActionExecuted:
 
 async def with_desk(settings, work) -> list[tuple[str, str]]:
     """Run ``work(desk)`` on a desk of a fresh namespace; every (action, state) callback row it left."""
-    pool = await open_pool(replace(settings, namespace=f"kt{uuid.uuid4().hex[:8]}"), DDL)
+    pool = await open_pool(settings.database_url, DDL, schema=schema_name(f"kt{uuid.uuid4().hex[:8]}"))
     opa = OpaClient(settings.opa_url)
     try:
-        await work(ApprovalDesk(ApprovalStore(pool), opa, Topics.from_settings(settings), send=None))
+        await work(ApprovalDesk(ApprovalStore(pool), opa, Topics(settings.namespace, settings.partitions), send=None))
         async with pool.connection() as conn:
             rows = await (await conn.execute("SELECT action_id, state FROM approval_callbacks ORDER BY id")).fetchall()
         return [(r[0], r[1]) for r in rows]
@@ -99,9 +99,9 @@ def test_a_vote_racing_the_opening_is_early_or_judged_never_an_error(settings) -
         sent.append((topic, key, value))
 
     async def work() -> list[str]:
-        pool = await open_pool(replace(settings, namespace=f"kt{uuid.uuid4().hex[:8]}"), DDL)
+        pool = await open_pool(settings.database_url, DDL, schema=schema_name(f"kt{uuid.uuid4().hex[:8]}"))
         opa = OpaClient(settings.opa_url)
-        desk = ApprovalDesk(ApprovalStore(pool), opa, Topics.from_settings(settings), send)
+        desk = ApprovalDesk(ApprovalStore(pool), opa, Topics(settings.namespace, settings.partitions), send)
         answers = []
         try:
             for _ in range(6):

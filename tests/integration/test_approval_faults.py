@@ -80,11 +80,11 @@ def vote(settings: Settings, action_id: str, digest: str, who: str = "human:caro
 
 
 def votes_for(settings: Settings, action_id: str) -> list[VoteRecorded]:
-    return [e for e, _ in read_topic(settings, Topics.from_settings(settings).votes) if isinstance(e, VoteRecorded) and e.action_id == action_id]
+    return [e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).votes) if isinstance(e, VoteRecorded) and e.action_id == action_id]
 
 
 def resolution_of(settings: Settings, action_id: str) -> ApprovalResolved | None:
-    return next((e for e, _ in read_topic(settings, Topics.from_settings(settings).resolved)
+    return next((e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).resolved)
                  if isinstance(e, ApprovalResolved) and e.action_id == action_id), None)
 
 
@@ -153,7 +153,7 @@ def test_the_approval_service_rides_out_a_database_restart(private) -> None:
 
     # the expiry clock still runs: an approval whose time is up ends expired (its time is made up
     # by moving its decision back by the pending TTL, where the desk reads it from)
-    with psycopg.connect(settings.database_url, autocommit=True, options=f"-c search_path={schema_name(settings)}") as conn:
+    with psycopg.connect(settings.database_url, autocommit=True, options=f"-c search_path={schema_name(settings.namespace)}") as conn:
         stored = registry().decode_event(bytes(conn.execute("SELECT decided_event FROM approvals WHERE action_id = %s",
                                                             (left_to_expire,)).fetchone()[0]))
         earlier = replace(stored, decided_at=stored.decided_at - timedelta(seconds=stored.approvals.pending_ttl_s + 1))

@@ -58,13 +58,13 @@ def click(stack, slack: FakeSlack, message, user: str) -> None:
 
 
 def adopted(stack, action_id: str) -> bool:
-    with psycopg.connect(stack.settings.database_url, autocommit=True, options=f"-c search_path={schema_name(stack.settings)}") as conn:
+    with psycopg.connect(stack.settings.database_url, autocommit=True, options=f"-c search_path={schema_name(stack.settings.namespace)}") as conn:
         row = conn.execute("SELECT remote_ref FROM approval_notifications WHERE action_id = %s AND kind = 'opened'", (action_id,)).fetchone()
     return bool(row and row[0])
 
 
 def sql(stack, statement: str, *args) -> None:
-    with psycopg.connect(stack.settings.database_url, autocommit=True, options=f"-c search_path={schema_name(stack.settings)}") as conn:
+    with psycopg.connect(stack.settings.database_url, autocommit=True, options=f"-c search_path={schema_name(stack.settings.namespace)}") as conn:
         conn.execute(statement, args)
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from keyturn.approval.callbacks import signature_valid
 from keyturn.audit.stream import read_audit_log
+from keyturn.bus.topics import Topics
 from tests.fakes.slack import FakeSlack
 from tests.fakes.webhook import WebhookReceiver
 from tests.integration.approval_stack import dead_letters_now, publish_decision, running_stack, stack_settings, unattributed_refusals
@@ -94,7 +95,7 @@ def message_in(slack: FakeSlack, action_id: str, channel: str = "C0SECURITY"):
 
 def audit_records(chat, action_id: str | None = None, event_type: str | None = None, timeout: float = 30) -> list:
     def matching():
-        records = asyncio.run(read_audit_log(chat))
+        records = asyncio.run(read_audit_log(chat.kafka_bootstrap, Topics(chat.namespace, chat.partitions).audit))
         return [r for r in records if (action_id is None or r.action_id == action_id) and (event_type is None or r.event_type == event_type)]
     return eventually(matching, timeout=timeout) or []
 

@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyturn.audit.stream import read_audit_log
+from keyturn.bus.topics import Topics
 from tests.fakes.teams import TENANT, FakeTeams
 from tests.integration.approval_stack import dead_letters_now, publish_decision, running_stack, stack_settings, unattributed_refusals
 from tests.integration.conftest import Agent, eventually, mint
@@ -83,7 +84,7 @@ def click(chat, teams: FakeTeams, card, verb: str, user: str, **inputs) -> dict:
 
 def audit_of(chat, action_id: str | None, event_type: str) -> list:
     def found():
-        records = asyncio.run(read_audit_log(chat))
+        records = asyncio.run(read_audit_log(chat.kafka_bootstrap, Topics(chat.namespace, chat.partitions).audit))
         return [r for r in records if (action_id is None or r.action_id == action_id) and r.event_type == event_type]
     return eventually(found, timeout=30) or []
 

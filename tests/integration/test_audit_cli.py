@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from keyturn.audit.stream import read_audit_log
+from keyturn.bus.topics import Topics
 from keyturn.config import REPO_ROOT
 from keyturn.core.audit.canonical import record_hash
 from keyturn.core.audit.record import AuditRecord
@@ -52,7 +53,7 @@ def now_iso() -> str:
 
 
 def audit_log(settings) -> list[AuditRecord]:
-    return asyncio.run(read_audit_log(settings))
+    return asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit))
 
 
 def cli(settings, *args: str):

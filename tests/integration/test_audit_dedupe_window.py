@@ -23,8 +23,8 @@ WINDOW = 150  # records; the redelivery below reaches back 100 events (and their
 def test_a_restarted_writer_drops_redeliveries_in_its_window_and_keeps_its_memory_bounded(settings) -> None:
     # A namespace of its own: the session's audit worker shares no transactional id with this one.
     settings = replace(settings, namespace=f"{settings.namespace}dw")
-    asyncio.run(ensure_topics(settings))
-    topic = Topics.from_settings(settings).requested
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions)))
+    topic = Topics(settings.namespace, settings.partitions).requested
     history = History()
     events = [(history.request(f"act-{n:04d}", "read.table", n), topic) for n in range(450)]
 
@@ -45,12 +45,12 @@ def test_a_restarted_writer_drops_redeliveries_in_its_window_and_keeps_its_memor
             written += await second.record(events[start : start + 50])
         remembered_after = second.remembered_event_ids
         await second.close()
-        tail = await read_audit_tail(settings, WINDOW)
+        tail = await read_audit_tail(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit, WINDOW)
         return remembered_before, remembered_after, written, tail
 
     remembered_before, remembered_after, written, tail = asyncio.run(scenario())
 
-    records = asyncio.run(read_audit_log(settings))
+    records = asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit))
     events_recorded = Counter(r.event_id for r in records if not r.is_checkpoint)
     assert set(events_recorded) == {event.event_id for event, _ in events}
     assert max(events_recorded.values()) == 1, "a redelivered event was recorded twice"

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from keyturn.audit.stream import read_audit_log
+from keyturn.bus.topics import Topics
 from keyturn.config import REPO_ROOT
 from tests.conftest import ServiceProcesses, free_port, settings_env
 from tests.integration.conftest import Agent, eventually, keyturn_cli
@@ -23,7 +24,7 @@ EVENTS_PER_READ = ("ActionRequested", "ActionDecided", "ActionExecuted")
 
 
 def audit_log(settings):
-    return asyncio.run(read_audit_log(settings))
+    return asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit))
 
 
 def recorded_events(settings, action_ids: set[str]) -> list:

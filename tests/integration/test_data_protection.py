@@ -46,7 +46,7 @@ def test_seeded_pii_and_secrets_never_travel_in_clear(reporter: Agent, settings,
     for action_id in [*ids, needs_approval]:
         assert reporter.wait(action_id)["state"] == "succeeded"
     # the audit has caught up with every action before we scan it
-    topics = Topics.from_settings(settings)
+    topics = Topics(settings.namespace, settings.partitions)
     assert eventually(lambda: _audited_executions(settings) >= len(ids) + 1, timeout=60)
 
     haystacks: dict[str, bytes] = {}
@@ -69,7 +69,7 @@ def test_seeded_pii_and_secrets_never_travel_in_clear(reporter: Agent, settings,
 
 
 def _audited_executions(settings) -> int:
-    return sum(1 for r in asyncio.run(read_audit_log(settings)) if r.event_type == "ActionExecuted")
+    return sum(1 for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)) if r.event_type == "ActionExecuted")
 
 
 def test_parameters_are_masked_with_type_revealing_placeholders(reporter: Agent) -> None:

@@ -107,7 +107,7 @@ def http(agent: Agent, path: str, host: str = PEER_HOST, method: str = "GET") ->
 
 
 def executed_events(settings, action_id: str) -> list[ActionExecuted]:
-    found = read_topic(settings, Topics.from_settings(settings).executed)
+    found = read_topic(settings, Topics(settings.namespace, settings.partitions).executed)
     return [event for event, _ in found if isinstance(event, ActionExecuted) and event.action_id == action_id]
 
 
@@ -179,7 +179,7 @@ def test_a_statement_error_fails_with_the_reason_for_the_requester_and_the_audit
     assert view["reasons"] == ['PostgreSQL: column "no_such_column" does not exist [42703]']
 
     def audited():
-        return [r for r in asyncio.run(read_audit_log(settings)) if r.action_id == view["action_id"] and r.event_type == "ActionExecuted"]
+        return [r for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)) if r.action_id == view["action_id"] and r.event_type == "ActionExecuted"]
 
     records = eventually(audited)
     assert records and "no_such_column" in records[0].payload_json
@@ -284,7 +284,7 @@ def test_an_http_target_that_refuses_the_connection_fails(agent: Agent) -> None:
 
 
 def _first_decided(settings, action_id: str) -> ActionDecided:
-    found = read_topic(settings, Topics.from_settings(settings).decided)
+    found = read_topic(settings, Topics(settings.namespace, settings.partitions).decided)
     return next(event for event, _ in found if isinstance(event, ActionDecided) and event.action_id == action_id)
 
 
@@ -297,7 +297,7 @@ def test_a_forged_order_with_other_parameters_is_refused_before_anything_runs(ag
     # reusing a genuine sealed copy and digest (a forger has no seal key of their own)
     forged = replace(decided, action_id=forged_id, event_id=f"decided:{forged_id}", request=replace(
         decided.request, action_id=forged_id, parameters_json=canonical_json(other)))
-    produce(settings, Topics.from_settings(settings).decided, registry().encode_event(forged), key=forged_id.encode())
+    produce(settings, Topics(settings.namespace, settings.partitions).decided, registry().encode_event(forged), key=forged_id.encode())
     executed = eventually(lambda: executed_events(settings, forged_id), timeout=60)
     assert executed and executed[0].outcome.value == "failed"
     assert executed[0].error.startswith("refused before execution: ")
@@ -309,7 +309,7 @@ def test_a_redelivered_order_is_answered_from_the_ledger_not_run_again(agent: Ag
     view = sql(agent, "INSERT INTO marks (note) VALUES ('redelivered')")
     assert view["state"] == "succeeded" and marks(shop, "redelivered") == 1
     decided = _first_decided(settings, view["action_id"])
-    produce(settings, Topics.from_settings(settings).decided, registry().encode_event(decided), key=decided.action_id.encode())
+    produce(settings, Topics(settings.namespace, settings.partitions).decided, registry().encode_event(decided), key=decided.action_id.encode())
 
     def republished():
         found = executed_events(settings, view["action_id"])
@@ -343,15 +343,15 @@ def test_no_minted_credential_appears_in_any_topic_log_or_audit_record(agent: Ag
 
     places: dict[str, bytes] = {}
     found_topics = namespace_topics(settings)
-    assert Topics.from_settings(settings).executed in found_topics
+    assert Topics(settings.namespace, settings.partitions).executed in found_topics
     for topic in found_topics:
         places[f"topic {topic}"] = b"\n".join((m.key or b"") + b"\t" + (m.value or b"") for _, m in read_topic(settings, topic))
     for log in sorted((ARTIFACTS / "logs" / settings.namespace).glob("*.log")):
         places[f"log {log.name}"] = log.read_bytes()
-    places["audit records"] = "\n".join(canonical_json(r.to_dict()) for r in asyncio.run(read_audit_log(settings))).encode()
+    places["audit records"] = "\n".join(canonical_json(r.to_dict()) for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit))).encode()
     places["SQL target server log"] = shop.log_path.read_bytes()
     with psycopg.connect(settings.database_url) as conn:
-        rows = conn.execute(f'SELECT executed_event FROM "{schema_name(settings)}".executions').fetchall()
+        rows = conn.execute(f'SELECT executed_event FROM "{schema_name(settings.namespace)}".executions').fetchall()
     places["execution ledger"] = b"\n".join(bytes(r[0] or b"") for r in rows)
 
     assert b"CREATE ROLE" in places["SQL target server log"] and b"SCRAM-SHA-256$" in places["SQL target server log"]

@@ -39,7 +39,7 @@ def executor(settings, services, sql_target: SqlTarget):
 def ledger_entry(settings, action_id: str) -> tuple | None:
     with psycopg.connect(settings.database_url) as conn:
         return conn.execute(
-            f'SELECT executor, started_at, finished_at, outcome FROM "{schema_name(settings)}".executions WHERE action_id = %s',
+            f'SELECT executor, started_at, finished_at, outcome FROM "{schema_name(settings.namespace)}".executions WHERE action_id = %s',
             (action_id,),
         ).fetchone()
 
@@ -82,7 +82,7 @@ def test_a_write_interrupted_by_a_crash_ends_outcome_unknown_and_never_runs_twic
     assert count() <= 1  # at most once: 0 when the statement died with its client, 1 if it committed first
 
     # the order arrives once more (a second redelivery): still not run, same answer
-    topics = Topics.from_settings(settings)
+    topics = Topics(settings.namespace, settings.partitions)
     decided = next(e for e, _ in read_topic(settings, topics.decided) if isinstance(e, ActionDecided) and e.action_id == action_id)
     produce(settings, topics.decided, registry().encode_event(decided), key=action_id.encode())
 

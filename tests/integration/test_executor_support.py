@@ -270,7 +270,7 @@ if __name__ == "__main__":  # the executor, with an observer of minted credentia
 
     import faust
 
-    from keyturn.bus.topics import ensure_topics
+    from keyturn.bus.topics import Topics, ensure_topics
     from keyturn.executor.app import create_app, shipped_plugins
 
     witness_path = Path(sys.argv[1])
@@ -280,6 +280,6 @@ if __name__ == "__main__":  # the executor, with an observer of minted credentia
             out.write(secret + "\n")
 
     run_settings = Settings.from_env()
-    asyncio.run(ensure_topics(run_settings))
+    asyncio.run(ensure_topics(run_settings.kafka_bootstrap, Topics(run_settings.namespace, run_settings.partitions)))
     app = create_app(run_settings, shipped_plugins(run_settings, credential_observer=observe))
     faust.Worker(app, loglevel=run_settings.log_level, logfile=None).execute_from_commandline()

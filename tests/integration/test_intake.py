@@ -77,7 +77,7 @@ def test_another_principal_cannot_read_my_action(reporter: Agent, settings) -> N
 
 
 def test_agents_can_submit_through_the_submissions_topic(reporter: Agent, settings) -> None:
-    topics = Topics.from_settings(settings)
+    topics = Topics(settings.namespace, settings.partitions)
     submission = ActionSubmitted("read.table", "postgres://staging/analytics/orders", json.dumps({"table": "orders"}), "via topic", "topic-key-1")
     produce(settings, topics.submissions, registry().encode_event(submission), key=b"topic-key-1",
             headers=[("authorization", f"Bearer {reporter.token}".encode())])
@@ -89,7 +89,7 @@ def test_agents_can_submit_through_the_submissions_topic(reporter: Agent, settin
 
 
 def test_a_topic_submission_without_a_valid_token_is_dead_lettered(settings, services) -> None:
-    topics = Topics.from_settings(settings)
+    topics = Topics(settings.namespace, settings.partitions)
     submission = ActionSubmitted("read.table", "postgres://staging/a/b", "{}", "no token", "forged-1")
     produce(settings, topics.submissions, registry().encode_event(submission), key=b"forged-1",
             headers=[("authorization", b"Bearer forged.token.value")])

@@ -12,7 +12,7 @@ import pytest
 
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionExecuted, DecisionOutcome, ExecutionOutcome
-from keyturn.db import open_pool
+from keyturn.db import open_pool, schema_name
 from keyturn.intake.store import DDL, ActionStore, LifecycleChange
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def executed(action_id: str, outcome: ExecutionOutcome, seconds: int, result: ob
 async def store(endpoints) -> AsyncIterator[ActionStore]:
     settings = Settings(kafka_bootstrap=endpoints.kafka_bootstrap, opa_url=endpoints.opa_url, database_url=endpoints.database_url,
                         namespace=f"kt{secrets.token_hex(4)}")
-    pool = await open_pool(settings, DDL, max_size=2)
+    pool = await open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace), max_size=2)
     try:
         yield ActionStore(pool)
     finally:

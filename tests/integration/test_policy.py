@@ -31,7 +31,7 @@ OPA_BINARY = shutil.which("opa") or str(REPO_ROOT / ".cache" / "bin" / "opa")
 
 def decisions(settings, action_ids=None) -> dict[str, ActionDecided]:
     found: dict[str, list[ActionDecided]] = {}
-    for event, _ in read_topic(settings, Topics.from_settings(settings).decided):
+    for event, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).decided):
         if isinstance(event, ActionDecided) and (action_ids is None or event.action_id in action_ids):
             found.setdefault(event.action_id, []).append(event)
     duplicated = {k: len(v) for k, v in found.items() if len(set(v)) > 1}
@@ -72,7 +72,7 @@ class IsolatedPolicyStack:
             policy_unavailable_after_s=4.0, opa_retries=1, opa_timeout_s=0.5,
         )
         self.workers = ServiceProcesses(self.settings)
-        self.topics = Topics.from_settings(self.settings)
+        self.topics = Topics(self.settings.namespace, self.settings.partitions)
 
     def start_opa(self) -> None:
         self.opa = subprocess.Popen(

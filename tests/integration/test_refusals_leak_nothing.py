@@ -95,7 +95,7 @@ def chat(settings):
 
 def test_every_refusal_path_leaves_the_seeded_secrets_nowhere(chat) -> None:
     stack, slack, teams, procs = chat
-    topics = Topics.from_settings(stack)
+    topics = Topics(stack.namespace, stack.partitions)
     corpus = seeded_corpus()
     agent = mint(stack, "agent:reporter", ("human:alice",))
     carol = mint(stack, "human:carol")

@@ -19,22 +19,22 @@ pytestmark = pytest.mark.integration
 
 
 def _requested(settings, action_id: str) -> ActionRequested:
-    return next(e for e, _ in read_topic(settings, Topics.from_settings(settings).requested)
+    return next(e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).requested)
                 if isinstance(e, ActionRequested) and e.action_id == action_id)
 
 
 def _forge_allowed(settings, original: ActionRequested, new_id: str, sealed) -> None:
     """An 'allowed' decision nobody made, carrying ``sealed`` for action ``new_id``."""
-    decided = next(e for e, _ in read_topic(settings, Topics.from_settings(settings).decided)
+    decided = next(e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).decided)
                    if isinstance(e, ActionDecided) and e.action_id == original.action_id)
     request = dataclasses.replace(original, action_id=new_id, event_id=f"requested:{new_id}", sealed_parameters=sealed)
     forged = dataclasses.replace(decided, action_id=new_id, event_id=f"decided:{new_id}", request=request,
                                  decided_at=datetime.now(timezone.utc))
-    produce(settings, Topics.from_settings(settings).decided, registry().encode_event(forged), key=new_id.encode())
+    produce(settings, Topics(settings.namespace, settings.partitions).decided, registry().encode_event(forged), key=new_id.encode())
 
 
 def _executed(settings, action_id: str) -> ActionExecuted | None:
-    return next((e for e, _ in read_topic(settings, Topics.from_settings(settings).executed)
+    return next((e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).executed)
                  if isinstance(e, ActionExecuted) and e.action_id == action_id), None)
 
 
@@ -57,6 +57,6 @@ def test_a_replayed_or_tampered_seal_is_refused_and_audited(reporter: Agent, set
     assert executed is not None, "the forged order was neither run nor refused"
     assert executed.outcome is ExecutionOutcome.FAILED
     assert "seal" in (executed.error or "").lower(), executed.error
-    audited = eventually(lambda: [r for r in asyncio.run(read_audit_log(settings))
+    audited = eventually(lambda: [r for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit))
                                   if r.action_id == forged_id and r.event_type == "ActionExecuted"])
     assert audited and "failed" in audited[0].payload_json

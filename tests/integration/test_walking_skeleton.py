@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from keyturn.audit.stream import read_audit_log
+from keyturn.bus.topics import Topics
 from tests.integration.conftest import Agent, keyturn_cli, mint
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,7 @@ def test_denied_action_ends_denied_and_never_reaches_the_executor(reporter: Agen
     assert view["state"] == "denied"
     assert view["reasons"], "a denial says why"
     assert states(view) == ["requested", "denied"]
-    records = [r for r in asyncio.run(read_audit_log(settings)) if r.action_id == action_id]
+    records = [r for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)) if r.action_id == action_id]
     assert "ActionExecuted" not in [r.event_type for r in records]
 
 
@@ -86,7 +87,7 @@ def test_every_lifecycle_event_reaches_the_audit_in_order(reporter: Agent, setti
 
     expected = ["ActionRequested", "ActionDecided", "VoteRecorded", "ApprovalResolved", "ActionExecuted"]
     for _ in range(50):
-        records = [r for r in asyncio.run(read_audit_log(settings)) if r.action_id == action_id]
+        records = [r for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)) if r.action_id == action_id]
         if len(records) >= len(expected):
             break
         asyncio.run(asyncio.sleep(0.2))

@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings):
-    app = make_app(settings, "approval")
-    topics = Topics.from_settings(settings)
-    publisher = faust_publisher(app, settings, "approval")
+    topics = Topics(settings.namespace, settings.partitions)
+    app = make_app(namespace=settings.namespace, bootstrap=settings.kafka_bootstrap, partitions=settings.partitions,
+                   run_dir=settings.run_dir, session_timeout_s=settings.worker_session_timeout_s, service="approval")
+    publisher = faust_publisher(app, topics, "approval")
     runtime = ApprovalRuntime(settings, topics, publisher.send_raw)
     http = FastAPI(title="Keyturn approvals", version="0.1.0", description="Answer pending actions.")
     http.add_middleware(BoundedRequests, max_body_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes,

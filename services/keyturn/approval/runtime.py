@@ -28,7 +28,7 @@ from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.http import header
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
-from keyturn.db import open_pool
+from keyturn.db import open_pool, schema_name
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity import InvalidToken, TokenVerifier, bearer_token, verifier_from_settings
 from keyturn.policy.opa import OpaClient
@@ -130,11 +130,12 @@ class ApprovalRuntime:
 
     async def _build(self) -> None:
         s = self.settings
-        pool = await open_pool(s, DDL)
+        pool = await open_pool(s.database_url, DDL, schema=schema_name(s.namespace))
         pool.timeout = CONNECTION_WAIT_S
         self.verifier()
         self.teams = await teams_channel(s)
-        self.wire(ApprovalStore(pool), OpaClient.from_settings(s))
+        self.wire(ApprovalStore(pool), OpaClient(s.opa_url, timeout_s=s.opa_timeout_s, retries=s.opa_retries,
+                                                 revision_max_age_s=s.opa_revision_max_age_s))
 
     def wire(self, store: Any, opa: PolicyEngine) -> ApprovalDesk:
         """The desk and its couriers on ``store`` and ``opa`` (tests pass in-memory fakes here)."""

@@ -39,15 +39,17 @@ def checkpoint_key_path(settings: Settings) -> Path:
 def audit_writer(settings: Settings, signer: CheckpointSigner, **options: Any) -> AuditWriter:
     """The writer of ``<ns>.audit``; every audit worker of a namespace shares its transactional
     id, so a new one fences the old. ``options`` as for ``AuditWriter``."""
-    return AuditWriter(settings.kafka_bootstrap, Topics.from_settings(settings).audit, f"{settings.namespace}-audit-chain",
-                       lambda records: read_audit_tail(settings, records), signer, **options)
+    bootstrap, topic = settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit
+    return AuditWriter(bootstrap, topic, f"{settings.namespace}-audit-chain",
+                       lambda records: read_audit_tail(bootstrap, topic, records), signer, **options)
 
 
 def create_app(settings: Settings):
     """The audit service's composition root: everything it uses is built here from ``settings``."""
-    app = make_app(settings, "audit")
-    topics = Topics.from_settings(settings)
-    publisher = faust_publisher(app, settings, "audit")
+    topics = Topics(settings.namespace, settings.partitions)
+    app = make_app(namespace=settings.namespace, bootstrap=settings.kafka_bootstrap, partitions=settings.partitions,
+                   run_dir=settings.run_dir, session_timeout_s=settings.worker_session_timeout_s, service="audit")
+    publisher = faust_publisher(app, topics, "audit")
     auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
     writer = audit_writer(settings, load_signer(checkpoint_key_path(settings)))
 

@@ -31,6 +31,13 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
+def _audit_topic(settings: Settings) -> tuple[str, str]:
+    """The bootstrap servers and the audit topic of ``settings``' namespace."""
+    from keyturn.bus.topics import Topics
+
+    return settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit
+
+
 @app.command("tail")
 def tail(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records"),
@@ -43,7 +50,7 @@ def tail(
     table_rows = []
 
     async def run() -> None:
-        async for record in follow_audit(_settings(), follow=follow):
+        async for record in follow_audit(*_audit_topic(_settings()), follow=follow):
             if as_json or follow:
                 _print_record(record, as_json)
             else:
@@ -92,7 +99,7 @@ def verify(
     unreadable: list[Any] = []
     started = time.perf_counter()
     with progress("verifying") as (advance, total):
-        records = audit_records(settings, export, advance=advance, total=total, on_unreadable=unreadable.append, raw=True)
+        records = audit_records(*_audit_topic(settings), export, advance=advance, total=total, on_unreadable=unreadable.append, raw=True)
         report = verify_chain(records, verifier, require_checkpoint_at_end=require_checkpoint_at_end)
     elapsed = time.perf_counter() - started
     for message in unreadable:
@@ -152,7 +159,7 @@ def export(
         _follow_jsonl(settings, output)
         return
     with progress("exporting") as (advance, total):
-        count = _write(format, audit_records(settings, None, advance=advance, total=total), output)
+        count = _write(format, audit_records(*_audit_topic(settings), None, advance=advance, total=total), output)
     err.print(f"exported {count} records to {'stdout' if output == '-' else output}", highlight=False)
 
 
@@ -161,7 +168,7 @@ def _follow_jsonl(settings: Settings, output: str) -> None:
     from keyturn.audit.stream import follow_audit
 
     async def run(fp) -> None:
-        async for record in follow_audit(settings, follow=True):
+        async for record in follow_audit(*_audit_topic(settings), follow=True):
             write_jsonl([record], fp)
             fp.flush()
 
@@ -227,7 +234,7 @@ def replay(
 
     def selected():
         with progress("replaying") as (advance, total):
-            for record in audit_records(settings, export, advance=advance, total=total, to_offset=to_offset):
+            for record in audit_records(*_audit_topic(settings), export, advance=advance, total=total, to_offset=to_offset):
                 if wanted.selects(record, index.get(record.action_id) if index else None):
                     yield record
 
@@ -242,7 +249,7 @@ def _index_actions(settings: Settings, export: Optional[Path], index) -> Optiona
     """First pass: the facts of every action; returns the topic offset the pass stopped at."""
     end: list[int] = []
     with progress("indexing actions") as (advance, total):
-        for record in audit_records(settings, export, advance=advance, total=total, on_end_offset=end.append):
+        for record in audit_records(*_audit_topic(settings), export, advance=advance, total=total, on_end_offset=end.append):
             index.add(record)
     return end[0] if end else None
 
@@ -275,7 +282,7 @@ def timeline(
     from keyturn.audit.replay import timeline as action_timeline
 
     with progress("reading the audit") as (advance, total):
-        steps = action_timeline(audit_records(_settings(), export, advance=advance, total=total), action_id)
+        steps = action_timeline(audit_records(*_audit_topic(_settings()), export, advance=advance, total=total), action_id)
     if not steps:
         fail(f"no audit records for action {action_id}")
     if as_json:
@@ -313,7 +320,7 @@ def stats(
     window = ReplayFilter(since=time_option(since, "--since"), until=time_option(until, "--until"))
     settings = _settings()
     with progress("reading the audit") as (advance, total):
-        records = audit_records(settings, export, advance=advance, total=total)
+        records = audit_records(*_audit_topic(settings), export, advance=advance, total=total)
         if window.since is not None or window.until is not None:
             records = _opened_within(records, window, ActionIndex())
         result = approval_stats(records, rubber_stamp_s=rubber_stamp_seconds).to_dict()
@@ -385,14 +392,14 @@ def ship(
         sink = WebhookSink(webhook, retries=retries, backoff_s=backoff, headers=headers)
     except ValueError as error:
         fail(str(error), 2)
-    state_path = state or default_state_path(settings, webhook)
+    state_path = state or default_state_path(settings.run_dir, settings.namespace, webhook)
 
     def shipped(count: int, position) -> None:
         err.print(f"shipped {count} records, up to sequence {position.last_sequence}", highlight=False)
 
     async def run():
         try:
-            return await ship_records(settings, sink, state_path, follow=follow, batch_size=batch_size, on_shipped=shipped)
+            return await ship_records(*_audit_topic(settings), sink, state_path, follow=follow, batch_size=batch_size, on_shipped=shipped)
         finally:
             await sink.close()
 

@@ -28,7 +28,6 @@ import httpx
 
 from keyturn.audit.export import record_to_dict
 from keyturn.audit.stream import AuditTopic
-from keyturn.config import Settings
 from keyturn.core.audit.record import AuditRecord
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -75,10 +74,10 @@ class ShipState:
         os.replace(temporary, path)
 
 
-def default_state_path(settings: Settings, sink: str) -> Path:
+def default_state_path(run_dir: Path | str, namespace: str, sink: str) -> Path:
     """``<run_dir>/audit-ship-<namespace>-<digest of the sink URL>.json``."""
     digest = hashlib.sha256(sink.encode()).hexdigest()[:12]
-    return Path(settings.run_dir) / f"audit-ship-{settings.namespace}-{digest}.json"
+    return Path(run_dir) / f"audit-ship-{namespace}-{digest}.json"
 
 
 def batch_body(records: list[AuditRecord]) -> bytes:
@@ -151,14 +150,14 @@ class ShipResult:
 
 
 async def ship(
-    settings: Settings, sink: WebhookSink, state_path: Path, *, follow: bool = False, batch_size: int = 500,
+    bootstrap: str, topic: str, sink: WebhookSink, state_path: Path, *, follow: bool = False, batch_size: int = 500,
     on_shipped: Callable[[int, ShipState], None] | None = None,
 ) -> ShipResult:
     """Ship every record after the saved position; with ``follow``, keep shipping new ones."""
     state = ShipState.load(state_path, sink.url)
     shipped = 0
-    async with AuditTopic(settings, from_offset=state.next_offset) as topic:
-        async for messages in topic.batches(follow=follow):
+    async with AuditTopic(bootstrap, topic, from_offset=state.next_offset) as audit:
+        async for messages in audit.batches(follow=follow):
             pending: list[AuditRecord] = []
             for message in messages:
                 if message.record is None:
@@ -179,7 +178,7 @@ async def ship(
                 shipped += await _deliver(sink, pending, state, state_path, on_shipped)
             elif messages:
                 # Only transaction markers or already-shipped records: remember to skip them next time.
-                state = ShipState(state.sink, state.last_sequence, state.last_hash, await topic.position())
+                state = ShipState(state.sink, state.last_sequence, state.last_hash, await audit.position())
                 state.save(state_path)
     return ShipResult(shipped, state)
 

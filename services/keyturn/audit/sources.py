@@ -17,7 +17,6 @@ from typing import Any, NoReturn, Optional
 import typer
 from rich.console import Console
 
-from keyturn.config import Settings
 
 err = Console(stderr=True)  # the one stderr console of the audit commands, progress bars included
 
@@ -51,11 +50,11 @@ def _ignore(_: int = 1) -> None:
     """Progress nobody is shown."""
 
 
-def audit_records(settings: Settings, export: Optional[Path], *, advance: Callable[[int], None] = _ignore,
+def audit_records(bootstrap: str, topic: str, export: Optional[Path], *, advance: Callable[[int], None] = _ignore,
                   total: Callable[[int], None] = _ignore, to_offset: Optional[int] = None,
                   on_unreadable: Optional[Callable[[Any], None]] = None, raw: bool = False,
                   on_end_offset: Callable[[int], None] = _ignore) -> Iterator[Any]:
-    """Records of the topic or of an export, oldest first, streamed.
+    """Records of the audit ``topic`` (on ``bootstrap``) or of an export, oldest first, streamed.
 
     ``raw`` yields the export's dicts unparsed (for verify, which reports malformed ones).
     """
@@ -83,10 +82,10 @@ def audit_records(settings: Settings, export: Optional[Path], *, advance: Callab
     from keyturn.audit.stream import AuditTopic, blocking
 
     async def messages():
-        async with AuditTopic(settings, to_offset=to_offset) as topic:
-            total(max(0, topic.end_offset - topic.start_offset))
-            on_end_offset(topic.end_offset)
-            async for message in topic.messages():
+        async with AuditTopic(bootstrap, topic, to_offset=to_offset) as audit:
+            total(max(0, audit.end_offset - audit.start_offset))
+            on_end_offset(audit.end_offset)
+            async for message in audit.messages():
                 advance(1)
                 yield message
 

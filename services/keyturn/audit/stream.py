@@ -15,8 +15,6 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from keyturn.bus.codec import UndecodableMessage, registry
-from keyturn.bus.topics import Topics
-from keyturn.config import Settings
 from keyturn.core.audit.record import AuditRecord, MalformedRecord
 
 T = TypeVar("T")
@@ -54,14 +52,14 @@ def decode_audit_message(offset: int, value: bytes | None) -> AuditMessage:
 class AuditTopic:
     """The audit topic's one partition, opened for reading from ``from_offset``.
 
-    ``async with AuditTopic(settings) as topic:`` then ``topic.end_offset`` (for progress) and
+    ``async with AuditTopic(bootstrap, topic) as topic:`` then ``topic.end_offset`` (for progress) and
     ``async for message in topic.messages(follow=...)``.
     """
 
-    def __init__(self, settings: Settings, *, from_offset: int = 0, to_offset: int | None = None) -> None:
-        self._partition = TopicPartition(Topics.from_settings(settings).audit, 0)
+    def __init__(self, bootstrap: str, topic: str, *, from_offset: int = 0, to_offset: int | None = None) -> None:
+        self._partition = TopicPartition(topic, 0)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             isolation_level="read_committed",
         )
@@ -109,25 +107,25 @@ class AuditTopic:
             yield [decode_audit_message(m.offset, m.value) for batch in fetched.values() for m in batch]
 
 
-async def follow_audit(settings: Settings, *, follow: bool = False) -> AsyncIterator[AuditRecord]:
-    """Every readable audit record from the first; with ``follow``, keep waiting for new ones."""
-    async with AuditTopic(settings) as topic:
-        async for message in topic.messages(follow=follow):
+async def follow_audit(bootstrap: str, topic: str, *, follow: bool = False) -> AsyncIterator[AuditRecord]:
+    """Every readable record of the audit ``topic`` from the first; with ``follow``, keep waiting for new ones."""
+    async with AuditTopic(bootstrap, topic) as audit:
+        async for message in audit.messages(follow=follow):
             if message.record is not None:
                 yield message.record
 
 
-async def read_audit_log(settings: Settings) -> list[AuditRecord]:
-    """Every readable record in the audit topic, oldest first."""
-    return [record async for record in follow_audit(settings)]
+async def read_audit_log(bootstrap: str, topic: str) -> list[AuditRecord]:
+    """Every readable record in the audit ``topic``, oldest first."""
+    return [record async for record in follow_audit(bootstrap, topic)]
 
 
-async def read_audit_tail(settings: Settings, records: int) -> list[AuditRecord]:
+async def read_audit_tail(bootstrap: str, topic: str, records: int) -> list[AuditRecord]:
     """At least the last ``records`` readable records of the audit topic (all, if it holds
     fewer), oldest first: what a writer needs to resume, in time and memory that do not grow
     with the history behind them."""
-    async with AuditTopic(settings) as topic:
-        beginning, end = topic.start_offset, topic.end_offset
+    async with AuditTopic(bootstrap, topic) as audit:
+        beginning, end = audit.start_offset, audit.end_offset
     tail: list[AuditRecord] = []
     # Offsets also count transaction markers (one per commit, at most one per record) and the
     # records of aborted transactions, so read back in slices until enough records are in hand.
@@ -135,8 +133,8 @@ async def read_audit_tail(settings: Settings, records: int) -> list[AuditRecord]
     to_offset = end
     while to_offset > beginning and len(tail) < records:
         from_offset = max(beginning, to_offset - step)
-        async with AuditTopic(settings, from_offset=from_offset, to_offset=to_offset) as topic:
-            piece = [m.record async for m in topic.messages() if m.record is not None]
+        async with AuditTopic(bootstrap, topic, from_offset=from_offset, to_offset=to_offset) as audit:
+            piece = [m.record async for m in audit.messages() if m.record is not None]
         tail = piece + tail
         to_offset = from_offset
     return tail

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from keyturn.config import Settings
-
 
 @dataclass(frozen=True)
 class Topics:
@@ -73,10 +71,6 @@ class Topics:
         }
         return owners.get(topic, "audit")
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "Topics":
-        return cls(settings.namespace, settings.partitions)
-
 
 STREAM_WORKERS = ("policy", "approval", "executor", "audit")
 """The services that run as stream workers, each a consumer group named ``<ns>-<service>``."""
@@ -98,13 +92,13 @@ def topic_specs(topics: Topics) -> list[NewTopic]:
     return specs
 
 
-async def ensure_topics(settings: Settings) -> None:
+async def ensure_topics(bootstrap: str, topics: Topics) -> None:
     """Create any missing topic (idempotent; safe for several services starting at once)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [spec for spec in topic_specs(Topics.from_settings(settings)) if spec.name not in existing]
+        missing = [spec for spec in topic_specs(topics) if spec.name not in existing]
         if missing:
             try:
                 await admin.create_topics(missing)
@@ -114,9 +108,9 @@ async def ensure_topics(settings: Settings) -> None:
         await admin.close()
 
 
-async def partition_count(settings: Settings, topic: str) -> int:
+async def partition_count(bootstrap: str, topic: str) -> int:
     """How many partitions ``topic`` has (0 when it does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         described = await admin.describe_topics([topic])

@@ -15,23 +15,23 @@ import faust
 from keyturn.bus.loop import FailureHook, FaustSource, Handler, Stage, run
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
-from keyturn.config import Settings
 
 log = logging.getLogger(__name__)
 
 
-def make_app(settings: Settings, service: str) -> faust.App:
+def make_app(*, namespace: str, bootstrap: str, partitions: int, run_dir: Path | str, session_timeout_s: float,
+             service: str) -> faust.App:
     """A faust app for one service: raw bytes in and out (our codec does Avro), memory tables."""
-    faust_dir = Path(settings.run_dir) / "faust"
+    faust_dir = Path(run_dir) / "faust"
     faust_dir.mkdir(parents=True, exist_ok=True)
     return faust.App(
-        f"{settings.namespace}-{service}",
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        f"{namespace}-{service}",
+        broker=f"kafka://{bootstrap}",
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
-        datadir=str(faust_dir / f"{settings.namespace}-{service}"),  # not the working directory
-        topic_partitions=settings.partitions,
+        datadir=str(faust_dir / f"{namespace}-{service}"),  # not the working directory
+        topic_partitions=partitions,
         topic_allow_declare=False,  # topics are created by bus.topics.ensure_topics, with retention
         web_enabled=False,  # the approval service serves its HTTP API itself (bus.http)
         consumer_auto_offset_reset="earliest",
@@ -40,14 +40,14 @@ def make_app(settings: Settings, service: str) -> faust.App:
         broker_commit_interval=1.0,
         # A SIGKILLed worker keeps its partitions until its session times out (faust's default is
         # 60 s, measured 55 s in the fault drill); 10 s is three missed heartbeats.
-        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_session_timeout=session_timeout_s,
         # A worker that joins while a restarted broker has not yet listed the topics gets an empty
         # assignment; it rejoins when its next metadata refresh sees them (default: 5 minutes).
         consumer_metadata_max_age_ms=10_000,
     )
 
 
-def faust_publisher(app: faust.App, settings: Settings, service: str) -> Publisher:
+def faust_publisher(app: faust.App, topics: Topics, service: str) -> Publisher:
     """A publisher sending through the faust app's producer."""
     handles: dict[str, faust.TopicT] = {}
 
@@ -56,7 +56,7 @@ def faust_publisher(app: faust.App, settings: Settings, service: str) -> Publish
             handles[topic] = app.topic(topic, key_type=bytes, value_type=bytes)
         await (await handles[topic].send(key=key, value=value))
 
-    return Publisher(send, Topics.from_settings(settings), service)
+    return Publisher(send, topics, service)
 
 
 async def handle_each(stream: faust.StreamT, publisher: Publisher, handle: Handler, *, accept: tuple[type, ...],

@@ -19,7 +19,7 @@ from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ApprovalResolved
-from keyturn.db import open_pool
+from keyturn.db import open_pool, schema_name
 from keyturn.executor.ledger import DDL, ExecutionLedger
 from keyturn.executor.plugins import PluginRegistry
 from keyturn.executor.results import ResultShaper
@@ -60,13 +60,14 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
 def create_app(settings: Settings, plugins: PluginRegistry | None = None):
     """The executor's composition root: its faust app, with everything it uses built here from
     ``settings``; ``plugins`` defaults to the shipped ones (``shipped_plugins``)."""
-    app = make_app(settings, "executor")
-    topics = Topics.from_settings(settings)
-    publisher = faust_publisher(app, settings, "executor")
+    topics = Topics(settings.namespace, settings.partitions)
+    app = make_app(namespace=settings.namespace, bootstrap=settings.kafka_bootstrap, partitions=settings.partitions,
+                   run_dir=settings.run_dir, session_timeout_s=settings.worker_session_timeout_s, service="executor")
+    publisher = faust_publisher(app, topics, "executor")
     registry = plugins or shipped_plugins(settings)
 
     async def build_executor() -> Executor:
-        pool = await open_pool(settings, DDL)
+        pool = await open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace))
         results = ResultShaper(settings.executor_max_result_rows)
         await asyncio.to_thread(results.warm)
         await registry.start()

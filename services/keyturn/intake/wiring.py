@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
-from keyturn.db import open_pool
+from keyturn.db import open_pool, schema_name
 from keyturn.faults import supervised
 from keyturn.identity import load_or_create_signing_key, verifier_from_settings
 from keyturn.intake.consumers import Verifier, consume_submissions, republish_outbox, submissions_stage
@@ -55,8 +55,8 @@ class IntakeWiring:
 
 async def bootstrap(settings: Settings) -> IntakeWiring:
     """Open the database and the producer and wire the intake's parts from ``settings``."""
-    topics = Topics.from_settings(settings)
-    pool = await open_pool(settings, DDL)
+    topics = Topics(settings.namespace, settings.partitions)
+    pool = await open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace))
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
 

@@ -15,7 +15,7 @@ from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
 from keyturn.config import Settings
 from keyturn.core.events import ActionRequested
-from keyturn.db import open_pool
+from keyturn.db import open_pool, schema_name
 from keyturn.faults import until_done
 from keyturn.metrics import serve_metrics
 from keyturn.policy.decider import PolicyDecider, PolicyStage
@@ -27,15 +27,18 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings):
     """The policy service's composition root: everything it uses is built here from ``settings``."""
-    app = make_app(settings, "policy")
+    topics = Topics(settings.namespace, settings.partitions)
+    app = make_app(namespace=settings.namespace, bootstrap=settings.kafka_bootstrap, partitions=settings.partitions,
+                   run_dir=settings.run_dir, session_timeout_s=settings.worker_session_timeout_s, service="policy")
     serve_metrics("policy", settings.policy_metrics_port)  # decision latency, OPA errors
-    topics = Topics.from_settings(settings)
-    publisher = faust_publisher(app, settings, "policy")
-    decider = PolicyDecider(OpaClient.from_settings(settings), settings.policy_unavailable_after_s)
+    publisher = faust_publisher(app, topics, "policy")
+    decider = PolicyDecider(OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s, retries=settings.opa_retries,
+                                       revision_max_age_s=settings.opa_revision_max_age_s),
+                             settings.policy_unavailable_after_s)
 
     @app.agent(consume(app, topics.requested))
     async def decide_requests(stream):
-        record = DecisionRecord(await until_done(lambda: open_pool(settings, DDL), "policy: opening the database"))
+        record = DecisionRecord(await until_done(lambda: open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace)), "policy: opening the database"))
         stage = PolicyStage(decider, record, publisher)
         await handle_each(stream, publisher, stage.decide, accept=(ActionRequested,), on_failure=stage.on_failure)
 

@@ -29,11 +29,16 @@ def explain(
 ) -> None:
     """Re-evaluate the exact recorded input against the policy OPA has loaded now: which rules
     fired then and now, and whether the policy revision has changed since it decided."""
+    from keyturn.bus.topics import Topics
     from keyturn.policy.explain import explain as explain_decision
-    from keyturn.policy.opa import PolicyAnswerInvalid, PolicyUnavailable
+    from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
 
+    settings = Settings.from_env()
+    opa = OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s, retries=settings.opa_retries,
+                    revision_max_age_s=settings.opa_revision_max_age_s)
+    decided = Topics(settings.namespace, settings.partitions).decided
     try:
-        explanation = asyncio.run(explain_decision(Settings.from_env(), action_id))
+        explanation = asyncio.run(explain_decision(opa, settings.kafka_bootstrap, decided, action_id))
     except (PolicyUnavailable, PolicyAnswerInvalid) as error:
         _fail(f"cannot re-evaluate: {error}")
     if explanation is None:
@@ -73,6 +78,7 @@ def simulate(
     """Replay recorded decisions through a candidate policy in a private OPA and print every
     decision that would change (outcome or approver groups), with counts by action type."""
     from keyturn.audit.sources import audit_records, progress, time_option
+    from keyturn.bus.topics import Topics
     from keyturn.policy.opa import PolicyUnavailable
     from keyturn.policy.simulate import CandidateOpa, CandidatePolicyInvalid, OpaNotFound, recorded_decisions
     from keyturn.policy.simulate import simulate as run_simulation
@@ -82,7 +88,7 @@ def simulate(
     if window[0] is not None and window[1] is not None and window[0] >= window[1]:
         _fail("--since must be before --until", 2)
     with progress("reading decisions") as (advance, total):
-        decisions = recorded_decisions(audit_records(settings, export, advance=advance, total=total), since=window[0], until=window[1])
+        decisions = recorded_decisions(audit_records(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit, export, advance=advance, total=total), since=window[0], until=window[1])
     try:
         with CandidateOpa(policy) as opa_url:
             report = asyncio.run(run_simulation(decisions, opa_url))

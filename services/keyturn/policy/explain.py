@@ -10,8 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from keyturn.bus.codec import UndecodableMessage, registry
-from keyturn.bus.topics import Topics, partition_count
-from keyturn.config import Settings
+from keyturn.bus.topics import partition_count
 from keyturn.core.events import ActionDecided
 from keyturn.policy.opa import OpaClient
 
@@ -51,13 +50,12 @@ class Explanation:
         }
 
 
-async def recorded_decision(settings: Settings, action_id: str) -> ActionDecided | None:
-    """The decision event for ``action_id``, read from its partition of the decided topic."""
-    topic = Topics.from_settings(settings).decided
-    partitions = list(range(await partition_count(settings, topic)))
+async def recorded_decision(bootstrap: str, topic: str, action_id: str) -> ActionDecided | None:
+    """The decision event for ``action_id``, read from its partition of ``topic`` (the decided topic)."""
+    partitions = list(range(await partition_count(bootstrap, topic)))
     if not partitions:
         return None
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
         # the producers' partitioner puts every event of one action in the same partition
@@ -81,13 +79,12 @@ async def recorded_decision(settings: Settings, action_id: str) -> ActionDecided
         await consumer.stop()
 
 
-async def explain(settings: Settings, action_id: str) -> Explanation | None:
-    """Evaluate the recorded input against the policy OPA has loaded now."""
-    recorded = await recorded_decision(settings, action_id)
-    if recorded is None:
-        return None
-    opa = OpaClient.from_settings(settings)
+async def explain(opa: OpaClient, bootstrap: str, decided_topic: str, action_id: str) -> Explanation | None:
+    """Evaluate the recorded input against the policy ``opa`` has loaded now; closes ``opa``."""
     try:
+        recorded = await recorded_decision(bootstrap, decided_topic, action_id)
+        if recorded is None:
+            return None
         answer = await opa.query("keyturn/decision", json.loads(recorded.provenance.input_json))
         revision = await opa.policy_revision(max_age_s=0)
     finally:

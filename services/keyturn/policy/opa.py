@@ -23,8 +23,6 @@ from typing import Any
 import aiohttp
 from prometheus_client import Counter, Histogram
 
-from keyturn.config import Settings
-
 DECISION_SECONDS = Histogram("keyturn_opa_decision_seconds", "Latency of one OPA query, retries included", ["path"])
 OPA_ERRORS = Counter("keyturn_opa_errors_total", "OPA calls that failed", ["path", "kind"])
 
@@ -64,12 +62,6 @@ class OpaClient:
         # (monotonic time the fetch started, revision); one fetch at a time under the lock.
         self._revision: tuple[float, str] | None = None
         self._revision_lock = asyncio.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> OpaClient:
-        """The client every service uses: OPA's address, timeout, retries and revision age from settings."""
-        return cls(settings.opa_url, timeout_s=settings.opa_timeout_s, retries=settings.opa_retries,
-                   revision_max_age_s=settings.opa_revision_max_age_s)
 
     def _http(self) -> aiohttp.ClientSession:
         # Opened on first use: a session binds to the running loop, and clients are often built
