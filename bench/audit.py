@@ -67,7 +67,9 @@ def build(actions: int) -> list:
         if n % 9 == 0:
             history.vote(decision, "human:alice", "approve", start + 0.5, accepted=False)
         approve = n % 2 == 0
-        vote = history.vote(decision, "human:carol" if approve else "human:dave", "approve" if approve else "deny", start + 1)
+        vote = history.vote(
+            decision, "human:carol" if approve else "human:dave", "approve" if approve else "deny", start + 1
+        )
         history.resolve(decision, "approved" if approve else "denied", start + 1, (vote,))
         if approve:
             history.execute(request, "succeeded", start + 1.2)
@@ -77,14 +79,18 @@ def build(actions: int) -> list:
 
 async def fill(settings: Settings, records: list) -> None:
     await ensure_topics(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions))
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"{settings.namespace}-bench")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"{settings.namespace}-bench"
+    )
     await producer.start()
     topic = Topics(settings.namespace, settings.partitions).audit
     try:
         for start in range(0, len(records), 500):
             async with producer.transaction():
-                for record in records[start:start + 500]:
-                    await producer.send(topic, registry().encode("AuditRecord", record.to_dict()), key=(record.action_id or "").encode())
+                for record in records[start : start + 500]:
+                    await producer.send(
+                        topic, registry().encode("AuditRecord", record.to_dict()), key=(record.action_id or "").encode()
+                    )
     finally:
         await producer.stop()
 
@@ -112,7 +118,13 @@ def timed(label: str, count: int, run) -> dict:
     result = run()
     seconds = time.perf_counter() - started
     print(f"{label:<28} {count:>8} records in {seconds:6.2f} s = {count / seconds:>9,.0f} records/s")
-    return {"what": label, "records": count, "seconds": round(seconds, 3), "records_per_s": round(count / seconds), "result": result}
+    return {
+        "what": label,
+        "records": count,
+        "seconds": round(seconds, 3),
+        "records_per_s": round(count / seconds),
+        "result": result,
+    }
 
 
 def main() -> None:

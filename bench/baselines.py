@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -48,8 +48,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 async def relay(bootstrap: str, source: str, destination: str, group: str) -> None:
     """Forward every message of ``source`` to ``destination`` with our receive time appended."""
-    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        source, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await consumer.start()
     await producer.start()
@@ -59,7 +60,9 @@ async def relay(bootstrap: str, source: str, destination: str, group: str) -> No
             sent = []
             for messages in batch.values():
                 for message in messages:
-                    sent.append(await producer.send(destination, message.value + STAMP.pack(time.time()), key=message.key))
+                    sent.append(
+                        await producer.send(destination, message.value + STAMP.pack(time.time()), key=message.key)
+                    )
             if sent:
                 await asyncio.gather(*sent)
                 await consumer.commit()
@@ -79,7 +82,7 @@ class KafkaChain:
         self.prefix = prefix
         self.relays: list[subprocess.Popen] = []
 
-    async def __aenter__(self) -> "KafkaChain":
+    async def __aenter__(self) -> KafkaChain:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
@@ -88,12 +91,30 @@ class KafkaChain:
             await admin.close()
         # two relays = policy and executor; the sink (in this process) plays status / audit
         for i, (source, destination) in enumerate(zip(self.topics, self.topics[1:])):
-            self.relays.append(subprocess.Popen(
-                [sys.executable, "-m", "bench.baselines", "relay", self.bootstrap, source, destination, f"{self.prefix}-relay{i}"],
-                cwd=REPO_ROOT, env={"PYTHONPATH": f"{REPO_ROOT / 'services'}:{REPO_ROOT}", "PATH": "/usr/bin:/bin"}))
+            self.relays.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.baselines",
+                        "relay",
+                        self.bootstrap,
+                        source,
+                        destination,
+                        f"{self.prefix}-relay{i}",
+                    ],
+                    cwd=REPO_ROOT,
+                    env={"PYTHONPATH": f"{REPO_ROOT / 'services'}:{REPO_ROOT}", "PATH": "/usr/bin:/bin"},
+                )
+            )
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True)
-        self.sink = AIOKafkaConsumer(self.topics[-1], bootstrap_servers=self.bootstrap, group_id=f"{self.prefix}-sink",
-                                     enable_auto_commit=False, auto_offset_reset="earliest")
+        self.sink = AIOKafkaConsumer(
+            self.topics[-1],
+            bootstrap_servers=self.bootstrap,
+            group_id=f"{self.prefix}-sink",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
         await self.producer.start()
         await self.sink.start()
         await self._warm_up()
@@ -134,7 +155,9 @@ class KafkaChain:
                 delay = start + i / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            pending.append(await self.producer.send(self.topics[0], STAMP.pack(time.time()) + padding, key=uuid.uuid4().bytes))
+            pending.append(
+                await self.producer.send(self.topics[0], STAMP.pack(time.time()) + padding, key=uuid.uuid4().bytes)
+            )
             if len(pending) >= 1000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -149,8 +172,14 @@ class KafkaChain:
             now = time.time()
             for messages in batch.values():
                 for m in messages:
-                    found.append((STAMP.unpack_from(m.value, 0)[0], STAMP.unpack_from(m.value, len(m.value) - 16)[0],
-                                  STAMP.unpack_from(m.value, len(m.value) - 8)[0], now))
+                    found.append(
+                        (
+                            STAMP.unpack_from(m.value, 0)[0],
+                            STAMP.unpack_from(m.value, len(m.value) - 16)[0],
+                            STAMP.unpack_from(m.value, len(m.value) - 8)[0],
+                            now,
+                        )
+                    )
         await self.sink.commit()
         return found
 
@@ -188,13 +217,24 @@ def sample_request() -> Any:
     from keyturn.core.events import ActionRequested, Digest
     from keyturn.core.principal import Principal, PrincipalKind
 
-    parameters = {"columns": ["id", "created_at", "amount", "currency"], "limit": 100, "row_count": 100, "filter": {"region": "eu"}}
+    parameters = {
+        "columns": ["id", "created_at", "amount", "currency"],
+        "limit": 100,
+        "row_count": 100,
+        "filter": {"region": "eu"},
+    }
     action_id = str(uuid.uuid4())
     return ActionRequested(
-        event_id=f"requested:{action_id}", action_id=action_id, action="read.table",
-        resource="postgres://staging/analytics/orders", parameters_json=canonical_json(parameters),
-        reason="quarterly churn analysis (benchmark)", requester=Principal("agent:bench", PrincipalKind.AGENT, ("human:alice",)),
-        payload_digest=Digest.of_json(parameters), requested_at=datetime.now(timezone.utc))
+        event_id=f"requested:{action_id}",
+        action_id=action_id,
+        action="read.table",
+        resource="postgres://staging/analytics/orders",
+        parameters_json=canonical_json(parameters),
+        reason="quarterly churn analysis (benchmark)",
+        requester=Principal("agent:bench", PrincipalKind.AGENT, ("human:alice",)),
+        payload_digest=Digest.of_json(parameters),
+        requested_at=datetime.now(UTC),
+    )
 
 
 async def _rate(call, seconds: float, concurrency: int, latencies: list[float] | None = None) -> dict[str, Any]:
@@ -223,8 +263,10 @@ async def _interleaved(candidates: dict[str, Any], seconds: float, concurrency: 
     for _ in range(rounds):
         for name, call in candidates.items():
             spent[name] += (await _rate(call, seconds / rounds, concurrency, latencies[name]))["seconds"]
-    return {f"{name}_c{concurrency}": {"per_second": len(latencies[name]) / spent[name], **percentiles(latencies[name])}
-            for name in candidates}
+    return {
+        f"{name}_c{concurrency}": {"per_second": len(latencies[name]) / spent[name], **percentiles(latencies[name])}
+        for name in candidates
+    }
 
 
 async def opa_decisions(opa_url: str, seconds: float) -> dict[str, Any]:
@@ -238,7 +280,9 @@ async def opa_decisions(opa_url: str, seconds: float) -> dict[str, Any]:
     request = sample_request()
     document = {"input": policy_input(request)}
     results: dict[str, Any] = {}
-    raw = httpx.AsyncClient(base_url=opa_url, timeout=10, limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
+    raw = httpx.AsyncClient(
+        base_url=opa_url, timeout=10, limits=httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    )
     client = OpaClient(opa_url)
     decider = PolicyDecider(client, 30.0)
 
@@ -269,7 +313,9 @@ async def opa_decisions(opa_url: str, seconds: float) -> dict[str, Any]:
     return results
 
 
-async def _opa_python_client(opa_url: str, input_document: dict[str, Any], seconds: float, raw_decision) -> dict[str, Any]:
+async def _opa_python_client(
+    opa_url: str, input_document: dict[str, Any], seconds: float, raw_decision
+) -> dict[str, Any]:
     """The same decision through opa-python-client 3.0 (aiohttp underneath), when installed,
     interleaved with raw httpx again so the two share the same moments of the machine."""
     try:
@@ -281,6 +327,7 @@ async def _opa_python_client(opa_url: str, input_document: dict[str, Any], secon
     address = urlsplit(opa_url)
     results: dict[str, Any] = {}
     async with AsyncOpaClient(host=address.hostname, port=address.port or 8181, timeout=10) as opa:
+
         async def decision() -> None:
             answer = await opa.query_rule(input_document, "keyturn.decision")
             assert answer["result"]["decision"]["outcome"] == "allowed"
@@ -288,7 +335,9 @@ async def _opa_python_client(opa_url: str, input_document: dict[str, Any], secon
         for _ in range(50):
             await decision()
         for concurrency in (1, 16):
-            pair = await _interleaved({"opa_python_client": decision, "raw_httpx_again": raw_decision}, seconds, concurrency)
+            pair = await _interleaved(
+                {"opa_python_client": decision, "raw_httpx_again": raw_decision}, seconds, concurrency
+            )
             results.update(pair)
     return results
 

@@ -45,22 +45,45 @@ def submission_body(number: int, run: str) -> dict[str, Any]:
     kind = mix_kind(number)
     key = f"{run}-{number}"
     if kind == APPROVAL:
-        return {"action": "iam.role.grant", "resource": "iam://staging/roles/analyst",
-                "parameters": {"user": "human:bob", "role": "analyst", "ticket": f"BENCH-{number}"},
-                "reason": "onboarding (benchmark)", "idempotency_key": key}
+        return {
+            "action": "iam.role.grant",
+            "resource": "iam://staging/roles/analyst",
+            "parameters": {"user": "human:bob", "role": "analyst", "ticket": f"BENCH-{number}"},
+            "reason": "onboarding (benchmark)",
+            "idempotency_key": key,
+        }
     if kind == DENIED:
-        return {"action": "secrets.delete", "resource": "vault://staging/kv/bench",
-                "parameters": {"path": f"bench/{number}"}, "reason": "cleanup (benchmark)", "idempotency_key": key}
-    return {"action": "read.table", "resource": "postgres://staging/analytics/orders",
-            "parameters": {"columns": ["id", "created_at", "amount", "currency"], "limit": 100, "row_count": 100,
-                           "filter": {"region": random.Random(number).choice(["eu", "us", "apac"])}},
-            "reason": "quarterly churn analysis (benchmark)", "idempotency_key": key}
+        return {
+            "action": "secrets.delete",
+            "resource": "vault://staging/kv/bench",
+            "parameters": {"path": f"bench/{number}"},
+            "reason": "cleanup (benchmark)",
+            "idempotency_key": key,
+        }
+    return {
+        "action": "read.table",
+        "resource": "postgres://staging/analytics/orders",
+        "parameters": {
+            "columns": ["id", "created_at", "amount", "currency"],
+            "limit": 100,
+            "row_count": 100,
+            "filter": {"region": random.Random(number).choice(["eu", "us", "apac"])},
+        },
+        "reason": "quarterly churn analysis (benchmark)",
+        "idempotency_key": key,
+    }
 
 
 def mint(settings: Settings, subject: str, acts_for: tuple[str, ...] = ()) -> str:
     key = load_or_create_signing_key(settings.keys_dir)
-    return issue_token(key, subject=subject, acts_for=acts_for, audience=settings.jwt_audience,
-                       issuer=settings.jwt_issuer, ttl=timedelta(hours=4))
+    return issue_token(
+        key,
+        subject=subject,
+        acts_for=acts_for,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        ttl=timedelta(hours=4),
+    )
 
 
 @dataclass
@@ -95,13 +118,23 @@ class Agent:
         self.run = uuid.uuid4().hex[:8]
         self.retry_for_s = retry_for_s  # > 0: keep retrying a submission (same key) this long
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self.intake = httpx.AsyncClient(base_url=settings.intake_url, limits=limits, timeout=60,
-                                        headers={"Authorization": f"Bearer {mint(settings, 'agent:bench', ('human:alice',))}"})
-        self.desk = httpx.AsyncClient(base_url=settings.approval_url, limits=httpx.Limits(max_connections=16), timeout=60,
-                                      headers={"Authorization": f"Bearer {mint(settings, 'human:carol')}"})
+        self.intake = httpx.AsyncClient(
+            base_url=settings.intake_url,
+            limits=limits,
+            timeout=60,
+            headers={"Authorization": f"Bearer {mint(settings, 'agent:bench', ('human:alice',))}"},
+        )
+        self.desk = httpx.AsyncClient(
+            base_url=settings.approval_url,
+            limits=httpx.Limits(max_connections=16),
+            timeout=60,
+            headers={"Authorization": f"Bearer {mint(settings, 'human:carol')}"},
+        )
         self.log = LoadLog()
         self.next_number = 0
-        self._to_approve: asyncio.Queue[tuple[str, float, float]] = asyncio.Queue()  # (action id, not before, next wait)
+        self._to_approve: asyncio.Queue[tuple[str, float, float]] = (
+            asyncio.Queue()
+        )  # (action id, not before, next wait)
         self._approvers: list[asyncio.Task] = []
 
     async def close(self) -> None:
@@ -154,7 +187,9 @@ class Agent:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return accepted, time.perf_counter() - started
 
-    async def open_loop(self, rate: float, seconds: float, *, max_in_flight: int = 2000) -> tuple[list[str], dict[str, float]]:
+    async def open_loop(
+        self, rate: float, seconds: float, *, max_in_flight: int = 2000
+    ) -> tuple[list[str], dict[str, float]]:
         """Submit at ``rate`` per second for ``seconds``, whatever the answers' pace (open loop).
 
         Returns the accepted ids and how far the schedule slipped: a generator that cannot keep
@@ -187,7 +222,10 @@ class Agent:
             tasks.append(asyncio.create_task(one(first + i)))
         await asyncio.gather(*tasks)
         slips.sort()
-        return accepted, {"max_s": slips[-1] if slips else 0.0, "p99_s": slips[int(len(slips) * 0.99) - 1] if slips else 0.0}
+        return accepted, {
+            "max_s": slips[-1] if slips else 0.0,
+            "p99_s": slips[int(len(slips) * 0.99) - 1] if slips else 0.0,
+        }
 
     async def hammer(self, path: str, seconds: float, concurrency: int) -> float:
         """GET ``path`` on the intake as fast as ``concurrency`` clients can: requests per second."""
@@ -236,9 +274,15 @@ class Agent:
             self.log.answered.add(action_id)
             return True
         sent_at = time.time()
-        answer = await self.desk.post(f"/v1/approvals/{action_id}/votes", json={
-            "choice": "approve", "payload_digest": shown.json()["payload_digest"], "channel": "cli",
-            "reason": "benchmark approver"})
+        answer = await self.desk.post(
+            f"/v1/approvals/{action_id}/votes",
+            json={
+                "choice": "approve",
+                "payload_digest": shown.json()["payload_digest"],
+                "channel": "cli",
+                "reason": "benchmark approver",
+            },
+        )
         if answer.status_code == 200:
             self.log.votes[action_id] = sent_at
             self.log.answered.add(action_id)

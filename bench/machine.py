@@ -10,8 +10,14 @@ from pathlib import Path
 def describe() -> dict[str, object]:
     """Cores, memory, CPU model and load average: printed beside every result."""
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
     return {
         "cores": os.cpu_count(),
         "memory_gib": round(int(meminfo["MemTotal"].split()[0]) / 1024 / 1024, 1),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services"))
 
-from keyturn.masking import ParameterMasker, build_analyzer  # noqa: E402
+from keyturn.masking import ParameterMasker, build_analyzer
 
 CHUNK = 500
 SENSITIVE_SHARE = 0.3
@@ -238,9 +238,11 @@ SENSITIVE_VALUES = {
     "slack": lambda r: f"xoxb-{r.randint(10**10, 10**11)}-{_token(r, 24)}",
     "github": lambda r: "ghp_" + _token(r, 36),
     "jwt": lambda r: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI" + _token(r, 20) + "In0." + _token(r, 43),
-    "pem": lambda r: "-----BEGIN RSA PRIVATE KEY-----\n"
-    + "\n".join(_token(r, 64, string.ascii_letters + string.digits + "+/") for _ in range(4))
-    + "\n-----END RSA PRIVATE KEY-----",
+    "pem": lambda r: (
+        "-----BEGIN RSA PRIVATE KEY-----\n"
+        + "\n".join(_token(r, 64, string.ascii_letters + string.digits + "+/") for _ in range(4))
+        + "\n-----END RSA PRIVATE KEY-----"
+    ),
     "dsn": lambda r: f"postgres://report:{_token(r, 14)}@db.internal.example:5432/analytics",
     "ip": lambda r: f"10.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}",
 }

@@ -21,8 +21,21 @@ def start(pid: int, seconds: float, output: Path, *, idle: bool = False) -> subp
     if binary is None:
         return None
     output.parent.mkdir(parents=True, exist_ok=True)
-    command = [binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
-               "--format", "raw", "--output", str(output), "--nonblocking"]
+    command = [
+        binary,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        "100",
+        "--format",
+        "raw",
+        "--output",
+        str(output),
+        "--nonblocking",
+    ]
     if idle:
         command.append("--idle")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -55,8 +68,17 @@ def summarise(collapsed: Path, top: int = 12) -> dict[str, list[tuple[str, float
             inclusive[frame] += n
     if not total:
         return {"own": [], "inclusive": [], "samples": 0}
-    interesting = [(f, n) for f, n in inclusive.most_common() if "keyturn/" in f or "faust/" in f or "aiokafka/" in f
-                   or "psycopg" in f or "httpx/" in f or "fastapi/" in f or "fastavro" in f]
+    interesting = [
+        (f, n)
+        for f, n in inclusive.most_common()
+        if "keyturn/" in f
+        or "faust/" in f
+        or "aiokafka/" in f
+        or "psycopg" in f
+        or "httpx/" in f
+        or "fastapi/" in f
+        or "fastavro" in f
+    ]
     return {
         "own": [(f, round(n / total, 3)) for f, n in own.most_common(top)],
         "inclusive": [(f, round(n / total, 3)) for f, n in interesting[:top]],

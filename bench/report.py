@@ -44,8 +44,10 @@ def _fmt(value: float | None, unit: str) -> str:
 
 def print_table(figures: list[Figure], machine: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(width=170)
-    table = Table(title=f"Keyturn benchmark — {machine['cores']} cores, {machine['memory_gib']} GiB, {machine['cpu_model']}, "
-                        f"load average at start {machine['load_average_at_start']}")
+    table = Table(
+        title=f"Keyturn benchmark — {machine['cores']} cores, {machine['memory_gib']} GiB, {machine['cpu_model']}, "
+        f"load average at start {machine['load_average_at_start']}"
+    )
     table.add_column("figure", overflow="fold")
     table.add_column("value", justify="right")
     table.add_column("baseline (same run)", overflow="fold")
@@ -55,8 +57,14 @@ def print_table(figures: list[Figure], machine: dict[str, Any], console: Console
     for f in figures:
         ratio = f.ratio
         met = "" if f.met is None else (" [green]met[/green]" if f.met else " [red]missed[/red]")
-        table.add_row(f.name, _fmt(f.value, f.unit), f.baseline_name, _fmt(f.baseline, f.unit),
-                      "–" if ratio is None else f"{ratio:.2f}×", f"{f.target}{met}")
+        table.add_row(
+            f.name,
+            _fmt(f.value, f.unit),
+            f.baseline_name,
+            _fmt(f.baseline, f.unit),
+            "–" if ratio is None else f"{ratio:.2f}×",
+            f"{f.target}{met}",
+        )
     console.print(table)
 
 
@@ -66,7 +74,9 @@ def write_json(path: Path, figures: list[Figure], details: dict[str, Any]) -> No
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
 
 
-def write_chart(path: Path, figures: list[Figure], memory: list[dict[str, Any]], cpu: dict[str, float], machine: dict[str, Any]) -> bool:
+def write_chart(
+    path: Path, figures: list[Figure], memory: list[dict[str, Any]], cpu: dict[str, float], machine: dict[str, Any]
+) -> bool:
     """Four panels: rates, latencies, memory over actions, CPU by process. False without matplotlib."""
     try:
         import matplotlib
@@ -76,13 +86,22 @@ def write_chart(path: Path, figures: list[Figure], memory: list[dict[str, Any]],
     except ImportError:
         return False
     fig, axes = plt.subplots(2, 2, figsize=(18, 13), gridspec_kw={"height_ratios": [1.4, 1]})
-    fig.suptitle(f"Keyturn benchmark — {machine['cores']} cores, {machine['memory_gib']} GiB "
-                 f"(each figure beside its baseline from the same run)", fontsize=13)
+    fig.suptitle(
+        f"Keyturn benchmark — {machine['cores']} cores, {machine['memory_gib']} GiB "
+        f"(each figure beside its baseline from the same run)",
+        fontsize=13,
+    )
 
     def bars(ax, chosen: list[Figure], title: str, xlabel: str) -> None:
         y = list(range(len(chosen)))
         ax.barh([i - 0.2 for i in y], [f.value for f in chosen], height=0.4, label="Keyturn", color="#3366aa")
-        ax.barh([i + 0.2 for i in y], [f.baseline or 0 for f in chosen], height=0.4, label="baseline (same run)", color="#bbbbbb")
+        ax.barh(
+            [i + 0.2 for i in y],
+            [f.baseline or 0 for f in chosen],
+            height=0.4,
+            label="baseline (same run)",
+            color="#bbbbbb",
+        )
         for i, f in enumerate(chosen):
             if f.ratio is not None:
                 ax.annotate(f" {f.ratio:.2f}×", (f.value, i - 0.2), va="center", fontsize=7)

@@ -92,7 +92,7 @@ class Drain:
         self.settings = settings
         self.topics = Topics(settings.namespace, settings.partitions)
 
-    async def __aenter__(self) -> "Drain":
+    async def __aenter__(self) -> Drain:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
         await self.consumer.start()
         return self
@@ -111,8 +111,10 @@ class Drain:
         want_executed = sum(1 for s in accepted if s.kind in (ALLOWED, APPROVAL))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if (await self.count(self.topics.decided) >= want_decided
-                    and await self.count(self.topics.executed) >= want_executed):
+            if (
+                await self.count(self.topics.decided) >= want_decided
+                and await self.count(self.topics.executed) >= want_executed
+            ):
                 return True
             await asyncio.sleep(0.25)
         console.print(f"[red]pipeline did not drain within {timeout:.0f}s[/red]")
@@ -127,7 +129,9 @@ class Drain:
             await asyncio.sleep(0.25)
         return False
 
-    async def settle(self, topic: str, *, partitions: int | None = None, quiet_s: float = 3.0, timeout: float = 300) -> int:
+    async def settle(
+        self, topic: str, *, partitions: int | None = None, quiet_s: float = 3.0, timeout: float = 300
+    ) -> int:
         """Wait until ``topic`` stops growing for ``quiet_s``; its message count."""
         last, since = -1, time.monotonic()
         deadline = time.monotonic() + timeout
@@ -140,8 +144,11 @@ class Drain:
             await asyncio.sleep(0.25)
         return last
 
+
 class Bench:
-    def __init__(self, plan: Plan, settings: Settings, procs: ServiceProcesses, servers: PrivateServers, stamp: str) -> None:
+    def __init__(
+        self, plan: Plan, settings: Settings, procs: ServiceProcesses, servers: PrivateServers, stamp: str
+    ) -> None:
         self.plan = plan
         self.settings = settings
         self.procs = procs
@@ -168,7 +175,9 @@ class Bench:
             async with Drain(self.settings) as drain:
                 await self._phases(agent, drain)
                 self.note("waiting for the audit to catch up")
-                self.details["audit_end_offset"] = await drain.settle(Topics(self.settings.namespace, self.settings.partitions).audit, partitions=1)
+                self.details["audit_end_offset"] = await drain.settle(
+                    Topics(self.settings.namespace, self.settings.partitions).audit, partitions=1
+                )
         finally:
             await agent.close()
         self.agent = agent
@@ -199,10 +208,14 @@ class Bench:
 
         self.note(f"open loop: {plan.low_rate:g} actions/s for 15s (a rate this stack sustains)")
         ids, slip = await agent.open_loop(plan.low_rate, 15)
-        self.phases["open-low"] = Phase("open-low", ids, 15, await drain.wait(agent, plan.drain_timeout), {"schedule_slip": slip})
+        self.phases["open-low"] = Phase(
+            "open-low", ids, 15, await drain.wait(agent, plan.drain_timeout), {"schedule_slip": slip}
+        )
         self.note(f"open loop: {plan.rate:.0f} actions/s for {plan.open_seconds:.0f}s")
         ids, slip = await agent.open_loop(plan.rate, plan.open_seconds)
-        self.phases["open"] = Phase("open", ids, plan.open_seconds, await drain.wait(agent, plan.drain_timeout), {"schedule_slip": slip})
+        self.phases["open"] = Phase(
+            "open", ids, plan.open_seconds, await drain.wait(agent, plan.drain_timeout), {"schedule_slip": slip}
+        )
         self.memory_point(agent, "after open loop")
 
         meter = machine.CpuMeter(self._pids())
@@ -226,13 +239,17 @@ class Bench:
             self.procs.start("policy-2", "policy")
             self.procs.start("executor-2", "executor")
             ids, secs = await agent.closed_loop(500, 16)  # lets the groups rebalance
-            self.phases["scale-out warm-up"] = Phase("scale-out warm-up", ids, secs, await drain.wait(agent, plan.drain_timeout))
+            self.phases["scale-out warm-up"] = Phase(
+                "scale-out warm-up", ids, secs, await drain.wait(agent, plan.drain_timeout)
+            )
             meter = machine.CpuMeter(self._pids())
             before = meter.snapshot()
             for number in range(1):
                 self.note(f"scale-out chunk {number + 1}: {plan.chunk} actions")
                 ids, secs = await agent.closed_loop(plan.chunk, plan.concurrency)
-                self.phases[f"scaled-{number + 1}"] = Phase(f"scaled-{number + 1}", ids, secs, await drain.wait(agent, plan.drain_timeout))
+                self.phases[f"scaled-{number + 1}"] = Phase(
+                    f"scaled-{number + 1}", ids, secs, await drain.wait(agent, plan.drain_timeout)
+                )
             self.details["cpu_scaled"] = machine.CpuMeter.spent(before, meter.snapshot())
             self.memory_point(agent, "after scale-out")  # the last memory point: the backlog drains restart workers
             await self._backlog_drains(agent, drain)
@@ -258,10 +275,14 @@ class Bench:
                 for name in (stage, f"{stage}-2"):
                     if name in self.procs.procs:
                         self.procs.stop(name)
-                self.note(f"backlog drain: {size} actions queued for the {stage}, then {workers} {stage} worker(s) alone")
+                self.note(
+                    f"backlog drain: {size} actions queued for the {stage}, then {workers} {stage} worker(s) alone"
+                )
                 ids, secs = await agent.closed_loop(size, self.plan.concurrency)
                 expected = sum(1 for a in ids if stage == "policy" or agent.log.accepted[a].kind == ALLOWED)
-                await drain.settle(topics.decided, quiet_s=2.0)  # the policy has decided what it could (executor backlog)
+                await drain.settle(
+                    topics.decided, quiet_s=2.0
+                )  # the policy has decided what it could (executor backlog)
                 for name in ("intake", "approval", other):
                     self.procs.stop(name)
                 before = await drain.count(output)
@@ -272,15 +293,18 @@ class Bench:
                 for name in ("intake", "approval", other):
                     self.procs.start(name)
                 self.procs.wait_ready()
-                self.phases[f"backlog-{stage}-{workers}"] = Phase(f"backlog-{stage}-{workers}", ids, secs,
-                                                                  await drain.wait(agent, self.plan.drain_timeout))
+                self.phases[f"backlog-{stage}-{workers}"] = Phase(
+                    f"backlog-{stage}-{workers}", ids, secs, await drain.wait(agent, self.plan.drain_timeout)
+                )
 
     async def _profiled_chunk(self, agent: Agent, drain: Drain) -> None:
         size = max(self.plan.chunk // 2, int(self.plan.profile_seconds * 60))
         self.note(f"profiled chunk: {size} actions with py-spy on every service for {self.plan.profile_seconds:.0f}s")
         out = RESULTS / "profiles" / self.stamp
-        samplers = {name: profile.start(self.procs.pid(name), self.plan.profile_seconds, out / f"{name}.txt")
-                    for name in ("intake", "policy", "executor", "audit", "approval")}
+        samplers = {
+            name: profile.start(self.procs.pid(name), self.plan.profile_seconds, out / f"{name}.txt")
+            for name in ("intake", "policy", "executor", "audit", "approval")
+        }
         ids, secs = await agent.closed_loop(size, self.plan.concurrency)
         await drain.wait(agent, self.plan.drain_timeout)
         for name, sampler in samplers.items():
@@ -309,26 +333,46 @@ def _ts(value: datetime | None) -> float | None:
 def _throughput(lifecycle: Lifecycle, ids: list[str], sent: dict[str, float]) -> dict[str, float]:
     """Actions reaching a terminal state per second, from the first send to the last terminal event;
     and each stage's own pace (decisions/s, executions/s) over its own span."""
-    terminal = [_ts(lifecycle.actions[a].terminal_at) for a in ids if a in lifecycle.actions and lifecycle.actions[a].terminal_at]
-    decided = [_ts(lifecycle.actions[a].decided_at) for a in ids if a in lifecycle.actions and lifecycle.actions[a].decided_at]
-    executed = [_ts(lifecycle.actions[a].finished_at) for a in ids if a in lifecycle.actions and lifecycle.actions[a].finished_at]
+    terminal = [
+        _ts(lifecycle.actions[a].terminal_at)
+        for a in ids
+        if a in lifecycle.actions and lifecycle.actions[a].terminal_at
+    ]
+    decided = [
+        _ts(lifecycle.actions[a].decided_at) for a in ids if a in lifecycle.actions and lifecycle.actions[a].decided_at
+    ]
+    executed = [
+        _ts(lifecycle.actions[a].finished_at)
+        for a in ids
+        if a in lifecycle.actions and lifecycle.actions[a].finished_at
+    ]
     first = min(sent[a] for a in ids)
     span = (max(terminal) - first) if terminal else float("nan")
 
     def pace(stamps: list[float]) -> float:
-        return len(stamps) / (max(stamps) - min(stamps)) if len(stamps) > 1 and max(stamps) > min(stamps) else float("nan")
+        return (
+            len(stamps) / (max(stamps) - min(stamps)) if len(stamps) > 1 and max(stamps) > min(stamps) else float("nan")
+        )
 
-    return {"actions": len(ids), "terminal": len(terminal), "seconds": round(span, 2),
-            "per_second": len(terminal) / span if terminal else float("nan"),
-            "decided_per_second": pace(decided), "executed_per_second": pace(executed)}
+    return {
+        "actions": len(ids),
+        "terminal": len(terminal),
+        "seconds": round(span, 2),
+        "per_second": len(terminal) / span if terminal else float("nan"),
+        "decided_per_second": pace(decided),
+        "executed_per_second": pace(executed),
+    }
 
 
 def _steady_pace(lifecycle: Lifecycle, ids: list[str], stamp: str) -> float:
     """Events per second between the 25th and the 95th percentile of their timestamps: the steady
     part of a drain, without the workers' start-up and first rebalance or the last stragglers
     (actions waiting for an approval)."""
-    stamps = sorted(_ts(getattr(lifecycle.actions[a], stamp)) for a in ids
-                    if a in lifecycle.actions and getattr(lifecycle.actions[a], stamp))
+    stamps = sorted(
+        _ts(getattr(lifecycle.actions[a], stamp))
+        for a in ids
+        if a in lifecycle.actions and getattr(lifecycle.actions[a], stamp)
+    )
     if len(stamps) < 20:
         return float("nan")
     low, high = int(len(stamps) * 0.25), int(len(stamps) * 0.95)
@@ -336,7 +380,9 @@ def _steady_pace(lifecycle: Lifecycle, ids: list[str], stamp: str) -> float:
     return (high - low) / span if span > 0 else float("nan")
 
 
-def _latency_figures(lifecycle: Lifecycle, bench: Bench, phase: str, rate: float, chain: dict[str, Any], *, target: bool) -> tuple[dict[str, Any], list[Figure]]:
+def _latency_figures(
+    lifecycle: Lifecycle, bench: Bench, phase: str, rate: float, chain: dict[str, Any], *, target: bool
+) -> tuple[dict[str, Any], list[Figure]]:
     """request→decided, request→terminal and approve→executed of one open-loop phase, from the
     events' own timestamps, beside the raw chain's hops at the same rate."""
     agent = bench.agent
@@ -344,24 +390,43 @@ def _latency_figures(lifecycle: Lifecycle, bench: Bench, phase: str, rate: float
     ids = bench.phases[phase].ids
     facts = lifecycle.actions
     to_decided = [_ts(facts[a].decided_at) - sent[a] for a in ids if a in facts and facts[a].decided_at]
-    to_terminal = [_ts(facts[a].terminal_at) - sent[a] for a in ids
-                   if a in facts and facts[a].terminal_at and agent.log.accepted[a].kind != APPROVAL]
+    to_terminal = [
+        _ts(facts[a].terminal_at) - sent[a]
+        for a in ids
+        if a in facts and facts[a].terminal_at and agent.log.accepted[a].kind != APPROVAL
+    ]
     votes = agent.log.votes
-    approve_to_executed = [_ts(facts[a].finished_at) - votes[a] for a in ids if a in votes and a in facts and facts[a].finished_at]
-    measured = {"request_to_decided": baselines.percentiles(to_decided),
-                "request_to_terminal": baselines.percentiles(to_terminal),
-                "approve_to_executed": baselines.percentiles(approve_to_executed)}
-    pairs = [("request→decided", "request_to_decided", "one_hop", "raw chain, 1 hop (producer→relay)"),
-             ("request→terminal (allowed & denied)", "request_to_terminal", "two_hops", "raw chain, 2 hops"),
-             ("approve→executed", "approve_to_executed", "hop_between_relays", "raw chain, relay→relay hop")]
+    approve_to_executed = [
+        _ts(facts[a].finished_at) - votes[a] for a in ids if a in votes and a in facts and facts[a].finished_at
+    ]
+    measured = {
+        "request_to_decided": baselines.percentiles(to_decided),
+        "request_to_terminal": baselines.percentiles(to_terminal),
+        "approve_to_executed": baselines.percentiles(approve_to_executed),
+    }
+    pairs = [
+        ("request→decided", "request_to_decided", "one_hop", "raw chain, 1 hop (producer→relay)"),
+        ("request→terminal (allowed & denied)", "request_to_terminal", "two_hops", "raw chain, 2 hops"),
+        ("approve→executed", "approve_to_executed", "hop_between_relays", "raw chain, relay→relay hop"),
+    ]
     figures = []
     for label, key, base_key, base_name in pairs:
         for q in ("p50", "p95", "p99"):
             goal, met = "", None
             if target and key == "request_to_decided" and q == "p99":
                 goal, met = f"< 100 ms at {rate:.0f}/s", measured[key]["p99_ms"] < 100
-            figures.append(Figure(f"{label} {q} @ {rate:g}/s", measured[key][f"{q}_ms"], "ms", chain[base_key][f"{q}_ms"],
-                                  f"{base_name} {q} @ {rate:g} msg/s", "latency", goal, met))
+            figures.append(
+                Figure(
+                    f"{label} {q} @ {rate:g}/s",
+                    measured[key][f"{q}_ms"],
+                    "ms",
+                    chain[base_key][f"{q}_ms"],
+                    f"{base_name} {q} @ {rate:g} msg/s",
+                    "latency",
+                    goal,
+                    met,
+                )
+            )
     return measured, figures
 
 
@@ -380,61 +445,160 @@ def build_figures(bench: Bench, lifecycle: Lifecycle) -> tuple[list[Figure], dic
 
     e2e = combined(flood_rates)
     chain = details["kafka_chain_throughput"]["per_second"]
-    figures = [Figure("end-to-end throughput (actions/s to a terminal state), 1 worker each", e2e, "/s", chain,
-                      "raw aiokafka chain, 3 hops, msgs/s", target="≥ 1,000/s sustained", met=e2e >= 1000)]
+    figures = [
+        Figure(
+            "end-to-end throughput (actions/s to a terminal state), 1 worker each",
+            e2e,
+            "/s",
+            chain,
+            "raw aiokafka chain, 3 hops, msgs/s",
+            target="≥ 1,000/s sustained",
+            met=e2e >= 1000,
+        )
+    ]
     if scaled_rates:
         scaled_e2e = combined(scaled_rates)
-        figures.append(Figure("end-to-end throughput, 2 policy + 2 executor workers", scaled_e2e, "/s", e2e,
-                              "same, 1 worker each (this run)"))
+        figures.append(
+            Figure(
+                "end-to-end throughput, 2 policy + 2 executor workers",
+                scaled_e2e,
+                "/s",
+                e2e,
+                "same, 1 worker each (this run)",
+            )
+        )
     backlog: dict[str, dict[int, float]] = {}
     for stage, stamp in (("policy", "decided_at"), ("executor", "finished_at")):
-        paces = {n: _steady_pace(lifecycle, bench.phases[f"backlog-{stage}-{n}"].ids, stamp)
-                 for n in (1, 2) if f"backlog-{stage}-{n}" in bench.phases}
+        paces = {
+            n: _steady_pace(lifecycle, bench.phases[f"backlog-{stage}-{n}"].ids, stamp)
+            for n in (1, 2)
+            if f"backlog-{stage}-{n}" in bench.phases
+        }
         if len(paces) == 2:
             backlog[stage] = paces
-            figures.append(Figure(f"{stage} stage draining a backlog of {BACKLOG_ACTIONS:,}, 2 workers", paces[2], "/s", paces[1],
-                                  "same backlog, 1 worker (this run)", target="rises with workers", met=paces[2] > paces[1]))
+            figures.append(
+                Figure(
+                    f"{stage} stage draining a backlog of {BACKLOG_ACTIONS:,}, 2 workers",
+                    paces[2],
+                    "/s",
+                    paces[1],
+                    "same backlog, 1 worker (this run)",
+                    target="rises with workers",
+                    met=paces[2] > paces[1],
+                )
+            )
     opa = details["opa"]
     figures += [
-        Figure("policy stage: decisions/s during the flood", statistics.median(r["decided_per_second"] for r in flood_rates),
-               "/s", opa["raw_httpx_c1"]["per_second"], "raw OPA, httpx, 1 at a time"),
-        Figure("executor stage: executions/s during the flood", statistics.median(r["executed_per_second"] for r in flood_rates),
-               "/s", chain, "raw aiokafka chain msgs/s"),
-        Figure("intake requests/s (POST /v1/actions, accepted)", statistics.median(intake_rates), "/s",
-               details["healthz_rps"], "GET /healthz, same client and pool"),
-        Figure("OPA decisions/s via Keyturn PolicyDecider, 1 at a time", opa["keyturn_decider_c1"]["per_second"], "/s",
-               opa["raw_httpx_c1"]["per_second"], "raw httpx POST, 1 at a time"),
-        Figure("OPA decisions/s via Keyturn OpaClient.query, 16 in flight", opa["keyturn_opaclient_c16"]["per_second"], "/s",
-               opa["raw_httpx_c16"]["per_second"], "raw httpx POST, 16 in flight"),
-        Figure("OPA decisions/s via Keyturn PolicyDecider, 16 in flight", opa["keyturn_decider_c16"]["per_second"], "/s",
-               opa["raw_httpx_c16"]["per_second"], "raw httpx POST, 16 in flight"),
+        Figure(
+            "policy stage: decisions/s during the flood",
+            statistics.median(r["decided_per_second"] for r in flood_rates),
+            "/s",
+            opa["raw_httpx_c1"]["per_second"],
+            "raw OPA, httpx, 1 at a time",
+        ),
+        Figure(
+            "executor stage: executions/s during the flood",
+            statistics.median(r["executed_per_second"] for r in flood_rates),
+            "/s",
+            chain,
+            "raw aiokafka chain msgs/s",
+        ),
+        Figure(
+            "intake requests/s (POST /v1/actions, accepted)",
+            statistics.median(intake_rates),
+            "/s",
+            details["healthz_rps"],
+            "GET /healthz, same client and pool",
+        ),
+        Figure(
+            "OPA decisions/s via Keyturn PolicyDecider, 1 at a time",
+            opa["keyturn_decider_c1"]["per_second"],
+            "/s",
+            opa["raw_httpx_c1"]["per_second"],
+            "raw httpx POST, 1 at a time",
+        ),
+        Figure(
+            "OPA decisions/s via Keyturn OpaClient.query, 16 in flight",
+            opa["keyturn_opaclient_c16"]["per_second"],
+            "/s",
+            opa["raw_httpx_c16"]["per_second"],
+            "raw httpx POST, 16 in flight",
+        ),
+        Figure(
+            "OPA decisions/s via Keyturn PolicyDecider, 16 in flight",
+            opa["keyturn_decider_c16"]["per_second"],
+            "/s",
+            opa["raw_httpx_c16"]["per_second"],
+            "raw httpx POST, 16 in flight",
+        ),
     ]
     if "opa_python_client_c1" in opa:
         figures += [
-            Figure("OPA decisions/s via opa-python-client 3.0, 1 at a time", opa["opa_python_client_c1"]["per_second"], "/s",
-                   opa["raw_httpx_again_c1"]["per_second"], "raw httpx POST, 1 at a time (interleaved with it)"),
-            Figure("OPA decisions/s via opa-python-client 3.0, 16 in flight", opa["opa_python_client_c16"]["per_second"], "/s",
-                   opa["raw_httpx_again_c16"]["per_second"], "raw httpx POST, 16 in flight (interleaved with it)"),
+            Figure(
+                "OPA decisions/s via opa-python-client 3.0, 1 at a time",
+                opa["opa_python_client_c1"]["per_second"],
+                "/s",
+                opa["raw_httpx_again_c1"]["per_second"],
+                "raw httpx POST, 1 at a time (interleaved with it)",
+            ),
+            Figure(
+                "OPA decisions/s via opa-python-client 3.0, 16 in flight",
+                opa["opa_python_client_c16"]["per_second"],
+                "/s",
+                opa["raw_httpx_again_c16"]["per_second"],
+                "raw httpx POST, 16 in flight (interleaved with it)",
+            ),
         ]
     masking = details.get("masking") or {}
     if masking.get("modes"):
-        figures.append(Figure("masking payloads/s (fast path, 1 core)", masking["modes"]["fast_path"]["payloads_per_second"], "/s",
-                              masking["modes"]["always_presidio"]["payloads_per_second"], "always-Presidio masking"))
+        figures.append(
+            Figure(
+                "masking payloads/s (fast path, 1 core)",
+                masking["modes"]["fast_path"]["payloads_per_second"],
+                "/s",
+                masking["modes"]["always_presidio"]["payloads_per_second"],
+                "always-Presidio masking",
+            )
+        )
     verify = details.get("audit_verify", {})
     if verify.get("records_per_second"):
-        figures.append(Figure("audit verify records/s (keyturn audit verify)", verify["records_per_second"], "/s",
-                              verify.get("raw_read_per_second"), "raw read_committed read of the audit topic"))
-    measured, latency_figures = _latency_figures(lifecycle, bench, "open", bench.plan.rate, details["kafka_chain_latency"], target=True)
+        figures.append(
+            Figure(
+                "audit verify records/s (keyturn audit verify)",
+                verify["records_per_second"],
+                "/s",
+                verify.get("raw_read_per_second"),
+                "raw read_committed read of the audit topic",
+            )
+        )
+    measured, latency_figures = _latency_figures(
+        lifecycle, bench, "open", bench.plan.rate, details["kafka_chain_latency"], target=True
+    )
     figures += latency_figures
-    measured_low, low_figures = _latency_figures(lifecycle, bench, "open-low", bench.plan.low_rate, details["kafka_chain_latency_low"], target=False)
+    measured_low, low_figures = _latency_figures(
+        lifecycle, bench, "open-low", bench.plan.low_rate, details["kafka_chain_latency_low"], target=False
+    )
     figures += low_figures
     warm = bench.memory[0]["rss_mib"]
     last = bench.memory[-1]
     for name, mib in last["rss_mib"].items():
-        figures.append(Figure(f"RSS {name} after {last['actions']:,} actions", mib, "MiB", warm.get(name),
-                              "same process after warm-up", "memory"))
-    flood_detail = {"flood": flood_rates, "scaled": scaled_rates, "backlog": backlog, "intake_per_chunk": intake_rates,
-                    "latencies": {f"{bench.plan.rate:g}/s": measured, f"{bench.plan.low_rate:g}/s": measured_low}}
+        figures.append(
+            Figure(
+                f"RSS {name} after {last['actions']:,} actions",
+                mib,
+                "MiB",
+                warm.get(name),
+                "same process after warm-up",
+                "memory",
+            )
+        )
+    flood_detail = {
+        "flood": flood_rates,
+        "scaled": scaled_rates,
+        "backlog": backlog,
+        "intake_per_chunk": intake_rates,
+        "latencies": {f"{bench.plan.rate:g}/s": measured, f"{bench.plan.low_rate:g}/s": measured_low},
+    }
     return figures, flood_detail
 
 
@@ -460,8 +624,13 @@ def _masking(seconds: float, stamp: str) -> dict[str, Any]:
 
     out = RESULTS / f"{stamp}-masking.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "masking.py"), "--seconds", str(seconds), "--json", str(out)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "masking.py"), "--seconds", str(seconds), "--json", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if result.returncode != 0 or not out.exists():
         return {"error": (result.stdout + result.stderr)[-2000:]}
     return json.loads(out.read_text())
@@ -471,15 +640,27 @@ async def audit_verify(settings: Settings) -> dict[str, Any]:
     """`keyturn audit verify` as a user runs it, and a raw read of the same topic as its baseline."""
     env = settings_env(settings)
     started = time.perf_counter()
-    result = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "keyturn.cli", "audit", "verify"],
-                                     env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "keyturn.cli", "audit", "verify"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     wall = time.perf_counter() - started
     text = result.stdout + result.stderr
     records = re.search(r"intact[^:]*: ([\d,]+) records", text)
     rate = re.search(r"\(([\d,]+) records/s\)", text)
     topic = Topics(settings.namespace, settings.partitions).audit
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, isolation_level="read_committed",
-                                max_partition_fetch_bytes=16 * MIB, fetch_max_bytes=64 * MIB)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=16 * MIB,
+        fetch_max_bytes=64 * MIB,
+    )
     await consumer.start()
     try:
         partition = TopicPartition(topic, 0)
@@ -504,7 +685,9 @@ async def audit_verify(settings: Settings) -> dict[str, Any]:
     }
 
 
-def closing_note(figures: list[Figure], details: dict[str, Any], slopes: dict[str, float], problems: list[str]) -> list[str]:
+def closing_note(
+    figures: list[Figure], details: dict[str, Any], slopes: dict[str, float], problems: list[str]
+) -> list[str]:
     """Plain lines: targets met or missed, where the CPU went, what the profiles show."""
     lines = []
     for f in figures:
@@ -515,23 +698,39 @@ def closing_note(figures: list[Figure], details: dict[str, Any], slopes: dict[st
     if cpu:
         per_k = {k: v * 1000 / actions for k, v in cpu.items()}
         total = sum(per_k.values())
-        lines.append(f"CPU per 1,000 flood actions: {total:.1f} s in all, on {os.cpu_count()} cores — "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_k.items(), key=lambda kv: -kv[1])))
-        lines.append(f"  so the machine's CPU alone caps this build at about {os.cpu_count() * 1000 / total:,.0f} actions/s")
+        lines.append(
+            f"CPU per 1,000 flood actions: {total:.1f} s in all, on {os.cpu_count()} cores — "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_k.items(), key=lambda kv: -kv[1]))
+        )
+        lines.append(
+            f"  so the machine's CPU alone caps this build at about {os.cpu_count() * 1000 / total:,.0f} actions/s"
+        )
     for name, summary in (details.get("profiles") or {}).items():
         if summary.get("samples"):
             top = ", ".join(f"{frame} {share:.0%}" for frame, share in summary["own"][:4])
             lines.append(f"profile {name} ({summary['samples']} samples): {top}")
     if slopes:
-        lines.append("RSS growth per 10,000 actions (least squares over the flood): "
-                     + ", ".join(f"{k} {v:+.1f} MiB" for k, v in slopes.items()))
-    kinds = {"decided more than once": sum(" decided " in p and " times: " in p for p in problems),
-             "executed more than once": sum(" executed " in p and " times: " in p for p in problems),
-             "more than one terminal fact": sum("terminal facts" in p for p in problems),
-             "no terminal state": sum("no terminal state" in p for p in problems),
-             "audit incomplete or doubled": sum("audit" in p for p in problems)}
-    lines.append("invariants over every action of the run: " + ("all hold" if not problems else
-                 f"{len(problems)} PROBLEMS: " + ", ".join(f"{n} {k}" for k, n in kinds.items() if n) + " (details in the JSON)"))
+        lines.append(
+            "RSS growth per 10,000 actions (least squares over the flood): "
+            + ", ".join(f"{k} {v:+.1f} MiB" for k, v in slopes.items())
+        )
+    kinds = {
+        "decided more than once": sum(" decided " in p and " times: " in p for p in problems),
+        "executed more than once": sum(" executed " in p and " times: " in p for p in problems),
+        "more than one terminal fact": sum("terminal facts" in p for p in problems),
+        "no terminal state": sum("no terminal state" in p for p in problems),
+        "audit incomplete or doubled": sum("audit" in p for p in problems),
+    }
+    lines.append(
+        "invariants over every action of the run: "
+        + (
+            "all hold"
+            if not problems
+            else f"{len(problems)} PROBLEMS: "
+            + ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+            + " (details in the JSON)"
+        )
+    )
     return lines
 
 
@@ -539,10 +738,16 @@ def main() -> int:
     plan = Plan()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     info = machine.describe()
-    console.print(f"[bold]Keyturn benchmark[/bold] {stamp}: {info['cores']} cores, {info['memory_gib']} GiB, {info['cpu_model']}, "
-                  f"load average {info['load_average_at_start']}; plan {plan}")
-    servers = PrivateServers(REPO_ROOT / ".run" / "bench", kafka_port=int(_env("BENCH_KAFKA_PORT", 29092)),
-                             opa_port=int(_env("BENCH_OPA_PORT", 28181)), pg_port=int(_env("BENCH_PG_PORT", 25433)))
+    console.print(
+        f"[bold]Keyturn benchmark[/bold] {stamp}: {info['cores']} cores, {info['memory_gib']} GiB, {info['cpu_model']}, "
+        f"load average {info['load_average_at_start']}; plan {plan}"
+    )
+    servers = PrivateServers(
+        REPO_ROOT / ".run" / "bench",
+        kafka_port=int(_env("BENCH_KAFKA_PORT", 29092)),
+        opa_port=int(_env("BENCH_OPA_PORT", 28181)),
+        pg_port=int(_env("BENCH_PG_PORT", 25433)),
+    )
     servers.down(remove=True)  # a fresh broker and database every run
     servers.up()
     settings = servers.settings("bench")
@@ -572,21 +777,37 @@ def main() -> int:
 
     log = bench.agent.log
     details = {
-        "stamp": stamp, "machine": info, "plan": plan.__dict__, "namespace": settings.namespace,
-        "phases": {n: {"actions": len(p.ids), "submit_seconds": round(p.submit_seconds, 2), "drained": p.drained, **p.extra}
-                   for n, p in bench.phases.items()},
-        "accepted": len(accepted), "refused": dict(log.refused), "retries": log.retries,
-        "mix": {k: len(log.of_kind(k)) for k in (ALLOWED, DENIED, APPROVAL)}, "votes": len(log.votes),
+        "stamp": stamp,
+        "machine": info,
+        "plan": plan.__dict__,
+        "namespace": settings.namespace,
+        "phases": {
+            n: {"actions": len(p.ids), "submit_seconds": round(p.submit_seconds, 2), "drained": p.drained, **p.extra}
+            for n, p in bench.phases.items()
+        },
+        "accepted": len(accepted),
+        "refused": dict(log.refused),
+        "retries": log.retries,
+        "mix": {k: len(log.of_kind(k)) for k in (ALLOWED, DENIED, APPROVAL)},
+        "votes": len(log.votes),
         "vote_refusals": dict(log.vote_refusals),
-        "throughput": flood, "memory": bench.memory, "memory_slope_mib_per_10k": slopes, "cpu_seconds_per_1k_actions": cpu_per_k,
-        "lifecycle": lifecycle.summary(accepted), "problems": problems[:200], "closing_note": note,
+        "throughput": flood,
+        "memory": bench.memory,
+        "memory_slope_mib_per_10k": slopes,
+        "cpu_seconds_per_1k_actions": cpu_per_k,
+        "lifecycle": lifecycle.summary(accepted),
+        "problems": problems[:200],
+        "closing_note": note,
         **bench.details,
     }
     json_path = RESULTS / f"{stamp}.json"
     png_path = RESULTS / f"{stamp}.png"
     write_json(json_path, figures, details)
     drawn = write_chart(png_path, figures, bench.memory, cpu_per_k, info)
-    console.print(f"wrote {json_path.relative_to(REPO_ROOT)}" + (f" and {png_path.relative_to(REPO_ROOT)}" if drawn else " (no matplotlib: no chart)"))
+    console.print(
+        f"wrote {json_path.relative_to(REPO_ROOT)}"
+        + (f" and {png_path.relative_to(REPO_ROOT)}" if drawn else " (no matplotlib: no chart)")
+    )
     return 0 if not problems else 1
 
 

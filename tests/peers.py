@@ -8,7 +8,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-def answer_json(handler: BaseHTTPRequestHandler, status: int, document: Any, content_type: str = "application/json") -> None:
+
+def answer_json(
+    handler: BaseHTTPRequestHandler, status: int, document: Any, content_type: str = "application/json"
+) -> None:
     """Send ``document`` as the JSON answer to the request ``handler`` is serving."""
     payload = json.dumps(document).encode()
     handler.send_response(status)

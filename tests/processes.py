@@ -19,8 +19,8 @@ import subprocess
 import sys
 import time
 from dataclasses import fields
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -51,16 +51,25 @@ def free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports found on 127.0.0.1")
 
 
-def run_settings(prefix: str, run_dir: Path, *, kafka_bootstrap: str, opa_url: str, database_url: str, **extra: Any) -> Settings:
+def run_settings(
+    prefix: str, run_dir: Path, *, kafka_bootstrap: str, opa_url: str, database_url: str, **extra: Any
+) -> Settings:
     """Settings for services this run starts: a fresh namespace ``<prefix><hex>``, a free port for
     everything they listen on (so runs never collide), INFO logs; ``extra`` overrides."""
     intake_port, approval_port = free_port(), free_port()
     values: dict[str, Any] = dict(
-        kafka_bootstrap=kafka_bootstrap, opa_url=opa_url, database_url=database_url,
-        namespace=f"{prefix}{secrets.token_hex(3)}", run_dir=str(run_dir),
-        intake_port=intake_port, approval_port=approval_port,
-        intake_url=f"http://127.0.0.1:{intake_port}", approval_url=f"http://127.0.0.1:{approval_port}",
-        policy_metrics_port=free_port(), audit_metrics_port=free_port(), log_level="INFO",
+        kafka_bootstrap=kafka_bootstrap,
+        opa_url=opa_url,
+        database_url=database_url,
+        namespace=f"{prefix}{secrets.token_hex(3)}",
+        run_dir=str(run_dir),
+        intake_port=intake_port,
+        approval_port=approval_port,
+        intake_url=f"http://127.0.0.1:{intake_port}",
+        approval_url=f"http://127.0.0.1:{approval_port}",
+        policy_metrics_port=free_port(),
+        audit_metrics_port=free_port(),
+        log_level="INFO",
     )
     return Settings(**{**values, **extra})
 
@@ -108,7 +117,10 @@ class ServiceProcesses:
         self.services[name] = service
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "keyturn.cli", "serve", service],
-            env=settings_env(self.settings, self.env), stdout=log, stderr=subprocess.STDOUT, cwd=self.log_dir,
+            env=settings_env(self.settings, self.env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.log_dir,
         )
 
     def start_all(self, names: tuple[str, ...] = SERVICES, *, timeout: float = 90) -> None:
@@ -186,7 +198,9 @@ class PrivateServers:
     ``down()`` stops them; with ``remove=True`` it also deletes ``run_dir``.
     """
 
-    def __init__(self, run_dir: Path, *, kafka_port: int | None = None, opa_port: int | None = None, pg_port: int | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, *, kafka_port: int | None = None, opa_port: int | None = None, pg_port: int | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.ports = {
             "kafka": kafka_port or free_port_pair(),
@@ -197,16 +211,29 @@ class PrivateServers:
     @property
     def env(self) -> dict[str, str]:
         """The environment deploy/*.sh need to act on these servers (and not on any other)."""
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("KEYTURN_KAFKA_BOOTSTRAP", "KEYTURN_OPA_URL", "KEYTURN_DATABASE_URL")}
-        env.update(KEYTURN_RUN=str(self.run_dir), KEYTURN_KAFKA_PORT=str(self.ports["kafka"]),
-                   KEYTURN_OPA_PORT=str(self.ports["opa"]), KEYTURN_PG_PORT=str(self.ports["postgres"]))
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("KEYTURN_KAFKA_BOOTSTRAP", "KEYTURN_OPA_URL", "KEYTURN_DATABASE_URL")
+        }
+        env.update(
+            KEYTURN_RUN=str(self.run_dir),
+            KEYTURN_KAFKA_PORT=str(self.ports["kafka"]),
+            KEYTURN_OPA_PORT=str(self.ports["opa"]),
+            KEYTURN_PG_PORT=str(self.ports["postgres"]),
+        )
         return env
 
     def settings(self, prefix: str, **extra: Any) -> Settings:
         """``run_settings`` for services that use all three of these servers."""
-        return run_settings(prefix, self.run_dir / "keyturn", kafka_bootstrap=self.kafka_bootstrap, opa_url=self.opa_url,
-                            database_url=self.database_url, **extra)
+        return run_settings(
+            prefix,
+            self.run_dir / "keyturn",
+            kafka_bootstrap=self.kafka_bootstrap,
+            opa_url=self.opa_url,
+            database_url=self.database_url,
+            **extra,
+        )
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -222,10 +249,19 @@ class PrivateServers:
 
     def script(self, name: str, command: str, *, timeout: float = 180) -> str:
         """Run ``deploy/<name>.sh <command>`` for these servers; its output."""
-        result = subprocess.run([str(REPO_ROOT / "deploy" / f"{name}.sh"), command], env=self.env, cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=timeout, check=False)
+        result = subprocess.run(
+            [str(REPO_ROOT / "deploy" / f"{name}.sh"), command],
+            env=self.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if result.returncode != 0:
-            raise ServerScriptFailed(f"deploy/{name}.sh {command} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+            raise ServerScriptFailed(
+                f"deploy/{name}.sh {command} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+            )
         return result.stdout
 
     def up(self) -> None:
@@ -261,4 +297,3 @@ class PrivateServers:
 
     def describe(self) -> str:
         return " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items() if k.startswith("KEYTURN_"))
-

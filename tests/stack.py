@@ -18,9 +18,9 @@ import shlex
 import socket
 import subprocess
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 STACK_SCRIPT = REPO / "deploy" / "stack.sh"
@@ -65,13 +65,10 @@ def ensure_stack() -> Endpoints:
 
 
 def _run_script(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(STACK_SCRIPT), *args], capture_output=True, text=True, cwd=REPO, check=False
-    )
+    result = subprocess.run([str(STACK_SCRIPT), *args], capture_output=True, text=True, cwd=REPO, check=False)
     if check and result.returncode != 0:
         raise StackUnavailable(
-            f"deploy/stack.sh {' '.join(args)} failed ({result.returncode}):\n"
-            f"{result.stdout}{result.stderr}"
+            f"deploy/stack.sh {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
         )
     return result
 
@@ -184,9 +181,7 @@ def _start_containers() -> Endpoints:
 
         database_url = os.environ.get("KEYTURN_DATABASE_URL")
         if not database_url:
-            postgres = PostgresContainer(
-                POSTGRES_IMAGE, username="keyturn", password="keyturn", dbname="keyturn"
-            )
+            postgres = PostgresContainer(POSTGRES_IMAGE, username="keyturn", password="keyturn", dbname="keyturn")
             started.append(postgres)
             postgres.start()
             database_url = postgres.get_connection_url(driver=None)

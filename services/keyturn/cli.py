@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import httpx
 import typer
@@ -21,7 +21,9 @@ from keyturn.audit import cli as audit_cli
 from keyturn.config import Settings
 from keyturn.policy import cli as policy_cli
 
-app = typer.Typer(help="Keyturn: a human key-turn in front of every privileged action an AI agent takes.", no_args_is_help=True)
+app = typer.Typer(
+    help="Keyturn: a human key-turn in front of every privileged action an AI agent takes.", no_args_is_help=True
+)
 token_app = typer.Typer(help="Local development tokens.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Avro schemas and their history.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
@@ -62,12 +64,21 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     # the one place topics are created: every service may be first up, and a topic must exist
     # (with its retention and partitions) before anyone consumes or produces it. A broker that is
     # away (restarting) when a service starts is waited for, like any transient fault.
-    asyncio.run(until_done(lambda: ensure_topics(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions)), f"{service}: creating topics"))
+    asyncio.run(
+        until_done(
+            lambda: ensure_topics(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions)),
+            f"{service}: creating topics",
+        )
+    )
     if service == "intake":
         import uvicorn
 
-        uvicorn.run(module.create_app(settings), host=settings.intake_host, port=settings.intake_port,
-                    log_level=settings.log_level.lower())
+        uvicorn.run(
+            module.create_app(settings),
+            host=settings.intake_host,
+            port=settings.intake_port,
+            log_level=settings.log_level.lower(),
+        )
         return
     _run_worker(module.create_app(settings), settings.log_level, service)
 
@@ -90,10 +101,14 @@ def _run_worker(stream_app: Any, log_level: str, service: str) -> None:
         worker.execute_from_commandline()
     except SystemExit:
         starting = getattr(worker, "_starting_fut", None)  # the framework keeps its start's outcome there
-        failure = starting.exception() if starting is not None and starting.done() and not starting.cancelled() else None
+        failure = (
+            starting.exception() if starting is not None and starting.done() and not starting.cancelled() else None
+        )
         if failure is None or not is_transient(failure):
             raise
-        logging.getLogger(__name__).warning("%s could not start (%s: %s); starting again", service, type(failure).__name__, failure)
+        logging.getLogger(__name__).warning(
+            "%s could not start (%s: %s); starting again", service, type(failure).__name__, failure
+        )
         time.sleep(2)
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
@@ -109,10 +124,19 @@ def token_issue(
 
     settings = _settings()
     key = load_or_create_signing_key(settings.keys_dir)
-    typer.echo(issue_token(key, subject=sub, acts_for=act, audience=settings.jwt_audience, issuer=settings.jwt_issuer, ttl=timedelta(seconds=ttl)))
+    typer.echo(
+        issue_token(
+            key,
+            subject=sub,
+            acts_for=act,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            ttl=timedelta(seconds=ttl),
+        )
+    )
 
 
-def _token(token: Optional[str]) -> str:
+def _token(token: str | None) -> str:
     token = token or os.environ.get("KEYTURN_TOKEN")
     if not token:
         _fail("no token: pass --token or set KEYTURN_TOKEN (mint one with `keyturn token issue --sub human:NAME`)", 2)
@@ -122,7 +146,9 @@ def _token(token: Optional[str]) -> str:
 NOT_OPEN_WAIT_S = 10.0  # how long approve/deny wait for an approval that has not opened yet
 
 
-def _when_open(request: Callable[[], httpx.Response], action_id: str, wait_s: float = NOT_OPEN_WAIT_S) -> httpx.Response:
+def _when_open(
+    request: Callable[[], httpx.Response], action_id: str, wait_s: float = NOT_OPEN_WAIT_S
+) -> httpx.Response:
     """``request``'s answer, asked again while the approval service says the approval is not open
     yet (425, ``Retry-After``): its decision is on its way, typically well within a second. Gives
     up with a clear message after ``wait_s`` seconds."""
@@ -133,8 +159,10 @@ def _when_open(request: Callable[[], httpx.Response], action_id: str, wait_s: fl
             return answer
         pause = _retry_after(answer)
         if time.monotonic() + pause > deadline:
-            _fail(f"no approval is open for action {action_id} after waiting {wait_s:g} s: check the action id, "
-                  "or whether the action needed approval at all (`keyturn status`); nothing was recorded")
+            _fail(
+                f"no approval is open for action {action_id} after waiting {wait_s:g} s: check the action id, "
+                "or whether the action needed approval at all (`keyturn status`); nothing was recorded"
+            )
         err.print(f"the approval for {action_id} is not open yet; trying again in {pause:g} s")
         time.sleep(pause)
 
@@ -146,7 +174,7 @@ def _retry_after(answer: httpx.Response) -> float:
         return 1.0
 
 
-def _vote(action_id: str, choice: str, reason: Optional[str], token: Optional[str]) -> None:
+def _vote(action_id: str, choice: str, reason: str | None, token: str | None) -> None:
     settings = _settings()
     headers = {"Authorization": f"Bearer {_token(token)}"}
     with httpx.Client(base_url=settings.approval_url, headers=headers, timeout=30) as client:
@@ -154,13 +182,24 @@ def _vote(action_id: str, choice: str, reason: Optional[str], token: Optional[st
         if shown.status_code != 200:
             _fail(_detail(shown))
         approval = shown.json()
-        console.print(f"[bold]{approval['action']}[/bold] on {approval['resource']} requested by {approval['requester']}"
-                      + (f" for {', '.join(approval['acting_for'])}" if approval["acting_for"] else ""))
+        console.print(
+            f"[bold]{approval['action']}[/bold] on {approval['resource']} requested by {approval['requester']}"
+            + (f" for {', '.join(approval['acting_for'])}" if approval["acting_for"] else "")
+        )
         console.print(f"reason: {approval['reason']}")
         console.print_json(data=approval["parameters"])
-        answer = _when_open(lambda: client.post(f"/v1/approvals/{action_id}/votes", json={
-            "choice": choice, "reason": reason, "payload_digest": approval["payload_digest"], "channel": "cli",
-        }), action_id)
+        answer = _when_open(
+            lambda: client.post(
+                f"/v1/approvals/{action_id}/votes",
+                json={
+                    "choice": choice,
+                    "reason": reason,
+                    "payload_digest": approval["payload_digest"],
+                    "channel": "cli",
+                },
+            ),
+            action_id,
+        )
     if answer.status_code != 200:
         _fail(_detail(answer))
     body = answer.json()
@@ -178,23 +217,37 @@ def _detail(response: httpx.Response) -> str:
 
 
 @app.command()
-def approve(action_id: str, reason: Optional[str] = typer.Option(None, help="Why (optional)"), token: Optional[str] = typer.Option(None, help="Approver token (or KEYTURN_TOKEN)")) -> None:
+def approve(
+    action_id: str,
+    reason: str | None = typer.Option(None, help="Why (optional)"),
+    token: str | None = typer.Option(None, help="Approver token (or KEYTURN_TOKEN)"),
+) -> None:
     """Approve a pending action, bound to the parameters shown."""
     _vote(action_id, "approve", reason, token)
 
 
 @app.command()
-def deny(action_id: str, reason: str = typer.Option(..., help="Why; shown to the requester"), token: Optional[str] = typer.Option(None, help="Approver token (or KEYTURN_TOKEN)")) -> None:
+def deny(
+    action_id: str,
+    reason: str = typer.Option(..., help="Why; shown to the requester"),
+    token: str | None = typer.Option(None, help="Approver token (or KEYTURN_TOKEN)"),
+) -> None:
     """Deny a pending action."""
     _vote(action_id, "deny", reason, token)
 
 
 @app.command()
-def status(action_id: str, wait: float = typer.Option(0, help="Wait up to this many seconds for a terminal state"), token: Optional[str] = typer.Option(None)) -> None:
+def status(
+    action_id: str,
+    wait: float = typer.Option(0, help="Wait up to this many seconds for a terminal state"),
+    token: str | None = typer.Option(None),
+) -> None:
     """Show an action's state and history (as its requester)."""
     settings = _settings()
     path = f"/v1/actions/{action_id}/wait?timeout={wait}" if wait else f"/v1/actions/{action_id}"
-    response = httpx.get(settings.intake_url + path, headers={"Authorization": f"Bearer {_token(token)}"}, timeout=wait + 10)
+    response = httpx.get(
+        settings.intake_url + path, headers={"Authorization": f"Bearer {_token(token)}"}, timeout=wait + 10
+    )
     if response.status_code != 200:
         _fail(_detail(response))
     console.print_json(data=response.json())

@@ -44,7 +44,9 @@ class Settings:
     jwks_path: str = ""
     opa_timeout_s: float = 2.0
     opa_retries: int = 3
-    opa_revision_max_age_s: float = 1.0  # policy revision cache: one OPA read per period; provenance may lag a hot reload by as much
+    opa_revision_max_age_s: float = (
+        1.0  # policy revision cache: one OPA read per period; provenance may lag a hot reload by as much
+    )
     policy_unavailable_after_s: float = 30.0  # then a request ends denied: policy_unavailable
     policy_metrics_port: int = 9465  # the policy worker's Prometheus /metrics on 127.0.0.1; 0 = off
     audit_metrics_port: int = 9464  # the audit worker's Prometheus /metrics on 127.0.0.1; 0 = off
@@ -68,7 +70,9 @@ class Settings:
     # Microsoft Teams. Off while teams_app_id is empty; the URLs default to Microsoft's public cloud.
     teams_app_id: str = ""
     teams_app_password: str = ""
-    teams_tenant_id: str = "botframework.com"  # approvers' accounts must be in this tenant: set it to the organisation's
+    teams_tenant_id: str = (
+        "botframework.com"  # approvers' accounts must be in this tenant: set it to the organisation's
+    )
     teams_service_url: str = "https://smba.trafficmanager.net/teams"
     teams_token_url: str = "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token"
     teams_openid_url: str = "https://login.botframework.com/v1/.well-known/openidconfiguration"
@@ -84,7 +88,7 @@ class Settings:
     callback_max_attempts: int = 6
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``KEYTURN_*`` variables over the defaults, converting to each field's type."""
         source: Mapping[str, str] = os.environ if environ is None else environ
         values: dict[str, Any] = {}

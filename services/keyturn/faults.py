@@ -41,7 +41,9 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError))
 
 
-async def until_done(work: Callable[[], Awaitable[T]], what: str, *, first_wait_s: float = 0.2, max_wait_s: float = 5.0) -> T:
+async def until_done(
+    work: Callable[[], Awaitable[T]], what: str, *, first_wait_s: float = 0.2, max_wait_s: float = 5.0
+) -> T:
     """``await work()``, again after a growing pause while it fails transiently; other errors raise."""
     wait = first_wait_s
     while True:
@@ -55,7 +57,9 @@ async def until_done(work: Callable[[], Awaitable[T]], what: str, *, first_wait_
         wait = min(wait * 2, max_wait_s)
 
 
-async def supervised(name: str, work: Callable[[], Awaitable[None]], *, first_delay_s: float = 0.5, max_delay_s: float = 15.0) -> None:
+async def supervised(
+    name: str, work: Callable[[], Awaitable[None]], *, first_delay_s: float = 0.5, max_delay_s: float = 15.0
+) -> None:
     """Run ``work`` for as long as the service runs: whatever it raises is logged and it starts again.
 
     A background loop that dies takes a part of the service with it (the intake's status

@@ -13,7 +13,7 @@ the scale-out check; the chaos tests assert ``problems()`` is empty.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,7 +39,9 @@ class ActionFacts:
     decisions: dict[str, tuple[str, datetime]] = field(default_factory=dict)  # decision id -> (outcome, decided_at)
     decided_copies: int = 0
     resolutions: dict[tuple[str, datetime], int] = field(default_factory=dict)  # (outcome, resolved_at) -> copies
-    executions: dict[tuple[str, datetime | None], tuple[str, datetime]] = field(default_factory=dict)  # (executor, started_at) -> (outcome, finished_at)
+    executions: dict[tuple[str, datetime | None], tuple[str, datetime]] = field(
+        default_factory=dict
+    )  # (executor, started_at) -> (outcome, finished_at)
     executed_copies: int = 0
 
     @property
@@ -61,10 +63,20 @@ class ActionFacts:
 
     def terminal_facts(self) -> list[str]:
         """Each distinct terminal fact: a denial, a denied/expired resolution, an execution."""
-        facts = [f"decided {outcome} ({decision_id})" for decision_id, (outcome, _) in self.decisions.items()
-                 if outcome in TERMINAL_DECISIONS]
-        facts += [f"resolved {outcome} at {at.isoformat()}" for outcome, at in self.resolutions if outcome in TERMINAL_RESOLUTIONS]
-        facts += [f"executed {outcome} by {executor} started {started}" for (executor, started), (outcome, _) in self.executions.items()]
+        facts = [
+            f"decided {outcome} ({decision_id})"
+            for decision_id, (outcome, _) in self.decisions.items()
+            if outcome in TERMINAL_DECISIONS
+        ]
+        facts += [
+            f"resolved {outcome} at {at.isoformat()}"
+            for outcome, at in self.resolutions
+            if outcome in TERMINAL_RESOLUTIONS
+        ]
+        facts += [
+            f"executed {outcome} by {executor} started {started}"
+            for (executor, started), (outcome, _) in self.executions.items()
+        ]
         return facts
 
     @property
@@ -109,17 +121,23 @@ class Lifecycle:
                 continue
             terminal = facts.terminal_facts()
             if not terminal:
-                found.append(f"{action_id}: no terminal state (decision {facts.decision}, "
-                             f"{len(facts.resolutions)} resolutions, {len(facts.executions)} executions)")
+                found.append(
+                    f"{action_id}: no terminal state (decision {facts.decision}, "
+                    f"{len(facts.resolutions)} resolutions, {len(facts.executions)} executions)"
+                )
             elif len(terminal) > 1:
                 found.append(f"{action_id}: {len(terminal)} terminal facts: {'; '.join(terminal)}")
         for action_id, facts in sorted(self.actions.items()):
             if len(facts.decisions) > 1:
-                found.append(f"{action_id}: decided {len(facts.decisions)} times: "
-                             + "; ".join(f"{o} at {at.isoformat()} ({d})" for d, (o, at) in facts.decisions.items()))
+                found.append(
+                    f"{action_id}: decided {len(facts.decisions)} times: "
+                    + "; ".join(f"{o} at {at.isoformat()} ({d})" for d, (o, at) in facts.decisions.items())
+                )
             if len(facts.executions) > 1:
-                found.append(f"{action_id}: executed {len(facts.executions)} times: "
-                             + "; ".join(f"{o} by {e} started {s}" for (e, s), (o, _) in facts.executions.items()))
+                found.append(
+                    f"{action_id}: executed {len(facts.executions)} times: "
+                    + "; ".join(f"{o} by {e} started {s}" for (e, s), (o, _) in facts.executions.items())
+                )
             if facts.executions and facts.decision == "denied":
                 found.append(f"{action_id}: denied by policy yet executed")
         missing = self.source_event_ids - set(self.audit_event_ids)
@@ -151,9 +169,13 @@ class Lifecycle:
 
 async def _read_all(settings: Settings, topic: str, partitions: int, *, read_committed: bool = False) -> list[Any]:
     """Every message of ``topic`` from its beginning to the end it had when we looked."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed" if read_committed else "read_uncommitted",
-                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
     await consumer.start()
     try:
         if topic not in await consumer.topics():
@@ -177,8 +199,10 @@ async def read_lifecycle_async(settings: Settings) -> Lifecycle:
     """Read the namespace's topics to their current ends (see the module doc)."""
     topics = Topics(settings.namespace, settings.partitions)
     names = [topics.requested, topics.decided, topics.resolved, topics.executed, topics.votes, topics.dlq]
-    read = await asyncio.gather(*(_read_all(settings, t, settings.partitions) for t in names),
-                                _read_all(settings, topics.audit, 1, read_committed=True))
+    read = await asyncio.gather(
+        *(_read_all(settings, t, settings.partitions) for t in names),
+        _read_all(settings, topics.audit, 1, read_committed=True),
+    )
     by_topic = dict(zip(names, read[:-1]))
     actions: dict[str, ActionFacts] = {}
     source_ids: set[str] = set()
@@ -214,7 +238,9 @@ async def read_lifecycle_async(settings: Settings) -> Lifecycle:
             elif name == "ActionExecuted":
                 f = facts(record["action_id"])
                 f.executed_copies += 1
-                f.executions.setdefault((record["executor"], record.get("started_at")), (record["outcome"], record["finished_at"]))
+                f.executions.setdefault(
+                    (record["executor"], record.get("started_at")), (record["outcome"], record["finished_at"])
+                )
             elif name == "DeadLetter":
                 dead_letters.append(record)
     audited: Counter = Counter()

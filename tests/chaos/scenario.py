@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import Counter
 import secrets
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,9 +47,20 @@ class Drill:
     policy_unavailable_after_s: float = 90.0  # longer than the OPA outage: requests wait, then resume
 
 
-SHORT = Drill(rate=8, service_down_s=0.5, between_s=1.5, broker_down_s=2, opa_down_s=6, postgres_down_s=2, drain_timeout_s=60,
-              approvals_within_s=45, status_within_s=30)
-LONG = Drill(rate=25, service_down_s=5, between_s=10, broker_down_s=10, opa_down_s=30, postgres_down_s=10, drain_timeout_s=420)
+SHORT = Drill(
+    rate=8,
+    service_down_s=0.5,
+    between_s=1.5,
+    broker_down_s=2,
+    opa_down_s=6,
+    postgres_down_s=2,
+    drain_timeout_s=60,
+    approvals_within_s=45,
+    status_within_s=30,
+)
+LONG = Drill(
+    rate=25, service_down_s=5, between_s=10, broker_down_s=10, opa_down_s=30, postgres_down_s=10, drain_timeout_s=420
+)
 
 
 @dataclass
@@ -177,8 +188,14 @@ def run_drill(drill: Drill, settings: Settings, servers: PrivateServers, procs: 
     fault(report, servers, "opa", drill.opa_down_s, drill.between_s)
     fault(report, servers, "postgres", drill.postgres_down_s, drill.between_s)
     agent = load.finish(drill.approvals_within_s)
-    report.client = {"submitted": agent.next_number, "accepted": len(agent.log.accepted), "refused": dict(agent.log.refused),
-                     "retries": agent.log.retries, "votes": len(agent.log.votes), "vote_refusals": dict(agent.log.vote_refusals)}
+    report.client = {
+        "submitted": agent.next_number,
+        "accepted": len(agent.log.accepted),
+        "refused": dict(agent.log.refused),
+        "retries": agent.log.retries,
+        "votes": len(agent.log.votes),
+        "vote_refusals": dict(agent.log.vote_refusals),
+    }
     report.mark(f"load stopped: {report.client}")
     exited = procs.exited()
     if exited:
@@ -229,21 +246,32 @@ def check_status_api(report: DrillReport, settings: Settings, agent: Agent, with
         while waiting:
             for action_id in sorted(waiting):
                 response = client.get(f"/v1/actions/{action_id}")
-                seen[action_id] = response.json().get("state") if response.status_code == 200 else f"HTTP {response.status_code}"
+                seen[action_id] = (
+                    response.json().get("state") if response.status_code == 200 else f"HTTP {response.status_code}"
+                )
                 if seen[action_id] == expected[action_id]:
                     waiting.discard(action_id)
             if not waiting or time.monotonic() > deadline:
                 break
             time.sleep(1)
     report.status_mismatches = [f"{a}: status API says {seen[a]}, topics say {expected[a]}" for a in sorted(waiting)]
-    report.status_mismatches += [f"{a}: not terminal ({s})" for a, s in sorted(seen.items())
-                                 if a not in waiting and (s is None or not ActionState(s).is_terminal)]
+    report.status_mismatches += [
+        f"{a}: not terminal ({s})"
+        for a, s in sorted(seen.items())
+        if a not in waiting and (s is None or not ActionState(s).is_terminal)
+    ]
     report.mark(f"status API checked for {len(expected)} actions: {len(report.status_mismatches)} mismatches")
 
 
 def verify_audit(report: DrillReport, settings: Settings) -> None:
-    result = subprocess.run([sys.executable, "-m", "keyturn.cli", "audit", "verify"], env=settings_env(settings),
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "keyturn.cli", "audit", "verify"],
+        env=settings_env(settings),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     report.verify_ok = result.returncode == 0
     report.verify_output = re.sub(r"\s+\n", "\n", result.stdout + result.stderr)
     report.mark(f"keyturn audit verify: exit {result.returncode}: {report.verify_output.strip()[-300:]}")

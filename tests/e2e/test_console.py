@@ -20,21 +20,35 @@ from tests.integration.conftest import Agent
 pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOT = REPO_ROOT / "tests" / "artifacts" / "console.png"
 
 
 @pytest.fixture(scope="module")
 def browser():
     if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium` (make e2e-deps does)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium` (make e2e-deps does)"
+        )
     from playwright.sync_api import sync_playwright
 
     profile = tempfile.mkdtemp(prefix="keyturn-chromium-")
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS, viewport={"width": 1200, "height": 1400},
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1200, "height": 1400},
         )
         yield context
         context.close()
@@ -57,8 +71,12 @@ def sign_in(page, settings, name: str) -> None:
 
 
 def test_an_approver_signs_in_finds_the_action_reads_it_and_approves(browser, settings, agent) -> None:
-    action_id = agent.submit_ok("iam.role.grant", "iam://staging/roles/analyst",
-                                {"user": "human:bob", "role": "analyst", "password": "hunter2-never-shown"}, reason="onboarding bob (console)")
+    action_id = agent.submit_ok(
+        "iam.role.grant",
+        "iam://staging/roles/analyst",
+        {"user": "human:bob", "role": "analyst", "password": "hunter2-never-shown"},
+        reason="onboarding bob (console)",
+    )
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     page = browser.new_page()
 
@@ -105,7 +123,9 @@ def test_a_vote_without_the_forms_csrf_token_is_refused(settings, agent) -> None
         assert client.post("/console/sign-in", data={"nonce": nonce, "name": "dave"}).status_code == 303
         page = client.get(f"/console/actions/{action_id}")
         digest = re.search(r'name="payload_digest" value="([^"]+)"', page.text).group(1)
-        forged = client.post(f"/console/actions/{action_id}/vote", data={"choice": "approve", "payload_digest": digest, "csrf": "guess"})
+        forged = client.post(
+            f"/console/actions/{action_id}/vote", data={"choice": "approve", "payload_digest": digest, "csrf": "guess"}
+        )
     assert forged.status_code == 403 and "nothing was recorded" in forged.text
     assert agent.status(action_id)["state"] == "needs_approval"
 

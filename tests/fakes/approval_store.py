@@ -92,12 +92,22 @@ class InMemoryApprovalStore:
 
     # --- approvals ----------------------------------------------------------------------------
 
-    async def open(self, conn: Any, action_id: str, decided_event: bytes, principals: list[str], groups: list[str],
-                   opened_at: datetime, expires_at: datetime) -> bool:
+    async def open(
+        self,
+        conn: Any,
+        action_id: str,
+        decided_event: bytes,
+        principals: list[str],
+        groups: list[str],
+        opened_at: datetime,
+        expires_at: datetime,
+    ) -> bool:
         tables = self._need_transaction(conn)
         if action_id in tables.approvals:
             return False
-        tables.approvals[action_id] = _Approval(action_id, decided_event, list(principals), list(groups), opened_at, expires_at)
+        tables.approvals[action_id] = _Approval(
+            action_id, decided_event, list(principals), list(groups), opened_at, expires_at
+        )
         return True
 
     async def lock(self, conn: Any, action_id: str) -> ApprovalRow | None:
@@ -114,8 +124,15 @@ class InMemoryApprovalStore:
         if found is None:
             return None
         accepted = tuple(vote for owner, ok, vote in tables.votes if owner == action_id and ok)
-        return ApprovalRow(found.action_id, found.decided_event, found.status, found.resolved_at, accepted,
-                           found.escalated_at, found.reminders_sent)
+        return ApprovalRow(
+            found.action_id,
+            found.decided_event,
+            found.status,
+            found.resolved_at,
+            accepted,
+            found.escalated_at,
+            found.reminders_sent,
+        )
 
     async def record_vote(self, conn: Any, action_id: str, accepted: bool, vote_event: bytes) -> None:
         self._need_transaction(conn).votes.append((action_id, accepted, vote_event))
@@ -136,12 +153,19 @@ class InMemoryApprovalStore:
         approval.next_sweep_at, approval.sweep_done = at, at is None
 
     async def due_for_expiry(self, now: datetime, limit: int = 100) -> list[str]:
-        due = sorted((a.expires_at, a.action_id) for a in self.tables.approvals.values() if a.status == "pending" and a.expires_at <= now)
+        due = sorted(
+            (a.expires_at, a.action_id)
+            for a in self.tables.approvals.values()
+            if a.status == "pending" and a.expires_at <= now
+        )
         return [action_id for _, action_id in due[:limit]]
 
     async def due_for_sweep(self, now: datetime, limit: int = 200) -> list[str]:
-        due = [a.action_id for a in self.tables.approvals.values()
-               if a.status == "pending" and not a.sweep_done and (a.next_sweep_at is None or a.next_sweep_at <= now)]
+        due = [
+            a.action_id
+            for a in self.tables.approvals.values()
+            if a.status == "pending" and not a.sweep_done and (a.next_sweep_at is None or a.next_sweep_at <= now)
+        ]
         return due[:limit]
 
     async def note_break_glass(self, conn: Any, action_id: str, decided_event: bytes) -> bool:
@@ -176,14 +200,21 @@ class InMemoryApprovalStore:
 
     # --- notifications and webhooks -----------------------------------------------------------
 
-    async def enqueue_notification(self, conn: Any, action_id: str, channel: str, target: str, kind: str, occasion: str = "") -> None:
+    async def enqueue_notification(
+        self, conn: Any, action_id: str, channel: str, target: str, kind: str, occasion: str = ""
+    ) -> None:
         tables = self._need_transaction(conn)
         tables.notifications.setdefault((action_id, channel, target, kind, occasion), len(tables.notifications) + 1)
 
     async def message_targets(self, conn: Any, action_id: str) -> list[tuple[str, str]]:
         tables = self._need_transaction(conn)
-        return sorted({(channel, target) for (owner, channel, target, kind, _) in tables.notifications
-                       if owner == action_id and kind in ("opened", "escalated")})
+        return sorted(
+            {
+                (channel, target)
+                for (owner, channel, target, kind, _) in tables.notifications
+                if owner == action_id and kind in ("opened", "escalated")
+            }
+        )
 
     async def set_callback_target(self, conn: Any, action_id: str, url: str) -> None:
         self._need_transaction(conn).callback_targets.setdefault(action_id, url)
@@ -197,16 +228,25 @@ class InMemoryApprovalStore:
         """Pending approvals not requested by (or for) any of ``principal_ids``, oldest first; as the
         PostgreSQL store, without their votes (``read`` has them)."""
         mine = set(principal_ids)
-        pending = sorted((a.opened_at, a.action_id) for a in self.tables.approvals.values()
-                         if a.status == "pending" and not mine & set(a.principals))
+        pending = sorted(
+            (a.opened_at, a.action_id)
+            for a in self.tables.approvals.values()
+            if a.status == "pending" and not mine & set(a.principals)
+        )
         rows = [self.tables.approvals[action_id] for _, action_id in pending[:limit]]
-        return [ApprovalRow(a.action_id, a.decided_event, a.status, a.resolved_at, (), a.escalated_at, a.reminders_sent) for a in rows]
+        return [
+            ApprovalRow(a.action_id, a.decided_event, a.status, a.resolved_at, (), a.escalated_at, a.reminders_sent)
+            for a in rows
+        ]
 
     async def vote_history(self, action_id: str) -> list[bytes]:
         return [vote for owner, _, vote in self.tables.votes if owner == action_id]
 
     async def notifications_of(self, action_id: str) -> list[tuple[str, str, str, str, str, datetime | None]]:
-        return [(channel, target, kind, occasion, "pending", None) for channel, target, kind, occasion in self.queued(action_id)]
+        return [
+            (channel, target, kind, occasion, "pending", None)
+            for channel, target, kind, occasion in self.queued(action_id)
+        ]
 
     async def first_sighting(self, source: str, interaction: str) -> bool:
         if (source, interaction) in self.seen:

@@ -43,9 +43,19 @@ class FakeActionStore:
     async def ping(self, patience_s: float = 1.0) -> None:
         self._answer()
 
-    async def insert_requested(self, *, action_id: str, requester: str, principals: list[str], idempotency_key: str | None,
-                               payload_digest: str, action: str, resource: str, requested_event: bytes,
-                               at: datetime) -> tuple[StoredAction, bool]:
+    async def insert_requested(
+        self,
+        *,
+        action_id: str,
+        requester: str,
+        principals: list[str],
+        idempotency_key: str | None,
+        payload_digest: str,
+        action: str,
+        resource: str,
+        requested_event: bytes,
+        at: datetime,
+    ) -> tuple[StoredAction, bool]:
         self._answer()
         earlier = self.keys.get((requester, idempotency_key)) if idempotency_key is not None else None
         if action_id in self.rows or earlier is not None:
@@ -53,8 +63,20 @@ class FakeActionStore:
         if idempotency_key is not None:
             self.keys[(requester, idempotency_key)] = action_id
         history = [{"state": ActionState.REQUESTED.value, "at": at.isoformat(), "event": "ActionRequested"}]
-        self.rows[action_id] = StoredAction(action_id, requester, principals, payload_digest, action, resource,
-                                            ActionState.REQUESTED, [], None, history, requested_event, False)
+        self.rows[action_id] = StoredAction(
+            action_id,
+            requester,
+            principals,
+            payload_digest,
+            action,
+            resource,
+            ActionState.REQUESTED,
+            [],
+            None,
+            history,
+            requested_event,
+            False,
+        )
         return self.rows[action_id], True
 
     async def mark_published(self, action_id: str) -> None:
@@ -80,9 +102,12 @@ class FakeActionStore:
         for action_id, row in folded.items():
             stored = self.rows[action_id]
             self.rows[action_id] = dataclasses.replace(
-                stored, state=row.state, history=row.history,
+                stored,
+                state=row.state,
+                history=row.history,
                 reasons=row.reasons if row.reasons is not None else stored.reasons,
-                result=row.result if row.result is not None else stored.result)
+                result=row.result if row.result is not None else stored.result,
+            )
         return {action_id: row.state for action_id, row in folded.items()}
 
 
@@ -91,7 +116,9 @@ class FakeLedger:
         self.executor = executor
         self.entries: dict[str, LedgerEntry] = {}
 
-    async def start(self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = "") -> LedgerEntry | None:
+    async def start(
+        self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = ""
+    ) -> LedgerEntry | None:
         if action_id in self.entries:
             return self.entries[action_id]
         self.entries[action_id] = LedgerEntry(action_id, self.executor, at, None, None, None, payload_digest, plugin)
@@ -101,7 +128,9 @@ class FakeLedger:
         entry = self.entries[action_id]
         if entry.finished_at is not None:
             return False
-        self.entries[action_id] = dataclasses.replace(entry, finished_at=at, outcome=outcome, executed_event=executed_event)
+        self.entries[action_id] = dataclasses.replace(
+            entry, finished_at=at, outcome=outcome, executed_event=executed_event
+        )
         return True
 
     async def get(self, action_id: str) -> LedgerEntry | None:
@@ -186,5 +215,14 @@ class ListSource:
         self.committed.append(list(batch))
 
 
-__all__ = ["FakeActionStore", "FakeDecisions", "FakeLedger", "FakeOpa", "FakeSend", "ListSource", "Record",
-           "LifecycleChange", "fake_publisher"]
+__all__ = [
+    "FakeActionStore",
+    "FakeDecisions",
+    "FakeLedger",
+    "FakeOpa",
+    "FakeSend",
+    "LifecycleChange",
+    "ListSource",
+    "Record",
+    "fake_publisher",
+]

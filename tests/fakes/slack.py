@@ -72,9 +72,17 @@ class FakeSlack:
         """A person as ``users.info`` returns them; ``extra`` sets what Slack flags, as Slack names it:
         ``is_restricted`` / ``is_ultra_restricted`` (guests), ``is_bot``, ``deleted``, ``is_stranger``,
         and ``team_id`` (another organisation's team for a Slack Connect user)."""
-        self.users[user_id] = {"id": user_id, "team_id": TEAM, "name": user_id.lower(), "deleted": False, "is_bot": False,
-                               "is_restricted": False, "is_ultra_restricted": False,
-                               "profile": {"email": email} if email else {}, **extra}
+        self.users[user_id] = {
+            "id": user_id,
+            "team_id": TEAM,
+            "name": user_id.lower(),
+            "deleted": False,
+            "is_bot": False,
+            "is_restricted": False,
+            "is_ultra_restricted": False,
+            "profile": {"email": email} if email else {},
+            **extra,
+        }
 
     def add_channel(self, channel_id: str) -> None:
         self.known_channels.add(channel_id)
@@ -84,14 +92,14 @@ class FakeSlack:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}/api/"
 
-    def start(self) -> "FakeSlack":
+    def start(self) -> FakeSlack:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 self._answer(parse_qs(urlsplit(self.path).query))
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if "json" in (self.headers.get("content-type") or ""):
                     args = json.loads(raw or b"{}")
@@ -101,7 +109,10 @@ class FakeSlack:
                 self._answer(args)
 
             def _answer(self, args: dict[str, Any]) -> None:
-                args = {k: (v[0] if isinstance(v, list) and len(v) == 1 and isinstance(v[0], str) else v) for k, v in args.items()}
+                args = {
+                    k: (v[0] if isinstance(v, list) and len(v) == 1 and isinstance(v[0], str) else v)
+                    for k, v in args.items()
+                }
                 method = urlsplit(self.path).path.rsplit("/", 1)[-1]
                 token = (self.headers.get("authorization") or "").removeprefix("Bearer ") or args.pop("token", "")
                 answer_json(self, 200, fake.handle(method, token, args), "application/json; charset=utf-8")
@@ -146,7 +157,9 @@ class FakeSlack:
         if thread_ts and not self._find(channel, thread_ts):
             return {"ok": False, "error": "thread_not_found"}
         metadata = _json(args.get("metadata"))
-        message = SlackMessage(channel, self._ts(), args.get("text", ""), _json(args.get("blocks")) or [], thread_ts, metadata)
+        message = SlackMessage(
+            channel, self._ts(), args.get("text", ""), _json(args.get("blocks")) or [], thread_ts, metadata
+        )
         self.messages.append(message)
         return {"ok": True, "channel": channel, "ts": message.ts, "message": {"text": message.text, "ts": message.ts}}
 
@@ -185,18 +198,29 @@ class FakeSlack:
 
     def _conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
         user = args.get("users", "")
-        return {"ok": True, "channel": {"id": "D" + user[1:]}} if user in self.users else {"ok": False, "error": "user_not_found"}
+        return (
+            {"ok": True, "channel": {"id": "D" + user[1:]}}
+            if user in self.users
+            else {"ok": False, "error": "user_not_found"}
+        )
 
     def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
-        found = [m for m in self.messages if m.channel == args.get("channel") and m.thread_ts is None and float(m.ts) >= float(args.get("oldest", 0))]
+        found = [
+            m
+            for m in self.messages
+            if m.channel == args.get("channel") and m.thread_ts is None and float(m.ts) >= float(args.get("oldest", 0))
+        ]
         return {"ok": True, "messages": [self._shown(m, args) for m in reversed(found)]}
 
     def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
         parent = self._find(args.get("channel", ""), args.get("ts", ""))
         if parent is None:
             return {"ok": False, "error": "thread_not_found"}
-        found = [parent] + [m for m in self.messages if m.channel == parent.channel and m.thread_ts == parent.ts
-                            and float(m.ts) >= float(args.get("oldest", 0))]
+        found = [parent] + [
+            m
+            for m in self.messages
+            if m.channel == parent.channel and m.thread_ts == parent.ts and float(m.ts) >= float(args.get("oldest", 0))
+        ]
         return {"ok": True, "messages": [self._shown(m, args) for m in found]}
 
     # --- what an approver does in Slack -------------------------------------------------------
@@ -206,38 +230,68 @@ class FakeSlack:
         button = next(b for b in message.buttons() if b["action_id"] == action_id)
         trigger = self._trigger()
         return {
-            "type": "block_actions", "team": {"id": TEAM, "domain": "keyturn"},
+            "type": "block_actions",
+            "team": {"id": TEAM, "domain": "keyturn"},
             "user": {"id": user, "username": user.lower(), "team_id": self._team_of(user)},
-            "api_app_id": "A0KEYTURN", "trigger_id": trigger,
-            "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel, "is_ephemeral": False},
+            "api_app_id": "A0KEYTURN",
+            "trigger_id": trigger,
+            "container": {
+                "type": "message",
+                "message_ts": message.ts,
+                "channel_id": message.channel,
+                "is_ephemeral": False,
+            },
             "channel": {"id": message.channel, "name": "approvals"},
             "message": {"ts": message.ts, "text": message.text, "blocks": message.blocks},
             "response_url": "https://hooks.invalid/actions/T0KEYTURN/1/x",
-            "actions": [{"type": "button", "action_id": action_id, "block_id": "keyturn_vote", "value": button["value"],
-                         "action_ts": f"{time.time():.6f}"}],
+            "actions": [
+                {
+                    "type": "button",
+                    "action_id": action_id,
+                    "block_id": "keyturn_vote",
+                    "value": button["value"],
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
         }
 
     def submit(self, view: dict[str, Any], user: str, reason: str) -> dict[str, Any]:
         """The view_submission payload Slack sends when ``user`` submits the deny modal."""
         return {
-            "type": "view_submission", "team": {"id": TEAM, "domain": "keyturn"},
-            "user": {"id": user, "username": user.lower(), "team_id": self._team_of(user)}, "trigger_id": self._trigger(),
-            "view": {**view, "state": {"values": {"reason": {"reason": {"type": "plain_text_input", "value": reason}}}}},
+            "type": "view_submission",
+            "team": {"id": TEAM, "domain": "keyturn"},
+            "user": {"id": user, "username": user.lower(), "team_id": self._team_of(user)},
+            "trigger_id": self._trigger(),
+            "view": {
+                **view,
+                "state": {"values": {"reason": {"reason": {"type": "plain_text_input", "value": reason}}}},
+            },
         }
 
-    def signed(self, payload: dict[str, Any], *, timestamp: int | None = None, secret: str | None = None) -> tuple[bytes, dict[str, str]]:
+    def signed(
+        self, payload: dict[str, Any], *, timestamp: int | None = None, secret: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
         """The body and headers of Slack's POST, signed as Slack signs: v0=HMAC-SHA256(secret, "v0:ts:body")."""
         body = urlencode({"payload": json.dumps(payload)}).encode()
         ts = str(int(time.time()) if timestamp is None else timestamp)
-        mac = hmac.new((secret or self.signing_secret).encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
-        return body, {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={mac}",
-                      "Content-Type": "application/x-www-form-urlencoded"}
+        mac = hmac.new(
+            (secret or self.signing_secret).encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256
+        ).hexdigest()
+        return body, {
+            "X-Slack-Request-Timestamp": ts,
+            "X-Slack-Signature": f"v0={mac}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
 
     # --- reading what happened ----------------------------------------------------------------
 
     def top_level(self, action_id: str) -> list[SlackMessage]:
         """Approval (or break-glass) messages about ``action_id``, one per target."""
-        return [m for m in self.messages if m.thread_ts is None and (m.metadata or {}).get("event_payload", {}).get("action_id") == action_id]
+        return [
+            m
+            for m in self.messages
+            if m.thread_ts is None and (m.metadata or {}).get("event_payload", {}).get("action_id") == action_id
+        ]
 
     def thread(self, message: SlackMessage) -> list[SlackMessage]:
         return [m for m in self.messages if m.channel == message.channel and m.thread_ts == message.ts]
@@ -252,7 +306,9 @@ class FakeSlack:
 
     def _trigger(self) -> str:
         with self._lock:
-            trigger = f"{int(time.time())}.{next(self._clock)}.{hashlib.sha1(str(time.time_ns()).encode()).hexdigest()[:16]}"
+            trigger = (
+                f"{int(time.time())}.{next(self._clock)}.{hashlib.sha1(str(time.time_ns()).encode()).hexdigest()[:16]}"
+            )
             self.triggers.add(trigger)
             return trigger
 
@@ -287,7 +343,9 @@ class FakeSlack:
             if len(text) > 3000 or (block["type"] == "header" and len(text) > 150):
                 return f"{block['type']} text longer than Slack allows"
             for element in block.get("elements", []):
-                if block["type"] == "actions" and (not element.get("action_id") or len(element.get("value", "")) > 2000):
+                if block["type"] == "actions" and (
+                    not element.get("action_id") or len(element.get("value", "")) > 2000
+                ):
                     return "a button needs an action_id and a value of at most 2000 characters"
         return None
 

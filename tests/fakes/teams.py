@@ -92,48 +92,115 @@ class FakeTeams:
     def issuer(self) -> str:
         return f"{self.base}/issuer"
 
-    def add_member(self, user_id: str, aad_object_id: str, email: str | None, upn: str | None = None, *, role: str = "user",
-                   tenant: str = TENANT) -> None:
+    def add_member(
+        self,
+        user_id: str,
+        aad_object_id: str,
+        email: str | None,
+        upn: str | None = None,
+        *,
+        role: str = "user",
+        tenant: str = TENANT,
+    ) -> None:
         """A conversation member as the connector returns it: ``userRole`` (``user``, ``guest``), the
         account's ``tenantId`` and its login name (``userPrincipalName``; a guest's reads ``…#EXT#@…``)."""
-        self.members[user_id] = {"id": user_id, "name": user_id, "aadObjectId": aad_object_id, "email": email,
-                                 "userPrincipalName": upn or email, "tenantId": tenant, "userRole": role}
+        self.members[user_id] = {
+            "id": user_id,
+            "name": user_id,
+            "aadObjectId": aad_object_id,
+            "email": email,
+            "userPrincipalName": upn or email,
+            "tenantId": tenant,
+            "userRole": role,
+        }
 
     # --- tokens -------------------------------------------------------------------------------
 
-    def inbound_token(self, *, audience: str | None = None, service_url: str | None = None, expires_in: int = 3600, key=None) -> str:
+    def inbound_token(
+        self, *, audience: str | None = None, service_url: str | None = None, expires_in: int = 3600, key=None
+    ) -> str:
         """The token Teams puts on an activity it posts to the bot."""
         now = int(time.time())
-        claims = {"iss": self.issuer, "aud": audience or self.app_id, "serviceurl": service_url or self.service_url,
-                  "iat": now, "nbf": now, "exp": now + expires_in}
+        claims = {
+            "iss": self.issuer,
+            "aud": audience or self.app_id,
+            "serviceurl": service_url or self.service_url,
+            "iat": now,
+            "nbf": now,
+            "exp": now + expires_in,
+        }
         return jwt.encode(claims, key or self._key, algorithm="RS256", headers={"kid": self._kid})
 
     def _app_token(self, scope: str) -> str:
         now = int(time.time())
-        return jwt.encode({"iss": self.issuer, "aud": CONNECTOR_AUDIENCE, "appid": self.app_id, "scp": scope,
-                           "iat": now, "nbf": now, "exp": now + 3600}, self._key, algorithm="RS256", headers={"kid": self._kid})
+        return jwt.encode(
+            {
+                "iss": self.issuer,
+                "aud": CONNECTOR_AUDIENCE,
+                "appid": self.app_id,
+                "scp": scope,
+                "iat": now,
+                "nbf": now,
+                "exp": now + 3600,
+            },
+            self._key,
+            algorithm="RS256",
+            headers={"kid": self._kid},
+        )
 
     def _app_token_valid(self, header: str) -> bool:
         try:
-            claims = jwt.decode(header.removeprefix("Bearer "), self._key.public_key(), algorithms=["RS256"],
-                                audience=CONNECTOR_AUDIENCE, issuer=self.issuer)
+            claims = jwt.decode(
+                header.removeprefix("Bearer "),
+                self._key.public_key(),
+                algorithms=["RS256"],
+                audience=CONNECTOR_AUDIENCE,
+                issuer=self.issuer,
+            )
         except jwt.PyJWTError:
             return False
         return claims.get("appid") == self.app_id
 
     # --- what Teams does ----------------------------------------------------------------------
 
-    def invoke(self, activity: TeamsActivity, verb: str, user: str, *, aad_object_id: str | None = None, inputs: dict[str, str] | None = None) -> dict[str, Any]:
+    def invoke(
+        self,
+        activity: TeamsActivity,
+        verb: str,
+        user: str,
+        *,
+        aad_object_id: str | None = None,
+        inputs: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         """The ``adaptiveCard/action`` invoke Teams posts when ``user`` clicks ``verb`` on the card."""
-        action = next(a for a in activity.actions() if a.get("verb") == verb) if verb != "refresh" else (activity.card() or {})["refresh"]["action"]
+        action = (
+            next(a for a in activity.actions() if a.get("verb") == verb)
+            if verb != "refresh"
+            else (activity.card() or {})["refresh"]["action"]
+        )
         return {
-            "type": "invoke", "name": "adaptiveCard/action", "id": f"f:{uuid.uuid4()}", "channelId": "msteams",
-            "serviceUrl": self.service_url, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "from": {"id": user, "name": user, "aadObjectId": aad_object_id or self.members.get(user, {}).get("aadObjectId")},
+            "type": "invoke",
+            "name": "adaptiveCard/action",
+            "id": f"f:{uuid.uuid4()}",
+            "channelId": "msteams",
+            "serviceUrl": self.service_url,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "from": {
+                "id": user,
+                "name": user,
+                "aadObjectId": aad_object_id or self.members.get(user, {}).get("aadObjectId"),
+            },
             "recipient": {"id": f"28:{self.app_id}", "name": "Keyturn"},
             "conversation": {"id": activity.conversation, "conversationType": "channel", "tenantId": TENANT},
             "replyToId": activity.id,
-            "value": {"action": {"type": "Action.Execute", "verb": verb, "data": {**action.get("data", {}), **(inputs or {})}}, "trigger": "manual"},
+            "value": {
+                "action": {
+                    "type": "Action.Execute",
+                    "verb": verb,
+                    "data": {**action.get("data", {}), **(inputs or {})},
+                },
+                "trigger": "manual",
+            },
         }
 
     def post(self, bot_url: str, activity: dict[str, Any], token: str | None) -> httpx.Response:
@@ -148,21 +215,23 @@ class FakeTeams:
 
     # --- the server ---------------------------------------------------------------------------
 
-    def start(self) -> "FakeTeams":
+    def start(self) -> FakeTeams:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 self._route("GET", b"")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self._route("POST", self.rfile.read(int(self.headers.get("content-length") or 0)))
 
-            def do_PUT(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:
                 self._route("PUT", self.rfile.read(int(self.headers.get("content-length") or 0)))
 
             def _route(self, method: str, raw: bytes) -> None:
-                answer_json(self, *fake.handle(method, urlsplit(self.path).path, self.headers.get("authorization") or "", raw))
+                answer_json(
+                    self, *fake.handle(method, urlsplit(self.path).path, self.headers.get("authorization") or "", raw)
+                )
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -177,21 +246,38 @@ class FakeTeams:
 
     def handle(self, method: str, path: str, authorization: str, raw: bytes) -> tuple[int, Any]:
         if path == "/v1/.well-known/openidconfiguration":
-            return 200, {"issuer": self.issuer, "jwks_uri": f"{self.base}/v1/.well-known/keys", "id_token_signing_alg_values_supported": ["RS256"]}
+            return 200, {
+                "issuer": self.issuer,
+                "jwks_uri": f"{self.base}/v1/.well-known/keys",
+                "id_token_signing_alg_values_supported": ["RS256"],
+            }
         if path == "/v1/.well-known/keys":
             jwk = json.loads(RSAAlgorithm.to_jwk(self._key.public_key()))
             return 200, {"keys": [{**jwk, "kid": self._kid, "use": "sig", "alg": "RS256"}]}
         if path == "/botframework.com/oauth2/v2.0/token" and method == "POST":
             form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
             self.token_requests.append(form)
-            if form.get("grant_type") != "client_credentials" or form.get("client_id") != self.app_id or form.get("client_secret") != self.app_password:
-                return 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}
-            return 200, {"token_type": "Bearer", "expires_in": 3599, "access_token": self._app_token(form.get("scope", ""))}
+            if (
+                form.get("grant_type") != "client_credentials"
+                or form.get("client_id") != self.app_id
+                or form.get("client_secret") != self.app_password
+            ):
+                return 401, {
+                    "error": "invalid_client",
+                    "error_description": "AADSTS7000215: Invalid client secret provided.",
+                }
+            return 200, {
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "access_token": self._app_token(form.get("scope", "")),
+            }
         if not path.startswith("/v3/conversations/"):
             return 404, {"error": {"code": "NotFound"}}
         if not self._app_token_valid(authorization):
             self.refused_calls.append(path)
-            return 401, {"error": {"code": "Unauthorized", "message": "Authorization has been denied for this request."}}
+            return 401, {
+                "error": {"code": "Unauthorized", "message": "Authorization has been denied for this request."}
+            }
         with self._lock:
             return self._connector(method, unquote(path.removeprefix("/v3/conversations/")), json.loads(raw or b"{}"))
 

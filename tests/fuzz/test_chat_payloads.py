@@ -28,8 +28,11 @@ pytestmark = pytest.mark.integration
 
 SOURCE = "slack:interactions"
 TEAMS_SOURCE = "teams:messages"
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3), max_leaves=8)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 def anything_or(*usual):
@@ -43,11 +46,20 @@ PAYLOADS = st.fixed_dictionaries(
         "type": anything_or("block_actions", "view_submission", "message_action"),
         "team": anything_or({"id": "T0KEYTURN"}),
         "trigger_id": anything_or("13345224609.738474920.8088930838d88f008e0"),
-        "actions": st.one_of(st.lists(st.fixed_dictionaries({}, optional={
-            "action_id": anything_or("keyturn_approve", "keyturn_deny"),
-            "value": anything_or('{"action_id": "nope", "payload_digest": "sha256:00"}', "{", "[]"),
-            "action_ts": anything_or("1700000000.000001"),
-        }), max_size=2), JSON),
+        "actions": st.one_of(
+            st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "action_id": anything_or("keyturn_approve", "keyturn_deny"),
+                        "value": anything_or('{"action_id": "nope", "payload_digest": "sha256:00"}', "{", "[]"),
+                        "action_ts": anything_or("1700000000.000001"),
+                    },
+                ),
+                max_size=2,
+            ),
+            JSON,
+        ),
         "view": anything_or({"callback_id": "keyturn_deny_reason", "private_metadata": "{"}),
         "channel": anything_or({"id": "C0SECURITY"}),
         "container": JSON,
@@ -69,22 +81,31 @@ def slack_desk(chat_desk):
 
 
 def dead_letters_from(chat, source: str) -> int:
-    return sum(1 for e, _ in read_topic(chat, Topics(chat.namespace, chat.partitions).dlq) if isinstance(e, DeadLetter) and e.source_topic == source)
+    return sum(
+        1
+        for e, _ in read_topic(chat, Topics(chat.namespace, chat.partitions).dlq)
+        if isinstance(e, DeadLetter) and e.source_topic == source
+    )
 
 
-ACTIVITIES = st.fixed_dictionaries({}, optional={
-    "type": anything_or("invoke", "message", "conversationUpdate"),
-    "name": anything_or("adaptiveCard/action"),
-    "id": anything_or("f:1"),
-    "channelId": anything_or("msteams"),
-    "serviceUrl": JSON,
-    "from": anything_or({"id": "29:carol", "aadObjectId": "aad-carol"}, {"id": "29:nobody"}),
-    "recipient": JSON,
-    "conversation": anything_or({"id": "19:security@thread.tacv2", "conversationType": "channel"}),
-    "replyToId": JSON,
-    "value": anything_or({"action": {"type": "Action.Execute", "verb": "approve", "data": {"action_id": "nope"}}}, {"action": "x"}),
-    "text": JSON,
-})
+ACTIVITIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": anything_or("invoke", "message", "conversationUpdate"),
+        "name": anything_or("adaptiveCard/action"),
+        "id": anything_or("f:1"),
+        "channelId": anything_or("msteams"),
+        "serviceUrl": JSON,
+        "from": anything_or({"id": "29:carol", "aadObjectId": "aad-carol"}, {"id": "29:nobody"}),
+        "recipient": JSON,
+        "conversation": anything_or({"id": "19:security@thread.tacv2", "conversationType": "channel"}),
+        "replyToId": JSON,
+        "value": anything_or(
+            {"action": {"type": "Action.Execute", "verb": "approve", "data": {"action_id": "nope"}}}, {"action": "x"}
+        ),
+        "text": JSON,
+    },
+)
 
 
 def test_malformed_teams_activities_are_refused_recorded_and_never_crash(chat_desk) -> None:
@@ -94,8 +115,13 @@ def test_malformed_teams_activities_are_refused_recorded_and_never_crash(chat_de
     with httpx.Client(base_url=chat.approval_url, timeout=30) as client:
 
         @hypothesis.given(activity=ACTIVITIES, raw=st.one_of(st.none(), st.binary(max_size=200)), signed=st.booleans())
-        @hypothesis.settings(max_examples=60, deadline=None, database=None, derandomize=True,
-                             suppress_health_check=list(hypothesis.HealthCheck))
+        @hypothesis.settings(
+            max_examples=60,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
         def post(activity, raw, signed) -> None:
             body = json.dumps(activity).encode() if raw is None else raw
             headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if signed else {})}
@@ -108,8 +134,9 @@ def test_malformed_teams_activities_are_refused_recorded_and_never_crash(chat_de
         counted_before = unattributed_refusals(chat, "teams", "unauthenticated_bot_request")
         post()
     refused = sum(1 for _, _, here in answers if here)
-    assert eventually(lambda: dead_letters_from(chat, TEAMS_SOURCE) >= refused, timeout=60), \
+    assert eventually(lambda: dead_letters_from(chat, TEAMS_SOURCE) >= refused, timeout=60), (
         f"{refused} refusals, {dead_letters_from(chat, TEAMS_SOURCE)} dead letters"
+    )
     unsigned = sum(1 for status, _, _ in answers if status == 401)
     assert unsigned and unattributed_refusals(chat, "teams", "unauthenticated_bot_request") - counted_before == unsigned
     assert not procs.exited(), f"services died: {procs.exited()}"
@@ -134,8 +161,13 @@ def test_malformed_slack_interactions_are_refused_recorded_and_never_crash(slack
     with httpx.Client(base_url=chat.approval_url, timeout=30) as client:
 
         @hypothesis.given(payload=PAYLOADS, raw=st.one_of(st.none(), st.binary(max_size=300)))
-        @hypothesis.settings(max_examples=60, deadline=None, database=None, derandomize=True,
-                             suppress_health_check=list(hypothesis.HealthCheck))
+        @hypothesis.settings(
+            max_examples=60,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
         def post(payload, raw) -> None:
             body, headers = fake.signed(payload) if raw is None else _signed_raw(fake, raw)
             response = client.post("/slack/interactions", content=body, headers=headers)
@@ -145,14 +177,19 @@ def test_malformed_slack_interactions_are_refused_recorded_and_never_crash(slack
         post()
         # unsigned, stale and forged requests too
         body, headers = fake.signed({"user": {"id": "U0CAROL"}, "type": "block_actions"})
-        for broken in ({**headers, "X-Slack-Signature": "v0=00"}, {k: v for k, v in headers.items() if k != "X-Slack-Request-Timestamp"},
-                       {**headers, "X-Slack-Request-Timestamp": str(int(time.time()) - 3600)}):
+        for broken in (
+            {**headers, "X-Slack-Signature": "v0=00"},
+            {k: v for k, v in headers.items() if k != "X-Slack-Request-Timestamp"},
+            {**headers, "X-Slack-Request-Timestamp": str(int(time.time()) - 3600)},
+        ):
             response = client.post("/slack/interactions", content=body, headers=broken)
             answers.append((response.status_code, response.text[:300]))
             assert 400 <= response.status_code < 500, response.text
 
     # refusals of requests Slack did not sign are counted, not recorded: anyone can send them
-    unsigned = sum(1 for status, text in answers if status >= 400 and _json_or_empty_text(text).get("error") in UNSIGNED)
+    unsigned = sum(
+        1 for status, text in answers if status >= 400 and _json_or_empty_text(text).get("error") in UNSIGNED
+    )
     refused = sum(1 for status, _ in answers if status >= 400) - unsigned
     assert unsigned >= 3
 
@@ -173,4 +210,8 @@ def _signed_raw(fake: FakeSlack, raw: bytes) -> tuple[bytes, dict[str, str]]:
     body = raw if raw[:1] != b"p" else urlencode({"payload": raw.decode(errors="replace")}).encode()
     ts = str(int(time.time()))
     mac = hmac.new(fake.signing_secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
-    return body, {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={mac}", "Content-Type": "application/x-www-form-urlencoded"}
+    return body, {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": f"v0={mac}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }

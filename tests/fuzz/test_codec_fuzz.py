@@ -4,7 +4,7 @@ never anything else, so every consumer can dead-letter it and move on. No I/O.""
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +22,7 @@ from keyturn.core.events import (
 from keyturn.core.principal import Principal, PrincipalKind
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def decodes_or_refuses(data: bytes) -> None:
@@ -35,19 +35,38 @@ def decodes_or_refuses(data: bytes) -> None:
 
 def _requested() -> ActionRequested:
     return ActionRequested(
-        event_id="requested:a1", action_id="a1", action="read.table", resource="postgres://staging/a/b",
-        parameters_json='{"limit":10}', reason="fuzz", requester=Principal("agent:fuzz", PrincipalKind.AGENT, ("human:alice",)),
-        payload_digest=Digest("00" * 32), requested_at=NOW,
+        event_id="requested:a1",
+        action_id="a1",
+        action="read.table",
+        resource="postgres://staging/a/b",
+        parameters_json='{"limit":10}',
+        reason="fuzz",
+        requester=Principal("agent:fuzz", PrincipalKind.AGENT, ("human:alice",)),
+        payload_digest=Digest("00" * 32),
+        requested_at=NOW,
     )
 
 
 def valid_messages() -> list[bytes]:
     """One real encoding of each event shape the services consume."""
     requested = _requested()
-    decided = ActionDecided(event_id="decided:a1", action_id="a1", outcome=DecisionOutcome.ALLOWED,
-                            provenance=Provenance("sha256:x", "d1", Digest("11" * 32), NOW), decided_at=NOW, request=requested)
-    executed = ActionExecuted(event_id="executed:a1", action_id="a1", outcome=ExecutionOutcome.SUCCEEDED, plugin="noop",
-                              payload_digest=Digest("00" * 32), finished_at=NOW, started_at=NOW)
+    decided = ActionDecided(
+        event_id="decided:a1",
+        action_id="a1",
+        outcome=DecisionOutcome.ALLOWED,
+        provenance=Provenance("sha256:x", "d1", Digest("11" * 32), NOW),
+        decided_at=NOW,
+        request=requested,
+    )
+    executed = ActionExecuted(
+        event_id="executed:a1",
+        action_id="a1",
+        outcome=ExecutionOutcome.SUCCEEDED,
+        plugin="noop",
+        payload_digest=Digest("00" * 32),
+        finished_at=NOW,
+        started_at=NOW,
+    )
     return [registry().encode_event(e) for e in (requested, decided, executed)]
 
 
@@ -68,7 +87,10 @@ def test_a_known_schema_header_over_random_body_is_refused_cleanly(fingerprint: 
 
 
 @FUZZ
-@given(st.sampled_from(range(len(VALID))), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8))
+@given(
+    st.sampled_from(range(len(VALID))),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8),
+)
 def test_real_events_with_corrupted_bytes_decode_or_are_refused(which: int, flips: list[tuple[int, int]]) -> None:
     data = bytearray(VALID[which])
     for position, value in flips:

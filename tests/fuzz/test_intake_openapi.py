@@ -39,7 +39,11 @@ def _case_id(operation, mode) -> tuple[str, str]:
 
 def _known_bug(operation, mode):
     reason = KNOWN_BUGS.get(_case_id(operation, mode))
-    return pytest.param(operation, mode, marks=pytest.mark.xfail(strict=True, reason=reason)) if reason else pytest.param(operation, mode)
+    return (
+        pytest.param(operation, mode, marks=pytest.mark.xfail(strict=True, reason=reason))
+        if reason
+        else pytest.param(operation, mode)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +56,25 @@ def served_document(settings, services) -> dict:
     return httpx.get(f"{settings.intake_url}/openapi.json", timeout=30).json()
 
 
-@pytest.mark.parametrize(("operation", "mode"), [_known_bug(op, mode) for op in OPERATIONS for mode in GenerationMode],
-                         ids=lambda value: value.value if isinstance(value, GenerationMode) else f"{value.method.upper()} {value.path}")
-def test_the_intake_answers_as_documented_and_never_with_a_server_error(operation, mode, settings, served_document, agent_token) -> None:
+@pytest.mark.parametrize(
+    ("operation", "mode"),
+    [_known_bug(op, mode) for op in OPERATIONS for mode in GenerationMode],
+    ids=lambda value: value.value if isinstance(value, GenerationMode) else f"{value.method.upper()} {value.path}",
+)
+def test_the_intake_answers_as_documented_and_never_with_a_server_error(
+    operation, mode, settings, served_document, agent_token
+) -> None:
     assert served_document == DOCUMENT, "the running intake serves another OpenAPI document than the one fuzzed"
     authorised = {"Authorization": f"Bearer {agent_token}"}
 
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-    @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     def exchange(case) -> None:
         case.validate_response(case.call(base_url=settings.intake_url, timeout=30), checks=CHECKS)
         case.validate_response(case.call(base_url=settings.intake_url, headers=authorised, timeout=30), checks=CHECKS)

@@ -36,7 +36,9 @@ def garbage(seed: int) -> list[tuple[str, bytes | None]]:
     ]
 
 
-async def _produce_all(bootstrap: str, batches: dict[str, list[tuple[str, bytes | None]]]) -> dict[tuple[str, int, int], str]:
+async def _produce_all(
+    bootstrap: str, batches: dict[str, list[tuple[str, bytes | None]]]
+) -> dict[tuple[str, int, int], str]:
     """Send every bad message; (topic, partition, offset) → what it was."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
@@ -51,9 +53,19 @@ async def _produce_all(bootstrap: str, batches: dict[str, list[tuple[str, bytes 
     return sent
 
 
-def test_every_bad_message_on_every_consumed_topic_is_dead_lettered_once_by_its_owner(reporter: Agent, settings, services) -> None:
+def test_every_bad_message_on_every_consumed_topic_is_dead_lettered_once_by_its_owner(
+    reporter: Agent, settings, services
+) -> None:
     topics = Topics(settings.namespace, settings.partitions)
-    consumed = [topics.submissions, topics.requested, topics.decided, topics.resolved, topics.executed, topics.votes, topics.dlq]
+    consumed = [
+        topics.submissions,
+        topics.requested,
+        topics.decided,
+        topics.resolved,
+        topics.executed,
+        topics.votes,
+        topics.dlq,
+    ]
     batches = {topic: garbage(seed) for seed, topic in enumerate(consumed)}
     # well-formed events of a type the owner does not take on that topic
     batches[topics.requested].append(("an ActionExecuted on the requested topic", VALID[2]))
@@ -75,11 +87,17 @@ def test_every_bad_message_on_every_consumed_topic_is_dead_lettered_once_by_its_
     assert not missing, f"bad messages dropped without a dead letter: {missing}"
     assert not doubled, f"bad messages dead-lettered more than once: {doubled}"
 
-    by_place = {(e.source_topic, e.partition, e.offset): e for e, _ in read_topic(settings, topics.dlq) if isinstance(e, DeadLetter)}
+    by_place = {
+        (e.source_topic, e.partition, e.offset): e
+        for e, _ in read_topic(settings, topics.dlq)
+        if isinstance(e, DeadLetter)
+    }
     for where, what in sent.items():
         letter = by_place[where]
         assert letter.reason and letter.error_type, f"{what} on {where[0]}: dead letter without a reason"
-        assert letter.service == topics.dead_letter_owner(where[0]), f"{what} on {where[0]} dead-lettered by {letter.service}"
+        assert letter.service == topics.dead_letter_owner(where[0]), (
+            f"{what} on {where[0]} dead-lettered by {letter.service}"
+        )
 
     # nobody stopped: every service is alive and an action still goes all the way through
     assert not services.exited(), f"services died on bad input: {services.exited()}"

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC
 from typing import Any
 
 from keyturn.config import Settings
@@ -24,8 +25,13 @@ def stack_settings(settings: Settings, **overrides: Any) -> Settings:
     """``settings`` in a fresh namespace on fresh ports, with ``overrides`` (e.g. the fakes' URLs)."""
     intake_port, approval_port = free_port(), free_port()
     return replace(
-        settings, namespace=f"kt{secrets.token_hex(4)}", intake_port=intake_port, approval_port=approval_port,
-        intake_url=f"http://127.0.0.1:{intake_port}", approval_url=f"http://127.0.0.1:{approval_port}", **overrides,
+        settings,
+        namespace=f"kt{secrets.token_hex(4)}",
+        intake_port=intake_port,
+        approval_port=approval_port,
+        intake_url=f"http://127.0.0.1:{intake_port}",
+        approval_url=f"http://127.0.0.1:{approval_port}",
+        **overrides,
     )
 
 
@@ -65,10 +71,20 @@ def chat_stack(settings: Settings) -> Iterator[tuple[Settings, Any, Any, Service
     slack.add_user("U0CAROL", "carol@example.com")
     teams.add_member("29:carol", "aad-carol", "carol@example.com")
     chat = stack_settings(
-        settings, slack_api_url=slack.api_url, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
-        slack_channels=json.dumps({"*": ["C0SECURITY"]}), slack_email_domains="example.com",
-        teams_tenant_id=TENANT, teams_email_domains="example.com", teams_app_id=teams.app_id, teams_app_password=teams.app_password, teams_service_url=teams.service_url,
-        teams_token_url=teams.token_url, teams_openid_url=teams.openid_url, teams_token_issuer=teams.issuer,
+        settings,
+        slack_api_url=slack.api_url,
+        slack_bot_token=slack.bot_token,
+        slack_signing_secret=slack.signing_secret,
+        slack_channels=json.dumps({"*": ["C0SECURITY"]}),
+        slack_email_domains="example.com",
+        teams_tenant_id=TENANT,
+        teams_email_domains="example.com",
+        teams_app_id=teams.app_id,
+        teams_app_password=teams.app_password,
+        teams_service_url=teams.service_url,
+        teams_token_url=teams.token_url,
+        teams_openid_url=teams.openid_url,
+        teams_token_issuer=teams.issuer,
         teams_conversations=json.dumps({"*": ["19:security@thread.tacv2"]}),
     )
     try:
@@ -85,9 +101,13 @@ def unattributed_refusals(settings: Settings, channel: str, reason: str) -> floa
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{settings.approval_url}/metrics", timeout=10).text
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == "keyturn_approval_unattributed_refusals_total"
-               and sample.labels == {"channel": channel, "reason": reason})
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "keyturn_approval_unattributed_refusals_total"
+        and sample.labels == {"channel": channel, "reason": reason}
+    )
 
 
 def dead_letters_now(settings: Settings, error_type: str) -> list:
@@ -96,38 +116,73 @@ def dead_letters_now(settings: Settings, error_type: str) -> list:
     from keyturn.core.events import DeadLetter
     from tests.integration.conftest import read_topic
 
-    return [e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).dlq) if isinstance(e, DeadLetter) and e.error_type == error_type]
+    return [
+        e
+        for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).dlq)
+        if isinstance(e, DeadLetter) and e.error_type == error_type
+    ]
 
 
-def publish_decision(chat, *, ttl_s: int, groups: tuple[tuple[str, int], ...], reminders: tuple[float, ...] = (),
-                     escalation_group: str | None = None) -> str:
+def publish_decision(
+    chat,
+    *,
+    ttl_s: int,
+    groups: tuple[tuple[str, int], ...],
+    reminders: tuple[float, ...] = (),
+    escalation_group: str | None = None,
+) -> str:
     """Publish a needs-approval decision with short clocks on the decided topic; returns its action id."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from keyturn.bus.codec import registry
     from keyturn.bus.topics import Topics
     from keyturn.core.canonical import canonical_json
     from keyturn.core.events import (
-        ActionDecided, ActionRequested, ApprovalRequirement, DecisionOutcome, Digest, GroupRequirement, Provenance,
+        ActionDecided,
+        ActionRequested,
+        ApprovalRequirement,
+        DecisionOutcome,
+        Digest,
+        GroupRequirement,
+        Provenance,
     )
     from keyturn.core.principal import Principal, PrincipalKind
     from tests.integration.conftest import produce
 
     action_id = str(uuid.uuid4())
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     parameters = {"user": "human:bob", "role": "analyst"}
     request = ActionRequested(
-        event_id=f"requested:{action_id}", action_id=action_id, action="iam.role.grant", resource="iam://staging/roles/analyst",
-        parameters_json=canonical_json(parameters), reason="short clocks", requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
-        payload_digest=Digest.of_json({"action": "iam.role.grant", "resource": "iam://staging/roles/analyst", "parameters": parameters}),
+        event_id=f"requested:{action_id}",
+        action_id=action_id,
+        action="iam.role.grant",
+        resource="iam://staging/roles/analyst",
+        parameters_json=canonical_json(parameters),
+        reason="short clocks",
+        requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
+        payload_digest=Digest.of_json(
+            {"action": "iam.role.grant", "resource": "iam://staging/roles/analyst", "parameters": parameters}
+        ),
         requested_at=now,
     )
     decided = ActionDecided(
-        event_id=f"decided:{action_id}", action_id=action_id, outcome=DecisionOutcome.NEEDS_APPROVAL,
-        provenance=Provenance("test", f"test-{action_id}", Digest.of_json({}), now), decided_at=now, request=request,
+        event_id=f"decided:{action_id}",
+        action_id=action_id,
+        outcome=DecisionOutcome.NEEDS_APPROVAL,
+        provenance=Provenance("test", f"test-{action_id}", Digest.of_json({}), now),
+        decided_at=now,
+        request=request,
         reasons=("granting a role needs security",),
-        approvals=ApprovalRequirement(groups=tuple(GroupRequirement(g, n) for g, n in groups), pending_ttl_s=ttl_s, execution_window_s=600,
-                                      require_all=True, escalation_group=escalation_group, reminder_fractions=reminders),
+        approvals=ApprovalRequirement(
+            groups=tuple(GroupRequirement(g, n) for g, n in groups),
+            pending_ttl_s=ttl_s,
+            execution_window_s=600,
+            require_all=True,
+            escalation_group=escalation_group,
+            reminder_fractions=reminders,
+        ),
     )
-    produce(chat, Topics(chat.namespace, chat.partitions).decided, registry().encode_event(decided), key=action_id.encode())
+    produce(
+        chat, Topics(chat.namespace, chat.partitions).decided, registry().encode_event(decided), key=action_id.encode()
+    )
     return action_id

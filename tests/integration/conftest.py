@@ -26,9 +26,18 @@ class Agent:
         self.settings = settings
         self.subject = subject
         self.token = mint(settings, subject, acts_for)
-        self.http = httpx.Client(base_url=settings.intake_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=90)
+        self.http = httpx.Client(
+            base_url=settings.intake_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=90
+        )
 
-    def submit(self, action: str, resource: str, parameters: dict[str, Any] | None = None, reason: str = "integration test", **extra: Any) -> httpx.Response:
+    def submit(
+        self,
+        action: str,
+        resource: str,
+        parameters: dict[str, Any] | None = None,
+        reason: str = "integration test",
+        **extra: Any,
+    ) -> httpx.Response:
         body = {"action": action, "resource": resource, "parameters": parameters or {}, "reason": reason, **extra}
         return self.http.post("/v1/actions", json=body)
 
@@ -59,7 +68,14 @@ class Agent:
 
 def mint(settings: Settings, subject: str, acts_for: tuple[str, ...] = ()) -> str:
     key = load_or_create_signing_key(settings.keys_dir)
-    return issue_token(key, subject=subject, acts_for=acts_for, audience=settings.jwt_audience, issuer=settings.jwt_issuer, ttl=timedelta(hours=2))
+    return issue_token(
+        key,
+        subject=subject,
+        acts_for=acts_for,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        ttl=timedelta(hours=2),
+    )
 
 
 def keyturn_cli(settings: Settings, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
@@ -67,7 +83,14 @@ def keyturn_cli(settings: Settings, *args: str, token: str | None = None) -> sub
     env = settings_env(settings)
     if token:
         env["KEYTURN_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "keyturn.cli", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "keyturn.cli", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +105,9 @@ async def _read_topic(settings: Settings, topic: str) -> list[tuple[Any, Any]]:
     from keyturn.bus.codec import UndecodableMessage, registry
 
     # no group: the consumer assigns itself every partition of the topic
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         for _ in range(100):
@@ -135,7 +160,13 @@ def eventually(check, timeout: float = 30, every: float = 0.3):
         time.sleep(every)
 
 
-def produce(settings: Settings, topic: str, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
+def produce(
+    settings: Settings,
+    topic: str,
+    value: bytes,
+    key: bytes | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
     """Publish raw bytes, as a misbehaving or external producer would."""
     from aiokafka import AIOKafkaProducer
 

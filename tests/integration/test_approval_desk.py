@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -26,26 +26,43 @@ from keyturn.policy.opa import OpaClient
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime(2026, 3, 4, 9, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 4, 9, 0, tzinfo=UTC)
 REQUESTER = Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",))
 
 
 def decided(outcome: events.DecisionOutcome, callback_url: str | None = None) -> events.ActionDecided:
     action_id = str(uuid.uuid4())
     request = events.ActionRequested(
-        event_id=f"requested:{action_id}", action_id=action_id, action="db.table.read", resource="sql://staging/reports",
-        parameters_json="{}", reason="r", requester=REQUESTER, payload_digest=events.Digest.of_json({}), requested_at=NOW,
+        event_id=f"requested:{action_id}",
+        action_id=action_id,
+        action="db.table.read",
+        resource="sql://staging/reports",
+        parameters_json="{}",
+        reason="r",
+        requester=REQUESTER,
+        payload_digest=events.Digest.of_json({}),
+        requested_at=NOW,
         callback_url=callback_url,
     )
     return events.ActionDecided(
-        event_id=f"decided:{action_id}", action_id=action_id, outcome=outcome,
-        provenance=events.Provenance("r", "d", events.Digest.of_json({}), NOW), decided_at=NOW, request=request,
+        event_id=f"decided:{action_id}",
+        action_id=action_id,
+        outcome=outcome,
+        provenance=events.Provenance("r", "d", events.Digest.of_json({}), NOW),
+        decided_at=NOW,
+        request=request,
     )
 
 
 def executed(action_id: str) -> events.ActionExecuted:
-    return events.ActionExecuted(event_id=f"executed:{action_id}", action_id=action_id, outcome=events.ExecutionOutcome.SUCCEEDED,
-                                 plugin="sql", payload_digest=events.Digest.of_json({}), finished_at=NOW)
+    return events.ActionExecuted(
+        event_id=f"executed:{action_id}",
+        action_id=action_id,
+        outcome=events.ExecutionOutcome.SUCCEEDED,
+        plugin="sql",
+        payload_digest=events.Digest.of_json({}),
+        finished_at=NOW,
+    )
 
 
 async def with_desk(settings, work) -> list[tuple[str, str]]:
@@ -86,8 +103,14 @@ def test_a_requested_webhook_still_hears_every_state_even_an_execution_seen_befo
         await desk.take_decision(early, b"")
 
     rows = asyncio.run(with_desk(settings, work))
-    assert sorted(rows) == sorted([(asked.action_id, "allowed"), (asked.action_id, "succeeded"),
-                                   (early.action_id, "succeeded"), (early.action_id, "allowed")])
+    assert sorted(rows) == sorted(
+        [
+            (asked.action_id, "allowed"),
+            (asked.action_id, "succeeded"),
+            (early.action_id, "succeeded"),
+            (early.action_id, "allowed"),
+        ]
+    )
 
 
 def test_a_vote_racing_the_opening_is_early_or_judged_never_an_error(settings) -> None:
@@ -109,13 +132,21 @@ def test_a_vote_racing_the_opening_is_early_or_judged_never_an_error(settings) -
 
                 async def answer() -> str:
                     try:
-                        result = await desk.vote(decision.action_id, Principal("human:carol", PrincipalKind.HUMAN), "approve",
-                                                 str(decision.request.payload_digest), None, "cli")
+                        result = await desk.vote(
+                            decision.action_id,
+                            Principal("human:carol", PrincipalKind.HUMAN),
+                            "approve",
+                            str(decision.request.payload_digest),
+                            None,
+                            "cli",
+                        )
                     except ApprovalNotOpenYet:
                         return "early"
                     return "judged" if result.refusal != "UnknownAction" else "unknown"
 
-                _, said = await asyncio.gather(desk.take_decision(decision, registry().encode_event(decision)), answer())
+                _, said = await asyncio.gather(
+                    desk.take_decision(decision, registry().encode_event(decision)), answer()
+                )
                 answers.append(said)
                 assert await desk.approval(decision.action_id) is not None  # opened either way
         finally:
@@ -132,5 +163,11 @@ def test_a_vote_racing_the_opening_is_early_or_judged_never_an_error(settings) -
 def needing_approval() -> events.ActionDecided:
     plain = decided(events.DecisionOutcome.NEEDS_APPROVAL)
     request = replace(plain.request, action="iam.role.grant", resource="iam://staging/roles/analyst")
-    return replace(plain, request=request, decided_at=datetime.now(timezone.utc), approvals=events.ApprovalRequirement(
-        groups=(events.GroupRequirement("security", 1),), pending_ttl_s=600, execution_window_s=60))
+    return replace(
+        plain,
+        request=request,
+        decided_at=datetime.now(UTC),
+        approvals=events.ApprovalRequirement(
+            groups=(events.GroupRequirement("security", 1),), pending_ttl_s=600, execution_window_s=60
+        ),
+    )

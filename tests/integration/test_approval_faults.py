@@ -46,9 +46,13 @@ def private(slack):
     try:
         servers.up()
         settings = servers.settings(
-            "faults", policy_unavailable_after_s=120.0,
-            slack_api_url=slack.api_url, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
-            slack_channels=json.dumps({"*": ["C0SECURITY"]}), slack_email_domains="example.com",
+            "faults",
+            policy_unavailable_after_s=120.0,
+            slack_api_url=slack.api_url,
+            slack_bot_token=slack.bot_token,
+            slack_signing_secret=slack.signing_secret,
+            slack_channels=json.dumps({"*": ["C0SECURITY"]}),
+            slack_email_domains="example.com",
         )
         procs = ServiceProcesses(settings, log_dir=ARTIFACTS / "logs" / settings.namespace)
         try:
@@ -65,7 +69,9 @@ def pending(settings: Settings, role: str) -> tuple[str, str]:
     agent = Agent(settings, "agent:reporter", ("human:alice",))
     action_id = agent.submit_ok("iam.role.grant", f"iam://staging/roles/{role}", {"user": "human:bob", "role": role})
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
-    shown = httpx.get(f"{settings.approval_url}/v1/approvals/{action_id}", headers=bearer(settings, "human:carol"), timeout=30)
+    shown = httpx.get(
+        f"{settings.approval_url}/v1/approvals/{action_id}", headers=bearer(settings, "human:carol"), timeout=30
+    )
     assert shown.status_code == 200, shown.text
     return action_id, shown.json()["payload_digest"]
 
@@ -75,17 +81,31 @@ def bearer(settings: Settings, who: str) -> dict[str, str]:
 
 
 def vote(settings: Settings, action_id: str, digest: str, who: str = "human:carol") -> httpx.Response:
-    return httpx.post(f"{settings.approval_url}/v1/approvals/{action_id}/votes", headers=bearer(settings, who),
-                      json={"choice": "approve", "payload_digest": digest}, timeout=60)
+    return httpx.post(
+        f"{settings.approval_url}/v1/approvals/{action_id}/votes",
+        headers=bearer(settings, who),
+        json={"choice": "approve", "payload_digest": digest},
+        timeout=60,
+    )
 
 
 def votes_for(settings: Settings, action_id: str) -> list[VoteRecorded]:
-    return [e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).votes) if isinstance(e, VoteRecorded) and e.action_id == action_id]
+    return [
+        e
+        for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).votes)
+        if isinstance(e, VoteRecorded) and e.action_id == action_id
+    ]
 
 
 def resolution_of(settings: Settings, action_id: str) -> ApprovalResolved | None:
-    return next((e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).resolved)
-                 if isinstance(e, ApprovalResolved) and e.action_id == action_id), None)
+    return next(
+        (
+            e
+            for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).resolved)
+            if isinstance(e, ApprovalResolved) and e.action_id == action_id
+        ),
+        None,
+    )
 
 
 def test_an_answer_while_the_policy_engine_is_down_is_try_again_and_counts_once_it_is_back(private, slack) -> None:
@@ -99,7 +119,9 @@ def test_an_answer_while_the_policy_engine_is_down_is_try_again_and_counts_once_
         answer = vote(settings, action_id, digest)
         assert answer.status_code == 503, answer.text
         assert answer.json()["detail"]["error"] == "policy_unavailable"
-        assert "Try again" in answer.json()["detail"]["message"] and "not recorded" in answer.json()["detail"]["message"]
+        assert (
+            "Try again" in answer.json()["detail"]["message"] and "not recorded" in answer.json()["detail"]["message"]
+        )
         assert int(answer.headers["Retry-After"]) > 0
 
         # the same in Slack: the person is told, only them, to answer again
@@ -149,16 +171,27 @@ def test_the_approval_service_rides_out_a_database_restart(private) -> None:
     accepted = eventually(answered, timeout=60, every=1)
     assert accepted is not None, "votes still answer 503 a minute after the database came back"
     assert accepted.status_code == 200 and accepted.json()["status"] == "approved", accepted.text
-    assert [(v.vote.approver.id, v.accepted) for v in eventually(lambda: votes_for(settings, voted_on), timeout=30)] == [("human:carol", True)]
+    assert [
+        (v.vote.approver.id, v.accepted) for v in eventually(lambda: votes_for(settings, voted_on), timeout=30)
+    ] == [("human:carol", True)]
 
     # the expiry clock still runs: an approval whose time is up ends expired (its time is made up
     # by moving its decision back by the pending TTL, where the desk reads it from)
-    with psycopg.connect(settings.database_url, autocommit=True, options=f"-c search_path={schema_name(settings.namespace)}") as conn:
-        stored = registry().decode_event(bytes(conn.execute("SELECT decided_event FROM approvals WHERE action_id = %s",
-                                                            (left_to_expire,)).fetchone()[0]))
+    with psycopg.connect(
+        settings.database_url, autocommit=True, options=f"-c search_path={schema_name(settings.namespace)}"
+    ) as conn:
+        stored = registry().decode_event(
+            bytes(
+                conn.execute("SELECT decided_event FROM approvals WHERE action_id = %s", (left_to_expire,)).fetchone()[
+                    0
+                ]
+            )
+        )
         earlier = replace(stored, decided_at=stored.decided_at - timedelta(seconds=stored.approvals.pending_ttl_s + 1))
-        conn.execute("UPDATE approvals SET decided_event = %s, expires_at = now() WHERE action_id = %s",
-                     (registry().encode_event(earlier), left_to_expire))
+        conn.execute(
+            "UPDATE approvals SET decided_event = %s, expires_at = now() WHERE action_id = %s",
+            (registry().encode_event(earlier), left_to_expire),
+        )
     resolved = eventually(lambda: resolution_of(settings, left_to_expire), timeout=30)
     assert resolved is not None and resolved.outcome is ResolutionOutcome.EXPIRED
     assert not procs.exited(), f"services died: {procs.exited()}"

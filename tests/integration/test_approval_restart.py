@@ -18,15 +18,22 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def slack() -> Iterator[FakeSlack]:
-    with running_slack(channels=("C0SECURITY",), users={"U0CAROL": "carol@example.com", "U0DAVE": "dave@example.com"}) as fake:
+    with running_slack(
+        channels=("C0SECURITY",), users={"U0CAROL": "carol@example.com", "U0DAVE": "dave@example.com"}
+    ) as fake:
         yield fake
 
 
 @pytest.fixture(scope="module")
 def stack(settings, slack):
-    chat = stack_settings(settings, slack_api_url=slack.api_url, slack_bot_token=slack.bot_token,
-                          slack_signing_secret=slack.signing_secret, slack_channels=json.dumps({"*": ["C0SECURITY"]}),
-                          slack_email_domains="example.com")
+    chat = stack_settings(
+        settings,
+        slack_api_url=slack.api_url,
+        slack_bot_token=slack.bot_token,
+        slack_signing_secret=slack.signing_secret,
+        slack_channels=json.dumps({"*": ["C0SECURITY"]}),
+        slack_email_domains="example.com",
+    )
     with running_stack(chat) as procs:
         yield procs
 
@@ -58,13 +65,19 @@ def click(stack, slack: FakeSlack, message, user: str) -> None:
 
 
 def adopted(stack, action_id: str) -> bool:
-    with psycopg.connect(stack.settings.database_url, autocommit=True, options=f"-c search_path={schema_name(stack.settings.namespace)}") as conn:
-        row = conn.execute("SELECT remote_ref FROM approval_notifications WHERE action_id = %s AND kind = 'opened'", (action_id,)).fetchone()
+    with psycopg.connect(
+        stack.settings.database_url, autocommit=True, options=f"-c search_path={schema_name(stack.settings.namespace)}"
+    ) as conn:
+        row = conn.execute(
+            "SELECT remote_ref FROM approval_notifications WHERE action_id = %s AND kind = 'opened'", (action_id,)
+        ).fetchone()
     return bool(row and row[0])
 
 
 def sql(stack, statement: str, *args) -> None:
-    with psycopg.connect(stack.settings.database_url, autocommit=True, options=f"-c search_path={schema_name(stack.settings.namespace)}") as conn:
+    with psycopg.connect(
+        stack.settings.database_url, autocommit=True, options=f"-c search_path={schema_name(stack.settings.namespace)}"
+    ) as conn:
         conn.execute(statement, args)
 
 
@@ -86,7 +99,9 @@ def test_pending_approvals_survive_a_restart_without_lost_or_duplicated_messages
 
     click(stack, slack, messages[before[0]], "U0CAROL")
     assert agent.wait(before[0])["state"] == "succeeded"
-    assert eventually(lambda: "Approved by human:carol" in messages[before[0]].all_text() and not messages[before[0]].buttons())
+    assert eventually(
+        lambda: "Approved by human:carol" in messages[before[0]].all_text() and not messages[before[0]].buttons()
+    )
     assert one_message(slack, before[0]) is messages[before[0]], "the outcome edits the message people already have"
 
 
@@ -95,8 +110,12 @@ def test_a_message_sent_just_before_a_crash_is_adopted_not_sent_again(stack, sla
     message = one_message(slack, action_id)
     stack.stop("approval")  # the database is left as a crash would leave it (a clean stop keeps the test quick)
     # what a crash between Slack's answer and the commit leaves: a claimed row without the message id
-    sql(stack, """UPDATE approval_notifications SET state = 'sending', remote_ref = NULL, claimed_at = now() - interval '1 hour'
-                  WHERE action_id = %s AND kind = 'opened'""", action_id)
+    sql(
+        stack,
+        """UPDATE approval_notifications SET state = 'sending', remote_ref = NULL, claimed_at = now() - interval '1 hour'
+                  WHERE action_id = %s AND kind = 'opened'""",
+        action_id,
+    )
     posts = slack.count("chat.postMessage")
     start_again(stack)
 
@@ -107,7 +126,11 @@ def test_a_message_sent_just_before_a_crash_is_adopted_not_sent_again(stack, sla
     assert agent.wait(action_id)["state"] == "succeeded"
     assert eventually(lambda: "Approved by human:dave" in message.all_text()), message.all_text()
     assert one_message(slack, action_id) is message
-    assert not [m for m in slack.messages[posts:] if m.thread_ts is None and m.metadata and m.metadata["event_payload"]["action_id"] == action_id]
+    assert not [
+        m
+        for m in slack.messages[posts:]
+        if m.thread_ts is None and m.metadata and m.metadata["event_payload"]["action_id"] == action_id
+    ]
 
 
 def test_a_message_claimed_but_never_sent_before_a_crash_is_sent_once(stack, slack, agent) -> None:
@@ -116,8 +139,12 @@ def test_a_message_claimed_but_never_sent_before_a_crash_is_sent_once(stack, sla
     stack.stop("approval")
     # a crash right after the claim: Slack never got the message
     slack.messages.remove(message)
-    sql(stack, """UPDATE approval_notifications SET state = 'sending', remote_ref = NULL, claimed_at = now() - interval '1 hour'
-                  WHERE action_id = %s AND kind = 'opened'""", action_id)
+    sql(
+        stack,
+        """UPDATE approval_notifications SET state = 'sending', remote_ref = NULL, claimed_at = now() - interval '1 hour'
+                  WHERE action_id = %s AND kind = 'opened'""",
+        action_id,
+    )
     start_again(stack)
     resent = one_message(slack, action_id)
     assert resent is not message and resent.buttons()

@@ -19,13 +19,24 @@ from keyturn.audit.stream import read_audit_log
 from keyturn.bus.topics import Topics
 from tests.fakes.slack import FakeSlack
 from tests.fakes.webhook import WebhookReceiver
-from tests.integration.approval_stack import dead_letters_now, publish_decision, running_stack, stack_settings, unattributed_refusals
+from tests.integration.approval_stack import (
+    dead_letters_now,
+    publish_decision,
+    running_stack,
+    stack_settings,
+    unattributed_refusals,
+)
 from tests.integration.conftest import Agent, eventually, keyturn_cli, mint
 
 pytestmark = pytest.mark.integration
 
 CALLBACK_SECRET = "callback-secret-for-tests"
-CHANNELS = {"security": ["C0SECURITY"], "security-oncall": ["C0ONCALL"], "db-owners": ["C0GONE"], "*": ["C0APPROVALS"]}  # C0GONE: the bot is not in it
+CHANNELS = {
+    "security": ["C0SECURITY"],
+    "security-oncall": ["C0ONCALL"],
+    "db-owners": ["C0GONE"],
+    "*": ["C0APPROVALS"],
+}  # C0GONE: the bot is not in it
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +73,15 @@ def webhook() -> WebhookReceiver:
 @pytest.fixture(scope="module")
 def chat(settings, slack, webhook):
     chat_settings = stack_settings(
-        settings, slack_api_url=slack.api_url, slack_bot_token=slack.bot_token, slack_signing_secret=slack.signing_secret,
-        slack_channels=json.dumps(CHANNELS), slack_user_map=json.dumps({"U0DAVE": "human:dave", "U0MAPPEDGUEST": "human:dave"}),
+        settings,
+        slack_api_url=slack.api_url,
+        slack_bot_token=slack.bot_token,
+        slack_signing_secret=slack.signing_secret,
+        slack_channels=json.dumps(CHANNELS),
+        slack_user_map=json.dumps({"U0DAVE": "human:dave", "U0MAPPEDGUEST": "human:dave"}),
         slack_email_domains="example.com,partner.example",
-        callback_secret=CALLBACK_SECRET, callback_allowed_hosts="127.0.0.1",
+        callback_secret=CALLBACK_SECRET,
+        callback_allowed_hosts="127.0.0.1",
     )
     with running_stack(chat_settings):
         yield chat_settings
@@ -81,8 +97,13 @@ def interact(chat, body: bytes, headers: dict[str, str]) -> httpx.Response:
 
 
 def grant(agent: Agent, role: str = "analyst", **extra) -> str:
-    action_id = agent.submit_ok("iam.role.grant", f"iam://staging/roles/{role}",
-                                {"user": "human:bob", "role": role, "password": "hunter2-never-shown"}, reason=f"onboarding bob as {role}", **extra)
+    action_id = agent.submit_ok(
+        "iam.role.grant",
+        f"iam://staging/roles/{role}",
+        {"user": "human:bob", "role": role, "password": "hunter2-never-shown"},
+        reason=f"onboarding bob as {role}",
+        **extra,
+    )
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     return action_id
 
@@ -96,19 +117,34 @@ def message_in(slack: FakeSlack, action_id: str, channel: str = "C0SECURITY"):
 def audit_records(chat, action_id: str | None = None, event_type: str | None = None, timeout: float = 30) -> list:
     def matching():
         records = asyncio.run(read_audit_log(chat.kafka_bootstrap, Topics(chat.namespace, chat.partitions).audit))
-        return [r for r in records if (action_id is None or r.action_id == action_id) and (event_type is None or r.event_type == event_type)]
+        return [
+            r
+            for r in records
+            if (action_id is None or r.action_id == action_id) and (event_type is None or r.event_type == event_type)
+        ]
+
     return eventually(matching, timeout=timeout) or []
 
 
 def refused_votes(chat, action_id: str, refusal: str) -> list:
     def found():
-        return [r for r in audit_records(chat, action_id, "VoteRecorded", timeout=1) if json.loads(r.payload_json).get("refusal") == refusal]
+        return [
+            r
+            for r in audit_records(chat, action_id, "VoteRecorded", timeout=1)
+            if json.loads(r.payload_json).get("refusal") == refusal
+        ]
+
     return eventually(found, timeout=30) or []
 
 
 def dead_letters(chat, error_type: str) -> list:
     def found():
-        return [r for r in audit_records(chat, None, "DeadLetter", timeout=1) if json.loads(r.payload_json).get("error_type") == error_type]
+        return [
+            r
+            for r in audit_records(chat, None, "DeadLetter", timeout=1)
+            if json.loads(r.payload_json).get("error_type") == error_type
+        ]
+
     return eventually(found, timeout=30) or []
 
 
@@ -119,8 +155,16 @@ def test_each_approver_group_gets_a_message_with_everything_needed_to_decide(cha
     action_id = grant(agent)
     message = message_in(slack, action_id)
     shown = message.all_text()
-    for fact in ("iam.role.grant", "iam://staging/roles/analyst", "onboarding bob as analyst", "agent:reporter for human:alice",
-                 "Expires", "Impact", '\\"role\\": \\"analyst\\"', "No approvals yet (0 of 1), waiting for security"):
+    for fact in (
+        "iam.role.grant",
+        "iam://staging/roles/analyst",
+        "onboarding bob as analyst",
+        "agent:reporter for human:alice",
+        "Expires",
+        "Impact",
+        '\\"role\\": \\"analyst\\"',
+        "No approvals yet (0 of 1), waiting for security",
+    ):
         assert fact in shown, f"{fact!r} missing from the Slack message"
     assert "hunter2" not in shown, "parameters in Slack are masked"
     assert [b["action_id"] for b in message.buttons()] == ["keyturn_approve", "keyturn_deny"]
@@ -136,7 +180,9 @@ def test_approving_in_slack_runs_the_action_and_the_message_shows_the_outcome(ch
 
     view = agent.wait(action_id)
     assert view["state"] == "succeeded", view
-    assert eventually(lambda: not message.buttons() and "Approved by human:carol" in message.all_text()), message.all_text()
+    assert eventually(lambda: not message.buttons() and "Approved by human:carol" in message.all_text()), (
+        message.all_text()
+    )
     told = eventually(lambda: slack.thread(message))
     assert told and "agent:reporter for human:alice" in told[-1].text and "it will run now" in told[-1].text
 
@@ -147,10 +193,14 @@ def test_approving_in_slack_runs_the_action_and_the_message_shows_the_outcome(ch
     assert interact(chat, *slack.signed(stale_deny)).status_code == 200
     assert refused_votes(chat, action_id, "AlreadyResolved")
     assert agent.status(action_id)["state"] == "succeeded" and "Denied" not in message.all_text()
-    assert not slack.views or action_id not in slack.views[-1].get("private_metadata", ""), "no modal for a resolved action"
+    assert not slack.views or action_id not in slack.views[-1].get("private_metadata", ""), (
+        "no modal for a resolved action"
+    )
 
     # the requester's webhook heard every state, signed with HMAC over timestamp and body
-    assert eventually(lambda: webhook.states(action_id) == ["needs_approval", "approved", "succeeded"]), webhook.states(action_id)
+    assert eventually(lambda: webhook.states(action_id) == ["needs_approval", "approved", "succeeded"]), webhook.states(
+        action_id
+    )
     for headers, body in webhook.received:
         assert signature_valid(CALLBACK_SECRET.encode(), body, headers["x-keyturn-signature"], time.time())
         assert not signature_valid(b"another secret", body, headers["x-keyturn-signature"], time.time())
@@ -160,7 +210,9 @@ def test_the_message_shows_progress_after_each_vote_until_quorum(chat, agent, sl
     action_id = grant(agent, role="db-admin")  # an admin role needs two people from security
     message = message_in(slack, action_id)
     assert interact(chat, *slack.signed(slack.click(message, "keyturn_approve", "U0CAROL"))).status_code == 200
-    assert eventually(lambda: "Approved by human:carol (1 of 2), waiting for security" in message.all_text()), message.all_text()
+    assert eventually(lambda: "Approved by human:carol (1 of 2), waiting for security" in message.all_text()), (
+        message.all_text()
+    )
     assert message.buttons(), "still pending: the buttons stay"
     assert agent.status(action_id)["state"] == "needs_approval"
 
@@ -181,7 +233,9 @@ def test_deny_opens_a_modal_for_the_reason_and_the_requester_sees_it(chat, agent
     assert answer.status_code == 200 and not answer.content, answer.text  # an empty answer closes the modal
     view = agent.wait(action_id)
     assert view["state"] == "denied"
-    assert eventually(lambda: not message.buttons() and "Denied by human:dave: writers need a ticket" in message.all_text())
+    assert eventually(
+        lambda: not message.buttons() and "Denied by human:dave: writers need a ticket" in message.all_text()
+    )
     assert eventually(lambda: any("it will not run" in m.text for m in slack.thread(message)))
 
 
@@ -205,7 +259,9 @@ def test_a_timestamp_older_than_five_minutes_is_refused_and_counted(chat, agent,
     action_id = grant(agent, role="auditor")
     message = message_in(slack, action_id)
     before = unattributed_refusals(chat, "slack", "stale_timestamp")
-    answer = interact(chat, *slack.signed(slack.click(message, "keyturn_approve", "U0CAROL"), timestamp=int(time.time()) - 6 * 60))
+    answer = interact(
+        chat, *slack.signed(slack.click(message, "keyturn_approve", "U0CAROL"), timestamp=int(time.time()) - 6 * 60)
+    )
     assert answer.status_code == 401 and answer.json()["error"] == "stale_timestamp"
     assert "5 minutes" in answer.json()["message"] or "300 s" in answer.json()["message"]
     assert unattributed_refusals(chat, "slack", "stale_timestamp") == before + 1
@@ -221,35 +277,57 @@ def test_a_replayed_interaction_changes_nothing(chat, agent, slack) -> None:
     replay = interact(chat, body, headers)
     assert replay.status_code == 409 and replay.json()["error"] == "replayed_interaction"
     assert dead_letters(chat, "replayed_interaction")
-    approval = httpx.get(f"{chat.approval_url}/v1/approvals/{action_id}", headers={"Authorization": f"Bearer {mint(chat, 'human:carol')}"}).json()
+    approval = httpx.get(
+        f"{chat.approval_url}/v1/approvals/{action_id}",
+        headers={"Authorization": f"Bearer {mint(chat, 'human:carol')}"},
+    ).json()
     assert approval["status"] == "pending" and approval["summary"].startswith("Approved by human:carol (1 of 2)")
 
 
-@pytest.mark.parametrize("user, refusal, recorded_as", [
-    ("U0MALLORY", "UnknownChatUser", "slack:T0KEYTURN/U0MALLORY"),  # no email, not in the map
-    ("U0BOT", "UnknownChatUser", "slack:T0KEYTURN/U0BOT"),  # bots never approve
-    ("U0GUEST", "UnknownChatUser", "slack:T0KEYTURN/U0GUEST"),  # a guest whose email is carol's: never human:carol
-    ("U0ONECHANNEL", "UnknownChatUser", "slack:T0KEYTURN/U0ONECHANNEL"),  # a single-channel guest
-    ("U0MAPPEDGUEST", "UnknownChatUser", "slack:T0KEYTURN/U0MAPPEDGUEST"),  # the map does not make a guest an approver
-    ("U0GONE", "UnknownChatUser", "slack:T0KEYTURN/U0GONE"),  # deactivated
-    ("W0CONNECT", "UnknownChatUser", "slack:T0PARTNER/W0CONNECT"),  # Slack Connect: another organisation
-    ("W0OTHERTEAM", "UnknownChatUser", "slack:T0PARTNER/W0OTHERTEAM"),  # another workspace
-    ("U0ELSEWHERE", "UnknownChatUser", "slack:T0KEYTURN/U0ELSEWHERE"),  # a domain not in KEYTURN_SLACK_EMAIL_DOMAINS
-    ("U0PARTNER", "ApproverNotAuthorised", "human:carol@partner.example"),  # a listed partner domain keeps its name
-    ("U0FRANK", "ApproverNotAuthorised", "human:frank"),  # db-owners, not security
-    ("U0ALICE", "SelfApprovalRefused", "human:alice"),  # the human the agent acts for
-])
-def test_answers_from_people_who_may_not_approve_are_refused_recorded_and_explained(chat, agent, slack, user, refusal, recorded_as) -> None:
+@pytest.mark.parametrize(
+    "user, refusal, recorded_as",
+    [
+        ("U0MALLORY", "UnknownChatUser", "slack:T0KEYTURN/U0MALLORY"),  # no email, not in the map
+        ("U0BOT", "UnknownChatUser", "slack:T0KEYTURN/U0BOT"),  # bots never approve
+        ("U0GUEST", "UnknownChatUser", "slack:T0KEYTURN/U0GUEST"),  # a guest whose email is carol's: never human:carol
+        ("U0ONECHANNEL", "UnknownChatUser", "slack:T0KEYTURN/U0ONECHANNEL"),  # a single-channel guest
+        (
+            "U0MAPPEDGUEST",
+            "UnknownChatUser",
+            "slack:T0KEYTURN/U0MAPPEDGUEST",
+        ),  # the map does not make a guest an approver
+        ("U0GONE", "UnknownChatUser", "slack:T0KEYTURN/U0GONE"),  # deactivated
+        ("W0CONNECT", "UnknownChatUser", "slack:T0PARTNER/W0CONNECT"),  # Slack Connect: another organisation
+        ("W0OTHERTEAM", "UnknownChatUser", "slack:T0PARTNER/W0OTHERTEAM"),  # another workspace
+        (
+            "U0ELSEWHERE",
+            "UnknownChatUser",
+            "slack:T0KEYTURN/U0ELSEWHERE",
+        ),  # a domain not in KEYTURN_SLACK_EMAIL_DOMAINS
+        ("U0PARTNER", "ApproverNotAuthorised", "human:carol@partner.example"),  # a listed partner domain keeps its name
+        ("U0FRANK", "ApproverNotAuthorised", "human:frank"),  # db-owners, not security
+        ("U0ALICE", "SelfApprovalRefused", "human:alice"),  # the human the agent acts for
+    ],
+)
+def test_answers_from_people_who_may_not_approve_are_refused_recorded_and_explained(
+    chat, agent, slack, user, refusal, recorded_as
+) -> None:
     action_id = grant(agent, role="auditor")
     message = message_in(slack, action_id)
     answer = interact(chat, *slack.signed(slack.click(message, "keyturn_approve", user)))
     assert answer.status_code == 200  # Slack shows nothing for other codes; the person is told privately
     votes = refused_votes(chat, action_id, refusal)
     assert votes and [json.loads(v.payload_json)["vote"]["approver"]["id"] for v in votes] == [recorded_as]
-    told = [e for e in slack.ephemeral if e["user"] == user and refusal in e["text"] or (refusal == "UnknownChatUser" and e["user"] == user)]
+    told = [
+        e
+        for e in slack.ephemeral
+        if (e["user"] == user and refusal in e["text"]) or (refusal == "UnknownChatUser" and e["user"] == user)
+    ]
     assert told and "not applied" in told[-1]["text"]
     assert agent.status(action_id)["state"] == "needs_approval"
-    assert message.buttons() and "No approvals yet" in message.all_text(), "the message does not pretend anything happened"
+    assert message.buttons() and "No approvals yet" in message.all_text(), (
+        "the message does not pretend anything happened"
+    )
 
 
 def test_a_vote_on_a_different_digest_is_refused(chat, agent, slack) -> None:
@@ -266,7 +344,11 @@ def test_a_vote_on_a_different_digest_is_refused(chat, agent, slack) -> None:
 
 
 def approval(chat, action_id: str) -> dict:
-    answer = httpx.get(f"{chat.approval_url}/v1/approvals/{action_id}", headers={"Authorization": f"Bearer {mint(chat, 'human:carol')}"}, timeout=30)
+    answer = httpx.get(
+        f"{chat.approval_url}/v1/approvals/{action_id}",
+        headers={"Authorization": f"Bearer {mint(chat, 'human:carol')}"},
+        timeout=30,
+    )
     return answer.json() if answer.status_code == 200 else {}
 
 
@@ -282,7 +364,9 @@ def refusal_of(vote) -> tuple[str, str, str]:
 
 
 @pytest.mark.parametrize("digest_of", ["the other action", "the action shown"])
-def test_a_click_edited_to_name_another_action_is_refused_recorded_and_changes_nothing(chat, agent, slack, digest_of) -> None:
+def test_a_click_edited_to_name_another_action_is_refused_recorded_and_changes_nothing(
+    chat, agent, slack, digest_of
+) -> None:
     shown, other = grant(agent, role="auditor"), grant(agent, role="reader")
     message, other_message = message_in(slack, shown), message_in(slack, other)
     digest = approval(chat, other if digest_of == "the other action" else shown)["payload_digest"]
@@ -297,7 +381,10 @@ def test_a_click_edited_to_name_another_action_is_refused_recorded_and_changes_n
     assert told and "not applied" in told[-1] and f"posted for action {shown}" in told[-1]
     for action_id, shown_message in ((shown, message), (other, other_message)):
         assert agent.status(action_id)["state"] == "needs_approval"
-        assert approval(chat, action_id)["summary"].startswith("No approvals yet") and "No approvals yet" in shown_message.all_text()
+        assert (
+            approval(chat, action_id)["summary"].startswith("No approvals yet")
+            and "No approvals yet" in shown_message.all_text()
+        )
 
     # the same person on the message that shows the other action is heard
     assert interact(chat, *slack.signed(slack.click(other_message, "keyturn_approve", "U0CAROL"))).status_code == 200
@@ -308,13 +395,20 @@ def test_a_click_edited_to_name_another_action_is_refused_recorded_and_changes_n
 def test_an_action_whose_message_never_reached_slack_cannot_be_answered_in_slack(chat, agent, slack) -> None:
     shown = grant(agent, role="auditor")
     message = message_in(slack, shown)
-    unposted = publish_decision(chat, ttl_s=600, groups=(("db-owners", 1),))  # its only target, C0GONE, refuses the post
+    unposted = publish_decision(
+        chat, ttl_s=600, groups=(("db-owners", 1),)
+    )  # its only target, C0GONE, refuses the post
     opened = eventually(lambda: approval(chat, unposted), timeout=30)
     assert opened and opened["status"] == "pending"
-    assert eventually(lambda: any(m == "chat.postMessage" and a.get("channel") == "C0GONE" for m, a in list(slack.calls)), timeout=30)
+    assert eventually(
+        lambda: any(m == "chat.postMessage" and a.get("channel") == "C0GONE" for m, a in list(slack.calls)), timeout=30
+    )
     assert not slack.top_level(unposted), "the message failed to send"
 
-    answer = interact(chat, *slack.signed(naming(slack.click(message, "keyturn_approve", "U0FRANK"), unposted, opened["payload_digest"])))
+    answer = interact(
+        chat,
+        *slack.signed(naming(slack.click(message, "keyturn_approve", "U0FRANK"), unposted, opened["payload_digest"])),
+    )
     assert answer.status_code == 200
     votes = refused_votes(chat, unposted, "MessageNotForAction")
     assert [refusal_of(v)[0] for v in votes] == ["slack:T0KEYTURN/U0FRANK"]
@@ -326,13 +420,21 @@ def test_a_click_naming_an_action_keyturn_does_not_know_is_refused(chat, agent, 
     action_id = grant(agent, role="auditor")
     message = message_in(slack, action_id)
     unknown = str(uuid.uuid4())
-    assert interact(chat, *slack.signed(naming(slack.click(message, "keyturn_approve", "U0CAROL"), unknown, "sha256:" + "0" * 64))).status_code == 200
+    assert (
+        interact(
+            chat,
+            *slack.signed(naming(slack.click(message, "keyturn_approve", "U0CAROL"), unknown, "sha256:" + "0" * 64)),
+        ).status_code
+        == 200
+    )
     assert refused_votes(chat, unknown, "MessageNotForAction")
     assert any(unknown in e["text"] and "not applied" in e["text"] for e in slack.ephemeral if e["user"] == "U0CAROL")
     assert agent.status(action_id)["state"] == "needs_approval"
 
 
-def test_a_deny_modal_re_pointed_at_another_action_is_refused_and_the_modal_as_opened_still_works(chat, agent, slack) -> None:
+def test_a_deny_modal_re_pointed_at_another_action_is_refused_and_the_modal_as_opened_still_works(
+    chat, agent, slack
+) -> None:
     shown, other = grant(agent, role="auditor"), grant(agent, role="reader")
     message, other_message = message_in(slack, shown), message_in(slack, other)
     assert interact(chat, *slack.signed(slack.click(message, "keyturn_deny", "U0DAVE"))).status_code == 200
@@ -376,15 +478,24 @@ def test_a_vote_after_resolution_is_refused_and_approval_is_never_shown_twice(ch
 
 
 def test_break_glass_runs_without_approval_tells_every_approver_channel_and_is_flagged(chat, agent, slack) -> None:
-    action_id = agent.submit_ok("iam.role.grant", "iam://prod/roles/incident-responder",
-                                {"user": "human:bob", "role": "incident-responder", "break_glass": True, "incident_id": "INC-4242"},
-                                reason="payments are down; bob is on call")
+    action_id = agent.submit_ok(
+        "iam.role.grant",
+        "iam://prod/roles/incident-responder",
+        {"user": "human:bob", "role": "incident-responder", "break_glass": True, "incident_id": "INC-4242"},
+        reason="payments are down; bob is on call",
+    )
     view = agent.wait(action_id)
     assert view["state"] == "succeeded", view
-    notices = eventually(lambda: sorted(m.channel for m in slack.top_level(action_id)) == ["C0APPROVALS", "C0ONCALL", "C0SECURITY"])
+    notices = eventually(
+        lambda: sorted(m.channel for m in slack.top_level(action_id)) == ["C0APPROVALS", "C0ONCALL", "C0SECURITY"]
+    )
     assert notices, [m.channel for m in slack.top_level(action_id)]
     for message in slack.top_level(action_id):
-        assert "Break-glass" in message.text and "INC-4242" in message.all_text() and "mandatory review" in message.all_text()
+        assert (
+            "Break-glass" in message.text
+            and "INC-4242" in message.all_text()
+            and "mandatory review" in message.all_text()
+        )
         assert not message.buttons()
     decided = audit_records(chat, action_id, "ActionDecided")
     assert decided and {"break_glass", "mandatory_review"} <= set(decided[0].flags)
@@ -395,9 +506,13 @@ def test_break_glass_runs_without_approval_tells_every_approver_channel_and_is_f
 
 def test_approvers_are_reminded_then_the_fallback_group_is_asked_and_may_approve_alone(chat, slack) -> None:
     slack.add_user("U0ERIN", "erin@example.com")
-    action_id = publish_decision(chat, ttl_s=20, groups=(("security", 2),), reminders=(0.2,), escalation_group="security-oncall")
+    action_id = publish_decision(
+        chat, ttl_s=20, groups=(("security", 2),), reminders=(0.2,), escalation_group="security-oncall"
+    )
     message = message_in(slack, action_id)
-    assert eventually(lambda: any("Reminder" in m.text for m in slack.thread(message)), timeout=30), "reminded at 20 % of the TTL"
+    assert eventually(lambda: any("Reminder" in m.text for m in slack.thread(message)), timeout=30), (
+        "reminded at 20 % of the TTL"
+    )
     reminder = next(m for m in slack.thread(message) if "Reminder" in m.text)
     assert "waiting for 2 from security" in reminder.text and "Expires" in reminder.text
 
@@ -405,7 +520,9 @@ def test_approvers_are_reminded_then_the_fallback_group_is_asked_and_may_approve
     assert "Escalated to security-oncall" in fallback.all_text() and fallback.buttons()
     assert interact(chat, *slack.signed(slack.click(fallback, "keyturn_approve", "U0ERIN"))).status_code == 200
     for shown in (message, fallback):
-        assert eventually(lambda: "Approved by human:erin" in shown.all_text() and not shown.buttons()), shown.all_text()
+        assert eventually(lambda: "Approved by human:erin" in shown.all_text() and not shown.buttons()), (
+            shown.all_text()
+        )
     assert len([m for m in slack.thread(message) if "Reminder" in m.text]) == 1, "each reminder once"
 
 

@@ -17,7 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from keyturn.audit.stream import read_audit_log
 from keyturn.bus.topics import Topics
 from tests.fakes.teams import TENANT, FakeTeams
-from tests.integration.approval_stack import dead_letters_now, publish_decision, running_stack, stack_settings, unattributed_refusals
+from tests.integration.approval_stack import (
+    dead_letters_now,
+    publish_decision,
+    running_stack,
+    stack_settings,
+    unattributed_refusals,
+)
 from tests.integration.conftest import Agent, eventually, mint
 
 pytestmark = pytest.mark.integration
@@ -35,11 +41,25 @@ def teams() -> FakeTeams:
     fake.add_member("29:alice", "aad-alice", "alice@example.com")
     fake.add_member("29:frank", "aad-frank", "frank@example.com")
     # accounts that are not carol although their email says carol (carol is in security)
-    fake.add_member("29:guest", "aad-guest", "carol@partner.example", upn="carol_partner.example#EXT#@example.com", role="guest")
-    fake.add_member("29:guest-own-domain", "aad-guest-own", "carol@example.com", upn="carol_example.com#EXT#@example.com", role="guest")
-    fake.add_member("29:ext-login", "aad-ext-login", "carol@example.com", upn="carol_example.com#EXT#@example.com")  # role not said
-    fake.add_member("29:mapped-guest", "aad-mapped-guest", "dave@example.com", role="guest")  # in the user map, still a guest
-    fake.add_member("29:other-tenant", "aad-other-tenant", "carol@example.com", tenant="00000000-0000-4000-8000-00000000beef")
+    fake.add_member(
+        "29:guest", "aad-guest", "carol@partner.example", upn="carol_partner.example#EXT#@example.com", role="guest"
+    )
+    fake.add_member(
+        "29:guest-own-domain",
+        "aad-guest-own",
+        "carol@example.com",
+        upn="carol_example.com#EXT#@example.com",
+        role="guest",
+    )
+    fake.add_member(
+        "29:ext-login", "aad-ext-login", "carol@example.com", upn="carol_example.com#EXT#@example.com"
+    )  # role not said
+    fake.add_member(
+        "29:mapped-guest", "aad-mapped-guest", "dave@example.com", role="guest"
+    )  # in the user map, still a guest
+    fake.add_member(
+        "29:other-tenant", "aad-other-tenant", "carol@example.com", tenant="00000000-0000-4000-8000-00000000beef"
+    )
     fake.add_member("29:partner", "aad-partner", "carol@partner.example")  # a full member from a listed partner domain
     fake.add_member("29:elsewhere", "aad-elsewhere", "carol@elsewhere.example")  # a domain not in the list
     yield fake
@@ -49,10 +69,17 @@ def teams() -> FakeTeams:
 @pytest.fixture(scope="module")
 def chat(settings, teams):
     chat_settings = stack_settings(
-        settings, teams_app_id=teams.app_id, teams_app_password=teams.app_password, teams_service_url=teams.service_url,
-        teams_token_url=teams.token_url, teams_openid_url=teams.openid_url, teams_token_issuer=teams.issuer,
-        teams_conversations=json.dumps({"security": [SECURITY], "db-owners": [GONE], "*": [ONCALL]}), teams_user_map=json.dumps({"aad-dave": "human:dave", "aad-mapped-guest": "human:dave"}),
-        teams_tenant_id=TENANT, teams_email_domains="example.com,partner.example",
+        settings,
+        teams_app_id=teams.app_id,
+        teams_app_password=teams.app_password,
+        teams_service_url=teams.service_url,
+        teams_token_url=teams.token_url,
+        teams_openid_url=teams.openid_url,
+        teams_token_issuer=teams.issuer,
+        teams_conversations=json.dumps({"security": [SECURITY], "db-owners": [GONE], "*": [ONCALL]}),
+        teams_user_map=json.dumps({"aad-dave": "human:dave", "aad-mapped-guest": "human:dave"}),
+        teams_tenant_id=TENANT,
+        teams_email_domains="example.com,partner.example",
     )
     with running_stack(chat_settings):
         yield chat_settings
@@ -64,8 +91,12 @@ def agent(chat) -> Agent:
 
 
 def grant(agent: Agent, role: str) -> str:
-    action_id = agent.submit_ok("iam.role.grant", f"iam://staging/roles/{role}", {"user": "human:bob", "role": role, "token": "tok-never-shown"},
-                                reason=f"bob needs {role}")
+    action_id = agent.submit_ok(
+        "iam.role.grant",
+        f"iam://staging/roles/{role}",
+        {"user": "human:bob", "role": role, "token": "tok-never-shown"},
+        reason=f"bob needs {role}",
+    )
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     return action_id
 
@@ -86,24 +117,43 @@ def audit_of(chat, action_id: str | None, event_type: str) -> list:
     def found():
         records = asyncio.run(read_audit_log(chat.kafka_bootstrap, Topics(chat.namespace, chat.partitions).audit))
         return [r for r in records if (action_id is None or r.action_id == action_id) and r.event_type == event_type]
+
     return eventually(found, timeout=30) or []
 
 
 def refused(chat, action_id: str, refusal: str) -> bool:
-    return bool(eventually(lambda: [r for r in audit_of(chat, action_id, "VoteRecorded") if json.loads(r.payload_json)["refusal"] == refusal], timeout=30))
+    return bool(
+        eventually(
+            lambda: [
+                r for r in audit_of(chat, action_id, "VoteRecorded") if json.loads(r.payload_json)["refusal"] == refusal
+            ],
+            timeout=30,
+        )
+    )
 
 
 def test_each_group_gets_a_card_with_what_to_decide_and_universal_actions(chat, agent, teams) -> None:
     action_id = grant(agent, "analyst")
     card = card_for(teams, action_id)
     shown = card.all_text()
-    for fact in ("iam.role.grant", "iam://staging/roles/analyst", "bob needs analyst", "agent:reporter for human:alice", "Expires",
-                 "No approvals yet (0 of 1), waiting for security"):
+    for fact in (
+        "iam.role.grant",
+        "iam://staging/roles/analyst",
+        "bob needs analyst",
+        "agent:reporter for human:alice",
+        "Expires",
+        "No approvals yet (0 of 1), waiting for security",
+    ):
         assert fact in shown
     assert "tok-never-shown" not in shown
-    assert [(a["type"], a["verb"]) for a in card.actions()] == [("Action.Execute", "approve"), ("Action.Execute", "deny")]
+    assert [(a["type"], a["verb"]) for a in card.actions()] == [
+        ("Action.Execute", "approve"),
+        ("Action.Execute", "deny"),
+    ]
     assert card.card()["refresh"]["action"]["verb"] == "refresh"
-    assert teams.token_requests and teams.token_requests[-1]["client_id"] == teams.app_id, "app token by client credentials"
+    assert teams.token_requests and teams.token_requests[-1]["client_id"] == teams.app_id, (
+        "app token by client credentials"
+    )
 
 
 def test_approving_in_teams_answers_with_the_refreshed_card_and_updates_every_copy(chat, agent, teams) -> None:
@@ -161,23 +211,38 @@ def test_a_replayed_activity_changes_nothing(chat, agent, teams) -> None:
     assert teams.post(chat.approval_url, activity, token).status_code == 200
     replay = teams.post(chat.approval_url, activity, token).json()
     assert replay["type"] == "application/vnd.microsoft.activity.message" and "already received" in replay["value"]
-    assert eventually(lambda: [r for r in audit_of(chat, None, "DeadLetter") if "replayed_interaction" in r.payload_json])
+    assert eventually(
+        lambda: [r for r in audit_of(chat, None, "DeadLetter") if "replayed_interaction" in r.payload_json]
+    )
     assert agent.status(action_id)["state"] == "needs_approval"
 
 
-@pytest.mark.parametrize("user, refusal, recorded_as", [
-    ("29:nobody", "UnknownChatUser", "teams:29:nobody"),  # not a member the connector knows
-    ("29:guest", "UnknownChatUser", "teams:aad-guest"),  # a guest whose email local part is carol's: never human:carol
-    ("29:guest-own-domain", "UnknownChatUser", "teams:aad-guest-own"),  # a guest with an email in the own domain
-    ("29:ext-login", "UnknownChatUser", "teams:aad-ext-login"),  # a #EXT# login name
-    ("29:mapped-guest", "UnknownChatUser", "teams:aad-mapped-guest"),  # the map does not make a guest an approver
-    ("29:other-tenant", "UnknownChatUser", "teams:aad-other-tenant"),  # an account of another tenant
-    ("29:elsewhere", "UnknownChatUser", "teams:aad-elsewhere"),  # a domain not in KEYTURN_TEAMS_EMAIL_DOMAINS
-    ("29:partner", "ApproverNotAuthorised", "human:carol@partner.example"),  # a listed partner domain keeps its name
-    ("29:frank", "ApproverNotAuthorised", "human:frank"),
-    ("29:alice", "SelfApprovalRefused", "human:alice"),
-])
-def test_answers_from_people_who_may_not_approve_are_refused_and_shown_on_their_card(chat, agent, teams, user, refusal, recorded_as) -> None:
+@pytest.mark.parametrize(
+    "user, refusal, recorded_as",
+    [
+        ("29:nobody", "UnknownChatUser", "teams:29:nobody"),  # not a member the connector knows
+        (
+            "29:guest",
+            "UnknownChatUser",
+            "teams:aad-guest",
+        ),  # a guest whose email local part is carol's: never human:carol
+        ("29:guest-own-domain", "UnknownChatUser", "teams:aad-guest-own"),  # a guest with an email in the own domain
+        ("29:ext-login", "UnknownChatUser", "teams:aad-ext-login"),  # a #EXT# login name
+        ("29:mapped-guest", "UnknownChatUser", "teams:aad-mapped-guest"),  # the map does not make a guest an approver
+        ("29:other-tenant", "UnknownChatUser", "teams:aad-other-tenant"),  # an account of another tenant
+        ("29:elsewhere", "UnknownChatUser", "teams:aad-elsewhere"),  # a domain not in KEYTURN_TEAMS_EMAIL_DOMAINS
+        (
+            "29:partner",
+            "ApproverNotAuthorised",
+            "human:carol@partner.example",
+        ),  # a listed partner domain keeps its name
+        ("29:frank", "ApproverNotAuthorised", "human:frank"),
+        ("29:alice", "SelfApprovalRefused", "human:alice"),
+    ],
+)
+def test_answers_from_people_who_may_not_approve_are_refused_and_shown_on_their_card(
+    chat, agent, teams, user, refusal, recorded_as
+) -> None:
     action_id = grant(agent, "auditor")
     card = card_for(teams, action_id)
     answer = click(chat, teams, card, "approve", user)
@@ -193,7 +258,11 @@ def test_answers_from_people_who_may_not_approve_are_refused_and_shown_on_their_
 
 
 def approval(chat, action_id: str) -> dict:
-    answer = httpx.get(f"{chat.approval_url}/v1/approvals/{action_id}", headers={"Authorization": f"Bearer {mint(chat, 'human:carol')}"}, timeout=30)
+    answer = httpx.get(
+        f"{chat.approval_url}/v1/approvals/{action_id}",
+        headers={"Authorization": f"Bearer {mint(chat, 'human:carol')}"},
+        timeout=30,
+    )
     return answer.json() if answer.status_code == 200 else {}
 
 
@@ -204,12 +273,18 @@ def naming(activity: dict, action_id: str, digest: str) -> dict:
 
 
 def refusals(chat, action_id: str) -> list[tuple[str, str, str]]:
-    return [(v["vote"]["approver"]["id"], v["refusal"], v["message"])
-            for v in (json.loads(r.payload_json) for r in audit_of(chat, action_id, "VoteRecorded"))]
+    return [
+        (v["vote"]["approver"]["id"], v["refusal"], v["message"])
+        for v in (json.loads(r.payload_json) for r in audit_of(chat, action_id, "VoteRecorded"))
+    ]
 
 
-@pytest.mark.parametrize("verb, digest_of", [("approve", "the other action"), ("approve", "the action shown"), ("deny", "the other action")])
-def test_a_card_answer_edited_to_name_another_action_is_refused_recorded_and_changes_nothing(chat, agent, teams, verb, digest_of) -> None:
+@pytest.mark.parametrize(
+    "verb, digest_of", [("approve", "the other action"), ("approve", "the action shown"), ("deny", "the other action")]
+)
+def test_a_card_answer_edited_to_name_another_action_is_refused_recorded_and_changes_nothing(
+    chat, agent, teams, verb, digest_of
+) -> None:
     shown, other = grant(agent, "auditor"), grant(agent, "reader")
     card, other_card = card_for(teams, shown), card_for(teams, other)
     digest = approval(chat, other if digest_of == "the other action" else shown)["payload_digest"]
@@ -234,12 +309,18 @@ def test_a_card_answer_edited_to_name_another_action_is_refused_recorded_and_cha
 def test_an_action_whose_card_never_reached_teams_cannot_be_answered_in_teams(chat, agent, teams) -> None:
     shown = grant(agent, "auditor")
     card = card_for(teams, shown)
-    unposted = publish_decision(chat, ttl_s=600, groups=(("db-owners", 1),))  # its only conversation is one the bot is not in
+    unposted = publish_decision(
+        chat, ttl_s=600, groups=(("db-owners", 1),)
+    )  # its only conversation is one the bot is not in
     opened = eventually(lambda: approval(chat, unposted), timeout=30)
     assert opened and opened["status"] == "pending"
     assert not teams.cards_about(unposted)
 
-    answer = teams.post(chat.approval_url, naming(teams.invoke(card, "approve", "29:frank"), unposted, opened["payload_digest"]), teams.inbound_token())
+    answer = teams.post(
+        chat.approval_url,
+        naming(teams.invoke(card, "approve", "29:frank"), unposted, opened["payload_digest"]),
+        teams.inbound_token(),
+    )
     assert answer.status_code == 200 and "not applied" in answer.json()["value"]
     assert refused(chat, unposted, "MessageNotForAction")
     assert [r[0] for r in refusals(chat, unposted)] == ["teams:aad-frank"]

@@ -11,7 +11,7 @@ import shutil
 import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -49,7 +49,7 @@ class Story:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def audit_log(settings) -> list[AuditRecord]:
@@ -66,14 +66,26 @@ def story(services, settings, tmp_path_factory) -> Story:
     since = now_iso()
     reads = [agent.submit_ok("read.table", f"postgres://staging/analytics/r{n}", {"row_count": n}) for n in range(3)]
     delete = agent.submit_ok("secrets.delete", "vault://production/payments/api-key")
-    approved = agent.submit_ok("iam.role.grant", "iam://staging/roles/analyst", {"user": "human:bob", "role": "analyst"})
+    approved = agent.submit_ok(
+        "iam.role.grant", "iam://staging/roles/analyst", {"user": "human:bob", "role": "analyst"}
+    )
     denied = agent.submit_ok("iam.role.grant", "iam://staging/roles/writer", {"user": "human:bob", "role": "writer"})
     for action_id in (approved, denied):
         assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     refused = keyturn_cli(settings, "approve", approved, token=mint(settings, "human:erin"))
     assert refused.returncode != 0  # erin is who the agent acts for: a refused self-approval
-    assert keyturn_cli(settings, "approve", approved, "--reason", "ticket 7", token=mint(settings, "human:carol")).returncode == 0
-    assert keyturn_cli(settings, "deny", denied, "--reason", "not this sprint", token=mint(settings, "human:dave")).returncode == 0
+    assert (
+        keyturn_cli(
+            settings, "approve", approved, "--reason", "ticket 7", token=mint(settings, "human:carol")
+        ).returncode
+        == 0
+    )
+    assert (
+        keyturn_cli(
+            settings, "deny", denied, "--reason", "not this sprint", token=mint(settings, "human:dave")
+        ).returncode
+        == 0
+    )
     expected = {**{r: 3 for r in reads}, delete: 2, approved: 6, denied: 4}
 
     def audited():
@@ -143,8 +155,13 @@ def test_an_auditor_verifies_an_export_with_only_the_public_key(settings, story,
 def test_an_edited_record_is_named(settings, story, tmp_path) -> None:
     lines = list(story.lines)
     # carol's accepted vote (erin's refused one comes first; other actions' records may sit between)
-    index = next(i for i, line in enumerate(lines) if (r := json.loads(line))["action_id"] == story.approved
-                 and r["event_type"] == "VoteRecorded" and "human:carol" in r["payload_json"])
+    index = next(
+        i
+        for i, line in enumerate(lines)
+        if (r := json.loads(line))["action_id"] == story.approved
+        and r["event_type"] == "VoteRecorded"
+        and "human:carol" in r["payload_json"]
+    )
     record = json.loads(lines[index])
     sequence = record["sequence"]
     record["payload_json"] = record["payload_json"].replace("human:carol", "human:mallory")
@@ -174,7 +191,9 @@ def test_reordered_records_are_named(settings, story, tmp_path) -> None:
 
 def test_a_truncated_export_is_caught_when_a_final_checkpoint_is_required(settings, story, tmp_path) -> None:
     lines = story.lines[:-3]
-    last_checkpoint = max((json.loads(line)["sequence"] for line in lines if '"event_type":"Checkpoint"' in line), default=None)
+    last_checkpoint = max(
+        (json.loads(line)["sequence"] for line in lines if '"event_type":"Checkpoint"' in line), default=None
+    )
     plain = verify_copy(settings, tmp_path, lines)
     assert plain.returncode == 0  # without the promise of a final checkpoint a cut tail looks complete
     assert "not yet signed" in plain.stdout
@@ -254,14 +273,16 @@ def test_replay_by_approver_action_type_and_outcome(settings, story) -> None:
     assert {r["action_id"] for r in replayed(settings, *mine, "--action-type", "read.*")} == set(story.reads)
     assert {r["action_id"] for r in replayed(settings, *mine, "--outcome", "denied")} == {story.delete, story.denied}
     assert {r["action_id"] for r in replayed(settings, *mine, "--outcome", "approved", "--outcome", "allowed")} == {
-        story.approved, *story.reads}
+        story.approved,
+        *story.reads,
+    }
 
 
 def test_replay_by_action_and_time_range(settings, story) -> None:
     everything = replayed(settings, "--action-id", story.approved)
     assert [r["event_type"] for r in everything][0] == "ActionRequested"
     decided_at = next(r["occurred_at"] for r in everything if r["event_type"] == "ActionDecided")
-    since = datetime.fromtimestamp(decided_at / 1000, timezone.utc).isoformat()
+    since = datetime.fromtimestamp(decided_at / 1000, UTC).isoformat()
     later = replayed(settings, "--action-id", story.approved, "--since", since)
     assert [r["event_type"] for r in later][0] == "ActionDecided"
     assert replayed(settings, "--action-id", story.approved, "--until", story.since) == []
@@ -273,10 +294,15 @@ def test_replay_writes_a_table_csv_and_parquet(settings, story, tmp_path) -> Non
     assert "ApprovalResolved" in table.stdout.replace("\n", "") or "Approval" in table.stdout
     assert "6 records" in table.stderr
     out = tmp_path / "replay.csv"
-    assert cli(settings, "audit", "replay", "--action-id", story.delete, "--format", "csv", "-o", str(out)).returncode == 0
+    assert (
+        cli(settings, "audit", "replay", "--action-id", story.delete, "--format", "csv", "-o", str(out)).returncode == 0
+    )
     assert [row["event_type"] for row in csv.DictReader(out.open())] == ["ActionRequested", "ActionDecided"]
     parquet = tmp_path / "replay.parquet"
-    assert cli(settings, "audit", "replay", "--requester", REQUESTER, "--format", "parquet", "-o", str(parquet)).returncode == 0
+    assert (
+        cli(settings, "audit", "replay", "--requester", REQUESTER, "--format", "parquet", "-o", str(parquet)).returncode
+        == 0
+    )
     import pyarrow.parquet as pq
 
     assert set(pq.read_table(parquet).column("action_id").to_pylist()) == story.actions
@@ -302,7 +328,13 @@ def test_the_timeline_shows_who_when_why_and_the_policy_revision(settings, story
     assert result.returncode == 0, result.stderr
     steps = [json.loads(line) for line in result.stdout.splitlines()]
     assert [s["event_type"] for s in steps] == [
-        "ActionRequested", "ActionDecided", "VoteRecorded", "VoteRecorded", "ApprovalResolved", "ActionExecuted"]
+        "ActionRequested",
+        "ActionDecided",
+        "VoteRecorded",
+        "VoteRecorded",
+        "ApprovalResolved",
+        "ActionExecuted",
+    ]
     assert steps[0]["who"] == f"{REQUESTER} for human:erin"
     assert steps[1]["policy_revision"].startswith("sha256:")
     assert steps[2]["who"] == "human:erin" and "refused" in steps[2]["what"] and "vote_refused" in steps[2]["flags"]
@@ -344,7 +376,13 @@ def candidate_policy(tmp_path: Path) -> Path:
     shutil.copytree(REPO_ROOT / "policies.rego", candidate)
     reads = candidate / "keyturn" / "catalog" / "reads" / "reads.rego"
     source = reads.read_text()
-    changed = re.sub(r"large_read_in_production if \{.*?\n\}", "large_read_in_production if covers_action", source, count=1, flags=re.S)
+    changed = re.sub(
+        r"large_read_in_production if \{.*?\n\}",
+        "large_read_in_production if covers_action",
+        source,
+        count=1,
+        flags=re.S,
+    )
     assert changed != source
     reads.write_text(changed)
     return candidate
@@ -352,7 +390,18 @@ def candidate_policy(tmp_path: Path) -> Path:
 
 def test_simulate_lists_the_decisions_a_candidate_policy_would_change(settings, story, tmp_path) -> None:
     candidate = candidate_policy(tmp_path)
-    result = cli(settings, "policy", "simulate", "--policy", str(candidate), "--since", story.since, "--until", story.until, "--json")
+    result = cli(
+        settings,
+        "policy",
+        "simulate",
+        "--policy",
+        str(candidate),
+        "--since",
+        story.since,
+        "--until",
+        story.until,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert {c["action_id"] for c in report["changes"]} == set(story.reads)
@@ -360,22 +409,40 @@ def test_simulate_lists_the_decisions_a_candidate_policy_would_change(settings, 
         assert change["recorded"] == {"outcome": "allowed", "groups": []}
         assert change["candidate"]["outcome"] == "needs_approval"
         assert change["candidate"]["groups"] == [["data-owners", 1]]
-    assert report["by_action"]["read.table"] == {"evaluated": 3, "changed": 3, "transitions": {"allowed -> needs_approval": 3}}
+    assert report["by_action"]["read.table"] == {
+        "evaluated": 3,
+        "changed": 3,
+        "transitions": {"allowed -> needs_approval": 3},
+    }
     assert report["by_action"]["iam.role.grant"] == {"evaluated": 2, "changed": 0, "transitions": {}}
     assert report["by_action"]["secrets.delete"] == {"evaluated": 1, "changed": 0, "transitions": {}}
     assert report["evaluated"] == 6 and report["changed"] == 3
 
-    shown = cli(settings, "policy", "simulate", "--policy", str(candidate), "--since", story.since, "--until", story.until)
+    shown = cli(
+        settings, "policy", "simulate", "--policy", str(candidate), "--since", story.since, "--until", story.until
+    )
     assert shown.returncode == 0, shown.stderr
     assert "3 of 6 decisions would change" in shown.stdout
-    unchanged = cli(settings, "policy", "simulate", "--policy", str(REPO_ROOT / "policies.rego"), "--since", story.since,
-                    "--until", story.until, "--json")
+    unchanged = cli(
+        settings,
+        "policy",
+        "simulate",
+        "--policy",
+        str(REPO_ROOT / "policies.rego"),
+        "--since",
+        story.since,
+        "--until",
+        story.until,
+        "--json",
+    )
     assert json.loads(unchanged.stdout)["changed"] == 0
 
 
 def test_simulate_reports_a_candidate_opa_refuses(settings, story, tmp_path) -> None:
     candidate = candidate_policy(tmp_path)
-    (candidate / "keyturn" / "catalog" / "reads" / "reads.rego").write_text("package keyturn.catalog.reads\n\nthis is not rego\n")
+    (candidate / "keyturn" / "catalog" / "reads" / "reads.rego").write_text(
+        "package keyturn.catalog.reads\n\nthis is not rego\n"
+    )
     result = cli(settings, "policy", "simulate", "--policy", str(candidate), "--since", story.since)
     assert result.returncode == 1
     assert "OPA refused the policy" in result.stderr and "reads.rego" in result.stderr
@@ -393,7 +460,7 @@ class Siem:
         siem = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 answer = siem.status if len(siem.requests) < siem.failures else 200
                 siem.requests.append((answer, dict(self.headers), [json.loads(l) for l in body.splitlines() if l]))

@@ -45,12 +45,16 @@ def test_a_restarted_writer_drops_redeliveries_in_its_window_and_keeps_its_memor
             written += await second.record(events[start : start + 50])
         remembered_after = second.remembered_event_ids
         await second.close()
-        tail = await read_audit_tail(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit, WINDOW)
+        tail = await read_audit_tail(
+            settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit, WINDOW
+        )
         return remembered_before, remembered_after, written, tail
 
     remembered_before, remembered_after, written, tail = asyncio.run(scenario())
 
-    records = asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit))
+    records = asyncio.run(
+        read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)
+    )
     events_recorded = Counter(r.event_id for r in records if not r.is_checkpoint)
     assert set(events_recorded) == {event.event_id for event, _ in events}
     assert max(events_recorded.values()) == 1, "a redelivered event was recorded twice"

@@ -33,10 +33,12 @@ def recorded_events(settings, action_ids: set[str]) -> list:
 
 def all_recorded(settings, action_ids: set[str]):
     """The records of these actions once every read has all three events in the audit."""
+
     def check():
         records = recorded_events(settings, action_ids)
         kinds = Counter(r.action_id for r in records)
         return records if all(kinds[a] >= len(EVENTS_PER_READ) for a in action_ids) else None
+
     return check
 
 
@@ -122,8 +124,13 @@ def _metrics(port: int) -> str | None:
 def test_a_second_audit_worker_fences_the_first(services, settings) -> None:
     log_path = services.log_dir / "audit-second.log"
     with log_path.open("ab") as log:
-        second = subprocess.Popen([sys.executable, "-m", "keyturn.cli", "serve", "audit"], env=settings_env(settings),
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        second = subprocess.Popen(
+            [sys.executable, "-m", "keyturn.cli", "serve", "audit"],
+            env=settings_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
     first = services.procs["audit"]
     try:
         assert eventually(lambda: "audit chain resumed" in log_path.read_text(errors="replace"), timeout=60)
@@ -132,7 +139,9 @@ def test_a_second_audit_worker_fences_the_first(services, settings) -> None:
         submitted = {agent.submit_ok("read.table", f"postgres://staging/analytics/f{n}") for n in range(12)}
         assert eventually(lambda: first.poll() is not None, timeout=120), "the fenced worker kept running"
         assert first.returncode == 70
-        assert "another audit worker may have taken over" in (services.log_dir / "audit.log").read_text(errors="replace")
+        assert "another audit worker may have taken over" in (services.log_dir / "audit.log").read_text(
+            errors="replace"
+        )
         assert eventually(all_recorded(settings, submitted), timeout=180), "events were lost when the writer changed"
         assert_exactly_once_and_verified(settings)
     finally:

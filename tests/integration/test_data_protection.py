@@ -38,9 +38,15 @@ def _seeded() -> dict[str, str]:
 
 def test_seeded_pii_and_secrets_never_travel_in_clear(reporter: Agent, settings, services) -> None:
     documents = CORPUS["documents"]
-    ids = [reporter.submit_ok("read.table", "postgres://staging/analytics/customers", {"filter": doc["payload"]}, reason=f"corpus {i}")
-           for i, doc in enumerate(documents[:24])]
-    needs_approval = reporter.submit_ok("iam.role.grant", "iam://staging/roles/analyst", {"note": documents[24]["payload"], "role": "analyst"})
+    ids = [
+        reporter.submit_ok(
+            "read.table", "postgres://staging/analytics/customers", {"filter": doc["payload"]}, reason=f"corpus {i}"
+        )
+        for i, doc in enumerate(documents[:24])
+    ]
+    needs_approval = reporter.submit_ok(
+        "iam.role.grant", "iam://staging/roles/analyst", {"note": documents[24]["payload"], "role": "analyst"}
+    )
     reporter.wait_for_state(needs_approval, "needs_approval")
     assert keyturn_cli(settings, "approve", needs_approval, token=mint(settings, "human:carol")).returncode == 0
     for action_id in [*ids, needs_approval]:
@@ -59,26 +65,47 @@ def test_seeded_pii_and_secrets_never_travel_in_clear(reporter: Agent, settings,
         haystacks[str(opa_log)] = opa_log.read_bytes()
 
     seeded = _seeded()
-    leaks = sorted({(entity, where) for value, entity in seeded.items() for where, hay in haystacks.items()
-                    if any(s.encode() in hay for s in _spellings(value))})
-    found_anywhere = sum(1 for value in seeded if any(any(s.encode() in hay for s in _spellings(value)) for hay in haystacks.values()))
+    leaks = sorted(
+        {
+            (entity, where)
+            for value, entity in seeded.items()
+            for where, hay in haystacks.items()
+            if any(s.encode() in hay for s in _spellings(value))
+        }
+    )
+    found_anywhere = sum(
+        1 for value in seeded if any(any(s.encode() in hay for s in _spellings(value)) for hay in haystacks.values())
+    )
     recall = 1 - found_anywhere / len(seeded)
-    print(f"\nseeded values: {len(seeded)}; found in clear: {found_anywhere}; recall of masking through the stack: {recall:.3f}")
+    print(
+        f"\nseeded values: {len(seeded)}; found in clear: {found_anywhere}; recall of masking through the stack: {recall:.3f}"
+    )
     assert not leaks, f"seeded values in clear: {leaks[:10]}"
     assert len(haystacks[topics.audit]) > 0 and len(haystacks[topics.requested]) > 0
 
 
 def _audited_executions(settings) -> int:
-    return sum(1 for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)) if r.event_type == "ActionExecuted")
+    return sum(
+        1
+        for r in asyncio.run(
+            read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)
+        )
+        if r.event_type == "ActionExecuted"
+    )
 
 
 def test_parameters_are_masked_with_type_revealing_placeholders(reporter: Agent) -> None:
-    action_id = reporter.submit_ok("iam.role.grant", "iam://staging/roles/analyst",
-                                   {"role": "analyst", "contact": "jane.doe@example.com", "card": "4111 1111 1111 1111"})
+    action_id = reporter.submit_ok(
+        "iam.role.grant",
+        "iam://staging/roles/analyst",
+        {"role": "analyst", "contact": "jane.doe@example.com", "card": "4111 1111 1111 1111"},
+    )
     view = reporter.wait_for_state(action_id, "needs_approval")
     assert view["state"] == "needs_approval"
-    approval = httpx.get(f"{reporter.settings.approval_url}/v1/approvals/{action_id}",
-                         headers={"Authorization": f"Bearer {mint(reporter.settings, 'human:carol')}"}).json()
+    approval = httpx.get(
+        f"{reporter.settings.approval_url}/v1/approvals/{action_id}",
+        headers={"Authorization": f"Bearer {mint(reporter.settings, 'human:carol')}"},
+    ).json()
     assert approval["parameters"]["contact"] == "<EMAIL_ADDRESS>"
     assert re.fullmatch(r"\*+1111", approval["parameters"]["card"])
     assert approval["parameters"]["role"] == "analyst"

@@ -23,14 +23,22 @@ pytestmark = pytest.mark.integration
         (MAGIC + bytes.fromhex("0123456789abcdef") + b"\x02", "unknown_schema"),
     ],
 )
-def test_undecodable_request_goes_to_the_dlq_and_the_audit(reporter: Agent, settings, payload: bytes, error_type: str) -> None:
+def test_undecodable_request_goes_to_the_dlq_and_the_audit(
+    reporter: Agent, settings, payload: bytes, error_type: str
+) -> None:
     topics = Topics(settings.namespace, settings.partitions)
     key = f"bad-{error_type}".encode()
     produce(settings, topics.requested, payload, key=key)
 
     def letter():
-        return next((e for e, _ in read_topic(settings, topics.dlq)
-                     if isinstance(e, DeadLetter) and e.source_topic == topics.requested and e.key == key), None)
+        return next(
+            (
+                e
+                for e, _ in read_topic(settings, topics.dlq)
+                if isinstance(e, DeadLetter) and e.source_topic == topics.requested and e.key == key
+            ),
+            None,
+        )
 
     found = eventually(letter)
     assert found is not None, "the bad message was dropped silently"
@@ -41,7 +49,15 @@ def test_undecodable_request_goes_to_the_dlq_and_the_audit(reporter: Agent, sett
     assert found.partition >= 0 and found.offset >= 0 and found.principal is None
     assert payload not in registry().encode_event(found)
 
-    audited = eventually(lambda: [r for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)) if r.event_id == found.event_id])
+    audited = eventually(
+        lambda: [
+            r
+            for r in asyncio.run(
+                read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)
+            )
+            if r.event_id == found.event_id
+        ]
+    )
     assert len(audited) == 1
     assert audited[0].event_type == "DeadLetter"
     assert payload.hex() not in audited[0].payload_json  # the audit keeps a digest, not the bytes

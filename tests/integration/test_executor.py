@@ -93,8 +93,10 @@ def outcome(agent: Agent, action_id: str) -> dict:
     """The requester's view of a finished action (from the intake's status API)."""
     view = agent.wait(action_id)
     if not view["terminal"] and executed_events(agent.settings, action_id):
-        pytest.fail(f"the executor published the outcome of {action_id}, but the intake's status still says "
-                    f"{view['state']!r}: the intake dropped an ActionExecuted that it read before the ActionDecided")
+        pytest.fail(
+            f"the executor published the outcome of {action_id}, but the intake's status still says "
+            f"{view['state']!r}: the intake dropped an ActionExecuted that it read before the ActionDecided"
+        )
     return view
 
 
@@ -162,7 +164,11 @@ def test_the_role_holds_only_the_tables_the_statement_names(agent: Agent, shop: 
 
 
 def test_an_approved_production_write_runs_after_the_key_turn(agent: Agent, settings, shop: SqlTarget) -> None:
-    action_id = agent.submit_ok("sql.query", "postgres://prod/shop", {"statement": "UPDATE marks SET note = 'approved' WHERE note = 'written once'"})
+    action_id = agent.submit_ok(
+        "sql.query",
+        "postgres://prod/shop",
+        {"statement": "UPDATE marks SET note = 'approved' WHERE note = 'written once'"},
+    )
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     assert marks(shop, "approved") == 0
     approved = keyturn_cli(settings, "approve", action_id, "--reason", "change 7", token=mint(settings, "human:frank"))
@@ -179,7 +185,13 @@ def test_a_statement_error_fails_with_the_reason_for_the_requester_and_the_audit
     assert view["reasons"] == ['PostgreSQL: column "no_such_column" does not exist [42703]']
 
     def audited():
-        return [r for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)) if r.action_id == view["action_id"] and r.event_type == "ActionExecuted"]
+        return [
+            r
+            for r in asyncio.run(
+                read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)
+            )
+            if r.action_id == view["action_id"] and r.event_type == "ActionExecuted"
+        ]
 
     records = eventually(audited)
     assert records and "no_such_column" in records[0].payload_json
@@ -223,6 +235,7 @@ def test_postgresql_refuses_a_credential_once_it_has_expired(shop: SqlTarget) ->
             psycopg.connect(shop.url, user=role.name, password=role.password)
         assert f'User "{name}" has an expired password' in shop.log_path.read_text()
     finally:
+
         async def drop():
             async with await psycopg.AsyncConnection.connect(shop.url, autocommit=True) as admin:
                 await drop_role(admin, name)
@@ -261,7 +274,9 @@ def test_a_minted_token_is_worthless_for_another_target(agent: Agent, https_peer
 
     assert http(agent, "/v1/whoami")["state"] == "succeeded"
     token = https_peer.tokens[-1]
-    elsewhere = TokenVerifier(str(https_peer.jwks_path), issuer=TOKEN_ISSUER, audience=f"https://{UNREACHABLE_HOST}", algorithms=("ES256",))
+    elsewhere = TokenVerifier(
+        str(https_peer.jwks_path), issuer=TOKEN_ISSUER, audience=f"https://{UNREACHABLE_HOST}", algorithms=("ES256",)
+    )
     with pytest.raises(InvalidToken) as refused:
         elsewhere.verify(token)
     assert refused.value.code == "wrong_audience"
@@ -288,16 +303,27 @@ def _first_decided(settings, action_id: str) -> ActionDecided:
     return next(event for event, _ in found if isinstance(event, ActionDecided) and event.action_id == action_id)
 
 
-def test_a_forged_order_with_other_parameters_is_refused_before_anything_runs(agent: Agent, settings, shop: SqlTarget) -> None:
+def test_a_forged_order_with_other_parameters_is_refused_before_anything_runs(
+    agent: Agent, settings, shop: SqlTarget
+) -> None:
     action_id = sql(agent, "SELECT 1")["action_id"]
     decided = _first_decided(settings, action_id)
     forged_id = str(uuid.uuid4())
     other = {"statement": "INSERT INTO marks (note) VALUES ('forged')"}
     # someone with write access to the topic sends an allowed decision for other parameters,
     # reusing a genuine sealed copy and digest (a forger has no seal key of their own)
-    forged = replace(decided, action_id=forged_id, event_id=f"decided:{forged_id}", request=replace(
-        decided.request, action_id=forged_id, parameters_json=canonical_json(other)))
-    produce(settings, Topics(settings.namespace, settings.partitions).decided, registry().encode_event(forged), key=forged_id.encode())
+    forged = replace(
+        decided,
+        action_id=forged_id,
+        event_id=f"decided:{forged_id}",
+        request=replace(decided.request, action_id=forged_id, parameters_json=canonical_json(other)),
+    )
+    produce(
+        settings,
+        Topics(settings.namespace, settings.partitions).decided,
+        registry().encode_event(forged),
+        key=forged_id.encode(),
+    )
     executed = eventually(lambda: executed_events(settings, forged_id), timeout=60)
     assert executed and executed[0].outcome.value == "failed"
     assert executed[0].error.startswith("refused before execution: ")
@@ -309,7 +335,12 @@ def test_a_redelivered_order_is_answered_from_the_ledger_not_run_again(agent: Ag
     view = sql(agent, "INSERT INTO marks (note) VALUES ('redelivered')")
     assert view["state"] == "succeeded" and marks(shop, "redelivered") == 1
     decided = _first_decided(settings, view["action_id"])
-    produce(settings, Topics(settings.namespace, settings.partitions).decided, registry().encode_event(decided), key=decided.action_id.encode())
+    produce(
+        settings,
+        Topics(settings.namespace, settings.partitions).decided,
+        registry().encode_event(decided),
+        key=decided.action_id.encode(),
+    )
 
     def republished():
         found = executed_events(settings, view["action_id"])
@@ -330,8 +361,9 @@ def test_no_temporary_role_is_left_behind(agent: Agent, shop: SqlTarget) -> None
     assert shop.temporary_roles() == []
 
 
-def test_no_minted_credential_appears_in_any_topic_log_or_audit_record(agent: Agent, settings, executor: ExecutorUnderTest,
-                                                                       https_peer: HttpsPeer, shop: SqlTarget) -> None:
+def test_no_minted_credential_appears_in_any_topic_log_or_audit_record(
+    agent: Agent, settings, executor: ExecutorUnderTest, https_peer: HttpsPeer, shop: SqlTarget
+) -> None:
     assert sql(agent, "SELECT email FROM customers WHERE id = 1")["state"] == "succeeded"
     assert http(agent, "/v1/whoami")["state"] == "succeeded"
     minted = witnessed_secrets(executor.witness)
@@ -345,10 +377,17 @@ def test_no_minted_credential_appears_in_any_topic_log_or_audit_record(agent: Ag
     found_topics = namespace_topics(settings)
     assert Topics(settings.namespace, settings.partitions).executed in found_topics
     for topic in found_topics:
-        places[f"topic {topic}"] = b"\n".join((m.key or b"") + b"\t" + (m.value or b"") for _, m in read_topic(settings, topic))
+        places[f"topic {topic}"] = b"\n".join(
+            (m.key or b"") + b"\t" + (m.value or b"") for _, m in read_topic(settings, topic)
+        )
     for log in sorted((ARTIFACTS / "logs" / settings.namespace).glob("*.log")):
         places[f"log {log.name}"] = log.read_bytes()
-    places["audit records"] = "\n".join(canonical_json(r.to_dict()) for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit))).encode()
+    places["audit records"] = "\n".join(
+        canonical_json(r.to_dict())
+        for r in asyncio.run(
+            read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)
+        )
+    ).encode()
     places["SQL target server log"] = shop.log_path.read_bytes()
     with psycopg.connect(settings.database_url) as conn:
         rows = conn.execute(f'SELECT executed_event FROM "{schema_name(settings.namespace)}".executions').fetchall()

@@ -46,7 +46,9 @@ def ledger_entry(settings, action_id: str) -> tuple | None:
 
 def statement_running(target: SqlTarget, role: str) -> bool:
     with target.superuser() as conn:
-        row = conn.execute("SELECT query FROM pg_stat_activity WHERE usename = %s AND state = 'active'", (role,)).fetchone()
+        row = conn.execute(
+            "SELECT query FROM pg_stat_activity WHERE usename = %s AND state = 'active'", (role,)
+        ).fetchone()
     return row is not None and "pg_sleep" in row[0]
 
 
@@ -83,11 +85,17 @@ def test_a_write_interrupted_by_a_crash_ends_outcome_unknown_and_never_runs_twic
 
     # the order arrives once more (a second redelivery): still not run, same answer
     topics = Topics(settings.namespace, settings.partitions)
-    decided = next(e for e, _ in read_topic(settings, topics.decided) if isinstance(e, ActionDecided) and e.action_id == action_id)
+    decided = next(
+        e for e, _ in read_topic(settings, topics.decided) if isinstance(e, ActionDecided) and e.action_id == action_id
+    )
     produce(settings, topics.decided, registry().encode_event(decided), key=action_id.encode())
 
     def answers() -> list[ActionExecuted] | None:
-        found = [e for e, _ in read_topic(settings, topics.executed) if isinstance(e, ActionExecuted) and e.action_id == action_id]
+        found = [
+            e
+            for e, _ in read_topic(settings, topics.executed)
+            if isinstance(e, ActionExecuted) and e.action_id == action_id
+        ]
         return found if len(found) >= 2 else None
 
     executed = eventually(answers, timeout=60)
@@ -96,6 +104,10 @@ def test_a_write_interrupted_by_a_crash_ends_outcome_unknown_and_never_runs_twic
     assert not statement_running(sql_target, role)
     assert count() <= 1
     # the target was sent the statement exactly once (log_statement = 'all' logs every statement received)
-    received = [line for line in sql_target.log_path.read_text().splitlines() if re.search(r"LOG:  (statement|execute [^:]*): ", line) and STATEMENT in line]
+    received = [
+        line
+        for line in sql_target.log_path.read_text().splitlines()
+        if re.search(r"LOG:  (statement|execute [^:]*): ", line) and STATEMENT in line
+    ]
     assert len(received) == 1, received
     assert ledger_entry(settings, action_id)[3] == "outcome_unknown"

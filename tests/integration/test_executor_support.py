@@ -58,14 +58,19 @@ class SqlTarget:
 
     def superuser(self) -> psycopg.Connection:
         """A superuser session over the cluster's private socket (for pg_stat_activity, settings)."""
-        return psycopg.connect(host=str(self.socket_dir), port=self.port, user="postgres", dbname="keyturn", autocommit=True)
+        return psycopg.connect(
+            host=str(self.socket_dir), port=self.port, user="postgres", dbname="keyturn", autocommit=True
+        )
 
     def admin(self) -> psycopg.Connection:
         return psycopg.connect(self.url, autocommit=True)
 
     def temporary_roles(self) -> list[str]:
         with self.admin() as conn:
-            return [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'keyturn\\_cmd\\_%' ORDER BY 1")]
+            return [
+                r[0]
+                for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'keyturn\\_cmd\\_%' ORDER BY 1")
+            ]
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +78,17 @@ def sql_target() -> SqlTarget:
     run = Path(tempfile.mkdtemp(prefix="keyturn-sql-target-"))
     run.chmod(0o755)  # the cluster's owner (postgres, when tests run as root) must reach it
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "KEYTURN_DATABASE_URL"} | {"KEYTURN_RUN": str(run), "KEYTURN_PG_PORT": str(port)}
+    env = {k: v for k, v in os.environ.items() if k != "KEYTURN_DATABASE_URL"} | {
+        "KEYTURN_RUN": str(run),
+        "KEYTURN_PG_PORT": str(port),
+    }
     script = REPO_ROOT / "deploy" / "postgres.sh"
     started = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True)
     assert started.returncode == 0, started.stdout + started.stderr
     data_dir = next(run.glob("**/data/PG_VERSION")).parent.parent
-    target = SqlTarget(f"postgresql://keyturn:keyturn@127.0.0.1:{port}/keyturn", port, data_dir / "socket", data_dir / "postgres.log")
+    target = SqlTarget(
+        f"postgresql://keyturn:keyturn@127.0.0.1:{port}/keyturn", port, data_dir / "socket", data_dir / "postgres.log"
+    )
     with target.superuser() as conn:
         conn.execute("ALTER SYSTEM SET log_statement = 'all'")
         conn.execute("SELECT pg_reload_conf()")
@@ -103,12 +113,16 @@ class HttpsPeer:
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     """(CA certificate, server certificate, server key) for the peer's host names."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Keyturn test CA")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
@@ -117,10 +131,16 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     )
     key = ec.generate_private_key(ec.SECP256R1())
     server = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PEER_HOST)]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(PEER_HOST), x509.DNSName(UNREACHABLE_HOST)]), critical=False)
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PEER_HOST)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(PEER_HOST), x509.DNSName(UNREACHABLE_HOST)]), critical=False
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -128,7 +148,9 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     paths = directory / "ca.pem", directory / "server.pem", directory / "server-key.pem"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return paths
 
 
@@ -153,7 +175,9 @@ def _peer_handler(peer: HttpsPeer):
             peer.tokens.append(token)
             origin = f"https://{self.headers.get('Host')}"
             try:
-                verifier = TokenVerifier(str(peer.jwks_path), issuer=TOKEN_ISSUER, audience=origin, algorithms=("ES256",), leeway_s=0)
+                verifier = TokenVerifier(
+                    str(peer.jwks_path), issuer=TOKEN_ISSUER, audience=origin, algorithms=("ES256",), leeway_s=0
+                )
                 principal = verifier.verify(token)
             except (InvalidToken, ValueError) as exc:
                 return self._json(401, {"error": getattr(exc, "code", "invalid"), "detail": str(exc)})
@@ -165,9 +189,19 @@ def _peer_handler(peer: HttpsPeer):
                 time.sleep(4)
             if self.path.startswith("/v1/items"):
                 return self._json(200, [{"id": n, "owner": f"owner{n}@example.com"} for n in range(80)])
-            self._json(200, {"verified": True, "subject": principal.id, "acts_for": list(principal.chain),
-                             "action_id": claims.get("keyturn_action_id"), "audience": claims["aud"],
-                             "lifetime_s": claims["exp"] - claims["iat"], "echo": body, "contact": "ops@example.com"})
+            self._json(
+                200,
+                {
+                    "verified": True,
+                    "subject": principal.id,
+                    "acts_for": list(principal.chain),
+                    "action_id": claims.get("keyturn_action_id"),
+                    "audience": claims["aud"],
+                    "lifetime_s": claims["exp"] - claims["iat"],
+                    "echo": body,
+                    "contact": "ops@example.com",
+                },
+            )
 
         def _json(self, status: int, document: Any) -> None:
             answer_json(self, status, document)
@@ -204,7 +238,9 @@ def https_peer(settings: Settings, tmp_path_factory) -> HttpsPeer:
 class ExecutorUnderTest:
     """Stops the session's executor and runs one configured with ``overrides`` instead."""
 
-    def __init__(self, settings: Settings, services: ServiceProcesses, overrides: dict[str, str], *, witness: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, services: ServiceProcesses, overrides: dict[str, str], *, witness: Path | None = None
+    ) -> None:
         self.settings = settings
         self.services = services
         self.env = settings_env(settings) | overrides
@@ -216,8 +252,11 @@ class ExecutorUnderTest:
         """Start the process and wait until faust says it is ready (partitions assigned)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        command = ([sys.executable, "-m", "tests.integration.test_executor_support", str(self.witness)] if self.witness
-                   else [sys.executable, "-m", "keyturn.cli", "serve", "executor"])
+        command = (
+            [sys.executable, "-m", "tests.integration.test_executor_support", str(self.witness)]
+            if self.witness
+            else [sys.executable, "-m", "keyturn.cli", "serve", "executor"]
+        )
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
         deadline = time.monotonic() + timeout
@@ -249,7 +288,7 @@ class ExecutorUnderTest:
             self.proc.wait(5)
         self.proc = None
 
-    def __enter__(self) -> "ExecutorUnderTest":
+    def __enter__(self) -> ExecutorUnderTest:
         if "executor" in self.services.procs:
             self.services.stop("executor")
         self.start()

@@ -10,14 +10,18 @@ import pytest
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.core.events import ActionSubmitted, DeadLetter
-from tests.integration.conftest import Agent, eventually, mint, produce, read_topic
+from tests.integration.conftest import Agent, eventually, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
 
 def test_same_idempotency_key_returns_the_same_action(reporter: Agent) -> None:
-    first = reporter.submit("read.table", "postgres://staging/analytics/orders", {"table": "orders"}, idempotency_key="report-2026-11-30")
-    again = reporter.submit("read.table", "postgres://staging/analytics/orders", {"table": "orders"}, idempotency_key="report-2026-11-30")
+    first = reporter.submit(
+        "read.table", "postgres://staging/analytics/orders", {"table": "orders"}, idempotency_key="report-2026-11-30"
+    )
+    again = reporter.submit(
+        "read.table", "postgres://staging/analytics/orders", {"table": "orders"}, idempotency_key="report-2026-11-30"
+    )
     assert first.status_code == 202
     assert again.status_code == 200
     assert again.json()["action_id"] == first.json()["action_id"]
@@ -62,7 +66,11 @@ def test_invalid_json_gets_422(reporter: Agent) -> None:
 @pytest.mark.parametrize("authorization", [None, "Bearer", "Bearer not-a-jwt", "Basic dXNlcjpwYXNz"])
 def test_missing_or_bad_token_gets_401(settings, services, authorization: str | None) -> None:
     headers = {"Authorization": authorization} if authorization else {}
-    response = httpx.post(f"{settings.intake_url}/v1/actions", json={"action": "read.table", "resource": "x", "reason": "r"}, headers=headers)
+    response = httpx.post(
+        f"{settings.intake_url}/v1/actions",
+        json={"action": "read.table", "resource": "x", "reason": "r"},
+        headers=headers,
+    )
     assert response.status_code == 401
     assert "invalid token" in response.json()["detail"]
 
@@ -78,12 +86,32 @@ def test_another_principal_cannot_read_my_action(reporter: Agent, settings) -> N
 
 def test_agents_can_submit_through_the_submissions_topic(reporter: Agent, settings) -> None:
     topics = Topics(settings.namespace, settings.partitions)
-    submission = ActionSubmitted("read.table", "postgres://staging/analytics/orders", json.dumps({"table": "orders"}), "via topic", "topic-key-1")
-    produce(settings, topics.submissions, registry().encode_event(submission), key=b"topic-key-1",
-            headers=[("authorization", f"Bearer {reporter.token}".encode())])
+    submission = ActionSubmitted(
+        "read.table", "postgres://staging/analytics/orders", json.dumps({"table": "orders"}), "via topic", "topic-key-1"
+    )
+    produce(
+        settings,
+        topics.submissions,
+        registry().encode_event(submission),
+        key=b"topic-key-1",
+        headers=[("authorization", f"Bearer {reporter.token}".encode())],
+    )
     # the same key over HTTP finds the action the topic created
-    response = eventually(lambda: (r := reporter.submit("read.table", "postgres://staging/analytics/orders", {"table": "orders"},
-                                                         reason="via topic", idempotency_key="topic-key-1")).status_code == 200 and r)
+    response = eventually(
+        lambda: (
+            (
+                r := reporter.submit(
+                    "read.table",
+                    "postgres://staging/analytics/orders",
+                    {"table": "orders"},
+                    reason="via topic",
+                    idempotency_key="topic-key-1",
+                )
+            ).status_code
+            == 200
+            and r
+        )
+    )
     assert response, "the topic submission never became an action"
     assert reporter.wait(response.json()["action_id"])["state"] == "succeeded"
 
@@ -91,11 +119,20 @@ def test_agents_can_submit_through_the_submissions_topic(reporter: Agent, settin
 def test_a_topic_submission_without_a_valid_token_is_dead_lettered(settings, services) -> None:
     topics = Topics(settings.namespace, settings.partitions)
     submission = ActionSubmitted("read.table", "postgres://staging/a/b", "{}", "no token", "forged-1")
-    produce(settings, topics.submissions, registry().encode_event(submission), key=b"forged-1",
-            headers=[("authorization", b"Bearer forged.token.value")])
+    produce(
+        settings,
+        topics.submissions,
+        registry().encode_event(submission),
+        key=b"forged-1",
+        headers=[("authorization", b"Bearer forged.token.value")],
+    )
 
     def letters():
-        return [e for e, _ in read_topic(settings, topics.dlq) if isinstance(e, DeadLetter) and e.source_topic == topics.submissions and e.key == b"forged-1"]
+        return [
+            e
+            for e, _ in read_topic(settings, topics.dlq)
+            if isinstance(e, DeadLetter) and e.source_topic == topics.submissions and e.key == b"forged-1"
+        ]
 
     found = eventually(letters)
     assert found and found[0].error_type.startswith("token_"), found

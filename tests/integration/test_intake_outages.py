@@ -46,13 +46,28 @@ def body(number: int, run: str) -> tuple[str, dict[str, Any]]:
     key = f"{run}-{number}"
     kind = ("allowed", "denied", "allowed", "approval")[number % 4]
     if kind == "denied":
-        return kind, {"action": "secrets.delete", "resource": "vault://production/payments/api-key", "reason": "cleanup",
-                      "parameters": {"n": number}, "idempotency_key": key}
+        return kind, {
+            "action": "secrets.delete",
+            "resource": "vault://production/payments/api-key",
+            "reason": "cleanup",
+            "parameters": {"n": number},
+            "idempotency_key": key,
+        }
     if kind == "approval":
-        return kind, {"action": "iam.role.grant", "resource": "iam://staging/roles/analyst", "reason": "onboarding",
-                      "parameters": {"user": "human:bob", "role": "analyst", "n": number}, "idempotency_key": key}
-    return kind, {"action": "read.table", "resource": "postgres://staging/analytics/orders", "reason": "report",
-                  "parameters": {"table": "orders", "limit": 10, "n": number}, "idempotency_key": key}
+        return kind, {
+            "action": "iam.role.grant",
+            "resource": "iam://staging/roles/analyst",
+            "reason": "onboarding",
+            "parameters": {"user": "human:bob", "role": "analyst", "n": number},
+            "idempotency_key": key,
+        }
+    return kind, {
+        "action": "read.table",
+        "resource": "postgres://staging/analytics/orders",
+        "reason": "report",
+        "parameters": {"table": "orders", "limit": 10, "n": number},
+        "idempotency_key": key,
+    }
 
 
 class Requester:
@@ -104,8 +119,14 @@ def wait_until_right(requester: Requester, timeout: float) -> dict[str, Any]:
 @pytest.fixture
 def intake_on_private_database(endpoints, tmp_path) -> Iterator[tuple[Settings, PrivateServers, ServiceProcesses]]:
     servers = PrivateServers(REPO_ROOT / ".run" / f"intake-db-{secrets.token_hex(3)}")
-    shared = run_settings("kt", tmp_path / "run", kafka_bootstrap=endpoints.kafka_bootstrap, opa_url=endpoints.opa_url,
-                          database_url=endpoints.database_url, policy_unavailable_after_s=10.0)
+    shared = run_settings(
+        "kt",
+        tmp_path / "run",
+        kafka_bootstrap=endpoints.kafka_bootstrap,
+        opa_url=endpoints.opa_url,
+        database_url=endpoints.database_url,
+        policy_unavailable_after_s=10.0,
+    )
     workers = ServiceProcesses(shared)
     intake = ServiceProcesses(dataclasses.replace(shared, database_url=servers.database_url))
     try:
@@ -145,7 +166,9 @@ def test_a_restart_of_the_intake_database_loses_nothing_and_needs_no_intake_rest
     servers.start("postgres")
 
     assert not requester.unexpected, requester.unexpected
-    assert sorted(requester.unavailable) == [28, 29, 30, 31], "a request during the outage must be refused, not accepted"
+    assert sorted(requester.unavailable) == [28, 29, 30, 31], (
+        "a request during the outage must be refused, not accepted"
+    )
     refusal = requester.unavailable[28]
     assert refusal.json()["error"] == "unavailable"
     assert "idempotency key" in refusal.json()["detail"]
@@ -168,8 +191,13 @@ def test_a_restart_of_the_intake_database_loses_nothing_and_needs_no_intake_rest
 @pytest.fixture
 def stack_on_private_broker(endpoints, tmp_path) -> Iterator[tuple[Settings, PrivateServers]]:
     servers = PrivateServers(REPO_ROOT / ".run" / f"intake-kafka-{secrets.token_hex(3)}")
-    settings = run_settings("kt", tmp_path / "run", kafka_bootstrap=servers.kafka_bootstrap, opa_url=endpoints.opa_url,
-                            database_url=endpoints.database_url)
+    settings = run_settings(
+        "kt",
+        tmp_path / "run",
+        kafka_bootstrap=servers.kafka_bootstrap,
+        opa_url=endpoints.opa_url,
+        database_url=endpoints.database_url,
+    )
     procs = ServiceProcesses(settings)
     try:
         servers.start("kafka")
@@ -199,4 +227,6 @@ def test_while_the_broker_is_down_requests_are_accepted_and_published_when_it_is
 
     servers.start("kafka")
     wrong = wait_until_right(requester, 90)
-    assert not wrong, f"{len(wrong)} of {len(requester.accepted)} actions never went on after the broker came back: {wrong}"
+    assert not wrong, (
+        f"{len(wrong)} of {len(requester.accepted)} actions never went on after the broker came back: {wrong}"
+    )

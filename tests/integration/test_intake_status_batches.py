@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,7 +17,7 @@ from keyturn.intake.store import DDL, ActionStore, LifecycleChange
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def event(cls, outcome):
@@ -29,7 +29,9 @@ def event(cls, outcome):
     return type(cls.__name__, (cls,), {"__init__": init})(outcome)
 
 
-def decided(action_id: str, outcome: DecisionOutcome, seconds: int, reasons: list[str] | None = None) -> LifecycleChange:
+def decided(
+    action_id: str, outcome: DecisionOutcome, seconds: int, reasons: list[str] | None = None
+) -> LifecycleChange:
     entry = {"event": "ActionDecided", "at": (T0 + timedelta(seconds=seconds)).isoformat()}
     return LifecycleChange(action_id, event(ActionDecided, outcome), entry, reasons)
 
@@ -41,8 +43,12 @@ def executed(action_id: str, outcome: ExecutionOutcome, seconds: int, result: ob
 
 @pytest.fixture
 async def store(endpoints) -> AsyncIterator[ActionStore]:
-    settings = Settings(kafka_bootstrap=endpoints.kafka_bootstrap, opa_url=endpoints.opa_url, database_url=endpoints.database_url,
-                        namespace=f"kt{secrets.token_hex(4)}")
+    settings = Settings(
+        kafka_bootstrap=endpoints.kafka_bootstrap,
+        opa_url=endpoints.opa_url,
+        database_url=endpoints.database_url,
+        namespace=f"kt{secrets.token_hex(4)}",
+    )
     pool = await open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace), max_size=2)
     try:
         yield ActionStore(pool)
@@ -54,9 +60,17 @@ async def store(endpoints) -> AsyncIterator[ActionStore]:
 
 async def accepted(store: ActionStore) -> str:
     action_id = f"action-{secrets.token_hex(4)}"
-    await store.insert_requested(action_id=action_id, requester="agent:reporter", principals=["agent:reporter"], idempotency_key=None,
-                                 payload_digest="sha256:x", action="read.table", resource="postgres://staging/a/b",
-                                 requested_event=b"event", at=T0)
+    await store.insert_requested(
+        action_id=action_id,
+        requester="agent:reporter",
+        principals=["agent:reporter"],
+        idempotency_key=None,
+        payload_digest="sha256:x",
+        action="read.table",
+        resource="postgres://staging/a/b",
+        requested_event=b"event",
+        at=T0,
+    )
     return action_id
 
 
@@ -66,8 +80,12 @@ def states(stored) -> list[str]:
 
 async def test_a_batch_with_the_execution_before_its_decision_ends_in_order(store: ActionStore) -> None:
     action_id = await accepted(store)
-    await store.apply_many([executed(action_id, ExecutionOutcome.SUCCEEDED, 3, {"rows": 1}),
-                            decided(action_id, DecisionOutcome.ALLOWED, 1, ["allowed by rule x"])])
+    await store.apply_many(
+        [
+            executed(action_id, ExecutionOutcome.SUCCEEDED, 3, {"rows": 1}),
+            decided(action_id, DecisionOutcome.ALLOWED, 1, ["allowed by rule x"]),
+        ]
+    )
     stored = await store.get(action_id)
     assert stored.state.value == "succeeded"
     assert states(stored) == ["requested", "allowed", "succeeded"]
@@ -86,8 +104,12 @@ async def test_a_redelivered_batch_changes_nothing(store: ActionStore) -> None:
 
 async def test_an_execution_after_a_denial_in_the_same_batch_is_ignored(store: ActionStore) -> None:
     action_id = await accepted(store)
-    await store.apply_many([decided(action_id, DecisionOutcome.DENIED, 1, ["production secrets are never deleted"]),
-                            executed(action_id, ExecutionOutcome.SUCCEEDED, 2)])
+    await store.apply_many(
+        [
+            decided(action_id, DecisionOutcome.DENIED, 1, ["production secrets are never deleted"]),
+            executed(action_id, ExecutionOutcome.SUCCEEDED, 2),
+        ]
+    )
     stored = await store.get(action_id)
     assert stored.state.value == "denied"
     assert states(stored) == ["requested", "denied"]

@@ -92,8 +92,13 @@ def slow_opa_with_policies(delay_s: float, source: list[str]) -> JsonPeer:
     def respond(method: str, path: str, body: bytes) -> tuple[int, dict]:
         time.sleep(delay_s)
         if path == "/v1/policies":
-            package = {"path": [{"type": "var", "value": "data"}, {"type": "string", "value": "keyturn"},
-                                {"type": "string", "value": "decision"}]}
+            package = {
+                "path": [
+                    {"type": "var", "value": "data"},
+                    {"type": "string", "value": "keyturn"},
+                    {"type": "string", "value": "decision"},
+                ]
+            }
             return 200, {"result": [{"id": "decision.rego", "raw": source[0], "ast": {"package": package}}]}
         if path == "/v1/data/keyturn":
             return 200, {"result": {"decision": {"outcome": "allowed"}, "groups": {"security": ["human:carol"]}}}

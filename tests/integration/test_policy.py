@@ -8,9 +8,8 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -43,7 +42,9 @@ def test_every_decision_carries_provenance(reporter: Agent, settings) -> None:
     ids = {
         reporter.submit_ok("read.table", "postgres://staging/a/orders"): DecisionOutcome.ALLOWED,
         reporter.submit_ok("secrets.delete", "vault://production/k"): DecisionOutcome.DENIED,
-        reporter.submit_ok("iam.role.grant", "iam://staging/roles/x", {"role": "analyst"}): DecisionOutcome.NEEDS_APPROVAL,
+        reporter.submit_ok(
+            "iam.role.grant", "iam://staging/roles/x", {"role": "analyst"}
+        ): DecisionOutcome.NEEDS_APPROVAL,
     }
     found = eventually(lambda: (d := decisions(settings, set(ids))) and len(d) == len(ids) and d)
     for action_id, outcome in ids.items():
@@ -68,17 +69,33 @@ class IsolatedPolicyStack:
         self.opa_log = tmp / "opa.log"
         self.opa: subprocess.Popen | None = None
         self.settings = dataclasses.replace(
-            base_settings, namespace=f"kt{secrets.token_hex(4)}", opa_url=f"http://127.0.0.1:{self.opa_port}",
-            policy_unavailable_after_s=4.0, opa_retries=1, opa_timeout_s=0.5,
+            base_settings,
+            namespace=f"kt{secrets.token_hex(4)}",
+            opa_url=f"http://127.0.0.1:{self.opa_port}",
+            policy_unavailable_after_s=4.0,
+            opa_retries=1,
+            opa_timeout_s=0.5,
         )
         self.workers = ServiceProcesses(self.settings)
         self.topics = Topics(self.settings.namespace, self.settings.partitions)
 
     def start_opa(self) -> None:
         self.opa = subprocess.Popen(
-            [OPA_BINARY, "run", "--server", "--addr", f"127.0.0.1:{self.opa_port}", "--watch", "--ignore", "*_test.rego",
-             "--set", "decision_logs.console=true", str(self.policy_dir)],
-            stdout=self.opa_log.open("ab"), stderr=subprocess.STDOUT,
+            [
+                OPA_BINARY,
+                "run",
+                "--server",
+                "--addr",
+                f"127.0.0.1:{self.opa_port}",
+                "--watch",
+                "--ignore",
+                "*_test.rego",
+                "--set",
+                "decision_logs.console=true",
+                str(self.policy_dir),
+            ],
+            stdout=self.opa_log.open("ab"),
+            stderr=subprocess.STDOUT,
         )
         assert eventually(lambda: _healthy(self.settings.opa_url), timeout=20), self.opa_log.read_text()[-2000:]
 
@@ -88,15 +105,21 @@ class IsolatedPolicyStack:
             self.opa.wait(10)
             self.opa = None
 
-    def request(self, action: str = "read.table", resource: str = "postgres://staging/a/orders", parameters: dict | None = None) -> ActionRequested:
+    def request(
+        self, action: str = "read.table", resource: str = "postgres://staging/a/orders", parameters: dict | None = None
+    ) -> ActionRequested:
         action_id = str(uuid.uuid4())
         parameters = parameters or {}
         event = ActionRequested(
-            event_id=f"requested:{action_id}", action_id=action_id, action=action, resource=resource,
-            parameters_json=canonical_json(parameters), reason="isolated policy test",
+            event_id=f"requested:{action_id}",
+            action_id=action_id,
+            action=action,
+            resource=resource,
+            parameters_json=canonical_json(parameters),
+            reason="isolated policy test",
             requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
             payload_digest=Digest.of_json({"action": action, "resource": resource, "parameters": parameters}),
-            requested_at=datetime.now(timezone.utc),
+            requested_at=datetime.now(UTC),
         )
         produce(self.settings, self.topics.requested, registry().encode_event(event), key=action_id.encode())
         return event
@@ -125,7 +148,9 @@ def isolated(settings, services, tmp_path):
 
 def wait_ready(workers: ServiceProcesses, name: str, timeout: float = 60) -> None:
     log = workers.log_dir / f"{name}.log"
-    assert eventually(lambda: log.exists() and "Worker ready" in log.read_text(errors="replace"), timeout=timeout), f"{name} never became ready"
+    assert eventually(lambda: log.exists() and "Worker ready" in log.read_text(errors="replace"), timeout=timeout), (
+        f"{name} never became ready"
+    )
 
 
 def test_editing_a_policy_file_changes_new_decisions_without_a_restart(isolated: IsolatedPolicyStack) -> None:
@@ -159,7 +184,10 @@ def test_opa_down_means_nothing_is_allowed_and_every_request_ends_denied(isolate
     isolated.workers.start("executor")
     wait_ready(isolated.workers, "policy")
     warm = isolated.request()
-    assert eventually(lambda: decisions(isolated.settings, {warm.action_id}).get(warm.action_id)).outcome is DecisionOutcome.ALLOWED
+    assert (
+        eventually(lambda: decisions(isolated.settings, {warm.action_id}).get(warm.action_id)).outcome
+        is DecisionOutcome.ALLOWED
+    )
 
     isolated.stop_opa()
     during = [isolated.request() for _ in range(3)]
@@ -169,12 +197,17 @@ def test_opa_down_means_nothing_is_allowed_and_every_request_ends_denied(isolate
     for decided in found.values():
         assert decided.outcome is DecisionOutcome.DENIED
         assert any(r.startswith("policy_unavailable") for r in decided.reasons), decided.reasons
-    executed = [e for e, _ in read_topic(isolated.settings, isolated.topics.executed) if e is not None and e.action_id in ids]
+    executed = [
+        e for e, _ in read_topic(isolated.settings, isolated.topics.executed) if e is not None and e.action_id in ids
+    ]
     assert executed == []
 
     isolated.start_opa()
     after = isolated.request()
-    assert eventually(lambda: decisions(isolated.settings, {after.action_id}).get(after.action_id), timeout=30).outcome is DecisionOutcome.ALLOWED
+    assert (
+        eventually(lambda: decisions(isolated.settings, {after.action_id}).get(after.action_id), timeout=30).outcome
+        is DecisionOutcome.ALLOWED
+    )
 
 
 def test_two_policy_workers_split_the_partitions_and_decide_each_request_once(isolated: IsolatedPolicyStack) -> None:
@@ -215,7 +248,11 @@ def test_policy_explain_shows_the_rules_that_fired_and_whether_the_policy_change
 def test_decision_latency_is_exported_as_a_metric(reporter: Agent, settings) -> None:
     reporter.wait(reporter.submit_ok("read.table", "postgres://staging/a/b"))
     metrics = httpx.get(f"http://127.0.0.1:{settings.policy_metrics_port}/metrics", timeout=5).text
-    count = next(line for line in metrics.splitlines() if line.startswith('keyturn_opa_decision_seconds_count{path="keyturn/decision"}'))
+    count = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith('keyturn_opa_decision_seconds_count{path="keyturn/decision"}')
+    )
     assert float(count.split()[-1]) >= 1
 
 
@@ -228,5 +265,9 @@ def test_a_redelivered_request_gets_the_same_decision_not_a_second_one(isolated:
     produce(isolated.settings, isolated.topics.requested, registry().encode_event(first), key=first.action_id.encode())
     log = isolated.workers.log_dir / "policy.log"
     assert eventually(lambda: f"redelivered {first.action_id}" in log.read_text(errors="replace"), timeout=30)
-    copies = [e for e, _ in read_topic(isolated.settings, isolated.topics.decided) if isinstance(e, ActionDecided) and e.action_id == first.action_id]
+    copies = [
+        e
+        for e, _ in read_topic(isolated.settings, isolated.topics.decided)
+        if isinstance(e, ActionDecided) and e.action_id == first.action_id
+    ]
     assert len(copies) == 2 and copies[0] == copies[1] == decided, "the republished decision is the identical event"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -19,28 +19,48 @@ pytestmark = pytest.mark.integration
 
 
 def _requested(settings, action_id: str) -> ActionRequested:
-    return next(e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).requested)
-                if isinstance(e, ActionRequested) and e.action_id == action_id)
+    return next(
+        e
+        for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).requested)
+        if isinstance(e, ActionRequested) and e.action_id == action_id
+    )
 
 
 def _forge_allowed(settings, original: ActionRequested, new_id: str, sealed) -> None:
     """An 'allowed' decision nobody made, carrying ``sealed`` for action ``new_id``."""
-    decided = next(e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).decided)
-                   if isinstance(e, ActionDecided) and e.action_id == original.action_id)
+    decided = next(
+        e
+        for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).decided)
+        if isinstance(e, ActionDecided) and e.action_id == original.action_id
+    )
     request = dataclasses.replace(original, action_id=new_id, event_id=f"requested:{new_id}", sealed_parameters=sealed)
-    forged = dataclasses.replace(decided, action_id=new_id, event_id=f"decided:{new_id}", request=request,
-                                 decided_at=datetime.now(timezone.utc))
-    produce(settings, Topics(settings.namespace, settings.partitions).decided, registry().encode_event(forged), key=new_id.encode())
+    forged = dataclasses.replace(
+        decided, action_id=new_id, event_id=f"decided:{new_id}", request=request, decided_at=datetime.now(UTC)
+    )
+    produce(
+        settings,
+        Topics(settings.namespace, settings.partitions).decided,
+        registry().encode_event(forged),
+        key=new_id.encode(),
+    )
 
 
 def _executed(settings, action_id: str) -> ActionExecuted | None:
-    return next((e for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).executed)
-                 if isinstance(e, ActionExecuted) and e.action_id == action_id), None)
+    return next(
+        (
+            e
+            for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).executed)
+            if isinstance(e, ActionExecuted) and e.action_id == action_id
+        ),
+        None,
+    )
 
 
 @pytest.mark.parametrize("tamper", ["replayed onto another action", "ciphertext edited"])
 def test_a_replayed_or_tampered_seal_is_refused_and_audited(reporter: Agent, settings, tamper: str) -> None:
-    original_id = reporter.submit_ok("read.table", "postgres://staging/analytics/orders", {"table": "orders", "limit": 5})
+    original_id = reporter.submit_ok(
+        "read.table", "postgres://staging/analytics/orders", {"table": "orders", "limit": 5}
+    )
     assert reporter.wait(original_id)["state"] == "succeeded"
     original = _requested(settings, original_id)
     assert original.sealed_parameters is not None, "clear parameters travel only sealed"
@@ -57,6 +77,13 @@ def test_a_replayed_or_tampered_seal_is_refused_and_audited(reporter: Agent, set
     assert executed is not None, "the forged order was neither run nor refused"
     assert executed.outcome is ExecutionOutcome.FAILED
     assert "seal" in (executed.error or "").lower(), executed.error
-    audited = eventually(lambda: [r for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit))
-                                  if r.action_id == forged_id and r.event_type == "ActionExecuted"])
+    audited = eventually(
+        lambda: [
+            r
+            for r in asyncio.run(
+                read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)
+            )
+            if r.action_id == forged_id and r.event_type == "ActionExecuted"
+        ]
+    )
     assert audited and "failed" in audited[0].payload_json

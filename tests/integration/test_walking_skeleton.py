@@ -20,7 +20,9 @@ def states(view: dict) -> list[str]:
 
 
 def test_allowed_action_ends_succeeded(reporter: Agent) -> None:
-    action_id = reporter.submit_ok("read.table", "postgres://staging/analytics/orders", {"table": "orders", "limit": 10})
+    action_id = reporter.submit_ok(
+        "read.table", "postgres://staging/analytics/orders", {"table": "orders", "limit": 10}
+    )
     view = reporter.wait(action_id)
     assert view["state"] == "succeeded", view
     assert states(view) == ["requested", "allowed", "succeeded"]
@@ -33,7 +35,13 @@ def test_denied_action_ends_denied_and_never_reaches_the_executor(reporter: Agen
     assert view["state"] == "denied"
     assert view["reasons"], "a denial says why"
     assert states(view) == ["requested", "denied"]
-    records = [r for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)) if r.action_id == action_id]
+    records = [
+        r
+        for r in asyncio.run(
+            read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)
+        )
+        if r.action_id == action_id
+    ]
     assert "ActionExecuted" not in [r.event_type for r in records]
 
 
@@ -44,7 +52,9 @@ def test_unknown_action_is_never_allowed(reporter: Agent) -> None:
 
 
 def test_needs_approval_waits_then_cli_approval_runs_it(reporter: Agent, settings) -> None:
-    action_id = reporter.submit_ok("iam.role.grant", "iam://staging/roles/analyst", {"user": "human:bob", "role": "analyst"})
+    action_id = reporter.submit_ok(
+        "iam.role.grant", "iam://staging/roles/analyst", {"user": "human:bob", "role": "analyst"}
+    )
     assert reporter.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     assert reporter.wait(action_id, timeout=2)["state"] == "needs_approval"  # it waits for a person
 
@@ -59,7 +69,9 @@ def test_needs_approval_waits_then_cli_approval_runs_it(reporter: Agent, setting
 
 @pytest.mark.parametrize("approver", ["human:alice", "agent:reporter"])
 def test_requester_and_its_act_chain_cannot_approve(reporter: Agent, settings, approver: str) -> None:
-    action_id = reporter.submit_ok("iam.role.grant", "iam://staging/roles/auditor", {"user": "human:erin", "role": "auditor"})
+    action_id = reporter.submit_ok(
+        "iam.role.grant", "iam://staging/roles/auditor", {"user": "human:erin", "role": "auditor"}
+    )
     reporter.wait_for_state(action_id, "needs_approval")
 
     refused = keyturn_cli(settings, "approve", action_id, token=mint(settings, approver))
@@ -70,7 +82,9 @@ def test_requester_and_its_act_chain_cannot_approve(reporter: Agent, settings, a
 
 
 def test_deny_through_the_cli_ends_denied_with_the_reason(reporter: Agent, settings) -> None:
-    action_id = reporter.submit_ok("iam.role.grant", "iam://staging/roles/writer", {"user": "human:frank", "role": "writer"})
+    action_id = reporter.submit_ok(
+        "iam.role.grant", "iam://staging/roles/writer", {"user": "human:frank", "role": "writer"}
+    )
     reporter.wait_for_state(action_id, "needs_approval")
     denied = keyturn_cli(settings, "deny", action_id, "--reason", "not this sprint", token=mint(settings, "human:dave"))
     assert denied.returncode == 0, denied.stderr
@@ -80,14 +94,22 @@ def test_deny_through_the_cli_ends_denied_with_the_reason(reporter: Agent, setti
 
 
 def test_every_lifecycle_event_reaches_the_audit_in_order(reporter: Agent, settings) -> None:
-    action_id = reporter.submit_ok("iam.role.grant", "iam://staging/roles/viewer", {"user": "human:gina", "role": "viewer"})
+    action_id = reporter.submit_ok(
+        "iam.role.grant", "iam://staging/roles/viewer", {"user": "human:gina", "role": "viewer"}
+    )
     reporter.wait_for_state(action_id, "needs_approval")
     assert keyturn_cli(settings, "approve", action_id, token=mint(settings, "human:carol")).returncode == 0
     assert reporter.wait(action_id)["state"] == "succeeded"
 
     expected = ["ActionRequested", "ActionDecided", "VoteRecorded", "ApprovalResolved", "ActionExecuted"]
     for _ in range(50):
-        records = [r for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)) if r.action_id == action_id]
+        records = [
+            r
+            for r in asyncio.run(
+                read_audit_log(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit)
+            )
+            if r.action_id == action_id
+        ]
         if len(records) >= len(expected):
             break
         asyncio.run(asyncio.sleep(0.2))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -30,7 +30,7 @@ from keyturn.core.events import (
 )
 from keyturn.core.principal import Principal, PrincipalKind
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SIGNER = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
 DIGEST = Digest("ab" * 32)
 
@@ -48,66 +48,153 @@ class History:
 
     def _add(self, event, topic: str) -> None:
         record = self.chain.append(
-            event_id=event.event_id, event_type=type(event).__name__, source_topic=f"kt.{topic}",
-            occurred_at=occurred_at(event), payload=audit_payload(event), now=occurred_at(event),
-            action_id=getattr(event, "action_id", None), actor=actor_of(event), flags=flags_of(event),
+            event_id=event.event_id,
+            event_type=type(event).__name__,
+            source_topic=f"kt.{topic}",
+            occurred_at=occurred_at(event),
+            payload=audit_payload(event),
+            now=occurred_at(event),
+            action_id=getattr(event, "action_id", None),
+            actor=actor_of(event),
+            flags=flags_of(event),
         )
         assert record is not None
         self.records.append(record)
 
-    def request(self, action_id: str, action: str, start: float, *, requester: str = "agent:reporter",
-                acting_for: tuple[str, ...] = ("human:alice",), parameters: str = "{}") -> ActionRequested:
+    def request(
+        self,
+        action_id: str,
+        action: str,
+        start: float,
+        *,
+        requester: str = "agent:reporter",
+        acting_for: tuple[str, ...] = ("human:alice",),
+        parameters: str = "{}",
+    ) -> ActionRequested:
         request = ActionRequested(
-            event_id=f"requested:{action_id}", action_id=action_id, action=action, resource=f"test://{action}",
-            parameters_json=parameters, reason="quarterly report",
+            event_id=f"requested:{action_id}",
+            action_id=action_id,
+            action=action,
+            resource=f"test://{action}",
+            parameters_json=parameters,
+            reason="quarterly report",
             requester=Principal(requester, Principal.kind_of(requester), acting_for),
-            payload_digest=DIGEST, requested_at=at(start),
+            payload_digest=DIGEST,
+            requested_at=at(start),
         )
         self._add(request, "actions.requested")
         return request
 
-    def decide(self, request: ActionRequested, outcome: str, start: float, *, groups: tuple[tuple[str, int], ...] = (),
-               revision: str = "sha256:rev1", break_glass: bool = False) -> ActionDecided:
-        policy_input = {"action": request.action, "action_id": request.action_id, "requester": {"id": request.requester.id}}
+    def decide(
+        self,
+        request: ActionRequested,
+        outcome: str,
+        start: float,
+        *,
+        groups: tuple[tuple[str, int], ...] = (),
+        revision: str = "sha256:rev1",
+        break_glass: bool = False,
+    ) -> ActionDecided:
+        policy_input = {
+            "action": request.action,
+            "action_id": request.action_id,
+            "requester": {"id": request.requester.id},
+        }
         decision = ActionDecided(
-            event_id=f"decided:{request.action_id}", action_id=request.action_id, outcome=DecisionOutcome(outcome),
-            provenance=Provenance(revision, f"decision-{request.action_id}", DIGEST, at(start), canonical_json(policy_input)),
-            decided_at=at(start), request=request, reasons=(f"{request.action} is {outcome}",),
-            approvals=ApprovalRequirement(tuple(GroupRequirement(n, m) for n, m in groups), 3600, 900) if groups else None,
+            event_id=f"decided:{request.action_id}",
+            action_id=request.action_id,
+            outcome=DecisionOutcome(outcome),
+            provenance=Provenance(
+                revision, f"decision-{request.action_id}", DIGEST, at(start), canonical_json(policy_input)
+            ),
+            decided_at=at(start),
+            request=request,
+            reasons=(f"{request.action} is {outcome}",),
+            approvals=ApprovalRequirement(tuple(GroupRequirement(n, m) for n, m in groups), 3600, 900)
+            if groups
+            else None,
             break_glass=break_glass,
         )
         self._add(decision, "actions.decided")
         return decision
 
-    def vote(self, decision: ActionDecided, approver: str, choice: str, start: float, *, accepted: bool = True,
-             reason: str | None = None) -> Vote:
-        vote = Vote(Principal(approver, PrincipalKind.HUMAN), VoteChoice(choice), DIGEST, at(start), reason, "cli",
-                    ("security",) if accepted else ())
-        self._add(VoteRecorded(
-            event_id=f"vote:{decision.action_id}:{approver}:{start}", action_id=decision.action_id, vote=vote,
-            accepted=accepted, recorded_at=at(start), refusal=None if accepted else "SelfApprovalRefused",
-            message="" if accepted else f"{approver} is in the requester chain",
-        ), "approvals.votes")
+    def vote(
+        self,
+        decision: ActionDecided,
+        approver: str,
+        choice: str,
+        start: float,
+        *,
+        accepted: bool = True,
+        reason: str | None = None,
+    ) -> Vote:
+        vote = Vote(
+            Principal(approver, PrincipalKind.HUMAN),
+            VoteChoice(choice),
+            DIGEST,
+            at(start),
+            reason,
+            "cli",
+            ("security",) if accepted else (),
+        )
+        self._add(
+            VoteRecorded(
+                event_id=f"vote:{decision.action_id}:{approver}:{start}",
+                action_id=decision.action_id,
+                vote=vote,
+                accepted=accepted,
+                recorded_at=at(start),
+                refusal=None if accepted else "SelfApprovalRefused",
+                message="" if accepted else f"{approver} is in the requester chain",
+            ),
+            "approvals.votes",
+        )
         return vote
 
     def resolve(self, decision: ActionDecided, outcome: str, start: float, votes: tuple[Vote, ...] = ()) -> None:
-        self._add(ApprovalResolved(
-            event_id=f"resolved:{decision.action_id}", action_id=decision.action_id, outcome=ResolutionOutcome(outcome),
-            resolved_at=at(start), decision=decision, votes=votes, summary=f"{outcome} after {len(votes)} vote(s)",
-        ), "actions.resolved")
+        self._add(
+            ApprovalResolved(
+                event_id=f"resolved:{decision.action_id}",
+                action_id=decision.action_id,
+                outcome=ResolutionOutcome(outcome),
+                resolved_at=at(start),
+                decision=decision,
+                votes=votes,
+                summary=f"{outcome} after {len(votes)} vote(s)",
+            ),
+            "actions.resolved",
+        )
 
     def execute(self, request: ActionRequested, outcome: str, start: float) -> None:
-        self._add(ActionExecuted(
-            event_id=f"executed:{request.action_id}", action_id=request.action_id, outcome=ExecutionOutcome(outcome),
-            plugin="noop", payload_digest=DIGEST, finished_at=at(start), error=None if outcome == "succeeded" else "boom",
-        ), "actions.executed")
+        self._add(
+            ActionExecuted(
+                event_id=f"executed:{request.action_id}",
+                action_id=request.action_id,
+                outcome=ExecutionOutcome(outcome),
+                plugin="noop",
+                payload_digest=DIGEST,
+                finished_at=at(start),
+                error=None if outcome == "succeeded" else "boom",
+            ),
+            "actions.executed",
+        )
 
     def dead_letter(self, start: float) -> None:
-        self._add(DeadLetter(
-            event_id=f"dlq:kt.actions.requested:0:{int(start)}", source_topic="kt.actions.requested", partition=0,
-            offset=int(start), payload_length=8, payload_digest=DIGEST, error_type="not_avro",
-            reason="not Avro", service="policy", failed_at=at(start),
-        ), "dlq")
+        self._add(
+            DeadLetter(
+                event_id=f"dlq:kt.actions.requested:0:{int(start)}",
+                source_topic="kt.actions.requested",
+                partition=0,
+                offset=int(start),
+                payload_length=8,
+                payload_digest=DIGEST,
+                error_type="not_avro",
+                reason="not Avro",
+                service="policy",
+                failed_at=at(start),
+            ),
+            "dlq",
+        )
 
     def checkpoint(self, start: float) -> None:
         self.records.append(self.chain.checkpoint(at(start)))

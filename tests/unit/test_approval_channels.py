@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from slack_sdk.signature import SignatureVerifier
@@ -14,21 +14,36 @@ from slack_sdk.signature import SignatureVerifier
 from keyturn.approval import slack_messages, teams_cards
 from keyturn.approval.callbacks import host_allowed, sign, signature_valid
 from keyturn.approval.channels import ChatTargets, ChatTargetsInvalid, principal_map
-from keyturn.approval.slack_interactions import InteractionRefused, interaction_id, parse_payload, read_interaction, verify_request
+from keyturn.approval.slack_interactions import (
+    InteractionRefused,
+    interaction_id,
+    parse_payload,
+    read_interaction,
+    verify_request,
+)
 from keyturn.approval.views import MASKED, masked_parameters
 
-NOW = datetime(2026, 3, 4, 10, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 4, 10, 0, tzinfo=UTC)
 SECRET = "slack-signing-secret"
 
 
 def view(**changes) -> dict:
     base = {
-        "action_id": "0b6f1d4e-1111-4222-8333-444455556666", "action": "iam.role.grant", "resource": "iam://staging/roles/analyst",
-        "parameters": {"user": "human:bob", "role": "analyst"}, "reason": "onboarding", "requester": "agent:reporter",
-        "acting_for": ["human:alice"], "payload_digest": "sha256:" + "ab" * 32, "status": "pending",
-        "groups": [{"name": "security", "have": 0, "need": 1, "approvers": []}], "summary": "No approvals yet (0 of 1), waiting for security",
-        "policy_reasons": ["granting analyst needs security"], "expires_at": (NOW + timedelta(hours=1)).isoformat(),
-        "escalation_group": "security-oncall", "incident_id": "INC-1",
+        "action_id": "0b6f1d4e-1111-4222-8333-444455556666",
+        "action": "iam.role.grant",
+        "resource": "iam://staging/roles/analyst",
+        "parameters": {"user": "human:bob", "role": "analyst"},
+        "reason": "onboarding",
+        "requester": "agent:reporter",
+        "acting_for": ["human:alice"],
+        "payload_digest": "sha256:" + "ab" * 32,
+        "status": "pending",
+        "groups": [{"name": "security", "have": 0, "need": 1, "approvers": []}],
+        "summary": "No approvals yet (0 of 1), waiting for security",
+        "policy_reasons": ["granting analyst needs security"],
+        "expires_at": (NOW + timedelta(hours=1)).isoformat(),
+        "escalation_group": "security-oncall",
+        "incident_id": "INC-1",
     }
     return {**base, **changes}
 
@@ -44,7 +59,10 @@ def test_a_pending_message_carries_approve_and_deny_bound_to_the_digest_shown() 
     message = slack_messages.approval_message(view())
     buttons = [e for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]]
     assert [b["action_id"] for b in buttons] == [slack_messages.APPROVE, slack_messages.DENY]
-    assert all(json.loads(b["value"]) == {"action_id": view()["action_id"], "payload_digest": view()["payload_digest"]} for b in buttons)
+    assert all(
+        json.loads(b["value"]) == {"action_id": view()["action_id"], "payload_digest": view()["payload_digest"]}
+        for b in buttons
+    )
 
 
 @pytest.mark.parametrize("status", ["approved", "denied", "expired"])
@@ -56,9 +74,16 @@ def test_a_resolved_message_has_no_buttons_and_says_how_it_ended(status: str) ->
 
 def test_what_an_agent_wrote_cannot_ping_link_or_format_in_slack() -> None:
     hostile = "<!channel> please <https://evil.example|click here> & approve"
-    message = slack_messages.approval_message(view(reason=hostile, resource="<@U0BOSS>", parameters={"note": "<!here>"}))
+    message = slack_messages.approval_message(
+        view(reason=hostile, resource="<@U0BOSS>", parameters={"note": "<!here>"})
+    )
     shown = texts(message["blocks"])
-    assert "<!channel>" not in shown and "<https://evil" not in shown and "<@U0BOSS>" not in shown and "<!here>" not in shown
+    assert (
+        "<!channel>" not in shown
+        and "<https://evil" not in shown
+        and "<@U0BOSS>" not in shown
+        and "<!here>" not in shown
+    )
     assert "&lt;!channel&gt;" in shown and "&amp; approve" in shown
 
 
@@ -73,8 +98,12 @@ def test_long_parameters_and_titles_stay_within_slack_limits() -> None:
 def test_the_deny_modal_remembers_the_action_and_digest_it_was_opened_for() -> None:
     modal = slack_messages.deny_modal(view(), channel="C0SEC", message_ts="1.2")
     assert modal["callback_id"] == slack_messages.DENY_MODAL
-    assert json.loads(modal["private_metadata"]) == {"action_id": view()["action_id"], "payload_digest": view()["payload_digest"],
-                                                     "channel": "C0SEC", "ts": "1.2"}
+    assert json.loads(modal["private_metadata"]) == {
+        "action_id": view()["action_id"],
+        "payload_digest": view()["payload_digest"],
+        "channel": "C0SEC",
+        "ts": "1.2",
+    }
     assert modal["blocks"][-1]["block_id"] == slack_messages.REASON_BLOCK
 
 
@@ -90,13 +119,17 @@ def test_break_glass_notices_name_the_incident_and_the_review_and_offer_no_butto
 def test_a_pending_card_offers_universal_actions_and_a_reason_box() -> None:
     card = teams_cards.card_json(teams_cards.approval_card(view()))
     assert [(a["type"], a["verb"], a["data"]["payload_digest"]) for a in card["actions"]] == [
-        ("Action.Execute", "approve", view()["payload_digest"]), ("Action.Execute", "deny", view()["payload_digest"])]
+        ("Action.Execute", "approve", view()["payload_digest"]),
+        ("Action.Execute", "deny", view()["payload_digest"]),
+    ]
     assert any(e.get("type") == "Input.Text" and e["id"] == teams_cards.REASON_INPUT for e in card["body"])
     assert card["refresh"]["action"]["verb"] == teams_cards.REFRESH
 
 
 def test_a_resolved_card_has_no_actions_and_a_refused_answer_is_shown_in_red() -> None:
-    card = teams_cards.card_json(teams_cards.approval_card(view(status="denied", summary="Denied by human:dave: no"), problem="not applied"))
+    card = teams_cards.card_json(
+        teams_cards.approval_card(view(status="denied", summary="Denied by human:dave: no"), problem="not applied")
+    )
     assert "actions" not in card and not any(e.get("type") == "Input.Text" for e in card["body"])
     assert any(e.get("text") == "not applied" and e.get("color") == "Attention" for e in card["body"])
 
@@ -105,7 +138,9 @@ def test_a_resolved_card_has_no_actions_and_a_refused_answer_is_shown_in_red() -
 
 
 def test_targets_follow_the_groups_with_a_catch_all_and_no_repeats() -> None:
-    targets = ChatTargets.from_json(json.dumps({"security": ["C0SEC", "U0DAVE"], "db-owners": "C0SEC", "*": ["C0ALL"]}), "X")
+    targets = ChatTargets.from_json(
+        json.dumps({"security": ["C0SEC", "U0DAVE"], "db-owners": "C0SEC", "*": ["C0ALL"]}), "X"
+    )
     assert targets.targets_for(["security", "db-owners", "platform"]) == ("C0SEC", "U0DAVE", "C0ALL")
     assert targets.every_target() == ("C0SEC", "U0DAVE", "C0ALL")
     assert ChatTargets.from_json("", "X").targets_for(["security"]) == ()
@@ -125,7 +160,9 @@ def test_a_user_map_must_name_principals() -> None:
 
 def test_masked_paths_from_the_decision_are_hidden_wherever_they_are() -> None:
     parameters = {"password": "p", "headers": {"authorization": "Bearer x", "accept": "json"}, "role": "analyst"}
-    shown = masked_parameters(parameters, ("parameters.password", "parameters.headers.authorization", "parameters.missing.deep", "resource"))
+    shown = masked_parameters(
+        parameters, ("parameters.password", "parameters.headers.authorization", "parameters.missing.deep", "resource")
+    )
     assert shown == {"password": MASKED, "headers": {"authorization": MASKED, "accept": "json"}, "role": "analyst"}
     assert parameters["password"] == "p", "the event's own copy is left alone"
 
@@ -143,11 +180,14 @@ def test_a_request_signed_by_slack_within_five_minutes_is_accepted() -> None:
     verify_request(SignatureVerifier(SECRET), body, str(int(now) - 299), slack_signed(body, int(now) - 299), now)
 
 
-@pytest.mark.parametrize("timestamp_offset, secret, error", [
-    (-301, SECRET, "stale_timestamp"),
-    (+301, SECRET, "stale_timestamp"),
-    (0, "another-secret", "forged_signature"),
-])
+@pytest.mark.parametrize(
+    "timestamp_offset, secret, error",
+    [
+        (-301, SECRET, "stale_timestamp"),
+        (+301, SECRET, "stale_timestamp"),
+        (0, "another-secret", "forged_signature"),
+    ],
+)
 def test_stale_or_forged_requests_are_refused(timestamp_offset: int, secret: str, error: str) -> None:
     now = time.time()
     body = b"payload=%7B%7D"
@@ -178,7 +218,9 @@ def test_interactions_are_told_apart_by_team_and_trigger() -> None:
         interaction_id({"team": {"id": "T1"}, "user": {"id": "U1"}})
 
 
-@pytest.mark.parametrize("body", [b"", b"payload=not-json", b"other=1", b"payload=%7B%22type%22%3A%22block_actions%22%7D"])
+@pytest.mark.parametrize(
+    "body", [b"", b"payload=not-json", b"other=1", b"payload=%7B%22type%22%3A%22block_actions%22%7D"]
+)
 def test_bodies_that_are_not_interactions_are_refused(body: bytes) -> None:
     with pytest.raises(InteractionRefused) as refused:
         parse_payload(body)
@@ -198,14 +240,17 @@ def test_webhook_signatures_bind_secret_time_and_body() -> None:
     assert not signature_valid(b"s3cret", body, header, now + 301), "an old delivery is refused by the receiver"
 
 
-@pytest.mark.parametrize("url, allowed", [
-    ("https://agent.example.internal/hook", True),
-    ("http://127.0.0.1:8123/hook", True),
-    ("http://127.0.0.1:9999/hook", False),
-    ("https://metadata.google.internal/computeMetadata", False),
-    ("file:///etc/passwd", False),
-    ("https://agent.example.internal.evil.example/hook", False),
-])
+@pytest.mark.parametrize(
+    "url, allowed",
+    [
+        ("https://agent.example.internal/hook", True),
+        ("http://127.0.0.1:8123/hook", True),
+        ("http://127.0.0.1:9999/hook", False),
+        ("https://metadata.google.internal/computeMetadata", False),
+        ("file:///etc/passwd", False),
+        ("https://agent.example.internal.evil.example/hook", False),
+    ],
+)
 def test_webhooks_only_go_to_allowed_hosts(url: str, allowed: bool) -> None:
     assert host_allowed(url, frozenset({"agent.example.internal", "127.0.0.1:8123"})) is allowed
 
@@ -228,27 +273,50 @@ def test_a_signed_body_that_is_not_utf8_passes_the_signature_and_fails_as_malfor
     assert (refused.value.status, refused.value.error) == (400, "malformed_payload")
 
 
-CLICK = {"type": "block_actions", "team": {"id": "T1"}, "user": {"id": "U1"}, "trigger_id": "1.2",
-         "channel": {"id": "C1"}, "container": {"message_ts": "9.9"},
-         "actions": [{"action_id": slack_messages.APPROVE, "value": '{"action_id": "a", "payload_digest": "sha256:00"}', "action_ts": "9.1"}]}
+CLICK = {
+    "type": "block_actions",
+    "team": {"id": "T1"},
+    "user": {"id": "U1"},
+    "trigger_id": "1.2",
+    "channel": {"id": "C1"},
+    "container": {"message_ts": "9.9"},
+    "actions": [
+        {
+            "action_id": slack_messages.APPROVE,
+            "value": '{"action_id": "a", "payload_digest": "sha256:00"}',
+            "action_ts": "9.1",
+        }
+    ],
+}
 
 
 def test_a_well_formed_click_is_read_into_the_answer_it_carries() -> None:
     click = read_interaction(CLICK)
-    assert (click.user, click.team, click.button, click.channel, click.message_ts) == ("U1", "T1", slack_messages.APPROVE, "C1", "9.9")
+    assert (click.user, click.team, click.button, click.channel, click.message_ts) == (
+        "U1",
+        "T1",
+        slack_messages.APPROVE,
+        "C1",
+        "9.9",
+    )
     assert click.shown == {"action_id": "a", "payload_digest": "sha256:00"}
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"team": "T1"}, "team"),
-    ({"actions": {"action_id": "keyturn_approve"}}, "actions"),
-    ({"actions": ["keyturn_approve"]}, "actions"),
-    ({"channel": ["C1"]}, "channel"),
-    ({"container": 5}, "container"),
-    ({"trigger_id": {"id": 1}}, "trigger_id"),
-    ({"team": {}, "user": {"id": "U1", "team_id": 7}}, "user.team_id"),
-])
-def test_a_signed_click_whose_fields_are_not_what_slack_sends_is_refused_naming_the_field(change: dict, field: str) -> None:
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"team": "T1"}, "team"),
+        ({"actions": {"action_id": "keyturn_approve"}}, "actions"),
+        ({"actions": ["keyturn_approve"]}, "actions"),
+        ({"channel": ["C1"]}, "channel"),
+        ({"container": 5}, "container"),
+        ({"trigger_id": {"id": 1}}, "trigger_id"),
+        ({"team": {}, "user": {"id": "U1", "team_id": 7}}, "user.team_id"),
+    ],
+)
+def test_a_signed_click_whose_fields_are_not_what_slack_sends_is_refused_naming_the_field(
+    change: dict, field: str
+) -> None:
     payload = {**CLICK, **change}
     with pytest.raises(InteractionRefused) as refused:
         interaction_id(payload)
@@ -257,10 +325,13 @@ def test_a_signed_click_whose_fields_are_not_what_slack_sends_is_refused_naming_
     assert field in str(refused.value)
 
 
-@pytest.mark.parametrize("change, what", [
-    ({"message": {"ts": "8.8"}}, "container.message_ts and message.ts"),
-    ({"container": {"message_ts": "9.9", "channel_id": "C2"}}, "channel.id and container.channel_id"),
-])
+@pytest.mark.parametrize(
+    "change, what",
+    [
+        ({"message": {"ts": "8.8"}}, "container.message_ts and message.ts"),
+        ({"container": {"message_ts": "9.9", "channel_id": "C2"}}, "channel.id and container.channel_id"),
+    ],
+)
 def test_a_click_that_names_two_different_messages_is_refused(change: dict, what: str) -> None:
     with pytest.raises(InteractionRefused, match=what) as refused:
         read_interaction({**CLICK, **change})
@@ -278,25 +349,60 @@ def test_a_click_is_bound_to_its_message_wherever_slack_names_it() -> None:
 def test_a_deny_modal_is_bound_to_the_message_its_metadata_names() -> None:
     metadata = {"action_id": "a", "payload_digest": "sha256:00", "channel": "C1", "ts": "9.9"}
     modal = slack_messages.deny_modal(view(), channel="C1", message_ts="9.9")
-    assert json.loads(modal["private_metadata"]) == {**metadata, "action_id": view()["action_id"], "payload_digest": view()["payload_digest"]}
+    assert json.loads(modal["private_metadata"]) == {
+        **metadata,
+        "action_id": view()["action_id"],
+        "payload_digest": view()["payload_digest"],
+    }
     state = {"values": {slack_messages.REASON_BLOCK: {slack_messages.REASON_BLOCK: {"value": "no"}}}}
-    submitted = read_interaction({"type": "view_submission", "user": {"id": "U1", "team_id": "T1"},
-                                  "view": {"callback_id": slack_messages.DENY_MODAL, "private_metadata": json.dumps(metadata), "state": state}})
-    assert (submitted.shown["action_id"], submitted.channel, submitted.message_ts, submitted.user_team) == ("a", "C1", "9.9", "T1")
+    submitted = read_interaction(
+        {
+            "type": "view_submission",
+            "user": {"id": "U1", "team_id": "T1"},
+            "view": {
+                "callback_id": slack_messages.DENY_MODAL,
+                "private_metadata": json.dumps(metadata),
+                "state": state,
+            },
+        }
+    )
+    assert (submitted.shown["action_id"], submitted.channel, submitted.message_ts, submitted.user_team) == (
+        "a",
+        "C1",
+        "9.9",
+        "T1",
+    )
 
 
 def test_a_deny_reason_that_is_not_text_is_refused() -> None:
-    view = {"callback_id": slack_messages.DENY_MODAL, "private_metadata": '{"action_id": "a"}',
-            "state": {"values": {slack_messages.REASON_BLOCK: {slack_messages.REASON_BLOCK: {"value": ["no"]}}}}}
+    view = {
+        "callback_id": slack_messages.DENY_MODAL,
+        "private_metadata": '{"action_id": "a"}',
+        "state": {"values": {slack_messages.REASON_BLOCK: {slack_messages.REASON_BLOCK: {"value": ["no"]}}}},
+    }
     with pytest.raises(InteractionRefused, match="reason"):
         read_interaction({"type": "view_submission", "user": {"id": "U1"}, "view": view})
 
 
-@pytest.mark.parametrize("activity, where", [
-    ({}, "the activity"),
-    ({"type": "invoke", "name": "no/such/invoke", "id": "1", "channelId": "msteams", "from": {"id": "29:x"},
-      "conversation": {"id": "19:c"}, "recipient": {"id": "28:bot"}, "serviceUrl": "https://smba.invalid/"}, "invoke"),
-])
+@pytest.mark.parametrize(
+    "activity, where",
+    [
+        ({}, "the activity"),
+        (
+            {
+                "type": "invoke",
+                "name": "no/such/invoke",
+                "id": "1",
+                "channelId": "msteams",
+                "from": {"id": "29:x"},
+                "conversation": {"id": "19:c"},
+                "recipient": {"id": "28:bot"},
+                "serviceUrl": "https://smba.invalid/",
+            },
+            "invoke",
+        ),
+    ],
+)
 def test_teams_activities_the_sdk_cannot_read_are_named_before_it_answers_500(activity: dict, where: str) -> None:
     from keyturn.approval.teams import activity_problem
 
@@ -307,8 +413,19 @@ def test_teams_activities_the_sdk_cannot_read_are_named_before_it_answers_500(ac
 def test_a_teams_card_click_is_an_activity_the_sdk_reads() -> None:
     from keyturn.approval.teams import activity_problem
 
-    assert activity_problem({
-        "type": "invoke", "name": "adaptiveCard/action", "id": "1", "channelId": "msteams", "from": {"id": "29:x"},
-        "conversation": {"id": "19:c"}, "recipient": {"id": "28:bot"}, "serviceUrl": "https://smba.invalid/",
-        "value": {"action": {"type": "Action.Execute", "verb": "approve", "data": {"action_id": "a"}}},
-    }) is None
+    assert (
+        activity_problem(
+            {
+                "type": "invoke",
+                "name": "adaptiveCard/action",
+                "id": "1",
+                "channelId": "msteams",
+                "from": {"id": "29:x"},
+                "conversation": {"id": "19:c"},
+                "recipient": {"id": "28:bot"},
+                "serviceUrl": "https://smba.invalid/",
+                "value": {"action": {"type": "Action.Execute", "verb": "approve", "data": {"action_id": "a"}}},
+            }
+        )
+        is None
+    )

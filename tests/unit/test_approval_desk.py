@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,7 +19,7 @@ from keyturn.core import events
 from keyturn.core.principal import Principal, PrincipalKind
 from tests.fakes.approval_store import Broker, FakePolicyEngine, InMemoryApprovalStore
 
-OPENED = datetime(2026, 3, 4, 9, 0, tzinfo=timezone.utc)
+OPENED = datetime(2026, 3, 4, 9, 0, tzinfo=UTC)
 TTL = timedelta(minutes=10)
 TOPICS = Topics("unit", 1)
 REQUESTER = Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",))
@@ -29,7 +29,12 @@ DAVE = Principal("human:dave", PrincipalKind.HUMAN)
 BOB = Principal("human:bob", PrincipalKind.HUMAN)
 PARAMETERS = {"role": "analyst"}
 DIGEST = events.payload_digest("iam.role.grant", "iam://staging/roles/analyst", PARAMETERS)
-MEMBERS = {"human:carol": ("security",), "human:dave": ("security",), "human:alice": ("security",), "human:erin": ("oncall",)}
+MEMBERS = {
+    "human:carol": ("security",),
+    "human:dave": ("security",),
+    "human:alice": ("security",),
+    "human:erin": ("oncall",),
+}
 ERIN = Principal("human:erin", PrincipalKind.HUMAN)
 
 
@@ -56,22 +61,48 @@ class Desk:
         return [e for e in (registry().decode_event(value) for _, _, value in self.broker.sent) if isinstance(e, kind)]
 
 
-def decision(*, min_approvals: int = 1, callback_url: str | None = None, break_glass: bool = False,
-             escalation_group: str | None = None, reminder_fractions: tuple[float, ...] = ()) -> events.ActionDecided:
+def decision(
+    *,
+    min_approvals: int = 1,
+    callback_url: str | None = None,
+    break_glass: bool = False,
+    escalation_group: str | None = None,
+    reminder_fractions: tuple[float, ...] = (),
+) -> events.ActionDecided:
     action_id = str(uuid.uuid4())
     request = events.ActionRequested(
-        event_id=f"requested:{action_id}", action_id=action_id, action="iam.role.grant", resource="iam://staging/roles/analyst",
-        parameters_json=events.canonical_json(PARAMETERS), reason="onboarding", requester=REQUESTER, payload_digest=DIGEST,
-        requested_at=OPENED, callback_url=callback_url,
+        event_id=f"requested:{action_id}",
+        action_id=action_id,
+        action="iam.role.grant",
+        resource="iam://staging/roles/analyst",
+        parameters_json=events.canonical_json(PARAMETERS),
+        reason="onboarding",
+        requester=REQUESTER,
+        payload_digest=DIGEST,
+        requested_at=OPENED,
+        callback_url=callback_url,
     )
     outcome = events.DecisionOutcome.ALLOWED if break_glass else events.DecisionOutcome.NEEDS_APPROVAL
-    approvals = None if break_glass else events.ApprovalRequirement(
-        groups=(events.GroupRequirement("security", min_approvals),), pending_ttl_s=int(TTL.total_seconds()), execution_window_s=60,
-        escalation_group=escalation_group, reminder_fractions=reminder_fractions)
+    approvals = (
+        None
+        if break_glass
+        else events.ApprovalRequirement(
+            groups=(events.GroupRequirement("security", min_approvals),),
+            pending_ttl_s=int(TTL.total_seconds()),
+            execution_window_s=60,
+            escalation_group=escalation_group,
+            reminder_fractions=reminder_fractions,
+        )
+    )
     return events.ActionDecided(
-        event_id=f"decided:{action_id}", action_id=action_id, outcome=outcome,
-        provenance=events.Provenance("r", "d", DIGEST, OPENED), decided_at=OPENED, request=request,
-        approvals=approvals, break_glass=break_glass,
+        event_id=f"decided:{action_id}",
+        action_id=action_id,
+        outcome=outcome,
+        provenance=events.Provenance("r", "d", DIGEST, OPENED),
+        decided_at=OPENED,
+        request=request,
+        approvals=approvals,
+        break_glass=break_glass,
     )
 
 
@@ -81,7 +112,9 @@ async def opened(d: Desk, **kwargs) -> events.ActionDecided:
     return decided
 
 
-async def vote(d: Desk, decided: events.ActionDecided, who: Principal, choice: str = "approve", digest: str = str(DIGEST)):
+async def vote(
+    d: Desk, decided: events.ActionDecided, who: Principal, choice: str = "approve", digest: str = str(DIGEST)
+):
     return await d.desk.vote(decided.action_id, who, choice, digest, "ticket 42" if choice == "deny" else None, "cli")
 
 
@@ -106,7 +139,9 @@ async def test_an_authorised_vote_is_accepted_recorded_and_published_without_a_f
     assert result.accepted and result.status == "pending"
     assert "human:carol" in result.summary
     recorded = d.published(events.VoteRecorded)
-    assert [(r.vote.approver.id, r.accepted, r.vote.counts_for) for r in recorded] == [("human:carol", True, ("security",))]
+    assert [(r.vote.approver.id, r.accepted, r.vote.counts_for) for r in recorded] == [
+        ("human:carol", True, ("security",))
+    ]
     assert d.store.tables.outbox == []  # published once the vote committed: nobody called flush
     assert ("slack", "C0APPROVALS", "progress", "1") in d.store.queued(decided.action_id)
 
@@ -156,7 +191,8 @@ async def test_the_quorum_resolves_the_approval_once_and_later_answers_are_refus
     assert not late.accepted and late.refusal == "AlreadyResolved"
     resolved = d.published(events.ApprovalResolved)
     assert [(r.outcome, sorted(v.approver.id for v in r.votes)) for r in resolved] == [
-        (events.ResolutionOutcome.APPROVED, ["human:carol", "human:dave"])]
+        (events.ResolutionOutcome.APPROVED, ["human:carol", "human:dave"])
+    ]
     assert resolved[0].execute_before == resolved[0].resolved_at + timedelta(seconds=60)
 
 
@@ -209,7 +245,9 @@ async def test_half_way_approvers_are_reminded_once_and_the_escalation_group_may
     assert not before.accepted and before.refusal == "ApproverNotAuthorised"
     assert after.accepted and after.status == "approved"
     assert [n for n in d.store.queued(decided.action_id) if n[2] in ("reminder", "escalated")] == [
-        ("slack", "C0APPROVALS", "reminder", "0.5"), ("slack", "C0APPROVALS", "escalated", "")]
+        ("slack", "C0APPROVALS", "reminder", "0.5"),
+        ("slack", "C0APPROVALS", "escalated", ""),
+    ]
     assert len(d.published(events.ApprovalResolved)) == 1
 
 
@@ -284,7 +322,10 @@ async def test_a_database_drop_after_the_commit_keeps_the_event_for_the_next_flu
     assert result.accepted and result.status == "approved"
     assert d.broker.sent == [] and len(d.store.tables.outbox) == 2  # the vote and the resolution wait
     await d.desk.flush()  # the clock's next tick
-    assert [type(registry().decode_event(v)).__name__ for _, _, v in d.broker.sent] == ["VoteRecorded", "ApprovalResolved"]
+    assert [type(registry().decode_event(v)).__name__ for _, _, v in d.broker.sent] == [
+        "VoteRecorded",
+        "ApprovalResolved",
+    ]
     assert d.store.tables.outbox == []
 
 
@@ -319,7 +360,13 @@ async def test_a_failure_after_the_approval_opened_leaves_it_to_its_approvers() 
     decided = await opened(d)
     before = len(d.published(events.ApprovalResolved))
     await d.desk.end_failed(decided, None, RuntimeError("telling the requester failed"))
-    executed = events.ActionExecuted(event_id="executed:x", action_id=decided.action_id, outcome=events.ExecutionOutcome.SUCCEEDED,
-                                     plugin="noop", payload_digest=DIGEST, finished_at=OPENED)
+    executed = events.ActionExecuted(
+        event_id="executed:x",
+        action_id=decided.action_id,
+        outcome=events.ExecutionOutcome.SUCCEEDED,
+        plugin="noop",
+        payload_digest=DIGEST,
+        finished_at=OPENED,
+    )
     await d.desk.end_failed(executed, None, RuntimeError("webhook"))
     assert len(d.published(events.ApprovalResolved)) == before

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from keyturn.approval.channels import UnknownChatUser
-from keyturn.approval.identities import ChatAccount, email_domains, principal_by_email, principal_for, slack_account, teams_account
+from keyturn.approval.identities import (
+    ChatAccount,
+    email_domains,
+    principal_by_email,
+    principal_for,
+    slack_account,
+    teams_account,
+)
 
 DOMAINS = ("example.com", "partner.example")
 WORKSPACE = "T0ORG"
@@ -13,22 +20,46 @@ TENANT = "tenant-org"
 
 
 def slack_user(user_id: str = "U0CAROL", email: str | None = "carol@example.com", **flags) -> dict:
-    return {"id": user_id, "team_id": WORKSPACE, "deleted": False, "is_bot": False, "profile": {"email": email} if email else {}, **flags}
+    return {
+        "id": user_id,
+        "team_id": WORKSPACE,
+        "deleted": False,
+        "is_bot": False,
+        "profile": {"email": email} if email else {},
+        **flags,
+    }
 
 
 def teams_member(email: str | None = "carol@example.com", **fields) -> dict:
-    return {"id": "29:carol", "aadObjectId": "aad-carol", "email": email, "userPrincipalName": email, "tenantId": TENANT,
-            "userRole": "user", **fields}
+    return {
+        "id": "29:carol",
+        "aadObjectId": "aad-carol",
+        "email": email,
+        "userPrincipalName": email,
+        "tenantId": TENANT,
+        "userRole": "user",
+        **fields,
+    }
 
 
 def slack_principal(user: dict, user_map: dict | None = None, domains=DOMAINS, **kwargs) -> str:
-    return principal_for(slack_account(user, WORKSPACE, **kwargs), user_map or {}, domains,
-                         map_setting="KEYTURN_SLACK_USER_MAP", domains_setting="KEYTURN_SLACK_EMAIL_DOMAINS").id
+    return principal_for(
+        slack_account(user, WORKSPACE, **kwargs),
+        user_map or {},
+        domains,
+        map_setting="KEYTURN_SLACK_USER_MAP",
+        domains_setting="KEYTURN_SLACK_EMAIL_DOMAINS",
+    ).id
 
 
 def teams_principal(member: dict, user_map: dict | None = None, domains=DOMAINS, user_id: str = "29:carol") -> str:
-    return principal_for(teams_account(user_id, member.get("aadObjectId"), member, TENANT), user_map or {}, domains,
-                         map_setting="KEYTURN_TEAMS_USER_MAP", domains_setting="KEYTURN_TEAMS_EMAIL_DOMAINS").id
+    return principal_for(
+        teams_account(user_id, member.get("aadObjectId"), member, TENANT),
+        user_map or {},
+        domains,
+        map_setting="KEYTURN_TEAMS_USER_MAP",
+        domains_setting="KEYTURN_TEAMS_EMAIL_DOMAINS",
+    ).id
 
 
 # --- the email rule -------------------------------------------------------------------------------
@@ -40,15 +71,18 @@ def test_the_first_domain_is_the_organisations_own_and_other_listed_domains_keep
     assert principal_by_email("carol@partner.example", DOMAINS) == "human:carol@partner.example"
 
 
-@pytest.mark.parametrize("email", [
-    "carol@elsewhere.example",  # a domain not in the list
-    "carol@example.com.evil.example",  # the own domain as a prefix of another
-    "carol@sub.example.com",  # a subdomain is another domain
-    "carol",  # no domain at all
-    "@example.com",
-    "carol_partner.example#ext#@example.com",  # a guest's login name in the own domain
-    "human:carol@example.com",
-])
+@pytest.mark.parametrize(
+    "email",
+    [
+        "carol@elsewhere.example",  # a domain not in the list
+        "carol@example.com.evil.example",  # the own domain as a prefix of another
+        "carol@sub.example.com",  # a subdomain is another domain
+        "carol",  # no domain at all
+        "@example.com",
+        "carol_partner.example#ext#@example.com",  # a guest's login name in the own domain
+        "human:carol@example.com",
+    ],
+)
 def test_an_email_outside_the_listed_domains_or_not_a_plain_address_maps_to_nobody(email: str) -> None:
     assert principal_by_email(email, DOMAINS) is None
 
@@ -57,7 +91,9 @@ def test_with_no_domains_configured_no_email_maps_to_anyone() -> None:
     assert principal_by_email("carol@example.com", ()) is None
     with pytest.raises(UnknownChatUser, match="KEYTURN_SLACK_EMAIL_DOMAINS is empty"):
         slack_principal(slack_user(), domains=())
-    assert slack_principal(slack_user(), {"U0CAROL": "human:carol"}, domains=()) == "human:carol", "the explicit map still counts"
+    assert slack_principal(slack_user(), {"U0CAROL": "human:carol"}, domains=()) == "human:carol", (
+        "the explicit map still counts"
+    )
 
 
 def test_the_same_local_part_in_two_domains_never_makes_the_same_principal() -> None:
@@ -79,15 +115,20 @@ def test_the_explicit_map_wins_over_the_email() -> None:
 # --- Slack: who never approves ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flags, why", [
-    ({"is_restricted": True}, "is a guest"),
-    ({"is_ultra_restricted": True, "is_restricted": True}, "single-channel guest"),
-    ({"is_bot": True}, "is a bot"),
-    ({"deleted": True}, "deactivated"),
-    ({"is_stranger": True}, "external"),
-    ({"team_id": "T0PARTNER"}, "another workspace"),
-])
-def test_slack_guests_external_accounts_bots_and_deactivated_accounts_never_approve_even_when_mapped(flags, why) -> None:
+@pytest.mark.parametrize(
+    "flags, why",
+    [
+        ({"is_restricted": True}, "is a guest"),
+        ({"is_ultra_restricted": True, "is_restricted": True}, "single-channel guest"),
+        ({"is_bot": True}, "is a bot"),
+        ({"deleted": True}, "deactivated"),
+        ({"is_stranger": True}, "external"),
+        ({"team_id": "T0PARTNER"}, "another workspace"),
+    ],
+)
+def test_slack_guests_external_accounts_bots_and_deactivated_accounts_never_approve_even_when_mapped(
+    flags, why
+) -> None:
     user = slack_user(**flags)
     for user_map in ({}, {"U0CAROL": "human:carol"}):
         with pytest.raises(UnknownChatUser, match=why) as refused:
@@ -109,13 +150,16 @@ def test_a_slack_refusal_names_the_chat_account_not_a_principal() -> None:
 # --- Teams: who never approves ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fields, why", [
-    ({"userRole": "guest"}, "guest"),
-    ({"userRole": "Guest", "email": None}, "guest"),
-    ({"userPrincipalName": "carol_partner.example#EXT#@example.com"}, "external"),
-    ({"tenantId": "tenant-partner"}, "another tenant"),
-    ({"tenantId": None}, "another tenant"),
-])
+@pytest.mark.parametrize(
+    "fields, why",
+    [
+        ({"userRole": "guest"}, "guest"),
+        ({"userRole": "Guest", "email": None}, "guest"),
+        ({"userPrincipalName": "carol_partner.example#EXT#@example.com"}, "external"),
+        ({"tenantId": "tenant-partner"}, "another tenant"),
+        ({"tenantId": None}, "another tenant"),
+    ],
+)
 def test_teams_guests_and_accounts_of_other_tenants_never_approve_even_when_mapped(fields, why) -> None:
     member = teams_member(**fields)
     for user_map in ({}, {"aad-carol": "human:carol"}):
@@ -125,10 +169,14 @@ def test_teams_guests_and_accounts_of_other_tenants_never_approve_even_when_mapp
 
 
 def test_a_teams_guest_whose_email_local_part_is_an_approvers_is_refused() -> None:
-    guest = teams_member(email="carol@partner.example", userPrincipalName="carol_partner.example#EXT#@example.com", userRole="guest")
+    guest = teams_member(
+        email="carol@partner.example", userPrincipalName="carol_partner.example#EXT#@example.com", userRole="guest"
+    )
     with pytest.raises(UnknownChatUser, match="guest"):
         teams_principal(guest)
-    guest_with_own_domain_email = teams_member(email="carol@example.com", userPrincipalName="carol_example.com#EXT#@example.com")
+    guest_with_own_domain_email = teams_member(
+        email="carol@example.com", userPrincipalName="carol_example.com#EXT#@example.com"
+    )
     with pytest.raises(UnknownChatUser, match="external"):
         teams_principal(guest_with_own_domain_email)
 
@@ -142,7 +190,9 @@ def test_a_full_teams_member_from_a_domain_not_listed_is_refused_and_one_from_a_
     with pytest.raises(UnknownChatUser, match="not an address in"):
         teams_principal(teams_member(email="carol@elsewhere.example"))
     assert teams_principal(teams_member(email="carol@partner.example")) == "human:carol@partner.example"
-    assert teams_principal(teams_member(email=None, userPrincipalName="carol@example.com")) == "human:carol", "the UPN when no email"
+    assert teams_principal(teams_member(email=None, userPrincipalName="carol@example.com")) == "human:carol", (
+        "the UPN when no email"
+    )
 
 
 def test_an_account_with_nothing_to_map_by_is_refused() -> None:

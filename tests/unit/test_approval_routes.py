@@ -31,8 +31,11 @@ def wired() -> tuple[ApprovalRuntime, InMemoryApprovalStore, Broker, httpx.Async
     runtime.wire(store, FakePolicyEngine(MEMBERS)).clock = lambda: OPENED + timedelta(seconds=1)
     app = FastAPI()
     mount_routes(app, runtime.desk, Verifier)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://approval",
-                               headers={"Authorization": "Bearer human:carol"})
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://approval",
+        headers={"Authorization": "Bearer human:carol"},
+    )
     return runtime, store, broker, client
 
 
@@ -44,8 +47,16 @@ async def test_an_approval_not_open_yet_is_answered_425_with_retry_after_then_ta
         shown = await client.get(f"/v1/approvals/{decided.action_id}")
         early = await client.post(f"/v1/approvals/{decided.action_id}/votes", json=vote)
 
-        assert (shown.status_code, shown.headers["retry-after"], shown.json()["detail"]["error"]) == (425, "1", "not_open_yet")
-        assert (early.status_code, early.headers["retry-after"], early.json()["detail"]["error"]) == (425, "1", "not_open_yet")
+        assert (shown.status_code, shown.headers["retry-after"], shown.json()["detail"]["error"]) == (
+            425,
+            "1",
+            "not_open_yet",
+        )
+        assert (early.status_code, early.headers["retry-after"], early.json()["detail"]["error"]) == (
+            425,
+            "1",
+            "not_open_yet",
+        )
         assert broker.sent == []  # nothing recorded
 
         await (await runtime.desk()).take_decision(decided, registry().encode_event(decided))
@@ -53,7 +64,10 @@ async def test_an_approval_not_open_yet_is_answered_425_with_retry_after_then_ta
         taken = await client.post(f"/v1/approvals/{decided.action_id}/votes", json=vote)
 
     assert taken.status_code == 200 and taken.json()["status"] == "approved"
-    assert [type(registry().decode_event(v)).__name__ for _, _, v in broker.sent] == ["VoteRecorded", "ApprovalResolved"]
+    assert [type(registry().decode_event(v)).__name__ for _, _, v in broker.sent] == [
+        "VoteRecorded",
+        "ApprovalResolved",
+    ]
 
 
 async def test_a_refused_vote_is_published_by_the_route_without_a_flush() -> None:
@@ -61,8 +75,11 @@ async def test_a_refused_vote_is_published_by_the_route_without_a_flush() -> Non
     decided = decision()
     await (await runtime.desk()).take_decision(decided, registry().encode_event(decided))
     async with client:
-        refused = await client.post(f"/v1/approvals/{decided.action_id}/votes", headers={"Authorization": "Bearer human:bob"},
-                                    json={"choice": "approve", "payload_digest": str(DIGEST)})
+        refused = await client.post(
+            f"/v1/approvals/{decided.action_id}/votes",
+            headers={"Authorization": "Bearer human:bob"},
+            json={"choice": "approve", "payload_digest": str(DIGEST)},
+        )
 
     assert refused.status_code == 403 and refused.json()["detail"]["error"] == "ApproverNotAuthorised"
     assert [registry().decode_event(v).refusal for _, _, v in broker.sent] == ["ApproverNotAuthorised"]

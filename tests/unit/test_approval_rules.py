@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -35,7 +35,7 @@ from keyturn.core.approval import (
 from keyturn.core.events import Digest
 from keyturn.core.principal import Principal, PrincipalKind
 
-OPENED = datetime(2025, 3, 4, 9, 0, tzinfo=timezone.utc)
+OPENED = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
 TTL = timedelta(hours=1)
 DIGEST = Digest("a" * 64)
 OTHER_DIGEST = Digest("b" * 64)
@@ -490,8 +490,9 @@ def test_escalation_does_not_open_a_door_for_the_requester():
 
 
 def test_execution_deadline_is_window_after_approval():
-    outcome = cast_vote(pending(policy(("db-owners", 1), execution_window=timedelta(minutes=10))),
-                        vote(CAROL, "db-owners"), at(5))
+    outcome = cast_vote(
+        pending(policy(("db-owners", 1), execution_window=timedelta(minutes=10))), vote(CAROL, "db-owners"), at(5)
+    )
 
     assert execution_deadline(outcome.resolution, outcome.state.policy) == at(15)
 

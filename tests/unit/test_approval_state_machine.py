@@ -10,7 +10,7 @@ property is checked over every step of every sequence.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import combinations
 
 from hypothesis import given, settings
@@ -40,7 +40,7 @@ from keyturn.core.principal import Principal, PrincipalKind
 
 PROPERTY = settings(max_examples=200, deadline=None)
 
-OPENED = datetime(2025, 3, 4, 9, 0, tzinfo=timezone.utc)
+OPENED = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
 TTL = timedelta(minutes=60)
 DIGEST = Digest("a" * 64)
 OTHER_DIGEST = Digest("b" * 64)
@@ -275,9 +275,7 @@ def approved_exactly_when_quorum_holds_over_accepted_votes(scenario: Scenario, p
             assert not quorum_by_hall(state.policy, state.votes)
 
 
-def expired_only_through_expiry_at_or_after_deadline_and_never_denied(
-    scenario: Scenario, played: Played
-) -> None:
+def expired_only_through_expiry_at_or_after_deadline_and_never_denied(scenario: Scenario, played: Played) -> None:
     for transition in played:
         became_expired = transition.before.status != "expired" and transition.after.status == "expired"
         if became_expired:

@@ -38,7 +38,9 @@ def test_expired_approvals_are_counted_but_are_not_decisions():
 
 
 def test_an_approval_within_the_threshold_is_flagged_as_a_rubber_stamp():
-    assert [(s["approver"], s["action_id"], s["seconds"]) for s in STATS["rubber_stamps"]] == [("human:carol", "a-grant", 4.0)]
+    assert [(s["approver"], s["action_id"], s["seconds"]) for s in STATS["rubber_stamps"]] == [
+        ("human:carol", "a-grant", 4.0)
+    ]
     assert STATS["rubber_stamp_threshold_s"] == 10.0
     assert "decision" in STATS["notification_time"]
 
@@ -58,8 +60,22 @@ def test_a_deny_is_never_a_rubber_stamp():
 
 def test_per_approver_rates_count_accepted_votes_and_refusals_apart():
     approvers = by(STATS["approvers"], "approver")
-    assert approvers["human:carol"] == {"approver": "human:carol", "approve": 1, "deny": 0, "refused": 0,
-                                        "approve_rate": 1.0, "deny_rate": 0.0, "rubber_stamps": 1}
+    assert approvers["human:carol"] == {
+        "approver": "human:carol",
+        "approve": 1,
+        "deny": 0,
+        "refused": 0,
+        "approve_rate": 1.0,
+        "deny_rate": 0.0,
+        "rubber_stamps": 1,
+    }
     assert approvers["human:dave"]["deny_rate"] == 1.0
-    assert approvers["human:alice"] == {"approver": "human:alice", "approve": 0, "deny": 0, "refused": 1,
-                                        "approve_rate": None, "deny_rate": None, "rubber_stamps": 0}
+    assert approvers["human:alice"] == {
+        "approver": "human:alice",
+        "approve": 0,
+        "deny": 0,
+        "refused": 1,
+        "approve_rate": None,
+        "deny_rate": None,
+        "rubber_stamps": 0,
+    }

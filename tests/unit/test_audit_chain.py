@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -219,14 +219,10 @@ def test_a_forged_checkpoint_signature_is_reported():
     forged_signature = OTHER_KEY.sign(
         checkpoint_message(genuine.covers_sequence, genuine.chain_hash, genuine.key_id)
     ).hex()
-    tampered = CHAIN[:214] + [
-        rehashed(CHAIN[214], checkpoint=dataclasses.replace(genuine, signature=forged_signature))
-    ]
+    tampered = CHAIN[:214] + [rehashed(CHAIN[214], checkpoint=dataclasses.replace(genuine, signature=forged_signature))]
 
     report = verify(tampered, VERIFIER)
-    assert [(p.kind, p.sequence, p.index) for p in report.problems] == [
-        (ProblemKind.FORGED_CHECKPOINT, 214, 214)
-    ]
+    assert [(p.kind, p.sequence, p.index) for p in report.problems] == [(ProblemKind.FORGED_CHECKPOINT, 214, 214)]
     assert report.problems[0].message.startswith("checkpoint record 214 is not genuine")
     assert (report.last_checkpoint_sequence, report.unverified_tail) == (203, 11)
 
@@ -235,9 +231,7 @@ def test_a_checkpoint_signed_with_an_unknown_key_is_reported():
     intruder = CheckpointSigner(OTHER_KEY)
     genuine = CHAIN[152].checkpoint
     tampered = list(CHAIN)
-    tampered[152] = rehashed(
-        CHAIN[152], checkpoint=intruder.sign(genuine.covers_sequence, genuine.chain_hash)
-    )
+    tampered[152] = rehashed(CHAIN[152], checkpoint=intruder.sign(genuine.covers_sequence, genuine.chain_hash))
 
     report = verify(tampered, VERIFIER)
     # Replacing the record also changed its hash, which the next record's link exposes.
@@ -338,9 +332,7 @@ def test_resume_continues_the_chain_and_skips_events_recorded_before_the_restart
     published = feed(before, range(120))
     recorded_ids = [r.event_id for r in published]
 
-    after = AuditChain(SIGNER, checkpoint_every=50).resume(
-        published[-1].to_dict(), seen_event_ids=recorded_ids
-    )
+    after = AuditChain(SIGNER, checkpoint_every=50).resume(published[-1].to_dict(), seen_event_ids=recorded_ids)
     assert after.checkpoint_due  # the gap since the last checkpoint is unknown after a restart
     published.append(after.checkpoint(T0 + 500_000))
     redelivered = feed(after, range(100, 210))  # the consumer replays from an older offset
@@ -385,14 +377,12 @@ def test_payloads_are_stored_as_canonical_json():
             "payload": {
                 "z": 1,
                 "a": {"y": [1, 2], "b": "é"},
-                "at": datetime(2024, 5, 1, 12, tzinfo=timezone.utc),
+                "at": datetime(2024, 5, 1, 12, tzinfo=UTC),
                 "sealed": b"\x00\x01",
             },
         }
     )
-    assert record.payload_json == (
-        '{"a":{"b":"é","y":[1,2]},"at":1714564800000,"sealed":"AAE=","z":1}'
-    )
+    assert record.payload_json == ('{"a":{"b":"é","y":[1,2]},"at":1714564800000,"sealed":"AAE=","z":1}')
 
 
 def test_payloads_refuse_values_that_would_be_guessed_at():
@@ -449,7 +439,7 @@ def test_the_hash_is_sha256_of_the_documented_canonical_bytes():
         '"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000",'
         '"record_id":"f45b0a7b-f450-57f8-b9fa-bb29c7fca6b0",'
         '"recorded_at":1714564800005,"sequence":0,"source_topic":"keyturn.actions.decided"}'
-    ).encode("utf-8")
+    ).encode()
     assert canonical_bytes(record) == expected
     assert record.hash == hashlib.sha256(expected).hexdigest()
     # Pinned so a change to the encoding cannot slip through: it would invalidate every export.
@@ -463,9 +453,7 @@ INT_FIELDS = {"sequence", "recorded_at", "occurred_at"}
 
 def editable_fields(record: AuditRecord) -> list[str]:
     fields = [
-        name
-        for name, value in record.to_dict().items()
-        if name not in ("checkpoint", "flags") and value is not None
+        name for name, value in record.to_dict().items() if name not in ("checkpoint", "flags") and value is not None
     ]
     if record.checkpoint is not None:
         fields += [f"checkpoint.{name}" for name in record.checkpoint.to_dict()]

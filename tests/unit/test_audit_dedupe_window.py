@@ -28,9 +28,7 @@ def test_a_restarted_chain_drops_events_redelivered_within_its_window():
     published += redelivered
     published.append(after.checkpoint(T0 + 3_000_000))
 
-    assert [r.event_id for r in redelivered if not r.is_checkpoint] == [
-        event(n)["event_id"] for n in range(1000, 1100)
-    ]
+    assert [r.event_id for r in redelivered if not r.is_checkpoint] == [event(n)["event_id"] for n in range(1000, 1100)]
     assert max(Counter(r.event_id for r in published).values()) == 1
     report = verify(published, VERIFIER, require_checkpoint_at_end=True)
     assert report.ok, report.summary()

@@ -203,13 +203,13 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_defused():
         occurred_at=T0,
         payload={},
         now=T0,
-        actor="=HYPERLINK(\"http://evil\")",
+        actor='=HYPERLINK("http://evil")',
     )
     file = io.StringIO(newline="")
     write_csv([record], file)
 
     row = next(csv.DictReader(io.StringIO(file.getvalue(), newline="")))
-    assert row["actor"] == "'=HYPERLINK(\"http://evil\")"
+    assert row["actor"] == '\'=HYPERLINK("http://evil")'
 
 
 def test_parquet_export_says_how_to_get_pyarrow_when_it_is_missing(tmp_path):
@@ -250,14 +250,16 @@ def test_checkpoints_signed_with_a_key_file_verify_with_its_public_key_file(tmp_
     signer = load_signer(tmp_path / "audit-checkpoint.pem")
     write_public_key(signer.public_key, tmp_path / "audit-checkpoint.pub.pem")
     chain = AuditChain(signer)
-    records = [chain.append(
-        event_id="keyturn.actions.requested:act-1:ActionRequested",
-        event_type="ActionRequested",
-        source_topic="keyturn.actions.requested",
-        occurred_at=T0,
-        payload={},
-        now=T0,
-    )]
+    records = [
+        chain.append(
+            event_id="keyturn.actions.requested:act-1:ActionRequested",
+            event_type="ActionRequested",
+            source_topic="keyturn.actions.requested",
+            occurred_at=T0,
+            payload={},
+            now=T0,
+        )
+    ]
     records.append(chain.checkpoint(T0 + 1))
 
     verifier = load_verifier([tmp_path / "audit-checkpoint.pub.pem"])
@@ -268,8 +270,10 @@ def test_checkpoints_signed_with_a_key_file_verify_with_its_public_key_file(tmp_
 
 def test_every_record_stays_one_line_whatever_its_text_holds() -> None:
     # refusals record what callers sent (masked): any character may reach the audit
-    odd = [dataclasses.replace(record, payload_json=record.payload_json.replace("}", ',"x":"a\u2028b\u2029c\x85d"}', 1))
-           for record in CHAIN[:5]]
+    odd = [
+        dataclasses.replace(record, payload_json=record.payload_json.replace("}", ',"x":"a\u2028b\u2029c\x85d"}', 1))
+        for record in CHAIN[:5]
+    ]
     file = io.StringIO()
     write_jsonl(odd, file)
     assert len(file.getvalue().splitlines()) == len(odd)

@@ -31,11 +31,20 @@ def test_the_same_answer_is_no_change():
 
 
 def test_a_different_outcome_or_other_approvers_is_a_change():
-    read = compare(BY_ACTION["a-read"], {"outcome": "needs_approval", "reasons": ["reads need approval now"],
-                                         "approvals": {"groups": [{"name": "data-owners", "min": 1}]}, "rules": ["reads.x"]})
+    read = compare(
+        BY_ACTION["a-read"],
+        {
+            "outcome": "needs_approval",
+            "reasons": ["reads need approval now"],
+            "approvals": {"groups": [{"name": "data-owners", "min": 1}]},
+            "rules": ["reads.x"],
+        },
+    )
     assert read is not None and read.outcome == "needs_approval" and read.groups == (("data-owners", 1),)
     assert read.reasons == ("reads need approval now",)
-    stricter = compare(BY_ACTION["a-grant"], {"outcome": "needs_approval", "approvals": {"groups": [{"name": "security", "min": 2}]}})
+    stricter = compare(
+        BY_ACTION["a-grant"], {"outcome": "needs_approval", "approvals": {"groups": [{"name": "security", "min": 2}]}}
+    )
     assert stricter is not None and stricter.groups == (("security", 2),)
 
 
@@ -51,6 +60,10 @@ def test_the_report_counts_changes_by_action_type_and_transition():
         report.add(decision, compare(decision, answer))
     result = report.to_dict()
     assert result["evaluated"] == 5 and result["changed"] == 3
-    assert result["by_action"]["iam.role.grant"] == {"evaluated": 3, "changed": 3, "transitions": {"needs_approval -> denied": 3}}
+    assert result["by_action"]["iam.role.grant"] == {
+        "evaluated": 3,
+        "changed": 3,
+        "transitions": {"needs_approval -> denied": 3},
+    }
     assert result["by_action"]["read.table"] == {"evaluated": 1, "changed": 0, "transitions": {}}
     assert [c["action_id"] for c in result["changes"]] == ["a-grant", "a-slow", "a-lapsed"]

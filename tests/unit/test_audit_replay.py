@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -84,7 +84,11 @@ def test_time_range_is_by_occurred_at_since_inclusive_until_exclusive():
 
 def test_dead_letters_and_checkpoints_stay_in_unfiltered_replays_but_not_in_action_replays():
     assert {"DeadLetter", "Checkpoint"} <= {r.event_type for r in replay(since=to_millis(at(0)))}
-    assert {r.event_type for r in replay(action_ids={"a-read"})} == {"ActionRequested", "ActionDecided", "ActionExecuted"}
+    assert {r.event_type for r in replay(action_ids={"a-read"})} == {
+        "ActionRequested",
+        "ActionDecided",
+        "ActionExecuted",
+    }
 
 
 def test_an_unknown_outcome_or_an_empty_range_is_refused():
@@ -95,7 +99,7 @@ def test_an_unknown_outcome_or_an_empty_range_is_refused():
 
 
 def test_times_are_iso_dates_or_durations_ago():
-    now = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
     assert parse_instant("2026-03-02T09:00:00Z") == to_millis(at(0))
     assert parse_instant("2026-03-02T09:00:00") == to_millis(at(0))  # no zone means UTC
     assert parse_instant("2026-03-02T10:00:00+01:00") == to_millis(at(0))
@@ -108,7 +112,12 @@ def test_times_are_iso_dates_or_durations_ago():
 def test_a_timeline_says_who_when_what_why_and_which_policy_revision():
     steps = timeline(RECORDS, "a-grant")
     assert [s.event_type for s in steps] == [
-        "ActionRequested", "ActionDecided", "VoteRecorded", "VoteRecorded", "ApprovalResolved", "ActionExecuted",
+        "ActionRequested",
+        "ActionDecided",
+        "VoteRecorded",
+        "VoteRecorded",
+        "ApprovalResolved",
+        "ActionExecuted",
     ]
     requested, decided, refused, approved, resolved, executed = steps
     assert requested.who == "agent:reporter for human:alice"

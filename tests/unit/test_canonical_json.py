@@ -9,7 +9,7 @@ audit chain written by the chain writer as it was before canonical JSON became o
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -30,14 +30,36 @@ T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z
 AUDIT_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 KINDS = ("ActionRequested", "ActionDecided", "ApprovalResolved", "ActionExecuted")
 PAYLOADS = [
-    {"action_id": "act-0001", "parameters": {"query": "SELECT 1", "note": "café ✓ 日本", "limit": 10, "ratio": 0.25,
-                                             "ok": True, "none": None}},
-    {"action_id": "act-0001", "outcome": "needs_approval",
-     "reasons": ["tab\there", "line\nbreak", 'quote" back\\slash', "\u0001ctl", "\u2028sep"]},
-    {"action_id": "act-0001", "at": datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=timezone.utc),
-     "sealed": b"\x00\x01\xff", "groups": ("dba", "security")},
-    {"action_id": "act-0002", "big": 2**53 - 1, "neg": -17, "float": 1e-7, "exp": 1.5e300,
-     "nested": {"z": [], "a": {}}},
+    {
+        "action_id": "act-0001",
+        "parameters": {
+            "query": "SELECT 1",
+            "note": "café ✓ 日本",
+            "limit": 10,
+            "ratio": 0.25,
+            "ok": True,
+            "none": None,
+        },
+    },
+    {
+        "action_id": "act-0001",
+        "outcome": "needs_approval",
+        "reasons": ["tab\there", "line\nbreak", 'quote" back\\slash', "\u0001ctl", "\u2028sep"],
+    },
+    {
+        "action_id": "act-0001",
+        "at": datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC),
+        "sealed": b"\x00\x01\xff",
+        "groups": ("dba", "security"),
+    },
+    {
+        "action_id": "act-0002",
+        "big": 2**53 - 1,
+        "neg": -17,
+        "float": 1e-7,
+        "exp": 1.5e300,
+        "nested": {"z": [], "a": {}},
+    },
     {"action_id": "act-0002", "emoji": "\U0001f512", "empty": ""},
     '{"action_id":"act-0002","from":"text","b":1,"a":2}',
     {"action_id": "act-0003"},
@@ -47,8 +69,12 @@ DOCUMENT = {
     "action": "read.sql",
     "resource": "postgres://staging/analytics/orders",
     "parameters": {
-        "query": "SELECT id FROM customers WHERE region = 'eu'", "note": "café ✓", "limit": 1000, "ratio": 0.5,
-        "flags": [True, False, None], "nested": {"b": [1, {"d": "é", "c": None}], "a": "\u0007"},
+        "query": "SELECT id FROM customers WHERE region = 'eu'",
+        "note": "café ✓",
+        "limit": 1000,
+        "ratio": 0.5,
+        "flags": [True, False, None],
+        "nested": {"b": [1, {"d": "é", "c": None}], "a": "\u0007"},
     },
 }
 DOCUMENT_JSON = (
@@ -81,13 +107,19 @@ def _chain_of_the_golden_events() -> list[dict]:
     records = []
     for n, payload in enumerate(PAYLOADS):
         kind = KINDS[n % 4]
-        records.append(chain.append(
-            event_id=f"keyturn.test:{n}:{kind}", event_type=kind, source_topic="keyturn.test",
-            occurred_at=T0 + 1000 * n, payload=payload, now=T0 + 1000 * n + 7,
-            action_id=payload["action_id"] if isinstance(payload, dict) else "act-0002",
-            actor="human:alice" if kind == "ApprovalResolved" else "agent:reporter",
-            flags=["break_glass", "mandatory_review"] if n == 2 else [],
-        ))
+        records.append(
+            chain.append(
+                event_id=f"keyturn.test:{n}:{kind}",
+                event_type=kind,
+                source_topic="keyturn.test",
+                occurred_at=T0 + 1000 * n,
+                payload=payload,
+                now=T0 + 1000 * n + 7,
+                action_id=payload["action_id"] if isinstance(payload, dict) else "act-0002",
+                actor="human:alice" if kind == "ApprovalResolved" else "agent:reporter",
+                flags=["break_glass", "mandatory_review"] if n == 2 else [],
+            )
+        )
         if chain.checkpoint_due:
             records.append(chain.checkpoint(T0 + 1000 * n + 9))
     records.append(chain.checkpoint(T0 + 99_000))
@@ -95,8 +127,9 @@ def _chain_of_the_golden_events() -> list[dict]:
 
 
 def test_an_audit_chain_written_before_still_verifies():
-    report = verify(_golden_records(), CheckpointVerifier.from_keys([AUDIT_KEY.public_key()]),
-                    require_checkpoint_at_end=True)
+    report = verify(
+        _golden_records(), CheckpointVerifier.from_keys([AUDIT_KEY.public_key()]), require_checkpoint_at_end=True
+    )
     assert report.ok, report.summary()
     assert report.records_checked == 10 and report.last_checkpoint_sequence == 9
 
@@ -114,8 +147,9 @@ def test_parameters_sealed_before_still_open_and_seal_to_the_same_bytes(monkeypa
     opened = open_sealed(SEALED, action_id="act-golden", payload_digest=DOCUMENT_DIGEST, keyring=SEAL_KEYRING)
     assert opened == DOCUMENT["parameters"]
     monkeypatch.setattr("keyturn.masking.sealing.secrets.token_bytes", lambda n: SEALED.nonce)
-    again = seal_parameters(DOCUMENT["parameters"], action_id="act-golden", payload_digest=DOCUMENT_DIGEST,
-                            keyring=SEAL_KEYRING)
+    again = seal_parameters(
+        DOCUMENT["parameters"], action_id="act-golden", payload_digest=DOCUMENT_DIGEST, keyring=SEAL_KEYRING
+    )
     assert again == SEALED
 
 
@@ -131,8 +165,9 @@ JSON_VALUES = st.recursive(
 def test_json_values_keep_the_spelling_digests_and_seals_were_made_with(value):
     """Payload digests, policy input and seals are computed over JSON values (parsed JSON): for
     those, canonical JSON is exactly this spelling, as it has always been."""
-    assert canonical_json(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                                               allow_nan=False)
+    assert canonical_json(value) == json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def test_keys_that_are_not_strings_are_refused_rather_than_guessed_at():

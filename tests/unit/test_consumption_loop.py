@@ -36,8 +36,12 @@ def letters(send) -> list[DeadLetter]:
 async def test_events_of_one_key_are_handled_in_order_while_other_keys_go_on() -> None:
     publisher, _ = fake_publisher("policy")
     topic = publisher.topics.requested
-    batch = [record(topic, 0, requested("a1")), record(topic, 1, requested("b1"), key="b"),
-             record(topic, 2, requested("a1"), key="a1"), record(topic, 3, requested("b2"), key="b")]
+    batch = [
+        record(topic, 0, requested("a1")),
+        record(topic, 1, requested("b1"), key="b"),
+        record(topic, 2, requested("a1"), key="a1"),
+        record(topic, 3, requested("b2"), key="b"),
+    ]
     batch[0].key = batch[2].key = b"a"
     seen: list[tuple[str, int]] = []
     first_a_may_finish = asyncio.Event()
@@ -113,13 +117,17 @@ async def test_an_event_of_a_type_that_does_not_belong_on_the_topic_is_dead_lett
         raise AssertionError("a request is not a decision")
 
     from keyturn.core.events import ActionDecided
+
     await run(source, Stage(publisher, (ActionDecided,), handle=handle))
     assert [letter.error_type for letter in letters(send)] == ["unexpected_type"]
 
 
 async def test_a_non_transient_failure_is_dead_lettered_and_the_stage_ends_the_action() -> None:
     publisher, send = fake_publisher("policy")
-    batch = [record(publisher.topics.requested, 0, requested("a1")), record(publisher.topics.requested, 1, requested("a2"))]
+    batch = [
+        record(publisher.topics.requested, 0, requested("a1")),
+        record(publisher.topics.requested, 1, requested("a2")),
+    ]
     ended: list[tuple[str, str]] = []
 
     async def handle(event, message) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import (
@@ -29,7 +29,7 @@ from keyturn.core.execution import (
 )
 from keyturn.core.principal import Principal, PrincipalKind
 
-NOW = datetime(2025, 3, 4, 9, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
 PARAMETERS = {"statement": "SELECT * FROM orders", "max_rows": 10}
 REPORTER = Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",))
 FRANK = Principal("human:frank", PrincipalKind.HUMAN)
@@ -37,23 +37,43 @@ FRANK = Principal("human:frank", PrincipalKind.HUMAN)
 
 def request(parameters: dict = PARAMETERS) -> ActionRequested:
     return ActionRequested(
-        event_id="requested:a1", action_id="a1", action="sql.query", resource="postgres://staging/analytics",
-        parameters_json=canonical_json(parameters), reason="test", requester=REPORTER,
-        payload_digest=payload_digest("sql.query", "postgres://staging/analytics", parameters), requested_at=NOW,
+        event_id="requested:a1",
+        action_id="a1",
+        action="sql.query",
+        resource="postgres://staging/analytics",
+        parameters_json=canonical_json(parameters),
+        reason="test",
+        requester=REPORTER,
+        payload_digest=payload_digest("sql.query", "postgres://staging/analytics", parameters),
+        requested_at=NOW,
     )
 
 
 def decided(outcome: DecisionOutcome = DecisionOutcome.ALLOWED, parameters: dict = PARAMETERS) -> ActionDecided:
-    approvals = ApprovalRequirement((GroupRequirement("db-owners"),), 3600, 900) if outcome is DecisionOutcome.NEEDS_APPROVAL else None
+    approvals = (
+        ApprovalRequirement((GroupRequirement("db-owners"),), 3600, 900)
+        if outcome is DecisionOutcome.NEEDS_APPROVAL
+        else None
+    )
     return ActionDecided(
-        event_id="decided:a1", action_id="a1", outcome=outcome,
-        provenance=Provenance("rev", "dec", Digest("0" * 64), NOW), decided_at=NOW, request=request(parameters),
-        approvals=approvals, credential_ttl_s=300,
+        event_id="decided:a1",
+        action_id="a1",
+        outcome=outcome,
+        provenance=Provenance("rev", "dec", Digest("0" * 64), NOW),
+        decided_at=NOW,
+        request=request(parameters),
+        approvals=approvals,
+        credential_ttl_s=300,
     )
 
 
-def approved(*, votes_digest: Digest | None = None, resolved_at: datetime = NOW, outcome: ResolutionOutcome = ResolutionOutcome.APPROVED,
-             votes: tuple[Vote, ...] | None = None) -> ApprovalResolved:
+def approved(
+    *,
+    votes_digest: Digest | None = None,
+    resolved_at: datetime = NOW,
+    outcome: ResolutionOutcome = ResolutionOutcome.APPROVED,
+    votes: tuple[Vote, ...] | None = None,
+) -> ApprovalResolved:
     decision = decided(DecisionOutcome.NEEDS_APPROVAL)
     digest = votes_digest or decision.request.payload_digest
     if votes is None:
@@ -97,7 +117,9 @@ def test_the_window_the_approval_service_computed_wins() -> None:
 
 def test_a_vote_cast_on_other_parameters_is_drift() -> None:
     order = order_from(approved(votes_digest=Digest("f" * 64)))
-    assert refusal_reason(order, NOW, PARAMETERS) == "parameters drifted: human:frank approved a different payload digest"
+    assert (
+        refusal_reason(order, NOW, PARAMETERS) == "parameters drifted: human:frank approved a different payload digest"
+    )
 
 
 def test_an_approval_without_an_approving_vote_is_refused() -> None:
@@ -115,11 +137,19 @@ def test_parameters_that_do_not_hash_to_the_approved_digest_are_refused() -> Non
 
 def test_a_large_result_becomes_a_row_count_and_the_first_rows() -> None:
     rows = [{"id": n} for n in range(120)]
-    assert capped_result({"row_count": 120, "rows": rows}, 50) == {"row_count": 120, "rows": rows[:50], "truncated": True}
+    assert capped_result({"row_count": 120, "rows": rows}, 50) == {
+        "row_count": 120,
+        "rows": rows[:50],
+        "truncated": True,
+    }
 
 
 def test_a_small_result_is_kept_whole_and_says_so() -> None:
-    assert capped_result({"row_count": 2, "rows": [{"id": 1}, {"id": 2}]}, 50) == {"row_count": 2, "rows": [{"id": 1}, {"id": 2}], "truncated": False}
+    assert capped_result({"row_count": 2, "rows": [{"id": 1}, {"id": 2}]}, 50) == {
+        "row_count": 2,
+        "rows": [{"id": 1}, {"id": 2}],
+        "truncated": False,
+    }
 
 
 def test_a_row_count_larger_than_the_rows_sent_marks_the_result_truncated() -> None:

@@ -19,10 +19,19 @@ def shaper() -> ResultShaper:
 
 
 def test_rows_are_capped_and_masked_by_name_by_content_and_by_the_decisions_mask(shaper: ResultShaper) -> None:
-    rows = [{"id": n, "email": f"user{n}@example.com", "api_key": f"k{n}", "connection_string": f"db{n}", "city": "Lyon"} for n in range(10)]
+    rows = [
+        {"id": n, "email": f"user{n}@example.com", "api_key": f"k{n}", "connection_string": f"db{n}", "city": "Lyon"}
+        for n in range(10)
+    ]
     shaped = shaper.shape({"row_count": 10, "rows": rows}, ("parameters.connection_string",))
     assert shaped["row_count"] == 10 and shaped["truncated"] is True and len(shaped["rows"]) == 3
-    assert shaped["rows"][0] == {"id": 0, "email": "<EMAIL_ADDRESS>", "api_key": "<SECRET>", "connection_string": "<SECRET>", "city": "Lyon"}
+    assert shaped["rows"][0] == {
+        "id": 0,
+        "email": "<EMAIL_ADDRESS>",
+        "api_key": "<SECRET>",
+        "connection_string": "<SECRET>",
+        "city": "Lyon",
+    }
 
 
 def test_a_failure_reason_quoting_data_is_masked(shaper: ResultShaper) -> None:
@@ -54,10 +63,20 @@ def test_database_values_become_readable_json() -> None:
     import decimal
     import uuid
 
-    value = {"at": dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), "amount": decimal.Decimal("10.50"),
-             "blob": b"\x00\x01", "id": uuid.UUID(int=1), "tags": ("a", "b")}
-    assert jsonable(value) == {"at": "2025-01-02T03:04:05+00:00", "amount": "10.50", "blob": {"base64": "AAE="},
-                               "id": "00000000-0000-0000-0000-000000000001", "tags": ["a", "b"]}
+    value = {
+        "at": dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        "amount": decimal.Decimal("10.50"),
+        "blob": b"\x00\x01",
+        "id": uuid.UUID(int=1),
+        "tags": ("a", "b"),
+    }
+    assert jsonable(value) == {
+        "at": "2025-01-02T03:04:05+00:00",
+        "amount": "10.50",
+        "blob": {"base64": "AAE="},
+        "id": "00000000-0000-0000-0000-000000000001",
+        "tags": ["a", "b"],
+    }
 
 
 class _PassThrough:

@@ -17,7 +17,7 @@ from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_sh
     [
         ("SELECT * FROM orders", ("orders",)),
         ("select id from sales.orders o join customers c on o.c = c.id", ("sales.orders", "customers")),
-        ("SELECT * FROM a, b x, \"Odd Name\" WHERE a.id IN (SELECT id FROM c)", ("a", "b", '"Odd Name"', "c")),
+        ('SELECT * FROM a, b x, "Odd Name" WHERE a.id IN (SELECT id FROM c)', ("a", "b", '"Odd Name"', "c")),
         ("SELECT * FROM a JOIN b ON a.id = b.id, c", ("a", "b", "c")),
         ("SELECT * FROM generate_series(1, 3) g, orders", ("orders",)),
         ("SELECT extract(year FROM created_at), x IS DISTINCT FROM y FROM events", ("events",)),
@@ -48,12 +48,24 @@ def test_keywords_inside_strings_and_comments_count_for_nothing() -> None:
         ("INSERT INTO archive SELECT * FROM orders", "archive", "INSERT", ("orders",)),
         ("INSERT INTO marks (note) VALUES ('x') RETURNING id", "marks", "INSERT", ("marks",)),
         ("UPDATE accounts SET balance = 0 WHERE id = 1", "accounts", "UPDATE", ("accounts",)),
-        ("UPDATE ONLY accounts a SET x = l.x FROM limits l WHERE l.id = a.id", "accounts", "UPDATE", ("accounts", "limits")),
+        (
+            "UPDATE ONLY accounts a SET x = l.x FROM limits l WHERE l.id = a.id",
+            "accounts",
+            "UPDATE",
+            ("accounts", "limits"),
+        ),
         ("DELETE FROM sessions USING users u WHERE u.id = sessions.uid", "sessions", "DELETE", ("sessions", "users")),
-        ("WITH old AS (SELECT id FROM sessions) DELETE FROM sessions WHERE id IN (SELECT id FROM old)", "sessions", "DELETE", ("sessions",)),
+        (
+            "WITH old AS (SELECT id FROM sessions) DELETE FROM sessions WHERE id IN (SELECT id FROM old)",
+            "sessions",
+            "DELETE",
+            ("sessions",),
+        ),
     ],
 )
-def test_a_write_names_its_target_and_what_it_reads(statement: str, target: str, privilege: str, reads: tuple[str, ...]) -> None:
+def test_a_write_names_its_target_and_what_it_reads(
+    statement: str, target: str, privilege: str, reads: tuple[str, ...]
+) -> None:
     shape = statement_shape(statement)
     assert (shape.kind, shape.write_target, shape.write_privilege) == ("write", target, privilege)
     assert shape.reads == tuple(sorted(reads))

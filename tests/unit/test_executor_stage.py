@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from keyturn.bus import loop
 from keyturn.bus.codec import registry
@@ -52,12 +52,20 @@ class Recording:
         return {"revoked": True}
 
 
-def executor_with(plugin: Recording, ledger: FakeLedger | None = None, *, timeout_s: float = 5.0) -> tuple[Executor, FakeLedger]:
+def executor_with(
+    plugin: Recording, ledger: FakeLedger | None = None, *, timeout_s: float = 5.0
+) -> tuple[Executor, FakeLedger]:
     ledger = ledger or FakeLedger()
     publisher, _ = fake_publisher("executor")
     shaper = ResultShaper(100, masker=PlainText())
-    return Executor(ledger, PluginRegistry({"read": plugin}), parameter_opener(KEYRING), publisher.encode, shaper,
-                    timeout_s=timeout_s), ledger
+    return Executor(
+        ledger,
+        PluginRegistry({"read": plugin}),
+        parameter_opener(KEYRING),
+        publisher.encode,
+        shaper,
+        timeout_s=timeout_s,
+    ), ledger
 
 
 def decoded(encoded: bytes):
@@ -81,7 +89,9 @@ async def test_parameters_that_do_not_match_the_approved_digest_are_refused_befo
     executor, _ = executor_with(plugin)
     decision = allowed("a1")
     other = allowed("a1", parameters={"statement": "DROP TABLE orders"})
-    tampered = dataclasses.replace(decision, request=dataclasses.replace(decision.request, sealed_parameters=other.request.sealed_parameters))
+    tampered = dataclasses.replace(
+        decision, request=dataclasses.replace(decision.request, sealed_parameters=other.request.sealed_parameters)
+    )
     outcome, encoded = await executor.execute(ExecutionOrder(tampered))
     assert outcome is ExecutionOutcome.FAILED
     assert decoded(encoded).error.startswith("refused before execution")
@@ -99,7 +109,7 @@ async def test_a_plugin_past_its_time_limit_ends_outcome_unknown() -> None:
 async def test_an_order_started_by_an_executor_that_died_is_never_run_again() -> None:
     plugin = Recording()
     ledger = FakeLedger()
-    await ledger.start("a1", datetime(2026, 12, 4, 8, 0, tzinfo=timezone.utc), plugin="recording")  # then it crashed
+    await ledger.start("a1", datetime(2026, 12, 4, 8, 0, tzinfo=UTC), plugin="recording")  # then it crashed
     executor, _ = executor_with(plugin, ledger)
     outcome, encoded = await executor.execute(ExecutionOrder(allowed("a1")))
     assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
@@ -120,13 +130,17 @@ async def test_an_order_the_executor_fails_on_before_starting_ends_failed_and_ne
     monkeypatch.setattr(executor, "execute", fails_before_the_ledger)
     decision = allowed("a1")
     source = ListSource([[Record("unit.actions.decided", 0, 3, b"a1", registry().encode_event(decision))]])
-    await run(source, Stage(publisher, (ActionDecided, ApprovalResolved), handle=stage.execute, on_failure=stage.on_failure))
+    await run(
+        source, Stage(publisher, (ActionDecided, ApprovalResolved), handle=stage.execute, on_failure=stage.on_failure)
+    )
     [executed] = send.events("unit.actions.executed")
     assert executed.outcome is ExecutionOutcome.FAILED and "executor_error" in executed.error
     assert [e.error_type for e in send.events("unit.dlq") if isinstance(e, DeadLetter)] == ["handler_failed"]
     assert plugin.runs == []
     monkeypatch.undo()
-    assert (await executor.execute(ExecutionOrder(decision)))[0] is ExecutionOutcome.FAILED  # redelivered: the outcome stands
+    assert (await executor.execute(ExecutionOrder(decision)))[
+        0
+    ] is ExecutionOutcome.FAILED  # redelivered: the outcome stands
     assert plugin.runs == []
 
 
@@ -134,7 +148,7 @@ async def test_an_order_the_executor_fails_on_after_starting_ends_outcome_unknow
     plugin = Recording()
     executor, ledger = executor_with(plugin)
     order = ExecutionOrder(allowed("a1"))
-    await ledger.start("a1", datetime.now(timezone.utc), plugin="recording")  # the failed attempt had started it
+    await ledger.start("a1", datetime.now(UTC), plugin="recording")  # the failed attempt had started it
     outcome, encoded = await executor.end_failed(order, RuntimeError("lost while recording"))
     assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
     assert "may have had effects" in decoded(encoded).error

@@ -10,26 +10,32 @@ from psycopg_pool import PoolTimeout
 from keyturn.faults import is_transient, until_done
 
 
-@pytest.mark.parametrize("exc", [
-    psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
-    psycopg.OperationalError("the connection is closed"),
-    PoolTimeout("couldn't get a connection after 30.00 sec"),
-    KafkaConnectionError("Connection at 127.0.0.1:9092 closed"),
-    NotLeaderForPartitionError(),
-    ConnectionResetError(),
-    asyncio.TimeoutError(),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
+        psycopg.OperationalError("the connection is closed"),
+        PoolTimeout("couldn't get a connection after 30.00 sec"),
+        KafkaConnectionError("Connection at 127.0.0.1:9092 closed"),
+        NotLeaderForPartitionError(),
+        ConnectionResetError(),
+        TimeoutError(),
+    ],
+)
 def test_server_restarts_are_transient(exc):
     assert is_transient(exc)
 
 
-@pytest.mark.parametrize("exc", [
-    psycopg.errors.UniqueViolation("duplicate key"),
-    psycopg.errors.UndefinedTable("relation does not exist"),
-    MessageSizeTooLargeError(),
-    KeyError("action_id"),
-    ValueError("bad value"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        psycopg.errors.UniqueViolation("duplicate key"),
+        psycopg.errors.UndefinedTable("relation does not exist"),
+        MessageSizeTooLargeError(),
+        KeyError("action_id"),
+        ValueError("bad value"),
+    ],
+)
 def test_faults_of_the_work_are_not(exc):
     assert not is_transient(exc)
 

@@ -141,9 +141,7 @@ def test_rsa_keys_from_an_identity_provider_are_accepted():
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private_key.public_key()))
     jwk["kid"] = "idp-2024"
-    token = jwt.encode(
-        standard_claims(), private_key, algorithm="RS256", headers={"kid": "idp-2024"}
-    )
+    token = jwt.encode(standard_claims(), private_key, algorithm="RS256", headers={"kid": "idp-2024"})
 
     verifier = TokenVerifier({"keys": [jwk]}, issuer=ISSUER, audience=AUDIENCE)
 
@@ -207,9 +205,7 @@ def test_unknown_kid_is_refused(key, verifier):
 
 def test_token_without_kid_is_refused_when_the_jwks_has_several_keys(key):
     other = SigningKey.generate()
-    verifier = TokenVerifier(
-        {"keys": [key.public_jwk(), other.public_jwk()]}, issuer=ISSUER, audience=AUDIENCE
-    )
+    verifier = TokenVerifier({"keys": [key.public_jwk(), other.public_jwk()]}, issuer=ISSUER, audience=AUDIENCE)
     token = jwt.encode(standard_claims(), key.private_key, algorithm="ES256")
 
     assert refusal(verifier, token).code == "missing_kid"
@@ -223,9 +219,7 @@ def test_token_without_kid_is_accepted_when_the_jwks_has_one_key(key, verifier):
 
 def test_token_signed_by_another_key_under_the_published_kid_is_refused(key, verifier):
     impostor = SigningKey.generate()
-    token = jwt.encode(
-        standard_claims(), impostor.private_key, algorithm="ES256", headers={"kid": key.kid}
-    )
+    token = jwt.encode(standard_claims(), impostor.private_key, algorithm="ES256", headers={"kid": key.kid})
 
     assert refusal(verifier, token).code == "bad_signature"
 
@@ -389,10 +383,7 @@ def test_token_from_a_reloaded_key_verifies_against_the_first_jwks(tmp_path):
 
 def test_services_starting_together_share_one_key(tmp_path):
     kids: list[str] = []
-    threads = [
-        threading.Thread(target=lambda: kids.append(load_or_create_signing_key(tmp_path).kid))
-        for _ in range(8)
-    ]
+    threads = [threading.Thread(target=lambda: kids.append(load_or_create_signing_key(tmp_path).kid)) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -483,9 +474,7 @@ def test_jwks_entries_that_cannot_verify_signatures_are_ignored(key):
         {"kty": "EC", "crv": "P-256", "kid": "broken"},
         "not-a-key",
     ]
-    verifier = TokenVerifier(
-        {"keys": [*unusable, key.public_jwk()]}, issuer=ISSUER, audience=AUDIENCE
-    )
+    verifier = TokenVerifier({"keys": [*unusable, key.public_jwk()]}, issuer=ISSUER, audience=AUDIENCE)
     without_kid = jwt.encode(standard_claims(), key.private_key, algorithm="ES256")
 
     assert verifier.verify(without_kid).id == "agent:reporter"
@@ -503,7 +492,6 @@ class _JwksServer(JsonPeer):
         self.document = document
         super().__init__(lambda method, path, body: (200, self.document))
         self.url = f"{self.url}/.well-known/jwks.json"
-
 
 
 @pytest.fixture
@@ -585,6 +573,4 @@ def test_settings_with_a_jwks_url_use_it(tmp_path, key, jwks_server):
 
 def test_settings_with_both_url_and_file_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not both"):
-        verifier_from_settings(
-            "https://idp.example/jwks", str(tmp_path / "j.json"), Path(tmp_path), ISSUER, AUDIENCE
-        )
+        verifier_from_settings("https://idp.example/jwks", str(tmp_path / "j.json"), Path(tmp_path), ISSUER, AUDIENCE)

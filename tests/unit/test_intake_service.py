@@ -34,9 +34,16 @@ SECRET = "hunter2-Pa55w0rd!"
 
 
 def submission(**changes) -> ActionSubmission:
-    return ActionSubmission(**{"action": "db.export", "resource": "postgres://staging/analytics/orders",
-                               "parameters": {"table": "orders", "password": SECRET}, "reason": "quarterly report",
-                               "idempotency_key": "k1", **changes})
+    return ActionSubmission(
+        **{
+            "action": "db.export",
+            "resource": "postgres://staging/analytics/orders",
+            "parameters": {"table": "orders", "password": SECRET},
+            "reason": "quarterly report",
+            "idempotency_key": "k1",
+            **changes,
+        }
+    )
 
 
 def intake_with(store: FakeActionStore | None = None):
@@ -73,7 +80,9 @@ async def test_parameters_are_masked_for_every_topic_and_sealed_for_the_executor
     [event] = published(send)
     assert SECRET not in event.parameters_json and "orders" in event.parameters_json
     assert SECRET.encode() not in stored.requested_event
-    opened = open_sealed(event.sealed_parameters, action_id=event.action_id, payload_digest=str(event.payload_digest), keyring=KEYRING)
+    opened = open_sealed(
+        event.sealed_parameters, action_id=event.action_id, payload_digest=str(event.payload_digest), keyring=KEYRING
+    )
     assert opened == {"table": "orders", "password": SECRET}
 
 
@@ -98,21 +107,37 @@ class Verifier:
 
 
 def on_topic(offset: int, sub: ActionSubmission, token: str = "good") -> Record:
-    record = {k: v for k, v in sub.model_dump().items() if k != "parameters"} | {"parameters_json": canonical_json(sub.parameters)}
-    return Record("unit.submissions", 0, offset, b"k", registry().encode("ActionSubmitted", record),
-                  headers=[("authorization", f"Bearer {token}".encode())])
+    record = {k: v for k, v in sub.model_dump().items() if k != "parameters"} | {
+        "parameters_json": canonical_json(sub.parameters)
+    }
+    return Record(
+        "unit.submissions",
+        0,
+        offset,
+        b"k",
+        registry().encode("ActionSubmitted", record),
+        headers=[("authorization", f"Bearer {token}".encode())],
+    )
 
 
 async def test_topic_submissions_are_accepted_or_dead_lettered_with_the_reason(monkeypatch) -> None:
     monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
     intake, store, send = intake_with()
-    batch = [on_topic(0, submission()), on_topic(1, submission(), token="forged"),
-             on_topic(2, submission(resource="postgres://prod/x")), Record("unit.submissions", 0, 3, b"k", b"not avro here", headers=[("authorization", b"Bearer good")])]
+    batch = [
+        on_topic(0, submission()),
+        on_topic(1, submission(), token="forged"),
+        on_topic(2, submission(resource="postgres://prod/x")),
+        Record("unit.submissions", 0, 3, b"k", b"not avro here", headers=[("authorization", b"Bearer good")]),
+    ]
     source = ListSource([batch])
     await run(source, submissions_stage(intake, intake.publisher, Verifier()))
     assert len(published(send)) == 1
     letters = {letter.offset: letter for letter in send.events("unit.dlq") if isinstance(letter, DeadLetter)}
-    assert {o: letters[o].error_type for o in letters} == {1: "token_bad_signature", 2: "idempotency_conflict", 3: "not_avro"}
+    assert {o: letters[o].error_type for o in letters} == {
+        1: "token_bad_signature",
+        2: "idempotency_conflict",
+        3: "not_avro",
+    }
     assert letters[2].principal == REPORTER.id and letters[1].principal is None
     assert source.committed == [batch]
 
@@ -151,8 +176,15 @@ def test_healthz_reports_the_database_and_the_producer() -> None:
             raise ConnectionError("no broker answers")
 
     async def wire() -> IntakeWiring:
-        return IntakeWiring(store=store, intake=intake, publisher=intake.publisher, follower=StatusFollower(store, intake.publisher),
-                            verifier=Verifier(), jwks={"keys": []}, health={"database": store.ping, "producer": producer})
+        return IntakeWiring(
+            store=store,
+            intake=intake,
+            publisher=intake.publisher,
+            follower=StatusFollower(store, intake.publisher),
+            verifier=Verifier(),
+            jwks={"keys": []},
+            health={"database": store.ping, "producer": producer},
+        )
 
     with TestClient(create_app(wire=wire)) as client:
         assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "producer": "ok"}
@@ -170,15 +202,23 @@ async def test_the_status_follower_records_a_batch_and_wakes_a_waiting_requester
     stored, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
     follower = StatusFollower(store, intake.publisher)
     requested_at = datetime.datetime.fromisoformat(stored.history[0]["at"])  # the story happens after the request
-    decided = dataclasses.replace(allowed(stored.action_id), action_id=stored.action_id,
-                                  decided_at=requested_at + datetime.timedelta(seconds=1))
-    executed = ActionExecuted(event_id=f"executed:{stored.action_id}", action_id=stored.action_id, outcome=ExecutionOutcome.SUCCEEDED,
-                              plugin="noop", payload_digest=decided.request.payload_digest,
-                              finished_at=decided.decided_at + datetime.timedelta(seconds=1))
+    decided = dataclasses.replace(
+        allowed(stored.action_id), action_id=stored.action_id, decided_at=requested_at + datetime.timedelta(seconds=1)
+    )
+    executed = ActionExecuted(
+        event_id=f"executed:{stored.action_id}",
+        action_id=stored.action_id,
+        outcome=ExecutionOutcome.SUCCEEDED,
+        plugin="noop",
+        payload_digest=decided.request.payload_digest,
+        finished_at=decided.decided_at + datetime.timedelta(seconds=1),
+    )
     waiting = asyncio.create_task(follower.wait_terminal(stored.action_id, 5))
-    batch = [Record("unit.actions.executed", 0, 0, stored.action_id.encode(), registry().encode_event(executed)),
-             Record("unit.actions.decided", 0, 0, stored.action_id.encode(), b"garbage: not the intake's to dead-letter"),
-             Record("unit.actions.decided", 1, 0, stored.action_id.encode(), registry().encode_event(decided))]
+    batch = [
+        Record("unit.actions.executed", 0, 0, stored.action_id.encode(), registry().encode_event(executed)),
+        Record("unit.actions.decided", 0, 0, stored.action_id.encode(), b"garbage: not the intake's to dead-letter"),
+        Record("unit.actions.decided", 1, 0, stored.action_id.encode(), registry().encode_event(decided)),
+    ]
     source = ListSource([batch])
     await run(source, follower.stage)
     await asyncio.wait_for(waiting, 1)

@@ -3,7 +3,7 @@ nothing that would make the whole batch fail on every retry."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from keyturn.bus.codec import registry
 from keyturn.core.events import (
@@ -19,18 +19,49 @@ from keyturn.core.events import (
 from keyturn.core.principal import Principal, PrincipalKind
 from keyturn.intake.status import changes
 
-NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 REQUESTED = ActionRequested(
-    event_id="requested:a1", action_id="a1", action="read.table", resource="postgres://staging/a/b",
-    parameters_json='{"limit":10}', reason="report", requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
-    payload_digest=Digest("00" * 32), requested_at=NOW,
+    event_id="requested:a1",
+    action_id="a1",
+    action="read.table",
+    resource="postgres://staging/a/b",
+    parameters_json='{"limit":10}',
+    reason="report",
+    requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
+    payload_digest=Digest("00" * 32),
+    requested_at=NOW,
 )
-DECIDED = ActionDecided(event_id="decided:a1", action_id="a1", outcome=DecisionOutcome.ALLOWED,
-                        provenance=Provenance("sha256:x", "d1", Digest("11" * 32), NOW), decided_at=NOW, request=REQUESTED)
-EXECUTED = ActionExecuted(event_id="executed:a1", action_id="a1", outcome=ExecutionOutcome.SUCCEEDED, plugin="noop",
-                          payload_digest=Digest("00" * 32), finished_at=NOW, started_at=NOW, result_json='{"rows": 3}')
-LETTER = DeadLetter(event_id="dlq:x:0:1", source_topic="x", partition=0, offset=1, key=None, payload_length=1,
-                    payload_digest=Digest("22" * 32), error_type="not_avro", reason="noise", service="policy", failed_at=NOW)
+DECIDED = ActionDecided(
+    event_id="decided:a1",
+    action_id="a1",
+    outcome=DecisionOutcome.ALLOWED,
+    provenance=Provenance("sha256:x", "d1", Digest("11" * 32), NOW),
+    decided_at=NOW,
+    request=REQUESTED,
+)
+EXECUTED = ActionExecuted(
+    event_id="executed:a1",
+    action_id="a1",
+    outcome=ExecutionOutcome.SUCCEEDED,
+    plugin="noop",
+    payload_digest=Digest("00" * 32),
+    finished_at=NOW,
+    started_at=NOW,
+    result_json='{"rows": 3}',
+)
+LETTER = DeadLetter(
+    event_id="dlq:x:0:1",
+    source_topic="x",
+    partition=0,
+    offset=1,
+    key=None,
+    payload_length=1,
+    payload_digest=Digest("22" * 32),
+    error_type="not_avro",
+    reason="noise",
+    service="policy",
+    failed_at=NOW,
+)
 
 
 def test_a_batch_yields_its_lifecycle_events_and_skips_everything_else() -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, DecisionOutcome, ExecutionOutcome, ResolutionOutcome
+from keyturn.core.events import (
+    ActionDecided,
+    ActionExecuted,
+    ApprovalResolved,
+    DecisionOutcome,
+    ExecutionOutcome,
+    ResolutionOutcome,
+)
 from keyturn.core.lifecycle import ActionState, IllegalTransition, advance
 
 

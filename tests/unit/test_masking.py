@@ -18,10 +18,7 @@ from keyturn.masking import (
 )
 from keyturn.masking.field_names import sensitive_field_entity
 
-JWT = (
-    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZ2VudDpyZXBvcnRlciJ9."
-    "dBjftJeZ4CVPmB92K27uhbUJU1p1r_wW1gFWFOEjXk"
-)
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZ2VudDpyZXBvcnRlciJ9.dBjftJeZ4CVPmB92K27uhbUJU1p1r_wW1gFWFOEjXk"
 PEM = (
     "-----BEGIN RSA PRIVATE KEY-----\n"
     "MIIEowIBAAKCAQEA7xK2c9v3b4W1n8Qz5r0tY6uJ2aLk9PmN4oS7dF3gH1jK8lZx\n"
@@ -72,9 +69,7 @@ def test_each_entity_type_is_detected_deep_in_nested_json(masker, entity):
     assert masked.parameters["request"]["items"][0]["note"] == "first"
 
 
-@pytest.mark.parametrize(
-    "entity", sorted(set(EXAMPLES) - {"AWS_SECRET_KEY", "AZURE_KEY", "SECRET"})
-)
+@pytest.mark.parametrize("entity", sorted(set(EXAMPLES) - {"AWS_SECRET_KEY", "AZURE_KEY", "SECRET"}))
 def test_text_around_a_finding_stays_readable(masker, entity):
     masked = masker.mask({"note": f"see {EXAMPLES[entity]} (from the last run)"})
     assert masked.parameters["note"].startswith("see ")
@@ -152,8 +147,7 @@ def test_a_luhn_invalid_card_number_is_not_a_card(masker):
         "4bf92f3577b34da6a3ce929d0e0e4736",  # trace id
         "507f1f77bcf86cd799439011",  # object id
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        "registry.example/app@sha256:"
-        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "registry.example/app@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
         "ORD-16847292",
         "INV-2024-0042",
         "Quarterly revenue grew 12.5% to 4,250,000 EUR",
@@ -238,15 +232,11 @@ def test_a_sensitive_name_masks_any_value_type_but_leaves_null(masker):
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "extra_field", ["parameters.destination.credentials", "destination.credentials"]
-)
+@pytest.mark.parametrize("extra_field", ["parameters.destination.credentials", "destination.credentials"])
 def test_policy_extra_fields_are_masked_whole_in_either_path_form(masker, extra_field):
     payload = {"destination": {"bucket": "s3://exports-eu/", "credentials": {"user": "x"}}}
     masked = masker.mask(payload, extra_fields=[extra_field])
-    assert masked.parameters == {
-        "destination": {"bucket": "s3://exports-eu/", "credentials": "<SECRET>"}
-    }
+    assert masked.parameters == {"destination": {"bucket": "s3://exports-eu/", "credentials": "<SECRET>"}}
     assert masked.findings == [Finding("$.destination.credentials", "SECRET")]
 
 
@@ -351,8 +341,7 @@ def test_mask_text_masks_a_single_string(masker):
 
 def test_masking_is_the_same_from_many_threads(masker):
     payloads = [
-        {"i": i, "note": f"{EXAMPLES[e]} #{i}", "other": [f"ORD-{i:08d}"]}
-        for i, e in enumerate(sorted(EXAMPLES) * 4)
+        {"i": i, "note": f"{EXAMPLES[e]} #{i}", "other": [f"ORD-{i:08d}"]} for i, e in enumerate(sorted(EXAMPLES) * 4)
     ]
     expected = [masker.mask(p) for p in payloads]
     results: dict[int, list] = {}

@@ -68,10 +68,7 @@ def test_corpus_covers_every_seeded_kind():
         "AWS_ACCESS_KEY", "SLACK_TOKEN", "JWT", "PRIVATE_KEY",
     } <= set(CORPUS["sensitive"])  # fmt: skip
     labelled = {
-        label["value"]
-        for document in CORPUS["documents"]
-        for label in document["labels"]
-        if label["entity_type"]
+        label["value"] for document in CORPUS["documents"] for label in document["labels"] if label["entity_type"]
     }
     assert labelled == {v for values in CORPUS["sensitive"].values() for v in values}
 

@@ -54,13 +54,10 @@ leaf_text = st.one_of(
     fragment,
     st.builds(str.join, joiner, st.lists(fragment, min_size=2, max_size=4)),
 )
-scalar = st.one_of(
-    leaf_text, leaf_text, st.integers(), st.booleans(), st.none(), st.floats(allow_nan=False)
-)
+scalar = st.one_of(leaf_text, leaf_text, st.integers(), st.booleans(), st.none(), st.floats(allow_nan=False))
 json_value = st.recursive(
     scalar,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(KEYS), children, max_size=4),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(KEYS), children, max_size=4),
     max_leaves=14,
 )
 payload = st.dictionaries(st.sampled_from(KEYS), json_value, min_size=1, max_size=5)

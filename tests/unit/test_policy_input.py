@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import jsonschema_rs
 import pytest
@@ -14,15 +14,20 @@ from keyturn.core.principal import Principal, PrincipalKind
 from keyturn.policy.decisions import decided_from_answer, environment_of, policy_input, provenance_for
 
 SCHEMA = json.loads((REPO_ROOT / "policies.rego" / "schemas" / "decision" / "decision_input.json").read_text())
-NOW = datetime(2026, 11, 30, 9, 30, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 30, 9, 30, tzinfo=UTC)
 
 
 def request(**changes) -> ActionRequested:
     base = dict(
-        event_id="requested:x", action_id="6c0a1f9e-8a3f-4a7e-9a55-2b8f0d6e7a10", action="db.export",
-        resource="postgres://production/analytics/customers", parameters_json='{"row_count": 10, "destination": "s3://corp-exports"}',
-        reason="quarterly report", requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
-        payload_digest=Digest("ab" * 32), requested_at=NOW,
+        event_id="requested:x",
+        action_id="6c0a1f9e-8a3f-4a7e-9a55-2b8f0d6e7a10",
+        action="db.export",
+        resource="postgres://production/analytics/customers",
+        parameters_json='{"row_count": 10, "destination": "s3://corp-exports"}',
+        reason="quarterly report",
+        requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
+        payload_digest=Digest("ab" * 32),
+        requested_at=NOW,
     )
     return ActionRequested(**{**base, **changes})
 
@@ -56,7 +61,13 @@ def test_environment_comes_from_the_resource(resource: str, environment: str) ->
 
 @pytest.mark.parametrize(
     "answer",
-    [None, {}, {"decision": {}}, {"decision": {"outcome": "maybe"}}, {"decision": {"outcome": "needs_approval", "approvals": {"groups": []}}}],
+    [
+        None,
+        {},
+        {"decision": {}},
+        {"decision": {"outcome": "maybe"}},
+        {"decision": {"outcome": "needs_approval", "approvals": {"groups": []}}},
+    ],
 )
 def test_an_undefined_or_malformed_answer_is_a_denial_that_says_why(answer) -> None:
     document = policy_input(request())

@@ -17,7 +17,13 @@ from keyturn.policy.decider import PolicyDecider, PolicyStage
 from tests.fakes.service_ports import FakeDecisions, FakeOpa, ListSource, Record, fake_publisher
 from tests.unit.service_events import requested
 
-NEEDS_APPROVAL = {"decision": {"outcome": "needs_approval", "reasons": ["production"], "approvals": {"groups": [{"name": "db-owners"}]}}}
+NEEDS_APPROVAL = {
+    "decision": {
+        "outcome": "needs_approval",
+        "reasons": ["production"],
+        "approvals": {"groups": [{"name": "db-owners"}]},
+    }
+}
 
 
 def answers(outcome: str, **extra) -> dict:
@@ -34,13 +40,16 @@ def decisions(send) -> list[ActionDecided]:
     return [e for e in send.events("unit.actions.decided")]
 
 
-@pytest.mark.parametrize("answer, outcome", [
-    (answers("allowed"), DecisionOutcome.ALLOWED),
-    (answers("denied"), DecisionOutcome.DENIED),
-    (NEEDS_APPROVAL, DecisionOutcome.NEEDS_APPROVAL),
-    ({"decision": {"outcome": "maybe"}}, DecisionOutcome.DENIED),  # malformed: denied, saying why
-    ({"no": "decision"}, DecisionOutcome.DENIED),
-])
+@pytest.mark.parametrize(
+    "answer, outcome",
+    [
+        (answers("allowed"), DecisionOutcome.ALLOWED),
+        (answers("denied"), DecisionOutcome.DENIED),
+        (NEEDS_APPROVAL, DecisionOutcome.NEEDS_APPROVAL),
+        ({"decision": {"outcome": "maybe"}}, DecisionOutcome.DENIED),  # malformed: denied, saying why
+        ({"no": "decision"}, DecisionOutcome.DENIED),
+    ],
+)
 async def test_opas_answer_becomes_the_published_decision(answer, outcome) -> None:
     stage, send = stage_with(FakeOpa(lambda _: answer))
     await stage.decide(requested("a1"))

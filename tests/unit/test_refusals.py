@@ -27,8 +27,17 @@ PASSWORD = "pw-correct-horse-battery"
 
 
 def letter(payload: bytes, **changes):
-    base = dict(service="intake", source_topic="http:POST /v1/actions", partition=-1, offset=-1, key=None, payload=payload,
-                error_type="invalid_body", reason="refused", principal="agent:reporter")
+    base = dict(
+        service="intake",
+        source_topic="http:POST /v1/actions",
+        partition=-1,
+        offset=-1,
+        key=None,
+        payload=payload,
+        error_type="invalid_body",
+        reason="refused",
+        principal="agent:reporter",
+    )
     return refusal_letter(**{**base, **changes})
 
 
@@ -43,8 +52,15 @@ def test_a_dead_letter_keeps_a_digest_and_a_length_never_the_bytes() -> None:
 
 
 def test_reason_problems_and_key_are_masked_and_bounded() -> None:
-    found = letter(b"x", reason=f"bad token {GITHUB} " + "y" * 5000, problems=[f"{AWS_KEY}: Extra inputs are not permitted"],
-                   key=f"agent-{CARD}".encode(), offset=7, partition=1, source_topic="kt.submissions")
+    found = letter(
+        b"x",
+        reason=f"bad token {GITHUB} " + "y" * 5000,
+        problems=[f"{AWS_KEY}: Extra inputs are not permitted"],
+        key=f"agent-{CARD}".encode(),
+        offset=7,
+        partition=1,
+        source_topic="kt.submissions",
+    )
     assert GITHUB not in found.reason and len(found.reason) <= MAX_TEXT_CHARS
     assert found.problems == ("<AWS_ACCESS_KEY>: Extra inputs are not permitted",)
     assert b"4111 1111" not in found.key
@@ -52,7 +68,9 @@ def test_reason_problems_and_key_are_masked_and_bounded() -> None:
 
 
 def test_an_excerpt_is_masked_as_parameters_are_and_only_for_json_objects() -> None:
-    body = json.dumps({"action": "read.table", "parameters": {"password": PASSWORD, "note": f"card {CARD}"}, GITHUB: 1}).encode()
+    body = json.dumps(
+        {"action": "read.table", "parameters": {"password": PASSWORD, "note": f"card {CARD}"}, GITHUB: 1}
+    ).encode()
     excerpt = letter(body, excerpt=True).excerpt
     assert excerpt and "read.table" in excerpt
     assert PASSWORD not in excerpt and "4111 1111" not in excerpt and GITHUB not in excerpt
@@ -85,6 +103,7 @@ def test_parameters_nesting_is_bounded_before_anything_walks_them() -> None:
 
 
 # --- logs ---------------------------------------------------------------------------------------
+
 
 def _written(logger: logging.Logger, emit) -> str:
     stream = io.StringIO()
@@ -125,19 +144,32 @@ def test_every_log_line_is_masked_arguments_and_tracebacks_included(masked_loggi
 
 
 def test_web_framework_validation_lists_lose_their_input(masked_logging) -> None:
-    line = "1 validation error:\n  {'type': 'missing', 'loc': ('body', 'reason'), 'msg': 'Field required', 'input': {'password': '%s'}}" % PASSWORD
+    line = (
+        "1 validation error:\n  {'type': 'missing', 'loc': ('body', 'reason'), 'msg': 'Field required', 'input': {'password': '%s'}}"
+        % PASSWORD
+    )
     written = _written(masked_logging, lambda: masked_logging.error(line))
     assert PASSWORD not in written and "'input': <withheld>}" in written
 
 
 def test_a_formatter_that_reads_arguments_still_works(masked_logging) -> None:
-    record = mask_record(logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-                                           ("10.0.0.1:5000", "GET", f"/v1/actions?token={GITHUB}", "1.1", 200), None))
+    record = mask_record(
+        logging.LogRecord(
+            "uvicorn.access",
+            logging.INFO,
+            __file__,
+            1,
+            '%s - "%s %s HTTP/%s" %d',
+            ("10.0.0.1:5000", "GET", f"/v1/actions?token={GITHUB}", "1.1", 200),
+            None,
+        )
+    )
     client, method, path, version, status = record.args
     assert (method, version, status) == ("GET", "1.1", 200) and GITHUB not in path
 
 
 # --- HTTP bounds --------------------------------------------------------------------------------
+
 
 async def _echo(request: Request) -> JSONResponse:
     return JSONResponse({"received": len(await request.body())})
@@ -150,8 +182,12 @@ def bounded():
     async def on_refused(scope, status, problems, received) -> None:
         refused.append((status, problems, received))
 
-    app = BoundedRequests(Starlette(routes=[Route("/", _echo, methods=["GET", "POST"])]), max_body_bytes=1000,
-                          max_header_bytes=2000, on_refused=on_refused)
+    app = BoundedRequests(
+        Starlette(routes=[Route("/", _echo, methods=["GET", "POST"])]),
+        max_body_bytes=1000,
+        max_header_bytes=2000,
+        on_refused=on_refused,
+    )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bounded"), refused
 
 

@@ -7,7 +7,7 @@ import io
 import json
 import shutil
 import typing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import fastavro
@@ -20,10 +20,15 @@ from keyturn.core.principal import Principal, PrincipalKind
 
 def sample_request(**changes) -> ActionRequested:
     base = dict(
-        event_id="requested:1", action_id="6c0a1f9e-8a3f-4a7e-9a55-2b8f0d6e7a10", action="db.export",
-        resource="postgres://staging/analytics/orders", parameters_json='{"table":"orders"}', reason="weekly report",
+        event_id="requested:1",
+        action_id="6c0a1f9e-8a3f-4a7e-9a55-2b8f0d6e7a10",
+        action="db.export",
+        resource="postgres://staging/analytics/orders",
+        parameters_json='{"table":"orders"}',
+        reason="weekly report",
         requester=Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",)),
-        payload_digest=Digest("ab" * 32), requested_at=datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc),
+        payload_digest=Digest("ab" * 32),
+        requested_at=datetime(2026, 11, 30, 12, 0, tzinfo=UTC),
     )
     return ActionRequested(**{**base, **changes})
 
@@ -39,8 +44,11 @@ def test_every_event_dataclass_has_exactly_the_fields_of_its_schema(name: str) -
 @pytest.mark.parametrize("name", sorted(EVENT_TYPES))
 def test_every_event_field_with_a_schema_default_has_a_python_default(name: str) -> None:
     schema_defaults = {f["name"] for f in registry().readers[name]["fields"] if "default" in f}
-    python_defaults = {f.name for f in dataclasses.fields(EVENT_TYPES[name])
-                       if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    python_defaults = {
+        f.name
+        for f in dataclasses.fields(EVENT_TYPES[name])
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
     assert python_defaults <= schema_defaults, "a Python default the schema lacks would make old readers fail"
 
 
@@ -79,8 +87,11 @@ def _encode_with(reg: SchemaRegistry, name: str, record: dict) -> bytes:
 def test_a_newer_reader_fills_defaults_for_an_older_writer(tmp_path: Path) -> None:
     # the writer of today; the reader of tomorrow adds a field with a default
     old_bytes = registry().encode_event(sample_request())
-    newer, _ = _registry_with(tmp_path, "ActionRequested", lambda s: s["fields"].append(
-        {"name": "ticket", "type": ["null", "string"], "default": None}))
+    newer, _ = _registry_with(
+        tmp_path,
+        "ActionRequested",
+        lambda s: s["fields"].append({"name": "ticket", "type": ["null", "string"], "default": None}),
+    )
     name, record = newer.decode(old_bytes)
     assert name == "ActionRequested"
     assert record["ticket"] is None
@@ -88,8 +99,11 @@ def test_a_newer_reader_fills_defaults_for_an_older_writer(tmp_path: Path) -> No
 
 
 def test_an_older_reader_reads_a_newer_writer_it_was_shipped(tmp_path: Path) -> None:
-    newer, schema = _registry_with(tmp_path, "ActionRequested", lambda s: s["fields"].append(
-        {"name": "ticket", "type": ["null", "string"], "default": None}))
+    newer, schema = _registry_with(
+        tmp_path,
+        "ActionRequested",
+        lambda s: s["fields"].append({"name": "ticket", "type": ["null", "string"], "default": None}),
+    )
     record = {**json.loads(json.dumps(_plain(sample_request()))), "ticket": "CHG-7"}
     data = _encode_with(newer, "ActionRequested", record)
     with pytest.raises(UndecodableMessage) as unknown:

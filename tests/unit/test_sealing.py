@@ -60,7 +60,9 @@ def test_the_sealed_bytes_are_canonical_json(keyring):
     def clear_bytes(parameters: dict) -> bytes:
         sealed = seal_parameters(parameters, action_id=ACTION, payload_digest=DIGEST, keyring=keyring)
         return AESGCM(keyring.keys[sealed.key_id]).decrypt(
-            sealed.nonce, sealed.ciphertext, b"\x00".join((b"keyturn.seal.v1", sealed.key_id.encode(), ACTION.encode(), DIGEST.encode()))
+            sealed.nonce,
+            sealed.ciphertext,
+            b"\x00".join((b"keyturn.seal.v1", sealed.key_id.encode(), ACTION.encode(), DIGEST.encode())),
         )
 
     assert clear_bytes({"b": [1, {"d": "é", "c": None}], "a": True}) == '{"a":true,"b":[1,{"c":null,"d":"é"}]}'.encode()

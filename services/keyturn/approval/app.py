@@ -30,13 +30,23 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings):
     topics = Topics(settings.namespace, settings.partitions)
-    app = make_app(namespace=settings.namespace, bootstrap=settings.kafka_bootstrap, partitions=settings.partitions,
-                   run_dir=settings.run_dir, session_timeout_s=settings.worker_session_timeout_s, service="approval")
+    app = make_app(
+        namespace=settings.namespace,
+        bootstrap=settings.kafka_bootstrap,
+        partitions=settings.partitions,
+        run_dir=settings.run_dir,
+        session_timeout_s=settings.worker_session_timeout_s,
+        service="approval",
+    )
     publisher = faust_publisher(app, topics, "approval")
     runtime = ApprovalRuntime(settings, topics, publisher.send_raw)
     http = FastAPI(title="Keyturn approvals", version="0.1.0", description="Answer pending actions.")
-    http.add_middleware(BoundedRequests, max_body_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes,
-                        on_refused=runtime.refused_at_the_edge)
+    http.add_middleware(
+        BoundedRequests,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        on_refused=runtime.refused_at_the_edge,
+    )
     mount_routes(http, runtime.desk, runtime.verifier)
     mount_console(http, runtime.desk, runtime.verifier, runtime.console_sign_in)
     if runtime.slack is not None:

@@ -14,7 +14,7 @@ import hmac
 import logging
 import secrets
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,10 +46,16 @@ def signature_valid(secret: bytes, body: bytes, header: str, now: float, toleran
 
 def callback_body(action_id: str, state: str, at: datetime, summary: str, reasons: tuple[str, ...] = ()) -> str:
     """What the requester's webhook receives: the action's new state, as JSON."""
-    return canonical_json({
-        "action_id": action_id, "state": state, "terminal": ActionState(state).is_terminal,
-        "summary": summary, "reasons": list(reasons), "at": at.isoformat(),
-    })
+    return canonical_json(
+        {
+            "action_id": action_id,
+            "state": state,
+            "terminal": ActionState(state).is_terminal,
+            "summary": summary,
+            "reasons": list(reasons),
+            "at": at.isoformat(),
+        }
+    )
 
 
 def callback_secret(configured: str, keys_dir: Path | str) -> bytes:
@@ -76,7 +82,14 @@ def host_allowed(url: str, allowed: frozenset[str]) -> bool:
 class CallbackCourier:
     """Sends queued webhook deliveries; each is delivered, retried later, or given up (and logged)."""
 
-    def __init__(self, store: ApprovalStore, secret: bytes, allowed_hosts: frozenset[str], max_attempts: int, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        store: ApprovalStore,
+        secret: bytes,
+        allowed_hosts: frozenset[str],
+        max_attempts: int,
+        client: httpx.AsyncClient,
+    ) -> None:
         self.store = store
         self.secret = secret
         self.allowed_hosts = allowed_hosts
@@ -84,7 +97,7 @@ class CallbackCourier:
         self.client = client
 
     async def deliver_due(self) -> int:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         await self.store.forget_untargeted_callbacks(now - timedelta(hours=1))
         delivered = 0
         for callback in await self.store.claim_callbacks(now):
@@ -93,22 +106,40 @@ class CallbackCourier:
 
     async def _deliver(self, callback: Callback, now: datetime) -> int:
         if not host_allowed(callback.url, self.allowed_hosts):
-            log.warning("not calling back %s for action %s: host is not in KEYTURN_CALLBACK_ALLOWED_HOSTS", callback.url, callback.action_id)
+            log.warning(
+                "not calling back %s for action %s: host is not in KEYTURN_CALLBACK_ALLOWED_HOSTS",
+                callback.url,
+                callback.action_id,
+            )
             await self.store.callback_done(callback.id, "refused", "host is not in KEYTURN_CALLBACK_ALLOWED_HOSTS", now)
             return 0
         body = callback.body.encode()
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
-                   "X-Keyturn-Action": callback.action_id, "X-Keyturn-Delivery": str(callback.id)}
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
+            "X-Keyturn-Action": callback.action_id,
+            "X-Keyturn-Delivery": str(callback.id),
+        }
         try:
             response = await self.client.post(callback.url, content=body, headers=headers)
             if response.status_code >= 300:
-                raise httpx.HTTPStatusError(f"answered {response.status_code}", request=response.request, response=response)
+                raise httpx.HTTPStatusError(
+                    f"answered {response.status_code}", request=response.request, response=response
+                )
         except httpx.HTTPError as exc:
             give_up = callback.attempts >= self.max_attempts
-            log.warning("callback %s for %s failed (attempt %s%s): %s", callback.id, callback.action_id, callback.attempts,
-                        ", giving up" if give_up else "", exc)
-            retry_at = now + timedelta(seconds=min(2 ** callback.attempts, 600))
-            await self.store.callback_done(callback.id, "failed" if give_up else "pending", f"{type(exc).__name__}: {exc}", now, retry_at)
+            log.warning(
+                "callback %s for %s failed (attempt %s%s): %s",
+                callback.id,
+                callback.action_id,
+                callback.attempts,
+                ", giving up" if give_up else "",
+                exc,
+            )
+            retry_at = now + timedelta(seconds=min(2**callback.attempts, 600))
+            await self.store.callback_done(
+                callback.id, "failed" if give_up else "pending", f"{type(exc).__name__}: {exc}", now, retry_at
+            )
             return 0
-        await self.store.callback_done(callback.id, "delivered", None, datetime.now(timezone.utc))
+        await self.store.callback_done(callback.id, "delivered", None, datetime.now(UTC))
         return 1

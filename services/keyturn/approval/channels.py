@@ -47,14 +47,14 @@ class ChatTargets:
     by_group: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, text: str, setting: str) -> "ChatTargets":
+    def from_json(cls, text: str, setting: str) -> ChatTargets:
         """Parse ``{"security": ["C0SEC"], "*": ["C0ALL"]}`` (a single id may stand for a list)."""
         if not text.strip():
             return cls({})
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ChatTargetsInvalid(f"{setting} is not JSON ({exc}); write e.g. {{\"security\": [\"C0SEC\"]}}") from exc
+            raise ChatTargetsInvalid(f'{setting} is not JSON ({exc}); write e.g. {{"security": ["C0SEC"]}}') from exc
         if not isinstance(raw, dict):
             raise ChatTargetsInvalid(f"{setting} must be a JSON object of group name to channel ids")
         by_group: dict[str, tuple[str, ...]] = {}
@@ -89,8 +89,10 @@ def principal_map(text: str, setting: str) -> dict[str, str]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ChatTargetsInvalid(f"{setting} is not JSON ({exc}); write e.g. {{\"U0CAROL\": \"human:carol\"}}") from exc
-    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) and ":" in v for k, v in raw.items()):
+        raise ChatTargetsInvalid(f'{setting} is not JSON ({exc}); write e.g. {{"U0CAROL": "human:carol"}}') from exc
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and ":" in v for k, v in raw.items()
+    ):
         raise ChatTargetsInvalid(f"{setting} must map chat user ids to principal ids such as human:carol")
     return dict(raw)
 
@@ -108,13 +110,17 @@ async def not_shown(store: Any, channel: str, place: str, message_id: str, actio
     card's data alone cannot name another action. So an action whose message never reached a
     channel cannot be answered there."""
     if not place or not message_id:
-        return f"the answer does not say which {channel} message it came from, so it cannot be bound to action {action_id}"
+        return (
+            f"the answer does not say which {channel} message it came from, so it cannot be bound to action {action_id}"
+        )
     shown = await store.actions_shown_in(channel, message_ref(place, message_id))
     if action_id in shown:
         return None
     if shown:
-        return (f"the message you answered on was posted for action {', '.join(shown)}, not for action {action_id}; "
-                "answer on the message that shows the action")
+        return (
+            f"the message you answered on was posted for action {', '.join(shown)}, not for action {action_id}; "
+            "answer on the message that shows the action"
+        )
     return f"the message you answered on is not one Keyturn posted in {channel} for action {action_id}"
 
 
@@ -136,9 +142,13 @@ class ApproverChannel(Protocol):
 
     async def notify_resolved(self, target: str, ref: str, view: dict[str, Any], *, notification_id: int) -> None: ...
 
-    async def remind(self, target: str, ref: str, view: dict[str, Any], fraction: float, *, notification_id: int) -> None: ...
+    async def remind(
+        self, target: str, ref: str, view: dict[str, Any], fraction: float, *, notification_id: int
+    ) -> None: ...
 
-    async def escalate(self, target: str, ref: str | None, view: dict[str, Any], *, notification_id: int) -> str | None: ...
+    async def escalate(
+        self, target: str, ref: str | None, view: dict[str, Any], *, notification_id: int
+    ) -> str | None: ...
 
     async def notify_break_glass(self, target: str, view: dict[str, Any], *, notification_id: int) -> str: ...
 

@@ -22,7 +22,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -31,8 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from keyturn.approval.http import REFUSAL_STATUS
 from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet, DeskUnavailable
+from keyturn.approval.http import REFUSAL_STATUS
 from keyturn.approval.replay import pending_state
 from keyturn.approval.views import requester_line, timeline
 from keyturn.bus.codec import registry
@@ -50,7 +50,9 @@ TEMPLATES = Environment(
     autoescape=select_autoescape(("html",), default=True),
 )
 TEMPLATES.globals["requester_line"] = requester_line
-TEMPLATES.filters["when"] = lambda iso: datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+TEMPLATES.filters["when"] = lambda iso: (
+    datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,9 @@ class Console:
 
     ``dev_sign_in`` is None in production (sign in with a token from the identity provider)."""
 
-    def __init__(self, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Callable[[], Any], dev_sign_in: DevSignIn | None) -> None:
+    def __init__(
+        self, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Callable[[], Any], dev_sign_in: DevSignIn | None
+    ) -> None:
         self.desk_of = desk_of
         self.verifier = verifier
         self.dev = dev_sign_in
@@ -111,8 +115,12 @@ class Console:
         return True, "You answer for " + ", ".join(groups) + "."
 
 
-def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Callable[[], Any],
-                  dev_sign_in: DevSignIn | None) -> Console:
+def mount_console(
+    app: FastAPI,
+    desk_of: Callable[[], Awaitable[ApprovalDesk]],
+    verifier: Callable[[], Any],
+    dev_sign_in: DevSignIn | None,
+) -> Console:
     """Add the ``/console`` pages to the approval service's HTTP app."""
     console = Console(desk_of, verifier, dev_sign_in)
 
@@ -138,31 +146,64 @@ def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], 
     async def sign_in_page(request: Request, error: str = "") -> Response:
         nonce = secrets.token_urlsafe(24)
         response = console.render("sign_in.html", dev=console.dev_sign_in, error=error, nonce=nonce, approver=None)
-        response.set_cookie(SIGN_IN_COOKIE, nonce, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/console")
+        response.set_cookie(
+            SIGN_IN_COOKIE,
+            nonce,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/console",
+        )
         return response
 
     @app.post("/console/sign-in", include_in_schema=False)
     async def sign_in(request: Request) -> Response:
-        nonce, name, token = (await _form(request, "nonce", "name", "token"))
+        nonce, name, token = await _form(request, "nonce", "name", "token")
         if not nonce or not hmac.compare_digest(nonce, request.cookies.get(SIGN_IN_COOKIE, "")):
-            return console.render("sign_in.html", 403, dev=console.dev_sign_in, error="The sign-in form expired; try again.", nonce="", approver=None)
+            return console.render(
+                "sign_in.html",
+                403,
+                dev=console.dev_sign_in,
+                error="The sign-in form expired; try again.",
+                nonce="",
+                approver=None,
+            )
         if token.strip():
             chosen = token.strip()
         elif name.strip() and console.dev is not None:
             match = HUMAN_NAME.match(name.strip().lower())
             if not match:
-                return RedirectResponse("/console/sign-in?error=" + quote("Use a name like carol (people only)."), status_code=303)
+                return RedirectResponse(
+                    "/console/sign-in?error=" + quote("Use a name like carol (people only)."), status_code=303
+                )
             key = load_or_create_signing_key(console.dev.keys_dir)
-            chosen = issue_token(key, subject=f"human:{match.group(2)}", audience=console.dev.audience, issuer=console.dev.issuer, ttl=SESSION_TTL)
+            chosen = issue_token(
+                key,
+                subject=f"human:{match.group(2)}",
+                audience=console.dev.audience,
+                issuer=console.dev.issuer,
+                ttl=SESSION_TTL,
+            )
         else:
-            return RedirectResponse("/console/sign-in?error=" + quote("Paste a token from your identity provider."), status_code=303)
+            return RedirectResponse(
+                "/console/sign-in?error=" + quote("Paste a token from your identity provider."), status_code=303
+            )
         try:
             verifier().verify(chosen)
         except InvalidToken as exc:
-            return RedirectResponse("/console/sign-in?error=" + quote(f"That token was refused ({exc.code})."), status_code=303)
+            return RedirectResponse(
+                "/console/sign-in?error=" + quote(f"That token was refused ({exc.code})."), status_code=303
+            )
         response = RedirectResponse("/console", status_code=303)
-        response.set_cookie(SESSION_COOKIE, chosen, httponly=True, samesite="strict", secure=request.url.scheme == "https",
-                            max_age=int(SESSION_TTL.total_seconds()), path="/console")
+        response.set_cookie(
+            SESSION_COOKIE,
+            chosen,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            max_age=int(SESSION_TTL.total_seconds()),
+            path="/console",
+        )
         response.delete_cookie(SIGN_IN_COOKIE, path="/console")
         return response
 
@@ -191,54 +232,111 @@ def mount_console(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], 
             return RedirectResponse("/console/sign-in", status_code=303)
         approver, token = signed_in
         if not console.csrf_valid(token, csrf):
-            await _refused(console, request, approver, "csrf_failed", f"a console vote on {action_id} without this session's form token")
-            return await _action_page(console, signed_in, action_id, error="The form expired or did not come from this console; nothing was recorded. Try again.", status=403)
+            await _refused(
+                console,
+                request,
+                approver,
+                "csrf_failed",
+                f"a console vote on {action_id} without this session's form token",
+            )
+            return await _action_page(
+                console,
+                signed_in,
+                action_id,
+                error="The form expired or did not come from this console; nothing was recorded. Try again.",
+                status=403,
+            )
         if choice not in ("approve", "deny"):
-            await _refused(console, request, approver, "invalid_choice", f"a console vote on {action_id} chose neither approve nor deny")
+            await _refused(
+                console,
+                request,
+                approver,
+                "invalid_choice",
+                f"a console vote on {action_id} chose neither approve nor deny",
+            )
             return await _action_page(console, signed_in, action_id, error="Choose Approve or Deny.", status=400)
         if choice == "deny" and not reason.strip():
-            return await _action_page(console, signed_in, action_id, error="A denial needs a reason; the requester will see it.", status=400)
+            return await _action_page(
+                console, signed_in, action_id, error="A denial needs a reason; the requester will see it.", status=400
+            )
         desk = await desk_of()
         try:
-            result = await desk.vote(action_id, approver, choice, payload_digest, reason.strip()[:2000] or None, "console")
+            result = await desk.vote(
+                action_id, approver, choice, payload_digest, reason.strip()[:2000] or None, "console"
+            )
         except DeskUnavailable as unavailable:
             if unavailable.error == "database_unavailable":
                 raise  # the page itself cannot be read back: the service's 503 "try again" answer
             return await _action_page(console, signed_in, action_id, error=str(unavailable), status=503)
         if not result.accepted:
-            return await _action_page(console, signed_in, action_id, error=f"{result.refusal}: {result.message}",
-                                      status=REFUSAL_STATUS.get(result.refusal or "", 409))
+            return await _action_page(
+                console,
+                signed_in,
+                action_id,
+                error=f"{result.refusal}: {result.message}",
+                status=REFUSAL_STATUS.get(result.refusal or "", 409),
+            )
         return RedirectResponse(f"/console/actions/{quote(action_id)}?done={choice}", status_code=303)
 
     return console
 
 
-async def _action_page(console: Console, signed_in: tuple[Principal, str], action_id: str, *, notice: str = "", error: str = "",
-                       status: int = 200, waited: int = 0) -> Response:
+async def _action_page(
+    console: Console,
+    signed_in: tuple[Principal, str],
+    action_id: str,
+    *,
+    notice: str = "",
+    error: str = "",
+    status: int = 200,
+    waited: int = 0,
+) -> Response:
     approver, token = signed_in
     desk = await console.desk_of()
     try:
         found = await desk.approval(action_id)
     except ApprovalNotOpenYet as early:
         if waited >= NOT_OPEN_WAIT_S:
-            return console.render("missing.html", 404, approver=approver, action_id=action_id, csrf=console.csrf(token), waited=waited)
+            return console.render(
+                "missing.html", 404, approver=approver, action_id=action_id, csrf=console.csrf(token), waited=waited
+            )
         # the decision may be on its way: this page reloads itself until the approval opens
         again = f"/console/actions/{quote(action_id)}?waited={waited + early.retry_after_s}"
-        response = console.render("not_open.html", early.status, approver=approver, action_id=action_id, csrf=console.csrf(token),
-                                  retry_after_s=early.retry_after_s, again=again, error=error)
+        response = console.render(
+            "not_open.html",
+            early.status,
+            approver=approver,
+            action_id=action_id,
+            csrf=console.csrf(token),
+            retry_after_s=early.retry_after_s,
+            again=again,
+            error=error,
+        )
         response.headers["Retry-After"] = str(early.retry_after_s)
         return response
     if found is None:
-        return console.render("missing.html", 404, approver=approver, action_id=action_id, csrf=console.csrf(token), waited=0)
+        return console.render(
+            "missing.html", 404, approver=approver, action_id=action_id, csrf=console.csrf(token), waited=0
+        )
     decided, state = found
     view = await desk.view(action_id)
     if view is None:  # desk.approval found it just above, and approval rows are never deleted
         raise RuntimeError(f"approval {action_id} vanished while shown")
     history = [registry().decode_event(v) for v in await desk.store.vote_history(action_id)]
     may, why = await console.may_decide(desk, approver, decided, state)
-    return console.render("action.html", status, approver=approver, view=view, timeline=timeline(view, history, await desk.store.notifications_of(action_id)),
-                          may_decide=may, why=why, notice=notice, error=error, csrf=console.csrf(token),
-                          parameters=_pretty(view["parameters"]))
+    return console.render(
+        "action.html",
+        status,
+        approver=approver,
+        view=view,
+        timeline=timeline(view, history, await desk.store.notifications_of(action_id)),
+        may_decide=may,
+        why=why,
+        notice=notice,
+        error=error,
+        csrf=console.csrf(token),
+        parameters=_pretty(view["parameters"]),
+    )
 
 
 async def _refused(console: Console, request: Request, approver: Principal, error: str, reason: str) -> None:
@@ -249,16 +347,21 @@ async def _refused(console: Console, request: Request, approver: Principal, erro
 
 async def _form(request: Request, *names: str) -> tuple[str, ...]:
     """Fields of an urlencoded form (the first value of each; missing ones empty)."""
-    body = (await request.body())[:64 * 1024].decode(errors="replace")
+    body = (await request.body())[: 64 * 1024].decode(errors="replace")
     fields = parse_qs(body, keep_blank_values=True)
     return tuple(fields.get(name, [""])[0] for name in names)
 
 
 def _item(decided: Any, state: Any) -> dict[str, Any]:
     request = decided.request
-    return {"action_id": decided.action_id, "action": request.action, "resource": request.resource,
-            "requester": requester_line(request.requester.id, list(request.requester.chain)),
-            "reason": request.reason, "expires_at": state.expires_at.isoformat(timespec="seconds")}
+    return {
+        "action_id": decided.action_id,
+        "action": request.action,
+        "resource": request.resource,
+        "requester": requester_line(request.requester.id, list(request.requester.chain)),
+        "reason": request.reason,
+        "expires_at": state.expires_at.isoformat(timespec="seconds"),
+    }
 
 
 def _notice(done: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keyturn.approval import channels as kinds
@@ -38,14 +38,19 @@ def backoff(attempts: int) -> timedelta:
 class NotificationCourier:
     """Sends what ``approval_notifications`` holds through the channel adapters."""
 
-    def __init__(self, store: ApprovalStore, adapters: Mapping[str, ApproverChannel], view_of: Callable[[str], Awaitable[dict[str, Any] | None]]) -> None:
+    def __init__(
+        self,
+        store: ApprovalStore,
+        adapters: Mapping[str, ApproverChannel],
+        view_of: Callable[[str], Awaitable[dict[str, Any] | None]],
+    ) -> None:
         self.store = store
         self.adapters = dict(adapters)
         self.view_of = view_of
 
     async def deliver_due(self, now: datetime | None = None) -> int:
         """Send every due notification once; returns how many were delivered."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         delivered = 0
         for notification in await self.store.claim_notifications(now):
             delivered += await self._deliver(notification, now)
@@ -53,7 +58,7 @@ class NotificationCourier:
 
     async def reconcile(self, now: datetime | None = None) -> int:
         """Settle claims a crashed sender left behind: adopt a message that did go out, or send again."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         settled = 0
         for notification in await self.store.orphaned_notifications(now):
             adapter = self.adapters.get(notification.channel)
@@ -72,14 +77,18 @@ class NotificationCourier:
                 await self.store.delivered(notification.id, ref, now)
                 log.info("notification %s had been delivered before the restart (%s)", notification.id, ref)
             else:
-                await self.store.retry_later(notification.id, "sender stopped before confirming; sending again", now, give_up=False)
+                await self.store.retry_later(
+                    notification.id, "sender stopped before confirming; sending again", now, give_up=False
+                )
             settled += 1
         return settled
 
     async def _deliver(self, notification: Notification, now: datetime) -> int:
         adapter = self.adapters.get(notification.channel)
         if adapter is None:
-            await self.store.retry_later(notification.id, f"no {notification.channel} adapter is configured", now, give_up=True)
+            await self.store.retry_later(
+                notification.id, f"no {notification.channel} adapter is configured", now, give_up=True
+            )
             return 0
         try:
             view = await self.view_of(notification.action_id)
@@ -88,16 +97,30 @@ class NotificationCourier:
             ref = await self._send(adapter, notification, view)
         except ParentMissing as waiting:
             give_up = str(waiting) == "failed"
-            await self.store.retry_later(notification.id, "the approval message was never posted" if give_up else "waiting for the approval message",
-                                         now + WAIT_FOR_PARENT, give_up=give_up)
+            await self.store.retry_later(
+                notification.id,
+                "the approval message was never posted" if give_up else "waiting for the approval message",
+                now + WAIT_FOR_PARENT,
+                give_up=give_up,
+            )
             return 0
         except Exception as exc:  # any adapter failure is retried, boundedly, and kept for operators
             give_up = notification.attempts >= MAX_ATTEMPTS
-            log.warning("%s notification %s (%s for %s) failed, attempt %s%s: %s", notification.channel, notification.id,
-                        notification.kind, notification.action_id, notification.attempts, ", giving up" if give_up else "", exc)
-            await self.store.retry_later(notification.id, f"{type(exc).__name__}: {exc}", now + backoff(notification.attempts), give_up=give_up)
+            log.warning(
+                "%s notification %s (%s for %s) failed, attempt %s%s: %s",
+                notification.channel,
+                notification.id,
+                notification.kind,
+                notification.action_id,
+                notification.attempts,
+                ", giving up" if give_up else "",
+                exc,
+            )
+            await self.store.retry_later(
+                notification.id, f"{type(exc).__name__}: {exc}", now + backoff(notification.attempts), give_up=give_up
+            )
             return 0
-        await self.store.delivered(notification.id, ref, datetime.now(timezone.utc))
+        await self.store.delivered(notification.id, ref, datetime.now(UTC))
         return 1
 
     async def _send(self, adapter: ApproverChannel, n: Notification, view: dict[str, Any]) -> str | None:
@@ -107,7 +130,9 @@ class NotificationCourier:
             return await adapter.notify_break_glass(n.target, view, notification_id=n.id)
         parent = await self.store.message_of(n.action_id, n.channel, n.target)
         if n.kind == kinds.ESCALATED and (parent is None or parent[0] == kinds.ESCALATED):
-            return await adapter.escalate(n.target, None, view, notification_id=n.id)  # a fresh message for the fallback group
+            return await adapter.escalate(
+                n.target, None, view, notification_id=n.id
+            )  # a fresh message for the fallback group
         if parent is None or parent[1] == "failed":
             raise ParentMissing("failed")
         if parent[1] != "delivered" or not parent[2]:
@@ -124,4 +149,3 @@ class NotificationCourier:
         else:
             raise ValueError(f"unknown notification kind {n.kind!r}")
         return None
-

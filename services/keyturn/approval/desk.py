@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from keyturn.approval import channels as kinds
@@ -113,7 +113,11 @@ def opa_decision_document(decided: ActionDecided, policy: rules.ApprovalPolicy |
     approvals = decided.approvals
     groups = [{"name": g.name, "min": g.min_approvals} for g in approvals.groups] if approvals else []
     if policy is not None:
-        groups += [{"name": g.name, "min": g.min_approvals} for g in policy.alternatives if g.name not in {x["name"] for x in groups}]
+        groups += [
+            {"name": g.name, "min": g.min_approvals}
+            for g in policy.alternatives
+            if g.name not in {x["name"] for x in groups}
+        ]
     return {
         "outcome": decided.outcome.value,
         "reasons": list(decided.reasons),
@@ -123,7 +127,9 @@ def opa_decision_document(decided: ActionDecided, policy: rules.ApprovalPolicy |
             "pending_ttl_s": approvals.pending_ttl_s,
             "execution_window_s": approvals.execution_window_s,
             "escalation_group": approvals.escalation_group,
-        } if approvals else None,
+        }
+        if approvals
+        else None,
         "credential_ttl_s": decided.credential_ttl_s,
         "mask": list(decided.mask),
         "break_glass": decided.break_glass,
@@ -133,9 +139,15 @@ def opa_decision_document(decided: ActionDecided, policy: rules.ApprovalPolicy |
 class ApprovalDesk:
     """Opens, votes on, reminds, escalates and expires approvals; every change leaves through an outbox."""
 
-    def __init__(self, store: DeskStore, opa: PolicyEngine, topics: Topics, send: Publish,
-                 routes: Mapping[str, ChatTargets] | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+    def __init__(
+        self,
+        store: DeskStore,
+        opa: PolicyEngine,
+        topics: Topics,
+        send: Publish,
+        routes: Mapping[str, ChatTargets] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.store = store
         self.opa = opa
         self.topics = topics
@@ -192,7 +204,9 @@ class ApprovalDesk:
         self._remember_callback(decided.action_id, bool(decided.request.callback_url))
         if not self.concerns(decided):
             return None  # most decisions: allowed or denied outright, nobody to tell, no row to write
-        return await self._until_database_answers(f"decision for {decided.action_id}", lambda: self._take_decision(decided, encoded))
+        return await self._until_database_answers(
+            f"decision for {decided.action_id}", lambda: self._take_decision(decided, encoded)
+        )
 
     async def end_failed(self, event: Any, _message: Any, exc: Exception) -> None:
         """The consumption loop's hook when taking an event failed for good (``bus.loop``).
@@ -205,10 +219,15 @@ class ApprovalDesk:
         if await self.store.read(event.action_id) is not None:
             return
         resolved = ApprovalResolved(
-            event_id=f"resolved:{event.action_id}", action_id=event.action_id, outcome=ResolutionOutcome.DENIED,
-            resolved_at=self.clock(), decision=event,
-            summary=masked_line(f"approval_error: the approval service failed on this action ({type(exc).__name__}: {exc}); "
-                                "nobody could answer it, so it ends denied; submit it again"),
+            event_id=f"resolved:{event.action_id}",
+            action_id=event.action_id,
+            outcome=ResolutionOutcome.DENIED,
+            resolved_at=self.clock(),
+            decision=event,
+            summary=masked_line(
+                f"approval_error: the approval service failed on this action ({type(exc).__name__}: {exc}); "
+                "nobody could answer it, so it ends denied; submit it again"
+            ),
         )
         log.warning("denied %s: %s", event.action_id, resolved.summary)
         async with self.unit_of_work() as unit:
@@ -230,22 +249,39 @@ class ApprovalDesk:
                 if await self.store.note_break_glass(unit.conn, decided.action_id, encoded):
                     for channel, targets in self.routes.items():
                         for target in targets.every_target():
-                            await self.store.enqueue_notification(unit.conn, decided.action_id, channel, target, kinds.BREAK_GLASS)
+                            await self.store.enqueue_notification(
+                                unit.conn, decided.action_id, channel, target, kinds.BREAK_GLASS
+                            )
                     done = "break_glass"
             if decided.request.callback_url:
                 await self.store.set_callback_target(unit.conn, decided.action_id, decided.request.callback_url)
-                await self.store.enqueue_callback(unit.conn, decided.action_id, decided.outcome.value, callback_body(
-                    decided.action_id, decided.outcome.value, decided.decided_at,
-                    "break-glass: allowed without approval, reviewed after the fact" if decided.break_glass else decided.outcome.value,
-                    decided.reasons,
-                ))
+                await self.store.enqueue_callback(
+                    unit.conn,
+                    decided.action_id,
+                    decided.outcome.value,
+                    callback_body(
+                        decided.action_id,
+                        decided.outcome.value,
+                        decided.decided_at,
+                        "break-glass: allowed without approval, reviewed after the fact"
+                        if decided.break_glass
+                        else decided.outcome.value,
+                        decided.reasons,
+                    ),
+                )
             return done
 
     async def _open(self, unit: UnitOfWork, decided: ActionDecided, encoded: bytes) -> bool:
         state = opened_state(decided)
         groups = [g.name for g in state.policy.groups]
         created = await self.store.open(
-            unit.conn, decided.action_id, encoded, sorted(decided.request.requester.everyone), groups, state.opened_at, state.expires_at,
+            unit.conn,
+            decided.action_id,
+            encoded,
+            sorted(decided.request.requester.everyone),
+            groups,
+            state.opened_at,
+            state.expires_at,
         )
         if created:
             await self.store.set_next_sweep(unit.conn, decided.action_id, next_sweep_at(state))
@@ -264,10 +300,18 @@ class ApprovalDesk:
 
     async def _note_executed(self, executed: ActionExecuted) -> None:
         async with self.unit_of_work() as unit:
-            await self.store.enqueue_callback(unit.conn, executed.action_id, executed.outcome.value, callback_body(
-                executed.action_id, executed.outcome.value, executed.finished_at, executed.outcome.value,
-                (executed.error,) if executed.error else (),
-            ))
+            await self.store.enqueue_callback(
+                unit.conn,
+                executed.action_id,
+                executed.outcome.value,
+                callback_body(
+                    executed.action_id,
+                    executed.outcome.value,
+                    executed.finished_at,
+                    executed.outcome.value,
+                    (executed.error,) if executed.error else (),
+                ),
+            )
 
     def _remember_callback(self, action_id: str, wanted: bool) -> None:
         self._callback_wanted.pop(action_id, None)
@@ -278,6 +322,7 @@ class ApprovalDesk:
     async def _until_database_answers(self, what: str, work: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``work`` (one transaction) until the database takes it. An event must not be dropped
         because the database restarted while it was handled; each attempt is idempotent."""
+
         async def attempt() -> Any:
             try:
                 return await work()
@@ -289,19 +334,26 @@ class ApprovalDesk:
 
     # --- votes --------------------------------------------------------------------------------
 
-    async def counts_for(self, approver: Principal, decided: ActionDecided, policy: rules.ApprovalPolicy | None = None) -> tuple[str, ...]:
+    async def counts_for(
+        self, approver: Principal, decided: ActionDecided, policy: rules.ApprovalPolicy | None = None
+    ) -> tuple[str, ...]:
         """The required groups the policy says this approver counts for (empty when not allowed)."""
-        answer = await self.opa.query("keyturn/approval", {
-            "approver": {"id": approver.id, "kind": approver.kind.value, "chain": list(approver.chain)},
-            "request": policy_input(decided.request),
-            "decision": opa_decision_document(decided, policy),
-        })
+        answer = await self.opa.query(
+            "keyturn/approval",
+            {
+                "approver": {"id": approver.id, "kind": approver.kind.value, "chain": list(approver.chain)},
+                "request": policy_input(decided.request),
+                "decision": opa_decision_document(decided, policy),
+            },
+        )
         result = answer.result if isinstance(answer.result, dict) else {}
         if not result.get("may_approve", False):
             return ()
         return tuple(sorted(str(g) for g in result.get("counts_for", ())))
 
-    async def vote(self, action_id: str, approver: Principal, choice: str, payload_digest: str, reason: str | None, channel: str) -> VoteResult:
+    async def vote(
+        self, action_id: str, approver: Principal, choice: str, payload_digest: str, reason: str | None, channel: str
+    ) -> VoteResult:
         """Apply one answer; refusals are recorded (and audited) and change nothing.
 
         Raises ``DeskUnavailable`` when the policy engine or the database cannot be reached, and
@@ -312,10 +364,20 @@ class ApprovalDesk:
             return await self._vote(action_id, approver, rules.vote_choice(choice), payload_digest, reason, channel)
         except DATABASE_UNAVAILABLE as exc:
             await self.recover()
-            raise DeskUnavailable("database_unavailable", "Keyturn cannot reach its database right now, so your answer was not "
-                                  "recorded. Try again in a minute.") from exc
+            raise DeskUnavailable(
+                "database_unavailable",
+                "Keyturn cannot reach its database right now, so your answer was not recorded. Try again in a minute.",
+            ) from exc
 
-    async def _vote(self, action_id: str, approver: Principal, choice: VoteChoice, payload_digest: str, reason: str | None, channel: str) -> VoteResult:
+    async def _vote(
+        self,
+        action_id: str,
+        approver: Principal,
+        choice: VoteChoice,
+        payload_digest: str,
+        reason: str | None,
+        channel: str,
+    ) -> VoteResult:
         # One lock from reading the approval to recording the answer: a vote racing the opening,
         # another vote or the expiry sees the row either before or after, never half.
         async with self.unit_of_work() as unit:
@@ -342,10 +404,18 @@ class ApprovalDesk:
                 await self._resolve(unit, decided, outcome.state, outcome.progress.summary)
             elif outcome.accepted:
                 await self._tell_message_holders(unit, action_id, kinds.PROGRESS, str(len(outcome.state.votes)))
-            return VoteResult(action_id, outcome.accepted, outcome.state.status, outcome.progress.summary, refusal_name,
-                              str(outcome.refusal or ""))
+            return VoteResult(
+                action_id,
+                outcome.accepted,
+                outcome.state.status,
+                outcome.progress.summary,
+                refusal_name,
+                str(outcome.refusal or ""),
+            )
 
-    async def _membership(self, approver: Principal, decided: ActionDecided, state: rules.PendingApproval, action_id: str) -> tuple[str, ...]:
+    async def _membership(
+        self, approver: Principal, decided: ActionDecided, state: rules.PendingApproval, action_id: str
+    ) -> tuple[str, ...]:
         try:
             return await self.counts_for(approver, decided, state.policy)
         except (PolicyUnavailable, PolicyAnswerInvalid) as exc:
@@ -353,16 +423,42 @@ class ApprovalDesk:
             # outage into a refusal: "not in group" would be false, and a refused vote is
             # recorded for good. The approver is told to answer again.
             log.warning("vote by %s on %s not taken: the policy engine did not answer: %s", approver.id, action_id, exc)
-            raise DeskUnavailable("policy_unavailable", f"Keyturn cannot ask its policy engine whether {approver.id} may answer "
-                                  "this action right now, so your answer was not recorded. Try again in a minute.") from exc
+            raise DeskUnavailable(
+                "policy_unavailable",
+                f"Keyturn cannot ask its policy engine whether {approver.id} may answer "
+                "this action right now, so your answer was not recorded. Try again in a minute.",
+            ) from exc
 
     @staticmethod
-    def _vote_of(approver: Principal, choice: VoteChoice, payload_digest: str, now: datetime, reason: str | None, channel: str,
-                 counts_for: tuple[str, ...]) -> Vote:
-        return Vote(approver=approver, choice=choice, payload_digest=Digest.parse(payload_digest or "sha256:"), cast_at=now,
-                    reason=reason, channel=channel, counts_for=counts_for)
+    def _vote_of(
+        approver: Principal,
+        choice: VoteChoice,
+        payload_digest: str,
+        now: datetime,
+        reason: str | None,
+        channel: str,
+        counts_for: tuple[str, ...],
+    ) -> Vote:
+        return Vote(
+            approver=approver,
+            choice=choice,
+            payload_digest=Digest.parse(payload_digest or "sha256:"),
+            cast_at=now,
+            reason=reason,
+            channel=channel,
+            counts_for=counts_for,
+        )
 
-    async def refuse_answer(self, action_id: str, approver: Principal, choice: str, payload_digest: str, channel: str, refusal: str, message: str) -> VoteResult:
+    async def refuse_answer(
+        self,
+        action_id: str,
+        approver: Principal,
+        choice: str,
+        payload_digest: str,
+        channel: str,
+        refusal: str,
+        message: str,
+    ) -> VoteResult:
         """Record an answer refused before it reached the rules (e.g. an unknown chat user)."""
         now = self.clock()
         vote = self._vote_of(approver, rules.vote_choice(choice), payload_digest, now, None, channel, ())
@@ -372,12 +468,30 @@ class ApprovalDesk:
             await self._record(unit, action_id, vote, False if known else None, refusal, masked_line(message), now)
         return VoteResult(action_id, False, "unknown", "", refusal, message)
 
-    async def refuse_interaction(self, source: str, error_type: str, reason: str, payload: bytes, *,
-                                 problems: tuple[str, ...] = (), principal: str | None = None) -> None:
+    async def refuse_interaction(
+        self,
+        source: str,
+        error_type: str,
+        reason: str,
+        payload: bytes,
+        *,
+        problems: tuple[str, ...] = (),
+        principal: str | None = None,
+    ) -> None:
         """Record input a channel refused before it could name a trustworthy vote (forged, stale,
         replayed, malformed) as a dead letter, so the audit sees it; the input itself is not kept."""
-        letter = refusal_letter(service="approval", source_topic=source, partition=-1, offset=-1, key=None, payload=payload,
-                                error_type=error_type, reason=reason, problems=problems, principal=principal)
+        letter = refusal_letter(
+            service="approval",
+            source_topic=source,
+            partition=-1,
+            offset=-1,
+            key=None,
+            payload=payload,
+            error_type=error_type,
+            reason=reason,
+            problems=problems,
+            principal=principal,
+        )
         async with self.unit_of_work() as unit:
             await self._publish(unit, self.topics.dlq, letter.event_id, registry().encode_event(letter))
 
@@ -422,7 +536,9 @@ class ApprovalDesk:
                         raise RuntimeError(f"approval {action_id} escalated without an escalation group")
                     for channel, targets in self.routes.items():
                         for target in targets.targets_for([group]):
-                            await self.store.enqueue_notification(unit.conn, action_id, channel, target, kinds.ESCALATED)
+                            await self.store.enqueue_notification(
+                                unit.conn, action_id, channel, target, kinds.ESCALATED
+                            )
                     if escalated.status == "approved":
                         await self._resolve(unit, decided, escalated, rules.approval_progress(escalated).summary)
                     changed += 1
@@ -462,17 +578,33 @@ class ApprovalDesk:
         for channel, target in await self.store.message_targets(unit.conn, action_id):
             await self.store.enqueue_notification(unit.conn, action_id, channel, target, kind, occasion)
 
-    async def _record(self, unit: UnitOfWork, action_id: str, vote: Vote, accepted: bool | None, refusal: str | None, message: str, now: datetime) -> None:
+    async def _record(
+        self,
+        unit: UnitOfWork,
+        action_id: str,
+        vote: Vote,
+        accepted: bool | None,
+        refusal: str | None,
+        message: str,
+        now: datetime,
+    ) -> None:
         recorded = VoteRecorded(
-            event_id=f"vote:{action_id}:{uuid.uuid4()}", action_id=action_id, vote=vote, accepted=bool(accepted),
-            recorded_at=now, refusal=refusal, message=message,
+            event_id=f"vote:{action_id}:{uuid.uuid4()}",
+            action_id=action_id,
+            vote=vote,
+            accepted=bool(accepted),
+            recorded_at=now,
+            refusal=refusal,
+            message=message,
         )
         encoded = registry().encode_event(recorded)
         if accepted is not None:
             await self.store.record_vote(unit.conn, action_id, bool(accepted), encoded)
         await self._publish(unit, self.topics.votes, action_id, encoded)
 
-    async def _resolve(self, unit: UnitOfWork, decided: ActionDecided, state: rules.PendingApproval, summary: str) -> None:
+    async def _resolve(
+        self, unit: UnitOfWork, decided: ActionDecided, state: rules.PendingApproval, summary: str
+    ) -> None:
         resolution = rules.resolution_of(state)
         if resolution is None:  # only resolved states are passed here
             raise ValueError(f"approval {decided.action_id} is still {state.status}: nothing to resolve")
@@ -492,6 +624,14 @@ class ApprovalDesk:
         await self._publish(unit, self.topics.resolved, decided.action_id, registry().encode_event(resolved))
         await self._tell_message_holders(unit, decided.action_id, kinds.RESOLVED, "")
         if decided.request.callback_url:
-            await self.store.enqueue_callback(unit.conn, decided.action_id, resolution.status, callback_body(
-                decided.action_id, resolution.status, resolution.at, summary,
-            ))
+            await self.store.enqueue_callback(
+                unit.conn,
+                decided.action_id,
+                resolution.status,
+                callback_body(
+                    decided.action_id,
+                    resolution.status,
+                    resolution.at,
+                    summary,
+                ),
+            )

@@ -6,20 +6,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Request
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.replay import pending_state
 from keyturn.approval.views import approval_view
-from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.bus.codec import registry
 from keyturn.bus.http import masked_http_error
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.core.principal import Principal
+from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity import InvalidToken, bearer_token
 
 REFUSAL_STATUS = {
@@ -34,9 +34,12 @@ REFUSAL_STATUS = {
 }
 
 
-UNATTRIBUTED = Counter("keyturn_approval_unattributed_refusals_total",
-                       "Requests refused before anyone could be held to them (no valid token or signature, over the size bounds); "
-                       "counted, not recorded", ["channel", "reason"])
+UNATTRIBUTED = Counter(
+    "keyturn_approval_unattributed_refusals_total",
+    "Requests refused before anyone could be held to them (no valid token or signature, over the size bounds); "
+    "counted, not recorded",
+    ["channel", "reason"],
+)
 
 
 class VoteRequest(BaseModel):
@@ -49,8 +52,11 @@ class VoteRequest(BaseModel):
 def unavailable(exc: DeskUnavailable) -> JSONResponse:
     """Nothing was recorded, try again: 503 (a dependency is down) or 425 (the approval has not
     opened yet), with the refusal shape every other answer uses, and when to try again."""
-    return JSONResponse({"detail": {"error": exc.error, "message": masked_line(str(exc))}}, status_code=exc.status,
-                        headers={"Retry-After": str(exc.retry_after_s)})
+    return JSONResponse(
+        {"detail": {"error": exc.error, "message": masked_line(str(exc))}},
+        status_code=exc.status,
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
 
 
 def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Any) -> None:
@@ -65,8 +71,12 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
             await (await desk_of()).recover()
         except Exception:  # the desk may not even be built yet (the database was down at start)
             pass
-        return unavailable(DeskUnavailable("database_unavailable", "Keyturn cannot reach its database right now; "
-                                           "nothing was changed. Try again in a minute."))
+        return unavailable(
+            DeskUnavailable(
+                "database_unavailable",
+                "Keyturn cannot reach its database right now; nothing was changed. Try again in a minute.",
+            )
+        )
 
     for error in DATABASE_UNAVAILABLE:
         app.add_exception_handler(error, database_unavailable)
@@ -75,7 +85,9 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         try:
             return verifier().verify(bearer_token(authorization))
         except InvalidToken as exc:
-            raise HTTPException(401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}) from exc
+            raise HTTPException(
+                401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}
+            ) from exc
 
     app.add_exception_handler(StarletteHTTPException, masked_http_error)
 
@@ -90,11 +102,18 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
             return await masked_http_error(request, unauthenticated)
         problems = [masked_line(p) for p in validation_problems(exc.errors())[:MAX_PROBLEMS]]
         desk = await desk_of()
-        await desk.refuse_interaction(f"http:{request.method} {request.url.path}", "invalid_body",
-                                      f"{request.method} {request.url.path} refused from {approver.id}", await request.body(),
-                                      problems=tuple(problems), principal=approver.id)
-        return JSONResponse({"detail": {"error": "invalid_request", "message": "; ".join(problems), "problems": problems}},
-                            status_code=422)
+        await desk.refuse_interaction(
+            f"http:{request.method} {request.url.path}",
+            "invalid_body",
+            f"{request.method} {request.url.path} refused from {approver.id}",
+            await request.body(),
+            problems=tuple(problems),
+            principal=approver.id,
+        )
+        return JSONResponse(
+            {"detail": {"error": "invalid_request", "message": "; ".join(problems), "problems": problems}},
+            status_code=422,
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -120,32 +139,51 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
             views.append(approval_view(decided, pending_state(decided, full)))
         return views
 
-    @app.get("/v1/approvals/{action_id}", responses={
-        401: {"description": "Missing or invalid token"}, 404: {"description": "Allowed without approval (break-glass)"},
-        425: {"description": "No approval is open for this action yet (its decision may be on its way): retry after Retry-After"},
-    })
+    @app.get(
+        "/v1/approvals/{action_id}",
+        responses={
+            401: {"description": "Missing or invalid token"},
+            404: {"description": "Allowed without approval (break-glass)"},
+            425: {
+                "description": "No approval is open for this action yet (its decision may be on its way): retry after Retry-After"
+            },
+        },
+    )
     async def show(action_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         """One approval with masked parameters and the digest a vote must name."""
         approver_of(authorization)
         desk = await desk_of()
         found = await desk.approval(action_id)
         if found is None:
-            raise HTTPException(404, detail=f"action {action_id} was allowed without approval (break-glass); there is nothing to answer")
+            raise HTTPException(
+                404, detail=f"action {action_id} was allowed without approval (break-glass); there is nothing to answer"
+            )
         return approval_view(*found)
 
-    @app.post("/v1/approvals/{action_id}/votes", responses={
-        401: {"description": "Missing or invalid token"}, 403: {"description": "Self-approval or not an approver"},
-        404: {"description": "Not an approval: the action was allowed without one (break-glass)"},
-        409: {"description": "Resolved already, duplicate vote or digest drift"},
-        410: {"description": "Approval expired"},
-        425: {"description": "The approval has not opened yet: nothing was recorded, answer again after Retry-After"},
-        503: {"description": "Policy engine or database unreachable: nothing was recorded, answer again later (Retry-After)"},
-    })
+    @app.post(
+        "/v1/approvals/{action_id}/votes",
+        responses={
+            401: {"description": "Missing or invalid token"},
+            403: {"description": "Self-approval or not an approver"},
+            404: {"description": "Not an approval: the action was allowed without one (break-glass)"},
+            409: {"description": "Resolved already, duplicate vote or digest drift"},
+            410: {"description": "Approval expired"},
+            425: {
+                "description": "The approval has not opened yet: nothing was recorded, answer again after Retry-After"
+            },
+            503: {
+                "description": "Policy engine or database unreachable: nothing was recorded, answer again later (Retry-After)"
+            },
+        },
+    )
     async def vote(action_id: str, body: VoteRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
         """Approve or deny. Refusals are recorded and audited, and change nothing."""
         approver = approver_of(authorization)
         desk = await desk_of()
         result = await desk.vote(action_id, approver, body.choice, body.payload_digest, body.reason, body.channel)
         if not result.accepted:
-            raise HTTPException(REFUSAL_STATUS.get(result.refusal or "", 409), detail={"error": result.refusal, "message": result.message})
+            raise HTTPException(
+                REFUSAL_STATUS.get(result.refusal or "", 409),
+                detail={"error": result.refusal, "message": result.message},
+            )
         return {"action_id": action_id, "accepted": True, "status": result.status, "summary": result.summary}

@@ -58,21 +58,34 @@ def principal_by_email(email: str, domains: tuple[str, ...]) -> str | None:
     return None
 
 
-def principal_for(account: ChatAccount, user_map: Mapping[str, str], domains: tuple[str, ...], *, map_setting: str, domains_setting: str) -> Principal:
+def principal_for(
+    account: ChatAccount,
+    user_map: Mapping[str, str],
+    domains: tuple[str, ...],
+    *,
+    map_setting: str,
+    domains_setting: str,
+) -> Principal:
     """The principal ``account`` answers as, or ``UnknownChatUser`` saying why it answers as none."""
     if account.barred:
-        raise UnknownChatUser(f"{account.record_id} {account.barred}; such accounts never approve, whatever their email or mapping")
+        raise UnknownChatUser(
+            f"{account.record_id} {account.barred}; such accounts never approve, whatever their email or mapping"
+        )
     for key in account.keys:
         if key and key in user_map:
             return Principal(user_map[key], Principal.kind_of(user_map[key]))
     if not domains:
-        raise UnknownChatUser(f"{account.record_id} is not in {map_setting}, and {domains_setting} is empty, so no email maps to a principal")
+        raise UnknownChatUser(
+            f"{account.record_id} is not in {map_setting}, and {domains_setting} is empty, so no email maps to a principal"
+        )
     if not account.email:
         raise UnknownChatUser(f"{account.record_id} has no email Keyturn can see and is not in {map_setting}")
     principal = principal_by_email(account.email, domains)
     if principal is None:
-        raise UnknownChatUser(f"{account.record_id}'s email {account.email} is not an address in {', '.join(domains)} "
-                              f"({domains_setting}) and the account is not in {map_setting}")
+        raise UnknownChatUser(
+            f"{account.record_id}'s email {account.email} is not an address in {', '.join(domains)} "
+            f"({domains_setting}) and the account is not in {map_setting}"
+        )
     return Principal(principal, PrincipalKind.HUMAN)
 
 
@@ -95,7 +108,9 @@ def slack_account(user: Mapping[str, Any], workspace: str, *, clicked_as_team: s
     elif team != workspace or (clicked_as_team and clicked_as_team != workspace):
         barred = f"belongs to another workspace ({team or clicked_as_team or 'unknown'}), an external account"
     email = (user.get("profile") or {}).get("email")
-    return ChatAccount(f"slack:{team or clicked_as_team or '?'}/{user_id}", (user_id,), str(email) if email else None, barred)
+    return ChatAccount(
+        f"slack:{team or clicked_as_team or '?'}/{user_id}", (user_id,), str(email) if email else None, barred
+    )
 
 
 def teams_account(user_id: str, aad_object_id: str | None, member: Mapping[str, Any], tenant: str) -> ChatAccount:

@@ -17,8 +17,12 @@ def opened_state(decided: ActionDecided) -> rules.PendingApproval:
     if decided.approvals is None:
         raise ValueError(f"decision for {decided.action_id} needs approval but names no approvers")
     return rules.open_approval(
-        decided.action_id, decided.request.requester, decided.request.payload_digest,
-        rules.approval_policy(decided.approvals), decided.decided_at, action=decided.request.action,
+        decided.action_id,
+        decided.request.requester,
+        decided.request.payload_digest,
+        rules.approval_policy(decided.approvals),
+        decided.decided_at,
+        action=decided.request.action,
     )
 
 
@@ -52,7 +56,11 @@ def next_sweep_at(state: rules.PendingApproval) -> datetime | None:
     """The next moment a reminder or the escalation falls due, or None when nothing is left to do."""
     if state.status != "pending":
         return None
-    moments = [state.opened_at + state.policy.pending_ttl * f for f in state.policy.reminder_fractions if f not in state.reminders_sent]
+    moments = [
+        state.opened_at + state.policy.pending_ttl * f
+        for f in state.policy.reminder_fractions
+        if f not in state.reminders_sent
+    ]
     if state.policy.escalation_group and not state.escalated:
         moments.append(state.opened_at + state.policy.pending_ttl * state.policy.escalation_fraction)
     moments = [m for m in moments if m < state.expires_at]

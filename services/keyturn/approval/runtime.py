@@ -46,8 +46,12 @@ def slack_channel(s: Settings) -> SlackChannel | None:
     if not s.slack_bot_token:
         return None
     client = AsyncWebClient(token=s.slack_bot_token, base_url=s.slack_api_url, timeout=10)
-    return SlackChannel(client, ChatTargets.from_json(s.slack_channels, "KEYTURN_SLACK_CHANNELS"),
-                        principal_map(s.slack_user_map, "KEYTURN_SLACK_USER_MAP"), email_domains(s.slack_email_domains))
+    return SlackChannel(
+        client,
+        ChatTargets.from_json(s.slack_channels, "KEYTURN_SLACK_CHANNELS"),
+        principal_map(s.slack_user_map, "KEYTURN_SLACK_USER_MAP"),
+        email_domains(s.slack_email_domains),
+    )
 
 
 async def teams_channel(s: Settings) -> Any:
@@ -57,10 +61,16 @@ async def teams_channel(s: Settings) -> Any:
     from keyturn.approval.teams import TeamsChannel  # the Teams SDK is only imported when used
 
     return await TeamsChannel.connect(
-        app_id=s.teams_app_id, app_password=s.teams_app_password, tenant_id=s.teams_tenant_id, token_url=s.teams_token_url,
-        openid_url=s.teams_openid_url, token_issuer=s.teams_token_issuer, service_url=s.teams_service_url,
+        app_id=s.teams_app_id,
+        app_password=s.teams_app_password,
+        tenant_id=s.teams_tenant_id,
+        token_url=s.teams_token_url,
+        openid_url=s.teams_openid_url,
+        token_issuer=s.teams_token_issuer,
+        service_url=s.teams_service_url,
         targets=ChatTargets.from_json(s.teams_conversations, "KEYTURN_TEAMS_CONVERSATIONS"),
-        user_map=principal_map(s.teams_user_map, "KEYTURN_TEAMS_USER_MAP"), email_domains=email_domains(s.teams_email_domains),
+        user_map=principal_map(s.teams_user_map, "KEYTURN_TEAMS_USER_MAP"),
+        email_domains=email_domains(s.teams_email_domains),
     )
 
 
@@ -68,7 +78,9 @@ def callback_courier(s: Settings, store: ApprovalStore) -> CallbackCourier:
     """The requester-webhook sender: only allow-listed hosts, no redirects (one could leave the list)."""
     hosts = frozenset(h.strip().lower() for h in s.callback_allowed_hosts.split(",") if h.strip())
     client = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
-    return CallbackCourier(store, callback_secret(s.callback_secret, s.keys_dir), hosts, s.callback_max_attempts, client)
+    return CallbackCourier(
+        store, callback_secret(s.callback_secret, s.keys_dir), hosts, s.callback_max_attempts, client
+    )
 
 
 def console_sign_in(s: Settings) -> DevSignIn | None:
@@ -118,7 +130,9 @@ class ApprovalRuntime:
     def verifier(self) -> TokenVerifier:
         if self._verifier is None:
             s = self.settings
-            self._verifier = verifier_from_settings(s.jwks_url or None, s.jwks_path or None, s.keys_dir, s.jwt_issuer, s.jwt_audience)
+            self._verifier = verifier_from_settings(
+                s.jwks_url or None, s.jwks_path or None, s.keys_dir, s.jwt_issuer, s.jwt_audience
+            )
         return self._verifier
 
     async def desk(self) -> ApprovalDesk:
@@ -134,14 +148,20 @@ class ApprovalRuntime:
         pool.timeout = CONNECTION_WAIT_S
         self.verifier()
         self.teams = await teams_channel(s)
-        self.wire(ApprovalStore(pool), OpaClient(s.opa_url, timeout_s=s.opa_timeout_s, retries=s.opa_retries,
-                                                 revision_max_age_s=s.opa_revision_max_age_s))
+        self.wire(
+            ApprovalStore(pool),
+            OpaClient(
+                s.opa_url, timeout_s=s.opa_timeout_s, retries=s.opa_retries, revision_max_age_s=s.opa_revision_max_age_s
+            ),
+        )
 
     def wire(self, store: Any, opa: PolicyEngine) -> ApprovalDesk:
         """The desk and its couriers on ``store`` and ``opa`` (tests pass in-memory fakes here)."""
         routes = {name: adapter.targets for name, adapter in self.adapters.items()}
         desk = ApprovalDesk(store, opa, self.topics, self.send, routes)
-        self._wiring = Wiring(desk, NotificationCourier(store, self.adapters, desk.view), callback_courier(self.settings, store))
+        self._wiring = Wiring(
+            desk, NotificationCourier(store, self.adapters, desk.view), callback_courier(self.settings, store)
+        )
         log.info("approval desk ready; chat channels: %s", ", ".join(routes) or "none")
         return desk
 
@@ -172,7 +192,9 @@ class ApprovalRuntime:
         except DATABASE_UNAVAILABLE as exc:
             await self._skip_tick("chat notifications and webhooks", exc)
 
-    async def refused_at_the_edge(self, scope: dict[str, Any], status: int, problems: list[str], received: bytes) -> None:
+    async def refused_at_the_edge(
+        self, scope: dict[str, Any], status: int, problems: list[str], received: bytes
+    ) -> None:
         """A request over the size bounds (``bus.http.BoundedRequests``): counted, and recorded
         (size and digest only) when it carries a valid approver token. Chat requests are signed
         over their body, so one refused before its body was read cannot be held to anyone."""
@@ -184,8 +206,9 @@ class ApprovalRuntime:
             return
         desk = await self.desk()
         where = f"http:{scope.get('method')} {scope.get('path')}"
-        await desk.refuse_interaction(where, reason, "; ".join(problems), received,
-                                      problems=tuple(problems), principal=principal.id)
+        await desk.refuse_interaction(
+            where, reason, "; ".join(problems), received, problems=tuple(problems), principal=principal.id
+        )
 
     async def _skip_tick(self, what: str, exc: Exception) -> None:
         log.warning("database unavailable; %s wait for the next tick: %s: %s", what, type(exc).__name__, exc)

@@ -31,7 +31,13 @@ class SlackChannel:
 
     name = "slack"
 
-    def __init__(self, client: AsyncWebClient, targets: ChatTargets, user_map: dict[str, str], email_domains: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        targets: ChatTargets,
+        user_map: dict[str, str],
+        email_domains: tuple[str, ...] = (),
+    ) -> None:
         self.client = client
         self.targets = targets
         self.user_map = user_map
@@ -52,18 +58,28 @@ class SlackChannel:
         channel, ts = _split(ref)
         await self.client.chat_update(channel=channel, ts=ts, **blocks.approval_message(view))
         mention = self._mention(view)
-        await self._post(channel, {"text": blocks.outcome_reply(view, mention)}, notification_id, view["action_id"], thread_ts=ts)
+        await self._post(
+            channel, {"text": blocks.outcome_reply(view, mention)}, notification_id, view["action_id"], thread_ts=ts
+        )
 
-    async def remind(self, target: str, ref: str, view: dict[str, Any], fraction: float, *, notification_id: int) -> None:
+    async def remind(
+        self, target: str, ref: str, view: dict[str, Any], fraction: float, *, notification_id: int
+    ) -> None:
         channel, ts = _split(ref)
-        await self._post(channel, {"text": blocks.reminder_reply(view, fraction)}, notification_id, view["action_id"], thread_ts=ts)
+        await self._post(
+            channel, {"text": blocks.reminder_reply(view, fraction)}, notification_id, view["action_id"], thread_ts=ts
+        )
 
     async def escalate(self, target: str, ref: str | None, view: dict[str, Any], *, notification_id: int) -> str | None:
         if ref is None:
             headline = f":arrow_double_up: Escalated to {view['escalation_group']}"
-            return await self._post(target, blocks.approval_message(view, headline=headline), notification_id, view["action_id"])
+            return await self._post(
+                target, blocks.approval_message(view, headline=headline), notification_id, view["action_id"]
+            )
         channel, ts = _split(ref)
-        await self._post(channel, {"text": blocks.escalation_reply(view)}, notification_id, view["action_id"], thread_ts=ts)
+        await self._post(
+            channel, {"text": blocks.escalation_reply(view)}, notification_id, view["action_id"], thread_ts=ts
+        )
         return None
 
     async def notify_break_glass(self, target: str, view: dict[str, Any], *, notification_id: int) -> str:
@@ -73,14 +89,20 @@ class SlackChannel:
         oldest = f"{(since - LOOKBACK).timestamp():.6f}"
         if parent_ref is not None:
             channel, thread_ts = _split(parent_ref)
-            answer = await self.client.conversations_replies(channel=channel, ts=thread_ts, oldest=oldest, include_all_metadata=True, limit=200)
+            answer = await self.client.conversations_replies(
+                channel=channel, ts=thread_ts, oldest=oldest, include_all_metadata=True, limit=200
+            )
         else:
             channel = await self._channel_id(target)
-            answer = await self.client.conversations_history(channel=channel, oldest=oldest, include_all_metadata=True, limit=200)
+            answer = await self.client.conversations_history(
+                channel=channel, oldest=oldest, include_all_metadata=True, limit=200
+            )
         messages: list[dict[str, Any]] = answer.get("messages", [])
         for message in messages:
             payload = (message.get("metadata") or {}).get("event_payload") or {}
-            if (message.get("metadata") or {}).get("event_type") == METADATA_EVENT and payload.get("notification_id") == str(notification_id):
+            if (message.get("metadata") or {}).get("event_type") == METADATA_EVENT and payload.get(
+                "notification_id"
+            ) == str(notification_id):
                 return message_ref(channel, message["ts"])
         return None
 
@@ -92,7 +114,9 @@ class SlackChannel:
             log.warning("could not tell %s in %s: %s", user, channel, exc.response.get("error"))
 
     async def open_deny_modal(self, trigger_id: str, view: dict[str, Any], *, channel: str, message_ts: str) -> None:
-        await self.client.views_open(trigger_id=trigger_id, view=blocks.deny_modal(view, channel=channel, message_ts=message_ts))
+        await self.client.views_open(
+            trigger_id=trigger_id, view=blocks.deny_modal(view, channel=channel, message_ts=message_ts)
+        )
 
     # --- who is answering -------------------------------------------------------------------------
 
@@ -103,11 +127,18 @@ class SlackChannel:
             workspace = await self.workspace()
             answer = await self.client.users_info(user=user_id)
         except SlackApiError as exc:
-            raise UnknownChatUser(f"Slack user {user_id} could not be looked up ({exc.response.get('error')}), "
-                                  "so Keyturn cannot tell whether the account may approve") from exc
+            raise UnknownChatUser(
+                f"Slack user {user_id} could not be looked up ({exc.response.get('error')}), "
+                "so Keyturn cannot tell whether the account may approve"
+            ) from exc
         account = slack_account(answer.get("user") or {"id": user_id}, workspace, clicked_as_team=team_id)
-        return principal_for(account, self.user_map, self.email_domains,
-                             map_setting="KEYTURN_SLACK_USER_MAP", domains_setting="KEYTURN_SLACK_EMAIL_DOMAINS")
+        return principal_for(
+            account,
+            self.user_map,
+            self.email_domains,
+            map_setting="KEYTURN_SLACK_USER_MAP",
+            domains_setting="KEYTURN_SLACK_EMAIL_DOMAINS",
+        )
 
     async def workspace(self) -> str:
         """The team id of the workspace the bot is installed in (``auth.test``, asked once)."""
@@ -117,10 +148,18 @@ class SlackChannel:
 
     # --- private ----------------------------------------------------------------------------------
 
-    async def _post(self, target: str, message: dict[str, Any], notification_id: int, action_id: str, thread_ts: str | None = None) -> str:
+    async def _post(
+        self, target: str, message: dict[str, Any], notification_id: int, action_id: str, thread_ts: str | None = None
+    ) -> str:
         answer = await self.client.chat_postMessage(
-            channel=target, thread_ts=thread_ts, unfurl_links=False, unfurl_media=False,
-            metadata={"event_type": METADATA_EVENT, "event_payload": {"notification_id": str(notification_id), "action_id": action_id}},
+            channel=target,
+            thread_ts=thread_ts,
+            unfurl_links=False,
+            unfurl_media=False,
+            metadata={
+                "event_type": METADATA_EVENT,
+                "event_payload": {"notification_id": str(notification_id), "action_id": action_id},
+            },
             **message,
         )
         return message_ref(answer["channel"], answer["ts"])

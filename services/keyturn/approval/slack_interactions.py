@@ -30,8 +30,8 @@ from slack_sdk.signature import SignatureVerifier
 
 from keyturn.approval import slack_messages as blocks
 from keyturn.approval.channels import NOT_SHOWN, UnknownChatUser, not_shown
-from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
+from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.slack import SlackChannel
 from keyturn.core.principal import Principal, PrincipalKind
 
@@ -53,19 +53,36 @@ class InteractionRefused(Exception):
         self.error = error
 
 
-def verify_request(verifier: SignatureVerifier, body: bytes, timestamp: str | None, signature: str | None, now: float) -> None:
+def verify_request(
+    verifier: SignatureVerifier, body: bytes, timestamp: str | None, signature: str | None, now: float
+) -> None:
     """Raise ``InteractionRefused`` unless Slack signed ``body`` within the last 5 minutes."""
     if not timestamp or not timestamp.strip().isdigit():
-        raise InteractionRefused(400, "missing_timestamp", "X-Slack-Request-Timestamp is missing or not a number; only Slack may call this endpoint")
+        raise InteractionRefused(
+            400,
+            "missing_timestamp",
+            "X-Slack-Request-Timestamp is missing or not a number; only Slack may call this endpoint",
+        )
     age = now - int(timestamp)
     if abs(age) > MAX_AGE_S:
-        raise InteractionRefused(401, "stale_timestamp", f"the Slack request was signed {int(age)} s ago; requests more than "
-                                 f"{MAX_AGE_S} s away from now are refused so a captured request cannot be replayed")
+        raise InteractionRefused(
+            401,
+            "stale_timestamp",
+            f"the Slack request was signed {int(age)} s ago; requests more than "
+            f"{MAX_AGE_S} s away from now are refused so a captured request cannot be replayed",
+        )
     # The HMAC is computed over the bytes as received: the SDK's check decodes the body as UTF-8
     # first and fails on anything else, and an unsigned body must be refused as unsigned (401).
-    expected = "v0=" + hmac.new(verifier.signing_secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
+    expected = (
+        "v0="
+        + hmac.new(
+            verifier.signing_secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256
+        ).hexdigest()
+    )
     if not signature or not hmac.compare_digest(expected.encode(), signature.encode(errors="replace")):
-        raise InteractionRefused(401, "forged_signature", "X-Slack-Signature does not match the body signed with this app's signing secret")
+        raise InteractionRefused(
+            401, "forged_signature", "X-Slack-Signature does not match the body signed with this app's signing secret"
+        )
 
 
 def parse_payload(body: bytes) -> dict[str, Any]:
@@ -74,17 +91,28 @@ def parse_payload(body: bytes) -> dict[str, Any]:
         payload = json.loads(parse_qs(body.decode(), strict_parsing=True)["payload"][0])
     except (UnicodeDecodeError, ValueError, KeyError, IndexError) as exc:
         # the parser's message quotes the body; a refusal names the problem, never the input
-        raise InteractionRefused(400, "malformed_payload", f"the body is not a Slack interaction (payload=<json>): {type(exc).__name__}") from exc
-    if not isinstance(payload, dict) or not isinstance(payload.get("user"), dict) or not isinstance(payload["user"].get("id"), str):
+        raise InteractionRefused(
+            400, "malformed_payload", f"the body is not a Slack interaction (payload=<json>): {type(exc).__name__}"
+        ) from exc
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("user"), dict)
+        or not isinstance(payload["user"].get("id"), str)
+    ):
         raise InteractionRefused(400, "malformed_payload", "the interaction names no user")
     return payload
 
 
 def interaction_id(payload: dict[str, Any]) -> str:
     """What makes one interaction unique: Slack's trigger id (or action timestamp) within a team."""
-    team = _text(_object(payload, "team").get("id"), "team.id") or _text(payload["user"].get("team_id"), "user.team_id") or "?"
+    team = (
+        _text(_object(payload, "team").get("id"), "team.id")
+        or _text(payload["user"].get("team_id"), "user.team_id")
+        or "?"
+    )
     unique = _text(payload.get("trigger_id"), "trigger_id") or next(
-        (ts for a in _actions(payload) if (ts := _text(a.get("action_ts"), "actions[].action_ts"))), None)
+        (ts for a in _actions(payload) if (ts := _text(a.get("action_ts"), "actions[].action_ts"))), None
+    )
     if not unique:
         raise InteractionRefused(400, "malformed_payload", "the interaction has neither trigger_id nor action_ts")
     return f"{team}:{unique}"
@@ -120,21 +148,47 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
         if button not in (blocks.APPROVE, blocks.DENY):
             raise InteractionRefused(400, "unsupported_interaction", f"unknown button {button!r}")
         container = _object(payload, "container")
-        channel = _same(_text(_object(payload, "channel").get("id"), "channel.id"), _text(container.get("channel_id"), "container.channel_id"),
-                        "channel.id and container.channel_id")
-        message_ts = _same(_text(container.get("message_ts"), "container.message_ts"), _text(_object(payload, "message").get("ts"), "message.ts"),
-                           "container.message_ts and message.ts")
-        return Interaction(kind, user, team, trigger, button, _json_object(action.get("value"), "button value"), channel or "",
-                           message_ts or "", user_team=user_team)
+        channel = _same(
+            _text(_object(payload, "channel").get("id"), "channel.id"),
+            _text(container.get("channel_id"), "container.channel_id"),
+            "channel.id and container.channel_id",
+        )
+        message_ts = _same(
+            _text(container.get("message_ts"), "container.message_ts"),
+            _text(_object(payload, "message").get("ts"), "message.ts"),
+            "container.message_ts and message.ts",
+        )
+        return Interaction(
+            kind,
+            user,
+            team,
+            trigger,
+            button,
+            _json_object(action.get("value"), "button value"),
+            channel or "",
+            message_ts or "",
+            user_team=user_team,
+        )
     view = _object(payload, "view")
     if kind == "view_submission" and view.get("callback_id") == blocks.DENY_MODAL:
         shown = _json_object(view.get("private_metadata"), "modal metadata")
         state = _object(view, "state", "view.state")
         reason_block = _object(_object(state, "values", "view.state.values"), blocks.REASON_BLOCK, "the reason block")
         reason = _text(_object(reason_block, blocks.REASON_BLOCK, "the reason input").get("value"), "the reason")
-        return Interaction(kind, user, team, trigger, shown=shown, channel=_text(shown.get("channel"), "modal channel") or "",
-                           message_ts=_text(shown.get("ts"), "modal message ts") or "", deny_reason=reason, user_team=user_team)
-    raise InteractionRefused(400, "unsupported_interaction", f"Keyturn does not handle Slack interactions of type {kind!r}")
+        return Interaction(
+            kind,
+            user,
+            team,
+            trigger,
+            shown=shown,
+            channel=_text(shown.get("channel"), "modal channel") or "",
+            message_ts=_text(shown.get("ts"), "modal message ts") or "",
+            deny_reason=reason,
+            user_team=user_team,
+        )
+    raise InteractionRefused(
+        400, "unsupported_interaction", f"Keyturn does not handle Slack interactions of type {kind!r}"
+    )
 
 
 def _same(first: str | None, second: str | None, what: str) -> str | None:
@@ -168,8 +222,13 @@ def _text(value: Any, what: str) -> str | None:
     raise InteractionRefused(400, "malformed_payload", f"the interaction's {what} is not a string")
 
 
-def mount_slack(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], slack: SlackChannel, signing_secret: str,
-                clock: Callable[[], float] = time.time) -> None:
+def mount_slack(
+    app: FastAPI,
+    desk_of: Callable[[], Awaitable[ApprovalDesk]],
+    slack: SlackChannel,
+    signing_secret: str,
+    clock: Callable[[], float] = time.time,
+) -> None:
     """Add ``POST /slack/interactions`` (the app's Interactivity Request URL)."""
     verifier = SignatureVerifier(signing_secret)
 
@@ -178,12 +237,20 @@ def mount_slack(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], sl
         body = await request.body()
         desk = await desk_of()
         try:
-            verify_request(verifier, body, request.headers.get("x-slack-request-timestamp"), request.headers.get("x-slack-signature"), clock())
+            verify_request(
+                verifier,
+                body,
+                request.headers.get("x-slack-request-timestamp"),
+                request.headers.get("x-slack-signature"),
+                clock(),
+            )
             payload = parse_payload(body)
             unique = interaction_id(payload)
             interaction = read_interaction(payload)
             if not await desk.store.first_sighting("slack", unique):
-                raise InteractionRefused(409, "replayed_interaction", "this Slack interaction was already received; a replay changes nothing")
+                raise InteractionRefused(
+                    409, "replayed_interaction", "this Slack interaction was already received; a replay changes nothing"
+                )
             if interaction.kind == "block_actions":
                 return await _button(desk, slack, interaction)
             return await _deny_submitted(desk, slack, interaction)
@@ -215,28 +282,44 @@ async def _button(desk: ApprovalDesk, slack: SlackChannel, click: Interaction) -
         await slack.tell_user(click.channel, click.user, f":hourglass: {unavailable}")
         return Response(status_code=200)
     if not result.accepted:
-        await slack.tell_user(click.channel, click.user, f":warning: Your answer was not applied — {result.refusal}: {result.message}")
+        await slack.tell_user(
+            click.channel, click.user, f":warning: Your answer was not applied — {result.refusal}: {result.message}"
+        )
     return Response(status_code=200)
 
 
 async def _deny_submitted(desk: ApprovalDesk, slack: SlackChannel, submitted: Interaction) -> Response:
     action_id, digest = str(submitted.shown.get("action_id", "")), str(submitted.shown.get("payload_digest", ""))
     if (why := await _unbound(desk, slack, submitted, action_id, "deny", digest)) is not None:
-        return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: f"Your answer was not applied — {why}"[:2000]}})
+        return JSONResponse(
+            {
+                "response_action": "errors",
+                "errors": {blocks.REASON_BLOCK: f"Your answer was not applied — {why}"[:2000]},
+            }
+        )
     approver = await _approver(desk, slack, submitted, action_id, "deny", digest, submitted.channel)
     if approver is None:
-        return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: "Keyturn does not know who you are; your answer was not applied."}})
+        return JSONResponse(
+            {
+                "response_action": "errors",
+                "errors": {blocks.REASON_BLOCK: "Keyturn does not know who you are; your answer was not applied."},
+            }
+        )
     try:
         result = await desk.vote(action_id, approver, "deny", digest, submitted.deny_reason, "slack")
     except DeskUnavailable as unavailable:
         # the modal stays open with the reason typed, so submitting again is one click
         return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: str(unavailable)[:2000]}})
     if not result.accepted:
-        return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: f"{result.refusal}: {result.message}"[:2000]}})
+        return JSONResponse(
+            {"response_action": "errors", "errors": {blocks.REASON_BLOCK: f"{result.refusal}: {result.message}"[:2000]}}
+        )
     return Response(status_code=200)
 
 
-async def _unbound(desk: ApprovalDesk, slack: SlackChannel, answer: Interaction, action_id: str, choice: str, digest: str) -> str | None:
+async def _unbound(
+    desk: ApprovalDesk, slack: SlackChannel, answer: Interaction, action_id: str, choice: str, digest: str
+) -> str | None:
     """None when the answer came from a message Keyturn posted for ``action_id``; else why not,
     after recording the refused answer under the Slack account (nothing changes)."""
     why = await not_shown(desk.store, slack.name, answer.channel, answer.message_ts, action_id)
@@ -250,7 +333,9 @@ def _account(answer: Interaction) -> Principal:
     return Principal(f"slack:{answer.user_team or answer.team}/{answer.user}", PrincipalKind.HUMAN)
 
 
-async def _approver(desk: ApprovalDesk, slack: SlackChannel, answer: Interaction, action_id: str, choice: str, digest: str, channel: str) -> Principal | None:
+async def _approver(
+    desk: ApprovalDesk, slack: SlackChannel, answer: Interaction, action_id: str, choice: str, digest: str, channel: str
+) -> Principal | None:
     """The principal behind the Slack user, or None after recording and telling why not."""
     try:
         return await slack.principal_of(answer.user, answer.user_team)

@@ -47,43 +47,96 @@ def approval_message(view: dict[str, Any], *, headline: str | None = None) -> di
     title = headline or STATUS_TITLES.get(view["status"], view["status"])
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": f"{title}: {view['action']}"[:150], "emoji": True}},
-        {"type": "section", "fields": [
-            _field("Resource", f"`{escape(view['resource'])}`"),
-            _field("Requested by", escape(requester_line(view["requester"], view["acting_for"]))),
-            _field("Approvers", escape(", ".join(f"{g['name']} ×{g['need']}" for g in view.get("groups", [])) or "—")),
-            _field("Expires", slack_date(view["expires_at"])) if view.get("expires_at") else _field("Expires", "—"),
-        ]},
+        {
+            "type": "section",
+            "fields": [
+                _field("Resource", f"`{escape(view['resource'])}`"),
+                _field("Requested by", escape(requester_line(view["requester"], view["acting_for"]))),
+                _field(
+                    "Approvers", escape(", ".join(f"{g['name']} ×{g['need']}" for g in view.get("groups", [])) or "—")
+                ),
+                _field("Expires", slack_date(view["expires_at"])) if view.get("expires_at") else _field("Expires", "—"),
+            ],
+        },
         _section(f"*Reason*\n{escape(view['reason'])}"),
     ]
     if view.get("policy_reasons"):
         blocks.append(_section("*Impact*\n" + "\n".join(f"• {escape(r)}" for r in view["policy_reasons"])))
     blocks.append(_section(f"*Parameters* (masked)\n```{escape(_parameters(view['parameters']))}```"))
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"action `{escape(view['action_id'])}` · digest `{escape(view['payload_digest'][:23])}…`"}]})
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": f"action `{escape(view['action_id'])}` · digest `{escape(view['payload_digest'][:23])}…`",
+                }
+            ],
+        }
+    )
     blocks.append(_section(f"*{escape(view['summary'])}*"))
     if view["status"] == "pending":
         value = button_value(view)
-        blocks.append({"type": "actions", "block_id": "keyturn_vote", "elements": [
-            {"type": "button", "action_id": APPROVE, "style": "primary", "value": value, "text": {"type": "plain_text", "text": "Approve"}},
-            {"type": "button", "action_id": DENY, "style": "danger", "value": value, "text": {"type": "plain_text", "text": "Deny…"}},
-        ]})
-    return {"text": f"{title}: {view['action']} on {view['resource']} — {view['summary']}"[:MAX_TEXT_CHARS], "blocks": blocks}
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "keyturn_vote",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": APPROVE,
+                        "style": "primary",
+                        "value": value,
+                        "text": {"type": "plain_text", "text": "Approve"},
+                    },
+                    {
+                        "type": "button",
+                        "action_id": DENY,
+                        "style": "danger",
+                        "value": value,
+                        "text": {"type": "plain_text", "text": "Deny…"},
+                    },
+                ],
+            }
+        )
+    return {
+        "text": f"{title}: {view['action']} on {view['resource']} — {view['summary']}"[:MAX_TEXT_CHARS],
+        "blocks": blocks,
+    }
 
 
 def break_glass_message(view: dict[str, Any]) -> dict[str, Any]:
     """The notice every approver channel gets when an action ran on break-glass."""
     incident = view.get("incident_id") or "no incident id"
     blocks = [
-        {"type": "header", "text": {"type": "plain_text", "text": f":rotating_light: Break-glass: {view['action']}"[:150], "emoji": True}},
-        _section(f"*{escape(view['summary'])}*\nIncident `{escape(incident)}`. This action ran without approval and is flagged for mandatory review."),
-        {"type": "section", "fields": [
-            _field("Resource", f"`{escape(view['resource'])}`"),
-            _field("Requested by", escape(requester_line(view["requester"], view["acting_for"]))),
-        ]},
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": f":rotating_light: Break-glass: {view['action']}"[:150],
+                "emoji": True,
+            },
+        },
+        _section(
+            f"*{escape(view['summary'])}*\nIncident `{escape(incident)}`. This action ran without approval and is flagged for mandatory review."
+        ),
+        {
+            "type": "section",
+            "fields": [
+                _field("Resource", f"`{escape(view['resource'])}`"),
+                _field("Requested by", escape(requester_line(view["requester"], view["acting_for"]))),
+            ],
+        },
         _section(f"*Reason*\n{escape(view['reason'])}"),
         _section(f"*Parameters* (masked)\n```{escape(_parameters(view['parameters']))}```"),
         {"type": "context", "elements": [{"type": "mrkdwn", "text": f"action `{escape(view['action_id'])}`"}]},
     ]
-    return {"text": f"Break-glass: {view['action']} on {view['resource']} (incident {incident}), mandatory review"[:MAX_TEXT_CHARS], "blocks": blocks}
+    return {
+        "text": f"Break-glass: {view['action']} on {view['resource']} (incident {incident}), mandatory review"[
+            :MAX_TEXT_CHARS
+        ],
+        "blocks": blocks,
+    }
 
 
 def outcome_reply(view: dict[str, Any], requester_mention: str | None) -> str:
@@ -103,7 +156,12 @@ def escalation_reply(view: dict[str, Any]) -> str:
 
 def deny_modal(view: dict[str, Any], *, channel: str, message_ts: str) -> dict[str, Any]:
     """The modal that asks a denier why; the digest shown rides in private_metadata."""
-    metadata = {"action_id": view["action_id"], "payload_digest": view["payload_digest"], "channel": channel, "ts": message_ts}
+    metadata = {
+        "action_id": view["action_id"],
+        "payload_digest": view["payload_digest"],
+        "channel": channel,
+        "ts": message_ts,
+    }
     return {
         "type": "modal",
         "callback_id": DENY_MODAL,
@@ -112,16 +170,29 @@ def deny_modal(view: dict[str, Any], *, channel: str, message_ts: str) -> dict[s
         "submit": {"type": "plain_text", "text": "Deny"},
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
-            _section(f"*{escape(view['action'])}* on `{escape(view['resource'])}`\nRequested by {escape(requester_line(view['requester'], view['acting_for']))}"),
-            {"type": "input", "block_id": REASON_BLOCK, "label": {"type": "plain_text", "text": "Why? The requester will see this."},
-             "element": {"type": "plain_text_input", "action_id": REASON_BLOCK, "multiline": True, "max_length": 2000}},
+            _section(
+                f"*{escape(view['action'])}* on `{escape(view['resource'])}`\nRequested by {escape(requester_line(view['requester'], view['acting_for']))}"
+            ),
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK,
+                "label": {"type": "plain_text", "text": "Why? The requester will see this."},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_BLOCK,
+                    "multiline": True,
+                    "max_length": 2000,
+                },
+            },
         ],
     }
 
 
 def _parameters(parameters: Any) -> str:
     text = json.dumps(parameters, indent=2, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= MAX_PARAMETERS_CHARS else text[:MAX_PARAMETERS_CHARS] + "\n… (truncated; see the console)"
+    return (
+        text if len(text) <= MAX_PARAMETERS_CHARS else text[:MAX_PARAMETERS_CHARS] + "\n… (truncated; see the console)"
+    )
 
 
 def _section(text: str) -> dict[str, Any]:
@@ -130,4 +201,3 @@ def _section(text: str) -> dict[str, Any]:
 
 def _field(label: str, value: str) -> dict[str, Any]:
     return {"type": "mrkdwn", "text": f"*{label}*\n{value}"[:2000]}
-

@@ -148,7 +148,9 @@ class Callback:
 def _claimed(row: tuple[Any, ...]) -> Notification:
     """A claimed notification from (id, action_id, channel, target, kind, occasion, attempts, created_at)."""
     notification_id, action_id, channel, target, kind, occasion, attempts, created_at = row
-    return Notification(notification_id, action_id, channel, target, kind, occasion, attempts, created_at, state="sending")
+    return Notification(
+        notification_id, action_id, channel, target, kind, occasion, attempts, created_at, state="sending"
+    )
 
 
 _APPROVAL_COLUMNS = "action_id, decided_event, status, resolved_at, escalated_at, reminders_sent"
@@ -173,7 +175,15 @@ class ApprovalStore:
     # --- approvals ----------------------------------------------------------------------------
 
     @staticmethod
-    async def open(conn: AsyncConnection, action_id: str, decided_event: bytes, principals: list[str], groups: list[str], opened_at: datetime, expires_at: datetime) -> bool:
+    async def open(
+        conn: AsyncConnection,
+        action_id: str,
+        decided_event: bytes,
+        principals: list[str],
+        groups: list[str],
+        opened_at: datetime,
+        expires_at: datetime,
+    ) -> bool:
         """Record a new pending approval; False when it was already open (redelivery)."""
         cur = await conn.execute(
             """INSERT INTO approvals (action_id, decided_event, principals, groups, opened_at, expires_at)
@@ -185,12 +195,24 @@ class ApprovalStore:
     @staticmethod
     async def lock(conn: AsyncConnection, action_id: str) -> ApprovalRow | None:
         """The approval and its accepted votes, locked for this transaction."""
-        cur = await conn.execute(f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE action_id = %s FOR UPDATE", (action_id,))
+        cur = await conn.execute(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE action_id = %s FOR UPDATE", (action_id,)
+        )
         row = await cur.fetchone()
         if row is None:
             return None
-        votes = await conn.execute("SELECT vote_event FROM approval_votes WHERE action_id = %s AND accepted ORDER BY id", (action_id,))
-        return ApprovalRow(row[0], bytes(row[1]), row[2], row[3], tuple(bytes(v[0]) for v in await votes.fetchall()), row[4], tuple(row[5] or ()))
+        votes = await conn.execute(
+            "SELECT vote_event FROM approval_votes WHERE action_id = %s AND accepted ORDER BY id", (action_id,)
+        )
+        return ApprovalRow(
+            row[0],
+            bytes(row[1]),
+            row[2],
+            row[3],
+            tuple(bytes(v[0]) for v in await votes.fetchall()),
+            row[4],
+            tuple(row[5] or ()),
+        )
 
     async def read(self, action_id: str) -> ApprovalRow | None:
         async with self.pool.connection() as conn, conn.transaction():
@@ -199,29 +221,41 @@ class ApprovalStore:
     async def vote_history(self, action_id: str) -> list[bytes]:
         """Every vote recorded for the action, accepted or refused, oldest first."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT vote_event FROM approval_votes WHERE action_id = %s ORDER BY id", (action_id,))
+            cur = await conn.execute(
+                "SELECT vote_event FROM approval_votes WHERE action_id = %s ORDER BY id", (action_id,)
+            )
             return [bytes(r[0]) for r in await cur.fetchall()]
 
     @staticmethod
     async def record_vote(conn: AsyncConnection, action_id: str, accepted: bool, vote_event: bytes) -> None:
-        await conn.execute("INSERT INTO approval_votes (action_id, accepted, vote_event) VALUES (%s, %s, %s)", (action_id, accepted, vote_event))
+        await conn.execute(
+            "INSERT INTO approval_votes (action_id, accepted, vote_event) VALUES (%s, %s, %s)",
+            (action_id, accepted, vote_event),
+        )
 
     @staticmethod
     async def resolve(conn: AsyncConnection, action_id: str, status: str, at: datetime) -> None:
-        await conn.execute("UPDATE approvals SET status = %s, resolved_at = %s WHERE action_id = %s", (status, at, action_id))
+        await conn.execute(
+            "UPDATE approvals SET status = %s, resolved_at = %s WHERE action_id = %s", (status, at, action_id)
+        )
 
     @staticmethod
     async def mark_escalated(conn: AsyncConnection, action_id: str, at: datetime) -> None:
-        await conn.execute("UPDATE approvals SET escalated_at = %s WHERE action_id = %s AND escalated_at IS NULL", (at, action_id))
+        await conn.execute(
+            "UPDATE approvals SET escalated_at = %s WHERE action_id = %s AND escalated_at IS NULL", (at, action_id)
+        )
 
     @staticmethod
     async def mark_reminded(conn: AsyncConnection, action_id: str, fractions: tuple[float, ...]) -> None:
-        await conn.execute("UPDATE approvals SET reminders_sent = %s WHERE action_id = %s", (list(fractions), action_id))
+        await conn.execute(
+            "UPDATE approvals SET reminders_sent = %s WHERE action_id = %s", (list(fractions), action_id)
+        )
 
     async def due_for_expiry(self, now: datetime, limit: int = 100) -> list[str]:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT action_id FROM approvals WHERE status = 'pending' AND expires_at <= %s ORDER BY expires_at LIMIT %s", (now, limit)
+                "SELECT action_id FROM approvals WHERE status = 'pending' AND expires_at <= %s ORDER BY expires_at LIMIT %s",
+                (now, limit),
             )
             return [r[0] for r in await cur.fetchall()]
 
@@ -238,7 +272,10 @@ class ApprovalStore:
     @staticmethod
     async def set_next_sweep(conn: AsyncConnection, action_id: str, at: datetime | None) -> None:
         """When the next reminder or escalation falls due ('infinity' when none is left)."""
-        await conn.execute("UPDATE approvals SET next_sweep_at = COALESCE(%s, 'infinity'::timestamptz) WHERE action_id = %s", (at, action_id))
+        await conn.execute(
+            "UPDATE approvals SET next_sweep_at = COALESCE(%s, 'infinity'::timestamptz) WHERE action_id = %s",
+            (at, action_id),
+        )
 
     async def pending_for(self, principal_ids: list[str], limit: int = 200) -> list[ApprovalRow]:
         """Pending approvals not requested by (or for) any of ``principal_ids``, oldest first."""
@@ -248,7 +285,9 @@ class ApprovalStore:
                    WHERE status = 'pending' AND NOT (principals && %s) ORDER BY opened_at LIMIT %s""",
                 (principal_ids, limit),
             )
-            return [ApprovalRow(r[0], bytes(r[1]), r[2], r[3], (), r[4], tuple(r[5] or ())) for r in await cur.fetchall()]
+            return [
+                ApprovalRow(r[0], bytes(r[1]), r[2], r[3], (), r[4], tuple(r[5] or ())) for r in await cur.fetchall()
+            ]
 
     @staticmethod
     async def note_break_glass(conn: AsyncConnection, action_id: str, decided_event: bytes) -> bool:
@@ -261,7 +300,9 @@ class ApprovalStore:
 
     async def break_glass_decision(self, action_id: str) -> bytes | None:
         async with self.pool.connection() as conn:
-            row = await (await conn.execute("SELECT decided_event FROM approval_break_glass WHERE action_id = %s", (action_id,))).fetchone()
+            row = await (
+                await conn.execute("SELECT decided_event FROM approval_break_glass WHERE action_id = %s", (action_id,))
+            ).fetchone()
             return bytes(row[0]) if row else None
 
     # --- the Kafka outbox ---------------------------------------------------------------------
@@ -275,13 +316,16 @@ class ApprovalStore:
         sent = 0
         async with self.pool.connection() as conn, conn.transaction():
             # one drainer at a time keeps each action's events in the order they were written
-            locked = await (await conn.execute("SELECT pg_try_advisory_xact_lock(hashtext('approval_outbox'))")).fetchone()
+            locked = await (
+                await conn.execute("SELECT pg_try_advisory_xact_lock(hashtext('approval_outbox'))")
+            ).fetchone()
             if locked is None:  # a SELECT of a function call always returns one row
                 raise RuntimeError("pg_try_advisory_xact_lock returned no row")
             if not locked[0]:
                 return 0
             cur = await conn.execute(
-                "SELECT id, topic, key, value FROM approval_outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED", (batch,)
+                "SELECT id, topic, key, value FROM approval_outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (batch,),
             )
             rows = await cur.fetchall()
             for row_id, topic, key, value in rows:
@@ -293,7 +337,9 @@ class ApprovalStore:
     # --- chat notifications -------------------------------------------------------------------
 
     @staticmethod
-    async def enqueue_notification(conn: AsyncConnection, action_id: str, channel: str, target: str, kind: str, occasion: str = "") -> None:
+    async def enqueue_notification(
+        conn: AsyncConnection, action_id: str, channel: str, target: str, kind: str, occasion: str = ""
+    ) -> None:
         """Queue one chat message; a second identical request (redelivery, repeated sweep) is a no-op."""
         await conn.execute(
             """INSERT INTO approval_notifications (action_id, channel, target, kind, occasion)
@@ -351,12 +397,14 @@ class ApprovalStore:
     async def message_of(self, action_id: str, channel: str, target: str) -> tuple[str, str, str | None] | None:
         """(kind, state, remote ref) of the approval message on ``target``: the original, else the escalation."""
         async with self.pool.connection() as conn:
-            row = await (await conn.execute(
-                """SELECT kind, state, remote_ref FROM approval_notifications
+            row = await (
+                await conn.execute(
+                    """SELECT kind, state, remote_ref FROM approval_notifications
                    WHERE action_id = %s AND channel = %s AND target = %s AND kind IN ('opened', 'escalated')
                    ORDER BY (kind = 'opened') DESC, id LIMIT 1""",
-                (action_id, channel, target),
-            )).fetchone()
+                    (action_id, channel, target),
+                )
+            ).fetchone()
             return (row[0], row[1], row[2]) if row else None
 
     async def actions_shown_in(self, channel: str, remote_ref: str) -> list[str]:
@@ -395,12 +443,16 @@ class ApprovalStore:
 
     @staticmethod
     async def set_callback_target(conn: AsyncConnection, action_id: str, url: str) -> None:
-        await conn.execute("INSERT INTO approval_callback_targets (action_id, url) VALUES (%s, %s) ON CONFLICT DO NOTHING", (action_id, url))
+        await conn.execute(
+            "INSERT INTO approval_callback_targets (action_id, url) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (action_id, url),
+        )
 
     @staticmethod
     async def enqueue_callback(conn: AsyncConnection, action_id: str, state: str, body: str) -> None:
         await conn.execute(
-            "INSERT INTO approval_callbacks (action_id, state, body) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (action_id, state, body)
+            "INSERT INTO approval_callbacks (action_id, state, body) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (action_id, state, body),
         )
 
     async def claim_callbacks(self, now: datetime, limit: int = 20) -> list[Callback]:
@@ -426,7 +478,9 @@ class ApprovalStore:
                 (older_than,),
             )
 
-    async def callback_done(self, callback_id: int, delivery: str, error: str | None, now: datetime, next_attempt_at: datetime | None = None) -> None:
+    async def callback_done(
+        self, callback_id: int, delivery: str, error: str | None, now: datetime, next_attempt_at: datetime | None = None
+    ) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(
                 """UPDATE approval_callbacks SET delivery = %s, last_error = %s,

@@ -25,9 +25,10 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from microsoft_teams.api.activities import ActivityTypeAdapter
+
 # from its module: the package re-exports it through a computed __all__, which type checkers cannot follow
 from microsoft_teams.api.activities.message import MessageActivityInput
-from microsoft_teams.api.activities import ActivityTypeAdapter
 from microsoft_teams.api.auth.cloud_environment import PUBLIC, with_overrides
 from microsoft_teams.api.models.adaptive_card import AdaptiveCardActionCardResponse, AdaptiveCardActionMessageResponse
 from microsoft_teams.apps import App
@@ -36,11 +37,11 @@ from microsoft_teams.apps.http.fastapi_adapter import FastAPIAdapter
 
 from keyturn.approval import teams_cards as cards
 from keyturn.approval.channels import NOT_SHOWN, ChatTargets, UnknownChatUser, message_ref, not_shown
+from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.identities import principal_for, teams_account
-from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
-from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.core.principal import Principal, PrincipalKind
+from keyturn.faults import DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 SOURCE = "teams:messages"
@@ -61,11 +62,19 @@ class ClientCredentialTokens:
         if time.time() < expires - 60:
             return token
         async with httpx.AsyncClient(timeout=10) as client:
-            answer = await client.post(self.token_url, data={
-                "grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret, "scope": scope,
-            })
+            answer = await client.post(
+                self.token_url,
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": self.client_id,
+                    "client_secret": self.client_secret,
+                    "scope": scope,
+                },
+            )
         if answer.status_code != 200:
-            raise RuntimeError(f"the token endpoint refused the Teams app credentials ({answer.status_code}): {answer.text[:200]}")
+            raise RuntimeError(
+                f"the token endpoint refused the Teams app credentials ({answer.status_code}): {answer.text[:200]}"
+            )
         body = answer.json()
         self._cache[scope] = (body["access_token"], time.time() + float(body.get("expires_in", 300)))
         return body["access_token"]
@@ -90,7 +99,15 @@ class TeamsChannel:
 
     name = "teams"
 
-    def __init__(self, app: App, targets: ChatTargets, user_map: dict[str, str], *, tenant: str, email_domains: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        app: App,
+        targets: ChatTargets,
+        user_map: dict[str, str],
+        *,
+        tenant: str,
+        email_domains: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.targets = targets
         self.user_map = user_map
@@ -100,18 +117,33 @@ class TeamsChannel:
         app.on_card_action_execute(self._card_action)
 
     @classmethod
-    async def connect(cls, *, app_id: str, app_password: str, tenant_id: str, token_url: str, openid_url: str,
-                      token_issuer: str, service_url: str, targets: ChatTargets, user_map: dict[str, str],
-                      email_domains: tuple[str, ...] = ()) -> "TeamsChannel":
+    async def connect(
+        cls,
+        *,
+        app_id: str,
+        app_password: str,
+        tenant_id: str,
+        token_url: str,
+        openid_url: str,
+        token_issuer: str,
+        service_url: str,
+        targets: ChatTargets,
+        user_map: dict[str, str],
+        email_domains: tuple[str, ...] = (),
+    ) -> TeamsChannel:
         """The adapter with its SDK app initialised (the app's tokens, the Bot Framework's keys)."""
-        cloud = with_overrides(PUBLIC, openid_metadata_url=openid_url, token_issuer=token_issuer, login_tenant=tenant_id)
+        cloud = with_overrides(
+            PUBLIC, openid_metadata_url=openid_url, token_issuer=token_issuer, login_tenant=tenant_id
+        )
         app = App(
             client_id=app_id,
             token=ClientCredentialTokens(token_url, app_id, app_password),
             tenant_id=tenant_id,
             service_url=service_url,
             cloud=cloud,
-            http_server_adapter=FastAPIAdapter(app=FastAPI()),  # the route is ours (mount); the SDK only validates and routes
+            http_server_adapter=FastAPIAdapter(
+                app=FastAPI()
+            ),  # the route is ours (mount); the SDK only validates and routes
             dangerously_allow_unauthenticated_requests=False,
         )
         await app.initialize()
@@ -141,8 +173,13 @@ class TeamsChannel:
             answer = await self.app.server.handle_request({"body": body, "headers": dict(request.headers)})
             if answer["status"] == 401:  # nobody can be held to it: counted, not recorded
                 UNATTRIBUTED.labels("teams", "unauthenticated_bot_request").inc()
-                return JSONResponse({"error": "unauthenticated_bot_request",
-                                     "message": "the bearer token is missing or is not a valid Bot Framework token for this app"}, status_code=401)
+                return JSONResponse(
+                    {
+                        "error": "unauthenticated_bot_request",
+                        "message": "the bearer token is missing or is not a valid Bot Framework token for this app",
+                    },
+                    status_code=401,
+                )
             if problem is not None:
                 await desk.refuse_interaction(SOURCE, "malformed_activity", problem, raw)
                 return JSONResponse({"error": "malformed_activity", "message": problem}, status_code=400)
@@ -158,23 +195,35 @@ class TeamsChannel:
 
     async def notify_progress(self, target: str, ref: str, view: dict[str, Any]) -> None:
         conversation, activity_id = _split(ref)
-        await self.app.api.conversations.activities(conversation).update(activity_id, MessageActivityInput().add_card(cards.approval_card(view)))
+        await self.app.api.conversations.activities(conversation).update(
+            activity_id, MessageActivityInput().add_card(cards.approval_card(view))
+        )
 
     async def notify_resolved(self, target: str, ref: str, view: dict[str, Any], *, notification_id: int) -> None:
         await self.notify_progress(target, ref, view)
         conversation, activity_id = _split(ref)
-        await self.app.api.conversations.activities(conversation).reply(activity_id, MessageActivityInput(text=cards.outcome_text(view)))
+        await self.app.api.conversations.activities(conversation).reply(
+            activity_id, MessageActivityInput(text=cards.outcome_text(view))
+        )
 
-    async def remind(self, target: str, ref: str, view: dict[str, Any], fraction: float, *, notification_id: int) -> None:
+    async def remind(
+        self, target: str, ref: str, view: dict[str, Any], fraction: float, *, notification_id: int
+    ) -> None:
         conversation, activity_id = _split(ref)
-        await self.app.api.conversations.activities(conversation).reply(activity_id, MessageActivityInput(text=cards.reminder_text(view, fraction)))
+        await self.app.api.conversations.activities(conversation).reply(
+            activity_id, MessageActivityInput(text=cards.reminder_text(view, fraction))
+        )
 
     async def escalate(self, target: str, ref: str | None, view: dict[str, Any], *, notification_id: int) -> str | None:
         if ref is None:
-            sent = await self.app.send(target, cards.approval_card(view, headline=f"Escalated to {view['escalation_group']}"))
+            sent = await self.app.send(
+                target, cards.approval_card(view, headline=f"Escalated to {view['escalation_group']}")
+            )
             return message_ref(target, sent.id)
         conversation, activity_id = _split(ref)
-        await self.app.api.conversations.activities(conversation).reply(activity_id, MessageActivityInput(text=cards.escalation_text(view)))
+        await self.app.api.conversations.activities(conversation).reply(
+            activity_id, MessageActivityInput(text=cards.escalation_text(view))
+        )
         return None
 
     async def notify_break_glass(self, target: str, view: dict[str, Any], *, notification_id: int) -> str:
@@ -200,7 +249,9 @@ class TeamsChannel:
         except DATABASE_UNAVAILABLE:
             # the SDK would turn the error into a 500, which Teams shows as a bare failure
             await (await self._desk()).recover()
-            return _message("Keyturn cannot reach its database right now, so your answer was not recorded. Try again in a minute.")
+            return _message(
+                "Keyturn cannot reach its database right now, so your answer was not recorded. Try again in a minute."
+            )
 
     async def _answer_card(self, ctx: Any) -> Any:
         activity = ctx.activity
@@ -210,14 +261,21 @@ class TeamsChannel:
         action_id, digest = str(data.get("action_id", "")), str(data.get("payload_digest", ""))
         conversation = activity.conversation.id
         # in a channel, Teams names the thread: "<conversation>;messageid=<root>"; Keyturn sent to the conversation
-        unbound = await not_shown(desk.store, self.name, conversation.partition(";messageid=")[0], activity.reply_to_id or "", action_id)
+        unbound = await not_shown(
+            desk.store, self.name, conversation.partition(";messageid=")[0], activity.reply_to_id or "", action_id
+        )
         if action.verb == cards.REFRESH:
             if unbound is not None:
                 return _message("This card is not one Keyturn sent for that action.")
             view = await desk.view(action_id)
             return _card(view) if view else _message("This action is not known to Keyturn.")
         if not await desk.store.first_sighting("teams", f"{conversation}:{activity.id}"):
-            await desk.refuse_interaction(SOURCE, "replayed_interaction", f"Teams activity {activity.id} was already received", activity.model_dump_json().encode())
+            await desk.refuse_interaction(
+                SOURCE,
+                "replayed_interaction",
+                f"Teams activity {activity.id} was already received",
+                activity.model_dump_json().encode(),
+            )
             return _message("This answer was already received; a replay changes nothing.")
         if action.verb not in (cards.APPROVE, cards.DENY):
             return _message(f"Keyturn does not know the card action {action.verb!r}.")
@@ -230,8 +288,14 @@ class TeamsChannel:
         try:
             approver = await self._principal_of(ctx, conversation)
         except UnknownChatUser as unknown:
-            await desk.refuse_answer(action_id, _account(user), choice, digest, "teams", "UnknownChatUser", str(unknown))
-            return _card(view, f"Your answer was not applied — {unknown}") if view else _message(f"Your answer was not applied — {unknown}")
+            await desk.refuse_answer(
+                action_id, _account(user), choice, digest, "teams", "UnknownChatUser", str(unknown)
+            )
+            return (
+                _card(view, f"Your answer was not applied — {unknown}")
+                if view
+                else _message(f"Your answer was not applied — {unknown}")
+            )
         reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
         if choice == "deny" and reason is None and view is not None and view["status"] == "pending":
             return _card(view, "A denial needs a reason; the requester will see it. Nothing was recorded.")
@@ -250,14 +314,21 @@ class TeamsChannel:
         try:
             member = await ctx.api.conversations.members(conversation).get(user.id)
         except Exception as exc:  # the connector answers 404 for people outside the conversation
-            raise UnknownChatUser(f"{_account(user).id} could not be looked up in the conversation ({exc}), "
-                                  "so Keyturn cannot tell whether the account may approve") from exc
+            raise UnknownChatUser(
+                f"{_account(user).id} could not be looked up in the conversation ({exc}), "
+                "so Keyturn cannot tell whether the account may approve"
+            ) from exc
         record = member.model_dump(by_alias=True, exclude_none=True) if hasattr(member, "model_dump") else dict(member)
         if user.user_role and not record.get("userRole"):
             record["userRole"] = user.user_role
         account = teams_account(user.id, user.aad_object_id, record, self.tenant)
-        return principal_for(account, self.user_map, self.email_domains,
-                             map_setting="KEYTURN_TEAMS_USER_MAP", domains_setting="KEYTURN_TEAMS_EMAIL_DOMAINS")
+        return principal_for(
+            account,
+            self.user_map,
+            self.email_domains,
+            map_setting="KEYTURN_TEAMS_USER_MAP",
+            domains_setting="KEYTURN_TEAMS_EMAIL_DOMAINS",
+        )
 
 
 def _account(user: Any) -> Principal:

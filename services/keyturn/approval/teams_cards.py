@@ -10,7 +10,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from microsoft_teams.cards import Action, AdaptiveCard, ExecuteAction, Fact, FactSet, RefreshDefinition, TextBlock, TextInput
+from microsoft_teams.cards import (
+    Action,
+    AdaptiveCard,
+    ExecuteAction,
+    Fact,
+    FactSet,
+    RefreshDefinition,
+    TextBlock,
+    TextInput,
+)
 
 from keyturn.approval.views import escalation_sentence, outcome_sentence, reminder_sentence, requester_line
 
@@ -27,43 +36,80 @@ def approval_card(view: dict[str, Any], *, headline: str | None = None, problem:
     in red to the person whose answer was refused."""
     data = {"action_id": view["action_id"], "payload_digest": view["payload_digest"]}
     body: list[Any] = [
-        TextBlock(text=f"{headline or TITLES.get(view['status'], view['status'])}: {view['action']}", weight="Bolder", size="Medium", wrap=True),
-        FactSet(facts=[
-            Fact(title="Resource", value=view["resource"]),
-            Fact(title="Requested by", value=requester_line(view["requester"], view["acting_for"])),
-            Fact(title="Approvers", value=", ".join(f"{g['name']} ×{g['need']}" for g in view.get("groups", [])) or "—"),
-            Fact(title="Expires", value=view.get("expires_at") or "—"),
-        ]),
+        TextBlock(
+            text=f"{headline or TITLES.get(view['status'], view['status'])}: {view['action']}",
+            weight="Bolder",
+            size="Medium",
+            wrap=True,
+        ),
+        FactSet(
+            facts=[
+                Fact(title="Resource", value=view["resource"]),
+                Fact(title="Requested by", value=requester_line(view["requester"], view["acting_for"])),
+                Fact(
+                    title="Approvers",
+                    value=", ".join(f"{g['name']} ×{g['need']}" for g in view.get("groups", [])) or "—",
+                ),
+                Fact(title="Expires", value=view.get("expires_at") or "—"),
+            ]
+        ),
         TextBlock(text=f"Reason: {view['reason']}", wrap=True),
     ]
     if view.get("policy_reasons"):
         body.append(TextBlock(text="Impact: " + "; ".join(view["policy_reasons"]), wrap=True, is_subtle=True))
     body.append(TextBlock(text=_parameters(view["parameters"]), wrap=True, font_type="Monospace"))
-    body.append(TextBlock(text=f"action {view['action_id']} · digest {view['payload_digest'][:23]}…", wrap=True, is_subtle=True, size="Small"))
+    body.append(
+        TextBlock(
+            text=f"action {view['action_id']} · digest {view['payload_digest'][:23]}…",
+            wrap=True,
+            is_subtle=True,
+            size="Small",
+        )
+    )
     body.append(TextBlock(text=view["summary"], wrap=True, weight="Bolder"))
     if problem:
         body.append(TextBlock(text=problem, wrap=True, color="Attention"))
     actions: list[Action] | None = None
     if view["status"] == "pending":
-        body.append(TextInput(id=REASON_INPUT, label="Reason (required to deny; the requester sees it)", is_multiline=True, max_length=2000))
+        body.append(
+            TextInput(
+                id=REASON_INPUT,
+                label="Reason (required to deny; the requester sees it)",
+                is_multiline=True,
+                max_length=2000,
+            )
+        )
         actions = [
             ExecuteAction(title="Approve", verb=APPROVE, data=data, style="positive"),
             ExecuteAction(title="Deny", verb=DENY, data=data, style="destructive"),
         ]
-    return AdaptiveCard(body=body, actions=actions, refresh=RefreshDefinition(action=ExecuteAction(verb=REFRESH, data=data)),
-                        fallback_text=f"{view['action']} on {view['resource']}: {view['summary']}")
+    return AdaptiveCard(
+        body=body,
+        actions=actions,
+        refresh=RefreshDefinition(action=ExecuteAction(verb=REFRESH, data=data)),
+        fallback_text=f"{view['action']} on {view['resource']}: {view['summary']}",
+    )
 
 
 def break_glass_card(view: dict[str, Any]) -> AdaptiveCard:
     """The notice every approver conversation gets when an action ran on break-glass."""
-    return AdaptiveCard(body=[
-        TextBlock(text=f"Break-glass: {view['action']}", weight="Bolder", size="Medium", color="Attention", wrap=True),
-        TextBlock(text=f"{view['summary']}. Incident {view.get('incident_id') or 'not given'}.", wrap=True),
-        FactSet(facts=[Fact(title="Resource", value=view["resource"]),
-                       Fact(title="Requested by", value=requester_line(view["requester"], view["acting_for"]))]),
-        TextBlock(text=f"Reason: {view['reason']}", wrap=True),
-        TextBlock(text=_parameters(view["parameters"]), wrap=True, font_type="Monospace"),
-    ], fallback_text=f"Break-glass: {view['action']} on {view['resource']}, mandatory review")
+    return AdaptiveCard(
+        body=[
+            TextBlock(
+                text=f"Break-glass: {view['action']}", weight="Bolder", size="Medium", color="Attention", wrap=True
+            ),
+            TextBlock(text=f"{view['summary']}. Incident {view.get('incident_id') or 'not given'}.", wrap=True),
+            FactSet(
+                facts=[
+                    Fact(title="Resource", value=view["resource"]),
+                    Fact(title="Requested by", value=requester_line(view["requester"], view["acting_for"])),
+                ]
+            ),
+            TextBlock(text=f"Reason: {view['reason']}", wrap=True),
+            TextBlock(text=_parameters(view["parameters"]), wrap=True, font_type="Monospace"),
+        ],
+        fallback_text=f"Break-glass: {view['action']} on {view['resource']}, mandatory review",
+    )
 
 
 def outcome_text(view: dict[str, Any]) -> str:
@@ -84,4 +130,6 @@ def card_json(card: AdaptiveCard) -> dict[str, Any]:
 
 def _parameters(parameters: Any) -> str:
     text = json.dumps(parameters, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= MAX_PARAMETERS_CHARS else text[:MAX_PARAMETERS_CHARS] + " … (truncated; see the console)"
+    return (
+        text if len(text) <= MAX_PARAMETERS_CHARS else text[:MAX_PARAMETERS_CHARS] + " … (truncated; see the console)"
+    )

@@ -28,7 +28,9 @@ def approval_view(decided: ActionDecided, state: rules.PendingApproval) -> dict[
         "acting_for": list(request.requester.chain),
         "payload_digest": str(request.payload_digest),
         "status": state.status,
-        "groups": [{"name": g.name, "have": g.have, "need": g.need, "approvers": list(g.approvers)} for g in progress.groups],
+        "groups": [
+            {"name": g.name, "have": g.have, "need": g.need, "approvers": list(g.approvers)} for g in progress.groups
+        ],
         "summary": progress.summary,
         "policy_reasons": list(decided.reasons),
         "requested_at": request.requested_at.isoformat(),
@@ -38,8 +40,16 @@ def approval_view(decided: ActionDecided, state: rules.PendingApproval) -> dict[
         "resolution_reason": resolution.reason if resolution else None,
         "escalation_group": state.policy.escalation_group,
         "escalated": state.escalated,
-        "votes": [{"approver": v.approver.id, "choice": v.choice, "reason": v.reason, "channel": v.channel,
-                   "cast_at": v.cast_at.isoformat()} for v in state.votes],
+        "votes": [
+            {
+                "approver": v.approver.id,
+                "choice": v.choice,
+                "reason": v.reason,
+                "channel": v.channel,
+                "cast_at": v.cast_at.isoformat(),
+            }
+            for v in state.votes
+        ],
         "policy_revision": decided.provenance.policy_revision,
         "break_glass": False,
     }
@@ -63,7 +73,7 @@ def break_glass_view(decided: ActionDecided) -> dict[str, Any]:
         "policy_reasons": list(decided.reasons),
         "requested_at": request.requested_at.isoformat(),
         "summary": f"Break-glass by {requester_line(request.requester.id, list(request.requester.chain))}: "
-                   "ran without approval, mandatory review",
+        "ran without approval, mandatory review",
         "break_glass": True,
     }
 
@@ -90,7 +100,11 @@ def masked_parameters(parameters: Any, mask: tuple[str, ...] | list[str]) -> Any
     return shown
 
 
-NEXT_STEP = {"approved": "it will run now", "denied": "it will not run", "expired": "it will not run; submit it again if still needed"}
+NEXT_STEP = {
+    "approved": "it will run now",
+    "denied": "it will not run",
+    "expired": "it will not run; submit it again if still needed",
+}
 
 
 def outcome_sentence(view: dict[str, Any]) -> str:
@@ -111,12 +125,22 @@ def requester_line(requester: str, acting_for: list[str]) -> str:
     return f"{requester} for {' for '.join(acting_for)}" if acting_for else requester
 
 
-def timeline(view: dict[str, Any], recorded_votes: list[VoteRecorded], notifications: list[tuple]) -> list[dict[str, str]]:
+def timeline(
+    view: dict[str, Any], recorded_votes: list[VoteRecorded], notifications: list[tuple]
+) -> list[dict[str, str]]:
     """What happened to an approval, in order: request, opening, every answer (refused ones too),
     reminders and escalation messages, the outcome."""
     entries = [
-        {"at": view["requested_at"], "what": f"requested by {requester_line(view['requester'], view['acting_for'])}", "kind": "requested"},
-        {"at": view["opened_at"], "what": "waiting for " + ", ".join(f"{g['name']} ×{g['need']}" for g in view["groups"]), "kind": "opened"},
+        {
+            "at": view["requested_at"],
+            "what": f"requested by {requester_line(view['requester'], view['acting_for'])}",
+            "kind": "requested",
+        },
+        {
+            "at": view["opened_at"],
+            "what": "waiting for " + ", ".join(f"{g['name']} ×{g['need']}" for g in view["groups"]),
+            "kind": "opened",
+        },
     ]
     for recorded in recorded_votes:
         vote = recorded.vote
@@ -125,10 +149,16 @@ def timeline(view: dict[str, Any], recorded_votes: list[VoteRecorded], notificat
             what += f": {vote.reason}" if vote.reason else ""
         else:
             what = f"refused answer from {vote.approver.id} via {vote.channel} ({recorded.refusal})"
-        entries.append({"at": recorded.recorded_at.isoformat(), "what": what, "kind": "vote" if recorded.accepted else "refused"})
+        entries.append(
+            {"at": recorded.recorded_at.isoformat(), "what": what, "kind": "vote" if recorded.accepted else "refused"}
+        )
     for channel, target, kind, occasion, state, delivered_at in notifications:
         if kind in ("reminder", "escalated") and delivered_at is not None:
-            label = f"reminder at {float(occasion):.0%} of the time" if kind == "reminder" else f"escalated to {view.get('escalation_group')}"
+            label = (
+                f"reminder at {float(occasion):.0%} of the time"
+                if kind == "reminder"
+                else f"escalated to {view.get('escalation_group')}"
+            )
             entries.append({"at": delivered_at.isoformat(), "what": f"{label} ({channel} {target})", "kind": kind})
     if view.get("resolved_at"):
         entries.append({"at": view["resolved_at"], "what": view["summary"], "kind": view["status"]})

@@ -45,8 +45,11 @@ class GroupTimes:
     def to_dict(self) -> dict[str, Any]:
         ordered = sorted(self.seconds)
         summary: dict[str, Any] = {
-            "group": self.group, "decided": len(ordered), "approved": self.approved,
-            "denied": self.denied, "expired": self.expired,
+            "group": self.group,
+            "decided": len(ordered),
+            "approved": self.approved,
+            "denied": self.denied,
+            "expired": self.expired,
         }
         for p in PERCENTILES:
             summary[f"p{p}_s"] = round(percentile(ordered, p), 3) if ordered else None
@@ -67,7 +70,10 @@ class ApproverRates:
     def to_dict(self) -> dict[str, Any]:
         answered = self.approve + self.deny
         return {
-            "approver": self.approver, "approve": self.approve, "deny": self.deny, "refused": self.refused,
+            "approver": self.approver,
+            "approve": self.approve,
+            "deny": self.deny,
+            "refused": self.refused,
             "approve_rate": round(self.approve / answered, 4) if answered else None,
             "deny_rate": round(self.deny / answered, 4) if answered else None,
             "rubber_stamps": self.rubber_stamps,
@@ -85,8 +91,13 @@ class RubberStamp:
     sequence: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action_id": self.action_id, "action": self.action, "approver": self.approver,
-                "seconds": round(self.seconds, 3), "sequence": self.sequence}
+        return {
+            "action_id": self.action_id,
+            "action": self.action,
+            "approver": self.approver,
+            "seconds": round(self.seconds, 3),
+            "sequence": self.sequence,
+        }
 
 
 @dataclass
@@ -125,7 +136,9 @@ def approval_stats(records: Iterable[AuditRecord], *, rubber_stamp_s: float = DE
             continue
         payload = payload_of(record)
         if kind == "ActionDecided" and payload.get("outcome") == "needs_approval":
-            groups = tuple(g.get("name") for g in ((payload.get("approvals") or {}).get("groups") or ()) if g.get("name"))
+            groups = tuple(
+                g.get("name") for g in ((payload.get("approvals") or {}).get("groups") or ()) if g.get("name")
+            )
             action = (payload.get("request") or {}).get("action")
             open_approvals[record.action_id] = _Opening(record.occurred_at, action, groups or ("(none)",))
         elif kind == "VoteRecorded":
@@ -152,7 +165,9 @@ def _count_vote(stats: ApprovalStats, record: AuditRecord, payload: dict[str, An
         seconds = (record.occurred_at - opening.opened_at) / 1000
         if seconds <= stats.rubber_stamp_s:
             rates.rubber_stamps += 1
-            stats.rubber_stamps.append(RubberStamp(record.action_id or "", opening.action, approver, seconds, record.sequence))
+            stats.rubber_stamps.append(
+                RubberStamp(record.action_id or "", opening.action, approver, seconds, record.sequence)
+            )
 
 
 def _count_resolution(stats: ApprovalStats, record: AuditRecord, payload: dict[str, Any], opening: _Opening) -> None:

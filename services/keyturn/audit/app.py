@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from keyturn.audit.keys import load_signer
-from keyturn.metrics import serve_metrics
 from keyturn.audit.stream import read_audit_tail
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
-from keyturn.bus.topics import Topics
 from keyturn.bus.loop import FaustSource, Stage, run
+from keyturn.bus.topics import Topics
 from keyturn.bus.worker import consume, faust_publisher, make_app
 from keyturn.config import Settings
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
+from keyturn.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,27 @@ def audit_writer(settings: Settings, signer: CheckpointSigner, **options: Any) -
     """The writer of ``<ns>.audit``; every audit worker of a namespace shares its transactional
     id, so a new one fences the old. ``options`` as for ``AuditWriter``."""
     bootstrap, topic = settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit
-    return AuditWriter(bootstrap, topic, f"{settings.namespace}-audit-chain",
-                       lambda records: read_audit_tail(bootstrap, topic, records), signer, **options)
+    return AuditWriter(
+        bootstrap,
+        topic,
+        f"{settings.namespace}-audit-chain",
+        lambda records: read_audit_tail(bootstrap, topic, records),
+        signer,
+        **options,
+    )
 
 
 def create_app(settings: Settings):
     """The audit service's composition root: everything it uses is built here from ``settings``."""
     topics = Topics(settings.namespace, settings.partitions)
-    app = make_app(namespace=settings.namespace, bootstrap=settings.kafka_bootstrap, partitions=settings.partitions,
-                   run_dir=settings.run_dir, session_timeout_s=settings.worker_session_timeout_s, service="audit")
+    app = make_app(
+        namespace=settings.namespace,
+        bootstrap=settings.kafka_bootstrap,
+        partitions=settings.partitions,
+        run_dir=settings.run_dir,
+        session_timeout_s=settings.worker_session_timeout_s,
+        service="audit",
+    )
     publisher = faust_publisher(app, topics, "audit")
     auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
     writer = audit_writer(settings, load_signer(checkpoint_key_path(settings)))
@@ -66,11 +78,13 @@ def create_app(settings: Settings):
     async def chain_events(stream):
         await writer.start()
         serve_metrics("audit", settings.audit_metrics_port)
-        await run(FaustSource(stream, batch=BATCH_MAX, within_s=BATCH_WITHIN_S), Stage(publisher, auditable, handle_batch=chain))
+        await run(
+            FaustSource(stream, batch=BATCH_MAX, within_s=BATCH_WITHIN_S),
+            Stage(publisher, auditable, handle_batch=chain),
+        )
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # the framework awaits async receivers; its stub lists sync ones only
     async def sign_final_checkpoint(sender, **kwargs) -> None:
         await writer.close()
 
     return app
-

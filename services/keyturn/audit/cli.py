@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -20,7 +20,9 @@ from rich.console import Console
 from keyturn.audit.sources import audit_records, err, fail, progress, time_option
 from keyturn.config import Settings
 
-app = typer.Typer(help="The hash-chained audit stream: tail, verify, replay, export, stats, ship.", no_args_is_help=True)
+app = typer.Typer(
+    help="The hash-chained audit stream: tail, verify, replay, export, stats, ship.", no_args_is_help=True
+)
 console = Console()
 
 FORMATS = ("table", "jsonl", "csv", "parquet")
@@ -71,15 +73,19 @@ def _print_record(record, as_json: bool) -> None:
         return
     from keyturn.core.canonical import from_millis
 
-    typer.echo(f"{record.sequence:>6}  {from_millis(record.recorded_at).isoformat(timespec='milliseconds')}  "
-               f"{record.event_type:<17} {record.action_id or '-':<36}  {record.actor or '-'}")
+    typer.echo(
+        f"{record.sequence:>6}  {from_millis(record.recorded_at).isoformat(timespec='milliseconds')}  "
+        f"{record.event_type:<17} {record.action_id or '-':<36}  {record.actor or '-'}"
+    )
 
 
 @app.command("verify")
 def verify(
-    export: Optional[Path] = EXPORT_OPTION,
+    export: Path | None = EXPORT_OPTION,
     public_key: list[Path] = typer.Option([], help="Checkpoint public key PEM(s); default: the local key"),
-    require_checkpoint_at_end: bool = typer.Option(False, help="Fail when the tail after the last checkpoint is unsigned"),
+    require_checkpoint_at_end: bool = typer.Option(
+        False, help="Fail when the tail after the last checkpoint is unsigned"
+    ),
 ) -> None:
     """Prove the chain is intact: every edit, drop, reorder, truncation or forged checkpoint is named
     with its position (sequence and index); exits 1 when anything is wrong."""
@@ -93,31 +99,51 @@ def verify(
         if public_key:
             verifier = load_verifier(public_key)
         else:
-            verifier = CheckpointVerifier.from_keys([load_or_create_signing_key(checkpoint_key_path(settings)).public_key()])
+            verifier = CheckpointVerifier.from_keys(
+                [load_or_create_signing_key(checkpoint_key_path(settings)).public_key()]
+            )
     except (OSError, ValueError) as error:
         fail(f"cannot load the checkpoint key: {error}")
     unreadable: list[Any] = []
     started = time.perf_counter()
     with progress("verifying") as (advance, total):
-        records = audit_records(*_audit_topic(settings), export, advance=advance, total=total, on_unreadable=unreadable.append, raw=True)
+        records = audit_records(
+            *_audit_topic(settings), export, advance=advance, total=total, on_unreadable=unreadable.append, raw=True
+        )
         report = verify_chain(records, verifier, require_checkpoint_at_end=require_checkpoint_at_end)
     elapsed = time.perf_counter() - started
     for message in unreadable:
-        err.print(f"[red]unreadable[/red] at offset {message.offset}: not an audit record ({message.reason})", highlight=False)
+        err.print(
+            f"[red]unreadable[/red] at offset {message.offset}: not an audit record ({message.reason})", highlight=False
+        )
     for problem in report.problems:
-        where = f"sequence {problem.sequence} (index {problem.index})" if problem.sequence is not None else f"index {problem.index}"
+        where = (
+            f"sequence {problem.sequence} (index {problem.index})"
+            if problem.sequence is not None
+            else f"index {problem.index}"
+        )
         err.print(f"[red]{problem.kind.value}[/red] at {where}: {problem.message}", highlight=False)
     if report.problems_omitted:
         err.print(f"… and {report.problems_omitted} more problems")
     if not report.ok or unreadable:
-        err.print(f"[red]audit chain NOT intact[/red]: {len(report.problems) + report.problems_omitted + len(unreadable)} "
-                  f"problem(s) in {report.records_checked} records", highlight=False)
+        err.print(
+            f"[red]audit chain NOT intact[/red]: {len(report.problems) + report.problems_omitted + len(unreadable)} "
+            f"problem(s) in {report.records_checked} records",
+            highlight=False,
+        )
         raise typer.Exit(1)
     rate = report.records_checked / elapsed if elapsed > 0 else 0
-    console.print(f"[green]audit chain intact[/green]: {report.records_checked} records, last sequence {report.last_sequence}, "
-                  f"last checkpoint at {report.last_checkpoint_sequence}"
-                  + (f"; {report.unverified_tail} records after it are chained but not yet signed" if report.unverified_tail else "")
-                  + f" ({rate:,.0f} records/s)", highlight=False)
+    console.print(
+        f"[green]audit chain intact[/green]: {report.records_checked} records, last sequence {report.last_sequence}, "
+        f"last checkpoint at {report.last_checkpoint_sequence}"
+        + (
+            f"; {report.unverified_tail} records after it are chained but not yet signed"
+            if report.unverified_tail
+            else ""
+        )
+        + f" ({rate:,.0f} records/s)",
+        highlight=False,
+    )
 
 
 @app.command("public-key")
@@ -206,15 +232,27 @@ def _write(format: str, records, output: str) -> int:
 @app.command("replay")
 def replay(
     action_id: list[str] = typer.Option([], "--action-id", help="Only this action (repeatable)"),
-    requester: list[str] = typer.Option([], "--requester", help="Actions requested by, or on behalf of, this principal (repeatable)"),
-    approver: list[str] = typer.Option([], "--approver", help="Actions this principal voted on, accepted or refused (repeatable)"),
-    action_type: list[str] = typer.Option([], "--action-type", help="Action type, wildcards allowed: read.* (repeatable)"),
-    outcome: list[str] = typer.Option([], "--outcome", help="Actions that reached this outcome: allowed, denied, needs_approval, approved, expired, succeeded, failed, outcome_unknown (repeatable)"),
-    since: Optional[str] = typer.Option(None, help="Records that occurred at or after: ISO 8601, or a duration ago (2h, 7d)"),
-    until: Optional[str] = typer.Option(None, help="Records that occurred before this time"),
+    requester: list[str] = typer.Option(
+        [], "--requester", help="Actions requested by, or on behalf of, this principal (repeatable)"
+    ),
+    approver: list[str] = typer.Option(
+        [], "--approver", help="Actions this principal voted on, accepted or refused (repeatable)"
+    ),
+    action_type: list[str] = typer.Option(
+        [], "--action-type", help="Action type, wildcards allowed: read.* (repeatable)"
+    ),
+    outcome: list[str] = typer.Option(
+        [],
+        "--outcome",
+        help="Actions that reached this outcome: allowed, denied, needs_approval, approved, expired, succeeded, failed, outcome_unknown (repeatable)",
+    ),
+    since: str | None = typer.Option(
+        None, help="Records that occurred at or after: ISO 8601, or a duration ago (2h, 7d)"
+    ),
+    until: str | None = typer.Option(None, help="Records that occurred before this time"),
     format: str = typer.Option("table", "--format", "-f", help="table | jsonl | csv | parquet"),
     output: str = typer.Option("-", "--output", "-o", help="File to write, or - for stdout"),
-    export: Optional[Path] = EXPORT_OPTION,
+    export: Path | None = EXPORT_OPTION,
 ) -> None:
     """Replay the audit through filters: every record of the matching actions, in chain order."""
     from keyturn.audit.replay import ActionIndex, ReplayFilter
@@ -222,8 +260,15 @@ def replay(
     if format not in FORMATS:
         fail(f"unknown format {format!r}; choose {', '.join(FORMATS)}", 2)
     try:
-        wanted = ReplayFilter(frozenset(action_id), frozenset(requester), frozenset(approver), frozenset(action_type),
-                              frozenset(outcome), time_option(since, "--since"), time_option(until, "--until"))
+        wanted = ReplayFilter(
+            frozenset(action_id),
+            frozenset(requester),
+            frozenset(approver),
+            frozenset(action_type),
+            frozenset(outcome),
+            time_option(since, "--since"),
+            time_option(until, "--until"),
+        )
     except ValueError as error:
         fail(str(error), 2)
     settings = _settings()
@@ -234,7 +279,9 @@ def replay(
 
     def selected():
         with progress("replaying") as (advance, total):
-            for record in audit_records(*_audit_topic(settings), export, advance=advance, total=total, to_offset=to_offset):
+            for record in audit_records(
+                *_audit_topic(settings), export, advance=advance, total=total, to_offset=to_offset
+            ):
                 if wanted.selects(record, index.get(record.action_id) if index else None):
                     yield record
 
@@ -245,11 +292,13 @@ def replay(
     err.print(f"replayed {count} records", highlight=False)
 
 
-def _index_actions(settings: Settings, export: Optional[Path], index) -> Optional[int]:
+def _index_actions(settings: Settings, export: Path | None, index) -> int | None:
     """First pass: the facts of every action; returns the topic offset the pass stopped at."""
     end: list[int] = []
     with progress("indexing actions") as (advance, total):
-        for record in audit_records(*_audit_topic(settings), export, advance=advance, total=total, on_end_offset=end.append):
+        for record in audit_records(
+            *_audit_topic(settings), export, advance=advance, total=total, on_end_offset=end.append
+        ):
             index.add(record)
     return end[0] if end else None
 
@@ -264,8 +313,15 @@ def _print_table(records) -> None:
         table.add_column(column, overflow="fold")
     for record in records:
         step = timeline_step(record)
-        table.add_row(str(step.sequence), step.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], step.event_type,
-                      record.action_id or "-", step.who, step.what, step.why)
+        table.add_row(
+            str(step.sequence),
+            step.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            step.event_type,
+            record.action_id or "-",
+            step.who,
+            step.what,
+            step.why,
+        )
     console.print(table)
     err.print(f"{len(records)} records", highlight=False)
 
@@ -274,7 +330,7 @@ def _print_table(records) -> None:
 def timeline(
     action_id: str = typer.Argument(..., help="The action to show"),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per step"),
-    export: Optional[Path] = EXPORT_OPTION,
+    export: Path | None = EXPORT_OPTION,
 ) -> None:
     """The whole life of one action: who, when, what, why, and under which policy revision."""
     from rich.table import Table
@@ -282,32 +338,53 @@ def timeline(
     from keyturn.audit.replay import timeline as action_timeline
 
     with progress("reading the audit") as (advance, total):
-        steps = action_timeline(audit_records(*_audit_topic(_settings()), export, advance=advance, total=total), action_id)
+        steps = action_timeline(
+            audit_records(*_audit_topic(_settings()), export, advance=advance, total=total), action_id
+        )
     if not steps:
         fail(f"no audit records for action {action_id}")
     if as_json:
         for step in steps:
-            typer.echo(json.dumps({"sequence": step.sequence, "at": step.at.isoformat(), "event_type": step.event_type,
-                                   "who": step.who, "what": step.what, "why": step.why,
-                                   "policy_revision": step.policy_revision, "flags": list(step.flags)}))
+            typer.echo(
+                json.dumps(
+                    {
+                        "sequence": step.sequence,
+                        "at": step.at.isoformat(),
+                        "event_type": step.event_type,
+                        "who": step.who,
+                        "what": step.what,
+                        "why": step.why,
+                        "policy_revision": step.policy_revision,
+                        "flags": list(step.flags),
+                    }
+                )
+            )
         return
     table = Table(title=f"action {action_id}")
     for column in ("seq", "when (UTC)", "who", "what", "why", "policy revision"):
         table.add_column(column, overflow="fold")
     for step in steps:
         what = step.what + (f" [{', '.join(step.flags)}]" if step.flags else "")
-        table.add_row(str(step.sequence), step.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], step.who, what, step.why,
-                      step.policy_revision or "")
+        table.add_row(
+            str(step.sequence),
+            step.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            step.who,
+            what,
+            step.why,
+            step.policy_revision or "",
+        )
     console.print(table)
 
 
 @app.command("stats")
 def stats(
-    since: Optional[str] = typer.Option(None, help="Only approvals opened at or after this time (ISO 8601 or 2h, 7d)"),
-    until: Optional[str] = typer.Option(None, help="Only approvals opened before this time"),
-    rubber_stamp_seconds: float = typer.Option(10.0, "--rubber-stamp-seconds", help="Flag approvals given within this many seconds of the approval opening"),
+    since: str | None = typer.Option(None, help="Only approvals opened at or after this time (ISO 8601 or 2h, 7d)"),
+    until: str | None = typer.Option(None, help="Only approvals opened before this time"),
+    rubber_stamp_seconds: float = typer.Option(
+        10.0, "--rubber-stamp-seconds", help="Flag approvals given within this many seconds of the approval opening"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as one JSON document"),
-    export: Optional[Path] = EXPORT_OPTION,
+    export: Path | None = EXPORT_OPTION,
 ) -> None:
     """Time to decision per approver group (p50/p90/p99), rubber-stamp approvals, per-approver
     approve and deny rates. The approval opening (the needs_approval decision) stands in for the
@@ -331,22 +408,38 @@ def stats(
     for column in ("group", "decided", "approved", "denied", "expired", "p50", "p90", "p99", "max"):
         groups.add_column(column, justify="right" if column != "group" else "left")
     for row in result["time_to_decision"]:
-        groups.add_row(row["group"], *(str(row[k]) for k in ("decided", "approved", "denied", "expired")),
-                       *(_seconds(row[k]) for k in ("p50_s", "p90_s", "p99_s", "max_s")))
+        groups.add_row(
+            row["group"],
+            *(str(row[k]) for k in ("decided", "approved", "denied", "expired")),
+            *(_seconds(row[k]) for k in ("p50_s", "p90_s", "p99_s", "max_s")),
+        )
     console.print(groups)
     people = Table(title="approvers")
     for column in ("approver", "approve", "deny", "refused", "approve rate", "deny rate", "rubber stamps"):
         people.add_column(column, justify="right" if column != "approver" else "left")
     for row in result["approvers"]:
-        people.add_row(row["approver"], str(row["approve"]), str(row["deny"]), str(row["refused"]),
-                       _rate(row["approve_rate"]), _rate(row["deny_rate"]), str(row["rubber_stamps"]))
+        people.add_row(
+            row["approver"],
+            str(row["approve"]),
+            str(row["deny"]),
+            str(row["refused"]),
+            _rate(row["approve_rate"]),
+            _rate(row["deny_rate"]),
+            str(row["rubber_stamps"]),
+        )
     console.print(people)
     stamps = result["rubber_stamps"]
-    console.print(f"{len(stamps)} approval(s) given within {rubber_stamp_seconds:g}s of the approval opening "
-                  "(the decision time stands in for the notification time)", highlight=False)
+    console.print(
+        f"{len(stamps)} approval(s) given within {rubber_stamp_seconds:g}s of the approval opening "
+        "(the decision time stands in for the notification time)",
+        highlight=False,
+    )
     for stamp in stamps:
-        console.print(f"  {stamp['approver']} approved {stamp['action']} {stamp['action_id']} after {stamp['seconds']}s "
-                      f"(record {stamp['sequence']})", highlight=False)
+        console.print(
+            f"  {stamp['approver']} approved {stamp['action']} {stamp['action_id']} after {stamp['seconds']}s "
+            f"(record {stamp['sequence']})",
+            highlight=False,
+        )
 
 
 def _opened_within(records, window, index):
@@ -359,11 +452,11 @@ def _opened_within(records, window, index):
             yield record
 
 
-def _seconds(value: Optional[float]) -> str:
+def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _rate(value: Optional[float]) -> str:
+def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
@@ -371,11 +464,17 @@ def _rate(value: Optional[float]) -> str:
 def ship(
     webhook: str = typer.Option(..., "--webhook", help="The SIEM's HTTP(S) endpoint; batches are POSTed as JSON lines"),
     follow: bool = typer.Option(False, "--follow", help="Keep shipping new records until interrupted"),
-    state: Optional[Path] = typer.Option(None, help="Where the last shipped position is kept (default: under KEYTURN_RUN_DIR, per sink)"),
+    state: Path | None = typer.Option(
+        None, help="Where the last shipped position is kept (default: under KEYTURN_RUN_DIR, per sink)"
+    ),
     batch_size: int = typer.Option(500, min=1, help="Records per POST"),
     retries: int = typer.Option(5, min=0, help="Retries per batch after the first attempt"),
-    backoff: float = typer.Option(0.5, min=0, help="Seconds before the first retry; doubles each retry (capped at 30 s)"),
-    header: list[str] = typer.Option([], "--header", help="Extra HTTP header 'Name: value' (repeatable), e.g. an auth token"),
+    backoff: float = typer.Option(
+        0.5, min=0, help="Seconds before the first retry; doubles each retry (capped at 30 s)"
+    ),
+    header: list[str] = typer.Option(
+        [], "--header", help="Extra HTTP header 'Name: value' (repeatable), e.g. an auth token"
+    ),
 ) -> None:
     """Ship the audit to a SIEM webhook, resuming after the last record it acknowledged."""
     from keyturn.audit.shipping import ShippingFailed, ShippingStateMismatch, WebhookSink, default_state_path
@@ -399,7 +498,9 @@ def ship(
 
     async def run():
         try:
-            return await ship_records(*_audit_topic(settings), sink, state_path, follow=follow, batch_size=batch_size, on_shipped=shipped)
+            return await ship_records(
+                *_audit_topic(settings), sink, state_path, follow=follow, batch_size=batch_size, on_shipped=shipped
+            )
         finally:
             await sink.close()
 
@@ -409,5 +510,8 @@ def ship(
         return
     except (ShippingFailed, ShippingStateMismatch) as error:
         fail(f"{error} (position kept in {state_path})")
-    console.print(f"shipped {result.shipped} records to {webhook}; last shipped sequence "
-                  f"{result.state.last_sequence} (position in {state_path})", highlight=False)
+    console.print(
+        f"shipped {result.shipped} records to {webhook}; last shipped sequence "
+        f"{result.state.last_sequence} (position in {state_path})",
+        highlight=False,
+    )

@@ -96,8 +96,7 @@ def read_jsonl(fp: IO[str] | IO[bytes]) -> Iterator[dict[str, Any]]:
             return
         except UnicodeDecodeError as error:
             raise AuditFileError(
-                f"line {number} or near it is not UTF-8 ({error}): the file is damaged or "
-                "was edited"
+                f"line {number} or near it is not UTF-8 ({error}): the file is damaged or was edited"
             ) from None
         if isinstance(line, bytes):
             try:
@@ -112,8 +111,7 @@ def read_jsonl(fp: IO[str] | IO[bytes]) -> Iterator[dict[str, Any]]:
             value = json.loads(line, object_pairs_hook=_refuse_repeated_fields)
         except (json.JSONDecodeError, _RepeatedField) as error:
             raise AuditFileError(
-                f"line {number} is not a valid audit record ({error}): the file is damaged or "
-                "was edited"
+                f"line {number} is not a valid audit record ({error}): the file is damaged or was edited"
             ) from None
         if not isinstance(value, dict):
             raise AuditFileError(f"line {number} is JSON but not an object: not an audit record")
@@ -183,9 +181,7 @@ def _iso(millis: int) -> str:
     return from_millis(millis).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def write_parquet(
-    records: Iterable[RecordLike], path: str | PathLike[str], *, batch_size: int = 10_000
-) -> int:
+def write_parquet(records: Iterable[RecordLike], path: str | PathLike[str], *, batch_size: int = 10_000) -> int:
     """Write records to a Parquet file in batches; returns the number written.
 
     Columns follow the Avro schema: timestamps as UTC millisecond timestamps, the checkpoint
@@ -197,8 +193,7 @@ def write_parquet(
         import pyarrow.parquet as pq
     except ImportError:
         raise ParquetUnavailable(
-            "Parquet export needs pyarrow, which is not installed: pip install pyarrow "
-            "(or export JSONL or CSV instead)"
+            "Parquet export needs pyarrow, which is not installed: pip install pyarrow (or export JSONL or CSV instead)"
         ) from None
     schema = _parquet_schema(pa)
     count = 0
@@ -244,4 +239,3 @@ def _parquet_schema(pa: Any) -> Any:
             pa.field("flags", pa.list_(pa.string()), nullable=False),
         ]
     )
-

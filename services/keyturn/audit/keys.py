@@ -57,8 +57,7 @@ def load_signing_key(path: KeyPath) -> Ed25519PrivateKey:
     mode = path.stat().st_mode
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise InsecureKeyFile(
-            f"{path} is accessible to other users (mode {stat.filemode(mode)}); "
-            f"run: chmod 600 {path}"
+            f"{path} is accessible to other users (mode {stat.filemode(mode)}); run: chmod 600 {path}"
         )
     key = load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):

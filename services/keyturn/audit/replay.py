@@ -13,14 +13,21 @@ import fnmatch
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from keyturn.core.audit.record import AuditRecord
 from keyturn.core.canonical import from_millis, to_millis
 
 OUTCOMES = (
-    "allowed", "denied", "needs_approval", "approved", "expired", "succeeded", "failed", "outcome_unknown",
+    "allowed",
+    "denied",
+    "needs_approval",
+    "approved",
+    "expired",
+    "succeeded",
+    "failed",
+    "outcome_unknown",
 )
 
 
@@ -71,7 +78,11 @@ class ActionFacts:
             self.approvers.update(
                 approver for vote in payload.get("votes") or () if (approver := (vote.get("approver") or {}).get("id"))
             )
-        outcome = payload.get("outcome") if record.event_type in ("ActionDecided", "ApprovalResolved", "ActionExecuted") else None
+        outcome = (
+            payload.get("outcome")
+            if record.event_type in ("ActionDecided", "ApprovalResolved", "ActionExecuted")
+            else None
+        )
         if outcome and outcome not in self.outcomes:
             self.outcomes.append(outcome)
 
@@ -167,12 +178,12 @@ class ReplayFilter:
 def parse_instant(text: str, *, now: datetime | None = None) -> int:
     """UTC milliseconds for an ISO 8601 time (``2026-11-30T10:00Z``; no zone means UTC), a date,
     or a duration ago (``90s``, ``15m``, ``2h``, ``7d``)."""
-    from datetime import timedelta, timezone
+    from datetime import timedelta
 
     text = text.strip()
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
     if text[:-1].isdigit() and text[-1:] in units:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         return to_millis(now - timedelta(**{units[text[-1]]: int(text[:-1])}))
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -181,7 +192,7 @@ def parse_instant(text: str, *, now: datetime | None = None) -> int:
             f"{text!r} is not a time: use ISO 8601 (2026-11-30T10:00:00Z), a date, or a duration ago (15m, 2h, 7d)"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return to_millis(moment)
 
 
@@ -238,7 +249,9 @@ def timeline_step(record: AuditRecord) -> TimelineStep:
     elif kind == "DeadLetter":
         what = f"dead letter from {payload.get('source_topic')}"
         why = f"{payload.get('error_type')}: {payload.get('reason')}"
-    return TimelineStep(record.sequence, from_millis(record.occurred_at), kind, who, what, why.strip(), revision, record.flags)
+    return TimelineStep(
+        record.sequence, from_millis(record.occurred_at), kind, who, what, why.strip(), revision, record.flags
+    )
 
 
 def timeline(records: Iterable[AuditRecord], action_id: str) -> list[TimelineStep]:

@@ -59,7 +59,9 @@ class ShipState:
             data = json.loads(path.read_text())
             state = cls(**data)
         except (ValueError, TypeError) as error:
-            raise ShippingStateMismatch(f"{path} is not a shipping state file ({error}); move it away to start over") from None
+            raise ShippingStateMismatch(
+                f"{path} is not a shipping state file ({error}); move it away to start over"
+            ) from None
         if state.sink != sink:
             raise ShippingStateMismatch(
                 f"{path} records shipping to {state.sink}, not {sink}; use another --state file per sink"
@@ -96,8 +98,14 @@ class WebhookSink:
     """POSTs batches to one URL with bounded, backed-off retries."""
 
     def __init__(
-        self, url: str, *, retries: int = 5, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-        timeout_s: float = 10.0, headers: dict[str, str] | None = None,
+        self,
+        url: str,
+        *,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        timeout_s: float = 10.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"webhook URL must start with http:// or https://, not {url!r}")
@@ -150,7 +158,13 @@ class ShipResult:
 
 
 async def ship(
-    bootstrap: str, topic: str, sink: WebhookSink, state_path: Path, *, follow: bool = False, batch_size: int = 500,
+    bootstrap: str,
+    topic: str,
+    sink: WebhookSink,
+    state_path: Path,
+    *,
+    follow: bool = False,
+    batch_size: int = 500,
     on_shipped: Callable[[int, ShipState], None] | None = None,
 ) -> ShipResult:
     """Ship every record after the saved position; with ``follow``, keep shipping new ones."""
@@ -193,7 +207,9 @@ def _check_continues(state: ShipState, record: AuditRecord) -> None:
         )
 
 
-async def _deliver(sink: WebhookSink, records: list[AuditRecord], state: ShipState, state_path: Path, on_shipped) -> int:
+async def _deliver(
+    sink: WebhookSink, records: list[AuditRecord], state: ShipState, state_path: Path, on_shipped
+) -> int:
     await sink.deliver(records)
     state.save(state_path)
     if on_shipped is not None:

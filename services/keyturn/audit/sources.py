@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-
 
 err = Console(stderr=True)  # the one stderr console of the audit commands, progress bars included
 
@@ -33,8 +32,15 @@ def progress(label: str, *, enabled: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     shown = enabled and err.is_terminal
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True, disable=not shown) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not shown,
+    ) as progress:
         task = progress.add_task(label, total=None)
 
         def advance(n: int = 1) -> None:
@@ -50,10 +56,18 @@ def _ignore(_: int = 1) -> None:
     """Progress nobody is shown."""
 
 
-def audit_records(bootstrap: str, topic: str, export: Optional[Path], *, advance: Callable[[int], None] = _ignore,
-                  total: Callable[[int], None] = _ignore, to_offset: Optional[int] = None,
-                  on_unreadable: Optional[Callable[[Any], None]] = None, raw: bool = False,
-                  on_end_offset: Callable[[int], None] = _ignore) -> Iterator[Any]:
+def audit_records(
+    bootstrap: str,
+    topic: str,
+    export: Path | None,
+    *,
+    advance: Callable[[int], None] = _ignore,
+    total: Callable[[int], None] = _ignore,
+    to_offset: int | None = None,
+    on_unreadable: Callable[[Any], None] | None = None,
+    raw: bool = False,
+    on_end_offset: Callable[[int], None] = _ignore,
+) -> Iterator[Any]:
     """Records of the audit ``topic`` (on ``bootstrap``) or of an export, oldest first, streamed.
 
     ``raw`` yields the export's dicts unparsed (for verify, which reports malformed ones).
@@ -72,8 +86,10 @@ def audit_records(bootstrap: str, topic: str, export: Optional[Path], *, advance
                     try:
                         yield AuditRecord.from_dict(item)
                     except MalformedRecord as error:
-                        fail(f"{export}: record {number} is not an audit record ({error}); "
-                             f"run keyturn audit verify --export {export}")
+                        fail(
+                            f"{export}: record {number} is not an audit record ({error}); "
+                            f"run keyturn audit verify --export {export}"
+                        )
         except OSError as error:
             fail(f"cannot read {export}: {error.strerror}")
         except AuditFileError as error:
@@ -96,7 +112,7 @@ def audit_records(bootstrap: str, topic: str, export: Optional[Path], *, advance
             on_unreadable(message.unreadable)
 
 
-def time_option(text: Optional[str], name: str) -> Optional[int]:
+def time_option(text: str | None, name: str) -> int | None:
     """UTC milliseconds for a --since/--until value; a clear usage error (exit 2) when unreadable."""
     from keyturn.audit.replay import parse_instant
 

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -28,7 +28,6 @@ from aiokafka import AIOKafkaProducer
 from keyturn.audit import metrics
 from keyturn.audit.records import actor_of, audit_payload, flags_of, occurred_at
 from keyturn.bus.codec import registry
-from keyturn.bus.topics import Topics
 from keyturn.core.audit.chain import AuditChain
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.audit.dedupe import RecentEventIds
@@ -183,4 +182,4 @@ class AuditWriter:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

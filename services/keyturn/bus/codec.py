@@ -76,12 +76,21 @@ class SchemaRegistry:
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         """(record name, record) from single-object bytes, resolved to the current schema."""
         if not isinstance(data, (bytes, bytearray)) or len(data) < HEADER_SIZE:
-            raise UndecodableMessage("truncated", f"message of {len(data or b'')} bytes is shorter than the 10-byte Avro single-object header")
+            raise UndecodableMessage(
+                "truncated",
+                f"message of {len(data or b'')} bytes is shorter than the 10-byte Avro single-object header",
+            )
         if data[:2] != MAGIC:
-            raise UndecodableMessage("not_avro", f"message does not start with the Avro single-object marker C3 01 (starts with {bytes(data[:2]).hex()})")
+            raise UndecodableMessage(
+                "not_avro",
+                f"message does not start with the Avro single-object marker C3 01 (starts with {bytes(data[:2]).hex()})",
+            )
         writer = self.writers.get(bytes(data[2:HEADER_SIZE]))
         if writer is None:
-            raise UndecodableMessage("unknown_schema", f"writer schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()} is not a known Keyturn schema (freeze it into schemas/history)")
+            raise UndecodableMessage(
+                "unknown_schema",
+                f"writer schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()} is not a known Keyturn schema (freeze it into schemas/history)",
+            )
         reader = self.readers.get(writer.name)
         if reader is None:
             raise UndecodableMessage("unknown_schema", f"no current schema for record {writer.name}")
@@ -89,9 +98,13 @@ class SchemaRegistry:
         try:
             record = fastavro.schemaless_reader(body, writer.schema, reader)
         except Exception as exc:  # fastavro raises many types for corrupt bytes; all mean the same here
-            raise UndecodableMessage("corrupt_body", f"{writer.name} body cannot be decoded: {type(exc).__name__}: {exc}") from exc
+            raise UndecodableMessage(
+                "corrupt_body", f"{writer.name} body cannot be decoded: {type(exc).__name__}: {exc}"
+            ) from exc
         if body.tell() != len(data) - HEADER_SIZE:
-            raise UndecodableMessage("corrupt_body", f"{writer.name} body has {len(data) - HEADER_SIZE - body.tell()} trailing bytes")
+            raise UndecodableMessage(
+                "corrupt_body", f"{writer.name} body has {len(data) - HEADER_SIZE - body.tell()} trailing bytes"
+            )
         if not isinstance(record, dict):  # every Keyturn schema is a record
             raise UndecodableMessage("corrupt_body", f"{writer.name} body is not a record")
         return writer.name, record

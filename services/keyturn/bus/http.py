@@ -21,7 +21,9 @@ class EmbeddedServer(uvicorn.Server):
 
 
 def embedded_server(app, host: str, port: int) -> EmbeddedServer:
-    return EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False))
+    return EmbeddedServer(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+    )
 
 
 MAX_HEADER_COUNT = 100
@@ -43,7 +45,9 @@ class BoundedRequests:
     a framework reads the whole body before any handler can look at it.
     """
 
-    def __init__(self, app: Any, *, max_body_bytes: int, max_header_bytes: int, on_refused: Refused | None = None) -> None:
+    def __init__(
+        self, app: Any, *, max_body_bytes: int, max_header_bytes: int, on_refused: Refused | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
@@ -56,32 +60,62 @@ class BoundedRequests:
         headers = scope.get("headers") or []
         size = sum(len(name) + len(value) for name, value in headers)
         if len(headers) > MAX_HEADER_COUNT or size > self.max_header_bytes:
-            await self._refuse(scope, send, 431, "headers_too_large",
-                               [f"headers: {len(headers)} headers, {size} bytes; at most {MAX_HEADER_COUNT} headers "
-                                f"and {self.max_header_bytes} bytes"], b"")
+            await self._refuse(
+                scope,
+                send,
+                431,
+                "headers_too_large",
+                [
+                    f"headers: {len(headers)} headers, {size} bytes; at most {MAX_HEADER_COUNT} headers "
+                    f"and {self.max_header_bytes} bytes"
+                ],
+                b"",
+            )
             return
         declared = _content_length(headers)
         if declared is not None and declared > self.max_body_bytes:
-            await self._refuse(scope, send, 413, "body_too_large",
-                               [f"body: {declared} bytes declared; the limit is {self.max_body_bytes} bytes, so it was not read"], b"")
+            await self._refuse(
+                scope,
+                send,
+                413,
+                "body_too_large",
+                [f"body: {declared} bytes declared; the limit is {self.max_body_bytes} bytes, so it was not read"],
+                b"",
+            )
             return
         if declared is not None or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
         body, complete = await _read_at_most(receive, self.max_body_bytes)
         if not complete:
-            await self._refuse(scope, send, 413, "body_too_large",
-                               [f"body: more than {self.max_body_bytes} bytes; the rest was not read"], body)
+            await self._refuse(
+                scope,
+                send,
+                413,
+                "body_too_large",
+                [f"body: more than {self.max_body_bytes} bytes; the rest was not read"],
+                body,
+            )
             return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _refuse(self, scope: dict[str, Any], send: Any, status: int, error: str, problems: list[str], received: bytes) -> None:
+    async def _refuse(
+        self, scope: dict[str, Any], send: Any, status: int, error: str, problems: list[str], received: bytes
+    ) -> None:
         if self.on_refused is not None:
             await self.on_refused(scope, status, problems, received)
         body = json.dumps({"error": error, "detail": "; ".join(problems), "problems": problems}).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
-        ]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

@@ -57,7 +57,9 @@ class Source(Protocol):
 class Refused(UndecodableMessage):
     """Input a stage refuses, with what the dead letter may say about it (never its bytes)."""
 
-    def __init__(self, error_type: str, reason: str, *, principal: str | None = None, problems: Sequence[str] = ()) -> None:
+    def __init__(
+        self, error_type: str, reason: str, *, principal: str | None = None, problems: Sequence[str] = ()
+    ) -> None:
         super().__init__(error_type, reason)
         self.principal = principal
         self.problems = tuple(problems)
@@ -96,7 +98,9 @@ class Stage:
 
     def __post_init__(self) -> None:
         if (self.handle is None) == (self.handle_batch is None):
-            raise ValueError("a stage handles events one by one or in batches: give exactly one of handle, handle_batch")
+            raise ValueError(
+                "a stage handles events one by one or in batches: give exactly one of handle, handle_batch"
+            )
 
     @property
     def service(self) -> str:
@@ -133,8 +137,13 @@ async def _decoded(message: Message, stage: Stage) -> Any | None:
         return stage.decode(message) if stage.decode is not None else decode_event(message, stage.accept)
     except UndecodableMessage as error:
         if stage.publisher.topics.dead_letter_owner(message.topic) != stage.service:
-            log.warning("skipping undecodable %s:%s:%s (its owner dead-letters it): %s",
-                        message.topic, message.partition, message.offset, error.reason)
+            log.warning(
+                "skipping undecodable %s:%s:%s (its owner dead-letters it): %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                error.reason,
+            )
             return None
         await dead_letter(stage.publisher, message, error)
         return None
@@ -165,15 +174,26 @@ async def _end_action(hook: FailureHook, event: Any, message: Any, exc: Exceptio
         log.exception("%s could not end the action of %s after its failure; it stays dead-lettered", service, where)
 
 
-async def dead_letter(publisher: Publisher, message: Message, error: UndecodableMessage, *, by_service: bool = False) -> None:
+async def dead_letter(
+    publisher: Publisher, message: Message, error: UndecodableMessage, *, by_service: bool = False
+) -> None:
     """Quarantine ``message`` with ``error``'s reason, waiting out a broker outage."""
     principal = error.principal if isinstance(error, Refused) else None
     problems = error.problems if isinstance(error, Refused) else ()
-    await until_done(lambda: publisher.dead_letter(
-        source_topic=message.topic, partition=message.partition, offset=message.offset,
-        key=bytes(message.key) if message.key is not None else None, payload=bytes(message.value or b""),
-        error=error, by_service=by_service, principal=principal, problems=problems,
-    ), f"{publisher.service}: dead-lettering {message.topic}:{message.partition}:{message.offset}")
+    await until_done(
+        lambda: publisher.dead_letter(
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=bytes(message.key) if message.key is not None else None,
+            payload=bytes(message.value or b""),
+            error=error,
+            by_service=by_service,
+            principal=principal,
+            problems=problems,
+        ),
+        f"{publisher.service}: dead-lettering {message.topic}:{message.partition}:{message.offset}",
+    )
 
 
 class FaustSource:
@@ -204,8 +224,14 @@ class KafkaSource:
     ``after_commit`` gets the next offset per (topic, partition) that the commit covered.
     """
 
-    def __init__(self, consumer: Any, *, max_records: int = 500, wait_ms: int = 1000,
-                 after_commit: Callable[[dict[tuple[str, int], int]], None] | None = None) -> None:
+    def __init__(
+        self,
+        consumer: Any,
+        *,
+        max_records: int = 500,
+        wait_ms: int = 1000,
+        after_commit: Callable[[dict[tuple[str, int], int]], None] | None = None,
+    ) -> None:
         self.consumer = consumer
         self.max_records = max_records
         self.wait_ms = wait_ms

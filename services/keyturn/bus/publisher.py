@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from keyturn.bus.codec import UndecodableMessage, registry
-from keyturn.bus.topics import Topics
 from keyturn.bus.refusals import refusal_letter
+from keyturn.bus.topics import Topics
 from keyturn.core.events import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,18 @@ class Publisher:
         return registry().encode_event(event)
 
     async def dead_letter(
-        self, *, source_topic: str, partition: int, offset: int, key: bytes | None, payload: bytes, error: UndecodableMessage,
-        by_service: bool = False, principal: str | None = None, problems: tuple[str, ...] = (), excerpt: bool = False,
+        self,
+        *,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        payload: bytes,
+        error: UndecodableMessage,
+        by_service: bool = False,
+        principal: str | None = None,
+        problems: tuple[str, ...] = (),
+        excerpt: bool = False,
     ) -> DeadLetter:
         """Quarantine input this service cannot accept, with the reason; returns the record.
 
@@ -55,10 +65,21 @@ class Publisher:
         handling (``by_service``) is that service's own record.
         """
         letter = refusal_letter(
-            service=self.service, source_topic=source_topic, partition=partition, offset=offset, key=key, payload=payload,
-            error_type=error.error_type, reason=error.reason, problems=problems, principal=principal, excerpt=excerpt,
+            service=self.service,
+            source_topic=source_topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            payload=payload,
+            error_type=error.error_type,
+            reason=error.reason,
+            problems=problems,
+            principal=principal,
+            excerpt=excerpt,
             by_service=by_service,
         )
         log.warning("dead-lettered input from %s (%s): %s", source_topic, letter.error_type, letter.reason)
-        await self.publish(self.topics.dlq, letter, key=letter.key.decode(errors="replace") if letter.key else letter.event_id)
+        await self.publish(
+            self.topics.dlq, letter, key=letter.key.decode(errors="replace") if letter.key else letter.event_id
+        )
         return letter

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from keyturn.core.events import DeadLetter, Digest
@@ -31,9 +31,19 @@ EXCERPT_FROM_BYTES = 64 * 1024  # larger bodies get no excerpt: masking them cos
 
 
 def refusal_letter(
-    *, service: str, source_topic: str, partition: int, offset: int, key: bytes | None, payload: bytes,
-    error_type: str, reason: str, problems: Iterable[str] = (), principal: str | None = None,
-    excerpt: bool = False, by_service: bool = False,
+    *,
+    service: str,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    payload: bytes,
+    error_type: str,
+    reason: str,
+    problems: Iterable[str] = (),
+    principal: str | None = None,
+    excerpt: bool = False,
+    by_service: bool = False,
 ) -> DeadLetter:
     """The dead letter for refused input, holding nothing of it in clear.
 
@@ -61,7 +71,7 @@ def refusal_letter(
         principal=principal,
         excerpt=masked_excerpt(payload, chars=EXCERPT_CHARS, read_at_most=EXCERPT_FROM_BYTES) if excerpt else None,
         service=service,
-        failed_at=datetime.now(timezone.utc),
+        failed_at=datetime.now(UTC),
     )
 
 

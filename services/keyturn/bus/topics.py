@@ -66,8 +66,13 @@ class Topics:
         so one bad message yields one dead letter. Other readers skip it.
         """
         owners = {
-            self.submissions: "intake", self.requested: "policy", self.decided: "executor",
-            self.resolved: "executor", self.votes: "audit", self.executed: "audit", self.dlq: "audit",
+            self.submissions: "intake",
+            self.requested: "policy",
+            self.decided: "executor",
+            self.resolved: "executor",
+            self.votes: "audit",
+            self.executed: "audit",
+            self.dlq: "audit",
         }
         return owners.get(topic, "audit")
 
@@ -86,7 +91,12 @@ def topic_specs(topics: Topics) -> list[NewTopic]:
     keyed = [topics.submissions, *topics.lifecycle, topics.votes, topics.dlq]
     specs = [NewTopic(name, topics.partitions, 1) for name in keyed]
     specs.append(
-        NewTopic(topics.audit, 1, 1, topic_configs={"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"})
+        NewTopic(
+            topics.audit,
+            1,
+            1,
+            topic_configs={"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"},
+        )
     )
     specs.extend(NewTopic(f"{topics.namespace}-{service}-__assignor-__leader", 1, 1) for service in STREAM_WORKERS)
     return specs

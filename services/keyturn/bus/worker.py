@@ -19,8 +19,9 @@ from keyturn.bus.topics import Topics
 log = logging.getLogger(__name__)
 
 
-def make_app(*, namespace: str, bootstrap: str, partitions: int, run_dir: Path | str, session_timeout_s: float,
-             service: str) -> faust.App:
+def make_app(
+    *, namespace: str, bootstrap: str, partitions: int, run_dir: Path | str, session_timeout_s: float, service: str
+) -> faust.App:
     """A faust app for one service: raw bytes in and out (our codec does Avro), memory tables."""
     faust_dir = Path(run_dir) / "faust"
     faust_dir.mkdir(parents=True, exist_ok=True)
@@ -59,8 +60,16 @@ def faust_publisher(app: faust.App, topics: Topics, service: str) -> Publisher:
     return Publisher(send, topics, service)
 
 
-async def handle_each(stream: faust.StreamT, publisher: Publisher, handle: Handler, *, accept: tuple[type, ...],
-                      on_failure: FailureHook | None = None, batch: int = 64, within_s: float = 0.005) -> None:
+async def handle_each(
+    stream: faust.StreamT,
+    publisher: Publisher,
+    handle: Handler,
+    *,
+    accept: tuple[type, ...],
+    on_failure: FailureHook | None = None,
+    batch: int = 64,
+    within_s: float = 0.005,
+) -> None:
     """Run ``handle(event, message)`` for every decodable event of the stream, never losing one.
 
     The one consumption loop (``bus.loop``) over a faust stream: events of different keys

@@ -95,8 +95,7 @@ class ApprovalPolicy:
             repeated = sorted({name for name in names if names.count(name) > 1})
             if repeated:
                 raise InvalidApprovalPolicy(
-                    f"approval {kind} name {', '.join(repeated)} more than once; "
-                    "list each group once with its minimum"
+                    f"approval {kind} name {', '.join(repeated)} more than once; list each group once with its minimum"
                 )
         if self.pending_ttl <= timedelta(0):
             raise InvalidApprovalPolicy(
@@ -258,8 +257,7 @@ class ApproverNotAuthorised(ApprovalRefusal):
             where = f"any of the groups {', '.join(required_groups)}"
             who = "a member of one of them"
         super().__init__(
-            f"{approver_id} is not in {where} required for {action} (action {action_id}); "
-            f"ask {who} to answer",
+            f"{approver_id} is not in {where} required for {action} (action {action_id}); ask {who} to answer",
             action_id=action_id,
         )
         self.approver_id = approver_id
@@ -375,9 +373,7 @@ def open_approval(
     """Start waiting for approvers of ``action`` (e.g. ``db.export``) until ``policy.pending_ttl`` passes."""
     _require_aware(now)
     if not payload_digest.hex:
-        raise ValueError(
-            f"action {action_id} has no payload digest; an approval must be bound to the exact parameters"
-        )
+        raise ValueError(f"action {action_id} has no payload digest; an approval must be bound to the exact parameters")
     return PendingApproval(
         action_id=action_id,
         action=action,
@@ -556,8 +552,10 @@ def quorum_reached(policy: ApprovalPolicy, votes: tuple[Vote, ...]) -> bool:
     - Any group in ``alternatives`` reaching its minimum suffices on its own either way.
     """
     approvals = _distinct_approvals(votes)
-    if any(_members_counting(approvals, alternative.name) >= alternative.min_approvals
-           for alternative in policy.alternatives):
+    if any(
+        _members_counting(approvals, alternative.name) >= alternative.min_approvals
+        for alternative in policy.alternatives
+    ):
         return True
     if policy.require_all:
         seats = _assign_seats(approvals, policy.groups)
@@ -650,9 +648,7 @@ def _members_counting(approvals: tuple[Vote, ...], group: str) -> int:
     return sum(1 for vote in approvals if group in vote.counts_for)
 
 
-def _assign_seats(
-    approvals: tuple[Vote, ...], groups: tuple[GroupRequirement, ...]
-) -> dict[str, tuple[str, ...]]:
+def _assign_seats(approvals: tuple[Vote, ...], groups: tuple[GroupRequirement, ...]) -> dict[str, tuple[str, ...]]:
     """A largest assignment of approvers to group seats, each approver in at most one seat.
 
     Group ``g`` has ``g.min_approvals`` seats; augmenting paths (bipartite matching) let a later
@@ -711,9 +707,7 @@ def _summary(
     return f"No approvals yet (0 of {need}), waiting for {waiting}"
 
 
-def _waiting_for(
-    require_all: bool, primary: tuple[GroupProgress, ...], alternatives: tuple[GroupProgress, ...]
-) -> str:
+def _waiting_for(require_all: bool, primary: tuple[GroupProgress, ...], alternatives: tuple[GroupProgress, ...]) -> str:
     missing = [_still_needed(group) for group in primary if not group.satisfied]
     routes = " and ".join(missing) if require_all else " or ".join(missing)
     escalations = [f"{_still_needed(group)} (escalation)" for group in alternatives if not group.satisfied]
@@ -742,6 +736,5 @@ def _describe(requester: Principal) -> str:
 def _require_aware(now: datetime) -> None:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(
-            f"time {now.isoformat()} has no timezone; "
-            "pass an aware datetime such as datetime.now(timezone.utc)"
+            f"time {now.isoformat()} has no timezone; pass an aware datetime such as datetime.now(timezone.utc)"
         )

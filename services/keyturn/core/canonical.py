@@ -13,15 +13,13 @@ import enum
 import json
 import uuid
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Union
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 Millis = Union[int, datetime]
 """A UTC instant as integer milliseconds since the epoch, or a timezone-aware datetime."""
@@ -35,14 +33,9 @@ def to_millis(instant: Millis) -> int:
         return instant
     if isinstance(instant, datetime):
         if instant.tzinfo is None or instant.utcoffset() is None:
-            raise ValueError(
-                f"timestamp {instant.isoformat()} has no timezone; pass an aware datetime (UTC)"
-            )
+            raise ValueError(f"timestamp {instant.isoformat()} has no timezone; pass an aware datetime (UTC)")
         return (instant - _EPOCH) // _ONE_MS
-    raise TypeError(
-        "a timestamp must be integer milliseconds or an aware datetime, "
-        f"not {type(instant).__name__}"
-    )
+    raise TypeError(f"a timestamp must be integer milliseconds or an aware datetime, not {type(instant).__name__}")
 
 
 def from_millis(millis: int) -> datetime:
@@ -85,9 +78,7 @@ def _plain(value: Any) -> Any:
         plain = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise TypeError(
-                    f"key {key!r} is a {type(key).__name__}; keys must be strings"
-                )
+                raise TypeError(f"key {key!r} is a {type(key).__name__}; keys must be strings")
             plain[key] = _plain(item)
         return plain
     if isinstance(value, (list, tuple)):
@@ -105,6 +96,5 @@ def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return _plain(value.value)
     raise TypeError(
-        f"a value of type {type(value).__name__} has no canonical JSON form; "
-        "convert it to JSON types first"
+        f"a value of type {type(value).__name__} has no canonical JSON form; convert it to JSON types first"
     )

@@ -56,13 +56,13 @@ class Digest:
         return f"{self.algorithm}:{self.hex}"
 
     @classmethod
-    def parse(cls, text: str) -> "Digest":
+    def parse(cls, text: str) -> Digest:
         """``sha256:<hex>`` (or bare hex, taken as SHA-256) as a Digest."""
         algorithm, sep, hex_digest = text.partition(":")
         return cls(hex_digest, algorithm) if sep else cls(text)
 
     @classmethod
-    def of_json(cls, document: Any) -> "Digest":
+    def of_json(cls, document: Any) -> Digest:
         """SHA-256 over the canonical JSON of ``document`` (sorted keys, no spaces, UTF-8)."""
         return cls(hashlib.sha256(canonical_json(document).encode()).hexdigest())
 
@@ -235,4 +235,3 @@ EVENT_TYPES: dict[str, type] = {
     )
 }
 """Every event a topic may carry, by Avro record name (without the ``keyturn.`` namespace)."""
-

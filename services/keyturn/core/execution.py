@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from keyturn.core.events import ActionDecided, ApprovalResolved, DecisionOutcome, Digest, ResolutionOutcome, VoteChoice, payload_digest
+from keyturn.core.events import (
+    ActionDecided,
+    ApprovalResolved,
+    DecisionOutcome,
+    Digest,
+    ResolutionOutcome,
+    VoteChoice,
+    payload_digest,
+)
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,10 @@ def refusal_reason(order: ExecutionOrder, now: datetime, parameters: dict[str, A
     if parameters is not None:
         actual = payload_digest(request.action, request.resource, parameters)
         if actual != order.payload_digest:
-            return (f"parameters drifted: the parameters to execute hash to {actual}, "
-                    f"but {order.payload_digest} was decided on; nothing was run")
+            return (
+                f"parameters drifted: the parameters to execute hash to {actual}, "
+                f"but {order.payload_digest} was decided on; nothing was run"
+            )
     return None
 
 
@@ -107,7 +117,7 @@ def _capped_rows(result: dict[str, Any], max_rows: int) -> dict[str, Any]:
     count = result.get("row_count")
     if isinstance(count, bool) or not isinstance(count, int) or count < len(rows):
         count = len(rows)
-    kept = rows[:max(max_rows, 0)]
+    kept = rows[: max(max_rows, 0)]
     truncated = bool(result.get("truncated")) or count > len(kept)
     return {**result, "row_count": count, "rows": kept, "truncated": truncated}
 

@@ -70,5 +70,7 @@ def advance(current: ActionState | None, event: Any) -> ActionState:
     if current is None:
         return target
     if current.is_terminal and target is not current and (target.is_terminal or STAGE[target] > STAGE[current]):
-        raise IllegalTransition(f"action is already {current.value}; {type(event).__name__} ({target.value}) contradicts it")
+        raise IllegalTransition(
+            f"action is already {current.value}; {type(event).__name__} ({target.value}) contradicts it"
+        )
     return target if STAGE[target] > STAGE[current] else current

@@ -39,30 +39,38 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
     from keyturn.executor.plugins.http import HttpPlugin, parse_connect_to
     from keyturn.executor.plugins.sql import SqlPlugin
 
-    return PluginRegistry({
-        "sql.query": SqlPlugin(
-            settings.sql_target_url or settings.database_url,
-            statement_timeout_s=settings.sql_statement_timeout_s,
-            max_result_rows=settings.executor_max_result_rows,
-            credential_observer=credential_observer,
-        ),
-        "http.request": HttpPlugin.with_key_in(
-            settings.keys_dir,
-            allowed_hosts=frozenset(h.strip() for h in settings.http_allowed_hosts.split(",") if h.strip()),
-            connect_to=parse_connect_to(settings.http_connect_to),
-            ca_file=settings.http_ca_file,
-            timeout_s=settings.http_timeout_s,
-            credential_observer=credential_observer,
-        ),
-    })
+    return PluginRegistry(
+        {
+            "sql.query": SqlPlugin(
+                settings.sql_target_url or settings.database_url,
+                statement_timeout_s=settings.sql_statement_timeout_s,
+                max_result_rows=settings.executor_max_result_rows,
+                credential_observer=credential_observer,
+            ),
+            "http.request": HttpPlugin.with_key_in(
+                settings.keys_dir,
+                allowed_hosts=frozenset(h.strip() for h in settings.http_allowed_hosts.split(",") if h.strip()),
+                connect_to=parse_connect_to(settings.http_connect_to),
+                ca_file=settings.http_ca_file,
+                timeout_s=settings.http_timeout_s,
+                credential_observer=credential_observer,
+            ),
+        }
+    )
 
 
 def create_app(settings: Settings, plugins: PluginRegistry | None = None):
     """The executor's composition root: its faust app, with everything it uses built here from
     ``settings``; ``plugins`` defaults to the shipped ones (``shipped_plugins``)."""
     topics = Topics(settings.namespace, settings.partitions)
-    app = make_app(namespace=settings.namespace, bootstrap=settings.kafka_bootstrap, partitions=settings.partitions,
-                   run_dir=settings.run_dir, session_timeout_s=settings.worker_session_timeout_s, service="executor")
+    app = make_app(
+        namespace=settings.namespace,
+        bootstrap=settings.kafka_bootstrap,
+        partitions=settings.partitions,
+        run_dir=settings.run_dir,
+        session_timeout_s=settings.worker_session_timeout_s,
+        service="executor",
+    )
     publisher = faust_publisher(app, topics, "executor")
     registry = plugins or shipped_plugins(settings)
 
@@ -72,11 +80,20 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
         await asyncio.to_thread(results.warm)
         await registry.start()
         ledger = ExecutionLedger(pool, f"{socket.gethostname()}:{os.getpid()}")
-        return Executor(ledger, registry, parameter_opener(keyring_for(settings.seal_keys, settings.keys_dir)), publisher.encode, results, timeout_s=settings.executor_timeout_s)
+        return Executor(
+            ledger,
+            registry,
+            parameter_opener(keyring_for(settings.seal_keys, settings.keys_dir)),
+            publisher.encode,
+            results,
+            timeout_s=settings.executor_timeout_s,
+        )
 
     @app.agent(consume(app, topics.decided, topics.resolved))
     async def execute_orders(stream):
         stage = ExecutorStage(await until_done(build_executor, "executor: opening the ledger"), publisher)
-        await handle_each(stream, publisher, stage.execute, accept=(ActionDecided, ApprovalResolved), on_failure=stage.on_failure)
+        await handle_each(
+            stream, publisher, stage.execute, accept=(ActionDecided, ApprovalResolved), on_failure=stage.on_failure
+        )
 
     return app

@@ -51,7 +51,9 @@ class ExecutionLedger:
         self.pool = pool
         self.executor = executor
 
-    async def start(self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = "") -> LedgerEntry | None:
+    async def start(
+        self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = ""
+    ) -> LedgerEntry | None:
         """None when this call started the action; the earlier entry when it was started before."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(

@@ -43,7 +43,11 @@ class ResultShaper:
         """``result`` capped to ``max_rows`` rows and ``max_bytes``, masked."""
         capped = capped_result(result, self.max_rows)
         try:
-            masked = self._get_masker().mask({"result": capped}, [f"result.{f}" for f in result_mask_fields(mask)]).parameters["result"]
+            masked = (
+                self._get_masker()
+                .mask({"result": capped}, [f"result.{f}" for f in result_mask_fields(mask)])
+                .parameters["result"]
+            )
         except Exception as exc:  # fail closed: an unmasked result never leaves the executor
             log.error("result withheld, masking failed: %s: %s", type(exc).__name__, exc)
             return {"withheld": f"the result could not be masked ({type(exc).__name__}); it is not returned"}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from keyturn.core.canonical import canonical_json
@@ -38,7 +38,9 @@ class Ledger(Protocol):
 
     executor: str
 
-    async def start(self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = "") -> LedgerEntry | None: ...
+    async def start(
+        self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = ""
+    ) -> LedgerEntry | None: ...
 
     async def finish(self, action_id: str, outcome: str, executed_event: bytes, at: datetime) -> bool: ...
 
@@ -65,11 +67,14 @@ class Executor:
 
     async def execute(self, order: ExecutionOrder) -> tuple[ExecutionOutcome, bytes]:
         """Run ``order`` at most once; (its outcome, the encoded ``ActionExecuted`` to publish)."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         plugin = self.plugins.plugin_for(order.decision.request.action)
         earlier = await until_done(
-            lambda: self.ledger.start(order.action_id, now, payload_digest=str(order.payload_digest), plugin=plugin.name),
-            f"starting {order.action_id} in the ledger")
+            lambda: self.ledger.start(
+                order.action_id, now, payload_digest=str(order.payload_digest), plugin=plugin.name
+            ),
+            f"starting {order.action_id} in the ledger",
+        )
         if earlier is not None and (earlier.executor, earlier.started_at) == (self.ledger.executor, now):
             earlier = None  # our own start, committed before the connection broke: nothing ran yet
         if earlier is not None and earlier.finished:
@@ -87,7 +92,7 @@ class Executor:
         the failed attempt's own, after which the plugin may have run: ``outcome_unknown``
         (at most once: the action is not run again). A finished one keeps its recorded outcome.
         """
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         try:
             plugin = self.plugins.plugin_for(order.decision.request.action).name
         except Exception:
@@ -97,20 +102,31 @@ class Executor:
             return _recorded(earlier)
         fault = f"the executor failed on this order ({type(exc).__name__}: {exc})"
         if earlier is None:
-            executed = self._executed(order, plugin, ExecutionOutcome.FAILED, now, error=f"executor_error: {fault}; it was not run")
+            executed = self._executed(
+                order, plugin, ExecutionOutcome.FAILED, now, error=f"executor_error: {fault}; it was not run"
+            )
         else:
-            executed = self._executed(order, earlier.plugin or plugin, ExecutionOutcome.OUTCOME_UNKNOWN, earlier.started_at,
-                                      error=f"executor_error: {fault} after it started at {earlier.started_at.isoformat()}; "
-                                            "it may have had effects and is not run again: check the target before asking again")
+            executed = self._executed(
+                order,
+                earlier.plugin or plugin,
+                ExecutionOutcome.OUTCOME_UNKNOWN,
+                earlier.started_at,
+                error=f"executor_error: {fault} after it started at {earlier.started_at.isoformat()}; "
+                "it may have had effects and is not run again: check the target before asking again",
+            )
         return await self._finish(order, executed)
 
     async def _finish(self, order: ExecutionOrder, executed: ActionExecuted) -> tuple[ExecutionOutcome, bytes]:
         encoded = self.encode(executed)
-        finished_at = datetime.now(timezone.utc)
+        finished_at = datetime.now(UTC)
         # the plugin has run: its outcome is kept until the ledger takes it (never "unknown" for a database restart)
-        if not await until_done(lambda: self.ledger.finish(order.action_id, executed.outcome.value, encoded, finished_at),
-                                f"recording the outcome of {order.action_id}"):
-            recorded = await until_done(lambda: self.ledger.get(order.action_id), f"reading the outcome of {order.action_id}")  # another executor recorded first; its word stands
+        if not await until_done(
+            lambda: self.ledger.finish(order.action_id, executed.outcome.value, encoded, finished_at),
+            f"recording the outcome of {order.action_id}",
+        ):
+            recorded = await until_done(
+                lambda: self.ledger.get(order.action_id), f"reading the outcome of {order.action_id}"
+            )  # another executor recorded first; its word stands
             if recorded is None:
                 raise RuntimeError(f"the ledger refused the outcome of {order.action_id} but holds none")
             return _recorded(recorded)
@@ -125,26 +141,42 @@ class Executor:
         try:
             parameters = self.open_parameters(request)
         except Exception as exc:  # a seal that does not open is a refusal, never a crash
-            return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: the parameters do not open ({type(exc).__name__}: {exc})")
+            return outcome(
+                ExecutionOutcome.FAILED,
+                error=f"refused before execution: the parameters do not open ({type(exc).__name__}: {exc})",
+            )
         refusal = refusal_reason(order, started_at, parameters)
         if refusal is not None:
             return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {refusal}")
-        command = Command(order.action_id, request.action, request.resource, parameters,
-                          order.decision.credential_ttl_s, request.requester)
+        command = Command(
+            order.action_id,
+            request.action,
+            request.resource,
+            parameters,
+            order.decision.credential_ttl_s,
+            request.requester,
+        )
         try:
             result = await asyncio.wait_for(plugin.execute(command), self.timeout_s)
         except ExecutionFailed as exc:
             return outcome(ExecutionOutcome.FAILED, error=self.results.mask_text(str(exc)))
         except OutcomeUnknown as exc:
             return outcome(ExecutionOutcome.OUTCOME_UNKNOWN, error=self.results.mask_text(str(exc)))
-        except asyncio.TimeoutError:
-            return outcome(ExecutionOutcome.OUTCOME_UNKNOWN,
-                           error=f"{plugin.name} did not finish within {self.timeout_s:g}s and was stopped; it may have had effects")
+        except TimeoutError:
+            return outcome(
+                ExecutionOutcome.OUTCOME_UNKNOWN,
+                error=f"{plugin.name} did not finish within {self.timeout_s:g}s and was stopped; it may have had effects",
+            )
         except Exception as exc:  # a plugin bug is a failed action, never a crash loop that re-runs it
             log.exception("plugin %s failed on %s", plugin.name, order.action_id)
-            return outcome(ExecutionOutcome.FAILED, error=self.results.mask_text(f"{plugin.name} plugin error: {type(exc).__name__}: {exc}"))
+            return outcome(
+                ExecutionOutcome.FAILED,
+                error=self.results.mask_text(f"{plugin.name} plugin error: {type(exc).__name__}: {exc}"),
+            )
         # masking a result is CPU work kept off the event loop; a result of None has nothing to mask
-        shaped = None if result is None else await asyncio.to_thread(self.results.shape, result, tuple(order.decision.mask))
+        shaped = (
+            None if result is None else await asyncio.to_thread(self.results.shape, result, tuple(order.decision.mask))
+        )
         return outcome(ExecutionOutcome.SUCCEEDED, result=shaped)
 
     async def _interrupted(self, order: ExecutionOrder, plugin: Plugin, earlier: LedgerEntry) -> ActionExecuted:
@@ -159,20 +191,43 @@ class Executor:
         abandon = getattr(plugin, "abandon", None)
         if abandon is not None:
             request = order.decision.request
-            command = Command(order.action_id, request.action, request.resource, {}, order.decision.credential_ttl_s, request.requester)
+            command = Command(
+                order.action_id,
+                request.action,
+                request.resource,
+                {},
+                order.decision.credential_ttl_s,
+                request.requester,
+            )
             try:
                 evidence["cleanup"] = await asyncio.wait_for(abandon(command), self.timeout_s)
             except Exception as exc:
                 log.exception("cleanup after interrupted %s failed", order.action_id)
                 evidence["cleanup"] = {"error": f"{type(exc).__name__}: {exc}"}
-        error = (f"started at {earlier.started_at.isoformat()} by {earlier.executor} and never finished "
-                 "(the executor stopped mid-way); not run again: check the target before asking again")
+        error = (
+            f"started at {earlier.started_at.isoformat()} by {earlier.executor} and never finished "
+            "(the executor stopped mid-way); not run again: check the target before asking again"
+        )
         log.warning("action %s was interrupted; ending it outcome_unknown: %s", order.action_id, evidence)
-        return self._executed(order, plugin.name, ExecutionOutcome.OUTCOME_UNKNOWN, earlier.started_at, error=error,
-                              result={"evidence": evidence})
+        return self._executed(
+            order,
+            plugin.name,
+            ExecutionOutcome.OUTCOME_UNKNOWN,
+            earlier.started_at,
+            error=error,
+            result={"evidence": evidence},
+        )
 
-    def _executed(self, order: ExecutionOrder, plugin: str, outcome: ExecutionOutcome, started_at: datetime, *,
-                  error: str | None = None, result: Any = None) -> ActionExecuted:
+    def _executed(
+        self,
+        order: ExecutionOrder,
+        plugin: str,
+        outcome: ExecutionOutcome,
+        started_at: datetime,
+        *,
+        error: str | None = None,
+        result: Any = None,
+    ) -> ActionExecuted:
         return ActionExecuted(
             event_id=f"executed:{order.action_id}",
             action_id=order.action_id,
@@ -180,7 +235,7 @@ class Executor:
             plugin=plugin,
             payload_digest=order.payload_digest,
             started_at=started_at,
-            finished_at=datetime.now(timezone.utc),
+            finished_at=datetime.now(UTC),
             result_json=canonical_json(result) if result is not None else None,
             error=error,
             executor=self.ledger.executor,

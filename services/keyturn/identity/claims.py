@@ -67,9 +67,7 @@ def principal_kind(subject: str, declared: Any = None) -> PrincipalKind:
         raise ValueError(f"'{KIND_CLAIM}' must be one of {allowed}, not {declared!r}") from None
     prefix, separator, _ = subject.partition(":")
     if separator and prefix in {k.value for k in PrincipalKind} and prefix != kind.value:
-        raise ValueError(
-            f"'{KIND_CLAIM}' says {kind.value!r} but the subject {subject!r} is a {prefix!r}"
-        )
+        raise ValueError(f"'{KIND_CLAIM}' says {kind.value!r} but the subject {subject!r} is a {prefix!r}")
     return kind
 
 

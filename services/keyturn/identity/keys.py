@@ -45,9 +45,7 @@ class SigningKey:
     @classmethod
     def from_private_key(cls, private_key: ec.EllipticCurvePrivateKey) -> SigningKey:
         """Wrap a P-256 private key, deriving its kid from the public half."""
-        if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(
-            private_key.curve, ec.SECP256R1
-        ):
+        if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(private_key.curve, ec.SECP256R1):
             raise SigningKeyError("the signing key must be an EC P-256 private key (ES256)")
         return cls(private_key=private_key, kid=jwk_thumbprint(_public_ec_jwk(private_key)))
 
@@ -125,8 +123,7 @@ def _read_key(path: Path) -> SigningKey:
         private_key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except ValueError as exc:
         raise SigningKeyError(
-            f"{path} is not an unencrypted PEM private key ({exc}); delete it to have a new "
-            "key created"
+            f"{path} is not an unencrypted PEM private key ({exc}); delete it to have a new key created"
         ) from exc
     if not isinstance(private_key, ec.EllipticCurvePrivateKey):
         raise SigningKeyError(f"{path} must hold an EC P-256 key; delete it to have one created")

@@ -15,9 +15,7 @@ from keyturn.identity.keys import SigningKey
 
 DEFAULT_AUDIENCE = "keyturn"
 DEFAULT_ISSUER = "keyturn-dev"
-RESERVED_CLAIMS = frozenset(
-    {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", ACT_CLAIM, KIND_CLAIM}
-)
+RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", ACT_CLAIM, KIND_CLAIM})
 
 
 def issue_token(

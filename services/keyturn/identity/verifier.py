@@ -21,8 +21,7 @@ from keyturn.identity.keys import load_or_create_signing_key
 
 # Only public-key algorithms: with a shared secret, anyone holding the JWKS could mint tokens.
 ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
-    | {"ES256", "ES384", "ES512", "ES256K", "EdDSA"}
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"} | {"ES256", "ES384", "ES512", "ES256K", "EdDSA"}
 )
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "iss", "aud")
 MAX_TOKEN_CHARS = 16_384
@@ -67,8 +66,7 @@ class TokenVerifier:
         refused = set(algorithms) - ASYMMETRIC_ALGORITHMS
         if refused or not algorithms:
             raise ValueError(
-                f"algorithms {sorted(refused) or '(none)'} are not allowed; choose from "
-                f"{sorted(ASYMMETRIC_ALGORITHMS)}"
+                f"algorithms {sorted(refused) or '(none)'} are not allowed; choose from {sorted(ASYMMETRIC_ALGORITHMS)}"
             )
         if not issuer or not audience:
             raise ValueError("issuer and audience are required: a verifier must pin both")
@@ -89,9 +87,7 @@ class TokenVerifier:
         if not isinstance(token, str) or not token:
             raise InvalidToken("missing", "no bearer token was given")
         if len(token) > MAX_TOKEN_CHARS:
-            raise InvalidToken(
-                "malformed", f"the token is longer than {MAX_TOKEN_CHARS} characters"
-            )
+            raise InvalidToken("malformed", f"the token is longer than {MAX_TOKEN_CHARS} characters")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -107,8 +103,7 @@ class TokenVerifier:
         if algorithm not in key.algorithms:
             raise InvalidToken(
                 "algorithm_not_allowed",
-                f"the key {key.kid!r} verifies only {sorted(key.algorithms)}, but the token "
-                f"claims {algorithm!r}",
+                f"the key {key.kid!r} verifies only {sorted(key.algorithms)}, but the token claims {algorithm!r}",
             )
         claims = self._decode(token, key, algorithm)
         try:
@@ -156,8 +151,7 @@ class TokenVerifier:
         except jwt.MissingRequiredClaimError as exc:
             raise InvalidToken(
                 "missing_claim",
-                f"the token has no {exc.claim!r} claim; the issuer must include "
-                f"{', '.join(REQUIRED_CLAIMS)}",
+                f"the token has no {exc.claim!r} claim; the issuer must include {', '.join(REQUIRED_CLAIMS)}",
             ) from exc
         except jwt.InvalidSignatureError as exc:
             raise InvalidToken(
@@ -170,9 +164,7 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise InvalidToken("malformed", f"the token is not a valid JWT ({exc})") from exc
         except jwt.PyJWTError as exc:
-            raise InvalidToken(
-                "bad_signature", f"the token cannot be verified with key {key.kid!r} ({exc})"
-            ) from exc
+            raise InvalidToken("bad_signature", f"the token cannot be verified with key {key.kid!r} ({exc})") from exc
 
     def _key_for(self, kid: Any) -> _VerificationKey:
         if kid is not None and not isinstance(kid, str):
@@ -185,8 +177,7 @@ class TokenVerifier:
         if kid is None:
             raise InvalidToken(
                 "missing_kid",
-                "the token header has no 'kid' and the JWKS holds several keys; the issuer "
-                "must name its signing key",
+                "the token header has no 'kid' and the JWKS holds several keys; the issuer must name its signing key",
             )
         raise InvalidToken(
             "unknown_kid",
@@ -206,16 +197,13 @@ class TokenVerifier:
 def bearer_token(authorization_header: str | None) -> str:
     """The token in an ``Authorization: Bearer <token>`` header, or ``InvalidToken("missing")``."""
     if authorization_header is None or not authorization_header.strip():
-        raise InvalidToken(
-            "missing", "no Authorization header; send 'Authorization: Bearer <token>'"
-        )
+        raise InvalidToken("missing", "no Authorization header; send 'Authorization: Bearer <token>'")
     parts = authorization_header.split()
     # The header's content is never echoed: a misformatted header may still carry a secret.
     if parts[0].lower() != "bearer":
         raise InvalidToken(
             "missing",
-            "the Authorization header is not a Bearer credential; send "
-            "'Authorization: Bearer <token>'",
+            "the Authorization header is not a Bearer credential; send 'Authorization: Bearer <token>'",
         )
     if len(parts) != 2:
         raise InvalidToken(
@@ -283,9 +271,7 @@ def _parse_jwks(document: Any) -> tuple[_VerificationKey, ...]:
         if jwk_data.get("use", "sig") != "sig":
             continue
         declared = jwk_data.get("alg")
-        if declared is not None and (
-            not isinstance(declared, str) or declared not in ASYMMETRIC_ALGORITHMS
-        ):
+        if declared is not None and (not isinstance(declared, str) or declared not in ASYMMETRIC_ALGORITHMS):
             continue
         try:
             public_key = jwt.PyJWK(dict(jwk_data)).key

@@ -17,9 +17,9 @@ from typing import Any
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from keyturn.bus.codec import UndecodableMessage
 from keyturn.bus.http import BoundedRequests, header, masked_http_error
@@ -43,6 +43,7 @@ class Problem(BaseModel):
     detail: str
     problems: list[str]
 
+
 RETRY_AFTER_S = 2
 UNAVAILABLE = {
     "model": Problem,
@@ -57,7 +58,9 @@ class _Wired:
     parts: IntakeWiring
 
 
-def create_app(settings: Settings | None = None, *, wire: Callable[[], Awaitable[IntakeWiring]] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, wire: Callable[[], Awaitable[IntakeWiring]] | None = None
+) -> FastAPI:
     """The intake's HTTP app; ``wire`` builds its parts (default: ``wiring.bootstrap`` from ``settings``)."""
     settings = settings or Settings.from_env()
     build = wire or (lambda: bootstrap(settings))
@@ -90,7 +93,9 @@ def create_app(settings: Settings | None = None, *, wire: Callable[[], Awaitable
             REJECTED.labels("http", f"token_{exc.code}").inc()
             if exc.code == "jwks_unavailable":
                 raise HTTPException(503, detail=f"cannot verify tokens right now: {exc}") from exc
-            raise HTTPException(401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}) from exc
+            raise HTTPException(
+                401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}
+            ) from exc
 
     async def refuse(request: Request, status: int, error: str, problems: list[str]) -> JSONResponse:
         """Answer a bad request with what is wrong, and record it under the caller's identity.
@@ -106,11 +111,22 @@ def create_app(settings: Settings | None = None, *, wire: Callable[[], Awaitable
         REJECTED.labels("http", error).inc()
         body = await request.body()
         await wired.parts.publisher.dead_letter(
-            source_topic=f"http:{request.method} {request.url.path}", partition=-1, offset=-1, key=None, payload=body,
-            error=UndecodableMessage(error, f"{request.method} {request.url.path} refused {len(body)} bytes from {principal.id}"),
-            principal=principal.id, problems=tuple(problems), excerpt=True,
+            source_topic=f"http:{request.method} {request.url.path}",
+            partition=-1,
+            offset=-1,
+            key=None,
+            payload=body,
+            error=UndecodableMessage(
+                error, f"{request.method} {request.url.path} refused {len(body)} bytes from {principal.id}"
+            ),
+            principal=principal.id,
+            problems=tuple(problems),
+            excerpt=True,
         )
-        return JSONResponse(status_code=status, content=Problem(error="invalid_request", detail="; ".join(problems), problems=problems).model_dump())
+        return JSONResponse(
+            status_code=status,
+            content=Problem(error="invalid_request", detail="; ".join(problems), problems=problems).model_dump(),
+        )
 
     async def refused_at_the_edge(scope: dict[str, Any], status: int, problems: list[str], received: bytes) -> None:
         """A body or headers over the bounds: recorded (size and digest) for a verified caller only."""
@@ -120,13 +136,22 @@ def create_app(settings: Settings | None = None, *, wire: Callable[[], Awaitable
         except InvalidToken:
             return
         await wired.parts.publisher.dead_letter(
-            source_topic=f"http:{scope.get('method')} {scope.get('path')}", partition=-1, offset=-1, key=None, payload=received,
+            source_topic=f"http:{scope.get('method')} {scope.get('path')}",
+            partition=-1,
+            offset=-1,
+            key=None,
+            payload=received,
             error=UndecodableMessage("body_too_large" if status == 413 else "headers_too_large", "; ".join(problems)),
-            principal=principal.id, problems=tuple(problems),
+            principal=principal.id,
+            problems=tuple(problems),
         )
 
-    app.add_middleware(BoundedRequests, max_body_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes,
-                       on_refused=refused_at_the_edge)
+    app.add_middleware(
+        BoundedRequests,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        on_refused=refused_at_the_edge,
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -147,8 +172,21 @@ def create_app(settings: Settings | None = None, *, wire: Callable[[], Awaitable
         problem = Problem(error="unavailable", detail=detail, problems=["database: not answering"])
         return JSONResponse(status_code=503, content=problem.model_dump(), headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    @app.post("/v1/actions", status_code=202, responses={200: {"description": "Same idempotency key: the existing action"}, 400: {"model": Problem, "description": "Body is not parseable JSON"}, 401: {"description": "Missing or invalid token"}, 409: {"description": "Idempotency key reused for a different request"}, 422: {"model": Problem, "description": "Invalid body"}, 503: UNAVAILABLE})
-    async def submit_action(submission: ActionSubmission, response: Response, authorization: str | None = Header(None)) -> dict[str, str]:
+    @app.post(
+        "/v1/actions",
+        status_code=202,
+        responses={
+            200: {"description": "Same idempotency key: the existing action"},
+            400: {"model": Problem, "description": "Body is not parseable JSON"},
+            401: {"description": "Missing or invalid token"},
+            409: {"description": "Idempotency key reused for a different request"},
+            422: {"model": Problem, "description": "Invalid body"},
+            503: UNAVAILABLE,
+        },
+    )
+    async def submit_action(
+        submission: ActionSubmission, response: Response, authorization: str | None = Header(None)
+    ) -> dict[str, str]:
         """Submit an action; 202 with its id, or 200 with the existing id for a repeated idempotency key."""
         principal = authenticate(authorization)
         try:
@@ -167,13 +205,31 @@ def create_app(settings: Settings | None = None, *, wire: Callable[[], Awaitable
             raise HTTPException(404, detail=f"no action {action_id} visible to {principal.id}")
         return stored
 
-    @app.get("/v1/actions/{action_id}", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}, 422: {"model": Problem, "description": "Invalid request"}, 503: UNAVAILABLE})
+    @app.get(
+        "/v1/actions/{action_id}",
+        responses={
+            401: {"description": "Missing or invalid token"},
+            404: {"description": "Unknown action"},
+            422: {"model": Problem, "description": "Invalid request"},
+            503: UNAVAILABLE,
+        },
+    )
     async def get_action(action_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         """The action's current state and its history."""
         return (await visible_action(action_id, authenticate(authorization))).view()
 
-    @app.get("/v1/actions/{action_id}/wait", responses={401: {"description": "Missing or invalid token"}, 404: {"description": "Unknown action"}, 422: {"model": Problem, "description": "Invalid timeout"}, 503: UNAVAILABLE})
-    async def wait_for_action(action_id: str, timeout: float = Query(30.0, ge=0, le=300), authorization: str | None = Header(None)) -> dict[str, Any]:
+    @app.get(
+        "/v1/actions/{action_id}/wait",
+        responses={
+            401: {"description": "Missing or invalid token"},
+            404: {"description": "Unknown action"},
+            422: {"model": Problem, "description": "Invalid timeout"},
+            503: UNAVAILABLE,
+        },
+    )
+    async def wait_for_action(
+        action_id: str, timeout: float = Query(30.0, ge=0, le=300), authorization: str | None = Header(None)
+    ) -> dict[str, Any]:
         """Returns when the action is terminal, or at the timeout with its current state."""
         principal = authenticate(authorization)
         stored = await visible_action(action_id, principal)
@@ -192,8 +248,10 @@ def create_app(settings: Settings | None = None, *, wire: Callable[[], Awaitable
         """ok when the database and the producer answer; 503 naming what does not."""
         checks = wired.parts.health
         results = await asyncio.gather(*(check() for check in checks.values()), return_exceptions=True)
-        report = {name: "ok" if result is None else f"down: {type(result).__name__}: {result}".rstrip(": ")
-                  for name, result in zip(checks, results)}
+        report = {
+            name: "ok" if result is None else f"down: {type(result).__name__}: {result}".rstrip(": ")
+            for name, result in zip(checks, results)
+        }
         if any(value != "ok" for value in report.values()):
             response.status_code = 503
             return {"status": "unavailable", **report}
@@ -204,4 +262,3 @@ def create_app(settings: Settings | None = None, *, wire: Callable[[], Awaitable
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-

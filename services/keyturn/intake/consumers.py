@@ -71,8 +71,12 @@ def submissions_stage(intake: Intake, publisher: Publisher, verifier: Verifier) 
 def _refused(exc: Exception, principal: Principal | None) -> Refused:
     error_type = exc.error_type if isinstance(exc, UndecodableMessage) else _error_type(exc)
     REJECTED.labels("topic", error_type).inc()
-    return Refused(error_type, exc.reason if isinstance(exc, UndecodableMessage) else str(exc),
-                   principal=principal.id if principal else None, problems=tuple(getattr(exc, "problems", ())))
+    return Refused(
+        error_type,
+        exc.reason if isinstance(exc, UndecodableMessage) else str(exc),
+        principal=principal.id if principal else None,
+        problems=tuple(getattr(exc, "problems", ())),
+    )
 
 
 def _error_type(exc: Exception) -> str:

@@ -32,14 +32,20 @@ def history_entry(event: Any) -> tuple[dict[str, Any], list[str] | None, Any]:
     entry: dict[str, Any] = {"event": type(event).__name__}
     reasons, result = None, None
     if isinstance(event, ActionDecided):
-        entry |= {"at": event.decided_at.isoformat(), "policy_revision": event.provenance.policy_revision,
-                  "decision_id": event.provenance.decision_id}
+        entry |= {
+            "at": event.decided_at.isoformat(),
+            "policy_revision": event.provenance.policy_revision,
+            "decision_id": event.provenance.decision_id,
+        }
         reasons = list(event.reasons)
         if event.approvals:
             entry["approver_groups"] = [g.name for g in event.approvals.groups]
     elif isinstance(event, ApprovalResolved):
-        entry |= {"at": event.resolved_at.isoformat(), "summary": event.summary,
-                  "votes": [{"approver": v.approver.id, "choice": v.choice.value, "reason": v.reason} for v in event.votes]}
+        entry |= {
+            "at": event.resolved_at.isoformat(),
+            "summary": event.summary,
+            "votes": [{"approver": v.approver.id, "choice": v.choice.value, "reason": v.reason} for v in event.votes],
+        }
         reasons = [event.summary] if event.summary else None
     elif isinstance(event, ActionExecuted):
         entry |= {"at": event.finished_at.isoformat(), "plugin": event.plugin, "error": event.error}
@@ -91,8 +97,10 @@ class StatusFollower:
         await self.store.apply_many([change_of(event) for event, _ in batch], patience_s=5.0)
         async with self._changed:
             self._changed.notify_all()
+
     async def wait_terminal(self, action_id: str, timeout: float) -> None:
         """Return when the action is terminal or ``timeout`` seconds passed."""
+
         async def terminal() -> None:
             while True:
                 stored = await self.store.get(action_id)
@@ -105,5 +113,5 @@ class StatusFollower:
 
         try:
             await asyncio.wait_for(terminal(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from psycopg.rows import dict_row
@@ -172,6 +172,7 @@ class ActionStore:
 
     async def ping(self, patience_s: float = 1.0) -> None:
         """Return once the database answers; ``StoreUnavailable`` after ``patience_s``."""
+
         async def select(timeout: float) -> None:
             async with self.pool.connection(timeout) as conn:
                 await conn.execute("SELECT 1")
@@ -179,8 +180,17 @@ class ActionStore:
         await self._retrying(select, patience_s)
 
     async def insert_requested(
-        self, *, action_id: str, requester: str, principals: list[str], idempotency_key: str | None,
-        payload_digest: str, action: str, resource: str, requested_event: bytes, at: datetime,
+        self,
+        *,
+        action_id: str,
+        requester: str,
+        principals: list[str],
+        idempotency_key: str | None,
+        payload_digest: str,
+        action: str,
+        resource: str,
+        requested_event: bytes,
+        at: datetime,
     ) -> tuple[StoredAction, bool]:
         """(the stored action, True) when new; (the existing one, False) when the key was used."""
         history = [{"state": ActionState.REQUESTED.value, "at": at.isoformat(), "event": "ActionRequested"}]
@@ -192,8 +202,18 @@ class ActionStore:
                             action, resource, state, history, requested_event)
                         VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                         ON CONFLICT DO NOTHING RETURNING {_COLUMNS}""",
-                    (action_id, requester, principals, idempotency_key, payload_digest, action, resource,
-                     ActionState.REQUESTED.value, json.dumps(history), requested_event),
+                    (
+                        action_id,
+                        requester,
+                        principals,
+                        idempotency_key,
+                        payload_digest,
+                        action,
+                        resource,
+                        ActionState.REQUESTED.value,
+                        json.dumps(history),
+                        requested_event,
+                    ),
                 )
                 return await cur.fetchone()
 
@@ -225,7 +245,9 @@ class ActionStore:
                 await self.flush_marks()
                 delay = 0.5
             except Exception as exc:  # the marks stay queued; only the sweep could notice the delay
-                log.warning("could not record %d published marks (%s); retrying in %.1fs", len(self._to_mark), exc, delay)
+                log.warning(
+                    "could not record %d published marks (%s); retrying in %.1fs", len(self._to_mark), exc, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -238,8 +260,10 @@ class ActionStore:
 
         async def update(timeout: float) -> None:
             async with self.pool.connection(timeout) as conn:
-                await conn.execute("UPDATE intake_actions SET published = true WHERE action_id = ANY(%s) AND NOT published",
-                                   (sorted(ids),))
+                await conn.execute(
+                    "UPDATE intake_actions SET published = true WHERE action_id = ANY(%s) AND NOT published",
+                    (sorted(ids),),
+                )
 
         try:
             await self._retrying(update, patience_s)
@@ -250,6 +274,7 @@ class ActionStore:
 
     async def unpublished(self, older_than_s: float = 10.0, limit: int = 500) -> list[StoredAction]:
         """Accepted requests whose event may not have reached Kafka (crash between the two)."""
+
         async def select(timeout: float) -> list[StoredAction]:
             async with self.pool.connection(timeout) as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
@@ -270,7 +295,9 @@ class ActionStore:
 
         return await self._retrying(select)
 
-    async def apply_many(self, changes: Iterable[LifecycleChange], patience_s: float | None = None) -> dict[str, ActionState]:
+    async def apply_many(
+        self, changes: Iterable[LifecycleChange], patience_s: float | None = None
+    ) -> dict[str, ActionState]:
         """Record a batch of lifecycle events in one transaction; the state of each action touched.
 
         Actions this store does not hold (submitted by another deployment, or before this store
@@ -289,16 +316,25 @@ class ActionStore:
                     "SELECT action_id, state, history FROM intake_actions WHERE action_id = ANY(%s) ORDER BY action_id FOR UPDATE",
                     (action_ids,),
                 )
-                rows = {action_id: StatusRow(ActionState(state), history) for action_id, state, history in await cur.fetchall()}
+                rows = {
+                    action_id: StatusRow(ActionState(state), history)
+                    for action_id, state, history in await cur.fetchall()
+                }
                 for change in changes:
                     if (row := rows.get(change.action_id)) is not None:
                         row.fold(change)
-                now = datetime.now(timezone.utc)
+                now = datetime.now(UTC)
                 updates = [
-                    (row.state.value, json.dumps(row.history),
-                     json.dumps(row.reasons) if row.reasons is not None else None,
-                     json.dumps(row.result) if row.result is not None else None, now, action_id)
-                    for action_id, row in rows.items() if row.changed
+                    (
+                        row.state.value,
+                        json.dumps(row.history),
+                        json.dumps(row.reasons) if row.reasons is not None else None,
+                        json.dumps(row.result) if row.result is not None else None,
+                        now,
+                        action_id,
+                    )
+                    for action_id, row in rows.items()
+                    if row.changed
                 ]
                 if updates:
                     async with conn.cursor() as update:

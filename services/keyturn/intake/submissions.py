@@ -5,13 +5,12 @@ HTTP and the submissions topic both end here, so both get the same checks.
 
 from __future__ import annotations
 
-
 import asyncio
 import json
 import logging
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -51,12 +50,30 @@ class ActionSubmission(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    action: str = Field(..., min_length=3, max_length=128, description="Dotted action type, e.g. db.export", examples=["read.table"])
-    resource: str = Field(..., min_length=1, max_length=2048, description="What the action touches", examples=["postgres://staging/analytics/orders"])
-    parameters: dict[str, Any] = Field(default_factory=dict, description="Action parameters; masked before any topic carries them")
+    action: str = Field(
+        ..., min_length=3, max_length=128, description="Dotted action type, e.g. db.export", examples=["read.table"]
+    )
+    resource: str = Field(
+        ...,
+        min_length=1,
+        max_length=2048,
+        description="What the action touches",
+        examples=["postgres://staging/analytics/orders"],
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Action parameters; masked before any topic carries them"
+    )
     reason: str = Field(..., min_length=1, max_length=4000, description="Why the agent needs this, shown to approvers")
-    idempotency_key: str | None = Field(None, min_length=1, max_length=200, description="Same key from the same principal → same action")
-    callback_url: str | None = Field(None, max_length=2048, pattern=r"^https?://[^\s/]+(/\S*)?$", description="Optional webhook told each outcome, HMAC-signed (X-Keyturn-Signature)", examples=["https://agent.example.internal/keyturn"])
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=200, description="Same key from the same principal → same action"
+    )
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="Optional webhook told each outcome, HMAC-signed (X-Keyturn-Signature)",
+        examples=["https://agent.example.internal/keyturn"],
+    )
 
     @field_validator("action")
     @classmethod
@@ -86,7 +103,9 @@ def submission_from_record(record: dict[str, Any]) -> ActionSubmission:
     except (ValueError, RecursionError):
         raise InvalidSubmission(["parameters_json: not JSON"]) from None
     try:
-        return ActionSubmission.model_validate({**{k: v for k, v in record.items() if k != "parameters_json"}, "parameters": parameters})
+        return ActionSubmission.model_validate(
+            {**{k: v for k, v in record.items() if k != "parameters_json"}, "parameters": parameters}
+        )
     except ValidationError as exc:
         raise InvalidSubmission(validation_problems(exc.errors(include_input=False))) from None
 
@@ -110,8 +129,17 @@ class IntakeStore(Protocol):
     """The store ``Intake`` writes to: one row per action id, the first insert wins."""
 
     async def insert_requested(
-        self, *, action_id: str, requester: str, principals: list[str], idempotency_key: str | None,
-        payload_digest: str, action: str, resource: str, requested_event: bytes, at: datetime,
+        self,
+        *,
+        action_id: str,
+        requester: str,
+        principals: list[str],
+        idempotency_key: str | None,
+        payload_digest: str,
+        action: str,
+        resource: str,
+        requested_event: bytes,
+        at: datetime,
     ) -> tuple[StoredAction, bool]: ...
 
     async def mark_published(self, action_id: str) -> None: ...
@@ -120,7 +148,9 @@ class IntakeStore(Protocol):
 class Intake:
     """Turns verified submissions into published ``ActionRequested`` events, exactly once per id."""
 
-    def __init__(self, store: IntakeStore, publisher: Publisher, protect: Any, *, publish_patience_s: float = 5.0) -> None:
+    def __init__(
+        self, store: IntakeStore, publisher: Publisher, protect: Any, *, publish_patience_s: float = 5.0
+    ) -> None:
         self.store = store
         self.publisher = publisher
         self.protect = protect  # masks and seals parameters (keyturn.masking)
@@ -128,9 +158,11 @@ class Intake:
         # answered accepted and the outbox sweep publishes it
         self.publish_patience_s = publish_patience_s
 
-    async def submit(self, principal: Principal, submission: ActionSubmission, channel: SubmissionChannel) -> tuple[StoredAction, bool]:
+    async def submit(
+        self, principal: Principal, submission: ActionSubmission, channel: SubmissionChannel
+    ) -> tuple[StoredAction, bool]:
         """(stored action, created?) — raises ``IdempotencyConflict`` on a reused key."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         action_id = action_id_for(principal, submission.idempotency_key)
         digest = payload_digest(submission.action, submission.resource, submission.parameters)
         masked_json, sealed = self.protect(submission.parameters, action_id=action_id, payload_digest=digest)
@@ -173,12 +205,12 @@ class Intake:
                     raise
                 # Stored is accepted: the outbox sweep publishes it once the broker answers (the
                 # same event id, so a send that did land meanwhile is a harmless redelivery).
-                log.warning("accepted %s; its event waits for the broker (%s: %s)", stored.action_id, type(exc).__name__, exc)
+                log.warning(
+                    "accepted %s; its event waits for the broker (%s: %s)", stored.action_id, type(exc).__name__, exc
+                )
         return stored, created
 
     async def publish_stored(self, stored: StoredAction) -> None:
         """Publish an accepted request's event (again, if a crash left it unpublished)."""
         await self.publisher.publish_encoded(self.publisher.topics.requested, stored.action_id, stored.requested_event)
         await self.store.mark_published(stored.action_id)
-
-

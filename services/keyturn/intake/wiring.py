@@ -67,13 +67,23 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
     store = ActionStore(pool)
     intake = Intake(store, publisher, parameter_protector(keyring_for(settings.seal_keys, settings.keys_dir)))
     follower = StatusFollower(store, publisher)
-    verifier = verifier_from_settings(settings.jwks_url or None, settings.jwks_path or None, settings.keys_dir,
-                                      settings.jwt_issuer, settings.jwt_audience)
+    verifier = verifier_from_settings(
+        settings.jwks_url or None,
+        settings.jwks_path or None,
+        settings.keys_dir,
+        settings.jwt_issuer,
+        settings.jwt_audience,
+    )
 
     async def follow_status() -> None:
         consumer = AIOKafkaConsumer(
-            topics.decided, topics.resolved, topics.executed, bootstrap_servers=settings.kafka_bootstrap,
-            group_id=f"{settings.namespace}-intake-status", enable_auto_commit=False, auto_offset_reset="earliest",
+            topics.decided,
+            topics.resolved,
+            topics.executed,
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=f"{settings.namespace}-intake-status",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
         )
         try:
             await consumer.start()
@@ -83,8 +93,11 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
 
     async def take_submissions() -> None:
         consumer = AIOKafkaConsumer(
-            topics.submissions, bootstrap_servers=settings.kafka_bootstrap, group_id=f"{settings.namespace}-intake-submissions",
-            enable_auto_commit=False, auto_offset_reset="earliest",
+            topics.submissions,
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=f"{settings.namespace}-intake-submissions",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
         )
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         try:
@@ -107,7 +120,11 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
         await pool.close()
 
     return IntakeWiring(
-        store=store, intake=intake, publisher=publisher, follower=follower, verifier=verifier,
+        store=store,
+        intake=intake,
+        publisher=publisher,
+        follower=follower,
+        verifier=verifier,
         jwks=load_or_create_signing_key(settings.keys_dir).jwks(),
         health={"database": store.ping, "producer": producer_answers},
         background={

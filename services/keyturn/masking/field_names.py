@@ -116,17 +116,12 @@ class FieldPathTrie:
     def from_paths(cls, paths: Iterable[str]) -> FieldPathTrie | None:
         """A trie of ``paths`` (None when there are none, so walks can skip it)."""
         if isinstance(paths, str):
-            raise ValueError(
-                f"extra fields must be a list of dotted paths, got the string {paths!r}"
-            )
+            raise ValueError(f"extra fields must be a list of dotted paths, got the string {paths!r}")
         root = cls()
         for path in paths:
             segments = path.split(".")
             if not all(segments):
-                raise ValueError(
-                    f"extra field {path!r} is not a dotted path like "
-                    "'parameters.destination_credentials'"
-                )
+                raise ValueError(f"extra field {path!r} is not a dotted path like 'parameters.destination_credentials'")
             root._add(segments)
             if segments[0] == "parameters" and len(segments) > 1:
                 root._add(segments[1:])

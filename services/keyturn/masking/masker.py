@@ -149,9 +149,7 @@ class _MaskedTextCache:
         self.misses = 0
 
     def digest(self, text: str) -> bytes:
-        return hashlib.blake2b(
-            text.encode("utf-8", "surrogatepass"), key=self._key, digest_size=16
-        ).digest()
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), key=self._key, digest_size=16).digest()
 
     def get(self, digest: bytes) -> tuple[str, tuple[str, ...]] | None:
         with self._lock:
@@ -224,18 +222,14 @@ class ParameterMasker:
         """(hits, misses) of the masked-string cache since start."""
         return (self._cache.hits, self._cache.misses) if self._cache else (0, 0)
 
-    def mask(
-        self, parameters: Mapping[str, Any], extra_fields: Iterable[str] = ()
-    ) -> MaskedParameters:
+    def mask(self, parameters: Mapping[str, Any], extra_fields: Iterable[str] = ()) -> MaskedParameters:
         """Mask ``parameters``; ``extra_fields`` are dotted paths the policy marks sensitive.
 
         Raises :class:`UnmaskableParameters` when ``parameters`` is not a JSON object
         (a mapping of JSON values), or nests deeper than :data:`MAX_DEPTH`.
         """
         if not isinstance(parameters, Mapping):
-            raise UnmaskableParameters(
-                f"parameters must be a JSON object, got {type(parameters).__name__}"
-            )
+            raise UnmaskableParameters(f"parameters must be a JSON object, got {type(parameters).__name__}")
         scan = self._scan_fast if self._fast_path else self._scan_reference
         walk = _Walk(FieldPathTrie.from_paths(extra_fields), scan)
         masked = walk.root(parameters)
@@ -253,9 +247,7 @@ class ParameterMasker:
     def _scan_reference(self, text: str) -> tuple[str, tuple[str, ...]]:
         current, found = text, list[str]()
         for _ in range(MAX_ROUNDS):
-            results = self._analyzer.analyze(
-                current, language=LANGUAGE, score_threshold=SCORE_THRESHOLD
-            )
+            results = self._analyzer.analyze(current, language=LANGUAGE, score_threshold=SCORE_THRESHOLD)
             masked, types = _render(current, _spans(current, results, 0, len(current)))
             if not types:
                 break
@@ -315,9 +307,7 @@ class ParameterMasker:
         texts = [item.current for item in batch]
         joined = _SEPARATOR.join(texts)
         entities = sorted(frozenset().union(*(item.entities for item in batch)))
-        results = self._analyzer.analyze(
-            joined, language=LANGUAGE, entities=entities, score_threshold=SCORE_THRESHOLD
-        )
+        results = self._analyzer.analyze(joined, language=LANGUAGE, entities=entities, score_threshold=SCORE_THRESHOLD)
         outcomes = []
         start = 0
         for text in texts:
@@ -401,17 +391,12 @@ class _Walk:
         elif value is None or isinstance(value, (bool, int, float)):
             container[slot] = value
         else:
-            raise UnmaskableParameters(
-                f"{format_path(path)} holds a {type(value).__name__}, "
-                "which is not a JSON value"
-            )
+            raise UnmaskableParameters(f"{format_path(path)} holds a {type(value).__name__}, which is not a JSON value")
 
     @staticmethod
     def _check_depth(path, depth: int) -> None:
         if depth > MAX_DEPTH:
-            raise UnmaskableParameters(
-                f"{format_path(path)} nests deeper than {MAX_DEPTH} levels"
-            )
+            raise UnmaskableParameters(f"{format_path(path)} nests deeper than {MAX_DEPTH} levels")
 
     def _text(self, container, slot, text: str, path) -> None:
         if not text or _IDENTIFIER_OR_TIME.fullmatch(text):
@@ -420,9 +405,7 @@ class _Walk:
         if isinstance(outcome, frozenset):
             findings: list[Finding] = []
             self._findings.append(findings)
-            self.pending.append(
-                _PendingText(container, slot, text, path, outcome, findings)
-            )
+            self.pending.append(_PendingText(container, slot, text, path, outcome, findings))
             return
         masked, entity_types = outcome
         container[slot] = masked

@@ -85,9 +85,15 @@ def parameter_opener(keyring: Keyring):
 
     def open_parameters(request: ActionRequested) -> dict[str, Any]:
         if request.sealed_parameters is None:
-            raise ParametersUnavailable(f"action {request.action_id} carries no sealed parameters; refusing to run masked ones")
-        return open_sealed(request.sealed_parameters, action_id=request.action_id,
-                           payload_digest=str(request.payload_digest), keyring=keyring)
+            raise ParametersUnavailable(
+                f"action {request.action_id} carries no sealed parameters; refusing to run masked ones"
+            )
+        return open_sealed(
+            request.sealed_parameters,
+            action_id=request.action_id,
+            payload_digest=str(request.payload_digest),
+            keyring=keyring,
+        )
 
     return open_parameters
 

@@ -74,13 +74,9 @@ class Keyring:
             raise InvalidKeyring(f"current seal key {self.current_key_id!r} is not in the ring")
         for key_id, key in self.keys.items():
             if not _KEY_ID.fullmatch(key_id):
-                raise InvalidKeyring(
-                    f"seal key id {key_id!r} must be 1-64 of letters, digits, '.', '_', '-'"
-                )
+                raise InvalidKeyring(f"seal key id {key_id!r} must be 1-64 of letters, digits, '.', '_', '-'")
             if len(key) != KEY_BYTES:
-                raise InvalidKeyring(
-                    f"seal key {key_id!r} is {len(key)} bytes; AES-256 needs {KEY_BYTES}"
-                )
+                raise InvalidKeyring(f"seal key {key_id!r} is {len(key)} bytes; AES-256 needs {KEY_BYTES}")
         object.__setattr__(self, "keys", dict(self.keys))
 
     def __repr__(self) -> str:
@@ -102,9 +98,7 @@ class Keyring:
             key_id, sep, encoded = entry.partition(":")
             if not sep:
                 # Never echo the entry: without its "kid:" it is most likely a bare key.
-                raise InvalidKeyring(
-                    f"seal key entry {position} has no ':'; expected kid:base64key"
-                )
+                raise InvalidKeyring(f"seal key entry {position} has no ':'; expected kid:base64key")
             if key_id in keys:
                 raise InvalidKeyring(f"seal key id {key_id!r} appears twice")
             try:
@@ -182,9 +176,7 @@ def seal_parameters(
     return SealedParameters(key_id=key_id, nonce=nonce, ciphertext=ciphertext)
 
 
-def open_sealed(
-    sealed: SealedParameters, *, action_id: str, payload_digest: str, keyring: Keyring
-) -> dict[str, Any]:
+def open_sealed(sealed: SealedParameters, *, action_id: str, payload_digest: str, keyring: Keyring) -> dict[str, Any]:
     """The clear parameters, if ``sealed`` was sealed for exactly this action and digest.
 
     Raises :class:`UnknownSealKey` when the key id is not in the ring and
@@ -199,8 +191,7 @@ def open_sealed(
         )
     if len(sealed.nonce) != NONCE_BYTES:
         raise SealTampered(
-            f"sealed parameters of action {action_id} have a {len(sealed.nonce)}-byte nonce; "
-            f"seals use {NONCE_BYTES}"
+            f"sealed parameters of action {action_id} have a {len(sealed.nonce)}-byte nonce; seals use {NONCE_BYTES}"
         )
     try:
         clear = AESGCM(key).decrypt(

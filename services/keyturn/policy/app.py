@@ -28,17 +28,34 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings):
     """The policy service's composition root: everything it uses is built here from ``settings``."""
     topics = Topics(settings.namespace, settings.partitions)
-    app = make_app(namespace=settings.namespace, bootstrap=settings.kafka_bootstrap, partitions=settings.partitions,
-                   run_dir=settings.run_dir, session_timeout_s=settings.worker_session_timeout_s, service="policy")
+    app = make_app(
+        namespace=settings.namespace,
+        bootstrap=settings.kafka_bootstrap,
+        partitions=settings.partitions,
+        run_dir=settings.run_dir,
+        session_timeout_s=settings.worker_session_timeout_s,
+        service="policy",
+    )
     serve_metrics("policy", settings.policy_metrics_port)  # decision latency, OPA errors
     publisher = faust_publisher(app, topics, "policy")
-    decider = PolicyDecider(OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s, retries=settings.opa_retries,
-                                       revision_max_age_s=settings.opa_revision_max_age_s),
-                             settings.policy_unavailable_after_s)
+    decider = PolicyDecider(
+        OpaClient(
+            settings.opa_url,
+            timeout_s=settings.opa_timeout_s,
+            retries=settings.opa_retries,
+            revision_max_age_s=settings.opa_revision_max_age_s,
+        ),
+        settings.policy_unavailable_after_s,
+    )
 
     @app.agent(consume(app, topics.requested))
     async def decide_requests(stream):
-        record = DecisionRecord(await until_done(lambda: open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace)), "policy: opening the database"))
+        record = DecisionRecord(
+            await until_done(
+                lambda: open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace)),
+                "policy: opening the database",
+            )
+        )
         stage = PolicyStage(decider, record, publisher)
         await handle_each(stream, publisher, stage.decide, accept=(ActionRequested,), on_failure=stage.on_failure)
 

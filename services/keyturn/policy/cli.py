@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -34,8 +34,12 @@ def explain(
     from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
 
     settings = Settings.from_env()
-    opa = OpaClient(settings.opa_url, timeout_s=settings.opa_timeout_s, retries=settings.opa_retries,
-                    revision_max_age_s=settings.opa_revision_max_age_s)
+    opa = OpaClient(
+        settings.opa_url,
+        timeout_s=settings.opa_timeout_s,
+        retries=settings.opa_retries,
+        revision_max_age_s=settings.opa_revision_max_age_s,
+    )
     decided = Topics(settings.namespace, settings.partitions).decided
     try:
         explanation = asyncio.run(explain_decision(opa, settings.kafka_bootstrap, decided, action_id))
@@ -49,14 +53,19 @@ def explain(
         return
     then, now = result["recorded"], result["now"]
     console.print(f"[bold]{result['action']}[/bold] {action_id}", highlight=False)
-    console.print(f"decided {then['outcome']} at {then['decided_at']} by revision {then['policy_revision']} "
-                  f"(OPA decision {then['decision_id']}, input {then['input_digest']})", highlight=False)
+    console.print(
+        f"decided {then['outcome']} at {then['decided_at']} by revision {then['policy_revision']} "
+        f"(OPA decision {then['decision_id']}, input {then['input_digest']})",
+        highlight=False,
+    )
     for rule in then["rules"]:
         console.print(f"  fired: {rule}", highlight=False)
     for reason in then["reasons"]:
         console.print(f"  why:   {reason}", highlight=False)
     if result["revision_changed"]:
-        console.print(f"[yellow]the policy changed since[/yellow]: now revision {now['policy_revision']}", highlight=False)
+        console.print(
+            f"[yellow]the policy changed since[/yellow]: now revision {now['policy_revision']}", highlight=False
+        )
     else:
         console.print(f"same policy revision now ({now['policy_revision']})", highlight=False)
     verdict = "[red]would now be[/red]" if result["outcome_changed"] else "still"
@@ -69,10 +78,14 @@ def explain(
 
 @app.command("simulate")
 def simulate(
-    policy: Path = typer.Option(..., "--policy", help="Directory of the candidate policy (like policies.rego/, with data.json)"),
-    since: Optional[str] = typer.Option(None, help="Decisions made at or after: ISO 8601, or a duration ago (2h, 7d)"),
-    until: Optional[str] = typer.Option(None, help="Decisions made before this time"),
-    export: Optional[Path] = typer.Option(None, "--export", help="Read decisions from this JSONL audit export instead of the topic"),
+    policy: Path = typer.Option(
+        ..., "--policy", help="Directory of the candidate policy (like policies.rego/, with data.json)"
+    ),
+    since: str | None = typer.Option(None, help="Decisions made at or after: ISO 8601, or a duration ago (2h, 7d)"),
+    until: str | None = typer.Option(None, help="Decisions made before this time"),
+    export: Path | None = typer.Option(
+        None, "--export", help="Read decisions from this JSONL audit export instead of the topic"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON document"),
 ) -> None:
     """Replay recorded decisions through a candidate policy in a private OPA and print every
@@ -88,7 +101,17 @@ def simulate(
     if window[0] is not None and window[1] is not None and window[0] >= window[1]:
         _fail("--since must be before --until", 2)
     with progress("reading decisions") as (advance, total):
-        decisions = recorded_decisions(audit_records(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit, export, advance=advance, total=total), since=window[0], until=window[1])
+        decisions = recorded_decisions(
+            audit_records(
+                settings.kafka_bootstrap,
+                Topics(settings.namespace, settings.partitions).audit,
+                export,
+                advance=advance,
+                total=total,
+            ),
+            since=window[0],
+            until=window[1],
+        )
     try:
         with CandidateOpa(policy) as opa_url:
             report = asyncio.run(run_simulation(decisions, opa_url))
@@ -105,24 +128,46 @@ def _print_report(result: dict) -> None:
     from rich.table import Table
 
     changes = Table(title=f"decisions that would change under {result['candidate_revision']}")
-    for column in ("seq", "decided (UTC)", "action", "action id", "requester", "recorded", "candidate", "candidate reasons"):
+    for column in (
+        "seq",
+        "decided (UTC)",
+        "action",
+        "action id",
+        "requester",
+        "recorded",
+        "candidate",
+        "candidate reasons",
+    ):
         changes.add_column(column, overflow="fold")
     for change in result["changes"]:
-        changes.add_row(str(change["sequence"]), change["decided_at"][:23], change["action"], change["action_id"],
-                        change["requester"] or "-", _decision(change["recorded"]), _decision(change["candidate"]),
-                        "; ".join(change["candidate"]["reasons"]))
+        changes.add_row(
+            str(change["sequence"]),
+            change["decided_at"][:23],
+            change["action"],
+            change["action_id"],
+            change["requester"] or "-",
+            _decision(change["recorded"]),
+            _decision(change["candidate"]),
+            "; ".join(change["candidate"]["reasons"]),
+        )
     if result["changes"]:
         console.print(changes)
     counts = Table(title="by action type")
     for column in ("action", "evaluated", "changed", "how"):
         counts.add_column(column)
     for action, row in result["by_action"].items():
-        counts.add_row(action, str(row["evaluated"]), str(row["changed"]),
-                       ", ".join(f"{k}: {v}" for k, v in row["transitions"].items()))
+        counts.add_row(
+            action,
+            str(row["evaluated"]),
+            str(row["changed"]),
+            ", ".join(f"{k}: {v}" for k, v in row["transitions"].items()),
+        )
     console.print(counts)
-    console.print(f"{result['changed']} of {result['evaluated']} decisions would change"
-                  + (f"; {result['without_input']} recorded decisions had no input to replay" if result["without_input"] else ""),
-                  highlight=False)
+    console.print(
+        f"{result['changed']} of {result['evaluated']} decisions would change"
+        + (f"; {result['without_input']} recorded decisions had no input to replay" if result["without_input"] else ""),
+        highlight=False,
+    )
 
 
 def _decision(side: dict) -> str:

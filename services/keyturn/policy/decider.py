@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from keyturn.bus.publisher import Publisher
@@ -42,8 +42,14 @@ class Decisions(Protocol):
 class PolicyDecider:
     """Asks OPA, retrying while it is away for at most ``unavailable_after_s``, then denies."""
 
-    def __init__(self, opa: Opa, unavailable_after_s: float, *, retry_every_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        opa: Opa,
+        unavailable_after_s: float,
+        *,
+        retry_every_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.opa = opa
         self.unavailable_after_s = unavailable_after_s
         self.retry_every_s = retry_every_s
@@ -53,7 +59,7 @@ class PolicyDecider:
         document = policy_input(request)
         give_up_at = self.clock() + self.unavailable_after_s
         while True:
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             try:
                 answer = await self.opa.query("keyturn/decision", document)
                 revision = await self.opa.policy_revision()
@@ -66,7 +72,9 @@ class PolicyDecider:
                 log.warning("OPA unavailable, holding %s: %s", request.action_id, exc)
                 await asyncio.sleep(self.retry_every_s)
                 continue
-            return decided_from_answer(request, answer.result, provenance_for(document, revision, answer.decision_id, now), now)
+            return decided_from_answer(
+                request, answer.result, provenance_for(document, revision, answer.decision_id, now), now
+            )
 
 
 def with_policy_masking(decision: ActionDecided) -> ActionDecided:
@@ -83,8 +91,12 @@ def policy_error(request: ActionRequested, exc: Exception, now: datetime) -> Act
         document = policy_input(request)
     except Exception:  # the request itself may be what failed; the provenance then records an empty input
         document = {}
-    return denied(request, [f"policy_error: the policy service failed on this request ({type(exc).__name__}: {exc})"],
-                  provenance_for(document, "unknown", None, now), now)
+    return denied(
+        request,
+        [f"policy_error: the policy service failed on this request ({type(exc).__name__}: {exc})"],
+        provenance_for(document, "unknown", None, now),
+        now,
+    )
 
 
 class PolicyStage:
@@ -109,7 +121,7 @@ class PolicyStage:
         """Deny the request with ``policy_error`` (or republish a decision that was kept after all)."""
         encoded = await self.decisions.earlier(request.action_id)
         if encoded is None:
-            decision = policy_error(request, exc, datetime.now(timezone.utc))
+            decision = policy_error(request, exc, datetime.now(UTC))
             log.warning("denied %s: %s", request.action_id, decision.reasons[0])
             encoded = await self.decisions.keep(request.action_id, self.publisher.encode(decision))
         await self.publisher.publish_encoded(self.publisher.topics.decided, request.action_id, encoded)

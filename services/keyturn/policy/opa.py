@@ -112,7 +112,7 @@ class OpaClient:
             try:
                 async with self._http().request(method, self.base_url + url, json=payload) as response:
                     status, body = response.status, await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 OPA_ERRORS.labels(path, "connection").inc()
                 last_error = f"{type(exc).__name__}: {exc}"
                 continue

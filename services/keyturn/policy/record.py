@@ -26,7 +26,9 @@ class DecisionRecord:
     async def earlier(self, action_id: str) -> bytes | None:
         """The decision already made for ``action_id``, encoded, if any."""
         async with self.pool.connection() as conn:
-            row = await (await conn.execute("SELECT decided_event FROM policy_decisions WHERE action_id = %s", (action_id,))).fetchone()
+            row = await (
+                await conn.execute("SELECT decided_event FROM policy_decisions WHERE action_id = %s", (action_id,))
+            ).fetchone()
         return bytes(row[0]) if row else None
 
     async def keep(self, action_id: str, decided_event: bytes) -> bytes:
@@ -36,7 +38,9 @@ class DecisionRecord:
                 "INSERT INTO policy_decisions (action_id, decided_event) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                 (action_id, decided_event),
             )
-            row = await (await conn.execute("SELECT decided_event FROM policy_decisions WHERE action_id = %s", (action_id,))).fetchone()
+            row = await (
+                await conn.execute("SELECT decided_event FROM policy_decisions WHERE action_id = %s", (action_id,))
+            ).fetchone()
         if row is None:  # inserted or already there: only a concurrent delete could remove it, and nothing deletes
             raise RuntimeError(f"the decision of {action_id} vanished from policy_decisions")
         return bytes(row[0])

@@ -77,7 +77,9 @@ class Replayable:
     without_input: int = 0
 
 
-def recorded_decisions(records: Iterable[AuditRecord], *, since: int | None = None, until: int | None = None) -> Replayable:
+def recorded_decisions(
+    records: Iterable[AuditRecord], *, since: int | None = None, until: int | None = None
+) -> Replayable:
     """The ``ActionDecided`` records decided in [since, until) (UTC milliseconds)."""
     found = Replayable()
     for record in records:
@@ -120,12 +122,19 @@ class ChangedDecision:
     def to_dict(self) -> dict[str, Any]:
         recorded = self.recorded
         return {
-            "sequence": recorded.sequence, "action_id": recorded.action_id, "action": recorded.action,
-            "requester": recorded.requester, "decided_at": from_millis(recorded.decided_at).isoformat(),
+            "sequence": recorded.sequence,
+            "action_id": recorded.action_id,
+            "action": recorded.action,
+            "requester": recorded.requester,
+            "decided_at": from_millis(recorded.decided_at).isoformat(),
             "recorded_policy_revision": recorded.policy_revision,
             "recorded": {"outcome": recorded.outcome, "groups": [list(g) for g in recorded.groups]},
-            "candidate": {"outcome": self.outcome, "groups": [list(g) for g in self.groups],
-                          "reasons": list(self.reasons), "rules": list(self.rules)},
+            "candidate": {
+                "outcome": self.outcome,
+                "groups": [list(g) for g in self.groups],
+                "reasons": list(self.reasons),
+                "rules": list(self.rules),
+            },
         }
 
 
@@ -138,7 +147,10 @@ def compare(recorded: RecordedDecision, candidate: Any) -> ChangedDecision | Non
     if outcome == recorded.outcome and groups == recorded.groups:
         return None
     return ChangedDecision(
-        recorded, outcome, groups, tuple(str(r) for r in candidate.get("reasons") or ()),
+        recorded,
+        outcome,
+        groups,
+        tuple(str(r) for r in candidate.get("reasons") or ()),
         tuple(str(r) for r in candidate.get("rules") or ()),
     )
 
@@ -150,7 +162,11 @@ class ActionTypeCounts:
     transitions: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"evaluated": self.evaluated, "changed": self.changed, "transitions": dict(sorted(self.transitions.items()))}
+        return {
+            "evaluated": self.evaluated,
+            "changed": self.changed,
+            "transitions": dict(sorted(self.transitions.items())),
+        }
 
 
 @dataclass
@@ -174,8 +190,10 @@ class SimulationReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "candidate_revision": self.candidate_revision, "evaluated": self.evaluated,
-            "without_input": self.without_input, "changed": len(self.changes),
+            "candidate_revision": self.candidate_revision,
+            "evaluated": self.evaluated,
+            "without_input": self.without_input,
+            "changed": len(self.changes),
             "by_action": {name: self.by_action[name].to_dict() for name in sorted(self.by_action)},
             "changes": [change.to_dict() for change in sorted(self.changes, key=lambda c: c.recorded.sequence)],
         }
@@ -204,7 +222,9 @@ async def simulate(decisions: Replayable, opa_url: str, *, concurrency: int = 8)
 
 def find_opa() -> str:
     """``opa`` on PATH, else the one ``make`` builds into ``.cache/bin``."""
-    found = shutil.which("opa") or (str(REPO_ROOT / ".cache" / "bin" / "opa") if (REPO_ROOT / ".cache" / "bin" / "opa").exists() else None)
+    found = shutil.which("opa") or (
+        str(REPO_ROOT / ".cache" / "bin" / "opa") if (REPO_ROOT / ".cache" / "bin" / "opa").exists() else None
+    )
     if found is None:
         raise OpaNotFound("no opa binary: put one on PATH, or run `make stack-up` to build .cache/bin/opa")
     return found
@@ -228,9 +248,20 @@ class CandidateOpa:
     def __enter__(self) -> str:
         port = _free_port()
         self._process = subprocess.Popen(
-            [self.opa, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error",
-             "--ignore", "*_test.rego", str(self.policy_dir)],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                self.opa,
+                "run",
+                "--server",
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "error",
+                "--ignore",
+                "*_test.rego",
+                str(self.policy_dir),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + self.ready_timeout_s
@@ -264,4 +295,3 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-

@@ -116,9 +116,7 @@ def sensitive_values(rng: random.Random) -> dict[str, list[str]]:
                 rng,
                 "RSA PRIVATE KEY",
                 4,
-                "Proc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,"
-                + _random(rng, 32, "0123456789ABCDEF")
-                + "\n\n",
+                "Proc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC," + _random(rng, 32, "0123456789ABCDEF") + "\n\n",
             ),
         ],
         "SECRET": [_random(rng, 14), "sk_live_" + _random(rng, 24), "Tr0ub4dor-3x"],
@@ -129,8 +127,7 @@ def sensitive_values(rng: random.Random) -> dict[str, list[str]]:
 CONTEXTS = {
     "AWS_SECRET_KEY": ["aws_secret_access_key = {v}", "AWS_SECRET_KEY: {v}"],
     "AZURE_KEY": [
-        "DefaultEndpointsProtocol=https;AccountName=exportseu;AccountKey={v};"
-        "EndpointSuffix=core.example.net"
+        "DefaultEndpointsProtocol=https;AccountName=exportseu;AccountKey={v};EndpointSuffix=core.example.net"
     ],
     # A bare short password in a neutrally named field is undetectable by design (field
     # names catch those), so passwords appear where a detector can see them.

@@ -140,9 +140,7 @@ class AuditChain:
         Take one on shutdown and at the end of an export, so the whole stream verifies.
         """
         if self._signer is None:
-            raise ValueError(
-                "this AuditChain has no CheckpointSigner, so it cannot sign checkpoints"
-            )
+            raise ValueError("this AuditChain has no CheckpointSigner, so it cannot sign checkpoints")
         covers = self._next_sequence - 1
         signed = self._signer.sign(covers, self._last_hash)
         recorded_at = to_millis(now)

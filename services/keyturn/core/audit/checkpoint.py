@@ -96,16 +96,13 @@ class CheckpointVerifier:
         public_key = self._public_keys.get(checkpoint.key_id)
         if public_key is None:
             raise UnknownCheckpointKey(
-                f"it is signed with key {checkpoint.key_id!r}, which is not a trusted "
-                "checkpoint key"
+                f"it is signed with key {checkpoint.key_id!r}, which is not a trusted checkpoint key"
             )
         try:
             signature = bytes.fromhex(checkpoint.signature)
         except ValueError:
             raise ForgedCheckpoint("its signature is not hexadecimal") from None
-        message = checkpoint_message(
-            checkpoint.covers_sequence, checkpoint.chain_hash, checkpoint.key_id
-        )
+        message = checkpoint_message(checkpoint.covers_sequence, checkpoint.chain_hash, checkpoint.key_id)
         try:
             public_key.verify(signature, message)
         except InvalidSignature:

@@ -97,18 +97,14 @@ class AuditRecord:
             raise MalformedRecord(f"expected an object, got {type(data).__name__}")
         unknown = set(data) - _FIELDS
         if unknown:
-            raise MalformedRecord(
-                f"it has fields this version of keyturn does not know: {', '.join(sorted(unknown))}"
-            )
+            raise MalformedRecord(f"it has fields this version of keyturn does not know: {', '.join(sorted(unknown))}")
         raw_checkpoint = data.get("checkpoint")
         if raw_checkpoint is None:
             checkpoint = None
         elif isinstance(raw_checkpoint, Mapping):
             unknown = set(raw_checkpoint) - _CHECKPOINT_FIELDS
             if unknown:
-                raise MalformedRecord(
-                    f"its checkpoint has unknown fields: {', '.join(sorted(unknown))}"
-                )
+                raise MalformedRecord(f"its checkpoint has unknown fields: {', '.join(sorted(unknown))}")
             checkpoint = Checkpoint(
                 covers_sequence=_int(raw_checkpoint, "covers_sequence", "checkpoint."),
                 chain_hash=_str(raw_checkpoint, "chain_hash", "checkpoint."),

@@ -69,8 +69,7 @@ class VerifyReport:
         lines = [head]
         if self.unverified_tail:
             lines.append(
-                f"{self.unverified_tail} records after the last valid checkpoint are "
-                "hash-chained but not signed"
+                f"{self.unverified_tail} records after the last valid checkpoint are hash-chained but not signed"
             )
         lines.extend(f"- {problem.message}" for problem in self.problems)
         if self.problems_omitted:
@@ -246,8 +245,7 @@ class _Verification:
                     ProblemKind.REORDERED,
                     run.first,
                     run.first_index,
-                    f"records {run.first} to {sequence} are out of order: they appear after "
-                    f"record {run.after}",
+                    f"records {run.first} to {sequence} are out of order: they appear after record {run.after}",
                 )
             return
         position = len(self._problems) if len(self._problems) < self._max_problems else None
@@ -326,10 +324,7 @@ class _Verification:
             if first == last == 0:
                 message = "record 0 is missing: the stream does not start at the beginning"
             elif first == last:
-                message = (
-                    f"record {first} is missing: the stream skips from record {first - 1} "
-                    f"to record {first + 1}"
-                )
+                message = f"record {first} is missing: the stream skips from record {first - 1} to record {first + 1}"
             else:
                 message = f"records {first} to {last} are missing ({last - first + 1} records)"
                 if first == 0:

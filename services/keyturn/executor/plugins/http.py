@@ -96,7 +96,7 @@ class HttpPlugin:
         self.credential_observer = credential_observer
 
     @classmethod
-    def with_key_in(cls, keys_dir: Path, **options: Any) -> "HttpPlugin":
+    def with_key_in(cls, keys_dir: Path, **options: Any) -> HttpPlugin:
         """A plugin signing with the executor's key under ``keys_dir`` (made on first run), whose
         JWKS it publishes there for targets to verify; ``options`` as for the constructor."""
         directory = executor_key_directory(keys_dir)
@@ -117,7 +117,9 @@ class HttpPlugin:
             extensions["sni_hostname"] = host  # TLS still checks the certificate for the real host
         writes = method in WRITING_METHODS
         try:
-            async with httpx.AsyncClient(verify=self.tls, timeout=self.timeout_s, follow_redirects=False, trust_env=False) as client:
+            async with httpx.AsyncClient(
+                verify=self.tls, timeout=self.timeout_s, follow_redirects=False, trust_env=False
+            ) as client:
                 request = client.build_request(method, target, headers=headers, json=body, extensions=extensions)
                 response = await client.send(request, stream=True)
                 try:
@@ -130,20 +132,32 @@ class HttpPlugin:
             raise ExecutionFailed(f"cannot connect to {host}: {_reason(exc)}; nothing was sent") from None
         except httpx.TimeoutException:
             if writes:
-                raise OutcomeUnknown(f"{method} {url} was sent but {host} did not answer within {self.timeout_s:g}s; it may have acted") from None
+                raise OutcomeUnknown(
+                    f"{method} {url} was sent but {host} did not answer within {self.timeout_s:g}s; it may have acted"
+                ) from None
             raise ExecutionFailed(f"{host} did not answer within {self.timeout_s:g}s") from None
         except httpx.HTTPError as exc:
             if writes:
-                raise OutcomeUnknown(f"{method} {url} failed after it was sent ({_reason(exc)}); it may have acted") from None
+                raise OutcomeUnknown(
+                    f"{method} {url} failed after it was sent ({_reason(exc)}); it may have acted"
+                ) from None
             raise ExecutionFailed(f"{method} {url} failed: {_reason(exc)}") from None
-        result = {"status": response.status_code, "content_type": response.headers.get("content-type", ""),
-                  "body": _body(content, response.headers.get("content-type", ""))}
+        result = {
+            "status": response.status_code,
+            "content_type": response.headers.get("content-type", ""),
+            "body": _body(content, response.headers.get("content-type", "")),
+        }
         if cut:
             result["body_truncated"] = True
         if response.status_code >= 300:
-            detail = " (redirects are not followed: the token is for this URL only)" if response.status_code < 400 else ""
+            detail = (
+                " (redirects are not followed: the token is for this URL only)" if response.status_code < 400 else ""
+            )
             snippet = content[:300].decode("utf-8", "replace").strip()
-            raise ExecutionFailed(f"{host} answered {response.status_code} {response.reason_phrase}{detail}" + (f": {snippet}" if snippet else ""))
+            raise ExecutionFailed(
+                f"{host} answered {response.status_code} {response.reason_phrase}{detail}"
+                + (f": {snippet}" if snippet else "")
+            )
         return result
 
     def _request_parts(self, command: Command) -> tuple[httpx.URL, str, dict[str, str], Any]:
@@ -156,18 +170,24 @@ class HttpPlugin:
         if url.userinfo:
             raise ExecutionFailed("the URL carries credentials; the executor mints the only credential a call gets")
         if url.host not in self.allowed_hosts:
-            raise ExecutionFailed(f"host {url.host!r} is not in KEYTURN_HTTP_ALLOWED_HOSTS; the executor calls only allow-listed hosts")
+            raise ExecutionFailed(
+                f"host {url.host!r} is not in KEYTURN_HTTP_ALLOWED_HOSTS; the executor calls only allow-listed hosts"
+            )
         method = command.parameters.get("method")
         method = method.upper() if isinstance(method, str) else ""
         if method not in READING_METHODS | WRITING_METHODS:
-            raise ExecutionFailed(f"parameters.method must be one of {', '.join(sorted(READING_METHODS | WRITING_METHODS))}")
+            raise ExecutionFailed(
+                f"parameters.method must be one of {', '.join(sorted(READING_METHODS | WRITING_METHODS))}"
+            )
         given = command.parameters.get("headers") or {}
         if not isinstance(given, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
             raise ExecutionFailed("parameters.headers must be an object of strings")
         forbidden = sorted(k for k in given if k.lower() in FORBIDDEN_HEADERS)
         if forbidden:
-            raise ExecutionFailed(f"parameters.headers may not set {', '.join(forbidden)}: the executor authenticates every call "
-                                  "with a token minted for it")
+            raise ExecutionFailed(
+                f"parameters.headers may not set {', '.join(forbidden)}: the executor authenticates every call "
+                "with a token minted for it"
+            )
         return url, method, dict(given), command.parameters.get("body")
 
     def _mint(self, command: Command, url: httpx.URL, method: str) -> str:
@@ -180,8 +200,12 @@ class HttpPlugin:
             audience=origin,
             issuer=TOKEN_ISSUER,
             ttl=timedelta(seconds=max(command.credential_ttl_s, 1)),
-            extra_claims={"keyturn_action_id": command.action_id, "keyturn_action": command.action, "htm": method,
-                          "htu": str(url.copy_with(query=None, fragment=None))},
+            extra_claims={
+                "keyturn_action_id": command.action_id,
+                "keyturn_action": command.action,
+                "htm": method,
+                "htu": str(url.copy_with(query=None, fragment=None)),
+            },
         )
         if self.credential_observer is not None:
             self.credential_observer(token)

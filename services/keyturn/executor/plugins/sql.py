@@ -94,10 +94,14 @@ class SqlPlugin:
             try:
                 role = await create_role(admin, name, ttl_s, grants)
             except psycopg.errors.DuplicateObject:
-                raise ExecutionFailed(f"the temporary role for action {command.action_id} already exists: "
-                                      "another run of it started; refusing to run it twice") from None
+                raise ExecutionFailed(
+                    f"the temporary role for action {command.action_id} already exists: "
+                    "another run of it started; refusing to run it twice"
+                ) from None
             except psycopg.Error as exc:
-                raise ExecutionFailed(f"could not create the temporary role on {self.target_name}: {_message(exc)}") from None
+                raise ExecutionFailed(
+                    f"could not create the temporary role on {self.target_name}: {_message(exc)}"
+                ) from None
         if self.credential_observer is not None:
             self.credential_observer(role.password)
         try:
@@ -120,8 +124,11 @@ class SqlPlugin:
     async def _admin(self) -> psycopg.AsyncConnection:
         try:
             return await psycopg.AsyncConnection.connect(
-                self.target_url, autocommit=True, connect_timeout=self.connect_timeout_s,
-                options="-c search_path=public", application_name="keyturn-executor",
+                self.target_url,
+                autocommit=True,
+                connect_timeout=self.connect_timeout_s,
+                options="-c search_path=public",
+                application_name="keyturn-executor",
             )
         except psycopg.OperationalError as exc:
             raise ExecutionFailed(f"cannot connect to the SQL target {self.target_name}: {_message(exc)}") from None
@@ -145,24 +152,40 @@ class SqlPlugin:
         if shape.write_target is not None and shape.write_privilege is not None:  # the statement shape sets both
             found = await _resolve(admin, shape.write_target)
             if found is None:
-                raise ExecutionFailed(f"{shape.write_privilege} refused before running: table {shape.write_target} does not exist on {self.target_name}")
+                raise ExecutionFailed(
+                    f"{shape.write_privilege} refused before running: table {shape.write_target} does not exist on {self.target_name}"
+                )
             target, oid = found
             tables.setdefault(target, []).append(shape.write_privilege)
             if shape.write_privilege == "INSERT":
                 sequences = await _serial_sequences(admin, oid)
         return Grants({relation: tuple(sorted(set(p))) for relation, p in tables.items()}, sequences)
 
-    async def _run_as(self, role: str, password: str, shape: StatementShape, statement: str,
-                      max_rows: int | None, timeout_s: float, grants: Grants) -> dict[str, Any]:
+    async def _run_as(
+        self,
+        role: str,
+        password: str,
+        shape: StatementShape,
+        statement: str,
+        max_rows: int | None,
+        timeout_s: float,
+        grants: Grants,
+    ) -> dict[str, Any]:
         wanted = self.max_result_rows if max_rows is None else min(max_rows, self.max_result_rows)
         options = f"-c statement_timeout={int(timeout_s * 1000)} -c search_path=public -c client_connection_check_interval=1000"
         try:
             conn = await psycopg.AsyncConnection.connect(
-                self.target_url, user=role, password=password, options=options,
-                connect_timeout=self.connect_timeout_s, application_name="keyturn-command",
+                self.target_url,
+                user=role,
+                password=password,
+                options=options,
+                connect_timeout=self.connect_timeout_s,
+                application_name="keyturn-command",
             )
         except psycopg.OperationalError as exc:
-            raise ExecutionFailed(f"cannot connect to the SQL target {self.target_name} as the temporary role: {_message(exc)}") from None
+            raise ExecutionFailed(
+                f"cannot connect to the SQL target {self.target_name} as the temporary role: {_message(exc)}"
+            ) from None
         committing = False
         try:
             async with conn:
@@ -176,16 +199,24 @@ class SqlPlugin:
                     committing = True
                 return result
         except psycopg.errors.QueryCanceled:
-            raise ExecutionFailed(f"the statement ran longer than {timeout_s:g}s; PostgreSQL cancelled it and nothing was changed") from None
+            raise ExecutionFailed(
+                f"the statement ran longer than {timeout_s:g}s; PostgreSQL cancelled it and nothing was changed"
+            ) from None
         except psycopg.errors.InsufficientPrivilege as exc:
-            raise ExecutionFailed(f"PostgreSQL refused the statement: {_message(exc)} (the temporary role held {grants.describe()}; "
-                                  "every table must be named after FROM, JOIN, INTO or UPDATE)") from None
+            raise ExecutionFailed(
+                f"PostgreSQL refused the statement: {_message(exc)} (the temporary role held {grants.describe()}; "
+                "every table must be named after FROM, JOIN, INTO or UPDATE)"
+            ) from None
         except psycopg.OperationalError as exc:
             if committing and not shape.is_read:
-                raise OutcomeUnknown(f"the connection to {self.target_name} broke while committing: the write may or may not "
-                                     f"have been applied ({_message(exc)})") from None
-            raise ExecutionFailed(f"the connection to {self.target_name} broke before the statement committed; nothing was changed "
-                                  f"({_message(exc)})") from None
+                raise OutcomeUnknown(
+                    f"the connection to {self.target_name} broke while committing: the write may or may not "
+                    f"have been applied ({_message(exc)})"
+                ) from None
+            raise ExecutionFailed(
+                f"the connection to {self.target_name} broke before the statement committed; nothing was changed "
+                f"({_message(exc)})"
+            ) from None
         except psycopg.Error as exc:
             raise ExecutionFailed(f"PostgreSQL: {_message(exc)}") from None
 
@@ -223,7 +254,9 @@ async def _resolve(admin: psycopg.AsyncConnection, written: str) -> tuple[Relati
             (written,),
         )
     except psycopg.Error as exc:
-        raise ExecutionFailed(f"statement refused before running: {written!r} is not a table name ({_message(exc)})") from None
+        raise ExecutionFailed(
+            f"statement refused before running: {written!r} is not a table name ({_message(exc)})"
+        ) from None
     row = await cursor.fetchone()
     if row is None or row[2] not in _GRANTABLE_KINDS or row[0] in _PUBLIC_CATALOGS:
         return None

@@ -19,9 +19,9 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from typing import Any
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -80,7 +80,10 @@ class Grants:
 
     def describe(self) -> str:
         """``SELECT on public.orders; INSERT on public.marks`` (for messages)."""
-        parts = [f"{', '.join(privileges)} on {relation}" for relation, privileges in sorted(self.tables.items(), key=lambda kv: str(kv[0]))]
+        parts = [
+            f"{', '.join(privileges)} on {relation}"
+            for relation, privileges in sorted(self.tables.items(), key=lambda kv: str(kv[0]))
+        ]
         return "; ".join(parts) or "no table privileges"
 
 
@@ -100,8 +103,12 @@ class RoleCleanup:
     sessions_terminated: int
 
     def as_evidence(self) -> dict[str, object]:
-        return {"temporary_role": self.role, "role_existed": self.existed, "sessions_terminated": self.sessions_terminated,
-                "role_dropped": self.existed}
+        return {
+            "temporary_role": self.role,
+            "role_existed": self.existed,
+            "sessions_terminated": self.sessions_terminated,
+            "role_dropped": self.existed,
+        }
 
 
 async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, grants: Grants) -> TemporaryRole:
@@ -115,14 +122,18 @@ async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, g
         cursor = await admin.execute("SELECT now() + make_interval(secs => %s)", (float(ttl_s),))
         (valid_until,) = await _one_row(cursor)
         await admin.execute(
-            sql.SQL("CREATE ROLE {} LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION CONNECTION LIMIT 1 "
-                    "PASSWORD {} VALID UNTIL {}").format(role, sql.Literal(scram_sha256_verifier(password)), sql.Literal(valid_until.isoformat()))
+            sql.SQL(
+                "CREATE ROLE {} LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION CONNECTION LIMIT 1 "
+                "PASSWORD {} VALID UNTIL {}"
+            ).format(role, sql.Literal(scram_sha256_verifier(password)), sql.Literal(valid_until.isoformat()))
         )
         for schema in grants.schemas:
             await admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
         for relation, privileges in grants.tables.items():
             await admin.execute(
-                sql.SQL("GRANT {} ON TABLE {} TO {}").format(sql.SQL(", ").join(sql.SQL(p) for p in privileges), relation.identifier(), role)
+                sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                    sql.SQL(", ").join(sql.SQL(p) for p in privileges), relation.identifier(), role
+                )
             )
         for sequence in grants.sequences:
             await admin.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence.identifier(), role))

@@ -93,7 +93,9 @@ def tokenize(text: str) -> list[Token]:
     while position < len(text):
         match = _TOKEN.match(text, position)
         if match is None:
-            raise UnsupportedStatement(f"cannot read the statement at character {position + 1}: {text[position:position + 20]!r}")
+            raise UnsupportedStatement(
+                f"cannot read the statement at character {position + 1}: {text[position : position + 20]!r}"
+            )
         kind = match.lastgroup or "" if match.lastgroup != "tag" else "dollar"
         if kind == "block_comment":
             position = _block_comment_end(text, match.start())
@@ -103,7 +105,7 @@ def tokenize(text: str) -> list[Token]:
             end = text.find(tag, match.end())
             if end < 0:
                 raise UnsupportedStatement(f"the dollar-quoted string opened with {tag} is never closed")
-            tokens.append(Token("string", text[match.start():end + len(tag)]))
+            tokens.append(Token("string", text[match.start() : end + len(tag)]))
             position = end + len(tag)
             continue
         position = match.end()
@@ -141,13 +143,19 @@ def statement_shape(text: str) -> StatementShape:
     keyword = tokens[main].keyword
     if keyword in _READ_KEYWORDS:
         if any(t.keyword in _MODIFYING for t in tokens):
-            raise UnsupportedStatement(f"a read that also uses {_first_modifying(tokens)} is not supported; send the write as its own statement")
+            raise UnsupportedStatement(
+                f"a read that also uses {_first_modifying(tokens)} is not supported; send the write as its own statement"
+            )
         if any(t.keyword == "INTO" for t in tokens):
-            raise UnsupportedStatement("SELECT … INTO creates a table, which the sql plugin does not do; use INSERT INTO an existing table")
+            raise UnsupportedStatement(
+                "SELECT … INTO creates a table, which the sql plugin does not do; use INSERT INTO an existing table"
+            )
         return StatementShape("read", _tables_read(tokens, main, cte_names, keyword))
     if keyword in _WRITE_KEYWORDS:
         if any(t.keyword in _MODIFYING for t in tokens[:main]):
-            raise UnsupportedStatement(f"a WITH part that uses {_first_modifying(tokens[:main])} is not supported; send each write as its own statement")
+            raise UnsupportedStatement(
+                f"a WITH part that uses {_first_modifying(tokens[:main])} is not supported; send each write as its own statement"
+            )
         target, after_target = _write_target(tokens, main, keyword)
         reads = set(_tables_read(tokens, main, cte_names, keyword))
         later = {t.keyword for t in tokens[after_target:]}
@@ -155,7 +163,9 @@ def statement_shape(text: str) -> StatementShape:
             reads.add(target)
         return StatementShape("write", tuple(sorted(reads)), target, keyword)
     shown = tokens[main].text if tokens[main].kind == "word" else "this statement"
-    raise UnsupportedStatement(f"the sql plugin runs SELECT, VALUES, TABLE, INSERT, UPDATE and DELETE; {shown.upper()} is not one of them")
+    raise UnsupportedStatement(
+        f"the sql plugin runs SELECT, VALUES, TABLE, INSERT, UPDATE and DELETE; {shown.upper()} is not one of them"
+    )
 
 
 def _check_parentheses(tokens: list[Token]) -> None:
@@ -225,7 +235,11 @@ def _name_at(tokens: list[Token], index: int) -> tuple[str | None, int]:
     position = index
     while position < len(tokens) and tokens[position].kind in ("word", "quoted"):
         parts.append(tokens[position].text)
-        if position + 2 < len(tokens) and tokens[position + 1].text == "." and tokens[position + 2].kind in ("word", "quoted"):
+        if (
+            position + 2 < len(tokens)
+            and tokens[position + 1].text == "."
+            and tokens[position + 2].kind in ("word", "quoted")
+        ):
             position += 2
             continue
         position += 1

@@ -56,7 +56,12 @@ class BlankSpacyNlpEngine(SpacyNlpEngine):
 
     # the base's signature (Iterable[str], **kwargs) leaves out the as_tuples form its callers use
     def process_batch(  # type: ignore[override]
-        self, texts: Iterable[Any], language: str, batch_size: int = 1, n_process: int = 1, as_tuples: bool = False,
+        self,
+        texts: Iterable[Any],
+        language: str,
+        batch_size: int = 1,
+        n_process: int = 1,
+        as_tuples: bool = False,
     ) -> Iterator[Any]:
         """:meth:`process_text` for each text, in the shape Presidio's batch engine expects."""
         for item in texts:
@@ -80,6 +85,4 @@ class BlankPipelineContextEnhancer(LemmaContextAwareEnhancer):
         """The results unchanged without ``context``; Presidio's enhancement with it."""
         if not context:
             return raw_results
-        return super().enhance_using_context(
-            text, raw_results, nlp_artifacts, recognizers, context
-        )
+        return super().enhance_using_context(text, raw_results, nlp_artifacts, recognizers, context)

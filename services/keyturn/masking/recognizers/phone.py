@@ -54,17 +54,12 @@ def not_phone_spans(text: str) -> list[tuple[int, int]]:
     spans = [match.span() for match in _NOT_PHONE.finditer(text)]
     for match in _DIGIT_RUN.finditer(text):
         groups = _GROUP_SEPARATOR.split(match.group())
-        if (
-            all(len(group) >= 4 for group in groups)
-            and sum(map(len, groups)) > _MAX_PHONE_DIGITS
-        ):
+        if all(len(group) >= 4 for group in groups) and sum(map(len, groups)) > _MAX_PHONE_DIGITS:
             spans.append(match.span())
     return spans
 
 
-def has_phone_core(
-    text: str, start: int, end: int, not_phone: list[tuple[int, int]]
-) -> bool:
+def has_phone_core(text: str, start: int, end: int, not_phone: list[tuple[int, int]]) -> bool:
     """Whether ``text[start:end]`` holds a phone core clear of every ``not_phone`` span.
 
     Lookarounds see the whole ``text``, so the answer for a span is the same whether it
@@ -74,8 +69,6 @@ def has_phone_core(
     for core in PHONE_DIGIT_RUN.finditer(text, start, overlapped=True):
         if core.start() >= end:
             return False
-        if core.end() <= end and not any(
-            a < core.end() and core.start() < b for a, b in not_phone
-        ):
+        if core.end() <= end and not any(a < core.end() and core.start() < b for a, b in not_phone):
             return True
     return False

@@ -98,10 +98,10 @@ class DetectSecretsRecognizer(LocalRecognizer):
             name="DetectSecretsRecognizer",
         )
 
-    def load(self) -> None:  # noqa: D102 - nothing to load
+    def load(self) -> None:
         pass
 
-    def analyze(self, text, entities, nlp_artifacts=None):  # noqa: D102
+    def analyze(self, text, entities, nlp_artifacts=None):
         results = []
         line_start = 0
         for line in text.split("\n"):
@@ -150,9 +150,7 @@ class DetectSecretsRecognizer(LocalRecognizer):
         for keyword_regex, group in CONFIG_DENYLIST_REGEX_TO_GROUP.items():
             for match in keyword_regex.finditer(line):
                 value = match.group(group)
-                if value and not (
-                    is_templated_secret(value) or is_prefixed_with_dollar_sign(value)
-                ):
+                if value and not (is_templated_secret(value) or is_prefixed_with_dollar_sign(value)):
                     yield match.span(group)
 
     def _result(self, start: int, end: int) -> RecognizerResult:
@@ -174,9 +172,7 @@ _DIGITS = frozenset(string.digits)
 
 
 def _base64_shape(value: str) -> bool:
-    return not (
-        _UPPER.isdisjoint(value) or _LOWER.isdisjoint(value) or _DIGITS.isdisjoint(value)
-    )
+    return not (_UPPER.isdisjoint(value) or _LOWER.isdisjoint(value) or _DIGITS.isdisjoint(value))
 
 
 def _hex_shape(value: str) -> bool:
