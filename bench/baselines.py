@@ -38,7 +38,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
 
     def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered))) - 1))] * 1000
+        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] * 1000
 
     return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": ordered[-1] * 1000, "n": len(ordered)}
 
@@ -90,7 +90,7 @@ class KafkaChain:
         finally:
             await admin.close()
         # two relays = policy and executor; the sink (in this process) plays status / audit
-        for i, (source, destination) in enumerate(zip(self.topics, self.topics[1:])):
+        for i, (source, destination) in enumerate(zip(self.topics, self.topics[1:], strict=False)):
             self.relays.append(
                 subprocess.Popen(
                     [

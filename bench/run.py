@@ -307,7 +307,7 @@ class Bench:
         }
         ids, secs = await agent.closed_loop(size, self.plan.concurrency)
         await drain.wait(agent, self.plan.drain_timeout)
-        for name, sampler in samplers.items():
+        for _name, sampler in samplers.items():
             if sampler is not None:
                 await asyncio.to_thread(sampler.wait)
         self.phases["profiled"] = Phase("profiled", ids, secs)
@@ -613,7 +613,9 @@ def memory_slopes(memory: list[dict[str, Any]]) -> dict[str, float]:
         ys = [p["rss_mib"][name] for p in points if name in p["rss_mib"]]
         if len(xs) >= 2 and max(xs) > min(xs):
             mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=False)) / sum(
+                (x - mean_x) ** 2 for x in xs
+            )
             slopes[name] = round(slope * 10_000, 2)
     return slopes
 

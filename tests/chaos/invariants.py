@@ -203,7 +203,7 @@ async def read_lifecycle_async(settings: Settings) -> Lifecycle:
         *(_read_all(settings, t, settings.partitions) for t in names),
         _read_all(settings, topics.audit, 1, read_committed=True),
     )
-    by_topic = dict(zip(names, read[:-1]))
+    by_topic = dict(zip(names, read[:-1], strict=False))
     actions: dict[str, ActionFacts] = {}
     source_ids: set[str] = set()
     undecodable: Counter = Counter()

@@ -280,11 +280,11 @@ def test_replay_by_approver_action_type_and_outcome(settings, story) -> None:
 
 def test_replay_by_action_and_time_range(settings, story) -> None:
     everything = replayed(settings, "--action-id", story.approved)
-    assert [r["event_type"] for r in everything][0] == "ActionRequested"
+    assert next(r["event_type"] for r in everything) == "ActionRequested"
     decided_at = next(r["occurred_at"] for r in everything if r["event_type"] == "ActionDecided")
     since = datetime.fromtimestamp(decided_at / 1000, UTC).isoformat()
     later = replayed(settings, "--action-id", story.approved, "--since", since)
-    assert [r["event_type"] for r in later][0] == "ActionDecided"
+    assert next(r["event_type"] for r in later) == "ActionDecided"
     assert replayed(settings, "--action-id", story.approved, "--until", story.since) == []
 
 

@@ -219,7 +219,7 @@ def test_a_forged_checkpoint_signature_is_reported():
     forged_signature = OTHER_KEY.sign(
         checkpoint_message(genuine.covers_sequence, genuine.chain_hash, genuine.key_id)
     ).hex()
-    tampered = CHAIN[:214] + [rehashed(CHAIN[214], checkpoint=dataclasses.replace(genuine, signature=forged_signature))]
+    tampered = [*CHAIN[:214], rehashed(CHAIN[214], checkpoint=dataclasses.replace(genuine, signature=forged_signature))]
 
     report = verify(tampered, VERIFIER)
     assert [(p.kind, p.sequence, p.index) for p in report.problems] == [(ProblemKind.FORGED_CHECKPOINT, 214, 214)]
@@ -244,7 +244,7 @@ def test_a_checkpoint_signed_with_an_unknown_key_is_reported():
 
 
 def test_a_genuine_checkpoint_copied_from_another_point_does_not_vouch_here():
-    tampered = CHAIN[:214] + [rehashed(CHAIN[214], checkpoint=CHAIN[203].checkpoint)]
+    tampered = [*CHAIN[:214], rehashed(CHAIN[214], checkpoint=CHAIN[203].checkpoint)]
 
     problem = only_problem(tampered)
     assert (problem.kind, problem.sequence, problem.index) == (
@@ -268,7 +268,7 @@ def test_a_rotated_key_still_verifies_old_checkpoints():
 
 
 def test_a_duplicated_record_is_reported_at_the_copy():
-    tampered = CHAIN[:31] + [CHAIN[30]] + CHAIN[31:]
+    tampered = [*CHAIN[:31], CHAIN[30], *CHAIN[31:]]
 
     assert only_problem(tampered) == Problem(
         ProblemKind.DUPLICATE_RECORD, 30, 31, "record 30 appears twice: a copy of it is at index 31"

@@ -120,7 +120,7 @@ async def test_an_order_started_by_an_executor_that_died_is_never_run_again() ->
 async def test_an_order_the_executor_fails_on_before_starting_ends_failed_and_never_runs(monkeypatch) -> None:
     monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
     plugin = Recording()
-    executor, ledger = executor_with(plugin)
+    executor, _ledger = executor_with(plugin)
     publisher, send = fake_publisher("executor")
     stage = ExecutorStage(executor, publisher)
 

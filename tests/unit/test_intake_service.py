@@ -75,7 +75,7 @@ async def test_the_same_key_for_a_different_request_is_a_conflict() -> None:
 
 
 async def test_parameters_are_masked_for_every_topic_and_sealed_for_the_executor() -> None:
-    intake, store, send = intake_with()
+    intake, _store, send = intake_with()
     stored, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
     [event] = published(send)
     assert SECRET not in event.parameters_json and "orders" in event.parameters_json
@@ -122,7 +122,7 @@ def on_topic(offset: int, sub: ActionSubmission, token: str = "good") -> Record:
 
 async def test_topic_submissions_are_accepted_or_dead_lettered_with_the_reason(monkeypatch) -> None:
     monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
-    intake, store, send = intake_with()
+    intake, _store, send = intake_with()
     batch = [
         on_topic(0, submission()),
         on_topic(1, submission(), token="forged"),
@@ -168,7 +168,7 @@ async def test_a_database_outage_holds_a_topic_submission_until_it_is_back(monke
 
 
 def test_healthz_reports_the_database_and_the_producer() -> None:
-    intake, store, send = intake_with()
+    intake, store, _send = intake_with()
     broker = {"up": True}
 
     async def producer() -> None:

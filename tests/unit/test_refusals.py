@@ -164,7 +164,7 @@ def test_a_formatter_that_reads_arguments_still_works(masked_logging) -> None:
             None,
         )
     )
-    client, method, path, version, status = record.args
+    _client, method, path, version, status = record.args
     assert (method, version, status) == ("GET", "1.1", 200) and GITHUB not in path
 
 
@@ -219,7 +219,7 @@ async def test_a_streamed_body_is_cut_off_at_the_limit(bounded) -> None:
 
 
 async def test_headers_are_bounded(bounded) -> None:
-    client, refused = bounded
+    client, _refused = bounded
     answer = await client.get("/", headers={f"x-h{i}": "v" * 100 for i in range(30)})
     assert answer.status_code == 431 and answer.json()["error"] == "headers_too_large"
     assert (await client.get("/")).status_code == 200

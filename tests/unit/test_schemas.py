@@ -99,7 +99,7 @@ def test_a_newer_reader_fills_defaults_for_an_older_writer(tmp_path: Path) -> No
 
 
 def test_an_older_reader_reads_a_newer_writer_it_was_shipped(tmp_path: Path) -> None:
-    newer, schema = _registry_with(
+    newer, _schema = _registry_with(
         tmp_path,
         "ActionRequested",
         lambda s: s["fields"].append({"name": "ticket", "type": ["null", "string"], "default": None}),

@@ -50,9 +50,7 @@ TEMPLATES = Environment(
     autoescape=select_autoescape(("html",), default=True),
 )
 TEMPLATES.globals["requester_line"] = requester_line
-TEMPLATES.filters["when"] = lambda iso: (
-    datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-)
+TEMPLATES.filters["when"] = lambda iso: datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,7 @@ def mount_console(
                 decided = registry().decode_event(full.decided_event)
                 decided_states.append((decided, pending_state(decided, full)))
         verdicts = await asyncio.gather(*(console.may_decide(desk, approver, d, s) for d, s in decided_states))
-        items = [_item(d, s) for (d, s), (may, _) in zip(decided_states, verdicts) if may]
+        items = [_item(d, s) for (d, s), (may, _) in zip(decided_states, verdicts, strict=False) if may]
         return console.render("inbox.html", approver=approver, items=items, csrf=console.csrf(token))
 
     @app.get("/console/sign-in", response_class=HTMLResponse, include_in_schema=False)

@@ -152,7 +152,7 @@ def timeline(
         entries.append(
             {"at": recorded.recorded_at.isoformat(), "what": what, "kind": "vote" if recorded.accepted else "refused"}
         )
-    for channel, target, kind, occasion, state, delivered_at in notifications:
+    for channel, target, kind, occasion, _state, delivered_at in notifications:
         if kind in ("reminder", "escalated") and delivered_at is not None:
             label = (
                 f"reminder at {float(occasion):.0%} of the time"

@@ -170,9 +170,7 @@ class ReplayFilter:
             return False
         if self.action_types and not any(fnmatch.fnmatchcase(facts.action or "", p) for p in self.action_types):
             return False
-        if self.outcomes and not (set(facts.outcomes) & self.outcomes):
-            return False
-        return True
+        return not (self.outcomes and not set(facts.outcomes) & self.outcomes)
 
 
 def parse_instant(text: str, *, now: datetime | None = None) -> int:

@@ -250,7 +250,7 @@ def create_app(
         results = await asyncio.gather(*(check() for check in checks.values()), return_exceptions=True)
         report = {
             name: "ok" if result is None else f"down: {type(result).__name__}: {result}".rstrip(": ")
-            for name, result in zip(checks, results)
+            for name, result in zip(checks, results, strict=False)
         }
         if any(value != "ok" for value in report.values()):
             response.status_code = 503

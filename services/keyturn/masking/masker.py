@@ -284,7 +284,7 @@ class ParameterMasker:
         for round_number in range(1, MAX_ROUNDS + 1):
             again: list[_PendingText] = []
             for batch in _batches(active):
-                for item, (masked, types) in zip(batch, self._analyze_batch(batch)):
+                for item, (masked, types) in zip(batch, self._analyze_batch(batch), strict=False):
                     if types:
                         item.found.extend(types)
                         if masked != item.current:
@@ -362,9 +362,9 @@ class _Walk:
                 entity = "SECRET"
             if entity is not None and item is not None:
                 masked[key] = placeholder(entity, item)
-                self._findings.append(Finding(format_path(path + (name,)), entity))
+                self._findings.append(Finding(format_path((*path, name)), entity))
             else:
-                self._slot(masked, key, item, path + (name,), child, depth + 1)
+                self._slot(masked, key, item, (*path, name), child, depth + 1)
 
     def _slot(self, container, slot, value: Any, path, extra, depth: int) -> None:
         """Put the masked ``value`` at ``container[slot]`` (now, or once analysed)."""
@@ -387,7 +387,7 @@ class _Walk:
             masked_list: list = [None] * len(value)
             container[slot] = masked_list
             for index, item in enumerate(value):
-                self._slot(masked_list, index, item, path + (index,), extra, depth + 1)
+                self._slot(masked_list, index, item, (*path, index), extra, depth + 1)
         elif value is None or isinstance(value, (bool, int, float)):
             container[slot] = value
         else:

@@ -242,7 +242,7 @@ async def _write(conn: psycopg.AsyncConnection, statement: str, wanted: int) -> 
 
 
 def _row(columns: list[str], values: tuple) -> dict[str, Any]:
-    return {column: jsonable(value) for column, value in zip(columns, values)}
+    return {column: jsonable(value) for column, value in zip(columns, values, strict=False)}
 
 
 async def _resolve(admin: psycopg.AsyncConnection, written: str) -> tuple[Relation, int] | None:
