@@ -46,7 +46,7 @@ $(CHROMIUM):
 
 e2e-deps: $(CHROMIUM)  ## Debian's Chromium for the console browser test (no browser download)
 
-test: venv stack-up policy-check e2e-deps  ## everything CI runs: policy checks, unit, integration, e2e tests
+test: venv lint stack-up policy-check e2e-deps  ## everything CI runs: lint and type gates, policy checks, unit, integration, e2e tests
 	eval "$$(deploy/stack.sh env)" && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: venv  ## unit tests only (no servers)

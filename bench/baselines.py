@@ -92,7 +92,7 @@ class KafkaChain:
         # two relays = policy and executor; the sink (in this process) plays status / audit
         for i, (source, destination) in enumerate(zip(self.topics, self.topics[1:], strict=False)):
             self.relays.append(
-                subprocess.Popen(
+                subprocess.Popen(  # noqa: ASYNC220 - starts a long-lived relay; Popen returns at once
                     [
                         sys.executable,
                         "-m",

@@ -741,7 +741,8 @@ def main() -> int:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     info = machine.describe()
     console.print(
-        f"[bold]Keyturn benchmark[/bold] {stamp}: {info['cores']} cores, {info['memory_gib']} GiB, {info['cpu_model']}, "
+        f"[bold]Keyturn benchmark[/bold] {stamp}: {info['cores']} cores, {info['memory_gib']} GiB, "
+        f"{info['cpu_model']}, "
         f"load average {info['load_average_at_start']}; plan {plan}"
     )
     servers = PrivateServers(

@@ -38,7 +38,7 @@ class JsonPeer:
                 peer.requests.append((self.command, self.path, body))
                 answer_json(self, *respond(self.command, self.path, body))
 
-            do_GET = do_POST = _answer
+            do_GET = do_POST = _answer  # noqa: N815 - the standard library's handler names
 
             def log_message(self, *args: Any) -> None:
                 pass

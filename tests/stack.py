@@ -57,7 +57,7 @@ def ensure_stack() -> Endpoints:
     if os.environ.get("KEYTURN_TEST_DOCKER") == "1":
         if _container_engine_answers():
             return _start_containers()
-        warnings.warn("KEYTURN_TEST_DOCKER=1 but no container engine answers; using deploy/stack.sh")
+        warnings.warn("KEYTURN_TEST_DOCKER=1 but no container engine answers; using deploy/stack.sh", stacklevel=2)
     return _start_local_stack()
 
 

@@ -140,7 +140,7 @@ class BackgroundLoad:
             await asyncio.gather(*pending)
             deadline = time.monotonic() + self._approvals_within_s
             want = agent.log.of_kind(APPROVAL)
-            while time.monotonic() < deadline and not want <= agent.log.answered:
+            while time.monotonic() < deadline and not want <= agent.log.answered:  # noqa: ASYNC110 - polls another task's log
                 await asyncio.sleep(0.5)
             await agent.close()
         except BaseException as error:  # surfaced by finish()

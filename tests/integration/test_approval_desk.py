@@ -130,7 +130,7 @@ def test_a_vote_racing_the_opening_is_early_or_judged_never_an_error(settings) -
             for _ in range(6):
                 decision = needing_approval()
 
-                async def answer() -> str:
+                async def answer(decision: events.ActionDecided = decision) -> str:
                     try:
                         result = await desk.vote(
                             decision.action_id,

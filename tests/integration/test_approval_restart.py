@@ -112,7 +112,8 @@ def test_a_message_sent_just_before_a_crash_is_adopted_not_sent_again(stack, sla
     # what a crash between Slack's answer and the commit leaves: a claimed row without the message id
     sql(
         stack,
-        """UPDATE approval_notifications SET state = 'sending', remote_ref = NULL, claimed_at = now() - interval '1 hour'
+        """UPDATE approval_notifications SET state = 'sending', remote_ref = NULL, claimed_at = now() -
+        interval '1 hour'
                   WHERE action_id = %s AND kind = 'opened'""",
         action_id,
     )
@@ -141,7 +142,8 @@ def test_a_message_claimed_but_never_sent_before_a_crash_is_sent_once(stack, sla
     slack.messages.remove(message)
     sql(
         stack,
-        """UPDATE approval_notifications SET state = 'sending', remote_ref = NULL, claimed_at = now() - interval '1 hour'
+        """UPDATE approval_notifications SET state = 'sending', remote_ref = NULL, claimed_at = now() -
+        interval '1 hour'
                   WHERE action_id = %s AND kind = 'opened'""",
         action_id,
     )

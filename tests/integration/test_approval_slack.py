@@ -520,7 +520,7 @@ def test_approvers_are_reminded_then_the_fallback_group_is_asked_and_may_approve
     assert "Escalated to security-oncall" in fallback.all_text() and fallback.buttons()
     assert interact(chat, *slack.signed(slack.click(fallback, "keyturn_approve", "U0ERIN"))).status_code == 200
     for shown in (message, fallback):
-        assert eventually(lambda: "Approved by human:erin" in shown.all_text() and not shown.buttons()), (
+        assert eventually(lambda shown=shown: "Approved by human:erin" in shown.all_text() and not shown.buttons()), (
             shown.all_text()
         )
     assert len([m for m in slack.thread(message) if "Reminder" in m.text]) == 1, "each reminder once"

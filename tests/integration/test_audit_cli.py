@@ -463,7 +463,9 @@ class Siem:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 answer = siem.status if len(siem.requests) < siem.failures else 200
-                siem.requests.append((answer, dict(self.headers), [json.loads(l) for l in body.splitlines() if l]))
+                siem.requests.append(
+                    (answer, dict(self.headers), [json.loads(line) for line in body.splitlines() if line])
+                )
                 self.send_response(answer)
                 self.end_headers()
 

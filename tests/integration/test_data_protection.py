@@ -78,7 +78,8 @@ def test_seeded_pii_and_secrets_never_travel_in_clear(reporter: Agent, settings,
     )
     recall = 1 - found_anywhere / len(seeded)
     print(
-        f"\nseeded values: {len(seeded)}; found in clear: {found_anywhere}; recall of masking through the stack: {recall:.3f}"
+        f"\nseeded values: {len(seeded)}; found in clear: {found_anywhere}; recall of masking through the stack: "
+        f"{recall:.3f}"
     )
     assert not leaks, f"seeded values in clear: {leaks[:10]}"
     assert len(haystacks[topics.audit]) > 0 and len(haystacks[topics.requested]) > 0

@@ -69,7 +69,9 @@ def executor(settings, services, shop: SqlTarget, https_peer: HttpsPeer, tmp_pat
         "KEYTURN_SQL_TARGET_URL": shop.url,
         "KEYTURN_SQL_STATEMENT_TIMEOUT_S": "3",
         "KEYTURN_HTTP_ALLOWED_HOSTS": f"{PEER_HOST},{UNREACHABLE_HOST}",
-        "KEYTURN_HTTP_CONNECT_TO": f"{PEER_HOST}=127.0.0.1:{https_peer.port},{UNREACHABLE_HOST}=127.0.0.1:{free_port()}",
+        "KEYTURN_HTTP_CONNECT_TO": (
+            f"{PEER_HOST}=127.0.0.1:{https_peer.port},{UNREACHABLE_HOST}=127.0.0.1:{free_port()}"
+        ),
         "KEYTURN_HTTP_CA_FILE": str(https_peer.ca_file),
         "KEYTURN_HTTP_TIMEOUT_S": "2",
         "KEYTURN_EXECUTOR_MAX_RESULT_ROWS": str(RESULT_ROWS),

@@ -39,7 +39,8 @@ def executor(settings, services, sql_target: SqlTarget):
 def ledger_entry(settings, action_id: str) -> tuple | None:
     with psycopg.connect(settings.database_url) as conn:
         return conn.execute(
-            f'SELECT executor, started_at, finished_at, outcome FROM "{schema_name(settings.namespace)}".executions WHERE action_id = %s',
+            f"SELECT executor, started_at, finished_at, outcome FROM "
+            f'"{schema_name(settings.namespace)}".executions WHERE action_id = %s',
             (action_id,),
         ).fetchone()
 

@@ -366,7 +366,7 @@ def test_checkpoints_need_a_signer():
 
 
 def test_checkpoint_records_cannot_be_appended_as_events():
-    with pytest.raises(ValueError, match="AuditChain.checkpoint"):
+    with pytest.raises(ValueError, match=r"AuditChain\.checkpoint"):
         AuditChain(SIGNER).append(**{**event(0), "event_type": "Checkpoint"})
 
 

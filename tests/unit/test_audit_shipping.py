@@ -30,7 +30,7 @@ def test_state_round_trips_and_is_replaced_atomically(tmp_path):
 def test_a_state_file_of_another_sink_is_refused(tmp_path):
     path = tmp_path / "ship.json"
     ShipState("https://one.example/in", 3, "ab" * 32, 4).save(path)
-    with pytest.raises(ShippingStateMismatch, match="one.example"):
+    with pytest.raises(ShippingStateMismatch, match=r"one\.example"):
         ShipState.load(path, "https://two.example/in")
 
 

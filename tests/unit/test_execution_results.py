@@ -35,7 +35,10 @@ def test_rows_are_capped_and_masked_by_name_by_content_and_by_the_decisions_mask
 
 
 def test_a_failure_reason_quoting_data_is_masked(shaper: ResultShaper) -> None:
-    reason = 'PostgreSQL: duplicate key value violates unique constraint "users_email_key": Key (email)=(bob@example.com) already exists.'
+    reason = (
+        'PostgreSQL: duplicate key value violates unique constraint "users_email_key": Key '
+        "(email)=(bob@example.com) already exists."
+    )
     assert "bob@example.com" not in shaper.mask_text(reason)
 
 

@@ -461,7 +461,7 @@ def test_jwks_file_given_as_string_path_picks_up_a_rotated_key(tmp_path, key):
 
 
 def test_unreadable_jwks_file_stops_start_up(tmp_path):
-    with pytest.raises(ValueError, match="jwks.json"):
+    with pytest.raises(ValueError, match=r"jwks\.json"):
         TokenVerifier(tmp_path / "jwks.json", issuer=ISSUER, audience=AUDIENCE)
 
 

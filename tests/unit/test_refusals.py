@@ -145,8 +145,8 @@ def test_every_log_line_is_masked_arguments_and_tracebacks_included(masked_loggi
 
 def test_web_framework_validation_lists_lose_their_input(masked_logging) -> None:
     line = (
-        "1 validation error:\n  {'type': 'missing', 'loc': ('body', 'reason'), 'msg': 'Field required', 'input': {'password': '%s'}}"
-        % PASSWORD
+        "1 validation error:\n  {'type': 'missing', 'loc': ('body', 'reason'), 'msg': 'Field required', "
+        f"'input': {{'password': '{PASSWORD}'}}}}"
     )
     written = _written(masked_logging, lambda: masked_logging.error(line))
     assert PASSWORD not in written and "'input': <withheld>}" in written

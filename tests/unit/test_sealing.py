@@ -95,7 +95,7 @@ def test_an_edited_nonce_is_refused(keyring):
 
 def test_a_seal_replayed_onto_another_action_is_refused(keyring):
     sealed = seal_parameters(PARAMETERS, action_id=ACTION, payload_digest=DIGEST, keyring=keyring)
-    with pytest.raises(SealTampered, match="act-other.*another action or digest"):
+    with pytest.raises(SealTampered, match=r"act-other.*another action or digest"):
         open_sealed(sealed, action_id="act-other", payload_digest=DIGEST, keyring=keyring)
 
 
@@ -136,7 +136,7 @@ def test_old_keys_still_open_old_seals_after_rotation(keyring):
 def test_an_unknown_key_id_is_named_in_the_error(keyring):
     sealed = seal_parameters(PARAMETERS, action_id=ACTION, payload_digest=DIGEST, keyring=keyring)
     stranger = Keyring.generate("seal-other")
-    with pytest.raises(UnknownSealKey, match="'seal-2024-05'.*not in the keyring.*seal-other"):
+    with pytest.raises(UnknownSealKey, match=r"'seal-2024-05'.*not in the keyring.*seal-other"):
         open_sealed(sealed, action_id=ACTION, payload_digest=DIGEST, keyring=stranger)
 
 

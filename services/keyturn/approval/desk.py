@@ -245,14 +245,17 @@ class ApprovalDesk:
             done = None
             if decided.outcome is DecisionOutcome.NEEDS_APPROVAL:
                 done = "opened" if await self._open(unit, decided, encoded) else None
-            elif decided.outcome is DecisionOutcome.ALLOWED and decided.break_glass:
-                if await self.store.note_break_glass(unit.conn, decided.action_id, encoded):
-                    for channel, targets in self.routes.items():
-                        for target in targets.every_target():
-                            await self.store.enqueue_notification(
-                                unit.conn, decided.action_id, channel, target, kinds.BREAK_GLASS
-                            )
-                    done = "break_glass"
+            elif (
+                decided.outcome is DecisionOutcome.ALLOWED
+                and decided.break_glass
+                and await self.store.note_break_glass(unit.conn, decided.action_id, encoded)
+            ):
+                for channel, targets in self.routes.items():
+                    for target in targets.every_target():
+                        await self.store.enqueue_notification(
+                            unit.conn, decided.action_id, channel, target, kinds.BREAK_GLASS
+                        )
+                done = "break_glass"
             if decided.request.callback_url:
                 await self.store.set_callback_target(unit.conn, decided.action_id, decided.request.callback_url)
                 await self.store.enqueue_callback(

@@ -145,7 +145,8 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
             401: {"description": "Missing or invalid token"},
             404: {"description": "Allowed without approval (break-glass)"},
             425: {
-                "description": "No approval is open for this action yet (its decision may be on its way): retry after Retry-After"
+                "description": "No approval is open for this action yet (its decision may be on its way): retry "
+                "after Retry-After"
             },
         },
     )
@@ -172,7 +173,8 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
                 "description": "The approval has not opened yet: nothing was recorded, answer again after Retry-After"
             },
             503: {
-                "description": "Policy engine or database unreachable: nothing was recorded, answer again later (Retry-After)"
+                "description": "Policy engine or database unreachable: nothing was recorded, answer again later "
+                "(Retry-After)"
             },
         },
     )

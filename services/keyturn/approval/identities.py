@@ -76,7 +76,8 @@ def principal_for(
             return Principal(user_map[key], Principal.kind_of(user_map[key]))
     if not domains:
         raise UnknownChatUser(
-            f"{account.record_id} is not in {map_setting}, and {domains_setting} is empty, so no email maps to a principal"
+            f"{account.record_id} is not in {map_setting}, and {domains_setting} is empty, so no email maps to a "
+            f"principal"
         )
     if not account.email:
         raise UnknownChatUser(f"{account.record_id} has no email Keyturn can see and is not in {map_setting}")

@@ -34,7 +34,10 @@ def escape(text: Any) -> str:
 def slack_date(iso: str) -> str:
     """A date Slack shows in each reader's own time zone, with the UTC time as fallback."""
     moment = datetime.fromisoformat(iso)
-    return f"<!date^{int(moment.timestamp())}^{{date_short_pretty}} {{time}}|{escape(moment.isoformat(timespec='seconds'))}>"
+    return (
+        f"<!date^{int(moment.timestamp())}^{{date_short_pretty}} "
+        f"{{time}}|{escape(moment.isoformat(timespec='seconds'))}>"
+    )
 
 
 def button_value(view: dict[str, Any]) -> str:
@@ -118,7 +121,8 @@ def break_glass_message(view: dict[str, Any]) -> dict[str, Any]:
             },
         },
         _section(
-            f"*{escape(view['summary'])}*\nIncident `{escape(incident)}`. This action ran without approval and is flagged for mandatory review."
+            f"*{escape(view['summary'])}*\nIncident `{escape(incident)}`. This action ran without approval and "
+            f"is flagged for mandatory review."
         ),
         {
             "type": "section",
@@ -171,7 +175,8 @@ def deny_modal(view: dict[str, Any], *, channel: str, message_ts: str) -> dict[s
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
             _section(
-                f"*{escape(view['action'])}* on `{escape(view['resource'])}`\nRequested by {escape(requester_line(view['requester'], view['acting_for']))}"
+                f"*{escape(view['action'])}* on `{escape(view['resource'])}`\nRequested by "
+                f"{escape(requester_line(view['requester'], view['acting_for']))}"
             ),
             {
                 "type": "input",

@@ -75,8 +75,10 @@ CREATE TABLE IF NOT EXISTS {schema}.approval_notifications (
     delivered_at    timestamptz,
     UNIQUE (action_id, channel, target, kind, occasion)
 );
-CREATE INDEX IF NOT EXISTS approval_notifications_due ON {schema}.approval_notifications (next_attempt_at, id) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS approval_notifications_message ON {schema}.approval_notifications (channel, remote_ref) WHERE remote_ref IS NOT NULL;
+CREATE INDEX IF NOT EXISTS approval_notifications_due
+    ON {schema}.approval_notifications (next_attempt_at, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS approval_notifications_message
+    ON {schema}.approval_notifications (channel, remote_ref) WHERE remote_ref IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {schema}.approval_interactions_seen (
     source          text NOT NULL,
     interaction     text NOT NULL,
@@ -100,7 +102,8 @@ CREATE TABLE IF NOT EXISTS {schema}.approval_callbacks (
     delivered_at    timestamptz,
     UNIQUE (action_id, state)
 );
-CREATE INDEX IF NOT EXISTS approval_callbacks_due ON {schema}.approval_callbacks (next_attempt_at, id) WHERE delivery = 'pending';
+CREATE INDEX IF NOT EXISTS approval_callbacks_due
+    ON {schema}.approval_callbacks (next_attempt_at, id) WHERE delivery = 'pending';
 """
 
 # A claim older than this is an orphan of a crashed sender (every remote call times out sooner).
@@ -254,7 +257,8 @@ class ApprovalStore:
     async def due_for_expiry(self, now: datetime, limit: int = 100) -> list[str]:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT action_id FROM approvals WHERE status = 'pending' AND expires_at <= %s ORDER BY expires_at LIMIT %s",
+                "SELECT action_id FROM approvals WHERE status = 'pending' AND expires_at <= %s ORDER BY "
+                "expires_at LIMIT %s",
                 (now, limit),
             )
             return [r[0] for r in await cur.fetchall()]
@@ -263,7 +267,8 @@ class ApprovalStore:
         """Pending approvals with a reminder or an escalation due (never computed counts as due)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                """SELECT action_id FROM approvals WHERE status = 'pending' AND COALESCE(next_sweep_at, '-infinity') <= %s
+                """SELECT action_id FROM approvals WHERE status = 'pending' AND COALESCE(next_sweep_at,
+                '-infinity') <= %s
                    ORDER BY next_sweep_at NULLS FIRST LIMIT %s""",
                 (now, limit),
             )
@@ -293,7 +298,8 @@ class ApprovalStore:
     async def note_break_glass(conn: AsyncConnection, action_id: str, decided_event: bytes) -> bool:
         """Remember a break-glass decision once; False on redelivery."""
         cur = await conn.execute(
-            "INSERT INTO approval_break_glass (action_id, decided_event) VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING action_id",
+            "INSERT INTO approval_break_glass (action_id, decided_event) VALUES (%s, %s) ON CONFLICT DO NOTHING "
+            "RETURNING action_id",
             (action_id, decided_event),
         )
         return await cur.fetchone() is not None
@@ -374,7 +380,8 @@ class ApprovalStore:
         """Messages claimed by a sender that stopped before saying whether they went out."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                """SELECT id, action_id, channel, target, kind, occasion, attempts, created_at FROM approval_notifications
+                """SELECT id, action_id, channel, target, kind, occasion, attempts, created_at FROM
+                approval_notifications
                    WHERE state = 'sending' AND claimed_at < %s ORDER BY id""",
                 (now - CLAIM_LEASE,),
             )
@@ -383,7 +390,8 @@ class ApprovalStore:
     async def delivered(self, notification_id: int, remote_ref: str | None, now: datetime) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(
-                "UPDATE approval_notifications SET state = 'delivered', remote_ref = %s, delivered_at = %s, last_error = NULL WHERE id = %s",
+                "UPDATE approval_notifications SET state = 'delivered', remote_ref = %s, delivered_at = %s, "
+                "last_error = NULL WHERE id = %s",
                 (remote_ref, now, notification_id),
             )
 
@@ -434,7 +442,8 @@ class ApprovalStore:
         """True the first time an interaction id is seen from ``source``; False for a replay."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "INSERT INTO approval_interactions_seen (source, interaction) VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING source",
+                "INSERT INTO approval_interactions_seen (source, interaction) VALUES (%s, %s) ON CONFLICT DO "
+                "NOTHING RETURNING source",
                 (source, interaction),
             )
             return await cur.fetchone() is not None

@@ -198,7 +198,7 @@ def _follow_jsonl(settings: Settings, output: str) -> None:
             write_jsonl([record], fp)
             fp.flush()
 
-    fp = sys.stdout if output == "-" else open(output, "a", encoding="utf-8")
+    fp = sys.stdout if output == "-" else open(output, "a", encoding="utf-8")  # noqa: SIM115 - closed below unless stdout
     try:
         asyncio.run(run(fp))
     except KeyboardInterrupt:
@@ -244,7 +244,8 @@ def replay(
     outcome: list[str] = typer.Option(
         [],
         "--outcome",
-        help="Actions that reached this outcome: allowed, denied, needs_approval, approved, expired, succeeded, failed, outcome_unknown (repeatable)",
+        help="Actions that reached this outcome: allowed, denied, needs_approval, approved, expired, succeeded, "
+        "failed, outcome_unknown (repeatable)",
     ),
     since: str | None = typer.Option(
         None, help="Records that occurred at or after: ISO 8601, or a duration ago (2h, 7d)"

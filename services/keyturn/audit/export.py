@@ -11,12 +11,12 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from os import PathLike
-from typing import IO, Any, Union
+from typing import IO, Any
 
 from keyturn.core.audit.record import AuditRecord
 from keyturn.core.canonical import from_millis
 
-RecordLike = Union[AuditRecord, Mapping[str, Any]]
+RecordLike = AuditRecord | Mapping[str, Any]
 """An :class:`AuditRecord` or its dict form (as read from JSONL or Avro)."""
 
 CSV_COLUMNS = (

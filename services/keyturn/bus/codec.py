@@ -83,13 +83,15 @@ class SchemaRegistry:
         if data[:2] != MAGIC:
             raise UndecodableMessage(
                 "not_avro",
-                f"message does not start with the Avro single-object marker C3 01 (starts with {bytes(data[:2]).hex()})",
+                f"message does not start with the Avro single-object marker C3 01 (starts with "
+                f"{bytes(data[:2]).hex()})",
             )
         writer = self.writers.get(bytes(data[2:HEADER_SIZE]))
         if writer is None:
             raise UndecodableMessage(
                 "unknown_schema",
-                f"writer schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()} is not a known Keyturn schema (freeze it into schemas/history)",
+                f"writer schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()} is not a known Keyturn schema "
+                f"(freeze it into schemas/history)",
             )
         reader = self.readers.get(writer.name)
         if reader is None:

@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from keyturn.bus.codec import UndecodableMessage, registry
@@ -155,7 +156,7 @@ async def _in_order(events: list[tuple[Any, Any]], stage: Stage) -> None:
     for event, message in events:
         where = f"{message.topic}:{message.partition}:{message.offset}"
         try:
-            await until_done(lambda: handle(event, message), f"{stage.service}: handling {where}")
+            await until_done(partial(handle, event, message), f"{stage.service}: handling {where}")
         except Refused as refused:  # the stage's own verdict on the input: its refusal, not a failure
             await dead_letter(stage.publisher, message, refused)
         except Exception as exc:

@@ -57,7 +57,8 @@ class ExecutionLedger:
         """None when this call started the action; the earlier entry when it was started before."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin) VALUES (%s, %s, %s, %s, %s) "
+                "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin) VALUES (%s, "
+                "%s, %s, %s, %s) "
                 "ON CONFLICT DO NOTHING RETURNING action_id",
                 (action_id, self.executor, at, payload_digest, plugin),
             )
@@ -72,7 +73,8 @@ class ExecutionLedger:
         """
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "UPDATE executions SET finished_at = %s, outcome = %s, executed_event = %s WHERE action_id = %s AND finished_at IS NULL",
+                "UPDATE executions SET finished_at = %s, outcome = %s, executed_event = %s WHERE action_id = %s "
+                "AND finished_at IS NULL",
                 (at, outcome, executed_event, action_id),
             )
             return cur.rowcount == 1

@@ -165,7 +165,8 @@ class Executor:
         except TimeoutError:
             return outcome(
                 ExecutionOutcome.OUTCOME_UNKNOWN,
-                error=f"{plugin.name} did not finish within {self.timeout_s:g}s and was stopped; it may have had effects",
+                error=f"{plugin.name} did not finish within {self.timeout_s:g}s and was stopped; it may have had "
+                f"effects",
             )
         except Exception as exc:  # a plugin bug is a failed action, never a crash loop that re-runs it
             log.exception("plugin %s failed on %s", plugin.name, order.action_id)
@@ -258,7 +259,8 @@ class ExecutorStage:
         await self.publisher.publish_encoded(self.publisher.topics.executed, order.action_id, encoded)
 
     async def on_failure(self, event: ActionDecided | ApprovalResolved, _message: Any, exc: Exception) -> None:
-        """End a cleared order ``failed`` (nothing ran) or ``outcome_unknown`` (it may have); others are not ours to end."""
+        """End a cleared order ``failed`` (nothing ran) or ``outcome_unknown`` (it may have); others are not
+        ours to end."""
         order = order_from(event)
         if order is None:
             return

@@ -47,7 +47,8 @@ class Problem(BaseModel):
 RETRY_AFTER_S = 2
 UNAVAILABLE = {
     "model": Problem,
-    "description": "The intake's database is not answering; nothing to fix in the request, try again after Retry-After seconds",
+    "description": "The intake's database is not answering; nothing to fix in the request, try again after "
+    "Retry-After seconds",
     "headers": {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}},
 }
 

@@ -78,7 +78,10 @@ class StoredAction:
         }
 
 
-_COLUMNS = "action_id, requester, principals, payload_digest, action, resource, state, reasons, result, history, requested_event, published"
+_COLUMNS = (
+    "action_id, requester, principals, payload_digest, action, resource, state, reasons, result, history, "
+    "requested_event, published"
+)
 
 
 def _row(row: dict[str, Any]) -> StoredAction:
@@ -313,7 +316,8 @@ class ActionStore:
         async def apply(timeout: float) -> dict[str, ActionState]:
             async with self.pool.connection(timeout) as conn, conn.transaction():
                 cur = await conn.execute(
-                    "SELECT action_id, state, history FROM intake_actions WHERE action_id = ANY(%s) ORDER BY action_id FOR UPDATE",
+                    "SELECT action_id, state, history FROM intake_actions WHERE action_id = ANY(%s) ORDER BY "
+                    "action_id FOR UPDATE",
                     (action_ids,),
                 )
                 rows = {
@@ -340,7 +344,8 @@ class ActionStore:
                     async with conn.cursor() as update:
                         await update.executemany(
                             """UPDATE intake_actions SET state = %s, history = %s::jsonb,
-                                   reasons = COALESCE(%s::jsonb, reasons), result = COALESCE(%s::jsonb, result), updated_at = %s
+                                   reasons = COALESCE(%s::jsonb, reasons), result = COALESCE(%s::jsonb,
+                                   result), updated_at = %s
                                WHERE action_id = %s""",
                             updates,
                         )

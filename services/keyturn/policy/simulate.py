@@ -243,7 +243,7 @@ class CandidateOpa:
         self.opa = opa or find_opa()
         self.ready_timeout_s = ready_timeout_s
         self._process: subprocess.Popen | None = None
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the server's log, kept open while it runs
 
     def __enter__(self) -> str:
         port = _free_port()

@@ -153,7 +153,8 @@ class SqlPlugin:
             found = await _resolve(admin, shape.write_target)
             if found is None:
                 raise ExecutionFailed(
-                    f"{shape.write_privilege} refused before running: table {shape.write_target} does not exist on {self.target_name}"
+                    f"{shape.write_privilege} refused before running: table {shape.write_target} does not exist "
+                    f"on {self.target_name}"
                 )
             target, oid = found
             tables.setdefault(target, []).append(shape.write_privilege)
@@ -172,7 +173,10 @@ class SqlPlugin:
         grants: Grants,
     ) -> dict[str, Any]:
         wanted = self.max_result_rows if max_rows is None else min(max_rows, self.max_result_rows)
-        options = f"-c statement_timeout={int(timeout_s * 1000)} -c search_path=public -c client_connection_check_interval=1000"
+        options = (
+            f"-c statement_timeout={int(timeout_s * 1000)} -c search_path=public -c "
+            f"client_connection_check_interval=1000"
+        )
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self.target_url,
@@ -249,7 +253,8 @@ async def _resolve(admin: psycopg.AsyncConnection, written: str) -> tuple[Relati
     """The relation ``written`` names on the target (search_path ``public``), when it grants anything."""
     try:
         cursor = await admin.execute(
-            "SELECT n.nspname, c.relname, c.relkind, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "SELECT n.nspname, c.relname, c.relkind, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = "
+            "c.relnamespace "
             "WHERE c.oid = to_regclass(%s)",
             (written,),
         )

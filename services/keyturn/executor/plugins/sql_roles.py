@@ -150,7 +150,8 @@ async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
         # membership gives the executor the right to end the role's sessions and DROP OWNED it
         await admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
         cursor = await admin.execute(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s "
+            "AND pid <> pg_backend_pid()",
             (name,),
         )
         (terminated,) = await _one_row(cursor)
@@ -162,7 +163,8 @@ async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
 async def sweep_expired_roles(admin: psycopg.AsyncConnection, *, grace_s: float = 60.0) -> list[str]:
     """Drop temporary roles whose validity ended more than ``grace_s`` ago (crash leftovers)."""
     cursor = await admin.execute(
-        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s) AND rolvaliduntil < now() - make_interval(secs => %s)",
+        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s) AND rolvaliduntil < now() - "
+        "make_interval(secs => %s)",
         (ROLE_PREFIX, grace_s),
     )
     names = [row[0] for row in await cursor.fetchall()]

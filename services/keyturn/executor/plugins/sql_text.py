@@ -144,7 +144,8 @@ def statement_shape(text: str) -> StatementShape:
     if keyword in _READ_KEYWORDS:
         if any(t.keyword in _MODIFYING for t in tokens):
             raise UnsupportedStatement(
-                f"a read that also uses {_first_modifying(tokens)} is not supported; send the write as its own statement"
+                f"a read that also uses {_first_modifying(tokens)} is not supported; send the write as its own "
+                f"statement"
             )
         if any(t.keyword == "INTO" for t in tokens):
             raise UnsupportedStatement(
@@ -154,7 +155,8 @@ def statement_shape(text: str) -> StatementShape:
     if keyword in _WRITE_KEYWORDS:
         if any(t.keyword in _MODIFYING for t in tokens[:main]):
             raise UnsupportedStatement(
-                f"a WITH part that uses {_first_modifying(tokens[:main])} is not supported; send each write as its own statement"
+                f"a WITH part that uses {_first_modifying(tokens[:main])} is not supported; send each write as "
+                f"its own statement"
             )
         target, after_target = _write_target(tokens, main, keyword)
         reads = set(_tables_read(tokens, main, cte_names, keyword))
