@@ -19,26 +19,17 @@ from keyturn.approval.http import mount_routes
 from keyturn.approval.runtime import ApprovalRuntime
 from keyturn.approval.slack_interactions import mount_slack
 from keyturn.bus.http import BoundedRequests, embedded_server
-from keyturn.bus.topics import Topics
-from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
+from keyturn.bus.worker import consume, handle_each
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionExecuted
 from keyturn.faults import until_done
+from keyturn.roots import stream_worker
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings):
-    topics = Topics(settings.namespace, settings.partitions)
-    app = make_app(
-        namespace=settings.namespace,
-        bootstrap=settings.kafka_bootstrap,
-        partitions=settings.partitions,
-        run_dir=settings.run_dir,
-        session_timeout_s=settings.worker_session_timeout_s,
-        service="approval",
-    )
-    publisher = faust_publisher(app, topics, "approval")
+    app, topics, publisher = stream_worker(settings, "approval")
     runtime = ApprovalRuntime(settings, topics, publisher.send_raw)
     http = FastAPI(title="Keyturn approvals", version="0.1.0", description="Answer pending actions.")
     http.add_middleware(

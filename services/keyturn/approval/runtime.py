@@ -31,7 +31,7 @@ from keyturn.config import Settings
 from keyturn.db import open_pool, schema_name
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity import InvalidToken, TokenVerifier, bearer_token, verifier_from_settings
-from keyturn.policy.opa import OpaClient
+from keyturn.roots import opa_client
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,7 @@ class ApprovalRuntime:
         self.teams = await teams_channel(s)
         self.wire(
             ApprovalStore(pool),
-            OpaClient(
-                s.opa_url, timeout_s=s.opa_timeout_s, retries=s.opa_retries, revision_max_age_s=s.opa_revision_max_age_s
-            ),
+            opa_client(s),
         )
 
     def wire(self, store: Any, opa: PolicyEngine) -> ApprovalDesk:

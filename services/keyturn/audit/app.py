@@ -21,11 +21,12 @@ from keyturn.audit.stream import read_audit_tail
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
 from keyturn.bus.loop import FaustSource, Stage, run
 from keyturn.bus.topics import Topics
-from keyturn.bus.worker import consume, faust_publisher, make_app
+from keyturn.bus.worker import consume
 from keyturn.config import Settings
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
 from keyturn.metrics import serve_metrics
+from keyturn.roots import stream_worker
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +53,7 @@ def audit_writer(settings: Settings, signer: CheckpointSigner, **options: Any) -
 
 def create_app(settings: Settings):
     """The audit service's composition root: everything it uses is built here from ``settings``."""
-    topics = Topics(settings.namespace, settings.partitions)
-    app = make_app(
-        namespace=settings.namespace,
-        bootstrap=settings.kafka_bootstrap,
-        partitions=settings.partitions,
-        run_dir=settings.run_dir,
-        session_timeout_s=settings.worker_session_timeout_s,
-        service="audit",
-    )
-    publisher = faust_publisher(app, topics, "audit")
+    app, topics, publisher = stream_worker(settings, "audit")
     auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
     writer = audit_writer(settings, load_signer(checkpoint_key_path(settings)))
 
@@ -83,7 +75,7 @@ def create_app(settings: Settings):
             Stage(publisher, auditable, handle_batch=chain),
         )
 
-    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # the framework awaits async receivers; its stub lists sync ones only
+    @app.on_before_shutdown.connect
     async def sign_final_checkpoint(sender, **kwargs) -> None:
         await writer.close()
 

@@ -15,8 +15,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from keyturn.bus.topics import Topics
-from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
+from keyturn.bus.worker import consume, handle_each
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ApprovalResolved
 from keyturn.db import open_pool, schema_name
@@ -26,6 +25,7 @@ from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor, ExecutorStage
 from keyturn.faults import until_done
 from keyturn.masking.protect import keyring_for, parameter_opener
+from keyturn.roots import stream_worker
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,7 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
 def create_app(settings: Settings, plugins: PluginRegistry | None = None):
     """The executor's composition root: its faust app, with everything it uses built here from
     ``settings``; ``plugins`` defaults to the shipped ones (``shipped_plugins``)."""
-    topics = Topics(settings.namespace, settings.partitions)
-    app = make_app(
-        namespace=settings.namespace,
-        bootstrap=settings.kafka_bootstrap,
-        partitions=settings.partitions,
-        run_dir=settings.run_dir,
-        session_timeout_s=settings.worker_session_timeout_s,
-        service="executor",
-    )
-    publisher = faust_publisher(app, topics, "executor")
+    app, topics, publisher = stream_worker(settings, "executor")
     registry = plugins or shipped_plugins(settings)
 
     async def build_executor() -> Executor:

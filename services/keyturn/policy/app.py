@@ -11,40 +11,25 @@ from __future__ import annotations
 
 import logging
 
-from keyturn.bus.topics import Topics
-from keyturn.bus.worker import consume, faust_publisher, handle_each, make_app
+from keyturn.bus.worker import consume, handle_each
 from keyturn.config import Settings
 from keyturn.core.events import ActionRequested
 from keyturn.db import open_pool, schema_name
 from keyturn.faults import until_done
 from keyturn.metrics import serve_metrics
 from keyturn.policy.decider import PolicyDecider, PolicyStage
-from keyturn.policy.opa import OpaClient
 from keyturn.policy.record import DDL, DecisionRecord
+from keyturn.roots import opa_client, stream_worker
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings):
     """The policy service's composition root: everything it uses is built here from ``settings``."""
-    topics = Topics(settings.namespace, settings.partitions)
-    app = make_app(
-        namespace=settings.namespace,
-        bootstrap=settings.kafka_bootstrap,
-        partitions=settings.partitions,
-        run_dir=settings.run_dir,
-        session_timeout_s=settings.worker_session_timeout_s,
-        service="policy",
-    )
+    app, topics, publisher = stream_worker(settings, "policy")
     serve_metrics("policy", settings.policy_metrics_port)  # decision latency, OPA errors
-    publisher = faust_publisher(app, topics, "policy")
     decider = PolicyDecider(
-        OpaClient(
-            settings.opa_url,
-            timeout_s=settings.opa_timeout_s,
-            retries=settings.opa_retries,
-            revision_max_age_s=settings.opa_revision_max_age_s,
-        ),
+        opa_client(settings),
         settings.policy_unavailable_after_s,
     )
 

@@ -31,15 +31,11 @@ def explain(
     fired then and now, and whether the policy revision has changed since it decided."""
     from keyturn.bus.topics import Topics
     from keyturn.policy.explain import explain as explain_decision
-    from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
+    from keyturn.policy.opa import PolicyAnswerInvalid, PolicyUnavailable
+    from keyturn.roots import opa_client
 
     settings = Settings.from_env()
-    opa = OpaClient(
-        settings.opa_url,
-        timeout_s=settings.opa_timeout_s,
-        retries=settings.opa_retries,
-        revision_max_age_s=settings.opa_revision_max_age_s,
-    )
+    opa = opa_client(settings)
     decided = Topics(settings.namespace, settings.partitions).decided
     try:
         explanation = asyncio.run(explain_decision(opa, settings.kafka_bootstrap, decided, action_id))
