@@ -6,6 +6,7 @@ import hashlib
 from datetime import datetime
 from typing import Any
 
+from keyturn.core.audit.record import FLAG_BREAK_GLASS, FLAG_MANDATORY_REVIEW, FLAG_VOTE_REFUSED
 from keyturn.core.events import (
     ActionDecided,
     ActionExecuted,
@@ -61,7 +62,7 @@ def occurred_at(event: Any) -> datetime:
 def flags_of(event: Any) -> tuple[str, ...]:
     """Marks analysts filter on: break-glass decisions need a mandatory review."""
     if isinstance(event, ActionDecided) and event.break_glass:
-        return ("break_glass", "mandatory_review")
+        return (FLAG_BREAK_GLASS, FLAG_MANDATORY_REVIEW)
     if isinstance(event, VoteRecorded) and not event.accepted:
-        return ("vote_refused",)
+        return (FLAG_VOTE_REFUSED,)
     return ()

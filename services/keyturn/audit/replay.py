@@ -86,11 +86,6 @@ class ActionFacts:
         if outcome and outcome not in self.outcomes:
             self.outcomes.append(outcome)
 
-    @property
-    def final_outcome(self) -> str | None:
-        """The last outcome the action reached so far."""
-        return self.outcomes[-1] if self.outcomes else None
-
 
 class ActionIndex:
     """Facts of every action seen, by action id."""

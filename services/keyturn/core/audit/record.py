@@ -16,8 +16,10 @@ from keyturn.core.canonical import to_millis
 
 CHECKPOINT_EVENT_TYPE = "Checkpoint"
 
+# The marks analysts filter on (``AuditRecord.flags``), set by ``audit.records.flags_of``.
 FLAG_BREAK_GLASS = "break_glass"
 FLAG_MANDATORY_REVIEW = "mandatory_review"
+FLAG_VOTE_REFUSED = "vote_refused"
 
 
 @dataclass(frozen=True)
