@@ -267,7 +267,7 @@ class Agent:
 
     async def _approve(self, action_id: str) -> bool:
         shown = await self.desk.get(f"/v1/approvals/{action_id}")
-        if shown.status_code in (404, 500, 502, 503):
+        if shown.status_code in (404, 425, 500, 502, 503):  # 425: the approval has not opened yet
             return False
         if shown.status_code != 200:
             self.log.vote_refusals[f"show {shown.status_code}"] += 1
@@ -287,7 +287,7 @@ class Agent:
             self.log.votes[action_id] = sent_at
             self.log.answered.add(action_id)
             return True
-        if answer.status_code in (500, 502, 503):
+        if answer.status_code in (425, 500, 502, 503):
             return False
         self.log.vote_refusals[f"vote {answer.status_code}"] += 1
         self.log.answered.add(action_id)
