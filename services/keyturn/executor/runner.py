@@ -100,7 +100,8 @@ class Executor:
         earlier = await self.ledger.start(order.action_id, now, payload_digest=str(order.payload_digest), plugin=plugin)
         if earlier is not None and earlier.finished:
             return _recorded(earlier)
-        fault = f"the executor failed on this order ({type(exc).__name__}: {exc})"
+        # an exception's text can quote the order it failed on: masked before a topic carries it
+        fault = self.results.mask_text(f"the executor failed on this order ({type(exc).__name__}: {exc})")
         if earlier is None:
             executed = self._executed(
                 order, plugin, ExecutionOutcome.FAILED, now, error=f"executor_error: {fault}; it was not run"

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from keyturn.bus.publisher import Publisher
+from keyturn.bus.refusals import masked_line
 from keyturn.core.events import ActionDecided, ActionRequested
 from keyturn.masking.protect import masked_view
 from keyturn.policy.decisions import decided_from_answer, denied, policy_input, provenance_for
@@ -93,7 +94,8 @@ def policy_error(request: ActionRequested, exc: Exception, now: datetime) -> Act
         document = {}
     return denied(
         request,
-        [f"policy_error: the policy service failed on this request ({type(exc).__name__}: {exc})"],
+        # an exception's text can quote the request it failed on: masked before a topic carries it
+        [masked_line(f"policy_error: the policy service failed on this request ({type(exc).__name__}: {exc})")],
         provenance_for(document, "unknown", None, now),
         now,
     )
