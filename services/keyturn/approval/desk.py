@@ -10,7 +10,9 @@ caller has to remember to publish.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -180,8 +182,8 @@ class ApprovalDesk:
         clock publishes it (the outbox keeps it), so the approver is not told it failed."""
         try:
             await self.flush()
-        except DATABASE_UNAVAILABLE as exc:
-            log.warning("outbox not drained after a commit (the next tick will): %s", exc)
+        except Exception as exc:  # the database or the broker away: committed is committed, the clock publishes it
+            log.warning("outbox not drained after a commit (the next tick will): %s: %s", type(exc).__name__, exc)
 
     async def _publish(self, unit: UnitOfWork, topic: str, key: str, value: bytes) -> None:
         await self.store.enqueue(unit.conn, topic, key, value)
@@ -445,7 +447,7 @@ class ApprovalDesk:
         return Vote(
             approver=approver,
             choice=choice,
-            payload_digest=Digest.parse(payload_digest or "sha256:"),
+            payload_digest=_claimed_digest(payload_digest),
             cast_at=now,
             reason=reason,
             channel=channel,
@@ -468,7 +470,7 @@ class ApprovalDesk:
         async with self.unit_of_work() as unit:
             known = await self.store.lock(unit.conn, action_id) is not None
             # the message is told to the person alone; what is recorded is masked (it may name their email)
-            await self._record(unit, action_id, vote, False if known else None, refusal, masked_line(message), now)
+            await self._record(unit, action_id, vote, False if known else None, refusal, message, now)
         return VoteResult(action_id, False, "unknown", "", refusal, message)
 
     async def refuse_interaction(
@@ -598,7 +600,7 @@ class ApprovalDesk:
             accepted=bool(accepted),
             recorded_at=now,
             refusal=refusal,
-            message=message,
+            message=masked_line(message),  # a refusal can quote what the caller sent
         )
         encoded = registry().encode_event(recorded)
         if accepted is not None:
@@ -638,3 +640,15 @@ class ApprovalDesk:
                     summary,
                 ),
             )
+
+
+_DIGEST = re.compile(r"(sha256:)?[0-9a-f]{64}")
+
+
+def _claimed_digest(text: str) -> Digest:
+    """The digest an answer names. Anything that is not one is recorded as the SHA-256 of what was
+    sent (algorithm ``sha256-of-malformed``): the answer is refused as a mismatch either way, and
+    free text sent in its place never reaches the votes topic."""
+    if _DIGEST.fullmatch(text or ""):
+        return Digest.parse(text)
+    return Digest(hashlib.sha256((text or "").encode()).hexdigest(), "sha256-of-malformed")

@@ -134,8 +134,13 @@ async def handle_batch(batch: Sequence[Message], stage: Stage) -> None:
 
 
 async def _decoded(message: Message, stage: Stage) -> Any | None:
-    try:
+    async def decoded() -> Any:
         return stage.decode(message) if stage.decode is not None else decode_event(message, stage.accept)
+
+    try:  # a decoder that needs a server (the intake's token keys) waits it out like a handler
+        return await until_done(
+            decoded, f"{stage.service}: reading {message.topic}:{message.partition}:{message.offset}"
+        )
     except UndecodableMessage as error:
         if stage.publisher.topics.dead_letter_owner(message.topic) != stage.service:
             log.warning(

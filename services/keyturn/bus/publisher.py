@@ -78,8 +78,8 @@ class Publisher:
             excerpt=excerpt,
             by_service=by_service,
         )
-        log.warning("dead-lettered input from %s (%s): %s", source_topic, letter.error_type, letter.reason)
         await self.publish(
             self.topics.dlq, letter, key=letter.key.decode(errors="replace") if letter.key else letter.event_id
         )
+        log.warning("dead-lettered input from %s (%s): %s", source_topic, letter.error_type, letter.reason)
         return letter

@@ -144,7 +144,9 @@ class Executor:
         except Exception as exc:  # a seal that does not open is a refusal, never a crash
             return outcome(
                 ExecutionOutcome.FAILED,
-                error=f"refused before execution: the parameters do not open ({type(exc).__name__}: {exc})",
+                error=self.results.mask_text(
+                    f"refused before execution: the parameters do not open ({type(exc).__name__}: {exc})"
+                ),
             )
         refusal = refusal_reason(order, started_at, parameters)
         if refusal is not None:
@@ -205,7 +207,7 @@ class Executor:
                 evidence["cleanup"] = await asyncio.wait_for(abandon(command), self.timeout_s)
             except Exception as exc:
                 log.exception("cleanup after interrupted %s failed", order.action_id)
-                evidence["cleanup"] = {"error": f"{type(exc).__name__}: {exc}"}
+                evidence["cleanup"] = {"error": self.results.mask_text(f"{type(exc).__name__}: {exc}")}
         error = (
             f"started at {earlier.started_at.isoformat()} by {earlier.executor} and never finished "
             "(the executor stopped mid-way); not run again: check the target before asking again"

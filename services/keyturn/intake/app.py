@@ -98,6 +98,16 @@ def create_app(
                 401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}
             ) from exc
 
+    async def record_refusal(**letter: Any) -> None:
+        """Dead-letter a refusal; the caller is answered even when the broker cannot take the record."""
+        try:
+            await wired.parts.publisher.dead_letter(partition=-1, offset=-1, key=None, **letter)
+        except Exception as exc:
+            REJECTED.labels("http", "refusal_not_recorded").inc()
+            log.warning(
+                "a refusal from %s was answered but not recorded: %s", letter.get("principal"), type(exc).__name__
+            )
+
     async def refuse(request: Request, status: int, error: str, problems: list[str]) -> JSONResponse:
         """Answer a bad request with what is wrong, and record it under the caller's identity.
 
@@ -111,11 +121,8 @@ def create_app(
         problems = [masked_line(p) for p in problems[:MAX_PROBLEMS]]
         REJECTED.labels("http", error).inc()
         body = await request.body()
-        await wired.parts.publisher.dead_letter(
+        await record_refusal(
             source_topic=f"http:{request.method} {request.url.path}",
-            partition=-1,
-            offset=-1,
-            key=None,
             payload=body,
             error=UndecodableMessage(
                 error, f"{request.method} {request.url.path} refused {len(body)} bytes from {principal.id}"
@@ -136,11 +143,8 @@ def create_app(
             principal = wired.parts.verifier.verify(bearer_token(header(scope, "authorization")))
         except InvalidToken:
             return
-        await wired.parts.publisher.dead_letter(
+        await record_refusal(
             source_topic=f"http:{scope.get('method')} {scope.get('path')}",
-            partition=-1,
-            offset=-1,
-            key=None,
             payload=received,
             error=UndecodableMessage("body_too_large" if status == 413 else "headers_too_large", "; ".join(problems)),
             principal=principal.id,
@@ -250,7 +254,7 @@ def create_app(
         checks = wired.parts.health
         results = await asyncio.gather(*(check() for check in checks.values()), return_exceptions=True)
         report = {
-            name: "ok" if result is None else f"down: {type(result).__name__}: {result}".rstrip(": ")
+            name: "ok" if result is None else masked_line(f"down: {type(result).__name__}: {result}".rstrip(": "))
             for name, result in zip(checks, results, strict=False)
         }
         if any(value != "ok" for value in report.values()):

@@ -22,7 +22,7 @@ from keyturn.bus.loop import KafkaSource, Message, Refused, Stage, run
 from keyturn.bus.publisher import Publisher
 from keyturn.core.events import SubmissionChannel
 from keyturn.core.principal import Principal
-from keyturn.faults import is_transient
+from keyturn.faults import Unavailable, is_transient
 from keyturn.identity import InvalidToken, bearer_token
 from keyturn.intake.store import StoredAction, StoreUnavailable
 from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, Intake, submission_from_record
@@ -54,6 +54,12 @@ def submissions_stage(intake: Intake, publisher: Publisher, verifier: Verifier) 
                 raise UndecodableMessage("unexpected_type", f"{name} does not belong on {message.topic}")
             return principal, submission_from_record(record)
         except Exception as exc:
+            # an outage (keys that cannot be fetched, a server away) is waited out, not refused: a
+            # refused submission is deleted from the topic once dead-lettered
+            if getattr(exc, "code", None) == "jwks_unavailable":
+                raise Unavailable(f"cannot verify tokens right now: {exc}") from exc
+            if is_transient(exc):
+                raise
             raise _refused(exc, principal) from exc
 
     async def handle(decoded: tuple[Principal, ActionSubmission], _message: Any) -> None:

@@ -65,10 +65,13 @@ class PolicyDecider:
                 answer = await self.opa.query("keyturn/decision", document)
                 revision = await self.opa.policy_revision()
             except PolicyAnswerInvalid as exc:
-                return denied(request, [f"policy_invalid: {exc}"], provenance_for(document, "unknown", None, now), now)
+                reason = masked_line(f"policy_invalid: {exc}")  # OPA's answer may quote the input
+                return denied(request, [reason], provenance_for(document, "unknown", None, now), now)
             except PolicyUnavailable as exc:
                 if self.clock() >= give_up_at:
-                    reason = f"policy_unavailable: no decision from OPA within {self.unavailable_after_s:.0f}s ({exc})"
+                    reason = masked_line(
+                        f"policy_unavailable: no decision from OPA within {self.unavailable_after_s:.0f}s ({exc})"
+                    )
                     return denied(request, [reason], provenance_for(document, "unknown", None, now), now)
                 log.warning("OPA unavailable, holding %s: %s", request.action_id, exc)
                 await asyncio.sleep(self.retry_every_s)
