@@ -370,3 +370,13 @@ async def test_a_failure_after_the_approval_opened_leaves_it_to_its_approvers() 
     )
     await d.desk.end_failed(executed, None, RuntimeError("webhook"))
     assert len(d.published(events.ApprovalResolved)) == before
+
+
+async def test_free_text_sent_as_the_digest_is_refused_and_never_recorded_in_clear() -> None:
+    d = Desk()
+    decided = await opened(d)
+    result = await vote(d, decided, CAROL, digest="AKIAIOSFODNN7EXAMPLE")
+    assert not result.accepted and result.refusal == "DigestMismatch"
+    (refused,) = [v for v in d.published(events.VoteRecorded) if not v.accepted]
+    assert refused.vote.payload_digest.algorithm == "sha256-of-malformed"
+    assert all(b"AKIAIOSFODNN7EXAMPLE" not in value for _, _, value in d.broker.sent)

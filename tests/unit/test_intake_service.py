@@ -227,3 +227,24 @@ async def test_the_status_follower_records_a_batch_and_wakes_a_waiting_requester
     assert [h["event"] for h in row.history] == ["ActionRequested", "ActionDecided", "ActionExecuted"]
     assert source.committed == [batch]
     assert send.events("unit.dlq") == []
+
+
+async def test_token_keys_that_cannot_be_fetched_hold_a_topic_submission_not_refuse_it(monkeypatch) -> None:
+    # a refused submission is deleted from its topic: an outage must never be taken for a refusal
+    monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
+    intake, _store, send = intake_with()
+    outage = [1, 1]
+
+    class FlakyKeys(Verifier):
+        def verify(self, token: str) -> Principal:
+            if outage:
+                outage.pop()
+                raise InvalidToken("jwks_unavailable")
+            return super().verify(token)
+
+    batch = [on_topic(0, submission())]
+    source = ListSource([batch])
+    await run(source, submissions_stage(intake, intake.publisher, FlakyKeys()))
+    assert len(published(send)) == 1 and not outage
+    assert send.events("unit.dlq") == []
+    assert source.committed == [batch]
