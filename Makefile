@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OPA ?= $(shell command -v opa 2>/dev/null || echo .cache/bin/opa)
 PYTEST_ARGS ?=
+# Test processes for make test, each with its own namespace and services; whole files go to one
+# process (--dist loadfile) so module fixtures start once. Most of the suite waits on servers.
+TEST_WORKERS ?= 2
 
 .PHONY: help e2e-deps venv stack-up stack-down run test test-unit test-integration policy-check lint compose-check bench chaos chaos-short clean
 
@@ -47,7 +50,7 @@ $(CHROMIUM):
 e2e-deps: $(CHROMIUM)  ## Debian's Chromium for the console browser test (no browser download)
 
 test: venv lint stack-up policy-check e2e-deps  ## everything CI runs: lint and type gates, policy checks, unit, integration, e2e tests
-	eval "$$(deploy/stack.sh env)" && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	eval "$$(deploy/stack.sh env)" && $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: venv  ## unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)

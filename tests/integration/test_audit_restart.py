@@ -122,6 +122,13 @@ def _metrics(port: int) -> str | None:
 
 
 def test_a_second_audit_worker_fences_the_first(services, settings) -> None:
+    first = services.procs["audit"]
+    # The first worker must hold the writer before the second starts: on a busy machine a
+    # just-restarted first worker can otherwise start its producer last and fence the second.
+    first_log = services.log_dir / "audit.log"
+    assert eventually(
+        lambda: f"[{first.pid}] [INFO] audit chain resumed" in first_log.read_text(errors="replace"), timeout=90
+    ), "the first audit worker never resumed the chain"
     log_path = services.log_dir / "audit-second.log"
     with log_path.open("ab") as log:
         second = subprocess.Popen(
@@ -131,7 +138,6 @@ def test_a_second_audit_worker_fences_the_first(services, settings) -> None:
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
         )
-    first = services.procs["audit"]
     try:
         assert eventually(lambda: "audit chain resumed" in log_path.read_text(errors="replace"), timeout=60)
         agent = Agent(settings, "agent:fencing-probe", ("human:alice",))
