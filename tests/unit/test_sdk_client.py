@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -135,6 +136,8 @@ def test_wait_raises_wait_timeout_with_where_the_action_stands(kt: Keyturn, serv
     assert 0.4 < time.monotonic() - started < 3
     assert raised.value.action.state == "needs_approval"
     assert raised.value.action.approver_groups == ["security"]
+    decided_at = datetime.fromisoformat(raised.value.action.history[1]["at"])
+    assert datetime.fromisoformat(raised.value.action.expires_at or "") == decided_at + timedelta(seconds=1800)
     assert isinstance(raised.value, TimeoutError)
 
 
