@@ -102,3 +102,15 @@ async def test_a_guarded_coroutine_runs_its_body_only_once_allowed(settings, ser
         with pytest.raises(Denied):
             await delete_secret("payments")
     assert len(ran) == 1 and ran[0] != "deleted"
+
+
+async def test_a_topic_submission_is_followed_over_http_by_the_id_it_was_given(settings, services) -> None:
+    from keyturn.sdk.topic import TopicSubmitter
+
+    token = mint(settings, "agent:bulk", ("human:alice",))
+    async with TopicSubmitter(settings.kafka_bootstrap, token=token, namespace=settings.namespace) as topic:
+        sent = await topic.submit("secrets.delete", "vault://staging/payments/api-key", reason="bulk tidy-up")
+    async with AsyncKeyturn(settings.intake_url, token=token) as akt:
+        done = await akt.wait(sent.action_id, timeout=60)
+    assert done.state == "denied" and done.requester == "agent:bulk"
+    assert done.history[0]["event"] == "ActionRequested"
