@@ -90,27 +90,13 @@ def guard(
             bound.apply_defaults()
             named = dict(bound.arguments)
             built: dict[str, Any] = {
-                "resource": _build(resource, "resource", named, args, kwargs),
-                "reason": _build(reason, "reason", named, args, kwargs),
-                "parameters": _parameters(parameters, named, args, kwargs),
+                "resource": build_text(resource, "resource", named, args, kwargs),
+                "reason": build_text(reason, "reason", named, args, kwargs),
+                "parameters": build_parameters(parameters, named, args, kwargs),
             }
             if idempotency_key is not None:
-                built["idempotency_key"] = _build(idempotency_key, "idempotency_key", named, args, kwargs)
+                built["idempotency_key"] = build_text(idempotency_key, "idempotency_key", named, args, kwargs)
             return built
-
-        def decide(done: Action) -> tuple[bool, Any]:
-            """(run the body?, the value to return otherwise)."""
-            done.raise_for_outcome()
-            if mode != "local" and done.performed_by_keyturn:
-                return False, done.result
-            if mode != "executor" and done.left_to_the_caller:
-                return True, None
-            who = "the executor already performed it" if done.performed_by_keyturn else "nothing performed it"
-            raise errors.UnexpectedState(
-                f"{done.action} {done.action_id} ended {done.state} and {who}; guard mode {mode!r} cannot "
-                "return a result for it (see the catalog entry: mode='auto' follows it)",
-                done,
-            )
 
         if is_async:
 
@@ -121,7 +107,7 @@ def guard(
                     done = await client.run(action, timeout=timeout, **built)
                 else:
                     done = await asyncio.to_thread(client.run, action, timeout=timeout, **built)
-                run_body, value = decide(done)
+                run_body, value = settle(done, mode)
                 if not run_body:
                     return value
                 token = _current.set(done)
@@ -137,7 +123,7 @@ def guard(
             built = request(args, kwargs)
             done = client.run(action, timeout=timeout, **built)
             assert isinstance(done, Action)
-            run_body, value = decide(done)
+            run_body, value = settle(done, mode)
             if not run_body:
                 return value
             token = _current.set(done)
@@ -151,7 +137,24 @@ def guard(
     return decorate
 
 
-def _build(spec: Built, name: str, named: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def settle(done: Action, mode: Mode) -> tuple[bool, Any]:
+    """What a guarded call does with its action's end: (run the body?, the value to return otherwise).
+    Raises the end's exception when it did not end approved, and ``UnexpectedState`` when ``mode``
+    cannot be honoured (see the module's documentation)."""
+    done.raise_for_outcome()
+    if mode != "local" and done.performed_by_keyturn:
+        return False, done.result
+    if mode != "executor" and done.left_to_the_caller:
+        return True, None
+    who = "the executor already performed it" if done.performed_by_keyturn else "nothing performed it"
+    raise errors.UnexpectedState(
+        f"{done.action} {done.action_id} ended {done.state} and {who}; guard mode {mode!r} cannot "
+        "return a result for it (see the catalog entry: mode='auto' follows it)",
+        done,
+    )
+
+
+def build_text(spec: Built, name: str, named: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     if callable(spec):
         value = spec(*args, **kwargs)
     else:
@@ -164,7 +167,7 @@ def _build(spec: Built, name: str, named: dict[str, Any], args: tuple[Any, ...],
     return value
 
 
-def _parameters(
+def build_parameters(
     spec: Sequence[str] | Callable[..., Any] | None,
     named: dict[str, Any],
     args: tuple[Any, ...],
