@@ -282,6 +282,7 @@ def _rest(timeout: float | None, started: float) -> float | None:
 
 
 def _dispatch(name: str, data: dict[str, Any]) -> None:
+    _write_to_graph_stream(name, data)
     try:
         dispatch_custom_event(name, data)
     except RuntimeError:  # called outside a runnable (a plain tool.invoke): nobody listens for events
@@ -289,7 +290,21 @@ def _dispatch(name: str, data: dict[str, Any]) -> None:
 
 
 async def _adispatch(name: str, data: dict[str, Any]) -> None:
+    _write_to_graph_stream(name, data)
     try:
         await adispatch_custom_event(name, data)
     except RuntimeError:
         pass
+
+
+def _write_to_graph_stream(name: str, data: dict[str, Any]) -> None:
+    """Inside a LangGraph run, also ``{name: data}`` on its ``stream_mode="custom"`` stream."""
+    try:
+        from langgraph.config import get_stream_writer
+    except ImportError:  # a LangChain tool used without LangGraph
+        return
+    try:
+        writer = get_stream_writer()
+    except RuntimeError:  # not inside a graph run
+        return
+    writer({name: data})
