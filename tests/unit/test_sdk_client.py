@@ -284,3 +284,26 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def test_a_wait_sits_out_an_outage_of_the_intake(kt: Keyturn, server: IntakeServer, monkeypatch) -> None:
+    monkeypatch.setattr(intake_app, "RETRY_AFTER_S", 1)
+    action_id = submit(kt)
+    server.store.down = True  # every request of the wait is answered 503 for a while
+
+    def back() -> None:
+        server.store.down = False
+        server.decide(action_id, "denied", ("no",))
+
+    server.after(0.6, back)
+    with Keyturn(server.url, token=AGENT_TOKEN, retries=0) as patient:
+        assert patient.wait(action_id, timeout=10).state == "denied"
+    server.store.down = True
+    try:
+        with (
+            Keyturn(server.url, token=AGENT_TOKEN, retries=0, max_outage_s=0.5) as impatient,
+            pytest.raises(Unavailable),
+        ):
+            impatient.wait(action_id, timeout=10)
+    finally:
+        server.store.down = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import math
 import random
 import time
@@ -29,6 +30,7 @@ from keyturn.sdk.models import Action, Submitted
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncKeyturn", "Keyturn"]
 
+log = logging.getLogger("keyturn.sdk")
 VERSION = "0.1.0"
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 LONG_POLL_S = 50.0  # one wait request's server-side timeout: under the idle limit of most proxies
@@ -58,6 +60,7 @@ class _Protocol:
         retries: int,
         backoff_s: float,
         max_retry_after_s: float,
+        max_outage_s: float = 120.0,
     ) -> None:
         if (token is None) == (token_provider is None):
             raise ValueError("give exactly one of token= (a bearer token) or token_provider= (a callable)")
@@ -70,6 +73,7 @@ class _Protocol:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_retry_after_s = max_retry_after_s
+        self.max_outage_s = max_outage_s
 
     def headers(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}", "User-Agent": f"keyturn-sdk/{VERSION}"}
@@ -129,6 +133,16 @@ class _Protocol:
             return failure.retry_after if failure.retry_after <= self.max_retry_after_s else None
         exponential = self.backoff_s * (2**attempt)
         return min(exponential, 10.0) * random.uniform(0.5, 1.0)  # jitter: many agents, one outage
+
+    def outage_pause(self, failure: errors.Unavailable, outage_began: float, deadline: float) -> float | None:
+        """While waiting: seconds to pause before asking again after ``failure`` (each request's own retries
+        already spent), or None to give up. Waiting only reads, so a restart of the intake or an outage of
+        its database is sat out, for at most ``max_outage_s`` in a row and never past the wait's deadline."""
+        now = time.monotonic()
+        if now - outage_began >= self.max_outage_s or now >= deadline:
+            return None
+        pause = failure.retry_after if failure.retry_after is not None else 2.0
+        return max(0.1, min(pause, deadline - now, self.max_outage_s - (now - outage_began)))
 
     @staticmethod
     def transport_failure(exc: httpx.TransportError, request: _Request) -> errors.Unavailable:
@@ -214,6 +228,8 @@ class Keyturn:
     (seconds or an ``httpx.Timeout``); a request without an answer, or answered 502/503/504/429,
     is tried again up to ``retries`` times, waiting the server's Retry-After when it gives one
     (at most ``max_retry_after_s``) and an exponential backoff from ``backoff_s`` otherwise.
+    ``wait`` (and ``run``) also sit out an outage of up to ``max_outage_s`` seconds in a row (an
+    intake restarting, its database away): waiting only reads, so asking again is always safe.
     ``transport`` replaces httpx's (tests, proxies).
     """
 
@@ -227,6 +243,7 @@ class Keyturn:
         retries: int = 4,
         backoff_s: float = 0.5,
         max_retry_after_s: float = 60.0,
+        max_outage_s: float = 120.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._p = _Protocol(
@@ -237,6 +254,7 @@ class Keyturn:
             retries=retries,
             backoff_s=backoff_s,
             max_retry_after_s=max_retry_after_s,
+            max_outage_s=max_outage_s,
         )
         self._http = httpx.Client(base_url=self._p.url, timeout=self._p.timeout, transport=transport)
 
@@ -287,6 +305,7 @@ class Keyturn:
                 if failure is cause:
                     raise failure
                 raise failure from cause
+            log.info("%s %s: %s; trying again in %.1f s", request.method, request.path, failure, delay)
             time.sleep(delay)
             attempt += 1
 
@@ -315,9 +334,22 @@ class Keyturn:
         """Block until the action is over (any terminal state, denied included) and return it; raise
         ``WaitTimeout`` (carrying where it stood) if it is not over after ``timeout`` seconds (None: no limit)."""
         deadline = _deadline(timeout)
+        outage_began: float | None = None
         while True:
             remaining = deadline - time.monotonic()
-            action = Action.from_json(self._call(_Protocol.long_poll(action_id, max(0.0, remaining)))[1])
+            try:
+                action = Action.from_json(self._call(_Protocol.long_poll(action_id, max(0.0, remaining)))[1])
+            except errors.Unavailable as failure:
+                outage_began = outage_began or time.monotonic()
+                pause = self._p.outage_pause(failure, outage_began, deadline)
+                if pause is None:
+                    raise
+                log.warning(
+                    "waiting for %s: Keyturn is unavailable (%s); asking again in %.1f s", action_id, failure, pause
+                )
+                time.sleep(pause)
+                continue
+            outage_began = None
             if action.terminal:
                 return action
             if time.monotonic() >= deadline:
@@ -364,6 +396,7 @@ class AsyncKeyturn:
         retries: int = 4,
         backoff_s: float = 0.5,
         max_retry_after_s: float = 60.0,
+        max_outage_s: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._p = _Protocol(
@@ -374,6 +407,7 @@ class AsyncKeyturn:
             retries=retries,
             backoff_s=backoff_s,
             max_retry_after_s=max_retry_after_s,
+            max_outage_s=max_outage_s,
         )
         self._http = httpx.AsyncClient(base_url=self._p.url, timeout=self._p.timeout, transport=transport)
 
@@ -427,6 +461,7 @@ class AsyncKeyturn:
                 if failure is cause:
                     raise failure
                 raise failure from cause
+            log.info("%s %s: %s; trying again in %.1f s", request.method, request.path, failure, delay)
             await asyncio.sleep(delay)
             attempt += 1
 
@@ -452,9 +487,23 @@ class AsyncKeyturn:
     async def wait(self, action_id: str, timeout: float | None = None) -> Action:
         """See ``Keyturn.wait``."""
         deadline = _deadline(timeout)
+        outage_began: float | None = None
         while True:
             remaining = deadline - time.monotonic()
-            action = Action.from_json((await self._call(_Protocol.long_poll(action_id, max(0.0, remaining))))[1])
+            try:
+                poll = _Protocol.long_poll(action_id, max(0.0, remaining))
+                action = Action.from_json((await self._call(poll))[1])
+            except errors.Unavailable as failure:
+                outage_began = outage_began or time.monotonic()
+                pause = self._p.outage_pause(failure, outage_began, deadline)
+                if pause is None:
+                    raise
+                log.warning(
+                    "waiting for %s: Keyturn is unavailable (%s); asking again in %.1f s", action_id, failure, pause
+                )
+                await asyncio.sleep(pause)
+                continue
+            outage_began = None
             if action.terminal:
                 return action
             if time.monotonic() >= deadline:
