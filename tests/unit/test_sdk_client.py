@@ -334,3 +334,13 @@ def test_rfc_9457_problems_and_dated_retry_after_are_read_too() -> None:
             kt.status("8d0f4b5e-1c7a-4b57-9a8e-0d1f6f1c2b3a")
     assert forbidden.value.status == 403 and forbidden.value.detail == "Forbidden"
     assert forbidden.value.error == "https://keyturn.example/forbidden"
+
+
+@pytest.mark.parametrize("body", [[], {"state": "succeeded"}, {"action_id": "x", "state": None}])
+def test_an_answer_that_is_not_an_action_is_an_error_not_a_result(body) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200 if request.method == "GET" else 202, json=body))
+    with Keyturn("http://keyturn", token="t", transport=transport) as kt:
+        with pytest.raises(RequestError):
+            kt.status("8d0f4b5e-1c7a-4b57-9a8e-0d1f6f1c2b3a")
+        with pytest.raises(RequestError):
+            kt.submit("read.table", "postgres://staging/a/b", reason="r")

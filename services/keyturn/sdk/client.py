@@ -208,6 +208,12 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _submitted(status: int, body: Any, key: str) -> Submitted:
+    if not isinstance(body, dict) or not body.get("action_id") or not body.get("state"):
+        raise errors.RequestError("Keyturn answered a submission without an action id", status=status)
+    return Submitted(str(body["action_id"]), str(body["state"]), status == 202, key)
+
+
 def _path_segment(action_id: str) -> str:
     if not action_id or "/" in action_id or action_id in (".", ".."):
         raise ValueError(f"not an action id: {action_id!r}")
@@ -326,7 +332,7 @@ class Keyturn:
         (after a crash, say) land on the same action."""
         request, key = _Protocol.submission(action, resource, parameters, reason, idempotency_key, callback_url)
         status, body = self._call(request)
-        return Submitted(str(body["action_id"]), str(body["state"]), status == 202, key)
+        return _submitted(status, body, key)
 
     def status(self, action_id: str) -> Action:
         """The action's current state, history and (masked) result."""
@@ -480,7 +486,7 @@ class AsyncKeyturn:
         """See ``Keyturn.submit``."""
         request, key = _Protocol.submission(action, resource, parameters, reason, idempotency_key, callback_url)
         status, body = await self._call(request)
-        return Submitted(str(body["action_id"]), str(body["state"]), status == 202, key)
+        return _submitted(status, body, key)
 
     async def status(self, action_id: str) -> Action:
         """See ``Keyturn.status``."""
