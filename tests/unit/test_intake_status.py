@@ -71,3 +71,20 @@ def test_a_batch_yields_its_lifecycle_events_and_skips_everything_else() -> None
     assert [(c.action_id, c.entry["event"]) for c in found] == [("a1", "ActionDecided"), ("a1", "ActionExecuted")]
     assert found[0].entry["decision_id"] == "d1"
     assert found[1].result == {"rows": 3}
+
+
+def test_a_decision_that_needs_approval_shows_who_must_approve_and_until_when() -> None:
+    from dataclasses import replace
+
+    from keyturn.core.events import ApprovalRequirement, GroupRequirement
+    from keyturn.intake.status import history_entry
+
+    needs = replace(
+        DECIDED,
+        outcome=DecisionOutcome.NEEDS_APPROVAL,
+        approvals=ApprovalRequirement((GroupRequirement("security", 2), GroupRequirement("platform")), 1800, 600),
+    )
+    entry, _reasons, _result = history_entry(needs)
+    assert entry["approver_groups"] == ["security", "platform"] and entry["require_all"] is True
+    assert entry["expires_at"] == "2026-11-30T12:30:00+00:00"
+    assert "expires_at" not in history_entry(DECIDED)[0]
