@@ -38,8 +38,8 @@ policy-check: stack-up  ## opa fmt / check --strict / test --coverage >= 90% (an
 	OPA=$(OPA) policies.rego/check.sh
 
 lint: venv  ## ruff (lint rules and format check) over the Python, mypy over services/ (config: pyproject.toml)
-	$(VENV)/bin/ruff check services tests bench
-	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/ruff check services tests bench examples
+	$(VENV)/bin/ruff format --check services tests bench examples
 	$(VENV)/bin/mypy
 
 CHROMIUM ?= /usr/bin/chromium
