@@ -3,6 +3,7 @@ nothing that would make the whole batch fail on every retry."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 from keyturn.bus.codec import registry
@@ -71,3 +72,29 @@ def test_a_batch_yields_its_lifecycle_events_and_skips_everything_else() -> None
     assert [(c.action_id, c.entry["event"]) for c in found] == [("a1", "ActionDecided"), ("a1", "ActionExecuted")]
     assert found[0].entry["decision_id"] == "d1"
     assert found[1].result == {"rows": 3}
+
+
+def test_a_decision_that_asks_for_approval_shows_who_and_until_when() -> None:
+    from datetime import timedelta
+
+    from keyturn.core.events import ApprovalRequirement, GroupRequirement
+    from keyturn.intake.status import history_entry
+
+    decided = dataclasses.replace(
+        DECIDED,
+        outcome=DecisionOutcome.NEEDS_APPROVAL,
+        approvals=ApprovalRequirement(
+            groups=(GroupRequirement("security", 2), GroupRequirement("platform", 1)),
+            pending_ttl_s=1800,
+            execution_window_s=900,
+        ),
+    )
+    entry, _, _ = history_entry(decided)
+    expires = (NOW + timedelta(seconds=1800)).isoformat()
+    assert entry["approver_groups"] == ["security", "platform"]
+    assert entry["expires_at"] == expires
+    assert entry["approval"] == {
+        "groups": [{"name": "security", "min": 2}, {"name": "platform", "min": 1}],
+        "require_all": True,
+        "expires_at": expires,
+    }

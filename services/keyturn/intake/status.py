@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any, Protocol
 
 from keyturn.bus.codec import UndecodableMessage, registry
@@ -40,6 +41,14 @@ def history_entry(event: Any) -> tuple[dict[str, Any], list[str] | None, Any]:
         reasons = list(event.reasons)
         if event.approvals:
             entry["approver_groups"] = [g.name for g in event.approvals.groups]
+            # the approval opens at the decision and stops taking answers pending_ttl_s later (core.approval)
+            expires = (event.decided_at + timedelta(seconds=event.approvals.pending_ttl_s)).isoformat()
+            entry["expires_at"] = expires
+            entry["approval"] = {
+                "groups": [{"name": g.name, "min": g.min_approvals} for g in event.approvals.groups],
+                "require_all": event.approvals.require_all,
+                "expires_at": expires,
+            }
     elif isinstance(event, ApprovalResolved):
         entry |= {
             "at": event.resolved_at.isoformat(),
