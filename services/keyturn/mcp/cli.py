@@ -166,7 +166,9 @@ async def _serve(
 
         address = host or settings.mcp_host
         asgi = require_bearer(server.streamable_http_app(streamable_http_path="/mcp", host=address))
-        config = uvicorn.Config(asgi, host=address, port=port or settings.mcp_port, log_level="warning")
+        config = uvicorn.Config(
+            asgi, host=address, port=port or settings.mcp_port, log_level="warning", timeout_graceful_shutdown=3
+        )
         await uvicorn.Server(config).serve()
     finally:
         await gateway.aclose()

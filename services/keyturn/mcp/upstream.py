@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -67,11 +68,14 @@ def parse_upstreams(text: str) -> dict[str, UpstreamSpec]:
 async def connected(spec: UpstreamSpec, *, timeout_s: float | None = None) -> AsyncIterator[Any]:
     """An initialised ``mcp.Client`` session with the upstream."""
     from mcp import Client
-    from mcp.client.stdio import StdioServerParameters
+    from mcp.client.stdio import StdioServerParameters, stdio_client
 
     server: Any
     if spec.command:
-        server = StdioServerParameters(command=spec.command[0], args=list(spec.command[1:]), env=dict(spec.env))
+        parameters = StdioServerParameters(command=spec.command[0], args=list(spec.command[1:]), env=dict(spec.env))
+        # the upstream's stderr goes to the process's real one: a worker may have replaced sys.stderr with a
+        # logging proxy that has no file descriptor to hand to a child
+        server = stdio_client(parameters, errlog=sys.__stderr__ or sys.stderr)
     else:
         import httpx2
         from mcp.client.streamable_http import streamable_http_client

@@ -72,6 +72,7 @@ class McpPlugin:
                     "and is not called again"
                 ) from None
             else:
+                log.warning("MCP server %s (%s) was not reached", server, spec.describe(), exc_info=exc)
                 raise ExecutionFailed(
                     f"MCP server {server!r} could not be reached ({what}); nothing was sent"
                 ) from None
