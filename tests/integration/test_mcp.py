@@ -53,38 +53,45 @@ def stdio(settings: Settings, *args: str, wait_s: float) -> StdioServerParameter
     return StdioServerParameters(command=command[0], args=command[1:], env=env, cwd=str(REPO_ROOT))
 
 
-def approve_when_asked(settings: Settings, approver: str) -> tuple[Any, list[str]]:
-    """A progress callback that approves (``keyturn approve``, as ``approver``) the action it first hears
-    waiting for approval; and the messages heard."""
+def approve_when_asked(settings: Settings, approver: str, *, cli: bool) -> tuple[Any, list[str]]:
+    """A progress callback that approves, as ``approver``, the action it first hears waiting for approval
+    (with ``keyturn approve`` when ``cli``, else through the approval API); and the messages heard."""
     heard: list[str] = []
     approving: list[asyncio.Task] = []
+
+    def approve(action_id: str) -> None:
+        if not cli:
+            return vote(settings, action_id, approver, "approve")
+        voted = keyturn_cli(settings, "approve", action_id, token=mint(settings, approver))
+        assert voted.returncode == 0, voted.stdout + voted.stderr
 
     async def on_progress(_done: float, _total: float | None, message: str | None) -> None:
         heard.append(message or "")
         if approving or not message or "waiting for approval" not in message:
             return
-        action_id = message.split()[1]
-        token = mint(settings, approver)
-        approving.append(
-            asyncio.create_task(asyncio.to_thread(keyturn_cli, settings, "approve", action_id, token=token))
-        )
+        approving.append(asyncio.create_task(asyncio.to_thread(approve, message.split()[1])))
 
     return on_progress, heard
 
 
-@pytest.fixture(scope="module")
-def proxy_over_http(settings, services):
-    """``keyturn mcp proxy`` for the notes server over streamable HTTP; yields its URL."""
+def vote(settings: Settings, action_id: str, approver: str, choice: str, reason: str | None = None) -> None:
+    """A vote through the approval API, cast as ``keyturn approve``/``deny`` casts it (bound to the digest shown)."""
+    headers = {"Authorization": f"Bearer {mint(settings, approver)}"}
+    with httpx.Client(base_url=settings.approval_url, headers=headers, timeout=30) as api:
+        shown = eventually(lambda: (r := api.get(f"/v1/approvals/{action_id}")).status_code == 200 and r, timeout=30)
+        assert shown, f"the approval of {action_id} never opened"
+        body = {"choice": choice, "reason": reason, "payload_digest": shown.json()["payload_digest"], "channel": "cli"}
+        answer = api.post(f"/v1/approvals/{action_id}/votes", json=body)
+        assert answer.status_code == 200, answer.text
+
+
+def http_server(settings: Settings, name: str, *args: str, wait_s: float):
+    """``keyturn mcp <args> --http`` as a process; yields its URL once it answers."""
     port = free_port()
-    log = (ARTIFACTS / "logs" / settings.namespace / "mcp-proxy.log").open("ab")
-    env = settings_env(settings) | {"KEYTURN_MCP_WAIT_S": "3"}
+    log = (ARTIFACTS / "logs" / settings.namespace / f"{name}.log").open("ab")
     proc = subprocess.Popen(
-        [
-            *keyturn_command("proxy", "--name", "notes", "--upstream", f"{sys.executable} {MCP_NOTES}", "--http"),
-            "--port",
-            str(port),
-        ],
-        env=env,
+        [*keyturn_command(*args, "--http"), "--port", str(port)],
+        env=settings_env(settings) | {"KEYTURN_MCP_WAIT_S": str(wait_s)},
         cwd=REPO_ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -98,11 +105,28 @@ def proxy_over_http(settings, services):
             return False
 
     try:
-        assert eventually(answering, timeout=60), "the proxy never answered"
+        assert eventually(answering, timeout=60), f"{name} never answered"
         yield url
     finally:
         proc.terminate()
-        proc.wait(20)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def proxy_over_http(settings, services):
+    """``keyturn mcp proxy`` for the notes server over streamable HTTP; a call waits 3 s, then is pending."""
+    yield from http_server(
+        settings, "mcp-proxy", "proxy", "--name", "notes", "--upstream", f"{sys.executable} {MCP_NOTES}", wait_s=3
+    )
+
+
+@pytest.fixture(scope="module")
+def serve_over_http(settings, services):
+    yield from http_server(settings, "mcp-serve", "serve", wait_s=30)
 
 
 async def outcome(client: Client, result: Any) -> Any:
@@ -119,7 +143,7 @@ def over_http(url: str, token: str) -> Client:
 
 
 async def test_serve_over_stdio_denies_with_reasons_and_completes_a_call_approved_while_it_waits(settings, services):
-    on_progress, heard = approve_when_asked(settings, "human:frank")  # db-owners
+    on_progress, heard = approve_when_asked(settings, "human:frank", cli=True)  # db-owners
     async with Client(stdio(settings, "serve", wait_s=120)) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert {"sql.query", "http.request", "wait_for_action"} <= set(tools)
@@ -141,6 +165,24 @@ async def test_serve_over_stdio_denies_with_reasons_and_completes_a_call_approve
     assert approved.is_error is False, text(approved)
     assert approved.structured_content["status"] == "succeeded"
     assert approved.structured_content["result"]["rows"] == [{"one": 1}]
+
+
+async def test_serve_over_http_acts_under_each_requests_bearer_token(settings, serve_over_http):
+    anonymous = await asyncio.to_thread(httpx.post, serve_over_http, json={}, timeout=10)
+    assert anonymous.status_code == 401
+    async with over_http(serve_over_http, "not-a-token") as client:
+        forged = await client.call_tool(
+            "http.request", {"resource": "https://api.example.internal/v1/x", "parameters": {}, "reason": "r"}
+        )
+    assert forged.is_error is True and "invalid token" in text(forged), text(forged)
+    async with over_http(serve_over_http, mint(settings, *AGENT)) as client:
+        assert "sql.query" in {t.name for t in (await client.list_tools()).tools}
+        denied = await client.call_tool(
+            "http.request",
+            {"resource": "https://evil.example.com/x", "parameters": {"method": "GET"}, "reason": "exfiltrate"},
+        )
+    assert denied.is_error is True and text(denied).startswith("DENIED by Keyturn's policy"), text(denied)
+    assert "allow" in text(denied)
 
 
 async def test_proxy_over_http_allows_reads_denies_what_the_operator_denies_and_needs_a_token(
@@ -170,8 +212,7 @@ async def test_a_proxied_call_left_pending_is_approved_in_keyturn_and_forwarded_
         ]
         assert upstream_calls(settings, "add_note") == []  # nothing reaches the upstream before a person says so
 
-        voted = await asyncio.to_thread(keyturn_cli, settings, "approve", action_id, token=mint(settings, "human:judy"))
-        assert voted.returncode == 0, voted.stdout + voted.stderr
+        await asyncio.to_thread(vote, settings, action_id, "human:judy", "approve")
         done = await client.call_tool("wait_for_action", {"action_id": action_id})
         again = await client.call_tool("wait_for_action", {"action_id": action_id})
     assert done.is_error is False, text(done)
@@ -184,10 +225,7 @@ async def test_a_call_denied_by_an_approver_is_an_error_and_never_reaches_the_up
     async with over_http(proxy_over_http, mint(settings, *AGENT)) as client:
         pending = await client.call_tool("delete_note", {"name": "plan"})
         action_id = pending.structured_content["action_id"]
-        voted = await asyncio.to_thread(
-            keyturn_cli, settings, "deny", action_id, "--reason", "keep it", token=mint(settings, "human:carol")
-        )
-        assert voted.returncode == 0, voted.stdout + voted.stderr
+        await asyncio.to_thread(vote, settings, action_id, "human:carol", "deny", "keep it")
         done = await client.call_tool("wait_for_action", {"action_id": action_id})
     assert done.is_error is True and text(done).startswith("REFUSED: an approver refused"), text(done)
     assert "keep it" in text(done)
@@ -195,7 +233,7 @@ async def test_a_call_denied_by_an_approver_is_an_error_and_never_reaches_the_up
 
 
 async def test_the_upstream_gets_an_approved_call_once_even_when_the_executor_dies_mid_call(settings, services):
-    on_progress, _ = approve_when_asked(settings, "human:ken")  # platform
+    on_progress, _ = approve_when_asked(settings, "human:ken", cli=False)  # platform
     async with Client(
         stdio(settings, "proxy", "--name", "notes", "--upstream", f"{sys.executable} {MCP_NOTES}", wait_s=120)
     ) as client:
