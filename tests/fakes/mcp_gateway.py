@@ -34,17 +34,15 @@ def view(action_id: str, action: str, state: str, **extra: Any) -> dict[str, Any
 
 
 def needs_approval_history(groups: list[tuple[str, int]], expires_at: str) -> list[dict[str, Any]]:
+    """A status history up to a decision that asks ``groups`` (name, how many) to approve by ``expires_at``."""
     return [
         {"event": "ActionRequested", "state": "requested"},
         {
             "event": "ActionDecided",
             "approver_groups": [g for g, _ in groups],
+            "approvers": [{"name": g, "min": n} for g, n in groups],
+            "require_all": True,
             "expires_at": expires_at,
-            "approval": {
-                "groups": [{"name": g, "min": n} for g, n in groups],
-                "require_all": True,
-                "expires_at": expires_at,
-            },
         },
     ]
 

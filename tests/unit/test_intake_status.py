@@ -3,7 +3,6 @@ nothing that would make the whole batch fail on every retry."""
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 
 from keyturn.bus.codec import registry
@@ -74,27 +73,19 @@ def test_a_batch_yields_its_lifecycle_events_and_skips_everything_else() -> None
     assert found[1].result == {"rows": 3}
 
 
-def test_a_decision_that_asks_for_approval_shows_who_and_until_when() -> None:
-    from datetime import timedelta
+def test_a_decision_that_needs_approval_shows_who_must_approve_and_until_when() -> None:
+    from dataclasses import replace
 
     from keyturn.core.events import ApprovalRequirement, GroupRequirement
     from keyturn.intake.status import history_entry
 
-    decided = dataclasses.replace(
+    needs = replace(
         DECIDED,
         outcome=DecisionOutcome.NEEDS_APPROVAL,
-        approvals=ApprovalRequirement(
-            groups=(GroupRequirement("security", 2), GroupRequirement("platform", 1)),
-            pending_ttl_s=1800,
-            execution_window_s=900,
-        ),
+        approvals=ApprovalRequirement((GroupRequirement("security", 2), GroupRequirement("platform")), 1800, 600),
     )
-    entry, _, _ = history_entry(decided)
-    expires = (NOW + timedelta(seconds=1800)).isoformat()
-    assert entry["approver_groups"] == ["security", "platform"]
-    assert entry["expires_at"] == expires
-    assert entry["approval"] == {
-        "groups": [{"name": "security", "min": 2}, {"name": "platform", "min": 1}],
-        "require_all": True,
-        "expires_at": expires,
-    }
+    entry, _reasons, _result = history_entry(needs)
+    assert entry["approver_groups"] == ["security", "platform"] and entry["require_all"] is True
+    assert entry["expires_at"] == "2026-11-30T12:30:00+00:00"
+    assert entry["approvers"] == [{"name": "security", "min": 2}, {"name": "platform", "min": 1}]
+    assert "expires_at" not in history_entry(DECIDED)[0]

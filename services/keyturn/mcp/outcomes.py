@@ -51,14 +51,11 @@ class Approval:
 def approval_of(view: dict[str, Any]) -> Approval | None:
     """The approval an action waits for (or waited for), when its decision asked for one."""
     for entry in view.get("history") or ():
-        if entry.get("event") != "ActionDecided":
+        if entry.get("event") != "ActionDecided" or not entry.get("approver_groups"):
             continue
-        detail = entry.get("approval")
-        if isinstance(detail, dict):
-            groups = tuple((str(g.get("name")), int(g.get("min", 1))) for g in detail.get("groups") or ())
-            return Approval(groups, bool(detail.get("require_all", True)), detail.get("expires_at"))
-        if entry.get("approver_groups"):  # an intake that names the groups only
-            return Approval(tuple((str(g), 1) for g in entry["approver_groups"]), True, entry.get("expires_at"))
+        minimums = {str(a.get("name")): int(a.get("min", 1)) for a in entry.get("approvers") or ()}
+        groups = tuple((str(g), minimums.get(str(g), 1)) for g in entry["approver_groups"])
+        return Approval(groups, bool(entry.get("require_all", True)), entry.get("expires_at"))
     return None
 
 

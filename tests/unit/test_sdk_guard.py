@@ -1,0 +1,173 @@
+"""The guard decorator against the intake's own app on in-memory ports: what is submitted from a
+call's arguments, when the body runs, and what comes back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from keyturn.sdk import AsyncKeyturn, Denied, Keyturn, UnexpectedState, current_action
+from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer, answering, shaped
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[IntakeServer]:
+    with IntakeServer() as running:
+        yield running
+
+
+@pytest.fixture
+def kt(server: IntakeServer) -> Iterator[Keyturn]:
+    with Keyturn(server.url, token=AGENT_TOKEN, backoff_s=0.01) as client:
+        yield client
+
+
+def end_with(server: IntakeServer, *steps: Any) -> None:
+    """Once the guarded call has submitted, move its action to its end."""
+
+    def move() -> None:
+        action_id = server.latest()
+        for step in steps:
+            step(action_id)
+
+    server.after(0.2, move)
+
+
+def allowed(server: IntakeServer, plugin: str, result: Any) -> tuple[Any, Any]:
+    return (
+        lambda a: server.decide(a, "allowed"),
+        lambda a: server.execute(a, "succeeded", result, plugin=plugin),
+    )
+
+
+def submitted_request(server: IntakeServer) -> Any:
+    from keyturn.bus.codec import registry
+
+    return registry().decode_event(server.store.rows[server.latest()].requested_event)
+
+
+def test_the_call_becomes_an_action_and_the_executors_result_is_returned(kt: Keyturn, server: IntakeServer) -> None:
+    ran = []
+
+    @kt.guard("sql.query", resource="postgres://staging/{database}", reason=lambda database, statement, **_: "count")
+    def query(database: str, statement: str, max_rows: int = 100) -> Any:
+        ran.append(statement)
+        return "the body's own answer"
+
+    end_with(server, *allowed(server, "sql", {"row_count": 1, "rows": [{"n": 3}]}))
+    assert query("app", "SELECT count(*) FROM orders") == {"row_count": 1, "rows": [{"n": 3}]}
+    assert ran == []  # Keyturn's executor performed it; the body never ran
+    request = submitted_request(server)
+    assert (request.action, request.resource, request.reason) == ("sql.query", "postgres://staging/app", "count")
+    assert json.loads(request.parameters_json) == {
+        "database": "app",
+        "statement": "SELECT count(*) FROM orders",
+        "max_rows": 100,
+    }
+    assert query.__name__ == "query"  # still looks like itself to frameworks that read it
+
+
+def test_an_action_left_to_the_caller_runs_the_body_once_with_the_action_at_hand(
+    kt: Keyturn, server: IntakeServer
+) -> None:
+    seen = []
+
+    @kt.guard("iam.role.grant", resource="iam://staging/roles/{role}", reason="onboarding {user}")
+    def grant(user: str, role: str) -> str:
+        action = current_action()
+        assert action is not None
+        seen.append(action.action_id)
+        return f"granted {role} to {user}"
+
+    end_with(server, *allowed(server, "noop", {"performed": False}))
+    assert grant("human:bob", "analyst") == "granted analyst to human:bob"
+    assert seen == [server.latest()] and current_action() is None
+    assert submitted_request(server).reason == "onboarding human:bob"
+
+
+def test_approved_external_runs_the_body_and_hands_it_the_receipt() -> None:
+    receipt = {"signature": "abc"}
+    with Keyturn(
+        "http://keyturn", token="t", transport=answering(shaped("approved_external", True, receipt=receipt))
+    ) as kt:
+
+        @kt.guard("iam.role.grant", resource="iam://staging/roles/analyst", reason="onboarding")
+        def grant() -> Any:
+            action = current_action()
+            return action.receipt if action else None
+
+        assert grant() == receipt
+
+
+def test_a_denied_call_raises_and_never_runs_the_body(kt: Keyturn, server: IntakeServer) -> None:
+    ran = []
+
+    @kt.guard("secrets.delete", resource="vault://prod/{name}", reason="cleanup", parameters=["name"])
+    def delete(name: str, token: str) -> None:
+        ran.append(name)
+
+    end_with(server, lambda a: server.decide(a, "denied", ("deleting a secret is never allowed",)))
+    with pytest.raises(Denied) as raised:
+        delete("db-password", token="not sent")
+    assert ran == [] and raised.value.reasons == ["deleting a secret is never allowed"]
+    assert json.loads(submitted_request(server).parameters_json) == {"name": "db-password"}
+
+
+def test_modes_refuse_an_end_they_cannot_honour(kt: Keyturn, server: IntakeServer) -> None:
+    ran = []
+
+    @kt.guard("sql.query", resource="postgres://staging/app", reason="r", mode="local")
+    def run_locally(statement: str) -> None:
+        ran.append(statement)
+
+    end_with(server, *allowed(server, "sql", {"row_count": 0, "rows": []}))
+    with pytest.raises(UnexpectedState, match="already performed"):
+        run_locally("UPDATE orders SET x = 1 WHERE id = 1")  # never a second run of what the executor did
+    assert ran == []
+
+    @kt.guard("iam.role.grant", resource="iam://staging/roles/analyst", reason="r", mode="executor")
+    def executor_only() -> None:
+        ran.append("body")
+
+    end_with(server, *allowed(server, "noop", {"performed": False}))
+    with pytest.raises(UnexpectedState, match="nothing performed it"):
+        executor_only()
+    assert ran == []
+
+
+def test_arguments_the_templates_name_must_exist(kt: Keyturn) -> None:
+    @kt.guard("sql.query", resource="postgres://staging/{db}", reason="r")
+    def query(statement: str) -> None: ...
+
+    with pytest.raises(TypeError, match="db"):
+        query("SELECT 1")
+    with pytest.raises(ValueError, match="mode"):
+        kt.guard("sql.query", resource="r", reason="r", mode="later")  # type: ignore[arg-type]
+
+
+async def test_async_functions_are_guarded_by_either_client(server: IntakeServer) -> None:
+    async with AsyncKeyturn(server.url, token=AGENT_TOKEN, backoff_s=0.01) as akt:
+
+        @akt.guard("iam.role.grant", resource="iam://staging/roles/{role}", reason="r")
+        async def grant(role: str) -> str:
+            return f"granted {role}"
+
+        end_with(server, *allowed(server, "noop", {"performed": False}))
+        assert await grant("analyst") == "granted analyst"
+
+        with pytest.raises(TypeError, match="not a coroutine function"):
+
+            @akt.guard("iam.role.grant", resource="r", reason="r")
+            def blocking() -> None: ...
+
+    with Keyturn(server.url, token=AGENT_TOKEN) as kt:
+
+        @kt.guard("sql.query", resource="postgres://staging/app", reason="r")
+        async def query(statement: str) -> str:
+            return "body"
+
+        end_with(server, *allowed(server, "sql", {"row_count": 0, "rows": []}))
+        assert await query("SELECT 1") == {"row_count": 0, "rows": []}
