@@ -305,6 +305,6 @@ def _write_to_graph_stream(name: str, data: dict[str, Any]) -> None:
         return
     try:
         writer = get_stream_writer()
-    except RuntimeError:  # not inside a graph run
+    except (RuntimeError, KeyError):  # not inside a graph run (outside any runnable, or in a plain one)
         return
     writer({name: data})
