@@ -213,7 +213,7 @@ async def test_a_proxied_call_left_pending_is_approved_in_keyturn_and_forwarded_
         assert upstream_calls(settings, "add_note") == []  # nothing reaches the upstream before a person says so
 
         await asyncio.to_thread(vote, settings, action_id, "human:judy", "approve")
-        done = await client.call_tool("wait_for_action", {"action_id": action_id})
+        done = await outcome(client, await client.call_tool("wait_for_action", {"action_id": action_id}))
         again = await client.call_tool("wait_for_action", {"action_id": action_id})
     assert done.is_error is False, text(done)
     assert next(c.text for c in done.content if c.type == "text") == "saved plan"  # the upstream's own answer
@@ -226,7 +226,7 @@ async def test_a_call_denied_by_an_approver_is_an_error_and_never_reaches_the_up
         pending = await client.call_tool("delete_note", {"name": "plan"})
         action_id = pending.structured_content["action_id"]
         await asyncio.to_thread(vote, settings, action_id, "human:carol", "deny", "keep it")
-        done = await client.call_tool("wait_for_action", {"action_id": action_id})
+        done = await outcome(client, await client.call_tool("wait_for_action", {"action_id": action_id}))
     assert done.is_error is True and text(done).startswith("REFUSED: an approver refused"), text(done)
     assert "keep it" in text(done)
     assert upstream_calls(settings, "delete_note") == []

@@ -146,10 +146,10 @@ async def _serve(
     instructions: str,
     present: Any = None,
 ) -> None:
-    from keyturn.mcp.gateway import IntakeGateway
+    from keyturn.mcp.gateway import SdkGateway
     from keyturn.mcp.server import ActionCalls, build_server
 
-    gateway = IntakeGateway(settings.intake_url)
+    gateway = SdkGateway(settings.intake_url)
     calls = ActionCalls(gateway, wait_s=settings.mcp_wait_s if wait_s is None else wait_s)
     extra = {"present": present} if present else {}
     server = build_server(name, tools, submission_for, calls, token=caller, instructions=instructions, **extra)

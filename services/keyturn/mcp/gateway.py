@@ -1,17 +1,15 @@
 """The intake, as the MCP server needs it: submit an action, wait on it (a port, with a fake in tests).
 
-``IntakeGateway`` speaks the intake's HTTP API with the caller's own bearer token, so every
-action is the caller's: the MCP server holds no identity of its own. A lost answer to a
-submission is asked again under the same idempotency key (never a second action); a 503's
-Retry-After is honoured.
+``SdkGateway`` speaks the intake's HTTP API through the SDK (``keyturn.sdk``) with the
+caller's own bearer token, so every action is the caller's: the MCP server holds no identity
+of its own. A lost answer to a submission is asked again under the same idempotency key
+(never a second action); a 503's Retry-After is honoured.
 """
 
 from __future__ import annotations
 
-import asyncio
+from contextvars import ContextVar
 from typing import Any, Protocol
-
-import httpx
 
 
 class Refused(Exception):
@@ -38,68 +36,51 @@ class Gateway(Protocol):
         ...
 
 
-class IntakeGateway:
-    def __init__(self, url: str, *, retries: int = 4, timeout_s: float = 10.0) -> None:
-        self.http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s)
-        self.retries = retries
+class SdkGateway:
+    """The port over the SDK's ``AsyncKeyturn``: its retries under one idempotency key, Retry-After, outage
+    patience and typed Problem answers, with the token of the caller each call is made for."""
+
+    def __init__(self, url: str) -> None:
+        from keyturn.sdk import AsyncKeyturn
+
+        self._caller: ContextVar[str] = ContextVar("keyturn_mcp_caller")
+        self.client = AsyncKeyturn(url, token_provider=self._caller.get)
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        await self.client.aclose()
 
     async def submit(
         self, token: str, *, action: str, resource: str, parameters: dict[str, Any], reason: str, key: str
     ) -> dict[str, Any]:
-        body = {
-            "action": action,
-            "resource": resource,
-            "parameters": parameters,
-            "reason": reason,
-            "idempotency_key": key,
-        }
-        return await self._call("POST", "/v1/actions", token, json=body)
+        from keyturn.sdk import RequestError, Unavailable
+
+        bound = self._caller.set(token)
+        try:
+            submitted = await self.client.submit(action, resource, parameters, reason=reason, idempotency_key=key)
+        except Unavailable as exc:
+            raise Unreachable(str(exc)) from exc
+        except RequestError as exc:
+            raise Refused(_refusal(exc), exc.problems) from exc
+        finally:
+            self._caller.reset(bound)
+        return {"action_id": submitted.action_id, "state": submitted.state}
 
     async def wait(self, token: str, action_id: str, timeout: float) -> dict[str, Any]:
-        timeout = max(0.0, min(timeout, 300.0))
-        return await self._call(
-            "GET",
-            f"/v1/actions/{action_id}/wait",
-            token,
-            params={"timeout": round(timeout, 3)},
-            read_timeout=timeout + 15.0,
-        )
+        from keyturn.sdk import RequestError, Unavailable, WaitTimeout
 
-    async def _call(self, method: str, path: str, token: str, *, read_timeout: float | None = None, **kw: Any) -> Any:
-        headers = {"Authorization": f"Bearer {token}"}
-        timeout = httpx.Timeout(10.0, read=read_timeout) if read_timeout else None
-        for attempt in range(self.retries + 1):
-            pause = min(0.5 * 2**attempt, 5.0)
-            try:
-                answer = await self.http.request(method, path, headers=headers, timeout=timeout, **kw)
-            except httpx.TransportError as exc:
-                failure = f"the intake did not answer ({type(exc).__name__})"
-            else:
-                if answer.status_code < 400:
-                    return answer.json()
-                if answer.status_code < 500 and answer.status_code != 429:
-                    raise Refused(*_problem(answer))
-                failure = f"the intake answered {answer.status_code}"
-                try:
-                    pause = min(float(answer.headers.get("retry-after", pause)), 30.0)
-                except ValueError:
-                    pass
-            if attempt < self.retries:
-                await asyncio.sleep(pause)
-        raise Unreachable(f"{failure}, {self.retries + 1} times")
+        bound = self._caller.set(token)
+        try:
+            action = await self.client.wait(action_id, timeout)
+        except WaitTimeout as exc:  # not over yet: where it stands
+            action = exc.action
+        except Unavailable as exc:
+            raise Unreachable(str(exc)) from exc
+        except RequestError as exc:
+            raise Refused(_refusal(exc), exc.problems) from exc
+        finally:
+            self._caller.reset(bound)
+        return dict(action.raw)
 
 
-def _problem(answer: httpx.Response) -> tuple[str, list[str]]:
-    """(detail, problems) of a refusal, from the intake's Problem body or FastAPI's ``detail``."""
-    try:
-        body = answer.json()
-    except ValueError:
-        return f"HTTP {answer.status_code}", []
-    if isinstance(body, dict):
-        problems = [str(p) for p in body.get("problems") or ()]
-        detail = body.get("detail")
-        return f"HTTP {answer.status_code}: {detail if isinstance(detail, str) else body.get('error')}", problems
-    return f"HTTP {answer.status_code}", []
+def _refusal(exc: Any) -> str:
+    return f"HTTP {exc.status}: {exc}" if getattr(exc, "status", 0) else str(exc)
