@@ -30,6 +30,7 @@ from tests.processes import MCP_NOTES
 pytestmark = pytest.mark.integration
 
 AGENT = ("agent:reporter", ("human:alice",))
+PERSONAL = "grace.hopper@example.org"
 
 
 def upstream_calls(settings: Settings, tool: str) -> list[dict[str, Any]]:
@@ -195,11 +196,17 @@ async def test_proxy_over_http_allows_reads_denies_what_the_operator_denies_and_
         assert {"read_note", "add_note", "delete_note", "wipe_notes", "wait_for_action"} <= set(tools)
         listed = await outcome(client, await client.call_tool("list_notes", {"keyturn_reason": "look around"}))
         wiped = await outcome(client, await client.call_tool("wipe_notes", {}))
+        notes = Path(settings.run_dir) / "mcp-notes" / "notes.json"
+        notes.write_text(json.dumps({"contact": f"write to {PERSONAL}"}))
+        read = await outcome(client, await client.call_tool("read_note", {"name": "contact"}))
     assert listed.is_error is False, text(listed)
     assert "Keyturn action" in text(listed) and "succeeded" in text(listed)
     assert len(upstream_calls(settings, "list_notes")) == 1
     assert wiped.is_error is True and "the operator denies tool" in text(wiped)
     assert upstream_calls(settings, "wipe_notes") == []
+    # what the upstream answers is masked by the executor before it travels back to the agent
+    assert read.is_error is False, text(read)
+    assert PERSONAL not in text(read) and "<EMAIL_ADDRESS>" in text(read), text(read)
 
 
 async def test_a_proxied_call_left_pending_is_approved_in_keyturn_and_forwarded_once(settings, proxy_over_http):
