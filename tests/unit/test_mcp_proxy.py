@@ -86,3 +86,13 @@ async def test_the_plugin_sends_nothing_for_a_server_the_operator_did_not_config
         await plugin.execute(Command("a1", "mcp.shell.run", "mcp://shell/run", {}, 60))
     with pytest.raises(ExecutionFailed, match="not an MCP action"):
         await plugin.execute(Command("a1", "mcp.notes", "mcp://notes", {}, 60))
+
+
+def test_the_executor_sends_every_mcp_action_to_the_mcp_plugin(tmp_path) -> None:
+    from keyturn.config import Settings
+    from keyturn.executor.app import shipped_plugins
+
+    settings = Settings(run_dir=str(tmp_path), mcp_upstreams='{"notes": "python notes.py"}')
+    plugin = shipped_plugins(settings).plugin_for("mcp.notes.add_note")
+    assert plugin.name == "mcp"
+    assert isinstance(plugin, McpPlugin) and plugin.upstreams["notes"].command == ("python", "notes.py")

@@ -37,6 +37,13 @@ def _logging(settings: Settings) -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
+def _needs_the_mcp_extra() -> None:
+    try:
+        import mcp  # noqa: F401
+    except ImportError:
+        _fail("the Model Context Protocol SDK is not installed: pip install 'keyturn[mcp]' (or mcp==2.3.0)")
+
+
 def _caller_token(token: str | None, http: bool) -> str | None:
     token = token or os.environ.get("KEYTURN_TOKEN") or None
     if http and token:
@@ -59,6 +66,7 @@ def serve(
 ) -> None:
     """The catalog's executable actions as MCP tools; each call is an action under the caller's identity."""
     settings = Settings.from_env()
+    _needs_the_mcp_extra()
     caller = _caller_token(token, http)
     _logging(settings)
     from keyturn.mcp.catalog import action_tools, load_document
@@ -88,6 +96,7 @@ def proxy(
     settings = Settings.from_env()
     if bool(upstream) == bool(upstream_url):
         _fail("give the upstream as --upstream COMMAND or --upstream-url URL (one of them)")
+    _needs_the_mcp_extra()
     caller = _caller_token(token, http)
     _logging(settings)
     import anyio
