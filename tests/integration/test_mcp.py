@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -23,7 +25,9 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from keyturn.config import REPO_ROOT, Settings
-from tests.conftest import ARTIFACTS, free_port, settings_env
+from keyturn.mcp.cli import Listen, serve_catalog, serve_proxy
+from keyturn.mcp.upstream import UpstreamSpec
+from tests.conftest import free_port, settings_env
 from tests.integration.conftest import eventually, keyturn_cli, mint
 from tests.processes import MCP_NOTES
 
@@ -86,17 +90,14 @@ def vote(settings: Settings, action_id: str, approver: str, choice: str, reason:
         assert answer.status_code == 200, answer.text
 
 
-def http_server(settings: Settings, name: str, *args: str, wait_s: float):
-    """``keyturn mcp <args> --http`` as a process; yields its URL once it answers."""
+def http_server(settings: Settings, name: str, run: Callable[[Listen], Awaitable[None]]) -> Iterator[str]:
+    """An MCP server over streamable HTTP, run in this process (a thread with its own event loop) by the
+    functions ``keyturn mcp serve/proxy --http`` run; yields its URL once it answers."""
     port = free_port()
-    log = (ARTIFACTS / "logs" / settings.namespace / f"{name}.log").open("ab")
-    proc = subprocess.Popen(
-        [*keyturn_command(*args, "--http"), "--port", str(port)],
-        env=settings_env(settings) | {"KEYTURN_MCP_WAIT_S": str(wait_s)},
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    built: list[Any] = []
+    listen = Listen(http=True, host="127.0.0.1", port=port, on_ready=built.append)
+    thread = threading.Thread(target=lambda: anyio.run(run, listen), name=name, daemon=True)
+    thread.start()
     url = f"http://127.0.0.1:{port}/mcp"
 
     def answering() -> bool:
@@ -109,25 +110,28 @@ def http_server(settings: Settings, name: str, *args: str, wait_s: float):
         assert eventually(answering, timeout=60), f"{name} never answered"
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if built:
+            built[0].should_exit = True
+        thread.join(20)
 
 
 @pytest.fixture(scope="module")
 def proxy_over_http(settings, services):
-    """``keyturn mcp proxy`` for the notes server over streamable HTTP; a call waits 3 s, then is pending."""
-    yield from http_server(
-        settings, "mcp-proxy", "proxy", "--name", "notes", "--upstream", f"{sys.executable} {MCP_NOTES}", wait_s=3
-    )
+    """``keyturn mcp proxy --http`` for the notes server; a call waits 3 s, then is pending."""
+    upstream = UpstreamSpec(command=(sys.executable, str(MCP_NOTES)))
+
+    def run(listen: Listen) -> Awaitable[None]:
+        return serve_proxy(settings, "notes", upstream, caller=None, listen=listen, wait_s=3)
+
+    yield from http_server(settings, "mcp-proxy", run)
 
 
 @pytest.fixture(scope="module")
 def serve_over_http(settings, services):
-    yield from http_server(settings, "mcp-serve", "serve", wait_s=30)
+    """``keyturn mcp serve --http``."""
+    yield from http_server(
+        settings, "mcp-serve", lambda listen: serve_catalog(settings, caller=None, listen=listen, wait_s=30.0)
+    )
 
 
 async def outcome(client: Client, result: Any) -> Any:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +71,9 @@ def serve(
     _needs_the_mcp_extra()
     caller = _caller_token(token, http)
     _logging(settings)
-    from keyturn.mcp.catalog import action_tools, load_document
-    from keyturn.mcp.server import SERVE_INSTRUCTIONS, catalog_submission
+    import anyio
 
-    parameters_file = Path(getattr(settings, "parameter_catalog_path", PARAMETERS_FILE))
-    tools = action_tools(load_document(TOOLS_FILE), load_document(parameters_file))
-
-    async def listed() -> list[Any]:
-        return list(tools)
-
-    _run(settings, "keyturn", listed, catalog_submission, caller, http, host, port, wait_s, SERVE_INSTRUCTIONS)
+    anyio.run(lambda: serve_catalog(settings, caller=caller, listen=Listen(http, host, port), wait_s=wait_s))
 
 
 @app.command()
@@ -101,45 +96,64 @@ def proxy(
     _logging(settings)
     import anyio
 
-    from keyturn.mcp.names import segment
-    from keyturn.mcp.proxy import proxied_submission, proxied_tool, upstream_result
-    from keyturn.mcp.upstream import UpstreamSpec, connected
+    from keyturn.mcp.upstream import UpstreamSpec
 
     spec = UpstreamSpec.parse(upstream if upstream else {"url": upstream_url})
+    anyio.run(lambda: serve_proxy(settings, name, spec, caller=caller, listen=Listen(http, host, port), wait_s=wait_s))
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where the server talks: stdio, or streamable HTTP at ``host:port``; ``on_ready`` gets the HTTP server
+    once it is built (tests stop it with ``should_exit``)."""
+
+    http: bool = False
+    host: str | None = None
+    port: int | None = None
+    on_ready: Callable[[Any], None] | None = None
+
+
+async def serve_catalog(settings: Settings, *, caller: str | None, listen: Listen, wait_s: float | None) -> None:
+    """``keyturn mcp serve``: the catalog's executable actions as tools, until the transport closes."""
+    from keyturn.mcp.catalog import action_tools, load_document
+    from keyturn.mcp.server import SERVE_INSTRUCTIONS, catalog_submission
+
+    parameters_file = Path(getattr(settings, "parameter_catalog_path", PARAMETERS_FILE))
+    tools = action_tools(load_document(TOOLS_FILE), load_document(parameters_file))
+
+    async def listed() -> list[Any]:
+        return list(tools)
+
+    await _serve(settings, "keyturn", listed, catalog_submission, caller, listen, wait_s, SERVE_INSTRUCTIONS)
+
+
+async def serve_proxy(
+    settings: Settings, name: str, spec: Any, *, caller: str | None, listen: Listen, wait_s: float | None
+) -> None:
+    """``keyturn mcp proxy``: the upstream ``spec``'s tools, each call submitted as ``mcp.<name>.<tool>``."""
+    from keyturn.mcp.names import segment
+    from keyturn.mcp.proxy import proxied_submission, proxied_tool, upstream_result
+    from keyturn.mcp.upstream import connected
+
     server = segment(name)
+    async with connected(spec) as client:
 
-    async def main() -> None:
-        async with connected(spec) as client:
+        async def listed() -> list[Any]:
+            return [proxied_tool(server, t) for t in (await client.list_tools()).tools]
 
-            async def listed() -> list[Any]:
-                return [proxied_tool(server, t) for t in (await client.list_tools()).tools]
-
-            await _serve(
-                settings,
-                f"keyturn-proxy-{server}",
-                listed,
-                proxied_submission(server),
-                caller,
-                http,
-                host,
-                port,
-                wait_s,
-                f"The tools of MCP server {server!r}, each guarded by Keyturn: a call runs only if Keyturn's policy "
-                "allows it or people approve it. A result that says NOT DONE YET is pending: do not repeat the call, "
-                "call wait_for_action with its action_id.",
-                upstream_result,
-            )
-
-    anyio.run(main)
-
-
-def _run(*args: Any) -> None:
-    import anyio
-
-    async def main() -> None:
-        await _serve(*args)
-
-    anyio.run(main)
+        await _serve(
+            settings,
+            f"keyturn-proxy-{server}",
+            listed,
+            proxied_submission(server),
+            caller,
+            listen,
+            wait_s,
+            f"The tools of MCP server {server!r}, each guarded by Keyturn: a call runs only if Keyturn's policy "
+            "allows it or people approve it. A result that says NOT DONE YET is pending: do not repeat the call, "
+            "call wait_for_action with its action_id.",
+            upstream_result,
+        )
 
 
 async def _serve(
@@ -148,9 +162,7 @@ async def _serve(
     tools: Any,
     submission_for: Any,
     caller: str | None,
-    http: bool,
-    host: str | None,
-    port: int | None,
+    listen: Listen,
     wait_s: float | None,
     instructions: str,
     present: Any = None,
@@ -163,7 +175,7 @@ async def _serve(
     extra = {"present": present} if present else {}
     server = build_server(name, tools, submission_for, calls, token=caller, instructions=instructions, **extra)
     try:
-        if not http:
+        if not listen.http:
             from mcp.server.stdio import stdio_server
 
             async with stdio_server() as (read, write):
@@ -173,11 +185,14 @@ async def _serve(
 
         from keyturn.mcp.http import require_bearer
 
-        address = host or settings.mcp_host
+        address = listen.host or settings.mcp_host
         asgi = require_bearer(server.streamable_http_app(streamable_http_path="/mcp", host=address))
         config = uvicorn.Config(
-            asgi, host=address, port=port or settings.mcp_port, log_level="warning", timeout_graceful_shutdown=3
+            asgi, host=address, port=listen.port or settings.mcp_port, log_level="warning", timeout_graceful_shutdown=3
         )
-        await uvicorn.Server(config).serve()
+        http_server = uvicorn.Server(config)
+        if listen.on_ready is not None:
+            listen.on_ready(http_server)
+        await http_server.serve()
     finally:
         await gateway.aclose()
