@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -235,11 +234,6 @@ def _decode(data: bytes) -> ActionRequested:
 
 def _later(request: ActionRequested, seconds: float) -> datetime:
     return max(request.requested_at, datetime.now(UTC)) + timedelta(seconds=seconds)
-
-
-def running() -> Iterator[IntakeServer]:
-    with IntakeServer() as server:
-        yield server
 
 
 def answering(status: dict) -> httpx.MockTransport:

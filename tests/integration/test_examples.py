@@ -5,15 +5,33 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
+import httpx
 import pytest
 
 from keyturn.config import REPO_ROOT
 from keyturn.sdk import Keyturn
 from tests.conftest import settings_env
-from tests.integration.conftest import keyturn_cli, mint
+from tests.integration.conftest import mint
 
 pytestmark = pytest.mark.integration
+
+
+def approve(settings, action_id: str, approver: str) -> None:
+    """Approve as a person does in the console or with `keyturn approve` (both call this API; the CLI's own
+    test is elsewhere): read the approval, vote on the digest shown."""
+    headers = {"Authorization": f"Bearer {mint(settings, approver)}"}
+    with httpx.Client(base_url=settings.approval_url, headers=headers, timeout=30) as api:
+        deadline = time.monotonic() + 20
+        shown = api.get(f"/v1/approvals/{action_id}")
+        while shown.status_code == 425 and time.monotonic() < deadline:  # the decision is on its way
+            time.sleep(0.2)
+            shown = api.get(f"/v1/approvals/{action_id}")
+        assert shown.status_code == 200, shown.text
+        digest = shown.json()["payload_digest"]
+        voted = api.post(f"/v1/approvals/{action_id}/votes", json={"choice": "approve", "payload_digest": digest})
+        assert voted.status_code == 200, voted.text
 
 
 def test_the_langgraph_agent_is_allowed_denied_and_waits_while_a_person_approves(settings, services) -> None:
@@ -36,8 +54,7 @@ def test_the_langgraph_agent_is_allowed_denied_and_waits_while_a_person_approves
             lines.append(line.rstrip("\n"))
             if line.startswith("WAITING "):  # the agent blocks on grant_role: a security approver answers
                 waited_for = line.split()[1].rstrip(":")
-                approved = keyturn_cli(settings, "approve", waited_for, token=mint(settings, "human:carol"))
-                assert approved.returncode == 0, approved.stderr
+                approve(settings, waited_for, "human:carol")
         assert agent.wait(30) == 0, agent.stderr.read() if agent.stderr else ""
     finally:
         watchdog.cancel()

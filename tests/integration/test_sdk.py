@@ -114,3 +114,14 @@ async def test_a_topic_submission_is_followed_over_http_by_the_id_it_was_given(s
         done = await akt.wait(sent.action_id, timeout=60)
     assert done.state == "denied" and done.requester == "agent:bulk"
     assert done.history[0]["event"] == "ActionRequested"
+
+
+def test_run_returns_what_the_executor_found(settings, services) -> None:
+    with Keyturn(settings.intake_url, token=mint(settings, "agent:reporter", ("human:alice",))) as kt:
+
+        @kt.guard("sql.query", resource="postgres://staging/keyturn", reason="health check", mode="executor")
+        def count(statement: str = "SELECT 41 + 1 AS answer", max_rows: int = 1) -> None:
+            raise AssertionError("the executor performs sql.query; the body never runs")
+
+        found = count()
+    assert found["rows"] == [{"answer": 42}], found

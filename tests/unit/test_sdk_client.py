@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -29,6 +29,7 @@ from keyturn.sdk import (
     KeyturnError,
     NotFound,
     OutcomeUnknown,
+    RequestError,
     Unavailable,
     UnexpectedState,
     WaitTimeout,
@@ -307,3 +308,39 @@ def test_a_wait_sits_out_an_outage_of_the_intake(kt: Keyturn, server: IntakeServ
             impatient.wait(action_id, timeout=10)
     finally:
         server.store.down = False
+
+
+def test_rfc_9457_problems_and_dated_retry_after_are_read_too() -> None:
+    from email.utils import format_datetime
+
+    answers = iter(
+        [
+            httpx.Response(
+                503, headers={"Retry-After": format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)}
+            ),
+            httpx.Response(
+                403,
+                headers={"Content-Type": "application/problem+json"},
+                json={"type": "https://keyturn.example/forbidden", "title": "Forbidden", "status": 403},
+            ),
+        ]
+    )
+    transport = httpx.MockTransport(lambda request: next(answers))
+    with Keyturn("http://keyturn", token="t", transport=transport, max_retry_after_s=30) as kt:
+        with pytest.raises(Unavailable) as later:
+            kt.status("8d0f4b5e-1c7a-4b57-9a8e-0d1f6f1c2b3a")
+        assert later.value.retry_after is not None and 80 < later.value.retry_after <= 90
+        with pytest.raises(RequestError) as forbidden:
+            kt.status("8d0f4b5e-1c7a-4b57-9a8e-0d1f6f1c2b3a")
+    assert forbidden.value.status == 403 and forbidden.value.detail == "Forbidden"
+    assert forbidden.value.error == "https://keyturn.example/forbidden"
+
+
+@pytest.mark.parametrize("body", [[], {"state": "succeeded"}, {"action_id": "x", "state": None}])
+def test_an_answer_that_is_not_an_action_is_an_error_not_a_result(body) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200 if request.method == "GET" else 202, json=body))
+    with Keyturn("http://keyturn", token="t", transport=transport) as kt:
+        with pytest.raises(RequestError):
+            kt.status("8d0f4b5e-1c7a-4b57-9a8e-0d1f6f1c2b3a")
+        with pytest.raises(RequestError):
+            kt.submit("read.table", "postgres://staging/a/b", reason="r")

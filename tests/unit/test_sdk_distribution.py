@@ -43,6 +43,7 @@ def test_the_sdk_builds_as_its_own_small_wheel_and_imports_without_the_services(
     assert "Requires-Dist: httpx" in metadata
     assert "Requires-Dist: aiokafka==0.14.0; extra == 'topic'" in metadata
     assert "Requires-Dist: langgraph==1.2.22; extra == 'langgraph'" in metadata
+    assert "Requires-Dist: pydantic-ai-slim==2.68.0; extra == 'pydantic-ai'" in metadata
 
     # only the wheel and the site-packages (httpx), without the checkout's services on the path
     probe = (

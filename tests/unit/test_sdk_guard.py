@@ -171,3 +171,27 @@ async def test_async_functions_are_guarded_by_either_client(server: IntakeServer
 
         end_with(server, *allowed(server, "sql", {"row_count": 0, "rows": []}))
         assert await query("SELECT 1") == {"row_count": 0, "rows": []}
+
+
+def test_the_module_level_guard_uses_the_default_client_from_the_environment(server: IntakeServer, monkeypatch) -> None:
+    import keyturn.sdk as keyturn
+    from keyturn.sdk import client as sdk_client
+
+    monkeypatch.setattr(sdk_client, "_default", None)
+    monkeypatch.delenv("KEYTURN_TOKEN", raising=False)
+    monkeypatch.setenv("KEYTURN_INTAKE_URL", server.url)
+
+    @keyturn.guard("iam.role.grant", resource="iam://staging/roles/{role}", reason="onboarding")
+    def grant(role: str) -> str:  # decorated before any token exists: the client is looked up per call
+        return f"granted {role}"
+
+    with pytest.raises(keyturn.AuthenticationFailed, match="KEYTURN_TOKEN"):
+        grant("analyst")
+    monkeypatch.setenv("KEYTURN_TOKEN", AGENT_TOKEN)
+    end_with(server, *allowed(server, "noop", {"performed": False}))
+    assert grant("analyst") == "granted analyst"
+    assert server.requests[-1][2] == f"Bearer {AGENT_TOKEN}"
+    keyturn.configure(token="forged", retries=0)
+    with pytest.raises(keyturn.AuthenticationFailed, match="bad_signature"):
+        grant("analyst")
+    sdk_client.default_client().close()

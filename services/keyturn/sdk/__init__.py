@@ -15,7 +15,7 @@ masking models). ``keyturn.sdk.topic`` (high-volume submission over Kafka) needs
 package. See docs/sdk.md.
 """
 
-from keyturn.sdk.client import AsyncKeyturn, Keyturn
+from keyturn.sdk.client import AsyncKeyturn, Keyturn, configure
 from keyturn.sdk.errors import (
     ActionError,
     ApprovalRefused,
@@ -56,6 +56,7 @@ __all__ = [
     "Unavailable",
     "UnexpectedState",
     "WaitTimeout",
+    "configure",
     "current_action",
     "guard",
 ]

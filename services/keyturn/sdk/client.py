@@ -15,7 +15,9 @@ import asyncio
 import inspect
 import logging
 import math
+import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,7 +30,7 @@ import httpx
 from keyturn.sdk import errors
 from keyturn.sdk.models import Action, Submitted
 
-__all__ = ["DEFAULT_TIMEOUT", "AsyncKeyturn", "Keyturn"]
+__all__ = ["DEFAULT_TIMEOUT", "AsyncKeyturn", "Keyturn", "configure", "default_client"]
 
 log = logging.getLogger("keyturn.sdk")
 VERSION = "0.1.0"
@@ -206,6 +208,12 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _submitted(status: int, body: Any, key: str) -> Submitted:
+    if not isinstance(body, dict) or not body.get("action_id") or not body.get("state"):
+        raise errors.RequestError("Keyturn answered a submission without an action id", status=status)
+    return Submitted(str(body["action_id"]), str(body["state"]), status == 202, key)
+
+
 def _path_segment(action_id: str) -> str:
     if not action_id or "/" in action_id or action_id in (".", ".."):
         raise ValueError(f"not an action id: {action_id!r}")
@@ -324,7 +332,7 @@ class Keyturn:
         (after a crash, say) land on the same action."""
         request, key = _Protocol.submission(action, resource, parameters, reason, idempotency_key, callback_url)
         status, body = self._call(request)
-        return Submitted(str(body["action_id"]), str(body["state"]), status == 202, key)
+        return _submitted(status, body, key)
 
     def status(self, action_id: str) -> Action:
         """The action's current state, history and (masked) result."""
@@ -379,7 +387,7 @@ class Keyturn:
         """Decorator: every call of the function becomes an action (see ``keyturn.sdk.guard``)."""
         from keyturn.sdk.guard import guard
 
-        return guard(self, action, **options)
+        return guard(action, client=self, **options)
 
 
 class AsyncKeyturn:
@@ -478,7 +486,7 @@ class AsyncKeyturn:
         """See ``Keyturn.submit``."""
         request, key = _Protocol.submission(action, resource, parameters, reason, idempotency_key, callback_url)
         status, body = await self._call(request)
-        return Submitted(str(body["action_id"]), str(body["state"]), status == 202, key)
+        return _submitted(status, body, key)
 
     async def status(self, action_id: str) -> Action:
         """See ``Keyturn.status``."""
@@ -530,4 +538,36 @@ class AsyncKeyturn:
         """Decorator for async functions: every call becomes an action (see ``keyturn.sdk.guard``)."""
         from keyturn.sdk.guard import guard
 
-        return guard(self, action, **options)
+        return guard(action, client=self, **options)
+
+
+_default: Keyturn | None = None
+_default_lock = threading.Lock()
+
+
+def configure(url: str | None = None, **options: Any) -> Keyturn:
+    """Set the client ``keyturn.sdk.guard`` uses when none is given: ``Keyturn(url, **options)``. Without a
+    ``url``, ``KEYTURN_INTAKE_URL`` (default http://127.0.0.1:8080); without ``token``/``token_provider``,
+    the ``KEYTURN_TOKEN`` of the environment at each request."""
+    global _default
+    options.setdefault("token_provider", None if "token" in options else _token_from_environment)
+    client = Keyturn(url or os.environ.get("KEYTURN_INTAKE_URL", "http://127.0.0.1:8080"), **options)
+    with _default_lock:
+        previous, _default = _default, client
+    if previous is not None:
+        previous.close()
+    return client
+
+
+def default_client() -> Keyturn:
+    """The client ``configure`` set, or one made from the environment on first use."""
+    with _default_lock:
+        current = _default
+    return current if current is not None else configure()
+
+
+def _token_from_environment() -> str:
+    token = os.environ.get("KEYTURN_TOKEN")
+    if not token:
+        raise errors.AuthenticationFailed("no token: set KEYTURN_TOKEN or call keyturn.sdk.configure(token=...)")
+    return token

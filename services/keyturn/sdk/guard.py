@@ -2,7 +2,7 @@
 
     kt = Keyturn(URL, token=TOKEN)
 
-    @kt.guard("sql.query", resource="postgres://staging/{database}", reason="{why}")
+    @kt.guard("sql.query", resource="postgres://staging/{database}", reason="{why}")   # or keyturn.sdk.guard(...)
     def query(database: str, statement: str, max_rows: int = 100, why: str = "report") -> Any:
         ...
 
@@ -57,7 +57,6 @@ def current_action() -> Action | None:
 
 
 def guard(
-    client: Keyturn | AsyncKeyturn,
     action: str,
     *,
     resource: Built,
@@ -66,16 +65,20 @@ def guard(
     idempotency_key: Built | None = None,
     mode: Mode = "auto",
     timeout: float | None = None,
+    client: Keyturn | AsyncKeyturn | None = None,
 ) -> Callable[[Any], Any]:
     """Make every call of the decorated function an action ``action`` (see the module's documentation).
 
-    ``timeout`` bounds the wait for the action's end (None: as long as it takes; an approval has its
-    own expiry). With ``Keyturn`` it decorates plain functions and coroutine functions (the blocking
-    calls then run in a worker thread); with ``AsyncKeyturn``, coroutine functions only.
+    ``client`` is the ``Keyturn`` or ``AsyncKeyturn`` to submit through (``kt.guard(...)`` passes
+    itself); without one, the default client (``keyturn.sdk.configure``, or ``KEYTURN_INTAKE_URL`` and
+    ``KEYTURN_TOKEN``), looked up at each call, so decorating needs no token yet. ``timeout`` bounds
+    the wait for the action's end (None: as long as it takes; an approval has its own expiry). With
+    ``Keyturn`` it decorates plain functions and coroutine functions (the blocking calls then run in a
+    worker thread); with ``AsyncKeyturn``, coroutine functions only.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    from keyturn.sdk.client import AsyncKeyturn
+    from keyturn.sdk.client import AsyncKeyturn, default_client
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn)
@@ -103,10 +106,11 @@ def guard(
             @functools.wraps(fn)
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
                 built = request(args, kwargs)
-                if isinstance(client, AsyncKeyturn):
-                    done = await client.run(action, timeout=timeout, **built)
+                through = client or default_client()
+                if isinstance(through, AsyncKeyturn):
+                    done = await through.run(action, timeout=timeout, **built)
                 else:
-                    done = await asyncio.to_thread(client.run, action, timeout=timeout, **built)
+                    done = await asyncio.to_thread(through.run, action, timeout=timeout, **built)
                 run_body, value = settle(done, mode)
                 if not run_body:
                     return value
@@ -121,7 +125,7 @@ def guard(
         @functools.wraps(fn)
         def guarded(*args: Any, **kwargs: Any) -> Any:
             built = request(args, kwargs)
-            done = client.run(action, timeout=timeout, **built)
+            done = (client or default_client()).run(action, timeout=timeout, **built)
             assert isinstance(done, Action)
             run_body, value = settle(done, mode)
             if not run_body:

@@ -7,8 +7,8 @@ from typing import Any
 
 from keyturn.sdk import errors
 
-# The states of the intake's status answer (``GET /v1/actions/{id}``), as the SDK reads them.
-RUNNING_STATES = frozenset({"requested", "allowed", "needs_approval", "approved"})
+# The states of the intake's status answer (``GET /v1/actions/{id}``) the SDK gives a meaning to; any
+# other state is running while the answer says it is not terminal, and ``UnexpectedState`` once it is.
 SUCCEEDED = "succeeded"
 # Approved, and performed by the caller, not by Keyturn's executor: the terminal state of an action
 # whose catalog family has no executor. Its status may carry a signed ``receipt`` for the system that
@@ -55,7 +55,9 @@ class Action:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_json(cls, body: dict[str, Any]) -> Action:
+    def from_json(cls, body: Any) -> Action:
+        if not isinstance(body, dict) or not body.get("action_id") or not isinstance(body.get("state"), str):
+            raise errors.RequestError("Keyturn answered with something that is not an action's status")
         return cls(
             action_id=str(body.get("action_id", "")),
             state=str(body.get("state", "")),
@@ -143,7 +145,7 @@ class Action:
             raise errors.OutcomeUnknown(
                 f"{self.action} {self.action_id} may or may not have taken effect: {self.error or why}", self
             )
-        if state in RUNNING_STATES and not self.terminal:
+        if not self.terminal:  # a state this SDK does not know is still running too, as long as it is not over
             raise errors.WaitTimeout(f"{self.action} {self.action_id} is still {state}", self)
         raise errors.UnexpectedState(
             f"{self.action} {self.action_id} is in state {state!r}, which this SDK does not know; "

@@ -38,13 +38,11 @@ Needs ``langchain-core`` (the SDK's ``langgraph`` extra).
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from keyturn.sdk import errors
+from keyturn.sdk.adapters.common import REASON_HELP, WAITING_EVENT, call_async, call_sync, refusal_for_a_model
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
 from keyturn.sdk.guard import Built, Mode, build_parameters, build_text, settle
 from keyturn.sdk.models import Action
@@ -61,42 +59,7 @@ except ImportError as missing:  # pragma: no cover - depends on what is installe
 
 __all__ = ["WAITING_EVENT", "gate_tool", "keyturn_tool", "refusal_for_a_model"]
 
-log = logging.getLogger(__name__)
-WAITING_EVENT = "keyturn_waiting"
 REASON_FIELD = "reason"
-REASON_HELP = "Why this action is needed, in one or two sentences; the people who approve it read this."
-_NO_RETRY = "Do not call the tool again for this; tell the user."
-
-
-def refusal_for_a_model(exc: errors.KeyturnError, action: str) -> str:
-    """What the model reads when a gated call did not go through: what happened, why, and what not to do."""
-    why = "; ".join(getattr(exc, "reasons", ()) or ()) or "no reason given"
-    if isinstance(exc, errors.ApprovalRefused):
-        return f"Keyturn: an approver refused {action} (action {exc.action_id}): {why}. {_NO_RETRY}"
-    if isinstance(exc, errors.Denied):
-        return f"Keyturn: {action} was denied by the policy (action {exc.action_id}): {why}. {_NO_RETRY}"
-    if isinstance(exc, errors.Expired):
-        return f"Keyturn: nobody approved {action} in time (action {exc.action_id}); it expired. {_NO_RETRY}"
-    if isinstance(exc, errors.OutcomeUnknown):
-        return (
-            f"Keyturn: {action} (action {exc.action_id}) may or may not have taken effect: {why}. Do not repeat it; "
-            "tell the user it needs checking."
-        )
-    if isinstance(exc, errors.ExecutionFailed):
-        return f"Keyturn: {action} failed and did not take effect (action {exc.action_id}): {exc.error or why}."
-    if isinstance(exc, errors.WaitTimeout):
-        waiting = exc.action
-        who = ", ".join(waiting.approver_groups) or "its approvers"
-        until = f" until {waiting.expires_at}" if waiting.expires_at else ""
-        return (
-            f"Keyturn: {action} (action {waiting.action_id}) is still {waiting.state}, waiting for {who}{until}. "
-            "Do not call the tool again: that would ask for a second action."
-        )
-    if isinstance(exc, errors.InvalidRequest):
-        return f"Keyturn refused the request as malformed: {exc.detail}"
-    if isinstance(exc, errors.Unavailable):
-        return f"Keyturn is unavailable right now ({exc.detail}); nothing was done. Try again later."
-    return f"Keyturn: {action} did not go through: {exc}"
 
 
 def gate_tool(
@@ -202,29 +165,14 @@ def _gated(
         except errors.KeyturnError as exc:
             raise ToolException(refusal_for_a_model(exc, action)) from exc
 
-    def waiting_notice(pending: Action) -> dict[str, Any]:
-        notice = {
-            "action_id": pending.action_id,
-            "action": action,
-            "state": pending.state,
-            "approver_groups": pending.approver_groups,
-            "expires_at": pending.expires_at,
-        }
-        log.info("%s %s waits (%s) for %s", action, pending.action_id, pending.state, pending.approver_groups)
-        return notice
-
     def run_sync(**arguments: Any) -> Any:
         if not isinstance(client, Keyturn):
             raise ToolException(f"{name} runs in async graphs only (its Keyturn client is AsyncKeyturn)")
         own, built = request(arguments)
-        started = time.monotonic()
         try:
-            submitted = client.submit(action, **built)
-            try:
-                done = client.wait(submitted.action_id, _first_wait(timeout, notice_after_s))
-            except errors.WaitTimeout as pending:
-                _dispatch(WAITING_EVENT, waiting_notice(pending.action))
-                done = client.wait(submitted.action_id, _rest(timeout, started))
+            done = call_sync(
+                client, action, built, timeout=timeout, notice_after_s=notice_after_s, on_waiting=_tell_listeners
+            )
         except errors.KeyturnError as exc:
             raise ToolException(refusal_for_a_model(exc, action)) from exc
         run_body, value = on_end(done)
@@ -235,25 +183,10 @@ def _gated(
 
     async def run_async(**arguments: Any) -> Any:
         own, built = request(arguments)
-        started = time.monotonic()
         try:
-            if isinstance(client, AsyncKeyturn):
-                submitted = await client.submit(action, **built)
-                try:
-                    done = await client.wait(submitted.action_id, _first_wait(timeout, notice_after_s))
-                except errors.WaitTimeout as pending:
-                    await _adispatch(WAITING_EVENT, waiting_notice(pending.action))
-                    done = await client.wait(submitted.action_id, _rest(timeout, started))
-            else:
-                blocking = client
-                submitted = await asyncio.to_thread(lambda: blocking.submit(action, **built))
-                try:
-                    done = await asyncio.to_thread(
-                        blocking.wait, submitted.action_id, _first_wait(timeout, notice_after_s)
-                    )
-                except errors.WaitTimeout as pending:
-                    await _adispatch(WAITING_EVENT, waiting_notice(pending.action))
-                    done = await asyncio.to_thread(blocking.wait, submitted.action_id, _rest(timeout, started))
+            done = await call_async(
+                client, action, built, timeout=timeout, notice_after_s=notice_after_s, on_waiting=_atell_listeners
+            )
         except errors.KeyturnError as exc:
             raise ToolException(refusal_for_a_model(exc, action)) from exc
         run_body, value = on_end(done)
@@ -273,26 +206,18 @@ def _gated(
     )
 
 
-def _first_wait(timeout: float | None, notice_after_s: float) -> float:
-    return notice_after_s if timeout is None else min(timeout, notice_after_s)
-
-
-def _rest(timeout: float | None, started: float) -> float | None:
-    return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-
-
-def _dispatch(name: str, data: dict[str, Any]) -> None:
-    _write_to_graph_stream(name, data)
+def _tell_listeners(notice: dict[str, Any]) -> None:
+    _write_to_graph_stream(WAITING_EVENT, notice)
     try:
-        dispatch_custom_event(name, data)
+        dispatch_custom_event(WAITING_EVENT, notice)
     except RuntimeError:  # called outside a runnable (a plain tool.invoke): nobody listens for events
         pass
 
 
-async def _adispatch(name: str, data: dict[str, Any]) -> None:
-    _write_to_graph_stream(name, data)
+async def _atell_listeners(notice: dict[str, Any]) -> None:
+    _write_to_graph_stream(WAITING_EVENT, notice)
     try:
-        await adispatch_custom_event(name, data)
+        await adispatch_custom_event(WAITING_EVENT, notice)
     except RuntimeError:
         pass
 

@@ -1,0 +1,133 @@
+"""What every adapter shares: the reason a model must give, the call that submits and waits (telling
+listeners while people decide), and what the model reads when a call did not go through."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from keyturn.sdk import errors
+from keyturn.sdk.client import AsyncKeyturn, Keyturn
+from keyturn.sdk.models import Action
+
+log = logging.getLogger("keyturn.sdk.adapters")
+WAITING_EVENT = "keyturn_waiting"
+
+REASON_HELP = "Why this action is needed, in one or two sentences; the people who approve it read this."
+_NO_RETRY = "Do not call the tool again for this; tell the user."
+
+
+def refusal_for_a_model(exc: errors.KeyturnError, action: str) -> str:
+    """What the model reads when a gated call did not go through: what happened, why, and what not to do."""
+    why = "; ".join(getattr(exc, "reasons", ()) or ()) or "no reason given"
+    if isinstance(exc, errors.ApprovalRefused):
+        return f"Keyturn: an approver refused {action} (action {exc.action_id}): {why}. {_NO_RETRY}"
+    if isinstance(exc, errors.Denied):
+        return f"Keyturn: {action} was denied by the policy (action {exc.action_id}): {why}. {_NO_RETRY}"
+    if isinstance(exc, errors.Expired):
+        return f"Keyturn: nobody approved {action} in time (action {exc.action_id}); it expired. {_NO_RETRY}"
+    if isinstance(exc, errors.OutcomeUnknown):
+        return (
+            f"Keyturn: {action} (action {exc.action_id}) may or may not have taken effect: {why}. Do not repeat it; "
+            "tell the user it needs checking."
+        )
+    if isinstance(exc, errors.ExecutionFailed):
+        return f"Keyturn: {action} failed and did not take effect (action {exc.action_id}): {exc.error or why}."
+    if isinstance(exc, errors.WaitTimeout):
+        waiting = exc.action
+        who = ", ".join(waiting.approver_groups) or "its approvers"
+        until = f" until {waiting.expires_at}" if waiting.expires_at else ""
+        return (
+            f"Keyturn: {action} (action {waiting.action_id}) is still {waiting.state}, waiting for {who}{until}. "
+            "Do not call the tool again: that would ask for a second action."
+        )
+    if isinstance(exc, errors.InvalidRequest):
+        return f"Keyturn refused the request as malformed: {exc.detail}"
+    if isinstance(exc, errors.Unavailable):
+        return f"Keyturn is unavailable right now ({exc.detail}); nothing was done. Try again later."
+    return f"Keyturn: {action} did not go through: {exc}"
+
+
+def waiting_notice(action: str, pending: Action) -> dict[str, Any]:
+    """What listeners are told while an action waits: its id, state, who must approve and until when."""
+    log.info("%s %s waits (%s) for %s", action, pending.action_id, pending.state, pending.approver_groups)
+    return {
+        "action_id": pending.action_id,
+        "action": action,
+        "state": pending.state,
+        "approver_groups": pending.approver_groups,
+        "expires_at": pending.expires_at,
+    }
+
+
+def call_sync(
+    client: Keyturn,
+    action: str,
+    built: dict[str, Any],
+    *,
+    timeout: float | None,
+    notice_after_s: float,
+    on_waiting: Callable[[dict[str, Any]], Any],
+) -> Action:
+    """Submit and wait for the end (``WaitTimeout`` past ``timeout``); ``on_waiting(notice)`` once the action
+    is still open after ``notice_after_s``."""
+    started = time.monotonic()
+    submitted = client.submit(action, **built)
+    try:
+        return client.wait(submitted.action_id, _first_wait(timeout, notice_after_s))
+    except errors.WaitTimeout as pending:
+        if timeout is not None and time.monotonic() - started >= timeout:
+            raise
+        on_waiting(waiting_notice(action, pending.action))
+        return client.wait(submitted.action_id, _rest(timeout, started))
+
+
+async def call_async(
+    client: Keyturn | AsyncKeyturn,
+    action: str,
+    built: dict[str, Any],
+    *,
+    timeout: float | None,
+    notice_after_s: float,
+    on_waiting: Callable[[dict[str, Any]], Any],
+) -> Action:
+    """``call_sync`` for an event loop: awaited with ``AsyncKeyturn``, in a worker thread with ``Keyturn``;
+    ``on_waiting`` may be a coroutine function."""
+
+    async def submit() -> Any:
+        if isinstance(client, AsyncKeyturn):
+            return await client.submit(action, **built)
+        return await asyncio.to_thread(lambda: client.submit(action, **built))
+
+    async def wait(action_id: str, seconds: float | None) -> Action:
+        if isinstance(client, AsyncKeyturn):
+            return await client.wait(action_id, seconds)
+        return await asyncio.to_thread(client.wait, action_id, seconds)
+
+    # each step awaited here, not in a thread, so that ``on_waiting`` runs in the caller's context
+    started = time.monotonic()
+    submitted = await submit()
+    try:
+        return await wait(submitted.action_id, _first_wait(timeout, notice_after_s))
+    except errors.WaitTimeout as pending:
+        if timeout is not None and time.monotonic() - started >= timeout:
+            raise
+        await _maybe_await(on_waiting(waiting_notice(action, pending.action)))
+        return await wait(submitted.action_id, _rest(timeout, started))
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+def _first_wait(timeout: float | None, notice_after_s: float) -> float:
+    return notice_after_s if timeout is None else min(timeout, notice_after_s)
+
+
+def _rest(timeout: float | None, started: float) -> float | None:
+    return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))

@@ -1,0 +1,124 @@
+"""pydantic-ai tools whose every call is a Keyturn action.
+
+    from pydantic_ai import Agent
+    from keyturn.sdk import AsyncKeyturn
+    from keyturn.sdk.adapters.pydantic_ai import gate_tool
+
+    kt = AsyncKeyturn(URL, token=AGENT_TOKEN)
+
+    def grant_role(principal: str, role: str) -> str:
+        "Grant a database role to a principal."
+        ...  # runs only once Keyturn approved this very call
+
+    agent = Agent(model, tools=[gate_tool(grant_role, kt, "iam.role.grant", resource="iam://staging/roles/{role}")])
+
+``gate_tool(function, client, action, resource=…, reason=None, parameters=None, mode="auto")``
+makes a ``Tool`` with the function's name, description and argument schema (plus a required
+``reason`` unless ``reason=`` is given: approvers read it). Each call is submitted with the
+validated arguments as its parameters; the function runs once the action is approved for the
+caller, or the executor's (masked) result is returned (``mode``, as in ``guard``).
+
+A refusal (denied, refused by an approver, expired, failed, outcome unknown, Keyturn away) is
+the tool's return value, a sentence starting ``Keyturn:`` with the reasons and an instruction
+not to retry, so the model can tell its user; with ``raise_refusals=True`` the exception
+propagates out of the run instead. ``on_waiting(notice)`` (plain or async) hears who must
+approve and until when once the call has waited ``notice_after_s``.
+
+Needs ``pydantic-ai-slim`` (the SDK's ``pydantic-ai`` extra).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from keyturn.sdk import errors
+from keyturn.sdk.adapters.common import REASON_HELP, call_async, refusal_for_a_model
+from keyturn.sdk.client import AsyncKeyturn, Keyturn
+from keyturn.sdk.guard import Built, Mode, build_parameters, build_text, settle
+
+try:
+    from pydantic_ai import Tool
+except ImportError as missing:  # pragma: no cover - depends on what is installed
+    raise ImportError(
+        f"keyturn.sdk.adapters.pydantic_ai needs pydantic-ai ({missing.name} is missing): "
+        "pip install 'keyturn-sdk[pydantic-ai]'"
+    ) from missing
+
+__all__ = ["gate_tool"]
+
+REASON_FIELD = "reason"
+
+
+def gate_tool(
+    function: Callable[..., Any],
+    client: Keyturn | AsyncKeyturn,
+    action: str,
+    *,
+    resource: Built,
+    reason: Built | None = None,
+    parameters: Sequence[str] | Callable[..., Any] | None = None,
+    mode: Mode = "auto",
+    timeout: float | None = None,
+    notice_after_s: float = 5.0,
+    on_waiting: Callable[[dict[str, Any]], Any] | None = None,
+    raise_refusals: bool = False,
+    name: str | None = None,
+    description: str | None = None,
+) -> Tool[Any]:
+    """``function`` as a pydantic-ai tool behind Keyturn (see the module's documentation)."""
+    original: Tool[Any] = Tool(function, takes_ctx=False, name=name, description=description)
+    schema = dict(original.tool_def.parameters_json_schema)
+    own_reason = REASON_FIELD in schema.get("properties", {})
+    if reason is None and not own_reason:
+        schema["properties"] = {
+            **schema.get("properties", {}),
+            REASON_FIELD: {"type": "string", "minLength": 1, "description": REASON_HELP},
+        }
+        schema["required"] = [*schema.get("required", []), REASON_FIELD]
+    validate = original.function_schema.validator.validate_python  # the function's own argument validation
+
+    async def gated(**arguments: Any) -> Any:
+        given = dict(arguments)
+        why = given[REASON_FIELD] if own_reason else given.pop(REASON_FIELD, None)
+        named = validate(given)  # coerced, defaults filled: what the function will be called with
+        submitted_parameters = build_parameters(parameters, _json(named), (), named)
+        built = {
+            "resource": build_text(resource, "resource", named, (), named),
+            "reason": build_text(reason, "reason", named, (), named) if reason is not None else str(why),
+            "parameters": submitted_parameters,
+        }
+        try:
+            done = await call_async(
+                client,
+                action,
+                built,
+                timeout=timeout,
+                notice_after_s=notice_after_s,
+                on_waiting=on_waiting or (lambda notice: None),
+            )
+            run_body, value = settle(done, mode)
+        except errors.KeyturnError as exc:
+            if raise_refusals:
+                raise
+            return refusal_for_a_model(exc, action)
+        if not run_body:
+            return value
+        answer = function(**named)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    return Tool.from_schema(
+        gated,
+        name=original.name,
+        description=f"{original.description or ''}\n\nGoverned by Keyturn: each call is checked by policy and may "
+        "wait for a person's approval; a refusal comes back with its reasons.".lstrip(),
+        json_schema=schema,
+    )
+
+
+def _json(named: dict[str, Any]) -> dict[str, Any]:
+    """The validated arguments as JSON values (what the action's parameters hold)."""
+    from pydantic import TypeAdapter
+
+    return dict(TypeAdapter(dict[str, Any]).dump_python(named, mode="json"))
