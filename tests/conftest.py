@@ -15,7 +15,14 @@ from keyturn.config import Settings
 
 # The process helpers live in tests/processes.py (make bench and the chaos tests use them too);
 # they are re-exported here for the tests that import them from this module.
-from tests.processes import ARTIFACTS, SERVICES, ServiceProcesses, free_port, settings_env  # noqa: F401
+from tests.processes import (  # noqa: F401
+    ARTIFACTS,
+    SERVICES,
+    ServiceProcesses,
+    free_port,
+    mcp_notes_upstream,
+    settings_env,
+)
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +40,13 @@ def endpoints():
 @pytest.fixture(scope="session")
 def settings(endpoints, tmp_path_factory) -> Settings:
     intake_port, approval_port = free_port(), free_port()
+    run_dir = tmp_path_factory.mktemp("run")
     return Settings(
         kafka_bootstrap=endpoints.kafka_bootstrap,
         opa_url=endpoints.opa_url,
         database_url=endpoints.database_url,
         namespace=f"kt{secrets.token_hex(4)}",
-        run_dir=str(tmp_path_factory.mktemp("run")),
+        run_dir=str(run_dir),
         intake_port=intake_port,
         approval_port=approval_port,
         intake_url=f"http://127.0.0.1:{intake_port}",
@@ -47,6 +55,8 @@ def settings(endpoints, tmp_path_factory) -> Settings:
         policy_metrics_port=free_port(),
         audit_metrics_port=free_port(),
         log_level="INFO",
+        # the executor forwards approved mcp.notes.* calls to the demo upstream the MCP tests put behind the proxy
+        mcp_upstreams=mcp_notes_upstream(run_dir / "mcp-notes"),
     )
 
 

@@ -74,6 +74,17 @@ def run_settings(
     return Settings(**{**values, **extra})
 
 
+MCP_NOTES = REPO_ROOT / "tests" / "fakes" / "mcp_notes.py"
+
+
+def mcp_notes_upstream(notes_dir: Path) -> str:
+    """``KEYTURN_MCP_UPSTREAMS`` for the demo notes server kept in ``notes_dir`` (created here)."""
+    import json
+
+    notes_dir.mkdir(parents=True, exist_ok=True)
+    return json.dumps({"notes": {"command": [sys.executable, str(MCP_NOTES)], "env": {"NOTES_DIR": str(notes_dir)}}})
+
+
 def settings_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment that makes a child process use ``settings`` (plus ``extra`` variables)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from keyturn.audit import cli as audit_cli
 from keyturn.config import Settings
+from keyturn.mcp import cli as mcp_cli
 from keyturn.policy import cli as policy_cli
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(policy_cli.app, name="policy")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(mcp_cli.app, name="mcp")
 console = Console()
 err = Console(stderr=True)
 

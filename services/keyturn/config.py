@@ -60,6 +60,12 @@ class Settings:
     http_timeout_s: float = 10.0
     executor_max_result_rows: int = 50  # rows a result carries back; the rest become a row count
     executor_timeout_s: float = 120.0  # a plugin still running after this ends outcome_unknown
+    # MCP: upstream servers the executor forwards approved mcp.<server>.<tool> calls to (JSON object: name ->
+    # command line, {"command": [...], "env": {...}} or {"url": ..., "headers": {...}}); empty = none
+    mcp_upstreams: str = ""
+    mcp_wait_s: float = 45.0  # a tool call of `keyturn mcp serve/proxy` waits this long, then answers "pending"
+    mcp_host: str = "127.0.0.1"  # `keyturn mcp serve/proxy --http` listens here
+    mcp_port: int = 8070
     # Approvers in chat. Slack is off while slack_bot_token is empty; maps are JSON.
     slack_api_url: str = "https://slack.com/api/"
     slack_bot_token: str = ""

@@ -87,4 +87,5 @@ def test_a_decision_that_needs_approval_shows_who_must_approve_and_until_when() 
     entry, _reasons, _result = history_entry(needs)
     assert entry["approver_groups"] == ["security", "platform"] and entry["require_all"] is True
     assert entry["expires_at"] == "2026-11-30T12:30:00+00:00"
+    assert entry["approvers"] == [{"name": "security", "min": 2}, {"name": "platform", "min": 1}]
     assert "expires_at" not in history_entry(DECIDED)[0]

@@ -4,7 +4,8 @@ consumes  <ns>.actions.decided (allowed) · <ns>.actions.resolved (approved)
 produces  <ns>.actions.executed · <ns>.dlq
 state     the execution ledger in PostgreSQL (started / finished per action id)
 plugins   sql.query → sql (a temporary role per statement) · http.request → http (a token
-          per call) · anything else → noop; see executor/plugins/base.py to add one
+          per call) · mcp.<server>.<tool> → mcp (the operator's upstream MCP server, called once)
+          · anything else → noop; see executor/plugins/base.py to add one
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
     leaks); production passes nothing.
     """
     from keyturn.executor.plugins.http import HttpPlugin, parse_connect_to
+    from keyturn.executor.plugins.mcp import McpPlugin
     from keyturn.executor.plugins.sql import SqlPlugin
+    from keyturn.mcp.upstream import parse_upstreams
 
     return PluginRegistry(
         {
@@ -55,6 +58,7 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
                 timeout_s=settings.http_timeout_s,
                 credential_observer=credential_observer,
             ),
+            "mcp": McpPlugin(parse_upstreams(settings.mcp_upstreams), timeout_s=settings.executor_timeout_s),
         }
     )
 

@@ -44,6 +44,8 @@ def history_entry(event: Any) -> tuple[dict[str, Any], list[str] | None, Any]:
             entry["require_all"] = event.approvals.require_all
             # the approval opens at the decision and takes answers for its pending TTL (approval/replay.py)
             entry["expires_at"] = (event.decided_at + timedelta(seconds=event.approvals.pending_ttl_s)).isoformat()
+            # how many of each group must approve, for whoever tells the requester who is being asked
+            entry["approvers"] = [{"name": g.name, "min": g.min_approvals} for g in event.approvals.groups]
     elif isinstance(event, ApprovalResolved):
         entry |= {
             "at": event.resolved_at.isoformat(),

@@ -1,4 +1,5 @@
-"""Plugins by action prefix: ``sql.query`` → sql, ``http.request`` → http; anything else runs ``noop``.
+"""Plugins by action prefix: ``sql.query`` → sql, ``http.request`` → http, ``mcp`` → mcp; anything else runs
+``noop``.
 
 To add one, write a class following ``base.Plugin`` and register it under its action prefix
 in ``executor.app.shipped_plugins`` (the longest matching prefix wins).

@@ -1,0 +1,98 @@
+"""The proxy's side of an upstream tool (names, schema, submission, result) and the executor plugin's refusals."""
+
+from __future__ import annotations
+
+import mcp_types as types
+import pytest
+
+from keyturn.executor.plugins.base import Command, ExecutionFailed
+from keyturn.executor.plugins.mcp import McpPlugin
+from keyturn.mcp.names import action_for, resource_for, segment, split_action
+from keyturn.mcp.outcomes import ToolOutcome
+from keyturn.mcp.proxy import REASON_ARGUMENT, proxied_submission, proxied_tool, upstream_result
+from keyturn.mcp.upstream import UpstreamSpec, find_tool, parse_upstreams
+
+UPSTREAM_TOOL = types.Tool(
+    name="deleteNote",
+    description="Delete one note.",
+    input_schema={"type": "object", "properties": {"name": {"type": "string"}}, "additionalProperties": False},
+    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=True),
+)
+
+
+def test_tool_names_become_action_segments_the_policy_accepts() -> None:
+    assert action_for("Notes", "deleteNote") == "mcp.notes.deletenote"
+    assert segment("read.file") == "read_file" and segment("2fa") == "t2fa"
+    assert resource_for("notes", "deleteNote") == "mcp://notes/deleteNote"
+    assert split_action("mcp.notes.deletenote") == ("notes", "deletenote")
+    with pytest.raises(ValueError):
+        split_action("sql.query")
+
+
+def test_an_upstream_tool_keeps_its_name_and_schema_and_gains_only_a_reason() -> None:
+    spec = proxied_tool("notes", UPSTREAM_TOOL)
+    assert spec.name == "deleteNote" and spec.action == "mcp.notes.deletenote"
+    assert set(spec.input_schema["properties"]) == {"name", REASON_ARGUMENT}
+    assert spec.annotations == {"readOnlyHint": False, "destructiveHint": True}
+    assert "Through Keyturn" in spec.description
+    submission = proxied_submission("notes")(spec, {"name": "a", REASON_ARGUMENT: "tidy up"})
+    assert submission.parameters == {"name": "a"}  # exactly the upstream's arguments
+    assert (submission.action, submission.resource, submission.reason) == (
+        "mcp.notes.deletenote",
+        "mcp://notes/deleteNote",
+        "tidy up",
+    )
+    assert "no reason given" in proxied_submission("notes")(spec, {"name": "a"}).reason
+
+
+def test_a_succeeded_call_answers_with_the_upstreams_own_content() -> None:
+    result = {"content": [{"type": "text", "text": "deleted a"}], "structuredContent": {"result": "deleted a"}}
+    done = ToolOutcome(
+        "Done: Keyturn action x succeeded.\nResult: {...}", {"status": "succeeded", "result": result}, False
+    )
+    shown = upstream_result(done)
+    assert shown.content == [{"type": "text", "text": "deleted a"}]
+    assert shown.structured == {"result": "deleted a"} and shown.text == "Done: Keyturn action x succeeded."
+    denied = ToolOutcome("DENIED", {"status": "denied"}, True)
+    assert upstream_result(denied) is denied
+
+
+def test_the_executors_upstreams_are_the_operators_setting() -> None:
+    upstreams = parse_upstreams(
+        '{"Notes": "python notes.py", "remote": {"url": "https://mcp.example.internal/mcp", "headers": {"x": "y"}}}'
+    )
+    assert upstreams["notes"].command == ("python", "notes.py")
+    assert upstreams["remote"].url == "https://mcp.example.internal/mcp"
+    assert upstreams["remote"].describe() == "https://mcp.example.internal/mcp"
+    assert parse_upstreams("") == {}
+    with pytest.raises(ValueError):
+        UpstreamSpec(command=("a",), url="b")
+
+
+def test_an_upstream_tool_is_found_by_its_name_or_its_segment_never_by_a_guess() -> None:
+    tools = [UPSTREAM_TOOL, types.Tool(name="readNote", input_schema={"type": "object"})]
+    assert find_tool(tools, "deletenote").name == "deleteNote"
+    assert find_tool(tools, "readNote").name == "readNote"
+    twins = [*tools, types.Tool(name="DeleteNote", input_schema={"type": "object"})]
+    with pytest.raises(LookupError, match="refusing to guess"):
+        find_tool(twins, "deletenote")
+    with pytest.raises(LookupError):
+        find_tool(tools, "wipe")
+
+
+async def test_the_plugin_sends_nothing_for_a_server_the_operator_did_not_configure() -> None:
+    plugin = McpPlugin({"notes": UpstreamSpec(command=("true",))})
+    with pytest.raises(ExecutionFailed, match="no upstream is configured for MCP server 'shell'"):
+        await plugin.execute(Command("a1", "mcp.shell.run", "mcp://shell/run", {}, 60))
+    with pytest.raises(ExecutionFailed, match="not an MCP action"):
+        await plugin.execute(Command("a1", "mcp.notes", "mcp://notes", {}, 60))
+
+
+def test_the_executor_sends_every_mcp_action_to_the_mcp_plugin(tmp_path) -> None:
+    from keyturn.config import Settings
+    from keyturn.executor.app import shipped_plugins
+
+    settings = Settings(run_dir=str(tmp_path), mcp_upstreams='{"notes": "python notes.py"}')
+    plugin = shipped_plugins(settings).plugin_for("mcp.notes.add_note")
+    assert plugin.name == "mcp"
+    assert isinstance(plugin, McpPlugin) and plugin.upstreams["notes"].command == ("python", "notes.py")
