@@ -28,6 +28,7 @@ OUTCOMES = (
     "succeeded",
     "failed",
     "outcome_unknown",
+    "approved_external",
 )
 
 

@@ -4,7 +4,9 @@ consumes  <ns>.actions.decided (allowed) · <ns>.actions.resolved (approved)
 produces  <ns>.actions.executed · <ns>.dlq
 state     the execution ledger in PostgreSQL (started / finished per action id)
 plugins   sql.query → sql (a temporary role per statement) · http.request → http (a token
-          per call) · anything else → noop; see executor/plugins/base.py to add one
+          per call) · iam.* → iam and db.rows.delete → deletion (a temporary role each) · what the
+          catalog marks external → a signed receipt · anything else ends failed (no executor);
+          see executor/plugins/base.py to add one
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from keyturn.bus.worker import consume, handle_each
 from keyturn.config import Settings
@@ -36,17 +39,44 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
     ``credential_observer`` sees every credential minted (tests use it to prove that none
     leaks); production passes nothing.
     """
+    from keyturn.audit.keys import load_or_create_signing_key, write_public_key
+    from keyturn.core.catalog import ExecutionModes
+    from keyturn.executor.plugins.deletion import DeletionPlugin
+    from keyturn.executor.plugins.external import ExternalPlugin
     from keyturn.executor.plugins.http import HttpPlugin, parse_connect_to
+    from keyturn.executor.plugins.iam import IamPlugin
     from keyturn.executor.plugins.sql import SqlPlugin
+    from keyturn.faults import Unavailable
+    from keyturn.policy.opa import PolicyUnavailable
+    from keyturn.receipts import ReceiptSigner
+    from keyturn.roots import opa_client, receipt_key_path, receipt_public_key_path
 
+    target = settings.sql_target_url or settings.database_url
+    sql_options: dict[str, Any] = {
+        "statement_timeout_s": settings.sql_statement_timeout_s,
+        "max_result_rows": settings.executor_max_result_rows,
+        "credential_observer": credential_observer,
+    }
+    key_path = receipt_key_path(settings)
+    receipt_key = load_or_create_signing_key(key_path)
+    write_public_key(receipt_key.public_key(), receipt_public_key_path(settings))
+    opa = opa_client(settings)
+
+    async def load_modes() -> ExecutionModes:
+        try:
+            document = await opa.data("keyturn/execution")
+        except PolicyUnavailable as exc:  # waited out at start, like any server outage
+            raise Unavailable(str(exc)) from exc
+        return ExecutionModes.from_data(document)
+
+    iam = IamPlugin(target, **sql_options)
     return PluginRegistry(
         {
-            "sql.query": SqlPlugin(
-                settings.sql_target_url or settings.database_url,
-                statement_timeout_s=settings.sql_statement_timeout_s,
-                max_result_rows=settings.executor_max_result_rows,
-                credential_observer=credential_observer,
-            ),
+            "sql.query": SqlPlugin(target, **sql_options),
+            "iam.role.grant": iam,
+            "iam.role.revoke": iam,
+            "iam.permission.change": iam,
+            "db.rows.delete": DeletionPlugin(target, **sql_options),
             "http.request": HttpPlugin.with_key_in(
                 settings.keys_dir,
                 allowed_hosts=frozenset(h.strip() for h in settings.http_allowed_hosts.split(",") if h.strip()),
@@ -55,7 +85,9 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
                 timeout_s=settings.http_timeout_s,
                 credential_observer=credential_observer,
             ),
-        }
+        },
+        external=ExternalPlugin(ReceiptSigner(receipt_key), default_ttl_s=settings.receipt_ttl_s),
+        load_modes=load_modes,
     )
 
 
@@ -70,6 +102,8 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
         results = ResultShaper(settings.executor_max_result_rows)
         await asyncio.to_thread(results.warm)
         await registry.start()
+        if registry.load_modes is not None:
+            registry.modes = await until_done(registry.load_modes, "executor: reading the catalog's execution modes")
         ledger = ExecutionLedger(pool, f"{socket.gethostname()}:{os.getpid()}")
         return Executor(
             ledger,

@@ -4,7 +4,9 @@ The order of things is the guarantee:
 
 1. ``ledger.start`` (committed) — a second start of the same action is impossible;
 2. the checks of ``core.execution.refusal_reason``, on the clear parameters;
-3. the plugin, once, under a time limit;
+3. the plugin, once, under a time limit (for an action the catalog marks external, the
+   ``external`` plugin signs a receipt and the action ends ``approved_external``; for one no
+   plugin covers, ``NoExecutor`` ends it ``failed``: nothing ends ``succeeded`` without running);
 4. ``ledger.finish`` with the encoded outcome, which is then published (and republished
    as is on any redelivery).
 
@@ -22,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from keyturn.core.canonical import canonical_json
-from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome
+from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome, VoteChoice
 from keyturn.core.execution import ExecutionOrder, order_from, refusal_reason
 from keyturn.executor.ledger import LedgerEntry
 from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, Plugin, PluginRegistry
@@ -68,6 +70,7 @@ class Executor:
     async def execute(self, order: ExecutionOrder) -> tuple[ExecutionOutcome, bytes]:
         """Run ``order`` at most once; (its outcome, the encoded ``ActionExecuted`` to publish)."""
         now = datetime.now(UTC)
+        await self.plugins.refresh_modes_if_stale()
         plugin = self.plugins.plugin_for(order.decision.request.action)
         earlier = await until_done(
             lambda: self.ledger.start(
@@ -151,6 +154,7 @@ class Executor:
         refusal = refusal_reason(order, started_at, parameters)
         if refusal is not None:
             return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {refusal}")
+        resolution = order.resolution
         command = Command(
             order.action_id,
             request.action,
@@ -158,6 +162,14 @@ class Executor:
             parameters,
             order.decision.credential_ttl_s,
             request.requester,
+            payload_digest=str(order.payload_digest),
+            approvers=tuple(v.approver.id for v in resolution.votes if v.choice is VoteChoice.APPROVE)
+            if resolution is not None
+            else (),
+            decision="approved" if resolution is not None else "allowed",
+            policy_revision=order.decision.provenance.policy_revision,
+            decision_id=order.decision.provenance.decision_id,
+            execute_before=order.execute_before(),
         )
         try:
             result = await asyncio.wait_for(plugin.execute(command), self.timeout_s)
@@ -177,6 +189,10 @@ class Executor:
                 ExecutionOutcome.FAILED,
                 error=self.results.mask_text(f"{plugin.name} plugin error: {type(exc).__name__}: {exc}"),
             )
+        if getattr(plugin, "external", False):
+            # nothing ran: the result is the signed receipt Keyturn built from the decision (no parameter
+            # in it), kept as signed; masking would break the signature
+            return outcome(ExecutionOutcome.APPROVED_EXTERNAL, result=result)
         # masking a result is CPU work kept off the event loop; a result of None has nothing to mask
         shaped = (
             None if result is None else await asyncio.to_thread(self.results.shape, result, tuple(order.decision.mask))

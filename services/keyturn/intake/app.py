@@ -1,6 +1,7 @@
 """Intake service: agents submit actions over HTTP or the submissions topic; requesters follow them.
 
 routes    POST /v1/actions · GET /v1/actions/{id} · GET /v1/actions/{id}/wait · GET /.well-known/jwks.json
+          · GET /.well-known/keyturn-receipt-keys.json (the key approval receipts are signed with)
 consumes  <ns>.submissions (ActionSubmitted + JWT header) · lifecycle topics (status of each action)
 produces  <ns>.actions.requested · <ns>.dlq
 state     intake_actions in PostgreSQL: idempotency keys, the outbox of accepted requests, status
@@ -247,6 +248,11 @@ def create_app(
     async def jwks() -> dict[str, Any]:
         """Public keys of the local development token issuer."""
         return wired.parts.jwks
+
+    @app.get("/.well-known/keyturn-receipt-keys.json")
+    async def receipt_keys() -> dict[str, Any]:
+        """The Ed25519 key approval receipts of external actions are signed with (JWKS, RFC 8037)."""
+        return wired.parts.receipt_keys()
 
     @app.get("/healthz", responses={503: {"description": "The database or the producer is not answering"}})
     async def health(response: Response) -> dict[str, Any]:

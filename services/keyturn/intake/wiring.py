@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -25,6 +26,8 @@ from keyturn.intake.status import StatusFollower
 from keyturn.intake.store import DDL, ActionStore, StoredAction
 from keyturn.intake.submissions import Intake, IntakeStore
 from keyturn.masking.protect import keyring_for, parameter_protector
+from keyturn.receipts import jwks, keys_from
+from keyturn.roots import receipt_public_key_path
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class IntakeWiring:
     follower: StatusFollower
     verifier: Verifier
     jwks: dict[str, Any]
+    receipt_keys: Callable[[], dict[str, Any]] = lambda: {"keys": []}  # the JWKS receipts are verified with
     health: dict[str, Check] = field(default_factory=dict)
     background: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     close: Callable[[], Awaitable[None]] | None = None
@@ -126,6 +130,7 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
         follower=follower,
         verifier=verifier,
         jwks=load_or_create_signing_key(settings.keys_dir).jwks(),
+        receipt_keys=lambda: published_receipt_keys(receipt_public_key_path(settings)),
         health={"database": store.ping, "producer": producer_answers},
         background={
             "status follower": follow_status,
@@ -140,3 +145,11 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
 def start_background(wiring: IntakeWiring) -> list[asyncio.Task[None]]:
     """Each background loop, restarted whenever it fails (``faults.supervised``)."""
     return [asyncio.create_task(supervised(name, work), name=name) for name, work in wiring.background.items()]
+
+
+def published_receipt_keys(path: Path) -> dict[str, Any]:
+    """The receipt key the executor wrote beside its private key, as JWKS; none until it has started."""
+    try:
+        return jwks(keys_from(path.read_bytes()).values())
+    except FileNotFoundError:
+        return {"keys": []}

@@ -73,6 +73,8 @@ class Grants:
 
     tables: dict[Relation, tuple[str, ...]] = field(default_factory=dict)
     sequences: tuple[Relation, ...] = ()
+    # roles the temporary role may SET ROLE to (it is NOINHERIT: nothing of theirs applies until it does)
+    member_of: tuple[str, ...] = ()
 
     @property
     def schemas(self) -> tuple[str, ...]:
@@ -84,6 +86,7 @@ class Grants:
             f"{', '.join(privileges)} on {relation}"
             for relation, privileges in sorted(self.tables.items(), key=lambda kv: str(kv[0]))
         ]
+        parts += [f"SET ROLE {role}" for role in self.member_of]
         return "; ".join(parts) or "no table privileges"
 
 
@@ -137,6 +140,8 @@ async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, g
             )
         for sequence in grants.sequences:
             await admin.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence.identifier(), role))
+        for member_of in grants.member_of:
+            await admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), role))
     return TemporaryRole(name, password, valid_until)
 
 
