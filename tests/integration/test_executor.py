@@ -58,6 +58,10 @@ def shop(sql_target: SqlTarget) -> SqlTarget:
             CREATE FUNCTION peek_vault() RETURNS text LANGUAGE sql AS 'SELECT secret FROM vault LIMIT 1';
             CREATE FUNCTION add_mark_as_owner() RETURNS int LANGUAGE sql SECURITY DEFINER
                 AS $$ INSERT INTO marks (note) VALUES ('by definer') RETURNING id $$;
+            CREATE ROLE reporting NOLOGIN;
+            CREATE ROLE carl NOLOGIN;
+            CREATE TABLE sessions (id serial PRIMARY KEY, expired boolean NOT NULL);
+            INSERT INTO sessions (expired) SELECT n <= 10 FROM generate_series(1, 15) n;
         """)
     return sql_target
 
@@ -355,6 +359,105 @@ def test_a_redelivered_order_is_answered_from_the_ledger_not_run_again(agent: Ag
 
 
 # --- credential hygiene (last: besides its own actions, it scans what every test above left) -------
+
+
+# --- iam and deletion: GRANT / REVOKE and a bounded DELETE, each as a role made for it ------------
+
+
+def approved(settings, agent: Agent, action: str, resource: str, parameters: dict, approver: str) -> dict:
+    action_id = agent.submit_ok(action, resource, parameters)
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    vote = keyturn_cli(settings, "approve", action_id, "--reason", "checked", token=mint(settings, approver))
+    assert vote.returncode == 0, vote.stderr
+    return outcome(agent, action_id)
+
+
+def members_of(target: SqlTarget, role: str) -> list[str]:
+    with target.admin() as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT p.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                "JOIN pg_roles p ON p.oid = m.member WHERE r.rolname = %s ORDER BY 1",
+                (role,),
+            )
+        ]
+
+
+def table_grants(target: SqlTarget, grantee: str, table: str) -> list[str]:
+    with target.admin() as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT privilege_type FROM information_schema.role_table_grants WHERE grantee = %s "
+                "AND table_name = %s ORDER BY 1",
+                (grantee, table),
+            )
+        ]
+
+
+def role_exists(target: SqlTarget, name: str) -> bool:
+    with target.admin() as conn:
+        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
+
+
+def test_an_approved_role_grant_is_in_pg_auth_members_and_a_revoke_removes_it(
+    agent: Agent, settings, shop: SqlTarget
+) -> None:
+    parameters = {"role": "reporting", "principal": "carl"}
+    view = approved(settings, agent, "iam.role.grant", "iam://staging/roles/reporting", parameters, "human:carol")
+    assert view["state"] == "succeeded", view
+    assert view["result"]["performed"] == "GRANT reporting TO carl"
+    assert members_of(shop, "reporting") == ["carl"]
+    assert not role_exists(shop, role_name_for(view["action_id"])), "the command's credential outlived it"
+
+    revoked = outcome(agent, agent.submit_ok("iam.role.revoke", "iam://staging/roles/reporting", parameters))
+    assert revoked["state"] == "succeeded", revoked  # staging, a person behind it: allowed
+    assert members_of(shop, "reporting") == []
+
+
+def test_an_approved_permission_change_is_in_role_table_grants(agent: Agent, settings, shop: SqlTarget) -> None:
+    parameters = {"principal": "carl", "table": "sessions", "privileges": ["select", "UPDATE"], "change": "grant"}
+    view = approved(
+        settings, agent, "iam.permission.change", "iam://staging/tables/sessions", parameters, "human:carol"
+    )
+    assert view["state"] == "succeeded", view
+    assert table_grants(shop, "carl", "sessions") == ["SELECT", "UPDATE"]
+
+
+def test_a_grant_naming_a_role_the_target_lacks_fails_and_changes_nothing(agent: Agent, shop: SqlTarget) -> None:
+    parameters = {"role": "no_such_role", "principal": "carl"}
+    view = outcome(agent, agent.submit_ok("iam.role.revoke", "iam://staging/roles/x", parameters))
+    assert view["state"] == "failed"
+    assert any("role 'no_such_role' does not exist on the target" in reason for reason in view["reasons"]), view
+
+
+def expired_sessions(target: SqlTarget) -> int:
+    with target.admin() as conn:
+        return conn.execute("SELECT count(*) FROM sessions WHERE expired").fetchone()[0]
+
+
+def test_a_deletion_larger_than_approved_is_rolled_back_and_fails_with_the_count(
+    agent: Agent, settings, shop: SqlTarget
+) -> None:
+    before = expired_sessions(shop)
+    parameters = {"table": "sessions", "where": "expired", "max_rows": 3}
+    view = approved(settings, agent, "db.rows.delete", "postgres://staging/shop/sessions", parameters, "human:judy")
+    assert view["state"] == "failed", view
+    assert f"would remove {before} rows from public.sessions, more than the 3 approved" in str(view)
+    assert expired_sessions(shop) == before == 10, "the DELETE was rolled back"
+    assert not role_exists(shop, role_name_for(view["action_id"]))
+
+
+def test_a_deletion_within_the_approved_count_deletes_exactly_those_rows(
+    agent: Agent, settings, shop: SqlTarget
+) -> None:
+    parameters = {"table": "sessions", "where": "expired", "max_rows": 10}
+    view = approved(settings, agent, "db.rows.delete", "postgres://staging/shop/sessions", parameters, "human:judy")
+    assert view["state"] == "succeeded", view
+    assert view["result"] == {"table": "public.sessions", "deleted_rows": 10, "approved_rows": 10}
+    with shop.admin() as conn:
+        assert conn.execute("SELECT count(*), bool_or(expired) FROM sessions").fetchone() == (5, False)
 
 
 def test_no_temporary_role_is_left_behind(agent: Agent, shop: SqlTarget) -> None:

@@ -152,6 +152,15 @@ async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
         cursor = await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
         if await cursor.fetchone() is None:
             return RoleCleanup(name, existed=False, sessions_terminated=0)
+        # the memberships it held (``Grants.member_of``) go first: granting it to the executor below would be
+        # circular while it is a member of the executor's role
+        cursor = await admin.execute(
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles p ON "
+            "p.oid = m.member WHERE p.rolname = %s",
+            (name,),
+        )
+        for (held,) in await cursor.fetchall():
+            await admin.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(held), role))
         # membership gives the executor the right to end the role's sessions and DROP OWNED it
         await admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
         cursor = await admin.execute(
