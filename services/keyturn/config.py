@@ -61,6 +61,8 @@ class Settings:
     executor_max_result_rows: int = 50  # rows a result carries back; the rest become a row count
     executor_timeout_s: float = 120.0  # a plugin still running after this ends outcome_unknown
     receipt_key_path: str = ""  # Ed25519 PEM signing approval receipts; empty = run_dir/keys/receipt-signing.pem
+    export_dir: str = ""  # where db.export files wait for their one download; empty = run_dir/exports
+    export_ttl_s: float = 3600.0  # an export not downloaded within this is deleted unread
     receipt_ttl_s: float = 900.0  # a receipt for an action allowed outright (no approval window) expires after this
     # Approvers in chat. Slack is off while slack_bot_token is empty; maps are JSON.
     slack_api_url: str = "https://slack.com/api/"

@@ -14,6 +14,7 @@ from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
 from keyturn.bus.worker import faust_publisher, make_app
 from keyturn.config import Settings
+from keyturn.exports import DirectoryExportStore
 from keyturn.policy.opa import OpaClient
 
 
@@ -54,3 +55,8 @@ def receipt_key_path(settings: Settings) -> Path:
 def receipt_public_key_path(settings: Settings) -> Path:
     """Its public half, which the intake publishes and performing systems verify with."""
     return receipt_key_path(settings).with_suffix(".pub.pem")
+
+
+def export_store(settings: Settings) -> DirectoryExportStore:
+    """The export files' store, shared by the executor (writes) and the intake (serves each once)."""
+    return DirectoryExportStore(settings.export_dir or Path(settings.run_dir) / "exports")

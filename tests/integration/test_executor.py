@@ -9,6 +9,7 @@ HTTP target is a local HTTPS server that verifies each token with the executor's
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import uuid
 from dataclasses import replace
@@ -458,6 +459,36 @@ def test_a_deletion_within_the_approved_count_deletes_exactly_those_rows(
     assert view["result"] == {"table": "public.sessions", "deleted_rows": 10, "approved_rows": 10}
     with shop.admin() as conn:
         assert conn.execute("SELECT count(*), bool_or(expired) FROM sessions").fetchone() == (5, False)
+
+
+# --- export: a file with the policy's masked columns masked, downloaded once -----------------------
+
+
+def test_an_export_is_a_parquet_file_with_masked_columns_that_downloads_once(agent: Agent, settings) -> None:
+    import pyarrow.parquet as pq
+
+    parameters = {
+        "statement": "SELECT id, email, password, city FROM customers ORDER BY id",
+        "row_count": 12,
+        "destination": "https://files.example.internal/reports",
+    }
+    view = outcome(agent, agent.submit_ok("db.export", "postgres://staging/shop/customers", parameters))
+    assert view["state"] == "succeeded", view  # a small export inside the company: allowed
+    result = view["result"]
+    assert (result["exported_rows"], result["format"]) == (12, "parquet")
+    assert sorted(result["masked_columns"]) == ["email", "password"]
+
+    first = agent.http.get(result["download"]["path"])
+    assert first.status_code == 200, first.text
+    rows = pq.read_table(io.BytesIO(first.content)).to_pylist()
+    assert len(rows) == 12 and {r["city"] for r in rows} == {"Lyon"}  # unmasked columns as they are
+    assert not any("@example.com" in r["email"] or "hunter" in r["password"] for r in rows), rows[0]
+    assert rows[0]["email"].startswith("<") and rows[0]["password"].startswith("<")
+
+    again = agent.http.get(result["download"]["path"])
+    assert again.status_code == 410 and "already downloaded" in again.json()["detail"]
+    stranger = Agent(settings, "agent:stranger")
+    assert stranger.http.get(result["download"]["path"]).status_code == 404
 
 
 def test_no_temporary_role_is_left_behind(agent: Agent, shop: SqlTarget) -> None:

@@ -35,7 +35,7 @@ class Named:
         ("iam.permission.change", Execution.KEYTURN),
         ("db.rows.delete", Execution.KEYTURN),  # the exact entry wins over *.delete
         ("cache.entry.delete", Execution.EXTERNAL),
-        ("db.export", Execution.EXTERNAL),
+        ("db.export", Execution.KEYTURN),
         ("read.table", Execution.EXTERNAL),
         ("secrets.read", Execution.EXTERNAL),
         ("unknown.thing", Execution.NONE),

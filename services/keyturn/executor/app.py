@@ -4,7 +4,7 @@ consumes  <ns>.actions.decided (allowed) · <ns>.actions.resolved (approved)
 produces  <ns>.actions.executed · <ns>.dlq
 state     the execution ledger in PostgreSQL (started / finished per action id)
 plugins   sql.query → sql (a temporary role per statement) · http.request → http (a token
-          per call) · iam.* → iam and db.rows.delete → deletion (a temporary role each) · what the
+          per call) · iam.* → iam, db.rows.delete → deletion, db.export → export (a temporary role each) · what the
           catalog marks external → a signed receipt · anything else ends failed (no executor);
           see executor/plugins/base.py to add one
 """
@@ -42,6 +42,7 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
     from keyturn.audit.keys import load_or_create_signing_key, write_public_key
     from keyturn.core.catalog import ExecutionModes
     from keyturn.executor.plugins.deletion import DeletionPlugin
+    from keyturn.executor.plugins.export import ExportPlugin
     from keyturn.executor.plugins.external import ExternalPlugin
     from keyturn.executor.plugins.http import HttpPlugin, parse_connect_to
     from keyturn.executor.plugins.iam import IamPlugin
@@ -49,7 +50,7 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
     from keyturn.faults import Unavailable
     from keyturn.policy.opa import PolicyUnavailable
     from keyturn.receipts import ReceiptSigner
-    from keyturn.roots import opa_client, receipt_key_path, receipt_public_key_path
+    from keyturn.roots import export_store, opa_client, receipt_key_path, receipt_public_key_path
 
     target = settings.sql_target_url or settings.database_url
     sql_options: dict[str, Any] = {
@@ -77,6 +78,7 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
             "iam.role.revoke": iam,
             "iam.permission.change": iam,
             "db.rows.delete": DeletionPlugin(target, **sql_options),
+            "db.export": ExportPlugin(target, store=export_store(settings), ttl_s=settings.export_ttl_s, **sql_options),
             "http.request": HttpPlugin.with_key_in(
                 settings.keys_dir,
                 allowed_hosts=frozenset(h.strip() for h in settings.http_allowed_hosts.split(",") if h.strip()),

@@ -170,6 +170,7 @@ class Executor:
             policy_revision=order.decision.provenance.policy_revision,
             decision_id=order.decision.provenance.decision_id,
             execute_before=order.execute_before(),
+            mask=tuple(order.decision.mask),
         )
         try:
             result = await asyncio.wait_for(plugin.execute(command), self.timeout_s)

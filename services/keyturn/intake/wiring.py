@@ -19,6 +19,7 @@ from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.db import open_pool, schema_name
+from keyturn.exports import ExportStore
 from keyturn.faults import supervised
 from keyturn.identity import load_or_create_signing_key, verifier_from_settings
 from keyturn.intake.consumers import Verifier, consume_submissions, republish_outbox, submissions_stage
@@ -27,7 +28,7 @@ from keyturn.intake.store import DDL, ActionStore, StoredAction
 from keyturn.intake.submissions import Intake, IntakeStore
 from keyturn.masking.protect import keyring_for, parameter_protector
 from keyturn.receipts import jwks, keys_from
-from keyturn.roots import receipt_public_key_path
+from keyturn.roots import export_store, receipt_public_key_path
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class IntakeWiring:
     verifier: Verifier
     jwks: dict[str, Any]
     receipt_keys: Callable[[], dict[str, Any]] = lambda: {"keys": []}  # the JWKS receipts are verified with
+    exports: ExportStore | None = None  # db.export files, each served once to its requester
+    export_ttl_s: float = 3600.0
     health: dict[str, Check] = field(default_factory=dict)
     background: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     close: Callable[[], Awaitable[None]] | None = None
@@ -131,6 +134,8 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
         verifier=verifier,
         jwks=load_or_create_signing_key(settings.keys_dir).jwks(),
         receipt_keys=lambda: published_receipt_keys(receipt_public_key_path(settings)),
+        exports=export_store(settings),
+        export_ttl_s=settings.export_ttl_s,
         health={"database": store.ping, "producer": producer_answers},
         background={
             "status follower": follow_status,

@@ -46,6 +46,7 @@ class Command:
     policy_revision: str = ""
     decision_id: str = ""
     execute_before: datetime | None = None
+    mask: tuple[str, ...] = ()  # the decision's mask: parameters.<field>, and columns.<name> an export masks
 
 
 class ExecutionFailed(Exception):
