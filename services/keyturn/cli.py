@@ -27,12 +27,14 @@ app = typer.Typer(
 )
 token_app = typer.Typer(help="Local development tokens.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Avro schemas and their history.", no_args_is_help=True)
+secrets_app = typer.Typer(help="The executor's secret store (operators only).", no_args_is_help=True)
 receipt_app = typer.Typer(help="Signed approval receipts of external actions.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(policy_cli.app, name="policy")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(receipt_app, name="receipt")
+app.add_typer(secrets_app, name="secrets")
 console = Console()
 err = Console(stderr=True)
 
@@ -268,6 +270,32 @@ def schemas_freeze() -> None:
         if not path.exists():
             path.write_text(json.dumps(schema, indent=1) + "\n")
             console.print(f"froze {path.name}")
+
+
+@secrets_app.command("put")
+def secrets_put(name: str = typer.Argument(..., help='The name actions refer to: {"secret": "NAME"}')) -> None:
+    """Store (or replace) a secret, its value read from stdin (one trailing newline dropped); never echoed."""
+    from keyturn.db import open_pool, schema_name
+    from keyturn.masking.protect import keyring_for
+    from keyturn.secret_store import DDL, PostgresSecretStore
+
+    if not name.strip() or len(name) > 200:
+        _fail("the secret's name must be 1 to 200 characters")
+    value = sys.stdin.read()
+    value = value[:-1] if value.endswith("\n") else value
+    if not value:
+        _fail("no value on stdin: pipe it in, e.g. keyturn secrets put NAME < file")
+    settings = _settings()
+
+    async def put() -> None:
+        pool = await open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace), max_size=1)
+        try:
+            await PostgresSecretStore(pool, keyring_for(settings.seal_keys, settings.keys_dir)).put(name, value)
+        finally:
+            await pool.close()
+
+    asyncio.run(put())
+    console.print(f'secret {name!r} stored sealed ({len(value)} characters); refer to it as {{"secret": {name!r}}}')
 
 
 @receipt_app.command("verify")

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import replace
@@ -20,13 +23,14 @@ import pytest
 from keyturn.audit.stream import read_audit_log
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
+from keyturn.config import REPO_ROOT
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionDecided, ActionExecuted, payload_digest
 from keyturn.db import schema_name
 from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin
 from keyturn.executor.plugins.sql_roles import Grants, create_role, drop_role, role_name_for
-from tests.conftest import ARTIFACTS, free_port
+from tests.conftest import ARTIFACTS, free_port, settings_env
 from tests.integration.conftest import Agent, eventually, keyturn_cli, mint, namespace_topics, produce, read_topic
 from tests.integration.test_executor_support import (  # noqa: F401  (fixtures)
     PEER_HOST,
@@ -491,6 +495,38 @@ def test_an_export_is_a_parquet_file_with_masked_columns_that_downloads_once(age
     assert stranger.http.get(result["download"]["path"]).status_code == 404
 
 
+# --- secrets: referenced by name, resolved only inside the executor --------------------------------
+
+SECRET_VALUE = f"kt-partner-key-{uuid.uuid4().hex}"  # a marker the leak scan below searches everywhere
+
+
+def test_a_secret_reference_reaches_the_target_resolved_and_comes_back_redacted(
+    agent: Agent, settings, https_peer: HttpsPeer
+) -> None:
+    put = subprocess.run(
+        [sys.executable, "-m", "keyturn.cli", "secrets", "put", "partner-key"],
+        input=SECRET_VALUE + "\n",
+        env=settings_env(settings),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert put.returncode == 0, put.stderr
+    assert SECRET_VALUE not in put.stdout + put.stderr
+    parameters = {"method": "GET", "headers": {"X-Api-Key": {"secret": "partner-key"}}}
+    view = outcome(agent, agent.submit_ok("http.request", f"https://{PEER_HOST}/v1/whoami", parameters))
+    assert view["state"] == "succeeded", view
+    assert https_peer.api_keys[-1] == SECRET_VALUE  # the target got the secret itself
+    assert view["result"]["body"]["api_key_received"].startswith("<SECRET")  # its echo came back redacted
+    assert SECRET_VALUE not in json.dumps(view)
+
+    missing = {"method": "GET", "headers": {"X-Api-Key": {"secret": "no-such-secret"}}}
+    refused = outcome(agent, agent.submit_ok("http.request", f"https://{PEER_HOST}/v1/whoami", missing))
+    assert refused["state"] == "failed"
+    assert any("no secret named 'no-such-secret'" in reason for reason in refused["reasons"]), refused
+
+
 def test_no_temporary_role_is_left_behind(agent: Agent, shop: SqlTarget) -> None:
     assert sql(agent, "SELECT count(*) FROM customers")["state"] == "succeeded"
     assert sql(agent, "SELECT no_such_column FROM customers")["state"] == "failed"
@@ -507,7 +543,7 @@ def test_no_minted_credential_appears_in_any_topic_log_or_audit_record(
     passwords = [m for m in minted if m not in tokens]
     assert tokens and passwords, "the tests above minted SQL passwords and HTTP tokens"
     assert set(https_peer.tokens) <= set(tokens)  # the peer got only tokens the executor minted
-    secrets = [s.encode() for s in minted]
+    secrets = [s.encode() for s in minted] + [SECRET_VALUE.encode()]  # and the secret resolved from a reference
 
     places: dict[str, bytes] = {}
     found_topics = namespace_topics(settings)

@@ -29,6 +29,8 @@ from keyturn.executor.runner import Executor, ExecutorStage
 from keyturn.faults import until_done
 from keyturn.masking.protect import keyring_for, parameter_opener
 from keyturn.roots import stream_worker
+from keyturn.secret_store import DDL as SECRETS_DDL
+from keyturn.secret_store import PostgresSecretStore
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,8 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
     registry = plugins or shipped_plugins(settings)
 
     async def build_executor() -> Executor:
-        pool = await open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace))
+        pool = await open_pool(settings.database_url, DDL + SECRETS_DDL, schema=schema_name(settings.namespace))
+        keyring = keyring_for(settings.seal_keys, settings.keys_dir)
         results = ResultShaper(settings.executor_max_result_rows)
         await asyncio.to_thread(results.warm)
         await registry.start()
@@ -110,10 +113,11 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
         return Executor(
             ledger,
             registry,
-            parameter_opener(keyring_for(settings.seal_keys, settings.keys_dir)),
+            parameter_opener(keyring),
             publisher.encode,
             results,
             timeout_s=settings.executor_timeout_s,
+            secrets=PostgresSecretStore(pool, keyring),
         )
 
     @app.agent(consume(app, topics.decided, topics.resolved))

@@ -30,6 +30,7 @@ from keyturn.executor.ledger import LedgerEntry
 from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, Plugin, PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.faults import until_done
+from keyturn.secret_store import SecretNotFound, SecretStore, redact, references_in, resolve_references
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ class Executor:
         results: ResultShaper,
         *,
         timeout_s: float = 120.0,
+        secrets: SecretStore | None = None,
     ) -> None:
+        self.secrets = secrets  # resolves {"secret": name} references in the parameters, here only
         self.ledger = ledger
         self.plugins = plugins
         self.open_parameters = open_parameters  # (request) -> clear parameters; refuses tampered seals
@@ -154,6 +157,18 @@ class Executor:
         refusal = refusal_reason(order, started_at, parameters)
         if refusal is not None:
             return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {refusal}")
+        used: dict[str, str] = {}  # secrets the references resolved to: the plugin alone sees them
+        if references_in(parameters):
+            if self.secrets is None:
+                return outcome(
+                    ExecutionOutcome.FAILED,
+                    error="refused before execution: the parameters refer to secrets and this executor has no "
+                    "secret store",
+                )
+            try:
+                parameters, used = await resolve_references(parameters, self.secrets)
+            except SecretNotFound as exc:
+                return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {exc}")
         resolution = order.resolution
         command = Command(
             order.action_id,
@@ -173,11 +188,11 @@ class Executor:
             mask=tuple(order.decision.mask),
         )
         try:
-            result = await asyncio.wait_for(plugin.execute(command), self.timeout_s)
+            result = redact(await asyncio.wait_for(plugin.execute(command), self.timeout_s), used)
         except ExecutionFailed as exc:
-            return outcome(ExecutionOutcome.FAILED, error=self.results.mask_text(str(exc)))
+            return outcome(ExecutionOutcome.FAILED, error=self.results.mask_text(redact(str(exc), used)))
         except OutcomeUnknown as exc:
-            return outcome(ExecutionOutcome.OUTCOME_UNKNOWN, error=self.results.mask_text(str(exc)))
+            return outcome(ExecutionOutcome.OUTCOME_UNKNOWN, error=self.results.mask_text(redact(str(exc), used)))
         except TimeoutError:
             return outcome(
                 ExecutionOutcome.OUTCOME_UNKNOWN,
@@ -185,10 +200,13 @@ class Executor:
                 f"effects",
             )
         except Exception as exc:  # a plugin bug is a failed action, never a crash loop that re-runs it
-            log.exception("plugin %s failed on %s", plugin.name, order.action_id)
+            if used:  # a traceback could quote a resolved secret: the redacted message only
+                log.error("plugin %s failed on %s: %s", plugin.name, order.action_id, redact(repr(exc), used))
+            else:
+                log.exception("plugin %s failed on %s", plugin.name, order.action_id)
             return outcome(
                 ExecutionOutcome.FAILED,
-                error=self.results.mask_text(f"{plugin.name} plugin error: {type(exc).__name__}: {exc}"),
+                error=self.results.mask_text(redact(f"{plugin.name} plugin error: {type(exc).__name__}: {exc}", used)),
             )
         if getattr(plugin, "external", False):
             # nothing ran: the result is the signed receipt Keyturn built from the decision (no parameter
