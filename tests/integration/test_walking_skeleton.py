@@ -31,6 +31,13 @@ def test_an_allowed_external_action_ends_approved_external_with_a_receipt_never_
     assert (claims["action_id"], claims["decision"], claims["approvers"]) == (action_id, "allowed", [])
 
 
+def test_secrets_read_is_refused_at_the_door_saying_how_secrets_are_used(reporter: Agent) -> None:
+    refused = reporter.submit("secrets.read", "vault://staging/payments/api-key")
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert "secrets.read is not carried out by Keyturn" in detail and "keyturn secrets put" in detail, detail
+
+
 def test_denied_action_ends_denied_and_never_reaches_the_executor(reporter: Agent, settings) -> None:
     action_id = reporter.submit_ok("secrets.delete", "vault://production/payments/api-key")
     view = reporter.wait(action_id)

@@ -37,7 +37,7 @@ class Named:
         ("cache.entry.delete", Execution.EXTERNAL),
         ("db.export", Execution.KEYTURN),
         ("read.table", Execution.EXTERNAL),
-        ("secrets.read", Execution.EXTERNAL),
+        ("secrets.read", Execution.REFUSED),
         ("unknown.thing", Execution.NONE),
         ("read", Execution.NONE),  # a family pattern needs something after the dot
     ],

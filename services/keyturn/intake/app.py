@@ -35,7 +35,7 @@ from keyturn.exports import export_file_name
 from keyturn.identity import InvalidToken, bearer_token
 from keyturn.intake.consumers import REJECTED
 from keyturn.intake.store import StoreUnavailable
-from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict
+from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, NoExecutor
 from keyturn.intake.wiring import IntakeWiring, bootstrap, start_background
 
 log = logging.getLogger(__name__)
@@ -196,12 +196,15 @@ def create_app(
         },
     )
     async def submit_action(
-        submission: ActionSubmission, response: Response, authorization: str | None = Header(None)
-    ) -> dict[str, str]:
-        """Submit an action; 202 with its id, or 200 with the existing id for a repeated idempotency key."""
+        submission: ActionSubmission, request: Request, response: Response, authorization: str | None = Header(None)
+    ) -> Any:
+        """Submit an action; 202 with its id, or 200 with the existing id for a repeated idempotency key;
+        422 naming why for an action the catalog refuses (``data.keyturn.execution``)."""
         principal = authenticate(authorization)
         try:
             stored, created = await wired.parts.intake.submit(principal, submission, SubmissionChannel.HTTP)
+        except NoExecutor as exc:
+            return await refuse(request, 422, NoExecutor.error_type, exc.problems)
         except IdempotencyConflict as exc:
             REJECTED.labels("http", "idempotency_conflict").inc()
             raise HTTPException(409, detail=str(exc)) from exc
