@@ -72,3 +72,12 @@ def test_an_action_no_plugin_covers_fails_saying_so_and_the_external_one_gets_th
         assert plugin.name == "none"
         with pytest.raises(ExecutionFailed, match=f"no executor performs {action}"):
             asyncio.run(plugin.execute(command(action)))
+
+
+def test_every_approver_channel_says_an_approved_external_action_is_not_run_by_keyturn() -> None:
+    from keyturn.approval.views import outcome_sentence
+
+    external = outcome_sentence({"summary": "approved by human:judy", "status": "approved", "execution": "external"})
+    assert "Keyturn does not perform it" in external and "approved_external" in external
+    performed = outcome_sentence({"summary": "approved by human:carol", "status": "approved", "execution": "keyturn"})
+    assert performed == "approved by human:carol — it will run now."
