@@ -34,7 +34,7 @@ def endpoints():
 # PostgreSQL cluster, not to one database: these are created when missing and left in place
 # (NOLOGIN, holding nothing but each other), so concurrent runs share them harmlessly.
 TARGET_ROLES = (
-    *("analyst", "auditor", "reader", "writer", "viewer", "incident-responder"),
+    *("analyst", "auditor", "reader", "writer", "viewer", "incident-responder", "db-admin"),
     *("bob", "erin", "frank", "gina"),
 )
 
