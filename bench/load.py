@@ -48,7 +48,7 @@ def submission_body(number: int, run: str) -> dict[str, Any]:
         return {
             "action": "iam.role.grant",
             "resource": "iam://staging/roles/analyst",
-            "parameters": {"user": "human:bob", "role": "analyst", "ticket": f"BENCH-{number}"},
+            "parameters": {"principal": "bob", "role": "analyst", "ticket": f"BENCH-{number}"},
             "reason": "onboarding (benchmark)",
             "idempotency_key": key,
         }

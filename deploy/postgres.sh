@@ -85,6 +85,8 @@ create_role_and_database() {
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'keyturn') THEN
       CREATE ROLE keyturn LOGIN CREATEROLE PASSWORD 'keyturn';
     END IF; END \$\$;"
+  # CREATEDB: tests make a target database of their own for the executors (never Keyturn's state)
+  admin_sql -c "ALTER ROLE keyturn CREATEDB"
   if [[ -z $(admin_sql -c "SELECT 1 FROM pg_database WHERE datname = 'keyturn'") ]]; then
     admin_sql -c "CREATE DATABASE keyturn OWNER keyturn"
     say "created role and database keyturn"

@@ -57,11 +57,13 @@ Keyturn is up in $(since "$T0").
 
 Try it, in another shell (from $REPO):
   export PATH=\$PWD/.venv/bin:\$PATH
+  psql $KEYTURN_DATABASE_URL -c 'CREATE ROLE analyst' -c 'CREATE ROLE bob'          # on the SQL target
   AGENT=\$(keyturn token issue --sub agent:reporter --act human:alice)
   curl -s -X POST $intake/v1/actions -H "Authorization: Bearer \$AGENT" -H 'Content-Type: application/json' \\
-       -d '{"action":"iam.role.grant","resource":"iam://staging/roles/analyst","parameters":{"user":"human:bob","role":"analyst"},"reason":"onboarding"}'
+       -d '{"action":"iam.role.grant","resource":"iam://staging/roles/analyst","parameters":{"principal":"bob","role":"analyst"},"reason":"onboarding"}'
   keyturn approve ACTION_ID --token "\$(keyturn token issue --sub human:carol)"     # carol is in group security
-  keyturn status ACTION_ID --token "\$AGENT" --wait 10
+  keyturn status ACTION_ID --token "\$AGENT" --wait 10                              # succeeded: GRANT analyst TO bob
+  psql $KEYTURN_DATABASE_URL -c '\\du bob'                                            # bob is a member of analyst
   keyturn audit tail
 
 Ctrl-C stops everything.

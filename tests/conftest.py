@@ -37,15 +37,55 @@ def endpoints():
         stop()
 
 
+# Roles the walk-through and the approval tests grant on the SQL target. Roles belong to the whole
+# PostgreSQL cluster, not to one database: these are created when missing and left in place
+# (NOLOGIN, holding nothing but each other), so concurrent runs share them harmlessly.
+TARGET_ROLES = (
+    *("analyst", "auditor", "reader", "writer", "viewer", "incident-responder", "db-admin"),
+    *("bob", "erin", "frank", "gina"),
+)
+
+
 @pytest.fixture(scope="session")
-def settings(endpoints, tmp_path_factory) -> Settings:
+def namespace() -> str:
+    return f"kt{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="session")
+def target_database(endpoints, namespace: str) -> Iterator[str]:
+    """The SQL target the session's executor acts on: a database of its own (never Keyturn's state),
+    created by the state database's role (CREATEROLE, CREATEDB) and dropped at the end."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = f"{namespace}_target"
+    with psycopg.connect(endpoints.database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        for role in TARGET_ROLES:
+            admin.execute(
+                sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$").format(
+                    sql.Identifier(role)
+                )
+            )
+    url = make_conninfo(**{**conninfo_to_dict(endpoints.database_url), "dbname": name})
+    try:
+        yield url
+    finally:
+        with psycopg.connect(endpoints.database_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def settings(endpoints, namespace: str, target_database: str, tmp_path_factory) -> Settings:
     intake_port, approval_port = free_port(), free_port()
     run_dir = tmp_path_factory.mktemp("run")
     return Settings(
         kafka_bootstrap=endpoints.kafka_bootstrap,
         opa_url=endpoints.opa_url,
         database_url=endpoints.database_url,
-        namespace=f"kt{secrets.token_hex(4)}",
+        sql_target_url=target_database,
+        namespace=namespace,
         run_dir=str(run_dir),
         intake_port=intake_port,
         approval_port=approval_port,

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
@@ -27,11 +28,15 @@ app = typer.Typer(
 )
 token_app = typer.Typer(help="Local development tokens.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Avro schemas and their history.", no_args_is_help=True)
+secrets_app = typer.Typer(help="The executor's secret store (operators only).", no_args_is_help=True)
+receipt_app = typer.Typer(help="Signed approval receipts of external actions.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(policy_cli.app, name="policy")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(mcp_cli.app, name="mcp")
+app.add_typer(receipt_app, name="receipt")
+app.add_typer(secrets_app, name="secrets")
 console = Console()
 err = Console(stderr=True)
 
@@ -267,6 +272,78 @@ def schemas_freeze() -> None:
         if not path.exists():
             path.write_text(json.dumps(schema, indent=1) + "\n")
             console.print(f"froze {path.name}")
+
+
+@secrets_app.command("put")
+def secrets_put(name: str = typer.Argument(..., help='The name actions refer to: {"secret": "NAME"}')) -> None:
+    """Store (or replace) a secret, its value read from stdin (one trailing newline dropped); never echoed."""
+    from keyturn.db import open_pool, schema_name
+    from keyturn.masking.protect import keyring_for
+    from keyturn.secret_store import DDL, PostgresSecretStore
+
+    if not name.strip() or len(name) > 200:
+        _fail("the secret's name must be 1 to 200 characters")
+    value = sys.stdin.read()
+    value = value[:-1] if value.endswith("\n") else value
+    if not value:
+        _fail("no value on stdin: pipe it in, e.g. keyturn secrets put NAME < file")
+    settings = _settings()
+
+    async def put() -> None:
+        pool = await open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace), max_size=1)
+        try:
+            await PostgresSecretStore(pool, keyring_for(settings.seal_keys, settings.keys_dir)).put(name, value)
+        finally:
+            await pool.close()
+
+    asyncio.run(put())
+    console.print(f'secret {name!r} stored sealed ({len(value)} characters); refer to it as {{"secret": {name!r}}}')
+
+
+@receipt_app.command("verify")
+def receipt_verify(
+    file: Path = typer.Argument(..., help="The receipt (JSON), or an action's status answer that holds one"),
+    key: str | None = typer.Option(
+        None,
+        help="The receipt key: a PEM public key file, a JWKS file, or the intake's "
+        "/.well-known/keyturn-receipt-keys.json URL (default: the local key beside the executor's)",
+    ),
+    payload: Path | None = typer.Option(
+        None, help='The payload about to be performed: {"action", "resource", "parameters"} (JSON)'
+    ),
+    ledger: Path = typer.Option(
+        Path("keyturn-used-receipts.sqlite3"), help="The performing system's ledger of used receipts (SQLite)"
+    ),
+    consume: bool = typer.Option(True, help="Record the receipt as used (--no-consume only checks)"),
+) -> None:
+    """Check a receipt offline: signature, expiry, payload digest, and single use."""
+    from keyturn.receipts import ReceiptInvalid, UsedReceipts, keys_from, verify_receipt
+    from keyturn.roots import receipt_public_key_path
+
+    try:
+        document = json.loads(file.read_text())
+        receipt = document.get("result", {}).get("receipt", document) if isinstance(document, dict) else document
+        if key is None:
+            source: bytes | str = receipt_public_key_path(_settings()).read_bytes()
+        elif key.startswith(("http://", "https://")):
+            response = httpx.get(key, timeout=10)
+            response.raise_for_status()
+            source = response.text
+        else:
+            source = Path(key).read_bytes()
+        wanted = json.loads(payload.read_text()) if payload is not None else None
+        claims = verify_receipt(receipt, keys_from(source), payload=wanted)
+        if consume:
+            UsedReceipts(ledger).claim(claims)
+    except ReceiptInvalid as exc:
+        _fail(f"receipt refused: {exc}")
+    except (OSError, ValueError, httpx.HTTPError) as exc:
+        _fail(f"receipt not checked: {type(exc).__name__}: {exc}")
+    console.print(
+        f"receipt {claims['receipt_id']} valid: {claims['action']} on {claims['resource']} "
+        f"(action {claims['action_id']}, {claims['decision']} by {', '.join(claims['approvers']) or 'the policy'}), "
+        f"until {claims['expires_at']}" + ("; recorded as used" if consume else "; not recorded as used")
+    )
 
 
 def main() -> None:

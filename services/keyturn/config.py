@@ -66,6 +66,10 @@ class Settings:
     mcp_wait_s: float = 45.0  # a tool call of `keyturn mcp serve/proxy` waits this long, then answers "pending"
     mcp_host: str = "127.0.0.1"  # `keyturn mcp serve/proxy --http` listens here
     mcp_port: int = 8070
+    receipt_key_path: str = ""  # Ed25519 PEM signing approval receipts; empty = run_dir/keys/receipt-signing.pem
+    export_dir: str = ""  # where db.export files wait for their one download; empty = run_dir/exports
+    export_ttl_s: float = 3600.0  # an export not downloaded within this is deleted unread
+    receipt_ttl_s: float = 900.0  # a receipt for an action allowed outright (no approval window) expires after this
     # Approvers in chat. Slack is off while slack_bot_token is empty; maps are JSON.
     slack_api_url: str = "https://slack.com/api/"
     slack_bot_token: str = ""

@@ -7,12 +7,14 @@ builds alike live here, so a setting is read in one place.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
 from keyturn.bus.worker import faust_publisher, make_app
 from keyturn.config import Settings
+from keyturn.exports import DirectoryExportStore
 from keyturn.policy.opa import OpaClient
 
 
@@ -43,3 +45,18 @@ def opa_client(settings: Settings) -> OpaClient:
         retries=settings.opa_retries,
         revision_max_age_s=settings.opa_revision_max_age_s,
     )
+
+
+def receipt_key_path(settings: Settings) -> Path:
+    """The Ed25519 key approval receipts are signed with (beside the audit's checkpoint key)."""
+    return Path(settings.receipt_key_path) if settings.receipt_key_path else settings.keys_dir / "receipt-signing.pem"
+
+
+def receipt_public_key_path(settings: Settings) -> Path:
+    """Its public half, which the intake publishes and performing systems verify with."""
+    return receipt_key_path(settings).with_suffix(".pub.pem")
+
+
+def export_store(settings: Settings) -> DirectoryExportStore:
+    """The export files' store, shared by the executor (writes) and the intake (serves each once)."""
+    return DirectoryExportStore(settings.export_dir or Path(settings.run_dir) / "exports")

@@ -45,12 +45,15 @@ def test_seeded_pii_and_secrets_never_travel_in_clear(reporter: Agent, settings,
         for i, doc in enumerate(documents[:24])
     ]
     needs_approval = reporter.submit_ok(
-        "iam.role.grant", "iam://staging/roles/analyst", {"note": documents[24]["payload"], "role": "analyst"}
+        "iam.role.grant",
+        "iam://staging/roles/analyst",
+        {"note": documents[24]["payload"], "role": "analyst", "principal": "bob"},
     )
     reporter.wait_for_state(needs_approval, "needs_approval")
     assert keyturn_cli(settings, "approve", needs_approval, token=mint(settings, "human:carol")).returncode == 0
-    for action_id in [*ids, needs_approval]:
-        assert reporter.wait(action_id)["state"] == "succeeded"
+    for action_id in ids:
+        assert reporter.wait(action_id)["state"] == "approved_external"  # read.* is external: a receipt
+    assert reporter.wait(needs_approval)["state"] == "succeeded"  # granted on the session's SQL target
     # the audit has caught up with every action before we scan it
     topics = Topics(settings.namespace, settings.partitions)
     assert eventually(lambda: _audited_executions(settings) >= len(ids) + 1, timeout=60)

@@ -63,4 +63,4 @@ def test_undecodable_request_goes_to_the_dlq_and_the_audit(
     assert payload.hex() not in audited[0].payload_json  # the audit keeps a digest, not the bytes
 
     # the policy worker kept going
-    assert reporter.wait(reporter.submit_ok("read.table", "postgres://staging/a/b"))["state"] == "succeeded"
+    assert reporter.wait(reporter.submit_ok("read.table", "postgres://staging/a/b"))["state"] == "approved_external"

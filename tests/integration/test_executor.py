@@ -9,6 +9,10 @@ HTTP target is a local HTTPS server that verifies each token with the executor's
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import replace
@@ -19,13 +23,14 @@ import pytest
 from keyturn.audit.stream import read_audit_log
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
+from keyturn.config import REPO_ROOT
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionDecided, ActionExecuted, payload_digest
 from keyturn.db import schema_name
 from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin
 from keyturn.executor.plugins.sql_roles import Grants, create_role, drop_role, role_name_for
-from tests.conftest import ARTIFACTS, free_port
+from tests.conftest import ARTIFACTS, free_port, settings_env
 from tests.integration.conftest import Agent, eventually, keyturn_cli, mint, namespace_topics, produce, read_topic
 from tests.integration.test_executor_support import (  # noqa: F401  (fixtures)
     PEER_HOST,
@@ -58,6 +63,10 @@ def shop(sql_target: SqlTarget) -> SqlTarget:
             CREATE FUNCTION peek_vault() RETURNS text LANGUAGE sql AS 'SELECT secret FROM vault LIMIT 1';
             CREATE FUNCTION add_mark_as_owner() RETURNS int LANGUAGE sql SECURITY DEFINER
                 AS $$ INSERT INTO marks (note) VALUES ('by definer') RETURNING id $$;
+            CREATE ROLE reporting NOLOGIN;
+            CREATE ROLE carl NOLOGIN;
+            CREATE TABLE sessions (id serial PRIMARY KEY, expired boolean NOT NULL);
+            INSERT INTO sessions (expired) SELECT n <= 10 FROM generate_series(1, 15) n;
         """)
     return sql_target
 
@@ -357,6 +366,167 @@ def test_a_redelivered_order_is_answered_from_the_ledger_not_run_again(agent: Ag
 # --- credential hygiene (last: besides its own actions, it scans what every test above left) -------
 
 
+# --- iam and deletion: GRANT / REVOKE and a bounded DELETE, each as a role made for it ------------
+
+
+def approved(settings, agent: Agent, action: str, resource: str, parameters: dict, approver: str) -> dict:
+    action_id = agent.submit_ok(action, resource, parameters)
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    vote = keyturn_cli(settings, "approve", action_id, "--reason", "checked", token=mint(settings, approver))
+    assert vote.returncode == 0, vote.stderr
+    return outcome(agent, action_id)
+
+
+def members_of(target: SqlTarget, role: str) -> list[str]:
+    with target.admin() as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT p.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                "JOIN pg_roles p ON p.oid = m.member WHERE r.rolname = %s ORDER BY 1",
+                (role,),
+            )
+        ]
+
+
+def table_grants(target: SqlTarget, grantee: str, table: str) -> list[str]:
+    with target.admin() as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT privilege_type FROM information_schema.role_table_grants WHERE grantee = %s "
+                "AND table_name = %s ORDER BY 1",
+                (grantee, table),
+            )
+        ]
+
+
+def role_exists(target: SqlTarget, name: str) -> bool:
+    with target.admin() as conn:
+        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
+
+
+def test_an_approved_role_grant_is_in_pg_auth_members_and_a_revoke_removes_it(
+    agent: Agent, settings, shop: SqlTarget
+) -> None:
+    parameters = {"role": "reporting", "principal": "carl"}
+    view = approved(settings, agent, "iam.role.grant", "iam://staging/roles/reporting", parameters, "human:carol")
+    assert view["state"] == "succeeded", view
+    assert view["result"]["performed"] == "GRANT reporting TO carl"
+    assert members_of(shop, "reporting") == ["carl"]
+    assert not role_exists(shop, role_name_for(view["action_id"])), "the command's credential outlived it"
+
+    revoked = outcome(agent, agent.submit_ok("iam.role.revoke", "iam://staging/roles/reporting", parameters))
+    assert revoked["state"] == "succeeded", revoked  # staging, a person behind it: allowed
+    assert members_of(shop, "reporting") == []
+
+
+def test_an_approved_permission_change_is_in_role_table_grants(agent: Agent, settings, shop: SqlTarget) -> None:
+    parameters = {"principal": "carl", "table": "sessions", "privileges": ["select", "UPDATE"], "change": "grant"}
+    view = approved(
+        settings, agent, "iam.permission.change", "iam://staging/tables/sessions", parameters, "human:carol"
+    )
+    assert view["state"] == "succeeded", view
+    assert table_grants(shop, "carl", "sessions") == ["SELECT", "UPDATE"]
+
+
+def test_a_grant_naming_a_role_the_target_lacks_fails_and_changes_nothing(agent: Agent, shop: SqlTarget) -> None:
+    parameters = {"role": "no_such_role", "principal": "carl"}
+    view = outcome(agent, agent.submit_ok("iam.role.revoke", "iam://staging/roles/x", parameters))
+    assert view["state"] == "failed"
+    assert any("role 'no_such_role' does not exist on the target" in reason for reason in view["reasons"]), view
+
+
+def expired_sessions(target: SqlTarget) -> int:
+    with target.admin() as conn:
+        return conn.execute("SELECT count(*) FROM sessions WHERE expired").fetchone()[0]
+
+
+def test_a_deletion_larger_than_approved_is_rolled_back_and_fails_with_the_count(
+    agent: Agent, settings, shop: SqlTarget
+) -> None:
+    before = expired_sessions(shop)
+    parameters = {"table": "sessions", "where": "expired", "max_rows": 3}
+    view = approved(settings, agent, "db.rows.delete", "postgres://staging/shop/sessions", parameters, "human:judy")
+    assert view["state"] == "failed", view
+    assert f"would remove {before} rows from public.sessions, more than the 3 approved" in str(view)
+    assert expired_sessions(shop) == before == 10, "the DELETE was rolled back"
+    assert not role_exists(shop, role_name_for(view["action_id"]))
+
+
+def test_a_deletion_within_the_approved_count_deletes_exactly_those_rows(
+    agent: Agent, settings, shop: SqlTarget
+) -> None:
+    parameters = {"table": "sessions", "where": "expired", "max_rows": 10}
+    view = approved(settings, agent, "db.rows.delete", "postgres://staging/shop/sessions", parameters, "human:judy")
+    assert view["state"] == "succeeded", view
+    assert view["result"] == {"table": "public.sessions", "deleted_rows": 10, "approved_rows": 10}
+    with shop.admin() as conn:
+        assert conn.execute("SELECT count(*), bool_or(expired) FROM sessions").fetchone() == (5, False)
+
+
+# --- export: a file with the policy's masked columns masked, downloaded once -----------------------
+
+
+def test_an_export_is_a_parquet_file_with_masked_columns_that_downloads_once(agent: Agent, settings) -> None:
+    import pyarrow.parquet as pq
+
+    parameters = {
+        "statement": "SELECT id, email, password, city FROM customers ORDER BY id",
+        "row_count": 12,
+        "destination": "https://files.example.internal/reports",
+    }
+    view = outcome(agent, agent.submit_ok("db.export", "postgres://staging/shop/customers", parameters))
+    assert view["state"] == "succeeded", view  # a small export inside the company: allowed
+    result = view["result"]
+    assert (result["exported_rows"], result["format"]) == (12, "parquet")
+    assert sorted(result["masked_columns"]) == ["email", "password"]
+
+    first = agent.http.get(result["download"]["path"])
+    assert first.status_code == 200, first.text
+    rows = pq.read_table(io.BytesIO(first.content)).to_pylist()
+    assert len(rows) == 12 and {r["city"] for r in rows} == {"Lyon"}  # unmasked columns as they are
+    assert not any("@example.com" in r["email"] or "hunter" in r["password"] for r in rows), rows[0]
+    assert rows[0]["email"].startswith("<") and rows[0]["password"].startswith("<")
+
+    again = agent.http.get(result["download"]["path"])
+    assert again.status_code == 410 and "already downloaded" in again.json()["detail"]
+    stranger = Agent(settings, "agent:stranger")
+    assert stranger.http.get(result["download"]["path"]).status_code == 404
+
+
+# --- secrets: referenced by name, resolved only inside the executor --------------------------------
+
+SECRET_VALUE = f"kt-partner-key-{uuid.uuid4().hex}"  # a marker the leak scan below searches everywhere
+
+
+def test_a_secret_reference_reaches_the_target_resolved_and_comes_back_redacted(
+    agent: Agent, settings, https_peer: HttpsPeer
+) -> None:
+    put = subprocess.run(
+        [sys.executable, "-m", "keyturn.cli", "secrets", "put", "partner-key"],
+        input=SECRET_VALUE + "\n",
+        env=settings_env(settings),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert put.returncode == 0, put.stderr
+    assert SECRET_VALUE not in put.stdout + put.stderr
+    parameters = {"method": "GET", "headers": {"X-Api-Key": {"secret": "partner-key"}}}
+    view = outcome(agent, agent.submit_ok("http.request", f"https://{PEER_HOST}/v1/whoami", parameters))
+    assert view["state"] == "succeeded", view
+    assert https_peer.api_keys[-1] == SECRET_VALUE  # the target got the secret itself
+    assert view["result"]["body"]["api_key_received"].startswith("<SECRET")  # its echo came back redacted
+    assert SECRET_VALUE not in json.dumps(view)
+
+    missing = {"method": "GET", "headers": {"X-Api-Key": {"secret": "no-such-secret"}}}
+    refused = outcome(agent, agent.submit_ok("http.request", f"https://{PEER_HOST}/v1/whoami", missing))
+    assert refused["state"] == "failed"
+    assert any("no secret named 'no-such-secret'" in reason for reason in refused["reasons"]), refused
+
+
 def test_no_temporary_role_is_left_behind(agent: Agent, shop: SqlTarget) -> None:
     assert sql(agent, "SELECT count(*) FROM customers")["state"] == "succeeded"
     assert sql(agent, "SELECT no_such_column FROM customers")["state"] == "failed"
@@ -373,7 +543,7 @@ def test_no_minted_credential_appears_in_any_topic_log_or_audit_record(
     passwords = [m for m in minted if m not in tokens]
     assert tokens and passwords, "the tests above minted SQL passwords and HTTP tokens"
     assert set(https_peer.tokens) <= set(tokens)  # the peer got only tokens the executor minted
-    secrets = [s.encode() for s in minted]
+    secrets = [s.encode() for s in minted] + [SECRET_VALUE.encode()]  # and the secret resolved from a reference
 
     places: dict[str, bytes] = {}
     found_topics = namespace_topics(settings)

@@ -109,6 +109,7 @@ class HttpsPeer:
     jwks_path: Path
     tokens: list[str] = field(default_factory=list)  # every Authorization bearer received
     verified: list[dict[str, Any]] = field(default_factory=list)  # claims of the tokens that passed
+    api_keys: list[str] = field(default_factory=list)  # every X-Api-Key header received
 
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:
@@ -173,6 +174,8 @@ def _peer_handler(peer: HttpsPeer):
             body = json.loads(self.rfile.read(length)) if length else None
             token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
             peer.tokens.append(token)
+            if self.headers.get("X-Api-Key"):
+                peer.api_keys.append(self.headers["X-Api-Key"])
             origin = f"https://{self.headers.get('Host')}"
             try:
                 verifier = TokenVerifier(
@@ -199,6 +202,7 @@ def _peer_handler(peer: HttpsPeer):
                     "audience": claims["aud"],
                     "lifetime_s": claims["exp"] - claims["iat"],
                     "echo": body,
+                    "api_key_received": self.headers.get("X-Api-Key"),
                     "contact": "ops@example.com",
                 },
             )

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 
+import psycopg
 import pytest
 
 from keyturn.audit.stream import read_audit_log
@@ -19,14 +20,22 @@ def states(view: dict) -> list[str]:
     return [entry["state"] for entry in view["history"]]
 
 
-def test_allowed_action_ends_succeeded(reporter: Agent) -> None:
+def test_an_allowed_external_action_ends_approved_external_with_a_receipt_never_succeeded(reporter: Agent) -> None:
     action_id = reporter.submit_ok(
         "read.table", "postgres://staging/analytics/orders", {"table": "orders", "limit": 10}
     )
     view = reporter.wait(action_id)
-    assert view["state"] == "succeeded", view
-    assert states(view) == ["requested", "allowed", "succeeded"]
-    assert view["result"]["performed"] is False  # the noop plugin ran and said so
+    assert view["state"] == "approved_external", view  # the catalog marks read.* external: Keyturn ran nothing
+    assert states(view) == ["requested", "allowed", "approved_external"]
+    claims = view["result"]["receipt"]["claims"]
+    assert (claims["action_id"], claims["decision"], claims["approvers"]) == (action_id, "allowed", [])
+
+
+def test_secrets_read_is_refused_at_the_door_saying_how_secrets_are_used(reporter: Agent) -> None:
+    refused = reporter.submit("secrets.read", "vault://staging/payments/api-key")
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert "secrets.read is not carried out by Keyturn" in detail and "keyturn secrets put" in detail, detail
 
 
 def test_denied_action_ends_denied_and_never_reaches_the_executor(reporter: Agent, settings) -> None:
@@ -53,7 +62,7 @@ def test_unknown_action_is_never_allowed(reporter: Agent) -> None:
 
 def test_needs_approval_waits_then_cli_approval_runs_it(reporter: Agent, settings) -> None:
     action_id = reporter.submit_ok(
-        "iam.role.grant", "iam://staging/roles/analyst", {"user": "human:bob", "role": "analyst"}
+        "iam.role.grant", "iam://staging/roles/analyst", {"principal": "bob", "role": "analyst"}
     )
     assert reporter.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     assert reporter.wait(action_id, timeout=2)["state"] == "needs_approval"  # it waits for a person
@@ -65,12 +74,20 @@ def test_needs_approval_waits_then_cli_approval_runs_it(reporter: Agent, setting
     view = reporter.wait(action_id)
     assert view["state"] == "succeeded", view
     assert states(view) == ["requested", "needs_approval", "approved", "succeeded"]
+    assert view["result"]["performed"] == "GRANT analyst TO bob"
+    # the grant is really there, read from the target database itself
+    with psycopg.connect(settings.sql_target_url) as target:
+        held = target.execute(
+            "SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles p ON p.oid = m.member "
+            "WHERE r.rolname = 'analyst' AND p.rolname = 'bob'"
+        ).fetchone()
+    assert held is not None
 
 
 @pytest.mark.parametrize("approver", ["human:alice", "agent:reporter"])
 def test_requester_and_its_act_chain_cannot_approve(reporter: Agent, settings, approver: str) -> None:
     action_id = reporter.submit_ok(
-        "iam.role.grant", "iam://staging/roles/auditor", {"user": "human:erin", "role": "auditor"}
+        "iam.role.grant", "iam://staging/roles/auditor", {"principal": "erin", "role": "auditor"}
     )
     reporter.wait_for_state(action_id, "needs_approval")
 
@@ -83,7 +100,7 @@ def test_requester_and_its_act_chain_cannot_approve(reporter: Agent, settings, a
 
 def test_deny_through_the_cli_ends_denied_with_the_reason(reporter: Agent, settings) -> None:
     action_id = reporter.submit_ok(
-        "iam.role.grant", "iam://staging/roles/writer", {"user": "human:frank", "role": "writer"}
+        "iam.role.grant", "iam://staging/roles/writer", {"principal": "frank", "role": "writer"}
     )
     reporter.wait_for_state(action_id, "needs_approval")
     denied = keyturn_cli(settings, "deny", action_id, "--reason", "not this sprint", token=mint(settings, "human:dave"))
@@ -95,7 +112,7 @@ def test_deny_through_the_cli_ends_denied_with_the_reason(reporter: Agent, setti
 
 def test_every_lifecycle_event_reaches_the_audit_in_order(reporter: Agent, settings) -> None:
     action_id = reporter.submit_ok(
-        "iam.role.grant", "iam://staging/roles/viewer", {"user": "human:gina", "role": "viewer"}
+        "iam.role.grant", "iam://staging/roles/viewer", {"principal": "gina", "role": "viewer"}
     )
     reporter.wait_for_state(action_id, "needs_approval")
     assert keyturn_cli(settings, "approve", action_id, token=mint(settings, "human:carol")).returncode == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from keyturn.bus.codec import registry
 from keyturn.bus.refusals import masked_line, refusal_letter
 from keyturn.bus.topics import Topics
 from keyturn.core import approval as rules
+from keyturn.core.catalog import ExecutionModes
 from keyturn.core.events import (
     ActionDecided,
     ActionExecuted,
@@ -149,8 +151,12 @@ class ApprovalDesk:
         send: Publish,
         routes: Mapping[str, ChatTargets] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        load_execution_modes: Callable[[], Awaitable[ExecutionModes]] | None = None,
     ) -> None:
         self.store = store
+        # how the catalog carries actions out, so every channel says "performed outside Keyturn" for external ones
+        self.load_execution_modes = load_execution_modes
+        self._modes: tuple[float, ExecutionModes] | None = None
         self.opa = opa
         self.topics = topics
         self.send = send  # (topic, key, value) -> awaits the broker's ack
@@ -560,9 +566,22 @@ class ApprovalDesk:
         row = await self.store.read(action_id)
         if row is not None:
             decided = registry().decode_event(row.decided_event)
-            return approval_view(decided, pending_state(decided, row))
+            view = approval_view(decided, pending_state(decided, row))
+            view["execution"] = (await self.execution_modes()).mode_for(decided.request.action).execution.value
+            return view
         encoded = await self.store.break_glass_decision(action_id)
         return break_glass_view(registry().decode_event(encoded)) if encoded else None
+
+    async def execution_modes(self) -> ExecutionModes:
+        """The catalog's execution modes, re-read at most every 30 s; unknown (none) while the policy is away."""
+        now = time.monotonic()
+        if self.load_execution_modes is not None and (self._modes is None or now - self._modes[0] > 30):
+            try:
+                self._modes = (now, await self.load_execution_modes())
+            except Exception as exc:
+                log.warning("approval: the catalog's execution modes were not read (%s: %s)", type(exc).__name__, exc)
+                self._modes = self._modes or (now, ExecutionModes())
+        return self._modes[1] if self._modes is not None else ExecutionModes()
 
     async def approval(self, action_id: str) -> tuple[ActionDecided, rules.PendingApproval] | None:
         """The decision and the approval state of an action, for the approval routes and pages;

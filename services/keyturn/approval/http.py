@@ -159,7 +159,9 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
             raise HTTPException(
                 404, detail=f"action {action_id} was allowed without approval (break-glass); there is nothing to answer"
             )
-        return approval_view(*found)
+        view = approval_view(*found)
+        view["execution"] = (await desk.execution_modes()).mode_for(view["action"]).execution.value
+        return view
 
     @app.post(
         "/v1/approvals/{action_id}/votes",

@@ -28,6 +28,7 @@ from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.http import header
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
+from keyturn.core.catalog import ExecutionModes
 from keyturn.db import open_pool, schema_name
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity import InvalidToken, TokenVerifier, bearer_token, verifier_from_settings
@@ -156,7 +157,12 @@ class ApprovalRuntime:
     def wire(self, store: Any, opa: PolicyEngine) -> ApprovalDesk:
         """The desk and its couriers on ``store`` and ``opa`` (tests pass in-memory fakes here)."""
         routes = {name: adapter.targets for name, adapter in self.adapters.items()}
-        desk = ApprovalDesk(store, opa, self.topics, self.send, routes)
+        data = getattr(opa, "data", None)  # the real OPA client serves the catalog's execution modes
+
+        async def load_modes() -> ExecutionModes:
+            return ExecutionModes.from_data(await data("keyturn/execution") if data is not None else None)
+
+        desk = ApprovalDesk(store, opa, self.topics, self.send, routes, load_execution_modes=load_modes)
         self._wiring = Wiring(
             desk, NotificationCourier(store, self.adapters, desk.view), callback_courier(self.settings, store)
         )

@@ -107,8 +107,17 @@ NEXT_STEP = {
 }
 
 
+# an action the catalog marks external is not run by Keyturn: approvers are told who performs it
+EXTERNAL_NEXT_STEP = (
+    "Keyturn does not perform it (execution: external): the requester gets a signed approval receipt "
+    "for the system that does, and the action ends approved_external"
+)
+
+
 def outcome_sentence(view: dict[str, Any]) -> str:
     """How the approval ended and what happens next, the same words in every channel."""
+    if view["status"] == "approved" and view.get("execution") == "external":
+        return f"{view['summary']} — {EXTERNAL_NEXT_STEP}."
     return f"{view['summary']} — {NEXT_STEP.get(view['status'], view['status'])}."
 
 

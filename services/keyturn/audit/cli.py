@@ -245,7 +245,7 @@ def replay(
         [],
         "--outcome",
         help="Actions that reached this outcome: allowed, denied, needs_approval, approved, expired, succeeded, "
-        "failed, outcome_unknown (repeatable)",
+        "failed, outcome_unknown, approved_external (repeatable)",
     ),
     since: str | None = typer.Option(
         None, help="Records that occurred at or after: ISO 8601, or a duration ago (2h, 7d)"

@@ -28,6 +28,7 @@ OUTCOMES = (
     "succeeded",
     "failed",
     "outcome_unknown",
+    "approved_external",
 )
 
 
@@ -237,7 +238,10 @@ def timeline_step(record: AuditRecord) -> TimelineStep:
         why = payload.get("summary") or ""
         revision = (((payload.get("decision") or {}).get("provenance")) or {}).get("policy_revision")
     elif kind == "ActionExecuted":
-        what = f"executed by {payload.get('plugin')}: {payload.get('outcome')}"
+        if payload.get("outcome") == "approved_external":  # Keyturn ran nothing: it signed a receipt
+            what = "not performed by Keyturn: approved_external, a signed receipt handed to the requester"
+        else:
+            what = f"executed by {payload.get('plugin')}: {payload.get('outcome')}"
         why = payload.get("error") or ""
     elif kind == "DeadLetter":
         what = f"dead letter from {payload.get('source_topic')}"

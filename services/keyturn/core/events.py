@@ -33,6 +33,8 @@ class ExecutionOutcome(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     OUTCOME_UNKNOWN = "outcome_unknown"
+    # cleared, and handed with a signed approval receipt to the system that performs it: Keyturn did not run it
+    APPROVED_EXTERNAL = "approved_external"
 
 
 class VoteChoice(str, Enum):

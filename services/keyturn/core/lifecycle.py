@@ -1,7 +1,9 @@
 """The lifecycle of one action: which event moves it to which state, and which states end it.
 
 requested → allowed | denied | needs_approval;  needs_approval → approved | denied | expired;
-allowed | approved → succeeded | failed | outcome_unknown. Exactly one terminal state per action.
+allowed | approved → succeeded | failed | outcome_unknown | approved_external. Exactly one terminal state per
+action. ``approved_external`` ends an action the catalog marks ``execution: external``: cleared, not run by
+Keyturn, handed to the system that performs it with a signed approval receipt (never ``succeeded``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class ActionState(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     OUTCOME_UNKNOWN = "outcome_unknown"
+    APPROVED_EXTERNAL = "approved_external"
 
     @property
     def is_terminal(self) -> bool:
@@ -29,7 +32,14 @@ class ActionState(str, Enum):
 
 
 TERMINAL_STATES = frozenset(
-    {ActionState.DENIED, ActionState.EXPIRED, ActionState.SUCCEEDED, ActionState.FAILED, ActionState.OUTCOME_UNKNOWN}
+    {
+        ActionState.DENIED,
+        ActionState.EXPIRED,
+        ActionState.SUCCEEDED,
+        ActionState.FAILED,
+        ActionState.OUTCOME_UNKNOWN,
+        ActionState.APPROVED_EXTERNAL,
+    }
 )
 
 # How far along the lifecycle each state is. Events of one action travel on different topics,
@@ -44,6 +54,7 @@ STAGE: dict[ActionState, int] = {
     ActionState.SUCCEEDED: 3,
     ActionState.FAILED: 3,
     ActionState.OUTCOME_UNKNOWN: 3,
+    ActionState.APPROVED_EXTERNAL: 3,
 }
 
 

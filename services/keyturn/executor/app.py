@@ -4,8 +4,10 @@ consumes  <ns>.actions.decided (allowed) · <ns>.actions.resolved (approved)
 produces  <ns>.actions.executed · <ns>.dlq
 state     the execution ledger in PostgreSQL (started / finished per action id)
 plugins   sql.query → sql (a temporary role per statement) · http.request → http (a token
-          per call) · mcp.<server>.<tool> → mcp (the operator's upstream MCP server, called once)
-          · anything else → noop; see executor/plugins/base.py to add one
+          per call) · mcp.<server>.<tool> → mcp (the operator's upstream MCP server, called once) · iam.* → iam,
+          db.rows.delete → deletion, db.export → export (a temporary role each) · what the catalog marks
+          external → a signed receipt · anything else ends failed (no executor);
+          see executor/plugins/base.py to add one
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from keyturn.bus.worker import consume, handle_each
 from keyturn.config import Settings
@@ -27,6 +30,8 @@ from keyturn.executor.runner import Executor, ExecutorStage
 from keyturn.faults import until_done
 from keyturn.masking.protect import keyring_for, parameter_opener
 from keyturn.roots import stream_worker
+from keyturn.secret_store import DDL as SECRETS_DDL
+from keyturn.secret_store import PostgresSecretStore
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +42,48 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
     ``credential_observer`` sees every credential minted (tests use it to prove that none
     leaks); production passes nothing.
     """
+    from keyturn.audit.keys import load_or_create_signing_key, write_public_key
+    from keyturn.core.catalog import ExecutionModes
+    from keyturn.executor.plugins.deletion import DeletionPlugin
+    from keyturn.executor.plugins.export import ExportPlugin
+    from keyturn.executor.plugins.external import ExternalPlugin
     from keyturn.executor.plugins.http import HttpPlugin, parse_connect_to
+    from keyturn.executor.plugins.iam import IamPlugin
     from keyturn.executor.plugins.mcp import McpPlugin
     from keyturn.executor.plugins.sql import SqlPlugin
+    from keyturn.faults import Unavailable
     from keyturn.mcp.upstream import parse_upstreams
+    from keyturn.policy.opa import PolicyUnavailable
+    from keyturn.receipts import ReceiptSigner
+    from keyturn.roots import export_store, opa_client, receipt_key_path, receipt_public_key_path
 
+    target = settings.sql_target_url or settings.database_url
+    sql_options: dict[str, Any] = {
+        "statement_timeout_s": settings.sql_statement_timeout_s,
+        "max_result_rows": settings.executor_max_result_rows,
+        "credential_observer": credential_observer,
+    }
+    key_path = receipt_key_path(settings)
+    receipt_key = load_or_create_signing_key(key_path)
+    write_public_key(receipt_key.public_key(), receipt_public_key_path(settings))
+    opa = opa_client(settings)
+
+    async def load_modes() -> ExecutionModes:
+        try:
+            document = await opa.data("keyturn/execution")
+        except PolicyUnavailable as exc:  # waited out at start, like any server outage
+            raise Unavailable(str(exc)) from exc
+        return ExecutionModes.from_data(document)
+
+    iam = IamPlugin(target, **sql_options)
     return PluginRegistry(
         {
-            "sql.query": SqlPlugin(
-                settings.sql_target_url or settings.database_url,
-                statement_timeout_s=settings.sql_statement_timeout_s,
-                max_result_rows=settings.executor_max_result_rows,
-                credential_observer=credential_observer,
-            ),
+            "sql.query": SqlPlugin(target, **sql_options),
+            "iam.role.grant": iam,
+            "iam.role.revoke": iam,
+            "iam.permission.change": iam,
+            "db.rows.delete": DeletionPlugin(target, **sql_options),
+            "db.export": ExportPlugin(target, store=export_store(settings), ttl_s=settings.export_ttl_s, **sql_options),
             "http.request": HttpPlugin.with_key_in(
                 settings.keys_dir,
                 allowed_hosts=frozenset(h.strip() for h in settings.http_allowed_hosts.split(",") if h.strip()),
@@ -59,7 +93,9 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
                 credential_observer=credential_observer,
             ),
             "mcp": McpPlugin(parse_upstreams(settings.mcp_upstreams), timeout_s=settings.executor_timeout_s),
-        }
+        },
+        external=ExternalPlugin(ReceiptSigner(receipt_key), default_ttl_s=settings.receipt_ttl_s),
+        load_modes=load_modes,
     )
 
 
@@ -70,18 +106,22 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
     registry = plugins or shipped_plugins(settings)
 
     async def build_executor() -> Executor:
-        pool = await open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace))
+        pool = await open_pool(settings.database_url, DDL + SECRETS_DDL, schema=schema_name(settings.namespace))
+        keyring = keyring_for(settings.seal_keys, settings.keys_dir)
         results = ResultShaper(settings.executor_max_result_rows)
         await asyncio.to_thread(results.warm)
         await registry.start()
+        if registry.load_modes is not None:
+            registry.modes = await until_done(registry.load_modes, "executor: reading the catalog's execution modes")
         ledger = ExecutionLedger(pool, f"{socket.gethostname()}:{os.getpid()}")
         return Executor(
             ledger,
             registry,
-            parameter_opener(keyring_for(settings.seal_keys, settings.keys_dir)),
+            parameter_opener(keyring),
             publisher.encode,
             results,
             timeout_s=settings.executor_timeout_s,
+            secrets=PostgresSecretStore(pool, keyring),
         )
 
     @app.agent(consume(app, topics.decided, topics.resolved))

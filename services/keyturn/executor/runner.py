@@ -4,7 +4,9 @@ The order of things is the guarantee:
 
 1. ``ledger.start`` (committed) — a second start of the same action is impossible;
 2. the checks of ``core.execution.refusal_reason``, on the clear parameters;
-3. the plugin, once, under a time limit;
+3. the plugin, once, under a time limit (for an action the catalog marks external, the
+   ``external`` plugin signs a receipt and the action ends ``approved_external``; for one no
+   plugin covers, ``NoExecutor`` ends it ``failed``: nothing ends ``succeeded`` without running);
 4. ``ledger.finish`` with the encoded outcome, which is then published (and republished
    as is on any redelivery).
 
@@ -22,12 +24,13 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from keyturn.core.canonical import canonical_json
-from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome
+from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome, VoteChoice
 from keyturn.core.execution import ExecutionOrder, order_from, refusal_reason
 from keyturn.executor.ledger import LedgerEntry
 from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, Plugin, PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.faults import until_done
+from keyturn.secret_store import SecretNotFound, SecretStore, redact, references_in, resolve_references
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,9 @@ class Executor:
         results: ResultShaper,
         *,
         timeout_s: float = 120.0,
+        secrets: SecretStore | None = None,
     ) -> None:
+        self.secrets = secrets  # resolves {"secret": name} references in the parameters, here only
         self.ledger = ledger
         self.plugins = plugins
         self.open_parameters = open_parameters  # (request) -> clear parameters; refuses tampered seals
@@ -68,6 +73,7 @@ class Executor:
     async def execute(self, order: ExecutionOrder) -> tuple[ExecutionOutcome, bytes]:
         """Run ``order`` at most once; (its outcome, the encoded ``ActionExecuted`` to publish)."""
         now = datetime.now(UTC)
+        await self.plugins.refresh_modes_if_stale()
         plugin = self.plugins.plugin_for(order.decision.request.action)
         earlier = await until_done(
             lambda: self.ledger.start(
@@ -151,6 +157,19 @@ class Executor:
         refusal = refusal_reason(order, started_at, parameters)
         if refusal is not None:
             return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {refusal}")
+        used: dict[str, str] = {}  # secrets the references resolved to: the plugin alone sees them
+        if references_in(parameters):
+            if self.secrets is None:
+                return outcome(
+                    ExecutionOutcome.FAILED,
+                    error="refused before execution: the parameters refer to secrets and this executor has no "
+                    "secret store",
+                )
+            try:
+                parameters, used = await resolve_references(parameters, self.secrets)
+            except SecretNotFound as exc:
+                return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {exc}")
+        resolution = order.resolution
         command = Command(
             order.action_id,
             request.action,
@@ -158,13 +177,22 @@ class Executor:
             parameters,
             order.decision.credential_ttl_s,
             request.requester,
+            payload_digest=str(order.payload_digest),
+            approvers=tuple(v.approver.id for v in resolution.votes if v.choice is VoteChoice.APPROVE)
+            if resolution is not None
+            else (),
+            decision="approved" if resolution is not None else "allowed",
+            policy_revision=order.decision.provenance.policy_revision,
+            decision_id=order.decision.provenance.decision_id,
+            execute_before=order.execute_before(),
+            mask=tuple(order.decision.mask),
         )
         try:
-            result = await asyncio.wait_for(plugin.execute(command), self.timeout_s)
+            result = redact(await asyncio.wait_for(plugin.execute(command), self.timeout_s), used)
         except ExecutionFailed as exc:
-            return outcome(ExecutionOutcome.FAILED, error=self.results.mask_text(str(exc)))
+            return outcome(ExecutionOutcome.FAILED, error=self.results.mask_text(redact(str(exc), used)))
         except OutcomeUnknown as exc:
-            return outcome(ExecutionOutcome.OUTCOME_UNKNOWN, error=self.results.mask_text(str(exc)))
+            return outcome(ExecutionOutcome.OUTCOME_UNKNOWN, error=self.results.mask_text(redact(str(exc), used)))
         except TimeoutError:
             return outcome(
                 ExecutionOutcome.OUTCOME_UNKNOWN,
@@ -172,11 +200,18 @@ class Executor:
                 f"effects",
             )
         except Exception as exc:  # a plugin bug is a failed action, never a crash loop that re-runs it
-            log.exception("plugin %s failed on %s", plugin.name, order.action_id)
+            if used:  # a traceback could quote a resolved secret: the redacted message only
+                log.error("plugin %s failed on %s: %s", plugin.name, order.action_id, redact(repr(exc), used))
+            else:
+                log.exception("plugin %s failed on %s", plugin.name, order.action_id)
             return outcome(
                 ExecutionOutcome.FAILED,
-                error=self.results.mask_text(f"{plugin.name} plugin error: {type(exc).__name__}: {exc}"),
+                error=self.results.mask_text(redact(f"{plugin.name} plugin error: {type(exc).__name__}: {exc}", used)),
             )
+        if getattr(plugin, "external", False):
+            # nothing ran: the result is the signed receipt Keyturn built from the decision (no parameter
+            # in it), kept as signed; masking would break the signature
+            return outcome(ExecutionOutcome.APPROVED_EXTERNAL, result=result)
         # masking a result is CPU work kept off the event loop; a result of None has nothing to mask
         shaped = (
             None if result is None else await asyncio.to_thread(self.results.shape, result, tuple(order.decision.mask))

@@ -1,6 +1,8 @@
 """Intake service: agents submit actions over HTTP or the submissions topic; requesters follow them.
 
 routes    POST /v1/actions · GET /v1/actions/{id} · GET /v1/actions/{id}/wait · GET /.well-known/jwks.json
+          · GET /v1/exports/{id} (a db.export's file, once, to its requester)
+          · GET /.well-known/keyturn-receipt-keys.json (the key approval receipts are signed with)
 consumes  <ns>.submissions (ActionSubmitted + JWT header) · lifecycle topics (status of each action)
 produces  <ns>.actions.requested · <ns>.dlq
 state     intake_actions in PostgreSQL: idempotency keys, the outbox of accepted requests, status
@@ -11,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.bus.codec import UndecodableMessage
@@ -27,10 +31,11 @@ from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
 from keyturn.core.principal import Principal
+from keyturn.exports import export_file_name
 from keyturn.identity import InvalidToken, bearer_token
 from keyturn.intake.consumers import REJECTED
 from keyturn.intake.store import StoreUnavailable
-from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict
+from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, NoExecutor
 from keyturn.intake.wiring import IntakeWiring, bootstrap, start_background
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,7 @@ class Problem(BaseModel):
 
 
 RETRY_AFTER_S = 2
+EXPORT_TYPES = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
 UNAVAILABLE = {
     "model": Problem,
     "description": "The intake's database is not answering; nothing to fix in the request, try again after "
@@ -190,12 +196,15 @@ def create_app(
         },
     )
     async def submit_action(
-        submission: ActionSubmission, response: Response, authorization: str | None = Header(None)
-    ) -> dict[str, str]:
-        """Submit an action; 202 with its id, or 200 with the existing id for a repeated idempotency key."""
+        submission: ActionSubmission, request: Request, response: Response, authorization: str | None = Header(None)
+    ) -> Any:
+        """Submit an action; 202 with its id, or 200 with the existing id for a repeated idempotency key;
+        422 naming why for an action the catalog refuses (``data.keyturn.execution``)."""
         principal = authenticate(authorization)
         try:
             stored, created = await wired.parts.intake.submit(principal, submission, SubmissionChannel.HTTP)
+        except NoExecutor as exc:
+            return await refuse(request, 422, NoExecutor.error_type, exc.problems)
         except IdempotencyConflict as exc:
             REJECTED.labels("http", "idempotency_conflict").inc()
             raise HTTPException(409, detail=str(exc)) from exc
@@ -247,6 +256,44 @@ def create_app(
     async def jwks() -> dict[str, Any]:
         """Public keys of the local development token issuer."""
         return wired.parts.jwks
+
+    @app.get(
+        "/v1/exports/{action_id}",
+        response_class=FileResponse,
+        responses={
+            401: {"description": "Missing or invalid token"},
+            404: {"description": "Unknown action, or one with no export"},
+            410: {"description": "Already downloaded, or expired"},
+        },
+    )
+    async def download_export(action_id: str, authorization: str | None = Header(None)) -> FileResponse:
+        """The file a db.export wrote, once, to its requester (and whom it acts for); then it is deleted."""
+        stored = await visible_action(action_id, authenticate(authorization))
+        result = stored.result if isinstance(stored.result, dict) else {}
+        file_format = result.get("format")
+        if stored.action != "db.export" or "download" not in result or file_format not in EXPORT_TYPES:
+            raise HTTPException(404, detail=f"action {action_id} has no export to download")
+        store = wired.parts.exports
+        taken = store.take(export_file_name(action_id, file_format)) if store is not None else None
+        if taken is None:
+            raise HTTPException(
+                410, detail=f"the export of {action_id} was already downloaded or has expired: submit the export again"
+            )
+        if time.time() - taken.stat().st_mtime > wired.parts.export_ttl_s:
+            taken.unlink(missing_ok=True)
+            raise HTTPException(410, detail=f"the export of {action_id} expired unread and was deleted")
+        log.info("export of %s handed out and deleted", action_id)
+        return FileResponse(
+            taken,
+            media_type=EXPORT_TYPES[file_format],
+            filename=f"{action_id}.{file_format}",
+            background=BackgroundTask(taken.unlink, missing_ok=True),
+        )
+
+    @app.get("/.well-known/keyturn-receipt-keys.json")
+    async def receipt_keys() -> dict[str, Any]:
+        """The Ed25519 key approval receipts of external actions are signed with (JWKS, RFC 8037)."""
+        return wired.parts.receipt_keys()
 
     @app.get("/healthz", responses={503: {"description": "The database or the producer is not answering"}})
     async def health(response: Response) -> dict[str, Any]:

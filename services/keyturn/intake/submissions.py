@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -118,6 +119,12 @@ class InvalidSubmission(ValueError):
         self.problems = problems
 
 
+class NoExecutor(InvalidSubmission):
+    """The catalog refuses the action outright (``data.keyturn.execution``: ``{"refused": why}``)."""
+
+    error_type = "no_executor"
+
+
 def action_id_for(principal: Principal, idempotency_key: str | None) -> str:
     """A fresh id, or one derived from (principal, key) so retries map to the same action."""
     if idempotency_key is None:
@@ -149,9 +156,17 @@ class Intake:
     """Turns verified submissions into published ``ActionRequested`` events, exactly once per id."""
 
     def __init__(
-        self, store: IntakeStore, publisher: Publisher, protect: Any, *, publish_patience_s: float = 5.0
+        self,
+        store: IntakeStore,
+        publisher: Publisher,
+        protect: Any,
+        *,
+        publish_patience_s: float = 5.0,
+        refusal_for: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.store = store
+        # why the catalog refuses an action at the door (None: it does not); see keyturn.core.catalog
+        self.refusal_for = refusal_for
         self.publisher = publisher
         self.protect = protect  # masks and seals parameters (keyturn.masking)
         # a request waits this long for the broker's ack; after that the stored action is
@@ -161,7 +176,11 @@ class Intake:
     async def submit(
         self, principal: Principal, submission: ActionSubmission, channel: SubmissionChannel
     ) -> tuple[StoredAction, bool]:
-        """(stored action, created?) — raises ``IdempotencyConflict`` on a reused key."""
+        """(stored action, created?) — raises ``IdempotencyConflict`` on a reused key, ``NoExecutor`` for an
+        action the catalog refuses."""
+        why = await self.refusal_for(submission.action) if self.refusal_for is not None else None
+        if why:
+            raise NoExecutor([f"action: {submission.action} is not carried out by Keyturn: {why}"])
         now = datetime.now(UTC)
         action_id = action_id_for(principal, submission.idempotency_key)
         digest = payload_digest(submission.action, submission.resource, submission.parameters)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -17,7 +19,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
+from keyturn.core.catalog import Execution, ExecutionModes
 from keyturn.db import open_pool, schema_name
+from keyturn.exports import ExportStore
 from keyturn.faults import supervised
 from keyturn.identity import load_or_create_signing_key, verifier_from_settings
 from keyturn.intake.consumers import Verifier, consume_submissions, republish_outbox, submissions_stage
@@ -25,6 +29,8 @@ from keyturn.intake.status import StatusFollower
 from keyturn.intake.store import DDL, ActionStore, StoredAction
 from keyturn.intake.submissions import Intake, IntakeStore
 from keyturn.masking.protect import keyring_for, parameter_protector
+from keyturn.receipts import jwks, keys_from
+from keyturn.roots import export_store, opa_client, receipt_public_key_path
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,9 @@ class IntakeWiring:
     follower: StatusFollower
     verifier: Verifier
     jwks: dict[str, Any]
+    receipt_keys: Callable[[], dict[str, Any]] = lambda: {"keys": []}  # the JWKS receipts are verified with
+    exports: ExportStore | None = None  # db.export files, each served once to its requester
+    export_ttl_s: float = 3600.0
     health: dict[str, Check] = field(default_factory=dict)
     background: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     close: Callable[[], Awaitable[None]] | None = None
@@ -65,7 +74,12 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
 
     publisher = Publisher(send, topics, "intake")
     store = ActionStore(pool)
-    intake = Intake(store, publisher, parameter_protector(keyring_for(settings.seal_keys, settings.keys_dir)))
+    intake = Intake(
+        store,
+        publisher,
+        parameter_protector(keyring_for(settings.seal_keys, settings.keys_dir)),
+        refusal_for=catalog_refusals(opa_client(settings)),
+    )
     follower = StatusFollower(store, publisher)
     verifier = verifier_from_settings(
         settings.jwks_url or None,
@@ -126,6 +140,9 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
         follower=follower,
         verifier=verifier,
         jwks=load_or_create_signing_key(settings.keys_dir).jwks(),
+        receipt_keys=lambda: published_receipt_keys(receipt_public_key_path(settings)),
+        exports=export_store(settings),
+        export_ttl_s=settings.export_ttl_s,
         health={"database": store.ping, "producer": producer_answers},
         background={
             "status follower": follow_status,
@@ -140,3 +157,32 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
 def start_background(wiring: IntakeWiring) -> list[asyncio.Task[None]]:
     """Each background loop, restarted whenever it fails (``faults.supervised``)."""
     return [asyncio.create_task(supervised(name, work), name=name) for name, work in wiring.background.items()]
+
+
+def published_receipt_keys(path: Path) -> dict[str, Any]:
+    """The receipt key the executor wrote beside its private key, as JWKS; none until it has started."""
+    try:
+        return jwks(keys_from(path.read_bytes()).values())
+    except FileNotFoundError:
+        return {"keys": []}
+
+
+def catalog_refusals(opa: Any, *, refresh_s: float = 30.0) -> Callable[[str], Awaitable[str | None]]:
+    """Why the catalog refuses an action at the door (``{"refused": why}`` in ``data.keyturn.execution``),
+    read from OPA at most every ``refresh_s``. While OPA cannot be read, nothing is refused here: the
+    executor ends such an action ``failed`` with the same reason, so it never runs either way."""
+    cached: list[tuple[float, ExecutionModes]] = []
+
+    async def refusal_for(action: str) -> str | None:
+        now = time.monotonic()
+        if not cached or now - cached[0][0] > refresh_s:
+            try:
+                modes = ExecutionModes.from_data(await opa.data("keyturn/execution"))
+            except Exception as exc:
+                log.warning("intake: the catalog's execution modes were not read (%s: %s)", type(exc).__name__, exc)
+                modes = cached[0][1] if cached else ExecutionModes()
+            cached[:] = [(now, modes)]
+        mode = cached[0][1].mode_for(action)
+        return mode.why if mode.execution is Execution.REFUSED else None
+
+    return refusal_for

@@ -168,6 +168,10 @@ class OpaClient:
         digest.update(json.dumps(base, sort_keys=True, separators=(",", ":")).encode())
         return "sha256:" + digest.hexdigest()[:16]
 
+    async def data(self, path: str) -> Any:
+        """The policy data document at ``data.<path>`` (``keyturn/execution``), None when undefined."""
+        return (await self._get(f"/v1/data/{path.strip('/')}")).get("result")
+
     async def _get(self, url: str) -> dict[str, Any]:
         status, body = await self._send("GET", url, "revision")
         if status != 200:

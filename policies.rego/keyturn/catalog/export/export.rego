@@ -21,6 +21,13 @@ covers_action if request.action == "db.export"
 # description: Fields of db.export that carry secrets.
 masked_fields contains "parameters.destination_credentials" if covers_action
 
+# METADATA
+# description: Columns the export executor writes masked in the file (data.keyturn.export.masked_columns).
+masked_fields contains sprintf("columns.%s", [column]) if {
+	covers_action
+	some column in data.keyturn.export.masked_columns
+}
+
 row_count := request.parameters.row_count if {
 	is_number(request.parameters.row_count)
 	request.parameters.row_count >= 0

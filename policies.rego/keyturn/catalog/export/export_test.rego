@@ -107,6 +107,11 @@ test_export_masks_destination_credentials if {
 	"parameters.destination_credentials" in d.mask
 }
 
+test_export_masks_the_listed_columns_in_the_file if {
+	d := decision.decision with input as export(staging_table, "staging", 10, inside)
+	"columns.email" in d.mask
+}
+
 test_export_credential_lives_long_enough_to_copy if {
 	d := decision.decision with input as export(staging_table, "staging", 10, inside)
 	d.credential_ttl_s == 900

@@ -1,6 +1,6 @@
 """The plugin interface: one class per kind of action, registered by action prefix.
 
-Writing a plugin (see ``noop.py`` for the smallest, ``sql.py`` and ``http.py`` for real ones):
+Writing a plugin (see ``external.py`` for the smallest, ``sql.py``, ``iam.py`` and ``http.py`` for real ones):
 
 - ``name``: a short word shown in ``ActionExecuted.plugin`` and the audit.
 - ``async execute(command)``: perform the command **once** and return a JSON-able result.
@@ -23,6 +23,7 @@ a plugin returns rows as ``{"row_count": n, "rows": [...]}`` so they can be capp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from keyturn.core.principal import Principal
@@ -38,6 +39,14 @@ class Command:
     parameters: dict[str, Any]
     credential_ttl_s: int
     requester: Principal | None = None
+    # what cleared it: the approved digest, who approved, the policy revision, the window's end
+    payload_digest: str = ""
+    approvers: tuple[str, ...] = ()
+    decision: str = "allowed"  # "allowed" by the policy, or "approved" by people
+    policy_revision: str = ""
+    decision_id: str = ""
+    execute_before: datetime | None = None
+    mask: tuple[str, ...] = ()  # the decision's mask: parameters.<field>, and columns.<name> an export masks
 
 
 class ExecutionFailed(Exception):

@@ -162,23 +162,14 @@ class SqlPlugin:
                 sequences = await _serial_sequences(admin, oid)
         return Grants({relation: tuple(sorted(set(p))) for relation, p in tables.items()}, sequences)
 
-    async def _run_as(
-        self,
-        role: str,
-        password: str,
-        shape: StatementShape,
-        statement: str,
-        max_rows: int | None,
-        timeout_s: float,
-        grants: Grants,
-    ) -> dict[str, Any]:
-        wanted = self.max_result_rows if max_rows is None else min(max_rows, self.max_result_rows)
+    async def _connect_as(self, role: str, password: str, timeout_s: float) -> psycopg.AsyncConnection:
+        """A session as the temporary role, with the statement timeout; refused connections fail the command."""
         options = (
             f"-c statement_timeout={int(timeout_s * 1000)} -c search_path=public -c "
             f"client_connection_check_interval=1000"
         )
         try:
-            conn = await psycopg.AsyncConnection.connect(
+            return await psycopg.AsyncConnection.connect(
                 self.target_url,
                 user=role,
                 password=password,
@@ -190,6 +181,22 @@ class SqlPlugin:
             raise ExecutionFailed(
                 f"cannot connect to the SQL target {self.target_name} as the temporary role: {_message(exc)}"
             ) from None
+
+    async def _run_as(
+        self,
+        role: str,
+        password: str,
+        shape: StatementShape,
+        statement: str,
+        max_rows: int | None,
+        timeout_s: float,
+        grants: Grants,
+        before_commit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``statement`` as the role. ``before_commit`` sees a write's result inside its transaction and
+        may raise ``ExecutionFailed`` to roll it back."""
+        wanted = self.max_result_rows if max_rows is None else min(max_rows, self.max_result_rows)
+        conn = await self._connect_as(role, password, timeout_s)
         committing = False
         try:
             async with conn:
@@ -200,6 +207,8 @@ class SqlPlugin:
                 transaction = conn.transaction()
                 async with transaction:
                     result = await _write(conn, statement, wanted)
+                    if before_commit is not None:
+                        before_commit(result)  # raising here rolls the transaction back
                     committing = True
                 return result
         except psycopg.errors.QueryCanceled:

@@ -73,6 +73,8 @@ class Grants:
 
     tables: dict[Relation, tuple[str, ...]] = field(default_factory=dict)
     sequences: tuple[Relation, ...] = ()
+    # roles the temporary role may SET ROLE to (it is NOINHERIT: nothing of theirs applies until it does)
+    member_of: tuple[str, ...] = ()
 
     @property
     def schemas(self) -> tuple[str, ...]:
@@ -84,6 +86,7 @@ class Grants:
             f"{', '.join(privileges)} on {relation}"
             for relation, privileges in sorted(self.tables.items(), key=lambda kv: str(kv[0]))
         ]
+        parts += [f"SET ROLE {role}" for role in self.member_of]
         return "; ".join(parts) or "no table privileges"
 
 
@@ -137,6 +140,8 @@ async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, g
             )
         for sequence in grants.sequences:
             await admin.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence.identifier(), role))
+        for member_of in grants.member_of:
+            await admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), role))
     return TemporaryRole(name, password, valid_until)
 
 
@@ -147,6 +152,15 @@ async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
         cursor = await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
         if await cursor.fetchone() is None:
             return RoleCleanup(name, existed=False, sessions_terminated=0)
+        # the memberships it held (``Grants.member_of``) go first: granting it to the executor below would be
+        # circular while it is a member of the executor's role
+        cursor = await admin.execute(
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles p ON "
+            "p.oid = m.member WHERE p.rolname = %s",
+            (name,),
+        )
+        for (held,) in await cursor.fetchall():
+            await admin.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(held), role))
         # membership gives the executor the right to end the role's sessions and DROP OWNED it
         await admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
         cursor = await admin.execute(

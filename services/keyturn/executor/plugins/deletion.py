@@ -1,0 +1,122 @@
+"""The ``deletion`` plugin: ``db.rows.delete``, a DELETE bounded by the row count people approved.
+
+Parameters: ``table`` (``schema.table``; unqualified means ``public``), ``where`` (the SQL
+condition rows must meet; an empty condition is refused: deleting a whole table is
+``sql.query``'s TRUNCATE, with its own policy), ``max_rows`` (the approved row count: the most
+rows this deletion may remove).
+
+The statement ``DELETE FROM <table> WHERE <where>`` runs like any ``sql.query`` write (a
+temporary role ``keyturn_cmd_<action>`` holding DELETE and SELECT on that table only, valid for
+the policy's credential TTL, dropped afterwards). Inside its transaction, before the commit,
+the number of rows it deleted is compared with ``max_rows``: more, and the transaction is rolled
+back and the action ends ``failed`` with both counts. Nothing beyond the approval is ever
+committed. ``exceeds_preview`` is the second bound, against the impact preview people saw
+(the preview's tolerance is the policy's), checked at the same point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from keyturn.executor.plugins.base import Command, ExecutionFailed
+from keyturn.executor.plugins.sql import SqlPlugin, _message, _resolve
+from keyturn.executor.plugins.sql_roles import Grants, create_role, role_name_for
+from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
+
+# (command, rows the statement deleted) → why that is more than the impact preview allows, or None.
+PreviewBound = Callable[[Command, int], str | None]
+
+
+def approved_row_count(parameters: dict[str, Any]) -> int:
+    """The approved bound: ``parameters.max_rows``, a whole number ≥ 0 (required)."""
+    value = parameters.get("max_rows")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ExecutionFailed(
+            "parameters.max_rows must be the approved row count, a whole number ≥ 0; nothing was deleted"
+        )
+    return value
+
+
+class DeletionPlugin(SqlPlugin):
+    name = "deletion"
+
+    def __init__(self, target_url: str, *, exceeds_preview: PreviewBound | None = None, **options: Any) -> None:
+        super().__init__(target_url, **options)
+        self.exceeds_preview = exceeds_preview  # the impact preview's bound, when the preview is wired
+
+    async def execute(self, command: Command) -> Any:
+        table, where = _deletion_parameters(command.parameters)
+        bound = approved_row_count(command.parameters)
+        ttl_s = command.credential_ttl_s
+        if ttl_s <= 0:
+            raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
+        name = role_name_for(command.action_id)
+        async with await self._admin() as admin:
+            found = await _resolve(admin, table)
+            if found is None:
+                raise ExecutionFailed(f"nothing deleted: table {table} does not exist on {self.target_name}")
+            relation = found[0]
+            statement = sql.SQL("DELETE FROM {} WHERE ").format(relation.identifier()) + sql.SQL(where)
+            text = statement.as_string(admin)
+            try:
+                shape = statement_shape(text)
+            except UnsupportedStatement as exc:
+                raise ExecutionFailed(f"nothing deleted: the condition is refused: {exc}") from None
+            if shape.write_privilege != "DELETE":
+                raise ExecutionFailed("nothing deleted: the condition must be a plain SQL condition")
+            grants = await self._grants_for(admin, shape)
+            grants = Grants(
+                {**grants.tables, relation: tuple(sorted({*grants.tables.get(relation, ()), "SELECT", "DELETE"}))},
+                grants.sequences,
+            )
+            try:
+                role = await create_role(admin, name, ttl_s, grants)
+            except psycopg.errors.DuplicateObject:
+                raise ExecutionFailed(
+                    f"the temporary role for action {command.action_id} already exists: "
+                    "another run of it started; refusing to run it twice"
+                ) from None
+            except psycopg.Error as exc:
+                raise ExecutionFailed(
+                    f"could not create the temporary role on {self.target_name}: {_message(exc)}"
+                ) from None
+        if self.credential_observer is not None:
+            self.credential_observer(role.password)
+
+        def within_bounds(result: dict[str, Any]) -> None:
+            deleted = int(result.get("row_count") or 0)
+            if deleted > bound:
+                raise ExecutionFailed(
+                    f"the deletion would remove {deleted} rows from {relation}, more than the {bound} approved "
+                    f"(parameters.max_rows): rolled back, nothing was deleted"
+                )
+            if self.exceeds_preview is not None:
+                refusal = self.exceeds_preview(command, deleted)
+                if refusal:
+                    raise ExecutionFailed(f"{refusal}: rolled back, nothing was deleted")
+
+        timeout_s = min(self.statement_timeout_s, ttl_s)
+        try:
+            result = await self._run_as(role.name, role.password, shape, text, 0, timeout_s, grants, within_bounds)
+        finally:
+            try:
+                await self._drop(name)
+            except ExecutionFailed:
+                pass  # logged by _drop; the role expires with its TTL and the next start sweeps it
+        return {"table": str(relation), "deleted_rows": result["row_count"], "approved_rows": bound}
+
+
+def _deletion_parameters(parameters: dict[str, Any]) -> tuple[str, str]:
+    table, where = parameters.get("table"), parameters.get("where")
+    if not isinstance(table, str) or not table.strip():
+        raise ExecutionFailed("parameters.table must name the table to delete from; nothing was deleted")
+    if not isinstance(where, str) or not where.strip():
+        raise ExecutionFailed(
+            "parameters.where must be the SQL condition of the rows to delete (a whole table is not deleted "
+            "this way); nothing was deleted"
+        )
+    return table.strip(), where.strip()

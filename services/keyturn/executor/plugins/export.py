@@ -1,0 +1,208 @@
+"""The ``export`` plugin: ``db.export``, a SELECT's rows written to a file the requester downloads once.
+
+Parameters: ``statement`` (one SELECT, as for ``sql.query``), ``format`` (``parquet``, the
+default, or ``csv``), plus what the policy reads (``row_count``, ``destination``).
+
+1. The statement runs like a ``sql.query`` read: a temporary role holding SELECT on the tables
+   it names, for the policy's credential TTL (900 s for exports), in a READ ONLY transaction,
+   through a server-side cursor (rows stream in batches, never all in memory).
+2. Columns the policy masks (``columns.<name>`` in the decision's mask, from
+   ``data.keyturn.export.masked_columns``) are written masked (``<EMAIL_ADDRESS>``,
+   ``<SECRET>``, …): the clear value never reaches the file.
+3. The file goes to an ``ExportStore`` (named after the action); the result tells the
+   requester where to fetch it (``GET /v1/exports/{action_id}`` on the intake, as the
+   requester) and until when. The intake hands it out once and deletes it; an expired one is
+   deleted unread.
+
+Where files live is ``keyturn.exports.ExportStore`` (a directory by default; see there for an
+S3-compatible store).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any
+
+import psycopg
+
+from keyturn.executor.plugins.base import Command, ExecutionFailed
+from keyturn.executor.plugins.sql import SqlPlugin, _message, _statement_parameters
+from keyturn.executor.plugins.sql_roles import create_role, role_name_for
+from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
+from keyturn.executor.values import jsonable
+from keyturn.exports import ExportStore, export_file_name
+from keyturn.masking.field_names import sensitive_field_entity
+from keyturn.masking.masker import placeholder
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("parquet", "csv")
+BATCH_ROWS = 5000
+
+
+def masked_columns(mask: tuple[str, ...]) -> frozenset[str]:
+    """The columns the decision masks (``columns.email`` → ``email``), case-blind."""
+    return frozenset(path.removeprefix("columns.").lower() for path in mask if path.startswith("columns."))
+
+
+class ExportPlugin(SqlPlugin):
+    name = "export"
+
+    def __init__(self, target_url: str, *, store: ExportStore, ttl_s: float = 3600.0, **options: Any) -> None:
+        super().__init__(target_url, **options)
+        self.store = store
+        self.ttl_s = ttl_s  # how long the one download stays available
+
+    async def start(self) -> None:
+        await super().start()
+        removed = self.store.sweep(self.ttl_s)
+        if removed:
+            log.info("export plugin: deleted %d export files never downloaded", removed)
+
+    async def execute(self, command: Command) -> Any:
+        statement, _ = _statement_parameters(command.parameters)
+        file_format = command.parameters.get("format", "parquet")
+        if file_format not in FORMATS:
+            raise ExecutionFailed(f"parameters.format must be one of {', '.join(FORMATS)}; nothing was exported")
+        try:
+            shape = statement_shape(statement)
+        except UnsupportedStatement as exc:
+            raise ExecutionFailed(f"statement refused before running: {exc}") from None
+        if not shape.is_read:
+            raise ExecutionFailed("an export runs a SELECT; this statement writes. Nothing was exported")
+        ttl_s = command.credential_ttl_s
+        if ttl_s <= 0:
+            raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
+        name = role_name_for(command.action_id)
+        async with await self._admin() as admin:
+            grants = await self._grants_for(admin, shape)
+            try:
+                role = await create_role(admin, name, ttl_s, grants)
+            except psycopg.Error as exc:
+                raise ExecutionFailed(f"could not create the temporary role: {_message(exc)}") from None
+        if self.credential_observer is not None:
+            self.credential_observer(role.password)
+        file_name = export_file_name(command.action_id, file_format)
+        masked = masked_columns(command.mask)
+        try:
+            conn = await self._connect_as(role.name, role.password, min(self.statement_timeout_s, ttl_s))
+            try:
+                async with conn:
+                    await conn.set_read_only(True)
+                    async with conn.transaction(), conn.cursor(name="keyturn_export") as cursor:
+                        await cursor.execute(statement)
+                        columns = [column.name for column in cursor.description or ()]
+                        hidden = [c for c in columns if c.lower() in masked]
+                        writer = _parquet_writer if file_format == "parquet" else _csv_writer
+                        with self.store.put(file_name) as file:
+                            counting = _Hashing(file)
+                            rows = await writer(counting, columns, _masking(cursor, columns, masked))
+            except psycopg.errors.QueryCanceled:
+                raise ExecutionFailed(f"the export ran longer than {ttl_s:g}s and was cancelled") from None
+            except psycopg.Error as exc:
+                raise ExecutionFailed(f"PostgreSQL: {_message(exc)}; nothing was exported") from None
+        finally:
+            try:
+                await self._drop(name)
+            except ExecutionFailed:
+                pass
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.ttl_s)
+        return {
+            "exported_rows": rows,
+            "format": file_format,
+            "columns": columns,
+            "masked_columns": hidden,
+            "sha256": counting.digest.hexdigest(),
+            "bytes": counting.size,
+            "download": {
+                "path": f"/v1/exports/{command.action_id}",
+                "once": True,
+                "expires_at": expires_at.isoformat(),
+            },
+        }
+
+
+class _Hashing:
+    """A write-through file that counts and hashes what is written (the requester can check the file)."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file, self.digest, self.size = file, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+async def _masking(cursor: Any, columns: list[str], masked: frozenset[str]):
+    """Batches of rows as lists, masked columns replaced by their placeholder."""
+    hide = [c.lower() in masked for c in columns]
+    entities = [sensitive_field_entity(c) or "MASKED" for c in columns]
+    while True:
+        batch = await cursor.fetchmany(BATCH_ROWS)
+        if not batch:
+            return
+        yield [
+            [
+                placeholder(entities[i], value) if hide[i] and value is not None else jsonable(value)
+                for i, value in enumerate(row)
+            ]
+            for row in batch
+        ]
+
+
+async def _csv_writer(file: Any, columns: list[str], batches: Any) -> int:
+    def encoded(rows: list[list[Any]]) -> bytes:
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(rows)
+        return text.getvalue().encode("utf-8")
+
+    file.write(encoded([columns]))
+    rows = 0
+    async for batch in batches:
+        file.write(encoded([["" if v is None else v if isinstance(v, str) else str(v) for v in row] for row in batch]))
+        rows += len(batch)
+    return rows
+
+
+async def _parquet_writer(file: Any, columns: list[str], batches: Any) -> int:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ExecutionFailed("format parquet needs pyarrow (the parquet extra); use format csv") from None
+    rows, writer, schema = 0, None, None
+    try:
+        async for batch in batches:
+            table = pa.Table.from_pylist([dict(zip(columns, _texts(row), strict=True)) for row in batch], schema=schema)
+            if writer is None:  # a column all null in the first batch is kept as text
+                schema = pa.schema(
+                    [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema]
+                )
+                table = table.cast(schema)
+                writer = pq.ParquetWriter(file, schema)
+            writer.write_table(table)
+            rows += len(batch)
+        if writer is None:  # no rows: an empty file with the columns
+            schema = pa.schema([(c, pa.string()) for c in columns])
+            writer = pq.ParquetWriter(file, schema)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _texts(row: list[Any]) -> list[Any]:
+    """Values a Parquet column keeps one type for: numbers and booleans as they are, the rest as text."""
+    return [v if v is None or isinstance(v, (bool, int, float, str)) else str(v) for v in row]

@@ -1,0 +1,198 @@
+"""The ``iam`` plugin: role memberships and table privileges on the SQL target, as GRANT / REVOKE.
+
+- ``iam.role.grant`` / ``iam.role.revoke``: ``GRANT <role> TO <principal>`` / ``REVOKE <role> FROM
+  <principal>``; parameters ``role`` and ``principal``, both role names on the target database
+  (taken as written, case and all).
+- ``iam.permission.change``: ``GRANT | REVOKE <privileges> ON <table> TO | FROM <principal>``;
+  parameters ``principal``, ``table`` (``schema.table``), ``privileges`` (a list of SELECT, INSERT,
+  UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER) and ``change`` (``grant`` or ``revoke``).
+
+Refused before anything runs: a role or principal that does not exist, a superuser role, the
+executor's own role, and Keyturn's temporary roles.
+
+Each command runs as its own temporary role (``keyturn_cmd_<action>``, LOGIN, one connection,
+VALID UNTIL now + the policy's credential TTL; ``sql_roles``), which may ``SET ROLE`` to the
+executor's role and nothing else (NOINHERIT): a grant is recorded with the executor's role as
+grantor, so it outlives the temporary role, which is dropped right after. The statements are
+built here from identifiers (``psycopg.sql``), never from text the agent wrote. Afterwards the
+change is read back from the catalog (``pg_auth_members``, ``has_table_privilege``); a change
+the catalog does not show ends ``outcome_unknown``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
+from keyturn.executor.plugins.sql import SqlPlugin, _message, _resolve
+from keyturn.executor.plugins.sql_roles import ROLE_PREFIX, Grants, Relation, create_role, role_name_for
+
+PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+
+
+class IamPlugin(SqlPlugin):
+    name = "iam"
+
+    async def execute(self, command: Command) -> Any:
+        ttl_s = command.credential_ttl_s
+        if ttl_s <= 0:
+            raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
+        name = role_name_for(command.action_id)
+        async with await self._admin() as admin:
+            executor_role = await _current_user(admin)
+            change = await _change_for(admin, command, executor_role)
+            before = await change.holds(admin)
+            try:
+                role = await create_role(admin, name, ttl_s, Grants(member_of=(executor_role,)))
+            except psycopg.errors.DuplicateObject:
+                raise ExecutionFailed(
+                    f"the temporary role for action {command.action_id} already exists: "
+                    "another run of it started; refusing to run it twice"
+                ) from None
+            except psycopg.Error as exc:
+                raise ExecutionFailed(
+                    f"could not create the temporary role on {self.target_name}: {_message(exc)}"
+                ) from None
+        if self.credential_observer is not None:
+            self.credential_observer(role.password)
+        try:
+            conn = await self._connect_as(role.name, role.password, min(self.statement_timeout_s, ttl_s))
+            try:
+                async with conn, conn.transaction():
+                    await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(executor_role)))
+                    await conn.execute(change.statement)
+            except psycopg.OperationalError as exc:
+                raise OutcomeUnknown(
+                    f"the connection to {self.target_name} broke during {change.describe()}: it may or may not "
+                    f"have been applied ({_message(exc)})"
+                ) from None
+            except psycopg.Error as exc:
+                raise ExecutionFailed(f"PostgreSQL refused {change.describe()}: {_message(exc)}") from None
+        finally:
+            try:
+                await self._drop(name)
+            except ExecutionFailed:
+                pass  # logged by _drop; the role expires with its TTL and the next start sweeps it
+        async with await self._admin() as admin:
+            after = await change.holds(admin)
+        if after != change.grants:
+            raise OutcomeUnknown(f"{change.describe()} ran, but {change.catalog} does not show it: check the target")
+        return {
+            "performed": change.describe(),
+            "already_so": before == change.grants,
+            "verified_in": change.catalog,
+            "temporary_role": name,
+        }
+
+
+class _Change:
+    """One GRANT or REVOKE, and how to read it back from the catalog."""
+
+    def __init__(
+        self,
+        grants: bool,
+        principal: str,
+        *,
+        role: str | None = None,
+        table: Relation | None = None,
+        privileges: tuple[str, ...] = (),
+    ) -> None:
+        self.grants, self.principal, self.role, self.table, self.privileges = grants, principal, role, table, privileges
+        self.catalog = "pg_auth_members" if role is not None else "information_schema.role_table_grants"
+
+    @property
+    def statement(self) -> sql.Composed:
+        who = sql.Identifier(self.principal)
+        if self.role is not None:
+            template = "GRANT {} TO {}" if self.grants else "REVOKE {} FROM {}"
+            return sql.SQL(template).format(sql.Identifier(self.role), who)
+        assert self.table is not None
+        template = "GRANT {} ON TABLE {} TO {}" if self.grants else "REVOKE {} ON TABLE {} FROM {}"
+        return sql.SQL(template).format(
+            sql.SQL(", ").join(sql.SQL(p) for p in self.privileges), self.table.identifier(), who
+        )
+
+    def describe(self) -> str:
+        if self.role is not None:
+            return (
+                f"GRANT {self.role} TO {self.principal}" if self.grants else f"REVOKE {self.role} FROM {self.principal}"
+            )
+        verb, to = ("GRANT", "TO") if self.grants else ("REVOKE", "FROM")
+        return f"{verb} {', '.join(self.privileges)} ON {self.table} {to} {self.principal}"
+
+    async def holds(self, admin: psycopg.AsyncConnection) -> bool:
+        """Whether the catalog shows the granted state: the membership, or every privilege, held directly."""
+        if self.role is not None:
+            cursor = await admin.execute(
+                "SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles p ON "
+                "p.oid = m.member WHERE r.rolname = %s AND p.rolname = %s",
+                (self.role, self.principal),
+            )
+            return await cursor.fetchone() is not None
+        assert self.table is not None
+        cursor = await admin.execute(
+            "SELECT count(DISTINCT privilege_type) FROM information_schema.role_table_grants WHERE grantee = %s AND "
+            "table_schema = %s AND table_name = %s AND privilege_type = ANY(%s)",
+            (self.principal, self.table.schema, self.table.name, list(self.privileges)),
+        )
+        row = await cursor.fetchone()
+        held = int(row[0]) if row else 0
+        return held == len(self.privileges) if self.grants else held > 0
+
+
+async def _current_user(admin: psycopg.AsyncConnection) -> str:
+    cursor = await admin.execute("SELECT current_user")
+    row = await cursor.fetchone()
+    return str(row[0]) if row else ""
+
+
+async def _change_for(admin: psycopg.AsyncConnection, command: Command, executor_role: str) -> _Change:
+    parameters = command.parameters
+    principal = await _existing_role(admin, parameters.get("principal"), "principal", executor_role)
+    if command.action in ("iam.role.grant", "iam.role.revoke"):
+        role = await _existing_role(admin, parameters.get("role"), "role", executor_role)
+        return _Change(command.action == "iam.role.grant", principal, role=role)
+    if command.action == "iam.permission.change":
+        change = parameters.get("change")
+        if change not in ("grant", "revoke"):
+            raise ExecutionFailed('parameters.change must be "grant" or "revoke"; nothing was changed')
+        privileges = parameters.get("privileges")
+        if (
+            not isinstance(privileges, list)
+            or not privileges
+            or not all(isinstance(p, str) and p.upper() in PRIVILEGES for p in privileges)
+        ):
+            raise ExecutionFailed(
+                f"parameters.privileges must be a non-empty list of {', '.join(PRIVILEGES)}; nothing was changed"
+            )
+        table = parameters.get("table")
+        if not isinstance(table, str) or not table.strip():
+            raise ExecutionFailed("parameters.table must name a table; nothing was changed")
+        found = await _resolve(admin, table.strip())
+        if found is None:
+            raise ExecutionFailed(f"table {table.strip()} does not exist on the target; nothing was changed")
+        return _Change(
+            change == "grant",
+            principal,
+            table=found[0],
+            privileges=tuple(sorted({p.upper() for p in privileges})),
+        )
+    raise ExecutionFailed(f"the iam plugin does not perform {command.action}")
+
+
+async def _existing_role(admin: psycopg.AsyncConnection, value: Any, field: str, executor_role: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ExecutionFailed(f"parameters.{field} must name a role on the target database; nothing was changed")
+    name = value.strip()
+    cursor = await admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (name,))
+    row = await cursor.fetchone()
+    if row is None:
+        raise ExecutionFailed(f"parameters.{field}: role {name!r} does not exist on the target; nothing was changed")
+    if row[0]:
+        raise ExecutionFailed(f"parameters.{field}: {name!r} is a superuser role, never granted or changed by Keyturn")
+    if name == executor_role or name.startswith(ROLE_PREFIX):
+        raise ExecutionFailed(f"parameters.{field}: {name!r} is Keyturn's own role; nothing was changed")
+    return name

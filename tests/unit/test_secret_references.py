@@ -1,0 +1,46 @@
+"""Secret references resolve only in the executor, and the value is redacted from whatever comes back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from keyturn.secret_store import SecretNotFound, redact, references_in, resolve_references
+
+
+class Store:
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+
+    async def get(self, name: str) -> str:
+        if name not in self.values:
+            raise SecretNotFound(f"no secret named {name!r} in the secret store")
+        return self.values[name]
+
+    async def put(self, name: str, value: str) -> None:
+        self.values[name] = value
+
+
+def test_references_resolve_anywhere_in_the_parameters_and_only_exact_ones() -> None:
+    parameters = {
+        "headers": {"X-Api-Key": {"secret": "partner"}},
+        "list": [{"secret": "partner"}],
+        "not_a_reference": {"secret": "partner", "other": 1},
+    }
+    assert references_in(parameters) == ["partner", "partner"]
+    resolved, used = asyncio.run(resolve_references(parameters, Store({"partner": "s3cr3t-value"})))
+    assert resolved["headers"]["X-Api-Key"] == "s3cr3t-value" and resolved["list"] == ["s3cr3t-value"]
+    assert resolved["not_a_reference"] == {"secret": "partner", "other": 1}
+    assert used == {"partner": "s3cr3t-value"}
+    assert parameters["headers"]["X-Api-Key"] == {"secret": "partner"}  # what was approved is unchanged
+
+
+def test_a_missing_secret_is_named_and_a_used_one_never_comes_back() -> None:
+    with pytest.raises(SecretNotFound, match="no secret named 'gone'"):
+        asyncio.run(resolve_references({"h": {"secret": "gone"}}, Store({})))
+    echoed = {"body": {"got": "key=s3cr3t-value;"}, "rows": ["s3cr3t-value"]}
+    assert redact(echoed, {"partner": "s3cr3t-value"}) == {
+        "body": {"got": "key=<SECRET:partner>;"},
+        "rows": ["<SECRET:partner>"],
+    }
