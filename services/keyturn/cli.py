@@ -26,10 +26,12 @@ app = typer.Typer(
 )
 token_app = typer.Typer(help="Local development tokens.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Avro schemas and their history.", no_args_is_help=True)
+catalog_app = typer.Typer(help="The action catalog's parameter schemas.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(policy_cli.app, name="policy")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(catalog_app, name="catalog")
 console = Console()
 err = Console(stderr=True)
 
@@ -265,6 +267,23 @@ def schemas_freeze() -> None:
         if not path.exists():
             path.write_text(json.dumps(schema, indent=1) + "\n")
             console.print(f"froze {path.name}")
+
+
+@catalog_app.command("generate")
+def catalog_generate(
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 when a generated file is stale"),
+) -> None:
+    """Regenerate OPA's input schema and docs/catalog.md from policies.rego/keyturn/parameters/data.json."""
+    from keyturn.config import REPO_ROOT
+    from keyturn.policy import catalog
+
+    if check:
+        stale = catalog.stale(REPO_ROOT)
+        for path in stale:
+            err.print(f"stale: {path} (run keyturn catalog generate)")
+        raise typer.Exit(1 if stale else 0)
+    for path in catalog.write(REPO_ROOT):
+        console.print(f"wrote {path}")
 
 
 def main() -> None:

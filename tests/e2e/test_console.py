@@ -74,7 +74,7 @@ def test_an_approver_signs_in_finds_the_action_reads_it_and_approves(browser, se
     action_id = agent.submit_ok(
         "iam.role.grant",
         "iam://staging/roles/analyst",
-        {"user": "human:bob", "role": "analyst", "password": "hunter2-never-shown"},
+        {"principal": "human:bob", "role": "analyst", "password": "hunter2-never-shown"},
         reason="onboarding bob (console)",
     )
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
@@ -115,7 +115,9 @@ def test_an_approver_signs_in_finds_the_action_reads_it_and_approves(browser, se
 
 
 def test_a_vote_without_the_forms_csrf_token_is_refused(settings, agent) -> None:
-    action_id = agent.submit_ok("iam.role.grant", "iam://staging/roles/viewer", {"user": "human:bob", "role": "viewer"})
+    action_id = agent.submit_ok(
+        "iam.role.grant", "iam://staging/roles/viewer", {"principal": "human:bob", "role": "viewer"}
+    )
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     with httpx.Client(base_url=settings.approval_url, follow_redirects=False) as client:
         form = client.get("/console/sign-in")

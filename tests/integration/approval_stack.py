@@ -151,7 +151,7 @@ def publish_decision(
 
     action_id = str(uuid.uuid4())
     now = datetime.now(UTC)
-    parameters = {"user": "human:bob", "role": "analyst"}
+    parameters = {"principal": "human:bob", "role": "analyst"}
     request = ActionRequested(
         event_id=f"requested:{action_id}",
         action_id=action_id,

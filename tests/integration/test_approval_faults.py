@@ -67,7 +67,9 @@ def private(slack):
 def pending(settings: Settings, role: str) -> tuple[str, str]:
     """A role grant waiting for security: (action id, the digest an answer must name)."""
     agent = Agent(settings, "agent:reporter", ("human:alice",))
-    action_id = agent.submit_ok("iam.role.grant", f"iam://staging/roles/{role}", {"user": "human:bob", "role": role})
+    action_id = agent.submit_ok(
+        "iam.role.grant", f"iam://staging/roles/{role}", {"principal": "human:bob", "role": role}
+    )
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     shown = httpx.get(
         f"{settings.approval_url}/v1/approvals/{action_id}", headers=bearer(settings, "human:carol"), timeout=30

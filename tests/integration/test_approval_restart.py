@@ -44,7 +44,9 @@ def agent(stack) -> Agent:
 
 
 def pending(agent: Agent, role: str) -> str:
-    action_id = agent.submit_ok("iam.role.grant", f"iam://staging/roles/{role}", {"user": "human:bob", "role": role})
+    action_id = agent.submit_ok(
+        "iam.role.grant", f"iam://staging/roles/{role}", {"principal": "human:bob", "role": role}
+    )
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     return action_id
 

@@ -100,7 +100,7 @@ def grant(agent: Agent, role: str = "analyst", **extra) -> str:
     action_id = agent.submit_ok(
         "iam.role.grant",
         f"iam://staging/roles/{role}",
-        {"user": "human:bob", "role": role, "password": "hunter2-never-shown"},
+        {"principal": "human:bob", "role": role, "password": "hunter2-never-shown"},
         reason=f"onboarding bob as {role}",
         **extra,
     )
@@ -481,7 +481,7 @@ def test_break_glass_runs_without_approval_tells_every_approver_channel_and_is_f
     action_id = agent.submit_ok(
         "iam.role.grant",
         "iam://prod/roles/incident-responder",
-        {"user": "human:bob", "role": "incident-responder", "break_glass": True, "incident_id": "INC-4242"},
+        {"principal": "human:bob", "role": "incident-responder", "break_glass": True, "incident_id": "INC-4242"},
         reason="payments are down; bob is on call",
     )
     view = agent.wait(action_id)

@@ -94,7 +94,7 @@ def grant(agent: Agent, role: str) -> str:
     action_id = agent.submit_ok(
         "iam.role.grant",
         f"iam://staging/roles/{role}",
-        {"user": "human:bob", "role": role, "token": "tok-never-shown"},
+        {"principal": "human:bob", "role": role, "token": "tok-never-shown"},
         reason=f"bob needs {role}",
     )
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"

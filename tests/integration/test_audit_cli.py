@@ -67,9 +67,11 @@ def story(services, settings, tmp_path_factory) -> Story:
     reads = [agent.submit_ok("read.table", f"postgres://staging/analytics/r{n}", {"row_count": n}) for n in range(3)]
     delete = agent.submit_ok("secrets.delete", "vault://production/payments/api-key")
     approved = agent.submit_ok(
-        "iam.role.grant", "iam://staging/roles/analyst", {"user": "human:bob", "role": "analyst"}
+        "iam.role.grant", "iam://staging/roles/analyst", {"principal": "human:bob", "role": "analyst"}
     )
-    denied = agent.submit_ok("iam.role.grant", "iam://staging/roles/writer", {"user": "human:bob", "role": "writer"})
+    denied = agent.submit_ok(
+        "iam.role.grant", "iam://staging/roles/writer", {"principal": "human:bob", "role": "writer"}
+    )
     for action_id in (approved, denied):
         assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     refused = keyturn_cli(settings, "approve", approved, token=mint(settings, "human:erin"))

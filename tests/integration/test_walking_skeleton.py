@@ -53,7 +53,7 @@ def test_unknown_action_is_never_allowed(reporter: Agent) -> None:
 
 def test_needs_approval_waits_then_cli_approval_runs_it(reporter: Agent, settings) -> None:
     action_id = reporter.submit_ok(
-        "iam.role.grant", "iam://staging/roles/analyst", {"user": "human:bob", "role": "analyst"}
+        "iam.role.grant", "iam://staging/roles/analyst", {"principal": "human:bob", "role": "analyst"}
     )
     assert reporter.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     assert reporter.wait(action_id, timeout=2)["state"] == "needs_approval"  # it waits for a person
@@ -70,7 +70,7 @@ def test_needs_approval_waits_then_cli_approval_runs_it(reporter: Agent, setting
 @pytest.mark.parametrize("approver", ["human:alice", "agent:reporter"])
 def test_requester_and_its_act_chain_cannot_approve(reporter: Agent, settings, approver: str) -> None:
     action_id = reporter.submit_ok(
-        "iam.role.grant", "iam://staging/roles/auditor", {"user": "human:erin", "role": "auditor"}
+        "iam.role.grant", "iam://staging/roles/auditor", {"principal": "human:erin", "role": "auditor"}
     )
     reporter.wait_for_state(action_id, "needs_approval")
 
@@ -83,7 +83,7 @@ def test_requester_and_its_act_chain_cannot_approve(reporter: Agent, settings, a
 
 def test_deny_through_the_cli_ends_denied_with_the_reason(reporter: Agent, settings) -> None:
     action_id = reporter.submit_ok(
-        "iam.role.grant", "iam://staging/roles/writer", {"user": "human:frank", "role": "writer"}
+        "iam.role.grant", "iam://staging/roles/writer", {"principal": "human:frank", "role": "writer"}
     )
     reporter.wait_for_state(action_id, "needs_approval")
     denied = keyturn_cli(settings, "deny", action_id, "--reason", "not this sprint", token=mint(settings, "human:dave"))
@@ -95,7 +95,7 @@ def test_deny_through_the_cli_ends_denied_with_the_reason(reporter: Agent, setti
 
 def test_every_lifecycle_event_reaches_the_audit_in_order(reporter: Agent, settings) -> None:
     action_id = reporter.submit_ok(
-        "iam.role.grant", "iam://staging/roles/viewer", {"user": "human:gina", "role": "viewer"}
+        "iam.role.grant", "iam://staging/roles/viewer", {"principal": "human:gina", "role": "viewer"}
     )
     reporter.wait_for_state(action_id, "needs_approval")
     assert keyturn_cli(settings, "approve", action_id, token=mint(settings, "human:carol")).returncode == 0

@@ -32,7 +32,7 @@ def view(**changes) -> dict:
         "action_id": "0b6f1d4e-1111-4222-8333-444455556666",
         "action": "iam.role.grant",
         "resource": "iam://staging/roles/analyst",
-        "parameters": {"user": "human:bob", "role": "analyst"},
+        "parameters": {"principal": "human:bob", "role": "analyst"},
         "reason": "onboarding",
         "requester": "agent:reporter",
         "acting_for": ["human:alice"],

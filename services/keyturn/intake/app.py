@@ -30,7 +30,7 @@ from keyturn.core.principal import Principal
 from keyturn.identity import InvalidToken, bearer_token
 from keyturn.intake.consumers import REJECTED
 from keyturn.intake.store import StoreUnavailable
-from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict
+from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, InvalidParameters
 from keyturn.intake.wiring import IntakeWiring, bootstrap, start_background
 
 log = logging.getLogger(__name__)
@@ -185,13 +185,17 @@ def create_app(
             400: {"model": Problem, "description": "Body is not parseable JSON"},
             401: {"description": "Missing or invalid token"},
             409: {"description": "Idempotency key reused for a different request"},
-            422: {"model": Problem, "description": "Invalid body"},
+            422: {
+                "model": Problem,
+                "description": "Invalid body, or parameters that do not match the action's schema in the catalog "
+                "(docs/catalog.md); each problem names the field path, never its value",
+            },
             503: UNAVAILABLE,
         },
     )
     async def submit_action(
-        submission: ActionSubmission, response: Response, authorization: str | None = Header(None)
-    ) -> dict[str, str]:
+        submission: ActionSubmission, request: Request, response: Response, authorization: str | None = Header(None)
+    ) -> Any:
         """Submit an action; 202 with its id, or 200 with the existing id for a repeated idempotency key."""
         principal = authenticate(authorization)
         try:
@@ -199,6 +203,8 @@ def create_app(
         except IdempotencyConflict as exc:
             REJECTED.labels("http", "idempotency_conflict").inc()
             raise HTTPException(409, detail=str(exc)) from exc
+        except InvalidParameters as exc:
+            return await refuse(request, 422, "invalid_parameters", exc.problems)
         if not created:
             response.status_code = 200
         return {"action_id": stored.action_id, "state": stored.state.value}

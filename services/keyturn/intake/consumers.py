@@ -25,7 +25,13 @@ from keyturn.core.principal import Principal
 from keyturn.faults import Unavailable, is_transient
 from keyturn.identity import InvalidToken, bearer_token
 from keyturn.intake.store import StoredAction, StoreUnavailable
-from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, Intake, submission_from_record
+from keyturn.intake.submissions import (
+    ActionSubmission,
+    IdempotencyConflict,
+    Intake,
+    InvalidParameters,
+    submission_from_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,8 @@ def _error_type(exc: Exception) -> str:
         return f"token_{exc.code}"
     if isinstance(exc, IdempotencyConflict):
         return "idempotency_conflict"
+    if isinstance(exc, InvalidParameters):
+        return "invalid_parameters"
     return "invalid_submission"
 
 

@@ -19,6 +19,7 @@ from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import validation_problems
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionRequested, SubmissionChannel, payload_digest
+from keyturn.core.parameters import ParameterCatalog
 from keyturn.core.principal import Principal
 from keyturn.faults import is_transient
 from keyturn.intake.store import StoredAction
@@ -118,6 +119,10 @@ class InvalidSubmission(ValueError):
         self.problems = problems
 
 
+class InvalidParameters(InvalidSubmission):
+    """Parameters that do not match their action's schema in the catalog (``core.parameters``)."""
+
+
 def action_id_for(principal: Principal, idempotency_key: str | None) -> str:
     """A fresh id, or one derived from (principal, key) so retries map to the same action."""
     if idempotency_key is None:
@@ -149,11 +154,18 @@ class Intake:
     """Turns verified submissions into published ``ActionRequested`` events, exactly once per id."""
 
     def __init__(
-        self, store: IntakeStore, publisher: Publisher, protect: Any, *, publish_patience_s: float = 5.0
+        self,
+        store: IntakeStore,
+        publisher: Publisher,
+        protect: Any,
+        *,
+        catalog: ParameterCatalog | None = None,
+        publish_patience_s: float = 5.0,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.protect = protect  # masks and seals parameters (keyturn.masking)
+        self.catalog = catalog  # the parameter schemas; None checks nothing (the policy still judges)
         # a request waits this long for the broker's ack; after that the stored action is
         # answered accepted and the outbox sweep publishes it
         self.publish_patience_s = publish_patience_s
@@ -161,7 +173,12 @@ class Intake:
     async def submit(
         self, principal: Principal, submission: ActionSubmission, channel: SubmissionChannel
     ) -> tuple[StoredAction, bool]:
-        """(stored action, created?) — raises ``IdempotencyConflict`` on a reused key."""
+        """(stored action, created?) — raises ``IdempotencyConflict`` on a reused key and
+        ``InvalidParameters`` when the parameters do not match their action's schema."""
+        if self.catalog is not None:
+            problems = self.catalog.problems(submission.action, submission.parameters)
+            if problems:
+                raise InvalidParameters(problems)
         now = datetime.now(UTC)
         action_id = action_id_for(principal, submission.idempotency_key)
         digest = payload_digest(submission.action, submission.resource, submission.parameters)

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -17,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
+from keyturn.core.parameters import ParameterCatalog
 from keyturn.db import open_pool, schema_name
 from keyturn.faults import supervised
 from keyturn.identity import load_or_create_signing_key, verifier_from_settings
@@ -65,7 +67,12 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
 
     publisher = Publisher(send, topics, "intake")
     store = ActionStore(pool)
-    intake = Intake(store, publisher, parameter_protector(keyring_for(settings.seal_keys, settings.keys_dir)))
+    intake = Intake(
+        store,
+        publisher,
+        parameter_protector(keyring_for(settings.seal_keys, settings.keys_dir)),
+        catalog=ParameterCatalog.load(Path(settings.parameter_catalog_path)),
+    )
     follower = StatusFollower(store, publisher)
     verifier = verifier_from_settings(
         settings.jwks_url or None,
