@@ -158,6 +158,8 @@ class Executor:
             parameters,
             order.decision.credential_ttl_s,
             request.requester,
+            impact=order.decision.impact,
+            payload_digest=request.payload_digest,
         )
         try:
             result = await asyncio.wait_for(plugin.execute(command), self.timeout_s)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from keyturn.core.events import Digest, ImpactPreview
 from keyturn.core.principal import Principal
 
 
@@ -38,6 +39,10 @@ class Command:
     parameters: dict[str, Any]
     credential_ttl_s: int
     requester: Principal | None = None
+    # the approved impact preview (SQL-backed actions): a write enforces its bound with
+    # ``executor.impact.enforce_impact`` before it commits
+    impact: ImpactPreview | None = None
+    payload_digest: Digest | None = None
 
 
 class ExecutionFailed(Exception):

@@ -11,7 +11,8 @@ For each command (``sql.query`` with ``parameters.statement`` and optionally ``m
 3. connect as that role with a statement timeout (the smaller of the setting and the TTL)
    and run the statement: reads in a READ ONLY transaction through a server-side cursor
    (only the rows that travel back are fetched; the rest are counted), writes in one
-   transaction;
+   transaction, rolled back instead of committed when they touched more rows than the
+   approved impact preview allows (``executor.impact``);
 4. always, in ``finally``: end the role's sessions, revoke everything (DROP OWNED), drop it.
 
 Statement errors, timeouts and refused connections end the command ``failed`` with the
@@ -27,6 +28,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from keyturn.executor.impact import enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql_roles import (
     Grants,
@@ -105,7 +107,7 @@ class SqlPlugin:
         if self.credential_observer is not None:
             self.credential_observer(role.password)
         try:
-            return await self._run_as(role.name, role.password, shape, statement, max_rows, timeout_s, grants)
+            return await self._run_as(role.name, role.password, shape, statement, max_rows, timeout_s, grants, command)
         finally:
             try:
                 await self._drop(name)
@@ -143,24 +145,7 @@ class SqlPlugin:
             raise ExecutionFailed(f"temporary role {name} not dropped: {reason}") from None
 
     async def _grants_for(self, admin: psycopg.AsyncConnection, shape: StatementShape) -> Grants:
-        tables: dict[Relation, list[str]] = {}
-        for written in shape.reads:
-            found = await _resolve(admin, written)
-            if found is not None:
-                tables.setdefault(found[0], []).append("SELECT")
-        sequences: tuple[Relation, ...] = ()
-        if shape.write_target is not None and shape.write_privilege is not None:  # the statement shape sets both
-            found = await _resolve(admin, shape.write_target)
-            if found is None:
-                raise ExecutionFailed(
-                    f"{shape.write_privilege} refused before running: table {shape.write_target} does not exist "
-                    f"on {self.target_name}"
-                )
-            target, oid = found
-            tables.setdefault(target, []).append(shape.write_privilege)
-            if shape.write_privilege == "INSERT":
-                sequences = await _serial_sequences(admin, oid)
-        return Grants({relation: tuple(sorted(set(p))) for relation, p in tables.items()}, sequences)
+        return await grants_for(admin, shape, self.target_name)
 
     async def _run_as(
         self,
@@ -171,6 +156,7 @@ class SqlPlugin:
         max_rows: int | None,
         timeout_s: float,
         grants: Grants,
+        command: Command,
     ) -> dict[str, Any]:
         wanted = self.max_result_rows if max_rows is None else min(max_rows, self.max_result_rows)
         options = (
@@ -200,6 +186,8 @@ class SqlPlugin:
                 transaction = conn.transaction()
                 async with transaction:
                     result = await _write(conn, statement, wanted)
+                    # more rows than the approved preview allows: raising here rolls the write back
+                    enforce_impact(command.impact, command.payload_digest, int(result["row_count"]))
                     committing = True
                 return result
         except psycopg.errors.QueryCanceled:
@@ -223,6 +211,29 @@ class SqlPlugin:
             ) from None
         except psycopg.Error as exc:
             raise ExecutionFailed(f"PostgreSQL: {_message(exc)}") from None
+
+
+async def grants_for(admin: psycopg.AsyncConnection, shape: StatementShape, target_name: str) -> Grants:
+    """Exactly what ``shape`` needs on the target: SELECT on what it reads, the write's privilege
+    on its target (and the target's serial sequences for INSERT). The impact preview uses it too."""
+    tables: dict[Relation, list[str]] = {}
+    for written in shape.reads:
+        found = await _resolve(admin, written)
+        if found is not None:
+            tables.setdefault(found[0], []).append("SELECT")
+    sequences: tuple[Relation, ...] = ()
+    if shape.write_target is not None and shape.write_privilege is not None:  # the statement shape sets both
+        found = await _resolve(admin, shape.write_target)
+        if found is None:
+            raise ExecutionFailed(
+                f"{shape.write_privilege} refused before running: table {shape.write_target} does not exist "
+                f"on {target_name}"
+            )
+        target, oid = found
+        tables.setdefault(target, []).append(shape.write_privilege)
+        if shape.write_privilege == "INSERT":
+            sequences = await _serial_sequences(admin, oid)
+    return Grants({relation: tuple(sorted(set(p))) for relation, p in tables.items()}, sequences)
 
 
 async def _read(conn: psycopg.AsyncConnection, statement: str, wanted: int) -> dict[str, Any]:
