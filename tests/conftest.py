@@ -31,7 +31,38 @@ def endpoints():
 
 
 @pytest.fixture(scope="session")
-def settings(endpoints, tmp_path_factory) -> Settings:
+def target_database(endpoints) -> Iterator[str]:
+    """A SQL target of its own for this session (never Keyturn's state database): a database and
+    its owner role, both named for the session, on the stack's PostgreSQL; dropped afterwards.
+
+    The owner has CREATEROLE (the sql plugin and the impact preview make per-command roles) and
+    CREATEDB only to create this database, as an operator's target owner would own its tables.
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = f"kt_target_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(24)
+    with psycopg.connect(endpoints.database_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {name} LOGIN CREATEROLE CREATEDB PASSWORD '{password}'")
+    owner = conninfo_to_dict(endpoints.database_url) | {"user": name, "password": password}
+    with psycopg.connect(make_conninfo(**owner), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = make_conninfo(**(owner | {"dbname": name}))
+    try:
+        yield url
+    finally:
+        try:
+            with psycopg.connect(make_conninfo(**owner), autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            with psycopg.connect(endpoints.database_url, autocommit=True) as admin:
+                admin.execute(f"DROP ROLE IF EXISTS {name}")
+        except psycopg.Error as exc:  # left behind: named for the session, harmless to others
+            print(f"target database {name} not dropped: {exc}")
+
+
+@pytest.fixture(scope="session")
+def settings(endpoints, target_database, tmp_path_factory) -> Settings:
     intake_port, approval_port = free_port(), free_port()
     return Settings(
         kafka_bootstrap=endpoints.kafka_bootstrap,
@@ -44,6 +75,8 @@ def settings(endpoints, tmp_path_factory) -> Settings:
         intake_url=f"http://127.0.0.1:{intake_port}",
         approval_url=f"http://127.0.0.1:{approval_port}",
         policy_unavailable_after_s=10.0,
+        sql_target_url=target_database,
+        impact_preview_timeout_s=1.0,
         policy_metrics_port=free_port(),
         audit_metrics_port=free_port(),
         log_level="INFO",

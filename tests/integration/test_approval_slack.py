@@ -161,7 +161,7 @@ def test_each_approver_group_gets_a_message_with_everything_needed_to_decide(cha
         "onboarding bob as analyst",
         "agent:reporter for human:alice",
         "Expires",
-        "Impact",
+        "Policy",
         '\\"role\\": \\"analyst\\"',
         "No approvals yet (0 of 1), waiting for security",
     ):
