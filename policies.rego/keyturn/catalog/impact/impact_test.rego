@@ -54,6 +54,27 @@ cases := {
 		"rule": "impact.preview_unavailable",
 		"groups": [{"name": "db-owners", "min": 1}],
 	},
+	"a production read the preview measured above the limit needs data-owners, whatever was declared": {
+		"request": with_impact(
+			fixtures.action_request("read.table", "postgres://prod/shop/orders", "production", {"row_count": 10}),
+			{"status": "computed", "operation": "read", "rows": 200000, "method": "estimate", "tables": []},
+		),
+		"outcome": "needs_approval",
+		"rule": "reads.large_read_in_production",
+		"groups": [{"name": "data-owners", "min": 1}],
+	},
+	"an export the preview counted larger than declared is judged by the count": {
+		"request": with_impact(
+			fixtures.action_request(
+				"db.export", "postgres://staging/shop/orders", "staging",
+				{"row_count": 100, "destination": "https://files.example.internal/x"},
+			),
+			{"status": "computed", "operation": "export", "rows": 20000, "method": "exact", "tables": []},
+		),
+		"outcome": "needs_approval",
+		"rule": "export.large_internal_export",
+		"groups": [{"name": "data-owners", "min": 1}],
+	},
 	"a preview that failed does not open a denied action": {
 		"request": with_impact(
 			fixtures.action_request("secrets.delete", "secret://staging/payments/db", "staging", {}),
