@@ -120,6 +120,8 @@ def test_a_large_delete_is_previewed_unchanged_needs_two_approvers_and_is_refuse
     error = str(ended)
     assert "1300 rows" in error and "counted 1200" in error and f"at most {STALE + 60}" in error, error
     assert rows(shop, "status = 'stale'") == STALE + 100, "the refused delete was rolled back"
+    previews = [step["impact"]["summary"] for step in ended["history"] if step.get("impact")]
+    assert previews == ["would delete 1,200 rows (exact count) in public.impact_orders"], "the requester sees it too"
 
     audit = Topics(settings.namespace, settings.partitions).audit
     recorded = eventually(
@@ -170,3 +172,26 @@ def test_a_parameter_mismatch_is_refused_naming_the_path_and_leaking_nothing(set
     assert len(letters) >= 2 and all(letter.principal == "agent:reporter" for letter in letters)
     assert any("parameters.user: is not a parameter of iam.role.grant" in letter.problems for letter in letters)
     assert secret not in repr(letters)
+
+
+def test_an_export_preview_counts_the_rows_it_would_write(settings, agent: Agent, shop: str) -> None:
+    action_id = agent.submit_ok(
+        "db.export",
+        STAGING,
+        {
+            "query": "SELECT id, status FROM impact_orders WHERE status = 'fresh'",
+            "row_count": 10,  # under-declared: the preview counts what the query returns
+            "destination": "https://files.example.internal/exports/fresh.csv",
+            "format": "csv",
+        },
+        reason="fresh orders for the report",
+    )
+    decided_topic = Topics(settings.namespace, settings.partitions).decided
+    decided = eventually(
+        lambda: [e for e, _ in read_topic(settings, decided_topic) if getattr(e, "action_id", None) == action_id]
+    )
+    assert decided, "no decision"
+    impact = decided[0].impact
+    assert (impact.status, impact.operation, impact.rows, impact.method) == ("computed", "export", FRESH, "exact")
+    assert impact.tables == ("public.impact_orders",) and impact.payload_digest == decided[0].request.payload_digest
+    assert any(f"db.export of {FRESH} rows" in reason for reason in decided[0].reasons), decided[0].reasons

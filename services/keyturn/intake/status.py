@@ -40,6 +40,13 @@ def history_entry(event: Any) -> tuple[dict[str, Any], list[str] | None, Any]:
         reasons = list(event.reasons)
         if event.approvals:
             entry["approver_groups"] = [g.name for g in event.approvals.groups]
+        if event.impact is not None:  # what approvers were shown: the requester sees it too
+            entry["impact"] = {
+                "summary": event.impact.summary(),
+                "rows": event.impact.rows,
+                "method": event.impact.method,
+                "max_rows": event.impact.max_rows,
+            }
     elif isinstance(event, ApprovalResolved):
         entry |= {
             "at": event.resolved_at.isoformat(),
