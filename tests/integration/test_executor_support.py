@@ -91,6 +91,8 @@ def sql_target() -> SqlTarget:
     )
     with target.superuser() as conn:
         conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+        # the application name tells the executor's statements from the impact preview's dry runs
+        conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] app=%a '")
         conn.execute("SELECT pg_reload_conf()")
     try:
         yield target

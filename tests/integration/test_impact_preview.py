@@ -59,14 +59,16 @@ def approval(settings, action_id: str, approver: str) -> dict:
     return answer.json()
 
 
-def console_page(settings, action_id: str, name: str) -> str:
+def console_pages(settings, action_id: str, name: str) -> tuple[str, str]:
+    """(the inbox, the action's page) as ``human:name`` sees them in the web console."""
     with httpx.Client(base_url=settings.approval_url, follow_redirects=False, timeout=30) as client:
         form = client.get("/console/sign-in")
         nonce = re.search(r'name="nonce" value="([^"]+)"', form.text).group(1)
         assert client.post("/console/sign-in", data={"nonce": nonce, "name": name}).status_code == 303
+        inbox = client.get("/console")
         page = client.get(f"/console/actions/{action_id}")
-        assert page.status_code == 200, page.text[:300]
-        return page.text
+        assert inbox.status_code == 200 and page.status_code == 200, page.text[:300]
+        return inbox.text, page.text
 
 
 def vote(settings, action_id: str, approver: str, digest: str) -> None:
@@ -102,7 +104,8 @@ def test_a_large_delete_is_previewed_unchanged_needs_two_approvers_and_is_refuse
     assert "impact.large_deletion_needs_two_approvers" not in str(shown["policy_reasons"])  # people read sentences
     assert any("two of db-owners must approve" in r for r in shown["policy_reasons"])
 
-    page = console_page(settings, action_id, "grace")
+    inbox, page = console_pages(settings, action_id, "grace")
+    assert "would delete 1,200 rows (exact count) in public.impact_orders" in inbox
     assert "would delete 1,200 rows (exact count) in public.impact_orders" in page
     assert f"refuses to run it past {STALE + 60} rows" in page
 

@@ -111,11 +111,13 @@ class SqlPreviewer:
         return result("computed", rows=rows, method=method, tables=tables, detail=detail)
 
     async def _dry_run(self, plan: PreviewPlan, shape: StatementShape) -> tuple[int, str, tuple[str, ...], str | None]:
+        milliseconds = max(1, int(self.timeout_s * 1000))
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self.target_url,
                 connect_timeout=self.connect_timeout_s,
-                options="-c search_path=public",
+                # every statement of the session is bounded, the grants and the role's creation included
+                options=f"-c search_path=public -c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
                 application_name="keyturn-impact-preview",
             )
         except psycopg.OperationalError as exc:
