@@ -110,3 +110,23 @@ def test_people_read_the_preview_in_one_line() -> None:
     )
     estimated = preview(90000, operation="update", method="estimate")
     assert estimated.summary() == "would update 90,000 rows (EXPLAIN estimate)"
+
+
+async def test_the_seal_opens_only_for_parameters_that_name_sql() -> None:
+    from keyturn.config import REPO_ROOT
+    from keyturn.core.parameters import ParameterCatalog
+    from keyturn.policy.catalog import SOURCE
+    from keyturn.policy.impact import SqlPreviewer
+
+    opened: list[str] = []
+
+    def opener(request):
+        opened.append(request.action_id)
+        raise RuntimeError("the fake seal does not open")
+
+    previewer = SqlPreviewer("postgresql://nobody@127.0.0.1:1/none", ParameterCatalog.load(REPO_ROOT / SOURCE), opener)
+    assert await previewer.preview(requested("r1", action="read.table", parameters={"row_count": 5})) is None
+    assert await previewer.preview(requested("g1", action="iam.role.grant", parameters={"role": "x"})) is None
+    assert opened == [], "nothing to dry-run: the clear parameters stay sealed"
+    failed = await previewer.preview(requested("q1", action="sql.query", parameters={"statement": "DELETE FROM t"}))
+    assert opened == ["q1"] and failed.status == "unavailable" and "RuntimeError" in failed.detail

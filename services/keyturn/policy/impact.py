@@ -81,7 +81,7 @@ class SqlPreviewer:
         self.target_name = f"{target.get('host', 'localhost')}:{target.get('port', 5432)}/{target.get('dbname', '')}"
 
     async def preview(self, request: ActionRequested) -> ImpactPreview | None:
-        if not self.catalog.sql_backed(request.action):
+        if not self.catalog.sql_backed(request.action) or not _names_sql(request.action, request.parameters):
             return None
         started = time.monotonic()
         operation = "delete" if request.action.endswith(".delete") else "read"
@@ -201,6 +201,16 @@ class SqlPreviewer:
         while node.get("Node Type") == "ModifyTable" and node.get("Plans"):
             node = node["Plans"][0]
         return int(node.get("Plan Rows", 0))
+
+
+def _names_sql(action: str, masked: Any) -> bool:
+    """Whether the parameters name SQL at all (their keys survive masking; the seal opens only then)."""
+    if not isinstance(masked, dict):
+        return False
+    try:
+        return preview_plan(action, masked, None) is not None
+    except NotPreviewable:
+        return True  # named, but malformed: the dry run says why
 
 
 def _plan(action: str, parameters: dict[str, Any]) -> tuple[PreviewPlan | None, StatementShape | None]:
