@@ -48,7 +48,7 @@ def submission_body(number: int, run: str) -> dict[str, Any]:
         return {
             "action": "iam.role.grant",
             "resource": "iam://staging/roles/analyst",
-            "parameters": {"principal": "bob", "role": "analyst", "ticket": f"BENCH-{number}"},
+            "parameters": {"principal": "bob", "role": "analyst"},
             "reason": "onboarding (benchmark)",
             "idempotency_key": key,
         }
@@ -56,7 +56,7 @@ def submission_body(number: int, run: str) -> dict[str, Any]:
         return {
             "action": "secrets.delete",
             "resource": "vault://staging/kv/bench",
-            "parameters": {"path": f"bench/{number}"},
+            "parameters": {"name": f"bench/{number}"},
             "reason": "cleanup (benchmark)",
             "idempotency_key": key,
         }

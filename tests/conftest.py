@@ -92,6 +92,7 @@ def settings(endpoints, namespace: str, target_database: str, tmp_path_factory) 
         intake_url=f"http://127.0.0.1:{intake_port}",
         approval_url=f"http://127.0.0.1:{approval_port}",
         policy_unavailable_after_s=10.0,
+        impact_preview_timeout_s=1.0,
         policy_metrics_port=free_port(),
         audit_metrics_port=free_port(),
         log_level="INFO",

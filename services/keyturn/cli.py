@@ -30,6 +30,8 @@ token_app = typer.Typer(help="Local development tokens.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Avro schemas and their history.", no_args_is_help=True)
 secrets_app = typer.Typer(help="The executor's secret store (operators only).", no_args_is_help=True)
 receipt_app = typer.Typer(help="Signed approval receipts of external actions.", no_args_is_help=True)
+approvals_app = typer.Typer(help="Approvals waiting for you, with what each would do.", no_args_is_help=True)
+catalog_app = typer.Typer(help="The action catalog's parameter schemas.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(policy_cli.app, name="policy")
@@ -37,6 +39,8 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(mcp_cli.app, name="mcp")
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(approvals_app, name="approvals")
 console = Console()
 err = Console(stderr=True)
 
@@ -189,12 +193,7 @@ def _vote(action_id: str, choice: str, reason: str | None, token: str | None) ->
         if shown.status_code != 200:
             _fail(_detail(shown))
         approval = shown.json()
-        console.print(
-            f"[bold]{approval['action']}[/bold] on {approval['resource']} requested by {approval['requester']}"
-            + (f" for {', '.join(approval['acting_for'])}" if approval["acting_for"] else "")
-        )
-        console.print(f"reason: {approval['reason']}")
-        console.print_json(data=approval["parameters"])
+        _print_approval(approval)
         answer = _when_open(
             lambda: client.post(
                 f"/v1/approvals/{action_id}/votes",
@@ -211,6 +210,68 @@ def _vote(action_id: str, choice: str, reason: str | None, token: str | None) ->
         _fail(_detail(answer))
     body = answer.json()
     console.print(f"[green]{choice} recorded[/green]: {body['status']} — {body['summary']}")
+
+
+def _print_approval(approval: dict[str, Any]) -> None:
+    """What an approver reads before answering: who asks what, why, its impact, the parameters."""
+    console.print(
+        f"[bold]{approval['action']}[/bold] on {approval['resource']} requested by {approval['requester']}"
+        + (f" for {', '.join(approval['acting_for'])}" if approval["acting_for"] else ""),
+        highlight=False,
+    )
+    console.print(f"reason: {approval['reason']}", highlight=False, markup=False)
+    impact = approval.get("impact")
+    if impact:
+        bound = f"; the executor refuses past {impact['max_rows']} rows" if impact.get("max_rows") is not None else ""
+        console.print(f"impact preview: {impact['summary']}{bound}", highlight=False, markup=False)
+    for reason in approval.get("policy_reasons") or ():
+        console.print(f"policy: {reason}", highlight=False, markup=False)
+    console.print(f"progress: {approval.get('summary', '')}", highlight=False, markup=False)
+    console.print_json(data=approval["parameters"])
+
+
+@approvals_app.command("list")
+def approvals_list(
+    token: str | None = typer.Option(None, "--token", help="Your token (default: $KEYTURN_TOKEN)"),
+    as_json: bool = typer.Option(False, "--json", help="The approval service's answer as JSON"),
+) -> None:
+    """Pending approvals you did not ask for, each with its impact preview."""
+    settings = _settings()
+    with httpx.Client(base_url=settings.approval_url, timeout=30) as client:
+        answer = client.get("/v1/approvals", headers={"Authorization": f"Bearer {_token(token)}"})
+    if answer.status_code != 200:
+        _fail(_detail(answer))
+    if as_json:
+        console.print_json(data=answer.json())
+        return
+    for approval in answer.json():
+        impact = (approval.get("impact") or {}).get("summary", "no impact preview (not SQL-backed)")
+        console.print(
+            f"{approval['action_id']}  {approval['action']}  {approval['resource']}  {impact}  {approval['summary']}",
+            highlight=False,
+            markup=False,
+        )
+
+
+@approvals_app.command("show")
+def approvals_show(
+    action_id: str,
+    token: str | None = typer.Option(None, "--token", help="Your token (default: $KEYTURN_TOKEN)"),
+    as_json: bool = typer.Option(False, "--json", help="The approval service's answer as JSON"),
+) -> None:
+    """One approval as approvers see it: the request, its impact preview, the policy, the progress."""
+    settings = _settings()
+    with httpx.Client(base_url=settings.approval_url, timeout=30) as client:
+        answer = _when_open(
+            lambda: client.get(f"/v1/approvals/{action_id}", headers={"Authorization": f"Bearer {_token(token)}"}),
+            action_id,
+        )
+    if answer.status_code != 200:
+        _fail(_detail(answer))
+    if as_json:
+        console.print_json(data=answer.json())
+    else:
+        _print_approval(answer.json())
 
 
 def _detail(response: httpx.Response) -> str:
@@ -344,6 +405,23 @@ def receipt_verify(
         f"(action {claims['action_id']}, {claims['decision']} by {', '.join(claims['approvers']) or 'the policy'}), "
         f"until {claims['expires_at']}" + ("; recorded as used" if consume else "; not recorded as used")
     )
+
+
+@catalog_app.command("generate")
+def catalog_generate(
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 when a generated file is stale"),
+) -> None:
+    """Regenerate OPA's input schema and docs/catalog.md from policies.rego/keyturn/parameters/data.json."""
+    from keyturn.config import REPO_ROOT
+    from keyturn.policy import catalog
+
+    if check:
+        stale = catalog.stale(REPO_ROOT)
+        for path in stale:
+            err.print(f"stale: {path} (run keyturn catalog generate)")
+        raise typer.Exit(1 if stale else 0)
+    for path in catalog.write(REPO_ROOT):
+        console.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -52,7 +52,10 @@ class Settings:
     audit_metrics_port: int = 9464  # the audit worker's Prometheus /metrics on 127.0.0.1; 0 = off
     seal_keys: str = ""  # "kid:base64key,…", first seals; empty = a local key file in run_dir/keys
     log_level: str = "INFO"
+    # the parameter schemas of the catalog (the file OPA loads as data.keyturn.parameters)
+    parameter_catalog_path: str = str(REPO_ROOT / "policies.rego" / "keyturn" / "parameters" / "data.json")
     sql_target_url: str = ""  # the PostgreSQL the sql plugin runs statements on; empty = database_url
+    impact_preview_timeout_s: float = 5.0  # the dry run's count; longer falls back to EXPLAIN's estimate
     sql_statement_timeout_s: float = 30.0  # per statement, and never longer than the credential TTL
     http_allowed_hosts: str = ""  # comma list the http plugin may call (the policy allow-lists too); empty = none
     http_connect_to: str = ""  # "host=address:port,…": reach an allow-listed host at another address

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaConnectionError
 from keyturn.bus.codec import registry
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
+from keyturn.core.events import ImpactPreview
 from keyturn.core.lifecycle import ActionState
 from keyturn.executor.ledger import LedgerEntry
 from keyturn.intake.store import LifecycleChange, StatusRow, StoredAction, StoreUnavailable
@@ -226,3 +227,30 @@ __all__ = [
     "Record",
     "fake_publisher",
 ]
+
+
+class FakePreviewer:
+    """The impact preview port (``policy.impact.Previewer``): a fixed answer per action, with
+    the real one's rule that a preview is bound to the request's payload digest."""
+
+    def __init__(self, rows: dict[str, int | None] | None = None, *, operation: str = "delete") -> None:
+        self.rows = rows or {}  # action id -> rows (None: the preview was unavailable); absent: not SQL-backed
+        self.operation = operation
+        self.asked: list[str] = []
+
+    async def preview(self, request: Any) -> Any:
+        self.asked.append(request.action_id)
+        if request.action_id not in self.rows:
+            return None
+        rows = self.rows[request.action_id]
+        status = "unavailable" if rows is None else "computed"
+        return ImpactPreview(
+            payload_digest=request.payload_digest,
+            status=status,
+            operation=self.operation,
+            computed_at=datetime.now(UTC),
+            rows=rows,
+            method=None if rows is None else "exact",
+            tables=("public.orders",),
+            detail="the fake target is down" if rows is None else None,
+        )

@@ -44,9 +44,9 @@ def agent(stack) -> Agent:
 
 
 def pending(agent: Agent, role: str) -> str:
-    # a role the session's SQL target has, so the approved grant really runs; the label tells the actions apart
-    parameters = {"principal": "bob", "role": "analyst", "ticket": role}
-    action_id = agent.submit_ok("iam.role.grant", "iam://staging/roles/analyst", parameters)
+    # a role the session's SQL target has, so the approved grant really runs; the reason tells the actions apart
+    parameters = {"principal": "bob", "role": "analyst"}
+    action_id = agent.submit_ok("iam.role.grant", "iam://staging/roles/analyst", parameters, reason=f"restart {role}")
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     return action_id
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 import uuid
 
 import httpx
+import psycopg
 import pytest
 
 from keyturn.approval.callbacks import signature_valid
@@ -161,7 +163,7 @@ def test_each_approver_group_gets_a_message_with_everything_needed_to_decide(cha
         "onboarding bob as analyst",
         "agent:reporter for human:alice",
         "Expires",
-        "Impact",
+        "Policy",
         '\\"role\\": \\"analyst\\"',
         "No approvals yet (0 of 1), waiting for security",
     ):
@@ -169,6 +171,25 @@ def test_each_approver_group_gets_a_message_with_everything_needed_to_decide(cha
     assert "hunter2" not in shown, "parameters in Slack are masked"
     assert [b["action_id"] for b in message.buttons()] == ["keyturn_approve", "keyturn_deny"]
     assert [m.channel for m in slack.top_level(action_id)] == ["C0SECURITY"], "one message per approver group target"
+
+
+def test_a_row_deletion_message_shows_its_impact_preview(chat, agent, slack) -> None:
+    table = f"slack_rows_{secrets.token_hex(3)}"
+    with psycopg.connect(chat.sql_target_url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (id int)")
+        conn.execute(f"INSERT INTO {table} SELECT generate_series(1, 1100)")
+    action_id = agent.submit_ok(
+        "shop.rows.delete",
+        f"postgres://staging/shop/{table}",
+        {"table": table, "where": "id > 0"},
+        reason="purge the test rows",
+    )
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    shown = message_in(slack, action_id, channel="C0APPROVALS").all_text()  # platform: the catch-all channel
+    assert f"would delete 1,100 rows (exact count) in public.{table}" in shown
+    assert "platform ×2" in shown, "over 1000 rows: two approvers"
+    with psycopg.connect(chat.sql_target_url, autocommit=True) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 1100
 
 
 def test_approving_in_slack_runs_the_action_and_the_message_shows_the_outcome(chat, agent, slack, webhook) -> None:

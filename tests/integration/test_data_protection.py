@@ -44,16 +44,13 @@ def test_seeded_pii_and_secrets_never_travel_in_clear(reporter: Agent, settings,
         )
         for i, doc in enumerate(documents[:24])
     ]
-    needs_approval = reporter.submit_ok(
-        "iam.role.grant",
-        "iam://staging/roles/analyst",
-        {"note": documents[24]["payload"], "role": "analyst", "principal": "bob"},
+    needs_approval = reporter.submit_ok(  # a large production read: data-owners approve
+        "read.table", "postgres://prod/analytics/customers", {"note": documents[24]["payload"], "row_count": 200_000}
     )
     reporter.wait_for_state(needs_approval, "needs_approval")
-    assert keyturn_cli(settings, "approve", needs_approval, token=mint(settings, "human:carol")).returncode == 0
-    for action_id in ids:
+    assert keyturn_cli(settings, "approve", needs_approval, token=mint(settings, "human:heidi")).returncode == 0
+    for action_id in [*ids, needs_approval]:
         assert reporter.wait(action_id)["state"] == "approved_external"  # read.* is external: a receipt
-    assert reporter.wait(needs_approval)["state"] == "succeeded"  # granted on the session's SQL target
     # the audit has caught up with every action before we scan it
     topics = Topics(settings.namespace, settings.partitions)
     assert eventually(lambda: _audited_executions(settings) >= len(ids) + 1, timeout=60)
@@ -99,17 +96,17 @@ def _audited_executions(settings) -> int:
 
 
 def test_parameters_are_masked_with_type_revealing_placeholders(reporter: Agent) -> None:
-    action_id = reporter.submit_ok(
-        "iam.role.grant",
-        "iam://staging/roles/analyst",
-        {"role": "analyst", "contact": "jane.doe@example.com", "card": "4111 1111 1111 1111"},
+    action_id = reporter.submit_ok(  # a large production read: data-owners approve
+        "read.table",
+        "postgres://prod/analytics/customers",
+        {"row_count": 200_000, "contact": "jane.doe@example.com", "card": "4111 1111 1111 1111"},
     )
     view = reporter.wait_for_state(action_id, "needs_approval")
     assert view["state"] == "needs_approval"
     approval = httpx.get(
         f"{reporter.settings.approval_url}/v1/approvals/{action_id}",
-        headers={"Authorization": f"Bearer {mint(reporter.settings, 'human:carol')}"},
+        headers={"Authorization": f"Bearer {mint(reporter.settings, 'human:heidi')}"},
     ).json()
     assert approval["parameters"]["contact"] == "<EMAIL_ADDRESS>"
     assert re.fullmatch(r"\*+1111", approval["parameters"]["card"])
-    assert approval["parameters"]["role"] == "analyst"
+    assert approval["parameters"]["row_count"] == 200_000

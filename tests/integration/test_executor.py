@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import replace
 
+import httpx
 import psycopg
 import pytest
 
@@ -111,8 +112,22 @@ def outcome(agent: Agent, action_id: str) -> dict:
     return view
 
 
-def sql(agent: Agent, statement: str, resource: str = STAGING, **parameters) -> dict:
-    return outcome(agent, agent.submit_ok("sql.query", resource, {"statement": statement, **parameters}))
+def sql(agent: Agent, statement: str, resource: str = STAGING, *, unpreviewable: bool = False, **parameters) -> dict:
+    """Submit a statement and wait for its outcome. One its impact preview cannot dry-run (the target
+    refuses it, or it is not one statement) waits for db-owners (impact.preview_unavailable); frank
+    approves it here, having seen the preview's reason, so the executor's own checks are what is tested."""
+    action_id = agent.submit_ok("sql.query", resource, {"statement": statement, **parameters})
+    if unpreviewable:
+        assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+        frank = {"Authorization": f"Bearer {mint(agent.settings, 'human:frank')}"}
+        shown = httpx.get(f"{agent.settings.approval_url}/v1/approvals/{action_id}", headers=frank, timeout=30).json()
+        assert shown["impact"]["status"] == "unavailable" and shown["impact"]["detail"], shown["impact"]
+        vote = {"choice": "approve", "payload_digest": shown["payload_digest"], "channel": "api", "reason": "test"}
+        answer = httpx.post(
+            f"{agent.settings.approval_url}/v1/approvals/{action_id}/votes", json=vote, headers=frank, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+    return outcome(agent, action_id)
 
 
 def http(agent: Agent, path: str, host: str = PEER_HOST, method: str = "GET") -> dict:
@@ -165,7 +180,7 @@ def test_a_write_changes_its_table_once(agent: Agent, shop: SqlTarget) -> None:
 
 
 def test_the_role_holds_only_the_tables_the_statement_names(agent: Agent, shop: SqlTarget) -> None:
-    view = sql(agent, "INSERT INTO marks (note) SELECT peek_vault()")
+    view = sql(agent, "INSERT INTO marks (note) SELECT peek_vault()", unpreviewable=True)
     assert view["state"] == "failed", view
     reason = view["reasons"][0]
     assert "permission denied for table vault" in reason
@@ -191,7 +206,7 @@ def test_an_approved_production_write_runs_after_the_key_turn(agent: Agent, sett
 
 
 def test_a_statement_error_fails_with_the_reason_for_the_requester_and_the_audit(agent: Agent, settings) -> None:
-    view = sql(agent, "SELECT no_such_column FROM customers")
+    view = sql(agent, "SELECT no_such_column FROM customers", unpreviewable=True)
     assert view["state"] == "failed"
     assert view["reasons"] == ['PostgreSQL: column "no_such_column" does not exist [42703]']
 
@@ -216,7 +231,7 @@ def test_a_statement_past_its_timeout_fails_and_changes_nothing(agent: Agent, sh
 
 
 def test_a_statement_the_plugin_cannot_read_is_refused_not_guessed(agent: Agent, shop: SqlTarget) -> None:
-    view = sql(agent, "SELECT 1; INSERT INTO marks (note) VALUES ('smuggled')")
+    view = sql(agent, "SELECT 1; INSERT INTO marks (note) VALUES ('smuggled')", unpreviewable=True)
     assert view["state"] == "failed"
     assert "one statement per command" in view["reasons"][0]
     assert marks(shop, "smuggled") == 0
@@ -472,7 +487,7 @@ def test_an_export_is_a_parquet_file_with_masked_columns_that_downloads_once(age
     import pyarrow.parquet as pq
 
     parameters = {
-        "statement": "SELECT id, email, password, city FROM customers ORDER BY id",
+        "query": "SELECT id, email, password, city FROM customers ORDER BY id",
         "row_count": 12,
         "destination": "https://files.example.internal/reports",
     }
@@ -529,7 +544,7 @@ def test_a_secret_reference_reaches_the_target_resolved_and_comes_back_redacted(
 
 def test_no_temporary_role_is_left_behind(agent: Agent, shop: SqlTarget) -> None:
     assert sql(agent, "SELECT count(*) FROM customers")["state"] == "succeeded"
-    assert sql(agent, "SELECT no_such_column FROM customers")["state"] == "failed"
+    assert sql(agent, "SELECT no_such_column FROM customers", unpreviewable=True)["state"] == "failed"
     assert shop.temporary_roles() == []
 
 

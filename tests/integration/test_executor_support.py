@@ -91,6 +91,8 @@ def sql_target() -> SqlTarget:
     )
     with target.superuser() as conn:
         conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+        # the application name tells the executor's statements from the impact preview's dry runs
+        conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] app=%a '")
         conn.execute("SELECT pg_reload_conf()")
     try:
         yield target
@@ -240,7 +242,11 @@ def https_peer(settings: Settings, tmp_path_factory) -> HttpsPeer:
 
 
 class ExecutorUnderTest:
-    """Stops the session's executor and runs one configured with ``overrides`` instead."""
+    """Stops the session's executor and runs one configured with ``overrides`` instead.
+
+    When the overrides name another SQL target, the session's policy service is replaced too:
+    its impact preview must dry-run on the database the executor runs on, as in production.
+    """
 
     def __init__(
         self, settings: Settings, services: ServiceProcesses, overrides: dict[str, str], *, witness: Path | None = None
@@ -251,6 +257,9 @@ class ExecutorUnderTest:
         self.witness = witness
         self.log_path = ARTIFACTS / "logs" / settings.namespace / "executor-under-test.log"
         self.proc: subprocess.Popen | None = None
+        self.with_policy = "KEYTURN_SQL_TARGET_URL" in overrides
+        self.policy_log = ARTIFACTS / "logs" / settings.namespace / "policy-under-test.log"
+        self.policy_proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> None:
         """Start the process and wait until faust says it is ready (partitions assigned)."""
@@ -295,12 +304,48 @@ class ExecutorUnderTest:
     def __enter__(self) -> ExecutorUnderTest:
         if "executor" in self.services.procs:
             self.services.stop("executor")
+        if self.with_policy:
+            if "policy" in self.services.procs:
+                self.services.stop("policy")
+            offset = self.policy_log.stat().st_size if self.policy_log.exists() else 0
+            self.policy_proc = _worker(["keyturn.cli", "serve", "policy"], self.env, self.policy_log)
         self.start()
+        if self.policy_proc is not None:
+            _wait_ready(self.policy_proc, self.policy_log, offset)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
         self.services.start("executor")
+        if self.policy_proc is not None:
+            self.policy_proc.terminate()
+            try:
+                self.policy_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.policy_proc.kill()
+                self.policy_proc.wait(5)
+            self.policy_proc = None
+            self.services.start("policy")
+
+
+def _worker(module_args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", *module_args], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        )
+
+
+def _wait_ready(proc: subprocess.Popen, log_path: Path, offset: int, timeout: float = 120) -> None:
+    """Until faust says the worker is ready (partitions assigned), in what the log gained after ``offset``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {proc.returncode}; see {log_path}")
+        if b"Worker ready" in log_path.read_bytes()[offset:]:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"the worker was not ready within {timeout}s; see {log_path}")
 
 
 def witnessed_secrets(witness: Path) -> list[str]:

@@ -50,7 +50,7 @@ def body(number: int, run: str) -> tuple[str, dict[str, Any]]:
             "action": "secrets.delete",
             "resource": "vault://production/payments/api-key",
             "reason": "cleanup",
-            "parameters": {"n": number},
+            "parameters": {"name": f"payments/api-key-{number}"},
             "idempotency_key": key,
         }
     if kind == "approval":
@@ -58,7 +58,7 @@ def body(number: int, run: str) -> tuple[str, dict[str, Any]]:
             "action": "iam.role.grant",
             "resource": "iam://staging/roles/analyst",
             "reason": "onboarding",
-            "parameters": {"principal": "bob", "role": "analyst", "n": number},
+            "parameters": {"principal": "bob", "role": "analyst"},
             "idempotency_key": key,
         }
     return kind, {

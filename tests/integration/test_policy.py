@@ -43,7 +43,7 @@ def test_every_decision_carries_provenance(reporter: Agent, settings) -> None:
         reporter.submit_ok("read.table", "postgres://staging/a/orders"): DecisionOutcome.ALLOWED,
         reporter.submit_ok("secrets.delete", "vault://production/k"): DecisionOutcome.DENIED,
         reporter.submit_ok(
-            "iam.role.grant", "iam://staging/roles/x", {"role": "analyst"}
+            "iam.role.grant", "iam://staging/roles/x", {"principal": "human:bob", "role": "analyst"}
         ): DecisionOutcome.NEEDS_APPROVAL,
     }
     found = eventually(lambda: (d := decisions(settings, set(ids))) and len(d) == len(ids) and d)
@@ -227,7 +227,9 @@ def test_two_policy_workers_split_the_partitions_and_decide_each_request_once(is
 
 
 def test_policy_explain_shows_the_rules_that_fired_and_whether_the_policy_changed(reporter: Agent, settings) -> None:
-    action_id = reporter.submit_ok("iam.role.grant", "iam://staging/roles/analyst", {"role": "analyst"})
+    action_id = reporter.submit_ok(
+        "iam.role.grant", "iam://staging/roles/analyst", {"principal": "human:bob", "role": "analyst"}
+    )
     eventually(lambda: decisions(settings, {action_id}).get(action_id))
     explained = keyturn_cli(settings, "policy", "explain", action_id, "--json")
     assert explained.returncode == 0, explained.stderr

@@ -21,7 +21,8 @@ from keyturn.approval.slack_interactions import (
     read_interaction,
     verify_request,
 )
-from keyturn.approval.views import MASKED, masked_parameters
+from keyturn.approval.views import MASKED, impact_view, masked_parameters
+from keyturn.core.events import Digest, ImpactPreview
 
 NOW = datetime(2026, 3, 4, 10, 0, tzinfo=UTC)
 SECRET = "slack-signing-secret"
@@ -32,7 +33,7 @@ def view(**changes) -> dict:
         "action_id": "0b6f1d4e-1111-4222-8333-444455556666",
         "action": "iam.role.grant",
         "resource": "iam://staging/roles/analyst",
-        "parameters": {"user": "human:bob", "role": "analyst"},
+        "parameters": {"principal": "human:bob", "role": "analyst"},
         "reason": "onboarding",
         "requester": "agent:reporter",
         "acting_for": ["human:alice"],
@@ -124,6 +125,21 @@ def test_a_pending_card_offers_universal_actions_and_a_reason_box() -> None:
     ]
     assert any(e.get("type") == "Input.Text" and e["id"] == teams_cards.REASON_INPUT for e in card["body"])
     assert card["refresh"]["action"]["verb"] == teams_cards.REFRESH
+
+
+def test_slack_and_teams_show_the_impact_preview_apart_from_the_policy_reasons() -> None:
+    preview = ImpactPreview(
+        Digest("ab" * 32), "computed", "delete", NOW, rows=1204, method="exact", tables=("public.o",)
+    )
+    shown = view(impact=impact_view(preview))
+    slack_text = texts(slack_messages.approval_message(shown))
+    teams_text = texts(teams_cards.card_json(teams_cards.approval_card(shown)))
+    for text in (slack_text, teams_text):
+        assert "would delete 1,204 rows (exact count) in public.o" in text
+        assert "granting analyst needs security" in text
+    unknown = view(impact=impact_view(ImpactPreview(Digest("ab" * 32), "unavailable", "delete", NOW, detail="down")))
+    assert "impact unknown: the preview failed (down)" in texts(slack_messages.approval_message(unknown))
+    assert "Impact preview" not in texts(slack_messages.approval_message(view(impact=None)))
 
 
 def test_a_resolved_card_has_no_actions_and_a_refused_answer_is_shown_in_red() -> None:

@@ -9,7 +9,7 @@ import jsonschema_rs
 import pytest
 
 from keyturn.config import REPO_ROOT
-from keyturn.core.events import ActionRequested, Digest
+from keyturn.core.events import ActionRequested, Digest, ImpactPreview
 from keyturn.core.principal import Principal, PrincipalKind
 from keyturn.policy.decisions import decided_from_answer, environment_of, policy_input, provenance_for
 
@@ -32,6 +32,25 @@ def request(**changes) -> ActionRequested:
     return ActionRequested(**{**base, **changes})
 
 
+PREVIEW = ImpactPreview(Digest("ab" * 32), "computed", "export", NOW, rows=10, method="exact", tables=("public.c",))
+
+
+@pytest.mark.parametrize(
+    "impact", [None, PREVIEW, ImpactPreview(Digest("ab" * 32), "unavailable", "export", NOW, detail="down")]
+)
+def test_the_policy_input_with_an_impact_preview_validates_against_the_schema(impact) -> None:
+    document = policy_input(request(), impact)
+    assert [e.message for e in jsonschema_rs.validator_for(SCHEMA).iter_errors(document)] == []
+    if impact is PREVIEW:
+        assert document["impact"] == {
+            "status": "computed",
+            "operation": "export",
+            "rows": 10,
+            "method": "exact",
+            "tables": ["public.c"],
+        }
+
+
 @pytest.mark.parametrize("chain", [(), ("human:alice",), ("human:alice", "human:bob")])
 def test_the_policy_input_validates_against_the_rego_input_schema(chain) -> None:
     document = policy_input(request(requester=Principal("agent:reporter", PrincipalKind.AGENT, chain)))
@@ -41,7 +60,8 @@ def test_the_policy_input_validates_against_the_rego_input_schema(chain) -> None
 
 
 def test_the_schema_declares_exactly_the_fields_the_service_sends() -> None:
-    assert set(policy_input(request())) == set(SCHEMA["properties"])
+    assert set(policy_input(request())) == set(SCHEMA["properties"]) - {"impact"}
+    assert set(policy_input(request(), PREVIEW)) == set(SCHEMA["properties"])
     assert SCHEMA.get("additionalProperties") is False, "a field the policy doesn't know must fail the strict check"
 
 

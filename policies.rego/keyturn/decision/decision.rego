@@ -25,6 +25,7 @@ default decision := {
 	"mask": [],
 	"break_glass": false,
 	"rules": ["decision.default_denial"],
+	"impact_tolerance": {"extra_rows": 0, "extra_fraction": 0},
 }
 
 # The contract fixes the path data.keyturn.decision.decision, so the name repeats the package.
@@ -36,4 +37,11 @@ decision := {
 	"mask": sort(combination.mask),
 	"break_glass": combination.break_glass,
 	"rules": sort(combination.rules),
+	"impact_tolerance": impact_tolerance,
 }
+
+# How far the rows an action really touches may exceed its impact preview before the executor
+# refuses to run it (none when the policy data names no tolerance).
+default impact_tolerance := {"extra_rows": 0, "extra_fraction": 0}
+
+impact_tolerance := data.keyturn.impact.tolerance

@@ -55,7 +55,7 @@ test_every_decision_has_every_field[name] if {
 		"malformed": {"action": 7},
 	}
 	d := decision.decision with input as req
-	object.keys(d) == {"outcome", "reasons", "approvals", "credential_ttl_s", "mask", "break_glass", "rules"}
+	object.keys(d) == {"outcome", "reasons", "approvals", "credential_ttl_s", "mask", "break_glass", "rules", "impact_tolerance"}
 	count(d.reasons) > 0
 	count(d.rules) > 0
 }

@@ -225,3 +225,13 @@ off_hours := false if {
 default submitted_when := "an unknown time"
 
 submitted_when := sprintf("%s %02d:00 UTC", [weekday_names[weekday], hour_utc])
+
+# METADATA
+# description: |
+#   The rows the impact preview counted (or EXPLAIN estimated) for a SQL-backed action;
+#   undefined when there was no preview or it was unavailable.
+previewed_rows := input.impact.rows if {
+	is_object(input.impact)
+	input.impact.status == "computed"
+	is_number(input.impact.rows)
+}

@@ -358,6 +358,7 @@ def _item(decided: Any, state: Any) -> dict[str, Any]:
         "resource": request.resource,
         "requester": requester_line(request.requester.id, list(request.requester.chain)),
         "reason": request.reason,
+        "impact": decided.impact.summary() if decided.impact is not None else "",
         "expires_at": state.expires_at.isoformat(timespec="seconds"),
     }
 

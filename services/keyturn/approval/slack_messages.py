@@ -63,8 +63,10 @@ def approval_message(view: dict[str, Any], *, headline: str | None = None) -> di
         },
         _section(f"*Reason*\n{escape(view['reason'])}"),
     ]
+    if view.get("impact"):
+        blocks.append(_section(f"*Impact preview*\n{escape(view['impact']['summary'])}"))
     if view.get("policy_reasons"):
-        blocks.append(_section("*Impact*\n" + "\n".join(f"• {escape(r)}" for r in view["policy_reasons"])))
+        blocks.append(_section("*Policy*\n" + "\n".join(f"• {escape(r)}" for r in view["policy_reasons"])))
     blocks.append(_section(f"*Parameters* (masked)\n```{escape(_parameters(view['parameters']))}```"))
     blocks.append(
         {

@@ -55,8 +55,10 @@ def approval_card(view: dict[str, Any], *, headline: str | None = None, problem:
         ),
         TextBlock(text=f"Reason: {view['reason']}", wrap=True),
     ]
+    if view.get("impact"):
+        body.append(TextBlock(text="Impact preview: " + view["impact"]["summary"], wrap=True, weight="Bolder"))
     if view.get("policy_reasons"):
-        body.append(TextBlock(text="Impact: " + "; ".join(view["policy_reasons"]), wrap=True, is_subtle=True))
+        body.append(TextBlock(text="Policy: " + "; ".join(view["policy_reasons"]), wrap=True, is_subtle=True))
     body.append(TextBlock(text=_parameters(view["parameters"]), wrap=True, font_type="Monospace"))
     body.append(
         TextBlock(

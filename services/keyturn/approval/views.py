@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from keyturn.core import approval as rules
-from keyturn.core.events import ActionDecided, VoteRecorded
+from keyturn.core.events import ActionDecided, ImpactPreview, VoteRecorded
 
 
 def approval_view(decided: ActionDecided, state: rules.PendingApproval) -> dict[str, Any]:
@@ -33,6 +33,7 @@ def approval_view(decided: ActionDecided, state: rules.PendingApproval) -> dict[
         ],
         "summary": progress.summary,
         "policy_reasons": list(decided.reasons),
+        "impact": impact_view(decided.impact),
         "requested_at": request.requested_at.isoformat(),
         "opened_at": state.opened_at.isoformat(),
         "expires_at": state.expires_at.isoformat(),
@@ -71,6 +72,7 @@ def break_glass_view(decided: ActionDecided) -> dict[str, Any]:
         "status": "break_glass",
         "incident_id": str(parameters.get("incident_id", "")),
         "policy_reasons": list(decided.reasons),
+        "impact": impact_view(decided.impact),
         "requested_at": request.requested_at.isoformat(),
         "summary": f"Break-glass by {requester_line(request.requester.id, list(request.requester.chain))}: "
         "ran without approval, mandatory review",
@@ -79,6 +81,24 @@ def break_glass_view(decided: ActionDecided) -> dict[str, Any]:
 
 
 MASKED = "[masked]"
+
+
+def impact_view(impact: ImpactPreview | None) -> dict[str, Any] | None:
+    """The impact preview as every channel shows it (None for actions that are not SQL-backed)."""
+    if impact is None:
+        return None
+    return {
+        "status": impact.status,
+        "operation": impact.operation,
+        "rows": impact.rows,
+        "method": impact.method,
+        "tables": list(impact.tables),
+        "max_rows": impact.max_rows,
+        "detail": impact.detail,
+        "payload_digest": str(impact.payload_digest),
+        "computed_at": impact.computed_at.isoformat(),
+        "summary": impact.summary(),
+    }
 
 
 def masked_parameters(parameters: Any, mask: tuple[str, ...] | list[str]) -> Any:

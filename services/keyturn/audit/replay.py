@@ -224,6 +224,12 @@ def timeline_step(record: AuditRecord) -> TimelineStep:
         if groups:
             what += " by " + " and ".join(f"{g.get('name')} x{g.get('min_approvals', 1)}" for g in groups)
         why = "; ".join(payload.get("reasons") or ())
+        impact = payload.get("impact") or {}
+        if impact:
+            rows = impact.get("rows")
+            what += f"; impact preview: {impact.get('operation')} " + (
+                f"{rows} rows ({impact.get('method')})" if rows is not None else f"{impact.get('status')}"
+            )
         if payload.get("rules"):
             why += f" [rules: {', '.join(payload['rules'])}]"
         if provenance.get("decision_id"):

@@ -141,6 +141,42 @@ class ActionRequested:
 
 
 @dataclass(frozen=True)
+class ImpactPreview:
+    """What a read-only dry run found before the policy was asked (``policy.impact``).
+
+    Bound to the payload it was computed for; ``max_rows`` is the bound the executor enforces
+    (``rows`` plus the policy's tolerance), ``None`` when nothing bounds the action.
+    """
+
+    payload_digest: Digest
+    status: str  # computed | unavailable
+    operation: str  # delete | update | insert | read | export
+    computed_at: datetime
+    rows: int | None = None
+    method: str | None = None  # exact | estimate
+    tables: tuple[str, ...] = ()
+    detail: str | None = None
+    max_rows: int | None = None
+    duration_ms: int = 0
+
+    @property
+    def computed(self) -> bool:
+        return self.status == "computed"
+
+    def summary(self) -> str:
+        """One line for people: ``would delete 1,204 rows (exact) in public.orders``."""
+        if not self.computed:
+            return f"impact unknown: the preview failed ({self.detail or 'no detail'}); approve only if you know it"
+        verb = {"delete": "would delete", "update": "would update", "insert": "would insert"}.get(
+            self.operation, "would export" if self.operation == "export" else "would return"
+        )
+        rows = "?" if self.rows is None else f"{self.rows:,}"
+        how = "exact count" if self.method == "exact" else "EXPLAIN estimate"
+        where = f" in {', '.join(self.tables)}" if self.tables else ""
+        return f"{verb} {rows} rows ({how}){where}"
+
+
+@dataclass(frozen=True)
 class ActionDecided:
     event_id: str
     action_id: str
@@ -154,6 +190,7 @@ class ActionDecided:
     credential_ttl_s: int = 60
     mask: tuple[str, ...] = ()
     break_glass: bool = False
+    impact: ImpactPreview | None = None
 
 
 @dataclass(frozen=True)

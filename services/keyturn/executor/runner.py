@@ -186,6 +186,7 @@ class Executor:
             decision_id=order.decision.provenance.decision_id,
             execute_before=order.execute_before(),
             mask=tuple(order.decision.mask),
+            impact=order.decision.impact,
         )
         try:
             result = redact(await asyncio.wait_for(plugin.execute(command), self.timeout_s), used)

@@ -35,7 +35,7 @@ from keyturn.exports import export_file_name
 from keyturn.identity import InvalidToken, bearer_token
 from keyturn.intake.consumers import REJECTED
 from keyturn.intake.store import StoreUnavailable
-from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, NoExecutor
+from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, InvalidParameters, NoExecutor
 from keyturn.intake.wiring import IntakeWiring, bootstrap, start_background
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,11 @@ def create_app(
             400: {"model": Problem, "description": "Body is not parseable JSON"},
             401: {"description": "Missing or invalid token"},
             409: {"description": "Idempotency key reused for a different request"},
-            422: {"model": Problem, "description": "Invalid body"},
+            422: {
+                "model": Problem,
+                "description": "Invalid body, or parameters that do not match the action's schema in the catalog "
+                "(docs/catalog.md); each problem names the field path, never its value",
+            },
             503: UNAVAILABLE,
         },
     )
@@ -208,6 +212,8 @@ def create_app(
         except IdempotencyConflict as exc:
             REJECTED.labels("http", "idempotency_conflict").inc()
             raise HTTPException(409, detail=str(exc)) from exc
+        except InvalidParameters as exc:
+            return await refuse(request, 422, "invalid_parameters", exc.problems)
         if not created:
             response.status_code = 200
         return {"action_id": stored.action_id, "state": stored.state.value}

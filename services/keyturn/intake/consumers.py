@@ -29,6 +29,7 @@ from keyturn.intake.submissions import (
     ActionSubmission,
     IdempotencyConflict,
     Intake,
+    InvalidParameters,
     NoExecutor,
     submission_from_record,
 )
@@ -98,6 +99,8 @@ def _error_type(exc: Exception) -> str:
         return "idempotency_conflict"
     if isinstance(exc, NoExecutor):
         return NoExecutor.error_type
+    if isinstance(exc, InvalidParameters):
+        return "invalid_parameters"
     return "invalid_submission"
 
 

@@ -46,6 +46,13 @@ def history_entry(event: Any) -> tuple[dict[str, Any], list[str] | None, Any]:
             entry["expires_at"] = (event.decided_at + timedelta(seconds=event.approvals.pending_ttl_s)).isoformat()
             # how many of each group must approve, for whoever tells the requester who is being asked
             entry["approvers"] = [{"name": g.name, "min": g.min_approvals} for g in event.approvals.groups]
+        if event.impact is not None:  # what approvers were shown: the requester sees it too
+            entry["impact"] = {
+                "summary": event.impact.summary(),
+                "rows": event.impact.rows,
+                "method": event.impact.method,
+                "max_rows": event.impact.max_rows,
+            }
     elif isinstance(event, ApprovalResolved):
         entry |= {
             "at": event.resolved_at.isoformat(),

@@ -20,6 +20,7 @@ from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import validation_problems
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionRequested, SubmissionChannel, payload_digest
+from keyturn.core.parameters import ParameterCatalog
 from keyturn.core.principal import Principal
 from keyturn.faults import is_transient
 from keyturn.intake.store import StoredAction
@@ -125,6 +126,10 @@ class NoExecutor(InvalidSubmission):
     error_type = "no_executor"
 
 
+class InvalidParameters(InvalidSubmission):
+    """Parameters that do not match their action's schema in the catalog (``core.parameters``)."""
+
+
 def action_id_for(principal: Principal, idempotency_key: str | None) -> str:
     """A fresh id, or one derived from (principal, key) so retries map to the same action."""
     if idempotency_key is None:
@@ -161,6 +166,7 @@ class Intake:
         publisher: Publisher,
         protect: Any,
         *,
+        catalog: ParameterCatalog | None = None,
         publish_patience_s: float = 5.0,
         refusal_for: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
@@ -169,6 +175,7 @@ class Intake:
         self.refusal_for = refusal_for
         self.publisher = publisher
         self.protect = protect  # masks and seals parameters (keyturn.masking)
+        self.catalog = catalog  # the parameter schemas; None checks nothing (the policy still judges)
         # a request waits this long for the broker's ack; after that the stored action is
         # answered accepted and the outbox sweep publishes it
         self.publish_patience_s = publish_patience_s
@@ -177,10 +184,14 @@ class Intake:
         self, principal: Principal, submission: ActionSubmission, channel: SubmissionChannel
     ) -> tuple[StoredAction, bool]:
         """(stored action, created?) — raises ``IdempotencyConflict`` on a reused key, ``NoExecutor`` for an
-        action the catalog refuses."""
+        action the catalog refuses, ``InvalidParameters`` when the parameters do not match their action's schema."""
         why = await self.refusal_for(submission.action) if self.refusal_for is not None else None
         if why:
             raise NoExecutor([f"action: {submission.action} is not carried out by Keyturn: {why}"])
+        if self.catalog is not None:
+            problems = self.catalog.problems(submission.action, submission.parameters)
+            if problems:
+                raise InvalidParameters(problems)
         now = datetime.now(UTC)
         action_id = action_id_for(principal, submission.idempotency_key)
         digest = payload_digest(submission.action, submission.resource, submission.parameters)

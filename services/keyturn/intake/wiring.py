@@ -20,6 +20,7 @@ from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.catalog import Execution, ExecutionModes
+from keyturn.core.parameters import ParameterCatalog
 from keyturn.db import open_pool, schema_name
 from keyturn.exports import ExportStore
 from keyturn.faults import supervised
@@ -79,6 +80,7 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
         publisher,
         parameter_protector(keyring_for(settings.seal_keys, settings.keys_dir)),
         refusal_for=catalog_refusals(opa_client(settings)),
+        catalog=ParameterCatalog.load(Path(settings.parameter_catalog_path)),
     )
     follower = StatusFollower(store, publisher)
     verifier = verifier_from_settings(

@@ -1,7 +1,7 @@
 """Policy service: every request → OPA → one decision (allowed / denied / needs approval).
 
 consumes  <ns>.actions.requested   (ActionRequested)
-produces  <ns>.actions.decided     (ActionDecided, with provenance)
+produces  <ns>.actions.decided     (ActionDecided, with provenance and, for SQL-backed actions, the impact preview)
           <ns>.dlq                 (anything undecodable)
 state     policy_decisions in PostgreSQL: the one decision per action (redelivery republishes it).
           OPA holds the policy. Fail closed: no answer from OPA means no allow, ever.
@@ -10,14 +10,18 @@ state     policy_decisions in PostgreSQL: the one decision per action (redeliver
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from keyturn.bus.worker import consume, handle_each
 from keyturn.config import Settings
 from keyturn.core.events import ActionRequested
+from keyturn.core.parameters import ParameterCatalog
 from keyturn.db import open_pool, schema_name
 from keyturn.faults import until_done
+from keyturn.masking.protect import keyring_for, parameter_opener
 from keyturn.metrics import serve_metrics
 from keyturn.policy.decider import PolicyDecider, PolicyStage
+from keyturn.policy.impact import SqlPreviewer
 from keyturn.policy.record import DDL, DecisionRecord
 from keyturn.roots import opa_client, stream_worker
 
@@ -28,10 +32,15 @@ def create_app(settings: Settings):
     """The policy service's composition root: everything it uses is built here from ``settings``."""
     app, topics, publisher = stream_worker(settings, "policy")
     serve_metrics("policy", settings.policy_metrics_port)  # decision latency, OPA errors
-    decider = PolicyDecider(
-        opa_client(settings),
-        settings.policy_unavailable_after_s,
+    previewer = SqlPreviewer(
+        settings.sql_target_url or settings.database_url,
+        ParameterCatalog.load(Path(settings.parameter_catalog_path)),
+        # the dry run needs the statement as sent (masking may alter its literals): the seal opens
+        # here for that alone, and nothing of the clear parameters leaves this process
+        parameter_opener(keyring_for(settings.seal_keys, settings.keys_dir)),
+        timeout_s=settings.impact_preview_timeout_s,
     )
+    decider = PolicyDecider(opa_client(settings), settings.policy_unavailable_after_s, previewer=previewer)
 
     @app.agent(consume(app, topics.requested))
     async def decide_requests(stream):

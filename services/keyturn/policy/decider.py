@@ -17,8 +17,10 @@ from typing import Any, Protocol
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import masked_line
 from keyturn.core.events import ActionDecided, ActionRequested
+from keyturn.core.impact import bounded
 from keyturn.masking.protect import masked_view
 from keyturn.policy.decisions import decided_from_answer, denied, policy_input, provenance_for
+from keyturn.policy.impact import Previewer
 from keyturn.policy.opa import OpaAnswer, PolicyAnswerInvalid, PolicyUnavailable
 
 log = logging.getLogger(__name__)
@@ -48,16 +50,26 @@ class PolicyDecider:
         opa: Opa,
         unavailable_after_s: float,
         *,
+        previewer: Previewer | None = None,
         retry_every_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.opa = opa
+        self.previewer = previewer  # the impact preview, asked before OPA (None: no previews)
         self.unavailable_after_s = unavailable_after_s
         self.retry_every_s = retry_every_s
         self.clock = clock
 
     async def decide(self, request: ActionRequested) -> ActionDecided:
-        document = policy_input(request)
+        impact = await self.previewer.preview(request) if self.previewer is not None else None
+        decision, tolerance = await self._ask_opa(request, policy_input(request, impact))
+        if impact is None:
+            return decision
+        # bound to the payload it was computed for; max_rows is what the executor will enforce
+        return dataclasses.replace(decision, impact=bounded(impact, tolerance))
+
+    async def _ask_opa(self, request: ActionRequested, document: dict[str, Any]) -> tuple[ActionDecided, Any]:
+        """OPA's decision and the impact tolerance it grants (None when it gave none)."""
         give_up_at = self.clock() + self.unavailable_after_s
         while True:
             now = datetime.now(UTC)
@@ -66,19 +78,22 @@ class PolicyDecider:
                 revision = await self.opa.policy_revision()
             except PolicyAnswerInvalid as exc:
                 reason = masked_line(f"policy_invalid: {exc}")  # OPA's answer may quote the input
-                return denied(request, [reason], provenance_for(document, "unknown", None, now), now)
+                return denied(request, [reason], provenance_for(document, "unknown", None, now), now), None
             except PolicyUnavailable as exc:
                 if self.clock() >= give_up_at:
                     reason = masked_line(
                         f"policy_unavailable: no decision from OPA within {self.unavailable_after_s:.0f}s ({exc})"
                     )
-                    return denied(request, [reason], provenance_for(document, "unknown", None, now), now)
+                    return denied(request, [reason], provenance_for(document, "unknown", None, now), now), None
                 log.warning("OPA unavailable, holding %s: %s", request.action_id, exc)
                 await asyncio.sleep(self.retry_every_s)
                 continue
-            return decided_from_answer(
+            found = answer.result.get("decision") if isinstance(answer.result, dict) else None
+            tolerance = found.get("impact_tolerance") if isinstance(found, dict) else None
+            decided = decided_from_answer(
                 request, answer.result, provenance_for(document, revision, answer.decision_id, now), now
             )
+            return decided, tolerance
 
 
 def with_policy_masking(decision: ActionDecided) -> ActionDecided:

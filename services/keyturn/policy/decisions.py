@@ -14,8 +14,10 @@ from keyturn.core.events import (
     DecisionOutcome,
     Digest,
     GroupRequirement,
+    ImpactPreview,
     Provenance,
 )
+from keyturn.core.impact import opa_view
 
 _ENVIRONMENT_MARKERS = (
     ("production", ("prod", "production", "live")),
@@ -33,10 +35,10 @@ def environment_of(resource: str) -> str:
     return "unknown"
 
 
-def policy_input(request: ActionRequested) -> dict[str, Any]:
+def policy_input(request: ActionRequested, impact: ImpactPreview | None = None) -> dict[str, Any]:
     """The decision input document (contract: policies.rego/schemas/decision_input.json)."""
     at = request.requested_at
-    return {
+    document = {
         "action_id": request.action_id,
         "action": request.action,
         "resource": request.resource,
@@ -51,6 +53,9 @@ def policy_input(request: ActionRequested) -> dict[str, Any]:
         "submitted_at": at.isoformat().replace("+00:00", "Z"),
         "context": {"hour_utc": at.hour, "weekday": at.isoweekday()},
     }
+    if impact is not None:
+        document["impact"] = opa_view(impact)
+    return document
 
 
 def provenance_for(input_document: dict[str, Any], revision: str, decision_id: str | None, now: datetime) -> Provenance:

@@ -28,10 +28,15 @@ masked_fields contains sprintf("columns.%s", [column]) if {
 	some column in data.keyturn.export.masked_columns
 }
 
-row_count := request.parameters.row_count if {
+declared_rows := request.parameters.row_count if {
 	is_number(request.parameters.row_count)
 	request.parameters.row_count >= 0
 }
+
+# The larger of what the requester declared and what the impact preview counted.
+row_count := max({declared_rows, request.previewed_rows}) if request.previewed_rows
+
+row_count := declared_rows if not request.previewed_rows
 
 destination_host := network.host_of(request.parameters.destination)
 
@@ -41,7 +46,7 @@ destination_is_inside_the_company if {
 
 details_are_missing if {
 	covers_action
-	not row_count
+	not declared_rows
 }
 
 details_are_missing if {

@@ -17,7 +17,13 @@ covers_action if startswith(request.action, "read.")
 # parameters.row_count is the requester's estimate; absent means it declared none.
 default row_count := 0
 
-row_count := request.parameters.row_count if is_number(request.parameters.row_count)
+# The larger of what the requester declared and what the impact preview counted: an agent
+# cannot under-declare a read the preview measured.
+row_count := max(volumes) if count(volumes) > 0
+
+volumes contains request.parameters.row_count if is_number(request.parameters.row_count)
+
+volumes contains request.previewed_rows
 
 large_read_in_production if {
 	covers_action
@@ -31,7 +37,7 @@ large_read_in_production if {
 verdicts contains verdict.allow("reads.read_is_allowed", msg) if {
 	covers_action
 	not large_read_in_production
-	msg := sprintf("%s only reads (%d rows declared) in %s", [request.action, row_count, request.environment])
+	msg := sprintf("%s only reads (%d rows) in %s", [request.action, row_count, request.environment])
 }
 
 verdicts contains verdict.approve_all("reads.large_read_in_production", msg, [verdict.group("data-owners", 1)]) if {

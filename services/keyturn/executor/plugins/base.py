@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from keyturn.core.events import ImpactPreview
 from keyturn.core.principal import Principal
 
 
@@ -47,6 +48,9 @@ class Command:
     decision_id: str = ""
     execute_before: datetime | None = None
     mask: tuple[str, ...] = ()  # the decision's mask: parameters.<field>, and columns.<name> an export masks
+    # the approved impact preview (SQL-backed actions): a write enforces its bound with
+    # ``executor.impact.enforce_impact`` before it commits
+    impact: ImpactPreview | None = None
 
 
 class ExecutionFailed(Exception):

@@ -10,25 +10,22 @@ temporary role ``keyturn_cmd_<action>`` holding DELETE and SELECT on that table 
 the policy's credential TTL, dropped afterwards). Inside its transaction, before the commit,
 the number of rows it deleted is compared with ``max_rows``: more, and the transaction is rolled
 back and the action ends ``failed`` with both counts. Nothing beyond the approval is ever
-committed. ``exceeds_preview`` is the second bound, against the impact preview people saw
-(the preview's tolerance is the policy's), checked at the same point.
+committed. The second bound, checked at the same point, is the impact preview people saw
+(``executor.impact.enforce_impact``: the previewed rows plus the policy's tolerance).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from keyturn.executor.impact import enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin, _message, _resolve
 from keyturn.executor.plugins.sql_roles import Grants, create_role, role_name_for
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
-
-# (command, rows the statement deleted) → why that is more than the impact preview allows, or None.
-PreviewBound = Callable[[Command, int], str | None]
 
 
 def approved_row_count(parameters: dict[str, Any]) -> int:
@@ -43,10 +40,6 @@ def approved_row_count(parameters: dict[str, Any]) -> int:
 
 class DeletionPlugin(SqlPlugin):
     name = "deletion"
-
-    def __init__(self, target_url: str, *, exceeds_preview: PreviewBound | None = None, **options: Any) -> None:
-        super().__init__(target_url, **options)
-        self.exceeds_preview = exceeds_preview  # the impact preview's bound, when the preview is wired
 
     async def execute(self, command: Command) -> Any:
         table, where = _deletion_parameters(command.parameters)
@@ -94,10 +87,7 @@ class DeletionPlugin(SqlPlugin):
                     f"the deletion would remove {deleted} rows from {relation}, more than the {bound} approved "
                     f"(parameters.max_rows): rolled back, nothing was deleted"
                 )
-            if self.exceeds_preview is not None:
-                refusal = self.exceeds_preview(command, deleted)
-                if refusal:
-                    raise ExecutionFailed(f"{refusal}: rolled back, nothing was deleted")
+            enforce_impact(command.impact, command.payload_digest, deleted)  # the preview's bound, same rollback
 
         timeout_s = min(self.statement_timeout_s, ttl_s)
         try:

@@ -1,7 +1,8 @@
 """The ``export`` plugin: ``db.export``, a SELECT's rows written to a file the requester downloads once.
 
-Parameters: ``statement`` (one SELECT, as for ``sql.query``), ``format`` (``parquet``, the
-default, or ``csv``), plus what the policy reads (``row_count``, ``destination``).
+Parameters: ``query`` (one SELECT, as ``sql.query``'s statement; the catalog's name for it),
+``format`` (``parquet``, the default, or ``csv``), plus what the policy reads (``row_count``,
+``destination``).
 
 1. The statement runs like a ``sql.query`` read: a temporary role holding SELECT on the tables
    it names, for the policy's credential TTL (900 s for exports), in a READ ONLY transaction,
@@ -64,7 +65,7 @@ class ExportPlugin(SqlPlugin):
             log.info("export plugin: deleted %d export files never downloaded", removed)
 
     async def execute(self, command: Command) -> Any:
-        statement, _ = _statement_parameters(command.parameters)
+        statement, _ = _statement_parameters(command.parameters, "query")
         file_format = command.parameters.get("format", "parquet")
         if file_format not in FORMATS:
             raise ExecutionFailed(f"parameters.format must be one of {', '.join(FORMATS)}; nothing was exported")

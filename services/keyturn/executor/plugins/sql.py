@@ -11,7 +11,8 @@ For each command (``sql.query`` with ``parameters.statement`` and optionally ``m
 3. connect as that role with a statement timeout (the smaller of the setting and the TTL)
    and run the statement: reads in a READ ONLY transaction through a server-side cursor
    (only the rows that travel back are fetched; the rest are counted), writes in one
-   transaction;
+   transaction, rolled back instead of committed when they touched more rows than the
+   approved impact preview allows (``executor.impact``);
 4. always, in ``finally``: end the role's sessions, revoke everything (DROP OWNED), drop it.
 
 Statement errors, timeouts and refused connections end the command ``failed`` with the
@@ -27,6 +28,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from keyturn.executor.impact import enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql_roles import (
     Grants,
@@ -105,7 +107,19 @@ class SqlPlugin:
         if self.credential_observer is not None:
             self.credential_observer(role.password)
         try:
-            return await self._run_as(role.name, role.password, shape, statement, max_rows, timeout_s, grants)
+            return await self._run_as(
+                role.name,
+                role.password,
+                shape,
+                statement,
+                max_rows,
+                timeout_s,
+                grants,
+                # more rows than the approved preview allows: raising inside the transaction rolls the write back
+                before_commit=lambda result: enforce_impact(
+                    command.impact, command.payload_digest, int(result["row_count"])
+                ),
+            )
         finally:
             try:
                 await self._drop(name)
@@ -143,24 +157,7 @@ class SqlPlugin:
             raise ExecutionFailed(f"temporary role {name} not dropped: {reason}") from None
 
     async def _grants_for(self, admin: psycopg.AsyncConnection, shape: StatementShape) -> Grants:
-        tables: dict[Relation, list[str]] = {}
-        for written in shape.reads:
-            found = await _resolve(admin, written)
-            if found is not None:
-                tables.setdefault(found[0], []).append("SELECT")
-        sequences: tuple[Relation, ...] = ()
-        if shape.write_target is not None and shape.write_privilege is not None:  # the statement shape sets both
-            found = await _resolve(admin, shape.write_target)
-            if found is None:
-                raise ExecutionFailed(
-                    f"{shape.write_privilege} refused before running: table {shape.write_target} does not exist "
-                    f"on {self.target_name}"
-                )
-            target, oid = found
-            tables.setdefault(target, []).append(shape.write_privilege)
-            if shape.write_privilege == "INSERT":
-                sequences = await _serial_sequences(admin, oid)
-        return Grants({relation: tuple(sorted(set(p))) for relation, p in tables.items()}, sequences)
+        return await grants_for(admin, shape, self.target_name)
 
     async def _connect_as(self, role: str, password: str, timeout_s: float) -> psycopg.AsyncConnection:
         """A session as the temporary role, with the statement timeout; refused connections fail the command."""
@@ -234,6 +231,29 @@ class SqlPlugin:
             raise ExecutionFailed(f"PostgreSQL: {_message(exc)}") from None
 
 
+async def grants_for(admin: psycopg.AsyncConnection, shape: StatementShape, target_name: str) -> Grants:
+    """Exactly what ``shape`` needs on the target: SELECT on what it reads, the write's privilege
+    on its target (and the target's serial sequences for INSERT). The impact preview uses it too."""
+    tables: dict[Relation, list[str]] = {}
+    for written in shape.reads:
+        found = await _resolve(admin, written)
+        if found is not None:
+            tables.setdefault(found[0], []).append("SELECT")
+    sequences: tuple[Relation, ...] = ()
+    if shape.write_target is not None and shape.write_privilege is not None:  # the statement shape sets both
+        found = await _resolve(admin, shape.write_target)
+        if found is None:
+            raise ExecutionFailed(
+                f"{shape.write_privilege} refused before running: table {shape.write_target} does not exist "
+                f"on {target_name}"
+            )
+        target, oid = found
+        tables.setdefault(target, []).append(shape.write_privilege)
+        if shape.write_privilege == "INSERT":
+            sequences = await _serial_sequences(admin, oid)
+    return Grants({relation: tuple(sorted(set(p))) for relation, p in tables.items()}, sequences)
+
+
 async def _read(conn: psycopg.AsyncConnection, statement: str, wanted: int) -> dict[str, Any]:
     async with conn.cursor(name="keyturn_result") as cursor:
         await cursor.execute(statement)
@@ -288,10 +308,10 @@ async def _serial_sequences(admin: psycopg.AsyncConnection, table_oid: int) -> t
     return tuple(Relation(schema, name) for schema, name in await cursor.fetchall())
 
 
-def _statement_parameters(parameters: dict[str, Any]) -> tuple[str, int | None]:
-    statement = parameters.get("statement")
+def _statement_parameters(parameters: dict[str, Any], field: str = "statement") -> tuple[str, int | None]:
+    statement = parameters.get(field)
     if not isinstance(statement, str) or not statement.strip():
-        raise ExecutionFailed("parameters.statement must be a non-empty SQL string")
+        raise ExecutionFailed(f"parameters.{field} must be a non-empty SQL string")
     max_rows = parameters.get("max_rows")
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
         raise ExecutionFailed(f"parameters.max_rows must be a whole number ≥ 0, not {max_rows!r}")

@@ -1,0 +1,245 @@
+"""The impact preview: before OPA is asked, what a SQL-backed action would touch.
+
+``Previewer`` is the port the decider uses (a fake in ``tests/fakes/service_ports.py``);
+``SqlPreviewer`` is the real one, a dry run on the target database (``sql_target_url``):
+
+1. open the sealed parameters (the masked copy may have altered literals) and find the
+   statement (``core.impact.preview_plan``); its shape must be one the sql plugin runs
+   (``executor.plugins.sql_text``): one SELECT / INSERT / UPDATE / DELETE;
+2. in ONE transaction that is always rolled back: create a NOLOGIN role holding only the
+   privileges the statement needs (the sql plugin's ``grants_for``), ``SET LOCAL ROLE`` to it,
+   ``SET LOCAL statement_timeout`` and ``lock_timeout``; run the write and read its row count,
+   or count a read's / an export's rows (``SELECT count(*) FROM (…)``). The rollback undoes
+   the rows, the role and its grants together: nothing is left behind, not even on a crash;
+3. when counting takes longer than the time limit, PostgreSQL cancels it and, in a new
+   rolled-back transaction under the same kind of role, ``EXPLAIN`` gives the planner's
+   estimate (``method: estimate``);
+4. any other failure (the target is down, the statement is refused, a table is missing)
+   gives ``status: unavailable`` with the reason, masked: the policy then requires approval
+   (``impact.preview_unavailable``), so a failed preview never lets an action through unseen.
+
+What a rolled-back write cannot undo: sequence values an INSERT drew, and whatever triggers do
+outside the database. The preview role holds no privilege beyond the statement's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from keyturn.bus.refusals import masked_line
+from keyturn.core.events import ActionRequested, ImpactPreview
+from keyturn.core.impact import NotPreviewable, PreviewPlan, preview_plan
+from keyturn.core.parameters import ParameterCatalog
+from keyturn.executor.plugins.base import ExecutionFailed
+from keyturn.executor.plugins.sql import grants_for
+from keyturn.executor.plugins.sql_roles import Grants
+from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
+
+log = logging.getLogger(__name__)
+
+PREVIEW_ROLE_PREFIX = "keyturn_preview_"
+
+
+class Previewer(Protocol):
+    """What the decider asks before OPA: the impact of a request, or None when it has none."""
+
+    async def preview(self, request: ActionRequested) -> ImpactPreview | None: ...
+
+
+class _Unavailable(Exception):
+    """The preview cannot be computed; the message says why (masked before it travels)."""
+
+
+class SqlPreviewer:
+    """Dry runs on the target database (see the module doc)."""
+
+    def __init__(
+        self,
+        target_url: str,
+        catalog: ParameterCatalog,
+        open_parameters: Callable[[ActionRequested], dict[str, Any]],
+        *,
+        timeout_s: float = 5.0,
+        connect_timeout_s: int = 5,
+    ) -> None:
+        self.target_url = target_url
+        self.catalog = catalog
+        self.open_parameters = open_parameters
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        target = conninfo_to_dict(target_url)
+        self.target_name = f"{target.get('host', 'localhost')}:{target.get('port', 5432)}/{target.get('dbname', '')}"
+
+    async def preview(self, request: ActionRequested) -> ImpactPreview | None:
+        if not self.catalog.sql_backed(request.action) or not _names_sql(request.action, request.parameters):
+            return None
+        started = time.monotonic()
+        operation = "delete" if request.action.endswith(".delete") else "read"
+
+        def result(status: str, **fields: Any) -> ImpactPreview:
+            return ImpactPreview(
+                payload_digest=request.payload_digest,
+                status=status,
+                operation=fields.pop("operation", operation),
+                computed_at=datetime.now(UTC),
+                duration_ms=int((time.monotonic() - started) * 1000),
+                **fields,
+            )
+
+        try:
+            parameters = self.open_parameters(request)
+            plan, shape = _plan(request.action, parameters)
+            if plan is None or shape is None:
+                return None  # SQL-backed family, but these parameters name no SQL (e.g. read.table by name)
+            operation = plan.operation
+            rows, method, tables, detail = await self._dry_run(plan, shape)
+        except _Unavailable as exc:
+            return result("unavailable", detail=masked_line(str(exc)))
+        except Exception as exc:  # fail closed: a preview that broke is unavailable, and the policy then asks people
+            log.warning("impact preview of %s failed: %s", request.action_id, type(exc).__name__)
+            return result("unavailable", detail=masked_line(f"the preview failed: {type(exc).__name__}: {exc}"))
+        return result("computed", rows=rows, method=method, tables=tables, detail=detail)
+
+    async def _dry_run(self, plan: PreviewPlan, shape: StatementShape) -> tuple[int, str, tuple[str, ...], str | None]:
+        milliseconds = max(1, int(self.timeout_s * 1000))
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.target_url,
+                connect_timeout=self.connect_timeout_s,
+                # every statement of the session is bounded, the grants and the role's creation included
+                options=f"-c search_path=public -c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
+                application_name="keyturn-impact-preview",
+            )
+        except psycopg.OperationalError as exc:
+            raise _Unavailable(f"cannot connect to the SQL target {self.target_name}: {_message(exc)}") from None
+        async with conn:
+            try:
+                grants = await grants_for(conn, shape, self.target_name)
+            except ExecutionFailed as exc:
+                raise _Unavailable(str(exc)) from None
+            await conn.rollback()
+            tables = tuple(sorted(str(relation) for relation in grants.tables))
+            try:
+                return await self._count(conn, plan, grants), "exact", tables, None
+            except psycopg.errors.QueryCanceled:
+                await conn.rollback()
+            except psycopg.Error as exc:
+                await conn.rollback()
+                raise _Unavailable(f"PostgreSQL refused the dry run: {_message(exc)}") from None
+            try:
+                estimate = await self._estimate(conn, plan, grants)
+            except psycopg.Error as exc:
+                await conn.rollback()
+                raise _Unavailable(
+                    f"counting took longer than {self.timeout_s:g}s and EXPLAIN failed: {_message(exc)}"
+                ) from None
+            detail = f"counting took longer than {self.timeout_s:g}s: the planner's estimate is shown"
+            return estimate, "estimate", tables, detail
+
+    async def _as_preview_role(self, conn: psycopg.AsyncConnection, grants: Grants) -> None:
+        """Inside the open transaction: a role with only ``grants``, the session switched to it."""
+        role = sql.Identifier(PREVIEW_ROLE_PREFIX + secrets.token_hex(8))
+        await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(role))
+        for schema in grants.schemas:
+            await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
+        for relation, privileges in grants.tables.items():
+            await conn.execute(
+                sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                    sql.SQL(", ").join(sql.SQL(p) for p in privileges), relation.identifier(), role
+                )
+            )
+        for sequence in grants.sequences:
+            await conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence.identifier(), role))
+        await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+        await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
+        milliseconds = max(1, int(self.timeout_s * 1000))
+        await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(milliseconds)))
+        await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(milliseconds)))
+
+    async def _count(self, conn: psycopg.AsyncConnection, plan: PreviewPlan, grants: Grants) -> int:
+        try:
+            await self._as_preview_role(conn, grants)
+            if plan.operation in {"delete", "update", "insert"}:
+                cursor = await conn.execute(plan.statement.strip().rstrip(";"))
+                return max(0, cursor.rowcount)
+            cursor = await conn.execute(
+                sql.SQL("SELECT count(*) FROM ({}) AS keyturn_preview").format(
+                    sql.SQL(plan.statement.strip().rstrip(";"))
+                )
+            )
+            row = await cursor.fetchone()
+            return int(row[0]) if row else 0
+        finally:
+            await conn.rollback()  # the rows, the role and its grants: all undone
+
+    async def _estimate(self, conn: psycopg.AsyncConnection, plan: PreviewPlan, grants: Grants) -> int:
+        try:
+            await self._as_preview_role(conn, grants)
+            cursor = await conn.execute(
+                sql.SQL("EXPLAIN (FORMAT JSON) {}").format(sql.SQL(plan.statement.strip().rstrip(";")))
+            )
+            row = await cursor.fetchone()
+        finally:
+            await conn.rollback()
+        document: Any = row[0] if row else None
+        if isinstance(document, str):
+            document = json.loads(document)
+        if not isinstance(document, list) or not document:
+            raise psycopg.DataError("EXPLAIN gave no plan")
+        node = document[0]["Plan"]
+        # a write's top node (ModifyTable) plans 0 rows without RETURNING; the rows it changes are its input's
+        while node.get("Node Type") == "ModifyTable" and node.get("Plans"):
+            node = node["Plans"][0]
+        return int(node.get("Plan Rows", 0))
+
+
+def _names_sql(action: str, masked: Any) -> bool:
+    """Whether the parameters name SQL at all (their keys survive masking; the seal opens only then)."""
+    if not isinstance(masked, dict):
+        return False
+    try:
+        return preview_plan(action, masked, None) is not None
+    except NotPreviewable:
+        return True  # named, but malformed: the dry run says why
+
+
+def _plan(action: str, parameters: dict[str, Any]) -> tuple[PreviewPlan | None, StatementShape | None]:
+    """The dry run for these parameters and its statement's shape; refused shapes are unavailable."""
+    try:
+        if action == "sql.query":
+            statement = parameters.get("statement")
+            if not isinstance(statement, str):
+                return None, None
+            shape = statement_shape(statement)
+            plan = preview_plan(action, parameters, shape.write_privilege)
+            return plan, shape
+        plan = preview_plan(action, parameters, None)
+        if plan is None:
+            return None, None
+        shape = statement_shape(plan.statement)
+    except (UnsupportedStatement, NotPreviewable) as exc:
+        raise _Unavailable(f"the statement cannot be previewed: {exc}") from None
+    if plan.operation in {"read", "export"} and not shape.is_read:
+        raise _Unavailable(f"the {plan.operation} query must be a single SELECT")
+    if plan.operation == "delete" and shape.write_privilege != "DELETE":
+        raise _Unavailable("the deletion must be a single DELETE")
+    return plan, shape
+
+
+def _message(exc: Exception) -> str:
+    """PostgreSQL's own words on one line, with the SQLSTATE; never the connection string."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = primary or " ".join(str(exc).split()) or type(exc).__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{text} [{sqlstate}]" if sqlstate else text
