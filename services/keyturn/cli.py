@@ -30,6 +30,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(policy_cli.app, name="policy")
 app.add_typer(schemas_app, name="schemas")
+app.command("report")(audit_cli.report)
 console = Console()
 err = Console(stderr=True)
 
