@@ -202,6 +202,7 @@ def report(
     except OSError as error:
         fail(f"cannot write {path}: {error.strerror}")
     integrity = figures.integrity
+    assert integrity is not None  # build_report always verifies
     err.print(
         f"wrote {path}: {figures.actions} actions, {integrity.verification.records_checked} records verified "
         f"in {time.perf_counter() - started:.1f} s",

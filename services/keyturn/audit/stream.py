@@ -18,6 +18,7 @@ from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.core.audit.record import AuditRecord, MalformedRecord
 
 T = TypeVar("T")
+FETCH_BYTES = 16 * 1024 * 1024  # per fetch of the audit partition (the consumer's default is 1 MiB)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class AuditTopic:
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             isolation_level="read_committed",
+            max_partition_fetch_bytes=FETCH_BYTES,  # one partition: let a fetch bring it all
+            fetch_max_bytes=FETCH_BYTES,
         )
         self._from_offset = from_offset
         self._to_offset = to_offset

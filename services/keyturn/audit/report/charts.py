@@ -57,6 +57,11 @@ def _pyplot() -> Any:
     return plt
 
 
+def check_available() -> None:
+    """Raise :class:`ChartsUnavailable` (saying how to install it) when matplotlib is missing."""
+    _pyplot()
+
+
 def colour(category: str, categories: tuple[str, ...]) -> str:
     """A category's colour: fixed for the known ones, a stable palette entry for the others."""
     if category in COLOURS:

@@ -114,24 +114,35 @@ class _Action:
 
     @property
     def category(self) -> str:
-        """The furthest outcome the stream knows, as a report category."""
-        if self.other_outcome is not None:
-            return self.other_outcome
-        if self.execution is not None and self.execution != "succeeded":
-            return self.execution
-        if self.decision == "denied":
-            return DENIED_BY_POLICY
-        if self.approval_outcome == "denied":
-            return DENIED_BY_PEOPLE
-        if self.approval_outcome == "expired":
-            return EXPIRED
-        if self.approval_outcome not in (None, "approved"):
-            return str(self.approval_outcome)
-        if self.execution == "succeeded":
-            return APPROVED if self.approval_outcome == "approved" or self.decision == "needs_approval" else ALLOWED
-        if self.decision not in (None, "allowed", "needs_approval", "denied"):
-            return str(self.decision)
-        return IN_PROGRESS
+        return outcome_category(self.decision, self.approval_outcome, self.execution, self.other_outcome)
+
+
+def outcome_category(
+    decision: str | None, approval: str | None, execution: str | None, other: str | None = None
+) -> str:
+    """The report category of an action from the outcome of each stage the audit recorded.
+
+    The furthest stage wins: an execution's failure or unknown outcome (or any state a newer
+    Keyturn records) over the path that led to it; a successful execution counts as allowed or
+    approved by that path. ``other`` is the outcome of an event type this version does not know.
+    """
+    if other is not None:
+        return other
+    if execution is not None and execution != "succeeded":
+        return execution
+    if decision == "denied":
+        return DENIED_BY_POLICY
+    if approval == "denied":
+        return DENIED_BY_PEOPLE
+    if approval == "expired":
+        return EXPIRED
+    if approval not in (None, "approved"):
+        return str(approval)
+    if execution == "succeeded":
+        return APPROVED if approval == "approved" or decision == "needs_approval" else ALLOWED
+    if decision not in (None, "allowed", "needs_approval", "denied"):
+        return str(decision)
+    return IN_PROGRESS
 
 
 @dataclass(frozen=True)
@@ -276,7 +287,8 @@ class Report:
     until: int
     generated_at: int
     rubber_stamp_s: float
-    integrity: Integrity
+    integrity: Integrity | None
+    """None for figures computed without verifying the chain (the console's history page)."""
     actions: int
     totals: dict[str, int]
     categories: tuple[str, ...]
@@ -409,14 +421,18 @@ class ReportBuilder:
         if self._in_period(at):
             seen[1] += 1
 
-    def finish(self, verification: VerifyReport, *, unreadable: int = 0, generated_at: int | None = None) -> Report:
-        """The report, given the chain's verification of the same records."""
-        bad_checkpoints = {p.sequence for p in verification.problems if p.kind in _CHECKPOINT_PROBLEMS}
-        checkpoints = tuple(
-            CheckpointSeen(seq, at, key, covers, seq not in bad_checkpoints)
-            for seq, at, key, covers in self._checkpoints
-        )
-        integrity = Integrity(verification, unreadable, checkpoints, self._first_sequence, self._last_sequence)
+    def finish(
+        self, verification: VerifyReport | None, *, unreadable: int = 0, generated_at: int | None = None
+    ) -> Report:
+        """The report, given the chain's verification of the same records (None: not verified)."""
+        integrity = None
+        if verification is not None:
+            bad_checkpoints = {p.sequence for p in verification.problems if p.kind in _CHECKPOINT_PROBLEMS}
+            checkpoints = tuple(
+                CheckpointSeen(seq, at, key, covers, seq not in bad_checkpoints)
+                for seq, at, key, covers in self._checkpoints
+            )
+            integrity = Integrity(verification, unreadable, checkpoints, self._first_sequence, self._last_sequence)
         in_period = [facts for facts in self._actions.values() if self._in_period(facts.at)]
         totals: Counter[str] = Counter()
         per_day: dict[str, Counter[str]] = {}

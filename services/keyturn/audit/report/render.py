@@ -25,7 +25,7 @@ TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(("html",), default=True),
 )
-REFUSED_VOTES_LISTED = 200  # the table's rows; the counts by kind cover them all
+ROWS_LISTED = 200  # rows of a long list (rubber stamps, break-glass uses, refused votes); the counts cover all
 
 
 class PdfUnavailable(ImportError):
@@ -55,7 +55,9 @@ def _default_mask() -> Callable[[str], str]:
 
 
 def render_html(report: Report, *, mask: Callable[[str], str] | None = None, title: str | None = None) -> str:
-    """The whole report as one HTML document."""
+    """The whole report as one HTML document (``report`` must carry the chain's verification)."""
+    if report.integrity is None:
+        raise ValueError("a compliance report states the chain's verification: build it with build_report")
     masker = mask or _default_mask()
     masked = lru_cache(maxsize=4096)(lambda text: masker(text) if text else "")
     return TEMPLATES.get_template("report.html").render(
@@ -63,7 +65,10 @@ def render_html(report: Report, *, mask: Callable[[str], str] | None = None, tit
         integrity=report.integrity,
         charts=charts.all_charts(report),
         title=title or "Keyturn compliance report",
-        refused_listed=report.refused_votes[:REFUSED_VOTES_LISTED],
+        rows=ROWS_LISTED,
+        refused_listed=report.refused_votes[:ROWS_LISTED],
+        # the uses still waiting for a review first
+        break_glass_listed=sorted(report.break_glass, key=lambda use: (use.reviewed, use.at))[:ROWS_LISTED],
         when=_when,
         seconds=_seconds,
         label=category_label,
