@@ -9,6 +9,7 @@ The data is the approval service's projection of the audit topic (``approval.his
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -57,23 +58,30 @@ class _ChartCache:
     def __init__(self) -> None:
         self.at = 0.0
         self.charts: dict[str, str] = {}
+        self.lock = asyncio.Lock()
 
-    def get(self, report: Any) -> dict[str, str]:
+    async def get(self, report: Any) -> dict[str, str]:
+        """The charts, drawn in a worker thread (matplotlib would hold the event loop for seconds)."""
         if not self.charts or time.monotonic() - self.at > CHARTS_TTL_S:
-            from keyturn.audit.report import charts
-
-            try:
-                charts.check_available()
-            except charts.ChartsUnavailable as missing:  # matplotlib is the report extra
-                note = f'<p class="muted">No chart: {missing}</p>'
-                return {"outcomes": note, "decision_times": "", "approvers": ""}
-            self.charts = {
-                "outcomes": charts.outcomes_per_day(report),
-                "decision_times": charts.decision_times(report),
-                "approvers": charts.approvers(report),
-            }
-            self.at = time.monotonic()
+            async with self.lock:
+                if not self.charts or time.monotonic() - self.at > CHARTS_TTL_S:
+                    self.charts = await asyncio.to_thread(self._draw, report)
+                    self.at = time.monotonic()
         return self.charts
+
+    @staticmethod
+    def _draw(report: Any) -> dict[str, str]:
+        from keyturn.audit.report import charts
+
+        try:
+            charts.check_available()
+        except charts.ChartsUnavailable as missing:  # matplotlib is the report extra
+            return {"outcomes": f'<p class="muted">No chart: {missing}</p>', "decision_times": "", "approvers": ""}
+        return {
+            "outcomes": charts.outcomes_per_day(report),
+            "decision_times": charts.decision_times(report),
+            "approvers": charts.approvers(report),
+        }
 
 
 def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Awaitable[HistoryStore]]) -> None:
@@ -116,7 +124,7 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
             csrf=console.csrf(token),
             page=page,
             report=page.report,
-            charts=cache.get(page.report),
+            charts=await cache.get(page.report),
             q=q[:200],
             outcome=outcome[:64],
             outcomes=sorted(set(CATEGORY_LABELS) | set(page.report.categories)),

@@ -24,6 +24,7 @@ whole history.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -266,10 +267,16 @@ async def history_page(
     """The last ``HISTORY_DAYS`` days: the report's figures (not verified) and up to ``limit`` actions."""
     until = (now if now is not None else _now_millis()) + 1
     since = until - HISTORY_DAYS * DAY_MS
-    builder = ReportBuilder(since, until)
-    for row in await store.rows_since(since):
-        builder.add(row.record())
+    rows = await store.rows_since(since)
+
+    def figures() -> Report:
+        builder = ReportBuilder(since, until)
+        for row in rows:
+            builder.add(row.record())
+        return builder.finish(None, generated_at=until - 1)
+
+    report = await asyncio.to_thread(figures)  # a month of records: not on the event loop votes need
     found = await store.actions(since, until, search.strip(), limit if not outcome else 10 * limit)
     if outcome:
         found = [line for line in found if line.outcome == outcome][:limit]
-    return HistoryPage(builder.finish(None, generated_at=until - 1), found, since, until)
+    return HistoryPage(report, found, since, until)
