@@ -82,9 +82,13 @@ def _svg(fig: Any, name: str) -> str:
 
 def _figure(width: float, height: float) -> tuple[Any, Any]:
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(width, height), dpi=96)
     ax.spines[["top", "right"]].set_visible(False)
     ax.tick_params(labelsize=8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.2 of an action
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig, ax
 
 
@@ -136,6 +140,12 @@ def decision_times(report: Report) -> str:
     for group in groups:
         ax.hist([max(s, low) for s in group.seconds], bins=edges, histtype="step", linewidth=1.5, label=group.group)
     ax.set_xscale("log")
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ticks = [t for t in _DURATION_TICKS if edges[0] <= t <= edges[-1]]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _duration(value)))
     ax.axvline(report.rubber_stamp_s, color="#b42318", linestyle="--", linewidth=1)
     ax.text(
         report.rubber_stamp_s,
@@ -149,6 +159,17 @@ def decision_times(report: Report) -> str:
     ax.set_ylabel("approvals", fontsize=8)
     ax.legend(fontsize=7, frameon=False)
     return _svg(fig, "decision-times")
+
+
+_DURATION_TICKS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:g} min"
+    return f"{seconds / 3600:g} h"
 
 
 def approvers(report: Report, limit: int = 20) -> str:
