@@ -44,9 +44,9 @@ def decode_audit_message(offset: int, value: bytes | None) -> AuditMessage:
         name, body = registry().decode(value or b"")
         if name != "AuditRecord":
             raise UndecodableMessage("unexpected_type", f"a {name} is not an audit record")
-        return AuditMessage(offset, AuditRecord.from_dict(body))
-    except (UndecodableMessage, MalformedRecord) as error:
-        reason = getattr(error, "reason", None) or str(error)
+        return AuditMessage(offset, AuditRecord.from_avro(body))
+    except (UndecodableMessage, MalformedRecord, KeyError, TypeError, ValueError) as error:
+        reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
         return AuditMessage(offset, None, UnreadableAuditMessage(offset, reason))
 
 

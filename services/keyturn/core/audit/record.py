@@ -141,6 +141,34 @@ class AuditRecord:
             flags=tuple(flags),
         )
 
+    @classmethod
+    def from_avro(cls, data: Mapping[str, Any]) -> AuditRecord:
+        """A record from the dict an Avro reader decoded against ``keyturn.AuditRecord.avsc``.
+
+        The schema has already given every field its type (a reader resolves older writers into
+        it), so only the logical types are converted: a third of :meth:`from_dict`'s time, which
+        checks every field of input that no schema vouched for (a JSONL line). Reading the audit
+        topic decodes every record, so this is most of what ``verify`` and ``report`` spend per
+        record beyond the Avro decoding itself.
+        """
+        checkpoint = data["checkpoint"]
+        return cls(
+            record_id=str(data["record_id"]),
+            sequence=data["sequence"],
+            recorded_at=to_millis(data["recorded_at"]),
+            event_id=data["event_id"],
+            event_type=data["event_type"],
+            action_id=data["action_id"],
+            actor=data["actor"],
+            source_topic=data["source_topic"],
+            occurred_at=to_millis(data["occurred_at"]),
+            payload_json=data["payload_json"],
+            prev_hash=data["prev_hash"],
+            hash=data["hash"],
+            checkpoint=None if checkpoint is None else Checkpoint(**checkpoint),
+            flags=tuple(data["flags"]),
+        )
+
 
 _FIELDS = frozenset(AuditRecord.__dataclass_fields__)
 _CHECKPOINT_FIELDS = frozenset(Checkpoint.__dataclass_fields__)
