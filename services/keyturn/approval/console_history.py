@@ -54,20 +54,30 @@ class HistoryAccess:
         )
 
 
-class _ChartCache:
+class _FiguresCache:
+    """The window's figures and charts, kept ``CHARTS_TTL_S``: folding a month of records and
+    drawing happen at most once a minute, in a worker thread (matplotlib would hold the event
+    loop, and the votes waiting on it, for seconds). The list of actions is always read fresh."""
+
     def __init__(self) -> None:
-        self.at = 0.0
+        self.at = -CHARTS_TTL_S
+        self.report: Any = None
         self.charts: dict[str, str] = {}
         self.lock = asyncio.Lock()
 
-    async def get(self, report: Any) -> dict[str, str]:
-        """The charts, drawn in a worker thread (matplotlib would hold the event loop for seconds)."""
-        if not self.charts or time.monotonic() - self.at > CHARTS_TTL_S:
-            async with self.lock:
-                if not self.charts or time.monotonic() - self.at > CHARTS_TTL_S:
-                    self.charts = await asyncio.to_thread(self._draw, report)
-                    self.at = time.monotonic()
-        return self.charts
+    @property
+    def fresh(self) -> bool:
+        return self.report is not None and time.monotonic() - self.at <= CHARTS_TTL_S
+
+    async def page(self, store: HistoryStore, search: str, outcome: str) -> tuple[Any, dict[str, str]]:
+        async with self.lock:
+            page = await history_page(
+                store, search=search, outcome=outcome, figures=self.report if self.fresh else None
+            )
+            if not self.fresh or page.report is not self.report:
+                self.charts = await asyncio.to_thread(self._draw, page.report)
+                self.report, self.at = page.report, time.monotonic()
+        return page, self.charts
 
     @staticmethod
     def _draw(report: Any) -> dict[str, str]:
@@ -87,7 +97,7 @@ class _ChartCache:
 def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Awaitable[HistoryStore]]) -> None:
     """Add ``/console/history`` to the console."""
     access = HistoryAccess(console)
-    cache = _ChartCache()
+    cache = _FiguresCache()
 
     async def gate(request: Request) -> tuple[Principal, str] | Response:
         signed_in = console.session(request)
@@ -116,15 +126,14 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
         if isinstance(signed, Response):
             return signed
         person, token = signed
-        store = await history_of()
-        page = await history_page(store, search=q[:200], outcome=outcome[:64])
+        page, charts = await cache.page(await history_of(), q[:200], outcome[:64])
         return console.render(
             "history.html",
             approver=person,
             csrf=console.csrf(token),
             page=page,
             report=page.report,
-            charts=await cache.get(page.report),
+            charts=charts,
             q=q[:200],
             outcome=outcome[:64],
             outcomes=sorted(set(CATEGORY_LABELS) | set(page.report.categories)),

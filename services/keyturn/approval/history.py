@@ -262,20 +262,31 @@ class HistoryPage:
 
 
 async def history_page(
-    store: HistoryStore, *, search: str = "", outcome: str = "", now: int | None = None, limit: int = 100
+    store: HistoryStore,
+    *,
+    search: str = "",
+    outcome: str = "",
+    now: int | None = None,
+    limit: int = 100,
+    figures: Report | None = None,
 ) -> HistoryPage:
-    """The last ``HISTORY_DAYS`` days: the report's figures (not verified) and up to ``limit`` actions."""
+    """The last ``HISTORY_DAYS`` days: the report's figures (not verified) and up to ``limit`` actions.
+
+    ``figures`` computed a moment ago may be passed in (the console keeps them a minute): a month
+    of records is read and folded only when they are not."""
     until = (now if now is not None else _now_millis()) + 1
     since = until - HISTORY_DAYS * DAY_MS
-    rows = await store.rows_since(since)
+    report = figures
+    if report is None:
+        rows = await store.rows_since(since)
 
-    def figures() -> Report:
-        builder = ReportBuilder(since, until)
-        for row in rows:
-            builder.add(row.record())
-        return builder.finish(None, generated_at=until - 1)
+        def fold() -> Report:
+            builder = ReportBuilder(since, until)
+            for row in rows:
+                builder.add(row.record())
+            return builder.finish(None, generated_at=until - 1)
 
-    report = await asyncio.to_thread(figures)  # a month of records: not on the event loop votes need
+        report = await asyncio.to_thread(fold)  # a month of records: not on the event loop votes need
     found = await store.actions(since, until, search.strip(), limit if not outcome else 10 * limit)
     if outcome:
         found = [line for line in found if line.outcome == outcome][:limit]
