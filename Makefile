@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,report]'
 	@touch $@
 
 venv: $(STAMP)  ## create .venv with the pinned dependencies
@@ -56,7 +56,7 @@ test-unit: venv  ## unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 $(VENV)/.bench-installed: $(STAMP)
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev,bench]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,bench,report]'
 	@touch $@
 
 bench: $(VENV)/.bench-installed  ## benchmark on a stack of its own (~9 min on 2 busy cores; BENCH_QUICK=1 ~4); bench/results/

@@ -14,7 +14,8 @@ of its own) and the five services in a fresh namespace, then:
 5. scale-out: a second policy and a second executor worker, the same chunk again; then, for
    the policy and the executor in turn, a backlog drained by one worker and by two;
 6. every action checked on the topics (one terminal state, none decided or executed twice, the
-   audit complete), and `keyturn audit verify` timed against a raw read of the audit topic.
+   audit complete), and `keyturn audit verify` timed against a raw read of the audit topic, and
+   `keyturn report` (HTML and PDF) over the same topic (bench/audit_report.py).
 
 Prints the table, writes bench/results/<stamp>.json and .png, stops everything.
 
@@ -40,7 +41,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 
-from bench import baselines, machine, profile
+from bench import audit_report, baselines, machine, profile
 from bench.load import ALLOWED, APPROVAL, DENIED, Agent
 from bench.report import Figure, print_table, write_chart, write_json
 from keyturn.bus.topics import Topics
@@ -761,6 +762,8 @@ def main() -> int:
         lifecycle = asyncio.run(bench.run())
         bench.note("keyturn audit verify")
         bench.details["audit_verify"] = asyncio.run(audit_verify(settings))
+        bench.note("keyturn report over the same audit (bench/audit_report.py)")
+        bench.details["audit_report"] = audit_report.against(settings)
     finally:
         procs.stop_all()
         servers.down(remove=os.environ.get("BENCH_KEEP") != "1")

@@ -41,6 +41,7 @@ app.add_typer(receipt_app, name="receipt")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(approvals_app, name="approvals")
+app.command("report")(audit_cli.report)
 console = Console()
 err = Console(stderr=True)
 

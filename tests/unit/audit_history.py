@@ -70,6 +70,7 @@ class History:
         requester: str = "agent:reporter",
         acting_for: tuple[str, ...] = ("human:alice",),
         parameters: str = "{}",
+        reason: str = "quarterly report",
     ) -> ActionRequested:
         request = ActionRequested(
             event_id=f"requested:{action_id}",
@@ -77,7 +78,7 @@ class History:
             action=action,
             resource=f"test://{action}",
             parameters_json=parameters,
-            reason="quarterly report",
+            reason=reason,
             requester=Principal(requester, Principal.kind_of(requester), acting_for),
             payload_digest=DIGEST,
             requested_at=at(start),
@@ -94,6 +95,8 @@ class History:
         groups: tuple[tuple[str, int], ...] = (),
         revision: str = "sha256:rev1",
         break_glass: bool = False,
+        rules: tuple[str, ...] = (),
+        reasons: tuple[str, ...] | None = None,
     ) -> ActionDecided:
         policy_input = {
             "action": request.action,
@@ -109,7 +112,8 @@ class History:
             ),
             decided_at=at(start),
             request=request,
-            reasons=(f"{request.action} is {outcome}",),
+            reasons=(f"{request.action} is {outcome}",) if reasons is None else reasons,
+            rules=rules,
             approvals=ApprovalRequirement(tuple(GroupRequirement(n, m) for n, m in groups), 3600, 900)
             if groups
             else None,
@@ -127,6 +131,8 @@ class History:
         *,
         accepted: bool = True,
         reason: str | None = None,
+        refusal: str = "SelfApprovalRefused",
+        message: str | None = None,
     ) -> Vote:
         vote = Vote(
             Principal(approver, PrincipalKind.HUMAN),
@@ -144,8 +150,8 @@ class History:
                 vote=vote,
                 accepted=accepted,
                 recorded_at=at(start),
-                refusal=None if accepted else "SelfApprovalRefused",
-                message="" if accepted else f"{approver} is in the requester chain",
+                refusal=None if accepted else refusal,
+                message="" if accepted else (message or f"{approver} is in the requester chain"),
             ),
             "approvals.votes",
         )

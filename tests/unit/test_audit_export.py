@@ -278,3 +278,16 @@ def test_every_record_stays_one_line_whatever_its_text_holds() -> None:
     write_jsonl(odd, file)
     assert len(file.getvalue().splitlines()) == len(odd)
     assert list(read_jsonl(io.StringIO(file.getvalue()))) == [record.to_dict() for record in odd]
+
+
+def test_a_record_read_from_the_topic_is_the_record_written():
+    """The audit topic's reader trusts the Avro schema's types (AuditRecord.from_avro): it must
+    give back exactly what the strict reader of untrusted input gives."""
+    from keyturn.audit.stream import decode_audit_message
+    from keyturn.bus.codec import registry
+
+    for offset, record in enumerate(CHAIN):
+        message = decode_audit_message(offset, registry().encode("AuditRecord", record.to_dict()))
+        assert message.record == record and message.unreadable is None
+    broken = decode_audit_message(7, registry().encode("AuditRecord", CHAIN[0].to_dict())[:-3])
+    assert broken.record is None and broken.unreadable is not None

@@ -1,10 +1,11 @@
 """Approval service: holds needs-approval actions until approvers answer, or the TTL runs out.
 
 consumes  <ns>.actions.decided (needs approval; break-glass) · <ns>.actions.executed (requester webhooks)
+          <ns>.audit (the console's history: a projection of the last 30 days)
 produces  <ns>.actions.resolved (approved / denied / expired) · <ns>.approvals.votes (every
           vote, accepted or refused) · <ns>.dlq (refused chat interactions)
 routes    GET /v1/approvals · GET /v1/approvals/{id} · POST /v1/approvals/{id}/votes ·
-          POST /slack/interactions · POST /api/messages (Teams) · /console (web console)
+          POST /slack/interactions · POST /api/messages (Teams) · /console (web console) · /console/history
 state     approvals, votes, and outboxes for events, chat notifications and webhooks in PostgreSQL
 """
 
@@ -15,6 +16,7 @@ import logging
 from fastapi import FastAPI
 
 from keyturn.approval.console import mount_console
+from keyturn.approval.console_history import mount_history
 from keyturn.approval.http import mount_routes
 from keyturn.approval.runtime import ApprovalRuntime
 from keyturn.approval.slack_interactions import mount_slack
@@ -22,7 +24,7 @@ from keyturn.bus.http import BoundedRequests, embedded_server
 from keyturn.bus.worker import consume, handle_each
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionExecuted
-from keyturn.faults import until_done
+from keyturn.faults import supervised, until_done
 from keyturn.roots import stream_worker
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,8 @@ def create_app(settings: Settings):
         on_refused=runtime.refused_at_the_edge,
     )
     mount_routes(http, runtime.desk, runtime.verifier)
-    mount_console(http, runtime.desk, runtime.verifier, runtime.console_sign_in)
+    console = mount_console(http, runtime.desk, runtime.verifier, runtime.console_sign_in)
+    mount_history(http, console, runtime.history)
     if runtime.slack is not None:
         mount_slack(http, runtime.desk, runtime.slack, settings.slack_signing_secret)
 
@@ -64,6 +67,12 @@ def create_app(settings: Settings):
     async def deliver_notifications():
         if runtime.ready:
             await runtime.deliver()
+
+    @app.task
+    async def keep_history():
+        # the console's history, a projection of the audit topic (approval/history.py)
+        # supervised: whatever fails here restarts the follower, never the approval service
+        await supervised("approval: the history follower", lambda: runtime.follow_audit(publisher))
 
     @app.task
     async def serve_api():

@@ -20,6 +20,8 @@ from keyturn.approval.channels import ApproverChannel, ChatTargets, principal_ma
 from keyturn.approval.console import DevSignIn
 from keyturn.approval.courier import NotificationCourier
 from keyturn.approval.desk import ApprovalDesk
+from keyturn.approval.history import HISTORY_DDL, HistoryFollower, HistoryStore, start_position
+from keyturn.approval.history_store import PgHistoryStore
 from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.identities import email_domains
 from keyturn.approval.ports import PolicyEngine
@@ -113,6 +115,7 @@ class ApprovalRuntime:
         self._lock = asyncio.Lock()
         self._wiring: Wiring | None = None  # set by wire(), once
         self._verifier: TokenVerifier | None = None
+        self._history: HistoryStore | None = None  # set by _build(), on the desk's pool
 
     @property
     def ready(self) -> bool:
@@ -145,8 +148,9 @@ class ApprovalRuntime:
 
     async def _build(self) -> None:
         s = self.settings
-        pool = await open_pool(s.database_url, DDL, schema=schema_name(s.namespace))
+        pool = await open_pool(s.database_url, DDL + HISTORY_DDL, schema=schema_name(s.namespace))
         pool.timeout = CONNECTION_WAIT_S
+        self._history = PgHistoryStore(pool)
         self.verifier()
         self.teams = await teams_channel(s)
         self.wire(
@@ -168,6 +172,33 @@ class ApprovalRuntime:
         )
         log.info("approval desk ready; chat channels: %s", ", ".join(routes) or "none")
         return desk
+
+    async def history(self) -> HistoryStore:
+        """The console's history tables (built with the desk)."""
+        await self.desk()
+        if self._history is None:
+            raise RuntimeError("the history store is built with the desk's database")
+        return self._history
+
+    async def follow_audit(self, publisher: Any) -> None:
+        """Keep the console's history from the audit topic (see ``approval.history``) until cancelled."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        follower = HistoryFollower(await self.history(), publisher)
+        partition = TopicPartition(self.topics.audit, 0)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=f"{self.settings.namespace}-approval-history",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        try:
+            await consumer.start()
+            consumer.assign([partition])
+            await start_position(consumer, partition)
+            await follower.follow(consumer)
+        finally:
+            await consumer.stop()
 
     async def keep_time(self) -> None:
         """Expire, remind and escalate what is due, and publish the events that follow.

@@ -66,6 +66,13 @@ class ApproverRates:
     deny: int = 0
     refused: int = 0
     rubber_stamps: int = 0
+    seconds: list[float] = field(default_factory=list)
+    """For each accepted vote cast while its approval was open: seconds from the opening."""
+
+    @property
+    def median_s(self) -> float | None:
+        """Median seconds from an approval opening to this approver's answer (nearest rank)."""
+        return percentile(sorted(self.seconds), 50) if self.seconds else None
 
     def to_dict(self) -> dict[str, Any]:
         answered = self.approve + self.deny
@@ -126,28 +133,39 @@ class _Opening:
     groups: tuple[str, ...]
 
 
-def approval_stats(records: Iterable[AuditRecord], *, rubber_stamp_s: float = DEFAULT_RUBBER_STAMP_S) -> ApprovalStats:
-    """Analytics over audit records in chain order (records of other kinds are ignored)."""
-    stats = ApprovalStats(rubber_stamp_s)
-    open_approvals: dict[str, _Opening] = {}
-    for record in records:
+class ApprovalAnalytics:
+    """The analytics, fed one record at a time (``add``), for readers that parse each payload once."""
+
+    def __init__(self, *, rubber_stamp_s: float = DEFAULT_RUBBER_STAMP_S) -> None:
+        self.stats = ApprovalStats(rubber_stamp_s)
+        self._open: dict[str, _Opening] = {}
+
+    def add(self, record: AuditRecord, payload: dict[str, Any]) -> None:
+        """Take in one record (in chain order) and its parsed payload; other kinds are ignored."""
         kind = record.event_type
-        if kind not in ("ActionDecided", "VoteRecorded", "ApprovalResolved") or record.action_id is None:
-            continue
-        payload = payload_of(record)
+        if record.action_id is None:
+            return
         if kind == "ActionDecided" and payload.get("outcome") == "needs_approval":
             groups = tuple(
                 g.get("name") for g in ((payload.get("approvals") or {}).get("groups") or ()) if g.get("name")
             )
             action = (payload.get("request") or {}).get("action")
-            open_approvals[record.action_id] = _Opening(record.occurred_at, action, groups or ("(none)",))
+            self._open[record.action_id] = _Opening(record.occurred_at, action, groups or ("(none)",))
         elif kind == "VoteRecorded":
-            _count_vote(stats, record, payload, open_approvals.get(record.action_id))
+            _count_vote(self.stats, record, payload, self._open.get(record.action_id))
         elif kind == "ApprovalResolved":
-            opening = open_approvals.pop(record.action_id, None)
+            opening = self._open.pop(record.action_id, None)
             if opening is not None:
-                _count_resolution(stats, record, payload, opening)
-    return stats
+                _count_resolution(self.stats, record, payload, opening)
+
+
+def approval_stats(records: Iterable[AuditRecord], *, rubber_stamp_s: float = DEFAULT_RUBBER_STAMP_S) -> ApprovalStats:
+    """Analytics over audit records in chain order (records of other kinds are ignored)."""
+    analytics = ApprovalAnalytics(rubber_stamp_s=rubber_stamp_s)
+    for record in records:
+        if record.event_type in ("ActionDecided", "VoteRecorded", "ApprovalResolved") and record.action_id is not None:
+            analytics.add(record, payload_of(record))
+    return analytics.stats
 
 
 def _count_vote(stats: ApprovalStats, record: AuditRecord, payload: dict[str, Any], opening: _Opening | None) -> None:
@@ -157,17 +175,17 @@ def _count_vote(stats: ApprovalStats, record: AuditRecord, payload: dict[str, An
     if not payload.get("accepted"):
         rates.refused += 1
         return
+    seconds = None if opening is None else (record.occurred_at - opening.opened_at) / 1000
+    if seconds is not None:
+        rates.seconds.append(seconds)
     if vote.get("choice") == "deny":
         rates.deny += 1
         return
     rates.approve += 1
-    if opening is not None:
-        seconds = (record.occurred_at - opening.opened_at) / 1000
-        if seconds <= stats.rubber_stamp_s:
-            rates.rubber_stamps += 1
-            stats.rubber_stamps.append(
-                RubberStamp(record.action_id or "", opening.action, approver, seconds, record.sequence)
-            )
+    if opening is not None and seconds is not None and seconds <= stats.rubber_stamp_s:
+        rates.rubber_stamps += 1
+        stamp = RubberStamp(record.action_id or "", opening.action, approver, seconds, record.sequence)
+        stats.rubber_stamps.append(stamp)
 
 
 def _count_resolution(stats: ApprovalStats, record: AuditRecord, payload: dict[str, Any], opening: _Opening) -> None:

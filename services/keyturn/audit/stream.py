@@ -18,6 +18,7 @@ from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.core.audit.record import AuditRecord, MalformedRecord
 
 T = TypeVar("T")
+FETCH_BYTES = 16 * 1024 * 1024  # per fetch of the audit partition (the consumer's default is 1 MiB)
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,9 @@ def decode_audit_message(offset: int, value: bytes | None) -> AuditMessage:
         name, body = registry().decode(value or b"")
         if name != "AuditRecord":
             raise UndecodableMessage("unexpected_type", f"a {name} is not an audit record")
-        return AuditMessage(offset, AuditRecord.from_dict(body))
-    except (UndecodableMessage, MalformedRecord) as error:
-        reason = getattr(error, "reason", None) or str(error)
+        return AuditMessage(offset, AuditRecord.from_avro(body))
+    except (UndecodableMessage, MalformedRecord, KeyError, TypeError, ValueError) as error:
+        reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
         return AuditMessage(offset, None, UnreadableAuditMessage(offset, reason))
 
 
@@ -62,6 +63,8 @@ class AuditTopic:
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             isolation_level="read_committed",
+            max_partition_fetch_bytes=FETCH_BYTES,  # one partition: let a fetch bring it all
+            fetch_max_bytes=FETCH_BYTES,
         )
         self._from_offset = from_offset
         self._to_offset = to_offset

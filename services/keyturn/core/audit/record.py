@@ -6,6 +6,7 @@ Reading a record from its dict form (JSONL, or Avro as read) checks every field 
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -140,6 +141,34 @@ class AuditRecord:
             flags=tuple(flags),
         )
 
+    @classmethod
+    def from_avro(cls, data: Mapping[str, Any]) -> AuditRecord:
+        """A record from the dict an Avro reader decoded against ``keyturn.AuditRecord.avsc``.
+
+        The schema has already given every field its type (a reader resolves older writers into
+        it), so only the logical types are converted: a third of :meth:`from_dict`'s time, which
+        checks every field of input that no schema vouched for (a JSONL line). Reading the audit
+        topic decodes every record, so this is most of what ``verify`` and ``report`` spend per
+        record beyond the Avro decoding itself.
+        """
+        checkpoint = data["checkpoint"]
+        return cls(
+            record_id=str(data["record_id"]),
+            sequence=data["sequence"],
+            recorded_at=to_millis(data["recorded_at"]),
+            event_id=data["event_id"],
+            event_type=data["event_type"],
+            action_id=data["action_id"],
+            actor=data["actor"],
+            source_topic=data["source_topic"],
+            occurred_at=to_millis(data["occurred_at"]),
+            payload_json=data["payload_json"],
+            prev_hash=data["prev_hash"],
+            hash=data["hash"],
+            checkpoint=None if checkpoint is None else Checkpoint(**checkpoint),
+            flags=tuple(data["flags"]),
+        )
+
 
 _FIELDS = frozenset(AuditRecord.__dataclass_fields__)
 _CHECKPOINT_FIELDS = frozenset(Checkpoint.__dataclass_fields__)
@@ -149,11 +178,13 @@ class MalformedRecord(ValueError):
     """A record whose shape does not match ``keyturn.AuditRecord``."""
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _is_canonical_uuid(text: str) -> bool:
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False
+    """Whether ``text`` is what ``str(uuid.UUID(text))`` gives back (a regular expression: a
+    fifth of the time, on every record read)."""
+    return _CANONICAL_UUID.fullmatch(text) is not None
 
 
 def _int(data: Mapping[str, Any], name: str, prefix: str = "") -> int:

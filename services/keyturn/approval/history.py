@@ -1,0 +1,293 @@
+"""The console's history: a projection of the audit topic that the approval service keeps.
+
+Why the audit topic: it is the one stream that holds every step of every action (request,
+decision, votes accepted and refused, resolution, execution), masked, in chain order; the
+approval service already reads Kafka and owns a database, and services share nothing else. So
+it follows ``<ns>.audit`` (the one consumption loop, ``bus.loop.run``, a batch stage; its own
+consumer group; committed after each batch is stored) and keeps, for the last
+``HISTORY_DAYS`` days:
+
+- ``approval_history_records``: one row per audit record of an action (sequence, action, type,
+  actor, time, flags, the masked payload without the copies a timeline never shows: the exact
+  OPA input of a decision, the request repeated inside a resolution);
+- ``approval_history_actions``: one row per action (type, requester and the people it acts for,
+  when it was asked, the outcome of each stage) for the searchable list.
+
+The page's figures come from these records through the compliance report's model
+(``keyturn.audit.report.model.ReportBuilder``), so the console and ``keyturn report`` count
+alike; an action's timeline is ``keyturn.audit.replay.timeline_step`` of its records. The
+console does not verify the chain (``keyturn report`` and ``keyturn audit verify`` do): the
+page says so. Redelivered records are ignored by sequence, so a batch stored twice counts once.
+A first start reads only the last ``HISTORY_DAYS`` days of the topic (found by time), not the
+whole history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from keyturn.audit.report.model import DAY_MS, Report, ReportBuilder, outcome_category
+from keyturn.audit.stream import decode_audit_message
+from keyturn.bus.codec import UndecodableMessage
+from keyturn.bus.loop import KafkaSource, Stage, run
+from keyturn.bus.publisher import Publisher
+from keyturn.core.audit.record import AuditRecord
+from keyturn.core.canonical import to_millis
+
+log = logging.getLogger(__name__)
+
+HISTORY_DAYS = 30  # what the page shows
+KEPT_DAYS = HISTORY_DAYS + 5  # what the tables keep (a little more, so the window never starts empty)
+
+HISTORY_DDL = """
+CREATE TABLE IF NOT EXISTS {schema}.approval_history_records (
+    sequence        bigint PRIMARY KEY,
+    action_id       text NOT NULL,
+    event_type      text NOT NULL,
+    actor           text,
+    occurred_at     bigint NOT NULL,
+    payload_json    text NOT NULL,
+    flags           text[] NOT NULL DEFAULT '{{}}'
+);
+CREATE INDEX IF NOT EXISTS approval_history_records_action ON {schema}.approval_history_records (action_id, sequence);
+CREATE TABLE IF NOT EXISTS {schema}.approval_history_actions (
+    action_id       text PRIMARY KEY,
+    requested_at    bigint NOT NULL,
+    action          text,
+    requester       text,
+    acting_for      text[] NOT NULL DEFAULT '{{}}',
+    decision        text,
+    approval        text,
+    execution       text,
+    other           text
+);
+CREATE INDEX IF NOT EXISTS approval_history_actions_requested ON {schema}.approval_history_actions (requested_at);
+"""
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One audit record as the history keeps it."""
+
+    sequence: int
+    action_id: str
+    event_type: str
+    actor: str | None
+    occurred_at: int
+    payload_json: str
+    flags: tuple[str, ...]
+
+    def record(self) -> AuditRecord:
+        """The record for the report's model and the timeline (no hashes: the console does not verify)."""
+        return AuditRecord(
+            record_id="",
+            sequence=self.sequence,
+            recorded_at=self.occurred_at,
+            event_id="",
+            event_type=self.event_type,
+            action_id=self.action_id,
+            actor=self.actor,
+            source_topic="",
+            occurred_at=self.occurred_at,
+            payload_json=self.payload_json,
+            prev_hash="",
+            hash="",
+            flags=self.flags,
+        )
+
+
+@dataclass(frozen=True)
+class ActionChange:
+    """What one record tells about its action: facts for the list, and the stage outcome it sets."""
+
+    action_id: str
+    at: int
+    action: str | None = None
+    requester: str | None = None
+    acting_for: tuple[str, ...] = ()
+    requested: bool = False
+    decision: str | None = None
+    approval: str | None = None
+    execution: str | None = None
+    other: str | None = None
+
+
+@dataclass(frozen=True)
+class ActionSummary:
+    """One line of the history list."""
+
+    action_id: str
+    requested_at: int
+    action: str | None
+    requester: str | None
+    acting_for: tuple[str, ...]
+    decision: str | None
+    approval: str | None
+    execution: str | None
+    other: str | None
+
+    @property
+    def outcome(self) -> str:
+        return outcome_category(self.decision, self.approval, self.execution, self.other)
+
+
+class HistoryStore(Protocol):
+    """What the history needs of its tables (PostgreSQL in the service, a fake in unit tests)."""
+
+    async def store(self, rows: Sequence[HistoryRow], changes: Sequence[ActionChange], keep_after: int) -> None: ...
+    async def rows_since(self, since: int) -> list[HistoryRow]: ...
+    async def rows_of(self, action_id: str) -> list[HistoryRow]: ...
+    async def actions(self, since: int, until: int, search: str, limit: int) -> list[ActionSummary]: ...
+
+
+def compact(event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload without the copies the history never shows (they are in the audit itself)."""
+    if event_type == "ActionDecided":
+        provenance = dict(payload.get("provenance") or {})
+        provenance.pop("input_json", None)
+        payload = payload | {"provenance": provenance}
+    elif event_type == "ApprovalResolved" and isinstance(payload.get("decision"), dict):
+        decision = {k: v for k, v in payload["decision"].items() if k != "request"}
+        decision["provenance"] = {k: v for k, v in (decision.get("provenance") or {}).items() if k != "input_json"}
+        payload = payload | {"decision": decision}
+    return payload
+
+
+def change_of(record: AuditRecord, payload: dict[str, Any]) -> ActionChange:
+    """What a record changes in its action's line."""
+    kind, action_id = record.event_type, record.action_id or ""
+    request = payload if kind == "ActionRequested" else payload.get("request") if kind == "ActionDecided" else None
+    facts: dict[str, Any] = {}
+    if isinstance(request, dict):
+        requester = request.get("requester") or {}
+        facts = {
+            "action": request.get("action"),
+            "requester": requester.get("id"),
+            "acting_for": tuple(requester.get("chain") or ()),
+        }
+    outcome = payload.get("outcome") if isinstance(payload.get("outcome"), str) else None
+    stage = {
+        "ActionDecided": "decision",
+        "ApprovalResolved": "approval",
+        "ActionExecuted": "execution",
+    }.get(kind, "other" if outcome and kind not in ("ActionRequested", "VoteRecorded") else None)
+    if stage and outcome:
+        facts[stage] = outcome
+    return ActionChange(action_id, record.occurred_at, requested=kind == "ActionRequested", **facts)
+
+
+def rows_and_changes(records: Iterable[AuditRecord]) -> tuple[list[HistoryRow], list[ActionChange]]:
+    """What a batch of audit records adds to the history (checkpoints and dead letters: nothing)."""
+    rows, changes = [], []
+    for record in records:
+        if record.action_id is None or record.is_checkpoint:
+            continue
+        try:
+            payload = json.loads(record.payload_json)
+        except ValueError:
+            continue
+        if not isinstance(payload, dict):
+            continue
+        rows.append(
+            HistoryRow(
+                record.sequence,
+                record.action_id,
+                record.event_type,
+                record.actor,
+                record.occurred_at,
+                json.dumps(compact(record.event_type, payload), ensure_ascii=False, separators=(",", ":")),
+                record.flags,
+            )
+        )
+        changes.append(change_of(record, payload))
+    return rows, changes
+
+
+def decode_record(message: Any) -> AuditRecord:
+    """The audit record in a message of the audit topic (the audit service dead-letters the rest)."""
+    decoded = decode_audit_message(message.offset, message.value)
+    if decoded.record is None:
+        reason = decoded.unreadable.reason if decoded.unreadable else "not an audit record"
+        raise UndecodableMessage("not_an_audit_record", reason)
+    return decoded.record
+
+
+def _now_millis() -> int:
+    return to_millis(datetime.now(UTC))
+
+
+class HistoryFollower:
+    """Keeps the history tables from the audit topic."""
+
+    def __init__(self, store: HistoryStore, publisher: Publisher) -> None:
+        self.store = store
+        self.stage = Stage(publisher, (AuditRecord,), handle_batch=self._store, decode=decode_record)
+
+    async def follow(self, consumer: Any) -> None:
+        """Follow the audit topic through a started consumer (auto-commit off) until cancelled."""
+        await run(KafkaSource(consumer, max_records=1000, wait_ms=1000), self.stage)
+
+    async def _store(self, batch: list[tuple[Any, Any]]) -> None:
+        rows, changes = rows_and_changes(record for record, _ in batch)
+        await self.store.store(rows, changes, keep_after=_now_millis() - KEPT_DAYS * DAY_MS)
+
+
+async def start_position(consumer: Any, partition: Any) -> None:
+    """Resume from the group's committed offset; the first time, from ``KEPT_DAYS`` days ago."""
+    if await consumer.committed(partition) is not None:
+        return
+    since = datetime.now(UTC) - timedelta(days=KEPT_DAYS)
+    found = await consumer.offsets_for_times({partition: to_millis(since)})
+    offset = found.get(partition)
+    if offset is None:  # nothing that recent: start at the end
+        consumer.seek(partition, (await consumer.end_offsets([partition]))[partition])
+    else:
+        consumer.seek(partition, offset.offset)
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """What the history page shows: the figures of the window and the matching actions."""
+
+    report: Report
+    actions: list[ActionSummary]
+    since: int
+    until: int
+
+
+async def history_page(
+    store: HistoryStore,
+    *,
+    search: str = "",
+    outcome: str = "",
+    now: int | None = None,
+    limit: int = 100,
+    figures: Report | None = None,
+) -> HistoryPage:
+    """The last ``HISTORY_DAYS`` days: the report's figures (not verified) and up to ``limit`` actions.
+
+    ``figures`` computed a moment ago may be passed in (the console keeps them a minute): a month
+    of records is read and folded only when they are not."""
+    until = (now if now is not None else _now_millis()) + 1
+    since = until - HISTORY_DAYS * DAY_MS
+    report = figures
+    if report is None:
+        rows = await store.rows_since(since)
+
+        def fold() -> Report:
+            builder = ReportBuilder(since, until)
+            for row in rows:
+                builder.add(row.record())
+            return builder.finish(None, generated_at=until - 1)
+
+        report = await asyncio.to_thread(fold)  # a month of records: not on the event loop votes need
+    found = await store.actions(since, until, search.strip(), limit if not outcome else 10 * limit)
+    if outcome:
+        found = [line for line in found if line.outcome == outcome][:limit]
+    return HistoryPage(report, found, since, until)

@@ -1,0 +1,92 @@
+"""The console's history: the audit projection the approval service keeps, and what its pages show."""
+
+from __future__ import annotations
+
+import json
+
+from keyturn.approval.console_history import _action_story
+from keyturn.approval.history import HISTORY_DAYS, compact, history_page, rows_and_changes
+from keyturn.audit.report.model import DAY_MS, build_report
+from keyturn.core.audit.checkpoint import CheckpointVerifier
+from tests.fakes.history_store import MemoryHistoryStore
+from tests.unit.audit_history import SIGNER
+from tests.unit.report_story import UNTIL, period, seeded
+
+HISTORY, PLAN = seeded()
+NOW = period()[1] - 1
+
+
+async def filled() -> MemoryHistoryStore:
+    store = MemoryHistoryStore()
+    records = HISTORY.records
+    for start in range(0, len(records), 37):  # in batches, one of them delivered twice
+        rows, changes = rows_and_changes(records[start : start + 37])
+        await store.store(rows, changes, keep_after=0)
+        if start == 74:
+            await store.store(rows, changes, keep_after=0)
+    return store
+
+
+async def test_the_page_counts_what_the_report_counts_over_the_same_window():
+    page = await history_page(await filled(), now=NOW)
+    verifier = CheckpointVerifier.from_keys([SIGNER.public_key])
+    report = build_report(HISTORY.records, verifier, page.since, page.until)
+    assert page.until - page.since == HISTORY_DAYS * DAY_MS
+    assert page.report.integrity is None  # the console does not claim to have verified anything
+    assert page.report.totals == report.totals and page.report.actions == report.actions > 0
+    assert page.report.days == report.days
+    assert page.report.groups == report.groups
+    assert page.report.approvers == report.approvers
+    assert page.report.rubber_stamps == report.rubber_stamps
+    assert page.report.refusals_by_kind == report.refusals_by_kind
+
+
+async def test_the_list_is_newest_first_searchable_and_filtered_by_outcome():
+    store = await filled()
+    everything = (await history_page(store, now=NOW, limit=1000)).actions
+    in_window = [item for item in PLAN if item.requested_at < UNTIL]
+    assert [line.action_id for line in everything] == [
+        item.action_id for item in sorted(in_window, key=lambda item: item.requested_at, reverse=True)
+    ]
+    builder = (await history_page(store, search="BUILDER", now=NOW, limit=1000)).actions
+    assert {line.action_id for line in builder} == {i.action_id for i in in_window if i.agent == "agent:builder"}
+    assert [line.action_id for line in (await history_page(store, search="act-017", now=NOW)).actions] == ["act-017"]
+    by_chain = (await history_page(store, search="human:alice", now=NOW, limit=1000)).actions
+    assert len(by_chain) == len(in_window)  # every seeded action acts for human:alice
+    expired = (await history_page(store, outcome="expired", now=NOW, limit=1000)).actions
+    assert {line.action_id for line in expired} == {i.action_id for i in in_window if i.kind == "expired"}
+    assert all(line.outcome == "expired" for line in expired)
+
+
+async def test_an_action_s_story_masked_parameters_votes_outcome_and_timeline():
+    store = await filled()
+    item = next(i for i in PLAN if i.kind == "approved_ok" and i.refused)
+    rows = await store.rows_of(item.action_id)
+    story = _action_story(item.action_id, rows)
+    assert story["outcome"] == "approved"
+    assert [(v["approver"], v["accepted"]) for v in story["votes"]] == [
+        (item.agent.replace("agent:", "human:"), False),
+        (item.approver, True),
+    ]
+    assert len(story["steps"]) == len(rows) == 6  # request, decision, refused vote, vote, resolution, execution
+    requested = json.loads(next(r for r in rows if r.event_type == "ActionRequested").payload_json)
+    assert json.loads(story["parameters"]) == json.loads(requested["parameters_json"])  # the audit's masked copy
+
+
+def test_the_history_keeps_no_copy_a_timeline_never_shows():
+    decided = next(r for r in HISTORY.records if r.event_type == "ActionDecided")
+    payload = json.loads(decided.payload_json)
+    assert payload["provenance"]["input_json"]
+    kept = compact("ActionDecided", payload)
+    assert "input_json" not in kept["provenance"] and kept["request"] == payload["request"]
+    resolved = next(r for r in HISTORY.records if r.event_type == "ApprovalResolved")
+    kept = compact("ApprovalResolved", json.loads(resolved.payload_json))
+    assert "request" not in kept["decision"] and kept["decision"]["provenance"]["policy_revision"]
+
+
+async def test_retention_drops_actions_requested_before_the_window():
+    store = await filled()
+    rows, changes = rows_and_changes(HISTORY.records[-3:])
+    await store.store(rows, changes, keep_after=period()[0])
+    assert all(line.requested_at >= period()[0] for line in store.lines.values())
+    assert {r.action_id for r in store.rows.values()} == set(store.lines)
