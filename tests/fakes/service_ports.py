@@ -26,7 +26,7 @@ from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
 from keyturn.core.lifecycle import ActionState
 from keyturn.executor.ledger import LedgerEntry
-from keyturn.intake.store import LifecycleChange, StatusRow, StoredAction, StoreUnavailable
+from keyturn.intake.store import LifecycleChange, NewAction, StatusRow, StoredAction, StoreUnavailable
 from keyturn.policy.opa import OpaAnswer, PolicyUnavailable
 
 
@@ -78,6 +78,15 @@ class FakeActionStore:
             False,
         )
         return self.rows[action_id], True
+
+    async def insert_many(self, rows: Sequence[NewAction]) -> list[tuple[StoredAction, bool]]:
+        """One statement for the batch, as the real store: all inserted, or the database was away."""
+        self._answer()
+        return [await self.insert_requested(**dataclasses.asdict(row)) for row in rows]
+
+    async def get_many(self, action_ids: Sequence[str]) -> dict[str, StoredAction]:
+        self._answer()
+        return {a: self.rows[a] for a in action_ids if a in self.rows}
 
     async def mark_published(self, action_id: str) -> None:
         self.rows[action_id] = dataclasses.replace(self.rows[action_id], published=True)
