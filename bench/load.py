@@ -3,8 +3,14 @@ the ones that need approval through the approval API — the same calls `keyturn
 
 The mix (by submission number, so every run sends the same sequence): 85 % allowed reads
 (noop executor), 10 % denied (`secrets.delete`), 5 % needing one approval from `security`
-(`iam.role.grant`, approved by human:carol). Every submission carries an idempotency key, so a
-retry after a refused connection or a 5xx can never create a second action.
+(`iam.role.grant`, approved by human:carol). What each kind submits is ``MIX``, the one place
+to change it (for instance when reads get an executor of their own). Every submission carries an
+idempotency key, so a retry after a refused connection or a 5xx can never create a second action.
+
+Two ways to submit: one POST per action on keep-alive connections (``submit``), or up to
+``batch`` actions per ``POST /v1/actions:batch`` (``submit_batch``). The client is aiohttp:
+per request it costs a fraction of what httpx costs, and the generator's CPU is reported apart
+from the system's anyway (``bench.machine.CpuMeter``: the bench process is the generator).
 
 Submissions are timed by the wall clock (``time.time()``), the clock the services stamp their
 events with, so a latency is an event's ``decided_at`` / ``finished_at`` minus the moment the
@@ -22,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import httpx
+import aiohttp
 
 from keyturn.config import Settings
 from keyturn.identity import issue_token, load_or_create_signing_key
@@ -41,26 +47,9 @@ def mix_kind(number: int) -> str:
     return ALLOWED
 
 
-def submission_body(number: int, run: str) -> dict[str, Any]:
-    kind = mix_kind(number)
-    key = f"{run}-{number}"
-    if kind == APPROVAL:
-        return {
-            "action": "iam.role.grant",
-            "resource": "iam://staging/roles/analyst",
-            "parameters": {"user": "human:bob", "role": "analyst", "ticket": f"BENCH-{number}"},
-            "reason": "onboarding (benchmark)",
-            "idempotency_key": key,
-        }
-    if kind == DENIED:
-        return {
-            "action": "secrets.delete",
-            "resource": "vault://staging/kv/bench",
-            "parameters": {"path": f"bench/{number}"},
-            "reason": "cleanup (benchmark)",
-            "idempotency_key": key,
-        }
-    return {
+# What each kind of submission is: the one place the mix's actions are chosen.
+MIX: dict[str, Any] = {
+    ALLOWED: lambda number: {
         "action": "read.table",
         "resource": "postgres://staging/analytics/orders",
         "parameters": {
@@ -70,8 +59,24 @@ def submission_body(number: int, run: str) -> dict[str, Any]:
             "filter": {"region": random.Random(number).choice(["eu", "us", "apac"])},
         },
         "reason": "quarterly churn analysis (benchmark)",
-        "idempotency_key": key,
-    }
+    },
+    DENIED: lambda number: {
+        "action": "secrets.delete",
+        "resource": "vault://staging/kv/bench",
+        "parameters": {"path": f"bench/{number}"},
+        "reason": "cleanup (benchmark)",
+    },
+    APPROVAL: lambda number: {
+        "action": "iam.role.grant",
+        "resource": "iam://staging/roles/analyst",
+        "parameters": {"user": "human:bob", "role": "analyst", "ticket": f"BENCH-{number}"},
+        "reason": "onboarding (benchmark)",
+    },
+}
+
+
+def submission_body(number: int, run: str) -> dict[str, Any]:
+    return {**MIX[mix_kind(number)](number), "idempotency_key": f"{run}-{number}"}
 
 
 def mint(settings: Settings, subject: str, acts_for: tuple[str, ...] = ()) -> str:
@@ -117,19 +122,11 @@ class Agent:
         self.settings = settings
         self.run = uuid.uuid4().hex[:8]
         self.retry_for_s = retry_for_s  # > 0: keep retrying a submission (same key) this long
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self.intake = httpx.AsyncClient(
-            base_url=settings.intake_url,
-            limits=limits,
-            timeout=60,
-            headers={"Authorization": f"Bearer {mint(settings, 'agent:bench', ('human:alice',))}"},
-        )
-        self.desk = httpx.AsyncClient(
-            base_url=settings.approval_url,
-            limits=httpx.Limits(max_connections=16),
-            timeout=60,
-            headers={"Authorization": f"Bearer {mint(settings, 'human:carol')}"},
-        )
+        self.connections = connections
+        self._agent_auth = {"Authorization": f"Bearer {mint(settings, 'agent:bench', ('human:alice',))}"}
+        self._approver_auth = {"Authorization": f"Bearer {mint(settings, 'human:carol')}"}
+        self._intake: aiohttp.ClientSession | None = None
+        self._desk: aiohttp.ClientSession | None = None
         self.log = LoadLog()
         self.next_number = 0
         self._to_approve: asyncio.Queue[tuple[str, float, float]] = (
@@ -137,14 +134,53 @@ class Agent:
         )  # (action id, not before, next wait)
         self._approvers: list[asyncio.Task] = []
 
+    @property
+    def intake(self) -> aiohttp.ClientSession:
+        """Sessions are made on first use, inside the event loop that uses them."""
+        if self._intake is None:
+            self._intake = aiohttp.ClientSession(
+                base_url=self.settings.intake_url,
+                connector=aiohttp.TCPConnector(limit=self.connections, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=60),
+                headers=self._agent_auth,
+            )
+        return self._intake
+
+    @property
+    def desk(self) -> aiohttp.ClientSession:
+        if self._desk is None:
+            self._desk = aiohttp.ClientSession(
+                base_url=self.settings.approval_url,
+                connector=aiohttp.TCPConnector(limit=16),
+                timeout=aiohttp.ClientTimeout(total=60),
+                headers=self._approver_auth,
+            )
+        return self._desk
+
     async def close(self) -> None:
         for task in self._approvers:
             task.cancel()
         await asyncio.gather(*self._approvers, return_exceptions=True)
-        await self.intake.aclose()
-        await self.desk.aclose()
+        for session in (self._intake, self._desk):
+            if session is not None:
+                await session.close()
 
     # --- submitting -------------------------------------------------------------------------
+
+    def _accepted(self, action_id: str, number: int, sent_at: float, status: int) -> None:
+        kind = mix_kind(number)
+        self.log.accepted[action_id] = Submitted(number, kind, sent_at, time.time(), status)
+        if kind == APPROVAL:
+            self._to_approve.put_nowait((action_id, time.monotonic() + 0.2, 0.2))
+
+    async def _post(self, path: str, body: dict[str, Any]) -> tuple[int | str, Any]:
+        """(status, parsed body or None); the exception's name instead of a status when none came."""
+        try:
+            async with self.intake.post(path, json=body) as response:
+                payload = await response.json() if response.status in (200, 202) else None
+                return response.status, payload
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return type(exc).__name__, None
 
     async def submit(self, number: int) -> str | None:
         """Submit the ``number``-th action; its id when accepted (202/200), else None."""
@@ -152,24 +188,55 @@ class Agent:
         sent_at = time.time()
         give_up = time.monotonic() + self.retry_for_s
         while True:
-            try:
-                response = await self.intake.post("/v1/actions", json=body)
-                status = response.status_code
-            except httpx.HTTPError as exc:
-                response, status = None, type(exc).__name__
-            if response is not None and status in (200, 202):
-                action_id = response.json()["action_id"]
-                kind = mix_kind(number)
-                self.log.accepted[action_id] = Submitted(number, kind, sent_at, time.time(), status)
-                if kind == APPROVAL:
-                    self._to_approve.put_nowait((action_id, time.monotonic() + 0.2, 0.2))
+            status, answer = await self._post("/v1/actions", body)
+            if answer is not None and status in (200, 202):
+                action_id = answer["action_id"]
+                self._accepted(action_id, number, sent_at, int(status))
                 return action_id
-            if time.monotonic() < give_up and (response is None or status in RETRY_STATUSES):
+            if time.monotonic() < give_up and (isinstance(status, str) or status in RETRY_STATUSES):
                 self.log.retries += 1
                 await asyncio.sleep(0.25)
                 continue
             self.log.refused[str(status)] += 1
             return None
+
+    async def submit_batch(self, numbers: list[int]) -> list[str]:
+        """Submit the ``numbers``-th actions in one ``POST /v1/actions:batch``; the accepted ids."""
+        body = {"items": [submission_body(n, self.run) for n in numbers]}
+        sent_at = time.time()
+        give_up = time.monotonic() + self.retry_for_s
+        while True:
+            status, answer = await self._post("/v1/actions:batch", body)
+            if answer is not None and status == 200:
+                accepted = []
+                for number, result in zip(numbers, answer["results"], strict=True):
+                    if result["status"] in (200, 202):
+                        self._accepted(result["action_id"], number, sent_at, result["status"])
+                        accepted.append(result["action_id"])
+                    else:
+                        self.log.refused[f"item {result['status']}"] += 1
+                return accepted
+            if time.monotonic() < give_up and (isinstance(status, str) or status in RETRY_STATUSES):
+                self.log.retries += 1
+                await asyncio.sleep(0.25)
+                continue
+            self.log.refused[f"batch {status}"] += len(numbers)
+            return []
+
+    async def batched(self, count: int, batch: int, in_flight: int) -> tuple[list[str], float]:
+        """Submit ``count`` actions ``batch`` per request, ``in_flight`` requests at a time;
+        (accepted ids, seconds taken)."""
+        first, self.next_number = self.next_number, self.next_number + count
+        chunks = iter([list(range(n, min(n + batch, first + count))) for n in range(first, first + count, batch)])
+        accepted: list[str] = []
+
+        async def worker() -> None:
+            for numbers in chunks:
+                accepted.extend(await self.submit_batch(numbers))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return accepted, time.perf_counter() - started
 
     async def closed_loop(self, count: int, concurrency: int) -> tuple[list[str], float]:
         """Submit ``count`` actions with ``concurrency`` in flight; (accepted ids, seconds taken)."""
@@ -235,8 +302,9 @@ class Agent:
         async def worker() -> None:
             nonlocal done
             while time.monotonic() < stop:
-                response = await self.intake.get(path)
-                response.raise_for_status()
+                async with self.intake.get(path) as response:
+                    response.raise_for_status()
+                    await response.read()
                 done += 1
 
         started = time.perf_counter()
@@ -261,35 +329,31 @@ class Agent:
             try:
                 if not await self._approve(action_id):
                     self._to_approve.put_nowait((action_id, time.monotonic() + backoff, backoff))
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 self.log.vote_refusals[type(exc).__name__] += 1
                 self._to_approve.put_nowait((action_id, time.monotonic() + backoff, backoff))
 
     async def _approve(self, action_id: str) -> bool:
-        shown = await self.desk.get(f"/v1/approvals/{action_id}")
-        if shown.status_code in (404, 425, 500, 502, 503):  # 425: the approval has not opened yet
-            return False
-        if shown.status_code != 200:
-            self.log.vote_refusals[f"show {shown.status_code}"] += 1
-            self.log.answered.add(action_id)
-            return True
+        async with self.desk.get(f"/v1/approvals/{action_id}") as shown:
+            if shown.status in (404, 425, 500, 502, 503):  # 425: the approval has not opened yet
+                return False
+            if shown.status != 200:
+                self.log.vote_refusals[f"show {shown.status}"] += 1
+                self.log.answered.add(action_id)
+                return True
+            digest = (await shown.json())["payload_digest"]
         sent_at = time.time()
-        answer = await self.desk.post(
-            f"/v1/approvals/{action_id}/votes",
-            json={
-                "choice": "approve",
-                "payload_digest": shown.json()["payload_digest"],
-                "channel": "cli",
-                "reason": "benchmark approver",
-            },
-        )
-        if answer.status_code == 200:
+        vote = {"choice": "approve", "payload_digest": digest, "channel": "cli", "reason": "benchmark approver"}
+        async with self.desk.post(f"/v1/approvals/{action_id}/votes", json=vote) as answer:
+            status = answer.status
+            await answer.read()
+        if status == 200:
             self.log.votes[action_id] = sent_at
             self.log.answered.add(action_id)
             return True
-        if answer.status_code in (425, 500, 502, 503):
+        if status in (425, 500, 502, 503):
             return False
-        self.log.vote_refusals[f"vote {answer.status_code}"] += 1
+        self.log.vote_refusals[f"vote {status}"] += 1
         self.log.answered.add(action_id)
         return True
 
