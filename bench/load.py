@@ -295,7 +295,7 @@ class Agent:
         }
 
     async def hammer(self, path: str, seconds: float, concurrency: int) -> float:
-        """GET ``path`` on the intake as fast as ``concurrency`` clients can: requests per second."""
+        """GET ``path`` on the intake as fast as ``concurrency`` clients can: answers 200 per second."""
         stop = time.monotonic() + seconds
         done = 0
 
@@ -303,9 +303,11 @@ class Agent:
             nonlocal done
             while time.monotonic() < stop:
                 async with self.intake.get(path) as response:
-                    response.raise_for_status()
                     await response.read()
-                done += 1
+                    if response.status == 200:
+                        done += 1
+                    else:  # counted apart: a busy intake may answer its health check 503
+                        self.log.refused[f"{path} {response.status}"] += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
