@@ -80,8 +80,7 @@ class FakeActionStore:
         return self.rows[action_id], True
 
     async def insert_many(self, rows: Sequence[NewAction]) -> list[tuple[StoredAction, bool]]:
-        """One statement for the batch, as the real store: all inserted, or the database was away."""
-        self._answer()
+        """One statement for the batch, as the real store: all inserted, or (down at the first row) none."""
         return [await self.insert_requested(**dataclasses.asdict(row)) for row in rows]
 
     async def get_many(self, action_ids: Sequence[str]) -> dict[str, StoredAction]:
