@@ -4,23 +4,32 @@ Starts a Kafka + OPA + PostgreSQL of its own (deploy/*.sh with KEYTURN_RUN=.run/
 of its own) and the five services in a fresh namespace, then:
 
 1. warm-up; baselines: raw OPA decisions (httpx, Keyturn's client, opa-python-client), a raw
-   aiokafka chain of the same three hops (throughput and latency at the open-loop rate), the
+   aiokafka chain of the same three hops (throughput and latency at each open-loop rate), the
    intake's /healthz under the same HTTP client, masking (bench/masking.py);
-2. open loop at BENCH_RATE (200/s) for the latencies: request→decided, request→terminal,
-   approve→executed, from the events' own timestamps;
-3. flood: BENCH_ACTIONS actions in chunks of BENCH_CHUNK, 64 in flight: end-to-end and intake
-   throughput, CPU per process, resident memory of each service after each chunk;
-4. a profiled chunk (py-spy on every service), not counted in the figures;
-5. scale-out: a second policy and a second executor worker, the same chunk again; then, for
+2. open loops, one POST per action, at BENCH_LOW_RATE (10/s) and at each of BENCH_RATES (200/s
+   and 500/s): request→decided, request→terminal, approve→executed from the events' own
+   timestamps; every send has its scheduled time, so a slow answer cannot hide the queue
+   (no coordinated omission);
+3. batched flood: BENCH_BATCH_ACTIONS actions, BENCH_BATCH_SIZE per POST /v1/actions:batch,
+   BENCH_BATCH_IN_FLIGHT requests at a time: end-to-end throughput, CPU per action of every
+   process (the load generator apart), the audit writer's lag (``bench.targets.AuditLag``);
+4. one-POST flood: BENCH_ACTIONS actions in chunks of BENCH_CHUNK, BENCH_CONCURRENCY keep-alive
+   connections: end-to-end and intake throughput, CPU per process, resident memory of each service
+   after each chunk;
+5. a profiled batched chunk (py-spy on every service), not counted in the figures;
+6. scale-out: a second policy and a second executor worker, the same chunk again; then, for
    the policy and the executor in turn, a backlog drained by one worker and by two;
-6. every action checked on the topics (one terminal state, none decided or executed twice, the
-   audit complete), and `keyturn audit verify` timed against a raw read of the audit topic.
+7. every action checked on the topics (one terminal state, none decided or executed twice, the
+   audit complete), and `keyturn audit verify` timed against a raw read of the audit topic;
+8. the issue-14 targets, each beside its baseline from the same run (``bench.targets``), and the
+   cost model: CPU-ms per action per process → predicted actions/s on N cores and what caps it.
 
 Prints the table, writes bench/results/<stamp>.json and .png, stops everything.
 
     BENCH_QUICK=1          about a minute: shorter phases, smaller chunks, no profile
     BENCH_ACTIONS=100000   the full memory figure (about 100k actions through the flood)
-    BENCH_RATE, BENCH_OPEN_S, BENCH_CHUNK, BENCH_CONCURRENCY, BENCH_SCALE_OUT=0, BENCH_PROFILE_S,
+    BENCH_RATES=200,500, BENCH_BATCH_ACTIONS, BENCH_BATCH_SIZE=200, BENCH_BATCH_IN_FLIGHT=4,
+    BENCH_OPEN_S, BENCH_CHUNK, BENCH_CONCURRENCY, BENCH_SCALE_OUT=0, BENCH_PROFILE_S,
     BENCH_KEEP=1 (keep .run/bench), BENCH_KAFKA_PORT / BENCH_OPA_PORT / BENCH_PG_PORT
 """
 
