@@ -182,10 +182,11 @@ class Agent:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return type(exc).__name__, None
 
-    async def submit(self, number: int) -> str | None:
-        """Submit the ``number``-th action; its id when accepted (202/200), else None."""
+    async def submit(self, number: int, *, scheduled_at: float | None = None) -> str | None:
+        """Submit the ``number``-th action; its id when accepted (202/200), else None. Its latency
+        counts from ``scheduled_at`` (wall clock) when given, else from now."""
         body = submission_body(number, self.run)
-        sent_at = time.time()
+        sent_at = time.time() if scheduled_at is None else min(scheduled_at, time.time())
         give_up = time.monotonic() + self.retry_for_s
         while True:
             status, answer = await self._post("/v1/actions", body)
@@ -259,9 +260,10 @@ class Agent:
     ) -> tuple[list[str], dict[str, float]]:
         """Submit at ``rate`` per second for ``seconds``, whatever the answers' pace (open loop).
 
-        Returns the accepted ids and how far the schedule slipped: a generator that cannot keep
-        its own schedule would hide the system's latency (coordinated omission), so that is
-        reported, not ignored.
+        Returns the accepted ids and how far the schedule slipped. Each action's latency starts
+        at its scheduled send time, not at the moment the generator got round to it, so a
+        generator (or a connection pool) falling behind adds to the measured latency instead of
+        hiding it (no coordinated omission); the slip is reported too.
         """
         count = int(rate * seconds)
         first, self.next_number = self.next_number, self.next_number + count
@@ -269,16 +271,16 @@ class Agent:
         accepted: list[str] = []
         slips: list[float] = []
 
-        async def one(number: int) -> None:
+        async def one(number: int, scheduled: float) -> None:
             try:
-                action_id = await self.submit(number)
+                action_id = await self.submit(number, scheduled_at=scheduled)
                 if action_id:
                     accepted.append(action_id)
             finally:
                 in_flight.release()
 
         tasks = []
-        start = time.monotonic()
+        start, wall_start = time.monotonic(), time.time()
         for i in range(count):
             due = start + i / rate
             delay = due - time.monotonic()
@@ -286,7 +288,7 @@ class Agent:
                 await asyncio.sleep(delay)
             await in_flight.acquire()
             slips.append(time.monotonic() - due)
-            tasks.append(asyncio.create_task(one(first + i)))
+            tasks.append(asyncio.create_task(one(first + i, wall_start + i / rate)))
         await asyncio.gather(*tasks)
         slips.sort()
         return accepted, {
