@@ -29,7 +29,9 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.identity import issue_token, load_or_create_signing_key
 
@@ -129,10 +131,11 @@ class Agent:
         self._desk: aiohttp.ClientSession | None = None
         self.log = LoadLog()
         self.next_number = 0
-        self._to_approve: asyncio.Queue[tuple[str, float, float]] = (
-            asyncio.Queue()
-        )  # (action id, not before, next wait)
+        # (not before, action id, next wait): the earliest due first
+        self._to_approve: asyncio.PriorityQueue[tuple[float, str, float]] = asyncio.PriorityQueue()
         self._approvers: list[asyncio.Task] = []
+        self._decided: set[str] = set()  # action ids seen on the decided topic
+        self._undecided_approvals: set[str] = set()  # needs-approval actions whose decision is not seen yet
 
     @property
     def intake(self) -> aiohttp.ClientSession:
@@ -171,7 +174,12 @@ class Agent:
         kind = mix_kind(number)
         self.log.accepted[action_id] = Submitted(number, kind, sent_at, time.time(), status)
         if kind == APPROVAL:
-            self._to_approve.put_nowait((action_id, time.monotonic() + 0.2, 0.2))
+            if action_id in self._decided:
+                self._to_approve.put_nowait((time.monotonic(), action_id, 0.1))
+            else:
+                self._undecided_approvals.add(action_id)
+                # a slow fallback, should the decision be missed on the topic (a broker restart)
+                self._to_approve.put_nowait((time.monotonic() + 5.0, action_id, 5.0))
 
     async def _post(self, path: str, body: dict[str, Any]) -> tuple[int | str, Any]:
         """(status, parsed body or None); the exception's name instead of a status when none came."""
@@ -318,24 +326,50 @@ class Agent:
     # --- approving --------------------------------------------------------------------------
 
     def start_approvers(self, count: int = 8) -> None:
-        """Start the scripted approver: it answers every needs-approval action it is told of."""
+        """Start the scripted approver: it answers every needs-approval action once the decided
+        topic shows its decision (the message's key; nothing is decoded), so it does not poll
+        the desk for approvals that are not open yet."""
         self._approvers = [asyncio.create_task(self._approve_forever()) for _ in range(count)]
+        self._approvers.append(asyncio.create_task(self._watch_decisions()))
+
+    async def _watch_decisions(self) -> None:
+        topic = Topics(self.settings.namespace, self.settings.partitions).decided
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in range(self.settings.partitions)]
+            consumer.assign(partitions)
+            await consumer.seek_to_end(*partitions)
+            while True:
+                for messages in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                    for message in messages:
+                        action_id = (message.key or b"").decode(errors="replace")
+                        self._decided.add(action_id)
+                        if action_id in self._undecided_approvals:
+                            self._undecided_approvals.discard(action_id)
+                            self._to_approve.put_nowait((time.monotonic(), action_id, 0.1))
+        finally:
+            await consumer.stop()
 
     async def _approve_forever(self) -> None:
         while True:
-            action_id, not_before, backoff = await self._to_approve.get()
+            not_before, action_id, backoff = await self._to_approve.get()
+            if action_id in self.log.answered:
+                continue
             wait = not_before - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            # not at the desk yet (or the desk is away): ask again later, less often each time,
-            # so a backlog of pending approvals does not turn the approver into a load of its own
-            backoff = min(backoff * 1.5, 2.0)
+            if wait > 0:  # not due: look again shortly, leaving earlier-due ones to the others
+                await asyncio.sleep(min(wait, 0.2))
+                self._to_approve.put_nowait((not_before, action_id, backoff))
+                continue
+            # decided but not at the desk yet (or the desk is away): ask again later, less often
+            # each time, so a backlog of pending approvals does not turn into a load of its own
+            backoff = min(backoff * 1.5, 10.0)
             try:
                 if not await self._approve(action_id):
-                    self._to_approve.put_nowait((action_id, time.monotonic() + backoff, backoff))
+                    self._to_approve.put_nowait((time.monotonic() + backoff, action_id, backoff))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.log.vote_refusals[type(exc).__name__] += 1
-                self._to_approve.put_nowait((action_id, time.monotonic() + backoff, backoff))
+                self._to_approve.put_nowait((time.monotonic() + backoff, action_id, backoff))
 
     async def _approve(self, action_id: str) -> bool:
         async with self.desk.get(f"/v1/approvals/{action_id}") as shown:
