@@ -38,10 +38,12 @@ class Target:
     met: bool
     baseline: float | None
     baseline_name: str
+    baseline_unit: str = ""  # when it differs from the value's
 
     def row(self) -> str:
         verdict = "met" if self.met else "MISSED"
-        base = "–" if self.baseline is None or math.isnan(self.baseline) else f"{self.baseline:,.1f} {self.unit}"
+        unit = self.baseline_unit or self.unit
+        base = "–" if self.baseline is None or math.isnan(self.baseline) else f"{self.baseline:,.1f} {unit}"
         return (
             f"| {self.name} | {self.value:,.1f} {self.unit} | {self.goal} | {verdict} | {base} ({self.baseline_name}) |"
         )
@@ -119,8 +121,9 @@ def targets(measured: dict[str, Any]) -> list[Target]:
             catch_up <= AUDIT_CATCH_UP_S
             and lag.get("audited_per_second", 0) >= 0.95 * lag.get("events_per_second", nan),
             lag.get("events_per_second", nan),
-            f"events/s the pipeline produced; audited {lag.get('audited_per_second', nan):,.0f}/s, "
+            f"events the pipeline produced; audited {lag.get('audited_per_second', nan):,.0f}/s, "
             f"largest lag {lag.get('max_lag_events', nan):,.0f} events",
+            "/s",
         )
     )
     return found
