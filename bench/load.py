@@ -333,13 +333,28 @@ class Agent:
         self._approvers.append(asyncio.create_task(self._watch_decisions()))
 
     async def _watch_decisions(self) -> None:
+        """Follow the decided topic for as long as the agent runs; a broker away is waited out
+        (the fallback asks meanwhile)."""
+        first = True
+        while True:
+            try:
+                await self._follow_decided(from_end=first)
+            except Exception as exc:  # a broker restart (chaos drills): follow again from where it was
+                self.log.vote_refusals[f"decided watcher {type(exc).__name__}"] += 1
+                first = False
+                await asyncio.sleep(1.0)
+
+    async def _follow_decided(self, *, from_end: bool) -> None:
         topic = Topics(self.settings.namespace, self.settings.partitions).decided
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
         await consumer.start()
         try:
             partitions = [TopicPartition(topic, p) for p in range(self.settings.partitions)]
             consumer.assign(partitions)
-            await consumer.seek_to_end(*partitions)
+            if from_end:
+                await consumer.seek_to_end(*partitions)
+            else:  # after a failure: everything again (keys only; the decided set makes it idempotent)
+                await consumer.seek_to_beginning(*partitions)
             while True:
                 for messages in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
                     for message in messages:
