@@ -136,6 +136,7 @@ class Agent:
         self._approvers: list[asyncio.Task] = []
         self._decided: set[str] = set()  # action ids seen on the decided topic
         self._undecided_approvals: set[str] = set()  # needs-approval actions whose decision is not seen yet
+        self._asking: set[str] = set()  # approvals an approver task is asking about right now
 
     @property
     def intake(self) -> aiohttp.ClientSession:
@@ -369,8 +370,8 @@ class Agent:
     async def _approve_forever(self) -> None:
         while True:
             not_before, action_id, backoff = await self._to_approve.get()
-            if action_id in self.log.answered:
-                continue
+            if action_id in self.log.answered or action_id in self._asking:
+                continue  # done, or another approver task is asking right now (the fallback and the topic)
             wait = not_before - time.monotonic()
             if wait > 0:  # not due: look again shortly, leaving earlier-due ones to the others
                 await asyncio.sleep(min(wait, 0.2))
@@ -379,12 +380,15 @@ class Agent:
             # decided but not at the desk yet (or the desk is away): ask again later, less often
             # each time, so a backlog of pending approvals does not turn into a load of its own
             backoff = min(backoff * 1.5, 10.0)
+            self._asking.add(action_id)
             try:
                 if not await self._approve(action_id):
                     self._to_approve.put_nowait((time.monotonic() + backoff, action_id, backoff))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.log.vote_refusals[type(exc).__name__] += 1
                 self._to_approve.put_nowait((time.monotonic() + backoff, action_id, backoff))
+            finally:
+                self._asking.discard(action_id)
 
     async def _approve(self, action_id: str) -> bool:
         async with self.desk.get(f"/v1/approvals/{action_id}") as shown:
