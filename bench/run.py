@@ -4,24 +4,33 @@ Starts a Kafka + OPA + PostgreSQL of its own (deploy/*.sh with KEYTURN_RUN=.run/
 of its own) and the five services in a fresh namespace, then:
 
 1. warm-up; baselines: raw OPA decisions (httpx, Keyturn's client, opa-python-client), a raw
-   aiokafka chain of the same three hops (throughput and latency at the open-loop rate), the
+   aiokafka chain of the same three hops (throughput and latency at each open-loop rate), the
    intake's /healthz under the same HTTP client, masking (bench/masking.py);
-2. open loop at BENCH_RATE (200/s) for the latencies: request→decided, request→terminal,
-   approve→executed, from the events' own timestamps;
-3. flood: BENCH_ACTIONS actions in chunks of BENCH_CHUNK, 64 in flight: end-to-end and intake
-   throughput, CPU per process, resident memory of each service after each chunk;
-4. a profiled chunk (py-spy on every service), not counted in the figures;
-5. scale-out: a second policy and a second executor worker, the same chunk again; then, for
+2. open loops, one POST per action, at BENCH_LOW_RATE (10/s) and at each of BENCH_RATES (200/s
+   and 500/s): request→decided, request→terminal, approve→executed from the events' own
+   timestamps; every send has its scheduled time, so a slow answer cannot hide the queue
+   (no coordinated omission);
+3. batched flood: BENCH_BATCH_ACTIONS actions, BENCH_BATCH_SIZE per POST /v1/actions:batch,
+   BENCH_BATCH_IN_FLIGHT requests at a time: end-to-end throughput, CPU per action of every
+   process (the load generator apart), the audit writer's lag (``bench.targets.AuditLag``);
+4. one-POST flood: BENCH_ACTIONS actions in chunks of BENCH_CHUNK, BENCH_CONCURRENCY keep-alive
+   connections: end-to-end and intake throughput, CPU per process, resident memory of each service
+   after each chunk;
+5. a profiled batched chunk (py-spy on every service), not counted in the figures;
+6. scale-out: a second policy and a second executor worker, the same chunk again; then, for
    the policy and the executor in turn, a backlog drained by one worker and by two;
-6. every action checked on the topics (one terminal state, none decided or executed twice, the
+7. every action checked on the topics (one terminal state, none decided or executed twice, the
    audit complete), and `keyturn audit verify` timed against a raw read of the audit topic, and
-   `keyturn report` (HTML and PDF) over the same topic (bench/audit_report.py).
+   `keyturn report` (HTML and PDF) over the same topic (bench/audit_report.py);
+8. the issue-14 targets, each beside its baseline from the same run (``bench.targets``), and the
+   cost model: CPU-ms per action per process → predicted actions/s on N cores and what caps it.
 
 Prints the table, writes bench/results/<stamp>.json and .png, stops everything.
 
     BENCH_QUICK=1          about a minute: shorter phases, smaller chunks, no profile
     BENCH_ACTIONS=100000   the full memory figure (about 100k actions through the flood)
-    BENCH_RATE, BENCH_OPEN_S, BENCH_CHUNK, BENCH_CONCURRENCY, BENCH_SCALE_OUT=0, BENCH_PROFILE_S,
+    BENCH_RATES=200,500, BENCH_BATCH_ACTIONS, BENCH_BATCH_SIZE=200, BENCH_BATCH_IN_FLIGHT=4,
+    BENCH_OPEN_S, BENCH_CHUNK, BENCH_CONCURRENCY, BENCH_SCALE_OUT=0, BENCH_PROFILE_S,
     BENCH_KEEP=1 (keep .run/bench), BENCH_KAFKA_PORT / BENCH_OPA_PORT / BENCH_PG_PORT
 """
 
@@ -41,7 +50,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 
-from bench import audit_report, baselines, machine, profile
+from bench import audit_report, baselines, machine, profile, targets
 from bench.load import ALLOWED, APPROVAL, DENIED, Agent
 from bench.report import Figure, print_table, write_chart, write_json
 from keyturn.bus.topics import Topics
@@ -64,11 +73,14 @@ class Plan:
     """How long and how hard; BENCH_QUICK=1 shrinks everything to about a minute."""
 
     quick: bool = os.environ.get("BENCH_QUICK") == "1"
-    rate: float = _env("BENCH_RATE", 200)
+    rates: tuple[float, ...] = tuple(float(r) for r in os.environ.get("BENCH_RATES", "200,500").split(","))
     open_seconds: float = _env("BENCH_OPEN_S", 10 if os.environ.get("BENCH_QUICK") == "1" else 20)
     actions: int = int(_env("BENCH_ACTIONS", 2000 if os.environ.get("BENCH_QUICK") == "1" else 6000))
     chunk: int = int(_env("BENCH_CHUNK", 1000 if os.environ.get("BENCH_QUICK") == "1" else 2000))
     concurrency: int = int(_env("BENCH_CONCURRENCY", 32))
+    batch_actions: int = int(_env("BENCH_BATCH_ACTIONS", 4000 if os.environ.get("BENCH_QUICK") == "1" else 10000))
+    batch_size: int = int(_env("BENCH_BATCH_SIZE", 200))  # items per POST /v1/actions:batch
+    batch_in_flight: int = int(_env("BENCH_BATCH_IN_FLIGHT", 4))
     low_rate: float = _env("BENCH_LOW_RATE", 10)  # a rate the stack sustains here: latency without queueing
     baseline_seconds: float = 2 if os.environ.get("BENCH_QUICK") == "1" else 5
     scale_out: bool = os.environ.get("BENCH_SCALE_OUT", "1") != "0"
@@ -106,7 +118,7 @@ class Drain:
         parts = [TopicPartition(topic, p) for p in range(partitions or self.settings.partitions)]
         return sum((await self.consumer.end_offsets(parts)).values())
 
-    async def wait(self, agent: Agent, timeout: float) -> bool:
+    async def wait(self, agent: Agent, timeout: float, step: float = 0.25) -> bool:
         accepted = agent.log.accepted.values()
         want_decided = len(accepted)
         want_executed = sum(1 for s in accepted if s.kind in (ALLOWED, APPROVAL))
@@ -117,7 +129,7 @@ class Drain:
                 and await self.count(self.topics.executed) >= want_executed
             ):
                 return True
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(step)
         console.print(f"[red]pipeline did not drain within {timeout:.0f}s[/red]")
         return False
 
@@ -200,7 +212,9 @@ class Bench:
         self.note("baselines: raw aiokafka chain (3 hops)")
         async with baselines.KafkaChain(self.settings.kafka_bootstrap, self.settings.partitions) as chain:
             self.details["kafka_chain_throughput"] = await chain.throughput(plan.chunk)
-            self.details["kafka_chain_latency"] = await chain.latency(plan.rate, min(plan.open_seconds, 20))
+            self.details["kafka_chain_latency"] = {
+                rate: await chain.latency(rate, min(plan.open_seconds, 20)) for rate in plan.rates
+            }
             self.details["kafka_chain_latency_low"] = await chain.latency(plan.low_rate, 15)
         self.note("baselines: intake GET /healthz with the same client")
         self.details["healthz_rps"] = await agent.hammer("/healthz", plan.baseline_seconds, plan.concurrency)
@@ -212,12 +226,34 @@ class Bench:
         self.phases["open-low"] = Phase(
             "open-low", ids, 15, await drain.wait(agent, plan.drain_timeout), {"schedule_slip": slip}
         )
-        self.note(f"open loop: {plan.rate:.0f} actions/s for {plan.open_seconds:.0f}s")
-        ids, slip = await agent.open_loop(plan.rate, plan.open_seconds)
-        self.phases["open"] = Phase(
-            "open", ids, plan.open_seconds, await drain.wait(agent, plan.drain_timeout), {"schedule_slip": slip}
-        )
+        for rate in plan.rates:
+            self.note(f"open loop: {rate:.0f} actions/s for {plan.open_seconds:.0f}s, one POST each")
+            ids, slip = await agent.open_loop(rate, plan.open_seconds)
+            self.phases[f"open-{rate:g}"] = Phase(
+                f"open-{rate:g}",
+                ids,
+                plan.open_seconds,
+                await drain.wait(agent, plan.drain_timeout),
+                {"schedule_slip": slip},
+            )
         self.memory_point(agent, "after open loop")
+
+        self.note(
+            f"batched flood: {plan.batch_actions} actions, {plan.batch_size} per POST /v1/actions:batch, "
+            f"{plan.batch_in_flight} in flight"
+        )
+        topics = Topics(self.settings.namespace, self.settings.partitions)
+        meter = machine.CpuMeter(self._pids())
+        async with targets.AuditLag(self.settings.kafka_bootstrap, topics) as lag:
+            before = meter.snapshot()
+            ids, secs = await agent.batched(plan.batch_actions, plan.batch_size, plan.batch_in_flight)
+            drained = await drain.wait(agent, plan.drain_timeout, step=0.05)
+            drained_at = time.monotonic()
+            self.details["cpu_batched"] = machine.CpuMeter.spent(before, meter.snapshot())
+            self.details["audit_lag"] = await lag.caught_up(drained_at)
+        self.phases["batched"] = Phase("batched", ids, secs, drained)
+        self.details["batched_actions"] = len(ids)
+        self.memory_point(agent, "after batched flood")
 
         meter = machine.CpuMeter(self._pids())
         before = meter.snapshot()
@@ -300,13 +336,15 @@ class Bench:
 
     async def _profiled_chunk(self, agent: Agent, drain: Drain) -> None:
         size = max(self.plan.chunk // 2, int(self.plan.profile_seconds * 60))
-        self.note(f"profiled chunk: {size} actions with py-spy on every service for {self.plan.profile_seconds:.0f}s")
+        self.note(
+            f"profiled chunk: {size} actions in batches, py-spy on every service for {self.plan.profile_seconds:.0f}s"
+        )
         out = RESULTS / "profiles" / self.stamp
         samplers = {
             name: profile.start(self.procs.pid(name), self.plan.profile_seconds, out / f"{name}.txt")
             for name in ("intake", "policy", "executor", "audit", "approval")
         }
-        ids, secs = await agent.closed_loop(size, self.plan.concurrency)
+        ids, secs = await agent.batched(size, self.plan.batch_size, self.plan.batch_in_flight)
         await drain.wait(agent, self.plan.drain_timeout)
         for _name, sampler in samplers.items():
             if sampler is not None:
@@ -414,8 +452,9 @@ def _latency_figures(
     for label, key, base_key, base_name in pairs:
         for q in ("p50", "p95", "p99"):
             goal, met = "", None
-            if target and key == "request_to_decided" and q == "p99":
-                goal, met = f"< 100 ms at {rate:.0f}/s", measured[key]["p99_ms"] < 100
+            if target and key == "request_to_decided" and q == "p99" and rate in targets.P99_TARGETS_MS:
+                limit = targets.P99_TARGETS_MS[rate]
+                goal, met = f"< {limit:g} ms at {rate:g}/s", measured[key]["p99_ms"] < limit
             figures.append(
                 Figure(
                     f"{label} {q} @ {rate:g}/s",
@@ -446,17 +485,31 @@ def build_figures(bench: Bench, lifecycle: Lifecycle) -> tuple[list[Figure], dic
 
     e2e = combined(flood_rates)
     chain = details["kafka_chain_throughput"]["per_second"]
-    figures = [
+    figures = []
+    if "batched" in bench.phases and bench.phases["batched"].ids:
+        batched = _throughput(lifecycle, bench.phases["batched"].ids, sent)["per_second"]
+        figures.append(
+            Figure(
+                f"end-to-end throughput, batches of {bench.plan.batch_size} (POST /v1/actions:batch), 1 worker each",
+                batched,
+                "/s",
+                chain,
+                "raw aiokafka chain, 3 hops, msgs/s",
+                target=f"≥ {targets.BATCH_TARGET:,.0f}/s sustained",
+                met=batched >= targets.BATCH_TARGET,
+            )
+        )
+    figures.append(
         Figure(
-            "end-to-end throughput (actions/s to a terminal state), 1 worker each",
+            "end-to-end throughput, one POST per action (keep-alive), 1 worker each",
             e2e,
             "/s",
             chain,
             "raw aiokafka chain, 3 hops, msgs/s",
-            target="≥ 1,000/s sustained",
-            met=e2e >= 1000,
+            target=f"≥ {targets.POST_TARGET:,.0f}/s sustained",
+            met=e2e >= targets.POST_TARGET,
         )
-    ]
+    )
     if scaled_rates:
         scaled_e2e = combined(scaled_rates)
         figures.append(
@@ -572,10 +625,13 @@ def build_figures(bench: Bench, lifecycle: Lifecycle) -> tuple[list[Figure], dic
                 "raw read_committed read of the audit topic",
             )
         )
-    measured, latency_figures = _latency_figures(
-        lifecycle, bench, "open", bench.plan.rate, details["kafka_chain_latency"], target=True
-    )
-    figures += latency_figures
+    latencies: dict[str, Any] = {}
+    for rate in bench.plan.rates:
+        measured, latency_figures = _latency_figures(
+            lifecycle, bench, f"open-{rate:g}", rate, details["kafka_chain_latency"][rate], target=True
+        )
+        latencies[f"{rate:g}/s"] = measured
+        figures += latency_figures
     measured_low, low_figures = _latency_figures(
         lifecycle, bench, "open-low", bench.plan.low_rate, details["kafka_chain_latency_low"], target=False
     )
@@ -598,8 +654,11 @@ def build_figures(bench: Bench, lifecycle: Lifecycle) -> tuple[list[Figure], dic
         "scaled": scaled_rates,
         "backlog": backlog,
         "intake_per_chunk": intake_rates,
-        "latencies": {f"{bench.plan.rate:g}/s": measured, f"{bench.plan.low_rate:g}/s": measured_low},
+        "latencies": {**latencies, f"{bench.plan.low_rate:g}/s": measured_low},
+        "post_per_second": e2e,
     }
+    if "batched" in bench.phases:
+        flood_detail["batched"] = _throughput(lifecycle, bench.phases["batched"].ids, sent)
     return figures, flood_detail
 
 
@@ -696,17 +755,32 @@ def closing_note(
     for f in figures:
         if f.met is not None:
             lines.append(f"{'MET   ' if f.met else 'MISSED'} {f.name}: {f.value:,.1f} {f.unit} (target {f.target})")
-    cpu = details.get("cpu_flood", {})
-    actions = details.get("flood_actions") or 1
-    if cpu:
-        per_k = {k: v * 1000 / actions for k, v in cpu.items()}
-        total = sum(per_k.values())
+    for label, cpu_key, count_key in (
+        ("batched flood", "cpu_batched", "batched_actions"),
+        ("one-POST flood", "cpu_flood", "flood_actions"),
+    ):
+        cpu = details.get(cpu_key, {})
+        actions = details.get(count_key) or 1
+        if not cpu:
+            continue
+        per_action = targets.per_action_ms(cpu, actions)
+        total = sum(per_action.values())
+        system = targets.system_ms(per_action)
         lines.append(
-            f"CPU per 1,000 flood actions: {total:.1f} s in all, on {os.cpu_count()} cores — "
-            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_k.items(), key=lambda kv: -kv[1]))
+            f"CPU-ms per action, {label}: {system:.2f} over the system + {per_action.get(targets.GENERATOR, 0):.2f} "
+            "load generator — "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_action.items(), key=lambda kv: -kv[1]))
         )
         lines.append(
-            f"  so the machine's CPU alone caps this build at about {os.cpu_count() * 1000 / total:,.0f} actions/s"
+            f"  so {os.cpu_count()} cores cap this build at about {os.cpu_count() * 1000 / total:,.0f} actions/s "
+            f"with the generator on them, {os.cpu_count() * 1000 / system:,.0f}/s without"
+        )
+    audit = details.get("audit_lag")
+    if audit:
+        lines.append(
+            f"audit writer during the batched flood: {audit['events']:,} events, largest lag "
+            f"{audit['max_lag_events']:,.0f} events, done {audit['catch_up_s']:.1f} s after the pipeline "
+            f"({audit['audited_per_second']:,.0f} records/s for {audit['events_per_second']:,.0f} events/s)"
         )
     for name, summary in (details.get("profiles") or {}).items():
         if summary.get("samples"):
@@ -735,6 +809,28 @@ def closing_note(
         )
     )
     return lines
+
+
+def target_inputs(bench: Bench, flood: dict[str, Any]) -> dict[str, Any]:
+    """What ``bench.targets`` judges, from this run's figures."""
+    details = bench.details
+    batched_ms = targets.per_action_ms(details.get("cpu_batched", {}), details.get("batched_actions", 0))
+    post_ms = targets.per_action_ms(details.get("cpu_flood", {}), details.get("flood_actions", 0))
+    nan = float("nan")
+    return {
+        "batched_per_second": flood.get("batched", {}).get("per_second", nan),
+        "post_per_second": flood.get("post_per_second", nan),
+        "batched_cpu_ms": targets.system_ms(batched_ms) if batched_ms else nan,
+        "post_cpu_ms": targets.system_ms(post_ms) if post_ms else nan,
+        "batched_cpu_ms_per_process": batched_ms,
+        "post_cpu_ms_per_process": post_ms,
+        "healthz_per_second": details.get("healthz_rps", nan),
+        "p99_decided_ms": {
+            rate: flood["latencies"][f"{rate:g}/s"]["request_to_decided"]["p99_ms"] for rate in bench.plan.rates
+        },
+        "p99_chain_ms": {rate: details["kafka_chain_latency"][rate]["one_hop"]["p99_ms"] for rate in bench.plan.rates},
+        "audit": details.get("audit_lag", {}),
+    }
 
 
 def main() -> int:
@@ -775,6 +871,15 @@ def main() -> int:
     cpu = bench.details.get("cpu_flood", {})
     cpu_per_k = {k: round(v * 1000 / max(1, bench.details.get("flood_actions", 1)), 3) for k, v in cpu.items()}
     print_table(figures, info, console)
+    inputs = target_inputs(bench, flood)
+    verdicts = targets.targets(inputs)
+    model = targets.CostModel(inputs["batched_cpu_ms_per_process"] or inputs["post_cpu_ms_per_process"])
+    console.print("\n[bold]Issue 14 targets[/bold] (each beside its baseline from this run)")
+    console.print("| target | measured | goal | verdict | baseline (same run) |\n|---|---:|---|---|---|")
+    for target in verdicts:
+        console.print(target.row(), highlight=False)
+    for line in model.lines():
+        console.print(line, highlight=False)
     note = closing_note(figures, bench.details, slopes, problems)
     for line in note:
         console.print(line, highlight=False)
@@ -804,6 +909,9 @@ def main() -> int:
         "lifecycle": lifecycle.summary(accepted),
         "problems": problems[:200],
         "closing_note": note,
+        "targets": [t.__dict__ for t in verdicts],
+        "target_inputs": inputs,
+        "cost_model": model.lines(),
         **bench.details,
     }
     json_path = RESULTS / f"{stamp}.json"

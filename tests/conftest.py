@@ -19,6 +19,7 @@ from tests.processes import (  # noqa: F401
     ARTIFACTS,
     SERVICES,
     ServiceProcesses,
+    ensure_target_roles,
     free_port,
     mcp_notes_upstream,
     settings_env,
@@ -37,15 +38,6 @@ def endpoints():
         stop()
 
 
-# Roles the walk-through and the approval tests grant on the SQL target. Roles belong to the whole
-# PostgreSQL cluster, not to one database: these are created when missing and left in place
-# (NOLOGIN, holding nothing but each other), so concurrent runs share them harmlessly.
-TARGET_ROLES = (
-    *("analyst", "auditor", "reader", "writer", "viewer", "incident-responder", "db-admin"),
-    *("bob", "erin", "frank", "gina"),
-)
-
-
 @pytest.fixture(scope="session")
 def namespace() -> str:
     return f"kt{secrets.token_hex(4)}"
@@ -62,12 +54,7 @@ def target_database(endpoints, namespace: str) -> Iterator[str]:
     name = f"{namespace}_target"
     with psycopg.connect(endpoints.database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        for role in TARGET_ROLES:
-            admin.execute(
-                sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$").format(
-                    sql.Identifier(role)
-                )
-            )
+    ensure_target_roles(endpoints.database_url)
     url = make_conninfo(**{**conninfo_to_dict(endpoints.database_url), "dbname": name})
     try:
         yield url

@@ -201,6 +201,29 @@ class ServerScriptFailed(RuntimeError):
     """A deploy/*.sh command failed; the message carries its output."""
 
 
+# Roles the walk-through, the tests, the bench and the drills grant on the SQL target. Roles belong
+# to the whole PostgreSQL cluster, not to one database: they are created when missing and left in
+# place (NOLOGIN, holding nothing but each other), so concurrent runs share them harmlessly.
+TARGET_ROLES = (
+    *("analyst", "auditor", "reader", "writer", "viewer", "incident-responder", "db-admin"),
+    *("bob", "erin", "frank", "gina"),
+)
+
+
+def ensure_target_roles(database_url: str) -> None:
+    """Create the ``TARGET_ROLES`` that are missing on the cluster behind ``database_url``."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        for role in TARGET_ROLES:
+            admin.execute(
+                sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$").format(
+                    sql.Identifier(role)
+                )
+            )
+
+
 class PrivateServers:
     """Kafka, OPA and PostgreSQL of this run alone, started with deploy/*.sh.
 
@@ -277,6 +300,7 @@ class PrivateServers:
 
     def up(self) -> None:
         self.script("stack", "up")
+        ensure_target_roles(self.database_url)  # the bench and the drills grant these (iam.role.grant)
 
     def start(self, server: str) -> None:
         self.script(server, "start")

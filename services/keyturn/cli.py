@@ -83,16 +83,47 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
         )
     )
     if service == "intake":
-        import uvicorn
-
-        uvicorn.run(
-            module.create_app(settings),
-            host=settings.intake_host,
-            port=settings.intake_port,
-            log_level=settings.log_level.lower(),
-        )
+        _serve_intake(module, settings)
         return
     _run_worker(module.create_app(settings), settings.log_level, service)
+
+
+def _serve_intake(module: Any, settings: Settings) -> None:
+    """The intake's HTTP server: one process, ``intake_workers`` processes sharing its socket
+    (uvicorn's supervisor), and with ``intake_reuse_port`` a socket bound with SO_REUSEPORT, so
+    intake processes started separately (several ``keyturn serve intake``) share one port, the
+    kernel spreading connections among them. Any number of intake processes is correct: the
+    idempotency key is a unique constraint in the shared database, the outbox sweep republishes
+    under the same event ids, and the consumers are groups.
+    """
+    import socket
+
+    import uvicorn
+
+    level = settings.log_level.lower()
+    if settings.intake_workers > 1:  # each worker builds its app from the same environment
+        uvicorn.run(
+            "keyturn.intake.app:create_app",
+            factory=True,
+            host=settings.intake_host,
+            port=settings.intake_port,
+            workers=settings.intake_workers,
+            log_level=level,
+        )
+        return
+    config = uvicorn.Config(
+        module.create_app(settings), host=settings.intake_host, port=settings.intake_port, log_level=level
+    )
+    if not settings.intake_reuse_port:
+        uvicorn.Server(config).run()
+        return
+    family = socket.AF_INET6 if ":" in settings.intake_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.intake_host, settings.intake_port))
+    sock.set_inheritable(True)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def _run_worker(stream_app: Any, log_level: str, service: str) -> None:

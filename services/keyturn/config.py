@@ -38,6 +38,9 @@ class Settings:
     approval_url: str = "http://127.0.0.1:8090"
     max_body_bytes: int = 1024 * 1024  # larger HTTP bodies are answered 413 before they are read (intake and approval)
     max_header_bytes: int = 16 * 1024  # all request headers together; more is answered 431
+    intake_workers: int = 1  # intake processes serving one socket (uvicorn workers)
+    intake_reuse_port: int = 0  # 1: bind with SO_REUSEPORT, so separately started intakes share the port
+    intake_batch_max_items: int = 500  # items one POST /v1/actions:batch may carry; more is answered 422
     jwt_issuer: str = "keyturn-dev"
     jwt_audience: str = "keyturn"
     jwks_url: str = ""  # production: the identity provider's JWKS; empty = local dev key

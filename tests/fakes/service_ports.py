@@ -27,7 +27,7 @@ from keyturn.bus.topics import Topics
 from keyturn.core.events import ImpactPreview
 from keyturn.core.lifecycle import ActionState
 from keyturn.executor.ledger import LedgerEntry
-from keyturn.intake.store import LifecycleChange, StatusRow, StoredAction, StoreUnavailable
+from keyturn.intake.store import LifecycleChange, NewAction, StatusRow, StoredAction, StoreUnavailable
 from keyturn.policy.opa import OpaAnswer, PolicyUnavailable
 
 
@@ -79,6 +79,14 @@ class FakeActionStore:
             False,
         )
         return self.rows[action_id], True
+
+    async def insert_many(self, rows: Sequence[NewAction]) -> list[tuple[StoredAction, bool]]:
+        """One statement for the batch, as the real store: all inserted, or (down at the first row) none."""
+        return [await self.insert_requested(**dataclasses.asdict(row)) for row in rows]
+
+    async def get_many(self, action_ids: Sequence[str]) -> dict[str, StoredAction]:
+        self._answer()
+        return {a: self.rows[a] for a in action_ids if a in self.rows}
 
     async def mark_published(self, action_id: str) -> None:
         self.rows[action_id] = dataclasses.replace(self.rows[action_id], published=True)

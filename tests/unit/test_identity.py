@@ -574,3 +574,72 @@ def test_settings_with_a_jwks_url_use_it(tmp_path, key, jwks_server):
 def test_settings_with_both_url_and_file_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         verifier_from_settings("https://idp.example/jwks", str(tmp_path / "j.json"), Path(tmp_path), ISSUER, AUDIENCE)
+
+
+# --- the cache of verified tokens ---------------------------------------------------------
+
+
+def counting(verifier: TokenVerifier) -> list[str]:
+    """Record each full verification (signature, claims) the verifier performs."""
+    calls: list[str] = []
+    full = verifier._verify
+
+    def spy(token: str):
+        calls.append("full")
+        return full(token)
+
+    verifier._verify = spy  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_verified_token_is_answered_from_the_cache_until_it_expires(key):
+    now = [datetime.now(UTC).timestamp()]
+    verifier = TokenVerifier(key.jwks(), issuer=ISSUER, audience=AUDIENCE, clock=lambda: now[0])
+    token = issue_token(key, subject="agent:reporter", ttl=timedelta(minutes=10))
+    full = counting(verifier)
+
+    assert verifier.verify(token).id == verifier.verify(token).id == "agent:reporter"
+    assert full == ["full"]
+    now[0] += 601  # past its exp: verified in full again, never from the cache
+    verifier.verify(token)
+    assert full == ["full", "full"]
+
+
+def test_an_expired_token_is_refused_even_after_it_was_cached(key):
+    verifier = TokenVerifier(key.jwks(), issuer=ISSUER, audience=AUDIENCE, leeway_s=0)
+    token = issue_token(key, subject="agent:reporter", ttl=timedelta(seconds=1))
+    assert verifier.verify(token).id == "agent:reporter"
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    while datetime.now(UTC).timestamp() < expires:
+        threading.Event().wait(0.05)
+    assert refusal(verifier, token).code == "expired"
+
+
+def test_a_key_rotated_out_of_the_jwks_file_ends_its_cached_tokens(tmp_path):
+    old, new = SigningKey.generate(), SigningKey.generate()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(old.jwks()))
+    verifier = TokenVerifier(path, issuer=ISSUER, audience=AUDIENCE)
+    token = issue_token(old, subject="agent:reporter")
+    assert verifier.verify(token).id == "agent:reporter"
+
+    path.write_text(json.dumps({"keys": new.jwks()["keys"] + [{"kty": "oct", "k": "padding-changes-size"}]}))
+
+    assert refusal(verifier, token).code == "unknown_kid"
+    assert verifier.verify(issue_token(new, subject="agent:reporter")).id == "agent:reporter"
+
+
+def test_the_cache_is_bounded_and_never_holds_the_token(key):
+    verifier = TokenVerifier(key.jwks(), issuer=ISSUER, audience=AUDIENCE, cache_size=2)
+    tokens = [issue_token(key, subject=f"agent:reporter-{n}") for n in range(3)]
+    for token in tokens:
+        verifier.verify(token)
+
+    cached = verifier._verified
+    assert len(cached) == 2
+    for token in tokens:
+        assert all(token.encode() not in digest for digest in cached)
+        assert all(token not in repr(entry) for entry in cached.values())
+        for part in token.split("."):
+            assert all(part not in repr(entry) for entry in cached.values())
+    assert set(cached) == {hashlib.sha256(t.encode()).digest() for t in tokens[1:]}

@@ -248,3 +248,22 @@ async def test_token_keys_that_cannot_be_fetched_hold_a_topic_submission_not_ref
     assert len(published(send)) == 1 and not outage
     assert send.events("unit.dlq") == []
     assert source.committed == [batch]
+
+
+async def test_a_batch_of_topic_submissions_is_stored_with_one_statement(monkeypatch) -> None:
+    intake, store, send = intake_with()
+    statements = []
+    insert_many = store.insert_many
+
+    async def counted(rows):
+        statements.append(len(rows))
+        return await insert_many(rows)
+
+    monkeypatch.setattr(store, "insert_many", counted)
+    batch = [on_topic(n, submission(idempotency_key=f"key-{n}")) for n in range(5)]
+    batch.append(on_topic(5, submission(idempotency_key="key-0")))  # a redelivered one: the same action
+    await run(ListSource([batch]), submissions_stage(intake, intake.publisher, Verifier()))
+    assert statements == [6]
+    assert len(store.rows) == 5 and len(published(send)) == 5
+    assert all(store.rows[a].published for a in store.rows)
+    assert send.events("unit.dlq") == []

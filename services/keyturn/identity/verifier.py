@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Collection, Mapping
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,15 @@ class _VerificationKey:
     algorithms: frozenset[str]
 
 
+@dataclass(frozen=True)
+class _Verified:
+    """A token verified earlier: whom it proves, until when, and with which key."""
+
+    principal: Principal
+    expires_at: float
+    key: _VerificationKey
+
+
 class TokenVerifier:
     """Verifies Bearer JWTs against a JWKS and pins issuer, audience and algorithms.
 
@@ -62,6 +75,8 @@ class TokenVerifier:
         audience: str,
         algorithms: Collection[str] = ("RS256", "ES256"),
         leeway_s: float = 30,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         refused = set(algorithms) - ASYMMETRIC_ALGORITHMS
         if refused or not algorithms:
@@ -74,6 +89,14 @@ class TokenVerifier:
         self.audience = audience
         self.algorithms = frozenset(algorithms)
         self.leeway_s = leeway_s
+        # Verified tokens, keyed by the SHA-256 of the token (never the token itself), until their
+        # ``exp``; least recently used first out. A hit is honoured only while the key that
+        # verified it is still in the current key set, so a rotation or revocation the JWKS
+        # source reports ends cached tokens as it ends fresh ones.
+        self.cache_size = cache_size
+        self._clock = clock
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self._source = _as_source(jwks_source)
         self._parsed: tuple[Mapping[str, Any] | None, tuple[_VerificationKey, ...]] = (None, ())
         if not isinstance(self._source, JwksUrl):
@@ -83,11 +106,45 @@ class TokenVerifier:
                 raise ValueError(exc.message) from exc
 
     def verify(self, token: str) -> Principal:
-        """The principal the token proves, or ``InvalidToken`` saying why it was refused."""
+        """The principal the token proves, or ``InvalidToken`` saying why it was refused.
+
+        A token verified before is answered from the cache until its ``exp``, while the key
+        that verified it is still published; anything else is verified in full.
+        """
         if not isinstance(token, str) or not token:
             raise InvalidToken("missing", "no bearer token was given")
         if len(token) > MAX_TOKEN_CHARS:
             raise InvalidToken("malformed", f"the token is longer than {MAX_TOKEN_CHARS} characters")
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cached(digest)
+        if cached is not None:
+            return cached
+        principal, expires_at, key = self._verify(token)
+        if self.cache_size > 0:
+            with self._cache_lock:
+                self._verified[digest] = _Verified(principal, expires_at, key)
+                self._verified.move_to_end(digest)
+                while len(self._verified) > self.cache_size:
+                    self._verified.popitem(last=False)
+        return principal
+
+    def _cached(self, digest: bytes) -> Principal | None:
+        with self._cache_lock:
+            hit = self._verified.get(digest)
+            if hit is None:
+                return None
+            if self._clock() >= hit.expires_at:
+                del self._verified[digest]
+                return None
+            self._verified.move_to_end(digest)
+        current = self._keys(refresh=False)  # the source's own schedule: a file's change, a URL's TTL
+        if not any(key is hit.key for key in current):
+            with self._cache_lock:
+                self._verified.pop(digest, None)
+            return None
+        return hit.principal
+
+    def _verify(self, token: str) -> tuple[Principal, float, _VerificationKey]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -114,7 +171,7 @@ class TokenVerifier:
             chain = delegation_chain(claims.get(ACT_CLAIM))
         except ValueError as exc:
             raise InvalidToken("invalid_claim", f"{exc}; fix the issuer's token template") from exc
-        return Principal(id=subject, kind=kind, chain=chain)
+        return Principal(id=subject, kind=kind, chain=chain), float(claims["exp"]), key
 
     def _decode(self, token: str, key: _VerificationKey, algorithm: str) -> dict[str, Any]:
         try:

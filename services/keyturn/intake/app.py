@@ -1,7 +1,7 @@
 """Intake service: agents submit actions over HTTP or the submissions topic; requesters follow them.
 
-routes    POST /v1/actions · GET /v1/actions/{id} · GET /v1/actions/{id}/wait · GET /.well-known/jwks.json
-          · GET /v1/exports/{id} (a db.export's file, once, to its requester)
+routes    POST /v1/actions · POST /v1/actions:batch · GET /v1/actions/{id} · GET /v1/actions/{id}/wait
+          · GET /.well-known/jwks.json · GET /v1/exports/{id} (a db.export's file, once, to its requester)
           · GET /.well-known/keyturn-receipt-keys.json (the key approval receipts are signed with)
 consumes  <ns>.submissions (ActionSubmitted + JWT header) · lifecycle topics (status of each action)
 produces  <ns>.actions.requested · <ns>.dlq
@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -35,7 +36,14 @@ from keyturn.exports import export_file_name
 from keyturn.identity import InvalidToken, bearer_token
 from keyturn.intake.consumers import REJECTED
 from keyturn.intake.store import StoreUnavailable
-from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, InvalidParameters, NoExecutor
+from keyturn.intake.submissions import (
+    ActionSubmission,
+    IdempotencyConflict,
+    InvalidParameters,
+    InvalidSubmission,
+    NoExecutor,
+    Submitted,
+)
 from keyturn.intake.wiring import IntakeWiring, bootstrap, start_background
 
 log = logging.getLogger(__name__)
@@ -49,8 +57,32 @@ class Problem(BaseModel):
     problems: list[str]
 
 
+class ItemResult(BaseModel):
+    """What became of one item of a batch."""
+
+    index: int = Field(description="The item's position in the request, from 0")
+    status: int = Field(
+        description="What a single POST /v1/actions would have answered: 202 accepted, 200 the existing action "
+        "(idempotency key seen before), 409 idempotency key reused for a different request, 422 invalid item"
+    )
+    outcome: Literal["accepted", "duplicate", "refused"]
+    action_id: str | None = None
+    state: str | None = None
+    problem: Problem | None = None
+
+
+class BatchResult(BaseModel):
+    """One result per item, in the order of the request."""
+
+    accepted: int
+    duplicates: int
+    refused: int
+    results: list[ItemResult]
+
+
 RETRY_AFTER_S = 2
 EXPORT_TYPES = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
+EXCERPTS_PER_BATCH = 10  # refused items of one batch recorded with a masked excerpt; the rest by digest and length
 UNAVAILABLE = {
     "model": Problem,
     "description": "The intake's database is not answering; nothing to fix in the request, try again after "
@@ -213,10 +245,115 @@ def create_app(
             REJECTED.labels("http", "idempotency_conflict").inc()
             raise HTTPException(409, detail=str(exc)) from exc
         except InvalidParameters as exc:
-            return await refuse(request, 422, "invalid_parameters", exc.problems)
+            return await refuse(request, 422, InvalidParameters.error_type, exc.problems)
         if not created:
             response.status_code = 200
         return {"action_id": stored.action_id, "state": stored.state.value}
+
+    batch_model: Any = create_model(
+        "ActionBatch",
+        __config__=ConfigDict(extra="forbid"),
+        items=(
+            list[dict[str, Any]],
+            Field(
+                ...,
+                min_length=1,
+                max_length=settings.intake_batch_max_items,
+                description="Each item is the body of a POST /v1/actions (see ActionSubmission), validated on its "
+                "own: an invalid item is refused alone, the others are accepted",
+            ),
+        ),
+    )
+
+    async def submit_actions(batch: Any, authorization: str | None = Header(None)) -> BatchResult:
+        """Submit up to the allowed number of actions at once (one token check, one database statement,
+        one produce batch); one result per item, in order. Retrying the whole batch with the same
+        idempotency keys never creates a second action."""
+        principal = authenticate(authorization)
+        items: list[dict[str, Any]] = batch.items
+        results: list[ItemResult | None] = [None] * len(items)
+        valid: list[tuple[int, ActionSubmission]] = []
+        refusals: list[Awaitable[None]] = []
+        for index, item in enumerate(items):
+            try:
+                valid.append((index, ActionSubmission.model_validate(item)))
+            except ValidationError as exc:
+                problems = [
+                    masked_line(f"items.{index}.{p}") for p in validation_problems(exc.errors(include_input=False))
+                ][:MAX_PROBLEMS]
+                REJECTED.labels("http", "invalid_item").inc()
+                # a masked excerpt costs masking time on the event loop: the first few refused items get one
+                excerpt = len(refusals) < EXCERPTS_PER_BATCH
+                refusals.append(refused_item(principal.id, index, item, problems, excerpt=excerpt))
+                problem = Problem(error="invalid_request", detail="; ".join(problems), problems=problems)
+                results[index] = ItemResult(index=index, status=422, outcome="refused", problem=problem)
+        submitted = await wired.parts.intake.submit_many(
+            [(principal, submission) for _, submission in valid], SubmissionChannel.HTTP
+        )
+        for (index, _), outcome in zip(valid, submitted, strict=True):
+            if isinstance(outcome, InvalidSubmission):  # the catalog refuses it: recorded under the caller
+                excerpt = len(refusals) < EXCERPTS_PER_BATCH
+                problems = [masked_line(f"items.{index}.{p}") for p in outcome.problems][:MAX_PROBLEMS]
+                refusals.append(refused_item(principal.id, index, items[index], problems, excerpt=excerpt))
+            results[index] = item_result(index, outcome)
+        await asyncio.gather(*refusals)
+        answered = [r for r in results if r is not None]
+        return BatchResult(
+            accepted=sum(r.outcome == "accepted" for r in answered),
+            duplicates=sum(r.outcome == "duplicate" for r in answered),
+            refused=sum(r.outcome == "refused" for r in answered),
+            results=answered,
+        )
+
+    submit_actions.__annotations__["batch"] = batch_model  # built from settings, so not a name the module can resolve
+    app.post(
+        "/v1/actions:batch",
+        response_model=BatchResult,
+        responses={
+            400: {"model": Problem, "description": "Body is not parseable JSON"},
+            401: {"description": "Missing or invalid token"},
+            413: {"model": Problem, "description": "Body too large"},
+            422: {"model": Problem, "description": "Not an object with 1 to the allowed number of items"},
+            503: UNAVAILABLE,
+        },
+    )(submit_actions)
+
+    def item_result(index: int, outcome: Submitted | IdempotencyConflict | InvalidSubmission) -> ItemResult:
+        if isinstance(outcome, InvalidSubmission):
+            error = getattr(outcome, "error_type", "invalid_request")
+            REJECTED.labels("http", error).inc()
+            problems = [masked_line(f"items.{index}.{p}") for p in outcome.problems][:MAX_PROBLEMS]
+            problem = Problem(error=error, detail="; ".join(problems), problems=problems)
+            return ItemResult(index=index, status=422, outcome="refused", problem=problem)
+        if isinstance(outcome, IdempotencyConflict):
+            REJECTED.labels("http", "idempotency_conflict").inc()
+            detail = masked_line(str(outcome))
+            problem = Problem(error="idempotency_conflict", detail=detail, problems=[f"items.{index}.idempotency_key"])
+            return ItemResult(index=index, status=409, outcome="refused", problem=problem)
+        stored, created = outcome
+        return ItemResult(
+            index=index,
+            status=202 if created else 200,
+            outcome="accepted" if created else "duplicate",
+            action_id=stored.action_id,
+            state=stored.state.value,
+        )
+
+    async def refused_item(
+        principal: str, index: int, item: dict[str, Any], problems: list[str], *, excerpt: bool
+    ) -> None:
+        """Record one refused item under the caller's identity: its digest and length, a masked excerpt."""
+        payload = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+        await record_refusal(
+            source_topic="http:POST /v1/actions:batch",
+            payload=payload,
+            error=UndecodableMessage(
+                "invalid_body", f"item {index} of a batch refused ({len(payload)} bytes) from {principal}"
+            ),
+            principal=principal,
+            problems=tuple(problems),
+            excerpt=excerpt,
+        )
 
     async def visible_action(action_id: str, principal: Principal) -> Any:
         stored = await wired.parts.store.get(action_id)

@@ -18,7 +18,7 @@ from aiokafka.admin import RecordsToDelete
 from prometheus_client import Counter
 
 from keyturn.bus.codec import UndecodableMessage, registry
-from keyturn.bus.loop import KafkaSource, Message, Refused, Stage, run
+from keyturn.bus.loop import KafkaSource, Message, Refused, Stage, dead_letter, run
 from keyturn.bus.publisher import Publisher
 from keyturn.core.events import SubmissionChannel
 from keyturn.core.principal import Principal
@@ -44,7 +44,8 @@ class Verifier(Protocol):
 
 
 def submissions_stage(intake: Intake, publisher: Publisher, verifier: Verifier) -> Stage:
-    """The intake's stage for ``<ns>.submissions``: verify, decode, validate, submit.
+    """The intake's stage for ``<ns>.submissions``: verify, decode, validate each record; submit
+    the batch together.
 
     Every refusal is dead-lettered, whatever its cause; the dead letter holds no byte of the
     message and names the sender only when its token was verified. A database outage is
@@ -69,16 +70,30 @@ def submissions_stage(intake: Intake, publisher: Publisher, verifier: Verifier) 
                 raise
             raise _refused(exc, principal) from exc
 
-    async def handle(decoded: tuple[Principal, ActionSubmission], _message: Any) -> None:
-        principal, submission = decoded
+    async def handle_batch(batch: list[tuple[tuple[Principal, ActionSubmission], Any]]) -> None:
+        """The batch's valid submissions in one INSERT and one produce batch (``Intake.submit_many``);
+        a conflicting one is dead-lettered on its own. Should the batch fail for a reason that is
+        not an outage, each submission is tried alone, so only the one at fault is refused."""
         try:
-            await intake.submit(principal, submission, SubmissionChannel.TOPIC)
+            outcomes: list[Any] = await intake.submit_many([decoded for decoded, _ in batch], SubmissionChannel.TOPIC)
         except Exception as exc:
             if is_transient(exc):
                 raise
-            raise _refused(exc, principal) from exc
+            log.warning("a batch of %d submissions failed (%s); taking them one by one", len(batch), type(exc).__name__)
+            outcomes = [await _alone(decoded) for decoded, _ in batch]
+        for ((principal, _), message), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                await dead_letter(publisher, message, _refused(outcome, principal))
 
-    return Stage(publisher, handle=handle, decode=decode)
+    async def _alone(decoded: tuple[Principal, ActionSubmission]) -> Any:
+        try:
+            return await intake.submit(*decoded, SubmissionChannel.TOPIC)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            return exc
+
+    return Stage(publisher, handle_batch=handle_batch, decode=decode)
 
 
 def _refused(exc: Exception, principal: Principal | None) -> Refused:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -45,6 +45,21 @@ CREATE TABLE IF NOT EXISTS {schema}.intake_actions (
 );
 CREATE INDEX IF NOT EXISTS intake_actions_unpublished ON {schema}.intake_actions (created_at) WHERE NOT published;
 """
+
+
+@dataclass(frozen=True)
+class NewAction:
+    """An accepted request as the intake inserts it."""
+
+    action_id: str
+    requester: str
+    principals: list[str]
+    idempotency_key: str | None
+    payload_digest: str
+    action: str
+    resource: str
+    requested_event: bytes
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -182,51 +197,83 @@ class ActionStore:
 
         await self._retrying(select, patience_s)
 
-    async def insert_requested(
-        self,
-        *,
-        action_id: str,
-        requester: str,
-        principals: list[str],
-        idempotency_key: str | None,
-        payload_digest: str,
-        action: str,
-        resource: str,
-        requested_event: bytes,
-        at: datetime,
-    ) -> tuple[StoredAction, bool]:
+    async def insert_requested(self, **row: Any) -> tuple[StoredAction, bool]:
         """(the stored action, True) when new; (the existing one, False) when the key was used."""
-        history = [{"state": ActionState.REQUESTED.value, "at": at.isoformat(), "event": "ActionRequested"}]
+        [result] = await self.insert_many([NewAction(**row)])
+        return result
 
-        async def insert(timeout: float) -> dict[str, Any] | None:
+    async def insert_many(self, rows: Sequence[NewAction]) -> list[tuple[StoredAction, bool]]:
+        """Insert a batch of accepted requests in one statement; for each row, in order, (the
+        stored action, True) when new or (the one already stored under its id, False).
+
+        ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING RETURNING``: the first row of an
+        action id wins, whether it was inserted earlier, by another replica at the same moment, or
+        earlier in this very batch. Ids that conflicted are read back with a second statement
+        (a fresh snapshot: a row another transaction committed while this one waited for its
+        lock is visible to it, not to the INSERT's own snapshot).
+        """
+        if not rows:
+            return []
+        columns: list[list[Any]] = [[] for _ in range(9)]
+        for row in rows:
+            history = [{"state": ActionState.REQUESTED.value, "at": row.at.isoformat(), "event": "ActionRequested"}]
+            values = (
+                row.action_id,
+                row.requester,
+                json.dumps(row.principals),
+                row.idempotency_key,
+                row.payload_digest,
+                row.action,
+                row.resource,
+                json.dumps(history),
+                row.requested_event,
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+
+        async def insert(timeout: float) -> dict[str, StoredAction]:
             async with self.pool.connection(timeout) as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
                     f"""INSERT INTO intake_actions (action_id, requester, principals, idempotency_key, payload_digest,
                             action, resource, state, history, requested_event)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                        SELECT u.action_id, u.requester, ARRAY(SELECT jsonb_array_elements_text(u.principals)),
+                            u.idempotency_key, u.payload_digest, u.action, u.resource, %s, u.history, u.requested_event
+                        FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::text[], %s::text[], %s::text[],
+                            %s::text[], %s::jsonb[], %s::bytea[])
+                            AS u(action_id, requester, principals, idempotency_key, payload_digest, action, resource,
+                                 history, requested_event)
                         ON CONFLICT DO NOTHING RETURNING {_COLUMNS}""",
-                    (
-                        action_id,
-                        requester,
-                        principals,
-                        idempotency_key,
-                        payload_digest,
-                        action,
-                        resource,
-                        ActionState.REQUESTED.value,
-                        json.dumps(history),
-                        requested_event,
-                    ),
+                    (ActionState.REQUESTED.value, *columns),
                 )
-                return await cur.fetchone()
+                return {r["action_id"]: _row(r) for r in await cur.fetchall()}
 
-        row = await self._retrying(insert)
-        if row is not None:
-            return _row(row), True
-        existing = await self.get(action_id)
-        if existing is None:
-            raise RuntimeError(f"action {action_id} conflicted on insert but cannot be read")
-        return existing, False
+        inserted = await self._retrying(insert)
+        existing = await self.get_many([r.action_id for r in rows if r.action_id not in inserted])
+        results: list[tuple[StoredAction, bool]] = []
+        first_seen: set[str] = set()
+        for row in rows:
+            if row.action_id in inserted:
+                results.append((inserted[row.action_id], row.action_id not in first_seen))
+            elif row.action_id in existing:
+                results.append((existing[row.action_id], False))
+            else:
+                raise RuntimeError(f"action {row.action_id} conflicted on insert but cannot be read")
+            first_seen.add(row.action_id)
+        return results
+
+    async def get_many(self, action_ids: Sequence[str]) -> dict[str, StoredAction]:
+        """The stored actions among ``action_ids`` (one statement)."""
+        if not action_ids:
+            return {}
+
+        async def select(timeout: float) -> dict[str, StoredAction]:
+            async with self.pool.connection(timeout) as conn, conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    f"SELECT {_COLUMNS} FROM intake_actions WHERE action_id = ANY(%s)", (sorted(set(action_ids)),)
+                )
+                return {r["action_id"]: _row(r) for r in await cur.fetchall()}
+
+        return await self._retrying(select)
 
     async def mark_published(self, action_id: str) -> None:
         """Note that the action's event reached Kafka; written with others in one statement.

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ from keyturn.core.events import ActionRequested, SubmissionChannel, payload_dige
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.core.principal import Principal
 from keyturn.faults import is_transient
-from keyturn.intake.store import StoredAction
+from keyturn.intake.store import NewAction, StoredAction
 from keyturn.masking.protect import mask_text
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,8 @@ class NoExecutor(InvalidSubmission):
 class InvalidParameters(InvalidSubmission):
     """Parameters that do not match their action's schema in the catalog (``core.parameters``)."""
 
+    error_type = "invalid_parameters"
+
 
 def action_id_for(principal: Principal, idempotency_key: str | None) -> str:
     """A fresh id, or one derived from (principal, key) so retries map to the same action."""
@@ -140,21 +142,13 @@ def action_id_for(principal: Principal, idempotency_key: str | None) -> str:
 class IntakeStore(Protocol):
     """The store ``Intake`` writes to: one row per action id, the first insert wins."""
 
-    async def insert_requested(
-        self,
-        *,
-        action_id: str,
-        requester: str,
-        principals: list[str],
-        idempotency_key: str | None,
-        payload_digest: str,
-        action: str,
-        resource: str,
-        requested_event: bytes,
-        at: datetime,
-    ) -> tuple[StoredAction, bool]: ...
+    async def insert_many(self, rows: Sequence[NewAction]) -> list[tuple[StoredAction, bool]]: ...
 
     async def mark_published(self, action_id: str) -> None: ...
+
+
+Submitted = tuple[StoredAction, bool]
+"""(the stored action, created?) for one submission."""
 
 
 class Intake:
@@ -185,60 +179,116 @@ class Intake:
     ) -> tuple[StoredAction, bool]:
         """(stored action, created?) — raises ``IdempotencyConflict`` on a reused key, ``NoExecutor`` for an
         action the catalog refuses, ``InvalidParameters`` when the parameters do not match their action's schema."""
+        [result] = await self.submit_many([(principal, submission)], channel)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def refusal(self, submission: ActionSubmission) -> InvalidSubmission | None:
+        """Why the catalog refuses this submission before anything is stored, or None."""
         why = await self.refusal_for(submission.action) if self.refusal_for is not None else None
         if why:
-            raise NoExecutor([f"action: {submission.action} is not carried out by Keyturn: {why}"])
+            return NoExecutor([f"action: {submission.action} is not carried out by Keyturn: {why}"])
         if self.catalog is not None:
             problems = self.catalog.problems(submission.action, submission.parameters)
             if problems:
-                raise InvalidParameters(problems)
+                return InvalidParameters(problems)
+        return None
+
+    async def submit_many(
+        self, submissions: Sequence[tuple[Principal, ActionSubmission]], channel: SubmissionChannel
+    ) -> list[Submitted | IdempotencyConflict | InvalidSubmission]:
+        """Accept a batch: one INSERT for all, one produce batch awaited together.
+
+        For each submission, in order: (stored action, created?), the ``IdempotencyConflict`` of a
+        key reused for a different request, or the ``InvalidSubmission`` (``NoExecutor``,
+        ``InvalidParameters``) the catalog refuses it with (nothing of it stored). A key used twice
+        in one batch for the same request gives one action (the second is answered as a repeat).
+        """
+        refused = [await self.refusal(submission) for _, submission in submissions]
+        accepted = [pair for pair, why in zip(submissions, refused, strict=True) if why is None]
+        stored = iter(await self._store_many(accepted, channel))
+        return [why if why is not None else next(stored) for why in refused]
+
+    async def _store_many(
+        self, submissions: Sequence[tuple[Principal, ActionSubmission]], channel: SubmissionChannel
+    ) -> list[Submitted | IdempotencyConflict]:
+        if not submissions:
+            return []
         now = datetime.now(UTC)
-        action_id = action_id_for(principal, submission.idempotency_key)
-        digest = payload_digest(submission.action, submission.resource, submission.parameters)
-        masked_json, sealed = self.protect(submission.parameters, action_id=action_id, payload_digest=digest)
-        event = ActionRequested(
-            event_id=f"requested:{action_id}",
-            action_id=action_id,
-            idempotency_key=submission.idempotency_key,
-            action=submission.action,
-            resource=submission.resource,
-            parameters_json=masked_json,
-            sealed_parameters=sealed,
-            reason=mask_text(submission.reason),  # shown to approvers; masked like the parameters
-            requester=principal,
-            payload_digest=digest,
-            requested_at=now,
-            channel=channel,
-            callback_url=submission.callback_url,
-        )
-        stored, created = await self.store.insert_requested(
-            action_id=action_id,
-            requester=principal.id,
-            principals=sorted(principal.everyone),
-            idempotency_key=submission.idempotency_key,
-            payload_digest=str(digest),
-            action=submission.action,
-            resource=submission.resource,
-            requested_event=self.publisher.encode(event),
-            at=now,
-        )
-        if not created and stored.payload_digest != str(digest):
-            raise IdempotencyConflict(
-                f"that idempotency key was already used by {principal.id} for a different "
-                f"request (action {stored.action_id}); use a new key for a new request"
+        rows: list[NewAction] = []
+        digests: list[str] = []
+        for principal, submission in submissions:
+            action_id = action_id_for(principal, submission.idempotency_key)
+            digest = payload_digest(submission.action, submission.resource, submission.parameters)
+            masked_json, sealed = self.protect(submission.parameters, action_id=action_id, payload_digest=digest)
+            event = ActionRequested(
+                event_id=f"requested:{action_id}",
+                action_id=action_id,
+                idempotency_key=submission.idempotency_key,
+                action=submission.action,
+                resource=submission.resource,
+                parameters_json=masked_json,
+                sealed_parameters=sealed,
+                reason=mask_text(submission.reason),  # shown to approvers; masked like the parameters
+                requester=principal,
+                payload_digest=digest,
+                requested_at=now,
+                channel=channel,
+                callback_url=submission.callback_url,
             )
-        if not stored.published:
-            try:
-                await asyncio.wait_for(self.publish_stored(stored), self.publish_patience_s)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                # Stored is accepted: the outbox sweep publishes it once the broker answers (the
-                # same event id, so a send that did land meanwhile is a harmless redelivery).
-                log.warning(
-                    "accepted %s; its event waits for the broker (%s: %s)", stored.action_id, type(exc).__name__, exc
+            digests.append(str(digest))
+            rows.append(
+                NewAction(
+                    action_id=action_id,
+                    requester=principal.id,
+                    principals=sorted(principal.everyone),
+                    idempotency_key=submission.idempotency_key,
+                    payload_digest=str(digest),
+                    action=submission.action,
+                    resource=submission.resource,
+                    requested_event=self.publisher.encode(event),
+                    at=now,
                 )
-        return stored, created
+            )
+        stored_rows = await self.store.insert_many(rows)
+        results: list[Submitted | IdempotencyConflict] = []
+        to_publish: dict[str, StoredAction] = {}
+        for (principal, _), expected, (stored, created) in zip(submissions, digests, stored_rows, strict=True):
+            if not created and stored.payload_digest != expected:
+                results.append(
+                    IdempotencyConflict(
+                        f"that idempotency key was already used by {principal.id} for a different "
+                        f"request (action {stored.action_id}); use a new key for a new request"
+                    )
+                )
+                continue
+            results.append((stored, created))
+            if not stored.published:
+                to_publish[stored.action_id] = stored
+        if to_publish:
+            await self._publish_all(list(to_publish.values()))
+        return results
+
+    async def _publish_all(self, stored: list[StoredAction]) -> None:
+        """Send every event at once and wait for the acks together, within the patience.
+
+        The actions are stored (the outbox), so an accepted answer holds even when the broker
+        does not answer in time: the sweep publishes them later under the same event ids.
+        """
+        sends = [asyncio.ensure_future(self.publish_stored(s)) for s in stored]
+        done, pending = await asyncio.wait(sends, timeout=self.publish_patience_s)
+        for task in pending:
+            task.cancel()
+        failures = [t.exception() for t in done if t.exception() is not None]
+        for exc in failures:
+            if exc is not None and not is_transient(exc):
+                raise exc
+        if pending or failures:
+            reason = type(failures[0]).__name__ if failures else "no acknowledgement in time"
+            log.warning(
+                "accepted %d action(s); their events wait for the broker (%s)", len(pending) + len(failures), reason
+            )
 
     async def publish_stored(self, stored: StoredAction) -> None:
         """Publish an accepted request's event (again, if a crash left it unpublished)."""
