@@ -58,7 +58,7 @@ def grant_role(principal: str, role: str) -> str:
 SCRIPT = [
     ("read_table", {"table": "orders", "reason": "count last week's orders for Bob's onboarding pack"}),
     ("delete_secret", {"name": "payments/api-key", "reason": "the old payments key looks unused"}),
-    ("grant_role", {"principal": "human:bob", "role": "analyst", "reason": "Bob joins the analytics team"}),
+    ("grant_role", {"principal": "bob", "role": "analyst", "reason": "Bob joins the analytics team"}),
 ]
 
 

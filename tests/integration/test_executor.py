@@ -437,7 +437,7 @@ def test_an_approved_role_grant_is_in_pg_auth_members_and_a_revoke_removes_it(
 
 
 def test_an_approved_permission_change_is_in_role_table_grants(agent: Agent, settings, shop: SqlTarget) -> None:
-    parameters = {"principal": "carl", "table": "sessions", "privileges": ["select", "UPDATE"], "change": "grant"}
+    parameters = {"principal": "carl", "table": "sessions", "privileges": ["SELECT", "UPDATE"], "change": "grant"}
     view = approved(
         settings, agent, "iam.permission.change", "iam://staging/tables/sessions", parameters, "human:carol"
     )

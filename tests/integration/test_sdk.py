@@ -43,9 +43,7 @@ def approve_with_the_cli(settings, kt: Keyturn, action_id: str, found: dict[str,
 
 def test_run_blocks_while_a_person_approves_with_the_cli_and_returns_the_outcome(settings, kt: Keyturn) -> None:
     found: dict[str, Any] = {}
-    submitted = kt.submit(
-        "iam.role.grant", ROLE, {"principal": "human:bob", "role": "analyst"}, reason="onboarding bob"
-    )
+    submitted = kt.submit("iam.role.grant", ROLE, {"principal": "bob", "role": "analyst"}, reason="onboarding bob")
     person = approve_with_the_cli(settings, kt, submitted.action_id, found)
     done = kt.wait(submitted.action_id, timeout=90).raise_for_outcome()
     person.join(5)
