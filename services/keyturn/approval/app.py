@@ -18,6 +18,7 @@ from keyturn.approval.console import mount_console
 from keyturn.approval.http import mount_routes
 from keyturn.approval.runtime import ApprovalRuntime
 from keyturn.approval.slack_interactions import mount_slack
+from keyturn.bus import headers
 from keyturn.bus.http import BoundedRequests, embedded_server
 from keyturn.bus.worker import consume, handle_each
 from keyturn.config import Settings
@@ -26,6 +27,17 @@ from keyturn.faults import until_done
 from keyturn.roots import stream_worker
 
 log = logging.getLogger(__name__)
+
+# What the desk has a part in (``ApprovalDesk.concerns``): approvals to open, break-glass
+# actions, and webhooks; other decisions and executions are skipped undecoded.
+DESK_EVENTS = headers.wanting(
+    {
+        "ActionDecided": headers.any_of(
+            headers.outcome_in("needs_approval"), headers.flag(headers.BREAK_GLASS), headers.flag(headers.CALLBACK)
+        ),
+        "ActionExecuted": headers.flag(headers.CALLBACK),
+    }
+)
 
 
 def create_app(settings: Settings):
@@ -53,7 +65,14 @@ def create_app(settings: Settings):
             elif done := await desk.take_decision(event, bytes(message.value)):
                 log.info("%s: %s (%s)", done, event.action_id, event.request.action)
 
-        await handle_each(stream, publisher, follow, accept=(ActionDecided, ActionExecuted), on_failure=desk.end_failed)
+        await handle_each(
+            stream,
+            publisher,
+            follow,
+            accept=(ActionDecided, ActionExecuted),
+            on_failure=desk.end_failed,
+            wants=DESK_EVENTS,
+        )
 
     @app.timer(interval=1.0)
     async def keep_time():

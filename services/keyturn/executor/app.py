@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Callable
 
+from keyturn.bus import headers
 from keyturn.bus.worker import consume, handle_each
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ApprovalResolved
@@ -28,6 +29,11 @@ from keyturn.masking.protect import keyring_for, parameter_opener
 from keyturn.roots import stream_worker
 
 log = logging.getLogger(__name__)
+
+# Only allowed decisions and approved resolutions are orders; the rest are skipped undecoded.
+CLEARED_ORDERS = headers.wanting(
+    {"ActionDecided": headers.outcome_in("allowed"), "ApprovalResolved": headers.outcome_in("approved")}
+)
 
 
 def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], None] | None = None) -> PluginRegistry:
@@ -84,7 +90,13 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
     async def execute_orders(stream):
         stage = ExecutorStage(await until_done(build_executor, "executor: opening the ledger"), publisher)
         await handle_each(
-            stream, publisher, stage.execute, accept=(ActionDecided, ApprovalResolved), on_failure=stage.on_failure
+            stream,
+            publisher,
+            stage.execute,
+            accept=(ActionDecided, ApprovalResolved),
+            on_failure=stage.on_failure,
+            handle_many=stage.execute_batch,
+            wants=CLEARED_ORDERS,
         )
 
     return app
