@@ -66,6 +66,7 @@ class InMemoryApprovalStore:
         self._in_transaction = False
         self.fail_next_drain = False
         self.checked = 0
+        self.clock_held = False
         self.seen: set[tuple[str, str]] = set()  # (source, interaction): committed at once, never rolled back
 
     # --- transactions -------------------------------------------------------------------------
@@ -90,6 +91,17 @@ class InMemoryApprovalStore:
     async def check(self) -> None:
         self.checked += 1
 
+    @asynccontextmanager
+    async def clock_lease(self) -> AsyncIterator[bool]:
+        """One holder at a time among the desks sharing this store; the others get False."""
+        held = not self.clock_held
+        self.clock_held = True
+        try:
+            yield held
+        finally:
+            if held:
+                self.clock_held = False
+
     # --- approvals ----------------------------------------------------------------------------
 
     async def open(
@@ -109,6 +121,14 @@ class InMemoryApprovalStore:
             action_id, decided_event, list(principals), list(groups), opened_at, expires_at
         )
         return True
+
+    async def open_many(self, conn: Any, approvals: list[Any]) -> set[str]:
+        opened = set()
+        for a in approvals:
+            if await self.open(conn, a.action_id, a.decided_event, a.principals, a.groups, a.opened_at, a.expires_at):
+                await self.set_next_sweep(conn, a.action_id, a.next_sweep_at)
+                opened.add(a.action_id)
+        return opened
 
     async def lock(self, conn: Any, action_id: str) -> ApprovalRow | None:
         tables = self._need_transaction(conn)

@@ -11,6 +11,7 @@ state     approvals, votes, and outboxes for events, chat notifications and webh
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -65,12 +66,23 @@ def create_app(settings: Settings):
             elif done := await desk.take_decision(event, bytes(message.value)):
                 log.info("%s: %s (%s)", done, event.action_id, event.request.action)
 
+        async def follow_many(batch: list[tuple[ActionDecided | ActionExecuted, Any]]) -> None:
+            # decisions first, together (an action's execution never comes before its decision is
+            # taken), then executions in arrival order
+            decided = [(e, bytes(m.value)) for e, m in batch if isinstance(e, ActionDecided)]
+            for action_id, done in (await desk.take_decisions(decided)).items():
+                log.info("%s: %s", done, action_id)
+            for event, _ in batch:
+                if isinstance(event, ActionExecuted):
+                    await desk.note_executed(event)
+
         await handle_each(
             stream,
             publisher,
             follow,
             accept=(ActionDecided, ActionExecuted),
             on_failure=desk.end_failed,
+            handle_many=follow_many,
             wants=DESK_EVENTS,
         )
 

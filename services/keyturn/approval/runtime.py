@@ -164,15 +164,15 @@ class ApprovalRuntime:
         return desk
 
     async def keep_time(self) -> None:
-        """Expire, remind and escalate what is due, and publish the events that follow.
+        """Expire, remind and escalate what is due (when this instance keeps the clock: one
+        approval instance per namespace at a time), and publish the events that follow.
 
         A database outage skips this tick (each step is one transaction, so nothing is half
         done) and the next tick picks up what is still due: an error raised from a faust timer
         would stop the whole service, and every pending approval would stay pending."""
         desk = self._wired().desk
         try:
-            await desk.expire_due()
-            await desk.remind_and_escalate()
+            await desk.keep_clock()
             await desk.flush()
         except DATABASE_UNAVAILABLE as exc:
             await self._skip_tick("expiry, reminders and escalations", exc)
