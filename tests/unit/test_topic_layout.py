@@ -20,3 +20,11 @@ def test_the_partition_count_is_a_setting() -> None:
     settings = Settings.from_env({"KEYTURN_PARTITIONS": "32"})
     specs = {spec.name: spec.num_partitions for spec in topic_specs(Topics("unit", settings.partitions))}
     assert specs["unit.actions.decided"] == 32
+
+
+def test_the_long_fault_drill_defaults_to_ten_thousand_actions_at_two_hundred_a_second() -> None:
+    from tests.chaos.scenario import long_drill
+
+    default = long_drill({})
+    assert (default.rate, default.min_actions) == (200, 10_000)
+    assert long_drill({"KEYTURN_CHAOS_RATE": "300", "KEYTURN_CHAOS_ACTIONS": "20000"}).min_actions == 20_000
