@@ -205,13 +205,20 @@ class InMemoryApprovalStore:
         tables.outbox.append((tables.next_id, topic, key, value))
         tables.next_id += 1
 
-    async def drain_outbox(self, publish: Publish, batch: int = 200) -> int:
+    async def drain_outbox(self, publish: Publish, batch: int = 200, *, publish_all: Any = None) -> int:
         if self.fail_next_drain:
             self.fail_next_drain = False
             raise psycopg.OperationalError("the database went away after the commit")
         sent = 0
         async with self._serial:  # one drainer at a time, as the advisory lock makes it
-            for row in list(self.tables.outbox[:batch]):
+            rows = list(self.tables.outbox[:batch])
+            if publish_all is not None:
+                if rows:
+                    await publish_all([(topic, key.encode(), value) for _, topic, key, value in rows])
+                    for row in rows:
+                        self.tables.outbox.remove(row)
+                return len(rows)
+            for row in rows:
                 _, topic, key, value = row
                 await publish(topic, key.encode(), value)
                 self.tables.outbox.remove(row)

@@ -403,3 +403,21 @@ async def test_a_batch_of_decisions_opens_its_approvals_in_one_unit_and_a_redeli
     assert sorted(key[0] for key in opened_messages) == sorted([first.action_id, second.action_id])
     assert await d.desk.take_decisions(batch) == {}  # redelivered: nothing opens twice
     assert [key for key in d.store.tables.notifications if key[3] == "opened"] == opened_messages
+
+
+async def test_the_outbox_goes_out_together_in_the_order_it_was_written_when_the_transport_can_batch() -> None:
+    d = Desk()
+    batches: list[list[tuple[str, bytes, bytes]]] = []
+
+    async def send_all(records):
+        batches.append(list(records))
+        for record in records:
+            await d.broker(*record)
+
+    d.desk.send_all = send_all
+    decided = await opened(d, min_approvals=1)
+    await vote(d, decided, CAROL)
+    assert len(batches) == 1  # the vote and the resolution it caused, in one send
+    kinds = [type(registry().decode_event(value)).__name__ for _, _, value in batches[0]]
+    assert kinds == ["VoteRecorded", "ApprovalResolved"]
+    assert d.store.tables.outbox == []

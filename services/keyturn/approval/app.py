@@ -43,7 +43,7 @@ DESK_EVENTS = headers.wanting(
 
 def create_app(settings: Settings):
     app, topics, publisher = stream_worker(settings, "approval")
-    runtime = ApprovalRuntime(settings, topics, publisher.send_raw)
+    runtime = ApprovalRuntime(settings, topics, publisher.send_raw, publisher.send_raw_all)
     http = FastAPI(title="Keyturn approvals", version="0.1.0", description="Answer pending actions.")
     http.add_middleware(
         BoundedRequests,

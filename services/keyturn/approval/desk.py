@@ -23,7 +23,7 @@ from typing import Any
 from keyturn.approval import channels as kinds
 from keyturn.approval.callbacks import callback_body
 from keyturn.approval.channels import ChatTargets
-from keyturn.approval.ports import DeskStore, PolicyEngine, Publish
+from keyturn.approval.ports import DeskStore, PolicyEngine, Publish, PublishAll
 from keyturn.approval.replay import next_sweep_at, opened_state, pending_state
 from keyturn.approval.store import OpeningApproval
 from keyturn.approval.views import approval_view, break_glass_view
@@ -150,8 +150,10 @@ class ApprovalDesk:
         send: Publish,
         routes: Mapping[str, ChatTargets] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        send_all: PublishAll | None = None,
     ) -> None:
         self.store = store
+        self.send_all = send_all  # the outbox's rows sent together, then acknowledged (None: one by one)
         self.opa = opa
         self.topics = topics
         self.send = send  # (topic, key, value) -> awaits the broker's ack
@@ -175,6 +177,10 @@ class ApprovalDesk:
 
     async def flush(self) -> None:
         """Publish everything the outbox holds, in order (the clock calls this every tick)."""
+        if self.send_all is not None:
+            while await self.store.drain_outbox(self.send, publish_all=self.send_all):
+                pass
+            return
         while await self.store.drain_outbox(self.send):
             pass
 

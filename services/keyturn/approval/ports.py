@@ -32,6 +32,9 @@ from keyturn.approval.store import ApprovalRow, OpeningApproval
 Publish = Callable[[str, bytes, bytes], Awaitable[Any]]
 """(topic, key, value) -> awaits the broker's acknowledgement."""
 
+PublishAll = Callable[[list[tuple[str, bytes, bytes]]], Awaitable[Any]]
+"""[(topic, key, value), ...] -> sends them in order, then awaits every acknowledgement."""
+
 
 @runtime_checkable
 class DeskStore(Protocol):
@@ -65,7 +68,9 @@ class DeskStore(Protocol):
     async def break_glass_decision(self, action_id: str) -> bytes | None: ...
 
     async def enqueue(self, conn: Any, topic: str, key: str, value: bytes) -> None: ...
-    async def drain_outbox(self, publish: Publish, batch: int = 200) -> int: ...
+    async def drain_outbox(
+        self, publish: Publish, batch: int = 200, *, publish_all: PublishAll | None = None
+    ) -> int: ...
 
     async def enqueue_notification(
         self, conn: Any, action_id: str, channel: str, target: str, kind: str, occasion: str = ""

@@ -102,10 +102,11 @@ class Wiring:
 class ApprovalRuntime:
     """Everything the approval service's agents, timers and routes share."""
 
-    def __init__(self, settings: Settings, topics: Topics, send: Any) -> None:
+    def __init__(self, settings: Settings, topics: Topics, send: Any, send_all: Any = None) -> None:
         self.settings = settings
         self.topics = topics
         self.send = send
+        self.send_all = send_all
         self.slack: SlackChannel | None = slack_channel(settings)
         self.console_sign_in = console_sign_in(settings)
         self.teams: Any = None  # set by build() when Teams is configured (it needs the event loop)
@@ -156,7 +157,7 @@ class ApprovalRuntime:
     def wire(self, store: Any, opa: PolicyEngine) -> ApprovalDesk:
         """The desk and its couriers on ``store`` and ``opa`` (tests pass in-memory fakes here)."""
         routes = {name: adapter.targets for name, adapter in self.adapters.items()}
-        desk = ApprovalDesk(store, opa, self.topics, self.send, routes)
+        desk = ApprovalDesk(store, opa, self.topics, self.send, routes, send_all=self.send_all)
         self._wiring = Wiring(
             desk, NotificationCourier(store, self.adapters, desk.view), callback_courier(self.settings, store)
         )

@@ -378,8 +378,11 @@ class ApprovalStore:
     async def enqueue(conn: AsyncConnection, topic: str, key: str, value: bytes) -> None:
         await conn.execute("INSERT INTO approval_outbox (topic, key, value) VALUES (%s, %s, %s)", (topic, key, value))
 
-    async def drain_outbox(self, publish, batch: int = 200) -> int:
-        """Publish queued events in order and delete them; returns how many were sent."""
+    async def drain_outbox(self, publish, batch: int = 200, *, publish_all=None) -> int:
+        """Publish queued events in order and delete them; returns how many were sent.
+
+        With ``publish_all`` (records sent in order, then every acknowledgement awaited) the
+        rows go out together and are deleted in one statement once all were acknowledged."""
         sent = 0
         async with self.pool.connection() as conn, conn.transaction():
             # one drainer at a time keeps each action's events in the order they were written
@@ -395,6 +398,11 @@ class ApprovalStore:
                 (batch,),
             )
             rows = await cur.fetchall()
+            if publish_all is not None:
+                if rows:
+                    await publish_all([(topic, key.encode(), bytes(value)) for _, topic, key, value in rows])
+                    await conn.execute("DELETE FROM approval_outbox WHERE id = ANY(%s)", ([r[0] for r in rows],))
+                return len(rows)
             for row_id, topic, key, value in rows:
                 await publish(topic, key.encode(), bytes(value))
                 await conn.execute("DELETE FROM approval_outbox WHERE id = %s", (row_id,))

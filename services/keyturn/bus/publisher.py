@@ -64,11 +64,11 @@ class Publisher:
     async def publish_all(self, records: Sequence[Outgoing]) -> None:
         """Send every record, in order, then wait for every acknowledgement (the batch's
         offsets are committed only after this returns). Raises if any was not acknowledged."""
-        acks = [await self._put(topic, key.encode(), value, headers) for topic, key, value, headers in records]
-        results = await asyncio.gather(*acks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        await _acknowledged([await self._put(topic, key.encode(), value, h) for topic, key, value, h in records])
+
+    async def send_raw_all(self, records: Sequence[tuple[str, bytes, bytes]]) -> None:
+        """``send_raw`` for many records (an outbox's), sent in order, then every acknowledgement awaited."""
+        await _acknowledged([await self._put(topic, key, value, None) for topic, key, value in records])
 
     @staticmethod
     def encode(event: Any) -> bytes:
@@ -113,3 +113,11 @@ class Publisher:
         )
         log.warning("dead-lettered input from %s (%s): %s", source_topic, letter.error_type, letter.reason)
         return letter
+
+
+async def _acknowledged(acks: list[Awaitable[Any]]) -> None:
+    """Wait for every acknowledgement; raise the first failure once all have settled."""
+    results = await asyncio.gather(*acks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
