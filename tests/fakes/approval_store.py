@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from keyturn.approval.ports import Publish
-from keyturn.approval.store import ApprovalRow
+from keyturn.approval.store import ApprovalRow, runs_by_topic
 
 
 @dataclass
@@ -213,10 +213,10 @@ class InMemoryApprovalStore:
         async with self._serial:  # one drainer at a time, as the advisory lock makes it
             rows = list(self.tables.outbox[:batch])
             if publish_all is not None:
-                if rows:
-                    await publish_all([(topic, key.encode(), value) for _, topic, key, value in rows])
-                    for row in rows:
-                        self.tables.outbox.remove(row)
+                for run in runs_by_topic(rows):
+                    await publish_all([(topic, key.encode(), value) for _, topic, key, value in run])
+                for row in rows:
+                    self.tables.outbox.remove(row)
                 return len(rows)
             for row in rows:
                 _, topic, key, value = row

@@ -405,7 +405,7 @@ async def test_a_batch_of_decisions_opens_its_approvals_in_one_unit_and_a_redeli
     assert [key for key in d.store.tables.notifications if key[3] == "opened"] == opened_messages
 
 
-async def test_the_outbox_goes_out_together_in_the_order_it_was_written_when_the_transport_can_batch() -> None:
+async def test_the_outbox_goes_out_in_runs_per_topic_in_the_order_it_was_written() -> None:
     d = Desk()
     batches: list[list[tuple[str, bytes, bytes]]] = []
 
@@ -417,7 +417,14 @@ async def test_the_outbox_goes_out_together_in_the_order_it_was_written_when_the
     d.desk.send_all = send_all
     decided = await opened(d, min_approvals=1)
     await vote(d, decided, CAROL)
-    assert len(batches) == 1  # the vote and the resolution it caused, in one send
-    kinds = [type(registry().decode_event(value)).__name__ for _, _, value in batches[0]]
-    assert kinds == ["VoteRecorded", "ApprovalResolved"]
+    kinds = [[type(registry().decode_event(value)).__name__ for _, _, value in batch] for batch in batches]
+    # the vote is acknowledged before the resolution it caused is sent (the audit sees them in that order)
+    assert kinds == [["VoteRecorded"], ["ApprovalResolved"]]
     assert d.store.tables.outbox == []
+
+
+def test_outbox_rows_are_cut_into_runs_where_the_topic_changes() -> None:
+    from keyturn.approval.store import runs_by_topic
+
+    rows = [(1, "votes", "a", b""), (2, "resolved", "a", b""), (3, "resolved", "b", b""), (4, "votes", "c", b"")]
+    assert [[row[0] for row in run] for run in runs_by_topic(rows)] == [[1], [2, 3], [4]]

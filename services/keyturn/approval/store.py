@@ -157,6 +157,17 @@ def _claimed(row: tuple[Any, ...]) -> Notification:
     )
 
 
+def runs_by_topic(rows: list[Any]) -> list[list[Any]]:
+    """Outbox rows ``(id, topic, key, value)`` in order, cut where the topic changes."""
+    runs: list[list[Any]] = []
+    for row in rows:
+        if runs and runs[-1][-1][1] == row[1]:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs
+
+
 @dataclass(frozen=True)
 class OpeningApproval:
     """A pending approval to open (``open_many``)."""
@@ -381,8 +392,10 @@ class ApprovalStore:
     async def drain_outbox(self, publish, batch: int = 200, *, publish_all=None) -> int:
         """Publish queued events in order and delete them; returns how many were sent.
 
-        With ``publish_all`` (records sent in order, then every acknowledgement awaited) the
-        rows go out together and are deleted in one statement once all were acknowledged."""
+        With ``publish_all`` (records sent in order, then every acknowledgement awaited) each run
+        of rows for one topic goes out together, acknowledged before the next run is sent (so a
+        vote still lands before the resolution it caused), and the rows are deleted in one
+        statement once all were acknowledged."""
         sent = 0
         async with self.pool.connection() as conn, conn.transaction():
             # one drainer at a time keeps each action's events in the order they were written
@@ -399,8 +412,9 @@ class ApprovalStore:
             )
             rows = await cur.fetchall()
             if publish_all is not None:
+                for run in runs_by_topic(rows):
+                    await publish_all([(topic, key.encode(), bytes(value)) for _, topic, key, value in run])
                 if rows:
-                    await publish_all([(topic, key.encode(), bytes(value)) for _, topic, key, value in rows])
                     await conn.execute("DELETE FROM approval_outbox WHERE id = ANY(%s)", ([r[0] for r in rows],))
                 return len(rows)
             for row_id, topic, key, value in rows:

@@ -180,6 +180,7 @@ class PolicyStage:
         requests = list({request.action_id: request for request, _ in batch}.values())
         kept = await self.decisions.earlier_many([request.action_id for request in requests])
         headers: dict[str, Headers] = {}
+        made: dict[str, ActionDecided] = {}
         fresh = [request for request in requests if request.action_id not in kept]
         if fresh:
             made = {d.action_id: with_policy_masking(d) for d in await self.decider.decide_many(fresh)}
@@ -189,8 +190,9 @@ class PolicyStage:
             kept.update(await self.decisions.keep_many(encoded))
             # the headers describe our decision; one another worker kept first is sent with its type only
             headers = {i: headers_of(d) for i, d in made.items() if kept[i] == encoded[i]}
-        if len(fresh) < len(requests):
-            log.info("redelivered %d request(s): republishing their decisions", len(requests) - len(fresh))
+        for request in requests:
+            if request.action_id not in made:
+                log.info("redelivered %s: republishing its decision", request.action_id)
         topic = self.publisher.topics.decided
         await self.publisher.publish_all(
             [(topic, r.action_id, kept[r.action_id], headers.get(r.action_id)) for r, _ in batch]
