@@ -9,6 +9,8 @@ PYTEST_ARGS ?=
 # Test processes for make test, each with its own namespace and services; whole files go to one
 # process (--dist loadfile) so module fixtures start once. Most of the suite waits on servers.
 TEST_WORKERS ?= 2
+CHAOS_RATE ?= 200
+CHAOS_ACTIONS ?= 10000
 
 .PHONY: help e2e-deps venv stack-up stack-down run test test-unit test-integration policy-check lint compose-check bench chaos chaos-short clean
 
@@ -65,8 +67,8 @@ bench: $(VENV)/.bench-installed  ## benchmark on a stack of its own (~9 min on 2
 chaos-short: venv  ## the short fault drill (~3 min) on a stack of its own
 	KEYTURN_CHAOS=short $(PY) -m pytest -q -s -p no:cacheprovider tests/chaos/test_short_chaos.py $(PYTEST_ARGS)
 
-chaos: venv  ## the long fault drill on a stack of its own (minutes)
-	KEYTURN_CHAOS=long $(PY) -m pytest -q -s -p no:cacheprovider tests/chaos/test_long_chaos.py $(PYTEST_ARGS)
+chaos: venv  ## the long fault drill on a stack of its own (CHAOS_ACTIONS=10000 actions at CHAOS_RATE=200/s)
+	KEYTURN_CHAOS=long KEYTURN_CHAOS_RATE=$(CHAOS_RATE) KEYTURN_CHAOS_ACTIONS=$(CHAOS_ACTIONS) $(PY) -m pytest -q -s -p no:cacheprovider tests/chaos/test_long_chaos.py $(PYTEST_ARGS)
 
 compose-check:  ## validate docker-compose.yml
 	docker-compose config -q

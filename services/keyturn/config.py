@@ -27,7 +27,11 @@ class Settings:
     opa_url: str = "http://127.0.0.1:8181"
     database_url: str = "postgresql://keyturn:keyturn@127.0.0.1:5433/keyturn"
     namespace: str = "keyturn"  # topic prefix and consumer-group prefix; tests isolate with it
-    partitions: int = 4  # every lifecycle topic has the same count (ordering per action_id)
+    # every keyed topic has the same count (ordering per action_id); the most workers a consumer
+    # group can use. Set when the topics are created: adding partitions later moves keys.
+    partitions: int = 16
+    producer_linger_ms: float = 3.0  # stream workers' producers wait this long to fill a batch
+    producer_batch_bytes: int = 256 * 1024  # and put up to this much in one batch per partition
     worker_session_timeout_s: float = 10.0  # a dead worker's partitions move to a live one after this
     run_dir: str = field(default_factory=_default_run_dir)  # keys, logs, pids for local runs
     intake_host: str = "127.0.0.1"

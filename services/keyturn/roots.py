@@ -33,6 +33,8 @@ def stream_worker(settings: Settings, service: str) -> tuple[Any, Topics, Publis
         run_dir=settings.run_dir,
         session_timeout_s=settings.worker_session_timeout_s,
         service=service,
+        linger_ms=settings.producer_linger_ms,
+        batch_bytes=settings.producer_batch_bytes,
     )
     return app, topics, faust_publisher(app, topics, service)
 

@@ -10,6 +10,7 @@ ports), so the shared development servers and other test runs never see a fault.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import subprocess
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ class Drill:
     approvals_within_s: float = 120.0  # after the load stops, the approver gets this long to answer
     status_within_s: float = 60.0  # the status API gets this long to show every terminal state
     policy_unavailable_after_s: float = 90.0  # longer than the OPA outage: requests wait, then resume
+    min_actions: int = 0  # the load goes on after the faults until at least this many were submitted
 
 
 SHORT = Drill(
@@ -58,9 +60,28 @@ SHORT = Drill(
     approvals_within_s=45,
     status_within_s=30,
 )
-LONG = Drill(
-    rate=25, service_down_s=5, between_s=10, broker_down_s=10, opa_down_s=30, postgres_down_s=10, drain_timeout_s=420
-)
+
+
+def long_drill(environ: Mapping[str, str] = os.environ) -> Drill:
+    """The long drill: by default at least 10,000 actions at 200/s through every fault;
+    ``KEYTURN_CHAOS_RATE`` and ``KEYTURN_CHAOS_ACTIONS`` change the rate and the count
+    (``make chaos CHAOS_RATE=… CHAOS_ACTIONS=…``). The drain gets longer with the count."""
+    rate = float(environ.get("KEYTURN_CHAOS_RATE") or 200)
+    actions = int(environ.get("KEYTURN_CHAOS_ACTIONS") or 10_000)
+    return Drill(
+        rate=rate,
+        service_down_s=5,
+        between_s=10,
+        broker_down_s=10,
+        opa_down_s=30,
+        postgres_down_s=10,
+        drain_timeout_s=420 + actions / 50,
+        approvals_within_s=120 + actions / 100,
+        min_actions=actions,
+    )
+
+
+LONG = long_drill()
 
 
 @dataclass
@@ -107,6 +128,7 @@ class BackgroundLoad:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="chaos-load", daemon=True)
         self.agent: Agent | None = None
         self.error: BaseException | None = None
+        self.submitted = 0  # how many submissions were started so far
 
     def start(self) -> None:
         self._thread.start()
@@ -136,6 +158,7 @@ class BackgroundLoad:
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 number += 1
+                self.submitted = number
             agent.next_number = number
             await asyncio.gather(*pending)
             deadline = time.monotonic() + self._approvals_within_s
@@ -187,6 +210,8 @@ def run_drill(drill: Drill, settings: Settings, servers: PrivateServers, procs: 
     fault(report, servers, "kafka", drill.broker_down_s, drill.between_s)
     fault(report, servers, "opa", drill.opa_down_s, drill.between_s)
     fault(report, servers, "postgres", drill.postgres_down_s, drill.between_s)
+    while load.submitted < drill.min_actions and load.error is None:
+        time.sleep(1)
     agent = load.finish(drill.approvals_within_s)
     report.client = {
         "submitted": agent.next_number,

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from keyturn.approval.ports import Publish
-from keyturn.approval.store import ApprovalRow
+from keyturn.approval.store import ApprovalRow, runs_by_topic
 
 
 @dataclass
@@ -66,6 +66,7 @@ class InMemoryApprovalStore:
         self._in_transaction = False
         self.fail_next_drain = False
         self.checked = 0
+        self.clock_held = False
         self.seen: set[tuple[str, str]] = set()  # (source, interaction): committed at once, never rolled back
 
     # --- transactions -------------------------------------------------------------------------
@@ -90,6 +91,17 @@ class InMemoryApprovalStore:
     async def check(self) -> None:
         self.checked += 1
 
+    @asynccontextmanager
+    async def clock_lease(self) -> AsyncIterator[bool]:
+        """One holder at a time among the desks sharing this store; the others get False."""
+        held = not self.clock_held
+        self.clock_held = True
+        try:
+            yield held
+        finally:
+            if held:
+                self.clock_held = False
+
     # --- approvals ----------------------------------------------------------------------------
 
     async def open(
@@ -109,6 +121,14 @@ class InMemoryApprovalStore:
             action_id, decided_event, list(principals), list(groups), opened_at, expires_at
         )
         return True
+
+    async def open_many(self, conn: Any, approvals: list[Any]) -> set[str]:
+        opened = set()
+        for a in approvals:
+            if await self.open(conn, a.action_id, a.decided_event, a.principals, a.groups, a.opened_at, a.expires_at):
+                await self.set_next_sweep(conn, a.action_id, a.next_sweep_at)
+                opened.add(a.action_id)
+        return opened
 
     async def lock(self, conn: Any, action_id: str) -> ApprovalRow | None:
         tables = self._need_transaction(conn)
@@ -185,13 +205,20 @@ class InMemoryApprovalStore:
         tables.outbox.append((tables.next_id, topic, key, value))
         tables.next_id += 1
 
-    async def drain_outbox(self, publish: Publish, batch: int = 200) -> int:
+    async def drain_outbox(self, publish: Publish, batch: int = 200, *, publish_all: Any = None) -> int:
         if self.fail_next_drain:
             self.fail_next_drain = False
             raise psycopg.OperationalError("the database went away after the commit")
         sent = 0
         async with self._serial:  # one drainer at a time, as the advisory lock makes it
-            for row in list(self.tables.outbox[:batch]):
+            rows = list(self.tables.outbox[:batch])
+            if publish_all is not None:
+                for run in runs_by_topic(rows):
+                    await publish_all([(topic, key.encode(), value) for _, topic, key, value in run])
+                for row in rows:
+                    self.tables.outbox.remove(row)
+                return len(rows)
+            for row in rows:
                 _, topic, key, value = row
                 await publish(topic, key.encode(), value)
                 self.tables.outbox.remove(row)

@@ -145,6 +145,17 @@ class FakeLedger:
     async def get(self, action_id: str) -> LedgerEntry | None:
         return self.entries.get(action_id)
 
+    async def start_many(self, starts: list[tuple[str, str, str]], at: datetime) -> dict[str, LedgerEntry]:
+        earlier = {}
+        for action_id, digest, plugin in starts:
+            entry = await self.start(action_id, at, payload_digest=digest, plugin=plugin)
+            if entry is not None:
+                earlier[action_id] = entry
+        return earlier
+
+    async def finish_many(self, finishes: list[tuple[str, str, bytes, datetime]]) -> set[str]:
+        return {f[0] for f in finishes if await self.finish(*f)}
+
 
 class FakeDecisions:
     def __init__(self) -> None:
@@ -155,6 +166,12 @@ class FakeDecisions:
 
     async def keep(self, action_id: str, decided_event: bytes) -> bytes:
         return self.kept.setdefault(action_id, decided_event)
+
+    async def earlier_many(self, action_ids: list[str]) -> dict[str, bytes]:
+        return {action_id: self.kept[action_id] for action_id in action_ids if action_id in self.kept}
+
+    async def keep_many(self, decided: dict[str, bytes]) -> dict[str, bytes]:
+        return {action_id: self.kept.setdefault(action_id, event) for action_id, event in decided.items()}
 
 
 @dataclass
@@ -186,10 +203,21 @@ class FakeOpa:
         self.queries = 0
 
     async def query(self, path: str, input_document: dict[str, Any]) -> OpaAnswer:
+        """``keyturn/batch`` answers each item of ``batch`` with ``answer`` (its ``decision``), as
+        the real package does; any other path answers ``answer`` of the whole input."""
         self.queries += 1
         if self.down:
             raise PolicyUnavailable("the fake OPA is down")
-        return OpaAnswer(self.answer(input_document), f"decision-{self.queries}")
+        if path == "keyturn/batch":
+            decisions = []
+            for item in input_document["batch"]:
+                answer = self.answer(item)
+                decisions.append(answer.get("decision") if isinstance(answer, dict) else None)
+            return OpaAnswer({"decisions": decisions}, f"decision-{self.queries}", self.revision)
+        return OpaAnswer(self.answer(input_document), f"decision-{self.queries}", self.revision)
+
+    async def revision_of(self, answer: OpaAnswer) -> str:
+        return answer.revision or self.revision
 
     async def policy_revision(self) -> str:
         if self.down:

@@ -171,3 +171,43 @@ def needing_approval() -> events.ActionDecided:
             groups=(events.GroupRequirement("security", 1),), pending_ttl_s=600, execution_window_s=60
         ),
     )
+
+
+def test_two_approval_instances_on_one_namespace_fire_a_due_timer_once(settings) -> None:
+    """The clock (expiry, reminders, escalation) is kept by one instance at a time: while one
+    holds it the other skips its tick, and two ticking together expire a due approval once."""
+
+    async def scenario() -> tuple[bool, str, list[bool], int, str]:
+        schema = schema_name(f"kt{uuid.uuid4().hex[:8]}")
+        pools = [await open_pool(settings.database_url, DDL, schema=schema) for _ in range(2)]
+        opa = OpaClient(settings.opa_url)
+        topics = Topics(settings.namespace, settings.partitions)
+        first, second = (ApprovalDesk(ApprovalStore(pool), opa, topics, send=None) for pool in pools)
+        try:
+            due = replace(needing_approval(), decided_at=datetime(2026, 3, 4, 8, 0, tzinfo=UTC))  # TTL long over
+            await first.take_decision(due, registry().encode_event(due))
+            async with first.store.clock_lease() as held:
+                skipped = await second.keep_clock()  # the other instance keeps the clock now
+                status_while_held = (await second.store.read(due.action_id)).status
+            ticks = await asyncio.gather(first.keep_clock(), second.keep_clock())
+            async with pools[0].connection() as conn:
+                resolved = await (
+                    await conn.execute("SELECT count(*) FROM approval_outbox WHERE topic = %s", (topics.resolved,))
+                ).fetchone()
+            return (
+                held and not skipped,
+                status_while_held,
+                list(ticks),
+                resolved[0],
+                (await first.store.read(due.action_id)).status,
+            )
+        finally:
+            await opa.close()
+            for pool in pools:
+                await pool.close()
+
+    one_holder, status_while_held, ticks, resolutions, status = asyncio.run(scenario())
+    assert one_holder
+    assert status_while_held == "pending"  # the skipping instance did nothing
+    assert True in ticks
+    assert (resolutions, status) == (1, "expired")

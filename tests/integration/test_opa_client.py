@@ -180,3 +180,101 @@ def test_the_real_opa_s_revision_is_stable_while_its_policy_is(endpoints) -> Non
 
     first, second = run(twice())
     assert first == second and first.startswith("sha256:")
+
+
+def varied_inputs(n: int, seed: int = 14) -> list[dict]:
+    """Seeded decision inputs across the catalog: actions, environments, parameters, hours, malformed ones."""
+    import random
+    import uuid
+
+    rng = random.Random(seed)
+    actions = [
+        ("read.table", "postgres://{env}/analytics/customers", {"row_count": 25}),
+        ("db.export", "postgres://{env}/analytics/orders", {"format": "csv", "row_limit": 5000}),
+        ("secrets.read", "secret://{env}/payments/db", {}),
+        ("secrets.delete", "secret://{env}/payments/db", {}),
+        ("iam.role.grant", "iam://{env}/roles", {"role": "analyst"}),
+        ("iam.role.grant", "iam://{env}/roles", {"role": "admin"}),
+        ("sql.query", "postgres://{env}/analytics", {"statement": "select 1"}),
+        ("sql.query", "postgres://{env}/analytics", {"statement": "drop table orders"}),
+        ("http.request", "https://api.example.internal/v1/{env}", {"method": "POST"}),
+        ("unknown.thing", "x://{env}", {}),
+    ]
+    inputs: list[dict] = []
+    for _ in range(n):
+        action, resource, parameters = rng.choice(actions)
+        env = rng.choice(["prod", "staging", "dev"])
+        hour, weekday = rng.randrange(24), rng.randrange(1, 8)
+        document = {
+            "action_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "action": action,
+            "resource": resource.format(env=env),
+            "parameters": parameters,
+            "reason": "seeded",
+            "requester": rng.choice(
+                [
+                    {"id": "agent:reporter", "kind": "agent", "chain": ["human:alice"]},
+                    {"id": "agent:nightly", "kind": "agent", "chain": []},
+                    {"id": "human:alice", "kind": "human", "chain": []},
+                ]
+            ),
+            "environment": {"prod": "production", "staging": "staging", "dev": "development"}[env],
+            "submitted_at": f"2025-03-0{weekday}T{hour:02d}:15:00Z",
+            "context": {"hour_utc": hour, "weekday": weekday},
+        }
+        if rng.random() < 0.1:
+            document.pop(rng.choice(["action_id", "requester", "parameters"]))  # malformed: its own denial
+        inputs.append(document)
+    return inputs
+
+
+def test_one_batch_query_decides_every_item_as_its_own_query_would(endpoints) -> None:
+    inputs = varied_inputs(60)
+
+    async def both() -> tuple[list, list]:
+        client = OpaClient(endpoints.opa_url)
+        try:
+            batch = await client.query("keyturn/batch", {"batch": inputs})
+            singles = await asyncio.gather(*(client.query("keyturn/decision", d) for d in inputs))
+            return batch.result["decisions"], [single.result["decision"] for single in singles]
+        finally:
+            await client.close()
+
+    batch, singles = run(both())
+    assert batch == singles
+    assert {d["outcome"] for d in batch} == {"allowed", "denied", "needs_approval"}  # the mix is varied
+
+
+def test_the_revision_comes_from_the_bundle_opa_names_in_its_provenance(tmp_path) -> None:
+    import json
+    import shutil
+    import subprocess
+
+    from tests.stack import POLICIES, REPO
+
+    opa = shutil.which("opa") or str(REPO / ".cache" / "bin" / "opa")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(POLICIES / "keyturn", bundle / "keyturn", ignore=shutil.ignore_patterns("*_test.rego"))
+    shutil.copy(POLICIES / "data.json", bundle / "data.json")
+    (bundle / ".manifest").write_text(json.dumps({"revision": "release-2025.03.04", "roots": ["keyturn"]}))
+    port = free_port()
+    server = subprocess.Popen(
+        [opa, "run", "--server", "--bundle", "--addr", f"127.0.0.1:{port}", "--skip-version-check", str(bundle)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def ask() -> tuple[str | None, str]:
+        client = OpaClient(f"http://127.0.0.1:{port}", retries=20, backoff_s=0.05)
+        try:
+            answer = await client.query("keyturn/batch", {"batch": varied_inputs(3)})
+            return answer.revision, await client.policy_revision(max_age_s=0)
+        finally:
+            await client.close()
+
+    try:
+        revision, asked = run(ask())
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert revision == asked == "release-2025.03.04"

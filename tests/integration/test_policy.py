@@ -52,7 +52,9 @@ def test_every_decision_carries_provenance(reporter: Agent, settings) -> None:
         assert decided.outcome is outcome
         provenance = decided.provenance
         assert provenance.policy_revision.startswith("sha256:")
-        assert uuid.UUID(provenance.decision_id), "the decision id is OPA's, from its decision log"
+        # the batch query's id in OPA's decision log, and the item's place in that batch
+        batch_id, index = provenance.decision_id.split("#")
+        assert uuid.UUID(batch_id) and int(index) >= 0, "the decision id is OPA's, from its decision log"
         assert provenance.input_digest == Digest.of_json(json.loads(provenance.input_json))
         assert json.loads(provenance.input_json)["action_id"] == action_id
     needs = found[next(k for k, v in ids.items() if v is DecisionOutcome.NEEDS_APPROVAL)]
@@ -253,7 +255,7 @@ def test_decision_latency_is_exported_as_a_metric(reporter: Agent, settings) -> 
     count = next(
         line
         for line in metrics.splitlines()
-        if line.startswith('keyturn_opa_decision_seconds_count{path="keyturn/decision"}')
+        if line.startswith('keyturn_opa_decision_seconds_count{path="keyturn/batch"}')  # one query per batch
     )
     assert float(count.split()[-1]) >= 1
 

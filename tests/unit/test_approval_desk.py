@@ -380,3 +380,51 @@ async def test_free_text_sent_as_the_digest_is_refused_and_never_recorded_in_cle
     (refused,) = [v for v in d.published(events.VoteRecorded) if not v.accepted]
     assert refused.vote.payload_digest.algorithm == "sha256-of-malformed"
     assert all(b"AKIAIOSFODNN7EXAMPLE" not in value for _, _, value in d.broker.sent)
+
+
+async def test_a_batch_of_decisions_opens_its_approvals_in_one_unit_and_a_redelivery_opens_none() -> None:
+    d = Desk()
+    first, second = decision(), decision(callback_url="https://agent.example.internal/hook")
+    glass = decision(break_glass=True)
+    quiet = events.ActionDecided(
+        event_id="decided:q",
+        action_id="q",
+        outcome=events.DecisionOutcome.DENIED,
+        provenance=first.provenance,
+        decided_at=OPENED,
+        request=first.request,
+    )
+    batch = [(e, registry().encode_event(e)) for e in (first, second, glass, quiet)]
+    done = await d.desk.take_decisions(batch)
+    assert done == {first.action_id: "opened", second.action_id: "opened", glass.action_id: "break_glass"}
+    assert set(d.store.tables.approvals) == {first.action_id, second.action_id}
+    assert (second.action_id, "needs_approval") in d.store.tables.callbacks
+    opened_messages = [key for key in d.store.tables.notifications if key[3] == "opened"]
+    assert sorted(key[0] for key in opened_messages) == sorted([first.action_id, second.action_id])
+    assert await d.desk.take_decisions(batch) == {}  # redelivered: nothing opens twice
+    assert [key for key in d.store.tables.notifications if key[3] == "opened"] == opened_messages
+
+
+async def test_the_outbox_goes_out_in_runs_per_topic_in_the_order_it_was_written() -> None:
+    d = Desk()
+    batches: list[list[tuple[str, bytes, bytes]]] = []
+
+    async def send_all(records):
+        batches.append(list(records))
+        for record in records:
+            await d.broker(*record)
+
+    d.desk.send_all = send_all
+    decided = await opened(d, min_approvals=1)
+    await vote(d, decided, CAROL)
+    kinds = [[type(registry().decode_event(value)).__name__ for _, _, value in batch] for batch in batches]
+    # the vote is acknowledged before the resolution it caused is sent (the audit sees them in that order)
+    assert kinds == [["VoteRecorded"], ["ApprovalResolved"]]
+    assert d.store.tables.outbox == []
+
+
+def test_outbox_rows_are_cut_into_runs_where_the_topic_changes() -> None:
+    from keyturn.approval.store import runs_by_topic
+
+    rows = [(1, "votes", "a", b""), (2, "resolved", "a", b""), (3, "resolved", "b", b""), (4, "votes", "c", b"")]
+    assert [[row[0] for row in run] for run in runs_by_topic(rows)] == [[1], [2, 3], [4]]

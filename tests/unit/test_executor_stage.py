@@ -170,3 +170,94 @@ async def test_a_failure_after_the_outcome_was_recorded_republishes_that_outcome
     order = ExecutionOrder(allowed("a1"))
     recorded = await executor.execute(order)
     assert await executor.end_failed(order, RuntimeError("publishing failed")) == recorded
+
+
+class Counting(FakeLedger):
+    """Counts the ledger statements a batch costs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    async def start_many(self, starts, at):
+        self.calls.append("start_many")
+        return await super().start_many(starts, at)
+
+    async def finish_many(self, finishes):
+        self.calls.append("finish_many")
+        return await super().finish_many(finishes)
+
+
+def decided_records(*decisions, offset: int = 0) -> list[Record]:
+    return [
+        Record("unit.actions.decided", 0, offset + n, d.action_id.encode(), registry().encode_event(d))
+        for n, d in enumerate(decisions)
+    ]
+
+
+def batch_stage(stage: ExecutorStage, publisher) -> Stage:
+    return Stage(
+        publisher,
+        (ActionDecided, ApprovalResolved),
+        handle=stage.execute,
+        on_failure=stage.on_failure,
+        handle_many=stage.execute_batch,
+    )
+
+
+async def test_a_batch_starts_and_finishes_in_one_statement_each_and_runs_each_order_at_most_once() -> None:
+    plugin = Recording()
+    ledger = Counting()
+    await ledger.start("a3", datetime(2026, 12, 4, 8, 0, tzinfo=UTC), plugin="recording")  # its executor died
+    executor, _ = executor_with(plugin, ledger)
+    await executor.execute(ExecutionOrder(allowed("a4")))  # finished before
+    plugin.runs.clear()
+    ledger.calls.clear()
+    publisher, send = fake_publisher("executor")
+    stage = ExecutorStage(executor, publisher)
+    denied = dataclasses.replace(allowed("a5"), outcome=DecisionOutcome.DENIED)
+    batch = decided_records(allowed("a1"), allowed("a2"), allowed("a3"), allowed("a4"), denied, allowed("a1"))
+    source = ListSource([batch])
+    await run(source, batch_stage(stage, publisher))
+    assert ledger.calls == ["start_many", "finish_many"]
+    assert sorted(c.action_id for c in plugin.runs) == ["a1", "a2"]
+    outcomes = {e.action_id: e.outcome for e in send.events("unit.actions.executed")}
+    assert outcomes == {
+        "a1": ExecutionOutcome.SUCCEEDED,
+        "a2": ExecutionOutcome.SUCCEEDED,
+        "a3": ExecutionOutcome.OUTCOME_UNKNOWN,
+        "a4": ExecutionOutcome.SUCCEEDED,
+    }
+    first = list(send.acked)
+    await run(ListSource([batch]), batch_stage(stage, publisher))  # the whole batch redelivered
+    assert sorted(c.action_id for c in plugin.runs) == ["a1", "a2"]  # nothing ran again
+    assert send.acked[len(first) :] == first  # the same outcomes, republished
+
+
+async def test_an_order_a_batch_fails_on_ends_alone_and_the_others_are_not_run_again(monkeypatch) -> None:
+    monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
+    plugin = Recording()
+    executor, ledger = executor_with(plugin)
+    publisher, send = fake_publisher("executor")
+    stage = ExecutorStage(executor, publisher)
+    run_one = executor._run
+
+    async def fails_on_a2(order, plugin_, started_at):
+        if order.action_id == "a2":
+            raise RuntimeError("a bug after the start")
+        return await run_one(order, plugin_, started_at)
+
+    monkeypatch.setattr(executor, "_run", fails_on_a2)
+    source = ListSource([decided_records(allowed("a1"), allowed("a2"), allowed("a3"))])
+    await run(source, batch_stage(stage, publisher))
+    outcomes = {}
+    for e in send.events("unit.actions.executed"):
+        outcomes.setdefault(e.action_id, set()).add(e.outcome)
+    assert outcomes == {
+        "a1": {ExecutionOutcome.SUCCEEDED},
+        "a2": {ExecutionOutcome.OUTCOME_UNKNOWN},  # started, then the executor failed: at most once
+        "a3": {ExecutionOutcome.SUCCEEDED},
+    }
+    assert sorted(c.action_id for c in plugin.runs) == ["a1", "a3"]
+    assert ledger.entries["a2"].outcome == "outcome_unknown"
+    assert len(source.committed) == 1

@@ -55,7 +55,7 @@ async def test_opas_answer_becomes_the_published_decision(answer, outcome) -> No
     await stage.decide(requested("a1"))
     [decision] = decisions(send)
     assert (decision.action_id, decision.outcome) == ("a1", outcome)
-    assert (decision.provenance.policy_revision, decision.provenance.decision_id) == ("sha256:fake", "decision-1")
+    assert (decision.provenance.policy_revision, decision.provenance.decision_id) == ("sha256:fake", "decision-1#0")
     if outcome is DecisionOutcome.NEEDS_APPROVAL:
         assert [g.name for g in decision.approvals.groups] == ["db-owners"]
 
@@ -132,3 +132,101 @@ async def test_a_request_the_stage_fails_on_is_dead_lettered_and_ends_denied(mon
     opa.answer = lambda _: answers("allowed")
     await stage.decide(request)
     assert [d.outcome for d in decisions(send)] == [DecisionOutcome.DENIED, DecisionOutcome.DENIED]
+
+
+def request_records(*action_ids: str, offset: int = 0) -> list[Record]:
+    return [
+        Record("unit.actions.requested", 0, offset + n, a.encode(), registry().encode_event(requested(a)))
+        for n, a in enumerate(action_ids)
+    ]
+
+
+def batch_stage(stage: PolicyStage) -> Stage:
+    return Stage(
+        stage.publisher,
+        (ActionRequested,),
+        handle=stage.decide,
+        on_failure=stage.on_failure,
+        handle_many=stage.decide_batch,
+    )
+
+
+async def test_a_batch_is_one_opa_query_and_each_decision_keeps_its_own_provenance() -> None:
+    outcome_of = {"a1": "allowed", "a2": "denied", "a3": "allowed"}
+    opa = FakeOpa(lambda document: answers(outcome_of[document["action_id"]]))
+    stage, send = stage_with(opa)
+    source = ListSource([request_records("a1", "a2", "a3")])
+    await run(source, batch_stage(stage))
+    got = decisions(send)
+    assert [(d.action_id, d.outcome.value) for d in got] == [("a1", "allowed"), ("a2", "denied"), ("a3", "allowed")]
+    assert opa.queries == 1
+    assert [d.provenance.decision_id for d in got] == ["decision-1#0", "decision-1#1", "decision-1#2"]
+    assert len({str(d.provenance.input_digest) for d in got}) == 3  # each its own input
+    assert all(d.provenance.policy_revision == "sha256:fake" for d in got)
+    assert len(source.committed) == 1
+
+
+async def test_a_batch_republishes_kept_decisions_and_asks_opa_only_for_the_new_ones() -> None:
+    asked: list[str] = []
+    opa = FakeOpa(lambda document: asked.append(document["action_id"]) or answers("allowed"))
+    stage, send = stage_with(opa)
+    await run(ListSource([request_records("a1")]), batch_stage(stage))
+    opa.answer = lambda document: asked.append(document["action_id"]) or answers("denied")
+    await run(ListSource([request_records("a1", "a2", "a1")]), batch_stage(stage))
+    assert asked == ["a1", "a2"]
+    first, *again = [value for topic, key, value in send.acked if key == b"a1"]
+    assert again == [first, first]  # the kept decision, once per delivery
+    assert [d.outcome.value for d in decisions(send) if d.action_id == "a2"] == ["denied"]
+
+
+async def test_opa_away_denies_the_whole_batch_and_an_invalid_answer_too() -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 10.0
+        return now[0]
+
+    opa = FakeOpa(lambda _: answers("allowed"))
+    opa.down = True
+    stage, send = stage_with(opa, unavailable_after_s=30.0, clock=clock)
+    await run(ListSource([request_records("a1", "a2")]), batch_stage(stage))
+    assert [(d.outcome.value, d.reasons[0].split(":")[0]) for d in decisions(send)] == [
+        ("denied", "policy_unavailable"),
+        ("denied", "policy_unavailable"),
+    ]
+
+    class ShortAnswer(FakeOpa):
+        async def query(self, path, input_document):
+            answer = await super().query(path, input_document)
+            return type(answer)({"decisions": answer.result["decisions"][:1]}, answer.decision_id)
+
+    stage, send = stage_with(ShortAnswer(lambda _: answers("allowed")))
+    await run(ListSource([request_records("b1", "b2")]), batch_stage(stage))
+    assert [(d.outcome.value, d.reasons[0].split(":")[0]) for d in decisions(send)] == [
+        ("denied", "policy_invalid"),
+        ("denied", "policy_invalid"),
+    ]
+
+
+async def test_a_batch_that_fails_is_handled_per_request_and_only_the_failing_one_ends_policy_error(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
+
+    def answer(document):
+        if document["action_id"] == "bad":
+            raise KeyError("a bug in the stage")
+        return answers("allowed")
+
+    stage, send = stage_with(FakeOpa(answer))
+    source = ListSource([request_records("a1", "bad", "a2")])
+    await run(source, batch_stage(stage))
+    outcomes = {d.action_id: (d.outcome.value, d.reasons[0].split(":")[0]) for d in decisions(send)}
+    assert outcomes == {
+        "a1": ("allowed", "because allowed"),
+        "a2": ("allowed", "because allowed"),
+        "bad": ("denied", "policy_error"),
+    }
+    [letter] = [e for e in send.events("unit.dlq") if isinstance(e, DeadLetter)]
+    assert (letter.error_type, letter.offset) == ("handler_failed", 1)
+    assert len(source.committed) == 1

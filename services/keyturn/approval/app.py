@@ -12,6 +12,7 @@ state     approvals, votes, and outboxes for events, chat notifications and webh
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -20,6 +21,7 @@ from keyturn.approval.console_history import mount_history
 from keyturn.approval.http import mount_routes
 from keyturn.approval.runtime import ApprovalRuntime
 from keyturn.approval.slack_interactions import mount_slack
+from keyturn.bus import headers
 from keyturn.bus.http import BoundedRequests, embedded_server
 from keyturn.bus.worker import consume, handle_each
 from keyturn.config import Settings
@@ -29,10 +31,21 @@ from keyturn.roots import stream_worker
 
 log = logging.getLogger(__name__)
 
+# What the desk has a part in (``ApprovalDesk.concerns``): approvals to open, break-glass
+# actions, and webhooks; other decisions and executions are skipped undecoded.
+DESK_EVENTS = headers.wanting(
+    {
+        "ActionDecided": headers.any_of(
+            headers.outcome_in("needs_approval"), headers.flag(headers.BREAK_GLASS), headers.flag(headers.CALLBACK)
+        ),
+        "ActionExecuted": headers.flag(headers.CALLBACK),
+    }
+)
+
 
 def create_app(settings: Settings):
     app, topics, publisher = stream_worker(settings, "approval")
-    runtime = ApprovalRuntime(settings, topics, publisher.send_raw)
+    runtime = ApprovalRuntime(settings, topics, publisher.send_raw, publisher.send_raw_all)
     http = FastAPI(title="Keyturn approvals", version="0.1.0", description="Answer pending actions.")
     http.add_middleware(
         BoundedRequests,
@@ -56,7 +69,25 @@ def create_app(settings: Settings):
             elif done := await desk.take_decision(event, bytes(message.value)):
                 log.info("%s: %s (%s)", done, event.action_id, event.request.action)
 
-        await handle_each(stream, publisher, follow, accept=(ActionDecided, ActionExecuted), on_failure=desk.end_failed)
+        async def follow_many(batch: list[tuple[ActionDecided | ActionExecuted, Any]]) -> None:
+            # decisions first, together (an action's execution never comes before its decision is
+            # taken), then executions in arrival order
+            decided = [(e, bytes(m.value)) for e, m in batch if isinstance(e, ActionDecided)]
+            for action_id, done in (await desk.take_decisions(decided)).items():
+                log.info("%s: %s", done, action_id)
+            for event, _ in batch:
+                if isinstance(event, ActionExecuted):
+                    await desk.note_executed(event)
+
+        await handle_each(
+            stream,
+            publisher,
+            follow,
+            accept=(ActionDecided, ActionExecuted),
+            on_failure=desk.end_failed,
+            handle_many=follow_many,
+            wants=DESK_EVENTS,
+        )
 
     @app.timer(interval=1.0)
     async def keep_time():

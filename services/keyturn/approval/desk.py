@@ -24,8 +24,9 @@ from typing import Any
 from keyturn.approval import channels as kinds
 from keyturn.approval.callbacks import callback_body
 from keyturn.approval.channels import ChatTargets
-from keyturn.approval.ports import DeskStore, PolicyEngine, Publish
+from keyturn.approval.ports import DeskStore, PolicyEngine, Publish, PublishAll
 from keyturn.approval.replay import next_sweep_at, opened_state, pending_state
+from keyturn.approval.store import OpeningApproval
 from keyturn.approval.views import approval_view, break_glass_view
 from keyturn.bus.codec import registry
 from keyturn.bus.refusals import masked_line, refusal_letter
@@ -152,11 +153,13 @@ class ApprovalDesk:
         routes: Mapping[str, ChatTargets] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         load_execution_modes: Callable[[], Awaitable[ExecutionModes]] | None = None,
+        send_all: PublishAll | None = None,
     ) -> None:
         self.store = store
         # how the catalog carries actions out, so every channel says "performed outside Keyturn" for external ones
         self.load_execution_modes = load_execution_modes
         self._modes: tuple[float, ExecutionModes] | None = None
+        self.send_all = send_all  # the outbox's rows sent together, then acknowledged (None: one by one)
         self.opa = opa
         self.topics = topics
         self.send = send  # (topic, key, value) -> awaits the broker's ack
@@ -180,6 +183,10 @@ class ApprovalDesk:
 
     async def flush(self) -> None:
         """Publish everything the outbox holds, in order (the clock calls this every tick)."""
+        if self.send_all is not None:
+            while await self.store.drain_outbox(self.send, publish_all=self.send_all):
+                pass
+            return
         while await self.store.drain_outbox(self.send):
             pass
 
@@ -248,56 +255,81 @@ class ApprovalDesk:
             return True
         return decided.outcome is DecisionOutcome.ALLOWED and decided.break_glass
 
+    async def take_decisions(self, decisions: list[tuple[ActionDecided, bytes]]) -> dict[str, str]:
+        """``take_decision`` for a batch, in one transaction: the approvals it opens are one
+        statement. Returns what was done per action id (only those something was done for)."""
+        for decided, _ in decisions:
+            self._remember_callback(decided.action_id, bool(decided.request.callback_url))
+        concerned = list({d.action_id: (d, e) for d, e in decisions if self.concerns(d)}.values())
+        if not concerned:
+            return {}
+        return await self._until_database_answers(
+            f"{len(concerned)} decision(s)", lambda: self._take_decisions(concerned)
+        )
+
     async def _take_decision(self, decided: ActionDecided, encoded: bytes) -> str | None:
+        return (await self._take_decisions([(decided, encoded)])).get(decided.action_id)
+
+    async def _take_decisions(self, decisions: list[tuple[ActionDecided, bytes]]) -> dict[str, str]:
         async with self.unit_of_work() as unit:
-            done = None
-            if decided.outcome is DecisionOutcome.NEEDS_APPROVAL:
-                done = "opened" if await self._open(unit, decided, encoded) else None
-            elif (
-                decided.outcome is DecisionOutcome.ALLOWED
-                and decided.break_glass
-                and await self.store.note_break_glass(unit.conn, decided.action_id, encoded)
-            ):
-                for channel, targets in self.routes.items():
-                    for target in targets.every_target():
-                        await self.store.enqueue_notification(
-                            unit.conn, decided.action_id, channel, target, kinds.BREAK_GLASS
-                        )
-                done = "break_glass"
-            if decided.request.callback_url:
-                await self.store.set_callback_target(unit.conn, decided.action_id, decided.request.callback_url)
-                await self.store.enqueue_callback(
-                    unit.conn,
-                    decided.action_id,
-                    decided.outcome.value,
-                    callback_body(
+            opening = [(d, e) for d, e in decisions if d.outcome is DecisionOutcome.NEEDS_APPROVAL]
+            done = {action_id: "opened" for action_id in await self._open_many(unit, opening)}
+            for decided, encoded in decisions:
+                if (
+                    decided.outcome is DecisionOutcome.ALLOWED
+                    and decided.break_glass
+                    and await self.store.note_break_glass(unit.conn, decided.action_id, encoded)
+                ):
+                    for channel, targets in self.routes.items():
+                        for target in targets.every_target():
+                            await self.store.enqueue_notification(
+                                unit.conn, decided.action_id, channel, target, kinds.BREAK_GLASS
+                            )
+                    done[decided.action_id] = "break_glass"
+                if decided.request.callback_url:
+                    await self.store.set_callback_target(unit.conn, decided.action_id, decided.request.callback_url)
+                    await self.store.enqueue_callback(
+                        unit.conn,
                         decided.action_id,
                         decided.outcome.value,
-                        decided.decided_at,
-                        "break-glass: allowed without approval, reviewed after the fact"
-                        if decided.break_glass
-                        else decided.outcome.value,
-                        decided.reasons,
-                    ),
-                )
+                        callback_body(
+                            decided.action_id,
+                            decided.outcome.value,
+                            decided.decided_at,
+                            "break-glass: allowed without approval, reviewed after the fact"
+                            if decided.break_glass
+                            else decided.outcome.value,
+                            decided.reasons,
+                        ),
+                    )
             return done
 
-    async def _open(self, unit: UnitOfWork, decided: ActionDecided, encoded: bytes) -> bool:
-        state = opened_state(decided)
-        groups = [g.name for g in state.policy.groups]
-        created = await self.store.open(
-            unit.conn,
-            decided.action_id,
-            encoded,
-            sorted(decided.request.requester.everyone),
-            groups,
-            state.opened_at,
-            state.expires_at,
-        )
-        if created:
-            await self.store.set_next_sweep(unit.conn, decided.action_id, next_sweep_at(state))
+    async def _open_many(self, unit: UnitOfWork, decisions: list[tuple[ActionDecided, bytes]]) -> set[str]:
+        """Open the approvals of these decisions (one statement) and queue their first messages."""
+        if not decisions:
+            return set()
+        groups_of: dict[str, list[str]] = {}
+        approvals = []
+        for decided, encoded in decisions:
+            state = opened_state(decided)
+            groups_of[decided.action_id] = [g.name for g in state.policy.groups]
+            approvals.append(
+                OpeningApproval(
+                    decided.action_id,
+                    encoded,
+                    sorted(decided.request.requester.everyone),
+                    groups_of[decided.action_id],
+                    state.opened_at,
+                    state.expires_at,
+                    next_sweep_at(state),
+                )
+            )
+        created = await self.store.open_many(unit.conn, approvals)
+        for decided, _ in decisions:
+            if decided.action_id not in created:
+                continue
             for channel, targets in self.routes.items():
-                for target in targets.targets_for(groups):
+                for target in targets.targets_for(groups_of[decided.action_id]):
                     await self.store.enqueue_notification(unit.conn, decided.action_id, channel, target, kinds.OPENED)
         return created
 
@@ -507,6 +539,16 @@ class ApprovalDesk:
             await self._publish(unit, self.topics.dlq, letter.event_id, registry().encode_event(letter))
 
     # --- the clock ----------------------------------------------------------------------------
+
+    async def keep_clock(self) -> bool:
+        """Expire, remind and escalate what is due, when this instance keeps the namespace's clock
+        (``clock_lease``: one approval instance at a time); False when another one keeps it."""
+        async with self.store.clock_lease() as held:
+            if not held:
+                return False
+            await self.expire_due()
+            await self.remind_and_escalate()
+        return True
 
     async def expire_due(self) -> int:
         """Expire every pending approval whose TTL ran out; returns how many."""

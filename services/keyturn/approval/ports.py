@@ -6,11 +6,14 @@ in-memory one with the same guarantees, so the desk is unit-tested without a ser
 - ``transaction()`` is one unit: everything written in it commits together or not at all;
 - ``lock`` holds the approval row until the transaction ends, so two answers on one action are
   applied one after the other, each on the state the other left;
-- ``open``, ``note_break_glass``, ``enqueue_notification`` and ``enqueue_callback`` are keyed:
-  a second identical write (a redelivered decision, a repeated sweep) changes nothing;
+- ``open`` (``open_many`` for a batch, in one statement), ``note_break_glass``,
+  ``enqueue_notification`` and ``enqueue_callback`` are keyed: a second identical write (a redelivered decision, a
+  repeated sweep) changes nothing;
 - ``enqueue`` queues an event for Kafka in the transaction; ``drain_outbox`` publishes queued
   events in the order they were written and deletes each once the broker took it, so a crash
   leaves them queued for the next drain (at least once, never lost);
+- ``clock_lease`` says whether this instance keeps the namespace's approval clock while the
+  block runs (one instance at a time; the others skip the tick);
 - ``first_sighting`` records an interaction id on its own, outside any transaction: True the
   first time, False for every replay, even when the answer that follows is rolled back.
 
@@ -24,10 +27,13 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from keyturn.approval.store import ApprovalRow
+from keyturn.approval.store import ApprovalRow, OpeningApproval
 
 Publish = Callable[[str, bytes, bytes], Awaitable[Any]]
 """(topic, key, value) -> awaits the broker's acknowledgement."""
+
+PublishAll = Callable[[list[tuple[str, bytes, bytes]]], Awaitable[Any]]
+"""[(topic, key, value), ...] -> sends them in order, then awaits every acknowledgement."""
 
 
 @runtime_checkable
@@ -36,6 +42,7 @@ class DeskStore(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Any]: ...
     async def check(self) -> None: ...
+    def clock_lease(self) -> AbstractAsyncContextManager[bool]: ...
 
     async def open(
         self,
@@ -47,6 +54,7 @@ class DeskStore(Protocol):
         opened_at: datetime,
         expires_at: datetime,
     ) -> bool: ...
+    async def open_many(self, conn: Any, approvals: list[OpeningApproval]) -> set[str]: ...
     async def lock(self, conn: Any, action_id: str) -> ApprovalRow | None: ...
     async def read(self, action_id: str) -> ApprovalRow | None: ...
     async def record_vote(self, conn: Any, action_id: str, accepted: bool, vote_event: bytes) -> None: ...
@@ -60,7 +68,9 @@ class DeskStore(Protocol):
     async def break_glass_decision(self, action_id: str) -> bytes | None: ...
 
     async def enqueue(self, conn: Any, topic: str, key: str, value: bytes) -> None: ...
-    async def drain_outbox(self, publish: Publish, batch: int = 200) -> int: ...
+    async def drain_outbox(
+        self, publish: Publish, batch: int = 200, *, publish_all: PublishAll | None = None
+    ) -> int: ...
 
     async def enqueue_notification(
         self, conn: Any, action_id: str, channel: str, target: str, kind: str, occasion: str = ""

@@ -105,10 +105,11 @@ class Wiring:
 class ApprovalRuntime:
     """Everything the approval service's agents, timers and routes share."""
 
-    def __init__(self, settings: Settings, topics: Topics, send: Any) -> None:
+    def __init__(self, settings: Settings, topics: Topics, send: Any, send_all: Any = None) -> None:
         self.settings = settings
         self.topics = topics
         self.send = send
+        self.send_all = send_all
         self.slack: SlackChannel | None = slack_channel(settings)
         self.console_sign_in = console_sign_in(settings)
         self.teams: Any = None  # set by build() when Teams is configured (it needs the event loop)
@@ -166,7 +167,9 @@ class ApprovalRuntime:
         async def load_modes() -> ExecutionModes:
             return ExecutionModes.from_data(await data("keyturn/execution") if data is not None else None)
 
-        desk = ApprovalDesk(store, opa, self.topics, self.send, routes, load_execution_modes=load_modes)
+        desk = ApprovalDesk(
+            store, opa, self.topics, self.send, routes, load_execution_modes=load_modes, send_all=self.send_all
+        )
         self._wiring = Wiring(
             desk, NotificationCourier(store, self.adapters, desk.view), callback_courier(self.settings, store)
         )
@@ -201,15 +204,15 @@ class ApprovalRuntime:
             await consumer.stop()
 
     async def keep_time(self) -> None:
-        """Expire, remind and escalate what is due, and publish the events that follow.
+        """Expire, remind and escalate what is due (when this instance keeps the clock: one
+        approval instance per namespace at a time), and publish the events that follow.
 
         A database outage skips this tick (each step is one transaction, so nothing is half
         done) and the next tick picks up what is still due: an error raised from a faust timer
         would stop the whole service, and every pending approval would stay pending."""
         desk = self._wired().desk
         try:
-            await desk.expire_due()
-            await desk.remind_and_escalate()
+            await desk.keep_clock()
             await desk.flush()
         except DATABASE_UNAVAILABLE as exc:
             await self._skip_tick("expiry, reminders and escalations", exc)

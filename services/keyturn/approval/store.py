@@ -16,6 +16,7 @@ that causes it, and sent after commit, so a crash delays a message but never los
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -156,6 +157,30 @@ def _claimed(row: tuple[Any, ...]) -> Notification:
     )
 
 
+def runs_by_topic(rows: list[Any]) -> list[list[Any]]:
+    """Outbox rows ``(id, topic, key, value)`` in order, cut where the topic changes."""
+    runs: list[list[Any]] = []
+    for row in rows:
+        if runs and runs[-1][-1][1] == row[1]:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs
+
+
+@dataclass(frozen=True)
+class OpeningApproval:
+    """A pending approval to open (``open_many``)."""
+
+    action_id: str
+    decided_event: bytes
+    principals: list[str]
+    groups: list[str]
+    opened_at: datetime
+    expires_at: datetime
+    next_sweep_at: datetime | None
+
+
 _APPROVAL_COLUMNS = "action_id, decided_event, status, resolved_at, escalated_at, reminders_sent"
 
 
@@ -174,6 +199,27 @@ class ApprovalStore:
     async def check(self) -> None:
         """Test the idle pooled connections and replace the dead ones (after a database restart)."""
         await self.pool.check()
+
+    @asynccontextmanager
+    async def clock_lease(self) -> AsyncIterator[bool]:
+        """Whether this instance keeps the approval clock (expiry, reminders, escalation) of the
+        namespace while the block runs: a session advisory lock on the schema, so of several
+        approval instances on one namespace one at a time fires timers; the others skip the tick.
+        A process that dies mid-tick loses its session, and the lock with it."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute("SELECT pg_try_advisory_lock(hashtext(current_schema() || '.approval_clock'))")
+            ).fetchone()
+            held = bool(row and row[0])
+            try:
+                yield held
+            finally:
+                if held:
+                    try:
+                        await conn.execute("SELECT pg_advisory_unlock(hashtext(current_schema() || '.approval_clock'))")
+                    except Exception:
+                        await conn.close()  # a session that may still hold the lock must not go back to the pool
+                        raise
 
     # --- approvals ----------------------------------------------------------------------------
 
@@ -194,6 +240,32 @@ class ApprovalStore:
             (action_id, decided_event, principals, groups, opened_at, expires_at),
         )
         return await cur.fetchone() is not None
+
+    @staticmethod
+    async def open_many(conn: AsyncConnection, approvals: list[OpeningApproval]) -> set[str]:
+        """Record new pending approvals, with when their first reminder or escalation falls due,
+        in one statement; returns the action ids opened (the others were open already)."""
+        if not approvals:
+            return set()
+        cur = await conn.execute(
+            """INSERT INTO approvals (action_id, decided_event, principals, groups, opened_at, expires_at,
+                                      next_sweep_at)
+               SELECT a, e, ARRAY(SELECT jsonb_array_elements_text(p::jsonb)),
+                      ARRAY(SELECT jsonb_array_elements_text(g::jsonb)), o, x, COALESCE(s, 'infinity'::timestamptz)
+               FROM unnest(%s::text[], %s::bytea[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+                           %s::timestamptz[]) AS t(a, e, p, g, o, x, s)
+               ON CONFLICT DO NOTHING RETURNING action_id""",
+            (
+                [a.action_id for a in approvals],
+                [a.decided_event for a in approvals],
+                [json.dumps(a.principals) for a in approvals],
+                [json.dumps(a.groups) for a in approvals],
+                [a.opened_at for a in approvals],
+                [a.expires_at for a in approvals],
+                [a.next_sweep_at for a in approvals],
+            ),
+        )
+        return {row[0] for row in await cur.fetchall()}
 
     @staticmethod
     async def lock(conn: AsyncConnection, action_id: str) -> ApprovalRow | None:
@@ -317,8 +389,13 @@ class ApprovalStore:
     async def enqueue(conn: AsyncConnection, topic: str, key: str, value: bytes) -> None:
         await conn.execute("INSERT INTO approval_outbox (topic, key, value) VALUES (%s, %s, %s)", (topic, key, value))
 
-    async def drain_outbox(self, publish, batch: int = 200) -> int:
-        """Publish queued events in order and delete them; returns how many were sent."""
+    async def drain_outbox(self, publish, batch: int = 200, *, publish_all=None) -> int:
+        """Publish queued events in order and delete them; returns how many were sent.
+
+        With ``publish_all`` (records sent in order, then every acknowledgement awaited) each run
+        of rows for one topic goes out together, acknowledged before the next run is sent (so a
+        vote still lands before the resolution it caused), and the rows are deleted in one
+        statement once all were acknowledged."""
         sent = 0
         async with self.pool.connection() as conn, conn.transaction():
             # one drainer at a time keeps each action's events in the order they were written
@@ -334,6 +411,12 @@ class ApprovalStore:
                 (batch,),
             )
             rows = await cur.fetchall()
+            if publish_all is not None:
+                for run in runs_by_topic(rows):
+                    await publish_all([(topic, key.encode(), bytes(value)) for _, topic, key, value in run])
+                if rows:
+                    await conn.execute("DELETE FROM approval_outbox WHERE id = ANY(%s)", ([r[0] for r in rows],))
+                return len(rows)
             for row_id, topic, key, value in rows:
                 await publish(topic, key.encode(), bytes(value))
                 await conn.execute("DELETE FROM approval_outbox WHERE id = %s", (row_id,))

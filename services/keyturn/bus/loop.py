@@ -7,9 +7,14 @@ delivery guarantee:
 
 - **at least once**: a batch is committed only after every message of it was handled,
   dead-lettered or (not its owner's) skipped; a crash before that redelivers the batch;
+- **skipped before decoding**: a record whose headers say the stage has no part in it
+  (``wants``, from ``bus.headers``) is not decoded at all; one without headers is;
 - **per-key order**: messages of one key (one action) are handled one after another, in the
   order they came; different keys of a batch run concurrently (their round trips overlap);
   a stage that handles the whole batch at once (``handle_batch``) gets it in arrival order;
+  a stage that handles a batch together when it can (``handle_many``: one query, one
+  statement, one produce for the batch) falls back to ``handle`` per event, in per-key order,
+  when the batch fails for good, so each failing event is dead-lettered and ended alone;
 - **a transient fault is waited out** (``keyturn.faults.until_done``): a database or broker
   restart delays the batch, never skips it;
 - **undecodable input is dead-lettered once**, by its topic's owner
@@ -85,9 +90,13 @@ class Stage:
 
     ``handle(event, message)`` per event (per-key order, keys concurrent), or
     ``handle_batch([(event, message), ...])`` for the whole batch in arrival order (the audit
-    chain, the intake's status table). ``decode`` may raise ``UndecodableMessage`` (or
-    ``Refused``); the default decodes an event of an ``accept``ed type. ``on_failure`` runs
-    after a non-transient failure of ``handle`` was dead-lettered, to end the action.
+    chain, the intake's status table). ``handle_many`` (with ``handle``) takes the batch's
+    events together, in arrival order; when it fails for good, the batch is handled again per
+    event by ``handle``, so it must be idempotent per event (every stage's is). ``decode`` may
+    raise ``UndecodableMessage`` (or ``Refused``); the default decodes an event of an
+    ``accept``ed type. ``wants(message)`` False skips a record before it is decoded.
+    ``on_failure`` runs after a non-transient failure of ``handle`` was dead-lettered, to end
+    the action.
     """
 
     publisher: Publisher
@@ -96,12 +105,16 @@ class Stage:
     handle_batch: BatchHandler | None = None
     decode: Callable[[Message], Any] | None = None
     on_failure: FailureHook | None = None
+    handle_many: BatchHandler | None = None
+    wants: Callable[[Message], bool] | None = None
 
     def __post_init__(self) -> None:
         if (self.handle is None) == (self.handle_batch is None):
             raise ValueError(
                 "a stage handles events one by one or in batches: give exactly one of handle, handle_batch"
             )
+        if self.handle_many is not None and self.handle is None:
+            raise ValueError("handle_many falls back to handle: give handle too")
 
     @property
     def service(self) -> str:
@@ -118,7 +131,10 @@ async def run(source: Source, stage: Stage) -> None:
 async def handle_batch(batch: Sequence[Message], stage: Stage) -> None:
     """Decode, dead-letter and handle one batch; returns once it may be committed."""
     decoded: list[tuple[Any, Any]] = []
+    wants = stage.wants
     for message in batch:
+        if wants is not None and not wants(message):
+            continue
         event = await _decoded(message, stage)
         if event is not None:
             decoded.append((event, message))
@@ -127,6 +143,13 @@ async def handle_batch(batch: Sequence[Message], stage: Stage) -> None:
             handle = stage.handle_batch
             await until_done(lambda: handle(decoded), f"{stage.service}: handling a batch of {len(decoded)}")
         return
+    if stage.handle_many is not None and decoded:
+        many = stage.handle_many
+        try:
+            await until_done(lambda: many(decoded), f"{stage.service}: handling a batch of {len(decoded)}")
+            return
+        except Exception:  # each event again on its own: the failing ones are dead-lettered and ended alone
+            log.exception("%s could not handle a batch of %d; handling each on its own", stage.service, len(decoded))
     by_key: dict[Any, list[tuple[Any, Any]]] = {}
     for event, message in decoded:
         by_key.setdefault(message.key, []).append((event, message))

@@ -1,16 +1,21 @@
 """Publishing events: encode with the schema codec, key by ``action_id``, wait for the ack.
 
 One class for every service; only the transport differs (a faust app's producer in the
-stream workers, a plain aiokafka producer in the HTTP intake).
+stream workers, a plain aiokafka producer in the HTTP intake). A transport that can
+``enqueue`` (put a record in the producer's buffer and hand back its acknowledgement) gets
+the event's headers (``bus.headers``) and lets ``publish_all`` send a whole batch before
+waiting for any acknowledgement: with the producer's linger, one request carries them all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from keyturn.bus.codec import UndecodableMessage, registry
+from keyturn.bus.headers import Headers, headers_of, type_headers
 from keyturn.bus.refusals import refusal_letter
 from keyturn.bus.topics import Topics
 from keyturn.core.events import DeadLetter
@@ -20,25 +25,50 @@ log = logging.getLogger(__name__)
 Send = Callable[[str, bytes, bytes], Awaitable[None]]
 """(topic, key, value) → returns once the broker acknowledged the record."""
 
+Enqueue = Callable[[str, bytes, bytes, Headers], Awaitable[Awaitable[Any]]]
+"""(topic, key, value, headers) → returns once the record is buffered; what it returns is
+awaited for the broker's acknowledgement. Records of one partition go out in enqueue order."""
+
+Outgoing = tuple[str, str, bytes, Headers | None]
+"""(topic, key, encoded value, headers or None to read the type from the value)."""
+
 
 class Publisher:
-    def __init__(self, send: Send, topics: Topics, service: str) -> None:
+    def __init__(self, send: Send, topics: Topics, service: str, *, enqueue: Enqueue | None = None) -> None:
         self._send = send
+        self._enqueue = enqueue
         self.topics = topics
         self.service = service
 
-    async def publish(self, topic: str, event: Any, *, key: str | None = None) -> None:
-        """Encode ``event`` and send it keyed by its action id (or ``key``)."""
+    async def _put(self, topic: str, key: bytes, value: bytes, headers: Headers | None) -> Awaitable[Any]:
+        """Hand one record to the transport; returns what to await for its acknowledgement."""
+        if self._enqueue is not None:
+            return await self._enqueue(topic, key, value, headers if headers is not None else type_headers(value))
+        # a transport without headers (the intake's): the send runs as a task, started now
+        return asyncio.ensure_future(self._send(topic, key, value))
+
+    async def publish(self, topic: str, event: Any, *, key: str | None = None, callback: bool | None = None) -> None:
+        """Encode ``event`` and send it keyed by its action id (or ``key``), with its headers
+        (``callback``: whether its action has a webhook, for events that do not carry the request)."""
         key = key if key is not None else event.action_id
-        await self._send(topic, key.encode(), self.encode(event))
+        await (await self._put(topic, key.encode(), self.encode(event), headers_of(event, callback=callback)))
 
     async def send_raw(self, topic: str, key: bytes, value: bytes) -> None:
         """Send already-encoded bytes with a raw key (outboxes)."""
-        await self._send(topic, key, value)
+        await (await self._put(topic, key, value, None))
 
-    async def publish_encoded(self, topic: str, key: str, value: bytes) -> None:
+    async def publish_encoded(self, topic: str, key: str, value: bytes, headers: Headers | None = None) -> None:
         """Send bytes already encoded by ``encode`` (kept in an outbox)."""
-        await self._send(topic, key.encode(), value)
+        await (await self._put(topic, key.encode(), value, headers))
+
+    async def publish_all(self, records: Sequence[Outgoing]) -> None:
+        """Send every record, in order, then wait for every acknowledgement (the batch's
+        offsets are committed only after this returns). Raises if any was not acknowledged."""
+        await _acknowledged([await self._put(topic, key.encode(), value, h) for topic, key, value, h in records])
+
+    async def send_raw_all(self, records: Sequence[tuple[str, bytes, bytes]]) -> None:
+        """``send_raw`` for many records (an outbox's), sent in order, then every acknowledgement awaited."""
+        await _acknowledged([await self._put(topic, key, value, None) for topic, key, value in records])
 
     @staticmethod
     def encode(event: Any) -> bytes:
@@ -83,3 +113,11 @@ class Publisher:
         )
         log.warning("dead-lettered input from %s (%s): %s", source_topic, letter.error_type, letter.reason)
         return letter
+
+
+async def _acknowledged(acks: list[Awaitable[Any]]) -> None:
+    """Wait for every acknowledgement; raise the first failure once all have settled."""
+    results = await asyncio.gather(*acks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

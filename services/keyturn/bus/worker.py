@@ -8,11 +8,14 @@ publishes (``Publisher``), and one call into its own logic per event.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import faust
 
-from keyturn.bus.loop import FailureHook, FaustSource, Handler, Stage, run
+from keyturn.bus.headers import Headers, type_headers
+from keyturn.bus.loop import BatchHandler, FailureHook, FaustSource, Handler, Stage, run
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
 
@@ -20,7 +23,15 @@ log = logging.getLogger(__name__)
 
 
 def make_app(
-    *, namespace: str, bootstrap: str, partitions: int, run_dir: Path | str, session_timeout_s: float, service: str
+    *,
+    namespace: str,
+    bootstrap: str,
+    partitions: int,
+    run_dir: Path | str,
+    session_timeout_s: float,
+    service: str,
+    linger_ms: float = 3.0,
+    batch_bytes: int = 256 * 1024,
 ) -> faust.App:
     """A faust app for one service: raw bytes in and out (our codec does Avro), memory tables."""
     faust_dir = Path(run_dir) / "faust"
@@ -37,6 +48,10 @@ def make_app(
         web_enabled=False,  # the approval service serves its HTTP API itself (bus.http)
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # A batch's records are sent before any is awaited (Publisher.publish_all), so a few ms of
+        # linger and large batches put a whole batch in one produce request.
+        producer_linger=linger_ms / 1000.0,
+        producer_max_batch_size=batch_bytes,
         broker_commit_every=100,
         broker_commit_interval=1.0,
         # A SIGKILLed worker keeps its partitions until its session times out (faust's default is
@@ -49,15 +64,18 @@ def make_app(
 
 
 def faust_publisher(app: faust.App, topics: Topics, service: str) -> Publisher:
-    """A publisher sending through the faust app's producer."""
+    """A publisher sending through the faust app's producer, with headers."""
     handles: dict[str, faust.TopicT] = {}
 
-    async def send(topic: str, key: bytes, value: bytes) -> None:
+    async def enqueue(topic: str, key: bytes, value: bytes, headers: Headers) -> Awaitable[Any]:
         if topic not in handles:
             handles[topic] = app.topic(topic, key_type=bytes, value_type=bytes)
-        await (await handles[topic].send(key=key, value=value))
+        return await handles[topic].send(key=key, value=value, headers=headers)
 
-    return Publisher(send, topics, service)
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        await (await enqueue(topic, key, value, type_headers(value)))
+
+    return Publisher(send, topics, service, enqueue=enqueue)
 
 
 async def handle_each(
@@ -67,6 +85,8 @@ async def handle_each(
     *,
     accept: tuple[type, ...],
     on_failure: FailureHook | None = None,
+    handle_many: BatchHandler | None = None,
+    wants: Callable[[Any], bool] | None = None,
     batch: int = 64,
     within_s: float = 0.005,
 ) -> None:
@@ -75,9 +95,11 @@ async def handle_each(
     The one consumption loop (``bus.loop``) over a faust stream: events of different keys
     (actions) of a batch concurrently, events of one key in order, transient faults waited
     out, undecodable input dead-lettered by its topic's owner, and a non-transient failure
-    dead-lettered and handed to ``on_failure`` (the stage's terminal event).
+    dead-lettered and handed to ``on_failure`` (the stage's terminal event). ``handle_many``
+    takes a batch together (falling back to ``handle`` per event); ``wants`` skips records by
+    their headers before decoding.
     """
-    stage = Stage(publisher, accept, handle=handle, on_failure=on_failure)
+    stage = Stage(publisher, accept, handle=handle, on_failure=on_failure, handle_many=handle_many, wants=wants)
     await run(FaustSource(stream, batch=batch, within_s=within_s), stage)
 
 

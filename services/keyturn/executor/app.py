@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from keyturn.bus import headers
 from keyturn.bus.worker import consume, handle_each
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ApprovalResolved
@@ -34,6 +35,11 @@ from keyturn.secret_store import DDL as SECRETS_DDL
 from keyturn.secret_store import PostgresSecretStore
 
 log = logging.getLogger(__name__)
+
+# Only allowed decisions and approved resolutions are orders; the rest are skipped undecoded.
+CLEARED_ORDERS = headers.wanting(
+    {"ActionDecided": headers.outcome_in("allowed"), "ApprovalResolved": headers.outcome_in("approved")}
+)
 
 
 def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], None] | None = None) -> PluginRegistry:
@@ -128,7 +134,13 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
     async def execute_orders(stream):
         stage = ExecutorStage(await until_done(build_executor, "executor: opening the ledger"), publisher)
         await handle_each(
-            stream, publisher, stage.execute, accept=(ActionDecided, ApprovalResolved), on_failure=stage.on_failure
+            stream,
+            publisher,
+            stage.execute,
+            accept=(ActionDecided, ApprovalResolved),
+            on_failure=stage.on_failure,
+            handle_many=stage.execute_batch,
+            wants=CLEARED_ORDERS,
         )
 
     return app

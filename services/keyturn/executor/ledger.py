@@ -5,6 +5,10 @@ plugin runs, so two executors (or one executor and its own redelivery) can never
 action. A redelivered order for a finished action republishes the recorded outcome; for an
 action started but never finished (the executor died mid-way) the executor ends it
 ``outcome_unknown`` with the evidence — never a silent second run.
+
+A batch of orders is started with one statement (``start_many``: ``INSERT … SELECT FROM
+unnest … ON CONFLICT DO NOTHING RETURNING``, committed before any plugin runs) and finished
+with one (``finish_many``: ``UPDATE … FROM unnest``).
 """
 
 from __future__ import annotations
@@ -78,6 +82,63 @@ class ExecutionLedger:
                 (at, outcome, executed_event, action_id),
             )
             return cur.rowcount == 1
+
+    async def start_many(self, starts: list[tuple[str, str, str]], at: datetime) -> dict[str, LedgerEntry]:
+        """Start every (action id, payload digest, plugin) not started before, in one committed
+        statement; returns the earlier entries of those that were (the others this call started)."""
+        if not starts:
+            return {}
+        ids = [action_id for action_id, _, _ in starts]
+        async with self.pool.connection() as conn:
+            inserted = await (
+                await conn.execute(
+                    "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin)"
+                    " SELECT action_id, %s, %s, payload_digest, plugin"
+                    " FROM unnest(%s::text[], %s::text[], %s::text[]) AS s(action_id, payload_digest, plugin)"
+                    " ON CONFLICT DO NOTHING RETURNING action_id",
+                    (self.executor, at, ids, [d for _, d, _ in starts], [p for _, _, p in starts]),
+                )
+            ).fetchall()
+            started = {row[0] for row in inserted}
+            before = [action_id for action_id in ids if action_id not in started]
+            entries = await self._entries(conn, before) if before else {}
+        missing = set(before) - set(entries)
+        if missing:  # a conflict is a row that exists; nothing deletes ledger rows
+            raise RuntimeError(f"the ledger refused {len(missing)} start(s) but holds no entry for them")
+        return entries
+
+    async def finish_many(self, finishes: list[tuple[str, str, bytes, datetime]]) -> set[str]:
+        """Record (action id, outcome, executed event, at) of started actions in one statement;
+        returns the action ids it recorded (the others had an outcome already, which stays)."""
+        if not finishes:
+            return set()
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "UPDATE executions AS e SET finished_at = f.at, outcome = f.outcome, executed_event = f.event"
+                    " FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::timestamptz[]) AS f(action_id, outcome,"
+                    " event, at)"
+                    " WHERE e.action_id = f.action_id AND e.finished_at IS NULL RETURNING e.action_id",
+                    (
+                        [f[0] for f in finishes],
+                        [f[1] for f in finishes],
+                        [f[2] for f in finishes],
+                        [f[3] for f in finishes],
+                    ),
+                )
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    @staticmethod
+    async def _entries(conn, action_ids: list[str]) -> dict[str, LedgerEntry]:
+        cur = await conn.execute(f"SELECT {_COLUMNS} FROM executions WHERE action_id = ANY(%s)", (action_ids,))
+        entries = {}
+        for row in await cur.fetchall():
+            entry = LedgerEntry(*row)
+            if entry.executed_event is not None:
+                entry = LedgerEntry(**{**entry.__dict__, "executed_event": bytes(entry.executed_event)})
+            entries[entry.action_id] = entry
+        return entries
 
     async def get(self, action_id: str) -> LedgerEntry | None:
         """The entry of one action, if it was ever started."""

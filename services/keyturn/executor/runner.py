@@ -13,6 +13,10 @@ The order of things is the guarantee:
 Redelivered after 1 but before 4 (the executor died), the action is not run again: the
 plugin's ``abandon`` cleans up what the dead run may have left, and the action ends
 ``outcome_unknown`` with that evidence.
+
+A batch keeps the same order of things for all of its orders at once (``execute_many``): one
+committed ledger statement starts them all, the plugins run concurrently, one statement
+records every outcome, and the events are sent together.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
+from keyturn.bus.codec import registry
+from keyturn.bus.headers import Headers, headers_of
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome, VoteChoice
 from keyturn.core.execution import ExecutionOrder, order_from, refusal_reason
@@ -48,6 +55,13 @@ class Ledger(Protocol):
     async def finish(self, action_id: str, outcome: str, executed_event: bytes, at: datetime) -> bool: ...
 
     async def get(self, action_id: str) -> LedgerEntry | None: ...
+
+    async def start_many(self, starts: list[tuple[str, str, str]], at: datetime) -> dict[str, LedgerEntry]: ...
+
+    async def finish_many(self, finishes: list[tuple[str, str, bytes, datetime]]) -> set[str]: ...
+
+
+Done = tuple[ExecutionOrder, ExecutionOutcome, bytes]
 
 
 class Executor:
@@ -90,6 +104,57 @@ class Executor:
         else:
             executed = await self._run(order, plugin, now)
         return await self._finish(order, executed)
+
+    async def execute_many(self, orders: list[ExecutionOrder]) -> tuple[list[Done], list[BaseException]]:
+        """Run every order (distinct actions) at most once: (what each ended with, the failures
+        of those that could not be handled, which the caller hands to ``end_failed``'s path).
+
+        The starts are one committed statement before any plugin runs; the outcomes are one
+        statement after they all ran."""
+        now = datetime.now(UTC)
+        plugins = {order.action_id: self.plugins.plugin_for(order.decision.request.action) for order in orders}
+        starts = [(o.action_id, str(o.payload_digest), plugins[o.action_id].name) for o in orders]
+        earlier = await until_done(
+            lambda: self.ledger.start_many(starts, now), f"starting {len(orders)} order(s) in the ledger"
+        )
+
+        async def after_start(order: ExecutionOrder) -> ActionExecuted | tuple[ExecutionOutcome, bytes]:
+            entry = earlier.get(order.action_id)
+            if entry is not None and (entry.executor, entry.started_at) == (self.ledger.executor, now):
+                entry = None  # our own start, committed before the connection broke: nothing ran yet
+            if entry is not None and entry.finished:
+                return _recorded(entry)
+            if entry is not None:
+                return await self._interrupted(order, plugins[order.action_id], entry)
+            return await self._run(order, plugins[order.action_id], now)
+
+        results = await asyncio.gather(*(after_start(order) for order in orders), return_exceptions=True)
+        ran = {o.action_id: (o, r) for o, r in zip(orders, results, strict=True) if isinstance(r, ActionExecuted)}
+        encoded = {action_id: self.encode(executed) for action_id, (_, executed) in ran.items()}
+        finished_at = datetime.now(UTC)
+        finishes = [(i, executed.outcome.value, encoded[i], finished_at) for i, (_, executed) in ran.items()]
+        # the plugins have run: their outcomes are kept until the ledger takes them
+        recorded = await until_done(
+            lambda: self.ledger.finish_many(finishes), f"recording the outcomes of {len(finishes)} order(s)"
+        )
+        done: list[Done] = []
+        failures: list[BaseException] = []
+        for order, result in zip(orders, results, strict=True):
+            if isinstance(result, BaseException):
+                failures.append(result)
+            elif isinstance(result, ActionExecuted):
+                if order.action_id in recorded:
+                    done.append((order, result.outcome, encoded[order.action_id]))
+                else:  # another executor recorded first; its word stands
+                    entry = await until_done(
+                        partial(self.ledger.get, order.action_id), f"reading the outcome of {order.action_id}"
+                    )
+                    if entry is None:
+                        raise RuntimeError(f"the ledger refused the outcome of {order.action_id} but holds none")
+                    done.append((order, *_recorded(entry)))
+            else:
+                done.append((order, *result))
+        return done, failures
 
     async def end_failed(self, order: ExecutionOrder, exc: Exception) -> tuple[ExecutionOutcome, bytes]:
         """End an order whose handling failed (the executor's own fault, not the plugin's), never running it.
@@ -295,7 +360,31 @@ class ExecutorStage:
             return
         outcome, encoded = await self.executor.execute(order)
         log.info("executed %s: %s", order.action_id, outcome.value)
-        await self.publisher.publish_encoded(self.publisher.topics.executed, order.action_id, encoded)
+        await self.publisher.publish_encoded(
+            self.publisher.topics.executed, order.action_id, encoded, _executed_headers(order, encoded)
+        )
+
+    async def execute_batch(self, batch: list[tuple[ActionDecided | ApprovalResolved, Any]]) -> None:
+        """Run a batch's cleared orders together (``Executor.execute_many``), send every outcome,
+        and wait for all of them to be acknowledged. An order that could not be handled raises
+        after the others were sent: the loop then takes the batch again one event at a time
+        (the ones sent republish their recorded outcome; the failed one ends as ``execute``
+        or ``on_failure`` decides, never run twice)."""
+        orders = list({o.action_id: o for o in (order_from(event) for event, _ in batch) if o is not None}.values())
+        if not orders:
+            return
+        done, failures = await self.executor.execute_many(orders)
+        for order, outcome, _ in done:
+            log.info("executed %s: %s", order.action_id, outcome.value)
+        topic = self.publisher.topics.executed
+        await until_done(
+            lambda: self.publisher.publish_all(
+                [(topic, order.action_id, value, _executed_headers(order, value)) for order, _, value in done]
+            ),
+            f"sending {len(done)} outcome(s)",
+        )
+        if failures:
+            raise failures[0]
 
     async def on_failure(self, event: ActionDecided | ApprovalResolved, _message: Any, exc: Exception) -> None:
         """End a cleared order ``failed`` (nothing ran) or ``outcome_unknown`` (it may have); others are not
@@ -305,7 +394,15 @@ class ExecutorStage:
             return
         outcome, encoded = await self.executor.end_failed(order, exc)
         log.warning("ended %s %s after the executor failed on it", order.action_id, outcome.value)
-        await self.publisher.publish_encoded(self.publisher.topics.executed, order.action_id, encoded)
+        await self.publisher.publish_encoded(
+            self.publisher.topics.executed, order.action_id, encoded, _executed_headers(order, encoded)
+        )
+
+
+def _executed_headers(order: ExecutionOrder, encoded: bytes) -> Headers:
+    """The headers of an outcome: its type and outcome, and whether its requester asked for a
+    webhook (the approval service reads only those), which only the order knows."""
+    return headers_of(registry().decode_event(encoded), callback=bool(order.decision.request.callback_url))
 
 
 def _recorded(entry: LedgerEntry) -> tuple[ExecutionOutcome, bytes]:

@@ -51,6 +51,13 @@ def create_app(settings: Settings):
             )
         )
         stage = PolicyStage(decider, record, publisher)
-        await handle_each(stream, publisher, stage.decide, accept=(ActionRequested,), on_failure=stage.on_failure)
+        await handle_each(
+            stream,
+            publisher,
+            stage.decide,
+            accept=(ActionRequested,),
+            on_failure=stage.on_failure,
+            handle_many=stage.decide_batch,
+        )
 
     return app

@@ -1,7 +1,13 @@
 """The policy stage: each request → OPA → one decision, kept before it is published.
 
-Fail closed: no answer from OPA means no allow, ever; a request this stage cannot decide at
-all (a bug, a refused statement) ends ``denied`` with ``policy_error`` instead of staying open.
+A batch of requests is one OPA query (``keyturn.batch``: the decision of every item, in order),
+one read and one write of ``policy_decisions``, and its decisions are sent together. Each
+decision keeps its own provenance: the batch query's decision id with the item's index
+(``<decision id>#<index>``), the policy revision, and the digest of its own input.
+
+Fail closed: no answer from OPA means no allow, ever (for a batch: every request of it is
+denied, as one would be alone); a request this stage cannot decide at all (a bug, a refused
+statement) ends ``denied`` with ``policy_error`` instead of staying open.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from keyturn.bus.headers import Headers, headers_of
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import masked_line
 from keyturn.core.events import ActionDecided, ActionRequested
@@ -31,7 +38,7 @@ class Opa(Protocol):
 
     async def query(self, path: str, input_document: dict[str, Any]) -> OpaAnswer: ...
 
-    async def policy_revision(self) -> str: ...
+    async def revision_of(self, answer: OpaAnswer) -> str: ...
 
 
 class Decisions(Protocol):
@@ -40,6 +47,13 @@ class Decisions(Protocol):
     async def earlier(self, action_id: str) -> bytes | None: ...
 
     async def keep(self, action_id: str, decided_event: bytes) -> bytes: ...
+
+    async def earlier_many(self, action_ids: list[str]) -> dict[str, bytes]: ...
+
+    async def keep_many(self, decided: dict[str, bytes]) -> dict[str, bytes]: ...
+
+
+BATCH_PATH = "keyturn/batch"
 
 
 class PolicyDecider:
@@ -61,39 +75,71 @@ class PolicyDecider:
         self.clock = clock
 
     async def decide(self, request: ActionRequested) -> ActionDecided:
-        impact = await self.previewer.preview(request) if self.previewer is not None else None
-        decision, tolerance = await self._ask_opa(request, policy_input(request, impact))
-        if impact is None:
-            return decision
-        # bound to the payload it was computed for; max_rows is what the executor will enforce
-        return dataclasses.replace(decision, impact=bounded(impact, tolerance))
+        return (await self.decide_many([request]))[0]
 
-    async def _ask_opa(self, request: ActionRequested, document: dict[str, Any]) -> tuple[ActionDecided, Any]:
-        """OPA's decision and the impact tolerance it grants (None when it gave none)."""
+    async def decide_many(self, requests: list[ActionRequested]) -> list[ActionDecided]:
+        """One decision per request, in order, from one OPA query; every one denied when OPA
+        fails (invalid answer at once, unavailable once ``unavailable_after_s`` passed).
+
+        SQL-backed requests get their impact preview first (``input.impact``); a decision that
+        carries one binds it to the payload and to the tolerance the policy grants."""
+        impacts = [await self.previewer.preview(r) if self.previewer is not None else None for r in requests]
+        documents = [policy_input(request, impact) for request, impact in zip(requests, impacts, strict=True)]
         give_up_at = self.clock() + self.unavailable_after_s
         while True:
             now = datetime.now(UTC)
             try:
-                answer = await self.opa.query("keyturn/decision", document)
-                revision = await self.opa.policy_revision()
+                answer = await self.opa.query(BATCH_PATH, {"batch": documents})
+                items = _items(answer.result, len(documents))
+                revision = await self.opa.revision_of(answer)
             except PolicyAnswerInvalid as exc:
                 reason = masked_line(f"policy_invalid: {exc}")  # OPA's answer may quote the input
-                return denied(request, [reason], provenance_for(document, "unknown", None, now), now), None
+                return [
+                    denied(request, [reason], provenance_for(document, "unknown", None, now), now)
+                    for request, document in zip(requests, documents, strict=True)
+                ]
             except PolicyUnavailable as exc:
                 if self.clock() >= give_up_at:
                     reason = masked_line(
                         f"policy_unavailable: no decision from OPA within {self.unavailable_after_s:.0f}s ({exc})"
                     )
-                    return denied(request, [reason], provenance_for(document, "unknown", None, now), now), None
-                log.warning("OPA unavailable, holding %s: %s", request.action_id, exc)
+                    return [
+                        denied(request, [reason], provenance_for(document, "unknown", None, now), now)
+                        for request, document in zip(requests, documents, strict=True)
+                    ]
+                log.warning("OPA unavailable, holding %d request(s): %s", len(requests), exc)
                 await asyncio.sleep(self.retry_every_s)
                 continue
-            found = answer.result.get("decision") if isinstance(answer.result, dict) else None
-            tolerance = found.get("impact_tolerance") if isinstance(found, dict) else None
-            decided = decided_from_answer(
-                request, answer.result, provenance_for(document, revision, answer.decision_id, now), now
-            )
-            return decided, tolerance
+            decisions = []
+            for index, (request, document, item, impact) in enumerate(
+                zip(requests, documents, items, impacts, strict=True)
+            ):
+                decided = decided_from_answer(
+                    request,
+                    {"decision": item},
+                    provenance_for(document, revision, _item_id(answer.decision_id, index), now),
+                    now,
+                )
+                if impact is not None:
+                    # bound to the payload it was computed for; max_rows is what the executor will enforce
+                    tolerance = item.get("impact_tolerance") if isinstance(item, dict) else None
+                    decided = dataclasses.replace(decided, impact=bounded(impact, tolerance))
+                decisions.append(decided)
+            return decisions
+
+
+def _items(result: Any, expected: int) -> list[Any]:
+    """The decisions of a batch answer; ``PolicyAnswerInvalid`` unless there is one per request."""
+    items = result.get("decisions") if isinstance(result, dict) else None
+    if not isinstance(items, list) or len(items) != expected:
+        got = f"{len(items)} decisions" if isinstance(items, list) else "no decisions"
+        raise PolicyAnswerInvalid(f"OPA answered a batch of {expected} with {got} (is keyturn.batch loaded?)")
+    return items
+
+
+def _item_id(decision_id: str | None, index: int) -> str | None:
+    """The decision id of one item of a batch query: the query's id and the item's index."""
+    return f"{decision_id}#{index}" if decision_id else None
 
 
 def with_policy_masking(decision: ActionDecided) -> ActionDecided:
@@ -120,7 +166,8 @@ def policy_error(request: ActionRequested, exc: Exception, now: datetime) -> Act
 
 
 class PolicyStage:
-    """``decide`` per request (the loop's handler) and ``on_failure`` (its terminal event)."""
+    """``decide_batch`` per batch (the loop's batch handler), ``decide`` per request (the loop's
+    handler when a batch failed) and ``on_failure`` (its terminal event)."""
 
     def __init__(self, decider: PolicyDecider, decisions: Decisions, publisher: Publisher) -> None:
         self.decider = decider
@@ -132,10 +179,39 @@ class PolicyStage:
         if encoded is None:
             decision = with_policy_masking(await self.decider.decide(request))
             log.info("decided %s %s: %s", request.action_id, request.action, decision.outcome.value)
-            encoded = await self.decisions.keep(request.action_id, self.publisher.encode(decision))
+            mine = self.publisher.encode(decision)
+            encoded = await self.decisions.keep(request.action_id, mine)
+            headers = headers_of(decision) if encoded == mine else None
         else:
             log.info("redelivered %s: republishing its decision", request.action_id)
-        await self.publisher.publish_encoded(self.publisher.topics.decided, request.action_id, encoded)
+            headers = None
+        await self.publisher.publish_encoded(self.publisher.topics.decided, request.action_id, encoded, headers)
+
+    async def decide_batch(self, batch: list[tuple[ActionRequested, Any]]) -> None:
+        """Decide a batch: one read of the kept decisions, one OPA query for the rest, one write,
+        then every decision sent and acknowledged (in the batch's order) before it returns.
+
+        A request delivered twice in one batch is decided once and published once per delivery."""
+        requests = list({request.action_id: request for request, _ in batch}.values())
+        kept = await self.decisions.earlier_many([request.action_id for request in requests])
+        headers: dict[str, Headers] = {}
+        made: dict[str, ActionDecided] = {}
+        fresh = [request for request in requests if request.action_id not in kept]
+        if fresh:
+            made = {d.action_id: with_policy_masking(d) for d in await self.decider.decide_many(fresh)}
+            encoded = {action_id: self.publisher.encode(d) for action_id, d in made.items()}
+            for decision in made.values():
+                log.info("decided %s %s: %s", decision.action_id, decision.request.action, decision.outcome.value)
+            kept.update(await self.decisions.keep_many(encoded))
+            # the headers describe our decision; one another worker kept first is sent with its type only
+            headers = {i: headers_of(d) for i, d in made.items() if kept[i] == encoded[i]}
+        for request in requests:
+            if request.action_id not in made:
+                log.info("redelivered %s: republishing its decision", request.action_id)
+        topic = self.publisher.topics.decided
+        await self.publisher.publish_all(
+            [(topic, r.action_id, kept[r.action_id], headers.get(r.action_id)) for r, _ in batch]
+        )
 
     async def on_failure(self, request: ActionRequested, _message: Any, exc: Exception) -> None:
         """Deny the request with ``policy_error`` (or republish a decision that was kept after all)."""

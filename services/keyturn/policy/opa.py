@@ -39,6 +39,24 @@ class PolicyAnswerInvalid(RuntimeError):
 class OpaAnswer:
     result: Any
     decision_id: str | None
+    revision: str | None = None  # the bundle revision OPA answered with; None when it loads no bundle
+
+
+def bundle_revision(provenance: Any) -> str | None:
+    """The revision of the bundle(s) OPA evaluated with, from its ``provenance`` (``?provenance=true``).
+
+    One bundle: its revision; several: ``name=revision`` pairs sorted by name; None when OPA
+    reports no bundle with a revision (a policy directory loaded with ``opa run --watch``).
+    """
+    bundles = provenance.get("bundles") if isinstance(provenance, dict) else None
+    if not isinstance(bundles, dict):
+        return None
+    revisions = {name: b.get("revision") for name, b in bundles.items() if isinstance(b, dict) and b.get("revision")}
+    if not revisions:
+        return None
+    if len(revisions) == 1:
+        return str(next(iter(revisions.values())))
+    return ",".join(f"{name}={revision}" for name, revision in sorted(revisions.items()))
 
 
 class OpaClient:
@@ -80,8 +98,11 @@ class OpaClient:
             self._session = None
 
     async def query(self, path: str, input_document: dict[str, Any]) -> OpaAnswer:
-        """POST ``input`` to ``/v1/data/<path>``; undefined results raise ``PolicyAnswerInvalid``."""
-        url = f"/v1/data/{path.strip('/')}"
+        """POST ``input`` to ``/v1/data/<path>``; undefined results raise ``PolicyAnswerInvalid``.
+
+        Asked with ``?provenance=true``, so the answer names the bundle revision it was made by
+        (``OpaAnswer.revision``) at no extra request."""
+        url = f"/v1/data/{path.strip('/')}?provenance=true"
         started = time.perf_counter()
         try:
             body = await self._post_with_retries(url, {"input": input_document}, path)
@@ -90,7 +111,7 @@ class OpaClient:
         if "result" not in body:
             OPA_ERRORS.labels(path, "undefined").inc()
             raise PolicyAnswerInvalid(f"OPA returned no result for {path} (undefined decision)")
-        return OpaAnswer(body["result"], body.get("decision_id"))
+        return OpaAnswer(body["result"], body.get("decision_id"), bundle_revision(body.get("provenance")))
 
     async def _post_with_retries(self, url: str, payload: dict[str, Any], path: str) -> dict[str, Any]:
         status, body = await self._send("POST", url, path, payload)
@@ -123,11 +144,19 @@ class OpaClient:
             return status, body
         raise PolicyUnavailable(f"OPA at {self.base_url} unavailable after {self.retries + 1} attempts: {last_error}")
 
+    async def revision_of(self, answer: OpaAnswer) -> str:
+        """The policy revision a decision was made by: the bundle revision its answer carries,
+        else (no bundle loaded) ``policy_revision``."""
+        return answer.revision or await self.policy_revision()
+
     async def policy_revision(self, max_age_s: float | None = None) -> str:
-        """Content hash of the policy modules OPA has loaded, at most ``max_age_s`` old
+        """The revision of the policy OPA has loaded, at most ``max_age_s`` old
         (default ``revision_max_age_s``; 0 asks OPA now).
 
-        A directory loaded with ``opa run --watch`` has no bundle revision, so the revision
+        With bundles (production: ``opa build --revision`` served to OPA, or ``opa run
+        --bundle``) it is the bundle revision OPA reports in its provenance; decisions read it
+        from their own answer (``revision_of``), so this is asked only by commands. A directory
+        loaded with ``opa run --watch`` (development) has no bundle revision, so the revision
         is the SHA-256 over every module's id and source and over the policy data, as OPA
         has them loaded (so a hot reload shows as a new revision, within ``max_age_s``).
 
@@ -154,6 +183,15 @@ class OpaClient:
             return revision
 
     async def _fetch_revision(self) -> str:
+        # the cheapest query there is (the batch entry point with no batch: []), for its provenance
+        status, body = await self._send("POST", "/v1/data/keyturn/batch?provenance=true", "revision", {"input": {}})
+        if status == 200:
+            try:
+                revision = bundle_revision(json.loads(body).get("provenance"))
+            except ValueError:
+                revision = None
+            if revision:
+                return revision
         modules = (await self._get("/v1/policies")).get("result", [])
         digest = hashlib.sha256()
         packages: set[str] = set()

@@ -4,6 +4,9 @@ Consumption is at-least-once: a request whose offset was not committed before it
 moved to another worker arrives twice. The first decision is stored (keyed by action id)
 before it is published; a redelivered request republishes that stored event — same event id,
 same OPA decision id — instead of asking OPA again, which could answer differently.
+
+A batch reads what was kept with one statement (``earlier_many``) and keeps its new decisions
+with one statement (``keep_many``).
 """
 
 from __future__ import annotations
@@ -44,3 +47,50 @@ class DecisionRecord:
         if row is None:  # inserted or already there: only a concurrent delete could remove it, and nothing deletes
             raise RuntimeError(f"the decision of {action_id} vanished from policy_decisions")
         return bytes(row[0])
+
+    async def earlier_many(self, action_ids: list[str]) -> dict[str, bytes]:
+        """The decisions already made for any of ``action_ids``, encoded, by action id (one statement)."""
+        if not action_ids:
+            return {}
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT action_id, decided_event FROM policy_decisions WHERE action_id = ANY(%s)", (action_ids,)
+                )
+            ).fetchall()
+        return {action_id: bytes(event) for action_id, event in rows}
+
+    async def keep_many(self, decided: dict[str, bytes]) -> dict[str, bytes]:
+        """Store these decisions, each unless another worker stored one first, in one statement;
+        returns the ones that stand, by action id."""
+        if not decided:
+            return {}
+        ids, events = list(decided), list(decided.values())
+        async with self.pool.connection() as conn:
+            # The statement's snapshot does not see the rows it inserts, so what it inserted comes
+            # from RETURNING and what was there before from the table: together, what stands.
+            rows = await (
+                await conn.execute(
+                    "WITH inserted AS ("
+                    " INSERT INTO policy_decisions (action_id, decided_event)"
+                    " SELECT * FROM unnest(%s::text[], %s::bytea[]) ON CONFLICT DO NOTHING"
+                    " RETURNING action_id, decided_event)"
+                    " SELECT action_id, decided_event FROM inserted"
+                    " UNION ALL"
+                    " SELECT action_id, decided_event FROM policy_decisions"
+                    " WHERE action_id = ANY(%s) AND action_id NOT IN (SELECT action_id FROM inserted)",
+                    (ids, events, ids),
+                )
+            ).fetchall()
+            standing = {action_id: bytes(event) for action_id, event in rows}
+            missing = [action_id for action_id in ids if action_id not in standing]
+            if missing:  # stored by a transaction that committed after this statement's snapshot
+                rows = await (
+                    await conn.execute(
+                        "SELECT action_id, decided_event FROM policy_decisions WHERE action_id = ANY(%s)", (missing,)
+                    )
+                ).fetchall()
+                standing.update({action_id: bytes(event) for action_id, event in rows})
+        if len(standing) != len(ids):  # nothing deletes decisions
+            raise RuntimeError("decisions vanished from policy_decisions while they were kept")
+        return standing

@@ -1,0 +1,69 @@
+"""The one-statement-per-batch SQL on a real PostgreSQL: the executor's ledger (a start is
+committed once per action, ever; the first outcome stays) and the policy's decision record
+(the first decision kept stands), each for a whole batch at once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from keyturn.db import open_pool, schema_name
+from keyturn.executor import ledger as ledger_module
+from keyturn.executor.ledger import ExecutionLedger
+from keyturn.policy import record as record_module
+from keyturn.policy.record import DecisionRecord
+
+pytestmark = pytest.mark.integration
+
+AT = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
+
+
+def test_a_batch_of_starts_and_finishes_keeps_at_most_once_per_action(settings) -> None:
+    async def scenario():
+        schema = schema_name(f"kt{uuid.uuid4().hex[:8]}")
+        pool = await open_pool(settings.database_url, ledger_module.DDL, schema=schema)
+        other_pool = await open_pool(settings.database_url, ledger_module.DDL, schema=schema)
+        try:
+            mine, theirs = ExecutionLedger(pool, "executor-1"), ExecutionLedger(other_pool, "executor-2")
+            await theirs.start("a3", AT, payload_digest="d3", plugin="sql")  # started elsewhere, never finished
+            first = await mine.start_many([("a1", "d1", "sql"), ("a2", "d2", "http"), ("a3", "d3", "sql")], AT)
+            again = await theirs.start_many([("a1", "d1", "sql"), ("a4", "d4", "noop")], AT)
+            recorded = await mine.finish_many([("a1", "succeeded", b"e1", AT), ("a2", "failed", b"e2", AT)])
+            late = await theirs.finish_many([("a1", "failed", b"other", AT), ("a4", "succeeded", b"e4", AT)])
+            return first, again, recorded, late, await mine.get("a1"), await mine.get("a2")
+        finally:
+            await pool.close()
+            await other_pool.close()
+
+    first, again, recorded, late, a1, a2 = asyncio.run(scenario())
+    assert set(first) == {"a3"} and first["a3"].executor == "executor-2" and not first["a3"].finished
+    assert set(again) == {"a1"} and again["a1"].executor == "executor-1"  # a second start is impossible
+    assert (a1.plugin, a1.payload_digest, a2.plugin) == ("sql", "d1", "http")
+    assert recorded == {"a1", "a2"}
+    assert late == {"a4"}  # the first outcome of a1 stays
+    assert (a1.outcome, a1.executed_event) == ("succeeded", b"e1")
+
+
+def test_a_batch_of_decisions_is_read_and_kept_in_one_statement_each_and_the_first_stands(settings) -> None:
+    async def scenario():
+        pool = await open_pool(
+            settings.database_url, record_module.DDL, schema=schema_name(f"kt{uuid.uuid4().hex[:8]}")
+        )
+        try:
+            record = DecisionRecord(pool)
+            await record.keep("a1", b"first-a1")
+            before = await record.earlier_many(["a1", "a2", "a3"])
+            standing = await record.keep_many({"a1": b"second-a1", "a2": b"a2", "a3": b"a3"})
+            after = await record.earlier_many(["a1", "a2", "a3", "a4"])
+            return before, standing, after, await record.keep_many({})
+        finally:
+            await pool.close()
+
+    before, standing, after, nothing = asyncio.run(scenario())
+    assert before == {"a1": b"first-a1"}
+    assert standing == {"a1": b"first-a1", "a2": b"a2", "a3": b"a3"}
+    assert after == standing
+    assert nothing == {}
