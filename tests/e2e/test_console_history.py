@@ -26,7 +26,7 @@ def approved(settings, services) -> str:
     action_id = agent.submit_ok(
         "iam.role.grant",
         "iam://staging/roles/analyst",
-        {"user": "human:bob", "role": "analyst", "password": SECRET},
+        {"principal": "bob", "role": "analyst", "password": SECRET},
         reason="history check",
     )
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
