@@ -410,8 +410,8 @@ def receipt_verify(
     consume: bool = typer.Option(True, help="Record the receipt as used (--no-consume only checks)"),
 ) -> None:
     """Check a receipt offline: signature, expiry, payload digest, and single use."""
-    from keyturn.receipts import ReceiptInvalid, UsedReceipts, keys_from, verify_receipt
     from keyturn.roots import receipt_public_key_path
+    from keyturn.sdk.receipts import ReceiptInvalid, UsedReceipts, keys_from, verify_receipt
 
     try:
         document = json.loads(file.read_text())

@@ -12,8 +12,13 @@
 Needs only httpx: importing it loads none of the services' dependencies (Kafka, PostgreSQL,
 masking models). ``keyturn.sdk.topic`` (high-volume submission over Kafka) needs the
 ``aiokafka`` and ``fastavro`` extras; ``keyturn.sdk.adapters`` the agent framework's own
-package. See docs/sdk.md.
+package. ``keyturn.sdk.receipts`` (checking a signed approval receipt: ``verify_receipt``,
+``keys_from``, ``UsedReceipts``, ``ReceiptInvalid``, also importable from ``keyturn.sdk``
+itself) needs ``cryptography``, the ``receipts`` extra; it is loaded on first use, so the
+client works without it. See docs/sdk.md.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from keyturn.sdk.client import AsyncKeyturn, Keyturn, configure
 from keyturn.sdk.errors import (
@@ -36,6 +41,25 @@ from keyturn.sdk.errors import (
 from keyturn.sdk.guard import current_action, guard
 from keyturn.sdk.models import Action, Submitted
 
+if TYPE_CHECKING:
+    from keyturn.sdk.receipts import ReceiptInvalid, ReceiptReused, UsedReceipts, keys_from, verify_receipt
+
+_RECEIPTS = frozenset({"ReceiptInvalid", "ReceiptReused", "UsedReceipts", "keys_from", "verify_receipt"})
+
+
+def __getattr__(name: str) -> Any:
+    """The receipt verifier, imported on first use (it needs ``cryptography``, the ``receipts`` extra)."""
+    if name in _RECEIPTS:
+        try:
+            from keyturn.sdk import receipts
+        except ModuleNotFoundError as exc:
+            raise ImportError(
+                f"keyturn.sdk.{name} needs {exc.name}: install the receipts extra (pip install 'keyturn-sdk[receipts]')"
+            ) from exc
+        return getattr(receipts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "Action",
     "ActionError",
@@ -51,12 +75,17 @@ __all__ = [
     "KeyturnError",
     "NotFound",
     "OutcomeUnknown",
+    "ReceiptInvalid",
+    "ReceiptReused",
     "RequestError",
     "Submitted",
     "Unavailable",
     "UnexpectedState",
+    "UsedReceipts",
     "WaitTimeout",
     "configure",
     "current_action",
     "guard",
+    "keys_from",
+    "verify_receipt",
 ]
