@@ -542,6 +542,72 @@ def test_a_secret_reference_reaches_the_target_resolved_and_comes_back_redacted(
     assert any("no secret named 'no-such-secret'" in reason for reason in refused["reasons"]), refused
 
 
+LEDGER_PASSWORD = f"kt-ledger-{uuid.uuid4().hex}"  # the referenced target's credential, searched for below
+LEDGER_SECRET: list[str] = []  # the connection string, once the test below made it
+
+
+def put_secret(settings, name: str, value: str) -> None:
+    put = subprocess.run(
+        [sys.executable, "-m", "keyturn.cli", "secrets", "put", name],
+        input=value + "\n",
+        env=settings_env(settings),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert put.returncode == 0, put.stderr
+    assert value not in put.stdout + put.stderr
+
+
+def test_a_sql_statement_runs_on_the_target_its_connection_string_reference_names(
+    agent: Agent, settings, shop: SqlTarget
+) -> None:
+    """A second database (its own owner, password and table) named only by a secret reference: the
+    statement runs there, as a role made for it; the default target is untouched."""
+    suffix = uuid.uuid4().hex[:8]
+    owner, database = f"ledger_owner_{suffix}", f"ledger_{suffix}"
+    with shop.superuser() as conn:
+        conn.execute("SET log_statement = 'none'")  # the server logs every statement: not this password
+        conn.execute(f"CREATE ROLE {owner} LOGIN CREATEROLE PASSWORD '{LEDGER_PASSWORD}'")
+        conn.execute(f"CREATE DATABASE {database} OWNER {owner}")
+    url = f"postgresql://{owner}:{LEDGER_PASSWORD}@127.0.0.1:{shop.port}/{database}"
+    LEDGER_SECRET.append(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE payments (id serial PRIMARY KEY, note text NOT NULL)")
+        conn.execute("INSERT INTO payments (note) VALUES ('opening balance')")
+    put_secret(settings, "ledger-db", url)
+
+    # payments exists only on the referenced database: on the default target this could not run
+    view = sql(
+        agent,
+        "INSERT INTO payments (note) VALUES ('by reference') RETURNING note",
+        unpreviewable=True,  # no dry run on a target only the executor can resolve: people approve
+        connection_string={"secret": "ledger-db"},
+    )
+    assert view["state"] == "succeeded", view
+    assert view["result"]["rows"] == [{"note": "by reference"}]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT note FROM payments ORDER BY id").fetchall() == [
+            ("opening balance",),
+            ("by reference",),
+        ]
+    assert shop.temporary_roles() == []  # the role made for it was dropped (roles are per server)
+    assert LEDGER_PASSWORD not in json.dumps(view) and owner not in json.dumps(view)
+
+    # a clear connection string is refused at the door, naming the field, not echoing it
+    clear = agent.submit("sql.query", STAGING, {"statement": "SELECT 1", "connection_string": url})
+    assert clear.status_code in (400, 422), clear.text
+    assert "connection_string" in clear.text and LEDGER_PASSWORD not in clear.text
+
+    # a secret that is no connection string: the error names the secret, never its value
+    put_secret(settings, "not-a-dsn", f"{LEDGER_PASSWORD} is not a dsn")
+    broken = sql(agent, "SELECT 1", unpreviewable=True, connection_string={"secret": "not-a-dsn"})
+    assert broken["state"] == "failed"
+    assert any("'not-a-dsn' does not hold a PostgreSQL connection string" in r for r in broken["reasons"]), broken
+    assert LEDGER_PASSWORD not in json.dumps(broken)
+
+
 def test_no_temporary_role_is_left_behind(agent: Agent, shop: SqlTarget) -> None:
     assert sql(agent, "SELECT count(*) FROM customers")["state"] == "succeeded"
     assert sql(agent, "SELECT no_such_column FROM customers", unpreviewable=True)["state"] == "failed"
@@ -558,7 +624,8 @@ def test_no_minted_credential_appears_in_any_topic_log_or_audit_record(
     passwords = [m for m in minted if m not in tokens]
     assert tokens and passwords, "the tests above minted SQL passwords and HTTP tokens"
     assert set(https_peer.tokens) <= set(tokens)  # the peer got only tokens the executor minted
-    secrets = [s.encode() for s in minted] + [SECRET_VALUE.encode()]  # and the secret resolved from a reference
+    # and the secrets resolved from references: an http header, a sql target's connection string
+    secrets = [s.encode() for s in minted] + [v.encode() for v in (SECRET_VALUE, LEDGER_PASSWORD, *LEDGER_SECRET)]
 
     places: dict[str, bytes] = {}
     found_topics = namespace_topics(settings)

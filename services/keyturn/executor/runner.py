@@ -37,7 +37,14 @@ from keyturn.executor.ledger import LedgerEntry
 from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, Plugin, PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.faults import until_done
-from keyturn.secret_store import SecretNotFound, SecretStore, redact, references_in, resolve_references
+from keyturn.secret_store import (
+    SecretNotFound,
+    SecretStore,
+    is_reference,
+    redact,
+    references_in,
+    resolve_references,
+)
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +230,7 @@ class Executor:
         if refusal is not None:
             return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {refusal}")
         used: dict[str, str] = {}  # secrets the references resolved to: the plugin alone sees them
+        secret_fields = {key: value["secret"] for key, value in parameters.items() if is_reference(value)}
         if references_in(parameters):
             if self.secrets is None:
                 return outcome(
@@ -252,6 +260,7 @@ class Executor:
             execute_before=order.execute_before(),
             mask=tuple(order.decision.mask),
             impact=order.decision.impact,
+            secret_fields=secret_fields,
         )
         try:
             result = redact(await asyncio.wait_for(plugin.execute(command), self.timeout_s), used)

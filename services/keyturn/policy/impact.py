@@ -98,6 +98,13 @@ class SqlPreviewer:
 
         try:
             parameters = self.open_parameters(request)
+            if "connection_string" in parameters:
+                # another target, named by a secret only the executor resolves: no dry run here, and an
+                # unavailable preview makes the policy ask people
+                raise _Unavailable(
+                    "the statement runs on the target a secret reference names, which only the executor "
+                    "resolves: no dry run"
+                )
             plan, shape = _plan(request.action, parameters)
             if plan is None or shape is None:
                 return None  # SQL-backed family, but these parameters name no SQL (e.g. read.table by name)

@@ -22,7 +22,7 @@ a plugin returns rows as ``{"row_count": n, "rows": [...]}`` so they can be capp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -51,6 +51,9 @@ class Command:
     # the approved impact preview (SQL-backed actions): a write enforces its bound with
     # ``executor.impact.enforce_impact`` before it commits
     impact: ImpactPreview | None = None
+    # parameters that were secret references, by field: ``{"connection_string": "NAME"}``; the value in
+    # ``parameters`` is the resolved secret, so a message about it names the secret, never the value
+    secret_fields: dict[str, str] = field(default_factory=dict)
 
 
 class ExecutionFailed(Exception):

@@ -17,12 +17,19 @@ For each command (``sql.query`` with ``parameters.statement`` and optionally ``m
 
 Statement errors, timeouts and refused connections end the command ``failed`` with the
 reason; a connection lost while committing a write ends it ``outcome_unknown``.
+
+The target is the plugin's (``KEYTURN_SQL_TARGET_URL``) unless the command names another one
+as a secret reference, ``"connection_string": {"secret": "NAME"}``: the executor resolves it
+right before this plugin runs, and everything above happens on that database instead (the
+connection string's user must be able to create roles there). Messages then speak of
+``the target in secret 'NAME'``, never of its host, database or credentials.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -48,6 +55,29 @@ _GRANTABLE_KINDS = {"r", "p", "v", "m", "f"}  # tables, partitioned tables, view
 _PUBLIC_CATALOGS = {"pg_catalog", "information_schema"}  # readable by everyone already
 
 
+@dataclass(frozen=True)
+class Target:
+    """A database to run on: its connection string and the name messages use for it."""
+
+    url: str
+    name: str
+    from_secret: bool = False  # a referenced target: connection errors withhold the server's words
+
+    def refused(self, exc: Exception) -> str:
+        """Why a connection failed; for a referenced target without the server's words, which quote its
+        host and user (parts of the secret)."""
+        if self.from_secret:
+            return (
+                f"the connection was refused ({type(exc).__name__}; the server's words withheld: they quote the secret)"
+            )
+        return _message(exc)
+
+
+def target_name(url: str) -> str:
+    target = conninfo_to_dict(url)
+    return f"{target.get('host', 'localhost')}:{target.get('port', 5432)}/{target.get('dbname', '')}"
+
+
 class SqlPlugin:
     name = "sql"
 
@@ -66,8 +96,8 @@ class SqlPlugin:
         self.connect_timeout_s = connect_timeout_s
         # Tests pass an observer to learn every minted password and prove it leaks nowhere.
         self.credential_observer = credential_observer
-        target = conninfo_to_dict(target_url)
-        self.target_name = f"{target.get('host', 'localhost')}:{target.get('port', 5432)}/{target.get('dbname', '')}"
+        self.target_name = target_name(target_url)
+        self.target = Target(target_url, self.target_name)
 
     async def start(self) -> None:
         """Drop temporary roles that outlived their validity (left by a crash)."""
@@ -80,8 +110,28 @@ class SqlPlugin:
         if dropped:
             log.info("sql plugin: dropped %d expired temporary roles", len(dropped))
 
+    def target_of(self, command: Command) -> Target:
+        """The plugin's target, or the one the command names by a secret reference (resolved by now)."""
+        if "connection_string" not in command.parameters:
+            return self.target
+        secret = command.secret_fields.get("connection_string")
+        if secret is None:
+            # the schema admits only a reference; a clear connection string is refused, never used
+            raise ExecutionFailed(
+                'parameters.connection_string must be a secret reference {"secret": NAME}, not a connection string'
+            )
+        url = command.parameters["connection_string"]
+        try:
+            dsn = conninfo_to_dict(url) if isinstance(url, str) else None
+        except psycopg.Error:
+            dsn = None
+        if not dsn:  # psycopg's own message could quote the value: ours names the secret only
+            raise ExecutionFailed(f"the secret {secret!r} does not hold a PostgreSQL connection string")
+        return Target(url, f"the target in secret {secret!r}", from_secret=True)
+
     async def execute(self, command: Command) -> Any:
         statement, max_rows = _statement_parameters(command.parameters)
+        target = self.target_of(command)
         try:
             shape = statement_shape(statement)
         except UnsupportedStatement as exc:
@@ -91,8 +141,8 @@ class SqlPlugin:
             raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
         timeout_s = min(self.statement_timeout_s, ttl_s)
         name = role_name_for(command.action_id)
-        async with await self._admin() as admin:
-            grants = await self._grants_for(admin, shape)
+        async with await self._admin(target) as admin:
+            grants = await grants_for(admin, shape, target.name)
             try:
                 role = await create_role(admin, name, ttl_s, grants)
             except psycopg.errors.DuplicateObject:
@@ -102,7 +152,7 @@ class SqlPlugin:
                 ) from None
             except psycopg.Error as exc:
                 raise ExecutionFailed(
-                    f"could not create the temporary role on {self.target_name}: {_message(exc)}"
+                    f"could not create the temporary role on {target.name}: {_message(exc)}"
                 ) from None
         if self.credential_observer is not None:
             self.credential_observer(role.password)
@@ -119,10 +169,11 @@ class SqlPlugin:
                 before_commit=lambda result: enforce_impact(
                     command.impact, command.payload_digest, int(result["row_count"])
                 ),
+                target=target,
             )
         finally:
             try:
-                await self._drop(name)
+                await self._drop(name, target)
             except ExecutionFailed:
                 pass  # logged by _drop; the role expires with its TTL and the next start sweeps it
 
@@ -135,21 +186,22 @@ class SqlPlugin:
             return {"temporary_role": name, "cleanup_error": str(exc)}
         return cleanup.as_evidence()
 
-    async def _admin(self) -> psycopg.AsyncConnection:
+    async def _admin(self, target: Target | None = None) -> psycopg.AsyncConnection:
+        target = target or self.target
         try:
             return await psycopg.AsyncConnection.connect(
-                self.target_url,
+                target.url,
                 autocommit=True,
                 connect_timeout=self.connect_timeout_s,
                 options="-c search_path=public",
                 application_name="keyturn-executor",
             )
         except psycopg.OperationalError as exc:
-            raise ExecutionFailed(f"cannot connect to the SQL target {self.target_name}: {_message(exc)}") from None
+            raise ExecutionFailed(f"cannot connect to the SQL target {target.name}: {target.refused(exc)}") from None
 
-    async def _drop(self, name: str) -> RoleCleanup:
+    async def _drop(self, name: str, target: Target | None = None) -> RoleCleanup:
         try:
-            async with await self._admin() as admin:
+            async with await self._admin(target) as admin:
                 return await drop_role(admin, name)
         except (ExecutionFailed, psycopg.Error) as exc:
             reason = str(exc) if isinstance(exc, ExecutionFailed) else _message(exc)
@@ -159,15 +211,18 @@ class SqlPlugin:
     async def _grants_for(self, admin: psycopg.AsyncConnection, shape: StatementShape) -> Grants:
         return await grants_for(admin, shape, self.target_name)
 
-    async def _connect_as(self, role: str, password: str, timeout_s: float) -> psycopg.AsyncConnection:
+    async def _connect_as(
+        self, role: str, password: str, timeout_s: float, target: Target | None = None
+    ) -> psycopg.AsyncConnection:
         """A session as the temporary role, with the statement timeout; refused connections fail the command."""
         options = (
             f"-c statement_timeout={int(timeout_s * 1000)} -c search_path=public -c "
             f"client_connection_check_interval=1000"
         )
+        target = target or self.target
         try:
             return await psycopg.AsyncConnection.connect(
-                self.target_url,
+                target.url,
                 user=role,
                 password=password,
                 options=options,
@@ -176,7 +231,7 @@ class SqlPlugin:
             )
         except psycopg.OperationalError as exc:
             raise ExecutionFailed(
-                f"cannot connect to the SQL target {self.target_name} as the temporary role: {_message(exc)}"
+                f"cannot connect to the SQL target {target.name} as the temporary role: {target.refused(exc)}"
             ) from None
 
     async def _run_as(
@@ -189,11 +244,13 @@ class SqlPlugin:
         timeout_s: float,
         grants: Grants,
         before_commit: Callable[[dict[str, Any]], None] | None = None,
+        target: Target | None = None,
     ) -> dict[str, Any]:
         """Run ``statement`` as the role. ``before_commit`` sees a write's result inside its transaction and
         may raise ``ExecutionFailed`` to roll it back."""
         wanted = self.max_result_rows if max_rows is None else min(max_rows, self.max_result_rows)
-        conn = await self._connect_as(role, password, timeout_s)
+        target = target or self.target
+        conn = await self._connect_as(role, password, timeout_s, target)
         committing = False
         try:
             async with conn:
@@ -220,12 +277,12 @@ class SqlPlugin:
         except psycopg.OperationalError as exc:
             if committing and not shape.is_read:
                 raise OutcomeUnknown(
-                    f"the connection to {self.target_name} broke while committing: the write may or may not "
-                    f"have been applied ({_message(exc)})"
+                    f"the connection to {target.name} broke while committing: the write may or may not "
+                    f"have been applied ({target.refused(exc)})"
                 ) from None
             raise ExecutionFailed(
-                f"the connection to {self.target_name} broke before the statement committed; nothing was changed "
-                f"({_message(exc)})"
+                f"the connection to {target.name} broke before the statement committed; nothing was changed "
+                f"({target.refused(exc)})"
             ) from None
         except psycopg.Error as exc:
             raise ExecutionFailed(f"PostgreSQL: {_message(exc)}") from None
