@@ -1,11 +1,11 @@
 """Secrets the executor uses on an agent's behalf, which the agent never sees.
 
 An agent names a secret, never its value: ``{"secret": "NAME"}`` anywhere inside an action's
-parameters (an ``http.request`` header, say). The reference is what travels, is approved and
-is hashed into the payload digest; only the executor, right before the plugin runs, replaces
-it with the value from a ``SecretStore`` (``resolve_references``), and replaces the value back
-with ``<SECRET:NAME>`` in whatever the plugin answers (``redact``), so no topic, log, result
-or audit record carries it.
+parameters (an ``http.request`` header, a ``sql.query`` ``connection_string``). The reference
+is what travels, is approved and is hashed into the payload digest; only the executor, right
+before the plugin runs, replaces it with the value from a ``SecretStore``
+(``resolve_references``), and replaces the value back with ``<SECRET:NAME>`` in whatever the
+plugin answers (``redact``), so no topic, log, result or audit record carries it.
 
 ``PostgresSecretStore`` keeps each secret as a row sealed with the seal keys
 (``KEYTURN_SEAL_KEYS``, AES-GCM, bound to the secret's name so rows cannot be swapped); an

@@ -22,7 +22,10 @@ The target is the plugin's (``KEYTURN_SQL_TARGET_URL``) unless the command names
 as a secret reference, ``"connection_string": {"secret": "NAME"}``: the executor resolves it
 right before this plugin runs, and everything above happens on that database instead (the
 connection string's user must be able to create roles there). Messages then speak of
-``the target in secret 'NAME'``, never of its host, database or credentials.
+``the target in secret 'NAME'``, never of its host, database or credentials. Known limit:
+after a crash mid-command, ``abandon`` and the start-up sweep clean up the plugin's own target
+only; a role left on a referenced target cannot log in past its VALID UNTIL but stays until
+dropped there.
 """
 
 from __future__ import annotations
