@@ -44,3 +44,25 @@ def test_a_missing_secret_is_named_and_a_used_one_never_comes_back() -> None:
         "body": {"got": "key=<SECRET:partner>;"},
         "rows": ["<SECRET:partner>"],
     }
+
+
+def test_the_sql_target_is_the_referenced_one_named_by_its_secret_and_never_a_clear_string() -> None:
+    from keyturn.executor.plugins.base import Command, ExecutionFailed
+    from keyturn.executor.plugins.sql import SqlPlugin
+
+    plugin = SqlPlugin("postgresql://keyturn:pw@db.internal:5432/app")
+    dsn = "postgresql://ledger_owner:kt-ledger-pw@ledger.internal:6432/ledger"
+
+    def command(parameters: dict, secret_fields: dict | None = None) -> Command:
+        return Command("a-1", "sql.query", "postgres://staging/app", parameters, 60, secret_fields=secret_fields or {})
+
+    assert plugin.target_of(command({"statement": "SELECT 1"})) == plugin.target
+    referenced = plugin.target_of(command({"connection_string": dsn}, {"connection_string": "ledger-db"}))
+    assert referenced.url == dsn and referenced.name == "the target in secret 'ledger-db'" and referenced.from_secret
+    assert "ledger.internal" not in referenced.refused(OSError("connection to ledger.internal failed for ledger_owner"))
+    with pytest.raises(ExecutionFailed, match="must be a secret reference") as clear:
+        plugin.target_of(command({"connection_string": dsn}))  # resolved from no reference: refused, not used
+    assert "kt-ledger-pw" not in str(clear.value)
+    with pytest.raises(ExecutionFailed, match="secret 'junk' does not hold a PostgreSQL connection string") as junk:
+        plugin.target_of(command({"connection_string": "kt-ledger-pw = = ="}, {"connection_string": "junk"}))
+    assert "kt-ledger-pw" not in str(junk.value)
