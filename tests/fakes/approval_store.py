@@ -198,6 +198,9 @@ class InMemoryApprovalStore:
     async def break_glass_decision(self, action_id: str) -> bytes | None:
         return self.tables.break_glass.get(action_id)
 
+    async def lock_break_glass(self, conn: Any, action_id: str) -> bytes | None:
+        return self._need_transaction(conn).break_glass.get(action_id)
+
     # --- the Kafka outbox ---------------------------------------------------------------------
 
     async def enqueue(self, conn: Any, topic: str, key: str, value: bytes) -> None:
@@ -305,9 +308,12 @@ class FakePolicyEngine:
         if self.down:
             raise PolicyUnavailable("the policy engine is not answering (fake)")
         approver = input_document["approver"]["id"]
-        required = {group["name"] for group in (input_document["decision"]["approvals"] or {}).get("groups", [])}
+        decision = input_document["decision"]
+        required = {group["name"] for group in (decision["approvals"] or {}).get("groups", [])}
+        if decision["outcome"] == "allowed" and decision.get("break_glass"):
+            required = {"security"}  # the policy's default break-glass reviewers
         groups = tuple(sorted(set(self.members.get(approver, ())) & required))
-        return OpaAnswer({"may_approve": bool(groups), "counts_for": list(groups)}, None)
+        return OpaAnswer({"may_approve": bool(groups), "counts_for": list(groups), "groups": sorted(required)}, None)
 
 
 class Broker:

@@ -287,14 +287,54 @@ async def test_a_vote_racing_the_opening_is_either_early_or_counted() -> None:
     assert len(d.published(events.VoteRecorded)) == (0 if result is None else 1)
 
 
-async def test_a_vote_on_a_break_glass_action_is_refused_as_no_approval() -> None:
+async def test_a_vote_on_a_break_glass_action_is_recorded_as_its_review() -> None:
     d = Desk()
     decided = await opened(d, break_glass=True)
 
-    result = await vote(d, decided, CAROL)
+    approved = await vote(d, decided, CAROL)
+    objected = await vote(d, decided, DAVE, "deny")
 
-    assert not result.accepted and result.refusal == "UnknownAction"
+    assert approved.accepted and approved.status == "break_glass"
+    assert "review of break-glass action" in approved.summary and "human:carol approved it" in approved.summary
+    assert objected.accepted and "human:dave objected to it" in objected.summary
+    recorded = d.published(events.VoteRecorded)
+    assert [(r.accepted, r.vote.approver.id, r.vote.choice, r.vote.counts_for) for r in recorded] == [
+        (True, "human:carol", events.VoteChoice.APPROVE, ("security",)),
+        (True, "human:dave", events.VoteChoice.DENY, ("security",)),
+    ]
+    assert d.published(events.ApprovalResolved) == []  # the action already ran: nothing resolves
     assert await d.desk.approval(decided.action_id) is None
+
+
+async def test_a_break_glass_review_is_taken_once_per_reviewer() -> None:
+    d = Desk()
+    decided = await opened(d, break_glass=True)
+
+    first = await vote(d, decided, CAROL)
+    again = await vote(d, decided, CAROL, "deny")
+
+    assert first.accepted and not again.accepted and again.refusal == "DuplicateVote"
+    assert [r.accepted for r in d.published(events.VoteRecorded)] == [True, False]
+
+
+async def test_a_break_glass_review_by_the_requester_chain_or_a_non_member_is_refused_and_recorded() -> None:
+    d = Desk()
+    decided = await opened(d, break_glass=True)  # requested by agent:reporter for human:alice (a security member)
+
+    own = await vote(d, decided, ALICE)
+    stranger = await vote(d, decided, BOB)
+    wrong_digest = await vote(d, decided, CAROL, digest="0" * 64)
+
+    assert not own.accepted and own.refusal == "SelfApprovalRefused"
+    assert not stranger.accepted and stranger.refusal == "ApproverNotAuthorised"
+    assert "security" in stranger.message
+    assert not wrong_digest.accepted and wrong_digest.refusal == "DigestMismatch"
+    recorded = d.published(events.VoteRecorded)
+    assert [(r.accepted, r.refusal) for r in recorded] == [
+        (False, "SelfApprovalRefused"),
+        (False, "ApproverNotAuthorised"),
+        (False, "DigestMismatch"),
+    ]
 
 
 # --- the unit of work -----------------------------------------------------------------------------

@@ -4,8 +4,10 @@
 #   The entry point the approval service queries (POST /v1/data/keyturn/approval) when a
 #   person answers a needs_approval action. It says whether this approver may approve
 #   (may_approve), which of the decision's groups the approval counts for (counts_for) and,
-#   when not, why (refusals). Self-approval is refused for everyone, with no exemption.
-#   The package holds nothing else, so the response carries these three and no internals.
+#   when not, why (refusals), and the groups whose members may answer (groups). A break-glass
+#   action (allowed, break_glass) is answerable too: the answer is its review after the fact, by
+#   a member of data.keyturn.break_glass.reviewers. Self-approval is refused for everyone, with
+#   no exemption. The package holds nothing else, so the response carries these four and no internals.
 # schemas:
 #   - input: schema.approval.approval_input
 package keyturn.approval
@@ -34,6 +36,14 @@ counts_for contains name if {
 }
 
 # METADATA
+# title: Groups
+# description: |
+#   The groups whose members may answer: the decision's required groups or, for a break-glass
+#   action, its reviewers (data.keyturn.break_glass.reviewers); named in a refusal.
+# entrypoint: true
+groups contains name if some name in answer.required_groups
+
+# METADATA
 # scope: document
 # title: Refusals
 # description: Why the approver may not approve, one sentence each.
@@ -59,5 +69,5 @@ refusals contains sprintf("%s is not a person: only humans approve", [answer.app
 }
 
 refusals contains sprintf("%s is not waiting for approval (outcome %s)", [answer.action, answer.decision_outcome]) if {
-	not answer.awaits_approval
+	not answer.answerable
 }

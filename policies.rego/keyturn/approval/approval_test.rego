@@ -122,3 +122,39 @@ test_the_decision_for_a_role_grant_is_approvable_by_security_only if {
 	approval.may_approve with input as answer_input(human("human:carol"), grant_request, d)
 	not approval.may_approve with input as answer_input(human("human:heidi"), grant_request, d)
 }
+
+break_glass_decision := {
+	"outcome": "allowed",
+	"reasons": ["break-glass for incident INC-4711: allowed without approval, reviewed after the fact"],
+	"break_glass": true,
+}
+
+review_by(approver_id) := {
+	"approver": {"id": approver_id, "kind": "human"},
+	"request": object.union(grant_request, {"requester": {"id": "human:alice", "kind": "human", "chain": []}}),
+	"decision": break_glass_decision,
+}
+
+test_a_security_member_may_review_a_break_glass_action if {
+	approval.may_approve with input as review_by("human:carol")
+	approval.counts_for == {"security"} with input as review_by("human:carol")
+	approval.groups == {"security"} with input as review_by("human:carol")
+}
+
+test_the_reviewer_group_comes_from_the_data if {
+	approval.counts_for == {"platform"} with input as review_by("human:judy")
+		with data.keyturn.break_glass.reviewers as "platform"
+	not approval.may_approve with input as review_by("human:carol") with data.keyturn.break_glass.reviewers as "platform"
+}
+
+test_a_break_glass_review_by_a_non_member_or_the_requester_is_refused if {
+	not approval.may_approve with input as review_by("human:frank")
+	"human:frank is not in any group required for iam.role.grant" in approval.refusals with input as review_by("human:frank")
+	not approval.may_approve with input as object.union(review_by("human:carol"), {"request": {"requester": {"id": "human:carol", "kind": "human", "chain": []}}})
+}
+
+test_an_allowed_action_without_break_glass_is_not_answerable if {
+	plain := object.union(review_by("human:carol"), {"decision": {"break_glass": false}})
+	not approval.may_approve with input as plain
+	"iam.role.grant is not waiting for approval (outcome allowed)" in approval.refusals with input as plain
+}

@@ -381,14 +381,7 @@ class ApprovalDesk:
         self, approver: Principal, decided: ActionDecided, policy: rules.ApprovalPolicy | None = None
     ) -> tuple[str, ...]:
         """The required groups the policy says this approver counts for (empty when not allowed)."""
-        answer = await self.opa.query(
-            "keyturn/approval",
-            {
-                "approver": {"id": approver.id, "kind": approver.kind.value, "chain": list(approver.chain)},
-                "request": policy_input(decided.request),
-                "decision": opa_decision_document(decided, policy),
-            },
-        )
+        answer = await self.opa.query("keyturn/approval", self._approval_input(approver, decided, policy))
         result = answer.result if isinstance(answer.result, dict) else {}
         if not result.get("may_approve", False):
             return ()
@@ -427,12 +420,12 @@ class ApprovalDesk:
             row = await self.store.lock(unit.conn, action_id)
             now = self.clock()
             if row is None:
-                if await self.store.break_glass_decision(action_id) is None:
+                broken = await self.store.lock_break_glass(unit.conn, action_id)
+                if broken is None:
                     raise ApprovalNotOpenYet(action_id)  # rolls back: nothing is recorded
-                refusal = rules.UnknownAction(action_id=action_id)  # allowed without approval: nothing to answer
-                vote = self._vote_of(approver, choice, payload_digest, now, reason, channel, ())
-                await self._record(unit, action_id, vote, None, type(refusal).__name__, str(refusal), now)
-                return VoteResult(action_id, False, "unknown", "", type(refusal).__name__, str(refusal))
+                # allowed without approval under break-glass: the answer is its review after the fact
+                decided_now = registry().decode_event(broken)
+                return await self._review(unit, decided_now, approver, choice, payload_digest, reason, channel, now)
             decided = registry().decode_event(row.decided_event)
             state = pending_state(decided, row)
             counts_for = await self._membership(approver, decided, state, action_id)
@@ -455,6 +448,80 @@ class ApprovalDesk:
                 refusal_name,
                 str(outcome.refusal or ""),
             )
+
+    async def _review(
+        self,
+        unit: UnitOfWork,
+        decided: ActionDecided,
+        reviewer: Principal,
+        choice: VoteChoice,
+        payload_digest: str,
+        reason: str | None,
+        channel: str,
+        now: datetime,
+    ) -> VoteResult:
+        """Record an answer on a break-glass action as its review: an accepted ``VoteRecorded``
+        (audited, counted by ``keyturn report``) with no resolution, since the action already ran.
+        ``deny`` records that the reviewer objected. Who may review is the policy's to say
+        (``data.keyturn.break_glass.reviewers``); the rules refuse as for an approval."""
+        action_id = decided.action_id
+        reviewer_groups, counts_for = await self._reviewers(reviewer, decided, action_id)
+        vote = self._vote_of(reviewer, choice, payload_digest, now, reason, channel, counts_for)
+        earlier = tuple(
+            recorded.vote
+            for recorded in (registry().decode_event(encoded) for encoded in await self.store.vote_history(action_id))
+            if isinstance(recorded, VoteRecorded) and recorded.accepted
+        )
+        refusal = rules.review_refusal(
+            action_id=action_id,
+            action=decided.request.action,
+            requester=decided.request.requester,
+            payload_digest=decided.request.payload_digest,
+            reviewer_groups=reviewer_groups,
+            earlier_reviews=earlier,
+            vote=vote,
+        )
+        refusal_name = type(refusal).__name__ if refusal else None
+        await self._record(unit, action_id, vote, refusal is None, refusal_name, str(refusal or ""), now)
+        if refusal is not None:
+            return VoteResult(action_id, False, "break_glass", "", refusal_name, str(refusal))
+        verdict = "approved it" if choice is VoteChoice.APPROVE else "objected to it"
+        reviewers = len({v.approver.id for v in earlier} | {reviewer.id})
+        summary = (
+            f"Recorded as the review of break-glass action {action_id}: {reviewer.id} {verdict}. "
+            f"It ran without approval, so nothing else changes ({reviewers} review(s) on record)."
+        )
+        return VoteResult(action_id, True, "break_glass", summary)
+
+    async def _reviewers(
+        self, reviewer: Principal, decided: ActionDecided, action_id: str
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The policy's break-glass reviewer groups, and those this reviewer counts for."""
+        try:
+            answer = await self.opa.query("keyturn/approval", self._approval_input(reviewer, decided, None))
+        except (PolicyUnavailable, PolicyAnswerInvalid) as exc:
+            log.warning(
+                "review by %s of %s not taken: the policy engine did not answer: %s", reviewer.id, action_id, exc
+            )
+            raise DeskUnavailable(
+                "policy_unavailable",
+                f"Keyturn cannot ask its policy engine whether {reviewer.id} may review "
+                "this action right now, so your answer was not recorded. Try again in a minute.",
+            ) from exc
+        result = answer.result if isinstance(answer.result, dict) else {}
+        groups = tuple(sorted(str(g) for g in result.get("groups", ()))) or ("of break-glass reviewers",)
+        counts_for = tuple(sorted(str(g) for g in result.get("counts_for", ()))) if result.get("may_approve") else ()
+        return groups, counts_for
+
+    @staticmethod
+    def _approval_input(
+        approver: Principal, decided: ActionDecided, policy: rules.ApprovalPolicy | None
+    ) -> dict[str, Any]:
+        return {
+            "approver": {"id": approver.id, "kind": approver.kind.value, "chain": list(approver.chain)},
+            "request": policy_input(decided.request),
+            "decision": opa_decision_document(decided, policy),
+        }
 
     async def _membership(
         self, approver: Principal, decided: ActionDecided, state: rules.PendingApproval, action_id: str

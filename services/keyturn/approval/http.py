@@ -143,7 +143,6 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         "/v1/approvals/{action_id}",
         responses={
             401: {"description": "Missing or invalid token"},
-            404: {"description": "Allowed without approval (break-glass)"},
             425: {
                 "description": "No approval is open for this action yet (its decision may be on its way): retry "
                 "after Retry-After"
@@ -151,14 +150,16 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         },
     )
     async def show(action_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
-        """One approval with masked parameters and the digest a vote must name."""
+        """One approval with masked parameters and the digest a vote must name; a break-glass action
+        (``status: break_glass``) is shown the same way, and a vote on it records its review."""
         approver_of(authorization)
         desk = await desk_of()
         found = await desk.approval(action_id)
         if found is None:
-            raise HTTPException(
-                404, detail=f"action {action_id} was allowed without approval (break-glass); there is nothing to answer"
-            )
+            view = await desk.view(action_id)  # break-glass: the action already ran, awaiting its review
+            if view is None:  # pragma: no cover - approval() raises when nothing is on record
+                raise HTTPException(404, detail=f"nothing is on record for action {action_id}")
+            return view
         view = approval_view(*found)
         view["execution"] = (await desk.execution_modes()).mode_for(view["action"]).execution.value
         return view
@@ -168,7 +169,6 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         responses={
             401: {"description": "Missing or invalid token"},
             403: {"description": "Self-approval or not an approver"},
-            404: {"description": "Not an approval: the action was allowed without one (break-glass)"},
             409: {"description": "Resolved already, duplicate vote or digest drift"},
             410: {"description": "Approval expired"},
             425: {

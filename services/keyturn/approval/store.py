@@ -383,6 +383,17 @@ class ApprovalStore:
             ).fetchone()
             return bytes(row[0]) if row else None
 
+    @staticmethod
+    async def lock_break_glass(conn: AsyncConnection, action_id: str) -> bytes | None:
+        """The break-glass decision, locked until the transaction ends: two reviews of one action
+        are taken one after the other, so a reviewer's second review sees the first."""
+        row = await (
+            await conn.execute(
+                "SELECT decided_event FROM approval_break_glass WHERE action_id = %s FOR UPDATE", (action_id,)
+            )
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
     # --- the Kafka outbox ---------------------------------------------------------------------
 
     @staticmethod

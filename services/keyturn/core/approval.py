@@ -416,6 +416,28 @@ def cast_vote(state: PendingApproval, vote: Vote, now: datetime) -> VoteOutcome:
     )
 
 
+def review_refusal(
+    *,
+    action_id: str,
+    action: str,
+    requester: Principal,
+    payload_digest: Digest,
+    reviewer_groups: tuple[str, ...],
+    earlier_reviews: tuple[Vote, ...],
+    vote: Vote,
+) -> ApprovalRefusal | None:
+    """Why a review after the fact of a break-glass action is refused, or ``None`` to record it.
+
+    A break-glass action ran without approval; an answer on it is its review, never a quorum or
+    a resolution. The same rules as an approval choose who may give it, in the same order:
+    ``SelfApprovalRefused`` (the requester and anyone in its chain), ``ApproverNotAuthorised``
+    (not in a reviewer group, as the policy says through ``Vote.counts_for``), ``DigestMismatch``
+    (shown other parameters), ``DuplicateVote`` (each reviewer reviews once). ``deny`` means
+    "reviewed and objected" and is recorded like ``approve``.
+    """
+    return _answer_refusal(action_id, action, requester, payload_digest, reviewer_groups, earlier_reviews, vote)
+
+
 def expire_if_due(state: PendingApproval, now: datetime) -> PendingApproval | None:
     """The expired state when a pending approval's TTL has run out at ``now``, else ``None``.
 
@@ -599,26 +621,47 @@ def _refusal_for(state: PendingApproval, vote: Vote, now: datetime) -> ApprovalR
         return AlreadyResolved(action_id=state.action_id, status=state.status, resolved_at=state.resolved_at)
     if now >= state.expires_at:
         return ApprovalExpired(action_id=state.action_id, expires_at=state.expires_at)
-    shared = vote.approver.everyone & state.requester.everyone
+    return _answer_refusal(
+        state.action_id,
+        state.action,
+        state.requester,
+        state.payload_digest,
+        state.policy.required_group_names,
+        state.votes,
+        vote,
+    )
+
+
+def _answer_refusal(
+    action_id: str,
+    action: str,
+    requester: Principal,
+    payload_digest: Digest,
+    required: tuple[str, ...],
+    earlier_votes: tuple[Vote, ...],
+    vote: Vote,
+) -> ApprovalRefusal | None:
+    """Who may answer an action, in order: outside the requesting chain, in a required group,
+    shown the exact parameters, once. Shared by approvals and break-glass reviews."""
+    shared = vote.approver.everyone & requester.everyone
     if shared:
         return SelfApprovalRefused(
-            action_id=state.action_id, approver_id=vote.approver.id, requester=state.requester, shared=shared
+            action_id=action_id, approver_id=vote.approver.id, requester=requester, shared=shared
         )
-    required = state.policy.required_group_names
     if not set(vote.counts_for) & set(required):
         return ApproverNotAuthorised(
-            action_id=state.action_id, action=state.action, approver_id=vote.approver.id, required_groups=required
+            action_id=action_id, action=action, approver_id=vote.approver.id, required_groups=required
         )
-    if vote.payload_digest != state.payload_digest:
+    if vote.payload_digest != payload_digest:
         return DigestMismatch(
-            action_id=state.action_id,
+            action_id=action_id,
             approver_id=vote.approver.id,
-            expected=str(state.payload_digest),
+            expected=str(payload_digest),
             shown=str(vote.payload_digest),
         )
-    earlier = next((accepted for accepted in state.votes if accepted.approver.id == vote.approver.id), None)
+    earlier = next((accepted for accepted in earlier_votes if accepted.approver.id == vote.approver.id), None)
     if earlier is not None:
-        return DuplicateVote(action_id=state.action_id, approver_id=vote.approver.id, earlier=earlier)
+        return DuplicateVote(action_id=action_id, approver_id=vote.approver.id, earlier=earlier)
     return None
 
 
