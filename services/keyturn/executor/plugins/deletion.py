@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from keyturn.executor.impact import enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed
-from keyturn.executor.plugins.sql import SqlPlugin, _message, _resolve
-from keyturn.executor.plugins.sql_roles import Grants, create_role, role_name_for
+from keyturn.executor.plugins.sql import SqlPlugin, _resolve
+from keyturn.executor.plugins.sql_roles import Grants, role_name_for
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
 
 
@@ -66,19 +65,7 @@ class DeletionPlugin(SqlPlugin):
                 {**grants.tables, relation: tuple(sorted({*grants.tables.get(relation, ()), "SELECT", "DELETE"}))},
                 grants.sequences,
             )
-            try:
-                role = await create_role(admin, name, ttl_s, grants)
-            except psycopg.errors.DuplicateObject:
-                raise ExecutionFailed(
-                    f"the temporary role for action {command.action_id} already exists: "
-                    "another run of it started; refusing to run it twice"
-                ) from None
-            except psycopg.Error as exc:
-                raise ExecutionFailed(
-                    f"could not create the temporary role on {self.target_name}: {_message(exc)}"
-                ) from None
-        if self.credential_observer is not None:
-            self.credential_observer(role.password)
+            role = await self._mint(admin, command.action_id, ttl_s, grants, self.target_name)
 
         def within_bounds(result: dict[str, Any]) -> None:
             deleted = int(result.get("row_count") or 0)

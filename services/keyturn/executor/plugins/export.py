@@ -32,7 +32,7 @@ import psycopg
 
 from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin, _message, _statement_parameters
-from keyturn.executor.plugins.sql_roles import create_role, role_name_for
+from keyturn.executor.plugins.sql_roles import role_name_for
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
 from keyturn.executor.values import jsonable
 from keyturn.exports import ExportStore, export_file_name
@@ -81,12 +81,7 @@ class ExportPlugin(SqlPlugin):
         name = role_name_for(command.action_id)
         async with await self._admin() as admin:
             grants = await self._grants_for(admin, shape)
-            try:
-                role = await create_role(admin, name, ttl_s, grants)
-            except psycopg.Error as exc:
-                raise ExecutionFailed(f"could not create the temporary role: {_message(exc)}") from None
-        if self.credential_observer is not None:
-            self.credential_observer(role.password)
+            role = await self._mint(admin, command.action_id, ttl_s, grants, self.target_name)
         file_name = export_file_name(command.action_id, file_format)
         masked = masked_columns(command.mask)
         try:

@@ -28,7 +28,7 @@ from psycopg import sql
 
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql import SqlPlugin, _message, _resolve
-from keyturn.executor.plugins.sql_roles import ROLE_PREFIX, Grants, Relation, create_role, role_name_for
+from keyturn.executor.plugins.sql_roles import ROLE_PREFIX, Grants, Relation, role_name_for
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
@@ -45,19 +45,9 @@ class IamPlugin(SqlPlugin):
             executor_role = await _current_user(admin)
             change = await _change_for(admin, command, executor_role)
             before = await change.holds(admin)
-            try:
-                role = await create_role(admin, name, ttl_s, Grants(member_of=(executor_role,)))
-            except psycopg.errors.DuplicateObject:
-                raise ExecutionFailed(
-                    f"the temporary role for action {command.action_id} already exists: "
-                    "another run of it started; refusing to run it twice"
-                ) from None
-            except psycopg.Error as exc:
-                raise ExecutionFailed(
-                    f"could not create the temporary role on {self.target_name}: {_message(exc)}"
-                ) from None
-        if self.credential_observer is not None:
-            self.credential_observer(role.password)
+            role = await self._mint(
+                admin, command.action_id, ttl_s, Grants(member_of=(executor_role,)), self.target_name
+            )
         try:
             conn = await self._connect_as(role.name, role.password, min(self.statement_timeout_s, ttl_s))
             try:

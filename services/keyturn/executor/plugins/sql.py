@@ -44,6 +44,7 @@ from keyturn.executor.plugins.sql_roles import (
     Grants,
     Relation,
     RoleCleanup,
+    TemporaryRole,
     create_role,
     drop_role,
     role_name_for,
@@ -146,19 +147,7 @@ class SqlPlugin:
         name = role_name_for(command.action_id)
         async with await self._admin(target) as admin:
             grants = await grants_for(admin, shape, target.name)
-            try:
-                role = await create_role(admin, name, ttl_s, grants)
-            except psycopg.errors.DuplicateObject:
-                raise ExecutionFailed(
-                    f"the temporary role for action {command.action_id} already exists: "
-                    "another run of it started; refusing to run it twice"
-                ) from None
-            except psycopg.Error as exc:
-                raise ExecutionFailed(
-                    f"could not create the temporary role on {target.name}: {_message(exc)}"
-                ) from None
-        if self.credential_observer is not None:
-            self.credential_observer(role.password)
+            role = await self._mint(admin, command.action_id, ttl_s, grants, target.name)
         try:
             return await self._run_as(
                 role.name,
@@ -210,6 +199,26 @@ class SqlPlugin:
             reason = str(exc) if isinstance(exc, ExecutionFailed) else _message(exc)
             log.error("sql plugin: temporary role %s not dropped: %s", name, reason)
             raise ExecutionFailed(f"temporary role {name} not dropped: {reason}") from None
+
+    async def _mint(
+        self, admin: psycopg.AsyncConnection, action_id: str, ttl_s: float, grants: Grants, target_name: str
+    ) -> TemporaryRole:
+        """The command's temporary role (``role_name_for(action_id)``), shown to the credential observer.
+
+        It exists once per action: finding it already there means another run started, and this
+        one is refused rather than run twice."""
+        try:
+            role = await create_role(admin, role_name_for(action_id), ttl_s, grants)
+        except psycopg.errors.DuplicateObject:
+            raise ExecutionFailed(
+                f"the temporary role for action {action_id} already exists: "
+                "another run of it started; refusing to run it twice"
+            ) from None
+        except psycopg.Error as exc:
+            raise ExecutionFailed(f"could not create the temporary role on {target_name}: {_message(exc)}") from None
+        if self.credential_observer is not None:
+            self.credential_observer(role.password)
+        return role
 
     async def _grants_for(self, admin: psycopg.AsyncConnection, shape: StatementShape) -> Grants:
         return await grants_for(admin, shape, self.target_name)
