@@ -8,51 +8,23 @@ tests/artifacts/console.png of the action page after the approval.
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 
 import httpx
 import pytest
 
 from keyturn.config import REPO_ROOT
+from tests.e2e.chromium import chromium_context
 from tests.integration.conftest import Agent
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = REPO_ROOT / "tests" / "artifacts" / "console.png"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium` (make e2e-deps does)"
-        )
-    from playwright.sync_api import sync_playwright
-
-    profile = tempfile.mkdtemp(prefix="keyturn-chromium-")
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1200, "height": 1400},
-        )
+    with chromium_context(width=1200) as context:
         yield context
-        context.close()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
-import tempfile
 
 import httpx
 import pytest
 
+from tests.e2e.chromium import chromium_context
 from tests.integration.conftest import Agent, eventually, keyturn_cli, mint
 from tests.processes import ARTIFACTS
 
@@ -82,33 +81,13 @@ def test_only_approvers_read_the_history(settings, approved) -> None:
 
 def test_the_history_page_in_chromium(settings, approved) -> None:
     """One screenshot of the page as a person sees it (Debian's chromium, nothing downloaded)."""
-    chromium = "/usr/bin/chromium"
-    if not shutil.which(chromium):
-        pytest.fail(f"{chromium} is missing: install Debian's browser with `apt-get install -y chromium`")
-    from playwright.sync_api import sync_playwright
-
-    from tests.e2e.test_console import CHROMIUM_FLAGS
-
-    profile = tempfile.mkdtemp(prefix="keyturn-history-chromium-")
-    try:
-        with sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                profile,
-                executable_path=chromium,
-                headless=True,
-                args=CHROMIUM_FLAGS,
-                viewport={"width": 1200, "height": 1400},
-                extra_http_headers={"Authorization": f"Bearer {mint(settings, 'human:dave')}"},
-            )
-            page = context.new_page()
-            page.goto(f"{settings.approval_url}/console/history")
-            box = page.locator('svg[data-chart="outcomes-per-day"]').bounding_box()
-            assert box is not None and box["width"] > 400 and box["height"] > 100
-            assert page.locator(f'#history-actions tr[data-action-id="{approved}"]').count() == 1
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "console-history.png"), full_page=True)
-            page.click(f"a[href='/console/history/{approved}']")
-            assert "approval resolved: approved" in page.inner_text("#history-timeline")
-            context.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    with chromium_context(extra_http_headers={"Authorization": f"Bearer {mint(settings, 'human:dave')}"}) as context:
+        page = context.new_page()
+        page.goto(f"{settings.approval_url}/console/history")
+        box = page.locator('svg[data-chart="outcomes-per-day"]').bounding_box()
+        assert box is not None and box["width"] > 400 and box["height"] > 100
+        assert page.locator(f'#history-actions tr[data-action-id="{approved}"]').count() == 1
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "console-history.png"), full_page=True)
+        page.click(f"a[href='/console/history/{approved}']")
+        assert "approval resolved: approved" in page.inner_text("#history-timeline")

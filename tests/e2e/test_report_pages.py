@@ -8,20 +8,17 @@ pdfium. Saves tests/artifacts/report.png (the HTML) and report-page-N.png (the P
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-
 import pytest
 
 from keyturn.audit.report.model import build_report
 from keyturn.audit.report.render import render_html, render_pdf
 from keyturn.core.audit.checkpoint import CheckpointVerifier
+from tests.e2e.chromium import chromium_context
 from tests.processes import ARTIFACTS
 from tests.unit.audit_history import SIGNER
 from tests.unit.report_story import SECRETS, period, seeded
 from tests.unit.test_report_render import tampered_records
 
-CHROMIUM = "/usr/bin/chromium"
 VERIFIER = CheckpointVerifier.from_keys([SIGNER.public_key])
 CHART_COLOURS = {"allowed": (0x4C, 0x9A, 0x6A), "denied_by_policy": (0xB4, 0x23, 0x18), "approved": (0x24, 0x56, 0xC7)}
 
@@ -37,24 +34,8 @@ def pages() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`")
-    from playwright.sync_api import sync_playwright
-
-    from tests.e2e.test_console import CHROMIUM_FLAGS
-
-    profile = tempfile.mkdtemp(prefix="keyturn-report-chromium-")
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1100, "height": 1400},
-        )
+    with chromium_context(width=1100) as context:
         yield context
-        context.close()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 def _ink(image) -> float:
