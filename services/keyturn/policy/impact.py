@@ -41,8 +41,8 @@ from keyturn.core.events import ActionRequested, ImpactPreview
 from keyturn.core.impact import NotPreviewable, PreviewPlan, preview_plan
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.executor.plugins.base import ExecutionFailed
-from keyturn.executor.plugins.sql import grants_for
-from keyturn.executor.plugins.sql_roles import Grants
+from keyturn.executor.plugins.sql import grants_for, postgres_message
+from keyturn.executor.plugins.sql_roles import Grants, grant
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,9 @@ class SqlPreviewer:
                 application_name="keyturn-impact-preview",
             )
         except psycopg.OperationalError as exc:
-            raise _Unavailable(f"cannot connect to the SQL target {self.target_name}: {_message(exc)}") from None
+            raise _Unavailable(
+                f"cannot connect to the SQL target {self.target_name}: {postgres_message(exc)}"
+            ) from None
         async with conn:
             try:
                 grants = await grants_for(conn, shape, self.target_name)
@@ -142,13 +144,13 @@ class SqlPreviewer:
                 await conn.rollback()
             except psycopg.Error as exc:
                 await conn.rollback()
-                raise _Unavailable(f"PostgreSQL refused the dry run: {_message(exc)}") from None
+                raise _Unavailable(f"PostgreSQL refused the dry run: {postgres_message(exc)}") from None
             try:
                 estimate = await self._estimate(conn, plan, grants)
             except psycopg.Error as exc:
                 await conn.rollback()
                 raise _Unavailable(
-                    f"counting took longer than {self.timeout_s:g}s and EXPLAIN failed: {_message(exc)}"
+                    f"counting took longer than {self.timeout_s:g}s and EXPLAIN failed: {postgres_message(exc)}"
                 ) from None
             detail = f"counting took longer than {self.timeout_s:g}s: the planner's estimate is shown"
             return estimate, "estimate", tables, detail
@@ -157,16 +159,7 @@ class SqlPreviewer:
         """Inside the open transaction: a role with only ``grants``, the session switched to it."""
         role = sql.Identifier(PREVIEW_ROLE_PREFIX + secrets.token_hex(8))
         await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(role))
-        for schema in grants.schemas:
-            await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
-        for relation, privileges in grants.tables.items():
-            await conn.execute(
-                sql.SQL("GRANT {} ON TABLE {} TO {}").format(
-                    sql.SQL(", ").join(sql.SQL(p) for p in privileges), relation.identifier(), role
-                )
-            )
-        for sequence in grants.sequences:
-            await conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence.identifier(), role))
+        await grant(conn, role, grants)
         await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
         await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
         milliseconds = max(1, int(self.timeout_s * 1000))
@@ -241,12 +234,3 @@ def _plan(action: str, parameters: dict[str, Any]) -> tuple[PreviewPlan | None, 
     if plan.operation == "delete" and shape.write_privilege != "DELETE":
         raise _Unavailable("the deletion must be a single DELETE")
     return plan, shape
-
-
-def _message(exc: Exception) -> str:
-    """PostgreSQL's own words on one line, with the SQLSTATE; never the connection string."""
-    diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    text = primary or " ".join(str(exc).split()) or type(exc).__name__
-    sqlstate = getattr(exc, "sqlstate", None)
-    return f"{text} [{sqlstate}]" if sqlstate else text

@@ -31,7 +31,7 @@ from typing import IO, Any
 import psycopg
 
 from keyturn.executor.plugins.base import Command, ExecutionFailed
-from keyturn.executor.plugins.sql import SqlPlugin, _message, _statement_parameters
+from keyturn.executor.plugins.sql import SqlPlugin, _statement_parameters, postgres_message
 from keyturn.executor.plugins.sql_roles import role_name_for
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
 from keyturn.executor.values import jsonable
@@ -100,7 +100,7 @@ class ExportPlugin(SqlPlugin):
             except psycopg.errors.QueryCanceled:
                 raise ExecutionFailed(f"the export ran longer than {ttl_s:g}s and was cancelled") from None
             except psycopg.Error as exc:
-                raise ExecutionFailed(f"PostgreSQL: {_message(exc)}; nothing was exported") from None
+                raise ExecutionFailed(f"PostgreSQL: {postgres_message(exc)}; nothing was exported") from None
         finally:
             try:
                 await self._drop(name)

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
-from keyturn.executor.plugins.sql import SqlPlugin, _message, _resolve
+from keyturn.executor.plugins.sql import SqlPlugin, _resolve, postgres_message
 from keyturn.executor.plugins.sql_roles import ROLE_PREFIX, Grants, Relation, role_name_for
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -57,10 +57,10 @@ class IamPlugin(SqlPlugin):
             except psycopg.OperationalError as exc:
                 raise OutcomeUnknown(
                     f"the connection to {self.target_name} broke during {change.describe()}: it may or may not "
-                    f"have been applied ({_message(exc)})"
+                    f"have been applied ({postgres_message(exc)})"
                 ) from None
             except psycopg.Error as exc:
-                raise ExecutionFailed(f"PostgreSQL refused {change.describe()}: {_message(exc)}") from None
+                raise ExecutionFailed(f"PostgreSQL refused {change.describe()}: {postgres_message(exc)}") from None
         finally:
             try:
                 await self._drop(name)

@@ -74,7 +74,7 @@ class Target:
             return (
                 f"the connection was refused ({type(exc).__name__}; the server's words withheld: they quote the secret)"
             )
-        return _message(exc)
+        return postgres_message(exc)
 
 
 def target_name(url: str) -> str:
@@ -196,7 +196,7 @@ class SqlPlugin:
             async with await self._admin(target) as admin:
                 return await drop_role(admin, name)
         except (ExecutionFailed, psycopg.Error) as exc:
-            reason = str(exc) if isinstance(exc, ExecutionFailed) else _message(exc)
+            reason = str(exc) if isinstance(exc, ExecutionFailed) else postgres_message(exc)
             log.error("sql plugin: temporary role %s not dropped: %s", name, reason)
             raise ExecutionFailed(f"temporary role {name} not dropped: {reason}") from None
 
@@ -215,7 +215,9 @@ class SqlPlugin:
                 "another run of it started; refusing to run it twice"
             ) from None
         except psycopg.Error as exc:
-            raise ExecutionFailed(f"could not create the temporary role on {target_name}: {_message(exc)}") from None
+            raise ExecutionFailed(
+                f"could not create the temporary role on {target_name}: {postgres_message(exc)}"
+            ) from None
         if self.credential_observer is not None:
             self.credential_observer(role.password)
         return role
@@ -283,8 +285,8 @@ class SqlPlugin:
             ) from None
         except psycopg.errors.InsufficientPrivilege as exc:
             raise ExecutionFailed(
-                f"PostgreSQL refused the statement: {_message(exc)} (the temporary role held {grants.describe()}; "
-                "every table must be named after FROM, JOIN, INTO or UPDATE)"
+                f"PostgreSQL refused the statement: {postgres_message(exc)} (the temporary role held "
+                f"{grants.describe()}; every table must be named after FROM, JOIN, INTO or UPDATE)"
             ) from None
         except psycopg.OperationalError as exc:
             if committing and not shape.is_read:
@@ -297,7 +299,7 @@ class SqlPlugin:
                 f"({target.refused(exc)})"
             ) from None
         except psycopg.Error as exc:
-            raise ExecutionFailed(f"PostgreSQL: {_message(exc)}") from None
+            raise ExecutionFailed(f"PostgreSQL: {postgres_message(exc)}") from None
 
 
 async def grants_for(admin: psycopg.AsyncConnection, shape: StatementShape, target_name: str) -> Grants:
@@ -358,7 +360,7 @@ async def _resolve(admin: psycopg.AsyncConnection, written: str) -> tuple[Relati
         )
     except psycopg.Error as exc:
         raise ExecutionFailed(
-            f"statement refused before running: {written!r} is not a table name ({_message(exc)})"
+            f"statement refused before running: {written!r} is not a table name ({postgres_message(exc)})"
         ) from None
     row = await cursor.fetchone()
     if row is None or row[2] not in _GRANTABLE_KINDS or row[0] in _PUBLIC_CATALOGS:
@@ -387,7 +389,7 @@ def _statement_parameters(parameters: dict[str, Any], field: str = "statement") 
     return statement, max_rows
 
 
-def _message(exc: Exception) -> str:
+def postgres_message(exc: Exception) -> str:
     """PostgreSQL's own words on one line, with the SQLSTATE; never the connection string."""
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None

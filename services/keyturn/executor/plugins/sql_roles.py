@@ -130,19 +130,24 @@ async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, g
                 "PASSWORD {} VALID UNTIL {}"
             ).format(role, sql.Literal(scram_sha256_verifier(password)), sql.Literal(valid_until.isoformat()))
         )
-        for schema in grants.schemas:
-            await admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
-        for relation, privileges in grants.tables.items():
-            await admin.execute(
-                sql.SQL("GRANT {} ON TABLE {} TO {}").format(
-                    sql.SQL(", ").join(sql.SQL(p) for p in privileges), relation.identifier(), role
-                )
-            )
-        for sequence in grants.sequences:
-            await admin.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence.identifier(), role))
-        for member_of in grants.member_of:
-            await admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), role))
+        await grant(admin, role, grants)
     return TemporaryRole(name, password, valid_until)
+
+
+async def grant(conn: psycopg.AsyncConnection, role: sql.Identifier, grants: Grants) -> None:
+    """Give ``role`` exactly ``grants``: schema usage, table privileges, sequences, memberships."""
+    for schema in grants.schemas:
+        await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
+    for relation, privileges in grants.tables.items():
+        await conn.execute(
+            sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in privileges), relation.identifier(), role
+            )
+        )
+    for sequence in grants.sequences:
+        await conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence.identifier(), role))
+    for member_of in grants.member_of:
+        await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), role))
 
 
 async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
