@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import Enum
 from functools import cache
@@ -21,7 +22,7 @@ T = TypeVar("T")
 def to_record(event: Any) -> Any:
     """A dataclass (recursively) as a dict of Avro-ready values."""
     if dataclasses.is_dataclass(event) and not isinstance(event, type):
-        return {f.name: to_record(getattr(event, f.name)) for f in dataclasses.fields(event)}
+        return _writer(type(event))(event)
     if isinstance(event, Enum):
         return event.value
     if isinstance(event, (tuple, list)):
@@ -29,34 +30,82 @@ def to_record(event: Any) -> Any:
     return event
 
 
+# Every event crosses these two functions several times per action (each consumer decodes,
+# each producer encodes), so each dataclass gets its conversion planned once: which fields
+# need converting and how. Walking the type hints per call cost more than the Avro codec.
+
+Convert = Callable[[Any], Any]
+
+
+@cache
+def _writer(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """``to_record`` for instances of ``cls``: plain fields copied, the others converted."""
+    names = tuple(f.name for f in dataclasses.fields(cls))
+
+    def write(event: Any) -> dict[str, Any]:
+        out = {}
+        for name in names:
+            value = getattr(event, name)
+            if value is None or value.__class__ in _PLAIN:
+                out[name] = value
+            else:
+                out[name] = to_record(value)
+        return out
+
+    return write
+
+
+_PLAIN = frozenset({str, int, float, bool, bytes, datetime})
+
+
 @cache
 def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+@cache
+def _reader(cls: type) -> Callable[[dict[str, Any]], Any]:
+    """``from_record`` for ``cls``: one converter per field, planned from its type hint."""
+    hints = _hints(cls)
+    plan = tuple((f.name, _converter(hints[f.name])) for f in dataclasses.fields(cls))
+
+    def read(record: dict[str, Any]) -> Any:
+        kwargs = {}
+        for name, convert in plan:
+            if name in record:
+                value = record[name]
+                kwargs[name] = value if convert is None or value is None else convert(value)
+        return cls(**kwargs)
+
+    return read
 
 
 def from_record(cls: type[T], record: dict[str, Any]) -> T:
     """The dataclass ``cls`` built from a dict as fastavro returns it."""
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"{cls!r} is not a dataclass")
-    hints = _hints(cls)
-    kwargs = {f.name: _convert(hints[f.name], record[f.name]) for f in dataclasses.fields(cls) if f.name in record}
-    return cls(**kwargs)
+    return typing.cast(T, _reader(cls)(record))
 
 
-def _convert(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
+def _converter(hint: Any) -> Convert | None:
+    """How to turn a value of type ``hint`` from its Avro form; None when it is already right."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _convert(inner, value)
+        return _converter(inner)
     if origin is tuple:
-        item = typing.get_args(hint)[0]
-        return tuple(_convert(item, v) for v in value)
+        item = _converter(typing.get_args(hint)[0])
+        if item is None:
+            return tuple
+        return lambda value: tuple(None if v is None else item(v) for v in value)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return from_record(hint, value)
+        return lambda value: from_record(hint, value)
     if isinstance(hint, type) and issubclass(hint, Enum):
-        return hint(value)
-    if hint is datetime and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+        return hint
+    if hint is datetime:
+        return _aware
+    return None
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
