@@ -119,7 +119,9 @@ start() {
   local started=$EPOCHREALTIME
   # decision logs on: OPA only issues decision ids (our provenance) when it logs decisions;
   # the log is OPA's own file, and parameters in it are already masked
-  pid=$(spawn "$DIR/opa.log" "$bin" run --server --addr "127.0.0.1:$PORT" --watch \
+  # GOGC=200: OPA's heap is small and steady, so collecting half as often costs little memory and
+  # measured about a tenth less CPU per decision under load (KEYTURN_OPA_GOGC to change)
+  pid=$(GOGC="${KEYTURN_OPA_GOGC:-200}" spawn "$DIR/opa.log" "$bin" run --server --addr "127.0.0.1:$PORT" --watch \
     --log-level "$LOG_LEVEL" --skip-version-check --set decision_logs.console=true \
     --ignore '*_test.rego' "$POLICIES")
   printf '%s\n' "$URL" >"$(endpoint_file)"

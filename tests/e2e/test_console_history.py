@@ -41,8 +41,10 @@ def test_an_approver_finds_the_action_its_timeline_and_the_charts(settings, appr
     with httpx.Client(base_url=settings.approval_url, headers=carol, timeout=60) as client:
 
         def listed() -> httpx.Response | None:
+            # the history follows the audit topic and may lag it a moment: wait for the finished line
             page = client.get("/console/history", params={"q": approved})
-            return page if approved in page.text else None
+            row = re.search(rf'<tr data-action-id="{approved}">.*?</tr>', page.text, re.DOTALL)
+            return page if row is not None and "approved by people" in row.group(0) else None
 
         page = eventually(listed, timeout=30)
         assert page is not None, "the history never showed the approved action"

@@ -15,7 +15,7 @@ class MemoryHistoryStore:
         self.rows: dict[int, HistoryRow] = {}
         self.lines: dict[str, ActionSummary] = {}
 
-    async def store(self, rows: Sequence[HistoryRow], changes: Sequence[ActionChange], keep_after: int) -> None:
+    async def store(self, rows: Sequence[HistoryRow], changes: Sequence[ActionChange], keep_after: int | None) -> None:
         for row in rows:
             self.rows.setdefault(row.sequence, row)
         for change in changes:
@@ -33,6 +33,8 @@ class MemoryHistoryStore:
                 execution=change.execution or line.execution,
                 other=change.other or line.other,
             )
+        if keep_after is None:
+            return
         old = {a for a, line in self.lines.items() if line.requested_at < keep_after}
         self.rows = {s: r for s, r in self.rows.items() if r.action_id not in old}
         self.lines = {a: line for a, line in self.lines.items() if a not in old}

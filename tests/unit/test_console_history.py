@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from keyturn.approval.console_history import _action_story
-from keyturn.approval.history import HISTORY_DAYS, compact, history_page, rows_and_changes
+from keyturn.approval.history import HISTORY_DAYS, coalesced, compact, history_page, rows_and_changes
 from keyturn.audit.report.model import DAY_MS, build_report
 from keyturn.core.audit.checkpoint import CheckpointVerifier
 from tests.fakes.history_store import MemoryHistoryStore
@@ -90,3 +90,17 @@ async def test_retention_drops_actions_requested_before_the_window():
     await store.store(rows, changes, keep_after=period()[0])
     assert all(line.requested_at >= period()[0] for line in store.lines.values())
     assert {r.action_id for r in store.rows.values()} == set(store.lines)
+
+
+async def test_a_batch_makes_one_change_per_action_and_leaves_every_line_as_one_by_one_would():
+    rows, changes = rows_and_changes(HISTORY.records)
+    merged = coalesced(changes)
+    assert len(merged) == len({c.action_id for c in changes}) < len(changes)
+    one_by_one, together = MemoryHistoryStore(), MemoryHistoryStore()
+    for change in changes:
+        await one_by_one.store([], [change], keep_after=None)
+    await together.store(rows, merged, keep_after=None)
+    assert together.lines == one_by_one.lines
+    assert (await history_page(together, now=NOW, limit=1000)).actions == (
+        await history_page(one_by_one, now=NOW, limit=1000)
+    ).actions

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_DAYS = 30  # what the page shows
 KEPT_DAYS = HISTORY_DAYS + 5  # what the tables keep (a little more, so the window never starts empty)
+PRUNE_EVERY_MS = 60_000  # how often what is older than KEPT_DAYS is dropped
 
 HISTORY_DDL = """
 CREATE TABLE IF NOT EXISTS {schema}.approval_history_records (
@@ -140,7 +141,9 @@ class ActionSummary:
 class HistoryStore(Protocol):
     """What the history needs of its tables (PostgreSQL in the service, a fake in unit tests)."""
 
-    async def store(self, rows: Sequence[HistoryRow], changes: Sequence[ActionChange], keep_after: int) -> None: ...
+    async def store(
+        self, rows: Sequence[HistoryRow], changes: Sequence[ActionChange], keep_after: int | None
+    ) -> None: ...
     async def rows_since(self, since: int) -> list[HistoryRow]: ...
     async def rows_of(self, action_id: str) -> list[HistoryRow]: ...
     async def actions(self, since: int, until: int, search: str, limit: int) -> list[ActionSummary]: ...
@@ -209,6 +212,33 @@ def rows_and_changes(records: Iterable[AuditRecord]) -> tuple[list[HistoryRow], 
     return rows, changes
 
 
+def coalesced(changes: Sequence[ActionChange]) -> list[ActionChange]:
+    """One change per action, as the store would leave the line after applying them in order:
+    the earliest time (the request's when it is among them), the first facts known, and the
+    last outcome known for each stage."""
+    merged: dict[str, ActionChange] = {}
+    for change in changes:
+        before = merged.get(change.action_id)
+        if before is None:
+            merged[change.action_id] = change
+            continue
+        # the store sets the request's time when a change says it is the request, else keeps the earliest
+        at = change.at if change.requested else min(before.at, change.at)
+        merged[change.action_id] = ActionChange(
+            change.action_id,
+            at,
+            action=before.action or change.action,
+            requester=before.requester or change.requester,
+            acting_for=before.acting_for or change.acting_for,
+            requested=before.requested or change.requested,
+            decision=change.decision or before.decision,
+            approval=change.approval or before.approval,
+            execution=change.execution or before.execution,
+            other=change.other or before.other,
+        )
+    return list(merged.values())
+
+
 def decode_record(message: Any) -> AuditRecord:
     """The audit record in a message of the audit topic (the audit service dead-letters the rest)."""
     decoded = decode_audit_message(message.offset, message.value)
@@ -228,14 +258,22 @@ class HistoryFollower:
     def __init__(self, store: HistoryStore, publisher: Publisher) -> None:
         self.store = store
         self.stage = Stage(publisher, (AuditRecord,), handle_batch=self._store, decode=decode_record)
+        self._pruned_at = 0
 
     async def follow(self, consumer: Any) -> None:
         """Follow the audit topic through a started consumer (auto-commit off) until cancelled."""
-        await run(KafkaSource(consumer, max_records=1000, wait_ms=1000), self.stage)
+        # a console page may lag a moment: what arrives within 250 ms is one transaction, in
+        # which an action's records make one change to its line (``coalesced``)
+        await run(KafkaSource(consumer, max_records=1000, wait_ms=1000, gather_ms=250), self.stage)
 
     async def _store(self, batch: list[tuple[Any, Any]]) -> None:
         rows, changes = rows_and_changes(record for record, _ in batch)
-        await self.store.store(rows, changes, keep_after=_now_millis() - KEPT_DAYS * DAY_MS)
+        now = _now_millis()
+        # dropping what is past the window once a minute is as good as every batch, and free
+        prune = now - self._pruned_at >= PRUNE_EVERY_MS
+        await self.store.store(rows, coalesced(changes), keep_after=now - KEPT_DAYS * DAY_MS if prune else None)
+        if prune:
+            self._pruned_at = now
 
 
 async def start_position(consumer: Any, partition: Any) -> None:

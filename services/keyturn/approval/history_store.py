@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from psycopg_pool import AsyncConnectionPool
 
 from keyturn.approval.history import ActionChange, ActionSummary, HistoryRow
+
+_UPSERT_ACTIONS = """INSERT INTO approval_history_actions AS a
+        (action_id, requested_at, action, requester, acting_for, decision, approval, execution, other)
+    SELECT u.action_id, u.requested_at, u.action, u.requester, ARRAY(SELECT jsonb_array_elements_text(u.acting_for)),
+        u.decision, u.approval, u.execution, u.other
+    FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::text[], %s::text[], %s::text[],
+        %s::text[]) AS u(action_id, requested_at, action, requester, acting_for, decision, approval, execution, other)
+    ON CONFLICT (action_id) DO UPDATE SET
+        requested_at = {requested_at},
+        action = COALESCE(a.action, EXCLUDED.action),
+        requester = COALESCE(a.requester, EXCLUDED.requester),
+        acting_for = CASE WHEN cardinality(a.acting_for) = 0 THEN EXCLUDED.acting_for ELSE a.acting_for END,
+        decision = COALESCE(EXCLUDED.decision, a.decision),
+        approval = COALESCE(EXCLUDED.approval, a.approval),
+        execution = COALESCE(EXCLUDED.execution, a.execution),
+        other = COALESCE(EXCLUDED.other, a.other)"""
+
+
+def _action_columns(changes: Sequence[ActionChange]) -> tuple[list, ...]:
+    """The changes as column arrays for ``unnest`` (acting-for principals as JSON arrays: unnest
+    would flatten an array of arrays)."""
+    return (
+        [c.action_id for c in changes],
+        [c.at for c in changes],
+        [c.action for c in changes],
+        [c.requester for c in changes],
+        [json.dumps(list(c.acting_for)) for c in changes],
+        [c.decision for c in changes],
+        [c.approval for c in changes],
+        [c.execution for c in changes],
+        [c.other for c in changes],
+    )
+
 
 _ROW_COLUMNS = "r.sequence, r.action_id, r.event_type, r.actor, r.occurred_at, r.payload_json, r.flags"
 _ACTION_COLUMNS = "action_id, requested_at, action, requester, acting_for, decision, approval, execution, other"
@@ -18,54 +52,46 @@ class PgHistoryStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
 
-    async def store(self, rows: Sequence[HistoryRow], changes: Sequence[ActionChange], keep_after: int) -> None:
-        """Add a batch and drop what is older than ``keep_after`` (UTC ms), in one transaction."""
+    async def store(self, rows: Sequence[HistoryRow], changes: Sequence[ActionChange], keep_after: int | None) -> None:
+        """Add a batch and drop what is older than ``keep_after`` (UTC ms; None: drop nothing), in
+        one transaction."""
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            # one statement per table for the batch; flags (``[a-z0-9_.-]+``) travel comma-joined,
+            # since unnest would flatten an array of arrays
             if rows:
-                await cur.executemany(
+                await cur.execute(
                     """INSERT INTO approval_history_records
                                (sequence, action_id, event_type, actor, occurred_at, payload_json, flags)
-                           VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sequence) DO NOTHING""",
-                    [
-                        (r.sequence, r.action_id, r.event_type, r.actor, r.occurred_at, r.payload_json, list(r.flags))
-                        for r in rows
-                    ],
+                           SELECT u.sequence, u.action_id, u.event_type, u.actor, u.occurred_at, u.payload_json,
+                               COALESCE(string_to_array(NULLIF(u.flags, ''), ','), '{}')
+                           FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[],
+                               %s::text[])
+                               AS u(sequence, action_id, event_type, actor, occurred_at, payload_json, flags)
+                           ON CONFLICT (sequence) DO NOTHING""",
+                    (
+                        [r.sequence for r in rows],
+                        [r.action_id for r in rows],
+                        [r.event_type for r in rows],
+                        [r.actor for r in rows],
+                        [r.occurred_at for r in rows],
+                        [r.payload_json for r in rows],
+                        [",".join(r.flags) for r in rows],
+                    ),
                 )
             if changes:
-                # the request's time when it is known, else the first record's; stage outcomes
-                # only move from unknown to known (a redelivered record sets the same value)
-                await cur.executemany(
-                    """INSERT INTO approval_history_actions AS a
-                               (action_id, requested_at, action, requester, acting_for, decision, approval, execution,
-                                other)
-                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-                           ON CONFLICT (action_id) DO UPDATE SET
-                               requested_at = CASE WHEN %s THEN EXCLUDED.requested_at
-                                                   ELSE LEAST(a.requested_at, EXCLUDED.requested_at) END,
-                               action = COALESCE(a.action, EXCLUDED.action),
-                               requester = COALESCE(a.requester, EXCLUDED.requester),
-                               acting_for = CASE WHEN cardinality(a.acting_for) = 0 THEN EXCLUDED.acting_for
-                                                 ELSE a.acting_for END,
-                               decision = COALESCE(EXCLUDED.decision, a.decision),
-                               approval = COALESCE(EXCLUDED.approval, a.approval),
-                               execution = COALESCE(EXCLUDED.execution, a.execution),
-                               other = COALESCE(EXCLUDED.other, a.other)""",
-                    [
-                        (
-                            c.action_id,
-                            c.at,
-                            c.action,
-                            c.requester,
-                            list(c.acting_for),
-                            c.decision,
-                            c.approval,
-                            c.execution,
-                            c.other,
-                            c.requested,
-                        )
-                        for c in changes
-                    ],
-                )
+                # one change per action (``history.coalesced``), so no row is updated twice by one
+                # statement. The request's time when it is known, else the first record's: the
+                # changes that carry the request set it, the others keep the earliest; stage
+                # outcomes only move from unknown to known (a redelivered record sets the same value).
+                for requested, rule in (
+                    (True, "EXCLUDED.requested_at"),
+                    (False, "LEAST(a.requested_at, EXCLUDED.requested_at)"),
+                ):
+                    part = [c for c in changes if c.requested == requested]
+                    if part:
+                        await cur.execute(_UPSERT_ACTIONS.format(requested_at=rule), _action_columns(part))
+            if keep_after is None:
+                return
             await cur.execute(
                 "DELETE FROM approval_history_records WHERE action_id IN "
                 "(SELECT action_id FROM approval_history_actions WHERE requested_at < %s)",

@@ -89,6 +89,11 @@ class AuditWriter:
             transactional_id=self._transactional_id,
             enable_idempotence=True,
             acks="all",
+            # a batch's records are all handed over before any is awaited (``_commit``): a few ms
+            # of linger and large batches make the whole transaction one produce request, not
+            # one per record (which cost a fifth of the writer's CPU in send calls)
+            linger_ms=5,
+            max_batch_size=512 * 1024,  # under the broker's default message.max.bytes (1 MiB)
         )
         await self._producer.start()  # InitProducerId: older writers are fenced from here on
         tail = await self._read_tail(self._seen.limit)

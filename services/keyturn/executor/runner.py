@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from keyturn.bus.codec import registry
 from keyturn.bus.headers import Headers, headers_of
+from keyturn.bus.loop import tally
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome, VoteChoice
 from keyturn.core.execution import ExecutionOrder, order_from, refusal_reason
@@ -383,8 +384,10 @@ class ExecutorStage:
         if not orders:
             return
         done, failures = await self.executor.execute_many(orders)
+        if done:  # one line per batch; each outcome is on the executed and audit topics
+            log.info("executed %d: %s", len(done), tally(outcome.value for _, outcome, _ in done))
         for order, outcome, _ in done:
-            log.info("executed %s: %s", order.action_id, outcome.value)
+            log.debug("executed %s: %s", order.action_id, outcome.value)
         topic = self.publisher.topics.executed
         await until_done(
             lambda: self.publisher.publish_all(

@@ -103,7 +103,9 @@ class StatusFollower:
         The consumption loop commits a batch only once it is recorded: offsets committed before
         would skip it after a restart.
         """
-        await run(KafkaSource(consumer, max_records=500, wait_ms=1000), self.stage)
+        # what arrives within 50 ms is one statement: an action's decision and execution often
+        # land together, so its row is written once (a waiting requester hears it ≤ 50 ms later)
+        await run(KafkaSource(consumer, max_records=500, wait_ms=1000, gather_ms=50), self.stage)
 
     async def _record(self, batch: list[tuple[Any, Any]]) -> None:
         """Record the batch in one statement (a database outage is waited out by the loop)."""

@@ -374,28 +374,24 @@ class ActionStore:
                 for change in changes:
                     if (row := rows.get(change.action_id)) is not None:
                         row.fold(change)
-                now = datetime.now(UTC)
-                updates = [
-                    (
-                        row.state.value,
-                        json.dumps(row.history),
-                        json.dumps(row.reasons) if row.reasons is not None else None,
-                        json.dumps(row.result) if row.result is not None else None,
-                        now,
-                        action_id,
+                changed = [(action_id, row) for action_id, row in rows.items() if row.changed]
+                if changed:  # one statement for the batch
+                    await conn.execute(
+                        """UPDATE intake_actions AS a SET state = u.state, history = u.history,
+                               reasons = COALESCE(u.reasons, a.reasons), result = COALESCE(u.result, a.result),
+                               updated_at = %s
+                           FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::jsonb[])
+                               AS u(action_id, state, history, reasons, result)
+                           WHERE a.action_id = u.action_id""",
+                        (
+                            datetime.now(UTC),
+                            [action_id for action_id, _ in changed],
+                            [row.state.value for _, row in changed],
+                            [json.dumps(row.history) for _, row in changed],
+                            [json.dumps(row.reasons) if row.reasons is not None else None for _, row in changed],
+                            [json.dumps(row.result) if row.result is not None else None for _, row in changed],
+                        ),
                     )
-                    for action_id, row in rows.items()
-                    if row.changed
-                ]
-                if updates:
-                    async with conn.cursor() as update:
-                        await update.executemany(
-                            """UPDATE intake_actions SET state = %s, history = %s::jsonb,
-                                   reasons = COALESCE(%s::jsonb, reasons), result = COALESCE(%s::jsonb,
-                                   result), updated_at = %s
-                               WHERE action_id = %s""",
-                            updates,
-                        )
                 return {action_id: row.state for action_id, row in rows.items()}
 
         return await self._retrying(apply, patience_s)

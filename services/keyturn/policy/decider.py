@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from keyturn.bus.headers import Headers, headers_of
+from keyturn.bus.loop import tally
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import masked_line
 from keyturn.core.events import ActionDecided, ActionRequested
@@ -200,14 +201,17 @@ class PolicyStage:
         if fresh:
             made = {d.action_id: with_policy_masking(d) for d in await self.decider.decide_many(fresh)}
             encoded = {action_id: self.publisher.encode(d) for action_id, d in made.items()}
+            # one line per batch (a line per action cost more than deciding it); each action's
+            # decision is on the decided and audit topics
+            log.info("decided %d: %s", len(made), tally(d.outcome.value for d in made.values()))
             for decision in made.values():
-                log.info("decided %s %s: %s", decision.action_id, decision.request.action, decision.outcome.value)
+                log.debug("decided %s %s: %s", decision.action_id, decision.request.action, decision.outcome.value)
             kept.update(await self.decisions.keep_many(encoded))
             # the headers describe our decision; one another worker kept first is sent with its type only
             headers = {i: headers_of(d) for i, d in made.items() if kept[i] == encoded[i]}
-        for request in requests:
-            if request.action_id not in made:
-                log.info("redelivered %s: republishing its decision", request.action_id)
+        redelivered = [request.action_id for request in requests if request.action_id not in made]
+        if redelivered:
+            log.info("redelivered %d, republishing their decisions: %s", len(redelivered), ", ".join(redelivered[:10]))
         topic = self.publisher.topics.decided
         await self.publisher.publish_all(
             [(topic, r.action_id, kept[r.action_id], headers.get(r.action_id)) for r, _ in batch]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from prometheus_client import Counter, Histogram
 
 DECISION_SECONDS = Histogram("keyturn_opa_decision_seconds", "Latency of one OPA query, retries included", ["path"])
@@ -119,7 +120,7 @@ class OpaClient:
             OPA_ERRORS.labels(path, f"http_{status}").inc()
             raise PolicyAnswerInvalid(f"OPA refused the query for {path}: HTTP {status}: {_text(body)}")
         try:
-            return json.loads(body)
+            return orjson.loads(body)
         except ValueError as exc:
             raise PolicyAnswerInvalid(f"OPA answered {path} with invalid JSON: {exc}") from exc
 
@@ -187,7 +188,7 @@ class OpaClient:
         status, body = await self._send("POST", "/v1/data/keyturn/batch?provenance=true", "revision", {"input": {}})
         if status == 200:
             try:
-                revision = bundle_revision(json.loads(body).get("provenance"))
+                revision = bundle_revision(orjson.loads(body).get("provenance"))
             except ValueError:
                 revision = None
             if revision:
@@ -214,11 +215,11 @@ class OpaClient:
         status, body = await self._send("GET", url, "revision")
         if status != 200:
             raise PolicyUnavailable(f"OPA {url} answered HTTP {status}: {_text(body)}")
-        return json.loads(body)
+        return orjson.loads(body)
 
 
 def _compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return orjson.dumps(value).decode()
 
 
 def _text(body: bytes, limit: int = 500) -> str:
