@@ -47,7 +47,7 @@ class DeletionPlugin(SqlPlugin):
         if ttl_s <= 0:
             raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
         name = role_name_for(command.action_id)
-        async with await self._admin() as admin:
+        async with self._admin() as admin:
             found = await _resolve(admin, table)
             if found is None:
                 raise ExecutionFailed(f"nothing deleted: table {table} does not exist on {self.target_name}")

@@ -79,7 +79,7 @@ class ExportPlugin(SqlPlugin):
         if ttl_s <= 0:
             raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
         name = role_name_for(command.action_id)
-        async with await self._admin() as admin:
+        async with self._admin() as admin:
             grants = await self._grants_for(admin, shape)
             role = await self._mint(admin, command.action_id, ttl_s, grants, self.target_name)
         file_name = export_file_name(command.action_id, file_format)

@@ -41,7 +41,7 @@ class IamPlugin(SqlPlugin):
         if ttl_s <= 0:
             raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
         name = role_name_for(command.action_id)
-        async with await self._admin() as admin:
+        async with self._admin() as admin:
             executor_role = await _current_user(admin)
             change = await _change_for(admin, command, executor_role)
             before = await change.holds(admin)
@@ -66,7 +66,7 @@ class IamPlugin(SqlPlugin):
                 await self._drop(name)
             except ExecutionFailed:
                 pass  # logged by _drop; the role expires with its TTL and the next start sweeps it
-        async with await self._admin() as admin:
+        async with self._admin() as admin:
             after = await change.holds(admin)
         if after != change.grants:
             raise OutcomeUnknown(f"{change.describe()} ran, but {change.catalog} does not show it: check the target")

@@ -31,12 +31,14 @@ dropped there.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 
 from keyturn.executor.impact import enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
@@ -55,6 +57,7 @@ from keyturn.executor.values import jsonable
 
 log = logging.getLogger(__name__)
 
+ADMIN_IDLE = 4  # admin connections kept for the next commands (``SqlPlugin._admin``)
 _GRANTABLE_KINDS = {"r", "p", "v", "m", "f"}  # tables, partitioned tables, views, materialized views, foreign tables
 _PUBLIC_CATALOGS = {"pg_catalog", "information_schema"}  # readable by everyone already
 
@@ -102,11 +105,12 @@ class SqlPlugin:
         self.credential_observer = credential_observer
         self.target_name = target_name(target_url)
         self.target = Target(target_url, self.target_name)
+        self._idle_admin: list[psycopg.AsyncConnection] = []  # kept admin connections (``_admin``)
 
     async def start(self) -> None:
         """Drop temporary roles that outlived their validity (left by a crash)."""
         try:
-            async with await self._admin() as admin:
+            async with self._admin() as admin:
                 dropped = await sweep_expired_roles(admin)
         except ExecutionFailed as exc:
             log.warning("sql plugin: no sweep of expired temporary roles: %s", exc)
@@ -145,7 +149,7 @@ class SqlPlugin:
             raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
         timeout_s = min(self.statement_timeout_s, ttl_s)
         name = role_name_for(command.action_id)
-        async with await self._admin(target) as admin:
+        async with self._admin(target) as admin:
             grants = await grants_for(admin, shape, target.name)
             role = await self._mint(admin, command.action_id, ttl_s, grants, target.name)
         try:
@@ -178,8 +182,50 @@ class SqlPlugin:
             return {"temporary_role": name, "cleanup_error": str(exc)}
         return cleanup.as_evidence()
 
-    async def _admin(self, target: Target | None = None) -> psycopg.AsyncConnection:
+    @asynccontextmanager
+    async def _admin(self, target: Target | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
+        """The executor's own connection to ``target`` (the plugin's target by default).
+
+        Connections to the plugin's own target are kept for the next command (up to
+        ``ADMIN_IDLE``): a command takes three or four admin turns (mint, drop, verify), and a
+        new connection each time cost PostgreSQL a backend and its authentication, which
+        measured more CPU than everything else the command does. A kept connection answers a
+        ``SELECT 1`` before it is used again (a restarted server left it dead). Not
+        psycopg_pool: it connects in the background and reports a refusing target only as a
+        timeout, and a command's failure must say at once why the target refused.
+        Connections to a secret-referenced target are made for the command and closed.
+        """
         target = target or self.target
+        kept = target is self.target
+        conn = await self._kept_admin() if kept else None
+        if conn is None:
+            conn = await self._connect_admin(target)
+        try:
+            yield conn
+        finally:
+            reusable = (
+                kept
+                and len(self._idle_admin) < ADMIN_IDLE
+                and not conn.closed
+                and not conn.broken
+                and conn.info.transaction_status == TransactionStatus.IDLE
+            )
+            if reusable:
+                self._idle_admin.append(conn)
+            else:
+                await conn.close()
+
+    async def _kept_admin(self) -> psycopg.AsyncConnection | None:
+        while self._idle_admin:
+            conn = self._idle_admin.pop()
+            try:
+                await conn.execute("SELECT 1")
+                return conn
+            except Exception:  # dead (a restarted server) or made in an event loop that is gone
+                await conn.close()
+        return None
+
+    async def _connect_admin(self, target: Target) -> psycopg.AsyncConnection:
         try:
             return await psycopg.AsyncConnection.connect(
                 target.url,
@@ -193,7 +239,7 @@ class SqlPlugin:
 
     async def _drop(self, name: str, target: Target | None = None) -> RoleCleanup:
         try:
-            async with await self._admin(target) as admin:
+            async with self._admin(target) as admin:
                 return await drop_role(admin, name)
         except (ExecutionFailed, psycopg.Error) as exc:
             reason = str(exc) if isinstance(exc, ExecutionFailed) else postgres_message(exc)
