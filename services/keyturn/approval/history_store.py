@@ -13,8 +13,8 @@ _UPSERT_ACTIONS = """INSERT INTO approval_history_actions AS a
         (action_id, requested_at, action, requester, acting_for, decision, approval, execution, other)
     SELECT u.action_id, u.requested_at, u.action, u.requester, ARRAY(SELECT jsonb_array_elements_text(u.acting_for)),
         u.decision, u.approval, u.execution, u.other
-    FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::text[], %s::text[], %s::text[],
-        %s::text[]) AS u(action_id, requested_at, action, requester, acting_for, decision, approval, execution, other)
+    FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::jsonb[], %b::text[], %b::text[], %b::text[],
+        %b::text[]) AS u(action_id, requested_at, action, requester, acting_for, decision, approval, execution, other)
     ON CONFLICT (action_id) DO UPDATE SET
         requested_at = {requested_at},
         action = COALESCE(a.action, EXCLUDED.action),
@@ -64,8 +64,8 @@ class PgHistoryStore:
                                (sequence, action_id, event_type, actor, occurred_at, payload_json, flags)
                            SELECT u.sequence, u.action_id, u.event_type, u.actor, u.occurred_at, u.payload_json,
                                COALESCE(string_to_array(NULLIF(u.flags, ''), ','), '{}')
-                           FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[],
-                               %s::text[])
+                           FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[],
+                               %b::text[])
                                AS u(sequence, action_id, event_type, actor, occurred_at, payload_json, flags)
                            ON CONFLICT (sequence) DO NOTHING""",
                     (

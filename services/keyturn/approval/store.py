@@ -252,8 +252,8 @@ class ApprovalStore:
                                       next_sweep_at)
                SELECT a, e, ARRAY(SELECT jsonb_array_elements_text(p::jsonb)),
                       ARRAY(SELECT jsonb_array_elements_text(g::jsonb)), o, x, COALESCE(s, 'infinity'::timestamptz)
-               FROM unnest(%s::text[], %s::bytea[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
-                           %s::timestamptz[]) AS t(a, e, p, g, o, x, s)
+               FROM unnest(%b::text[], %b::bytea[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[],
+                           %b::timestamptz[]) AS t(a, e, p, g, o, x, s)
                ON CONFLICT DO NOTHING RETURNING action_id""",
             (
                 [a.action_id for a in approvals],
@@ -426,7 +426,7 @@ class ApprovalStore:
                 for run in runs_by_topic(rows):
                     await publish_all([(topic, key.encode(), bytes(value)) for _, topic, key, value in run])
                 if rows:
-                    await conn.execute("DELETE FROM approval_outbox WHERE id = ANY(%s)", ([r[0] for r in rows],))
+                    await conn.execute("DELETE FROM approval_outbox WHERE id = ANY(%b)", ([r[0] for r in rows],))
                 return len(rows)
             for row_id, topic, key, value in rows:
                 await publish(topic, key.encode(), bytes(value))

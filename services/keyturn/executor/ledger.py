@@ -94,7 +94,7 @@ class ExecutionLedger:
                 await conn.execute(
                     "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin)"
                     " SELECT action_id, %s, %s, payload_digest, plugin"
-                    " FROM unnest(%s::text[], %s::text[], %s::text[]) AS s(action_id, payload_digest, plugin)"
+                    " FROM unnest(%b::text[], %b::text[], %b::text[]) AS s(action_id, payload_digest, plugin)"
                     " ON CONFLICT DO NOTHING RETURNING action_id",
                     (self.executor, at, ids, [d for _, d, _ in starts], [p for _, _, p in starts]),
                 )
@@ -116,7 +116,7 @@ class ExecutionLedger:
             rows = await (
                 await conn.execute(
                     "UPDATE executions AS e SET finished_at = f.at, outcome = f.outcome, executed_event = f.event"
-                    " FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::timestamptz[]) AS f(action_id, outcome,"
+                    " FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::timestamptz[]) AS f(action_id, outcome,"
                     " event, at)"
                     " WHERE e.action_id = f.action_id AND e.finished_at IS NULL RETURNING e.action_id",
                     (
@@ -131,7 +131,7 @@ class ExecutionLedger:
 
     @staticmethod
     async def _entries(conn, action_ids: list[str]) -> dict[str, LedgerEntry]:
-        cur = await conn.execute(f"SELECT {_COLUMNS} FROM executions WHERE action_id = ANY(%s)", (action_ids,))
+        cur = await conn.execute(f"SELECT {_COLUMNS} FROM executions WHERE action_id = ANY(%b)", (action_ids,))
         entries = {}
         for row in await cur.fetchall():
             entry = LedgerEntry(*row)

@@ -238,8 +238,8 @@ class ActionStore:
                             action, resource, state, history, requested_event)
                         SELECT u.action_id, u.requester, ARRAY(SELECT jsonb_array_elements_text(u.principals)),
                             u.idempotency_key, u.payload_digest, u.action, u.resource, %s, u.history, u.requested_event
-                        FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::text[], %s::text[], %s::text[],
-                            %s::text[], %s::jsonb[], %s::bytea[])
+                        FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::text[], %b::text[], %b::text[],
+                            %b::text[], %b::jsonb[], %b::bytea[])
                             AS u(action_id, requester, principals, idempotency_key, payload_digest, action, resource,
                                  history, requested_event)
                         ON CONFLICT DO NOTHING RETURNING {_COLUMNS}""",
@@ -269,7 +269,7 @@ class ActionStore:
         async def select(timeout: float) -> dict[str, StoredAction]:
             async with self.pool.connection(timeout) as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
-                    f"SELECT {_COLUMNS} FROM intake_actions WHERE action_id = ANY(%s)", (sorted(set(action_ids)),)
+                    f"SELECT {_COLUMNS} FROM intake_actions WHERE action_id = ANY(%b)", (sorted(set(action_ids)),)
                 )
                 return {r["action_id"]: _row(r) for r in await cur.fetchall()}
 
@@ -311,7 +311,7 @@ class ActionStore:
         async def update(timeout: float) -> None:
             async with self.pool.connection(timeout) as conn:
                 await conn.execute(
-                    "UPDATE intake_actions SET published = true WHERE action_id = ANY(%s) AND NOT published",
+                    "UPDATE intake_actions SET published = true WHERE action_id = ANY(%b) AND NOT published",
                     (sorted(ids),),
                 )
 
@@ -363,7 +363,7 @@ class ActionStore:
         async def apply(timeout: float) -> dict[str, ActionState]:
             async with self.pool.connection(timeout) as conn, conn.transaction():
                 cur = await conn.execute(
-                    "SELECT action_id, state, history FROM intake_actions WHERE action_id = ANY(%s) ORDER BY "
+                    "SELECT action_id, state, history FROM intake_actions WHERE action_id = ANY(%b) ORDER BY "
                     "action_id FOR UPDATE",
                     (action_ids,),
                 )
@@ -380,7 +380,7 @@ class ActionStore:
                         """UPDATE intake_actions AS a SET state = u.state, history = u.history,
                                reasons = COALESCE(u.reasons, a.reasons), result = COALESCE(u.result, a.result),
                                updated_at = %s
-                           FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::jsonb[])
+                           FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::jsonb[], %b::jsonb[])
                                AS u(action_id, state, history, reasons, result)
                            WHERE a.action_id = u.action_id""",
                         (

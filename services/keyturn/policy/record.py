@@ -55,7 +55,7 @@ class DecisionRecord:
         async with self.pool.connection() as conn:
             rows = await (
                 await conn.execute(
-                    "SELECT action_id, decided_event FROM policy_decisions WHERE action_id = ANY(%s)", (action_ids,)
+                    "SELECT action_id, decided_event FROM policy_decisions WHERE action_id = ANY(%b)", (action_ids,)
                 )
             ).fetchall()
         return {action_id: bytes(event) for action_id, event in rows}
@@ -73,12 +73,12 @@ class DecisionRecord:
                 await conn.execute(
                     "WITH inserted AS ("
                     " INSERT INTO policy_decisions (action_id, decided_event)"
-                    " SELECT * FROM unnest(%s::text[], %s::bytea[]) ON CONFLICT DO NOTHING"
+                    " SELECT * FROM unnest(%b::text[], %b::bytea[]) ON CONFLICT DO NOTHING"
                     " RETURNING action_id, decided_event)"
                     " SELECT action_id, decided_event FROM inserted"
                     " UNION ALL"
                     " SELECT action_id, decided_event FROM policy_decisions"
-                    " WHERE action_id = ANY(%s) AND action_id NOT IN (SELECT action_id FROM inserted)",
+                    " WHERE action_id = ANY(%b) AND action_id NOT IN (SELECT action_id FROM inserted)",
                     (ids, events, ids),
                 )
             ).fetchall()
@@ -87,7 +87,7 @@ class DecisionRecord:
             if missing:  # stored by a transaction that committed after this statement's snapshot
                 rows = await (
                     await conn.execute(
-                        "SELECT action_id, decided_event FROM policy_decisions WHERE action_id = ANY(%s)", (missing,)
+                        "SELECT action_id, decided_event FROM policy_decisions WHERE action_id = ANY(%b)", (missing,)
                     )
                 ).fetchall()
                 standing.update({action_id: bytes(event) for action_id, event in rows})

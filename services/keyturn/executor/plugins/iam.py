@@ -125,7 +125,7 @@ class _Change:
         assert self.table is not None
         cursor = await admin.execute(
             "SELECT count(DISTINCT privilege_type) FROM information_schema.role_table_grants WHERE grantee = %s AND "
-            "table_schema = %s AND table_name = %s AND privilege_type = ANY(%s)",
+            "table_schema = %s AND table_name = %s AND privilege_type = ANY(%b)",
             (self.principal, self.table.schema, self.table.name, list(self.privileges)),
         )
         row = await cursor.fetchone()

@@ -57,7 +57,9 @@ from keyturn.executor.values import jsonable
 
 log = logging.getLogger(__name__)
 
-ADMIN_IDLE = 4  # admin connections kept for the next commands (``SqlPlugin._admin``)
+ADMIN_IDLE = 8  # admin connections kept per target for the next commands (``SqlPlugin._admin``)
+# kept admin connections by target URL, shared by the plugins of one process (sql, iam, deletion, export)
+_IDLE_ADMIN: dict[str, list[psycopg.AsyncConnection]] = {}
 _GRANTABLE_KINDS = {"r", "p", "v", "m", "f"}  # tables, partitioned tables, views, materialized views, foreign tables
 _PUBLIC_CATALOGS = {"pg_catalog", "information_schema"}  # readable by everyone already
 
@@ -105,7 +107,7 @@ class SqlPlugin:
         self.credential_observer = credential_observer
         self.target_name = target_name(target_url)
         self.target = Target(target_url, self.target_name)
-        self._idle_admin: list[psycopg.AsyncConnection] = []  # kept admin connections (``_admin``)
+        self._idle_admin = _IDLE_ADMIN.setdefault(target_url, [])  # kept admin connections (``_admin``)
 
     async def start(self) -> None:
         """Drop temporary roles that outlived their validity (left by a crash)."""
@@ -187,13 +189,14 @@ class SqlPlugin:
         """The executor's own connection to ``target`` (the plugin's target by default).
 
         Connections to the plugin's own target are kept for the next command (up to
-        ``ADMIN_IDLE``): a command takes three or four admin turns (mint, drop, verify), and a
-        new connection each time cost PostgreSQL a backend and its authentication, which
-        measured more CPU than everything else the command does. A kept connection answers a
-        ``SELECT 1`` before it is used again (a restarted server left it dead). Not
-        psycopg_pool: it connects in the background and reports a refusing target only as a
-        timeout, and a command's failure must say at once why the target refused.
-        Connections to a secret-referenced target are made for the command and closed.
+        ``ADMIN_IDLE`` per target, shared by the process's SQL plugins): a command takes three
+        or four admin turns (mint, drop, verify), and a new connection each time cost
+        PostgreSQL a backend and its authentication, which measured more CPU than everything
+        else the command does. A kept connection answers a ``SELECT 1`` before it is used
+        again (a restarted server left it dead). Not psycopg_pool: it connects in the
+        background and reports a refusing target only as a timeout, and a command's failure
+        must say at once why the target refused. Connections to a secret-referenced target are
+        made for the command and closed.
         """
         target = target or self.target
         kept = target is self.target
