@@ -290,8 +290,21 @@ class ApprovalStore:
         )
 
     async def read(self, action_id: str) -> ApprovalRow | None:
-        async with self.pool.connection() as conn, conn.transaction():
-            return await self.lock(conn, action_id)
+        """The approval and its accepted votes as they stand, in one statement and without a lock
+        (pages, the approval API's GET and the desk's checks read; only votes lock, ``lock``)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"""SELECT {_APPROVAL_COLUMNS}, ARRAY(SELECT v.vote_event FROM approval_votes v
+                       WHERE v.action_id = a.action_id AND v.accepted ORDER BY v.id)
+                    FROM approvals a WHERE a.action_id = %s""",
+                (action_id,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return ApprovalRow(
+            row[0], bytes(row[1]), row[2], row[3], tuple(bytes(v) for v in row[6] or ()), row[4], tuple(row[5] or ())
+        )
 
     async def vote_history(self, action_id: str) -> list[bytes]:
         """Every vote recorded for the action, accepted or refused, oldest first."""
