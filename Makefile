@@ -12,7 +12,7 @@ TEST_WORKERS ?= 2
 CHAOS_RATE ?= 200
 CHAOS_ACTIONS ?= 10000
 
-.PHONY: help e2e-deps venv stack-up stack-down run test test-unit test-integration policy-check lint compose-check bench chaos chaos-short clean
+.PHONY: help e2e-deps venv stack-up stack-down run test test-unit test-integration policy-check lint compose-check bench flood chaos chaos-short clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ $(VENV)/.bench-installed: $(STAMP)
 
 bench: $(VENV)/.bench-installed  ## benchmark on a stack of its own (~9 min on 2 busy cores; BENCH_QUICK=1 ~4); bench/results/
 	PYTHONPATH=services:. $(PY) -m bench.run
+
+flood: $(VENV)/.bench-installed  ## one batched flood and where its CPU went (~2 min; FLOOD_PROFILE=1 adds py-spy); stack kept in .run/flood
+	PYTHONPATH=services:. $(PY) -m bench.flood
 
 chaos-short: venv  ## the short fault drill (~3 min) on a stack of its own
 	KEYTURN_CHAOS=short $(PY) -m pytest -q -s -p no:cacheprovider tests/chaos/test_short_chaos.py $(PYTEST_ARGS)

@@ -1,0 +1,179 @@
+"""`python -m bench.flood`: one batched flood and where its CPU went, in about two minutes.
+
+The inner loop of throughput work: `make bench` measures everything beside its baselines (about
+15 minutes); this runs only its batched flood (``BENCH_BATCH_SIZE`` actions per
+``POST /v1/actions:batch``, 4 in flight, the same mix and scripted approver) on a stack of its
+own that stays up between runs (``.run/flood``, ports 39092 / 38181 / 35433), and prints:
+
+- actions/s reaching a terminal state, and CPU-ms per action of every process (the load
+  generator apart), from /proc, as ``make bench`` counts them;
+- PostgreSQL's share: transactions and rows written per action by table, and how much of its
+  CPU went to backends that ended during the flood (a new connection costs a backend);
+- the approval API calls the scripted approver made, by answer;
+- with ``FLOOD_PROFILE=1``, a py-spy profile of each service during the flood (the functions
+  that hold the CPU, as ``make bench`` summarises them).
+
+    FLOOD_ACTIONS=4000  FLOOD_PROFILE=1  FLOOD_DOWN=1 (stop the stack afterwards)
+
+One run is one sample on a noisy machine: compare builds by running each twice, back to back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import psycopg
+
+from bench import machine, profile
+from bench.load import Agent
+from bench.run import Drain
+from keyturn.config import REPO_ROOT, Settings
+from tests.processes import PrivateServers, ServiceProcesses
+
+ACTIONS = int(os.environ.get("FLOOD_ACTIONS", 4000))
+BATCH = int(os.environ.get("BENCH_BATCH_SIZE", 200))
+SERVICES = ("intake", "policy", "executor", "audit", "approval")
+
+
+def table_writes(url: str) -> tuple[int, dict[str, tuple[int, int, int]]]:
+    """Transactions so far, and rows inserted / updated / deleted per table of every schema."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        xacts = conn.execute("SELECT sum(xact_commit + xact_rollback) FROM pg_stat_database").fetchone()
+        rows = conn.execute("SELECT schemaname, relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables")
+        return int(xacts[0] if xacts else 0), {f"{s}.{r}": (i, u, d) for s, r, i, u, d in rows.fetchall()}
+
+
+class Backends:
+    """PostgreSQL's children, sampled during the flood: what the ones that ended had spent."""
+
+    def __init__(self, postmaster: int) -> None:
+        self.postmaster = postmaster
+        self.seen: dict[int, float] = {}
+        self.at_start = self.sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def sample(self) -> dict[int, float]:
+        return {pid: machine.cpu_seconds(pid) for pid in machine._children(self.postmaster)}
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            self.seen.update(self.sample())
+            time.sleep(0.05)
+
+    def ended(self) -> tuple[int, float]:
+        """(backends that ended during the flood, CPU seconds they were last seen to have spent)."""
+        self._stop.set()
+        self._thread.join()
+        alive = self.sample()
+        gone = {pid: cpu - self.at_start.get(pid, 0.0) for pid, cpu in self.seen.items() if pid not in alive}
+        return len(gone), sum(gone.values())
+
+
+def count_desk_calls(agent: Agent, settings: Settings, calls: Counter) -> None:
+    """Count the scripted approver's approval API calls by route and answer."""
+    trace = aiohttp.TraceConfig()
+
+    async def ended(_session: Any, _context: Any, params: Any) -> None:
+        route = "vote" if params.url.path.endswith("/votes") else "show"
+        calls[f"{params.method} {route} {params.response.status}"] += 1
+
+    trace.on_request_end.append(ended)
+    agent._desk = aiohttp.ClientSession(
+        base_url=settings.approval_url,
+        connector=aiohttp.TCPConnector(limit=16),
+        timeout=aiohttp.ClientTimeout(total=60),
+        headers=agent._approver_auth,
+        trace_configs=[trace],
+    )
+
+
+async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProcesses, out: Any) -> None:
+    agent = Agent(settings, connections=32, retry_for_s=10)
+    agent.start_approvers()
+    calls: Counter = Counter()
+    count_desk_calls(agent, settings, calls)
+    try:
+        async with Drain(settings) as drain:
+            await agent.closed_loop(300, 16)  # warm-up
+            await drain.wait(agent, 300)
+            pids = {name: (proc.pid, False) for name, proc in procs.procs.items()}
+            for server, children in (("kafka", False), ("opa", False), ("postgres", True)):
+                if (pid := servers.pid(server)) is not None:
+                    pids[server] = (pid, children)
+            meter = machine.CpuMeter(pids)
+            xacts_before, tables_before = table_writes(settings.database_url)
+            backends = Backends(pids["postgres"][0])
+            calls.clear()
+            samplers = (
+                {name: profile.start(procs.pid(name), 20, out / f"{name}.txt") for name in SERVICES}
+                if os.environ.get("FLOOD_PROFILE") == "1"
+                else {}
+            )
+            before, started = meter.snapshot(), time.monotonic()
+            ids, _ = await agent.batched(ACTIONS, BATCH, 4)
+            drained = await drain.wait(agent, 600, step=0.05)
+            seconds = time.monotonic() - started
+            spent = machine.CpuMeter.spent(before, meter.snapshot())
+            ended, ended_cpu = backends.ended()
+            xacts_after, tables_after = table_writes(settings.database_url)
+            for sampler in samplers.values():
+                if sampler is not None:
+                    sampler.wait()
+    finally:
+        await agent.close()
+    n = len(ids)
+    print(f"{n} actions in {seconds:.1f}s: {n / seconds:.1f}/s reached a terminal state (drained: {drained})")
+    system = 0.0
+    for name, cpu in sorted(spent.items(), key=lambda kv: -kv[1]):
+        ms = cpu * 1000 / n
+        system += ms if name != "load generator" else 0.0
+        print(f"  {name:16} {ms:6.2f} CPU-ms per action")
+    print(f"  {'system':16} {system:6.2f} CPU-ms per action (every process but the load generator)")
+    print(
+        f"PostgreSQL: {(xacts_after - xacts_before) / n:.2f} transactions per action; {ended} backends ended "
+        f"during the flood, having spent {ended_cpu * 1000 / n:.2f} CPU-ms per action"
+    )
+    for table, after in sorted(tables_after.items()):
+        was = tables_before.get(table, (0, 0, 0))
+        ins, upd, dele = ((a - b) / n for a, b in zip(after, was, strict=True))
+        if ins + upd + dele > 0.01:
+            print(f"  {table.split('.', 1)[1]:32} inserted {ins:.2f}  updated {upd:.2f}  deleted {dele:.2f} per action")
+    print("approval API calls of the scripted approver:", dict(calls))
+    for name in samplers:
+        summary = profile.summarise(out / f"{name}.txt", top=12)
+        print(f"{name}: {summary['samples']} busy samples")
+        for frame, share in summary["own"]:
+            print(f"   own {share:5.1%}  {frame}")
+        for frame, share in summary["inclusive"][:10]:
+            print(f"   inc {share:5.1%}  {frame}")
+
+
+def main() -> int:
+    servers = PrivateServers(REPO_ROOT / ".run" / "flood", kafka_port=39092, opa_port=38181, pg_port=35433)
+    servers.up()
+    namespace = "fl" + datetime.now().strftime("%H%M%S")
+    settings = servers.settings(namespace)
+    out = REPO_ROOT / "bench" / "results" / "flood" / namespace
+    procs = ServiceProcesses(settings, log_dir=out / "logs")
+    try:
+        procs.start_all()
+        asyncio.run(flood(servers, settings, procs, out))
+    finally:
+        procs.stop_all()
+        if os.environ.get("FLOOD_DOWN") == "1":
+            servers.down(remove=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
