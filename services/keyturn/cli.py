@@ -85,6 +85,9 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     if service == "intake":
         _serve_intake(module, settings)
         return
+    if service == "audit":  # a plain asyncio process, not a faust worker (see its module)
+        module.serve(settings)
+        return
     _run_worker(module.create_app(settings), settings.log_level, service)
 
 

@@ -1,36 +1,49 @@
 """Audit service: every lifecycle event, vote and dead letter becomes one chained record.
 
-consumes  lifecycle topics · <ns>.approvals.votes · <ns>.dlq
+consumes  lifecycle topics · <ns>.approvals.votes · <ns>.dlq (consumer group ``<ns>-audit``)
 produces  <ns>.audit (one partition, kept forever; SHA-256 chained, Ed25519 checkpoints),
           in Kafka transactions under one transactional id, so a newer worker fences an older one
 state     the chain head and the ids of the last 100,000 events recorded (to drop redeliveries),
           read back from the tail of <ns>.audit at start
 metrics   http://127.0.0.1:<KEYTURN_AUDIT_METRICS_PORT>/metrics
-A checkpoint is signed every 100 records, after resuming, and on a clean shutdown.
+A checkpoint is signed every 100 records, after resuming, and on a clean shutdown (SIGTERM).
+
+The one service that does not run as a faust worker. The audit chain is one sequence written
+by one process, so its CPU per record caps every deployment (bench/README.md, cost model);
+profiled in the batched flood, faust's fetcher, stream and acknowledgement machinery took 47 %
+of the audit process's CPU beside 52 % in the audit's own work. It reads through the same
+consumption loop as every service (``bus.loop.run`` over a plain consumer, ``KafkaSource``),
+committing each batch once its transaction is in the topic, in the same consumer group the
+faust worker used, so an upgrade resumes where that worker stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from keyturn.audit.keys import load_signer
 from keyturn.audit.stream import read_audit_tail
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
-from keyturn.bus.loop import FaustSource, Stage, run
+from keyturn.bus.headers import Headers
+from keyturn.bus.loop import KafkaSource, Stage, run
+from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
-from keyturn.bus.worker import consume
 from keyturn.config import Settings
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
+from keyturn.faults import supervised, until_done
 from keyturn.metrics import serve_metrics
-from keyturn.roots import stream_worker
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX, BATCH_WITHIN_S = 500, 0.1  # one transaction per batch: a commit costs ~30 ms
+BATCH_MAX, BATCH_WITHIN_MS = 500, 100  # one transaction per batch: a commit costs ~30 ms
 
 
 def checkpoint_key_path(settings: Settings) -> Path:
@@ -51,32 +64,100 @@ def audit_writer(settings: Settings, signer: CheckpointSigner, **options: Any) -
     )
 
 
-def create_app(settings: Settings):
+class AuditService:
     """The audit service's composition root: everything it uses is built here from ``settings``."""
-    app, topics, publisher = stream_worker(settings, "audit")
-    auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
-    writer = audit_writer(settings, load_signer(checkpoint_key_path(settings)))
 
-    async def chain(events: list[tuple[Any, Any]]) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.namespace, settings.partitions)
+        self.writer = audit_writer(settings, load_signer(checkpoint_key_path(settings)))
+        self.auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
+
+    async def chain(self, events: list[tuple[Any, Any]]) -> None:
         """One batch, in arrival order, as one transaction of the one chain."""
         try:
-            await writer.record([(event, message.topic) for event, message in events])
+            await self.writer.record([(event, message.topic) for event, message in events])
         except AuditWriterStopped as error:
-            # Exit before faust commits these events' offsets: the next worker reads them again.
+            # Exit before the batch's offsets are committed: the next worker reads them again.
             log.critical("audit worker stopping: %s", error)
             os._exit(70)
 
-    @app.agent(consume(app, *topics.audited), concurrency=1)
-    async def chain_events(stream):
-        await writer.start()
-        serve_metrics("audit", settings.audit_metrics_port)
-        await run(
-            FaustSource(stream, batch=BATCH_MAX, within_s=BATCH_WITHIN_S),
-            Stage(publisher, auditable, handle_batch=chain),
+    async def run(self) -> None:
+        """Until cancelled (SIGTERM): resume the chain, then chain every batch; on the way out,
+        sign a final checkpoint."""
+        settings = self.settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=int(settings.producer_linger_ms),
+            max_batch_size=settings.producer_batch_bytes,
         )
+        await until_done(producer.start, "audit: starting the producer")
+        try:
+            await until_done(self.writer.start, "audit: resuming the chain")
+            serve_metrics("audit", settings.audit_metrics_port)
+            stage = Stage(kafka_publisher(producer, self.topics, "audit"), self.auditable, handle_batch=self.chain)
+            try:
+                await supervised("audit: the chain follower", lambda: self._follow(stage))
+            finally:
+                await self.writer.close()
+        finally:
+            await producer.stop()
 
-    @app.on_before_shutdown.connect
-    async def sign_final_checkpoint(sender, **kwargs) -> None:
-        await writer.close()
+    async def _follow(self, stage: Stage) -> None:
+        settings = self.settings
+        consumer = AIOKafkaConsumer(
+            *self.topics.audited,
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=f"{settings.namespace}-audit",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(settings.worker_session_timeout_s * 1000),
+            heartbeat_interval_ms=int(settings.worker_session_timeout_s * 1000 / 3),
+            # a worker that starts while a restarted broker has not listed the topics yet finds
+            # them at its next metadata refresh
+            metadata_max_age_ms=10_000,
+        )
+        await until_done(consumer.start, "audit: joining the consumer group")
+        try:
+            await run(KafkaSource(consumer, max_records=BATCH_MAX, wait_ms=1000, gather_ms=BATCH_WITHIN_MS), stage)
+        finally:
+            await consumer.stop()
 
-    return app
+
+def kafka_publisher(producer: AIOKafkaProducer, topics: Topics, service: str) -> Publisher:
+    """A publisher over a started aiokafka producer, with event headers (``bus.headers``)."""
+
+    async def enqueue(topic: str, key: bytes, value: bytes, headers: Headers) -> Any:
+        return await producer.send(topic, value, key=key, headers=list(headers))
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        await (await producer.send(topic, value, key=key))
+
+    return Publisher(send, topics, service, enqueue=enqueue)
+
+
+def create_app(settings: Settings) -> AuditService:
+    return AuditService(settings)
+
+
+def serve(settings: Settings) -> None:
+    """Run the audit service in the foreground until SIGTERM or SIGINT (then a final checkpoint)."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+    )
+    service = create_app(settings)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(stop, task.cancel)
+        try:
+            await service.run()
+        except asyncio.CancelledError:
+            log.info("audit service stopped")
+
+    asyncio.run(main())
