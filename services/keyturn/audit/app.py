@@ -147,6 +147,8 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
     )
+    # the Kafka client notes every transaction's coordinator lookup at INFO: a line per batch
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     service = create_app(settings)
 
     async def main() -> None:
