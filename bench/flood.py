@@ -58,6 +58,7 @@ class Backends:
         self.postmaster = postmaster
         self.seen: dict[int, float] = {}
         self.at_start = self.sample()
+        self.postmaster_at_start = machine.cpu_seconds(postmaster)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._thread.start()
@@ -70,13 +71,16 @@ class Backends:
             self.seen.update(self.sample())
             time.sleep(0.05)
 
-    def ended(self) -> tuple[int, float]:
-        """(backends that ended during the flood, CPU seconds they were last seen to have spent)."""
+    def ended(self, spent_in_all: float) -> tuple[int, float]:
+        """(backends that ended during the flood, CPU seconds they spent): what PostgreSQL spent in
+        all (``spent_in_all``, its children reaped included) less what the live ones spent."""
         self._stop.set()
         self._thread.join()
         alive = self.sample()
-        gone = {pid: cpu - self.at_start.get(pid, 0.0) for pid, cpu in self.seen.items() if pid not in alive}
-        return len(gone), sum(gone.values())
+        gone = [pid for pid in self.seen if pid not in alive]
+        live = sum(cpu - self.at_start.get(pid, 0.0) for pid, cpu in alive.items())
+        postmaster = machine.cpu_seconds(self.postmaster) - self.postmaster_at_start
+        return len(gone), max(0.0, spent_in_all - live - postmaster)
 
 
 def count_desk_calls(agent: Agent, settings: Settings, calls: Counter) -> None:
@@ -124,7 +128,7 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
             drained = await drain.wait(agent, 600, step=0.05)
             seconds = time.monotonic() - started
             spent = machine.CpuMeter.spent(before, meter.snapshot())
-            ended, ended_cpu = backends.ended()
+            ended, ended_cpu = backends.ended(spent.get("postgres", 0.0))
             xacts_after, tables_after = table_writes(settings.database_url)
             for sampler in samplers.values():
                 if sampler is not None:
