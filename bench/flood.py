@@ -13,7 +13,7 @@ own that stays up between runs (``.run/flood``, ports 39092 / 38181 / 35433), an
 - with ``FLOOD_PROFILE=1``, a py-spy profile of each service during the flood (the functions
   that hold the CPU, as ``make bench`` summarises them).
 
-    FLOOD_ACTIONS=4000  FLOOD_PROFILE=1  FLOOD_DOWN=1 (stop the stack afterwards)
+    FLOOD_ACTIONS=4000  FLOOD_PROFILE=1  FLOOD_PARTITIONS=8  FLOOD_DOWN=1 (stop the stack afterwards)
 
 One run is one sample on a noisy machine: compare builds by running each twice, back to back.
 """
@@ -166,7 +166,8 @@ def main() -> int:
     servers = PrivateServers(REPO_ROOT / ".run" / "flood", kafka_port=39092, opa_port=38181, pg_port=35433)
     servers.up()
     namespace = "fl" + datetime.now().strftime("%H%M%S")
-    settings = servers.settings(namespace)
+    partitions = os.environ.get("FLOOD_PARTITIONS")  # the topics' partitions (default: the settings')
+    settings = servers.settings(namespace, **({"partitions": int(partitions)} if partitions else {}))
     out = REPO_ROOT / "bench" / "results" / "flood" / namespace
     procs = ServiceProcesses(settings, log_dir=out / "logs")
     try:
