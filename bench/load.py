@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from keyturn.bus.headers import OUTCOME
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.identity import issue_token, load_or_create_signing_key
@@ -144,6 +145,8 @@ class Agent:
         self._decided: set[str] = set()  # action ids seen on the decided topic
         self._undecided_approvals: set[str] = set()  # needs-approval actions whose decision is not seen yet
         self._asking: set[str] = set()  # approvals an approver task is asking about right now
+        # needs-approval decisions of actions the agent never heard back about (the approver answers them too)
+        self.unclaimed_approvals: set[str] = set()
 
     @property
     def intake(self) -> aiohttp.ClientSession:
@@ -370,6 +373,15 @@ class Agent:
                         self._decided.add(action_id)
                         if action_id in self._undecided_approvals:
                             self._undecided_approvals.discard(action_id)
+                            self._to_approve.put_nowait((time.monotonic() + FIRST_ASK_S, action_id, FIRST_ASK_S))
+                        elif (
+                            dict(message.headers or ()).get(OUTCOME) == b"needs_approval"
+                            and action_id not in self.log.accepted
+                            and action_id not in self.unclaimed_approvals
+                        ):
+                            # accepted by the intake, but its answer never reached this agent (it
+                            # gave up under a fault): an approver hears of every pending approval
+                            self.unclaimed_approvals.add(action_id)
                             self._to_approve.put_nowait((time.monotonic() + FIRST_ASK_S, action_id, FIRST_ASK_S))
         finally:
             await consumer.stop()

@@ -162,7 +162,7 @@ class BackgroundLoad:
             agent.next_number = number
             await asyncio.gather(*pending)
             deadline = time.monotonic() + self._approvals_within_s
-            want = agent.log.of_kind(APPROVAL)
+            want = agent.log.of_kind(APPROVAL) | agent.unclaimed_approvals
             while time.monotonic() < deadline and not want <= agent.log.answered:  # noqa: ASYNC110 - polls another task's log
                 await asyncio.sleep(0.5)
             await agent.close()
