@@ -22,7 +22,7 @@ from psycopg import sql
 
 from keyturn.executor.impact import enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed
-from keyturn.executor.plugins.sql import SqlPlugin, _resolve
+from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _resolve
 from keyturn.executor.plugins.sql_roles import Grants, role_name_for
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
 
@@ -43,9 +43,7 @@ class DeletionPlugin(SqlPlugin):
     async def execute(self, command: Command) -> Any:
         table, where = _deletion_parameters(command.parameters)
         bound = approved_row_count(command.parameters)
-        ttl_s = command.credential_ttl_s
-        if ttl_s <= 0:
-            raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
+        ttl_s = _credential_ttl(command)
         name = role_name_for(command.action_id)
         async with self._admin() as admin:
             found = await _resolve(admin, table)
@@ -80,10 +78,7 @@ class DeletionPlugin(SqlPlugin):
         try:
             result = await self._run_as(role.name, role.password, shape, text, 0, timeout_s, grants, within_bounds)
         finally:
-            try:
-                await self._drop(name)
-            except ExecutionFailed:
-                pass  # logged by _drop; the role expires with its TTL and the next start sweeps it
+            await self._drop_quietly(name)
         return {"table": str(relation), "deleted_rows": result["row_count"], "approved_rows": bound}
 
 

@@ -31,7 +31,7 @@ from typing import IO, Any
 import psycopg
 
 from keyturn.executor.plugins.base import Command, ExecutionFailed
-from keyturn.executor.plugins.sql import SqlPlugin, _statement_parameters, postgres_message
+from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _statement_parameters, postgres_message
 from keyturn.executor.plugins.sql_roles import role_name_for
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
 from keyturn.executor.values import jsonable
@@ -75,9 +75,7 @@ class ExportPlugin(SqlPlugin):
             raise ExecutionFailed(f"statement refused before running: {exc}") from None
         if not shape.is_read:
             raise ExecutionFailed("an export runs a SELECT; this statement writes. Nothing was exported")
-        ttl_s = command.credential_ttl_s
-        if ttl_s <= 0:
-            raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
+        ttl_s = _credential_ttl(command)
         name = role_name_for(command.action_id)
         async with self._admin() as admin:
             grants = await self._grants_for(admin, shape)
@@ -102,10 +100,7 @@ class ExportPlugin(SqlPlugin):
             except psycopg.Error as exc:
                 raise ExecutionFailed(f"PostgreSQL: {postgres_message(exc)}; nothing was exported") from None
         finally:
-            try:
-                await self._drop(name)
-            except ExecutionFailed:
-                pass
+            await self._drop_quietly(name)
         expires_at = datetime.now(UTC) + timedelta(seconds=self.ttl_s)
         return {
             "exported_rows": rows,

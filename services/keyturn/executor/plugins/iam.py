@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
-from keyturn.executor.plugins.sql import SqlPlugin, _resolve, postgres_message
+from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _resolve, postgres_message
 from keyturn.executor.plugins.sql_roles import ROLE_PREFIX, Grants, Relation, role_name_for
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -37,9 +37,7 @@ class IamPlugin(SqlPlugin):
     name = "iam"
 
     async def execute(self, command: Command) -> Any:
-        ttl_s = command.credential_ttl_s
-        if ttl_s <= 0:
-            raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
+        ttl_s = _credential_ttl(command)
         name = role_name_for(command.action_id)
         async with self._admin() as admin:
             executor_role = await _current_user(admin)
@@ -62,10 +60,7 @@ class IamPlugin(SqlPlugin):
             except psycopg.Error as exc:
                 raise ExecutionFailed(f"PostgreSQL refused {change.describe()}: {postgres_message(exc)}") from None
         finally:
-            try:
-                await self._drop(name)
-            except ExecutionFailed:
-                pass  # logged by _drop; the role expires with its TTL and the next start sweeps it
+            await self._drop_quietly(name)
         async with self._admin() as admin:
             after = await change.holds(admin)
         if after != change.grants:

@@ -146,9 +146,7 @@ class SqlPlugin:
             shape = statement_shape(statement)
         except UnsupportedStatement as exc:
             raise ExecutionFailed(f"statement refused before running: {exc}") from None
-        ttl_s = command.credential_ttl_s
-        if ttl_s <= 0:
-            raise ExecutionFailed(f"the decision grants a credential TTL of {ttl_s}s; nothing can run")
+        ttl_s = _credential_ttl(command)
         timeout_s = min(self.statement_timeout_s, ttl_s)
         name = role_name_for(command.action_id)
         async with self._admin(target) as admin:
@@ -170,10 +168,7 @@ class SqlPlugin:
                 target=target,
             )
         finally:
-            try:
-                await self._drop(name, target)
-            except ExecutionFailed:
-                pass  # logged by _drop; the role expires with its TTL and the next start sweeps it
+            await self._drop_quietly(name, target)
 
     async def abandon(self, command: Command) -> dict[str, Any]:
         """After a crash mid-command: end the role's sessions and drop it; report what was found."""
@@ -248,6 +243,14 @@ class SqlPlugin:
             reason = str(exc) if isinstance(exc, ExecutionFailed) else postgres_message(exc)
             log.error("sql plugin: temporary role %s not dropped: %s", name, reason)
             raise ExecutionFailed(f"temporary role {name} not dropped: {reason}") from None
+
+    async def _drop_quietly(self, name: str, target: Target | None = None) -> None:
+        """``_drop`` after a command, whatever it did: a failure is logged by ``_drop``; the role
+        expires with its TTL and the next start sweeps it."""
+        try:
+            await self._drop(name, target)
+        except ExecutionFailed:
+            pass
 
     async def _mint(
         self, admin: psycopg.AsyncConnection, action_id: str, ttl_s: float, grants: Grants, target_name: str
@@ -349,6 +352,13 @@ class SqlPlugin:
             ) from None
         except psycopg.Error as exc:
             raise ExecutionFailed(f"PostgreSQL: {postgres_message(exc)}") from None
+
+
+def _credential_ttl(command: Command) -> float:
+    """The command's credential TTL; none granted means nothing may run."""
+    if command.credential_ttl_s <= 0:
+        raise ExecutionFailed(f"the decision grants a credential TTL of {command.credential_ttl_s}s; nothing can run")
+    return command.credential_ttl_s
 
 
 async def grants_for(admin: psycopg.AsyncConnection, shape: StatementShape, target_name: str) -> Grants:
