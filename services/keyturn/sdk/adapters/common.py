@@ -17,6 +17,7 @@ from keyturn.sdk.models import Action
 log = logging.getLogger("keyturn.sdk.adapters")
 WAITING_EVENT = "keyturn_waiting"
 
+REASON_FIELD = "reason"  # the argument a gated tool adds, unless the tool has its own
 REASON_HELP = "Why this action is needed, in one or two sentences; the people who approve it read this."
 _NO_RETRY = "Do not call the tool again for this; tell the user."
 

@@ -42,7 +42,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from keyturn.sdk import errors
-from keyturn.sdk.adapters.common import REASON_HELP, WAITING_EVENT, call_async, call_sync, refusal_for_a_model
+from keyturn.sdk.adapters.common import (
+    REASON_FIELD,
+    REASON_HELP,
+    WAITING_EVENT,
+    call_async,
+    call_sync,
+    refusal_for_a_model,
+)
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
 from keyturn.sdk.guard import Built, Mode, build_parameters, build_text, settle
 from keyturn.sdk.models import Action
@@ -58,8 +65,6 @@ except ImportError as missing:  # pragma: no cover - depends on what is installe
     ) from missing
 
 __all__ = ["WAITING_EVENT", "gate_tool", "keyturn_tool", "refusal_for_a_model"]
-
-REASON_FIELD = "reason"
 
 
 def gate_tool(

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from keyturn.sdk import errors
-from keyturn.sdk.adapters.common import REASON_HELP, call_async, refusal_for_a_model
+from keyturn.sdk.adapters.common import REASON_FIELD, REASON_HELP, call_async, refusal_for_a_model
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
 from keyturn.sdk.guard import Built, Mode, build_parameters, build_text, settle
 
@@ -47,8 +47,6 @@ except ImportError as missing:  # pragma: no cover - depends on what is installe
     ) from missing
 
 __all__ = ["gate_tool"]
-
-REASON_FIELD = "reason"
 
 
 def gate_tool(
