@@ -17,7 +17,7 @@ that causes it, and sent after commit, so a crash delays a message but never los
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -184,6 +184,20 @@ class OpeningApproval:
 _APPROVAL_COLUMNS = "action_id, decided_event, status, resolved_at, escalated_at, reminders_sent"
 
 
+def _approval_row(row: Any, accepted_votes: Iterable[Any]) -> ApprovalRow:
+    """An ``ApprovalRow`` from the ``_APPROVAL_COLUMNS`` of a row and its accepted votes, oldest first."""
+    action_id, decided_event, status, resolved_at, escalated_at, reminders_sent = row[:6]
+    return ApprovalRow(
+        action_id,
+        bytes(decided_event),
+        status,
+        resolved_at,
+        tuple(bytes(v) for v in accepted_votes),
+        escalated_at,
+        tuple(reminders_sent or ()),
+    )
+
+
 class ApprovalStore:
     """The PostgreSQL tables behind the desk (it satisfies ``ports.DeskStore``) and its couriers."""
 
@@ -279,15 +293,7 @@ class ApprovalStore:
         votes = await conn.execute(
             "SELECT vote_event FROM approval_votes WHERE action_id = %s AND accepted ORDER BY id", (action_id,)
         )
-        return ApprovalRow(
-            row[0],
-            bytes(row[1]),
-            row[2],
-            row[3],
-            tuple(bytes(v[0]) for v in await votes.fetchall()),
-            row[4],
-            tuple(row[5] or ()),
-        )
+        return _approval_row(row, [v[0] for v in await votes.fetchall()])
 
     async def read(self, action_id: str) -> ApprovalRow | None:
         """The approval and its accepted votes as they stand, in one statement and without a lock
@@ -300,11 +306,7 @@ class ApprovalStore:
                 (action_id,),
             )
             row = await cur.fetchone()
-        if row is None:
-            return None
-        return ApprovalRow(
-            row[0], bytes(row[1]), row[2], row[3], tuple(bytes(v) for v in row[6] or ()), row[4], tuple(row[5] or ())
-        )
+        return None if row is None else _approval_row(row, row[6] or ())
 
     async def vote_history(self, action_id: str) -> list[bytes]:
         """Every vote recorded for the action, accepted or refused, oldest first."""

@@ -31,9 +31,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from keyturn.audit.keys import load_signer
 from keyturn.audit.stream import read_audit_tail
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
-from keyturn.bus.headers import Headers
 from keyturn.bus.loop import KafkaSource, Stage, run
-from keyturn.bus.publisher import Publisher
+from keyturn.bus.publisher import kafka_publisher
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.audit.checkpoint import CheckpointSigner
@@ -124,18 +123,6 @@ class AuditService:
             await run(KafkaSource(consumer, max_records=BATCH_MAX, wait_ms=1000, gather_ms=BATCH_WITHIN_MS), stage)
         finally:
             await consumer.stop()
-
-
-def kafka_publisher(producer: AIOKafkaProducer, topics: Topics, service: str) -> Publisher:
-    """A publisher over a started aiokafka producer, with event headers (``bus.headers``)."""
-
-    async def enqueue(topic: str, key: bytes, value: bytes, headers: Headers) -> Any:
-        return await producer.send(topic, value, key=key, headers=list(headers))
-
-    async def send(topic: str, key: bytes, value: bytes) -> None:
-        await (await producer.send(topic, value, key=key))
-
-    return Publisher(send, topics, service, enqueue=enqueue)
 
 
 def create_app(settings: Settings) -> AuditService:

@@ -115,6 +115,18 @@ class Publisher:
         return letter
 
 
+def kafka_publisher(producer: Any, topics: Topics, service: str) -> Publisher:
+    """A publisher over a started aiokafka producer, with event headers (the audit service's)."""
+
+    async def enqueue(topic: str, key: bytes, value: bytes, headers: Headers) -> Awaitable[Any]:
+        return await producer.send(topic, value, key=key, headers=list(headers))
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        await (await producer.send(topic, value, key=key))
+
+    return Publisher(send, topics, service, enqueue=enqueue)
+
+
 async def _acknowledged(acks: list[Awaitable[Any]]) -> None:
     """Wait for every acknowledgement; raise the first failure once all have settled."""
     results = await asyncio.gather(*acks, return_exceptions=True)
