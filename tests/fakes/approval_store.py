@@ -104,7 +104,7 @@ class InMemoryApprovalStore:
 
     # --- approvals ----------------------------------------------------------------------------
 
-    async def open(
+    async def _open(
         self,
         conn: Any,
         action_id: str,
@@ -125,7 +125,7 @@ class InMemoryApprovalStore:
     async def open_many(self, conn: Any, approvals: list[Any]) -> set[str]:
         opened = set()
         for a in approvals:
-            if await self.open(conn, a.action_id, a.decided_event, a.principals, a.groups, a.opened_at, a.expires_at):
+            if await self._open(conn, a.action_id, a.decided_event, a.principals, a.groups, a.opened_at, a.expires_at):
                 await self.set_next_sweep(conn, a.action_id, a.next_sweep_at)
                 opened.add(a.action_id)
         return opened

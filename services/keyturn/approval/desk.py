@@ -689,7 +689,8 @@ class ApprovalDesk:
                 self._modes = (now, await self.load_execution_modes())
             except Exception as exc:
                 log.warning("approval: the catalog's execution modes were not read (%s: %s)", type(exc).__name__, exc)
-                self._modes = self._modes or (now, ExecutionModes())
+                # known modes stay; either way the next read waits its 30 s (no OPA call per page while it is away)
+                self._modes = (now, self._modes[1] if self._modes else ExecutionModes())
         return self._modes[1] if self._modes is not None else ExecutionModes()
 
     async def approval(self, action_id: str) -> tuple[ActionDecided, rules.PendingApproval] | None:

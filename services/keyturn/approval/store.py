@@ -238,24 +238,6 @@ class ApprovalStore:
     # --- approvals ----------------------------------------------------------------------------
 
     @staticmethod
-    async def open(
-        conn: AsyncConnection,
-        action_id: str,
-        decided_event: bytes,
-        principals: list[str],
-        groups: list[str],
-        opened_at: datetime,
-        expires_at: datetime,
-    ) -> bool:
-        """Record a new pending approval; False when it was already open (redelivery)."""
-        cur = await conn.execute(
-            """INSERT INTO approvals (action_id, decided_event, principals, groups, opened_at, expires_at)
-               VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING action_id""",
-            (action_id, decided_event, principals, groups, opened_at, expires_at),
-        )
-        return await cur.fetchone() is not None
-
-    @staticmethod
     async def open_many(conn: AsyncConnection, approvals: list[OpeningApproval]) -> set[str]:
         """Record new pending approvals, with when their first reminder or escalation falls due,
         in one statement; returns the action ids opened (the others were open already)."""
