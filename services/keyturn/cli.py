@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from keyturn.audit import cli as audit_cli
 from keyturn.config import Settings
@@ -249,9 +250,11 @@ def _vote(action_id: str, choice: str, reason: str | None, token: str | None) ->
 
 def _print_approval(approval: dict[str, Any]) -> None:
     """What an approver reads before answering: who asks what, why, its impact, the parameters."""
+    # the agent chose these values: escaped, so markup in them cannot restyle or hide what the approver reads
+    asked = [escape(str(approval[k])) for k in ("action", "resource", "requester")]
     console.print(
-        f"[bold]{approval['action']}[/bold] on {approval['resource']} requested by {approval['requester']}"
-        + (f" for {', '.join(approval['acting_for'])}" if approval["acting_for"] else ""),
+        f"[bold]{asked[0]}[/bold] on {asked[1]} requested by {asked[2]}"
+        + (f" for {escape(', '.join(approval['acting_for']))}" if approval["acting_for"] else ""),
         highlight=False,
     )
     console.print(f"reason: {approval['reason']}", highlight=False, markup=False)

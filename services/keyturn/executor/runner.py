@@ -120,6 +120,7 @@ class Executor:
         The starts are one committed statement before any plugin runs; the outcomes are one
         statement after they all ran."""
         now = datetime.now(UTC)
+        await self.plugins.refresh_modes_if_stale()
         plugins = {order.action_id: self.plugins.plugin_for(order.decision.request.action) for order in orders}
         starts = [(o.action_id, str(o.payload_digest), plugins[o.action_id].name) for o in orders]
         earlier = await until_done(
@@ -242,7 +243,9 @@ class Executor:
             try:
                 parameters, used = await resolve_references(parameters, self.secrets)
             except SecretNotFound as exc:
-                return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {exc}")
+                # the name is the agent's: masked, as every error is, in case a value was pasted as a name
+                refused = self.results.mask_text(f"refused before execution: {exc}")
+                return outcome(ExecutionOutcome.FAILED, error=refused)
         resolution = order.resolution
         command = Command(
             order.action_id,

@@ -287,6 +287,9 @@ def create_app(
                 refusals.append(refused_item(principal.id, index, item, problems, excerpt=excerpt))
                 problem = Problem(error="invalid_request", detail="; ".join(problems), problems=problems)
                 results[index] = ItemResult(index=index, status=422, outcome="refused", problem=problem)
+        # the malformed items are recorded first: storing the others may fail (503), and then no one would
+        await asyncio.gather(*refusals)
+        refusals = []
         submitted = await wired.parts.intake.submit_many(
             [(principal, submission) for _, submission in valid], SubmissionChannel.HTTP
         )
@@ -425,7 +428,7 @@ def create_app(
         if time.time() - taken.stat().st_mtime > wired.parts.export_ttl_s:
             taken.unlink(missing_ok=True)
             raise HTTPException(410, detail=f"the export of {action_id} expired unread and was deleted")
-        log.info("export of %s handed out and deleted", action_id)
+        log.info("export of %s taken for download; deleted once sent", action_id)
         return FileResponse(
             taken,
             media_type=EXPORT_TYPES[file_format],

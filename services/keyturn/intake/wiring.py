@@ -75,13 +75,12 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
         acks="all",
         enable_idempotence=True,
         linger_ms=2,
-        max_batch_size=256 * 1024,
+        max_batch_size=settings.producer_batch_bytes,
     )
     await producer.start()
 
     async def send(topic: str, key: bytes, value: bytes) -> None:
-        delivered = await producer.send(topic, value, key=key)  # queued in the partition's batch
-        await delivered
+        await producer.send_and_wait(topic, value, key=key)  # joins the partition's batch, then its ack
 
     publisher = Publisher(send, topics, "intake")
     store = ActionStore(pool)

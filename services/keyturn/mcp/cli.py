@@ -118,7 +118,7 @@ async def serve_catalog(settings: Settings, *, caller: str | None, listen: Liste
     from keyturn.mcp.catalog import action_tools, load_document
     from keyturn.mcp.server import SERVE_INSTRUCTIONS, catalog_submission
 
-    parameters_file = Path(getattr(settings, "parameter_catalog_path", PARAMETERS_FILE))
+    parameters_file = Path(settings.parameter_catalog_path)
     tools = action_tools(load_document(TOOLS_FILE), load_document(parameters_file))
 
     async def listed() -> list[Any]:

@@ -34,14 +34,13 @@ from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from keyturn.bus.refusals import masked_line
 from keyturn.core.events import ActionRequested, ImpactPreview
 from keyturn.core.impact import NotPreviewable, PreviewPlan, preview_plan
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.executor.plugins.base import ExecutionFailed
-from keyturn.executor.plugins.sql import grants_for, postgres_message
+from keyturn.executor.plugins.sql import grants_for, postgres_message, target_name
 from keyturn.executor.plugins.sql_roles import Grants, grant
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
 
@@ -77,8 +76,7 @@ class SqlPreviewer:
         self.open_parameters = open_parameters
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        target = conninfo_to_dict(target_url)
-        self.target_name = f"{target.get('host', 'localhost')}:{target.get('port', 5432)}/{target.get('dbname', '')}"
+        self.target_name = target_name(target_url)
 
     async def preview(self, request: ActionRequested) -> ImpactPreview | None:
         if not self.catalog.sql_backed(request.action) or not _names_sql(request.action, request.parameters):

@@ -33,6 +33,8 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from keyturn.sdk import errors
 from keyturn.sdk.adapters.common import REASON_FIELD, REASON_HELP, call_async, refusal_for_a_model
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
@@ -115,8 +117,9 @@ def gate_tool(
     )
 
 
+_ARGUMENTS = TypeAdapter(dict[str, Any])  # built once, not on every tool call
+
+
 def _json(named: dict[str, Any]) -> dict[str, Any]:
     """The validated arguments as JSON values (what the action's parameters hold)."""
-    from pydantic import TypeAdapter
-
-    return dict(TypeAdapter(dict[str, Any]).dump_python(named, mode="json"))
+    return dict(_ARGUMENTS.dump_python(named, mode="json"))
