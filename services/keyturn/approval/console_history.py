@@ -24,12 +24,11 @@ from keyturn.approval.history import HISTORY_DAYS, HistoryStore, history_page
 from keyturn.approval.views import masked_parameters
 from keyturn.audit.replay import timeline_step
 from keyturn.audit.report.model import CATEGORY_LABELS, category_label
+from keyturn.audit.report.render import duration_text, when_text
 from keyturn.core.principal import Principal
 from keyturn.policy.opa import PolicyAnswerInvalid, PolicyUnavailable
 
-TEMPLATES.filters["ms"] = lambda millis: (
-    "-" if millis is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(millis / 1000))
-)
+TEMPLATES.filters["ms"] = when_text
 CHARTS_TTL_S = 60.0  # the charts of the window are drawn at most once a minute
 GROUPS_PATH = "keyturn/groups"
 
@@ -139,7 +138,7 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
             outcomes=sorted(set(CATEGORY_LABELS) | set(page.report.categories)),
             label=category_label,
             days=HISTORY_DAYS,
-            seconds=_seconds,
+            seconds=duration_text,
             quote=quote,
         )
 
@@ -218,9 +217,3 @@ def _action_story(action_id: str, rows: list[Any]) -> dict[str, Any]:
         "outcome_label": category_label(category),
         "steps": [timeline_step(row.record()) for row in rows],
     }
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f} s" if value < 60 else f"{value / 60:.1f} min" if value < 3600 else f"{value / 3600:.1f} h"

@@ -38,7 +38,7 @@ from keyturn.bus.codec import UndecodableMessage
 from keyturn.bus.loop import KafkaSource, Stage, run
 from keyturn.bus.publisher import Publisher
 from keyturn.core.audit.record import AuditRecord
-from keyturn.core.canonical import to_millis
+from keyturn.core.canonical import now_millis, to_millis
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +248,6 @@ def decode_record(message: Any) -> AuditRecord:
     return decoded.record
 
 
-def _now_millis() -> int:
-    return to_millis(datetime.now(UTC))
-
-
 class HistoryFollower:
     """Keeps the history tables from the audit topic."""
 
@@ -268,7 +264,7 @@ class HistoryFollower:
 
     async def _store(self, batch: list[tuple[Any, Any]]) -> None:
         rows, changes = rows_and_changes(record for record, _ in batch)
-        now = _now_millis()
+        now = now_millis()
         # dropping what is past the window once a minute is as good as every batch, and free
         prune = now - self._pruned_at >= PRUNE_EVERY_MS
         await self.store.store(rows, coalesced(changes), keep_after=now - KEPT_DAYS * DAY_MS if prune else None)
@@ -312,7 +308,7 @@ async def history_page(
 
     ``figures`` computed a moment ago may be passed in (the console keeps them a minute): a month
     of records is read and folded only when they are not."""
-    until = (now if now is not None else _now_millis()) + 1
+    until = (now if now is not None else now_millis()) + 1
     since = until - HISTORY_DAYS * DAY_MS
     report = figures
     if report is None:

@@ -38,6 +38,11 @@ def to_millis(instant: Millis) -> int:
     raise TypeError(f"a timestamp must be integer milliseconds or an aware datetime, not {type(instant).__name__}")
 
 
+def now_millis() -> int:
+    """Now, as integer UTC milliseconds since the epoch."""
+    return to_millis(datetime.now(UTC))
+
+
 def from_millis(millis: int) -> datetime:
     """The aware UTC datetime for integer milliseconds since the epoch."""
     return _EPOCH + timedelta(milliseconds=millis)

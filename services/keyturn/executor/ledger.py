@@ -147,11 +147,4 @@ class ExecutionLedger:
 
     @staticmethod
     async def _entry(conn, action_id: str) -> LedgerEntry | None:
-        cur = await conn.execute(f"SELECT {_COLUMNS} FROM executions WHERE action_id = %s", (action_id,))
-        row = await cur.fetchone()
-        if row is None:
-            return None
-        entry = LedgerEntry(*row)
-        if entry.executed_event is not None:
-            entry = LedgerEntry(**{**entry.__dict__, "executed_event": bytes(entry.executed_event)})
-        return entry
+        return (await ExecutionLedger._entries(conn, [action_id])).get(action_id)

@@ -24,6 +24,7 @@ from keyturn.audit.analytics import DEFAULT_RUBBER_STAMP_S, PERCENTILES, Approva
 from keyturn.core.audit.checkpoint import CheckpointVerifier
 from keyturn.core.audit.record import FLAG_BREAK_GLASS, AuditRecord
 from keyturn.core.audit.verify import ProblemKind, VerifyReport, verify
+from keyturn.core.canonical import now_millis
 
 # The outcome categories of the per-day chart, in the order they are stacked. Any other terminal
 # state found in the stream (one a newer Keyturn records, e.g. an action performed outside
@@ -473,7 +474,7 @@ class ReportBuilder:
         return Report(
             since=self.since,
             until=self.until,
-            generated_at=generated_at if generated_at is not None else _now_millis(),
+            generated_at=generated_at if generated_at is not None else now_millis(),
             rubber_stamp_s=self.rubber_stamp_s,
             integrity=integrity,
             actions=len(in_period),
@@ -554,10 +555,6 @@ def _approvers(stats: ApprovalStats) -> tuple[ApproverLine, ...]:
         for rates in stats.approvers.values()
     ]
     return tuple(sorted(lines, key=lambda line: (-line.load, line.approver)))
-
-
-def _now_millis() -> int:
-    return int(datetime.now(UTC).timestamp() * 1000)
 
 
 def build_report(

@@ -32,13 +32,15 @@ class PdfUnavailable(ImportError):
     """WeasyPrint (or the system libraries it needs) is missing."""
 
 
-def _when(millis: int | None) -> str:
+def when_text(millis: int | None) -> str:
+    """An instant as the report and the console print it."""
     if millis is None:
         return "-"
     return datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _seconds(value: float | None) -> str:
+def duration_text(value: float | None) -> str:
+    """Seconds as the report and the console print them (s, min or h)."""
     if value is None:
         return "-"
     if value < 60:
@@ -69,8 +71,8 @@ def render_html(report: Report, *, mask: Callable[[str], str] | None = None, tit
         refused_listed=report.refused_votes[:ROWS_LISTED],
         # the uses still waiting for a review first
         break_glass_listed=sorted(report.break_glass, key=lambda use: (use.reviewed, use.at))[:ROWS_LISTED],
-        when=_when,
-        seconds=_seconds,
+        when=when_text,
+        seconds=duration_text,
         label=category_label,
         colour=lambda category: charts.colour(category, report.categories),
         masked=masked,
