@@ -223,6 +223,27 @@ class IntakeServer:
         timer.start()
         return timer
 
+    def on_submission(self, *steps: Any, delay: float = 0.0, timeout: float = 30.0) -> threading.Thread:
+        """Once the next action is stored, wait ``delay`` seconds and call each step with its id, while the
+        client waits. Keyed to the submission itself, not to a guessed time after the call began: on a busy
+        machine the first submission of a module can take longer than any such guess."""
+        seen = len(self.store.rows)
+
+        def watch() -> None:
+            deadline = time.monotonic() + timeout
+            while len(self.store.rows) <= seen:
+                if time.monotonic() > deadline:
+                    return  # nothing submitted: the test's own wait fails, with its own message
+                time.sleep(0.005)
+            time.sleep(delay)
+            action_id = list(self.store.rows)[seen]
+            for step in steps:
+                step(action_id)
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        return thread
+
 
 def _decode(data: bytes) -> ActionRequested:
     from keyturn.bus.codec import registry

@@ -71,13 +71,12 @@ def test_submit_answers_at_once_and_status_shows_the_action(kt: Keyturn, server:
 
 
 def test_run_returns_the_executors_masked_result_once_approved(kt: Keyturn, server: IntakeServer) -> None:
-    def approve_later() -> None:
-        action_id = server.latest()
+    def approve_later(action_id: str) -> None:
         decided = server.decide(action_id, "needs_approval", ("writes need a db owner",), groups=("db-owners",))
         server.resolve(decided, "approved")
         server.execute(action_id, "succeeded", {"row_count": 1, "rows": [{"count": 42}]})
 
-    server.after(0.3, approve_later)
+    server.on_submission(approve_later, delay=0.3)
     started = time.monotonic()
     done = kt.run("sql.query", "postgres://staging/app", STATEMENT, reason="count the orders", timeout=10)
     assert time.monotonic() - started < 5  # woken by the long poll, not by a slow polling loop
@@ -237,12 +236,11 @@ async def test_the_async_client_submits_waits_and_raises_the_same(server: Intake
         with pytest.raises(Denied):
             (await kt.wait(submitted.action_id, timeout=5)).raise_for_outcome()
 
-        def allow_later() -> None:
-            action_id = server.latest()
+        def allow_later(action_id: str) -> None:
             server.decide(action_id, "allowed")
             server.execute(action_id, "succeeded", {"row_count": 0, "rows": []})
 
-        server.after(0.2, allow_later)
+        server.on_submission(allow_later, delay=0.2)
         done = await kt.run("sql.query", "postgres://staging/app", STATEMENT, reason="count again", timeout=5)
         assert done.result == {"row_count": 0, "rows": []}
 

@@ -27,13 +27,7 @@ def kt(server: IntakeServer) -> Iterator[Keyturn]:
 
 def end_with(server: IntakeServer, *steps: Any) -> None:
     """Once the guarded call has submitted, move its action to its end."""
-
-    def move() -> None:
-        action_id = server.latest()
-        for step in steps:
-            step(action_id)
-
-    server.after(0.2, move)
+    server.on_submission(*steps)
 
 
 def allowed(server: IntakeServer, plugin: str, result: Any) -> tuple[Any, Any]:

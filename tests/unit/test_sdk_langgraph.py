@@ -48,8 +48,8 @@ def call(name: str, **arguments: Any) -> dict[str, Any]:
     return {"type": "tool_call", "id": "call-1", "name": name, "args": arguments}
 
 
-def later(server: IntakeServer, *steps: Any, after: float = 0.2) -> None:
-    server.after(after, lambda: [step(server.latest()) for step in steps])
+def later(server: IntakeServer, *steps: Any, after: float = 0.0) -> None:
+    server.on_submission(*steps, delay=after)
 
 
 def submitted(server: IntakeServer) -> Any:

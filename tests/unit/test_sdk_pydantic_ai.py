@@ -52,8 +52,8 @@ def server() -> Iterator[IntakeServer]:
         yield running
 
 
-def later(server: IntakeServer, *steps: Any) -> None:
-    server.after(0.2, lambda: [step(server.latest()) for step in steps])
+def later(server: IntakeServer, *steps: Any, after: float = 0.0) -> None:
+    server.on_submission(*steps, delay=after)
 
 
 def submitted(server: IntakeServer) -> Any:
@@ -80,8 +80,8 @@ async def test_the_function_runs_once_approved_with_its_validated_arguments(serv
             server.execute(action_id, "succeeded", {"performed": False}, plugin="noop")
 
         granted.clear()
-        server.after(0.3, lambda: server.decide(server.latest(), "needs_approval", groups=("security",)))
-        server.after(1.0, lambda: approve(server.latest()))
+        later(server, lambda a: server.decide(a, "needs_approval", groups=("security",)))
+        later(server, approve, after=1.0)
         result = await agent.run("make bob an analyst")
     assert result.output == "tool said: granted analyst to human:bob for 7 days"
     assert granted == [("human:bob", "analyst", 7)]
