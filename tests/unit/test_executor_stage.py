@@ -261,3 +261,40 @@ async def test_an_order_a_batch_fails_on_ends_alone_and_the_others_are_not_run_a
     assert sorted(c.action_id for c in plugin.runs) == ["a1", "a3"]
     assert ledger.entries["a2"].outcome == "outcome_unknown"
     assert len(source.committed) == 1
+
+
+class Quoting(Recording):
+    """A plugin whose failure quotes the parameters, as a database error quotes a literal."""
+
+    def __init__(self, error: type[Exception]) -> None:
+        super().__init__()
+        self.error = error
+
+    async def execute(self, command: Command):
+        raise self.error(
+            f'invalid input syntax: "{command.parameters["password"]}" near "{command.parameters["ticket"]}"'
+        )
+
+
+async def test_a_failure_never_quotes_a_value_the_masked_parameters_hide(caplog) -> None:
+    from keyturn.core.canonical import canonical_json
+    from keyturn.executor.plugins import ExecutionFailed
+    from keyturn.masking.protect import mask_parameters
+
+    clear = {"statement": "SELECT 1", "password": "correct-horse-battery", "ticket": "T-99812"}
+    for error in (ExecutionFailed, ValueError):  # a refusal the plugin chose, and a plugin bug
+        executor, _ = executor_with(Quoting(error))
+        decision = allowed(f"q-{error.__name__}", parameters=clear)
+        masked = canonical_json(mask_parameters(clear))  # what the intake put on the topic
+        decision = dataclasses.replace(
+            decision,
+            request=dataclasses.replace(decision.request, parameters_json=masked),
+            mask=("parameters.ticket",),  # the policy's own word on a field the masking shows
+        )
+        outcome, encoded = await executor.execute(ExecutionOrder(decision))
+        error_text = decoded(encoded).error
+        assert outcome is ExecutionOutcome.FAILED
+        assert "correct-horse-battery" not in error_text and "T-99812" not in error_text, error_text
+        assert '"<SECRET>" near "<MASKED>"' in error_text  # what the masked copy shows, and the policy's word
+    assert "correct-horse-battery" not in caplog.text and "T-99812" not in caplog.text
+    assert "plugin error: ValueError" in caplog.text and "test_executor_stage.py" in caplog.text  # where it broke

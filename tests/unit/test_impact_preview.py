@@ -130,3 +130,29 @@ async def test_the_seal_opens_only_for_parameters_that_name_sql() -> None:
     assert opened == [], "nothing to dry-run: the clear parameters stay sealed"
     failed = await previewer.preview(requested("q1", action="sql.query", parameters={"statement": "DELETE FROM t"}))
     assert opened == ["q1"] and failed.status == "unavailable" and "RuntimeError" in failed.detail
+
+
+async def test_a_failed_preview_never_quotes_a_value_the_masked_parameters_hide(monkeypatch) -> None:
+    from keyturn.config import REPO_ROOT
+    from keyturn.core.canonical import canonical_json
+    from keyturn.core.parameters import ParameterCatalog
+    from keyturn.masking.protect import mask_parameters
+    from keyturn.policy.catalog import SOURCE
+    from keyturn.policy.impact import SqlPreviewer
+
+    clear = {"statement": "UPDATE t SET pin = 1", "api_token": "kt-tok-4f1e9a22"}
+    request = replace(
+        requested("q2", action="sql.query", parameters=clear),
+        parameters_json=canonical_json(mask_parameters(clear)),  # the copy the topics carry
+    )
+
+    async def quoting(*_):  # as a database error quotes a literal
+        raise ValueError(f'invalid input syntax for type integer: "{clear["api_token"]}"')
+
+    previewer = SqlPreviewer(
+        "postgresql://nobody@127.0.0.1:1/none", ParameterCatalog.load(REPO_ROOT / SOURCE), lambda _: clear
+    )
+    monkeypatch.setattr(previewer, "_dry_run", quoting)
+    failed = await previewer.preview(request)
+    assert failed.status == "unavailable" and "kt-tok-4f1e9a22" not in failed.detail, failed.detail
+    assert failed.detail.endswith('integer: "<SECRET>"')  # what the masked copy shows in its place

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -38,6 +39,7 @@ from keyturn.executor.ledger import LedgerEntry
 from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, Plugin, PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.faults import until_done
+from keyturn.masking.protect import hidden_values, without
 from keyturn.secret_store import (
     SecretNotFound,
     SecretStore,
@@ -228,6 +230,13 @@ class Executor:
                     f"refused before execution: the parameters do not open ({type(exc).__name__}: {exc})"
                 ),
             )
+        clear = parameters
+
+        def failure(text: str) -> str:
+            """A failure's text without a secret used, a value the masked copy hides, or recognisable data."""
+            hidden = hidden_values(clear, request.parameters, order.decision.mask)
+            return self.results.mask_text(without(redact(text, used), hidden))
+
         refusal = refusal_reason(order, started_at, parameters)
         if refusal is not None:
             return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {refusal}")
@@ -269,9 +278,9 @@ class Executor:
         try:
             result = redact(await asyncio.wait_for(plugin.execute(command), self.timeout_s), used)
         except ExecutionFailed as exc:
-            return outcome(ExecutionOutcome.FAILED, error=self.results.mask_text(redact(str(exc), used)))
+            return outcome(ExecutionOutcome.FAILED, error=failure(str(exc)))
         except OutcomeUnknown as exc:
-            return outcome(ExecutionOutcome.OUTCOME_UNKNOWN, error=self.results.mask_text(redact(str(exc), used)))
+            return outcome(ExecutionOutcome.OUTCOME_UNKNOWN, error=failure(str(exc)))
         except TimeoutError:
             return outcome(
                 ExecutionOutcome.OUTCOME_UNKNOWN,
@@ -279,14 +288,11 @@ class Executor:
                 f"effects",
             )
         except Exception as exc:  # a plugin bug is a failed action, never a crash loop that re-runs it
-            if used:  # a traceback could quote a resolved secret: the redacted message only
-                log.error("plugin %s failed on %s: %s", plugin.name, order.action_id, redact(repr(exc), used))
-            else:
-                log.exception("plugin %s failed on %s", plugin.name, order.action_id)
-            return outcome(
-                ExecutionOutcome.FAILED,
-                error=self.results.mask_text(redact(f"{plugin.name} plugin error: {type(exc).__name__}: {exc}", used)),
-            )
+            # a traceback's source lines and chained messages could quote a clear value: the redacted
+            # message, and where it was raised
+            error = failure(f"{plugin.name} plugin error: {type(exc).__name__}: {exc}")
+            log.error("%s, on %s, at %s", error, order.action_id, _places(exc))
+            return outcome(ExecutionOutcome.FAILED, error=error)
         if getattr(plugin, "external", False):
             # nothing ran: the result is the signed receipt Keyturn built from the decision (no parameter
             # in it), kept as signed; masking would break the signature
@@ -425,3 +431,8 @@ def _recorded(entry: LedgerEntry) -> tuple[ExecutionOutcome, bytes]:
     if entry.outcome is None or entry.executed_event is None:
         raise RuntimeError(f"the ledger entry of {entry.action_id} is finished without an outcome")
     return ExecutionOutcome(entry.outcome), entry.executed_event
+
+
+def _places(exc: BaseException) -> str:
+    """Where ``exc`` was raised, frame by frame (file, line, function: no values, unlike a full traceback)."""
+    return " < ".join(f"{f.filename}:{f.lineno} {f.name}" for f in reversed(traceback.extract_tb(exc.__traceback__)))

@@ -7,6 +7,8 @@ after ``open_parameters`` (which refuses a seal that does not belong to this act
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,8 @@ def keyring_for(seal_keys: str, keys_dir: Path) -> Keyring:
 
 
 @cache
-def _masker() -> Any:
+def shared_masker() -> Any:
+    """The process's one ``ParameterMasker`` (thread-safe; an analyser costs ~2 s and memory to build)."""
     from keyturn.masking.masker import ParameterMasker  # ~1.5 s of imports: only where masking happens
 
     return ParameterMasker()
@@ -37,12 +40,12 @@ def _masker() -> Any:
 
 def mask_parameters(parameters: dict[str, Any], extra_fields: tuple[str, ...] = ()) -> dict[str, Any]:
     """A copy safe for topics, chat, logs and audit (PII and secrets replaced by placeholders)."""
-    return _masker().mask(parameters, extra_fields).parameters
+    return shared_masker().mask(parameters, extra_fields).parameters
 
 
 def mask_text(text: str) -> str:
     """Free text (a log line, a refusal's reason) with PII and secrets replaced by placeholders."""
-    return _masker().mask_text(text)[0]
+    return shared_masker().mask_text(text)[0]
 
 
 def masked_excerpt(body: bytes, *, chars: int, read_at_most: int) -> str | None:
@@ -68,7 +71,7 @@ def masked_excerpt(body: bytes, *, chars: int, read_at_most: int) -> str | None:
 
 def parameter_protector(keyring: Keyring):
     """(parameters, action_id, payload_digest) → (masked canonical JSON, sealed clear copy)."""
-    _masker()  # build at start-up, not on the first request
+    shared_masker()  # build at start-up, not on the first request
 
     def protect(parameters: dict[str, Any], *, action_id: str, payload_digest: Digest) -> tuple[str, SealedParameters]:
         masked = canonical_json(mask_parameters(parameters))
@@ -101,3 +104,64 @@ def parameter_opener(keyring: Keyring):
 def masked_view(parameters_json: str, extra_fields: tuple[str, ...]) -> str:
     """Already-masked parameters with the policy's extra fields masked too."""
     return canonical_json(mask_parameters(json.loads(parameters_json), extra_fields))
+
+
+MIN_HIDDEN_CHARS = 4  # shorter values ("1", "id") would blank out ordinary words of a message
+
+
+def hidden_values(clear: Any, masked: Any, mask: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
+    """The clear values the masked copy hides, each with what it shows instead: where it shows a
+    placeholder for a text or a number, and everything under the decision's ``mask`` paths
+    (``parameters.password``; ``<MASKED>``).
+
+    A failure text is stripped of them (``without``) before it travels: a database error can quote
+    a literal (``invalid input syntax for type integer: "…"``) that no recogniser would find in the
+    message alone, because it was masked for its field's name or the policy's word.
+    """
+    found: dict[str, str] = {}
+
+    def leaves(value: Any, shown: str) -> None:
+        if isinstance(value, Mapping):
+            for item in value.values():
+                leaves(item, shown)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                leaves(item, shown)
+        elif _scalar(value) and len(str(value)) >= MIN_HIDDEN_CHARS:
+            found.setdefault(str(value), shown)
+
+    def compare(plain: Any, shown: Any) -> None:
+        if isinstance(plain, Mapping) and isinstance(shown, Mapping):
+            for key, item in plain.items():
+                compare(item, shown.get(key))
+        elif isinstance(plain, (list, tuple)) and isinstance(shown, (list, tuple)) and len(plain) == len(shown):
+            for item, other in zip(plain, shown, strict=True):
+                compare(item, other)
+        elif isinstance(shown, str) and _PLACEHOLDER.fullmatch(shown):
+            leaves(plain, shown)
+        elif isinstance(plain, (Mapping, list, tuple)):
+            leaves(plain, "<MASKED>")  # shaped differently from the masked copy: hidden, all of it
+
+    compare(clear, masked)
+    for path in mask:
+        if path.startswith("parameters."):
+            node: Any = clear
+            for segment in path.split(".")[1:]:
+                node = node.get(segment) if isinstance(node, Mapping) else None
+            leaves(node, "<MASKED>")
+    return found
+
+
+def without(text: str, hidden: Mapping[str, str]) -> str:
+    """``text`` with every hidden value replaced by what the masked copy shows (longest first, so a
+    value inside another goes with it)."""
+    for value in sorted(hidden, key=len, reverse=True):
+        text = text.replace(value, hidden[value])
+    return text
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+_PLACEHOLDER = re.compile(r"<[A-Z_]+(:[^<>]*)?>|\*{4}\d{4}")

@@ -43,6 +43,7 @@ from keyturn.executor.plugins.base import ExecutionFailed
 from keyturn.executor.plugins.sql import grants_for, postgres_message, target_name
 from keyturn.executor.plugins.sql_roles import Grants, grant
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
+from keyturn.masking.protect import hidden_values, without
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,13 @@ class SqlPreviewer:
                 **fields,
             )
 
+        parameters: dict[str, Any] = {}
+
+        def failure(text: str) -> str:
+            """Masked as every refusal is, and without a value the masked copy hides (which a database
+            error can quote and no recogniser would find)."""
+            return masked_line(without(text, hidden_values(parameters, request.parameters)))
+
         try:
             parameters = self.open_parameters(request)
             if "connection_string" in parameters:
@@ -109,10 +117,10 @@ class SqlPreviewer:
             operation = plan.operation
             rows, method, tables, detail = await self._dry_run(plan, shape)
         except _Unavailable as exc:
-            return result("unavailable", detail=masked_line(str(exc)))
+            return result("unavailable", detail=failure(str(exc)))
         except Exception as exc:  # fail closed: a preview that broke is unavailable, and the policy then asks people
             log.warning("impact preview of %s failed: %s", request.action_id, type(exc).__name__)
-            return result("unavailable", detail=masked_line(f"the preview failed: {type(exc).__name__}: {exc}"))
+            return result("unavailable", detail=failure(f"the preview failed: {type(exc).__name__}: {exc}"))
         return result("computed", rows=rows, method=method, tables=tables, detail=detail)
 
     async def _dry_run(self, plan: PreviewPlan, shape: StatementShape) -> tuple[int, str, tuple[str, ...], str | None]:
