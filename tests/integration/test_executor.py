@@ -509,6 +509,12 @@ def test_an_export_is_a_parquet_file_with_masked_columns_that_downloads_once(age
     stranger = Agent(settings, "agent:stranger")
     assert stranger.http.get(result["download"]["path"]).status_code == 404
 
+    aliased = {**parameters, "query": "SELECT email AS contact, city FROM customers", "format": "csv"}
+    view = outcome(agent, agent.submit_ok("db.export", "postgres://staging/shop/customers", aliased))
+    assert view["state"] == "succeeded" and view["result"]["masked_values"] == 12, view
+    text = agent.http.get(view["result"]["download"]["path"]).text
+    assert "@example.com" not in text and text.count("<EMAIL_ADDRESS>") == 12  # masked by value, not by name
+
 
 # --- secrets: referenced by name, resolved only inside the executor --------------------------------
 

@@ -24,7 +24,7 @@ class ResultShaper:
     def __init__(self, max_rows: int, *, max_bytes: int = MAX_RESULT_BYTES, masker: Any = None) -> None:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
-        self._masker: Any = masker  # a keyturn.masking.ParameterMasker; built on first use when None
+        self._masker: Any = masker  # a keyturn.masking.ParameterMasker; the process's shared one when None
         self._lock = threading.Lock()
 
     def warm(self) -> None:
@@ -34,9 +34,9 @@ class ResultShaper:
     def _get_masker(self) -> Any:
         with self._lock:
             if self._masker is None:
-                from keyturn.masking import ParameterMasker
+                from keyturn.masking.protect import shared_masker  # the one the log filter and exports use
 
-                self._masker = ParameterMasker()
+                self._masker = shared_masker()
             return self._masker
 
     def shape(self, result: Any, mask: tuple[str, ...]) -> Any:

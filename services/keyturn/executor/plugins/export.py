@@ -7,9 +7,12 @@ Parameters: ``query`` (one SELECT, as ``sql.query``'s statement; the catalog's n
 1. The statement runs like a ``sql.query`` read: a temporary role holding SELECT on the tables
    it names, for the policy's credential TTL (900 s for exports), in a READ ONLY transaction,
    through a server-side cursor (rows stream in batches, never all in memory).
-2. Columns the policy masks (``columns.<name>`` in the decision's mask, from
-   ``data.keyturn.export.masked_columns``) are written masked (``<EMAIL_ADDRESS>``,
-   ``<SECRET>``, …): the clear value never reaches the file.
+2. Every value is masked as a ``sql.query`` result is, so that an alias (``email AS e``) or a
+   column the list does not name (``user_email``) cannot carry personal data out: the columns
+   the policy masks (``columns.<name>`` in the decision's mask, from
+   ``data.keyturn.export.masked_columns``) whole, columns named like credentials whole, and
+   personal data or secrets found in any other text value (``<EMAIL_ADDRESS>``, ``<SECRET>``,
+   …). The clear value never reaches the file; if masking fails, nothing is exported.
 3. The file goes to an ``ExportStore`` (named after the action); the result tells the
    requester where to fetch it (``GET /v1/exports/{action_id}`` on the intake, as the
    requester) and until when. The intake hands it out once and deletes it; an expired one is
@@ -21,6 +24,7 @@ S3-compatible store).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
@@ -38,6 +42,7 @@ from keyturn.executor.values import jsonable
 from keyturn.exports import ExportStore, export_file_name
 from keyturn.masking.field_names import sensitive_field_entity
 from keyturn.masking.masker import placeholder
+from keyturn.masking.protect import shared_masker
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +99,8 @@ class ExportPlugin(SqlPlugin):
                         writer = _parquet_writer if file_format == "parquet" else _csv_writer
                         with self.store.put(file_name) as file:
                             counting = _Hashing(file)
-                            rows = await writer(counting, columns, _masking(cursor, columns, masked))
+                            found = _Findings()
+                            rows = await writer(counting, columns, _masking(cursor, columns, masked, found))
             except psycopg.errors.QueryCanceled:
                 raise ExecutionFailed(f"the export ran longer than {ttl_s:g}s and was cancelled") from None
             except psycopg.Error as exc:
@@ -107,6 +113,7 @@ class ExportPlugin(SqlPlugin):
             "format": file_format,
             "columns": columns,
             "masked_columns": hidden,
+            "masked_values": found.count,
             "sha256": counting.digest.hexdigest(),
             "bytes": counting.size,
             "download": {
@@ -136,21 +143,47 @@ class _Hashing:
         return False
 
 
-async def _masking(cursor: Any, columns: list[str], masked: frozenset[str]):
-    """Batches of rows as lists, masked columns replaced by their placeholder."""
-    hide = [c.lower() in masked for c in columns]
-    entities = [sensitive_field_entity(c) or "MASKED" for c in columns]
+class _Findings:
+    """How many values the masking replaced, the policy's columns included."""
+
+    count = 0
+
+
+async def _masking(cursor: Any, columns: list[str], masked: frozenset[str], found: _Findings):
+    """Batches of rows as lists: the policy's columns replaced by their placeholder, every other value
+    through the masking a ``sql.query`` result gets (in a thread: a batch can take a while)."""
+    hidden = [i for i, c in enumerate(columns) if c.lower() in masked]
+    shown = [i for i, c in enumerate(columns) if c.lower() not in masked]
+    entities = {i: sensitive_field_entity(columns[i]) or "MASKED" for i in hidden}
     while True:
         batch = await cursor.fetchmany(BATCH_ROWS)
         if not batch:
             return
-        yield [
-            [
-                placeholder(entities[i], value) if hide[i] and value is not None else jsonable(value)
-                for i, value in enumerate(row)
-            ]
-            for row in batch
-        ]
+        rows: list[list[Any]] = [[None] * len(columns) for _ in batch]
+        for row, values in zip(rows, batch, strict=True):
+            for i in hidden:
+                if values[i] is not None:
+                    row[i] = placeholder(entities[i], values[i])
+                    found.count += 1
+        try:
+            found.count += await asyncio.to_thread(_scan, [columns[i] for i in shown], shown, batch, rows)
+        except Exception as exc:  # fail closed: no file holds a value that could not be masked
+            log.error("export withheld, masking failed: %s: %s", type(exc).__name__, exc)
+            why = f"the rows could not be masked ({type(exc).__name__}); nothing was exported"
+            raise ExecutionFailed(why) from None
+        yield rows
+
+
+def _scan(names: list[str], shown: list[int], batch: list[tuple], rows: list[list[Any]]) -> int:
+    """Put the ``shown`` columns of ``batch`` into ``rows``, masked by name and content; how many values
+    were masked. Each cell goes in as its own ``{column: value}``, so that two columns of one name
+    (``a.id, b.id``) both stay and a name with a dot in it stays one name."""
+    cells = [[{name: jsonable(values[i])} for name, i in zip(names, shown, strict=True)] for values in batch]
+    masked = shared_masker().mask({"rows": cells})
+    for row, masked_cells in zip(rows, masked.parameters["rows"], strict=True):
+        for i, cell in zip(shown, masked_cells, strict=True):
+            row[i] = next(iter(cell.values()))
+    return len(masked.findings)
 
 
 async def _csv_writer(file: Any, columns: list[str], batches: Any) -> int:
