@@ -70,7 +70,43 @@ async def test_an_action_s_story_masked_parameters_votes_outcome_and_timeline():
     ]
     assert len(story["steps"]) == len(rows) == 6  # request, decision, refused vote, vote, resolution, execution
     requested = json.loads(next(r for r in rows if r.event_type == "ActionRequested").payload_json)
-    assert json.loads(story["parameters"]) == json.loads(requested["parameters_json"])  # the audit's masked copy
+    shown = json.loads(story["parameters"])  # the audit's copy, which this story seeds with values in clear
+    assert shown.keys() == json.loads(requested["parameters_json"]).keys()
+    assert shown == {"password": "<SECRET>", "contact": "<EMAIL_ADDRESS>", "note": "card ****1111"}  # masked again
+
+
+async def test_what_people_and_agents_wrote_is_masked_again_before_it_is_shown():
+    import dataclasses
+
+    store = await filled()
+    item = next(i for i in PLAN if i.kind == "approved_ok" and i.refused)
+    leaked = "ada.lovelace@example.com"
+
+    def written_in_clear(row):  # a record stored before a recogniser knew this kind of value
+        payload = json.loads(row.payload_json)
+        if row.event_type == "ActionRequested":
+            payload["reason"] = f"send it to {leaked}"
+            payload["parameters_json"] = json.dumps({"recipient": leaked, "note": "monthly"})
+        if row.event_type == "VoteRecorded":
+            payload["vote"]["reason"] = f"ok, cc {leaked}"
+            payload["message"] = f"refused for {leaked}"
+        return dataclasses.replace(row, payload_json=json.dumps(payload))
+
+    rows = [written_in_clear(row) for row in await store.rows_of(item.action_id)]
+    story = _action_story(item.action_id, rows)
+    shown = json.dumps(
+        [
+            story["request"]["reason"],
+            story["parameters"],
+            story["votes"],
+            [dataclasses.astuple(s) for s in story["steps"]],
+        ],
+        default=str,
+    )
+    assert leaked not in shown
+    assert story["request"]["reason"] == "send it to <EMAIL_ADDRESS>"
+    assert json.loads(story["parameters"]) == {"recipient": "<EMAIL_ADDRESS>", "note": "monthly"}
+    assert [v["reason"] for v in story["votes"]] == ["refused for <EMAIL_ADDRESS>", "ok, cc <EMAIL_ADDRESS>"]
 
 
 def test_the_history_keeps_no_copy_a_timeline_never_shows():

@@ -10,6 +10,7 @@ The data is the approval service's projection of the audit topic (``approval.his
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from keyturn.approval.console import TEMPLATES, Console
 from keyturn.approval.history import HISTORY_DAYS, HistoryStore, history_page
 from keyturn.approval.views import masked_parameters
-from keyturn.audit.replay import timeline_step
+from keyturn.audit.replay import TimelineStep, timeline_step
 from keyturn.audit.report.model import CATEGORY_LABELS, category_label
 from keyturn.audit.report.render import duration_text, when_text
 from keyturn.core.principal import Principal
@@ -157,14 +158,25 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
                 csrf=console.csrf(token),
                 message=f"No history is kept for action {action_id} (the last {HISTORY_DAYS} days are).",
             )
-        return console.render(
-            "history_action.html", approver=person, csrf=console.csrf(token), **_action_story(action_id, rows)
-        )
+        story = await asyncio.to_thread(_action_story, action_id, rows)  # masking is CPU work: off the loop
+        return console.render("history_action.html", approver=person, csrf=console.csrf(token), **story)
 
 
-def _action_story(action_id: str, rows: list[Any]) -> dict[str, Any]:
-    """The action's facts (masked parameters, votes, impact, outcome) and its timeline."""
+def _action_story(action_id: str, rows: list[Any], masked: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """The action's facts (masked parameters, votes, impact, outcome) and its timeline.
+
+    What people and agents wrote (the request's reason, vote notes, refusal messages, the
+    timeline's why) and the parameters are masked again before they are shown, as the compliance
+    report does: they were masked before they entered the audit, and this keeps a recogniser added
+    since then, or a record an older version wrote, from showing a value in clear.
+    """
     from keyturn.audit.report.model import outcome_category
+    from keyturn.masking.protect import mask_parameters, mask_text
+
+    remask = masked or mask_text
+
+    def text(value: Any) -> Any:
+        return remask(value) if isinstance(value, str) and value else value
 
     request: dict[str, Any] = {}
     mask: list[str] = []
@@ -194,20 +206,20 @@ def _action_story(action_id: str, rows: list[Any]) -> dict[str, Any]:
                     "choice": vote.get("choice"),
                     "accepted": bool(payload.get("accepted")),
                     "refusal": payload.get("refusal"),
-                    "reason": vote.get("reason") if payload.get("accepted") else payload.get("message"),
+                    "reason": text(vote.get("reason") if payload.get("accepted") else payload.get("message")),
                     "channel": vote.get("channel"),
                 }
             )
         if payload.get("impact") is not None:  # an impact preview, where the decision carries one
             impact = payload["impact"]
     try:
-        parameters = json.loads(request.get("parameters_json") or "{}")
-    except ValueError:
+        parameters = mask_parameters(json.loads(request.get("parameters_json") or "{}"))
+    except ValueError:  # unreadable, or not maskable: not shown
         parameters = {}
     category = outcome_category(stages["decision"], stages["approval"], stages["execution"], stages["other"])
     return {
         "action_id": action_id,
-        "request": request,
+        "request": {**request, "reason": text(request.get("reason"))},
         "requester": (request.get("requester") or {}).get("id"),
         "acting_for": list((request.get("requester") or {}).get("chain") or ()),
         "parameters": json.dumps(masked_parameters(parameters, mask), indent=2, sort_keys=True, ensure_ascii=False),
@@ -215,5 +227,9 @@ def _action_story(action_id: str, rows: list[Any]) -> dict[str, Any]:
         "impact": json.dumps(impact, indent=2, sort_keys=True, ensure_ascii=False) if impact is not None else None,
         "outcome": category,
         "outcome_label": category_label(category),
-        "steps": [timeline_step(row.record()) for row in rows],
+        "steps": [_step_masked(timeline_step(row.record()), text) for row in rows],
     }
+
+
+def _step_masked(step: TimelineStep, text: Callable[[Any], Any]) -> TimelineStep:
+    return dataclasses.replace(step, who=text(step.who), what=text(step.what), why=text(step.why))
