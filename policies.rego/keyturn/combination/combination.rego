@@ -15,10 +15,18 @@ import data.keyturn.request
 # Gathering verdicts.
 
 # Each family is a package under data.keyturn.catalog with covers_action and verdicts, and
-# optionally masked_fields and break_glass_permitted; a new family file joins by existing.
+# optionally masked_fields and break_glass_permitted; a new family file joins by existing. A
+# family that judges every action whatever its family (impact) says judges_every_action.
+# Only the families consulted for a request are evaluated: the cost of a decision stays that
+# of its own family as the catalog grows.
+consulted contains name if data.keyturn.catalog[name].covers_action
+
+consulted contains name if data.keyturn.catalog[name].judges_every_action
+
 catalog_verdicts contains entry if {
 	request.well_formed
-	some entry in data.keyturn.catalog[_].verdicts
+	some name in consulted
+	some entry in data.keyturn.catalog[name].verdicts
 }
 
 known_action if data.keyturn.catalog[_].covers_action
@@ -199,7 +207,10 @@ break_glass if {
 	count(approval_requests) > 0
 }
 
-break_glass_permitted_by_catalog if data.keyturn.catalog[_].break_glass_permitted
+break_glass_permitted_by_catalog if {
+	some name in consulted
+	data.keyturn.catalog[name].break_glass_permitted
+}
 
 incident_is_named if {
 	is_string(request.parameters.incident_id)
@@ -239,5 +250,6 @@ mask contains field if some field in data.keyturn.masking.always
 
 mask contains field if {
 	request.well_formed
-	some field in data.keyturn.catalog[_].masked_fields
+	some name in consulted
+	some field in data.keyturn.catalog[name].masked_fields
 }

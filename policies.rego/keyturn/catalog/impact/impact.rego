@@ -13,6 +13,10 @@ package keyturn.catalog.impact
 import data.keyturn.request
 import data.keyturn.verdict
 
+# METADATA
+# description: The impact rules judge an action of any family (combination.consulted).
+judges_every_action := true
+
 # A preview was attempted for this action (the policy service sends none for actions
 # that are not SQL-backed).
 previewed if is_object(input.impact)
