@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 HISTORY_DAYS = 30  # what the page shows
 KEPT_DAYS = HISTORY_DAYS + 5  # what the tables keep (a little more, so the window never starts empty)
 PRUNE_EVERY_MS = 60_000  # how often what is older than KEPT_DAYS is dropped
+GATHER_MS = 250  # a page can be this far behind: its rows are written in batches gathered this long
 
 HISTORY_DDL = """
 CREATE TABLE IF NOT EXISTS {schema}.approval_history_records (
@@ -260,7 +261,7 @@ class HistoryFollower:
         """Follow the audit topic through a started consumer (auto-commit off) until cancelled."""
         # a console page may lag a moment: what arrives within 250 ms is one transaction, in
         # which an action's records make one change to its line (``coalesced``)
-        await run(KafkaSource(consumer, max_records=1000, wait_ms=1000, gather_ms=250), self.stage)
+        await run(KafkaSource(consumer, max_records=1000, wait_ms=1000, gather_ms=GATHER_MS), self.stage)
 
     async def _store(self, batch: list[tuple[Any, Any]]) -> None:
         rows, changes = rows_and_changes(record for record, _ in batch)

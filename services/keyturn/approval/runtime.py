@@ -20,6 +20,7 @@ from keyturn.approval.channels import ApproverChannel, ChatTargets, principal_ma
 from keyturn.approval.console import DevSignIn
 from keyturn.approval.courier import NotificationCourier
 from keyturn.approval.desk import ApprovalDesk
+from keyturn.approval.history import GATHER_MS as HISTORY_GATHER_MS
 from keyturn.approval.history import HISTORY_DDL, HistoryFollower, HistoryStore, start_position
 from keyturn.approval.history_store import PgHistoryStore
 from keyturn.approval.http import UNATTRIBUTED
@@ -28,6 +29,7 @@ from keyturn.approval.ports import PolicyEngine
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.http import header
+from keyturn.bus.loop import held_fetches
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.catalog import ExecutionModes
@@ -194,6 +196,7 @@ class ApprovalRuntime:
             group_id=f"{self.settings.namespace}-approval-history",
             enable_auto_commit=False,
             isolation_level="read_committed",
+            **held_fetches(HISTORY_GATHER_MS),
         )
         try:
             await consumer.start()

@@ -256,6 +256,18 @@ class FaustSource:
         return None
 
 
+FETCH_MIN_BYTES = 64 * 1024
+
+
+def held_fetches(wait_ms: int) -> dict[str, int]:
+    """Consumer options for a follower that can wait ``wait_ms`` for its next batch: the broker
+    holds each fetch until ``FETCH_MIN_BYTES`` are there or ``wait_ms`` passed, instead of
+    answering it at once with the one message that arrived. With the defaults (1 byte), a
+    consumer under load made a fetch round trip per message or two: a fifth of the intake's
+    and the audit's CPU, and the broker's share of it besides."""
+    return {"fetch_min_bytes": FETCH_MIN_BYTES, "fetch_max_wait_ms": wait_ms}
+
+
 class KafkaSource:
     """A started consumer (auto-commit off) in batches; commits each batch once handled.
 

@@ -18,6 +18,8 @@ from keyturn.intake.store import LifecycleChange, StoredAction
 
 log = logging.getLogger(__name__)
 LIFECYCLE_EVENTS = (ActionDecided, ApprovalResolved, ActionExecuted)
+GATHER_MS = 50  # a status read may be this far behind: changes are written in batches gathered this long
+FETCH_WAIT_MS = 20  # and the broker holds a fetch this long for more (bus.loop.held_fetches)
 
 
 class StatusStore(Protocol):
@@ -105,7 +107,7 @@ class StatusFollower:
         """
         # what arrives within 50 ms is one statement: an action's decision and execution often
         # land together, so its row is written once (a waiting requester hears it ≤ 50 ms later)
-        await run(KafkaSource(consumer, max_records=500, wait_ms=1000, gather_ms=50), self.stage)
+        await run(KafkaSource(consumer, max_records=500, wait_ms=1000, gather_ms=GATHER_MS), self.stage)
 
     async def _record(self, batch: list[tuple[Any, Any]]) -> None:
         """Record the batch in one statement (a database outage is waited out by the loop)."""

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from keyturn.bus.loop import held_fetches
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
@@ -26,6 +27,7 @@ from keyturn.exports import ExportStore
 from keyturn.faults import supervised
 from keyturn.identity import load_or_create_signing_key, verifier_from_settings
 from keyturn.intake.consumers import Verifier, consume_submissions, republish_outbox, submissions_stage
+from keyturn.intake.status import FETCH_WAIT_MS as STATUS_FETCH_WAIT_MS
 from keyturn.intake.status import StatusFollower
 from keyturn.intake.store import DDL, ActionStore, StoredAction
 from keyturn.intake.submissions import Intake, IntakeStore
@@ -109,6 +111,7 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
             group_id=f"{settings.namespace}-intake-status",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **held_fetches(STATUS_FETCH_WAIT_MS),
         )
         try:
             await consumer.start()
