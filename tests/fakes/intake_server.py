@@ -150,6 +150,10 @@ class IntakeServer:
         """The id of the action submitted last."""
         return list(self.store.rows)[-1]
 
+    def submitted(self) -> ActionRequested:
+        """The request submitted last, as the intake stored it."""
+        return _decode(self.store.rows[self.latest()].requested_event)
+
     def _apply(self, event: Any) -> None:
         assert self.follower.stage.handle_batch is not None
         self.on_server(self.follower.stage.handle_batch([(event, None)]))

@@ -37,12 +37,6 @@ def allowed(server: IntakeServer, plugin: str, result: Any) -> tuple[Any, Any]:
     )
 
 
-def submitted_request(server: IntakeServer) -> Any:
-    from keyturn.bus.codec import registry
-
-    return registry().decode_event(server.store.rows[server.latest()].requested_event)
-
-
 def test_the_call_becomes_an_action_and_the_executors_result_is_returned(kt: Keyturn, server: IntakeServer) -> None:
     ran = []
 
@@ -54,7 +48,7 @@ def test_the_call_becomes_an_action_and_the_executors_result_is_returned(kt: Key
     end_with(server, *allowed(server, "sql", {"row_count": 1, "rows": [{"n": 3}]}))
     assert query("app", "SELECT count(*) FROM orders") == {"row_count": 1, "rows": [{"n": 3}]}
     assert ran == []  # Keyturn's executor performed it; the body never ran
-    request = submitted_request(server)
+    request = server.submitted()
     assert (request.action, request.resource, request.reason) == ("sql.query", "postgres://staging/app", "count")
     assert json.loads(request.parameters_json) == {
         "database": "app",
@@ -79,7 +73,7 @@ def test_an_action_left_to_the_caller_runs_the_body_once_with_the_action_at_hand
     end_with(server, *allowed(server, "noop", {"performed": False}))
     assert grant("human:bob", "analyst") == "granted analyst to human:bob"
     assert seen == [server.latest()] and current_action() is None
-    assert submitted_request(server).reason == "onboarding human:bob"
+    assert server.submitted().reason == "onboarding human:bob"
 
 
 def test_approved_external_runs_the_body_and_hands_it_the_receipt() -> None:
@@ -107,7 +101,7 @@ def test_a_denied_call_raises_and_never_runs_the_body(kt: Keyturn, server: Intak
     with pytest.raises(Denied) as raised:
         delete("db-password", token="not sent")
     assert ran == [] and raised.value.reasons == ["deleting a secret is never allowed"]
-    assert json.loads(submitted_request(server).parameters_json) == {"name": "db-password"}
+    assert json.loads(server.submitted().parameters_json) == {"name": "db-password"}
 
 
 def test_modes_refuse_an_end_they_cannot_honour(kt: Keyturn, server: IntakeServer) -> None:

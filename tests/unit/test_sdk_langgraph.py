@@ -48,16 +48,6 @@ def call(name: str, **arguments: Any) -> dict[str, Any]:
     return {"type": "tool_call", "id": "call-1", "name": name, "args": arguments}
 
 
-def later(server: IntakeServer, *steps: Any, after: float = 0.0) -> None:
-    server.on_submission(*steps, delay=after)
-
-
-def submitted(server: IntakeServer) -> Any:
-    from keyturn.bus.codec import registry
-
-    return registry().decode_event(server.store.rows[server.latest()].requested_event)
-
-
 def test_the_model_must_give_a_reason_and_the_body_runs_once_approved(kt: Keyturn, server: IntakeServer) -> None:
     gated = gate_tool(grant_role, kt, "iam.role.grant", resource="iam://staging/roles/{role}")
     assert gated.name == "grant_role" and "Keyturn" in gated.description
@@ -69,11 +59,11 @@ def test_the_model_must_give_a_reason_and_the_body_runs_once_approved(kt: Keytur
         server.execute(action_id, "succeeded", {"performed": False}, plugin="noop")
 
     granted.clear()
-    later(server, approve)
+    server.on_submission(approve)
     answer = gated.invoke(call("grant_role", principal="human:bob", reason="bob joins the analysts"))
     assert isinstance(answer, ToolMessage) and answer.status == "success"
     assert answer.content == "granted analyst to human:bob" and granted == [("human:bob", "analyst")]
-    request = submitted(server)
+    request = server.submitted()
     assert request.reason == "bob joins the analysts" and request.resource == "iam://staging/roles/analyst"
     assert json.loads(request.parameters_json) == {"principal": "human:bob", "role": "analyst"}
 
@@ -83,7 +73,8 @@ def test_a_denial_is_an_error_message_the_model_reads_and_the_body_never_runs(
 ) -> None:
     gated = gate_tool(grant_role, kt, "iam.role.grant", resource="iam://prod/roles/{role}", reason="asked by the user")
     granted.clear()
-    later(server, lambda a: server.decide(a, "denied", ("admin roles are never granted to unattended agents",)))
+    never = ("admin roles are never granted to unattended agents",)
+    server.on_submission(lambda a: server.decide(a, "denied", never))
     answer = gated.invoke(call("grant_role", principal="agent:x", role="admin"))
     assert answer.status == "error" and granted == []
     assert "denied by the policy" in answer.content and "never granted to unattended agents" in answer.content
@@ -99,14 +90,13 @@ def test_an_executor_tool_answers_with_the_masked_result(kt: Keyturn, server: In
         args_schema=SqlQuery,
         resource="postgres://staging/app",
     )
-    later(
-        server,
+    server.on_submission(
         lambda a: server.decide(a, "allowed"),
         lambda a: server.execute(a, "succeeded", {"row_count": 1, "rows": [{"email": "<EMAIL_ADDRESS>"}]}),
     )
     answer = sql.invoke(call("sql_query", statement="SELECT email FROM users LIMIT 1", reason="find the owner"))
     assert answer.status == "success" and json.loads(answer.content)["rows"] == [{"email": "<EMAIL_ADDRESS>"}]
-    assert json.loads(submitted(server).parameters_json) == {
+    assert json.loads(server.submitted().parameters_json) == {
         "statement": "SELECT email FROM users LIMIT 1",
         "max_rows": 100,
     }
@@ -123,8 +113,8 @@ async def test_while_people_decide_listeners_hear_who_must_approve(server: Intak
             decided = server.decide(action_id, "needs_approval", groups=("security",))
             server.resolve(decided, "denied", why="not without a ticket")
 
-        later(server, open_approval, after=0.1)
-        later(server, refuse, after=1.0)
+        server.on_submission(open_approval, delay=0.1)
+        server.on_submission(refuse, delay=1.0)
         heard, answer = [], None
         async for event in gated.astream_events(call("grant_role", principal="human:bob", reason="r"), version="v2"):
             if event["event"] == "on_custom_event" and event["name"] == WAITING_EVENT:

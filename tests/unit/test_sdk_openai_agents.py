@@ -18,21 +18,9 @@ from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessa
 from keyturn.sdk import AsyncKeyturn, Keyturn
 from keyturn.sdk.adapters.openai_agents import gate_tool
 from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer
+from tests.unit.sdk_tools import grant_role, granted
 
-granted: list[tuple[str, str, int]] = []
 NO_TRACES = RunConfig(tracing_disabled=True)  # nothing leaves the machine
-
-
-def grant_role(principal: str, role: str = "analyst", days: int = 30) -> str:
-    """Grant a database role to a principal.
-
-    Args:
-        principal: who gets the role
-        role: the role
-        days: how long the grant lasts
-    """
-    granted.append((principal, role, days))
-    return f"granted {role} to {principal} for {days} days"
 
 
 class Scripted(Model):
@@ -69,16 +57,6 @@ def server() -> Iterator[IntakeServer]:
         yield running
 
 
-def later(server: IntakeServer, *steps: Any, after: float = 0.0) -> None:
-    server.on_submission(*steps, delay=after)
-
-
-def submitted(server: IntakeServer) -> Any:
-    from keyturn.bus.codec import registry
-
-    return registry().decode_event(server.store.rows[server.latest()].requested_event)
-
-
 async def run(model: Scripted, tool: Any, prompt: str) -> str:
     result = await Runner.run(Agent(name="ops", model=model, tools=[tool]), prompt, run_config=NO_TRACES)
     return str(result.final_output)
@@ -101,13 +79,13 @@ async def test_the_function_runs_once_approved_with_its_validated_arguments(serv
             server.execute(action_id, "succeeded", {"performed": False}, plugin="noop")
 
         granted.clear()
-        later(server, lambda a: server.decide(a, "needs_approval", groups=("security",)))
-        later(server, approve, after=1.0)
+        server.on_submission(lambda a: server.decide(a, "needs_approval", groups=("security",)))
+        server.on_submission(approve, delay=1.0)
         model = Scripted("grant_role", {"principal": "human:bob", "role": "analyst", "days": 7, "reason": "bob joins"})
         output = await run(model, tool, "make bob an analyst")
     assert output == "tool said: granted analyst to human:bob for 7 days"
     assert granted == [("human:bob", "analyst", 7)]
-    request = submitted(server)
+    request = server.submitted()
     assert request.reason == "bob joins" and request.resource == "iam://staging/roles/analyst"
     assert json.loads(request.parameters_json) == {"principal": "human:bob", "role": "analyst", "days": 7}
     assert [n["approver_groups"] for n in heard] == [["security"]]
@@ -126,8 +104,7 @@ async def test_the_executors_result_comes_back_as_json_and_the_body_never_runs(s
 
     async with AsyncKeyturn(server.url, token=AGENT_TOKEN) as kt:
         tool = gate_tool(sql_query, kt, "sql.query", resource="postgres://staging/app")
-        later(
-            server,
+        server.on_submission(
             lambda a: server.decide(a, "allowed"),
             lambda a: server.execute(a, "succeeded", {"row_count": 1, "rows": [{"email": "<EMAIL_ADDRESS>"}]}),
         )
@@ -135,14 +112,15 @@ async def test_the_executors_result_comes_back_as_json_and_the_body_never_runs(s
         output = await run(model, tool, "who owns it?")
     assert ran == []
     assert json.loads(output.removeprefix("tool said: ")) == {"row_count": 1, "rows": [{"email": "<EMAIL_ADDRESS>"}]}
-    assert json.loads(submitted(server).parameters_json) == {"statement": "SELECT email FROM users LIMIT 1"}
+    assert json.loads(server.submitted().parameters_json) == {"statement": "SELECT email FROM users LIMIT 1"}
 
 
 async def test_a_refusal_is_what_the_model_reads_and_the_function_never_runs(server: IntakeServer) -> None:
     with Keyturn(server.url, token=AGENT_TOKEN) as kt:  # a blocking client works too (in a worker thread)
         tool = gate_tool(grant_role, kt, "iam.role.grant", resource="iam://prod/roles/{role}", reason="asked")
         granted.clear()
-        later(server, lambda a: server.decide(a, "denied", ("admin roles are never granted to unattended agents",)))
+        never = ("admin roles are never granted to unattended agents",)
+        server.on_submission(lambda a: server.decide(a, "denied", never))
         model = Scripted("grant_role", {"principal": "agent:x", "role": "admin", "days": 30}, asks_reason=False)
         output = await run(model, tool, "make x an admin")
     assert granted == []
@@ -184,7 +162,7 @@ async def test_a_function_that_takes_the_run_context_gets_it(server: IntakeServe
             server.decide(action_id, "allowed")
             server.execute(action_id, "succeeded", {"performed": False}, plugin="noop")
 
-        later(server, allow)
+        server.on_submission(allow)
         model = Scripted("rotate", {"name": "deploy", "reason": "quarterly"})
         agent = Agent(name="ops", model=model, tools=[tool])
         result = await Runner.run(agent, "rotate it", context={"team": "ops"}, run_config=NO_TRACES)

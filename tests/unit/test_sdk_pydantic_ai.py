@@ -16,20 +16,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from keyturn.sdk import AsyncKeyturn, Keyturn
 from keyturn.sdk.adapters.pydantic_ai import gate_tool
 from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer
-
-granted: list[tuple[str, str, int]] = []
-
-
-def grant_role(principal: str, role: str = "analyst", days: int = 30) -> str:
-    """Grant a database role to a principal.
-
-    Args:
-        principal: who gets the role
-        role: the role
-        days: how long the grant lasts
-    """
-    granted.append((principal, role, days))
-    return f"granted {role} to {principal} for {days} days"
+from tests.unit.sdk_tools import grant_role, granted
 
 
 def scripted(arguments: dict[str, Any], asks_reason: bool = True) -> FunctionModel:
@@ -52,16 +39,6 @@ def server() -> Iterator[IntakeServer]:
         yield running
 
 
-def later(server: IntakeServer, *steps: Any, after: float = 0.0) -> None:
-    server.on_submission(*steps, delay=after)
-
-
-def submitted(server: IntakeServer) -> Any:
-    from keyturn.bus.codec import registry
-
-    return registry().decode_event(server.store.rows[server.latest()].requested_event)
-
-
 async def test_the_function_runs_once_approved_with_its_validated_arguments(server: IntakeServer) -> None:
     heard: list[dict[str, Any]] = []
     async with AsyncKeyturn(server.url, token=AGENT_TOKEN) as kt:
@@ -80,12 +57,12 @@ async def test_the_function_runs_once_approved_with_its_validated_arguments(serv
             server.execute(action_id, "succeeded", {"performed": False}, plugin="noop")
 
         granted.clear()
-        later(server, lambda a: server.decide(a, "needs_approval", groups=("security",)))
-        later(server, approve, after=1.0)
+        server.on_submission(lambda a: server.decide(a, "needs_approval", groups=("security",)))
+        server.on_submission(approve, delay=1.0)
         result = await agent.run("make bob an analyst")
     assert result.output == "tool said: granted analyst to human:bob for 7 days"
     assert granted == [("human:bob", "analyst", 7)]
-    request = submitted(server)
+    request = server.submitted()
     assert request.reason == "bob joins" and request.resource == "iam://staging/roles/analyst"
     assert json.loads(request.parameters_json) == {"principal": "human:bob", "role": "analyst", "days": 7}
     assert [n["approver_groups"] for n in heard] == [["security"]]
@@ -96,7 +73,8 @@ def test_a_refusal_is_what_the_model_reads_and_the_function_never_runs(server: I
         tool = gate_tool(grant_role, kt, "iam.role.grant", resource="iam://prod/roles/{role}", reason="asked")
         agent = Agent(scripted({"principal": "agent:x", "role": "admin"}, asks_reason=False), tools=[tool])
         granted.clear()
-        later(server, lambda a: server.decide(a, "denied", ("admin roles are never granted to unattended agents",)))
+        never = ("admin roles are never granted to unattended agents",)
+        server.on_submission(lambda a: server.decide(a, "denied", never))
         result = agent.run_sync("make x an admin")
     assert granted == []
     assert result.output.startswith("tool said: Keyturn: iam.role.grant was denied by the policy")

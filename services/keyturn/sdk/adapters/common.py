@@ -4,6 +4,7 @@ listeners while people decide), and what the model reads when a call did not go 
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 from keyturn.sdk import errors
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
+from keyturn.sdk.guard import Mode, settle
 from keyturn.sdk.models import Action
 
 log = logging.getLogger("keyturn.sdk.adapters")
@@ -20,6 +22,59 @@ WAITING_EVENT = "keyturn_waiting"
 REASON_FIELD = "reason"  # the argument a gated tool adds, unless the tool has its own
 REASON_HELP = "Why this action is needed, in one or two sentences; the people who approve it read this."
 _NO_RETRY = "Do not call the tool again for this; tell the user."
+_GOVERNED = (
+    "Governed by Keyturn: each call is checked by policy and may wait for a person's approval; a refusal "
+    "comes back with its reasons."
+)
+
+
+def schema_with_reason(schema: dict[str, Any], reason: Any, *, strict: bool = False) -> tuple[dict[str, Any], bool]:
+    """A tool's argument ``schema`` with the required ``reason`` a model must give, unless the tool builds
+    its reason itself (``reason`` given) or has an argument of that name; and whether it has one.
+    ``strict`` schemas (OpenAI's) take no ``minLength``: the adapter checks the reason is not blank."""
+    schema = copy.deepcopy(schema)
+    own_reason = REASON_FIELD in schema.get("properties", {})
+    if reason is None and not own_reason:
+        field: dict[str, Any] = {"type": "string", "description": REASON_HELP}
+        if not strict:
+            field["minLength"] = 1
+        schema["properties"] = {**schema.get("properties", {}), REASON_FIELD: field}
+        schema["required"] = [*schema.get("required", []), REASON_FIELD]
+    return schema, own_reason
+
+
+def governed(description: str | None) -> str:
+    """A gated tool's description: its own, and what the model should expect of it."""
+    return f"{description or ''}\n\n{_GOVERNED}".lstrip()
+
+
+async def governed_call(
+    client: Keyturn | AsyncKeyturn,
+    action: str,
+    built: dict[str, Any],
+    *,
+    mode: Mode,
+    timeout: float | None,
+    notice_after_s: float,
+    on_waiting: Callable[[dict[str, Any]], Any] | None,
+    raise_refusals: bool,
+) -> tuple[bool, Any]:
+    """Submit, wait and settle (``guard.settle``): (run the body?, what the tool answers otherwise); a
+    refusal is the sentence the model reads (``refusal_for_a_model``) unless ``raise_refusals``."""
+    try:
+        done = await call_async(
+            client,
+            action,
+            built,
+            timeout=timeout,
+            notice_after_s=notice_after_s,
+            on_waiting=on_waiting or (lambda notice: None),
+        )
+        return settle(done, mode)
+    except errors.KeyturnError as exc:
+        if raise_refusals:
+            raise
+        return False, refusal_for_a_model(exc, action)
 
 
 def refusal_for_a_model(exc: errors.KeyturnError, action: str) -> str:

@@ -48,6 +48,7 @@ from keyturn.sdk.adapters.common import (
     WAITING_EVENT,
     call_async,
     call_sync,
+    governed,
     refusal_for_a_model,
 )
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
@@ -204,8 +205,7 @@ def _gated(
         func=run_sync,
         coroutine=run_async,
         name=name,
-        description=f"{description}\n\nGoverned by Keyturn: each call is checked by policy and may wait for a "
-        "person's approval; a refusal comes back with its reasons.",
+        description=governed(description),
         args_schema=schema,
         handle_tool_error=True,
     )

@@ -35,16 +35,14 @@ Needs ``openai-agents`` (the SDK's ``openai-agents`` extra).
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from keyturn.sdk import errors
-from keyturn.sdk.adapters.common import REASON_FIELD, REASON_HELP, call_async, refusal_for_a_model
+from keyturn.sdk.adapters.common import REASON_FIELD, REASON_HELP, governed, governed_call, schema_with_reason
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
-from keyturn.sdk.guard import Built, Mode, build_parameters, build_text, settle
+from keyturn.sdk.guard import Built, Mode, build_parameters, build_text
 
 try:
     from agents import FunctionTool, RunContextWrapper
@@ -76,15 +74,8 @@ def gate_tool(
 ) -> FunctionTool:
     """``function`` as an OpenAI Agents function tool behind Keyturn (see the module's documentation)."""
     signature = function_schema(function, name_override=name, description_override=description)
-    schema = copy.deepcopy(signature.params_json_schema)
-    own_reason = REASON_FIELD in schema.get("properties", {})
-    if reason is None and not own_reason:
-        # strict schemas list every property as required and allow no others; the SDK made it so
-        schema["properties"] = {
-            **schema.get("properties", {}),
-            REASON_FIELD: {"type": "string", "description": REASON_HELP},
-        }
-        schema["required"] = [*schema.get("required", []), REASON_FIELD]
+    # the SDK made the schema strict: every property required, no others; the reason joins it so
+    schema, own_reason = schema_with_reason(signature.params_json_schema, reason, strict=True)
 
     async def invoke(context: RunContextWrapper[Any], arguments: str) -> Any:
         try:
@@ -104,20 +95,16 @@ def gate_tool(
             "reason": build_text(reason, "reason", named, (), named) if reason is not None else str(why),
             "parameters": build_parameters(parameters, named, (), named),
         }
-        try:
-            done = await call_async(
-                client,
-                action,
-                built,
-                timeout=timeout,
-                notice_after_s=notice_after_s,
-                on_waiting=on_waiting or (lambda notice: None),
-            )
-            run_body, value = settle(done, mode)
-        except errors.KeyturnError as exc:
-            if raise_refusals:
-                raise
-            return refusal_for_a_model(exc, action)
+        run_body, value = await governed_call(
+            client,
+            action,
+            built,
+            mode=mode,
+            timeout=timeout,
+            notice_after_s=notice_after_s,
+            on_waiting=on_waiting,
+            raise_refusals=raise_refusals,
+        )
         if not run_body:
             return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         if signature.takes_context:
@@ -127,8 +114,7 @@ def gate_tool(
 
     return FunctionTool(
         name=signature.name,
-        description=f"{signature.description or ''}\n\nGoverned by Keyturn: each call is checked by policy and may "
-        "wait for a person's approval; a refusal comes back with its reasons.".lstrip(),
+        description=governed(signature.description),
         params_json_schema=schema,
         on_invoke_tool=invoke,
         strict_json_schema=signature.strict_json_schema,

@@ -35,10 +35,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from keyturn.sdk import errors
-from keyturn.sdk.adapters.common import REASON_FIELD, REASON_HELP, call_async, refusal_for_a_model
+from keyturn.sdk.adapters.common import REASON_FIELD, governed, governed_call, schema_with_reason
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
-from keyturn.sdk.guard import Built, Mode, build_parameters, build_text, settle
+from keyturn.sdk.guard import Built, Mode, build_parameters, build_text
 
 try:
     from pydantic_ai import Tool
@@ -69,14 +68,7 @@ def gate_tool(
 ) -> Tool[Any]:
     """``function`` as a pydantic-ai tool behind Keyturn (see the module's documentation)."""
     original: Tool[Any] = Tool(function, takes_ctx=False, name=name, description=description)
-    schema = dict(original.tool_def.parameters_json_schema)
-    own_reason = REASON_FIELD in schema.get("properties", {})
-    if reason is None and not own_reason:
-        schema["properties"] = {
-            **schema.get("properties", {}),
-            REASON_FIELD: {"type": "string", "minLength": 1, "description": REASON_HELP},
-        }
-        schema["required"] = [*schema.get("required", []), REASON_FIELD]
+    schema, own_reason = schema_with_reason(original.tool_def.parameters_json_schema, reason)
     validate = original.function_schema.validator.validate_python  # the function's own argument validation
 
     async def gated(**arguments: Any) -> Any:
@@ -89,32 +81,22 @@ def gate_tool(
             "reason": build_text(reason, "reason", named, (), named) if reason is not None else str(why),
             "parameters": submitted_parameters,
         }
-        try:
-            done = await call_async(
-                client,
-                action,
-                built,
-                timeout=timeout,
-                notice_after_s=notice_after_s,
-                on_waiting=on_waiting or (lambda notice: None),
-            )
-            run_body, value = settle(done, mode)
-        except errors.KeyturnError as exc:
-            if raise_refusals:
-                raise
-            return refusal_for_a_model(exc, action)
+        run_body, value = await governed_call(
+            client,
+            action,
+            built,
+            mode=mode,
+            timeout=timeout,
+            notice_after_s=notice_after_s,
+            on_waiting=on_waiting,
+            raise_refusals=raise_refusals,
+        )
         if not run_body:
             return value
         answer = function(**named)
         return await answer if inspect.isawaitable(answer) else answer
 
-    return Tool.from_schema(
-        gated,
-        name=original.name,
-        description=f"{original.description or ''}\n\nGoverned by Keyturn: each call is checked by policy and may "
-        "wait for a person's approval; a refusal comes back with its reasons.".lstrip(),
-        json_schema=schema,
-    )
+    return Tool.from_schema(gated, name=original.name, description=governed(original.description), json_schema=schema)
 
 
 _ARGUMENTS = TypeAdapter(dict[str, Any])  # built once, not on every tool call

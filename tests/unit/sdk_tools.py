@@ -1,0 +1,17 @@
+"""A tool body the framework-adapter tests gate: it records each time it really ran."""
+
+from __future__ import annotations
+
+granted: list[tuple[str, str, int]] = []
+
+
+def grant_role(principal: str, role: str = "analyst", days: int = 30) -> str:
+    """Grant a database role to a principal.
+
+    Args:
+        principal: who gets the role
+        role: the role
+        days: how long the grant lasts
+    """
+    granted.append((principal, role, days))
+    return f"granted {role} to {principal} for {days} days"
