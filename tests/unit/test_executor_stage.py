@@ -298,3 +298,20 @@ async def test_a_failure_never_quotes_a_value_the_masked_parameters_hide(caplog)
         assert '"<SECRET>" near "<MASKED>"' in error_text  # what the masked copy shows, and the policy's word
     assert "correct-horse-battery" not in caplog.text and "T-99812" not in caplog.text
     assert "plugin error: ValueError" in caplog.text and "test_executor_stage.py" in caplog.text  # where it broke
+
+
+def test_what_a_failure_may_not_quote_is_each_value_the_masked_copy_hides_never_a_secrets_name() -> None:
+    from keyturn.masking.protect import hidden_values, mask_parameters, without
+
+    clear = {
+        "statement": "SELECT 1",
+        "password": "correct-horse-battery",
+        "headers": {"Authorization": "Bearer kt-3f9a1c"},
+        "connection_string": {"secret": "ledger-db"},  # a reference: its name is what errors name
+        "ticket": "T-99812",
+        "n": 7,
+    }
+    hidden = hidden_values(clear, mask_parameters(clear), ("parameters.ticket",))
+    assert hidden == {"correct-horse-battery": "<SECRET>", "Bearer kt-3f9a1c": "<SECRET>", "T-99812": "<MASKED>"}
+    text = "secret 'ledger-db' holds no DSN; near 'T-99812', password correct-horse-battery; 7 rows"
+    assert without(text, hidden) == "secret 'ledger-db' holds no DSN; near '<MASKED>', password <SECRET>; 7 rows"

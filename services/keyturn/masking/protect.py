@@ -16,6 +16,7 @@ from typing import Any
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionRequested, Digest, SealedParameters
 from keyturn.masking.sealing import Keyring, SealError, open_sealed, seal_parameters
+from keyturn.secret_store import is_reference
 
 
 class ParametersUnavailable(SealError):
@@ -121,6 +122,8 @@ def hidden_values(clear: Any, masked: Any, mask: tuple[str, ...] | list[str] = (
     found: dict[str, str] = {}
 
     def leaves(value: Any, shown: str) -> None:
+        if is_reference(value):
+            return  # a secret's name, which errors name (the executor redacts the value it resolves to)
         if isinstance(value, Mapping):
             for item in value.values():
                 leaves(item, shown)
@@ -131,6 +134,8 @@ def hidden_values(clear: Any, masked: Any, mask: tuple[str, ...] | list[str] = (
             found.setdefault(str(value), shown)
 
     def compare(plain: Any, shown: Any) -> None:
+        if is_reference(plain):
+            return  # as in leaves
         if isinstance(plain, Mapping) and isinstance(shown, Mapping):
             for key, item in plain.items():
                 compare(item, shown.get(key))
