@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from keyturn.executor.plugins.sql_roles import ROLE_PREFIX, role_name_for, scram_sha256_verifier
+from keyturn.executor.plugins.sql_roles import ROLE_PREFIX, SCRAM_ITERATIONS, role_name_for, scram_sha256_verifier
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
 
 
@@ -108,8 +108,8 @@ def test_the_scram_verifier_is_what_postgresql_would_store_and_hides_the_passwor
     method, _, rest = verifier.partition("$")
     iterations_salt, _, keys = rest.partition("$")
     stored_key, _, server_key = keys.partition(":")
-    assert method == "SCRAM-SHA-256" and iterations_salt == f"4096:{base64.b64encode(salt).decode()}"
-    salted = hashlib.pbkdf2_hmac("sha256", b"pencil", salt, 4096)
+    assert method == "SCRAM-SHA-256" and iterations_salt == f"{SCRAM_ITERATIONS}:{base64.b64encode(salt).decode()}"
+    salted = hashlib.pbkdf2_hmac("sha256", b"pencil", salt, SCRAM_ITERATIONS)
     client_key = hmac.new(salted, b"Client Key", "sha256").digest()
     assert base64.b64decode(stored_key) == hashlib.sha256(client_key).digest()
     assert base64.b64decode(server_key) == hmac.new(salted, b"Server Key", "sha256").digest()
