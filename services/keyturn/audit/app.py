@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from keyturn.audit.keys import load_signer
 from keyturn.audit.stream import read_audit_tail
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
-from keyturn.bus.loop import KafkaSource, Stage, held_fetches, run
+from keyturn.bus.loop import KafkaSource, Stage, run
 from keyturn.bus.publisher import kafka_publisher
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
@@ -117,7 +117,9 @@ class AuditService:
             # a worker that starts while a restarted broker has not listed the topics yet finds
             # them at its next metadata refresh
             metadata_max_age_ms=10_000,
-            **held_fetches(BATCH_WITHIN_MS),
+            # fetches answered as records arrive (not held for more, as followers' are): one fetch
+            # holding a vote and its resolution hands them over by partition, not in the order the
+            # approval service published them, and the chain would record the resolution first
         )
         await until_done(consumer.start, "audit: joining the consumer group")
         try:
