@@ -8,6 +8,7 @@ tests/artifacts/console.png of the action page after the approval.
 from __future__ import annotations
 
 import re
+import uuid
 
 import httpx
 import pytest
@@ -118,4 +119,42 @@ def test_a_page_for_an_approval_not_open_yet_reloads_itself_then_says_none_is_on
     page.wait_for_url(re.compile(r"waited=\d+$"), timeout=5_000)  # it reloads itself, as Retry-After says
     page.wait_for_selector("text=No approval for", timeout=20_000)  # bounded: then it says so
     assert "waited 10 s" in page.content()
+    page.close()
+
+
+def test_a_break_glass_use_is_reviewed_from_the_inbox_after_the_fact(browser, settings) -> None:
+    incident = f"INC-{uuid.uuid4().hex[:6]}"
+    responder = Agent(settings, "agent:incident-bot", ("human:erin",))
+    action_id = responder.submit_ok(
+        "iam.role.grant",
+        "iam://prod/roles/incident-responder",
+        {"principal": "bob", "role": "incident-responder", "break_glass": True, "incident_id": incident},
+        reason="checkout is down; on call needs the role",
+    )
+    assert responder.wait(action_id)["state"] == "succeeded"  # it ran without approval
+    page = browser.new_page()
+
+    # the person the agent acted for cannot review it, and is not asked to
+    sign_in(page, settings, "erin")
+    assert action_id not in page.content()
+    page.goto(f"{settings.approval_url}/console/actions/{action_id}")
+    assert "cannot review it" in page.inner_text("#why-not") and page.query_selector("#deny") is None
+
+    # a security member finds it in the inbox, among the uses awaiting review
+    sign_in(page, settings, "carol")
+    page.click(f"#reviews a[href='/console/actions/{action_id}']")
+    page.wait_for_url(re.compile(action_id))
+    assert page.inner_text("#status") == "break_glass" and incident in page.inner_text("#break-glass")
+    assert "allowed without approval under break-glass" in page.inner_text("#timeline")
+    page.click("#deny")  # an objection needs a reason: refused in the page, nothing recorded
+    assert "needs a reason" in page.inner_text("#error")
+    page.fill("#reason", "the role outlived the incident")
+    page.click("#deny")
+    page.wait_for_url(re.compile(r"done=review-deny"))
+    assert "Your review was recorded: you objected." in page.content()
+    assert "human:carol objected via console: the role outlived the incident" in page.inner_text("#timeline")
+    assert "You have already reviewed this action." in page.inner_text("#why-not")
+
+    page.goto(f"{settings.approval_url}/console")  # reviewed: it leaves every inbox
+    assert action_id not in page.content()
     page.close()

@@ -272,6 +272,11 @@ class InMemoryApprovalStore:
     async def vote_history(self, action_id: str) -> list[bytes]:
         return [vote for owner, _, vote in self.tables.votes if owner == action_id]
 
+    async def break_glass_unreviewed(self, limit: int = 100) -> list[tuple[str, bytes]]:
+        """As the PostgreSQL store: noted order stands for ``noticed_at``."""
+        reviewed = {owner for owner, accepted, _ in self.tables.votes if accepted}
+        return [(a, event) for a, event in self.tables.break_glass.items() if a not in reviewed][:limit]
+
     async def notifications_of(self, action_id: str) -> list[tuple[str, str, str, str, str, datetime | None]]:
         return [
             (channel, target, kind, occasion, "pending", None)

@@ -317,6 +317,29 @@ async def test_a_break_glass_review_is_taken_once_per_reviewer() -> None:
     assert [r.accepted for r in d.published(events.VoteRecorded)] == [True, False]
 
 
+async def test_a_break_glass_use_waits_for_its_reviewers_until_one_reviews_it() -> None:
+    d = Desk()
+    decided = await opened(d, break_glass=True)  # requested by agent:reporter for human:alice (a security member)
+    other = await opened(d, break_glass=True)
+
+    assert [v["action_id"] for v in await d.desk.reviews_due(CAROL)] == [decided.action_id, other.action_id]
+    assert await d.desk.reviews_due(ALICE) == []  # her own chain asked: never hers to review
+    assert await d.desk.reviews_due(BOB) == []  # not a reviewer
+    assert await d.desk.may_review(ALICE, decided.action_id) == (
+        False,
+        "You are in the chain that asked for this action, so you cannot review it.",
+    )
+    may, why = await d.desk.may_review(BOB, decided.action_id)
+    assert not may and why.startswith("Only members of security")
+    may, why = await d.desk.may_review(CAROL, decided.action_id)
+    assert may and why.startswith("You review for security")
+
+    assert (await vote(d, decided, CAROL)).accepted
+    assert [v["action_id"] for v in await d.desk.reviews_due(DAVE)] == [other.action_id]  # one review suffices
+    assert await d.desk.may_review(CAROL, decided.action_id) == (False, "You have already reviewed this action.")
+    assert (await d.desk.may_review(CAROL, "no-such-action"))[0] is False
+
+
 async def test_a_break_glass_review_by_the_requester_chain_or_a_non_member_is_refused_and_recorded() -> None:
     d = Desk()
     decided = await opened(d, break_glass=True)  # requested by agent:reporter for human:alice (a security member)

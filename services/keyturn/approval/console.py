@@ -138,7 +138,8 @@ def mount_console(
                 decided_states.append((decided, pending_state(decided, full)))
         verdicts = await asyncio.gather(*(console.may_decide(desk, approver, d, s) for d, s in decided_states))
         items = [_item(d, s) for (d, s), (may, _) in zip(decided_states, verdicts, strict=False) if may]
-        return console.render("inbox.html", approver=approver, items=items, csrf=console.csrf(token))
+        reviews = await desk.reviews_due(approver)
+        return console.render("inbox.html", approver=approver, items=items, reviews=reviews, csrf=console.csrf(token))
 
     @app.get("/console/sign-in", response_class=HTMLResponse, include_in_schema=False)
     async def sign_in_page(request: Request, error: str = "") -> Response:
@@ -274,7 +275,8 @@ def mount_console(
                 error=f"{result.refusal}: {result.message}",
                 status=REFUSAL_STATUS.get(result.refusal or "", 409),
             )
-        return RedirectResponse(f"/console/actions/{quote(action_id)}?done={choice}", status_code=303)
+        done = f"review-{choice}" if result.status == "break_glass" else choice
+        return RedirectResponse(f"/console/actions/{quote(action_id)}?done={done}", status_code=303)
 
     return console
 
@@ -312,16 +314,14 @@ async def _action_page(
         )
         response.headers["Retry-After"] = str(early.retry_after_s)
         return response
-    if found is None:
-        return console.render(
-            "missing.html", 404, approver=approver, action_id=action_id, csrf=console.csrf(token), waited=0
-        )
-    decided, state = found
     view = await desk.view(action_id)
     if view is None:  # desk.approval found it just above, and approval rows are never deleted
         raise RuntimeError(f"approval {action_id} vanished while shown")
+    if found is None:  # allowed without approval under break-glass: an answer is its review
+        may, why = await desk.may_review(approver, action_id)
+    else:
+        may, why = await console.may_decide(desk, approver, *found)
     history = [registry().decode_event(v) for v in await desk.store.vote_history(action_id)]
-    may, why = await console.may_decide(desk, approver, decided, state)
     return console.render(
         "action.html",
         status,
@@ -364,7 +364,12 @@ def _item(decided: Any, state: Any) -> dict[str, Any]:
 
 
 def _notice(done: str) -> str:
-    return {"approve": "Your approval was recorded.", "deny": "Your denial was recorded."}.get(done, "")
+    return {
+        "approve": "Your approval was recorded.",
+        "deny": "Your denial was recorded.",
+        "review-approve": "Your review was recorded: no objection.",
+        "review-deny": "Your review was recorded: you objected.",
+    }.get(done, "")
 
 
 def _pretty(parameters: Any) -> str:

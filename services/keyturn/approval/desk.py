@@ -467,11 +467,7 @@ class ApprovalDesk:
         action_id = decided.action_id
         reviewer_groups, counts_for = await self._reviewers(reviewer, decided, action_id)
         vote = self._vote_of(reviewer, choice, payload_digest, now, reason, channel, counts_for)
-        earlier = tuple(
-            recorded.vote
-            for recorded in (registry().decode_event(encoded) for encoded in await self.store.vote_history(action_id))
-            if isinstance(recorded, VoteRecorded) and recorded.accepted
-        )
+        earlier = await self._reviews(action_id)
         refusal = rules.review_refusal(
             action_id=action_id,
             action=decided.request.action,
@@ -492,6 +488,45 @@ class ApprovalDesk:
             f"It ran without approval, so nothing else changes ({reviewers} review(s) on record)."
         )
         return VoteResult(action_id, True, "break_glass", summary)
+
+    async def may_review(self, reviewer: Principal, action_id: str) -> tuple[bool, str]:
+        """Whether ``reviewer`` could review this break-glass action now, and if not, why: what a page
+        shows instead of its buttons (an answer is still judged by ``_review``'s rules when it comes)."""
+        encoded = await self.store.break_glass_decision(action_id)
+        if encoded is None:
+            return False, "No break-glass use is on record for this action."
+        decided = registry().decode_event(encoded)
+        if reviewer.everyone & decided.request.requester.everyone:
+            return False, "You are in the chain that asked for this action, so you cannot review it."
+        if any(vote.approver.id == reviewer.id for vote in await self._reviews(action_id)):
+            return False, "You have already reviewed this action."
+        try:
+            groups, counts_for = await self._reviewers(reviewer, decided, action_id)
+        except DeskUnavailable:
+            return False, "The policy engine is unavailable, so nobody can review right now."
+        if not counts_for:
+            return False, f"Only members of {', '.join(groups)} review break-glass uses."
+        return True, (
+            f"You review for {', '.join(counts_for)}. It already ran: no objection, or an objection, goes on "
+            "the audit record; nothing is undone."
+        )
+
+    async def reviews_due(self, reviewer: Principal, limit: int = 50) -> list[dict[str, Any]]:
+        """Break-glass uses nobody has reviewed yet that ``reviewer`` may review, oldest first (views)."""
+        due = []
+        for action_id, encoded in await self.store.break_glass_unreviewed(limit):
+            may, _ = await self.may_review(reviewer, action_id)
+            if may:
+                due.append(break_glass_view(registry().decode_event(encoded)))
+        return due
+
+    async def _reviews(self, action_id: str) -> tuple[Vote, ...]:
+        """The reviews accepted so far for a break-glass action."""
+        return tuple(
+            recorded.vote
+            for recorded in (registry().decode_event(encoded) for encoded in await self.store.vote_history(action_id))
+            if isinstance(recorded, VoteRecorded) and recorded.accepted
+        )
 
     async def _reviewers(
         self, reviewer: Principal, decided: ActionDecided, action_id: str

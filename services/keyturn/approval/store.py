@@ -298,6 +298,17 @@ class ApprovalStore:
             )
             return [bytes(r[0]) for r in await cur.fetchall()]
 
+    async def break_glass_unreviewed(self, limit: int = 100) -> list[tuple[str, bytes]]:
+        """Break-glass uses no review was accepted for yet, oldest first: (action id, decision)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                """SELECT b.action_id, b.decided_event FROM approval_break_glass b
+                   WHERE NOT EXISTS (SELECT 1 FROM approval_votes v WHERE v.action_id = b.action_id AND v.accepted)
+                   ORDER BY b.noticed_at LIMIT %s""",
+                (limit,),
+            )
+            return [(r[0], bytes(r[1])) for r in await cur.fetchall()]
+
     @staticmethod
     async def record_vote(conn: AsyncConnection, action_id: str, accepted: bool, vote_event: bytes) -> None:
         await conn.execute(

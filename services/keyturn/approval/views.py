@@ -154,11 +154,21 @@ def requester_line(requester: str, acting_for: list[str]) -> str:
     return f"{requester} for {' for '.join(acting_for)}" if acting_for else requester
 
 
+# what an accepted answer says in a timeline: (a break-glass review?, approve?) → verb
+_VERBS = {
+    (False, True): "approved",
+    (False, False): "denied",
+    (True, True): "reviewed it: no objection",
+    (True, False): "objected",
+}
+
+
 def timeline(
     view: dict[str, Any], recorded_votes: list[VoteRecorded], notifications: list[tuple]
 ) -> list[dict[str, str]]:
     """What happened to an approval, in order: request, opening, every answer (refused ones too),
     reminders and escalation messages, the outcome."""
+    review = bool(view.get("break_glass"))  # it ran without approval: answers are its reviews
     entries = [
         {
             "at": view["requested_at"],
@@ -166,6 +176,13 @@ def timeline(
             "kind": "requested",
         },
         {
+            "at": view["requested_at"],
+            "what": f"allowed without approval under break-glass (incident {view.get('incident_id') or '?'}): "
+            "a review after the fact is mandatory",
+            "kind": "break_glass",
+        }
+        if review
+        else {
             "at": view["opened_at"],
             "what": "waiting for " + ", ".join(f"{g['name']} ×{g['need']}" for g in view["groups"]),
             "kind": "opened",
@@ -174,7 +191,8 @@ def timeline(
     for recorded in recorded_votes:
         vote = recorded.vote
         if recorded.accepted:
-            what = f"{vote.approver.id} {'approved' if vote.choice.value == 'approve' else 'denied'} via {vote.channel}"
+            verb = _VERBS[review, vote.choice.value == "approve"]
+            what = f"{vote.approver.id} {verb} via {vote.channel}"
             what += f": {vote.reason}" if vote.reason else ""
         else:
             what = f"refused answer from {vote.approver.id} via {vote.channel} ({recorded.refusal})"
