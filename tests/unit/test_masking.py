@@ -149,6 +149,8 @@ def test_a_luhn_invalid_card_number_is_not_a_card(masker):
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         "registry.example/app@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
         "ORD-16847292",
+        "/v1/exports/07439150-ba24-4dfd-a946-753533c03ff2",  # an action id whose first group reads as a phone
+        "action 16487059-1234-5678-9abc-def012345678 ended",
         "INV-2024-0042",
         "Quarterly revenue grew 12.5% to 4,250,000 EUR",
         "api-7d9f8c6b5-x2x4z",

@@ -25,11 +25,13 @@ _TIME = r"(?:[T ](?:[01]?\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:[.,]\d+)?)?(?:Z|[+-]\d\
 
 #: Numbers that are no phone number, so a core overlapping one does not count: dates with
 #: an optional time (``2024-05-01 10:00``, ``05.10.2024``, ``10/05/2024``), Unix times in
-#: seconds or milliseconds (2017-2033, unseparated), dotted quads (IPv4) and SSN-shaped
-#: ``ddd-dd-dddd``; see also :func:`not_phone_spans` for card-length runs.
-# Each alternative starts with a digit; the leading (?=\d) lets the engine skip to digits.
+#: seconds or milliseconds (2017-2033, unseparated), dotted quads (IPv4), SSN-shaped
+#: ``ddd-dd-dddd`` and UUIDs (an action id such as ``12345678-ba24-…`` in a download path);
+#: see also :func:`not_phone_spans` for card-length runs.
+# Each alternative but the UUID starts with a digit; the leading (?=\d) lets the engine skip to digits.
 _NOT_PHONE = regex.compile(
-    r"(?=\d)(?:"
+    r"(?<![\w-])[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}(?![\w-])"
+    r"|(?=\d)(?:"
     rf"(?<!\d){_YEAR}(?P<s1>[-/.]){_MONTH}(?P=s1){_DAY}{_TIME}(?!\d)"
     rf"|(?<!\d){_DAY}(?P<s2>[-/.]){_DAY}(?P=s2){_YEAR}{_TIME}(?!\d)"
     r"|(?<![\d.+])1[5-9]\d{8}(?:\d{3})?(?![\d.])"
