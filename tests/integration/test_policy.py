@@ -74,6 +74,9 @@ class IsolatedPolicyStack:
         self.settings = dataclasses.replace(
             base_settings,
             namespace=f"kt{secrets.token_hex(4)}",
+            # ports of its own: a worker here holding the session's metrics port would answer for it
+            policy_metrics_port=free_port(),
+            audit_metrics_port=free_port(),
             opa_url=f"http://127.0.0.1:{self.opa_port}",
             policy_unavailable_after_s=4.0,
             opa_retries=1,
