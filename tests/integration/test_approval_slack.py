@@ -517,9 +517,30 @@ def test_break_glass_runs_without_approval_tells_every_approver_channel_and_is_f
             and "INC-4242" in message.all_text()
             and "mandatory review" in message.all_text()
         )
-        assert not message.buttons()
+        assert message.buttons()  # the review's answers: No objection / Object…
     decided = audit_records(chat, action_id, "ActionDecided")
     assert decided and {"break_glass", "mandatory_review"} <= set(decided[0].flags)
+
+    # a security member reviews it where the notice is: an objection asks why, then counts
+    notice = message_in(slack, action_id, "C0SECURITY")
+    assert interact(chat, *slack.signed(slack.click(notice, "keyturn_deny", "U0CAROL"))).status_code == 200
+    modal = slack.views[-1]
+    assert modal["title"]["text"] == "Object to break-glass" and action_id in modal["private_metadata"]
+    answer = interact(chat, *slack.signed(slack.submit(modal, "U0CAROL", "the role outlived the incident")))
+    assert answer.status_code == 200 and not answer.content, answer.text
+    assert eventually(
+        lambda: any("review of break-glass action" in e["text"] and e["user"] == "U0CAROL" for e in slack.ephemeral)
+    )
+
+    def objections() -> list:
+        recorded = [json.loads(r.payload_json) for r in audit_records(chat, action_id, "VoteRecorded", timeout=1)]
+        return [v for v in recorded if v["accepted"] and v["vote"]["reason"] == "the role outlived the incident"]
+
+    assert eventually(objections, timeout=30), "the objection is on the audit record"
+    # a second click by the same reviewer is refused (each reviews once), and told why
+    assert interact(chat, *slack.signed(slack.click(notice, "keyturn_approve", "U0CAROL"))).status_code == 200
+    assert eventually(lambda: any("DuplicateVote" in e["text"] for e in slack.ephemeral if e["user"] == "U0CAROL"))
+    assert agent.status(action_id)["state"] == "succeeded"  # it already ran: a review undoes nothing
 
 
 # --- reminders, escalation, expiry (decisions with short clocks, as the policy service would publish them) ---

@@ -184,6 +184,37 @@ def test_deny_needs_a_reason_typed_on_the_card(chat, agent, teams) -> None:
     assert agent.wait(action_id)["state"] == "denied"
 
 
+def test_a_break_glass_use_is_reviewed_on_its_card(chat, teams) -> None:
+    responder = Agent(chat, "agent:incident-bot", ("human:erin",))
+    action_id = responder.submit_ok(
+        "iam.role.grant",
+        "iam://prod/roles/incident-responder",
+        {"principal": "bob", "role": "incident-responder", "break_glass": True, "incident_id": "INC-7331"},
+        reason="checkout is down; on call needs the role",
+    )
+    assert responder.wait(action_id)["state"] == "succeeded"  # it ran without approval
+    card = card_for(teams, action_id)
+    assert "INC-7331" in card.all_text() and "mandatory review" in card.all_text()
+    assert [(a["title"], a["verb"]) for a in card.actions()] == [("No objection", "approve"), ("Object", "deny")]
+
+    asked = click(chat, teams, card, "deny", "29:carol")  # an objection needs a reason: nothing recorded
+    assert "An objection needs a reason" in json.dumps(asked["value"])
+    objected = click(chat, teams, card, "deny", "29:carol", reason="the role outlived the incident")
+    assert "Recorded as the review of break-glass action" in json.dumps(objected["value"])
+    assert eventually(
+        lambda: [
+            r
+            for r in audit_of(chat, action_id, "VoteRecorded")
+            if json.loads(r.payload_json)["accepted"]
+            and json.loads(r.payload_json)["vote"]["reason"] == "the role outlived the incident"
+        ],
+        timeout=30,
+    ), "the objection is on the audit record"
+    again = click(chat, teams, card, "approve", "29:carol")  # each reviewer reviews once
+    assert "DuplicateVote" in json.dumps(again["value"])
+    assert responder.status(action_id)["state"] == "succeeded"  # a review undoes nothing
+
+
 @pytest.mark.parametrize("case", ["no token", "foreign key", "wrong audience", "expired", "wrong service url"])
 def test_unauthenticated_bot_requests_are_refused_and_counted_not_recorded(chat, agent, teams, case) -> None:
     action_id = grant(agent, "auditor")

@@ -108,10 +108,32 @@ def test_the_deny_modal_remembers_the_action_and_digest_it_was_opened_for() -> N
     assert modal["blocks"][-1]["block_id"] == slack_messages.REASON_BLOCK
 
 
-def test_break_glass_notices_name_the_incident_and_the_review_and_offer_no_buttons() -> None:
-    message = slack_messages.break_glass_message(view(summary="Break-glass by agent:reporter for human:alice"))
+def test_break_glass_notices_name_the_incident_and_offer_the_review_answers() -> None:
+    shown = view(status="break_glass", break_glass=True, summary="Break-glass by agent:reporter for human:alice")
+    message = slack_messages.break_glass_message(shown)
     assert "INC-1" in texts(message) and "mandatory review" in texts(message)
-    assert not [b for b in message["blocks"] if b["type"] == "actions"]
+    [answers] = [b for b in message["blocks"] if b["type"] == "actions"]
+    assert [(e["action_id"], e["text"]["text"]) for e in answers["elements"]] == [
+        (slack_messages.APPROVE, "No objection"),
+        (slack_messages.DENY, "Object…"),
+    ]
+    assert all(
+        json.loads(e["value"]) == {"action_id": shown["action_id"], "payload_digest": shown["payload_digest"]}
+        for e in answers["elements"]
+    )  # bound to the action and the parameters shown, as an approval's
+    modal = slack_messages.deny_modal(shown, channel="C0SEC", message_ts="1.2")
+    assert modal["title"]["text"] == "Object to break-glass" and modal["submit"]["text"] == "Object"
+    assert "audit record" in texts(modal)
+
+    card = teams_cards.card_json(teams_cards.break_glass_card(shown))
+    assert [(a["title"], a["verb"], a["data"]["payload_digest"]) for a in card["actions"]] == [
+        ("No objection", "approve", shown["payload_digest"]),
+        ("Object", "deny", shown["payload_digest"]),
+    ]
+    assert any(e.get("type") == "Input.Text" and e["id"] == teams_cards.REASON_INPUT for e in card["body"])
+    assert card["refresh"]["action"]["verb"] == teams_cards.REFRESH
+    counted = teams_cards.card_json(teams_cards.break_glass_card(shown, notice="Recorded as the review of …"))
+    assert "Recorded as the review of" in texts(counted)
 
 
 # --- Teams cards ------------------------------------------------------------------------------------

@@ -273,7 +273,7 @@ async def _button(desk: ApprovalDesk, slack: SlackChannel, click: Interaction) -
         return Response(status_code=200)
     if choice == "deny":
         view = await desk.view(action_id)
-        if view is not None and view["status"] == "pending" and click.trigger_id:
+        if view is not None and view["status"] in ("pending", "break_glass") and click.trigger_id:
             await slack.open_deny_modal(click.trigger_id, view, channel=click.channel, message_ts=click.message_ts)
             return Response(status_code=200)
     try:
@@ -285,6 +285,8 @@ async def _button(desk: ApprovalDesk, slack: SlackChannel, click: Interaction) -
         await slack.tell_user(
             click.channel, click.user, f":warning: Your answer was not applied — {result.refusal}: {result.message}"
         )
+    elif result.status == "break_glass":  # a review changes no message: the reviewer is told it counted
+        await slack.tell_user(click.channel, click.user, f":white_check_mark: {result.summary}")
     return Response(status_code=200)
 
 
@@ -314,6 +316,8 @@ async def _deny_submitted(desk: ApprovalDesk, slack: SlackChannel, submitted: In
         return JSONResponse(
             {"response_action": "errors", "errors": {blocks.REASON_BLOCK: f"{result.refusal}: {result.message}"[:2000]}}
         )
+    if result.status == "break_glass":
+        await slack.tell_user(submitted.channel, submitted.user, f":white_check_mark: {result.summary}")
     return Response(status_code=200)
 
 

@@ -136,6 +136,26 @@ def break_glass_message(view: dict[str, Any]) -> dict[str, Any]:
         _section(f"*Reason*\n{escape(view['reason'])}"),
         _section(f"*Parameters* (masked)\n```{escape(_parameters(view['parameters']))}```"),
         {"type": "context", "elements": [{"type": "mrkdwn", "text": f"action `{escape(view['action_id'])}`"}]},
+        {
+            # a reviewer's answer: recorded as the review (an objection asks why first), nothing is undone
+            "type": "actions",
+            "block_id": "keyturn_review",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": APPROVE,
+                    "value": button_value(view),
+                    "text": {"type": "plain_text", "text": "No objection"},
+                },
+                {
+                    "type": "button",
+                    "action_id": DENY,
+                    "style": "danger",
+                    "value": button_value(view),
+                    "text": {"type": "plain_text", "text": "Object…"},
+                },
+            ],
+        },
     ]
     return {
         "text": f"Break-glass: {view['action']} on {view['resource']} (incident {incident}), mandatory review"[
@@ -161,7 +181,9 @@ def escalation_reply(view: dict[str, Any]) -> str:
 
 
 def deny_modal(view: dict[str, Any], *, channel: str, message_ts: str) -> dict[str, Any]:
-    """The modal that asks a denier why; the digest shown rides in private_metadata."""
+    """The modal that asks a denier (or a break-glass reviewer who objects) why; the digest shown rides
+    in private_metadata."""
+    review = bool(view.get("break_glass"))
     metadata = {
         "action_id": view["action_id"],
         "payload_digest": view["payload_digest"],
@@ -172,8 +194,8 @@ def deny_modal(view: dict[str, Any], *, channel: str, message_ts: str) -> dict[s
         "type": "modal",
         "callback_id": DENY_MODAL,
         "private_metadata": json.dumps(metadata, separators=(",", ":")),
-        "title": {"type": "plain_text", "text": "Deny action"},
-        "submit": {"type": "plain_text", "text": "Deny"},
+        "title": {"type": "plain_text", "text": "Object to break-glass" if review else "Deny action"},
+        "submit": {"type": "plain_text", "text": "Object" if review else "Deny"},
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
             _section(
@@ -183,7 +205,10 @@ def deny_modal(view: dict[str, Any], *, channel: str, message_ts: str) -> dict[s
             {
                 "type": "input",
                 "block_id": REASON_BLOCK,
-                "label": {"type": "plain_text", "text": "Why? The requester will see this."},
+                "label": {
+                    "type": "plain_text",
+                    "text": "Why? It goes on the audit record." if review else "Why? The requester will see this.",
+                },
                 "element": {
                     "type": "plain_text_input",
                     "action_id": REASON_BLOCK,

@@ -518,11 +518,13 @@ class ApprovalStore:
             return (row[0], row[1], row[2]) if row else None
 
     async def actions_shown_in(self, channel: str, remote_ref: str) -> list[str]:
-        """The actions whose approval message (with Approve / Deny) went out on ``channel`` as ``remote_ref``."""
+        """The actions whose message with answer buttons (an approval's Approve / Deny, a break-glass
+        notice's No objection / Object) went out on ``channel`` as ``remote_ref``."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 """SELECT DISTINCT action_id FROM approval_notifications
-                   WHERE channel = %s AND remote_ref = %s AND state = 'delivered' AND kind IN ('opened', 'escalated')
+                   WHERE channel = %s AND remote_ref = %s AND state = 'delivered'
+                     AND kind IN ('opened', 'escalated', 'break_glass')
                    ORDER BY action_id""",
                 (channel, remote_ref),
             )

@@ -299,12 +299,16 @@ class TeamsChannel:
         reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
         if choice == "deny" and reason is None and view is not None and view["status"] == "pending":
             return _card(view, "A denial needs a reason; the requester will see it. Nothing was recorded.")
+        if choice == "deny" and reason is None and view is not None and view["status"] == "break_glass":
+            return _card(view, "An objection needs a reason; it goes on the audit record. Nothing was recorded.")
         try:
             result = await desk.vote(action_id, approver, choice, digest, reason, "teams")
         except DeskUnavailable as unavailable:
             return _card(view, str(unavailable)) if view else _message(str(unavailable))
         view = await desk.view(action_id)
         problem = None if result.accepted else f"Your answer was not applied — {result.refusal}: {result.message}"
+        if view is not None and view["status"] == "break_glass" and result.accepted:
+            return AdaptiveCardActionCardResponse(value=cards.break_glass_card(view, notice=result.summary))
         return _card(view, problem) if view else _message(problem or "")
 
     async def _principal_of(self, ctx: Any, conversation: str) -> Principal:
@@ -338,6 +342,8 @@ def _account(user: Any) -> Principal:
 
 
 def _card(view: dict[str, Any], problem: str | None = None) -> AdaptiveCardActionCardResponse:
+    if view["status"] == "break_glass":
+        return AdaptiveCardActionCardResponse(value=cards.break_glass_card(view, problem=problem))
     return AdaptiveCardActionCardResponse(value=cards.approval_card(view, problem=problem))
 
 

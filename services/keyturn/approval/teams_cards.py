@@ -93,23 +93,42 @@ def approval_card(view: dict[str, Any], *, headline: str | None = None, problem:
     )
 
 
-def break_glass_card(view: dict[str, Any]) -> AdaptiveCard:
-    """The notice every approver conversation gets when an action ran on break-glass."""
+def break_glass_card(view: dict[str, Any], *, notice: str | None = None, problem: str | None = None) -> AdaptiveCard:
+    """The notice every approver conversation gets when an action ran on break-glass, with the
+    reviewer's answers: No objection / Object (an objection needs a reason), recorded as the review.
+    ``notice`` tells the reviewer their review counted; ``problem``, in red, why it did not."""
+    data = {"action_id": view["action_id"], "payload_digest": view["payload_digest"]}
+    body: list[Any] = [
+        TextBlock(text=f"Break-glass: {view['action']}", weight="Bolder", size="Medium", color="Attention", wrap=True),
+        TextBlock(text=f"{view['summary']}. Incident {view.get('incident_id') or 'not given'}.", wrap=True),
+        FactSet(
+            facts=[
+                Fact(title="Resource", value=view["resource"]),
+                Fact(title="Requested by", value=requester_line(view["requester"], view["acting_for"])),
+            ]
+        ),
+        TextBlock(text=f"Reason: {view['reason']}", wrap=True),
+        TextBlock(text=_parameters(view["parameters"]), wrap=True, font_type="Monospace"),
+    ]
+    if notice:
+        body.append(TextBlock(text=notice, wrap=True, weight="Bolder"))
+    if problem:
+        body.append(TextBlock(text=problem, wrap=True, color="Attention"))
+    body.append(
+        TextInput(
+            id=REASON_INPUT,
+            label="Reason (required to object; it goes on the audit record)",
+            is_multiline=True,
+            max_length=2000,
+        )
+    )
     return AdaptiveCard(
-        body=[
-            TextBlock(
-                text=f"Break-glass: {view['action']}", weight="Bolder", size="Medium", color="Attention", wrap=True
-            ),
-            TextBlock(text=f"{view['summary']}. Incident {view.get('incident_id') or 'not given'}.", wrap=True),
-            FactSet(
-                facts=[
-                    Fact(title="Resource", value=view["resource"]),
-                    Fact(title="Requested by", value=requester_line(view["requester"], view["acting_for"])),
-                ]
-            ),
-            TextBlock(text=f"Reason: {view['reason']}", wrap=True),
-            TextBlock(text=_parameters(view["parameters"]), wrap=True, font_type="Monospace"),
+        body=body,
+        actions=[
+            ExecuteAction(title="No objection", verb=APPROVE, data=data),
+            ExecuteAction(title="Object", verb=DENY, data=data, style="destructive"),
         ],
+        refresh=RefreshDefinition(action=ExecuteAction(verb=REFRESH, data=data)),
         fallback_text=f"Break-glass: {view['action']} on {view['resource']}, mandatory review",
     )
 
