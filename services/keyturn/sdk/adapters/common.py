@@ -8,12 +8,12 @@ import copy
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from keyturn.sdk import errors
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
-from keyturn.sdk.guard import Mode, settle
+from keyturn.sdk.guard import Built, Mode, build_parameters, build_text, settle
 from keyturn.sdk.models import Action
 
 log = logging.getLogger("keyturn.sdk.adapters")
@@ -41,6 +41,31 @@ def schema_with_reason(schema: dict[str, Any], reason: Any, *, strict: bool = Fa
         schema["properties"] = {**schema.get("properties", {}), REASON_FIELD: field}
         schema["required"] = [*schema.get("required", []), REASON_FIELD]
     return schema, own_reason
+
+
+def take_reason(given: dict[str, Any], own_reason: bool) -> Any:
+    """The reason the model gave among a call's arguments ``given``: taken out of them, unless it is
+    one of the tool's own arguments (then it stays, and is the submitted reason too)."""
+    return given.get(REASON_FIELD) if own_reason else given.pop(REASON_FIELD, None)
+
+
+def built_request(
+    resource: Built,
+    reason: Built | None,
+    parameters: Sequence[str] | Callable[..., Any] | None,
+    named: dict[str, Any],
+    why: Any,
+    *,
+    values: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a gated call submits, from its validated arguments ``named``: the resource and reason
+    built from them (the model's ``why`` when the tool builds no reason), and the parameters (built
+    from ``values``, the arguments as JSON, when ``named`` holds other Python values)."""
+    return {
+        "resource": build_text(resource, "resource", named, (), named),
+        "reason": build_text(reason, "reason", named, (), named) if reason is not None else str(why),
+        "parameters": build_parameters(parameters, named if values is None else values, (), named),
+    }
 
 
 def governed(description: str | None) -> str:

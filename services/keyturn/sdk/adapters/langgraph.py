@@ -46,13 +46,15 @@ from keyturn.sdk.adapters.common import (
     REASON_FIELD,
     REASON_HELP,
     WAITING_EVENT,
+    built_request,
     call_async,
     call_sync,
     governed,
     refusal_for_a_model,
+    take_reason,
 )
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
-from keyturn.sdk.guard import Built, Mode, build_parameters, build_text, settle
+from keyturn.sdk.guard import Built, Mode, settle
 from keyturn.sdk.models import Action
 
 try:
@@ -156,14 +158,9 @@ def _gated(
     def request(arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(the tool's own arguments, what is submitted)."""
         given = dict(arguments)
-        why = given[REASON_FIELD] if own_reason else given.pop(REASON_FIELD, None)
+        why = take_reason(given, own_reason)
         named = args_schema.model_validate(given).model_dump(mode="json")  # defaults filled, JSON-able
-        built: dict[str, Any] = {
-            "resource": build_text(resource, "resource", named, (), named),
-            "reason": build_text(reason, "reason", named, (), named) if reason is not None else str(why),
-            "parameters": build_parameters(parameters, named, (), named),
-        }
-        return given, built
+        return given, built_request(resource, reason, parameters, named, why)
 
     def on_end(done: Action) -> tuple[bool, Any]:
         try:

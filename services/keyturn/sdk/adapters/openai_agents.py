@@ -40,9 +40,17 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from keyturn.sdk.adapters.common import REASON_FIELD, REASON_HELP, governed, governed_call, schema_with_reason
+from keyturn.sdk.adapters.common import (
+    REASON_FIELD,
+    REASON_HELP,
+    built_request,
+    governed,
+    governed_call,
+    schema_with_reason,
+    take_reason,
+)
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
-from keyturn.sdk.guard import Built, Mode, build_parameters, build_text
+from keyturn.sdk.guard import Built, Mode
 
 try:
     from agents import FunctionTool, RunContextWrapper
@@ -82,7 +90,7 @@ def gate_tool(
             given = json.loads(arguments or "{}")
             if not isinstance(given, dict):
                 raise ValueError("the arguments must be a JSON object")
-            why = given.get(REASON_FIELD) if own_reason else given.pop(REASON_FIELD, None)
+            why = take_reason(given, own_reason)
             if reason is None and not (isinstance(why, str) and why.strip()):
                 raise ValueError(f"{REASON_FIELD} is required: {REASON_HELP}")
             validated = signature.params_pydantic_model(**given)  # the function's own argument validation
@@ -90,11 +98,7 @@ def gate_tool(
             return f"Keyturn: the arguments of {signature.name} are invalid, nothing was submitted: {exc}"
         positional, keywords = signature.to_call_args(validated)
         named = validated.model_dump(mode="json")  # coerced, defaults filled: what the function will get
-        built = {
-            "resource": build_text(resource, "resource", named, (), named),
-            "reason": build_text(reason, "reason", named, (), named) if reason is not None else str(why),
-            "parameters": build_parameters(parameters, named, (), named),
-        }
+        built = built_request(resource, reason, parameters, named, why)
         run_body, value = await governed_call(
             client,
             action,

@@ -35,9 +35,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from keyturn.sdk.adapters.common import REASON_FIELD, governed, governed_call, schema_with_reason
+from keyturn.sdk.adapters.common import built_request, governed, governed_call, schema_with_reason, take_reason
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
-from keyturn.sdk.guard import Built, Mode, build_parameters, build_text
+from keyturn.sdk.guard import Built, Mode
 
 try:
     from pydantic_ai import Tool
@@ -73,14 +73,9 @@ def gate_tool(
 
     async def gated(**arguments: Any) -> Any:
         given = dict(arguments)
-        why = given[REASON_FIELD] if own_reason else given.pop(REASON_FIELD, None)
+        why = take_reason(given, own_reason)
         named = validate(given)  # coerced, defaults filled: what the function will be called with
-        submitted_parameters = build_parameters(parameters, _json(named), (), named)
-        built = {
-            "resource": build_text(resource, "resource", named, (), named),
-            "reason": build_text(reason, "reason", named, (), named) if reason is not None else str(why),
-            "parameters": submitted_parameters,
-        }
+        built = built_request(resource, reason, parameters, named, why, values=_json(named))
         run_body, value = await governed_call(
             client,
             action,
