@@ -315,3 +315,13 @@ def test_what_a_failure_may_not_quote_is_each_value_the_masked_copy_hides_never_
     assert hidden == {"correct-horse-battery": "<SECRET>", "Bearer kt-3f9a1c": "<SECRET>", "T-99812": "<MASKED>"}
     text = "secret 'ledger-db' holds no DSN; near 'T-99812', password correct-horse-battery; 7 rows"
     assert without(text, hidden) == "secret 'ledger-db' holds no DSN; near '<MASKED>', password <SECRET>; 7 rows"
+
+
+def test_a_short_hidden_value_is_taken_out_where_a_message_quotes_it() -> None:
+    from keyturn.masking.protect import without_hidden
+
+    clear = {"statement": "UPDATE cards SET pin = $1", "pin": "831"}
+    text = 'invalid input syntax for type integer: "831"; 831 rows of 1831 checked'
+    assert without_hidden(text, clear, clear, ("parameters.pin",)) == (
+        'invalid input syntax for type integer: "<MASKED>"; 831 rows of 1831 checked'  # quoted: gone; counts stay
+    )

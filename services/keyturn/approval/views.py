@@ -59,18 +59,18 @@ def approval_view(decided: ActionDecided, state: rules.PendingApproval) -> dict[
 def break_glass_view(decided: ActionDecided) -> dict[str, Any]:
     """A break-glass action: it ran without approval and is flagged for mandatory review."""
     request = decided.request
-    parameters = request.parameters
+    shown = masked_parameters(request.parameters, decided.mask)  # the incident id too, as the policy masks
     return {
         "action_id": decided.action_id,
         "action": request.action,
         "resource": request.resource,
-        "parameters": masked_parameters(parameters, decided.mask),
+        "parameters": shown,
         "reason": request.reason,
         "requester": request.requester.id,
         "acting_for": list(request.requester.chain),
         "payload_digest": str(request.payload_digest),
         "status": "break_glass",
-        "incident_id": str(parameters.get("incident_id", "")),
+        "incident_id": str(shown.get("incident_id", "")),
         "policy_reasons": list(decided.reasons),
         "impact": impact_view(decided.impact),
         "requested_at": request.requested_at.isoformat(),

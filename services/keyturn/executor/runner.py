@@ -39,7 +39,7 @@ from keyturn.executor.ledger import LedgerEntry
 from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, Plugin, PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.faults import until_done
-from keyturn.masking.protect import hidden_values, without
+from keyturn.masking.protect import without_hidden
 from keyturn.secret_store import (
     SecretNotFound,
     SecretStore,
@@ -234,8 +234,8 @@ class Executor:
 
         def failure(text: str) -> str:
             """A failure's text without a secret used, a value the masked copy hides, or recognisable data."""
-            hidden = hidden_values(clear, request.parameters, order.decision.mask)
-            return self.results.mask_text(without(redact(text, used), hidden))
+            unhidden = without_hidden(redact(text, used), clear, request.parameters, order.decision.mask)
+            return self.results.mask_text(unhidden)
 
         refusal = refusal_reason(order, started_at, parameters)
         if refusal is not None:

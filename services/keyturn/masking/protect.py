@@ -107,7 +107,7 @@ def masked_view(parameters_json: str, extra_fields: tuple[str, ...]) -> str:
     return canonical_json(mask_parameters(json.loads(parameters_json), extra_fields))
 
 
-MIN_HIDDEN_CHARS = 4  # shorter values ("1", "id") would blank out ordinary words of a message
+MIN_HIDDEN_CHARS = 4  # shorter values ("1", "id") would blank out ordinary words: replaced only when quoted
 
 
 def hidden_values(clear: Any, masked: Any, mask: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
@@ -130,8 +130,11 @@ def hidden_values(clear: Any, masked: Any, mask: tuple[str, ...] | list[str] = (
         elif isinstance(value, (list, tuple)):
             for item in value:
                 leaves(item, shown)
-        elif _scalar(value) and len(str(value)) >= MIN_HIDDEN_CHARS:
-            found.setdefault(str(value), shown)
+        elif _scalar(value) and len(text := str(value)) >= MIN_HIDDEN_CHARS:
+            found.setdefault(text, shown)
+        elif _scalar(value) and text:  # a short one (a PIN, "123") only where a message quotes it
+            for quote in ('"', "'"):
+                found.setdefault(f"{quote}{text}{quote}", f"{quote}{shown}{quote}")
 
     def compare(plain: Any, shown: Any) -> None:
         if is_reference(plain):
@@ -163,6 +166,11 @@ def without(text: str, hidden: Mapping[str, str]) -> str:
     for value in sorted(hidden, key=len, reverse=True):
         text = text.replace(value, hidden[value])
     return text
+
+
+def without_hidden(text: str, clear: Any, masked: Any, mask: tuple[str, ...] | list[str] = ()) -> str:
+    """``text`` (a failure's message) without any value the masked copy hides (``hidden_values``)."""
+    return without(text, hidden_values(clear, masked, mask))
 
 
 def _scalar(value: Any) -> bool:

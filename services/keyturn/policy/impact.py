@@ -43,7 +43,7 @@ from keyturn.executor.plugins.base import ExecutionFailed
 from keyturn.executor.plugins.sql import grants_for, postgres_message, target_name
 from keyturn.executor.plugins.sql_roles import Grants, grant
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
-from keyturn.masking.protect import hidden_values, without
+from keyturn.masking.protect import without_hidden
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class SqlPreviewer:
         def failure(text: str) -> str:
             """Masked as every refusal is, and without a value the masked copy hides (which a database
             error can quote and no recogniser would find)."""
-            return masked_line(without(text, hidden_values(parameters, request.parameters)))
+            return masked_line(without_hidden(text, parameters, request.parameters))
 
         try:
             parameters = self.open_parameters(request)
