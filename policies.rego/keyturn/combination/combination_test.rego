@@ -207,3 +207,23 @@ test_break_glass_says_why_and_skips_approvals if {
 test_base_request_is_allowed if {
 	decision.decision.outcome == "allowed" with input as fixtures.base_request
 }
+
+# Every family is consulted for some action, or says it judges every action: a family that
+# forgot would have its verdicts silently left out by combination.consulted.
+test_every_catalog_family_is_consulted_for_some_action if {
+	actions := {replace(pattern, "*", "x") | some pattern, _ in data.keyturn.parameters.actions} | {"mcp.notes.read"}
+
+	# the families' tests live beside them, under data.keyturn.catalog too
+	families := {name | some name, _ in data.keyturn.catalog; not endswith(name, "_test")}
+	count(families) >= 9
+	every name in families {
+		consulted_for_some(name, actions)
+	}
+}
+
+consulted_for_some(name, _) if data.keyturn.catalog[name].judges_every_action
+
+consulted_for_some(name, actions) if {
+	some action in actions
+	data.keyturn.catalog[name].covers_action with input as {"action": action}
+}
