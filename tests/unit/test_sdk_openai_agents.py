@@ -168,3 +168,8 @@ async def test_a_function_that_takes_the_run_context_gets_it(server: IntakeServe
         result = await Runner.run(agent, "rotate it", context={"team": "ops"}, run_config=NO_TRACES)
     assert str(result.final_output) == "tool said: rotated deploy"
     assert seen == [{"team": "ops"}]
+
+
+def test_a_mode_no_tool_knows_is_refused_when_the_tool_is_made(server: IntakeServer) -> None:
+    with Keyturn(server.url, token=AGENT_TOKEN) as kt, pytest.raises(ValueError, match="mode must be one of"):
+        gate_tool(grant_role, kt, "iam.role.grant", resource="iam://staging/roles/{role}", mode="remote")  # type: ignore[arg-type]

@@ -76,8 +76,7 @@ def guard(
     ``Keyturn`` it decorates plain functions and coroutine functions (the blocking calls then run in a
     worker thread); with ``AsyncKeyturn``, coroutine functions only.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    checked_mode(mode)
     from keyturn.sdk.client import AsyncKeyturn, default_client
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -139,6 +138,13 @@ def guard(
         return guarded
 
     return decorate
+
+
+def checked_mode(mode: str) -> Mode:
+    """``mode`` if it is one of ``MODES``; refused when a guard or tool is made, not at its first call."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode  # type: ignore[return-value]
 
 
 def settle(done: Action, mode: Mode) -> tuple[bool, Any]:

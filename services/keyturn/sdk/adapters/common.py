@@ -4,7 +4,6 @@ listeners while people decide), and what the model reads when a call did not go 
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import logging
 import time
@@ -32,7 +31,7 @@ def schema_with_reason(schema: dict[str, Any], reason: Any, *, strict: bool = Fa
     """A tool's argument ``schema`` with the required ``reason`` a model must give, unless the tool builds
     its reason itself (``reason`` given) or has an argument of that name; and whether it has one.
     ``strict`` schemas (OpenAI's) take no ``minLength``: the adapter checks the reason is not blank."""
-    schema = copy.deepcopy(schema)
+    schema = dict(schema)  # properties and required are rebuilt below, never changed in place
     own_reason = REASON_FIELD in schema.get("properties", {})
     if reason is None and not own_reason:
         field: dict[str, Any] = {"type": "string", "description": REASON_HELP}

@@ -54,7 +54,7 @@ from keyturn.sdk.adapters.common import (
     take_reason,
 )
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
-from keyturn.sdk.guard import Built, Mode, settle
+from keyturn.sdk.guard import Built, Mode, checked_mode, settle
 from keyturn.sdk.models import Action
 
 try:
@@ -144,6 +144,7 @@ def _gated(
     timeout: float | None,
     notice_after_s: float,
 ) -> StructuredTool:
+    checked_mode(mode)
     if not (isinstance(args_schema, type) and issubclass(args_schema, BaseModel)):
         raise TypeError(f"tool {name}: its arguments must be a pydantic model (as @tool and args_schema= make)")
     own_reason = REASON_FIELD in args_schema.model_fields

@@ -50,7 +50,7 @@ from keyturn.sdk.adapters.common import (
     take_reason,
 )
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
-from keyturn.sdk.guard import Built, Mode
+from keyturn.sdk.guard import Built, Mode, checked_mode
 
 try:
     from agents import FunctionTool, RunContextWrapper
@@ -81,6 +81,7 @@ def gate_tool(
     description: str | None = None,
 ) -> FunctionTool:
     """``function`` as an OpenAI Agents function tool behind Keyturn (see the module's documentation)."""
+    checked_mode(mode)
     signature = function_schema(function, name_override=name, description_override=description)
     # the SDK made the schema strict: every property required, no others; the reason joins it so
     schema, own_reason = schema_with_reason(signature.params_json_schema, reason, strict=True)

@@ -37,7 +37,7 @@ from pydantic import TypeAdapter
 
 from keyturn.sdk.adapters.common import built_request, governed, governed_call, schema_with_reason, take_reason
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
-from keyturn.sdk.guard import Built, Mode
+from keyturn.sdk.guard import Built, Mode, checked_mode
 
 try:
     from pydantic_ai import Tool
@@ -67,6 +67,7 @@ def gate_tool(
     description: str | None = None,
 ) -> Tool[Any]:
     """``function`` as a pydantic-ai tool behind Keyturn (see the module's documentation)."""
+    checked_mode(mode)
     original: Tool[Any] = Tool(function, takes_ctx=False, name=name, description=description)
     schema, own_reason = schema_with_reason(original.tool_def.parameters_json_schema, reason)
     validate = original.function_schema.validator.validate_python  # the function's own argument validation
