@@ -101,7 +101,7 @@ def count_desk_calls(agent: Agent, settings: Settings, calls: Counter) -> None:
     )
 
 
-async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProcesses, out: Any) -> None:
+async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProcesses, out: Any) -> bool:
     agent = Agent(settings, connections=32, retry_for_s=10)
     agent.start_approvers()
     calls: Counter = Counter()
@@ -136,7 +136,10 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
     finally:
         await agent.close()
     n = len(ids)
-    print(f"{n} actions in {seconds:.1f}s: {n / seconds:.1f}/s reached a terminal state (drained: {drained})")
+    if not drained:
+        print(f"{n} actions submitted in {seconds:.1f}s did not all reach a terminal state: no figure is valid")
+        return False
+    print(f"{n} actions in {seconds:.1f}s: {n / seconds:.1f}/s reached a terminal state")
     system = 0.0
     for name, cpu in sorted(spent.items(), key=lambda kv: -kv[1]):
         ms = cpu * 1000 / n
@@ -172,12 +175,12 @@ def main() -> int:
     procs = ServiceProcesses(settings, log_dir=out / "logs")
     try:
         procs.start_all()
-        asyncio.run(flood(servers, settings, procs, out))
+        drained = asyncio.run(flood(servers, settings, procs, out))
     finally:
         procs.stop_all()
         if os.environ.get("FLOOD_DOWN") == "1":
             servers.down(remove=True)
-    return 0
+    return 0 if drained else 1
 
 
 if __name__ == "__main__":

@@ -184,7 +184,7 @@ class Agent:
     def _accepted(self, action_id: str, number: int, sent_at: float, status: int) -> None:
         kind = mix_kind(number)
         self.log.accepted[action_id] = Submitted(number, kind, sent_at, time.time(), status)
-        if kind == APPROVAL:
+        if kind == APPROVAL and action_id not in self.unclaimed_approvals:  # not queued already from the topic
             if action_id in self._decided:
                 self._to_approve.put_nowait((time.monotonic() + FIRST_ASK_S, action_id, FIRST_ASK_S))
             else:

@@ -162,7 +162,7 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
         return console.render("history_action.html", approver=person, csrf=console.csrf(token), **story)
 
 
-def _action_story(action_id: str, rows: list[Any], masked: Callable[[str], str] | None = None) -> dict[str, Any]:
+def _action_story(action_id: str, rows: list[Any]) -> dict[str, Any]:
     """The action's facts (masked parameters, votes, impact, outcome) and its timeline.
 
     What people and agents wrote (the request's reason, vote notes, refusal messages, the
@@ -173,10 +173,8 @@ def _action_story(action_id: str, rows: list[Any], masked: Callable[[str], str] 
     from keyturn.audit.report.model import outcome_category
     from keyturn.masking.protect import mask_parameters, mask_text
 
-    remask = masked or mask_text
-
     def text(value: Any) -> Any:
-        return remask(value) if isinstance(value, str) and value else value
+        return mask_text(value) if isinstance(value, str) and value else value
 
     request: dict[str, Any] = {}
     mask: list[str] = []

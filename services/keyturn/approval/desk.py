@@ -495,30 +495,41 @@ class ApprovalDesk:
         encoded = await self.store.break_glass_decision(action_id)
         if encoded is None:
             return False, "No break-glass use is on record for this action."
-        decided = registry().decode_event(encoded)
-        if reviewer.everyone & decided.request.requester.everyone:
-            return False, "You are in the chain that asked for this action, so you cannot review it."
-        if any(vote.approver.id == reviewer.id for vote in await self._reviews(action_id)):
-            return False, "You have already reviewed this action."
         try:
-            groups, counts_for = await self._reviewers(reviewer, decided, action_id)
+            return await self._may_review(reviewer, registry().decode_event(encoded), await self._reviews(action_id))
         except DeskUnavailable:
             return False, "The policy engine is unavailable, so nobody can review right now."
+
+    async def reviews_due(self, reviewer: Principal, limit: int = 50) -> list[dict[str, Any]]:
+        """Break-glass uses nobody has reviewed yet that ``reviewer`` may review, oldest first (views);
+        what is known so far while the policy engine is away (the next page asks again)."""
+        due = []
+        for _, encoded in await self.store.break_glass_unreviewed(limit):
+            decided = registry().decode_event(encoded)
+            try:
+                may, _ = await self._may_review(reviewer, decided, ())  # unreviewed: no earlier review
+            except DeskUnavailable:
+                break
+            if may:
+                due.append(break_glass_view(decided))
+        return due
+
+    async def _may_review(
+        self, reviewer: Principal, decided: ActionDecided, earlier: tuple[Vote, ...]
+    ) -> tuple[bool, str]:
+        """``may_review`` on a decision and its reviews already read; ``DeskUnavailable`` while the
+        policy engine is away."""
+        if reviewer.everyone & decided.request.requester.everyone:
+            return False, "You are in the chain that asked for this action, so you cannot review it."
+        if any(vote.approver.id == reviewer.id for vote in earlier):
+            return False, "You have already reviewed this action."
+        groups, counts_for = await self._reviewers(reviewer, decided, decided.action_id)
         if not counts_for:
             return False, f"Only members of {', '.join(groups)} review break-glass uses."
         return True, (
             f"You review for {', '.join(counts_for)}. It already ran: no objection, or an objection, goes on "
             "the audit record; nothing is undone."
         )
-
-    async def reviews_due(self, reviewer: Principal, limit: int = 50) -> list[dict[str, Any]]:
-        """Break-glass uses nobody has reviewed yet that ``reviewer`` may review, oldest first (views)."""
-        due = []
-        for action_id, encoded in await self.store.break_glass_unreviewed(limit):
-            may, _ = await self.may_review(reviewer, action_id)
-            if may:
-                due.append(break_glass_view(registry().decode_event(encoded)))
-        return due
 
     async def _reviews(self, action_id: str) -> tuple[Vote, ...]:
         """The reviews accepted so far for a break-glass action."""

@@ -33,12 +33,12 @@ from keyturn.audit.stream import read_audit_tail
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
 from keyturn.bus.loop import KafkaSource, Stage, run
 from keyturn.bus.publisher import kafka_publisher
-from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
 from keyturn.faults import supervised, until_done
 from keyturn.metrics import serve_metrics
+from keyturn.roots import topics_of
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def checkpoint_key_path(settings: Settings) -> Path:
 def audit_writer(settings: Settings, signer: CheckpointSigner, **options: Any) -> AuditWriter:
     """The writer of ``<ns>.audit``; every audit worker of a namespace shares its transactional
     id, so a new one fences the old. ``options`` as for ``AuditWriter``."""
-    bootstrap, topic = settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions).audit
+    bootstrap, topic = settings.kafka_bootstrap, topics_of(settings).audit
     return AuditWriter(
         bootstrap,
         topic,
@@ -68,7 +68,7 @@ class AuditService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.topics = Topics(settings.namespace, settings.partitions)
+        self.topics = topics_of(settings)
         self.writer = audit_writer(settings, load_signer(checkpoint_key_path(settings)))
         self.auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
 

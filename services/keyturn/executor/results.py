@@ -9,7 +9,6 @@ sent in clear.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from keyturn.core.canonical import canonical_json
@@ -25,19 +24,15 @@ class ResultShaper:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self._masker: Any = masker  # a keyturn.masking.ParameterMasker; the process's shared one when None
-        self._lock = threading.Lock()
 
     def warm(self) -> None:
         """Build the masker now (about two seconds) rather than on the first result."""
         self._get_masker()
 
     def _get_masker(self) -> Any:
-        with self._lock:
-            if self._masker is None:
-                from keyturn.masking.protect import shared_masker  # the one the log filter and exports use
+        from keyturn.masking.protect import shared_masker  # the one the log filter and exports use (built once)
 
-                self._masker = shared_masker()
-            return self._masker
+        return self._masker or shared_masker()
 
     def shape(self, result: Any, mask: tuple[str, ...]) -> Any:
         """``result`` capped to ``max_rows`` rows and ``max_bytes``, masked."""

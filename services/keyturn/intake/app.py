@@ -289,13 +289,13 @@ def create_app(
                 results[index] = ItemResult(index=index, status=422, outcome="refused", problem=problem)
         # the malformed items are recorded first: storing the others may fail (503), and then no one would
         await asyncio.gather(*refusals)
-        refusals = []
+        excerpted, refusals = len(refusals), []  # the batch's excerpts count across both rounds
         submitted = await wired.parts.intake.submit_many(
             [(principal, submission) for _, submission in valid], SubmissionChannel.HTTP
         )
         for (index, _), outcome in zip(valid, submitted, strict=True):
             if isinstance(outcome, InvalidSubmission):  # the catalog refuses it: recorded under the caller
-                excerpt = len(refusals) < EXCERPTS_PER_BATCH
+                excerpt = excerpted + len(refusals) < EXCERPTS_PER_BATCH
                 problems = [masked_line(f"items.{index}.{p}") for p in outcome.problems][:MAX_PROBLEMS]
                 refusals.append(refused_item(principal.id, index, items[index], problems, excerpt=excerpt))
             results[index] = item_result(index, outcome)
