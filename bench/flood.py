@@ -14,6 +14,8 @@ own that stays up between runs (``.run/flood``, ports 39092 / 38181 / 35433), an
   that hold the CPU, as ``make bench`` summarises them).
 
     FLOOD_ACTIONS=4000  FLOOD_PROFILE=1  FLOOD_PARTITIONS=8  FLOOD_DOWN=1 (stop the stack afterwards)
+    FLOOD_EVENT_LOOP=asyncio  (the services' event loop; default uvloop)
+    FLOOD_POST=32  (one POST per action instead, 32 in flight, as ``make bench``'s one-POST flood)
 
 One run is one sample on a noisy machine: compare builds by running each twice, back to back.
 """
@@ -40,6 +42,7 @@ from tests.processes import PrivateServers, ServiceProcesses
 
 ACTIONS = int(os.environ.get("FLOOD_ACTIONS", 4000))
 BATCH = int(os.environ.get("BENCH_BATCH_SIZE", 200))
+POST_IN_FLIGHT = int(os.environ.get("FLOOD_POST", 0))  # 0: batched
 SERVICES = ("intake", "policy", "executor", "audit", "approval")
 
 
@@ -124,7 +127,10 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
                 else {}
             )
             before, started = meter.snapshot(), time.monotonic()
-            ids, _ = await agent.batched(ACTIONS, BATCH, 4)
+            if POST_IN_FLIGHT:
+                ids, _ = await agent.closed_loop(ACTIONS, POST_IN_FLIGHT)
+            else:
+                ids, _ = await agent.batched(ACTIONS, BATCH, 4)
             drained = await drain.wait(agent, 600, step=0.05)
             seconds = time.monotonic() - started
             spent = machine.CpuMeter.spent(before, meter.snapshot())
@@ -163,6 +169,7 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
             print(f"   own {share:5.1%}  {frame}")
         for frame, share in summary["inclusive"][:10]:
             print(f"   inc {share:5.1%}  {frame}")
+    return True
 
 
 def main() -> int:
@@ -170,7 +177,10 @@ def main() -> int:
     servers.up()
     namespace = "fl" + datetime.now().strftime("%H%M%S")
     partitions = os.environ.get("FLOOD_PARTITIONS")  # the topics' partitions (default: the settings')
-    settings = servers.settings(namespace, **({"partitions": int(partitions)} if partitions else {}))
+    extra: dict[str, Any] = {"partitions": int(partitions)} if partitions else {}
+    if loop := os.environ.get("FLOOD_EVENT_LOOP"):  # uvloop (the default) or asyncio
+        extra["event_loop"] = loop
+    settings = servers.settings(namespace, **extra)
     out = REPO_ROOT / "bench" / "results" / "flood" / namespace
     procs = ServiceProcesses(settings, log_dir=out / "logs")
     try:

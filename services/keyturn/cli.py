@@ -67,6 +67,7 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     from keyturn.masking.logs import install_log_masking
 
     install_log_masking()  # before anything logs: every line of every service is masked
+    _use_event_loop(settings.event_loop)  # before any loop exists: each service makes its own
     from keyturn.bus.topics import Topics, ensure_topics
     from keyturn.faults import until_done
 
@@ -92,6 +93,22 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     _run_worker(module.create_app(settings), settings.log_level, service)
 
 
+def _use_event_loop(name: str) -> None:
+    """Make every event loop of this process a ``name`` loop: "uvloop" or "asyncio".
+
+    The stream framework, uvicorn and ``asyncio.run`` all take their loop from the policy, so
+    one policy set before any loop exists reaches them all (uvicorn is told the same,
+    ``bus.http.server_options``).
+    """
+    if name == "asyncio":
+        return
+    if name != "uvloop":
+        _fail(f"KEYTURN_EVENT_LOOP must be uvloop or asyncio, not {name!r}", 2)
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def _serve_intake(module: Any, settings: Settings) -> None:
     """The intake's HTTP server: one process, ``intake_workers`` processes sharing its socket
     (uvicorn's supervisor), and with ``intake_reuse_port`` a socket bound with SO_REUSEPORT, so
@@ -104,6 +121,9 @@ def _serve_intake(module: Any, settings: Settings) -> None:
 
     import uvicorn
 
+    from keyturn.bus.http import server_options
+
+    options = server_options(settings.event_loop)
     level = settings.log_level.lower()
     if settings.intake_workers > 1:  # each worker builds its app from the same environment
         uvicorn.run(
@@ -113,10 +133,15 @@ def _serve_intake(module: Any, settings: Settings) -> None:
             port=settings.intake_port,
             workers=settings.intake_workers,
             log_level=level,
+            **options,  # type: ignore[arg-type]
         )
         return
     config = uvicorn.Config(
-        module.create_app(settings), host=settings.intake_host, port=settings.intake_port, log_level=level
+        module.create_app(settings),
+        host=settings.intake_host,
+        port=settings.intake_port,
+        log_level=level,
+        **options,  # type: ignore[arg-type]
     )
     if not settings.intake_reuse_port:
         uvicorn.Server(config).run()

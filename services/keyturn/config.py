@@ -59,6 +59,9 @@ class Settings:
     audit_metrics_port: int = 9464  # the audit worker's Prometheus /metrics on 127.0.0.1; 0 = off
     seal_keys: str = ""  # "kid:base64key,…", first seals; empty = a local key file in run_dir/keys
     log_level: str = "INFO"
+    # every service's event loop: "uvloop" (libuv; every service's socket and scheduling work is in
+    # C, see bench/README.md) or "asyncio" (the standard library's, a fallback)
+    event_loop: str = "uvloop"
     # the parameter schemas of the catalog (the file OPA loads as data.keyturn.parameters)
     parameter_catalog_path: str = str(REPO_ROOT / "policies.rego" / "keyturn" / "parameters" / "data.json")
     sql_target_url: str = ""  # the PostgreSQL the sql plugin runs statements on; empty = database_url

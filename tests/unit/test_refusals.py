@@ -223,3 +223,35 @@ async def test_headers_are_bounded(bounded) -> None:
     answer = await client.get("/", headers={f"x-h{i}": "v" * 100 for i in range(30)})
     assert answer.status_code == 431 and answer.json()["error"] == "headers_too_large"
     assert (await client.get("/")).status_code == 200
+
+
+async def test_a_header_block_that_never_ends_is_refused_while_it_is_read() -> None:
+    """The servers' own parser bounds the header block as it arrives (``bus.http.server_options``):
+    a client that keeps sending header lines is answered and cut off once it is past the bound,
+    instead of its lines being kept until a block end that never comes."""
+    import asyncio
+
+    import uvicorn
+
+    from keyturn.bus.http import server_options
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=[Route("/", _echo)]), host="127.0.0.1", port=0, lifespan="off", **server_options("uvloop")
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n" + (b"x-filler: " + b"v" * 1000 + b"\r\n") * 64)  # 64 KiB, no end
+    try:
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)  # an unbounded parser would wait for more
+    except ConnectionError:
+        answer = b""  # cut off without an answer
+    writer.close()
+    server.should_exit = True
+    await serving
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400")

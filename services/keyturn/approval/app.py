@@ -110,6 +110,8 @@ def create_app(settings: Settings):
         await runtime.desk()
         if runtime.teams is not None:
             await runtime.teams.mount(http, runtime.desk)
-        await embedded_server(http, settings.approval_host, settings.approval_port).serve()
+        await embedded_server(
+            http, settings.approval_host, settings.approval_port, event_loop=settings.event_loop
+        ).serve()
 
     return app

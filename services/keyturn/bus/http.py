@@ -20,9 +20,29 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def embedded_server(app, host: str, port: int) -> EmbeddedServer:
+def server_options(event_loop: str) -> dict[str, str]:
+    """uvicorn's loop and HTTP parser for every Keyturn server.
+
+    The loop is the process's (``KEYTURN_EVENT_LOOP``). The parser is h11 even where httptools is
+    installed: h11 refuses a header block over 16 KiB while it reads it, where uvicorn's
+    httptools protocol keeps every header line a client sends until the block ends, so a client
+    that never ends it grows the process without bound (``BoundedRequests`` sees headers only
+    once they are all read).
+    """
+    return {"loop": event_loop, "http": "h11"}
+
+
+def embedded_server(app, host: str, port: int, *, event_loop: str = "uvloop") -> EmbeddedServer:
     return EmbeddedServer(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            **server_options(event_loop),  # type: ignore[arg-type]
+        )
     )
 
 

@@ -183,12 +183,18 @@ async def _serve(
             return
         import uvicorn
 
+        from keyturn.bus.http import server_options
         from keyturn.mcp.http import require_bearer
 
         address = listen.host or settings.mcp_host
         asgi = require_bearer(server.streamable_http_app(streamable_http_path="/mcp", host=address))
         config = uvicorn.Config(
-            asgi, host=address, port=listen.port or settings.mcp_port, log_level="warning", timeout_graceful_shutdown=3
+            asgi,
+            host=address,
+            port=listen.port or settings.mcp_port,
+            log_level="warning",
+            timeout_graceful_shutdown=3,
+            **server_options(settings.event_loop),  # type: ignore[arg-type]
         )
         http_server = uvicorn.Server(config)
         if listen.on_ready is not None:
