@@ -267,3 +267,67 @@ async def test_a_batch_of_topic_submissions_is_stored_with_one_statement(monkeyp
     assert len(store.rows) == 5 and len(published(send)) == 5
     assert all(store.rows[a].published for a in store.rows)
     assert send.events("unit.dlq") == []
+
+
+def counting_inserts(store: FakeActionStore, monkeypatch, *, fail_for: str | None = None) -> list[list[str]]:
+    """The idempotency keys of each insert statement; ``fail_for``: a key whose statement fails."""
+    statements: list[list[str]] = []
+    insert_many = store.insert_many
+
+    async def counted(rows):
+        statements.append([row.idempotency_key for row in rows])
+        if fail_for is not None and any(row.idempotency_key == fail_for for row in rows):
+            raise RuntimeError("the row of that key breaks the statement")
+        return await insert_many(rows)
+
+    monkeypatch.setattr(store, "insert_many", counted)
+    return statements
+
+
+async def test_concurrent_single_submissions_are_stored_as_one_batch(monkeypatch) -> None:
+    intake, store, send = intake_with()
+    statements = counting_inserts(store, monkeypatch)
+    alone, _ = await intake.submit(REPORTER, submission(idempotency_key="alone"), SubmissionChannel.HTTP)
+    assert statements == [["alone"]]  # an idle intake stores a submission at once, alone
+    answers = await asyncio.gather(
+        *(intake.submit(REPORTER, submission(idempotency_key=f"k{n}"), SubmissionChannel.HTTP) for n in range(8)),
+        intake.submit(REPORTER, submission(idempotency_key="k3"), SubmissionChannel.HTTP),  # the same request again
+    )
+    assert statements[1:] == [[f"k{n}" for n in range(8)] + ["k3"]]  # one statement for all that arrived together
+    assert [created for _, created in answers] == [True] * 8 + [False]
+    assert answers[8][0].action_id == answers[3][0].action_id
+    assert len(store.rows) == 9 and len(published(send)) == 9 and alone.action_id in store.rows
+
+
+async def test_a_submission_that_breaks_its_batch_fails_alone(monkeypatch) -> None:
+    intake, store, _ = intake_with()
+    statements = counting_inserts(store, monkeypatch, fail_for="bad")
+    answers = await asyncio.gather(
+        *(
+            intake.submit(REPORTER, submission(idempotency_key=key), SubmissionChannel.HTTP)
+            for key in ("a", "bad", "b", "k")
+        ),
+        intake.submit(REPORTER, submission(idempotency_key="a", resource="postgres://prod/x"), SubmissionChannel.HTTP),
+        return_exceptions=True,
+    )
+    assert statements[0] == ["a", "bad", "b", "k", "a"]  # together first, then each alone
+    assert sorted(map(tuple, statements[1:])) == [("a",), ("a",), ("b",), ("bad",), ("k",)]
+    assert isinstance(answers[1], RuntimeError)
+    assert isinstance(answers[4], IdempotencyConflict)  # its own answer, not the batch's
+    assert [created for _, created in (answers[0], answers[2], answers[3])] == [True, True, True]
+    assert len(store.rows) == 3
+
+
+async def test_a_database_outage_answers_every_gathered_submission_at_once(monkeypatch) -> None:
+    intake, store, _ = intake_with()
+    statements = counting_inserts(store, monkeypatch)
+    store.down = True
+    answers = await asyncio.gather(
+        *(intake.submit(REPORTER, submission(idempotency_key=f"k{n}"), SubmissionChannel.HTTP) for n in range(4)),
+        return_exceptions=True,
+    )
+    assert [type(a).__name__ for a in answers] == ["StoreUnavailable"] * 4
+    assert statements == [["k0", "k1", "k2", "k3"]]  # not retried one by one: each would wait out the outage
+    store.down = False
+    stored, created = await intake.submit(REPORTER, submission(idempotency_key="k0"), SubmissionChannel.HTTP)
+    assert created and list(store.rows) == [stored.action_id]

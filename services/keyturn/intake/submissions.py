@@ -150,6 +150,9 @@ class IntakeStore(Protocol):
 Submitted = tuple[StoredAction, bool]
 """(the stored action, created?) for one submission."""
 
+Gathered = tuple[Principal, ActionSubmission, SubmissionChannel, "asyncio.Future[Any]"]
+"""A submission waiting for its batch: who, what, through which channel, and its caller's answer."""
+
 
 class Intake:
     """Turns verified submissions into published ``ActionRequested`` events, exactly once per id."""
@@ -163,8 +166,12 @@ class Intake:
         catalog: ParameterCatalog | None = None,
         publish_patience_s: float = 5.0,
         refusal_for: Callable[[str], Awaitable[str | None]] | None = None,
+        gather_max: int = 500,
     ) -> None:
         self.store = store
+        self.gather_max = gather_max  # the most single submissions stored as one batch
+        self._gathered: list[Gathered] = []
+        self._storing: asyncio.Task[None] | None = None
         # why the catalog refuses an action at the door (None: it does not); see keyturn.core.catalog
         self.refusal_for = refusal_for
         self.publisher = publisher
@@ -178,11 +185,57 @@ class Intake:
         self, principal: Principal, submission: ActionSubmission, channel: SubmissionChannel
     ) -> tuple[StoredAction, bool]:
         """(stored action, created?) — raises ``IdempotencyConflict`` on a reused key, ``NoExecutor`` for an
-        action the catalog refuses, ``InvalidParameters`` when the parameters do not match their action's schema."""
-        [result] = await self.submit_many([(principal, submission)], channel)
+        action the catalog refuses, ``InvalidParameters`` when the parameters do not match their action's schema.
+
+        Submissions that arrive while earlier ones are being stored are stored together, as one
+        batch (group commit): one INSERT, one produce request and one acknowledgement wait for
+        all of them, instead of one each. Nothing waits for company: a submission that finds the
+        intake idle is stored at once, alone.
+        """
+        answer: asyncio.Future[Submitted | IdempotencyConflict | InvalidSubmission] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._gathered.append((principal, submission, channel, answer))
+        if self._storing is None:
+            self._storing = asyncio.create_task(self._store_gathered())
+        result = await answer
         if isinstance(result, Exception):
             raise result
         return result
+
+    async def _store_gathered(self) -> None:
+        """Store what ``submit`` gathered, a batch per channel, until nothing is left waiting."""
+        try:
+            while self._gathered:
+                gathered, self._gathered = self._gathered[: self.gather_max], self._gathered[self.gather_max :]
+                for channel in dict.fromkeys(item[2] for item in gathered):
+                    await self._answer([item for item in gathered if item[2] == channel], channel)
+        finally:
+            self._storing = None
+
+    async def _answer(self, items: list[Gathered], channel: SubmissionChannel) -> None:
+        """Store ``items`` together and answer each; a batch that fails for a reason other than
+        an unavailable server is stored again one item at a time, so one submission's failure
+        is its own answer and never its neighbours'."""
+        waiting = [item for item in items if not item[3].done()]  # a caller that went away is not stored
+        if not waiting:
+            return
+        try:
+            results = await self.submit_many(
+                [(principal, submission) for principal, submission, _, _ in waiting], channel
+            )
+        except Exception as exc:  # each caller is answered with it, or with its own
+            if len(waiting) == 1 or is_transient(exc):
+                for *_, answer in waiting:
+                    if not answer.done():
+                        answer.set_exception(exc)
+                return
+            for item in waiting:
+                await self._answer([item], channel)
+            return
+        for (*_, answer), result in zip(waiting, results, strict=True):
+            if not answer.done():
+                answer.set_result(result)
 
     async def refusal(self, submission: ActionSubmission) -> InvalidSubmission | None:
         """Why the catalog refuses this submission before anything is stored, or None."""
