@@ -21,7 +21,7 @@ from keyturn.approval.slack_interactions import (
     read_interaction,
     verify_request,
 )
-from keyturn.approval.views import MASKED, impact_view, masked_parameters
+from keyturn.approval.views import MASKED, impact_view, masked_parameters, reason_missing
 from keyturn.core.events import Digest, ImpactPreview
 
 NOW = datetime(2026, 3, 4, 10, 0, tzinfo=UTC)
@@ -137,6 +137,16 @@ def test_break_glass_notices_name_the_incident_and_offer_the_review_answers() ->
 
 
 # --- Teams cards ------------------------------------------------------------------------------------
+
+
+def test_a_denial_and_an_objection_each_ask_for_their_reason_in_their_own_words() -> None:
+    pending, reviewed, over = {"status": "pending"}, {"status": "break_glass"}, {"status": "approved"}
+    assert reason_missing(pending, "deny", "  ") == "A denial needs a reason; the requester will see it."
+    assert reason_missing(reviewed, "deny", None) == "An objection needs a reason; it goes on the audit record."
+    assert reason_missing(pending, "deny", "wrong table") is None
+    assert reason_missing(reviewed, "approve", None) is None  # no objection needs no reason
+    assert reason_missing(over, "deny", None) is None  # the desk refuses it with its own words
+    assert reason_missing(None, "deny", None) is None
 
 
 def test_a_pending_card_offers_universal_actions_and_a_reason_box() -> None:

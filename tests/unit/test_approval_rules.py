@@ -529,3 +529,17 @@ def test_unknown_action_says_what_to_check():
 
     assert refusal.action_id == "act-404"
     assert "check the action id" in str(refusal)
+
+
+@pytest.mark.parametrize(
+    ("groups", "says"),
+    [
+        ((), "erin is not in a group the policy names required for iam.role.grant (action a1); ask the policy's"),
+        (("security",), "erin is not in group security required for iam.role.grant (action a1); ask a member of"),
+        (("security", "dba"), "erin is not in any of the groups security, dba required for iam.role.grant"),
+    ],
+)
+def test_a_refused_approver_is_told_who_may_answer_even_when_the_policy_names_nobody(groups, says) -> None:
+    refusal = ApproverNotAuthorised(action_id="a1", action="iam.role.grant", approver_id="erin", required_groups=groups)
+    assert str(refusal).startswith(says)
+    assert " of  " not in str(refusal) and "groups  " not in str(refusal)

@@ -34,7 +34,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet, DeskUnavailable
 from keyturn.approval.http import REFUSAL_STATUS
 from keyturn.approval.replay import pending_state
-from keyturn.approval.views import requester_line, timeline
+from keyturn.approval.views import reason_missing, requester_line, timeline
 from keyturn.bus.codec import registry
 from keyturn.core.principal import Principal
 from keyturn.identity import InvalidToken, issue_token, load_or_create_signing_key
@@ -254,11 +254,9 @@ def mount_console(
                 f"a console vote on {action_id} chose neither approve nor deny",
             )
             return await _action_page(console, signed_in, action_id, error="Choose Approve or Deny.", status=400)
-        if choice == "deny" and not reason.strip():
-            return await _action_page(
-                console, signed_in, action_id, error="A denial needs a reason; the requester will see it.", status=400
-            )
         desk = await desk_of()
+        if (missing := reason_missing(await desk.view(action_id), choice, reason)) is not None:
+            return await _action_page(console, signed_in, action_id, error=missing, status=400)
         try:
             result = await desk.vote(
                 action_id, approver, choice, payload_digest, reason.strip()[:2000] or None, "console"

@@ -525,6 +525,8 @@ class ApprovalDesk:
             return False, "You have already reviewed this action."
         groups, counts_for = await self._reviewers(reviewer, decided, decided.action_id)
         if not counts_for:
+            if not groups:
+                return False, "The policy names no reviewers for this break-glass use, so nobody can review it here."
             return False, f"Only members of {', '.join(groups)} review break-glass uses."
         return True, (
             f"You review for {', '.join(counts_for)}. It already ran: no objection, or an objection, goes on "

@@ -33,6 +33,7 @@ from keyturn.approval.channels import NOT_SHOWN, UnknownChatUser, not_shown
 from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.slack import SlackChannel
+from keyturn.approval.views import reason_missing
 from keyturn.core.principal import Principal, PrincipalKind
 
 SOURCE = "slack:interactions"
@@ -273,8 +274,12 @@ async def _button(desk: ApprovalDesk, slack: SlackChannel, click: Interaction) -
         return Response(status_code=200)
     if choice == "deny":
         view = await desk.view(action_id)
-        if view is not None and view["status"] in ("pending", "break_glass") and click.trigger_id:
-            await slack.open_deny_modal(click.trigger_id, view, channel=click.channel, message_ts=click.message_ts)
+        if (missing := reason_missing(view, choice, None)) is not None:
+            assert view is not None
+            if click.trigger_id:  # the reason is asked for in a modal; its submission is the answer
+                await slack.open_deny_modal(click.trigger_id, view, channel=click.channel, message_ts=click.message_ts)
+            else:  # no modal can be opened without a trigger: never an answer without its reason
+                await slack.tell_user(click.channel, click.user, f":warning: {missing} Nothing was recorded.")
             return Response(status_code=200)
     try:
         result = await desk.vote(action_id, approver, choice, digest, None, "slack")
@@ -307,6 +312,8 @@ async def _deny_submitted(desk: ApprovalDesk, slack: SlackChannel, submitted: In
                 "errors": {blocks.REASON_BLOCK: "Keyturn does not know who you are; your answer was not applied."},
             }
         )
+    if (missing := reason_missing(await desk.view(action_id), "deny", submitted.deny_reason)) is not None:
+        return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: missing}})
     try:
         result = await desk.vote(action_id, approver, "deny", digest, submitted.deny_reason, "slack")
     except DeskUnavailable as unavailable:

@@ -40,6 +40,7 @@ from keyturn.approval.channels import NOT_SHOWN, ChatTargets, UnknownChatUser, m
 from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.identities import principal_for, teams_account
+from keyturn.approval.views import reason_missing
 from keyturn.core.principal import Principal, PrincipalKind
 from keyturn.faults import DATABASE_UNAVAILABLE
 
@@ -297,10 +298,8 @@ class TeamsChannel:
                 else _message(f"Your answer was not applied — {unknown}")
             )
         reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
-        if choice == "deny" and reason is None and view is not None and view["status"] == "pending":
-            return _card(view, "A denial needs a reason; the requester will see it. Nothing was recorded.")
-        if choice == "deny" and reason is None and view is not None and view["status"] == "break_glass":
-            return _card(view, "An objection needs a reason; it goes on the audit record. Nothing was recorded.")
+        if view is not None and (missing := reason_missing(view, choice, reason)) is not None:
+            return _card(view, f"{missing} Nothing was recorded.")
         try:
             result = await desk.vote(action_id, approver, choice, digest, reason, "teams")
         except DeskUnavailable as unavailable:

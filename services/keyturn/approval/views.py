@@ -141,6 +141,19 @@ def outcome_sentence(view: dict[str, Any]) -> str:
     return f"{view['summary']} — {NEXT_STEP.get(view['status'], view['status'])}."
 
 
+def reason_missing(view: dict[str, Any] | None, choice: str, reason: str | None) -> str | None:
+    """Why an answer needs a reason it does not have, the same words in every channel; None when
+    it needs none. A denial tells the requester why; an objection to a break-glass use is the
+    audit record's account of what was wrong with it."""
+    if choice != "deny" or (reason and reason.strip()) or view is None:
+        return None
+    if view["status"] == "pending":
+        return "A denial needs a reason; the requester will see it."
+    if view["status"] == "break_glass":
+        return "An objection needs a reason; it goes on the audit record."
+    return None
+
+
 def reminder_sentence(view: dict[str, Any], fraction: float) -> str:
     return f"Reminder ({fraction:.0%} of the time has passed): {view['summary']}."
 

@@ -250,7 +250,10 @@ class ApproverNotAuthorised(ApprovalRefusal):
     """The approver counts for none of the groups this action needs."""
 
     def __init__(self, *, action_id: str, action: str, approver_id: str, required_groups: tuple[str, ...]) -> None:
-        if len(required_groups) == 1:
+        if not required_groups:  # the policy names nobody: say so, rather than an empty list of groups
+            where = "a group the policy names"
+            who = "the policy's owners to name who may"
+        elif len(required_groups) == 1:
             where = f"group {required_groups[0]}"
             who = f"a member of {required_groups[0]}"
         else:
