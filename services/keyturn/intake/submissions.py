@@ -192,11 +192,11 @@ class Intake:
         all of them, instead of one each. Nothing waits for company: a submission that finds the
         intake idle is stored at once, alone.
         """
-        answer: asyncio.Future[Submitted | IdempotencyConflict | InvalidSubmission] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Submitted | IdempotencyConflict | InvalidSubmission] = loop.create_future()
         self._gathered.append((principal, submission, channel, answer))
-        if self._storing is None:
+        if self._storing is None or self._storing.get_loop() is not loop:  # (a loop that ended left its task)
+            self._gathered = [item for item in self._gathered if item[3].get_loop() is loop]
             self._storing = asyncio.create_task(self._store_gathered())
         result = await answer
         if isinstance(result, Exception):
