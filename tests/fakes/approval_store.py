@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from keyturn.approval.channels import ANSWERABLE_MESSAGES
 from keyturn.approval.ports import Publish
 from keyturn.approval.store import ApprovalRow, runs_by_topic
 
@@ -236,13 +237,15 @@ class InMemoryApprovalStore:
         tables = self._need_transaction(conn)
         tables.notifications.setdefault((action_id, channel, target, kind, occasion), len(tables.notifications) + 1)
 
-    async def message_targets(self, conn: Any, action_id: str) -> list[tuple[str, str]]:
+    async def message_targets(
+        self, conn: Any, action_id: str, kinds: tuple[str, ...] = ANSWERABLE_MESSAGES
+    ) -> list[tuple[str, str]]:
         tables = self._need_transaction(conn)
         return sorted(
             {
                 (channel, target)
                 for (owner, channel, target, kind, _) in tables.notifications
-                if owner == action_id and kind in ("opened", "escalated")
+                if owner == action_id and kind in kinds
             }
         )
 

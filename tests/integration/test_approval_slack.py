@@ -537,6 +537,12 @@ def test_break_glass_runs_without_approval_tells_every_approver_channel_and_is_f
         return [v for v in recorded if v["accepted"] and v["vote"]["reason"] == "the role outlived the incident"]
 
     assert eventually(objections, timeout=30), "the objection is on the audit record"
+    # every copy of the notice now shows the review on record, and keeps its answers for the others
+    for message in slack.top_level(action_id):
+        assert eventually(
+            lambda m=message: "human:carol objected: the role outlived the incident" in m.all_text(), timeout=30
+        ), message.all_text()
+        assert message.buttons()
     # a second click by the same reviewer is refused (each reviews once), and told why
     assert interact(chat, *slack.signed(slack.click(notice, "keyturn_approve", "U0CAROL"))).status_code == 200
     assert eventually(lambda: any("DuplicateVote" in e["text"] for e in slack.ephemeral if e["user"] == "U0CAROL"))

@@ -210,6 +210,14 @@ def test_a_break_glass_use_is_reviewed_on_its_card(chat, teams) -> None:
         ],
         timeout=30,
     ), "the objection is on the audit record"
+    # the notice sent to the conversation now shows the review on record, its answers kept for others
+    assert eventually(
+        lambda: (
+            "Reviews on record: human:carol objected: the role outlived the incident" in card.all_text()
+            and card.actions()
+        ),
+        timeout=30,
+    ), card.all_text()
     again = click(chat, teams, card, "approve", "29:carol")  # each reviewer reviews once
     assert "DuplicateVote" in json.dumps(again["value"])
     assert responder.status(action_id)["state"] == "succeeded"  # a review undoes nothing

@@ -134,6 +134,16 @@ def test_break_glass_notices_name_the_incident_and_offer_the_review_answers() ->
     assert card["refresh"]["action"]["verb"] == teams_cards.REFRESH
     counted = teams_cards.card_json(teams_cards.break_glass_card(shown, notice="Recorded as the review of …"))
     assert "Recorded as the review of" in texts(counted)
+    assert "Reviews on record" not in texts(message) + texts(card)
+
+    reviewed = {**shown, "reviews": ["human:carol: no objection", "human:dave objected: <@U1> *wrong* incident"]}
+    edited = slack_messages.break_glass_message(reviewed)
+    assert "Reviews on record" in texts(edited) and "human:carol: no objection" in texts(edited)
+    assert "<@U1>" not in texts(edited)  # what a reviewer wrote cannot ping or format
+    assert [b for b in edited["blocks"] if b["type"] == "actions"] == [answers]  # the answers stay for others
+    edited_card = teams_cards.card_json(teams_cards.break_glass_card(reviewed))
+    assert "Reviews on record: human:carol: no objection; human:dave objected" in texts(edited_card)
+    assert [a["title"] for a in edited_card["actions"]] == ["No objection", "Object"]
 
 
 # --- Teams cards ------------------------------------------------------------------------------------

@@ -317,6 +317,32 @@ async def test_a_break_glass_review_is_taken_once_per_reviewer() -> None:
     assert [r.accepted for r in d.published(events.VoteRecorded)] == [True, False]
 
 
+async def test_each_accepted_review_edits_the_break_glass_notices_and_shows_in_the_view() -> None:
+    d = Desk()
+    decided = await opened(d, break_glass=True)
+
+    def queued(kind: str) -> list[tuple[str, str, str]]:
+        return sorted(
+            (ch, target, occ)
+            for a, ch, target, k, occ in d.store.tables.notifications
+            if k == kind and a == decided.action_id
+        )
+
+    notices = [(channel, target) for channel, target, _ in queued("break_glass")]
+    assert notices and queued("reviewed") == []
+    assert (await d.desk.view(decided.action_id))["reviews"] == []
+
+    assert (await vote(d, decided, CAROL)).accepted
+    assert not (await vote(d, decided, CAROL, "deny")).accepted  # a second review by carol: refused, no edit
+    assert queued("reviewed") == [(channel, target, "1") for channel, target in notices]
+    assert (await vote(d, decided, DAVE, "deny")).accepted
+    assert queued("reviewed") == sorted([(c, t, n) for c, t in notices for n in ("1", "2")])
+    assert (await d.desk.view(decided.action_id))["reviews"] == [
+        "human:carol: no objection",
+        "human:dave objected: ticket 42",
+    ]
+
+
 async def test_a_break_glass_use_waits_for_its_reviewers_until_one_reviews_it() -> None:
     d = Desk()
     decided = await opened(d, break_glass=True)  # requested by agent:reporter for human:alice (a security member)

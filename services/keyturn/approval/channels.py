@@ -21,6 +21,7 @@ RESOLVED = "resolved"  # edit the message to the outcome (no buttons) and tell t
 REMINDER = "reminder"  # a thread reply: still waiting, this long left
 ESCALATED = "escalated"  # the fallback group may now approve: a fresh message, or a thread reply where one exists
 BREAK_GLASS = "break_glass"  # an action ran without approval; everyone is told, it will be reviewed
+REVIEWED = "reviewed"  # edit the break-glass notice after an accepted review: the reviews so far
 
 FRESH_MESSAGES = frozenset({OPENED, BREAK_GLASS})
 ANSWERABLE_MESSAGES = (OPENED, ESCALATED)  # the messages that carry Approve / Deny
@@ -151,6 +152,10 @@ class ApproverChannel(Protocol):
     ) -> str | None: ...
 
     async def notify_break_glass(self, target: str, view: dict[str, Any], *, notification_id: int) -> str: ...
+
+    async def notify_reviewed(self, target: str, ref: str, view: dict[str, Any]) -> None:
+        """Edit the break-glass notice ``ref`` to show the reviews on record; its answers stay."""
+        ...
 
     async def find_sent(self, target: str, parent_ref: str | None, notification_id: int, since: datetime) -> str | None:
         """The reference of a message this notification already posted, or None if none is found."""

@@ -128,7 +128,8 @@ class NotificationCourier:
             return await adapter.notify_opened(n.target, view, notification_id=n.id)
         if n.kind == kinds.BREAK_GLASS:
             return await adapter.notify_break_glass(n.target, view, notification_id=n.id)
-        parent = await self.store.message_of(n.action_id, n.channel, n.target)
+        notice = (kinds.BREAK_GLASS,) if n.kind == kinds.REVIEWED else kinds.ANSWERABLE_MESSAGES
+        parent = await self.store.message_of(n.action_id, n.channel, n.target, notice)
         if n.kind == kinds.ESCALATED and (parent is None or parent[0] == kinds.ESCALATED):
             return await adapter.escalate(
                 n.target, None, view, notification_id=n.id
@@ -144,6 +145,8 @@ class NotificationCourier:
             await adapter.notify_progress(n.target, ref, view)
         elif n.kind == kinds.RESOLVED:
             await adapter.notify_resolved(n.target, ref, view, notification_id=n.id)
+        elif n.kind == kinds.REVIEWED:
+            await adapter.notify_reviewed(n.target, ref, view)
         elif n.kind == kinds.REMINDER:
             await adapter.remind(n.target, ref, view, float(n.occasion), notification_id=n.id)
         else:

@@ -483,6 +483,9 @@ class ApprovalDesk:
             return VoteResult(action_id, False, "break_glass", "", refusal_name, str(refusal))
         verdict = "approved it" if choice is VoteChoice.APPROVE else "objected to it"
         reviewers = len({v.approver.id for v in earlier} | {reviewer.id})
+        for chat, target in await self.store.message_targets(unit.conn, action_id, (kinds.BREAK_GLASS,)):
+            # the notice shows the reviews so far (one edit per review on record)
+            await self.store.enqueue_notification(unit.conn, action_id, chat, target, kinds.REVIEWED, str(reviewers))
         summary = (
             f"Recorded as the review of break-glass action {action_id}: {reviewer.id} {verdict}. "
             f"It ran without approval, so nothing else changes ({reviewers} review(s) on record)."
@@ -727,7 +730,7 @@ class ApprovalDesk:
             view["execution"] = (await self.execution_modes()).mode_for(decided.request.action).execution.value
             return view
         encoded = await self.store.break_glass_decision(action_id)
-        return break_glass_view(registry().decode_event(encoded)) if encoded else None
+        return break_glass_view(registry().decode_event(encoded), await self._reviews(action_id)) if encoded else None
 
     async def execution_modes(self) -> ExecutionModes:
         """The catalog's execution modes, re-read at most every 30 s; unknown (none) while the policy is away."""

@@ -27,6 +27,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from keyturn.approval.channels import ANSWERABLE_MESSAGES
 from keyturn.approval.store import ApprovalRow, OpeningApproval
 
 Publish = Callable[[str, bytes, bytes], Awaitable[Any]]
@@ -66,7 +67,9 @@ class DeskStore(Protocol):
     async def enqueue_notification(
         self, conn: Any, action_id: str, channel: str, target: str, kind: str, occasion: str = ""
     ) -> None: ...
-    async def message_targets(self, conn: Any, action_id: str) -> list[tuple[str, str]]: ...
+    async def message_targets(
+        self, conn: Any, action_id: str, kinds: tuple[str, ...] = ANSWERABLE_MESSAGES
+    ) -> list[tuple[str, str]]: ...
     async def set_callback_target(self, conn: Any, action_id: str, url: str) -> None: ...
     async def enqueue_callback(self, conn: Any, action_id: str, state: str, body: str) -> None: ...
 

@@ -85,6 +85,10 @@ class SlackChannel:
     async def notify_break_glass(self, target: str, view: dict[str, Any], *, notification_id: int) -> str:
         return await self._post(target, blocks.break_glass_message(view), notification_id, view["action_id"])
 
+    async def notify_reviewed(self, target: str, ref: str, view: dict[str, Any]) -> None:
+        channel, ts = _split(ref)
+        await self.client.chat_update(channel=channel, ts=ts, **blocks.break_glass_message(view))
+
     async def find_sent(self, target: str, parent_ref: str | None, notification_id: int, since: datetime) -> str | None:
         oldest = f"{(since - LOOKBACK).timestamp():.6f}"
         if parent_ref is not None:

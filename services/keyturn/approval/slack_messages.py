@@ -135,6 +135,11 @@ def break_glass_message(view: dict[str, Any]) -> dict[str, Any]:
         },
         _section(f"*Reason*\n{escape(view['reason'])}"),
         _section(f"*Parameters* (masked)\n```{escape(_parameters(view['parameters']))}```"),
+        *(
+            [_section("*Reviews on record*\n" + "\n".join(f"• {escape(line)}" for line in view["reviews"]))]
+            if view.get("reviews")
+            else []
+        ),
         {"type": "context", "elements": [{"type": "mrkdwn", "text": f"action `{escape(view['action_id'])}`"}]},
         {
             # a reviewer's answer: recorded as the review (an objection asks why first), nothing is undone

@@ -26,6 +26,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from keyturn.approval.channels import ANSWERABLE_MESSAGES
+
 DDL = """
 CREATE TABLE IF NOT EXISTS {schema}.approvals (
     action_id       text PRIMARY KEY,
@@ -456,12 +458,15 @@ class ApprovalStore:
         )
 
     @staticmethod
-    async def message_targets(conn: AsyncConnection, action_id: str) -> list[tuple[str, str]]:
-        """(channel, target) of every approval message posted or queued for the action."""
+    async def message_targets(
+        conn: AsyncConnection, action_id: str, kinds: tuple[str, ...] = ANSWERABLE_MESSAGES
+    ) -> list[tuple[str, str]]:
+        """(channel, target) of every message of ``kinds`` posted or queued for the action (by
+        default the approval messages; a break-glass notice is ``("break_glass",)``)."""
         cur = await conn.execute(
             """SELECT DISTINCT channel, target FROM approval_notifications
-               WHERE action_id = %s AND kind IN ('opened', 'escalated') ORDER BY channel, target""",
-            (action_id,),
+               WHERE action_id = %s AND kind = ANY(%s) ORDER BY channel, target""",
+            (action_id, list(kinds)),
         )
         return [(r[0], r[1]) for r in await cur.fetchall()]
 
@@ -504,15 +509,18 @@ class ApprovalStore:
                 ("failed" if give_up else "pending", at, error[:2000], notification_id),
             )
 
-    async def message_of(self, action_id: str, channel: str, target: str) -> tuple[str, str, str | None] | None:
-        """(kind, state, remote ref) of the approval message on ``target``: the original, else the escalation."""
+    async def message_of(
+        self, action_id: str, channel: str, target: str, kinds: tuple[str, ...] = ANSWERABLE_MESSAGES
+    ) -> tuple[str, str, str | None] | None:
+        """(kind, state, remote ref) of the message on ``target``: the approval message (the
+        original, else the escalation) by default, or the first of ``kinds``."""
         async with self.pool.connection() as conn:
             row = await (
                 await conn.execute(
                     """SELECT kind, state, remote_ref FROM approval_notifications
-                   WHERE action_id = %s AND channel = %s AND target = %s AND kind IN ('opened', 'escalated')
+                   WHERE action_id = %s AND channel = %s AND target = %s AND kind = ANY(%s)
                    ORDER BY (kind = 'opened') DESC, id LIMIT 1""",
-                    (action_id, channel, target),
+                    (action_id, channel, target, list(kinds)),
                 )
             ).fetchone()
             return (row[0], row[1], row[2]) if row else None

@@ -231,6 +231,12 @@ class TeamsChannel:
         sent = await self.app.send(target, cards.break_glass_card(view))
         return message_ref(target, sent.id)
 
+    async def notify_reviewed(self, target: str, ref: str, view: dict[str, Any]) -> None:
+        conversation, activity_id = _split(ref)
+        await self.app.api.conversations.activities(conversation).update(
+            activity_id, MessageActivityInput().add_card(cards.break_glass_card(view))
+        )
+
     async def find_sent(self, target: str, parent_ref: str | None, notification_id: int, since: datetime) -> str | None:
         # The Bot Connector cannot list a conversation's past activities, so a message whose
         # confirmation was lost in a crash is sent again (at least once, never lost).

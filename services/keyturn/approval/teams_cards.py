@@ -110,6 +110,8 @@ def break_glass_card(view: dict[str, Any], *, notice: str | None = None, problem
         TextBlock(text=f"Reason: {view['reason']}", wrap=True),
         TextBlock(text=_parameters(view["parameters"]), wrap=True, font_type="Monospace"),
     ]
+    if view.get("reviews"):
+        body.append(TextBlock(text="Reviews on record: " + "; ".join(view["reviews"]) + ".", wrap=True))
     if notice:
         body.append(TextBlock(text=notice, wrap=True, weight="Bolder"))
     if problem:

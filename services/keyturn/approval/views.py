@@ -7,10 +7,11 @@ the same facts; none of them ever sees clear parameters (only the masked copy tr
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from keyturn.core import approval as rules
-from keyturn.core.events import ActionDecided, ImpactPreview, VoteRecorded
+from keyturn.core.events import ActionDecided, ImpactPreview, Vote, VoteChoice, VoteRecorded
 
 
 def approval_view(decided: ActionDecided, state: rules.PendingApproval) -> dict[str, Any]:
@@ -56,8 +57,9 @@ def approval_view(decided: ActionDecided, state: rules.PendingApproval) -> dict[
     }
 
 
-def break_glass_view(decided: ActionDecided) -> dict[str, Any]:
-    """A break-glass action: it ran without approval and is flagged for mandatory review."""
+def break_glass_view(decided: ActionDecided, reviews: Sequence[Vote] = ()) -> dict[str, Any]:
+    """A break-glass action: it ran without approval and is flagged for mandatory review;
+    ``reviews``: the reviews accepted so far, oldest first."""
     request = decided.request
     shown = masked_parameters(request.parameters, decided.mask)  # the incident id too, as the policy masks
     return {
@@ -77,7 +79,16 @@ def break_glass_view(decided: ActionDecided) -> dict[str, Any]:
         "summary": f"Break-glass by {requester_line(request.requester.id, list(request.requester.chain))}: "
         "ran without approval, mandatory review",
         "break_glass": True,
+        "reviews": [review_line(vote) for vote in reviews],
     }
+
+
+def review_line(vote: Vote) -> str:
+    """``human:carol: no objection`` / ``human:dave objected: wrong incident`` (the reason as masked
+    when it was given)."""
+    if vote.choice is VoteChoice.APPROVE:
+        return f"{vote.approver.id}: no objection"
+    return f"{vote.approver.id} objected: {vote.reason}" if vote.reason else f"{vote.approver.id} objected"
 
 
 MASKED = "[masked]"
