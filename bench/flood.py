@@ -67,7 +67,7 @@ class Backends:
         self._thread.start()
 
     def sample(self) -> dict[int, float]:
-        return {pid: machine.cpu_seconds(pid) for pid in machine._children(self.postmaster)}
+        return {pid: machine.cpu_seconds(pid) for pid in machine.children(self.postmaster)}
 
     def _follow(self) -> None:
         while not self._stop.is_set():
@@ -86,8 +86,8 @@ class Backends:
         return len(gone), max(0.0, spent_in_all - live - postmaster)
 
 
-def count_desk_calls(agent: Agent, settings: Settings, calls: Counter) -> None:
-    """Count the scripted approver's approval API calls by route and answer."""
+def desk_calls(calls: Counter) -> aiohttp.TraceConfig:
+    """A trace that counts the scripted approver's approval API calls by route and answer."""
     trace = aiohttp.TraceConfig()
 
     async def ended(_session: Any, _context: Any, params: Any) -> None:
@@ -95,20 +95,13 @@ def count_desk_calls(agent: Agent, settings: Settings, calls: Counter) -> None:
         calls[f"{params.method} {route} {params.response.status}"] += 1
 
     trace.on_request_end.append(ended)
-    agent._desk = aiohttp.ClientSession(
-        base_url=settings.approval_url,
-        connector=aiohttp.TCPConnector(limit=16),
-        timeout=aiohttp.ClientTimeout(total=60),
-        headers=agent._approver_auth,
-        trace_configs=[trace],
-    )
+    return trace
 
 
 async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProcesses, out: Any) -> bool:
-    agent = Agent(settings, connections=32, retry_for_s=10)
-    agent.start_approvers()
     calls: Counter = Counter()
-    count_desk_calls(agent, settings, calls)
+    agent = Agent(settings, connections=32, retry_for_s=10, desk_trace=desk_calls(calls))
+    agent.start_approvers()
     try:
         async with Drain(settings) as drain:
             await agent.closed_loop(300, 16)  # warm-up

@@ -128,7 +128,15 @@ class LoadLog:
 class Agent:
     """The benchmark's agent and its approver, over HTTP/1.1 keep-alive pools."""
 
-    def __init__(self, settings: Settings, *, connections: int = 64, retry_for_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connections: int = 64,
+        retry_for_s: float = 0.0,
+        desk_trace: aiohttp.TraceConfig | None = None,
+    ) -> None:
+        self.desk_trace = desk_trace  # hears every approval API call the scripted approver makes
         self.settings = settings
         self.run = uuid.uuid4().hex[:8]
         self.retry_for_s = retry_for_s  # > 0: keep retrying a submission (same key) this long
@@ -168,6 +176,7 @@ class Agent:
                 connector=aiohttp.TCPConnector(limit=16),
                 timeout=aiohttp.ClientTimeout(total=60),
                 headers=self._approver_auth,
+                trace_configs=[self.desk_trace] if self.desk_trace is not None else None,
             )
         return self._desk
 

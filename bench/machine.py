@@ -41,12 +41,12 @@ def cpu_seconds(pid: int, *, with_children: bool = False) -> float:
     total = (int(fields[11]) + int(fields[12])) / _TICKS
     if with_children:
         total += (int(fields[13]) + int(fields[14])) / _TICKS
-        for child in _children(pid):
+        for child in children(pid):
             total += cpu_seconds(child)
     return total
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
