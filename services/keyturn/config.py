@@ -32,6 +32,10 @@ class Settings:
     partitions: int = 16
     producer_linger_ms: float = 3.0  # stream workers' producers wait this long to fill a batch
     producer_batch_bytes: int = 256 * 1024  # and put up to this much in one batch per partition
+    # the policy, executor and approval workers take up to 64 events at a time, or what arrived
+    # within this long: one OPA query, one statement, one produce per batch. Each hop may wait
+    # this long more when idle; under load, larger batches cost less per action (bench/README.md)
+    worker_gather_ms: float = 20.0
     worker_session_timeout_s: float = 10.0  # a dead worker's partitions move to a live one after this
     run_dir: str = field(default_factory=_default_run_dir)  # keys, logs, pids for local runs
     intake_host: str = "127.0.0.1"
