@@ -147,12 +147,14 @@ def test_a_break_glass_use_is_reviewed_from_the_inbox_after_the_fact(browser, se
     assert page.inner_text("#status") == "break_glass" and incident in page.inner_text("#break-glass")
     assert "allowed without approval under break-glass" in page.inner_text("#timeline")
     page.click("#deny")  # an objection needs a reason: refused in the page, nothing recorded
-    assert "needs a reason" in page.inner_text("#error")
+    assert "An objection needs a reason" in page.inner_text("#error")
+    assert page.inner_text("#reviews-on-record") == "none yet"
     page.fill("#reason", "the role outlived the incident")
     page.click("#deny")
     page.wait_for_url(re.compile(r"done=review-deny"))
     assert "Your review was recorded: you objected." in page.content()
     assert "human:carol objected via console: the role outlived the incident" in page.inner_text("#timeline")
+    assert page.inner_text("#reviews-on-record") == "human:carol objected: the role outlived the incident"
     assert "You have already reviewed this action." in page.inner_text("#why-not")
 
     page.goto(f"{settings.approval_url}/console")  # reviewed: it leaves every inbox

@@ -255,7 +255,8 @@ def mount_console(
             )
             return await _action_page(console, signed_in, action_id, error="Choose Approve or Deny.", status=400)
         desk = await desk_of()
-        if (missing := reason_missing(await desk.view(action_id), choice, reason)) is not None:
+        if choice == "deny" and not reason.strip():  # a denial, or an objection: its own words (views)
+            missing = reason_missing(await desk.view(action_id), choice, reason) or "A reason is needed."
             return await _action_page(console, signed_in, action_id, error=missing, status=400)
         try:
             result = await desk.vote(

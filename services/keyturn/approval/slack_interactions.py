@@ -312,7 +312,8 @@ async def _deny_submitted(desk: ApprovalDesk, slack: SlackChannel, submitted: In
                 "errors": {blocks.REASON_BLOCK: "Keyturn does not know who you are; your answer was not applied."},
             }
         )
-    if (missing := reason_missing(await desk.view(action_id), "deny", submitted.deny_reason)) is not None:
+    if not (submitted.deny_reason or "").strip():  # the modal requires one; a payload without it says why
+        missing = reason_missing(await desk.view(action_id), "deny", None) or "A reason is needed."
         return JSONResponse({"response_action": "errors", "errors": {blocks.REASON_BLOCK: missing}})
     try:
         result = await desk.vote(action_id, approver, "deny", digest, submitted.deny_reason, "slack")
