@@ -4,6 +4,7 @@ in milliseconds and without a server (the same desk runs on PostgreSQL in tests/
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -442,6 +443,21 @@ async def test_an_approval_that_could_not_be_opened_ends_denied_not_open_for_eve
     assert (resolved.action_id, resolved.outcome) == (broken.action_id, events.ResolutionOutcome.DENIED)
     assert resolved.summary.startswith("approval_error:") and "ValueError" in resolved.summary
     assert resolved.votes == ()
+    # the same decision delivered again (its offset was not committed) opens nothing: it ended denied
+    assert await d.desk.take_decision(broken, registry().encode_event(broken)) is None
+    assert [k for k in d.store.tables.notifications if k[0] == broken.action_id] == []
+    late = await vote(d, broken, CAROL)
+    assert not late.accepted and late.refusal == "AlreadyResolved"
+    assert len(d.published(events.ApprovalResolved)) == 1
+
+
+async def test_a_decision_no_approval_can_be_built_from_still_ends_denied() -> None:
+    d = Desk()
+    unusable = dataclasses.replace(decision(), approvals=None)  # needs approval, but names no requirement
+    await d.desk.end_failed(unusable, None, ValueError("no approval requirement"))
+    (resolved,) = d.published(events.ApprovalResolved)
+    assert (resolved.action_id, resolved.outcome) == (unusable.action_id, events.ResolutionOutcome.DENIED)
+    assert unusable.action_id not in d.store.tables.approvals
 
 
 async def test_a_failure_after_the_approval_opened_leaves_it_to_its_approvers() -> None:

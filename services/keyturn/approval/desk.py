@@ -223,12 +223,14 @@ class ApprovalDesk:
             f"decision for {decided.action_id}", lambda: self._take_decision(decided, encoded)
         )
 
-    async def end_failed(self, event: Any, _message: Any, exc: Exception) -> None:
+    async def end_failed(self, event: Any, message: Any, exc: Exception) -> None:
         """The consumption loop's hook when taking an event failed for good (``bus.loop``).
 
         An approval that could not be opened can never be answered: the action ends ``denied``
-        with ``approval_error`` instead of staying open for ever. An approval that did open goes
-        on as usual, and an execution (the action is already over) needs no ending."""
+        with ``approval_error`` instead of staying open for ever, and its approval is recorded
+        closed (denied), so a later delivery of the same decision opens nothing and no answer
+        can follow the denial. An approval that did open goes on as usual, and an execution (the
+        action is already over) needs no ending."""
         if not isinstance(event, ActionDecided) or event.outcome is not DecisionOutcome.NEEDS_APPROVAL:
             return
         if await self.store.read(event.action_id) is not None:
@@ -245,7 +247,17 @@ class ApprovalDesk:
             ),
         )
         log.warning("denied %s: %s", event.action_id, resolved.summary)
+        encoded = bytes(message.value) if getattr(message, "value", None) else registry().encode_event(event)
+        try:  # the decision may be what broke the handler: then no row can be built from it either
+            closed = self._opening(event, encoded)
+        except Exception as why:
+            log.warning("no approval row for %s (%s); its denial is published all the same", event.action_id, why)
+            closed = None
         async with self.unit_of_work() as unit:
+            if closed is not None and await self.store.open_many(unit.conn, [closed]):
+                await self.store.resolve(
+                    unit.conn, event.action_id, ResolutionOutcome.DENIED.value, resolved.resolved_at
+                )
             await self._publish(unit, self.topics.resolved, event.action_id, registry().encode_event(resolved))
 
     def concerns(self, decided: ActionDecided) -> bool:
@@ -308,30 +320,29 @@ class ApprovalDesk:
         """Open the approvals of these decisions (one statement) and queue their first messages."""
         if not decisions:
             return set()
-        groups_of: dict[str, list[str]] = {}
-        approvals = []
-        for decided, encoded in decisions:
-            state = opened_state(decided)
-            groups_of[decided.action_id] = [g.name for g in state.policy.groups]
-            approvals.append(
-                OpeningApproval(
-                    decided.action_id,
-                    encoded,
-                    sorted(decided.request.requester.everyone),
-                    groups_of[decided.action_id],
-                    state.opened_at,
-                    state.expires_at,
-                    next_sweep_at(state),
-                )
-            )
-        created = await self.store.open_many(unit.conn, approvals)
+        approvals = {decided.action_id: self._opening(decided, encoded) for decided, encoded in decisions}
+        created = await self.store.open_many(unit.conn, list(approvals.values()))
         for decided, _ in decisions:
             if decided.action_id not in created:
                 continue
             for channel, targets in self.routes.items():
-                for target in targets.targets_for(groups_of[decided.action_id]):
+                for target in targets.targets_for(approvals[decided.action_id].groups):
                     await self.store.enqueue_notification(unit.conn, decided.action_id, channel, target, kinds.OPENED)
         return created
+
+    @staticmethod
+    def _opening(decided: ActionDecided, encoded: bytes) -> OpeningApproval:
+        """The approval row a decision opens."""
+        state = opened_state(decided)
+        return OpeningApproval(
+            decided.action_id,
+            encoded,
+            sorted(decided.request.requester.everyone),
+            [g.name for g in state.policy.groups],
+            state.opened_at,
+            state.expires_at,
+            next_sweep_at(state),
+        )
 
     async def note_executed(self, executed: ActionExecuted) -> None:
         """Queue the requester's webhook for an execution outcome (sent once its URL is known)."""

@@ -4,6 +4,7 @@ moment it escalated and the reminders sent, replayed through the pure rules in
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 from keyturn.approval.store import ApprovalRow
@@ -43,6 +44,10 @@ def pending_state(decided: ActionDecided, row: ApprovalRow) -> rules.PendingAppr
         state = rules.mark_reminded(state, known)
     if row.status == "expired" and state.status == "pending":
         state = rules.expire_if_due(state, state.expires_at) or state
+    if row.status == "denied" and state.status == "pending":
+        # closed by the service itself, with no vote to replay: an approval that could not be
+        # taken in ends denied (ApprovalDesk.end_failed), and stays so
+        state = dataclasses.replace(state, status="denied", resolved_at=row.resolved_at or state.opened_at)
     return state
 
 

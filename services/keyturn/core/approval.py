@@ -537,14 +537,22 @@ def execution_deadline(resolution: Resolution, policy: ApprovalPolicy) -> dateti
     return resolution.at + policy.execution_window
 
 
+# an approval the service closed itself, with no vote (the approval service could not take it in)
+CLOSED_WITHOUT_A_VOTE = "the approval service could not take this approval in, so nobody could answer it"
+
+
+def _last_denial(state: PendingApproval) -> Vote | None:
+    return next((vote for vote in reversed(state.votes) if vote.choice is VoteChoice.DENY), None)
+
+
 def resolution_of(state: PendingApproval) -> Resolution | None:
     """How the approval ended, or ``None`` while it is pending."""
     if state.status == "pending" or state.resolved_at is None:
         return None
     if state.status == "denied":
-        deny = next(vote for vote in reversed(state.votes) if vote.choice is VoteChoice.DENY)
-        deciding: tuple[Vote, ...] = (deny,)
-        reason = deny.reason
+        deny = _last_denial(state)
+        deciding: tuple[Vote, ...] = (deny,) if deny is not None else ()
+        reason = deny.reason if deny is not None else CLOSED_WITHOUT_A_VOTE
     elif state.status == "approved":
         deciding = _distinct_approvals(state.votes)
         reason = None
@@ -743,7 +751,9 @@ def _summary(
     if state.status == "approved":
         return f"Approved by {', '.join(approved_by)}"
     if state.status == "denied":
-        deny = next(vote for vote in reversed(state.votes) if vote.choice is VoteChoice.DENY)
+        deny = _last_denial(state)
+        if deny is None:
+            return f"Denied: {CLOSED_WITHOUT_A_VOTE}"
         return f"Denied by {deny.approver.id}" + (f": {deny.reason}" if deny.reason else "")
     waiting = _waiting_for(state.policy.require_all, primary, alternatives)
     if state.status == "expired":
