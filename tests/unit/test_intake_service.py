@@ -299,23 +299,72 @@ async def test_concurrent_single_submissions_are_stored_as_one_batch(monkeypatch
     assert len(store.rows) == 9 and len(published(send)) == 9 and alone.action_id in store.rows
 
 
-async def test_a_submission_that_breaks_its_batch_fails_alone(monkeypatch) -> None:
+async def test_a_submission_that_cannot_be_prepared_fails_alone(monkeypatch) -> None:
     intake, store, _ = intake_with()
-    statements = counting_inserts(store, monkeypatch, fail_for="bad")
+    statements = counting_inserts(store, monkeypatch)
+    protect = intake.protect
+
+    def breaks_on_boom(parameters, **kwargs):
+        if "boom" in parameters:
+            raise ValueError("this one cannot be sealed")
+        return protect(parameters, **kwargs)
+
+    intake.protect = breaks_on_boom
     answers = await asyncio.gather(
         *(
-            intake.submit(REPORTER, submission(idempotency_key=key), SubmissionChannel.HTTP)
-            for key in ("a", "bad", "b", "k")
+            intake.submit(REPORTER, submission(idempotency_key=key, parameters=parameters), SubmissionChannel.HTTP)
+            for key, parameters in (("a", {"table": "t"}), ("bad", {"boom": 1}), ("b", {"table": "t"}))
         ),
         intake.submit(REPORTER, submission(idempotency_key="a", resource="postgres://prod/x"), SubmissionChannel.HTTP),
         return_exceptions=True,
     )
-    assert statements[0] == ["a", "bad", "b", "k", "a"]  # together first, then each alone
-    assert sorted(map(tuple, statements[1:])) == [("a",), ("a",), ("b",), ("bad",), ("k",)]
-    assert isinstance(answers[1], RuntimeError)
-    assert isinstance(answers[4], IdempotencyConflict)  # its own answer, not the batch's
-    assert [created for _, created in (answers[0], answers[2], answers[3])] == [True, True, True]
-    assert len(store.rows) == 3
+    assert statements == [["a", "b", "a"]]  # nothing was stored before the failure; then one statement without it
+    assert isinstance(answers[1], ValueError)
+    assert isinstance(answers[3], IdempotencyConflict)  # its own answer, not the batch's
+    assert [answers[0][1], answers[2][1]] == [True, True]
+    assert len(store.rows) == 2
+
+
+async def test_a_batch_that_fails_after_its_insert_is_never_stored_twice(monkeypatch) -> None:
+    intake, store, send = intake_with()
+    insert_many = store.insert_many
+
+    async def stored_then_broken(rows):
+        await insert_many(rows)
+        raise RuntimeError("the statement's answer was lost")
+
+    monkeypatch.setattr(store, "insert_many", stored_then_broken)
+    keyless = [submission(idempotency_key=None, parameters={"table": f"t{n}"}) for n in range(3)]
+    answers = await asyncio.gather(
+        *(intake.submit(REPORTER, sub, SubmissionChannel.HTTP) for sub in keyless), return_exceptions=True
+    )
+    assert [type(a).__name__ for a in answers] == ["RuntimeError"] * 3  # every caller is told it failed
+    assert len(store.rows) == 3 and published(send) == []  # each stored once; the outbox publishes them
+
+
+async def test_a_gathering_that_ends_abnormally_answers_every_caller(monkeypatch) -> None:
+    intake, store, _ = intake_with()
+    started = asyncio.Event()
+
+    async def never_answers(rows):
+        started.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(store, "insert_many", never_answers)
+    callers = [
+        asyncio.create_task(intake.submit(REPORTER, submission(idempotency_key=f"k{n}"), SubmissionChannel.HTTP))
+        for n in range(3)
+    ]
+    await started.wait()
+    late = asyncio.create_task(intake.submit(REPORTER, submission(idempotency_key="late"), SubmissionChannel.HTTP))
+    await asyncio.sleep(0)
+    assert intake._storing is not None
+    intake._storing.cancel()  # the intake shutting down mid-statement
+    answers = await asyncio.gather(*callers, late, return_exceptions=True)
+    assert [type(a).__name__ for a in answers] == ["StoreUnavailable"] * 4  # 503: try again; none hangs
+    monkeypatch.undo()
+    stored, created = await intake.submit(REPORTER, submission(idempotency_key="k0"), SubmissionChannel.HTTP)
+    assert created and list(store.rows) == [stored.action_id]  # a new gathering starts after it
 
 
 async def test_a_database_outage_answers_every_gathered_submission_at_once(monkeypatch) -> None:

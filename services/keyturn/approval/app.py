@@ -87,7 +87,7 @@ def create_app(settings: Settings):
             on_failure=desk.end_failed,
             handle_many=follow_many,
             wants=DESK_EVENTS,
-            within_s=settings.worker_gather_ms / 1000,
+            within_s=settings.worker_gather_s,
         )
 
     @app.timer(interval=1.0)

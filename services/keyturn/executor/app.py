@@ -141,7 +141,7 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
             on_failure=stage.on_failure,
             handle_many=stage.execute_batch,
             wants=CLEARED_ORDERS,
-            within_s=settings.worker_gather_ms / 1000,
+            within_s=settings.worker_gather_s,
         )
 
     return app

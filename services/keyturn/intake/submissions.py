@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import validation_problems
 from keyturn.core.canonical import canonical_json
-from keyturn.core.events import ActionRequested, SubmissionChannel, payload_digest
+from keyturn.core.events import ActionRequested, Digest, SubmissionChannel, payload_digest
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.core.principal import Principal
 from keyturn.faults import is_transient
-from keyturn.intake.store import NewAction, StoredAction
+from keyturn.intake.store import NewAction, StoredAction, StoreUnavailable
 from keyturn.masking.protect import mask_text
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,15 @@ Gathered = tuple[Principal, ActionSubmission, SubmissionChannel, "asyncio.Future
 """A submission waiting for its batch: who, what, through which channel, and its caller's answer."""
 
 
+class _Unprepared(Exception):
+    """Submission ``index`` of a batch failed before anything of the batch was stored."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
 class Intake:
     """Turns verified submissions into published ``ActionRequested`` events, exactly once per id."""
 
@@ -195,7 +204,8 @@ class Intake:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Submitted | IdempotencyConflict | InvalidSubmission] = loop.create_future()
         self._gathered.append((principal, submission, channel, answer))
-        if self._storing is None or self._storing.get_loop() is not loop:  # (a loop that ended left its task)
+        storing = self._storing
+        if storing is None or storing.done() or storing.get_loop() is not loop:  # (a loop that ended left its task)
             self._gathered = [item for item in self._gathered if item[3].get_loop() is loop]
             self._storing = asyncio.create_task(self._store_gathered())
         result = await answer
@@ -204,38 +214,50 @@ class Intake:
         return result
 
     async def _store_gathered(self) -> None:
-        """Store what ``submit`` gathered, a batch per channel, until nothing is left waiting."""
+        """Store what ``submit`` gathered, a batch per channel, until nothing is left waiting.
+        However it ends, no caller is left waiting: one whose batch never ran is answered that
+        the intake stopped (503, try again)."""
+        gathered: list[Gathered] = []
         try:
             while self._gathered:
                 gathered, self._gathered = self._gathered[: self.gather_max], self._gathered[self.gather_max :]
                 for channel in dict.fromkeys(item[2] for item in gathered):
                     await self._answer([item for item in gathered if item[2] == channel], channel)
+        except BaseException:
+            stopped = StoreUnavailable("the intake stopped before storing this submission; nothing was stored")
+            for *_, answer in [*gathered, *self._gathered]:
+                if not answer.done():
+                    answer.set_exception(stopped)
+            self._gathered = []
+            raise
         finally:
             self._storing = None
 
     async def _answer(self, items: list[Gathered], channel: SubmissionChannel) -> None:
-        """Store ``items`` together and answer each; a batch that fails for a reason other than
-        an unavailable server is stored again one item at a time, so one submission's failure
-        is its own answer and never its neighbours'."""
+        """Store ``items`` together and answer each. A submission that cannot be prepared (masked,
+        sealed, encoded) fails before anything of the batch is stored: it is answered with its
+        own error and the others are stored without it. Any later failure (the INSERT, the
+        produce) is every caller's answer: a row may be stored already, so nothing is stored again
+        (a keyless submission would become a second action); the outbox publishes what was."""
         waiting = [item for item in items if not item[3].done()]  # a caller that went away is not stored
-        if not waiting:
-            return
-        try:
-            results = await self.submit_many(
-                [(principal, submission) for principal, submission, _, _ in waiting], channel
-            )
-        except Exception as exc:  # each caller is answered with it, or with its own
-            if len(waiting) == 1 or is_transient(exc):
+        while waiting:
+            try:
+                results = await self._submit_many(
+                    [(principal, submission) for principal, submission, _, _ in waiting], channel
+                )
+            except _Unprepared as unprepared:
+                *_, answer = waiting.pop(unprepared.index)
+                answer.set_exception(unprepared.error)
+                continue
+            except Exception as exc:
                 for *_, answer in waiting:
                     if not answer.done():
                         answer.set_exception(exc)
                 return
-            for item in waiting:
-                await self._answer([item], channel)
+            for (*_, answer), result in zip(waiting, results, strict=True):
+                if not answer.done():
+                    answer.set_result(result)
             return
-        for (*_, answer), result in zip(waiting, results, strict=True):
-            if not answer.done():
-                answer.set_result(result)
 
     async def refusal(self, submission: ActionSubmission) -> InvalidSubmission | None:
         """Why the catalog refuses this submission before anything is stored, or None."""
@@ -258,9 +280,22 @@ class Intake:
         ``InvalidParameters``) the catalog refuses it with (nothing of it stored). A key used twice
         in one batch for the same request gives one action (the second is answered as a repeat).
         """
+        try:
+            return await self._submit_many(submissions, channel)
+        except _Unprepared as unprepared:
+            raise unprepared.error from None
+
+    async def _submit_many(
+        self, submissions: Sequence[tuple[Principal, ActionSubmission]], channel: SubmissionChannel
+    ) -> list[Submitted | IdempotencyConflict | InvalidSubmission]:
+        """``submit_many``, raising ``_Unprepared`` when one submission fails before the INSERT."""
         refused = [await self.refusal(submission) for _, submission in submissions]
         accepted = [pair for pair, why in zip(submissions, refused, strict=True) if why is None]
-        stored = iter(await self._store_many(accepted, channel))
+        try:
+            stored = iter(await self._store_many(accepted, channel))
+        except _Unprepared as unprepared:  # its index among the accepted, as one among all
+            among_all = [i for i, why in enumerate(refused) if why is None][unprepared.index]
+            raise _Unprepared(among_all, unprepared.error) from unprepared.error
         return [why if why is not None else next(stored) for why in refused]
 
     async def _store_many(
@@ -271,39 +306,13 @@ class Intake:
         now = datetime.now(UTC)
         rows: list[NewAction] = []
         digests: list[str] = []
-        for principal, submission in submissions:
-            action_id = action_id_for(principal, submission.idempotency_key)
-            digest = payload_digest(submission.action, submission.resource, submission.parameters)
-            masked_json, sealed = self.protect(submission.parameters, action_id=action_id, payload_digest=digest)
-            event = ActionRequested(
-                event_id=f"requested:{action_id}",
-                action_id=action_id,
-                idempotency_key=submission.idempotency_key,
-                action=submission.action,
-                resource=submission.resource,
-                parameters_json=masked_json,
-                sealed_parameters=sealed,
-                reason=mask_text(submission.reason),  # shown to approvers; masked like the parameters
-                requester=principal,
-                payload_digest=digest,
-                requested_at=now,
-                channel=channel,
-                callback_url=submission.callback_url,
-            )
+        for index, (principal, submission) in enumerate(submissions):
+            try:
+                row, digest = self._prepared(principal, submission, channel, now)
+            except Exception as exc:
+                raise _Unprepared(index, exc) from exc
             digests.append(str(digest))
-            rows.append(
-                NewAction(
-                    action_id=action_id,
-                    requester=principal.id,
-                    principals=sorted(principal.everyone),
-                    idempotency_key=submission.idempotency_key,
-                    payload_digest=str(digest),
-                    action=submission.action,
-                    resource=submission.resource,
-                    requested_event=self.publisher.encode(event),
-                    at=now,
-                )
-            )
+            rows.append(row)
         stored_rows = await self.store.insert_many(rows)
         results: list[Submitted | IdempotencyConflict] = []
         to_publish: dict[str, StoredAction] = {}
@@ -322,6 +331,41 @@ class Intake:
         if to_publish:
             await self._publish_all(list(to_publish.values()))
         return results
+
+    def _prepared(
+        self, principal: Principal, submission: ActionSubmission, channel: SubmissionChannel, now: datetime
+    ) -> tuple[NewAction, Digest]:
+        """The row to store for one submission, with its event masked, sealed and encoded."""
+        action_id = action_id_for(principal, submission.idempotency_key)
+        digest = payload_digest(submission.action, submission.resource, submission.parameters)
+        masked_json, sealed = self.protect(submission.parameters, action_id=action_id, payload_digest=digest)
+        event = ActionRequested(
+            event_id=f"requested:{action_id}",
+            action_id=action_id,
+            idempotency_key=submission.idempotency_key,
+            action=submission.action,
+            resource=submission.resource,
+            parameters_json=masked_json,
+            sealed_parameters=sealed,
+            reason=mask_text(submission.reason),  # shown to approvers; masked like the parameters
+            requester=principal,
+            payload_digest=digest,
+            requested_at=now,
+            channel=channel,
+            callback_url=submission.callback_url,
+        )
+        row = NewAction(
+            action_id=action_id,
+            requester=principal.id,
+            principals=sorted(principal.everyone),
+            idempotency_key=submission.idempotency_key,
+            payload_digest=str(digest),
+            action=submission.action,
+            resource=submission.resource,
+            requested_event=self.publisher.encode(event),
+            at=now,
+        )
+        return row, digest
 
     async def _publish_all(self, stored: list[StoredAction]) -> None:
         """Send every event at once and wait for the acks together, within the patience.

@@ -58,7 +58,7 @@ def create_app(settings: Settings):
             accept=(ActionRequested,),
             on_failure=stage.on_failure,
             handle_many=stage.decide_batch,
-            within_s=settings.worker_gather_ms / 1000,
+            within_s=settings.worker_gather_s,
         )
 
     return app
