@@ -27,6 +27,12 @@ _GOVERNED = (
 )
 
 
+def missing_framework(adapter: str, framework: str, extra: str, missing: ImportError) -> ImportError:
+    """The error an adapter raises when its framework is not installed: what is missing, and the
+    extra that installs it."""
+    return ImportError(f"{adapter} needs {framework} ({missing.name} is missing): pip install 'keyturn-sdk[{extra}]'")
+
+
 def schema_with_reason(schema: dict[str, Any], reason: Any, *, strict: bool = False) -> tuple[dict[str, Any], bool]:
     """A tool's argument ``schema`` with the required ``reason`` a model must give, unless the tool builds
     its reason itself (``reason`` given) or has an argument of that name; and whether it has one.

@@ -50,6 +50,7 @@ from keyturn.sdk.adapters.common import (
     call_async,
     call_sync,
     governed,
+    missing_framework,
     refusal_for_a_model,
     take_reason,
 )
@@ -62,10 +63,7 @@ try:
     from langchain_core.tools import BaseTool, StructuredTool, ToolException
     from pydantic import BaseModel, Field, create_model
 except ImportError as missing:  # pragma: no cover - depends on what is installed
-    raise ImportError(
-        f"keyturn.sdk.adapters.langgraph needs langchain-core ({missing.name} is missing): "
-        "pip install 'keyturn-sdk[langgraph]'"
-    ) from missing
+    raise missing_framework(__name__, "langchain-core", "langgraph", missing) from missing
 
 __all__ = ["WAITING_EVENT", "gate_tool", "keyturn_tool", "refusal_for_a_model"]
 

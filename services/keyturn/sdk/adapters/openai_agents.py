@@ -46,6 +46,7 @@ from keyturn.sdk.adapters.common import (
     built_request,
     governed,
     governed_call,
+    missing_framework,
     schema_with_reason,
     take_reason,
 )
@@ -56,10 +57,7 @@ try:
     from agents import FunctionTool, RunContextWrapper
     from agents.function_schema import function_schema
 except ImportError as missing:  # pragma: no cover - depends on what is installed
-    raise ImportError(
-        f"keyturn.sdk.adapters.openai_agents needs the OpenAI Agents SDK ({missing.name} is missing): "
-        "pip install 'keyturn-sdk[openai-agents]'"
-    ) from missing
+    raise missing_framework(__name__, "the OpenAI Agents SDK", "openai-agents", missing) from missing
 
 __all__ = ["gate_tool"]
 

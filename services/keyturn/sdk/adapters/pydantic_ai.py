@@ -35,17 +35,21 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from keyturn.sdk.adapters.common import built_request, governed, governed_call, schema_with_reason, take_reason
+from keyturn.sdk.adapters.common import (
+    built_request,
+    governed,
+    governed_call,
+    missing_framework,
+    schema_with_reason,
+    take_reason,
+)
 from keyturn.sdk.client import AsyncKeyturn, Keyturn
 from keyturn.sdk.guard import Built, Mode, checked_mode
 
 try:
     from pydantic_ai import Tool
 except ImportError as missing:  # pragma: no cover - depends on what is installed
-    raise ImportError(
-        f"keyturn.sdk.adapters.pydantic_ai needs pydantic-ai ({missing.name} is missing): "
-        "pip install 'keyturn-sdk[pydantic-ai]'"
-    ) from missing
+    raise missing_framework(__name__, "pydantic-ai", "pydantic-ai", missing) from missing
 
 __all__ = ["gate_tool"]
 
