@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 granted: list[tuple[str, str, int]] = []
 
 
@@ -15,3 +17,13 @@ def grant_role(principal: str, role: str = "analyst", days: int = 30) -> str:
     """
     granted.append((principal, role, days))
     return f"granted {role} to {principal} for {days} days"
+
+
+def approved_and_run(server: Any) -> Any:
+    """A step for ``IntakeServer.on_submission``: security approves the action, then it runs."""
+
+    def approve(action_id: str) -> None:
+        server.resolve(server.decide(action_id, "needs_approval", groups=("security",)), "approved")
+        server.execute(action_id, "succeeded", {"performed": False}, plugin="noop")
+
+    return approve

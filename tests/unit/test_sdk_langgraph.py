@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from keyturn.sdk import AsyncKeyturn, Keyturn
 from keyturn.sdk.adapters.langgraph import WAITING_EVENT, gate_tool, keyturn_tool
 from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer
+from tests.unit.sdk_tools import approved_and_run
 
 granted: list[tuple[str, str]] = []
 
@@ -54,12 +55,8 @@ def test_the_model_must_give_a_reason_and_the_body_runs_once_approved(kt: Keytur
     schema = gated.tool_call_schema.model_json_schema()
     assert set(schema["required"]) == {"principal", "reason"}
 
-    def approve(action_id: str) -> None:
-        server.resolve(server.decide(action_id, "needs_approval", groups=("security",)), "approved")
-        server.execute(action_id, "succeeded", {"performed": False}, plugin="noop")
-
     granted.clear()
-    server.on_submission(approve)
+    server.on_submission(approved_and_run(server))
     answer = gated.invoke(call("grant_role", principal="human:bob", reason="bob joins the analysts"))
     assert isinstance(answer, ToolMessage) and answer.status == "success"
     assert answer.content == "granted analyst to human:bob" and granted == [("human:bob", "analyst")]

@@ -18,7 +18,7 @@ from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessa
 from keyturn.sdk import AsyncKeyturn, Keyturn
 from keyturn.sdk.adapters.openai_agents import gate_tool
 from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer
-from tests.unit.sdk_tools import grant_role, granted
+from tests.unit.sdk_tools import approved_and_run, grant_role, granted
 
 NO_TRACES = RunConfig(tracing_disabled=True)  # nothing leaves the machine
 
@@ -74,13 +74,9 @@ async def test_the_function_runs_once_approved_with_its_validated_arguments(serv
             on_waiting=heard.append,
         )
 
-        def approve(action_id: str) -> None:
-            server.resolve(server.decide(action_id, "needs_approval", groups=("security",)), "approved")
-            server.execute(action_id, "succeeded", {"performed": False}, plugin="noop")
-
         granted.clear()
         server.on_submission(lambda a: server.decide(a, "needs_approval", groups=("security",)))
-        server.on_submission(approve, delay=1.0)
+        server.on_submission(approved_and_run(server), delay=1.0)
         model = Scripted("grant_role", {"principal": "human:bob", "role": "analyst", "days": 7, "reason": "bob joins"})
         output = await run(model, tool, "make bob an analyst")
     assert output == "tool said: granted analyst to human:bob for 7 days"

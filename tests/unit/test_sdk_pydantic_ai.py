@@ -16,7 +16,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from keyturn.sdk import AsyncKeyturn, Keyturn
 from keyturn.sdk.adapters.pydantic_ai import gate_tool
 from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer
-from tests.unit.sdk_tools import grant_role, granted
+from tests.unit.sdk_tools import approved_and_run, grant_role, granted
 
 
 def scripted(arguments: dict[str, Any], asks_reason: bool = True) -> FunctionModel:
@@ -52,13 +52,9 @@ async def test_the_function_runs_once_approved_with_its_validated_arguments(serv
         )
         agent = Agent(scripted({"principal": "human:bob", "days": "7", "reason": "bob joins"}), tools=[tool])
 
-        def approve(action_id: str) -> None:
-            server.resolve(server.decide(action_id, "needs_approval", groups=("security",)), "approved")
-            server.execute(action_id, "succeeded", {"performed": False}, plugin="noop")
-
         granted.clear()
         server.on_submission(lambda a: server.decide(a, "needs_approval", groups=("security",)))
-        server.on_submission(approve, delay=1.0)
+        server.on_submission(approved_and_run(server), delay=1.0)
         result = await agent.run("make bob an analyst")
     assert result.output == "tool said: granted analyst to human:bob for 7 days"
     assert granted == [("human:bob", "analyst", 7)]
