@@ -235,6 +235,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
+    timestamp: int = 0  # when its producer made it, in ms
 
 
 @dataclass

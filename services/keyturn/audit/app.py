@@ -33,6 +33,7 @@ from keyturn.audit.stream import read_audit_tail
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
 from keyturn.bus.loop import KafkaSource, Stage, run
 from keyturn.bus.publisher import kafka_publisher
+from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
@@ -63,6 +64,23 @@ def audit_writer(settings: Settings, signer: CheckpointSigner, **options: Any) -
     )
 
 
+def happened_order(events: list[tuple[Any, Any]], topics: Topics) -> list[tuple[Any, Any]]:
+    """A batch in the order its events happened: by the time each was produced, and for events
+    produced in the same millisecond, by their step in an action's life (requested, decided,
+    vote, resolved, executed).
+
+    A batch holds what the consumer had buffered from every topic, handed over partition by
+    partition, so arrival order can put an action's decision before its request, or a resolution
+    before the vote that caused it. Each event is produced after the one that caused it, so the
+    producers' timestamps restore the order; the sort is stable, so records of one partition keep
+    their offsets' order."""
+    step = {
+        topic: rank
+        for rank, topic in enumerate((topics.requested, topics.decided, topics.votes, topics.resolved, topics.executed))
+    }
+    return sorted(events, key=lambda pair: (getattr(pair[1], "timestamp", 0), step.get(pair[1].topic, len(step))))
+
+
 class AuditService:
     """The audit service's composition root: everything it uses is built here from ``settings``."""
 
@@ -73,9 +91,9 @@ class AuditService:
         self.auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
 
     async def chain(self, events: list[tuple[Any, Any]]) -> None:
-        """One batch, in arrival order, as one transaction of the one chain."""
+        """One batch, in the order it happened (``happened_order``), as one transaction of the one chain."""
         try:
-            await self.writer.record([(event, message.topic) for event, message in events])
+            await self.writer.record([(event, message.topic) for event, message in happened_order(events, self.topics)])
         except AuditWriterStopped as error:
             # Exit before the batch's offsets are committed: the next worker reads them again.
             log.critical("audit worker stopping: %s", error)
