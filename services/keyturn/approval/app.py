@@ -1,7 +1,8 @@
 """Approval service: holds needs-approval actions until approvers answer, or the TTL runs out.
 
-consumes  <ns>.actions.decided (needs approval; break-glass) · <ns>.actions.executed (requester webhooks)
-          <ns>.audit (the console's history: a projection of the last 30 days)
+consumes  <ns>.actions.decided (needs approval; break-glass) · <ns>.actions.executed (requester webhooks),
+          group <ns>-approval-actions · <ns>.audit (the console's history: a projection of the
+          last 30 days), group <ns>-approval-history
 produces  <ns>.actions.resolved (approved / denied / expired) · <ns>.approvals.votes (every
           vote, accepted or refused) · <ns>.dlq (refused chat interactions)
 routes    GET /v1/approvals · GET /v1/approvals/{id} · POST /v1/approvals/{id}/votes ·
@@ -23,7 +24,7 @@ from keyturn.approval.runtime import ApprovalRuntime
 from keyturn.approval.slack_interactions import mount_slack
 from keyturn.bus import headers
 from keyturn.bus.http import BoundedRequests, embedded_server
-from keyturn.bus.worker import consume, handle_each
+from keyturn.bus.loop import Stage
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionExecuted
 from keyturn.faults import supervised, until_done
@@ -59,8 +60,8 @@ def create_app(settings: Settings):
     if runtime.slack is not None:
         mount_slack(http, runtime.desk, runtime.slack, settings.slack_signing_secret)
 
-    @app.agent(consume(app, topics.decided, topics.executed))
-    async def follow_actions(stream):
+    @app.task
+    async def follow_actions():
         desk = await until_done(runtime.desk, "approval: opening the database")
 
         async def follow(event: ActionDecided | ActionExecuted, message) -> None:
@@ -79,16 +80,15 @@ def create_app(settings: Settings):
                 if isinstance(event, ActionExecuted):
                     await desk.note_executed(event)
 
-        await handle_each(
-            stream,
+        stage = Stage(
             publisher,
-            follow,
-            accept=(ActionDecided, ActionExecuted),
+            (ActionDecided, ActionExecuted),
+            handle=follow,
             on_failure=desk.end_failed,
             handle_many=follow_many,
             wants=DESK_EVENTS,
-            within_s=settings.worker_gather_s,
         )
+        await supervised("approval: following decisions", lambda: runtime.follow_actions(stage))
 
     @app.timer(interval=1.0)
     async def keep_time():

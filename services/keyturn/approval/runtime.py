@@ -29,7 +29,7 @@ from keyturn.approval.ports import PolicyEngine
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.http import header
-from keyturn.bus.loop import held_fetches
+from keyturn.bus.loop import KafkaSource, Stage, held_fetches, run
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.catalog import ExecutionModes
@@ -44,6 +44,13 @@ log = logging.getLogger(__name__)
 # approver's request, and the clock, for half a minute while the database is down; this short
 # wait turns an outage into a quick "try again" (503) and a skipped tick instead.
 CONNECTION_WAIT_S = 5.0
+ACTIONS_FETCH_WAIT_MS = 20  # the broker holds a fetch of decisions this long for more (bus.loop.held_fetches)
+ACTIONS_GATHER_MS = 20  # and what arrives within this long after the first is one batch
+
+
+def actions_group(namespace: str) -> str:
+    """The consumer group that takes decisions and executions into the desk."""
+    return f"{namespace}-approval-actions"
 
 
 def slack_channel(s: Settings) -> SlackChannel | None:
@@ -203,6 +210,36 @@ class ApprovalRuntime:
             consumer.assign([partition])
             await start_position(consumer, partition)
             await follower.follow(consumer)
+        finally:
+            await consumer.stop()
+
+    async def follow_actions(self, stage: Stage) -> None:
+        """Take decisions and executions with ``stage`` until cancelled (see ``approval.app``).
+
+        A plain consumer in its own group, through the one consumption loop (``bus.loop``:
+        committed once a batch is handled, records the desk has no part in skipped by their
+        headers), not the stream framework: the desk has a part in one decision in ten or
+        twenty, and the framework's per-record work on the rest kept its consumer seconds
+        behind in a flood (``bench/README.md``, sixth round)."""
+        from aiokafka import AIOKafkaConsumer
+
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            self.topics.decided,
+            self.topics.executed,
+            bootstrap_servers=s.kafka_bootstrap,
+            group_id=actions_group(s.namespace),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # as the stream workers: a killed instance's partitions move on after its session,
+            # and a restarted broker's topics are seen within 10 s (bus.worker.make_app)
+            session_timeout_ms=int(s.worker_session_timeout_s * 1000),
+            metadata_max_age_ms=10_000,
+            **held_fetches(ACTIONS_FETCH_WAIT_MS),
+        )
+        try:
+            await consumer.start()
+            await run(KafkaSource(consumer, max_records=1000, wait_ms=1000, gather_ms=ACTIONS_GATHER_MS), stage)
         finally:
             await consumer.stop()
 
