@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -159,12 +160,12 @@ class StatusRow:
 
 
 class ActionStore:
-    def __init__(self, pool: AsyncConnectionPool, *, patience_s: float = 2.0, mark_linger_s: float = 0.05) -> None:
+    def __init__(self, pool: AsyncConnectionPool, *, patience_s: float = 2.0, mark_after_s: float = 5.0) -> None:
         self.pool = pool
         # a request waits this long for the database before it is answered 503
         self.patience_s = patience_s
-        self.mark_linger_s = mark_linger_s
-        self._to_mark: set[str] = set()
+        self.mark_after_s = mark_after_s
+        self._to_mark: dict[str, float] = {}  # action id → when its event was acknowledged (monotonic)
         self._marks_waiting = asyncio.Event()
 
     async def _retrying(self, operation: Callable[[float], Awaitable[T]], patience_s: float | None = None) -> T:
@@ -276,13 +277,17 @@ class ActionStore:
         return await self._retrying(select)
 
     async def mark_published(self, action_id: str) -> None:
-        """Note that the action's event reached Kafka; written with others in one statement.
+        """Note that the action's event reached Kafka; written ``mark_after_s`` later, with others
+        in one statement, and only if nothing marked it first.
 
         The mark only spares the outbox sweep a republish, so it need not be written before the
         request is answered. If the process dies before the write, the sweep publishes the event
         again under the same event id, which every consumer already treats as a redelivery.
+        The status follower marks an action published with its first lifecycle change (a
+        decision proves the request was read), so in the usual case the delayed mark finds the
+        row marked and writes nothing: a flood measured one row write per action saved.
         """
-        self._to_mark.add(action_id)
+        self._to_mark.setdefault(action_id, time.monotonic())
         self._marks_waiting.set()
 
     async def keep_marking(self) -> None:
@@ -290,9 +295,13 @@ class ActionStore:
         delay = 0.5
         while True:
             await self._marks_waiting.wait()
-            await asyncio.sleep(self.mark_linger_s)  # lets marks of concurrent requests share the statement
+            oldest = next(iter(self._to_mark.values()), None)
+            if oldest is None:
+                self._marks_waiting.clear()
+                continue
+            await asyncio.sleep(max(0.0, oldest + self.mark_after_s - time.monotonic()))
             try:
-                await self.flush_marks()
+                await self.flush_marks(older_than_s=self.mark_after_s)
                 delay = 0.5
             except Exception as exc:  # the marks stay queued; only the sweep could notice the delay
                 log.warning(
@@ -301,24 +310,28 @@ class ActionStore:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def flush_marks(self, patience_s: float | None = None) -> None:
-        """Write every queued published mark now."""
-        self._marks_waiting.clear()
-        ids, self._to_mark = self._to_mark, set()
-        if not ids:
+    async def flush_marks(self, patience_s: float | None = None, *, older_than_s: float = 0.0) -> None:
+        """Write the queued published marks (those queued at least ``older_than_s`` ago) now."""
+        cutoff = time.monotonic() - older_than_s
+        due = {action_id: at for action_id, at in self._to_mark.items() if at <= cutoff}
+        for action_id in due:
+            del self._to_mark[action_id]
+        if not self._to_mark:
+            self._marks_waiting.clear()
+        if not due:
             return
 
         async def update(timeout: float) -> None:
             async with self.pool.connection(timeout) as conn:
                 await conn.execute(
                     "UPDATE intake_actions SET published = true WHERE action_id = ANY(%b) AND NOT published",
-                    (sorted(ids),),
+                    (sorted(due),),
                 )
 
         try:
             await self._retrying(update, patience_s)
         except BaseException:
-            self._to_mark |= ids
+            self._to_mark = due | self._to_mark
             self._marks_waiting.set()
             raise
 
@@ -379,7 +392,7 @@ class ActionStore:
                     await conn.execute(
                         """UPDATE intake_actions AS a SET state = u.state, history = u.history,
                                reasons = COALESCE(u.reasons, a.reasons), result = COALESCE(u.result, a.result),
-                               updated_at = %s
+                               updated_at = %s, published = true
                            FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::jsonb[], %b::jsonb[])
                                AS u(action_id, state, history, reasons, result)
                            WHERE a.action_id = u.action_id""",
