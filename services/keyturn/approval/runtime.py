@@ -30,7 +30,7 @@ from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.http import header
 from keyturn.bus.loop import KafkaSource, Stage, held_fetches, run
-from keyturn.bus.topics import Topics
+from keyturn.bus.topics import Topics, carry_offsets
 from keyturn.config import Settings
 from keyturn.core.catalog import ExecutionModes
 from keyturn.db import open_pool, schema_name
@@ -224,9 +224,15 @@ class ApprovalRuntime:
         from aiokafka import AIOKafkaConsumer
 
         s = self.settings
+        # the group was ``<ns>-approval`` while the stream framework consumed for the desk: an
+        # upgrade resumes there, rather than reading every decision again (a webhook whose
+        # delivery record was pruned would be sent twice)
+        topics = (self.topics.decided, self.topics.executed)
+        old_group = f"{s.namespace}-approval"
+        if carried := await carry_offsets(s.kafka_bootstrap, old_group, actions_group(s.namespace), topics):
+            log.info("took over the offsets of %d partition(s) from the stream framework's group", carried)
         consumer = AIOKafkaConsumer(
-            self.topics.decided,
-            self.topics.executed,
+            *topics,
             bootstrap_servers=s.kafka_bootstrap,
             group_id=actions_group(s.namespace),
             enable_auto_commit=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -127,3 +128,34 @@ async def partition_count(bootstrap: str, topic: str) -> int:
     finally:
         await admin.close()
     return len(described[0].get("partitions", ())) if described and not described[0].get("error_code") else 0
+
+
+async def carry_offsets(bootstrap: str, from_group: str, to_group: str, topics: tuple[str, ...]) -> int:
+    """Give ``to_group`` the offsets ``from_group`` committed on ``topics``, if ``to_group`` has
+    none yet: a consumer that moves to a group of its own resumes where the old one stopped
+    instead of reading the topics from their start again. Returns how many partitions were
+    carried (0 when ``to_group`` already had offsets or ``from_group`` had none).
+
+    The commit is made outside any group generation, which the broker accepts only while
+    ``to_group`` has no members: a second instance starting at the same moment fails here and
+    is started again by its supervisor, by when the first one's offsets are there.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if any(meta.offset >= 0 for meta in (await admin.list_consumer_group_offsets(to_group)).values()):
+            return 0
+        old = await admin.list_consumer_group_offsets(from_group)
+    finally:
+        await admin.close()
+    carried = {tp: meta.offset for tp, meta in old.items() if tp.topic in topics and meta.offset >= 0}
+    if not carried:
+        return 0
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=to_group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(carried))
+        await consumer.commit(carried)
+    finally:
+        await consumer.stop()
+    return len(carried)
