@@ -42,7 +42,9 @@ async def test_a_new_group_takes_the_old_groups_offsets_once_and_only_of_its_top
     finally:
         await admin.close()
     old, new = f"{settings.namespace}-old-{run}", f"{settings.namespace}-new-{run}"
-    await _commit(bootstrap, old, {TopicPartition(wanted, 0): 7, TopicPartition(wanted, 2): 3, TopicPartition(other, 0): 5})
+    await _commit(
+        bootstrap, old, {TopicPartition(wanted, 0): 7, TopicPartition(wanted, 2): 3, TopicPartition(other, 0): 5}
+    )
 
     assert await carry_offsets(bootstrap, old, new, (wanted,)) == 2
     assert await _committed(bootstrap, new) == {TopicPartition(wanted, 0): 7, TopicPartition(wanted, 2): 3}

@@ -4,6 +4,7 @@ contradictions change nothing, and events of actions this intake never accepted 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -125,3 +126,36 @@ async def test_many_actions_in_one_batch_and_unknown_ones_skipped(store: ActionS
     for number, action_id in enumerate(ids):
         stored = await store.get(action_id)
         assert stored.state.value == ("failed" if number % 2 == 0 else "allowed"), action_id
+
+
+async def unpublished(store: ActionStore) -> set[str]:
+    return {stored.action_id for stored in await store.unpublished(older_than_s=0)}
+
+
+async def test_a_decision_marks_its_request_published_and_a_late_mark_covers_the_rest(store: ActionStore) -> None:
+    decided_one, waiting_one = await accepted(store), await accepted(store)
+    store.mark_after_s = 0.5
+    await store.mark_published(decided_one)
+    await store.mark_published(waiting_one)
+    await store.apply_many([decided(decided_one, DecisionOutcome.ALLOWED, 1)])
+    # the decision proves the request was read: its row is marked with the status, not by a write of its own
+    assert await unpublished(store) == {waiting_one}
+    marking = asyncio.create_task(store.keep_marking())
+    try:
+        await asyncio.sleep(0.2)
+        assert await unpublished(store) == {waiting_one}, "marked before mark_after_s passed"
+        for _ in range(50):
+            if not await unpublished(store):
+                break
+            await asyncio.sleep(0.1)
+        assert await unpublished(store) == set(), "the late mark was never written"
+    finally:
+        marking.cancel()
+
+
+async def test_marks_still_queued_are_written_at_shutdown(store: ActionStore) -> None:
+    action_id = await accepted(store)
+    store.mark_after_s = 60.0
+    await store.mark_published(action_id)
+    await store.flush_marks()  # what the intake does when it stops
+    assert await unpublished(store) == set()
