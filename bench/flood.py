@@ -16,6 +16,7 @@ own that stays up between runs (``.run/flood``, ports 39092 / 38181 / 35433), an
     FLOOD_ACTIONS=4000  FLOOD_PROFILE=1  FLOOD_PARTITIONS=8  FLOOD_DOWN=1 (stop the stack afterwards)
     FLOOD_EVENT_LOOP=asyncio  (the services' event loop; default uvloop)
     FLOOD_WORKER_GATHER_MS=20  (the stream workers' batch window; default the settings')
+    FLOOD_ACCESS_LOG=1  (the HTTP servers' access log on, as before the sixth round)
     FLOOD_POST=32  (one POST per action instead, 32 in flight, as ``make bench``'s one-POST flood)
 
 One run is one sample on a noisy machine: compare builds by running each twice, back to back.
@@ -176,6 +177,8 @@ def main() -> int:
         extra["event_loop"] = loop
     if gather := os.environ.get("FLOOD_WORKER_GATHER_MS"):  # the stream workers' batch window
         extra["worker_gather_ms"] = float(gather)
+    if os.environ.get("FLOOD_ACCESS_LOG") == "1":  # a log line per HTTP request (off by default)
+        extra["access_log"] = 1
     settings = servers.settings(namespace, **extra)
     out = REPO_ROOT / "bench" / "results" / "flood" / namespace
     procs = ServiceProcesses(settings, log_dir=out / "logs")

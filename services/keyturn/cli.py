@@ -123,7 +123,7 @@ def _serve_intake(module: Any, settings: Settings) -> None:
 
     from keyturn.bus.http import server_options
 
-    options = server_options(settings.event_loop)
+    options = server_options(settings.event_loop, access_log=bool(settings.access_log))
     level = settings.log_level.lower()
     if settings.intake_workers > 1:  # each worker builds its app from the same environment
         uvicorn.run(
@@ -133,7 +133,7 @@ def _serve_intake(module: Any, settings: Settings) -> None:
             port=settings.intake_port,
             workers=settings.intake_workers,
             log_level=level,
-            **options,  # type: ignore[arg-type]
+            **options,
         )
         return
     config = uvicorn.Config(
@@ -141,7 +141,7 @@ def _serve_intake(module: Any, settings: Settings) -> None:
         host=settings.intake_host,
         port=settings.intake_port,
         log_level=level,
-        **options,  # type: ignore[arg-type]
+        **options,
     )
     if not settings.intake_reuse_port:
         uvicorn.Server(config).run()

@@ -63,6 +63,10 @@ class Settings:
     audit_metrics_port: int = 9464  # the audit worker's Prometheus /metrics on 127.0.0.1; 0 = off
     seal_keys: str = ""  # "kid:base64key,…", first seals; empty = a local key file in run_dir/keys
     log_level: str = "INFO"
+    # 1: one log line per HTTP request (intake and approval), masked like every line. Off by
+    # default: it was a tenth of the intake's CPU with one POST per action, and what matters is
+    # recorded anyway (every action on its topics and in the audit, every refusal under its caller)
+    access_log: int = 0
     # every service's event loop: "uvloop" (libuv; every service's socket and scheduling work is in
     # C, see bench/README.md) or "asyncio" (the standard library's, a fallback)
     event_loop: str = "uvloop"

@@ -23,7 +23,9 @@ def test_two_intake_processes_share_a_port_and_an_idempotency_key_gives_one_acti
         intake_port=port,
         intake_url=f"http://127.0.0.1:{port}",
     )
-    procs = ServiceProcesses(shared, log_dir=tmp_path, env={"KEYTURN_INTAKE_REUSE_PORT": "1"})
+    procs = ServiceProcesses(
+        shared, log_dir=tmp_path, env={"KEYTURN_INTAKE_REUSE_PORT": "1", "KEYTURN_ACCESS_LOG": "1"}
+    )
     headers = {"Authorization": f"Bearer {mint(shared, 'agent:reporter', ('human:alice',))}"}
     body = {
         "action": "read.table",

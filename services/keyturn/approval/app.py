@@ -112,7 +112,11 @@ def create_app(settings: Settings):
         if runtime.teams is not None:
             await runtime.teams.mount(http, runtime.desk)
         await embedded_server(
-            http, settings.approval_host, settings.approval_port, event_loop=settings.event_loop
+            http,
+            settings.approval_host,
+            settings.approval_port,
+            event_loop=settings.event_loop,
+            access_log=bool(settings.access_log),
         ).serve()
 
     return app

@@ -20,8 +20,11 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def server_options(event_loop: str) -> dict[str, str]:
-    """uvicorn's loop and HTTP parser for every Keyturn server.
+def server_options(event_loop: str, *, access_log: bool = False) -> dict[str, Any]:
+    """uvicorn's loop, HTTP parser and access log for every Keyturn server.
+
+    The access log (``KEYTURN_ACCESS_LOG``) is off unless asked for: with one POST per action its
+    line, masked like every line, cost a tenth of the intake's CPU.
 
     The loop is the process's (``KEYTURN_EVENT_LOOP``). The parser is h11 even where httptools is
     installed: h11 refuses a header block over 16 KiB while it reads it, where uvicorn's
@@ -29,19 +32,20 @@ def server_options(event_loop: str) -> dict[str, str]:
     that never ends it grows the process without bound (``BoundedRequests`` sees headers only
     once they are all read).
     """
-    return {"loop": event_loop, "http": "h11"}
+    return {"loop": event_loop, "http": "h11", "access_log": access_log}
 
 
-def embedded_server(app, host: str, port: int, *, event_loop: str = "uvloop") -> EmbeddedServer:
+def embedded_server(
+    app, host: str, port: int, *, event_loop: str = "uvloop", access_log: bool = False
+) -> EmbeddedServer:
     return EmbeddedServer(
         uvicorn.Config(
             app,
             host=host,
             port=port,
-            log_level="warning",
+            log_level="info" if access_log else "warning",  # uvicorn writes its access lines at INFO
             lifespan="off",
-            access_log=False,
-            **server_options(event_loop),  # type: ignore[arg-type]
+            **server_options(event_loop, access_log=access_log),
         )
     )
 

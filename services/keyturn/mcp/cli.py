@@ -194,7 +194,7 @@ async def _serve(
             port=listen.port or settings.mcp_port,
             log_level="warning",
             timeout_graceful_shutdown=3,
-            **server_options(settings.event_loop),  # type: ignore[arg-type]
+            **server_options(settings.event_loop),
         )
         http_server = uvicorn.Server(config)
         if listen.on_ready is not None:
