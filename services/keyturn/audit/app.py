@@ -29,8 +29,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from keyturn.audit.keys import load_signer
+from keyturn.audit.records import AuditedEvent
 from keyturn.audit.stream import read_audit_tail
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
+from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.loop import KafkaSource, Stage, run
 from keyturn.bus.publisher import kafka_publisher
 from keyturn.bus.topics import Topics
@@ -88,7 +90,15 @@ class AuditService:
         self.settings = settings
         self.topics = topics_of(settings)
         self.writer = audit_writer(settings, load_signer(checkpoint_key_path(settings)))
-        self.auditable = tuple(cls for cls in EVENT_TYPES.values() if cls is not ActionSubmitted)
+        self.auditable_names = frozenset(name for name, cls in EVENT_TYPES.items() if cls is not ActionSubmitted)
+
+    def audited(self, message: Any) -> AuditedEvent:
+        """The event a message holds, as its Avro record (no dataclass: ``AuditedEvent``);
+        ``UndecodableMessage`` when it is not an event the audit records."""
+        name, record = registry().decode(message.value or b"")  # no value: refused as truncated
+        if name not in self.auditable_names:
+            raise UndecodableMessage("unexpected_type", f"{name} does not belong on {message.topic}")
+        return AuditedEvent(name, record)
 
     async def chain(self, events: list[tuple[Any, Any]]) -> None:
         """One batch, in the order it happened (``happened_order``), as one transaction of the one chain."""
@@ -114,7 +124,7 @@ class AuditService:
         try:
             await until_done(self.writer.start, "audit: resuming the chain")
             serve_metrics("audit", settings.audit_metrics_port)
-            stage = Stage(kafka_publisher(producer, self.topics, "audit"), self.auditable, handle_batch=self.chain)
+            stage = Stage(kafka_publisher(producer, self.topics, "audit"), handle_batch=self.chain, decode=self.audited)
             try:
                 await supervised("audit: the chain follower", lambda: self._follow(stage))
             finally:

@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from keyturn.audit import metrics
-from keyturn.audit.records import actor_of, audit_payload, flags_of, occurred_at
+from keyturn.audit.records import AuditedEvent
 from keyturn.bus.codec import registry
 from keyturn.core.audit.chain import AuditChain
 from keyturn.core.audit.checkpoint import CheckpointSigner
@@ -106,29 +106,32 @@ class AuditWriter:
         metrics.HEAD.set(self._chain.next_sequence - 1)
 
     async def record(self, events: Iterable[tuple[Any, str]]) -> int:
-        """Append (event, source topic) pairs as one transaction; returns records written."""
+        """Append (event, source topic) pairs as one transaction; returns records written. An
+        event is an ``AuditedEvent`` (what the service reads) or an event dataclass."""
         async with self._lock:
             self._require_writable()
             now = _now()
             records: list[AuditRecord] = []
             newest_event_at: datetime | None = None
-            for event, source_topic in events:
+            for given, source_topic in events:
+                event = given if isinstance(given, AuditedEvent) else AuditedEvent.of(given)
+                at = event.occurred_at
                 record = self._chain.append(
                     event_id=event.event_id,
-                    event_type=type(event).__name__,
+                    event_type=event.name,
                     source_topic=source_topic,
-                    occurred_at=occurred_at(event),
-                    payload=audit_payload(event),
+                    occurred_at=at,
+                    payload=event.payload,
                     now=now,
-                    action_id=getattr(event, "action_id", None),
-                    actor=actor_of(event),
-                    flags=flags_of(event),
+                    action_id=event.action_id,
+                    actor=event.actor,
+                    flags=event.flags,
                 )
                 if record is None:
                     metrics.DUPLICATES.inc()
                     continue
                 records.append(record)
-                newest_event_at = max(filter(None, (newest_event_at, occurred_at(event))))
+                newest_event_at = max(filter(None, (newest_event_at, at)))
                 if self._chain.checkpoint_due:
                     records.append(self._chain.checkpoint(now))
             if records:

@@ -1,0 +1,47 @@
+"""The audit chains an event from its decoded Avro record (``audit.records.AuditedEvent``), never
+building the event's dataclass: what it records must be what the dataclass would have given, for
+every event type, whatever the record holds."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from fastavro.utils import generate_many
+
+from keyturn.audit.records import AuditedEvent, actor_of, audit_payload, flags_of, occurred_at
+from keyturn.bus.codec import registry
+from keyturn.core.events import EVENT_TYPES
+from keyturn.core.records import from_record
+
+RECORDS_PER_TYPE = 150
+
+
+AUDITED = sorted(name for name in EVENT_TYPES if name != "ActionSubmitted")  # submissions are never audited
+
+
+@pytest.mark.parametrize("name", AUDITED)
+def test_a_record_chains_as_its_event_would(name: str) -> None:
+    random.seed(name)  # random records, the same ones on every run
+    codec = registry()
+    seen_flags = set()
+    for generated in generate_many(codec._parsed_readers[name], RECORDS_PER_TYPE):
+        decoded_name, record = codec.decode(codec.encode(name, generated))  # as the audit reads it
+        event = from_record(EVENT_TYPES[name], record)
+        audited = AuditedEvent(decoded_name, record)
+        assert audited.name == type(event).__name__
+        assert audited.event_id == event.event_id
+        assert audited.action_id == getattr(event, "action_id", None)
+        assert audited.occurred_at == occurred_at(event)
+        assert audited.actor == actor_of(event)
+        assert audited.flags == flags_of(event)
+        assert audited.payload == audit_payload(event)
+        assert AuditedEvent.of(event) == audited  # what the writer makes of a dataclass it is given
+        seen_flags.add(audited.flags)
+    if name in ("ActionDecided", "VoteRecorded"):
+        assert len(seen_flags) == 2, "random records should reach both flag cases"
+
+
+def test_an_event_with_no_time_is_refused_as_its_dataclass_would_be() -> None:
+    with pytest.raises(TypeError, match="carries no time"):
+        _ = AuditedEvent("ActionSubmitted", {"event_id": "e"}).occurred_at
