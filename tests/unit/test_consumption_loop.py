@@ -8,7 +8,7 @@ import asyncio
 import functools
 
 import pytest
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError
 
 from keyturn.bus import loop
 from keyturn.bus.codec import registry
@@ -171,3 +171,26 @@ def test_a_stage_handles_one_by_one_or_in_batches_not_both() -> None:
         Stage(publisher, handle=handle, handle_batch=handle)
     with pytest.raises(ValueError):
         Stage(publisher)
+
+
+class _RebalancedConsumer:
+    """A consumer whose partitions a rebalance took: its commit fails as aiokafka's does."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.commits = 0
+
+    async def commit(self) -> None:
+        self.commits += 1
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [CommitFailedError("rebalanced"), IllegalStateError("No partitions assigned")])
+async def test_a_commit_lost_to_a_rebalance_leaves_the_batch_to_its_next_owner(error: Exception) -> None:
+    committed: list[dict] = []
+    consumer = _RebalancedConsumer(error)
+    source = loop.KafkaSource(consumer, after_commit=committed.append)
+    batch = [Record("unit.actions.requested", 3, 7, b"k", b"v")]
+    await source.handled(batch)  # does not raise: the consumer goes on and rejoins
+    assert consumer.commits == 1
+    assert committed == [], "nothing was committed, so nothing may be treated as committed"

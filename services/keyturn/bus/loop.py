@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
 from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.publisher import Publisher
 from keyturn.faults import until_done
@@ -308,6 +310,14 @@ class KafkaSource:
                 yield batch
 
     async def handled(self, batch: Sequence[Message]) -> None:
-        await self.consumer.commit()
+        try:
+            await self.consumer.commit()
+        except (CommitFailedError, IllegalStateError) as lost:
+            # a rebalance took the batch's partitions while it was handled: their next owner reads
+            # the batch again (every stage is idempotent per event), and this consumer rejoins on
+            # its next fetch. Raising would restart the whole consumer, and its leaving the group
+            # would rebalance the others again.
+            log.warning("a rebalance took %d record(s) before their commit; they are read again: %s", len(batch), lost)
+            return
         if self.after_commit is not None:
             self.after_commit({(m.topic, m.partition): m.offset + 1 for m in batch})
