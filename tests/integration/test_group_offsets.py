@@ -58,3 +58,10 @@ async def test_a_new_group_takes_the_old_groups_offsets_once_and_only_of_its_top
     # an old group that never committed carries nothing: the new group starts as configured
     assert await carry_offsets(bootstrap, f"{old}-never", f"{new}-fresh", (wanted,)) == 0
     assert await _committed(bootstrap, f"{new}-fresh") == {}
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([wanted, other])
+    finally:
+        await admin.close()

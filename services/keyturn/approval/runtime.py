@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 CONNECTION_WAIT_S = 5.0
 ACTIONS_FETCH_WAIT_MS = 20  # the broker holds a fetch of decisions this long for more (bus.loop.held_fetches)
 ACTIONS_GATHER_MS = 20  # and what arrives within this long after the first is one batch
+CARRY_TIMEOUT_S = 60.0  # taking over the old group's offsets; past it the loop starts over (supervised)
 
 
 def actions_group(namespace: str) -> str:
@@ -126,6 +127,7 @@ class ApprovalRuntime:
         self._wiring: Wiring | None = None  # set by wire(), once
         self._verifier: TokenVerifier | None = None
         self._history: HistoryStore | None = None  # set by _build(), on the desk's pool
+        self._offsets_carried = False
 
     @property
     def ready(self) -> bool:
@@ -228,9 +230,12 @@ class ApprovalRuntime:
         # upgrade resumes there, rather than reading every decision again (a webhook whose
         # delivery record was pruned would be sent twice)
         topics = (self.topics.decided, self.topics.executed)
-        old_group = f"{s.namespace}-approval"
-        if carried := await carry_offsets(s.kafka_bootstrap, old_group, actions_group(s.namespace), topics):
-            log.info("took over the offsets of %d partition(s) from the stream framework's group", carried)
+        if not self._offsets_carried:  # once per process: restarts of this loop need not ask again
+            old_group = f"{s.namespace}-approval"
+            carry = carry_offsets(s.kafka_bootstrap, old_group, actions_group(s.namespace), topics)
+            if carried := await asyncio.wait_for(carry, CARRY_TIMEOUT_S):
+                log.info("took over the offsets of %d partition(s) from the stream framework's group", carried)
+            self._offsets_carried = True
         consumer = AIOKafkaConsumer(
             *topics,
             bootstrap_servers=s.kafka_bootstrap,

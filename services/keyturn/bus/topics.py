@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -136,26 +136,38 @@ async def carry_offsets(bootstrap: str, from_group: str, to_group: str, topics: 
     instead of reading the topics from their start again. Returns how many partitions were
     carried (0 when ``to_group`` already had offsets or ``from_group`` had none).
 
+    Offsets are read partition by partition through the group coordinator (``committed``), which
+    waits out a coordinator that is still loading: a group-wide listing answers such a moment
+    with an empty list, which would read as "no offsets yet" and rewind a group that has them.
     The commit is made outside any group generation, which the broker accepts only while
     ``to_group`` has no members: a second instance starting at the same moment fails here and
     is started again by its supervisor, by when the first one's offsets are there.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        if any(meta.offset >= 0 for meta in (await admin.list_consumer_group_offsets(to_group)).values()):
-            return 0
-        old = await admin.list_consumer_group_offsets(from_group)
-    finally:
-        await admin.close()
-    carried = {tp: meta.offset for tp, meta in old.items() if tp.topic in topics and meta.offset >= 0}
-    if not carried:
+    partitions = [
+        TopicPartition(topic, partition)
+        for topic in topics
+        for partition in range(await partition_count(bootstrap, topic))
+    ]
+    if not partitions or await _committed(bootstrap, to_group, partitions):
         return 0
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=to_group, enable_auto_commit=False)
-    await consumer.start()
+    carried = await _committed(bootstrap, from_group, partitions)
+    if carried:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=to_group, enable_auto_commit=False)
+        try:
+            await consumer.start()
+            consumer.assign(list(carried))
+            await consumer.commit(carried)
+        finally:
+            await consumer.stop()
+    return len(carried)
+
+
+async def _committed(bootstrap: str, group: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The offsets ``group`` committed on ``partitions`` (those it committed at all)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
-        consumer.assign(list(carried))
-        await consumer.commit(carried)
+        await consumer.start()
+        found = {tp: await consumer.committed(tp) for tp in partitions}
     finally:
         await consumer.stop()
-    return len(carried)
+    return {tp: offset for tp, offset in found.items() if offset is not None and offset >= 0}
