@@ -88,7 +88,7 @@ class FakeActionStore:
         self._answer()
         return {a: self.rows[a] for a in action_ids if a in self.rows}
 
-    async def mark_published(self, action_id: str) -> None:
+    async def mark_published(self, action_id: str, *, at_once: bool = False) -> None:
         self.rows[action_id] = dataclasses.replace(self.rows[action_id], published=True)
 
     async def unpublished(self, older_than_s: float = 10.0, limit: int = 500) -> list[StoredAction]:

@@ -159,8 +159,17 @@ class StatusRow:
         self.changed = True
 
 
+# A request's own published mark waits this long for its first status change to set it (see
+# ``ActionStore.mark_published``); a third of the outbox sweep's age (``Outbox.unpublished``, 10 s),
+# so the publish patience (up to 5 s) plus this stays clear of a needless republish.
+MARK_AFTER_S = 3.0
+MARK_BEAT_S = 0.5  # marks are written at most this often
+
+
 class ActionStore:
-    def __init__(self, pool: AsyncConnectionPool, *, patience_s: float = 2.0, mark_after_s: float = 5.0) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, *, patience_s: float = 2.0, mark_after_s: float = MARK_AFTER_S
+    ) -> None:
         self.pool = pool
         # a request waits this long for the database before it is answered 503
         self.patience_s = patience_s
@@ -276,22 +285,30 @@ class ActionStore:
 
         return await self._retrying(select)
 
-    async def mark_published(self, action_id: str) -> None:
-        """Note that the action's event reached Kafka; written ``mark_after_s`` later, with others
-        in one statement, and only if nothing marked it first.
+    async def mark_published(self, action_id: str, *, at_once: bool = False) -> None:
+        """Note that the action's event reached Kafka; written ``mark_after_s`` later (``at_once``:
+        at the next beat), with the others due in one statement, and only if nothing marked it first.
 
         The mark only spares the outbox sweep a republish, so it need not be written before the
         request is answered. If the process dies before the write, the sweep publishes the event
         again under the same event id, which every consumer already treats as a redelivery.
         The status follower marks an action published with its first lifecycle change (a
         decision proves the request was read), so in the usual case the delayed mark finds the
-        row marked and writes nothing: a flood measured one row write per action saved.
+        row marked and writes nothing (one row write per action saved, where decisions come within
+        ``mark_after_s``). A
+        republished event (the sweep, a retried request) is marked at once: it is already late.
         """
-        self._to_mark.setdefault(action_id, time.monotonic())
+        if at_once:
+            self._to_mark.pop(action_id, None)
+            self._to_mark = {action_id: 0.0} | self._to_mark  # due now: first in line
+        else:
+            self._to_mark.setdefault(action_id, time.monotonic())
         self._marks_waiting.set()
 
     async def keep_marking(self) -> None:
-        """Write the published marks in batches, for as long as the intake runs."""
+        """Write the published marks in batches, for as long as the intake runs: when the oldest
+        is due, and never more often than once per ``MARK_BEAT_S``, so the marks due within a
+        beat share one statement."""
         delay = 0.5
         while True:
             await self._marks_waiting.wait()
@@ -299,7 +316,7 @@ class ActionStore:
             if oldest is None:
                 self._marks_waiting.clear()
                 continue
-            await asyncio.sleep(max(0.0, oldest + self.mark_after_s - time.monotonic()))
+            await asyncio.sleep(max(MARK_BEAT_S, oldest + self.mark_after_s - time.monotonic()))
             try:
                 await self.flush_marks(older_than_s=self.mark_after_s)
                 delay = 0.5
@@ -313,9 +330,12 @@ class ActionStore:
     async def flush_marks(self, patience_s: float | None = None, *, older_than_s: float = 0.0) -> None:
         """Write the queued published marks (those queued at least ``older_than_s`` ago) now."""
         cutoff = time.monotonic() - older_than_s
-        due = {action_id: at for action_id, at in self._to_mark.items() if at <= cutoff}
-        for action_id in due:
-            del self._to_mark[action_id]
+        due: dict[str, float] = {}
+        while self._to_mark:  # queued in time order: the due ones are at the front
+            action_id, at = next(iter(self._to_mark.items()))
+            if at > cutoff:
+                break
+            due[action_id] = self._to_mark.pop(action_id)
         if not self._to_mark:
             self._marks_waiting.clear()
         if not due:
@@ -331,7 +351,7 @@ class ActionStore:
         try:
             await self._retrying(update, patience_s)
         except BaseException:
-            self._to_mark = due | self._to_mark
+            self._to_mark = due | {k: v for k, v in self._to_mark.items() if k not in due}
             self._marks_waiting.set()
             raise
 

@@ -11,6 +11,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -144,7 +145,7 @@ class IntakeStore(Protocol):
 
     async def insert_many(self, rows: Sequence[NewAction]) -> list[tuple[StoredAction, bool]]: ...
 
-    async def mark_published(self, action_id: str) -> None: ...
+    async def mark_published(self, action_id: str, *, at_once: bool = False) -> None: ...
 
 
 Submitted = tuple[StoredAction, bool]
@@ -316,6 +317,7 @@ class Intake:
         stored_rows = await self.store.insert_many(rows)
         results: list[Submitted | IdempotencyConflict] = []
         to_publish: dict[str, StoredAction] = {}
+        again: set[str] = set()
         for (principal, _), expected, (stored, created) in zip(submissions, digests, stored_rows, strict=True):
             if not created and stored.payload_digest != expected:
                 results.append(
@@ -328,8 +330,10 @@ class Intake:
             results.append((stored, created))
             if not stored.published:
                 to_publish[stored.action_id] = stored
+                if not created:  # a retry finding its event not yet marked published: sent again
+                    again.add(stored.action_id)
         if to_publish:
-            await self._publish_all(list(to_publish.values()))
+            await self._publish_all(list(to_publish.values()), again)
         return results
 
     def _prepared(
@@ -367,13 +371,13 @@ class Intake:
         )
         return row, digest
 
-    async def _publish_all(self, stored: list[StoredAction]) -> None:
+    async def _publish_all(self, stored: list[StoredAction], again: AbstractSet[str] = frozenset()) -> None:
         """Send every event at once and wait for the acks together, within the patience.
 
         The actions are stored (the outbox), so an accepted answer holds even when the broker
         does not answer in time: the sweep publishes them later under the same event ids.
         """
-        sends = [asyncio.ensure_future(self.publish_stored(s)) for s in stored]
+        sends = [asyncio.ensure_future(self.publish_stored(s, again=s.action_id in again)) for s in stored]
         done, pending = await asyncio.wait(sends, timeout=self.publish_patience_s)
         for task in pending:
             task.cancel()
@@ -387,7 +391,9 @@ class Intake:
                 "accepted %d action(s); their events wait for the broker (%s)", len(pending) + len(failures), reason
             )
 
-    async def publish_stored(self, stored: StoredAction) -> None:
-        """Publish an accepted request's event (again, if a crash left it unpublished)."""
+    async def publish_stored(self, stored: StoredAction, *, again: bool = True) -> None:
+        """Publish an accepted request's event: the first time, or ``again`` (the outbox sweep, a
+        retried request), when its published mark is written at once rather than left for the
+        action's first status change."""
         await self.publisher.publish_encoded(self.publisher.topics.requested, stored.action_id, stored.requested_event)
-        await self.store.mark_published(stored.action_id)
+        await self.store.mark_published(stored.action_id, at_once=again)
