@@ -32,7 +32,7 @@ class Settings:
     partitions: int = 16
     producer_linger_ms: float = 3.0  # stream workers' producers wait this long to fill a batch
     producer_batch_bytes: int = 256 * 1024  # and put up to this much in one batch per partition
-    # the policy, executor and approval workers take up to 64 events at a time, or what arrived
+    # the policy and executor workers take up to 64 events at a time, or what arrived
     # within this long: one OPA query, one statement, one produce per batch. Each hop may wait
     # this long more when idle; under load, larger batches cost less per action (bench/README.md)
     worker_gather_ms: float = 20.0
@@ -64,7 +64,7 @@ class Settings:
     seal_keys: str = ""  # "kid:base64key,…", first seals; empty = a local key file in run_dir/keys
     log_level: str = "INFO"
     # 1: one log line per HTTP request (intake and approval), masked like every line. Off by
-    # default: it was a tenth of the intake's CPU with one POST per action, and what matters is
+    # default: it was an eighth of the intake's CPU with one POST per action, and what matters is
     # recorded anyway (every action on its topics and in the audit, every refusal under its caller)
     access_log: int = 0
     # every service's event loop: "uvloop" (libuv; every service's socket and scheduling work is in

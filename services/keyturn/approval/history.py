@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 HISTORY_DAYS = 30  # what the page shows
 KEPT_DAYS = HISTORY_DAYS + 5  # what the tables keep (a little more, so the window never starts empty)
 PRUNE_EVERY_MS = 60_000  # how often what is older than KEPT_DAYS is dropped
-GATHER_MS = 1000  # a page can be this far behind: its rows are written in batches gathered this long
+GATHER_MS = 1000  # its rows are written in batches gathered this long (a page may be about two seconds
+# behind: a fetch is held up to as long again)
 # (an action's request, decision and execution arrive within a second, so its line is mostly
 # written once or twice: in floods 250 ms wrote it 2.65 times per action, a second 2.2-2.5 times)
 BATCH_MAX = 5000  # records in one batch: a second's worth at five times the bench's top rate

@@ -24,7 +24,7 @@ def server_options(event_loop: str, *, access_log: bool = False) -> dict[str, An
     """uvicorn's loop, HTTP parser and access log for every Keyturn server.
 
     The access log (``KEYTURN_ACCESS_LOG``) is off unless asked for: with one POST per action its
-    line, masked like every line, cost a tenth of the intake's CPU.
+    line, masked like every line, cost an eighth of the intake's CPU.
 
     The loop is the process's (``KEYTURN_EVENT_LOOP``). The parser is h11 even where httptools is
     installed: h11 refuses a header block over 16 KiB while it reads it, where uvicorn's
