@@ -91,6 +91,9 @@ class FakeActionStore:
     async def mark_published(self, action_id: str, *, at_once: bool = False) -> None:
         self.rows[action_id] = dataclasses.replace(self.rows[action_id], published=True)
 
+    def acknowledged(self, action_id: str) -> bool:
+        return False  # marks are written at once here
+
     async def unpublished(self, older_than_s: float = 10.0, limit: int = 500) -> list[StoredAction]:
         self._answer()
         return [r for r in self.rows.values() if not r.published][:limit]

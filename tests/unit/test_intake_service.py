@@ -66,6 +66,38 @@ async def test_the_same_idempotency_key_gives_the_same_action_once() -> None:
     assert list(store.rows) == [first.action_id]
 
 
+class DelayedMarks(FakeActionStore):
+    """A store whose published marks wait, as ``ActionStore``'s do, for the action's status."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: dict[str, bool] = {}  # action id → marked at once
+
+    async def mark_published(self, action_id: str, *, at_once: bool = False) -> None:
+        self.queued[action_id] = at_once
+
+    def acknowledged(self, action_id: str) -> bool:
+        return action_id in self.queued
+
+
+async def test_a_retry_is_not_published_again_while_its_acknowledged_mark_waits() -> None:
+    intake, store, send = intake_with(DelayedMarks())
+    first, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    assert store.queued == {first.action_id: False}  # a first publish: its mark waits for the status
+    await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)  # the client retries
+    assert [e.action_id for e in published(send)] == [first.action_id]
+
+
+async def test_a_retry_of_an_event_never_acknowledged_here_is_sent_again_and_marked_at_once() -> None:
+    intake, store, send = intake_with(DelayedMarks())
+    send.down = True
+    first, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    send.down = False
+    await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    assert [e.action_id for e in published(send)] == [first.action_id]
+    assert store.queued == {first.action_id: True}
+
+
 async def test_the_same_key_for_a_different_request_is_a_conflict() -> None:
     intake, store, _ = intake_with()
     await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)

@@ -305,6 +305,10 @@ class ActionStore:
             self._to_mark.setdefault(action_id, time.monotonic())
         self._marks_waiting.set()
 
+    def acknowledged(self, action_id: str) -> bool:
+        """Whether this process saw the action's event acknowledged and its mark is not written yet."""
+        return action_id in self._to_mark
+
     async def keep_marking(self) -> None:
         """Write the published marks in batches, for as long as the intake runs: when the oldest
         is due, and never more often than once per ``MARK_BEAT_S``, so the marks due within a

@@ -147,6 +147,10 @@ class IntakeStore(Protocol):
 
     async def mark_published(self, action_id: str, *, at_once: bool = False) -> None: ...
 
+    def acknowledged(self, action_id: str) -> bool:
+        """Whether this process saw the action's event acknowledged, its mark not yet written."""
+        ...
+
 
 Submitted = tuple[StoredAction, bool]
 """(the stored action, created?) for one submission."""
@@ -328,7 +332,9 @@ class Intake:
                 )
                 continue
             results.append((stored, created))
-            if not stored.published:
+            # a retry whose event this process saw acknowledged (its mark waits for the status) is
+            # not sent again: under faults clients retry by the thousand
+            if not stored.published and not self.store.acknowledged(stored.action_id):
                 to_publish[stored.action_id] = stored
                 if not created:  # a retry finding its event not yet marked published: sent again
                     again.add(stored.action_id)
