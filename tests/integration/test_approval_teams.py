@@ -169,6 +169,8 @@ def test_approving_in_teams_answers_with_the_refreshed_card_and_updates_every_co
     assert agent.wait(action_id)["state"] == "succeeded"
     assert eventually(lambda: not card.actions() and "Approved by human:carol, human:dave" in card.all_text())
     assert eventually(lambda: any("it will run now" in r.all_text() for r in teams.replies_to(card)))
+    outcome = next(r for r in teams.replies_to(card) if "it will run now" in r.all_text())
+    assert outcome.body.get("textFormat") == "plain"  # people's words in it are shown as written, not as Markdown
     refreshed = click(chat, teams, card, "refresh", "29:frank")
     assert "Approved by human:carol, human:dave" in json.dumps(refreshed["value"])
 

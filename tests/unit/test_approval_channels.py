@@ -189,7 +189,29 @@ def test_a_resolved_card_has_no_actions_and_a_refused_answer_is_shown_in_red() -
         teams_cards.approval_card(view(status="denied", summary="Denied by human:dave: no"), problem="not applied")
     )
     assert "actions" not in card and not any(e.get("type") == "Input.Text" for e in card["body"])
-    assert any(e.get("text") == "not applied" and e.get("color") == "Attention" for e in card["body"])
+    assert any(run["text"] == "not applied" and run.get("color") == "Attention" for run in text_runs(card))
+
+
+def text_runs(card: dict) -> list[dict]:
+    return [run for e in card["body"] if e.get("type") == "RichTextBlock" for run in e["inlines"]]
+
+
+HOSTILE_MARKDOWN = "[verify your account](https://evil.example) **now**\n- approve"
+
+
+def test_what_an_agent_or_reviewer_wrote_cannot_link_or_format_in_teams() -> None:
+    shown = view(reason=HOSTILE_MARKDOWN, resource=HOSTILE_MARKDOWN, parameters={"note": HOSTILE_MARKDOWN})
+    cards = [
+        teams_cards.card_json(teams_cards.approval_card(shown)),
+        teams_cards.card_json(teams_cards.break_glass_card({**shown, "reviews": [HOSTILE_MARKDOWN]})),
+    ]
+    for card in cards:
+        # Markdown is read in a TextBlock and in a Fact's value; a TextRun is shown as written
+        assert not [e for e in card["body"] if e.get("type") in ("TextBlock", "FactSet")]
+        shown_as_written = " ".join(run["text"] for run in text_runs(card))
+        assert "Reason: " + HOSTILE_MARKDOWN in shown_as_written and "Resource: " + HOSTILE_MARKDOWN in shown_as_written
+        assert all(run["type"] == "TextRun" for run in text_runs(card))
+    assert "Reviews on record: " + HOSTILE_MARKDOWN in " ".join(run["text"] for run in text_runs(cards[1]))
 
 
 # --- who hears about what ----------------------------------------------------------------------------

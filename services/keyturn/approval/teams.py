@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from fastapi import FastAPI, Request
@@ -46,6 +46,8 @@ from keyturn.faults import DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 SOURCE = "teams:messages"
+# replies (outcome, reminder, escalation) quote people's words: shown as written, never as Markdown
+PLAIN: Literal["plain"] = "plain"
 
 
 class ClientCredentialTokens:
@@ -204,7 +206,7 @@ class TeamsChannel:
         await self.notify_progress(target, ref, view)
         conversation, activity_id = _split(ref)
         await self.app.api.conversations.activities(conversation).reply(
-            activity_id, MessageActivityInput(text=cards.outcome_text(view))
+            activity_id, MessageActivityInput(text=cards.outcome_text(view), text_format=PLAIN)
         )
 
     async def remind(
@@ -212,7 +214,7 @@ class TeamsChannel:
     ) -> None:
         conversation, activity_id = _split(ref)
         await self.app.api.conversations.activities(conversation).reply(
-            activity_id, MessageActivityInput(text=cards.reminder_text(view, fraction))
+            activity_id, MessageActivityInput(text=cards.reminder_text(view, fraction), text_format=PLAIN)
         )
 
     async def escalate(self, target: str, ref: str | None, view: dict[str, Any], *, notification_id: int) -> str | None:
@@ -223,7 +225,7 @@ class TeamsChannel:
             return message_ref(target, sent.id)
         conversation, activity_id = _split(ref)
         await self.app.api.conversations.activities(conversation).reply(
-            activity_id, MessageActivityInput(text=cards.escalation_text(view))
+            activity_id, MessageActivityInput(text=cards.escalation_text(view), text_format=PLAIN)
         )
         return None
 

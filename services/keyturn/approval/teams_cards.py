@@ -1,8 +1,12 @@
 """Adaptive Cards for approvals in Microsoft Teams: pure functions from an approval view to a card.
 
-Adaptive Card text is plain (Markdown-lite), never HTML; the agent's words go in as text
-elements, so they cannot add buttons or inputs. Approve / Deny are ``Action.Execute`` (the
-Universal Actions model): Teams sends them to the bot, which answers with the refreshed card.
+Adaptive Card text is never HTML, but a ``TextBlock``, or a ``Fact``'s value, is read as
+Markdown: an agent's reason could show an approver a link (``[verify](https://…)``), a list or
+bold text. So whatever an agent or a person wrote (the action, resource, requester, reason,
+parameters, reviews, summaries) is shown in ``TextRun``s, which are never read as Markdown
+(``_plain``): every line of these cards is one. It goes in as text elements, so it cannot add
+buttons or inputs either. Approve / Deny are ``Action.Execute`` (the Universal Actions
+model): Teams sends them to the bot, which answers with the refreshed card.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ from typing import Any
 from microsoft_teams.cards import (
     Action,
     AdaptiveCard,
+    CardElement,
     ExecuteAction,
-    Fact,
-    FactSet,
     RefreshDefinition,
-    TextBlock,
+    RichTextBlock,
     TextInput,
+    TextRun,
 )
 
 from keyturn.approval.views import escalation_sentence, outcome_sentence, reminder_sentence, requester_line
@@ -35,42 +39,30 @@ def approval_card(view: dict[str, Any], *, headline: str | None = None, problem:
     """The approval card; Approve / Deny and the reason box only while pending. ``problem`` is shown
     in red to the person whose answer was refused."""
     data = {"action_id": view["action_id"], "payload_digest": view["payload_digest"]}
+    approvers = ", ".join(f"{g['name']} ×{g['need']}" for g in view.get("groups", [])) or "—"
     body: list[Any] = [
-        TextBlock(
-            text=f"{headline or TITLES.get(view['status'], view['status'])}: {view['action']}",
+        _plain(
+            f"{headline or TITLES.get(view['status'], view['status'])}: {view['action']}",
             weight="Bolder",
             size="Medium",
-            wrap=True,
         ),
-        FactSet(
-            facts=[
-                Fact(title="Resource", value=view["resource"]),
-                Fact(title="Requested by", value=requester_line(view["requester"], view["acting_for"])),
-                Fact(
-                    title="Approvers",
-                    value=", ".join(f"{g['name']} ×{g['need']}" for g in view.get("groups", [])) or "—",
-                ),
-                Fact(title="Expires", value=view.get("expires_at") or "—"),
-            ]
-        ),
-        TextBlock(text=f"Reason: {view['reason']}", wrap=True),
+        _plain(f"Resource: {view['resource']}"),
+        _plain(f"Requested by: {requester_line(view['requester'], view['acting_for'])}"),
+        _plain(f"Approvers: {approvers}"),
+        _plain(f"Expires: {view.get('expires_at') or '—'}"),
+        _plain(f"Reason: {view['reason']}"),
     ]
     if view.get("impact"):
-        body.append(TextBlock(text="Impact preview: " + view["impact"]["summary"], wrap=True, weight="Bolder"))
+        body.append(_plain("Impact preview: " + view["impact"]["summary"], weight="Bolder"))
     if view.get("policy_reasons"):
-        body.append(TextBlock(text="Policy: " + "; ".join(view["policy_reasons"]), wrap=True, is_subtle=True))
-    body.append(TextBlock(text=_parameters(view["parameters"]), wrap=True, font_type="Monospace"))
+        body.append(_plain("Policy: " + "; ".join(view["policy_reasons"]), is_subtle=True))
+    body.append(_plain(_parameters(view["parameters"]), font_type="Monospace"))
     body.append(
-        TextBlock(
-            text=f"action {view['action_id']} · digest {view['payload_digest'][:23]}…",
-            wrap=True,
-            is_subtle=True,
-            size="Small",
-        )
+        _plain(f"action {view['action_id']} · digest {view['payload_digest'][:23]}…", is_subtle=True, size="Small")
     )
-    body.append(TextBlock(text=view["summary"], wrap=True, weight="Bolder"))
+    body.append(_plain(view["summary"], weight="Bolder"))
     if problem:
-        body.append(TextBlock(text=problem, wrap=True, color="Attention"))
+        body.append(_plain(problem, color="Attention"))
     actions: list[Action] | None = None
     if view["status"] == "pending":
         body.append(
@@ -99,23 +91,19 @@ def break_glass_card(view: dict[str, Any], *, notice: str | None = None, problem
     ``notice`` tells the reviewer their review counted; ``problem``, in red, why it did not."""
     data = {"action_id": view["action_id"], "payload_digest": view["payload_digest"]}
     body: list[Any] = [
-        TextBlock(text=f"Break-glass: {view['action']}", weight="Bolder", size="Medium", color="Attention", wrap=True),
-        TextBlock(text=f"{view['summary']}. Incident {view.get('incident_id') or 'not given'}.", wrap=True),
-        FactSet(
-            facts=[
-                Fact(title="Resource", value=view["resource"]),
-                Fact(title="Requested by", value=requester_line(view["requester"], view["acting_for"])),
-            ]
-        ),
-        TextBlock(text=f"Reason: {view['reason']}", wrap=True),
-        TextBlock(text=_parameters(view["parameters"]), wrap=True, font_type="Monospace"),
+        _plain(f"Break-glass: {view['action']}", weight="Bolder", size="Medium", color="Attention"),
+        _plain(f"{view['summary']}. Incident {view.get('incident_id') or 'not given'}."),
+        _plain(f"Resource: {view['resource']}"),
+        _plain(f"Requested by: {requester_line(view['requester'], view['acting_for'])}"),
+        _plain(f"Reason: {view['reason']}"),
+        _plain(_parameters(view["parameters"]), font_type="Monospace"),
     ]
     if view.get("reviews"):
-        body.append(TextBlock(text="Reviews on record: " + "; ".join(view["reviews"]) + ".", wrap=True))
+        body.append(_plain("Reviews on record: " + "; ".join(view["reviews"]) + "."))
     if notice:
-        body.append(TextBlock(text=notice, wrap=True, weight="Bolder"))
+        body.append(_plain(notice, weight="Bolder"))
     if problem:
-        body.append(TextBlock(text=problem, wrap=True, color="Attention"))
+        body.append(_plain(problem, color="Attention"))
     body.append(
         TextInput(
             id=REASON_INPUT,
@@ -149,6 +137,13 @@ def escalation_text(view: dict[str, Any]) -> str:
 
 def card_json(card: AdaptiveCard) -> dict[str, Any]:
     return card.model_dump(by_alias=True, exclude_none=True)
+
+
+def _plain(text: str, **style: Any) -> RichTextBlock:
+    """``text`` shown as written, in ``style`` (weight, size, color, …): a ``TextRun`` is never
+    read as Markdown, where a ``TextBlock`` would turn ``[x](https://…)`` into a link."""
+    run: list[CardElement] = [TextRun(text=text, **style)]
+    return RichTextBlock(inlines=run)
 
 
 def _parameters(parameters: Any) -> str:
