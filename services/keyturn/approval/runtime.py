@@ -29,7 +29,7 @@ from keyturn.approval.ports import PolicyEngine
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.http import header
-from keyturn.bus.loop import KafkaSource, Stage, held_fetches, run
+from keyturn.bus.loop import KafkaSource, Stage, group_member, held_fetches, run
 from keyturn.bus.topics import Topics, carry_offsets
 from keyturn.config import Settings
 from keyturn.core.catalog import ExecutionModes
@@ -242,10 +242,7 @@ class ApprovalRuntime:
             group_id=actions_group(s.namespace),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            # as the stream workers: a killed instance's partitions move on after its session,
-            # and a restarted broker's topics are seen within 10 s (bus.worker.make_app)
-            session_timeout_ms=int(s.worker_session_timeout_s * 1000),
-            metadata_max_age_ms=10_000,
+            **group_member(s.worker_session_timeout_s),
             **held_fetches(ACTIONS_FETCH_WAIT_MS),
         )
         try:

@@ -33,7 +33,7 @@ from keyturn.audit.records import AuditedEvent
 from keyturn.audit.stream import read_audit_tail
 from keyturn.audit.writer import AuditWriter, AuditWriterStopped
 from keyturn.bus.codec import UndecodableMessage, registry
-from keyturn.bus.loop import KafkaSource, Stage, run
+from keyturn.bus.loop import KafkaSource, Stage, group_member, run
 from keyturn.bus.publisher import kafka_publisher
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
@@ -140,11 +140,7 @@ class AuditService:
             group_id=f"{settings.namespace}-audit",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=int(settings.worker_session_timeout_s * 1000),
-            heartbeat_interval_ms=int(settings.worker_session_timeout_s * 1000 / 3),
-            # a worker that starts while a restarted broker has not listed the topics yet finds
-            # them at its next metadata refresh
-            metadata_max_age_ms=10_000,
+            **group_member(settings.worker_session_timeout_s),
             # fetches answered as records arrive (not held for more, as followers' are): one fetch
             # holding a vote and its resolution hands them over by partition, not in the order the
             # approval service published them, and the chain would record the resolution first

@@ -8,14 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from keyturn.core.audit.record import FLAG_BREAK_GLASS, FLAG_MANDATORY_REVIEW, FLAG_VOTE_REFUSED
-from keyturn.core.events import (
-    ActionDecided,
-    ActionExecuted,
-    ActionRequested,
-    ApprovalResolved,
-    DeadLetter,
-    VoteRecorded,
-)
 from keyturn.core.records import to_record
 
 _TIME_FIELDS = ("requested_at", "decided_at", "recorded_at", "resolved_at", "finished_at", "failed_at")
@@ -23,7 +15,7 @@ _TIME_FIELDS = ("requested_at", "decided_at", "recorded_at", "resolved_at", "fin
 
 def audit_payload(event: Any) -> Any:
     """The event as JSON-able data; bytes (sealed parameters, dead-letter payloads) become digests."""
-    return _without_bytes(to_record(event))
+    return AuditedEvent.of(event).payload
 
 
 def _without_bytes(value: Any) -> Any:
@@ -39,36 +31,17 @@ def _without_bytes(value: Any) -> Any:
 
 
 def actor_of(event: Any) -> str | None:
-    """The principal or service that caused the event."""
-    if isinstance(event, ActionRequested):
-        return event.requester.id
-    if isinstance(event, ActionDecided):
-        return "service:policy"
-    if isinstance(event, VoteRecorded):
-        return event.vote.approver.id
-    if isinstance(event, ApprovalResolved):
-        return event.votes[-1].approver.id if event.votes else "service:approval"
-    if isinstance(event, ActionExecuted):
-        return f"service:executor{':' + event.executor if event.executor else ''}"
-    if isinstance(event, DeadLetter):
-        return f"service:{event.service}"
-    return None
+    """The principal or service that caused the event (the rule is ``AuditedEvent.actor``)."""
+    return AuditedEvent.of(event).actor
 
 
 def occurred_at(event: Any) -> datetime:
-    for name in ("requested_at", "decided_at", "recorded_at", "resolved_at", "finished_at", "failed_at"):
-        if hasattr(event, name):
-            return getattr(event, name)
-    raise TypeError(f"{type(event).__name__} carries no time")
+    return AuditedEvent.of(event).occurred_at
 
 
 def flags_of(event: Any) -> tuple[str, ...]:
-    """Marks analysts filter on: break-glass decisions need a mandatory review."""
-    if isinstance(event, ActionDecided) and event.break_glass:
-        return (FLAG_BREAK_GLASS, FLAG_MANDATORY_REVIEW)
-    if isinstance(event, VoteRecorded) and not event.accepted:
-        return (FLAG_VOTE_REFUSED,)
-    return ()
+    """Marks analysts filter on (the rule is ``AuditedEvent.flags``)."""
+    return AuditedEvent.of(event).flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +50,10 @@ class AuditedEvent:
 
     The audit used to build the event's dataclass and turn it back into the same record for the
     payload; it was a fifth of the audit process's CPU, and the audit's CPU per record caps every
-    deployment (``bench/README.md``, cost model). What this reads from the record is what
-    ``actor_of``, ``occurred_at``, ``flags_of`` and ``audit_payload`` read from the dataclass;
-    ``tests/unit/test_audit_records.py`` checks both give the same for random records of every
-    event type.
+    deployment (``bench/README.md``, cost model). The rules (who caused an event, when, its flags)
+    are here once; ``actor_of``, ``occurred_at``, ``flags_of`` and ``audit_payload`` apply them to
+    a dataclass through ``of``. ``tests/unit/test_audit_records.py`` checks that a decoded record
+    and its dataclass give the same, for random records of every event type.
     """
 
     name: str

@@ -270,6 +270,18 @@ def held_fetches(wait_ms: int) -> dict[str, int]:
     return {"fetch_min_bytes": FETCH_MIN_BYTES, "fetch_max_wait_ms": wait_ms}
 
 
+def group_member(session_timeout_s: float) -> dict[str, int]:
+    """Consumer options for a member of a consumer group, as the stream workers have them
+    (``bus.worker.make_app``): a killed member's partitions move on after its session (three
+    missed heartbeats), and a restarted broker's topics are seen within 10 s, where a member that
+    joined while they were not yet listed would otherwise wait for its next metadata refresh."""
+    return {
+        "session_timeout_ms": int(session_timeout_s * 1000),
+        "heartbeat_interval_ms": int(session_timeout_s * 1000 / 3),
+        "metadata_max_age_ms": 10_000,
+    }
+
+
 class KafkaSource:
     """A started consumer (auto-commit off) in batches; commits each batch once handled.
 
