@@ -29,6 +29,7 @@ from keyturn.core.lifecycle import ActionState
 from keyturn.executor.ledger import LedgerEntry
 from keyturn.intake.store import LifecycleChange, NewAction, StatusRow, StoredAction, StoreUnavailable
 from keyturn.policy.opa import OpaAnswer, PolicyUnavailable
+from keyturn.secret_store import SecretNotFound
 
 
 class FakeActionStore:
@@ -121,6 +122,21 @@ class FakeActionStore:
                 result=row.result if row.result is not None else stored.result,
             )
         return {action_id: row.state for action_id, row in folded.items()}
+
+
+class MemorySecrets:
+    """The executor's secret store (``keyturn.secret_store.SecretStore``), in memory."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+
+    async def get(self, name: str) -> str:
+        if name not in self.values:
+            raise SecretNotFound(f"no secret named {name!r} in the secret store")
+        return self.values[name]
+
+    async def put(self, name: str, value: str) -> None:
+        self.values[name] = value
 
 
 class FakeLedger:

@@ -40,6 +40,7 @@ from tests.integration.test_executor_support import (  # noqa: F401  (fixtures)
     HttpsPeer,
     SqlTarget,
     https_peer,
+    put_secret,
     sql_target,
     witnessed_secrets,
 )
@@ -550,20 +551,6 @@ def test_a_secret_reference_reaches_the_target_resolved_and_comes_back_redacted(
 
 LEDGER_PASSWORD = f"kt-ledger-{uuid.uuid4().hex}"  # the referenced target's credential, searched for below
 LEDGER_SECRET: list[str] = []  # the connection string, once the test below made it
-
-
-def put_secret(settings, name: str, value: str) -> None:
-    put = subprocess.run(
-        [sys.executable, "-m", "keyturn.cli", "secrets", "put", name],
-        input=value + "\n",
-        env=settings_env(settings),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert put.returncode == 0, put.stderr
-    assert value not in put.stdout + put.stderr
 
 
 def test_a_sql_statement_runs_on_the_target_its_connection_string_reference_names(

@@ -8,19 +8,28 @@ INSERT happened at most once — counted in its table and in the target's statem
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import uuid
 
+import httpx
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.core.events import ActionDecided, ActionExecuted
 from keyturn.db import schema_name
 from keyturn.executor.plugins.sql_roles import role_name_for
-from tests.integration.conftest import Agent, eventually, produce, read_topic
-from tests.integration.test_executor_support import ExecutorUnderTest, SqlTarget, sql_target  # noqa: F401  (fixture)
+from tests.integration.conftest import Agent, eventually, mint, produce, read_topic
+from tests.integration.test_executor_support import (  # noqa: F401  (fixture)
+    ExecutorUnderTest,
+    SqlTarget,
+    put_secret,
+    sql_target,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +123,59 @@ def test_a_write_interrupted_by_a_crash_ends_outcome_unknown_and_never_runs_twic
     assert len([line for line in received if "app=keyturn-command " in line]) == 1, received
     assert all("app=keyturn-impact-preview " in line for line in received if "app=keyturn-command " not in line)
     assert ledger_entry(settings, action_id)[3] == "outcome_unknown"
+
+
+def test_a_command_interrupted_on_a_target_in_a_secret_has_its_role_dropped_there(
+    settings, executor: ExecutorUnderTest, sql_target: SqlTarget
+) -> None:
+    """The command runs on a database that only a secret names, on another server than the
+    plugin's own target (the session's database server): the role made for it lives there, so
+    after the crash it must be dropped there, and nothing of the secret may show."""
+    suffix = uuid.uuid4().hex[:8]
+    database, secret = f"crashref_{suffix}", f"crash-ref-{suffix}"
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    url = make_conninfo(settings.database_url, dbname=database)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE crash_marks (id serial PRIMARY KEY, note text NOT NULL)")
+        put_secret(settings, secret, url)
+        agent = Agent(settings, "agent:reporter", ("human:alice",))
+        parameters = {"statement": STATEMENT, "connection_string": {"secret": secret}}
+        action_id = agent.submit_ok("sql.query", "postgres://staging/shop", parameters)
+        # no dry run on a target only the executor can resolve: a db owner approves it
+        assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+        frank = {"Authorization": f"Bearer {mint(settings, 'human:frank')}"}
+        shown = httpx.get(f"{settings.approval_url}/v1/approvals/{action_id}", headers=frank, timeout=30).json()
+        vote = {"choice": "approve", "payload_digest": shown["payload_digest"], "channel": "api", "reason": "test"}
+        voted = httpx.post(
+            f"{settings.approval_url}/v1/approvals/{action_id}/votes", json=vote, headers=frank, timeout=30
+        )
+        assert voted.status_code == 200, voted.text
+
+        role = role_name_for(action_id)
+
+        def role_connected() -> bool:
+            with psycopg.connect(url) as conn:
+                return conn.execute("SELECT 1 FROM pg_stat_activity WHERE usename = %s", (role,)).fetchone() is not None
+
+        def role_exists() -> bool:
+            with psycopg.connect(url) as conn:
+                return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+
+        assert eventually(role_connected, timeout=60), "the command never connected to the referenced target"
+        executor.kill()
+        assert role_exists()  # left behind by the crash, on the referenced server only
+        assert role not in sql_target.temporary_roles()
+
+        executor.start()
+        view = agent.wait(action_id, timeout=120)
+        assert view["state"] == "outcome_unknown", view
+        cleanup = view["result"]["evidence"]["cleanup"]
+        assert cleanup["temporary_role"] == role and "cleanup_error" not in cleanup, cleanup
+        assert not role_exists()
+        text = json.dumps(view)
+        assert "keyturn:keyturn" not in text and database not in text and "password=" not in text
+    finally:
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

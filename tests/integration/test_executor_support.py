@@ -46,6 +46,21 @@ PEER_HOST = "api.example.internal"
 UNREACHABLE_HOST = "hooks.example.internal"  # allow-listed everywhere, but nothing listens where it points
 
 
+def put_secret(settings: Settings, name: str, value: str) -> None:
+    """Store ``value`` in the executor's secret store as ``name``, as an operator does (the CLI)."""
+    put = subprocess.run(
+        [sys.executable, "-m", "keyturn.cli", "secrets", "put", name],
+        input=value + "\n",
+        env=settings_env(settings),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert put.returncode == 0, put.stderr
+    assert value not in put.stdout + put.stderr
+
+
 # --- a password-checking PostgreSQL -------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor, ExecutorStage
 from keyturn.faults import until_done
 from keyturn.masking.protect import parameter_opener
-from tests.fakes.service_ports import FakeLedger, ListSource, Record, fake_publisher
+from tests.fakes.service_ports import FakeLedger, ListSource, MemorySecrets, Record, fake_publisher
 from tests.unit.service_events import KEYRING, PARAMETERS, allowed
 
 
@@ -40,6 +40,8 @@ class Recording:
         self.runs: list[Command] = []
         self.hang = hang
         self.abandoned: list[str] = []
+        self.abandon_commands: list[Command] = []
+        self.abandon_raises: Exception | None = None
 
     async def execute(self, command: Command):
         self.runs.append(command)
@@ -49,11 +51,14 @@ class Recording:
 
     async def abandon(self, command: Command):
         self.abandoned.append(command.action_id)
-        return {"revoked": True}
+        self.abandon_commands.append(command)
+        if self.abandon_raises is not None:
+            raise self.abandon_raises
+        return {"revoked": True, "where": command.parameters.get("connection_string", "own target")}
 
 
 def executor_with(
-    plugin: Recording, ledger: FakeLedger | None = None, *, timeout_s: float = 5.0
+    plugin: Recording, ledger: FakeLedger | None = None, *, timeout_s: float = 5.0, secrets: MemorySecrets | None = None
 ) -> tuple[Executor, FakeLedger]:
     ledger = ledger or FakeLedger()
     publisher, _ = fake_publisher("executor")
@@ -65,6 +70,7 @@ def executor_with(
         publisher.encode,
         shaper,
         timeout_s=timeout_s,
+        secrets=secrets,
     ), ledger
 
 
@@ -115,6 +121,55 @@ async def test_an_order_started_by_an_executor_that_died_is_never_run_again() ->
     assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
     assert plugin.runs == [] and plugin.abandoned == ["a1"]
     assert "never finished" in decoded(encoded).error
+
+
+LEDGER_URL = "postgresql://ledger_owner:pw-7Qx2-not-to-be-seen@db.internal/ledger"
+
+
+async def test_an_interrupted_command_on_a_target_in_a_secret_is_cleaned_up_there_and_the_secret_stays_unsaid() -> None:
+    plugin = Recording()
+    ledger = FakeLedger()
+    await ledger.start("a1", datetime(2026, 12, 4, 8, 0, tzinfo=UTC), plugin="recording")  # then it crashed
+    executor, _ = executor_with(plugin, ledger, secrets=MemorySecrets({"ledger-db": LEDGER_URL}))
+    order = ExecutionOrder(
+        allowed("a1", parameters={"statement": "SELECT 1", "connection_string": {"secret": "ledger-db"}})
+    )
+    outcome, encoded = await executor.execute(order)
+    assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN and plugin.runs == []
+    (command,) = plugin.abandon_commands
+    # the reference resolved as the run resolved it, and nothing else of the parameters
+    assert command.parameters == {"connection_string": LEDGER_URL}
+    assert command.secret_fields == {"connection_string": "ledger-db"}
+    executed = decoded(encoded)
+    assert "pw-7Qx2" not in executed.result_json and "db.internal" not in executed.result_json
+    assert '"where":"<SECRET:ledger-db>"' in executed.result_json
+
+
+async def test_a_cleanup_that_fails_on_a_target_in_a_secret_says_so_without_the_secret() -> None:
+    plugin = Recording()
+    plugin.abandon_raises = RuntimeError(f"could not reach {LEDGER_URL}")
+    ledger = FakeLedger()
+    await ledger.start("a1", datetime(2026, 12, 4, 8, 0, tzinfo=UTC), plugin="recording")
+    executor, _ = executor_with(plugin, ledger, secrets=MemorySecrets({"ledger-db": LEDGER_URL}))
+    order = ExecutionOrder(
+        allowed("a1", parameters={"statement": "SELECT 1", "connection_string": {"secret": "ledger-db"}})
+    )
+    outcome, encoded = await executor.execute(order)
+    assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
+    executed = decoded(encoded)
+    assert "could not reach <SECRET:ledger-db>" in executed.result_json
+    assert "pw-7Qx2" not in executed.result_json
+
+
+async def test_an_interrupted_command_whose_secret_is_gone_says_the_cleanup_failed_and_is_not_run() -> None:
+    plugin = Recording()
+    ledger = FakeLedger()
+    await ledger.start("a1", datetime(2026, 12, 4, 8, 0, tzinfo=UTC), plugin="recording")
+    executor, _ = executor_with(plugin, ledger, secrets=MemorySecrets({}))
+    order = ExecutionOrder(allowed("a1", parameters={"statement": "SELECT 1", "connection_string": {"secret": "gone"}}))
+    outcome, encoded = await executor.execute(order)
+    assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN and plugin.runs == [] and plugin.abandon_commands == []
+    assert "no secret named 'gone'" in decoded(encoded).result_json
 
 
 async def test_an_order_the_executor_fails_on_before_starting_ends_failed_and_never_runs(monkeypatch) -> None:

@@ -7,19 +7,7 @@ import asyncio
 import pytest
 
 from keyturn.secret_store import SecretNotFound, redact, references_in, resolve_references
-
-
-class Store:
-    def __init__(self, values: dict[str, str]) -> None:
-        self.values = values
-
-    async def get(self, name: str) -> str:
-        if name not in self.values:
-            raise SecretNotFound(f"no secret named {name!r} in the secret store")
-        return self.values[name]
-
-    async def put(self, name: str, value: str) -> None:
-        self.values[name] = value
+from tests.fakes.service_ports import MemorySecrets as Store
 
 
 def test_references_resolve_anywhere_in_the_parameters_and_only_exact_ones() -> None:

@@ -315,19 +315,27 @@ class Executor:
         abandon = getattr(plugin, "abandon", None)
         if abandon is not None:
             request = order.decision.request
-            command = Command(
-                order.action_id,
-                request.action,
-                request.resource,
-                {},
-                order.decision.credential_ttl_s,
-                request.requester,
-            )
+            used: dict[str, str] = {}
             try:
-                evidence["cleanup"] = await asyncio.wait_for(abandon(command), self.timeout_s)
+                # the secret references, resolved as the run resolved them: a command that ran where a
+                # reference names (a SQL target in a secret) is cleaned up there, not on the plugin's
+                # own target. The rest of the parameters is not needed to clean up, and not given.
+                references, secret_fields, used = await self._references(order)
+                command = Command(
+                    order.action_id,
+                    request.action,
+                    request.resource,
+                    references,
+                    order.decision.credential_ttl_s,
+                    request.requester,
+                    secret_fields=secret_fields,
+                )
+                evidence["cleanup"] = redact(await asyncio.wait_for(abandon(command), self.timeout_s), used)
             except Exception as exc:
-                log.exception("cleanup after interrupted %s failed", order.action_id)
-                evidence["cleanup"] = {"error": self.results.mask_text(f"{type(exc).__name__}: {exc}")}
+                # its text could quote a secret used (a connection string): redacted, then masked
+                error = self.results.mask_text(redact(f"{type(exc).__name__}: {exc}", used))
+                log.error("cleanup after interrupted %s failed: %s", order.action_id, error)
+                evidence["cleanup"] = {"error": error}
         error = (
             f"started at {earlier.started_at.isoformat()} by {earlier.executor} and never finished "
             "(the executor stopped mid-way); not run again: check the target before asking again"
@@ -341,6 +349,20 @@ class Executor:
             error=error,
             result={"evidence": evidence},
         )
+
+    async def _references(self, order: ExecutionOrder) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+        """(the order's parameters that are secret references, resolved; their secret names by
+        field; the secrets used by name). Nothing when its parameters do not open: then the run
+        was refused before any plugin ran."""
+        try:
+            parameters = self.open_parameters(order.decision.request)
+        except Exception:
+            return {}, {}, {}
+        fields = {key: value for key, value in parameters.items() if is_reference(value)}
+        if not fields or self.secrets is None:
+            return {}, {}, {}
+        resolved, used = await resolve_references(fields, self.secrets)
+        return resolved, {key: value["secret"] for key, value in fields.items()}, used
 
     def _executed(
         self,

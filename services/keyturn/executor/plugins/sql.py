@@ -22,10 +22,11 @@ The target is the plugin's (``KEYTURN_SQL_TARGET_URL``) unless the command names
 as a secret reference, ``"connection_string": {"secret": "NAME"}``: the executor resolves it
 right before this plugin runs, and everything above happens on that database instead (the
 connection string's user must be able to create roles there). Messages then speak of
-``the target in secret 'NAME'``, never of its host, database or credentials. Known limit:
-after a crash mid-command, ``abandon`` and the start-up sweep clean up the plugin's own target
-only; a role left on a referenced target cannot log in past its VALID UNTIL but stays until
-dropped there.
+``the target in secret 'NAME'``, never of its host, database or credentials. After a crash
+mid-command, the redelivered order's ``abandon`` drops the role where the command ran (the
+executor resolves the reference again for it). The start-up sweep covers the plugin's own
+target only: a referenced target is known from its order, so a role there whose order never
+comes back cannot log in past its VALID UNTIL, but stays until dropped there.
 """
 
 from __future__ import annotations
@@ -171,10 +172,11 @@ class SqlPlugin:
             await self._drop_quietly(name, target)
 
     async def abandon(self, command: Command) -> dict[str, Any]:
-        """After a crash mid-command: end the role's sessions and drop it; report what was found."""
+        """After a crash mid-command: end the role's sessions and drop it where the command ran
+        (the plugin's target, or the one its secret reference names); report what was found."""
         name = role_name_for(command.action_id)
         try:
-            cleanup = await self._drop(name)
+            cleanup = await self._drop(name, self.target_of(command))
         except ExecutionFailed as exc:
             return {"temporary_role": name, "cleanup_error": str(exc)}
         return cleanup.as_evidence()
