@@ -121,11 +121,13 @@ class RoleCleanup:
 async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, grants: Grants) -> TemporaryRole:
     """Create ``name`` (LOGIN, one connection, VALID UNTIL now + ttl) holding exactly ``grants``.
 
-    One transaction: a role exists with all its grants or not at all.
+    One transaction: a role exists with all its grants or not at all. Two round trips, in
+    psycopg's pipeline mode: the server's clock for VALID UNTIL, then the role, its grants and
+    the commit together (statement by statement, a command's role took six or more).
     """
     password = secrets.token_urlsafe(32)
     role = sql.Identifier(name)
-    async with admin.transaction():
+    async with admin.pipeline(), admin.transaction():
         cursor = await admin.execute("SELECT now() + make_interval(secs => %s)", (float(ttl_s),))
         (valid_until,) = await _one_row(cursor)
         await admin.execute(
@@ -155,31 +157,35 @@ async def grant(conn: psycopg.AsyncConnection, role: sql.Identifier, grants: Gra
 
 
 async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
-    """End the role's sessions, revoke everything it was granted (DROP OWNED) and drop it."""
+    """End the role's sessions, revoke everything it was granted (DROP OWNED) and drop it.
+
+    One transaction in two round trips (pipeline mode): the role and the memberships it holds,
+    then everything else with the commit."""
     role = sql.Identifier(name)
-    async with admin.transaction():
-        cursor = await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
-        if await cursor.fetchone() is None:
-            return RoleCleanup(name, existed=False, sessions_terminated=0)
-        # the memberships it held (``Grants.member_of``) go first: granting it to the executor below would be
-        # circular while it is a member of the executor's role
-        cursor = await admin.execute(
-            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles p ON "
-            "p.oid = m.member WHERE p.rolname = %s",
-            (name,),
-        )
-        for (held,) in await cursor.fetchall():
-            await admin.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(held), role))
-        # membership gives the executor the right to end the role's sessions and DROP OWNED it
-        await admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
-        cursor = await admin.execute(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s "
-            "AND pid <> pg_backend_pid()",
-            (name,),
-        )
-        (terminated,) = await _one_row(cursor)
-        await admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
-        await admin.execute(sql.SQL("DROP ROLE {}").format(role))
+    async with admin.pipeline():
+        async with admin.transaction():
+            cursor = await admin.execute(
+                "SELECT ARRAY(SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                "WHERE m.member = p.oid) FROM pg_roles p WHERE p.rolname = %s",
+                (name,),
+            )
+            found = await cursor.fetchone()
+            if found is None:
+                return RoleCleanup(name, existed=False, sessions_terminated=0)
+            # the memberships it held (``Grants.member_of``) go first: granting it to the executor below
+            # would be circular while it is a member of the executor's role
+            for held in found[0]:
+                await admin.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(held), role))
+            # membership gives the executor the right to end the role's sessions and DROP OWNED it
+            await admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+            ended = await admin.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s "
+                "AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            await admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
+            await admin.execute(sql.SQL("DROP ROLE {}").format(role))
+        (terminated,) = await _one_row(ended)
     return RoleCleanup(name, existed=True, sessions_terminated=int(terminated))
 
 
