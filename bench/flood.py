@@ -183,7 +183,15 @@ def forget(settings: Settings) -> None:
 
 
 def main() -> int:
-    servers = PrivateServers(REPO_ROOT / ".run" / "flood", kafka_port=39092, opa_port=38181, pg_port=35433)
+    # OPA as production runs it (a bundle with a revision); FLOOD_OPA_WATCH=1 for development's
+    # watched directory (a running OPA keeps its mode: stop it to switch)
+    servers = PrivateServers(
+        REPO_ROOT / ".run" / "flood",
+        kafka_port=39092,
+        opa_port=38181,
+        pg_port=35433,
+        opa_bundle=os.environ.get("FLOOD_OPA_WATCH") != "1",
+    )
     servers.up()
     namespace = "fl" + datetime.now().strftime("%H%M%S")
     partitions = os.environ.get("FLOOD_PARTITIONS")  # the topics' partitions (default: the settings')

@@ -847,6 +847,9 @@ def main() -> int:
         kafka_port=int(_env("BENCH_KAFKA_PORT", 29092)),
         opa_port=int(_env("BENCH_OPA_PORT", 28181)),
         pg_port=int(_env("BENCH_PG_PORT", 25433)),
+        # as production serves policy: a bundle whose revision comes with every answer (no module
+        # re-read once a second for it, as development's watched directory needs)
+        opa_bundle=os.environ.get("BENCH_OPA_WATCH") != "1",
     )
     servers.down(remove=True)  # a fresh broker and database every run
     servers.up()

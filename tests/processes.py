@@ -233,9 +233,18 @@ class PrivateServers:
     """
 
     def __init__(
-        self, run_dir: Path, *, kafka_port: int | None = None, opa_port: int | None = None, pg_port: int | None = None
+        self,
+        run_dir: Path,
+        *,
+        kafka_port: int | None = None,
+        opa_port: int | None = None,
+        pg_port: int | None = None,
+        opa_bundle: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
+        # OPA serving a bundle with a revision, as production does (deploy/opa.sh,
+        # KEYTURN_OPA_BUNDLE), rather than the watched directory of development
+        self.opa_bundle = opa_bundle
         self.ports = {
             "kafka": kafka_port or free_port_pair(),
             "opa": opa_port or free_port(),
@@ -255,6 +264,7 @@ class PrivateServers:
             KEYTURN_KAFKA_PORT=str(self.ports["kafka"]),
             KEYTURN_OPA_PORT=str(self.ports["opa"]),
             KEYTURN_PG_PORT=str(self.ports["postgres"]),
+            KEYTURN_OPA_BUNDLE="1" if self.opa_bundle else "0",
         )
         return env
 
