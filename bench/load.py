@@ -400,16 +400,16 @@ class Agent:
             not_before, action_id, backoff = await self._to_approve.get()
             if action_id in self.log.answered:
                 continue
-            if action_id in self._asking:
-                # another approver task is asking right now (the fallback and the topic): look again
-                # shortly. Dropping this ask left the approval to the fallback's next one, up to 10 s
-                # later, and that one late vote set the batched flood's end (bench/README.md)
-                self._to_approve.put_nowait((max(not_before, time.monotonic() + 0.2), action_id, backoff))
-                continue
             wait = not_before - time.monotonic()
             if wait > 0:  # not due: look again shortly, leaving earlier-due ones to the others
                 await asyncio.sleep(min(wait, 0.2))
                 self._to_approve.put_nowait((not_before, action_id, backoff))
+                continue
+            if action_id in self._asking:
+                # another approver task is asking right now (the fallback and the topic): look again
+                # shortly. Dropping this ask left the approval to the fallback's next one, up to 10 s
+                # later, and that one late vote set the batched flood's end (bench/README.md)
+                self._to_approve.put_nowait((time.monotonic() + 0.2, action_id, backoff))
                 continue
             # decided but not at the desk yet (or the desk is away): ask again later, less often
             # each time, so a backlog of pending approvals does not turn into a load of its own
