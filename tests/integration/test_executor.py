@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import replace
@@ -24,14 +22,13 @@ import pytest
 from keyturn.audit.stream import read_audit_log
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
-from keyturn.config import REPO_ROOT
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionDecided, ActionExecuted, payload_digest
 from keyturn.db import schema_name
 from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin
 from keyturn.executor.plugins.sql_roles import Grants, create_role, drop_role, role_name_for
-from tests.conftest import ARTIFACTS, free_port, settings_env
+from tests.conftest import ARTIFACTS, free_port
 from tests.integration.conftest import Agent, eventually, keyturn_cli, mint, namespace_topics, produce, read_topic
 from tests.integration.test_executor_support import (  # noqa: F401  (fixtures)
     PEER_HOST,
@@ -525,17 +522,7 @@ SECRET_VALUE = f"kt-partner-key-{uuid.uuid4().hex}"  # a marker the leak scan be
 def test_a_secret_reference_reaches_the_target_resolved_and_comes_back_redacted(
     agent: Agent, settings, https_peer: HttpsPeer
 ) -> None:
-    put = subprocess.run(
-        [sys.executable, "-m", "keyturn.cli", "secrets", "put", "partner-key"],
-        input=SECRET_VALUE + "\n",
-        env=settings_env(settings),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert put.returncode == 0, put.stderr
-    assert SECRET_VALUE not in put.stdout + put.stderr
+    put_secret(settings, "partner-key", SECRET_VALUE)  # the CLI prints nothing of it
     parameters = {"method": "GET", "headers": {"X-Api-Key": {"secret": "partner-key"}}}
     view = outcome(agent, agent.submit_ok("http.request", f"https://{PEER_HOST}/v1/whoami", parameters))
     assert view["state"] == "succeeded", view
