@@ -17,7 +17,7 @@ from keyturn.core.execution import ExecutionOrder
 from keyturn.executor.plugins import Command, PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor, ExecutorStage
-from keyturn.faults import until_done
+from keyturn.faults import Unavailable, until_done
 from keyturn.masking.protect import parameter_opener
 from tests.fakes.service_ports import FakeLedger, ListSource, MemorySecrets, Record, fake_publisher
 from tests.unit.service_events import KEYRING, PARAMETERS, allowed
@@ -143,6 +143,29 @@ async def test_an_interrupted_command_on_a_target_in_a_secret_is_cleaned_up_ther
     executed = decoded(encoded)
     assert "pw-7Qx2" not in executed.result_json and "db.internal" not in executed.result_json
     assert '"where":"<SECRET:ledger-db>"' in executed.result_json
+    assert "resolved again for the cleanup" in executed.result_json  # the evidence says where it looked
+
+
+async def test_a_secret_store_outage_during_the_cleanup_is_waited_out_not_given_up() -> None:
+    class Flaky(MemorySecrets):
+        failures = 2
+
+        async def get(self, name: str) -> str:
+            if self.failures:
+                self.failures -= 1
+                raise Unavailable("the database restarts")
+            return await super().get(name)
+
+    plugin = Recording()
+    ledger = FakeLedger()
+    await ledger.start("a1", datetime(2026, 12, 4, 8, 0, tzinfo=UTC), plugin="recording")
+    executor, _ = executor_with(plugin, ledger, secrets=Flaky({"ledger-db": LEDGER_URL}))
+    order = ExecutionOrder(
+        allowed("a1", parameters={"statement": "SELECT 1", "connection_string": {"secret": "ledger-db"}})
+    )
+    outcome, _ = await executor.execute(order)
+    assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
+    assert [c.parameters for c in plugin.abandon_commands] == [{"connection_string": LEDGER_URL}]
 
 
 async def test_a_cleanup_that_fails_on_a_target_in_a_secret_says_so_without_the_secret() -> None:

@@ -54,3 +54,26 @@ def test_the_sql_target_is_the_referenced_one_named_by_its_secret_and_never_a_cl
     with pytest.raises(ExecutionFailed, match="secret 'junk' does not hold a PostgreSQL connection string") as junk:
         plugin.target_of(command({"connection_string": "kt-ledger-pw = = ="}, {"connection_string": "junk"}))
     assert "kt-ledger-pw" not in str(junk.value)
+
+
+def test_the_families_built_on_the_sql_plugin_run_and_clean_up_on_its_own_target_only(tmp_path) -> None:
+    """A deletion, export or grant carrying a connection string runs on the plugin's own target
+    (the parameter is not theirs), so a crash's cleanup must look there too, not where it points."""
+    from keyturn.executor.plugins.base import Command
+    from keyturn.executor.plugins.deletion import DeletionPlugin
+    from keyturn.executor.plugins.export import ExportPlugin
+    from keyturn.executor.plugins.iam import IamPlugin
+    from keyturn.exports import DirectoryExportStore
+
+    url = "postgresql://keyturn:pw@db.internal:5432/app"
+    dsn = "postgresql://ledger_owner:kt-ledger-pw@ledger.internal:6432/ledger"
+    for plugin in (DeletionPlugin(url), IamPlugin(url), ExportPlugin(url, store=DirectoryExportStore(tmp_path))):
+        command = Command(
+            "a-1",
+            "db.rows.delete",
+            "postgres://staging/app",
+            {"connection_string": dsn},
+            60,
+            secret_fields={"connection_string": "ledger-db"},
+        )
+        assert plugin.target_of(command) is plugin.target, plugin.name

@@ -320,7 +320,11 @@ class Executor:
                 # the secret references, resolved as the run resolved them: a command that ran where a
                 # reference names (a SQL target in a secret) is cleaned up there, not on the plugin's
                 # own target. The rest of the parameters is not needed to clean up, and not given.
-                references, secret_fields, used = await self._references(order)
+                references, secret_fields, used = await until_done(
+                    partial(self._references, order), f"resolving the references of {order.action_id} to clean up"
+                )  # a database blip is waited out: giving up here would leave the role where no sweep looks
+                if secret_fields:  # the secret is read now: rotated since the crash, it points elsewhere
+                    evidence["cleanup_target"] = "its secret reference, resolved again for the cleanup"
                 command = Command(
                     order.action_id,
                     request.action,

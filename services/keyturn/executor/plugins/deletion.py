@@ -39,6 +39,7 @@ def approved_row_count(parameters: dict[str, Any]) -> int:
 
 class DeletionPlugin(SqlPlugin):
     name = "deletion"
+    follows_references = False  # its commands run on the plugin's own target (``SqlPlugin.target_of``)
 
     async def execute(self, command: Command) -> Any:
         table, where = _deletion_parameters(command.parameters)

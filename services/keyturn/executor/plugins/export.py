@@ -57,6 +57,7 @@ def masked_columns(mask: tuple[str, ...]) -> frozenset[str]:
 
 class ExportPlugin(SqlPlugin):
     name = "export"
+    follows_references = False  # its commands run on the plugin's own target (``SqlPlugin.target_of``)
 
     def __init__(self, target_url: str, *, store: ExportStore, ttl_s: float = 3600.0, **options: Any) -> None:
         super().__init__(target_url, **options)

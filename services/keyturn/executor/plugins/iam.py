@@ -35,6 +35,7 @@ PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", 
 
 class IamPlugin(SqlPlugin):
     name = "iam"
+    follows_references = False  # its commands run on the plugin's own target (``SqlPlugin.target_of``)
 
     async def execute(self, command: Command) -> Any:
         ttl_s = _credential_ttl(command)

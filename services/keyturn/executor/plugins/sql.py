@@ -121,9 +121,14 @@ class SqlPlugin:
         if dropped:
             log.info("sql plugin: dropped %d expired temporary roles", len(dropped))
 
+    # whether a command may name its target by a secret reference (``sql.query``); the families
+    # built on this plugin (deletions, exports, grants) run on the plugin's own target only
+    follows_references = True
+
     def target_of(self, command: Command) -> Target:
-        """The plugin's target, or the one the command names by a secret reference (resolved by now)."""
-        if "connection_string" not in command.parameters:
+        """Where ``command`` runs, and where a crash's leftovers are cleaned up: the plugin's
+        target, or the one the command names by a secret reference (resolved by now)."""
+        if not self.follows_references or "connection_string" not in command.parameters:
             return self.target
         secret = command.secret_fields.get("connection_string")
         if secret is None:

@@ -121,9 +121,9 @@ class RoleCleanup:
 async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, grants: Grants) -> TemporaryRole:
     """Create ``name`` (LOGIN, one connection, VALID UNTIL now + ttl) holding exactly ``grants``.
 
-    One transaction: a role exists with all its grants or not at all. Two round trips, in
-    psycopg's pipeline mode: the server's clock for VALID UNTIL, then the role, its grants and
-    the commit together (statement by statement, a command's role took six or more).
+    One transaction: a role exists with all its grants or not at all. In psycopg's pipeline
+    mode, so the role and its grants go out together after the server's clock for VALID UNTIL
+    (the transaction's begin and commit still wait for their answers).
     """
     password = secrets.token_urlsafe(32)
     role = sql.Identifier(name)
@@ -159,8 +159,9 @@ async def grant(conn: psycopg.AsyncConnection, role: sql.Identifier, grants: Gra
 async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
     """End the role's sessions, revoke everything it was granted (DROP OWNED) and drop it.
 
-    One transaction in two round trips (pipeline mode): the role and the memberships it holds,
-    then everything else with the commit."""
+    One transaction, in pipeline mode: the role and the memberships it holds in one query, then
+    the revokes, the session ends, ``DROP OWNED`` and ``DROP ROLE`` sent together (the
+    transaction's begin and commit still wait for their answers)."""
     role = sql.Identifier(name)
     async with admin.pipeline():
         async with admin.transaction():
