@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Open Policy Agent server on 127.0.0.1, serving policies.rego/ (policies, their tests and data
-# files) and reloading them on change.
+# files) and reloading them on change; with KEYTURN_OPA_BUNDLE=1, as a bundle with a revision.
 # Usage: opa.sh install|start|stop|status|endpoint (see deploy/README.md)
 set -euo pipefail
 NAME=opa
@@ -98,6 +98,13 @@ build_opa() {
 
 healthy() { http_ok "$URL/health"; }
 
+# The revision a bundle is built with: a digest of every file OPA would load (policies, data),
+# so the same policies always give the same revision and any change gives another.
+policy_digest() {
+  (cd "$POLICIES" && find . -type f \( -name '*.rego' -o -name '*.json' -o -name '*.yaml' -o -name '*.yml' \) \
+    ! -name '*_test.rego' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+}
+
 start() {
   if [[ -n ${KEYTURN_OPA_URL:-} ]]; then
     healthy || die "external OPA $URL (KEYTURN_OPA_URL) does not answer on /health"
@@ -105,16 +112,25 @@ start() {
     return 0
   fi
   take_lock
-  local pid bin
+  local pid bin serving
+  [[ -d $POLICIES ]] || die "no policy directory $POLICIES"
+  # how OPA is to serve the policies: "watch", or "bundle <revision>" (KEYTURN_OPA_BUNDLE=1)
+  serving=watch
+  if [[ ${KEYTURN_OPA_BUNDLE:-0} == 1 ]]; then serving="bundle $(policy_digest)"; fi
   if pid=$(running_pid "opa run --server"); then
     URL=$(<"$(endpoint_file)")
-    healthy || die "running (pid $pid) at $URL but not healthy; see $DIR/opa.log"
-    say "already running (pid $pid) at $URL"
-    return 0
+    if [[ $(cat "$DIR/serving" 2>/dev/null) == "$serving" ]]; then
+      healthy || die "running (pid $pid) at $URL but not healthy; see $DIR/opa.log"
+      say "already running (pid $pid) at $URL"
+      return 0
+    fi
+    # a bundle is built once: a running OPA would go on serving the policies as they were
+    say "running (pid $pid) but not as asked ($serving; the policies or the mode changed): restarting"
+    stop_pid "$pid" TERM
+    forget
   fi
   install
   bin=$(find_opa)
-  [[ -d $POLICIES ]] || die "no policy directory $POLICIES"
   require_free_port "$PORT" KEYTURN_OPA_PORT
   local started=$EPOCHREALTIME
   # decision logs on: OPA only issues decision ids (our provenance) when it logs decisions;
@@ -125,22 +141,20 @@ start() {
   # digest of the policy files), which OPA names in every answer's provenance; no hot reload.
   # Otherwise the directory, watched: a change is live at once, and the policy service reads the
   # revision from the loaded modules (once a second).
-  local source=(--watch --ignore '*_test.rego' "$POLICIES") serving="watching $POLICIES"
-  if [[ ${KEYTURN_OPA_BUNDLE:-0} == 1 ]]; then
-    local revision
-    revision=$(cd "$POLICIES" && find . -type f \( -name '*.rego' -o -name '*.json' \) ! -name '*_test.rego' -print0 |
-      LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
-    mkdir -p "$DIR"
-    (cd "$POLICIES" && "$bin" build --bundle . --ignore '*_test.rego' --revision "$revision" \
-      --output "$DIR/bundle.tar.gz") >>"$DIR/opa.log" 2>&1 || die "opa build failed; see $DIR/opa.log"
+  local source=(--watch --ignore '*_test.rego' "$POLICIES") what="watching $POLICIES"
+  mkdir -p "$DIR"
+  if [[ $serving == bundle* ]]; then
+    "$bin" build --bundle "$POLICIES" --ignore '*_test.rego' --revision "${serving#bundle }" \
+      --output "$DIR/bundle.tar.gz" >>"$DIR/opa.log" 2>&1 || die "opa build failed; see $DIR/opa.log"
     source=(--bundle "$DIR/bundle.tar.gz")
-    serving="serving the bundle of $POLICIES at revision $revision"
+    what="serving the bundle of $POLICIES at revision ${serving#bundle }"
   fi
   pid=$(GOGC="${KEYTURN_OPA_GOGC:-200}" spawn "$DIR/opa.log" "$bin" run --server --addr "127.0.0.1:$PORT" \
     --log-level "$LOG_LEVEL" --skip-version-check --set decision_logs.console=true "${source[@]}")
   printf '%s\n' "$URL" >"$(endpoint_file)"
+  printf '%s\n' "$serving" >"$DIR/serving"
   wait_healthy "$pid" healthy "$DIR/opa.log"
-  say "started (pid $pid) at $URL in $(since "$started"), $serving; log $DIR/opa.log"
+  say "started (pid $pid) at $URL in $(since "$started"), $what; log $DIR/opa.log"
 }
 
 stop() {
