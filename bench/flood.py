@@ -205,6 +205,7 @@ def main() -> int:
     settings = servers.settings(namespace, **extra)
     out = REPO_ROOT / "bench" / "results" / "flood" / namespace
     procs = ServiceProcesses(settings, log_dir=out / "logs")
+    drained = False
     try:
         procs.start_all()
         drained = asyncio.run(flood(servers, settings, procs, out))
@@ -212,8 +213,9 @@ def main() -> int:
         procs.stop_all()
         if os.environ.get("FLOOD_DOWN") == "1":
             servers.down(remove=True)
-        else:  # the kept broker would otherwise hold every earlier flood's partitions (16 per topic), and
-            # their upkeep showed in the next flood's Kafka figure
+        elif drained:  # the kept broker would otherwise hold every earlier flood's partitions (16 per
+            # topic), whose upkeep showed in the next flood's Kafka figure; a flood that failed keeps
+            # its topics and schema to be looked at
             forget(settings)
     return 0 if drained else 1
 
