@@ -11,6 +11,7 @@ from fastavro.utils import generate_many
 
 from keyturn.audit.records import AuditedEvent, actor_of, audit_payload, flags_of, occurred_at
 from keyturn.bus.codec import registry
+from keyturn.core.canonical import canonical_json
 from keyturn.core.events import EVENT_TYPES
 from keyturn.core.records import from_record
 
@@ -36,6 +37,7 @@ def test_a_record_chains_as_its_event_would(name: str) -> None:
         assert audited.actor == actor_of(event)
         assert audited.flags == flags_of(event)
         assert audited.payload == audit_payload(event)
+        assert audited.payload_json == canonical_json(audited.payload)  # the text the chain hashes
         assert AuditedEvent.of(event) == audited  # what the writer makes of a dataclass it is given
         seen_flags.add(audited.flags)
     if name in ("ActionDecided", "VoteRecorded"):

@@ -121,7 +121,7 @@ class AuditWriter:
                     event_type=event.name,
                     source_topic=source_topic,
                     occurred_at=at,
-                    payload=event.payload,
+                    payload=event.payload_json,
                     now=now,
                     action_id=event.action_id,
                     actor=event.actor,
@@ -170,6 +170,9 @@ class AuditWriter:
                         self._topic,
                         registry().encode("AuditRecord", record.to_dict()),
                         key=(record.action_id or record.event_id).encode(),
+                        # the one partition of the chain (``bus.topics.topic_specs``), named: the
+                        # client's key hash (pure Python) was 2.5 % of the writer's CPU for nothing
+                        partition=0,
                     )
                     for record in records
                 ]

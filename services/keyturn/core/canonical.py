@@ -66,6 +66,14 @@ def canonical_json_of_plain(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
+class CanonicalJson(str):
+    """Text already in the canonical spelling (made by :func:`canonical_json` or
+    :func:`canonical_json_of_plain`): a consumer that canonicalises what it is given (the audit
+    chain's payloads) takes it as it is, without parsing and writing it again."""
+
+    __slots__ = ()
+
+
 _JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 

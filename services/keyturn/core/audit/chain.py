@@ -15,7 +15,7 @@ from keyturn.core.audit.canonical import GENESIS_HASH, record_hash, record_id_fo
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.audit.dedupe import SeenEvents
 from keyturn.core.audit.record import CHECKPOINT_EVENT_TYPE, AuditRecord, MalformedRecord
-from keyturn.core.canonical import Millis, canonical_json, to_millis
+from keyturn.core.canonical import CanonicalJson, Millis, canonical_json, to_millis
 
 AUDIT_TOPIC = "keyturn.audit"
 DEFAULT_CHECKPOINT_EVERY = 1000
@@ -106,7 +106,8 @@ class AuditChain:
         """The next record for one source event, or None if ``event_id`` is already recorded.
 
         ``payload`` is the masked event, as a mapping or as JSON text; it is stored as
-        canonical JSON (see :func:`canonical_json`). ``flags`` are stored sorted and unique.
+        canonical JSON (see :func:`canonical_json`), and ``CanonicalJson`` text as it is.
+        ``flags`` are stored sorted and unique.
         """
         _require_text(event_id, "event_id")
         _require_text(event_type, "event_type")
@@ -117,7 +118,10 @@ class AuditChain:
             raise ValueError("Checkpoint records are made by AuditChain.checkpoint(), not append()")
         if event_id in self._seen:
             return None
-        payload_json = canonical_json(json.loads(payload) if isinstance(payload, str) else payload)
+        if isinstance(payload, CanonicalJson):
+            payload_json = str(payload)
+        else:
+            payload_json = canonical_json(json.loads(payload) if isinstance(payload, str) else payload)
         record = self._link(
             event_id=event_id,
             event_type=event_type,
