@@ -66,7 +66,12 @@ class Digest:
     @classmethod
     def of_json(cls, document: Any) -> Digest:
         """SHA-256 over the canonical JSON of ``document`` (sorted keys, no spaces, UTF-8)."""
-        return cls(hashlib.sha256(canonical_json(document).encode()).hexdigest())
+        return cls.of_canonical_text(canonical_json(document))
+
+    @classmethod
+    def of_canonical_text(cls, text: str) -> Digest:
+        """``of_json`` of the document whose canonical JSON ``text`` is (made already, for keeping too)."""
+        return cls(hashlib.sha256(text.encode()).hexdigest())
 
 
 def payload_digest(action: str, resource: str, parameters: Any) -> Digest:

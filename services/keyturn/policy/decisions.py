@@ -59,11 +59,12 @@ def policy_input(request: ActionRequested, impact: ImpactPreview | None = None) 
 
 
 def provenance_for(input_document: dict[str, Any], revision: str, decision_id: str | None, now: datetime) -> Provenance:
+    input_json = canonical_json(input_document)  # kept, and digested: written once
     return Provenance(
         policy_revision=revision,
         decision_id=decision_id or f"local-{uuid.uuid4()}",
-        input_digest=Digest.of_json(input_document),
-        input_json=canonical_json(input_document),
+        input_digest=Digest.of_canonical_text(input_json),
+        input_json=input_json,
         evaluated_at=now,
     )
 
