@@ -126,21 +126,25 @@ async def test_an_order_started_by_an_executor_that_died_is_never_run_again() ->
 LEDGER_URL = "postgresql://ledger_owner:pw-7Qx2-not-to-be-seen@db.internal/ledger"
 
 
-async def test_an_interrupted_command_on_a_target_in_a_secret_is_cleaned_up_there_and_the_secret_stays_unsaid() -> None:
-    plugin = Recording()
+async def interrupted(plugin: Recording, secrets: MemorySecrets, secret: str = "ledger-db"):
+    """(outcome, ActionExecuted) of an order on the target in ``secret``, redelivered after the
+    executor that started it died mid-command."""
     ledger = FakeLedger()
     await ledger.start("a1", datetime(2026, 12, 4, 8, 0, tzinfo=UTC), plugin="recording")  # then it crashed
-    executor, _ = executor_with(plugin, ledger, secrets=MemorySecrets({"ledger-db": LEDGER_URL}))
-    order = ExecutionOrder(
-        allowed("a1", parameters={"statement": "SELECT 1", "connection_string": {"secret": "ledger-db"}})
-    )
-    outcome, encoded = await executor.execute(order)
+    executor, _ = executor_with(plugin, ledger, secrets=secrets)
+    parameters = {"statement": "SELECT 1", "connection_string": {"secret": secret}}
+    outcome, encoded = await executor.execute(ExecutionOrder(allowed("a1", parameters=parameters)))
+    return outcome, decoded(encoded)
+
+
+async def test_an_interrupted_command_on_a_target_in_a_secret_is_cleaned_up_there_and_the_secret_stays_unsaid() -> None:
+    plugin = Recording()
+    outcome, executed = await interrupted(plugin, MemorySecrets({"ledger-db": LEDGER_URL}))
     assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN and plugin.runs == []
     (command,) = plugin.abandon_commands
     # the reference resolved as the run resolved it, and nothing else of the parameters
     assert command.parameters == {"connection_string": LEDGER_URL}
     assert command.secret_fields == {"connection_string": "ledger-db"}
-    executed = decoded(encoded)
     assert "pw-7Qx2" not in executed.result_json and "db.internal" not in executed.result_json
     assert '"where":"<SECRET:ledger-db>"' in executed.result_json
     assert "resolved again for the cleanup" in executed.result_json  # the evidence says where it looked
@@ -157,13 +161,7 @@ async def test_a_secret_store_outage_during_the_cleanup_is_waited_out_not_given_
             return await super().get(name)
 
     plugin = Recording()
-    ledger = FakeLedger()
-    await ledger.start("a1", datetime(2026, 12, 4, 8, 0, tzinfo=UTC), plugin="recording")
-    executor, _ = executor_with(plugin, ledger, secrets=Flaky({"ledger-db": LEDGER_URL}))
-    order = ExecutionOrder(
-        allowed("a1", parameters={"statement": "SELECT 1", "connection_string": {"secret": "ledger-db"}})
-    )
-    outcome, _ = await executor.execute(order)
+    outcome, _ = await interrupted(plugin, Flaky({"ledger-db": LEDGER_URL}))
     assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
     assert [c.parameters for c in plugin.abandon_commands] == [{"connection_string": LEDGER_URL}]
 
@@ -171,28 +169,17 @@ async def test_a_secret_store_outage_during_the_cleanup_is_waited_out_not_given_
 async def test_a_cleanup_that_fails_on_a_target_in_a_secret_says_so_without_the_secret() -> None:
     plugin = Recording()
     plugin.abandon_raises = RuntimeError(f"could not reach {LEDGER_URL}")
-    ledger = FakeLedger()
-    await ledger.start("a1", datetime(2026, 12, 4, 8, 0, tzinfo=UTC), plugin="recording")
-    executor, _ = executor_with(plugin, ledger, secrets=MemorySecrets({"ledger-db": LEDGER_URL}))
-    order = ExecutionOrder(
-        allowed("a1", parameters={"statement": "SELECT 1", "connection_string": {"secret": "ledger-db"}})
-    )
-    outcome, encoded = await executor.execute(order)
+    outcome, executed = await interrupted(plugin, MemorySecrets({"ledger-db": LEDGER_URL}))
     assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
-    executed = decoded(encoded)
     assert "could not reach <SECRET:ledger-db>" in executed.result_json
     assert "pw-7Qx2" not in executed.result_json
 
 
 async def test_an_interrupted_command_whose_secret_is_gone_says_the_cleanup_failed_and_is_not_run() -> None:
     plugin = Recording()
-    ledger = FakeLedger()
-    await ledger.start("a1", datetime(2026, 12, 4, 8, 0, tzinfo=UTC), plugin="recording")
-    executor, _ = executor_with(plugin, ledger, secrets=MemorySecrets({}))
-    order = ExecutionOrder(allowed("a1", parameters={"statement": "SELECT 1", "connection_string": {"secret": "gone"}}))
-    outcome, encoded = await executor.execute(order)
+    outcome, executed = await interrupted(plugin, MemorySecrets({}), secret="gone")
     assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN and plugin.runs == [] and plugin.abandon_commands == []
-    assert "no secret named 'gone'" in decoded(encoded).result_json
+    assert "no secret named 'gone'" in executed.result_json
 
 
 async def test_an_order_the_executor_fails_on_before_starting_ends_failed_and_never_runs(monkeypatch) -> None:
