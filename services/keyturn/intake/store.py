@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -174,7 +175,8 @@ class ActionStore:
         # a request waits this long for the database before it is answered 503
         self.patience_s = patience_s
         self.mark_after_s = mark_after_s
-        self._to_mark: dict[str, float] = {}  # action id → when its event was acknowledged (monotonic)
+        # action id → when its event was acknowledged (monotonic), in the order they fall due
+        self._to_mark: OrderedDict[str, float] = OrderedDict()
         self._marks_waiting = asyncio.Event()
 
     async def _retrying(self, operation: Callable[[float], Awaitable[T]], patience_s: float | None = None) -> T:
@@ -299,8 +301,8 @@ class ActionStore:
         republished event (the sweep, a retried request) is marked at once: it is already late.
         """
         if at_once:
-            self._to_mark.pop(action_id, None)
-            self._to_mark = {action_id: 0.0} | self._to_mark  # due now: first in line
+            self._to_mark[action_id] = 0.0
+            self._to_mark.move_to_end(action_id, last=False)  # due now: first in line
         else:
             self._to_mark.setdefault(action_id, time.monotonic())
         self._marks_waiting.set()
@@ -355,7 +357,9 @@ class ActionStore:
         try:
             await self._retrying(update, patience_s)
         except BaseException:
-            self._to_mark = due | {k: v for k, v in self._to_mark.items() if k not in due}
+            for action_id in reversed(due):  # back at the front, as they were
+                self._to_mark[action_id] = due[action_id]
+                self._to_mark.move_to_end(action_id, last=False)
             self._marks_waiting.set()
             raise
 
