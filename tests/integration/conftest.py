@@ -93,18 +93,27 @@ def keyturn_cli(settings: Settings, *args: str, token: str | None = None) -> sub
     )
 
 
+def approval_shown(settings: Settings, action_id: str, reader: str) -> dict[str, Any]:
+    """The approval as `reader` sees it in the console. An action's state can read needs_approval a
+    moment before the approval service has taken the decision in: while it answers 'not open yet'
+    (425, Retry-After), ask again, as the console and the CLI do."""
+    headers = {"Authorization": f"Bearer {mint(settings, reader)}"}
+    deadline = time.monotonic() + 30
+    shown = httpx.get(f"{settings.approval_url}/v1/approvals/{action_id}", headers=headers, timeout=30)
+    while shown.status_code == 425 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        shown = httpx.get(f"{settings.approval_url}/v1/approvals/{action_id}", headers=headers, timeout=30)
+    assert shown.status_code == 200, shown.text
+    return shown.json()
+
+
 def vote_over_api(settings: Settings, action_id: str, approver: str, choice: str = "approve", why: str = "") -> None:
     """Vote as a person does in the console or with `keyturn approve|deny` (both call this API): read the
     approval, vote on the digest shown; waits while the approval is not open yet (425)."""
     headers = {"Authorization": f"Bearer {mint(settings, approver)}"}
     with httpx.Client(base_url=settings.approval_url, headers=headers, timeout=30) as api:
-        deadline = time.monotonic() + 20
-        shown = api.get(f"/v1/approvals/{action_id}")
-        while shown.status_code == 425 and time.monotonic() < deadline:  # the decision is on its way
-            time.sleep(0.2)
-            shown = api.get(f"/v1/approvals/{action_id}")
-        assert shown.status_code == 200, shown.text
-        body = {"choice": choice, "payload_digest": shown.json()["payload_digest"], "reason": why or None}
+        shown = approval_shown(settings, action_id, approver)
+        body = {"choice": choice, "payload_digest": shown["payload_digest"], "reason": why or None}
         voted = api.post(f"/v1/approvals/{action_id}/votes", json=body)
         assert voted.status_code == 200, voted.text
 

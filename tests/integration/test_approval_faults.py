@@ -27,7 +27,7 @@ from keyturn.config import REPO_ROOT, Settings
 from keyturn.core.events import ApprovalResolved, ResolutionOutcome, VoteRecorded
 from keyturn.db import schema_name
 from tests.fakes.slack import FakeSlack, running_slack
-from tests.integration.conftest import Agent, eventually, mint, read_topic
+from tests.integration.conftest import Agent, approval_shown, eventually, mint, read_topic
 from tests.processes import ARTIFACTS, SERVICES, PrivateServers, ServiceProcesses
 
 pytestmark = pytest.mark.integration
@@ -69,11 +69,7 @@ def pending(settings: Settings, role: str) -> tuple[str, str]:
     agent = Agent(settings, "agent:reporter", ("human:alice",))
     action_id = agent.submit_ok("iam.role.grant", f"iam://staging/roles/{role}", {"principal": "bob", "role": role})
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
-    shown = httpx.get(
-        f"{settings.approval_url}/v1/approvals/{action_id}", headers=bearer(settings, "human:carol"), timeout=30
-    )
-    assert shown.status_code == 200, shown.text
-    return action_id, shown.json()["payload_digest"]
+    return action_id, approval_shown(settings, action_id, "human:carol")["payload_digest"]
 
 
 def bearer(settings: Settings, who: str) -> dict[str, str]:

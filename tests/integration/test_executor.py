@@ -29,7 +29,16 @@ from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin
 from keyturn.executor.plugins.sql_roles import Grants, create_role, drop_role, role_name_for
 from tests.conftest import ARTIFACTS, free_port
-from tests.integration.conftest import Agent, eventually, keyturn_cli, mint, namespace_topics, produce, read_topic
+from tests.integration.conftest import (
+    Agent,
+    approval_shown,
+    eventually,
+    keyturn_cli,
+    mint,
+    namespace_topics,
+    produce,
+    read_topic,
+)
 from tests.integration.test_executor_support import (  # noqa: F401  (fixtures)
     PEER_HOST,
     UNREACHABLE_HOST,
@@ -118,7 +127,7 @@ def sql(agent: Agent, statement: str, resource: str = STAGING, *, unpreviewable:
     if unpreviewable:
         assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
         frank = {"Authorization": f"Bearer {mint(agent.settings, 'human:frank')}"}
-        shown = httpx.get(f"{agent.settings.approval_url}/v1/approvals/{action_id}", headers=frank, timeout=30).json()
+        shown = approval_shown(agent.settings, action_id, "human:frank")
         assert shown["impact"]["status"] == "unavailable" and shown["impact"]["detail"], shown["impact"]
         vote = {"choice": "approve", "payload_digest": shown["payload_digest"], "channel": "api", "reason": "test"}
         answer = httpx.post(

@@ -23,7 +23,7 @@ from keyturn.bus.topics import Topics
 from keyturn.core.events import ActionDecided, ActionExecuted
 from keyturn.db import schema_name
 from keyturn.executor.plugins.sql_roles import role_name_for
-from tests.integration.conftest import Agent, eventually, mint, produce, read_topic
+from tests.integration.conftest import Agent, approval_shown, eventually, mint, produce, read_topic
 from tests.integration.test_executor_support import (  # noqa: F401  (fixture)
     ExecutorUnderTest,
     SqlTarget,
@@ -146,7 +146,7 @@ def test_a_command_interrupted_on_a_target_in_a_secret_has_its_role_dropped_ther
         # no dry run on a target only the executor can resolve: a db owner approves it
         assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
         frank = {"Authorization": f"Bearer {mint(settings, 'human:frank')}"}
-        shown = httpx.get(f"{settings.approval_url}/v1/approvals/{action_id}", headers=frank, timeout=30).json()
+        shown = approval_shown(settings, action_id, "human:frank")
         vote = {"choice": "approve", "payload_digest": shown["payload_digest"], "channel": "api", "reason": "test"}
         voted = httpx.post(
             f"{settings.approval_url}/v1/approvals/{action_id}/votes", json=vote, headers=frank, timeout=30
