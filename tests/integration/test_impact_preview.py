@@ -17,7 +17,7 @@ import pytest
 
 from keyturn.audit.stream import read_audit_log
 from keyturn.bus.topics import Topics
-from tests.integration.conftest import Agent, eventually, keyturn_cli, mint, read_topic
+from tests.integration.conftest import Agent, approval_shown, eventually, keyturn_cli, mint, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +47,6 @@ def agent(settings, services, shop) -> Agent:
 def rows(target: str, where: str = "true") -> int:
     with psycopg.connect(target, autocommit=True) as conn:
         return conn.execute(f"SELECT count(*) FROM impact_orders WHERE {where}").fetchone()[0]
-
-
-def approval(settings, action_id: str, approver: str) -> dict:
-    answer = httpx.get(
-        f"{settings.approval_url}/v1/approvals/{action_id}",
-        headers={"Authorization": f"Bearer {mint(settings, approver)}"},
-        timeout=30,
-    )
-    assert answer.status_code == 200, answer.text
-    return answer.json()
 
 
 def console_pages(settings, action_id: str, name: str) -> tuple[str, str]:
@@ -89,7 +79,7 @@ def test_a_large_delete_is_previewed_unchanged_needs_two_approvers_and_is_refuse
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     assert rows(shop, "status = 'stale'") == STALE, "the preview counted inside a transaction it rolled back"
 
-    shown = approval(settings, action_id, "human:frank")
+    shown = approval_shown(settings, action_id, "human:frank")
     impact = shown["impact"]
     assert (impact["status"], impact["operation"], impact["rows"], impact["method"]) == (
         "computed",
@@ -143,7 +133,7 @@ def test_a_count_too_slow_for_the_time_limit_falls_back_to_explain(settings, age
     action_id = agent.submit_ok("sql.query", PRODUCTION, {"statement": statement}, reason="annotate")
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     assert time.monotonic() - started < 8, "a 1 s time limit, then EXPLAIN: the decision does not wait for the count"
-    impact = approval(settings, action_id, "human:frank")["impact"]
+    impact = approval_shown(settings, action_id, "human:frank")["impact"]
     assert (impact["status"], impact["operation"], impact["method"]) == ("computed", "update", "estimate")
     assert isinstance(impact["rows"], int) and impact["rows"] > 0
     assert "longer than 1s" in impact["detail"] and "EXPLAIN estimate" in impact["summary"]
