@@ -215,13 +215,12 @@ def ensure_target_roles(database_url: str) -> None:
     import psycopg
     from psycopg import sql
 
+    # Two test workers may create the same role at once: the loser of that race gets unique_violation
+    # on pg_authid rather than duplicate_object, and either means the role is there.
+    create = "DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
     with psycopg.connect(database_url, autocommit=True) as admin:
         for role in TARGET_ROLES:
-            admin.execute(
-                sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$").format(
-                    sql.Identifier(role)
-                )
-            )
+            admin.execute(sql.SQL(create).format(sql.Identifier(role)))
 
 
 class PrivateServers:
