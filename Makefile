@@ -12,7 +12,7 @@ TEST_WORKERS ?= 2
 CHAOS_RATE ?= 200
 CHAOS_ACTIONS ?= 10000
 
-.PHONY: help e2e-deps venv stack-up stack-down run test test-unit test-integration policy-check lint compose-check bench flood chaos chaos-short clean
+.PHONY: help e2e-deps venv stack-install stack-up test-ready stack-down run test test-unit test-integration policy-check lint compose-check bench flood chaos chaos-short clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,7 +26,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)  ## create .venv with the pinned dependencies
 
-stack-up: venv  ## install (first time) and start Kafka, OPA and PostgreSQL on loopback
+stack-install:  ## fetch Kafka's jars, build OPA, find PostgreSQL (first time; cached in .cache); needs no venv
+	deploy/stack.sh install
+
+stack-up: venv stack-install  ## install (first time) and start Kafka, OPA and PostgreSQL on loopback
 	deploy/stack.sh up
 
 stack-down:  ## stop the servers started by stack-up
@@ -46,13 +49,18 @@ lint: venv  ## ruff (lint rules and format check) over the Python, mypy over ser
 
 CHROMIUM ?= /usr/bin/chromium
 $(CHROMIUM):
-	@command -v apt-get >/dev/null || { echo "tests/e2e needs Debian's chromium at $(CHROMIUM)"; exit 1; }
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+	NAME=e2e-deps && source deploy/lib.sh && debian_install chromium
 
 e2e-deps: $(CHROMIUM)  ## Debian's Chromium for the console browser test (no browser download)
 
-test: venv lint stack-up policy-check e2e-deps  ## everything CI runs: lint and type gates, policy checks, unit, integration, e2e tests
-	eval "$$(deploy/stack.sh env)" && $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+# What the tests need, prepared side by side: the venv's install, the servers' (an OPA build from a
+# fresh clone is minutes of compiling) and the browser at once; then the gates and the servers' start.
+test-ready: venv lint stack-up policy-check e2e-deps
+
+test:  ## everything CI runs: lint and type gates, policy checks, unit, integration, e2e tests
+	$(MAKE) --no-print-directory -j4 test-ready
+	$(PY) -m compileall -q services tests bench >/dev/null  # each service starts ~100 times; PYTHONDONTWRITEBYTECODE=1 would compile it each time
+	eval "$$(deploy/stack.sh env)" && $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-unit: venv  ## unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)

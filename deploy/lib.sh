@@ -40,6 +40,18 @@ with_cache_lock() {
   } 8>"$lock"
 }
 
+# debian_install PACKAGE...: installs Debian packages as root. One apt-get at a time: `make test`
+# installs the browser while the stack installs its servers, and dpkg refuses a second caller.
+debian_install() {
+  ((EUID == 0)) || die "$* not installed; run as root: apt-get install -y $*"
+  command -v apt-get >/dev/null || die "$* not installed and no apt-get here"
+  with_cache_lock apt _apt_install "$@"
+}
+_apt_install() {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 # proc_stat PID FIELD: one field of /proc/PID/stat, counted from 1 after the "(command)" field.
 proc_stat() {
   local stat

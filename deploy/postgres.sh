@@ -52,10 +52,8 @@ install() {
     say "using PostgreSQL in $bin"
     return 0
   fi
-  ((EUID == 0)) || die "PostgreSQL server not installed; run as root: apt-get install -y postgresql"
   say "installing Debian's postgresql package"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  debian_install postgresql
   bin=$(pg_bin) || die "postgresql installed but no initdb under /usr/lib/postgresql/*/bin"
   say "installed PostgreSQL in $bin"
 }

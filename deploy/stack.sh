@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole local stack (Kafka, OPA, PostgreSQL) at once. Usage: stack.sh up|down|status|env
+#   install fetch or build what is missing (jars, OPA, PostgreSQL's binaries), all three at once
 #   up      install what is missing and start all three, in parallel; prints the endpoints
 #   down    stop all three
 #   status  one line per server; exit 0 only when all three are healthy
@@ -38,6 +39,11 @@ up() {
   say "up; for a shell: eval \"\$(deploy/stack.sh env)\""
 }
 
+install() {
+  each install
+  ((${#FAILED[@]} == 0)) || die "could not install: ${FAILED[*]} (see the messages above)"
+}
+
 down() {
   each stop
   ((${#FAILED[@]} == 0)) || die "could not stop: ${FAILED[*]}"
@@ -65,10 +71,10 @@ print_env() {
 }
 
 case ${1:-} in
-up | down | status) "$1" ;;
+install | up | down | status) "$1" ;;
 env) print_env ;;
 *)
-  printf 'usage: %s up|down|status|env\n' "$0" >&2
+  printf 'usage: %s install|up|down|status|env\n' "$0" >&2
   exit 2
   ;;
 esac
