@@ -59,7 +59,9 @@ test-ready: venv lint stack-up policy-check e2e-deps
 
 test:  ## everything CI runs: lint and type gates, policy checks, unit, integration, e2e tests
 	$(MAKE) --no-print-directory -j4 test-ready
-	$(PY) -m compileall -q services tests bench >/dev/null  # each service starts ~100 times; PYTHONDONTWRITEBYTECODE=1 would compile it each time
+	@# bytecode written once: a run starts each service ~100 times, and where PYTHONDONTWRITEBYTECODE
+	@# is set (it is on our CI hosts) every start compiled the whole package again
+	$(PY) -m compileall -q services tests bench >/dev/null
 	eval "$$(deploy/stack.sh env)" && $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-unit: venv  ## unit tests only (no servers)
