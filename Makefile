@@ -61,7 +61,7 @@ test:  ## everything CI runs: lint and type gates, policy checks, unit, integrat
 	$(MAKE) --no-print-directory -j4 test-ready
 	@# bytecode written once: a run starts each service ~100 times, and where PYTHONDONTWRITEBYTECODE
 	@# is set (it is on our CI hosts) every start compiled the whole package again
-	$(PY) -m compileall -q services tests bench >/dev/null
+	$(PY) -m compileall -q services tests bench
 	eval "$$(deploy/stack.sh env)" && $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-unit: venv  ## unit tests only (no servers)

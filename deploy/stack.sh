@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole local stack (Kafka, OPA, PostgreSQL) at once. Usage: stack.sh up|down|status|env
+# The whole local stack (Kafka, OPA, PostgreSQL) at once. Usage: stack.sh install|up|down|status|env
 #   install fetch or build what is missing (jars, OPA, PostgreSQL's binaries), all three at once
 #   up      install what is missing and start all three, in parallel; prints the endpoints
 #   down    stop all three

@@ -99,10 +99,11 @@ def approval_shown(settings: Settings, action_id: str, reader: str) -> dict[str,
     (425, Retry-After), ask again, as the console and the CLI do."""
     headers = {"Authorization": f"Bearer {mint(settings, reader)}"}
     deadline = time.monotonic() + 30
-    shown = httpx.get(f"{settings.approval_url}/v1/approvals/{action_id}", headers=headers, timeout=30)
-    while shown.status_code == 425 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while True:
         shown = httpx.get(f"{settings.approval_url}/v1/approvals/{action_id}", headers=headers, timeout=30)
+        if shown.status_code != 425 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert shown.status_code == 200, shown.text
     return shown.json()
 

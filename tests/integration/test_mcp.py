@@ -28,7 +28,7 @@ from keyturn.config import REPO_ROOT, Settings
 from keyturn.mcp.cli import Listen, serve_catalog, serve_proxy
 from keyturn.mcp.upstream import UpstreamSpec
 from tests.conftest import free_port, settings_env
-from tests.integration.conftest import eventually, keyturn_cli, mint
+from tests.integration.conftest import approval_shown, eventually, keyturn_cli, mint
 from tests.processes import MCP_NOTES
 
 pytestmark = pytest.mark.integration
@@ -83,9 +83,8 @@ def vote(settings: Settings, action_id: str, approver: str, choice: str, reason:
     """A vote through the approval API, cast as ``keyturn approve``/``deny`` casts it (bound to the digest shown)."""
     headers = {"Authorization": f"Bearer {mint(settings, approver)}"}
     with httpx.Client(base_url=settings.approval_url, headers=headers, timeout=30) as api:
-        shown = eventually(lambda: (r := api.get(f"/v1/approvals/{action_id}")).status_code == 200 and r, timeout=30)
-        assert shown, f"the approval of {action_id} never opened"
-        body = {"choice": choice, "reason": reason, "payload_digest": shown.json()["payload_digest"], "channel": "cli"}
+        shown = approval_shown(settings, action_id, approver)
+        body = {"choice": choice, "reason": reason, "payload_digest": shown["payload_digest"], "channel": "cli"}
         answer = api.post(f"/v1/approvals/{action_id}/votes", json=body)
         assert answer.status_code == 200, answer.text
 
