@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
@@ -140,17 +140,36 @@ class MemorySecrets:
 
 
 class FakeLedger:
-    def __init__(self, executor: str = "fake-executor") -> None:
+    """The ledger in memory; a start's lease runs from ``at`` on the wall clock, as the
+    database's runs from its own clock."""
+
+    def __init__(self, executor: str = "fake-executor", *, lease_s: float = 10.0) -> None:
         self.executor = executor
+        self.lease_s = lease_s
         self.entries: dict[str, LedgerEntry] = {}
+        self.lease_until: dict[str, datetime] = {}
+        self.renewals: list[list[str]] = []
+
+    def _as_read(self, action_id: str) -> LedgerEntry:
+        entry = self.entries[action_id]
+        held = action_id in self.lease_until and self.lease_until[action_id] > datetime.now(UTC)
+        return dataclasses.replace(entry, held=held)
 
     async def start(
         self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = ""
     ) -> LedgerEntry | None:
         if action_id in self.entries:
-            return self.entries[action_id]
+            return self._as_read(action_id)
         self.entries[action_id] = LedgerEntry(action_id, self.executor, at, None, None, None, payload_digest, plugin)
+        self.lease_until[action_id] = at + timedelta(seconds=self.lease_s)
         return None
+
+    async def renew(self, action_ids: list[str]) -> None:
+        self.renewals.append(list(action_ids))
+        for action_id in action_ids:
+            entry = self.entries.get(action_id)
+            if entry is not None and entry.executor == self.executor and entry.finished_at is None:
+                self.lease_until[action_id] = datetime.now(UTC) + timedelta(seconds=self.lease_s)
 
     async def finish(self, action_id: str, outcome: str, executed_event: bytes, at: datetime) -> bool:
         entry = self.entries[action_id]
@@ -162,7 +181,7 @@ class FakeLedger:
         return True
 
     async def get(self, action_id: str) -> LedgerEntry | None:
-        return self.entries.get(action_id)
+        return self._as_read(action_id) if action_id in self.entries else None
 
     async def start_many(self, starts: list[tuple[str, str, str]], at: datetime) -> dict[str, LedgerEntry]:
         earlier = {}

@@ -47,6 +47,36 @@ def test_a_batch_of_starts_and_finishes_keeps_at_most_once_per_action(settings) 
     assert (a1.outcome, a1.executed_event) == ("succeeded", b"e1")
 
 
+def test_a_start_holds_a_lease_on_the_databases_clock_that_only_its_executor_renews(settings) -> None:
+    async def scenario():
+        schema = schema_name(f"kt{uuid.uuid4().hex[:8]}")
+        pool = await open_pool(settings.database_url, ledger_module.DDL, schema=schema)
+        try:
+            mine = ExecutionLedger(pool, "executor-1", lease_s=0.6)
+            theirs = ExecutionLedger(pool, "executor-2", lease_s=0.6)
+            # the executor's clock may be off: the lease runs on the database's
+            await mine.start_many([("a1", "d1", "sql"), ("a2", "d2", "sql")], datetime(2020, 1, 1, tzinfo=UTC))
+            seen = [await theirs.get("a1")]
+            for _ in range(3):  # 0.9 s in all, past the first lease: renewed, a1 stays held
+                await asyncio.sleep(0.3)
+                await mine.renew(["a1"])
+                await theirs.renew(["a2"])  # not theirs to renew: a2 lapses
+            seen += [await theirs.get("a1"), await theirs.get("a2")]
+            await mine.finish_many([("a1", "succeeded", b"e1", AT)])
+            await asyncio.sleep(0.7)
+            await mine.renew(["a1", "a2"])  # a finished action is not held again
+            seen.append(await theirs.get("a1"))
+            return seen
+        finally:
+            await pool.close()
+
+    started, renewed, lapsed, finished = asyncio.run(scenario())
+    assert started.held and not started.finished
+    assert renewed.held
+    assert not lapsed.held and not lapsed.finished  # its starter stopped renewing: an interrupted run
+    assert finished.finished and not finished.held
+
+
 def test_a_batch_of_decisions_is_read_and_kept_in_one_statement_each_and_the_first_stands(settings) -> None:
     async def scenario():
         pool = await open_pool(

@@ -123,6 +123,71 @@ async def test_an_order_started_by_an_executor_that_died_is_never_run_again() ->
     assert "never finished" in decoded(encoded).error
 
 
+def another_executor(ledger: FakeLedger, name: str = "executor-2") -> FakeLedger:
+    """A second executor's view of the same ledger (a partition that moved between them)."""
+    other = FakeLedger(name, lease_s=ledger.lease_s)
+    other.entries, other.lease_until = ledger.entries, ledger.lease_until
+    return other
+
+
+class Slow(Recording):
+    """A plugin whose command takes ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def execute(self, command: Command):
+        self.runs.append(command)
+        await asyncio.sleep(self.seconds)
+        return {"rows": 1}
+
+
+async def test_an_order_another_live_executor_is_still_running_waits_for_its_outcome_and_is_not_cleaned_up() -> None:
+    # a rebalance moved the partition while the executor that started the action still runs it
+    plugin = Recording()
+    ledger = FakeLedger("executor-1", lease_s=0.4)
+    other = another_executor(ledger)
+    order = ExecutionOrder(allowed("a1"))
+    running, _ = executor_with(Slow(0.6), other)  # renews its lease every 0.13 s while it runs
+    first = asyncio.create_task(running.execute(order))
+    await asyncio.sleep(0.05)
+    executor, _ = executor_with(plugin, ledger)
+    redelivered = await executor.execute(order)  # it waits well past the first lease of 0.4 s
+    assert redelivered == await first  # the running executor's outcome, republished as it recorded it
+    assert redelivered[0] is ExecutionOutcome.SUCCEEDED
+    assert plugin.runs == [] and plugin.abandoned == []  # never run twice, its credential never revoked mid-run
+    assert other.renewals, "the running executor renewed its lease"
+
+
+async def test_a_batch_with_an_order_another_live_executor_runs_waits_for_that_outcome_and_runs_the_rest() -> None:
+    plugin = Recording()
+    ledger = FakeLedger("executor-1", lease_s=0.4)
+    other = another_executor(ledger)
+    running, _ = executor_with(Slow(0.6), other)
+    first = asyncio.create_task(running.execute(ExecutionOrder(allowed("a1"))))
+    await asyncio.sleep(0.05)
+    executor, _ = executor_with(plugin, ledger)
+    done, failures = await executor.execute_many([ExecutionOrder(allowed("a1")), ExecutionOrder(allowed("a2"))])
+    assert failures == []
+    outcomes = {order.action_id: (outcome, encoded) for order, outcome, encoded in done}
+    assert outcomes["a1"] == await first
+    assert outcomes["a2"][0] is ExecutionOutcome.SUCCEEDED
+    assert [c.action_id for c in plugin.runs] == ["a2"] and plugin.abandoned == []
+
+
+async def test_an_order_whose_starter_stopped_renewing_its_lease_ends_outcome_unknown_once_the_lease_lapses() -> None:
+    plugin = Recording()
+    ledger = FakeLedger("executor-1", lease_s=0.3)
+    await another_executor(ledger).start("a1", datetime.now(UTC), plugin="recording")  # then it hung or died
+    executor, _ = executor_with(plugin, ledger)
+    assert (await ledger.get("a1")).held
+    outcome, encoded = await executor.execute(ExecutionOrder(allowed("a1")))
+    assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN and "never finished" in decoded(encoded).error
+    assert plugin.runs == [] and plugin.abandoned == ["a1"]
+    assert not (await ledger.get("a1")).held
+
+
 LEDGER_URL = "postgresql://ledger_owner:pw-7Qx2-not-to-be-seen@db.internal/ledger"
 
 

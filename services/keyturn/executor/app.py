@@ -119,7 +119,11 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
         await registry.start()
         if registry.load_modes is not None:
             registry.modes = await until_done(registry.load_modes, "executor: reading the catalog's execution modes")
-        ledger = ExecutionLedger(pool, f"{socket.gethostname()}:{os.getpid()}")
+        # a start's lease lasts a worker's session: a dead executor's lease has lapsed by the time its
+        # partitions move, and a live one's (a rebalance) is renewed while it runs
+        ledger = ExecutionLedger(
+            pool, f"{socket.gethostname()}:{os.getpid()}", lease_s=settings.worker_session_timeout_s
+        )
         return Executor(
             ledger,
             registry,

@@ -9,6 +9,12 @@ action started but never finished (the executor died mid-way) the executor ends 
 A batch of orders is started with one statement (``start_many``: ``INSERT … SELECT FROM
 unnest … ON CONFLICT DO NOTHING RETURNING``, committed before any plugin runs) and finished
 with one (``finish_many``: ``UPDATE … FROM unnest``).
+
+A start holds a lease (``lease_until``, on the database's clock) that the running executor
+renews while its plugins run (``renew``). An executor handed an order that another started
+and has not finished (the partition moved to it in a rebalance, the other still running)
+waits while that lease is held: the action's outcome is the other's to record. Only a lapsed
+lease (its holder died or hung past its plugin's time limit) counts as an interrupted run.
 """
 
 from __future__ import annotations
@@ -29,9 +35,14 @@ CREATE TABLE IF NOT EXISTS {schema}.executions (
 );
 ALTER TABLE {schema}.executions ADD COLUMN IF NOT EXISTS payload_digest text;
 ALTER TABLE {schema}.executions ADD COLUMN IF NOT EXISTS plugin text;
+ALTER TABLE {schema}.executions ADD COLUMN IF NOT EXISTS lease_until timestamptz;
 """
 
-_COLUMNS = "action_id, executor, started_at, finished_at, outcome, executed_event, payload_digest, plugin"
+_COLUMNS = (
+    "action_id, executor, started_at, finished_at, outcome, executed_event, payload_digest, plugin,"
+    " coalesce(lease_until > clock_timestamp(), false)"
+)
+_LEASE = "clock_timestamp() + make_interval(secs => %s)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class LedgerEntry:
     executed_event: bytes | None
     payload_digest: str | None = None
     plugin: str | None = None
+    held: bool = False  # its starter's lease is alive: it may still be running
 
     @property
     def finished(self) -> bool:
@@ -51,9 +63,11 @@ class LedgerEntry:
 
 
 class ExecutionLedger:
-    def __init__(self, pool: AsyncConnectionPool, executor: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool, executor: str, *, lease_s: float = 10.0) -> None:
+        """``lease_s``: how long a start (or its last renewal) vouches that ``executor`` is running it."""
         self.pool = pool
         self.executor = executor
+        self.lease_s = lease_s
 
     async def start(
         self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = ""
@@ -61,10 +75,9 @@ class ExecutionLedger:
         """None when this call started the action; the earlier entry when it was started before."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin) VALUES (%s, "
-                "%s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING RETURNING action_id",
-                (action_id, self.executor, at, payload_digest, plugin),
+                "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin, lease_until)"
+                f" VALUES (%s, %s, %s, %s, %s, {_LEASE}) ON CONFLICT DO NOTHING RETURNING action_id",
+                (action_id, self.executor, at, payload_digest, plugin, self.lease_s),
             )
             if await cur.fetchone():
                 return None
@@ -92,11 +105,11 @@ class ExecutionLedger:
         async with self.pool.connection() as conn:
             inserted = await (
                 await conn.execute(
-                    "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin)"
-                    " SELECT action_id, %s, %s, payload_digest, plugin"
+                    "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin, lease_until)"
+                    f" SELECT action_id, %s, %s, payload_digest, plugin, {_LEASE}"
                     " FROM unnest(%b::text[], %b::text[], %b::text[]) AS s(action_id, payload_digest, plugin)"
                     " ON CONFLICT DO NOTHING RETURNING action_id",
-                    (self.executor, at, ids, [d for _, d, _ in starts], [p for _, _, p in starts]),
+                    (self.executor, at, self.lease_s, ids, [d for _, d, _ in starts], [p for _, _, p in starts]),
                 )
             ).fetchall()
             started = {row[0] for row in inserted}
@@ -139,6 +152,17 @@ class ExecutionLedger:
                 entry = LedgerEntry(**{**entry.__dict__, "executed_event": bytes(entry.executed_event)})
             entries[entry.action_id] = entry
         return entries
+
+    async def renew(self, action_ids: list[str]) -> None:
+        """Extend the lease of those of ``action_ids`` this executor started and has not finished."""
+        if not action_ids:
+            return
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                f"UPDATE executions SET lease_until = {_LEASE}"
+                " WHERE action_id = ANY(%b) AND executor = %s AND finished_at IS NULL",
+                (self.lease_s, action_ids, self.executor),
+            )
 
     async def get(self, action_id: str) -> LedgerEntry | None:
         """The entry of one action, if it was ever started."""

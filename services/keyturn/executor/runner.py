@@ -12,7 +12,9 @@ The order of things is the guarantee:
 
 Redelivered after 1 but before 4 (the executor died), the action is not run again: the
 plugin's ``abandon`` cleans up what the dead run may have left, and the action ends
-``outcome_unknown`` with that evidence.
+``outcome_unknown`` with that evidence. While the start's lease is renewed (the executor that
+started it is alive, still running it: its partition moved in a rebalance), the order waits
+for that executor's outcome instead, which it then republishes.
 
 A batch keeps the same order of things for all of its orders at once (``execute_many``): one
 committed ledger statement starts them all, the plugins run concurrently, one statement
@@ -22,9 +24,10 @@ records every outcome, and the events are sent together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
@@ -57,6 +60,7 @@ class Ledger(Protocol):
     once per action, ever; the first outcome recorded stays."""
 
     executor: str
+    lease_s: float  # how long a start or a renewal vouches that its executor is running it
 
     async def start(
         self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = ""
@@ -69,6 +73,8 @@ class Ledger(Protocol):
     async def start_many(self, starts: list[tuple[str, str, str]], at: datetime) -> dict[str, LedgerEntry]: ...
 
     async def finish_many(self, finishes: list[tuple[str, str, bytes, datetime]]) -> set[str]: ...
+
+    async def renew(self, action_ids: list[str]) -> None: ...
 
 
 Done = tuple[ExecutionOrder, ExecutionOutcome, bytes]
@@ -107,13 +113,50 @@ class Executor:
         )
         if earlier is not None and (earlier.executor, earlier.started_at) == (self.ledger.executor, now):
             earlier = None  # our own start, committed before the connection broke: nothing ran yet
+        if earlier is not None:
+            earlier = await self._released(earlier)
         if earlier is not None and earlier.finished:
             return _recorded(earlier)
         if earlier is not None:
             executed = await self._interrupted(order, plugin, earlier)
         else:
-            executed = await self._run(order, plugin, now)
+            async with self._holding([order.action_id]):
+                executed = await self._run(order, plugin, now)
         return await self._finish(order, executed)
+
+    async def _released(self, entry: LedgerEntry) -> LedgerEntry:
+        """``entry`` once nobody holds it: finished, or its starter's lease lapsed. While another
+        executor renews its lease it is still running the action, and its outcome is awaited."""
+        poll_s = min(1.0, self.ledger.lease_s / 4)
+        # one executor hands a batch's orders over only after it is done with them, so its own
+        # unfinished start (an attempt that failed) is running nowhere: not waited for
+        while entry.held and not entry.finished and entry.executor != self.ledger.executor:
+            await asyncio.sleep(poll_s)
+            later = await until_done(partial(self.ledger.get, entry.action_id), f"reading {entry.action_id}'s lease")
+            if later is None:
+                raise RuntimeError(f"the ledger lost the start of {entry.action_id}")
+            entry = later
+        return entry
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, action_ids: list[str]) -> AsyncIterator[None]:
+        """Renew the leases of ``action_ids`` (started by this executor) while the block runs."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.ledger.lease_s / 3)
+                try:
+                    await self.ledger.renew(action_ids)
+                except Exception as exc:  # a database blip: the next beat tries again, well within the lease
+                    log.warning("renewing the leases of %d running order(s) failed: %r", len(action_ids), exc)
+
+        beat = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
 
     async def execute_many(self, orders: list[ExecutionOrder]) -> tuple[list[Done], list[BaseException]]:
         """Run every order (distinct actions) at most once: (what each ended with, the failures
@@ -133,13 +176,22 @@ class Executor:
             entry = earlier.get(order.action_id)
             if entry is not None and (entry.executor, entry.started_at) == (self.ledger.executor, now):
                 entry = None  # our own start, committed before the connection broke: nothing ran yet
+            if entry is not None:
+                entry = await self._released(entry)
             if entry is not None and entry.finished:
                 return _recorded(entry)
             if entry is not None:
                 return await self._interrupted(order, plugins[order.action_id], entry)
             return await self._run(order, plugins[order.action_id], now)
 
-        results = await asyncio.gather(*(after_start(order) for order in orders), return_exceptions=True)
+        ours = [
+            order.action_id
+            for order in orders
+            if (entry := earlier.get(order.action_id)) is None
+            or (entry.executor, entry.started_at) == (self.ledger.executor, now)
+        ]
+        async with self._holding(ours):
+            results = await asyncio.gather(*(after_start(order) for order in orders), return_exceptions=True)
         ran = {o.action_id: (o, r) for o, r in zip(orders, results, strict=True) if isinstance(r, ActionExecuted)}
         encoded = {action_id: self.encode(executed) for action_id, (_, executed) in ran.items()}
         finished_at = datetime.now(UTC)
@@ -180,6 +232,8 @@ class Executor:
         except Exception:
             plugin = "none"
         earlier = await self.ledger.start(order.action_id, now, payload_digest=str(order.payload_digest), plugin=plugin)
+        if earlier is not None:
+            earlier = await self._released(earlier)
         if earlier is not None and earlier.finished:
             return _recorded(earlier)
         # an exception's text can quote the order it failed on: masked before a topic carries it
