@@ -8,6 +8,7 @@ import asyncio
 import functools
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError
 
 from keyturn.bus import loop
@@ -180,7 +181,7 @@ class _RebalancedConsumer:
         self.error = error
         self.commits = 0
 
-    async def commit(self) -> None:
+    async def commit(self, offsets=None) -> None:
         self.commits += 1
         raise self.error
 
@@ -194,3 +195,29 @@ async def test_a_commit_lost_to_a_rebalance_leaves_the_batch_to_its_next_owner(e
     await source.handled(batch)  # does not raise: the consumer goes on and rejoins
     assert consumer.commits == 1
     assert committed == [], "nothing was committed, so nothing may be treated as committed"
+
+
+class _CommittingConsumer:
+    def __init__(self) -> None:
+        self.commits: list[dict] = []
+
+    async def commit(self, offsets=None) -> None:
+        self.commits.append(offsets)
+
+
+async def test_a_handled_batch_commits_only_the_partitions_it_came_from_each_past_its_last_record() -> None:
+    committed: list[dict] = []
+    consumer = _CommittingConsumer()
+    source = loop.KafkaSource(consumer, after_commit=committed.append)
+    batch = [
+        Record("unit.actions.decided", 3, 7, b"k", b"v"),
+        Record("unit.actions.executed", 0, 40, b"k", b"v"),
+        Record("unit.actions.decided", 3, 9, b"k", b"v"),
+        Record("unit.actions.decided", 3, 8, b"k", b"v"),
+    ]
+    await source.handled(batch)
+    # a bare commit() would write every assigned partition's position: a broker record each
+    assert consumer.commits == [
+        {TopicPartition("unit.actions.decided", 3): 10, TopicPartition("unit.actions.executed", 0): 41}
+    ]
+    assert committed == [{("unit.actions.decided", 3): 10, ("unit.actions.executed", 0): 41}]

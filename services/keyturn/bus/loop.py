@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from mode.utils.futures import notify
 
@@ -389,8 +390,11 @@ class KafkaSource:
                 yield batch
 
     async def handled(self, batch: Sequence[Message]) -> None:
+        handed = next_offsets(batch)
         try:
-            await self.consumer.commit()
+            # only the partitions the batch came from: a bare commit() writes an offset for every
+            # assigned partition (96 for the audit), each one a record the broker appends
+            await self.consumer.commit({TopicPartition(t, p): offset for (t, p), offset in handed.items()})
         except (CommitFailedError, IllegalStateError) as lost:
             # a rebalance took the batch's partitions while it was handled: their next owner reads
             # the batch again (every stage is idempotent per event), and this consumer rejoins on
@@ -399,4 +403,13 @@ class KafkaSource:
             log.warning("a rebalance took %d record(s) before their commit; they are read again: %s", len(batch), lost)
             return
         if self.after_commit is not None:
-            self.after_commit({(m.topic, m.partition): m.offset + 1 for m in batch})
+            self.after_commit(handed)
+
+
+def next_offsets(batch: Iterable[Message]) -> dict[tuple[str, int], int]:
+    """The offset to resume from, per (topic, partition) the batch holds records of."""
+    offsets: dict[tuple[str, int], int] = {}
+    for m in batch:
+        key = (m.topic, m.partition)
+        offsets[key] = max(offsets.get(key, 0), m.offset + 1)
+    return offsets
