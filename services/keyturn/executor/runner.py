@@ -128,9 +128,19 @@ class Executor:
         """``entry`` once nobody holds it: finished, or its starter's lease lapsed. While another
         executor renews its lease it is still running the action, and its outcome is awaited."""
         poll_s = min(1.0, self.ledger.lease_s / 4)
-        # one executor hands a batch's orders over only after it is done with them, so its own
-        # unfinished start (an attempt that failed) is running nowhere: not waited for
-        while entry.held and not entry.finished and entry.executor != self.ledger.executor:
+
+        def running_elsewhere(e: LedgerEntry) -> bool:
+            # one executor hands a batch's orders over only after it is done with them, so its own
+            # unfinished start (an attempt that failed) is running nowhere: not waited for
+            return e.held and not e.finished and e.executor != self.ledger.executor
+
+        if running_elsewhere(entry):
+            log.info(
+                "%s is still running at %s (its lease is renewed): waiting for its outcome",
+                entry.action_id,
+                entry.executor,
+            )
+        while running_elsewhere(entry):
             await asyncio.sleep(poll_s)
             later = await until_done(partial(self.ledger.get, entry.action_id), f"reading {entry.action_id}'s lease")
             if later is None:
