@@ -119,10 +119,10 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
         await registry.start()
         if registry.load_modes is not None:
             registry.modes = await until_done(registry.load_modes, "executor: reading the catalog's execution modes")
-        # a start's lease lasts a worker's session: a dead executor's lease has lapsed by the time its
-        # partitions move, and a live one's (a rebalance) is renewed while it runs
+        # a start's lease lasts half a worker's session: a dead executor's lease has lapsed before its
+        # partitions move (a crash is handled no later than before), a live one's is renewed as it runs
         ledger = ExecutionLedger(
-            pool, f"{socket.gethostname()}:{os.getpid()}", lease_s=settings.worker_session_timeout_s
+            pool, f"{socket.gethostname()}:{os.getpid()}", lease_s=settings.worker_session_timeout_s / 2
         )
         return Executor(
             ledger,
