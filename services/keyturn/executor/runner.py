@@ -111,8 +111,8 @@ class Executor:
             ),
             f"starting {order.action_id} in the ledger",
         )
-        if earlier is not None and (earlier.executor, earlier.started_at) == (self.ledger.executor, now):
-            earlier = None  # our own start, committed before the connection broke: nothing ran yet
+        if earlier is not None and self._started_by_this_call(earlier, now):
+            earlier = None
         if earlier is not None:
             earlier = await self._released(earlier)
         if earlier is not None and earlier.finished:
@@ -123,6 +123,10 @@ class Executor:
             async with self._holding([order.action_id]):
                 executed = await self._run(order, plugin, now)
         return await self._finish(order, executed)
+
+    def _started_by_this_call(self, entry: LedgerEntry, now: datetime) -> bool:
+        """Our own start of ``now``, committed before the connection broke: nothing ran yet."""
+        return (entry.executor, entry.started_at) == (self.ledger.executor, now)
 
     async def _released(self, entry: LedgerEntry) -> LedgerEntry:
         """``entry`` once nobody holds it: finished, or its starter's lease lapsed. While another
@@ -184,8 +188,8 @@ class Executor:
 
         async def after_start(order: ExecutionOrder) -> ActionExecuted | tuple[ExecutionOutcome, bytes]:
             entry = earlier.get(order.action_id)
-            if entry is not None and (entry.executor, entry.started_at) == (self.ledger.executor, now):
-                entry = None  # our own start, committed before the connection broke: nothing ran yet
+            if entry is not None and self._started_by_this_call(entry, now):
+                entry = None
             if entry is not None:
                 entry = await self._released(entry)
             if entry is not None and entry.finished:
@@ -195,10 +199,7 @@ class Executor:
             return await self._run(order, plugins[order.action_id], now)
 
         ours = [
-            order.action_id
-            for order in orders
-            if (entry := earlier.get(order.action_id)) is None
-            or (entry.executor, entry.started_at) == (self.ledger.executor, now)
+            o.action_id for o in orders if (e := earlier.get(o.action_id)) is None or self._started_by_this_call(e, now)
         ]
         async with self._holding(ours):
             results = await asyncio.gather(*(after_start(order) for order in orders), return_exceptions=True)
