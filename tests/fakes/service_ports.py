@@ -178,6 +178,7 @@ class FakeLedger:
         self.entries[action_id] = dataclasses.replace(
             entry, finished_at=at, outcome=outcome, executed_event=executed_event
         )
+        self.lease_until.pop(action_id, None)  # a finished action is held by nobody
         return True
 
     async def get(self, action_id: str) -> LedgerEntry | None:

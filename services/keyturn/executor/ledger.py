@@ -90,8 +90,8 @@ class ExecutionLedger:
         """
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "UPDATE executions SET finished_at = %s, outcome = %s, executed_event = %s WHERE action_id = %s "
-                "AND finished_at IS NULL",
+                "UPDATE executions SET finished_at = %s, outcome = %s, executed_event = %s, lease_until = NULL"
+                " WHERE action_id = %s AND finished_at IS NULL",
                 (at, outcome, executed_event, action_id),
             )
             return cur.rowcount == 1
@@ -128,7 +128,8 @@ class ExecutionLedger:
         async with self.pool.connection() as conn:
             rows = await (
                 await conn.execute(
-                    "UPDATE executions AS e SET finished_at = f.at, outcome = f.outcome, executed_event = f.event"
+                    "UPDATE executions AS e SET finished_at = f.at, outcome = f.outcome, executed_event = f.event,"
+                    " lease_until = NULL"
                     " FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::timestamptz[]) AS f(action_id, outcome,"
                     " event, at)"
                     " WHERE e.action_id = f.action_id AND e.finished_at IS NULL RETURNING e.action_id",
