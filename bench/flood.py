@@ -200,6 +200,8 @@ def main() -> int:
         extra["event_loop"] = loop
     if gather := os.environ.get("FLOOD_WORKER_GATHER_MS"):  # the stream workers' batch window
         extra["worker_gather_ms"] = float(gather)
+    if young := os.environ.get("FLOOD_GC_YOUNG"):  # the services' young-generation threshold (0: Python's)
+        extra["gc_young_threshold"] = int(young)
     if os.environ.get("FLOOD_ACCESS_LOG") == "1":  # a log line per HTTP request (off by default)
         extra["access_log"] = 1
     settings = servers.settings(namespace, **extra)

@@ -70,6 +70,10 @@ class Settings:
     # every service's event loop: "uvloop" (libuv; every service's socket and scheduling work is in
     # C, see bench/README.md) or "asyncio" (the standard library's, a fallback)
     event_loop: str = "uvloop"
+    # the cycle collector: what the process imported is frozen out of it, and the young generation
+    # is collected after this many new objects (Python's default, 700, collected several hundred
+    # times a flood, a tenth of some services' CPU: bench/README.md); 0 leaves Python's defaults
+    gc_young_threshold: int = 10_000
     # the parameter schemas of the catalog (the file OPA loads as data.keyturn.parameters)
     parameter_catalog_path: str = str(REPO_ROOT / "policies.rego" / "keyturn" / "parameters" / "data.json")
     sql_target_url: str = ""  # the PostgreSQL the sql plugin runs statements on; empty = database_url
