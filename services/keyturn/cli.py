@@ -147,7 +147,7 @@ def _serve_intake(module: Any, settings: Settings) -> None:
     level = settings.log_level.lower()
     if settings.intake_workers > 1:  # each worker builds its app from the same environment
         uvicorn.run(
-            "keyturn.intake.app:create_app",
+            "keyturn.cli:intake_worker_app",
             factory=True,
             host=settings.intake_host,
             port=settings.intake_port,
@@ -173,6 +173,19 @@ def _serve_intake(module: Any, settings: Settings) -> None:
     sock.bind((settings.intake_host, settings.intake_port))
     sock.set_inheritable(True)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def intake_worker_app() -> Any:
+    """The app of one of ``intake_workers`` processes. uvicorn starts each as a new interpreter
+    (spawned, not forked), so nothing ``serve`` set up reaches it: it is set up the same way here,
+    the masking of every log line first."""
+    from keyturn.intake.app import create_app
+    from keyturn.masking.logs import install_log_masking
+
+    install_log_masking()
+    settings = _settings()
+    _settle_gc(settings.gc_young_threshold)
+    return create_app(settings)
 
 
 def _run_worker(stream_app: Any, log_level: str, service: str) -> None:
