@@ -65,15 +65,11 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
     settings = _settings()
     if service not in SERVICES:
         _fail(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}", 2)
-    from keyturn.masking.logs import install_log_masking
-
-    install_log_masking()  # before anything logs: every line of every service is masked
+    _set_up_logging()
     _use_event_loop(settings.event_loop)  # before any loop exists: each service makes its own
     from keyturn.bus.topics import Topics, ensure_topics
     from keyturn.faults import until_done
 
-    for chatty in ("httpx", "httpcore"):  # one INFO line per outgoing request (chat APIs, webhooks, tokens)
-        logging.getLogger(chatty).setLevel(logging.WARNING)
     # the slow imports first, so the broker found ready below is still there when the service starts
     module = importlib.import_module(f"keyturn.{service}.app")
     _settle_gc(settings.gc_young_threshold)
@@ -93,6 +89,16 @@ def serve(service: str = typer.Argument(..., help="intake | policy | approval | 
         module.serve(settings)
         return
     _run_worker(module.create_app(settings), settings.log_level, service)
+
+
+def _set_up_logging() -> None:
+    """Before anything logs: every line of the process is masked, and the HTTP clients' line per
+    outgoing request (chat APIs, webhooks, tokens) is left out."""
+    from keyturn.masking.logs import install_log_masking
+
+    install_log_masking()
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def _settle_gc(young_threshold: int) -> None:
@@ -179,10 +185,9 @@ def intake_worker_app() -> Any:
     """The app of one of ``intake_workers`` processes. uvicorn starts each as a new interpreter
     (spawned, not forked), so nothing ``serve`` set up reaches it: it is set up the same way here,
     the masking of every log line first."""
+    _set_up_logging()
     from keyturn.intake.app import create_app
-    from keyturn.masking.logs import install_log_masking
 
-    install_log_masking()
     settings = _settings()
     _settle_gc(settings.gc_young_threshold)
     return create_app(settings)

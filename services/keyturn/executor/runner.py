@@ -111,22 +111,27 @@ class Executor:
             ),
             f"starting {order.action_id} in the ledger",
         )
-        if earlier is not None and self._started_by_this_call(earlier, now):
-            earlier = None
-        if earlier is not None:
-            earlier = await self._released(earlier)
-        if earlier is not None and earlier.finished:
-            return _recorded(earlier)
-        if earlier is not None:
-            executed = await self._interrupted(order, plugin, earlier)
-        else:
-            async with self._holding([order.action_id]):
-                executed = await self._run(order, plugin, now)
-        return await self._finish(order, executed)
+        async with self._holding([order.action_id] if self._ours_to_run(earlier, now) else []):
+            done = await self._after_start(order, plugin, earlier, now)
+        return done if isinstance(done, tuple) else await self._finish(order, done)
 
-    def _started_by_this_call(self, entry: LedgerEntry, now: datetime) -> bool:
-        """Our own start of ``now``, committed before the connection broke: nothing ran yet."""
-        return (entry.executor, entry.started_at) == (self.ledger.executor, now)
+    def _ours_to_run(self, entry: LedgerEntry | None, now: datetime) -> bool:
+        """This call started it: no earlier entry, or our own start of ``now``, committed before
+        the connection broke (nothing ran yet)."""
+        return entry is None or (entry.executor, entry.started_at) == (self.ledger.executor, now)
+
+    async def _after_start(
+        self, order: ExecutionOrder, plugin: Plugin, entry: LedgerEntry | None, now: datetime
+    ) -> ActionExecuted | tuple[ExecutionOutcome, bytes]:
+        """Run ``order`` if this call started it; else the outcome recorded (awaited while another
+        executor runs it), or ``outcome_unknown`` for a run that was interrupted."""
+        if self._ours_to_run(entry, now):
+            return await self._run(order, plugin, now)
+        assert entry is not None
+        entry = await self._released(entry)
+        if entry.finished:
+            return _recorded(entry)
+        return await self._interrupted(order, plugin, entry)
 
     async def _released(self, entry: LedgerEntry) -> LedgerEntry:
         """``entry`` once nobody holds it: finished, or its starter's lease lapsed. While another
@@ -157,7 +162,7 @@ class Executor:
         """Renew the leases of ``action_ids`` (started by this executor) while the block runs."""
 
         async def renew() -> None:
-            while True:
+            while action_ids:
                 await asyncio.sleep(self.ledger.lease_s / 3)
                 try:
                     await self.ledger.renew(action_ids)
@@ -186,23 +191,12 @@ class Executor:
             lambda: self.ledger.start_many(starts, now), f"starting {len(orders)} order(s) in the ledger"
         )
 
-        async def after_start(order: ExecutionOrder) -> ActionExecuted | tuple[ExecutionOutcome, bytes]:
-            entry = earlier.get(order.action_id)
-            if entry is not None and self._started_by_this_call(entry, now):
-                entry = None
-            if entry is not None:
-                entry = await self._released(entry)
-            if entry is not None and entry.finished:
-                return _recorded(entry)
-            if entry is not None:
-                return await self._interrupted(order, plugins[order.action_id], entry)
-            return await self._run(order, plugins[order.action_id], now)
-
-        ours = [
-            o.action_id for o in orders if (e := earlier.get(o.action_id)) is None or self._started_by_this_call(e, now)
-        ]
+        ours = [o.action_id for o in orders if self._ours_to_run(earlier.get(o.action_id), now)]
         async with self._holding(ours):
-            results = await asyncio.gather(*(after_start(order) for order in orders), return_exceptions=True)
+            results = await asyncio.gather(
+                *(self._after_start(o, plugins[o.action_id], earlier.get(o.action_id), now) for o in orders),
+                return_exceptions=True,
+            )
         ran = {o.action_id: (o, r) for o, r in zip(orders, results, strict=True) if isinstance(r, ActionExecuted)}
         encoded = {action_id: self.encode(executed) for action_id, (_, executed) in ran.items()}
         finished_at = datetime.now(UTC)
