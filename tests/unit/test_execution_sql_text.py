@@ -1,4 +1,5 @@
-"""What the sql plugin reads from a statement before granting its temporary role anything."""
+"""What the sql plugin reads from a statement before granting its temporary role anything, and how
+its role statements meet a concurrent grant."""
 
 from __future__ import annotations
 
@@ -6,9 +7,17 @@ import base64
 import hashlib
 import hmac
 
+import psycopg
 import pytest
 
-from keyturn.executor.plugins.sql_roles import ROLE_PREFIX, SCRAM_ITERATIONS, role_name_for, scram_sha256_verifier
+from keyturn.executor.plugins.sql_roles import (
+    COLLISION_ATTEMPTS,
+    ROLE_PREFIX,
+    SCRAM_ITERATIONS,
+    retry_collisions,
+    role_name_for,
+    scram_sha256_verifier,
+)
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
 
 
@@ -115,3 +124,33 @@ def test_the_scram_verifier_is_what_postgresql_would_store_and_hides_the_passwor
     assert base64.b64decode(server_key) == hmac.new(salted, b"Server Key", "sha256").digest()
     assert "pencil" not in verifier
     assert scram_sha256_verifier("pencil") != scram_sha256_verifier("pencil")  # a fresh salt each time
+
+
+async def test_a_collided_catalog_update_is_tried_again_and_other_errors_are_not() -> None:
+    calls: list[int] = []
+
+    async def collides_twice() -> str:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise psycopg.errors.InternalError_("tuple concurrently updated")
+        return "made"
+
+    assert await retry_collisions(collides_twice) == "made" and len(calls) == 3
+
+    async def always_collides() -> None:
+        calls.append(1)
+        raise psycopg.errors.InternalError_("tuple concurrently updated")
+
+    calls.clear()
+    with pytest.raises(psycopg.errors.InternalError_):
+        await retry_collisions(always_collides)
+    assert len(calls) == COLLISION_ATTEMPTS  # then the command fails with PostgreSQL's reason
+
+    async def refused() -> None:
+        calls.append(1)
+        raise psycopg.errors.InsufficientPrivilege("permission denied for table marks")
+
+    calls.clear()
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        await retry_collisions(refused)
+    assert len(calls) == 1  # a refusal is not a collision: never run twice

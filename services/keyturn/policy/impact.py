@@ -41,7 +41,7 @@ from keyturn.core.impact import NotPreviewable, PreviewPlan, preview_plan
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.executor.plugins.base import ExecutionFailed
 from keyturn.executor.plugins.sql import grants_for, postgres_message, target_name
-from keyturn.executor.plugins.sql_roles import Grants, grant
+from keyturn.executor.plugins.sql_roles import Grants, grant, retry_collisions
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
 from keyturn.masking.protect import without_hidden
 
@@ -164,9 +164,16 @@ class SqlPreviewer:
     async def _as_preview_role(self, conn: psycopg.AsyncConnection, grants: Grants) -> None:
         """Inside the open transaction: a role with only ``grants``, the session switched to it."""
         role = sql.Identifier(PREVIEW_ROLE_PREFIX + secrets.token_hex(8))
-        await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(role))
-        await grant(conn, role, grants)
-        await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+
+        async def granted() -> None:
+            # a savepoint: a grant that collided with a command's (sql_roles.PRIVILEGE_STATEMENTS_LOCK,
+            # which a dry run must not hold while its statement runs) undoes only this attempt
+            async with conn.transaction():
+                await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(role))
+                await grant(conn, role, grants)
+                await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+
+        await retry_collisions(granted)
         await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
         milliseconds = max(1, int(self.timeout_s * 1000))
         await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(milliseconds)))

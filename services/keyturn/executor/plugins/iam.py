@@ -28,7 +28,14 @@ from psycopg import sql
 
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _resolve, postgres_message
-from keyturn.executor.plugins.sql_roles import ROLE_PREFIX, Grants, Relation, role_name_for
+from keyturn.executor.plugins.sql_roles import (
+    ROLE_PREFIX,
+    Grants,
+    Relation,
+    lock_privilege_statements,
+    retry_collisions,
+    role_name_for,
+)
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
@@ -50,9 +57,15 @@ class IamPlugin(SqlPlugin):
         try:
             conn = await self._connect_as(role.name, role.password, min(self.statement_timeout_s, ttl_s))
             try:
-                async with conn, conn.transaction():
-                    await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(executor_role)))
-                    await conn.execute(change.statement)
+                async with conn:
+
+                    async def change_once() -> None:
+                        async with conn.transaction():
+                            await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(executor_role)))
+                            await lock_privilege_statements(conn)  # behind Keyturn's other grants on this database
+                            await conn.execute(change.statement)
+
+                    await retry_collisions(change_once)
             except psycopg.OperationalError as exc:
                 raise OutcomeUnknown(
                     f"the connection to {self.target_name} broke during {change.describe()}: it may or may not "

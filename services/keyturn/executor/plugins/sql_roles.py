@@ -14,14 +14,17 @@ roles; under ``trust`` the credential limits nothing. A role also holds whatever
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import random
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -32,6 +35,44 @@ ROLE_PREFIX = "keyturn_cmd_"
 # guesses finds. PostgreSQL's default of 4096 cost the executor two PBKDF2 runs per command (the
 # verifier, then the client's proof at login: about 1 ms each) and bought nothing.
 SCRAM_ITERATIONS = 16
+
+# PostgreSQL keeps a privilege list (a table's ACL, a schema's, a database's) in one catalog row
+# and updates it in place. Of two transactions granting on one table at once, the second waits for
+# the first and then fails with "tuple concurrently updated" [XX000] instead of re-reading the row.
+# Commands on one table are what agents send in batches, so Keyturn's own privilege statements on
+# a target (a command role's creation and drop, ``iam``'s GRANT / REVOKE) first take this
+# transaction-scoped advisory lock and queue behind each other. Anyone else's (a DBA's, or the
+# policy's rolled-back dry run, which must not hold the lock while its statement runs) can still
+# collide: those transactions are tried again (``retry_collisions``).
+PRIVILEGE_STATEMENTS_LOCK = int.from_bytes(
+    hashlib.sha256(b"keyturn privilege statements").digest()[:8], "big", signed=True
+)
+COLLISION_ATTEMPTS = 6
+T = TypeVar("T")
+
+
+def collided(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused a catalog update because another transaction updated the row first."""
+    return isinstance(exc, psycopg.errors.InternalError_) and "concurrently updated" in str(exc)
+
+
+async def retry_collisions(attempt: Callable[[], Awaitable[T]], attempts: int = COLLISION_ATTEMPTS) -> T:
+    """``attempt()`` (one whole transaction) again after a collision, with a short random pause.
+
+    Nothing of a collided transaction stayed: PostgreSQL rolled all of it back."""
+    for tried in range(1, attempts + 1):
+        try:
+            return await attempt()
+        except psycopg.Error as exc:
+            if not collided(exc) or tried == attempts:
+                raise
+        await asyncio.sleep(random.uniform(0.005, 0.02) * tried)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def lock_privilege_statements(conn: psycopg.AsyncConnection) -> None:
+    """Inside an open transaction: wait for Keyturn's other privilege statements on this database."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PRIVILEGE_STATEMENTS_LOCK,))
 
 
 def role_name_for(action_id: str) -> str:
@@ -126,18 +167,24 @@ async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, g
     (the transaction's begin and commit still wait for their answers).
     """
     password = secrets.token_urlsafe(32)
+    verifier = sql.Literal(scram_sha256_verifier(password))
     role = sql.Identifier(name)
-    async with admin.pipeline(), admin.transaction():
-        cursor = await admin.execute("SELECT now() + make_interval(secs => %s)", (float(ttl_s),))
-        (valid_until,) = await _one_row(cursor)
-        await admin.execute(
-            sql.SQL(
-                "CREATE ROLE {} LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION CONNECTION LIMIT 1 "
-                "PASSWORD {} VALID UNTIL {}"
-            ).format(role, sql.Literal(scram_sha256_verifier(password)), sql.Literal(valid_until.isoformat()))
-        )
-        await grant(admin, role, grants)
-    return TemporaryRole(name, password, valid_until)
+
+    async def attempt() -> TemporaryRole:
+        async with admin.pipeline(), admin.transaction():
+            await lock_privilege_statements(admin)
+            cursor = await admin.execute("SELECT now() + make_interval(secs => %s)", (float(ttl_s),))
+            (valid_until,) = await _one_row(cursor)
+            await admin.execute(
+                sql.SQL(
+                    "CREATE ROLE {} LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                    "CONNECTION LIMIT 1 PASSWORD {} VALID UNTIL {}"
+                ).format(role, verifier, sql.Literal(valid_until.isoformat()))
+            )
+            await grant(admin, role, grants)
+        return TemporaryRole(name, password, valid_until)
+
+    return await retry_collisions(attempt)
 
 
 async def grant(conn: psycopg.AsyncConnection, role: sql.Identifier, grants: Grants) -> None:
@@ -163,31 +210,36 @@ async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
     the revokes, the session ends, ``DROP OWNED`` and ``DROP ROLE`` sent together (the
     transaction's begin and commit still wait for their answers)."""
     role = sql.Identifier(name)
-    async with admin.pipeline():
-        async with admin.transaction():
-            cursor = await admin.execute(
-                "SELECT ARRAY(SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
-                "WHERE m.member = p.oid) FROM pg_roles p WHERE p.rolname = %s",
-                (name,),
-            )
-            found = await cursor.fetchone()
-            if found is None:
-                return RoleCleanup(name, existed=False, sessions_terminated=0)
-            # the memberships it held (``Grants.member_of``) go first: granting it to the executor below
-            # would be circular while it is a member of the executor's role
-            for held in found[0]:
-                await admin.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(held), role))
-            # membership gives the executor the right to end the role's sessions and DROP OWNED it
-            await admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
-            ended = await admin.execute(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s "
-                "AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            await admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
-            await admin.execute(sql.SQL("DROP ROLE {}").format(role))
-        (terminated,) = await _one_row(ended)
-    return RoleCleanup(name, existed=True, sessions_terminated=int(terminated))
+
+    async def attempt() -> RoleCleanup:
+        async with admin.pipeline():
+            async with admin.transaction():
+                await lock_privilege_statements(admin)
+                cursor = await admin.execute(
+                    "SELECT ARRAY(SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                    "WHERE m.member = p.oid) FROM pg_roles p WHERE p.rolname = %s",
+                    (name,),
+                )
+                found = await cursor.fetchone()
+                if found is None:
+                    return RoleCleanup(name, existed=False, sessions_terminated=0)
+                # the memberships it held (``Grants.member_of``) go first: granting it to the executor below
+                # would be circular while it is a member of the executor's role
+                for held in found[0]:
+                    await admin.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(held), role))
+                # membership gives the executor the right to end the role's sessions and DROP OWNED it
+                await admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+                ended = await admin.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE usename = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+                await admin.execute(sql.SQL("DROP OWNED BY {}").format(role))
+                await admin.execute(sql.SQL("DROP ROLE {}").format(role))
+            (terminated,) = await _one_row(ended)
+        return RoleCleanup(name, existed=True, sessions_terminated=int(terminated))
+
+    return await retry_collisions(attempt)
 
 
 async def sweep_expired_roles(admin: psycopg.AsyncConnection, *, grace_s: float = 60.0) -> list[str]:
