@@ -37,6 +37,9 @@ class Settings:
     # this long more when idle; under load, larger batches cost less per action (bench/README.md)
     worker_gather_ms: float = 20.0
     worker_session_timeout_s: float = 10.0  # a dead worker's partitions move to a live one after this
+    # a rebalance waits this long for a busy worker to finish its batch before moving its
+    # partitions anyway (orders it still runs then reach another worker: the executor's lease)
+    worker_rebalance_timeout_s: float = 60.0
     run_dir: str = field(default_factory=_default_run_dir)  # keys, logs, pids for local runs
     intake_host: str = "127.0.0.1"
     intake_port: int = 8080

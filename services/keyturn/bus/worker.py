@@ -30,6 +30,7 @@ def make_app(
     run_dir: Path | str,
     session_timeout_s: float,
     service: str,
+    rebalance_timeout_s: float = 60.0,
     linger_ms: float = 3.0,
     batch_bytes: int = 256 * 1024,
 ) -> faust.App:
@@ -57,6 +58,8 @@ def make_app(
         # A SIGKILLed worker keeps its partitions until its session times out (faust's default is
         # 60 s, measured 55 s in the fault drill); 10 s is three missed heartbeats.
         broker_session_timeout=session_timeout_s,
+        # a rebalance waits this long for every member to finish its batch and rejoin
+        broker_rebalance_timeout=rebalance_timeout_s,
         # A worker that joins while a restarted broker has not yet listed the topics gets an empty
         # assignment; it rejoins when its next metadata refresh sees them (default: 5 minutes).
         consumer_metadata_max_age_ms=10_000,
