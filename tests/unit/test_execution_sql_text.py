@@ -6,14 +6,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from keyturn.executor.plugins.sql_roles import (
     COLLISION_ATTEMPTS,
     ROLE_PREFIX,
     SCRAM_ITERATIONS,
+    Grants,
+    Relation,
+    grant,
     retry_collisions,
     role_name_for,
     scram_sha256_verifier,
@@ -154,3 +159,37 @@ async def test_a_collided_catalog_update_is_tried_again_and_other_errors_are_not
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         await retry_collisions(refused)
     assert len(calls) == 1  # a refusal is not a collision: never run twice
+
+
+async def test_a_deadlock_victim_is_tried_again() -> None:
+    calls: list[int] = []
+
+    async def chosen_once() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return "made"
+
+    assert await retry_collisions(chosen_once) == "made" and len(calls) == 2
+
+
+async def test_grants_go_out_in_one_order_whatever_order_the_statement_named_its_tables() -> None:
+    sent: list[str] = []
+
+    class Recording:
+        async def execute(self, statement: Any) -> None:
+            sent.append(statement.as_string(None))
+
+    grants = Grants(
+        tables={Relation("shop", "orders"): ("SELECT",), Relation("public", "marks"): ("INSERT",)},
+        sequences=(Relation("shop", "z_seq"), Relation("public", "marks_id_seq")),
+    )
+    await grant(Recording(), sql.Identifier("keyturn_cmd_x"), grants)  # type: ignore[arg-type]
+    assert sent == [
+        'GRANT USAGE ON SCHEMA "public" TO "keyturn_cmd_x"',
+        'GRANT USAGE ON SCHEMA "shop" TO "keyturn_cmd_x"',
+        'GRANT INSERT ON TABLE "public"."marks" TO "keyturn_cmd_x"',
+        'GRANT SELECT ON TABLE "shop"."orders" TO "keyturn_cmd_x"',
+        'GRANT USAGE ON SEQUENCE "public"."marks_id_seq" TO "keyturn_cmd_x"',
+        'GRANT USAGE ON SEQUENCE "shop"."z_seq" TO "keyturn_cmd_x"',
+    ]

@@ -43,7 +43,9 @@ SCRAM_ITERATIONS = 16
 # a target (a command role's creation and drop, ``iam``'s GRANT / REVOKE) first take this
 # transaction-scoped advisory lock and queue behind each other. Anyone else's (a DBA's, or the
 # policy's rolled-back dry run, which must not hold the lock while its statement runs) can still
-# collide: those transactions are tried again (``retry_collisions``).
+# collide: those transactions are tried again (``retry_collisions``). A dry run's uncommitted grant
+# holds its table's row until it rolls back (at most its time limit, 5 s by default): a command
+# role granted on that table waits that long, and the lock's queue with it.
 PRIVILEGE_STATEMENTS_LOCK = int.from_bytes(
     hashlib.sha256(b"keyturn privilege statements").digest()[:8], "big", signed=True
 )
@@ -52,8 +54,11 @@ T = TypeVar("T")
 
 
 def collided(exc: BaseException) -> bool:
-    """Whether PostgreSQL refused a catalog update because another transaction updated the row first."""
-    return isinstance(exc, psycopg.errors.InternalError_) and "concurrently updated" in str(exc)
+    """Whether PostgreSQL refused a catalog update because another transaction updated the row first
+    (or chose this transaction as a deadlock's victim: it rolled back, and may simply go again)."""
+    return isinstance(exc, psycopg.errors.DeadlockDetected) or (
+        isinstance(exc, psycopg.errors.InternalError_) and "concurrently updated" in str(exc)
+    )
 
 
 async def retry_collisions(attempt: Callable[[], Awaitable[T]], attempts: int = COLLISION_ATTEMPTS) -> T:
@@ -188,16 +193,20 @@ async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, g
 
 
 async def grant(conn: psycopg.AsyncConnection, role: sql.Identifier, grants: Grants) -> None:
-    """Give ``role`` exactly ``grants``: schema usage, table privileges, sequences, memberships."""
+    """Give ``role`` exactly ``grants``: schema usage, table privileges, sequences, memberships.
+
+    Always in one order (schemas, then tables and sequences by name): a grant waits for the rows
+    of the privileges it updates, and two transactions taking them in other orders could
+    deadlock (the policy's dry run takes no lock of ours)."""
     for schema in grants.schemas:
         await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
-    for relation, privileges in grants.tables.items():
+    for relation, privileges in sorted(grants.tables.items(), key=lambda item: (item[0].schema, item[0].name)):
         await conn.execute(
             sql.SQL("GRANT {} ON TABLE {} TO {}").format(
                 sql.SQL(", ").join(sql.SQL(p) for p in privileges), relation.identifier(), role
             )
         )
-    for sequence in grants.sequences:
+    for sequence in sorted(grants.sequences, key=lambda relation: (relation.schema, relation.name)):
         await conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence.identifier(), role))
     for member_of in grants.member_of:
         await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), role))
