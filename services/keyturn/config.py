@@ -40,6 +40,9 @@ class Settings:
     # a rebalance waits this long for a busy worker to finish its batch before moving its
     # partitions anyway (orders it still runs then reach another worker: the executor's lease)
     worker_rebalance_timeout_s: float = 60.0
+    # the executor handles this many batches at once: a command that runs for minutes holds up
+    # its own batch only, not every other action (bus.loop.run's in_flight)
+    executor_batches_in_flight: int = 8
     run_dir: str = field(default_factory=_default_run_dir)  # keys, logs, pids for local runs
     intake_host: str = "127.0.0.1"
     intake_port: int = 8080

@@ -1,15 +1,18 @@
-"""``bus.loop.take_events``: the stream workers' batches. A batch goes out when it is full or
-``within_s`` after its first event; events are acknowledged only once the batch was handled;
-and an idle stage waits without waking (faust's own woke every 5 ms, idle or not)."""
+"""``bus.loop.take_events`` and ``FaustSource``: the stream workers' batches. A batch goes out
+when it is full or ``within_s`` after its first event; events are acknowledged only once the
+batch was handled; an idle stage waits without waking (faust's own woke every 5 ms, idle or
+not); and with batches in flight, a slow one holds up neither the others nor their acks."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
 
-from keyturn.bus.loop import take_events
+from keyturn.bus.loop import FaustSource, Stage, run, take_events
+from tests.fakes.service_ports import Record, fake_publisher
 
 
 class Channel:
@@ -94,18 +97,107 @@ async def test_a_full_batch_goes_at_once_and_holds_the_next_event_until_asked_ag
     feeding = asyncio.create_task(stream.feed("a", "b", "c", "d"))
     batch, took = await waiting
     assert batch == ["a", "b", "c"] and took < 1.0, "a full batch does not wait for its window"
-    assert stream.acked == [], "nothing is acknowledged before the batch was handled"
 
     second = asyncio.create_task(next_batch(batches, within=15.0))
     await asyncio.sleep(0.1)
-    assert stream.acked == ["a", "b", "c"], "asking for the next batch acknowledges the last"
+    assert stream.acked == [], "take_events acknowledges nothing: the batch's handler does"
     await feeding
     more = asyncio.create_task(stream.feed("e", "f"))  # fills the batch: held until it is taken
     batch, _ = await second
     assert batch == ["d", "e", "f"], "never more than max_ in a batch; the rest comes next, in order"
     await asyncio.sleep(0.05)
-    assert not more.done(), "a full buffer holds the stream until its batch was handled"
+    assert not more.done(), "a full buffer holds the stream until its batch was handed over"
     await batches.aclose()
     await asyncio.wait_for(more, 1.0)
-    assert stream.acked == ["a", "b", "c", "d", "e", "f"]
     assert stream.enable_acks and stream._processors == [], "closing restores the stream as it was"
+
+
+class Event:
+    """A faust event as the loop meets it: its message."""
+
+    def __init__(self, key: str, offset: int) -> None:
+        self.message = Record("unit.requested", 0, offset, key.encode(), key.encode())
+
+    def __repr__(self) -> str:
+        return f"{self.message.key.decode()}@{self.message.offset}"
+
+
+def offsets(events: list[Any]) -> list[int]:
+    return [event.message.offset for event in events]
+
+
+async def test_a_handled_batch_is_acknowledged_and_one_not_yet_handled_is_not() -> None:
+    stream = Stream()
+    source = FaustSource(stream, batch=2, within_s=0.01)
+    batches = source.batches()
+    waiting = asyncio.create_task(anext(batches))
+    await asyncio.sleep(0.01)  # reading the stream
+    feeding = asyncio.create_task(stream.feed(Event("a", 0), Event("b", 1)))  # a full batch holds the feed
+    first = await asyncio.wait_for(waiting, 1)
+    assert [m.offset for m in first] == [0, 1] and stream.acked == []
+    await source.handled(first)
+    assert offsets(stream.acked) == [0, 1]
+    waiting = asyncio.create_task(anext(batches))
+    await asyncio.wait_for(feeding, 1)
+    await stream.feed(Event("c", 2))
+    second = await asyncio.wait_for(waiting, 1)
+    assert [m.offset for m in second] == [2] and offsets(stream.acked) == [0, 1]  # the loop has not handled it
+    await batches.aclose()
+    assert offsets(stream.acked) == [0, 1], "a batch never handled stays unacknowledged: it comes again"
+
+
+async def test_batches_in_flight_go_on_past_a_slow_one_and_keep_one_actions_events_in_order() -> None:
+    """The executor's loop: a command that runs for minutes holds up only its own action."""
+    publisher, _ = fake_publisher("executor")
+    stream = Stream()
+    slow_may_finish = asyncio.Event()
+    handled: list[str] = []
+
+    async def handle(event: bytes, message: Any) -> None:
+        if message.offset == 0:
+            await slow_may_finish.wait()
+        handled.append(f"{event.decode()}@{message.offset}")
+
+    stage = Stage(publisher, (), handle=handle, decode=lambda message: message.value)
+    running = asyncio.create_task(run(FaustSource(stream, batch=1, within_s=0.001), stage, in_flight=4))
+    await asyncio.sleep(0.01)  # the loop is reading the stream
+    await stream.feed(Event("slow", 0))
+    for offset, key in enumerate(["b", "c", "slow", "d"], start=1):
+        await asyncio.sleep(0.02)
+        await stream.feed(Event(key, offset))
+    await asyncio.sleep(0.2)
+    assert handled == ["b@1", "c@2", "d@4"], "the slow batch held up neither the others nor its own action's next"
+    assert offsets(stream.acked) == [1, 2, 4], "each acknowledged once handled; faust commits up to offset 0"
+
+    slow_may_finish.set()
+    await asyncio.sleep(0.1)
+    assert handled[3:] == ["slow@0", "slow@3"], "one action's events in the order they came"
+    assert sorted(offsets(stream.acked)) == [0, 1, 2, 3, 4]
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+
+
+async def test_in_flight_batches_are_bounded() -> None:
+    publisher, _ = fake_publisher("executor")
+    stream = Stream()
+    release = asyncio.Event()
+    started: list[int] = []
+
+    async def handle(event: bytes, message: Any) -> None:
+        started.append(message.offset)
+        await release.wait()
+
+    stage = Stage(publisher, (), handle=handle, decode=lambda message: message.value)
+    running = asyncio.create_task(run(FaustSource(stream, batch=1, within_s=0.001), stage, in_flight=2))
+    await asyncio.sleep(0.01)  # the loop is reading the stream
+    feeding = asyncio.create_task(stream.feed(*(Event(key, offset) for offset, key in enumerate("abcd"))))
+    await asyncio.sleep(0.2)
+    assert started == [0, 1], "two batches in hand, the third waits for a slot"
+    release.set()
+    await asyncio.wait_for(feeding, 1.0)
+    await asyncio.sleep(0.1)
+    assert started == [0, 1, 2, 3] and sorted(offsets(stream.acked)) == [0, 1, 2, 3]
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running

@@ -127,11 +127,74 @@ class Stage:
         return self.publisher.service
 
 
-async def run(source: Source, stage: Stage) -> None:
-    """Consume ``source`` with ``stage`` until cancelled (see the module docstring)."""
-    async for batch in source.batches():
-        await handle_batch(batch, stage)
-        await source.handled(batch)
+async def run(source: Source, stage: Stage, *, in_flight: int = 1) -> None:
+    """Consume ``source`` with ``stage`` until cancelled (see the module docstring).
+
+    With ``in_flight`` > 1 (a ``FaustSource`` only), later batches are handled while an earlier
+    one still is: the executor's commands can run for minutes, and one of them must not hold up
+    every other action. A batch holding a key (an action) that a batch still in hand holds waits
+    for it, so one action's events stay in order; each batch is acknowledged once handled, and
+    the offsets committed stop at the oldest one not yet handled (faust commits up to the first
+    gap), so a crash redelivers it and everything after."""
+    if in_flight <= 1:
+        async for batch in source.batches():
+            await handle_batch(batch, stage)
+            await source.handled(batch)
+        return
+    if not isinstance(source, FaustSource):
+        raise ValueError("only a faust source acknowledges batches out of order")
+    await _Overlapping(source, stage, in_flight).run()
+
+
+class _Overlapping:
+    """``run`` with up to ``limit`` batches in hand at once."""
+
+    def __init__(self, source: Source, stage: Stage, limit: int) -> None:
+        self.source = source
+        self.stage = stage
+        self.slots = asyncio.Semaphore(limit)
+        self.holding: dict[Any, asyncio.Task[None]] = {}  # key -> the last batch in hand that holds it
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        try:
+            async for batch in self.source.batches():
+                await self.slots.acquire()
+                self._raise_failures()
+                keys = {message.key for message in batch}
+                before = {task for key in keys if (task := self.holding.get(key)) is not None and not task.done()}
+                task = asyncio.create_task(self._handle(batch, before))
+                self.tasks.add(task)
+                task.add_done_callback(self._forget)
+                for key in keys:
+                    self.holding[key] = task
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _handle(self, batch: Sequence[Message], before: set[asyncio.Task[None]]) -> None:
+        try:
+            if before:  # the same action in an earlier batch still in hand: after it
+                await asyncio.wait(before)
+            await handle_batch(batch, self.stage)
+            await self.source.handled(batch)
+        finally:
+            self.slots.release()
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            return  # kept: ``_raise_failures`` raises it in the loop
+        self.tasks.discard(task)
+        for key in [key for key, holder in self.holding.items() if holder is task]:
+            del self.holding[key]
+
+    def _raise_failures(self) -> None:
+        """A batch's handling never raises (``handle_batch`` dead-letters); if one did, stop as
+        ``run`` would have: its events stay unacknowledged and come again."""
+        for task in self.tasks:
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
 
 async def handle_batch(batch: Sequence[Message], stage: Stage) -> None:
@@ -238,13 +301,20 @@ async def dead_letter(
     )
 
 
+class _FaustBatch(list[Any]):
+    """A batch's messages, with the faust events ``FaustSource.handled`` acknowledges."""
+
+    def __init__(self, events: list[Any]) -> None:
+        super().__init__(event.message for event in events)
+        self.events = events
+
+
 class FaustSource:
     """A faust stream in batches of up to ``batch`` (or what arrived within ``within_s`` of the first).
 
-    faust acknowledges a batch's events when the loop asks for the next batch, that is after
-    ``run`` handled it, so ``handled`` has nothing to commit. It acknowledges them too when the
-    loop ends with an error (its generator's ``finally``), so nothing may raise out of a faust
-    stage: per-event failures are dead-lettered, and the audit exits its process instead.
+    ``handled`` acknowledges a batch's events; faust commits the offsets acknowledged, up to
+    the first one that is not (``run``'s ``in_flight``). A batch the loop never handled (it
+    ended with an error, or was cancelled) stays unacknowledged and comes again.
     """
 
     def __init__(self, stream: Any, *, batch: int = 64, within_s: float = 0.005) -> None:
@@ -254,10 +324,12 @@ class FaustSource:
 
     async def batches(self) -> AsyncIterator[Sequence[Message]]:
         async for events in take_events(self.stream, self.batch, self.within_s):
-            yield [event.message for event in events]
+            yield _FaustBatch(events)
 
     async def handled(self, batch: Sequence[Message]) -> None:
-        return None
+        assert isinstance(batch, _FaustBatch)
+        for event in batch.events:
+            await self.stream.ack(event)
 
 
 async def take_events(stream: Any, max_: int, within_s: float) -> AsyncIterator[list[Any]]:
@@ -267,8 +339,9 @@ async def take_events(stream: Any, max_: int, within_s: float) -> AsyncIterator[
     faust's own wakes every ``within`` whether anything arrived or not. At 5 ms that is 200
     wake-ups a second per stage, each starting tasks in mode's wait: five services doing nothing
     spent 0.9 of a core, and a test run's many idle stacks kept two cores busy. The rest (a
-    processor filling the buffer, acks only once the batch was handled, the buffer held while it
-    is handed over) is faust's, step for step.
+    processor filling the buffer, the buffer held while it is handed over) is faust's, step for
+    step, but for the acknowledgements: faust's acknowledges a batch when the next is asked for,
+    these are the caller's (``FaustSource.handled``), once the batch was handled.
     """
     events: list[Any] = []
     arrived = asyncio.Event()  # the buffer has its first event
@@ -301,7 +374,7 @@ async def take_events(stream: Any, max_: int, within_s: float) -> AsyncIterator[
         return value
 
     acks = stream.enable_acks
-    stream.enable_acks = False  # acked below, once the batch was handled
+    stream.enable_acks = False  # acknowledged by the caller, once the batch was handled
     stream.add_processor(add_to_buffer)
     stream._enable_passive(aiter(stream.channel))
     try:
@@ -314,8 +387,6 @@ async def take_events(stream: Any, max_: int, within_s: float) -> AsyncIterator[
             try:
                 yield list(events)
             finally:
-                for event in events:
-                    await stream.ack(event)
                 events.clear()
                 notify(consuming)
                 arrived.clear()

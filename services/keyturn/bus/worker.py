@@ -92,6 +92,7 @@ async def handle_each(
     wants: Callable[[Any], bool] | None = None,
     batch: int = 64,
     within_s: float = 0.005,
+    in_flight: int = 1,
 ) -> None:
     """Run ``handle(event, message)`` for every decodable event of the stream, never losing one.
 
@@ -100,10 +101,10 @@ async def handle_each(
     out, undecodable input dead-lettered by its topic's owner, and a non-transient failure
     dead-lettered and handed to ``on_failure`` (the stage's terminal event). ``handle_many``
     takes a batch together (falling back to ``handle`` per event); ``wants`` skips records by
-    their headers before decoding.
+    their headers before decoding; ``in_flight`` batches are handled at once (``bus.loop.run``).
     """
     stage = Stage(publisher, accept, handle=handle, on_failure=on_failure, handle_many=handle_many, wants=wants)
-    await run(FaustSource(stream, batch=batch, within_s=within_s), stage)
+    await run(FaustSource(stream, batch=batch, within_s=within_s), stage, in_flight=in_flight)
 
 
 def consume(app: faust.App, *names: str) -> faust.TopicT:

@@ -146,6 +146,7 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
             handle_many=stage.execute_batch,
             wants=CLEARED_ORDERS,
             within_s=settings.worker_gather_s,
+            in_flight=settings.executor_batches_in_flight,
         )
 
     return app

@@ -1,14 +1,17 @@
-"""At most once, across a real rebalance: a second executor joins the group while the first runs
-slow writes. The first is busy in its batch past the group's rebalance timeout, so the group goes
-on without it and hands its partitions to the newcomer, with orders whose commands still run on
-the first (their offsets are committed only once they finish).
+"""Commands that run for a long time: they hold up no other action, and a rebalance that moves
+their orders while they run does not run them twice.
 
-The newcomer must neither run them again nor take them for the remains of a crash (which would
-drop the credential under the running command and end the action ``outcome_unknown``): it waits
-for the first's outcome (the ledger's lease, docs/architecture.md decision 11). Every write
-happens once, to its end, and every action ends ``succeeded``.
+1. The executor has several batches in hand at once (``executor_batches_in_flight``): an order
+   that arrives while a long command runs is executed at once, not after it.
+2. A second executor joins the group while the first runs slow writes. The first is busy past the
+   group's rebalance timeout, so the group goes on without it and hands its partitions to the
+   newcomer, with orders whose commands still run on the first (their offsets are committed only
+   once they finish). The newcomer must neither run them again nor take them for the remains of
+   a crash (which would drop the credential under the running command and end the action
+   ``outcome_unknown``): it waits for the first's outcome (the ledger's lease,
+   docs/architecture.md decision 11). Every write happens once, to its end.
 
-Real Kafka, real ledger, the shipped SQL plugin on a real target, two executor processes.
+Real Kafka, real ledger, the shipped SQL plugin on a real target, executor processes.
 """
 
 from __future__ import annotations
@@ -57,6 +60,22 @@ def first(settings, services, sql_target: SqlTarget):
     }
     with ExecutorUnderTest(settings, services, overrides) as running:
         yield running
+
+
+def test_an_order_arriving_while_a_long_command_runs_is_executed_at_once(
+    settings, first: ExecutorUnderTest, sql_target: SqlTarget
+) -> None:
+    agent = Agent(settings, "agent:reporter", ("human:alice",))
+    long_id = agent.submit_ok("sql.query", "postgres://staging/shop", {"statement": STATEMENT.replace("moved", "long")})
+    assert eventually(lambda: statement_running(sql_target, role_name_for(long_id)), timeout=60), "it never ran"
+
+    quick_id = agent.submit_ok("sql.query", "postgres://staging/shop", {"statement": "SELECT 1 AS one"})
+    quick = agent.wait(quick_id, timeout=SLEEP_S / 2)
+    assert quick["state"] == "succeeded", quick
+    assert statement_running(sql_target, role_name_for(long_id)), "the quick one waited for the long one"
+    assert agent.wait(long_id, timeout=120)["state"] == "succeeded"
+    with sql_target.admin() as conn:
+        conn.execute("DELETE FROM rebalance_marks")
 
 
 def test_orders_moved_by_a_rebalance_while_their_commands_run_are_waited_for_and_run_once(
