@@ -17,6 +17,7 @@ own that stays up between runs (``.run/flood``, ports 39092 / 38181 / 35433), an
     FLOOD_EVENT_LOOP=asyncio  (the services' event loop; default uvloop)
     FLOOD_WORKER_GATHER_MS=20  (the stream workers' batch window; default the settings')
     FLOOD_ACCESS_LOG=1  (the HTTP servers' access log on, as before the sixth round)
+    FLOOD_EXECUTOR_IN_FLIGHT=1  (the executor's batches in hand; default the settings')
     FLOOD_POST=32  (one POST per action instead, 32 in flight, as ``make bench``'s one-POST flood)
 
 One run is one sample on a noisy machine: compare builds by running each twice, back to back.
@@ -202,6 +203,8 @@ def main() -> int:
         extra["worker_gather_ms"] = float(gather)
     if young := os.environ.get("FLOOD_GC_YOUNG"):  # the services' young-generation threshold (0: Python's)
         extra["gc_young_threshold"] = int(young)
+    if in_flight := os.environ.get("FLOOD_EXECUTOR_IN_FLIGHT"):  # the executor's batches in hand
+        extra["executor_batches_in_flight"] = int(in_flight)
     if os.environ.get("FLOOD_ACCESS_LOG") == "1":  # a log line per HTTP request (off by default)
         extra["access_log"] = 1
     settings = servers.settings(namespace, **extra)

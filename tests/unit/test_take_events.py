@@ -159,7 +159,9 @@ async def test_batches_in_flight_go_on_past_a_slow_one_and_keep_one_actions_even
         handled.append(f"{event.decode()}@{message.offset}")
 
     stage = Stage(publisher, (), handle=handle, decode=lambda message: message.value)
-    running = asyncio.create_task(run(FaustSource(stream, batch=1, within_s=0.001), stage, in_flight=4))
+    running = asyncio.create_task(
+        run(FaustSource(stream, batch=1, within_s=0.001), stage, in_flight=4, overlap_after_s=0.01)
+    )
     await asyncio.sleep(0.01)  # the loop is reading the stream
     await stream.feed(Event("slow", 0))
     for offset, key in enumerate(["b", "c", "slow", "d"], start=1):
@@ -189,7 +191,9 @@ async def test_in_flight_batches_are_bounded() -> None:
         await release.wait()
 
     stage = Stage(publisher, (), handle=handle, decode=lambda message: message.value)
-    running = asyncio.create_task(run(FaustSource(stream, batch=1, within_s=0.001), stage, in_flight=2))
+    running = asyncio.create_task(
+        run(FaustSource(stream, batch=1, within_s=0.001), stage, in_flight=2, overlap_after_s=0.01)
+    )
     await asyncio.sleep(0.01)  # the loop is reading the stream
     feeding = asyncio.create_task(stream.feed(*(Event(key, offset) for offset, key in enumerate("abcd"))))
     await asyncio.sleep(0.2)
@@ -198,6 +202,39 @@ async def test_in_flight_batches_are_bounded() -> None:
     await asyncio.wait_for(feeding, 1.0)
     await asyncio.sleep(0.1)
     assert started == [0, 1, 2, 3] and sorted(offsets(stream.acked)) == [0, 1, 2, 3]
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+
+
+async def test_a_batch_that_ends_soon_holds_up_the_next_so_what_arrives_meanwhile_goes_together() -> None:
+    """Taken at once, batches under load were smaller, and each costs statements of its own."""
+    publisher, _ = fake_publisher("executor")
+    stream = Stream()
+    batches: list[list[int]] = []
+    in_hand: list[int] = []
+
+    async def handle_many(decoded: list[tuple[Any, Any]]) -> None:
+        batches.append([message.offset for _, message in decoded])
+        in_hand.append(len(in_hand) + 1)
+        await asyncio.sleep(0.1)
+        in_hand.remove(max(in_hand))
+
+    async def handle(event: bytes, message: Any) -> None:
+        raise AssertionError("handled as a batch")
+
+    stage = Stage(publisher, (), handle=handle, handle_many=handle_many, decode=lambda message: message.value)
+    running = asyncio.create_task(run(FaustSource(stream, batch=64, within_s=0.001), stage, in_flight=8))
+    await asyncio.sleep(0.01)  # the loop is reading the stream
+    await stream.feed(Event("a", 0))
+    await asyncio.sleep(0.02)  # a is in hand
+    await stream.feed(Event("b", 1), Event("c", 2), Event("d", 3))
+    in_hand_at_once = []
+    for _ in range(40):
+        in_hand_at_once.append(len(in_hand))
+        await asyncio.sleep(0.01)
+    assert batches == [[0], [1, 2, 3]]
+    assert max(in_hand_at_once) == 1, "b, c and d waited for a, which ended well within the overlap"
     running.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await running
