@@ -95,6 +95,16 @@ def settings_env(settings: Settings, extra: dict[str, str] | None = None) -> dic
     return env
 
 
+def stop_process(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace_s``; wait for it either way."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of one process (VmRSS), 0 when it is gone."""
     try:
@@ -152,13 +162,9 @@ class ServiceProcesses:
         proc = self.procs.pop(name)
         if kill:
             proc.kill()
-        else:
-            proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
             proc.wait(5)
+        else:
+            stop_process(proc)
 
     def restart(self, name: str, *, kill: bool = False, timeout: float = 90) -> None:
         """Stop one process (SIGKILL with ``kill``), start it again, wait until it answers."""

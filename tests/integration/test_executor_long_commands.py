@@ -17,7 +17,6 @@ Real Kafka, real ledger, the shipped SQL plugin on a real target, executor proce
 from __future__ import annotations
 
 import re
-import subprocess
 
 import psycopg
 import pytest
@@ -35,6 +34,7 @@ from tests.integration.test_executor_support import (  # noqa: F401  (fixture)
     _worker,
     sql_target,
 )
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -139,9 +139,4 @@ def test_orders_moved_by_a_rebalance_while_their_commands_run_are_waited_for_and
         assert {e.action_id for e in answers} == set(action_ids)
         assert {e.outcome.value for e in answers} == {"succeeded"}
     finally:
-        second.terminate()
-        try:
-            second.wait(30)
-        except subprocess.TimeoutExpired:
-            second.kill()
-            second.wait(5)
+        stop_process(second, 30)

@@ -41,6 +41,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from keyturn.config import REPO_ROOT, Settings
 from tests.conftest import ARTIFACTS, ServiceProcesses, free_port, settings_env
 from tests.peers import answer_json
+from tests.processes import stop_process
 
 PEER_HOST = "api.example.internal"
 UNREACHABLE_HOST = "hooks.example.internal"  # allow-listed everywhere, but nothing listens where it points
@@ -308,12 +309,7 @@ class ExecutorUnderTest:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc, 30)
         self.proc = None
 
     def __enter__(self) -> ExecutorUnderTest:
@@ -333,12 +329,7 @@ class ExecutorUnderTest:
         self.stop()
         self.services.start("executor")
         if self.policy_proc is not None:
-            self.policy_proc.terminate()
-            try:
-                self.policy_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.policy_proc.kill()
-                self.policy_proc.wait(5)
+            stop_process(self.policy_proc, 30)
             self.policy_proc = None
             self.services.start("policy")
 

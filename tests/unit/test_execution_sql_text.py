@@ -131,46 +131,37 @@ def test_the_scram_verifier_is_what_postgresql_would_store_and_hides_the_passwor
     assert scram_sha256_verifier("pencil") != scram_sha256_verifier("pencil")  # a fresh salt each time
 
 
-async def test_a_collided_catalog_update_is_tried_again_and_other_errors_are_not() -> None:
+COLLISION = psycopg.errors.InternalError_("tuple concurrently updated")
+DEADLOCK = psycopg.errors.DeadlockDetected("deadlock detected")
+REFUSAL = psycopg.errors.InsufficientPrivilege("permission denied for table marks")
+
+
+@pytest.mark.parametrize(
+    ("failures", "tries", "ends_with"),
+    [
+        ([COLLISION, COLLISION], 3, "made"),  # another transaction updated the privileges first: again
+        ([DEADLOCK], 2, "made"),  # chosen as a deadlock's victim, rolled back: again
+        ([COLLISION] * COLLISION_ATTEMPTS, COLLISION_ATTEMPTS, COLLISION),  # then it fails with the reason
+        ([REFUSAL], 1, REFUSAL),  # a refusal is not a collision: never run twice
+    ],
+)
+async def test_a_collided_privilege_statement_is_tried_again_and_nothing_else_is(
+    failures: list[Exception], tries: int, ends_with: object
+) -> None:
     calls: list[int] = []
 
-    async def collides_twice() -> str:
+    async def attempt() -> str:
         calls.append(1)
-        if len(calls) <= 2:
-            raise psycopg.errors.InternalError_("tuple concurrently updated")
+        if len(calls) <= len(failures):
+            raise failures[len(calls) - 1]
         return "made"
 
-    assert await retry_collisions(collides_twice) == "made" and len(calls) == 3
-
-    async def always_collides() -> None:
-        calls.append(1)
-        raise psycopg.errors.InternalError_("tuple concurrently updated")
-
-    calls.clear()
-    with pytest.raises(psycopg.errors.InternalError_):
-        await retry_collisions(always_collides)
-    assert len(calls) == COLLISION_ATTEMPTS  # then the command fails with PostgreSQL's reason
-
-    async def refused() -> None:
-        calls.append(1)
-        raise psycopg.errors.InsufficientPrivilege("permission denied for table marks")
-
-    calls.clear()
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        await retry_collisions(refused)
-    assert len(calls) == 1  # a refusal is not a collision: never run twice
-
-
-async def test_a_deadlock_victim_is_tried_again() -> None:
-    calls: list[int] = []
-
-    async def chosen_once() -> str:
-        calls.append(1)
-        if len(calls) == 1:
-            raise psycopg.errors.DeadlockDetected("deadlock detected")
-        return "made"
-
-    assert await retry_collisions(chosen_once) == "made" and len(calls) == 2
+    if isinstance(ends_with, Exception):
+        with pytest.raises(type(ends_with)):
+            await retry_collisions(attempt)
+    else:
+        assert await retry_collisions(attempt) == ends_with
+    assert len(calls) == tries
 
 
 async def test_grants_go_out_in_one_order_whatever_order_the_statement_named_its_tables() -> None:

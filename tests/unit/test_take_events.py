@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from keyturn.bus.loop import FaustSource, Stage, run, take_events
@@ -126,6 +127,19 @@ def offsets(events: list[Any]) -> list[int]:
     return [event.message.offset for event in events]
 
 
+@contextlib.asynccontextmanager
+async def executor_loop(stage: Stage, stream: Stream, batch: int, **options: Any) -> AsyncIterator[None]:
+    """``run`` over ``stream`` as the executor runs it, reading the stream when the block starts."""
+    running = asyncio.create_task(run(FaustSource(stream, batch=batch, within_s=0.001), stage, **options))
+    await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
 async def test_a_handled_batch_is_acknowledged_and_one_not_yet_handled_is_not() -> None:
     stream = Stream()
     source = FaustSource(stream, batch=2, within_s=0.01)
@@ -159,25 +173,19 @@ async def test_batches_in_flight_go_on_past_a_slow_one_and_keep_one_actions_even
         handled.append(f"{event.decode()}@{message.offset}")
 
     stage = Stage(publisher, (), handle=handle, decode=lambda message: message.value)
-    running = asyncio.create_task(
-        run(FaustSource(stream, batch=1, within_s=0.001), stage, in_flight=4, overlap_after_s=0.01)
-    )
-    await asyncio.sleep(0.01)  # the loop is reading the stream
-    await stream.feed(Event("slow", 0))
-    for offset, key in enumerate(["b", "c", "slow", "d"], start=1):
-        await asyncio.sleep(0.02)
-        await stream.feed(Event(key, offset))
-    await asyncio.sleep(0.2)
-    assert handled == ["b@1", "c@2", "d@4"], "the slow batch held up neither the others nor its own action's next"
-    assert offsets(stream.acked) == [1, 2, 4], "each acknowledged once handled; faust commits up to offset 0"
+    async with executor_loop(stage, stream, 1, in_flight=4, overlap_after_s=0.01):
+        await stream.feed(Event("slow", 0))
+        for offset, key in enumerate(["b", "c", "slow", "d"], start=1):
+            await asyncio.sleep(0.02)
+            await stream.feed(Event(key, offset))
+        await asyncio.sleep(0.2)
+        assert handled == ["b@1", "c@2", "d@4"], "the slow batch held up neither the others nor its action's next"
+        assert offsets(stream.acked) == [1, 2, 4], "each acknowledged once handled; faust commits up to offset 0"
 
-    slow_may_finish.set()
-    await asyncio.sleep(0.1)
-    assert handled[3:] == ["slow@0", "slow@3"], "one action's events in the order they came"
-    assert sorted(offsets(stream.acked)) == [0, 1, 2, 3, 4]
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
+        slow_may_finish.set()
+        await asyncio.sleep(0.1)
+        assert handled[3:] == ["slow@0", "slow@3"], "one action's events in the order they came"
+        assert sorted(offsets(stream.acked)) == [0, 1, 2, 3, 4]
 
 
 async def test_in_flight_batches_are_bounded() -> None:
@@ -191,20 +199,14 @@ async def test_in_flight_batches_are_bounded() -> None:
         await release.wait()
 
     stage = Stage(publisher, (), handle=handle, decode=lambda message: message.value)
-    running = asyncio.create_task(
-        run(FaustSource(stream, batch=1, within_s=0.001), stage, in_flight=2, overlap_after_s=0.01)
-    )
-    await asyncio.sleep(0.01)  # the loop is reading the stream
-    feeding = asyncio.create_task(stream.feed(*(Event(key, offset) for offset, key in enumerate("abcd"))))
-    await asyncio.sleep(0.2)
-    assert started == [0, 1], "two batches in hand, the third waits for a slot"
-    release.set()
-    await asyncio.wait_for(feeding, 1.0)
-    await asyncio.sleep(0.1)
-    assert started == [0, 1, 2, 3] and sorted(offsets(stream.acked)) == [0, 1, 2, 3]
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
+    async with executor_loop(stage, stream, 1, in_flight=2, overlap_after_s=0.01):
+        feeding = asyncio.create_task(stream.feed(*(Event(key, offset) for offset, key in enumerate("abcd"))))
+        await asyncio.sleep(0.2)
+        assert started == [0, 1], "two batches in hand, the third waits for a slot"
+        release.set()
+        await asyncio.wait_for(feeding, 1.0)
+        await asyncio.sleep(0.1)
+        assert started == [0, 1, 2, 3] and sorted(offsets(stream.acked)) == [0, 1, 2, 3]
 
 
 async def test_a_batch_that_ends_soon_holds_up_the_next_so_what_arrives_meanwhile_goes_together() -> None:
@@ -224,17 +226,13 @@ async def test_a_batch_that_ends_soon_holds_up_the_next_so_what_arrives_meanwhil
         raise AssertionError("handled as a batch")
 
     stage = Stage(publisher, (), handle=handle, handle_many=handle_many, decode=lambda message: message.value)
-    running = asyncio.create_task(run(FaustSource(stream, batch=64, within_s=0.001), stage, in_flight=8))
-    await asyncio.sleep(0.01)  # the loop is reading the stream
-    await stream.feed(Event("a", 0))
-    await asyncio.sleep(0.02)  # a is in hand
-    await stream.feed(Event("b", 1), Event("c", 2), Event("d", 3))
-    in_hand_at_once = []
-    for _ in range(40):
-        in_hand_at_once.append(len(in_hand))
-        await asyncio.sleep(0.01)
+    async with executor_loop(stage, stream, 64, in_flight=8):
+        await stream.feed(Event("a", 0))
+        await asyncio.sleep(0.02)  # a is in hand
+        await stream.feed(Event("b", 1), Event("c", 2), Event("d", 3))
+        in_hand_at_once = []
+        for _ in range(40):
+            in_hand_at_once.append(len(in_hand))
+            await asyncio.sleep(0.01)
     assert batches == [[0], [1, 2, 3]]
     assert max(in_hand_at_once) == 1, "b, c and d waited for a, which ended well within the overlap"
-    running.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await running
