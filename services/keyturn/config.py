@@ -84,6 +84,7 @@ class Settings:
     parameter_catalog_path: str = str(REPO_ROOT / "policies.rego" / "keyturn" / "parameters" / "data.json")
     sql_target_url: str = ""  # the PostgreSQL the sql plugin runs statements on; empty = database_url
     impact_preview_timeout_s: float = 5.0  # the dry run's count; longer falls back to EXPLAIN's estimate
+    sql_commands_at_once: int = 16  # per executor process and target; each holds up to two connections
     sql_statement_timeout_s: float = 30.0  # per statement, and never longer than the credential TTL
     http_allowed_hosts: str = ""  # comma list the http plugin may call (the policy allow-lists too); empty = none
     http_connect_to: str = ""  # "host=address:port,…": reach an allow-listed host at another address

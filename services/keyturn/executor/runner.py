@@ -335,7 +335,8 @@ class Executor:
             secret_fields=secret_fields,
         )
         try:
-            result = redact(await asyncio.wait_for(plugin.execute(command), self.timeout_s), used)
+            async with getattr(plugin, "turns", None) or contextlib.nullcontext():
+                result = redact(await asyncio.wait_for(plugin.execute(command), self.timeout_s), used)
         except ExecutionFailed as exc:
             return outcome(ExecutionOutcome.FAILED, error=failure(str(exc)))
         except OutcomeUnknown as exc:

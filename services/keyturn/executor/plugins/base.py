@@ -65,6 +65,9 @@ class OutcomeUnknown(Exception):
 
 
 class Plugin(Protocol):
+    """A family's executor. It may have ``turns`` (an ``asyncio.Semaphore``): how many of its
+    commands run at once; the runner waits for one before the command's time limit starts."""
+
     name: str
 
     async def execute(self, command: Command) -> Any:

@@ -31,7 +31,9 @@ comes back cannot log in past its VALID UNTIL, but stays until dropped there.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,6 +63,14 @@ log = logging.getLogger(__name__)
 ADMIN_IDLE = 8  # admin connections kept per target for the next commands (``SqlPlugin._admin``)
 # kept admin connections by target URL, shared by the plugins of one process (sql, iam, deletion, export)
 _IDLE_ADMIN: dict[str, list[psycopg.AsyncConnection]] = {}
+# A command holds up to two connections (the executor's, its own role's login). A backlog (after
+# an outage, or approvals answered together) ran hundreds at once and the target refused them all
+# ("sorry, too many clients already"): 200 grants at once failed 200 of 200 on PostgreSQL's
+# default of 100 connections. So the commands of one process on one target take turns
+# (``turns``, which the runner waits for before a command's time limit starts).
+COMMANDS_AT_ONCE = 16
+# by event loop (a semaphore belongs to the loop it first waited in), then by target URL
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
 _GRANTABLE_KINDS = {"r", "p", "v", "m", "f"}  # tables, partitioned tables, views, materialized views, foreign tables
 _PUBLIC_CATALOGS = {"pg_catalog", "information_schema"}  # readable by everyone already
 
@@ -99,6 +109,7 @@ class SqlPlugin:
         max_result_rows: int = 50,
         connect_timeout_s: int = 5,
         credential_observer: Callable[[str], None] | None = None,
+        commands_at_once: int = COMMANDS_AT_ONCE,
     ) -> None:
         self.target_url = target_url
         self.statement_timeout_s = statement_timeout_s
@@ -109,6 +120,13 @@ class SqlPlugin:
         self.target_name = target_name(target_url)
         self.target = Target(target_url, self.target_name)
         self._idle_admin = _IDLE_ADMIN.setdefault(target_url, [])  # kept admin connections (``_admin``)
+        self.commands_at_once = commands_at_once
+
+    @property
+    def turns(self) -> asyncio.Semaphore:
+        """The turns of this process's commands on this target, shared by its SQL plugins."""
+        by_target = _TURNS.setdefault(asyncio.get_running_loop(), {})
+        return by_target.setdefault(self.target_url, asyncio.Semaphore(self.commands_at_once))
 
     async def start(self) -> None:
         """Drop temporary roles that outlived their validity (left by a crash)."""
