@@ -53,6 +53,9 @@ from keyturn.secret_store import (
 )
 
 log = logging.getLogger(__name__)
+# a batch's outcomes are recorded together as they come in: what finished within this long of the
+# last record is one statement (a batch whose commands all end sooner still makes one)
+FINISH_WINDOW_S = 0.1
 
 
 class Ledger(Protocol):
@@ -181,8 +184,9 @@ class Executor:
         """Run every order (distinct actions) at most once: (what each ended with, the failures
         of those that could not be handled, which the caller hands to ``end_failed``'s path).
 
-        The starts are one committed statement before any plugin runs; the outcomes are one
-        statement after they all ran."""
+        The starts are one committed statement before any plugin runs; the outcomes of what
+        finished within ``FINISH_WINDOW_S`` are one statement, and those of slower commands
+        another each window, so a crash mid-batch leaves only unfinished orders unrecorded."""
         now = datetime.now(UTC)
         await self.plugins.refresh_modes_if_stale()
         plugins = {order.action_id: self.plugins.plugin_for(order.decision.request.action) for order in orders}
@@ -192,22 +196,33 @@ class Executor:
         )
 
         ours = [o.action_id for o in orders if self._ours_to_run(earlier.get(o.action_id), now)]
-        async with self._holding(ours):
-            results = await asyncio.gather(
-                *(self._after_start(o, plugins[o.action_id], earlier.get(o.action_id), now) for o in orders),
-                return_exceptions=True,
-            )
-        ran = {o.action_id: (o, r) for o, r in zip(orders, results, strict=True) if isinstance(r, ActionExecuted)}
-        encoded = {action_id: self.encode(executed) for action_id, (_, executed) in ran.items()}
-        finished_at = datetime.now(UTC)
-        finishes = [(i, executed.outcome.value, encoded[i], finished_at) for i, (_, executed) in ran.items()]
-        # the plugins have run: their outcomes are kept until the ledger takes them
-        recorded = await until_done(
-            lambda: self.ledger.finish_many(finishes), f"recording the outcomes of {len(finishes)} order(s)"
-        )
+        results: dict[str, Any] = {}
+        encoded: dict[str, bytes] = {}
+        recorded: set[str] = set()
+        running: dict[asyncio.Future[Any], ExecutionOrder] = {
+            asyncio.ensure_future(self._after_start(o, plugins[o.action_id], earlier.get(o.action_id), now)): o
+            for o in orders
+        }
+        pending: set[asyncio.Future[Any]] = set(running)
+        try:
+            async with self._holding(ours):
+                while pending:
+                    finished, pending = await asyncio.wait(pending, timeout=FINISH_WINDOW_S)
+                    ran: list[tuple[str, ActionExecuted]] = []
+                    for task in finished:
+                        action_id = running[task].action_id
+                        results[action_id] = task.exception() or task.result()
+                        if isinstance(results[action_id], ActionExecuted):
+                            ran.append((action_id, results[action_id]))
+                    if ran:  # the plugins have run: their outcomes are kept until the ledger takes them
+                        recorded |= await self._record(ran, encoded)
+        finally:
+            for task in pending:
+                task.cancel()
         done: list[Done] = []
         failures: list[BaseException] = []
-        for order, result in zip(orders, results, strict=True):
+        for order in orders:
+            result = results[order.action_id]
             if isinstance(result, BaseException):
                 failures.append(result)
             elif isinstance(result, ActionExecuted):
@@ -223,6 +238,18 @@ class Executor:
             else:
                 done.append((order, *result))
         return done, failures
+
+    async def _record(self, ran: list[tuple[str, ActionExecuted]], encoded: dict[str, bytes]) -> set[str]:
+        """One statement for the outcomes of ``ran`` (their encodings go to ``encoded``); the ids recorded."""
+        for action_id, executed in ran:
+            encoded[action_id] = self.encode(executed)
+        finished_at = datetime.now(UTC)
+        finishes = [(i, executed.outcome.value, encoded[i], finished_at) for i, executed in ran]
+        return set(
+            await until_done(
+                lambda: self.ledger.finish_many(finishes), f"recording the outcomes of {len(finishes)} order(s)"
+            )
+        )
 
     async def end_failed(self, order: ExecutionOrder, exc: Exception) -> tuple[ExecutionOutcome, bytes]:
         """End an order whose handling failed (the executor's own fault, not the plugin's), never running it.
