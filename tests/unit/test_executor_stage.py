@@ -493,3 +493,30 @@ async def test_a_crash_while_a_batchs_slow_command_runs_leaves_the_finished_ones
         "q2": ExecutionOutcome.SUCCEEDED,
         "slow": ExecutionOutcome.OUTCOME_UNKNOWN,
     }
+
+
+class Queued(Recording):
+    """Two of its commands at a time (``turns_for``); records how many ran at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turns = asyncio.Semaphore(2)
+        self.now = self.most = 0
+
+    def turns_for(self, command: Command) -> asyncio.Semaphore:
+        return self.turns
+
+    async def execute(self, command: Command):
+        self.now += 1
+        self.most = max(self.most, self.now)
+        await asyncio.sleep(0.05)
+        self.now -= 1
+        return await super().execute(command)
+
+
+async def test_a_plugins_commands_take_turns_and_each_still_runs_once() -> None:
+    plugin = Queued()
+    executor, _ = executor_with(plugin, timeout_s=0.12)  # a command's time limit starts with its turn
+    done, failures = await executor.execute_many([ExecutionOrder(allowed(f"a{i}")) for i in range(6)])
+    assert failures == [] and {outcome for _, outcome, _ in done} == {ExecutionOutcome.SUCCEEDED}
+    assert plugin.most == 2 and len(plugin.runs) == 6

@@ -77,3 +77,27 @@ def test_the_families_built_on_the_sql_plugin_run_and_clean_up_on_its_own_target
             secret_fields={"connection_string": "ledger-db"},
         )
         assert plugin.target_of(command) is plugin.target, plugin.name
+
+
+async def test_commands_take_turns_where_they_run_shared_by_the_sql_plugins_of_a_process() -> None:
+    """A command holds connections to the database it runs on: that database's turns it waits for."""
+    from dataclasses import replace
+
+    from keyturn.executor.plugins.base import Command
+    from keyturn.executor.plugins.iam import IamPlugin
+    from keyturn.executor.plugins.sql import SqlPlugin
+
+    own = "postgresql://keyturn:pw@db.internal:5432/app"
+    sql_plugin, iam = SqlPlugin(own), IamPlugin(own)
+    on_own = Command("a-1", "sql.query", "postgres://staging/app", {"statement": "SELECT 1"}, 60)
+    elsewhere = Command(
+        "a-2",
+        "sql.query",
+        "postgres://staging/app",
+        {"statement": "SELECT 1", "connection_string": "postgresql://u:pw@ledger.internal:6432/ledger"},
+        60,
+        secret_fields={"connection_string": "ledger-db"},
+    )
+    assert sql_plugin.turns_for(on_own) is iam.turns_for(on_own)  # one process, one target: one queue
+    assert sql_plugin.turns_for(elsewhere) is not sql_plugin.turns_for(on_own)
+    assert sql_plugin.turns_for(elsewhere) is sql_plugin.turns_for(replace(elsewhere, action_id="a-3"))

@@ -58,6 +58,12 @@ log = logging.getLogger(__name__)
 FINISH_WINDOW_S = 0.1
 
 
+def _turn(plugin: Any, command: Command) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The plugin's turn for ``command`` (``Plugin.turns_for``), or nothing to wait for."""
+    turns_for = getattr(plugin, "turns_for", None)
+    return turns_for(command) if turns_for is not None else contextlib.nullcontext()
+
+
 class Ledger(Protocol):
     """The execution ledger (``executor.ledger.ExecutionLedger``): a start is committed at most
     once per action, ever; the first outcome recorded stays."""
@@ -362,7 +368,7 @@ class Executor:
             secret_fields=secret_fields,
         )
         try:
-            async with getattr(plugin, "turns", None) or contextlib.nullcontext():
+            async with _turn(plugin, command):
                 result = redact(await asyncio.wait_for(plugin.execute(command), self.timeout_s), used)
         except ExecutionFailed as exc:
             return outcome(ExecutionOutcome.FAILED, error=failure(str(exc)))
@@ -421,7 +427,8 @@ class Executor:
                     request.requester,
                     secret_fields=secret_fields,
                 )
-                evidence["cleanup"] = redact(await asyncio.wait_for(abandon(command), self.timeout_s), used)
+                async with _turn(plugin, command):
+                    evidence["cleanup"] = redact(await asyncio.wait_for(abandon(command), self.timeout_s), used)
             except Exception as exc:
                 # its text could quote a secret used (a connection string): redacted, then masked
                 error = self.results.mask_text(redact(f"{type(exc).__name__}: {exc}", used))

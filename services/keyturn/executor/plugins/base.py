@@ -65,8 +65,9 @@ class OutcomeUnknown(Exception):
 
 
 class Plugin(Protocol):
-    """A family's executor. It may have ``turns`` (an ``asyncio.Semaphore``): how many of its
-    commands run at once; the runner waits for one before the command's time limit starts."""
+    """A family's executor. It may have ``turns_for(command)`` (an ``asyncio.Semaphore``): how
+    many of its commands run at once where ``command`` runs; the runner waits for a turn before
+    the command's time limit starts, and before a crashed run's cleanup (``abandon``)."""
 
     name: str
 

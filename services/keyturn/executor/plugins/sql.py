@@ -67,7 +67,7 @@ _IDLE_ADMIN: dict[str, list[psycopg.AsyncConnection]] = {}
 # an outage, or approvals answered together) ran hundreds at once and the target refused them all
 # ("sorry, too many clients already"): 200 grants at once failed 200 of 200 on PostgreSQL's
 # default of 100 connections. So the commands of one process on one target take turns
-# (``turns``, which the runner waits for before a command's time limit starts).
+# (``turns_for``, which the runner waits for before a command's time limit starts).
 COMMANDS_AT_ONCE = 16
 # by event loop (a semaphore belongs to the loop it first waited in), then by target URL
 _TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
@@ -122,11 +122,15 @@ class SqlPlugin:
         self._idle_admin = _IDLE_ADMIN.setdefault(target_url, [])  # kept admin connections (``_admin``)
         self.commands_at_once = commands_at_once
 
-    @property
-    def turns(self) -> asyncio.Semaphore:
-        """The turns of this process's commands on this target, shared by its SQL plugins."""
+    def turns_for(self, command: Command) -> asyncio.Semaphore:
+        """The turns of this process's commands on ``command``'s target (the plugin's own, or the
+        one a secret reference names), shared by its SQL plugins."""
+        try:
+            url = self.target_of(command).url
+        except ExecutionFailed:  # the command fails on its own, in a turn on the plugin's target
+            url = self.target_url
         by_target = _TURNS.setdefault(asyncio.get_running_loop(), {})
-        return by_target.setdefault(self.target_url, asyncio.Semaphore(self.commands_at_once))
+        return by_target.setdefault(url, asyncio.Semaphore(self.commands_at_once))
 
     async def start(self) -> None:
         """Drop temporary roles that outlived their validity (left by a crash)."""
