@@ -266,16 +266,18 @@ def check_status_api(report: DrillReport, settings: Settings, agent: Agent, with
     expected = {a: facts[a].terminal_state if a in facts else None for a in agent.log.accepted}
     headers = {"Authorization": agent.intake.headers["Authorization"]}
     waiting, seen = set(expected), {}
+    why: Counter[str] = Counter()  # the first reason of each action that ended failed or outcome_unknown
     deadline = time.monotonic() + within_s
     with httpx.Client(base_url=settings.intake_url, headers=headers, timeout=30) as client:
         while waiting:
             for action_id in sorted(waiting):
                 response = client.get(f"/v1/actions/{action_id}")
-                seen[action_id] = (
-                    response.json().get("state") if response.status_code == 200 else f"HTTP {response.status_code}"
-                )
+                body = response.json() if response.status_code == 200 else {}
+                seen[action_id] = body.get("state") if body else f"HTTP {response.status_code}"
                 if seen[action_id] == expected[action_id]:
                     waiting.discard(action_id)
+                    if seen[action_id] in ("failed", "outcome_unknown"):
+                        why[f"{seen[action_id]}: {(body.get('reasons') or ['no reason given'])[0][:120]}"] += 1
             if not waiting or time.monotonic() > deadline:
                 break
             time.sleep(1)
@@ -286,6 +288,8 @@ def check_status_api(report: DrillReport, settings: Settings, agent: Agent, with
         if a not in waiting and (s is None or not ActionState(s).is_terminal)
     ]
     report.mark(f"status API checked for {len(expected)} actions: {len(report.status_mismatches)} mismatches")
+    if why:  # expected under faults (a target down, a kill mid-command), but each says why
+        report.mark("why: " + "; ".join(f"{count} × {reason}" for reason, count in why.most_common(6)))
 
 
 def verify_audit(report: DrillReport, settings: Settings) -> None:
