@@ -48,9 +48,15 @@ class IamPlugin(SqlPlugin):
         ttl_s = _credential_ttl(command)
         name = role_name_for(command.action_id)
         async with self._admin() as admin:
-            executor_role = await _current_user(admin)
-            change = await _change_for(admin, command, executor_role)
-            before = await change.holds(admin)
+            try:
+                executor_role = await _current_user(admin)
+                change = await _change_for(admin, command, executor_role)
+                before = await change.holds(admin)
+            except psycopg.Error as exc:
+                raise ExecutionFailed(
+                    f"nothing was changed: reading {self.target_name} before the change failed "
+                    f"({postgres_message(exc)})"
+                ) from None
             role = await self._mint(
                 admin, command.action_id, ttl_s, Grants(member_of=(executor_role,)), self.target_name
             )
@@ -75,8 +81,15 @@ class IamPlugin(SqlPlugin):
                 raise ExecutionFailed(f"PostgreSQL refused {change.describe()}: {postgres_message(exc)}") from None
         finally:
             await self._drop_quietly(name)
-        async with self._admin() as admin:
-            after = await change.holds(admin)
+        try:
+            async with self._admin() as admin:
+                after = await change.holds(admin)
+        except (ExecutionFailed, psycopg.Error) as exc:  # the change committed: whatever this says, it may hold
+            reason = str(exc) if isinstance(exc, ExecutionFailed) else postgres_message(exc)
+            raise OutcomeUnknown(
+                f"{change.describe()} ran, but reading it back from {change.catalog} failed ({reason}): "
+                "check the target"
+            ) from None
         if after != change.grants:
             raise OutcomeUnknown(f"{change.describe()} ran, but {change.catalog} does not show it: check the target")
         return {
