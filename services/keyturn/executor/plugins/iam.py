@@ -16,7 +16,7 @@ executor's role and nothing else (NOINHERIT): a grant is recorded with the execu
 grantor, so it outlives the temporary role, which is dropped right after. The statements are
 built here from identifiers (``psycopg.sql``), never from text the agent wrote. Afterwards the
 change is read back from the catalog (``pg_auth_members``, ``has_table_privilege``); a change
-the catalog does not show ends ``outcome_unknown``.
+the catalog does not show, or whose read-back fails, ends ``outcome_unknown``.
 """
 
 from __future__ import annotations
