@@ -64,14 +64,7 @@ class IamPlugin(SqlPlugin):
             conn = await self._connect_as(role.name, role.password, min(self.statement_timeout_s, ttl_s))
             try:
                 async with conn:
-
-                    async def change_once() -> None:
-                        async with conn.transaction():
-                            await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(executor_role)))
-                            await lock_privilege_statements(conn)  # behind Keyturn's other grants on this database
-                            await conn.execute(change.statement)
-
-                    await retry_collisions(change_once)
+                    await change.apply(conn, executor_role)
             except psycopg.OperationalError as exc:
                 raise OutcomeUnknown(
                     f"the connection to {self.target_name} broke during {change.describe()}: it may or may not "
@@ -134,6 +127,18 @@ class _Change:
             )
         verb, to = ("GRANT", "TO") if self.grants else ("REVOKE", "FROM")
         return f"{verb} {', '.join(self.privileges)} ON {self.table} {to} {self.principal}"
+
+    async def apply(self, conn: psycopg.AsyncConnection, executor_role: str) -> None:
+        """The statement, as the executor's role, behind Keyturn's other grants on this database;
+        a collision with anyone else's is tried again (``sql_roles.retry_collisions``)."""
+
+        async def once() -> None:
+            async with conn.transaction():
+                await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(executor_role)))
+                await lock_privilege_statements(conn)
+                await conn.execute(self.statement)
+
+        await retry_collisions(once)
 
     async def holds(self, admin: psycopg.AsyncConnection) -> bool:
         """Whether the catalog shows the granted state: the membership, or every privilege, held directly."""

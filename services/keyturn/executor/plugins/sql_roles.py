@@ -103,9 +103,9 @@ def scram_sha256_verifier(password: str, *, salt: bytes | None = None, iteration
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Relation:
-    """A table (or view, or sequence) the role is granted something on."""
+    """A table (or view, or sequence) the role is granted something on; ordered by schema, then name."""
 
     schema: str
     name: str
@@ -200,13 +200,13 @@ async def grant(conn: psycopg.AsyncConnection, role: sql.Identifier, grants: Gra
     deadlock (the policy's dry run takes no lock of ours)."""
     for schema in grants.schemas:
         await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
-    for relation, privileges in sorted(grants.tables.items(), key=lambda item: (item[0].schema, item[0].name)):
+    for relation, privileges in sorted(grants.tables.items()):
         await conn.execute(
             sql.SQL("GRANT {} ON TABLE {} TO {}").format(
                 sql.SQL(", ").join(sql.SQL(p) for p in privileges), relation.identifier(), role
             )
         )
-    for sequence in sorted(grants.sequences, key=lambda relation: (relation.schema, relation.name)):
+    for sequence in sorted(grants.sequences):
         await conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sequence.identifier(), role))
     for member_of in grants.member_of:
         await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), role))
