@@ -19,6 +19,9 @@ own that stays up between runs (``.run/flood``, ports 39092 / 38181 / 35433), an
     FLOOD_ACCESS_LOG=1  (the HTTP servers' access log on, as before the sixth round)
     FLOOD_EXECUTOR_IN_FLIGHT=1  (the executor's batches in hand; default the settings')
     FLOOD_POST=32  (one POST per action instead, 32 in flight, as ``make bench``'s one-POST flood)
+    FLOOD_OPEN=200  FLOOD_OPEN_S=15  (then an open loop at 200/s, one POST per action: request→decided
+                     p50/p95/p99 and where it went: POST → ``requested`` record, → ``decided_at``,
+                     → ``decided`` record, from the records' own timestamps)
 
 One run is one sample on a noisy machine: compare builds by running each twice, back to back.
 """
@@ -40,15 +43,21 @@ from psycopg import sql
 
 from bench import machine, profile
 from bench.audit import drop_topics
+from bench.baselines import percentiles
 from bench.load import Agent
 from bench.run import Drain
+from keyturn.bus.codec import registry
+from keyturn.bus.topics import Topics
 from keyturn.config import REPO_ROOT, Settings
 from keyturn.db import schema_name
+from tests.chaos.invariants import read_all
 from tests.processes import PrivateServers, ServiceProcesses
 
 ACTIONS = int(os.environ.get("FLOOD_ACTIONS", 4000))
 BATCH = int(os.environ.get("BENCH_BATCH_SIZE", 200))
 POST_IN_FLIGHT = int(os.environ.get("FLOOD_POST", 0))  # 0: batched
+OPEN_RATE = float(os.environ.get("FLOOD_OPEN", 0))  # 0: no open-loop probe
+OPEN_SECONDS = float(os.environ.get("FLOOD_OPEN_S", 15))
 SERVICES = ("intake", "policy", "executor", "audit", "approval")
 
 
@@ -108,6 +117,7 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
     calls: Counter = Counter()
     agent = Agent(settings, connections=32, retry_for_s=10, desk_trace=desk_calls(calls))
     agent.start_approvers()
+    probe: dict[str, float] = {}  # the open-loop probe's actions and when each was due
     try:
         async with Drain(settings) as drain:
             await agent.closed_loop(300, 16)  # warm-up
@@ -138,12 +148,81 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
             for sampler in samplers.values():
                 if sampler is not None:
                     sampler.wait()
+            if drained and OPEN_RATE:
+                sent_before = set(agent.log.accepted)
+                await agent.open_loop(OPEN_RATE, OPEN_SECONDS)
+                await drain.wait(agent, 600, step=0.05)
+                probe = {a: s.sent_at for a, s in agent.log.accepted.items() if a not in sent_before}
     finally:
         await agent.close()
+    report(spent, ids, seconds, drained, xacts_before, xacts_after, tables_before, tables_after, ended, ended_cpu)
+    print("approval API calls of the scripted approver:", dict(calls))
+    for name in samplers:
+        summary = profile.summarise(out / f"{name}.txt", top=12)
+        print(f"{name}: {summary['samples']} busy samples")
+        for frame, share in summary["own"]:
+            print(f"   own {share:5.1%}  {frame}")
+        for frame, share in summary["inclusive"][:10]:
+            print(f"   inc {share:5.1%}  {frame}")
+    if drained and OPEN_RATE:
+        await where_latency_went(settings, probe)
+    return drained
+
+
+async def where_latency_went(settings: Settings, sent: dict[str, float]) -> None:
+    """request→decided of the open-loop probe, and its parts from the records' own timestamps."""
+    topics = Topics(settings.namespace, settings.partitions)
+    requested, decided = await asyncio.gather(
+        read_all(settings, topics.requested, settings.partitions),
+        read_all(settings, topics.decided, settings.partitions),
+    )
+    codec = registry()
+    appended: dict[str, float] = {}  # action id -> the requested record's timestamp
+    parts: dict[str, list[float]] = {
+        "POST → requested record": [],
+        "requested record → decided_at": [],
+        "decided_at → decided record": [],
+        "request → decided_at": [],
+    }
+    for message in requested:
+        _, record = codec.decode(message.value or b"")
+        if record["action_id"] in sent:
+            appended[record["action_id"]] = message.timestamp / 1000
+    for message in decided:
+        _, record = codec.decode(message.value or b"")
+        action_id = record["action_id"]
+        if action_id not in sent or action_id not in appended:
+            continue
+        at = record["decided_at"].timestamp()
+        parts["POST → requested record"].append(appended[action_id] - sent[action_id])
+        parts["requested record → decided_at"].append(at - appended[action_id])
+        parts["decided_at → decided record"].append(message.timestamp / 1000 - at)
+        parts["request → decided_at"].append(at - sent[action_id])
+    print(f"open loop at {OPEN_RATE:g}/s for {OPEN_SECONDS:g}s, one POST per action ({len(sent)} accepted):")
+    for name, values in parts.items():
+        q = percentiles(values)
+        print(
+            f"  {name:32} p50 {q['p50_ms']:6.1f}  p95 {q['p95_ms']:6.1f}"
+            f"  p99 {q['p99_ms']:6.1f}  max {q['max_ms']:7.1f} ms"
+        )
+
+
+def report(
+    spent: dict[str, float],
+    ids: list[str],
+    seconds: float,
+    drained: bool,
+    xacts_before: int,
+    xacts_after: int,
+    tables_before: dict[str, tuple[int, int, int]],
+    tables_after: dict[str, tuple[int, int, int]],
+    ended: int,
+    ended_cpu: float,
+) -> None:
     n = len(ids)
     if not drained:
         print(f"{n} actions submitted in {seconds:.1f}s did not all reach a terminal state: no figure is valid")
-        return False
+        return
     print(f"{n} actions in {seconds:.1f}s: {n / seconds:.1f}/s reached a terminal state")
     system = 0.0
     for name, cpu in sorted(spent.items(), key=lambda kv: -kv[1]):
@@ -160,15 +239,6 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
         ins, upd, dele = ((a - b) / n for a, b in zip(after, was, strict=True))
         if ins + upd + dele > 0.01:
             print(f"  {table.split('.', 1)[1]:32} inserted {ins:.2f}  updated {upd:.2f}  deleted {dele:.2f} per action")
-    print("approval API calls of the scripted approver:", dict(calls))
-    for name in samplers:
-        summary = profile.summarise(out / f"{name}.txt", top=12)
-        print(f"{name}: {summary['samples']} busy samples")
-        for frame, share in summary["own"]:
-            print(f"   own {share:5.1%}  {frame}")
-        for frame, share in summary["inclusive"][:10]:
-            print(f"   inc {share:5.1%}  {frame}")
-    return True
 
 
 def forget(settings: Settings) -> None:

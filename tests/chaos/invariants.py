@@ -167,7 +167,7 @@ class Lifecycle:
         }
 
 
-async def _read_all(settings: Settings, topic: str, partitions: int, *, read_committed: bool = False) -> list[Any]:
+async def read_all(settings: Settings, topic: str, partitions: int, *, read_committed: bool = False) -> list[Any]:
     """Every message of ``topic`` from its beginning to the end it had when we looked."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -200,8 +200,8 @@ async def read_lifecycle_async(settings: Settings) -> Lifecycle:
     topics = Topics(settings.namespace, settings.partitions)
     names = [topics.requested, topics.decided, topics.resolved, topics.executed, topics.votes, topics.dlq]
     read = await asyncio.gather(
-        *(_read_all(settings, t, settings.partitions) for t in names),
-        _read_all(settings, topics.audit, 1, read_committed=True),
+        *(read_all(settings, t, settings.partitions) for t in names),
+        read_all(settings, topics.audit, 1, read_committed=True),
     )
     by_topic = dict(zip(names, read[:-1], strict=False))
     actions: dict[str, ActionFacts] = {}
