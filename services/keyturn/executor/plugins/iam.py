@@ -16,11 +16,19 @@ executor's role and nothing else (NOINHERIT): a grant is recorded with the execu
 grantor, so it outlives the temporary role, which is dropped right after. The statements are
 built here from identifiers (``psycopg.sql``), never from text the agent wrote. Afterwards the
 change is read back from the catalog (``pg_auth_members``, ``has_table_privilege``); a change
-the catalog does not show, or whose read-back fails, ends ``outcome_unknown``.
+the catalog does not show ends ``outcome_unknown``.
+
+A change whose connection broke (a database restart) or whose read-back failed is read back as
+soon as the target answers again, for up to ``settle_s``: after a break, once no session of the
+command's role is left (an open one might yet commit), the catalog decides between ``succeeded``
+and ``failed`` (nothing was changed). Only a target that cannot say in time leaves it
+``outcome_unknown``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import psycopg
@@ -43,6 +51,8 @@ PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", 
 class IamPlugin(SqlPlugin):
     name = "iam"
     follows_references = False  # its commands run on the plugin's own target (``SqlPlugin.target_of``)
+    settle_s = 30.0  # how long a change whose connection broke waits for the catalog to say whether it holds
+    settle_every_s = 0.5
 
     async def execute(self, command: Command) -> Any:
         ttl_s = _credential_ttl(command)
@@ -60,29 +70,29 @@ class IamPlugin(SqlPlugin):
             role = await self._mint(
                 admin, command.action_id, ttl_s, Grants(member_of=(executor_role,)), self.target_name
             )
+        broke: str | None = None
         try:
             conn = await self._connect_as(role.name, role.password, min(self.statement_timeout_s, ttl_s))
             try:
                 async with conn:
                     await change.apply(conn, executor_role)
-            except psycopg.OperationalError as exc:
-                raise OutcomeUnknown(
-                    f"the connection to {self.target_name} broke during {change.describe()}: it may or may not "
-                    f"have been applied ({postgres_message(exc)})"
-                ) from None
+            except psycopg.OperationalError as exc:  # the connection broke, or the statement was cancelled
+                broke = f"{change.describe()} did not complete on {self.target_name} ({postgres_message(exc)})"
             except psycopg.Error as exc:
                 raise ExecutionFailed(f"PostgreSQL refused {change.describe()}: {postgres_message(exc)}") from None
+            # after a break the catalog says whether it took effect, once no session of the command's
+            # role is left to commit it: read before the role is dropped (its sessions are found by name)
+            if broke is not None and await self._read_back(change, broke, name) != change.grants:
+                raise ExecutionFailed(f"{broke}; read back once its session had ended, it was not applied")
         finally:
             await self._drop_quietly(name)
-        try:
-            async with self._admin() as admin:
-                after = await change.holds(admin)
-        except (ExecutionFailed, psycopg.Error) as exc:  # the change committed: whatever this says, it may hold
-            reason = str(exc) if isinstance(exc, ExecutionFailed) else postgres_message(exc)
-            raise OutcomeUnknown(
-                f"{change.describe()} ran, but reading it back from {change.catalog} failed ({reason}): "
-                "check the target"
-            ) from None
+        after = (
+            change.grants
+            if broke is not None
+            else await self._read_back(
+                change, f"{change.describe()} ran, but reading it back from {change.catalog} failed"
+            )
+        )
         if after != change.grants:
             raise OutcomeUnknown(f"{change.describe()} ran, but {change.catalog} does not show it: check the target")
         return {
@@ -90,7 +100,28 @@ class IamPlugin(SqlPlugin):
             "already_so": before == change.grants,
             "verified_in": change.catalog,
             "temporary_role": name,
-        }
+        } | ({"connection_broke": broke} if broke is not None else {})
+
+    async def _read_back(self, change: _Change, why: str, role: str | None = None) -> bool:
+        """Whether the catalog shows ``change``'s state, read as soon as the target answers, within
+        ``settle_s`` (a database restart: the fault drill's). With ``role``, only once no session
+        of that role is left (one still open might yet commit). ``OutcomeUnknown`` (``why``, and
+        the last reason) when the target cannot say in time."""
+        give_up = time.monotonic() + self.settle_s
+        while True:
+            try:
+                async with self._admin() as admin:
+                    if role is None or not await _sessions_of(admin, role):
+                        return await change.holds(admin)
+                    reason = f"a session of {role} is still open"
+            except (ExecutionFailed, psycopg.Error) as exc:
+                reason = str(exc) if isinstance(exc, ExecutionFailed) else postgres_message(exc)
+            if time.monotonic() >= give_up:
+                raise OutcomeUnknown(
+                    f"{why}: it may or may not have been applied, and {self.target_name} could not say within "
+                    f"{self.settle_s:g}s ({reason}): check the target"
+                )
+            await asyncio.sleep(self.settle_every_s)
 
 
 class _Change:
@@ -158,6 +189,13 @@ class _Change:
         row = await cursor.fetchone()
         held = int(row[0]) if row else 0
         return held == len(self.privileges) if self.grants else held > 0
+
+
+async def _sessions_of(admin: psycopg.AsyncConnection, role: str) -> int:
+    """Open sessions of ``role`` on the server (any user may count them)."""
+    cursor = await admin.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,))
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 async def _current_user(admin: psycopg.AsyncConnection) -> str:
