@@ -8,7 +8,10 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keyturn.bus import loop
 from keyturn.bus.codec import registry
@@ -16,10 +19,12 @@ from keyturn.bus.loop import Stage, run
 from keyturn.core.events import ActionDecided, ApprovalResolved, DeadLetter, DecisionOutcome, ExecutionOutcome
 from keyturn.core.execution import ExecutionOrder
 from keyturn.executor.plugins import Command, PluginRegistry
+from keyturn.executor.plugins.external import ExternalPlugin
 from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor, ExecutorStage
 from keyturn.faults import Unavailable, until_done
 from keyturn.masking.protect import parameter_opener
+from keyturn.receipts import ReceiptSigner
 from tests.fakes.service_ports import FakeLedger, ListSource, MemorySecrets, Record, fake_publisher
 from tests.unit.service_events import KEYRING, PARAMETERS, allowed
 
@@ -187,6 +192,41 @@ async def test_an_order_whose_starter_stopped_renewing_its_lease_ends_outcome_un
     assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN and "never finished" in decoded(encoded).error
     assert plugin.runs == [] and plugin.abandoned == ["a1"]
     assert not (await ledger.get("a1")).held
+
+
+class Receipts(ExternalPlugin):
+    """The shipped receipt plugin, counting its runs."""
+
+    def __init__(self) -> None:
+        super().__init__(ReceiptSigner(Ed25519PrivateKey.generate()))
+        self.runs: list[str] = []
+
+    async def execute(self, command: Command):
+        self.runs.append(command.action_id)
+        return await super().execute(command)
+
+
+async def test_a_receipt_whose_signing_was_interrupted_is_signed_again_not_left_unknown() -> None:
+    """A kill between a batch's start and its outcomes ended 55 receipts outcome_unknown in the long
+    drill. Nothing of a receipt leaves the executor before its outcome is recorded, and signing has
+    no effect outside Keyturn: the order is run again and ends with one receipt."""
+    plugin = Receipts()
+    ledger = FakeLedger("executor-1", lease_s=0.3)
+    await another_executor(ledger).start("a1", datetime.now(UTC), plugin="external")  # then it was killed
+    executor = Executor(
+        ledger,
+        PluginRegistry({"read": plugin}),
+        parameter_opener(KEYRING),
+        fake_publisher("executor")[0].encode,
+        ResultShaper(100, masker=PlainText()),
+    )
+    outcome, encoded = await executor.execute(ExecutionOrder(allowed("a1")))
+    assert outcome is ExecutionOutcome.APPROVED_EXTERNAL
+    receipt = json.loads(decoded(encoded).result_json)["receipt"]
+    assert receipt["claims"]["action_id"] == "a1" and receipt["signature"]["value"]
+    assert plugin.runs == ["a1"] and ledger.entries["a1"].outcome == "approved_external"
+    assert await executor.execute(ExecutionOrder(allowed("a1"))) == (outcome, encoded)  # and only once
+    assert plugin.runs == ["a1"]
 
 
 LEDGER_URL = "postgresql://ledger_owner:pw-7Qx2-not-to-be-seen@db.internal/ledger"

@@ -12,9 +12,11 @@ The order of things is the guarantee:
 
 Redelivered after 1 but before 4 (the executor died), the action is not run again: the
 plugin's ``abandon`` cleans up what the dead run may have left, and the action ends
-``outcome_unknown`` with that evidence. While the start's lease is renewed (the executor that
-started it is alive, still running it: its partition moved in a rebalance), the order waits
-for that executor's outcome instead, which it then republishes.
+``outcome_unknown`` with that evidence. A ``repeatable`` plugin's (a receipt's: nothing outside
+Keyturn happens, and nothing of the dead run left its executor) is run again instead. While
+the start's lease is renewed (the executor that started it is alive, still running it: its
+partition moved in a rebalance), the order waits for that executor's outcome instead, which it
+then republishes.
 
 A batch keeps the same order of things for all of its orders at once (``execute_many``): one
 committed ledger statement starts them all, the plugins run concurrently, one statement
@@ -140,6 +142,18 @@ class Executor:
         entry = await self._released(entry)
         if entry.finished:
             return _recorded(entry)
+        if getattr(plugin, "repeatable", False) and entry.payload_digest in ("", str(order.payload_digest)):
+            # nothing of the interrupted run left its executor (an outcome is published only once
+            # recorded), and running it again has no effect outside Keyturn: a receipt is signed again
+            # rather than the action left outcome_unknown (the first finish recorded stands)
+            log.warning(
+                "action %s started at %s by %s and never finished; %s runs it again (it has no outside effect)",
+                order.action_id,
+                entry.started_at.isoformat(),
+                entry.executor,
+                plugin.name,
+            )
+            return await self._run(order, plugin, entry.started_at)
         return await self._interrupted(order, plugin, entry)
 
     async def _released(self, entry: LedgerEntry) -> LedgerEntry:

@@ -14,6 +14,9 @@ Writing a plugin (see ``external.py`` for the smallest, ``sql.py``, ``iam.py`` a
   of this command started and never finished (the executor died). Clean up what that run
   may have left (its credential, its sessions) and return evidence as a JSON-able dict;
   never perform the command.
+- ``repeatable = True`` (optional): running the command again has no effect outside Keyturn (a
+  receipt is signed, nothing is performed). A run interrupted before its outcome was recorded is
+  then run again instead of ending ``outcome_unknown``; never set it on a plugin with side effects.
 - ``async start()`` (optional): called once when the executor starts.
 
 Results go back to the requester masked and capped by the executor, not by the plugin;

@@ -20,6 +20,9 @@ from keyturn.receipts import ReceiptSigner
 class ExternalPlugin:
     name = "external"
     external = True  # the runner ends the action approved_external and keeps the receipt unmasked
+    # signing has no effect outside Keyturn, and a receipt leaves the executor only once its outcome
+    # is recorded: a run interrupted before that is run again, never left outcome_unknown
+    repeatable = True
 
     def __init__(self, signer: ReceiptSigner, *, default_ttl_s: float = 900.0) -> None:
         self.signer = signer
@@ -54,6 +57,7 @@ class ExternalPlugin:
 
 class NoExecutor:
     name = "none"
+    repeatable = True  # it runs nothing
 
     def __init__(self, why: str) -> None:
         self.why = why
