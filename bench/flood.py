@@ -118,6 +118,7 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
     agent = Agent(settings, connections=32, retry_for_s=10, desk_trace=desk_calls(calls))
     agent.start_approvers()
     probe: dict[str, float] = {}  # the open-loop probe's actions and when each was due
+    slip: dict[str, float] = {}
     try:
         async with Drain(settings) as drain:
             await agent.closed_loop(300, 16)  # warm-up
@@ -150,7 +151,7 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
                     sampler.wait()
             if drained and OPEN_RATE:
                 sent_before = set(agent.log.accepted)
-                await agent.open_loop(OPEN_RATE, OPEN_SECONDS)
+                _, slip = await agent.open_loop(OPEN_RATE, OPEN_SECONDS)
                 await drain.wait(agent, 600, step=0.05)
                 probe = {a: s.sent_at for a, s in agent.log.accepted.items() if a not in sent_before}
     finally:
@@ -166,6 +167,8 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
             print(f"   inc {share:5.1%}  {frame}")
     if drained and OPEN_RATE:
         await where_latency_went(settings, probe)
+        late = f"p99 {slip['p99_s'] * 1000:.1f} ms, max {slip['max_s'] * 1000:.1f} ms"
+        print(f"  the generator's own schedule slipped (counted in every figure above): {late}")
     return drained
 
 
