@@ -3,6 +3,7 @@ to the payload, the tolerance the policy grants, and the executor's check before
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -11,7 +12,7 @@ import pytest
 from keyturn.core.events import Digest, ImpactPreview
 from keyturn.core.impact import NotPreviewable, bounded, deletion_statement, preview_plan
 from keyturn.executor.impact import ImpactExceeded, enforce_impact
-from keyturn.policy.decider import PolicyDecider
+from keyturn.policy.decider import PREVIEWS_AT_ONCE, PolicyDecider
 from tests.fakes.service_ports import FakeOpa, FakePreviewer
 from tests.unit.service_events import requested
 
@@ -70,6 +71,33 @@ async def test_the_preview_reaches_opa_and_the_decision_carries_it_bound_to_the_
 
     plain = await decider.decide(other)
     assert "impact" not in seen[-1] and plain.impact is None
+
+
+class SlowTarget(FakePreviewer):
+    """Each dry run takes a moment; records how many ran at once."""
+
+    def __init__(self, rows: dict[str, int | None]) -> None:
+        super().__init__(rows)
+        self.now = self.most = 0
+
+    async def preview(self, request):
+        self.now += 1
+        self.most = max(self.most, self.now)
+        await asyncio.sleep(0.02)
+        self.now -= 1
+        return await super().preview(request)
+
+
+async def test_a_batch_of_writes_is_previewed_several_at_a_time_and_each_decision_keeps_its_own() -> None:
+    """One after another, a batch of 64 SQL writes waited for 64 connections and counts in turn."""
+    rows = {f"w{i}": 10 * i for i in range(20)}
+    previewer = SlowTarget(rows)
+    decider = PolicyDecider(FakeOpa(needs_two), 5, previewer=previewer)
+    requests = [requested(a, action="orders.rows.delete") for a in rows]
+    decided = await decider.decide_many(requests)
+    assert [d.impact.rows for d in decided] == list(rows.values()), "each decision carries its own preview, in order"
+    assert [d.impact.payload_digest for d in decided] == [r.payload_digest for r in requests]
+    assert previewer.most == PREVIEWS_AT_ONCE, "several dry runs at once, never more than the bound"
 
 
 def test_a_tolerance_the_policy_did_not_give_allows_no_growth() -> None:

@@ -24,7 +24,7 @@ from keyturn.bus.headers import Headers, headers_of
 from keyturn.bus.loop import tally
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import masked_line
-from keyturn.core.events import ActionDecided, ActionRequested
+from keyturn.core.events import ActionDecided, ActionRequested, ImpactPreview
 from keyturn.core.impact import bounded
 from keyturn.masking.protect import masked_view
 from keyturn.policy.decisions import decided_from_answer, denied, policy_input, provenance_for
@@ -78,13 +78,28 @@ class PolicyDecider:
     async def decide(self, request: ActionRequested) -> ActionDecided:
         return (await self.decide_many([request]))[0]
 
+    async def _previews(self, requests: list[ActionRequested]) -> list[ImpactPreview | None]:
+        """Each request's impact preview (None: no previewer, or not SQL-backed), in order; up to
+        ``PREVIEWS_AT_ONCE`` dry runs at a time (one after another, a batch of SQL writes waited
+        for the sum of their connections and counts)."""
+        previewer = self.previewer
+        if previewer is None:
+            return [None] * len(requests)
+        turns = asyncio.Semaphore(PREVIEWS_AT_ONCE)
+
+        async def one(request: ActionRequested) -> ImpactPreview | None:
+            async with turns:
+                return await previewer.preview(request)
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
+
     async def decide_many(self, requests: list[ActionRequested]) -> list[ActionDecided]:
         """One decision per request, in order, from one OPA query; every one denied when OPA
         fails (invalid answer at once, unavailable once ``unavailable_after_s`` passed).
 
         SQL-backed requests get their impact preview first (``input.impact``); a decision that
         carries one binds it to the payload and to the tolerance the policy grants."""
-        impacts = [await self.previewer.preview(r) if self.previewer is not None else None for r in requests]
+        impacts = await self._previews(requests)
         documents = [policy_input(request, impact) for request, impact in zip(requests, impacts, strict=True)]
         give_up_at = self.clock() + self.unavailable_after_s
         while True:
@@ -127,6 +142,9 @@ class PolicyDecider:
                     decided = dataclasses.replace(decided, impact=bounded(impact, tolerance))
                 decisions.append(decided)
             return decisions
+
+
+PREVIEWS_AT_ONCE = 8  # dry runs of one batch at a time, each on a connection of its own to the target
 
 
 def _items(result: Any, expected: int) -> list[Any]:
