@@ -244,12 +244,14 @@ def test_a_statement_the_plugin_cannot_read_is_refused_not_guessed(agent: Agent,
     assert marks(shop, "smuggled") == 0
 
 
-def test_a_refused_connection_fails_with_the_reason() -> None:
+def test_a_refused_connection_fails_with_the_reason_once_the_target_stayed_away() -> None:
     plugin = SqlPlugin(f"postgresql://keyturn:keyturn@127.0.0.1:{free_port()}/keyturn")
+    plugin.settle_s, plugin.settle_every_s = 0.5, 0.1  # a restart is waited for (30 s by default)
     command = Command(str(uuid.uuid4()), "sql.query", STAGING, {"statement": "SELECT 1"}, 300)
     with pytest.raises(ExecutionFailed) as failed:
         asyncio.run(plugin.execute(command))
-    assert "cannot connect to the SQL target" in str(failed.value) and "Connection refused" in str(failed.value)
+    assert str(failed.value).startswith("nothing was changed: cannot connect to the SQL target")
+    assert "Connection refused" in str(failed.value) and "did not answer within 0.5s" in str(failed.value)
 
 
 def test_postgresql_refuses_a_credential_once_it_has_expired(shop: SqlTarget) -> None:

@@ -23,6 +23,7 @@ import pytest
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.iam import IamPlugin
 from tests.integration.test_executor_support import SqlTarget, sql_target  # noqa: F401  (fixture)
+from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +146,27 @@ def test_a_target_that_cannot_say_in_time_leaves_it_outcome_unknown_never_failed
         asyncio.run(plugin.execute(grant("TRUNCATE")))
     assert 1.0 <= time.monotonic() - started < 10
     assert holds(target, "TRUNCATE")  # it did take effect: never reported failed
+
+
+def test_a_grant_that_finds_the_target_away_waits_for_it_and_is_made(target: SqlTarget, monkeypatch) -> None:
+    """The drill's database restart: the executor's first connections are refused (a port where
+    nothing listens), then the target answers; the approved grant is made, not failed."""
+    from keyturn.executor.plugins.sql import Target
+
+    plugin = IamPlugin(target.url)
+    plugin.settle_every_s = 0.1
+    connect = plugin._connect_admin
+    attempts: list[str] = []
+
+    async def restarting(where: Target) -> psycopg.AsyncConnection:
+        attempts.append(where.name)
+        if len(attempts) <= 2:
+            return await connect(Target(f"postgresql://keyturn@127.0.0.1:{free_port()}/keyturn", where.name))
+        return await connect(where)
+
+    monkeypatch.setattr(plugin, "_connect_admin", restarting)
+    plugin._idle_admin.clear()  # no kept connection: every admin turn connects
+    result = asyncio.run(plugin.execute(grant("REFERENCES")))
+    assert result["performed"] == "GRANT REFERENCES ON public.break_ledger TO break_auditor"
+    assert len(attempts) >= 3 and holds(target, "REFERENCES")
+    assert not target.temporary_roles()

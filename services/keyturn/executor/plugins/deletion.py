@@ -23,8 +23,8 @@ from psycopg import sql
 from keyturn.executor.impact import enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _resolve
-from keyturn.executor.plugins.sql_roles import Grants, role_name_for
-from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
+from keyturn.executor.plugins.sql_roles import Grants, Relation, TemporaryRole, role_name_for
+from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
 
 
 def approved_row_count(parameters: dict[str, Any]) -> int:
@@ -46,25 +46,30 @@ class DeletionPlugin(SqlPlugin):
         bound = approved_row_count(command.parameters)
         ttl_s = _credential_ttl(command)
         name = role_name_for(command.action_id)
-        async with self._admin() as admin:
-            found = await _resolve(admin, table)
-            if found is None:
-                raise ExecutionFailed(f"nothing deleted: table {table} does not exist on {self.target_name}")
-            relation = found[0]
-            statement = sql.SQL("DELETE FROM {} WHERE ").format(relation.identifier()) + sql.SQL(where)
-            text = statement.as_string(admin)
-            try:
-                shape = statement_shape(text)
-            except UnsupportedStatement as exc:
-                raise ExecutionFailed(f"nothing deleted: the condition is refused: {exc}") from None
-            if shape.write_privilege != "DELETE":
-                raise ExecutionFailed("nothing deleted: the condition must be a plain SQL condition")
-            grants = await self._grants_for(admin, shape)
-            grants = Grants(
-                {**grants.tables, relation: tuple(sorted({*grants.tables.get(relation, ()), "SELECT", "DELETE"}))},
-                grants.sequences,
-            )
-            role = await self._mint(admin, command.action_id, ttl_s, grants, self.target_name)
+
+        async def prepared() -> tuple[Relation, str, StatementShape, Grants, TemporaryRole]:
+            async with self._admin() as admin:
+                found = await _resolve(admin, table)
+                if found is None:
+                    raise ExecutionFailed(f"nothing deleted: table {table} does not exist on {self.target_name}")
+                relation = found[0]
+                statement = sql.SQL("DELETE FROM {} WHERE ").format(relation.identifier()) + sql.SQL(where)
+                text = statement.as_string(admin)
+                try:
+                    shape = statement_shape(text)
+                except UnsupportedStatement as exc:
+                    raise ExecutionFailed(f"nothing deleted: the condition is refused: {exc}") from None
+                if shape.write_privilege != "DELETE":
+                    raise ExecutionFailed("nothing deleted: the condition must be a plain SQL condition")
+                grants = await self._grants_for(admin, shape)
+                grants = Grants(
+                    {**grants.tables, relation: tuple(sorted({*grants.tables.get(relation, ()), "SELECT", "DELETE"}))},
+                    grants.sequences,
+                )
+                role = await self._mint(admin, command.action_id, ttl_s, grants, self.target_name)
+                return relation, text, shape, grants, role
+
+        relation, text, shape, grants, role = await self.before_any_change(prepared)
 
         def within_bounds(result: dict[str, Any]) -> None:
             deleted = int(result.get("row_count") or 0)

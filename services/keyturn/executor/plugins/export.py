@@ -36,7 +36,7 @@ import psycopg
 
 from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _statement_parameters, postgres_message
-from keyturn.executor.plugins.sql_roles import role_name_for
+from keyturn.executor.plugins.sql_roles import TemporaryRole, role_name_for
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
 from keyturn.executor.values import jsonable
 from keyturn.exports import ExportStore, export_file_name
@@ -83,9 +83,13 @@ class ExportPlugin(SqlPlugin):
             raise ExecutionFailed("an export runs a SELECT; this statement writes. Nothing was exported")
         ttl_s = _credential_ttl(command)
         name = role_name_for(command.action_id)
-        async with self._admin() as admin:
-            grants = await self._grants_for(admin, shape)
-            role = await self._mint(admin, command.action_id, ttl_s, grants, self.target_name)
+
+        async def prepared() -> TemporaryRole:
+            async with self._admin() as admin:
+                grants = await self._grants_for(admin, shape)
+                return await self._mint(admin, command.action_id, ttl_s, grants, self.target_name)
+
+        role = await self.before_any_change(prepared)
         file_name = export_file_name(command.action_id, file_format)
         masked = masked_columns(command.mask)
         try:

@@ -40,6 +40,7 @@ from keyturn.executor.plugins.sql_roles import (
     ROLE_PREFIX,
     Grants,
     Relation,
+    TemporaryRole,
     lock_privilege_statements,
     retry_collisions,
     role_name_for,
@@ -51,25 +52,33 @@ PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", 
 class IamPlugin(SqlPlugin):
     name = "iam"
     follows_references = False  # its commands run on the plugin's own target (``SqlPlugin.target_of``)
-    settle_s = 30.0  # how long a change whose connection broke waits for the catalog to say whether it holds
-    settle_every_s = 0.5
 
     async def execute(self, command: Command) -> Any:
         ttl_s = _credential_ttl(command)
         name = role_name_for(command.action_id)
-        async with self._admin() as admin:
-            try:
-                executor_role = await _current_user(admin)
-                change = await _change_for(admin, command, executor_role)
-                before = await change.holds(admin)
-            except psycopg.Error as exc:
-                raise ExecutionFailed(
-                    f"nothing was changed: reading {self.target_name} before the change failed "
-                    f"({postgres_message(exc)})"
-                ) from None
-            role = await self._mint(
-                admin, command.action_id, ttl_s, Grants(member_of=(executor_role,)), self.target_name
-            )
+
+        async def prepared() -> tuple[str, _Change, bool, TemporaryRole]:
+            async with self._admin() as admin:
+                try:
+                    executor_role = await _current_user(admin)
+                    change = await _change_for(admin, command, executor_role)
+                    before = await change.holds(admin)
+                except psycopg.OperationalError:
+                    raise  # the connection broke: tried again (``before_any_change``)
+                except psycopg.Error as exc:
+                    raise ExecutionFailed(
+                        f"nothing was changed: reading {self.target_name} before the change failed "
+                        f"({postgres_message(exc)})"
+                    ) from None
+                grants = Grants(member_of=(executor_role,))
+                return (
+                    executor_role,
+                    change,
+                    before,
+                    await self._mint(admin, command.action_id, ttl_s, grants, self.target_name),
+                )
+
+        executor_role, change, before, role = await self.before_any_change(prepared)
         broke: str | None = None
         try:
             conn = await self._connect_as(role.name, role.password, min(self.statement_timeout_s, ttl_s))

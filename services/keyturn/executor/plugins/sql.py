@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -59,6 +60,7 @@ from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStateme
 from keyturn.executor.values import jsonable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ADMIN_IDLE = 8  # admin connections kept per target for the next commands (``SqlPlugin._admin``)
 # kept admin connections by target URL, shared by the plugins of one process (sql, iam, deletion, export)
@@ -91,6 +93,11 @@ class Target:
                 f"the connection was refused ({type(exc).__name__}; the server's words withheld: they quote the secret)"
             )
         return postgres_message(exc)
+
+
+class TargetAway(ExecutionFailed):
+    """The target could not be reached, or the connection broke, before the command changed
+    anything: ``SqlPlugin.before_any_change`` tries again while the target restarts."""
 
 
 def target_name(url: str) -> str:
@@ -146,6 +153,9 @@ class SqlPlugin:
     # whether a command may name its target by a secret reference (``sql.query``); the families
     # built on this plugin (deletions, exports, grants) run on the plugin's own target only
     follows_references = True
+    # how long a command that changed nothing yet waits for a target that is away (a restart)
+    settle_s = 30.0
+    settle_every_s = 0.5
 
     def target_of(self, command: Command) -> Target:
         """Where ``command`` runs, and where a crash's leftovers are cleaned up: the plugin's
@@ -167,6 +177,30 @@ class SqlPlugin:
             raise ExecutionFailed(f"the secret {secret!r} does not hold a PostgreSQL connection string")
         return Target(url, f"the target in secret {secret!r}", from_secret=True)
 
+    async def before_any_change(self, prepare: Callable[[], Awaitable[T]], target: Target | None = None) -> T:
+        """``prepare()``: a command's reads on its target and the minting of its role, which end
+        the part that changes nothing. While the target cannot be reached or the connection breaks
+        during those reads (a restart: ``TargetAway``, ``OperationalError``), it is tried again for
+        up to ``settle_s``; an approved command does not fail for a blip. Nothing after the mint is
+        ever tried again, and a mint that failed is not (``_mint`` raises ``ExecutionFailed``)."""
+        target = target or self.target
+        give_up = time.monotonic() + self.settle_s
+        while True:
+            try:
+                try:
+                    return await prepare()
+                except psycopg.OperationalError as exc:
+                    raise TargetAway(
+                        f"the connection to {target.name} broke before anything was changed ({target.refused(exc)})"
+                    ) from None
+            except TargetAway as away:
+                if time.monotonic() >= give_up:
+                    raise ExecutionFailed(
+                        f"nothing was changed: {away}; the target did not answer within {self.settle_s:g}s"
+                    ) from None
+                log.info("%s: %s; trying again", self.name, away)
+                await asyncio.sleep(self.settle_every_s)
+
     async def execute(self, command: Command) -> Any:
         statement, max_rows = _statement_parameters(command.parameters)
         target = self.target_of(command)
@@ -177,9 +211,13 @@ class SqlPlugin:
         ttl_s = _credential_ttl(command)
         timeout_s = min(self.statement_timeout_s, ttl_s)
         name = role_name_for(command.action_id)
-        async with self._admin(target) as admin:
-            grants = await grants_for(admin, shape, target.name)
-            role = await self._mint(admin, command.action_id, ttl_s, grants, target.name)
+
+        async def prepared() -> tuple[Grants, TemporaryRole]:
+            async with self._admin(target) as admin:
+                grants = await grants_for(admin, shape, target.name)
+                return grants, await self._mint(admin, command.action_id, ttl_s, grants, target.name)
+
+        grants, role = await self.before_any_change(prepared, target)
         try:
             return await self._run_as(
                 role.name,
@@ -262,7 +300,7 @@ class SqlPlugin:
                 application_name="keyturn-executor",
             )
         except psycopg.OperationalError as exc:
-            raise ExecutionFailed(f"cannot connect to the SQL target {target.name}: {target.refused(exc)}") from None
+            raise TargetAway(f"cannot connect to the SQL target {target.name}: {target.refused(exc)}") from None
 
     async def _drop(self, name: str, target: Target | None = None) -> RoleCleanup:
         try:
@@ -446,6 +484,8 @@ async def _resolve(admin: psycopg.AsyncConnection, written: str) -> tuple[Relati
             "WHERE c.oid = to_regclass(%s)",
             (written,),
         )
+    except psycopg.OperationalError:
+        raise  # the connection, not the name (``SqlPlugin.before_any_change``)
     except psycopg.Error as exc:
         raise ExecutionFailed(
             f"statement refused before running: {written!r} is not a table name ({postgres_message(exc)})"

@@ -1,0 +1,54 @@
+"""A SQL-family command whose target is away before it changed anything (a restart) waits for it.
+
+``SqlPlugin.before_any_change`` runs a command's reads and the minting of its role again while
+the target cannot be reached or the connection breaks, for up to ``settle_s``; the long fault
+drill's grants that met the database restart there ended ``failed`` before. Anything else fails
+at once, and a target that stays away fails the command with nothing changed."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from keyturn.executor.plugins.base import ExecutionFailed
+from keyturn.executor.plugins.sql import SqlPlugin, TargetAway
+
+
+def plugin(settle_s: float = 5.0) -> SqlPlugin:
+    made = SqlPlugin("postgresql://keyturn@127.0.0.1:1/keyturn")
+    made.settle_s, made.settle_every_s = settle_s, 0.01
+    return made
+
+
+class Flaky:
+    """A command's preparation that meets ``failures`` first, then succeeds."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return "role minted"
+
+
+async def test_a_target_that_refuses_then_answers_is_waited_for() -> None:
+    prepare = Flaky(TargetAway("cannot connect"), psycopg.OperationalError("server closed the connection"))
+    assert await plugin().before_any_change(prepare) == "role minted"
+    assert prepare.calls == 3
+
+
+async def test_a_refusal_that_is_not_the_target_being_away_fails_at_once() -> None:
+    prepare = Flaky(ExecutionFailed("table orders does not exist on the target"))
+    with pytest.raises(ExecutionFailed, match="does not exist"):
+        await plugin().before_any_change(prepare)
+    assert prepare.calls == 1
+
+
+async def test_a_target_that_stays_away_fails_the_command_with_nothing_changed() -> None:
+    prepare = Flaky(*[TargetAway("cannot connect to the SQL target db")] * 1000)
+    with pytest.raises(ExecutionFailed, match=r"^nothing was changed: cannot connect .* did not answer within 0.1s"):
+        await plugin(settle_s=0.1).before_any_change(prepare)
+    assert 2 <= prepare.calls < 1000
