@@ -170,3 +170,17 @@ def test_a_grant_that_finds_the_target_away_waits_for_it_and_is_made(target: Sql
     assert result["performed"] == "GRANT REFERENCES ON public.break_ledger TO break_auditor"
     assert len(attempts) >= 3 and holds(target, "REFERENCES")
     assert not target.temporary_roles()
+
+
+def test_after_the_executor_died_mid_grant_the_catalog_says_whether_it_took_effect(target: SqlTarget) -> None:
+    """``settle``, as the runner calls it after ``abandon`` ended the dead run's sessions: a grant
+    the dead run committed is in effect (succeeded); one it did not is not (failed, nothing changed)."""
+    plugin = IamPlugin(target.url)
+    committed, cut_off = grant("TRIGGER"), grant("TRIGGER")
+    with pytest.raises(ExecutionFailed, match=r"GRANT TRIGGER .* is not in effect: nothing was changed"):
+        asyncio.run(plugin.settle(cut_off))
+    with target.admin() as conn:  # what the dead run committed before it was killed
+        conn.execute("GRANT TRIGGER ON public.break_ledger TO break_auditor")
+    result = asyncio.run(plugin.settle(committed))
+    assert result["performed"] == "GRANT TRIGGER ON public.break_ledger TO break_auditor"
+    assert result["verified_in"] == "information_schema.role_table_grants"

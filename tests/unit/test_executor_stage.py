@@ -18,7 +18,7 @@ from keyturn.bus.codec import registry
 from keyturn.bus.loop import Stage, run
 from keyturn.core.events import ActionDecided, ApprovalResolved, DeadLetter, DecisionOutcome, ExecutionOutcome
 from keyturn.core.execution import ExecutionOrder
-from keyturn.executor.plugins import Command, PluginRegistry
+from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, PluginRegistry
 from keyturn.executor.plugins.external import ExternalPlugin
 from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor, ExecutorStage
@@ -227,6 +227,62 @@ async def test_a_receipt_whose_signing_was_interrupted_is_signed_again_not_left_
     assert plugin.runs == ["a1"] and ledger.entries["a1"].outcome == "approved_external"
     assert await executor.execute(ExecutionOrder(allowed("a1"))) == (outcome, encoded)  # and only once
     assert plugin.runs == ["a1"]
+
+
+class Settling(Recording):
+    """A plugin that can read an interrupted run's outcome back from its target."""
+
+    def __init__(self, in_effect: bool | None) -> None:
+        super().__init__()
+        self.in_effect = in_effect  # None: the target cannot say
+        self.settled: list[dict] = []
+
+    async def settle(self, command: Command):
+        self.settled.append(command.parameters)
+        if self.in_effect is None:
+            raise OutcomeUnknown("the target did not answer")
+        if not self.in_effect:
+            raise ExecutionFailed("GRANT x TO y is not in effect: nothing was changed")
+        return {"performed": "GRANT x TO y", "already_so": "not known"}
+
+
+async def interrupted_with(plugin: Recording):
+    ledger = FakeLedger("executor-1", lease_s=0.3)
+    await another_executor(ledger).start("a1", datetime.now(UTC), plugin="recording")  # then it was killed
+    executor, _ = executor_with(plugin, ledger)
+    outcome, encoded = await executor.execute(ExecutionOrder(allowed("a1")))
+    return outcome, decoded(encoded), ledger
+
+
+async def test_an_interrupted_run_the_target_shows_in_effect_ends_succeeded_with_the_evidence() -> None:
+    plugin = Settling(in_effect=True)
+    outcome, executed, ledger = await interrupted_with(plugin)
+    assert outcome is ExecutionOutcome.SUCCEEDED and ledger.entries["a1"].outcome == "succeeded"
+    result = json.loads(executed.result_json)
+    assert result["performed"] == "GRANT x TO y" and "never finished" in result["interrupted"]
+    assert result["evidence"]["cleanup"] == {"revoked": True, "where": "own target"}
+    assert plugin.runs == [] and plugin.abandoned == ["a1"], "read back after the cleanup, never run again"
+    assert plugin.settled == [PARAMETERS], "the clear parameters, to know what to read"
+
+
+async def test_an_interrupted_run_the_target_shows_not_in_effect_ends_failed() -> None:
+    plugin = Settling(in_effect=False)
+    outcome, executed, _ = await interrupted_with(plugin)
+    assert outcome is ExecutionOutcome.FAILED and plugin.runs == []
+    assert "never finished" in executed.error and "nothing was changed" in executed.error
+
+
+async def test_an_interrupted_run_stays_unknown_when_the_target_cannot_say_or_the_cleanup_failed() -> None:
+    plugin = Settling(in_effect=None)
+    outcome, executed, _ = await interrupted_with(plugin)
+    assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
+    assert "the target did not answer" in json.loads(executed.result_json)["evidence"]["read_back"]["error"]
+
+    plugin = Settling(in_effect=True)
+    plugin.abandon_raises = RuntimeError("the target refused the cleanup")
+    outcome, _, _ = await interrupted_with(plugin)
+    assert outcome is ExecutionOutcome.OUTCOME_UNKNOWN
+    assert plugin.settled == [], "a session of the dead run may still be open: nothing is read as final"
 
 
 LEDGER_URL = "postgresql://ledger_owner:pw-7Qx2-not-to-be-seen@db.internal/ledger"

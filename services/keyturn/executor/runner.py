@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
@@ -448,10 +448,19 @@ class Executor:
                 error = self.results.mask_text(redact(f"{type(exc).__name__}: {exc}", used))
                 log.error("cleanup after interrupted %s failed: %s", order.action_id, error)
                 evidence["cleanup"] = {"error": error}
-        error = (
+        interrupted = (
             f"started at {earlier.started_at.isoformat()} by {earlier.executor} and never finished "
-            "(the executor stopped mid-way); not run again: check the target before asking again"
+            "(the executor stopped mid-way); not run again"
         )
+        cleanup = evidence.get("cleanup")
+        settle = getattr(plugin, "settle", None)
+        if settle is not None and isinstance(cleanup, dict) and not {"error", "cleanup_error"} & set(cleanup):
+            # the dead run's sessions are ended and its role dropped: the target's state is final, and
+            # a plugin that can read it back says whether the command took effect
+            settled = await self._settled(order, plugin, settle, earlier, interrupted, evidence)
+            if settled is not None:
+                return settled
+        error = f"{interrupted}: check the target before asking again"
         log.warning("action %s was interrupted; ending it outcome_unknown: %s", order.action_id, evidence)
         return self._executed(
             order,
@@ -461,6 +470,49 @@ class Executor:
             error=error,
             result={"evidence": evidence},
         )
+
+    async def _settled(
+        self,
+        order: ExecutionOrder,
+        plugin: Plugin,
+        settle: Callable[[Command], Awaitable[Any]],
+        earlier: LedgerEntry,
+        interrupted: str,
+        evidence: dict[str, Any],
+    ) -> ActionExecuted | None:
+        """An interrupted run's outcome read back by the plugin's ``settle``: ``succeeded`` when
+        the change is in effect, ``failed`` when nothing changed; None when it cannot tell."""
+        request = order.decision.request
+        try:
+            parameters = self.open_parameters(request)
+            command = Command(
+                order.action_id,
+                request.action,
+                request.resource,
+                parameters,
+                order.decision.credential_ttl_s,
+                request.requester,
+                payload_digest=str(order.payload_digest),
+            )
+            async with _turn(plugin, command):
+                result = await asyncio.wait_for(settle(command), self.timeout_s)
+        except ExecutionFailed as exc:
+            return self._executed(
+                order,
+                plugin.name,
+                ExecutionOutcome.FAILED,
+                earlier.started_at,
+                error=self.results.mask_text(f"{interrupted}; read back from the target: {exc}"),
+                result={"evidence": evidence},
+            )
+        except Exception as exc:  # OutcomeUnknown, the target away: it stays unknown, with why
+            evidence["read_back"] = {"error": self.results.mask_text(f"{type(exc).__name__}: {exc}")}
+            return None
+        shaped = await asyncio.to_thread(
+            self.results.shape, {**result, "interrupted": interrupted, "evidence": evidence}, tuple(order.decision.mask)
+        )
+        log.warning("action %s was interrupted; the target shows it in effect: %s", order.action_id, evidence)
+        return self._executed(order, plugin.name, ExecutionOutcome.SUCCEEDED, earlier.started_at, result=shaped)
 
     async def _references(self, order: ExecutionOrder) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
         """(the order's parameters that are secret references, resolved; their secret names by

@@ -14,6 +14,11 @@ Writing a plugin (see ``external.py`` for the smallest, ``sql.py``, ``iam.py`` a
   of this command started and never finished (the executor died). Clean up what that run
   may have left (its credential, its sessions) and return evidence as a JSON-able dict;
   never perform the command.
+- ``async settle(command)`` (optional): called after a successful ``abandon`` (the dead run's
+  sessions ended, its credential dropped, so the target's state is final) with the clear
+  parameters: return a result when the command's change is in effect (the action ends
+  ``succeeded``), raise ``ExecutionFailed`` when nothing changed (``failed``), anything else
+  when it cannot tell (``outcome_unknown``). Only read; never perform the command.
 - ``repeatable = True`` (optional): running the command again has no effect outside Keyturn (a
   receipt is signed, nothing is performed). A run interrupted before its outcome was recorded is
   then run again instead of ending ``outcome_unknown``; never set it on a plugin with side effects.

@@ -22,7 +22,8 @@ A change whose connection broke (a database restart) or whose read-back failed i
 soon as the target answers again, for up to ``settle_s``: after a break, once no session of the
 command's role is left (an open one might yet commit), the catalog decides between ``succeeded``
 and ``failed`` (nothing was changed). Only a target that cannot say in time leaves it
-``outcome_unknown``.
+``outcome_unknown``. A run interrupted by the executor's death is read back the same way
+(``settle``) once ``abandon`` ended its sessions and dropped its role.
 """
 
 from __future__ import annotations
@@ -110,6 +111,29 @@ class IamPlugin(SqlPlugin):
             "verified_in": change.catalog,
             "temporary_role": name,
         } | ({"connection_broke": broke} if broke is not None else {})
+
+    async def settle(self, command: Command) -> Any:
+        """After a run interrupted by the executor's death (its sessions ended and its role dropped by
+        ``abandon``): whether the change is in effect, from the catalog. ``ExecutionFailed`` when it is
+        not (nothing changed: the dead run's session can commit nothing more)."""
+
+        async def read() -> tuple[_Change, bool]:
+            async with self._admin() as admin:
+                try:
+                    change = await _change_for(admin, command, await _current_user(admin))
+                    return change, await change.holds(admin)
+                except psycopg.OperationalError:
+                    raise
+                except psycopg.Error as exc:
+                    raise OutcomeUnknown(f"reading {self.target_name} failed ({postgres_message(exc)})") from None
+
+        try:
+            change, held = await self.before_any_change(read)
+        except ExecutionFailed as exc:  # a target that stayed away, a role gone since: it cannot tell
+            raise OutcomeUnknown(f"the catalog could not be read back: {exc}") from None
+        if held != change.grants:
+            raise ExecutionFailed(f"{change.describe()} is not in effect: nothing was changed, it may be asked again")
+        return {"performed": change.describe(), "verified_in": change.catalog, "already_so": "not known"}
 
     async def _read_back(self, change: _Change, why: str, role: str | None = None) -> bool:
         """Whether the catalog shows ``change``'s state, read as soon as the target answers, within
