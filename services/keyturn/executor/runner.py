@@ -362,13 +362,9 @@ class Executor:
                 refused = self.results.mask_text(f"refused before execution: {exc}")
                 return outcome(ExecutionOutcome.FAILED, error=refused)
         resolution = order.resolution
-        command = Command(
-            order.action_id,
-            request.action,
-            request.resource,
+        command = _command_of(
+            order,
             parameters,
-            order.decision.credential_ttl_s,
-            request.requester,
             payload_digest=str(order.payload_digest),
             approvers=tuple(v.approver.id for v in resolution.votes if v.choice is VoteChoice.APPROVE)
             if resolution is not None
@@ -421,7 +417,6 @@ class Executor:
             evidence["started_with_payload_digest"] = earlier.payload_digest
         abandon = getattr(plugin, "abandon", None)
         if abandon is not None:
-            request = order.decision.request
             used: dict[str, str] = {}
             try:
                 # the secret references, resolved as the run resolved them: a command that ran where a
@@ -432,15 +427,7 @@ class Executor:
                 )  # a database blip is waited out: giving up here would leave the role where no sweep looks
                 if secret_fields:  # the secret is read now: rotated since the crash, it points elsewhere
                     evidence["cleanup_target"] = "its secret reference, resolved again for the cleanup"
-                command = Command(
-                    order.action_id,
-                    request.action,
-                    request.resource,
-                    references,
-                    order.decision.credential_ttl_s,
-                    request.requester,
-                    secret_fields=secret_fields,
-                )
+                command = _command_of(order, references, secret_fields=secret_fields)
                 async with _turn(plugin, command):
                     evidence["cleanup"] = redact(await asyncio.wait_for(abandon(command), self.timeout_s), used)
             except Exception as exc:
@@ -482,18 +469,9 @@ class Executor:
     ) -> ActionExecuted | None:
         """An interrupted run's outcome read back by the plugin's ``settle``: ``succeeded`` when
         the change is in effect, ``failed`` when nothing changed; None when it cannot tell."""
-        request = order.decision.request
         try:
-            parameters = self.open_parameters(request)
-            command = Command(
-                order.action_id,
-                request.action,
-                request.resource,
-                parameters,
-                order.decision.credential_ttl_s,
-                request.requester,
-                payload_digest=str(order.payload_digest),
-            )
+            parameters = self.open_parameters(order.decision.request)
+            command = _command_of(order, parameters, payload_digest=str(order.payload_digest))
             async with _turn(plugin, command):
                 result = await asyncio.wait_for(settle(command), self.timeout_s)
         except ExecutionFailed as exc:
@@ -610,6 +588,20 @@ def _executed_headers(order: ExecutionOrder, encoded: bytes) -> Headers:
     """The headers of an outcome: its type and outcome, and whether its requester asked for a
     webhook (the approval service reads only those), which only the order knows."""
     return headers_of(registry().decode_event(encoded), callback=bool(order.decision.request.callback_url))
+
+
+def _command_of(order: ExecutionOrder, parameters: dict[str, Any], **more: Any) -> Command:
+    """The command ``order`` carries, with ``parameters`` (the clear ones, or only what a cleanup needs)."""
+    request = order.decision.request
+    return Command(
+        order.action_id,
+        request.action,
+        request.resource,
+        parameters,
+        order.decision.credential_ttl_s,
+        request.requester,
+        **more,
+    )
 
 
 def _recorded(entry: LedgerEntry) -> tuple[ExecutionOutcome, bytes]:
