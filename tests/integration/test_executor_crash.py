@@ -1,4 +1,5 @@
 """At most once, across a crash: the executor is SIGKILLed while a write runs, then restarted.
+(And a grant: the catalog says what the dead run did, so it ends ``failed`` or ``succeeded``.)
 
 The write is a real slow statement (an INSERT fed by ``pg_sleep``), so the kill lands between
 the ledger's "started" and "finished" every time. The redelivered order must not run again:
@@ -179,3 +180,55 @@ def test_a_command_interrupted_on_a_target_in_a_secret_has_its_role_dropped_ther
     finally:
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def test_a_grant_interrupted_by_a_crash_is_read_back_from_the_catalog_not_left_unknown(
+    settings, executor: ExecutorUnderTest, sql_target: SqlTarget
+) -> None:
+    """The executor dies while an approved GRANT waits for another session's uncommitted grant on
+    the same table. The dead run can commit nothing more once its session is gone, so the
+    redelivered order reads the catalog (``settle``, after ``abandon``): the change is not in
+    effect, and the action ends ``failed`` with nothing changed, to be asked again, instead of
+    ``outcome_unknown``."""
+    with sql_target.admin() as conn:
+        conn.execute("CREATE ROLE crash_auditor NOLOGIN")
+    outside = psycopg.connect(sql_target.url, application_name="keyturn-outside-grant")
+    outside.execute("GRANT SELECT ON public.crash_marks TO crash_auditor")  # holds the table's row, uncommitted
+    try:
+        agent = Agent(settings, "agent:reporter", ("human:alice",))
+        parameters = {"principal": "crash_auditor", "table": "crash_marks", "privileges": ["UPDATE"], "change": "grant"}
+        action_id = agent.submit_ok("iam.permission.change", "iam://staging/tables/crash_marks", parameters)
+        assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+        shown = approval_shown(settings, action_id, "human:carol")  # security approves
+        vote = {"choice": "approve", "payload_digest": shown["payload_digest"], "channel": "api", "reason": "test"}
+        carol = {"Authorization": f"Bearer {mint(settings, 'human:carol')}"}
+        voted = httpx.post(
+            f"{settings.approval_url}/v1/approvals/{action_id}/votes", json=vote, headers=carol, timeout=30
+        )
+        assert voted.status_code == 200, voted.text
+        role = role_name_for(action_id)
+
+        def grant_waiting() -> bool:
+            with sql_target.superuser() as conn:
+                row = conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE usename = %s AND wait_event_type = 'Lock'", (role,)
+                ).fetchone()
+            return row is not None
+
+        assert eventually(grant_waiting, timeout=60), "the command's GRANT never waited for the outside one"
+        executor.kill()
+        outside.rollback()  # the dead run's GRANT may now finish its statement, never its transaction
+    finally:
+        outside.close()
+
+    executor.start()
+    view = agent.wait(action_id, timeout=120)
+    assert view["state"] == "failed", view
+    reason = view["reasons"][0]
+    assert "never finished" in reason and "read back from the target" in reason, reason
+    assert "GRANT UPDATE ON public.crash_marks TO crash_auditor is not in effect: nothing was changed" in reason
+    assert view["result"]["evidence"]["cleanup"]["temporary_role"] == role
+    with sql_target.admin() as conn:
+        held = conn.execute("SELECT has_table_privilege('crash_auditor', 'public.crash_marks', 'UPDATE')").fetchone()
+    assert held is not None and not held[0]
+    assert role not in sql_target.temporary_roles()
