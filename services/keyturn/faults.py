@@ -42,18 +42,26 @@ def is_transient(exc: BaseException) -> bool:
 
 
 async def until_done(
-    work: Callable[[], Awaitable[T]], what: str, *, first_wait_s: float = 0.2, max_wait_s: float = 5.0
+    work: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    first_wait_s: float = 0.2,
+    max_wait_s: float = 5.0,
+    give_up_after_s: float | None = None,
 ) -> T:
-    """``await work()``, again after a growing pause while it fails transiently; other errors raise."""
+    """``await work()``, again after a growing pause while it fails transiently; other errors raise.
+    With ``give_up_after_s``, the transient failure raises too once that long has passed."""
+    loop = asyncio.get_running_loop()
+    give_up = None if give_up_after_s is None else loop.time() + give_up_after_s
     wait = first_wait_s
     while True:
         try:
             return await work()
         except Exception as exc:
-            if not is_transient(exc):
+            if not is_transient(exc) or (give_up is not None and loop.time() >= give_up):
                 raise
             log.warning("%s failed (%s: %s); trying again in %.1fs", what, type(exc).__name__, exc, wait)
-        await asyncio.sleep(wait)
+        await asyncio.sleep(wait if give_up is None else max(0.0, min(wait, give_up - loop.time())))
         wait = min(wait * 2, max_wait_s)
 
 

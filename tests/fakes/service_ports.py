@@ -314,6 +314,9 @@ class FakePreviewer:
         self.operation = operation
         self.asked: list[str] = []
 
+    def applies_to(self, request: Any) -> bool:
+        return request.action_id in self.rows
+
     async def preview(self, request: Any) -> Any:
         self.asked.append(request.action_id)
         if request.action_id not in self.rows:

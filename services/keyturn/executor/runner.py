@@ -441,7 +441,7 @@ class Executor:
         )
         cleanup = evidence.get("cleanup")
         settle = getattr(plugin, "settle", None)
-        if settle is not None and isinstance(cleanup, dict) and not {"error", "cleanup_error"} & set(cleanup):
+        if settle is not None and isinstance(cleanup, dict) and "error" not in cleanup:
             # the dead run's sessions are ended and its role dropped: the target's state is final, and
             # a plugin that can read it back says whether the command took effect
             settled = await self._settled(order, plugin, settle, earlier, interrupted, evidence)

@@ -82,16 +82,20 @@ class PolicyDecider:
         """Each request's impact preview (None: no previewer, or not SQL-backed), in order; up to
         ``PREVIEWS_AT_ONCE`` dry runs at a time (one after another, a batch of SQL writes waited
         for the sum of their connections and counts)."""
+        impacts: list[ImpactPreview | None] = [None] * len(requests)
         previewer = self.previewer
-        if previewer is None:
-            return [None] * len(requests)
+        wanted = [i for i, r in enumerate(requests) if previewer is not None and previewer.applies_to(r)]
+        if previewer is None or not wanted:  # most batches: no task per request on the hot path
+            return impacts
         turns = asyncio.Semaphore(PREVIEWS_AT_ONCE)
 
         async def one(request: ActionRequested) -> ImpactPreview | None:
             async with turns:
                 return await previewer.preview(request)
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        for i, impact in zip(wanted, await asyncio.gather(*(one(requests[i]) for i in wanted)), strict=True):
+            impacts[i] = impact
+        return impacts
 
     async def decide_many(self, requests: list[ActionRequested]) -> list[ActionDecided]:
         """One decision per request, in order, from one OPA query; every one denied when OPA

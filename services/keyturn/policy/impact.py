@@ -53,6 +53,10 @@ PREVIEW_ROLE_PREFIX = "keyturn_preview_"
 class Previewer(Protocol):
     """What the decider asks before OPA: the impact of a request, or None when it has none."""
 
+    def applies_to(self, request: ActionRequested) -> bool:
+        """Whether ``request`` may have a preview at all (cheap: no I/O)."""
+        ...
+
     async def preview(self, request: ActionRequested) -> ImpactPreview | None: ...
 
 
@@ -79,8 +83,11 @@ class SqlPreviewer:
         self.connect_timeout_s = connect_timeout_s
         self.target_name = target_name(target_url)
 
+    def applies_to(self, request: ActionRequested) -> bool:
+        return self.catalog.sql_backed(request.action) and _names_sql(request.action, request.parameters)
+
     async def preview(self, request: ActionRequested) -> ImpactPreview | None:
-        if not self.catalog.sql_backed(request.action) or not _names_sql(request.action, request.parameters):
+        if not self.applies_to(request):
             return None
         started = time.monotonic()
         operation = "delete" if request.action.endswith(".delete") else "read"

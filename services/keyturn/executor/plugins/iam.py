@@ -28,8 +28,6 @@ and ``failed`` (nothing was changed). Only a target that cannot say in time leav
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import psycopg
@@ -46,6 +44,7 @@ from keyturn.executor.plugins.sql_roles import (
     retry_collisions,
     role_name_for,
 )
+from keyturn.faults import Unavailable, until_done
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
@@ -96,15 +95,12 @@ class IamPlugin(SqlPlugin):
                 raise ExecutionFailed(f"{broke}; read back once its session had ended, it was not applied")
         finally:
             await self._drop_quietly(name)
-        after = (
-            change.grants
-            if broke is not None
-            else await self._read_back(
-                change, f"{change.describe()} ran, but reading it back from {change.catalog} failed"
-            )
-        )
-        if after != change.grants:
-            raise OutcomeUnknown(f"{change.describe()} ran, but {change.catalog} does not show it: check the target")
+        if broke is None:
+            read_back = f"{change.describe()} ran, but reading it back from {change.catalog} failed"
+            if await self._read_back(change, read_back) != change.grants:
+                raise OutcomeUnknown(
+                    f"{change.describe()} ran, but {change.catalog} does not show it: check the target"
+                )
         return {
             "performed": change.describe(),
             "already_so": before == change.grants,
@@ -137,24 +133,30 @@ class IamPlugin(SqlPlugin):
 
     async def _read_back(self, change: _Change, why: str, role: str | None = None) -> bool:
         """Whether the catalog shows ``change``'s state, read as soon as the target answers, within
-        ``settle_s`` (a database restart: the fault drill's). With ``role``, only once no session
-        of that role is left (one still open might yet commit). ``OutcomeUnknown`` (``why``, and
-        the last reason) when the target cannot say in time."""
-        give_up = time.monotonic() + self.settle_s
-        while True:
-            try:
-                async with self._admin() as admin:
-                    if role is None or not await _sessions_of(admin, role):
-                        return await change.holds(admin)
-                    reason = f"a session of {role} is still open"
-            except (ExecutionFailed, psycopg.Error) as exc:
-                reason = str(exc) if isinstance(exc, ExecutionFailed) else postgres_message(exc)
-            if time.monotonic() >= give_up:
-                raise OutcomeUnknown(
-                    f"{why}: it may or may not have been applied, and {self.target_name} could not say within "
-                    f"{self.settle_s:g}s ({reason}): check the target"
-                )
-            await asyncio.sleep(self.settle_every_s)
+        ``settle_s`` (a database restart: the fault drill's; ``faults.until_done``). With ``role``,
+        only once no session of that role is left (one still open might yet commit).
+        ``OutcomeUnknown`` (``why``, and the last reason) when the target cannot say."""
+
+        async def read() -> bool:
+            async with self._admin() as admin:
+                if role is not None and await _sessions_of(admin, role):
+                    raise Unavailable(f"a session of {role} is still open")
+                return await change.holds(admin)
+
+        try:
+            return await until_done(
+                read,
+                f"iam: reading a change back from {self.target_name}",  # no parameter in a log line
+                first_wait_s=self.settle_every_s,
+                max_wait_s=max(self.settle_every_s, 2.0),
+                give_up_after_s=self.settle_s,
+            )
+        except (ExecutionFailed, Unavailable, psycopg.Error) as exc:
+            reason = postgres_message(exc) if isinstance(exc, psycopg.Error) else str(exc)
+            raise OutcomeUnknown(
+                f"{why}: it may or may not have been applied, and {self.target_name} could not say within "
+                f"{self.settle_s:g}s ({reason}): check the target"
+            ) from None
 
 
 class _Change:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -58,6 +57,7 @@ from keyturn.executor.plugins.sql_roles import (
 )
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
 from keyturn.executor.values import jsonable
+from keyturn.faults import DATABASE_UNAVAILABLE, Unavailable, until_done
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,9 +95,10 @@ class Target:
         return postgres_message(exc)
 
 
-class TargetAway(ExecutionFailed):
+class TargetAway(ExecutionFailed, Unavailable):
     """The target could not be reached, or the connection broke, before the command changed
-    anything: ``SqlPlugin.before_any_change`` tries again while the target restarts."""
+    anything: transient (``faults.is_transient``), so ``SqlPlugin.before_any_change`` tries
+    again while the target restarts. Its text names the target as ``Target.refused`` does."""
 
 
 def target_name(url: str) -> str:
@@ -180,26 +181,31 @@ class SqlPlugin:
     async def before_any_change(self, prepare: Callable[[], Awaitable[T]], target: Target | None = None) -> T:
         """``prepare()``: a command's reads on its target and the minting of its role, which end
         the part that changes nothing. While the target cannot be reached or the connection breaks
-        during those reads (a restart: ``TargetAway``, ``OperationalError``), it is tried again for
-        up to ``settle_s``; an approved command does not fail for a blip. Nothing after the mint is
-        ever tried again, and a mint that failed is not (``_mint`` raises ``ExecutionFailed``)."""
-        target = target or self.target
-        give_up = time.monotonic() + self.settle_s
-        while True:
+        during those reads (a restart), it is tried again for up to ``settle_s``
+        (``faults.until_done``); an approved command does not fail for a blip. Nothing after the
+        mint is ever tried again, and a mint that failed is not (``_mint`` raises ``ExecutionFailed``)."""
+        where = target or self.target
+
+        async def attempt() -> T:
             try:
-                try:
-                    return await prepare()
-                except psycopg.OperationalError as exc:
-                    raise TargetAway(
-                        f"the connection to {target.name} broke before anything was changed ({target.refused(exc)})"
-                    ) from None
-            except TargetAway as away:
-                if time.monotonic() >= give_up:
-                    raise ExecutionFailed(
-                        f"nothing was changed: {away}; the target did not answer within {self.settle_s:g}s"
-                    ) from None
-                log.info("%s: %s; trying again", self.name, away)
-                await asyncio.sleep(self.settle_every_s)
+                return await prepare()
+            except DATABASE_UNAVAILABLE as exc:  # named as the target is, before anything logs it
+                raise TargetAway(
+                    f"the connection to {where.name} broke before anything was changed ({where.refused(exc)})"
+                ) from None
+
+        try:
+            return await until_done(
+                attempt,
+                f"{self.name}: preparing a command on {where.name}",
+                first_wait_s=self.settle_every_s,
+                max_wait_s=max(self.settle_every_s, 2.0),
+                give_up_after_s=self.settle_s,
+            )
+        except TargetAway as away:
+            raise ExecutionFailed(
+                f"nothing was changed: {away}; the target did not answer within {self.settle_s:g}s"
+            ) from None
 
     async def execute(self, command: Command) -> Any:
         statement, max_rows = _statement_parameters(command.parameters)
@@ -238,12 +244,9 @@ class SqlPlugin:
 
     async def abandon(self, command: Command) -> dict[str, Any]:
         """After a crash mid-command: end the role's sessions and drop it where the command ran
-        (the plugin's target, or the one its secret reference names); report what was found."""
-        name = role_name_for(command.action_id)
-        try:
-            cleanup = await self._drop(name, self.target_of(command))
-        except ExecutionFailed as exc:
-            return {"temporary_role": name, "cleanup_error": str(exc)}
+        (the plugin's target, or the one its secret reference names); report what was found, or
+        raise ``ExecutionFailed`` when it could not (the runner records the failure as the evidence)."""
+        cleanup = await self._drop(role_name_for(command.action_id), self.target_of(command))
         return cleanup.as_evidence()
 
     @asynccontextmanager
