@@ -97,3 +97,39 @@ def test_a_batch_of_decisions_is_read_and_kept_in_one_statement_each_and_the_fir
     assert standing == {"a1": b"first-a1", "a2": b"a2", "a3": b"a3"}
     assert after == standing
     assert nothing == {}
+
+
+def test_tables_updated_after_their_rows_are_written_leave_room_on_each_page_also_when_created_before(
+    settings,
+) -> None:
+    """An action's status, the ledger's outcome and the history's action line are updated in place
+    (``db.ROOM_FOR_UPDATES``); a deployment whose tables an earlier build made gets the setting at
+    its next start."""
+    from keyturn.approval.history import HISTORY_DDL
+    from keyturn.intake.store import DDL as INTAKE_DDL
+
+    async def scenario():
+        schema = schema_name(f"kt{uuid.uuid4().hex[:8]}")
+        earlier = await open_pool(settings.database_url, "", schema=schema)
+        async with earlier.connection() as conn:  # as an earlier build made it: no storage settings
+            await conn.execute(
+                f'CREATE TABLE "{schema}".executions (action_id text PRIMARY KEY, executor text NOT NULL, '
+                "started_at timestamptz NOT NULL, finished_at timestamptz, outcome text, executed_event bytea)"
+            )
+        await earlier.close()
+        pool = await open_pool(settings.database_url, ledger_module.DDL + INTAKE_DDL + HISTORY_DDL, schema=schema)
+        try:
+            async with pool.connection() as conn:
+                rows = await conn.execute(
+                    "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relkind = 'r'",
+                    (schema,),
+                )
+                return {name: options for name, options in await rows.fetchall()}
+        finally:
+            await pool.close()
+
+    options = asyncio.run(scenario())
+    for table in ("executions", "intake_actions", "approval_history_actions"):
+        assert options[table] == ["fillfactor=60"], table
+    assert options["approval_history_records"] is None  # only ever inserted into: PostgreSQL's default

@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS {schema}.approval_history_actions (
     approval        text,
     execution       text,
     other           text
-);
+) WITH ({room_for_updates});
+ALTER TABLE {schema}.approval_history_actions SET ({room_for_updates});
 CREATE INDEX IF NOT EXISTS approval_history_actions_requested ON {schema}.approval_history_actions (requested_at);
 """
 

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS {schema}.executions (
     finished_at     timestamptz,
     outcome         text,
     executed_event  bytea
-);
+) WITH ({room_for_updates});
+ALTER TABLE {schema}.executions SET ({room_for_updates});
 ALTER TABLE {schema}.executions ADD COLUMN IF NOT EXISTS payload_digest text;
 ALTER TABLE {schema}.executions ADD COLUMN IF NOT EXISTS plugin text;
 ALTER TABLE {schema}.executions ADD COLUMN IF NOT EXISTS lease_until timestamptz;

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS {schema}.intake_actions (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     UNIQUE (requester, idempotency_key)
-);
+) WITH ({room_for_updates});
+ALTER TABLE {schema}.intake_actions SET ({room_for_updates});
 CREATE INDEX IF NOT EXISTS intake_actions_unpublished ON {schema}.intake_actions (created_at) WHERE NOT published;
 """
 
