@@ -243,7 +243,7 @@ class Settling(Recording):
             raise OutcomeUnknown("the target did not answer")
         if not self.in_effect:
             raise ExecutionFailed("GRANT x TO y is not in effect: nothing was changed")
-        return {"performed": "GRANT x TO y", "already_so": "not known"}
+        return {"in_effect": "GRANT x TO y", "performed": "not known"}
 
 
 async def interrupted_with(plugin: Recording):
@@ -259,7 +259,7 @@ async def test_an_interrupted_run_the_target_shows_in_effect_ends_succeeded_with
     outcome, executed, ledger = await interrupted_with(plugin)
     assert outcome is ExecutionOutcome.SUCCEEDED and ledger.entries["a1"].outcome == "succeeded"
     result = json.loads(executed.result_json)
-    assert result["performed"] == "GRANT x TO y" and "never finished" in result["interrupted"]
+    assert result["in_effect"] == "GRANT x TO y" and "never finished" in result["interrupted"]
     assert result["evidence"]["cleanup"] == {"revoked": True, "where": "own target"}
     assert plugin.runs == [] and plugin.abandoned == ["a1"], "read back after the cleanup, never run again"
     assert plugin.settled == [PARAMETERS], "the clear parameters, to know what to read"

@@ -129,7 +129,9 @@ class IamPlugin(SqlPlugin):
             raise OutcomeUnknown(f"the catalog could not be read back: {exc}") from None
         if held != change.grants:
             raise ExecutionFailed(f"{change.describe()} is not in effect: nothing was changed, it may be asked again")
-        return {"performed": change.describe(), "verified_in": change.catalog, "already_so": "not known"}
+        # in effect, but whether the dead run made it or it was so before cannot be known: the run's
+        # first reading went with it, so the result does not say the change was performed
+        return {"in_effect": change.describe(), "verified_in": change.catalog, "performed": "not known"}
 
     async def _read_back(self, change: _Change, why: str, role: str | None = None) -> bool:
         """Whether the catalog shows ``change``'s state, read as soon as the target answers, within
