@@ -4,6 +4,7 @@ before decoding; a record without headers (an older producer) is still decoded a
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 
 from keyturn.approval.app import DESK_EVENTS
 from keyturn.bus import headers
@@ -11,7 +12,7 @@ from keyturn.bus.codec import registry
 from keyturn.bus.loop import Stage, decode_event, run
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
-from keyturn.core.events import ActionDecided, DecisionOutcome
+from keyturn.core.events import ActionDecided, ActionExecuted, DecisionOutcome, ExecutionOutcome
 from keyturn.executor.app import CLEARED_ORDERS
 from tests.fakes.service_ports import ListSource, Record, fake_publisher
 from tests.unit.service_events import allowed
@@ -50,6 +51,27 @@ def test_the_headers_name_type_outcome_and_what_the_approval_service_needs() -> 
         "keyturn-callback": b"0",
     }
     assert dict(headers.headers_of(with_callback(allowed("a1"))))["keyturn-callback"] == b"1"
+
+
+def test_an_outcomes_headers_made_from_its_outcome_are_the_ones_its_event_gives() -> None:
+    """The executor sends an outcome with headers made from the outcome it recorded beside the
+    event, without decoding the event again: they must say what the event says."""
+    for outcome in ExecutionOutcome:
+        event = ActionExecuted(
+            event_id="executed:a1",
+            action_id="a1",
+            outcome=outcome,
+            plugin="sql",
+            payload_digest=allowed("a1").request.payload_digest,
+            started_at=datetime(2026, 12, 5, tzinfo=UTC),
+            finished_at=datetime(2026, 12, 5, tzinfo=UTC),
+            executor="executor-1",
+        )
+        for callback in (True, False):
+            made = headers.executed_headers(outcome, callback=callback)
+            assert sorted(made) == sorted(headers.headers_of(event, callback=callback))
+            record = Record("unit.actions.executed", 0, 0, b"a1", registry().encode_event(event), made)
+            assert headers.read(record) is not None  # a consumer trusts them: they name the body's type
 
 
 def test_each_consumer_skips_only_what_it_has_no_part_in() -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from keyturn.bus.codec import HEADER_SIZE, MAGIC, registry
-from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved
+from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome
 
 Headers = list[tuple[str, bytes]]
 
@@ -40,6 +40,17 @@ def headers_of(event: Any, *, callback: bool | None = None) -> Headers:
     if callback is not None and isinstance(event, ActionDecided | ApprovalResolved | ActionExecuted):
         headers.append((CALLBACK, _YES if callback else _NO))
     return headers
+
+
+def executed_headers(outcome: ExecutionOutcome, *, callback: bool) -> Headers:
+    """``headers_of`` an ``ActionExecuted`` of ``outcome``, without the event: the executor holds
+    each outcome beside the encoded event it was recorded with, and decoding that event again
+    only for its headers cost more than the headers are worth."""
+    return [
+        (TYPE, ActionExecuted.__name__.encode()),
+        (OUTCOME, outcome.value.encode()),
+        (CALLBACK, _YES if callback else _NO),
+    ]
 
 
 def type_headers(value: bytes) -> Headers:

@@ -34,8 +34,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-from keyturn.bus.codec import registry
-from keyturn.bus.headers import Headers, headers_of
+from keyturn.bus.headers import Headers, executed_headers
 from keyturn.bus.loop import tally
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome, VoteChoice
@@ -378,8 +377,9 @@ class Executor:
             secret_fields=secret_fields,
         )
         try:
-            async with _turn(plugin, command):
-                result = redact(await asyncio.wait_for(plugin.execute(command), self.timeout_s), used)
+            # asyncio.timeout, not wait_for: the command runs in this order's task, not in one more
+            async with _turn(plugin, command), asyncio.timeout(self.timeout_s):
+                result = redact(await plugin.execute(command), used)
         except ExecutionFailed as exc:
             return outcome(ExecutionOutcome.FAILED, error=failure(str(exc)))
         except OutcomeUnknown as exc:
@@ -428,8 +428,8 @@ class Executor:
                 if secret_fields:  # the secret is read now: rotated since the crash, it points elsewhere
                     evidence["cleanup_target"] = "its secret reference, resolved again for the cleanup"
                 command = _command_of(order, references, secret_fields=secret_fields)
-                async with _turn(plugin, command):
-                    evidence["cleanup"] = redact(await asyncio.wait_for(abandon(command), self.timeout_s), used)
+                async with _turn(plugin, command), asyncio.timeout(self.timeout_s):
+                    evidence["cleanup"] = redact(await abandon(command), used)
             except Exception as exc:
                 # its text could quote a secret used (a connection string): redacted, then masked
                 error = self.results.mask_text(redact(f"{type(exc).__name__}: {exc}", used))
@@ -472,8 +472,8 @@ class Executor:
         try:
             parameters = self.open_parameters(order.decision.request)
             command = _command_of(order, parameters, payload_digest=str(order.payload_digest))
-            async with _turn(plugin, command):
-                result = await asyncio.wait_for(settle(command), self.timeout_s)
+            async with _turn(plugin, command), asyncio.timeout(self.timeout_s):
+                result = await settle(command)
         except ExecutionFailed as exc:
             return self._executed(
                 order,
@@ -544,7 +544,7 @@ class ExecutorStage:
         outcome, encoded = await self.executor.execute(order)
         log.info("executed %s: %s", order.action_id, outcome.value)
         await self.publisher.publish_encoded(
-            self.publisher.topics.executed, order.action_id, encoded, _executed_headers(order, encoded)
+            self.publisher.topics.executed, order.action_id, encoded, _executed_headers(order, outcome)
         )
 
     async def execute_batch(self, batch: list[tuple[ActionDecided | ApprovalResolved, Any]]) -> None:
@@ -564,7 +564,7 @@ class ExecutorStage:
         topic = self.publisher.topics.executed
         await until_done(
             lambda: self.publisher.publish_all(
-                [(topic, order.action_id, value, _executed_headers(order, value)) for order, _, value in done]
+                [(topic, order.action_id, value, _executed_headers(order, outcome)) for order, outcome, value in done]
             ),
             f"sending {len(done)} outcome(s)",
         )
@@ -580,14 +580,15 @@ class ExecutorStage:
         outcome, encoded = await self.executor.end_failed(order, exc)
         log.warning("ended %s %s after the executor failed on it", order.action_id, outcome.value)
         await self.publisher.publish_encoded(
-            self.publisher.topics.executed, order.action_id, encoded, _executed_headers(order, encoded)
+            self.publisher.topics.executed, order.action_id, encoded, _executed_headers(order, outcome)
         )
 
 
-def _executed_headers(order: ExecutionOrder, encoded: bytes) -> Headers:
-    """The headers of an outcome: its type and outcome, and whether its requester asked for a
-    webhook (the approval service reads only those), which only the order knows."""
-    return headers_of(registry().decode_event(encoded), callback=bool(order.decision.request.callback_url))
+def _executed_headers(order: ExecutionOrder, outcome: ExecutionOutcome) -> Headers:
+    """The headers of an outcome (``outcome``: the one the event sent with them says, as the
+    ledger records the two together): its type and outcome, and whether its requester asked for
+    a webhook (the approval service reads only those), which only the order knows."""
+    return executed_headers(outcome, callback=bool(order.decision.request.callback_url))
 
 
 def _command_of(order: ExecutionOrder, parameters: dict[str, Any], **more: Any) -> Command:
