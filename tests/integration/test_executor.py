@@ -18,6 +18,7 @@ from dataclasses import replace
 import httpx
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from keyturn.audit.stream import read_audit_log
 from keyturn.bus.codec import registry
@@ -252,6 +253,35 @@ def test_a_refused_connection_fails_with_the_reason_once_the_target_stayed_away(
         asyncio.run(plugin.execute(command))
     assert str(failed.value).startswith("nothing was changed: cannot connect to the SQL target")
     assert "Connection refused" in str(failed.value) and "did not answer within 0.5s" in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    "wrong, says",
+    [
+        ({"password": "not-the-password"}, "password authentication failed"),
+        ({"dbname": "no_such_db"}, "does not exist"),
+    ],
+)
+def test_a_target_that_refuses_the_login_itself_fails_at_once_instead_of_being_waited_for(
+    shop: SqlTarget, wrong: dict, says: str
+) -> None:
+    """A wrong password or database is a configuration to fix: the command fails on the first
+    answer, where a target that is away (a restart) is tried again for 30 s."""
+    plugin = SqlPlugin(make_conninfo(shop.url, **wrong))
+    attempts: list[str] = []
+    connect = plugin._connect_admin
+
+    async def counted(target):
+        attempts.append(target.name)
+        return await connect(target)
+
+    plugin._connect_admin = counted  # type: ignore[method-assign]
+    command = Command(str(uuid.uuid4()), "sql.query", STAGING, {"statement": "SELECT 1"}, 300)
+    with pytest.raises(ExecutionFailed) as failed:
+        asyncio.run(plugin.execute(command))
+    assert len(attempts) == 1, "not tried again"
+    assert "refused the login itself" in str(failed.value) and says in str(failed.value)
+    assert plugin.settle_s == 30  # the wait it was spared
 
 
 def test_postgresql_refuses_a_credential_once_it_has_expired(shop: SqlTarget) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -93,6 +94,16 @@ class Target:
                 f"the connection was refused ({type(exc).__name__}; the server's words withheld: they quote the secret)"
             )
         return postgres_message(exc)
+
+
+# What a server says when it refuses the login itself, not because it is restarting: a password,
+# role, database or pg_hba.conf to fix, which no wait mends. libpq gives no SQLSTATE for a failed
+# connection, so its text is read; a server speaking another language is waited for as before.
+_LOGIN_REFUSED = re.compile(
+    r"FATAL:\s+(password authentication failed|role \".*\" does not exist|database \".*\" does not exist"
+    r"|no pg_hba\.conf entry|pg_hba\.conf rejects|permission denied for database)"
+    r"|no password supplied"
+)
 
 
 class TargetAway(ExecutionFailed, Unavailable):
@@ -303,6 +314,11 @@ class SqlPlugin:
                 application_name="keyturn-executor",
             )
         except psycopg.OperationalError as exc:
+            if _LOGIN_REFUSED.search(str(exc)):
+                raise ExecutionFailed(
+                    f"cannot connect to the SQL target {target.name}: {target.refused(exc)}; it refused the login "
+                    "itself (a configuration to fix, not a restart), so it was not tried again"
+                ) from None
             raise TargetAway(f"cannot connect to the SQL target {target.name}: {target.refused(exc)}") from None
 
     async def _drop(self, name: str, target: Target | None = None) -> RoleCleanup:
