@@ -84,8 +84,10 @@ class PolicyDecider:
         for the sum of their connections and counts)."""
         impacts: list[ImpactPreview | None] = [None] * len(requests)
         previewer = self.previewer
-        wanted = [i for i, r in enumerate(requests) if previewer is not None and previewer.applies_to(r)]
-        if previewer is None or not wanted:  # most batches: no task per request on the hot path
+        if previewer is None:
+            return impacts
+        wanted = [i for i, r in enumerate(requests) if previewer.applies_to(r)]
+        if not wanted:  # most batches: no task per request on the hot path
             return impacts
         turns = asyncio.Semaphore(PREVIEWS_AT_ONCE)
 

@@ -44,7 +44,7 @@ from keyturn.executor.plugins.sql_roles import (
     retry_collisions,
     role_name_for,
 )
-from keyturn.faults import Unavailable, until_done
+from keyturn.faults import Unavailable
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
@@ -135,7 +135,7 @@ class IamPlugin(SqlPlugin):
 
     async def _read_back(self, change: _Change, why: str, role: str | None = None) -> bool:
         """Whether the catalog shows ``change``'s state, read as soon as the target answers, within
-        ``settle_s`` (a database restart: the fault drill's; ``faults.until_done``). With ``role``,
+        ``settle_s`` (a database restart: the fault drill's; ``while_target_restarts``). With ``role``,
         only once no session of that role is left (one still open might yet commit).
         ``OutcomeUnknown`` (``why``, and the last reason) when the target cannot say."""
 
@@ -146,13 +146,7 @@ class IamPlugin(SqlPlugin):
                 return await change.holds(admin)
 
         try:
-            return await until_done(
-                read,
-                f"iam: reading a change back from {self.target_name}",  # no parameter in a log line
-                first_wait_s=self.settle_every_s,
-                max_wait_s=max(self.settle_every_s, 2.0),
-                give_up_after_s=self.settle_s,
-            )
+            return await self.while_target_restarts(read, f"iam: reading a change back from {self.target_name}")
         except (ExecutionFailed, Unavailable, psycopg.Error) as exc:
             reason = postgres_message(exc) if isinstance(exc, psycopg.Error) else str(exc)
             raise OutcomeUnknown(

@@ -189,6 +189,18 @@ class SqlPlugin:
             raise ExecutionFailed(f"the secret {secret!r} does not hold a PostgreSQL connection string")
         return Target(url, f"the target in secret {secret!r}", from_secret=True)
 
+    async def while_target_restarts(self, work: Callable[[], Awaitable[T]], what: str) -> T:
+        """``work()``, tried again while it fails transiently (the target restarting), every
+        ``settle_every_s`` and up to ``settle_s`` in all (``faults.until_done``); ``what`` names it
+        in the log, never a parameter."""
+        return await until_done(
+            work,
+            what,
+            first_wait_s=self.settle_every_s,
+            max_wait_s=max(self.settle_every_s, 2.0),
+            give_up_after_s=self.settle_s,
+        )
+
     async def before_any_change(self, prepare: Callable[[], Awaitable[T]], target: Target | None = None) -> T:
         """``prepare()``: a command's reads on its target and the minting of its role, which end
         the part that changes nothing. While the target cannot be reached or the connection breaks
@@ -206,13 +218,7 @@ class SqlPlugin:
                 ) from None
 
         try:
-            return await until_done(
-                attempt,
-                f"{self.name}: preparing a command on {where.name}",
-                first_wait_s=self.settle_every_s,
-                max_wait_s=max(self.settle_every_s, 2.0),
-                give_up_after_s=self.settle_s,
-            )
+            return await self.while_target_restarts(attempt, f"{self.name}: preparing a command on {where.name}")
         except TargetAway as away:
             raise ExecutionFailed(
                 f"nothing was changed: {away}; the target did not answer within {self.settle_s:g}s"
