@@ -160,7 +160,9 @@ class FakeLedger:
     ) -> LedgerEntry | None:
         if action_id in self.entries:
             return self._as_read(action_id)
-        self.entries[action_id] = LedgerEntry(action_id, self.executor, at, None, None, None, payload_digest, plugin)
+        self.entries[action_id] = LedgerEntry(
+            action_id, self.executor, at, None, None, None, payload_digest, plugin, progress={}
+        )
         self.lease_until[action_id] = at + timedelta(seconds=self.lease_s)
         return None
 
@@ -183,6 +185,13 @@ class FakeLedger:
 
     async def get(self, action_id: str) -> LedgerEntry | None:
         return self._as_read(action_id) if action_id in self.entries else None
+
+    async def note(self, action_id: str, progress: dict[str, Any]) -> bool:
+        entry = self.entries.get(action_id)
+        if entry is None or entry.executor != self.executor or entry.finished_at is not None:
+            return False
+        self.entries[action_id] = dataclasses.replace(entry, progress=dict(progress))
+        return True
 
     async def start_many(self, starts: list[tuple[str, str, str]], at: datetime) -> dict[str, LedgerEntry]:
         earlier = {}

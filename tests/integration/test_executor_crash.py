@@ -2,9 +2,13 @@
 (And a grant: the catalog says what the dead run did, so it ends ``failed`` or ``succeeded``.)
 
 The write is a real slow statement (an INSERT fed by ``pg_sleep``), so the kill lands between
-the ledger's "started" and "finished" every time. The redelivered order must not run again:
-the action ends ``outcome_unknown`` with the evidence, the temporary role is gone, and the
-INSERT happened at most once — counted in its table and in the target's statement log.
+the ledger's "started" and "finished" every time, before the write's COMMIT. The redelivered
+order must not run again: the dead run noted no transaction in the ledger (a write notes its
+transaction id just before committing), so once its session is ended nothing can have
+changed, and the action ends ``failed`` saying so, with the evidence; the temporary role is
+gone, and the INSERT was sent once and never committed — counted in its table and in the
+target's statement log. (A write killed after noting its transaction is read back from the
+target: ``tests/integration/test_sql_commit_lost.py``.)
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def statement_running(target: SqlTarget, role: str) -> bool:
     return row is not None and "pg_sleep" in row[0]
 
 
-def test_a_write_interrupted_by_a_crash_ends_outcome_unknown_and_never_runs_twice(
+def test_a_write_interrupted_by_a_crash_before_its_commit_ends_failed_and_never_runs_twice(
     settings, executor: ExecutorUnderTest, sql_target: SqlTarget
 ) -> None:
     agent = Agent(settings, "agent:reporter", ("human:alice",))
@@ -79,10 +83,11 @@ def test_a_write_interrupted_by_a_crash_ends_outcome_unknown_and_never_runs_twic
 
     executor.start()
     view = agent.wait(action_id, timeout=120)
-    assert view["state"] == "outcome_unknown", view
+    assert view["state"] == "failed", view
     reason = view["reasons"][0]
     assert reason.startswith(f"started at {started[1].isoformat()} by {started[0]} and never finished")
     assert "not run again" in reason
+    assert "it never reached its COMMIT), and its session was ended: nothing was changed" in reason
     evidence = view["result"]["evidence"]
     assert evidence["started_by"] == started[0] and evidence["plugin"] == "sql"
     assert evidence["cleanup"]["temporary_role"] == role
@@ -92,7 +97,7 @@ def test_a_write_interrupted_by_a_crash_ends_outcome_unknown_and_never_runs_twic
         with sql_target.admin() as conn:
             return conn.execute("SELECT count(*) FROM crash_marks").fetchone()[0]
 
-    assert count() <= 1  # at most once: 0 when the statement died with its client, 1 if it committed first
+    assert count() == 0  # killed mid-statement: its transaction ended with its session
 
     # the order arrives once more (a second redelivery): still not run, same answer
     topics = Topics(settings.namespace, settings.partitions)
@@ -110,10 +115,10 @@ def test_a_write_interrupted_by_a_crash_ends_outcome_unknown_and_never_runs_twic
         return found if len(found) >= 2 else None
 
     executed = eventually(answers, timeout=60)
-    assert {e.outcome.value for e in executed} == {"outcome_unknown"}
+    assert {e.outcome.value for e in executed} == {"failed"}
     time.sleep(1)
     assert not statement_running(sql_target, role)
-    assert count() <= 1
+    assert count() == 0
     # the executor sent the target the statement exactly once (log_statement = 'all' logs every
     # statement received; the policy's impact preview dry-ran it before, in a transaction it rolled back)
     received = [
@@ -123,7 +128,7 @@ def test_a_write_interrupted_by_a_crash_ends_outcome_unknown_and_never_runs_twic
     ]
     assert len([line for line in received if "app=keyturn-command " in line]) == 1, received
     assert all("app=keyturn-impact-preview " in line for line in received if "app=keyturn-command " not in line)
-    assert ledger_entry(settings, action_id)[3] == "outcome_unknown"
+    assert ledger_entry(settings, action_id)[3] == "failed"
 
 
 def test_a_command_interrupted_on_a_target_in_a_secret_has_its_role_dropped_there(
@@ -171,7 +176,8 @@ def test_a_command_interrupted_on_a_target_in_a_secret_has_its_role_dropped_ther
 
         executor.start()
         view = agent.wait(action_id, timeout=120)
-        assert view["state"] == "outcome_unknown", view
+        assert view["state"] == "failed", view  # read back there: it never reached its COMMIT
+        assert f"committing anything on the target in secret '{secret}'" in view["reasons"][0]
         cleanup = view["result"]["evidence"]["cleanup"]
         assert cleanup["temporary_role"] == role and "cleanup_error" not in cleanup, cleanup
         assert not role_exists()

@@ -285,6 +285,64 @@ async def test_an_interrupted_run_stays_unknown_when_the_target_cannot_say_or_th
     assert plugin.settled == [], "a session of the dead run may still be open: nothing is read as final"
 
 
+class Noting(Settling):
+    """A plugin that notes, before its change, what a read-back would need (a SQL write's
+    transaction id), and reads back with what was noted."""
+
+    def __init__(self) -> None:
+        super().__init__(in_effect=True)
+        self.noted: list[dict | None] = []
+        self.settle_commands: list[Command] = []
+
+    async def execute(self, command: Command):
+        await command.note({"transaction": "7"})
+        return {"rows": 1}
+
+    async def settle(self, command: Command):
+        self.noted.append(command.noted)
+        self.settle_commands.append(command)
+        if command.secret_fields:
+            raise ExecutionFailed(f"rolled back on {command.parameters['connection_string']}: nothing was changed")
+        return await super().settle(command)
+
+
+async def test_what_a_run_notes_is_kept_with_its_start_and_given_to_the_read_back_after_a_crash() -> None:
+    plugin = Noting()
+    executor, ledger = executor_with(plugin)
+    outcome, _ = await executor.execute(ExecutionOrder(allowed("a1")))
+    assert outcome is ExecutionOutcome.SUCCEEDED and ledger.entries["a1"].progress == {"transaction": "7"}
+
+    # a run that noted its transaction and died: the read-back gets the note
+    ledger = FakeLedger("executor-1", lease_s=0.3)
+    dead = another_executor(ledger)
+    await dead.start("a2", datetime.now(UTC), plugin="recording")
+    assert await dead.note("a2", {"transaction": "9"})
+    assert not await ledger.note("a2", {"transaction": "10"}), "only the executor holding the start notes"
+    executor, _ = executor_with(plugin, ledger)
+    outcome, _ = await executor.execute(ExecutionOrder(allowed("a2")))
+    assert outcome is ExecutionOutcome.SUCCEEDED and plugin.noted == [{"transaction": "9"}]
+
+    # one started by a build that kept no notes: the read-back is told so (None), not handed an empty note
+    ledger = FakeLedger("executor-1", lease_s=0.3)
+    await another_executor(ledger).start("a3", datetime.now(UTC), plugin="recording")
+    ledger.entries["a3"] = dataclasses.replace(ledger.entries["a3"], progress=None)
+    executor, _ = executor_with(plugin, ledger)
+    await executor.execute(ExecutionOrder(allowed("a3")))
+    assert plugin.noted[-1] is None
+
+
+async def test_a_run_whose_note_cannot_be_kept_fails_before_it_changes_anything() -> None:
+    class Away(FakeLedger):
+        async def note(self, action_id, progress):
+            raise OSError("the ledger's database restarts")
+
+    plugin = Noting()
+    executor, ledger = executor_with(plugin, Away())
+    outcome, encoded = await executor.execute(ExecutionOrder(allowed("a1")))
+    assert outcome is ExecutionOutcome.FAILED and ledger.entries["a1"].outcome == "failed"
+    assert "the ledger could not be written (OSError); nothing was changed" in decoded(encoded).error
+
+
 LEDGER_URL = "postgresql://ledger_owner:pw-7Qx2-not-to-be-seen@db.internal/ledger"
 
 
@@ -616,3 +674,14 @@ async def test_a_plugins_commands_take_turns_and_each_still_runs_once() -> None:
     done, failures = await executor.execute_many([ExecutionOrder(allowed(f"a{i}")) for i in range(6)])
     assert failures == [] and {outcome for _, outcome, _ in done} == {ExecutionOutcome.SUCCEEDED}
     assert plugin.most == 2 and len(plugin.runs) == 6
+
+
+async def test_an_interrupted_command_on_a_target_in_a_secret_is_read_back_there_and_the_secret_stays_unsaid() -> None:
+    plugin = Noting()
+    outcome, executed = await interrupted(plugin, MemorySecrets({"ledger-db": LEDGER_URL}))
+    assert outcome is ExecutionOutcome.FAILED and plugin.runs == []
+    (command,) = plugin.settle_commands
+    assert command.parameters["connection_string"] == LEDGER_URL  # where the run ran, not the reference
+    assert command.secret_fields == {"connection_string": "ledger-db"}
+    assert "rolled back on <SECRET:ledger-db>" in executed.error
+    assert "pw-7Qx2" not in executed.error + executed.result_json

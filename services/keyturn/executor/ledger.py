@@ -15,13 +15,22 @@ renews while its plugins run (``renew``). An executor handed an order that anoth
 and has not finished (the partition moved to it in a rebalance, the other still running)
 waits while that lease is held: the action's outcome is the other's to record. Only a lapsed
 lease (its holder died or hung past its plugin's time limit) counts as an interrupted run.
+
+A running plugin may note what its ``settle`` will need should the executor die before the
+outcome is recorded (``note``: a SQL write's transaction id, noted just before its COMMIT). A
+start begins with an empty note (``{}``): a start with none (NULL) was made by an earlier build,
+whose run cannot be told from what it noted.
+The note is written only by the executor that holds the start, so a run whose lease another
+executor took over learns it there, before committing anything.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 DDL = """
@@ -37,11 +46,12 @@ ALTER TABLE {schema}.executions SET ({room_for_updates});
 ALTER TABLE {schema}.executions ADD COLUMN IF NOT EXISTS payload_digest text;
 ALTER TABLE {schema}.executions ADD COLUMN IF NOT EXISTS plugin text;
 ALTER TABLE {schema}.executions ADD COLUMN IF NOT EXISTS lease_until timestamptz;
+ALTER TABLE {schema}.executions ADD COLUMN IF NOT EXISTS progress jsonb;
 """
 
 _COLUMNS = (
     "action_id, executor, started_at, finished_at, outcome, executed_event, payload_digest, plugin,"
-    " coalesce(lease_until > clock_timestamp(), false)"
+    " coalesce(lease_until > clock_timestamp(), false), progress"
 )
 _LEASE = "clock_timestamp() + make_interval(secs => %s)"
 
@@ -57,6 +67,7 @@ class LedgerEntry:
     payload_digest: str | None = None
     plugin: str | None = None
     held: bool = False  # its starter's lease is alive: it may still be running
+    progress: dict[str, Any] | None = None  # what its run noted for a settle after a crash (``note``)
 
     @property
     def finished(self) -> bool:
@@ -76,8 +87,8 @@ class ExecutionLedger:
         """None when this call started the action; the earlier entry when it was started before."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin, lease_until)"
-                f" VALUES (%s, %s, %s, %s, %s, {_LEASE}) ON CONFLICT DO NOTHING RETURNING action_id",
+                "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin, lease_until,"
+                f" progress) VALUES (%s, %s, %s, %s, %s, {_LEASE}, '{{}}') ON CONFLICT DO NOTHING RETURNING action_id",
                 (action_id, self.executor, at, payload_digest, plugin, self.lease_s),
             )
             if await cur.fetchone():
@@ -97,6 +108,17 @@ class ExecutionLedger:
             )
             return cur.rowcount == 1
 
+    async def note(self, action_id: str, progress: dict[str, Any]) -> bool:
+        """Keep ``progress`` (JSON) with a started, unfinished action this executor holds; False
+        when it does not hold it (finished, or started by another executor): the caller must
+        then change nothing."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE executions SET progress = %s WHERE action_id = %s AND executor = %s AND finished_at IS NULL",
+                (Jsonb(progress), action_id, self.executor),
+            )
+            return cur.rowcount == 1
+
     async def start_many(self, starts: list[tuple[str, str, str]], at: datetime) -> dict[str, LedgerEntry]:
         """Start every (action id, payload digest, plugin) not started before, in one committed
         statement; returns the earlier entries of those that were (the others this call started)."""
@@ -106,8 +128,8 @@ class ExecutionLedger:
         async with self.pool.connection() as conn:
             inserted = await (
                 await conn.execute(
-                    "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin, lease_until)"
-                    f" SELECT action_id, %s, %s, payload_digest, plugin, {_LEASE}"
+                    "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin, lease_until,"
+                    f" progress) SELECT action_id, %s, %s, payload_digest, plugin, {_LEASE}, '{{}}'"
                     " FROM unnest(%b::text[], %b::text[], %b::text[]) AS s(action_id, payload_digest, plugin)"
                     " ON CONFLICT DO NOTHING RETURNING action_id",
                     (self.executor, at, self.lease_s, ids, [d for _, d, _ in starts], [p for _, _, p in starts]),

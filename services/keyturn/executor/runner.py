@@ -86,6 +86,8 @@ class Ledger(Protocol):
 
     async def renew(self, action_ids: list[str]) -> None: ...
 
+    async def note(self, action_id: str, progress: dict[str, Any]) -> bool: ...
+
 
 Done = tuple[ExecutionOrder, ExecutionOutcome, bytes]
 
@@ -375,6 +377,7 @@ class Executor:
             mask=tuple(order.decision.mask),
             impact=order.decision.impact,
             secret_fields=secret_fields,
+            keep_note=partial(self.ledger.note, order.action_id),
         )
         try:
             # asyncio.timeout, not wait_for: the command runs in this order's task, not in one more
@@ -416,8 +419,12 @@ class Executor:
         if earlier.payload_digest and earlier.payload_digest != str(order.payload_digest):
             evidence["started_with_payload_digest"] = earlier.payload_digest
         abandon = getattr(plugin, "abandon", None)
+        # the secret references, resolved for the cleanup, and the read-back after it (a command that
+        # ran where a reference names is read back there)
+        references: dict[str, Any] = {}
+        secret_fields: dict[str, str] = {}
+        used: dict[str, str] = {}
         if abandon is not None:
-            used: dict[str, str] = {}
             try:
                 # the secret references, resolved as the run resolved them: a command that ran where a
                 # reference names (a SQL target in a secret) is cleaned up there, not on the plugin's
@@ -427,7 +434,7 @@ class Executor:
                 )  # a database blip is waited out: giving up here would leave the role where no sweep looks
                 if secret_fields:  # the secret is read now: rotated since the crash, it points elsewhere
                     evidence["cleanup_target"] = "its secret reference, resolved again for the cleanup"
-                command = _command_of(order, references, secret_fields=secret_fields)
+                command = _command_of(order, references, secret_fields=secret_fields, noted=earlier.progress)
                 async with _turn(plugin, command), asyncio.timeout(self.timeout_s):
                     evidence["cleanup"] = redact(await abandon(command), used)
             except Exception as exc:
@@ -444,7 +451,9 @@ class Executor:
         if settle is not None and isinstance(cleanup, dict) and "error" not in cleanup:
             # the dead run's sessions are ended and its role dropped: the target's state is final, and
             # a plugin that can read it back says whether the command took effect
-            settled = await self._settled(order, plugin, settle, earlier, interrupted, evidence)
+            settled = await self._settled(
+                order, plugin, settle, earlier, interrupted, evidence, references, secret_fields, used
+            )
             if settled is not None:
                 return settled
         error = f"{interrupted}: check the target before asking again"
@@ -466,25 +475,35 @@ class Executor:
         earlier: LedgerEntry,
         interrupted: str,
         evidence: dict[str, Any],
+        references: dict[str, Any],
+        secret_fields: dict[str, str],
+        used: dict[str, str],
     ) -> ActionExecuted | None:
         """An interrupted run's outcome read back by the plugin's ``settle``: ``succeeded`` when
-        the change is in effect, ``failed`` when nothing changed; None when it cannot tell."""
+        the change is in effect, ``failed`` when nothing changed; None when it cannot tell. Its
+        secret references are those the cleanup resolved, and its words are redacted of them."""
         try:
-            parameters = self.open_parameters(order.decision.request)
-            command = _command_of(order, parameters, payload_digest=str(order.payload_digest))
+            parameters = {**self.open_parameters(order.decision.request), **references}
+            command = _command_of(
+                order,
+                parameters,
+                payload_digest=str(order.payload_digest),
+                secret_fields=secret_fields,
+                noted=earlier.progress,
+            )
             async with _turn(plugin, command), asyncio.timeout(self.timeout_s):
-                result = await settle(command)
+                result = redact(await settle(command), used)
         except ExecutionFailed as exc:
             return self._executed(
                 order,
                 plugin.name,
                 ExecutionOutcome.FAILED,
                 earlier.started_at,
-                error=self.results.mask_text(f"{interrupted}; read back from the target: {exc}"),
+                error=self.results.mask_text(redact(f"{interrupted}; read back from the target: {exc}", used)),
                 result={"evidence": evidence},
             )
         except Exception as exc:  # OutcomeUnknown, the target away: it stays unknown, with why
-            evidence["read_back"] = {"error": self.results.mask_text(f"{type(exc).__name__}: {exc}")}
+            evidence["read_back"] = {"error": self.results.mask_text(redact(f"{type(exc).__name__}: {exc}", used))}
             return None
         shaped = await asyncio.to_thread(
             self.results.shape, {**result, "interrupted": interrupted, "evidence": evidence}, tuple(order.decision.mask)

@@ -16,9 +16,14 @@ Writing a plugin (see ``external.py`` for the smallest, ``sql.py``, ``iam.py`` a
   never perform the command.
 - ``async settle(command)`` (optional): called after a successful ``abandon`` (the dead run's
   sessions ended, its credential dropped, so the target's state is final) with the clear
-  parameters: return a result when the command's change is in effect (the action ends
-  ``succeeded``), raise ``ExecutionFailed`` when nothing changed (``failed``), anything else
-  when it cannot tell (``outcome_unknown``). Only read; never perform the command.
+  parameters and what the dead run noted (``command.noted``): return a result when the
+  command's change is in effect (the action ends ``succeeded``), raise ``ExecutionFailed`` when
+  nothing changed (``failed``), anything else when it cannot tell (``outcome_unknown``). Only
+  read; never perform the command.
+- ``await command.note({...})`` (in ``execute``): keep, in the ledger, what a ``settle`` would
+  need to tell the outcome after the executor's death (a SQL write notes its transaction id
+  just before its COMMIT). It raises ``ExecutionFailed`` when the note could not be kept (the
+  database away, or the start taken over by another executor): change nothing then.
 - ``repeatable = True`` (optional): running the command again has no effect outside Keyturn (a
   receipt is signed, nothing is performed). A run interrupted before its outcome was recorded is
   then run again instead of ending ``outcome_unknown``; never set it on a plugin with side effects.
@@ -30,6 +35,7 @@ a plugin returns rows as ``{"row_count": n, "rows": [...]}`` so they can be capp
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -62,6 +68,23 @@ class Command:
     # parameters that were secret references, by field: ``{"connection_string": "NAME"}``; the value in
     # ``parameters`` is the resolved secret, so a message about it names the secret, never the value
     secret_fields: dict[str, str] = field(default_factory=dict)
+    # keeps what a settle after the executor's death needs (see the module's text); None: nothing kept
+    keep_note: Callable[[dict[str, Any]], Awaitable[bool]] | None = field(default=None, repr=False)
+    # what an interrupted run of this command noted (given to ``abandon`` and ``settle``); None when
+    # that run was started by an executor that kept no notes
+    noted: dict[str, Any] | None = None
+
+    async def note(self, progress: dict[str, Any]) -> None:
+        """Keep ``progress`` with the command's start in the ledger, or raise ``ExecutionFailed``."""
+        if self.keep_note is None:
+            raise ExecutionFailed("this run cannot keep notes in the ledger; nothing was changed")
+        try:
+            kept = await self.keep_note(progress)
+        except Exception as exc:  # the database away: the caller changes nothing
+            failed = f"the ledger could not be written ({type(exc).__name__}); nothing was changed"
+            raise ExecutionFailed(failed) from None
+        if not kept:
+            raise ExecutionFailed("another executor holds this command's start now; nothing was changed here")
 
 
 class ExecutionFailed(Exception):

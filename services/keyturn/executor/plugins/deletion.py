@@ -82,7 +82,9 @@ class DeletionPlugin(SqlPlugin):
 
         timeout_s = min(self.statement_timeout_s, ttl_s)
         try:
-            result = await self._run_as(role.name, role.password, shape, text, 0, timeout_s, grants, within_bounds)
+            result = await self._run_as(
+                role.name, role.password, shape, text, 0, timeout_s, grants, within_bounds, note=command.note
+            )
         finally:
             await self._drop_quietly(name)
         return {"table": str(relation), "deleted_rows": result["row_count"], "approved_rows": bound}

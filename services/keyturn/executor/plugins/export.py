@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import psycopg
 
-from keyturn.executor.plugins.base import Command, ExecutionFailed
+from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _statement_parameters, postgres_message
 from keyturn.executor.plugins.sql_roles import TemporaryRole, role_name_for
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
@@ -69,6 +69,10 @@ class ExportPlugin(SqlPlugin):
         removed = self.store.sweep(self.ttl_s)
         if removed:
             log.info("export plugin: deleted %d export files never downloaded", removed)
+
+    async def settle(self, command: Command) -> Any:
+        """An export's effect is its file, not a transaction: an interrupted one is not read back."""
+        raise OutcomeUnknown("an export's file is not read back after the executor stopped mid-way")
 
     async def execute(self, command: Command) -> Any:
         statement, _ = _statement_parameters(command.parameters, "query")

@@ -16,7 +16,12 @@ For each command (``sql.query`` with ``parameters.statement`` and optionally ``m
 4. always, in ``finally``: end the role's sessions, revoke everything (DROP OWNED), drop it.
 
 Statement errors, timeouts and refused connections end the command ``failed`` with the
-reason; a connection lost while committing a write ends it ``outcome_unknown``.
+reason. A write notes its transaction id (``pg_current_xact_id``) in the executor's ledger just
+before its COMMIT (``Command.note``; a note that cannot be kept rolls the write back). So a
+connection lost while committing, or an executor that died mid-command, is settled by asking
+the target what became of that transaction (``pg_xact_status``, PostgreSQL 13 or later):
+committed, the command ``succeeded``; rolled back, or never committed, ``failed`` with nothing
+changed; ``outcome_unknown`` only when the target cannot say within ``settle_s``.
 
 The target is the plugin's (``KEYTURN_SQL_TARGET_URL``) unless the command names another one
 as a secret reference, ``"connection_string": {"secret": "NAME"}``: the executor resolves it
@@ -255,9 +260,61 @@ class SqlPlugin:
                     command.impact, command.payload_digest, int(result["row_count"])
                 ),
                 target=target,
+                note=command.note,
             )
         finally:
             await self._drop_quietly(name, target)
+
+    async def settle(self, command: Command) -> Any:
+        """After a run interrupted by the executor's death (``abandon`` ended its session and
+        dropped its role, so its transaction has ended): what became of it. A run that noted no
+        transaction never sent its COMMIT (reads note none: they change nothing), so nothing
+        changed; a noted one is read back from the target (``transaction_fate``)."""
+        if command.noted is None:  # started by an executor that kept no notes: it cannot be told
+            raise OutcomeUnknown("the interrupted run kept no note of its transaction in the ledger")
+        xid = command.noted.get("transaction")
+        target = self.target_of(command)
+        if not isinstance(xid, str):
+            raise ExecutionFailed(
+                f"the run stopped before committing anything on {target.name} (it never reached its COMMIT), and "
+                "its session was ended: nothing was changed, it may be asked again"
+            )
+        if await self.transaction_fate(xid, target) == "aborted":
+            raise ExecutionFailed(f"its transaction on {target.name} was rolled back: nothing was changed")
+        # the statement's own result (its row count, its rows) went with the dead run
+        return {"in_effect": f"its transaction committed on {target.name}", "transaction": xid}
+
+    async def transaction_fate(self, xid: str, target: Target) -> str:
+        """``"committed"`` or ``"aborted"``: what became of transaction ``xid`` on ``target``, read
+        once it has ended and as soon as the target answers, within ``settle_s``
+        (``while_target_restarts``). ``OutcomeUnknown`` when the target cannot say."""
+
+        async def read() -> str:
+            async with self._admin(target) as admin:
+                try:
+                    cursor = await admin.execute("SELECT pg_xact_status(%s::xid8)", (xid,))
+                except psycopg.OperationalError:
+                    raise
+                except psycopg.Error as exc:  # an id it refuses (from a later epoch: another server)
+                    raise OutcomeUnknown(f"{target.name} refused to say: {postgres_message(exc)}") from None
+                row = await cursor.fetchone()
+            status = row[0] if row else None
+            if status == "in progress":  # still committing (a synchronous standby not yet answering)
+                raise Unavailable(f"transaction {xid} has not ended yet")
+            if status not in ("committed", "aborted"):  # older than the status it keeps
+                raise OutcomeUnknown(f"{target.name} no longer keeps the status of transaction {xid}")
+            return str(status)
+
+        try:
+            return await self.while_target_restarts(read, f"{self.name}: reading a transaction back from {target.name}")
+        except OutcomeUnknown:
+            raise
+        except (ExecutionFailed, Unavailable, psycopg.Error) as exc:
+            reason = postgres_message(exc) if isinstance(exc, psycopg.Error) else str(exc)
+            raise OutcomeUnknown(
+                f"{target.name} could not say within {self.settle_s:g}s whether transaction {xid} committed "
+                f"({reason}): check the target"
+            ) from None
 
     async def abandon(self, command: Command) -> dict[str, Any]:
         """After a crash mid-command: end the role's sessions and drop it where the command ran
@@ -403,13 +460,17 @@ class SqlPlugin:
         grants: Grants,
         before_commit: Callable[[dict[str, Any]], None] | None = None,
         target: Target | None = None,
+        note: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
         """Run ``statement`` as the role. ``before_commit`` sees a write's result inside its transaction and
-        may raise ``ExecutionFailed`` to roll it back."""
+        may raise ``ExecutionFailed`` to roll it back. A write's transaction id goes to ``note``
+        (``Command.note``) before its COMMIT; a note that raises rolls the write back."""
         wanted = self.max_result_rows if max_rows is None else min(max_rows, self.max_result_rows)
         target = target or self.target
         conn = await self._connect_as(role, password, timeout_s, target)
         committing = False
+        xid: str | None = None
+        result: dict[str, Any] = {}
         try:
             async with conn:
                 if shape.is_read:
@@ -421,6 +482,9 @@ class SqlPlugin:
                     result = await _write(conn, statement, wanted)
                     if before_commit is not None:
                         before_commit(result)  # raising here rolls the transaction back
+                    xid = await _transaction_id(conn)
+                    if note is not None:
+                        await note({"transaction": xid})  # raising here rolls the transaction back
                     committing = True
                 return result
         except psycopg.errors.QueryCanceled:
@@ -433,11 +497,16 @@ class SqlPlugin:
                 f"{grants.describe()}; every table must be named after FROM, JOIN, INTO or UPDATE)"
             ) from None
         except psycopg.OperationalError as exc:
-            if committing and not shape.is_read:
-                raise OutcomeUnknown(
-                    f"the connection to {target.name} broke while committing: the write may or may not "
-                    f"have been applied ({target.refused(exc)})"
-                ) from None
+            if committing and xid is not None:
+                broke = f"the connection to {target.name} broke while committing ({target.refused(exc)})"
+                try:
+                    fate = await self.transaction_fate(xid, target)
+                except OutcomeUnknown as unknown:
+                    raise OutcomeUnknown(f"{broke}: the write may or may not have been applied; {unknown}") from None
+                if fate == "aborted":
+                    rolled_back = f"{broke}, and the target rolled the transaction back: nothing was changed"
+                    raise ExecutionFailed(rolled_back) from None
+                return result | {"committed": f"{broke}; the target shows transaction {xid} committed"}
             raise ExecutionFailed(
                 f"the connection to {target.name} broke before the statement committed; nothing was changed "
                 f"({target.refused(exc)})"
@@ -494,6 +563,15 @@ async def _write(conn: psycopg.AsyncConnection, statement: str, wanted: int) -> 
         rows = await cursor.fetchmany(wanted) if wanted > 0 else []
         result |= {"columns": columns, "rows": [_row(columns, r) for r in rows]}
     return result
+
+
+async def _transaction_id(conn: psycopg.AsyncConnection) -> str:
+    """The open transaction's id, with its epoch (``xid8``: never reused), as ``pg_xact_status`` takes it."""
+    cursor = await conn.execute("SELECT pg_current_xact_id()::text")
+    row = await cursor.fetchone()
+    if row is None:
+        raise ExecutionFailed("the target did not tell the transaction's id; rolled back, nothing was changed")
+    return str(row[0])
 
 
 def _row(columns: list[str], values: tuple) -> dict[str, Any]:
