@@ -7,10 +7,12 @@ at once, and a target that stays away fails the command with nothing changed."""
 
 from __future__ import annotations
 
+import contextlib
+
 import psycopg
 import pytest
 
-from keyturn.executor.plugins.base import ExecutionFailed
+from keyturn.executor.plugins.base import ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql import SqlPlugin, TargetAway
 
 
@@ -52,3 +54,48 @@ async def test_a_target_that_stays_away_fails_the_command_with_nothing_changed()
     with pytest.raises(ExecutionFailed, match=r"^nothing was changed: cannot connect .* did not answer within 0.1s"):
         await plugin(settle_s=0.1).before_any_change(prepare)
     assert 2 <= prepare.calls < 1000
+
+
+class Statuses:
+    """The target's ``pg_xact_status`` answers, one per reading, through the plugin's admin connection."""
+
+    def __init__(self, *answers: str | None) -> None:
+        self.answers = list(answers)
+        self.readings = 0
+
+    @contextlib.asynccontextmanager
+    async def admin(self, target=None):
+        yield self
+
+    async def execute(self, statement: str, params: tuple):
+        assert statement == "SELECT pg_xact_status(%s::xid8)" and params == ("5",)
+        self.readings += 1
+        self.answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]  # the last one stays
+        return self
+
+    async def fetchone(self):
+        return (self.answer,)
+
+
+def reading(statuses: Statuses, settle_s: float = 5.0) -> SqlPlugin:
+    made = plugin(settle_s)
+    made._admin = statuses.admin  # type: ignore[method-assign]
+    return made
+
+
+async def test_a_transaction_still_committing_is_read_again_until_it_has_ended() -> None:
+    statuses = Statuses("in progress", "in progress", "committed")
+    made = reading(statuses)
+    assert await made.transaction_fate("5", made.target) == "committed"
+    assert statuses.readings == 3
+
+
+async def test_a_transaction_the_target_no_longer_knows_or_that_never_ends_stays_unknown() -> None:
+    made = reading(Statuses(None))
+    with pytest.raises(OutcomeUnknown, match="no longer keeps the status of transaction 5"):
+        await made.transaction_fate("5", made.target)
+    made = reading(Statuses("in progress"), settle_s=0.1)
+    with pytest.raises(
+        OutcomeUnknown, match=r"whether transaction 5 committed within 0.1s \(transaction 5 has not ended"
+    ):
+        await made.transaction_fate("5", made.target)

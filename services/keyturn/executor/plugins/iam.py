@@ -145,14 +145,11 @@ class IamPlugin(SqlPlugin):
                     raise Unavailable(f"a session of {role} is still open")
                 return await change.holds(admin)
 
-        try:
-            return await self.while_target_restarts(read, f"iam: reading a change back from {self.target_name}")
-        except (ExecutionFailed, Unavailable, psycopg.Error) as exc:
-            reason = postgres_message(exc) if isinstance(exc, psycopg.Error) else str(exc)
-            raise OutcomeUnknown(
-                f"{why}: it may or may not have been applied, and {self.target_name} could not say within "
-                f"{self.settle_s:g}s ({reason}): check the target"
-            ) from None
+        return await self.read_back(
+            read,
+            f"iam: reading a change back from {self.target_name}",
+            f"{why}: it may or may not have been applied, and {self.target_name} could not say",
+        )
 
 
 class _Change:

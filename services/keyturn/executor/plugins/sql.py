@@ -305,16 +305,21 @@ class SqlPlugin:
                 raise OutcomeUnknown(f"{target.name} no longer keeps the status of transaction {xid}")
             return str(status)
 
+        return await self.read_back(
+            read,
+            f"{self.name}: reading a transaction back from {target.name}",
+            f"{target.name} could not say whether transaction {xid} committed",
+        )
+
+    async def read_back(self, read: Callable[[], Awaitable[T]], what: str, cannot_say: str) -> T:
+        """``read()`` of what a break left on a target, as soon as the target answers
+        (``while_target_restarts``); ``OutcomeUnknown`` (``cannot_say``, and the last reason) when
+        it cannot within ``settle_s``. An ``OutcomeUnknown`` of ``read`` itself passes as it is."""
         try:
-            return await self.while_target_restarts(read, f"{self.name}: reading a transaction back from {target.name}")
-        except OutcomeUnknown:
-            raise
+            return await self.while_target_restarts(read, what)
         except (ExecutionFailed, Unavailable, psycopg.Error) as exc:
             reason = postgres_message(exc) if isinstance(exc, psycopg.Error) else str(exc)
-            raise OutcomeUnknown(
-                f"{target.name} could not say within {self.settle_s:g}s whether transaction {xid} committed "
-                f"({reason}): check the target"
-            ) from None
+            raise OutcomeUnknown(f"{cannot_say} within {self.settle_s:g}s ({reason}): check the target") from None
 
     async def abandon(self, command: Command) -> dict[str, Any]:
         """After a crash mid-command: end the role's sessions and drop it where the command ran
