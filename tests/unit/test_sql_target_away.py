@@ -1,4 +1,5 @@
-"""A SQL-family command whose target is away before it changed anything (a restart) waits for it.
+"""A SQL-family command whose target is away before it changed anything (a restart) waits for it:
+its reads, the minting of its role, the login as that role; and what a break left is read back.
 
 ``SqlPlugin.before_any_change`` runs a command's reads and the minting of its role again while
 the target cannot be reached or the connection breaks, for up to ``settle_s``; the long fault
@@ -8,12 +9,15 @@ at once, and a target that stays away fails the command with nothing changed."""
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 
+from keyturn.executor.plugins import sql as sql_plugin
 from keyturn.executor.plugins.base import ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql import SqlPlugin, TargetAway
+from keyturn.executor.plugins.sql_roles import Grants, TemporaryRole, role_name_for
 
 
 def plugin(settle_s: float = 5.0) -> SqlPlugin:
@@ -99,3 +103,63 @@ async def test_a_transaction_the_target_no_longer_knows_or_that_never_ends_stays
         OutcomeUnknown, match=r"whether transaction 5 committed within 0.1s \(transaction 5 has not ended"
     ):
         await made.transaction_fate("5", made.target)
+
+
+async def test_a_role_whose_creation_broke_is_made_again_and_one_found_otherwise_is_refused(monkeypatch) -> None:
+    """The CREATE ROLE's connection broke (its commit may have gone through): the command's
+    preparation is tried again, dropping what the broken attempt may have left; a role found
+    there without such an attempt means another run, which is refused."""
+    created: list[str] = []
+    dropped: list[str] = []
+    breaks = [psycopg.OperationalError("server closed the connection unexpectedly")]
+
+    async def create_role(admin, name, ttl_s, grants):
+        created.append(name)
+        if breaks:
+            raise breaks.pop(0)
+        return TemporaryRole(name, "pw", datetime.now(UTC))
+
+    async def drop_role(admin, name):
+        dropped.append(name)
+
+    monkeypatch.setattr(sql_plugin, "create_role", create_role)
+    monkeypatch.setattr(sql_plugin, "drop_role", drop_role)
+    made = plugin()
+    role = await made.before_any_change(lambda: made._mint(object(), "a1", 60, Grants(), "db"))
+    name = role_name_for("a1")
+    assert role.name == name and created == [name, name] and dropped == [name]
+    assert made._broken_mints == set()
+
+    async def exists(admin, name, ttl_s, grants):
+        raise psycopg.errors.DuplicateObject("role exists")
+
+    monkeypatch.setattr(sql_plugin, "create_role", exists)
+    with pytest.raises(ExecutionFailed, match="another run of it started; refusing to run it twice"):
+        await made.before_any_change(lambda: made._mint(object(), "a2", 60, Grants(), "db"))
+    assert dropped == [name], "nothing dropped: the role is another run's"
+
+
+@pytest.mark.parametrize(
+    "refusal, attempts, outcome",
+    [
+        ("connection refused", 3, "connected"),
+        ('FATAL:  password authentication failed for user "keyturn_cmd_x"', 1, "refused the login"),
+    ],
+)
+async def test_the_login_as_a_commands_role_waits_for_a_restarting_target_but_not_a_refusal(
+    monkeypatch, refusal: str, attempts: int, outcome: str
+) -> None:
+    calls: list[str] = []
+
+    async def connect(url, **options):
+        calls.append(options["user"])
+        if len(calls) < 3:
+            raise psycopg.OperationalError(refusal)
+        return "connected"
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", connect)
+    try:
+        result = await plugin()._connect_as("keyturn_cmd_x", "pw", 5)
+    except ExecutionFailed as exc:
+        result = "refused the login" if "password authentication failed" in str(exc) else str(exc)
+    assert (result, len(calls)) == (outcome, attempts)

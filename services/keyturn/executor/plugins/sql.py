@@ -145,6 +145,10 @@ class SqlPlugin:
         self.target = Target(target_url, self.target_name)
         self._idle_admin = _IDLE_ADMIN.setdefault(target_url, [])  # kept admin connections (``_admin``)
         self.commands_at_once = commands_at_once
+        # roles whose creation this process sent when the connection broke: the next attempt of the
+        # same command may find one there (the CREATE committed, its answer lost), and it is this
+        # command's own, not another run's (``_mint``)
+        self._broken_mints: set[str] = set()
 
     def turns_for(self, command: Command) -> asyncio.Semaphore:
         """The turns of this process's commands on ``command``'s target (the plugin's own, or the
@@ -412,18 +416,31 @@ class SqlPlugin:
         """The command's temporary role (``role_name_for(action_id)``), shown to the credential observer.
 
         It exists once per action: finding it already there means another run started, and this
-        one is refused rather than run twice."""
+        one is refused rather than run twice, unless this process's own earlier attempt for the
+        command broke while creating it (then that role is dropped and made again). A connection
+        that breaks here is the target away (``TargetAway``): the command's preparation is tried
+        again (``before_any_change``), since nothing the command does has happened yet."""
+        name = role_name_for(action_id)
         try:
-            role = await create_role(admin, role_name_for(action_id), ttl_s, grants)
+            if name in self._broken_mints:
+                await drop_role(admin, name)  # what the broken attempt may have left: nothing if none
+            role = await create_role(admin, name, ttl_s, grants)
         except psycopg.errors.DuplicateObject:
             raise ExecutionFailed(
                 f"the temporary role for action {action_id} already exists: "
                 "another run of it started; refusing to run it twice"
             ) from None
+        except DATABASE_UNAVAILABLE as exc:
+            self._broken_mints.add(name)
+            raise TargetAway(
+                f"the connection to {target_name} broke while the command's temporary role was made "
+                f"({postgres_message(exc)})"
+            ) from None
         except psycopg.Error as exc:
             raise ExecutionFailed(
                 f"could not create the temporary role on {target_name}: {postgres_message(exc)}"
             ) from None
+        self._broken_mints.discard(name)
         if self.credential_observer is not None:
             self.credential_observer(role.password)
         return role
@@ -434,25 +451,35 @@ class SqlPlugin:
     async def _connect_as(
         self, role: str, password: str, timeout_s: float, target: Target | None = None
     ) -> psycopg.AsyncConnection:
-        """A session as the temporary role, with the statement timeout; refused connections fail the command."""
+        """A session as the temporary role, with the statement timeout. Nothing has been sent yet, so
+        a target that is away (a restart) is waited for, within ``settle_s``; one that refuses the
+        login itself, or stays away, fails the command with nothing changed."""
         options = (
             f"-c statement_timeout={int(timeout_s * 1000)} -c search_path=public -c "
             f"client_connection_check_interval=1000"
         )
-        target = target or self.target
+        where = target or self.target
+
+        async def attempt() -> psycopg.AsyncConnection:
+            try:
+                return await psycopg.AsyncConnection.connect(
+                    where.url,
+                    user=role,
+                    password=password,
+                    options=options,
+                    connect_timeout=self.connect_timeout_s,
+                    application_name="keyturn-command",
+                )
+            except psycopg.OperationalError as exc:
+                refused = f"cannot connect to the SQL target {where.name} as the temporary role: {where.refused(exc)}"
+                if _LOGIN_REFUSED.search(str(exc)):
+                    raise ExecutionFailed(refused) from None
+                raise TargetAway(refused) from None
+
         try:
-            return await psycopg.AsyncConnection.connect(
-                target.url,
-                user=role,
-                password=password,
-                options=options,
-                connect_timeout=self.connect_timeout_s,
-                application_name="keyturn-command",
-            )
-        except psycopg.OperationalError as exc:
-            raise ExecutionFailed(
-                f"cannot connect to the SQL target {target.name} as the temporary role: {target.refused(exc)}"
-            ) from None
+            return await self.while_target_restarts(attempt, f"{self.name}: logging in as a command's role")
+        except TargetAway as away:
+            raise ExecutionFailed(f"{away}; the target did not answer within {self.settle_s:g}s") from None
 
     async def _run_as(
         self,
