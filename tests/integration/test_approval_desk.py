@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import pytest
 
 from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet
-from keyturn.approval.store import DDL, ApprovalStore
+from keyturn.approval.store import DDL, OUTBOX_LOCK_WAIT_MS, ApprovalStore
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.core import events
@@ -211,3 +211,37 @@ def test_two_approval_instances_on_one_namespace_fire_a_due_timer_once(settings)
     assert status_while_held == "pending"  # the skipping instance did nothing
     assert True in ticks
     assert (resolutions, status) == (1, "expired")
+
+
+def test_a_drain_waits_for_the_drain_before_it_instead_of_leaving_its_events_to_the_next_tick(settings) -> None:
+    """Drains take turns (one lock keeps each action's events in order). One that finds the lock
+    held waits for it, so what its caller just committed goes out now, not a tick later; it gives
+    up only after ``OUTBOX_LOCK_WAIT_MS`` (another drain held up by the broker), and the rows stay."""
+
+    async def work() -> None:
+        pool = await open_pool(settings.database_url, DDL, schema=schema_name(f"kt{uuid.uuid4().hex[:8]}"))
+        store = ApprovalStore(pool)
+        published: list[bytes] = []
+
+        async def publish(topic: str, key: bytes, value: bytes) -> None:
+            published.append(value)
+
+        async def queued(value: bytes) -> None:
+            async with pool.connection() as conn, conn.transaction():
+                await store.enqueue(conn, "t", "k", value)
+
+        try:
+            for held_s, sent in ((0.3, [b"one"]), (OUTBOX_LOCK_WAIT_MS / 1000 + 0.5, [])):
+                published.clear()
+                await queued(b"one")
+                async with pool.connection() as other, other.transaction():  # another drain, busy
+                    await other.execute("SELECT pg_advisory_xact_lock(hashtext('approval_outbox'))")
+                    draining = asyncio.create_task(store.drain_outbox(publish))
+                    await asyncio.sleep(held_s)
+                    assert published == []  # not while the other holds the turn
+                assert await draining == len(sent) and published == sent
+            assert await store.drain_outbox(publish) == 1 and published == [b"one"]  # the tick's drain
+        finally:
+            await pool.close()
+
+    asyncio.run(work())

@@ -23,10 +23,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from keyturn.approval.channels import ANSWERABLE_MESSAGES
+
+# How long a drain of the outbox waits for another one to finish (``ApprovalStore.drain_outbox``)
+OUTBOX_LOCK_WAIT_MS = 1000
 
 DDL = """
 CREATE TABLE IF NOT EXISTS {schema}.approvals (
@@ -417,31 +421,39 @@ class ApprovalStore:
         of rows for one topic goes out together, acknowledged before the next run is sent (so a
         vote still lands before the resolution it caused), and the rows are deleted in one
         statement once all were acknowledged."""
-        sent = 0
-        async with self.pool.connection() as conn, conn.transaction():
-            # one drainer at a time keeps each action's events in the order they were written
-            locked = await (
-                await conn.execute("SELECT pg_try_advisory_xact_lock(hashtext('approval_outbox'))")
-            ).fetchone()
-            if locked is None:  # a SELECT of a function call always returns one row
-                raise RuntimeError("pg_try_advisory_xact_lock returned no row")
-            if not locked[0]:
+        async with self.pool.connection() as conn:
+            try:
+                async with conn.transaction():
+                    # one drainer at a time keeps each action's events in the order they were written.
+                    # The next one waits for the lock (briefly: a drain is a few ms): one that gave up
+                    # at once lost a race with a drain that had already looked and found nothing, and
+                    # what it had just committed waited for the clock's next tick. A drainer held up
+                    # longer (the broker away) leaves the rows to that tick, and the caller goes on.
+                    await conn.execute(f"SET LOCAL lock_timeout = '{OUTBOX_LOCK_WAIT_MS}ms'")
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('approval_outbox'))")
+                    return await self._drain_locked(conn, publish, batch, publish_all)
+            except psycopg.errors.LockNotAvailable:
                 return 0
-            cur = await conn.execute(
-                "SELECT id, topic, key, value FROM approval_outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (batch,),
-            )
-            rows = await cur.fetchall()
-            if publish_all is not None:
-                for run in runs_by_topic(rows):
-                    await publish_all([(topic, key.encode(), bytes(value)) for _, topic, key, value in run])
-                if rows:
-                    await conn.execute("DELETE FROM approval_outbox WHERE id = ANY(%b)", ([r[0] for r in rows],))
-                return len(rows)
-            for row_id, topic, key, value in rows:
-                await publish(topic, key.encode(), bytes(value))
-                await conn.execute("DELETE FROM approval_outbox WHERE id = %s", (row_id,))
-                sent += 1
+
+    @staticmethod
+    async def _drain_locked(conn: AsyncConnection, publish, batch: int, publish_all) -> int:
+        """``drain_outbox``'s work, in its transaction, holding the drainers' lock."""
+        cur = await conn.execute(
+            "SELECT id, topic, key, value FROM approval_outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+            (batch,),
+        )
+        rows = await cur.fetchall()
+        if publish_all is not None:
+            for run in runs_by_topic(rows):
+                await publish_all([(topic, key.encode(), bytes(value)) for _, topic, key, value in run])
+            if rows:
+                await conn.execute("DELETE FROM approval_outbox WHERE id = ANY(%b)", ([r[0] for r in rows],))
+            return len(rows)
+        sent = 0
+        for row_id, topic, key, value in rows:
+            await publish(topic, key.encode(), bytes(value))
+            await conn.execute("DELETE FROM approval_outbox WHERE id = %s", (row_id,))
+            sent += 1
         return sent
 
     # --- chat notifications -------------------------------------------------------------------
