@@ -125,7 +125,7 @@ async def test_a_role_whose_creation_broke_is_made_again_and_one_found_otherwise
     monkeypatch.setattr(sql_plugin, "create_role", create_role)
     monkeypatch.setattr(sql_plugin, "drop_role", drop_role)
     made = plugin()
-    role = await made.before_any_change(lambda: made._mint(object(), "a1", 60, Grants(), "db"))
+    role = await made.before_any_change(lambda: made._mint(object(), "a1", 60, Grants()))
     name = role_name_for("a1")
     assert role.name == name and created == [name, name] and dropped == [name]
     assert made._broken_mints == set()
@@ -135,7 +135,7 @@ async def test_a_role_whose_creation_broke_is_made_again_and_one_found_otherwise
 
     monkeypatch.setattr(sql_plugin, "create_role", exists)
     with pytest.raises(ExecutionFailed, match="another run of it started; refusing to run it twice"):
-        await made.before_any_change(lambda: made._mint(object(), "a2", 60, Grants(), "db"))
+        await made.before_any_change(lambda: made._mint(object(), "a2", 60, Grants()))
     assert dropped == [name], "nothing dropped: the role is another run's"
 
 

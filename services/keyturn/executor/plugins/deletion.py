@@ -66,7 +66,7 @@ class DeletionPlugin(SqlPlugin):
                     {**grants.tables, relation: tuple(sorted({*grants.tables.get(relation, ()), "SELECT", "DELETE"}))},
                     grants.sequences,
                 )
-                role = await self._mint(admin, command.action_id, ttl_s, grants, self.target_name)
+                role = await self._mint(admin, command.action_id, ttl_s, grants)
                 return relation, text, shape, grants, role
 
         relation, text, shape, grants, role = await self.before_any_change(prepared)

@@ -91,7 +91,7 @@ class ExportPlugin(SqlPlugin):
         async def prepared() -> TemporaryRole:
             async with self._admin() as admin:
                 grants = await self._grants_for(admin, shape)
-                return await self._mint(admin, command.action_id, ttl_s, grants, self.target_name)
+                return await self._mint(admin, command.action_id, ttl_s, grants)
 
         role = await self.before_any_change(prepared)
         file_name = export_file_name(command.action_id, file_format)

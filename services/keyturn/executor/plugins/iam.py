@@ -75,7 +75,7 @@ class IamPlugin(SqlPlugin):
                     executor_role,
                     change,
                     before,
-                    await self._mint(admin, command.action_id, ttl_s, grants, self.target_name),
+                    await self._mint(admin, command.action_id, ttl_s, grants),
                 )
 
         executor_role, change, before, role = await self.before_any_change(prepared)

@@ -247,7 +247,7 @@ class SqlPlugin:
         async def prepared() -> tuple[Grants, TemporaryRole]:
             async with self._admin(target) as admin:
                 grants = await grants_for(admin, shape, target.name)
-                return grants, await self._mint(admin, command.action_id, ttl_s, grants, target.name)
+                return grants, await self._mint(admin, command.action_id, ttl_s, grants, target)
 
         grants, role = await self.before_any_change(prepared, target)
         try:
@@ -411,7 +411,7 @@ class SqlPlugin:
             pass
 
     async def _mint(
-        self, admin: psycopg.AsyncConnection, action_id: str, ttl_s: float, grants: Grants, target_name: str
+        self, admin: psycopg.AsyncConnection, action_id: str, ttl_s: float, grants: Grants, target: Target | None = None
     ) -> TemporaryRole:
         """The command's temporary role (``role_name_for(action_id)``), shown to the credential observer.
 
@@ -421,6 +421,7 @@ class SqlPlugin:
         that breaks here is the target away (``TargetAway``): the command's preparation is tried
         again (``before_any_change``), since nothing the command does has happened yet."""
         name = role_name_for(action_id)
+        where = target or self.target
         try:
             if name in self._broken_mints:
                 await drop_role(admin, name)  # what the broken attempt may have left: nothing if none
@@ -433,12 +434,12 @@ class SqlPlugin:
         except DATABASE_UNAVAILABLE as exc:
             self._broken_mints.add(name)
             raise TargetAway(
-                f"the connection to {target_name} broke while the command's temporary role was made "
-                f"({postgres_message(exc)})"
+                f"the connection to {where.name} broke while the command's temporary role was made "
+                f"({where.refused(exc)})"  # a referenced target's connection errors quote its host and user
             ) from None
         except psycopg.Error as exc:
             raise ExecutionFailed(
-                f"could not create the temporary role on {target_name}: {postgres_message(exc)}"
+                f"could not create the temporary role on {where.name}: {postgres_message(exc)}"
             ) from None
         self._broken_mints.discard(name)
         if self.credential_observer is not None:
