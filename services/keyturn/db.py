@@ -5,9 +5,15 @@ Tables live in a schema named after the namespace, so test runs and deployments 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+
+from keyturn.faults import Unavailable
 
 ROOM_FOR_UPDATES = "fillfactor = 60"
 """Storage for a table whose rows are updated after they are written (an action's status, the
@@ -52,3 +58,20 @@ async def open_pool(url: str, ddl: str, *, schema: str, max_size: int = 8) -> As
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (schema,))
     return pool
+
+
+@contextlib.asynccontextmanager
+async def answering_within(pool: AsyncConnectionPool, seconds: float, what: str) -> AsyncIterator[AsyncConnection]:
+    """A connection of ``pool`` for a block that must be done within ``seconds`` (the wait for the
+    connection included), or raise ``Unavailable`` (transient: ``until_done`` tries again).
+
+    A restart makes every statement on the old connections fail, and the pool's wait for a
+    connection ends at its timeout; but a statement that simply gets no answer waits forever,
+    and all that is queued behind it with it, saying nothing. The statements this bounds are
+    safe to send again (each is one autocommit statement whose repeat is recognised); psycopg
+    cancels an interrupted query on the server and gives up on it after 5 s."""
+    try:
+        async with asyncio.timeout(seconds), pool.connection() as conn:
+            yield conn
+    except TimeoutError:
+        raise Unavailable(f"{what} did not answer within {seconds:g}s") from None

@@ -9,9 +9,12 @@ refused statement) and retrying it would only stall everything queued behind it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import psycopg
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
@@ -90,3 +93,80 @@ async def supervised(
             delay = first_delay_s
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay_s)
+
+
+STUCK_AFTER_S = 30.0
+"""How long a batch may stay in a service's hands before ``reported_while_stuck`` says where it waits."""
+
+
+@contextlib.asynccontextmanager
+async def reported_while_stuck(what: str, *, after_s: float = STUCK_AFTER_S) -> AsyncIterator[None]:
+    """Run the block; while it has run longer than ``after_s``, log a warning each ``after_s``
+    naming ``what`` and where this process's tasks wait (``waiting_places``).
+
+    Every wait of the services is meant to end: a transient fault is retried and logged each
+    time, a command has its timeout. A wait that logs nothing (a batch that neither finishes
+    nor fails) stalls everything queued behind it, silently; this makes it say where it is."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(after_s)
+            log.warning(
+                "%s is still in hand after %.0fs; where this process waits: %s",
+                what,
+                loop.time() - started,
+                waiting_places(),
+            )
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+
+
+def waiting_places() -> str:
+    """Where the running tasks are suspended: each task's chain of awaits through this project's
+    code, and the innermost place it waits in whatever code (``dir/file:line function > …``),
+    each distinct chain once with the number of tasks on it. Code locations only, never a
+    value: safe to log whatever the tasks hold."""
+    chains: Counter[str] = Counter()
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task() or task.done():
+            continue
+        frames = _await_chain(task.get_coro())
+        ours = [f for f in frames if f"{_OURS}" in f.f_code.co_filename]
+        if not ours:
+            continue
+        if frames[-1] is not ours[-1]:
+            ours.append(frames[-1])
+        chains[" > ".join(_place(f) for f in ours)] += 1
+    return "; ".join(f"{count}x {chain}" for chain, count in chains.most_common()) or "(no task in its code)"
+
+
+_OURS = str(Path(__file__).parent)
+
+
+def _place(frame: Any) -> str:
+    path = Path(frame.f_code.co_filename)
+    return f"{path.parent.name}/{path.name}:{frame.f_lineno} {frame.f_code.co_name}"
+
+
+def _await_chain(awaitable: Any) -> list[Any]:
+    """The frames of each coroutine, generator or async generator ``awaitable`` awaits, outermost first.
+
+    ``Task.get_stack`` gives a suspended coroutine's outermost frame only; the chain below it
+    is followed through ``cr_await`` (and its generator and async-generator counterparts)."""
+    frames: list[Any] = []
+    while awaitable is not None and len(frames) < 64:
+        frame = next((f for a in ("cr_frame", "gi_frame", "ag_frame") if (f := getattr(awaitable, a, None))), None)
+        if frame is None:
+            break
+        frames.append(frame)
+        awaitable = next(
+            (n for a in ("cr_await", "gi_yieldfrom", "ag_await") if (n := getattr(awaitable, a, None)) is not None),
+            None,
+        )
+    return frames

@@ -8,11 +8,13 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
 from keyturn.db import open_pool, schema_name
 from keyturn.executor import ledger as ledger_module
 from keyturn.executor.ledger import ExecutionLedger
+from keyturn.faults import Unavailable, until_done
 from keyturn.policy import record as record_module
 from keyturn.policy.record import DecisionRecord
 
@@ -75,6 +77,44 @@ def test_a_start_holds_a_lease_on_the_databases_clock_that_only_its_executor_ren
     assert renewed.held
     assert not lapsed.held and not lapsed.finished  # its starter stopped renewing: an interrupted run
     assert finished.finished and not finished.held
+
+
+def test_a_ledger_statement_that_gets_no_answer_is_given_up_and_tried_again(settings, caplog) -> None:
+    """An outcome whose UPDATE waits on a row nobody releases (here another session's lock;
+    after a restart, a connection that never answers) is given up after the ledger's patience
+    as a transient fault, logged, and tried again until it is recorded; it never hangs its
+    batch without a word."""
+
+    async def scenario():
+        schema = schema_name(f"kt{uuid.uuid4().hex[:8]}")
+        pool = await open_pool(settings.database_url, ledger_module.DDL, schema=schema)
+        try:
+            ledger = ExecutionLedger(pool, "executor-1", patience_s=0.5)
+            await ledger.start_many([("a1", "d1", "sql")], AT)
+            blocker = await psycopg.AsyncConnection.connect(settings.database_url, options=f"-c search_path={schema}")
+            await blocker.execute("SELECT 1 FROM executions WHERE action_id = 'a1' FOR UPDATE")  # held, not committed
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(Unavailable, match=r"the execution ledger did not answer within 0\.5s"):
+                await ledger.finish_many([("a1", "succeeded", b"e1", AT)])
+            given_up_after = loop.time() - started
+            recording = asyncio.create_task(
+                until_done(lambda: ledger.finish_many([("a1", "succeeded", b"e1", AT)]), "recording 1 outcome")
+            )
+            await asyncio.sleep(1.2)  # two more attempts given up meanwhile
+            await blocker.rollback()
+            await blocker.close()
+            recorded = await asyncio.wait_for(recording, 10)
+            return given_up_after, recorded, await ledger.get("a1")
+        finally:
+            await pool.close()
+
+    with caplog.at_level("WARNING", logger="keyturn.faults"):
+        given_up_after, recorded, a1 = asyncio.run(scenario())
+    assert 0.5 <= given_up_after < 3
+    retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recording 1 outcome failed")]
+    assert retries and "Unavailable: the execution ledger did not answer within 0.5s" in retries[0]
+    assert recorded == {"a1"} and (a1.outcome, a1.executed_event) == ("succeeded", b"e1")
 
 
 def test_a_batch_of_decisions_is_read_and_kept_in_one_statement_each_and_the_first_stands(settings) -> None:

@@ -41,7 +41,7 @@ from mode.utils.futures import notify
 
 from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.publisher import Publisher
-from keyturn.faults import until_done
+from keyturn.faults import reported_while_stuck, until_done
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,15 @@ class _Overlapping:
 
 
 async def handle_batch(batch: Sequence[Message], stage: Stage) -> None:
-    """Decode, dead-letter and handle one batch; returns once it may be committed."""
+    """Decode, dead-letter and handle one batch; returns once it may be committed. One still in
+    hand after ``STUCK_AFTER_S`` says so, and where it waits (``reported_while_stuck``)."""
+    first = batch[0] if batch else None
+    where = f" from {first.topic}:{first.partition}:{first.offset}" if first is not None else ""
+    async with reported_while_stuck(f"{stage.service}: a batch of {len(batch)}{where}"):
+        await _handle_batch(batch, stage)
+
+
+async def _handle_batch(batch: Sequence[Message], stage: Stage) -> None:
     decoded: list[tuple[Any, Any]] = []
     wants = stage.wants
     for message in batch:

@@ -26,12 +26,16 @@ executor took over learns it there, before committing anything.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from keyturn.db import answering_within
 
 DDL = """
 CREATE TABLE IF NOT EXISTS {schema}.executions (
@@ -74,18 +78,33 @@ class LedgerEntry:
         return self.executed_event is not None
 
 
+PATIENCE_S = 15.0
+"""How long one ledger call may take, its wait for a connection included, before it is given up
+as ``Unavailable`` and tried again (``db.answering_within``): each is one statement that takes
+milliseconds, and a repeat of each is recognised (a start of this executor's own, an outcome
+already recorded). Without it, a statement that got no answer after a database restart held
+its batch, and every action in it, without a word."""
+
+
 class ExecutionLedger:
-    def __init__(self, pool: AsyncConnectionPool, executor: str, *, lease_s: float = 10.0) -> None:
-        """``lease_s``: how long a start (or its last renewal) vouches that ``executor`` is running it."""
+    def __init__(
+        self, pool: AsyncConnectionPool, executor: str, *, lease_s: float = 10.0, patience_s: float = PATIENCE_S
+    ) -> None:
+        """``lease_s``: how long a start (or its last renewal) vouches that ``executor`` is running it;
+        ``patience_s``: how long one call may wait for its answer (``PATIENCE_S``)."""
         self.pool = pool
         self.executor = executor
         self.lease_s = lease_s
+        self.patience_s = patience_s
+
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return answering_within(self.pool, self.patience_s, "the execution ledger")
 
     async def start(
         self, action_id: str, at: datetime, *, payload_digest: str = "", plugin: str = ""
     ) -> LedgerEntry | None:
         """None when this call started the action; the earlier entry when it was started before."""
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(
                 "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin, lease_until,"
                 f" progress) VALUES (%s, %s, %s, %s, %s, {_LEASE}, '{{}}') ON CONFLICT DO NOTHING RETURNING action_id",
@@ -100,7 +119,7 @@ class ExecutionLedger:
 
         The first outcome recorded stays; False when one was recorded already.
         """
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(
                 "UPDATE executions SET finished_at = %s, outcome = %s, executed_event = %s, lease_until = NULL"
                 " WHERE action_id = %s AND finished_at IS NULL",
@@ -112,7 +131,7 @@ class ExecutionLedger:
         """Keep ``progress`` (JSON) with a started, unfinished action this executor holds; False
         when it does not hold it (finished, or started by another executor): the caller must
         then change nothing."""
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(
                 "UPDATE executions SET progress = %s WHERE action_id = %s AND executor = %s AND finished_at IS NULL",
                 (Jsonb(progress), action_id, self.executor),
@@ -125,7 +144,7 @@ class ExecutionLedger:
         if not starts:
             return {}
         ids = [action_id for action_id, _, _ in starts]
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             inserted = await (
                 await conn.execute(
                     "INSERT INTO executions (action_id, executor, started_at, payload_digest, plugin, lease_until,"
@@ -148,7 +167,7 @@ class ExecutionLedger:
         returns the action ids it recorded (the others had an outcome already, which stays)."""
         if not finishes:
             return set()
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             rows = await (
                 await conn.execute(
                     "UPDATE executions AS e SET finished_at = f.at, outcome = f.outcome, executed_event = f.event,"
@@ -181,7 +200,7 @@ class ExecutionLedger:
         """Extend the lease of those of ``action_ids`` this executor started and has not finished."""
         if not action_ids:
             return
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 f"UPDATE executions SET lease_until = {_LEASE}"
                 " WHERE action_id = ANY(%b) AND executor = %s AND finished_at IS NULL",
@@ -190,7 +209,7 @@ class ExecutionLedger:
 
     async def get(self, action_id: str) -> LedgerEntry | None:
         """The entry of one action, if it was ever started."""
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             return await self._entry(conn, action_id)
 
     @staticmethod
