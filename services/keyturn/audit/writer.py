@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaProducer
 from keyturn.audit import metrics
 from keyturn.audit.records import AuditedEvent
 from keyturn.bus.codec import registry
+from keyturn.bus.publisher import send_in_batches
 from keyturn.core.audit.chain import AuditChain
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.audit.dedupe import RecentEventIds
@@ -165,17 +166,20 @@ class AuditWriter:
         self._in_step_with_topic = False  # until the broker says the transaction committed
         try:
             async with self._producer.transaction():
-                sent = [
-                    await self._producer.send(
-                        self._topic,
-                        registry().encode("AuditRecord", record.to_dict()),
-                        key=(record.action_id or record.event_id).encode(),
-                        # the one partition of the chain (``bus.topics.topic_specs``), named: the
-                        # client's key hash (pure Python) was 2.5 % of the writer's CPU for nothing
-                        partition=0,
-                    )
-                    for record in records
-                ]
+                producer = self._producer
+                # in the producer's batches whole, on the chain's one partition (``bus.topics.topic_specs``)
+                sent = await send_in_batches(
+                    lambda: producer,
+                    [
+                        (
+                            self._topic,
+                            (record.action_id or record.event_id).encode(),
+                            registry().encode("AuditRecord", record.to_dict()),
+                            [],
+                        )
+                        for record in records
+                    ],
+                )
                 await asyncio.gather(*sent)
         except Exception as error:
             raise AuditWriterStopped(

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 
 from keyturn.bus.headers import Headers, type_headers
 from keyturn.bus.loop import BatchHandler, FailureHook, FaustSource, Handler, Stage, run
-from keyturn.bus.publisher import Publisher
+from keyturn.bus.publisher import Publisher, send_in_batches
 from keyturn.bus.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,13 @@ def faust_publisher(app: faust.App, topics: Topics, service: str) -> Publisher:
     async def send(topic: str, key: bytes, value: bytes) -> None:
         await (await enqueue(topic, key, value, type_headers(value)))
 
-    return Publisher(send, topics, service, enqueue=enqueue)
+    # a batch's records go in the producer's batches whole (``send_in_batches``), past faust's
+    # ``Topic.send`` and aiokafka's per-record path; faust has no public name for its started
+    # aiokafka producer, hence the driver's own accessor
+    def aiokafka_producer() -> Any:
+        return cast(Any, app.producer)._ensure_producer()
+
+    return Publisher(send, topics, service, enqueue=enqueue, enqueue_all=partial(send_in_batches, aiokafka_producer))
 
 
 async def handle_each(
