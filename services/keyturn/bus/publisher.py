@@ -90,7 +90,9 @@ class Publisher:
         await self._put_all([(topic, key, value, None) for topic, key, value in records])
 
     async def _put_all(self, records: Sequence[tuple[str, bytes, bytes, Headers | None]]) -> None:
-        if self._enqueue_all is not None:
+        # one record alone joins its partition's lingering batch (``send``), as concurrent
+        # requests' do; several go as batches of their own (``send_in_batches``)
+        if self._enqueue_all is not None and len(records) > 1:
             acks = await self._enqueue_all(
                 [(topic, key, value, h if h is not None else type_headers(value)) for topic, key, value, h in records]
             )

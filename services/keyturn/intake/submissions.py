@@ -378,24 +378,25 @@ class Intake:
         return row, digest
 
     async def _publish_all(self, stored: list[StoredAction], again: AbstractSet[str] = frozenset()) -> None:
-        """Send every event at once and wait for the acks together, within the patience.
+        """Send every event at once (``Publisher.publish_all``) and wait for the acks together,
+        within the patience; then mark them published.
 
         The actions are stored (the outbox), so an accepted answer holds even when the broker
-        does not answer in time: the sweep publishes them later under the same event ids.
+        does not answer in time: the sweep publishes them later under the same event ids (all
+        of the batch then, the ones that did arrive read twice as a redelivery).
         """
-        sends = [asyncio.ensure_future(self.publish_stored(s, again=s.action_id in again)) for s in stored]
-        done, pending = await asyncio.wait(sends, timeout=self.publish_patience_s)
-        for task in pending:
-            task.cancel()
-        failures = [t.exception() for t in done if t.exception() is not None]
-        for exc in failures:
-            if exc is not None and not is_transient(exc):
-                raise exc
-        if pending or failures:
-            reason = type(failures[0]).__name__ if failures else "no acknowledgement in time"
-            log.warning(
-                "accepted %d action(s); their events wait for the broker (%s)", len(pending) + len(failures), reason
-            )
+        topic = self.publisher.topics.requested
+        try:
+            async with asyncio.timeout(self.publish_patience_s):
+                await self.publisher.publish_all([(topic, s.action_id, s.requested_event, None) for s in stored])
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            reason = "no acknowledgement in time" if isinstance(exc, TimeoutError) else type(exc).__name__
+            log.warning("accepted %d action(s); their events wait for the broker (%s)", len(stored), reason)
+            return
+        for s in stored:
+            await self.store.mark_published(s.action_id, at_once=s.action_id in again)
 
     async def publish_stored(self, stored: StoredAction, *, again: bool = True) -> None:
         """Publish an accepted request's event: the first time, or ``again`` (the outbox sweep, a

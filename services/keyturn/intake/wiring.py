@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from keyturn.bus.loop import held_fetches
-from keyturn.bus.publisher import Publisher
+from keyturn.bus.publisher import Publisher, kafka_publisher
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.catalog import Execution, ExecutionModes
@@ -81,10 +81,7 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
     )
     await producer.start()
 
-    async def send(topic: str, key: bytes, value: bytes) -> None:
-        await producer.send_and_wait(topic, value, key=key)  # joins the partition's batch, then its ack
-
-    publisher = Publisher(send, topics, "intake")
+    publisher = kafka_publisher(producer, topics, "intake")
     store = ActionStore(pool)
     intake = Intake(
         store,
