@@ -9,10 +9,9 @@ refused statement) and retrying it would only stall everything queued behind it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,14 +98,15 @@ STUCK_AFTER_S = 30.0
 """How long a batch may stay in a service's hands before ``reported_while_stuck`` says where it waits."""
 
 
-@contextlib.asynccontextmanager
-async def reported_while_stuck(what: str, *, after_s: float = STUCK_AFTER_S) -> AsyncIterator[None]:
-    """Run the block; while it has run longer than ``after_s``, log a warning each ``after_s``
-    naming ``what`` and where this process's tasks wait (``waiting_places``).
+async def reported_while_stuck(what: str, work: Coroutine[Any, Any, T], *, after_s: float = STUCK_AFTER_S) -> T:
+    """``await work``; while it has run longer than ``after_s``, log a warning each ``after_s``
+    naming ``what`` and where it waits, and where this process's other tasks wait (``waiting_places``).
 
     Every wait of the services is meant to end: a transient fault is retried and logged each
     time, a command has its timeout. A wait that logs nothing (a batch that neither finishes
-    nor fails) stalls everything queued behind it, silently; this makes it say where it is."""
+    nor fails) stalls everything queued behind it, silently; this makes it say where it is.
+    The chain is followed from ``work`` itself: from its task's root it can break at an
+    awaitable that hides the coroutine it wraps (a faust agent awaits its actor that way)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
 
@@ -114,15 +114,16 @@ async def reported_while_stuck(what: str, *, after_s: float = STUCK_AFTER_S) -> 
         while True:
             await asyncio.sleep(after_s)
             log.warning(
-                "%s is still in hand after %.0fs; where this process waits: %s",
+                "%s is still in hand after %.0fs; where it waits: %s; where this process waits: %s",
                 what,
                 loop.time() - started,
+                " > ".join(_place(f) for f in _ours(_await_chain(work))) or "(not in its code)",
                 waiting_places(),
             )
 
     watcher = asyncio.create_task(watch())
     try:
-        yield
+        return await work
     finally:
         watcher.cancel()
 
@@ -136,17 +137,21 @@ def waiting_places() -> str:
     for task in asyncio.all_tasks():
         if task is asyncio.current_task() or task.done():
             continue
-        frames = _await_chain(task.get_coro())
-        ours = [f for f in frames if f"{_OURS}" in f.f_code.co_filename]
-        if not ours:
-            continue
-        if frames[-1] is not ours[-1]:
-            ours.append(frames[-1])
-        chains[" > ".join(_place(f) for f in ours)] += 1
+        if ours := _ours(_await_chain(task.get_coro())):
+            chains[" > ".join(_place(f) for f in ours)] += 1
     return "; ".join(f"{count}x {chain}" for chain, count in chains.most_common()) or "(no task in its code)"
 
 
 _OURS = str(Path(__file__).parent)
+
+
+def _ours(frames: list[Any]) -> list[Any]:
+    """The frames of this project's code in a chain, and its innermost frame whatever its code;
+    nothing when no frame is ours."""
+    ours = [f for f in frames if _OURS in f.f_code.co_filename]
+    if ours and frames[-1] is not ours[-1]:
+        ours.append(frames[-1])
+    return ours
 
 
 def _place(frame: Any) -> str:

@@ -210,8 +210,7 @@ async def handle_batch(batch: Sequence[Message], stage: Stage) -> None:
     hand after ``STUCK_AFTER_S`` says so, and where it waits (``reported_while_stuck``)."""
     first = batch[0] if batch else None
     where = f" from {first.topic}:{first.partition}:{first.offset}" if first is not None else ""
-    async with reported_while_stuck(f"{stage.service}: a batch of {len(batch)}{where}"):
-        await _handle_batch(batch, stage)
+    await reported_while_stuck(f"{stage.service}: a batch of {len(batch)}{where}", _handle_batch(batch, stage))
 
 
 async def _handle_batch(batch: Sequence[Message], stage: Stage) -> None:

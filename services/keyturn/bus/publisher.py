@@ -1,10 +1,10 @@
 """Publishing events: encode with the schema codec, key by ``action_id``, wait for the ack.
 
 One class for every service; only the transport differs (a faust app's producer in the
-stream workers, a plain aiokafka producer in the HTTP intake). A transport that can
+stream workers, a plain aiokafka producer in the intake and the audit). A transport that can
 ``enqueue`` (put a record in the producer's buffer and hand back its acknowledgement) gets
-the event's headers (``bus.headers``) and lets ``publish_all`` send a whole batch before
-waiting for any acknowledgement: with the producer's linger, one request carries them all.
+the event's headers (``bus.headers``); one that can ``enqueue_all`` lets ``publish_all`` build
+a whole batch into produce batches (``send_in_batches``) before waiting for any acknowledgement.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Publisher:
         """Hand one record to the transport; returns what to await for its acknowledgement."""
         if self._enqueue is not None:
             return await self._enqueue(topic, key, value, headers if headers is not None else type_headers(value))
-        # a transport without headers (the intake's): the send runs as a task, started now
+        # a transport that only sends (a test's): the send runs as a task, started now
         return asyncio.ensure_future(self._send(topic, key, value))
 
     async def publish(self, topic: str, event: Any, *, key: str | None = None, callback: bool | None = None) -> None:
