@@ -25,6 +25,10 @@ has no room once its rows are written: 1-7 % of these updates were HOT in a floo
 Tables only ever inserted into keep the default."""
 
 
+POOL_WAIT_S = 5.0
+"""How long a caller waits for a pooled connection before ``PoolTimeout`` (``open_pool``)."""
+
+
 def schema_name(namespace: str) -> str:
     """The SQL schema for this namespace (``keyturn`` by default)."""
     return re.sub(r"[^a-z0-9_]", "_", namespace.lower())
@@ -46,6 +50,12 @@ async def open_pool(url: str, ddl: str, *, schema: str, max_size: int = 8) -> As
         # so after a long outage it stayed down about as long again once PostgreSQL was back.
         # Giving up an attempt after 5 s restarts the schedule at 1 s on the next demand.
         reconnect_timeout=5.0,
+        # ...but only a new demand: a caller already queued for a connection when an attempt
+        # gave up was served by nothing until its own wait ended. At the default 30 s, a long
+        # drill's policy held a batch 25 s after PostgreSQL was back; its retry then got a
+        # connection at once. Every caller retries a PoolTimeout (it is transient), so a short
+        # wait makes that new demand within seconds.
+        timeout=POOL_WAIT_S,
         open=False,
     )
     await pool.open(wait=True, timeout=30)
