@@ -128,7 +128,7 @@ async def test_a_role_whose_creation_broke_is_made_again_and_one_found_otherwise
     role = await made.before_any_change(lambda: made._mint(object(), "a1", 60, Grants()))
     name = role_name_for("a1")
     assert role.name == name and created == [name, name] and dropped == [name]
-    assert made._broken_mints == set()
+    assert made._broken_mints == {}
 
     async def exists(admin, name, ttl_s, grants):
         raise psycopg.errors.DuplicateObject("role exists")
@@ -137,6 +137,33 @@ async def test_a_role_whose_creation_broke_is_made_again_and_one_found_otherwise
     with pytest.raises(ExecutionFailed, match="another run of it started; refusing to run it twice"):
         await made.before_any_change(lambda: made._mint(object(), "a2", 60, Grants()))
     assert dropped == [name], "nothing dropped: the role is another run's"
+
+
+async def test_a_broken_mint_of_a_command_that_gave_up_is_forgotten(monkeypatch) -> None:
+    """A command whose role's creation broke and whose target then stayed away fails; its
+    role's name is kept only as long as a retry of that command could come (twice the wait for
+    a target), so a long-running executor does not keep one per such command for ever."""
+
+    async def breaks(admin, name, ttl_s, grants):
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    async def drop_role(admin, name):
+        return None
+
+    monkeypatch.setattr(sql_plugin, "create_role", breaks)
+    monkeypatch.setattr(sql_plugin, "drop_role", drop_role)
+    made = plugin(settle_s=0.05)
+
+    async def gives_up(action_id: str) -> None:
+        with pytest.raises(ExecutionFailed, match="did not answer within"):
+            await made.before_any_change(lambda: made._mint(object(), action_id, 60, Grants()))
+
+    await gives_up("first")
+    await gives_up("second")  # within twice the wait of the first: both kept
+    assert set(made._broken_mints) == {role_name_for("first"), role_name_for("second")}
+    made._broken_mints[role_name_for("first")] -= 0.2  # its command gave up longer ago than that
+    await gives_up("third")
+    assert set(made._broken_mints) == {role_name_for("second"), role_name_for("third")}
 
 
 @pytest.mark.parametrize(

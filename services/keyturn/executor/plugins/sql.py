@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -145,10 +146,10 @@ class SqlPlugin:
         self.target = Target(target_url, self.target_name)
         self._idle_admin = _IDLE_ADMIN.setdefault(target_url, [])  # kept admin connections (``_admin``)
         self.commands_at_once = commands_at_once
-        # roles whose creation this process sent when the connection broke: the next attempt of the
-        # same command may find one there (the CREATE committed, its answer lost), and it is this
-        # command's own, not another run's (``_mint``)
-        self._broken_mints: set[str] = set()
+        # roles whose creation this process sent when the connection broke, with when: the next
+        # attempt of the same command may find one there (the CREATE committed, its answer lost),
+        # and it is this command's own, not another run's (``_mint``)
+        self._broken_mints: dict[str, float] = {}
 
     def turns_for(self, command: Command) -> asyncio.Semaphore:
         """The turns of this process's commands on ``command``'s target (the plugin's own, or the
@@ -432,7 +433,7 @@ class SqlPlugin:
                 "another run of it started; refusing to run it twice"
             ) from None
         except DATABASE_UNAVAILABLE as exc:
-            self._broken_mints.add(name)
+            self._note_broken_mint(name)
             raise TargetAway(
                 f"the connection to {where.name} broke while the command's temporary role was made "
                 f"({where.refused(exc)})"  # a referenced target's connection errors quote its host and user
@@ -441,10 +442,19 @@ class SqlPlugin:
             raise ExecutionFailed(
                 f"could not create the temporary role on {where.name}: {postgres_message(exc)}"
             ) from None
-        self._broken_mints.discard(name)
+        self._broken_mints.pop(name, None)
         if self.credential_observer is not None:
             self.credential_observer(role.password)
         return role
+
+    def _note_broken_mint(self, name: str) -> None:
+        """Remember that ``name``'s creation broke, for the same command's next attempt; forget
+        those older than twice the wait for a target (``settle_s``): their commands gave up, and a
+        command's role is never made by a later run (the ledger starts an action once)."""
+        now = time.monotonic()
+        for old in [n for n, at in self._broken_mints.items() if now - at > 2 * self.settle_s]:
+            del self._broken_mints[old]
+        self._broken_mints[name] = now
 
     async def _grants_for(self, admin: psycopg.AsyncConnection, shape: StatementShape) -> Grants:
         return await grants_for(admin, shape, self.target_name)
