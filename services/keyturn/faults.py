@@ -110,22 +110,21 @@ async def reported_while_stuck(what: str, work: Coroutine[Any, Any, T], *, after
     loop = asyncio.get_running_loop()
     started = loop.time()
 
-    async def watch() -> None:
-        while True:
-            await asyncio.sleep(after_s)
-            log.warning(
-                "%s is still in hand after %.0fs; where it waits: %s; where this process waits: %s",
-                what,
-                loop.time() - started,
-                " > ".join(_place(f) for f in _ours(_await_chain(work))) or "(not in its code)",
-                waiting_places(),
-            )
+    def report() -> None:  # a timer, not a task: every batch of every stage pays for it
+        log.warning(
+            "%s is still in hand after %.0fs; where it waits: %s; where this process waits: %s",
+            what,
+            loop.time() - started,
+            " > ".join(_place(f) for f in _ours(_await_chain(work))) or "(not in its code)",
+            waiting_places(),
+        )
+        timer[0] = loop.call_later(after_s, report)
 
-    watcher = asyncio.create_task(watch())
+    timer = [loop.call_later(after_s, report)]
     try:
         return await work
     finally:
-        watcher.cancel()
+        timer[0].cancel()
 
 
 def waiting_places() -> str:

@@ -34,11 +34,11 @@ async def test_records_land_where_send_puts_their_key_in_order_with_headers(sett
             (topic, keys[n % 6], f"{n:04d}".encode() + b"." * 296, [("type", b"ActionDecided"), ("n", str(n).encode())])
             for n in range(60)
         ]
-        acks = await send_in_batches(lambda: producer, records)
+        acks = await send_in_batches(producer, records)
         delivered = [await ack for ack in acks]
         expected = {key: (await (await producer.send(probe, b"probe", key=key))).partition for key in keys}
         # a record larger than a batch goes in one of its own, between the others of its key
-        big = await send_in_batches(lambda: producer, [(topic, keys[0], b"9999" + b"x" * 4096, [("n", b"60")])])
+        big = await send_in_batches(producer, [(topic, keys[0], b"9999" + b"x" * 4096, [("n", b"60")])])
         big_delivered = await big[0]
     finally:
         await producer.stop()

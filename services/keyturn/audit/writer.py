@@ -166,10 +166,9 @@ class AuditWriter:
         self._in_step_with_topic = False  # until the broker says the transaction committed
         try:
             async with self._producer.transaction():
-                producer = self._producer
                 # in the producer's batches whole, on the chain's one partition (``bus.topics.topic_specs``)
                 sent = await send_in_batches(
-                    lambda: producer,
+                    self._producer,
                     [
                         (
                             self._topic,

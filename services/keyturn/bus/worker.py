@@ -8,8 +8,7 @@ publishes (``Publisher``), and one call into its own logic per event.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,7 +16,7 @@ import faust
 
 from keyturn.bus.headers import Headers, type_headers
 from keyturn.bus.loop import BatchHandler, FailureHook, FaustSource, Handler, Stage, run
-from keyturn.bus.publisher import Publisher, send_in_batches
+from keyturn.bus.publisher import Publisher, Record, send_in_batches
 from keyturn.bus.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -82,10 +81,10 @@ def faust_publisher(app: faust.App, topics: Topics, service: str) -> Publisher:
     # a batch's records go in the producer's batches whole (``send_in_batches``), past faust's
     # ``Topic.send`` and aiokafka's per-record path; faust has no public name for its started
     # aiokafka producer, hence the driver's own accessor
-    def aiokafka_producer() -> Any:
-        return cast(Any, app.producer)._ensure_producer()
+    async def enqueue_all(records: Sequence[Record]) -> list[Awaitable[Any]]:
+        return await send_in_batches(cast(Any, app.producer)._ensure_producer(), records)
 
-    return Publisher(send, topics, service, enqueue=enqueue, enqueue_all=partial(send_in_batches, aiokafka_producer))
+    return Publisher(send, topics, service, enqueue=enqueue, enqueue_all=enqueue_all)
 
 
 async def handle_each(
