@@ -129,12 +129,6 @@ class Settings:
     callback_allowed_hosts: str = ""  # comma list of host or host:port; empty: no callbacks are sent
     callback_max_attempts: int = 6
 
-    @property
-    def worker_gather_s(self) -> float:
-        """``worker_gather_ms`` in seconds, never 0: the stream framework reads a window of 0 as
-        "wait for a full batch", which would hold a quiet worker's events for ever."""
-        return max(self.worker_gather_ms, 0.1) / 1000
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``KEYTURN_*`` variables over the defaults, converting to each field's type."""

@@ -7,9 +7,11 @@ builds alike live here, so a setting is read in one place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from keyturn.bus.loop import Stage, follow_in_group
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
 from keyturn.bus.worker import faust_publisher, make_app
@@ -38,6 +40,44 @@ def stream_worker(settings: Settings, service: str) -> tuple[Any, Topics, Publis
         batch_bytes=settings.producer_batch_bytes,
     )
     return app, topics, faust_publisher(app, topics, service)
+
+
+STAGE_BATCH = 64  # records a stream worker's stage takes at most per batch
+
+
+async def follow_group(
+    settings: Settings,
+    service: str,
+    part: str,
+    topics: Sequence[str],
+    stage: Stage,
+    *,
+    max_records: int = STAGE_BATCH,
+    fetch_wait_ms: int | None = None,
+    gather_ms: int | None = None,
+    in_flight: int = 1,
+) -> None:
+    """``stage`` over ``topics`` in the consumer group ``<ns>-<service>-<part>``, until cancelled.
+
+    A plain consumer through the one loop (``bus.loop.follow_in_group``), not the stream
+    framework's: under a flood its consumer thread and streams were about a quarter of the
+    policy's and the executor's CPU (bench/README.md, fourteenth round). The group starts, once,
+    where the framework's group ``<ns>-<service>`` stopped, so an upgrade reads nothing twice.
+    What arrives within ``worker_gather_ms`` of a batch's first record joins it.
+    """
+    await follow_in_group(
+        settings.kafka_bootstrap,
+        f"{settings.namespace}-{service}-{part}",
+        topics,
+        stage,
+        session_timeout_s=settings.worker_session_timeout_s,
+        rebalance_timeout_s=settings.worker_rebalance_timeout_s,
+        carried_from=f"{settings.namespace}-{service}",
+        max_records=max_records,
+        gather_ms=int(settings.worker_gather_ms) if gather_ms is None else gather_ms,
+        fetch_wait_ms=fetch_wait_ms,
+        in_flight=in_flight,
+    )
 
 
 def opa_client(settings: Settings) -> OpaClient:

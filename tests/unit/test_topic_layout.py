@@ -28,10 +28,3 @@ def test_the_long_fault_drill_defaults_to_ten_thousand_actions_at_two_hundred_a_
     default = long_drill({})
     assert (default.rate, default.min_actions) == (200, 10_000)
     assert long_drill({"KEYTURN_CHAOS_RATE": "300", "KEYTURN_CHAOS_ACTIONS": "20000"}).min_actions == 20_000
-
-
-def test_a_stream_worker_batch_window_is_never_zero() -> None:
-    # the stream framework reads a window of 0 as "wait for a full batch": a quiet worker would hold its events
-    assert Settings.from_env({"KEYTURN_WORKER_GATHER_MS": "0"}).worker_gather_s > 0
-    assert Settings.from_env({"KEYTURN_WORKER_GATHER_MS": "-5"}).worker_gather_s > 0
-    assert Settings.from_env({}).worker_gather_s == 0.02

@@ -29,14 +29,14 @@ from keyturn.approval.ports import PolicyEngine
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
 from keyturn.bus.http import header
-from keyturn.bus.loop import KafkaSource, Stage, group_member, held_fetches, run
-from keyturn.bus.topics import Topics, carry_offsets
+from keyturn.bus.loop import Stage, held_fetches
+from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.catalog import ExecutionModes
 from keyturn.db import open_pool, schema_name
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity import InvalidToken, TokenVerifier, bearer_token, verifier_from_settings
-from keyturn.roots import opa_client
+from keyturn.roots import follow_group, opa_client
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,6 @@ log = logging.getLogger(__name__)
 CONNECTION_WAIT_S = 5.0
 ACTIONS_FETCH_WAIT_MS = 20  # the broker holds a fetch of decisions this long for more (bus.loop.held_fetches)
 ACTIONS_GATHER_MS = 20  # and what arrives within this long after the first is one batch
-CARRY_TIMEOUT_S = 60.0  # taking over the old group's offsets; past it the loop starts over (supervised)
-
-
-def actions_group(namespace: str) -> str:
-    """The consumer group that takes decisions and executions into the desk."""
-    return f"{namespace}-approval-actions"
 
 
 def slack_channel(s: Settings) -> SlackChannel | None:
@@ -127,7 +121,6 @@ class ApprovalRuntime:
         self._wiring: Wiring | None = None  # set by wire(), once
         self._verifier: TokenVerifier | None = None
         self._history: HistoryStore | None = None  # set by _build(), on the desk's pool
-        self._offsets_carried = False
 
     @property
     def ready(self) -> bool:
@@ -218,38 +211,23 @@ class ApprovalRuntime:
     async def follow_actions(self, stage: Stage) -> None:
         """Take decisions and executions with ``stage`` until cancelled (see ``approval.app``).
 
-        A plain consumer in its own group, through the one consumption loop (``bus.loop``:
-        committed once a batch is handled, records the desk has no part in skipped by their
-        headers), not the stream framework: the desk has a part in one decision in ten or
-        twenty, and the framework's per-record work on the rest kept its consumer seconds
-        behind in a flood (``bench/README.md``, sixth round)."""
-        from aiokafka import AIOKafkaConsumer
-
-        s = self.settings
-        # the group was ``<ns>-approval`` while the stream framework consumed for the desk: an
-        # upgrade resumes there, rather than reading every decision again (a webhook whose
-        # delivery record was pruned would be sent twice)
+        A plain consumer in its own group (``roots.follow_group``; records the desk has no part
+        in skipped by their headers), not the stream framework: the desk has a part in one
+        decision in ten or twenty, and the framework's per-record work on the rest kept its
+        consumer seconds behind in a flood (``bench/README.md``, sixth round). The group starts
+        where the framework's ``<ns>-approval`` stopped: reading every decision again would send
+        a webhook whose delivery record was pruned twice."""
         topics = (self.topics.decided, self.topics.executed)
-        if not self._offsets_carried:  # once per process: restarts of this loop need not ask again
-            old_group = f"{s.namespace}-approval"
-            carry = carry_offsets(s.kafka_bootstrap, old_group, actions_group(s.namespace), topics)
-            if carried := await asyncio.wait_for(carry, CARRY_TIMEOUT_S):
-                log.info("took over the offsets of %d partition(s) from the stream framework's group", carried)
-            self._offsets_carried = True
-        consumer = AIOKafkaConsumer(
-            *topics,
-            bootstrap_servers=s.kafka_bootstrap,
-            group_id=actions_group(s.namespace),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **group_member(s.worker_session_timeout_s),
-            **held_fetches(ACTIONS_FETCH_WAIT_MS),
+        await follow_group(
+            self.settings,
+            "approval",
+            "actions",
+            topics,
+            stage,
+            max_records=1000,
+            fetch_wait_ms=ACTIONS_FETCH_WAIT_MS,
+            gather_ms=ACTIONS_GATHER_MS,
         )
-        try:
-            await consumer.start()
-            await run(KafkaSource(consumer, max_records=1000, wait_ms=1000, gather_ms=ACTIONS_GATHER_MS), stage)
-        finally:
-            await consumer.stop()
 
     async def keep_time(self) -> None:
         """Expire, remind and escalate what is due (when this instance keeps the clock: one

@@ -1,7 +1,7 @@
-"""The one consumption loop every service runs, whatever its transport.
+"""The one consumption loop every service runs.
 
 A *source* hands out batches of messages and commits a batch once told it was handled
-(``FaustSource`` for the stream workers, ``KafkaSource`` for the intake's plain consumers).
+(``KafkaSource``, a plain consumer; ``follow_in_group`` runs one as a member of a group).
 A *stage* says what a service does with them. The loop, written once here, keeps every
 delivery guarantee:
 
@@ -29,18 +29,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from mode.utils.futures import notify
 
 from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.publisher import Publisher
+from keyturn.bus.topics import carry_offsets
 from keyturn.faults import reported_while_stuck, until_done
 
 log = logging.getLogger(__name__)
@@ -133,22 +133,22 @@ OVERLAP_AFTER_S = 0.5
 async def run(source: Source, stage: Stage, *, in_flight: int = 1, overlap_after_s: float = OVERLAP_AFTER_S) -> None:
     """Consume ``source`` with ``stage`` until cancelled (see the module docstring).
 
-    With ``in_flight`` > 1 (a ``FaustSource`` only), a batch still in hand after
+    With ``in_flight`` > 1, a batch still in hand after
     ``overlap_after_s`` no longer holds up the next: the executor's commands can run for
     minutes, and one of them must not hold up every other action. Batches that take
     milliseconds go one after another as before, so what arrives meanwhile makes the next batch
     (taken at once, the batches were smaller and cost 8 % more CPU per action in the flood). A
     batch holding a key (an action) that a batch still in hand holds waits for it, so one
     action's events stay in order; each batch is acknowledged once handled, and the offsets
-    committed stop at the oldest one not yet handled (faust commits up to the first gap), so a
-    crash redelivers it and everything after."""
+    committed stop at the oldest one not yet handled (``KafkaSource``'s queue per partition),
+    so a crash redelivers it and everything after."""
     if in_flight <= 1:
         async for batch in source.batches():
             await handle_batch(batch, stage)
             await source.handled(batch)
         return
-    if not isinstance(source, FaustSource):
-        raise ValueError("only a faust source acknowledges batches out of order")
+    if not isinstance(source, KafkaSource):
+        raise ValueError("only a Kafka source commits batches handled out of order")
     await _Overlapping(source, stage, in_flight, overlap_after_s).run()
 
 
@@ -316,102 +316,6 @@ async def dead_letter(
     )
 
 
-class _FaustBatch(list[Any]):
-    """A batch's messages, with the faust events ``FaustSource.handled`` acknowledges."""
-
-    def __init__(self, events: list[Any]) -> None:
-        super().__init__(event.message for event in events)
-        self.events = events
-
-
-class FaustSource:
-    """A faust stream in batches of up to ``batch`` (or what arrived within ``within_s`` of the first).
-
-    ``handled`` acknowledges a batch's events; faust commits the offsets acknowledged, up to
-    the first one that is not (``run``'s ``in_flight``). A batch the loop never handled (it
-    ended with an error, or was cancelled) stays unacknowledged and comes again.
-    """
-
-    def __init__(self, stream: Any, *, batch: int = 64, within_s: float = 0.005) -> None:
-        self.stream = stream
-        self.batch = batch
-        self.within_s = within_s
-
-    async def batches(self) -> AsyncIterator[Sequence[Message]]:
-        async for events in take_events(self.stream, self.batch, self.within_s):
-            yield _FaustBatch(events)
-
-    async def handled(self, batch: Sequence[Message]) -> None:
-        assert isinstance(batch, _FaustBatch)
-        for event in batch.events:
-            await self.stream.ack(event)
-
-
-async def take_events(stream: Any, max_: int, within_s: float) -> AsyncIterator[list[Any]]:
-    """faust's ``Stream.take_events``, except that an empty buffer waits for its first event
-    without a timer: a batch is handed over when it is full, or ``within_s`` after its first event.
-
-    faust's own wakes every ``within`` whether anything arrived or not. At 5 ms that is 200
-    wake-ups a second per stage, each starting tasks in mode's wait: five services doing nothing
-    spent 0.9 of a core, and a test run's many idle stacks kept two cores busy. The rest (a
-    processor filling the buffer, the buffer held while it is handed over) is faust's, step for
-    step, but for the acknowledgements: faust's acknowledges a batch when the next is asked for,
-    these are the caller's (``FaustSource.handled``), once the batch was handled.
-    """
-    events: list[Any] = []
-    arrived = asyncio.Event()  # the buffer has its first event
-    full = asyncio.Event()
-    consumed = asyncio.Event()
-    consuming: asyncio.Future[None] | None = None
-
-    async def add_to_buffer(value: Any) -> Any:
-        nonlocal consuming
-        try:
-            if consuming is not None:  # the batch is being handed over: wait until it is
-                try:
-                    await consuming
-                finally:
-                    consuming = None
-            event = stream.current_event
-            if event is None:
-                raise RuntimeError("take_events found current_event is None")
-            events.append(event)
-            arrived.set()
-            if len(events) >= max_:
-                full.set()
-                consumed.clear()
-                await stream.wait(consumed)  # never more than max_ in a batch
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            stream.log.exception("Error adding to take buffer: %r", exc)
-            await stream.crash(exc)
-        return value
-
-    acks = stream.enable_acks
-    stream.enable_acks = False  # acknowledged by the caller, once the batch was handled
-    stream.add_processor(add_to_buffer)
-    stream._enable_passive(aiter(stream.channel))
-    try:
-        while not stream.should_stop:
-            if not events:
-                await stream.wait_for_stopped(arrived)  # idle: no timer, nothing wakes
-                continue
-            await stream.wait_for_stopped(full, timeout=within_s)
-            consuming = stream.loop.create_future()
-            try:
-                yield list(events)
-            finally:
-                events.clear()
-                notify(consuming)
-                arrived.clear()
-                full.clear()
-                consumed.set()
-    finally:
-        stream.enable_acks = acks
-        stream._processors.remove(add_to_buffer)
-
-
 FETCH_MIN_BYTES = 64 * 1024
 
 
@@ -424,20 +328,45 @@ def held_fetches(wait_ms: int) -> dict[str, int]:
     return {"fetch_min_bytes": FETCH_MIN_BYTES, "fetch_max_wait_ms": wait_ms}
 
 
-def group_member(session_timeout_s: float) -> dict[str, int]:
+def group_member(session_timeout_s: float, rebalance_timeout_s: float | None = None) -> dict[str, int]:
     """Consumer options for a member of a consumer group, as the stream workers have them
     (``bus.worker.make_app``): a killed member's partitions move on after its session (three
     missed heartbeats), and a restarted broker's topics are seen within 10 s, where a member that
-    joined while they were not yet listed would otherwise wait for its next metadata refresh."""
-    return {
+    joined while they were not yet listed would otherwise wait for its next metadata refresh.
+    ``rebalance_timeout_s``: how long the group waits for this member to rejoin (it finishes
+    the batches in hand first, ``KafkaSource.give_up``); its session by default."""
+    options = {
         "session_timeout_ms": int(session_timeout_s * 1000),
         "heartbeat_interval_ms": int(session_timeout_s * 1000 / 3),
         "metadata_max_age_ms": 10_000,
     }
+    if rebalance_timeout_s is not None:
+        options["rebalance_timeout_ms"] = int(rebalance_timeout_s * 1000)
+    return options
+
+
+@dataclass
+class _Handed:
+    """A batch's part of one partition: where the partition resumes once the batch is handled."""
+
+    next_offset: int
+    done: bool = False
+
+
+class _KafkaBatch(list):
+    """A batch as ``KafkaSource`` hands it out: its records, and its place in each partition's queue."""
+
+    marks: list[tuple[tuple[str, int], _Handed]]
 
 
 class KafkaSource:
     """A started consumer (auto-commit off) in batches; commits each batch once handled.
+
+    Batches may be handled out of order (``run``'s ``in_flight``): each partition keeps its
+    batches in the order they were handed out, and a commit reaches no further than the oldest
+    one not yet handled, so a crash redelivers it and everything after. A rebalance that takes
+    a partition (``forget``, from the consumer's rebalance listener) drops its queue: a batch of
+    it still in hand commits nothing there, and its next owner reads it again.
 
     ``after_commit`` gets the next offset per (topic, partition) that the commit covered.
     """
@@ -449,13 +378,22 @@ class KafkaSource:
         max_records: int = 500,
         wait_ms: int = 1000,
         gather_ms: int = 0,
+        commit_every_s: float = 0.0,
         after_commit: Callable[[dict[tuple[str, int], int]], None] | None = None,
     ) -> None:
         self.consumer = consumer
         self.max_records = max_records
         self.wait_ms = wait_ms
         self.gather_ms = gather_ms
+        self.commit_every_s = commit_every_s
         self.after_commit = after_commit
+        self._open: dict[tuple[str, int], deque[_Handed]] = {}
+        self._committing = asyncio.Lock()
+        self._progress = asyncio.Event()
+        self._due: dict[tuple[str, int], int] = {}  # handled, not yet committed
+        self._committed_at = 0.0
+        self._later: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def batches(self) -> AsyncIterator[Sequence[Message]]:
         """Whatever arrived, as soon as anything did; with ``gather_ms``, what arrives within
@@ -473,10 +411,96 @@ class KafkaSource:
                     )
                     batch += [message for messages in got.values() for message in messages]
             if batch:
-                yield batch
+                yield self._handing_out(batch)
+
+    def _handing_out(self, records: list[Any]) -> _KafkaBatch:
+        batch = _KafkaBatch(records)
+        batch.marks = []
+        for partition, next_offset in next_offsets(records).items():
+            mark = _Handed(next_offset)
+            self._open.setdefault(partition, deque()).append(mark)
+            batch.marks.append((partition, mark))
+        return batch
+
+    async def give_up(self, partitions: Iterable[TopicPartition], patience_s: float) -> None:
+        """Partitions a rebalance takes: their batches still in hand get up to ``patience_s`` to
+        be handled and committed (each commits itself once handled); what is left then commits
+        nothing, and the partitions' next owner reads it again."""
+        taken = [(tp.topic, tp.partition) for tp in partitions]
+        deadline = time.monotonic() + patience_s
+        while any(self._open.get(partition) for partition in taken) and (left_s := deadline - time.monotonic()) > 0:
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), left_s)
+            except TimeoutError:
+                break
+        if left := sum(len(self._open.get(partition) or ()) for partition in taken):
+            log.warning("a rebalance took %d batch(es) still in hand; their records are read again", left)
+        for partition in taken:
+            self._open.pop(partition, None)
+        await self.flush()  # what was handled, while the partitions are still this member's
+
+    def _resumable(self, batch: Sequence[Message]) -> dict[tuple[str, int], int]:
+        """Where each of the batch's partitions may resume now that it was handled: past the
+        batches handled in a row from the oldest still queued (none, while an older one is in
+        hand). A batch that did not come from ``batches`` commits its own offsets."""
+        marks = getattr(batch, "marks", None)
+        if marks is None:
+            return next_offsets(batch)
+        for _, mark in marks:
+            mark.done = True
+        resumable: dict[tuple[str, int], int] = {}
+        for partition, _ in marks:
+            queue = self._open.get(partition)
+            while queue and queue[0].done:
+                resumable[partition] = queue.popleft().next_offset
+        return resumable
 
     async def handled(self, batch: Sequence[Message]) -> None:
-        handed = next_offsets(batch)
+        """Commit where the batch's partitions may resume, or, with ``commit_every_s``, once that
+        long has passed since the last commit (a timer commits what is left): a commit is a
+        request and a record on the broker, and a batch of a stream worker under a trickle is a
+        few records. What is handled but not yet committed is read again after a crash."""
+        async with self._committing:  # one at a time: a later commit never lands before an earlier
+            self._due.update(self._resumable(batch))
+            if time.monotonic() - self._committed_at >= self.commit_every_s:
+                await self._commit_due()
+            elif self._due and self._later is None:
+                self._later = asyncio.get_running_loop().call_later(self.commit_every_s, self._flush_later)
+        self._progress.set()  # a rebalance may be waiting for it (``give_up``)
+
+    async def flush(self) -> None:
+        """Commit what was handled and is not committed yet."""
+        async with self._committing:
+            await self._commit_due()
+
+    async def close(self) -> None:
+        """A stopping member: commit what is due, and no timer after."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        await self.flush()
+
+    def _flush_later(self) -> None:
+        self._later = None
+        task = asyncio.ensure_future(self.flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # the next batch's commit covers these offsets; without one they are read again
+            log.warning("a timed commit failed: %s: %s", type(error).__name__, error)
+
+    async def _commit_due(self) -> None:
+        due, self._due = self._due, {}
+        self._committed_at = time.monotonic()
+        await self._commit(due)
+
+    async def _commit(self, handed: dict[tuple[str, int], int]) -> None:
+        if not handed:
+            return
         try:
             # only the partitions the batch came from: a bare commit() writes an offset for every
             # assigned partition (96 for the audit), each one a record the broker appends
@@ -486,7 +510,11 @@ class KafkaSource:
             # the batch again (every stage is idempotent per event), and this consumer rejoins on
             # its next fetch. Raising would restart the whole consumer, and its leaving the group
             # would rebalance the others again.
-            log.warning("a rebalance took %d record(s) before their commit; they are read again: %s", len(batch), lost)
+            log.warning(
+                "a rebalance took %d partition(s) before their commit; their records are read again: %s",
+                len(handed),
+                lost,
+            )
             return
         if self.after_commit is not None:
             self.after_commit(handed)
@@ -499,3 +527,75 @@ def next_offsets(batch: Iterable[Message]) -> dict[tuple[str, int], int]:
         key = (m.topic, m.partition)
         offsets[key] = max(offsets.get(key, 0), m.offset + 1)
     return offsets
+
+
+GROUP_COMMIT_EVERY_S = 1.0  # a group member's commits, at most (what the stream framework did)
+CARRY_TIMEOUT_S = 60.0  # taking over an old group's offsets; past it the caller starts over (supervised)
+_carried: set[str] = set()  # groups that took over their old group's offsets in this process
+
+
+class _HandingOver(ConsumerRebalanceListener):
+    """A member's rebalance listener: partitions taken from it finish what is in hand first."""
+
+    def __init__(self, source: KafkaSource, patience_s: float) -> None:
+        self.source = source
+        self.patience_s = patience_s
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.source.give_up(revoked, self.patience_s)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
+
+
+async def follow_in_group(
+    bootstrap: str,
+    group: str,
+    topics: Sequence[str],
+    stage: Stage,
+    *,
+    session_timeout_s: float,
+    rebalance_timeout_s: float | None = None,
+    carried_from: str | None = None,
+    max_records: int = 500,
+    gather_ms: int = 0,
+    fetch_wait_ms: int | None = None,
+    in_flight: int = 1,
+) -> None:
+    """Consume ``topics`` with ``stage`` as a member of ``group`` (a plain consumer through the
+    one loop, ``run``), until cancelled.
+
+    ``carried_from``: the group these topics were consumed in before; a group with no offsets
+    yet starts where that one stopped (``bus.topics.carry_offsets``), once per process.
+    ``gather_ms``: what arrives that long after a batch's first record joins it;
+    ``fetch_wait_ms``: the broker holds a fetch that long for more (``held_fetches``), for a
+    follower that can wait. A rebalance waits for the batches in hand up to most of
+    ``rebalance_timeout_s`` (the group's wait for this member), then moves their partitions.
+    """
+    if carried_from is not None and group not in _carried:
+        carrying = carry_offsets(bootstrap, carried_from, group, tuple(topics))
+        if carried := await asyncio.wait_for(carrying, CARRY_TIMEOUT_S):
+            log.info("%s took over the offsets of %d partition(s) from %s", group, carried, carried_from)
+        _carried.add(group)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **group_member(session_timeout_s, rebalance_timeout_s),
+        **(held_fetches(fetch_wait_ms) if fetch_wait_ms else {}),
+    )
+    source = KafkaSource(
+        consumer, max_records=max_records, wait_ms=1000, gather_ms=gather_ms, commit_every_s=GROUP_COMMIT_EVERY_S
+    )
+    patience_s = 0.8 * (rebalance_timeout_s or session_timeout_s)
+    try:
+        await consumer.start()
+        consumer.subscribe(list(topics), listener=_HandingOver(source, patience_s))
+        await run(source, stage, in_flight=in_flight)
+    finally:
+        try:
+            await source.close()
+        except Exception as exc:  # the broker away: what was handled since the last commit is read again
+            log.warning("%s: the last commit failed: %s: %s", group, type(exc).__name__, exc)
+        await consumer.stop()

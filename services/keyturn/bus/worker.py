@@ -1,21 +1,21 @@
-"""The Kafka side every faust worker shares: the app, publishing, and the consumption loop
-(``bus.loop``) over a faust stream.
+"""The faust app every stream worker runs in (its tasks, timers and producer), and publishing
+through it.
 
-A service's ``app.py`` reads top to bottom: which topics it consumes (``consume``), what it
-publishes (``Publisher``), and one call into its own logic per event.
+A service's ``app.py`` reads top to bottom: what it publishes (``Publisher``), which topics it
+consumes in which group (``roots.follow_group``, the one loop of ``bus.loop``), and one call into
+its own logic per event or batch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import faust
 
 from keyturn.bus.headers import Headers, type_headers
-from keyturn.bus.loop import BatchHandler, FailureHook, FaustSource, Handler, Stage, run
 from keyturn.bus.publisher import Publisher, Record, send_in_batches
 from keyturn.bus.topics import Topics
 
@@ -85,34 +85,3 @@ def faust_publisher(app: faust.App, topics: Topics, service: str) -> Publisher:
         return await send_in_batches(cast(Any, app.producer)._ensure_producer(), records)
 
     return Publisher(send, topics, service, enqueue=enqueue, enqueue_all=enqueue_all)
-
-
-async def handle_each(
-    stream: faust.StreamT,
-    publisher: Publisher,
-    handle: Handler,
-    *,
-    accept: tuple[type, ...],
-    on_failure: FailureHook | None = None,
-    handle_many: BatchHandler | None = None,
-    wants: Callable[[Any], bool] | None = None,
-    batch: int = 64,
-    within_s: float = 0.005,
-    in_flight: int = 1,
-) -> None:
-    """Run ``handle(event, message)`` for every decodable event of the stream, never losing one.
-
-    The one consumption loop (``bus.loop``) over a faust stream: events of different keys
-    (actions) of a batch concurrently, events of one key in order, transient faults waited
-    out, undecodable input dead-lettered by its topic's owner, and a non-transient failure
-    dead-lettered and handed to ``on_failure`` (the stage's terminal event). ``handle_many``
-    takes a batch together (falling back to ``handle`` per event); ``wants`` skips records by
-    their headers before decoding; ``in_flight`` batches are handled at once (``bus.loop.run``).
-    """
-    stage = Stage(publisher, accept, handle=handle, on_failure=on_failure, handle_many=handle_many, wants=wants)
-    await run(FaustSource(stream, batch=batch, within_s=within_s), stage, in_flight=in_flight)
-
-
-def consume(app: faust.App, *names: str) -> faust.TopicT:
-    """The topic(s) an agent consumes, as raw bytes."""
-    return app.topic(*names, key_type=bytes, value_type=bytes)

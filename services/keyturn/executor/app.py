@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from keyturn.bus import headers
-from keyturn.bus.worker import consume, handle_each
+from keyturn.bus.loop import Stage
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ApprovalResolved
 from keyturn.db import open_pool, schema_name
@@ -28,9 +28,9 @@ from keyturn.executor.ledger import DDL, ExecutionLedger
 from keyturn.executor.plugins import PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor, ExecutorStage
-from keyturn.faults import until_done
+from keyturn.faults import supervised, until_done
 from keyturn.masking.protect import keyring_for, parameter_opener
-from keyturn.roots import stream_worker
+from keyturn.roots import follow_group, stream_worker
 from keyturn.secret_store import DDL as SECRETS_DDL
 from keyturn.secret_store import PostgresSecretStore
 
@@ -135,19 +135,27 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
             secrets=PostgresSecretStore(pool, keyring),
         )
 
-    @app.agent(consume(app, topics.decided, topics.resolved))
-    async def execute_orders(stream):
-        stage = ExecutorStage(await until_done(build_executor, "executor: opening the ledger"), publisher)
-        await handle_each(
-            stream,
+    @app.task
+    async def execute_orders():
+        executor = ExecutorStage(await until_done(build_executor, "executor: opening the ledger"), publisher)
+        stage = Stage(
             publisher,
-            stage.execute,
-            accept=(ActionDecided, ApprovalResolved),
-            on_failure=stage.on_failure,
-            handle_many=stage.execute_batch,
+            (ActionDecided, ApprovalResolved),
+            handle=executor.execute,
+            on_failure=executor.on_failure,
+            handle_many=executor.execute_batch,
             wants=CLEARED_ORDERS,
-            within_s=settings.worker_gather_s,
-            in_flight=settings.executor_batches_in_flight,
+        )
+        await supervised(
+            "executor: executing orders",
+            lambda: follow_group(
+                settings,
+                "executor",
+                "orders",
+                (topics.decided, topics.resolved),
+                stage,
+                in_flight=settings.executor_batches_in_flight,
+            ),
         )
 
     return app

@@ -12,18 +12,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from keyturn.bus.worker import consume, handle_each
+from keyturn.bus.loop import Stage
 from keyturn.config import Settings
 from keyturn.core.events import ActionRequested
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.db import open_pool, schema_name
-from keyturn.faults import until_done
+from keyturn.faults import supervised, until_done
 from keyturn.masking.protect import keyring_for, parameter_opener
 from keyturn.metrics import serve_metrics
 from keyturn.policy.decider import PolicyDecider, PolicyStage
 from keyturn.policy.impact import SqlPreviewer
 from keyturn.policy.record import DDL, DecisionRecord
-from keyturn.roots import opa_client, stream_worker
+from keyturn.roots import follow_group, opa_client, stream_worker
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +42,25 @@ def create_app(settings: Settings):
     )
     decider = PolicyDecider(opa_client(settings), settings.policy_unavailable_after_s, previewer=previewer)
 
-    @app.agent(consume(app, topics.requested))
-    async def decide_requests(stream):
+    @app.task
+    async def decide_requests():
         record = DecisionRecord(
             await until_done(
                 lambda: open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace)),
                 "policy: opening the database",
             )
         )
-        stage = PolicyStage(decider, record, publisher)
-        await handle_each(
-            stream,
+        policy = PolicyStage(decider, record, publisher)
+        stage = Stage(
             publisher,
-            stage.decide,
-            accept=(ActionRequested,),
-            on_failure=stage.on_failure,
-            handle_many=stage.decide_batch,
-            within_s=settings.worker_gather_s,
+            (ActionRequested,),
+            handle=policy.decide,
+            on_failure=policy.on_failure,
+            handle_many=policy.decide_batch,
+        )
+        await supervised(
+            "policy: deciding requests",
+            lambda: follow_group(settings, "policy", "requests", (topics.requested,), stage),
         )
 
     return app
