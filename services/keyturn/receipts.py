@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -69,10 +69,10 @@ class ReceiptSigner:
     """Issues receipts with one Ed25519 key (kept by the executor, published by the intake)."""
 
     private_key: Ed25519PrivateKey
+    kid: str = field(init=False)  # the key's id, derived once rather than per receipt
 
-    @property
-    def kid(self) -> str:
-        return key_id(self.private_key.public_key())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kid", key_id(self.private_key.public_key()))
 
     def issue(
         self,
