@@ -33,8 +33,6 @@ def stream_worker(settings: Settings, service: str) -> tuple[Any, Topics, Publis
         bootstrap=settings.kafka_bootstrap,
         partitions=settings.partitions,
         run_dir=settings.run_dir,
-        session_timeout_s=settings.worker_session_timeout_s,
-        rebalance_timeout_s=settings.worker_rebalance_timeout_s,
         service=service,
         linger_ms=settings.producer_linger_ms,
         batch_bytes=settings.producer_batch_bytes,

@@ -38,10 +38,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from keyturn.bus.loop import JOINED
 from keyturn.config import REPO_ROOT, Settings
 from tests.conftest import ARTIFACTS, ServiceProcesses, free_port, settings_env
 from tests.peers import answer_json
 from tests.processes import stop_process
+
+JOINED_LINE = f"-executor-orders: {JOINED} ".encode()  # the executor's consumer has its partitions
 
 PEER_HOST = "api.example.internal"
 UNREACHABLE_HOST = "hooks.example.internal"  # allow-listed everywhere, but nothing listens where it points
@@ -294,7 +297,7 @@ class ExecutorUnderTest:
                 raise RuntimeError(f"the executor exited with {self.proc.returncode}; see {self.log_path}")
             with self.log_path.open("rb") as log:
                 log.seek(offset)
-                if b"Worker ready" in log.read():
+                if JOINED_LINE in log.read():
                     return
             time.sleep(0.2)
         raise TimeoutError(f"the executor was not ready within {timeout}s; see {self.log_path}")
@@ -343,12 +346,12 @@ def _worker(module_args: list[str], env: dict[str, str], log_path: Path) -> subp
 
 
 def _wait_ready(proc: subprocess.Popen, log_path: Path, offset: int, timeout: float = 120) -> None:
-    """Until faust says the worker is ready (partitions assigned), in what the log gained after ``offset``."""
+    """Until the worker's consumer has its partitions, in what the log gained after ``offset``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the worker exited with {proc.returncode}; see {log_path}")
-        if b"Worker ready" in log_path.read_bytes()[offset:]:
+        if JOINED_LINE in log_path.read_bytes()[offset:]:
             return
         time.sleep(0.2)
     raise TimeoutError(f"the worker was not ready within {timeout}s; see {log_path}")

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from keyturn.bus.codec import registry
+from keyturn.bus.loop import JOINED
 from keyturn.bus.topics import Topics
 from keyturn.config import REPO_ROOT
 from keyturn.core.canonical import canonical_json
@@ -154,7 +155,8 @@ def isolated(settings, services, tmp_path):
 
 def wait_ready(workers: ServiceProcesses, name: str, timeout: float = 60) -> None:
     log = workers.log_dir / f"{name}.log"
-    assert eventually(lambda: log.exists() and "Worker ready" in log.read_text(errors="replace"), timeout=timeout), (
+    joined = f"-{name}-requests: {JOINED} "  # its consumer has its partitions
+    assert eventually(lambda: log.exists() and joined in log.read_text(errors="replace"), timeout=timeout), (
         f"{name} never became ready"
     )
 

@@ -534,10 +534,14 @@ CARRY_TIMEOUT_S = 60.0  # taking over an old group's offsets; past it the caller
 _carried: set[str] = set()  # groups that took over their old group's offsets in this process
 
 
+JOINED = "consuming"  # logged "<group>: consuming N partition(s)" each time a member is assigned its share
+
+
 class _HandingOver(ConsumerRebalanceListener):
     """A member's rebalance listener: partitions taken from it finish what is in hand first."""
 
-    def __init__(self, source: KafkaSource, patience_s: float) -> None:
+    def __init__(self, group: str, source: KafkaSource, patience_s: float) -> None:
+        self.group = group
         self.source = source
         self.patience_s = patience_s
 
@@ -545,7 +549,7 @@ class _HandingOver(ConsumerRebalanceListener):
         await self.source.give_up(revoked, self.patience_s)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        pass
+        log.info("%s: %s %d partition(s)", self.group, JOINED, len(assigned))
 
 
 async def follow_in_group(
@@ -591,7 +595,7 @@ async def follow_in_group(
     patience_s = 0.8 * (rebalance_timeout_s or session_timeout_s)
     try:
         await consumer.start()
-        consumer.subscribe(list(topics), listener=_HandingOver(source, patience_s))
+        consumer.subscribe(list(topics), listener=_HandingOver(group, source, patience_s))
         await run(source, stage, in_flight=in_flight)
     finally:
         try:

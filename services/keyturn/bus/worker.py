@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
+from faust.app.base import BootStrategy
 
 from keyturn.bus.headers import Headers, type_headers
 from keyturn.bus.publisher import Publisher, Record, send_in_batches
@@ -22,22 +23,33 @@ from keyturn.bus.topics import Topics
 log = logging.getLogger(__name__)
 
 
+class _NoConsumer(BootStrategy):
+    """faust starts no consumer of its own (nor its assignor, streams and tables): every service
+    consumes through ``bus.loop`` in groups of its own. An idle faust consumer still ran its
+    thread and fetched for its internal assignor topic."""
+
+    enable_kafka_consumer = False
+
+
+class _ProducingApp(faust.App):
+    BootStrategy = _NoConsumer
+
+
 def make_app(
     *,
     namespace: str,
     bootstrap: str,
     partitions: int,
     run_dir: Path | str,
-    session_timeout_s: float,
     service: str,
-    rebalance_timeout_s: float = 60.0,
     linger_ms: float = 3.0,
     batch_bytes: int = 256 * 1024,
 ) -> faust.App:
-    """A faust app for one service: raw bytes in and out (our codec does Avro), memory tables."""
+    """A faust app for one service: its tasks, timers and producer (raw bytes in and out: our
+    codec does Avro); it consumes nothing itself (``_NoConsumer``)."""
     faust_dir = Path(run_dir) / "faust"
     faust_dir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return _ProducingApp(
         f"{namespace}-{service}",
         broker=f"kafka://{bootstrap}",
         key_serializer="raw",
@@ -47,22 +59,11 @@ def make_app(
         topic_partitions=partitions,
         topic_allow_declare=False,  # topics are created by bus.topics.ensure_topics, with retention
         web_enabled=False,  # the approval service serves its HTTP API itself (bus.http)
-        consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         # A batch's records are sent before any is awaited (Publisher.publish_all), so a few ms of
         # linger and large batches put a whole batch in one produce request.
         producer_linger=linger_ms / 1000.0,
         producer_max_batch_size=batch_bytes,
-        broker_commit_every=100,
-        broker_commit_interval=1.0,
-        # A SIGKILLed worker keeps its partitions until its session times out (faust's default is
-        # 60 s, measured 55 s in the fault drill); 10 s is three missed heartbeats.
-        broker_session_timeout=session_timeout_s,
-        # a rebalance waits this long for every member to finish its batch and rejoin
-        broker_rebalance_timeout=rebalance_timeout_s,
-        # A worker that joins while a restarted broker has not yet listed the topics gets an empty
-        # assignment; it rejoins when its next metadata refresh sees them (default: 5 minutes).
-        consumer_metadata_max_age_ms=10_000,
     )
 
 
