@@ -43,6 +43,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError))
 
 
+def stray_cancel(exc: BaseException) -> bool:
+    """A ``CancelledError`` nobody asked the current task for: a library cancelled a future the
+    task awaited, as the Kafka client does to a request whose connection closed under it. That
+    is a transient failure, not a stop: taken for one, the audit service, starting while the
+    broker restarted, shut itself down in a fault drill. A cancel the task was asked for (a
+    shutdown, an ``asyncio.timeout``) is counted by ``Task.cancelling`` and stays a cancel."""
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling() == 0
+
+
 async def until_done(
     work: Callable[[], Awaitable[T]],
     what: str,
@@ -63,6 +73,10 @@ async def until_done(
             if not is_transient(exc) or (give_up is not None and loop.time() >= give_up):
                 raise
             log.warning("%s failed (%s: %s); trying again in %.1fs", what, type(exc).__name__, exc, wait)
+        except asyncio.CancelledError as exc:
+            if not stray_cancel(exc) or (give_up is not None and loop.time() >= give_up):
+                raise
+            log.warning("%s was cancelled under it (a connection closing); trying again in %.1fs", what, wait)
         await asyncio.sleep(wait if give_up is None else max(0.0, min(wait, give_up - loop.time())))
         wait = min(wait * 2, max_wait_s)
 
@@ -84,8 +98,10 @@ async def supervised(
         try:
             await work()
             log.error("%s stopped on its own; starting it again in %.1fs", name, delay)
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            if not stray_cancel(exc):
+                raise
+            log.warning("%s was cancelled under it (a connection closing); starting it again in %.1fs", name, delay)
         except Exception:
             log.exception("%s failed; starting it again in %.1fs", name, delay)
         if loop.time() - started > 60:

@@ -66,6 +66,36 @@ def test_until_done_raises_a_bug_at_once():
     assert len(calls) == 1
 
 
+def test_until_done_tries_again_when_a_library_cancels_what_it_awaited_but_stops_when_asked_to():
+    """A client cancels a request's future when its connection closes (no one cancelled the
+    task): that is a failure to wait out. A cancel of the task itself is a stop."""
+    calls = []
+
+    async def work():
+        calls.append(1)
+        request = asyncio.get_running_loop().create_future()
+        if len(calls) < 3:
+            asyncio.get_running_loop().call_soon(request.cancel)  # the connection closed under it
+        else:
+            request.set_result("answered")
+        return await request
+
+    assert asyncio.run(until_done(work, "test work", first_wait_s=0.01)) == "answered"
+    assert len(calls) == 3
+
+    async def stopped_while_waiting():
+        async def never():
+            await asyncio.Event().wait()
+
+        task = asyncio.create_task(until_done(never, "test work"))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stopped_while_waiting())
+
+
 class _Actor:
     """Awaits a coroutine the way a faust agent awaits its actor: through ``__await__``, which
     hides the coroutine from the chain of awaits followed from the task's root."""
