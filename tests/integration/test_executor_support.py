@@ -44,7 +44,7 @@ from tests.conftest import ARTIFACTS, ServiceProcesses, free_port, settings_env
 from tests.peers import answer_json
 from tests.processes import stop_process
 
-JOINED_LINE = f"-executor-orders: {JOINED} ".encode()  # the executor's consumer has its partitions
+JOINED_LINE = f": {JOINED} ".encode()  # "<group>: consuming N partition(s)": the worker's consumer has its partitions
 
 PEER_HOST = "api.example.internal"
 UNREACHABLE_HOST = "hooks.example.internal"  # allow-listed everywhere, but nothing listens where it points
@@ -281,7 +281,7 @@ class ExecutorUnderTest:
         self.policy_proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> None:
-        """Start the process and wait until faust says it is ready (partitions assigned)."""
+        """Start the process and wait until its consumer has its partitions."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         command = (
@@ -291,16 +291,7 @@ class ExecutorUnderTest:
         )
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the executor exited with {self.proc.returncode}; see {self.log_path}")
-            with self.log_path.open("rb") as log:
-                log.seek(offset)
-                if JOINED_LINE in log.read():
-                    return
-            time.sleep(0.2)
-        raise TimeoutError(f"the executor was not ready within {timeout}s; see {self.log_path}")
+        _wait_ready(self.proc, self.log_path, offset, timeout)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no offset commit, no goodbye to the consumer group."""
@@ -318,14 +309,19 @@ class ExecutorUnderTest:
     def __enter__(self) -> ExecutorUnderTest:
         if "executor" in self.services.procs:
             self.services.stop("executor")
-        if self.with_policy:
-            if "policy" in self.services.procs:
-                self.services.stop("policy")
-            offset = self.policy_log.stat().st_size if self.policy_log.exists() else 0
-            self.policy_proc = _worker(["keyturn.cli", "serve", "policy"], self.env, self.policy_log)
-        self.start()
-        if self.policy_proc is not None:
-            _wait_ready(self.policy_proc, self.policy_log, offset)
+        try:
+            if self.with_policy:
+                if "policy" in self.services.procs:
+                    self.services.stop("policy")
+                offset = self.policy_log.stat().st_size if self.policy_log.exists() else 0
+                self.policy_proc = _worker(["keyturn.cli", "serve", "policy"], self.env, self.policy_log)
+            self.start()
+            if self.policy_proc is not None:
+                _wait_ready(self.policy_proc, self.policy_log, offset)
+        except BaseException:
+            # a worker left running would go on taking the namespace's orders for later tests
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:

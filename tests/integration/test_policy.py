@@ -155,7 +155,7 @@ def isolated(settings, services, tmp_path):
 
 def wait_ready(workers: ServiceProcesses, name: str, timeout: float = 60) -> None:
     log = workers.log_dir / f"{name}.log"
-    joined = f"-{name}-requests: {JOINED} "  # its consumer has its partitions
+    joined = f"-policy-requests: {JOINED} "  # its consumer has its partitions
     assert eventually(lambda: log.exists() and joined in log.read_text(errors="replace"), timeout=timeout), (
         f"{name} never became ready"
     )

@@ -529,6 +529,7 @@ def next_offsets(batch: Iterable[Message]) -> dict[tuple[str, int], int]:
     return offsets
 
 
+REJOIN_MARGIN_S = 2.0  # what a member keeps of the group's rebalance wait for rejoining itself
 GROUP_COMMIT_EVERY_S = 1.0  # a group member's commits, at most (what the stream framework did)
 CARRY_TIMEOUT_S = 60.0  # taking over an old group's offsets; past it the caller starts over (supervised)
 _carried: set[str] = set()  # groups that took over their old group's offsets in this process
@@ -573,8 +574,9 @@ async def follow_in_group(
     yet starts where that one stopped (``bus.topics.carry_offsets``), once per process.
     ``gather_ms``: what arrives that long after a batch's first record joins it;
     ``fetch_wait_ms``: the broker holds a fetch that long for more (``held_fetches``), for a
-    follower that can wait. A rebalance waits for the batches in hand up to most of
-    ``rebalance_timeout_s`` (the group's wait for this member), then moves their partitions.
+    follower that can wait. A rebalance waits for the batches in hand up to what the group's
+    wait for this member (``rebalance_timeout_s``) leaves once the member learnt of it and
+    before it must rejoin, then moves their partitions.
     """
     if carried_from is not None and group not in _carried:
         carrying = carry_offsets(bootstrap, carried_from, group, tuple(topics))
@@ -592,7 +594,11 @@ async def follow_in_group(
     source = KafkaSource(
         consumer, max_records=max_records, wait_ms=1000, gather_ms=gather_ms, commit_every_s=GROUP_COMMIT_EVERY_S
     )
-    patience_s = 0.8 * (rebalance_timeout_s or session_timeout_s)
+    # the group waits ``rebalance_timeout_s`` from the rebalance's start; a member learns of it at
+    # its next heartbeat (a third of the session later at most) and must rejoin within the rest,
+    # or it is dropped and its rejoining starts another rebalance
+    heartbeat_s = session_timeout_s / 3
+    patience_s = max(0.0, (rebalance_timeout_s or session_timeout_s) - heartbeat_s - REJOIN_MARGIN_S)
     try:
         await consumer.start()
         consumer.subscribe(list(topics), listener=_HandingOver(group, source, patience_s))

@@ -185,21 +185,29 @@ class Executor:
     async def _holding(self, action_ids: list[str]) -> AsyncIterator[None]:
         """Renew the leases of ``action_ids`` (started by this executor) while the block runs."""
 
+        done = asyncio.Event()
+
         async def renew() -> None:
             while action_ids:
-                await asyncio.sleep(self.ledger.lease_s / 3)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), self.ledger.lease_s / 3)
+                    return
                 try:
                     await self.ledger.renew(action_ids)
                 except Exception as exc:  # a database blip: the next beat tries again, well within the lease
                     log.warning("renewing the leases of %d running order(s) failed: %r", len(action_ids), exc)
 
+        # told to stop rather than cancelled: a batch once waited minutes here for a beat that
+        # slept on as if its cancel never came; a renewal under way ends within the ledger's patience
         beat = asyncio.create_task(renew())
         try:
             yield
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            done.set()
+            try:
                 await beat
+            finally:
+                beat.cancel()  # the batch itself cancelled meanwhile (a shutdown): its beat goes too
 
     async def execute_many(self, orders: list[ExecutionOrder]) -> tuple[list[Done], list[BaseException]]:
         """Run every order (distinct actions) at most once: (what each ended with, the failures
