@@ -79,6 +79,31 @@ def test_a_start_holds_a_lease_on_the_databases_clock_that_only_its_executor_ren
     assert finished.finished and not finished.held
 
 
+def test_outcomes_recorded_by_an_attempt_given_up_on_are_recognised_when_the_call_is_repeated(settings) -> None:
+    """A statement given up on (its patience ran out) may still have committed: the repeat of the
+    same call finds its own outcomes, by their events, and says they are recorded."""
+
+    async def scenario():
+        pool = await open_pool(
+            settings.database_url, ledger_module.DDL, schema=schema_name(f"kt{uuid.uuid4().hex[:8]}")
+        )
+        try:
+            ledger = ExecutionLedger(pool, "executor-1")
+            await ledger.start_many([("a1", "d1", "sql"), ("a2", "d2", "sql")], AT)
+            finishes = [("a1", "succeeded", b"e1", AT), ("a2", "failed", b"e2", AT)]
+            first = await ledger.finish_many(finishes)
+            repeated = await ledger.finish_many(finishes)
+            other = await ledger.finish_many([("a1", "failed", b"another run's event", AT)])
+            return first, repeated, other, await ledger.get("a1")
+        finally:
+            await pool.close()
+
+    first, repeated, other, a1 = asyncio.run(scenario())
+    assert first == repeated == {"a1", "a2"}
+    assert other == set(), "an outcome that is not the one recorded is not reported as recorded"
+    assert (a1.outcome, a1.executed_event) == ("succeeded", b"e1")
+
+
 def test_a_ledger_statement_that_gets_no_answer_is_given_up_and_tried_again(settings, caplog) -> None:
     """An outcome whose UPDATE waits on a row nobody releases (here another session's lock;
     after a restart, a connection that never answers) is given up after the ledger's patience

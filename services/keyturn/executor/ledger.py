@@ -164,17 +164,23 @@ class ExecutionLedger:
 
     async def finish_many(self, finishes: list[tuple[str, str, bytes, datetime]]) -> set[str]:
         """Record (action id, outcome, executed event, at) of started actions in one statement;
-        returns the action ids it recorded (the others had an outcome already, which stays)."""
+        returns the action ids whose recorded outcome is the one given: recorded now, or by an
+        earlier attempt of this same call (a statement given up on can still have committed;
+        its event, unique to this run, is what tells). The others had an outcome already, which
+        stays."""
         if not finishes:
             return set()
         async with self._connection() as conn:
             rows = await (
                 await conn.execute(
-                    "UPDATE executions AS e SET finished_at = f.at, outcome = f.outcome, executed_event = f.event,"
-                    " lease_until = NULL"
-                    " FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::timestamptz[]) AS f(action_id, outcome,"
-                    " event, at)"
-                    " WHERE e.action_id = f.action_id AND e.finished_at IS NULL RETURNING e.action_id",
+                    "WITH f AS (SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::timestamptz[])"
+                    " AS f(action_id, outcome, event, at)),"
+                    " now_recorded AS (UPDATE executions AS e SET finished_at = f.at, outcome = f.outcome,"
+                    " executed_event = f.event, lease_until = NULL FROM f"
+                    " WHERE e.action_id = f.action_id AND e.finished_at IS NULL RETURNING e.action_id)"
+                    " SELECT action_id FROM now_recorded"
+                    " UNION SELECT e.action_id FROM executions AS e JOIN f ON e.action_id = f.action_id"
+                    " WHERE e.finished_at IS NOT NULL AND e.executed_event = f.event",
                     (
                         [f[0] for f in finishes],
                         [f[1] for f in finishes],
