@@ -69,14 +69,11 @@ async def until_done(
     while True:
         try:
             return await work()
-        except Exception as exc:
-            if not is_transient(exc) or (give_up is not None and loop.time() >= give_up):
+        except BaseException as exc:  # a stray cancel is a BaseException; every other one raises
+            if not (is_transient(exc) or stray_cancel(exc)) or (give_up is not None and loop.time() >= give_up):
                 raise
-            log.warning("%s failed (%s: %s); trying again in %.1fs", what, type(exc).__name__, exc, wait)
-        except asyncio.CancelledError as exc:
-            if not stray_cancel(exc) or (give_up is not None and loop.time() >= give_up):
-                raise
-            log.warning("%s was cancelled under it (a connection closing); trying again in %.1fs", what, wait)
+            why = str(exc) or "cancelled under it"
+            log.warning("%s failed (%s: %s); trying again in %.1fs", what, type(exc).__name__, why, wait)
         await asyncio.sleep(wait if give_up is None else max(0.0, min(wait, give_up - loop.time())))
         wait = min(wait * 2, max_wait_s)
 

@@ -365,8 +365,9 @@ class KafkaSource:
     Batches may be handled out of order (``run``'s ``in_flight``): each partition keeps its
     batches in the order they were handed out, and a commit reaches no further than the oldest
     one not yet handled, so a crash redelivers it and everything after. A rebalance that takes
-    a partition (``forget``, from the consumer's rebalance listener) drops its queue: a batch of
-    it still in hand commits nothing there, and its next owner reads it again.
+    a partition (``give_up``, from the consumer's rebalance listener) drops its queue once the
+    batches in hand had their time: one still in hand commits nothing there, and the
+    partition's next owner reads it again.
 
     ``after_commit`` gets the next offset per (topic, partition) that the commit covered.
     """
