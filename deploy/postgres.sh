@@ -121,8 +121,10 @@ start() {
   local started=$EPOCHREALTIME server=("$BIN/postgres")
   # setpriv, unlike runuser, execs in place, so the recorded PID is the postmaster itself.
   if ((EUID == 0)); then server=(setpriv --reuid=postgres --regid=postgres --init-groups -- "${server[@]}"); fi
+  # 200 connections, not the default 100: each executor keeps an admin connection per SQL command
+  # it may run at once (16) besides the commands' own logins and every service's pool
   pid=$(cd / && spawn "$LOG" "${server[@]}" -D "$PGDATA" -p "$PORT" \
-    -c listen_addresses=127.0.0.1 -c unix_socket_directories="$SOCKET_DIR")
+    -c listen_addresses=127.0.0.1 -c unix_socket_directories="$SOCKET_DIR" -c max_connections=200)
   printf '%s\n' "$DATABASE_URL" >"$(endpoint_file)"
   wait_healthy "$pid" accepting "$LOG"
   create_role_and_database

@@ -69,7 +69,6 @@ from keyturn.faults import DATABASE_UNAVAILABLE, Unavailable, until_done
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ADMIN_IDLE = 8  # admin connections kept per target for the next commands (``SqlPlugin._admin``)
 # kept admin connections by target URL, shared by the plugins of one process (sql, iam, deletion, export)
 _IDLE_ADMIN: dict[str, list[psycopg.AsyncConnection]] = {}
 # A command holds up to two connections (the executor's, its own role's login). A backlog (after
@@ -337,15 +336,16 @@ class SqlPlugin:
     async def _admin(self, target: Target | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
         """The executor's own connection to ``target`` (the plugin's target by default).
 
-        Connections to the plugin's own target are kept for the next command (up to
-        ``ADMIN_IDLE`` per target, shared by the process's SQL plugins): a command takes three
-        or four admin turns (mint, drop, verify), and a new connection each time cost
-        PostgreSQL a backend and its authentication, which measured more CPU than everything
-        else the command does. A kept connection answers a ``SELECT 1`` before it is used
-        again (a restarted server left it dead). Not psycopg_pool: it connects in the
-        background and reports a refusing target only as a timeout, and a command's failure
-        must say at once why the target refused. Connections to a secret-referenced target are
-        made for the command and closed.
+        Connections to the plugin's own target are kept for the next command (as many as the
+        process's commands may hold at once there, ``commands_at_once``, shared by its SQL
+        plugins): a command takes three or four admin turns (mint, drop, verify), and a new
+        connection each time cost PostgreSQL a backend and its authentication, which measured
+        more CPU than everything else the command does. Keeping fewer (8 of 16) still started
+        a backend for one command in four under bursts of grants (bench/README.md). A kept
+        connection answers a ``SELECT 1`` before it is used again (a restarted server left it
+        dead). Not psycopg_pool: it connects in the background and reports a refusing target
+        only as a timeout, and a command's failure must say at once why the target refused.
+        Connections to a secret-referenced target are made for the command and closed.
         """
         target = target or self.target
         kept = target is self.target
@@ -357,7 +357,7 @@ class SqlPlugin:
         finally:
             reusable = (
                 kept
-                and len(self._idle_admin) < ADMIN_IDLE
+                and len(self._idle_admin) < self.commands_at_once
                 and not conn.closed
                 and not conn.broken
                 and conn.info.transaction_status == TransactionStatus.IDLE
