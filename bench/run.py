@@ -885,7 +885,9 @@ def main() -> int:
     print_table(figures, info, console)
     inputs = target_inputs(bench, flood)
     verdicts = targets.targets(inputs)
-    model = targets.CostModel(inputs["batched_cpu_ms_per_process"] or inputs["post_cpu_ms_per_process"])
+    model = targets.CostModel(
+        inputs["batched_cpu_ms_per_process"] or inputs["post_cpu_ms_per_process"], partitions=bench.settings.partitions
+    )
     console.print("\n[bold]Issue 14 targets[/bold] (each beside its baseline from this run)")
     console.print("| target | measured | goal | verdict | baseline (same run) |\n|---|---:|---|---|---|")
     for target in verdicts:

@@ -20,6 +20,8 @@ GENERATOR = "load generator"
 SERVERS = ("kafka", "opa", "postgres")
 # a process that cannot be multiplied: the audit chain is one sequence, written by one writer
 SINGLE_WRITER = ("audit",)
+# stages whose workers share a consumer group over the keyed topics: at most one per partition
+PARTITIONED = ("policy", "executor", "approval")
 CPU_TARGET_MS = 2.0
 BATCH_TARGET = 1000.0
 POST_TARGET = 400.0
@@ -136,10 +138,13 @@ class CostModel:
     Every stage but the audit runs as many workers as there are partitions, so with enough
     cores it is the machine's CPU that caps it: N × 1000 / (ms per action over all processes).
     The audit is one hash chain, written by one process: it caps at 1000 / its own ms per action
-    whatever the cores. The load generator is not counted (it runs elsewhere in a deployment).
+    whatever the cores. A stage in a consumer group runs at most one worker per partition, each
+    one process: it caps at partitions × 1000 / its ms per action. The load generator is not
+    counted (it runs elsewhere in a deployment).
     """
 
     per_action_ms: dict[str, float]
+    partitions: int = 8
 
     @property
     def total_ms(self) -> float:
@@ -150,12 +155,23 @@ class CostModel:
         ms = sum(self.per_action_ms.get(name, 0.0) for name in SINGLE_WRITER)
         return 1000 / ms if ms > 0 else math.inf
 
+    def partition_cap(self) -> tuple[float, str]:
+        """(actions/s, stage): the partitioned stage that its workers, one per partition, cap first."""
+        stages = [(name, ms) for name in PARTITIONED if (ms := self.per_action_ms.get(name, 0.0)) > 0]
+        if not stages:
+            return math.inf, ""
+        name, ms = max(stages, key=lambda stage: stage[1])
+        return self.partitions * 1000 / ms, f"the {name} stage's {self.partitions} workers (one per partition)"
+
     def predicted(self, cores: int) -> tuple[float, str]:
         """(actions/s on ``cores`` cores, the stage that caps it)."""
         by_cpu = cores * 1000 / self.total_ms if self.total_ms > 0 else math.inf
-        if by_cpu <= self.single_writer_cap:
-            return by_cpu, "CPU of all processes together"
-        return self.single_writer_cap, "the audit writer (one chain, one process)"
+        caps = [
+            (by_cpu, "CPU of all processes together"),
+            (self.single_writer_cap, "the audit writer (one chain, one process)"),
+            self.partition_cap(),
+        ]
+        return min(caps, key=lambda cap: cap[0])
 
     def lines(self, cores: tuple[int, ...] = (2, 4, 8, 16, 32)) -> list[str]:
         parts = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(self.per_action_ms.items(), key=lambda kv: -kv[1]))

@@ -28,8 +28,11 @@ class Settings:
     database_url: str = "postgresql://keyturn:keyturn@127.0.0.1:5433/keyturn"
     namespace: str = "keyturn"  # topic prefix and consumer-group prefix; tests isolate with it
     # every keyed topic has the same count (ordering per action_id); the most workers a consumer
-    # group can use. Set when the topics are created: adding partitions later moves keys.
-    partitions: int = 16
+    # group can use. Set when the topics are created: adding partitions later moves keys. Eight
+    # workers per stage outrun the one audit chain several times over (bench/targets.py, the cost
+    # model), and every partition costs each fetch and produce: 16 spent 0.1-0.3 CPU-ms per action
+    # more in Kafka and the services (bench/README.md, fifteenth round)
+    partitions: int = 8
     producer_linger_ms: float = 3.0  # stream workers' producers wait this long to fill a batch
     producer_batch_bytes: int = 256 * 1024  # and put up to this much in one batch per partition
     # the policy and executor workers take up to 64 events at a time, or what arrived

@@ -42,3 +42,11 @@ def test_the_cost_model_names_the_stage_that_caps_it() -> None:
     assert math.isclose(rate, 2 * 1000 / 2.0) and "CPU" in cap
     rate, cap = model.predicted(16)
     assert math.isclose(rate, 1000 / 0.4) and "audit" in cap
+
+
+def test_the_cost_model_caps_a_stage_at_one_worker_per_partition() -> None:
+    """A slow executor on two partitions runs two workers at most, however many cores there are."""
+    model = CostModel({"policy": 0.2, "executor": 1.0, "audit": 0.1}, partitions=2)
+    rate, cap = model.predicted(32)
+    assert math.isclose(rate, 2 * 1000 / 1.0) and "executor" in cap and "2 workers" in cap
+    assert model.predicted(1)[1] == "CPU of all processes together"
