@@ -15,6 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from keyturn.bus.topics import Topics
+from keyturn.config import Settings
 
 GENERATOR = "load generator"
 SERVERS = ("kafka", "opa", "postgres")
@@ -144,7 +145,7 @@ class CostModel:
     """
 
     per_action_ms: dict[str, float]
-    partitions: int = 8
+    partitions: int = Settings.partitions  # the deployment default, unless the run says otherwise
 
     @property
     def total_ms(self) -> float:
