@@ -109,12 +109,12 @@ class PolicyDecider:
         documents = [policy_input(request, impact) for request, impact in zip(requests, impacts, strict=True)]
         give_up_at = self.clock() + self.unavailable_after_s
         while True:
-            now = datetime.now(UTC)
             try:
                 answer = await self.opa.query(BATCH_PATH, {"batch": documents})
                 items = _items(answer.result, len(documents))
                 revision = await self.opa.revision_of(answer)
             except PolicyAnswerInvalid as exc:
+                now = datetime.now(UTC)
                 reason = masked_line(f"policy_invalid: {exc}")  # OPA's answer may quote the input
                 return [
                     denied(request, [reason], provenance_for(document, "unknown", None, now), now)
@@ -122,6 +122,7 @@ class PolicyDecider:
                 ]
             except PolicyUnavailable as exc:
                 if self.clock() >= give_up_at:
+                    now = datetime.now(UTC)
                     reason = masked_line(
                         f"policy_unavailable: no decision from OPA within {self.unavailable_after_s:.0f}s ({exc})"
                     )
@@ -132,6 +133,7 @@ class PolicyDecider:
                 log.warning("OPA unavailable, holding %d request(s): %s", len(requests), exc)
                 await asyncio.sleep(self.retry_every_s)
                 continue
+            now = datetime.now(UTC)  # decided when OPA answered, not when it was asked
             decisions = []
             for index, (request, document, item, impact) in enumerate(
                 zip(requests, documents, items, impacts, strict=True)
