@@ -13,8 +13,9 @@ per request it costs a fraction of what httpx costs, and the generator's CPU is 
 from the system's anyway (``bench.machine.CpuMeter``: the bench process is the generator).
 
 Submissions are timed by the wall clock (``time.time()``), the clock the services stamp their
-events with, so a latency is an event's ``decided_at`` / ``finished_at`` minus the moment the
-request left the client.
+events and their records with, so a latency is the ``decided`` record's timestamp (when the
+decision was published) or an event's ``finished_at`` minus the moment the request left the
+client.
 """
 
 from __future__ import annotations

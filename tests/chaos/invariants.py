@@ -38,6 +38,7 @@ class ActionFacts:
     requested_copies: int = 0
     decisions: dict[str, tuple[str, datetime]] = field(default_factory=dict)  # decision id -> (outcome, decided_at)
     decided_copies: int = 0
+    decision_sent_at: float | None = None  # the first decided record's own timestamp (s): when it was published
     resolutions: dict[tuple[str, datetime], int] = field(default_factory=dict)  # (outcome, resolved_at) -> copies
     executions: dict[tuple[str, datetime | None], tuple[str, datetime]] = field(
         default_factory=dict
@@ -231,6 +232,8 @@ async def read_lifecycle_async(settings: Settings) -> Lifecycle:
                 f = facts(record["action_id"])
                 f.decided_copies += 1
                 f.decisions.setdefault(record["provenance"]["decision_id"], (record["outcome"], record["decided_at"]))
+                sent = message.timestamp / 1000
+                f.decision_sent_at = sent if f.decision_sent_at is None else min(f.decision_sent_at, sent)
             elif name == "ApprovalResolved":
                 f = facts(record["action_id"])
                 key = (record["outcome"], record["resolved_at"])
