@@ -36,8 +36,9 @@ class Settings:
     producer_linger_ms: float = 3.0  # stream workers' producers wait this long to fill a batch
     producer_batch_bytes: int = 256 * 1024  # and put up to this much in one batch per partition
     # the policy and executor workers take up to 64 events at a time, or what arrived
-    # within this long: one OPA query, one statement, one produce per batch. Each hop may wait
-    # this long more when idle; under load, larger batches cost less per action (bench/README.md)
+    # within this long: one OPA query, one statement, one produce per batch. Under load, larger
+    # batches cost less per action (bench/README.md); a trickle that would not fill the window
+    # is not held for it (bus.loop.GATHER_WHEN_EXPECTED)
     worker_gather_ms: float = 20.0
     worker_session_timeout_s: float = 10.0  # a dead worker's partitions move to a live one after this
     # a rebalance waits this long for a busy worker to finish its batch before moving its

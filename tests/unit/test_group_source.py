@@ -12,7 +12,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from keyturn.bus.loop import KafkaSource, Stage, run
+from keyturn.bus.loop import KafkaSource, Pace, Stage, run
 from tests.fakes.service_ports import Record, fake_publisher
 
 TOPIC = "unit.decided"
@@ -193,3 +193,33 @@ async def test_commits_are_paced_and_a_timer_commits_what_is_left() -> None:
     assert consumer.committed() == 4
     await asyncio.sleep(0.3)
     assert len(consumer.commits) == 3, "no timer fires after close"
+
+
+async def test_a_trickle_is_handed_on_at_once_and_a_pace_that_fills_the_window_gathers() -> None:
+    consumer = Consumer()
+    source = KafkaSource(consumer, max_records=500, wait_ms=1000, gather_ms=400)
+    batches = source.batches()
+    consumer.feed(("a1", 0))  # one record, the first in a second: nothing more is expected
+    started = asyncio.get_running_loop().time()
+    assert [m.offset for m in await asyncio.wait_for(anext(batches), 1)] == [0]
+    assert asyncio.get_running_loop().time() - started < 0.2  # not the 400 ms window
+    consumer.feed(*((f"a{i}", i) for i in range(1, 11)))  # ten more: 11 a second, 4.4 in a window
+
+    async def later() -> None:
+        await asyncio.sleep(0.1)
+        consumer.feed(("b", 11))
+
+    feeding = asyncio.create_task(later())
+    gathered = await asyncio.wait_for(anext(batches), 2)
+    await feeding
+    assert [m.offset for m in gathered] == list(range(1, 12))  # the late one joined the batch
+    await batches.aclose()
+
+
+def test_the_pace_counts_the_last_second_only() -> None:
+    pace = Pace()
+    pace.add(10.0, 30)
+    pace.add(10.5, 20)
+    assert pace.per_second(10.6) == 50
+    assert pace.per_second(11.2) == 20  # the first 30 are more than a second old
+    assert pace.per_second(12.0) == 0
