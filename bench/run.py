@@ -438,8 +438,8 @@ def _latency_figures(
     ids = bench.phases[phase].ids
     facts = lifecycle.actions
     # decided: when the decision was published (its record's own timestamp), not the decided_at
-    # it carries, which the policy stamps before it asks OPA, records the decision and sends it
-    # (bench/README.md, sixteenth round); that stamp is reported beside it
+    # it carries, which the policy stamps when OPA answers, before it records the decision and
+    # sends it (bench/README.md, sixteenth round); that stamp is reported beside it
     to_decided = [facts[a].decision_sent_at - sent[a] for a in ids if a in facts and facts[a].decision_sent_at]
     to_stamp = [_ts(facts[a].decided_at) - sent[a] for a in ids if a in facts and facts[a].decided_at]
     to_terminal = [

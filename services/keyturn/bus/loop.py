@@ -387,6 +387,11 @@ class Pace:
 GATHER_WHEN_EXPECTED = 1.0
 
 
+def _records(got: dict[Any, list[Any]]) -> list[Any]:
+    """The records of one ``getmany`` answer (a list per partition), in one list."""
+    return [message for messages in got.values() for message in messages]
+
+
 class KafkaSource:
     """A started consumer (auto-commit off) in batches; commits each batch once handled.
 
@@ -423,7 +428,7 @@ class KafkaSource:
         self._committed_at = 0.0
         self._later: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
-        self.pace = Pace()
+        self._pace = Pace()
 
     async def batches(self) -> AsyncIterator[Sequence[Message]]:
         """Whatever arrived, as soon as anything did; with ``gather_ms``, what arrives within
@@ -432,20 +437,20 @@ class KafkaSource:
         several, and the events of one action often land in the same batch. The window is
         waited only at a pace that fills it (``GATHER_WHEN_EXPECTED``)."""
         while True:
-            got = await self.consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records)
-            batch = [message for messages in got.values() for message in messages]
+            batch = _records(await self.consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records))
             if not batch:
                 continue
             now = time.monotonic()
-            self.pace.add(now, len(batch))
-            if self.gather_ms and self.pace.per_second(now) * self.gather_ms / 1000 >= GATHER_WHEN_EXPECTED:
+            self._pace.add(now, len(batch))
+            if self.gather_ms and self._pace.per_second(now) * self.gather_ms / 1000 >= GATHER_WHEN_EXPECTED:
                 until = now + self.gather_ms / 1000
                 while len(batch) < self.max_records and (left := until - time.monotonic()) > 0:
-                    got = await self.consumer.getmany(
-                        timeout_ms=max(1, int(left * 1000)), max_records=self.max_records - len(batch)
+                    more = _records(
+                        await self.consumer.getmany(
+                            timeout_ms=max(1, int(left * 1000)), max_records=self.max_records - len(batch)
+                        )
                     )
-                    more = [message for messages in got.values() for message in messages]
-                    self.pace.add(time.monotonic(), len(more))
+                    self._pace.add(time.monotonic(), len(more))
                     batch += more
             yield self._handing_out(batch)
 
