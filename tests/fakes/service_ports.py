@@ -57,6 +57,7 @@ class FakeActionStore:
         resource: str,
         requested_event: bytes,
         at: datetime,
+        request_digest: str | None = None,
     ) -> tuple[StoredAction, bool]:
         self._answer()
         earlier = self.keys.get((requester, idempotency_key)) if idempotency_key is not None else None
@@ -78,6 +79,7 @@ class FakeActionStore:
             history,
             requested_event,
             False,
+            request_digest,
         )
         return self.rows[action_id], True
 

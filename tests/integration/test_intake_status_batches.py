@@ -5,6 +5,7 @@ contradictions change nothing, and events of actions this intake never accepted 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,9 @@ import pytest
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionExecuted, DecisionOutcome, ExecutionOutcome
 from keyturn.db import open_pool, schema_name
+from keyturn.intake.status import change_of
 from keyturn.intake.store import DDL, ActionStore, LifecycleChange
+from tests.unit.service_events import allowed
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +178,15 @@ async def test_a_republished_event_is_marked_at_the_next_beat_not_after_the_dela
         assert await unpublished_while_marking(store, 5.0) == set(), "a republished event's mark waited for the delay"
     finally:
         marking.cancel()
+
+
+async def test_text_postgresql_cannot_hold_is_stored_replaced_and_the_batch_goes_through(store: ActionStore) -> None:
+    # an approver's reason or a command's answer may hold a NUL or a lone surrogate: before,
+    # the batch's statement failed on every retry and no requester's status moved again
+    odd, fine = await accepted(store), await accepted(store)
+    denial = dataclasses.replace(allowed(odd), outcome=DecisionOutcome.DENIED, reasons=("no\u0000pe \ud800",))
+    await store.apply_many([change_of(denial), change_of(allowed(fine))], patience_s=2.0)
+    stored = await store.get(odd)
+    assert stored.state.value == "denied"
+    assert stored.reasons == ["no\ufffdpe \ufffd"]
+    assert (await store.get(fine)).state.value == "allowed"

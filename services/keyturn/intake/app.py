@@ -32,6 +32,7 @@ from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
 from keyturn.core.principal import Principal
+from keyturn.core.text import plausible_id
 from keyturn.exports import export_file_name
 from keyturn.identity import InvalidToken, bearer_token
 from keyturn.intake.consumers import REJECTED
@@ -254,7 +255,7 @@ def create_app(
         "ActionBatch",
         __config__=ConfigDict(extra="forbid"),
         items=(
-            list[dict[str, Any]],
+            list[Any],  # each item is checked on its own below: one that is not an object is refused alone
             Field(
                 ...,
                 min_length=1,
@@ -270,17 +271,22 @@ def create_app(
         one produce batch); one result per item, in order. Retrying the whole batch with the same
         idempotency keys never creates a second action."""
         principal = authenticate(authorization)
-        items: list[dict[str, Any]] = batch.items
+        items: list[Any] = batch.items
         results: list[ItemResult | None] = [None] * len(items)
         valid: list[tuple[int, ActionSubmission]] = []
         refusals: list[Awaitable[None]] = []
         for index, item in enumerate(items):
             try:
+                if not isinstance(item, dict):
+                    raise ValueError(f"items.{index}: must be an object (the body of a POST /v1/actions)")
                 valid.append((index, ActionSubmission.model_validate(item)))
-            except ValidationError as exc:
-                problems = [
-                    masked_line(f"items.{index}.{p}") for p in validation_problems(exc.errors(include_input=False))
-                ][:MAX_PROBLEMS]
+            except (ValidationError, ValueError) as exc:
+                found = (
+                    [f"items.{index}.{p}" for p in validation_problems(exc.errors(include_input=False))]
+                    if isinstance(exc, ValidationError)
+                    else [str(exc)]
+                )
+                problems = [masked_line(p) for p in found][:MAX_PROBLEMS]
                 REJECTED.labels("http", "invalid_item").inc()
                 # a masked excerpt costs masking time on the event loop: the first few refused items get one
                 excerpt = len(refusals) < EXCERPTS_PER_BATCH
@@ -342,11 +348,10 @@ def create_app(
             state=stored.state.value,
         )
 
-    async def refused_item(
-        principal: str, index: int, item: dict[str, Any], problems: list[str], *, excerpt: bool
-    ) -> None:
+    async def refused_item(principal: str, index: int, item: Any, problems: list[str], *, excerpt: bool) -> None:
         """Record one refused item under the caller's identity: its digest and length, a masked excerpt."""
-        payload = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+        # as the caller sent it, a lone surrogate included (no UTF-8 spells one: kept as its code unit)
+        payload = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
         await record_refusal(
             source_topic="http:POST /v1/actions:batch",
             payload=payload,
@@ -359,7 +364,7 @@ def create_app(
         )
 
     async def visible_action(action_id: str, principal: Principal) -> Any:
-        stored = await wired.parts.store.get(action_id)
+        stored = await wired.parts.store.get(action_id) if plausible_id(action_id) else None
         # the requester and everyone it acts for may read it; others learn nothing, not even that it exists
         if stored is None or not (principal.everyone & set(stored.principals)):
             raise HTTPException(404, detail=f"no action {action_id} visible to {principal.id}")

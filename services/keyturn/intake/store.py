@@ -40,12 +40,14 @@ CREATE TABLE IF NOT EXISTS {schema}.intake_actions (
     result           jsonb,
     history          jsonb NOT NULL DEFAULT '[]',
     requested_event  bytea NOT NULL,
+    request_digest   text,
     published        boolean NOT NULL DEFAULT false,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     UNIQUE (requester, idempotency_key)
 ) WITH ({room_for_updates});
 ALTER TABLE {schema}.intake_actions SET ({room_for_updates});
+ALTER TABLE {schema}.intake_actions ADD COLUMN IF NOT EXISTS request_digest text;
 CREATE INDEX IF NOT EXISTS intake_actions_unpublished ON {schema}.intake_actions (created_at) WHERE NOT published;
 """
 
@@ -63,6 +65,7 @@ class NewAction:
     resource: str
     requested_event: bytes
     at: datetime
+    request_digest: str | None = None  # what a retry under the same key must repeat (``same_request``)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class StoredAction:
     history: list[dict[str, Any]]
     requested_event: bytes
     published: bool
+    request_digest: str | None = None  # None: stored by a build that kept only the payload's digest
 
     def view(self) -> dict[str, Any]:
         """What ``GET /v1/actions/{id}`` shows."""
@@ -98,7 +102,7 @@ class StoredAction:
 
 _COLUMNS = (
     "action_id, requester, principals, payload_digest, action, resource, state, reasons, result, history, "
-    "requested_event, published"
+    "requested_event, published, request_digest"
 )
 
 
@@ -227,7 +231,7 @@ class ActionStore:
         """
         if not rows:
             return []
-        columns: list[list[Any]] = [[] for _ in range(9)]
+        columns: list[list[Any]] = [[] for _ in range(10)]
         for row in rows:
             history = [{"state": ActionState.REQUESTED.value, "at": row.at.isoformat(), "event": "ActionRequested"}]
             values = (
@@ -240,6 +244,7 @@ class ActionStore:
                 row.resource,
                 json.dumps(history),
                 row.requested_event,
+                row.request_digest,
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
@@ -248,13 +253,14 @@ class ActionStore:
             async with self.pool.connection(timeout) as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
                     f"""INSERT INTO intake_actions (action_id, requester, principals, idempotency_key, payload_digest,
-                            action, resource, state, history, requested_event)
+                            action, resource, state, history, requested_event, request_digest)
                         SELECT u.action_id, u.requester, ARRAY(SELECT jsonb_array_elements_text(u.principals)),
-                            u.idempotency_key, u.payload_digest, u.action, u.resource, %s, u.history, u.requested_event
+                            u.idempotency_key, u.payload_digest, u.action, u.resource, %s, u.history, u.requested_event,
+                            u.request_digest
                         FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::text[], %b::text[], %b::text[],
-                            %b::text[], %b::jsonb[], %b::bytea[])
+                            %b::text[], %b::jsonb[], %b::bytea[], %b::text[])
                             AS u(action_id, requester, principals, idempotency_key, payload_digest, action, resource,
-                                 history, requested_event)
+                                 history, requested_event, request_digest)
                         ON CONFLICT DO NOTHING RETURNING {_COLUMNS}""",
                     (ActionState.REQUESTED.value, *columns),
                 )

@@ -23,6 +23,7 @@ from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionRequested, Digest, SubmissionChannel, payload_digest
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.core.principal import Principal
+from keyturn.core.text import problem_in, text_problem
 from keyturn.faults import is_transient
 from keyturn.intake.store import NewAction, StoredAction, StoreUnavailable
 from keyturn.masking.protect import mask_text
@@ -85,9 +86,18 @@ class ActionSubmission(BaseModel):
             raise ValueError("action must be lower-case dotted words such as 'db.export' or 'iam.role.grant'")
         return value
 
+    @field_validator("resource", "reason", "idempotency_key", "callback_url")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        if value is not None and (why := text_problem(value)) is not None:
+            raise ValueError(why)
+        return value
+
     @field_validator("parameters")
     @classmethod
     def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if (why := problem_in(value, "parameters")) is not None:
+            raise ValueError(why)
         if json_depth(value) > MAX_PARAMETERS_DEPTH:
             raise ValueError(f"parameters nest deeper than {MAX_PARAMETERS_DEPTH} levels")
         if len(canonical_json(value).encode()) > MAX_PARAMETERS_BYTES:
@@ -131,6 +141,26 @@ class InvalidParameters(InvalidSubmission):
     """Parameters that do not match their action's schema in the catalog (``core.parameters``)."""
 
     error_type = "invalid_parameters"
+
+
+def request_digest(payload: Digest, principals: list[str], masked_reason: str, callback_url: str | None) -> Digest:
+    """What a retry under the same idempotency key must repeat: the payload (action, resource,
+    parameters), everyone the request acts for, the reason as stored (masked) and the webhook.
+    The key is the requester's alone (``action_id_for``), so the same agent acting for someone
+    else, or asking for another webhook, under a used key is a different request (409), never
+    the earlier action handed back: that would let a person approve what was asked in their
+    name, and drop the webhook the caller asked for."""
+    return Digest.of_json(
+        {"payload": str(payload), "principals": principals, "reason": masked_reason, "callback_url": callback_url}
+    )
+
+
+def same_request(stored: StoredAction, new: NewAction) -> bool:
+    """Whether ``new`` repeats the request ``stored`` holds (a retry), by ``request_digest``; a row
+    stored before it was kept is compared by its payload and principals."""
+    if stored.request_digest is not None:
+        return stored.request_digest == new.request_digest
+    return stored.payload_digest == new.payload_digest and sorted(stored.principals) == new.principals
 
 
 def action_id_for(principal: Principal, idempotency_key: str | None) -> str:
@@ -310,20 +340,17 @@ class Intake:
             return []
         now = datetime.now(UTC)
         rows: list[NewAction] = []
-        digests: list[str] = []
         for index, (principal, submission) in enumerate(submissions):
             try:
-                row, digest = self._prepared(principal, submission, channel, now)
+                rows.append(self._prepared(principal, submission, channel, now))
             except Exception as exc:
                 raise _Unprepared(index, exc) from exc
-            digests.append(str(digest))
-            rows.append(row)
         stored_rows = await self.store.insert_many(rows)
         results: list[Submitted | IdempotencyConflict] = []
         to_publish: dict[str, StoredAction] = {}
         again: set[str] = set()
-        for (principal, _), expected, (stored, created) in zip(submissions, digests, stored_rows, strict=True):
-            if not created and stored.payload_digest != expected:
+        for (principal, _), row, (stored, created) in zip(submissions, rows, stored_rows, strict=True):
+            if not created and not same_request(stored, row):
                 results.append(
                     IdempotencyConflict(
                         f"that idempotency key was already used by {principal.id} for a different "
@@ -344,7 +371,7 @@ class Intake:
 
     def _prepared(
         self, principal: Principal, submission: ActionSubmission, channel: SubmissionChannel, now: datetime
-    ) -> tuple[NewAction, Digest]:
+    ) -> NewAction:
         """The row to store for one submission, with its event masked, sealed and encoded."""
         action_id = action_id_for(principal, submission.idempotency_key)
         digest = payload_digest(submission.action, submission.resource, submission.parameters)
@@ -364,18 +391,19 @@ class Intake:
             channel=channel,
             callback_url=submission.callback_url,
         )
-        row = NewAction(
+        principals = sorted(principal.everyone)
+        return NewAction(
             action_id=action_id,
             requester=principal.id,
-            principals=sorted(principal.everyone),
+            principals=principals,
             idempotency_key=submission.idempotency_key,
             payload_digest=str(digest),
             action=submission.action,
             resource=submission.resource,
             requested_event=self.publisher.encode(event),
             at=now,
+            request_digest=str(request_digest(digest, principals, event.reason, submission.callback_url)),
         )
-        return row, digest
 
     async def _publish_all(self, stored: list[StoredAction], again: AbstractSet[str] = frozenset()) -> None:
         """Send every event at once (``Publisher.publish_all``) and wait for the acks together,

@@ -15,6 +15,7 @@ from typing import Any
 
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionRequested, Digest, SealedParameters
+from keyturn.core.text import storable
 from keyturn.masking.sealing import Keyring, SealError, open_sealed, seal_parameters
 from keyturn.secret_store import is_reference
 
@@ -66,7 +67,8 @@ def masked_excerpt(body: bytes, *, chars: int, read_at_most: int) -> str | None:
         masked = canonical_json(mask_parameters(parsed))
     except (ValueError, RecursionError):  # unparseable, or unmaskable (too deep): no excerpt
         return None
-    text = mask_text(masked)
+    # text a record can carry: a lone surrogate (JSON spells one, UTF-8 cannot) fails its encoding
+    text = storable(mask_text(masked))
     return text if len(text) <= chars else text[: chars - 1] + "…"
 
 

@@ -1,0 +1,169 @@
+"""Input the intake cannot keep is refused at the door, one item at a time, and a used
+idempotency key never hands a different request the earlier action (no server: fake store and
+broker, the real HTTP app)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from keyturn.config import Settings
+from keyturn.core.events import SubmissionChannel
+from keyturn.core.principal import Principal, PrincipalKind
+from keyturn.core.text import problem_in, storable, text_problem
+from keyturn.intake.app import create_app
+from keyturn.intake.status import StatusFollower
+from keyturn.intake.submissions import IdempotencyConflict
+from keyturn.intake.wiring import IntakeWiring
+from tests.fakes.service_ports import FakeActionStore
+from tests.unit.service_events import REPORTER
+from tests.unit.test_intake_service import SECRET, Verifier, intake_with, submission
+
+AUTH = {"Authorization": "Bearer good", "Content-Type": "application/json"}
+GOOD = {
+    "action": "read.table",
+    "resource": "postgres://staging/analytics/orders",
+    "parameters": {"limit": 10},
+    "reason": "churn analysis",
+}
+
+
+def client_and_store() -> tuple[TestClient, FakeActionStore, object]:
+    intake, store, send = intake_with()
+
+    async def wire() -> IntakeWiring:
+        return IntakeWiring(
+            store=store,
+            intake=intake,
+            publisher=intake.publisher,
+            follower=StatusFollower(store, intake.publisher),
+            verifier=Verifier(),
+            jwks={"keys": []},
+        )
+
+    return TestClient(create_app(Settings(), wire=wire)), store, send
+
+
+def raw(body: str) -> bytes:
+    """A body as a client may spell it: JSON escapes Python's encoder would not write."""
+    return body.encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**GOOD, "parameters": {"principal": "bob\u0000"}}, "parameters.principal"),
+        ({**GOOD, "parameters": {"k\u0000": 1}}, "parameters"),
+        ({**GOOD, "reason": "no\u0000pe"}, "reason"),
+        ({**GOOD, "resource": "postgres://a\u0000"}, "resource"),
+        ({**GOOD, "idempotency_key": "key\u0000"}, "idempotency_key"),
+        ({**GOOD, "parameters": {"n": 18446744073709551616999}}, "parameters.n"),
+        ({**GOOD, "parameters": {"n": [1, -(2**63) - 1]}}, "parameters.n.1"),
+    ],
+)
+def test_text_no_database_can_keep_and_integers_past_64_bits_are_refused_with_the_field(body, field) -> None:
+    client, store, send = client_and_store()
+    with client:
+        answer = client.post("/v1/actions", content=json.dumps(body), headers=AUTH)
+    assert answer.status_code == 422, answer.text
+    assert any(field in problem for problem in answer.json()["problems"]), answer.json()
+    assert store.rows == {}, "nothing refused is stored"
+    [letter] = send.events("unit.dlq")
+    assert letter.principal == "agent:reporter"  # recorded under the caller
+
+
+def test_a_lone_surrogate_in_a_batch_item_refuses_that_item_alone() -> None:
+    client, store, send = client_and_store()
+    good = json.dumps(GOOD)
+    body = '{"items":[' + good + ',{"action":"read.table","resource":"r","reason":"x\\ud800"}]}'
+    with client:
+        answer = client.post("/v1/actions:batch", content=raw(body), headers=AUTH)
+        single = client.post(
+            "/v1/actions", content=raw('{"action":"read.table","resource":"r","reason":"x\\ud800"}'), headers=AUTH
+        )
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == [202, 422]
+    assert results[1]["problem"]["problems"] == [
+        "items.1.reason: Input should be a valid string, unable to parse raw data as a unicode string"
+    ]
+    assert single.status_code == 422
+    assert len(store.rows) == 1
+    letters = send.events("unit.dlq")
+    assert [letter.principal for letter in letters] == ["agent:reporter"] * 2  # both recorded, neither lost
+
+
+def test_an_item_that_is_not_an_object_is_refused_alone_and_the_others_are_accepted() -> None:
+    client, store, _ = client_and_store()
+    with client:
+        answer = client.post("/v1/actions:batch", content=json.dumps({"items": [1, GOOD, "x"]}), headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [r["status"] for r in body["results"]] == [422, 202, 422]
+    assert body["results"][0]["problem"]["problems"] == ["items.0: must be an object (the body of a POST /v1/actions)"]
+    assert (body["accepted"], body["refused"]) == (1, 2)
+    assert len(store.rows) == 1
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/actions/a%00b", "/v1/actions/a%00b/wait", "/v1/exports/a%00b", "/v1/actions/" + "x" * 300]
+)
+def test_an_id_that_names_nothing_is_unknown_without_a_database_error(path) -> None:
+    client, _, _ = client_and_store()
+    with client:
+        answer = client.get(path, headers=AUTH)
+    assert answer.status_code == 404, answer.text
+
+
+async def test_a_used_key_acting_for_someone_else_is_a_conflict_not_the_earlier_action() -> None:
+    intake, store, _ = intake_with()
+    first, created = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    assert created
+    for_carol = Principal("agent:reporter", PrincipalKind.AGENT, ("human:carol",))
+    with pytest.raises(IdempotencyConflict):
+        await intake.submit(for_carol, submission(), SubmissionChannel.HTTP)
+    assert list(store.rows) == [first.action_id]
+    assert store.rows[first.action_id].principals == ["agent:reporter", "human:alice"]
+
+
+@pytest.mark.parametrize(
+    "changes", [{"reason": "another reason"}, {"callback_url": "https://agent.example.internal/elsewhere"}]
+)
+async def test_a_used_key_with_another_reason_or_webhook_is_a_conflict(changes) -> None:
+    intake, store, _ = intake_with()
+    await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    with pytest.raises(IdempotencyConflict):
+        await intake.submit(REPORTER, submission(**changes), SubmissionChannel.HTTP)
+    again, created = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    assert not created and again.action_id in store.rows  # the exact retry still finds its action
+
+
+async def test_a_row_stored_before_requests_were_digested_is_compared_by_payload_and_principals() -> None:
+    intake, store, _ = intake_with()
+    first, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    store.rows[first.action_id] = __import__("dataclasses").replace(store.rows[first.action_id], request_digest=None)
+    again, created = await intake.submit(REPORTER, submission(reason="reworded"), SubmissionChannel.HTTP)
+    assert (again.action_id, created) == (first.action_id, False)
+    for_carol = Principal("agent:reporter", PrincipalKind.AGENT, ("human:carol",))
+    with pytest.raises(IdempotencyConflict):
+        await intake.submit(for_carol, submission(), SubmissionChannel.HTTP)
+
+
+def test_the_rules_name_where_never_what() -> None:
+    assert text_problem("plain é text") is None
+    why = problem_in({"ok": "x", "nested": [{"password": SECRET + "\u0000"}]}, "parameters")
+    assert why == "parameters.nested.0.password: holds a NUL character (U+0000), which no stored text may hold"
+    assert SECRET not in why
+    assert problem_in({SECRET + " key": {"v": "\u0000"}}, "parameters") == (
+        "parameters.*.v: holds a NUL character (U+0000), which no stored text may hold"
+    )
+    assert problem_in({"flag": True, "n": 2**63 - 1, "m": -(2**63)}, "parameters") is None
+
+
+def test_storable_replaces_what_postgresql_refuses_and_keeps_the_rest() -> None:
+    entry = {"votes": [{"reason": "no\u0000pe", "approver": "human:dave"}], "odd\ud800": 1}
+    assert storable(entry) == {"votes": [{"reason": "no\ufffdpe", "approver": "human:dave"}], "odd\ufffd": 1}
+    clean = {"votes": [{"reason": "fine"}]}
+    assert storable(clean) is clean
