@@ -336,7 +336,7 @@ def approvals_list(
     token: str | None = typer.Option(None, "--token", help="Your token (default: $KEYTURN_TOKEN)"),
     as_json: bool = typer.Option(False, "--json", help="The approval service's answer as JSON"),
 ) -> None:
-    """Pending approvals you did not ask for, each with its impact preview."""
+    """Pending approvals you may decide now, each with its impact preview."""
     settings = _settings()
     with httpx.Client(base_url=settings.approval_url, timeout=30) as client:
         answer = client.get("/v1/approvals", headers={"Authorization": f"Bearer {_token(token)}"})

@@ -11,6 +11,8 @@
 Nothing is ever delivered here: ``notifications_of`` reports every message as still pending.
 
 ``fail_next_drain`` makes the next drain raise a database error, as a restart after commit would.
+An action id holding a NUL character is refused where it is looked up or written, as psycopg
+refuses to send one to PostgreSQL (``DataError``).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ class InMemoryApprovalStore:
 
     async def lock(self, conn: Any, action_id: str) -> ApprovalRow | None:
         tables = self._need_transaction(conn)
-        return self._row(tables, action_id)
+        return self._row(tables, _text(action_id))
 
     async def read(self, action_id: str) -> ApprovalRow | None:
         async with self.transaction() as conn:
@@ -197,7 +199,7 @@ class InMemoryApprovalStore:
         return True
 
     async def break_glass_decision(self, action_id: str) -> bytes | None:
-        return self.tables.break_glass.get(action_id)
+        return self.tables.break_glass.get(_text(action_id))
 
     async def lock_break_glass(self, conn: Any, action_id: str) -> bytes | None:
         return self._need_transaction(conn).break_glass.get(action_id)
@@ -206,6 +208,7 @@ class InMemoryApprovalStore:
 
     async def enqueue(self, conn: Any, topic: str, key: str, value: bytes) -> None:
         tables = self._need_transaction(conn)
+        _text(key)
         tables.outbox.append((tables.next_id, topic, key, value))
         tables.next_id += 1
 
@@ -273,7 +276,7 @@ class InMemoryApprovalStore:
         ]
 
     async def vote_history(self, action_id: str) -> list[bytes]:
-        return [vote for owner, _, vote in self.tables.votes if owner == action_id]
+        return [vote for owner, _, vote in self.tables.votes if owner == _text(action_id)]
 
     async def break_glass_unreviewed(self, limit: int = 100) -> list[tuple[str, bytes]]:
         """As the PostgreSQL store: noted order stands for ``noticed_at``."""
@@ -300,9 +303,17 @@ class InMemoryApprovalStore:
         return [key[1:] for _, key in rows]
 
 
+def _text(value: str) -> str:
+    """``value``, unless PostgreSQL could not hold it as text: then the error psycopg raises."""
+    if "\x00" in value:
+        raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    return value
+
+
 class FakePolicyEngine:
-    """The ``keyturn/approval`` answer from a table of who counts for which groups; ``down`` makes
-    every question fail as an unreachable engine does."""
+    """The ``keyturn/approval`` answer from a table of who counts for which groups, and that table
+    as the policy's ``keyturn/groups`` data (group → members); ``down`` makes every question fail
+    as an unreachable engine does."""
 
     def __init__(self, members: dict[str, tuple[str, ...]]) -> None:
         self.members = members
@@ -315,6 +326,12 @@ class FakePolicyEngine:
         self.asked += 1
         if self.down:
             raise PolicyUnavailable("the policy engine is not answering (fake)")
+        if path == "keyturn/groups":
+            groups: dict[str, list[str]] = {}
+            for member, named in self.members.items():
+                for group in named:
+                    groups.setdefault(group, []).append(member)
+            return OpaAnswer(groups, None)
         approver = input_document["approver"]["id"]
         decision = input_document["decision"]
         required = {group["name"] for group in (decision["approvals"] or {}).get("groups", [])}

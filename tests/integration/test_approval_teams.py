@@ -186,6 +186,17 @@ def test_deny_needs_a_reason_typed_on_the_card(chat, agent, teams) -> None:
     assert agent.wait(action_id)["state"] == "denied"
 
 
+def test_a_reason_no_record_can_hold_is_refused_on_the_card_naming_the_field(chat, agent, teams) -> None:
+    action_id = grant(agent, "writer")
+    card = card_for(teams, action_id)
+    refused = click(chat, teams, card, "deny", "29:carol", reason="ticket-\x00-42")
+    assert "reason: holds a NUL character" in json.dumps(refused["value"])
+    assert "ticket-" not in json.dumps(refused["value"])
+    assert agent.status(action_id)["state"] == "needs_approval"  # nothing was recorded: it can be answered
+    denied = click(chat, teams, card, "deny", "29:carol", reason="writers need a ticket")
+    assert "Denied by human:carol: writers need a ticket" in json.dumps(denied["value"])
+
+
 def test_a_break_glass_use_is_reviewed_on_its_card(chat, teams) -> None:
     responder = Agent(chat, "agent:incident-bot", ("human:erin",))
     action_id = responder.submit_ok(

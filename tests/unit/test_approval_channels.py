@@ -7,6 +7,7 @@ import hmac
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import pytest
 from slack_sdk.signature import SignatureVerifier
@@ -15,6 +16,7 @@ from keyturn.approval import slack_messages, teams_cards
 from keyturn.approval.callbacks import host_allowed, sign, signature_valid
 from keyturn.approval.channels import ChatTargets, ChatTargetsInvalid, principal_map
 from keyturn.approval.slack_interactions import (
+    UNSIGNED,
     InteractionRefused,
     interaction_id,
     parse_payload,
@@ -284,6 +286,14 @@ def test_a_request_without_a_timestamp_is_refused(timestamp) -> None:
     assert refused.value.error == "missing_timestamp"
 
 
+@pytest.mark.parametrize("timestamp", ["\xb2", "\u0661\u0662\u0663", "1" * 5000, "-1", "1e9", "0x10", " "])
+def test_a_timestamp_that_is_not_a_unix_time_is_refused_as_unsigned_not_as_a_crash(timestamp: str) -> None:
+    with pytest.raises(InteractionRefused) as refused:
+        verify_request(SignatureVerifier(SECRET), b"", timestamp, "v0=00", time.time())
+    assert (refused.value.status, refused.value.error) == (400, "missing_timestamp")
+    assert refused.value.error in UNSIGNED  # counted, never recorded: nobody signed it
+
+
 def test_a_tampered_body_fails_the_signature() -> None:
     now = int(time.time())
     signature = slack_signed(b"payload=%7B%22a%22%3A1%7D", now)
@@ -318,6 +328,13 @@ def test_webhook_signatures_bind_secret_time_and_body() -> None:
     assert not signature_valid(b"other", body, header, now)
     assert not signature_valid(b"s3cret", body + b" ", header, now)
     assert not signature_valid(b"s3cret", body, header, now + 301), "an old delivery is refused by the receiver"
+
+
+@pytest.mark.parametrize("timestamp", ["\xb2", "1" * 5000, ""])
+def test_a_webhook_signature_with_a_malformed_time_is_refused_not_a_crash(timestamp: str) -> None:
+    body = b'{"state":"approved"}'
+    mac = sign(b"s3cret", body, 0).split("v1=", 1)[1]
+    assert not signature_valid(b"s3cret", body, f"t={timestamp},v1={mac}", time.time())
 
 
 @pytest.mark.parametrize(
@@ -452,6 +469,38 @@ def test_a_deny_modal_is_bound_to_the_message_its_metadata_names() -> None:
         "9.9",
         "T1",
     )
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"user": {"id": "U\x001"}}, "user"),
+        ({"trigger_id": "1.\x002"}, "trigger_id"),
+        ({"channel": {"id": "C\x001"}}, "channel.id"),
+        ({"actions": [{**CLICK["actions"][0], "value": '{"action_id": "a\\u0000b"}'}]}, "button value"),
+        ({"actions": [{**CLICK["actions"][0], "value": '{"payload_digest": "sha256:00"}'}]}, "button value"),
+    ],
+)
+def test_a_signed_click_naming_what_no_record_can_hold_is_refused_naming_the_field(change: dict, field: str) -> None:
+    payload = {**CLICK, **change}
+    with pytest.raises(InteractionRefused) as refused:
+        parse_payload(b"payload=" + quote(json.dumps(payload)).encode())
+        interaction_id(payload)
+        read_interaction(payload)
+    assert (refused.value.status, refused.value.error) == (400, "malformed_payload")
+    assert field in str(refused.value)
+
+
+def test_a_deny_reason_with_a_nul_character_is_refused_naming_the_field() -> None:
+    view = {
+        "callback_id": slack_messages.DENY_MODAL,
+        "private_metadata": '{"action_id": "a"}',
+        "state": {"values": {slack_messages.REASON_BLOCK: {slack_messages.REASON_BLOCK: {"value": "ticket-\x00-42"}}}},
+    }
+    with pytest.raises(InteractionRefused) as refused:
+        read_interaction({"type": "view_submission", "user": {"id": "U1"}, "view": view})
+    assert (refused.value.status, refused.value.error) == (400, "malformed_payload")
+    assert "reason holds a NUL character" in str(refused.value) and "ticket" not in str(refused.value)
 
 
 def test_a_deny_reason_that_is_not_text_is_refused() -> None:

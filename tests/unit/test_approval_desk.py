@@ -262,7 +262,7 @@ async def test_a_vote_before_the_approval_opened_is_told_to_retry_and_nothing_is
     with pytest.raises(ApprovalNotOpenYet) as early:
         await vote(d, decided, CAROL)
     with pytest.raises(ApprovalNotOpenYet):
-        await d.desk.approval(decided.action_id)
+        await d.desk.approval(CAROL, decided.action_id)
 
     assert early.value.status == 425 and early.value.retry_after_s >= 1
     assert "not open yet" in str(early.value) and "Retry after" in str(early.value)
@@ -304,7 +304,7 @@ async def test_a_vote_on_a_break_glass_action_is_recorded_as_its_review() -> Non
         (True, "human:dave", events.VoteChoice.DENY, ("security",)),
     ]
     assert d.published(events.ApprovalResolved) == []  # the action already ran: nothing resolves
-    assert await d.desk.approval(decided.action_id) is None
+    assert await d.desk.approval(CAROL, decided.action_id) is None
 
 
 async def test_a_break_glass_review_is_taken_once_per_reviewer() -> None:

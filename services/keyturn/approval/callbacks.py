@@ -35,12 +35,25 @@ def sign(secret: bytes, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={mac}"
 
 
+def unix_seconds(text: str | None) -> int | None:
+    """A signed request's timestamp (decimal unix seconds), or None when ``text`` is not one.
+
+    Strictly ASCII digits, at most 15 of them (a time 30 million years away is far enough to be
+    refused as stale): ``str.isdigit`` also takes digits such as "²" that ``int`` refuses, and
+    ``int`` refuses more than 4,300 digits; a signature check must refuse such a header, not fail."""
+    stamp = (text or "").strip()
+    if not stamp or len(stamp) > 15 or not (stamp.isascii() and stamp.isdigit()):
+        return None
+    return int(stamp)
+
+
 def signature_valid(secret: bytes, body: bytes, header: str, now: float, tolerance_s: int = 300) -> bool:
     """What a receiver does: parse ``t=…,v1=…``, check the age, compare in constant time."""
     parts = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    if not parts.get("t", "").isdigit() or abs(now - int(parts["t"])) > tolerance_s:
+    timestamp = unix_seconds(parts.get("t"))
+    if timestamp is None or abs(now - timestamp) > tolerance_s:
         return False
-    expected = sign(secret, body, int(parts["t"])).split("v1=", 1)[1]
+    expected = sign(secret, body, timestamp).split("v1=", 1)[1]
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 

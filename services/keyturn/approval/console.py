@@ -9,12 +9,13 @@ every other channel (``channel=console``).
 
 An action whose approval has not opened yet (a link followed right after the agent asked) gets a
 page that says so and reloads itself every ``Retry-After`` seconds, up to ``NOT_OPEN_WAIT_S``;
-then it says that no approval is on record for the action.
+then it says that no approval is on record for the action. An action is shown to its requester's
+chain and to approvers (``ApprovalDesk.may_see``); to anyone else its page is that of an action
+not on record, and the inbox lists what the person may decide (``ApprovalDesk.inbox``), as the API.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -33,12 +34,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet, DeskUnavailable
 from keyturn.approval.http import REFUSAL_STATUS
-from keyturn.approval.replay import pending_state
 from keyturn.approval.views import reason_missing, requester_line, timeline
 from keyturn.bus.codec import registry
 from keyturn.core.principal import Principal
+from keyturn.core.text import plausible_id, text_problem
 from keyturn.identity import InvalidToken, issue_token, load_or_create_signing_key
-from keyturn.policy.opa import PolicyAnswerInvalid, PolicyUnavailable
 
 SESSION_COOKIE = "keyturn_session"
 SIGN_IN_COOKIE = "keyturn_sign_in"
@@ -96,21 +96,33 @@ class Console:
     def render(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(TEMPLATES.get_template(name).render(**context), status_code=status)
 
-    async def may_decide(self, desk: ApprovalDesk, approver: Principal, decided: Any, state: Any) -> tuple[bool, str]:
-        """Whether this approver could answer now, and if not, why (shown instead of the buttons)."""
-        if state.status != "pending":
-            return False, f"This action is {state.status}; answers are no longer taken."
-        if approver.everyone & decided.request.requester.everyone:
-            return False, "You are in the chain that asked for this action, so you cannot answer it."
-        if any(vote.approver.id == approver.id for vote in state.votes):
-            return False, "You have already answered this action."
-        try:
-            groups = await desk.counts_for(approver, decided, state.policy)
-        except (PolicyUnavailable, PolicyAnswerInvalid):
-            return False, "The policy engine is unavailable, so nobody can answer right now."
-        if not groups:
-            return False, f"You are not in any group that may answer {decided.request.action}."
-        return True, "You answer for " + ", ".join(groups) + "."
+    def missing(self, signed_in: tuple[Principal, str], action_id: str, waited: int = 0) -> HTMLResponse:
+        """The page for an action that is not on record (or not this person's to see): 404. An id
+        that cannot name an action (``plausible_id``) is not repeated on it."""
+        approver, token = signed_in
+        return self.render(
+            "missing.html",
+            404,
+            approver=approver,
+            action_id=action_id if plausible_id(action_id) else "",
+            csrf=self.csrf(token),
+            waited=waited,
+        )
+
+    def unavailable(self, signed_in: tuple[Principal, str], away: DeskUnavailable) -> HTMLResponse:
+        """The page for a question the desk cannot answer now (the policy engine away): 503, and it
+        reloads itself after ``Retry-After``."""
+        approver, token = signed_in
+        response = self.render(
+            "unavailable.html",
+            away.status,
+            approver=approver,
+            csrf=self.csrf(token),
+            message=str(away),
+            retry_after_s=away.retry_after_s,
+        )
+        response.headers["Retry-After"] = str(away.retry_after_s)
+        return response
 
 
 def mount_console(
@@ -129,17 +141,14 @@ def mount_console(
             return RedirectResponse("/console/sign-in", status_code=303)
         approver, token = signed_in
         desk = await desk_of()
-        rows = await desk.store.pending_for(sorted(approver.everyone))
-        decided_states = []
-        for row in rows:
-            full = await desk.store.read(row.action_id)
-            if full is not None and full.status == "pending":
-                decided = registry().decode_event(full.decided_event)
-                decided_states.append((decided, pending_state(decided, full)))
-        verdicts = await asyncio.gather(*(console.may_decide(desk, approver, d, s) for d, s in decided_states))
-        items = [_item(d, s) for (d, s), (may, _) in zip(decided_states, verdicts, strict=False) if may]
+        try:
+            items, error = [_item(decided, state) for decided, state in await desk.inbox(approver)], ""
+        except DeskUnavailable as away:  # the reviews below say what they can on their own
+            items, error = [], str(away)
         reviews = await desk.reviews_due(approver)
-        return console.render("inbox.html", approver=approver, items=items, reviews=reviews, csrf=console.csrf(token))
+        return console.render(
+            "inbox.html", approver=approver, items=items, reviews=reviews, error=error, csrf=console.csrf(token)
+        )
 
     @app.get("/console/sign-in", response_class=HTMLResponse, include_in_schema=False)
     async def sign_in_page(request: Request, error: str = "") -> Response:
@@ -221,6 +230,8 @@ def mount_console(
         signed_in = console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
+        if not plausible_id(action_id):
+            return console.missing(signed_in, action_id)
         return await _action_page(console, signed_in, action_id, notice=_notice(done), waited=max(0, waited))
 
     @app.post("/console/actions/{action_id}/vote", include_in_schema=False)
@@ -229,6 +240,8 @@ def mount_console(
         signed_in = console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
+        if not plausible_id(action_id):  # before anything is recorded: no record can hold such an id
+            return console.missing(signed_in, action_id)
         approver, token = signed_in
         if not console.csrf_valid(token, csrf):
             await _refused(
@@ -254,10 +267,13 @@ def mount_console(
                 f"a console vote on {action_id} chose neither approve nor deny",
             )
             return await _action_page(console, signed_in, action_id, error="Choose Approve or Deny.", status=400)
+        if (why := text_problem(reason)) is not None:  # the vote's words must be storable (as http.VoteRequest)
+            await _refused(console, request, approver, "invalid_reason", f"a console vote on {action_id}: reason {why}")
+            return await _action_page(console, signed_in, action_id, error=f"reason: {why}", status=422)
         desk = await desk_of()
         if choice == "deny" and not reason.strip():  # a denial, or an objection: its own words (views)
-            missing = reason_missing(await desk.view(action_id), choice, reason) or "A reason is needed."
-            return await _action_page(console, signed_in, action_id, error=missing, status=400)
+            missing = reason_missing(await _view_for(desk, approver, action_id), choice, reason)
+            return await _action_page(console, signed_in, action_id, error=missing or "A reason is needed.", status=400)
         try:
             result = await desk.vote(
                 action_id, approver, choice, payload_digest, reason.strip()[:2000] or None, "console"
@@ -293,12 +309,10 @@ async def _action_page(
     approver, token = signed_in
     desk = await console.desk_of()
     try:
-        found = await desk.approval(action_id)
-    except ApprovalNotOpenYet as early:
+        found = await desk.approval(approver, action_id)
+    except ApprovalNotOpenYet as early:  # not on record yet, or not this person's to see: alike
         if waited >= NOT_OPEN_WAIT_S:
-            return console.render(
-                "missing.html", 404, approver=approver, action_id=action_id, csrf=console.csrf(token), waited=waited
-            )
+            return console.missing(signed_in, action_id, waited)
         # the decision may be on its way: this page reloads itself until the approval opens
         again = f"/console/actions/{quote(action_id)}?waited={waited + early.retry_after_s}"
         response = console.render(
@@ -313,13 +327,15 @@ async def _action_page(
         )
         response.headers["Retry-After"] = str(early.retry_after_s)
         return response
+    except DeskUnavailable as away:  # the policy engine cannot say whether this person may see it
+        return console.unavailable(signed_in, away)
     view = await desk.view(action_id)
     if view is None:  # desk.approval found it just above, and approval rows are never deleted
         raise RuntimeError(f"approval {action_id} vanished while shown")
     if found is None:  # allowed without approval under break-glass: an answer is its review
         may, why = await desk.may_review(approver, action_id)
     else:
-        may, why = await console.may_decide(desk, approver, *found)
+        may, why = await desk.may_decide(approver, *found)
     history = [registry().decode_event(v) for v in await desk.store.vote_history(action_id)]
     return console.render(
         "action.html",
@@ -334,6 +350,15 @@ async def _action_page(
         csrf=console.csrf(token),
         parameters=_pretty(view["parameters"]),
     )
+
+
+async def _view_for(desk: ApprovalDesk, viewer: Principal, action_id: str) -> dict[str, Any] | None:
+    """The action's view when ``viewer`` may see it now, else None (as for an action not on record)."""
+    try:
+        await desk.approval(viewer, action_id)
+    except DeskUnavailable:  # not on record, not theirs to see, or the policy engine away
+        return None
+    return await desk.view(action_id)
 
 
 async def _refused(console: Console, request: Request, approver: Principal, error: str, reason: str) -> None:

@@ -3,7 +3,8 @@
 ``/console/history`` (search by action id, type, requester or acting-for principal; filter by
 outcome) and ``/console/history/{action_id}``. Signed-in people only, like every console page,
 and of them only approvers: members of an approver group in the policy's data
-(``data.keyturn.groups``, asked of OPA), since the history shows every action, not just theirs.
+(``data.keyturn.groups``, asked of OPA: ``ApprovalDesk.is_approver``), since the history shows
+every action, not just theirs.
 The data is the approval service's projection of the audit topic (``approval.history``).
 """
 
@@ -21,21 +22,22 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from keyturn.approval.console import TEMPLATES, Console
+from keyturn.approval.desk import DeskUnavailable
 from keyturn.approval.history import HISTORY_DAYS, HistoryStore, history_page
 from keyturn.approval.views import masked_parameters
 from keyturn.audit.replay import TimelineStep, timeline_step
 from keyturn.audit.report.model import CATEGORY_LABELS, category_label
 from keyturn.audit.report.render import duration_text, when_text
 from keyturn.core.principal import Principal
-from keyturn.policy.opa import PolicyAnswerInvalid, PolicyUnavailable
+from keyturn.core.text import plausible_id
 
 TEMPLATES.filters["ms"] = when_text
 CHARTS_TTL_S = 60.0  # the charts of the window are drawn at most once a minute
-GROUPS_PATH = "keyturn/groups"
 
 
 class HistoryAccess:
-    """Who may read the history: a member of any approver group (the policy's data, read from OPA)."""
+    """Who may read the history: approvers (``ApprovalDesk.is_approver``, the rule that also lets
+    them see any action's approval)."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -44,14 +46,9 @@ class HistoryAccess:
         """True or False, or None when the policy engine cannot be asked now."""
         desk = await self.console.desk_of()
         try:
-            groups = (await desk.opa.query(GROUPS_PATH, {})).result
-        except (PolicyUnavailable, PolicyAnswerInvalid):
+            return await desk.is_approver(person)
+        except DeskUnavailable:
             return None
-        wanted = person.id.strip().lower()
-        return isinstance(groups, dict) and any(
-            isinstance(members, list) and wanted in (str(m).strip().lower() for m in members)
-            for members in groups.values()
-        )
 
 
 class _FiguresCache:
@@ -149,14 +146,16 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
         if isinstance(signed, Response):
             return signed
         person, token = signed
-        rows = await (await history_of()).rows_of(action_id)
+        known = plausible_id(action_id)  # an id no record can hold is not looked up, nor repeated
+        rows = await (await history_of()).rows_of(action_id) if known else []
         if not rows:
             return console.render(
                 "history_denied.html",
                 404,
                 approver=person,
                 csrf=console.csrf(token),
-                message=f"No history is kept for action {action_id} (the last {HISTORY_DAYS} days are).",
+                message=f"No history is kept for {f'action {action_id}' if known else 'this link'} "
+                f"(the last {HISTORY_DAYS} days are).",
             )
         story = await asyncio.to_thread(_action_story, action_id, rows)  # masking is CPU work: off the loop
         return console.render("history_action.html", approver=person, csrf=console.csrf(token), **story)

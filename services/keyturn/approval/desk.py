@@ -10,6 +10,7 @@ caller has to remember to publish.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 # so that an execution whose decision named no callback URL costs no database write. Forgetting
 # one costs one harmless row; 100,000 held 12 MiB and showed as growth in the 100k-action bench.
 REMEMBERED_DECISIONS = 10_000
+
+# Where the policy's data names every approver group and its members (OPA: data.keyturn.groups).
+GROUPS_PATH = "keyturn/groups"
 
 # How long an approver is asked to wait when the approval has not opened yet. A decision reaches
 # the desk well within a second of the intake answering ``needs_approval``.
@@ -755,18 +759,101 @@ class ApprovalDesk:
                 self._modes = (now, self._modes[1] if self._modes else ExecutionModes())
         return self._modes[1] if self._modes is not None else ExecutionModes()
 
-    async def approval(self, action_id: str) -> tuple[ActionDecided, rules.PendingApproval] | None:
-        """The decision and the approval state of an action, for the approval routes and pages;
-        None when the action was allowed without approval (break-glass): there is nothing to answer.
+    async def approval(self, viewer: Principal, action_id: str) -> tuple[ActionDecided, rules.PendingApproval] | None:
+        """The decision and the approval state of an action, for the approval routes and pages, when
+        ``viewer`` may see it (``may_see``); None when the action was allowed without approval
+        (break-glass): there is nothing to answer, only a review to give.
 
-        Raises ``ApprovalNotOpenYet`` when nothing is on record (yet) for it."""
+        Raises ``ApprovalNotOpenYet`` when nothing is on record (yet) for it, and exactly so when it is
+        not the viewer's to see: an outsider learns nothing, not even that the action exists. Raises
+        ``DeskUnavailable`` while the policy engine cannot say whether the viewer is an approver."""
         row = await self.store.read(action_id)
-        if row is None:
-            if await self.store.break_glass_decision(action_id) is not None:
-                return None
+        found: tuple[ActionDecided, rules.PendingApproval] | None = None
+        if row is not None:
+            decided = registry().decode_event(row.decided_event)
+            found = (decided, pending_state(decided, row))
+        elif (encoded := await self.store.break_glass_decision(action_id)) is not None:
+            decided = registry().decode_event(encoded)
+        else:
+            decided = None
+        if not await self.may_see(viewer, decided):
             raise ApprovalNotOpenYet(action_id)
-        decided = registry().decode_event(row.decided_event)
-        return decided, pending_state(decided, row)
+        return found
+
+    async def may_see(self, viewer: Principal, decided: ActionDecided | None) -> bool:
+        """Whether ``viewer`` may see an action (``decided``; None when nothing is on record): its own
+        principals may (the requester and everyone it acts for), and so may approvers
+        (``is_approver``), who answer and review actions that are not theirs.
+
+        An action the viewer may not see is answered as an unknown one, so the policy engine is
+        asked about both alike: while it is away, an outsider gets ``DeskUnavailable`` either way."""
+        if decided is not None and viewer.everyone & decided.request.requester.everyone:
+            return True
+        return await self.is_approver(viewer) and decided is not None
+
+    async def is_approver(self, person: Principal) -> bool:
+        """Whether ``person`` is a member of any approver group in the policy's data (asked of OPA
+        each time, so a change of membership counts at once): who may read any action and the
+        history, not only what they may decide. Raises ``DeskUnavailable`` while the policy engine
+        cannot be asked: nobody is let in without it, and "not an approver" would be false."""
+        try:
+            groups = (await self.opa.query(GROUPS_PATH, {})).result
+        except (PolicyUnavailable, PolicyAnswerInvalid) as exc:
+            log.warning("who is an approver was not read: the policy engine did not answer: %s", exc)
+            raise DeskUnavailable(
+                "policy_unavailable",
+                "Keyturn cannot ask its policy engine who may see this right now. Try again in a minute.",
+            ) from exc
+        wanted = person.id.strip().lower()
+        return isinstance(groups, dict) and any(
+            isinstance(members, list) and wanted in (str(m).strip().lower() for m in members)
+            for members in groups.values()
+        )
+
+    async def may_decide(
+        self, approver: Principal, decided: ActionDecided, state: rules.PendingApproval
+    ) -> tuple[bool, str]:
+        """Whether this approver could answer now, and if not, why (what a page shows instead of its
+        buttons); an answer is still judged by the rules when it comes."""
+        try:
+            return await self._may_decide(approver, decided, state)
+        except (PolicyUnavailable, PolicyAnswerInvalid):
+            return False, "The policy engine is unavailable, so nobody can answer right now."
+
+    async def _may_decide(
+        self, approver: Principal, decided: ActionDecided, state: rules.PendingApproval
+    ) -> tuple[bool, str]:
+        """``may_decide``, raising the policy engine's failure."""
+        if state.status != "pending":
+            return False, f"This action is {state.status}; answers are no longer taken."
+        if approver.everyone & decided.request.requester.everyone:
+            return False, "You are in the chain that asked for this action, so you cannot answer it."
+        if any(vote.approver.id == approver.id for vote in state.votes):
+            return False, "You have already answered this action."
+        groups = await self.counts_for(approver, decided, state.policy)
+        if not groups:
+            return False, f"You are not in any group that may answer {decided.request.action}."
+        return True, "You answer for " + ", ".join(groups) + "."
+
+    async def inbox(self, approver: Principal) -> list[tuple[ActionDecided, rules.PendingApproval]]:
+        """The pending approvals ``approver`` may decide now (``may_decide``), oldest first: the inbox
+        of every channel that has one. Raises ``DeskUnavailable`` while the policy engine cannot be
+        asked: an empty inbox would say that nothing waits."""
+        pending = []
+        for row in await self.store.pending_for(sorted(approver.everyone)):
+            full = await self.store.read(row.action_id)  # listed without votes; resolved since, it is gone
+            if full is not None and full.status == "pending":
+                decided = registry().decode_event(full.decided_event)
+                pending.append((decided, pending_state(decided, full)))
+        try:
+            verdicts = await asyncio.gather(*(self._may_decide(approver, d, s) for d, s in pending))
+        except (PolicyUnavailable, PolicyAnswerInvalid) as exc:
+            log.warning("the inbox of %s was not read: the policy engine did not answer: %s", approver.id, exc)
+            raise DeskUnavailable(
+                "policy_unavailable",
+                "Keyturn cannot ask its policy engine what you may decide right now. Try again in a minute.",
+            ) from exc
+        return [found for found, (may, _) in zip(pending, verdicts, strict=True) if may]
 
     # --- private ------------------------------------------------------------------------------
 

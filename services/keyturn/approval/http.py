@@ -9,16 +9,15 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
-from keyturn.approval.replay import pending_state
 from keyturn.approval.views import approval_view
-from keyturn.bus.codec import registry
 from keyturn.bus.http import masked_http_error
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.core.principal import Principal
+from keyturn.core.text import plausible_id, text_problem
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity import InvalidToken, bearer_token
 
@@ -47,6 +46,21 @@ class VoteRequest(BaseModel):
     payload_digest: str = Field(..., min_length=8, description="The digest shown with the parameters (sha256:<hex>)")
     reason: str | None = Field(None, max_length=2000)
     channel: str = Field("cli", max_length=32)
+
+    @field_validator("reason", "channel")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        """A vote's words travel on to the audit and the requester's status (PostgreSQL rows), which
+        cannot hold every string: refused here, naming the field, rather than failing there."""
+        if value is not None and (why := text_problem(value)) is not None:
+            raise ValueError(why)
+        return value
+
+
+def unknown_action() -> HTTPException:
+    """The answer to an action id that cannot name an action (``plausible_id``): 404, from no
+    store, since PostgreSQL would refuse to even look such an id up."""
+    return HTTPException(404, detail={"error": "UnknownAction", "message": "action_id names no action"})
 
 
 def unavailable(exc: DeskUnavailable) -> JSONResponse:
@@ -124,37 +138,41 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         await desk_of()
         return {"status": "ok"}
 
-    @app.get("/v1/approvals", responses={401: {"description": "Missing or invalid token"}})
+    @app.get(
+        "/v1/approvals",
+        responses={
+            401: {"description": "Missing or invalid token"},
+            503: {"description": "Policy engine unreachable: who may decide what is unknown; ask again later"},
+        },
+    )
     async def inbox(authorization: str | None = Header(None)) -> list[dict[str, Any]]:
-        """Pending approvals the signed-in principal did not ask for (membership is checked on vote)."""
+        """Pending approvals the signed-in principal may decide now (``ApprovalDesk.inbox``)."""
         approver = approver_of(authorization)
         desk = await desk_of()
-        rows = await desk.store.pending_for(sorted(approver.everyone))
-        views = []
-        for row in rows:
-            decided = registry().decode_event(row.decided_event)
-            full = await desk.store.read(row.action_id)
-            if full is None:  # approval rows are never deleted
-                raise RuntimeError(f"approval {row.action_id} vanished while listed as pending")
-            views.append(approval_view(decided, pending_state(decided, full)))
-        return views
+        return [approval_view(decided, state) for decided, state in await desk.inbox(approver)]
 
     @app.get(
         "/v1/approvals/{action_id}",
         responses={
             401: {"description": "Missing or invalid token"},
+            404: {"description": "The id cannot name an action"},
             425: {
-                "description": "No approval is open for this action yet (its decision may be on its way): retry "
-                "after Retry-After"
+                "description": "No approval is open for this action yet (its decision may be on its way), or it "
+                "is not yours to see: retry after Retry-After"
             },
+            503: {"description": "Policy engine unreachable: whether you may see it is unknown; ask again later"},
         },
     )
     async def show(action_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         """One approval with masked parameters and the digest a vote must name; a break-glass action
-        (``status: break_glass``) is shown the same way, and a vote on it records its review."""
-        approver_of(authorization)
+        (``status: break_glass``) is shown the same way, and a vote on it records its review. Shown
+        to its requester's chain and to approvers (``ApprovalDesk.may_see``); anyone else is
+        answered as for an action not on record."""
+        viewer = approver_of(authorization)
+        if not plausible_id(action_id):
+            raise unknown_action()
         desk = await desk_of()
-        found = await desk.approval(action_id)
+        found = await desk.approval(viewer, action_id)
         if found is None:
             view = await desk.view(action_id)  # break-glass: the action already ran, awaiting its review
             if view is None:  # pragma: no cover - approval() raises when nothing is on record
@@ -169,6 +187,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         responses={
             401: {"description": "Missing or invalid token"},
             403: {"description": "Self-approval or not an approver"},
+            404: {"description": "The id cannot name an action"},
             409: {"description": "Resolved already, duplicate vote or digest drift"},
             410: {"description": "Approval expired"},
             425: {
@@ -183,6 +202,8 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
     async def vote(action_id: str, body: VoteRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
         """Approve or deny. Refusals are recorded and audited, and change nothing."""
         approver = approver_of(authorization)
+        if not plausible_id(action_id):
+            raise unknown_action()
         desk = await desk_of()
         result = await desk.vote(action_id, approver, body.choice, body.payload_digest, body.reason, body.channel)
         if not result.accepted:

@@ -29,12 +29,14 @@ from fastapi.responses import JSONResponse, Response
 from slack_sdk.signature import SignatureVerifier
 
 from keyturn.approval import slack_messages as blocks
+from keyturn.approval.callbacks import unix_seconds
 from keyturn.approval.channels import NOT_SHOWN, UnknownChatUser, not_shown
 from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.views import reason_missing
 from keyturn.core.principal import Principal, PrincipalKind
+from keyturn.core.text import plausible_id, text_problem
 
 SOURCE = "slack:interactions"
 MAX_AGE_S = 5 * 60
@@ -58,13 +60,14 @@ def verify_request(
     verifier: SignatureVerifier, body: bytes, timestamp: str | None, signature: str | None, now: float
 ) -> None:
     """Raise ``InteractionRefused`` unless Slack signed ``body`` within the last 5 minutes."""
-    if not timestamp or not timestamp.strip().isdigit():
+    signed_at = unix_seconds(timestamp)
+    if timestamp is None or signed_at is None:
         raise InteractionRefused(
             400,
             "missing_timestamp",
-            "X-Slack-Request-Timestamp is missing or not a number; only Slack may call this endpoint",
+            "X-Slack-Request-Timestamp is missing or not a unix time; only Slack may call this endpoint",
         )
-    age = now - int(timestamp)
+    age = now - signed_at
     if abs(age) > MAX_AGE_S:
         raise InteractionRefused(
             401,
@@ -99,6 +102,7 @@ def parse_payload(body: bytes) -> dict[str, Any]:
         not isinstance(payload, dict)
         or not isinstance(payload.get("user"), dict)
         or not isinstance(payload["user"].get("id"), str)
+        or text_problem(payload["user"]["id"]) is not None
     ):
         raise InteractionRefused(400, "malformed_payload", "the interaction names no user")
     return payload
@@ -165,17 +169,17 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
             team,
             trigger,
             button,
-            _json_object(action.get("value"), "button value"),
+            _shown(action.get("value"), "button value"),
             channel or "",
             message_ts or "",
             user_team=user_team,
         )
     view = _object(payload, "view")
     if kind == "view_submission" and view.get("callback_id") == blocks.DENY_MODAL:
-        shown = _json_object(view.get("private_metadata"), "modal metadata")
+        shown = _shown(view.get("private_metadata"), "modal metadata")
         state = _object(view, "state", "view.state")
         reason_block = _object(_object(state, "values", "view.state.values"), blocks.REASON_BLOCK, "the reason block")
-        reason = _text(_object(reason_block, blocks.REASON_BLOCK, "the reason input").get("value"), "the reason")
+        reason = _text(_object(reason_block, blocks.REASON_BLOCK, "the reason input").get("value"), "reason")
         return Interaction(
             kind,
             user,
@@ -218,9 +222,13 @@ def _actions(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _text(value: Any, what: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value or None
-    raise InteractionRefused(400, "malformed_payload", f"the interaction's {what} is not a string")
+    """A string field Slack sends. Its values are stored (seen interactions, votes, their reasons),
+    so one PostgreSQL cannot hold (``text_problem``) is refused here, naming the field."""
+    if value is not None and not isinstance(value, str):
+        raise InteractionRefused(400, "malformed_payload", f"the interaction's {what} is not a string")
+    if value and (why := text_problem(value)) is not None:
+        raise InteractionRefused(400, "malformed_payload", f"the interaction's {what} {why}")
+    return value or None
 
 
 def mount_slack(
@@ -356,6 +364,15 @@ async def _approver(
         if channel:
             await slack.tell_user(channel, answer.user, f":warning: Your answer was not applied — {unknown}")
         return None
+
+
+def _shown(text: Any, what: str) -> dict[str, Any]:
+    """What a button value or a modal's metadata says was shown: Keyturn put an action id there, so
+    one that cannot name an action (``plausible_id``) did not come from Keyturn."""
+    shown = _json_object(text, what)
+    if not plausible_id(str(shown.get("action_id", ""))):
+        raise InteractionRefused(400, "malformed_payload", f"the {what} names no action")
+    return shown
 
 
 def _json_object(text: Any, what: str) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.identities import principal_for, teams_account
 from keyturn.approval.views import reason_missing
 from keyturn.core.principal import Principal, PrincipalKind
+from keyturn.core.text import plausible_id, text_problem
 from keyturn.faults import DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,14 @@ class TeamsChannel:
         action = activity.value.action
         data = action.data or {}
         action_id, digest = str(data.get("action_id", "")), str(data.get("payload_digest", ""))
+        if not plausible_id(action_id):  # Keyturn's cards name an action; nothing can be recorded for this
+            await desk.refuse_interaction(
+                SOURCE,
+                "malformed_activity",
+                "the card's data names no action",
+                activity.model_dump_json().encode(),
+            )
+            return _message("This card names no action Keyturn knows; nothing was recorded.")
         conversation = activity.conversation.id
         # in a channel, Teams names the thread: "<conversation>;messageid=<root>"; Keyturn sent to the conversation
         unbound = await not_shown(
@@ -306,6 +315,9 @@ class TeamsChannel:
                 else _message(f"Your answer was not applied — {unknown}")
             )
         reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
+        if reason is not None and (why := text_problem(reason)) is not None:  # as the API's VoteRequest.reason
+            refused = f"reason: {why}. Nothing was recorded."
+            return _card(view, refused) if view else _message(refused)
         if view is not None and (missing := reason_missing(view, choice, reason)) is not None:
             return _card(view, f"{missing} Nothing was recorded.")
         try:
