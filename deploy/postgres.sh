@@ -122,9 +122,13 @@ start() {
   # setpriv, unlike runuser, execs in place, so the recorded PID is the postmaster itself.
   if ((EUID == 0)); then server=(setpriv --reuid=postgres --regid=postgres --init-groups -- "${server[@]}"); fi
   # 200 connections, not the default 100: each executor keeps an admin connection per SQL command
-  # it may run at once (16) besides the commands' own logins and every service's pool
+  # it may run at once (16) besides the commands' own logins and every service's pool.
+  # A client's ERROR is logged neither with its message nor its statement: both quote what the
+  # client sent (an agent's statement run as an impact preview, a value the target refused), and
+  # the client already has them. The server's own lines (LOG: start, checkpoints; FATAL) stay.
   pid=$(cd / && spawn "$LOG" "${server[@]}" -D "$PGDATA" -p "$PORT" \
-    -c listen_addresses=127.0.0.1 -c unix_socket_directories="$SOCKET_DIR" -c max_connections=200)
+    -c listen_addresses=127.0.0.1 -c unix_socket_directories="$SOCKET_DIR" -c max_connections=200 \
+    -c log_min_messages=log -c log_min_error_statement=panic)
   printf '%s\n' "$DATABASE_URL" >"$(endpoint_file)"
   wait_healthy "$pid" accepting "$LOG"
   create_role_and_database

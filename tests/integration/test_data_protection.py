@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from keyturn.audit.stream import read_audit_log
@@ -110,3 +112,36 @@ def test_parameters_are_masked_with_type_revealing_placeholders(reporter: Agent)
     assert approval["parameters"]["contact"] == "<EMAIL_ADDRESS>"
     assert re.fullmatch(r"\*+1111", approval["parameters"]["card"])
     assert approval["parameters"]["row_count"] == 200_000
+
+
+def test_secrets_in_names_and_paths_are_refused_and_written_nowhere_in_clear(
+    reporter: Agent, settings, services
+) -> None:
+    # names travel in clear (topics, rows, the policy's input): a secret or a person's data in one
+    # is refused at the door, and neither the refusal's record nor a log line repeats it
+    aws, email, ssn = "AKIA6CYI2KVFDEKCVYOT", "canary-q1@example.com", "538-34-9455"
+    refused = [
+        reporter.submit("read.table", f"postgres://staging/analytics/{email}"),
+        reporter.submit("read.table", "postgres://staging/analytics/orders", {aws: 1}),
+        reporter.submit("read.table", "postgres://staging/analytics/orders", idempotency_key=f"k-{aws}"),
+        reporter.submit("read.table", "postgres://staging/a/b", callback_url=f"https://h.example.com/cb?to={email}"),
+        reporter.submit(f"read.{ssn}.x", "postgres://staging/a/b"),
+        reporter.submit("read.table", "postgres://staging/a/b", {"contact": f"users/{email}"}, reason=f"x\u0000{ssn}"),
+        reporter.http.get(f"/v1/actions/{email}/wait", params={"timeout": "abc"}),
+    ]
+    assert [r.status_code for r in refused] == [422] * 7, [r.text for r in refused]
+    for answer in refused:
+        assert not any(value in answer.text for value in (aws, email, ssn)), answer.text
+    topics = Topics(settings.namespace, settings.partitions)
+    letters = [message for _, message in read_topic(settings, topics.dlq)]
+    assert len(letters) >= 7
+    haystacks = {topics.dlq: b"\n".join((m.key or b"") + (m.value or b"") for m in letters)}
+    for log in Path(services.log_dir).glob("*.log"):
+        haystacks[str(log)] = log.read_bytes()
+    database_log = REPO_ROOT / ".run" / "postgres" / "postgres.log"
+    if database_log.exists():  # the project's own server (deploy/postgres.sh): a client's ERROR is not logged
+        with psycopg.connect(settings.database_url, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
+            conn.execute(f"SELECT '{email}'::int")
+        haystacks[str(database_log)] = database_log.read_bytes()
+    leaks = [(value, where) for value in (aws, email, ssn) for where, hay in haystacks.items() if value.encode() in hay]
+    assert not leaks, leaks

@@ -9,6 +9,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from keyturn.bus.http import route_of
 from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
 from keyturn.core.principal import Principal, PrincipalKind
@@ -61,6 +62,12 @@ def raw(body: str) -> bytes:
         ({**GOOD, "idempotency_key": "key\u0000"}, "idempotency_key"),
         ({**GOOD, "parameters": {"n": 18446744073709551616999}}, "parameters.n"),
         ({**GOOD, "parameters": {"n": [1, -(2**63) - 1]}}, "parameters.n.1"),
+        # names travel in clear: a secret or a person's data in one is refused, by kind
+        ({**GOOD, "resource": "postgres://staging/users/canary-q1@example.com"}, "resource: Value error, it holds "),
+        ({**GOOD, "parameters": {"AKIA6CYI2KVFDEKCVYOT": 1}}, "parameters: Value error, a key of the parameters"),
+        ({**GOOD, "idempotency_key": "k-AKIA6CYI2KVFDEKCVYOT"}, "idempotency_key: Value error, it holds what looks"),
+        ({**GOOD, "callback_url": "https://h.example.com/cb?to=canary-q1@example.com"}, "callback_url: Value error"),
+        ({**GOOD, "action": "read.538-34-9455.x"}, "action: Value error, it holds what looks like US_SSN"),
     ],
 )
 def test_text_no_database_can_keep_and_integers_past_64_bits_are_refused_with_the_field(body, field) -> None:
@@ -69,9 +76,19 @@ def test_text_no_database_can_keep_and_integers_past_64_bits_are_refused_with_th
         answer = client.post("/v1/actions", content=json.dumps(body), headers=AUTH)
     assert answer.status_code == 422, answer.text
     assert any(field in problem for problem in answer.json()["problems"]), answer.json()
+    for value in ("AKIA6CYI2KVFDEKCVYOT", "canary-q1@example.com", "538-34-9455"):
+        assert value not in answer.text and value not in repr(send.events("unit.dlq"))
     assert store.rows == {}, "nothing refused is stored"
     [letter] = send.events("unit.dlq")
     assert letter.principal == "agent:reporter"  # recorded under the caller
+
+
+def test_a_server_address_may_name_a_resource_or_a_webhook() -> None:
+    client, store, _ = client_and_store()
+    body = {**GOOD, "resource": "postgres://10.0.0.5:5432/analytics", "callback_url": "http://10.1.2.3:9000/hook"}
+    with client:
+        assert client.post("/v1/actions", content=json.dumps(body), headers=AUTH).status_code == 202
+    assert len(store.rows) == 1
 
 
 def test_a_lone_surrogate_in_a_batch_item_refuses_that_item_alone() -> None:
@@ -167,3 +184,19 @@ def test_storable_replaces_what_postgresql_refuses_and_keeps_the_rest() -> None:
     assert storable(entry) == {"votes": [{"reason": "no\ufffdpe", "approver": "human:dave"}], "odd\ufffd": 1}
     clean = {"votes": [{"reason": "fine"}]}
     assert storable(clean) is clean
+
+
+def test_a_refusal_names_the_route_never_the_path_the_caller_sent() -> None:
+    client, _, send = client_and_store()
+    canary = "canary-zz28114@example.com"
+    with client:
+        answer = client.get(f"/v1/actions/{canary}/wait?timeout=abc", headers=AUTH)
+    assert answer.status_code == 422
+    [letter] = send.events("unit.dlq")
+    assert letter.source_topic == "http:GET /v1/actions/{action_id}/wait"
+    assert canary not in repr(letter) and "canary" not in letter.event_id
+
+
+def test_a_path_refused_before_routing_is_named_masked() -> None:
+    scope = {"method": "POST", "path": "/v1/actions/AKIA6CYI2KVFDEKCVYOT/x"}
+    assert route_of(scope) == "POST /v1/actions/<AWS_ACCESS_KEY>/x"

@@ -335,6 +335,13 @@ def test_absurdly_deep_nesting_is_refused(masker):
         masker.mask(payload)
 
 
+def test_an_address_after_a_slash_is_masked(masker):
+    # the local part may hold "/"; its domain alone decides whether it is an address
+    assert masker.mask_text("users/canary-q1@example.com")[0] == "<EMAIL_ADDRESS>"
+    assert masker.mask_text("see users/canary-q1@example.com now")[0] == "see <EMAIL_ADDRESS> now"
+    assert masker.mask_text("users/someone@host.invalidsuffix")[0] == "users/someone@host.invalidsuffix"
+
+
 def test_mask_text_masks_a_single_string(masker):
     text, types = masker.mask_text("mail customer.4821@example.com or call +1 415 555 0142")
     assert text == "mail <EMAIL_ADDRESS> or call <PHONE_NUMBER>"

@@ -28,7 +28,7 @@ from keyturn.approval.identities import email_domains
 from keyturn.approval.ports import PolicyEngine
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.store import DDL, ApprovalStore
-from keyturn.bus.http import header
+from keyturn.bus.http import header, route_of
 from keyturn.bus.loop import Stage, held_fetches
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
@@ -269,7 +269,7 @@ class ApprovalRuntime:
             UNATTRIBUTED.labels("http", reason).inc()
             return
         desk = await self.desk()
-        where = f"http:{scope.get('method')} {scope.get('path')}"
+        where = f"http:{route_of(scope)}"
         await desk.refuse_interaction(
             where, reason, "; ".join(problems), received, problems=tuple(problems), principal=principal.id
         )

@@ -11,6 +11,8 @@ from typing import Any
 
 import uvicorn
 
+from keyturn.masking.protect import mask_text
+
 
 class EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves signal handling to the faust worker it runs in."""
@@ -141,6 +143,19 @@ class BoundedRequests:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def route_of(scope: Any) -> str:
+    """``METHOD /route/{template}`` of a request (an ASGI scope, or a request that has one): the
+    route it matched, never the path it sent, which carries whatever the caller put in it (an
+    id, a token pasted by mistake) into the refusal records, the audit and the logs that name
+    it. A request refused before routing (a body over the bounds) or that matched no route is
+    named by its path masked like any text."""
+    scope = getattr(scope, "scope", scope)
+    template = getattr(scope.get("route"), "path", None)
+    if not isinstance(template, str):
+        template = mask_text(" ".join(str(scope.get("path") or "").split())[:200])
+    return f"{scope.get('method')} {template}"
 
 
 def header(scope: dict[str, Any], name: str) -> str | None:

@@ -27,7 +27,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.bus.codec import UndecodableMessage
-from keyturn.bus.http import BoundedRequests, header, masked_http_error
+from keyturn.bus.http import BoundedRequests, header, masked_http_error, route_of
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
@@ -161,11 +161,9 @@ def create_app(
         REJECTED.labels("http", error).inc()
         body = await request.body()
         await record_refusal(
-            source_topic=f"http:{request.method} {request.url.path}",
+            source_topic=f"http:{route_of(request)}",
             payload=body,
-            error=UndecodableMessage(
-                error, f"{request.method} {request.url.path} refused {len(body)} bytes from {principal.id}"
-            ),
+            error=UndecodableMessage(error, f"{route_of(request)} refused {len(body)} bytes from {principal.id}"),
             principal=principal.id,
             problems=tuple(problems),
             excerpt=True,
@@ -183,7 +181,7 @@ def create_app(
         except InvalidToken:
             return
         await record_refusal(
-            source_topic=f"http:{scope.get('method')} {scope.get('path')}",
+            source_topic=f"http:{route_of(scope)}",
             payload=received,
             error=UndecodableMessage("body_too_large" if status == 413 else "headers_too_large", "; ".join(problems)),
             principal=principal.id,
@@ -209,7 +207,7 @@ def create_app(
 
     @app.exception_handler(StoreUnavailable)
     async def _database_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        log.warning("%s %s answered 503: %s", request.method, request.url.path, exc)
+        log.warning("%s answered 503: %s", route_of(request), exc)
         detail = f"the intake cannot reach its database right now; try again in {RETRY_AFTER_S} s"
         if request.method == "POST":
             detail += " with the same idempotency key (a retry with it never creates a second action)"

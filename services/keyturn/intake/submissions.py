@@ -15,7 +15,7 @@ from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import validation_problems
@@ -26,7 +26,7 @@ from keyturn.core.principal import Principal
 from keyturn.core.text import problem_in, text_problem
 from keyturn.faults import is_transient
 from keyturn.intake.store import NewAction, StoredAction, StoreUnavailable
-from keyturn.masking.protect import mask_text
+from keyturn.masking.protect import hidden_in, mask_text
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,11 @@ ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c3b0e-6c3e-4f7c-9a55-2b8f0d6e7a10")
 MAX_PARAMETERS_BYTES = 64 * 1024
 MAX_PARAMETERS_DEPTH = 32  # below the masker's own limit, so accepted parameters can always be masked
+# What a request names things with travels in clear (topics, rows, the policy's input, chat
+# cards): only parameter values and the reason are masked, and parameters sealed. So a secret
+# or a person's data in a name is refused, naming where and what kind, and the caller moves it
+# into the parameters. A server's address is no one's personal data in a resource or a webhook.
+NAMES_MAY_HOLD = {"resource": {"IP_ADDRESS"}, "callback_url": {"IP_ADDRESS"}}
 
 
 def json_depth(value: Any) -> int:
@@ -84,12 +89,18 @@ class ActionSubmission(BaseModel):
     def _dotted(cls, value: str) -> str:
         if not ACTION_PATTERN.match(value):
             raise ValueError("action must be lower-case dotted words such as 'db.export' or 'iam.role.grant'")
+        if (why := _secret_in_name(value, "action")) is not None:
+            raise ValueError(why)
         return value
 
     @field_validator("resource", "reason", "idempotency_key", "callback_url")
     @classmethod
-    def _text(cls, value: str | None) -> str | None:
-        if value is not None and (why := text_problem(value)) is not None:
+    def _text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if (why := text_problem(value)) is not None:
+            raise ValueError(why)
+        if info.field_name != "reason" and (why := _secret_in_name(value, info.field_name)) is not None:
             raise ValueError(why)
         return value
 
@@ -98,11 +109,38 @@ class ActionSubmission(BaseModel):
     def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
         if (why := problem_in(value, "parameters")) is not None:
             raise ValueError(why)
+        if (keys := _keys(value)) and (why := _secret_in_name(keys, "parameter_keys")) is not None:
+            raise ValueError(why)
         if json_depth(value) > MAX_PARAMETERS_DEPTH:
             raise ValueError(f"parameters nest deeper than {MAX_PARAMETERS_DEPTH} levels")
         if len(canonical_json(value).encode()) > MAX_PARAMETERS_BYTES:
             raise ValueError(f"parameters exceed {MAX_PARAMETERS_BYTES} bytes as JSON")
         return value
+
+
+def _secret_in_name(value: str | list[str], field: str | None) -> str | None:
+    """Why a name (``NAMES_MAY_HOLD``) cannot be taken: what masking finds in it, by kind."""
+    kinds = {kind for _, kind in hidden_in({"name": value})} - NAMES_MAY_HOLD.get(field or "", set())
+    if not kinds:
+        return None
+    what = "a key of the parameters" if field == "parameter_keys" else "it"
+    return (
+        f"{what} holds what looks like {', '.join(sorted(kinds))}; names travel in clear, so such a value "
+        "belongs in a parameter's value, which is masked and sealed"
+    )
+
+
+def _keys(value: Any) -> list[str]:
+    """Every object key in a JSON value, without recursion."""
+    keys, stack = [], [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            keys.extend(k for k in current if isinstance(k, str))
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
+    return keys
 
 
 class IdempotencyConflict(Exception):

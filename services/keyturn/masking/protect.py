@@ -45,6 +45,12 @@ def mask_parameters(parameters: dict[str, Any], extra_fields: tuple[str, ...] = 
     return shared_masker().mask(parameters, extra_fields).parameters
 
 
+def hidden_in(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """(path, entity type) of each secret or personal datum masking finds in ``values`` (one
+    masking pass for them all; paths as ``$.field[0]``), never the value."""
+    return [(finding.path, finding.entity_type) for finding in shared_masker().mask(values).findings]
+
+
 def mask_text(text: str) -> str:
     """Free text (a log line, a refusal's reason) with PII and secrets replaced by placeholders."""
     return shared_masker().mask_text(text)[0]

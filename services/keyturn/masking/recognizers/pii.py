@@ -40,8 +40,10 @@ class OfflineEmailRecognizer(EmailRecognizer):
     _domains = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
     def validate_result(self, pattern_text: str) -> bool:
-        """True when the address ends in a known public suffix."""
-        return self._domains(pattern_text).fqdn != ""
+        """True when the address's domain ends in a known public suffix. Only the domain is
+        checked: the local part may hold ``/`` (``users/alice@example.com``), and the whole text
+        read as a URL named the host ``users``, so the address went through in clear."""
+        return self._domains(pattern_text.rpartition("@")[2]).fqdn != ""
 
 
 def pii_recognizers() -> list[EntityRecognizer]:
