@@ -14,13 +14,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from keyturn.approval.console import mount_console
+from keyturn.approval.console import SIGN_IN_ERRORS, mount_console
 from keyturn.approval.console_history import mount_history
 from keyturn.approval.http import mount_routes
 from keyturn.approval.runtime import ApprovalRuntime
 from keyturn.bus.codec import registry
 from keyturn.config import Settings
 from keyturn.core import events
+from keyturn.core.approval import VOTE_CHANNELS, shown_channel
 from keyturn.core.principal import Principal, PrincipalKind
 from tests.fakes.approval_store import Broker, FakePolicyEngine, InMemoryApprovalStore
 from tests.fakes.history_store import MemoryHistoryStore
@@ -280,3 +281,76 @@ async def test_a_console_reason_with_a_nul_character_is_refused_and_no_vote_is_r
     assert answer.status_code == 422 and "reason: holds a NUL character" in answer.text
     assert service.recorded() == [] and service.store.tables.votes == []
     assert service.store.tables.approvals[decided.action_id].status == "pending"
+
+
+# --- a vote's channel -----------------------------------------------------------------------------------
+
+SECRETS = ["bob@example.com", "AKIAIOSFODNN7EXAMPLE"]
+ODD_CHANNELS = [*SECRETS, "email", "", "CLI"]
+
+
+@pytest.mark.parametrize("channel", ODD_CHANNELS)
+async def test_a_channel_keyturn_does_not_have_is_refused_naming_the_field_and_recorded_under_the_caller(
+    channel: str,
+) -> None:
+    service = Service()
+    decided = await service.opened()
+    vote = {"choice": "approve", "payload_digest": str(DIGEST), "channel": channel}
+    async with service.client("human:carol") as carol:
+        answer = await carol.post(f"/v1/approvals/{decided.action_id}/votes", json=vote)
+    assert answer.status_code == 422
+    assert [p.split(":")[0] for p in answer.json()["detail"]["problems"]] == ["channel"]
+    assert service.recorded() == [] and service.store.tables.votes == []
+    letters = [
+        e for e in (registry().decode_event(v) for _, _, v in service.broker.sent) if isinstance(e, events.DeadLetter)
+    ]
+    assert [(letter.principal, letter.error_type) for letter in letters] == [("human:carol", "invalid_body")]
+    if channel:  # the field is named, never its value
+        assert channel not in answer.text
+    if channel in SECRETS:  # and what was recorded holds no secret in clear (an excerpt is masked)
+        assert all(channel not in v.decode(errors="replace") for _, _, v in service.broker.sent)
+
+
+@pytest.mark.parametrize("channel", sorted(VOTE_CHANNELS))
+async def test_every_channel_keyturn_has_is_taken(channel: str) -> None:
+    service = Service()
+    decided = await service.opened()
+    vote = {"choice": "approve", "payload_digest": str(DIGEST), "channel": channel}
+    async with service.client("human:carol") as carol:
+        answer = await carol.post(f"/v1/approvals/{decided.action_id}/votes", json=vote)
+    assert answer.status_code == 200, answer.text
+    assert [r.vote.channel for r in service.recorded()] == [channel]
+
+
+def test_a_channel_recorded_before_the_set_was_closed_is_shown_as_other() -> None:
+    assert [shown_channel(c) for c in ("slack", "bob@example.com", None, 7)] == ["slack", "other", "other", "other"]
+
+
+# --- what a link may put on a console page ------------------------------------------------------------
+
+
+async def test_the_sign_in_page_shows_the_words_of_a_known_error_code_and_nothing_of_any_other_text() -> None:
+    service = Service()
+    async with service.client("nobody") as browser:
+        sent = await browser.post(
+            "/console/sign-in", data={"nonce": "n", "name": "carol"}, cookies={"keyturn_sign_in": "n"}
+        )
+        known = await browser.get(sent.headers["location"])
+        expired = await browser.get("/console/sign-in", params={"error": "token_expired"})
+        planted = await browser.get("/console/sign-in", params={"error": "Call 555-0100 with AKIAIOSFODNN7EXAMPLE"})
+        words = await browser.get("/console/sign-in", params={"error": SIGN_IN_ERRORS["bad_name"]})
+    assert sent.headers["location"] == "/console/sign-in?error=no_token"  # no dev sign-in: a token is needed
+    assert SIGN_IN_ERRORS["no_token"] in known.text
+    assert "That token was refused (expired)." in expired.text
+    for page in (planted, words):
+        assert page.status_code == 200 and 'role="alert"' not in page.text
+    assert "AKIA" not in planted.text and "555" not in planted.text
+
+
+async def test_the_history_search_goes_back_into_its_box_masked() -> None:
+    service = Service()
+    async with service.client("human:erin") as erin:
+        page = await erin.get("/console/history", params={"q": "AKIAIOSFODNN7EXAMPLE"})
+        plain = await erin.get("/console/history", params={"q": "db.export"})
+    assert page.status_code == 200 and "AKIAIOSFODNN7EXAMPLE" not in page.text
+    assert 'value="db.export"' in plain.text

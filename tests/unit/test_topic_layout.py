@@ -28,3 +28,13 @@ def test_the_long_fault_drill_defaults_to_ten_thousand_actions_at_two_hundred_a_
     default = long_drill({})
     assert (default.rate, default.min_actions) == (200, 10_000)
     assert long_drill({"KEYTURN_CHAOS_RATE": "300", "KEYTURN_CHAOS_ACTIONS": "20000"}).min_actions == 20_000
+
+
+def test_only_the_submissions_topic_rolls_its_segments_every_minute() -> None:
+    """Parameters in clear leave the disk with their segment (bus.topics.SUBMISSIONS_CONFIGS)."""
+    topics = Topics("unit", Settings().partitions)
+    configs = {spec.name: spec.topic_configs for spec in topic_specs(topics)}
+    assert int(configs[topics.submissions]["segment.ms"]) <= 60_000
+    assert int(configs[topics.submissions]["file.delete.delay.ms"]) <= 1_000
+    assert "retention.ms" not in configs[topics.submissions]  # untaken submissions wait for the intake
+    assert all("segment.ms" not in configs[name] for name in (*topics.lifecycle, topics.votes, topics.dlq))

@@ -38,13 +38,21 @@ from keyturn.approval.views import reason_missing, requester_line, timeline
 from keyturn.bus.codec import registry
 from keyturn.core.principal import Principal
 from keyturn.core.text import plausible_id, text_problem
-from keyturn.identity import InvalidToken, issue_token, load_or_create_signing_key
+from keyturn.identity import TOKEN_ERROR_CODES, InvalidToken, issue_token, load_or_create_signing_key
 
 SESSION_COOKIE = "keyturn_session"
 SIGN_IN_COOKIE = "keyturn_sign_in"
 SESSION_TTL = timedelta(hours=8)
 NOT_OPEN_WAIT_S = 10  # how long the page for an approval not open yet keeps reloading itself
 HUMAN_NAME = re.compile(r"^(human:)?([a-z][a-z0-9._-]{0,63})$")
+# Why a sign-in failed travels in the redirect as one of these codes, and the page shows only the
+# words it maps to (an unknown code shows nothing): a link could otherwise put any text, or a
+# secret it carries, on Keyturn's page.
+SIGN_IN_ERRORS: dict[str, str] = {
+    "bad_name": "Use a name like carol (people only).",
+    "no_token": "Paste a token from your identity provider.",
+    **{f"token_{code}": f"That token was refused ({code})." for code in TOKEN_ERROR_CODES},
+}
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(("html",), default=True),
@@ -153,7 +161,9 @@ def mount_console(
     @app.get("/console/sign-in", response_class=HTMLResponse, include_in_schema=False)
     async def sign_in_page(request: Request, error: str = "") -> Response:
         nonce = secrets.token_urlsafe(24)
-        response = console.render("sign_in.html", dev=console.dev_sign_in, error=error, nonce=nonce, approver=None)
+        response = console.render(
+            "sign_in.html", dev=console.dev_sign_in, error=SIGN_IN_ERRORS.get(error, ""), nonce=nonce, approver=None
+        )
         response.set_cookie(
             SIGN_IN_COOKIE,
             nonce,
@@ -181,9 +191,7 @@ def mount_console(
         elif name.strip() and console.dev is not None:
             match = HUMAN_NAME.match(name.strip().lower())
             if not match:
-                return RedirectResponse(
-                    "/console/sign-in?error=" + quote("Use a name like carol (people only)."), status_code=303
-                )
+                return _sign_in_again("bad_name")
             key = load_or_create_signing_key(console.dev.keys_dir)
             chosen = issue_token(
                 key,
@@ -193,15 +201,11 @@ def mount_console(
                 ttl=SESSION_TTL,
             )
         else:
-            return RedirectResponse(
-                "/console/sign-in?error=" + quote("Paste a token from your identity provider."), status_code=303
-            )
+            return _sign_in_again("no_token")
         try:
             verifier().verify(chosen)
         except InvalidToken as exc:
-            return RedirectResponse(
-                "/console/sign-in?error=" + quote(f"That token was refused ({exc.code})."), status_code=303
-            )
+            return _sign_in_again(f"token_{exc.code}")
         response = RedirectResponse("/console", status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
@@ -359,6 +363,13 @@ async def _view_for(desk: ApprovalDesk, viewer: Principal, action_id: str) -> di
     except DeskUnavailable:  # not on record, not theirs to see, or the policy engine away
         return None
     return await desk.view(action_id)
+
+
+def _sign_in_again(error: str) -> RedirectResponse:
+    """Back to the sign-in page, saying why by one of ``SIGN_IN_ERRORS``' codes."""
+    if error not in SIGN_IN_ERRORS:
+        raise ValueError(f"sign-in error {error!r} has no words in SIGN_IN_ERRORS")
+    return RedirectResponse(f"/console/sign-in?error={error}", status_code=303)
 
 
 async def _refused(console: Console, request: Request, approver: Principal, error: str, reason: str) -> None:

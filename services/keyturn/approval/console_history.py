@@ -28,6 +28,7 @@ from keyturn.approval.views import masked_parameters
 from keyturn.audit.replay import TimelineStep, timeline_step
 from keyturn.audit.report.model import CATEGORY_LABELS, category_label
 from keyturn.audit.report.render import duration_text, when_text
+from keyturn.core.approval import shown_channel
 from keyturn.core.principal import Principal
 from keyturn.core.text import plausible_id
 
@@ -124,6 +125,9 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
             return signed
         person, token = signed
         page, charts = await cache.page(await history_of(), q[:200], outcome[:64])
+        # the search is free text from the link, so it goes back into the box masked: a link cannot
+        # put a secret on the page (the history holds masked values: a secret matched nothing anyway)
+        shown = await asyncio.to_thread(_masked_text, q[:200]) if q else ""
         return console.render(
             "history.html",
             approver=person,
@@ -131,7 +135,7 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
             page=page,
             report=page.report,
             charts=charts,
-            q=q[:200],
+            q=shown,
             outcome=outcome[:64],
             outcomes=sorted(set(CATEGORY_LABELS) | set(page.report.categories)),
             label=category_label,
@@ -159,6 +163,12 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
             )
         story = await asyncio.to_thread(_action_story, action_id, rows)  # masking is CPU work: off the loop
         return console.render("history_action.html", approver=person, csrf=console.csrf(token), **story)
+
+
+def _masked_text(text: str) -> str:
+    from keyturn.masking.protect import mask_text
+
+    return mask_text(text)
 
 
 def _action_story(action_id: str, rows: list[Any]) -> dict[str, Any]:
@@ -204,7 +214,7 @@ def _action_story(action_id: str, rows: list[Any]) -> dict[str, Any]:
                     "accepted": bool(payload.get("accepted")),
                     "refusal": payload.get("refusal"),
                     "reason": text(vote.get("reason") if payload.get("accepted") else payload.get("message")),
-                    "channel": vote.get("channel"),
+                    "channel": shown_channel(vote.get("channel")),
                 }
             )
         if payload.get("impact") is not None:  # an impact preview, where the decision carries one

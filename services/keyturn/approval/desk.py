@@ -403,7 +403,13 @@ class ApprovalDesk:
         return tuple(sorted(str(g) for g in result.get("counts_for", ())))
 
     async def vote(
-        self, action_id: str, approver: Principal, choice: str, payload_digest: str, reason: str | None, channel: str
+        self,
+        action_id: str,
+        approver: Principal,
+        choice: str,
+        payload_digest: str,
+        reason: str | None,
+        channel: rules.VoteChannel,
     ) -> VoteResult:
         """Apply one answer; refusals are recorded (and audited) and change nothing.
 
@@ -427,7 +433,7 @@ class ApprovalDesk:
         choice: VoteChoice,
         payload_digest: str,
         reason: str | None,
-        channel: str,
+        channel: rules.VoteChannel,
     ) -> VoteResult:
         # One lock from reading the approval to recording the answer: a vote racing the opening,
         # another vote or the expiry sees the row either before or after, never half.
@@ -472,7 +478,7 @@ class ApprovalDesk:
         choice: VoteChoice,
         payload_digest: str,
         reason: str | None,
-        channel: str,
+        channel: rules.VoteChannel,
         now: datetime,
     ) -> VoteResult:
         """Record an answer on a break-glass action as its review: an accepted ``VoteRecorded``
@@ -612,7 +618,7 @@ class ApprovalDesk:
         payload_digest: str,
         now: datetime,
         reason: str | None,
-        channel: str,
+        channel: rules.VoteChannel,
         counts_for: tuple[str, ...],
     ) -> Vote:
         return Vote(
@@ -631,7 +637,7 @@ class ApprovalDesk:
         approver: Principal,
         choice: str,
         payload_digest: str,
-        channel: str,
+        channel: rules.VoteChannel,
         refusal: str,
         message: str,
     ) -> VoteResult:

@@ -14,8 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.views import approval_view
-from keyturn.bus.http import masked_http_error
+from keyturn.bus.http import masked_http_error, route_of
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
+from keyturn.core.approval import VoteChannel
 from keyturn.core.principal import Principal
 from keyturn.core.text import plausible_id, text_problem
 from keyturn.faults import DATABASE_UNAVAILABLE
@@ -45,9 +46,9 @@ class VoteRequest(BaseModel):
     choice: Literal["approve", "deny"]
     payload_digest: str = Field(..., min_length=8, description="The digest shown with the parameters (sha256:<hex>)")
     reason: str | None = Field(None, max_length=2000)
-    channel: str = Field("cli", max_length=32)
+    channel: VoteChannel = Field("cli", description="Where the vote was cast (one of core.approval.VOTE_CHANNELS)")
 
-    @field_validator("reason", "channel")
+    @field_validator("reason")
     @classmethod
     def _storable(cls, value: str | None) -> str | None:
         """A vote's words travel on to the audit and the requester's status (PostgreSQL rows), which
@@ -117,9 +118,9 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         problems = [masked_line(p) for p in validation_problems(exc.errors())[:MAX_PROBLEMS]]
         desk = await desk_of()
         await desk.refuse_interaction(
-            f"http:{request.method} {request.url.path}",
+            f"http:{route_of(request)}",
             "invalid_body",
-            f"{request.method} {request.url.path} refused from {approver.id}",
+            f"{route_of(request)} refused from {approver.id}",
             await request.body(),
             problems=tuple(problems),
             principal=approver.id,

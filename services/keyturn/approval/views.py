@@ -47,7 +47,7 @@ def approval_view(decided: ActionDecided, state: rules.PendingApproval) -> dict[
                 "approver": v.approver.id,
                 "choice": v.choice,
                 "reason": v.reason,
-                "channel": v.channel,
+                "channel": rules.shown_channel(v.channel),
                 "cast_at": v.cast_at.isoformat(),
             }
             for v in state.votes
@@ -216,10 +216,12 @@ def timeline(
         vote = recorded.vote
         if recorded.accepted:
             verb = _VERBS[review, vote.choice.value == "approve"]
-            what = f"{vote.approver.id} {verb} via {vote.channel}"
+            what = f"{vote.approver.id} {verb} via {rules.shown_channel(vote.channel)}"
             what += f": {vote.reason}" if vote.reason else ""
         else:
-            what = f"refused answer from {vote.approver.id} via {vote.channel} ({recorded.refusal})"
+            what = (
+                f"refused answer from {vote.approver.id} via {rules.shown_channel(vote.channel)} ({recorded.refusal})"
+            )
         entries.append(
             {"at": recorded.recorded_at.isoformat(), "what": what, "kind": "vote" if recorded.accepted else "refused"}
         )

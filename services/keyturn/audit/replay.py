@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from keyturn.core.approval import shown_channel
 from keyturn.core.audit.record import AuditRecord
 from keyturn.core.canonical import from_millis, to_millis
 
@@ -237,7 +238,8 @@ def timeline_step(record: AuditRecord) -> TimelineStep:
     elif kind == "VoteRecorded":
         vote = payload.get("vote") or {}
         accepted = payload.get("accepted")
-        what = f"{vote.get('choice')} vote {'accepted' if accepted else 'refused'} via {vote.get('channel')}"
+        channel = shown_channel(vote.get("channel"))
+        what = f"{vote.get('choice')} vote {'accepted' if accepted else 'refused'} via {channel}"
         why = (vote.get("reason") or "") if accepted else f"{payload.get('refusal')}: {payload.get('message')}"
     elif kind == "ApprovalResolved":
         what = f"approval resolved: {payload.get('outcome')}"

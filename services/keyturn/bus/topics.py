@@ -7,7 +7,19 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+# The submissions topic carries parameters in clear. The intake deletes what it took
+# (DeleteRecords), but that only moves the log start offset: the bytes stay in their segment file
+# until the segment is closed and the broker's retention check removes it. A segment closes at
+# the first append once it is ``segment.ms`` old (the default is 7 days); after the check, its
+# files are removed ``file.delete.delay.ms`` later (the default is a minute). So: a new segment
+# every minute and removal a second after the check (docs/architecture.md, "Submissions do not
+# stay on their topic", has the bound this gives and its one gap).
+SUBMISSIONS_CONFIGS = {"segment.ms": "60000", "file.delete.delay.ms": "1000"}
+AUDIT_CONFIGS = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs' config_source of a value set on the topic itself
 
 
 @dataclass(frozen=True)
@@ -89,34 +101,67 @@ def topic_specs(topics: Topics) -> list[NewTopic]:
     assignor's, named by the worker framework); workers may not declare topics, so it is made
     here with the rest, or every rebalance logs that it is missing.
     """
-    keyed = [topics.submissions, *topics.lifecycle, topics.votes, topics.dlq]
-    specs = [NewTopic(name, topics.partitions, 1) for name in keyed]
-    specs.append(
-        NewTopic(
-            topics.audit,
-            1,
-            1,
-            topic_configs={"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"},
-        )
-    )
+    specs = [NewTopic(topics.submissions, topics.partitions, 1, topic_configs=dict(SUBMISSIONS_CONFIGS))]
+    specs.extend(NewTopic(name, topics.partitions, 1) for name in [*topics.lifecycle, topics.votes, topics.dlq])
+    specs.append(NewTopic(topics.audit, 1, 1, topic_configs=dict(AUDIT_CONFIGS)))
     specs.extend(NewTopic(f"{topics.namespace}-{service}-__assignor-__leader", 1, 1) for service in STREAM_WORKERS)
     return specs
 
 
 async def ensure_topics(bootstrap: str, topics: Topics) -> None:
-    """Create any missing topic (idempotent; safe for several services starting at once)."""
+    """Create any missing topic, and give an existing one the configs its spec names (a topic made
+    before a config was added to its spec gets it at the next start). Idempotent; safe for several
+    services starting at once."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        specs = topic_specs(topics)
         existing = set(await admin.list_topics())
-        missing = [spec for spec in topic_specs(topics) if spec.name not in existing]
+        missing = [spec for spec in specs if spec.name not in existing]
         if missing:
             try:
                 await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass
+        # every topic with configs, not only those listed above: a topic made a moment ago (by
+        # another service starting) may not be listed yet, and "already exists" says nothing of
+        # its configs. One made with them is left alone; one not described yet raises a
+        # retriable error, and the caller tries again.
+        await _reconcile_configs(admin, [spec for spec in specs if spec.topic_configs])
     finally:
         await admin.close()
+
+
+async def topic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, tuple[str, int]]]:
+    """Each topic's configs as the broker describes them: name -> (value, config_source)."""
+    if not names:
+        return {}
+    found: dict[str, dict[str, tuple[str, int]]] = {}
+    for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names]):
+        for error_code, _, _, name, entries in (tuple(r[:5]) for r in response.resources):
+            if error_code:
+                raise for_code(error_code)(f"describing the configs of topic {name}")
+            found[name] = {entry[0]: (entry[1], entry[3]) for entry in entries}
+    return found
+
+
+async def _reconcile_configs(admin: AIOKafkaAdminClient, specs: list[NewTopic]) -> None:
+    """Set each spec's configs on its existing topic where they differ. AlterConfigs (the request
+    aiokafka sends) replaces every value set on the topic, so the values set there that the spec
+    does not name (an operator's) are sent back with it."""
+    described = await topic_configs(admin, [spec.name for spec in specs])
+    changes = []
+    for spec in specs:
+        current = described.get(spec.name, {})
+        if all(current.get(key, ("", 0))[0] == value for key, value in spec.topic_configs.items()):
+            continue
+        kept = {key: value for key, (value, source) in current.items() if source == DYNAMIC_TOPIC_CONFIG}
+        changes.append(ConfigResource(ConfigResourceType.TOPIC, spec.name, configs={**kept, **spec.topic_configs}))
+    if changes:
+        for response in await admin.alter_configs(changes):
+            for error_code, error_message, _, name in (tuple(r[:4]) for r in response.resources):
+                if error_code:
+                    raise for_code(error_code)(f"setting the configs of topic {name}: {error_message}")
 
 
 async def partition_count(bootstrap: str, topic: str) -> int:

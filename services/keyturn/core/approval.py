@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, get_args
 
 from keyturn.core.events import ApprovalRequirement, Digest, GroupRequirement, Vote, VoteChoice
 from keyturn.core.principal import Principal
@@ -47,6 +47,14 @@ ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
 FinalStatus = Literal["approved", "denied", "expired"]
 
 FINAL_STATUSES: frozenset[str] = frozenset({"approved", "denied", "expired"})
+
+# Where a vote was cast: the approval API (``api``, ``cli``: what its caller says it is), the
+# console, Slack and Teams. A closed set, because the channel travels unmasked on the votes, the
+# resolved and the audit topics and into the console's history: free text there would carry
+# whatever a caller typed into it. ``Vote.channel`` stays a string in the Avro schema (its frozen
+# history); this set is checked where votes come in (``approval.http.VoteRequest``).
+VoteChannel = Literal["api", "cli", "console", "slack", "teams"]
+VOTE_CHANNELS: frozenset[str] = frozenset(get_args(VoteChannel))
 DEFAULT_ESCALATION_FRACTION = 0.5
 
 
@@ -794,3 +802,9 @@ def _require_aware(now: datetime) -> None:
         raise ValueError(
             f"time {now.isoformat()} has no timezone; pass an aware datetime such as datetime.now(timezone.utc)"
         )
+
+
+def shown_channel(channel: object) -> str:
+    """A recorded vote's channel as it may be shown: itself when it is one of ``VOTE_CHANNELS``,
+    else ``other`` (a record written before the set was closed may hold anything)."""
+    return channel if isinstance(channel, str) and channel in VOTE_CHANNELS else "other"

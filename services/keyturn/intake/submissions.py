@@ -132,7 +132,8 @@ def _secret_in_name(value: str | list[str], field: str | None) -> str | None:
 
 def _keys(value: Any) -> list[str]:
     """Every object key in a JSON value, without recursion."""
-    keys, stack = [], [value]
+    keys: list[str] = []
+    stack: list[Any] = [value]
     while stack:
         current = stack.pop()
         if isinstance(current, dict):
