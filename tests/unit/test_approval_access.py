@@ -29,7 +29,7 @@ from tests.unit.test_approval_desk import DIGEST, MEMBERS, OPENED, TOPICS, decis
 
 REQUESTER = "agent:reporter>human:alice"  # the token of decision()'s requester: the agent acting for alice
 OUTSIDERS = ["agent:other", "human:mallory"]  # valid tokens, in no approver group and not in the chain
-NUL_IDS = ["a\x00b", "a\nb", "x" * 201]
+IDS_NAMING_NOTHING = ["a\x00b", "a\nb", "x" * 201, "AKIA6CYI2KVFDEKCVYOT"]  # the last: what masking hides names nothing
 
 
 class Verifier:
@@ -228,7 +228,7 @@ async def test_the_history_and_the_approvals_share_who_is_an_approver() -> None:
 # --- ids that cannot name an action -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("action_id", NUL_IDS)
+@pytest.mark.parametrize("action_id", IDS_NAMING_NOTHING)
 async def test_an_id_that_cannot_name_an_action_is_not_found_and_nothing_is_recorded(action_id: str) -> None:
     service = Service()
     await service.opened()
@@ -244,6 +244,7 @@ async def test_an_id_that_cannot_name_an_action_is_not_found_and_nothing_is_reco
     assert shown.json()["detail"]["error"] == voted.json()["detail"]["error"] == "UnknownAction"
     assert (page.status_code, form.status_code, history.status_code) == (404, 404, 404)
     assert "\x00" not in page.text + form.text + history.text
+    assert "AKIA6CYI2KVFDEKCVYOT" not in shown.text + voted.text + page.text + form.text + history.text
     assert service.broker.sent == []  # nothing recorded, not even a refusal
 
 

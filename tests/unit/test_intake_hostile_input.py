@@ -134,6 +134,16 @@ def test_an_id_that_names_nothing_is_unknown_without_a_database_error(path) -> N
     assert answer.status_code == 404, answer.text
 
 
+def test_an_id_holding_what_masking_hides_is_unknown_and_not_repeated() -> None:
+    client, _, _ = client_and_store()
+    with client:
+        answers = [
+            client.get(f"/v1/actions/{canary}", headers=AUTH) for canary in ("AKIA6CYI2KVFDEKCVYOT", "538-34-9455")
+        ]
+    assert [a.status_code for a in answers] == [404, 404]
+    assert "AKIA6CYI2KVFDEKCVYOT" not in answers[0].text and "538-34-9455" not in answers[1].text
+
+
 async def test_a_used_key_acting_for_someone_else_is_a_conflict_not_the_earlier_action() -> None:
     intake, store, _ = intake_with()
     first, created = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)

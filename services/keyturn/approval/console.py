@@ -36,8 +36,9 @@ from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet, DeskUnavaila
 from keyturn.approval.http import REFUSAL_STATUS
 from keyturn.approval.views import reason_missing, requester_line, timeline
 from keyturn.bus.codec import registry
+from keyturn.bus.http import id_in_path
 from keyturn.core.principal import Principal
-from keyturn.core.text import plausible_id, text_problem
+from keyturn.core.text import text_problem
 from keyturn.identity import TOKEN_ERROR_CODES, InvalidToken, issue_token, load_or_create_signing_key
 
 SESSION_COOKIE = "keyturn_session"
@@ -106,13 +107,13 @@ class Console:
 
     def missing(self, signed_in: tuple[Principal, str], action_id: str, waited: int = 0) -> HTMLResponse:
         """The page for an action that is not on record (or not this person's to see): 404. An id
-        that cannot name an action (``plausible_id``) is not repeated on it."""
+        that cannot name an action (``bus.http.id_in_path``) is not repeated on it."""
         approver, token = signed_in
         return self.render(
             "missing.html",
             404,
             approver=approver,
-            action_id=action_id if plausible_id(action_id) else "",
+            action_id=action_id if id_in_path(action_id) else "",
             csrf=self.csrf(token),
             waited=waited,
         )
@@ -234,7 +235,7 @@ def mount_console(
         signed_in = console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
-        if not plausible_id(action_id):
+        if not id_in_path(action_id):
             return console.missing(signed_in, action_id)
         return await _action_page(console, signed_in, action_id, notice=_notice(done), waited=max(0, waited))
 
@@ -244,7 +245,7 @@ def mount_console(
         signed_in = console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
-        if not plausible_id(action_id):  # before anything is recorded: no record can hold such an id
+        if not id_in_path(action_id):  # before anything is recorded: no record can hold such an id
             return console.missing(signed_in, action_id)
         approver, token = signed_in
         if not console.csrf_valid(token, csrf):

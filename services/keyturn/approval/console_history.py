@@ -28,9 +28,9 @@ from keyturn.approval.views import masked_parameters
 from keyturn.audit.replay import TimelineStep, timeline_step
 from keyturn.audit.report.model import CATEGORY_LABELS, category_label
 from keyturn.audit.report.render import duration_text, when_text
+from keyturn.bus.http import id_in_path
 from keyturn.core.approval import shown_channel
 from keyturn.core.principal import Principal
-from keyturn.core.text import plausible_id
 
 TEMPLATES.filters["ms"] = when_text
 CHARTS_TTL_S = 60.0  # the charts of the window are drawn at most once a minute
@@ -150,7 +150,7 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
         if isinstance(signed, Response):
             return signed
         person, token = signed
-        known = plausible_id(action_id)  # an id no record can hold is not looked up, nor repeated
+        known = id_in_path(action_id)  # an id no record can hold is not looked up, nor repeated
         rows = await (await history_of()).rows_of(action_id) if known else []
         if not rows:
             return console.render(

@@ -14,11 +14,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.views import approval_view
-from keyturn.bus.http import masked_http_error, route_of
+from keyturn.bus.http import id_in_path, masked_http_error, route_of
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.core.approval import VoteChannel
 from keyturn.core.principal import Principal
-from keyturn.core.text import plausible_id, text_problem
+from keyturn.core.text import text_problem
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity import InvalidToken, bearer_token
 
@@ -59,7 +59,7 @@ class VoteRequest(BaseModel):
 
 
 def unknown_action() -> HTTPException:
-    """The answer to an action id that cannot name an action (``plausible_id``): 404, from no
+    """The answer to an action id that cannot name an action (``bus.http.id_in_path``): 404, from no
     store, since PostgreSQL would refuse to even look such an id up."""
     return HTTPException(404, detail={"error": "UnknownAction", "message": "action_id names no action"})
 
@@ -170,7 +170,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         to its requester's chain and to approvers (``ApprovalDesk.may_see``); anyone else is
         answered as for an action not on record."""
         viewer = approver_of(authorization)
-        if not plausible_id(action_id):
+        if not id_in_path(action_id):
             raise unknown_action()
         desk = await desk_of()
         found = await desk.approval(viewer, action_id)
@@ -203,7 +203,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
     async def vote(action_id: str, body: VoteRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
         """Approve or deny. Refusals are recorded and audited, and change nothing."""
         approver = approver_of(authorization)
-        if not plausible_id(action_id):
+        if not id_in_path(action_id):
             raise unknown_action()
         desk = await desk_of()
         result = await desk.vote(action_id, approver, body.choice, body.payload_digest, body.reason, body.channel)

@@ -11,6 +11,7 @@ from typing import Any
 
 import uvicorn
 
+from keyturn.core.text import plausible_id
 from keyturn.masking.protect import mask_text
 
 
@@ -143,6 +144,14 @@ class BoundedRequests:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def id_in_path(text: str) -> bool:
+    """Whether an id taken from a URL path could name something Keyturn stored: printable, not
+    over long (``core.text.plausible_id``), and nothing masking would hide (Keyturn's ids are
+    UUIDs). Any other is answered as an unknown id, without a statement, and never repeated on
+    a page or in an answer: a link can carry whatever its maker put in it."""
+    return plausible_id(text) and mask_text(text) == text
 
 
 def route_of(scope: Any) -> str:

@@ -27,12 +27,11 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.bus.codec import UndecodableMessage
-from keyturn.bus.http import BoundedRequests, header, masked_http_error, route_of
+from keyturn.bus.http import BoundedRequests, header, id_in_path, masked_http_error, route_of
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
 from keyturn.core.principal import Principal
-from keyturn.core.text import plausible_id
 from keyturn.exports import export_file_name
 from keyturn.identity import InvalidToken, bearer_token
 from keyturn.intake.consumers import REJECTED
@@ -362,7 +361,7 @@ def create_app(
         )
 
     async def visible_action(action_id: str, principal: Principal) -> Any:
-        stored = await wired.parts.store.get(action_id) if plausible_id(action_id) else None
+        stored = await wired.parts.store.get(action_id) if id_in_path(action_id) else None
         # the requester and everyone it acts for may read it; others learn nothing, not even that it exists
         if stored is None or not (principal.everyone & set(stored.principals)):
             raise HTTPException(404, detail=f"no action {action_id} visible to {principal.id}")
