@@ -15,12 +15,10 @@ from keyturn.core.events import SubmissionChannel
 from keyturn.core.principal import Principal, PrincipalKind
 from keyturn.core.text import problem_in, storable, text_problem
 from keyturn.intake.app import create_app
-from keyturn.intake.status import StatusFollower
 from keyturn.intake.submissions import IdempotencyConflict
-from keyturn.intake.wiring import IntakeWiring
 from tests.fakes.service_ports import FakeActionStore
 from tests.unit.service_events import REPORTER
-from tests.unit.test_intake_service import SECRET, Verifier, intake_with, submission
+from tests.unit.test_intake_service import SECRET, intake_with, submission, wiring_of
 
 AUTH = {"Authorization": "Bearer good", "Content-Type": "application/json"}
 GOOD = {
@@ -33,18 +31,7 @@ GOOD = {
 
 def client_and_store() -> tuple[TestClient, FakeActionStore, object]:
     intake, store, send = intake_with()
-
-    async def wire() -> IntakeWiring:
-        return IntakeWiring(
-            store=store,
-            intake=intake,
-            publisher=intake.publisher,
-            follower=StatusFollower(store, intake.publisher),
-            verifier=Verifier(),
-            jwks={"keys": []},
-        )
-
-    return TestClient(create_app(Settings(), wire=wire)), store, send
+    return TestClient(create_app(Settings(), wire=wiring_of(intake, store))), store, send
 
 
 def raw(body: str) -> bytes:

@@ -8,6 +8,8 @@ import asyncio
 import dataclasses
 import datetime
 import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -138,6 +140,23 @@ class Verifier:
         return REPORTER
 
 
+def wiring_of(intake: Intake, store: FakeActionStore, **parts: Any) -> Callable[[], Awaitable[IntakeWiring]]:
+    """The intake app's parts around ``intake`` and its fake store (``create_app(wire=...)``)."""
+
+    async def wire() -> IntakeWiring:
+        return IntakeWiring(
+            store=store,
+            intake=intake,
+            publisher=intake.publisher,
+            follower=StatusFollower(store, intake.publisher),
+            verifier=Verifier(),
+            jwks={"keys": []},
+            **parts,
+        )
+
+    return wire
+
+
 def on_topic(offset: int, sub: ActionSubmission, token: str = "good") -> Record:
     record = {k: v for k, v in sub.model_dump().items() if k != "parameters"} | {
         "parameters_json": canonical_json(sub.parameters)
@@ -207,16 +226,7 @@ def test_healthz_reports_the_database_and_the_producer() -> None:
         if not broker["up"]:
             raise ConnectionError("no broker answers")
 
-    async def wire() -> IntakeWiring:
-        return IntakeWiring(
-            store=store,
-            intake=intake,
-            publisher=intake.publisher,
-            follower=StatusFollower(store, intake.publisher),
-            verifier=Verifier(),
-            jwks={"keys": []},
-            health={"database": store.ping, "producer": producer},
-        )
+    wire = wiring_of(intake, store, health={"database": store.ping, "producer": producer})
 
     with TestClient(create_app(wire=wire)) as client:
         assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "producer": "ok"}

@@ -11,14 +11,12 @@ from fastapi.testclient import TestClient
 from keyturn.config import REPO_ROOT, Settings
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.intake.app import create_app
-from keyturn.intake.status import StatusFollower
 from keyturn.intake.submissions import Intake
-from keyturn.intake.wiring import IntakeWiring
 from keyturn.masking.protect import parameter_protector
 from keyturn.policy import catalog as generated
 from tests.fakes.service_ports import FakeActionStore, fake_publisher
 from tests.unit.service_events import KEYRING
-from tests.unit.test_intake_service import Verifier
+from tests.unit.test_intake_service import wiring_of
 
 CATALOG = ParameterCatalog.load(REPO_ROOT / generated.SOURCE)
 SECRET = "sk_live_51HnotAvalue0123456789abcdef"
@@ -89,15 +87,7 @@ def test_the_intake_answers_422_and_records_the_refusal_under_the_caller_without
     publisher, send = fake_publisher("intake")
     intake = Intake(store, publisher, parameter_protector(KEYRING), catalog=CATALOG, publish_patience_s=0.05)
 
-    async def wire() -> IntakeWiring:
-        return IntakeWiring(
-            store=store,
-            intake=intake,
-            publisher=publisher,
-            follower=StatusFollower(store, publisher),
-            verifier=Verifier(),
-            jwks={"keys": []},
-        )
+    wire = wiring_of(intake, store)
 
     body = {
         "action": "iam.role.grant",
