@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib
 import json
 import logging
 import os
+import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,6 +26,7 @@ from keyturn.audit import cli as audit_cli
 from keyturn.config import Settings
 from keyturn.mcp import cli as mcp_cli
 from keyturn.policy import cli as policy_cli
+from keyturn.sdk.client import path_segment
 
 app = typer.Typer(
     help="Keyturn: a human key-turn in front of every privileged action an AI agent takes.", no_args_is_help=True
@@ -246,11 +249,38 @@ def token_issue(
     )
 
 
+TOKEN_TEXT = re.compile(r"[A-Za-z0-9_\-.=+/]+")  # what a compact JWT is made of
+
+
 def _token(token: str | None) -> str:
-    token = token or os.environ.get("KEYTURN_TOKEN")
+    """The caller's token, trimmed (one read from a file often ends in a line break), and refused
+    without being repeated if it holds anything no token has: sent in a header, it made the HTTP
+    library raise with the whole header, token and all, in its message."""
+    token = (token or os.environ.get("KEYTURN_TOKEN") or "").strip()
     if not token:
         _fail("no token: pass --token or set KEYTURN_TOKEN (mint one with `keyturn token issue --sub human:NAME`)", 2)
+    if not TOKEN_TEXT.fullmatch(token):
+        _fail("the token holds characters no token has (a space or a line break inside it?); it was not sent", 2)
     return token
+
+
+def _segment(action_id: str) -> str:
+    """``action_id`` for a URL path (``sdk.client.path_segment``), or a one-line error."""
+    try:
+        return path_segment(action_id)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+
+
+@contextlib.contextmanager
+def _asking(url: str) -> Iterator[None]:
+    """A request that gets no answer (refused connection, timeout) ends in one line naming the
+    server and the kind of failure, not a traceback; the library's own text is not repeated (it
+    may quote a request's headers)."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        _fail(f"no answer from {url}: {type(exc).__name__}")
 
 
 NOT_OPEN_WAIT_S = 10.0  # how long approve/deny wait for an approval that has not opened yet
@@ -287,15 +317,19 @@ def _retry_after(answer: httpx.Response) -> float:
 def _vote(action_id: str, choice: str, reason: str | None, token: str | None) -> None:
     settings = _settings()
     headers = {"Authorization": f"Bearer {_token(token)}"}
-    with httpx.Client(base_url=settings.approval_url, headers=headers, timeout=30) as client:
-        shown = _when_open(lambda: client.get(f"/v1/approvals/{action_id}"), action_id)
+    segment = _segment(action_id)
+    with (
+        _asking(settings.approval_url),
+        httpx.Client(base_url=settings.approval_url, headers=headers, timeout=30) as client,
+    ):
+        shown = _when_open(lambda: client.get(f"/v1/approvals/{segment}"), action_id)
         if shown.status_code != 200:
             _fail(_detail(shown))
         approval = shown.json()
         _print_approval(approval)
         answer = _when_open(
             lambda: client.post(
-                f"/v1/approvals/{action_id}/votes",
+                f"/v1/approvals/{segment}/votes",
                 json={
                     "choice": choice,
                     "reason": reason,
@@ -338,8 +372,9 @@ def approvals_list(
 ) -> None:
     """Pending approvals you may decide now, each with its impact preview."""
     settings = _settings()
-    with httpx.Client(base_url=settings.approval_url, timeout=30) as client:
-        answer = client.get("/v1/approvals", headers={"Authorization": f"Bearer {_token(token)}"})
+    headers = {"Authorization": f"Bearer {_token(token)}"}
+    with _asking(settings.approval_url), httpx.Client(base_url=settings.approval_url, timeout=30) as client:
+        answer = client.get("/v1/approvals", headers=headers)
     if answer.status_code != 200:
         _fail(_detail(answer))
     if as_json:
@@ -362,11 +397,9 @@ def approvals_show(
 ) -> None:
     """One approval as approvers see it: the request, its impact preview, the policy, the progress."""
     settings = _settings()
-    with httpx.Client(base_url=settings.approval_url, timeout=30) as client:
-        answer = _when_open(
-            lambda: client.get(f"/v1/approvals/{action_id}", headers={"Authorization": f"Bearer {_token(token)}"}),
-            action_id,
-        )
+    headers, segment = {"Authorization": f"Bearer {_token(token)}"}, _segment(action_id)
+    with _asking(settings.approval_url), httpx.Client(base_url=settings.approval_url, timeout=30) as client:
+        answer = _when_open(lambda: client.get(f"/v1/approvals/{segment}", headers=headers), action_id)
     if answer.status_code != 200:
         _fail(_detail(answer))
     if as_json:
@@ -413,10 +446,11 @@ def status(
 ) -> None:
     """Show an action's state and history (as its requester)."""
     settings = _settings()
-    path = f"/v1/actions/{action_id}/wait?timeout={wait}" if wait else f"/v1/actions/{action_id}"
-    response = httpx.get(
-        settings.intake_url + path, headers={"Authorization": f"Bearer {_token(token)}"}, timeout=wait + 10
-    )
+    segment = _segment(action_id)
+    path = f"/v1/actions/{segment}/wait?timeout={wait}" if wait else f"/v1/actions/{segment}"
+    headers = {"Authorization": f"Bearer {_token(token)}"}
+    with _asking(settings.intake_url):
+        response = httpx.get(settings.intake_url + path, headers=headers, timeout=wait + 10)
     if response.status_code != 200:
         _fail(_detail(response))
     console.print_json(data=response.json())

@@ -1,4 +1,5 @@
-"""``keyturn approve``/``deny`` wait briefly for an approval that has not opened yet (425)."""
+"""The CLI: `keyturn approve`/`deny` wait briefly for an approval that has not opened yet (425), and a
+bad token, id or unreachable server is one line that repeats nothing pasted with it."""
 
 from __future__ import annotations
 
@@ -42,3 +43,32 @@ def test_the_cli_gives_up_with_a_clear_message_after_the_wait(monkeypatch, capsy
 def test_other_answers_pass_through_at_once(monkeypatch) -> None:
     monkeypatch.setattr(cli.time, "sleep", lambda _: pytest.fail("no wait for an answer that is not 425"))
     assert cli._when_open(answers(409), "act-1").status_code == 409
+
+
+def test_a_token_read_with_its_line_break_is_trimmed_and_one_holding_other_text_is_never_repeated(
+    monkeypatch, capsys
+) -> None:
+    assert cli._token("eyJh.eyJi.c2ln\r\n") == "eyJh.eyJi.c2ln"
+    with pytest.raises(typer.Exit):
+        cli._token("eyJh.secret-part\r\nX-Other: header")
+    err = capsys.readouterr().err
+    assert "characters no token has" in err and "secret-part" not in err
+
+
+@pytest.mark.parametrize("action_id", ["", "abc\ndef", "abc\x01def", "x/../y", ".."])
+def test_an_id_no_action_can_have_is_one_line_not_a_traceback(capsys, action_id: str) -> None:
+    with pytest.raises(typer.Exit):
+        cli._segment(action_id)
+    assert "not an action id" in capsys.readouterr().err
+
+
+def test_an_id_is_sent_as_one_path_segment() -> None:
+    assert cli._segment("abc?x=1#y") == "abc%3Fx%3D1%23y"
+    assert cli._segment("0b6c2a3e-1f00-4a7e-9d1c-2f0e8a9b7c11") == "0b6c2a3e-1f00-4a7e-9d1c-2f0e8a9b7c11"
+
+
+def test_a_server_that_does_not_answer_is_one_line_naming_it(capsys) -> None:
+    with pytest.raises(typer.Exit), cli._asking("http://127.0.0.1:1"):
+        raise httpx.LocalProtocolError("Illegal header value b'Bearer eyJsecret'")
+    err = capsys.readouterr().err
+    assert "no answer from http://127.0.0.1:1: LocalProtocolError" in err and "eyJsecret" not in err

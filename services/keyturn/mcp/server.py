@@ -30,6 +30,7 @@ from keyturn.mcp import outcomes
 from keyturn.mcp.catalog import ToolSpec
 from keyturn.mcp.gateway import Gateway, Refused, Unreachable
 from keyturn.mcp.outcomes import WAIT_TOOL, ToolOutcome
+from keyturn.sdk.client import path_segment
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,10 @@ def build_server(
             action_id = str(arguments.get("action_id") or "").strip()
             if not action_id:
                 return as_result(outcomes.refused("wait_for_action needs the action_id a pending result named"))
+            try:
+                path_segment(action_id)  # a control character in it would fail the request, not refuse it
+            except ValueError as exc:
+                return as_result(outcomes.refused(f"wait_for_action: {exc}"))
             wait_s = arguments.get("wait_s")
             patience = calls.wait_s if not isinstance(wait_s, int | float) else min(float(wait_s), calls.wait_s)
             return as_result(present(await calls.follow(caller, action_id, "the original tool", report, patience)))

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -114,14 +115,14 @@ class _Protocol:
 
     @staticmethod
     def status(action_id: str) -> _Request:
-        return _Request("GET", f"/v1/actions/{_path_segment(action_id)}")
+        return _Request("GET", f"/v1/actions/{path_segment(action_id)}")
 
     @staticmethod
     def long_poll(action_id: str, seconds: float) -> _Request:
         seconds = max(0.0, min(seconds, LONG_POLL_S))
         return _Request(
             "GET",
-            f"/v1/actions/{_path_segment(action_id)}/wait",
+            f"/v1/actions/{path_segment(action_id)}/wait",
             params={"timeout": round(seconds, 3)},
             read_timeout=seconds + 15.0,  # the server answers at its timeout; give it room
         )
@@ -214,10 +215,14 @@ def _submitted(status: int, body: Any, key: str) -> Submitted:
     return Submitted(str(body["action_id"]), str(body["state"]), status == 202, key)
 
 
-def _path_segment(action_id: str) -> str:
-    if not action_id or "/" in action_id or action_id in (".", ".."):
-        raise ValueError(f"not an action id: {action_id!r}")
-    return action_id
+def path_segment(action_id: str) -> str:
+    """``action_id`` as one URL path segment, or ValueError. An id is printable text with no "/":
+    a control character made the HTTP library raise instead of asking, and "?" or "#" cut the
+    path short (``abc?x`` asked about ``abc``), so the rest is percent-encoded. The message does
+    not repeat the id: it may be anything a caller pasted."""
+    if not action_id or not action_id.isprintable() or "/" in action_id or action_id in (".", ".."):
+        raise ValueError("not an action id: empty, or holding a slash or a control character")
+    return quote(action_id, safe="")
 
 
 def _deadline(timeout: float | None) -> float:
