@@ -73,6 +73,17 @@ init_cluster() {
   as_owner mkdir -p -m 700 "$SOCKET_DIR"
 }
 
+# A client's ERROR is logged neither with its message nor with its statement: both quote what the
+# client sent (an agent's statement run as an impact preview, a value the target refused), and the
+# client already has them. The server's own lines (LOG: start, checkpoints; FATAL) stay. Written
+# once into postgresql.conf, not passed on the command line, so ALTER SYSTEM can still turn it
+# back (a test that reads a collision from the log does).
+quiet_client_errors() {
+  local conf=$PGDATA/postgresql.conf marker='# keyturn: client errors are not logged'
+  grep -qxF "$marker" "$conf" && return 0
+  printf '%s\n' "$marker" 'log_min_messages = log' 'log_min_error_statement = panic' | as_owner tee -a "$conf" >/dev/null
+}
+
 # Superuser statements over the private unix socket (trusted: only the owner can reach it).
 admin_sql() {
   "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCKET_DIR" -p "$PORT" -U postgres -d postgres -tA "$@"
@@ -121,14 +132,11 @@ start() {
   local started=$EPOCHREALTIME server=("$BIN/postgres")
   # setpriv, unlike runuser, execs in place, so the recorded PID is the postmaster itself.
   if ((EUID == 0)); then server=(setpriv --reuid=postgres --regid=postgres --init-groups -- "${server[@]}"); fi
+  quiet_client_errors
   # 200 connections, not the default 100: each executor keeps an admin connection per SQL command
-  # it may run at once (16) besides the commands' own logins and every service's pool.
-  # A client's ERROR is logged neither with its message nor its statement: both quote what the
-  # client sent (an agent's statement run as an impact preview, a value the target refused), and
-  # the client already has them. The server's own lines (LOG: start, checkpoints; FATAL) stay.
+  # it may run at once (16) besides the commands' own logins and every service's pool
   pid=$(cd / && spawn "$LOG" "${server[@]}" -D "$PGDATA" -p "$PORT" \
-    -c listen_addresses=127.0.0.1 -c unix_socket_directories="$SOCKET_DIR" -c max_connections=200 \
-    -c log_min_messages=log -c log_min_error_statement=panic)
+    -c listen_addresses=127.0.0.1 -c unix_socket_directories="$SOCKET_DIR" -c max_connections=200)
   printf '%s\n' "$DATABASE_URL" >"$(endpoint_file)"
   wait_healthy "$pid" accepting "$LOG"
   create_role_and_database

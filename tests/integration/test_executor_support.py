@@ -112,6 +112,9 @@ def sql_target() -> SqlTarget:
         conn.execute("ALTER SYSTEM SET log_statement = 'all'")
         # the application name tells the executor's statements from the impact preview's dry runs
         conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] app=%a '")
+        # and a client's errors, which the project's server leaves out of its log (deploy/postgres.sh):
+        # a collision is told by the error the target logged
+        conn.execute("ALTER SYSTEM SET log_min_messages = 'warning'")
         conn.execute("SELECT pg_reload_conf()")
     try:
         yield target

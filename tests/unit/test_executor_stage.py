@@ -136,6 +136,12 @@ def another_executor(ledger: FakeLedger, name: str = "executor-2") -> FakeLedger
     return other
 
 
+# A live executor's lease in the two tests where one runs past it: long enough that a busy test
+# machine stalling the loop (a collection, another worker's imports) never lapses a renewal due
+# every lease/3 (at 0.4 s one lapsed in a fresh-clone run), and the command outlasts it by half.
+LIVE_LEASE_S, LIVE_RUN_S = 1.2, 1.8
+
+
 class Slow(Recording):
     """A plugin whose command takes ``seconds``."""
 
@@ -152,14 +158,14 @@ class Slow(Recording):
 async def test_an_order_another_live_executor_is_still_running_waits_for_its_outcome_and_is_not_cleaned_up() -> None:
     # a rebalance moved the partition while the executor that started the action still runs it
     plugin = Recording()
-    ledger = FakeLedger("executor-1", lease_s=0.4)
+    ledger = FakeLedger("executor-1", lease_s=LIVE_LEASE_S)
     other = another_executor(ledger)
     order = ExecutionOrder(allowed("a1"))
-    running, _ = executor_with(Slow(0.6), other)  # renews its lease every 0.13 s while it runs
+    running, _ = executor_with(Slow(LIVE_RUN_S), other)  # renews its lease every lease/3 while it runs
     first = asyncio.create_task(running.execute(order))
     await asyncio.sleep(0.05)
     executor, _ = executor_with(plugin, ledger)
-    redelivered = await executor.execute(order)  # it waits well past the first lease of 0.4 s
+    redelivered = await executor.execute(order)  # it waits well past the first lease
     assert redelivered == await first  # the running executor's outcome, republished as it recorded it
     assert redelivered[0] is ExecutionOutcome.SUCCEEDED
     assert plugin.runs == [] and plugin.abandoned == []  # never run twice, its credential never revoked mid-run
@@ -168,9 +174,9 @@ async def test_an_order_another_live_executor_is_still_running_waits_for_its_out
 
 async def test_a_batch_with_an_order_another_live_executor_runs_waits_for_that_outcome_and_runs_the_rest() -> None:
     plugin = Recording()
-    ledger = FakeLedger("executor-1", lease_s=0.4)
+    ledger = FakeLedger("executor-1", lease_s=LIVE_LEASE_S)
     other = another_executor(ledger)
-    running, _ = executor_with(Slow(0.6), other)
+    running, _ = executor_with(Slow(LIVE_RUN_S), other)
     first = asyncio.create_task(running.execute(ExecutionOrder(allowed("a1"))))
     await asyncio.sleep(0.05)
     executor, _ = executor_with(plugin, ledger)
