@@ -9,8 +9,9 @@ in the policy engine's JSON. None of them holds every Python string or integer:
 
 So the doors (the intake's submissions, an approver's reason) refuse such values with a
 problem that names the field, never the value (``problem_in``), and what a service stores
-from an event it did not write itself passes through ``storable``, so one odd string can never
-stop a consumer that must record it. Pure: no I/O.
+from an event it did not write itself passes through ``storable`` (the intake's status:
+``intake.store.jsonb``), so one odd string can never stop a consumer that must record it.
+Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -158,11 +158,11 @@ def create_app(
             return await masked_http_error(request, unauthenticated)
         problems = [masked_line(p) for p in problems[:MAX_PROBLEMS]]
         REJECTED.labels("http", error).inc()
-        body = await request.body()
+        body, route = await request.body(), route_of(request)
         await record_refusal(
-            source_topic=f"http:{route_of(request)}",
+            source_topic=f"http:{route}",
             payload=body,
-            error=UndecodableMessage(error, f"{route_of(request)} refused {len(body)} bytes from {principal.id}"),
+            error=UndecodableMessage(error, f"{route} refused {len(body)} bytes from {principal.id}"),
             principal=principal.id,
             problems=tuple(problems),
             excerpt=True,

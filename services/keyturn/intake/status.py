@@ -14,7 +14,6 @@ from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.loop import KafkaSource, Stage, run
 from keyturn.bus.publisher import Publisher
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved
-from keyturn.core.text import storable
 from keyturn.intake.store import LifecycleChange, StoredAction
 
 log = logging.getLogger(__name__)
@@ -71,11 +70,9 @@ def history_entry(event: Any) -> tuple[dict[str, Any], list[str] | None, Any]:
 
 
 def change_of(event: Any) -> LifecycleChange:
-    """What one lifecycle event changes in the status table, as PostgreSQL can store it: a NUL or
-    a lone surrogate in an event's text (an approver's reason, a command's result) would fail the
-    batch's statement on every retry and stop every requester's status (``core.text.storable``)."""
+    """What one lifecycle event changes in the status table (stored as ``store.jsonb`` spells it)."""
     entry, reasons, result = history_entry(event)
-    return LifecycleChange(event.action_id, event, storable(entry), storable(reasons), storable(result))
+    return LifecycleChange(event.action_id, event, entry, reasons, result)
 
 
 def changes(values: Iterable[bytes]) -> list[LifecycleChange]:

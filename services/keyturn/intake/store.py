@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from keyturn.core.lifecycle import ActionState, IllegalTransition, advance, state_after
+from keyturn.core.text import storable
 from keyturn.faults import DATABASE_UNAVAILABLE, Unavailable
 
 DDL = """
@@ -104,6 +105,18 @@ _COLUMNS = (
     "action_id, requester, principals, payload_digest, action, resource, state, reasons, result, history, "
     "requested_event, published, request_digest"
 )
+
+
+def jsonb(value: Any) -> str:
+    """``value`` as JSON text PostgreSQL's ``jsonb`` takes. It refuses the escapes of a NUL and of a
+    lone surrogate, which an event's text may hold (an approver's reason, a command's result): one
+    such value failed the status batch's statement on every retry and stopped every requester's
+    status. Only text that shows such an escape is cleaned (``core.text.storable``); checking the
+    text already made costs nothing, where walking every result (a query's rows) did."""
+    text = json.dumps(value)
+    if "\\u0000" in text or "\\ud" in text:  # a surrogate escape: a lone one, or (harmless) a pair
+        text = json.dumps(storable(value))
+    return text
 
 
 def _row(row: dict[str, Any]) -> StoredAction:
@@ -435,9 +448,9 @@ class ActionStore:
                             datetime.now(UTC),
                             [action_id for action_id, _ in changed],
                             [row.state.value for _, row in changed],
-                            [json.dumps(row.history) for _, row in changed],
-                            [json.dumps(row.reasons) if row.reasons is not None else None for _, row in changed],
-                            [json.dumps(row.result) if row.result is not None else None for _, row in changed],
+                            [jsonb(row.history) for _, row in changed],
+                            [jsonb(row.reasons) if row.reasons is not None else None for _, row in changed],
+                            [jsonb(row.result) if row.result is not None else None for _, row in changed],
                         ),
                     )
                 return {action_id: row.state for action_id, row in rows.items()}

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -41,17 +41,21 @@ MAX_PARAMETERS_DEPTH = 32  # below the masker's own limit, so accepted parameter
 NAMES_MAY_HOLD = {"resource": {"IP_ADDRESS"}, "callback_url": {"IP_ADDRESS"}}
 
 
-def json_depth(value: Any) -> int:
-    """How deeply objects and arrays nest in ``value`` (a scalar is 0), without recursion."""
-    deepest, stack = 0, [(value, 1)]
+def _containers(value: Any) -> Iterator[tuple[dict[str, Any] | list[Any], int]]:
+    """Every object and array in a JSON ``value`` with its depth (the outermost is 1), without
+    recursion: what ``json_depth`` and ``_keys`` read."""
+    stack = [(value, 1)]
     while stack:
         current, depth = stack.pop()
-        children = current.values() if isinstance(current, dict) else current if isinstance(current, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return deepest
+        if isinstance(current, dict | list):
+            yield current, depth
+            children = current.values() if isinstance(current, dict) else current
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+
+
+def json_depth(value: Any) -> int:
+    """How deeply objects and arrays nest in ``value`` (a scalar is 0), without recursion."""
+    return max((depth for _, depth in _containers(value)), default=0)
 
 
 class ActionSubmission(BaseModel):
@@ -131,17 +135,8 @@ def _secret_in_name(value: str | list[str], field: str | None) -> str | None:
 
 
 def _keys(value: Any) -> list[str]:
-    """Every object key in a JSON value, without recursion."""
-    keys: list[str] = []
-    stack: list[Any] = [value]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, dict):
-            keys.extend(k for k in current if isinstance(k, str))
-            stack.extend(current.values())
-        elif isinstance(current, list):
-            stack.extend(current)
-    return keys
+    """Every object key in a JSON value."""
+    return [key for node, _ in _containers(value) if isinstance(node, dict) for key in node if isinstance(key, str)]
 
 
 class IdempotencyConflict(Exception):
