@@ -31,6 +31,7 @@ from keyturn.audit.report.render import duration_text, when_text
 from keyturn.bus.http import id_in_path
 from keyturn.core.approval import shown_channel
 from keyturn.core.principal import Principal
+from keyturn.masking.protect import mask_text
 
 TEMPLATES.filters["ms"] = when_text
 CHARTS_TTL_S = 60.0  # the charts of the window are drawn at most once a minute
@@ -127,7 +128,7 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
         page, charts = await cache.page(await history_of(), q[:200], outcome[:64])
         # the search is free text from the link, so it goes back into the box masked: a link cannot
         # put a secret on the page (the history holds masked values: a secret matched nothing anyway)
-        shown = await asyncio.to_thread(_masked_text, q[:200]) if q else ""
+        shown = await asyncio.to_thread(mask_text, q[:200]) if q else ""
         return console.render(
             "history.html",
             approver=person,
@@ -163,12 +164,6 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
             )
         story = await asyncio.to_thread(_action_story, action_id, rows)  # masking is CPU work: off the loop
         return console.render("history_action.html", approver=person, csrf=console.csrf(token), **story)
-
-
-def _masked_text(text: str) -> str:
-    from keyturn.masking.protect import mask_text
-
-    return mask_text(text)
 
 
 def _action_story(action_id: str, rows: list[Any]) -> dict[str, Any]:
