@@ -313,6 +313,28 @@ def test_claims_of_the_wrong_shape_are_refused(key, verifier, overrides):
     assert refusal(verifier, signed_by(key, standard_claims(**overrides))).code == "invalid_claim"
 
 
+@pytest.mark.parametrize(
+    ("subject", "acts_for", "claim"),
+    [
+        ("agent:AKIAIOSFODNN7EXAMPLE", [], "'sub'"),
+        ("agent:reporter", ["human:4111111111111111"], "'act' chain's"),
+        ("agent:ghp_abcdefghijklmnopqrstuvwxyz0123456789", ["human:alice"], "'sub'"),
+    ],
+)
+def test_a_principal_id_holding_a_secret_is_refused_without_repeating_it(key, verifier, subject, acts_for, claim):
+    error = refusal(verifier, issue_token(key, subject=subject, acts_for=acts_for))
+
+    assert error.code == "invalid_claim" and f"the {claim} claim holds what looks like" in str(error)
+    for secret in ("AKIAIOSFODNN7EXAMPLE", "4111111111111111", "ghp_abcdefghij"):
+        assert secret not in str(error)
+
+
+def test_a_principal_id_may_be_an_email_address(key, verifier):
+    token = issue_token(key, subject="human:carol@example.com", acts_for=["human:3f2a8b1c-1d2e-4f50-9a6b-7c8d9e0f1a2b"])
+
+    assert verifier.verify(token).id == "human:carol@example.com"
+
+
 def test_refusal_messages_never_contain_the_token(key, verifier):
     token = issue_token(key, subject="agent:reporter", audience="another-service")
 

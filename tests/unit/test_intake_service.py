@@ -179,6 +179,9 @@ async def test_topic_submissions_are_accepted_or_dead_lettered_with_the_reason(m
         on_topic(1, submission(), token="forged"),
         on_topic(2, submission(resource="postgres://prod/x")),
         Record("unit.submissions", 0, 3, b"k", b"not avro here", headers=[("authorization", b"Bearer good")]),
+        Record(
+            "unit.submissions", 0, 4, b"k", on_topic(4, submission()).value, headers=[("authorization", b"\xff\xfe")]
+        ),
     ]
     source = ListSource([batch])
     await run(source, submissions_stage(intake, intake.publisher, Verifier()))
@@ -188,6 +191,7 @@ async def test_topic_submissions_are_accepted_or_dead_lettered_with_the_reason(m
         1: "token_bad_signature",
         2: "idempotency_conflict",
         3: "not_avro",
+        4: "token_malformed",
     }
     assert letters[2].principal == REPORTER.id and letters[1].principal is None
     assert source.committed == [batch]

@@ -173,6 +173,8 @@ async def test_bad_input_is_refused_before_anything_is_submitted() -> None:
         invalid = await client.call_tool("sql.query", {**SQL_CALL, "parameters": {}})
         unknown = await client.call_tool("wait_for_action", {"action_id": "not-mine"})
         odd = await client.call_tool("wait_for_action", {"action_id": "x\u0000123-45-6789"})
+        no_such = await client.call_tool("sql.query password=hunter2", SQL_CALL)
+    assert no_such.is_error and "no tool of that name" in text(no_such) and "hunter2" not in text(no_such)
     assert no_reason.is_error and "reason" in text(no_reason)
     assert odd.is_error and "not an action id" in text(odd) and "123-45-6789" not in text(odd)
     assert invalid.is_error and "parameters.statement: is required by sql.query" in text(invalid)

@@ -22,6 +22,7 @@ from keyturn.identity.claims import ACT_CLAIM, KIND_CLAIM, delegation_chain, pri
 from keyturn.identity.errors import InvalidToken
 from keyturn.identity.jwks import JwksFile, JwksSource, JwksUrl, StaticJwks
 from keyturn.identity.keys import load_or_create_signing_key
+from keyturn.masking.protect import hidden_in
 
 # Only public-key algorithms: with a shared secret, anyone holding the JWKS could mint tokens.
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -171,6 +172,8 @@ class TokenVerifier:
             chain = delegation_chain(claims.get(ACT_CLAIM))
         except ValueError as exc:
             raise InvalidToken("invalid_claim", f"{exc}; fix the issuer's token template") from exc
+        if (why := unfit_principal_ids(subject, chain)) is not None:
+            raise InvalidToken("invalid_claim", f"{why}; fix the issuer's token template")
         return Principal(id=subject, kind=kind, chain=chain), float(claims["exp"]), key
 
     def _decode(self, token: str, key: _VerificationKey, algorithm: str) -> dict[str, Any]:
@@ -249,6 +252,26 @@ class TokenVerifier:
             keys = _parse_jwks(document)
             self._parsed = (document, keys)
         return keys
+
+
+# Principal ids are written in clear on every record (who asked, for whom, who approved). An
+# email address may name a person there: that is what an audit is for. Anything else masking
+# recognises (a key, a card or phone number, an address) is no one's name, so a token carrying
+# one is refused before it can be written down.
+PRINCIPAL_IDS_MAY_HOLD = frozenset({"EMAIL_ADDRESS"})
+
+
+def unfit_principal_ids(subject: str, chain: tuple[str, ...]) -> str | None:
+    """Why the token's principal ids cannot be written down, naming the claim, never its value."""
+    findings = hidden_in({"sub": subject, "act": list(chain)})
+    kinds: dict[str, set[str]] = {}
+    for path, kind in findings:
+        if kind not in PRINCIPAL_IDS_MAY_HOLD:
+            kinds.setdefault("'sub'" if path.startswith("$.sub") else "'act' chain's", set()).add(kind)
+    if not kinds:
+        return None
+    where = "; the ".join(f"{claim} claim holds what looks like {', '.join(sorted(k))}" for claim, k in kinds.items())
+    return f"the {where}, and principal ids are written in clear on every record"
 
 
 def bearer_token(authorization_header: str | None) -> str:

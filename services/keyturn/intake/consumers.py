@@ -56,7 +56,7 @@ def submissions_stage(intake: Intake, publisher: Publisher, verifier: Verifier) 
         principal: Principal | None = None
         try:
             headers = dict(getattr(message, "headers", None) or ())
-            principal = verifier.verify(bearer_token(headers.get("authorization", b"").decode() or None))
+            principal = verifier.verify(bearer_token(_header_text(headers.get("authorization"))))
             name, record = registry().decode(message.value or b"")  # no value: refused as truncated
             if name != "ActionSubmitted":
                 raise UndecodableMessage("unexpected_type", f"{name} does not belong on {message.topic}")
@@ -94,6 +94,16 @@ def submissions_stage(intake: Intake, publisher: Publisher, verifier: Verifier) 
             return exc
 
     return Stage(publisher, handle_batch=handle_batch, decode=decode)
+
+
+def _header_text(value: bytes | None) -> str | None:
+    """A Kafka header as text; bytes that are not UTF-8 cannot be a token, and are refused as one."""
+    if not value:
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise InvalidToken("malformed", "the authorization header is not UTF-8 text") from None
 
 
 def _refused(exc: Exception, principal: Principal | None) -> Refused:

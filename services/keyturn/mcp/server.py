@@ -204,7 +204,8 @@ def build_server(
             return as_result(present(await calls.follow(caller, action_id, "the original tool", report, patience)))
         spec = next((t for t in await tools() if t.name == params.name), None)
         if spec is None:
-            return as_result(outcomes.refused(f"no tool named {params.name!r} here"))
+            # the name is not echoed: a caller's typo may carry what it should not have sent
+            return as_result(outcomes.refused("no tool of that name here; the tool list names every tool offered"))
         try:
             submission = submission_for(spec, arguments)
         except ValueError as exc:
