@@ -117,9 +117,10 @@ class FakeTeams:
     # --- tokens -------------------------------------------------------------------------------
 
     def inbound_token(
-        self, *, audience: str | None = None, service_url: str | None = None, expires_in: int = 3600, key=None
+        self, *, audience: str | None = None, service_url: str | None = None, expires_in: int | None = 3600, key=None
     ) -> str:
-        """The token Teams puts on an activity it posts to the bot."""
+        """The token Teams puts on an activity it posts to the bot (``expires_in=None``: no ``exp``,
+        which Teams never sends)."""
         now = int(time.time())
         claims = {
             "iss": self.issuer,
@@ -127,7 +128,7 @@ class FakeTeams:
             "serviceurl": service_url or self.service_url,
             "iat": now,
             "nbf": now,
-            "exp": now + expires_in,
+            **({} if expires_in is None else {"exp": now + expires_in}),
         }
         return jwt.encode(claims, key or self._key, algorithm="RS256", headers={"kid": self._kid})
 

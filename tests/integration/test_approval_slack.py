@@ -7,6 +7,8 @@ Web API (tests/fakes/slack.py) and interaction payloads are signed exactly as Sl
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -28,7 +30,7 @@ from tests.integration.approval_stack import (
     stack_settings,
     unattributed_refusals,
 )
-from tests.integration.conftest import Agent, eventually, keyturn_cli, mint
+from tests.integration.conftest import Agent, eventually, keyturn_cli, mint, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -580,3 +582,42 @@ def test_an_approval_nobody_answers_expires_and_the_message_says_so(chat, slack)
     assert eventually(lambda: "Expired" in message.all_text() and not message.buttons(), timeout=30), message.all_text()
     assert "Denied" not in message.all_text(), "a TTL running out is expired, never denied"
     assert eventually(lambda: any("it will not run" in m.text for m in slack.thread(message)))
+
+
+SEEDED = "AKIAQWERTYUIOP123456 5500005555555559 seeded.victim@example.org"
+
+
+@pytest.mark.parametrize("field", ["user", "team", "trigger", "deep"])
+def test_what_a_click_carries_in_its_ids_is_refused_before_anything_is_written(chat, agent, slack, field) -> None:
+    action_id = grant(agent, "auditor")
+    message = message_in(slack, action_id)
+    payload = slack.click(message, "keyturn_approve", "U0CAROL")
+    if field == "user":
+        payload["user"]["id"] = "U0" + SEEDED
+    elif field == "team":
+        payload["team"]["id"] = payload["user"]["team_id"] = SEEDED
+    elif field == "trigger":
+        payload["trigger_id"] = SEEDED
+    body, headers = slack.signed(payload)
+    if field == "deep":  # a signed payload nested past any parser's depth
+        body, headers = _signed_body(slack, b"payload=" + b"%5B" * 100_000 + b"%5D" * 100_000)
+    answer = interact(chat, body, headers)
+    assert answer.status_code == 400 and answer.json()["error"] == "malformed_payload", answer.text
+    assert not any(part in answer.text for part in SEEDED.split())
+    assert dead_letters(chat, "malformed_payload")
+    assert agent.status(action_id)["state"] == "needs_approval"
+    topics = Topics(chat.namespace, chat.partitions)
+    for topic in (topics.votes, topics.audit, topics.dlq):
+        written = " ".join(repr(event) for event, _ in read_topic(chat, topic))
+        for part in SEEDED.split():
+            assert part not in written, f"{part[:6]}… in clear on {topic}"
+
+
+def _signed_body(slack: FakeSlack, body: bytes) -> tuple[bytes, dict[str, str]]:
+    ts = str(int(time.time()))
+    mac = hmac.new(slack.signing_secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
+    return body, {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": f"v0={mac}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }

@@ -11,11 +11,13 @@ import asyncio
 import json
 
 import httpx
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keyturn.audit.stream import read_audit_log
 from keyturn.bus.topics import Topics
+from keyturn.db import schema_name
 from tests.fakes.teams import TENANT, FakeTeams
 from tests.integration.approval_stack import (
     dead_letters_now,
@@ -24,7 +26,7 @@ from tests.integration.approval_stack import (
     stack_settings,
     unattributed_refusals,
 )
-from tests.integration.conftest import Agent, eventually, mint
+from tests.integration.conftest import Agent, eventually, mint, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -236,7 +238,9 @@ def test_a_break_glass_use_is_reviewed_on_its_card(chat, teams) -> None:
     assert responder.status(action_id)["state"] == "succeeded"  # a review undoes nothing
 
 
-@pytest.mark.parametrize("case", ["no token", "foreign key", "wrong audience", "expired", "wrong service url"])
+@pytest.mark.parametrize(
+    "case", ["no token", "foreign key", "wrong audience", "expired", "no expiry", "wrong service url"]
+)
 def test_unauthenticated_bot_requests_are_refused_and_counted_not_recorded(chat, agent, teams, case) -> None:
     action_id = grant(agent, "auditor")
     card = card_for(teams, action_id)
@@ -245,6 +249,7 @@ def test_unauthenticated_bot_requests_are_refused_and_counted_not_recorded(chat,
         "foreign key": teams.inbound_token(key=rsa.generate_private_key(public_exponent=65537, key_size=2048)),
         "wrong audience": teams.inbound_token(audience="another-bot"),
         "expired": teams.inbound_token(expires_in=-3600),
+        "no expiry": teams.inbound_token(expires_in=None),  # good forever, were it taken
         "wrong service url": teams.inbound_token(service_url="https://elsewhere.invalid/"),
     }[case]
     before = unattributed_refusals(chat, "teams", "unauthenticated_bot_request")
@@ -387,3 +392,47 @@ def test_a_card_refresh_shows_only_the_action_the_card_was_sent_for(chat, agent,
     assert answer["type"] == "application/vnd.microsoft.activity.message" and "not one Keyturn sent" in answer["value"]
     assert "reader" not in json.dumps(answer)
     assert "auditor" in json.dumps(click(chat, teams, card, "refresh", "29:frank")["value"])
+
+
+SEEDED = "AKIAQWERTYUIOP123456 5500005555555559 seeded.victim@example.org"
+
+
+def test_what_an_activity_carries_in_its_ids_is_never_written_down_and_odd_bodies_are_client_errors(
+    chat, agent, teams
+) -> None:
+    action_id = grant(agent, "auditor")
+    card = card_for(teams, action_id)
+    token = teams.inbound_token()
+
+    def post(body: bytes, with_token: bool = True) -> httpx.Response:
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if with_token else {})}
+        return httpx.post(f"{chat.approval_url}/api/messages", content=body, headers=headers, timeout=30)
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert post(deep, with_token=False).status_code == 401  # the token is judged before the body is read
+    assert post(deep).status_code == 400 and post(deep).json()["error"] == "malformed_activity"
+    odd_verb = teams.invoke(card, "approve", "29:carol")
+    odd_verb["value"]["action"]["verb"] = "\ud800"
+    assert post(json.dumps(odd_verb).encode()).status_code == 400
+
+    # a seeded secret where Teams puts ids: the card's action, the account, the activity id
+    named = teams.invoke(card, "approve", "29:carol")
+    named["value"]["action"]["data"]["action_id"] = SEEDED
+    assert "names no action" in teams.post(chat.approval_url, named, token).json()["value"]
+    stranger = teams.invoke(card, "approve", f"29:{SEEDED}", aad_object_id=SEEDED)
+    stranger["id"] = SEEDED
+    assert "not applied" in json.dumps(teams.post(chat.approval_url, stranger, token).json())
+    refused_as = eventually(lambda: refusals(chat, action_id), timeout=30)
+    assert refused_as[0][0].startswith("teams:sha256:") and refused_as[0][1] == "UnknownChatUser"
+    assert agent.status(action_id)["state"] == "needs_approval"
+
+    topics = Topics(chat.namespace, chat.partitions)
+    for topic in (topics.votes, topics.audit, topics.dlq):
+        written = " ".join(repr(event) for event, _ in read_topic(chat, topic))
+        for part in SEEDED.split():
+            assert part not in written, f"{part[:6]}… in clear on {topic}"
+    with psycopg.connect(
+        chat.database_url, autocommit=True, options=f"-c search_path={schema_name(chat.namespace)}"
+    ) as conn:
+        kept = " ".join(str(row) for row in conn.execute("SELECT * FROM approval_interactions_seen"))
+    assert "AKIAQWERTYUIOP123456" not in kept and "sha256:" in kept

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,11 +36,13 @@ from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.slack import SlackChannel
 from keyturn.approval.views import reason_missing
+from keyturn.bus.http import id_in_path
 from keyturn.core.principal import Principal, PrincipalKind
-from keyturn.core.text import plausible_id, text_problem
+from keyturn.core.text import text_problem
 
 SOURCE = "slack:interactions"
 MAX_AGE_S = 5 * 60
+SLACK_ID = re.compile(r"[A-Za-z0-9._-]{1,255}")  # every id Slack sends: U0…, T0…, C0…, 1700000000.123456
 
 
 UNSIGNED = frozenset({"missing_timestamp", "stale_timestamp", "forged_signature"})
@@ -93,17 +96,14 @@ def parse_payload(body: bytes) -> dict[str, Any]:
     """The JSON ``payload`` form field Slack posts."""
     try:
         payload = json.loads(parse_qs(body.decode(), strict_parsing=True)["payload"][0])
-    except (UnicodeDecodeError, ValueError, KeyError, IndexError) as exc:
+    except (UnicodeDecodeError, ValueError, KeyError, IndexError, RecursionError) as exc:
         # the parser's message quotes the body; a refusal names the problem, never the input
         raise InteractionRefused(
             400, "malformed_payload", f"the body is not a Slack interaction (payload=<json>): {type(exc).__name__}"
         ) from exc
-    if (
-        not isinstance(payload, dict)
-        or not isinstance(payload.get("user"), dict)
-        or not isinstance(payload["user"].get("id"), str)
-        or text_problem(payload["user"]["id"]) is not None
-    ):
+    if not isinstance(payload, dict) or not isinstance(payload.get("user"), dict):
+        raise InteractionRefused(400, "malformed_payload", "the interaction names no user")
+    if not _id(payload["user"].get("id"), "user.id", names_someone=True):
         raise InteractionRefused(400, "malformed_payload", "the interaction names no user")
     return payload
 
@@ -111,12 +111,12 @@ def parse_payload(body: bytes) -> dict[str, Any]:
 def interaction_id(payload: dict[str, Any]) -> str:
     """What makes one interaction unique: Slack's trigger id (or action timestamp) within a team."""
     team = (
-        _text(_object(payload, "team").get("id"), "team.id")
-        or _text(payload["user"].get("team_id"), "user.team_id")
+        _id(_object(payload, "team").get("id"), "team.id", names_someone=True)
+        or _id(payload["user"].get("team_id"), "user.team_id", names_someone=True)
         or "?"
     )
-    unique = _text(payload.get("trigger_id"), "trigger_id") or next(
-        (ts for a in _actions(payload) if (ts := _text(a.get("action_ts"), "actions[].action_ts"))), None
+    unique = _id(payload.get("trigger_id"), "trigger_id") or next(
+        (ts for a in _actions(payload) if (ts := _id(a.get("action_ts"), "actions[].action_ts"))), None
     )
     if not unique:
         raise InteractionRefused(400, "malformed_payload", "the interaction has neither trigger_id nor action_ts")
@@ -144,9 +144,9 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
     that is not what Slack sends."""
     kind = payload.get("type")
     user = payload["user"]["id"]
-    team = _text(_object(payload, "team").get("id"), "team.id") or "?"
-    user_team = _text(payload["user"].get("team_id"), "user.team_id")
-    trigger = _text(payload.get("trigger_id"), "trigger_id")
+    team = _id(_object(payload, "team").get("id"), "team.id", names_someone=True) or "?"
+    user_team = _id(payload["user"].get("team_id"), "user.team_id", names_someone=True)
+    trigger = _id(payload.get("trigger_id"), "trigger_id")
     if kind == "block_actions":
         action = next(iter(_actions(payload)), {})
         button = action.get("action_id")
@@ -154,13 +154,13 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
             raise InteractionRefused(400, "unsupported_interaction", f"unknown button {button!r}")
         container = _object(payload, "container")
         channel = _same(
-            _text(_object(payload, "channel").get("id"), "channel.id"),
-            _text(container.get("channel_id"), "container.channel_id"),
+            _id(_object(payload, "channel").get("id"), "channel.id"),
+            _id(container.get("channel_id"), "container.channel_id"),
             "channel.id and container.channel_id",
         )
         message_ts = _same(
-            _text(container.get("message_ts"), "container.message_ts"),
-            _text(_object(payload, "message").get("ts"), "message.ts"),
+            _id(container.get("message_ts"), "container.message_ts"),
+            _id(_object(payload, "message").get("ts"), "message.ts"),
             "container.message_ts and message.ts",
         )
         return Interaction(
@@ -186,8 +186,8 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
             team,
             trigger,
             shown=shown,
-            channel=_text(shown.get("channel"), "modal channel") or "",
-            message_ts=_text(shown.get("ts"), "modal message ts") or "",
+            channel=_id(shown.get("channel"), "modal channel") or "",
+            message_ts=_id(shown.get("ts"), "modal message ts") or "",
             deny_reason=reason,
             user_team=user_team,
         )
@@ -229,6 +229,20 @@ def _text(value: Any, what: str) -> str | None:
     if value and (why := text_problem(value)) is not None:
         raise InteractionRefused(400, "malformed_payload", f"the interaction's {what} {why}")
     return value or None
+
+
+def _id(value: Any, what: str, *, names_someone: bool = False) -> str | None:
+    """An id Slack sends (a user, team, channel, trigger or message timestamp): letters, digits,
+    dots, dashes and underscores, as every Slack id is. A user's and a team's id name the account
+    on the record of a refused answer, so they must also hold nothing masking would hide
+    (``bus.http.id_in_path``): Slack's are never an address, a key or a card number. (The
+    others are numbers with dots, which a phone-number recogniser would take for one, and are
+    never written down: replay keys are kept as digests.) A payload whose ids are not ids did
+    not come from Slack, and is refused before any of it is written down."""
+    text = _text(value, what)
+    if text is not None and not (SLACK_ID.fullmatch(text) and (not names_someone or id_in_path(text))):
+        raise InteractionRefused(400, "malformed_payload", f"the interaction's {what} is not an id Slack gives")
+    return text
 
 
 def mount_slack(
@@ -368,9 +382,9 @@ async def _approver(
 
 def _shown(text: Any, what: str) -> dict[str, Any]:
     """What a button value or a modal's metadata says was shown: Keyturn put an action id there, so
-    one that cannot name an action (``plausible_id``) did not come from Keyturn."""
+    one that cannot name an action (``bus.http.id_in_path``) did not come from Keyturn."""
     shown = _json_object(text, what)
-    if not plausible_id(str(shown.get("action_id", ""))):
+    if not id_in_path(str(shown.get("action_id", ""))):
         raise InteractionRefused(400, "malformed_payload", f"the {what} names no action")
     return shown
 

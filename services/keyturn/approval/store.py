@@ -16,6 +16,7 @@ that causes it, and sent after commit, so a crash delays a message but never los
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -563,12 +564,15 @@ class ApprovalStore:
     # --- replayed interactions ----------------------------------------------------------------
 
     async def first_sighting(self, source: str, interaction: str) -> bool:
-        """True the first time an interaction id is seen from ``source``; False for a replay."""
+        """True the first time an interaction id is seen from ``source``; False for a replay.
+
+        The id is kept as its SHA-256: it only has to be recognised again, and it is made of
+        whatever the chat request carried."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "INSERT INTO approval_interactions_seen (source, interaction) VALUES (%s, %s) ON CONFLICT DO "
                 "NOTHING RETURNING source",
-                (source, interaction),
+                (source, "sha256:" + hashlib.sha256(interaction.encode(errors="surrogatepass")).hexdigest()),
             )
             return await cur.fetchone() is not None
 

@@ -15,6 +15,7 @@ against a local connector and token issuer, and sovereign clouds need no code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import httpx
+import jwt
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from microsoft_teams.api.activities import ActivityTypeAdapter
@@ -41,8 +43,9 @@ from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.identities import principal_for, teams_account
 from keyturn.approval.views import reason_missing
+from keyturn.bus.http import id_in_path
 from keyturn.core.principal import Principal, PrincipalKind
-from keyturn.core.text import plausible_id, text_problem
+from keyturn.core.text import problem_in, text_problem
 from keyturn.faults import DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -166,15 +169,22 @@ class TeamsChannel:
                 body = json.loads(raw)
                 if not isinstance(body, dict):
                     raise ValueError("not a JSON object")
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 # the SDK still judges the token (on an empty activity), so an unsigned body is a 401
-                body, problem = {}, f"the body is not a Bot Framework activity: {exc}"
+                body, problem = {}, f"the body is not a Bot Framework activity: {type(exc).__name__}"
             else:
-                problem = activity_problem(body)
+                # text no record can hold (a lone surrogate, a NUL) fails wherever it is written
+                problem = problem_in(_without_reason(body), "activity") or activity_problem(body)
                 problem = problem and f"the activity is not one the Bot Framework sends ({problem})"
             # The SDK checks the token first, and its answer decides 401; only an authenticated
-            # activity it cannot read is refused here as malformed, with a 400 rather than its 500.
-            answer = await self.app.server.handle_request({"body": body, "headers": dict(request.headers)})
+            # activity it cannot read is refused here as malformed, with a 400 rather than its 500
+            # (the SDK then judges the token on an empty activity: nothing of it reaches a handler).
+            answer: dict[str, Any] = {"status": 401}
+            if expiring(request.headers.get("authorization")):
+                activity = body if problem is None else {}
+                answer = dict(
+                    await self.app.server.handle_request({"body": activity, "headers": dict(request.headers)})
+                )
             if answer["status"] == 401:  # nobody can be held to it: counted, not recorded
                 UNATTRIBUTED.labels("teams", "unauthenticated_bot_request").inc()
                 return JSONResponse(
@@ -269,12 +279,12 @@ class TeamsChannel:
         action = activity.value.action
         data = action.data or {}
         action_id, digest = str(data.get("action_id", "")), str(data.get("payload_digest", ""))
-        if not plausible_id(action_id):  # Keyturn's cards name an action; nothing can be recorded for this
+        if not id_in_path(action_id):  # Keyturn's cards name an action; nothing can be recorded for this
             await desk.refuse_interaction(
                 SOURCE,
                 "malformed_activity",
                 "the card's data names no action",
-                activity.model_dump_json().encode(),
+                _bytes_of(activity),
             )
             return _message("This card names no action Keyturn knows; nothing was recorded.")
         conversation = activity.conversation.id
@@ -292,7 +302,7 @@ class TeamsChannel:
                 SOURCE,
                 "replayed_interaction",
                 f"Teams activity {activity.id} was already received",
-                activity.model_dump_json().encode(),
+                _bytes_of(activity),
             )
             return _message("This answer was already received; a replay changes nothing.")
         if action.verb not in (cards.APPROVE, cards.DENY):
@@ -337,8 +347,10 @@ class TeamsChannel:
         try:
             member = await ctx.api.conversations.members(conversation).get(user.id)
         except Exception as exc:  # the connector answers 404 for people outside the conversation
+            # the connector's own words name its address and the path asked for: only the status is told
+            status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
             raise UnknownChatUser(
-                f"{_account(user).id} could not be looked up in the conversation ({exc}), "
+                f"{_account(user).id} could not be looked up in the conversation ({status}), "
                 "so Keyturn cannot tell whether the account may approve"
             ) from exc
         record = member.model_dump(by_alias=True, exclude_none=True) if hasattr(member, "model_dump") else dict(member)
@@ -354,10 +366,54 @@ class TeamsChannel:
         )
 
 
+def expiring(authorization: str | None) -> bool:
+    """Whether the bearer token says when it expires. The SDK checks ``exp`` only when a token has
+    one, and a token without it would be good forever; the signature and every other claim are
+    the SDK's to judge, so this reads the claims unverified only to refuse more, never to accept."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return True  # nothing to read: the SDK answers a missing token itself
+    try:
+        claims = jwt.decode(token.strip(), options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return True  # not a JWT: the SDK refuses it
+    return isinstance(claims.get("exp"), int | float) and not isinstance(claims.get("exp"), bool)
+
+
 def _account(user: Any) -> Principal:
-    """The Teams account itself (AAD object id, else Teams user id), for records of answers that did
-    not come from a known person."""
-    return Principal(f"teams:{user.aad_object_id or user.id}", PrincipalKind.HUMAN)
+    """The Teams account itself, for records of answers that did not come from a known person: its
+    AAD object id (a GUID), else its Teams user id, each only when it is a plain id
+    (``_plain_id``), else a digest of them. These records are written down, so nothing the
+    activity carries in those fields is repeated unless it is an id."""
+    aad, teams_id = user.aad_object_id or "", user.id or ""
+    for known in (aad, teams_id):
+        if _plain_id(known):
+            return Principal(f"teams:{known}", PrincipalKind.HUMAN)
+    digest = hashlib.sha256(f"{aad}|{teams_id}".encode(errors="surrogatepass")).hexdigest()[:32]
+    return Principal(f"teams:sha256:{digest}", PrincipalKind.HUMAN)
+
+
+def _plain_id(text: str) -> bool:
+    """An id as Teams gives them (``29:…``, a GUID): no spaces, nothing masking would hide."""
+    return bool(text) and id_in_path(text) and not any(c.isspace() for c in text)
+
+
+def _without_reason(activity: dict[str, Any]) -> dict[str, Any]:
+    """The activity without the reason typed on the card, which is judged on the card, where the
+    person reads why (``_answer_card``); everything else must be text a record can hold."""
+    value = activity.get("value")
+    action = value.get("action") if isinstance(value, dict) else None
+    data = action.get("data") if isinstance(action, dict) else None
+    if not isinstance(value, dict) or not isinstance(action, dict) or not isinstance(data, dict):
+        return activity
+    data = {key: item for key, item in data.items() if key != cards.REASON_INPUT}
+    return {**activity, "value": {**value, "action": {**action, "data": data}}}
+
+
+def _bytes_of(activity: Any) -> bytes:
+    """An activity as JSON for a refusal's record (which masks it): escaped, so text a record
+    cannot hold (a lone surrogate in a reason) is carried to where it is cleaned, not a crash."""
+    return json.dumps(activity.model_dump(mode="json", by_alias=True, exclude_none=True)).encode()
 
 
 def _card(view: dict[str, Any], problem: str | None = None) -> AdaptiveCardActionCardResponse:
