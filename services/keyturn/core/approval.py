@@ -52,9 +52,15 @@ FINAL_STATUSES: frozenset[str] = frozenset({"approved", "denied", "expired"})
 # console, Slack and Teams. A closed set, because the channel travels unmasked on the votes, the
 # resolved and the audit topics and into the console's history: free text there would carry
 # whatever a caller typed into it. ``Vote.channel`` stays a string in the Avro schema (its frozen
-# history); this set is checked where votes come in (``approval.http.VoteRequest``).
+# history); the API checks what its callers claim against ``API_VOTE_CHANNELS`` below
+# (``approval.http.VoteRequest``), and the adapters pass their own name, typed as ``VoteChannel``.
 VoteChannel = Literal["api", "cli", "console", "slack", "teams"]
 VOTE_CHANNELS: frozenset[str] = frozenset(get_args(VoteChannel))
+# What a caller of the approval API may say it is. The console, Slack and Teams are the service's
+# own adapters and name themselves; a vote posted to the API claiming one of them would be recorded
+# (and audited) as cast where it was not.
+ApiVoteChannel = Literal["api", "cli"]
+API_VOTE_CHANNELS: frozenset[str] = frozenset(get_args(ApiVoteChannel))
 DEFAULT_ESCALATION_FRACTION = 0.5
 
 
