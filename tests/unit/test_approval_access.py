@@ -225,6 +225,50 @@ async def test_the_history_and_the_approvals_share_who_is_an_approver() -> None:
         assert (await erin.get("/console/history/act-1")).status_code == 503
 
 
+# --- a vote is a person's own --------------------------------------------------------------------------
+
+DAVE_FOR_CAROL = "human:dave>human:carol"  # a token: sub human:dave, act [human:carol]
+
+
+async def test_a_vote_through_a_delegated_token_is_refused_so_two_approvers_means_two_people() -> None:
+    service = Service()
+    decided = await service.opened(min_approvals=2)
+    vote = {"choice": "approve", "payload_digest": str(DIGEST)}
+    async with service.client(DAVE_FOR_CAROL) as dave_for_carol:
+        delegated = await dave_for_carol.post(f"/v1/approvals/{decided.action_id}/votes", json=vote)
+    async with service.client("human:carol") as carol:
+        own = await carol.post(f"/v1/approvals/{decided.action_id}/votes", json=vote)
+        shown = (await carol.get(f"/v1/approvals/{decided.action_id}")).json()
+    assert delegated.status_code == 403
+    assert delegated.json()["detail"]["error"] == "DelegatedVoteRefused"
+    assert "acting for human:carol" in delegated.json()["detail"]["message"]
+    assert own.status_code == 200 and own.json()["status"] == "pending"
+    assert shown["status"] == "pending" and shown["summary"].startswith("Approved by human:carol (1 of 2)")
+    recorded = [(r.vote.approver.id, r.vote.approver.chain, r.accepted, r.refusal) for r in service.recorded()]
+    assert recorded == [
+        ("human:dave", ("human:carol",), False, "DelegatedVoteRefused"),  # recorded like any refused vote
+        ("human:carol", (), True, None),
+    ]
+
+
+async def test_a_delegated_token_is_offered_nothing_to_decide_and_its_console_vote_is_refused() -> None:
+    service = Service()
+    decided = await service.opened()
+    async with service.client(DAVE_FOR_CAROL) as dave_for_carol:
+        inbox = (await dave_for_carol.get("/v1/approvals")).json()
+        page = await dave_for_carol.get(f"/console/actions/{decided.action_id}")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        form = await dave_for_carol.post(
+            f"/console/actions/{decided.action_id}/vote",
+            data={"choice": "approve", "reason": "", "payload_digest": str(DIGEST), "csrf": csrf},
+        )
+    assert inbox == []
+    assert page.status_code == 200 and 'id="vote"' not in page.text and "acting for someone else" in page.text
+    assert form.status_code == 403 and "DelegatedVoteRefused" in form.text
+    assert [(r.vote.channel, r.refusal) for r in service.recorded()] == [("console", "DelegatedVoteRefused")]
+    assert service.store.tables.approvals[decided.action_id].status == "pending"
+
+
 # --- ids that cannot name an action -----------------------------------------------------------------
 
 

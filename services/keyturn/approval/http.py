@@ -26,6 +26,7 @@ REFUSAL_STATUS = {
     "UnknownAction": 404,
     "UnknownChatUser": 403,
     "SelfApprovalRefused": 403,
+    "DelegatedVoteRefused": 403,
     "ApproverNotAuthorised": 403,
     "DigestMismatch": 409,
     "DuplicateVote": 409,
@@ -191,7 +192,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         "/v1/approvals/{action_id}/votes",
         responses={
             401: {"description": "Missing or invalid token"},
-            403: {"description": "Self-approval or not an approver"},
+            403: {"description": "Self-approval, a vote acting for someone else, or not an approver"},
             404: {"description": "The id cannot name an action"},
             409: {"description": "Resolved already, duplicate vote or digest drift"},
             410: {"description": "Approval expired"},
