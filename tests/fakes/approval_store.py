@@ -6,7 +6,11 @@
 - the outbox publishes in the order rows were written and deletes a row only once the publisher
   took it, so a publisher that fails leaves it (and everything after it) for the next drain;
 - ``first_sighting`` is kept outside the tables a rollback restores, as PostgreSQL commits it on
-  its own connection: a replay stays a replay even when the answer after it rolled back.
+  its own connection: a replay stays a replay even when the answer after it rolled back;
+- signed-out sessions (``end_session``, ``session_ended``) are kept the same way, by digest with
+  their expiry, and those past their expiry are forgotten at the next sign-out; two desks (two
+  approval instances) sharing one store share them, as instances sharing PostgreSQL do.
+  ``session_lookups`` counts the lookups, as a test of their cost reads it.
 
 Nothing is ever delivered here: ``notifications_of`` reports every message as still pending.
 
@@ -71,6 +75,8 @@ class InMemoryApprovalStore:
         self.checked = 0
         self.clock_held = False
         self.seen: set[tuple[str, str]] = set()  # (source, interaction): committed at once, never rolled back
+        self.signed_out: dict[bytes, datetime] = {}  # token digest → its expiry: committed at once, likewise
+        self.session_lookups = 0
 
     # --- transactions -------------------------------------------------------------------------
 
@@ -294,6 +300,17 @@ class InMemoryApprovalStore:
             return False
         self.seen.add((source, interaction))
         return True
+
+    # --- console sessions signed out ----------------------------------------------------------
+
+    async def end_session(self, digest: bytes, expires_at: datetime, now: datetime) -> None:
+        assert isinstance(digest, bytes) and len(digest) == 32, "a SHA-256 digest, never the token"
+        self.signed_out[digest] = max(expires_at, self.signed_out.get(digest, expires_at))
+        self.signed_out = {d: until for d, until in self.signed_out.items() if until > now}
+
+    async def session_ended(self, digest: bytes) -> bool:
+        self.session_lookups += 1
+        return digest in self.signed_out
 
     # --- what a test reads --------------------------------------------------------------------
 

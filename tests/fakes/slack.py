@@ -3,8 +3,9 @@
 It answers the methods Keyturn calls (auth.test, chat.postMessage, chat.update,
 chat.postEphemeral, users.info, views.open, conversations.history/replies/open) the way Slack
 does — ``{"ok": false, "error": …}`` for a bad token, an unknown channel, an unknown message or
-an unknown trigger — checks the payload shapes Slack would refuse (block types, text limits,
-button ids), and records every call so tests can assert what people would have seen.
+an unknown trigger — checks the payload shapes Slack would refuse (``block_problem``: block types,
+text object types and limits, button ids), and records every call so tests can assert what people
+would have seen.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from tests.peers import answer_json
 
 BLOCK_TYPES = {"header", "section", "context", "actions", "divider", "input", "image", "rich_text"}
+TEXT_TYPES = {"plain_text", "mrkdwn"}
 TEAM = "T0KEYTURN"
 
 
@@ -177,7 +179,17 @@ class FakeSlack:
     def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         if self._resolve_channel(args.get("channel", "")) is None or args.get("user") not in self.users:
             return {"ok": False, "error": "channel_not_found" if args.get("user") in self.users else "user_not_found"}
-        self.ephemeral.append({"channel": args["channel"], "user": args["user"], "text": args.get("text", "")})
+        problem = self._check_message(args)
+        if problem:
+            return {"ok": False, "error": "invalid_blocks", "errors": [problem]}
+        self.ephemeral.append(
+            {
+                "channel": args["channel"],
+                "user": args["user"],
+                "text": args.get("text", ""),
+                "blocks": _json(args.get("blocks")) or [],
+            }
+        )
         return {"ok": True, "message_ts": self._ts()}
 
     def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +204,9 @@ class FakeSlack:
         view = _json(args.get("view")) or {}
         if view.get("type") != "modal" or not view.get("title") or len(view.get("private_metadata", "")) > 3000:
             return {"ok": False, "error": "invalid_arguments"}
+        problem = block_problem(view.get("blocks") or [])
+        if problem:
+            return {"ok": False, "error": "invalid_arguments", "errors": [problem]}
         opened = {**view, "id": f"V{len(self.views) + 1:08d}", "hash": "h"}
         self.views.append(opened)
         return {"ok": True, "view": opened}
@@ -336,18 +351,58 @@ class FakeSlack:
         blocks = _json(args.get("blocks"))
         if not args.get("text") and not blocks:
             return "no_text"
-        for block in blocks or []:
-            if block.get("type") not in BLOCK_TYPES:
-                return f"unknown block type {block.get('type')!r}"
-            text = (block.get("text") or {}).get("text", "")
-            if len(text) > 3000 or (block["type"] == "header" and len(text) > 150):
-                return f"{block['type']} text longer than Slack allows"
-            for element in block.get("elements", []):
-                if block["type"] == "actions" and (
-                    not element.get("action_id") or len(element.get("value", "")) > 2000
-                ):
-                    return "a button needs an action_id and a value of at most 2000 characters"
-        return None
+        return block_problem(blocks or [])
+
+
+def block_problem(blocks: list[dict[str, Any]]) -> str | None:
+    """What Slack would refuse in ``blocks`` (None when nothing): unknown block types, text objects
+    of the wrong type for their place (a header's is plain_text; a section's text and fields, a
+    context's text elements are plain_text or mrkdwn), ``emoji`` anywhere but plain_text and
+    ``verbatim`` anywhere but mrkdwn, texts over their limits, a section with neither text nor
+    fields, buttons without an action_id."""
+    for block in blocks:
+        kind = block.get("type")
+        if kind not in BLOCK_TYPES:
+            return f"unknown block type {kind!r}"
+        text = block.get("text")
+        if kind == "header" and (not isinstance(text, dict) or text.get("type") != "plain_text"):
+            return "a header's text must be plain_text"
+        if kind == "section":
+            if text is None and not block.get("fields"):
+                return "a section needs text or fields"
+            fields = block.get("fields") or []
+            if len(fields) > 10:
+                return "a section holds at most 10 fields"
+            for field_text in fields:
+                if problem := _text_problem(field_text, 2000):
+                    return f"section field: {problem}"
+        if isinstance(text, dict) and (problem := _text_problem(text, 150 if kind == "header" else 3000)):
+            return f"{kind} text: {problem}"
+        elements = block.get("elements", [])
+        if kind == "context":
+            if len(elements) > 10:
+                return "a context holds at most 10 elements"
+            for element in elements:
+                if element.get("type") != "image" and (problem := _text_problem(element, 3000)):
+                    return f"context element: {problem}"
+        for element in elements:
+            if kind == "actions" and (not element.get("action_id") or len(element.get("value", "")) > 2000):
+                return "a button needs an action_id and a value of at most 2000 characters"
+    return None
+
+
+def _text_problem(text: Any, limit: int) -> str | None:
+    if not isinstance(text, dict) or text.get("type") not in TEXT_TYPES or not isinstance(text.get("text"), str):
+        return f"not a text object: {text!r}"
+    if not text["text"]:
+        return "empty text"
+    if len(text["text"]) > limit:
+        return f"longer than Slack allows ({len(text['text'])} > {limit})"
+    if "emoji" in text and text["type"] != "plain_text":
+        return "emoji is a plain_text field"
+    if "verbatim" in text and text["type"] != "mrkdwn":
+        return "verbatim is a mrkdwn field"
+    return None
 
 
 def _json(value: Any) -> Any:

@@ -21,7 +21,7 @@ from keyturn.approval.runtime import ApprovalRuntime
 from keyturn.bus.codec import registry
 from keyturn.config import Settings
 from keyturn.core import events
-from keyturn.core.approval import VOTE_CHANNELS, shown_channel
+from keyturn.core.approval import API_VOTE_CHANNELS, VOTE_CHANNELS, shown_channel
 from keyturn.core.principal import Principal, PrincipalKind
 from tests.fakes.approval_store import Broker, FakePolicyEngine, InMemoryApprovalStore
 from tests.fakes.history_store import MemoryHistoryStore
@@ -225,6 +225,50 @@ async def test_the_history_and_the_approvals_share_who_is_an_approver() -> None:
         assert (await erin.get("/console/history/act-1")).status_code == 503
 
 
+# --- a vote is a person's own --------------------------------------------------------------------------
+
+DAVE_FOR_CAROL = "human:dave>human:carol"  # a token: sub human:dave, act [human:carol]
+
+
+async def test_a_vote_through_a_delegated_token_is_refused_so_two_approvers_means_two_people() -> None:
+    service = Service()
+    decided = await service.opened(min_approvals=2)
+    vote = {"choice": "approve", "payload_digest": str(DIGEST)}
+    async with service.client(DAVE_FOR_CAROL) as dave_for_carol:
+        delegated = await dave_for_carol.post(f"/v1/approvals/{decided.action_id}/votes", json=vote)
+    async with service.client("human:carol") as carol:
+        own = await carol.post(f"/v1/approvals/{decided.action_id}/votes", json=vote)
+        shown = (await carol.get(f"/v1/approvals/{decided.action_id}")).json()
+    assert delegated.status_code == 403
+    assert delegated.json()["detail"]["error"] == "DelegatedVoteRefused"
+    assert "acting for human:carol" in delegated.json()["detail"]["message"]
+    assert own.status_code == 200 and own.json()["status"] == "pending"
+    assert shown["status"] == "pending" and shown["summary"].startswith("Approved by human:carol (1 of 2)")
+    recorded = [(r.vote.approver.id, r.vote.approver.chain, r.accepted, r.refusal) for r in service.recorded()]
+    assert recorded == [
+        ("human:dave", ("human:carol",), False, "DelegatedVoteRefused"),  # recorded like any refused vote
+        ("human:carol", (), True, None),
+    ]
+
+
+async def test_a_delegated_token_is_offered_nothing_to_decide_and_its_console_vote_is_refused() -> None:
+    service = Service()
+    decided = await service.opened()
+    async with service.client(DAVE_FOR_CAROL) as dave_for_carol:
+        inbox = (await dave_for_carol.get("/v1/approvals")).json()
+        page = await dave_for_carol.get(f"/console/actions/{decided.action_id}")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        form = await dave_for_carol.post(
+            f"/console/actions/{decided.action_id}/vote",
+            data={"choice": "approve", "reason": "", "payload_digest": str(DIGEST), "csrf": csrf},
+        )
+    assert inbox == []
+    assert page.status_code == 200 and 'id="vote"' not in page.text and "acting for someone else" in page.text
+    assert form.status_code == 403 and "DelegatedVoteRefused" in form.text
+    assert [(r.vote.channel, r.refusal) for r in service.recorded()] == [("console", "DelegatedVoteRefused")]
+    assert service.store.tables.approvals[decided.action_id].status == "pending"
+
+
 # --- ids that cannot name an action -----------------------------------------------------------------
 
 
@@ -288,9 +332,11 @@ async def test_a_console_reason_with_a_nul_character_is_refused_and_no_vote_is_r
 
 SECRETS = ["bob@example.com", "AKIAIOSFODNN7EXAMPLE"]
 ODD_CHANNELS = [*SECRETS, "email", "", "CLI"]
+# the service's own adapters name themselves: a caller of the API cannot claim to be one of them
+ADAPTER_CHANNELS = sorted(VOTE_CHANNELS - API_VOTE_CHANNELS)
 
 
-@pytest.mark.parametrize("channel", ODD_CHANNELS)
+@pytest.mark.parametrize("channel", [*ODD_CHANNELS, *ADAPTER_CHANNELS])
 async def test_a_channel_keyturn_does_not_have_is_refused_naming_the_field_and_recorded_under_the_caller(
     channel: str,
 ) -> None:
@@ -312,8 +358,27 @@ async def test_a_channel_keyturn_does_not_have_is_refused_naming_the_field_and_r
         assert all(channel not in v.decode(errors="replace") for _, _, v in service.broker.sent)
 
 
-@pytest.mark.parametrize("channel", sorted(VOTE_CHANNELS))
-async def test_every_channel_keyturn_has_is_taken(channel: str) -> None:
+def test_the_api_takes_only_the_channels_its_own_callers_are() -> None:
+    assert {"api", "cli"} == API_VOTE_CHANNELS and ADAPTER_CHANNELS == ["console", "slack", "teams"]
+
+
+@pytest.mark.parametrize("channel", ADAPTER_CHANNELS)
+async def test_a_vote_posted_to_the_api_is_never_recorded_as_from_the_console_slack_or_teams(channel: str) -> None:
+    service = Service()
+    decided = await service.opened()
+    vote = {"choice": "approve", "payload_digest": str(DIGEST), "channel": channel}
+    async with service.client("human:carol") as carol:
+        answer = await carol.post(f"/v1/approvals/{decided.action_id}/votes", json=vote)
+        shown = (await carol.get(f"/v1/approvals/{decided.action_id}")).json()
+    assert answer.status_code == 422 and answer.json()["detail"]["problems"][0].startswith("channel:")
+    assert service.recorded() == [] and shown["status"] == "pending"  # nothing counted, from anywhere
+    async with service.client("human:carol") as carol:  # the same vote, as what it is, counts
+        taken = await carol.post(f"/v1/approvals/{decided.action_id}/votes", json={**vote, "channel": "api"})
+    assert taken.status_code == 200 and [r.vote.channel for r in service.recorded()] == ["api"]
+
+
+@pytest.mark.parametrize("channel", sorted(API_VOTE_CHANNELS))
+async def test_every_channel_an_api_caller_may_claim_is_taken(channel: str) -> None:
     service = Service()
     decided = await service.opened()
     vote = {"choice": "approve", "payload_digest": str(DIGEST), "channel": channel}

@@ -15,6 +15,7 @@ from slack_sdk.signature import SignatureVerifier
 from keyturn.approval import slack_messages, teams_cards
 from keyturn.approval.callbacks import host_allowed, sign, signature_valid
 from keyturn.approval.channels import ChatTargets, ChatTargetsInvalid, principal_map
+from keyturn.approval.slack import SlackChannel
 from keyturn.approval.slack_interactions import (
     UNSIGNED,
     InteractionRefused,
@@ -25,6 +26,7 @@ from keyturn.approval.slack_interactions import (
 )
 from keyturn.approval.views import MASKED, impact_view, masked_parameters, reason_missing
 from keyturn.core.events import Digest, ImpactPreview
+from tests.fakes.slack import block_problem
 
 NOW = datetime(2026, 3, 4, 10, 0, tzinfo=UTC)
 SECRET = "slack-signing-secret"
@@ -88,6 +90,119 @@ def test_what_an_agent_wrote_cannot_ping_link_or_format_in_slack() -> None:
         and "<!here>" not in shown
     )
     assert "&lt;!channel&gt;" in shown and "&amp; approve" in shown
+
+
+# Text an agent or a person wrote, with everything mrkdwn would draw: emphasis, code, a bare URL
+# (auto-linked), an emoji shortcode and a mention.
+FORMATTED = "*bold* _italic_ ~strike~ `code` https://evil.example/verify :tada: <!here>"
+FORMATTING = ["*bold*", "_italic_", "~strike~", "`code`", "https://evil.example", ":tada:", "<!here>", "&lt;!here"]
+
+
+def text_objects(blocks: list) -> list[dict]:
+    """Every text object a reader sees in ``blocks``: section texts and fields, context elements,
+    headers (buttons are Keyturn's own)."""
+    found = []
+    for block in blocks:
+        if isinstance(block.get("text"), dict):
+            found.append(block["text"])
+        found.extend(block.get("fields") or [])
+        if block["type"] == "context":
+            found.extend(e for e in block["elements"] if e.get("type") in ("plain_text", "mrkdwn"))
+    return found
+
+
+def assert_shown_as_written(blocks: list, *, expected_plain: int) -> None:
+    """No formatted (mrkdwn) text carries any of what was written; it is all in plain_text objects,
+    with emoji off; and Slack would take the blocks."""
+    texts_ = text_objects(blocks)
+    for text in texts_:
+        if text["type"] == "mrkdwn":
+            assert not any(bit in text["text"] for bit in FORMATTING), text
+    holding = [t for t in texts_ if "*bold* _italic_ ~strike~ `code` https://evil.example/verify :tada:" in t["text"]]
+    assert len(holding) >= expected_plain and all(t["type"] == "plain_text" and not t["emoji"] for t in holding)
+    assert all("&lt;!here&gt;" in t["text"] and "<!here>" not in t["text"] for t in holding)
+    assert block_problem(blocks) is None, block_problem(blocks)
+
+
+def test_what_an_agent_or_an_approver_wrote_is_shown_as_written_in_an_approval_message() -> None:
+    shown = view(
+        resource=FORMATTED,
+        reason=FORMATTED,
+        parameters={"note": FORMATTED},
+        policy_reasons=[FORMATTED],
+        impact={"summary": FORMATTED},
+        summary=f"Approved by human:carol_smith (1 of 2), waiting for {FORMATTED}",
+    )
+    message = slack_messages.approval_message(shown)
+    assert_shown_as_written(message["blocks"], expected_plain=6)  # resource, reason, impact, policy, params, summary
+    assert "<!here>" not in message["text"] and "&lt;!here&gt;" in message["text"]  # what notifications show
+    labels = [t["text"] for t in text_objects(message["blocks"]) if t["type"] == "mrkdwn"]
+    assert "*Reason*" in labels and "*Resource*" in labels  # Keyturn's own labels stay bold
+
+
+def test_a_denial_s_reason_is_shown_as_written_in_the_message_the_modal_and_the_replies() -> None:
+    denied = view(status="denied", summary=f"Denied by human:dave: {FORMATTED}", resource=FORMATTED)
+    assert_shown_as_written(slack_messages.approval_message(denied)["blocks"], expected_plain=2)
+    modal = slack_messages.deny_modal(denied, channel="C1", message_ts="1.2")
+    assert_shown_as_written(modal["blocks"], expected_plain=1)
+    for reply in (
+        slack_messages.outcome_reply(denied, None),
+        slack_messages.outcome_reply(denied, "<@U0ALICE>"),
+        slack_messages.reminder_reply({**denied, "status": "pending"}, 0.5),
+        slack_messages.escalation_reply(denied),
+    ):
+        assert_shown_as_written(reply["blocks"], expected_plain=1)
+        assert "<!here>" not in reply["text"] and "&lt;!here&gt;" in reply["text"]  # what notifications show
+    pinged = slack_messages.outcome_reply(denied, "<@U0ALICE>")
+    assert pinged["blocks"][0]["text"] == {"type": "mrkdwn", "text": "<@U0ALICE>:"}  # the requester is still pinged
+    reminder = slack_messages.reminder_reply({**denied, "status": "pending"}, 0.5)
+    assert "<!date^" in reminder["blocks"][-1]["elements"][0]["text"]  # the deadline in each reader's time zone
+
+
+def test_a_break_glass_notice_shows_the_incident_the_reason_and_the_reviews_as_written() -> None:
+    shown = view(
+        status="break_glass",
+        break_glass=True,
+        incident_id=FORMATTED,
+        reason=FORMATTED,
+        summary="Break-glass by agent:reporter for human:alice",
+        reviews=[f"human:dave objected: {FORMATTED}"],
+    )
+    message = slack_messages.break_glass_message(shown)
+    assert_shown_as_written(message["blocks"], expected_plain=3)  # incident, reason, reviews
+
+
+def test_every_slack_message_keyturn_sends_has_a_shape_slack_takes() -> None:
+    for status in ("pending", "approved", "denied", "expired"):
+        assert block_problem(slack_messages.approval_message(view(status=status))["blocks"]) is None
+    empty = view(reason="", policy_reasons=[], impact=None, parameters={})
+    assert block_problem(slack_messages.approval_message(empty)["blocks"]) is None  # no empty text
+    assert block_problem(slack_messages.approval_message(view(reason=None))["blocks"]) is None
+    assert block_problem(slack_messages.break_glass_message(view(status="break_glass"))["blocks"]) is None
+    assert block_problem(slack_messages.deny_modal(view(), channel="C1", message_ts="1")["blocks"]) is None
+    for reply in (slack_messages.escalation_reply(view()), slack_messages.reminder_reply(view(), 0.8)):
+        assert block_problem(reply["blocks"]) is None and reply["text"]
+
+
+async def test_what_a_person_is_told_privately_is_plain_text_too() -> None:
+    class Client:
+        async def chat_postEphemeral(self, **sent) -> None:
+            self.sent = sent
+
+    client = Client()
+    channel = SlackChannel(client, ChatTargets({}), {})  # type: ignore[arg-type]
+    await channel.tell_user("C1", "U0DAVE", f":white_check_mark: Denied by human:dave: {FORMATTED}")
+    [section] = client.sent["blocks"]
+    assert section["text"]["type"] == "plain_text" and "*bold* _italic_" in section["text"]["text"]
+    assert section["text"]["emoji"]  # Keyturn's leading :white_check_mark: is still drawn
+    assert "<!here>" not in json.dumps(client.sent) and block_problem(client.sent["blocks"]) is None
+
+
+def test_text_cut_to_slack_s_limits_never_ends_inside_an_escaped_character() -> None:
+    message = slack_messages.approval_message(view(reason="&" * 5000, resource="<" * 5000))
+    assert block_problem(message["blocks"]) is None
+    for text in text_objects(message["blocks"]):
+        assert not text["text"].endswith(("&", "&a", "&am", "&amp", "&l", "&lt")), text["text"][-8:]
 
 
 def test_long_parameters_and_titles_stay_within_slack_limits() -> None:

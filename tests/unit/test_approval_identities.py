@@ -87,6 +87,40 @@ def test_an_email_outside_the_listed_domains_or_not_a_plain_address_maps_to_nobo
     assert principal_by_email(email, DOMAINS) is None
 
 
+# Not exactly one plain address: nothing is stripped, split or case-folded into one first.
+NOT_EXACTLY_AN_ADDRESS = [
+    " dave@example.com ",
+    " dave@example.com",
+    "dave@example.com ",
+    "dave@example.com\n",
+    "\tdave@example.com",
+    "dave@example.com\u00a0",  # a no-break space
+    "dave @example.com",
+    "dave@example.com, carol@example.com",
+    "dave@example.com carol@example.com",
+    "Dave <dave@example.com>",
+    "<dave@example.com>",
+    "dave@@example.com",
+    "dave@example.com.",
+    "\u212aarol@example.com",  # the Kelvin sign, which lower-cases to k: karol@example.com
+    "\u017fam@example.com",  # the long s, which upper-cases to S
+]
+
+
+@pytest.mark.parametrize("email", NOT_EXACTLY_AN_ADDRESS)
+def test_an_email_that_is_not_exactly_one_plain_address_maps_to_nobody(email: str) -> None:
+    assert principal_by_email(email, DOMAINS) is None
+
+
+@pytest.mark.parametrize("email", NOT_EXACTLY_AN_ADDRESS[:4])
+def test_a_slack_or_teams_email_with_spaces_around_it_makes_nobody_an_approver(email: str) -> None:
+    with pytest.raises(UnknownChatUser, match="not an address in"):
+        slack_principal(slack_user("U0DAVE", email))
+    with pytest.raises(UnknownChatUser, match="not an address in"):
+        teams_principal(teams_member(email=email))
+    assert slack_principal(slack_user("U0DAVE", "dave@example.com")) == "human:dave"  # the plain one does
+
+
 def test_with_no_domains_configured_no_email_maps_to_anyone() -> None:
     assert principal_by_email("carol@example.com", ()) is None
     with pytest.raises(UnknownChatUser, match="KEYTURN_SLACK_EMAIL_DOMAINS is empty"):

@@ -11,6 +11,7 @@ from keyturn.core.approval import (
     ApprovalExpired,
     ApprovalPolicy,
     ApproverNotAuthorised,
+    DelegatedVoteRefused,
     DigestMismatch,
     DuplicateVote,
     GroupRequirement,
@@ -30,6 +31,7 @@ from keyturn.core.approval import (
     open_approval,
     reminders_due,
     resolution_of,
+    review_refusal,
     vote_choice,
 )
 from keyturn.core.events import Digest
@@ -145,6 +147,57 @@ def test_requester_cannot_deny_own_action_either():
 
     assert isinstance(outcome.refusal, SelfApprovalRefused)
     assert outcome.state.status == "pending"
+
+
+DAVE_FOR_CAROL = Principal("human:dave", PrincipalKind.HUMAN, ("human:carol",))  # sub dave, act carol
+
+
+def test_a_vote_through_a_delegated_token_is_refused_so_one_person_cannot_fill_two_seats():
+    state = pending(policy(("security", 2)))
+
+    delegated = cast_vote(state, vote(DAVE_FOR_CAROL, "security"), at(5))
+    state = answer(state, vote(CAROL, "security"))
+
+    assert not delegated.accepted and isinstance(delegated.refusal, DelegatedVoteRefused)
+    assert delegated.state.votes == () and delegated.progress.have == 0
+    assert "human:dave answered action act-1 acting for human:carol" in str(delegated.refusal)
+    assert "a vote is a person's own" in str(delegated.refusal)
+    assert state.status == "pending" and approval_progress(state).approved_by == ("human:carol",)
+    assert answer(state, vote(DAVE, "security"), minutes=6).status == "approved", "dave's own vote counts"
+
+
+def test_a_delegated_deny_is_refused_too_and_ends_nothing():
+    outcome = cast_vote(pending(), vote(DAVE_FOR_CAROL, "db-owners", choice="deny", reason="no"), at(5))
+
+    assert isinstance(outcome.refusal, DelegatedVoteRefused) and outcome.state.status == "pending"
+
+
+def test_an_approver_acting_for_the_requester_is_still_a_self_approval():
+    alice_s_delegate = Principal("human:dave", PrincipalKind.HUMAN, ("human:alice",))
+
+    outcome = cast_vote(pending(requester=REPORTER), vote(alice_s_delegate, "db-owners"), at(5))
+
+    assert isinstance(outcome.refusal, SelfApprovalRefused)
+
+
+def test_a_delegated_vote_is_refused_before_membership_is_judged():
+    outcome = cast_vote(pending(), vote(DAVE_FOR_CAROL), at(5))  # counts for no group either
+
+    assert isinstance(outcome.refusal, DelegatedVoteRefused)
+
+
+def test_a_break_glass_review_through_a_delegated_token_is_refused():
+    refusal = review_refusal(
+        action_id="act-1",
+        action="db.export",
+        requester=REPORTER,
+        payload_digest=DIGEST,
+        reviewer_groups=("security",),
+        earlier_reviews=(),
+        vote=vote(DAVE_FOR_CAROL, "security"),
+    )
+
+    assert isinstance(refusal, DelegatedVoteRefused)
 
 
 def test_approver_outside_required_groups_is_refused_naming_group_and_action():

@@ -20,6 +20,7 @@ from keyturn.core.approval import (
     AlreadyResolved,
     ApprovalExpired,
     ApprovalPolicy,
+    DelegatedVoteRefused,
     DigestMismatch,
     DuplicateVote,
     GroupRequirement,
@@ -246,6 +247,18 @@ def no_vote_from_the_requesting_chain_is_ever_accepted(scenario: Scenario, playe
         assert accepted_from_chain == []
 
 
+def no_vote_acting_for_another_is_ever_accepted(scenario: Scenario, played: Played) -> None:
+    for transition in vote_transitions(played):
+        if transition.vote.approver.chain:
+            assert not transition.outcome.accepted
+            assert transition.after is transition.before
+            open_ = transition.before.status == "pending" and transition.now < transition.before.expires_at
+            outside_chain = not transition.vote.approver.everyone & scenario.requester.everyone
+            if open_ and outside_chain:
+                assert isinstance(transition.outcome.refusal, DelegatedVoteRefused)
+        assert all(not vote.approver.chain for vote in transition.after.votes)
+
+
 def status_leaves_pending_once_and_never_changes_again(scenario: Scenario, played: Played) -> None:
     assert played[0].before.status == "pending"
     for transition in played:
@@ -295,8 +308,9 @@ def vote_on_other_digest_never_changes_state(scenario: Scenario, played: Played)
             assert transition.after is transition.before
             open_ = transition.before.status == "pending" and transition.now < transition.before.expires_at
             outside_chain = not transition.vote.approver.everyone & scenario.requester.everyone
+            own_name = not transition.vote.approver.chain
             authorised = set(transition.vote.counts_for) & set(transition.before.policy.required_group_names)
-            if open_ and outside_chain and authorised:
+            if open_ and outside_chain and own_name and authorised:
                 assert isinstance(transition.outcome.refusal, DigestMismatch)
 
 
@@ -309,7 +323,8 @@ def duplicate_votes_never_change_counts(scenario: Scenario, played: Played) -> N
             assert approval_progress(transition.after) == approval_progress(transition.before)
             open_ = transition.before.status == "pending" and transition.now < transition.before.expires_at
             outside_chain = not transition.vote.approver.everyone & scenario.requester.everyone
-            if open_ and outside_chain and transition.vote.payload_digest == DIGEST:
+            own_name = not transition.vote.approver.chain
+            if open_ and outside_chain and own_name and transition.vote.payload_digest == DIGEST:
                 assert isinstance(transition.outcome.refusal, DuplicateVote)
         ids = [vote.approver.id for vote in transition.after.votes]
         assert len(ids) == len(set(ids))
@@ -385,6 +400,7 @@ def test_only_authorised_answers_from_outside_the_chain_on_the_shown_parameters_
     played = play(scenario)
 
     no_vote_from_the_requesting_chain_is_ever_accepted(scenario, played)
+    no_vote_acting_for_another_is_ever_accepted(scenario, played)
     vote_on_other_digest_never_changes_state(scenario, played)
     duplicate_votes_never_change_counts(scenario, played)
     accepted_votes_are_authorised_bound_to_the_digest_and_in_time(scenario, played)

@@ -4,7 +4,10 @@ Server-rendered (Jinja2, autoescaped) from the approval service itself. Who is s
 from a bearer token — an ``Authorization`` header set by an OIDC proxy in production, or the
 ``keyturn_session`` cookie holding a token pasted at sign-in (or, in development only, minted
 for ``human:NAME``). Every form carries a CSRF token derived from the session token, and the
-session cookie is HttpOnly and SameSite=Strict. Votes go through ``ApprovalDesk.vote`` like
+session cookie is HttpOnly and SameSite=Strict. Signing out ends the session on every instance:
+the SHA-256 digest of its token (never the token) is recorded in the approval database until the
+token's own expiry, and a page asks for it by that digest (one primary-key lookup) after the
+token verifies (``Console.session``). Votes go through ``ApprovalDesk.vote`` like
 every other channel (``channel=console``).
 
 An action whose approval has not opened yet (a link followed right after the agent asked) gets a
@@ -21,6 +24,7 @@ import hmac
 import json
 import re
 import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+import jwt
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -45,6 +50,7 @@ SESSION_COOKIE = "keyturn_session"
 SIGN_IN_COOKIE = "keyturn_sign_in"
 SESSION_TTL = timedelta(hours=8)
 NOT_OPEN_WAIT_S = 10  # how long the page for an approval not open yet keeps reloading itself
+ENDED_KEPT = 4096  # signed-out session digests an instance remembers, to refuse them without a lookup
 HUMAN_NAME = re.compile(r"^(human:)?([a-z][a-z0-9._-]{0,63})$")
 # Why a sign-in failed travels in the redirect as one of these codes, and the page shows only the
 # words it maps to (an unknown code shows nothing): a link could otherwise put any text, or a
@@ -84,17 +90,47 @@ class Console:
         self.dev = dev_sign_in
         self.dev_sign_in = dev_sign_in is not None
         self._secret = secrets.token_bytes(32)  # forms older than a restart must be reloaded
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self._ended: OrderedDict[bytes, None] = OrderedDict()  # digests this instance knows were signed out
 
-    def session(self, request: Request) -> tuple[Principal, str] | None:
-        """(principal, token) of the signed-in person, from the Authorization header or the cookie."""
+    async def session(self, request: Request) -> tuple[Principal, str] | None:
+        """(principal, token) of the signed-in person, from the Authorization header or the cookie;
+        None when there is none, it does not verify, or it was signed out (on any instance)."""
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(SESSION_COOKIE, "")
         if not token:
             return None
         try:
-            return self.verifier().verify(token), token
+            principal = self.verifier().verify(token)
         except InvalidToken:
             return None
+        if await self.signed_out(token):
+            return None
+        return principal, token
+
+    async def signed_out(self, token: str) -> bool:
+        """Whether ``token``'s session was signed out: known here, else asked of the shared store."""
+        digest = session_digest(token)
+        if digest in self._ended:
+            return True
+        if not await (await self.desk_of()).store.session_ended(digest):
+            return False
+        self._remember_ended(digest)
+        return True
+
+    async def end(self, token: str) -> None:
+        """Sign ``token``'s session out for good, on every instance: its digest is kept until the
+        token's own expiry (read from the token, which has verified), when the verifier refuses it."""
+        now = self.clock()
+        expires_at = token_expiry(token) or now + SESSION_TTL
+        await (await self.desk_of()).store.end_session(session_digest(token), expires_at, now)
+        self._remember_ended(session_digest(token))
+
+    def _remember_ended(self, digest: bytes) -> None:
+        self._ended[digest] = None
+        self._ended.move_to_end(digest)
+        while len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
 
     def csrf(self, token: str) -> str:
         return hmac.new(self._secret, b"csrf:" + token.encode(), hashlib.sha256).hexdigest()[:40]
@@ -145,7 +181,7 @@ def mount_console(
 
     @app.get("/console", response_class=HTMLResponse, include_in_schema=False)
     async def inbox(request: Request) -> Response:
-        signed_in = console.session(request)
+        signed_in = await console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
         approver, token = signed_in
@@ -223,16 +259,21 @@ def mount_console(
     @app.post("/console/sign-out", include_in_schema=False)
     async def sign_out(request: Request) -> Response:
         (csrf,) = await _form(request, "csrf")
-        signed_in = console.session(request)
+        signed_in = await console.session(request)
         if signed_in is not None and not console.csrf_valid(signed_in[1], csrf):
             return HTMLResponse("The form expired; reload the page.", status_code=403)
+        if signed_in is not None:  # ended here and on every other instance, not only forgotten by this browser
+            await console.end(signed_in[1])
+            cookie = request.cookies.get(SESSION_COOKIE, "")
+            if cookie and cookie != signed_in[1] and _verifies(console, cookie):
+                await console.end(cookie)  # signed in through a proxy's header, with a pasted token too
         response = RedirectResponse("/console/sign-in", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/console")
         return response
 
     @app.get("/console/actions/{action_id}", response_class=HTMLResponse, include_in_schema=False)
     async def action_page(request: Request, action_id: str, done: str = "", waited: int = 0) -> Response:
-        signed_in = console.session(request)
+        signed_in = await console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
         if not id_in_path(action_id):
@@ -242,7 +283,7 @@ def mount_console(
     @app.post("/console/actions/{action_id}/vote", include_in_schema=False)
     async def vote(request: Request, action_id: str) -> Response:
         choice, reason, payload_digest, csrf = await _form(request, "choice", "reason", "payload_digest", "csrf")
-        signed_in = console.session(request)
+        signed_in = await console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
         if not id_in_path(action_id):  # before anything is recorded: no record can hold such an id
@@ -364,6 +405,30 @@ async def _view_for(desk: ApprovalDesk, viewer: Principal, action_id: str) -> di
     except DeskUnavailable:  # not on record, not theirs to see, or the policy engine away
         return None
     return await desk.view(action_id)
+
+
+def session_digest(token: str) -> bytes:
+    """What is kept of a signed-out session token: its SHA-256, never the token."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+def token_expiry(token: str) -> datetime | None:
+    """The ``exp`` of a token that has already verified (None when it cannot be read)."""
+    try:
+        expiry = jwt.decode(token, options={"verify_signature": False}).get("exp")
+        if not isinstance(expiry, int | float) or isinstance(expiry, bool):
+            return None
+        return datetime.fromtimestamp(float(expiry), UTC)
+    except (jwt.PyJWTError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _verifies(console: Console, token: str) -> bool:
+    try:
+        console.verifier().verify(token)
+    except InvalidToken:
+        return False
+    return True
 
 
 def _sign_in_again(error: str) -> RedirectResponse:

@@ -99,7 +99,7 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
     cache = _FiguresCache()
 
     async def gate(request: Request) -> tuple[Principal, str] | Response:
-        signed_in = console.session(request)
+        signed_in = await console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
         person, token = signed_in

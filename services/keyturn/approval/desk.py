@@ -66,6 +66,12 @@ GROUPS_PATH = "keyturn/groups"
 # the desk well within a second of the intake answering ``needs_approval``.
 NOT_OPEN_RETRY_AFTER_S = 1
 
+# What a page says instead of its buttons to someone signed in with a token acting for another
+# (``rules.acts_for_another``); an answer would be refused ``DelegatedVoteRefused``.
+ACTING_FOR_ANOTHER = (
+    "You are signed in acting for someone else, and a vote is a person's own; sign in with a token of your own."
+)
+
 
 class DeskUnavailable(RuntimeError):
     """The desk cannot take this answer now (policy engine or database unreachable). Nothing was
@@ -545,6 +551,8 @@ class ApprovalDesk:
         policy engine is away."""
         if reviewer.everyone & decided.request.requester.everyone:
             return False, "You are in the chain that asked for this action, so you cannot review it."
+        if rules.acts_for_another(reviewer):
+            return False, ACTING_FOR_ANOTHER
         if any(vote.approver.id == reviewer.id for vote in earlier):
             return False, "You have already reviewed this action."
         groups, counts_for = await self._reviewers(reviewer, decided, decided.action_id)
@@ -834,6 +842,8 @@ class ApprovalDesk:
             return False, f"This action is {state.status}; answers are no longer taken."
         if approver.everyone & decided.request.requester.everyone:
             return False, "You are in the chain that asked for this action, so you cannot answer it."
+        if rules.acts_for_another(approver):
+            return False, ACTING_FOR_ANOTHER
         if any(vote.approver.id == approver.id for vote in state.votes):
             return False, "You have already answered this action."
         groups = await self.counts_for(approver, decided, state.policy)

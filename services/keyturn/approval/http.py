@@ -16,7 +16,7 @@ from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.views import approval_view
 from keyturn.bus.http import id_in_path, masked_http_error, route_of
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
-from keyturn.core.approval import VoteChannel
+from keyturn.core.approval import ApiVoteChannel
 from keyturn.core.principal import Principal
 from keyturn.core.text import text_problem
 from keyturn.faults import DATABASE_UNAVAILABLE
@@ -26,6 +26,7 @@ REFUSAL_STATUS = {
     "UnknownAction": 404,
     "UnknownChatUser": 403,
     "SelfApprovalRefused": 403,
+    "DelegatedVoteRefused": 403,
     "ApproverNotAuthorised": 403,
     "DigestMismatch": 409,
     "DuplicateVote": 409,
@@ -46,7 +47,11 @@ class VoteRequest(BaseModel):
     choice: Literal["approve", "deny"]
     payload_digest: str = Field(..., min_length=8, description="The digest shown with the parameters (sha256:<hex>)")
     reason: str | None = Field(None, max_length=2000)
-    channel: VoteChannel = Field("cli", description="Where the vote was cast (one of core.approval.VOTE_CHANNELS)")
+    channel: ApiVoteChannel = Field(
+        "cli",
+        description="Where the vote was cast: api or cli (core.approval.API_VOTE_CHANNELS). The console, Slack "
+        "and Teams name themselves; a vote claiming one of them here is refused",
+    )
 
     @field_validator("reason")
     @classmethod
@@ -187,7 +192,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         "/v1/approvals/{action_id}/votes",
         responses={
             401: {"description": "Missing or invalid token"},
-            403: {"description": "Self-approval or not an approver"},
+            403: {"description": "Self-approval, a vote acting for someone else, or not an approver"},
             404: {"description": "The id cannot name an action"},
             409: {"description": "Resolved already, duplicate vote or digest drift"},
             410: {"description": "Approval expired"},

@@ -7,7 +7,8 @@ then applies the same rule everywhere:
 1. An account that is a guest, external (another workspace or tenant), a bot or deactivated
    never approves — not even when the user map names it.
 2. Otherwise the explicit user map (chat user id → principal) decides.
-3. Otherwise the account's full email, when its domain is one of the configured domains: the
+3. Otherwise the account's full email, when it is exactly one plain ``local@domain`` address (nothing
+   stripped or repaired first) and its domain is one of the configured domains: the
    first domain is the organisation's own and maps ``carol@<first>`` to ``human:carol``; any
    other listed domain keeps the domain, ``carol@<other>`` → ``human:carol@<other>``. So two
    accounts from different domains never become the same principal, and with no domains
@@ -27,8 +28,12 @@ from typing import Any
 from keyturn.approval.channels import UnknownChatUser
 from keyturn.core.principal import Principal, PrincipalKind
 
-LOCAL_PART = re.compile(r"[a-z0-9][a-z0-9._+'-]{0,63}")
-DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)+")
+_LOCAL_PART = r"[a-z0-9][a-z0-9._+'-]{0,63}"
+_DOMAIN = r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)+"
+# One plain address and nothing else: no surrounding or inner space, no second address, no display
+# name. ASCII only, letters in either case: without re.ASCII, IGNORECASE lets [a-z] match the Kelvin
+# sign (U+212A) and the long s (U+017F), which lower-case to letters of another address.
+PLAIN_ADDRESS = re.compile(rf"({_LOCAL_PART})@({_DOMAIN})", re.ASCII | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,15 @@ def email_domains(text: str) -> tuple[str, ...]:
 
 
 def principal_by_email(email: str, domains: tuple[str, ...]) -> str | None:
-    """The principal id a full email maps to under ``domains``, or None when it maps to none."""
-    local, at, domain = email.strip().lower().partition("@")
-    if not at or not domains or not LOCAL_PART.fullmatch(local) or not DOMAIN.fullmatch(domain):
+    """The principal id a full email maps to under ``domains``, or None when it maps to none.
+
+    Only a string that is exactly one plain ``local@domain`` address maps: nothing is stripped or
+    repaired first (``" carol@example.com "`` maps to nobody), since what a chat system hands over
+    in any other shape is not the address it verified."""
+    address = PLAIN_ADDRESS.fullmatch(email)
+    if address is None or not domains:
         return None
+    local, domain = address.group(1).lower(), address.group(2).lower()
     if domain == domains[0]:
         return f"human:{local}"
     if domain in domains[1:]:

@@ -15,7 +15,10 @@ in-memory one with the same guarantees, so the desk is unit-tested without a ser
 - ``clock_lease`` says whether this instance keeps the namespace's approval clock while the
   block runs (one instance at a time; the others skip the tick);
 - ``first_sighting`` records an interaction id on its own, outside any transaction: True the
-  first time, False for every replay, even when the answer that follows is rolled back.
+  first time, False for every replay, even when the answer that follows is rolled back;
+- ``end_session`` records a signed-out console session by its token's SHA-256 digest, on its own
+  and at once, until the token's expiry (pruning those past it), and ``session_ended`` says
+  whether a digest was signed out: shared by every instance on the database.
 
 The last group of methods is what the approval routes and pages read through ``desk.store``.
 """
@@ -79,6 +82,8 @@ class DeskStore(Protocol):
     async def break_glass_unreviewed(self, limit: int = 100) -> list[tuple[str, bytes]]: ...
     async def notifications_of(self, action_id: str) -> list[tuple[str, str, str, str, str, datetime | None]]: ...
     async def first_sighting(self, source: str, interaction: str) -> bool: ...
+    async def end_session(self, digest: bytes, expires_at: datetime, now: datetime) -> None: ...
+    async def session_ended(self, digest: bytes) -> bool: ...
 
 
 class PolicyAnswer(Protocol):

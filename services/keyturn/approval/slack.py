@@ -58,16 +58,14 @@ class SlackChannel:
         channel, ts = _split(ref)
         await self.client.chat_update(channel=channel, ts=ts, **blocks.approval_message(view))
         mention = self._mention(view)
-        await self._post(
-            channel, {"text": blocks.outcome_reply(view, mention)}, notification_id, view["action_id"], thread_ts=ts
-        )
+        await self._post(channel, blocks.outcome_reply(view, mention), notification_id, view["action_id"], thread_ts=ts)
 
     async def remind(
         self, target: str, ref: str, view: dict[str, Any], fraction: float, *, notification_id: int
     ) -> None:
         channel, ts = _split(ref)
         await self._post(
-            channel, {"text": blocks.reminder_reply(view, fraction)}, notification_id, view["action_id"], thread_ts=ts
+            channel, blocks.reminder_reply(view, fraction), notification_id, view["action_id"], thread_ts=ts
         )
 
     async def escalate(self, target: str, ref: str | None, view: dict[str, Any], *, notification_id: int) -> str | None:
@@ -77,9 +75,7 @@ class SlackChannel:
                 target, blocks.approval_message(view, headline=headline), notification_id, view["action_id"]
             )
         channel, ts = _split(ref)
-        await self._post(
-            channel, {"text": blocks.escalation_reply(view)}, notification_id, view["action_id"], thread_ts=ts
-        )
+        await self._post(channel, blocks.escalation_reply(view), notification_id, view["action_id"], thread_ts=ts)
         return None
 
     async def notify_break_glass(self, target: str, view: dict[str, Any], *, notification_id: int) -> str:
@@ -111,9 +107,12 @@ class SlackChannel:
         return None
 
     async def tell_user(self, channel: str, user: str, text: str) -> None:
-        """An ephemeral message only ``user`` sees (why an answer was refused)."""
+        """An ephemeral message only ``user`` sees (why an answer was refused, or its summary). It can
+        quote what someone wrote (a refusal, a denial's reason), so it is plain text; only the emoji
+        of Keyturn's leading ``:shortcode:`` are drawn."""
+        message = blocks.plain_message(text, emoji=True)
         try:
-            await self.client.chat_postEphemeral(channel=channel, user=user, text=text)
+            await self.client.chat_postEphemeral(channel=channel, user=user, **message)
         except SlackApiError as exc:  # the refusal is recorded either way; telling is best effort
             log.warning("could not tell %s in %s: %s", user, channel, exc.response.get("error"))
 

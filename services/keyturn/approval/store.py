@@ -12,6 +12,9 @@ that causes it, and sent after commit, so a crash delays a message but never los
   occasion); the unique key makes a redelivered decision or a repeated sweep a no-op, and the
   row keeps the remote message id that later updates edit;
 - ``approval_callbacks``: the requester's webhook, one row per (action, state).
+
+``approval_signed_out_sessions`` holds the SHA-256 digest (never the token) of every console
+session token signed out, until the token's own expiry: every approval instance refuses it.
 """
 
 from __future__ import annotations
@@ -112,6 +115,12 @@ CREATE TABLE IF NOT EXISTS {schema}.approval_callbacks (
 );
 CREATE INDEX IF NOT EXISTS approval_callbacks_due
     ON {schema}.approval_callbacks (next_attempt_at, id) WHERE delivery = 'pending';
+CREATE TABLE IF NOT EXISTS {schema}.approval_signed_out_sessions (
+    digest          bytea PRIMARY KEY,
+    expires_at      timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approval_signed_out_sessions_expiry
+    ON {schema}.approval_signed_out_sessions (expires_at);
 """
 
 # A claim older than this is an orphan of a crashed sender (every remote call times out sooner).
@@ -625,3 +634,27 @@ class ApprovalStore:
                    next_attempt_at = COALESCE(%s, next_attempt_at) WHERE id = %s""",
                 (delivery, error, delivery, now, next_attempt_at, callback_id),
             )
+
+    # --- console sessions signed out ----------------------------------------------------------
+
+    async def end_session(self, digest: bytes, expires_at: datetime, now: datetime) -> None:
+        """Record a signed-out session token by its SHA-256 ``digest`` until ``expires_at`` (the
+        token's own expiry: after it the verifier refuses the token anyway), and forget the ones
+        whose expiry has passed at ``now``. Committed on its own, at once."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO approval_signed_out_sessions (digest, expires_at) VALUES (%s, %s)
+                   ON CONFLICT (digest) DO UPDATE SET expires_at = GREATEST(
+                       approval_signed_out_sessions.expires_at, EXCLUDED.expires_at)""",
+                (digest, expires_at),
+            )
+            await conn.execute("DELETE FROM approval_signed_out_sessions WHERE expires_at <= %s", (now,))
+
+    async def session_ended(self, digest: bytes) -> bool:
+        """Whether the session token with this SHA-256 ``digest`` was signed out (one primary-key
+        lookup: what every console page costs)."""
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute("SELECT 1 FROM approval_signed_out_sessions WHERE digest = %s", (digest,))
+            ).fetchone()
+            return row is not None

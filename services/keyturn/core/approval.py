@@ -19,10 +19,14 @@ Who may answer (checked in this order, the first failure is the refusal):
 1. not anyone in the requesting chain (``SelfApprovalRefused``): the approver, and anyone the
    approver acts for, must be outside ``requester.everyone``. No admin exemption, whatever
    groups the approver counts for;
-2. a member of at least one required group (``ApproverNotAuthorised``); membership is decided
+2. in their own name (``DelegatedVoteRefused``): a vote is a person's own, so an approver whose
+   token carries a delegation chain (an ``act`` claim: someone acting for someone else) is
+   refused, whoever it names. Counted by ``sub`` alone, one person acting twice (once as
+   themselves, once through another's token) would fill two seats of a quorum;
+3. a member of at least one required group (``ApproverNotAuthorised``); membership is decided
    by the policy engine and arrives as ``Vote.counts_for``;
-3. shown the exact parameters (``DigestMismatch`` when the vote's digest differs);
-4. once per approver (``DuplicateVote``): an answer cannot be changed or repeated.
+4. shown the exact parameters (``DigestMismatch`` when the vote's digest differs);
+5. once per approver (``DuplicateVote``): an answer cannot be changed or repeated.
 
 Quorum rule (see ``quorum_reached``): a single deny by an authorised approver ends the
 approval as denied. Approvals count per distinct person. With ``require_all`` each person
@@ -52,9 +56,15 @@ FINAL_STATUSES: frozenset[str] = frozenset({"approved", "denied", "expired"})
 # console, Slack and Teams. A closed set, because the channel travels unmasked on the votes, the
 # resolved and the audit topics and into the console's history: free text there would carry
 # whatever a caller typed into it. ``Vote.channel`` stays a string in the Avro schema (its frozen
-# history); this set is checked where votes come in (``approval.http.VoteRequest``).
+# history); the API checks what its callers claim against ``API_VOTE_CHANNELS`` below
+# (``approval.http.VoteRequest``), and the adapters pass their own name, typed as ``VoteChannel``.
 VoteChannel = Literal["api", "cli", "console", "slack", "teams"]
 VOTE_CHANNELS: frozenset[str] = frozenset(get_args(VoteChannel))
+# What a caller of the approval API may say it is. The console, Slack and Teams are the service's
+# own adapters and name themselves; a vote posted to the API claiming one of them would be recorded
+# (and audited) as cast where it was not.
+ApiVoteChannel = Literal["api", "cli"]
+API_VOTE_CHANNELS: frozenset[str] = frozenset(get_args(ApiVoteChannel))
 DEFAULT_ESCALATION_FRACTION = 0.5
 
 
@@ -254,6 +264,20 @@ class SelfApprovalRefused(ApprovalRefusal):
         self.shared = shared
 
 
+class DelegatedVoteRefused(ApprovalRefusal):
+    """The answer came from a principal acting for someone else (a delegation chain)."""
+
+    def __init__(self, *, action_id: str, approver: Principal) -> None:
+        super().__init__(
+            f"{approver.id} answered action {action_id} acting for {' for '.join(approver.chain)}; a vote is a "
+            "person's own, so an answer from a token that carries a delegation (an act claim) is refused, "
+            "whoever it names. Answer with a token of your own, not one acting for someone else",
+            action_id=action_id,
+        )
+        self.approver_id = approver.id
+        self.chain = approver.chain
+
+
 class ApproverNotAuthorised(ApprovalRefusal):
     """The approver counts for none of the groups this action needs."""
 
@@ -343,6 +367,12 @@ class UnknownAction(ApprovalRefusal):
         )
 
 
+def acts_for_another(approver: Principal) -> bool:
+    """Whether ``approver`` acts for someone else (its token carries an ``act`` chain), so it may not
+    answer any action (``DelegatedVoteRefused``): what pages check before they offer the buttons."""
+    return bool(approver.chain)
+
+
 # --- the data, from the decision -------------------------------------------------------------
 
 
@@ -401,8 +431,8 @@ def cast_vote(state: PendingApproval, vote: Vote, now: datetime) -> VoteOutcome:
 
     Refusals, in the order checked: ``AlreadyResolved``, ``ApprovalExpired`` (``now`` at or
     after ``expires_at``: the time of processing decides, so a late delivery fails closed),
-    ``SelfApprovalRefused``, ``ApproverNotAuthorised``, ``DigestMismatch``, ``DuplicateVote``.
-    An accepted deny ends the approval as denied; an accepted approval that completes the
+    ``SelfApprovalRefused``, ``DelegatedVoteRefused``, ``ApproverNotAuthorised``, ``DigestMismatch``,
+    ``DuplicateVote``. An accepted deny ends the approval as denied; an accepted approval that completes the
     quorum ends it as approved; ``resolved_at`` is ``now``.
     """
     _require_aware(now)
@@ -441,7 +471,8 @@ def review_refusal(
 
     A break-glass action ran without approval; an answer on it is its review, never a quorum or
     a resolution. The same rules as an approval choose who may give it, in the same order:
-    ``SelfApprovalRefused`` (the requester and anyone in its chain), ``ApproverNotAuthorised``
+    ``SelfApprovalRefused`` (the requester and anyone in its chain), ``DelegatedVoteRefused`` (a
+    reviewer acting for someone else), ``ApproverNotAuthorised``
     (not in a reviewer group, as the policy says through ``Vote.counts_for``), ``DigestMismatch``
     (shown other parameters), ``DuplicateVote`` (each reviewer reviews once). ``deny`` means
     "reviewed and objected" and is recorded like ``approve``.
@@ -660,13 +691,15 @@ def _answer_refusal(
     earlier_votes: tuple[Vote, ...],
     vote: Vote,
 ) -> ApprovalRefusal | None:
-    """Who may answer an action, in order: outside the requesting chain, in a required group,
-    shown the exact parameters, once. Shared by approvals and break-glass reviews."""
+    """Who may answer an action, in order: outside the requesting chain, in their own name, in a
+    required group, shown the exact parameters, once. Shared by approvals and break-glass reviews."""
     shared = vote.approver.everyone & requester.everyone
     if shared:
         return SelfApprovalRefused(
             action_id=action_id, approver_id=vote.approver.id, requester=requester, shared=shared
         )
+    if acts_for_another(vote.approver):
+        return DelegatedVoteRefused(action_id=action_id, approver=vote.approver)
     if not set(vote.counts_for) & set(required):
         return ApproverNotAuthorised(
             action_id=action_id, action=action, approver_id=vote.approver.id, required_groups=required

@@ -1,0 +1,182 @@
+"""Signing out of the console ends the session on the server, on every approval instance: what a
+person (or whoever holds a copy of the old cookie) notices, through the HTTP routes on fakes.
+
+Two approval instances share one store, as replicas share PostgreSQL; tokens are real JWTs
+verified by the real verifier, so a session's expiry is the token's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from fastapi import FastAPI
+
+from keyturn.approval.console import SESSION_COOKIE, SIGN_IN_COOKIE, Console, mount_console
+from keyturn.approval.console_history import mount_history
+from keyturn.approval.http import mount_routes
+from keyturn.approval.runtime import ApprovalRuntime
+from keyturn.bus.codec import registry
+from keyturn.config import Settings
+from keyturn.core import events
+from keyturn.identity import SigningKey, TokenVerifier, issue_token
+from tests.fakes.approval_store import Broker, FakePolicyEngine, InMemoryApprovalStore
+from tests.fakes.history_store import MemoryHistoryStore
+from tests.unit.test_approval_desk import DIGEST, MEMBERS, OPENED, TOPICS, decision
+
+ISSUER, AUDIENCE = "keyturn-dev", "keyturn"
+KEY = SigningKey.generate()
+VERIFIER = TokenVerifier(KEY.jwks(), issuer=ISSUER, audience=AUDIENCE)
+
+
+def token(subject: str = "human:carol", ttl: timedelta = timedelta(hours=8)) -> str:
+    return issue_token(KEY, subject=subject, audience=AUDIENCE, issuer=ISSUER, ttl=ttl)
+
+
+class Instance:
+    """One approval instance's HTTP app (API, console, history) on the shared store."""
+
+    def __init__(self, store: InMemoryApprovalStore, broker: Broker) -> None:
+        self.runtime = ApprovalRuntime(Settings(callback_secret="unit"), TOPICS, broker)
+        self.runtime.wire(store, FakePolicyEngine(MEMBERS)).clock = lambda: OPENED + timedelta(seconds=1)
+        self.app = FastAPI()
+        mount_routes(self.app, self.runtime.desk, lambda: VERIFIER)
+        self.console: Console = mount_console(self.app, self.runtime.desk, lambda: VERIFIER, None)
+        history = MemoryHistoryStore()
+
+        async def history_of() -> MemoryHistoryStore:
+            return history
+
+        mount_history(self.app, self.console, history_of)
+
+    def browser(self, cookie: str | None = None) -> httpx.AsyncClient:
+        """A browser on this instance, holding ``cookie`` as its session cookie."""
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://approval")
+        if cookie is not None:
+            client.cookies.set(SESSION_COOKIE, cookie, domain="approval.local", path="/console")
+        return client
+
+
+class Replicas:
+    def __init__(self) -> None:
+        self.store, self.broker = InMemoryApprovalStore(), Broker()
+        self.a, self.b = Instance(self.store, self.broker), Instance(self.store, self.broker)
+
+    async def opened(self) -> events.ActionDecided:
+        decided = decision()
+        desk = await self.a.runtime.desk()
+        assert await desk.take_decision(decided, registry().encode_event(decided)) == "opened"
+        return decided
+
+    def votes(self) -> list:
+        return [
+            e
+            for e in (registry().decode_event(v) for _, _, v in self.broker.sent)
+            if isinstance(e, events.VoteRecorded)
+        ]
+
+
+async def signed_in(browser: httpx.AsyncClient, pasted: str) -> None:
+    """Sign in through the form, pasting ``pasted``, as a person does."""
+    await browser.get("/console/sign-in")
+    nonce = browser.cookies.get(SIGN_IN_COOKIE)
+    answer = await browser.post("/console/sign-in", data={"nonce": nonce, "token": pasted})
+    assert answer.status_code == 303 and answer.headers["location"] == "/console", answer.text
+    assert browser.cookies.get(SESSION_COOKIE) == pasted
+
+
+def csrf_of(page: httpx.Response) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+def sent_to_sign_in(answer: httpx.Response) -> bool:
+    return answer.status_code == 303 and answer.headers["location"] == "/console/sign-in"
+
+
+async def test_after_sign_out_the_old_cookie_opens_no_page_and_casts_no_vote_on_any_instance() -> None:
+    replicas = Replicas()
+    decided = await replicas.opened()
+    carol = token()
+    async with replicas.a.browser() as browser:
+        await signed_in(browser, carol)
+        page = await browser.get(f"/console/actions/{decided.action_id}")
+        assert page.status_code == 200 and 'id="vote"' in page.text
+        csrf = csrf_of(page)
+        out = await browser.post("/console/sign-out", data={"csrf": csrf})
+        assert sent_to_sign_in(out)
+    vote_form = {"choice": "approve", "reason": "", "payload_digest": str(DIGEST), "csrf": csrf}
+    for instance in (replicas.a, replicas.b):  # whoever kept a copy of the cookie, on either instance
+        async with instance.browser(carol) as replay:
+            inbox = await replay.get("/console")
+            page = await replay.get(f"/console/actions/{decided.action_id}")
+            history = await replay.get("/console/history")
+            voted = await replay.post(f"/console/actions/{decided.action_id}/vote", data=vote_form)
+        assert all(sent_to_sign_in(answer) for answer in (inbox, page, history, voted))
+        assert "onboarding" not in page.text
+    assert replicas.votes() == [] and replicas.store.tables.approvals[decided.action_id].status == "pending"
+
+
+async def test_signing_out_keeps_a_digest_of_the_token_until_its_expiry_never_the_token() -> None:
+    replicas = Replicas()
+    carol = token(ttl=timedelta(hours=2))
+    async with replicas.a.browser(carol) as browser:
+        csrf = csrf_of(await browser.get("/console"))
+        await browser.post("/console/sign-out", data={"csrf": csrf})
+    assert list(replicas.store.signed_out) == [hashlib.sha256(carol.encode()).digest()]
+    [until] = replicas.store.signed_out.values()
+    assert abs(until - (datetime.now(UTC) + timedelta(hours=2))) < timedelta(minutes=1)  # the token's exp
+    assert carol.encode() not in repr(replicas.store.signed_out).encode()
+
+
+async def test_signing_out_ends_that_session_only() -> None:
+    replicas = Replicas()
+    laptop, phone = token(), token(ttl=timedelta(hours=7))  # the same person, signed in twice
+    async with replicas.a.browser(laptop) as browser:
+        await browser.post("/console/sign-out", data={"csrf": csrf_of(await browser.get("/console"))})
+    async with replicas.b.browser(phone) as other:
+        assert (await other.get("/console")).status_code == 200
+    async with replicas.b.browser(laptop) as replay:
+        assert sent_to_sign_in(await replay.get("/console"))
+
+
+async def test_a_sign_out_without_the_session_s_form_token_ends_nothing() -> None:
+    replicas = Replicas()
+    carol = token()
+    async with replicas.a.browser(carol) as browser:
+        refused = await browser.post("/console/sign-out", data={"csrf": "forged"})
+        assert refused.status_code == 403
+        assert (await browser.get("/console")).status_code == 200
+    assert replicas.store.signed_out == {}
+
+
+async def test_signed_out_tokens_past_their_expiry_are_forgotten() -> None:
+    replicas = Replicas()
+    short, later = token(ttl=timedelta(minutes=5)), token("human:dave")
+    async with replicas.a.browser(short) as browser:
+        await browser.post("/console/sign-out", data={"csrf": csrf_of(await browser.get("/console"))})
+    assert len(replicas.store.signed_out) == 1
+    replicas.a.console.clock = lambda: datetime.now(UTC) + timedelta(minutes=6)  # the short token has expired
+    async with replicas.a.browser(later) as browser:
+        await browser.post("/console/sign-out", data={"csrf": csrf_of(await browser.get("/console"))})
+    assert list(replicas.store.signed_out) == [hashlib.sha256(later.encode()).digest()]
+
+
+async def test_a_page_view_costs_one_lookup_and_a_known_signed_out_token_none() -> None:
+    replicas = Replicas()
+    carol = token()
+    async with replicas.a.browser(carol) as browser:
+        before = replicas.store.session_lookups
+        assert (await browser.get("/console")).status_code == 200
+        assert replicas.store.session_lookups == before + 1
+        await browser.post("/console/sign-out", data={"csrf": csrf_of(await browser.get("/console"))})
+    async with replicas.a.browser(carol) as replay:
+        before = replicas.store.session_lookups
+        for _ in range(3):
+            assert sent_to_sign_in(await replay.get("/console"))
+    assert replicas.store.session_lookups == before  # this instance remembers what it signed out
+    async with replicas.a.browser("not a token") as stranger:
+        before = replicas.store.session_lookups
+        assert sent_to_sign_in(await stranger.get("/console"))
+    assert replicas.store.session_lookups == before  # a token that does not verify is not looked up
