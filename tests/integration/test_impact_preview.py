@@ -17,6 +17,7 @@ import pytest
 
 from keyturn.audit.stream import read_audit_log
 from keyturn.bus.topics import Topics
+from keyturn.executor.plugins.sql_roles import sweep_expired_roles
 from tests.integration.conftest import Agent, approval_shown, eventually, keyturn_cli, mint, read_topic
 
 pytestmark = pytest.mark.integration
@@ -42,6 +43,11 @@ def shop(settings) -> str:
 def agent(settings, services, shop) -> Agent:
     """agent:reporter acting for human:alice: a staging write with a person behind it is allowed outright."""
     return Agent(settings, "agent:reporter", ("human:alice",))
+
+
+def preview_roles(target: str) -> set[str]:
+    with psycopg.connect(target, autocommit=True) as conn:
+        return {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'keyturn_preview%'")}
 
 
 def rows(target: str, where: str = "true") -> int:
@@ -75,9 +81,11 @@ def test_a_large_delete_is_previewed_unchanged_needs_two_approvers_and_is_refuse
     settings, agent: Agent, shop: str
 ) -> None:
     statement = "DELETE FROM impact_orders WHERE status = 'stale'"
+    roles_before = preview_roles(shop)
     action_id = agent.submit_ok("sql.query", STAGING, {"statement": statement}, reason="purge stale orders")
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     assert rows(shop, "status = 'stale'") == STALE, "the preview counted inside a transaction it rolled back"
+    assert preview_roles(shop) == roles_before, "the preview's role, and the privileges it held, outlived it"
 
     shown = approval_shown(settings, action_id, "human:frank")
     impact = shown["impact"]
@@ -129,6 +137,7 @@ def test_a_large_delete_is_previewed_unchanged_needs_two_approvers_and_is_refuse
 
 def test_a_count_too_slow_for_the_time_limit_falls_back_to_explain(settings, agent: Agent, shop: str) -> None:
     statement = "UPDATE impact_orders SET note = 'touched' WHERE pg_sleep(0.005) IS NOT NULL"  # ~10 s to count
+    roles_before = preview_roles(shop)
     started = time.monotonic()
     action_id = agent.submit_ok("sql.query", PRODUCTION, {"statement": statement}, reason="annotate")
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
@@ -138,6 +147,7 @@ def test_a_count_too_slow_for_the_time_limit_falls_back_to_explain(settings, age
     assert isinstance(impact["rows"], int) and impact["rows"] > 0
     assert "longer than 1s" in impact["detail"] and "EXPLAIN estimate" in impact["summary"]
     assert rows(shop, "note IS NOT NULL") == 0, "nothing the preview touched was kept"
+    assert preview_roles(shop) == roles_before, "neither the count's role nor the estimate's outlived them"
 
 
 def test_a_parameter_mismatch_is_refused_naming_the_path_and_leaking_nothing(settings, agent: Agent) -> None:
@@ -188,3 +198,17 @@ def test_an_export_preview_counts_the_rows_it_would_write(settings, agent: Agent
     assert (impact.status, impact.operation, impact.rows, impact.method) == ("computed", "export", FRESH, "exact")
     assert impact.tables == ("public.impact_orders",) and impact.payload_digest == decided[0].request.payload_digest
     assert any(f"db.export of {FRESH} rows" in reason for reason in decided[0].reasons), decided[0].reasons
+
+
+def test_a_preview_role_an_earlier_build_left_behind_is_swept_with_its_privileges(shop: str) -> None:
+    leftover = "keyturn_preview_leftover0001"
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {leftover} NOLOGIN NOINHERIT")
+        conn.execute(f"GRANT DELETE ON impact_orders TO {leftover}")
+
+    async def sweep() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(shop, autocommit=True) as admin:
+            return await sweep_expired_roles(admin)  # what the executor's SQL plugins run at start
+
+    assert leftover in asyncio.run(sweep())
+    assert leftover not in preview_roles(shop)

@@ -82,6 +82,9 @@ def test_another_principal_cannot_read_my_action(reporter: Agent, settings) -> N
     # the human the agent acts for may follow it
     alice = Agent(settings, "human:alice")
     assert alice.http.get(f"/v1/actions/{action_id}").status_code == 200
+    # each in their own name: acting for the agent, or another agent acting for alice, shows nothing
+    for sub, chain in (("human:bob", ("agent:reporter",)), ("agent:other", ("human:alice",))):
+        assert Agent(settings, sub, chain).http.get(f"/v1/actions/{action_id}").status_code == 404, sub
 
 
 def test_agents_can_submit_through_the_submissions_topic(reporter: Agent, settings) -> None:

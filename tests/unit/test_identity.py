@@ -329,6 +329,23 @@ def test_a_principal_id_holding_a_secret_is_refused_without_repeating_it(key, ve
         assert secret not in str(error)
 
 
+@pytest.mark.parametrize(
+    ("subject", "acts_for"),
+    [("human:car\x00ol", []), ("agent:reporter\nhuman:carol", []), ("agent:reporter", ["human:\ud800"])],
+)
+def test_a_principal_id_that_is_not_printable_text_is_refused(key, verifier, subject, acts_for):
+    error = refusal(verifier, signed_by(key, standard_claims(sub=subject, act=delegation(acts_for))))
+
+    assert error.code == "invalid_claim" and "not printable text" in str(error)
+
+
+def delegation(acts_for: list[str]) -> dict | None:
+    chain = None
+    for principal in reversed(acts_for):
+        chain = {"sub": principal, **({"act": chain} if chain else {})}
+    return chain
+
+
 def test_a_principal_id_may_be_an_email_address(key, verifier):
     token = issue_token(key, subject="human:carol@example.com", acts_for=["human:3f2a8b1c-1d2e-4f50-9a6b-7c8d9e0f1a2b"])
 

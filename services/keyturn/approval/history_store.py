@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from psycopg_pool import AsyncConnectionPool
 
 from keyturn.approval.history import ActionChange, ActionSummary, HistoryRow
+from keyturn.core.text import storable
 
 _UPSERT_ACTIONS = """INSERT INTO approval_history_actions AS a
         (action_id, requested_at, action, requester, acting_for, decision, approval, execution, other)
@@ -28,17 +29,18 @@ _UPSERT_ACTIONS = """INSERT INTO approval_history_actions AS a
 
 def _action_columns(changes: Sequence[ActionChange]) -> tuple[list, ...]:
     """The changes as column arrays for ``unnest`` (acting-for principals as JSON arrays: unnest
-    would flatten an array of arrays)."""
+    would flatten an array of arrays). Text comes from records other services wrote, so it is made
+    ``storable`` first: one string PostgreSQL cannot hold would stop the history for everyone."""
     return (
-        [c.action_id for c in changes],
+        [storable(c.action_id) for c in changes],
         [c.at for c in changes],
-        [c.action for c in changes],
-        [c.requester for c in changes],
-        [json.dumps(list(c.acting_for)) for c in changes],
-        [c.decision for c in changes],
-        [c.approval for c in changes],
-        [c.execution for c in changes],
-        [c.other for c in changes],
+        [storable(c.action) for c in changes],
+        [storable(c.requester) for c in changes],
+        [json.dumps([storable(p) for p in c.acting_for]) for c in changes],
+        [storable(c.decision) for c in changes],
+        [storable(c.approval) for c in changes],
+        [storable(c.execution) for c in changes],
+        [storable(c.other) for c in changes],
     )
 
 
@@ -70,11 +72,11 @@ class PgHistoryStore:
                            ON CONFLICT (sequence) DO NOTHING""",
                     (
                         [r.sequence for r in rows],
-                        [r.action_id for r in rows],
-                        [r.event_type for r in rows],
-                        [r.actor for r in rows],
+                        [storable(r.action_id) for r in rows],
+                        [storable(r.event_type) for r in rows],
+                        [storable(r.actor) for r in rows],
                         [r.occurred_at for r in rows],
-                        [r.payload_json for r in rows],
+                        [storable(r.payload_json) for r in rows],
                         [",".join(r.flags) for r in rows],
                     ),
                 )

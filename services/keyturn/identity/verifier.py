@@ -263,6 +263,9 @@ PRINCIPAL_IDS_MAY_HOLD = frozenset({"EMAIL_ADDRESS"})
 
 def unfit_principal_ids(subject: str, chain: tuple[str, ...]) -> str | None:
     """Why the token's principal ids cannot be written down, naming the claim, never its value."""
+    for claim, ids in (("'sub' claim", (subject,)), ("'act' chain", chain)):
+        if not all(principal_id.isprintable() for principal_id in ids):  # a NUL, a line break, a lone surrogate
+            return f"the {claim} holds a character that is not printable text, and principal ids are written down"
     findings = hidden_in({"sub": subject, "act": list(chain)})
     kinds: dict[str, set[str]] = {}
     for path, kind in findings:

@@ -41,13 +41,11 @@ from keyturn.core.impact import NotPreviewable, PreviewPlan, preview_plan
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.executor.plugins.base import ExecutionFailed
 from keyturn.executor.plugins.sql import grants_for, postgres_message, target_name
-from keyturn.executor.plugins.sql_roles import Grants, grant, retry_collisions
+from keyturn.executor.plugins.sql_roles import PREVIEW_ROLE_PREFIX, Grants, grant, retry_collisions
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
 from keyturn.masking.protect import without_hidden
 
 log = logging.getLogger(__name__)
-
-PREVIEW_ROLE_PREFIX = "keyturn_preview_"
 
 
 class Previewer(Protocol):
@@ -169,7 +167,7 @@ class SqlPreviewer:
             return estimate, "estimate", tables, detail
 
     async def _as_preview_role(self, conn: psycopg.AsyncConnection, grants: Grants) -> None:
-        """Inside the open transaction: a role with only ``grants``, the session switched to it."""
+        """Inside the open transaction (``_count``): a role with only ``grants``, the session switched to it."""
         role = sql.Identifier(PREVIEW_ROLE_PREFIX + secrets.token_hex(8))
 
         async def granted() -> None:
@@ -187,28 +185,33 @@ class SqlPreviewer:
         await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(milliseconds)))
 
     async def _count(self, conn: psycopg.AsyncConnection, plan: PreviewPlan, grants: Grants) -> int:
+        # One transaction, opened here and rolled back whatever happens: the role's creation is a
+        # savepoint inside it. Opened by that savepoint's block instead, the role would be
+        # committed on its own and outlive the preview with the privileges it was granted.
         try:
-            await self._as_preview_role(conn, grants)
-            if plan.operation in {"delete", "update", "insert"}:
-                cursor = await conn.execute(plan.statement.strip().rstrip(";"))
-                return max(0, cursor.rowcount)
-            cursor = await conn.execute(
-                sql.SQL("SELECT count(*) FROM ({}) AS keyturn_preview").format(
-                    sql.SQL(plan.statement.strip().rstrip(";"))
+            async with conn.transaction(force_rollback=True):  # the rows, the role and its grants: all undone
+                await self._as_preview_role(conn, grants)
+                if plan.operation in {"delete", "update", "insert"}:
+                    cursor = await conn.execute(plan.statement.strip().rstrip(";"))
+                    return max(0, cursor.rowcount)
+                cursor = await conn.execute(
+                    sql.SQL("SELECT count(*) FROM ({}) AS keyturn_preview").format(
+                        sql.SQL(plan.statement.strip().rstrip(";"))
+                    )
                 )
-            )
-            row = await cursor.fetchone()
-            return int(row[0]) if row else 0
+                row = await cursor.fetchone()
+                return int(row[0]) if row else 0
         finally:
-            await conn.rollback()  # the rows, the role and its grants: all undone
+            await conn.rollback()
 
     async def _estimate(self, conn: psycopg.AsyncConnection, plan: PreviewPlan, grants: Grants) -> int:
         try:
-            await self._as_preview_role(conn, grants)
-            cursor = await conn.execute(
-                sql.SQL("EXPLAIN (FORMAT JSON) {}").format(sql.SQL(plan.statement.strip().rstrip(";")))
-            )
-            row = await cursor.fetchone()
+            async with conn.transaction(force_rollback=True):  # as ``_count``: nothing it made outlives it
+                await self._as_preview_role(conn, grants)
+                cursor = await conn.execute(
+                    sql.SQL("EXPLAIN (FORMAT JSON) {}").format(sql.SQL(plan.statement.strip().rstrip(";")))
+                )
+                row = await cursor.fetchone()
         finally:
             await conn.rollback()
         document: Any = row[0] if row else None

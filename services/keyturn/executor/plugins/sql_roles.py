@@ -30,6 +30,10 @@ import psycopg
 from psycopg import sql
 
 ROLE_PREFIX = "keyturn_cmd_"
+# An impact preview's role (``policy.impact``) lives inside the preview's transaction, which is
+# always rolled back: one that was committed is a leftover (earlier builds committed them), and
+# ``sweep_expired_roles`` drops it with the privileges it holds.
+PREVIEW_ROLE_PREFIX = "keyturn_preview_"
 # PBKDF2 rounds in a command role's SCRAM verifier. Stretching slows guesses at a password a person
 # chose; a command's password is 256 random bits used once within minutes, which no number of
 # guesses finds. PostgreSQL's default of 4096 cost the executor two PBKDF2 runs per command (the
@@ -252,11 +256,12 @@ async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
 
 
 async def sweep_expired_roles(admin: psycopg.AsyncConnection, *, grace_s: float = 60.0) -> list[str]:
-    """Drop temporary roles whose validity ended more than ``grace_s`` ago (crash leftovers)."""
+    """Drop temporary roles whose validity ended more than ``grace_s`` ago (crash leftovers), and
+    any committed impact preview role (``PREVIEW_ROLE_PREFIX``)."""
     cursor = await admin.execute(
-        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s) AND rolvaliduntil < now() - "
-        "make_interval(secs => %s)",
-        (ROLE_PREFIX, grace_s),
+        "SELECT rolname FROM pg_roles WHERE (starts_with(rolname, %s) AND rolvaliduntil < now() - "
+        "make_interval(secs => %s)) OR starts_with(rolname, %s)",
+        (ROLE_PREFIX, grace_s, PREVIEW_ROLE_PREFIX),
     )
     names = [row[0] for row in await cursor.fetchall()]
     dropped = []
