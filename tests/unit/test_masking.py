@@ -278,6 +278,39 @@ def test_shape_numbers_booleans_and_keys_are_kept(masker):
     assert masked.findings == [Finding("$.rows[1][1][1].c", "EMAIL_ADDRESS")]
 
 
+def test_a_card_number_sent_as_a_json_number_is_masked(masker):
+    masked = masker.mask({"card": 4111111111111111, "as_float": 4111350348166445.0, "order": 1234567890123, "n": 42})
+
+    assert masked.parameters == {"card": "****1111", "as_float": "****6445", "order": 1234567890123, "n": 42}
+    assert masked.findings == [Finding("$.card", "CREDIT_CARD"), Finding("$.as_float", "CREDIT_CARD")]
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        ("leak%40example-corp.com", "<EMAIL_ADDRESS>"),
+        ("4111%201111%201111%201111", "****1111"),
+        ("ssn%3D536-71-1234", "ssn=<US_SSN>"),
+        ("alice\uff20example.com", "<EMAIL_ADDRESS>"),  # a full-width at sign
+        ("https://example.com/a%20b?q=1", "https://example.com/a%20b?q=1"),  # nothing in it: shown as sent
+    ],
+)
+def test_what_a_disguise_a_reader_sees_through_hides_is_masked(masker, sent, shown):
+    assert masker.mask({"v": sent}).parameters == {"v": shown}
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        ("AKIAQ7G01BSFCFMGSDYQ547", "<AWS_ACCESS_KEY>547"),
+        ("U0AKIAQWERTYUIOP123456", "U0<AWS_ACCESS_KEY>"),
+        ("x" + "ghp_" + "a1" * 18 + "_tail", "x<GITHUB_TOKEN>_tail"),
+    ],
+)
+def test_a_token_glued_to_other_text_is_still_masked(masker, sent, shown):
+    assert masker.mask({"v": sent}).parameters == {"v": shown}
+
+
 def test_odd_keys_are_quoted_in_finding_paths(masker):
     masked = masker.mask({"odd key": {'q"uote': "customer.4821@example.com"}})
     assert masked.findings == [Finding('$["odd key"]["q\\"uote"]', "EMAIL_ADDRESS")]

@@ -11,8 +11,13 @@ Rules, in the order they apply to each value of the parameters:
    one placeholder, named after the most specific type (order of :data:`PLACEHOLDER_ORDER`).
 3. A string that is, as a whole, a UUID or an ISO-8601 date or timestamp is an identifier
    or a time and is kept without scanning.
-4. Numbers, booleans and ``null`` are kept; dict keys are never masked, only values (keys
-   are the shape approvers need to read, and name rules already look at them).
+4. Numbers, booleans and ``null`` are kept, but for a number that is a card number
+   (``recognizers.card_number``), which becomes its placeholder; dict keys are never masked,
+   only values (keys are the shape approvers need to read, and name rules already look at
+   them).
+5. A string written in a disguise a reader undoes at a glance (percent-encoding, full-width
+   or other compatibility forms: ``alice%40example.com``, ``alice＠example.com``) is scanned as
+   it reads; when something is found there, the masked copy shows that plain form, masked.
 
 Masking is idempotent: each string is masked to a fixpoint (re-scanned while scans find
 something, see :data:`MAX_ROUNDS`) and placeholders contain nothing any rule detects, so
@@ -25,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 import regex
 from presidio_analyzer import AnalyzerEngine
@@ -39,6 +46,7 @@ from keyturn.masking.recognizers import (
     LANGUAGE,
     SCORE_THRESHOLD,
     build_analyzer,
+    card_number,
     kept_results,
 )
 
@@ -182,6 +190,7 @@ class _PendingText:
     current: str = ""
     found: list[str] = field(default_factory=list)
     digest: bytes | None = None
+    shown: str | None = None  # the value as sent, shown when its plain form (``text``) holds nothing
 
     def __post_init__(self) -> None:
         self.current = self.text
@@ -372,6 +381,9 @@ class _Walk:
         if kind is str:
             container[slot] = value
             self._text(container, slot, value, path)
+        elif (kind is int or kind is float) and card_number(value):
+            container[slot] = placeholder("CREDIT_CARD", int(value))
+            self._findings.append(Finding(format_path(path), "CREDIT_CARD"))
         elif kind is int or kind is bool or kind is float or value is None:
             container[slot] = value
         elif isinstance(value, str):
@@ -401,21 +413,34 @@ class _Walk:
     def _text(self, container, slot, text: str, path) -> None:
         if not text or _IDENTIFIER_OR_TIME.fullmatch(text):
             return
-        outcome = self.scan_text(text)
+        plain = plain_form(text)
+        shown = text if plain != text else None
+        outcome = self.scan_text(plain)
         if isinstance(outcome, frozenset):
             findings: list[Finding] = []
             self._findings.append(findings)
-            self.pending.append(_PendingText(container, slot, text, path, outcome, findings))
+            self.pending.append(_PendingText(container, slot, plain, path, outcome, findings, shown=shown))
             return
         masked, entity_types = outcome
-        container[slot] = masked
+        container[slot] = masked if entity_types or shown is None else shown
         for entity in entity_types:
             self._findings.append(Finding(format_path(path), entity))
 
 
+def plain_form(text: str) -> str:
+    """``text`` as a reader takes it in: percent-escapes decoded, compatibility characters
+    (full-width letters and ``＠``, ligatures) folded (NFKC). Recognizers see through neither,
+    so a disguised address or card would otherwise pass in clear. ``text`` itself when there
+    is nothing to undo (the common case: two ``in`` tests)."""
+    plain = unquote(text, errors="replace") if "%" in text else text
+    if not plain.isascii():
+        plain = unicodedata.normalize("NFKC", plain)
+    return plain
+
+
 def _deliver(item: _PendingText, outcome: tuple[str, tuple[str, ...]]) -> None:
     masked, entity_types = outcome
-    item.container[item.slot] = masked
+    item.container[item.slot] = masked if entity_types or item.shown is None else item.shown
     item.findings.extend(Finding(format_path(item.path), entity) for entity in entity_types)
 
 

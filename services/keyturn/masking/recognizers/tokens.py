@@ -31,8 +31,9 @@ TOKEN_PATTERNS: tuple[PatternRow, ...] = (
     (
         "AWS_ACCESS_KEY",
         "aws access key id",
-        r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA|ASCA)"
-        r"[A-Z0-9]{16}(?![A-Za-z0-9])",
+        # no word boundary on either side: a key glued to other text (``U0AKIA…``, ``AKIA…547``)
+        # is still a key, and the prefix and 16 upper-case characters are specific enough
+        r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA|ASCA)[A-Z0-9]{16}",
         0.9,
     ),
     (
@@ -78,13 +79,13 @@ TOKEN_PATTERNS: tuple[PatternRow, ...] = (
     (
         "GITHUB_TOKEN",
         "github token",
-        r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36,255}(?![A-Za-z0-9_])",
+        r"gh[pousr]_[A-Za-z0-9]{36,255}",  # glued to other text too, as AWS keys
         0.9,
     ),
     (
         "GITHUB_TOKEN",
         "github fine-grained token",
-        r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{22,255}(?![A-Za-z0-9_])",
+        r"github_pat_[A-Za-z0-9_]{22,255}",
         0.9,
     ),
     (
