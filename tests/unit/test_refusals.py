@@ -255,3 +255,50 @@ async def test_a_header_block_that_never_ends_is_refused_while_it_is_read() -> N
     server.should_exit = True
     await serving
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"",  # connects and says nothing
+        b"POST / HTTP/1.1\r\nHost: x\r\n",  # half a header block
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",  # a byte of a declared body
+    ],
+)
+async def test_a_request_that_does_not_arrive_in_time_loses_its_connection(monkeypatch, sent: bytes) -> None:
+    """Every request must arrive whole within ``REQUEST_READ_S`` (``bus.http.TimelyH11Protocol``):
+    a client that trickles or stalls cannot hold a connection, while one that is on time is
+    answered on the same kept connection, again and again."""
+    import asyncio
+
+    import uvicorn
+
+    from keyturn.bus.http import TimelyH11Protocol, server_options
+
+    monkeypatch.setattr(TimelyH11Protocol, "read_limit_s", 0.5)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=[Route("/", _echo, methods=["GET", "POST"])]),
+            host="127.0.0.1",
+            port=0,
+            lifespan="off",
+            **server_options("uvloop"),
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(sent)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 3) == b"", "closed without an answer, within the limit"
+        writer.close()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(3):  # a kept connection: each request is timed from its own first byte
+                assert (await client.post("/", json={"ok": 1})).status_code == 200
+                await asyncio.sleep(0.3)
+    finally:
+        server.should_exit = True
+        await serving

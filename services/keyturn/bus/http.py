@@ -4,12 +4,15 @@ meets before an app reads it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from keyturn.core.text import plausible_id
 from keyturn.masking.protect import mask_text
@@ -35,7 +38,55 @@ def server_options(event_loop: str, *, access_log: bool = False) -> dict[str, An
     that never ends it grows the process without bound (``BoundedRequests`` sees headers only
     once they are all read).
     """
-    return {"loop": event_loop, "http": "h11", "access_log": access_log}
+    return {"loop": event_loop, "http": TimelyH11Protocol, "access_log": access_log}
+
+
+REQUEST_READ_S = 15.0
+
+
+class TimelyH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, with a limit on how long a request may take to arrive.
+
+    uvicorn bounds only the wait between requests on a kept connection: a client that sends half
+    a header block, or declares a body and sends a byte of it, held its connection (a socket, a
+    task, buffers) for as long as it liked, and enough such clients hold every one a process
+    may open. Here every request must arrive whole, headers and body, within ``REQUEST_READ_S``
+    of its first byte (of the connection's start, for the first): else the connection is closed,
+    as the keep-alive limit closes an idle one, and an app waiting for the body hears the
+    client went away. Written here because uvicorn has no such setting for h11.
+    """
+
+    read_limit_s = REQUEST_READ_S
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._reading: asyncio.TimerHandle | None = None
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading is None and self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
+            self._watch()  # the first byte of the next request on a kept connection
+        super().data_received(data)
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY) or self.conn.our_state is h11.SEND_BODY:
+            self._unwatch()  # the request is in (or answered before it was: a refusal at the edge)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._unwatch()
+        super().connection_lost(exc)
+
+    def _watch(self) -> None:
+        self._unwatch()
+        self._reading = self.loop.call_later(self.read_limit_s, self._too_slow)
+
+    def _unwatch(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
+
+    def _too_slow(self) -> None:
+        self._reading = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 def embedded_server(
