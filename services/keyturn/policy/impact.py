@@ -24,11 +24,12 @@ outside the database. The preview role holds no privilege beyond the statement's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -41,7 +42,7 @@ from keyturn.core.impact import NotPreviewable, PreviewPlan, preview_plan
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.executor.plugins.base import ExecutionFailed
 from keyturn.executor.plugins.sql import grants_for, postgres_message, target_name
-from keyturn.executor.plugins.sql_roles import PREVIEW_ROLE_PREFIX, Grants, grant, retry_collisions
+from keyturn.executor.plugins.sql_roles import PREVIEW_ROLE_PREFIX, Grants, drop_role, grant, retry_collisions
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
 from keyturn.masking.protect import without_hidden
 
@@ -166,54 +167,64 @@ class SqlPreviewer:
             detail = f"counting took longer than {self.timeout_s:g}s: the planner's estimate is shown"
             return estimate, "estimate", tables, detail
 
-    async def _as_preview_role(self, conn: psycopg.AsyncConnection, grants: Grants) -> None:
-        """Inside the open transaction (``_count``): a role with only ``grants``, the session switched to it."""
-        role = sql.Identifier(PREVIEW_ROLE_PREFIX + secrets.token_hex(8))
+    @contextlib.asynccontextmanager
+    async def _as_preview_role(self, conn: psycopg.AsyncConnection, grants: Grants) -> AsyncIterator[None]:
+        """A transaction, rolled back whatever happens, run as a role with only ``grants``; the role
+        is dropped when it ends.
+
+        The role and its grants are committed first, on their own: a GRANT holds its table's
+        catalog row until its transaction ends, and a command granting on the same table would
+        wait the whole dry run for it. So the role exists for the dry run's length, and is dropped
+        after it (by the executors' start-up sweep, ``sql_roles.sweep_expired_roles``, should the
+        policy die in between): left behind, it would hold the privileges it was granted."""
+        name = PREVIEW_ROLE_PREFIX + secrets.token_hex(8)
+        role = sql.Identifier(name)
 
         async def granted() -> None:
-            # a savepoint: a grant that collided with a command's (sql_roles.PRIVILEGE_STATEMENTS_LOCK,
-            # which a dry run must not hold while its statement runs) undoes only this attempt
+            # its own transaction, committed (the connection is idle: nothing else is in it); a
+            # grant that collided with a command's (sql_roles.PRIVILEGE_STATEMENTS_LOCK, which a dry
+            # run must not hold while its statement runs) undoes only this attempt
             async with conn.transaction():
                 await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(role))
                 await grant(conn, role, grants)
                 await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
 
+        await conn.rollback()
         await retry_collisions(granted)
-        await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
-        milliseconds = max(1, int(self.timeout_s * 1000))
-        await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(milliseconds)))
-        await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(milliseconds)))
+        try:
+            async with conn.transaction(force_rollback=True):  # the rows it changed: all undone
+                await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
+                milliseconds = max(1, int(self.timeout_s * 1000))
+                await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(milliseconds)))
+                await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(milliseconds)))
+                yield
+        finally:
+            await conn.rollback()
+            try:
+                await drop_role(conn, name)
+            except psycopg.Error as exc:  # the target went away: the start-up sweep drops it
+                await conn.rollback()
+                log.warning("impact preview: role not dropped yet (%s); the executors' sweep will", type(exc).__name__)
 
     async def _count(self, conn: psycopg.AsyncConnection, plan: PreviewPlan, grants: Grants) -> int:
-        # One transaction, opened here and rolled back whatever happens: the role's creation is a
-        # savepoint inside it. Opened by that savepoint's block instead, the role would be
-        # committed on its own and outlive the preview with the privileges it was granted.
-        try:
-            async with conn.transaction(force_rollback=True):  # the rows, the role and its grants: all undone
-                await self._as_preview_role(conn, grants)
-                if plan.operation in {"delete", "update", "insert"}:
-                    cursor = await conn.execute(plan.statement.strip().rstrip(";"))
-                    return max(0, cursor.rowcount)
-                cursor = await conn.execute(
-                    sql.SQL("SELECT count(*) FROM ({}) AS keyturn_preview").format(
-                        sql.SQL(plan.statement.strip().rstrip(";"))
-                    )
+        async with self._as_preview_role(conn, grants):
+            if plan.operation in {"delete", "update", "insert"}:
+                cursor = await conn.execute(plan.statement.strip().rstrip(";"))
+                return max(0, cursor.rowcount)
+            cursor = await conn.execute(
+                sql.SQL("SELECT count(*) FROM ({}) AS keyturn_preview").format(
+                    sql.SQL(plan.statement.strip().rstrip(";"))
                 )
-                row = await cursor.fetchone()
-                return int(row[0]) if row else 0
-        finally:
-            await conn.rollback()
+            )
+            row = await cursor.fetchone()
+            return int(row[0]) if row else 0
 
     async def _estimate(self, conn: psycopg.AsyncConnection, plan: PreviewPlan, grants: Grants) -> int:
-        try:
-            async with conn.transaction(force_rollback=True):  # as ``_count``: nothing it made outlives it
-                await self._as_preview_role(conn, grants)
-                cursor = await conn.execute(
-                    sql.SQL("EXPLAIN (FORMAT JSON) {}").format(sql.SQL(plan.statement.strip().rstrip(";")))
-                )
-                row = await cursor.fetchone()
-        finally:
-            await conn.rollback()
+        async with self._as_preview_role(conn, grants):
+            cursor = await conn.execute(
+                sql.SQL("EXPLAIN (FORMAT JSON) {}").format(sql.SQL(plan.statement.strip().rstrip(";")))
+            )
+            row = await cursor.fetchone()
         document: Any = row[0] if row else None
         if isinstance(document, str):
             document = json.loads(document)

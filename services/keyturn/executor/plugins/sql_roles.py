@@ -30,9 +30,10 @@ import psycopg
 from psycopg import sql
 
 ROLE_PREFIX = "keyturn_cmd_"
-# An impact preview's role (``policy.impact``) lives inside the preview's transaction, which is
-# always rolled back: one that was committed is a leftover (earlier builds committed them), and
-# ``sweep_expired_roles`` drops it with the privileges it holds.
+# An impact preview's role (``policy.impact``) lives for one dry run and is dropped after it; one
+# found at an executor's start is a leftover (a policy that died mid-preview, or earlier builds,
+# which never dropped them), and ``sweep_expired_roles`` drops it with the privileges it holds.
+# (A dry run whose role is swept while it runs fails, and its preview says it is unavailable.)
 PREVIEW_ROLE_PREFIX = "keyturn_preview_"
 # PBKDF2 rounds in a command role's SCRAM verifier. Stretching slows guesses at a password a person
 # chose; a command's password is 256 random bits used once within minutes, which no number of
