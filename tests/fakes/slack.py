@@ -287,7 +287,14 @@ class FakeSlack:
         self, payload: dict[str, Any], *, timestamp: int | None = None, secret: str | None = None
     ) -> tuple[bytes, dict[str, str]]:
         """The body and headers of Slack's POST, signed as Slack signs: v0=HMAC-SHA256(secret, "v0:ts:body")."""
-        body = urlencode({"payload": json.dumps(payload)}).encode()
+        return self.signed_body(
+            urlencode({"payload": json.dumps(payload)}).encode(), timestamp=timestamp, secret=secret
+        )
+
+    def signed_body(
+        self, body: bytes, *, timestamp: int | None = None, secret: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """Any bytes, with the headers Slack would sign them with (``signed``'s signature)."""
         ts = str(int(time.time()) if timestamp is None else timestamp)
         mac = hmac.new(
             (secret or self.signing_secret).encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256

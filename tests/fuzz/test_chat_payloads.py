@@ -204,14 +204,4 @@ def test_malformed_slack_interactions_are_refused_recorded_and_never_crash(slack
 
 def _signed_raw(fake: FakeSlack, raw: bytes) -> tuple[bytes, dict[str, str]]:
     """Arbitrary bytes (sometimes wrapped as a payload field) under a valid signature."""
-    import hashlib
-    import hmac
-
-    body = raw if raw[:1] != b"p" else urlencode({"payload": raw.decode(errors="replace")}).encode()
-    ts = str(int(time.time()))
-    mac = hmac.new(fake.signing_secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
-    return body, {
-        "X-Slack-Request-Timestamp": ts,
-        "X-Slack-Signature": f"v0={mac}",
-        "Content-Type": "application/x-www-form-urlencoded",
-    }
+    return fake.signed_body(raw if raw[:1] != b"p" else urlencode({"payload": raw.decode(errors="replace")}).encode())

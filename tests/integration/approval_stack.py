@@ -186,3 +186,15 @@ def publish_decision(
         chat, Topics(chat.namespace, chat.partitions).decided, registry().encode_event(decided), key=action_id.encode()
     )
     return action_id
+
+
+def assert_not_on_approval_topics(settings: Settings, secrets_seeded: list[str]) -> None:
+    """None of ``secrets_seeded`` in clear on the votes, audit or dead-letter topic."""
+    from keyturn.bus.topics import Topics
+    from tests.integration.conftest import read_topic
+
+    topics = Topics(settings.namespace, settings.partitions)
+    for topic in (topics.votes, topics.audit, topics.dlq):
+        written = " ".join(repr(event) for event, _ in read_topic(settings, topic))
+        for seeded in secrets_seeded:
+            assert seeded not in written, f"{seeded[:6]}… in clear on {topic}"

@@ -20,13 +20,14 @@ from keyturn.bus.topics import Topics
 from keyturn.db import schema_name
 from tests.fakes.teams import TENANT, FakeTeams
 from tests.integration.approval_stack import (
+    assert_not_on_approval_topics,
     dead_letters_now,
     publish_decision,
     running_stack,
     stack_settings,
     unattributed_refusals,
 )
-from tests.integration.conftest import Agent, eventually, mint, read_topic
+from tests.integration.conftest import Agent, eventually, mint
 
 pytestmark = pytest.mark.integration
 
@@ -426,11 +427,7 @@ def test_what_an_activity_carries_in_its_ids_is_never_written_down_and_odd_bodie
     assert refused_as[0][0].startswith("teams:sha256:") and refused_as[0][1] == "UnknownChatUser"
     assert agent.status(action_id)["state"] == "needs_approval"
 
-    topics = Topics(chat.namespace, chat.partitions)
-    for topic in (topics.votes, topics.audit, topics.dlq):
-        written = " ".join(repr(event) for event, _ in read_topic(chat, topic))
-        for part in SEEDED.split():
-            assert part not in written, f"{part[:6]}… in clear on {topic}"
+    assert_not_on_approval_topics(chat, SEEDED.split())
     with psycopg.connect(
         chat.database_url, autocommit=True, options=f"-c search_path={schema_name(chat.namespace)}"
     ) as conn:
