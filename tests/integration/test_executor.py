@@ -484,6 +484,21 @@ def test_an_approved_permission_change_is_in_role_table_grants(agent: Agent, set
     assert table_grants(shop, "carl", "sessions") == ["SELECT", "UPDATE"]
 
 
+@pytest.mark.parametrize("role", ["pg_execute_server_program", "files_reader", "role_maker"])
+def test_a_role_that_reaches_beyond_tables_is_never_granted(agent: Agent, settings, shop: SqlTarget, role: str) -> None:
+    with shop.admin() as conn:  # roles that hand out the server itself, directly or through a membership
+        if role == "files_reader" and not role_exists(shop, role):
+            conn.execute("CREATE ROLE files_reader NOLOGIN")
+            conn.execute("GRANT pg_read_server_files TO files_reader")
+        if role == "role_maker" and not role_exists(shop, role):
+            conn.execute("CREATE ROLE role_maker NOLOGIN CREATEROLE")
+    parameters = {"role": role, "principal": "carl"}
+    view = approved(settings, agent, "iam.role.grant", f"iam://staging/roles/{role}", parameters, "human:carol")
+    assert view["state"] == "failed", view
+    assert any("Keyturn never grants it, and nothing was changed" in reason for reason in view["reasons"]), view
+    assert "carl" not in members_of(shop, role) and "carl" not in members_of(shop, "pg_read_server_files")
+
+
 def test_a_grant_naming_a_role_the_target_lacks_fails_and_changes_nothing(agent: Agent, shop: SqlTarget) -> None:
     parameters = {"role": "no_such_role", "principal": "carl"}
     view = outcome(agent, agent.submit_ok("iam.role.revoke", "iam://staging/roles/x", parameters))

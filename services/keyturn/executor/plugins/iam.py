@@ -36,6 +36,7 @@ from psycopg import sql
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _resolve, postgres_message
 from keyturn.executor.plugins.sql_roles import (
+    PREVIEW_ROLE_PREFIX,
     ROLE_PREFIX,
     Grants,
     Relation,
@@ -237,6 +238,8 @@ async def _change_for(admin: psycopg.AsyncConnection, command: Command, executor
     principal = await _existing_role(admin, parameters.get("principal"), "principal", executor_role)
     if command.action in ("iam.role.grant", "iam.role.revoke"):
         role = await _existing_role(admin, parameters.get("role"), "role", executor_role)
+        if command.action == "iam.role.grant" and (why := await _administrative(admin, role)) is not None:
+            raise ExecutionFailed(f"parameters.role: {why}; Keyturn never grants it, and nothing was changed")
         return _Change(command.action == "iam.role.grant", principal, role=role)
     if command.action == "iam.permission.change":
         change = parameters.get("change")
@@ -266,6 +269,35 @@ async def _change_for(admin: psycopg.AsyncConnection, command: Command, executor
     raise ExecutionFailed(f"the iam plugin does not perform {command.action}")
 
 
+# What a role (or any role it is a member of) may hold that only the database's administrators
+# should: a member can take it on with SET ROLE. PostgreSQL's predefined roles (``pg_*``) read and
+# write every file and table or run programs on the server (``pg_execute_server_program``).
+_ADMINISTRATIVE = """
+WITH RECURSIVE held(oid) AS (
+    SELECT oid FROM pg_roles WHERE rolname = %s
+    UNION SELECT m.roleid FROM pg_auth_members m JOIN held h ON m.member = h.oid
+)
+SELECT r.rolname, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls
+FROM held JOIN pg_roles r ON r.oid = held.oid ORDER BY r.rolname"""
+
+
+async def _administrative(admin: psycopg.AsyncConnection, role: str) -> str | None:
+    """Why granting ``role`` would hand out what only an administrator of the target holds, or None."""
+    cursor = await admin.execute(_ADMINISTRATIVE, (role,))
+    for name, *powers in await cursor.fetchall():
+        through = "" if name == role else f" through its membership in {name!r}"
+        if name.startswith("pg_"):
+            return f"{role!r} is PostgreSQL's predefined role {name!r}{through}, which reaches beyond any table"
+        attributes = [
+            a
+            for a, on in zip(("SUPERUSER", "CREATEROLE", "CREATEDB", "REPLICATION", "BYPASSRLS"), powers, strict=True)
+            if on
+        ]
+        if attributes:
+            return f"{role!r} holds {', '.join(attributes)}{through}"
+    return None
+
+
 async def _existing_role(admin: psycopg.AsyncConnection, value: Any, field: str, executor_role: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ExecutionFailed(f"parameters.{field} must name a role on the target database; nothing was changed")
@@ -276,6 +308,6 @@ async def _existing_role(admin: psycopg.AsyncConnection, value: Any, field: str,
         raise ExecutionFailed(f"parameters.{field}: role {name!r} does not exist on the target; nothing was changed")
     if row[0]:
         raise ExecutionFailed(f"parameters.{field}: {name!r} is a superuser role, never granted or changed by Keyturn")
-    if name == executor_role or name.startswith(ROLE_PREFIX):
+    if name == executor_role or name.startswith((ROLE_PREFIX, PREVIEW_ROLE_PREFIX)):
         raise ExecutionFailed(f"parameters.{field}: {name!r} is Keyturn's own role; nothing was changed")
     return name
