@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 
-from psycopg import AsyncConnection
+import psycopg
+from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from keyturn.faults import Unavailable
+
+log = logging.getLogger(__name__)
 
 ROOM_FOR_UPDATES = "fillfactor = 60"
 """Storage for a table whose rows are updated after they are written (an action's status, the
@@ -27,6 +31,13 @@ Tables only ever inserted into keep the default."""
 
 POOL_WAIT_S = 5.0
 """How long a caller waits for a pooled connection before ``PoolTimeout`` (``open_pool``)."""
+
+
+OWN_SCHEMA_COMMENT = "keyturn: the gateway's own state, never an action's target"
+"""What ``open_pool`` says of every schema Keyturn keeps its tables in. The SQL plugins refuse any
+relation in a schema that says so (``executor.plugins.sql._resolve``): where the SQL target is
+the database Keyturn runs on (the development default), an approved statement could otherwise
+read the secrets, rewrite the approvals or forge the execution ledger."""
 
 
 def schema_name(namespace: str) -> str:
@@ -65,6 +76,15 @@ async def open_pool(url: str, ddl: str, *, schema: str, max_size: int = 8) -> As
         try:
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             await conn.execute(ddl.format(schema=f'"{schema}"', room_for_updates=ROOM_FOR_UPDATES))
+            try:
+                mark = sql.SQL("COMMENT ON SCHEMA {} IS {}")
+                await conn.execute(mark.format(sql.Identifier(schema), sql.Literal(OWN_SCHEMA_COMMENT)))
+            except psycopg.errors.InsufficientPrivilege:  # a schema someone else made for Keyturn
+                log.warning(
+                    "schema %s is not Keyturn's to mark as its own: its owner should run %s",
+                    schema,
+                    f"COMMENT ON SCHEMA {schema} IS '{OWN_SCHEMA_COMMENT}'",
+                )
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (schema,))
     return pool

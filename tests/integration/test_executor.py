@@ -27,8 +27,9 @@ from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionDecided, ActionExecuted, payload_digest
 from keyturn.db import schema_name
 from keyturn.executor.plugins.base import Command, ExecutionFailed
-from keyturn.executor.plugins.sql import SqlPlugin
+from keyturn.executor.plugins.sql import SqlPlugin, grants_for
 from keyturn.executor.plugins.sql_roles import Grants, create_role, drop_role, role_name_for
+from keyturn.executor.plugins.sql_text import statement_shape
 from tests.conftest import ARTIFACTS, free_port
 from tests.integration.conftest import (
     Agent,
@@ -482,6 +483,27 @@ def test_an_approved_permission_change_is_in_role_table_grants(agent: Agent, set
     )
     assert view["state"] == "succeeded", view
     assert table_grants(shop, "carl", "sessions") == ["SELECT", "UPDATE"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT name FROM {schema}.secrets",
+        "UPDATE {schema}.approvals SET principals = '{{}}'",
+        "TABLE {schema}.executions",
+    ],
+)
+def test_keyturns_own_tables_are_never_a_statements_target(settings, services, statement: str) -> None:
+    """Where the SQL target is the database Keyturn runs on (the development default), a statement
+    naming its own tables is refused before any credential is made for it."""
+    shape = statement_shape(statement.format(schema=schema_name(settings.namespace)))
+
+    async def grants() -> Grants:
+        async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as admin:
+            return await grants_for(admin, shape, "keyturn's own database")
+
+    with pytest.raises(ExecutionFailed, match=r"is Keyturn's own state .* never an action's target"):
+        asyncio.run(grants())
 
 
 @pytest.mark.parametrize("role", ["pg_execute_server_program", "files_reader", "role_maker"])

@@ -50,6 +50,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
+from keyturn.db import OWN_SCHEMA_COMMENT
 from keyturn.executor.impact import enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql_roles import (
@@ -625,10 +626,9 @@ async def _resolve(admin: psycopg.AsyncConnection, written: str) -> tuple[Relati
     """The relation ``written`` names on the target (search_path ``public``), when it grants anything."""
     try:
         cursor = await admin.execute(
-            "SELECT n.nspname, c.relname, c.relkind, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = "
-            "c.relnamespace "
-            "WHERE c.oid = to_regclass(%s)",
-            (written,),
+            "SELECT n.nspname, c.relname, c.relkind, c.oid, obj_description(n.oid, 'pg_namespace') = %s "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+            (OWN_SCHEMA_COMMENT, written),
         )
     except psycopg.OperationalError:
         raise  # the connection, not the name (``SqlPlugin.before_any_change``)
@@ -637,6 +637,11 @@ async def _resolve(admin: psycopg.AsyncConnection, written: str) -> tuple[Relati
             f"statement refused before running: {written!r} is not a table name ({postgres_message(exc)})"
         ) from None
     row = await cursor.fetchone()
+    if row is not None and row[4]:  # keyturn.db.OWN_SCHEMA_COMMENT
+        raise ExecutionFailed(
+            f"{row[0]}.{row[1]} is Keyturn's own state (its approvals, ledger and secrets), never an action's "
+            "target; nothing was changed"
+        )
     if row is None or row[2] not in _GRANTABLE_KINDS or row[0] in _PUBLIC_CATALOGS:
         return None
     return Relation(row[0], row[1]), row[3]
