@@ -82,8 +82,13 @@ def test_another_principal_cannot_read_my_action(reporter: Agent, settings) -> N
     # the human the agent acts for may follow it
     alice = Agent(settings, "human:alice")
     assert alice.http.get(f"/v1/actions/{action_id}").status_code == 200
-    # each in their own name: acting for the agent, or another agent acting for alice, shows nothing
-    for sub, chain in (("human:bob", ("agent:reporter",)), ("agent:other", ("human:alice",))):
+    # each in their own name: acting for the agent, another agent acting for alice, or the same agent
+    # acting for someone else, shows nothing
+    for sub, chain in (
+        ("human:bob", ("agent:reporter",)),
+        ("agent:other", ("human:alice",)),
+        ("agent:reporter", ("human:bob",)),
+    ):
         assert Agent(settings, sub, chain).http.get(f"/v1/actions/{action_id}").status_code == 404, sub
 
 
