@@ -556,6 +556,18 @@ def test_a_deletion_within_the_approved_count_deletes_exactly_those_rows(
         assert conn.execute("SELECT count(*), bool_or(expired) FROM sessions").fetchone() == (5, False)
 
 
+def test_a_deletion_condition_cannot_carry_a_clause_after_it(agent: Agent, settings, shop: SqlTarget) -> None:
+    with shop.admin() as conn:
+        before = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+    parameters = {"table": "sessions", "where": "true RETURNING (SELECT 1)", "max_rows": 1}
+    view = approved(settings, agent, "db.rows.delete", "postgres://staging/shop/sessions", parameters, "human:judy")
+    # PostgreSQL's syntax error: the condition is only a condition. The preview cannot run it either,
+    # so the policy asks for more approvers; whatever happens next, nothing is deleted
+    assert view["state"] in ("needs_approval", "failed"), view
+    with shop.admin() as conn:
+        assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == before
+
+
 # --- export: a file with the policy's masked columns masked, downloaded once -----------------------
 
 

@@ -126,8 +126,11 @@ def test_what_a_preview_runs_for_each_sql_backed_action() -> None:
     assert preview_plan("db.export", {"query": "SELECT * FROM t"}, None).operation == "export"
     assert preview_plan("read.table", {"table": "orders"}, None) is None, "nothing to run: no preview"
     plan = preview_plan("orders.rows.delete", {"table": "shop.orders", "where": "created < now()"}, None)
-    assert plan.statement == "DELETE FROM shop.orders WHERE created < now()"
+    assert plan.statement == "DELETE FROM shop.orders WHERE (created < now())"
     assert deletion_statement({"table": "orders"}) is None
+    # only a condition: a clause after it is inside the parentheses, where PostgreSQL refuses it
+    returning = deletion_statement({"table": "orders", "where": "id = 4 RETURNING (SELECT val FROM secrets)"})
+    assert returning == "DELETE FROM orders WHERE (id = 4 RETURNING (SELECT val FROM secrets))"
     with pytest.raises(NotPreviewable):
         deletion_statement({"table": "orders; DROP TABLE x", "where": "true"})
 

@@ -31,14 +31,16 @@ class NotPreviewable(ValueError):
 def deletion_statement(parameters: dict[str, Any]) -> str | None:
     """The DELETE a row deletion (``*.delete`` with ``table`` and ``where``) stands for.
 
-    The deletion executor runs the same statement, so what was previewed is what runs.
+    The deletion executor runs the same statement, so what was previewed is what runs. The
+    condition stands in parentheses, so it can only be a condition: a clause after it
+    (``… RETURNING (SELECT …)``, ``… ORDER BY``) is a syntax error, not part of the statement.
     """
     table, where = parameters.get("table"), parameters.get("where")
     if not isinstance(table, str) or not isinstance(where, str):
         return None
     if not _TABLE.match(table):
         raise NotPreviewable("parameters.table must be a table name, optionally schema-qualified")
-    return f"DELETE FROM {table} WHERE {where}"
+    return f"DELETE FROM {table} WHERE ({where})"
 
 
 def preview_plan(action: str, parameters: dict[str, Any], write_kind: str | None) -> PreviewPlan | None:

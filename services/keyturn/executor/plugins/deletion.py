@@ -53,7 +53,8 @@ class DeletionPlugin(SqlPlugin):
                 if found is None:
                     raise ExecutionFailed(f"nothing deleted: table {table} does not exist on {self.target_name}")
                 relation = found[0]
-                statement = sql.SQL("DELETE FROM {} WHERE ").format(relation.identifier()) + sql.SQL(where)
+                # in parentheses, as the preview has it (``core.impact.deletion_statement``): only a condition
+                statement = sql.SQL("DELETE FROM {} WHERE ({})").format(relation.identifier(), sql.SQL(where))
                 text = statement.as_string(admin)
                 try:
                     shape = statement_shape(text)
