@@ -560,10 +560,12 @@ def test_a_deletion_condition_cannot_carry_a_clause_after_it(agent: Agent, setti
     with shop.admin() as conn:
         before = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
     parameters = {"table": "sessions", "where": "true RETURNING (SELECT 1)", "max_rows": 1}
-    view = approved(settings, agent, "db.rows.delete", "postgres://staging/shop/sessions", parameters, "human:judy")
-    # PostgreSQL's syntax error: the condition is only a condition. The preview cannot run it either,
-    # so the policy asks for more approvers; whatever happens next, nothing is deleted
-    assert view["state"] in ("needs_approval", "failed"), view
+    action_id = agent.submit_ok("db.rows.delete", "postgres://staging/shop/sessions", parameters)
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    # the condition stands in parentheses, so PostgreSQL reads the clause as a syntax error: the preview
+    # (the very statement the executor would run) says so, and nothing is deleted
+    impact = approval_shown(settings, action_id, "human:judy")["impact"]
+    assert impact["status"] == "unavailable" and "syntax error" in impact["detail"], impact
     with shop.admin() as conn:
         assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == before
 
