@@ -19,7 +19,6 @@ from typing import Any, NoReturn
 
 import httpx
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from keyturn.audit import cli as audit_cli
@@ -27,6 +26,7 @@ from keyturn.config import Settings
 from keyturn.mcp import cli as mcp_cli
 from keyturn.policy import cli as policy_cli
 from keyturn.sdk.client import path_segment
+from keyturn.terminal import TerminalConsole
 
 app = typer.Typer(
     help="Keyturn: a human key-turn in front of every privileged action an AI agent takes.", no_args_is_help=True
@@ -47,8 +47,8 @@ app.add_typer(secrets_app, name="secrets")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(approvals_app, name="approvals")
 app.command("report")(audit_cli.report)
-console = Console()
-err = Console(stderr=True)
+console = TerminalConsole()
+err = TerminalConsole(stderr=True)
 
 SERVICES = ("intake", "policy", "approval", "executor", "audit")
 

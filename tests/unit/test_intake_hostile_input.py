@@ -197,3 +197,29 @@ def test_a_refusal_names_the_route_never_the_path_the_caller_sent() -> None:
 def test_a_path_refused_before_routing_is_named_masked() -> None:
     scope = {"method": "POST", "path": "/v1/actions/AKIA6CYI2KVFDEKCVYOT/x"}
     assert route_of(scope) == "POST /v1/actions/<AWS_ACCESS_KEY>/x"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("reason", "weekly report\x1b[2J\x1b[Hread.table in staging"),  # clears an approver's screen
+        ("reason", "approve \u202eevil\u202c please"),  # shown right to left
+        ("resource", "postgres://staging/analytics/orders\x1b[8m"),  # hides what follows
+        ("idempotency_key", "key\x07"),
+    ],
+)
+def test_words_that_would_steer_a_readers_terminal_are_refused_naming_the_field(field: str, value: str) -> None:
+    client, store, _ = client_and_store()
+    with client:
+        answer = client.post("/v1/actions", json={**GOOD, field: value}, headers=AUTH)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["problems"][0].startswith(f"{field}: ") and "steers what a reader sees" in answer.text
+    assert not store.rows, "nothing was stored"
+
+
+def test_a_reason_keeps_its_lines_and_tabs() -> None:
+    client, store, _ = client_and_store()
+    with client:
+        answer = client.post("/v1/actions", json={**GOOD, "reason": "two lines:\n\tsecond"}, headers=AUTH)
+    assert answer.status_code == 202, answer.text
+    assert len(store.rows) == 1

@@ -43,7 +43,7 @@ from keyturn.approval.views import reason_missing, requester_line, timeline
 from keyturn.bus.codec import registry
 from keyturn.bus.http import id_in_path
 from keyturn.core.principal import Principal
-from keyturn.core.text import text_problem
+from keyturn.core.text import words_problem
 from keyturn.identity import TOKEN_ERROR_CODES, InvalidToken, issue_token, load_or_create_signing_key
 
 SESSION_COOKIE = "keyturn_session"
@@ -313,7 +313,7 @@ def mount_console(
                 f"a console vote on {action_id} chose neither approve nor deny",
             )
             return await _action_page(console, signed_in, action_id, error="Choose Approve or Deny.", status=400)
-        if (why := text_problem(reason)) is not None:  # the vote's words must be storable (as http.VoteRequest)
+        if (why := words_problem(reason)) is not None:  # the vote's words must be storable (as http.VoteRequest)
             await _refused(console, request, approver, "invalid_reason", f"a console vote on {action_id}: reason {why}")
             return await _action_page(console, signed_in, action_id, error=f"reason: {why}", status=422)
         desk = await desk_of()

@@ -18,7 +18,7 @@ from keyturn.bus.http import id_in_path, masked_http_error, route_of
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.core.approval import ApiVoteChannel
 from keyturn.core.principal import Principal
-from keyturn.core.text import text_problem
+from keyturn.core.text import words_problem
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity import InvalidToken, bearer_token
 
@@ -58,7 +58,7 @@ class VoteRequest(BaseModel):
     def _storable(cls, value: str | None) -> str | None:
         """A vote's words travel on to the audit and the requester's status (PostgreSQL rows), which
         cannot hold every string: refused here, naming the field, rather than failing there."""
-        if value is not None and (why := text_problem(value)) is not None:
+        if value is not None and (why := words_problem(value)) is not None:
             raise ValueError(why)
         return value
 

@@ -38,7 +38,7 @@ from keyturn.approval.slack import SlackChannel
 from keyturn.approval.views import reason_missing
 from keyturn.bus.http import id_in_path
 from keyturn.core.principal import Principal, PrincipalKind
-from keyturn.core.text import text_problem
+from keyturn.core.text import words_problem
 
 SOURCE = "slack:interactions"
 MAX_AGE_S = 5 * 60
@@ -223,10 +223,11 @@ def _actions(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _text(value: Any, what: str) -> str | None:
     """A string field Slack sends. Its values are stored (seen interactions, votes, their reasons),
-    so one PostgreSQL cannot hold (``text_problem``) is refused here, naming the field."""
+    so one PostgreSQL cannot hold, or one that steers a reader (``core.text.words_problem``), is
+    refused here, naming the field."""
     if value is not None and not isinstance(value, str):
         raise InteractionRefused(400, "malformed_payload", f"the interaction's {what} is not a string")
-    if value and (why := text_problem(value)) is not None:
+    if value and (why := words_problem(value)) is not None:
         raise InteractionRefused(400, "malformed_payload", f"the interaction's {what} {why}")
     return value or None
 

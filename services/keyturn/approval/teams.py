@@ -45,7 +45,7 @@ from keyturn.approval.identities import principal_for, teams_account
 from keyturn.approval.views import reason_missing
 from keyturn.bus.http import id_in_path
 from keyturn.core.principal import Principal, PrincipalKind
-from keyturn.core.text import problem_in, text_problem
+from keyturn.core.text import problem_in, words_problem
 from keyturn.faults import DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -325,7 +325,7 @@ class TeamsChannel:
                 else _message(f"Your answer was not applied — {unknown}")
             )
         reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
-        if reason is not None and (why := text_problem(reason)) is not None:  # as the API's VoteRequest.reason
+        if reason is not None and (why := words_problem(reason)) is not None:  # as the API's VoteRequest.reason
             refused = f"reason: {why}. Nothing was recorded."
             return _card(view, refused) if view else _message(refused)
         if view is not None and (missing := reason_missing(view, choice, reason)) is not None:

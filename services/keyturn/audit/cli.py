@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from keyturn.audit.sources import audit_records, err, fail, progress, time_option
 from keyturn.config import Settings
+from keyturn.terminal import TerminalConsole, shown
 
 app = typer.Typer(
     help="The hash-chained audit stream: tail, verify, replay, export, stats, ship.", no_args_is_help=True
 )
-console = Console()
+console = TerminalConsole()
 
 FORMATS = ("table", "jsonl", "csv", "parquet")
 EXPORT_OPTION = typer.Option(None, "--export", help="Read this JSONL export instead of the audit topic")
@@ -74,8 +74,10 @@ def _print_record(record, as_json: bool) -> None:
     from keyturn.core.canonical import from_millis
 
     typer.echo(
-        f"{record.sequence:>6}  {from_millis(record.recorded_at).isoformat(timespec='milliseconds')}  "
-        f"{record.event_type:<17} {record.action_id or '-':<36}  {record.actor or '-'}"
+        shown(
+            f"{record.sequence:>6}  {from_millis(record.recorded_at).isoformat(timespec='milliseconds')}  "
+            f"{record.event_type:<17} {record.action_id or '-':<36}  {record.actor or '-'}"
+        )
     )
 
 

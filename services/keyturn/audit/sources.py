@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
 
-err = Console(stderr=True)  # the one stderr console of the audit commands, progress bars included
+from keyturn.terminal import TerminalConsole
+
+err = TerminalConsole(stderr=True)  # the one stderr console of the audit commands, progress bars included
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

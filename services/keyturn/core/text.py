@@ -84,6 +84,41 @@ def storable(value: Any) -> Any:
     return _clean(value) if _bad_text(value) else value
 
 
+# Characters that steer a terminal or a text's direction rather than show: C0 controls but tab
+# and line feed (ESC starts the sequences that clear a screen, move the cursor, hide what follows),
+# DEL, C1 controls, and the bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069),
+# which show a line in another order than it is written.
+_STEERING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def steering_problem(text: str) -> str | None:
+    """Why free text someone will read cannot be taken (a control character, a direction
+    override), or None. Not for parameters: they are data, shown as JSON, which escapes them."""
+    found = _STEERING.search(text)
+    if found is None:
+        return None
+    return (
+        f"holds a control or text-direction character (U+{ord(found.group()):04X}), which only steers what a "
+        "reader sees"
+    )
+
+
+def words_problem(text: str) -> str | None:
+    """Why words a person will read (a reason, a resource, a key) cannot be taken: text no record
+    can hold (``text_problem``), or characters that steer a reader (``steering_problem``)."""
+    return text_problem(text) or steering_problem(text)
+
+
+def for_terminal(text: str) -> str:
+    """``text`` with every character that would steer a terminal written out as an escape
+    (``\x1b``, ``\u202e``): what a record holds is shown, never obeyed."""
+    if _STEERING.search(text) is None:
+        return text
+    return _STEERING.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
+    )
+
+
 def plausible_id(text: str, max_length: int = 200) -> bool:
     """Whether ``text`` could name something Keyturn stored (an action id from a URL path, say):
     printable and at most ``max_length`` characters. Anything else names nothing, and a route

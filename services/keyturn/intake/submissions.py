@@ -23,7 +23,7 @@ from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionRequested, Digest, SubmissionChannel, payload_digest
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.core.principal import Principal
-from keyturn.core.text import problem_in, text_problem
+from keyturn.core.text import problem_in, words_problem
 from keyturn.faults import is_transient
 from keyturn.intake.store import NewAction, StoredAction, StoreUnavailable
 from keyturn.masking.protect import hidden_in, mask_text
@@ -102,7 +102,7 @@ class ActionSubmission(BaseModel):
     def _text(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return value
-        if (why := text_problem(value)) is not None:
+        if (why := words_problem(value)) is not None:
             raise ValueError(why)
         if info.field_name != "reason" and (why := _secret_in_name(value, info.field_name)) is not None:
             raise ValueError(why)

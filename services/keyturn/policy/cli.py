@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import NoReturn
 
 import typer
-from rich.console import Console
 
 from keyturn.config import Settings
+from keyturn.terminal import TerminalConsole
 
 app = typer.Typer(help="Policies: explain a decision, simulate a candidate against history.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
+console = TerminalConsole()
+err = TerminalConsole(stderr=True)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
