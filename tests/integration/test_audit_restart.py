@@ -155,3 +155,45 @@ def test_a_second_audit_worker_fences_the_first(services, settings) -> None:
         second.wait(30)
         services.stop("audit")
         services.start("audit")
+
+
+def test_a_writer_reads_the_chains_tail_only_once_no_transaction_is_in_flight(settings) -> None:
+    """A commit the broker is still completing when a new writer starts becomes visible only once
+    it completes; read before, the tail would be one record short and the next record would repeat
+    its sequence. The tail read waits for it (``audit.stream.settled``)."""
+    import secrets as random_names
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from keyturn.audit.stream import read_audit_tail
+
+    topic = f"{settings.namespace}.tail-{random_names.token_hex(4)}"
+    hold_s = 2.0
+
+    async def scenario() -> tuple[float, float]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+        await admin.close()
+        other = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"{topic}-other")
+        await other.start()
+        await other.begin_transaction()
+        await (await other.send(topic, b"not yet committed"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def commit_later() -> float:
+            await asyncio.sleep(hold_s)
+            await other.commit_transaction()
+            return loop.time() - started
+
+        committing = asyncio.create_task(commit_later())
+        await read_audit_tail(settings.kafka_bootstrap, topic, 10)
+        read_after = loop.time() - started
+        committed_after = await committing
+        await other.stop()
+        return read_after, committed_after
+
+    read_after, committed_after = asyncio.run(scenario())
+    assert read_after >= committed_after >= hold_s, "the tail was read while a transaction was in flight"

@@ -8,6 +8,7 @@ Transaction markers take offsets too, so an offset is a position in the topic, n
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,6 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.core.audit.record import AuditRecord, MalformedRecord
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 FETCH_BYTES = 16 * 1024 * 1024  # per fetch of the audit partition (the consumer's default is 1 MiB)
@@ -123,10 +126,15 @@ async def read_audit_log(bootstrap: str, topic: str) -> list[AuditRecord]:
     return [record async for record in follow_audit(bootstrap, topic)]
 
 
+SETTLE_WITHIN_S = 90.0  # past the longest transaction a writer may hold open (aiokafka's 60 s)
+
+
 async def read_audit_tail(bootstrap: str, topic: str, records: int) -> list[AuditRecord]:
     """At least the last ``records`` readable records of the audit topic (all, if it holds
     fewer), oldest first: what a writer needs to resume, in time and memory that do not grow
-    with the history behind them."""
+    with the history behind them. Read once no transaction is in flight on the topic
+    (``settled``): the tail a writer resumes from is then the tail."""
+    await settled(bootstrap, topic)
     async with AuditTopic(bootstrap, topic) as audit:
         beginning, end = audit.start_offset, audit.end_offset
     tail: list[AuditRecord] = []
@@ -141,6 +149,41 @@ async def read_audit_tail(bootstrap: str, topic: str, records: int) -> list[Audi
         tail = piece + tail
         to_offset = from_offset
     return tail
+
+
+async def settled(bootstrap: str, topic: str, *, within_s: float = SETTLE_WITHIN_S, every_s: float = 0.2) -> bool:
+    """Wait until no transaction is in flight on the audit partition: its last stable offset (what
+    a committed reader may see) has reached its high watermark (everything written). False
+    if it has not within ``within_s``.
+
+    A writer that has just fenced the one before it must not read the chain's tail sooner: a
+    commit of the fenced writer that the broker was still completing (its markers not yet
+    written, as across a broker restart) becomes visible only afterwards, and a tail read
+    before it would resume one record short: the next record would repeat a sequence. Fenced,
+    that transaction can only be completed or aborted, so the wait ends."""
+    partition = TopicPartition(topic, 0)
+    committed = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    written = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await committed.start()
+    await written.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + within_s
+        while True:
+            stable = (await committed.end_offsets([partition]))[partition]
+            high = (await written.end_offsets([partition]))[partition]
+            if stable >= high:
+                return True
+            if asyncio.get_running_loop().time() >= deadline:
+                log.warning(
+                    "a transaction is still in flight on the audit topic after %.0f s; reading its tail", within_s
+                )
+                return False
+            await asyncio.sleep(every_s)
+    finally:
+        await committed.stop()
+        await written.stop()
 
 
 def blocking(stream: AsyncIterator[T]) -> Iterator[T]:
