@@ -212,6 +212,25 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_defused():
     assert row["actor"] == '\'=HYPERLINK("http://evil")'
 
 
+def test_csv_cells_holding_control_characters_are_written_out():
+    chain = AuditChain()
+    record = chain.append(
+        event_id="keyturn.approvals.votes:1",
+        event_type="VoteRecorded",
+        source_topic="keyturn.approvals.votes",
+        occurred_at=T0,
+        payload={},
+        now=T0,
+        actor="human:car\x00ol\x1b[2J",  # as a record from an older build may hold
+    )
+    file = io.StringIO(newline="")
+    write_csv([record], file)
+
+    assert "\x00" not in file.getvalue() and "\x1b" not in file.getvalue()
+    row = next(csv.DictReader(io.StringIO(file.getvalue(), newline="")))
+    assert row["actor"] == "human:car\\x00ol\\x1b[2J"
+
+
 def test_parquet_export_says_how_to_get_pyarrow_when_it_is_missing(tmp_path):
     try:
         import pyarrow  # noqa: F401

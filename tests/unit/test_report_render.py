@@ -145,3 +145,17 @@ def test_keyturn_report_writes_the_file_from_an_export_and_exits_1_over_a_broken
         assert f'data-intact="{intact}"' in out.read_text(encoding="utf-8")
     bad = runner.invoke(app, ["report", "--since", "2026-03-09", "--until", "2026-03-02", "--export", str(out)])
     assert bad.exit_code == 2 and "--since must be before --until" in bad.output
+
+
+def test_text_with_control_characters_is_shown_written_out() -> None:
+    """A record from an older build may name an approver with a NUL or an escape sequence in it."""
+
+    def odd(record):
+        payload = json.loads(record.payload_json)
+        payload["vote"]["approver"]["id"] += "\x00\x1b[2J"
+        return dataclasses.replace(record, payload_json=json.dumps(payload))
+
+    records = [odd(r) if r.event_type == "VoteRecorded" else r for r in HISTORY.records]
+    page = render_html(build_report(records, VERIFIER, *period()))
+    assert "\x00" not in page and "\x1b" not in page
+    assert "\\x00\\x1b[2J" in page, "shown, written out"

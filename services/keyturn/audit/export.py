@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from keyturn.core.audit.record import AuditRecord
 from keyturn.core.canonical import from_millis
+from keyturn.core.text import for_terminal
 
 RecordLike = AuditRecord | Mapping[str, Any]
 """An :class:`AuditRecord` or its dict form (as read from JSONL or Avro)."""
@@ -172,8 +173,12 @@ def _csv_row(record: AuditRecord) -> tuple[Any, ...]:
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
+    if isinstance(value, str):
+        # a control character (a NUL a record from an older build holds, an escape sequence) is
+        # written out, not written: the file stays text, and a viewer shows it (``for_terminal``)
+        value = for_terminal(value)
+        if value.startswith(_FORMULA_STARTS):
+            return "'" + value
     return value
 
 

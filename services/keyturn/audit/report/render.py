@@ -20,10 +20,14 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from keyturn.audit.report import charts
 from keyturn.audit.report.model import Report, category_label
+from keyturn.core.text import for_terminal
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(("html",), default=True),
+    # text from records (a principal, a reason) with a control character is shown written out,
+    # like every command shows it (``core.text.for_terminal``): a NUL is no HTML, an escape no text
+    finalize=lambda value: for_terminal(value) if isinstance(value, str) else value,
 )
 ROWS_LISTED = 200  # rows of a long list (rubber stamps, break-glass uses, refused votes); the counts cover all
 
