@@ -29,8 +29,3 @@ class TerminalConsole(Console):
             segment if segment.control else Segment(for_terminal(segment.text), segment.style, segment.control)
             for segment in buffer
         )
-
-
-def shown(text: str) -> str:
-    """One line for ``typer.echo``: its steering characters written out (``core.text.for_terminal``)."""
-    return for_terminal(text)

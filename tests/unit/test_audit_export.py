@@ -194,37 +194,33 @@ def test_csv_export_flattens_records_for_spreadsheets():
     assert checkpoint["checkpoint_chain_hash"] == rows[9]["hash"]
 
 
-def test_csv_cells_that_a_spreadsheet_would_run_are_defused():
-    chain = AuditChain()
-    record = chain.append(
+def one_record_by(actor: str):
+    return AuditChain().append(
         event_id="keyturn.dlq:1",
         event_type="DeadLetter",
         source_topic="keyturn.dlq",
         occurred_at=T0,
         payload={},
         now=T0,
-        actor='=HYPERLINK("http://evil")',
+        actor=actor,
     )
+
+
+def csv_of(record) -> io.StringIO:
     file = io.StringIO(newline="")
     write_csv([record], file)
+    return file
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_defused():
+    file = csv_of(one_record_by('=HYPERLINK("http://evil")'))
 
     row = next(csv.DictReader(io.StringIO(file.getvalue(), newline="")))
     assert row["actor"] == '\'=HYPERLINK("http://evil")'
 
 
 def test_csv_cells_holding_control_characters_are_written_out():
-    chain = AuditChain()
-    record = chain.append(
-        event_id="keyturn.approvals.votes:1",
-        event_type="VoteRecorded",
-        source_topic="keyturn.approvals.votes",
-        occurred_at=T0,
-        payload={},
-        now=T0,
-        actor="human:car\x00ol\x1b[2J",  # as a record from an older build may hold
-    )
-    file = io.StringIO(newline="")
-    write_csv([record], file)
+    file = csv_of(one_record_by("human:car\x00ol\x1b[2J"))  # as a record from an older build may hold
 
     assert "\x00" not in file.getvalue() and "\x1b" not in file.getvalue()
     row = next(csv.DictReader(io.StringIO(file.getvalue(), newline="")))

@@ -19,6 +19,7 @@ not on record, and the inbox lists what the person may decide (``ApprovalDesk.in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-import jwt
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -45,6 +45,7 @@ from keyturn.bus.http import id_in_path
 from keyturn.core.principal import Principal
 from keyturn.core.text import words_problem
 from keyturn.identity import TOKEN_ERROR_CODES, InvalidToken, issue_token, load_or_create_signing_key
+from keyturn.identity.claims import unverified_expiry
 
 SESSION_COOKIE = "keyturn_session"
 SIGN_IN_COOKIE = "keyturn_sign_in"
@@ -122,7 +123,10 @@ class Console:
         """Sign ``token``'s session out for good, on every instance: its digest is kept until the
         token's own expiry (read from the token, which has verified), when the verifier refuses it."""
         now = self.clock()
-        expires_at = token_expiry(token) or now + SESSION_TTL
+        expires_at, expiry = now + SESSION_TTL, unverified_expiry(token)
+        if expiry is not None:
+            with contextlib.suppress(ValueError, OverflowError, OSError):  # an exp no date can hold
+                expires_at = datetime.fromtimestamp(expiry, UTC)
         await (await self.desk_of()).store.end_session(session_digest(token), expires_at, now)
         self._remember_ended(session_digest(token))
 
@@ -410,17 +414,6 @@ async def _view_for(desk: ApprovalDesk, viewer: Principal, action_id: str) -> di
 def session_digest(token: str) -> bytes:
     """What is kept of a signed-out session token: its SHA-256, never the token."""
     return hashlib.sha256(token.encode()).digest()
-
-
-def token_expiry(token: str) -> datetime | None:
-    """The ``exp`` of a token that has already verified (None when it cannot be read)."""
-    try:
-        expiry = jwt.decode(token, options={"verify_signature": False}).get("exp")
-        if not isinstance(expiry, int | float) or isinstance(expiry, bool):
-            return None
-        return datetime.fromtimestamp(float(expiry), UTC)
-    except (jwt.PyJWTError, ValueError, OverflowError, OSError):
-        return None
 
 
 def _verifies(console: Console, token: str) -> bool:

@@ -47,6 +47,7 @@ from keyturn.bus.http import id_in_path
 from keyturn.core.principal import Principal, PrincipalKind
 from keyturn.core.text import problem_in, words_problem
 from keyturn.faults import DATABASE_UNAVAILABLE
+from keyturn.identity.claims import unverified_expiry
 
 log = logging.getLogger(__name__)
 SOURCE = "teams:messages"
@@ -369,15 +370,15 @@ class TeamsChannel:
 def expiring(authorization: str | None) -> bool:
     """Whether the bearer token says when it expires. The SDK checks ``exp`` only when a token has
     one, and a token without it would be good forever; the signature and every other claim are
-    the SDK's to judge, so this reads the claims unverified only to refuse more, never to accept."""
+    the SDK's to judge (``identity.claims.unverified_expiry`` reads it only to refuse more)."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return True  # nothing to read: the SDK answers a missing token itself
     try:
-        claims = jwt.decode(token.strip(), options={"verify_signature": False})
+        jwt.get_unverified_header(token.strip())
     except jwt.PyJWTError:
         return True  # not a JWT: the SDK refuses it
-    return isinstance(claims.get("exp"), int | float) and not isinstance(claims.get("exp"), bool)
+    return unverified_expiry(token.strip()) is not None
 
 
 def _account(user: Any) -> Principal:

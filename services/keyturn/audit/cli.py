@@ -18,7 +18,8 @@ import typer
 
 from keyturn.audit.sources import audit_records, err, fail, progress, time_option
 from keyturn.config import Settings
-from keyturn.terminal import TerminalConsole, shown
+from keyturn.core.text import for_terminal
+from keyturn.terminal import TerminalConsole
 
 app = typer.Typer(
     help="The hash-chained audit stream: tail, verify, replay, export, stats, ship.", no_args_is_help=True
@@ -74,7 +75,7 @@ def _print_record(record, as_json: bool) -> None:
     from keyturn.core.canonical import from_millis
 
     typer.echo(
-        shown(
+        for_terminal(
             f"{record.sequence:>6}  {from_millis(record.recorded_at).isoformat(timespec='milliseconds')}  "
             f"{record.event_type:<17} {record.action_id or '-':<36}  {record.actor or '-'}"
         )

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jwt
+
 from keyturn.core.principal import Principal, PrincipalKind
 
 KIND_CLAIM = "keyturn_kind"
@@ -75,3 +77,16 @@ def _require_principal_id(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a non-empty principal id such as 'human:alice'")
     return value
+
+
+def unverified_expiry(token: str) -> float | None:
+    """A token's ``exp`` read without checking its signature, or None when it has none (or is no
+    JWT). Only ever to refuse more: the expiry of a token already verified (a console session kept
+    as signed out until then), or a token whose verifier would take it without one (Teams)."""
+    try:
+        expiry = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return None
+    if not isinstance(expiry, int | float) or isinstance(expiry, bool):
+        return None
+    return float(expiry)
