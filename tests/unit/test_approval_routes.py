@@ -97,3 +97,19 @@ async def test_the_clock_expires_what_is_due_and_publishes_it() -> None:
     resolved = [registry().decode_event(v) for _, _, v in broker.sent]
     assert [(type(e).__name__, e.outcome) for e in resolved] == [("ApprovalResolved", events.ResolutionOutcome.EXPIRED)]
     assert store.tables.approvals[decided.action_id].status == "expired"
+
+
+async def test_a_vote_naming_its_choice_twice_is_refused_not_read_one_way() -> None:
+    runtime, _, broker, client = wired()
+    decided = decision()
+    desk = await runtime.desk()
+    await desk.take_decision(decided, registry().encode_event(decided))
+    body = f'{{"choice":"deny","payload_digest":"{DIGEST}","choice":"approve"}}'.encode()
+    async with client:
+        answer = await client.post(
+            f"/v1/approvals/{decided.action_id}/votes", content=body, headers={"Content-Type": "application/json"}
+        )
+    assert answer.status_code == 422 and "the same key twice" in answer.text, answer.text
+    assert not [
+        e for e in (registry().decode_event(v) for _, _, v in broker.sent) if isinstance(e, events.VoteRecorded)
+    ]

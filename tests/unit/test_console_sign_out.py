@@ -180,3 +180,25 @@ async def test_a_page_view_costs_one_lookup_and_a_known_signed_out_token_none() 
         before = replicas.store.session_lookups
         assert sent_to_sign_in(await stranger.get("/console"))
     assert replicas.store.session_lookups == before  # a token that does not verify is not looked up
+
+
+async def test_a_token_signed_out_of_the_console_is_refused_by_the_approval_api_on_every_instance() -> None:
+    replicas = Replicas()
+    decided = await replicas.opened()
+    carol, dave = token(), token("human:dave")
+    async with replicas.a.browser(carol) as browser:
+        await browser.post("/console/sign-out", data={"csrf": csrf_of(await browser.get("/console"))})
+    vote = {"choice": "approve", "payload_digest": str(DIGEST)}
+    for instance in (replicas.a, replicas.b):
+        async with instance.browser() as api:
+            bearer = {"Authorization": f"Bearer {carol}"}
+            answers = [
+                await api.get("/v1/approvals", headers=bearer),
+                await api.get(f"/v1/approvals/{decided.action_id}", headers=bearer),
+                await api.post(f"/v1/approvals/{decided.action_id}/votes", json=vote, headers=bearer),
+            ]
+            assert (await api.get("/v1/approvals", headers={"Authorization": f"Bearer {dave}"})).status_code == 200
+        for answer in answers:
+            assert answer.status_code == 401 and "signed_out" in answer.text, answer.text
+            assert carol not in answer.text
+    assert replicas.votes() == [] and replicas.store.tables.approvals[decided.action_id].status == "pending"

@@ -223,3 +223,46 @@ def test_a_reason_keeps_its_lines_and_tabs() -> None:
         answer = client.post("/v1/actions", json={**GOOD, "reason": "two lines:\n\tsecond"}, headers=AUTH)
     assert answer.status_code == 202, answer.text
     assert len(store.rows) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        # one reader keeps the first "role", another the last: which one would the approver see?
+        (
+            raw(
+                '{"action":"iam.role.grant","resource":"iam://staging/roles/analyst","reason":"onboarding",'
+                '"parameters":{"principal":"bob","role":"analyst","role":"admin"}}'
+            ),
+            "the same key twice",
+        ),
+        (
+            raw('{"action":"read.table","action":"secrets.delete","resource":"postgres://a","reason":"r"}'),
+            "the same key twice",
+        ),
+        (b"\xef\xbb\xbf" + json.dumps(GOOD).encode(), "BOM"),
+        (json.dumps(GOOD).encode("utf-16"), None),  # not UTF-8 at all: 400
+        (json.dumps(GOOD).encode("utf-32-le"), "not JSON"),  # NULs are UTF-8: then not JSON
+        (raw('{"action": "read.table",'), "at character"),
+    ],
+)
+def test_json_that_readers_could_read_two_ways_is_refused_and_recorded(body: bytes, says: str | None) -> None:
+    client, store, send = client_and_store()
+    with client:
+        answer = client.post("/v1/actions", content=body, headers=AUTH)
+        batch = client.post("/v1/actions:batch", content=b'{"items":[' + body + b"]}", headers=AUTH)
+    assert answer.status_code == (422 if says else 400), answer.text
+    if says:
+        assert any(says in problem for problem in answer.json()["problems"]), answer.json()
+    assert batch.status_code in (400, 422), batch.text
+    assert "admin" not in answer.text and store.rows == {}, "nothing refused is stored"
+    letters = send.events("unit.dlq")
+    assert len(letters) == 2 and {letter.principal for letter in letters} == {"agent:reporter"}
+
+
+def test_a_repeated_key_is_refused_in_an_approval_vote_too() -> None:
+    from keyturn.bus.http import RepeatedKey, strict_json
+
+    with pytest.raises(RepeatedKey):
+        strict_json(b'{"choice":"deny","choice":"approve"}')
+    assert strict_json(b'{"a":{"b":1},"c":[{"b":2},{"b":3}]}') == {"a": {"b": 1}, "c": [{"b": 2}, {"b": 3}]}

@@ -38,7 +38,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet, DeskUnavailable
-from keyturn.approval.http import REFUSAL_STATUS
+from keyturn.approval.http import REFUSAL_STATUS, session_digest
 from keyturn.approval.views import reason_missing, requester_line, timeline
 from keyturn.bus.codec import registry
 from keyturn.bus.http import id_in_path
@@ -409,11 +409,6 @@ async def _view_for(desk: ApprovalDesk, viewer: Principal, action_id: str) -> di
     except DeskUnavailable:  # not on record, not theirs to see, or the policy engine away
         return None
     return await desk.view(action_id)
-
-
-def session_digest(token: str) -> bytes:
-    """What is kept of a signed-out session token: its SHA-256, never the token."""
-    return hashlib.sha256(token.encode()).digest()
 
 
 def _verifies(console: Console, token: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.views import approval_view
-from keyturn.bus.http import id_in_path, masked_http_error, route_of
+from keyturn.bus.http import StrictJsonRoute, id_in_path, masked_http_error, route_of
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.core.approval import ApiVoteChannel
 from keyturn.core.principal import Principal
@@ -79,7 +80,16 @@ def unavailable(exc: DeskUnavailable) -> JSONResponse:
     )
 
 
+def session_digest(token: str) -> bytes:
+    """What is kept of a signed-out session token: its SHA-256, never the token."""
+    return hashlib.sha256(token.encode()).digest()
+
+
 def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Any) -> None:
+    # the API's routes, and every one mounted after them (console, history, chat), read JSON
+    # bodies as UTF-8 with each key once (``bus.http.strict_json``)
+    app.router.route_class = StrictJsonRoute
+
     @app.exception_handler(DeskUnavailable)
     async def desk_unavailable(_: Request, exc: DeskUnavailable) -> JSONResponse:
         return unavailable(exc)
@@ -101,13 +111,23 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
     for error in DATABASE_UNAVAILABLE:
         app.add_exception_handler(error, database_unavailable)
 
-    def approver_of(authorization: str | None) -> Principal:
+    async def approver_of(authorization: str | None) -> Principal:
+        """The caller, from a token that verifies and whose console session was not signed out:
+        signing out of the console ends that token at every door of the approval service."""
         try:
-            return verifier().verify(bearer_token(authorization))
+            token = bearer_token(authorization)
+            principal = verifier().verify(token)
         except InvalidToken as exc:
             raise HTTPException(
                 401, detail=f"invalid token ({exc.code}): {exc}", headers={"WWW-Authenticate": "Bearer"}
             ) from exc
+        if await (await desk_of()).store.session_ended(session_digest(token)):
+            raise HTTPException(
+                401,
+                detail="invalid token (signed_out): this token's session was signed out; sign in again",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return principal
 
     app.add_exception_handler(StarletteHTTPException, masked_http_error)
 
@@ -116,7 +136,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         """Who is asking comes first: 401 records nothing; a signed-in caller's refusal is recorded
         under their name, without the values it refused (and the answer does not echo them)."""
         try:
-            approver = approver_of(request.headers.get("authorization"))
+            approver = await approver_of(request.headers.get("authorization"))
         except HTTPException as unauthenticated:  # raised out of a handler it would become a 500
             UNATTRIBUTED.labels("api", "invalid_token").inc()
             return await masked_http_error(request, unauthenticated)
@@ -153,7 +173,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
     )
     async def inbox(authorization: str | None = Header(None)) -> list[dict[str, Any]]:
         """Pending approvals the signed-in principal may decide now (``ApprovalDesk.inbox``)."""
-        approver = approver_of(authorization)
+        approver = await approver_of(authorization)
         desk = await desk_of()
         return [approval_view(decided, state) for decided, state in await desk.inbox(approver)]
 
@@ -174,7 +194,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         (``status: break_glass``) is shown the same way, and a vote on it records its review. Shown
         to its requester's chain and to approvers (``ApprovalDesk.may_see``); anyone else is
         answered as for an action not on record."""
-        viewer = approver_of(authorization)
+        viewer = await approver_of(authorization)
         if not id_in_path(action_id):
             raise unknown_action()
         desk = await desk_of()
@@ -207,7 +227,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
     )
     async def vote(action_id: str, body: VoteRequest, authorization: str | None = Header(None)) -> dict[str, Any]:
         """Approve or deny. Refusals are recorded and audited, and change nothing."""
-        approver = approver_of(authorization)
+        approver = await approver_of(authorization)
         if not id_in_path(action_id):
             raise unknown_action()
         desk = await desk_of()

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import h11
 import uvicorn
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from keyturn.core.text import plausible_id
@@ -275,3 +277,54 @@ async def masked_http_error(request: Any, exc: Any) -> Any:
     if isinstance(exc.detail, str):
         exc.detail = masked_line(exc.detail)
     return await http_exception_handler(request, exc)
+
+
+class RepeatedKey(json.JSONDecodeError):
+    """An object that names the same key twice (the key is not repeated: it may be anything)."""
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise RepeatedKey("an object holds the same key twice", "", 0)
+    return found
+
+
+def strict_json(body: bytes) -> Any:
+    """A request body read as RFC 8259 asks of JSON between systems: UTF-8 with no byte-order
+    mark, and each object's keys named once. The ``json`` module would also guess UTF-16 and
+    UTF-32 and keep the last of a repeated key, where another reader of the same bytes (a proxy,
+    the agent's own log, a signature check) may keep the first: the action an approver is shown
+    could then differ from the one that reader saw. Bytes that are not UTF-8 raise
+    ``UnicodeDecodeError`` (FastAPI answers 400), the rest ``json.JSONDecodeError`` (422)."""
+    return json.loads(body.decode("utf-8"), object_pairs_hook=_once_each)
+
+
+class StrictJsonRequest(Request):
+    """The request a route reads its JSON from; its body is the one Starlette made first (which
+    the exception handlers are given), read once and kept there for both."""
+
+    def __init__(self, first: Request) -> None:
+        super().__init__(first.scope, first.receive)
+        self._first = first
+
+    async def body(self) -> bytes:
+        return await self._first.body()
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = strict_json(await self.body())
+        return self._json
+
+
+class StrictJsonRoute(APIRoute):
+    """Routes whose JSON bodies are read by ``strict_json`` (FastAPI's documented way to give a
+    route its own request class: ``app.router.route_class = StrictJsonRoute`` before any route)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(StrictJsonRequest(request))
+
+        return strict

@@ -99,6 +99,10 @@ def validation_problems(errors: Iterable[Mapping[str, Any]]) -> list[str]:
     """
     problems = []
     for error in errors:
+        if error.get("type") == "json_invalid":  # loc is ("body", character): say what it is
+            reason = (error.get("ctx") or {}).get("error", "invalid")
+            problems.append(f"body: not JSON: {reason} (at character {error.get('loc', ('', 0))[-1]})")
+            continue
         path = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         problems.append(f"{path}: {error.get('msg', 'invalid')}")
     return problems

@@ -27,7 +27,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.bus.codec import UndecodableMessage
-from keyturn.bus.http import BoundedRequests, header, id_in_path, masked_http_error, route_of
+from keyturn.bus.http import BoundedRequests, StrictJsonRoute, header, id_in_path, masked_http_error, route_of
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
@@ -124,6 +124,7 @@ def create_app(
         description="Submit privileged actions on behalf of an agent and follow them to their outcome.",
         lifespan=lifespan,
     )
+    app.router.route_class = StrictJsonRoute  # UTF-8 JSON, each key once (before any route)
 
     def authenticate(authorization: str | None) -> Principal:
         try:
