@@ -311,6 +311,70 @@ def test_a_token_glued_to_other_text_is_still_masked(masker, sent, shown):
     assert masker.mask({"v": sent}).parameters == {"v": shown}
 
 
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        # a password behind an empty user name, as Redis URLs and webhooks spell it
+        ("redis://:s3cretPW@cache.internal:6379/0", "redis://:<SECRET>@cache.internal:6379/0"),
+        ("https://:CBPW105x@hooks.example.internal/cb", "https://:<SECRET>@hooks.example.internal/cb"),
+        # a card glued to a word, or in dotted groups
+        ("acct4977308558031926", "acct****1926"),
+        ("x_4977200290096004", "x_****6004"),
+        ("4977.3085.5803.1926", "****1926"),
+        # an SSN without dashes after its name
+        ("ssn:219099999", "ssn:<US_SSN>"),
+        ("social security number: 219099999", "social security number: <US_SSN>"),
+        # service tokens known by their prefix, whatever their randomness
+        ("glpat-abcdefghij1234567890", "<SECRET>"),
+        ("sk_live_" + "abcdefghijklmnopqrstuvwx", "<SECRET>"),
+        # an Authorization header's credentials written out
+        ("Authorization: Basic dXNlcjpodW50ZXIy", "Authorization: Basic <SECRET>"),
+        ("Authorization: Bearer abc123def456ghi789", "Authorization: Bearer <SECRET>"),
+    ],
+)
+def test_secrets_and_personal_data_in_their_less_usual_spellings_are_masked(masker, sent, shown):
+    assert masker.mask({"v": sent}).parameters == {"v": shown}
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "glpat-" + "Ab3dEf6hIj9kLm2nOp5q",
+        "GR1348941" + "Ab3dEf6hIj9kLm2nOp5q",
+        "glcbt-" + "7f_" + "Ab3dEf6hIj9kLm2nOp5q",
+        "sk_live_" + "Ab3dEf6hIj9kLm2nOp5qRs8t",
+        "rk_live_" + "Ab3dEf6hIj9kLm2nOp5qRs8t",
+        "sk-" + "Ab3dEf6hIj9kLm2nOp5q" + "T3BlbkFJ" + "Ab3dEf6hIj9kLm2nOp5q",
+        "pypi-AgEIcHlwaS5vcmc" + "Ab3dEf6hIj" * 7,
+        "SG." + "Ab3dEf6hIj9kLm2nOp5qRs" + "." + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zA7bC0dE3fG6h",
+        "sq0csp-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zA7bC0dE3fG6h",
+        "123456789:" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zA7b",
+        "0123456789abcdef0123456789abcdef-us12",
+    ],
+)
+def test_service_tokens_known_by_their_prefix_are_masked_inside_any_text(masker, token):
+    from keyturn.masking.recognizers.secrets import _PREFIXED_TOKEN_MARK
+
+    assert _PREFIXED_TOKEN_MARK.search(token), "the cheap check must let every such token through"
+    masked = masker.mask({"v": f"deploy with {token} today"}).parameters["v"]
+    assert token not in masked and "<SECRET>" in masked and masked.startswith("deploy with "), masked
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [
+        "a basic idea",
+        "the bearer of good news",
+        "bearer 2024-01-01",
+        "v1.2.3.4",
+        "order 20241231123456",
+        "no. 219099999",
+    ],
+)
+def test_words_near_those_spellings_are_kept(masker, kept):
+    assert masker.mask({"v": kept}).parameters == {"v": kept}
+
+
 def test_odd_keys_are_quoted_in_finding_paths(masker):
     masked = masker.mask({"odd key": {'q"uote': "customer.4821@example.com"}})
     assert masked.findings == [Finding('$["odd key"]["q\\"uote"]', "EMAIL_ADDRESS")]

@@ -13,8 +13,9 @@ Why each condition is necessary:
 - ``EMAIL_ADDRESS``: the pattern has a literal ``@``.
 - ``PHONE_NUMBER``: kept phone numbers contain a phone core by rule (7 digits, not inside
   an IP address, SSN or card-length run; see :func:`has_phone_core`).
-- ``CREDIT_CARD``: 13 to 19 digits in groups joined by at most one ``-`` or space.
-- ``US_SSN``: only ``ddd[- .]dd[- .]dddd`` scores above the threshold (9 digits).
+- ``CREDIT_CARD``: 13 to 19 digits in groups joined by at most one ``-``, space or dot.
+- ``US_SSN``: only ``ddd[- .]dd[- .]dddd``, or nine digits just after ``ssn`` or ``social
+  security [number|no]``, score above the threshold (9 digits).
 - ``IBAN_CODE``: the pattern starts with two capitals, two digits and two 4-groups.
 - ``IP_ADDRESS``: IPv4 needs ``d.d{1,3}.d{1,3}.d``; every IPv6 form has ``::`` or six colons.
 - token types: each pattern contains a fixed marker (``AKIA``, ``eyJ``, ``-----BEGIN``…);
@@ -41,8 +42,9 @@ from keyturn.masking.recognizers import (
 )
 
 _DIGIT = regex.compile(r"\d")
-_CARD = regex.compile(r"\d(?:[- ]?\d){12}")
+_CARD = regex.compile(r"\d(?:[- .]?\d){12}")
 _SSN = regex.compile(r"[0-9]{3}[- .][0-9]{2}[- .][0-9]{4}")
+_NINE_DIGITS = regex.compile(r"(?<![0-9])[0-9]{9}(?![0-9])")
 _IBAN = regex.compile(r"[A-Z]{2}[0-9]{2}[ -]?[A-Z0-9]{4}[ -]?[A-Z0-9]{4}")
 _IPV4 = regex.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]")
 
@@ -105,9 +107,15 @@ class Prefilter:
             found.add("PHONE_NUMBER")
         if digits >= 13 and _CARD.search(text):
             found.add("CREDIT_CARD")
-        if digits >= 9 and _SSN.search(text):
+        if digits >= 9 and (_SSN.search(text) or _named_ssn(text)):
             found.add("US_SSN")
         if digits >= 4 and "." in text and _IPV4.search(text):
             found.add("IP_ADDRESS")
         if _IBAN.search(text):
             found.add("IBAN_CODE")
+
+
+def _named_ssn(text: str) -> bool:
+    """What ``recognizers.pii.LABELLED_SSN`` needs: its name, and nine digits on their own."""
+    lowered = text.lower()
+    return ("ssn" in lowered or "security" in lowered) and _NINE_DIGITS.search(text) is not None

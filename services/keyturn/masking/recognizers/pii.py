@@ -9,9 +9,10 @@ one of these is mostly left alone. Phone numbers still need Keyturn's extra rule
 ========================  ===================================================================
 ``EMAIL_ADDRESS``         Presidio's e-mail pattern, domain checked offline
 ``PHONE_NUMBER``          Presidio's phone recognizer (python-phonenumbers, 8 regions)
-``CREDIT_CARD``           Presidio's card pattern, Luhn-validated by Presidio
+``CREDIT_CARD``           Presidio's card pattern, Luhn-validated by Presidio; bounded by
+                          digits, not words (``acct4977…``), and dots may separate groups
 ``IBAN_CODE``             Presidio's IBAN pattern, checksum-validated by Presidio
-``US_SSN``                Presidio's SSN patterns
+``US_SSN``                Presidio's SSN patterns, and nine digits right after ``SSN``
 ``IP_ADDRESS``            Presidio's IPv4/IPv6 patterns, validated with ``ipaddress``
 ========================  ===================================================================
 """
@@ -19,7 +20,7 @@ one of these is mostly left alone. Phone numbers still need Keyturn's extra rule
 from __future__ import annotations
 
 import tldextract
-from presidio_analyzer import EntityRecognizer
+from presidio_analyzer import EntityRecognizer, Pattern
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
     EmailRecognizer,
@@ -46,14 +47,33 @@ class OfflineEmailRecognizer(EmailRecognizer):
         return self._domains(pattern_text.rpartition("@")[2]).fqdn != ""
 
 
+#: Presidio's card pattern with its ``\b`` ends made digit bounds: a card glued to a word
+#: (``acct4977…``, ``x_4977…``) is still a card, where ``\b`` sees no edge between a letter or
+#: ``_`` and a digit; and a dot may separate its groups (``4971.1018.2587.1427``).
+CARD_PATTERN = Pattern(
+    "card number, digit-bounded",
+    r"(?<!\d)(?!1\d{12}(?!\d))(?:4\d{3}|5[0-5]\d{2}|6\d{3}|1\d{3}|3\d{3})"
+    r"[- .]?\d{3,4}[- .]?\d{3,4}[- .]?\d{3,5}(?!\d)",
+    0.3,
+)
+#: Nine digits named an SSN just before them (``ssn:219099999``, ``SSN #219099999``): Presidio
+#: scores an unlabelled nine-digit run "very weak" (most are other numbers), and its context
+#: words need a language model Keyturn does not load.
+LABELLED_SSN = Pattern(
+    "ssn after its name",
+    r"(?i:\b(?:ssn|social[ _-]?security(?:[ _-]?(?:number|no))?))[\s\"':=#.-]{0,4}\K[0-9]{9}(?![0-9])",
+    0.6,
+)
+
+
 def pii_recognizers() -> list[EntityRecognizer]:
     """One recognizer per personal-data entity type, in the order of the table above."""
     return [
         OfflineEmailRecognizer(),
         PhoneRecognizer(),
-        CreditCardRecognizer(),
+        CreditCardRecognizer(patterns=[CARD_PATTERN], replacement_pairs=[("-", ""), (" ", ""), (".", "")]),
         IbanRecognizer(),
-        UsSsnRecognizer(),
+        UsSsnRecognizer(patterns=[*UsSsnRecognizer.PATTERNS, LABELLED_SSN]),
         IpRecognizer(),
     ]
 

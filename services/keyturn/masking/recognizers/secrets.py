@@ -11,6 +11,8 @@ plugins are tuned for JSON values rather than source files (see
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import string
 from collections.abc import Iterator
@@ -24,12 +26,20 @@ from detect_secrets.filters.heuristic import (
     is_sequential_string,
     is_templated_secret,
 )
+from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
 from detect_secrets.plugins.high_entropy_strings import (
     Base64HighEntropyString,
     HexHighEntropyString,
     HighEntropyStringsPlugin,
 )
 from detect_secrets.plugins.keyword import CONFIG_DENYLIST_REGEX_TO_GROUP
+from detect_secrets.plugins.mailchimp import MailchimpDetector
+from detect_secrets.plugins.openai import OpenAIDetector
+from detect_secrets.plugins.pypi_token import PypiTokenDetector
+from detect_secrets.plugins.sendgrid import SendGridDetector
+from detect_secrets.plugins.square_oauth import SquareOAuthDetector
+from detect_secrets.plugins.stripe import StripeDetector
+from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
 from presidio_analyzer import LocalRecognizer, RecognizerResult
 
 from keyturn.masking.recognizers.engine import LANGUAGE
@@ -40,7 +50,8 @@ URL_PASSWORD_PATTERNS: tuple[PatternRow, ...] = (
     (
         "SECRET",
         "password in url",
-        r"(?i:\b[a-z][a-z0-9+.\-]{1,20}://)[^\s/?#@:]{1,256}:\K[^\s/?#@]{1,256}(?=@)",
+        # the user name may be empty (``redis://:password@host``, as Redis and others spell it)
+        r"(?i:\b[a-z][a-z0-9+.\-]{1,20}://)[^\s/?#@:]{0,256}:\K[^\s/?#@]{1,256}(?=@)",
         0.9,
     ),
 )
@@ -56,6 +67,35 @@ _KEYWORD_HINT = "(?i:key|pass|pwd|secret|contrase)"
 _KEYWORD_OPERATORS = frozenset(":=;!")
 _BASE64_RUN = "[" + re.escape(Base64HighEntropyString().charset) + "]{23,}"
 _HEX_RUN = r"(?<![A-Za-z0-9])[0-9A-Fa-f]{20,}(?![A-Za-z0-9])"
+
+#: detect-secrets' plugins for service tokens with a prefix of their own (GitLab ``glpat-…``,
+#: Stripe ``sk_live_…``, OpenAI, PyPI, SendGrid, Square, Telegram, Mailchimp): their regexes,
+#: as a scan of a file would apply them. Their randomness alone is often below the entropy
+#: limits (a 20-character GitLab token), so the prefix is what finds them.
+_PREFIXED_TOKENS: tuple[re.Pattern[str], ...] = tuple(
+    pattern
+    for plugin in (
+        GitLabTokenDetector,
+        StripeDetector,
+        OpenAIDetector,
+        PypiTokenDetector,
+        SendGridDetector,
+        SquareOAuthDetector,
+        TelegramBotTokenDetector,
+        MailchimpDetector,
+    )
+    for pattern in plugin.denylist
+)
+#: Text one of those regexes needs in every match (``tests/unit/test_masking.py`` checks each
+#: plugin's own examples pass it): most lines have none, and one search here costs less than
+#: running the sixteen.
+_PREFIXED_TOKEN_MARK = re.compile(r"gl[a-z]{2,6}-|GR1348941|k_live_|T3BlbkFJ|pypi-|SG\.|sq0csp-|[0-9]:|-us[0-9]")
+#: An ``Authorization`` scheme's credentials written out: ``Basic`` and base64 of ``user:pass``
+#: (decoded to be sure: the word alone is common), or ``Bearer`` and a token of 16 or more
+#: characters holding a digit. detect-secrets' basic-auth plugin looks only inside URLs.
+_BASIC = re.compile(r"(?i:\bbasic)\s+([A-Za-z0-9+/]{4,}={0,2})(?![A-Za-z0-9+/=])")
+_BEARER = re.compile(r"(?i:\bbearer)\s+([A-Za-z0-9\-._~+/]*[0-9][A-Za-z0-9\-._~+/]*=*)")
+_SCHEME_HINT = re.compile(r"[Bb](?:[Aa][Ss][Ii][Cc]|[Ee][Aa][Rr][Ee][Rr])")  # (?i) costs more per line
 
 
 class DetectSecretsRecognizer(LocalRecognizer):
@@ -118,10 +158,16 @@ class DetectSecretsRecognizer(LocalRecognizer):
             yield from self._entropy_spans(line, self._hex, self._hex_run, _hex_shape)
         if not _KEYWORD_OPERATORS.isdisjoint(line) and self._keyword_hint.search(line):
             yield from self._keyword_spans(line)
+        if len(line) >= 20 and _PREFIXED_TOKEN_MARK.search(line):
+            for pattern in _PREFIXED_TOKENS:
+                for match in pattern.finditer(line):
+                    yield match.span()
+        if _SCHEME_HINT.search(line):
+            yield from _scheme_credential_spans(line)
 
     def could_flag(self, text: str) -> bool:
         """Whether :meth:`analyze` reports anything in ``text``; cheap enough to pre-check."""
-        if len(text) < 20 and _KEYWORD_OPERATORS.isdisjoint(text):
+        if len(text) < 20 and _KEYWORD_OPERATORS.isdisjoint(text) and not _SCHEME_HINT.search(text):
             return False
         for line in text.split("\n"):
             for _ in self.secret_spans(line):
@@ -164,6 +210,19 @@ class DetectSecretsRecognizer(LocalRecognizer):
                 RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
             },
         )
+
+
+def _scheme_credential_spans(line: str) -> Iterator[tuple[int, int]]:
+    for match in _BASIC.finditer(line):
+        try:
+            decoded = base64.b64decode(match.group(1), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+        if ":" in decoded:
+            yield match.span(1)
+    for match in _BEARER.finditer(line):
+        if len(match.group(1)) >= 16:
+            yield match.span(1)
 
 
 _UPPER = frozenset(string.ascii_uppercase)
