@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from keyturn.intake.wiring import parameter_masks
 from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
 from tests.conftest import free_port
 from tests.peers import JsonPeer
@@ -30,6 +31,20 @@ def test_a_real_decision_comes_with_opa_s_decision_id(endpoints) -> None:
     answer = run(query(endpoints.opa_url, "keyturn/decision", {"action": "secrets.delete"}))
     assert answer.result["decision"]["outcome"] == "denied"
     assert answer.decision_id
+
+
+def test_the_intake_reads_a_registered_tool_s_mask_from_the_shipped_policies(endpoints) -> None:
+    async def masks() -> tuple[tuple[str, ...], tuple[str, ...]]:
+        client = OpaClient(endpoints.opa_url)
+        try:
+            mask_for = parameter_masks(client)
+            return await mask_for("mcp.notes.store_token"), await mask_for("read.table")
+        finally:
+            await client.close()
+
+    tool, table = run(masks())
+    assert "parameters.api_key" in tool and {"parameters.password", "parameters.token"} <= set(tool)
+    assert "parameters.api_key" not in table and {"parameters.password", "parameters.token"} <= set(table)
 
 
 def test_an_undefined_document_is_refused_not_treated_as_allow(endpoints) -> None:

@@ -591,6 +591,35 @@ async def test_a_failure_never_quotes_a_value_the_masked_parameters_hide(caplog)
     assert "plugin error: ValueError" in caplog.text and "test_executor_stage.py" in caplog.text  # where it broke
 
 
+class Echoing(Recording):
+    """A tool that answers with what it was given, as careless tools do (``stored key …``)."""
+
+    async def execute(self, command: Command):
+        return {
+            "content": [{"type": "text", "text": f"stored key {command.parameters['api_key']}"}],
+            "structuredContent": {command.parameters["note"]: ["saved", command.parameters["note"]]},
+        }
+
+
+async def test_a_result_never_carries_a_value_the_masked_parameters_hide() -> None:
+    from keyturn.core.canonical import canonical_json
+    from keyturn.masking.protect import mask_parameters
+
+    clear = {"api_key": "kv7Q2mLx9Rw4tB8n-plain", "note": "the-vault-combination-3141"}
+    executor, _ = executor_with(Echoing())
+    decision = allowed("echo", parameters=clear)
+    decision = dataclasses.replace(
+        decision,
+        request=dataclasses.replace(decision.request, parameters_json=canonical_json(mask_parameters(clear))),
+        mask=("parameters.note",),  # registered secret by the operator: no recogniser would see it
+    )
+    outcome, encoded = await executor.execute(ExecutionOrder(decision))
+    result = decoded(encoded).result_json
+    assert outcome is ExecutionOutcome.SUCCEEDED
+    assert "kv7Q2mLx9Rw4tB8n-plain" not in result and "the-vault-combination-3141" not in result, result
+    assert "stored key <SECRET>" in result and '"<MASKED>"' in result
+
+
 def test_what_a_failure_may_not_quote_is_each_value_the_masked_copy_hides_never_a_secrets_name() -> None:
     from keyturn.masking.protect import hidden_values, mask_parameters, without
 

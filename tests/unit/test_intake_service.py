@@ -26,7 +26,7 @@ from keyturn.intake.app import create_app
 from keyturn.intake.consumers import submissions_stage, sweep_outbox
 from keyturn.intake.status import StatusFollower
 from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, Intake
-from keyturn.intake.wiring import IntakeWiring
+from keyturn.intake.wiring import IntakeWiring, MaskUnknown, parameter_masks
 from keyturn.masking.protect import parameter_protector
 from keyturn.masking.sealing import open_sealed
 from tests.fakes.service_ports import FakeActionStore, ListSource, Record, fake_publisher
@@ -118,6 +118,64 @@ async def test_parameters_are_masked_for_every_topic_and_sealed_for_the_executor
         event.sealed_parameters, action_id=event.action_id, payload_digest=str(event.payload_digest), keyring=KEYRING
     )
     assert opened == {"table": "orders", "password": SECRET}
+
+
+class MaskingPolicy:
+    """OPA's ``keyturn/combination/parameter_mask`` for the intake: fields per action name; away
+    when ``down``."""
+
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        self.fields, self.down, self.asked = fields, False, 0
+
+    async def query(self, path: str, input_document: dict[str, Any]) -> Any:
+        assert path == "keyturn/combination/parameter_mask"
+        self.asked += 1
+        if self.down:
+            raise ConnectionError("OPA is away")
+        return dataclasses.make_dataclass("Answer", ["result"])(self.fields.get(input_document["action"], []))
+
+
+REGISTERED = {"mcp.notes.store_token": ["parameters.password", "parameters.token", "parameters.note_body"]}
+
+
+async def test_a_field_the_policy_masks_for_the_action_never_travels_in_clear() -> None:
+    policy = MaskingPolicy(REGISTERED)
+    intake, _store, send = intake_with()
+    intake.mask_for = parameter_masks(policy)
+    note = submission(action="mcp.notes.store_token", parameters={"note_body": "kept-between-us-7731"})
+    stored, _ = await intake.submit(REPORTER, note, SubmissionChannel.HTTP)
+    [event] = published(send)
+    assert "kept-between-us-7731" not in event.parameters_json and b"kept-between-us-7731" not in stored.requested_event
+    opened = open_sealed(
+        event.sealed_parameters, action_id=event.action_id, payload_digest=str(event.payload_digest), keyring=KEYRING
+    )
+    assert opened == {"note_body": "kept-between-us-7731"}  # the executor still gets it
+    await intake.submit(REPORTER, submission(idempotency_key="k2", **{"action": note.action}), SubmissionChannel.HTTP)
+    assert policy.asked == 1  # one question per action name, remembered
+
+
+async def test_a_mask_that_cannot_be_read_stores_nothing_and_answers_503_naming_the_policy_engine() -> None:
+    policy = MaskingPolicy(REGISTERED)
+    policy.down = True
+    intake, store, send = intake_with()
+    intake.mask_for = parameter_masks(policy)
+    with TestClient(create_app(wire=wiring_of(intake, store))) as client:
+        body = {"action": "mcp.notes.store_token", "resource": "mcp://notes", "reason": "r"}
+        answer = client.post(
+            "/v1/actions", json={**body, "parameters": {"note_body": "x"}}, headers={"Authorization": "Bearer good"}
+        )
+    assert answer.status_code == 503 and "policy engine" in answer.text, answer.text
+    assert store.rows == {} and published(send) == []
+
+
+async def test_a_mask_read_once_stands_while_the_policy_engine_is_away() -> None:
+    policy = MaskingPolicy(REGISTERED)
+    mask_for = parameter_masks(policy, refresh_s=0)
+    assert "parameters.note_body" in await mask_for("mcp.notes.store_token")
+    policy.down = True
+    assert "parameters.note_body" in await mask_for("mcp.notes.store_token")
+    with pytest.raises(MaskUnknown):
+        await mask_for("mcp.notes.other_tool")
 
 
 async def test_with_the_broker_down_the_request_is_accepted_and_the_outbox_publishes_it_later() -> None:

@@ -96,3 +96,25 @@ def test_the_executor_sends_every_mcp_action_to_the_mcp_plugin(tmp_path) -> None
     plugin = shipped_plugins(settings).plugin_for("mcp.notes.add_note")
     assert plugin.name == "mcp"
     assert isinstance(plugin, McpPlugin) and plugin.upstreams["notes"].command == ("python", "notes.py")
+
+
+async def test_an_upstream_s_stderr_reaches_the_log_masked_line_by_line(caplog) -> None:
+    import asyncio
+    import logging
+    import sys
+
+    from keyturn.mcp.upstream import ERR_LINE_BYTES, masked_lines
+
+    script = (
+        "import sys\n"
+        "sys.stderr.write('Tool read_note failed: no note named grace.hopper.p1@example.org\\n')\n"
+        f"sys.stderr.write('x' * {ERR_LINE_BYTES * 20})\n"  # more than a pipe holds, no newline
+    )
+    caplog.set_level(logging.INFO, logger="keyturn.mcp.upstream")
+    async with masked_lines("python notes") as errlog:
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stderr=errlog)
+        assert await asyncio.wait_for(child.wait(), 30) == 0  # never blocked on a full pipe
+    said = [r.getMessage() for r in caplog.records if r.name == "keyturn.mcp.upstream"]
+    assert said[0] == "upstream python notes said: Tool read_note failed: no note named <EMAIL_ADDRESS>"
+    assert "grace.hopper" not in caplog.text
+    assert sum(m.count("x") for m in said[1:]) == ERR_LINE_BYTES * 20

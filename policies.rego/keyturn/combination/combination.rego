@@ -250,6 +250,26 @@ mask contains field if some field in data.keyturn.masking.always
 
 mask contains field if {
 	request.well_formed
+	some field in family_mask
+}
+
+family_mask contains field if {
 	some name in consulted
 	some field in data.keyturn.catalog[name].masked_fields
+}
+
+# METADATA
+# description: |
+#   The parameter fields masked for input.action, from its name alone: every family's
+#   masked_fields depends on the action's name, never on the rest of the request. The intake
+#   asks this of each action name before any topic carries a request, so a field an operator
+#   registered as secret (an MCP tool's mask, masking.always) never travels in clear.
+parameter_mask contains field if {
+	some field in data.keyturn.masking.always
+	startswith(field, "parameters.")
+}
+
+parameter_mask contains field if {
+	some field in family_mask
+	startswith(field, "parameters.")
 }

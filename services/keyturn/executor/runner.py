@@ -43,7 +43,7 @@ from keyturn.executor.ledger import LedgerEntry
 from keyturn.executor.plugins import Command, ExecutionFailed, OutcomeUnknown, Plugin, PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.faults import until_done
-from keyturn.masking.protect import without_hidden
+from keyturn.masking.protect import hidden_values, without_anywhere, without_hidden
 from keyturn.secret_store import (
     SecretNotFound,
     SecretStore,
@@ -412,10 +412,16 @@ class Executor:
             # in it), kept as signed; masking would break the signature
             return outcome(ExecutionOutcome.APPROVED_EXTERNAL, result=result)
         # masking a result is CPU work kept off the event loop; a result of None has nothing to mask
-        shaped = (
-            None if result is None else await asyncio.to_thread(self.results.shape, result, tuple(order.decision.mask))
-        )
+        shaped = None if result is None else await asyncio.to_thread(self._shaped, result, clear, order)
         return outcome(ExecutionOutcome.SUCCEEDED, result=shaped)
+
+    def _shaped(self, result: Any, clear: dict[str, Any], order: ExecutionOrder) -> Any:
+        """A result as it travels: without a value the masked parameters hide (a tool that echoes
+        the key it was given, a row that quotes the address the query named), then masked and
+        capped (``ResultShaper``), as a failure's text is."""
+        mask = tuple(order.decision.mask)
+        hidden = hidden_values(clear, order.decision.request.parameters, mask)
+        return self.results.shape(without_anywhere(result, hidden), mask)
 
     async def _interrupted(self, order: ExecutionOrder, plugin: Plugin, earlier: LedgerEntry) -> ActionExecuted:
         """The action started before and never finished: clean up, say what is known, do not run it."""

@@ -208,10 +208,10 @@ def create_app(
     @app.exception_handler(StoreUnavailable)
     async def _database_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.warning("%s answered 503: %s", route_of(request), exc)
-        detail = f"the intake cannot reach its database right now; try again in {RETRY_AFTER_S} s"
+        detail = f"the intake cannot reach its {exc.dependency} right now; try again in {RETRY_AFTER_S} s"
         if request.method == "POST":
             detail += " with the same idempotency key (a retry with it never creates a second action)"
-        problem = Problem(error="unavailable", detail=detail, problems=["database: not answering"])
+        problem = Problem(error="unavailable", detail=detail, problems=[f"{exc.dependency}: not answering"])
         return JSONResponse(status_code=503, content=problem.model_dump(), headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.post(

@@ -133,6 +133,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_UNAVAILABLE, OSEr
 class StoreUnavailable(Unavailable):
     """The database did not answer within the caller's patience; trying again later is safe."""
 
+    dependency = "database"  # what did not answer, as the 503 names it
+
 
 @dataclass(frozen=True)
 class LifecycleChange:

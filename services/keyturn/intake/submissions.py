@@ -244,6 +244,7 @@ class Intake:
         catalog: ParameterCatalog | None = None,
         publish_patience_s: float = 5.0,
         refusal_for: Callable[[str], Awaitable[str | None]] | None = None,
+        mask_for: Callable[[str], Awaitable[tuple[str, ...]]] | None = None,
         gather_max: int = 500,
     ) -> None:
         self.store = store
@@ -252,6 +253,8 @@ class Intake:
         self._storing: asyncio.Task[None] | None = None
         # why the catalog refuses an action at the door (None: it does not); see keyturn.core.catalog
         self.refusal_for = refusal_for
+        # the fields the policy masks for an action besides credential names (None: those alone)
+        self.mask_for = mask_for
         self.publisher = publisher
         self.protect = protect  # masks and seals parameters (keyturn.masking)
         self.catalog = catalog  # the parameter schemas; None checks nothing (the policy still judges)
@@ -373,10 +376,14 @@ class Intake:
         if not submissions:
             return []
         now = datetime.now(UTC)
+        masks: dict[str, tuple[str, ...]] = {}
+        if self.mask_for is not None:  # before anything is stored: MaskUnknown leaves nothing behind
+            for action in dict.fromkeys(submission.action for _, submission in submissions):
+                masks[action] = await self.mask_for(action)
         rows: list[NewAction] = []
         for index, (principal, submission) in enumerate(submissions):
             try:
-                rows.append(self._prepared(principal, submission, channel, now))
+                rows.append(self._prepared(principal, submission, channel, now, masks.get(submission.action, ())))
             except Exception as exc:
                 raise _Unprepared(index, exc) from exc
         stored_rows = await self.store.insert_many(rows)
@@ -404,12 +411,18 @@ class Intake:
         return results
 
     def _prepared(
-        self, principal: Principal, submission: ActionSubmission, channel: SubmissionChannel, now: datetime
+        self,
+        principal: Principal,
+        submission: ActionSubmission,
+        channel: SubmissionChannel,
+        now: datetime,
+        mask: tuple[str, ...] = (),
     ) -> NewAction:
-        """The row to store for one submission, with its event masked, sealed and encoded."""
+        """The row to store for one submission, with its event masked (credential names, and the
+        policy's ``mask`` for its action), sealed and encoded."""
         action_id = action_id_for(principal, submission.idempotency_key)
         digest = payload_digest(submission.action, submission.resource, submission.parameters)
-        masked_json, sealed = self.protect(submission.parameters, action_id=action_id, payload_digest=digest)
+        masked_json, sealed = self.protect(submission.parameters, action_id=action_id, payload_digest=digest, mask=mask)
         event = ActionRequested(
             event_id=f"requested:{action_id}",
             action_id=action_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from keyturn.identity import load_or_create_signing_key, verifier_from_settings
 from keyturn.intake.consumers import Verifier, consume_submissions, republish_outbox, submissions_stage
 from keyturn.intake.status import FETCH_WAIT_MS as STATUS_FETCH_WAIT_MS
 from keyturn.intake.status import StatusFollower
-from keyturn.intake.store import DDL, ActionStore, StoredAction
+from keyturn.intake.store import DDL, ActionStore, StoredAction, StoreUnavailable
 from keyturn.intake.submissions import Intake, IntakeStore
 from keyturn.masking.protect import keyring_for, parameter_protector
 from keyturn.receipts import jwks, keys_from
@@ -83,11 +84,13 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
 
     publisher = kafka_publisher(producer, topics, "intake")
     store = ActionStore(pool)
+    opa = opa_client(settings)
     intake = Intake(
         store,
         publisher,
         parameter_protector(keyring_for(settings.seal_keys, settings.keys_dir)),
-        refusal_for=catalog_refusals(opa_client(settings)),
+        refusal_for=catalog_refusals(opa),
+        mask_for=parameter_masks(opa),
         catalog=ParameterCatalog.load(Path(settings.parameter_catalog_path)),
     )
     follower = StatusFollower(store, publisher)
@@ -143,6 +146,7 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
             log.warning("published marks not recorded at shutdown: %s", exc)
         await producer.stop()
         await pool.close()
+        await opa.close()
 
     return IntakeWiring(
         store=store,
@@ -176,6 +180,46 @@ def published_receipt_keys(path: Path) -> dict[str, Any]:
         return jwks(keys_from(path.read_bytes()).values())
     except FileNotFoundError:
         return {"keys": []}
+
+
+class MaskUnknown(StoreUnavailable):
+    """Which fields the policy masks for an action could not be read, and never was: nothing of
+    the request is stored or published until it can be (a retry with the same key is safe)."""
+
+    dependency = "policy engine"
+
+
+def parameter_masks(
+    opa: Any, *, refresh_s: float = 30.0, kept: int = 4096
+) -> Callable[[str], Awaitable[tuple[str, ...]]]:
+    """The parameter fields the policy masks for an action name, besides those named like a
+    credential (``data.keyturn.combination.parameter_mask``: ``masking.always``, a registered
+    MCP tool's ``mask``), read from OPA at most every ``refresh_s`` per name, the ``kept`` most
+    recent names remembered. While OPA cannot be read, the last answer for the name stands; a
+    name never answered raises ``MaskUnknown`` (nothing is carried in clear by default)."""
+    cached: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
+
+    async def mask_for(action: str) -> tuple[str, ...]:
+        now = time.monotonic()
+        known = cached.get(action)
+        if known is None or now - known[0] > refresh_s:
+            try:
+                answer = await opa.query("keyturn/combination/parameter_mask", {"action": action})
+                fields = tuple(sorted(field for field in answer.result if isinstance(field, str)))
+            except Exception as exc:
+                if known is None:
+                    raise MaskUnknown(
+                        f"which fields of {action} to mask cannot be read from the policy engine ({type(exc).__name__})"
+                    ) from exc
+                log.warning("intake: the masks of %s were not read again (%s: %s)", action, type(exc).__name__, exc)
+                fields = known[1]
+            cached[action] = (now, fields)
+            while len(cached) > kept:
+                cached.popitem(last=False)
+        cached.move_to_end(action)
+        return cached[action][1]
+
+    return mask_for
 
 
 def catalog_refusals(opa: Any, *, refresh_s: float = 30.0) -> Callable[[str], Awaitable[str | None]]:

@@ -79,11 +79,14 @@ def masked_excerpt(body: bytes, *, chars: int, read_at_most: int) -> str | None:
 
 
 def parameter_protector(keyring: Keyring):
-    """(parameters, action_id, payload_digest) → (masked canonical JSON, sealed clear copy)."""
+    """(parameters, action_id, payload_digest, the policy's mask paths) → (masked canonical JSON,
+    sealed clear copy)."""
     shared_masker()  # build at start-up, not on the first request
 
-    def protect(parameters: dict[str, Any], *, action_id: str, payload_digest: Digest) -> tuple[str, SealedParameters]:
-        masked = canonical_json(mask_parameters(parameters))
+    def protect(
+        parameters: dict[str, Any], *, action_id: str, payload_digest: Digest, mask: tuple[str, ...] = ()
+    ) -> tuple[str, SealedParameters]:
+        masked = canonical_json(mask_parameters(parameters, mask))
         sealed = seal_parameters(parameters, action_id=action_id, payload_digest=str(payload_digest), keyring=keyring)
         return masked, sealed
 
@@ -174,6 +177,19 @@ def without(text: str, hidden: Mapping[str, str]) -> str:
     for value in sorted(hidden, key=len, reverse=True):
         text = text.replace(value, hidden[value])
     return text
+
+
+def without_anywhere(value: Any, hidden: Mapping[str, str]) -> Any:
+    """``value`` (a result: JSON types) with ``without`` applied to every text in it, keys included."""
+    if not hidden:
+        return value
+    if isinstance(value, str):
+        return without(value, hidden)
+    if isinstance(value, Mapping):
+        return {without_anywhere(key, hidden): without_anywhere(item, hidden) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_anywhere(item, hidden) for item in value]
+    return value
 
 
 def without_hidden(text: str, clear: Any, masked: Any, mask: tuple[str, ...] | list[str] = ()) -> str:

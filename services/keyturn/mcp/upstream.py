@@ -7,15 +7,20 @@ the operator's setting ``KEYTURN_MCP_UPSTREAMS``, never from an agent.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
 import shlex
-import sys
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
+from keyturn.masking.protect import mask_text
 from keyturn.mcp.names import segment
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,18 +76,62 @@ async def connected(spec: UpstreamSpec, *, timeout_s: float | None = None) -> As
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
     server: Any
-    if spec.command:
-        parameters = StdioServerParameters(command=spec.command[0], args=list(spec.command[1:]), env=dict(spec.env))
-        # the upstream's stderr goes to the process's real one: a worker may have replaced sys.stderr with a
-        # logging proxy that has no file descriptor to hand to a child
-        server = stdio_client(parameters, errlog=sys.__stderr__ or sys.stderr)
-    else:
-        import httpx2
-        from mcp.client.streamable_http import streamable_http_client
+    async with AsyncExitStack() as stack:
+        if spec.command:
+            parameters = StdioServerParameters(command=spec.command[0], args=list(spec.command[1:]), env=dict(spec.env))
+            errlog = await stack.enter_async_context(masked_lines(spec.describe()))
+            server = stdio_client(parameters, errlog=errlog)
+        else:
+            import httpx2
+            from mcp.client.streamable_http import streamable_http_client
 
-        server = streamable_http_client(spec.url, http_client=httpx2.AsyncClient(headers=dict(spec.headers)))
-    async with Client(server, read_timeout_seconds=timeout_s, cache=None) as client:
-        yield client
+            server = streamable_http_client(spec.url, http_client=httpx2.AsyncClient(headers=dict(spec.headers)))
+        async with Client(server, read_timeout_seconds=timeout_s, cache=None) as client:
+            yield client
+
+
+#: The longest line of an upstream's stderr logged as one (a longer one is logged in parts).
+ERR_LINE_BYTES = 4096
+
+
+@asynccontextmanager
+async def masked_lines(upstream: str) -> AsyncIterator[TextIO]:
+    """A file to give a child process as its stderr, whose lines reach this process's log masked
+    (``masking.protect.mask_text``), never as written: an upstream's errors quote what it was
+    given (``no note named alice@…``), and a child writing to the log file directly would pass
+    every log filter by. Read as it is written, so a chatty child never blocks on a full pipe."""
+    read_fd, write_fd = os.pipe()
+    writer = os.fdopen(write_fd, "w")
+    stream = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(read_fd, "rb", buffering=0)
+    )
+
+    def emit(line: bytes) -> None:
+        if text := line.decode("utf-8", errors="replace").rstrip():
+            log.info("upstream %s said: %s", upstream, mask_text(text))
+
+    async def relay() -> None:
+        pending = b""
+        while chunk := await stream.read(ERR_LINE_BYTES):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) >= ERR_LINE_BYTES:
+                lines, pending = [*lines, pending], b""
+            for line in lines:
+                emit(line)
+        emit(pending)
+
+    relaying = asyncio.create_task(relay())
+    try:
+        yield writer
+    finally:
+        writer.close()  # the child's copy closes when it exits: then the relay reads the end
+        try:
+            await asyncio.wait_for(asyncio.shield(relaying), 2.0)
+        except TimeoutError:  # a grandchild holding the pipe open: what it writes later is not read
+            relaying.cancel()
+        transport.close()
 
 
 def find_tool(tools: list[Any], wanted: str) -> Any:

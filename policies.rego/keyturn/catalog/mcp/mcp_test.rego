@@ -1,5 +1,6 @@
 package keyturn.catalog.mcp_test
 
+import data.keyturn.combination
 import data.keyturn.decision
 import data.keyturn.fixtures_test as fixtures
 
@@ -102,6 +103,16 @@ test_annotations_in_the_request_are_not_trusted if {
 test_registered_secret_arguments_are_masked if {
 	d := decision.decision with input as call("store_token", {"api_key": "x"}) with data.keyturn.mcp as registry
 	"parameters.api_key" in d.mask
+}
+
+test_the_intake_learns_a_registered_mask_from_the_action_name_alone if {
+	fields := combination.parameter_mask with input as {"action": "mcp.notes.store_token"} with data.keyturn.mcp as registry
+	fields == {"parameters.api_key", "parameters.password", "parameters.token"}
+}
+
+test_a_name_of_no_family_is_masked_as_always if {
+	fields := combination.parameter_mask with input as {"action": "no.such.thing"} with data.keyturn.mcp as registry
+	fields == {"parameters.password", "parameters.token"}
 }
 
 test_the_shipped_registration_keeps_destructive_tools_behind_a_person if {
