@@ -234,7 +234,11 @@ def token_issue(
 ) -> None:
     """Mint a token signed by the local development key (never for production)."""
     from keyturn.identity import issue_token, load_or_create_signing_key
+    from keyturn.identity.verifier import unfit_principal_ids
 
+    unfit = unfit_principal_ids(sub, tuple(act))
+    if unfit is not None:  # minted, it would be refused at every door: say so now
+        _fail(f"no token minted: {unfit}; every service would refuse it", 2)
     settings = _settings()
     key = load_or_create_signing_key(settings.keys_dir)
     typer.echo(

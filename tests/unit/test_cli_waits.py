@@ -72,3 +72,13 @@ def test_a_server_that_does_not_answer_is_one_line_naming_it(capsys) -> None:
         raise httpx.LocalProtocolError("Illegal header value b'Bearer eyJsecret'")
     err = capsys.readouterr().err
     assert "no answer from http://127.0.0.1:1: LocalProtocolError" in err and "eyJsecret" not in err
+
+
+def test_no_token_is_minted_for_a_principal_every_service_would_refuse(monkeypatch, capsys, tmp_path) -> None:
+    monkeypatch.setenv("KEYTURN_RUN_DIR", str(tmp_path))  # a key of its own
+    with pytest.raises(typer.Exit):
+        cli.token_issue(sub="agent:bot4977308558031926", act=[], ttl=60)
+    out = capsys.readouterr()
+    assert out.out == "" and "no token minted" in out.err and "4977308558031926" not in out.err
+    cli.token_issue(sub="agent:reporter", act=["human:alice"], ttl=60)
+    assert capsys.readouterr().out.count(".") == 2  # a compact JWT
