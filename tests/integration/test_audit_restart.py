@@ -197,3 +197,95 @@ def test_a_writer_reads_the_chains_tail_only_once_no_transaction_is_in_flight(se
 
     read_after, committed_after = asyncio.run(scenario())
     assert read_after >= committed_after >= hold_s, "the tail was read while a transaction was in flight"
+
+
+def _vote(event_id: str):
+    from datetime import UTC, datetime
+
+    from keyturn.core import events
+    from keyturn.core.principal import Principal, PrincipalKind
+    from tests.unit.audit_history import DIGEST
+
+    carol = events.Vote(
+        Principal("human:carol", PrincipalKind.HUMAN), events.VoteChoice.APPROVE, DIGEST, datetime.now(UTC), None, "cli"
+    )
+    return events.VoteRecorded(event_id, "a-1", carol, True, datetime.now(UTC))
+
+
+def test_records_someone_else_appended_while_no_writer_ran_are_disowned_never_signed(settings) -> None:
+    """Anyone who can produce to the audit topic can append a record and hash and link it right;
+    only the writer holds the checkpoint key, and it ends every transaction with a checkpoint. A
+    restarted writer does not sign what it finds after its last checkpoint: it records those
+    records as foreign (``keyturn audit verify`` fails on them), does not count their event ids
+    as recorded, and starts even when one of them does not hash right."""
+    import dataclasses
+    import secrets as random_names
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from keyturn.audit.stream import read_audit_tail
+    from keyturn.audit.writer import AuditWriter
+    from keyturn.bus.codec import registry
+    from keyturn.core.audit.canonical import record_hash, record_id_for
+    from keyturn.core.audit.checkpoint import CheckpointSigner, CheckpointVerifier
+    from keyturn.core.audit.verify import ProblemKind, verify
+
+    topic = f"{settings.namespace}.forged-{random_names.token_hex(4)}"
+    bootstrap = settings.kafka_bootstrap
+    signer = CheckpointSigner(Ed25519PrivateKey.generate())
+
+    def writer() -> AuditWriter:
+        return AuditWriter(bootstrap, topic, f"{topic}-chain", lambda n: read_audit_tail(bootstrap, topic, n), signer)
+
+    async def forge(*, hashed_right: bool) -> str:
+        last = (await read_audit_log(bootstrap, topic))[-1]
+        event_id = f"vote:forged-{random_names.token_hex(3)}"
+        forged = dataclasses.replace(
+            last,
+            sequence=last.sequence + 1,
+            prev_hash=last.hash,
+            event_id=event_id,
+            record_id=record_id_for(event_id),
+            event_type="VoteRecorded",
+            actor="human:carol",
+            checkpoint=None,
+            source_topic=f"{settings.namespace}.approvals.votes",
+            payload_json='{"approver":"human:carol","choice":"approve"}',
+            hash="",
+        )
+        forged = dataclasses.replace(forged, hash=record_hash(forged) if hashed_right else "0" * 64)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        await producer.send_and_wait(topic, registry().encode("AuditRecord", forged.to_dict()), partition=0)
+        await producer.stop()
+        return event_id
+
+    async def scenario() -> tuple[list, str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+        await admin.close()
+        first = writer()
+        await first.start()
+        await first.record([(_vote("vote:real-1"), "votes")])
+        await first._producer.stop()  # killed: no shutdown checkpoint (each transaction ended with one)
+        forged_id = await forge(hashed_right=True)
+        second = writer()
+        await second.start()  # finds the forged record after its last checkpoint
+        assert await second.record([(_vote(forged_id), "votes")]) == 1, "a forged id kept the real event out"
+        await second._producer.stop()
+        await forge(hashed_right=False)
+        third = writer()
+        await third.start()  # one record that does not hash right does not stop the audit for good
+        await third.record([(_vote("vote:real-2"), "votes")])
+        await third.close()
+        return await read_audit_log(bootstrap, topic), forged_id
+
+    records, forged_id = asyncio.run(scenario())
+    report = verify(records, CheckpointVerifier.from_keys([signer.public_key]), require_checkpoint_at_end=True)
+    kinds = [problem.kind for problem in report.problems]
+    assert not report.ok and kinds.count(ProblemKind.FOREIGN) == 2 and ProblemKind.EDITED in kinds, report.problems
+    assert [r.event_id for r in records].count(forged_id) == 2  # the forged record, and the real event after it
+    assert records[-1].is_checkpoint and "vote:real-2" in {r.event_id for r in records}

@@ -275,6 +275,15 @@ def test_a_duplicated_record_is_reported_at_the_copy():
     )
 
 
+def test_a_record_with_a_negative_sequence_is_malformed_not_a_repeat():
+    forged = dataclasses.replace(CHAIN[30], sequence=-5)
+    tampered = [*CHAIN[:31], dataclasses.replace(forged, hash=record_hash(forged)), *CHAIN[31:]]
+
+    problem = only_problem(tampered)
+    assert (problem.kind, problem.sequence, problem.index) == (ProblemKind.MALFORMED, -5, 31)
+    assert "negative sequence" in problem.message and "twice" not in problem.message
+
+
 def test_an_event_recorded_twice_is_reported():
     class Forgetful:
         def __contains__(self, event_id):
@@ -365,9 +374,10 @@ def test_checkpoints_need_a_signer():
         chain.checkpoint(T0)
 
 
-def test_checkpoint_records_cannot_be_appended_as_events():
-    with pytest.raises(ValueError, match=r"AuditChain\.checkpoint"):
-        AuditChain(SIGNER).append(**{**event(0), "event_type": "Checkpoint"})
+@pytest.mark.parametrize("event_type", ["Checkpoint", "ForeignRecords"])
+def test_the_chain_s_own_records_cannot_be_appended_as_events(event_type):
+    with pytest.raises(ValueError, match=r"made by AuditChain itself"):
+        AuditChain(SIGNER).append(**{**event(0), "event_type": event_type})
 
 
 def test_payloads_are_stored_as_canonical_json():
@@ -495,3 +505,24 @@ def test_any_single_byte_edit_of_any_field_of_any_record_is_detected(data):
 
     assert not report.ok
     assert any(problem.index == index for problem in report.problems), report.summary()
+
+
+def test_a_writer_vouches_for_the_tail_up_to_its_last_genuine_checkpoint_only():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from keyturn.core.audit.chain import written_by_the_writer
+
+    assert written_by_the_writer(CHAIN, VERIFIER) == len(CHAIN)  # it ends with a checkpoint
+    appended = dataclasses.replace(CHAIN[5], sequence=len(CHAIN), prev_hash=CHAIN[-1].hash)
+    appended = dataclasses.replace(appended, hash=record_hash(appended))
+    assert written_by_the_writer([*CHAIN, appended], VERIFIER) == len(CHAIN)
+    # a checkpoint under the writer's key that does not verify is no checkpoint of the writer's
+    chain = AuditChain(SIGNER, checkpoint_every=None).resume(appended)
+    made = chain.checkpoint(T0)
+    forged = dataclasses.replace(made, checkpoint=dataclasses.replace(made.checkpoint, signature="00" * 64))
+    forged = dataclasses.replace(forged, hash=record_hash(forged))
+    assert written_by_the_writer([*CHAIN, appended, forged], VERIFIER) == len(CHAIN)
+    # one under another key (the key before a rotation) counts: verify judges it with the trusted keys
+    rotated = AuditChain(CheckpointSigner(Ed25519PrivateKey.generate()), checkpoint_every=None).resume(appended)
+    assert written_by_the_writer([*CHAIN, appended, rotated.checkpoint(T0)], VERIFIER) == len(CHAIN) + 2
+    assert written_by_the_writer([appended], VERIFIER) == 0

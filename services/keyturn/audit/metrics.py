@@ -9,6 +9,10 @@ CHECKPOINTS = Counter("keyturn_audit_checkpoints_total", "Signed checkpoints app
 DUPLICATES = Counter(
     "keyturn_audit_duplicate_events_total", "Events delivered again (redelivery, restart) and not recorded twice"
 )
+FOREIGN = Counter(
+    "keyturn_audit_foreign_records_total",
+    "Records found after the writer's last checkpoint at a restart, which no writer wrote (alert on any)",
+)
 HEAD = Gauge("keyturn_audit_chain_head_sequence", "Sequence of the last record committed to the audit topic")
 LAG = Gauge(
     "keyturn_audit_lag_seconds",

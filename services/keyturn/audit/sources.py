@@ -96,7 +96,7 @@ def audit_records(
         except AuditFileError as error:
             fail(f"{export}: {error}")
         return
-    from keyturn.audit.stream import AuditTopic, blocking
+    from keyturn.audit.stream import AuditTopic, AuditTopicMissing, blocking
 
     async def fetches():
         # One list per fetch, not one message at a time: stepping the event loop once per record
@@ -111,12 +111,15 @@ def audit_records(
                 if len(wanted) < len(batch):
                     return
 
-    for batch in blocking(fetches()):
-        for message in batch:
-            if message.record is not None:
-                yield message.record
-            elif on_unreadable is not None:
-                on_unreadable(message.unreadable)
+    try:
+        for batch in blocking(fetches()):
+            for message in batch:
+                if message.record is not None:
+                    yield message.record
+                elif on_unreadable is not None:
+                    on_unreadable(message.unreadable)
+    except AuditTopicMissing as missing:
+        fail(str(missing))
 
 
 def time_option(text: str | None, name: str) -> int | None:

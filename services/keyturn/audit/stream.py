@@ -53,6 +53,10 @@ def decode_audit_message(offset: int, value: bytes | None) -> AuditMessage:
         return AuditMessage(offset, None, UnreadableAuditMessage(offset, reason))
 
 
+class AuditTopicMissing(LookupError):
+    """The audit topic does not exist on the broker."""
+
+
 class AuditTopic:
     """The audit topic's one partition, opened for reading from ``from_offset``.
 
@@ -77,6 +81,12 @@ class AuditTopic:
     async def __aenter__(self) -> AuditTopic:
         await self._consumer.start()
         partition = self._partition
+        if partition.topic not in await self._consumer.topics():  # else aiokafka waits for it, forever
+            await self._consumer.stop()
+            raise AuditTopicMissing(
+                f"there is no audit topic {partition.topic} on this broker: check KEYTURN_NAMESPACE (and that "
+                "Keyturn's audit service ran with it)"
+            )
         self._consumer.assign([partition])
         first = (await self._consumer.beginning_offsets([partition]))[partition]
         self.start_offset = max(first, self._from_offset)

@@ -3,8 +3,13 @@
 Starting a writer registers the transactional id ``<ns>-audit-chain`` with the broker, which
 fences every older writer with that id (a second worker, or a paused one that came back) and
 aborts whatever transaction it left open. Only then is the chain head read back, so the head
-cannot move under us. Each batch of records (with any checkpoint due) is one transaction: it
-lands whole or not at all. Redelivered events are skipped by event id (the ids of the last
+cannot move under us. Each batch of records is one transaction, ending with a signed checkpoint:
+it lands whole or not at all, and every record the writer wrote is followed by its signature.
+So at a restart, a record after the last checkpoint was not written by a writer: anyone who can
+produce to the topic can append one and hash it right. The writer does not vouch for such
+records: it writes a ``ForeignRecords`` record naming them before its next checkpoint, which
+``keyturn audit verify`` reports, and it does not count their event ids as recorded (a forged
+record cannot keep a real event out of the chain). Redelivered events are skipped by event id (the ids of the last
 ``DEDUPE_WINDOW`` records, read back from the tail of the topic at start), so every event is
 recorded exactly once even when the worker is killed between committing records and
 committing its source offsets.
@@ -29,14 +34,13 @@ from keyturn.audit import metrics
 from keyturn.audit.records import AuditedEvent
 from keyturn.bus.codec import registry
 from keyturn.bus.publisher import send_in_batches
-from keyturn.core.audit.chain import AuditChain
-from keyturn.core.audit.checkpoint import CheckpointSigner
+from keyturn.core.audit.chain import AuditChain, written_by_the_writer
+from keyturn.core.audit.checkpoint import CheckpointSigner, CheckpointVerifier
 from keyturn.core.audit.dedupe import RecentEventIds
 from keyturn.core.audit.record import AuditRecord
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_EVERY = 100
 # Event ids remembered to drop repeats (see RecentEventIds): a repeat arrives within seconds of
 # the original (the audit's own uncommitted offsets) or within a service's session timeout
 # (about a minute) when it republishes; 100,000 records is about a quarter of an hour at the
@@ -59,7 +63,6 @@ class AuditWriter:
         read_tail: Callable[[int], Awaitable[list[AuditRecord]]],
         signer: CheckpointSigner,
         *,
-        checkpoint_every: int = CHECKPOINT_EVERY,
         dedupe_window: int = DEDUPE_WINDOW,
     ) -> None:
         """``transactional_id`` is shared by every audit worker of a namespace, so a new one
@@ -69,7 +72,8 @@ class AuditWriter:
         self._read_tail = read_tail
         self._topic = audit_topic
         self._seen = RecentEventIds(dedupe_window)
-        self._chain = AuditChain(signer, checkpoint_every=checkpoint_every, seen=self._seen, audit_topic=self._topic)
+        self._chain = AuditChain(signer, checkpoint_every=None, seen=self._seen, audit_topic=self._topic)
+        self._own_key = CheckpointVerifier.from_keys([signer.public_key])
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._in_step_with_topic = False
@@ -98,12 +102,25 @@ class AuditWriter:
         )
         await self._producer.start()  # InitProducerId: older writers are fenced from here on
         tail = await self._read_tail(self._seen.limit)
+        vouched = written_by_the_writer(tail, self._own_key)
+        genuine, foreign = tail[:vouched], tail[vouched:]
         if tail:
-            self._chain.resume(tail[-1], seen_event_ids=(r.event_id for r in tail))
+            self._chain.resume(tail[-1], seen_event_ids=(r.event_id for r in genuine), check_hash=not foreign)
         self._in_step_with_topic = True
         log.info("audit chain resumed at sequence %d", self._chain.next_sequence)
-        if self._chain.checkpoint_due:
-            await self._commit([self._chain.checkpoint(_now())], checkpoint_reason="resume")
+        if foreign:
+            log.error(
+                "the audit topic holds %d records (sequences %d..%d) after the writer's last checkpoint: no writer "
+                "wrote them; recorded as foreign, and `keyturn audit verify` reports them",
+                len(foreign),
+                foreign[0].sequence,
+                foreign[-1].sequence,
+            )
+            metrics.FOREIGN.inc(len(foreign))
+            now = _now()
+            await self._commit(
+                [self._chain.disown(foreign, now), self._chain.checkpoint(now)], checkpoint_reason="resume"
+            )
         metrics.HEAD.set(self._chain.next_sequence - 1)
 
     async def record(self, events: Iterable[tuple[Any, str]]) -> int:
@@ -133,10 +150,8 @@ class AuditWriter:
                     continue
                 records.append(record)
                 newest_event_at = max(filter(None, (newest_event_at, at)))
-                if self._chain.checkpoint_due:
-                    records.append(self._chain.checkpoint(now))
-            if records:
-                await self._commit(records, checkpoint_reason="periodic")
+            if records:  # every transaction ends with the writer's signature (see the module's doc)
+                await self._commit([*records, self._chain.checkpoint(now)], checkpoint_reason="periodic")
             if newest_event_at is not None:
                 metrics.LAG.set((_now() - newest_event_at).total_seconds())
             return len(records)

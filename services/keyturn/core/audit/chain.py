@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from keyturn.core.audit.canonical import GENESIS_HASH, record_hash, record_id_for
-from keyturn.core.audit.checkpoint import CheckpointSigner
+from keyturn.core.audit.checkpoint import CheckpointRejected, CheckpointSigner, CheckpointVerifier
 from keyturn.core.audit.dedupe import SeenEvents
-from keyturn.core.audit.record import CHECKPOINT_EVENT_TYPE, AuditRecord, MalformedRecord
+from keyturn.core.audit.record import CHECKPOINT_EVENT_TYPE, FOREIGN_EVENT_TYPE, AuditRecord, MalformedRecord
 from keyturn.core.canonical import CanonicalJson, Millis, canonical_json, to_millis
 
 AUDIT_TOPIC = "keyturn.audit"
@@ -114,8 +114,8 @@ class AuditChain:
         _require_text(source_topic, "source_topic")
         _require_optional_text(action_id, "action_id")
         _require_optional_text(actor, "actor")
-        if event_type == CHECKPOINT_EVENT_TYPE:
-            raise ValueError("Checkpoint records are made by AuditChain.checkpoint(), not append()")
+        if event_type in (CHECKPOINT_EVENT_TYPE, FOREIGN_EVENT_TYPE):
+            raise ValueError(f"{event_type} records are made by AuditChain itself, not append()")
         if event_id in self._seen:
             return None
         if isinstance(payload, CanonicalJson):
@@ -169,11 +169,41 @@ class AuditChain:
         self._since_checkpoint = 0
         return record
 
+    def disown(self, foreign: list[AuditRecord], now: Millis) -> AuditRecord:
+        """A record saying that ``foreign`` (records found after the writer's last checkpoint at
+        a restart) were not written by this chain's writer: the checkpoint after it vouches for
+        the chain's links, and this record says those records are not the writer's word.
+        ``verify`` reports them."""
+        recorded_at = to_millis(now)
+        record = self._link(
+            event_id=f"{self._audit_topic}:foreign:{self._next_sequence}",
+            event_type=FOREIGN_EVENT_TYPE,
+            action_id=None,
+            actor=None,
+            source_topic=self._audit_topic,
+            occurred_at=recorded_at,
+            payload_json=canonical_json(
+                {
+                    "first_sequence": foreign[0].sequence,
+                    "last_sequence": foreign[-1].sequence,
+                    "records": len(foreign),
+                    "first_hash": foreign[0].hash,
+                    "last_hash": foreign[-1].hash,
+                }
+            ),
+            recorded_at=recorded_at,
+            checkpoint=None,
+            flags=(),
+        )
+        self._since_checkpoint += 1
+        return record
+
     def resume(
         self,
         last_record: AuditRecord | Mapping[str, Any],
         *,
         seen_event_ids: Iterable[str] = (),
+        check_hash: bool = True,
     ) -> AuditChain:
         """Continue after a restart from the last record in the topic; returns ``self``.
 
@@ -181,12 +211,14 @@ class AuditChain:
         :class:`~keyturn.core.audit.dedupe.RecentEventIds` window, the ids of the last records
         in the topic suffice). Unless the last record is a checkpoint, a checkpoint is due at
         once: the gap since the previous one is unknown, and it marks the restart.
-        Raises :class:`MalformedRecord` if the last record's hash does not match its contents.
+        Raises :class:`MalformedRecord` if the last record's hash does not match its contents,
+        unless ``check_hash`` is false (a record the writer disowns: the chain goes on after
+        what it says its hash is, and ``verify`` reports it).
         """
         if not isinstance(last_record, AuditRecord):
             last_record = AuditRecord.from_dict(last_record)
         actual = record_hash(last_record)
-        if actual != last_record.hash:
+        if check_hash and actual != last_record.hash:
             raise MalformedRecord(
                 f"refusing to continue after record {last_record.sequence}: its hash does not "
                 "match its contents (verify the audit topic)"
@@ -197,7 +229,8 @@ class AuditChain:
         # The last record's id goes in last: a bounded window forgets the oldest first.
         for event_id in seen_event_ids:
             self._seen.add(event_id)
-        self._seen.add(last_record.event_id)
+        if check_hash:
+            self._seen.add(last_record.event_id)
         return self
 
     def _link(self, **fields: Any) -> AuditRecord:
@@ -212,6 +245,34 @@ class AuditChain:
         self._next_sequence += 1
         self._last_hash = record.hash
         return record
+
+
+def written_by_the_writer(tail: list[AuditRecord], verifier: CheckpointVerifier) -> int:
+    """How many of ``tail`` (the last records of the topic, oldest first) the chain's writer
+    vouches for: those up to its last checkpoint. The writer ends every transaction with a
+    checkpoint, so a record after the last one was not written by it (anyone who can produce
+    to the topic can append a record and hash it right; only the writer holds the key).
+
+    A checkpoint counts when it vouches for the record just before it (sequence and hash) and,
+    under one of ``verifier``'s keys, its signature verifies. One under another key counts too
+    (the key before a rotation): ``verify``, given the trusted keys, judges that signature,
+    and reports a forged one, so accepting it here hides nothing."""
+    for index in range(len(tail) - 1, -1, -1):
+        record, checkpoint = tail[index], tail[index].checkpoint
+        if not record.is_checkpoint or checkpoint is None or record_hash(record) != record.hash:
+            continue
+        before = tail[index - 1] if index > 0 else None
+        if before is not None and (
+            checkpoint.covers_sequence != before.sequence or checkpoint.chain_hash != before.hash
+        ):
+            continue
+        if checkpoint.key_id in verifier.key_ids:
+            try:
+                verifier.verify(checkpoint)
+            except CheckpointRejected:
+                continue
+        return index + 1
+    return 0
 
 
 def _require_text(value: object, name: str) -> None:

@@ -16,6 +16,9 @@ from typing import Any
 from keyturn.core.canonical import to_millis
 
 CHECKPOINT_EVENT_TYPE = "Checkpoint"
+# The writer's note, at a restart, of records it found after its last checkpoint: it did not
+# write them (each of its transactions ends with a checkpoint), so it does not vouch for them.
+FOREIGN_EVENT_TYPE = "ForeignRecords"
 
 # The marks analysts filter on (``AuditRecord.flags``), set by ``audit.records.flags_of``.
 FLAG_BREAK_GLASS = "break_glass"

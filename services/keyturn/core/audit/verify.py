@@ -6,13 +6,14 @@ Pure: no I/O; the CLI and the bench stream records in from the topic or an expor
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from keyturn.core.audit.canonical import GENESIS_HASH, record_hash
 from keyturn.core.audit.checkpoint import CheckpointVerifier, ForgedCheckpoint, UnknownCheckpointKey
-from keyturn.core.audit.record import AuditRecord
+from keyturn.core.audit.record import FOREIGN_EVENT_TYPE, AuditRecord
 
 
 class ProblemKind(str, enum.Enum):
@@ -29,6 +30,7 @@ class ProblemKind(str, enum.Enum):
     UNKNOWN_CHECKPOINT_KEY = "unknown_checkpoint_key"
     CHECKPOINT_MISMATCH = "checkpoint_mismatch"
     UNVERIFIED_TAIL = "unverified_tail"
+    FOREIGN = "foreign"
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,14 @@ class _Verification:
             return
         problems_before = len(self._problems) + self._omitted
         sequence = record.sequence
+        if sequence < 0:  # no writer numbers one so: not a record of this chain at all
+            self._report(
+                ProblemKind.MALFORMED,
+                sequence,
+                index,
+                f"record {sequence} has a negative sequence (a chain starts at 0)",
+            )
+            return
         predecessor_hash = self._expected_prev_hash
         if actual_hash != record.hash:
             self._report(
@@ -156,12 +166,30 @@ class _Verification:
             )
         in_order = self._place(index, record)
         self._check_event_id(index, record)
+        if record.event_type == FOREIGN_EVENT_TYPE:
+            self._foreign(index, record)
         if record.checkpoint is not None or record.is_checkpoint:
             chain_hash = predecessor_hash if in_order else record.prev_hash
             self._check_checkpoint(index, record, chain_hash)
             if in_order and len(self._problems) + self._omitted == problems_before:
                 self._last_checkpoint = sequence
                 self._last_checkpoint_index = index
+
+    def _foreign(self, index: int, record: AuditRecord) -> None:
+        """The writer's note that it found records after its last checkpoint at a restart."""
+        try:
+            found = json.loads(record.payload_json)
+            first, last, count = int(found["first_sequence"]), int(found["last_sequence"]), int(found["records"])
+        except (ValueError, TypeError, KeyError):
+            first = last = count = -1
+        self._report(
+            ProblemKind.FOREIGN,
+            first if count > 0 else record.sequence,
+            index,
+            f"{count} records (sequences {first}..{last}) were found after the writer's last checkpoint when it "
+            f"restarted (record {record.sequence} says so): no audit writer wrote them, so they may be forged by "
+            "someone who can produce to the audit topic",
+        )
 
     def _malformed(self, index: int, item: object, error: Exception) -> None:
         sequence = item.get("sequence") if isinstance(item, Mapping) else None
