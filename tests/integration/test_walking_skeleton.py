@@ -136,7 +136,9 @@ def test_every_lifecycle_event_reaches_the_audit_in_order(reporter: Agent, setti
 
     tail = keyturn_cli(settings, "audit", "tail")
     assert tail.returncode == 0
-    assert action_id in tail.stdout
+    assert action_id in tail.stdout and "Checkpoint" not in tail.stdout  # each step, not each signature
+    signed = keyturn_cli(settings, "audit", "tail", "--checkpoints")
+    assert action_id in signed.stdout and "Checkpoint" in signed.stdout
 
 
 def test_approving_an_action_with_no_approval_open_waits_then_says_so(settings) -> None:

@@ -46,6 +46,11 @@ def tail(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records"),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per line"),
     limit: int = typer.Option(0, help="Only the last N records (0: all)"),
+    checkpoints: bool = typer.Option(
+        False,
+        "--checkpoints",
+        help="Show the signed checkpoints too (each transaction ends with one; --json has them)",
+    ),
 ) -> None:
     """Print the audit stream: sequence, time, event, action, actor."""
     from keyturn.audit.stream import follow_audit
@@ -54,6 +59,8 @@ def tail(
 
     async def run() -> None:
         async for record in follow_audit(*_audit_topic(_settings()), follow=follow):
+            if record.is_checkpoint and not (checkpoints or as_json):
+                continue
             if as_json or follow:
                 _print_record(record, as_json)
             else:
