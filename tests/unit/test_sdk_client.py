@@ -34,7 +34,7 @@ from keyturn.sdk import (
     UnexpectedState,
     WaitTimeout,
 )
-from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer, answering, shaped
+from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer, answering, external_result, shaped
 
 STATEMENT = {"statement": "SELECT count(*) FROM orders", "max_rows": 10}
 
@@ -251,7 +251,9 @@ async def test_the_async_client_submits_waits_and_raises_the_same(server: Intake
 def test_an_action_approved_for_the_caller_carries_its_receipt() -> None:
     receipt = {"action_id": "8d0f4b5e-1c7a-4b57-9a8e-0d1f6f1c2b3a", "signature": "abc", "kid": "audit-1"}
     with Keyturn(
-        "http://keyturn", token="t", transport=answering(shaped("approved_external", True, receipt=receipt))
+        "http://keyturn",
+        token="t",
+        transport=answering(shaped("approved_external", True, result=external_result(receipt))),
     ) as kt:
         done = kt.run("iam.role.grant", "iam://staging/roles/analyst", {"role": "analyst"}, reason="onboarding")
     assert done.state == "approved_external" and done.receipt == receipt and done.left_to_the_caller

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from keyturn.sdk import AsyncKeyturn, Denied, Keyturn, UnexpectedState, current_action
-from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer, answering, shaped
+from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer, answering, external_result, shaped
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,9 @@ def test_an_action_left_to_the_caller_runs_the_body_once_with_the_action_at_hand
 def test_approved_external_runs_the_body_and_hands_it_the_receipt() -> None:
     receipt = {"signature": "abc"}
     with Keyturn(
-        "http://keyturn", token="t", transport=answering(shaped("approved_external", True, receipt=receipt))
+        "http://keyturn",
+        token="t",
+        transport=answering(shaped("approved_external", True, result=external_result(receipt))),
     ) as kt:
 
         @kt.guard("iam.role.grant", resource="iam://staging/roles/analyst", reason="onboarding")

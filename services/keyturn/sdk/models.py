@@ -11,8 +11,8 @@ from keyturn.sdk import errors
 # other state is running while the answer says it is not terminal, and ``UnexpectedState`` once it is.
 SUCCEEDED = "succeeded"
 # Approved, and performed by the caller, not by Keyturn's executor: the terminal state of an action
-# whose catalog family has no executor. Its status may carry a signed ``receipt`` for the system that
-# performs it.
+# whose catalog family has no executor. Its status carries a signed receipt for the system that
+# performs it, in ``result.receipt`` (the external executor's result).
 APPROVED_EXTERNAL = "approved_external"
 # The executor plugin that performs nothing and reports ``performed: false`` (actions without an
 # executor on a stack that does not end them ``approved_external``).
@@ -37,8 +37,8 @@ class Submitted:
 class Action:
     """An action's status as the intake shows it to its requester (parameters and results masked).
 
-    ``extra`` keeps every field this SDK version does not name (a ``receipt``, say), so nothing the
-    server adds is lost; ``raw`` is the whole answer.
+    ``extra`` keeps every field this SDK version does not name, so nothing the server adds is lost;
+    ``raw`` is the whole answer.
     """
 
     action_id: str
@@ -75,8 +75,9 @@ class Action:
 
     @property
     def receipt(self) -> Any:
-        """The signed approval receipt, when the server gives one (actions performed outside Keyturn)."""
-        return self.extra.get("receipt")
+        """The signed approval receipt of an action performed outside Keyturn: the external executor's
+        result holds it (``result.receipt``, as ``GET /v1/actions/{id}`` serves it); None for any other."""
+        return self.result.get("receipt") if isinstance(self.result, dict) else None
 
     @property
     def approver_groups(self) -> list[str]:
