@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -217,6 +218,39 @@ def test_a_token_provider_is_asked_for_every_request_and_again_after_a_401(serve
         assert kt.status(action_id).action_id == action_id
     mine = [r[2] for r in server.requests if r[1].startswith("/v1/actions")][-3:]
     assert mine == ["Bearer stale-token", f"Bearer {AGENT_TOKEN}", f"Bearer {AGENT_TOKEN}"]
+
+
+def test_a_token_no_header_may_carry_is_refused_before_sending_and_never_shows_in_the_exception(
+    server: IntakeServer,
+) -> None:
+    sent = len(server.requests)
+    for bad in (AGENT_TOKEN + "\n", AGENT_TOKEN + " x", AGENT_TOKEN + "\u00e9"):
+        with Keyturn(server.url, token_provider=lambda bad=bad: bad, retries=3, backoff_s=5) as kt:
+            started = time.monotonic()
+            with pytest.raises(InvalidRequest) as raised:
+                kt.submit("read.table", "postgres://staging/a", {}, reason="r")
+        told = "".join(traceback.format_exception(raised.value))
+        assert "the token holds characters no header may carry" in str(raised.value)
+        assert AGENT_TOKEN not in told
+        assert raised.value.__cause__ is None and raised.value.__context__ is None
+        assert time.monotonic() - started < 1  # not retried
+    assert len(server.requests) == sent
+
+
+def test_a_request_httpx_cannot_build_is_not_retried_and_its_message_is_not_chained() -> None:
+    calls = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.LocalProtocolError("Illegal header value b'Bearer the-secret-token\\n'")
+
+    with (
+        Keyturn("http://keyturn", token="t", transport=httpx.MockTransport(refuse), retries=3) as kt,
+        pytest.raises(InvalidRequest) as raised,
+    ):
+        kt.status("00000000-0000-0000-0000-000000000000")
+    assert "the-secret-token" not in "".join(traceback.format_exception(raised.value))
+    assert "could not be built" in str(raised.value) and len(calls) == 1
 
 
 def test_a_client_needs_exactly_one_way_to_authenticate() -> None:

@@ -69,7 +69,8 @@ class NotFound(RequestError):
 
 
 class InvalidRequest(RequestError):
-    """400, 413, 422 or 431: the request itself is wrong; ``problems`` say where. Retrying cannot help."""
+    """400, 413, 422 or 431: the request itself is wrong; ``problems`` say where. Retrying cannot help.
+    Status 0: the SDK would not send it (a token no header may carry)."""
 
 
 class IdempotencyConflict(RequestError):
