@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from keyturn.sdk import errors
@@ -20,6 +22,20 @@ NOOP_PLUGIN = "noop"
 _KNOWN_FIELDS = frozenset(
     {"action_id", "action", "resource", "requester", "state", "terminal", "reasons", "result", "payload_digest"}
 )
+
+
+def receipt_expiry(receipt: Any) -> datetime | None:
+    """When a receipt's approval window closes (its ``claims.expires_at``, with a time zone); None when
+    it names no valid one. Read without checking the signature (``verify_receipt`` checks that, and
+    reads the expiry here too), so the client knows a receipt is spent without the receipts extra."""
+    claims = receipt.get("claims") if isinstance(receipt, Mapping) else None
+    if not isinstance(claims, Mapping) or not isinstance(claims.get("expires_at"), str):
+        return None
+    try:
+        moment = datetime.fromisoformat(claims["expires_at"].replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 @dataclass(frozen=True)
