@@ -132,14 +132,14 @@ async def serve_proxy(
 ) -> None:
     """``keyturn mcp proxy``: the upstream ``spec``'s tools, each call submitted as ``mcp.<name>.<tool>``."""
     from keyturn.mcp.names import segment
-    from keyturn.mcp.proxy import proxied_submission, proxied_tool, upstream_result
+    from keyturn.mcp.proxy import proxied_submission, proxied_tools, upstream_result
     from keyturn.mcp.upstream import connected
 
     server = segment(name)
     async with connected(spec) as client:
 
         async def listed() -> list[Any]:
-            return [proxied_tool(server, t) for t in (await client.list_tools()).tools]
+            return proxied_tools(server, (await client.list_tools()).tools)
 
         await _serve(
             settings,
