@@ -149,6 +149,8 @@ def verify_receipt(
             actual = payload_digest(payload["action"], payload["resource"], payload["parameters"])
         except (KeyError, TypeError):
             raise ReceiptInvalid("the payload must be an object with action, resource and parameters") from None
+        except ValueError:  # NaN or an infinity: no JSON text holds one, so no approved payload did
+            raise ReceiptInvalid("the payload holds a number JSON cannot carry (NaN, Infinity)") from None
         if actual != claims.get("payload_digest"):
             raise ReceiptInvalid(
                 f"the payload hashes to {actual}, but {claims.get('payload_digest')} was approved: "
