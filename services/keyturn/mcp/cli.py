@@ -184,10 +184,11 @@ async def _serve(
         import uvicorn
 
         from keyturn.bus.http import server_options
-        from keyturn.mcp.http import require_bearer
+        from keyturn.mcp.http import require_bearer, token_verifier
 
         address = listen.host or settings.mcp_host
-        asgi = require_bearer(server.streamable_http_app(streamable_http_path="/mcp", host=address))
+        app = server.streamable_http_app(streamable_http_path="/mcp", host=address)
+        asgi = require_bearer(app, token_verifier(settings))
         config = uvicorn.Config(
             asgi,
             host=address,
