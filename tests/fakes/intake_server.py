@@ -274,6 +274,11 @@ def answering(status: dict) -> httpx.MockTransport:
     return httpx.MockTransport(handler)
 
 
+def external_result(receipt: dict) -> dict:
+    """An ``approved_external`` action's result as the external executor writes it: the receipt inside."""
+    return {"performed_by": "external", "note": "Keyturn did not perform this action", "receipt": receipt}
+
+
 def shaped(state: str, terminal: bool, **extra) -> dict:
     """A status answer in the shape of ``GET /v1/actions/{id}``."""
     return {

@@ -54,7 +54,8 @@ class FakeGateway:
         self.owners: dict[str, str] = {}
         self.keys: dict[tuple[str, str], str] = {}
         self.submissions: list[dict[str, Any]] = []
-        self.refusal: Refused | None = None
+        self.refusal: Refused | None = None  # the next submissions are refused with it
+        self.wait_refusal: Refused | None = None  # reading any action is refused with it (a token that expired)
         self.changed = asyncio.Event()
 
     async def submit(
@@ -80,6 +81,8 @@ class FakeGateway:
         return {"action_id": action_id, "state": self.actions[action_id]["state"]}
 
     async def wait(self, token: str, action_id: str, timeout: float) -> dict[str, Any]:
+        if self.wait_refusal is not None:
+            raise self.wait_refusal
         if self.owners.get(action_id) != token:
             raise Refused(f"HTTP 404: no action {action_id} visible to this token")
         deadline = asyncio.get_running_loop().time() + timeout

@@ -217,6 +217,16 @@ def test_words_that_would_steer_a_readers_terminal_are_refused_naming_the_field(
     assert not store.rows, "nothing was stored"
 
 
+@pytest.mark.parametrize("reason", ["   ", "\n\t", "\u3000"])
+def test_a_blank_reason_is_refused_naming_the_field(reason: str) -> None:
+    client, store, _ = client_and_store()
+    with client:
+        answer = client.post("/v1/actions", json={**GOOD, "reason": reason}, headers=AUTH)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["problems"][0].startswith("reason: ") and "only spaces" in answer.text
+    assert not store.rows, "nothing was stored"
+
+
 def test_a_reason_keeps_its_lines_and_tabs() -> None:
     client, store, _ = client_and_store()
     with client:

@@ -9,7 +9,7 @@ from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.mcp import McpPlugin
 from keyturn.mcp.names import action_for, resource_for, segment, split_action
 from keyturn.mcp.outcomes import ToolOutcome
-from keyturn.mcp.proxy import REASON_ARGUMENT, proxied_submission, proxied_tool, upstream_result
+from keyturn.mcp.proxy import REASON_ARGUMENT, proxied_submission, proxied_tool, proxied_tools, upstream_result
 from keyturn.mcp.upstream import UpstreamSpec, find_tool, parse_upstreams
 
 UPSTREAM_TOOL = types.Tool(
@@ -69,15 +69,39 @@ def test_the_executors_upstreams_are_the_operators_setting() -> None:
         UpstreamSpec(command=("a",), url="b")
 
 
-def test_an_upstream_tool_is_found_by_its_name_or_its_segment_never_by_a_guess() -> None:
+def test_an_upstream_tool_is_found_by_its_segment_never_by_a_guess() -> None:
     tools = [UPSTREAM_TOOL, types.Tool(name="readNote", input_schema={"type": "object"})]
     assert find_tool(tools, "deletenote").name == "deleteNote"
-    assert find_tool(tools, "readNote").name == "readNote"
+    assert find_tool(tools, "readnote").name == "readNote"
     twins = [*tools, types.Tool(name="DeleteNote", input_schema={"type": "object"})]
     with pytest.raises(LookupError, match="refusing to guess"):
         find_tool(twins, "deletenote")
     with pytest.raises(LookupError):
         find_tool(tools, "wipe")
+
+
+def tool(name: str) -> types.Tool:
+    return types.Tool(name=name, input_schema={"type": "object"})
+
+
+def test_two_tools_sharing_an_action_name_are_refused_even_when_one_matches_exactly() -> None:
+    shared = [tool("read.note"), tool("read_note")]
+    assert action_for("notes", "read.note") == action_for("notes", "read_note") == "mcp.notes.read_note"
+    with pytest.raises(LookupError, match="refusing to guess"):
+        find_tool(shared, "read_note")
+    assert proxied_tools("notes", [*shared, tool("list")]) == [proxied_tool("notes", tool("list"))]
+
+
+@pytest.mark.parametrize("name", ["\u212aill", "\u00e9", "caf\u00e9", "\u0131d"])
+def test_a_name_outside_ascii_makes_no_action_name_so_it_can_never_stand_for_another(name: str) -> None:
+    with pytest.raises(ValueError, match="outside ASCII"):
+        segment(name)
+    ascii_twin = {"\u212aill": "kill", "\u00e9": "t_", "caf\u00e9": "caf_", "\u0131d": "id"}[name]
+    tools = [tool(name), tool(ascii_twin)]
+    assert find_tool(tools, segment(ascii_twin)).name == ascii_twin
+    assert [t.name for t in proxied_tools("notes", tools)] == [ascii_twin]
+    with pytest.raises(ValueError):
+        action_for("notes", name)
 
 
 async def test_the_plugin_sends_nothing_for_a_server_the_operator_did_not_configure() -> None:

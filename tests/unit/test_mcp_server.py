@@ -140,6 +140,30 @@ async def test_wait_for_action_picks_up_the_approval_and_never_submits_again() -
     assert len(gateway.submissions) == 1
 
 
+async def test_a_refusal_while_waiting_names_the_submitted_action_and_says_not_to_call_again() -> None:
+    history = needs_approval_history([("db-owners", 1)], DEADLINE)
+    gateway = FakeGateway(lambda s: {"state": "needs_approval", "history": history})
+
+    async def refuse_soon() -> None:  # the token expires while people decide
+        await asyncio.sleep(0.3)
+        gateway.wait_refusal = Refused("HTTP 401: token expired")
+
+    async with Client(serve(gateway, wait_s=5.0)) as client:
+        expiry = asyncio.create_task(refuse_soon())
+        result = await client.call_tool("sql.query", SQL_CALL)
+        await expiry
+        picked_up = await client.call_tool("wait_for_action", {"action_id": "not-mine"})
+    action_id = next(iter(gateway.actions))
+    assert result.is_error is True and "before anything was submitted" not in text(result)
+    assert action_id in text(result) and "exists" in text(result) and "token expired" in text(result)
+    assert "Do NOT call sql.query again" in text(result)
+    assert result.structured_content["action_id"] == action_id
+    assert result.structured_content["next"] == {"tool": "wait_for_action", "arguments": {"action_id": action_id}}
+    assert picked_up.is_error and "before anything was submitted" not in text(picked_up)
+    assert "submitted nothing" in text(picked_up) and "token expired" in text(picked_up)
+    assert len(gateway.submissions) == 1
+
+
 @pytest.mark.parametrize(
     ("state", "starts"),
     [

@@ -71,6 +71,15 @@ def test_another_payload_another_key_an_edit_or_expiry_is_refused() -> None:
         verify_receipt(receipt, keys, now=NOW + timedelta(minutes=15))
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf")])
+def test_a_payload_json_cannot_carry_is_refused_as_invalid_not_a_crash(number: float) -> None:
+    key = Ed25519PrivateKey.generate()
+    with pytest.raises(ReceiptInvalid, match="JSON cannot carry"):
+        verify_receipt(
+            issue(key), keys_from(jwks([key.public_key()])), now=NOW, payload={**PAYLOAD, "parameters": {"n": number}}
+        )
+
+
 def test_a_receipt_is_used_once(tmp_path) -> None:
     key = Ed25519PrivateKey.generate()
     claims = verify_receipt(issue(key), keys_from(jwks([key.public_key()])), now=NOW)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -34,7 +35,7 @@ from keyturn.sdk import (
     UnexpectedState,
     WaitTimeout,
 )
-from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer, answering, shaped
+from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer, answering, external_result, shaped
 
 STATEMENT = {"statement": "SELECT count(*) FROM orders", "max_rows": 10}
 
@@ -219,6 +220,39 @@ def test_a_token_provider_is_asked_for_every_request_and_again_after_a_401(serve
     assert mine == ["Bearer stale-token", f"Bearer {AGENT_TOKEN}", f"Bearer {AGENT_TOKEN}"]
 
 
+def test_a_token_no_header_may_carry_is_refused_before_sending_and_never_shows_in_the_exception(
+    server: IntakeServer,
+) -> None:
+    sent = len(server.requests)
+    for bad in (AGENT_TOKEN + "\n", AGENT_TOKEN + " x", AGENT_TOKEN + "\u00e9"):
+        with Keyturn(server.url, token_provider=lambda bad=bad: bad, retries=3, backoff_s=5) as kt:
+            started = time.monotonic()
+            with pytest.raises(InvalidRequest) as raised:
+                kt.submit("read.table", "postgres://staging/a", {}, reason="r")
+        told = "".join(traceback.format_exception(raised.value))
+        assert "the token holds characters no header may carry" in str(raised.value)
+        assert AGENT_TOKEN not in told
+        assert raised.value.__cause__ is None and raised.value.__context__ is None
+        assert time.monotonic() - started < 1  # not retried
+    assert len(server.requests) == sent
+
+
+def test_a_request_httpx_cannot_build_is_not_retried_and_its_message_is_not_chained() -> None:
+    calls = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.LocalProtocolError("Illegal header value b'Bearer the-secret-token\\n'")
+
+    with (
+        Keyturn("http://keyturn", token="t", transport=httpx.MockTransport(refuse), retries=3) as kt,
+        pytest.raises(InvalidRequest) as raised,
+    ):
+        kt.status("00000000-0000-0000-0000-000000000000")
+    assert "the-secret-token" not in "".join(traceback.format_exception(raised.value))
+    assert "could not be built" in str(raised.value) and len(calls) == 1
+
+
 def test_a_client_needs_exactly_one_way_to_authenticate() -> None:
     with pytest.raises(ValueError):
         Keyturn("http://127.0.0.1:1")
@@ -251,7 +285,9 @@ async def test_the_async_client_submits_waits_and_raises_the_same(server: Intake
 def test_an_action_approved_for_the_caller_carries_its_receipt() -> None:
     receipt = {"action_id": "8d0f4b5e-1c7a-4b57-9a8e-0d1f6f1c2b3a", "signature": "abc", "kid": "audit-1"}
     with Keyturn(
-        "http://keyturn", token="t", transport=answering(shaped("approved_external", True, receipt=receipt))
+        "http://keyturn",
+        token="t",
+        transport=answering(shaped("approved_external", True, result=external_result(receipt))),
     ) as kt:
         done = kt.run("iam.role.grant", "iam://staging/roles/analyst", {"role": "analyst"}, reason="onboarding")
     assert done.state == "approved_external" and done.receipt == receipt and done.left_to_the_caller

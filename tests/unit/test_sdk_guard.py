@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from keyturn.sdk import AsyncKeyturn, Denied, Keyturn, UnexpectedState, current_action
-from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer, answering, shaped
+from keyturn.sdk import AsyncKeyturn, Denied, Expired, Keyturn, ReceiptExpired, UnexpectedState, current_action
+from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer, answering, external_result, shaped
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +77,16 @@ def test_an_action_left_to_the_caller_runs_the_body_once_with_the_action_at_hand
     assert server.submitted().reason == "onboarding human:bob"
 
 
+def receipt_until(expires_at: datetime) -> dict[str, Any]:
+    return {"claims": {"expires_at": expires_at.isoformat()}, "signature": {"alg": "EdDSA", "value": "abc"}}
+
+
 def test_approved_external_runs_the_body_and_hands_it_the_receipt() -> None:
-    receipt = {"signature": "abc"}
+    receipt = receipt_until(datetime.now(UTC) + timedelta(minutes=10))
     with Keyturn(
-        "http://keyturn", token="t", transport=answering(shaped("approved_external", True, receipt=receipt))
+        "http://keyturn",
+        token="t",
+        transport=answering(shaped("approved_external", True, result=external_result(receipt))),
     ) as kt:
 
         @kt.guard("iam.role.grant", resource="iam://staging/roles/analyst", reason="onboarding")
@@ -88,6 +95,28 @@ def test_approved_external_runs_the_body_and_hands_it_the_receipt() -> None:
             return action.receipt if action else None
 
         assert grant() == receipt
+
+
+@pytest.mark.parametrize(
+    "receipt",
+    [receipt_until(datetime.now(UTC) - timedelta(seconds=1)), {"signature": "abc"}],
+    ids=["expired", "no-expiry"],
+)
+def test_approved_external_with_a_spent_receipt_never_runs_the_body(receipt: dict[str, Any]) -> None:
+    ran = []
+    with Keyturn(
+        "http://keyturn",
+        token="t",
+        transport=answering(shaped("approved_external", True, result=external_result(receipt))),
+    ) as kt:
+
+        @kt.guard("iam.role.grant", resource="iam://staging/roles/analyst", reason="onboarding", idempotency_key="k")
+        def grant() -> None:
+            ran.append(1)
+
+        with pytest.raises(ReceiptExpired) as raised:
+            grant()
+    assert ran == [] and "was approved, but" in str(raised.value) and isinstance(raised.value, Expired)
 
 
 def test_a_denied_call_raises_and_never_runs_the_body(kt: Keyturn, server: IntakeServer) -> None:

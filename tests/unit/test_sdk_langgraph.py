@@ -65,6 +65,15 @@ def test_the_model_must_give_a_reason_and_the_body_runs_once_approved(kt: Keytur
     assert json.loads(request.parameters_json) == {"principal": "human:bob", "role": "analyst"}
 
 
+def test_a_blank_reason_is_an_error_message_and_nothing_is_submitted(kt: Keyturn, server: IntakeServer) -> None:
+    gated = gate_tool(grant_role, kt, "iam.role.grant", resource="iam://staging/roles/{role}")
+    sent = len(server.requests)
+    granted.clear()
+    answer = gated.invoke(call("grant_role", principal="human:bob", reason="   "))
+    assert isinstance(answer, ToolMessage) and answer.status == "error" and "reason is required" in answer.content
+    assert granted == [] and len(server.requests) == sent
+
+
 def test_a_denial_is_an_error_message_the_model_reads_and_the_body_never_runs(
     kt: Keyturn, server: IntakeServer
 ) -> None:

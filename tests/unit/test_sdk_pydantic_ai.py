@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydantic_ai import Agent
+from pydantic_ai import Agent, ModelRetry
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -75,3 +75,16 @@ def test_a_refusal_is_what_the_model_reads_and_the_function_never_runs(server: I
     assert granted == []
     assert result.output.startswith("tool said: Keyturn: iam.role.grant was denied by the policy")
     assert "never granted to unattended agents" in result.output and "Do not call the tool again" in result.output
+
+
+@pytest.mark.parametrize("given", [{}, {"reason": ""}, {"reason": "   "}, {"reason": None}])
+async def test_a_missing_or_blank_reason_is_asked_for_again_and_nothing_is_submitted(
+    server: IntakeServer, given: dict[str, Any]
+) -> None:
+    async with AsyncKeyturn(server.url, token=AGENT_TOKEN) as kt:
+        tool = gate_tool(grant_role, kt, "iam.role.grant", resource="iam://staging/roles/{role}")
+        sent = len(server.requests)
+        granted.clear()
+        with pytest.raises(ModelRetry, match="reason is required"):
+            await tool.function(principal="human:bob", **given)
+    assert granted == [] and len(server.requests) == sent

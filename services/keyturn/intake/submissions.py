@@ -106,6 +106,8 @@ class ActionSubmission(BaseModel):
             raise ValueError(why)
         if info.field_name != "reason" and (why := _secret_in_name(value, info.field_name)) is not None:
             raise ValueError(why)
+        if info.field_name == "reason" and not value.strip():  # approvers must have a sentence to read
+            raise ValueError("say in words why this is needed: a reason of only spaces tells approvers nothing")
         return value
 
     @field_validator("parameters")

@@ -132,14 +132,14 @@ async def serve_proxy(
 ) -> None:
     """``keyturn mcp proxy``: the upstream ``spec``'s tools, each call submitted as ``mcp.<name>.<tool>``."""
     from keyturn.mcp.names import segment
-    from keyturn.mcp.proxy import proxied_submission, proxied_tool, upstream_result
+    from keyturn.mcp.proxy import proxied_submission, proxied_tools, upstream_result
     from keyturn.mcp.upstream import connected
 
     server = segment(name)
     async with connected(spec) as client:
 
         async def listed() -> list[Any]:
-            return [proxied_tool(server, t) for t in (await client.list_tools()).tools]
+            return proxied_tools(server, (await client.list_tools()).tools)
 
         await _serve(
             settings,
@@ -184,10 +184,11 @@ async def _serve(
         import uvicorn
 
         from keyturn.bus.http import server_options
-        from keyturn.mcp.http import require_bearer
+        from keyturn.mcp.http import require_bearer, token_verifier
 
         address = listen.host or settings.mcp_host
-        asgi = require_bearer(server.streamable_http_app(streamable_http_path="/mcp", host=address))
+        app = server.streamable_http_app(streamable_http_path="/mcp", host=address)
+        asgi = require_bearer(app, token_verifier(settings))
         config = uvicorn.Config(
             asgi,
             host=address,

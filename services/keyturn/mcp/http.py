@@ -1,30 +1,70 @@
-"""The streamable HTTP transport's door: a request without a bearer token is answered 401.
+"""The streamable HTTP transport's door: a request whose bearer token does not verify is answered 401.
 
-The token itself is checked by the intake on every call the server makes with it (the MCP
-server keeps no identity of its own); this only refuses anonymous requests before a session
-is opened for them.
+The intake checks the token again on every call the server makes with it (the MCP server keeps
+no identity of its own). The door checks it first, signature, issuer, audience and expiry,
+because a session costs memory for as long as it lives: any string passing for a token would
+let anyone pin the server's memory with sessions nobody can use.
+
+The door trusts the keys the intake trusts (``token_verifier``): the identity provider's JWKS
+when one is configured (``KEYTURN_JWKS_URL`` or ``KEYTURN_JWKS_PATH``), else the intake's own
+development key, read from its ``/.well-known/jwks.json`` and cached (``JwksUrl``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
 
+from keyturn.identity.errors import InvalidToken
+from keyturn.identity.verifier import bearer_token
 
-def require_bearer(app: Any) -> Any:
+if TYPE_CHECKING:
+    from keyturn.config import Settings
+    from keyturn.identity.verifier import TokenVerifier
+
+
+def token_verifier(settings: Settings) -> TokenVerifier:
+    """The verifier for the keys the intake at ``settings.intake_url`` trusts (see the module's documentation)."""
+    from keyturn.identity.jwks import JwksUrl
+    from keyturn.identity.verifier import TokenVerifier, verifier_from_settings
+
+    issuer, audience = settings.jwt_issuer, settings.jwt_audience
+    if settings.jwks_url or settings.jwks_path:  # the intake's own rule for a configured provider
+        jwks_url, jwks_path = settings.jwks_url or None, settings.jwks_path or None
+        return verifier_from_settings(jwks_url, jwks_path, settings.keys_dir, issuer, audience)
+    intake_keys = JwksUrl(settings.intake_url.rstrip("/") + "/.well-known/jwks.json")
+    return TokenVerifier(intake_keys, issuer=issuer, audience=audience)
+
+
+def require_bearer(app: Any, verifier: TokenVerifier) -> Any:
+    """``app`` behind a door that lets an HTTP request in only with a bearer token ``verifier`` accepts."""
+
     async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-            scheme, _, token = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                answer = JSONResponse(
-                    {"error": "unauthorized", "detail": "send the agent's Keyturn token as Authorization: Bearer"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await answer(scope, receive, send)
+            try:
+                # in a thread: a JWKS fetch blocks; a token verified before is a cache hit
+                await asyncio.to_thread(verifier.verify, bearer_token(headers.get("authorization")))
+            except InvalidToken as exc:  # its message never holds the token
+                await refusal(exc)(scope, receive, send)
                 return
         await app(scope, receive, send)
 
     return guarded
+
+
+def refusal(exc: InvalidToken) -> JSONResponse:
+    """401 for a token refused (the intake's wording); 503 while the keys cannot be read (fail closed)."""
+    if exc.code == "jwks_unavailable":
+        return JSONResponse(
+            {"error": "unavailable", "detail": f"cannot verify tokens right now: {exc}"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    return JSONResponse(
+        {"error": "unauthorized", "detail": f"invalid token ({exc.code}): {exc.message}"},
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )

@@ -131,8 +131,50 @@ def finished(view: dict[str, Any]) -> ToolOutcome:
 
 
 def refused(message: str, problems: list[str] | None = None) -> ToolOutcome:
-    """The intake refused the call (invalid input, bad token): nothing was submitted."""
+    """The intake refused the call (invalid input, bad token) before it submitted anything.
+
+    Only for a refusal of the submission itself: once an action exists, a refusal to show it
+    is ``unreadable`` (saying "nothing was submitted" would invite a second action)."""
     text = f"REFUSED by Keyturn before anything was submitted: {message}"
     if problems:
         text += " (" + "; ".join(problems) + ")"
     return ToolOutcome(text, {"status": "refused", "detail": message, "problems": problems or []}, is_error=True)
+
+
+def unreadable(action_id: str, tool: str, message: str, problems: list[str] | None = None) -> ToolOutcome:
+    """The intake refused to show an action this call already submitted (an expired token, a 404).
+
+    The action exists and goes on (people may still approve it, the executor may run it), so the
+    answer names it and says not to call the tool again: that would submit a second action.
+    """
+    text = (
+        f"SUBMITTED, STATE UNKNOWN: Keyturn action {action_id} exists, but its state could not be read: {message}"
+        + (" (" + "; ".join(problems) + ")" if problems else "")
+        + f". It may still be approved and performed. Do NOT call {tool} again: that would submit a second, "
+        f'separate action. Call {WAIT_TOOL} with action_id "{action_id}" once the cause is fixed '
+        "(for instance with a fresh token)."
+    )
+    structured: dict[str, Any] = {
+        "status": "unreadable",
+        "action_id": action_id,
+        "detail": message,
+        "problems": problems or [],
+        "next": {"tool": WAIT_TOOL, "arguments": {"action_id": action_id}},
+    }
+    return ToolOutcome(text, structured, is_error=True)
+
+
+def unseen(action_id: str, message: str, problems: list[str] | None = None) -> ToolOutcome:
+    """``wait_for_action`` could not read the action it was given (an expired token, an id not visible).
+
+    Nothing was submitted by this call; whether the action exists is not known (a 404 does not
+    tell a mistyped id from someone else's action)."""
+    text = f"Keyturn could not read action {action_id}: {message}"
+    if problems:
+        text += " (" + "; ".join(problems) + ")"
+    text += ". This call submitted nothing."
+    return ToolOutcome(
+        text,
+        {"status": "unreadable", "action_id": action_id, "detail": message, "problems": problems or []},
+        is_error=True,
+    )

@@ -14,18 +14,40 @@ arguments it declared.
 from __future__ import annotations
 
 import copy
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 from keyturn.mcp.catalog import ToolSpec
-from keyturn.mcp.names import action_for, resource_for
+from keyturn.mcp.names import action_for, by_segment, resource_for
 from keyturn.mcp.outcomes import ToolOutcome
 from keyturn.mcp.server import Submission
+
+log = logging.getLogger(__name__)
 
 REASON_ARGUMENT = "keyturn_reason"
 GATED = (
     " (Through Keyturn: runs only if Keyturn's policy allows it or people approve it; the call waits for them. "
     f"Say why in {REASON_ARGUMENT}.)"
 )
+
+
+def proxied_tools(server: str, tools: Sequence[Any]) -> list[ToolSpec]:
+    """The upstream's tools the proxy offers: each one whose name makes an action name no other tool's
+    makes (``names.by_segment``). The others are left out, with a warning: the executor would refuse
+    to call them, so offering them would only ask people to approve a call that cannot run."""
+    groups = by_segment(t.name for t in tools)
+    offered = {names[0] for names in groups.values() if len(names) == 1}
+    left_out = [t.name for t in tools if t.name not in offered]
+    if left_out:
+        log.warning(
+            "upstream %s: not offering %d tool(s) whose names make no action name of their own "
+            "(outside ASCII, or shared with another tool): %s",
+            server,
+            len(left_out),
+            ", ".join(map(repr, left_out)),
+        )
+    return [proxied_tool(server, t) for t in tools if t.name in offered]
 
 
 def proxied_tool(server: str, tool: Any) -> ToolSpec:

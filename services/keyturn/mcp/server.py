@@ -99,10 +99,16 @@ class ActionCalls:
                 {"status": "unavailable", "detail": str(exc)},
                 is_error=True,
             )
-        return await self.follow(token, str(answer["action_id"]), tool, report, self.wait_s)
+        return await self.follow(token, str(answer["action_id"]), tool, report, self.wait_s, submitted=True)
 
-    async def follow(self, token: str, action_id: str, tool: str, report: Report, wait_s: float) -> ToolOutcome:
-        """Wait up to ``wait_s`` for ``action_id``, reporting progress; its outcome or *pending*."""
+    async def follow(
+        self, token: str, action_id: str, tool: str, report: Report, wait_s: float, *, submitted: bool = False
+    ) -> ToolOutcome:
+        """Wait up to ``wait_s`` for ``action_id``, reporting progress; its outcome or *pending*.
+
+        ``submitted``: this very call submitted the action, so a refusal to show it (a token that
+        expired while people decided) must say that the action exists, not that nothing was submitted.
+        """
         started = time.monotonic()
         deadline = started + max(0.0, wait_s)
         polls = 0
@@ -113,7 +119,9 @@ class ActionCalls:
             try:
                 view = await self.gateway.wait(token, action_id, max(0.0, min(step, deadline - time.monotonic())))
             except Refused as exc:
-                return outcomes.refused(str(exc), exc.problems)
+                if submitted:
+                    return outcomes.unreadable(action_id, tool, str(exc), exc.problems)
+                return outcomes.unseen(action_id, str(exc), exc.problems)
             except Unreachable as exc:
                 return ToolOutcome(
                     f"Keyturn is not reachable ({exc}). Action {action_id} exists and goes on without you: "

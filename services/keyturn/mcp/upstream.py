@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from keyturn.masking.protect import mask_text
-from keyturn.mcp.names import segment
+from keyturn.mcp.names import by_segment, segment
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +135,15 @@ async def masked_lines(upstream: str) -> AsyncIterator[TextIO]:
 
 
 def find_tool(tools: list[Any], wanted: str) -> Any:
-    """The upstream tool whose name is ``wanted`` or whose action segment is (``names.segment``)."""
-    exact = [t for t in tools if t.name == wanted]
-    if exact:
-        return exact[0]
-    matching = [t for t in tools if segment(t.name) == wanted]
+    """The one upstream tool whose action segment is ``wanted`` (``names.segment``); LookupError when
+    none is, or when several are: the action does not say which of them was approved, even if one
+    of them is named ``wanted`` exactly."""
+    matching = by_segment(t.name for t in tools).get(wanted, [])
     if len(matching) > 1:
-        raise LookupError(f"{len(matching)} upstream tools are named {wanted!r} as an action: refusing to guess")
+        raise LookupError(
+            f"{len(matching)} upstream tools are named {wanted!r} as an action ({', '.join(map(repr, matching))}): "
+            "refusing to guess"
+        )
     if not matching:
         raise LookupError(f"the upstream has no tool named {wanted!r}")
-    return matching[0]
+    return next(t for t in tools if t.name == matching[0])

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -39,6 +40,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 LONG_POLL_S = 50.0  # one wait request's server-side timeout: under the idle limit of most proxies
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 F = TypeVar("F", bound=Callable[..., Any])
+# A bearer token as a header can carry it: visible ASCII only (RFC 9110 field-vchar, no space: RFC 6750's
+# b64token is narrower still). Anything else makes httpx raise an error that quotes the whole header.
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]*")  # empty: sent, and refused by the intake (401)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,13 @@ class _Protocol:
         self.max_outage_s = max_outage_s
 
     def headers(self, token: str) -> dict[str, str]:
+        """The request's headers; a token no header may carry is refused here, before httpx (whose
+        errors quote the header's value) ever sees it: a caller's mistake, not an outage to retry."""
+        if not _HEADER_TOKEN.fullmatch(token):
+            raise errors.InvalidRequest(
+                "the token holds characters no header may carry (a line break, a space, a non-ASCII "
+                "character); the request was not sent"
+            )
         return {"Authorization": f"Bearer {token}", "User-Agent": f"keyturn-sdk/{VERSION}"}
 
     def timeout_for(self, request: _Request) -> httpx.Timeout:
@@ -148,8 +159,16 @@ class _Protocol:
         return max(0.1, min(pause, deadline - now, self.max_outage_s - (now - outage_began)))
 
     @staticmethod
-    def transport_failure(exc: httpx.TransportError, request: _Request) -> errors.Unavailable:
-        return errors.Unavailable(f"no answer from Keyturn for {request.method} {request.path}: {type(exc).__name__}")
+    def transport_failure(exc: httpx.TransportError, request: _Request) -> tuple[errors.RequestError, Exception | None]:
+        """The error a transport failure means, and the cause to chain to it (None: not chained).
+
+        A local protocol error is a request this client built wrong (a header value no header may
+        carry): not retried, and never chained, since its message quotes the header, token included."""
+        if isinstance(exc, httpx.LocalProtocolError):
+            detail = f"Keyturn's request {request.method} {request.path} could not be built: a header holds "
+            return errors.InvalidRequest(detail + "characters no header may carry; it was not sent"), None
+        where = f"{request.method} {request.path}"
+        return errors.Unavailable(f"no answer from Keyturn for {where}: {type(exc).__name__}"), exc
 
     @staticmethod
     def answer(response: httpx.Response) -> Any:
@@ -304,8 +323,7 @@ class Keyturn:
                 )
                 return response.status_code, self._p.answer(response)
             except httpx.TransportError as exc:
-                failure: errors.RequestError = self._p.transport_failure(exc, request)
-                cause: Exception = exc
+                failure, cause = self._p.transport_failure(exc, request)
             except errors.AuthenticationFailed:
                 if self._p.token_provider is None or refreshed:
                     raise
@@ -315,8 +333,8 @@ class Keyturn:
                 failure, cause = exc, exc
             delay = self._p.retry_delay(attempt, failure)
             if delay is None:
-                if failure is cause:
-                    raise failure
+                if failure is cause or cause is None:
+                    raise failure  # raised outside the except block: no implicit context either
                 raise failure from cause
             log.info("%s %s: %s; trying again in %.1f s", request.method, request.path, failure, delay)
             time.sleep(delay)
@@ -460,8 +478,7 @@ class AsyncKeyturn:
                 )
                 return response.status_code, self._p.answer(response)
             except httpx.TransportError as exc:
-                failure: errors.RequestError = self._p.transport_failure(exc, request)
-                cause: Exception = exc
+                failure, cause = self._p.transport_failure(exc, request)
             except errors.AuthenticationFailed:
                 if self._p.token_provider is None or refreshed:
                     raise
@@ -471,8 +488,8 @@ class AsyncKeyturn:
                 failure, cause = exc, exc
             delay = self._p.retry_delay(attempt, failure)
             if delay is None:
-                if failure is cause:
-                    raise failure
+                if failure is cause or cause is None:
+                    raise failure  # raised outside the except block: no implicit context either
                 raise failure from cause
             log.info("%s %s: %s; trying again in %.1f s", request.method, request.path, failure, delay)
             await asyncio.sleep(delay)

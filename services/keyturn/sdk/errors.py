@@ -8,7 +8,8 @@ Two families share the base ``KeyturnError``:
   422, 431; ``problems`` name each field and rule), ``IdempotencyConflict`` (409);
 - **the action ended without the result the agent asked for** (``ActionError``, carrying the
   ``Action``): ``Denied`` by the policy (``reasons``), ``ApprovalRefused`` by the approvers
-  (a ``Denied`` too), ``Expired`` unanswered, ``ExecutionFailed`` (nothing took effect),
+  (a ``Denied`` too), ``Expired`` unanswered (``ReceiptExpired``: approved, but the receipt's window closed before a
+  guarded body ran), ``ExecutionFailed`` (nothing took effect),
   ``OutcomeUnknown`` (it may have taken effect: do not repeat it blindly), ``UnexpectedState``
   (a state this SDK does not know: never taken for success), and ``WaitTimeout`` (not over
   yet when the caller's patience ran out).
@@ -69,7 +70,8 @@ class NotFound(RequestError):
 
 
 class InvalidRequest(RequestError):
-    """400, 413, 422 or 431: the request itself is wrong; ``problems`` say where. Retrying cannot help."""
+    """400, 413, 422 or 431: the request itself is wrong; ``problems`` say where. Retrying cannot help.
+    Status 0: the SDK would not send it (a token no header may carry)."""
 
 
 class IdempotencyConflict(RequestError):
@@ -103,6 +105,12 @@ class ApprovalRefused(Denied):
 
 class Expired(ActionError):
     """Nobody answered the approval in time."""
+
+
+class ReceiptExpired(Expired):
+    """The action was approved for the caller to perform, but its receipt's window had closed (or it
+    carried no readable expiry) when the guarded body was about to run: the system that performs it
+    would refuse the receipt, so the body does not run. Ask for a new action to do it now."""
 
 
 class ExecutionFailed(ActionError):

@@ -13,7 +13,9 @@ arguments, then waits for the action's end. What happens next is the ``mode``:
   decide. ``succeeded`` by one of Keyturn's executors: the executor's (masked) result is
   returned and the body does not run. ``approved_external`` (no executor for the family; the
   caller performs it, with a receipt), or ``succeeded`` through the executor's no-op plugin:
-  the body runs, once, and its return value is returned.
+  the body runs, once, and its return value is returned. An ``approved_external`` action whose
+  receipt has expired (a repeated call that found an old action by its idempotency key) raises
+  ``ReceiptExpired`` instead: the body never runs on a spent approval.
 - ``"executor"``: the body never runs; the executor's result is returned (an action left to
   the caller raises ``UnexpectedState``: nothing performed it).
 - ``"local"``: the body performs the action once it is approved; an action Keyturn's
@@ -36,10 +38,11 @@ import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from keyturn.sdk import errors
-from keyturn.sdk.models import Action
+from keyturn.sdk.models import APPROVED_EXTERNAL, Action, receipt_expiry
 
 if TYPE_CHECKING:
     from keyturn.sdk.client import AsyncKeyturn, Keyturn
@@ -155,6 +158,8 @@ def settle(done: Action, mode: Mode) -> tuple[bool, Any]:
     if mode != "local" and done.performed_by_keyturn:
         return False, done.result
     if mode != "executor" and done.left_to_the_caller:
+        if done.state == APPROVED_EXTERNAL:
+            spent(done)
         return True, None
     who = "the executor already performed it" if done.performed_by_keyturn else "nothing performed it"
     raise errors.UnexpectedState(
@@ -162,6 +167,21 @@ def settle(done: Action, mode: Mode) -> tuple[bool, Any]:
         "return a result for it (see the catalog entry: mode='auto' follows it)",
         done,
     )
+
+
+def spent(done: Action) -> None:
+    """Raise ``ReceiptExpired`` when an ``approved_external`` action's receipt can no longer be acted on:
+    a repeated call (the same idempotency key finds the old action) must not perform it again on an
+    approval whose window closed. The signature is the performing system's to check (``verify_receipt``)."""
+    closes = receipt_expiry(done.receipt)
+    if closes is None:
+        raise errors.ReceiptExpired(f"{done.action} {done.action_id} was approved, but carries no receipt expiry", done)
+    if datetime.now(UTC) >= closes:
+        raise errors.ReceiptExpired(
+            f"{done.action} {done.action_id} was approved, but its receipt expired at {closes.isoformat()}; "
+            "the body was not run: submit a new action to perform it now",
+            done,
+        )
 
 
 def build_text(spec: Built, name: str, named: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from keyturn.sdk import errors
@@ -11,8 +13,8 @@ from keyturn.sdk import errors
 # other state is running while the answer says it is not terminal, and ``UnexpectedState`` once it is.
 SUCCEEDED = "succeeded"
 # Approved, and performed by the caller, not by Keyturn's executor: the terminal state of an action
-# whose catalog family has no executor. Its status may carry a signed ``receipt`` for the system that
-# performs it.
+# whose catalog family has no executor. Its status carries a signed receipt for the system that
+# performs it, in ``result.receipt`` (the external executor's result).
 APPROVED_EXTERNAL = "approved_external"
 # The executor plugin that performs nothing and reports ``performed: false`` (actions without an
 # executor on a stack that does not end them ``approved_external``).
@@ -20,6 +22,20 @@ NOOP_PLUGIN = "noop"
 _KNOWN_FIELDS = frozenset(
     {"action_id", "action", "resource", "requester", "state", "terminal", "reasons", "result", "payload_digest"}
 )
+
+
+def receipt_expiry(receipt: Any) -> datetime | None:
+    """When a receipt's approval window closes (its ``claims.expires_at``, with a time zone); None when
+    it names no valid one. Read without checking the signature (``verify_receipt`` checks that, and
+    reads the expiry here too), so the client knows a receipt is spent without the receipts extra."""
+    claims = receipt.get("claims") if isinstance(receipt, Mapping) else None
+    if not isinstance(claims, Mapping) or not isinstance(claims.get("expires_at"), str):
+        return None
+    try:
+        moment = datetime.fromisoformat(claims["expires_at"].replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 @dataclass(frozen=True)
@@ -37,8 +53,8 @@ class Submitted:
 class Action:
     """An action's status as the intake shows it to its requester (parameters and results masked).
 
-    ``extra`` keeps every field this SDK version does not name (a ``receipt``, say), so nothing the
-    server adds is lost; ``raw`` is the whole answer.
+    ``extra`` keeps every field this SDK version does not name, so nothing the server adds is lost;
+    ``raw`` is the whole answer.
     """
 
     action_id: str
@@ -75,8 +91,9 @@ class Action:
 
     @property
     def receipt(self) -> Any:
-        """The signed approval receipt, when the server gives one (actions performed outside Keyturn)."""
-        return self.extra.get("receipt")
+        """The signed approval receipt of an action performed outside Keyturn: the external executor's
+        result holds it (``result.receipt``, as ``GET /v1/actions/{id}`` serves it); None for any other."""
+        return self.result.get("receipt") if isinstance(self.result, dict) else None
 
     @property
     def approver_groups(self) -> list[str]:

@@ -20,10 +20,10 @@ the receipt before it acts:
     claims = verify_receipt(receipt, keys_from(jwks_text), payload={"action": ..., "resource": ..., "parameters": ...})
     UsedReceipts("used-receipts.sqlite3").claim(claims)
 
-This module needs the standard library and ``cryptography`` only (the SDK's ``receipts``
-extra). It holds the one definition of the receipt format and its canonical form: Keyturn's
-signer (``keyturn.receipts``) imports them from here, so what is signed and what is checked
-cannot drift apart.
+This module needs the standard library, ``cryptography`` (the SDK's ``receipts`` extra) and the
+SDK's own models (where a receipt's expiry is read, for the guard too). It holds the one
+definition of the receipt format and its canonical form: Keyturn's signer (``keyturn.receipts``)
+imports them from here, so what is signed and what is checked cannot drift apart.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+
+from keyturn.sdk.models import receipt_expiry
 
 FORMAT = "keyturn-receipt/1"
 ALGORITHM = "EdDSA"
@@ -136,10 +138,9 @@ def verify_receipt(
         raise ReceiptInvalid("the signature does not match the claims: the receipt was altered or forged") from None
     if claims.get("format") != FORMAT:
         raise ReceiptInvalid(f"unknown receipt format {claims.get('format')!r}")
-    try:
-        expires_at = datetime.fromisoformat(str(claims["expires_at"]).replace("Z", "+00:00"))
-    except (KeyError, ValueError):
-        raise ReceiptInvalid("the receipt has no valid expiry") from None
+    expires_at = receipt_expiry(receipt)
+    if expires_at is None:
+        raise ReceiptInvalid("the receipt has no valid expiry")
     moment = now or datetime.now(UTC)
     if moment >= expires_at:
         raise ReceiptInvalid(f"the receipt expired at {claims['expires_at']}")
@@ -148,6 +149,8 @@ def verify_receipt(
             actual = payload_digest(payload["action"], payload["resource"], payload["parameters"])
         except (KeyError, TypeError):
             raise ReceiptInvalid("the payload must be an object with action, resource and parameters") from None
+        except ValueError:  # NaN or an infinity: no JSON text holds one, so no approved payload did
+            raise ReceiptInvalid("the payload holds a number JSON cannot carry (NaN, Infinity)") from None
         if actual != claims.get("payload_digest"):
             raise ReceiptInvalid(
                 f"the payload hashes to {actual}, but {claims.get('payload_digest')} was approved: "

@@ -36,7 +36,7 @@ def missing_framework(adapter: str, framework: str, extra: str, missing: ImportE
 def schema_with_reason(schema: dict[str, Any], reason: Any, *, strict: bool = False) -> tuple[dict[str, Any], bool]:
     """A tool's argument ``schema`` with the required ``reason`` a model must give, unless the tool builds
     its reason itself (``reason`` given) or has an argument of that name; and whether it has one.
-    ``strict`` schemas (OpenAI's) take no ``minLength``: the adapter checks the reason is not blank."""
+    ``strict`` schemas (OpenAI's) take no ``minLength``; either way ``model_reason`` checks what comes."""
     schema = dict(schema)  # properties and required are rebuilt below, never changed in place
     own_reason = REASON_FIELD in schema.get("properties", {})
     if reason is None and not own_reason:
@@ -54,6 +54,18 @@ def take_reason(given: dict[str, Any], own_reason: bool) -> Any:
     return given.get(REASON_FIELD) if own_reason else given.pop(REASON_FIELD, None)
 
 
+class ReasonMissing(ValueError):
+    """The model gave no reason, or a blank one: nothing is submitted (approvers would read "None")."""
+
+
+def model_reason(why: Any) -> str:
+    """The reason the model gave, when it is a sentence: the one rule every adapter applies (a missing
+    reason, a non-string, or only spaces raises ``ReasonMissing``; schemas' ``minLength`` let spaces in)."""
+    if not isinstance(why, str) or not why.strip():
+        raise ReasonMissing(f"{REASON_FIELD} is required: {REASON_HELP}")
+    return why
+
+
 def built_request(
     resource: Built,
     reason: Built | None,
@@ -64,13 +76,19 @@ def built_request(
     values: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a gated call submits, from its validated arguments ``named``: the resource and reason
-    built from them (the model's ``why`` when the tool builds no reason), and the parameters (built
-    from ``values``, the arguments as JSON, when ``named`` holds other Python values)."""
+    built from them (the model's ``why`` when the tool builds no reason: ``ReasonMissing`` unless it is a
+    sentence), and the parameters (built from ``values``, the arguments as JSON, when ``named`` holds
+    other Python values)."""
     return {
         "resource": build_text(resource, "resource", named, (), named),
-        "reason": build_text(reason, "reason", named, (), named) if reason is not None else str(why),
+        "reason": build_text(reason, "reason", named, (), named) if reason is not None else model_reason(why),
         "parameters": build_parameters(parameters, named if values is None else values, (), named),
     }
+
+
+def invalid_arguments(tool: str, problem: Exception) -> str:
+    """What the model reads when its arguments (its reason among them) are refused before submission."""
+    return f"Keyturn: the arguments of {tool} are invalid, nothing was submitted: {problem}"
 
 
 def governed(description: str | None) -> str:

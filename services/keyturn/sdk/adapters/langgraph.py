@@ -46,10 +46,12 @@ from keyturn.sdk.adapters.common import (
     REASON_FIELD,
     REASON_HELP,
     WAITING_EVENT,
+    ReasonMissing,
     built_request,
     call_async,
     call_sync,
     governed,
+    invalid_arguments,
     missing_framework,
     refusal_for_a_model,
     take_reason,
@@ -159,7 +161,10 @@ def _gated(
         given = dict(arguments)
         why = take_reason(given, own_reason)
         named = args_schema.model_validate(given).model_dump(mode="json")  # defaults filled, JSON-able
-        return given, built_request(resource, reason, parameters, named, why)
+        try:
+            return given, built_request(resource, reason, parameters, named, why)
+        except ReasonMissing as exc:
+            raise ToolException(invalid_arguments(name, exc)) from None
 
     def on_end(done: Action) -> tuple[bool, Any]:
         try:

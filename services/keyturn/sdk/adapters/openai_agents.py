@@ -41,11 +41,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from keyturn.sdk.adapters.common import (
-    REASON_FIELD,
-    REASON_HELP,
     built_request,
     governed,
     governed_call,
+    invalid_arguments,
     missing_framework,
     schema_with_reason,
     take_reason,
@@ -90,14 +89,12 @@ def gate_tool(
             if not isinstance(given, dict):
                 raise ValueError("the arguments must be a JSON object")
             why = take_reason(given, own_reason)
-            if reason is None and not (isinstance(why, str) and why.strip()):
-                raise ValueError(f"{REASON_FIELD} is required: {REASON_HELP}")
             validated = signature.params_pydantic_model(**given)  # the function's own argument validation
-        except ValueError as exc:  # pydantic's ValidationError is one
-            return f"Keyturn: the arguments of {signature.name} are invalid, nothing was submitted: {exc}"
+            named = validated.model_dump(mode="json")  # coerced, defaults filled: what the function will get
+            built = built_request(resource, reason, parameters, named, why)
+        except ValueError as exc:  # pydantic's ValidationError is one, and so is ReasonMissing
+            return invalid_arguments(signature.name, exc)
         positional, keywords = signature.to_call_args(validated)
-        named = validated.model_dump(mode="json")  # coerced, defaults filled: what the function will get
-        built = built_request(resource, reason, parameters, named, why)
         run_body, value = await governed_call(
             client,
             action,

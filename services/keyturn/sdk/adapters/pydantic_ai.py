@@ -14,7 +14,8 @@
 
 ``gate_tool(function, client, action, resource=…, reason=None, parameters=None, mode="auto")``
 makes a ``Tool`` with the function's name, description and argument schema (plus a required
-``reason`` unless ``reason=`` is given: approvers read it). Each call is submitted with the
+``reason`` unless ``reason=`` is given: approvers read it; a missing or blank one raises
+``ModelRetry``, so the model is asked again and nothing is submitted). Each call is submitted with the
 validated arguments as its parameters; the function runs once the action is approved for the
 caller, or the executor's (masked) result is returned (``mode``, as in ``guard``).
 
@@ -36,9 +37,11 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from keyturn.sdk.adapters.common import (
+    ReasonMissing,
     built_request,
     governed,
     governed_call,
+    invalid_arguments,
     missing_framework,
     schema_with_reason,
     take_reason,
@@ -47,7 +50,7 @@ from keyturn.sdk.client import AsyncKeyturn, Keyturn
 from keyturn.sdk.guard import Built, Mode, checked_mode
 
 try:
-    from pydantic_ai import Tool
+    from pydantic_ai import ModelRetry, Tool
 except ImportError as missing:  # pragma: no cover - depends on what is installed
     raise missing_framework(__name__, "pydantic-ai", "pydantic-ai", missing) from missing
 
@@ -80,7 +83,10 @@ def gate_tool(
         given = dict(arguments)
         why = take_reason(given, own_reason)
         named = validate(given)  # coerced, defaults filled: what the function will be called with
-        built = built_request(resource, reason, parameters, named, why, values=_json(named))
+        try:
+            built = built_request(resource, reason, parameters, named, why, values=_json(named))
+        except ReasonMissing as exc:  # the model is asked again, with what to give
+            raise ModelRetry(invalid_arguments(original.name, exc)) from None
         run_body, value = await governed_call(
             client,
             action,
