@@ -14,7 +14,13 @@ from typing import Any
 from keyturn.core.audit.canonical import GENESIS_HASH, record_hash, record_id_for
 from keyturn.core.audit.checkpoint import CheckpointRejected, CheckpointSigner, CheckpointVerifier
 from keyturn.core.audit.dedupe import SeenEvents
-from keyturn.core.audit.record import CHECKPOINT_EVENT_TYPE, FOREIGN_EVENT_TYPE, AuditRecord, MalformedRecord
+from keyturn.core.audit.record import (
+    CHECKPOINT_EVENT_TYPE,
+    FOREIGN_EVENT_TYPE,
+    AuditRecord,
+    Checkpoint,
+    MalformedRecord,
+)
 from keyturn.core.canonical import CanonicalJson, Millis, canonical_json, to_millis
 
 AUDIT_TOPIC = "keyturn.audit"
@@ -147,25 +153,8 @@ class AuditChain:
             raise ValueError("this AuditChain has no CheckpointSigner, so it cannot sign checkpoints")
         covers = self._next_sequence - 1
         signed = self._signer.sign(covers, self._last_hash)
-        recorded_at = to_millis(now)
-        record = self._link(
-            event_id=f"{self._audit_topic}:checkpoint:{self._next_sequence}",
-            event_type=CHECKPOINT_EVENT_TYPE,
-            action_id=None,
-            actor=None,
-            source_topic=self._audit_topic,
-            occurred_at=recorded_at,
-            payload_json=canonical_json(
-                {
-                    "chain_hash": signed.chain_hash,
-                    "covers_sequence": covers,
-                    "key_id": signed.key_id,
-                }
-            ),
-            recorded_at=recorded_at,
-            checkpoint=signed,
-            flags=(),
-        )
+        payload = {"chain_hash": signed.chain_hash, "covers_sequence": covers, "key_id": signed.key_id}
+        record = self._own_record("checkpoint", CHECKPOINT_EVENT_TYPE, payload, now, checkpoint=signed)
         self._since_checkpoint = 0
         return record
 
@@ -174,29 +163,35 @@ class AuditChain:
         a restart) were not written by this chain's writer: the checkpoint after it vouches for
         the chain's links, and this record says those records are not the writer's word.
         ``verify`` reports them."""
+        first, last = foreign[0], foreign[-1]
+        payload = {
+            "first_sequence": first.sequence,
+            "last_sequence": last.sequence,
+            "records": len(foreign),
+            "first_hash": first.hash,
+            "last_hash": last.hash,
+        }
+        record = self._own_record("foreign", FOREIGN_EVENT_TYPE, payload, now)
+        self._since_checkpoint += 1
+        return record
+
+    def _own_record(
+        self, kind: str, event_type: str, payload: dict[str, Any], now: Millis, *, checkpoint: Checkpoint | None = None
+    ) -> AuditRecord:
+        """A record of the chain itself (no action, no actor): a checkpoint, or a disowning note."""
         recorded_at = to_millis(now)
-        record = self._link(
-            event_id=f"{self._audit_topic}:foreign:{self._next_sequence}",
-            event_type=FOREIGN_EVENT_TYPE,
+        return self._link(
+            event_id=f"{self._audit_topic}:{kind}:{self._next_sequence}",
+            event_type=event_type,
             action_id=None,
             actor=None,
             source_topic=self._audit_topic,
             occurred_at=recorded_at,
-            payload_json=canonical_json(
-                {
-                    "first_sequence": foreign[0].sequence,
-                    "last_sequence": foreign[-1].sequence,
-                    "records": len(foreign),
-                    "first_hash": foreign[0].hash,
-                    "last_hash": foreign[-1].hash,
-                }
-            ),
+            payload_json=canonical_json(payload),
             recorded_at=recorded_at,
-            checkpoint=None,
+            checkpoint=checkpoint,
             flags=(),
         )
-        self._since_checkpoint += 1
-        return record
 
     def resume(
         self,
