@@ -112,6 +112,32 @@ async def test_the_plugin_sends_nothing_for_a_server_the_operator_did_not_config
         await plugin.execute(Command("a1", "mcp.notes", "mcp://notes", {}, 60))
 
 
+async def test_the_plugin_s_own_refusal_inside_the_sdk_s_task_group_is_said_as_itself(monkeypatch) -> None:
+    """The SDK's client runs in a task group, which wraps what the block raises in an exception
+    group: a refusal there (two tools sharing the action name) is still that refusal, not an
+    upstream that "could not be reached"."""
+    from contextlib import asynccontextmanager
+
+    from keyturn.executor.plugins import mcp as plugin_module
+
+    class Client:
+        async def list_tools(self) -> types.ListToolsResult:
+            return types.ListToolsResult(tools=[tool("read.note"), tool("read_note")])
+
+    @asynccontextmanager
+    async def connected(spec, *, timeout_s=None):
+        try:
+            yield Client()
+        except Exception as exc:
+            raise BaseExceptionGroup("unhandled errors in a TaskGroup", [exc]) from None
+
+    monkeypatch.setattr(plugin_module, "connected", connected)
+    plugin = McpPlugin({"notes": UpstreamSpec(command=("true",))})
+    with pytest.raises(ExecutionFailed) as refused:
+        await plugin.execute(Command("a1", "mcp.notes.read_note", "mcp://notes/read_note", {}, 60))
+    assert "refusing to guess" in str(refused.value) and "could not be reached" not in str(refused.value)
+
+
 def test_the_executor_sends_every_mcp_action_to_the_mcp_plugin(tmp_path) -> None:
     from keyturn.config import Settings
     from keyturn.executor.app import shipped_plugins

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
@@ -63,6 +63,9 @@ class McpPlugin:
         except BaseException as exc:  # the SDK's task groups raise exception groups
             if isinstance(exc, KeyboardInterrupt | SystemExit | asyncio.CancelledError):  # a timeout ends it unknown
                 raise
+            refused = next((e for e in _leaves(exc) if isinstance(e, ExecutionFailed)), None)
+            if refused is not None:  # this plugin's own refusal, raised inside the SDK's task group
+                raise refused from None
             what = _describe(exc)
             if result is not None:  # the answer arrived; only closing the connection failed
                 log.info("MCP server %s: closing after the call failed: %s", server, what)
@@ -86,6 +89,15 @@ class McpPlugin:
             text = " ".join(c.get("text", "") for c in answer["content"] if c.get("type") == "text").strip()
             raise ExecutionFailed(f"MCP server {server!r}, tool {found.name!r} answered an error: {text or 'no text'}")
         return answer
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions an exception group holds, however nested (or ``exc`` itself)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
 
 def _describe(exc: BaseException) -> str:
