@@ -227,6 +227,16 @@ def test_a_blank_reason_is_refused_naming_the_field(reason: str) -> None:
     assert not store.rows, "nothing was stored"
 
 
+@pytest.mark.parametrize("resource", ["   ", " postgres://prod/db", "postgres://prod/db\t"])
+def test_a_blank_or_padded_resource_is_refused_naming_the_field(resource: str) -> None:
+    client, store, _ = client_and_store()
+    with client:
+        answer = client.post("/v1/actions", json={**GOOD, "resource": resource}, headers=AUTH)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["problems"][0].startswith("resource: ") and "without spaces" in answer.text
+    assert not store.rows, "nothing was stored"
+
+
 def test_a_reason_keeps_its_lines_and_tabs() -> None:
     client, store, _ = client_and_store()
     with client:

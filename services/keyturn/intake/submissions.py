@@ -108,6 +108,9 @@ class ActionSubmission(BaseModel):
             raise ValueError(why)
         if info.field_name == "reason" and not value.strip():  # approvers must have a sentence to read
             raise ValueError("say in words why this is needed: a reason of only spaces tells approvers nothing")
+        if info.field_name == "resource" and (not value.strip() or value != value.strip()):
+            # what approvers read and policies match: " prod" must not pass for something else
+            raise ValueError("name the resource without spaces around it (and not only spaces)")
         return value
 
     @field_validator("parameters")
