@@ -168,14 +168,33 @@ async def test_a_mask_that_cannot_be_read_stores_nothing_and_answers_503_naming_
     assert store.rows == {} and published(send) == []
 
 
-async def test_a_mask_read_once_stands_while_the_policy_engine_is_away() -> None:
+async def test_a_mask_read_once_stands_while_the_policy_engine_is_away_and_is_never_waited_for(caplog) -> None:
     policy = MaskingPolicy(REGISTERED)
     mask_for = parameter_masks(policy, refresh_s=0)
     assert "parameters.note_body" in await mask_for("mcp.notes.store_token")
     policy.down = True
-    assert "parameters.note_body" in await mask_for("mcp.notes.store_token")
+    slow = policy.query
+
+    async def hanging(path: str, input_document: dict[str, Any]) -> Any:
+        await asyncio.sleep(0.05)  # an OPA that is away takes its retries' time to say so
+        return await slow(path, input_document)
+
+    policy.query = hanging
+    started = asyncio.get_running_loop().time()
+    for _ in range(3):  # answered at once from the last answer; asked again once, in the background
+        assert "parameters.note_body" in await mask_for("mcp.notes.store_token")
+    assert asyncio.get_running_loop().time() - started < 0.05
+    await asyncio.sleep(0.1)
+    assert policy.asked == 2 and "were not read again" in caplog.text
     with pytest.raises(MaskUnknown):
         await mask_for("mcp.notes.other_tool")
+
+
+async def test_submissions_waiting_for_the_same_new_action_ask_the_policy_engine_once() -> None:
+    policy = MaskingPolicy(REGISTERED)
+    mask_for = parameter_masks(policy)
+    answers = await asyncio.gather(*(mask_for("mcp.notes.store_token") for _ in range(5)))
+    assert len(set(answers)) == 1 and policy.asked == 1
 
 
 async def test_with_the_broker_down_the_request_is_accepted_and_the_outbox_publishes_it_later() -> None:

@@ -317,6 +317,15 @@ def test_a_token_glued_to_other_text_is_still_masked(masker, sent, shown):
         # a password behind an empty user name, as Redis URLs and webhooks spell it
         ("redis://:s3cretPW@cache.internal:6379/0", "redis://:<SECRET>@cache.internal:6379/0"),
         ("https://:CBPW105x@hooks.example.internal/cb", "https://:<SECRET>@hooks.example.internal/cb"),
+        # a password holding what a URL must encode (%2F, %40), or an @ left unencoded
+        ("redis://:ab%2FP4TAILxyz@host", "redis://:<SECRET>@host"),
+        ("postgres://app:ab%40P4TAIL@db/x", "postgres://app:<SECRET>@db/x"),
+        ("redis://:ab@TAIL@h", "redis://:<SECRET>@h"),
+        # a card with any common separator between its groups
+        ("4539_0001_5897_3711", "****3711"),
+        ("4539:0001:5897:3711", "****3711"),
+        ("4539/0001/5897/3711", "****3711"),
+        ("4539 - 0001 - 5897 - 3711", "****3711"),
         # a card glued to a word, or in dotted groups
         ("acct4977308558031926", "acct****1926"),
         ("x_4977200290096004", "x_****6004"),

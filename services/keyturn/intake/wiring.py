@@ -11,8 +11,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -37,6 +38,8 @@ from keyturn.receipts import jwks, keys_from
 from keyturn.roots import export_store, opa_client, receipt_public_key_path
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
+V = TypeVar("V")
 
 Check = Callable[[], Awaitable[None]]
 """Returns when a dependency answers; raises (with the reason) when it does not."""
@@ -189,55 +192,94 @@ class MaskUnknown(StoreUnavailable):
     dependency = "policy engine"
 
 
+class PolicyAnswers(Generic[K, V]):
+    """Answers read from OPA by key, kept: a key never answered waits for OPA (one question per
+    key however many callers wait for it) and raises what OPA's client raised; a key answered is
+    answered at once, and past ``refresh_s`` asked again in the background, the last answer
+    standing meanwhile and while OPA is away. An outage of the policy engine then never holds up
+    the door for what it already knows (asked in line, each refresh waited out the client's
+    retries). The ``kept`` most recently used keys are remembered."""
+
+    def __init__(
+        self, ask: Callable[[K], Awaitable[V]], *, what: str, refresh_s: float = 30.0, kept: int = 4096
+    ) -> None:
+        self._ask, self._what, self._refresh_s, self._kept = ask, what, refresh_s, kept
+        self._answers: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._asking: dict[K, asyncio.Task[V]] = {}
+
+    async def get(self, key: K) -> V:
+        known = self._answers.get(key)
+        if known is None:
+            return await asyncio.shield(self._asked(key))
+        if time.monotonic() - known[0] > self._refresh_s and key not in self._asking:
+            self._asked(key).add_done_callback(partial(self._refreshed, key))
+        self._answers.move_to_end(key)
+        return known[1]
+
+    async def _read(self, key: K) -> V:
+        try:
+            answer = await self._ask(key)
+        finally:
+            self._asking.pop(key, None)
+        self._answers[key] = (time.monotonic(), answer)
+        while len(self._answers) > self._kept:
+            self._answers.popitem(last=False)
+        return answer
+
+    def _asked(self, key: K) -> asyncio.Task[V]:
+        if key not in self._asking:
+            self._asking[key] = asyncio.create_task(self._read(key))
+        return self._asking[key]
+
+    def _refreshed(self, key: K, task: asyncio.Task[V]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("intake: %s of %s were not read again (%s: %s)", self._what, key, type(exc).__name__, exc)
+
+
 def parameter_masks(
     opa: Any, *, refresh_s: float = 30.0, kept: int = 4096
 ) -> Callable[[str], Awaitable[tuple[str, ...]]]:
     """The parameter fields the policy masks for an action name, besides those named like a
     credential (``data.keyturn.combination.parameter_mask``: ``masking.always``, a registered
-    MCP tool's ``mask``), read from OPA at most every ``refresh_s`` per name, the ``kept`` most
-    recent names remembered. While OPA cannot be read, the last answer for the name stands; a
-    name never answered raises ``MaskUnknown`` (nothing is carried in clear by default)."""
-    cached: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
+    MCP tool's ``mask``), kept as ``PolicyAnswers``. A name OPA never answered for raises
+    ``MaskUnknown``: nothing is carried in clear by default."""
+
+    async def ask(action: str) -> tuple[str, ...]:
+        answer = await opa.query("keyturn/combination/parameter_mask", {"action": action})
+        return tuple(sorted(field for field in answer.result if isinstance(field, str)))
+
+    answers: PolicyAnswers[str, tuple[str, ...]] = PolicyAnswers(ask, what="the masks", refresh_s=refresh_s, kept=kept)
 
     async def mask_for(action: str) -> tuple[str, ...]:
-        now = time.monotonic()
-        known = cached.get(action)
-        if known is None or now - known[0] > refresh_s:
-            try:
-                answer = await opa.query("keyturn/combination/parameter_mask", {"action": action})
-                fields = tuple(sorted(field for field in answer.result if isinstance(field, str)))
-            except Exception as exc:
-                if known is None:
-                    raise MaskUnknown(
-                        f"which fields of {action} to mask cannot be read from the policy engine ({type(exc).__name__})"
-                    ) from exc
-                log.warning("intake: the masks of %s were not read again (%s: %s)", action, type(exc).__name__, exc)
-                fields = known[1]
-            cached[action] = (now, fields)
-            while len(cached) > kept:
-                cached.popitem(last=False)
-        cached.move_to_end(action)
-        return cached[action][1]
+        try:
+            return await answers.get(action)
+        except Exception as exc:
+            raise MaskUnknown(
+                f"which fields of {action} to mask cannot be read from the policy engine ({type(exc).__name__})"
+            ) from exc
 
     return mask_for
 
 
 def catalog_refusals(opa: Any, *, refresh_s: float = 30.0) -> Callable[[str], Awaitable[str | None]]:
     """Why the catalog refuses an action at the door (``{"refused": why}`` in ``data.keyturn.execution``),
-    read from OPA at most every ``refresh_s``. While OPA cannot be read, nothing is refused here: the
-    executor ends such an action ``failed`` with the same reason, so it never runs either way."""
-    cached: list[tuple[float, ExecutionModes]] = []
+    kept as ``PolicyAnswers``. While OPA cannot be read and never was, nothing is refused here:
+    the executor ends such an action ``failed`` with the same reason, so it never runs either way."""
+
+    async def ask(_: str) -> ExecutionModes:
+        return ExecutionModes.from_data(await opa.data("keyturn/execution"))
+
+    answers: PolicyAnswers[str, ExecutionModes] = PolicyAnswers(
+        ask, what="the execution modes", refresh_s=refresh_s, kept=1
+    )
 
     async def refusal_for(action: str) -> str | None:
-        now = time.monotonic()
-        if not cached or now - cached[0][0] > refresh_s:
-            try:
-                modes = ExecutionModes.from_data(await opa.data("keyturn/execution"))
-            except Exception as exc:
-                log.warning("intake: the catalog's execution modes were not read (%s: %s)", type(exc).__name__, exc)
-                modes = cached[0][1] if cached else ExecutionModes()
-            cached[:] = [(now, modes)]
-        mode = cached[0][1].mode_for(action)
+        try:
+            modes = await answers.get("keyturn/execution")
+        except Exception as exc:
+            log.warning("intake: the catalog's execution modes were not read (%s: %s)", type(exc).__name__, exc)
+            modes = ExecutionModes()
+        mode = modes.mode_for(action)
         return mode.why if mode.execution is Execution.REFUSED else None
 
     return refusal_for

@@ -190,7 +190,6 @@ class _PendingText:
     current: str = ""
     found: list[str] = field(default_factory=list)
     digest: bytes | None = None
-    shown: str | None = None  # the value as sent, shown when its plain form (``text``) holds nothing
 
     def __post_init__(self) -> None:
         self.current = self.text
@@ -239,12 +238,37 @@ class ParameterMasker:
         """
         if not isinstance(parameters, Mapping):
             raise UnmaskableParameters(f"parameters must be a JSON object, got {type(parameters).__name__}")
-        scan = self._scan_fast if self._fast_path else self._scan_reference
-        walk = _Walk(FieldPathTrie.from_paths(extra_fields), scan)
+        walk = self._walk(FieldPathTrie.from_paths(extra_fields))
         masked = walk.root(parameters)
         if walk.pending:
             self._resolve(walk.pending)
+        for container, slot, text, path in walk.disguised:
+            container[slot], entity_types = self._undisguised(text)
+            walk.found(path, entity_types)
         return MaskedParameters(parameters=masked, findings=walk.flatten_findings())
+
+    def _walk(self, extra_fields: FieldPathTrie | None, *, as_is: bool = False) -> _Walk:
+        return _Walk(extra_fields, self._scan_fast if self._fast_path else self._scan_reference, as_is=as_is)
+
+    def _as_is(self, text: str) -> tuple[str, list[str]]:
+        """``text`` masked as it stands, no disguise looked through; and the types found."""
+        walk = self._walk(None, as_is=True)
+        masked = walk.root({"v": text})
+        if walk.pending:
+            self._resolve(walk.pending)
+        return masked["v"], [finding.entity_type for finding in walk.flatten_findings()]
+
+    def _undisguised(self, text: str) -> tuple[str, list[str]]:
+        """Rule 5: ``text`` masked as sent, then what a reader reads of what is left masked too.
+        As sent first: decoding first would hand the recognizers a text they no longer match (a
+        URL password holding ``%40`` decodes to one holding ``@``, and the pattern stopped there,
+        leaving the rest in clear). The plain form is shown only when it holds something."""
+        sent, sent_types = self._as_is(text)
+        plain = plain_form(sent)
+        read, read_types = self._as_is(plain) if plain != sent else (sent, [])
+        if read_types:
+            return read, [*sent_types, *read_types]
+        return (sent, sent_types) if sent_types else (text, [])
 
     def mask_text(self, text: str) -> tuple[str, list[str]]:
         """Mask one free-text string (a log line, a result message): text and types found."""
@@ -342,10 +366,12 @@ class ParameterMasker:
 class _Walk:
     """One pass over a parameters tree, building the masked copy."""
 
-    def __init__(self, extra_fields: FieldPathTrie | None, scan_text) -> None:
+    def __init__(self, extra_fields: FieldPathTrie | None, scan_text, *, as_is: bool = False) -> None:
         self.extra_fields = extra_fields
         self.scan_text = scan_text
+        self.as_is = as_is  # scan strings as they are: no disguise is looked through (rule 5 does)
         self.pending: list[_PendingText] = []
+        self.disguised: list[tuple[Any, Any, str, tuple[str | int, ...]]] = []
         self._findings: list[Finding | list[Finding]] = []
 
     def flatten_findings(self) -> list[Finding]:
@@ -413,18 +439,22 @@ class _Walk:
     def _text(self, container, slot, text: str, path) -> None:
         if not text or _IDENTIFIER_OR_TIME.fullmatch(text):
             return
-        plain = plain_form(text)
-        shown = text if plain != text else None
-        outcome = self.scan_text(plain)
+        if not self.as_is and plain_form(text) != text:
+            self.disguised.append((container, slot, text, path))  # rule 5, once the rest is analysed
+            return
+        outcome = self.scan_text(text)
         if isinstance(outcome, frozenset):
             findings: list[Finding] = []
             self._findings.append(findings)
-            self.pending.append(_PendingText(container, slot, plain, path, outcome, findings, shown=shown))
+            self.pending.append(_PendingText(container, slot, text, path, outcome, findings))
             return
         masked, entity_types = outcome
-        container[slot] = masked if entity_types or shown is None else shown
+        container[slot] = masked
         for entity in entity_types:
             self._findings.append(Finding(format_path(path), entity))
+
+    def found(self, path, entity_types: Iterable[str]) -> None:
+        self._findings.append([Finding(format_path(path), entity) for entity in entity_types])
 
 
 def plain_form(text: str) -> str:
@@ -440,7 +470,7 @@ def plain_form(text: str) -> str:
 
 def _deliver(item: _PendingText, outcome: tuple[str, tuple[str, ...]]) -> None:
     masked, entity_types = outcome
-    item.container[item.slot] = masked if entity_types or item.shown is None else item.shown
+    item.container[item.slot] = masked
     item.findings.extend(Finding(format_path(item.path), entity) for entity in entity_types)
 
 

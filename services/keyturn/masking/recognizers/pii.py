@@ -10,7 +10,7 @@ one of these is mostly left alone. Phone numbers still need Keyturn's extra rule
 ``EMAIL_ADDRESS``         Presidio's e-mail pattern, domain checked offline
 ``PHONE_NUMBER``          Presidio's phone recognizer (python-phonenumbers, 8 regions)
 ``CREDIT_CARD``           Presidio's card pattern, Luhn-validated by Presidio; bounded by
-                          digits, not words (``acct4977…``), and dots may separate groups
+                          digits, not words (``acct4977…``), groups joined by ``CARD_GAP``
 ``IBAN_CODE``             Presidio's IBAN pattern, checksum-validated by Presidio
 ``US_SSN``                Presidio's SSN patterns, and nine digits right after ``SSN``
 ``IP_ADDRESS``            Presidio's IPv4/IPv6 patterns, validated with ``ipaddress``
@@ -47,13 +47,16 @@ class OfflineEmailRecognizer(EmailRecognizer):
         return self._domains(pattern_text.rpartition("@")[2]).fqdn != ""
 
 
+#: Between a card's digit groups: nothing, a space, or one of ``- . _ : /`` with a space
+#: either side or not (``4539 - 0001 - …``, ``4539_0001_…``, ``4539:0001:…``).
+CARD_GAP = r"(?: ?[-._:/] ?| )?"
 #: Presidio's card pattern with its ``\b`` ends made digit bounds: a card glued to a word
 #: (``acct4977…``, ``x_4977…``) is still a card, where ``\b`` sees no edge between a letter or
-#: ``_`` and a digit; and a dot may separate its groups (``4971.1018.2587.1427``).
+#: ``_`` and a digit; and its groups may be joined by any ``CARD_GAP``.
 CARD_PATTERN = Pattern(
     "card number, digit-bounded",
     r"(?<!\d)(?!1\d{12}(?!\d))(?:4\d{3}|5[0-5]\d{2}|6\d{3}|1\d{3}|3\d{3})"
-    r"[- .]?\d{3,4}[- .]?\d{3,4}[- .]?\d{3,5}(?!\d)",
+    rf"{CARD_GAP}\d{{3,4}}{CARD_GAP}\d{{3,4}}{CARD_GAP}\d{{3,5}}(?!\d)",
     0.3,
 )
 #: Nine digits named an SSN just before them (``ssn:219099999``, ``SSN #219099999``): Presidio
@@ -71,7 +74,7 @@ def pii_recognizers() -> list[EntityRecognizer]:
     return [
         OfflineEmailRecognizer(),
         PhoneRecognizer(),
-        CreditCardRecognizer(patterns=[CARD_PATTERN], replacement_pairs=[("-", ""), (" ", ""), (".", "")]),
+        CreditCardRecognizer(patterns=[CARD_PATTERN], replacement_pairs=[(c, "") for c in "- ._:/"]),
         IbanRecognizer(),
         UsSsnRecognizer(patterns=[*UsSsnRecognizer.PATTERNS, LABELLED_SSN]),
         IpRecognizer(),

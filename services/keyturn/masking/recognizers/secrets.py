@@ -50,8 +50,10 @@ URL_PASSWORD_PATTERNS: tuple[PatternRow, ...] = (
     (
         "SECRET",
         "password in url",
-        # the user name may be empty (``redis://:password@host``, as Redis and others spell it)
-        r"(?i:\b[a-z][a-z0-9+.\-]{1,20}://)[^\s/?#@:]{0,256}:\K[^\s/?#@]{1,256}(?=@)",
+        # the user name may be empty (``redis://:password@host``, as Redis and others spell it);
+        # the password runs to the last ``@`` before the host, as URL parsers read it, so an ``@``
+        # left unencoded in it does not leave the rest in clear
+        r"(?i:\b[a-z][a-z0-9+.\-]{1,20}://)[^\s/?#@:]{0,256}:\K[^\s/?#]{1,256}(?=@[^\s/?#@]*(?:[/?#\s]|$))",
         0.9,
     ),
 )
