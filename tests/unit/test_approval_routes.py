@@ -113,3 +113,17 @@ async def test_a_vote_naming_its_choice_twice_is_refused_not_read_one_way() -> N
     assert not [
         e for e in (registry().decode_event(v) for _, _, v in broker.sent) if isinstance(e, events.VoteRecorded)
     ]
+
+
+async def test_a_vote_body_that_is_not_utf8_is_refused_and_recorded_under_the_caller() -> None:
+    runtime, _, broker, client = wired()
+    decided = decision()
+    await (await runtime.desk()).take_decision(decided, registry().encode_event(decided))
+    body = f'{{"choice":"approve","payload_digest":"{DIGEST}"}}'.encode("utf-16")
+    async with client:
+        answer = await client.post(
+            f"/v1/approvals/{decided.action_id}/votes", content=body, headers={"Content-Type": "application/json"}
+        )
+    assert answer.status_code == 400 and "UTF-8" in answer.text, answer.text
+    [letter] = [e for e in (registry().decode_event(v) for _, _, v in broker.sent) if isinstance(e, events.DeadLetter)]
+    assert letter.principal == "human:carol" and letter.error_type == "unparseable_body"

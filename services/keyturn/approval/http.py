@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.views import approval_view
-from keyturn.bus.http import StrictJsonRoute, id_in_path, masked_http_error, route_of
+from keyturn.bus.http import UNPARSEABLE_BODY, StrictJsonRoute, id_in_path, masked_http_error, route_of
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.core.approval import ApiVoteChannel
 from keyturn.core.principal import Principal
@@ -129,10 +129,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
             )
         return principal
 
-    app.add_exception_handler(StarletteHTTPException, masked_http_error)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def refused_body(request: Request, status: int, error_type: str, problems: list[str]) -> JSONResponse:
         """Who is asking comes first: 401 records nothing; a signed-in caller's refusal is recorded
         under their name, without the values it refused (and the answer does not echo them)."""
         try:
@@ -140,11 +137,11 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         except HTTPException as unauthenticated:  # raised out of a handler it would become a 500
             UNATTRIBUTED.labels("api", "invalid_token").inc()
             return await masked_http_error(request, unauthenticated)
-        problems = [masked_line(p) for p in validation_problems(exc.errors())[:MAX_PROBLEMS]]
+        problems = [masked_line(p) for p in problems[:MAX_PROBLEMS]]
         desk = await desk_of()
         await desk.refuse_interaction(
             f"http:{route_of(request)}",
-            "invalid_body",
+            error_type,
             f"{route_of(request)} refused from {approver.id}",
             await request.body(),
             problems=tuple(problems),
@@ -152,8 +149,18 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
         )
         return JSONResponse(
             {"detail": {"error": "invalid_request", "message": "; ".join(problems), "problems": problems}},
-            status_code=422,
+            status_code=status,
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == UNPARSEABLE_BODY:  # not UTF-8: FastAPI's own words
+            return await refused_body(request, 400, "unparseable_body", ["body: not UTF-8 JSON; send UTF-8 JSON"])
+        return await masked_http_error(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await refused_body(request, 422, "invalid_body", validation_problems(exc.errors()))
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def _audit_topic(settings: Settings) -> tuple[str, str]:
 def tail(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records"),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per line"),
-    limit: int = typer.Option(0, help="Only the last N records (0: all)"),
+    limit: int = typer.Option(0, help="Only the last N records (0: all; not with --follow)"),
     checkpoints: bool = typer.Option(
         False,
         "--checkpoints",
@@ -53,25 +54,27 @@ def tail(
     ),
 ) -> None:
     """Print the audit stream: sequence, time, event, action, actor."""
-    from keyturn.audit.stream import follow_audit
+    from keyturn.audit.stream import AuditTopicMissing, follow_audit
 
-    table_rows = []
+    kept: deque = deque(maxlen=limit or None)  # the last ``limit`` records, printed at the end
 
     async def run() -> None:
         async for record in follow_audit(*_audit_topic(_settings()), follow=follow):
             if record.is_checkpoint and not (checkpoints or as_json):
                 continue
-            if as_json or follow:
+            if follow:
                 _print_record(record, as_json)
             else:
-                table_rows.append(record)
+                kept.append(record)
 
     try:
         asyncio.run(run())
     except KeyboardInterrupt:
         return
-    for record in table_rows[-limit:] if limit else table_rows:
-        _print_record(record, False)
+    except AuditTopicMissing as missing:
+        fail(str(missing))
+    for record in kept:
+        _print_record(record, as_json)
 
 
 def _print_record(record, as_json: bool) -> None:
@@ -278,7 +281,7 @@ def export(
 
 def _follow_jsonl(settings: Settings, output: str) -> None:
     from keyturn.audit.export import write_jsonl
-    from keyturn.audit.stream import follow_audit
+    from keyturn.audit.stream import AuditTopicMissing, follow_audit
 
     async def run(fp) -> None:
         async for record in follow_audit(*_audit_topic(settings), follow=True):
@@ -290,6 +293,8 @@ def _follow_jsonl(settings: Settings, output: str) -> None:
         asyncio.run(run(fp))
     except KeyboardInterrupt:
         pass
+    except AuditTopicMissing as missing:
+        fail(str(missing))
     finally:
         if fp is not sys.stdout:
             fp.close()

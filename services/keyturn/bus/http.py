@@ -279,6 +279,10 @@ async def masked_http_error(request: Any, exc: Any) -> Any:
     return await http_exception_handler(request, exc)
 
 
+#: What FastAPI answers (400) when a body cannot be read at all (``strict_json``: not UTF-8).
+UNPARSEABLE_BODY = "There was an error parsing the body"
+
+
 class RepeatedKey(json.JSONDecodeError):
     """An object that names the same key twice (the key is not repeated: it may be anything)."""
 
