@@ -200,40 +200,29 @@ def test_a_path_refused_before_routing_is_named_masked() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("field", "value", "says"),
     [
-        ("reason", "weekly report\x1b[2J\x1b[Hread.table in staging"),  # clears an approver's screen
-        ("reason", "approve \u202eevil\u202c please"),  # shown right to left
-        ("resource", "postgres://staging/analytics/orders\x1b[8m"),  # hides what follows
-        ("idempotency_key", "key\x07"),
+        # words that would steer a reader's terminal
+        ("reason", "weekly report\x1b[2J\x1b[Hread.table in staging", "steers what a reader sees"),  # clears a screen
+        ("reason", "approve \u202eevil\u202c please", "steers what a reader sees"),  # shown right to left
+        ("resource", "postgres://staging/analytics/orders\x1b[8m", "steers what a reader sees"),  # hides the rest
+        ("idempotency_key", "key\x07", "steers what a reader sees"),
+        # a reason that says nothing
+        ("reason", "   ", "only spaces"),
+        ("reason", "\n\t", "only spaces"),
+        ("reason", "\u3000", "only spaces"),
+        # a resource that is blank, or padded to pass for another
+        ("resource", "   ", "without spaces"),
+        ("resource", " postgres://prod/db", "without spaces"),
+        ("resource", "postgres://prod/db\t", "without spaces"),
     ],
 )
-def test_words_that_would_steer_a_readers_terminal_are_refused_naming_the_field(field: str, value: str) -> None:
+def test_text_approvers_cannot_read_as_sent_is_refused_naming_the_field(field: str, value: str, says: str) -> None:
     client, store, _ = client_and_store()
     with client:
         answer = client.post("/v1/actions", json={**GOOD, field: value}, headers=AUTH)
     assert answer.status_code == 422, answer.text
-    assert answer.json()["problems"][0].startswith(f"{field}: ") and "steers what a reader sees" in answer.text
-    assert not store.rows, "nothing was stored"
-
-
-@pytest.mark.parametrize("reason", ["   ", "\n\t", "\u3000"])
-def test_a_blank_reason_is_refused_naming_the_field(reason: str) -> None:
-    client, store, _ = client_and_store()
-    with client:
-        answer = client.post("/v1/actions", json={**GOOD, "reason": reason}, headers=AUTH)
-    assert answer.status_code == 422, answer.text
-    assert answer.json()["problems"][0].startswith("reason: ") and "only spaces" in answer.text
-    assert not store.rows, "nothing was stored"
-
-
-@pytest.mark.parametrize("resource", ["   ", " postgres://prod/db", "postgres://prod/db\t"])
-def test_a_blank_or_padded_resource_is_refused_naming_the_field(resource: str) -> None:
-    client, store, _ = client_and_store()
-    with client:
-        answer = client.post("/v1/actions", json={**GOOD, "resource": resource}, headers=AUTH)
-    assert answer.status_code == 422, answer.text
-    assert answer.json()["problems"][0].startswith("resource: ") and "without spaces" in answer.text
+    assert answer.json()["problems"][0].startswith(f"{field}: ") and says in answer.text
     assert not store.rows, "nothing was stored"
 
 
