@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+from markupsafe import escape
 
 from keyturn.audit.report.model import build_report, category_label
 from keyturn.audit.report.render import render_html
@@ -159,3 +160,29 @@ def test_text_with_control_characters_is_shown_written_out() -> None:
     page = render_html(build_report(records, VERIFIER, *period()))
     assert "\x00" not in page and "\x1b" not in page
     assert "\\x00\\x1b[2J" in page, "shown, written out"
+    assert "&lt;svg" not in page and page.count('data-chart="approvers"') == 1, "the chart stays a chart"
+
+
+@pytest.mark.parametrize("name", ["agent:p5m$x^2$", "human:p5 $\\frac$", "human:a$b"])
+def test_a_name_that_reads_as_tex_is_drawn_as_written(name: str) -> None:
+    """Principal ids are whatever a token says: ``$…$`` is text, never math (an invalid formula
+    raised and stopped the report, and the console's history with it)."""
+
+    def renamed(record):
+        payload = json.loads(record.payload_json)
+        payload["vote"]["approver"]["id"] = name
+        return dataclasses.replace(record, payload_json=json.dumps(payload))
+
+    records = [renamed(r) if r.event_type == "VoteRecorded" else r for r in HISTORY.records]
+    page = render_html(build_report(records, VERIFIER, *period()))
+    assert escape(name) in page
+
+
+def test_every_bar_of_the_approvers_chart_is_named() -> None:
+    from types import SimpleNamespace
+
+    from keyturn.audit.report import charts
+
+    lines = [SimpleNamespace(approver=f"human:approver-{n:02d}", approvals=40 - n, denials=n % 3) for n in range(20)]
+    svg = charts.approvers(SimpleNamespace(approvers=lines))
+    assert all(line.approver in svg for line in lines), "a bar without its name"

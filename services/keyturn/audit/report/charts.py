@@ -25,6 +25,7 @@ from keyturn.audit.report.model import (
     Report,
     category_label,
 )
+from keyturn.core.text import for_terminal
 
 COLOURS = {
     ALLOWED: "#4c9a6a",
@@ -52,6 +53,9 @@ def _pyplot() -> Any:
             "the report's charts need matplotlib, which is not installed: pip install 'keyturn[report]'"
         ) from None
     matplotlib.use("Agg", force=True)
+    # labels are names people and agents chose (a principal id, a rule): never read as TeX math,
+    # where ``$\frac$`` raised and stopped the report and the console's history
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -80,14 +84,17 @@ def _svg(fig: Any, name: str) -> str:
     return text.replace("<svg ", f'<svg role="img" aria-label="{name}" data-chart="{name}" ', 1)
 
 
-def _figure(width: float, height: float) -> tuple[Any, Any]:
+def _figure(width: float, height: float, *, names_on_y: bool = False) -> tuple[Any, Any]:
+    """A figure whose count axes tick whole numbers (no 0.2 of an action); a bar per name on the
+    y axis keeps every name's tick (``names_on_y``)."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(width, height), dpi=96)
     ax.spines[["top", "right"]].set_visible(False)
     ax.tick_params(labelsize=8)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.2 of an action
+    if not names_on_y:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig, ax
 
@@ -175,11 +182,11 @@ def _duration(seconds: float) -> str:
 def approvers(report: Report, limit: int = 20) -> str:
     """Horizontal stacked bars: each approver's approvals and denials (the busiest first)."""
     lines = list(report.approvers[:limit])
-    fig, ax = _figure(9.5, max(1.6, 0.28 * len(lines) + 0.8))
+    fig, ax = _figure(9.5, max(1.6, 0.28 * len(lines) + 0.8), names_on_y=True)
     if not lines:
         _empty(ax, "nobody voted in this period")
         return _svg(fig, "approvers")
-    names = [line.approver for line in lines][::-1]
+    names = [for_terminal(line.approver) for line in lines][::-1]  # a control character is shown, not obeyed
     approvals = [line.approvals for line in lines][::-1]
     denials = [line.denials for line in lines][::-1]
     ax.barh(names, approvals, color=COLOURS[APPROVED], label="approved")
@@ -192,11 +199,15 @@ def approvers(report: Report, limit: int = 20) -> str:
 def denial_reasons(report: Report, limit: int = 12) -> str:
     """Horizontal bars: the policy rules behind the most denials."""
     lines = list(report.denial_reasons[:limit])
-    fig, ax = _figure(9.5, max(1.6, 0.28 * len(lines) + 0.8))
+    fig, ax = _figure(9.5, max(1.6, 0.28 * len(lines) + 0.8), names_on_y=True)
     if not lines:
         _empty(ax, "the policy denied nothing in this period")
         return _svg(fig, "denial-reasons")
-    ax.barh([line.rule for line in lines][::-1], [line.count for line in lines][::-1], color=COLOURS[DENIED_BY_POLICY])
+    ax.barh(
+        [for_terminal(line.rule) for line in lines][::-1],
+        [line.count for line in lines][::-1],
+        color=COLOURS[DENIED_BY_POLICY],
+    )
     ax.set_xlabel("denials", fontsize=8)
     return _svg(fig, "denial-reasons")
 

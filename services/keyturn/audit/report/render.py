@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 
 from keyturn.audit.report import charts
 from keyturn.audit.report.model import Report, category_label
@@ -27,7 +28,9 @@ TEMPLATES = Environment(
     autoescape=select_autoescape(("html",), default=True),
     # text from records (a principal, a reason) with a control character is shown written out,
     # like every command shows it (``core.text.for_terminal``): a NUL is no HTML, an escape no text
-    finalize=lambda value: for_terminal(value) if isinstance(value, str) else value,
+    # text is shown with its control characters written out; markup (a chart, built from text
+    # written out the same way) stays markup: a str would be escaped into its source
+    finalize=lambda value: for_terminal(value) if isinstance(value, str) and not isinstance(value, Markup) else value,
 )
 ROWS_LISTED = 200  # rows of a long list (rubber stamps, break-glass uses, refused votes); the counts cover all
 
