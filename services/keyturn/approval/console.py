@@ -38,7 +38,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet, DeskUnavailable
-from keyturn.approval.http import REFUSAL_STATUS, session_digest
+from keyturn.approval.http import REASON_MAX_CHARS, REFUSAL_STATUS, session_digest
 from keyturn.approval.views import reason_missing, requester_line, timeline
 from keyturn.bus.codec import registry
 from keyturn.bus.http import id_in_path
@@ -317,7 +317,10 @@ def mount_console(
                 f"a console vote on {action_id} chose neither approve nor deny",
             )
             return await _action_page(console, signed_in, action_id, error="Choose Approve or Deny.", status=400)
-        if (why := words_problem(reason)) is not None:  # the vote's words must be storable (as http.VoteRequest)
+        why: str | None = words_problem(reason)  # the vote's words must be storable (as http.VoteRequest)
+        if why is None and len(reason.strip()) > REASON_MAX_CHARS:  # refused, never cut (http.REASON_MAX_CHARS)
+            why = f"is longer than {REASON_MAX_CHARS} characters; say it in fewer"
+        if why is not None:
             await _refused(console, request, approver, "invalid_reason", f"a console vote on {action_id}: reason {why}")
             return await _action_page(console, signed_in, action_id, error=f"reason: {why}", status=422)
         desk = await desk_of()
@@ -325,9 +328,7 @@ def mount_console(
             missing = reason_missing(await _view_for(desk, approver, action_id), choice, reason)
             return await _action_page(console, signed_in, action_id, error=missing or "A reason is needed.", status=400)
         try:
-            result = await desk.vote(
-                action_id, approver, choice, payload_digest, reason.strip()[:2000] or None, "console"
-            )
+            result = await desk.vote(action_id, approver, choice, payload_digest, reason.strip() or None, "console")
         except DeskUnavailable as unavailable:
             if unavailable.error == "database_unavailable":
                 raise  # the page itself cannot be read back: the service's 503 "try again" answer

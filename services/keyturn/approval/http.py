@@ -44,10 +44,15 @@ UNATTRIBUTED = Counter(
 )
 
 
+#: The longest vote reason kept, on every channel: a longer one is refused, never cut (a cut
+#: could fall inside a secret, leaving part of it where masking no longer recognises it).
+REASON_MAX_CHARS = 2000
+
+
 class VoteRequest(BaseModel):
     choice: Literal["approve", "deny"]
     payload_digest: str = Field(..., min_length=8, description="The digest shown with the parameters (sha256:<hex>)")
-    reason: str | None = Field(None, max_length=2000)
+    reason: str | None = Field(None, max_length=REASON_MAX_CHARS)
     channel: ApiVoteChannel = Field(
         "cli",
         description="Where the vote was cast: api or cli (core.approval.API_VOTE_CHANNELS). The console, Slack "
