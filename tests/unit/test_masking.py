@@ -321,11 +321,18 @@ def test_a_token_glued_to_other_text_is_still_masked(masker, sent, shown):
         ("redis://:ab%2FP4TAILxyz@host", "redis://:<SECRET>@host"),
         ("postgres://app:ab%40P4TAIL@db/x", "postgres://app:<SECRET>@db/x"),
         ("redis://:ab@TAIL@h", "redis://:<SECRET>@h"),
+        ("redis://:ab#P5T21@cache.internal:6379", "redis://:<SECRET>@cache.internal:6379"),
+        ("postgres://app:ab/P5T22@db/x", "postgres://app:<SECRET>@db/x"),
+        ("redis://:ab?P5T23@h", "redis://:<SECRET>@h"),
         # a card with any common separator between its groups
         ("4539_0001_5897_3711", "****3711"),
         ("4539:0001:5897:3711", "****3711"),
         ("4539/0001/5897/3711", "****3711"),
         ("4539 - 0001 - 5897 - 3711", "****3711"),
+        ("4111 \u2013 1111 \u2013 1111 \u2013 1111", "****1111"),  # en dashes
+        ("4111|1111|1111|1111", "****1111"),
+        ("4111__1111__1111__1111", "****1111"),
+        ("4111\t1111\t1111\t1111", "****1111"),
         # a card glued to a word, or in dotted groups
         ("acct4977308558031926", "acct****1926"),
         ("x_4977200290096004", "x_****6004"),

@@ -13,8 +13,8 @@ Why each condition is necessary:
 - ``EMAIL_ADDRESS``: the pattern has a literal ``@``.
 - ``PHONE_NUMBER``: kept phone numbers contain a phone core by rule (7 digits, not inside
   an IP address, SSN or card-length run; see :func:`has_phone_core`).
-- ``CREDIT_CARD``: 13 to 19 digits in groups joined by at most one of ``-._:/`` (spaced or
-  not) or one space (``recognizers.pii.CARD_GAP``).
+- ``CREDIT_CARD``: 13 to 19 digits in groups joined by up to three spaces or separators
+  (``recognizers.pii.CARD_GAP``).
 - ``US_SSN``: only ``ddd[- .]dd[- .]dddd``, or nine digits just after ``ssn`` or ``social
   security [number|no]``, score above the threshold (9 digits).
 - ``IBAN_CODE``: the pattern starts with two capitals, two digits and two 4-groups.
@@ -43,7 +43,7 @@ from keyturn.masking.recognizers import (
 )
 
 _DIGIT = regex.compile(r"\d")
-_CARD = regex.compile(r"\d(?:[-._:/ ]{0,3}\d){12}")  # looser than CARD_GAP, and several times faster
+_CARD = regex.compile(r"\d(?:[\s\-._:/|\u2010-\u2015\u2212]{0,3}\d){12}")  # CARD_GAP, no lookarounds
 _SSN = regex.compile(r"[0-9]{3}[- .][0-9]{2}[- .][0-9]{4}")
 _NINE_DIGITS = regex.compile(r"(?<![0-9])[0-9]{9}(?![0-9])")
 _IBAN = regex.compile(r"[A-Z]{2}[0-9]{2}[ -]?[A-Z0-9]{4}[ -]?[A-Z0-9]{4}")

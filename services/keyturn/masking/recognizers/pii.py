@@ -47,9 +47,9 @@ class OfflineEmailRecognizer(EmailRecognizer):
         return self._domains(pattern_text.rpartition("@")[2]).fqdn != ""
 
 
-#: Between a card's digit groups: nothing, a space, or one of ``- . _ : /`` with a space
-#: either side or not (``4539 - 0001 - …``, ``4539_0001_…``, ``4539:0001:…``).
-CARD_GAP = r"(?: ?[-._:/] ?| )?"
+#: Between a card's digit groups: up to three spaces or separators (``4539 - 0001 - …``,
+#: ``4539_0001_…``, ``4539 – 0001`` with an en dash, ``4539|0001``, a tab).
+CARD_GAP = r"[\s\-._:/|\u2010-\u2015\u2212]{0,3}"
 #: Presidio's card pattern with its ``\b`` ends made digit bounds: a card glued to a word
 #: (``acct4977…``, ``x_4977…``) is still a card, where ``\b`` sees no edge between a letter or
 #: ``_`` and a digit; and its groups may be joined by any ``CARD_GAP``.
@@ -69,12 +69,20 @@ LABELLED_SSN = Pattern(
 )
 
 
+class SeparatedCardRecognizer(CreditCardRecognizer):
+    """Presidio's card recognizer, its Luhn check run on the digits alone: its own removes only
+    ``-`` and spaces, and a digit group joined by anything else (``CARD_GAP``) would not parse."""
+
+    def validate_result(self, pattern_text: str) -> bool:
+        return bool(super().validate_result("".join(c for c in pattern_text if c.isdigit())))
+
+
 def pii_recognizers() -> list[EntityRecognizer]:
     """One recognizer per personal-data entity type, in the order of the table above."""
     return [
         OfflineEmailRecognizer(),
         PhoneRecognizer(),
-        CreditCardRecognizer(patterns=[CARD_PATTERN], replacement_pairs=[(c, "") for c in "- ._:/"]),
+        SeparatedCardRecognizer(patterns=[CARD_PATTERN]),
         IbanRecognizer(),
         UsSsnRecognizer(patterns=[*UsSsnRecognizer.PATTERNS, LABELLED_SSN]),
         IpRecognizer(),

@@ -56,6 +56,15 @@ URL_PASSWORD_PATTERNS: tuple[PatternRow, ...] = (
         r"(?i:\b[a-z][a-z0-9+.\-]{1,20}://)[^\s/?#@:]{0,256}:\K[^\s/?#]{1,256}(?=@[^\s/?#@]*(?:[/?#\s]|$))",
         0.9,
     ),
+    (
+        "SECRET",
+        "password in url holding / ? or #",
+        # left unencoded, those end a URL's authority for a parser, but a person writing a
+        # connection string may not encode them: up to the first ``@`` after ``user:``, whatever
+        # it holds (a path with an ``@`` in it may be masked too: over, never under)
+        r"(?i:\b[a-z][a-z0-9+.\-]{1,20}://)[^\s/?#@:]{0,256}:\K[^\s@]{1,256}(?=@)",
+        0.9,
+    ),
 )
 
 #: Hex tokens of these lengths are identifiers, not secrets: object ids (24), md5 / uuid
