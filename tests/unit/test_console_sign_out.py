@@ -202,3 +202,23 @@ async def test_a_token_signed_out_of_the_console_is_refused_by_the_approval_api_
             assert answer.status_code == 401 and "signed_out" in answer.text, answer.text
             assert carol not in answer.text
     assert replicas.votes() == [] and replicas.store.tables.approvals[decided.action_id].status == "pending"
+
+
+async def test_every_console_page_forbids_framing_caching_and_anything_but_itself() -> None:
+    replicas = Replicas()
+    decided = await replicas.opened()
+    async with replicas.a.browser(token()) as browser:
+        pages = [
+            await browser.get("/console"),
+            await browser.get(f"/console/actions/{decided.action_id}"),
+            await browser.get("/console/history"),
+        ]
+    async with replicas.a.browser() as stranger:
+        pages.append(await stranger.get("/console/sign-in"))
+    for page in pages:
+        assert page.status_code == 200, page.text
+        policy = page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy and "script-src" not in policy
+        assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
+        assert page.headers["x-content-type-options"] == "nosniff" and page.headers["referrer-policy"] == "no-referrer"
+        assert "<script" not in page.text

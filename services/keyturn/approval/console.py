@@ -78,6 +78,21 @@ class DevSignIn:
     issuer: str
 
 
+#: Every console page: nothing but its own inline style and charts runs or loads (no script
+#: anywhere), forms post only here, no site may frame it (a vote button under someone else's
+#: page), and pages showing approvals are neither cached nor named in a referrer.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
 class Console:
     """Sessions, CSRF and the pages; routes are added by ``mount_console``.
 
@@ -143,7 +158,7 @@ class Console:
         return hmac.compare_digest(self.csrf(token), presented or "")
 
     def render(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        return HTMLResponse(TEMPLATES.get_template(name).render(**context), status_code=status)
+        return HTMLResponse(TEMPLATES.get_template(name).render(**context), status_code=status, headers=PAGE_HEADERS)
 
     def missing(self, signed_in: tuple[Principal, str], action_id: str, waited: int = 0) -> HTMLResponse:
         """The page for an action that is not on record (or not this person's to see): 404. An id
