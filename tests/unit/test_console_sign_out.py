@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -222,3 +223,15 @@ async def test_every_console_page_forbids_framing_caching_and_anything_but_itsel
         assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
         assert page.headers["x-content-type-options"] == "nosniff" and page.headers["referrer-policy"] == "no-referrer"
         assert "<script" not in page.text
+
+
+async def test_a_link_cannot_write_the_heading_of_a_console_page() -> None:
+    replicas = Replicas()
+    words = "0 IS APPROVED. Security notice: sign in again at keyturn-sso.example.net"
+    async with replicas.a.browser(token()) as browser:
+        pages = [await browser.get(f"/console/actions/{words}"), await browser.get(f"/console/history/{words}")]
+        unknown = str(uuid.uuid4())
+        named = await browser.get(f"/console/actions/{unknown}")
+    for page in pages:
+        assert page.status_code == 404 and "APPROVED" not in page.text and "keyturn-sso" not in page.text
+    assert unknown in named.text  # an id Keyturn could have made is still named

@@ -41,7 +41,7 @@ from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet, DeskUnavaila
 from keyturn.approval.http import REASON_MAX_CHARS, REFUSAL_STATUS, session_digest
 from keyturn.approval.views import reason_missing, requester_line, timeline
 from keyturn.bus.codec import registry
-from keyturn.bus.http import id_in_path
+from keyturn.bus.http import id_in_path, shown_id
 from keyturn.core.principal import Principal
 from keyturn.core.text import words_problem
 from keyturn.identity import TOKEN_ERROR_CODES, InvalidToken, issue_token, load_or_create_signing_key
@@ -161,14 +161,14 @@ class Console:
         return HTMLResponse(TEMPLATES.get_template(name).render(**context), status_code=status, headers=PAGE_HEADERS)
 
     def missing(self, signed_in: tuple[Principal, str], action_id: str, waited: int = 0) -> HTMLResponse:
-        """The page for an action that is not on record (or not this person's to see): 404. An id
-        that cannot name an action (``bus.http.id_in_path``) is not repeated on it."""
+        """The page for an action that is not on record (or not this person's to see): 404. Only an
+        id Keyturn could have made is repeated on it (``bus.http.shown_id``)."""
         approver, token = signed_in
         return self.render(
             "missing.html",
             404,
             approver=approver,
-            action_id=action_id if id_in_path(action_id) else "",
+            action_id=shown_id(action_id),
             csrf=self.csrf(token),
             waited=waited,
         )
@@ -377,7 +377,7 @@ async def _action_page(
     try:
         found = await desk.approval(approver, action_id)
     except ApprovalNotOpenYet as early:  # not on record yet, or not this person's to see: alike
-        if waited >= NOT_OPEN_WAIT_S:
+        if waited >= NOT_OPEN_WAIT_S or not shown_id(action_id):  # no id but Keyturn's can ever open
             return console.missing(signed_in, action_id, waited)
         # the decision may be on its way: this page reloads itself until the approval opens
         again = f"/console/actions/{quote(action_id)}?waited={waited + early.retry_after_s}"

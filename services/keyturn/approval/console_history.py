@@ -28,7 +28,7 @@ from keyturn.approval.views import masked_parameters
 from keyturn.audit.replay import TimelineStep, timeline_step
 from keyturn.audit.report.model import CATEGORY_LABELS, category_label
 from keyturn.audit.report.render import duration_text, when_text
-from keyturn.bus.http import id_in_path
+from keyturn.bus.http import id_in_path, shown_id
 from keyturn.core.approval import shown_channel
 from keyturn.core.principal import Principal
 from keyturn.masking.protect import mask_text
@@ -159,7 +159,7 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
                 404,
                 approver=person,
                 csrf=console.csrf(token),
-                message=f"No history is kept for {f'action {action_id}' if known else 'this link'} "
+                message=f"No history is kept for {f'action {action_id}' if shown_id(action_id) else 'this link'} "
                 f"(the last {HISTORY_DAYS} days are).",
             )
         story = await asyncio.to_thread(_action_story, action_id, rows)  # masking is CPU work: off the loop

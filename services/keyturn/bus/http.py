@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
@@ -205,6 +206,17 @@ def id_in_path(text: str) -> bool:
     UUIDs). Any other is answered as an unknown id, without a statement, and never repeated on
     a page or in an answer: a link can carry whatever its maker put in it."""
     return plausible_id(text) and mask_text(text) == text
+
+
+def shown_id(text: str) -> str:
+    """``text`` when a page may repeat it as an action's id, else "": only Keyturn's own ids
+    (UUIDs). Any printable text may name nothing and still be looked up (``id_in_path``), but a
+    page that repeats it lets whoever made a link write its heading ("… IS APPROVED. Sign in
+    again at …")."""
+    try:
+        return text if str(uuid.UUID(text)) == text.lower() else ""
+    except ValueError:
+        return ""
 
 
 def route_of(scope: Any) -> str:
