@@ -44,7 +44,9 @@ class Instance:
         self.runtime.wire(store, FakePolicyEngine(MEMBERS)).clock = lambda: OPENED + timedelta(seconds=1)
         self.app = FastAPI()
         mount_routes(self.app, self.runtime.desk, lambda: VERIFIER)
-        self.console: Console = mount_console(self.app, self.runtime.desk, lambda: VERIFIER, None)
+        self.console: Console = mount_console(
+            self.app, self.runtime.desk, lambda: VERIFIER, None, self.runtime.console_form_key
+        )
         history = MemoryHistoryStore()
 
         async def history_of() -> MemoryHistoryStore:
@@ -235,3 +237,16 @@ async def test_a_link_cannot_write_the_heading_of_a_console_page() -> None:
     for page in pages:
         assert page.status_code == 404 and "APPROVED" not in page.text and "keyturn-sso" not in page.text
     assert unknown in named.text  # an id Keyturn could have made is still named
+
+
+async def test_a_form_one_replica_rendered_is_accepted_by_another() -> None:
+    replicas = Replicas()
+    decided = await replicas.opened()
+    carol = token()
+    async with replicas.a.browser(carol) as on_a:
+        csrf = csrf_of(await on_a.get(f"/console/actions/{decided.action_id}"))
+    vote = {"choice": "approve", "reason": "", "payload_digest": str(DIGEST), "csrf": csrf}
+    async with replicas.b.browser(carol) as on_b:  # the load balancer sent the post elsewhere
+        answer = await on_b.post(f"/console/actions/{decided.action_id}/vote", data=vote)
+    assert answer.status_code == 303, answer.text
+    assert [v.vote.approver.id for v in replicas.votes()] == ["human:carol"]

@@ -55,7 +55,7 @@ def create_app(settings: Settings):
         on_refused=runtime.refused_at_the_edge,
     )
     mount_routes(http, runtime.desk, runtime.verifier)
-    console = mount_console(http, runtime.desk, runtime.verifier, runtime.console_sign_in)
+    console = mount_console(http, runtime.desk, runtime.verifier, runtime.console_sign_in, runtime.console_form_key)
     mount_history(http, console, runtime.history)
     if runtime.slack is not None:
         mount_slack(http, runtime.desk, runtime.slack, settings.slack_signing_secret)

@@ -99,13 +99,19 @@ class Console:
     ``dev_sign_in`` is None in production (sign in with a token from the identity provider)."""
 
     def __init__(
-        self, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Callable[[], Any], dev_sign_in: DevSignIn | None
+        self,
+        desk_of: Callable[[], Awaitable[ApprovalDesk]],
+        verifier: Callable[[], Any],
+        dev_sign_in: DevSignIn | None,
+        form_key: bytes | None = None,
     ) -> None:
         self.desk_of = desk_of
         self.verifier = verifier
         self.dev = dev_sign_in
         self.dev_sign_in = dev_sign_in is not None
-        self._secret = secrets.token_bytes(32)  # forms older than a restart must be reloaded
+        # the key of the forms' CSRF tokens: the deployment's (``ApprovalRuntime.console_form_key``),
+        # so every replica accepts a form another rendered; none given, this process's own
+        self._secret = form_key or secrets.token_bytes(32)
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._ended: OrderedDict[bytes, None] = OrderedDict()  # digests this instance knows were signed out
 
@@ -194,9 +200,10 @@ def mount_console(
     desk_of: Callable[[], Awaitable[ApprovalDesk]],
     verifier: Callable[[], Any],
     dev_sign_in: DevSignIn | None,
+    form_key: bytes | None = None,
 ) -> Console:
     """Add the ``/console`` pages to the approval service's HTTP app."""
-    console = Console(desk_of, verifier, dev_sign_in)
+    console = Console(desk_of, verifier, dev_sign_in, form_key)
 
     @app.get("/console", response_class=HTMLResponse, include_in_schema=False)
     async def inbox(request: Request) -> Response:

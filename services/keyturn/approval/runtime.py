@@ -8,6 +8,8 @@ inside the worker's event loop (the pool and the HTTP clients belong to it).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +118,11 @@ class ApprovalRuntime:
         self.send_all = send_all
         self.slack: SlackChannel | None = slack_channel(settings)
         self.console_sign_in = console_sign_in(settings)
+        # the console's form tokens are keyed by the deployment's shared secret, not one per process:
+        # a form one replica rendered is accepted by every other (the load balancer may switch)
+        self.console_form_key = hmac.new(
+            callback_secret(settings.callback_secret, settings.keys_dir), b"keyturn console forms", hashlib.sha256
+        ).digest()
         self.teams: Any = None  # set by build() when Teams is configured (it needs the event loop)
         self._lock = asyncio.Lock()
         self._wiring: Wiring | None = None  # set by wire(), once
