@@ -376,6 +376,22 @@ def test_service_tokens_known_by_their_prefix_are_masked_inside_any_text(masker,
     assert token not in masked and "<SECRET>" in masked and masked.startswith("deploy with "), masked
 
 
+def test_a_hexadecimal_id_is_never_read_as_a_number() -> None:
+    """Digits glued to letters may be a card (``acct4977…``), but a UUID's or a digest's digits
+    imitate phones and cards often enough to refuse an agent's own ``sdk-<uuid>`` key."""
+    import hashlib
+    import uuid
+
+    masker = ParameterMasker()
+    seen = [
+        "sdk-72ea5b6f-0668-4779-9682-fb41b547df6e",  # its groups read as a phone number
+        *(f"sdk-{uuid.UUID(int=n * 0x9E3779B97F4A7C15 % 2**128)}" for n in range(1, 3000)),
+        *(hashlib.sha256(str(n).encode()).hexdigest() for n in range(1000)),
+    ]
+    parameters = {str(n): value for n, value in enumerate(seen)}
+    assert masker.mask(parameters).parameters == parameters
+
+
 @pytest.mark.parametrize(
     "kept",
     [

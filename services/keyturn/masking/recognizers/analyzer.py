@@ -4,11 +4,15 @@
 :mod:`.secrets` on the blank-pipeline engine of :mod:`.engine`. Two result rules apply on
 top of Presidio (see :func:`kept_results`): results below :data:`SCORE_THRESHOLD` are
 dropped, which removes Presidio's "very weak" SSN patterns (any bare 9-digit number) and the
-bare ``::`` IPv6 address; and a phone number must pass the phone rule of :mod:`.phone`.
+bare ``::`` IPv6 address; a phone number must pass the phone rule of :mod:`.phone`; and a
+phone, card or SSN number is not one inside a hexadecimal id (a UUID, a digest: ``HEX_ID``),
+whose digit groups (``…-0668-4779-9682-…``) read as one often enough to refuse an agent's
+``sdk-<uuid>`` idempotency key one time in a few thousand.
 """
 
 from __future__ import annotations
 
+import regex
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
 
 from keyturn.masking.recognizers.engine import (
@@ -23,6 +27,11 @@ from keyturn.masking.recognizers.tokens import token_recognizers
 
 #: Presidio results scoring below this are dropped (Presidio's own "very weak" tier).
 SCORE_THRESHOLD = 0.4
+
+#: A hexadecimal id: 20 or more hex digits and dashes, a letter among them, standing alone.
+HEX_ID = regex.compile(r"(?<![0-9A-Za-z])(?=[0-9a-fA-F-]*[a-fA-F])[0-9a-fA-F-]{20,}(?![0-9A-Za-z])")
+#: Numbers that a hexadecimal id's digits can imitate.
+NUMBER_KINDS = frozenset({"PHONE_NUMBER", "CREDIT_CARD", "US_SSN"})
 
 #: Every entity type a detector can report; the placeholder for each is ``<TYPE>``.
 ENTITY_TYPES = (
@@ -48,9 +57,15 @@ def kept_results(text: str, results: list[RecognizerResult]) -> list[RecognizerR
     """Keyturn's rules on top of Presidio's (see the module docstring), in result order."""
     kept = []
     not_phone = None
+    hex_ids: list[tuple[int, int]] | None = None
     for result in results:
         if result.score < SCORE_THRESHOLD:
             continue
+        if result.entity_type in NUMBER_KINDS:
+            if hex_ids is None:
+                hex_ids = [match.span() for match in HEX_ID.finditer(text)]
+            if any(start <= result.start and result.end <= end for start, end in hex_ids):
+                continue
         if result.entity_type == "PHONE_NUMBER":
             if not_phone is None:
                 not_phone = not_phone_spans(text)
