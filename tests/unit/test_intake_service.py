@@ -190,6 +190,16 @@ async def test_a_mask_read_once_stands_while_the_policy_engine_is_away_and_is_ne
         await mask_for("mcp.notes.other_tool")
 
 
+async def test_while_the_policy_engine_is_away_a_new_action_is_not_asked_again_by_every_submission() -> None:
+    policy = MaskingPolicy(REGISTERED)
+    policy.down = True
+    mask_for = parameter_masks(policy)
+    for _ in range(3):
+        with pytest.raises(MaskUnknown):
+            await mask_for("mcp.notes.store_token")
+    assert policy.asked == 1  # the failure stands a few seconds: no submission waits out OPA's retries again
+
+
 async def test_submissions_waiting_for_the_same_new_action_ask_the_policy_engine_once() -> None:
     policy = MaskingPolicy(REGISTERED)
     mask_for = parameter_masks(policy)

@@ -198,19 +198,37 @@ class PolicyAnswers(Generic[K, V]):
     answered at once, and past ``refresh_s`` asked again in the background, the last answer
     standing meanwhile and while OPA is away. An outage of the policy engine then never holds up
     the door for what it already knows (asked in line, each refresh waited out the client's
-    retries). The ``kept`` most recently used keys are remembered."""
+    retries). A key OPA could not answer is not asked again for ``retry_s``: callers meanwhile
+    get that failure at once instead of each waiting out the client's retries. The ``kept`` most
+    recently used keys are remembered."""
 
     def __init__(
-        self, ask: Callable[[K], Awaitable[V]], *, what: str, refresh_s: float = 30.0, kept: int = 4096
+        self,
+        ask: Callable[[K], Awaitable[V]],
+        *,
+        what: str,
+        refresh_s: float = 30.0,
+        retry_s: float = 5.0,
+        kept: int = 4096,
     ) -> None:
-        self._ask, self._what, self._refresh_s, self._kept = ask, what, refresh_s, kept
+        self._ask, self._what, self._refresh_s, self._retry_s, self._kept = ask, what, refresh_s, retry_s, kept
         self._answers: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._asking: dict[K, asyncio.Task[V]] = {}
+        self._failed: dict[K, tuple[float, Exception]] = {}  # keys never answered: when, and why
 
     async def get(self, key: K) -> V:
         known = self._answers.get(key)
         if known is None:
-            return await asyncio.shield(self._asked(key))
+            failed = self._failed.get(key)
+            if failed is not None and time.monotonic() - failed[0] < self._retry_s:
+                raise failed[1]
+            try:
+                return await asyncio.shield(self._asked(key))
+            except Exception as exc:
+                self._failed[key] = (time.monotonic(), exc)
+                while len(self._failed) > self._kept:
+                    self._failed.pop(next(iter(self._failed)))
+                raise
         if time.monotonic() - known[0] > self._refresh_s and key not in self._asking:
             self._asked(key).add_done_callback(partial(self._refreshed, key))
         self._answers.move_to_end(key)
@@ -222,6 +240,7 @@ class PolicyAnswers(Generic[K, V]):
         finally:
             self._asking.pop(key, None)
         self._answers[key] = (time.monotonic(), answer)
+        self._failed.pop(key, None)
         while len(self._answers) > self._kept:
             self._answers.popitem(last=False)
         return answer
