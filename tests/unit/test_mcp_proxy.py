@@ -125,7 +125,7 @@ async def test_the_plugin_s_own_refusal_inside_the_sdk_s_task_group_is_said_as_i
             return types.ListToolsResult(tools=[tool("read.note"), tool("read_note")])
 
     @asynccontextmanager
-    async def connected(spec, *, timeout_s=None):
+    async def connected(spec, *, timeout_s=None, hidden=None):
         try:
             yield Client()
         except Exception as exc:
@@ -158,13 +158,15 @@ async def test_an_upstream_s_stderr_reaches_the_log_masked_line_by_line(caplog) 
     script = (
         "import sys\n"
         "sys.stderr.write('Tool read_note failed: no note named grace.hopper.p1@example.org\\n')\n"
+        "sys.stderr.write('stored key kv7Q-registered-secret\\n')\n"  # only the policy's mask says so
         f"sys.stderr.write('x' * {ERR_LINE_BYTES * 20})\n"  # more than a pipe holds, no newline
     )
     caplog.set_level(logging.INFO, logger="keyturn.mcp.upstream")
-    async with masked_lines("python notes") as errlog:
+    async with masked_lines("python notes", {"kv7Q-registered-secret": "<MASKED>"}) as errlog:
         child = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stderr=errlog)
         assert await asyncio.wait_for(child.wait(), 30) == 0  # never blocked on a full pipe
     said = [r.getMessage() for r in caplog.records if r.name == "keyturn.mcp.upstream"]
     assert said[0] == "upstream python notes said: Tool read_note failed: no note named <EMAIL_ADDRESS>"
-    assert "grace.hopper" not in caplog.text
-    assert sum(m.count("x") for m in said[1:]) == ERR_LINE_BYTES * 20
+    assert said[1] == "upstream python notes said: stored key <MASKED>"
+    assert "grace.hopper" not in caplog.text and "kv7Q-registered-secret" not in caplog.text
+    assert sum(m.count("x") for m in said[2:]) == ERR_LINE_BYTES * 20

@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from keyturn.masking.protect import mask_text
+from keyturn.masking.protect import mask_text, without
 from keyturn.mcp.names import by_segment, segment
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,11 @@ def parse_upstreams(text: str) -> dict[str, UpstreamSpec]:
 
 
 @asynccontextmanager
-async def connected(spec: UpstreamSpec, *, timeout_s: float | None = None) -> AsyncIterator[Any]:
-    """An initialised ``mcp.Client`` session with the upstream."""
+async def connected(
+    spec: UpstreamSpec, *, timeout_s: float | None = None, hidden: Mapping[str, str] | None = None
+) -> AsyncIterator[Any]:
+    """An initialised ``mcp.Client`` session with the upstream; ``hidden`` (``masking.protect.hidden_values``
+    of the call's arguments) is taken out of what the upstream writes to its stderr."""
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -79,7 +82,7 @@ async def connected(spec: UpstreamSpec, *, timeout_s: float | None = None) -> As
     async with AsyncExitStack() as stack:
         if spec.command:
             parameters = StdioServerParameters(command=spec.command[0], args=list(spec.command[1:]), env=dict(spec.env))
-            errlog = await stack.enter_async_context(masked_lines(spec.describe()))
+            errlog = await stack.enter_async_context(masked_lines(spec.describe(), hidden or {}))
             server = stdio_client(parameters, errlog=errlog)
         else:
             import httpx2
@@ -95,11 +98,13 @@ ERR_LINE_BYTES = 4096
 
 
 @asynccontextmanager
-async def masked_lines(upstream: str) -> AsyncIterator[TextIO]:
+async def masked_lines(upstream: str, hidden: Mapping[str, str] | None = None) -> AsyncIterator[TextIO]:
     """A file to give a child process as its stderr, whose lines reach this process's log masked
-    (``masking.protect.mask_text``), never as written: an upstream's errors quote what it was
-    given (``no note named alice@…``), and a child writing to the log file directly would pass
-    every log filter by. Read as it is written, so a chatty child never blocks on a full pipe."""
+    (``masking.protect.mask_text``, after taking out ``hidden``: the values of the call's
+    arguments that only their field's name or the policy's mask says are secret), never as
+    written: an upstream's errors quote what it was given (``no note named alice@…``), and a
+    child writing to the log file directly would pass every log filter by. Read as it is
+    written, so a chatty child never blocks on a full pipe."""
     read_fd, write_fd = os.pipe()
     writer = os.fdopen(write_fd, "w")
     stream = asyncio.StreamReader()
@@ -110,7 +115,7 @@ async def masked_lines(upstream: str) -> AsyncIterator[TextIO]:
 
     def emit(line: bytes) -> None:
         if text := line.decode("utf-8", errors="replace").rstrip():
-            log.info("upstream %s said: %s", upstream, mask_text(text))
+            log.info("upstream %s said: %s", upstream, mask_text(without(text, hidden or {})))
 
     async def relay() -> None:
         pending = b""

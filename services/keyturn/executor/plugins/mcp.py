@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
+from keyturn.masking.protect import hidden_values, mask_parameters
 from keyturn.mcp.names import split_action
 from keyturn.mcp.upstream import UpstreamSpec, connected, find_tool
 
@@ -50,7 +51,10 @@ class McpPlugin:
         sent = False
         result: Any = None
         try:
-            async with connected(spec, timeout_s=self.timeout_s) as client:
+            # what the upstream writes to its stderr quotes its arguments: the ones masking hides by
+            # name or by the policy's word are taken out before the log sees a line
+            hidden = hidden_values(command.parameters, mask_parameters(command.parameters, command.mask), command.mask)
+            async with connected(spec, timeout_s=self.timeout_s, hidden=hidden) as client:
                 listed = await client.list_tools()
                 try:
                     found = find_tool(list(listed.tools), tool)
