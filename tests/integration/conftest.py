@@ -52,7 +52,9 @@ class Agent:
         return response.json()
 
     def wait(self, action_id: str, timeout: float = 60) -> dict[str, Any]:
-        response = self.http.get(f"/v1/actions/{action_id}/wait", params={"timeout": timeout})
+        # the client waits longer than the server may hold the request: a wait past the client's
+        # default read timeout (90 s) ended in ReadTimeout instead of the action's state
+        response = self.http.get(f"/v1/actions/{action_id}/wait", params={"timeout": timeout}, timeout=timeout + 30)
         assert response.status_code == 200, response.text
         return response.json()
 
