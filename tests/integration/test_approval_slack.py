@@ -298,7 +298,9 @@ def test_a_replayed_interaction_changes_nothing(chat, agent, slack) -> None:
     assert interact(chat, body, headers).status_code == 200
     replay = interact(chat, body, headers)
     assert replay.status_code == 409 and replay.json()["error"] == "replayed_interaction"
-    assert dead_letters(chat, "replayed_interaction")
+    letters = dead_letters(chat, "replayed_interaction")
+    # Slack signed the replay, so the account it names is known: the refusal is recorded under it
+    assert letters and json.loads(letters[0].payload_json)["principal"].endswith("/U0CAROL")
     approval = httpx.get(
         f"{chat.approval_url}/v1/approvals/{action_id}",
         headers={"Authorization": f"Bearer {mint(chat, 'human:carol')}"},

@@ -269,9 +269,24 @@ def test_a_replayed_activity_changes_nothing(chat, agent, teams) -> None:
     assert teams.post(chat.approval_url, activity, token).status_code == 200
     replay = teams.post(chat.approval_url, activity, token).json()
     assert replay["type"] == "application/vnd.microsoft.activity.message" and "already received" in replay["value"]
-    assert eventually(
+    letters = eventually(
         lambda: [r for r in audit_of(chat, None, "DeadLetter") if "replayed_interaction" in r.payload_json]
     )
+    assert letters and json.loads(letters[0].payload_json)["principal"] == "teams:aad-carol"
+    assert agent.status(action_id)["state"] == "needs_approval"
+
+
+def test_a_card_action_keyturn_never_offered_is_refused_and_recorded(chat, agent, teams) -> None:
+    action_id = grant(agent, "db-admin")
+    card = card_for(teams, action_id)
+    activity = teams.invoke(card, "approve", "29:carol")
+    activity["value"]["action"]["verb"] = "escalate"
+    answer = teams.post(chat.approval_url, activity, teams.inbound_token()).json()
+    assert "does not know this card action" in answer["value"] and "escalate" not in answer["value"]
+    letters = eventually(
+        lambda: [r for r in audit_of(chat, None, "DeadLetter") if "unsupported_interaction" in r.payload_json]
+    )
+    assert letters and json.loads(letters[0].payload_json)["principal"] == "teams:aad-carol"
     assert agent.status(action_id)["state"] == "needs_approval"
 
 

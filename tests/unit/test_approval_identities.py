@@ -232,3 +232,25 @@ def test_a_full_teams_member_from_a_domain_not_listed_is_refused_and_one_from_a_
 def test_an_account_with_nothing_to_map_by_is_refused() -> None:
     with pytest.raises(UnknownChatUser, match="no email"):
         principal_for(ChatAccount("slack:T0ORG/U0X", ("U0X",), None), {}, DOMAINS, map_setting="M", domains_setting="D")
+
+
+def test_a_teams_click_naming_another_account_than_its_member_record_is_refused() -> None:
+    # mallory's own record has no email and no entry in the map; her activity claims dave's id
+    mallory = teams_member(email=None, userPrincipalName=None, aadObjectId="aad-mallory")
+    user_map = {"aad-dave": "human:dave"}
+    account = teams_account("29:mallory", "aad-dave", mallory, TENANT)
+    with pytest.raises(UnknownChatUser) as refused:
+        principal_for(account, user_map, DOMAINS, map_setting="M", domains_setting="D")
+    assert "member record" in str(refused.value)
+    assert account.record_id == "teams:aad-mallory"  # recorded as who the connector says sent it
+    # the same click carrying her own id is judged by her record: not mapped, refused as such
+    assert teams_account("29:mallory", "aad-mallory", mallory, TENANT).record_id == "teams:aad-mallory"
+    # dave's own click, with his id or none at all, is dave's
+    dave = teams_member(email=None, userPrincipalName=None, aadObjectId="aad-dave")
+    for claimed in ("aad-dave", None):
+        assert (
+            principal_for(
+                teams_account("29:dave", claimed, dave, TENANT), user_map, DOMAINS, map_setting="M", domains_setting="D"
+            ).id
+            == "human:dave"
+        )

@@ -30,7 +30,14 @@ NOT_SHOWN = "MessageNotForAction"  # the refusal of an answer that did not come 
 
 
 class UnknownChatUser(Exception):
-    """A chat user who cannot be mapped to a Keyturn principal; their answers are refused."""
+    """A chat user who cannot be mapped to a Keyturn principal; their answers are refused.
+
+    ``account`` is the chat account as the chat system's own records name it (``slack:T…/U…``,
+    ``teams:<aad>``), when they were read: the refusal is recorded under it."""
+
+    def __init__(self, message: str, account: str | None = None) -> None:
+        super().__init__(message)
+        self.account = account
 
 
 class ChatTargetsInvalid(ValueError):

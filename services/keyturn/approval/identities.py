@@ -79,7 +79,8 @@ def principal_for(
     """The principal ``account`` answers as, or ``UnknownChatUser`` saying why it answers as none."""
     if account.barred:
         raise UnknownChatUser(
-            f"{account.record_id} {account.barred}; such accounts never approve, whatever their email or mapping"
+            f"{account.record_id} {account.barred}; such accounts never approve, whatever their email or mapping",
+            account=account.record_id,
         )
     for key in account.keys:
         if key and key in user_map:
@@ -87,15 +88,19 @@ def principal_for(
     if not domains:
         raise UnknownChatUser(
             f"{account.record_id} is not in {map_setting}, and {domains_setting} is empty, so no email maps to a "
-            f"principal"
+            f"principal",
+            account=account.record_id,
         )
     if not account.email:
-        raise UnknownChatUser(f"{account.record_id} has no email Keyturn can see and is not in {map_setting}")
+        raise UnknownChatUser(
+            f"{account.record_id} has no email Keyturn can see and is not in {map_setting}", account=account.record_id
+        )
     principal = principal_by_email(account.email, domains)
     if principal is None:
         raise UnknownChatUser(
             f"{account.record_id}'s email {account.email} is not an address in {', '.join(domains)} "
-            f"({domains_setting}) and the account is not in {map_setting}"
+            f"({domains_setting}) and the account is not in {map_setting}",
+            account=account.record_id,
         )
     return Principal(principal, PrincipalKind.HUMAN)
 
@@ -126,13 +131,20 @@ def slack_account(user: Mapping[str, Any], workspace: str, *, clicked_as_team: s
 
 def teams_account(user_id: str, aad_object_id: str | None, member: Mapping[str, Any], tenant: str) -> ChatAccount:
     """A Teams conversation member record (``userRole``, ``tenantId``, ``userPrincipalName``,
-    ``email``), for the user who sent the activity, as seen from the configured ``tenant``."""
-    aad = aad_object_id or member.get("aadObjectId") or None
+    ``email``), for the user who sent the activity, as seen from the configured ``tenant``.
+
+    The member record, fetched from the connector for ``user_id``, is the account: the
+    ``aadObjectId`` an activity carries is the sender's own word, so one that differs from the
+    record's bars the click rather than choosing whose entry in the user map it is read by."""
+    aad = str(member.get("aadObjectId") or "") or None
+    claimed = aad_object_id or None
     upn, email = str(member.get("userPrincipalName") or ""), str(member.get("email") or "")
     role = str(member.get("userRole") or "").lower()
     member_tenant = str(member.get("tenantId") or "")
     barred = None
-    if user_id.startswith("28:"):
+    if claimed is not None and claimed != aad:
+        barred = "sent an account id that its member record does not hold"
+    elif user_id.startswith("28:"):
         barred = "is a bot"
     elif role in ("guest", "anonymous"):
         barred = f"is a {role} in the conversation"

@@ -108,6 +108,21 @@ def parse_payload(body: bytes) -> dict[str, Any]:
     return payload
 
 
+def signed_sender(body: bytes) -> str | None:
+    """The Slack account a signed interaction names (``slack:T…/U…``, as ``_account`` spells it),
+    for the record of its refusal: Slack signed the body, so the account is Slack's word even when
+    the rest of it is refused. None when the body names no account Keyturn can read."""
+    try:
+        payload = parse_payload(body)
+        user = payload["user"]
+        team = _id(user.get("team_id"), "user.team_id", names_someone=True) or _id(
+            _object(payload, "team").get("id"), "team.id", names_someone=True
+        )
+    except InteractionRefused:
+        return None
+    return f"slack:{team or '?'}/{user['id']}"
+
+
 def interaction_id(payload: dict[str, Any]) -> str:
     """What makes one interaction unique: Slack's trigger id (or action timestamp) within a team."""
     team = (
@@ -282,7 +297,7 @@ def mount_slack(
             if refused.error in UNSIGNED:  # nobody can be held to it: counted, not recorded
                 UNATTRIBUTED.labels("slack", refused.error).inc()
             else:
-                await desk.refuse_interaction(SOURCE, refused.error, str(refused), body)
+                await desk.refuse_interaction(SOURCE, refused.error, str(refused), body, principal=signed_sender(body))
             return JSONResponse({"error": refused.error, "message": str(refused)}, status_code=refused.status)
 
 

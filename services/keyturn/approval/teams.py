@@ -298,18 +298,26 @@ class TeamsChannel:
                 return _message("This card is not one Keyturn sent for that action.")
             view = await desk.view(action_id)
             return _card(view) if view else _message("This action is not known to Keyturn.")
+        user = activity.from_
         if not await desk.store.first_sighting("teams", f"{conversation}:{activity.id}"):
             await desk.refuse_interaction(
                 SOURCE,
                 "replayed_interaction",
                 f"Teams activity {activity.id} was already received",
                 _bytes_of(activity),
+                principal=_account(user).id,
             )
             return _message("This answer was already received; a replay changes nothing.")
         if action.verb not in (cards.APPROVE, cards.DENY):
-            return _message(f"Keyturn does not know the card action {action.verb!r}.")
+            await desk.refuse_interaction(
+                SOURCE,
+                "unsupported_interaction",
+                "the card action is not one Keyturn's cards have",
+                _bytes_of(activity),
+                principal=_account(user).id,
+            )
+            return _message("Keyturn does not know this card action; nothing was recorded.")
         choice = "approve" if action.verb == cards.APPROVE else "deny"
-        user = activity.from_
         if unbound is not None:
             await desk.refuse_answer(action_id, _account(user), choice, digest, "teams", NOT_SHOWN, unbound)
             return _message(f"Your answer was not applied — {unbound}")
@@ -318,7 +326,7 @@ class TeamsChannel:
             approver = await self._principal_of(ctx, conversation)
         except UnknownChatUser as unknown:
             await desk.refuse_answer(
-                action_id, _account(user), choice, digest, "teams", "UnknownChatUser", str(unknown)
+                action_id, _recorded_as(unknown, user), choice, digest, "teams", "UnknownChatUser", str(unknown)
             )
             return (
                 _card(view, f"Your answer was not applied — {unknown}")
@@ -327,6 +335,9 @@ class TeamsChannel:
             )
         reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
         if reason is not None and (why := words_problem(reason)) is not None:  # as the API's VoteRequest.reason
+            await desk.refuse_interaction(
+                SOURCE, "invalid_reason", f"reason: {why}", _bytes_of(activity), principal=approver.id
+            )
             refused = f"reason: {why}. Nothing was recorded."
             return _card(view, refused) if view else _message(refused)
         if view is not None and (missing := reason_missing(view, choice, reason)) is not None:
@@ -379,6 +390,14 @@ def expiring(authorization: str | None) -> bool:
     except jwt.PyJWTError:
         return True  # not a JWT: the SDK refuses it
     return unverified_expiry(token.strip()) is not None
+
+
+def _recorded_as(unknown: UnknownChatUser, user: Any) -> Principal:
+    """Whom a refused answer is recorded under: the account as the conversation's member record
+    names it when that was read (the activity's own ids are the sender's word), else ``_account``."""
+    if unknown.account and _plain_id(unknown.account.removeprefix("teams:")):
+        return Principal(unknown.account, PrincipalKind.HUMAN)
+    return _account(user)
 
 
 def _account(user: Any) -> Principal:
