@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from keyturn.bus.codec import registry
 from keyturn.bus.http import BoundedRequests
-from keyturn.bus.refusals import MAX_TEXT_CHARS, refusal_letter, validation_problems
+from keyturn.bus.refusals import MAX_KEY_BYTES, MAX_TEXT_CHARS, refusal_letter, validation_problems
 from keyturn.intake.submissions import MAX_PARAMETERS_DEPTH, ActionSubmission, json_depth
 from keyturn.masking.logs import install_log_masking, mask_record
 
@@ -302,3 +302,29 @@ async def test_a_request_that_does_not_arrive_in_time_loses_its_connection(monke
     finally:
         server.should_exit = True
         await serving
+
+
+PASSWORD_IN_URL = "postgres://admin:Kkrkm0ZkLkRr3X5kZZ"
+
+
+@pytest.mark.parametrize("limit", [MAX_KEY_BYTES, MAX_TEXT_CHARS, MAX_KEY_BYTES * 8, MAX_TEXT_CHARS * 8])
+def test_a_secret_a_length_limit_cuts_is_masked_whole_not_left_half_in_clear(limit: int) -> None:
+    # a URL password ending right at a limit: cut first, its "@host" was gone and no pattern saw it
+    text = "k" * (limit - len(PASSWORD_IN_URL)) + PASSWORD_IN_URL + "@db.example.com/x"
+    # and one a long key before it: masked, the key is one placeholder, pulling the rest forward
+    pem = "-----BEGIN PRIVATE KEY-----\n" + "A" * 1400 + "\n-----END PRIVATE KEY----- "
+    for sent in (text, pem + text[len(pem) :]):
+        found = letter(b"x", key=sent.encode(), reason=sent)
+        for kept in (found.key.decode(), found.reason):
+            assert "Kkrkm0" not in kept, kept
+
+
+def test_a_token_header_field_repeated_in_a_refusal_is_masked_before_it_is_cut() -> None:
+    from keyturn.identity.verifier import _told
+
+    password = "Kkrkm0ZkLkRr3X5kZZ"
+    sent = (("x" * 40 + f"https://svc:{password}@idp.example.com", 64), (f"https://u:{password}@h.x.com", 32))
+    for value, chars in sent:
+        assert password[:6] not in _told(value, chars)
+    assert _told("ghp_1234567890abcdefghijklmnopqrstuvwxyz12", 32) == "'<GITHUB_TOKEN>'"
+    assert _told("RS256", 32) == "'RS256'"

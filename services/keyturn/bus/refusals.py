@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from keyturn.core.events import DeadLetter, Digest
+from keyturn.core.text import whole_runs
 from keyturn.masking.protect import mask_text, masked_excerpt
 
 MAX_PROBLEMS = 20
@@ -77,9 +78,10 @@ def refusal_letter(
 
 def masked_line(text: str) -> str:
     """One line of refusal text, masked, then bounded (masking first: a cut can split a secret)."""
-    # cut far beyond the limit first (masking costs grow with length); a secret split by that
-    # cut is gone again after the second cut, which keeps only the start
-    masked = mask_text(" ".join(text[: MAX_TEXT_CHARS * 8].split()))
+    # cut far beyond the limit first (masking costs grow with length), with the run of text the
+    # cut went through: a secret split there could be half left, and masking shortens what comes
+    # before it (a long key becomes one placeholder), which could pull that half under the limit
+    masked = mask_text(" ".join(whole_runs(text, MAX_TEXT_CHARS * 8).split()))
     return masked if len(masked) <= MAX_TEXT_CHARS else masked[: MAX_TEXT_CHARS - 1] + "…"
 
 
@@ -87,8 +89,11 @@ def _masked_key(key: bytes | None) -> bytes | None:
     """A topic key is chosen by whoever produced the message: masked and bounded like text."""
     if key is None:
         return None
-    text = key[:MAX_KEY_BYTES].decode("utf-8", errors="replace")
-    return mask_text(text).encode()
+    # masked whole (within reason, as ``masked_line``), then cut: a cut first can leave half a
+    # secret masking no longer recognises
+    text = whole_runs(key.decode("utf-8", errors="replace"), MAX_KEY_BYTES * 8)
+    masked = mask_text(text).encode()
+    return masked[:MAX_KEY_BYTES].decode("utf-8", errors="ignore").encode()
 
 
 def validation_problems(errors: Iterable[Mapping[str, Any]]) -> list[str]:

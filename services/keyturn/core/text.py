@@ -124,3 +124,11 @@ def plausible_id(text: str, max_length: int = 200) -> bool:
     printable and at most ``max_length`` characters. Anything else names nothing, and a route
     answers it as it answers an unknown id, without asking the database."""
     return 0 < len(text) <= max_length and text.isprintable()
+
+
+def whole_runs(text: str, chars: int) -> str:
+    """``text`` cut to at most ``chars``, without the run of non-space characters the cut went through."""
+    if len(text) <= chars:
+        return text
+    cut = text[: chars + 1]
+    return cut[: max((i for i, c in enumerate(cut) if c.isspace()), default=0)]

@@ -18,11 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from keyturn.core.principal import Principal
+from keyturn.core.text import whole_runs
 from keyturn.identity.claims import ACT_CLAIM, KIND_CLAIM, delegation_chain, principal_kind
 from keyturn.identity.errors import InvalidToken
 from keyturn.identity.jwks import JwksFile, JwksSource, JwksUrl, StaticJwks
 from keyturn.identity.keys import load_or_create_signing_key
-from keyturn.masking.protect import hidden_in
+from keyturn.masking.protect import hidden_in, mask_text
 
 # Only public-key algorithms: with a shared secret, anyone holding the JWKS could mint tokens.
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -154,8 +155,7 @@ class TokenVerifier:
         if not isinstance(algorithm, str) or algorithm not in self.algorithms:
             raise InvalidToken(
                 "algorithm_not_allowed",
-                f"the token is signed with {str(algorithm)[:32]!r}; this gateway accepts only "
-                f"{sorted(self.algorithms)}",
+                f"the token is signed with {_told(algorithm, 32)}; this gateway accepts only {sorted(self.algorithms)}",
             )
         key = self._key_for(header.get("kid"))
         if algorithm not in key.algorithms:
@@ -241,7 +241,7 @@ class TokenVerifier:
             )
         raise InvalidToken(
             "unknown_kid",
-            f"no key with kid {kid[:64]!r} in the configured JWKS; sign with a published key, or "
+            f"no key with kid {_told(kid, 64)} in the configured JWKS; sign with a published key, or "
             "publish the new key before using it",
         )
 
@@ -252,6 +252,13 @@ class TokenVerifier:
             keys = _parse_jwks(document)
             self._parsed = (document, keys)
         return keys
+
+
+def _told(value: Any, chars: int) -> str:
+    """A header field the sender chose, as a refusal repeats it: masked whole, then cut (a cut
+    first can leave half a secret that masking no longer recognises)."""
+    masked = mask_text(whole_runs(str(value), chars * 8))
+    return repr(masked if len(masked) <= chars else masked[: chars - 1] + "…")
 
 
 # Principal ids are written in clear on every record (who asked, for whom, who approved). An
