@@ -468,7 +468,62 @@ def test_an_address_after_a_slash_is_masked(masker):
     # the local part may hold "/"; its domain alone decides whether it is an address
     assert masker.mask_text("users/canary-q1@example.com")[0] == "<EMAIL_ADDRESS>"
     assert masker.mask_text("see users/canary-q1@example.com now")[0] == "see <EMAIL_ADDRESS> now"
-    assert masker.mask_text("users/someone@host.invalidsuffix")[0] == "users/someone@host.invalidsuffix"
+    assert masker.mask_text("users/someone@host.v1")[0] == "users/someone@host.v1"  # no mail domain ends so
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["ask ops.lead@example.internal", "x.person@corp.local", "a@mail.corp", "someone@host.invalidsuffix"],
+)
+def test_an_address_on_a_private_domain_is_masked_like_any_other(masker, text):
+    # an organisation's own mail (.internal, .local, .corp, …) names a person as much as a public one
+    masked, kinds = masker.mask_text(text)
+    assert "@" not in masked and kinds == ["EMAIL_ADDRESS"]
+
+
+@pytest.mark.parametrize("text", ["lodash@4.17.21", "image@sha256", "pkg@1.2"])
+def test_a_version_or_digest_after_an_at_is_no_address(masker, text):
+    assert masker.mask_text(text) == (text, [])
+
+
+def test_a_url_password_is_masked_and_its_host_stays(masker):
+    # "pw@db.corp.internal" reads as an address too; the host is no one's mailbox
+    assert masker.mask_text("postgres://report:Pw0rd@db.corp.internal:5432/x")[0] == (
+        "postgres://report:<SECRET>@db.corp.internal:5432/x"
+    )
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("rotate: access_token=a8f3k29dk3mf93kdm3kd93kd", "rotate: access_token=<SECRET>"),
+        ("pw: Zq7-Lm2-Rt9-Wx4-Pk ask", "pw: <SECRET> ask"),
+        ("auth_token=abc123 passphrase=horse", "auth_token=<SECRET> passphrase=<SECRET>"),
+        ('credentials=xyz;token: "q1w2e3r4"', 'credentials=<SECRET>;token: "<SECRET>"'),
+        ("https://x.example.com/cb?token=deadbeefcafe&x=1", "https://x.example.com/cb?token=<SECRET>&x=1"),
+        ("spring.datasource.password=s3cret", "spring.datasource.password=<SECRET>"),
+        ("db_pass = hunter2", "db_pass = <SECRET>"),
+        ("Authorization: Token abcdef123456", "Authorization: Token <SECRET>"),
+        ("clientSecret:xyz", "clientSecret:<SECRET>"),
+    ],
+)
+def test_a_value_after_a_secrets_name_is_masked_in_text_as_in_a_field(masker, text, shown):
+    assert masker.mask_text(text)[0] == shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "max_tokens=100 token_type=bearer",
+        "time: 12:30 key: value",
+        "token=${TOKEN}",
+        "access_token=<SECRET>",
+        "the secret is out",
+        "bypass=true",
+    ],
+)
+def test_a_name_about_a_secret_or_a_placeholder_keeps_its_value(masker, text):
+    assert masker.mask_text(text) == (text, [])
 
 
 def test_mask_text_masks_a_single_string(masker):

@@ -12,7 +12,8 @@ How a name is judged:
    :data:`SENSITIVE_FIELD_TERMS`. A term counts where it *ends at the end of a word*
    (optionally plus a plural ``s``), wherever it starts: ``dbPassword``, ``clientsecret``,
    ``api_keys`` and ``private_key_pem`` match; ``secretary``, ``tokenizer`` and
-   ``classname`` (``ssn`` inside a word) do not.
+   ``classname`` (``ssn`` inside a word) do not. A few short terms count only as whole words
+   (:data:`WHOLE_WORD_TERMS`: ``db_pass``, ``pw``, ``pin``).
 3. Names that describe a secret rather than hold one are exempt: the last word is one of
    :data:`DESCRIPTOR_WORDS` and no term ends there (``token_type``, ``secret_name``,
    ``password_expires_at``, ``private_key_path``), or the first word is one of
@@ -55,6 +56,10 @@ SENSITIVE_FIELD_TERMS: dict[str, str] = {
     "cvc": "SECRET",
 }
 
+#: Terms that count only as whole words (plus a plural ``s``), never inside one: ``db_pass``,
+#: ``pw``, ``pin_code`` are secrets, ``bypass``, ``compass``, ``pwm`` and ``spin`` are not.
+WHOLE_WORD_TERMS: dict[str, str] = {"pass": "SECRET", "pw": "SECRET", "pin": "SECRET"}
+
 #: A last word that makes the field *about* a secret rather than the secret itself.
 DESCRIPTOR_WORDS = frozenset(
     {
@@ -86,11 +91,13 @@ def sensitive_field_entity(name: str) -> str | None:
     joined = "".join(words)
     word_ends = set()
     position = 0
-    for word in words:
-        position += len(word)
-        word_ends.add(position)
     entity = None
     rightmost = -1
+    for word in words:
+        if term_entity := WHOLE_WORD_TERMS.get(word) or WHOLE_WORD_TERMS.get(word[:-1] if word[-1:] == "s" else ""):
+            entity, rightmost = term_entity, position + len(word)
+        position += len(word)
+        word_ends.add(position)
     for term, term_entity in SENSITIVE_FIELD_TERMS.items():
         for found in re.finditer(term, joined):
             end = found.end()

@@ -71,8 +71,23 @@ def kept_results(text: str, results: list[RecognizerResult]) -> list[RecognizerR
                 not_phone = not_phone_spans(text)
             if not has_phone_core(text, result.start, result.end, not_phone):
                 continue
+        if result.entity_type == "EMAIL_ADDRESS" and _url_password_then_host(text, result, results):
+            continue
         kept.append(result)
     return kept
+
+
+def _url_password_then_host(text: str, email: RecognizerResult, results: list[RecognizerResult]) -> bool:
+    """Whether what reads as an address is a URL's password, its ``@`` and its host
+    (``postgres://report:pw@db.corp.internal``): the password is masked on its own, and the
+    host, no one's mailbox, stays for the approver to read."""
+    return any(
+        other.entity_type == "SECRET"
+        and other.start <= email.start < other.end
+        and text[other.end : other.end + 1] == "@"
+        and other.score >= SCORE_THRESHOLD
+        for other in results
+    )
 
 
 def build_analyzer() -> AnalyzerEngine:

@@ -19,6 +19,8 @@ one of these is mostly left alone. Phone numbers still need Keyturn's extra rule
 
 from __future__ import annotations
 
+import re
+
 import tldextract
 from presidio_analyzer import EntityRecognizer, Pattern
 from presidio_analyzer.predefined_recognizers import (
@@ -41,10 +43,18 @@ class OfflineEmailRecognizer(EmailRecognizer):
     _domains = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
     def validate_result(self, pattern_text: str) -> bool:
-        """True when the address's domain ends in a known public suffix. Only the domain is
+        """True when the address's domain ends in a known public suffix, or in a name of letters
+        alone as private networks use (``ops@example.internal``, ``x@corp.local``, ``.lan``,
+        ``.corp``): an organisation's own mail is as personal as anyone's. A last label with a
+        digit (``lodash@4.17.21``, ``image@sha256``) is no mail domain. Only the domain is
         checked: the local part may hold ``/`` (``users/alice@example.com``), and the whole text
         read as a URL named the host ``users``, so the address went through in clear."""
-        return self._domains(pattern_text.rpartition("@")[2]).fqdn != ""
+        domain = pattern_text.rpartition("@")[2]
+        return _PRIVATE_MAIL_DOMAIN.fullmatch(domain) is not None or self._domains(domain).fqdn != ""
+
+
+#: A domain of dot-separated labels whose last is two or more letters (any suffix, listed or not).
+_PRIVATE_MAIL_DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
 
 
 #: Between a card's digit groups: up to three spaces or separators (``4539 - 0001 - …``,

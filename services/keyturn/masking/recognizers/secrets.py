@@ -42,6 +42,7 @@ from detect_secrets.plugins.stripe import StripeDetector
 from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
 from presidio_analyzer import LocalRecognizer, RecognizerResult
 
+from keyturn.masking.field_names import sensitive_field_entity
 from keyturn.masking.recognizers.engine import LANGUAGE
 from keyturn.masking.recognizers.patterns import PatternRow, pattern_recognizers
 
@@ -109,6 +110,41 @@ _BEARER = re.compile(r"(?i:\bbearer)\s+([A-Za-z0-9\-._~+/]*[0-9][A-Za-z0-9\-._~+
 _SCHEME_HINT = re.compile(r"[Bb](?:[Aa][Ss][Ii][Cc]|[Ee][Aa][Rr][Ee][Rr])")  # (?i) costs more per line
 
 
+#: A value written after a name and ``:`` or ``=`` (``access_token=…``, ``pw: …``, ``"db_pass":
+#: "…"``, ``?token=…``): masked when the field-name rule (``field_names.sensitive_field_entity``)
+#: calls the name a secret's, so a name is judged the same way as a JSON key and as text.
+#: detect-secrets' keyword list has no ``token``, ``passphrase``, ``credential`` or ``pw``. The
+#: value is a lookahead, so a value that is itself ``name=value`` is read again.
+_NAMED_VALUE = re.compile(
+    r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]{0,63})[\"']?[ \t]*[:=][ \t]*[\"']?"
+    r"(?=([^\s\"'`,;&<>(){}\[\]]{1,512}))"
+)
+#: Text every name the rule calls secret holds (case aside): a line without it has no such name.
+_NAMED_HINT = re.compile(r"(?i:pass|pw|pin|secret|token|key|credential|authorization|cookie|cv[vc]|ssn|card)")
+
+
+#: ``Authorization: <scheme> <credentials>``: the credentials are the secret, the scheme is not.
+_SCHEME_THEN_CREDENTIALS = re.compile(r"[ \t]+([^\s\"'`,;&<>(){}\[\]]{1,512})")
+_AUTH_SCHEMES = frozenset({"basic", "bearer", "digest", "negotiate", "ntlm", "token", "hoba", "mutual", "apikey"})
+
+
+def named_value_spans(line: str) -> Iterator[tuple[int, int]]:
+    """Spans of ``line`` holding a value assigned to a secret's name (``_NAMED_VALUE``); the
+    card, SSN and key names have recognizers of their own, which name what they find."""
+    for match in _NAMED_VALUE.finditer(line):
+        value, start = match.group(2), match.end()
+        if sensitive_field_entity(match.group(1)) != "SECRET":
+            continue
+        if value.lower() in _AUTH_SCHEMES:
+            credentials = _SCHEME_THEN_CREDENTIALS.match(line, start + len(value))
+            if credentials is None:
+                continue
+            value, start = credentials.group(1), credentials.start(1)
+        if is_templated_secret(value) or is_prefixed_with_dollar_sign(value):
+            continue
+        yield start, start + len(value)
+
+
 class DetectSecretsRecognizer(LocalRecognizer):
     """``SECRET`` from detect-secrets' keyword and high-entropy plugins, line by line.
 
@@ -167,8 +203,11 @@ class DetectSecretsRecognizer(LocalRecognizer):
             yield from self._entropy_spans(line, self._base64, self._base64_run, _base64_shape)
         if len(line) >= 20:
             yield from self._entropy_spans(line, self._hex, self._hex_run, _hex_shape)
-        if not _KEYWORD_OPERATORS.isdisjoint(line) and self._keyword_hint.search(line):
-            yield from self._keyword_spans(line)
+        if not _KEYWORD_OPERATORS.isdisjoint(line):
+            if self._keyword_hint.search(line):
+                yield from self._keyword_spans(line)
+            if ("=" in line or ":" in line) and _NAMED_HINT.search(line):
+                yield from named_value_spans(line)
         if len(line) >= 20 and _PREFIXED_TOKEN_MARK.search(line):
             for pattern in _PREFIXED_TOKENS:
                 for match in pattern.finditer(line):
