@@ -92,6 +92,33 @@ def test_another_principal_cannot_read_my_action(reporter: Agent, settings) -> N
         assert Agent(settings, sub, chain).http.get(f"/v1/actions/{action_id}").status_code == 404, sub
 
 
+def test_the_approval_service_shows_an_action_by_the_intakes_rule_and_to_approvers_as_written(
+    reporter: Agent, settings
+) -> None:
+    action_id = reporter.submit_ok(
+        "iam.role.grant", "iam://staging/roles/analyst", {"principal": "bob", "role": "analyst"}
+    )
+
+    def shown_to(sub: str, chain: tuple[str, ...] = ()) -> int:
+        token = Agent(settings, sub, chain).token
+        url = f"{settings.approval_url}/v1/approvals/{action_id}"
+        return httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code
+
+    assert eventually(lambda: shown_to("human:alice") == 200)  # the human the agent acts for
+    assert shown_to("agent:reporter", ("human:alice",)) == 200
+    assert shown_to("human:carol") == 200  # an approver of the action's group
+    for sub, chain in (
+        ("agent:evil", ("human:alice",)),  # another agent acting for alice
+        ("agent:evil", ("human:mallory", "human:alice")),
+        ("human:mallory", ("human:alice",)),
+        ("agent:reporter", ("human:bob",)),  # the same agent acting for someone else
+        ("human:bob", ("agent:reporter",)),
+        ("human:CAROL", ()),  # not the approver the policy names: the policy compares ids exactly
+    ):
+        # answered as an action not on record (not open yet): an outsider learns nothing of it
+        assert shown_to(sub, chain) == 425, (sub, chain)
+
+
 def test_agents_can_submit_through_the_submissions_topic(reporter: Agent, settings) -> None:
     topics = Topics(settings.namespace, settings.partitions)
     submission = ActionSubmitted(

@@ -682,3 +682,21 @@ def test_the_cache_is_bounded_and_never_holds_the_token(key):
         for part in token.split("."):
             assert all(part not in repr(entry) for entry in cached.values())
     assert set(cached) == {hashlib.sha256(t.encode()).digest() for t in tokens[1:]}
+
+
+@pytest.mark.parametrize(
+    "sub, chain, owns",
+    [
+        ("agent:reporter", ("human:alice",), True),  # the requester, as it asked
+        ("human:alice", (), True),  # the human it acted for, in her own name
+        ("agent:reporter", (), True),
+        ("agent:evil", ("human:alice",), False),  # another agent acting for alice
+        ("human:mallory", ("human:alice",), False),
+        ("agent:reporter", ("human:bob",), False),  # the same agent acting for someone else
+        ("human:bob", ("agent:reporter",), False),  # acting for the agent
+        ("human:Alice", (), False),  # ids are compared as written
+    ],
+)
+def test_an_action_is_its_principals_own_each_in_their_own_name(sub: str, chain: tuple[str, ...], owns: bool) -> None:
+    owners = frozenset({"agent:reporter", "human:alice"})
+    assert Principal(sub, Principal.kind_of(sub), chain).owns_one_of(owners) is owns

@@ -796,12 +796,12 @@ class ApprovalDesk:
 
     async def may_see(self, viewer: Principal, decided: ActionDecided | None) -> bool:
         """Whether ``viewer`` may see an action (``decided``; None when nothing is on record): its own
-        principals may (the requester and everyone it acts for), and so may approvers
+        principals may, each in their own name (``Principal.owns_one_of``), and so may approvers
         (``is_approver``), who answer and review actions that are not theirs.
 
         An action the viewer may not see is answered as an unknown one, so the policy engine is
         asked about both alike: while it is away, an outsider gets ``DeskUnavailable`` either way."""
-        if decided is not None and viewer.everyone & decided.request.requester.everyone:
+        if decided is not None and viewer.owns_one_of(decided.request.requester.everyone):
             return True
         return await self.is_approver(viewer) and decided is not None
 
@@ -818,10 +818,9 @@ class ApprovalDesk:
                 "policy_unavailable",
                 "Keyturn cannot ask its policy engine who may see this right now. Try again in a minute.",
             ) from exc
-        wanted = person.id.strip().lower()
+        # exactly as written, as the policy compares a vote's approver: ``human:CAROL`` is not carol
         return isinstance(groups, dict) and any(
-            isinstance(members, list) and wanted in (str(m).strip().lower() for m in members)
-            for members in groups.values()
+            isinstance(members, list) and person.id in members for members in groups.values()
         )
 
     async def may_decide(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -30,6 +31,13 @@ class Principal:
     def everyone(self) -> frozenset[str]:
         """The principal and every principal in its delegation chain."""
         return frozenset((self.id, *self.chain))
+
+    def owns_one_of(self, owners: Collection[str]) -> bool:
+        """Whether this caller is one of ``owners`` (an action's requester and everyone it acts
+        for), in its own name and for no one outside them: the same agent acting for someone else
+        owns nothing of the action, nor does a token that acts for one of them. The one rule for
+        who may read an action as its own, at the intake and the approval service alike."""
+        return self.id in owners and all(delegator in owners for delegator in self.chain)
 
     @staticmethod
     def kind_of(principal_id: str) -> PrincipalKind:

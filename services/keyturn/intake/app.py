@@ -363,15 +363,9 @@ def create_app(
 
     async def visible_action(action_id: str, principal: Principal) -> Any:
         stored = await wired.parts.store.get(action_id) if id_in_path(action_id) else None
-        # the requester and each person it acted for may read it, each in their own name, and only
-        # for people it concerns: a caller is who its token's subject is, acting for no one outside
-        # the action (the same agent acting for someone else sees nothing of it, nor does a token
-        # that acts for one of them); others learn nothing, not even that it exists
-        if (
-            stored is None
-            or principal.id not in stored.principals
-            or not set(principal.chain) <= set(stored.principals)
-        ):
+        # the requester and each person it acted for may read it, each in their own name
+        # (``Principal.owns_one_of``); others learn nothing, not even that it exists
+        if stored is None or not principal.owns_one_of(stored.principals):
             raise HTTPException(404, detail=f"no action {action_id} visible to {principal.id}")
         return stored
 
