@@ -70,6 +70,9 @@ def run_settings(
         policy_metrics_port=free_port(),
         audit_metrics_port=free_port(),
         log_level="INFO",
+        # the tests' one database plays the target of both environments their resources name; a
+        # deployment's target serves its own (``Settings.sql_target_serves``)
+        sql_target_environments="staging,production",
     )
     return Settings(**{**values, **extra})
 

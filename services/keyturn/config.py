@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from keyturn.core.environments import served_environments
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -87,6 +89,10 @@ class Settings:
     # the parameter schemas of the catalog (the file OPA loads as data.keyturn.parameters)
     parameter_catalog_path: str = str(REPO_ROOT / "policies.rego" / "keyturn" / "parameters" / "data.json")
     sql_target_url: str = ""  # the PostgreSQL the sql plugin runs statements on; empty = database_url
+    # the environments that target serves (comma list of production, staging, development): a
+    # SQL-family command runs on it only when its resource is in one of them (``core.environments``).
+    # Empty: production for a configured target, staging for the development database
+    sql_target_environments: str = ""
     impact_preview_timeout_s: float = 5.0  # the dry run's count; longer falls back to EXPLAIN's estimate
     sql_commands_at_once: int = 16  # per executor process and target; each holds up to two connections
     sql_statement_timeout_s: float = 30.0  # per statement, and never longer than the credential TTL
@@ -150,6 +156,13 @@ class Settings:
     def dev_identity(self) -> bool:
         """Whether tokens are verified with the local dev key (no identity provider configured)."""
         return not (self.jwks_url or self.jwks_path)
+
+    @property
+    def sql_target_serves(self) -> frozenset[str]:
+        """``sql_target_environments`` read (ValueError when it names something else)."""
+        if self.sql_target_environments.strip():
+            return served_environments(self.sql_target_environments)
+        return frozenset({"production"} if self.sql_target_url else {"staging"})
 
     @property
     def keys_dir(self) -> Path:

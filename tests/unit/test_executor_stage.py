@@ -720,3 +720,43 @@ async def test_an_interrupted_command_on_a_target_in_a_secret_is_read_back_there
     assert command.secret_fields == {"connection_string": "ledger-db"}
     assert "rolled back on <SECRET:ledger-db>" in executed.error
     assert "pw-7Qx2" not in executed.error + executed.result_json
+
+
+async def test_a_command_decided_for_another_environment_than_its_target_serves_is_refused_before_it_runs() -> None:
+    from keyturn.executor.plugins.sql import SqlPlugin
+
+    staging = SqlPlugin("postgresql://keyturn@127.0.0.1:5433/keyturn", serves=frozenset({"staging"}))
+
+    def command(resource: str) -> Command:
+        return Command("a1", "sql.query", resource, {"statement": "DELETE FROM t"}, 60)
+
+    assert staging.environment_refusal(command("postgres://staging/shop")) is None
+    for elsewhere in ("postgres://prod/keyturn", "postgres://db.production.example/x", "postgres://shop/orders"):
+        why = staging.environment_refusal(command(elsewhere))
+        assert why is not None and "serves staging" in why and "nothing was run" in why, elsewhere
+    # a resource naming no environment is decided as production is, so a production target runs it
+    production = SqlPlugin("postgresql://keyturn@127.0.0.1:5433/keyturn")
+    assert production.environment_refusal(command("postgres://shop/orders")) is None
+    assert "serves production" in (production.environment_refusal(command("postgres://staging/shop")) or "")
+
+    class Placed(Recording):
+        def environment_refusal(self, command: Command) -> str | None:
+            return staging.environment_refusal(command)
+
+    plugin = Placed()
+    executor, _ = executor_with(plugin)
+    outcome, encoded = await executor.execute(ExecutionOrder(allowed("a1", resource="postgres://prod/keyturn")))
+    assert outcome is ExecutionOutcome.FAILED and plugin.runs == []
+    assert "refused before execution" in decoded(encoded).error and "serves staging" in decoded(encoded).error
+
+
+def test_the_sql_target_serves_production_unless_told_and_the_development_database_staging() -> None:
+    import pytest
+
+    from keyturn.config import Settings
+
+    assert Settings(sql_target_url="postgresql://db.example/x").sql_target_serves == {"production"}
+    assert Settings().sql_target_serves == {"staging"}
+    assert Settings(sql_target_environments="staging, production").sql_target_serves == {"staging", "production"}
+    with pytest.raises(ValueError, match="comma list"):
+        _ = Settings(sql_target_environments="prod").sql_target_serves

@@ -9,9 +9,10 @@ import jsonschema_rs
 import pytest
 
 from keyturn.config import REPO_ROOT
+from keyturn.core.environments import environment_of
 from keyturn.core.events import ActionRequested, Digest, ImpactPreview
 from keyturn.core.principal import Principal, PrincipalKind
-from keyturn.policy.decisions import decided_from_answer, environment_of, policy_input, provenance_for
+from keyturn.policy.decisions import decided_from_answer, policy_input, provenance_for
 
 SCHEMA = json.loads((REPO_ROOT / "policies.rego" / "schemas" / "decision" / "decision_input.json").read_text())
 NOW = datetime(2026, 11, 30, 9, 30, tzinfo=UTC)

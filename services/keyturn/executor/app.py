@@ -69,6 +69,7 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
         "max_result_rows": settings.executor_max_result_rows,
         "credential_observer": credential_observer,
         "commands_at_once": settings.sql_commands_at_once,
+        "serves": settings.sql_target_serves,
     }
     key_path = receipt_key_path(settings)
     receipt_key = load_or_create_signing_key(key_path)

@@ -59,6 +59,12 @@ log = logging.getLogger(__name__)
 FINISH_WINDOW_S = 0.1
 
 
+def _environment_refusal(plugin: Plugin, command: Command) -> str | None:
+    """Why ``command`` may not run where ``plugin`` would run it (``environment_refusal``), or None."""
+    check = getattr(plugin, "environment_refusal", None)
+    return check(command) if check is not None else None
+
+
 def _turn(plugin: Any, command: Command) -> contextlib.AbstractAsyncContextManager[Any]:
     """The plugin's turn for ``command`` (``Plugin.turns_for``), or nothing to wait for."""
     turns_for = getattr(plugin, "turns_for", None)
@@ -387,6 +393,8 @@ class Executor:
             secret_fields=secret_fields,
             keep_note=partial(self.ledger.note, order.action_id),
         )
+        if (elsewhere := _environment_refusal(plugin, command)) is not None:
+            return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {elsewhere}")
         try:
             # asyncio.timeout, not wait_for: the command runs in this order's task, not in one more
             async with _turn(plugin, command), asyncio.timeout(self.timeout_s):

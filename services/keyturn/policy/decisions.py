@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from keyturn.core.canonical import canonical_json
+from keyturn.core.environments import environment_of
 from keyturn.core.events import (
     ActionDecided,
     ActionRequested,
@@ -18,21 +19,6 @@ from keyturn.core.events import (
     Provenance,
 )
 from keyturn.core.impact import opa_view
-
-_ENVIRONMENT_MARKERS = (
-    ("production", ("prod", "production", "live")),
-    ("staging", ("staging", "stage", "stg")),
-    ("development", ("dev", "development", "local", "sandbox")),
-)
-
-
-def environment_of(resource: str) -> str:
-    """production / staging / development from the resource's path segments, else unknown."""
-    segments = {s for s in resource.lower().replace("://", "/").replace(".", "/").split("/") if s}
-    for environment, markers in _ENVIRONMENT_MARKERS:
-        if segments & set(markers):
-            return environment
-    return "unknown"
 
 
 def policy_input(request: ActionRequested, impact: ImpactPreview | None = None) -> dict[str, Any]:

@@ -50,6 +50,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
+from keyturn.core.environments import unserved
 from keyturn.db import OWN_SCHEMA_COMMENT
 from keyturn.executor.impact import enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
@@ -135,8 +136,10 @@ class SqlPlugin:
         connect_timeout_s: int = 5,
         credential_observer: Callable[[str], None] | None = None,
         commands_at_once: int = COMMANDS_AT_ONCE,
+        serves: frozenset[str] = frozenset({"production"}),
     ) -> None:
         self.target_url = target_url
+        self.serves = serves  # the environments the target is in (``Settings.sql_target_serves``)
         self.statement_timeout_s = statement_timeout_s
         self.max_result_rows = max_result_rows
         self.connect_timeout_s = connect_timeout_s
@@ -178,6 +181,17 @@ class SqlPlugin:
     # how long a command that changed nothing yet waits for a target that is away (a restart)
     settle_s = 30.0
     settle_every_s = 0.5
+
+    def environment_refusal(self, command: Command) -> str | None:
+        """Why ``command`` may not run on the plugin's own target: its resource is in another
+        environment than the target serves (the policy decided it under that environment's rules).
+        None when it may, and for a target a secret reference names (the operator's, not labelled)."""
+        try:
+            if self.target_of(command) is not self.target:
+                return None
+        except ExecutionFailed:
+            return None  # the command fails on its own, saying why
+        return unserved(command.resource, self.serves, f"this executor's SQL target ({self.target_name})")
 
     def target_of(self, command: Command) -> Target:
         """Where ``command`` runs, and where a crash's leftovers are cleaned up: the plugin's
