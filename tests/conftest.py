@@ -94,6 +94,8 @@ def settings(endpoints, namespace: str, target_database: str, tmp_path_factory) 
         opa_url=endpoints.opa_url,
         database_url=endpoints.database_url,
         sql_target_url=target_database,
+        # the tests' one target plays both environments their resources name (Settings.sql_target_serves)
+        sql_target_environments="staging,production",
         namespace=namespace,
         run_dir=str(run_dir),
         intake_port=intake_port,

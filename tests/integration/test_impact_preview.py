@@ -212,3 +212,36 @@ def test_a_preview_role_an_earlier_build_left_behind_is_swept_with_its_privilege
 
     assert leftover in asyncio.run(sweep())
     assert leftover not in preview_roles(shop)
+
+
+def test_an_export_that_grew_past_its_approved_preview_is_stopped_and_leaves_no_file(
+    settings, agent: Agent, shop: str
+) -> None:
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute("CREATE TABLE export_growth (id serial PRIMARY KEY)")
+        conn.execute("INSERT INTO export_growth SELECT FROM generate_series(1, 100)")
+    action_id = agent.submit_ok(
+        "db.export",
+        STAGING,
+        {
+            "query": "SELECT id FROM export_growth",
+            "row_count": 100,
+            "destination": "https://partner.example.com/drop/growth.csv",  # leaves the company: people approve
+            "format": "csv",
+        },
+        reason="growth report for the partner",
+    )
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    shown = approval_shown(settings, action_id, "human:carol")
+    assert shown["impact"]["rows"] == 100 and shown["impact"]["max_rows"] is not None
+    bound = shown["impact"]["max_rows"]
+    with psycopg.connect(shop, autocommit=True) as conn:  # the table grows before the approvals come in
+        conn.execute("INSERT INTO export_growth SELECT FROM generate_series(1, 400)")
+    for group in shown["groups"]:
+        approver = {"security": "human:carol", "data-owners": "human:heidi"}[group["name"]]
+        vote(settings, action_id, approver, shown["payload_digest"])
+    ended = agent.wait(action_id)
+    assert ended["state"] == "failed", ended
+    assert f"past the {bound} the approved impact preview allows" in str(ended), ended
+    assert "nothing was exported" in str(ended)
+    assert agent.http.get(f"/v1/exports/{action_id}").status_code == 404, "no file was kept to download"

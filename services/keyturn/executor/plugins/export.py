@@ -34,6 +34,7 @@ from typing import IO, Any
 
 import psycopg
 
+from keyturn.executor.impact import ImpactExceeded, enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _statement_parameters, postgres_message
 from keyturn.executor.plugins.sql_roles import TemporaryRole, role_name_for
@@ -109,7 +110,13 @@ class ExportPlugin(SqlPlugin):
                         with self.store.put(file_name) as file:
                             counting = _Hashing(file)
                             found = _Findings()
-                            rows = await writer(counting, columns, _masking(cursor, columns, masked, found))
+                            batches = _masking(cursor, columns, masked, found)
+                            rows = await writer(counting, columns, _bounded(batches, command))
+            except ImpactExceeded as exc:  # the file was never whole: the store kept nothing
+                raise ExecutionFailed(
+                    f"the export reached {exc.real} rows, past the {exc.allowed} the approved impact preview "
+                    f"allows (it counted {exc.previewed}); nothing was exported"
+                ) from None
             except psycopg.errors.QueryCanceled:
                 raise ExecutionFailed(f"the export ran longer than {ttl_s:g}s and was cancelled") from None
             except psycopg.Error as exc:
@@ -182,6 +189,16 @@ async def _masking(cursor: Any, columns: list[str], masked: frozenset[str], foun
             why = f"the rows could not be masked ({type(exc).__name__}); nothing was exported"
             raise ExecutionFailed(why) from None
         yield rows
+
+
+async def _bounded(batches: Any, command: Command):
+    """The batches, until the rows so far pass the approved preview's bound (``enforce_impact``,
+    as a write's rows are checked before its commit): the export stops there, its file unfinished."""
+    rows = 0
+    async for batch in batches:
+        rows += len(batch)
+        enforce_impact(command.impact, command.payload_digest, rows)
+        yield batch
 
 
 def _scan(names: list[str], shown: list[int], batch: list[tuple], rows: list[list[Any]]) -> int:
