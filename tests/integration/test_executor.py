@@ -556,6 +556,45 @@ def test_a_deletion_within_the_approved_count_deletes_exactly_those_rows(
         assert conn.execute("SELECT count(*), bool_or(expired) FROM sessions").fetchone() == (5, False)
 
 
+def test_rows_a_deletion_removes_through_cascades_count_toward_its_bound_and_its_preview(
+    agent: Agent, settings, shop: SqlTarget
+) -> None:
+    with shop.admin() as conn:
+        conn.execute("CREATE TABLE cascade_parent (id int PRIMARY KEY)")
+        conn.execute(
+            "CREATE TABLE cascade_child (id serial PRIMARY KEY, "
+            "parent int NOT NULL REFERENCES cascade_parent (id) ON DELETE CASCADE)"
+        )
+        conn.execute("INSERT INTO cascade_parent VALUES (1), (2)")
+        conn.execute("INSERT INTO cascade_child (parent) SELECT 1 FROM generate_series(1, 50)")
+
+    def children() -> int:
+        with shop.admin() as conn:
+            return conn.execute("SELECT count(*) FROM cascade_child").fetchone()[0]
+
+    parameters = {"table": "cascade_parent", "where": "id = 1", "max_rows": 1}
+    action_id = agent.submit_ok("db.rows.delete", "postgres://staging/shop/cascade_parent", parameters)
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    impact = approval_shown(settings, action_id, "human:judy")["impact"]
+    # what approvers are shown counts the 50 rows the cascade removes, and names their table
+    assert impact["rows"] == 51 and "public.cascade_child" in impact["tables"], impact
+    vote = keyturn_cli(settings, "approve", action_id, "--reason", "checked", token=mint(settings, "human:judy"))
+    assert vote.returncode == 0, vote.stderr
+    view = outcome(agent, action_id)
+    assert view["state"] == "failed", view
+    assert "51 rows from public.cascade_parent (50 of them in other tables" in str(view), view
+    assert children() == 50, "rolled back: the cascade too"
+
+    # within its bound, the result says what the cascade did as well
+    parameters = {"table": "cascade_parent", "where": "id = 1", "max_rows": 51}
+    view = approved(
+        settings, agent, "db.rows.delete", "postgres://staging/shop/cascade_parent", parameters, "human:judy"
+    )
+    assert view["state"] == "succeeded", view
+    assert view["result"]["deleted_rows"] == 1 and view["result"]["rows_changed"] == 51, view["result"]
+    assert "public.cascade_child" in view["result"]["tables_changed"] and children() == 0
+
+
 def test_a_deletion_condition_cannot_carry_a_clause_after_it(agent: Agent, settings, shop: SqlTarget) -> None:
     with shop.admin() as conn:
         before = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]

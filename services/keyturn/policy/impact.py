@@ -41,7 +41,7 @@ from keyturn.core.events import ActionRequested, ImpactPreview
 from keyturn.core.impact import NotPreviewable, PreviewPlan, preview_plan
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.executor.plugins.base import ExecutionFailed
-from keyturn.executor.plugins.sql import grants_for, postgres_message, target_name
+from keyturn.executor.plugins.sql import grants_for, postgres_message, rows_changed, target_name
 from keyturn.executor.plugins.sql_roles import PREVIEW_ROLE_PREFIX, Grants, drop_role, grant, retry_collisions
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
 from keyturn.masking.protect import without_hidden
@@ -151,7 +151,11 @@ class SqlPreviewer:
             await conn.rollback()
             tables = tuple(sorted(str(relation) for relation in grants.tables))
             try:
-                return await self._count(conn, plan, grants), "exact", tables, None
+                rows, changed = await self._count(conn, plan, grants)
+                if reached := sorted(set(changed) - set(tables)):  # cascades and triggers reach other tables
+                    detail = f"counts the rows cascades and triggers change in {', '.join(reached)}"
+                    return rows, "exact", tuple(sorted({*tables, *changed})), detail
+                return rows, "exact", tables, None
             except psycopg.errors.QueryCanceled:
                 await conn.rollback()
             except psycopg.Error as exc:
@@ -206,18 +210,23 @@ class SqlPreviewer:
                 await conn.rollback()
                 log.warning("impact preview: role not dropped yet (%s); the executors' sweep will", type(exc).__name__)
 
-    async def _count(self, conn: psycopg.AsyncConnection, plan: PreviewPlan, grants: Grants) -> int:
+    async def _count(
+        self, conn: psycopg.AsyncConnection, plan: PreviewPlan, grants: Grants
+    ) -> tuple[int, tuple[str, ...]]:
+        """(rows, the tables a write changed): a write's rows count what its cascades and
+        triggers change too (``sql.rows_changed``), as the executor's bound counts them."""
         async with self._as_preview_role(conn, grants):
             if plan.operation in {"delete", "update", "insert"}:
                 cursor = await conn.execute(plan.statement.strip().rstrip(";"))
-                return max(0, cursor.rowcount)
+                changed, tables = await rows_changed(conn)
+                return max(0, cursor.rowcount, changed), tables
             cursor = await conn.execute(
                 sql.SQL("SELECT count(*) FROM ({}) AS keyturn_preview").format(
                     sql.SQL(plan.statement.strip().rstrip(";"))
                 )
             )
             row = await cursor.fetchone()
-            return int(row[0]) if row else 0
+            return (int(row[0]) if row else 0), ()
 
     async def _estimate(self, conn: psycopg.AsyncConnection, plan: PreviewPlan, grants: Grants) -> int:
         async with self._as_preview_role(conn, grants):

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from keyturn.executor.impact import enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed
-from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _resolve
+from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _resolve, changed_rows
 from keyturn.executor.plugins.sql_roles import Grants, Relation, TemporaryRole, role_name_for
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
 
@@ -73,11 +73,17 @@ class DeletionPlugin(SqlPlugin):
         relation, text, shape, grants, role = await self.before_any_change(prepared)
 
         def within_bounds(result: dict[str, Any]) -> None:
-            deleted = int(result.get("row_count") or 0)
+            deleted = changed_rows(result)  # with the rows its cascades and triggers removed or changed
             if deleted > bound:
+                elsewhere = deleted - int(result.get("row_count") or 0)
+                through = (
+                    f" ({elsewhere} of them in other tables, removed or changed by cascades or triggers)"
+                    if elsewhere
+                    else ""
+                )
                 raise ExecutionFailed(
-                    f"the deletion would remove {deleted} rows from {relation}, more than the {bound} approved "
-                    f"(parameters.max_rows): rolled back, nothing was deleted"
+                    f"the deletion would remove {deleted} rows from {relation}{through}, more than the "
+                    f"{bound} approved (parameters.max_rows): rolled back, nothing was deleted"
                 )
             enforce_impact(command.impact, command.payload_digest, deleted)  # the preview's bound, same rollback
 
@@ -88,7 +94,10 @@ class DeletionPlugin(SqlPlugin):
             )
         finally:
             await self._drop_quietly(name)
-        return {"table": str(relation), "deleted_rows": result["row_count"], "approved_rows": bound}
+        done = {"table": str(relation), "deleted_rows": result["row_count"], "approved_rows": bound}
+        if "rows_changed" in result:  # what the cascades and triggers did too, so the receipt says all of it
+            done |= {"rows_changed": result["rows_changed"], "tables_changed": result["tables_changed"]}
+        return done
 
 
 def _deletion_parameters(parameters: dict[str, Any]) -> tuple[str, str]:

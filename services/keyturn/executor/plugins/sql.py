@@ -276,7 +276,7 @@ class SqlPlugin:
                 grants,
                 # more rows than the approved preview allows: raising inside the transaction rolls the write back
                 before_commit=lambda result: enforce_impact(
-                    command.impact, command.payload_digest, int(result["row_count"])
+                    command.impact, command.payload_digest, changed_rows(result)
                 ),
                 target=target,
                 note=command.note,
@@ -620,7 +620,31 @@ async def _write(conn: psycopg.AsyncConnection, statement: str, wanted: int) -> 
         columns = [column.name for column in cursor.description]
         rows = await cursor.fetchmany(wanted) if wanted > 0 else []
         result |= {"columns": columns, "rows": [_row(columns, r) for r in rows]}
+    changed, tables = await rows_changed(conn)
+    if changed > cursor.rowcount:  # cascades and triggers changed rows the statement's count leaves out
+        result |= {"rows_changed": changed, "tables_changed": list(tables)}
     return result
+
+
+#: Rows inserted, updated and deleted so far in the open transaction, by table: what a statement
+#: changed through ``ON DELETE CASCADE``, ``SET NULL`` and triggers as well as by itself (its own
+#: row count leaves those out). PostgreSQL keeps these counts per transaction for any role.
+_CHANGED_IN_TRANSACTION = (
+    "SELECT schemaname || '.' || relname, n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_user_tables "
+    "WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 ORDER BY 1"
+)
+
+
+async def rows_changed(conn: psycopg.AsyncConnection) -> tuple[int, tuple[str, ...]]:
+    """(rows changed in every table, the tables) in ``conn``'s open transaction (``_CHANGED_IN_TRANSACTION``)."""
+    cursor = await conn.execute(_CHANGED_IN_TRANSACTION)
+    found = await cursor.fetchall()
+    return sum(int(n) for _, n in found), tuple(str(name) for name, _ in found)
+
+
+def changed_rows(result: dict[str, Any]) -> int:
+    """All the rows a write changed (``_write``): its own, and those its cascades and triggers changed."""
+    return max(int(result.get("row_count") or 0), int(result.get("rows_changed") or 0))
 
 
 async def _transaction_id(conn: psycopg.AsyncConnection) -> str:
