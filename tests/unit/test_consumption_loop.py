@@ -221,3 +221,21 @@ async def test_a_handled_batch_commits_only_the_partitions_it_came_from_each_pas
         {TopicPartition("unit.actions.decided", 3): 10, TopicPartition("unit.actions.executed", 0): 41}
     ]
     assert committed == [{("unit.actions.decided", 3): 10, ("unit.actions.executed", 0): 41}]
+
+
+async def test_a_large_record_is_decoded_off_the_event_loop_and_a_small_one_on_it() -> None:
+    import threading
+
+    publisher, _ = fake_publisher("intake")
+    topic = publisher.topics.submissions
+    small, large = record(topic, 0, value=b"x"), record(topic, 1, value=b"x" * loop.DECODE_IN_THREAD_BYTES)
+    decoded_in: dict[int, str] = {}
+
+    def decode(message):  # a decoder that validates and masks what it reads may take seconds
+        decoded_in[message.offset] = threading.current_thread().name
+        return message.offset
+
+    async def handle(_, __) -> None: ...
+
+    await run(ListSource([[small, large]]), Stage(publisher, handle=handle, decode=decode))
+    assert decoded_in[0] == threading.current_thread().name != decoded_in[1]

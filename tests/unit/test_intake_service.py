@@ -513,3 +513,36 @@ async def test_a_database_outage_answers_every_gathered_submission_at_once(monke
     store.down = False
     stored, created = await intake.submit(REPORTER, submission(idempotency_key="k0"), SubmissionChannel.HTTP)
     assert created and list(store.rows) == [stored.action_id]
+
+
+async def test_a_submission_with_much_text_is_masked_off_the_event_loop_and_a_small_one_on_it() -> None:
+    import threading
+
+    store = FakeActionStore()
+    publisher, _ = fake_publisher("intake")
+    protect = parameter_protector(KEYRING)
+    masked_in: list[str] = []
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        masked_in.append(threading.current_thread().name)
+        return protect(*args, **kwargs)
+
+    intake = Intake(store, publisher, recording, publish_patience_s=0.05)
+    loop_thread = threading.current_thread().name
+    await intake.submit(REPORTER, submission(idempotency_key="small"), SubmissionChannel.HTTP)
+    # thousands of phone-number-like values cost seconds to mask: never while requests and heartbeats wait
+    many = " ".join(f"+1 415 555 {1000 + i}" for i in range(600))
+    await intake.submit(REPORTER, submission(idempotency_key="big", parameters={"notes": many}), SubmissionChannel.HTTP)
+    assert masked_in[0] == loop_thread and masked_in[1] != loop_thread
+    assert "+1 415 555 1000" not in store.rows[next(reversed(store.rows))].requested_event.decode("latin-1")
+
+
+def test_the_keys_of_the_parameters_are_judged_each_on_its_own_and_their_digits_are_bounded() -> None:
+    from pydantic import ValidationError
+
+    # four keys that together would read as a card number are four names
+    assert submission(parameters={"4111": 1, "1111 ": 2, "1111": 3, "1112": 4}).parameters
+    with pytest.raises(ValidationError, match="PHONE_NUMBER"):
+        submission(parameters={"ok": 1, "call +1 415 555 0142": 2})
+    with pytest.raises(ValidationError, match="more than 1024 digits"):
+        submission(parameters={f"id{n:06d}": n for n in range(200)})

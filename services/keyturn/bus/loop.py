@@ -240,9 +240,20 @@ async def _handle_batch(batch: Sequence[Message], stage: Stage) -> None:
     await asyncio.gather(*(_in_order(group, stage) for group in by_key.values()))
 
 
+#: A record at least this large is decoded in a worker thread: a stage's decoder may validate and
+#: mask what it reads (the intake's submissions), which for a large record crafted to be costly
+#: (thousands of phone-number-like values) takes seconds the loop's heartbeats and requests need.
+DECODE_IN_THREAD_BYTES = 16 * 1024
+
+
 async def _decoded(message: Message, stage: Stage) -> Any | None:
-    async def decoded() -> Any:
+    def decode() -> Any:
         return stage.decode(message) if stage.decode is not None else decode_event(message, stage.accept)
+
+    async def decoded() -> Any:
+        if len(message.value or b"") >= DECODE_IN_THREAD_BYTES:
+            return await asyncio.to_thread(decode)
+        return decode()
 
     try:  # a decoder that needs a server (the intake's token keys) waits it out like a handler
         return await until_done(
