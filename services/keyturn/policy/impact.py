@@ -63,6 +63,9 @@ class _Unavailable(Exception):
     """The preview cannot be computed; the message says why (masked before it travels)."""
 
 
+PREVIEW_GRANT_ATTEMPTS = 20
+
+
 class SqlPreviewer:
     """Dry runs on the target database (see the module doc)."""
 
@@ -194,7 +197,10 @@ class SqlPreviewer:
                 await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
 
         await conn.rollback()
-        await retry_collisions(granted)
+        # the dry run takes no lock against the executors' grants (it must not hold one while its
+        # statement runs), so under a burst of commands on the same table it collides more often
+        # than they do with each other: tried longer before the preview is given up as unavailable
+        await retry_collisions(granted, attempts=PREVIEW_GRANT_ATTEMPTS)
         try:
             async with conn.transaction(force_rollback=True):  # the rows it changed: all undone
                 await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
