@@ -546,3 +546,22 @@ def test_the_keys_of_the_parameters_are_judged_each_on_its_own_and_their_digits_
         submission(parameters={"ok": 1, "call +1 415 555 0142": 2})
     with pytest.raises(ValidationError, match="more than 1024 digits"):
         submission(parameters={f"id{n:06d}": n for n in range(200)})
+
+
+async def test_a_topic_record_without_a_key_delivered_twice_is_one_action_and_two_tokens_are_refused(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
+    intake, store, send = intake_with()
+    keyless = on_topic(0, submission(idempotency_key=None))
+    keyless.timestamp = 1_700_000_000_000
+    twice = Record("unit.submissions", 0, 1, b"k", keyless.value, headers=[*keyless.headers, *keyless.headers])
+    # the same record delivered again (a restart before the commit), and a second record alike
+    again = dataclasses.replace(keyless)
+    later = dataclasses.replace(keyless, offset=2)
+    for batch in ([keyless, twice], [again], [later]):
+        await run(ListSource([batch]), submissions_stage(intake, intake.publisher, Verifier()))
+    assert len(store.rows) == 2, "the redelivered record is the action it made, the next record a new one"
+    letters = [letter for letter in send.events("unit.dlq") if isinstance(letter, DeadLetter)]
+    assert [(letter.offset, letter.error_type) for letter in letters] == [(1, "token_malformed")]
+    assert "more than one authorization header" in letters[0].reason

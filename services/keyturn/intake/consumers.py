@@ -55,12 +55,22 @@ def submissions_stage(intake: Intake, publisher: Publisher, verifier: Verifier) 
     def decode(message: Message) -> tuple[Principal, ActionSubmission]:
         principal: Principal | None = None
         try:
-            headers = dict(getattr(message, "headers", None) or ())
-            principal = verifier.verify(bearer_token(_header_text(headers.get("authorization"))))
+            authorization = [value for key, value in getattr(message, "headers", None) or () if key == "authorization"]
+            if len(authorization) > 1:  # readers that take the first and the last would see two callers
+                raise InvalidToken(
+                    "malformed", "the record carries more than one authorization header; send exactly one"
+                )
+            principal = verifier.verify(bearer_token(_header_text(authorization[0] if authorization else None)))
             name, record = registry().decode(message.value or b"")  # no value: refused as truncated
             if name != "ActionSubmitted":
                 raise UndecodableMessage("unexpected_type", f"{name} does not belong on {message.topic}")
-            return principal, submission_from_record(record)
+            submission = submission_from_record(record)
+            if submission.idempotency_key is None:
+                # the record itself is the request: delivered again (a consumer's restart before its
+                # commit), it is the same action, never a second one
+                where = f"{message.topic}:{message.partition}:{message.offset}:{getattr(message, 'timestamp', '')}"
+                submission = submission.model_copy(update={"idempotency_key": f"record:{where}"})
+            return principal, submission
         except Exception as exc:
             # an outage (keys that cannot be fetched, a server away) is waited out, not refused: a
             # refused submission is deleted from the topic once dead-lettered
