@@ -230,7 +230,7 @@ def _run_worker(stream_app: Any, log_level: str, service: str) -> None:
 def token_issue(
     sub: str = typer.Option(..., "--sub", help="The principal, e.g. agent:reporter or human:carol"),
     act: list[str] = typer.Option([], "--act", help="Who it acts for, outermost first (repeatable), e.g. human:alice"),
-    ttl: int = typer.Option(3600, help="Lifetime in seconds"),
+    ttl: int = typer.Option(3600, help="Lifetime in seconds (1 to 31,536,000: a year)", min=1, max=365 * 86400),
 ) -> None:
     """Mint a token signed by the local development key (never for production)."""
     from keyturn.identity import issue_token, load_or_create_signing_key

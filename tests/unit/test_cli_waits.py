@@ -82,3 +82,12 @@ def test_no_token_is_minted_for_a_principal_every_service_would_refuse(monkeypat
     assert out.out == "" and "no token minted" in out.err and "4977308558031926" not in out.err
     cli.token_issue(sub="agent:reporter", act=["human:alice"], ttl=60)
     assert capsys.readouterr().out.count(".") == 2  # a compact JWT
+
+
+@pytest.mark.parametrize("ttl", ["-5", "0", "99999999999999"])
+def test_a_token_lifetime_out_of_range_is_one_line_not_a_traceback(monkeypatch, tmp_path, ttl: str) -> None:
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("KEYTURN_RUN_DIR", str(tmp_path))
+    ran = CliRunner().invoke(cli.app, ["token", "issue", "--sub", "agent:x", "--ttl", ttl])
+    assert ran.exit_code == 2 and "Traceback" not in ran.output and "--ttl" in ran.output

@@ -700,3 +700,17 @@ def test_the_cache_is_bounded_and_never_holds_the_token(key):
 def test_an_action_is_its_principals_own_each_in_their_own_name(sub: str, chain: tuple[str, ...], owns: bool) -> None:
     owners = frozenset({"agent:reporter", "human:alice"})
     assert Principal(sub, Principal.kind_of(sub), chain).owns_one_of(owners) is owns
+
+
+@pytest.mark.parametrize(
+    "claim, value",
+    [
+        ("exp", str(int(datetime.now(UTC).timestamp()) + 600)),  # a number as a string: PyJWT takes it
+        ("exp", 10**12),  # past the year 9999: no date a signed-out session can be kept until
+        ("nbf", "0"),
+    ],
+)
+def test_a_time_claim_that_is_no_numeric_date_is_refused(key, verifier, claim: str, value) -> None:
+    token = signed_by(key, standard_claims(**{claim: value}))
+    error = refusal(verifier, token)
+    assert error.code == "invalid_claim" and f"'{claim}' claim must be a NumericDate" in error.message, error

@@ -50,6 +50,9 @@ from keyturn.identity.claims import unverified_expiry
 SESSION_COOKIE = "keyturn_session"
 SIGN_IN_COOKIE = "keyturn_sign_in"
 SESSION_TTL = timedelta(hours=8)
+#: How long past its own expiry a signed-out token stays remembered: beyond any verifier leeway
+#: (``TokenVerifier.leeway_s``, 30 s), during which it would otherwise verify again.
+SIGNED_OUT_PAST_EXPIRY = timedelta(minutes=5)
 NOT_OPEN_WAIT_S = 10  # how long the page for an approval not open yet keeps reloading itself
 ENDED_KEPT = 4096  # signed-out session digests an instance remembers, to refuse them without a lookup
 HUMAN_NAME = re.compile(r"^(human:)?([a-z][a-z0-9._-]{0,63})$")
@@ -146,8 +149,9 @@ class Console:
         now = self.clock()
         expires_at, expiry = now + SESSION_TTL, unverified_expiry(token)
         if expiry is not None:
-            with contextlib.suppress(ValueError, OverflowError, OSError):  # an exp no date can hold
-                expires_at = datetime.fromtimestamp(expiry, UTC)
+            with contextlib.suppress(ValueError, OverflowError, OSError):  # the verifier refuses such an exp
+                # kept past the expiry by the verifier's leeway, which takes a token that long after it
+                expires_at = datetime.fromtimestamp(expiry, UTC) + SIGNED_OUT_PAST_EXPIRY
         await (await self.desk_of()).store.end_session(session_digest(token), expires_at, now)
         self._remember_ended(session_digest(token))
 

@@ -164,6 +164,13 @@ class TokenVerifier:
                 f"the key {key.kid!r} verifies only {sorted(key.algorithms)}, but the token claims {algorithm!r}",
             )
         claims = self._decode(token, key, algorithm)
+        for claim in ("exp", "nbf", "iat"):
+            if claim in claims and not _numeric_date(claims[claim]):
+                raise InvalidToken(
+                    "invalid_claim",
+                    f"the '{claim}' claim must be a NumericDate (a JSON number of seconds since 1970, before "
+                    "the year 10000); fix the issuer's token template",
+                )
         try:
             subject = claims["sub"]
             if not subject.strip():
@@ -252,6 +259,16 @@ class TokenVerifier:
             keys = _parse_jwks(document)
             self._parsed = (document, keys)
         return keys
+
+
+#: 9999-12-31T23:59:59Z: a time after it is no date a session can be kept until, nor a real expiry.
+LAST_NUMERIC_DATE = 253402300799
+
+
+def _numeric_date(value: Any) -> bool:
+    """A JWT time claim as RFC 7519 has it: a number (PyJWT also takes the string "9999999999",
+    which a reader of the claim then cannot), within the dates a record can hold."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= LAST_NUMERIC_DATE
 
 
 def _told(value: Any, chars: int) -> str:
