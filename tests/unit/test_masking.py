@@ -293,6 +293,16 @@ def test_a_card_number_sent_as_a_json_number_is_masked(masker):
         ("ssn%3D536-71-1234", "ssn=<US_SSN>"),
         ("alice\uff20example.com", "<EMAIL_ADDRESS>"),  # a full-width at sign
         ("https://example.com/a%20b?q=1", "https://example.com/a%20b?q=1"),  # nothing in it: shown as sent
+        ("alice%2540example.com", "<EMAIL_ADDRESS>"),  # percent-encoded twice
+        ("alice&#64;example.com", "<EMAIL_ADDRESS>"),  # an HTML character reference
+        ("alice&#x40;example.com", "<EMAIL_ADDRESS>"),
+        ("alice\\u0040example.com", "<EMAIL_ADDRESS>"),  # a JSON-style escape, written out
+        ("".join(f"\\u{ord(c):04x}" for c in "4111111111111111"), "****1111"),
+        ("NDExMSAxMTExIDExMTEgMTExMQ==", "****1111"),  # base64 of a card number
+        ("key QUtJQUlPU0ZPRE5ON0VYQU1QTEU= here", "key <AWS_ACCESS_KEY> here"),  # base64 of an AWS key
+        ("R0I4MiBXRVNUIDEyMzQgNTY5OCA3NjU0IDMy", "<IBAN_CODE>"),  # base64 of an IBAN
+        ("ABCDEFGHIJKLMNOPQRSTUVWX", "ABCDEFGHIJKLMNOPQRSTUVWX"),  # base64 of no text: left as sent
+        ("staging/analytics/orders", "staging/analytics/orders"),
     ],
 )
 def test_what_a_disguise_a_reader_sees_through_hides_is_masked(masker, sent, shown):

@@ -15,9 +15,11 @@ Rules, in the order they apply to each value of the parameters:
    (``recognizers.card_number``), which becomes its placeholder; dict keys are never masked,
    only values (keys are the shape approvers need to read, and name rules already look at
    them).
-5. A string written in a disguise a reader undoes at a glance (percent-encoding, full-width
-   or other compatibility forms: ``alice%40example.com``, ``alice＠example.com``) is scanned as
-   it reads; when something is found there, the masked copy shows that plain form, masked.
+5. A string written in a disguise a reader or a program undoes at once (percent-encoding,
+   once or more; HTML character references; ``\\u0040``-style escapes; full-width or other
+   compatibility forms; base64 of printable text: ``alice%40example.com``, ``alice%2540…``,
+   ``alice&#64;…``, ``alice＠example.com``, ``NDExMSAxMTEx…``) is scanned as it reads; when
+   something is found there, the masked copy shows that plain form, masked.
 
 Masking is idempotent: each string is masked to a fixpoint (re-scanned while scans find
 something, see :data:`MAX_ROUNDS`) and placeholders contain nothing any rule detects, so
@@ -27,8 +29,12 @@ never the value.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import html
 import os
+import re
 import threading
 import unicodedata
 from collections import OrderedDict
@@ -458,14 +464,50 @@ class _Walk:
 
 
 def plain_form(text: str) -> str:
-    """``text`` as a reader takes it in: percent-escapes decoded, compatibility characters
-    (full-width letters and ``＠``, ligatures) folded (NFKC). Recognizers see through neither,
-    so a disguised address or card would otherwise pass in clear. ``text`` itself when there
-    is nothing to undo (the common case: two ``in`` tests)."""
-    plain = unquote(text, errors="replace") if "%" in text else text
+    """``text`` as a reader (or the program it is meant for) takes it in: percent-escapes decoded
+    (again while they decode to more, ``%2540``), HTML character references and ``\\uXXXX`` /
+    ``\\xXX`` escapes resolved, compatibility characters (full-width letters and ``＠``,
+    ligatures) folded (NFKC), runs of base64 that decode to printable text decoded. Recognizers
+    see through none of these, so a disguised address, card or key would otherwise pass in clear.
+    ``text`` itself when there is nothing to undo (the common case: a few ``in`` tests and one
+    search)."""
+    plain = text
+    for _ in range(3):
+        if "%" not in plain or (decoded := unquote(plain, errors="replace")) == plain:
+            break
+        plain = decoded
+    if ("&" in plain and "#" in plain) or ("&" in plain and ";" in plain):
+        plain = html.unescape(plain)
+    if "\\u" in plain or "\\x" in plain:
+        plain = _ESCAPE.sub(_escaped, plain)
     if not plain.isascii():
         plain = unicodedata.normalize("NFKC", plain)
+    if len(plain) >= _BASE64_MIN_CHARS:
+        plain = _BASE64_RUN.sub(_base64_text, plain)
     return plain
+
+
+_ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2}))")
+_BASE64_MIN_CHARS = 16
+#: A run of standard base64 of at least 16 characters, padded to a multiple of four, on its own
+#: (not a segment of a dotted token: a JWT's parts have a recognizer of their own).
+_BASE64_RUN = re.compile(
+    r"(?<![A-Za-z0-9+/=_.-])(?:[A-Za-z0-9+/]{4}){4,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?(?![A-Za-z0-9+/=_.-])"
+)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return chr(int(match.group(1) or match.group(2), 16))
+
+
+def _base64_text(match: re.Match[str]) -> str:
+    """The printable ASCII text a base64 run encodes, else the run as it stands (an id, a key,
+    binary data: nothing a reader would read, and the entropy rule judges it as sent)."""
+    try:
+        decoded = base64.b64decode(match.group(), validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        return match.group()
+    return decoded if decoded.isprintable() and not decoded.isspace() else match.group()
 
 
 def _deliver(item: _PendingText, outcome: tuple[str, tuple[str, ...]]) -> None:
