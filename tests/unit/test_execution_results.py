@@ -34,6 +34,14 @@ def test_rows_are_capped_and_masked_by_name_by_content_and_by_the_decisions_mask
     }
 
 
+def test_a_column_the_policy_masks_is_masked_whole_whatever_its_values_look_like(shaper: ResultShaper) -> None:
+    # disguised so no pattern finds them: the column's name, which the policy lists, is what masks them
+    rows = [{"Email": "bob (at) corp dot com", "ssn": "123/45/6789", "city": "Lyon"}]
+    shaped = shaper.shape({"row_count": 1, "rows": rows}, ("columns.email", "columns.ssn"))
+    assert shaped["rows"][0]["city"] == "Lyon"
+    assert "bob" not in str(shaped) and "6789" not in str(shaped), shaped
+
+
 def test_a_failure_reason_quoting_data_is_masked(shaper: ResultShaper) -> None:
     reason = (
         'PostgreSQL: duplicate key value violates unique constraint "users_email_key": Key '

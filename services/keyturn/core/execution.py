@@ -126,11 +126,19 @@ def result_mask_fields(mask: tuple[str, ...] | list[str]) -> list[str]:
     """The decision's mask paths (``parameters.password``…) as paths into a result.
 
     A parameter name masks that field at the top of the result, in every row, and in an
-    HTTP body (and its rows).
+    HTTP body (and its rows). ``columns.<name>`` paths are ``masked_columns``.
     """
     fields: list[str] = []
     for path in mask:
+        if path.startswith("columns."):  # masked by name in any case (``masked_columns``), not as a path
+            continue
         name = path.removeprefix("parameters.")
         if name:
             fields += [name, f"rows.{name}", f"body.{name}", f"body.rows.{name}"]
     return fields
+
+
+def masked_columns(mask: tuple[str, ...] | list[str]) -> frozenset[str]:
+    """The columns the decision masks (``columns.email`` → ``email``), compared case-blind: in an
+    export's file and in the rows a ``sql.query`` returns."""
+    return frozenset(path.removeprefix("columns.").lower() for path in mask if path.startswith("columns."))

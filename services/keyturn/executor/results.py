@@ -12,7 +12,9 @@ import logging
 from typing import Any
 
 from keyturn.core.canonical import canonical_json
-from keyturn.core.execution import capped_result, result_mask_fields
+from keyturn.core.execution import capped_result, masked_columns, result_mask_fields
+from keyturn.masking.field_names import sensitive_field_entity
+from keyturn.masking.masker import placeholder
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class ResultShaper:
                 .mask({"result": capped}, [f"result.{f}" for f in result_mask_fields(mask)])
                 .parameters["result"]
             )
+            masked = _columns_masked(masked, capped, masked_columns(mask))
         except Exception as exc:  # fail closed: an unmasked result never leaves the executor
             log.error("result withheld, masking failed: %s: %s", type(exc).__name__, exc)
             return {"withheld": f"the result could not be masked ({type(exc).__name__}); it is not returned"}
@@ -75,3 +78,25 @@ class ResultShaper:
         if isinstance(result, dict) and isinstance(result.get("row_count"), int):
             summary["row_count"] = result["row_count"]
         return summary
+
+
+def _columns_masked(masked: Any, clear: Any, columns: frozenset[str]) -> Any:
+    """``masked`` with the values of the columns the policy masks (``masked_columns``) that masking
+    left as they were replaced by a placeholder, in every row, whatever they look like
+    (``bob (at) corp dot com``); what masking found keeps the placeholder it got."""
+    if not columns or not isinstance(masked, dict) or not isinstance(masked.get("rows"), list):
+        return masked
+    clear_rows = clear.get("rows") if isinstance(clear, dict) else None
+    if not isinstance(clear_rows, list) or len(clear_rows) != len(masked["rows"]):
+        return masked
+    rows = []
+    for row, before in zip(masked["rows"], clear_rows, strict=True):
+        if isinstance(row, dict) and isinstance(before, dict):
+            row = {
+                name: placeholder(sensitive_field_entity(name) or "MASKED", value)
+                if name.lower() in columns and value is not None and value == before.get(name)
+                else value
+                for name, value in row.items()
+            }
+        rows.append(row)
+    return {**masked, "rows": rows}

@@ -28,6 +28,13 @@ masked_fields contains field if {
 }
 
 # METADATA
+# description: Columns masked in the rows sql.query returns, as in an export's file (data.keyturn.export.masked_columns).
+masked_fields contains sprintf("columns.%s", [column]) if {
+	covers_action
+	some column in data.keyturn.export.masked_columns
+}
+
+# METADATA
 # description: |
 #   The statements in parameters.statement, one per ";", each without its leading comments,
 #   blanks and parentheses. The text is split before comments are removed so that a "--"

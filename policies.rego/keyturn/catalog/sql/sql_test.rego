@@ -173,3 +173,9 @@ test_sql_masks_connection_secrets if {
 	"parameters.connection_string" in d.mask
 	d.credential_ttl_s == 300
 }
+
+test_sql_masks_the_columns_an_export_masks_in_the_rows_it_returns if {
+	d := decision.decision with input as in_staging("SELECT email FROM customers")
+	"columns.email" in d.mask
+	"columns.ssn" in d.mask
+}

@@ -34,6 +34,7 @@ from typing import IO, Any
 
 import psycopg
 
+from keyturn.core.execution import masked_columns
 from keyturn.executor.impact import ImpactExceeded, enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _statement_parameters, postgres_message
@@ -49,11 +50,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "csv")
 BATCH_ROWS = 5000
-
-
-def masked_columns(mask: tuple[str, ...]) -> frozenset[str]:
-    """The columns the decision masks (``columns.email`` → ``email``), case-blind."""
-    return frozenset(path.removeprefix("columns.").lower() for path in mask if path.startswith("columns."))
 
 
 class ExportPlugin(SqlPlugin):
