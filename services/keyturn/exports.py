@@ -30,6 +30,13 @@ class ExportStore(Protocol):
         """Delete files never downloaded within ``older_than_s``; how many."""
 
 
+#: The media type of each export format, as served for download and sent to a destination.
+CONTENT_TYPES = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
+#: ``parameters.destination`` of an export the requester downloads, once, from the intake
+#: (``GET /v1/exports/{id}``), instead of one delivered to a URL.
+REQUESTER = "keyturn://requester"
+
+
 def export_file_name(action_id: str, file_format: str) -> str:
     """The stored name. Knowing it gives nothing: only the intake serves it, to the requester, once."""
     return f"{action_id}.{file_format}"

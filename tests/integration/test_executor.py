@@ -612,16 +612,52 @@ def test_a_deletion_condition_cannot_carry_a_clause_after_it(agent: Agent, setti
 # --- export: a file with the policy's masked columns masked, downloaded once -----------------------
 
 
+def export_for_the_requester(settings, agent: Agent, parameters: dict) -> dict:
+    """An export the requester downloads: judged as leaving the company, so security and data-owners approve."""
+    action_id = agent.submit_ok("db.export", "postgres://staging/shop/customers", parameters)
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    for approver in ("human:carol", "human:heidi"):
+        vote = keyturn_cli(settings, "approve", action_id, "--reason", "checked", token=mint(settings, approver))
+        assert vote.returncode == 0, vote.stderr
+    return outcome(agent, action_id)
+
+
+def test_an_export_is_delivered_to_its_destination_and_nowhere_else(
+    agent: Agent, settings, https_peer: HttpsPeer
+) -> None:
+    parameters = {
+        "query": "SELECT id, email, city FROM customers ORDER BY id",
+        "row_count": 12,
+        "destination": f"https://{PEER_HOST}/drop/customers.csv",
+        "format": "csv",
+    }
+    view = outcome(agent, agent.submit_ok("db.export", "postgres://staging/shop/customers", parameters))
+    assert view["state"] == "succeeded", view  # a small export inside the company: allowed, and delivered there
+    result = view["result"]
+    assert result["delivered"] == {"to": f"https://{PEER_HOST}/drop/customers.csv", "status": 201}
+    assert "download" not in result and agent.http.get(f"/v1/exports/{view['action_id']}").status_code == 404
+    text = https_peer.uploads["/drop/customers.csv"].decode()
+    assert text.count("\n") == 13 and "@example.com" not in text and "Lyon" in text  # masked, as a download is
+    assert https_peer.verified[-1]["keyturn_action_id"] == view["action_id"]  # a token for that one call
+
+    # a destination the executor cannot deliver to is refused before anything runs: the policy judged
+    # the export by where it said it would go, so it goes there or nowhere
+    elsewhere = {**parameters, "destination": "https://nowhere.example.internal/never-contacted"}
+    view = outcome(agent, agent.submit_ok("db.export", "postgres://staging/shop/customers", elsewhere))
+    assert view["state"] == "failed" and "not in KEYTURN_HTTP_ALLOWED_HOSTS" in str(view), view
+    assert "Nothing was exported" in str(view) and agent.http.get(f"/v1/exports/{view['action_id']}").status_code == 404
+
+
 def test_an_export_is_a_parquet_file_with_masked_columns_that_downloads_once(agent: Agent, settings) -> None:
     import pyarrow.parquet as pq
 
     parameters = {
         "query": "SELECT id, email, password, city FROM customers ORDER BY id",
         "row_count": 12,
-        "destination": "https://files.example.internal/reports",
+        "destination": "keyturn://requester",
     }
-    view = outcome(agent, agent.submit_ok("db.export", "postgres://staging/shop/customers", parameters))
-    assert view["state"] == "succeeded", view  # a small export inside the company: allowed
+    view = export_for_the_requester(settings, agent, parameters)
+    assert view["state"] == "succeeded", view
     result = view["result"]
     assert (result["exported_rows"], result["format"]) == (12, "parquet")
     assert sorted(result["masked_columns"]) == ["email", "password"]
@@ -639,7 +675,7 @@ def test_an_export_is_a_parquet_file_with_masked_columns_that_downloads_once(age
     assert stranger.http.get(result["download"]["path"]).status_code == 404
 
     aliased = {**parameters, "query": "SELECT email AS contact, city FROM customers", "format": "csv"}
-    view = outcome(agent, agent.submit_ok("db.export", "postgres://staging/shop/customers", aliased))
+    view = export_for_the_requester(settings, agent, aliased)
     assert view["state"] == "succeeded" and view["result"]["masked_values"] == 12, view
     text = agent.http.get(view["result"]["download"]["path"]).text
     assert "@example.com" not in text and text.count("<EMAIL_ADDRESS>") == 12  # masked by value, not by name

@@ -134,6 +134,7 @@ class HttpsPeer:
     tokens: list[str] = field(default_factory=list)  # every Authorization bearer received
     verified: list[dict[str, Any]] = field(default_factory=list)  # claims of the tokens that passed
     api_keys: list[str] = field(default_factory=list)  # every X-Api-Key header received
+    uploads: dict[str, bytes] = field(default_factory=dict)  # path → body of every verified PUT
 
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path]:
@@ -190,28 +191,22 @@ def _peer_handler(peer: HttpsPeer):
         def do_POST(self) -> None:
             self._answer()
 
+        def do_PUT(self) -> None:  # a file delivered (an export): kept as sent, once its token verified
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self._verified() is not None:
+                peer.uploads[self.path] = raw
+                self._json(201, {"stored": self.path, "bytes": len(raw)})
+
         def log_message(self, format: str, *args: Any) -> None:
             pass  # the test reads what the peer recorded, not its chatter
 
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length)) if length else None
-            token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
-            peer.tokens.append(token)
-            if self.headers.get("X-Api-Key"):
-                peer.api_keys.append(self.headers["X-Api-Key"])
-            origin = f"https://{self.headers.get('Host')}"
-            try:
-                verifier = TokenVerifier(
-                    str(peer.jwks_path), issuer=TOKEN_ISSUER, audience=origin, algorithms=("ES256",), leeway_s=0
-                )
-                principal = verifier.verify(token)
-            except (InvalidToken, ValueError) as exc:
-                return self._json(401, {"error": getattr(exc, "code", "invalid"), "detail": str(exc)})
-            claims = jwt.decode(token, options={"verify_signature": False})
-            if claims.get("htm") != self.command or claims.get("htu") != origin + self.path.split("?")[0]:
-                return self._json(401, {"error": "wrong_call", "detail": "the token was minted for another call"})
-            peer.verified.append(claims)
+            verified = self._verified()
+            if verified is None:
+                return
+            principal, claims = verified
             if self.path.startswith("/v1/slow"):
                 time.sleep(4)
             if self.path.startswith("/v1/items"):
@@ -230,6 +225,28 @@ def _peer_handler(peer: HttpsPeer):
                     "contact": "ops@example.com",
                 },
             )
+
+        def _verified(self) -> tuple[Any, dict[str, Any]] | None:
+            """(principal, claims) of a token minted for this very call, else None once refused 401."""
+            token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            peer.tokens.append(token)
+            if self.headers.get("X-Api-Key"):
+                peer.api_keys.append(self.headers["X-Api-Key"])
+            origin = f"https://{self.headers.get('Host')}"
+            try:
+                verifier = TokenVerifier(
+                    str(peer.jwks_path), issuer=TOKEN_ISSUER, audience=origin, algorithms=("ES256",), leeway_s=0
+                )
+                principal = verifier.verify(token)
+            except (InvalidToken, ValueError) as exc:
+                self._json(401, {"error": getattr(exc, "code", "invalid"), "detail": str(exc)})
+                return None
+            claims = jwt.decode(token, options={"verify_signature": False})
+            if claims.get("htm") != self.command or claims.get("htu") != origin + self.path.split("?")[0]:
+                self._json(401, {"error": "wrong_call", "detail": "the token was minted for another call"})
+                return None
+            peer.verified.append(claims)
+            return principal, claims
 
         def _json(self, status: int, document: Any) -> None:
             answer_json(self, status, document)

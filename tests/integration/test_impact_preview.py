@@ -226,7 +226,7 @@ def test_an_export_that_grew_past_its_approved_preview_is_stopped_and_leaves_no_
         {
             "query": "SELECT id FROM export_growth",
             "row_count": 100,
-            "destination": "https://partner.example.com/drop/growth.csv",  # leaves the company: people approve
+            "destination": "keyturn://requester",  # a download, judged as leaving the company: people approve
             "format": "csv",
         },
         reason="growth report for the partner",

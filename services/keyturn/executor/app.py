@@ -84,6 +84,15 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
         return ExecutionModes.from_data(document)
 
     iam = IamPlugin(target, **sql_options)
+    # one-call HTTPS to allow-listed hosts: http.request, and an export delivered to its destination
+    http = HttpPlugin.with_key_in(
+        settings.keys_dir,
+        allowed_hosts=frozenset(h.strip() for h in settings.http_allowed_hosts.split(",") if h.strip()),
+        connect_to=parse_connect_to(settings.http_connect_to),
+        ca_file=settings.http_ca_file,
+        timeout_s=settings.http_timeout_s,
+        credential_observer=credential_observer,
+    )
     return PluginRegistry(
         {
             "sql.query": SqlPlugin(target, **sql_options),
@@ -91,15 +100,10 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
             "iam.role.revoke": iam,
             "iam.permission.change": iam,
             "db.rows.delete": DeletionPlugin(target, **sql_options),
-            "db.export": ExportPlugin(target, store=export_store(settings), ttl_s=settings.export_ttl_s, **sql_options),
-            "http.request": HttpPlugin.with_key_in(
-                settings.keys_dir,
-                allowed_hosts=frozenset(h.strip() for h in settings.http_allowed_hosts.split(",") if h.strip()),
-                connect_to=parse_connect_to(settings.http_connect_to),
-                ca_file=settings.http_ca_file,
-                timeout_s=settings.http_timeout_s,
-                credential_observer=credential_observer,
+            "db.export": ExportPlugin(
+                target, store=export_store(settings), ttl_s=settings.export_ttl_s, delivery=http, **sql_options
             ),
+            "http.request": http,
             "mcp": McpPlugin(parse_upstreams(settings.mcp_upstreams), timeout_s=settings.executor_timeout_s),
         },
         external=ExternalPlugin(ReceiptSigner(receipt_key), default_ttl_s=settings.receipt_ttl_s),

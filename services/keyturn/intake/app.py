@@ -32,7 +32,7 @@ from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
 from keyturn.core.principal import Principal
-from keyturn.exports import export_file_name
+from keyturn.exports import CONTENT_TYPES, export_file_name
 from keyturn.identity import InvalidToken, bearer_token
 from keyturn.intake.consumers import REJECTED
 from keyturn.intake.store import StoreUnavailable
@@ -81,7 +81,6 @@ class BatchResult(BaseModel):
 
 
 RETRY_AFTER_S = 2
-EXPORT_TYPES = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
 EXCERPTS_PER_BATCH = 10  # refused items of one batch recorded with a masked excerpt; the rest by digest and length
 UNAVAILABLE = {
     "model": Problem,
@@ -421,7 +420,7 @@ def create_app(
         stored = await visible_action(action_id, authenticate(authorization))
         result = stored.result if isinstance(stored.result, dict) else {}
         file_format = result.get("format")
-        if stored.action != "db.export" or "download" not in result or file_format not in EXPORT_TYPES:
+        if stored.action != "db.export" or "download" not in result or file_format not in CONTENT_TYPES:
             raise HTTPException(404, detail=f"action {action_id} has no export to download")
         store = wired.parts.exports
         taken = store.take(export_file_name(action_id, file_format)) if store is not None else None
@@ -435,7 +434,7 @@ def create_app(
         log.info("export of %s taken for download; deleted once sent", action_id)
         return FileResponse(
             taken,
-            media_type=EXPORT_TYPES[file_format],
+            media_type=CONTENT_TYPES[file_format],
             filename=f"{action_id}.{file_format}",
             background=BackgroundTask(taken.unlink, missing_ok=True),
         )

@@ -38,7 +38,14 @@ row_count := max({declared_rows, request.previewed_rows}) if request.previewed_r
 
 row_count := declared_rows if not request.previewed_rows
 
-destination_host := network.host_of(request.parameters.destination)
+# The file waits for the requester to download it from Keyturn (keyturn://requester): where it
+# goes after that, Keyturn cannot tell, so it is judged as leaving the company. Any other
+# destination is where the executor delivers the file, and nowhere else.
+to_the_requester if request.parameters.destination == "keyturn://requester"
+
+destination_host := network.host_of(request.parameters.destination) if not to_the_requester
+
+destination_host := "the requester (a download)" if to_the_requester
 
 destination_is_inside_the_company if {
 	network.host_in_domains(destination_host, data.keyturn.export.internal_domains)

@@ -116,3 +116,10 @@ test_export_credential_lives_long_enough_to_copy if {
 	d := decision.decision with input as export(staging_table, "staging", 10, inside)
 	d.credential_ttl_s == 900
 }
+
+test_an_export_the_requester_downloads_is_judged_as_leaving_the_company if {
+	d := decision.decision with input as export(staging_table, "staging", 10, "keyturn://requester")
+	d.outcome == "needs_approval"
+	some reason in d.reasons
+	contains(reason, "to the requester (a download) leaves the company")
+}

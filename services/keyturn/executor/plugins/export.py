@@ -32,16 +32,18 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
+import httpx
 import psycopg
 
 from keyturn.core.execution import masked_columns
 from keyturn.executor.impact import ImpactExceeded, enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
+from keyturn.executor.plugins.http import HttpPlugin
 from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _statement_parameters, postgres_message
 from keyturn.executor.plugins.sql_roles import TemporaryRole, role_name_for
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
 from keyturn.executor.values import jsonable
-from keyturn.exports import ExportStore, export_file_name
+from keyturn.exports import CONTENT_TYPES, REQUESTER, ExportStore, export_file_name
 from keyturn.masking.field_names import sensitive_field_entity
 from keyturn.masking.masker import placeholder
 from keyturn.masking.protect import shared_masker
@@ -56,10 +58,21 @@ class ExportPlugin(SqlPlugin):
     name = "export"
     follows_references = False  # its commands run on the plugin's own target (``SqlPlugin.target_of``)
 
-    def __init__(self, target_url: str, *, store: ExportStore, ttl_s: float = 3600.0, **options: Any) -> None:
+    def __init__(
+        self,
+        target_url: str,
+        *,
+        store: ExportStore,
+        ttl_s: float = 3600.0,
+        delivery: HttpPlugin | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(target_url, **options)
         self.store = store
         self.ttl_s = ttl_s  # how long the one download stays available
+        # the calls that take a file to its destination (the http plugin's allow-list, TLS and
+        # one-call tokens); None: only the requester's download (``REQUESTER``) is possible
+        self.delivery = delivery
 
     async def start(self) -> None:
         await super().start()
@@ -71,11 +84,30 @@ class ExportPlugin(SqlPlugin):
         """An export's effect is its file, not a transaction: an interrupted one is not read back."""
         raise OutcomeUnknown("an export's file is not read back after the executor stopped mid-way")
 
+    def _destination(self, command: Command) -> httpx.URL | None:
+        """Where the file goes: None for the requester's download (``REQUESTER``), else the URL it
+        is delivered to, or ``ExecutionFailed`` before anything runs. The policy judged the export by
+        its destination, so the file goes there and nowhere else: a destination the executor cannot
+        deliver to is refused, never turned into a download the requester could take anywhere."""
+        destination = command.parameters.get("destination")
+        if destination == REQUESTER:
+            return None
+        if self.delivery is None:
+            raise ExecutionFailed(
+                f"this executor delivers no export to a URL (no KEYTURN_HTTP_ALLOWED_HOSTS); "
+                f"parameters.destination {REQUESTER!r} hands the file to the requester. Nothing was exported"
+            )
+        try:
+            return self.delivery.deliverable(destination)
+        except ExecutionFailed as exc:
+            raise ExecutionFailed(f"the export cannot go to its destination: {exc}. Nothing was exported") from None
+
     async def execute(self, command: Command) -> Any:
         statement, _ = _statement_parameters(command.parameters, "query")
         file_format = command.parameters.get("format", "parquet")
         if file_format not in FORMATS:
             raise ExecutionFailed(f"parameters.format must be one of {', '.join(FORMATS)}; nothing was exported")
+        destination = self._destination(command)
         try:
             shape = statement_shape(statement)
         except UnsupportedStatement as exc:
@@ -119,8 +151,7 @@ class ExportPlugin(SqlPlugin):
                 raise ExecutionFailed(f"PostgreSQL: {postgres_message(exc)}; nothing was exported") from None
         finally:
             await self._drop_quietly(name)
-        expires_at = datetime.now(UTC) + timedelta(seconds=self.ttl_s)
-        return {
+        done: dict[str, Any] = {
             "exported_rows": rows,
             "format": file_format,
             "columns": columns,
@@ -128,12 +159,29 @@ class ExportPlugin(SqlPlugin):
             "masked_values": found.count,
             "sha256": counting.digest.hexdigest(),
             "bytes": counting.size,
+        }
+        if destination is not None:
+            return done | {"delivered": await self._deliver(command, destination, file_name, file_format)}
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.ttl_s)
+        return done | {
             "download": {
                 "path": f"/v1/exports/{command.action_id}",
                 "once": True,
                 "expires_at": expires_at.isoformat(),
             },
         }
+
+    async def _deliver(self, command: Command, url: httpx.URL, file_name: str, file_format: str) -> dict[str, Any]:
+        """PUT the file to ``url`` (``HttpPlugin.put_file``), then delete it: no copy waits for a download."""
+        assert self.delivery is not None  # _destination refused the command otherwise
+        path = self.store.take(file_name)
+        if path is None:  # pragma: no cover - the file was written by this command a moment ago
+            raise ExecutionFailed("the export's file was gone before its delivery; nothing was delivered")
+        try:
+            answer = await self.delivery.put_file(command, url, path, CONTENT_TYPES[file_format])
+        finally:
+            path.unlink(missing_ok=True)
+        return {"to": str(url.copy_with(query=None, fragment=None)), "status": answer["status"]}
 
 
 class _Hashing:

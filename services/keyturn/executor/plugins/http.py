@@ -106,6 +106,30 @@ class HttpPlugin:
 
     async def execute(self, command: Command) -> Any:
         url, method, headers, body = self._request_parts(command)
+        return await self._send(command, url, method, headers, json=body)
+
+    def deliverable(self, destination: Any) -> httpx.URL:
+        """``destination`` as a URL this plugin may call (https, allow-listed, no credentials in
+        it), or ``ExecutionFailed`` saying why not: before anything else of a command runs."""
+        return self._checked_url(destination, "the destination")
+
+    async def put_file(self, command: Command, url: httpx.URL, path: Path, content_type: str) -> dict[str, Any]:
+        """PUT the file at ``path`` to ``url`` with a token minted for this one call (as
+        ``execute`` calls), for an export delivered where it was approved to go."""
+        headers = {"Content-Type": content_type}
+        with path.open("rb") as file:
+            return await self._send(command, url, "PUT", headers, content=file.read())
+
+    async def _send(
+        self,
+        command: Command,
+        url: httpx.URL,
+        method: str,
+        headers: dict[str, str],
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+    ) -> dict[str, Any]:
         host = url.host
         token = self._mint(command, url, method)
         headers["Authorization"] = f"Bearer {token}"
@@ -120,7 +144,9 @@ class HttpPlugin:
             async with httpx.AsyncClient(
                 verify=self.tls, timeout=self.timeout_s, follow_redirects=False, trust_env=False
             ) as client:
-                request = client.build_request(method, target, headers=headers, json=body, extensions=extensions)
+                request = client.build_request(
+                    method, target, headers=headers, json=json, content=content, extensions=extensions
+                )
                 response = await client.send(request, stream=True)
                 try:
                     content, cut = await _read_capped(response)
@@ -160,19 +186,23 @@ class HttpPlugin:
             )
         return result
 
-    def _request_parts(self, command: Command) -> tuple[httpx.URL, str, dict[str, str], Any]:
+    def _checked_url(self, text: Any, what: str) -> httpx.URL:
         try:
-            url = httpx.URL(command.resource)
+            url = httpx.URL(text)
         except (httpx.InvalidURL, TypeError) as exc:
-            raise ExecutionFailed(f"resource {command.resource!r} is not a URL: {exc}") from None
+            raise ExecutionFailed(f"{what} {text!r} is not a URL: {exc}") from None
         if url.scheme != "https":
-            raise ExecutionFailed(f"http.request calls https URLs only, not {url.scheme or 'a relative URL'}")
+            raise ExecutionFailed(f"the executor calls https URLs only, not {url.scheme or 'a relative URL'}")
         if url.userinfo:
             raise ExecutionFailed("the URL carries credentials; the executor mints the only credential a call gets")
         if url.host not in self.allowed_hosts:
             raise ExecutionFailed(
                 f"host {url.host!r} is not in KEYTURN_HTTP_ALLOWED_HOSTS; the executor calls only allow-listed hosts"
             )
+        return url
+
+    def _request_parts(self, command: Command) -> tuple[httpx.URL, str, dict[str, str], Any]:
+        url = self._checked_url(command.resource, "resource")
         method = command.parameters.get("method")
         method = method.upper() if isinstance(method, str) else ""
         if method not in READING_METHODS | WRITING_METHODS:
