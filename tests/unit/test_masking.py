@@ -581,3 +581,16 @@ def test_memory_does_not_grow_with_unique_values(masker):
     for i in range(300):
         masker.mask({"note": f"ticket {i:06x}{i * 7919:x} for customer.{i}@example.com"})
     assert len(vocab) == before
+
+
+def test_a_text_of_many_digit_groups_is_masked_wholesale_not_checked_one_by_one(masker):
+    from keyturn.masking.masker import PHONE_CORES_CHECKED
+
+    # each possible phone number costs python-phonenumbers a millisecond per region: past a few
+    # dozen in one string, every digit group is masked as one (over, never under)
+    many = " ".join(f"+1 415 555 {1000 + n}" for n in range(PHONE_CORES_CHECKED + 1))
+    masked, kinds = masker.mask_text(f"call {many} or mail ops@example.com")
+    assert not any(ch.isdigit() for ch in masked) and "ops@example.com" not in masked
+    assert set(kinds) == {"PHONE_NUMBER", "EMAIL_ADDRESS"}
+    few = " ".join(f"+1 415 555 {1000 + n}" for n in range(3))  # checked one by one, as always
+    assert masker.mask_text(f"order 12 of {few}")[0] == "order 12 of <PHONE_NUMBER> <PHONE_NUMBER> <PHONE_NUMBER>"

@@ -328,3 +328,19 @@ def test_a_token_header_field_repeated_in_a_refusal_is_masked_before_it_is_cut()
         assert password[:6] not in _told(value, chars)
     assert _told("ghp_1234567890abcdefghijklmnopqrstuvwxyz12", 32) == "'<GITHUB_TOKEN>'"
     assert _told("RS256", 32) == "'RS256'"
+
+
+def test_a_problem_naming_a_key_too_long_to_repeat_still_says_what_is_wrong() -> None:
+    from keyturn.bus.refusals import TOO_LONG, masked_line
+
+    assert masked_line("k" * 2400 + ": Extra inputs are not permitted") == f"{TOO_LONG} Extra inputs are not permitted"
+
+
+async def test_a_refused_body_whose_client_went_away_is_recorded_as_what_arrived() -> None:
+    from keyturn.bus.http import received_body
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    request = Request({"type": "http", "method": "POST", "path": "/v1/actions", "headers": []}, receive)
+    assert await received_body(request) == b""  # not a traceback in the log

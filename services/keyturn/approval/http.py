@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.views import approval_view
-from keyturn.bus.http import UNPARSEABLE_BODY, StrictJsonRoute, id_in_path, masked_http_error, route_of
+from keyturn.bus.http import UNPARSEABLE_BODY, StrictJsonRoute, id_in_path, masked_http_error, received_body, route_of
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.core.approval import ApiVoteChannel
 from keyturn.core.principal import Principal
@@ -148,7 +148,7 @@ def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], v
             f"http:{route_of(request)}",
             error_type,
             f"{route_of(request)} refused from {approver.id}",
-            await request.body(),
+            await received_body(request),
             problems=tuple(problems),
             principal=approver.id,
         )

@@ -15,6 +15,7 @@ import h11
 import uvicorn
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from keyturn.core.text import plausible_id
@@ -276,6 +277,15 @@ def _replay(body: bytes, receive: Any) -> Any:
         return await receive()
 
     return replayed
+
+
+async def received_body(request: Request) -> bytes:
+    """The body a refused request sent, for its record; what arrived of it when the client went
+    away before sending all of it (it is recorded all the same, as what it is: fewer bytes)."""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        return getattr(request, "_body", b"")
 
 
 async def masked_http_error(request: Any, exc: Any) -> Any:

@@ -15,6 +15,7 @@ interaction, a topic message), is built here, so the rule lives in one place:
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -81,8 +82,15 @@ def masked_line(text: str) -> str:
     # cut far beyond the limit first (masking costs grow with length), with the run of text the
     # cut went through: a secret split there could be half left, and masking shortens what comes
     # before it (a long key becomes one placeholder), which could pull that half under the limit
+    # a run of text longer than a line can show (a key of thousands of characters) is named, not
+    # repeated: cut, it would be half of something; and the words around it still say what is wrong
+    text = _LONG_RUN.sub(TOO_LONG, text[: MAX_TEXT_CHARS * 64])
     masked = mask_text(" ".join(whole_runs(text, MAX_TEXT_CHARS * 8).split()))
     return masked if len(masked) <= MAX_TEXT_CHARS else masked[: MAX_TEXT_CHARS - 1] + "…"
+
+
+TOO_LONG = "<too long to repeat>"
+_LONG_RUN = re.compile(rf"\S{{{MAX_TEXT_CHARS // 2},}}")
 
 
 def _masked_key(key: bytes | None) -> bytes | None:

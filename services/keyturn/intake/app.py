@@ -27,7 +27,15 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyturn.bus.codec import UndecodableMessage
-from keyturn.bus.http import BoundedRequests, StrictJsonRoute, header, id_in_path, masked_http_error, route_of
+from keyturn.bus.http import (
+    BoundedRequests,
+    StrictJsonRoute,
+    header,
+    id_in_path,
+    masked_http_error,
+    received_body,
+    route_of,
+)
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
 from keyturn.config import Settings
 from keyturn.core.events import SubmissionChannel
@@ -158,7 +166,7 @@ def create_app(
             return await masked_http_error(request, unauthenticated)
         problems = [masked_line(p) for p in problems[:MAX_PROBLEMS]]
         REJECTED.labels("http", error).inc()
-        body, route = await request.body(), route_of(request)
+        body, route = await received_body(request), route_of(request)
         await record_refusal(
             source_topic=f"http:{route}",
             payload=body,
@@ -283,7 +291,7 @@ def create_app(
                     if isinstance(exc, ValidationError)
                     else [str(exc)]
                 )
-                problems = [masked_line(p) for p in found][:MAX_PROBLEMS]
+                problems = [masked_line(p) for p in found[:MAX_PROBLEMS]]  # cut first: each costs a masking
                 REJECTED.labels("http", "invalid_item").inc()
                 # a masked excerpt costs masking time on the event loop: the first few refused items get one
                 excerpt = len(refusals) < EXCERPTS_PER_BATCH
@@ -299,7 +307,7 @@ def create_app(
         for (index, _), outcome in zip(valid, submitted, strict=True):
             if isinstance(outcome, InvalidSubmission):  # the catalog refuses it: recorded under the caller
                 excerpt = excerpted + len(refusals) < EXCERPTS_PER_BATCH
-                problems = [masked_line(f"items.{index}.{p}") for p in outcome.problems][:MAX_PROBLEMS]
+                problems = [masked_line(f"items.{index}.{p}") for p in outcome.problems[:MAX_PROBLEMS]]
                 refusals.append(refused_item(principal.id, index, items[index], problems, excerpt=excerpt))
             results[index] = item_result(index, outcome)
         await asyncio.gather(*refusals)

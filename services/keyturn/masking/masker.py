@@ -50,6 +50,7 @@ from keyturn.masking.field_names import FieldPathTrie, sensitive_field_entity
 from keyturn.masking.prefilter import Prefilter
 from keyturn.masking.recognizers import (
     LANGUAGE,
+    PHONE_DIGIT_RUN,
     SCORE_THRESHOLD,
     build_analyzer,
     card_number,
@@ -83,6 +84,13 @@ MAX_DEPTH = 64
 #: a detector may miss a value next to another one (a phone number followed by a card) and
 #: find it once the neighbour is a placeholder. This is what makes masking idempotent.
 MAX_ROUNDS = 4
+#: Phone-number cores (``recognizers.PHONE_DIGIT_RUN``) one string may hold before its digit
+#: groups are masked wholesale instead of checked one by one: python-phonenumbers costs about a
+#: millisecond per candidate in each of its regions, so a crafted string of digit groups cost
+#: seconds, while no parameter value carries dozens of phone numbers that approvers must read.
+PHONE_CORES_CHECKED = 32
+#: A run of digit groups (and the punctuation people write numbers with) holding a phone core.
+_DIGIT_GROUPS = regex.compile(r"\+?\d(?:[\s\-.()/+]{0,4}\d)*")
 
 _IDENTIFIER_OR_TIME = regex.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -319,6 +327,13 @@ class ParameterMasker:
                 if cached is not None:
                     _deliver(item, cached)
                     continue
+            if "PHONE_NUMBER" in item.entities and _many_phone_cores(item.current):
+                item.current, masked = _DIGIT_GROUPS.subn(placeholder("PHONE_NUMBER"), item.current)
+                item.found.extend(["PHONE_NUMBER"] * masked)
+                item.entities = self._fast_prefilter.candidates(item.current)
+                if not item.entities:
+                    self._finish(item)
+                    continue
             active.append(item)
         for round_number in range(1, MAX_ROUNDS + 1):
             again: list[_PendingText] = []
@@ -508,6 +523,13 @@ def _base64_text(match: re.Match[str]) -> str:
     except (binascii.Error, UnicodeDecodeError):
         return match.group()
     return decoded if decoded.isprintable() and not decoded.isspace() else match.group()
+
+
+def _many_phone_cores(text: str) -> bool:
+    """Whether ``text`` holds more than ``PHONE_CORES_CHECKED`` phone cores: then its digit groups
+    are masked as phone numbers all together (over, never under), not checked one by one."""
+    cores = PHONE_DIGIT_RUN.finditer(text)
+    return any(count > PHONE_CORES_CHECKED for count, _ in enumerate(cores, start=1))
 
 
 def _deliver(item: _PendingText, outcome: tuple[str, tuple[str, ...]]) -> None:
