@@ -11,6 +11,7 @@ import functools
 import json
 from datetime import UTC, datetime
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keyturn.bus import loop
@@ -726,28 +727,61 @@ async def test_a_command_decided_for_another_environment_than_its_target_serves_
     from keyturn.executor.plugins.sql import SqlPlugin
 
     staging = SqlPlugin("postgresql://keyturn@127.0.0.1:5433/keyturn", serves=frozenset({"staging"}))
-
-    def command(resource: str) -> Command:
-        return Command("a1", "sql.query", resource, {"statement": "DELETE FROM t"}, 60)
-
-    assert staging.environment_refusal(command("postgres://staging/shop")) is None
-    for elsewhere in ("postgres://prod/keyturn", "postgres://db.production.example/x", "postgres://shop/orders"):
-        why = staging.environment_refusal(command(elsewhere))
+    command = Command("a1", "sql.query", "postgres://db-stg.example/x", {"statement": "DELETE FROM t"}, 60)
+    assert staging.environment_refusal(command, "staging") is None
+    for elsewhere in ("production", "development", "unknown"):
+        why = staging.environment_refusal(command, elsewhere)
         assert why is not None and "serves staging" in why and "nothing was run" in why, elsewhere
-    # a resource naming no environment is decided as production is, so a production target runs it
+    # an environment nobody could name is decided as production is, so a production target runs it
     production = SqlPlugin("postgresql://keyturn@127.0.0.1:5433/keyturn")
-    assert production.environment_refusal(command("postgres://shop/orders")) is None
-    assert "serves production" in (production.environment_refusal(command("postgres://staging/shop")) or "")
+    assert production.environment_refusal(command, "unknown") is None
+    assert "serves production" in (production.environment_refusal(command, "staging") or "")
+
+    asked: list[str] = []
+
+    async def policy_says(resource: str) -> str:  # the executor asks the policy's rule, never its own
+        asked.append(resource)
+        return "production"
 
     class Placed(Recording):
-        def environment_refusal(self, command: Command) -> str | None:
-            return staging.environment_refusal(command)
+        def environment_refusal(self, command: Command, environment: str) -> str | None:
+            return staging.environment_refusal(command, environment)
 
     plugin = Placed()
     executor, _ = executor_with(plugin)
-    outcome, encoded = await executor.execute(ExecutionOrder(allowed("a1", resource="postgres://prod/keyturn")))
-    assert outcome is ExecutionOutcome.FAILED and plugin.runs == []
+    executor.environment_of = policy_says
+    # the service alone reads this resource as staging; the policy's patterns say production
+    outcome, encoded = await executor.execute(ExecutionOrder(allowed("a1", resource="postgres://staging/x")))
+    assert outcome is ExecutionOutcome.FAILED and plugin.runs == [] and asked == ["postgres://staging/x"]
     assert "refused before execution" in decoded(encoded).error and "serves staging" in decoded(encoded).error
+
+
+async def test_the_environment_is_the_policys_answer_kept_a_while_and_an_outage_is_waited_out() -> None:
+    from keyturn.core.environments import ENVIRONMENT_PATH
+    from keyturn.executor.environments import PolicyEnvironments
+    from keyturn.policy.opa import OpaAnswer, PolicyUnavailable
+
+    class Opa:
+        def __init__(self) -> None:
+            self.asked: list[tuple[str, dict]] = []
+            self.down = False
+
+        async def query(self, path: str, document: dict) -> OpaAnswer:
+            if self.down:
+                raise PolicyUnavailable("connection refused")
+            self.asked.append((path, document))
+            return OpaAnswer("staging" if "db-stg" in document["resource"] else "nonsense", "d1", "rev")
+
+    now = [0.0]
+    opa = Opa()
+    environments = PolicyEnvironments(opa, fresh_s=30, clock=lambda: now[0])
+    assert await environments("postgres://db-stg.example/x") == "staging"
+    assert opa.asked == [(ENVIRONMENT_PATH, {"resource": "postgres://db-stg.example/x", "environment": "unknown"})]
+    assert await environments("postgres://db-stg.example/x") == "staging" and len(opa.asked) == 1  # kept
+    assert await environments("postgres://other/x") == "unknown"  # an answer that is no environment
+    now[0], opa.down = 31.0, True
+    with pytest.raises(Unavailable):  # until_done waits it out: nothing runs before the policy says where
+        await environments("postgres://db-stg.example/x")
 
 
 def test_the_sql_target_serves_production_unless_told_and_the_development_database_staging() -> None:

@@ -32,17 +32,29 @@ def served_environments(text: str) -> frozenset[str]:
     return named
 
 
-def unserved(resource: str, serves: Iterable[str], target: str) -> str | None:
-    """Why a command on ``resource``, decided under the resource's environment, may not run on a
-    target serving ``serves``; None when it may. An environment nobody could name is decided as
-    production is (``keyturn.request.in_production``), so only a production target runs it."""
-    named = environment_of(resource)
-    environment = "production" if named == "unknown" else named
+def unserved(environment: str, serves: Iterable[str], target: str) -> str | None:
+    """Why a command decided under ``environment`` (the policy's, ``ENVIRONMENT_PATH``) may not run
+    on a target serving ``serves``; None when it may. An environment nobody could name is decided
+    as production is (``keyturn.request.in_production``), so only a production target runs it."""
+    effective = "production" if environment == "unknown" else environment
     served = frozenset(serves)
-    if environment in served:
+    if effective in served:
         return None
+    named = environment if environment != "unknown" else "no named environment (decided as production)"
     return (
-        f"the resource is in {named if named != 'unknown' else 'no named environment (decided as production)'}, "
-        f"and {target} serves {', '.join(e for e in ENVIRONMENTS if e in served)}: the policy decided this action "
-        "for another environment than the one it would run in, so nothing was run"
+        f"the policy decided this action for {named}, and {target} serves "
+        f"{', '.join(e for e in ENVIRONMENTS if e in served)}: it would run in another environment "
+        "than the one whose rules allowed it, so nothing was run"
     )
+
+
+#: The policy's answer to "which environment is this resource in" (``keyturn.request.environment``):
+#: the strictest of the service's reading (``environment_of``) and the resource patterns of
+#: ``data.keyturn.environments``. The executor asks the same question with the same input, so
+#: what runs where is judged by exactly the rule that decided it.
+ENVIRONMENT_PATH = "keyturn/request/environment"
+
+
+def environment_input(resource: str) -> dict[str, str]:
+    """The input the policy's environment rule reads, as the policy service sends it."""
+    return {"resource": resource, "environment": environment_of(resource)}

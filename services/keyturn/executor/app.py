@@ -24,13 +24,14 @@ from keyturn.bus.loop import Stage
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ApprovalResolved
 from keyturn.db import open_pool, schema_name
+from keyturn.executor.environments import PolicyEnvironments
 from keyturn.executor.ledger import DDL, ExecutionLedger
 from keyturn.executor.plugins import PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor, ExecutorStage
 from keyturn.faults import supervised, until_done
 from keyturn.masking.protect import keyring_for, parameter_opener
-from keyturn.roots import follow_group, stream_worker
+from keyturn.roots import follow_group, opa_client, stream_worker
 from keyturn.secret_store import DDL as SECRETS_DDL
 from keyturn.secret_store import PostgresSecretStore
 
@@ -138,6 +139,7 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
             results,
             timeout_s=settings.executor_timeout_s,
             secrets=PostgresSecretStore(pool, keyring),
+            environment_of=PolicyEnvironments(opa_client(settings)),
         )
 
     @app.task

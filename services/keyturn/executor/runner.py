@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from keyturn.bus.headers import Headers, executed_headers
 from keyturn.bus.loop import tally
 from keyturn.core.canonical import canonical_json
+from keyturn.core.environments import environment_of
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome, VoteChoice
 from keyturn.core.execution import ExecutionOrder, order_from, refusal_reason
 from keyturn.executor.ledger import LedgerEntry
@@ -59,10 +60,9 @@ log = logging.getLogger(__name__)
 FINISH_WINDOW_S = 0.1
 
 
-def _environment_refusal(plugin: Plugin, command: Command) -> str | None:
-    """Why ``command`` may not run where ``plugin`` would run it (``environment_refusal``), or None."""
-    check = getattr(plugin, "environment_refusal", None)
-    return check(command) if check is not None else None
+async def _services_reading(resource: str) -> str:
+    """The environment as the policy service names it alone (tests without a policy engine)."""
+    return environment_of(resource)
 
 
 def _turn(plugin: Any, command: Command) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -109,8 +109,12 @@ class Executor:
         *,
         timeout_s: float = 120.0,
         secrets: SecretStore | None = None,
+        environment_of: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self.secrets = secrets  # resolves {"secret": name} references in the parameters, here only
+        # the environment the policy decides a resource is in (``PolicyEnvironments``); a plugin that
+        # runs on a target of one environment refuses a command decided for another
+        self.environment_of = environment_of or _services_reading
         self.ledger = ledger
         self.plugins = plugins
         self.open_parameters = open_parameters  # (request) -> clear parameters; refuses tampered seals
@@ -393,8 +397,12 @@ class Executor:
             secret_fields=secret_fields,
             keep_note=partial(self.ledger.note, order.action_id),
         )
-        if (elsewhere := _environment_refusal(plugin, command)) is not None:
-            return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {elsewhere}")
+        if (check := getattr(plugin, "environment_refusal", None)) is not None:
+            environment = await until_done(
+                partial(self.environment_of, command.resource), f"asking the policy where {order.action_id} runs"
+            )
+            if (elsewhere := check(command, environment)) is not None:
+                return outcome(ExecutionOutcome.FAILED, error=f"refused before execution: {elsewhere}")
         try:
             # asyncio.timeout, not wait_for: the command runs in this order's task, not in one more
             async with _turn(plugin, command), asyncio.timeout(self.timeout_s):

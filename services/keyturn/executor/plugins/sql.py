@@ -182,16 +182,16 @@ class SqlPlugin:
     settle_s = 30.0
     settle_every_s = 0.5
 
-    def environment_refusal(self, command: Command) -> str | None:
-        """Why ``command`` may not run on the plugin's own target: its resource is in another
-        environment than the target serves (the policy decided it under that environment's rules).
-        None when it may, and for a target a secret reference names (the operator's, not labelled)."""
+    def environment_refusal(self, command: Command, environment: str) -> str | None:
+        """Why ``command``, decided under ``environment`` (the policy's answer for its resource), may
+        not run on the plugin's own target: the target is in another environment. None when it may,
+        and for a target a secret reference names (the operator's, not labelled)."""
         try:
             if self.target_of(command) is not self.target:
                 return None
         except ExecutionFailed:
             return None  # the command fails on its own, saying why
-        return unserved(command.resource, self.serves, f"this executor's SQL target ({self.target_name})")
+        return unserved(environment, self.serves, f"this executor's SQL target ({self.target_name})")
 
     def target_of(self, command: Command) -> Target:
         """Where ``command`` runs, and where a crash's leftovers are cleaned up: the plugin's
