@@ -251,20 +251,26 @@ async def test_a_vote_through_a_delegated_token_is_refused_so_two_approvers_mean
     ]
 
 
-async def test_a_delegated_token_is_offered_nothing_to_decide_and_its_console_vote_is_refused() -> None:
+async def test_a_delegated_token_is_offered_nothing_to_see_or_decide_and_its_console_vote_is_refused() -> None:
     service = Service()
     decided = await service.opened()
     async with service.client(DAVE_FOR_CAROL) as dave_for_carol:
         inbox = (await dave_for_carol.get("/v1/approvals")).json()
+        shown = await dave_for_carol.get(f"/v1/approvals/{decided.action_id}")
         page = await dave_for_carol.get(f"/console/actions/{decided.action_id}")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        history = await dave_for_carol.get("/console/history")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', (await dave_for_carol.get("/console")).text).group(1)
         form = await dave_for_carol.post(
             f"/console/actions/{decided.action_id}/vote",
             data={"choice": "approve", "reason": "", "payload_digest": str(DIGEST), "csrf": csrf},
         )
     assert inbox == []
-    assert page.status_code == 200 and 'id="vote"' not in page.text and "acting for someone else" in page.text
-    assert form.status_code == 403 and "DelegatedVoteRefused" in form.text
+    # an approver reads actions in their own name only, as they vote: acting for someone, they are no approver
+    assert shown.status_code == 425 and decided.request.reason not in shown.text
+    assert decided.request.reason not in page.text and 'id="vote"' not in page.text
+    assert history.status_code == 403
+    # the vote is refused and recorded under the caller; the page answered shows nothing of the action
+    assert form.status_code == 425 and decided.request.reason not in form.text
     assert [(r.vote.channel, r.refusal) for r in service.recorded()] == [("console", "DelegatedVoteRefused")]
     assert service.store.tables.approvals[decided.action_id].status == "pending"
 

@@ -810,6 +810,8 @@ class ApprovalDesk:
         each time, so a change of membership counts at once): who may read any action and the
         history, not only what they may decide. Raises ``DeskUnavailable`` while the policy engine
         cannot be asked: nobody is let in without it, and "not an approver" would be false."""
+        if person.chain:  # in their own name only, as a vote must be (``DelegatedVoteRefused``)
+            return False
         try:
             groups = (await self.opa.query(GROUPS_PATH, {})).result
         except (PolicyUnavailable, PolicyAnswerInvalid) as exc:
