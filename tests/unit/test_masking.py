@@ -112,7 +112,7 @@ def test_high_entropy_strings_and_password_assignments_are_secrets(masker):
         }
     )
     assert masked.parameters == {
-        "command": "export PGPASSWORD=<SECRET>",
+        "command": "export PGPASSWORD=<SECRET> && pg_dump analytics",  # the value, not the rest of its line
         "header": "<SECRET>",
         "dsn": "postgres://report:<SECRET>@db.internal.example:5432/analytics",
     }
@@ -594,3 +594,30 @@ def test_a_text_of_many_digit_groups_is_masked_wholesale_not_checked_one_by_one(
     assert set(kinds) == {"PHONE_NUMBER", "EMAIL_ADDRESS"}
     few = " ".join(f"+1 415 555 {1000 + n}" for n in range(3))  # checked one by one, as always
     assert masker.mask_text(f"order 12 of {few}")[0] == "order 12 of <PHONE_NUMBER> <PHONE_NUMBER> <PHONE_NUMBER>"
+
+
+def test_a_keyword_assignment_masks_its_value_and_leaves_the_sentence_approvers_read(masker):
+    reason = "password=HxAbc12345 was exposed in ticket INC-4411; delete the stale note for project apollo"
+    assert masker.mask_text(reason)[0] == (
+        "password=<SECRET> was exposed in ticket INC-4411; delete the stale note for project apollo"
+    )
+    assert masker.mask_text("secret='a b c' rest")[0] == "secret='<SECRET>' rest"  # a quoted value, whole
+
+
+def test_the_keys_of_a_result_are_masked_like_its_values() -> None:
+    from keyturn.executor.results import ResultShaper
+
+    rows = [{"j": {"AKIAXNVFIH2HWLUXVCPZ": 1, "kim.tltjrg@gmail.com": 2, "bob@example.org": 3, "id": 4}}]
+    shaped = ResultShaper(10).shape({"row_count": 1, "rows": rows}, ())
+    assert shaped["rows"] == [{"j": {"<AWS_ACCESS_KEY>": 1, "<EMAIL_ADDRESS>": 2, "<EMAIL_ADDRESS> (2)": 3, "id": 4}}]
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "\uff58\uff4f\uff58\uff42\uff0d126741456618\uff0d448721926020\uff0dmldgRmRUtWiktW3Oz19wRXi2",
+        "xoxb\u2010126741456618\u2010448721926020\u2010mldgRmRUtWiktW3Oz19wRXi2",
+    ],
+)
+def test_a_token_in_full_width_or_unicode_dashes_is_masked_whole(masker, sent):
+    assert "mldgRmRU" not in masker.mask_text(sent)[0]

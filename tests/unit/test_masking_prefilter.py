@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keyturn.masking import ParameterMasker, build_analyzer
-from keyturn.masking.masker import _SEPARATOR
+from keyturn.masking.masker import _SEPARATOR, plain_form
 from keyturn.masking.prefilter import Prefilter
 from keyturn.masking.recognizers.secrets import _KEYWORD_HINT
 
@@ -83,7 +83,8 @@ def test_masking_twice_is_masking_once(maskers, parameters, extra):
 @given(text=leaf_text)
 def test_a_string_without_candidates_has_no_findings(maskers, text):
     _, reference = maskers
-    if not Prefilter().candidates(text):
+    # the masker also reads a disguised string as a reader would (``plain_form``): both forms count
+    if not Prefilter().candidates(text) and not Prefilter().candidates(plain_form(text)):
         assert reference.mask_text(text) == (text, [])
 
 

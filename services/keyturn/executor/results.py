@@ -46,10 +46,24 @@ class ResultShaper:
                 .parameters["result"]
             )
             masked = _columns_masked(masked, capped, masked_columns(mask))
+            masked = self._keys_masked(masked)
         except Exception as exc:  # fail closed: an unmasked result never leaves the executor
             log.error("result withheld, masking failed: %s: %s", type(exc).__name__, exc)
             return {"withheld": f"the result could not be masked ({type(exc).__name__}); it is not returned"}
         return self._within_bytes(masked)
+
+    def _keys_masked(self, result: Any) -> Any:
+        """``result`` with the keys of its objects masked too: a parameter's keys are names the
+        agent chose (and checked at the door), but a result's come from the data (a JSON column
+        keyed by e-mail address or by account). All keys in one masking pass; a key that masks to
+        one already there gets a number, so no value is lost."""
+        keys: dict[str, None] = {}
+        _collect_keys(result, keys)
+        if not keys:
+            return result
+        masked = self._get_masker().mask({"keys": list(keys)}).parameters["keys"]
+        renamed = {key: new for key, new in zip(keys, masked, strict=True) if new != key}
+        return _renamed(result, renamed) if renamed else result
 
     def mask_text(self, text: str) -> str:
         """A failure reason with credentials and personal data masked (it may quote data)."""
@@ -100,3 +114,29 @@ def _columns_masked(masked: Any, clear: Any, columns: frozenset[str]) -> Any:
             }
         rows.append(row)
     return {**masked, "rows": rows}
+
+
+def _collect_keys(value: Any, keys: dict[str, None]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if isinstance(key, str):
+                keys[key] = None
+            _collect_keys(inner, keys)
+    elif isinstance(value, list):
+        for inner in value:
+            _collect_keys(inner, keys)
+
+
+def _renamed(value: Any, renamed: dict[str, str]) -> Any:
+    if isinstance(value, list):
+        return [_renamed(inner, renamed) for inner in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, inner in value.items():
+        base = renamed.get(key, key) if isinstance(key, str) else key
+        new, number = base, 2
+        while new in out:  # two keys masked alike (two addresses): both kept
+            new, number = f"{base} ({number})", number + 1
+        out[new] = _renamed(inner, renamed)
+    return out

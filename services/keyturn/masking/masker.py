@@ -273,16 +273,26 @@ class ParameterMasker:
         return masked["v"], [finding.entity_type for finding in walk.flatten_findings()]
 
     def _undisguised(self, text: str) -> tuple[str, list[str]]:
-        """Rule 5: ``text`` masked as sent, then what a reader reads of what is left masked too.
-        As sent first: decoding first would hand the recognizers a text they no longer match (a
-        URL password holding ``%40`` decodes to one holding ``@``, and the pattern stopped there,
-        leaving the rest in clear). The plain form is shown only when it holds something."""
+        """Rule 5: ``text`` masked two ways, and the one leaving less in clear shown (over, never
+        under): as sent, then what a reader reads of what is left; and read first. Each misses
+        what the other finds: decoding first hands the recognizers a text they may no longer match
+        (a URL password holding ``%40`` decodes to one holding ``@``, and the pattern stopped
+        there, leaving the rest in clear); masking as sent first may break a disguised value's
+        shape (a full-width token's digits taken for a phone number, its secret tail left). The
+        plain form is shown only when it holds something."""
         sent, sent_types = self._as_is(text)
         plain = plain_form(sent)
         read, read_types = self._as_is(plain) if plain != sent else (sent, [])
         if read_types:
-            return read, [*sent_types, *read_types]
-        return (sent, sent_types) if sent_types else (text, [])
+            first, first_types = read, [*sent_types, *read_types]
+        elif sent_types:
+            first, first_types = sent, sent_types
+        else:
+            first, first_types = text, []
+        direct, direct_types = self._as_is(plain_form(text))
+        if direct_types and _left_in_clear(direct) < _left_in_clear(first):
+            return direct, direct_types
+        return first, first_types
 
     def mask_text(self, text: str) -> tuple[str, list[str]]:
         """Mask one free-text string (a log line, a result message): text and types found."""
@@ -496,19 +506,32 @@ def plain_form(text: str) -> str:
     if "\\u" in plain or "\\x" in plain:
         plain = _ESCAPE.sub(_escaped, plain)
     if not plain.isascii():
-        plain = unicodedata.normalize("NFKC", plain)
+        plain = unicodedata.normalize("NFKC", plain).translate(_DASHES)
     if len(plain) >= _BASE64_MIN_CHARS:
         plain = _BASE64_RUN.sub(_base64_text, plain)
     return plain
 
 
+#: Dashes NFKC leaves as they are (hyphen, non-breaking hyphen, figure dash, en and em dash,
+#: horizontal bar, minus): read as ``-``, as a reader reads them.
+_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"))
 _ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2}))")
-_BASE64_MIN_CHARS = 16
-#: A run of standard base64 of at least 16 characters, padded to a multiple of four, on its own
-#: (not a segment of a dotted token: a JWT's parts have a recognizer of their own).
+_BASE64_MIN_CHARS = 12
+#: A run of standard base64 of at least 12 characters (9 bytes: an SSN, a phone number), padded to
+#: a multiple of four, after anything but a letter, digit or ``+`` (so after a URL's ``/`` or a
+#: ``name=``), and not a segment of a dotted token (a JWT's parts have a recognizer of their own).
 _BASE64_RUN = re.compile(
-    r"(?<![A-Za-z0-9+/=_.-])(?:[A-Za-z0-9+/]{4}){4,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?(?![A-Za-z0-9+/=_.-])"
+    r"(?<![A-Za-z0-9+.])(?:[A-Za-z0-9+/]{4}){2,}(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)"
+    r"(?![A-Za-z0-9+/=.])"
 )
+
+
+_PLACEHOLDER = re.compile(r"<[A-Z_]+>|\*\*\*\*\d{4}")
+
+
+def _left_in_clear(masked: str) -> int:
+    """How many characters of a masked text are not placeholders."""
+    return len(_PLACEHOLDER.sub("", masked))
 
 
 def _escaped(match: re.Match[str]) -> str:

@@ -247,7 +247,7 @@ class DetectSecretsRecognizer(LocalRecognizer):
             for match in keyword_regex.finditer(line):
                 value = match.group(group)
                 if value and not (is_templated_secret(value) or is_prefixed_with_dollar_sign(value)):
-                    yield match.span(group)
+                    yield _value_only(line, *match.span(group))
 
     def _result(self, start: int, end: int) -> RecognizerResult:
         return RecognizerResult(
@@ -260,6 +260,22 @@ class DetectSecretsRecognizer(LocalRecognizer):
                 RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
             },
         )
+
+
+def _value_only(line: str, start: int, end: int) -> tuple[int, int]:
+    """The assigned value of a keyword match, not the rest of its line: detect-secrets' config-file
+    regexes take everything to the line's end (``password=x was exposed in …`` hid the sentence
+    approvers must read). A quoted value runs to its closing quote, a generated-looking one (with
+    a digit or a sign) to the first space, a plain word to the line's end as before."""
+    quote = line[start - 1] if start > 0 and line[start - 1] in "\"'`" else None
+    if quote is not None:
+        stop = line.find(quote, start, end)
+        return start, stop if stop > start else end
+    space = next((i for i in range(start, end) if line[i].isspace()), end)
+    token = line[start:space]
+    # a word of letters alone may begin a passphrase written out (``password: correct horse
+    # battery``): then the line's end stays masked; a token with digits or signs is a value alone
+    return start, space if not token.isalpha() else end
 
 
 def _scheme_credential_spans(line: str) -> Iterator[tuple[int, int]]:
