@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from keyturn.core.events import SealedParameters
+from keyturn.core.parameters import is_secret_reference
 from keyturn.masking.sealing import Keyring, SealError, open_sealed, seal_parameters
 
 DDL = """
@@ -83,8 +84,7 @@ class PostgresSecretStore:
             ) from None
 
 
-def is_reference(value: Any) -> bool:
-    return isinstance(value, Mapping) and set(value) == {"secret"} and isinstance(value["secret"], str)
+is_reference = is_secret_reference  # the one rule (``core.parameters``)
 
 
 def references_in(value: Any) -> list[str]:

@@ -621,3 +621,16 @@ def test_the_keys_of_a_result_are_masked_like_its_values() -> None:
 )
 def test_a_token_in_full_width_or_unicode_dashes_is_masked_whole(masker, sent):
     assert "mldgRmRU" not in masker.mask_text(sent)[0]
+
+
+def test_a_secret_reference_shows_its_name_masked_as_text_never_a_value(masker):
+    # the field says a secret goes there, but a reference only names one: approvers need to know which
+    masked = masker.mask(
+        {"connection_string": {"secret": "ledger-db"}, "password": {"secret": "AKIAIOSFODNN7EXAMPLE"}, "api_key": "k1"},
+        ["parameters.connection_string"],
+    )
+    assert masked.parameters == {
+        "connection_string": {"secret": "ledger-db"},
+        "password": {"secret": "<AWS_ACCESS_KEY>"},  # a name holding a key is masked as any text is
+        "api_key": "<SECRET>",
+    }

@@ -12,6 +12,7 @@ from typing import Any
 
 from keyturn.core import approval as rules
 from keyturn.core.events import ActionDecided, ImpactPreview, Vote, VoteChoice, VoteRecorded
+from keyturn.core.parameters import is_secret_reference
 
 
 def approval_view(decided: ActionDecided, state: rules.PendingApproval) -> dict[str, Any]:
@@ -126,8 +127,8 @@ def masked_parameters(parameters: Any, mask: tuple[str, ...] | list[str]) -> Any
         node = shown
         for key in keys[1:-1]:
             node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and keys[-1] in node:
-            node[keys[-1]] = MASKED
+        if isinstance(node, dict) and keys[-1] in node and not is_secret_reference(node[keys[-1]]):
+            node[keys[-1]] = MASKED  # a secret reference stays: its name says which database or key
     return shown
 
 

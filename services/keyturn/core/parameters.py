@@ -122,3 +122,9 @@ def opa_input_schema(base: Mapping[str, Any], catalog: ParameterCatalog) -> dict
         {"title": entry.name, **copy.deepcopy(entry.schema)} for entry in catalog.entries.values()
     ] + [{"title": "an action outside the catalog (the policy denies it)", "type": "object"}]
     return schema
+
+
+def is_secret_reference(value: Any) -> bool:
+    """``{"secret": NAME}``: a secret named, for the executor to resolve from its store. The value
+    is only a name, so approvers are shown it (masked as any text is); the secret never travels."""
+    return isinstance(value, Mapping) and set(value) == {"secret"} and isinstance(value["secret"], str)

@@ -46,6 +46,7 @@ from urllib.parse import unquote
 import regex
 from presidio_analyzer import AnalyzerEngine
 
+from keyturn.core.parameters import is_secret_reference
 from keyturn.masking.field_names import FieldPathTrie, sensitive_field_entity
 from keyturn.masking.prefilter import Prefilter
 from keyturn.masking.recognizers import (
@@ -426,6 +427,11 @@ class _Walk:
             entity = sensitive_field_entity(name)
             if entity is None and child is not None and child.terminal:
                 entity = "SECRET"
+            if is_secret_reference(item):  # ``{"secret": NAME}``: a name approvers need to read, masked as text
+                reference: dict = {}
+                masked[key] = reference
+                self._slot(reference, "secret", item["secret"], (*path, name, "secret"), None, depth + 1)
+                continue
             if entity is not None and item is not None:
                 masked[key] = placeholder(entity, item)
                 self._findings.append(Finding(format_path((*path, name)), entity))
