@@ -256,3 +256,13 @@ async def test_a_form_one_replica_rendered_is_accepted_by_another() -> None:
         answer = await on_b.post(f"/console/actions/{decided.action_id}/vote", data=vote)
     assert answer.status_code == 303, answer.text
     assert [v.vote.approver.id for v in replicas.votes()] == ["human:carol"]
+
+
+async def test_a_console_form_larger_than_any_it_sends_is_refused_whole_not_cut() -> None:
+    replicas = Replicas()
+    carol = token()
+    async with replicas.a.browser(carol) as browser:
+        csrf = csrf_of(await browser.get("/console"))
+        answer = await browser.post("/console/sign-out", data={"csrf": csrf, "pad": "x" * (70 * 1024)})
+        assert answer.status_code == 413 and "larger than 64 KB" in answer.text
+        assert (await browser.get("/console")).status_code == 200  # nothing happened: still signed in

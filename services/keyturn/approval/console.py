@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -50,6 +50,7 @@ from keyturn.identity.claims import unverified_expiry
 SESSION_COOKIE = "keyturn_session"
 SIGN_IN_COOKIE = "keyturn_sign_in"
 SESSION_TTL = timedelta(hours=8)
+FORM_MAX_BYTES = 64 * 1024  # the console's own forms are a few hundred bytes; a reason at most 2,000 characters
 #: How long past its own expiry a signed-out token stays remembered: beyond any verifier leeway
 #: (``TokenVerifier.leeway_s``, 30 s), during which it would otherwise verify again.
 SIGNED_OUT_PAST_EXPIRY = timedelta(minutes=5)
@@ -460,8 +461,13 @@ async def _refused(console: Console, request: Request, approver: Principal, erro
 
 
 async def _form(request: Request, *names: str) -> tuple[str, ...]:
-    """Fields of an urlencoded form (the first value of each; missing ones empty)."""
-    body = (await request.body())[: 64 * 1024].decode(errors="replace")
+    """Fields of an urlencoded form (the first value of each; missing ones empty). A form larger
+    than any the console sends is refused whole (413), never cut: the fields past the cut were lost,
+    and the answer blamed an expired form."""
+    received = await request.body()
+    if len(received) > FORM_MAX_BYTES:
+        raise HTTPException(413, detail=f"the form is larger than {FORM_MAX_BYTES // 1024} KB; nothing was recorded")
+    body = received.decode(errors="replace")
     fields = parse_qs(body, keep_blank_values=True)
     return tuple(fields.get(name, [""])[0] for name in names)
 
