@@ -253,6 +253,7 @@ def test_a_reason_keeps_its_lines_and_tabs() -> None:
         (json.dumps(GOOD).encode("utf-16"), None),  # not UTF-8 at all: 400
         (json.dumps(GOOD).encode("utf-32-le"), "not JSON"),  # NULs are UTF-8: then not JSON
         (raw('{"action": "read.table",'), "at character"),
+        (b"[" * 5000 + b"]" * 5000, "nested deeper than a body may be"),  # past the parser, named so
     ],
 )
 def test_json_that_readers_could_read_two_ways_is_refused_and_recorded(body: bytes, says: str | None) -> None:

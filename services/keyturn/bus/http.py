@@ -322,8 +322,13 @@ def strict_json(body: bytes) -> Any:
     UTF-32 and keep the last of a repeated key, where another reader of the same bytes (a proxy,
     the agent's own log, a signature check) may keep the first: the action an approver is shown
     could then differ from the one that reader saw. Bytes that are not UTF-8 raise
-    ``UnicodeDecodeError`` (FastAPI answers 400), the rest ``json.JSONDecodeError`` (422)."""
-    return json.loads(body.decode("utf-8"), object_pairs_hook=_once_each)
+    ``UnicodeDecodeError`` (FastAPI answers 400), the rest ``json.JSONDecodeError`` (422), JSON
+    nested past what the parser reads included (named so, not "an error parsing the body")."""
+    text = body.decode("utf-8")
+    try:
+        return json.loads(text, object_pairs_hook=_once_each)
+    except RecursionError:
+        raise json.JSONDecodeError("nested deeper than a body may be", text, 0) from None
 
 
 class StrictJsonRequest(Request):
