@@ -64,7 +64,7 @@ def test_a_backlog_of_grants_runs_every_one_within_the_targets_connections(setti
         publisher, _ = fake_publisher("executor")
         executor = Executor(
             ExecutionLedger(pool, "executor-1"),
-            PluginRegistry({"iam": IamPlugin(settings.database_url)}),
+            PluginRegistry({"iam": IamPlugin(settings.database_url, serves=settings.sql_target_serves)}),
             parameter_opener(KEYRING),
             publisher.encode,
             ResultShaper(10, masker=Unmasked()),

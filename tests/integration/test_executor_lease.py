@@ -62,7 +62,7 @@ def test_an_order_another_live_executor_is_running_waits_for_it_and_the_command_
     settings,
 ) -> None:
     minted: list[str] = []
-    plugin = SqlPlugin(settings.database_url, credential_observer=minted.append)
+    plugin = SqlPlugin(settings.database_url, credential_observer=minted.append, serves=settings.sql_target_serves)
     action_id = f"lease-{uuid.uuid4().hex[:12]}"
     order = ExecutionOrder(allowed(action_id, parameters={"statement": STATEMENT}))
 

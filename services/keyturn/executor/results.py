@@ -61,7 +61,7 @@ class ResultShaper:
         _collect_keys(result, keys)
         if not keys:
             return result
-        masked = self._get_masker().mask({"keys": list(keys)}).parameters["keys"]
+        masked = self._get_masker().mask({"keys": list(keys)}, ()).parameters["keys"]
         renamed = {key: new for key, new in zip(keys, masked, strict=True) if new != key}
         return _renamed(result, renamed) if renamed else result
 
