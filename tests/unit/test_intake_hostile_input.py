@@ -5,6 +5,7 @@ broker, the real HTTP app)."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -276,3 +277,11 @@ def test_a_repeated_key_is_refused_in_an_approval_vote_too() -> None:
     with pytest.raises(RepeatedKey):
         strict_json(b'{"choice":"deny","choice":"approve"}')
     assert strict_json(b'{"a":{"b":1},"c":[{"b":2},{"b":3}]}') == {"a": {"b": 1}, "c": [{"b": 2}, {"b": 3}]}
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf"])
+def test_a_wait_for_no_number_of_seconds_is_refused_saying_so(timeout: str) -> None:
+    client, _, _ = client_and_store()
+    with client:
+        answer = client.get(f"/v1/actions/{uuid.uuid4()}/wait?timeout={timeout}", headers=AUTH)
+    assert answer.status_code == 422 and "finite number" in answer.text, answer.text

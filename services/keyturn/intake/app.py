@@ -399,7 +399,9 @@ def create_app(
         },
     )
     async def wait_for_action(
-        action_id: str, timeout: float = Query(30.0, ge=0, le=300), authorization: str | None = Header(None)
+        action_id: str,
+        timeout: float = Query(30.0, ge=0, le=300, allow_inf_nan=False),  # "nan" is no number of seconds
+        authorization: str | None = Header(None),
     ) -> dict[str, Any]:
         """Returns when the action is terminal, or at the timeout with its current state."""
         principal = authenticate(authorization)
