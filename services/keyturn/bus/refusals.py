@@ -23,7 +23,7 @@ from typing import Any
 
 from keyturn.core.events import DeadLetter, Digest
 from keyturn.core.text import whole_runs
-from keyturn.masking.protect import mask_text, masked_excerpt
+from keyturn.masking.protect import mask_text, masked_excerpt, masked_within
 
 MAX_PROBLEMS = 20
 MAX_TEXT_CHARS = 300  # a reason or one problem
@@ -78,15 +78,11 @@ def refusal_letter(
 
 
 def masked_line(text: str) -> str:
-    """One line of refusal text, masked, then bounded (masking first: a cut can split a secret)."""
-    # cut far beyond the limit first (masking costs grow with length), with the run of text the
-    # cut went through: a secret split there could be half left, and masking shortens what comes
-    # before it (a long key becomes one placeholder), which could pull that half under the limit
+    """One line of refusal text, masked, then bounded (``masking.protect.masked_within``)."""
     # a run of text longer than a line can show (a key of thousands of characters) is named, not
     # repeated: cut, it would be half of something; and the words around it still say what is wrong
     text = _LONG_RUN.sub(TOO_LONG, text[: MAX_TEXT_CHARS * 64])
-    masked = mask_text(" ".join(whole_runs(text, MAX_TEXT_CHARS * 8).split()))
-    return masked if len(masked) <= MAX_TEXT_CHARS else masked[: MAX_TEXT_CHARS - 1] + "…"
+    return masked_within(" ".join(text.split()), MAX_TEXT_CHARS)
 
 
 TOO_LONG = "<too long to repeat>"

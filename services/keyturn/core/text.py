@@ -132,3 +132,8 @@ def whole_runs(text: str, chars: int) -> str:
         return text
     cut = text[: chars + 1]
     return cut[: max((i for i, c in enumerate(cut) if c.isspace()), default=0)]
+
+
+#: Any placeholder masking writes (``<EMAIL_ADDRESS>``, ``****1111``; ``<SECRET:NAME>`` for a
+#: redacted secret reference): the one pattern for telling masked text from clear.
+PLACEHOLDER = re.compile(r"<[A-Z_]+(:[^<>]*)?>|\*{4}\d{4}")

@@ -62,7 +62,7 @@ def shipped_plugins(settings: Settings, *, credential_observer: Callable[[str], 
     from keyturn.mcp.upstream import parse_upstreams
     from keyturn.policy.opa import PolicyUnavailable
     from keyturn.receipts import ReceiptSigner
-    from keyturn.roots import export_store, opa_client, receipt_key_path, receipt_public_key_path
+    from keyturn.roots import export_store, receipt_key_path, receipt_public_key_path
 
     target = settings.sql_target_url or settings.database_url
     sql_options: dict[str, Any] = {

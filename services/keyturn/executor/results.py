@@ -13,7 +13,7 @@ from typing import Any
 
 from keyturn.core.canonical import canonical_json
 from keyturn.core.execution import capped_result, masked_columns, result_mask_fields
-from keyturn.masking.field_names import sensitive_field_entity
+from keyturn.masking.field_names import column_entity
 from keyturn.masking.masker import placeholder
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def _columns_masked(masked: Any, clear: Any, columns: frozenset[str]) -> Any:
     for row, before in zip(masked["rows"], clear_rows, strict=True):
         if isinstance(row, dict) and isinstance(before, dict):
             row = {
-                name: placeholder(sensitive_field_entity(name) or "MASKED", value)
+                name: placeholder(column_entity(name), value)
                 if name.lower() in columns and value is not None and value == before.get(name)
                 else value
                 for name, value in row.items()

@@ -18,12 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from keyturn.core.principal import Principal
-from keyturn.core.text import whole_runs
 from keyturn.identity.claims import ACT_CLAIM, KIND_CLAIM, delegation_chain, principal_kind
 from keyturn.identity.errors import InvalidToken
 from keyturn.identity.jwks import JwksFile, JwksSource, JwksUrl, StaticJwks
 from keyturn.identity.keys import load_or_create_signing_key
-from keyturn.masking.protect import hidden_in, mask_text
+from keyturn.masking.protect import hidden_in, masked_within
 
 # Only public-key algorithms: with a shared secret, anyone holding the JWKS could mint tokens.
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -272,10 +271,8 @@ def _numeric_date(value: Any) -> bool:
 
 
 def _told(value: Any, chars: int) -> str:
-    """A header field the sender chose, as a refusal repeats it: masked whole, then cut (a cut
-    first can leave half a secret that masking no longer recognises)."""
-    masked = mask_text(whole_runs(str(value), chars * 8))
-    return repr(masked if len(masked) <= chars else masked[: chars - 1] + "…")
+    """A header field the sender chose, as a refusal repeats it: masked whole, then cut."""
+    return repr(masked_within(str(value), chars))
 
 
 # Principal ids are written in clear on every record (who asked, for whom, who approved). An

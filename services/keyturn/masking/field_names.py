@@ -112,6 +112,12 @@ def sensitive_field_entity(name: str) -> str | None:
     return entity
 
 
+def column_entity(name: str) -> str:
+    """The entity a column the policy masks whole is shown as (``<PASSWORD>``-like by its name,
+    else ``<MASKED>``): in an export's file and in the rows a query returns alike."""
+    return sensitive_field_entity(name) or "MASKED"
+
+
 @dataclass
 class FieldPathTrie:
     """The policy's extra fields as a trie of key segments; see the module docstring."""

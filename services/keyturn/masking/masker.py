@@ -47,6 +47,7 @@ import regex
 from presidio_analyzer import AnalyzerEngine
 
 from keyturn.core.parameters import is_secret_reference
+from keyturn.core.text import PLACEHOLDER
 from keyturn.masking.field_names import FieldPathTrie, sensitive_field_entity
 from keyturn.masking.prefilter import Prefilter
 from keyturn.masking.recognizers import (
@@ -532,12 +533,9 @@ _BASE64_RUN = re.compile(
 )
 
 
-_PLACEHOLDER = re.compile(r"<[A-Z_]+>|\*\*\*\*\d{4}")
-
-
 def _left_in_clear(masked: str) -> int:
     """How many characters of a masked text are not placeholders."""
-    return len(_PLACEHOLDER.sub("", masked))
+    return len(PLACEHOLDER.sub("", masked))
 
 
 def _escaped(match: re.Match[str]) -> str:

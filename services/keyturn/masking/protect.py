@@ -7,7 +7,6 @@ after ``open_parameters`` (which refuses a seal that does not belong to this act
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionRequested, Digest, SealedParameters
-from keyturn.core.text import storable
+from keyturn.core.text import PLACEHOLDER, storable, whole_runs
 from keyturn.masking.sealing import Keyring, SealError, open_sealed, seal_parameters
 from keyturn.secret_store import is_reference
 
@@ -54,6 +53,16 @@ def hidden_in(values: dict[str, Any]) -> list[tuple[str, str]]:
 def mask_text(text: str) -> str:
     """Free text (a log line, a refusal's reason) with PII and secrets replaced by placeholders."""
     return shared_masker().mask_text(text)[0]
+
+
+def masked_within(text: str, chars: int) -> str:
+    """``text`` masked, then cut to ``chars`` (``…`` marking a cut). Masked first: a cut can leave
+    half a secret that masking no longer recognises. Cut far beyond the limit before masking
+    (masking costs grow with length), together with the run of text that cut went through: a
+    secret split there could be half left, and masking shortens what comes before it (a long key
+    becomes one placeholder), which could pull that half under the limit."""
+    masked = mask_text(whole_runs(text, chars * 8))
+    return masked if len(masked) <= chars else masked[: chars - 1] + "…"
 
 
 def masked_excerpt(body: bytes, *, chars: int, read_at_most: int) -> str | None:
@@ -156,7 +165,7 @@ def hidden_values(clear: Any, masked: Any, mask: tuple[str, ...] | list[str] = (
         elif isinstance(plain, (list, tuple)) and isinstance(shown, (list, tuple)) and len(plain) == len(shown):
             for item, other in zip(plain, shown, strict=True):
                 compare(item, other)
-        elif isinstance(shown, str) and _PLACEHOLDER.fullmatch(shown):
+        elif isinstance(shown, str) and PLACEHOLDER.fullmatch(shown):
             leaves(plain, shown)
         elif isinstance(plain, (Mapping, list, tuple)):
             leaves(plain, "<MASKED>")  # shaped differently from the masked copy: hidden, all of it
@@ -199,6 +208,3 @@ def without_hidden(text: str, clear: Any, masked: Any, mask: tuple[str, ...] | l
 
 def _scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float)) and not isinstance(value, bool)
-
-
-_PLACEHOLDER = re.compile(r"<[A-Z_]+(:[^<>]*)?>|\*{4}\d{4}")

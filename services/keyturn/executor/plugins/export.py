@@ -44,7 +44,7 @@ from keyturn.executor.plugins.sql_roles import TemporaryRole, role_name_for
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
 from keyturn.executor.values import jsonable
 from keyturn.exports import CONTENT_TYPES, REQUESTER, ExportStore, export_file_name
-from keyturn.masking.field_names import sensitive_field_entity
+from keyturn.masking.field_names import column_entity
 from keyturn.masking.masker import placeholder
 from keyturn.masking.protect import shared_masker
 
@@ -214,7 +214,7 @@ async def _masking(cursor: Any, columns: list[str], masked: frozenset[str], foun
     through the masking a ``sql.query`` result gets (in a thread: a batch can take a while)."""
     hidden = [i for i, c in enumerate(columns) if c.lower() in masked]
     shown = [i for i, c in enumerate(columns) if c.lower() not in masked]
-    entities = {i: sensitive_field_entity(columns[i]) or "MASKED" for i in hidden}
+    entities = {i: column_entity(columns[i]) for i in hidden}
     while True:
         batch = await cursor.fetchmany(BATCH_ROWS)
         if not batch:
