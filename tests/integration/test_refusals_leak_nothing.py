@@ -292,6 +292,24 @@ def test_every_refusal_path_leaves_the_seeded_secrets_nowhere(chat) -> None:
             404,
             425,
         )
+        # the console, signed in, with forms too large to read: over the console's form bound, and
+        # over every request's body bound (refused before the route is known); both held to carol
+        large = {**form, "reason": corpus["password"] * (70_000 // len(corpus["password"]) + 1)}
+        send(
+            "console form too large",
+            approval.post("/console/actions/x/vote", data=large, cookies={"keyturn_session": carol}),
+            413,
+        )
+        send(
+            "console body too large",
+            approval.post(
+                "/console/actions/x/vote",
+                content=huge,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                cookies={"keyturn_session": carol},
+            ),
+            413,
+        )
         # Slack: forged, then signed but malformed
         body, headers = slack.signed(
             {"type": "block_actions", "user": {"id": corpus["email"]}, "token": corpus["github_token"]}
@@ -329,7 +347,7 @@ def test_every_refusal_path_leaves_the_seeded_secrets_nowhere(chat) -> None:
     def letters() -> list[DeadLetter]:
         return [e for e, _ in read_topic(stack, topics.dlq) if isinstance(e, DeadLetter)]
 
-    assert eventually(lambda: len(letters()) >= 17, timeout=60), [(d.source_topic, d.error_type) for d in letters()]
+    assert eventually(lambda: len(letters()) >= 19, timeout=60), [(d.source_topic, d.error_type) for d in letters()]
     found = letters()
     http_letters = [d for d in found if d.source_topic == "http:POST /v1/actions"]
     assert {d.principal for d in http_letters} == {"agent:reporter"}, "unauthenticated bodies must leave no dead letter"
@@ -342,6 +360,8 @@ def test_every_refusal_path_leaves_the_seeded_secrets_nowhere(chat) -> None:
     assert any("notes" in p for d in http_letters for p in d.problems), "a refusal names the field that was wrong"
     assert {d.principal for d in found if d.source_topic.startswith("http:POST /v1/approvals")} == {"human:carol"}
     assert any(d.source_topic == "console" and d.principal == "human:carol" for d in found)
+    too_large = {d.source_topic for d in found if d.error_type == "body_too_large" and d.principal == "human:carol"}
+    assert {"console", "http:POST /console/actions/x/vote"} <= too_large, too_large
     from_topic = {d.key: d for d in found if d.source_topic == topics.submissions}
     assert from_topic[b"refusal-invalid"].principal == "agent:reporter" and from_topic[b"refusal-invalid"].problems
     assert from_topic[b"refusal-unsigned"].principal is None

@@ -13,6 +13,7 @@ state     approvals, votes, and outboxes for events, chat notifications and webh
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -48,14 +49,14 @@ def create_app(settings: Settings):
     app, topics, publisher = stream_worker(settings, "approval")
     runtime = ApprovalRuntime(settings, topics, publisher.send_raw, publisher.send_raw_all)
     http = FastAPI(title="Keyturn approvals", version="0.1.0", description="Answer pending actions.")
+    mount_routes(http, runtime.desk, runtime.verifier)
+    console = mount_console(http, runtime.desk, runtime.verifier, runtime.console_sign_in, runtime.console_form_key)
     http.add_middleware(
         BoundedRequests,
         max_body_bytes=settings.max_body_bytes,
         max_header_bytes=settings.max_header_bytes,
-        on_refused=runtime.refused_at_the_edge,
+        on_refused=partial(runtime.refused_at_the_edge, console_session=console.signed_in),
     )
-    mount_routes(http, runtime.desk, runtime.verifier)
-    console = mount_console(http, runtime.desk, runtime.verifier, runtime.console_sign_in, runtime.console_form_key)
     mount_history(http, console, runtime.history)
     if runtime.slack is not None:
         mount_slack(http, runtime.desk, runtime.slack, settings.slack_signing_secret)

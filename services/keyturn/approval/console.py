@@ -134,6 +134,12 @@ class Console:
             return None
         return principal, token
 
+    async def signed_in(self, scope: dict[str, Any]) -> Principal | None:
+        """The signed-in person of a request known only by its scope (refused before its body
+        was read: ``bus.http.BoundedRequests``), or None."""
+        signed_in = await self.session(Request(scope))
+        return None if signed_in is None else signed_in[0]
+
     async def signed_out(self, token: str) -> bool:
         """Whether ``token``'s session was signed out: known here, else asked of the shared store."""
         digest = session_digest(token)
@@ -244,7 +250,7 @@ def mount_console(
 
     @app.post("/console/sign-in", include_in_schema=False)
     async def sign_in(request: Request) -> Response:
-        nonce, name, token = await _form(request, "nonce", "name", "token")
+        nonce, name, token = await _form(console, request, "nonce", "name", "token")
         if not nonce or not hmac.compare_digest(nonce, request.cookies.get(SIGN_IN_COOKIE, "")):
             return console.render(
                 "sign_in.html",
@@ -289,7 +295,7 @@ def mount_console(
 
     @app.post("/console/sign-out", include_in_schema=False)
     async def sign_out(request: Request) -> Response:
-        (csrf,) = await _form(request, "csrf")
+        (csrf,) = await _form(console, request, "csrf")
         signed_in = await console.session(request)
         if signed_in is not None and not console.csrf_valid(signed_in[1], csrf):
             return HTMLResponse("The form expired; reload the page.", status_code=403)
@@ -313,7 +319,9 @@ def mount_console(
 
     @app.post("/console/actions/{action_id}/vote", include_in_schema=False)
     async def vote(request: Request, action_id: str) -> Response:
-        choice, reason, payload_digest, csrf = await _form(request, "choice", "reason", "payload_digest", "csrf")
+        choice, reason, payload_digest, csrf = await _form(
+            console, request, "choice", "reason", "payload_digest", "csrf"
+        )
         signed_in = await console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
@@ -460,13 +468,17 @@ async def _refused(console: Console, request: Request, approver: Principal, erro
     await desk.refuse_interaction("console", error, reason, await request.body(), principal=approver.id)
 
 
-async def _form(request: Request, *names: str) -> tuple[str, ...]:
+async def _form(console: Console, request: Request, *names: str) -> tuple[str, ...]:
     """Fields of an urlencoded form (the first value of each; missing ones empty). A form larger
     than any the console sends is refused whole (413), never cut: the fields past the cut were lost,
-    and the answer blamed an expired form."""
+    and the answer blamed an expired form. The refusal is recorded under the signed-in approver
+    (size and digest only), as every other refused console form is."""
     received = await request.body()
     if len(received) > FORM_MAX_BYTES:
-        raise HTTPException(413, detail=f"the form is larger than {FORM_MAX_BYTES // 1024} KB; nothing was recorded")
+        too_large = f"the form is larger than {FORM_MAX_BYTES // 1024} KB; nothing was recorded"
+        if (signed_in := await console.session(request)) is not None:
+            await _refused(console, request, signed_in[0], "body_too_large", f"{request.url.path}: {too_large}")
+        raise HTTPException(413, detail=too_large)
     body = received.decode(errors="replace")
     fields = parse_qs(body, keep_blank_values=True)
     return tuple(fields.get(name, [""])[0] for name in names)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from keyturn.bus.loop import Stage, held_fetches
 from keyturn.bus.topics import Topics
 from keyturn.config import Settings
 from keyturn.core.catalog import ExecutionModes
+from keyturn.core.principal import Principal
 from keyturn.db import open_pool, schema_name
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity import InvalidToken, TokenVerifier, bearer_token, verifier_from_settings
@@ -264,15 +266,25 @@ class ApprovalRuntime:
             await self._skip_tick("chat notifications and webhooks", exc)
 
     async def refused_at_the_edge(
-        self, scope: dict[str, Any], status: int, problems: list[str], received: bytes
+        self,
+        scope: dict[str, Any],
+        status: int,
+        problems: list[str],
+        received: bytes,
+        *,
+        console_session: Callable[[dict[str, Any]], Awaitable[Principal | None]] | None = None,
     ) -> None:
         """A request over the size bounds (``bus.http.BoundedRequests``): counted, and recorded
-        (size and digest only) when it carries a valid approver token. Chat requests are signed
-        over their body, so one refused before its body was read cannot be held to anyone."""
+        (size and digest only) when it carries a valid approver token, or the console session of
+        a signed-in approver. Chat requests are signed over their body, so one refused before its
+        body was read cannot be held to anyone."""
         reason = "body_too_large" if status == 413 else "headers_too_large"
+        principal: Principal | None
         try:
             principal = self.verifier().verify(bearer_token(header(scope, "authorization")))
         except InvalidToken:
+            principal = await console_session(scope) if console_session is not None else None
+        if principal is None:
             UNATTRIBUTED.labels("http", reason).inc()
             return
         desk = await self.desk()
