@@ -4,13 +4,24 @@ call's arguments, when the body runs, and what comes back."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
-from keyturn.sdk import AsyncKeyturn, Denied, Expired, Keyturn, ReceiptExpired, UnexpectedState, current_action
+from keyturn.sdk import (
+    ApprovalSpent,
+    AsyncKeyturn,
+    Denied,
+    Expired,
+    Keyturn,
+    ReceiptExpired,
+    UnexpectedState,
+    current_action,
+)
 from tests.fakes.intake_server import AGENT_TOKEN, IntakeServer, answering, external_result, shaped
 
 
@@ -212,3 +223,107 @@ def test_the_module_level_guard_uses_the_default_client_from_the_environment(ser
     with pytest.raises(keyturn.AuthenticationFailed, match="bad_signature"):
         grant("analyst")
     sdk_client.default_client().close()
+
+
+def test_the_body_runs_on_the_values_approvers_saw_not_on_objects_changed_while_it_waited(
+    kt: Keyturn, server: IntakeServer
+) -> None:
+    spec = {"columns": ["id"], "where": "region = 'eu'"}
+    seen = []
+
+    @kt.guard("read.table", resource="postgres://prod/analytics/customers", reason="report")
+    def export(spec: dict[str, Any]) -> None:
+        seen.append(json.loads(json.dumps(spec)))
+
+    def tamper(_: str) -> None:  # code still holding the caller's dict, while approvers look
+        spec["columns"].append("ssn")
+        spec["where"] = "true"
+
+    end_with(server, tamper, *allowed(server, "noop", {"performed": False}))
+    export(spec)
+    approved = json.loads(server.submitted().parameters_json)["spec"]
+    assert approved == {"columns": ["id"], "where": "region = 'eu'"}
+    assert seen == [approved], "the body ran with what was approved"
+
+
+def test_a_parameters_callable_reading_objects_changed_while_waiting_never_runs_the_body(
+    kt: Keyturn, server: IntakeServer
+) -> None:
+    class Job:
+        def __init__(self) -> None:
+            self.where = "id = 1"
+
+    job = Job()
+    ran = []
+
+    @kt.guard(
+        "read.table", resource="postgres://prod/app/orders", reason="r", parameters=lambda job: {"where": job.where}
+    )
+    def run(job: Job) -> None:
+        ran.append(job.where)
+
+    def tamper(_: str) -> None:
+        job.where = "true"
+
+    end_with(server, tamper, *allowed(server, "noop", {"performed": False}))
+    with pytest.raises(UnexpectedState, match="arguments changed while it waited"):
+        run(job)
+    assert ran == []
+
+
+def test_a_repeated_call_that_finds_its_action_already_approved_never_runs_the_body_again(
+    kt: Keyturn, server: IntakeServer
+) -> None:
+    ran = []
+
+    @kt.guard("iam.role.grant", resource="iam://staging/roles/analyst", reason="onboarding", idempotency_key="once")
+    def grant() -> None:
+        ran.append(1)
+
+    end_with(server, *allowed(server, "noop", {"performed": False}))
+    grant()
+    with pytest.raises(ApprovalSpent, match="already approved"):
+        grant()  # the same key: the approval was spent by the first call
+    assert ran == [1]
+
+
+def test_a_repeated_call_that_finds_its_action_still_waiting_runs_the_body_once_approved(
+    kt: Keyturn, server: IntakeServer
+) -> None:
+    ran = []
+    first = kt.submit("iam.role.grant", "iam://staging/roles/analyst", {}, reason="onboarding", idempotency_key="back")
+    # the agent restarted before the approval came; its repeated call finds the action still open
+    later = threading.Timer(0.3, lambda: [step(first.action_id) for step in allowed(server, "noop", {})])
+
+    @kt.guard("iam.role.grant", resource="iam://staging/roles/analyst", reason="onboarding", idempotency_key="back")
+    def grant() -> None:
+        ran.append(current_action().action_id if current_action() else None)
+
+    later.start()
+    grant()
+    later.join()
+    assert ran == [first.action_id]
+
+
+def test_a_retry_after_a_lost_answer_is_not_taken_for_a_repeated_call() -> None:
+    receipt = receipt_until(datetime.now(UTC) + timedelta(minutes=10))
+    status = shaped("approved_external", True, result=external_result(receipt))
+    posts = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            posts.append(1)
+            if len(posts) == 1:  # taken, but the answer was lost: the retry finds the action over
+                raise httpx.ReadError("connection reset")
+            return httpx.Response(200, json={"action_id": status["action_id"], "state": "approved_external"})
+        return httpx.Response(200, json=status)
+
+    ran = []
+    with Keyturn("http://keyturn", token="t", transport=httpx.MockTransport(handler), backoff_s=0.01) as kt:
+
+        @kt.guard("iam.role.grant", resource="iam://staging/roles/analyst", reason="onboarding", idempotency_key="k")
+        def grant() -> None:
+            ran.append(1)
+
+        grant()
+    assert posts == [1, 1] and ran == [1]

@@ -24,6 +24,7 @@ from keyturn.sdk.client import AsyncKeyturn, Keyturn, configure
 from keyturn.sdk.errors import (
     ActionError,
     ApprovalRefused,
+    ApprovalSpent,
     AuthenticationFailed,
     Denied,
     ExecutionFailed,
@@ -65,6 +66,7 @@ __all__ = [
     "Action",
     "ActionError",
     "ApprovalRefused",
+    "ApprovalSpent",
     "AsyncKeyturn",
     "AuthenticationFailed",
     "Denied",

@@ -228,10 +228,12 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _submitted(status: int, body: Any, key: str) -> Submitted:
+def _submitted(status: int, body: Any, key: str, *, first_answered: bool) -> Submitted:
     if not isinstance(body, dict) or not body.get("action_id") or not body.get("state"):
         raise errors.RequestError("Keyturn answered a submission without an action id", status=status)
-    return Submitted(str(body["action_id"]), str(body["state"]), status == 202, key)
+    created = status == 202
+    # not created, and answered at the first attempt: no attempt of this submission can have made it
+    return Submitted(str(body["action_id"]), str(body["state"]), created, key, found=not created and first_answered)
 
 
 def path_segment(action_id: str) -> str:
@@ -309,7 +311,9 @@ class Keyturn:
         assert self._p.token_provider is not None
         return str(self._p.token_provider())
 
-    def _call(self, request: _Request) -> tuple[int, Any]:
+    def _call(self, request: _Request, tries: list[int] | None = None) -> tuple[int, Any]:
+        """(status, body) of ``request``, tried again as ``retry_delay`` says; ``tries``, when given, is
+        told how many attempts went unanswered before the one that was answered."""
         attempt, refreshed = 0, False
         while True:
             try:
@@ -321,6 +325,8 @@ class Keyturn:
                     headers=self._p.headers(self._token()),
                     timeout=self._p.timeout_for(request),
                 )
+                if tries is not None:
+                    tries.append(attempt)
                 return response.status_code, self._p.answer(response)
             except httpx.TransportError as exc:
                 failure, cause = self._p.transport_failure(exc, request)
@@ -354,8 +360,9 @@ class Keyturn:
         retries after a lost answer never create a second action; give your own to make repeated calls
         (after a crash, say) land on the same action."""
         request, key = _Protocol.submission(action, resource, parameters, reason, idempotency_key, callback_url)
-        status, body = self._call(request)
-        return _submitted(status, body, key)
+        tries: list[int] = []
+        status, body = self._call(request, tries)
+        return _submitted(status, body, key, first_answered=tries == [0])
 
     def status(self, action_id: str) -> Action:
         """The action's current state, history and (masked) result."""
@@ -464,7 +471,9 @@ class AsyncKeyturn:
             token = await token
         return str(token)
 
-    async def _call(self, request: _Request) -> tuple[int, Any]:
+    async def _call(self, request: _Request, tries: list[int] | None = None) -> tuple[int, Any]:
+        """(status, body) of ``request``, tried again as ``retry_delay`` says; ``tries``, when given, is
+        told how many attempts went unanswered before the one that was answered."""
         attempt, refreshed = 0, False
         while True:
             try:
@@ -476,6 +485,8 @@ class AsyncKeyturn:
                     headers=self._p.headers(await self._token()),
                     timeout=self._p.timeout_for(request),
                 )
+                if tries is not None:
+                    tries.append(attempt)
                 return response.status_code, self._p.answer(response)
             except httpx.TransportError as exc:
                 failure, cause = self._p.transport_failure(exc, request)
@@ -507,8 +518,9 @@ class AsyncKeyturn:
     ) -> Submitted:
         """See ``Keyturn.submit``."""
         request, key = _Protocol.submission(action, resource, parameters, reason, idempotency_key, callback_url)
-        status, body = await self._call(request)
-        return _submitted(status, body, key)
+        tries: list[int] = []
+        status, body = await self._call(request, tries)
+        return _submitted(status, body, key, first_answered=tries == [0])
 
     async def status(self, action_id: str) -> Action:
         """See ``Keyturn.status``."""

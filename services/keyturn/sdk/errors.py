@@ -113,6 +113,12 @@ class ReceiptExpired(Expired):
     would refuse the receipt, so the body does not run. Ask for a new action to do it now."""
 
 
+class ApprovalSpent(ActionError):
+    """A repeated guarded call (its idempotency key found an old action) found the action already
+    approved: the call that was approved may have run the body, and an approval is performed at
+    most once, so the body does not run again. Submit with a new key to perform it again."""
+
+
 class ExecutionFailed(ActionError):
     """The executor ran the action and it did not take effect; ``error`` says why (masked)."""
 

@@ -15,7 +15,9 @@ arguments, then waits for the action's end. What happens next is the ``mode``:
   caller performs it, with a receipt), or ``succeeded`` through the executor's no-op plugin:
   the body runs, once, and its return value is returned. An ``approved_external`` action whose
   receipt has expired (a repeated call that found an old action by its idempotency key) raises
-  ``ReceiptExpired`` instead: the body never runs on a spent approval.
+  ``ReceiptExpired`` instead: the body never runs on a spent approval; a repeated call that finds
+  its action already approved raises ``ApprovalSpent`` (the approved call may have run it). The
+  body runs on copies of the arguments that became parameters, taken when the call was made.
 - ``"executor"``: the body never runs; the executor's result is returned (an action left to
   the caller raises ``UnexpectedState``: nothing performed it).
 - ``"local"``: the body performs the action once it is approved; an action Keyturn's
@@ -35,14 +37,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import functools
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from keyturn.sdk import errors
-from keyturn.sdk.models import APPROVED_EXTERNAL, Action, receipt_expiry
+from keyturn.sdk.models import APPROVED_EXTERNAL, SUCCEEDED, Action, Submitted, receipt_expiry
 
 if TYPE_CHECKING:
     from keyturn.sdk.client import AsyncKeyturn, Keyturn
@@ -50,6 +54,18 @@ if TYPE_CHECKING:
 Mode = Literal["auto", "executor", "local"]
 MODES = ("auto", "executor", "local")
 Built = str | Callable[..., Any]
+# The states a submission's answer may name for an action approved and over: whoever it was
+# approved for may already have performed it.
+ENDED_APPROVED = frozenset({APPROVED_EXTERNAL, SUCCEEDED})
+
+
+@dataclass(frozen=True)
+class Call:
+    """The arguments a guarded body runs with (copies of those that became parameters)."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
 
 _current: contextvars.ContextVar[Action | None] = contextvars.ContextVar("keyturn_current_action", default=None)
 
@@ -90,35 +106,58 @@ def guard(
                 f"{fn.__qualname__} is not a coroutine function: guard it with Keyturn (blocking), not AsyncKeyturn"
             )
 
-        def request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-            bound = signature.bind(*args, **kwargs)
+        def request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], Call]:
+            """(what is submitted, the call the body runs with): the arguments that become parameters
+            are copied first, so code still holding the caller's objects cannot change what the body
+            does after approvers saw them."""
+            given = signature.bind(*args, **kwargs)
+            if not callable(parameters):
+                for name in parameters if parameters is not None else list(given.arguments):
+                    if name in given.arguments and name not in ("self", "cls"):
+                        given.arguments[name] = copy.deepcopy(given.arguments[name])
+            call = Call(tuple(given.args), dict(given.kwargs))
+            bound = signature.bind(*call.args, **call.kwargs)
             bound.apply_defaults()
             named = dict(bound.arguments)
             built: dict[str, Any] = {
-                "resource": build_text(resource, "resource", named, args, kwargs),
-                "reason": build_text(reason, "reason", named, args, kwargs),
-                "parameters": build_parameters(parameters, named, args, kwargs),
+                "resource": build_text(resource, "resource", named, call.args, call.kwargs),
+                "reason": build_text(reason, "reason", named, call.args, call.kwargs),
+                "parameters": build_parameters(parameters, named, call.args, call.kwargs),
             }
             if idempotency_key is not None:
-                built["idempotency_key"] = build_text(idempotency_key, "idempotency_key", named, args, kwargs)
-            return built
+                built["idempotency_key"] = build_text(idempotency_key, "idempotency_key", named, call.args, call.kwargs)
+            return built, call
+
+        def unchanged(built: dict[str, Any], call: Call, done: Action) -> None:
+            """Raise ``UnexpectedState`` when what the call's arguments build now is not what was
+            approved: a ``parameters=`` callable may read objects the copy above cannot see."""
+            again, _ = request(call.args, call.kwargs)
+            if (again["resource"], again["parameters"]) != (built["resource"], built["parameters"]):
+                raise errors.UnexpectedState(
+                    f"{action} {done.action_id}: the call's arguments changed while it waited for approval; "
+                    "the body was not run on values nobody approved",
+                    done,
+                )
 
         if is_async:
 
             @functools.wraps(fn)
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                built = request(args, kwargs)
+                built, call = request(args, kwargs)
                 through = client or default_client()
                 if isinstance(through, AsyncKeyturn):
-                    done = await through.run(action, timeout=timeout, **built)
+                    submitted = await through.submit(action, **built)
+                    done = (await through.wait(submitted.action_id, timeout)).raise_for_outcome()
                 else:
-                    done = await asyncio.to_thread(through.run, action, timeout=timeout, **built)
-                run_body, value = settle(done, mode)
+                    submitted = await asyncio.to_thread(lambda: through.submit(action, **built))
+                    done = (await asyncio.to_thread(through.wait, submitted.action_id, timeout)).raise_for_outcome()
+                run_body, value = settle(done, mode, found=submitted)
                 if not run_body:
                     return value
+                unchanged(built, call, done)
                 token = _current.set(done)
                 try:
-                    return await fn(*args, **kwargs)
+                    return await fn(*call.args, **call.kwargs)
                 finally:
                     _current.reset(token)
 
@@ -126,15 +165,18 @@ def guard(
 
         @functools.wraps(fn)
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            built = request(args, kwargs)
-            done = (client or default_client()).run(action, timeout=timeout, **built)
-            assert isinstance(done, Action)
-            run_body, value = settle(done, mode)
+            built, call = request(args, kwargs)
+            through = client or default_client()
+            assert not isinstance(through, AsyncKeyturn)
+            submitted = through.submit(action, **built)
+            done = through.wait(submitted.action_id, timeout).raise_for_outcome()
+            run_body, value = settle(done, mode, found=submitted)
             if not run_body:
                 return value
+            unchanged(built, call, done)
             token = _current.set(done)
             try:
-                return fn(*args, **kwargs)
+                return fn(*call.args, **call.kwargs)
             finally:
                 _current.reset(token)
 
@@ -150,14 +192,23 @@ def checked_mode(mode: str) -> Mode:
     return mode  # type: ignore[return-value]
 
 
-def settle(done: Action, mode: Mode) -> tuple[bool, Any]:
+def settle(done: Action, mode: Mode, *, found: Submitted | None = None) -> tuple[bool, Any]:
     """What a guarded call does with its action's end: (run the body?, the value to return otherwise).
     Raises the end's exception when it did not end approved, and ``UnexpectedState`` when ``mode``
-    cannot be honoured (see the module's documentation)."""
+    cannot be honoured (see the module's documentation). ``found``, the submission's answer: an
+    action its idempotency key found already over (``Submitted.found``) raises ``ApprovalSpent``
+    rather than run the body a second time on one approval."""
     done.raise_for_outcome()
     if mode != "local" and done.performed_by_keyturn:
         return False, done.result
     if mode != "executor" and done.left_to_the_caller:
+        if found is not None and found.found and found.state in ENDED_APPROVED:
+            raise errors.ApprovalSpent(
+                f"{done.action} {done.action_id} was already approved ({found.state}) when this call found it "
+                f"by its idempotency key {found.idempotency_key!r}: the call that was approved may have run "
+                "the body, which runs at most once per approval; submit with a new key to perform it again",
+                done,
+            )
         if done.state == APPROVED_EXTERNAL:
             spent(done)
         return True, None

@@ -41,12 +41,15 @@ def receipt_expiry(receipt: Any) -> datetime | None:
 @dataclass(frozen=True)
 class Submitted:
     """The intake's answer to a submission: the action's id and state; ``created`` is false when the
-    idempotency key named an action that already existed (a retry, or a repeated call)."""
+    idempotency key named an action that already existed (a retry, or a repeated call). ``found``
+    says more: the action existed before this submission was sent (a repeated call, not a retry
+    of this one after a lost answer, which may have made it)."""
 
     action_id: str
     state: str
     created: bool
     idempotency_key: str
+    found: bool = False
 
 
 @dataclass(frozen=True)
