@@ -27,7 +27,7 @@ from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionDecided, ActionExecuted, payload_digest
 from keyturn.db import schema_name
 from keyturn.executor.plugins.base import Command, ExecutionFailed
-from keyturn.executor.plugins.sql import SqlPlugin, grants_for
+from keyturn.executor.plugins.sql import SqlPlugin, grants_for, run_one
 from keyturn.executor.plugins.sql_roles import Grants, create_role, drop_role, role_name_for
 from keyturn.executor.plugins.sql_text import statement_shape
 from tests.conftest import ARTIFACTS, free_port
@@ -244,6 +244,38 @@ def test_a_statement_the_plugin_cannot_read_is_refused_not_guessed(agent: Agent,
     assert view["state"] == "failed"
     assert "one statement per command" in view["reasons"][0]
     assert marks(shop, "smuggled") == 0
+
+
+def test_a_second_statement_hidden_behind_a_carriage_return_comment_never_runs(agent: Agent, shop: SqlTarget) -> None:
+    # PostgreSQL ends a -- comment at a carriage return: read as one statement, this would commit the
+    # command's transaction early and run the rest outside its bound and its rollback
+    statement = "UPDATE marks SET note = note WHERE false --\r; COMMIT; INSERT INTO marks (note) VALUES ('past it')"
+    view = sql(agent, statement, unpreviewable=True)
+    assert view["state"] == "failed" and "one statement per command" in view["reasons"][0], view
+    assert marks(shop, "past it") == 0
+
+
+def test_postgresql_itself_refuses_a_second_statement_in_a_command(shop: SqlTarget) -> None:
+    # whatever the shape check reads, the statement goes in the extended protocol, which runs one
+    async def run() -> None:
+        async with await psycopg.AsyncConnection.connect(shop.url) as conn:
+            with pytest.raises(psycopg.errors.SyntaxError, match="multiple commands"):
+                await run_one(conn, "SELECT 1; INSERT INTO marks (note) VALUES ('second')")
+
+    asyncio.run(run())
+    assert marks(shop, "second") == 0
+
+
+def test_a_statement_that_turns_its_timeout_off_is_still_stopped_at_the_limit(agent: Agent, shop: SqlTarget) -> None:
+    statement = (
+        "SELECT x FROM (SELECT set_config('statement_timeout', '0', false) AS x "
+        "UNION ALL SELECT pg_sleep(8)::text) AS s"
+    )
+    started = time.monotonic()
+    view = sql(agent, statement, max_rows=1)
+    assert view["state"] == "failed", view
+    assert view["reasons"] == ["the statement ran longer than 3s; PostgreSQL cancelled it and nothing was changed"]
+    assert time.monotonic() - started < 8 + 5, "stopped at the command's limit, not at the statement's own end"
 
 
 def test_a_refused_connection_fails_with_the_reason_once_the_target_stayed_away() -> None:

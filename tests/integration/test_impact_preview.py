@@ -245,3 +245,31 @@ def test_an_export_that_grew_past_its_approved_preview_is_stopped_and_leaves_no_
     assert f"past the {bound} the approved impact preview allows" in str(ended), ended
     assert "nothing was exported" in str(ended)
     assert agent.http.get(f"/v1/exports/{action_id}").status_code == 404, "no file was kept to download"
+
+
+def test_a_dry_run_cannot_leave_its_role_or_its_transaction(settings, agent: Agent, shop: str) -> None:
+    # a SELECT may call set_config('role', 'none'): in a session logged in as the policy's own user
+    # that went back to it (Keyturn's tables, anyone's sessions); the dry run's role logs in itself
+    escape = (
+        "SELECT id FROM impact_orders WHERE set_config('role', 'none', true) IS NOT NULL "
+        "AND (current_user || ' ' || session_user)::int > 0"
+    )
+    action_id = agent.submit_ok("sql.query", PRODUCTION, {"statement": escape}, reason="who am I")
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    impact = approval_shown(settings, action_id, "human:frank")["impact"]
+    assert impact["status"] == "unavailable", impact
+    said = re.search(r'integer: "([^"]*)"', impact["detail"])
+    assert said, impact["detail"]
+    current, login = said.group(1).split(" ")
+    assert current == login and login.startswith("keyturn_preview_"), said.group(1)
+    # a COMMIT behind a comment PostgreSQL ends at a carriage return: never run, by the shape check
+    # or by the extended protocol, so the rolled-back transaction cannot be ended early
+    smuggled = (
+        "UPDATE impact_orders SET note = note WHERE false --\r; COMMIT; "
+        "UPDATE impact_orders SET note = 'kept' WHERE status = 'fresh'"
+    )
+    action_id = agent.submit_ok("sql.query", PRODUCTION, {"statement": smuggled}, reason="smuggle")
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    impact = approval_shown(settings, action_id, "human:frank")["impact"]
+    assert impact["status"] == "unavailable" and "one statement per command" in impact["detail"], impact
+    assert rows(shop, "note = 'kept'") == 0

@@ -93,6 +93,8 @@ def test_a_write_names_its_target_and_what_it_reads(
         ("GRANT ALL ON orders TO public", "GRANT is not one of them"),
         ("COPY orders TO '/tmp/x'", "COPY is not one of them"),
         ("SELECT 1; DELETE FROM orders", "one statement per command"),
+        # PostgreSQL ends a -- comment at a carriage return too: the COMMIT is code, not comment
+        ("UPDATE orders SET x = x WHERE false --\r; COMMIT; DROP TABLE orders", "one statement per command"),
         ("SELECT * INTO copy FROM orders", "SELECT … INTO creates a table"),
         ("WITH gone AS (DELETE FROM orders RETURNING *) SELECT * FROM gone", "uses DELETE"),
         ("WITH gone AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM gone", "WITH part that uses DELETE"),

@@ -6,11 +6,13 @@
 1. open the sealed parameters (the masked copy may have altered literals) and find the
    statement (``core.impact.preview_plan``); its shape must be one the sql plugin runs
    (``executor.plugins.sql_text``): one SELECT / INSERT / UPDATE / DELETE;
-2. in ONE transaction that is always rolled back: create a NOLOGIN role holding only the
-   privileges the statement needs (the sql plugin's ``grants_for``), ``SET LOCAL ROLE`` to it,
-   ``SET LOCAL statement_timeout`` and ``lock_timeout``; run the write and read its row count,
-   or count a read's / an export's rows (``SELECT count(*) FROM (…)``). The rollback undoes
-   the rows, the role and its grants together: nothing is left behind, not even on a crash;
+2. create a role holding only the privileges the statement needs (the sql plugin's
+   ``grants_for``), log in as it (never ``SET ROLE`` in the policy's own session, which a
+   statement can undo), and in ONE transaction that is always rolled back, under
+   ``statement_timeout`` and ``lock_timeout`` and a time limit of the preview's own, run the
+   write as one statement (``sql.run_one``) and read its row count, or count a read's / an
+   export's rows (``SELECT count(*) FROM (…)``). The rollback undoes the rows; the role is
+   dropped after (by the executors' start-up sweep, should the policy die first);
 3. when counting takes longer than the time limit, PostgreSQL cancels it and, in a new
    rolled-back transaction under the same kind of role, ``EXPLAIN`` gives the planner's
    estimate (``method: estimate``);
@@ -41,8 +43,8 @@ from keyturn.core.events import ActionRequested, ImpactPreview
 from keyturn.core.impact import NotPreviewable, PreviewPlan, preview_plan
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.executor.plugins.base import ExecutionFailed
-from keyturn.executor.plugins.sql import grants_for, postgres_message, rows_changed, target_name
-from keyturn.executor.plugins.sql_roles import PREVIEW_ROLE_PREFIX, Grants, drop_role, grant, retry_collisions
+from keyturn.executor.plugins.sql import grants_for, postgres_message, rows_changed, run_one, target_name, within
+from keyturn.executor.plugins.sql_roles import PREVIEW_ROLE_PREFIX, Grants, create_role, drop_role
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
 from keyturn.masking.protect import without_hidden
 
@@ -64,6 +66,9 @@ class _Unavailable(Exception):
 
 
 PREVIEW_GRANT_ATTEMPTS = 20
+# A dry run's role is valid for its time limit and this much more: the login, the grants' commit
+# and the drop happen around the statement's own time.
+ROLE_VALIDITY_MARGIN_S = 60.0
 
 
 class SqlPreviewer:
@@ -175,43 +180,51 @@ class SqlPreviewer:
             return estimate, "estimate", tables, detail
 
     @contextlib.asynccontextmanager
-    async def _as_preview_role(self, conn: psycopg.AsyncConnection, grants: Grants) -> AsyncIterator[None]:
-        """A transaction, rolled back whatever happens, run as a role with only ``grants``; the role
-        is dropped when it ends.
+    async def _as_preview_role(
+        self, conn: psycopg.AsyncConnection, grants: Grants
+    ) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A session logged in as a role made for this dry run, holding only ``grants``, in a
+        transaction rolled back whatever happens; the role is dropped when it ends.
 
-        The role and its grants are committed first, on their own: a GRANT holds its table's
-        catalog row until its transaction ends, and a command granting on the same table would
-        wait the whole dry run for it. So the role exists for the dry run's length, and is dropped
-        after it (by the executors' start-up sweep, ``sql_roles.sweep_expired_roles``, should the
-        policy die in between): left behind, it would hold the privileges it was granted."""
+        Its own login, not ``SET ROLE`` in the policy's session: a session can always go back to
+        the user it logged in as (``RESET ROLE``, or ``set_config('role', 'none', true)`` called
+        from inside a SELECT), and the policy's user holds Keyturn's tables and may end anyone's
+        sessions. A role's own session has nobody else to go back to. Its statement's time is
+        bounded by the preview too (``sql.within``), not only by ``statement_timeout``, which the
+        statement may change.
+
+        The role (``sql_roles.create_role``: LOGIN, one connection, valid for the dry run's
+        length) is committed first, on its own: a GRANT holds its table's catalog row until its
+        transaction ends, and a command granting on the same table would wait the whole dry run
+        for it. Should the policy die before the drop, the executors' start-up sweep
+        (``sql_roles.sweep_expired_roles``) drops it: left behind, it would hold the privileges it
+        was granted."""
         name = PREVIEW_ROLE_PREFIX + secrets.token_hex(8)
-        role = sql.Identifier(name)
-
-        async def granted() -> None:
-            # its own transaction, committed (the connection is idle: nothing else is in it); a
-            # grant that collided with a command's (sql_roles.PRIVILEGE_STATEMENTS_LOCK, which a dry
-            # run must not hold while its statement runs) undoes only this attempt
-            async with conn.transaction():
-                await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(role))
-                await grant(conn, role, grants)
-                await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
-
+        milliseconds = max(1, int(self.timeout_s * 1000))
         await conn.rollback()
-        # the dry run takes no lock against the executors' grants (it must not hold one while its
-        # statement runs), so under a burst of commands on the same table it collides more often
-        # than they do with each other: tried longer before the preview is given up as unavailable
-        await retry_collisions(granted, attempts=PREVIEW_GRANT_ATTEMPTS)
+        # under a burst of commands on the same table, a dry run's grants collide more often than
+        # the commands' do with each other: tried longer before the preview is given up as unavailable
+        role = await create_role(conn, name, self.timeout_s + ROLE_VALIDITY_MARGIN_S, grants, PREVIEW_GRANT_ATTEMPTS)
         try:
-            async with conn.transaction(force_rollback=True):  # the rows it changed: all undone
-                await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
-                milliseconds = max(1, int(self.timeout_s * 1000))
-                await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(milliseconds)))
-                await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(milliseconds)))
-                yield
+            try:
+                session = await psycopg.AsyncConnection.connect(
+                    self.target_url,
+                    user=role.name,
+                    password=role.password,
+                    connect_timeout=self.connect_timeout_s,
+                    options=f"-c search_path=public -c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
+                    application_name="keyturn-impact-preview",
+                )
+            except psycopg.OperationalError as exc:
+                raise _Unavailable(
+                    f"cannot log in to the SQL target {self.target_name} as the dry run's role: {postgres_message(exc)}"
+                ) from None
+            async with session, session.transaction(force_rollback=True):  # the rows it changed: all undone
+                yield session
         finally:
             await conn.rollback()
             try:
-                await drop_role(conn, name)
+                await drop_role(conn, name)  # ends its session, should one be left
             except psycopg.Error as exc:  # the target went away: the start-up sweep drops it
                 await conn.rollback()
                 log.warning("impact preview: role not dropped yet (%s); the executors' sweep will", type(exc).__name__)
@@ -221,24 +234,22 @@ class SqlPreviewer:
     ) -> tuple[int, tuple[str, ...]]:
         """(rows, the tables a write changed): a write's rows count what its cascades and
         triggers change too (``sql.rows_changed``), as the executor's bound counts them."""
-        async with self._as_preview_role(conn, grants):
+        async with self._as_preview_role(conn, grants) as session:
             if plan.operation in {"delete", "update", "insert"}:
-                cursor = await conn.execute(plan.statement.strip().rstrip(";"))
-                changed, tables = await rows_changed(conn)
+                cursor = await within(self.timeout_s, run_one(session, plan.statement.strip().rstrip(";")))
+                changed, tables = await rows_changed(session)
                 return max(0, cursor.rowcount, changed), tables
-            cursor = await conn.execute(
-                sql.SQL("SELECT count(*) FROM ({}) AS keyturn_preview").format(
-                    sql.SQL(plan.statement.strip().rstrip(";"))
-                )
+            counting = sql.SQL("SELECT count(*) FROM ({}) AS keyturn_preview").format(
+                sql.SQL(plan.statement.strip().rstrip(";"))
             )
+            cursor = await within(self.timeout_s, run_one(session, counting.as_string(session)))
             row = await cursor.fetchone()
             return (int(row[0]) if row else 0), ()
 
     async def _estimate(self, conn: psycopg.AsyncConnection, plan: PreviewPlan, grants: Grants) -> int:
-        async with self._as_preview_role(conn, grants):
-            cursor = await conn.execute(
-                sql.SQL("EXPLAIN (FORMAT JSON) {}").format(sql.SQL(plan.statement.strip().rstrip(";")))
-            )
+        async with self._as_preview_role(conn, grants) as session:
+            explain = sql.SQL("EXPLAIN (FORMAT JSON) {}").format(sql.SQL(plan.statement.strip().rstrip(";")))
+            cursor = await within(self.timeout_s, run_one(session, explain.as_string(session)))
             row = await cursor.fetchone()
         document: Any = row[0] if row else None
         if isinstance(document, str):

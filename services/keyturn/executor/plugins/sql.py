@@ -79,6 +79,8 @@ _IDLE_ADMIN: dict[str, list[psycopg.AsyncConnection]] = {}
 # default of 100 connections. So the commands of one process on one target take turns
 # (``turns_for``, which the runner waits for before a command's time limit starts).
 COMMANDS_AT_ONCE = 16
+# Past a statement's time limit, how long before the command cancels it itself (``within``).
+STATEMENT_GRACE_S = 1.0
 # by event loop (a semaphore belongs to the loop it first waited in), then by target URL
 _TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
 _GRANTABLE_KINDS = {"r", "p", "v", "m", "f"}  # tables, partitioned tables, views, materialized views, foreign tables
@@ -534,10 +536,10 @@ class SqlPlugin:
                 if shape.is_read:
                     await conn.set_read_only(True)
                     async with conn.transaction():
-                        return await _read(conn, statement, wanted)
+                        return await within(timeout_s, _read(conn, statement, wanted))
                 transaction = conn.transaction()
                 async with transaction:
-                    result = await _write(conn, statement, wanted)
+                    result = await within(timeout_s, _write(conn, statement, wanted))
                     if before_commit is not None:
                         before_commit(result)  # raising here rolls the transaction back
                     xid = await _transaction_id(conn)
@@ -613,8 +615,33 @@ async def _read(conn: psycopg.AsyncConnection, statement: str, wanted: int) -> d
     return {"row_count": len(rows) + remaining, "columns": columns, "rows": [_row(columns, r) for r in rows]}
 
 
+async def within(timeout_s: float, statement: Awaitable[T]) -> T:
+    """``statement`` bounded by the command's time limit here as well as by the session's
+    ``statement_timeout``, which a statement may turn off for the rest of its command
+    (``set_config`` is anyone's to call, from inside a SELECT): past the limit and a second,
+    the task is cancelled (psycopg then sends PostgreSQL a cancel request) and raises as
+    PostgreSQL's own cancel would, so the command ends failed with nothing changed."""
+    try:
+        async with asyncio.timeout(timeout_s + STATEMENT_GRACE_S):
+            return await statement
+    except TimeoutError:
+        raise psycopg.errors.QueryCanceled("the statement passed the command's time limit") from None
+
+
+async def run_one(conn: psycopg.AsyncConnection, statement: str) -> psycopg.AsyncCursor[Any]:
+    """Run an agent's ``statement`` as one statement, whatever its text holds.
+
+    Without parameters psycopg sends a query in the simple protocol, where PostgreSQL runs every
+    statement the text holds: a ``COMMIT`` hidden where the shape check (``sql_text``) read a
+    comment would end the transaction that bounds, counts and rolls back the command, and what
+    follows would run outside it. A prepared statement goes through the extended protocol, whose
+    parse step refuses more than one ("cannot insert multiple commands into a prepared
+    statement"). Server-side cursors (reads, exports) always use it."""
+    return await conn.execute(statement, prepare=True)
+
+
 async def _write(conn: psycopg.AsyncConnection, statement: str, wanted: int) -> dict[str, Any]:
-    cursor = await conn.execute(statement)
+    cursor = await run_one(conn, statement)
     result: dict[str, Any] = {"row_count": cursor.rowcount}
     if cursor.description:  # RETURNING
         columns = [column.name for column in cursor.description]

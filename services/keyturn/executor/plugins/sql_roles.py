@@ -169,8 +169,11 @@ class RoleCleanup:
         }
 
 
-async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, grants: Grants) -> TemporaryRole:
-    """Create ``name`` (LOGIN, one connection, VALID UNTIL now + ttl) holding exactly ``grants``.
+async def create_role(
+    admin: psycopg.AsyncConnection, name: str, ttl_s: float, grants: Grants, attempts: int = COLLISION_ATTEMPTS
+) -> TemporaryRole:
+    """Create ``name`` (LOGIN, one connection, VALID UNTIL now + ttl) holding exactly ``grants``;
+    tried ``attempts`` times when its grants collide with another transaction's.
 
     One transaction: a role exists with all its grants or not at all. In psycopg's pipeline
     mode, so the role and its grants go out together after the server's clock for VALID UNTIL
@@ -194,7 +197,7 @@ async def create_role(admin: psycopg.AsyncConnection, name: str, ttl_s: float, g
             await grant(admin, role, grants)
         return TemporaryRole(name, password, valid_until)
 
-    return await retry_collisions(attempt)
+    return await retry_collisions(attempt, attempts)
 
 
 async def grant(conn: psycopg.AsyncConnection, role: sql.Identifier, grants: Grants) -> None:

@@ -3,7 +3,11 @@
 The sql plugin grants its per-command role only what the statement needs, so it has to know
 which tables the statement touches. This is a small tokenizer with a few rules, not an SQL
 parser; it understands comments, strings (``'…'``, ``E'…'``, ``$tag$…$tag$``) and quoted
-identifiers, so none of those can hide or fake a keyword.
+identifiers, so none of those can hide or fake a keyword. It reads them as PostgreSQL's own
+scanner does: a ``--`` comment ends at a carriage return as well as a line feed, and only
+ASCII blanks separate words (any other character, a no-break space say, is part of a word to
+PostgreSQL, and so to it). What it does not read as PostgreSQL would fails closed, and every
+statement is run in the extended protocol (``sql.run_one``), which refuses more than one.
 
 - One statement per command (a trailing ``;`` is fine).
 - The main keyword (after an optional ``WITH`` clause and leading parentheses) decides the
@@ -59,8 +63,8 @@ class StatementShape:
 
 _TOKEN = re.compile(
     r"""
-    (?P<space>\s+)
-  | (?P<line_comment>--[^\n]*)
+    (?P<space>[\ \t\n\r\f\v]+)
+  | (?P<line_comment>--[^\n\r]*)
   | (?P<block_comment>/\*)
   | (?P<estring>[eE]'(?:[^'\\]|\\.|'')*')
   | (?P<string>'(?:[^']|'')*')
