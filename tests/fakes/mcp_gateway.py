@@ -1,6 +1,7 @@
 """An in-memory intake behind the MCP server's ``Gateway`` port (``keyturn.mcp.gateway``).
 
 Keeps the intake's guarantees the server relies on: one action per (token, idempotency key),
+its id derived from the token's subject and the key as the intake derives it,
 a status view shaped like ``GET /v1/actions/{id}`` (history with the decision's approval), a
 long poll that returns as soon as the action is terminal or at its timeout, and 404 for an
 action the caller cannot see. The test plays the policy and the approvers (``decide``,
@@ -10,11 +11,14 @@ action the caller cannot see. The test plays the policy and the approvers (``dec
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from keyturn.mcp.gateway import Refused
+import jwt
+
+from keyturn.core.principal import Principal
+from keyturn.intake.submissions import action_id_for
+from keyturn.mcp.gateway import Refused, Unreachable
 
 TERMINAL = {"succeeded", "failed", "denied", "expired", "outcome_unknown"}
 
@@ -56,6 +60,8 @@ class FakeGateway:
         self.submissions: list[dict[str, Any]] = []
         self.refusal: Refused | None = None  # the next submissions are refused with it
         self.wait_refusal: Refused | None = None  # reading any action is refused with it (a token that expired)
+        self.unreachable: Unreachable | None = None  # the next submissions never reach the intake
+        self.answers_lost: Unreachable | None = None  # the next submissions are taken, their answers lost
         self.changed = asyncio.Event()
 
     async def submit(
@@ -63,6 +69,8 @@ class FakeGateway:
     ) -> dict[str, Any]:
         if self.refusal is not None:
             raise self.refusal
+        if self.unreachable is not None:
+            raise self.unreachable
         submission = {
             "token": token,
             "action": action,
@@ -74,10 +82,12 @@ class FakeGateway:
             action_id = self.keys[(token, key)]
             return {"action_id": action_id, "state": self.actions[action_id]["state"]}
         self.submissions.append(submission)
-        action_id = str(uuid.uuid4())
+        action_id = action_id_for(principal_of(token), key)
         self.keys[(token, key)] = action_id
         self.owners[action_id] = token
         self.actions[action_id] = view(action_id, action, **{"resource": resource, **self.decide(submission)})
+        if self.answers_lost is not None:
+            raise self.answers_lost
         return {"action_id": action_id, "state": self.actions[action_id]["state"]}
 
     async def wait(self, token: str, action_id: str, timeout: float) -> dict[str, Any]:
@@ -103,3 +113,13 @@ class FakeGateway:
         history = [*current["history"], *fields.pop("history", [])]
         self.actions[action_id] = view(action_id, current["action"], state, history=history, **fields)
         self.changed.set()
+
+
+def principal_of(token: str) -> Principal:
+    """The token's caller as the intake sees it: its subject (signature unchecked: the tests sign them); a
+    token that is no JWT stands for itself."""
+    try:
+        subject = str(jwt.decode(token, options={"verify_signature": False})["sub"])
+    except (jwt.PyJWTError, KeyError):
+        subject = token
+    return Principal(id=subject, kind=Principal.kind_of(subject))

@@ -62,3 +62,53 @@ def test_the_door_trusts_the_keys_the_intake_trusts(tmp_path) -> None:
     assert isinstance(dev._source, JwksUrl) and dev._source.url == "http://intake.internal:8080/.well-known/jwks.json"
     provider = token_verifier(Settings(run_dir=str(tmp_path), jwks_url="https://idp.example.com/jwks"))
     assert isinstance(provider._source, JwksUrl) and provider._source.url == "https://idp.example.com/jwks"
+
+
+def test_a_session_is_its_opener_s_and_to_anyone_else_it_does_not_exist() -> None:
+    from keyturn.mcp.server import ActionCalls, build_server, catalog_submission
+    from tests.fakes.mcp_gateway import FakeGateway
+
+    async def no_tools() -> list[Any]:
+        return []
+
+    key = SigningKey.generate()
+    calls = ActionCalls(FakeGateway(lambda s: {"state": "allowed"}), wait_s=1.0)
+    app = build_server("keyturn", no_tools, catalog_submission, calls, token=None).streamable_http_app()
+    guarded = require_bearer(app, TokenVerifier(key.jwks(), issuer="keyturn-dev", audience="keyturn"))
+    alpha = issue_token(key, subject="agent:alpha", acts_for=["human:alice"])
+    alpha_again = issue_token(key, subject="agent:alpha", acts_for=["human:alice"])  # a fresh token, same caller
+    mallory = issue_token(key, subject="agent:mallory", acts_for=["human:mallory"])
+    alpha_for_mallory = issue_token(key, subject="agent:alpha", acts_for=["human:mallory"])
+
+    with TestClient(guarded, base_url="http://127.0.0.1:8070") as client:
+
+        def ask(token: str, body: Any = None, session: str | None = None, method: str = "POST") -> Any:
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+            if session:
+                headers["mcp-session-id"] = session
+            return client.request(method, "/mcp", json=body, headers=headers)
+
+        opened = ask(
+            alpha,
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "a", "version": "0"},
+                },
+            },
+        )
+        session = opened.headers["mcp-session-id"]
+        assert ask(alpha, {"jsonrpc": "2.0", "method": "notifications/initialized"}, session).status_code == 202
+        tools = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        unknown = ask(mallory, tools, "0" * 32)
+        for stranger in (mallory, alpha_for_mallory):
+            used = ask(stranger, tools, session)
+            assert (used.status_code, used.text) == (unknown.status_code, unknown.text) == (404, unknown.text)
+            assert ask(stranger, None, session, "DELETE").status_code == 404
+        assert ask(alpha_again, tools, session).status_code == 200  # still alpha's, and still open
+        assert ask(alpha, None, session, "DELETE").status_code == 200
+        assert ask(alpha, tools, session).status_code == 404

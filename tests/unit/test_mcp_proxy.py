@@ -170,3 +170,52 @@ async def test_an_upstream_s_stderr_reaches_the_log_masked_line_by_line(caplog) 
     assert said[1] == "upstream python notes said: stored key <MASKED>"
     assert "grace.hopper" not in caplog.text and "kv7Q-registered-secret" not in caplog.text
     assert sum(m.count("x") for m in said[2:]) == ERR_LINE_BYTES * 20
+
+
+async def test_a_value_an_upstream_wraps_over_two_lines_never_reaches_the_log_in_clear(caplog) -> None:
+    import asyncio
+    import logging
+    import sys
+
+    from keyturn.mcp.upstream import masked_lines
+
+    script = (  # a message wrapped at the terminal's width: neither half of the card looks like one
+        "import sys\n"
+        "sys.stderr.write('Tool read_note failed: no note named <AWS_ACCESS_KEY> 4111 1111\\n')\n"
+        'sys.stderr.write("1111 1111 <EMAIL_ADDRESS>\'\\n")\n'
+        "sys.stderr.write('unlocking with correct horse\\n')\n"  # a passphrase only the policy's mask names
+        "sys.stderr.write('battery staple: refused\\n')\n"
+        "sys.stderr.write('done\\n')\n"
+    )
+    caplog.set_level(logging.INFO, logger="keyturn.mcp.upstream")
+    async with masked_lines("python notes", {"correct horse battery staple": "<MASKED>"}) as errlog:
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stderr=errlog)
+        assert await asyncio.wait_for(child.wait(), 30) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "keyturn.mcp.upstream"]
+    assert "4111" not in caplog.text and "1111 1111" not in caplog.text
+    assert "correct horse" not in caplog.text and "battery staple" not in caplog.text
+    assert "<MASKED>: refused" in said[1]  # the wrapped lines logged as one, masked as one
+    assert said[-1] == "upstream python notes said: done"  # a line that finishes no value is logged on its own
+
+
+async def test_a_quiet_upstream_s_last_line_is_logged_while_it_runs(caplog, monkeypatch) -> None:
+    import asyncio
+    import logging
+    import sys
+
+    from keyturn.mcp import upstream
+
+    monkeypatch.setattr(upstream, "ERR_PAUSE_S", 0.1)
+    script = "import sys, time\nsys.stderr.write('listening on stdio\\n')\nsys.stderr.flush()\ntime.sleep(30)\n"
+    caplog.set_level(logging.INFO, logger="keyturn.mcp.upstream")
+    async with upstream.masked_lines("python notes") as errlog:
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stderr=errlog)
+        try:
+            for _ in range(100):
+                if "listening on stdio" in caplog.text:
+                    break
+                await asyncio.sleep(0.1)
+            assert "upstream python notes said: listening on stdio" in caplog.text
+        finally:
+            child.kill()
+            await child.wait()

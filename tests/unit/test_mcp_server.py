@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from keyturn.identity.keys import SigningKey
+from keyturn.identity.tokens import issue_token
 from keyturn.mcp.catalog import action_tools, load_document, parameter_schema
 from keyturn.mcp.cli import PARAMETERS_FILE, TOOLS_FILE
-from keyturn.mcp.gateway import Refused
+from keyturn.mcp.gateway import Refused, Unreachable
 from keyturn.mcp.server import ActionCalls, build_server, catalog_submission
 from tests.fakes.mcp_gateway import FakeGateway, needs_approval_history
 
@@ -29,14 +31,14 @@ SQL_CALL = {
 }
 
 
-def serve(gateway: FakeGateway, *, wait_s: float = 5.0) -> Any:
+def serve(gateway: FakeGateway, *, wait_s: float = 5.0, token: str = TOKEN) -> Any:
     tools = action_tools(load_document(TOOLS_FILE), load_document(PARAMETERS_FILE))
 
     async def listed() -> list[Any]:
         return tools
 
     calls = ActionCalls(gateway, wait_s=wait_s, poll_s=0.2)
-    return build_server("keyturn", listed, catalog_submission, calls, token=TOKEN)
+    return build_server("keyturn", listed, catalog_submission, calls, token=token)
 
 
 def text(result: Any) -> str:
@@ -162,6 +164,35 @@ async def test_a_refusal_while_waiting_names_the_submitted_action_and_says_not_t
     assert picked_up.is_error and "before anything was submitted" not in text(picked_up)
     assert "submitted nothing" in text(picked_up) and "token expired" in text(picked_up)
     assert len(gateway.submissions) == 1
+
+
+async def test_a_lost_answer_names_the_action_it_may_be_and_following_it_never_submits_twice() -> None:
+    token = issue_token(SigningKey.generate(), subject="agent:reporter", acts_for=["human:alice"])
+    gateway = FakeGateway(lambda s: {"state": "succeeded", "result": {"row_count": 1}})
+    gateway.answers_lost = Unreachable("HTTP 503 from the proxy in front of the intake")
+    async with Client(serve(gateway, token=token)) as client:
+        lost = await client.call_tool("sql.query", SQL_CALL)
+        gateway.answers_lost = None
+        action_id = lost.structured_content["action_id"]
+        followed = await client.call_tool("wait_for_action", {"action_id": action_id})
+    assert lost.is_error is True and "503" in text(lost)
+    assert action_id in text(lost) and "Do NOT call sql.query again" in text(lost)
+    assert lost.structured_content["next"] == {"tool": "wait_for_action", "arguments": {"action_id": action_id}}
+    assert followed.is_error is False and followed.structured_content["result"] == {"row_count": 1}
+    assert len(gateway.submissions) == 1
+
+
+async def test_a_submission_that_never_arrived_is_told_apart_by_waiting_on_the_id_it_would_have() -> None:
+    token = issue_token(SigningKey.generate(), subject="agent:reporter")
+    gateway = FakeGateway(lambda s: {"state": "succeeded"})
+    gateway.unreachable = Unreachable("connection refused")
+    async with Client(serve(gateway, token=token)) as client:
+        lost = await client.call_tool("sql.query", SQL_CALL)
+        gateway.unreachable = None
+        followed = await client.call_tool("wait_for_action", {"action_id": lost.structured_content["action_id"]})
+    assert lost.is_error is True and "Do NOT call sql.query again" in text(lost) and "404" in text(lost)
+    assert followed.is_error is True and "404" in text(followed) and "submitted nothing" in text(followed)
+    assert gateway.submissions == []
 
 
 @pytest.mark.parametrize(

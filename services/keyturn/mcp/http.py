@@ -8,11 +8,19 @@ let anyone pin the server's memory with sessions nobody can use.
 The door trusts the keys the intake trusts (``token_verifier``): the identity provider's JWKS
 when one is configured (``KEYTURN_JWKS_URL`` or ``KEYTURN_JWKS_PATH``), else the intake's own
 development key, read from its ``/.well-known/jwks.json`` and cached (``JwksUrl``).
+
+A session is its opener's: the door names the verified principal to the MCP SDK's session
+manager (``scope["user"]``), which binds the session id it issues (the ``mcp-session-id``
+header of the answer to ``initialize``) to it, answers a request on that session from anyone
+else 404 (DELETE included) as it answers an unknown session, so a session's existence is not
+disclosed, and forgets the binding when the session ends. Each call still acts under its own
+request's token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
@@ -22,6 +30,7 @@ from keyturn.identity.verifier import bearer_token
 
 if TYPE_CHECKING:
     from keyturn.config import Settings
+    from keyturn.core.principal import Principal
     from keyturn.identity.verifier import TokenVerifier
 
 
@@ -46,13 +55,25 @@ def require_bearer(app: Any, verifier: TokenVerifier) -> Any:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
             try:
                 # in a thread: a JWKS fetch blocks; a token verified before is a cache hit
-                await asyncio.to_thread(verifier.verify, bearer_token(headers.get("authorization")))
+                token = bearer_token(headers.get("authorization"))
+                principal = await asyncio.to_thread(verifier.verify, token)
             except InvalidToken as exc:  # its message never holds the token
                 await refusal(exc)(scope, receive, send)
                 return
+            scope["user"] = session_owner(principal, token)
         await app(scope, receive, send)
 
     return guarded
+
+
+def session_owner(principal: Principal, token: str) -> Any:
+    """The user the MCP SDK binds a session to: the principal and whom it acts for (its delegation
+    chain), as the owner of an action is; the same agent acting for someone else is someone else."""
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+    from mcp.server.auth.provider import AccessToken
+
+    owner = json.dumps([principal.id, *principal.chain])
+    return AuthenticatedUser(AccessToken(token=token, client_id=owner, scopes=[], subject=principal.id))
 
 
 def refusal(exc: InvalidToken) -> JSONResponse:

@@ -164,6 +164,30 @@ def unreadable(action_id: str, tool: str, message: str, problems: list[str] | No
     return ToolOutcome(text, structured, is_error=True)
 
 
+def unanswered(action_id: str, key: str, tool: str, message: str) -> ToolOutcome:
+    """The intake did not answer a submission (a dropped connection, a 503 from a proxy in front
+    of it), even when asked again under the same idempotency key: it may have taken it.
+
+    A new call would carry a new key, so a second action if the first was taken. The answer
+    names the id the action has if it was (the intake derives it from the caller and the key)
+    and points at ``wait_for_action``, which tells the two cases apart without submitting."""
+    text = (
+        f"SUBMISSION UNANSWERED: Keyturn did not answer ({message}), so it may or may not have taken the "
+        f"submission (idempotency key {key}). If it did, it is Keyturn action {action_id}. Do NOT call {tool} "
+        f'again: that could submit a second, separate action. Call {WAIT_TOOL} with action_id "{action_id}" '
+        f"(safe to repeat) once Keyturn answers again: it gives the action's outcome, or says it could not read "
+        f"the action (HTTP 404); only then was nothing submitted, and {tool} may be called again."
+    )
+    structured: dict[str, Any] = {
+        "status": "unavailable",
+        "action_id": action_id,
+        "idempotency_key": key,
+        "detail": message,
+        "next": {"tool": WAIT_TOOL, "arguments": {"action_id": action_id}},
+    }
+    return ToolOutcome(text, structured, is_error=True)
+
+
 def unseen(action_id: str, message: str, problems: list[str] | None = None) -> ToolOutcome:
     """``wait_for_action`` could not read the action it was given (an expired token, an id not visible).
 

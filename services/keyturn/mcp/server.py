@@ -26,6 +26,8 @@ from typing import Any
 import mcp_types as types
 from mcp.server import Server
 
+from keyturn.core.principal import Principal
+from keyturn.identity.claims import unverified_subject
 from keyturn.mcp import outcomes
 from keyturn.mcp.catalog import ToolSpec
 from keyturn.mcp.gateway import Gateway, Refused, Unreachable
@@ -94,7 +96,9 @@ class ActionCalls:
         except Refused as exc:
             return outcomes.refused(str(exc), exc.problems)
         except Unreachable as exc:
-            return ToolOutcome(
+            if (action_id := submitted_action_id(token, key)) is not None:
+                return outcomes.unanswered(action_id, key, tool, str(exc))
+            return ToolOutcome(  # a token without a subject: the intake takes no submission with it
                 f"Keyturn is not reachable ({exc}); the action may or may not have been submitted. Try again later.",
                 {"status": "unavailable", "detail": str(exc)},
                 is_error=True,
@@ -134,6 +138,18 @@ class ActionCalls:
             await report(round(time.monotonic() - started, 1), wait_s or None, outcomes.progress_message(view))
             if time.monotonic() >= deadline:
                 return outcomes.pending(view, tool)
+
+
+def submitted_action_id(token: str, key: str) -> str | None:
+    """The id of the action ``token``'s caller submits under ``key``, as the intake derives it
+    (``intake.submissions.action_id_for``), so that a submission whose answer was lost can still be
+    followed; None for a token with no subject, which the intake refuses."""
+    from keyturn.intake.submissions import action_id_for  # the intake's own rule, imported where needed
+
+    subject = unverified_subject(token)
+    if subject is None:
+        return None
+    return action_id_for(Principal(id=subject, kind=Principal.kind_of(subject)), key)
 
 
 def as_result(outcome: ToolOutcome) -> types.CallToolResult:

@@ -95,6 +95,57 @@ async def connected(
 
 #: The longest line of an upstream's stderr logged as one (a longer one is logged in parts).
 ERR_LINE_BYTES = 4096
+#: How long a line waits for the next one before it is logged on its own (a quiet upstream's last word).
+ERR_PAUSE_S = 1.0
+
+
+class WrappedLines:
+    """An upstream's stderr lines, logged masked, each once, and never half a value in clear.
+
+    A line is held until the next one comes: the two are masked as one text (joined by a space,
+    where a wrap at the terminal's width usually broke it) and apart. When that finds nothing
+    more, the held line is logged on its own; when it does (a card number wrapped as ``… 4111
+    1111`` / ``1111 1111 …``, whose halves look like nothing), the two are kept together and
+    logged as one line, masked as one. Masking a line on its own could never see such a value.
+    What is held stays under ``2 * ERR_LINE_BYTES``: past it, the held text is logged, masked as
+    a whole, and the next line starts afresh, so a chatty upstream costs a bounded masking per
+    line.
+    """
+
+    def __init__(self, upstream: str, hidden: Mapping[str, str]) -> None:
+        self.upstream = upstream
+        self.hidden = hidden
+        self.held = ""  # as written, not yet logged
+        self.held_masked = ""
+
+    def masked(self, text: str) -> str:
+        return mask_text(without(text, self.hidden))
+
+    def add(self, line: bytes) -> None:
+        text = line.decode("utf-8", errors="replace").rstrip()
+        if not text:
+            return
+        if not self.held:
+            self.held, self.held_masked = text, self.masked(text)
+            return
+        together = f"{self.held} {text.lstrip()}"
+        together_masked, alone_masked = self.masked(together), self.masked(text)
+        if together_masked == f"{self.held_masked} {alone_masked.lstrip()}":  # nothing runs over the break
+            self.say(self.held_masked)
+            self.held, self.held_masked = text, alone_masked
+        elif len(together) >= 2 * ERR_LINE_BYTES:
+            self.say(together_masked)
+            self.held = self.held_masked = ""
+        else:
+            self.held, self.held_masked = together, together_masked
+
+    def flush(self) -> None:
+        if self.held:
+            self.say(self.held_masked)
+        self.held = self.held_masked = ""
+
+    def say(self, masked: str) -> None:
+        log.info("upstream %s said: %s", self.upstream, masked)
 
 
 @asynccontextmanager
@@ -103,8 +154,9 @@ async def masked_lines(upstream: str, hidden: Mapping[str, str] | None = None) -
     (``masking.protect.mask_text``, after taking out ``hidden``: the values of the call's
     arguments that only their field's name or the policy's mask says are secret), never as
     written: an upstream's errors quote what it was given (``no note named alice@…``), and a
-    child writing to the log file directly would pass every log filter by. Read as it is
-    written, so a chatty child never blocks on a full pipe."""
+    child writing to the log file directly would pass every log filter by. Each line is masked
+    with the next one too (``WrappedLines``): an upstream that wraps its messages can break a
+    value over two lines. Read as it is written, so a chatty child never blocks on a full pipe."""
     read_fd, write_fd = os.pipe()
     writer = os.fdopen(write_fd, "w")
     stream = asyncio.StreamReader()
@@ -112,20 +164,25 @@ async def masked_lines(upstream: str, hidden: Mapping[str, str] | None = None) -
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(read_fd, "rb", buffering=0)
     )
-
-    def emit(line: bytes) -> None:
-        if text := line.decode("utf-8", errors="replace").rstrip():
-            log.info("upstream %s said: %s", upstream, mask_text(without(text, hidden or {})))
+    lines = WrappedLines(upstream, hidden or {})
 
     async def relay() -> None:
         pending = b""
-        while chunk := await stream.read(ERR_LINE_BYTES):
-            *lines, pending = (pending + chunk).split(b"\n")
+        while True:
+            try:  # a held line waits a moment for the line that may finish its value, then is logged
+                chunk = await asyncio.wait_for(stream.read(ERR_LINE_BYTES), ERR_PAUSE_S if lines.held else None)
+            except TimeoutError:
+                lines.flush()
+                continue
+            if not chunk:
+                break
+            *complete, pending = (pending + chunk).split(b"\n")
             if len(pending) >= ERR_LINE_BYTES:
-                lines, pending = [*lines, pending], b""
-            for line in lines:
-                emit(line)
-        emit(pending)
+                complete, pending = [*complete, pending], b""
+            for line in complete:
+                lines.add(line)
+        lines.add(pending)
+        lines.flush()
 
     relaying = asyncio.create_task(relay())
     try:
@@ -136,6 +193,7 @@ async def masked_lines(upstream: str, hidden: Mapping[str, str] | None = None) -
             await asyncio.wait_for(asyncio.shield(relaying), 2.0)
         except TimeoutError:  # a grandchild holding the pipe open: what it writes later is not read
             relaying.cancel()
+            lines.flush()
         transport.close()
 
 
