@@ -5,10 +5,11 @@ from a bearer token — an ``Authorization`` header set by an OIDC proxy in prod
 ``keyturn_session`` cookie holding a token pasted at sign-in (or, in development only, minted
 for ``human:NAME``). Every form carries a CSRF token derived from the session token, and the
 session cookie is HttpOnly and SameSite=Strict. Signing out ends the session on every instance:
-the SHA-256 digest of its token (never the token) is recorded in the approval database until the
-token's own expiry, and a page asks for it by that digest (one primary-key lookup) after the
-token verifies (``Console.session``). Votes go through ``ApprovalDesk.vote`` like
-every other channel (``channel=console``).
+a digest of its token (never the token; ``http.session_digest``, which every other writing of the
+same signed token shares) is recorded in the approval database until the token's own expiry, and
+a page asks for it by that digest (one primary-key lookup) after the token verifies
+(``Console.session``). Votes go through ``ApprovalDesk.vote`` like every other channel
+(``channel=console``).
 
 An action whose approval has not opened yet (a link followed right after the agent asked) gets a
 page that says so and reloads itself every ``Retry-After`` seconds, up to ``NOT_OPEN_WAIT_S``;
