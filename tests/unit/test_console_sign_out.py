@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from fastapi import FastAPI
 
-from keyturn.approval.console import SESSION_COOKIE, SIGN_IN_COOKIE, Console, mount_console
+from keyturn.approval.console import SESSION_COOKIE, SIGN_IN_COOKIE, SIGN_IN_ERRORS, Console, mount_console
 from keyturn.approval.console_history import mount_history
 from keyturn.approval.http import mount_routes, session_digest
 from keyturn.approval.runtime import ApprovalRuntime
@@ -303,3 +303,18 @@ async def test_a_console_form_larger_than_any_it_sends_is_refused_whole_not_cut(
         answer = await browser.post("/console/sign-out", data={"csrf": csrf, "pad": "x" * (70 * 1024)})
         assert answer.status_code == 413 and "larger than 64 KB" in answer.text
         assert (await browser.get("/console")).status_code == 200  # nothing happened: still signed in
+
+
+async def test_pasting_a_signed_out_token_at_sign_in_is_refused_there_saying_why() -> None:
+    replicas = Replicas()
+    carol = token()
+    async with replicas.a.browser(carol) as browser:
+        await browser.post("/console/sign-out", data={"csrf": csrf_of(await browser.get("/console"))})
+    async with replicas.b.browser() as browser:
+        await browser.get("/console/sign-in")
+        pasted = {"nonce": browser.cookies.get(SIGN_IN_COOKIE), "token": rewritten_signature(carol)}
+        answer = await browser.post("/console/sign-in", data=pasted)
+        assert answer.headers["location"] == "/console/sign-in?error=token_signed_out"
+        assert browser.cookies.get(SESSION_COOKIE) is None
+        page = await browser.get(answer.headers["location"])
+    assert SIGN_IN_ERRORS["token_signed_out"] in page.text

@@ -65,6 +65,7 @@ SIGN_IN_ERRORS: dict[str, str] = {
     "bad_name": "Use a name like carol (people only).",
     "no_token": "Paste a token from your identity provider.",
     **{f"token_{code}": f"That token was refused ({code})." for code in TOKEN_ERROR_CODES},
+    "token_signed_out": "That token was signed out; paste a fresh token from your identity provider.",
 }
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -281,6 +282,8 @@ def mount_console(
             verifier().verify(chosen)
         except InvalidToken as exc:
             return _sign_in_again(f"token_{exc.code}")
+        if await console.signed_out(chosen):  # else every page after this one would send them back here
+            return _sign_in_again("token_signed_out")
         response = RedirectResponse("/console", status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
