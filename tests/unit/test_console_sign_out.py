@@ -318,3 +318,12 @@ async def test_pasting_a_signed_out_token_at_sign_in_is_refused_there_saying_why
         assert browser.cookies.get(SESSION_COOKIE) is None
         page = await browser.get(answer.headers["location"])
     assert SIGN_IN_ERRORS["token_signed_out"] in page.text
+
+
+async def test_an_edited_waited_in_an_action_link_still_gets_the_signed_in_person_the_page() -> None:
+    replicas = Replicas()
+    decided = await replicas.opened()
+    async with replicas.a.browser(token()) as browser:
+        for waited in ("abc", "-5", "1e9", "99999999999999999999"):
+            page = await browser.get(f"/console/actions/{decided.action_id}", params={"waited": waited})
+            assert page.status_code == 200 and 'id="vote"' in page.text, (waited, page.text)

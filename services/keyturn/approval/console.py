@@ -313,13 +313,13 @@ def mount_console(
         return response
 
     @app.get("/console/actions/{action_id}", response_class=HTMLResponse, include_in_schema=False)
-    async def action_page(request: Request, action_id: str, done: str = "", waited: int = 0) -> Response:
+    async def action_page(request: Request, action_id: str, done: str = "", waited: str = "") -> Response:
         signed_in = await console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
         if not id_in_path(action_id):
             return console.missing(signed_in, action_id)
-        return await _action_page(console, signed_in, action_id, notice=_notice(done), waited=max(0, waited))
+        return await _action_page(console, signed_in, action_id, notice=_notice(done), waited=_seconds_waited(waited))
 
     @app.post("/console/actions/{action_id}/vote", include_in_schema=False)
     async def vote(request: Request, action_id: str) -> Response:
@@ -499,6 +499,13 @@ def _item(decided: Any, state: Any) -> dict[str, Any]:
         "impact": decided.impact.summary() if decided.impact is not None else "",
         "expires_at": state.expires_at.isoformat(timespec="seconds"),
     }
+
+
+def _seconds_waited(waited: str) -> int:
+    """How long a page for an approval not open yet has reloaded itself (its own link's
+    ``waited``). Taken as text, and anything but a small whole number read as 0: an edited link
+    gets the page, not the API's refusal (which knows no cookie, and so no one signed in)."""
+    return int(waited) if waited.isascii() and waited.isdigit() and len(waited) <= 6 else 0
 
 
 def _notice(done: str) -> str:
