@@ -8,6 +8,7 @@ import gc
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -312,10 +313,47 @@ def _when_open(
 
 
 def _retry_after(answer: httpx.Response) -> float:
+    """The pause a 425 asks for, within bounds; no number of seconds (absent, text, nan, inf) is 1 s."""
     try:
-        return min(max(float(answer.headers.get("retry-after", "1")), 0.2), NOT_OPEN_WAIT_S)
+        pause = float(answer.headers.get("retry-after", "1"))
     except ValueError:
         return 1.0
+    return min(max(pause, 0.2), NOT_OPEN_WAIT_S) if math.isfinite(pause) else 1.0
+
+
+_JSON_KINDS = {dict: "a JSON object", list: "a JSON list", str: "a JSON string", bool: "a JSON boolean"} | {
+    int: "a JSON number",
+    float: "a JSON number",
+    type(None): "JSON null",
+}
+
+
+def _body(response: httpx.Response, shape: type[dict[str, Any]] | type[list[Any]]) -> Any:
+    """The JSON object or list a service's answer should be, or a one-line error saying what came
+    instead (a proxy's HTML page, another shape): never a traceback."""
+    expected = "a JSON object" if shape is dict else "a JSON list"
+    try:
+        body = response.json()
+    except ValueError:
+        _fail(f"the answer (HTTP {response.status_code}) is not JSON where {expected} was expected")
+    if not isinstance(body, shape):
+        _fail(
+            f"the answer (HTTP {response.status_code}) is {_JSON_KINDS.get(type(body), 'JSON')} "
+            f"where {expected} was expected"
+        )
+    return body
+
+
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    """Reading an answer that lacks a field, or holds one of another shape, ends in one line naming
+    it, not a traceback."""
+    try:
+        yield
+    except KeyError as exc:
+        _fail(f"the answer lacks the field {exc}")
+    except (TypeError, AttributeError, ValueError) as exc:
+        _fail(f"the answer holds a field of an unexpected shape ({type(exc).__name__})")
 
 
 def _vote(action_id: str, choice: str, reason: str | None, token: str | None) -> None:
@@ -329,15 +367,16 @@ def _vote(action_id: str, choice: str, reason: str | None, token: str | None) ->
         shown = _when_open(lambda: client.get(f"/v1/approvals/{segment}"), action_id)
         if shown.status_code != 200:
             _fail(_detail(shown))
-        approval = shown.json()
-        _print_approval(approval)
+        approval = _body(shown, dict)
+        with _reading():
+            _print_approval(approval)
         answer = _when_open(
             lambda: client.post(
                 f"/v1/approvals/{segment}/votes",
                 json={
                     "choice": choice,
                     "reason": reason,
-                    "payload_digest": approval["payload_digest"],
+                    "payload_digest": approval.get("payload_digest"),
                     "channel": "cli",
                 },
             ),
@@ -345,8 +384,11 @@ def _vote(action_id: str, choice: str, reason: str | None, token: str | None) ->
         )
     if answer.status_code != 200:
         _fail(_detail(answer))
-    body = answer.json()
-    console.print(f"[green]{choice} recorded[/green]: {body['status']} — {body['summary']}")
+    body = _body(answer, dict)
+    with _reading():
+        console.print(
+            f"[green]{choice} recorded[/green]: {escape(str(body['status']))} — {escape(str(body['summary']))}"
+        )
 
 
 def _print_approval(approval: dict[str, Any]) -> None:
@@ -381,16 +423,19 @@ def approvals_list(
         answer = client.get("/v1/approvals", headers=headers)
     if answer.status_code != 200:
         _fail(_detail(answer))
+    approvals = _body(answer, list)
     if as_json:
-        console.print_json(data=answer.json())
+        console.print_json(data=approvals)
         return
-    for approval in answer.json():
-        impact = (approval.get("impact") or {}).get("summary", "no impact preview (not SQL-backed)")
-        console.print(
-            f"{approval['action_id']}  {approval['action']}  {approval['resource']}  {impact}  {approval['summary']}",
-            highlight=False,
-            markup=False,
-        )
+    with _reading():
+        for approval in approvals:
+            impact = (approval.get("impact") or {}).get("summary", "no impact preview (not SQL-backed)")
+            console.print(
+                f"{approval['action_id']}  {approval['action']}  {approval['resource']}  {impact}  "
+                f"{approval['summary']}",
+                highlight=False,
+                markup=False,
+            )
 
 
 @approvals_app.command("show")
@@ -406,17 +451,20 @@ def approvals_show(
         answer = _when_open(lambda: client.get(f"/v1/approvals/{segment}", headers=headers), action_id)
     if answer.status_code != 200:
         _fail(_detail(answer))
+    approval = _body(answer, dict)
     if as_json:
-        console.print_json(data=answer.json())
+        console.print_json(data=approval)
     else:
-        _print_approval(answer.json())
+        with _reading():
+            _print_approval(approval)
 
 
 def _detail(response: httpx.Response) -> str:
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
         return f"HTTP {response.status_code}: {response.text[:300]}"
+    detail = body.get("detail") if isinstance(body, dict) else body
     if isinstance(detail, dict):
         return f"{detail.get('error')}: {detail.get('message')}"
     return f"HTTP {response.status_code}: {detail}"
@@ -457,7 +505,7 @@ def status(
         response = httpx.get(settings.intake_url + path, headers=headers, timeout=wait + 10)
     if response.status_code != 200:
         _fail(_detail(response))
-    console.print_json(data=response.json())
+    console.print_json(data=_body(response, dict))
 
 
 @schemas_app.command("freeze")

@@ -437,3 +437,12 @@ async def test_the_history_search_goes_back_into_its_box_masked() -> None:
         plain = await erin.get("/console/history", params={"q": "db.export"})
     assert page.status_code == 200 and "AKIAIOSFODNN7EXAMPLE" not in page.text
     assert 'value="db.export"' in plain.text
+
+
+@pytest.mark.parametrize("search", [{"q": "a\x00b"}, {"q": "a\x1b[2Jb"}, {"outcome": "denied\x00"}])
+async def test_a_history_search_no_record_can_hold_is_refused_with_a_page_saying_so(search) -> None:
+    service = Service()
+    async with service.client("human:erin") as erin:
+        page = await erin.get("/console/history", params=search)
+    assert page.status_code == 400 and "nothing was searched" in page.text, page.text
+    assert "\x00" not in page.text and "\x1b" not in page.text

@@ -13,6 +13,7 @@ import pytest
 from keyturn.approval.channels import ChatTargets
 from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet, DeskUnavailable
 from keyturn.approval.ports import DeskStore, PolicyEngine
+from keyturn.approval.replay import pending_state
 from keyturn.approval.store import ApprovalStore
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
@@ -69,6 +70,7 @@ def decision(
     break_glass: bool = False,
     escalation_group: str | None = None,
     reminder_fractions: tuple[float, ...] = (),
+    requester: Principal = REQUESTER,
 ) -> events.ActionDecided:
     action_id = str(uuid.uuid4())
     request = events.ActionRequested(
@@ -78,7 +80,7 @@ def decision(
         resource="iam://staging/roles/analyst",
         parameters_json=events.canonical_json(PARAMETERS),
         reason="onboarding",
-        requester=REQUESTER,
+        requester=requester,
         payload_digest=DIGEST,
         requested_at=OPENED,
         callback_url=callback_url,
@@ -145,6 +147,24 @@ async def test_an_authorised_vote_is_accepted_recorded_and_published_without_a_f
     ]
     assert d.store.tables.outbox == []  # published once the vote committed: nobody called flush
     assert ("slack", "C0APPROVALS", "progress", "1") in d.store.queued(decided.action_id)
+
+
+async def test_a_requester_chain_naming_the_approver_re_cased_or_fullwidth_refuses_her_as_self_approval() -> None:
+    for written in ("human:Alice", "human:\uff41lice"):
+        d = Desk()
+        decided = await opened(d, requester=Principal("agent:reporter", PrincipalKind.AGENT, (written,)))
+
+        assert [a.action_id for a, _ in await d.desk.inbox(ALICE)] == []
+        state = pending_state(decided, await d.store.read(decided.action_id))
+        assert await d.desk.may_decide(ALICE, decided, state) == (
+            False,
+            "You are in the chain that asked for this action, so you cannot answer it.",
+        )
+        result = await vote(d, decided, ALICE)
+
+        assert not result.accepted and result.refusal == "SelfApprovalRefused", result
+        assert "human:alice is in the requesting chain" in result.message
+        assert (await d.desk.view(decided.action_id))["status"] == "pending"
 
 
 async def test_a_vote_from_outside_the_groups_is_refused_and_recorded() -> None:

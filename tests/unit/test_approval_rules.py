@@ -142,6 +142,25 @@ def test_admin_in_every_group_still_cannot_self_approve():
     assert outcome.state.status == "pending"
 
 
+@pytest.mark.parametrize("written", ["human:Alice", "human:ALICE ", "human:\uff41lice", "HUMAN:ａｌｉｃｅ"])
+def test_the_requester_written_another_way_is_still_refused_as_a_self_approval(written):
+    """A chain naming alice re-cased or in fullwidth letters is alice: her vote is refused as her own
+    (not as "not in the group", though she is in it), and so is a vote from the look-alike id."""
+    written_for = Principal("agent:reporter", PrincipalKind.AGENT, (written,))
+
+    hers = cast_vote(pending(requester=written_for), vote(ALICE, "db-owners"), at(5))
+    look_alike = cast_vote(pending(), vote(Principal(written, PrincipalKind.HUMAN), "db-owners"), at(5))
+
+    for outcome in (hers, look_alike):
+        assert isinstance(outcome.refusal, SelfApprovalRefused), outcome.refusal
+        assert outcome.state.status == "pending"
+    assert "human:alice is in the requesting chain" in str(hers.refusal)
+
+
+def test_a_look_alike_id_is_never_someone_else_s_membership():
+    assert not Principal("human:\uff41lice", PrincipalKind.HUMAN).owns_one_of({"human:alice"})
+
+
 def test_requester_cannot_deny_own_action_either():
     outcome = cast_vote(pending(requester=ALICE), vote(ALICE, "db-owners", choice="deny"), at(5))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from keyturn import cli
 
@@ -91,3 +92,54 @@ def test_a_token_lifetime_out_of_range_is_one_line_not_a_traceback(monkeypatch, 
     monkeypatch.setenv("KEYTURN_RUN_DIR", str(tmp_path))
     ran = CliRunner().invoke(cli.app, ["token", "issue", "--sub", "agent:x", "--ttl", ttl])
     assert ran.exit_code == 2 and "Traceback" not in ran.output and "--ttl" in ran.output
+
+
+ACTION = "11111111-1111-4111-8111-111111111111"
+APPROVAL = {
+    "action_id": ACTION,
+    "action": "db.export",
+    "resource": "postgres://prod/orders",
+    "requester": "agent:reporter",
+    "acting_for": [],
+    "reason": "report",
+    "summary": "0/1",
+    "payload_digest": "sha256:" + "0" * 64,
+    "parameters": {},
+}
+HOSTILE = {
+    "an HTML page": (200, {"content-type": "text/html"}, b"<html>proxy sign-in</html>", "is not JSON"),
+    "an approval missing its fields": (200, {}, b'{"action_id": "x"}', "lacks the field 'action'"),
+    "a list where an object belongs": (200, {}, b"[1, 2]", "is a JSON list where a JSON object was expected"),
+    "an error body that is a list": (403, {}, b'["no"]', "HTTP 403: ['no']"),
+}
+
+
+def run_against(monkeypatch, answer: httpx.Response | None = None, *args: str, route=None):
+    """``keyturn ARGS`` against an approval service answering ``answer`` (or ``route(request)``)."""
+    transport = httpx.MockTransport(route or (lambda _: answer))
+    real = httpx.Client
+    monkeypatch.setattr(cli.httpx, "Client", lambda **kw: real(transport=transport, **kw))
+    monkeypatch.setattr(cli.time, "sleep", lambda s: pytest.fail(f"slept {s}"))
+    monkeypatch.setenv("KEYTURN_APPROVAL_URL", "http://approval.test")
+    return CliRunner().invoke(cli.app, [*args, "--token", "a.b.c"])
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+@pytest.mark.parametrize("command", [["approvals", "show", ACTION], ["approve", ACTION]])
+def test_an_unexpected_answer_is_one_line_naming_what_was_wrong_never_a_traceback(monkeypatch, name, command) -> None:
+    status, headers, content, said = HOSTILE[name]
+    result = run_against(monkeypatch, httpx.Response(status, headers=headers, content=content), *command)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert said in result.output and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize("content", [b'{"detail": "x"}', b"<html></html>", b'[{"action_id": "x"}]'])
+def test_approvals_list_given_anything_but_a_list_of_approvals_is_one_line(monkeypatch, content) -> None:
+    result = run_against(monkeypatch, httpx.Response(200, content=content), "approvals", "list")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "error:" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("retry_after", ["nan", "inf", "-inf", "soon"])
+def test_a_retry_after_of_no_number_of_seconds_is_taken_as_absent(retry_after) -> None:
+    assert cli._retry_after(httpx.Response(425, headers={"Retry-After": retry_after})) == 1.0

@@ -7,7 +7,7 @@ verified by the real verifier, so a session's expiry is the token's own.
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from fastapi import FastAPI
 
-from keyturn.approval.console import SESSION_COOKIE, SIGN_IN_COOKIE, Console, mount_console
+from keyturn.approval.console import SESSION_COOKIE, SIGN_IN_COOKIE, SIGN_IN_ERRORS, Console, mount_console
 from keyturn.approval.console_history import mount_history
-from keyturn.approval.http import mount_routes
+from keyturn.approval.http import mount_routes, session_digest
 from keyturn.approval.runtime import ApprovalRuntime
 from keyturn.bus.codec import registry
 from keyturn.config import Settings
@@ -127,11 +127,48 @@ async def test_signing_out_keeps_a_digest_of_the_token_until_its_expiry_never_th
     async with replicas.a.browser(carol) as browser:
         csrf = csrf_of(await browser.get("/console"))
         await browser.post("/console/sign-out", data={"csrf": csrf})
-    assert list(replicas.store.signed_out) == [hashlib.sha256(carol.encode()).digest()]
+    assert list(replicas.store.signed_out) == [session_digest(carol)]
     [until] = replicas.store.signed_out.values()
     # the token's exp, and a few minutes past it: a verifier's leeway takes a token that long after
     assert abs(until - (datetime.now(UTC) + timedelta(hours=2, minutes=5))) < timedelta(minutes=1)
     assert carol.encode() not in repr(replicas.store.signed_out).encode()
+
+
+#: The order of P-256: an ES256 signature (r, s) verifies as (r, n - s) as well.
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def rewritten_signature(jwt_text: str) -> str:
+    """Another text of the same signed token that verifies as well: its ES256 signature's s as n - s."""
+    signed, _, signature = jwt_text.rpartition(".")
+    raw = base64.urlsafe_b64decode(signature + "==")
+    r, s = raw[:32], int.from_bytes(raw[32:], "big")
+    return f"{signed}." + base64.urlsafe_b64encode(r + (P256_ORDER - s).to_bytes(32, "big")).decode().rstrip("=")
+
+
+async def test_a_signed_out_token_with_its_signature_rewritten_is_still_signed_out() -> None:
+    replicas = Replicas()
+    decided = await replicas.opened()
+    carol = token()
+    copy = rewritten_signature(carol)
+    assert copy != carol and VERIFIER.verify(copy).id == "human:carol"  # what a holder of the old cookie could send
+    async with replicas.a.browser() as browser:
+        await signed_in(browser, carol)
+        await browser.post("/console/sign-out", data={"csrf": csrf_of(await browser.get("/console"))})
+    vote = {"choice": "approve", "payload_digest": str(DIGEST)}
+    for instance in (replicas.a, replicas.b):
+        async with instance.browser(copy) as replay:
+            page = await replay.get(f"/console/actions/{decided.action_id}")
+            assert sent_to_sign_in(await replay.get("/console")) and sent_to_sign_in(page)
+            assert sent_to_sign_in(await replay.get("/console/history"))
+            bearer = {"Authorization": f"Bearer {copy}"}
+            answers = [
+                await replay.get("/v1/approvals", headers=bearer),
+                await replay.post(f"/v1/approvals/{decided.action_id}/votes", json=vote, headers=bearer),
+            ]
+        for answer in answers:
+            assert answer.status_code == 401 and "signed_out" in answer.text, answer.text
+    assert replicas.votes() == [] and replicas.store.tables.approvals[decided.action_id].status == "pending"
 
 
 async def test_signing_out_ends_that_session_only() -> None:
@@ -165,11 +202,11 @@ async def test_signed_out_tokens_past_their_expiry_are_forgotten() -> None:
     replicas.a.console.clock = lambda: datetime.now(UTC) + timedelta(minutes=6)
     async with replicas.a.browser(later) as browser:
         await browser.post("/console/sign-out", data={"csrf": csrf_of(await browser.get("/console"))})
-    assert hashlib.sha256(short.encode()).digest() in replicas.store.signed_out
+    assert session_digest(short) in replicas.store.signed_out
     replicas.a.console.clock = lambda: datetime.now(UTC) + timedelta(minutes=11)  # well past any leeway
     async with replicas.a.browser(token("human:erin")) as browser:
         await browser.post("/console/sign-out", data={"csrf": csrf_of(await browser.get("/console"))})
-    assert hashlib.sha256(short.encode()).digest() not in replicas.store.signed_out
+    assert session_digest(short) not in replicas.store.signed_out
 
 
 async def test_a_page_view_costs_one_lookup_and_a_known_signed_out_token_none() -> None:
@@ -266,3 +303,27 @@ async def test_a_console_form_larger_than_any_it_sends_is_refused_whole_not_cut(
         answer = await browser.post("/console/sign-out", data={"csrf": csrf, "pad": "x" * (70 * 1024)})
         assert answer.status_code == 413 and "larger than 64 KB" in answer.text
         assert (await browser.get("/console")).status_code == 200  # nothing happened: still signed in
+
+
+async def test_pasting_a_signed_out_token_at_sign_in_is_refused_there_saying_why() -> None:
+    replicas = Replicas()
+    carol = token()
+    async with replicas.a.browser(carol) as browser:
+        await browser.post("/console/sign-out", data={"csrf": csrf_of(await browser.get("/console"))})
+    async with replicas.b.browser() as browser:
+        await browser.get("/console/sign-in")
+        pasted = {"nonce": browser.cookies.get(SIGN_IN_COOKIE), "token": rewritten_signature(carol)}
+        answer = await browser.post("/console/sign-in", data=pasted)
+        assert answer.headers["location"] == "/console/sign-in?error=token_signed_out"
+        assert browser.cookies.get(SESSION_COOKIE) is None
+        page = await browser.get(answer.headers["location"])
+    assert SIGN_IN_ERRORS["token_signed_out"] in page.text
+
+
+async def test_an_edited_waited_in_an_action_link_still_gets_the_signed_in_person_the_page() -> None:
+    replicas = Replicas()
+    decided = await replicas.opened()
+    async with replicas.a.browser(token()) as browser:
+        for waited in ("abc", "-5", "1e9", "99999999999999999999"):
+            page = await browser.get(f"/console/actions/{decided.action_id}", params={"waited": waited})
+            assert page.status_code == 200 and 'id="vote"' in page.text, (waited, page.text)

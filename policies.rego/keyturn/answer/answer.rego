@@ -65,6 +65,8 @@ answerable if awaits_approval
 answerable if is_break_glass_review
 
 # Self-approval: compared case-blind and trimmed so a re-cased id cannot approve its own request.
+# Rego has no Unicode normalisation: the approval service refuses a look-alike written in other
+# code points (a fullwidth letter) itself, comparing NFKC case-folded ids (core.principal.principal_key).
 approver_is_the_requester if same_principal(approver, input.request.requester.id)
 
 approver_is_in_the_requester_chain if {

@@ -5,10 +5,11 @@ from a bearer token — an ``Authorization`` header set by an OIDC proxy in prod
 ``keyturn_session`` cookie holding a token pasted at sign-in (or, in development only, minted
 for ``human:NAME``). Every form carries a CSRF token derived from the session token, and the
 session cookie is HttpOnly and SameSite=Strict. Signing out ends the session on every instance:
-the SHA-256 digest of its token (never the token) is recorded in the approval database until the
-token's own expiry, and a page asks for it by that digest (one primary-key lookup) after the
-token verifies (``Console.session``). Votes go through ``ApprovalDesk.vote`` like
-every other channel (``channel=console``).
+a digest of its token (never the token; ``http.session_digest``, which every other writing of the
+same signed token shares) is recorded in the approval database until the token's own expiry, and
+a page asks for it by that digest (one primary-key lookup) after the token verifies
+(``Console.session``). Votes go through ``ApprovalDesk.vote`` like every other channel
+(``channel=console``).
 
 An action whose approval has not opened yet (a link followed right after the agent asked) gets a
 page that says so and reloads itself every ``Retry-After`` seconds, up to ``NOT_OPEN_WAIT_S``;
@@ -64,6 +65,7 @@ SIGN_IN_ERRORS: dict[str, str] = {
     "bad_name": "Use a name like carol (people only).",
     "no_token": "Paste a token from your identity provider.",
     **{f"token_{code}": f"That token was refused ({code})." for code in TOKEN_ERROR_CODES},
+    "token_signed_out": "That token was signed out; paste a fresh token from your identity provider.",
 }
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -280,6 +282,8 @@ def mount_console(
             verifier().verify(chosen)
         except InvalidToken as exc:
             return _sign_in_again(f"token_{exc.code}")
+        if await console.signed_out(chosen):  # else every page after this one would send them back here
+            return _sign_in_again("token_signed_out")
         response = RedirectResponse("/console", status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
@@ -309,13 +313,13 @@ def mount_console(
         return response
 
     @app.get("/console/actions/{action_id}", response_class=HTMLResponse, include_in_schema=False)
-    async def action_page(request: Request, action_id: str, done: str = "", waited: int = 0) -> Response:
+    async def action_page(request: Request, action_id: str, done: str = "", waited: str = "") -> Response:
         signed_in = await console.session(request)
         if signed_in is None:
             return RedirectResponse("/console/sign-in", status_code=303)
         if not id_in_path(action_id):
             return console.missing(signed_in, action_id)
-        return await _action_page(console, signed_in, action_id, notice=_notice(done), waited=max(0, waited))
+        return await _action_page(console, signed_in, action_id, notice=_notice(done), waited=_seconds_waited(waited))
 
     @app.post("/console/actions/{action_id}/vote", include_in_schema=False)
     async def vote(request: Request, action_id: str) -> Response:
@@ -495,6 +499,13 @@ def _item(decided: Any, state: Any) -> dict[str, Any]:
         "impact": decided.impact.summary() if decided.impact is not None else "",
         "expires_at": state.expires_at.isoformat(timespec="seconds"),
     }
+
+
+def _seconds_waited(waited: str) -> int:
+    """How long a page for an approval not open yet has reloaded itself (its own link's
+    ``waited``). Taken as text, and anything but a small whole number read as 0: an edited link
+    gets the page, not the API's refusal (which knows no cookie, and so no one signed in)."""
+    return int(waited) if waited.isascii() and waited.isdigit() and len(waited) <= 6 else 0
 
 
 def _notice(done: str) -> str:

@@ -31,6 +31,7 @@ from keyturn.audit.report.render import duration_text, when_text
 from keyturn.bus.http import id_in_path, shown_id
 from keyturn.core.approval import shown_channel
 from keyturn.core.principal import Principal
+from keyturn.core.text import words_problem
 from keyturn.masking.protect import mask_text
 
 TEMPLATES.filters["ms"] = when_text
@@ -125,6 +126,17 @@ def mount_history(app: FastAPI, console: Console, history_of: Callable[[], Await
         if isinstance(signed, Response):
             return signed
         person, token = signed
+        # a search is looked up in PostgreSQL (which cannot hold a NUL) and repeated on the page:
+        # words nobody could have typed are refused saying so, as every other console input is
+        for field, value in (("search", q[:200]), ("outcome", outcome[:64])):
+            if (why := words_problem(value)) is not None:
+                return console.render(
+                    "history_denied.html",
+                    400,
+                    approver=person,
+                    csrf=console.csrf(token),
+                    message=f"The {field} {why}; nothing was searched. Search with plain words.",
+                )
         page, charts = await cache.page(await history_of(), q[:200], outcome[:64])
         # the search is free text from the link, so it goes back into the box masked: a link cannot
         # put a secret on the page (the history holds masked values: a secret matched nothing anyway)

@@ -549,7 +549,7 @@ class ApprovalDesk:
     ) -> tuple[bool, str]:
         """``may_review`` on a decision and its reviews already read; ``DeskUnavailable`` while the
         policy engine is away."""
-        if reviewer.everyone & decided.request.requester.everyone:
+        if reviewer.shares_anyone_with(decided.request.requester):
             return False, "You are in the chain that asked for this action, so you cannot review it."
         if rules.acts_for_another(reviewer):
             return False, ACTING_FOR_ANOTHER
@@ -841,7 +841,7 @@ class ApprovalDesk:
         """``may_decide``, raising the policy engine's failure."""
         if state.status != "pending":
             return False, f"This action is {state.status}; answers are no longer taken."
-        if approver.everyone & decided.request.requester.everyone:
+        if approver.shares_anyone_with(decided.request.requester):
             return False, "You are in the chain that asked for this action, so you cannot answer it."
         if rules.acts_for_another(approver):
             return False, ACTING_FOR_ANOTHER

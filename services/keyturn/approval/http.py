@@ -86,8 +86,13 @@ def unavailable(exc: DeskUnavailable) -> JSONResponse:
 
 
 def session_digest(token: str) -> bytes:
-    """What is kept of a signed-out session token: its SHA-256, never the token."""
-    return hashlib.sha256(token.encode()).digest()
+    """What is kept of a signed-out session token, never the token: the SHA-256 of what its
+    signature signs (``header.payload``, before the last dot), not of the whole text. The same
+    signed session can be written with other signature text that verifies as well (an ECDSA
+    signature's s as n - s, the spare bits of its base64), and each such copy would otherwise be
+    a session never signed out. The one key of a signed-out session: recorded, and asked for."""
+    signed, _, _ = token.rpartition(".")
+    return hashlib.sha256(signed.encode()).digest()
 
 
 def mount_routes(app: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]], verifier: Any) -> None:

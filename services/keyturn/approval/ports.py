@@ -16,7 +16,7 @@ in-memory one with the same guarantees, so the desk is unit-tested without a ser
   block runs (one instance at a time; the others skip the tick);
 - ``first_sighting`` records an interaction id on its own, outside any transaction: True the
   first time, False for every replay, even when the answer that follows is rolled back;
-- ``end_session`` records a signed-out console session by its token's SHA-256 digest, on its own
+- ``end_session`` records a signed-out console session by its digest (``http.session_digest``), on its own
   and at once, until the token's expiry (pruning those past it), and ``session_ended`` says
   whether a digest was signed out: shared by every instance on the database.
 

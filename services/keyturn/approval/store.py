@@ -13,8 +13,9 @@ that causes it, and sent after commit, so a crash delays a message but never los
   row keeps the remote message id that later updates edit;
 - ``approval_callbacks``: the requester's webhook, one row per (action, state).
 
-``approval_signed_out_sessions`` holds the SHA-256 digest (never the token) of every console
-session token signed out, until the token's own expiry: every approval instance refuses it.
+``approval_signed_out_sessions`` holds the SHA-256 digest of what the signature of every console
+session token signed out signs (never the token; ``http.session_digest``), until the token's own
+expiry: every approval instance refuses it, and every other writing of its signature.
 """
 
 from __future__ import annotations
@@ -638,7 +639,7 @@ class ApprovalStore:
     # --- console sessions signed out ----------------------------------------------------------
 
     async def end_session(self, digest: bytes, expires_at: datetime, now: datetime) -> None:
-        """Record a signed-out session token by its SHA-256 ``digest`` until ``expires_at`` (the
+        """Record a signed-out session token by its ``digest`` (``http.session_digest``) until ``expires_at`` (the
         token's own expiry: after it the verifier refuses the token anyway), and forget the ones
         whose expiry has passed at ``now``. Committed on its own, at once."""
         async with self.pool.connection() as conn:
@@ -651,7 +652,7 @@ class ApprovalStore:
             await conn.execute("DELETE FROM approval_signed_out_sessions WHERE expires_at <= %s", (now,))
 
     async def session_ended(self, digest: bytes) -> bool:
-        """Whether the session token with this SHA-256 ``digest`` was signed out (one primary-key
+        """Whether the session token with this ``digest`` was signed out (one primary-key
         lookup: what every console page costs)."""
         async with self.pool.connection() as conn:
             row = await (

@@ -17,8 +17,9 @@ running out always ends as ``expired``, never as ``denied``.
 Who may answer (checked in this order, the first failure is the refusal):
 
 1. not anyone in the requesting chain (``SelfApprovalRefused``): the approver, and anyone the
-   approver acts for, must be outside ``requester.everyone``. No admin exemption, whatever
-   groups the approver counts for;
+   approver acts for, must be outside ``requester.everyone``, compared by ``principal_key`` (a
+   re-cased or fullwidth id is the same person: ``Principal.shares_anyone_with``). No admin
+   exemption, whatever groups the approver counts for;
 2. in their own name (``DelegatedVoteRefused``): a vote is a person's own, so an approver whose
    token carries a delegation chain (an ``act`` claim: someone acting for someone else) is
    refused, whoever it names. Counted by ``sub`` alone, one person acting twice (once as
@@ -693,7 +694,7 @@ def _answer_refusal(
 ) -> ApprovalRefusal | None:
     """Who may answer an action, in order: outside the requesting chain, in their own name, in a
     required group, shown the exact parameters, once. Shared by approvals and break-glass reviews."""
-    shared = vote.approver.everyone & requester.everyone
+    shared = vote.approver.shares_anyone_with(requester)
     if shared:
         return SelfApprovalRefused(
             action_id=action_id, approver_id=vote.approver.id, requester=requester, shared=shared

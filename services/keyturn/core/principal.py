@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
+
+
+def principal_key(principal_id: str) -> str:
+    """What two principal ids are compared by when one may not answer for the other: the id in
+    NFKC, case-folded and trimmed. An identity provider (or the token of an agent acting for
+    someone) can write the same person as ``human:Heidi`` or with a fullwidth ``ｈ``; each must
+    still be that person for self-approval. Never a grant: membership and ownership compare ids
+    exactly, so a look-alike id gains nothing, it is only refused more."""
+    return unicodedata.normalize("NFKC", principal_id).casefold().strip()
 
 
 class PrincipalKind(str, Enum):
@@ -31,6 +41,12 @@ class Principal:
     def everyone(self) -> frozenset[str]:
         """The principal and every principal in its delegation chain."""
         return frozenset((self.id, *self.chain))
+
+    def shares_anyone_with(self, other: Principal) -> frozenset[str]:
+        """The ids of this principal and its chain that name someone in ``other``'s (``principal_key``):
+        the one test of self-approval, for every answer and review on every channel."""
+        theirs = {principal_key(principal_id) for principal_id in other.everyone}
+        return frozenset(principal_id for principal_id in self.everyone if principal_key(principal_id) in theirs)
 
     def owns_one_of(self, owners: Collection[str]) -> bool:
         """Whether this caller is one of ``owners`` (an action's requester and everyone it acts
