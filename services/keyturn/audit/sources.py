@@ -122,6 +122,16 @@ def audit_records(
         fail(str(missing))
 
 
+def malformed_note(sequences: list[int], *, shown: int = 10) -> str:
+    """One line saying which records were left out because their payload is not a readable event."""
+    listed = ", ".join(str(sequence) for sequence in sequences[:shown])
+    more = f" and {len(sequences) - shown} more" if len(sequences) > shown else ""
+    return (
+        f"left out {len(sequences)} record(s) whose payload is not a readable event (sequence {listed}{more}); "
+        "keyturn audit verify reports them"
+    )
+
+
 def time_option(text: str | None, name: str) -> int | None:
     """UTC milliseconds for a --since/--until value; a clear usage error (exit 2) when unreadable."""
     from keyturn.audit.replay import parse_instant

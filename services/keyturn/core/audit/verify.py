@@ -13,6 +13,7 @@ from typing import Any
 
 from keyturn.core.audit.canonical import GENESIS_HASH, record_hash
 from keyturn.core.audit.checkpoint import CheckpointVerifier, ForgedCheckpoint, UnknownCheckpointKey
+from keyturn.core.audit.payload import MalformedPayload, read_payload
 from keyturn.core.audit.record import FOREIGN_EVENT_TYPE, AuditRecord
 
 
@@ -163,6 +164,16 @@ class _Verification:
                 sequence,
                 index,
                 f"record {sequence} was edited: its hash does not match its contents",
+            )
+        try:
+            read_payload(record.payload_json)
+        except MalformedPayload as error:
+            self._report(
+                ProblemKind.MALFORMED,
+                sequence,
+                index,
+                f"record {sequence} does not hold an event the tools can read: {error}; no writer records "
+                "such a payload, so someone who can produce to the audit topic appended it",
             )
         in_order = self._place(index, record)
         self._check_event_id(index, record)
