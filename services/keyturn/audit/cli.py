@@ -134,6 +134,14 @@ def verify(
             highlight=False,
         )
         raise typer.Exit(1)
+    if report.records_checked == 0:
+        # nothing was deleted (that fails above): nothing has been recorded yet, or the export is empty
+        console.print(
+            "[yellow]no audit records[/yellow]: the chain is empty, so nothing was verified "
+            "(pass --require-checkpoint-at-end to fail on an empty export)",
+            highlight=False,
+        )
+        return
     rate = report.records_checked / elapsed if elapsed > 0 else 0
     console.print(
         f"[green]audit chain intact[/green]: {report.records_checked} records, last sequence {report.last_sequence}, "
