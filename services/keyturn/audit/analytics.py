@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keyturn.audit.replay import payload_of
+from keyturn.core.audit.payload import MalformedPayload
 from keyturn.core.audit.record import AuditRecord
 
 DEFAULT_RUBBER_STAMP_S = 10.0
@@ -115,6 +116,8 @@ class ApprovalStats:
     groups: dict[str, GroupTimes] = field(default_factory=dict)
     approvers: dict[str, ApproverRates] = field(default_factory=dict)
     rubber_stamps: list[RubberStamp] = field(default_factory=list)
+    malformed: list[int] = field(default_factory=list)
+    """Sequences of records whose payload could not be read, so they were left out."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +126,7 @@ class ApprovalStats:
             "time_to_decision": [self.groups[name].to_dict() for name in sorted(self.groups)],
             "approvers": [self.approvers[name].to_dict() for name in sorted(self.approvers)],
             "rubber_stamps": [stamp.to_dict() for stamp in self.rubber_stamps],
+            "malformed_records": list(self.malformed),
         }
 
 
@@ -164,7 +168,12 @@ def approval_stats(records: Iterable[AuditRecord], *, rubber_stamp_s: float = DE
     analytics = ApprovalAnalytics(rubber_stamp_s=rubber_stamp_s)
     for record in records:
         if record.event_type in ("ActionDecided", "VoteRecorded", "ApprovalResolved") and record.action_id is not None:
-            analytics.add(record, payload_of(record))
+            try:
+                payload = payload_of(record)
+            except MalformedPayload:
+                analytics.stats.malformed.append(record.sequence)
+                continue
+            analytics.add(record, payload)
     return analytics.stats
 
 

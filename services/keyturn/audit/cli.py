@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from keyturn.audit.sources import audit_records, err, fail, progress, time_option
+from keyturn.audit.sources import audit_records, err, fail, malformed_note, progress, time_option
 from keyturn.config import Settings
 from keyturn.core.text import for_terminal
 from keyturn.terminal import TerminalConsole
@@ -134,6 +134,14 @@ def verify(
             highlight=False,
         )
         raise typer.Exit(1)
+    if report.records_checked == 0:
+        # nothing was deleted (that fails above): nothing has been recorded yet, or the export is empty
+        console.print(
+            "[yellow]no audit records[/yellow]: the chain is empty, so nothing was verified "
+            "(pass --require-checkpoint-at-end to fail on an empty export)",
+            highlight=False,
+        )
+        return
     rate = report.records_checked / elapsed if elapsed > 0 else 0
     console.print(
         f"[green]audit chain intact[/green]: {report.records_checked} records, last sequence {report.last_sequence}, "
@@ -380,9 +388,11 @@ def replay(
 
     if format == "table":
         _print_table(list(selected()))
-        return
-    count = _write(format, selected(), output)
-    err.print(f"replayed {count} records", highlight=False)
+    else:
+        count = _write(format, selected(), output)
+        err.print(f"replayed {count} records", highlight=False)
+    if index is not None and index.malformed:
+        err.print(malformed_note(index.malformed) + ": the filters could not read them", highlight=False)
 
 
 def _index_actions(settings: Settings, export: Path | None, index) -> int | None:
@@ -494,6 +504,8 @@ def stats(
         if window.since is not None or window.until is not None:
             records = _opened_within(records, window, ActionIndex())
         result = approval_stats(records, rubber_stamp_s=rubber_stamp_seconds).to_dict()
+    if result["malformed_records"]:
+        err.print(malformed_note(result["malformed_records"]), highlight=False)
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return

@@ -10,13 +10,13 @@ actions that match.
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from keyturn.core.approval import shown_channel
+from keyturn.core.audit.payload import MalformedPayload, read_payload
 from keyturn.core.audit.record import AuditRecord
 from keyturn.core.canonical import from_millis, to_millis
 
@@ -34,9 +34,9 @@ OUTCOMES = (
 
 
 def payload_of(record: AuditRecord) -> dict[str, Any]:
-    """The masked event the record carries (empty for a payload that is not an object)."""
-    value = json.loads(record.payload_json)
-    return value if isinstance(value, dict) else {}
+    """The masked event the record carries; raises :class:`MalformedPayload` for one the tools
+    cannot read (see ``core/audit/payload.py``: anyone who can produce to the topic can append it)."""
+    return read_payload(record.payload_json)
 
 
 def request_of(event_type: str, payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -94,14 +94,21 @@ class ActionIndex:
 
     def __init__(self) -> None:
         self.actions: dict[str, ActionFacts] = {}
+        self.malformed: list[int] = []
+        """Sequences of records whose payload could not be read: they taught nothing."""
 
     def add(self, record: AuditRecord) -> None:
         if record.action_id is None:
             return
+        try:
+            payload = payload_of(record)
+        except MalformedPayload:
+            self.malformed.append(record.sequence)
+            return
         facts = self.actions.get(record.action_id)
         if facts is None:
             facts = self.actions[record.action_id] = ActionFacts(record.action_id)
-        facts.learn(record, payload_of(record))
+        facts.learn(record, payload)
 
     @classmethod
     def of(cls, records: Iterable[AuditRecord]) -> ActionIndex:
@@ -207,9 +214,14 @@ class TimelineStep:
 
 def timeline_step(record: AuditRecord) -> TimelineStep:
     """Who did what, when, why, under which policy revision, for one record."""
-    payload = payload_of(record)
     kind = record.event_type
     who, what, why, revision = record.actor or "-", kind, "", None
+    try:
+        payload = payload_of(record)
+    except MalformedPayload as error:
+        # shown where it stands, so the steps around it still read in order
+        what, why = f"{kind}: NOT A READABLE EVENT", f"{error}; keyturn audit verify reports it"
+        payload, kind = {}, ""  # no branch below reads it
     if kind == "ActionRequested":
         chain = (payload.get("requester") or {}).get("chain") or []
         who = record.actor or "-"
@@ -255,7 +267,14 @@ def timeline_step(record: AuditRecord) -> TimelineStep:
         what = f"dead letter from {payload.get('source_topic')}"
         why = f"{payload.get('error_type')}: {payload.get('reason')}"
     return TimelineStep(
-        record.sequence, from_millis(record.occurred_at), kind, who, what, why.strip(), revision, record.flags
+        record.sequence,
+        from_millis(record.occurred_at),
+        record.event_type,
+        who,
+        what,
+        why.strip(),
+        revision,
+        record.flags,
     )
 
 

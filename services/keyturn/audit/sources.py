@@ -71,7 +71,8 @@ def audit_records(
 ) -> Iterator[Any]:
     """Records of the audit ``topic`` (on ``bootstrap``) or of an export, oldest first, streamed.
 
-    ``raw`` yields the export's dicts unparsed (for verify, which reports malformed ones).
+    ``raw`` yields the export's dicts unparsed (for verify, which reports malformed ones), and first
+    a :class:`~keyturn.core.audit.verify.DeletedMessages` when the topic's earliest offset is not 0.
     """
     if export is not None:
         from keyturn.audit.export import AuditFileError, read_jsonl
@@ -96,7 +97,7 @@ def audit_records(
         except AuditFileError as error:
             fail(f"{export}: {error}")
         return
-    from keyturn.audit.stream import AuditTopic, AuditTopicMissing, blocking
+    from keyturn.audit.stream import AuditMessage, AuditTopic, AuditTopicMissing, blocking
 
     async def fetches():
         # One list per fetch, not one message at a time: stepping the event loop once per record
@@ -104,6 +105,10 @@ def audit_records(
         async with AuditTopic(bootstrap, topic, to_offset=to_offset) as audit:
             total(max(0, audit.end_offset - audit.start_offset))
             on_end_offset(audit.end_offset)
+            if raw and audit.earliest_offset > 0:
+                from keyturn.core.audit.verify import DeletedMessages
+
+                yield [DeletedMessages(topic, 0, audit.earliest_offset)]
             async for batch in audit.batches():
                 wanted = [message for message in batch if message.offset < audit.end_offset]
                 advance(len(wanted))
@@ -114,12 +119,24 @@ def audit_records(
     try:
         for batch in blocking(fetches()):
             for message in batch:
-                if message.record is not None:
+                if not isinstance(message, AuditMessage):
+                    yield message  # deleted messages, for the verification
+                elif message.record is not None:
                     yield message.record
                 elif on_unreadable is not None:
                     on_unreadable(message.unreadable)
     except AuditTopicMissing as missing:
         fail(str(missing))
+
+
+def malformed_note(sequences: list[int], *, shown: int = 10) -> str:
+    """One line saying which records were left out because their payload is not a readable event."""
+    listed = ", ".join(str(sequence) for sequence in sequences[:shown])
+    more = f" and {len(sequences) - shown} more" if len(sequences) > shown else ""
+    return (
+        f"left out {len(sequences)} record(s) whose payload is not a readable event (sequence {listed}{more}); "
+        "keyturn audit verify reports them"
+    )
 
 
 def time_option(text: str | None, name: str) -> int | None:

@@ -77,6 +77,8 @@ class AuditTopic:
         self._to_offset = to_offset
         self.start_offset = 0
         self.end_offset = 0
+        self.earliest_offset = 0
+        """The broker's earliest offset of the partition: not 0 once records were deleted."""
 
     async def __aenter__(self) -> AuditTopic:
         await self._consumer.start()
@@ -88,7 +90,7 @@ class AuditTopic:
                 "Keyturn's audit service ran with it)"
             )
         self._consumer.assign([partition])
-        first = (await self._consumer.beginning_offsets([partition]))[partition]
+        first = self.earliest_offset = (await self._consumer.beginning_offsets([partition]))[partition]
         self.start_offset = max(first, self._from_offset)
         self._consumer.seek(partition, self.start_offset)
         self.end_offset = (await self._consumer.end_offsets([partition]))[partition]

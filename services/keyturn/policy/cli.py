@@ -123,6 +123,8 @@ def simulate(
 def _print_report(result: dict) -> None:
     from rich.table import Table
 
+    from keyturn.audit.sources import malformed_note
+
     changes = Table(title=f"decisions that would change under {result['candidate_revision']}")
     for column in (
         "seq",
@@ -164,6 +166,8 @@ def _print_report(result: dict) -> None:
         + (f"; {result['without_input']} recorded decisions had no input to replay" if result["without_input"] else ""),
         highlight=False,
     )
+    if result["malformed_records"]:
+        err.print(malformed_note(result["malformed_records"]), highlight=False)
 
 
 def _decision(side: dict) -> str:

@@ -26,6 +26,7 @@ import httpx
 
 from keyturn.audit.replay import payload_of
 from keyturn.config import REPO_ROOT
+from keyturn.core.audit.payload import MalformedPayload
 from keyturn.core.audit.record import AuditRecord
 from keyturn.core.canonical import from_millis
 from keyturn.policy.opa import OpaClient, PolicyAnswerInvalid, PolicyUnavailable
@@ -75,6 +76,8 @@ class Replayable:
 
     decisions: list[RecordedDecision] = field(default_factory=list)
     without_input: int = 0
+    malformed: list[int] = field(default_factory=list)
+    """Sequences of decision records whose payload or recorded input could not be read."""
 
 
 def recorded_decisions(
@@ -87,10 +90,21 @@ def recorded_decisions(
             continue
         if (since is not None and record.occurred_at < since) or (until is not None and record.occurred_at >= until):
             continue
-        payload = payload_of(record)
+        try:
+            payload = payload_of(record)
+        except MalformedPayload:
+            found.malformed.append(record.sequence)
+            continue
         provenance = payload.get("provenance") or {}
         if not provenance.get("input_json"):
             found.without_input += 1
+            continue
+        try:
+            recorded_input = json.loads(provenance["input_json"])
+        except ValueError:
+            recorded_input = None
+        if not isinstance(recorded_input, dict):
+            found.malformed.append(record.sequence)
             continue
         request = payload.get("request") or {}
         found.decisions.append(
@@ -103,7 +117,7 @@ def recorded_decisions(
                 outcome=str(payload.get("outcome")),
                 groups=groups_of(payload.get("approvals")),
                 policy_revision=provenance.get("policy_revision"),
-                input=json.loads(provenance["input_json"]),
+                input=recorded_input,
             )
         )
     return found
@@ -176,6 +190,7 @@ class SimulationReport:
     candidate_revision: str
     evaluated: int = 0
     without_input: int = 0
+    malformed: list[int] = field(default_factory=list)
     changes: list[ChangedDecision] = field(default_factory=list)
     by_action: dict[str, ActionTypeCounts] = field(default_factory=dict)
 
@@ -193,6 +208,7 @@ class SimulationReport:
             "candidate_revision": self.candidate_revision,
             "evaluated": self.evaluated,
             "without_input": self.without_input,
+            "malformed_records": list(self.malformed),
             "changed": len(self.changes),
             "by_action": {name: self.by_action[name].to_dict() for name in sorted(self.by_action)},
             "changes": [change.to_dict() for change in sorted(self.changes, key=lambda c: c.recorded.sequence)],
@@ -203,7 +219,9 @@ async def simulate(decisions: Replayable, opa_url: str, *, concurrency: int = 8)
     """Ask the OPA at ``opa_url`` about every recorded decision and collect the differences."""
     opa = OpaClient(opa_url, timeout_s=10.0, retries=2)
     try:
-        report = SimulationReport(await opa.policy_revision(), without_input=decisions.without_input)
+        report = SimulationReport(
+            await opa.policy_revision(), without_input=decisions.without_input, malformed=decisions.malformed
+        )
         limit = asyncio.Semaphore(concurrency)
 
         async def evaluate(recorded: RecordedDecision) -> tuple[RecordedDecision, Any]:

@@ -21,9 +21,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from keyturn.audit.analytics import DEFAULT_RUBBER_STAMP_S, PERCENTILES, ApprovalAnalytics, ApprovalStats, percentile
+from keyturn.audit.replay import payload_of
 from keyturn.core.audit.checkpoint import CheckpointVerifier
+from keyturn.core.audit.payload import MalformedPayload
 from keyturn.core.audit.record import FLAG_BREAK_GLASS, AuditRecord
-from keyturn.core.audit.verify import ProblemKind, VerifyReport, verify
+from keyturn.core.audit.verify import DeletedMessages, ProblemKind, VerifyReport, verify
 from keyturn.core.canonical import now_millis
 
 # The outcome categories of the per-day chart, in the order they are stacked. Any other terminal
@@ -349,11 +351,9 @@ class ReportBuilder:
                 self._dead_letters += 1
             return
         try:
-            payload = json.loads(record.payload_json)
-        except ValueError:
-            return  # the verification reports it (a record's payload is canonical JSON)
-        if not isinstance(payload, dict):
-            return
+            payload = payload_of(record)
+        except MalformedPayload:
+            return  # the verification reports it where it stands
         facts = self._actions.get(record.action_id)
         if facts is None:
             facts = self._actions[record.action_id] = _Action(record.occurred_at)
@@ -558,7 +558,7 @@ def _approvers(stats: ApprovalStats) -> tuple[ApproverLine, ...]:
 
 
 def build_report(
-    records: Iterable[AuditRecord | Mapping[str, Any]],
+    records: Iterable[AuditRecord | Mapping[str, Any] | DeletedMessages],
     verifier: CheckpointVerifier,
     since: int,
     until: int,
@@ -574,8 +574,11 @@ def build_report(
     """
     builder = ReportBuilder(since, until, rubber_stamp_s=rubber_stamp_s)
 
-    def observed() -> Iterator[AuditRecord | Mapping[str, Any]]:
+    def observed() -> Iterator[AuditRecord | Mapping[str, Any] | DeletedMessages]:
         for item in records:
+            if isinstance(item, DeletedMessages):
+                yield item
+                continue
             if not isinstance(item, AuditRecord):
                 try:
                     item = AuditRecord.from_dict(item)

@@ -13,6 +13,7 @@ from typing import Any
 
 from keyturn.core.audit.canonical import GENESIS_HASH, record_hash
 from keyturn.core.audit.checkpoint import CheckpointVerifier, ForgedCheckpoint, UnknownCheckpointKey
+from keyturn.core.audit.payload import MalformedPayload, read_payload
 from keyturn.core.audit.record import FOREIGN_EVENT_TYPE, AuditRecord
 
 
@@ -31,6 +32,21 @@ class ProblemKind(str, enum.Enum):
     CHECKPOINT_MISMATCH = "checkpoint_mismatch"
     UNVERIFIED_TAIL = "unverified_tail"
     FOREIGN = "foreign"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class DeletedMessages:
+    """Messages deleted from the front of the audit topic: its first readable offset is not 0.
+
+    The topic is kept forever (``bus/topics.py``), so nothing ever leaves it by itself; a reader
+    of the topic puts this in the stream, before the first record, when the broker's earliest
+    offset is ``first_offset + count``. Records that existed and are gone are a failure even when
+    none is left to show a gap in the sequences."""
+
+    topic: str
+    partition: int
+    count: int
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,7 @@ class VerifyReport:
 
 
 def verify(
-    records: Iterable[AuditRecord | Mapping[str, Any]],
+    records: Iterable[AuditRecord | Mapping[str, Any] | DeletedMessages],
     verifier: CheckpointVerifier,
     *,
     require_checkpoint_at_end: bool = False,
@@ -100,7 +116,7 @@ def verify(
     """
     state = _Verification(verifier, max_problems)
     for index, item in enumerate(records):
-        state.check(index, item)
+        state.check(index, item)  # a DeletedMessages takes an index too: it is where they were
     return state.finish(require_checkpoint_at_end)
 
 
@@ -131,6 +147,7 @@ class _Verification:
         self._last_checkpoint: int | None = None
         self._last_checkpoint_index = -1
         self._late_run: _LateRun | None = None
+        self._gaps = 0
 
     def _report(self, kind: ProblemKind, sequence: int | None, index: int, message: str) -> None:
         if len(self._problems) < self._max_problems:
@@ -138,7 +155,18 @@ class _Verification:
         else:
             self._omitted += 1
 
-    def check(self, index: int, item: AuditRecord | Mapping[str, Any]) -> None:
+    def check(self, index: int, item: AuditRecord | Mapping[str, Any] | DeletedMessages) -> None:
+        if isinstance(item, DeletedMessages):
+            self._gaps += 1
+            self._report(
+                ProblemKind.DELETED,
+                None,
+                index,
+                f"offsets 0 to {item.count - 1} of partition {item.partition} of {item.topic} were deleted "
+                f"({item.count} messages): the audit topic is kept forever, so someone with the right to delete "
+                "records removed them (the earliest readable offset should be 0)",
+            )
+            return
         self._count += 1
         try:
             record = item if isinstance(item, AuditRecord) else AuditRecord.from_dict(item)
@@ -163,6 +191,16 @@ class _Verification:
                 sequence,
                 index,
                 f"record {sequence} was edited: its hash does not match its contents",
+            )
+        try:
+            read_payload(record.payload_json)
+        except MalformedPayload as error:
+            self._report(
+                ProblemKind.MALFORMED,
+                sequence,
+                index,
+                f"record {sequence} does not hold an event the tools can read: {error}; no writer records "
+                "such a payload, so someone who can produce to the audit topic appended it",
             )
         in_order = self._place(index, record)
         self._check_event_id(index, record)
@@ -358,7 +396,8 @@ class _Verification:
                 if first == 0:
                     message += ": the stream does not start at the beginning"
             self._report(ProblemKind.DROPPED, first, noticed, message)
-        unverified = self._count - (self._last_checkpoint_index + 1)
+        # deleted messages come before the first record, so they sit before any checkpoint's index
+        unverified = self._count - max(0, self._last_checkpoint_index + 1 - self._gaps)
         if require_checkpoint_at_end and (unverified or self._count == 0):
             if self._count == 0:
                 message = "the stream is empty, so there is no checkpoint to verify it against"
