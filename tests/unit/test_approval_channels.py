@@ -537,6 +537,16 @@ def test_a_signed_click_whose_fields_are_not_what_slack_sends_is_refused_naming_
     assert field in str(refused.value)
 
 
+def test_an_unknown_button_is_refused_without_repeating_what_was_sent() -> None:
+    sent = "x_ghp_BD8nS3llTM440I8QAUwEB3hy7LnHlP2ED106"
+    click = {**CLICK, "actions": [{**CLICK["actions"][0], "action_id": sent}]}
+    with pytest.raises(InteractionRefused) as refused:
+        read_interaction(click)
+    assert (refused.value.status, refused.value.error) == (400, "unsupported_interaction")
+    assert sent not in str(refused.value) and "ghp_" not in str(refused.value)
+    assert slack_messages.APPROVE in str(refused.value)
+
+
 @pytest.mark.parametrize(
     "change, what",
     [

@@ -162,6 +162,7 @@ async def test_a_refusal_while_waiting_names_the_submitted_action_and_says_not_t
     assert result.structured_content["action_id"] == action_id
     assert result.structured_content["next"] == {"tool": "wait_for_action", "arguments": {"action_id": action_id}}
     assert picked_up.is_error and "before anything was submitted" not in text(picked_up)
+    assert "not-mine" not in text(picked_up), "an id that is not Keyturn's is never repeated to the model"
     assert "submitted nothing" in text(picked_up) and "token expired" in text(picked_up)
     assert len(gateway.submissions) == 1
 

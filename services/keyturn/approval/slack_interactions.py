@@ -166,7 +166,10 @@ def read_interaction(payload: dict[str, Any]) -> Interaction:
         action = next(iter(_actions(payload)), {})
         button = action.get("action_id")
         if button not in (blocks.APPROVE, blocks.DENY):
-            raise InteractionRefused(400, "unsupported_interaction", f"unknown button {button!r}")
+            # the answer names the buttons it knows, never the value sent (any text a caller chose)
+            raise InteractionRefused(
+                400, "unsupported_interaction", f"the button is none of {blocks.APPROVE!r}, {blocks.DENY!r}"
+            )
         container = _object(payload, "container")
         channel = _same(
             _id(_object(payload, "channel").get("id"), "channel.id"),

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from keyturn.bus.http import shown_id
+
 WAIT_TOOL = "wait_for_action"
 RUNNING = frozenset({"requested", "allowed", "needs_approval", "approved"})
 
@@ -193,12 +195,15 @@ def unseen(action_id: str, message: str, problems: list[str] | None = None) -> T
 
     Nothing was submitted by this call; whether the action exists is not known (a 404 does not
     tell a mistyped id from someone else's action)."""
-    text = f"Keyturn could not read action {action_id}: {message}"
+    # the id is repeated only when it is one of Keyturn's own (a UUID): any other text the model
+    # passed may be anything (a token pasted by mistake), and the intake's answer masked it already
+    shown = shown_id(action_id)
+    text = f"Keyturn could not read action {shown or '(not an action id of Keyturn)'}: {message}"
     if problems:
         text += " (" + "; ".join(problems) + ")"
     text += ". This call submitted nothing."
     return ToolOutcome(
         text,
-        {"status": "unreadable", "action_id": action_id, "detail": message, "problems": problems or []},
+        {"status": "unreadable", "action_id": shown, "detail": message, "problems": problems or []},
         is_error=True,
     )
