@@ -97,3 +97,13 @@ def test_the_report_is_still_written_and_says_the_chain_is_not_intact(payload_js
         (ProblemKind.MALFORMED, records[-1].sequence)
     ]
     assert report.actions == clean.actions and report.totals == clean.totals
+
+
+def test_a_decision_naming_its_groups_by_name_only_is_read_not_crashed_on():
+    # groups are objects in a decision's approvals and names elsewhere: either shape is an event
+    payload = '{"action_id": "a-grant", "outcome": "needs_approval", "approvals": {"groups": ["security"]}}'
+    records = appended(story().records, payload, "ActionDecided")
+    assert not [p for p in verify(records, VERIFIER).problems if p.kind is ProblemKind.MALFORMED]
+    steps = timeline(records, "a-grant")
+    assert "security" in steps[-1].what
+    assert approval_stats(records).to_dict()["approvers"] == approval_stats(story().records).to_dict()["approvers"]

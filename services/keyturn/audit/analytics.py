@@ -151,7 +151,9 @@ class ApprovalAnalytics:
             return
         if kind == "ActionDecided" and payload.get("outcome") == "needs_approval":
             groups = tuple(
-                g.get("name") for g in ((payload.get("approvals") or {}).get("groups") or ()) if g.get("name")
+                g.get("name")
+                for g in ((payload.get("approvals") or {}).get("groups") or ())
+                if isinstance(g, dict) and g.get("name")
             )
             action = (payload.get("request") or {}).get("action")
             self._open[record.action_id] = _Opening(record.occurred_at, action, groups or ("(none)",))

@@ -235,7 +235,9 @@ def timeline_step(record: AuditRecord) -> TimelineStep:
         what = f"policy decided: {payload.get('outcome')}"
         groups = ((payload.get("approvals") or {}).get("groups")) or []
         if groups:
-            what += " by " + " and ".join(f"{g.get('name')} x{g.get('min_approvals', 1)}" for g in groups)
+            what += " by " + " and ".join(
+                f"{g.get('name')} x{g.get('min_approvals', 1)}" if isinstance(g, dict) else str(g) for g in groups
+            )
         why = "; ".join(payload.get("reasons") or ())
         impact = payload.get("impact") or {}
         if impact:

@@ -23,7 +23,14 @@ class MalformedPayload(ValueError):
 # a resolution the decision), with the type of each field they read. ``None`` is always accepted:
 # the tools read an absent field and a null one alike.
 _OBJECTS = frozenset({"request", "decision", "requester", "vote", "approver", "provenance", "approvals"})
-_LISTS_OF = {"votes": dict, "groups": dict, "chain": str, "rules": str, "reasons": str}
+# (a decision's ``approvals.groups`` are objects; other events name groups by their names)
+_LISTS_OF: dict[str, type | tuple[type, ...]] = {
+    "votes": dict,
+    "groups": (dict, str),
+    "chain": str,
+    "rules": str,
+    "reasons": str,
+}
 _SCALARS: dict[str, type | tuple[type, ...]] = {
     "id": str,
     "action": str,
@@ -75,17 +82,21 @@ def _check(value: dict[str, Any], where: str) -> None:
                 raise MalformedPayload(f"{path} is a JSON {_kind(field)}, not an array")
             for position, item in enumerate(field):
                 if not isinstance(item, item_type):
-                    raise MalformedPayload(f"{path}[{position}] is a JSON {_kind(item)}, not {_NAMES[item_type]}")
+                    raise MalformedPayload(f"{path}[{position}] is a JSON {_kind(item)}, not {_named(item_type)}")
                 if isinstance(item, dict):
                     _check(item, f"{path}[{position}]")
         elif name in _SCALARS:
             expected = _SCALARS[name]
             # bool is an int in Python, not in JSON: a count of ``true`` is no count
             if not isinstance(field, expected) or (expected is int and isinstance(field, bool)):
-                raise MalformedPayload(f"{path} is a JSON {_kind(field)}, not {_NAMES[expected]}")
+                raise MalformedPayload(f"{path} is a JSON {_kind(field)}, not {_named(expected)}")
 
 
 _NAMES: dict[Any, str] = {str: "text", bool: "true or false", int: "an integer", dict: "an object"}
+
+
+def _named(expected: type | tuple[type, ...]) -> str:
+    return " or ".join(_NAMES[t] for t in expected) if isinstance(expected, tuple) else _NAMES[expected]
 
 
 def _kind(value: Any) -> str:
