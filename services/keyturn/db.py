@@ -34,10 +34,12 @@ POOL_WAIT_S = 5.0
 
 
 OWN_SCHEMA_COMMENT = "keyturn: the gateway's own state, never an action's target"
-"""What ``open_pool`` says of every schema Keyturn keeps its tables in. The SQL plugins refuse any
+"""What ``open_pool`` says of every schema Keyturn keeps its tables in, and what the SQL target's
+lock schema says (``executor.plugins.sql_roles.LOCK_SCHEMA``). The SQL plugins refuse any
 relation in a schema that says so (``executor.plugins.sql._resolve``): where the SQL target is
 the database Keyturn runs on (the development default), an approved statement could otherwise
-read the secrets, rewrite the approvals or forge the execution ledger."""
+read the secrets, rewrite the approvals or forge the execution ledger; and a command granted on
+the lock table could hold every other command's privilege statements up."""
 
 
 def schema_name(namespace: str) -> str:

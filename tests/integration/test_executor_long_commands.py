@@ -41,7 +41,7 @@ pytestmark = pytest.mark.integration
 # long enough for the newcomer to start and join (seconds on a loaded host), and for the group to
 # give up on the busy first executor 2 s later, while the commands it started still run
 SLEEP_S = 20
-ACTIONS = 12  # on one table: their grants are made at once (sql_roles.PRIVILEGE_STATEMENTS_LOCK)
+ACTIONS = 12  # on one table: their grants are made at once (sql_roles.lock_privilege_statements)
 STATEMENT = f"INSERT INTO rebalance_marks (note) SELECT 'moved' FROM pg_sleep({SLEEP_S})"
 
 

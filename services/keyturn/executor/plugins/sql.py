@@ -56,11 +56,13 @@ from keyturn.executor.impact import enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.sql_roles import (
     Grants,
+    PrivilegeLockUnavailable,
     Relation,
     RoleCleanup,
     TemporaryRole,
     create_role,
     drop_role,
+    prepare_privilege_lock,
     role_name_for,
     sweep_expired_roles,
 )
@@ -167,12 +169,19 @@ class SqlPlugin:
         return by_target.setdefault(url, asyncio.Semaphore(self.commands_at_once))
 
     async def start(self) -> None:
-        """Drop temporary roles that outlived their validity (left by a crash)."""
+        """Make the target's lock for Keyturn's privilege statements if it is missing
+        (``sql_roles.prepare_privilege_lock``), and drop temporary roles that outlived their
+        validity (left by a crash). A lock that cannot be made is logged as an error: no SQL
+        command can run until the database's owner makes its schema, as the message says."""
         try:
             async with self._admin() as admin:
+                await prepare_privilege_lock(admin)
                 dropped = await sweep_expired_roles(admin)
         except ExecutionFailed as exc:
             log.warning("sql plugin: no sweep of expired temporary roles: %s", exc)
+            return
+        except PrivilegeLockUnavailable as exc:
+            log.error("sql plugin: no command on %s can run: %s", self.target_name, exc)
             return
         if dropped:
             log.info("sql plugin: dropped %d expired temporary roles", len(dropped))
@@ -704,8 +713,8 @@ async def _resolve(admin: psycopg.AsyncConnection, written: str) -> tuple[Relati
     row = await cursor.fetchone()
     if row is not None and row[4]:  # keyturn.db.OWN_SCHEMA_COMMENT
         raise ExecutionFailed(
-            f"{row[0]}.{row[1]} is Keyturn's own state (its approvals, ledger and secrets), never an action's "
-            "target; nothing was changed"
+            f"{row[0]}.{row[1]} is Keyturn's own state (its approvals, ledger and secrets, or the lock of its "
+            "privilege statements), never an action's target; nothing was changed"
         )
     if row is None or row[2] not in _GRANTABLE_KINDS or row[0] in _PUBLIC_CATALOGS:
         return None

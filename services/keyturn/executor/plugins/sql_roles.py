@@ -1,7 +1,8 @@
 """Temporary PostgreSQL roles: one per command, created with only its grants, dropped after.
 
 The executor's own connection needs CREATEROLE and the right to grant what commands need
-(ownership of, or GRANT OPTION on, the tables). A role is named after its action
+(ownership of, or GRANT OPTION on, the tables), and, once, CREATE on the database for the schema
+of its lock (``LOCK_SCHEMA``; or that schema made for it by the database's owner). A role is named after its action
 (``keyturn_cmd_<action id hex>``), so a role left behind by a crash is found and dropped by
 the next run of that action's recovery, or by ``sweep_expired_roles`` at start.
 
@@ -29,6 +30,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
+from keyturn.db import OWN_SCHEMA_COMMENT
+
 ROLE_PREFIX = "keyturn_cmd_"
 # An impact preview's role (``policy.impact``) lives for one dry run and is dropped after it; one
 # found at an executor's start is a leftover (a policy that died mid-preview, or earlier builds,
@@ -41,21 +44,47 @@ PREVIEW_ROLE_PREFIX = "keyturn_preview_"
 # verifier, then the client's proof at login: about 1 ms each) and bought nothing.
 SCRAM_ITERATIONS = 16
 
-# PostgreSQL keeps a privilege list (a table's ACL, a schema's, a database's) in one catalog row
-# and updates it in place. Of two transactions granting on one table at once, the second waits for
-# the first and then fails with "tuple concurrently updated" [XX000] instead of re-reading the row.
+# PostgreSQL keeps a privilege list (a table's ACL, a schema's, a database's) in one catalog row and
+# updates it in place. Of two transactions granting on one table at once, the second waits for the
+# first and then fails with "tuple concurrently updated" [XX000] instead of re-reading the row.
 # Commands on one table are what agents send in batches, so Keyturn's own privilege statements on
-# a target (a command role's creation and drop, ``iam``'s GRANT / REVOKE) first take this
-# transaction-scoped advisory lock and queue behind each other. Anyone else's (a DBA's, or the
-# policy's rolled-back dry run, which must not hold the lock while its statement runs) can still
-# collide: those transactions are tried again (``retry_collisions``). A dry run's uncommitted grant
-# holds its table's row until it rolls back (at most its time limit, 5 s by default): a command
-# role granted on that table waits that long, and the lock's queue with it.
-PRIVILEGE_STATEMENTS_LOCK = int.from_bytes(
-    hashlib.sha256(b"keyturn privilege statements").digest()[:8], "big", signed=True
+# a target (a command role's creation and drop, ``iam``'s GRANT / REVOKE) first lock this table and
+# queue behind each other (``lock_privilege_statements``). Anyone else's (a DBA's, or the policy's
+# rolled-back dry run, which must not hold the lock while its statement runs) can still collide:
+# those transactions are tried again (``retry_collisions``). A dry run's uncommitted grant holds its
+# table's row until it rolls back (at most its time limit, 5 s by default): a command role granted
+# on that table waits that long, and the lock's queue with it.
+#
+# The lock must be one no command role can take: an agent whose role held it could stall every SQL
+# command until its own time limit ended, with reads that need no approval. So not an advisory
+# lock, which anyone may take (PUBLIC may execute the advisory lock functions, and ``pg_locks``
+# shows every key held). A table in a schema of Keyturn's own, whose ACL gives PUBLIC nothing:
+# without USAGE on the schema a command role cannot name the table, and locking it takes UPDATE,
+# DELETE or TRUNCATE on it besides. EXCLUSIVE mode, not ACCESS EXCLUSIVE: the only lock a role
+# without privileges can get on a table (ACCESS SHARE, through functions that take a relation's
+# oid, such as ``pg_relation_size``) does not conflict with it. The schema is marked as Keyturn's
+# own (``keyturn.db.OWN_SCHEMA_COMMENT``), so no statement of an agent's is granted on the table
+# and no ``iam`` command grants it to anyone (``executor.plugins.sql._resolve``).
+# The executor and the policy's previewer use one connection string (``sql_target_url``), so one
+# role owns the table and both may lock it.
+LOCK_SCHEMA = "keyturn_lock"
+LOCK_TABLE = "privilege_statements"
+# Targets whose lock table this process has seen or made (``prepare_privilege_lock``), by host, port
+# and database; forgotten when the table turns out to be gone (``retry_collisions``).
+_LOCK_READY: set[tuple[str, int, str]] = set()
+# what the loser of two processes making the lock table at once gets (a duplicate catalog row)
+_MADE_AT_ONCE = (
+    psycopg.errors.UniqueViolation,
+    psycopg.errors.DuplicateSchema,
+    psycopg.errors.DuplicateTable,
+    psycopg.errors.DuplicateObject,
 )
 COLLISION_ATTEMPTS = 6
 T = TypeVar("T")
+
+
+class PrivilegeLockUnavailable(psycopg.errors.InsufficientPrivilege):
+    """The target has no lock table and its admin role may not create it; the text says what to run."""
 
 
 def collided(exc: BaseException) -> bool:
@@ -69,20 +98,89 @@ def collided(exc: BaseException) -> bool:
 async def retry_collisions(attempt: Callable[[], Awaitable[T]], attempts: int = COLLISION_ATTEMPTS) -> T:
     """``attempt()`` (one whole transaction) again after a collision, with a short random pause.
 
-    Nothing of a collided transaction stayed: PostgreSQL rolled all of it back."""
+    Nothing of a collided transaction stayed: PostgreSQL rolled all of it back. A transaction that
+    found the lock table gone (dropped since this process made it, or a new server at the same
+    address) is tried again too, once the process has forgotten every table it knew: an ``attempt``
+    that calls ``prepare_privilege_lock`` first makes it again."""
     for tried in range(1, attempts + 1):
         try:
             return await attempt()
         except psycopg.Error as exc:
-            if not collided(exc) or tried == attempts:
+            if lock_gone(exc):
+                _LOCK_READY.clear()
+            elif not collided(exc):
+                raise
+            if tried == attempts:
                 raise
         await asyncio.sleep(random.uniform(0.005, 0.02) * tried)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def lock_privilege_statements(conn: psycopg.AsyncConnection) -> None:
-    """Inside an open transaction: wait for Keyturn's other privilege statements on this database."""
-    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PRIVILEGE_STATEMENTS_LOCK,))
+    """Inside an open transaction: wait for Keyturn's other privilege statements on this database.
+
+    The lock table must exist (``prepare_privilege_lock``, run first by whoever holds ``conn``)."""
+    await conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier(LOCK_SCHEMA, LOCK_TABLE)))
+
+
+def lock_gone(exc: BaseException) -> bool:
+    """Whether ``lock_privilege_statements`` failed because the lock table (or its schema) is missing."""
+    return isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName) and LOCK_SCHEMA in str(exc)
+
+
+async def prepare_privilege_lock(conn: psycopg.AsyncConnection) -> None:
+    """Make the lock table of ``lock_privilege_statements`` on ``conn``'s database if it is missing:
+    once per process and target, by whichever of the executor (its start-up sweep) and the policy's
+    previewer uses the target first. ``conn`` must be outside a transaction.
+
+    Its schema is made by Keyturn's own role, so PUBLIC holds nothing on it (revoked all the same:
+    default privileges may say otherwise). Where that role may not create a schema (no CREATE on the
+    database), nothing falls back: an advisory lock is what command roles could take, and no lock at
+    all turns a batch of commands on one table into collisions tried again until some fail. So every
+    privilege statement fails with ``PrivilegeLockUnavailable``, whose text says what the database's
+    owner must run; the executor logs it at start (``SqlPlugin.start``).
+
+    Several processes may make it at once: the loser of that race (a duplicate catalog row, or
+    "tuple concurrently updated") finds it made on its next try."""
+    info = conn.info
+    where = (info.host, info.port, info.dbname)
+    if where in _LOCK_READY:
+        return
+    schema, table = sql.Identifier(LOCK_SCHEMA), sql.Identifier(LOCK_SCHEMA, LOCK_TABLE)
+    for tried in range(1, COLLISION_ATTEMPTS + 1):
+        try:
+            async with conn.transaction():
+                cursor = await conn.execute(
+                    "SELECT n.oid IS NOT NULL, c.oid IS NOT NULL, "
+                    "obj_description(n.oid, 'pg_namespace') IS NOT DISTINCT FROM %s "
+                    "FROM (VALUES (1)) AS one LEFT JOIN pg_namespace n ON n.nspname = %s "
+                    "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = %s",
+                    (OWN_SCHEMA_COMMENT, LOCK_SCHEMA, LOCK_TABLE),
+                )
+                has_schema, has_table, marked = await _one_row(cursor)
+                if not has_schema:
+                    await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+                    await conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(schema))
+                if not has_table:
+                    await conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ()").format(table))
+                    await conn.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM PUBLIC").format(table))
+                if not marked:
+                    mark = sql.SQL("COMMENT ON SCHEMA {} IS {}").format(schema, sql.Literal(OWN_SCHEMA_COMMENT))
+                    await conn.execute(mark)
+            break
+        except psycopg.errors.InsufficientPrivilege as exc:
+            reason = " ".join(str(exc).split())
+            raise PrivilegeLockUnavailable(
+                f"Keyturn's lock for its privilege statements ({LOCK_SCHEMA}.{LOCK_TABLE}) is missing on database "
+                f"{info.dbname} and {info.user} may not make it ({reason}): as the database's owner, run "
+                f"CREATE SCHEMA {LOCK_SCHEMA} AUTHORIZATION {info.user} (or, when the schema exists, "
+                f"ALTER SCHEMA {LOCK_SCHEMA} OWNER TO {info.user})"
+            ) from None
+        except psycopg.Error as exc:
+            if not (collided(exc) or isinstance(exc, _MADE_AT_ONCE)) or tried == COLLISION_ATTEMPTS:
+                raise
+        await asyncio.sleep(random.uniform(0.005, 0.02) * tried)
+    _LOCK_READY.add(where)
 
 
 def role_name_for(action_id: str) -> str:
@@ -184,6 +282,7 @@ async def create_role(
     role = sql.Identifier(name)
 
     async def attempt() -> TemporaryRole:
+        await prepare_privilege_lock(admin)
         async with admin.pipeline(), admin.transaction():
             await lock_privilege_statements(admin)
             cursor = await admin.execute("SELECT now() + make_interval(secs => %s)", (float(ttl_s),))
@@ -229,6 +328,7 @@ async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
     role = sql.Identifier(name)
 
     async def attempt() -> RoleCleanup:
+        await prepare_privilege_lock(admin)
         async with admin.pipeline():
             async with admin.transaction():
                 await lock_privilege_statements(admin)
