@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +25,7 @@ from keyturn.audit.replay import payload_of
 from keyturn.core.audit.checkpoint import CheckpointVerifier
 from keyturn.core.audit.payload import MalformedPayload
 from keyturn.core.audit.record import FLAG_BREAK_GLASS, AuditRecord
-from keyturn.core.audit.verify import DeletedMessages, ProblemKind, VerifyReport, verify
+from keyturn.core.audit.verify import Gap, ProblemKind, VerifyReport, verify
 from keyturn.core.canonical import now_millis
 
 # The outcome categories of the per-day chart, in the order they are stacked. Any other terminal
@@ -164,18 +164,17 @@ class Integrity:
     """The chain's verification, and what it means for the period."""
 
     verification: VerifyReport
-    unreadable: int
     checkpoints: tuple[CheckpointSeen, ...]
     period_first_sequence: int | None
     period_last_sequence: int | None
 
     @property
     def intact(self) -> bool:
-        return self.verification.ok and not self.unreadable
+        return self.verification.ok
 
     @property
     def problem_count(self) -> int:
-        return len(self.verification.problems) + self.verification.problems_omitted + self.unreadable
+        return len(self.verification.problems) + self.verification.problems_omitted
 
     @property
     def period_signed(self) -> bool:
@@ -422,9 +421,7 @@ class ReportBuilder:
         if self._in_period(at):
             seen[1] += 1
 
-    def finish(
-        self, verification: VerifyReport | None, *, unreadable: int = 0, generated_at: int | None = None
-    ) -> Report:
+    def finish(self, verification: VerifyReport | None, *, generated_at: int | None = None) -> Report:
         """The report, given the chain's verification of the same records (None: not verified)."""
         integrity = None
         if verification is not None:
@@ -433,7 +430,7 @@ class ReportBuilder:
                 CheckpointSeen(seq, at, key, covers, seq not in bad_checkpoints)
                 for seq, at, key, covers in self._checkpoints
             )
-            integrity = Integrity(verification, unreadable, checkpoints, self._first_sequence, self._last_sequence)
+            integrity = Integrity(verification, checkpoints, self._first_sequence, self._last_sequence)
         in_period = [facts for facts in self._actions.values() if self._in_period(facts.at)]
         totals: Counter[str] = Counter()
         per_day: dict[str, Counter[str]] = {}
@@ -558,25 +555,22 @@ def _approvers(stats: ApprovalStats) -> tuple[ApproverLine, ...]:
 
 
 def build_report(
-    records: Iterable[AuditRecord | Mapping[str, Any] | DeletedMessages],
+    records: Iterable[AuditRecord | Mapping[str, Any] | Gap],
     verifier: CheckpointVerifier,
     since: int,
     until: int,
     *,
     rubber_stamp_s: float = DEFAULT_RUBBER_STAMP_S,
-    unreadable: Callable[[], int] = lambda: 0,
     generated_at: int | None = None,
 ) -> Report:
     """Verify the chain and compute the report in one pass over ``records`` (the whole chain, in
-    stream order; dicts from an export are verified as they are and read as records when they can be).
-
-    ``unreadable`` tells, once the records are read, how many messages could not be decoded at all.
-    """
+    stream order, gaps where they stand; dicts from an export are verified as they are and read as
+    records when they can be)."""
     builder = ReportBuilder(since, until, rubber_stamp_s=rubber_stamp_s)
 
-    def observed() -> Iterator[AuditRecord | Mapping[str, Any] | DeletedMessages]:
+    def observed() -> Iterator[AuditRecord | Mapping[str, Any] | Gap]:
         for item in records:
-            if isinstance(item, DeletedMessages):
+            if isinstance(item, Gap):
                 yield item
                 continue
             if not isinstance(item, AuditRecord):
@@ -589,4 +583,4 @@ def build_report(
             yield item
 
     verification = verify(observed(), verifier)
-    return builder.finish(verification, unreadable=unreadable(), generated_at=generated_at)
+    return builder.finish(verification, generated_at=generated_at)
