@@ -23,7 +23,7 @@ class MalformedPayload(ValueError):
 # a resolution the decision), with the type of each field they read. ``None`` is always accepted:
 # the tools read an absent field and a null one alike.
 _OBJECTS = frozenset({"request", "decision", "requester", "vote", "approver", "provenance", "approvals"})
-_LISTS_OF = {"votes": dict, "groups": dict, "chain": str, "rules": str, "reasons": str}
+_LISTS_OF = {"votes": dict, "groups": dict, "chain": str, "rules": str, "reasons": str, "denials": dict}
 _SCALARS: dict[str, type | tuple[type, ...]] = {
     "id": str,
     "action": str,
@@ -31,6 +31,7 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "choice": str,
     "channel": str,
     "reason": str,
+    "rule": str,
     "refusal": str,
     "message": str,
     "summary": str,
