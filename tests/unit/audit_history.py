@@ -19,6 +19,7 @@ from keyturn.core.events import (
     ApprovalResolved,
     DeadLetter,
     DecisionOutcome,
+    Denial,
     Digest,
     ExecutionOutcome,
     GroupRequirement,
@@ -97,6 +98,7 @@ class History:
         break_glass: bool = False,
         rules: tuple[str, ...] = (),
         reasons: tuple[str, ...] | None = None,
+        denials: tuple[Denial, ...] = (),
     ) -> ActionDecided:
         policy_input = {
             "action": request.action,
@@ -118,6 +120,7 @@ class History:
             if groups
             else None,
             break_glass=break_glass,
+            denials=denials,
         )
         self._add(decision, "actions.decided")
         return decision

@@ -15,6 +15,12 @@ test_deny_wins_over_allow if {
 	d.outcome == "denied"
 	d.rules == ["deletion.allow_listed_deletion", "deletion.forbidden_deletion"]
 	d.reasons == ["cache.entry.delete is on the list of deletions that are never done through Keyturn"]
+
+	# the allowance fired too; only the rule that denied is a denial, with its own reason
+	d.denials == [{
+		"rule": "deletion.forbidden_deletion",
+		"reason": "cache.entry.delete is on the list of deletions that are never done through Keyturn",
+	}]
 }
 
 test_deny_wins_over_approval if {
@@ -22,6 +28,22 @@ test_deny_wins_over_approval if {
 	d.outcome == "denied"
 	"deletion.deletion_outside_production" in d.rules
 	d.reasons == ["secrets.delete is never done through Keyturn: rotate or revoke the secret instead"]
+	every denial in d.denials {
+		denial.reason == "secrets.delete is never done through Keyturn: rotate or revoke the secret instead"
+		denial.rule in d.rules
+	}
+	count(d.denials) > 0
+	count(d.denials) < count(d.rules) # the approval rule the denial overrode is not one
+}
+
+test_only_a_denial_has_denials[name] if {
+	some name, req in {
+		"allowed": fixtures.action_request("read.table", "postgres://prod/analytics/customers", "production", {}),
+		"needs approval": grant("analyst"),
+	}
+	d := decision.decision with input as req
+	d.outcome != "denied"
+	d.denials == []
 }
 
 test_an_action_nothing_allows_is_denied if {
@@ -29,6 +51,7 @@ test_an_action_nothing_allows_is_denied if {
 	d := decision.decision with input as req with data.keyturn.catalog.reads.verdicts as set()
 	d.outcome == "denied"
 	d.reasons == ["no catalog rule allows read.table in this context"]
+	d.denials == [{"rule": "combination.nothing_allows_the_action", "reason": "no catalog rule allows read.table in this context"}]
 }
 
 # Combining approval requests.

@@ -15,7 +15,10 @@ import data.keyturn.combination
 # title: Decision
 # description: |
 #   Always an object: outcome (allowed, denied, needs_approval), reasons, approvals
-#   ({} unless needs_approval), credential_ttl_s, mask, break_glass and the rules that fired.
+#   ({} unless needs_approval), credential_ttl_s, mask, break_glass, the rules that fired, and
+#   the denials: each rule that denied with its own reason ([] unless denied). rules also holds
+#   rules a denial overrode (an approval, an allowance), and reasons is a set of its own, so
+#   only denials says which rule denied and why.
 # entrypoint: true
 default decision := {
 	"outcome": "denied",
@@ -25,6 +28,10 @@ default decision := {
 	"mask": [],
 	"break_glass": false,
 	"rules": ["decision.default_denial"],
+	"denials": [{
+		"rule": "decision.default_denial",
+		"reason": "no decision could be reached for this input; denied by default",
+	}],
 	"impact_tolerance": {"extra_rows": 0, "extra_fraction": 0},
 }
 
@@ -37,6 +44,7 @@ decision := {
 	"mask": sort(combination.mask),
 	"break_glass": combination.break_glass,
 	"rules": sort(combination.rules),
+	"denials": sort({{"rule": entry.rule, "reason": entry.reason} | some entry in combination.denials}),
 	"impact_tolerance": impact_tolerance,
 }
 

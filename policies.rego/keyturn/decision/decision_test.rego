@@ -55,7 +55,10 @@ test_every_decision_has_every_field[name] if {
 		"malformed": {"action": 7},
 	}
 	d := decision.decision with input as req
-	object.keys(d) == {"outcome", "reasons", "approvals", "credential_ttl_s", "mask", "break_glass", "rules", "impact_tolerance"}
+	object.keys(d) == {
+		"outcome", "reasons", "approvals", "credential_ttl_s", "mask",
+		"break_glass", "rules", "denials", "impact_tolerance",
+	}
 	count(d.reasons) > 0
 	count(d.rules) > 0
 }

@@ -106,18 +106,11 @@ def verify(
 
     settings = _settings()
     verifier = _checkpoint_verifier(settings, public_key)
-    unreadable: list[Any] = []
     started = time.perf_counter()
     with progress("verifying") as (advance, total):
-        records = audit_records(
-            *_audit_topic(settings), export, advance=advance, total=total, on_unreadable=unreadable.append, raw=True
-        )
+        records = audit_records(*_audit_topic(settings), export, advance=advance, total=total, raw=True)
         report = verify_chain(records, verifier, require_checkpoint_at_end=require_checkpoint_at_end)
     elapsed = time.perf_counter() - started
-    for message in unreadable:
-        err.print(
-            f"[red]unreadable[/red] at offset {message.offset}: not an audit record ({message.reason})", highlight=False
-        )
     for problem in report.problems:
         where = (
             f"sequence {problem.sequence} (index {problem.index})"
@@ -127,9 +120,9 @@ def verify(
         err.print(f"[red]{problem.kind.value}[/red] at {where}: {problem.message}", highlight=False)
     if report.problems_omitted:
         err.print(f"… and {report.problems_omitted} more problems")
-    if not report.ok or unreadable:
+    if not report.ok:
         err.print(
-            f"[red]audit chain NOT intact[/red]: {len(report.problems) + report.problems_omitted + len(unreadable)} "
+            f"[red]audit chain NOT intact[/red]: {len(report.problems) + report.problems_omitted} "
             f"problem(s) in {report.records_checked} records",
             highlight=False,
         )
@@ -201,15 +194,10 @@ def report(
         fail("--since must be before --until", 2)
     settings = _settings()
     verifier = _checkpoint_verifier(settings, public_key)
-    unreadable: list[Any] = []
     started = time.perf_counter()
     with progress("reading and verifying the audit") as (advance, total):
-        records = audit_records(
-            *_audit_topic(settings), export, advance=advance, total=total, on_unreadable=unreadable.append, raw=True
-        )
-        figures = build_report(
-            records, verifier, start, end, rubber_stamp_s=rubber_stamp_seconds, unreadable=lambda: len(unreadable)
-        )
+        records = audit_records(*_audit_topic(settings), export, advance=advance, total=total, raw=True)
+        figures = build_report(records, verifier, start, end, rubber_stamp_s=rubber_stamp_seconds)
     html = render_html(figures)
     content: bytes = html.encode("utf-8")
     if format == "pdf":
@@ -273,7 +261,9 @@ def export(
     follow: bool = typer.Option(False, "--follow", help="jsonl only: keep writing new records as they are committed"),
 ) -> None:
     """Write the whole chain, in order, for an auditor or a SIEM. A JSONL export verifies with
-    keyturn audit verify --export FILE."""
+    keyturn audit verify --export FILE. What the topic holds in place of records (a message that is
+    not an audit record, messages deleted from its front) is marked in its place (Parquet refuses
+    it), and the export then exits 1: the chain it copies is not intact."""
     if format not in ("jsonl", "csv", "parquet"):
         fail(f"unknown format {format!r}; choose jsonl, csv or parquet", 2)
     if follow and format != "jsonl":
@@ -282,19 +272,61 @@ def export(
     if follow:
         _follow_jsonl(settings, output)
         return
+    from keyturn.core.audit.verify import Gap, UnreadableMessage
+
+    gaps: list[Any] = []
+
+    def marked(items):
+        for item in items:
+            if isinstance(item, Gap):
+                gaps.append(item)
+            yield item
+
     with progress("exporting") as (advance, total):
-        count = _write(format, audit_records(*_audit_topic(settings), None, advance=advance, total=total), output)
-    err.print(f"exported {count} records to {'stdout' if output == '-' else output}", highlight=False)
+        records = audit_records(*_audit_topic(settings), None, advance=advance, total=total, raw=True)
+        count = _write(format, marked(records), output)
+    where = "stdout" if output == "-" else output
+    if not gaps:
+        err.print(f"exported {count} records to {where}", highlight=False)
+        return
+    unreadable = sum(isinstance(gap, UnreadableMessage) for gap in gaps)
+    deleted = sum(gap.count for gap in gaps if not isinstance(gap, UnreadableMessage))
+    err.print(
+        f"exported {count} records to {where}, and marked in their place {unreadable} unreadable message(s)"
+        + (f" and {deleted} message(s) deleted from the topic's front" if deleted else ""),
+        highlight=False,
+    )
+    fail(
+        "the audit chain exported is NOT intact: the topic holds what is marked in place of records "
+        f"(keyturn audit verify{'' if output == '-' else ' --export ' + output} lists it)"
+    )
 
 
 def _follow_jsonl(settings: Settings, output: str) -> None:
-    from keyturn.audit.export import write_jsonl
-    from keyturn.audit.stream import AuditTopicMissing, follow_audit
+    """Every record as it is committed, and a marker in place of what is not one (said on stderr
+    too: a follower runs on, so no exit code can tell)."""
+    from keyturn.audit.export import describe_gap, write_jsonl
+    from keyturn.audit.stream import AuditTopic, AuditTopicMissing, record_or_gap
+    from keyturn.core.audit.verify import DeletedMessages, Gap
+
+    bootstrap, topic = _audit_topic(settings)
 
     async def run(fp) -> None:
-        async for record in follow_audit(*_audit_topic(settings), follow=True):
-            write_jsonl([record], fp)
-            fp.flush()
+        async with AuditTopic(bootstrap, topic) as audit:
+            first = [DeletedMessages(topic, 0, audit.earliest_offset)] if audit.earliest_offset > 0 else []
+            for item in first:
+                write(fp, item)
+            async for message in audit.messages(follow=True):
+                write(fp, record_or_gap(topic, message))
+
+    def write(fp, item) -> None:
+        write_jsonl([item], fp)
+        fp.flush()
+        if isinstance(item, Gap):
+            err.print(
+                f"[red]marked[/red] {describe_gap(item)} in place of records: the audit chain is NOT intact",
+                highlight=False,
+            )
 
     fp = sys.stdout if output == "-" else open(output, "a", encoding="utf-8")  # noqa: SIM115 - closed below unless stdout
     try:
@@ -309,7 +341,7 @@ def _follow_jsonl(settings: Settings, output: str) -> None:
 
 
 def _write(format: str, records, output: str) -> int:
-    from keyturn.audit.export import ParquetUnavailable, write_csv, write_jsonl, write_parquet
+    from keyturn.audit.export import GapInParquet, ParquetUnavailable, write_csv, write_jsonl, write_parquet
 
     if format == "parquet":
         if output == "-":
@@ -318,6 +350,9 @@ def _write(format: str, records, output: str) -> int:
             return write_parquet(records, output)
         except ParquetUnavailable as error:
             fail(str(error))
+        except GapInParquet as error:
+            Path(output).unlink(missing_ok=True)  # a file without the gap would show a chain the topic does not hold
+            fail(f"nothing written: {error}")
     writer = write_jsonl if format == "jsonl" else write_csv
     if output == "-":
         return writer(records, sys.stdout)
@@ -400,7 +435,7 @@ def _index_actions(settings: Settings, export: Path | None, index) -> int | None
     end: list[int] = []
     with progress("indexing actions") as (advance, total):
         for record in audit_records(
-            *_audit_topic(settings), export, advance=advance, total=total, on_end_offset=end.append
+            *_audit_topic(settings), export, advance=advance, total=total, on_end_offset=end.append, note_gaps=False
         ):
             index.add(record)
     return end[0] if end else None

@@ -2,6 +2,12 @@
 
 Only JSONL is read back: it keeps every field exactly, so :func:`keyturn.core.audit.verify.verify`
 can check an export (``verify(read_jsonl(fp), verifier)``). CSV and Parquet are one-way.
+
+What the topic holds in place of records (a message that is not an audit record, messages deleted
+from its front: :data:`~keyturn.core.audit.verify.Gap`) is not left out of a copy, or the copy
+would verify where the topic does not: JSONL and CSV mark it in its place, by position, size and
+digest (never its bytes; :func:`marker_to_dict`), and a Parquet file, which has no place for it,
+is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from os import PathLike
 from typing import IO, Any
 
 from keyturn.core.audit.record import AuditRecord
+from keyturn.core.audit.verify import DeletedMessages, Gap, UnreadableMessage
 from keyturn.core.canonical import from_millis
 from keyturn.core.text import for_terminal
 
@@ -51,6 +58,10 @@ class ParquetUnavailable(ImportError):
     """Parquet export needs the optional pyarrow package."""
 
 
+class GapInParquet(ValueError):
+    """A Parquet file has no place to mark what the topic holds in place of records."""
+
+
 def as_record(record: RecordLike) -> AuditRecord:
     """``record`` as an :class:`AuditRecord`; raises ``MalformedRecord`` on a bad shape."""
     return record if isinstance(record, AuditRecord) else AuditRecord.from_dict(record)
@@ -65,24 +76,78 @@ def record_to_dict(record: RecordLike) -> dict[str, Any]:
     return as_record(record).to_dict()
 
 
+MARKER_FIELDS = {
+    "unreadable": ("marker", "topic", "partition", "offset", "size", "sha256"),
+    "deleted": ("marker", "topic", "partition", "count"),
+}
+"""The fields of a marker line, by kind. A record has none named ``marker``, so the two never mix."""
+
+
+def marker_to_dict(gap: Gap) -> dict[str, Any]:
+    """The marker a file holds in place of ``gap``: where it was and, for an unreadable message,
+    its size and SHA-256; not why it was unreadable (error text may quote the bytes)."""
+    if isinstance(gap, UnreadableMessage):
+        return {
+            "marker": "unreadable",
+            "topic": gap.topic,
+            "partition": gap.partition,
+            "offset": gap.offset,
+            "size": gap.size,
+            "sha256": gap.sha256,
+        }
+    return {"marker": "deleted", "topic": gap.topic, "partition": gap.partition, "count": gap.count}
+
+
+def marker_from_dict(value: Mapping[str, Any]) -> Gap | None:
+    """The gap a marker line stands for; None when ``value`` is not exactly a marker (a record, or
+    something malformed that verify reports as such)."""
+    kind = value.get("marker")
+    fields = MARKER_FIELDS.get(kind) if isinstance(kind, str) else None
+    if fields is None or set(value) != set(fields):
+        return None
+    numbers = [value[name] for name in fields if name in ("partition", "offset", "size", "count")]
+    if not isinstance(value["topic"], str) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers
+    ):
+        return None
+    if value["marker"] == "deleted":
+        return DeletedMessages(value["topic"], value["partition"], value["count"])
+    digest = value["sha256"]
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        return None
+    return UnreadableMessage(value["topic"], value["partition"], value["offset"], value["size"], digest)
+
+
+def describe_gap(gap: Gap) -> str:
+    """A short phrase naming ``gap`` and where it was, for summaries."""
+    if isinstance(gap, UnreadableMessage):
+        return f"an unreadable message (offset {gap.offset} of partition {gap.partition} of {gap.topic})"
+    return f"{gap.count} deleted message(s) (offsets 0 to {gap.count - 1} of partition {gap.partition} of {gap.topic})"
+
+
 # Characters many line-based tools split lines at, which JSON leaves unescaped (it escapes the
 # other control characters itself). They can only stand inside strings, so escaping them keeps
 # every line one record, and the record the same.
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
-def write_jsonl(records: Iterable[RecordLike], fp: IO[str]) -> int:
-    """Write one JSON object per line, fields in schema order; returns the number written."""
+def write_jsonl(records: Iterable[RecordLike | Gap], fp: IO[str]) -> int:
+    """Write one JSON object per line, fields in schema order, and a marker line in place of each
+    gap; returns the number of records written."""
     count = 0
     for record in records:
+        if isinstance(record, Gap):
+            fp.write(json.dumps(marker_to_dict(record), separators=(",", ":")) + "\n")
+            continue
         fp.write(json.dumps(record_to_dict(record), ensure_ascii=False, separators=(",", ":")).translate(_LINE_BREAKS))
         fp.write("\n")
         count += 1
     return count
 
 
-def read_jsonl(fp: IO[str] | IO[bytes]) -> Iterator[dict[str, Any]]:
-    """Yield the record dicts of a JSONL file, in file order; blank lines are skipped.
+def read_jsonl(fp: IO[str] | IO[bytes]) -> Iterator[dict[str, Any] | Gap]:
+    """Yield the record dicts of a JSONL file, in file order, and the gap of each marker line in
+    its place (:func:`marker_from_dict`); blank lines are skipped.
 
     Raises :class:`AuditFileError` naming the line that is not UTF-8, not a JSON object, or
     has a field twice (which readers would resolve differently, so it is never guessed at).
@@ -116,7 +181,7 @@ def read_jsonl(fp: IO[str] | IO[bytes]) -> Iterator[dict[str, Any]]:
             ) from None
         if not isinstance(value, dict):
             raise AuditFileError(f"line {number} is JSON but not an object: not an audit record")
-        yield value
+        yield marker_from_dict(value) or value
 
 
 class _RepeatedField(ValueError):
@@ -131,20 +196,33 @@ def _refuse_repeated_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
-def write_csv(records: Iterable[RecordLike], fp: IO[str]) -> int:
-    """Write a header and one flattened row per record; returns the number of rows.
+def write_csv(records: Iterable[RecordLike | Gap], fp: IO[str]) -> int:
+    """Write a header and one flattened row per record; returns the number of records written.
 
     Open ``fp`` with ``newline=""``. Timestamps are ISO 8601 UTC with milliseconds, the
     checkpoint is spread over ``checkpoint_*`` columns, flags are joined with ``;``, null is
     an empty cell, and text that a spreadsheet would run as a formula is prefixed with ``'``.
+    A gap is a marker row: ``event_type`` ``(unreadable message)`` or ``(deleted messages)``,
+    ``payload_json`` the marker of a JSONL export, every other cell empty.
     """
     writer = csv.writer(fp)
     writer.writerow(CSV_COLUMNS)
     count = 0
     for record in records:
+        if isinstance(record, Gap):
+            writer.writerow(_csv_marker_row(record))
+            continue
         writer.writerow([_csv_cell(value) for value in _csv_row(as_record(record))])
         count += 1
     return count
+
+
+def _csv_marker_row(gap: Gap) -> list[str]:
+    marker = marker_to_dict(gap)
+    cells = dict.fromkeys(CSV_COLUMNS, "")
+    cells["event_type"] = f"({marker['marker']} message{'' if isinstance(gap, UnreadableMessage) else 's'})"
+    cells["payload_json"] = json.dumps(marker, separators=(",", ":"))
+    return list(cells.values())
 
 
 def _csv_row(record: AuditRecord) -> tuple[Any, ...]:
@@ -186,12 +264,15 @@ def _iso(millis: int) -> str:
     return from_millis(millis).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def write_parquet(records: Iterable[RecordLike], path: str | PathLike[str], *, batch_size: int = 10_000) -> int:
+def write_parquet(records: Iterable[RecordLike | Gap], path: str | PathLike[str], *, batch_size: int = 10_000) -> int:
     """Write records to a Parquet file in batches; returns the number written.
 
     Columns follow the Avro schema: timestamps as UTC millisecond timestamps, the checkpoint
     as a nullable struct, flags as a list of strings. Needs pyarrow
-    (raises :class:`ParquetUnavailable` saying how to install it).
+    (raises :class:`ParquetUnavailable` saying how to install it). A gap raises
+    :class:`GapInParquet` naming it: every column of a record is required, so no row can mark
+    it, and a file without it would show a chain the topic does not hold. The caller removes
+    what was written.
     """
     try:
         import pyarrow as pa
@@ -205,6 +286,11 @@ def write_parquet(records: Iterable[RecordLike], path: str | PathLike[str], *, b
     with pq.ParquetWriter(str(path), schema) as writer:
         batch: list[dict[str, Any]] = []
         for record in records:
+            if isinstance(record, Gap):
+                raise GapInParquet(
+                    f"the audit topic holds {describe_gap(record)} in place of records, and a Parquet file "
+                    "has no place to mark it: export JSONL (which marks it and verifies) or CSV"
+                )
             batch.append(record_to_dict(record))
             if len(batch) >= batch_size:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))

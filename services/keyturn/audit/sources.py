@@ -65,28 +65,43 @@ def audit_records(
     advance: Callable[[int], None] = _ignore,
     total: Callable[[int], None] = _ignore,
     to_offset: int | None = None,
-    on_unreadable: Callable[[Any], None] | None = None,
     raw: bool = False,
+    note_gaps: bool = True,
     on_end_offset: Callable[[int], None] = _ignore,
 ) -> Iterator[Any]:
     """Records of the audit ``topic`` (on ``bootstrap``) or of an export, oldest first, streamed.
 
-    ``raw`` yields the export's dicts unparsed (for verify, which reports malformed ones), and first
-    a :class:`~keyturn.core.audit.verify.DeletedMessages` when the topic's earliest offset is not 0.
+    What the topic holds in place of records (:data:`~keyturn.core.audit.verify.Gap`: a message
+    that is not an audit record, messages deleted from its front), or an export marks in their
+    place, is part of the chain's story: ``raw`` yields it where it stands (for verify, the report
+    and the export), with the export's dicts unparsed (verify reports malformed ones). Without
+    ``raw`` only records come out, and once the stream is read a note on stderr names what was
+    left out (unless ``note_gaps`` is off: a first pass of a command that reads twice).
     """
+    from keyturn.core.audit.verify import Gap
+
+    left_out: list[Gap] = []
+
+    def note() -> None:
+        if left_out and note_gaps and not raw:
+            err.print(gaps_note(left_out), highlight=False)
+
     if export is not None:
         from keyturn.audit.export import AuditFileError, read_jsonl
         from keyturn.core.audit.record import AuditRecord, MalformedRecord
 
         try:
             with export.open("rb") as fp:
-                for number, item in enumerate(read_jsonl(fp), start=1):
+                for number, line in enumerate(read_jsonl(fp), start=1):
                     advance(1)
                     if raw:
-                        yield item
+                        yield line
+                        continue
+                    if isinstance(line, Gap):
+                        left_out.append(line)
                         continue
                     try:
-                        yield AuditRecord.from_dict(item)
+                        yield AuditRecord.from_dict(line)
                     except MalformedRecord as error:
                         fail(
                             f"{export}: record {number} is not an audit record ({error}); "
@@ -96,8 +111,10 @@ def audit_records(
             fail(f"cannot read {export}: {error.strerror}")
         except AuditFileError as error:
             fail(f"{export}: {error}")
+        note()
         return
-    from keyturn.audit.stream import AuditMessage, AuditTopic, AuditTopicMissing, blocking
+    from keyturn.audit.stream import AuditMessage, AuditTopic, AuditTopicMissing, blocking, record_or_gap
+    from keyturn.core.audit.verify import DeletedMessages
 
     async def fetches():
         # One list per fetch, not one message at a time: stepping the event loop once per record
@@ -105,9 +122,7 @@ def audit_records(
         async with AuditTopic(bootstrap, topic, to_offset=to_offset) as audit:
             total(max(0, audit.end_offset - audit.start_offset))
             on_end_offset(audit.end_offset)
-            if raw and audit.earliest_offset > 0:
-                from keyturn.core.audit.verify import DeletedMessages
-
+            if audit.earliest_offset > 0:
                 yield [DeletedMessages(topic, 0, audit.earliest_offset)]
             async for batch in audit.batches():
                 wanted = [message for message in batch if message.offset < audit.end_offset]
@@ -119,14 +134,23 @@ def audit_records(
     try:
         for batch in blocking(fetches()):
             for message in batch:
-                if not isinstance(message, AuditMessage):
-                    yield message  # deleted messages, for the verification
-                elif message.record is not None:
-                    yield message.record
-                elif on_unreadable is not None:
-                    on_unreadable(message.unreadable)
+                item = record_or_gap(topic, message) if isinstance(message, AuditMessage) else message
+                if raw or not isinstance(item, Gap):
+                    yield item
+                else:
+                    left_out.append(item)
     except AuditTopicMissing as missing:
         fail(str(missing))
+    note()
+
+
+def gaps_note(gaps: list[Any], *, shown: int = 10) -> str:
+    """One line saying what the audit held in place of records, and was left out."""
+    from keyturn.audit.export import describe_gap
+
+    listed = "; ".join(describe_gap(gap) for gap in gaps[:shown])
+    more = f" and {len(gaps) - shown} more" if len(gaps) > shown else ""
+    return f"left out what the audit holds in place of records: {listed}{more}; keyturn audit verify reports it"
 
 
 def malformed_note(sequences: list[int], *, shown: int = 10) -> str:

@@ -8,6 +8,7 @@ Transaction markers take offsets too, so an offset is a position in the topic, n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.core.audit.record import AuditRecord, MalformedRecord
+from keyturn.core.audit.verify import UnreadableMessage
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +28,14 @@ FETCH_BYTES = 16 * 1024 * 1024  # per fetch of the audit partition (the consumer
 
 @dataclass(frozen=True)
 class UnreadableAuditMessage:
-    """A message in the audit topic that is not an audit record (its sequence is unknown)."""
+    """A message in the audit topic that is not an audit record (its sequence is unknown).
+
+    Its size and SHA-256 name it without its bytes, which may be anything: an export marks it by them."""
 
     offset: int
     reason: str
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,20 @@ def decode_audit_message(offset: int, value: bytes | None) -> AuditMessage:
         return AuditMessage(offset, AuditRecord.from_avro(body))
     except (UndecodableMessage, MalformedRecord, KeyError, TypeError, ValueError) as error:
         reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
-        return AuditMessage(offset, None, UnreadableAuditMessage(offset, reason))
+        raw = value or b""
+        return AuditMessage(
+            offset, None, UnreadableAuditMessage(offset, reason, len(raw), hashlib.sha256(raw).hexdigest())
+        )
+
+
+def record_or_gap(topic: str, message: AuditMessage) -> AuditRecord | UnreadableMessage:
+    """The record a message of the audit ``topic`` holds, or the gap it leaves in the chain, which
+    verify reports and an export marks where it stands."""
+    if message.record is not None:
+        return message.record
+    bad = message.unreadable
+    assert bad is not None  # a message is a record or says why it is not
+    return UnreadableMessage(topic, 0, bad.offset, bad.size, bad.sha256, bad.reason)
 
 
 class AuditTopicMissing(LookupError):

@@ -182,6 +182,15 @@ class ImpactPreview:
 
 
 @dataclass(frozen=True)
+class Denial:
+    """A policy rule that denied an action, with the reason it gave: ``rules`` also names rules a
+    denial overrode, and ``reasons`` is a set of its own, so only this links a denial to its rule."""
+
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ActionDecided:
     event_id: str
     action_id: str
@@ -196,6 +205,7 @@ class ActionDecided:
     mask: tuple[str, ...] = ()
     break_glass: bool = False
     impact: ImpactPreview | None = None
+    denials: tuple[Denial, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from keyturn.core.events import (
     ActionRequested,
     ApprovalRequirement,
     DecisionOutcome,
+    Denial,
     Digest,
     GroupRequirement,
     ImpactPreview,
@@ -108,4 +109,6 @@ def _decided(request: ActionRequested, answer: Any, provenance: Provenance, now:
         provenance=provenance,
         decided_at=now,
         request=request,
+        # a policy written before the decision named its denials has none: the report then says so
+        denials=tuple(Denial(str(d["rule"]), str(d["reason"])) for d in doc.get("denials", ())),
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +25,7 @@ from keyturn.audit.replay import payload_of
 from keyturn.core.audit.checkpoint import CheckpointVerifier
 from keyturn.core.audit.payload import MalformedPayload
 from keyturn.core.audit.record import FLAG_BREAK_GLASS, AuditRecord
-from keyturn.core.audit.verify import DeletedMessages, ProblemKind, VerifyReport, verify
+from keyturn.core.audit.verify import Gap, ProblemKind, VerifyReport, verify
 from keyturn.core.canonical import now_millis
 
 # The outcome categories of the per-day chart, in the order they are stacked. Any other terminal
@@ -76,15 +76,14 @@ class _Action:
         "break_glass",
         "decided_at",
         "decision",
+        "denials",
         "execution",
         "first_seen",
         "incident",
         "other_outcome",
-        "reasons",
         "requested_at",
         "requesters",
         "reviews",
-        "rules",
     )
 
     def __init__(self, first_seen: int) -> None:
@@ -95,8 +94,7 @@ class _Action:
         self.requesters: tuple[str, ...] = ()
         self.decision: str | None = None
         self.decided_at: int | None = None
-        self.rules: tuple[str, ...] = ()
-        self.reasons: tuple[str, ...] = ()
+        self.denials: tuple[tuple[str, str, bool], ...] = ()
         self.break_glass = False
         self.incident: str | None = None
         self.approval_outcome: str | None = None
@@ -164,18 +162,17 @@ class Integrity:
     """The chain's verification, and what it means for the period."""
 
     verification: VerifyReport
-    unreadable: int
     checkpoints: tuple[CheckpointSeen, ...]
     period_first_sequence: int | None
     period_last_sequence: int | None
 
     @property
     def intact(self) -> bool:
-        return self.verification.ok and not self.unreadable
+        return self.verification.ok
 
     @property
     def problem_count(self) -> int:
-        return len(self.verification.problems) + self.verification.problems_omitted + self.unreadable
+        return len(self.verification.problems) + self.verification.problems_omitted
 
     @property
     def period_signed(self) -> bool:
@@ -246,7 +243,32 @@ class DenialReason:
     rule: str
     count: int
     example: str
-    """One reason the policy gave with this rule (free text, masked again before display)."""
+    """The reason the policy gave for this rule's denial (free text, masked again before display);
+    empty when only inferred denials name the rule."""
+    inferred: int = 0
+    """How many of ``count`` are inferred: the decision did not name its denials (:func:`denied_by`),
+    so the rule fired on a denied action but may not be what denied it."""
+
+
+NO_RULE = "(no rule named)"
+
+
+def denied_by(decision: Mapping[str, Any]) -> tuple[tuple[str, str, bool], ...]:
+    """The rules that denied a denied decision (its payload): ``(rule, reason, inferred)`` each.
+
+    A decision names them in ``denials``, each with its own reason. One recorded before that field
+    (or made by a policy that does not output it) has only ``rules``, every rule that fired (an
+    approval a denial overrode too), and ``reasons``, linked to none: a sole rule is the one that
+    denied, with the sole reason; of several, each is counted as inferred, without a reason. A
+    denial by Keyturn itself (the policy unavailable, its answer malformed) names no rule."""
+    named = decision.get("denials") or ()
+    if named:
+        return tuple((str(d.get("rule") or NO_RULE), str(d.get("reason") or ""), False) for d in named)
+    rules: list[Any] = decision.get("rules") or []
+    reasons: list[Any] = decision.get("reasons") or []
+    if len(rules) > 1:
+        return tuple((str(rule), "", True) for rule in rules)
+    return ((str(rules[0]) if rules else NO_RULE, str(reasons[0]) if len(reasons) == 1 else "", False),)
 
 
 @dataclass(frozen=True)
@@ -371,8 +393,7 @@ class ReportBuilder:
             facts.learn_request(payload.get("request") or {})
             facts.decision = payload.get("outcome")
             facts.decided_at = record.occurred_at
-            facts.rules = tuple(payload.get("rules") or ())
-            facts.reasons = tuple(payload.get("reasons") or ())
+            facts.denials = denied_by(payload) if facts.decision == "denied" else ()
             if payload.get("break_glass") or FLAG_BREAK_GLASS in record.flags:
                 facts.break_glass = True
                 facts.incident = facts.incident or _incident(payload.get("request") or {})
@@ -422,9 +443,7 @@ class ReportBuilder:
         if self._in_period(at):
             seen[1] += 1
 
-    def finish(
-        self, verification: VerifyReport | None, *, unreadable: int = 0, generated_at: int | None = None
-    ) -> Report:
+    def finish(self, verification: VerifyReport | None, *, generated_at: int | None = None) -> Report:
         """The report, given the chain's verification of the same records (None: not verified)."""
         integrity = None
         if verification is not None:
@@ -433,12 +452,13 @@ class ReportBuilder:
                 CheckpointSeen(seq, at, key, covers, seq not in bad_checkpoints)
                 for seq, at, key, covers in self._checkpoints
             )
-            integrity = Integrity(verification, unreadable, checkpoints, self._first_sequence, self._last_sequence)
+            integrity = Integrity(verification, checkpoints, self._first_sequence, self._last_sequence)
         in_period = [facts for facts in self._actions.values() if self._in_period(facts.at)]
         totals: Counter[str] = Counter()
         per_day: dict[str, Counter[str]] = {}
         agents: dict[str, list[int]] = {}
         denial_rules: Counter[str] = Counter()
+        inferred: Counter[str] = Counter()
         examples: dict[str, str] = {}
         break_glass = []
         for action_id, facts in ((a, f) for a, f in self._actions.items() if self._in_period(f.at)):
@@ -449,11 +469,11 @@ class ReportBuilder:
             line[0] += 1
             if category in (DENIED_BY_POLICY, DENIED_BY_PEOPLE):
                 line[1] += 1
-            if facts.decision == "denied":
-                for rule in facts.rules or ("(no rule named)",):
-                    denial_rules[rule] += 1
-                    if rule not in examples and facts.reasons:
-                        examples[rule] = facts.reasons[0]
+            for rule, reason, guessed in facts.denials:
+                denial_rules[rule] += 1
+                inferred[rule] += guessed
+                if reason and rule not in examples:
+                    examples[rule] = reason
             if facts.break_glass:
                 break_glass.append(
                     BreakGlassUse(
@@ -491,7 +511,8 @@ class ReportBuilder:
                 RubberStampLine(s.action_id, s.action, s.approver, s.seconds) for s in stats.rubber_stamps
             ),
             denial_reasons=tuple(
-                DenialReason(rule, count, examples.get(rule, "")) for rule, count in denial_rules.most_common()
+                DenialReason(rule, count, examples.get(rule, ""), inferred[rule])
+                for rule, count in denial_rules.most_common()
             ),
             break_glass=tuple(sorted(break_glass, key=lambda use: use.at)),
             refused_votes=tuple(self._refused),
@@ -558,25 +579,22 @@ def _approvers(stats: ApprovalStats) -> tuple[ApproverLine, ...]:
 
 
 def build_report(
-    records: Iterable[AuditRecord | Mapping[str, Any] | DeletedMessages],
+    records: Iterable[AuditRecord | Mapping[str, Any] | Gap],
     verifier: CheckpointVerifier,
     since: int,
     until: int,
     *,
     rubber_stamp_s: float = DEFAULT_RUBBER_STAMP_S,
-    unreadable: Callable[[], int] = lambda: 0,
     generated_at: int | None = None,
 ) -> Report:
     """Verify the chain and compute the report in one pass over ``records`` (the whole chain, in
-    stream order; dicts from an export are verified as they are and read as records when they can be).
-
-    ``unreadable`` tells, once the records are read, how many messages could not be decoded at all.
-    """
+    stream order, gaps where they stand; dicts from an export are verified as they are and read as
+    records when they can be)."""
     builder = ReportBuilder(since, until, rubber_stamp_s=rubber_stamp_s)
 
-    def observed() -> Iterator[AuditRecord | Mapping[str, Any] | DeletedMessages]:
+    def observed() -> Iterator[AuditRecord | Mapping[str, Any] | Gap]:
         for item in records:
-            if isinstance(item, DeletedMessages):
+            if isinstance(item, Gap):
                 yield item
                 continue
             if not isinstance(item, AuditRecord):
@@ -589,4 +607,4 @@ def build_report(
             yield item
 
     verification = verify(observed(), verifier)
-    return builder.finish(verification, unreadable=unreadable(), generated_at=generated_at)
+    return builder.finish(verification, generated_at=generated_at)

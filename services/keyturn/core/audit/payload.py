@@ -30,6 +30,7 @@ _LISTS_OF: dict[str, type | tuple[type, ...]] = {
     "chain": str,
     "rules": str,
     "reasons": str,
+    "denials": dict,
 }
 _SCALARS: dict[str, type | tuple[type, ...]] = {
     "id": str,
@@ -38,6 +39,7 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "choice": str,
     "channel": str,
     "reason": str,
+    "rule": str,
     "refusal": str,
     "message": str,
     "summary": str,

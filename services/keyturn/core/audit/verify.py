@@ -33,6 +33,7 @@ class ProblemKind(str, enum.Enum):
     UNVERIFIED_TAIL = "unverified_tail"
     FOREIGN = "foreign"
     DELETED = "deleted"
+    UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,27 @@ class DeletedMessages:
     topic: str
     partition: int
     count: int
+
+
+@dataclass(frozen=True)
+class UnreadableMessage:
+    """A message of the audit topic that is not an audit record, where it stands in the stream.
+
+    No writer writes one, so whoever can produce to the topic put it there. Its sequence is
+    unknown; its offset, size and SHA-256 say which message it is (never its bytes, which may be
+    anything), so an export can carry it in its place and be checked against the topic.
+    ``reason`` says why it could not be read, when it was read from the topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    size: int
+    sha256: str
+    reason: str | None = None
+
+
+Gap = DeletedMessages | UnreadableMessage
+"""What a reader of the topic found in place of records: verify reports it where it stands."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +118,7 @@ class VerifyReport:
 
 
 def verify(
-    records: Iterable[AuditRecord | Mapping[str, Any] | DeletedMessages],
+    records: Iterable[AuditRecord | Mapping[str, Any] | Gap],
     verifier: CheckpointVerifier,
     *,
     require_checkpoint_at_end: bool = False,
@@ -116,7 +138,7 @@ def verify(
     """
     state = _Verification(verifier, max_problems)
     for index, item in enumerate(records):
-        state.check(index, item)  # a DeletedMessages takes an index too: it is where they were
+        state.check(index, item)  # a gap takes an index too: it is where the messages were
     return state.finish(require_checkpoint_at_end)
 
 
@@ -147,7 +169,7 @@ class _Verification:
         self._last_checkpoint: int | None = None
         self._last_checkpoint_index = -1
         self._late_run: _LateRun | None = None
-        self._gaps = 0
+        self._count_at_last_checkpoint = 0
 
     def _report(self, kind: ProblemKind, sequence: int | None, index: int, message: str) -> None:
         if len(self._problems) < self._max_problems:
@@ -155,9 +177,19 @@ class _Verification:
         else:
             self._omitted += 1
 
-    def check(self, index: int, item: AuditRecord | Mapping[str, Any] | DeletedMessages) -> None:
+    def check(self, index: int, item: AuditRecord | Mapping[str, Any] | Gap) -> None:
+        if isinstance(item, UnreadableMessage):
+            why = f" ({item.reason})" if item.reason else ""
+            self._report(
+                ProblemKind.UNREADABLE,
+                None,
+                index,
+                f"the message at offset {item.offset} of partition {item.partition} of {item.topic} ({item.size} "
+                f"bytes, SHA-256 {item.sha256}) is not an audit record{why}: no writer writes one, so someone who "
+                "can produce to the audit topic put it there",
+            )
+            return
         if isinstance(item, DeletedMessages):
-            self._gaps += 1
             self._report(
                 ProblemKind.DELETED,
                 None,
@@ -212,6 +244,7 @@ class _Verification:
             if in_order and len(self._problems) + self._omitted == problems_before:
                 self._last_checkpoint = sequence
                 self._last_checkpoint_index = index
+                self._count_at_last_checkpoint = self._count
 
     def _foreign(self, index: int, record: AuditRecord) -> None:
         """The writer's note that it found records after its last checkpoint at a restart."""
@@ -396,8 +429,7 @@ class _Verification:
                 if first == 0:
                     message += ": the stream does not start at the beginning"
             self._report(ProblemKind.DROPPED, first, noticed, message)
-        # deleted messages come before the first record, so they sit before any checkpoint's index
-        unverified = self._count - max(0, self._last_checkpoint_index + 1 - self._gaps)
+        unverified = self._count - self._count_at_last_checkpoint
         if require_checkpoint_at_end and (unverified or self._count == 0):
             if self._count == 0:
                 message = "the stream is empty, so there is no checkpoint to verify it against"
