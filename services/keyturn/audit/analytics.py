@@ -151,7 +151,7 @@ class ApprovalAnalytics:
             return
         if kind == "ActionDecided" and payload.get("outcome") == "needs_approval":
             groups = tuple(
-                g.get("name")
+                str(g["name"])
                 for g in ((payload.get("approvals") or {}).get("groups") or ())
                 if isinstance(g, dict) and g.get("name")
             )
