@@ -309,6 +309,50 @@ def test_what_a_disguise_a_reader_sees_through_hides_is_masked(masker, sent, sho
     assert masker.mask({"v": sent}).parameters == {"v": shown}
 
 
+#: Characters that show nothing, which a reader skips and a recognizer does not.
+INVISIBLE = ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u180e", "\u034f", "\u2062")
+
+
+@pytest.mark.parametrize("invisible", INVISIBLE, ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("dana.seed@example.org", "<EMAIL_ADDRESS>"),
+        ("4111 1111 1111 1111", "****1111"),
+        ("AKIAIOSFODNN7EXAMPLE", "<AWS_ACCESS_KEY>"),
+        ("ghp_1O4lABCDEFGHIJKLMNOPQRSTUVWXYZ012345", "<GITHUB_TOKEN>"),
+    ],
+)
+def test_a_value_with_invisible_characters_in_it_is_masked(masker, invisible, value, shown):
+    middle = len(value) // 2
+    once = value[:middle] + invisible + value[middle:]
+    everywhere = invisible.join(value.replace(" ", ""))
+    masked = masker.mask({"once": once, "everywhere": everywhere, "text": f"mail {once} today"})
+    assert masked.parameters == {"once": shown, "everywhere": shown, "text": f"mail {shown} today"}
+    assert {finding.path for finding in masked.findings} == {"$.once", "$.everywhere", "$.text"}
+
+
+@pytest.mark.parametrize(
+    "sent",
+    ["\U0001f469\u200d\U0001f4bb on call", "co\u00adoperation with finance", "\ufeffquarterly report"],
+)
+def test_invisible_characters_alone_hide_nothing_and_the_text_is_shown_as_sent(masker, sent):
+    masked = masker.mask({"v": sent})
+    assert masked.parameters == {"v": sent} and masked.findings == []
+
+
+def test_the_invisible_code_points_are_unicodes_format_and_default_ignorable_ones():
+    import sys
+
+    import regex
+
+    from keyturn.masking.masker import INVISIBLE_RANGES
+
+    listed = {code for first, last in INVISIBLE_RANGES for code in range(first, last + 1)}
+    unicode = regex.compile(r"[\p{Cf}\p{Default_Ignorable_Code_Point}]")
+    assert listed == {code for code in range(sys.maxunicode + 1) if unicode.match(chr(code))}
+
+
 @pytest.mark.parametrize(
     ("sent", "shown"),
     [

@@ -17,9 +17,10 @@ Rules, in the order they apply to each value of the parameters:
    them).
 5. A string written in a disguise a reader or a program undoes at once (percent-encoding,
    once or more; HTML character references; ``\\u0040``-style escapes; full-width or other
-   compatibility forms; base64 of printable text: ``alice%40example.com``, ``alice%2540…``,
-   ``alice&#64;…``, ``alice＠example.com``, ``NDExMSAxMTEx…``) is scanned as it reads; when
-   something is found there, the masked copy shows that plain form, masked.
+   compatibility forms; characters that show nothing, such as a zero-width space or a soft
+   hyphen inside the value; base64 of printable text: ``alice%40example.com``,
+   ``alice%2540…``, ``alice&#64;…``, ``alice＠example.com``, ``NDExMSAxMTEx…``) is scanned
+   as it reads; when something is found there, the masked copy shows that plain form, masked.
 
 Masking is idempotent: each string is masked to a fixpoint (re-scanned while scans find
 something, see :data:`MAX_ROUNDS`) and placeholders contain nothing any rule detects, so
@@ -499,10 +500,10 @@ def plain_form(text: str) -> str:
     """``text`` as a reader (or the program it is meant for) takes it in: percent-escapes decoded
     (again while they decode to more, ``%2540``), HTML character references and ``\\uXXXX`` /
     ``\\xXX`` escapes resolved, compatibility characters (full-width letters and ``＠``,
-    ligatures) folded (NFKC), runs of base64 that decode to printable text decoded. Recognizers
-    see through none of these, so a disguised address, card or key would otherwise pass in clear.
-    ``text`` itself when there is nothing to undo (the common case: a few ``in`` tests and one
-    search)."""
+    ligatures) folded (NFKC), characters that show nothing dropped (``INVISIBLE_RANGES``), runs
+    of base64 that decode to printable text decoded. Recognizers see through none of these, so a
+    disguised address, card or key would otherwise pass in clear. ``text`` itself when there is
+    nothing to undo (the common case: a few ``in`` tests and one search)."""
     plain = text
     for _ in range(3):
         if "%" not in plain or (decoded := unquote(plain, errors="replace")) == plain:
@@ -513,7 +514,7 @@ def plain_form(text: str) -> str:
     if "\\u" in plain or "\\x" in plain:
         plain = _ESCAPE.sub(_escaped, plain)
     if not plain.isascii():
-        plain = unicodedata.normalize("NFKC", plain).translate(_DASHES)
+        plain = unicodedata.normalize("NFKC", plain).translate(_READ_AS)
     if len(plain) >= _BASE64_MIN_CHARS:
         plain = _BASE64_RUN.sub(_base64_text, plain)
     return plain
@@ -521,7 +522,28 @@ def plain_form(text: str) -> str:
 
 #: Dashes NFKC leaves as they are (hyphen, non-breaking hyphen, figure dash, en and em dash,
 #: horizontal bar, minus): read as ``-``, as a reader reads them.
-_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"))
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
+#: Code points that show nothing, which NFKC keeps: Unicode's format characters (category
+#: ``Cf``: zero-width space and joiners, word joiner, BOM, soft hyphen, bidi controls, tags) and
+#: its other default-ignorable ones (combining grapheme joiner, variation selectors, Hangul
+#: fillers). A reader sees ``dana.seed@example.org`` in ``dana.seed\u200b@…`` and a program
+#: that drops them gets the value; a recognizer sees two words. As (first, last) ranges of
+#: Unicode 15; ``tests/unit/test_masking.py`` checks them against the character database.
+INVISIBLE_RANGES = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD),
+    (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFFB), (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD), (0x13430, 0x1343F), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+#: What NFKC leaves for a reader to undo, in one ``str.translate`` (the dashes cost it already):
+#: dashes read as ``-``, invisible code points dropped.
+_READ_AS = str.maketrans(
+    {
+        **dict.fromkeys(_DASHES, "-"),
+        **dict.fromkeys((chr(c) for first, last in INVISIBLE_RANGES for c in range(first, last + 1)), None),
+    }
+)
 _ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2}))")
 _BASE64_MIN_CHARS = 12
 #: A run of standard base64 of at least 12 characters (9 bytes: an SSN, a phone number), padded to
