@@ -285,6 +285,50 @@ def test_a_card_number_sent_as_a_json_number_is_masked(masker):
     assert masked.findings == [Finding("$.card", "CREDIT_CARD"), Finding("$.as_float", "CREDIT_CARD")]
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "reference"])
+def test_a_phone_number_sent_as_a_json_number_is_masked_as_its_text_is(masker, fast_path):
+    if not fast_path:
+        masker = ParameterMasker(masker._analyzer, fast_path=False)
+    sent = {
+        "phone": 14155550199,
+        "as_text": "14155550199",
+        "negative": -14155550199,
+        "as_float": 14155550199.0,
+        "rows": [{"n": 14155550199, "id": 7}],  # a query's answer: SELECT 14155550199 AS n
+    }
+    masked = masker.mask(sent)
+    assert masked.parameters == {
+        "phone": "<PHONE_NUMBER>",
+        "as_text": "<PHONE_NUMBER>",
+        "negative": "<PHONE_NUMBER>",
+        "as_float": "<PHONE_NUMBER>",
+        "rows": [{"n": "<PHONE_NUMBER>", "id": 7}],
+    }
+    assert [finding.path for finding in masked.findings] == [
+        "$.phone",
+        "$.as_text",
+        "$.negative",
+        "$.as_float",
+        "$.rows[0].n",
+    ]
+    assert masker.mask(masked.parameters).parameters == masked.parameters
+
+
+def test_numbers_whose_text_masking_keeps_are_kept_as_numbers(masker):
+    numbers = {
+        "count": 42,
+        "bytes": 104857600,
+        "unix_s": 1712843946,
+        "unix_ms": 1712843946123,
+        "order": 1234567890123,
+        "day": 20240501,
+        "ratio": 14155550199.5,  # a fraction: a measurement, not a number anyone dials
+        "big": 10**30,
+    }
+    masked = masker.mask(numbers)
+    assert masked.parameters == numbers and masked.findings == []
+
+
 @pytest.mark.parametrize(
     ("sent", "shown"),
     [

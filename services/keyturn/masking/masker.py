@@ -11,8 +11,9 @@ Rules, in the order they apply to each value of the parameters:
    one placeholder, named after the most specific type (order of :data:`PLACEHOLDER_ORDER`).
 3. A string that is, as a whole, a UUID or an ISO-8601 date or timestamp is an identifier
    or a time and is kept without scanning.
-4. Numbers, booleans and ``null`` are kept, but for a number that is a card number
-   (``recognizers.card_number``), which becomes its placeholder; dict keys are never masked,
+4. Numbers, booleans and ``null`` are kept, but for a whole number that rule 2 would mask if
+   it were sent as text (``4111111111111111``, ``14155550199``): it becomes one placeholder, a
+   string, like its text would (``****1111``, ``<PHONE_NUMBER>``). Dict keys are never masked,
    only values (keys are the shape approvers need to read, and name rules already look at
    them).
 5. A string written in a disguise a reader or a program undoes at once (percent-encoding,
@@ -56,7 +57,6 @@ from keyturn.masking.recognizers import (
     PHONE_DIGIT_RUN,
     SCORE_THRESHOLD,
     build_analyzer,
-    card_number,
     kept_results,
 )
 
@@ -207,6 +207,7 @@ class _PendingText:
     current: str = ""
     found: list[str] = field(default_factory=list)
     digest: bytes | None = None
+    number: int | float | None = None  # rule 4: the number ``text`` spells, put back if nothing is found
 
     def __post_init__(self) -> None:
         self.current = self.text
@@ -446,10 +447,11 @@ class _Walk:
         if kind is str:
             container[slot] = value
             self._text(container, slot, value, path)
-        elif (kind is int or kind is float) and card_number(value):
-            container[slot] = placeholder("CREDIT_CARD", int(value))
-            self._findings.append(Finding(format_path(path), "CREDIT_CARD"))
-        elif kind is int or kind is bool or kind is float or value is None:
+        elif kind is int or kind is float:
+            container[slot] = value
+            if _MIN_MASKABLE <= abs(value) < _MAX_MASKABLE and (kind is int or value.is_integer()):
+                self._number(container, slot, value, path)
+        elif kind is bool or value is None:
             container[slot] = value
         elif isinstance(value, str):
             container[slot] = value
@@ -489,6 +491,19 @@ class _Walk:
             return
         masked, entity_types = outcome
         container[slot] = masked
+        for entity in entity_types:
+            self._findings.append(Finding(format_path(path), entity))
+
+    def _number(self, container, slot, number: int | float, path) -> None:
+        """Rule 4: ``number`` is masked whole when its digits, as text, would be masked."""
+        text = str(int(number))
+        outcome = self.scan_text(text)
+        if isinstance(outcome, frozenset):
+            findings: list[Finding] = []
+            self._findings.append(findings)
+            self.pending.append(_PendingText(container, slot, text, path, outcome, findings, number=number))
+            return
+        container[slot], entity_types = _number_outcome(number, outcome[1])
         for entity in entity_types:
             self._findings.append(Finding(format_path(path), entity))
 
@@ -574,6 +589,22 @@ def _base64_text(match: re.Match[str]) -> str:
     return decoded if decoded.isprintable() and not decoded.isspace() else match.group()
 
 
+#: Whole numbers rule 4 reads as text: every kind found in digits alone needs seven of them (a
+#: phone core; an SSN has nine, a card 13 to 19), so a smaller number is kept at one comparison,
+#: and none has more than 19.
+_MIN_MASKABLE = 10**6
+_MAX_MASKABLE = 10**19
+
+
+def _number_outcome(number: int | float, entity_types: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
+    """A number and what masking found in its digits: the number when nothing, else one placeholder
+    for it whole (a part of a number in clear is no number), named after the most specific type."""
+    if not entity_types:
+        return number, ()
+    entity = min(entity_types, key=_RANK.__getitem__)
+    return placeholder(entity, int(number)), (entity,)
+
+
 def _many_phone_cores(text: str) -> bool:
     """Whether ``text`` holds more than ``PHONE_CORES_CHECKED`` phone cores: then its digit groups
     are masked as phone numbers all together (over, never under), not checked one by one."""
@@ -583,6 +614,8 @@ def _many_phone_cores(text: str) -> bool:
 
 def _deliver(item: _PendingText, outcome: tuple[str, tuple[str, ...]]) -> None:
     masked, entity_types = outcome
+    if item.number is not None:
+        masked, entity_types = _number_outcome(item.number, entity_types)
     item.container[item.slot] = masked
     item.findings.extend(Finding(format_path(item.path), entity) for entity in entity_types)
 

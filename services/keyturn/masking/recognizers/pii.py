@@ -97,21 +97,3 @@ def pii_recognizers() -> list[EntityRecognizer]:
         UsSsnRecognizer(patterns=[*UsSsnRecognizer.PATTERNS, LABELLED_SSN]),
         IpRecognizer(),
     ]
-
-
-_CARDS = CreditCardRecognizer()
-
-
-def card_number(value: int | float) -> bool:
-    """Whether a JSON number is a card number: an integer (or a float with no fraction) of 13 to
-    19 digits that Presidio's card recognizer takes (its pattern and the Luhn check). A card
-    sent as a number is as much a card as one sent as text."""
-    if not 10**12 <= abs(value) < 10**19 or (isinstance(value, float) and not value.is_integer()):
-        return False  # fewer than 13 digits or more than 19 (most numbers: one comparison), or a fraction
-    try:
-        digits = str(abs(int(value)))
-    except (OverflowError, ValueError):  # inf, nan
-        return False
-    if not 13 <= len(digits) <= 19:
-        return False
-    return any(result.score > 0 for result in _CARDS.analyze(digits, ["CREDIT_CARD"]))
