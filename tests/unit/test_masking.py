@@ -603,10 +603,50 @@ def test_a_url_password_is_masked_and_its_host_stays(masker):
         ("db_pass = hunter2", "db_pass = <SECRET>"),
         ("Authorization: Token abcdef123456", "Authorization: Token <SECRET>"),
         ("clientSecret:xyz", "clientSecret:<SECRET>"),
+        # a password holding signs is masked whole, up to a space or a quote
+        ("pw=Tr0ub4dor&3-SEED-C1", "pw=<SECRET>"),
+        ("pw: Tr0ub4dor&3-SEED-C1 ask", "pw: <SECRET> ask"),
+        ("password=a;b,c&d(e) end", "password=<SECRET> end"),
+        ('{"password": "Tr0ub4dor&3;x,y", "user": "bob"}', '{"password": "<SECRET>", "user": "bob"}'),
+        # but the next name=value of a query string or a list is no part of it
+        (
+            "https://x.example.com/login?password=hunter2&user=bob",
+            "https://x.example.com/login?password=<SECRET>&user=bob",
+        ),
+        ("apikey=Ab12&cd=34", "apikey=<SECRET>&cd=34"),
     ],
 )
 def test_a_value_after_a_secrets_name_is_masked_in_text_as_in_a_field(masker, text, shown):
     assert masker.mask_text(text)[0] == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("password Tr0ub4dor&3-SEED-C1", "password <SECRET>"),
+        ("the db password is Tr0ub4dor&3-SEED-C1 ok", "the db password is <SECRET> ok"),
+        ("pw Tr0ub4dor&3-SEED-C1", "pw <SECRET>"),
+        ("Password was Summer2024! today", "Password was <SECRET> today"),
+        ("api_token 'x7Kq2mZp9' for the job", "api_token '<SECRET>' for the job"),
+    ],
+)
+def test_a_generated_looking_value_after_a_secrets_name_and_a_space_is_masked(masker, text, shown):
+    assert masker.mask_text(text)[0] == shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password reset for bob",
+        "password changed for user-42 yesterday",
+        "reset the password via https://id.example.com/reset",
+        "token expires 2024-05-01T10:00:00Z",
+        "secret santa list",
+        "our key Abc123!x",  # ``key`` alone names no secret
+    ],
+)
+def test_a_sentence_about_a_password_stays_readable(masker, text):
+    assert masker.mask_text(text) == (text, [])
 
 
 @pytest.mark.parametrize(
