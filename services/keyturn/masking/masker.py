@@ -11,8 +11,9 @@ Rules, in the order they apply to each value of the parameters:
    one placeholder, named after the most specific type (order of :data:`PLACEHOLDER_ORDER`).
 3. A string that is, as a whole, a UUID or an ISO-8601 date or timestamp is an identifier
    or a time and is kept without scanning.
-4. Numbers, booleans and ``null`` are kept, but for a whole number that rule 2 would mask if
-   it were sent as text (``4111111111111111``, ``14155550199``): it becomes one placeholder, a
+4. Numbers, booleans and ``null`` are kept, but for a whole number of ten digits or more that
+   rule 2 would mask if it were sent as text (``4111111111111111``, ``14155550199``; see
+   :data:`_MIN_MASKABLE` for why not fewer): it becomes one placeholder, a
    string, like its text would (``****1111``, ``<PHONE_NUMBER>``). Dict keys are never masked,
    only values (keys are the shape approvers need to read, and name rules already look at
    them).
@@ -589,10 +590,12 @@ def _base64_text(match: re.Match[str]) -> str:
     return decoded if decoded.isprintable() and not decoded.isspace() else match.group()
 
 
-#: Whole numbers rule 4 reads as text: every kind found in digits alone needs seven of them (a
-#: phone core; an SSN has nine, a card 13 to 19), so a smaller number is kept at one comparison,
-#: and none has more than 19.
-_MIN_MASKABLE = 10**6
+#: Whole numbers rule 4 reads as text: ten digits or more (a phone number written as a number has
+#: its area code, or its country code too; a card has 13 to 19 digits), and none has more than
+#: 19. A smaller number, which counts and most ids are, is kept at one comparison: checking one
+#: for a phone number costs python-phonenumbers about a millisecond, and as text one of 150
+#: eight- or nine-digit numbers is taken for a phone number in one of its regions.
+_MIN_MASKABLE = 10**9
 _MAX_MASKABLE = 10**19
 
 
