@@ -136,7 +136,15 @@ _SPOKEN_VALUE = re.compile(
 #: The shortest line holding a secret's name, a space and a value of eight characters (``pw x…``).
 _SPOKEN_MIN_CHARS = 11
 #: Text every name the rule calls secret holds (case aside): a line without it has no such name.
-_NAMED_HINT = re.compile(r"(?i:pass|pw|pin|secret|token|key|credential|authorization|cookie|cv[vc]|ssn|card)")
+#: Tested lower-cased with ``in``, which costs a tenth of one case-blind search of them all.
+_NAMED_HINTS = (
+    "pass", "pw", "pin", "secret", "token", "key", "credential", "authorization", "cookie", "cv", "ssn", "card",
+)  # fmt: skip
+
+
+def _may_name_a_secret(line: str) -> bool:
+    lowered = line.lower()
+    return any(hint in lowered for hint in _NAMED_HINTS)
 
 
 #: ``Authorization: <scheme> <credentials>``: the credentials are the secret, the scheme is not.
@@ -247,7 +255,7 @@ class DetectSecretsRecognizer(LocalRecognizer):
             yield from self._keyword_spans(line)
         named = "=" in line or ":" in line
         spoken = len(line) >= _SPOKEN_MIN_CHARS and (" " in line or "\t" in line)
-        if (named or spoken) and _NAMED_HINT.search(line):
+        if (named or spoken) and _may_name_a_secret(line):
             if named:
                 yield from named_value_spans(line)
             if spoken:
@@ -265,7 +273,7 @@ class DetectSecretsRecognizer(LocalRecognizer):
             len(text) < 20
             and _KEYWORD_OPERATORS.isdisjoint(text)
             and not _SCHEME_HINT.search(text)
-            and (len(text) < _SPOKEN_MIN_CHARS or not _NAMED_HINT.search(text))
+            and (len(text) < _SPOKEN_MIN_CHARS or not _may_name_a_secret(text))
         ):
             return False
         for line in text.split("\n"):
