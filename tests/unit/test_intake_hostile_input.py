@@ -71,6 +71,49 @@ def test_text_no_database_can_keep_and_integers_past_64_bits_are_refused_with_th
     assert letter.principal == "agent:reporter"  # recorded under the caller
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**GOOD, "action": "read.x078051122"}, "action"),
+        ({**GOOD, "action": "read.078051122x"}, "action"),
+        ({**GOOD, "action": "read.x078-05-1122"}, "action"),
+        ({**GOOD, "resource": "postgres://staging/users/u078051122"}, "resource"),
+        ({**GOOD, "idempotency_key": "k078051122"}, "idempotency_key"),
+        ({**GOOD, "parameters": {"row078051122": 1}}, "parameters"),
+    ],
+)
+def test_an_ssn_glued_to_a_letter_in_a_name_is_refused_as_a_card_there_is(body, field) -> None:
+    client, store, send = client_and_store()
+    with client:
+        answer = client.post("/v1/actions", content=json.dumps(body), headers=AUTH)
+        card = client.post(
+            "/v1/actions", content=json.dumps({**GOOD, "action": "read.c4111111111111111"}), headers=AUTH
+        )
+    assert (answer.status_code, card.status_code) == (422, 422), answer.text
+    [problem] = answer.json()["problems"]
+    assert problem.startswith(field) and "US_SSN" in problem and "078" not in problem
+    assert "078051122" not in repr(send.events("unit.dlq")) and "078-05-1122" not in repr(send.events("unit.dlq"))
+    assert store.rows == {}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**GOOD, "resource": "ec2://eu-west-1/i-0a123456789bcdef0"},  # an instance id's digits are no SSN
+        {**GOOD, "idempotency_key": "order-204518733"},  # nine digits not glued to a letter: an order number
+        {**GOOD, "action": "read.x123456789"},  # no SSN is ever 123456789
+        {**GOOD, "action": "oauth2.token.exchange"},
+        {**GOOD, "parameters": {"build20240501": 1}},
+    ],
+)
+def test_ordinary_names_with_digits_are_accepted(body) -> None:
+    client, store, _ = client_and_store()
+    with client:
+        answer = client.post("/v1/actions", content=json.dumps(body), headers=AUTH)
+    assert answer.status_code == 202, answer.text
+    assert len(store.rows) == 1
+
+
 def test_a_server_address_may_name_a_resource_or_a_webhook() -> None:
     client, store, _ = client_and_store()
     body = {**GOOD, "resource": "postgres://10.0.0.5:5432/analytics", "callback_url": "http://10.1.2.3:9000/hook"}

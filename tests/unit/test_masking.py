@@ -285,6 +285,50 @@ def test_a_card_number_sent_as_a_json_number_is_masked(masker):
     assert masked.findings == [Finding("$.card", "CREDIT_CARD"), Finding("$.as_float", "CREDIT_CARD")]
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "reference"])
+def test_a_phone_number_sent_as_a_json_number_is_masked_as_its_text_is(masker, fast_path):
+    if not fast_path:
+        masker = ParameterMasker(masker._analyzer, fast_path=False)
+    sent = {
+        "phone": 14155550199,
+        "as_text": "14155550199",
+        "negative": -14155550199,
+        "as_float": 14155550199.0,
+        "rows": [{"n": 14155550199, "id": 7}],  # a query's answer: SELECT 14155550199 AS n
+    }
+    masked = masker.mask(sent)
+    assert masked.parameters == {
+        "phone": "<PHONE_NUMBER>",
+        "as_text": "<PHONE_NUMBER>",
+        "negative": "<PHONE_NUMBER>",
+        "as_float": "<PHONE_NUMBER>",
+        "rows": [{"n": "<PHONE_NUMBER>", "id": 7}],
+    }
+    assert [finding.path for finding in masked.findings] == [
+        "$.phone",
+        "$.as_text",
+        "$.negative",
+        "$.as_float",
+        "$.rows[0].n",
+    ]
+    assert masker.mask(masked.parameters).parameters == masked.parameters
+
+
+def test_numbers_whose_text_masking_keeps_are_kept_as_numbers(masker):
+    numbers = {
+        "count": 42,
+        "bytes": 104857600,
+        "unix_s": 1712843946,
+        "unix_ms": 1712843946123,
+        "order": 1234567890123,
+        "day": 20240501,
+        "ratio": 14155550199.5,  # a fraction: a measurement, not a number anyone dials
+        "big": 10**30,
+    }
+    masked = masker.mask(numbers)
+    assert masked.parameters == numbers and masked.findings == []
+
+
 @pytest.mark.parametrize(
     ("sent", "shown"),
     [
@@ -307,6 +351,50 @@ def test_a_card_number_sent_as_a_json_number_is_masked(masker):
 )
 def test_what_a_disguise_a_reader_sees_through_hides_is_masked(masker, sent, shown):
     assert masker.mask({"v": sent}).parameters == {"v": shown}
+
+
+#: Characters that show nothing, which a reader skips and a recognizer does not.
+INVISIBLE = ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u180e", "\u034f", "\u2062")
+
+
+@pytest.mark.parametrize("invisible", INVISIBLE, ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("dana.seed@example.org", "<EMAIL_ADDRESS>"),
+        ("4111 1111 1111 1111", "****1111"),
+        ("AKIAIOSFODNN7EXAMPLE", "<AWS_ACCESS_KEY>"),
+        ("ghp_1O4lABCDEFGHIJKLMNOPQRSTUVWXYZ012345", "<GITHUB_TOKEN>"),
+    ],
+)
+def test_a_value_with_invisible_characters_in_it_is_masked(masker, invisible, value, shown):
+    middle = len(value) // 2
+    once = value[:middle] + invisible + value[middle:]
+    everywhere = invisible.join(value.replace(" ", ""))
+    masked = masker.mask({"once": once, "everywhere": everywhere, "text": f"mail {once} today"})
+    assert masked.parameters == {"once": shown, "everywhere": shown, "text": f"mail {shown} today"}
+    assert {finding.path for finding in masked.findings} == {"$.once", "$.everywhere", "$.text"}
+
+
+@pytest.mark.parametrize(
+    "sent",
+    ["\U0001f469\u200d\U0001f4bb on call", "co\u00adoperation with finance", "\ufeffquarterly report"],
+)
+def test_invisible_characters_alone_hide_nothing_and_the_text_is_shown_as_sent(masker, sent):
+    masked = masker.mask({"v": sent})
+    assert masked.parameters == {"v": sent} and masked.findings == []
+
+
+def test_the_invisible_code_points_are_unicodes_format_and_default_ignorable_ones():
+    import sys
+
+    import regex
+
+    from keyturn.masking.masker import INVISIBLE_RANGES
+
+    listed = {code for first, last in INVISIBLE_RANGES for code in range(first, last + 1)}
+    unicode = regex.compile(r"[\p{Cf}\p{Default_Ignorable_Code_Point}]")
+    assert listed == {code for code in range(sys.maxunicode + 1) if unicode.match(chr(code))}
 
 
 @pytest.mark.parametrize(
@@ -515,10 +603,50 @@ def test_a_url_password_is_masked_and_its_host_stays(masker):
         ("db_pass = hunter2", "db_pass = <SECRET>"),
         ("Authorization: Token abcdef123456", "Authorization: Token <SECRET>"),
         ("clientSecret:xyz", "clientSecret:<SECRET>"),
+        # a password holding signs is masked whole, up to a space or a quote
+        ("pw=Tr0ub4dor&3-SEED-C1", "pw=<SECRET>"),
+        ("pw: Tr0ub4dor&3-SEED-C1 ask", "pw: <SECRET> ask"),
+        ("password=a;b,c&d(e) end", "password=<SECRET> end"),
+        ('{"password": "Tr0ub4dor&3;x,y", "user": "bob"}', '{"password": "<SECRET>", "user": "bob"}'),
+        # but the next name=value of a query string or a list is no part of it
+        (
+            "https://x.example.com/login?password=hunter2&user=bob",
+            "https://x.example.com/login?password=<SECRET>&user=bob",
+        ),
+        ("apikey=Ab12&cd=34", "apikey=<SECRET>&cd=34"),
     ],
 )
 def test_a_value_after_a_secrets_name_is_masked_in_text_as_in_a_field(masker, text, shown):
     assert masker.mask_text(text)[0] == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("password Tr0ub4dor&3-SEED-C1", "password <SECRET>"),
+        ("the db password is Tr0ub4dor&3-SEED-C1 ok", "the db password is <SECRET> ok"),
+        ("pw Tr0ub4dor&3-SEED-C1", "pw <SECRET>"),
+        ("Password was Summer2024! today", "Password was <SECRET> today"),
+        ("api_token 'x7Kq2mZp9' for the job", "api_token '<SECRET>' for the job"),
+    ],
+)
+def test_a_generated_looking_value_after_a_secrets_name_and_a_space_is_masked(masker, text, shown):
+    assert masker.mask_text(text)[0] == shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password reset for bob",
+        "password changed for user-42 yesterday",
+        "reset the password via https://id.example.com/reset",
+        "token expires 2024-05-01T10:00:00Z",
+        "secret santa list",
+        "our key Abc123!x",  # ``key`` alone names no secret
+    ],
+)
+def test_a_sentence_about_a_password_stays_readable(masker, text):
+    assert masker.mask_text(text) == (text, [])
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from keyturn.core.principal import Principal
 from keyturn.core.text import problem_in, words_problem
 from keyturn.faults import is_transient
 from keyturn.intake.store import NewAction, StoredAction, StoreUnavailable
-from keyturn.masking.protect import hidden_in, mask_text
+from keyturn.masking.protect import hidden_in_name, mask_text
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ MAX_KEY_DIGITS = 1024
 def _secret_in_name(value: str | list[str], field: str | None) -> str | None:
     """Why a name (``NAMES_MAY_HOLD``) cannot be taken: what masking finds in it, by kind."""
     text = _NAMES_APART.join(value) if isinstance(value, list) else value
-    kinds = {kind for _, kind in hidden_in({"name": text})} - NAMES_MAY_HOLD.get(field or "", set())
+    kinds = hidden_in_name(text) - NAMES_MAY_HOLD.get(field or "", set())
     if not kinds:
         return None
     what = "a key of the parameters" if field == "parameter_keys" else "it"

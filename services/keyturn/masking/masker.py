@@ -11,15 +11,18 @@ Rules, in the order they apply to each value of the parameters:
    one placeholder, named after the most specific type (order of :data:`PLACEHOLDER_ORDER`).
 3. A string that is, as a whole, a UUID or an ISO-8601 date or timestamp is an identifier
    or a time and is kept without scanning.
-4. Numbers, booleans and ``null`` are kept, but for a number that is a card number
-   (``recognizers.card_number``), which becomes its placeholder; dict keys are never masked,
+4. Numbers, booleans and ``null`` are kept, but for a whole number of ten digits or more that
+   rule 2 would mask if it were sent as text (``4111111111111111``, ``14155550199``; see
+   :data:`_MIN_MASKABLE` for why not fewer): it becomes one placeholder, a
+   string, like its text would (``****1111``, ``<PHONE_NUMBER>``). Dict keys are never masked,
    only values (keys are the shape approvers need to read, and name rules already look at
    them).
 5. A string written in a disguise a reader or a program undoes at once (percent-encoding,
    once or more; HTML character references; ``\\u0040``-style escapes; full-width or other
-   compatibility forms; base64 of printable text: ``alice%40example.com``, ``alice%2540…``,
-   ``alice&#64;…``, ``alice＠example.com``, ``NDExMSAxMTEx…``) is scanned as it reads; when
-   something is found there, the masked copy shows that plain form, masked.
+   compatibility forms; characters that show nothing, such as a zero-width space or a soft
+   hyphen inside the value; base64 of printable text: ``alice%40example.com``,
+   ``alice%2540…``, ``alice&#64;…``, ``alice＠example.com``, ``NDExMSAxMTEx…``) is scanned
+   as it reads; when something is found there, the masked copy shows that plain form, masked.
 
 Masking is idempotent: each string is masked to a fixpoint (re-scanned while scans find
 something, see :data:`MAX_ROUNDS`) and placeholders contain nothing any rule detects, so
@@ -55,7 +58,6 @@ from keyturn.masking.recognizers import (
     PHONE_DIGIT_RUN,
     SCORE_THRESHOLD,
     build_analyzer,
-    card_number,
     kept_results,
 )
 
@@ -206,6 +208,7 @@ class _PendingText:
     current: str = ""
     found: list[str] = field(default_factory=list)
     digest: bytes | None = None
+    number: int | float | None = None  # rule 4: the number ``text`` spells, put back if nothing is found
 
     def __post_init__(self) -> None:
         self.current = self.text
@@ -445,10 +448,11 @@ class _Walk:
         if kind is str:
             container[slot] = value
             self._text(container, slot, value, path)
-        elif (kind is int or kind is float) and card_number(value):
-            container[slot] = placeholder("CREDIT_CARD", int(value))
-            self._findings.append(Finding(format_path(path), "CREDIT_CARD"))
-        elif kind is int or kind is bool or kind is float or value is None:
+        elif kind is int or kind is float:
+            container[slot] = value
+            if _MIN_MASKABLE <= abs(value) < _MAX_MASKABLE and (kind is int or value.is_integer()):
+                self._number(container, slot, value, path)
+        elif kind is bool or value is None:
             container[slot] = value
         elif isinstance(value, str):
             container[slot] = value
@@ -491,6 +495,19 @@ class _Walk:
         for entity in entity_types:
             self._findings.append(Finding(format_path(path), entity))
 
+    def _number(self, container, slot, number: int | float, path) -> None:
+        """Rule 4: ``number`` is masked whole when its digits, as text, would be masked."""
+        text = str(int(number))
+        outcome = self.scan_text(text)
+        if isinstance(outcome, frozenset):
+            findings: list[Finding] = []
+            self._findings.append(findings)
+            self.pending.append(_PendingText(container, slot, text, path, outcome, findings, number=number))
+            return
+        container[slot], entity_types = _number_outcome(number, outcome[1])
+        for entity in entity_types:
+            self._findings.append(Finding(format_path(path), entity))
+
     def found(self, path, entity_types: Iterable[str]) -> None:
         self._findings.append([Finding(format_path(path), entity) for entity in entity_types])
 
@@ -499,10 +516,10 @@ def plain_form(text: str) -> str:
     """``text`` as a reader (or the program it is meant for) takes it in: percent-escapes decoded
     (again while they decode to more, ``%2540``), HTML character references and ``\\uXXXX`` /
     ``\\xXX`` escapes resolved, compatibility characters (full-width letters and ``＠``,
-    ligatures) folded (NFKC), runs of base64 that decode to printable text decoded. Recognizers
-    see through none of these, so a disguised address, card or key would otherwise pass in clear.
-    ``text`` itself when there is nothing to undo (the common case: a few ``in`` tests and one
-    search)."""
+    ligatures) folded (NFKC), characters that show nothing dropped (``INVISIBLE_RANGES``), runs
+    of base64 that decode to printable text decoded. Recognizers see through none of these, so a
+    disguised address, card or key would otherwise pass in clear. ``text`` itself when there is
+    nothing to undo (the common case: a few ``in`` tests and one search)."""
     plain = text
     for _ in range(3):
         if "%" not in plain or (decoded := unquote(plain, errors="replace")) == plain:
@@ -513,7 +530,7 @@ def plain_form(text: str) -> str:
     if "\\u" in plain or "\\x" in plain:
         plain = _ESCAPE.sub(_escaped, plain)
     if not plain.isascii():
-        plain = unicodedata.normalize("NFKC", plain).translate(_DASHES)
+        plain = unicodedata.normalize("NFKC", plain).translate(_READ_AS)
     if len(plain) >= _BASE64_MIN_CHARS:
         plain = _BASE64_RUN.sub(_base64_text, plain)
     return plain
@@ -521,7 +538,28 @@ def plain_form(text: str) -> str:
 
 #: Dashes NFKC leaves as they are (hyphen, non-breaking hyphen, figure dash, en and em dash,
 #: horizontal bar, minus): read as ``-``, as a reader reads them.
-_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"))
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
+#: Code points that show nothing, which NFKC keeps: Unicode's format characters (category
+#: ``Cf``: zero-width space and joiners, word joiner, BOM, soft hyphen, bidi controls, tags) and
+#: its other default-ignorable ones (combining grapheme joiner, variation selectors, Hangul
+#: fillers). A reader sees ``dana.seed@example.org`` in ``dana.seed\u200b@…`` and a program
+#: that drops them gets the value; a recognizer sees two words. As (first, last) ranges of
+#: Unicode 15; ``tests/unit/test_masking.py`` checks them against the character database.
+INVISIBLE_RANGES = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD),
+    (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFFB), (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD), (0x13430, 0x1343F), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+#: What NFKC leaves for a reader to undo, in one ``str.translate`` (the dashes cost it already):
+#: dashes read as ``-``, invisible code points dropped.
+_READ_AS = str.maketrans(
+    {
+        **dict.fromkeys(_DASHES, "-"),
+        **dict.fromkeys((chr(c) for first, last in INVISIBLE_RANGES for c in range(first, last + 1)), None),
+    }
+)
 _ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2}))")
 _BASE64_MIN_CHARS = 12
 #: A run of standard base64 of at least 12 characters (9 bytes: an SSN, a phone number), padded to
@@ -552,6 +590,24 @@ def _base64_text(match: re.Match[str]) -> str:
     return decoded if decoded.isprintable() and not decoded.isspace() else match.group()
 
 
+#: Whole numbers rule 4 reads as text: ten digits or more (a phone number written as a number has
+#: its area code, or its country code too; a card has 13 to 19 digits), and none has more than
+#: 19. A smaller number, which counts and most ids are, is kept at one comparison: checking one
+#: for a phone number costs python-phonenumbers about a millisecond, and as text one of 150
+#: eight- or nine-digit numbers is taken for a phone number in one of its regions.
+_MIN_MASKABLE = 10**9
+_MAX_MASKABLE = 10**19
+
+
+def _number_outcome(number: int | float, entity_types: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
+    """A number and what masking found in its digits: the number when nothing, else one placeholder
+    for it whole (a part of a number in clear is no number), named after the most specific type."""
+    if not entity_types:
+        return number, ()
+    entity = min(entity_types, key=_RANK.__getitem__)
+    return placeholder(entity, int(number)), (entity,)
+
+
 def _many_phone_cores(text: str) -> bool:
     """Whether ``text`` holds more than ``PHONE_CORES_CHECKED`` phone cores: then its digit groups
     are masked as phone numbers all together (over, never under), not checked one by one."""
@@ -561,6 +617,8 @@ def _many_phone_cores(text: str) -> bool:
 
 def _deliver(item: _PendingText, outcome: tuple[str, tuple[str, ...]]) -> None:
     masked, entity_types = outcome
+    if item.number is not None:
+        masked, entity_types = _number_outcome(item.number, entity_types)
     item.container[item.slot] = masked
     item.findings.extend(Finding(format_path(item.path), entity) for entity in entity_types)
 

@@ -50,6 +50,27 @@ def hidden_in(values: dict[str, Any]) -> list[tuple[str, str]]:
     return [(finding.path, finding.entity_type) for finding in shared_masker().mask(values).findings]
 
 
+def hidden_in_name(name: str) -> set[str]:
+    """The kinds of secret or personal datum in a name (an action's, a resource's, keys): what
+    masking finds in it as a value, and nine digits an SSN could be glued to a letter
+    (``recognizers.pii.glued_ssns``), which a value may hold but a name, shown in clear, may not."""
+    from keyturn.masking.recognizers.pii import glued_ssns
+
+    kinds = {kind for _, kind in hidden_in({"name": name})}
+    return (kinds | {"US_SSN"}) if glued_ssns(name) else kinds
+
+
+def _names_masked(text: str) -> str:
+    """``text`` with what :func:`hidden_in_name` finds in names alone masked too: where a refused
+    request's names are shown (its excerpt), so a name refused for holding one does not keep it."""
+    from keyturn.masking.masker import placeholder
+    from keyturn.masking.recognizers.pii import glued_ssns
+
+    for start, end in reversed(glued_ssns(text)):
+        text = text[:start] + placeholder("US_SSN") + text[end:]
+    return text
+
+
 def mask_text(text: str) -> str:
     """Free text (a log line, a refusal's reason) with PII and secrets replaced by placeholders."""
     return shared_masker().mask_text(text)[0]
@@ -71,7 +92,8 @@ def masked_excerpt(body: bytes, *, chars: int, read_at_most: int) -> str | None:
     Only a body that parses as a JSON object gets one: field-name rules (``password``,
     ``api_key``…) need the structure, and free text cut mid-value could show half a secret.
     The whole body is masked before it is cut, and the result is masked once more as text so
-    that keys, which parameter masking leaves alone, cannot carry a secret out either.
+    that keys, which parameter masking leaves alone, cannot carry a secret out either, and with
+    what names alone are refused for (:func:`hidden_in_name`), since a refused body's names are in it.
     """
     if len(body) > read_at_most:
         return None
@@ -83,7 +105,7 @@ def masked_excerpt(body: bytes, *, chars: int, read_at_most: int) -> str | None:
     except (ValueError, RecursionError):  # unparseable, or unmaskable (too deep): no excerpt
         return None
     # text a record can carry: a lone surrogate (JSON spells one, UTF-8 cannot) fails its encoding
-    text = storable(mask_text(masked))
+    text = storable(_names_masked(mask_text(masked)))
     return text if len(text) <= chars else text[: chars - 1] + "…"
 
 

@@ -30,7 +30,6 @@ from keyturn.masking.recognizers.phone import (
     has_phone_core,
     not_phone_spans,
 )
-from keyturn.masking.recognizers.pii import card_number
 from keyturn.masking.recognizers.secrets import DetectSecretsRecognizer
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
     "SCORE_THRESHOLD",
     "DetectSecretsRecognizer",
     "build_analyzer",
-    "card_number",
     "has_phone_core",
     "kept_results",
     "not_phone_spans",

@@ -3,7 +3,8 @@
 Unlike the tokens of :mod:`.tokens`, a password or a generated key has no prefix to match,
 so two other signs are used: where it stands (the password part of a URL, matched by a
 pattern here; the value assigned to a ``password``/``secret``/``api_key``-like name, found
-by detect-secrets' keyword plugin) and how random it looks (a long run of a base64 or hex
+by detect-secrets' keyword plugin and the field-name rule, or written after such a name and a
+space when it looks generated) and how random it looks (a long run of a base64 or hex
 alphabet with high Shannon entropy, found by detect-secrets' high-entropy plugins). The
 plugins are tuned for JSON values rather than source files (see
 :class:`DetectSecretsRecognizer`).
@@ -110,6 +111,13 @@ _BEARER = re.compile(r"(?i:\bbearer)\s+([A-Za-z0-9\-._~+/]*[0-9][A-Za-z0-9\-._~+
 _SCHEME_HINT = re.compile(r"[Bb](?:[Aa][Ss][Ii][Cc]|[Ee][Aa][Rr][Ee][Rr])")  # (?i) costs more per line
 
 
+#: What ends a secret's value in text besides a space or a quote: ``&``, ``;`` or ``,`` followed by
+#: another ``name=`` or ``name:`` (``?password=x&user=y``, ``credentials=x;token: y``). Any other
+#: sign is part of the value (``Tr0ub4dor&3``, ``a;b,c``): a password may hold any, and the part
+#: after one was left in clear.
+_NEXT_NAME = r"[&;,](?=[A-Za-z_][A-Za-z0-9_.\-]{0,63}[ \t]*[:=])"
+_VALUE = rf"(?:(?!{_NEXT_NAME})[^\s\"'`])"
+_NEXT_NAME_AT = re.compile(_NEXT_NAME)
 #: A value written after a name and ``:`` or ``=`` (``access_token=…``, ``pw: …``, ``"db_pass":
 #: "…"``, ``?token=…``): masked when the field-name rule (``field_names.sensitive_field_entity``)
 #: calls the name a secret's, so a name is judged the same way as a JSON key and as text.
@@ -117,10 +125,26 @@ _SCHEME_HINT = re.compile(r"[Bb](?:[Aa][Ss][Ii][Cc]|[Ee][Aa][Rr][Ee][Rr])")  # (
 #: value is a lookahead, so a value that is itself ``name=value`` is read again.
 _NAMED_VALUE = re.compile(
     r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]{0,63})[\"']?[ \t]*[:=][ \t]*[\"']?"
-    r"(?=([^\s\"'`,;&<>(){}\[\]]{1,512}))"
+    rf"(?=({_VALUE}{{1,512}}))"
 )
+#: A value written after a secret's name and a space, as people write it in a sentence
+#: (``password Tr0ub4dor&3``, ``the db password is Tr0ub4dor&3``): masked when it looks generated
+#: (:func:`_looks_secret`), so that ``password reset for bob`` stays readable. A lookahead too.
+_SPOKEN_VALUE = re.compile(
+    r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]{0,63})[ \t]+(?=(?:(?i:is|was)[ \t]+)?[\"'`]?([^\s\"'`]{8,512}))"
+)
+#: The shortest line holding a secret's name, a space and a value of eight characters (``pw x…``).
+_SPOKEN_MIN_CHARS = 11
 #: Text every name the rule calls secret holds (case aside): a line without it has no such name.
-_NAMED_HINT = re.compile(r"(?i:pass|pw|pin|secret|token|key|credential|authorization|cookie|cv[vc]|ssn|card)")
+#: Tested lower-cased with ``in``, which costs a tenth of one case-blind search of them all.
+_NAMED_HINTS = (
+    "pass", "pw", "pin", "secret", "token", "key", "credential", "authorization", "cookie", "cv", "ssn", "card",
+)  # fmt: skip
+
+
+def _may_name_a_secret(line: str) -> bool:
+    lowered = line.lower()
+    return any(hint in lowered for hint in _NAMED_HINTS)
 
 
 #: ``Authorization: <scheme> <credentials>``: the credentials are the secret, the scheme is not.
@@ -143,6 +167,30 @@ def named_value_spans(line: str) -> Iterator[tuple[int, int]]:
         if is_templated_secret(value) or is_prefixed_with_dollar_sign(value):
             continue
         yield start, start + len(value)
+
+
+def spoken_value_spans(line: str) -> Iterator[tuple[int, int]]:
+    """Spans of ``line`` holding a generated-looking value written after a secret's name and a
+    space, ``is`` or ``was`` maybe between (``_SPOKEN_VALUE``)."""
+    for match in _SPOKEN_VALUE.finditer(line):
+        value = match.group(2)
+        if _looks_secret(value) and sensitive_field_entity(match.group(1)) == "SECRET":
+            start = match.start(2)
+            yield start, start + len(value)
+
+
+#: Characters a generated secret mixes; a word, a number, a path or a name mixes fewer.
+_CHARACTER_CLASSES = (str.islower, str.isupper, str.isdigit, lambda ch: not ch.isalnum())
+
+
+def _looks_secret(value: str) -> bool:
+    """Whether a word after a secret's name is the secret rather than the sentence going on: eight
+    characters or more, of at least three of lower case, upper case, digits and signs (a password
+    policy's usual demand). ``reset``, ``rotated``, ``user-42``, ``example.com/reset`` fall short;
+    a password of letters alone, written after its name with no ``:`` or ``=``, is missed."""
+    if is_templated_secret(value) or is_prefixed_with_dollar_sign(value):
+        return False
+    return sum(any(kind(ch) for ch in value) for kind in _CHARACTER_CLASSES) >= 3
 
 
 class DetectSecretsRecognizer(LocalRecognizer):
@@ -203,11 +251,15 @@ class DetectSecretsRecognizer(LocalRecognizer):
             yield from self._entropy_spans(line, self._base64, self._base64_run, _base64_shape)
         if len(line) >= 20:
             yield from self._entropy_spans(line, self._hex, self._hex_run, _hex_shape)
-        if not _KEYWORD_OPERATORS.isdisjoint(line):
-            if self._keyword_hint.search(line):
-                yield from self._keyword_spans(line)
-            if ("=" in line or ":" in line) and _NAMED_HINT.search(line):
+        if not _KEYWORD_OPERATORS.isdisjoint(line) and self._keyword_hint.search(line):
+            yield from self._keyword_spans(line)
+        named = "=" in line or ":" in line
+        spoken = len(line) >= _SPOKEN_MIN_CHARS and (" " in line or "\t" in line)
+        if (named or spoken) and _may_name_a_secret(line):
+            if named:
                 yield from named_value_spans(line)
+            if spoken:
+                yield from spoken_value_spans(line)
         if len(line) >= 20 and _PREFIXED_TOKEN_MARK.search(line):
             for pattern in _PREFIXED_TOKENS:
                 for match in pattern.finditer(line):
@@ -217,7 +269,12 @@ class DetectSecretsRecognizer(LocalRecognizer):
 
     def could_flag(self, text: str) -> bool:
         """Whether :meth:`analyze` reports anything in ``text``; cheap enough to pre-check."""
-        if len(text) < 20 and _KEYWORD_OPERATORS.isdisjoint(text) and not _SCHEME_HINT.search(text):
+        if (
+            len(text) < 20
+            and _KEYWORD_OPERATORS.isdisjoint(text)
+            and not _SCHEME_HINT.search(text)
+            and (len(text) < _SPOKEN_MIN_CHARS or not _may_name_a_secret(text))
+        ):
             return False
         for line in text.split("\n"):
             for _ in self.secret_spans(line):
@@ -272,6 +329,8 @@ def _value_only(line: str, start: int, end: int) -> tuple[int, int]:
         stop = line.find(quote, start, end)
         return start, stop if stop > start else end
     space = next((i for i in range(start, end) if line[i].isspace()), end)
+    if (next_name := _NEXT_NAME_AT.search(line, start, space)) is not None:
+        space = next_name.start()  # ``?password=x&user=y``: the value ends where the next name starts
     token = line[start:space]
     # a word of letters alone may begin a passphrase written out (``password: correct horse
     # battery``): then the line's end stays masked; a token with digits or signs is a value alone
