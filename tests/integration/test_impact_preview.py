@@ -247,6 +247,15 @@ def test_an_export_that_grew_past_its_approved_preview_is_stopped_and_leaves_no_
     assert agent.http.get(f"/v1/exports/{action_id}").status_code == 404, "no file was kept to download"
 
 
+def unavailable_preview(settings, agent: Agent, statement: str) -> dict:
+    """The impact an approver is shown for a production ``statement`` whose dry run must fail."""
+    action_id = agent.submit_ok("sql.query", PRODUCTION, {"statement": statement}, reason="probe")
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    impact = approval_shown(settings, action_id, "human:frank")["impact"]
+    assert impact["status"] == "unavailable", impact
+    return impact
+
+
 def test_a_dry_run_cannot_leave_its_role_or_its_transaction(settings, agent: Agent, shop: str) -> None:
     # a SELECT may call set_config('role', 'none'): in a session logged in as the policy's own user
     # that went back to it (Keyturn's tables, anyone's sessions); the dry run's role logs in itself
@@ -254,10 +263,7 @@ def test_a_dry_run_cannot_leave_its_role_or_its_transaction(settings, agent: Age
         "SELECT id FROM impact_orders WHERE set_config('role', 'none', true) IS NOT NULL "
         "AND (current_user || ' ' || session_user)::int > 0"
     )
-    action_id = agent.submit_ok("sql.query", PRODUCTION, {"statement": escape}, reason="who am I")
-    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
-    impact = approval_shown(settings, action_id, "human:frank")["impact"]
-    assert impact["status"] == "unavailable", impact
+    impact = unavailable_preview(settings, agent, escape)
     said = re.search(r'integer: "([^"]*)"', impact["detail"])
     assert said, impact["detail"]
     current, login = said.group(1).split(" ")
@@ -268,8 +274,6 @@ def test_a_dry_run_cannot_leave_its_role_or_its_transaction(settings, agent: Age
         "UPDATE impact_orders SET note = note WHERE false --\r; COMMIT; "
         "UPDATE impact_orders SET note = 'kept' WHERE status = 'fresh'"
     )
-    action_id = agent.submit_ok("sql.query", PRODUCTION, {"statement": smuggled}, reason="smuggle")
-    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
-    impact = approval_shown(settings, action_id, "human:frank")["impact"]
-    assert impact["status"] == "unavailable" and "one statement per command" in impact["detail"], impact
+    impact = unavailable_preview(settings, agent, smuggled)
+    assert "one statement per command" in impact["detail"], impact
     assert rows(shop, "note = 'kept'") == 0

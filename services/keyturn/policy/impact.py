@@ -138,19 +138,8 @@ class SqlPreviewer:
         return result("computed", rows=rows, method=method, tables=tables, detail=detail)
 
     async def _dry_run(self, plan: PreviewPlan, shape: StatementShape) -> tuple[int, str, tuple[str, ...], str | None]:
-        milliseconds = max(1, int(self.timeout_s * 1000))
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                self.target_url,
-                connect_timeout=self.connect_timeout_s,
-                # every statement of the session is bounded, the grants and the role's creation included
-                options=f"-c search_path=public -c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
-                application_name="keyturn-impact-preview",
-            )
-        except psycopg.OperationalError as exc:
-            raise _Unavailable(
-                f"cannot connect to the SQL target {self.target_name}: {postgres_message(exc)}"
-            ) from None
+        # every statement of the session is bounded, the grants and the role's creation included
+        conn = await self._connect("")
         async with conn:
             try:
                 grants = await grants_for(conn, shape, self.target_name)
@@ -179,6 +168,23 @@ class SqlPreviewer:
             detail = f"counting took longer than {self.timeout_s:g}s: the planner's estimate is shown"
             return estimate, "estimate", tables, detail
 
+    async def _connect(self, as_whom: str, **login: Any) -> psycopg.AsyncConnection:
+        """A session on the target whose every statement is bounded by the time limit (``login``:
+        another user and password than the URL's); ``_Unavailable`` when it cannot be had."""
+        milliseconds = max(1, int(self.timeout_s * 1000))
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self.target_url,
+                connect_timeout=self.connect_timeout_s,
+                options=f"-c search_path=public -c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
+                application_name="keyturn-impact-preview",
+                **login,
+            )
+        except psycopg.OperationalError as exc:
+            raise _Unavailable(
+                f"cannot connect to the SQL target {self.target_name}{as_whom}: {postgres_message(exc)}"
+            ) from None
+
     @contextlib.asynccontextmanager
     async def _as_preview_role(
         self, conn: psycopg.AsyncConnection, grants: Grants
@@ -200,25 +206,12 @@ class SqlPreviewer:
         (``sql_roles.sweep_expired_roles``) drops it: left behind, it would hold the privileges it
         was granted."""
         name = PREVIEW_ROLE_PREFIX + secrets.token_hex(8)
-        milliseconds = max(1, int(self.timeout_s * 1000))
         await conn.rollback()
         # under a burst of commands on the same table, a dry run's grants collide more often than
         # the commands' do with each other: tried longer before the preview is given up as unavailable
         role = await create_role(conn, name, self.timeout_s + ROLE_VALIDITY_MARGIN_S, grants, PREVIEW_GRANT_ATTEMPTS)
         try:
-            try:
-                session = await psycopg.AsyncConnection.connect(
-                    self.target_url,
-                    user=role.name,
-                    password=role.password,
-                    connect_timeout=self.connect_timeout_s,
-                    options=f"-c search_path=public -c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
-                    application_name="keyturn-impact-preview",
-                )
-            except psycopg.OperationalError as exc:
-                raise _Unavailable(
-                    f"cannot log in to the SQL target {self.target_name} as the dry run's role: {postgres_message(exc)}"
-                ) from None
+            session = await self._connect(" as the dry run's role", user=role.name, password=role.password)
             async with session, session.transaction(force_rollback=True):  # the rows it changed: all undone
                 yield session
         finally:
