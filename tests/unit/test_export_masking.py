@@ -64,3 +64,16 @@ async def test_rows_that_cannot_be_masked_are_not_exported(monkeypatch: pytest.M
     monkeypatch.setattr(export, "shared_masker", lambda: Broken())
     with pytest.raises(ExecutionFailed, match=r"could not be masked.*nothing was exported"):
         await written(["note"], [(EMAIL,)])
+
+
+async def test_a_number_column_with_a_masked_phone_number_is_refused_as_parquet_not_written_in_clear() -> None:
+    pytest.importorskip("pyarrow")
+    columns = ["id", "contact"]
+    rows = [(1, 100), (2, 200), (3, 14155550199)]  # the third batch's number is a phone number
+    found = export._Findings()
+    file = io.BytesIO()
+    with pytest.raises(ExecutionFailed, match="export it as csv") as refused:
+        await export._parquet_writer(file, columns, export._masking(Cursor(rows), columns, frozenset(), found))
+    assert "14155550199" not in str(refused.value)
+    count, table, _ = await written(columns, rows)  # as csv the column keeps both
+    assert count == 3 and table[3] == ["3", "<PHONE_NUMBER>"]

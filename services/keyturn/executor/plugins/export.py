@@ -292,6 +292,13 @@ async def _parquet_writer(file: Any, columns: list[str], batches: Any) -> int:
         if writer is None:  # no rows: an empty file with the columns
             schema = pa.schema([(c, pa.string()) for c in columns])
             writer = pq.ParquetWriter(file, schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # a number column where masking put a placeholder (a card or a phone number stored as a
+        # number): Parquet keeps one type per column. Its type only: the error could quote a value
+        raise ExecutionFailed(
+            "a column holds numbers and masked values, which one Parquet column cannot keep; nothing was "
+            "exported: export it as csv, or have the policy mask the column whole"
+        ) from None
     finally:
         if writer is not None:
             writer.close()
