@@ -44,11 +44,31 @@ statements contains statement if {
 	covers_action
 	is_string(request.parameters.statement)
 	some part in split(request.parameters.statement, ";")
-	statement := regex.replace(part, `(?s)^(?:\s|\(|--[^\n]*|/\*.*?\*/)*`, "")
+	statement := regex.replace(part, `(?s)^(?:\s|\(|--[^\n\r]*|/\*.*?\*/)*`, "")
 	statement != ""
 }
 
-without_comments(sql) := regex.replace(regex.replace(sql, `(?s)/\*.*?\*/`, " "), `--[^\n]*`, " ")
+# (PostgreSQL ends a "--" comment at a carriage return as well as a line feed)
+without_comments(sql) := regex.replace(regex.replace(sql, `(?s)/\*.*?\*/`, " "), `--[^\n\r]*`, " ")
+
+# METADATA
+# description: |
+#   The text without its string literals, quoted identifiers and dollar-quoted strings: a
+#   WHERE written inside one (an alias "where", a value 'where') is no condition. Where the
+#   removal is not exact (a dollar quote closed by another tag), it removes more, so a
+#   condition is only ever missed, and the verdict is only ever stricter.
+without_literals(sql) := regex.replace(sql, `(?s)'(?:[^']|'')*'|"(?:[^"]|"")*"|\$[A-Za-z_0-9]*\$.*?\$[A-Za-z_0-9]*\$`, " ")
+
+# METADATA
+# description: |
+#   PostgreSQL nests block comments ("/* /* */ */" is one comment); a regular expression cannot
+#   count them, so a statement whose text still holds "/*" or "*/" once the comments it can
+#   read are removed is not read at all: unrecognised, never a read.
+nested_or_unclosed_comment if {
+	covers_action
+	is_string(request.parameters.statement)
+	regex.match(`/\*|\*/`, without_comments(without_literals(request.parameters.statement)))
+}
 
 # METADATA
 # scope: document
@@ -80,6 +100,18 @@ class_of(statement) := "ddl" if {
 
 statement_classes contains class_of(statement) if some statement in statements
 
+statement_classes contains "unrecognised" if nested_or_unclosed_comment
+
+# METADATA
+# description: |
+#   The impact preview read the statement with the executor's own reader (the one PostgreSQL's
+#   grants follow): when it found a write, the statement is a write, whatever its text looks
+#   like to the expressions above.
+statement_classes contains "write" if {
+	covers_action
+	input.impact.operation in {"insert", "update", "delete"}
+}
+
 # METADATA
 # description: The most severe class among the statements.
 statement_class := [class | some class in ["ddl", "unrecognised", "write", "read"]; class in statement_classes][0]
@@ -92,7 +124,7 @@ destructive_statement if {
 unbounded_delete_or_update if {
 	some statement in statements
 	keyword_of(statement) in {"delete", "update"}
-	not regex.match(`(?i)\bwhere\b`, without_comments(statement))
+	not regex.match(`(?i)\bwhere\b`, without_comments(without_literals(statement)))
 }
 
 default max_rows := -1

@@ -47,6 +47,14 @@ class_cases := {
 		"class": "unrecognised",
 	},
 	"unknown keyword": {"statement": "FROBNICATE t", "class": "unrecognised"},
+	"a delete behind a nested block comment is not read as the select inside it": {
+		"statement": "/* /* */ SELECT */ DELETE FROM t WHERE id = 2",
+		"class": "unrecognised",
+	},
+	"a line comment ends at a carriage return": {
+		"statement": "--\rDELETE FROM t WHERE id = 3 AND (\nSELECT true)",
+		"class": "write",
+	},
 	"no keyword at all": {"statement": "42", "class": "unrecognised"},
 }
 
@@ -178,4 +186,29 @@ test_sql_masks_the_columns_an_export_masks_in_the_rows_it_returns if {
 	d := decision.decision with input as in_staging("SELECT email FROM customers")
 	"columns.email" in d.mask
 	"columns.ssn" in d.mask
+}
+
+test_a_write_the_preview_found_is_a_write_whatever_the_text_looks_like if {
+	request := object.union(
+		in_staging("SELECT 1"),
+		{"impact": {"status": "computed", "operation": "delete", "rows": 3}},
+	)
+	sql.statement_class == "write" with input as request
+}
+
+unbounded_cases := {
+	"an alias named where": "DELETE FROM t AS \"where\"",
+	"a value that says where": "UPDATE t SET note = 'where'",
+	"a dollar-quoted where": "UPDATE t SET note = $$ where $$",
+	"a where in a comment": "DELETE FROM t -- where id = 1",
+	"a where after a carriage-return comment": "DELETE FROM t --\r/* where */",
+}
+
+test_a_where_inside_a_literal_or_comment_is_no_condition[name] if {
+	some name, statement in unbounded_cases
+	sql.unbounded_delete_or_update with input as in_production(statement)
+}
+
+test_a_real_where_after_a_literal_is_a_condition if {
+	not sql.unbounded_delete_or_update with input as in_production("UPDATE t SET note = '--' WHERE id = 1")
 }
