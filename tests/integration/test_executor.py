@@ -232,6 +232,12 @@ def test_a_statement_error_fails_with_the_reason_for_the_requester_and_the_audit
     assert records and "no_such_column" in records[0].payload_json
 
 
+def test_a_statement_that_fails_on_a_value_never_shows_the_value(agent: Agent) -> None:
+    view = sql(agent, "SELECT city::int FROM customers")
+    assert view["state"] == "failed", view
+    assert "Lyon" not in str(view) and "[22P02]" in view["reasons"][0], view["reasons"]
+
+
 def test_a_statement_past_its_timeout_fails_and_changes_nothing(agent: Agent, shop: SqlTarget) -> None:
     view = sql(agent, "INSERT INTO marks (note) SELECT 'too slow' FROM pg_sleep(10)")
     assert view["state"] == "failed", view

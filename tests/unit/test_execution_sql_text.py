@@ -23,7 +23,7 @@ from keyturn.executor.plugins.sql_roles import (
     role_name_for,
     scram_sha256_verifier,
 )
-from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
+from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape, tokenize
 
 
 @pytest.mark.parametrize(
@@ -186,3 +186,9 @@ async def test_grants_go_out_in_one_order_whatever_order_the_statement_named_its
         'GRANT USAGE ON SEQUENCE "public"."marks_id_seq" TO "keyturn_cmd_x"',
         'GRANT USAGE ON SEQUENCE "shop"."z_seq" TO "keyturn_cmd_x"',
     ]
+
+
+def test_an_operator_ends_where_a_comment_begins_as_postgresql_reads_it() -> None:
+    # "*/*" is not one operator: PostgreSQL reads "1 * 2" with a comment between
+    assert [t.text for t in tokenize("SELECT 1 */* x */ 2")] == ["SELECT", "1", "*", "2"]
+    assert [t.text for t in tokenize("SELECT 1 <-- x\n 2")] == ["SELECT", "1", "<", "2"]

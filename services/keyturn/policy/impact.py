@@ -43,7 +43,15 @@ from keyturn.core.events import ActionRequested, ImpactPreview
 from keyturn.core.impact import NotPreviewable, PreviewPlan, preview_plan
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.executor.plugins.base import ExecutionFailed
-from keyturn.executor.plugins.sql import grants_for, postgres_message, rows_changed, run_one, target_name, within
+from keyturn.executor.plugins.sql import (
+    grants_for,
+    postgres_message,
+    rows_changed,
+    run_one,
+    statement_error,
+    target_name,
+    within,
+)
 from keyturn.executor.plugins.sql_roles import PREVIEW_ROLE_PREFIX, Grants, create_role, drop_role
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
 from keyturn.masking.protect import without_hidden
@@ -157,13 +165,13 @@ class SqlPreviewer:
                 await conn.rollback()
             except psycopg.Error as exc:
                 await conn.rollback()
-                raise _Unavailable(f"PostgreSQL refused the dry run: {postgres_message(exc)}") from None
+                raise _Unavailable(f"PostgreSQL refused the dry run: {statement_error(exc)}") from None
             try:
                 estimate = await self._estimate(conn, plan, grants)
             except psycopg.Error as exc:
                 await conn.rollback()
                 raise _Unavailable(
-                    f"counting took longer than {self.timeout_s:g}s and EXPLAIN failed: {postgres_message(exc)}"
+                    f"counting took longer than {self.timeout_s:g}s and EXPLAIN failed: {statement_error(exc)}"
                 ) from None
             detail = f"counting took longer than {self.timeout_s:g}s: the planner's estimate is shown"
             return estimate, "estimate", tables, detail

@@ -39,7 +39,12 @@ from keyturn.core.execution import masked_columns
 from keyturn.executor.impact import ImpactExceeded, enforce_impact
 from keyturn.executor.plugins.base import Command, ExecutionFailed, OutcomeUnknown
 from keyturn.executor.plugins.http import HttpPlugin
-from keyturn.executor.plugins.sql import SqlPlugin, _credential_ttl, _statement_parameters, postgres_message
+from keyturn.executor.plugins.sql import (
+    SqlPlugin,
+    _credential_ttl,
+    _statement_parameters,
+    statement_error,
+)
 from keyturn.executor.plugins.sql_roles import TemporaryRole, role_name_for
 from keyturn.executor.plugins.sql_text import UnsupportedStatement, statement_shape
 from keyturn.executor.values import jsonable
@@ -148,7 +153,7 @@ class ExportPlugin(SqlPlugin):
             except psycopg.errors.QueryCanceled:
                 raise ExecutionFailed(f"the export ran longer than {ttl_s:g}s and was cancelled") from None
             except psycopg.Error as exc:
-                raise ExecutionFailed(f"PostgreSQL: {postgres_message(exc)}; nothing was exported") from None
+                raise ExecutionFailed(f"PostgreSQL: {statement_error(exc)}; nothing was exported") from None
         finally:
             await self._drop_quietly(name)
         done: dict[str, Any] = {

@@ -581,7 +581,7 @@ class SqlPlugin:
                 f"({target.refused(exc)})"
             ) from None
         except psycopg.Error as exc:
-            raise ExecutionFailed(f"PostgreSQL: {postgres_message(exc)}") from None
+            raise ExecutionFailed(f"PostgreSQL: {statement_error(exc)}") from None
 
 
 def _credential_ttl(command: Command) -> float:
@@ -740,6 +740,26 @@ def _statement_parameters(parameters: dict[str, Any], field: str = "statement") 
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
         raise ExecutionFailed(f"parameters.max_rows must be a whole number ≥ 0, not {max_rows!r}")
     return statement, max_rows
+
+
+# SQLSTATE classes whose primary message names only the statement's own words and the objects
+# it names, never a value it read: connection, feature, integrity (the constraint's name; the
+# values are in the detail, never shown), transaction state, rollback, syntax and access
+# (column and table names), resources, limits, object state, operator intervention (timeouts).
+_MESSAGE_WITHOUT_DATA = frozenset({"08", "0A", "23", "25", "40", "42", "53", "54", "55", "57"})
+
+
+def statement_error(exc: Exception) -> str:
+    """What an agent's statement failed with, for the requester, approvers and the audit: PostgreSQL's
+    words where they cannot carry what the statement read, else only the condition's name and
+    SQLSTATE. A data exception quotes the value it choked on (``invalid input syntax for type
+    integer: "…"``), and a function may raise any text it likes: a failed cast of a column the
+    role may read, or a preview of a statement nobody approved yet, would hand the rows back."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if not sqlstate or sqlstate[:2] in _MESSAGE_WITHOUT_DATA:
+        return postgres_message(exc)
+    condition = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", type(exc).__name__.rstrip("_")).lower()
+    return f"{condition} (PostgreSQL's message is withheld: it may quote the data) [{sqlstate}]"
 
 
 def postgres_message(exc: Exception) -> str:

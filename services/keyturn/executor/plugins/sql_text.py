@@ -4,7 +4,8 @@ The sql plugin grants its per-command role only what the statement needs, so it 
 which tables the statement touches. This is a small tokenizer with a few rules, not an SQL
 parser; it understands comments, strings (``'…'``, ``E'…'``, ``$tag$…$tag$``) and quoted
 identifiers, so none of those can hide or fake a keyword. It reads them as PostgreSQL's own
-scanner does: a ``--`` comment ends at a carriage return as well as a line feed, and only
+scanner does: a ``--`` comment ends at a carriage return as well as a line feed, an operator
+ends where ``--`` or ``/*`` begins (``1 */* x */ 2`` is ``1 * 2``), and only
 ASCII blanks separate words (any other character, a no-break space say, is part of a word to
 PostgreSQL, and so to it). What it does not read as PostgreSQL would fails closed, and every
 statement is run in the extended protocol (``sql.run_one``), which refuses more than one.
@@ -74,7 +75,7 @@ _TOKEN = re.compile(
   | (?P<word>[A-Za-z_\x80-\U0010FFFF][A-Za-z0-9_$\x80-\U0010FFFF]*)
   | (?P<number>[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?)
   | (?P<punct>[(),;.\[\]])
-  | (?P<op>[-+*/<>=~!@#%^&|`?:]+)
+  | (?P<op>(?:(?!--|/\*)[-+*/<>=~!@\#%^&|`?:])+)
     """,
     re.VERBOSE,
 )
