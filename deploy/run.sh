@@ -14,6 +14,25 @@ for variable in KEYTURN_KAFKA_BOOTSTRAP KEYTURN_OPA_URL KEYTURN_DATABASE_URL; do
 done
 "$REPO/deploy/stack.sh" up
 eval "$("$REPO/deploy/stack.sh" env)"
+# Agents' statements run on a database of their own beside Keyturn's, as a development target
+# serving staging (unless the user named a target, or a server of theirs): in Keyturn's own
+# database a command's role could take the locks its services take (advisory locks are per
+# database) or wait on its tables. The keyturn role may create databases (deploy/postgres.sh).
+if [[ -z ${KEYTURN_SQL_TARGET_URL:-} && " ${OURS[*]} " == *" KEYTURN_DATABASE_URL "* ]]; then
+  export KEYTURN_SQL_TARGET_URL=${KEYTURN_DATABASE_URL%/*}/keyturn_target
+  export KEYTURN_SQL_TARGET_ENVIRONMENTS=${KEYTURN_SQL_TARGET_ENVIRONMENTS:-staging}
+  "$REPO/.venv/bin/python" - "$KEYTURN_DATABASE_URL" <<'PY'
+import sys
+
+import psycopg
+
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'keyturn_target'").fetchone() is None:
+        conn.execute("CREATE DATABASE keyturn_target")
+        print("run: created database keyturn_target (the development SQL target)")
+PY
+fi
+SQL_TARGET=${KEYTURN_SQL_TARGET_URL:-$KEYTURN_DATABASE_URL}
 export KEYTURN_RUN_DIR=${KEYTURN_RUN_DIR:-$RUN}
 LOGS=$RUN/logs
 mkdir -p "$LOGS"
@@ -54,16 +73,17 @@ Keyturn is up in $(since "$T0").
   approvals  $approval      (GET /v1/approvals, /docs)
   logs       $LOGS/<service>.log
   Kafka $KEYTURN_KAFKA_BOOTSTRAP · OPA $KEYTURN_OPA_URL · PostgreSQL $KEYTURN_DATABASE_URL
+  SQL target (where agents' statements run) $SQL_TARGET
 
 Try it, in another shell (from $REPO):
   export PATH=\$PWD/.venv/bin:\$PATH
-  psql $KEYTURN_DATABASE_URL -c 'CREATE ROLE analyst' -c 'CREATE ROLE bob'          # on the SQL target
+  psql $SQL_TARGET -c 'CREATE ROLE analyst' -c 'CREATE ROLE bob'          # on the SQL target
   AGENT=\$(keyturn token issue --sub agent:reporter --act human:alice)
   curl -s -X POST $intake/v1/actions -H "Authorization: Bearer \$AGENT" -H 'Content-Type: application/json' \\
        -d '{"action":"iam.role.grant","resource":"iam://staging/roles/analyst","parameters":{"principal":"bob","role":"analyst"},"reason":"onboarding"}'
   keyturn approve ACTION_ID --token "\$(keyturn token issue --sub human:carol)"     # carol is in group security
   keyturn status ACTION_ID --token "\$AGENT" --wait 10                              # succeeded: GRANT analyst TO bob
-  psql $KEYTURN_DATABASE_URL -c '\\du bob'                                            # bob is a member of analyst
+  psql $SQL_TARGET -c '\\du bob'                                            # bob is a member of analyst
   keyturn audit tail
 
 Ctrl-C stops everything.
