@@ -16,6 +16,11 @@ from keyturn.core.execution import capped_result, masked_columns, result_mask_fi
 from keyturn.masking.field_names import column_entity
 from keyturn.masking.masker import placeholder
 
+#: The key under which a read's result names, for each output column a table column was renamed
+#: to (``SELECT ssn AS x``), the table column it holds (``sql.source_columns``); the shaper
+#: removes it, and masks a column the policy masks under any alias.
+SOURCE_COLUMNS = "_source_columns"
+
 log = logging.getLogger(__name__)
 
 MAX_RESULT_BYTES = 256 * 1024  # well under Kafka's default 1 MiB message limit, with the event around it
@@ -38,6 +43,10 @@ class ResultShaper:
 
     def shape(self, result: Any, mask: tuple[str, ...]) -> Any:
         """``result`` capped to ``max_rows`` rows and ``max_bytes``, masked."""
+        sources: dict[str, str] = {}
+        if isinstance(result, dict) and isinstance(result.get(SOURCE_COLUMNS), dict):
+            result = dict(result)
+            sources = {str(k): str(v) for k, v in result.pop(SOURCE_COLUMNS).items()}
         capped = capped_result(result, self.max_rows)
         try:
             masked = (
@@ -45,7 +54,7 @@ class ResultShaper:
                 .mask({"result": capped}, [f"result.{f}" for f in result_mask_fields(mask)])
                 .parameters["result"]
             )
-            masked = _columns_masked(masked, capped, masked_columns(mask))
+            masked = _columns_masked(masked, capped, masked_columns(mask), sources)
             masked = self._keys_masked(masked)
         except Exception as exc:  # fail closed: an unmasked result never leaves the executor
             log.error("result withheld, masking failed: %s: %s", type(exc).__name__, exc)
@@ -94,10 +103,12 @@ class ResultShaper:
         return summary
 
 
-def _columns_masked(masked: Any, clear: Any, columns: frozenset[str]) -> Any:
+def _columns_masked(masked: Any, clear: Any, columns: frozenset[str], sources: dict[str, str] | None = None) -> Any:
     """``masked`` with the values of the columns the policy masks (``masked_columns``) that masking
     left as they were replaced by a placeholder, in every row, whatever they look like
-    (``bob (at) corp dot com``); what masking found keeps the placeholder it got."""
+    (``bob (at) corp dot com``); what masking found keeps the placeholder it got. ``sources``
+    names the table column an output column holds under another name: it is masked as that one."""
+    held: dict[str, str] = sources or {}
     if not columns or not isinstance(masked, dict) or not isinstance(masked.get("rows"), list):
         return masked
     clear_rows = clear.get("rows") if isinstance(clear, dict) else None
@@ -107,8 +118,8 @@ def _columns_masked(masked: Any, clear: Any, columns: frozenset[str]) -> Any:
     for row, before in zip(masked["rows"], clear_rows, strict=True):
         if isinstance(row, dict) and isinstance(before, dict):
             row = {
-                name: placeholder(column_entity(name), value)
-                if name.lower() in columns and value is not None and value == before.get(name)
+                name: placeholder(column_entity(held.get(name) or name), value)
+                if (held.get(name) or name).lower() in columns and value is not None and value == before.get(name)
                 else value
                 for name, value in row.items()
             }

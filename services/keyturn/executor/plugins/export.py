@@ -43,6 +43,7 @@ from keyturn.executor.plugins.sql import (
     SqlPlugin,
     _credential_ttl,
     _statement_parameters,
+    source_columns,
     statement_error,
 )
 from keyturn.executor.plugins.sql_roles import TemporaryRole, role_name_for
@@ -138,12 +139,15 @@ class ExportPlugin(SqlPlugin):
                     async with conn.transaction(), conn.cursor(name="keyturn_export") as cursor:
                         await cursor.execute(statement)
                         columns = [column.name for column in cursor.description or ()]
-                        hidden = [c for c in columns if c.lower() in masked]
+                        # a table's column under another name is masked as that column
+                        sources = await source_columns(conn, cursor)
+                        held = [sources.get(c) or c for c in columns]
+                        hidden = [c for c, h in zip(columns, held, strict=True) if h.lower() in masked]
                         writer = _parquet_writer if file_format == "parquet" else _csv_writer
                         with self.store.put(file_name) as file:
                             counting = _Hashing(file)
                             found = _Findings()
-                            batches = _masking(cursor, columns, masked, found)
+                            batches = _masking(cursor, held, masked, found)
                             rows = await writer(counting, columns, _bounded(batches, command))
             except ImpactExceeded as exc:  # the file was never whole: the store kept nothing
                 raise ExecutionFailed(

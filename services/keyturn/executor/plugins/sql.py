@@ -67,6 +67,7 @@ from keyturn.executor.plugins.sql_roles import (
     sweep_expired_roles,
 )
 from keyturn.executor.plugins.sql_text import StatementShape, UnsupportedStatement, statement_shape
+from keyturn.executor.results import SOURCE_COLUMNS
 from keyturn.executor.values import jsonable
 from keyturn.faults import DATABASE_UNAVAILABLE, Unavailable, until_done
 
@@ -617,11 +618,40 @@ async def grants_for(admin: psycopg.AsyncConnection, shape: StatementShape, targ
 async def _read(conn: psycopg.AsyncConnection, statement: str, wanted: int) -> dict[str, Any]:
     async with conn.cursor(name="keyturn_result") as cursor:
         await cursor.execute(statement)
+        sources = await source_columns(conn, cursor)
         rows = await cursor.fetchmany(wanted) if wanted > 0 else []
         columns = [column.name for column in cursor.description or ()]
         moved = await conn.execute("MOVE FORWARD ALL IN keyturn_result")
         remaining = int((moved.statusmessage or "MOVE 0").split()[-1])
-    return {"row_count": len(rows) + remaining, "columns": columns, "rows": [_row(columns, r) for r in rows]}
+    result = {"row_count": len(rows) + remaining, "columns": columns, "rows": [_row(columns, r) for r in rows]}
+    return result | ({SOURCE_COLUMNS: sources} if sources else {})
+
+
+async def source_columns(conn: psycopg.AsyncConnection, cursor: Any) -> dict[str, str]:
+    """{output column: the table column it holds} for the columns of ``cursor``'s result that are a
+    table's column under another name (PostgreSQL says which table and column each output column
+    comes straight from; a computed one comes from none)."""
+    result = cursor.pgresult
+    if result is None:
+        return {}
+    straight = {
+        i: (result.ftable(i), result.ftablecol(i))
+        for i in range(result.nfields)
+        if result.ftable(i) and result.ftablecol(i)
+    }
+    if not straight:
+        return {}
+    found = await conn.execute(
+        "SELECT attrelid::int8, attnum::int4, attname FROM pg_attribute WHERE attrelid = ANY(%s::oid[])",
+        (sorted({table for table, _ in straight.values()}),),
+    )
+    names = {(table, number): name for table, number, name in await found.fetchall()}
+    columns = [column.name for column in cursor.description or ()]
+    return {
+        columns[i]: names[where]
+        for i, where in straight.items()
+        if where in names and names[where].lower() != columns[i].lower()
+    }
 
 
 async def within(timeout_s: float, statement: Awaitable[T]) -> T:
