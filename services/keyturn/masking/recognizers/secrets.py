@@ -186,11 +186,15 @@ _CHARACTER_CLASSES = (str.islower, str.isupper, str.isdigit, lambda ch: not ch.i
 def _looks_secret(value: str) -> bool:
     """Whether a word after a secret's name is the secret rather than the sentence going on: eight
     characters or more, of at least three of lower case, upper case, digits and signs (a password
-    policy's usual demand). ``reset``, ``rotated``, ``user-42``, ``example.com/reset`` fall short;
-    a password of letters alone, written after its name with no ``:`` or ``=``, is missed."""
+    policy's usual demand), an upper-case letter among them. ``reset``, ``rotated``, ``user-42``,
+    ``example.com/reset`` fall short, and so do names of lower case, digits and dashes
+    (``the target in secret 'db-url-2'``: Keyturn's own messages name secret references so); a
+    password of letters alone, or of no capital, written after its name with no ``:`` or ``=``,
+    is missed."""
     if is_templated_secret(value) or is_prefixed_with_dollar_sign(value):
         return False
-    return sum(any(kind(ch) for ch in value) for kind in _CHARACTER_CLASSES) >= 3
+    mixed = sum(any(kind(ch) for ch in value) for kind in _CHARACTER_CLASSES) >= 3
+    return mixed and any(ch.isupper() for ch in value)
 
 
 class DetectSecretsRecognizer(LocalRecognizer):
