@@ -289,9 +289,15 @@ def test_a_redelivered_request_gets_the_same_decision_not_a_second_one(isolated:
     log = isolated.workers.log_dir / "policy.log"
     redelivered = rf"redelivered .*{first.action_id}"  # one line per batch names its redelivered requests
     assert eventually(lambda: re.search(redelivered, log.read_text(errors="replace")), timeout=30)
-    copies = [
-        e
-        for e, _ in read_topic(isolated.settings, isolated.topics.decided)
-        if isinstance(e, ActionDecided) and e.action_id == first.action_id
-    ]
+
+    def published() -> list[ActionDecided]:
+        return [
+            e
+            for e, _ in read_topic(isolated.settings, isolated.topics.decided)
+            if isinstance(e, ActionDecided) and e.action_id == first.action_id
+        ]
+
+    # the line is written when the batch is read; its decisions are sent (and committed) after it
+    assert eventually(lambda: len(published()) >= 2, timeout=30)
+    copies = published()
     assert len(copies) == 2 and copies[0] == copies[1] == decided, "the republished decision is the identical event"
