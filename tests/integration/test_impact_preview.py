@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
@@ -143,7 +144,7 @@ def test_a_count_too_slow_for_the_time_limit_falls_back_to_explain(settings, age
     assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
     assert time.monotonic() - started < 8, "a 1 s time limit, then EXPLAIN: the decision does not wait for the count"
     impact = approval_shown(settings, action_id, "human:frank")["impact"]
-    assert (impact["status"], impact["operation"], impact["method"]) == ("computed", "update", "estimate")
+    assert (impact["status"], impact["operation"], impact["method"]) == ("computed", "update", "estimate"), impact
     assert isinstance(impact["rows"], int) and impact["rows"] > 0
     assert "longer than 1s" in impact["detail"] and "EXPLAIN estimate" in impact["summary"]
     assert rows(shop, "note IS NOT NULL") == 0, "nothing the preview touched was kept"
@@ -212,6 +213,29 @@ def test_a_preview_role_an_earlier_build_left_behind_is_swept_with_its_privilege
 
     assert leftover in asyncio.run(sweep())
     assert leftover not in preview_roles(shop)
+
+
+def test_an_executor_starting_leaves_a_dry_run_under_way_its_role(shop: str) -> None:
+    """Any executor's start sweeps the cluster's roles; a preview role still valid is some policy's
+    dry run in progress, which would otherwise end unavailable and ask people for nothing."""
+    live, expired = "keyturn_preview_underway0001", "keyturn_preview_expired0001"
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {live} LOGIN NOINHERIT VALID UNTIL '{datetime.now(UTC) + timedelta(minutes=1)}'")
+        conn.execute(f"CREATE ROLE {expired} NOLOGIN NOINHERIT VALID UNTIL '{datetime.now(UTC) - timedelta(hours=1)}'")
+        conn.execute(f"GRANT UPDATE ON impact_orders TO {live}, {expired}")
+
+    async def sweep() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(shop, autocommit=True) as admin:
+            return await sweep_expired_roles(admin)
+
+    try:
+        swept = asyncio.run(sweep())
+        assert expired in swept and live not in swept
+        assert live in preview_roles(shop) and expired not in preview_roles(shop)
+    finally:
+        with psycopg.connect(shop, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON impact_orders FROM {live}")
+            conn.execute(f"DROP ROLE {live}")
 
 
 def test_an_export_that_grew_past_its_approved_preview_is_stopped_and_leaves_no_file(

@@ -34,9 +34,9 @@ from keyturn.db import OWN_SCHEMA_COMMENT
 
 ROLE_PREFIX = "keyturn_cmd_"
 # An impact preview's role (``policy.impact``) lives for one dry run and is dropped after it; one
-# found at an executor's start is a leftover (a policy that died mid-preview, or earlier builds,
-# which never dropped them), and ``sweep_expired_roles`` drops it with the privileges it holds.
-# (A dry run whose role is swept while it runs fails, and its preview says it is unavailable.)
+# found past its validity at an executor's start is a leftover (a policy that died mid-preview, or
+# earlier builds, which never dropped them), and ``sweep_expired_roles`` drops it with the
+# privileges it holds.
 PREVIEW_ROLE_PREFIX = "keyturn_preview_"
 # PBKDF2 rounds in a command role's SCRAM verifier. Stretching slows guesses at a password a person
 # chose; a command's password is 256 random bits used once within minutes, which no number of
@@ -360,12 +360,16 @@ async def drop_role(admin: psycopg.AsyncConnection, name: str) -> RoleCleanup:
 
 
 async def sweep_expired_roles(admin: psycopg.AsyncConnection, *, grace_s: float = 60.0) -> list[str]:
-    """Drop temporary roles whose validity ended more than ``grace_s`` ago (crash leftovers), and
-    any committed impact preview role (``PREVIEW_ROLE_PREFIX``)."""
+    """Drop temporary roles whose validity ended more than ``grace_s`` ago (crash leftovers): a
+    command's (``ROLE_PREFIX``) or an impact preview's (``PREVIEW_ROLE_PREFIX``), and a preview
+    role with no validity at all (earlier builds made those). A preview role still valid belongs
+    to a dry run under way in some policy process, which drops it itself: sweeping it would end
+    that preview as unavailable whenever any executor starts."""
     cursor = await admin.execute(
-        "SELECT rolname FROM pg_roles WHERE (starts_with(rolname, %s) AND rolvaliduntil < now() - "
-        "make_interval(secs => %s)) OR starts_with(rolname, %s)",
-        (ROLE_PREFIX, grace_s, PREVIEW_ROLE_PREFIX),
+        "SELECT rolname FROM pg_roles WHERE (starts_with(rolname, %s) OR starts_with(rolname, %s)) "
+        "AND rolvaliduntil < now() - make_interval(secs => %s) "
+        "OR starts_with(rolname, %s) AND rolvaliduntil IS NULL",
+        (ROLE_PREFIX, PREVIEW_ROLE_PREFIX, grace_s, PREVIEW_ROLE_PREFIX),
     )
     names = [row[0] for row in await cursor.fetchall()]
     dropped = []
