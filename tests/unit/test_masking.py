@@ -480,14 +480,19 @@ def test_a_hexadecimal_id_is_never_read_as_a_number() -> None:
     import hashlib
     import uuid
 
+    from keyturn.masking.protect import hidden_in_name
+
     masker = ParameterMasker()
     seen = [
         "sdk-72ea5b6f-0668-4779-9682-fb41b547df6e",  # its groups read as a phone number
+        "sdk-431a2817-65e7-412c-b875-d358070397c0",  # its last group as an SSN glued to a letter
         *(f"sdk-{uuid.UUID(int=n * 0x9E3779B97F4A7C15 % 2**128)}" for n in range(1, 3000)),
         *(hashlib.sha256(str(n).encode()).hexdigest() for n in range(1000)),
     ]
     parameters = {str(n): value for n, value in enumerate(seen)}
     assert masker.mask(parameters).parameters == parameters
+    # as an idempotency key, a name that travels in clear, none is refused either
+    assert [key for key in seen if hidden_in_name(key)] == []
 
 
 @pytest.mark.parametrize(

@@ -108,9 +108,11 @@ _GLUED_SSN = regex.compile(
     r"(?<=[^\W\d_])(?<!\d)\d{3}(?P<a>[- .]?)\d{2}(?P=a)\d{4}(?!\d)"
     r"|(?<!\d)\d{3}(?P<b>[- .]?)\d{2}(?P=b)\d{4}(?=[^\W\d_])"
 )
-#: A run of 16 or more hex digits: an instance id or a digest (``i-0a123456789bcdef0``), whose
-#: digits glued to its letters read as an SSN in about one of forty.
-_LONG_HEX = regex.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{16,}(?![0-9a-fA-F])")
+#: A run of 12 or more hex digits: an instance id, a digest (``i-0a123456789bcdef0``) or a UUID's
+#: last group (``…-d358070397c0``), whose digits glued to its letters read as an SSN often enough
+#: to refuse one random idempotency key in seventy (the SDK's own are UUIDs). Nine digits an SSN
+#: could be inside such a run go unflagged: names holding hex ids are far the likelier case.
+_LONG_HEX = regex.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{12,}(?![0-9a-fA-F])")
 _SSNS = UsSsnRecognizer()
 
 
