@@ -221,7 +221,8 @@ def test_while_the_broker_is_down_requests_are_accepted_and_published_when_it_is
     answered_in = time.monotonic() - started
     assert not requester.unexpected and not requester.unavailable, (requester.unexpected, requester.unavailable)
     assert len(requester.accepted) == 12, "a request the intake could store must be accepted while the broker is down"
-    assert answered_in < 30, f"eight requests took {answered_in:.0f} s to be answered with the broker down"
+    # the first waits the intake's patience (5 s) for an ack; the rest are answered at once
+    assert answered_in < 12, f"eight requests took {answered_in:.0f} s to be answered with the broker down"
     waiting = [a for a in requester.accepted if requester.states(a) == ["requested"]]
     assert len(waiting) == 8, "the requests taken during the outage wait, stored, for the broker"
 

@@ -17,6 +17,8 @@ from fastapi.testclient import TestClient
 from keyturn.bus import loop
 from keyturn.bus.codec import registry
 from keyturn.bus.loop import run
+from keyturn.bus.publisher import Publisher
+from keyturn.bus.topics import Topics
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionExecuted, ActionRequested, DeadLetter, ExecutionOutcome, SubmissionChannel
 from keyturn.core.principal import Principal
@@ -29,7 +31,7 @@ from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, In
 from keyturn.intake.wiring import IntakeWiring, MaskUnknown, parameter_masks
 from keyturn.masking.protect import parameter_protector
 from keyturn.masking.sealing import open_sealed
-from tests.fakes.service_ports import FakeActionStore, ListSource, Record, fake_publisher
+from tests.fakes.service_ports import FakeActionStore, FakeSend, ListSource, Record, fake_publisher
 from tests.unit.service_events import KEYRING, REPORTER, allowed
 
 SECRET = "hunter2-Pa55w0rd!"
@@ -218,6 +220,47 @@ async def test_with_the_broker_down_the_request_is_accepted_and_the_outbox_publi
     assert [e.action_id for e in published(send)] == [stored.action_id]
     assert store.rows[stored.action_id].published
     assert await sweep_outbox(intake, store) == 0
+
+
+async def test_through_an_outage_one_request_per_patience_waits_for_the_broker_not_each() -> None:
+    """An unreachable broker neither answers nor fails: the first request waits the patience for
+    its ack; those right after it are answered at once, their events still sent, and published
+    as soon as the broker answers, without waiting for the sweep."""
+    sent, answering = FakeSend(), asyncio.Event()
+    broker = {"sends": 0}
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        broker["sends"] += 1
+        await answering.wait()
+        await sent(topic, key, value)
+
+    store = FakeActionStore()
+    intake = Intake(store, Publisher(send, Topics("unit", 4), "intake"), parameter_protector(KEYRING))
+    intake.publish_patience_s = 0.2
+    first, _ = await intake.submit(REPORTER, submission(idempotency_key="outage-1"), SubmissionChannel.HTTP)
+    assert broker["sends"] == 1 and not store.rows[first.action_id].published
+
+    intake.publish_patience_s = 60.0  # were these to wait for the broker, they would wait a minute
+    later = [
+        (await asyncio.wait_for(intake.submit(REPORTER, submission(idempotency_key=f"outage-{n}"), channel), 5))[0]
+        for n, channel in ((2, SubmissionChannel.HTTP), (3, SubmissionChannel.HTTP))
+    ]
+    assert broker["sends"] == 3, "their events are sent all the same"
+    assert not any(store.rows[s.action_id].published for s in later)
+
+    answering.set()
+    for _ in range(100):
+        if all(store.rows[s.action_id].published for s in later):
+            break
+        await asyncio.sleep(0.01)
+    assert [e.action_id for e in published(sent)] == [s.action_id for s in later], "out as the broker answers"
+    assert all(store.rows[s.action_id].published for s in later)
+    assert not store.rows[first.action_id].published, "the one that gave up is the sweep's"
+
+    # the broker answered: the next request waits for its ack again
+    intake.publish_patience_s = 5.0
+    answered, _ = await intake.submit(REPORTER, submission(idempotency_key="outage-4"), SubmissionChannel.HTTP)
+    assert store.rows[answered.action_id].published and published(sent)[-1].action_id == answered.action_id
 
 
 class Verifier:
