@@ -98,6 +98,7 @@ async def test_a_retry_of_an_event_never_acknowledged_here_is_sent_again_and_mar
     first, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
     send.down = False
     await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    await intake.sends_settled()  # right after an unanswered publish, the retry is answered without waiting
     assert [e.action_id for e in published(send)] == [first.action_id]
     assert store.queued == {first.action_id: True}
 

@@ -529,6 +529,10 @@ class Intake:
             return
         await self._publish_and_mark(stored, again)
 
+    async def sends_settled(self) -> None:
+        """Until the sends made without waiting (``_publish_all``) have been acknowledged or given up."""
+        await asyncio.gather(*self._unawaited, return_exceptions=True)
+
     async def _publish_unawaited(self, stored: list[StoredAction], again: AbstractSet[str]) -> None:
         try:
             await self._publish_and_mark(stored, again)
