@@ -104,16 +104,16 @@ verdicts contains verdict.deny("export.huge_export_leaves_the_company", msg) if 
 	leaves_the_company
 	volume_is_huge
 	msg := sprintf(
-		"db.export of %d rows to %s, outside the company, exceeds %d rows",
-		[row_count, destination_host, data.keyturn.limits.export_huge_rows],
+		"db.export of %s rows to %s, outside the company, exceeds %d rows",
+		[format_int(row_count, 10), destination_host, data.keyturn.limits.export_huge_rows],
 	)
 }
 
 verdicts contains verdict.approve_all("export.export_leaves_the_company", msg, groups) if {
 	leaves_the_company
 	msg := sprintf(
-		"db.export of %d rows to %s leaves the company: security and data-owners must both approve",
-		[row_count, destination_host],
+		"db.export of %s rows to %s leaves the company: security and data-owners must both approve",
+		[format_int(row_count, 10), destination_host],
 	)
 	groups := [verdict.group("security", 1), verdict.group("data-owners", 1)]
 }
@@ -121,7 +121,7 @@ verdicts contains verdict.approve_all("export.export_leaves_the_company", msg, g
 verdicts contains verdict.allow("export.small_internal_export", msg) if {
 	small_internal_export
 	not unattended_export_in_production
-	msg := sprintf("db.export of %d rows stays inside the company (%s)", [row_count, destination_host])
+	msg := sprintf("db.export of %s rows stays inside the company (%s)", [format_int(row_count, 10), destination_host])
 }
 
 verdicts contains verdict.approve_all("export.unattended_export_in_production", msg, groups) if {
@@ -134,8 +134,8 @@ verdicts contains verdict.approve_all("export.large_internal_export", msg, [verd
 	stays_inside_the_company
 	volume_is_large
 	msg := sprintf(
-		"db.export of %d rows, more than %d: data-owners must approve",
-		[row_count, data.keyturn.limits.export_approval_rows],
+		"db.export of %s rows, more than %d: data-owners must approve",
+		[format_int(row_count, 10), data.keyturn.limits.export_approval_rows],
 	)
 }
 
@@ -144,8 +144,8 @@ verdicts contains verdict.approve_all("export.huge_internal_export_from_producti
 	volume_is_huge
 	request.in_production
 	msg := sprintf(
-		"db.export of %d rows from production, more than %d: security must approve as well",
-		[row_count, data.keyturn.limits.export_huge_rows],
+		"db.export of %s rows from production, more than %d: security must approve as well",
+		[format_int(row_count, 10), data.keyturn.limits.export_huge_rows],
 	)
 	groups := [verdict.group("data-owners", 1), verdict.group("security", 1)]
 }

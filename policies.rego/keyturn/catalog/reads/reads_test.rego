@@ -43,6 +43,20 @@ cases := {
 		"rule": "reads.large_read_in_production",
 		"groups": [{"name": "data-owners", "min": 1}],
 	},
+	"a production read whose row count masking withheld needs data-owners": {
+		"request": fixtures.unattended(fixtures.action_request(
+			"read.table", production_table, "production",
+			{"row_count": "<PHONE_NUMBER>"},
+		)),
+		"outcome": "needs_approval",
+		"rule": "reads.unknown_read_in_production",
+		"groups": [{"name": "data-owners", "min": 1}],
+	},
+	"a staging read whose row count masking withheld is allowed": {
+		"request": fixtures.action_request("read.table", staging_table, "staging", {"row_count": "<CREDIT_CARD>"}),
+		"outcome": "allowed",
+		"rule": "reads.read_is_allowed",
+	},
 	"small read by an agent acting for nobody is allowed": {
 		"request": fixtures.unattended(fixtures.action_request(
 			"read.table", production_table, "production",
@@ -51,6 +65,12 @@ cases := {
 		"outcome": "allowed",
 		"rule": "reads.read_is_allowed",
 	},
+}
+
+test_a_count_given_as_a_float_reads_as_a_whole_number if {
+	req := fixtures.action_request("read.table", staging_table, "staging", {"row_count": 1e10})
+	some v in data.keyturn.catalog.reads.verdicts with input as req
+	v.reason == "read.table only reads (10000000000 rows) in staging"
 }
 
 test_reads[name] if {
