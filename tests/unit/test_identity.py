@@ -470,6 +470,23 @@ def test_issuing_refuses_to_let_extra_claims_override_identity(key):
 def test_issuing_refuses_a_kind_that_contradicts_the_subject(key):
     with pytest.raises(ValueError, match="keyturn_kind"):
         issue_token(key, subject="agent:reporter", kind="human")
+    with pytest.raises(ValueError, match="keyturn_kind"):
+        issue_token(key, subject="AGENT:reporter", kind="human")
+
+
+def test_a_kind_prefix_in_another_case_is_that_kind_and_an_unknown_one_never_a_person(key, verifier):
+    """``AGENT:x`` is the principal ``agent:x`` for self-approval, so it is an agent here too; a
+    subject whose prefix names no kind is refused unless its token declares one."""
+    for subject in ("AGENT:probe", "Agent:probe"):
+        assert verifier.verify(signed_by(key, standard_claims(sub=subject))).kind is PrincipalKind.AGENT
+        assert verifier.verify(issue_token(key, subject=subject)).kind is PrincipalKind.AGENT
+    with pytest.raises(InvalidToken):
+        verifier.verify(signed_by(key, standard_claims(sub="bot:probe")))
+    with pytest.raises(ValueError, match="names no kind"):
+        issue_token(key, subject="bot:probe")
+    assert verifier.verify(issue_token(key, subject="bot:probe", kind="service")).kind is PrincipalKind.SERVICE
+    assert verifier.verify(signed_by(key, standard_claims(sub="alice@example.com"))).kind is PrincipalKind.HUMAN
+    assert Principal.kind_of("bot:probe") is PrincipalKind.AGENT and Principal.kind_of("HUMAN:x") is PrincipalKind.HUMAN
 
 
 def test_issuing_refuses_a_bare_string_as_the_delegation_chain(key):

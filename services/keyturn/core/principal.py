@@ -57,9 +57,21 @@ class Principal:
 
     @staticmethod
     def kind_of(principal_id: str) -> PrincipalKind:
-        """The kind implied by a ``kind:name`` identifier (``human`` when no prefix)."""
-        prefix, _, _ = principal_id.partition(":")
-        try:
-            return PrincipalKind(prefix)
-        except ValueError:
+        """The kind a ``kind:name`` identifier names, its prefix read in any case (``AGENT:x`` is
+        an agent: ``principal_key`` makes it the same principal as ``agent:x``). Without a prefix,
+        a person (an identity provider's subject such as ``alice@example.com``). A prefix that
+        names no kind (``bot:x``) is an agent, never a person: the kind trusted most, and the
+        only one that may approve, is never a fallback for a name Keyturn cannot read."""
+        prefix, separator, _ = principal_id.partition(":")
+        if not separator:
             return PrincipalKind.HUMAN
+        try:
+            return PrincipalKind(prefix.casefold())
+        except ValueError:
+            return PrincipalKind.AGENT
+
+    @staticmethod
+    def names_a_kind(principal_id: str) -> bool:
+        """Whether ``principal_id`` has no ``kind:`` prefix or one naming a kind (in any case)."""
+        prefix, separator, _ = principal_id.partition(":")
+        return not separator or prefix.casefold() in {k.value for k in PrincipalKind}

@@ -60,15 +60,19 @@ def principal_kind(subject: str, declared: Any = None) -> PrincipalKind:
     A declared kind that contradicts a recognised prefix (``agent:x`` declared ``human``) is
     refused, so no token can dress an agent up as a person who may approve.
     """
+    allowed = ", ".join(k.value for k in PrincipalKind)
     if declared is None:
+        if not Principal.names_a_kind(subject):
+            raise ValueError(
+                f"the subject {subject!r} has a prefix that names no kind ({allowed}): declare it in '{KIND_CLAIM}'"
+            )
         return Principal.kind_of(subject)
     try:
         kind = PrincipalKind(declared)
     except ValueError:
-        allowed = ", ".join(k.value for k in PrincipalKind)
         raise ValueError(f"'{KIND_CLAIM}' must be one of {allowed}, not {declared!r}") from None
     prefix, separator, _ = subject.partition(":")
-    if separator and prefix in {k.value for k in PrincipalKind} and prefix != kind.value:
+    if separator and Principal.names_a_kind(subject) and prefix.casefold() != kind.value:
         raise ValueError(f"'{KIND_CLAIM}' says {kind.value!r} but the subject {subject!r} is a {prefix!r}")
     return kind
 
