@@ -104,6 +104,8 @@ def test_an_ssn_glued_to_a_letter_in_a_name_is_refused_as_a_card_there_is(body, 
         {**GOOD, "action": "read.x123456789"},  # no SSN is ever 123456789
         {**GOOD, "action": "oauth2.token.exchange"},
         {**GOOD, "parameters": {"build20240501": 1}},
+        {**GOOD, "resource": "https://api.example.internal/v1/files/a%20b?page=2"},  # an escaped space, a query
+        {**GOOD, "resource": "postgres://staging/caf\u00e9_orders"},  # a name in another script, as written
     ],
 )
 def test_ordinary_names_with_digits_are_accepted(body) -> None:
@@ -259,6 +261,15 @@ def test_a_path_refused_before_routing_is_named_masked() -> None:
         ("resource", "   ", "without spaces"),
         ("resource", " postgres://prod/db", "without spaces"),
         ("resource", "postgres://prod/db\t", "without spaces"),
+        # a resource spelled so that its host reads as staging to the policy and as production to
+        # whoever connects: escaped letters, look-alikes, a user before the host, libpq's ?host=
+        ("resource", "postgres://staging.%70rod/analytics/customers", "percent-escapes"),
+        ("resource", "postgres://staging/%2e%2e/%70rod/customers", "percent-escapes"),
+        ("resource", "postgres://staging.\uff50\uff52\uff4f\uff44/analytics/customers", "look-alike"),
+        ("resource", "postgres://staging.pr\u043ed/analytics/customers", "ASCII"),
+        ("resource", "postgres://staging:@prod/customers", "no user before it"),
+        ("resource", "postgres://stg-ro@prod-db/customers", "no user before it"),
+        ("resource", "postgres://staging/customers?host=prod", "no query string"),
     ],
 )
 def test_text_approvers_cannot_read_as_sent_is_refused_naming_the_field(field: str, value: str, says: str) -> None:

@@ -74,6 +74,7 @@ def test_the_schema_declares_exactly_the_fields_the_service_sends() -> None:
         ("vault://staging/payments/key", "staging"),
         ("https://api.dev.example.internal/v1", "development"),
         ("s3://exports/2026", "unknown"),
+        ("s3://staging/x%2Fprod/report.csv", "production"),  # an escaped slash hides no segment
     ],
 )
 def test_environment_comes_from_the_resource(resource: str, environment: str) -> None:

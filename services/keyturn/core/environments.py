@@ -3,7 +3,10 @@ policy (what it decides under) and the executor (where it may run what was decid
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 ENVIRONMENTS = ("production", "staging", "development")  # strictest first
 _MARKERS = (
@@ -16,11 +19,44 @@ _MARKERS = (
 def environment_of(resource: str) -> str:
     """production / staging / development from the resource's path segments, else unknown; when
     segments name several, the strictest."""
-    segments = {s for s in resource.lower().replace("://", "/").replace(".", "/").split("/") if s}
+    # escapes decoded first (``x%2Fprod`` holds the segment ``prod`` to a reader that decodes it)
+    segments = {s for s in unquote(resource).lower().replace("://", "/").replace(".", "/").split("/") if s}
     for environment, markers in _MARKERS:
         if segments & set(markers):
             return environment
     return "unknown"
+
+
+#: A percent-escape of a letter, a digit or ``-._~``, which RFC 3986 says mean the same written
+#: plainly: ``staging.%70rod`` is ``staging.prod`` to any URL reader, not to a pattern.
+_UNRESERVED_ESCAPE = re.compile(r"%(?:3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|2[DdEe]|5[Ff]|7[Ee])")
+_DATABASE_SCHEMES = frozenset({"postgres", "postgresql"})
+
+
+def spelling_problem(resource: str) -> str | None:
+    """Why ``resource`` is refused as spelled: a form in which the place it names to whoever
+    connects is not the place the policy's patterns and ``environment_of`` read (a probe passed
+    production hosts as staging by each of these); None when it names its place one way.
+
+    Look-alike letters (``ｐｒｏｄ``, NFKC) and non-ASCII hosts (a Cyrillic ``о``), escaped
+    letters (``%70rod``), a user before the host (``staging:@prod``: the host is ``prod``) and,
+    for a database, a query string (libpq's ``?host=prod`` names another server)."""
+    if unicodedata.normalize("NFKC", resource) != resource:
+        return "write the resource in plain characters: look-alike forms (full-width letters, ligatures) are not taken"
+    scheme, separator, rest = resource.partition("://")
+    if separator:
+        authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        if not authority.isascii():
+            return "a resource's host is written in ASCII: give an international name in its xn-- form"
+        if "@" in authority:
+            return "name the resource's host alone, with no user before it ('user@host'): credentials belong in secrets"
+        if "%" in authority:
+            return "a resource's host holds no percent-escapes"
+        if scheme.lower() in _DATABASE_SCHEMES and "?" in rest:
+            return "a database resource takes no query string: options such as ?host= would name another server"
+    if _UNRESERVED_ESCAPE.search(resource):
+        return "write letters, digits and -._~ in the resource plainly, not as percent-escapes (such as %70 for p)"
+    return None
 
 
 def served_environments(text: str) -> frozenset[str]:

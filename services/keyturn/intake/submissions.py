@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import validation_problems
 from keyturn.core.canonical import canonical_json
+from keyturn.core.environments import spelling_problem
 from keyturn.core.events import ActionRequested, Digest, SubmissionChannel, payload_digest
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.core.principal import Principal
@@ -132,6 +133,8 @@ class ActionSubmission(BaseModel):
         if info.field_name == "resource" and (not value.strip() or value != value.strip()):
             # what approvers read and policies match: " prod" must not pass for something else
             raise ValueError("name the resource without spaces around it (and not only spaces)")
+        if info.field_name == "resource" and (why := spelling_problem(value)) is not None:
+            raise ValueError(why)
         return value
 
     @field_validator("parameters")
