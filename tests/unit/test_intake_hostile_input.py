@@ -339,3 +339,15 @@ def test_a_wait_for_no_number_of_seconds_is_refused_saying_so(timeout: str) -> N
     with client:
         answer = client.get(f"/v1/actions/{uuid.uuid4()}/wait?timeout={timeout}", headers=AUTH)
     assert answer.status_code == 422 and "finite number" in answer.text, answer.text
+
+
+def test_a_request_naming_two_callers_is_refused_before_either_is_believed() -> None:
+    """A proxy reading the last ``Authorization`` and the intake the first would disagree on who
+    submitted: two are refused, as on the submissions topic."""
+    client, store, _ = client_and_store()
+    token = AUTH["Authorization"]
+    with client:
+        answer = client.post("/v1/actions", json=GOOD, headers=[("Authorization", token), ("Authorization", token)])
+        assert answer.status_code == 400 and "Authorization given more than once" in answer.text
+        assert client.post("/v1/actions", json=GOOD, headers=AUTH).status_code == 202, "one is taken"
+    assert len(store.rows) == 1

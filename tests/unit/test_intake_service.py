@@ -302,6 +302,13 @@ def on_topic(offset: int, sub: ActionSubmission, token: str = "good") -> Record:
     )
 
 
+def repeated_key(record: Record) -> Record:
+    """``record`` with its parameters naming ``table`` twice (``{"table": "orders", "table": "salaries"}``)."""
+    _, fields = registry().decode(record.value)
+    fields["parameters_json"] = fields["parameters_json"][:-1] + ',"table":"salaries"}'
+    return dataclasses.replace(record, value=registry().encode("ActionSubmitted", fields))
+
+
 async def test_topic_submissions_are_accepted_or_dead_lettered_with_the_reason(monkeypatch) -> None:
     monkeypatch.setattr(loop, "until_done", functools.partial(until_done, first_wait_s=0.001))
     intake, _store, send = intake_with()
@@ -313,6 +320,7 @@ async def test_topic_submissions_are_accepted_or_dead_lettered_with_the_reason(m
         Record(
             "unit.submissions", 0, 4, b"k", on_topic(4, submission()).value, headers=[("authorization", b"\xff\xfe")]
         ),
+        repeated_key(on_topic(5, submission(idempotency_key="twice"))),
     ]
     source = ListSource([batch])
     await run(source, submissions_stage(intake, intake.publisher, Verifier()))
@@ -323,8 +331,14 @@ async def test_topic_submissions_are_accepted_or_dead_lettered_with_the_reason(m
         2: "idempotency_conflict",
         3: "not_avro",
         4: "token_malformed",
+        5: "invalid_submission",
     }
     assert letters[2].principal == REPORTER.id and letters[1].principal is None
+    # read as the HTTP body is: the first and the last of a repeated key are two requests
+    assert (
+        letters[5].principal == REPORTER.id
+        and "parameters_json: an object holds the same key twice" in letters[5].problems
+    )
     assert source.committed == [batch]
 
 

@@ -118,10 +118,11 @@ class BoundedRequests:
     """ASGI middleware: every request's headers and body are bounded before the app sees them.
 
     More than ``max_header_bytes`` of headers (or more than ``MAX_HEADER_COUNT`` of them) is
-    answered 431; a body whose ``Content-Length`` is over ``max_body_bytes`` is answered 413
-    before a byte of it is read; a body without one (chunked) is read up to the limit and
-    answered 413 as soon as it passes it. Each answer is a Problem body, and ``on_refused``
-    hears of it with the bytes received (none, when the declared length was refused).
+    answered 431; ``Authorization`` given twice, 400; a body whose ``Content-Length`` is over
+    ``max_body_bytes`` is answered 413 before a byte of it is read; a body without one
+    (chunked) is read up to the limit and answered 413 as soon as it passes it. Each answer is
+    a Problem body, and ``on_refused`` hears of it with the bytes received (none, when the
+    declared length was refused).
 
     The servers bound what they parse too (uvicorn's own header limits), but not bodies:
     a framework reads the whole body before any handler can look at it.
@@ -154,6 +155,19 @@ class BoundedRequests:
                 b"",
             )
             return
+        if sum(1 for name, _ in headers if name.lower() == b"authorization") > 1:
+            # readers taking the first and the last (a proxy, this app) would see two callers; whose
+            # refusal it is cannot be said either, so it is answered and recorded under neither
+            await self._refuse(
+                scope,
+                send,
+                400,
+                "ambiguous_caller",
+                ["headers: Authorization given more than once; send one caller's token per request"],
+                b"",
+                record=False,
+            )
+            return
         declared = _content_length(headers)
         if declared is not None and declared > self.max_body_bytes:
             await self._refuse(
@@ -182,9 +196,17 @@ class BoundedRequests:
         await self.app(scope, _replay(body, receive), send)
 
     async def _refuse(
-        self, scope: dict[str, Any], send: Any, status: int, error: str, problems: list[str], received: bytes
+        self,
+        scope: dict[str, Any],
+        send: Any,
+        status: int,
+        error: str,
+        problems: list[str],
+        received: bytes,
+        *,
+        record: bool = True,
     ) -> None:
-        if self.on_refused is not None:
+        if self.on_refused is not None and record:
             await self.on_refused(scope, status, problems, received)
         body = json.dumps({"error": error, "detail": "; ".join(problems), "problems": problems}).encode()
         await send(
@@ -316,7 +338,7 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def strict_json(body: bytes) -> Any:
+def strict_json(body: bytes | str) -> Any:
     """A request body read as RFC 8259 asks of JSON between systems: UTF-8 with no byte-order
     mark, and each object's keys named once. The ``json`` module would also guess UTF-16 and
     UTF-32 and keep the last of a repeated key, where another reader of the same bytes (a proxy,
@@ -324,7 +346,7 @@ def strict_json(body: bytes) -> Any:
     could then differ from the one that reader saw. Bytes that are not UTF-8 raise
     ``UnicodeDecodeError`` (FastAPI answers 400), the rest ``json.JSONDecodeError`` (422), JSON
     nested past what the parser reads included (named so, not "an error parsing the body")."""
-    text = body.decode("utf-8")
+    text = body.decode("utf-8") if isinstance(body, bytes) else body
     try:
         return json.loads(text, object_pairs_hook=_once_each)
     except RecursionError:

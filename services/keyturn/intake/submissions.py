@@ -6,7 +6,6 @@ HTTP and the submissions topic both end here, so both get the same checks.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from keyturn.bus.http import RepeatedKey, strict_json
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import validation_problems
 from keyturn.core.canonical import canonical_json
@@ -190,8 +190,10 @@ class IdempotencyConflict(Exception):
 
 def submission_from_record(record: dict[str, Any]) -> ActionSubmission:
     """A submission from an ``ActionSubmitted`` record (parameters travel as a JSON string)."""
-    try:
-        parameters = json.loads(record["parameters_json"])
+    try:  # read as the HTTP body is (``strict_json``): a key named twice is refused on both paths
+        parameters = strict_json(record["parameters_json"])
+    except RepeatedKey:
+        raise InvalidSubmission(["parameters_json: an object holds the same key twice"]) from None
     except (ValueError, RecursionError):
         raise InvalidSubmission(["parameters_json: not JSON"]) from None
     try:
