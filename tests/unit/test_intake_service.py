@@ -123,6 +123,24 @@ async def test_parameters_are_masked_for_every_topic_and_sealed_for_the_executor
     assert opened == {"table": "orders", "password": SECRET}
 
 
+async def test_a_reason_repeating_a_value_masking_hid_in_the_parameters_does_not_carry_it() -> None:
+    """Recognisers find a password by its field's name, not by its shape: the reason approvers read
+    loses what the parameters' masked copy hides."""
+    from keyturn.masking.protect import mask_text
+
+    password = "Tr0ub4dor&3-SEED-F1"
+    assert password in mask_text(f"rotate {password} for bob"), "free-text masking alone misses it"
+    intake, _store, send = intake_with()
+    stored, _ = await intake.submit(
+        REPORTER,
+        submission(parameters={"table": "orders", "password": password}, reason=f"rotate {password} for bob"),
+        SubmissionChannel.HTTP,
+    )
+    [event] = published(send)
+    assert event.reason == "rotate <SECRET> for bob"
+    assert password.encode() not in stored.requested_event
+
+
 class MaskingPolicy:
     """OPA's ``keyturn/combination/parameter_mask`` for the intake: fields per action name; away
     when ``down``."""

@@ -6,6 +6,7 @@ HTTP and the submissions topic both end here, so both get the same checks.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -28,7 +29,7 @@ from keyturn.core.principal import Principal
 from keyturn.core.text import problem_in, words_problem
 from keyturn.faults import is_transient
 from keyturn.intake.store import NewAction, StoredAction, StoreUnavailable
-from keyturn.masking.protect import hidden_in_name, mask_text
+from keyturn.masking.protect import hidden_in_name, mask_text, without_hidden
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,15 @@ def _secret_in_name(value: str | list[str], field: str | None) -> str | None:
 def _keys(value: Any) -> list[str]:
     """Every object key in a JSON value."""
     return [key for node, _ in _containers(value) if isinstance(node, dict) for key in node if isinstance(key, str)]
+
+
+def masked_reason(reason: str, parameters: dict[str, Any], masked_json: str, mask: tuple[str, ...]) -> str:
+    """The reason approvers are shown: masked as free text is, and without any value masking hid in
+    the parameters (``protect.without_hidden``). A reason repeating a password the parameters
+    carry ("rotate <it> for bob") holds nothing a recogniser finds by its shape alone."""
+    if "<" in masked_json or mask:  # a placeholder in the masked copy: something was hidden
+        reason = without_hidden(reason, parameters, json.loads(masked_json), mask)
+    return mask_text(reason)
 
 
 class IdempotencyConflict(Exception):
@@ -492,7 +502,7 @@ class Intake:
             resource=submission.resource,
             parameters_json=masked_json,
             sealed_parameters=sealed,
-            reason=mask_text(submission.reason),  # shown to approvers; masked like the parameters
+            reason=masked_reason(submission.reason, submission.parameters, masked_json, mask),
             requester=principal,
             payload_digest=digest,
             requested_at=now,
