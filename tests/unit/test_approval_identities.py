@@ -171,9 +171,13 @@ def test_slack_guests_external_accounts_bots_and_deactivated_accounts_never_appr
 
 
 def test_a_slack_user_clicking_as_another_team_is_external() -> None:
-    with pytest.raises(UnknownChatUser, match="another workspace"):
-        slack_principal(slack_user(), clicked_as_team="T0PARTNER")
-    assert slack_principal(slack_user(), clicked_as_team=WORKSPACE) == "human:carol"
+    """Either team the interaction names (the user's ``team_id``, the payload's ``team.id``) bars
+    the click when it is another workspace, and the refusal names that workspace, not ours."""
+    for teams in (("T0PARTNER",), (None, "T0PARTNER"), (WORKSPACE, "T0PARTNER"), ("T0PARTNER", WORKSPACE)):
+        with pytest.raises(UnknownChatUser, match=r"another workspace \(T0PARTNER\)"):
+            slack_principal(slack_user(), clicked_as_teams=teams)
+    assert slack_principal(slack_user(), clicked_as_teams=(WORKSPACE, WORKSPACE)) == "human:carol"
+    assert slack_principal(slack_user(), clicked_as_teams=(None, None)) == "human:carol"
 
 
 def test_a_slack_refusal_names_the_chat_account_not_a_principal() -> None:

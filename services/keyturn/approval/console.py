@@ -39,12 +39,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from keyturn.approval.desk import ApprovalDesk, ApprovalNotOpenYet, DeskUnavailable
-from keyturn.approval.http import REASON_MAX_CHARS, REFUSAL_STATUS, session_digest
+from keyturn.approval.http import REFUSAL_STATUS, session_digest
 from keyturn.approval.views import reason_missing, requester_line, timeline
 from keyturn.bus.codec import registry
 from keyturn.bus.http import id_in_path, shown_id
+from keyturn.core import approval as rules
 from keyturn.core.principal import Principal
-from keyturn.core.text import words_problem
 from keyturn.identity import TOKEN_ERROR_CODES, InvalidToken, issue_token, load_or_create_signing_key
 from keyturn.identity.claims import unverified_expiry
 
@@ -356,10 +356,7 @@ def mount_console(
                 f"a console vote on {action_id} chose neither approve nor deny",
             )
             return await _action_page(console, signed_in, action_id, error="Choose Approve or Deny.", status=400)
-        why: str | None = words_problem(reason)  # the vote's words must be storable (as http.VoteRequest)
-        if why is None and len(reason.strip()) > REASON_MAX_CHARS:  # refused, never cut (http.REASON_MAX_CHARS)
-            why = f"is longer than {REASON_MAX_CHARS} characters; say it in fewer"
-        if why is not None:
+        if (why := rules.reason_problem(reason)) is not None:  # as on every channel (ApprovalDesk.vote)
             await _refused(console, request, approver, "invalid_reason", f"a console vote on {action_id}: reason {why}")
             return await _action_page(console, signed_in, action_id, error=f"reason: {why}", status=422)
         desk = await desk_of()

@@ -422,6 +422,13 @@ class ApprovalDesk:
         Raises ``DeskUnavailable`` when the policy engine or the database cannot be reached, and
         ``ApprovalNotOpenYet`` when the approval has not opened: the answer is then neither
         accepted nor refused (nothing is recorded) and can be given again."""
+        if reason is not None and (why := rules.reason_problem(reason)) is not None:
+            # the one gate for every channel (the API's model and the console ask the same first)
+            problem = f"a {channel} vote on {action_id}: reason {why}"
+            await self.refuse_interaction(
+                channel, "invalid_reason", problem, reason.encode("utf-8", "replace"), principal=approver.id
+            )
+            return VoteResult(action_id, False, "refused", "", "InvalidReason", f"reason {why}")
         reason = mask_text(reason) if reason else reason  # a person's free text is masked like any other
         try:
             return await self._vote(action_id, approver, rules.vote_choice(choice), payload_digest, reason, channel)

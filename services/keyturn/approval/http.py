@@ -17,7 +17,7 @@ from keyturn.approval.desk import ApprovalDesk, DeskUnavailable
 from keyturn.approval.views import approval_view
 from keyturn.bus.http import UNPARSEABLE_BODY, StrictJsonRoute, id_in_path, masked_http_error, received_body, route_of
 from keyturn.bus.refusals import MAX_PROBLEMS, masked_line, validation_problems
-from keyturn.core.approval import ApiVoteChannel
+from keyturn.core.approval import REASON_MAX_CHARS, ApiVoteChannel
 from keyturn.core.principal import Principal
 from keyturn.core.text import words_problem
 from keyturn.faults import DATABASE_UNAVAILABLE
@@ -33,6 +33,7 @@ REFUSAL_STATUS = {
     "DuplicateVote": 409,
     "AlreadyResolved": 409,
     "ApprovalExpired": 410,
+    "InvalidReason": 422,
 }
 
 
@@ -42,11 +43,6 @@ UNATTRIBUTED = Counter(
     "counted, not recorded",
     ["channel", "reason"],
 )
-
-
-#: The longest vote reason kept, on every channel: a longer one is refused, never cut (a cut
-#: could fall inside a secret, leaving part of it where masking no longer recognises it).
-REASON_MAX_CHARS = 2000
 
 
 class VoteRequest(BaseModel):

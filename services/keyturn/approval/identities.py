@@ -105,11 +105,16 @@ def principal_for(
     return Principal(principal, PrincipalKind.HUMAN)
 
 
-def slack_account(user: Mapping[str, Any], workspace: str, *, clicked_as_team: str | None = None) -> ChatAccount:
+def slack_account(
+    user: Mapping[str, Any], workspace: str, *, clicked_as_teams: tuple[str | None, ...] = ()
+) -> ChatAccount:
     """A Slack ``users.info`` user, as seen from ``workspace`` (the team id ``auth.test`` names).
 
-    ``clicked_as_team`` is the team the interaction payload gives the user, checked as well."""
+    ``clicked_as_teams`` are the teams the interaction payload names (the user's ``team_id`` and
+    the payload's ``team.id``), each checked as well: a click from another workspace is not one of
+    ours even when ``users.info`` knows the user id."""
     user_id, team = str(user.get("id") or "?"), str(user.get("team_id") or "")
+    foreign = next((t for t in (team, *clicked_as_teams) if t and t != workspace), None)
     barred = None
     if user.get("deleted"):
         barred = "is deactivated"
@@ -121,12 +126,10 @@ def slack_account(user: Mapping[str, Any], workspace: str, *, clicked_as_team: s
         barred = "is a guest"
     elif user.get("is_stranger"):
         barred = "is an external account (Slack Connect)"
-    elif team != workspace or (clicked_as_team and clicked_as_team != workspace):
-        barred = f"belongs to another workspace ({team or clicked_as_team or 'unknown'}), an external account"
+    elif not team or foreign is not None:
+        barred = f"belongs to another workspace ({foreign or 'unknown'}), an external account"
     email = (user.get("profile") or {}).get("email")
-    return ChatAccount(
-        f"slack:{team or clicked_as_team or '?'}/{user_id}", (user_id,), str(email) if email else None, barred
-    )
+    return ChatAccount(f"slack:{team or foreign or '?'}/{user_id}", (user_id,), str(email) if email else None, barred)
 
 
 def teams_account(user_id: str, aad_object_id: str | None, member: Mapping[str, Any], tenant: str) -> ChatAccount:

@@ -123,9 +123,9 @@ class SlackChannel:
 
     # --- who is answering -------------------------------------------------------------------------
 
-    async def principal_of(self, user_id: str, team_id: str | None = None) -> Principal:
+    async def principal_of(self, user_id: str, *teams: str | None) -> Principal:
         """The principal a Slack user answers as (the rule is ``identities.principal_for``);
-        ``team_id`` is the team the interaction gives the user."""
+        ``teams``: those the interaction names (the user's ``team_id``, the payload's ``team.id``)."""
         try:
             workspace = await self.workspace()
             answer = await self.client.users_info(user=user_id)
@@ -134,7 +134,7 @@ class SlackChannel:
                 f"Slack user {user_id} could not be looked up ({exc.response.get('error')}), "
                 "so Keyturn cannot tell whether the account may approve"
             ) from exc
-        account = slack_account(answer.get("user") or {"id": user_id}, workspace, clicked_as_team=team_id)
+        account = slack_account(answer.get("user") or {"id": user_id}, workspace, clicked_as_teams=teams)
         return principal_for(
             account,
             self.user_map,

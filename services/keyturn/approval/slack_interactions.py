@@ -391,7 +391,7 @@ async def _approver(
 ) -> Principal | None:
     """The principal behind the Slack user, or None after recording and telling why not."""
     try:
-        return await slack.principal_of(answer.user, answer.user_team)
+        return await slack.principal_of(answer.user, answer.user_team, None if answer.team == "?" else answer.team)
     except UnknownChatUser as unknown:
         await desk.refuse_answer(action_id, _account(answer), choice, digest, "slack", "UnknownChatUser", str(unknown))
         if channel:

@@ -44,8 +44,9 @@ from keyturn.approval.http import UNATTRIBUTED
 from keyturn.approval.identities import principal_for, teams_account
 from keyturn.approval.views import reason_missing
 from keyturn.bus.http import id_in_path
+from keyturn.core import approval as rules
 from keyturn.core.principal import Principal, PrincipalKind
-from keyturn.core.text import problem_in, words_problem
+from keyturn.core.text import problem_in
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity.claims import unverified_expiry
 
@@ -195,8 +196,8 @@ class TeamsChannel:
                     },
                     status_code=401,
                 )
-            if problem is not None:
-                await desk.refuse_interaction(SOURCE, "malformed_activity", problem, raw)
+            if problem is not None:  # under its sender's account when the activity names one readably
+                await desk.refuse_interaction(SOURCE, "malformed_activity", problem, raw, principal=_sender_in(body))
                 return JSONResponse({"error": "malformed_activity", "message": problem}, status_code=400)
             if answer.get("body") is None:
                 return Response(status_code=answer["status"])
@@ -279,13 +280,15 @@ class TeamsChannel:
         desk = await self._desk()
         action = activity.value.action
         data = action.data or {}
-        action_id, digest = str(data.get("action_id", "")), str(data.get("payload_digest", ""))
-        if not id_in_path(action_id):  # Keyturn's cards name an action; nothing can be recorded for this
+        action_id, digest, reason = data.get("action_id"), data.get("payload_digest", ""), data.get(cards.REASON_INPUT)
+        if not isinstance(action_id, str) or not id_in_path(action_id) or not isinstance(digest, str):
+            # Keyturn's cards name an action and its digest as text; nothing can be recorded for this
             await desk.refuse_interaction(
                 SOURCE,
                 "malformed_activity",
-                "the card's data names no action",
+                "the card's data names no action and digest as text",
                 _bytes_of(activity),
+                principal=_sender_in(activity.model_dump(by_alias=True)),
             )
             return _message("This card names no action Keyturn knows; nothing was recorded.")
         conversation = activity.conversation.id
@@ -333,8 +336,14 @@ class TeamsChannel:
                 if view
                 else _message(f"Your answer was not applied — {unknown}")
             )
-        reason = str(data.get(cards.REASON_INPUT) or "").strip() or None
-        if reason is not None and (why := words_problem(reason)) is not None:  # as the API's VoteRequest.reason
+        if reason is not None and not isinstance(reason, str):  # a card's text input is text
+            await desk.refuse_interaction(
+                SOURCE, "invalid_reason", "reason: not text", _bytes_of(activity), principal=approver.id
+            )
+            refused = "reason: not text. Nothing was recorded."
+            return _card(view, refused) if view else _message(refused)
+        reason = (reason or "").strip() or None
+        if reason is not None and (why := rules.reason_problem(reason)) is not None:  # as on every channel
             await desk.refuse_interaction(
                 SOURCE, "invalid_reason", f"reason: {why}", _bytes_of(activity), principal=approver.id
             )
@@ -411,6 +420,18 @@ def _account(user: Any) -> Principal:
             return Principal(f"teams:{known}", PrincipalKind.HUMAN)
     digest = hashlib.sha256(f"{aad}|{teams_id}".encode(errors="surrogatepass")).hexdigest()[:32]
     return Principal(f"teams:sha256:{digest}", PrincipalKind.HUMAN)
+
+
+def _sender_in(activity: Any) -> str | None:
+    """The account an activity (as JSON) names as its sender, as ``_account`` records it, when its
+    ``from`` is readable at all; None when it names nobody."""
+    sender = activity.get("from") if isinstance(activity, dict) else None
+    if not isinstance(sender, dict):
+        return None
+    for known in (sender.get("aadObjectId"), sender.get("id")):
+        if isinstance(known, str) and _plain_id(known):
+            return f"teams:{known}"
+    return None
 
 
 def _plain_id(text: str) -> bool:

@@ -47,6 +47,7 @@ from typing import Literal, get_args
 
 from keyturn.core.events import ApprovalRequirement, Digest, GroupRequirement, Vote, VoteChoice
 from keyturn.core.principal import Principal
+from keyturn.core.text import words_problem
 
 ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
 FinalStatus = Literal["approved", "denied", "expired"]
@@ -842,3 +843,19 @@ def shown_channel(channel: object) -> str:
     """A recorded vote's channel as it may be shown: itself when it is one of ``VOTE_CHANNELS``,
     else ``other`` (a record written before the set was closed may hold anything)."""
     return channel if isinstance(channel, str) and channel in VOTE_CHANNELS else "other"
+
+
+#: The longest vote reason kept, on every channel: a longer one is refused, never cut (a cut
+#: could fall inside a secret, leaving part of it where masking no longer recognises it).
+REASON_MAX_CHARS = 2000
+
+
+def reason_problem(reason: str) -> str | None:
+    """Why a vote's reason is refused, whatever the channel it came through: words no record can
+    hold or that steer a reader (``core.text.words_problem``), or more than ``REASON_MAX_CHARS``
+    (refused, never cut). None when it may be kept."""
+    if (why := words_problem(reason)) is not None:
+        return why
+    if len(reason.strip()) > REASON_MAX_CHARS:
+        return f"is longer than {REASON_MAX_CHARS} characters; say it in fewer"
+    return None
