@@ -111,3 +111,26 @@ def test_the_intake_answers_422_and_records_the_refusal_under_the_caller_without
     assert "parameters.user: is not a parameter of iam.role.grant" in letter.problems
     assert SECRET not in repr(letter)
     assert len(store.rows) == 1, "only the fixed request was stored"
+
+
+def test_every_privilege_the_catalog_takes_is_one_the_executor_can_grant() -> None:
+    """A privilege the schema lets through but the executor refuses is asked of approvers, then
+    fails after they approved (``ALL`` did): the two lists are one."""
+    from keyturn.executor.plugins.iam import PRIVILEGES
+
+    data = json.loads((REPO_ROOT / "policies.rego/keyturn/parameters/data.json").read_text())
+    found = [
+        schema["properties"]["privileges"]["items"]["enum"]
+        for schema in _schemas(data)
+        if "privileges" in schema.get("properties", {})
+    ]
+    assert found and all(sorted(enum) == sorted(PRIVILEGES) for enum in found), found
+
+
+def _schemas(value: object) -> list[dict]:
+    """Every JSON object in ``value`` (the catalog's schemas, wherever they sit)."""
+    if isinstance(value, dict):
+        return [value, *(s for child in value.values() for s in _schemas(child))]
+    if isinstance(value, list):
+        return [s for child in value for s in _schemas(child)]
+    return []
