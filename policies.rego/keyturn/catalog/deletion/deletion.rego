@@ -62,3 +62,27 @@ verdicts contains verdict.approve_all("deletion.deletion_in_production", msg, gr
 	msg := sprintf("%s in production: platform and security must both approve", [request.action])
 	groups := [verdict.group("platform", 1), verdict.group("security", 1)]
 }
+
+# db.rows.delete names its table twice: the resource's last segment, which approvers, receipts
+# and the audit read, and parameters.table, which the executor deletes from. The two name the
+# same table (schema-qualified or not, in any case), or nobody is asked.
+resource_table := lower(last) if {
+	segments := [s | some s in split(input.resource, "/"); s != ""]
+	last := segments[count(segments) - 1]
+}
+
+unqualified(name) := parts[count(parts) - 1] if parts := split(lower(name), ".")
+
+table_disagrees if {
+	request.action == "db.rows.delete"
+	is_string(request.parameters.table)
+	unqualified(request.parameters.table) != unqualified(resource_table)
+}
+
+verdicts contains verdict.deny("deletion.resource_names_another_table", msg) if {
+	table_disagrees
+	msg := sprintf(
+		"db.rows.delete deletes from parameters.table (%s), but its resource names %s: name the same table in both",
+		[request.parameters.table, resource_table],
+	)
+}

@@ -8,6 +8,23 @@ bucket := "blob://prod.example.internal/reports/q1.csv"
 staging_bucket := "blob://staging.example.internal/reports/q1.csv"
 
 cases := {
+	"a row deletion whose resource names another table is denied": {
+		"request": fixtures.action_request(
+			"db.rows.delete", "postgres://staging/shop/users", "staging",
+			{"table": "other", "where": "true", "max_rows": 1},
+		),
+		"outcome": "denied",
+		"rule": "deletion.resource_names_another_table",
+	},
+	"a row deletion naming its table in both places, one schema-qualified, is judged as any deletion": {
+		"request": fixtures.action_request(
+			"db.rows.delete", "postgres://staging/shop/Sessions", "staging",
+			{"table": "public.sessions", "where": "expired", "max_rows": 3},
+		),
+		"outcome": "needs_approval",
+		"rule": "deletion.deletion_outside_production",
+		"groups": [{"name": "platform", "min": 1}],
+	},
 	"an allow-listed deletion is allowed, even in production": {
 		"request": fixtures.action_request("cache.entry.delete", "cache://prod/sessions/abc", "production", {}),
 		"outcome": "allowed",
