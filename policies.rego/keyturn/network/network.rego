@@ -12,6 +12,15 @@ host_of(url) := lower(parts[2]) if {
 }
 
 # METADATA
+# description: |
+#   The port an absolute URL names after its host, as written ("" when it names none).
+default port_of(_) := ""
+
+port_of(url) := parts[1] if {
+	[parts] := regex.find_all_string_submatch_n(`^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^/?#@]*@)?[^/?#:@]+:([^/?#]*)`, url, 1)
+}
+
+# METADATA
 # description: The lower-cased scheme of an absolute URL, e.g. https.
 scheme_of(url) := lower(parts[1]) if {
 	[parts] := regex.find_all_string_submatch_n(`^([a-zA-Z][a-zA-Z0-9+.-]*)://`, url, 1)

@@ -39,7 +39,27 @@ default scheme := ""
 
 scheme := network.scheme_of(input.resource)
 
-host_is_allow_listed if host in data.keyturn.http.allowed_hosts
+default port := ""
+
+port := network.port_of(input.resource)
+
+# A host on the list is its https origin (port 443); another port of it is allowed only where the
+# list names host:port, so an allow-listed name does not open every service the machine runs.
+host_is_allow_listed if {
+	host in data.keyturn.http.allowed_hosts
+	port in {"", "443"}
+}
+
+host_is_allow_listed if {
+	port != ""
+	concat(":", [host, port]) in data.keyturn.http.allowed_hosts
+}
+
+default origin := ""
+
+origin := host if port in {"", "443"}
+
+origin := concat(":", [host, port]) if not port in {"", "443"}
 
 reachable if {
 	covers_action
@@ -59,7 +79,7 @@ verdicts contains verdict.deny("http.scheme_is_not_https", msg) if {
 verdicts contains verdict.deny("http.host_is_not_allow_listed", msg) if {
 	covers_action
 	not host_is_allow_listed
-	msg := sprintf("http.request to %q: the host is not in the allow-list", [host])
+	msg := sprintf("http.request to %q: the host is not in the allow-list", [origin])
 }
 
 verdicts contains verdict.deny("http.method_is_not_supported", msg) if {

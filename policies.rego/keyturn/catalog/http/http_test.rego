@@ -32,6 +32,17 @@ cases := {
 		"rule": "http.write_to_an_allow_listed_host",
 		"groups": platform,
 	},
+	"an allow-listed host on its https port is the host itself": {
+		"request": call("https://api.example.internal:443/v1/x", "GET"),
+		"outcome": "allowed",
+		"rule": "http.read_from_an_allow_listed_host",
+	},
+	"another port of an allow-listed host is not on the list": {
+		"request": call("https://api.example.internal:8090/echo", "GET"),
+		"outcome": "denied",
+		"rule": "http.host_is_not_allow_listed",
+		"reason": "http.request to \"api.example.internal:8090\": the host is not in the allow-list",
+	},
 	"get from an unknown host is denied": {
 		"request": call("https://paste.example.net/raw", "GET"),
 		"outcome": "denied",
@@ -73,4 +84,10 @@ test_http_masks_credentials_in_headers if {
 	d := decision.decision with input as call(api, "GET")
 	"parameters.headers.authorization" in d.mask
 	"parameters.headers.cookie" in d.mask
+}
+
+test_a_port_the_list_names_with_its_host_is_allowed if {
+	some v in data.keyturn.catalog.http.verdicts with input as call("https://hooks.example.internal:8443/x", "GET")
+		with data.keyturn.http.allowed_hosts as ["hooks.example.internal:8443"]
+	v.rule == "http.read_from_an_allow_listed_host"
 }

@@ -195,9 +195,11 @@ class HttpPlugin:
             raise ExecutionFailed(f"the executor calls https URLs only, not {url.scheme or 'a relative URL'}")
         if url.userinfo:
             raise ExecutionFailed("the URL carries credentials; the executor mints the only credential a call gets")
-        if url.host not in self.allowed_hosts:
+        # a host on the list is its https origin (port 443); another port only where host:port is listed
+        origin = url.host if url.port in (None, 443) else f"{url.host}:{url.port}"
+        if origin not in self.allowed_hosts:
             raise ExecutionFailed(
-                f"host {url.host!r} is not in KEYTURN_HTTP_ALLOWED_HOSTS; the executor calls only allow-listed hosts"
+                f"host {origin!r} is not in KEYTURN_HTTP_ALLOWED_HOSTS; the executor calls only allow-listed hosts"
             )
         return url
 
