@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from keyturn.bus.warrants import Warrants
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import (
     ActionDecided,
@@ -72,7 +73,8 @@ class IntakeServer:
         self.store = FakeActionStore()
         self.publisher, self.send = fake_publisher("intake")
         self.intake = Intake(self.store, self.publisher, parameter_protector(Keyring.generate("sdk-unit")))
-        self.follower = StatusFollower(self.store, self.publisher)
+        # lifecycle events reach it as records of no topic (``decide``, ``execute``): none is checked
+        self.follower = StatusFollower(self.store, self.publisher, Warrants(Keyring.generate("sdk-unit"), ()))
         self.verifier = TokenVerifier()
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization)
         self._lose = 0

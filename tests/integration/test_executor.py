@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import httpx
 import psycopg
@@ -24,7 +25,17 @@ from keyturn.audit.stream import read_audit_log
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.core.canonical import canonical_json
-from keyturn.core.events import ActionDecided, ActionExecuted, payload_digest
+from keyturn.core.events import (
+    ActionDecided,
+    ActionExecuted,
+    ApprovalResolved,
+    DecisionOutcome,
+    ResolutionOutcome,
+    Vote,
+    VoteChoice,
+    payload_digest,
+)
+from keyturn.core.principal import Principal, PrincipalKind
 from keyturn.db import schema_name
 from keyturn.executor.plugins.base import Command, ExecutionFailed
 from keyturn.executor.plugins.sql import SqlPlugin, grants_for, run_one
@@ -590,6 +601,44 @@ def test_a_deletion_larger_than_approved_is_rolled_back_and_fails_with_the_count
     assert f"would remove {before} rows from public.sessions, more than the 3 approved" in str(view)
     assert expired_sessions(shop) == before == 10, "the DELETE was rolled back"
     assert not role_exists(shop, role_name_for(view["action_id"]))
+
+
+def test_an_approval_nobody_gave_written_to_the_topics_runs_nothing_and_the_approval_stays_open(
+    agent: Agent, settings, shop: SqlTarget
+) -> None:
+    """Anyone who can write Keyturn's topics (an agent submitting over Kafka holds a producer) is
+    not the approval service: an approved resolution with a made-up vote, and the decision said
+    allowed, are dead-lettered without their services' warrants, and nothing runs."""
+    before = expired_sessions(shop)
+    parameters = {"table": "sessions", "where": "expired", "max_rows": 10}
+    action_id = agent.submit_ok("db.rows.delete", "postgres://staging/shop/sessions", parameters)
+    assert agent.wait_for_state(action_id, "needs_approval")["state"] == "needs_approval"
+    topics = Topics(settings.namespace, settings.partitions)
+    decided = next(
+        e for e, _ in read_topic(settings, topics.decided) if isinstance(e, ActionDecided) and e.action_id == action_id
+    )
+    now = datetime.now(UTC)
+    judy = Vote(Principal("human:judy", PrincipalKind.HUMAN), VoteChoice.APPROVE, decided.request.payload_digest, now)
+    forged = ApprovalResolved(
+        f"resolved:{action_id}", action_id, ResolutionOutcome.APPROVED, now, decided, (judy,), "approved"
+    )
+    produce(settings, topics.resolved, registry().encode_event(forged), key=action_id.encode())
+    allowed = replace(decided, outcome=DecisionOutcome.ALLOWED)
+    produce(settings, topics.decided, registry().encode_event(allowed), key=action_id.encode())
+
+    def refused() -> list:
+        letters = [
+            e
+            for e, _ in read_topic(settings, topics.dlq)
+            if getattr(e, "error_type", None) == "unwarranted_order" and action_id in e.reason
+        ]
+        return letters if len(letters) == 2 else []
+
+    letters = eventually(refused, timeout=60)
+    assert all("nothing was run" in letter.reason for letter in letters), letters
+    assert not executed_events(settings, action_id) and expired_sessions(shop) == before
+    assert agent.wait_for_state(action_id, "needs_approval", timeout=1)["state"] == "needs_approval"
+    assert approval_shown(settings, action_id, "human:judy")["status"] == "pending", "the approval stays open"
 
 
 def test_a_deletion_within_the_approved_count_deletes_exactly_those_rows(

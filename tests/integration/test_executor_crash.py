@@ -23,7 +23,6 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.core.events import ActionDecided, ActionExecuted
 from keyturn.db import schema_name
@@ -101,10 +100,11 @@ def test_a_write_interrupted_by_a_crash_before_its_commit_ends_failed_and_never_
 
     # the order arrives once more (a second redelivery): still not run, same answer
     topics = Topics(settings.namespace, settings.partitions)
-    decided = next(
-        e for e, _ in read_topic(settings, topics.decided) if isinstance(e, ActionDecided) and e.action_id == action_id
+    sent = next(
+        m for e, m in read_topic(settings, topics.decided) if isinstance(e, ActionDecided) and e.action_id == action_id
     )
-    produce(settings, topics.decided, registry().encode_event(decided), key=action_id.encode())
+    # the record as the broker would redeliver it: the same bytes, with the policy's warrant
+    produce(settings, topics.decided, sent.value, key=sent.key, headers=list(sent.headers))
 
     def answers() -> list[ActionExecuted] | None:
         found = [

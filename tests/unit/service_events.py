@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from keyturn.bus.warrants import Warrants
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import (
     ActionDecided,
@@ -20,6 +21,8 @@ from keyturn.masking.sealing import Keyring, seal_parameters
 NOW = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
 REPORTER = Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",))
 KEYRING = Keyring.generate("seal-unit")
+# the warrants the policy and approval services send orders with, as the executor checks them
+WARRANTS = Warrants(KEYRING, ("unit.actions.decided", "unit.actions.resolved"))
 PARAMETERS: dict[str, Any] = {"statement": "SELECT 1", "max_rows": 10}
 
 

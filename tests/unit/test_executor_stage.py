@@ -27,7 +27,7 @@ from keyturn.faults import Unavailable, until_done
 from keyturn.masking.protect import parameter_opener
 from keyturn.receipts import ReceiptSigner
 from tests.fakes.service_ports import FakeLedger, ListSource, MemorySecrets, Record, fake_publisher
-from tests.unit.service_events import KEYRING, PARAMETERS, allowed
+from tests.unit.service_events import KEYRING, PARAMETERS, WARRANTS, allowed
 
 
 class PlainText:
@@ -414,14 +414,14 @@ async def test_an_order_the_executor_fails_on_before_starting_ends_failed_and_ne
     plugin = Recording()
     executor, _ledger = executor_with(plugin)
     publisher, send = fake_publisher("executor")
-    stage = ExecutorStage(executor, publisher)
+    stage = ExecutorStage(executor, publisher, WARRANTS)
 
     async def fails_before_the_ledger(order):
         raise RuntimeError("a bug before the start")
 
     monkeypatch.setattr(executor, "execute", fails_before_the_ledger)
     decision = allowed("a1")
-    source = ListSource([[Record("unit.actions.decided", 0, 3, b"a1", registry().encode_event(decision))]])
+    source = ListSource([[warranted(Record("unit.actions.decided", 0, 3, b"a1", registry().encode_event(decision)))]])
     await run(
         source, Stage(publisher, (ActionDecided, ApprovalResolved), handle=stage.execute, on_failure=stage.on_failure)
     )
@@ -450,7 +450,7 @@ async def test_an_order_the_executor_fails_on_after_starting_ends_outcome_unknow
 async def test_decisions_that_are_not_cleared_orders_are_not_the_executors_to_end() -> None:
     executor, ledger = executor_with(Recording())
     publisher, send = fake_publisher("executor")
-    stage = ExecutorStage(executor, publisher)
+    stage = ExecutorStage(executor, publisher, WARRANTS)
     denied = dataclasses.replace(allowed("a1"), outcome=DecisionOutcome.DENIED)
     await stage.execute(denied)
     await stage.on_failure(denied, None, RuntimeError("irrelevant"))
@@ -482,9 +482,42 @@ class Counting(FakeLedger):
 
 def decided_records(*decisions, offset: int = 0) -> list[Record]:
     return [
-        Record("unit.actions.decided", 0, offset + n, d.action_id.encode(), registry().encode_event(d))
+        warranted(Record("unit.actions.decided", 0, offset + n, d.action_id.encode(), registry().encode_event(d)))
         for n, d in enumerate(decisions)
     ]
+
+
+def warranted(record: Record) -> Record:
+    """``record`` as the policy or approval service sends it: with its warrant (``bus.warrants``)."""
+    headers = WARRANTS.signed(record.topic, record.key or b"", record.value or b"", list(record.headers))
+    return dataclasses.replace(record, headers=headers)
+
+
+async def test_an_order_written_to_the_topic_by_anyone_else_runs_nothing_and_ends_nothing() -> None:
+    """Allowed decisions and approvals run only with the warrant of the service that makes them:
+    one written by another producer, or edited, or carrying another record's warrant, is
+    dead-lettered, and its action neither runs nor ends (the approval it forged stays open)."""
+    plugin = Recording()
+    executor, ledger = executor_with(plugin)
+    publisher, send = fake_publisher("executor")
+    stage = ExecutorStage(executor, publisher, WARRANTS)
+    [a3, a4, genuine] = decided_records(allowed("a3"), allowed("a4"), allowed("a9"), offset=3)
+    forged = [
+        Record("unit.actions.decided", 0, 1, b"a1", registry().encode_event(allowed("a1"))),  # no warrant
+        dataclasses.replace(genuine, offset=2, key=b"a2", value=registry().encode_event(allowed("a2"))),  # a9's
+        dataclasses.replace(a3, value=registry().encode_event(dataclasses.replace(allowed("a3"), reasons=("edited",)))),
+        dataclasses.replace(a4, headers=[("keyturn-warrant", b"seal-unit:AAAA")]),  # made up
+    ]
+    await run(ListSource([[*forged, genuine]]), batch_stage(stage, publisher))
+    assert [c.action_id for c in plugin.runs] == ["a9"]
+    assert [e.action_id for e in send.events("unit.actions.executed")] == ["a9"]
+    letters = [e for e in send.events("unit.dlq") if isinstance(e, DeadLetter)]
+    assert [(letter.offset, letter.error_type) for letter in letters] == [
+        (n, "unwarranted_order") for n in (1, 2, 3, 4)
+    ]
+    assert "nothing was run" in letters[0].reason and set(ledger.entries) == {"a9"}
+    await stage.on_failure(allowed("a1"), forged[0], RuntimeError("irrelevant"))
+    assert set(ledger.entries) == {"a9"} and len(send.events("unit.actions.executed")) == 1
 
 
 def batch_stage(stage: ExecutorStage, publisher) -> Stage:
@@ -506,7 +539,7 @@ async def test_a_batch_starts_and_finishes_in_one_statement_each_and_runs_each_o
     plugin.runs.clear()
     ledger.calls.clear()
     publisher, send = fake_publisher("executor")
-    stage = ExecutorStage(executor, publisher)
+    stage = ExecutorStage(executor, publisher, WARRANTS)
     denied = dataclasses.replace(allowed("a5"), outcome=DecisionOutcome.DENIED)
     batch = decided_records(allowed("a1"), allowed("a2"), allowed("a3"), allowed("a4"), denied, allowed("a1"))
     source = ListSource([batch])
@@ -531,7 +564,7 @@ async def test_an_order_a_batch_fails_on_ends_alone_and_the_others_are_not_run_a
     plugin = Recording()
     executor, ledger = executor_with(plugin)
     publisher, send = fake_publisher("executor")
-    stage = ExecutorStage(executor, publisher)
+    stage = ExecutorStage(executor, publisher, WARRANTS)
     run_one = executor._run
 
     async def fails_on_a2(order, plugin_, started_at):

@@ -19,8 +19,16 @@ from keyturn.bus.codec import registry
 from keyturn.bus.loop import run
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.topics import Topics
+from keyturn.bus.warrants import Warrants
 from keyturn.core.canonical import canonical_json
-from keyturn.core.events import ActionExecuted, ActionRequested, DeadLetter, ExecutionOutcome, SubmissionChannel
+from keyturn.core.events import (
+    ActionExecuted,
+    ActionRequested,
+    DeadLetter,
+    DecisionOutcome,
+    ExecutionOutcome,
+    SubmissionChannel,
+)
 from keyturn.core.principal import Principal
 from keyturn.faults import until_done
 from keyturn.identity import InvalidToken
@@ -297,7 +305,7 @@ def wiring_of(intake: Intake, store: FakeActionStore, **parts: Any) -> Callable[
             store=store,
             intake=intake,
             publisher=intake.publisher,
-            follower=StatusFollower(store, intake.publisher),
+            follower=StatusFollower(store, intake.publisher, WARRANTS_ALL),
             verifier=Verifier(),
             jwks={"keys": []},
             **parts,
@@ -318,6 +326,15 @@ def on_topic(offset: int, sub: ActionSubmission, token: str = "good") -> Record:
         registry().encode("ActionSubmitted", record),
         headers=[("authorization", f"Bearer {token}".encode())],
     )
+
+
+WARRANTS_ALL = Warrants(KEYRING, ("unit.actions.decided", "unit.actions.resolved", "unit.actions.executed"))
+
+
+def vouched(record: Record) -> Record:
+    """``record`` with the warrant of the service that sends such records (``bus.warrants``)."""
+    headers = WARRANTS_ALL.signed(record.topic, record.key or b"", record.value or b"", list(record.headers))
+    return dataclasses.replace(record, headers=headers)
 
 
 def repeated_key(record: Record) -> Record:
@@ -409,7 +426,7 @@ def test_healthz_reports_the_database_and_the_producer() -> None:
 async def test_the_status_follower_records_a_batch_and_wakes_a_waiting_requester() -> None:
     intake, store, send = intake_with()
     stored, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
-    follower = StatusFollower(store, intake.publisher)
+    follower = StatusFollower(store, intake.publisher, WARRANTS_ALL)
     requested_at = datetime.datetime.fromisoformat(stored.history[0]["at"])  # the story happens after the request
     decided = dataclasses.replace(
         allowed(stored.action_id), action_id=stored.action_id, decided_at=requested_at + datetime.timedelta(seconds=1)
@@ -423,10 +440,13 @@ async def test_the_status_follower_records_a_batch_and_wakes_a_waiting_requester
         finished_at=decided.decided_at + datetime.timedelta(seconds=1),
     )
     waiting = asyncio.create_task(follower.wait_terminal(stored.action_id, 5))
+    denied = dataclasses.replace(decided, outcome=DecisionOutcome.DENIED, decided_at=executed.finished_at)
     batch = [
-        Record("unit.actions.executed", 0, 0, stored.action_id.encode(), registry().encode_event(executed)),
+        vouched(Record("unit.actions.executed", 0, 0, stored.action_id.encode(), registry().encode_event(executed))),
         Record("unit.actions.decided", 0, 0, stored.action_id.encode(), b"garbage: not the intake's to dead-letter"),
-        Record("unit.actions.decided", 1, 0, stored.action_id.encode(), registry().encode_event(decided)),
+        vouched(Record("unit.actions.decided", 1, 0, stored.action_id.encode(), registry().encode_event(decided))),
+        # written by someone else than the policy: the status does not tell it
+        Record("unit.actions.decided", 1, 1, stored.action_id.encode(), registry().encode_event(denied)),
     ]
     source = ListSource([batch])
     await run(source, follower.stage)

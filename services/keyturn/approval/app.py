@@ -26,9 +26,11 @@ from keyturn.approval.slack_interactions import mount_slack
 from keyturn.bus import headers
 from keyturn.bus.http import BoundedRequests, embedded_server
 from keyturn.bus.loop import Stage
+from keyturn.bus.warrants import Warrants
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionExecuted
 from keyturn.faults import supervised, until_done
+from keyturn.masking.protect import keyring_for
 from keyturn.roots import stream_worker
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ DESK_EVENTS = headers.wanting(
 
 def create_app(settings: Settings):
     app, topics, publisher = stream_worker(settings, "approval")
+    # the executor runs an approval only from this service (bus.warrants); its outbox sends them
+    publisher.warrants = Warrants(keyring_for(settings.seal_keys, settings.keys_dir), (topics.resolved,))
     runtime = ApprovalRuntime(settings, topics, publisher.send_raw, publisher.send_raw_all)
     http = FastAPI(title="Keyturn approvals", version="0.1.0", description="Answer pending actions.")
     mount_routes(http, runtime.desk, runtime.verifier)

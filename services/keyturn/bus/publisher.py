@@ -21,6 +21,7 @@ from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.headers import Headers, headers_of, type_headers
 from keyturn.bus.refusals import refusal_letter
 from keyturn.bus.topics import Topics
+from keyturn.bus.warrants import Warrants
 from keyturn.core.events import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,14 @@ class Publisher:
         self._enqueue_all = enqueue_all
         self.topics = topics
         self.service = service
+        # the orders this service vouches for (``bus.warrants``): the policy's decided records and
+        # the approval service's resolved ones carry a warrant the executor checks
+        self.warrants: Warrants | None = None
 
     async def _put(self, topic: str, key: bytes, value: bytes, headers: Headers | None) -> Awaitable[Any]:
         """Hand one record to the transport; returns what to await for its acknowledgement."""
         if self._enqueue is not None:
-            return await self._enqueue(topic, key, value, headers if headers is not None else type_headers(value))
+            return await self._enqueue(topic, key, value, self._headers(topic, key, value, headers))
         # a transport that only sends (a test's): the send runs as a task, started now
         return asyncio.ensure_future(self._send(topic, key, value))
 
@@ -94,11 +98,17 @@ class Publisher:
         # requests' do; several go as batches of their own (``send_in_batches``)
         if self._enqueue_all is not None and len(records) > 1:
             acks = await self._enqueue_all(
-                [(topic, key, value, h if h is not None else type_headers(value)) for topic, key, value, h in records]
+                [(topic, key, value, self._headers(topic, key, value, h)) for topic, key, value, h in records]
             )
         else:
             acks = [await self._put(topic, key, value, h) for topic, key, value, h in records]
         await _acknowledged(acks)
+
+    def _headers(self, topic: str, key: bytes, value: bytes, headers: Headers | None) -> Headers:
+        """A record's headers (its type's, read from the bytes, when none were given), with its
+        warrant when it is an order this service vouches for."""
+        headers = list(headers) if headers is not None else type_headers(value)
+        return self.warrants.signed(topic, key, value, headers) if self.warrants is not None else headers
 
     @staticmethod
     def encode(event: Any) -> bytes:

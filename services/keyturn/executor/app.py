@@ -21,6 +21,7 @@ from typing import Any
 
 from keyturn.bus import headers
 from keyturn.bus.loop import Stage
+from keyturn.bus.warrants import Warrants
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ApprovalResolved
 from keyturn.db import open_pool, schema_name
@@ -142,9 +143,17 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
             environment_of=PolicyEnvironments(opa_client(settings)),
         )
 
+    # its outcomes carry its warrant: the intake's status believes only the executor's (bus.warrants)
+    publisher.warrants = Warrants(keyring_for(settings.seal_keys, settings.keys_dir), (topics.executed,))
+
     @app.task
     async def execute_orders():
-        executor = ExecutorStage(await until_done(build_executor, "executor: opening the ledger"), publisher)
+        executor = ExecutorStage(
+            await until_done(build_executor, "executor: opening the ledger"),
+            publisher,
+            # orders run only with the warrant of the service that makes them (bus.warrants)
+            Warrants(keyring_for(settings.seal_keys, settings.keys_dir), (topics.decided, topics.resolved)),
+        )
         stage = Stage(
             publisher,
             (ActionDecided, ApprovalResolved),

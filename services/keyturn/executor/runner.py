@@ -34,8 +34,10 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
+from keyturn.bus.codec import UndecodableMessage
 from keyturn.bus.headers import Headers, executed_headers
 from keyturn.bus.loop import tally
+from keyturn.bus.warrants import Warrants
 from keyturn.core.canonical import canonical_json
 from keyturn.core.environments import environment_of
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome, VoteChoice
@@ -582,12 +584,38 @@ class Executor:
 class ExecutorStage:
     """``execute`` per cleared order (the loop's handler) and ``on_failure`` (its terminal event)."""
 
-    def __init__(self, executor: Executor, publisher: Any) -> None:
+    def __init__(self, executor: Executor, publisher: Any, warrants: Warrants) -> None:
         self.executor = executor
         self.publisher = publisher
+        self.warrants = warrants
 
-    async def execute(self, event: ActionDecided | ApprovalResolved, _message: Any = None) -> None:
+    async def _warranted(self, event: ActionDecided | ApprovalResolved, message: Any) -> ExecutionOrder | None:
+        """The order ``event`` gives when its record carries the warrant of the service that makes
+        such records (``bus.warrants``); one without is dead-lettered and runs nothing, nor is its
+        action ended: whoever wrote it may not decide for it, either way."""
         order = order_from(event)
+        if order is None:
+            return None
+        if (why := self.warrants.problem(message)) is None:
+            return order
+        kind = "an approval" if order.resolution is not None else "an allowed decision"
+        await self.publisher.dead_letter(
+            source_topic=str(getattr(message, "topic", "") or ""),
+            partition=int(getattr(message, "partition", -1)),
+            offset=int(getattr(message, "offset", -1)),
+            key=getattr(message, "key", None),
+            payload=bytes(getattr(message, "value", b"") or b""),
+            error=UndecodableMessage(
+                "unwarranted_order",
+                f"{kind} for {order.action_id} with {why}: not sent by Keyturn's "
+                f"{'approval' if order.resolution is not None else 'policy'} service, so nothing was run",
+            ),
+            by_service=True,
+        )
+        return None
+
+    async def execute(self, event: ActionDecided | ApprovalResolved, message: Any = None) -> None:
+        order = await self._warranted(event, message)
         if order is None:
             return
         outcome, encoded = await self.executor.execute(order)
@@ -602,7 +630,8 @@ class ExecutorStage:
         after the others were sent: the loop then takes the batch again one event at a time
         (the ones sent republish their recorded outcome; the failed one ends as ``execute``
         or ``on_failure`` decides, never run twice)."""
-        orders = list({o.action_id: o for o in (order_from(event) for event, _ in batch) if o is not None}.values())
+        warranted = [await self._warranted(event, message) for event, message in batch]
+        orders = list({o.action_id: o for o in warranted if o is not None}.values())
         if not orders:
             return
         done, failures = await self.executor.execute_many(orders)
@@ -620,11 +649,11 @@ class ExecutorStage:
         if failures:
             raise failures[0]
 
-    async def on_failure(self, event: ActionDecided | ApprovalResolved, _message: Any, exc: Exception) -> None:
+    async def on_failure(self, event: ActionDecided | ApprovalResolved, message: Any, exc: Exception) -> None:
         """End a cleared order ``failed`` (nothing ran) or ``outcome_unknown`` (it may have); others are not
-        ours to end."""
+        ours to end, nor is an order without its warrant (``execute`` dead-lettered it)."""
         order = order_from(event)
-        if order is None:
+        if order is None or self.warrants.problem(message) is not None:
             return
         outcome, encoded = await self.executor.end_failed(order, exc)
         log.warning("ended %s %s after the executor failed on it", order.action_id, outcome.value)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.loop import KafkaSource, Stage, run
 from keyturn.bus.publisher import Publisher
+from keyturn.bus.warrants import Warrants
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved
 from keyturn.intake.store import LifecycleChange, StoredAction
 
@@ -92,8 +93,11 @@ def changes(values: Iterable[bytes]) -> list[LifecycleChange]:
 class StatusFollower:
     """Applies lifecycle events to the intake's status table and wakes waiting requesters."""
 
-    def __init__(self, store: StatusStore, publisher: Publisher) -> None:
+    def __init__(self, store: StatusStore, publisher: Publisher, warrants: Warrants) -> None:
         self.store = store
+        # the status tells what Keyturn's services did: a lifecycle record without the warrant
+        # of the service that makes it (``bus.warrants``) was written by someone else
+        self.warrants = warrants
         self._changed = asyncio.Condition()
         # the intake owns none of the lifecycle topics: the loop skips what it cannot read
         # (``Topics.dead_letter_owner``) and their owners dead-letter it
@@ -111,7 +115,13 @@ class StatusFollower:
 
     async def _record(self, batch: list[tuple[Any, Any]]) -> None:
         """Record the batch in one statement (a database outage is waited out by the loop)."""
-        await self.store.apply_many([change_of(event) for event, _ in batch], patience_s=5.0)
+        changes = []
+        for event, message in batch:
+            if getattr(message, "topic", None) in self.warrants.topics and (why := self.warrants.problem(message)):
+                log.warning("status: %s for %s skipped, %s", type(event).__name__, event.action_id, why)
+                continue
+            changes.append(change_of(event))
+        await self.store.apply_many(changes, patience_s=5.0)
         async with self._changed:
             self._changed.notify_all()
 

@@ -21,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from keyturn.bus.loop import held_fetches
 from keyturn.bus.publisher import Publisher, kafka_publisher
 from keyturn.bus.topics import Topics
+from keyturn.bus.warrants import Warrants
 from keyturn.config import Settings
 from keyturn.core.catalog import Execution, ExecutionModes
 from keyturn.core.parameters import ParameterCatalog
@@ -88,15 +89,16 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
     publisher = kafka_publisher(producer, topics, "intake")
     store = ActionStore(pool)
     opa = opa_client(settings)
+    keyring = keyring_for(settings.seal_keys, settings.keys_dir)
     intake = Intake(
         store,
         publisher,
-        parameter_protector(keyring_for(settings.seal_keys, settings.keys_dir)),
+        parameter_protector(keyring),
         refusal_for=catalog_refusals(opa),
         mask_for=parameter_masks(opa),
         catalog=ParameterCatalog.load(Path(settings.parameter_catalog_path)),
     )
-    follower = StatusFollower(store, publisher)
+    follower = StatusFollower(store, publisher, Warrants(keyring, (topics.decided, topics.resolved, topics.executed)))
     verifier = verifier_from_settings(
         settings.jwks_url or None,
         settings.jwks_path or None,

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from keyturn.bus.loop import Stage
+from keyturn.bus.warrants import Warrants
 from keyturn.config import Settings
 from keyturn.core.events import ActionRequested
 from keyturn.core.parameters import ParameterCatalog
@@ -32,12 +33,14 @@ def create_app(settings: Settings):
     """The policy service's composition root: everything it uses is built here from ``settings``."""
     app, topics, publisher = stream_worker(settings, "policy")
     serve_metrics("policy", settings.policy_metrics_port)  # decision latency, OPA errors
+    keyring = keyring_for(settings.seal_keys, settings.keys_dir)
+    publisher.warrants = Warrants(keyring, (topics.decided,))  # the executor runs only what the policy allowed
     previewer = SqlPreviewer(
         settings.sql_target_url or settings.database_url,
         ParameterCatalog.load(Path(settings.parameter_catalog_path)),
         # the dry run needs the statement as sent (masking may alter its literals): the seal opens
         # here for that alone, and nothing of the clear parameters leaves this process
-        parameter_opener(keyring_for(settings.seal_keys, settings.keys_dir)),
+        parameter_opener(keyring),
         timeout_s=settings.impact_preview_timeout_s,
     )
     decider = PolicyDecider(opa_client(settings), settings.policy_unavailable_after_s, previewer=previewer)
