@@ -188,6 +188,16 @@ def eventually(check, timeout: float = 30, every: float = 0.3):
         time.sleep(every)
 
 
+def warrant(settings: Settings, topic: str, key: bytes, value: bytes) -> list[tuple[str, bytes]]:
+    """The headers of a record on ``topic`` sent by a service holding the run's seal ring
+    (``bus.warrants``): for tests of what the executor checks past the warrant, as if the
+    policy itself had gone wrong."""
+    from keyturn.bus.warrants import Warrants
+    from keyturn.masking.protect import keyring_for
+
+    return Warrants(keyring_for(settings.seal_keys, settings.keys_dir), (topic,)).signed(topic, key, value, [])
+
+
 def produce(
     settings: Settings,
     topic: str,

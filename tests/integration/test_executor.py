@@ -51,6 +51,7 @@ from tests.integration.conftest import (
     namespace_topics,
     produce,
     read_topic,
+    warrant,
 )
 from tests.integration.test_executor_support import (  # noqa: F401  (fixtures)
     PEER_HOST,
@@ -434,20 +435,17 @@ def test_a_forged_order_with_other_parameters_is_refused_before_anything_runs(
     decided = _first_decided(settings, action_id)
     forged_id = str(uuid.uuid4())
     other = {"statement": "INSERT INTO marks (note) VALUES ('forged')"}
-    # someone with write access to the topic sends an allowed decision for other parameters,
-    # reusing a genuine sealed copy and digest (a forger has no seal key of their own)
+    # an allowed decision for other parameters, reusing a genuine sealed copy and digest, and
+    # warranted, as if the policy itself had gone wrong (without a warrant it never gets this far:
+    # test_an_approval_nobody_gave_…): the seal and the digest still refuse it
     forged = replace(
         decided,
         action_id=forged_id,
         event_id=f"decided:{forged_id}",
         request=replace(decided.request, action_id=forged_id, parameters_json=canonical_json(other)),
     )
-    produce(
-        settings,
-        Topics(settings.namespace, settings.partitions).decided,
-        registry().encode_event(forged),
-        key=forged_id.encode(),
-    )
+    topic, value = Topics(settings.namespace, settings.partitions).decided, registry().encode_event(forged)
+    produce(settings, topic, value, key=forged_id.encode(), headers=warrant(settings, topic, forged_id.encode(), value))
     executed = eventually(lambda: executed_events(settings, forged_id), timeout=60)
     assert executed and executed[0].outcome.value == "failed"
     assert executed[0].error.startswith("refused before execution: ")
@@ -458,13 +456,12 @@ def test_a_forged_order_with_other_parameters_is_refused_before_anything_runs(
 def test_a_redelivered_order_is_answered_from_the_ledger_not_run_again(agent: Agent, settings, shop: SqlTarget) -> None:
     view = sql(agent, "INSERT INTO marks (note) VALUES ('redelivered')")
     assert view["state"] == "succeeded" and marks(shop, "redelivered") == 1
-    decided = _first_decided(settings, view["action_id"])
-    produce(
-        settings,
-        Topics(settings.namespace, settings.partitions).decided,
-        registry().encode_event(decided),
-        key=decided.action_id.encode(),
+    sent = next(  # the record as the broker would deliver it again: the same bytes, the policy's warrant
+        m
+        for e, m in read_topic(settings, Topics(settings.namespace, settings.partitions).decided)
+        if isinstance(e, ActionDecided) and e.action_id == view["action_id"]
     )
+    produce(settings, sent.topic, sent.value, key=sent.key, headers=list(sent.headers))
 
     def republished():
         found = executed_events(settings, view["action_id"])

@@ -13,7 +13,7 @@ from keyturn.audit.stream import read_audit_log
 from keyturn.bus.codec import registry
 from keyturn.bus.topics import Topics
 from keyturn.core.events import ActionDecided, ActionExecuted, ActionRequested, ExecutionOutcome
-from tests.integration.conftest import Agent, eventually, produce, read_topic
+from tests.integration.conftest import Agent, eventually, produce, read_topic, warrant
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,8 @@ def _requested(settings, action_id: str) -> ActionRequested:
 
 
 def _forge_allowed(settings, original: ActionRequested, new_id: str, sealed) -> None:
-    """An 'allowed' decision nobody made, carrying ``sealed`` for action ``new_id``."""
+    """An 'allowed' decision nobody made, carrying ``sealed`` for action ``new_id``, warranted as
+    if the policy itself had gone wrong: past the warrant, the seal still refuses it."""
     decided = next(
         e
         for e, _ in read_topic(settings, Topics(settings.namespace, settings.partitions).decided)
@@ -37,12 +38,8 @@ def _forge_allowed(settings, original: ActionRequested, new_id: str, sealed) -> 
     forged = dataclasses.replace(
         decided, action_id=new_id, event_id=f"decided:{new_id}", request=request, decided_at=datetime.now(UTC)
     )
-    produce(
-        settings,
-        Topics(settings.namespace, settings.partitions).decided,
-        registry().encode_event(forged),
-        key=new_id.encode(),
-    )
+    topic, value = Topics(settings.namespace, settings.partitions).decided, registry().encode_event(forged)
+    produce(settings, topic, value, key=new_id.encode(), headers=warrant(settings, topic, new_id.encode(), value))
 
 
 def _executed(settings, action_id: str) -> ActionExecuted | None:
