@@ -147,7 +147,7 @@ def publish_decision(
         Provenance,
     )
     from keyturn.core.principal import Principal, PrincipalKind
-    from tests.integration.conftest import produce
+    from tests.integration.conftest import produce, warrant
 
     action_id = str(uuid.uuid4())
     now = datetime.now(UTC)
@@ -182,9 +182,9 @@ def publish_decision(
             reminder_fractions=reminders,
         ),
     )
-    produce(
-        chat, Topics(chat.namespace, chat.partitions).decided, registry().encode_event(decided), key=action_id.encode()
-    )
+    # as the policy sends it: with its warrant (bus.warrants)
+    topic, value = Topics(chat.namespace, chat.partitions).decided, registry().encode_event(decided)
+    produce(chat, topic, value, key=action_id.encode(), headers=warrant(chat, topic, action_id.encode(), value))
     return action_id
 
 

@@ -49,8 +49,12 @@ DESK_EVENTS = headers.wanting(
 
 def create_app(settings: Settings):
     app, topics, publisher = stream_worker(settings, "approval")
+    keyring = keyring_for(settings.seal_keys, settings.keys_dir)
     # the executor runs an approval only from this service (bus.warrants); its outbox sends them
-    publisher.warrants = Warrants(keyring_for(settings.seal_keys, settings.keys_dir), (topics.resolved,))
+    publisher.warrants = Warrants(keyring, (topics.resolved,))
+    # and this service takes decisions and outcomes only from theirs: one written to the topics by
+    # anyone else opens no approval and tells no chat and no requester's webhook
+    vouching = Warrants(keyring, (topics.decided, topics.executed))
     runtime = ApprovalRuntime(settings, topics, publisher.send_raw, publisher.send_raw_all)
     http = FastAPI(title="Keyturn approvals", version="0.1.0", description="Answer pending actions.")
     mount_routes(http, runtime.desk, runtime.verifier)
@@ -69,7 +73,18 @@ def create_app(settings: Settings):
     async def follow_actions():
         desk = await until_done(runtime.desk, "approval: opening the database")
 
+        def vouched(batch: list[tuple[ActionDecided | ActionExecuted, Any]]) -> list[tuple[Any, Any]]:
+            kept = []
+            for event, message in batch:
+                if (why := vouching.problem(message)) is not None:
+                    log.warning("%s for %s skipped, %s", type(event).__name__, event.action_id, why)
+                else:
+                    kept.append((event, message))
+            return kept
+
         async def follow(event: ActionDecided | ActionExecuted, message) -> None:
+            if not vouched([(event, message)]):
+                return
             if isinstance(event, ActionExecuted):
                 await desk.note_executed(event)
             elif done := await desk.take_decision(event, bytes(message.value)):
@@ -78,6 +93,7 @@ def create_app(settings: Settings):
         async def follow_many(batch: list[tuple[ActionDecided | ActionExecuted, Any]]) -> None:
             # decisions first, together (an action's execution never comes before its decision is
             # taken), then executions in arrival order
+            batch = vouched(batch)
             decided = [(e, bytes(m.value)) for e, m in batch if isinstance(e, ActionDecided)]
             for action_id, done in (await desk.take_decisions(decided)).items():
                 log.info("%s: %s", done, action_id)
