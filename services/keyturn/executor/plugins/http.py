@@ -217,8 +217,9 @@ class HttpPlugin:
         forbidden = sorted(k for k in given if k.lower() in FORBIDDEN_HEADERS)
         if forbidden:
             raise ExecutionFailed(
-                f"parameters.headers may not set {', '.join(forbidden)}: the executor authenticates every call "
-                "with a token minted for it"
+                # the names end the sentence: "Authorization: the …" reads to masking as a header and its value
+                f"the executor authenticates every call with a token minted for it, so parameters.headers "
+                f"may not set {', '.join(forbidden)}"
             )
         return url, method, dict(given), command.parameters.get("body")
 
