@@ -36,3 +36,20 @@ def test_a_listed_host_is_its_https_origin_and_a_listed_port_is_that_port(url: s
 def test_another_port_of_a_listed_host_is_not_on_the_list(url: str, named: str) -> None:
     with pytest.raises(ExecutionFailed, match=f"host '{named}' is not in KEYTURN_HTTP_ALLOWED_HOSTS"):
         PLUGIN._checked_url(url, "resource")
+
+
+def test_a_refused_authentication_header_is_named_in_words_masking_leaves_whole() -> None:
+    from keyturn.executor.plugins.base import Command
+    from keyturn.masking.protect import mask_text
+
+    command = Command(
+        "a-1",
+        "http.request",
+        "https://api.example.internal/v1/x",
+        {"method": "GET", "headers": {"Proxy-Authorization": "Basic eA=="}},
+        60,
+    )
+    with pytest.raises(ExecutionFailed) as refused:
+        PLUGIN._request_parts(command)
+    message = str(refused.value)
+    assert message.endswith("may not set Proxy-Authorization") and mask_text(message) == message
