@@ -270,6 +270,10 @@ def test_a_path_refused_before_routing_is_named_masked() -> None:
         ("resource", "postgres://staging:@prod/customers", "no user before it"),
         ("resource", "postgres://stg-ro@prod-db/customers", "no user before it"),
         ("resource", "postgres://staging/customers?host=prod", "no query string"),
+        ("resource", "postgresql+psycopg://staging/analytics?host=prod", "no query string"),
+        ("resource", "jdbc:postgresql://staging/analytics?host=prod", "no query string"),
+        ("resource", "postgresql://staging:5432,prod:5432/analytics", "one host"),
+        ("resource", "postgresql://staging.internal,prod.internal/analytics", "one host"),
     ],
 )
 def test_text_approvers_cannot_read_as_sent_is_refused_naming_the_field(field: str, value: str, says: str) -> None:

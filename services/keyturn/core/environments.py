@@ -30,7 +30,6 @@ def environment_of(resource: str) -> str:
 #: A percent-escape of a letter, a digit or ``-._~``, which RFC 3986 says mean the same written
 #: plainly: ``staging.%70rod`` is ``staging.prod`` to any URL reader, not to a pattern.
 _UNRESERVED_ESCAPE = re.compile(r"%(?:3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|2[DdEe]|5[Ff]|7[Ee])")
-_DATABASE_SCHEMES = frozenset({"postgres", "postgresql"})
 
 
 def spelling_problem(resource: str) -> str | None:
@@ -39,8 +38,9 @@ def spelling_problem(resource: str) -> str | None:
     production hosts as staging by each of these); None when it names its place one way.
 
     Look-alike letters (``ｐｒｏｄ``, NFKC) and non-ASCII hosts (a Cyrillic ``о``), escaped
-    letters (``%70rod``), a user before the host (``staging:@prod``: the host is ``prod``) and,
-    for a database, a query string (libpq's ``?host=prod`` names another server)."""
+    letters (``%70rod``), a user before the host (``staging:@prod``: the host is ``prod``), a list
+    of hosts (``staging,prod``: libpq tries each) and, for a PostgreSQL resource of any scheme
+    spelling, a query string (libpq's ``?host=prod`` names another server)."""
     if unicodedata.normalize("NFKC", resource) != resource:
         return "write the resource in plain characters: look-alike forms (full-width letters, ligatures) are not taken"
     scheme, separator, rest = resource.partition("://")
@@ -52,7 +52,9 @@ def spelling_problem(resource: str) -> str | None:
             return "name the resource's host alone, with no user before it ('user@host'): credentials belong in secrets"
         if "%" in authority:
             return "a resource's host holds no percent-escapes"
-        if scheme.lower() in _DATABASE_SCHEMES and "?" in rest:
+        if "," in authority:  # libpq reads "staging,prod" as two hosts, tried in turn
+            return "a resource names one host: a list of hosts would let a client connect to any of them"
+        if "postgres" in scheme.lower() and "?" in rest:  # postgres, postgresql+psycopg, jdbc:postgresql
             return "a database resource takes no query string: options such as ?host= would name another server"
     if _UNRESERVED_ESCAPE.search(resource):
         return "write letters, digits and -._~ in the resource plainly, not as percent-escapes (such as %70 for p)"
