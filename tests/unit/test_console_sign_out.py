@@ -305,6 +305,23 @@ async def test_a_console_form_larger_than_any_it_sends_is_refused_whole_not_cut(
         assert (await browser.get("/console")).status_code == 200  # nothing happened: still signed in
 
 
+async def test_a_vote_whose_reason_is_not_utf8_is_refused_not_rewritten() -> None:
+    """Bytes no UTF-8 text holds (here an escape of a lone surrogate and two invalid bytes) are
+    refused, as the API refuses them; U+FFFD in their place would be words the approver never wrote."""
+    replicas = Replicas()
+    decided = await replicas.opened()
+    async with replicas.a.browser(token()) as browser:
+        csrf = csrf_of(await browser.get(f"/console/actions/{decided.action_id}"))
+        body = f"choice=deny&reason=bad%FF%FEbytes%ED%A0%80&payload_digest={DIGEST}&csrf={csrf}"
+        answer = await browser.post(
+            f"/console/actions/{decided.action_id}/vote",
+            content=body.encode(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+    assert answer.status_code == 422 and "not UTF-8" in answer.text, answer.text
+    assert replicas.votes() == [], "nothing was recorded as a vote"
+
+
 async def test_pasting_a_signed_out_token_at_sign_in_is_refused_there_saying_why() -> None:
     replicas = Replicas()
     carol = token()

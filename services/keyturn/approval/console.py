@@ -480,8 +480,13 @@ async def _form(console: Console, request: Request, *names: str) -> tuple[str, .
         if (signed_in := await console.session(request)) is not None:
             await _refused(console, request, signed_in[0], "body_too_large", f"{request.url.path}: {too_large}")
         raise HTTPException(413, detail=too_large)
-    body = received.decode(errors="replace")
-    fields = parse_qs(body, keep_blank_values=True)
+    try:  # refused, not repaired: a reason rewritten with U+FFFD is not what the approver wrote
+        fields = parse_qs(received.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        unreadable = "the form holds bytes that are not UTF-8 text; nothing was recorded"
+        if (signed_in := await console.session(request)) is not None:
+            await _refused(console, request, signed_in[0], "invalid_form", f"{request.url.path}: {unreadable}")
+        raise HTTPException(422, detail=unreadable) from None
     return tuple(fields.get(name, [""])[0] for name in names)
 
 
