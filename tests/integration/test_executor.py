@@ -622,6 +622,15 @@ def test_an_approval_nobody_gave_written_to_the_topics_runs_nothing_and_the_appr
     produce(settings, topics.resolved, registry().encode_event(forged), key=action_id.encode())
     allowed = replace(decided, outcome=DecisionOutcome.ALLOWED)
     produce(settings, topics.decided, registry().encode_event(allowed), key=action_id.encode())
+    # and a request in someone else's name, with no token, straight onto the requested topic
+    ceo = str(uuid.uuid4())
+    request = replace(
+        decided.request,
+        action_id=ceo,
+        event_id=f"requested:{ceo}",
+        requester=Principal("human:ceo", PrincipalKind.HUMAN),
+    )
+    produce(settings, topics.requested, registry().encode_event(request), key=ceo.encode())
 
     def refused() -> list:
         letters = [
@@ -633,6 +642,15 @@ def test_an_approval_nobody_gave_written_to_the_topics_runs_nothing_and_the_appr
 
     letters = eventually(refused, timeout=60)
     assert all("nothing was run" in letter.reason for letter in letters), letters
+    undecided = eventually(
+        lambda: [
+            e
+            for e, _ in read_topic(settings, topics.dlq)
+            if getattr(e, "error_type", None) == "unwarranted_request" and ceo in e.reason
+        ],
+        timeout=60,
+    )
+    assert undecided and not [e for e, _ in read_topic(settings, topics.decided) if getattr(e, "action_id", "") == ceo]
     assert not executed_events(settings, action_id) and expired_sessions(shop) == before
     assert agent.wait_for_state(action_id, "needs_approval", timeout=1)["state"] == "needs_approval"
     assert approval_shown(settings, action_id, "human:judy")["status"] == "pending", "the approval stays open"

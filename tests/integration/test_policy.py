@@ -24,7 +24,7 @@ from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionDecided, ActionRequested, DecisionOutcome, Digest
 from keyturn.core.principal import Principal, PrincipalKind
 from tests.conftest import ServiceProcesses, free_port
-from tests.integration.conftest import Agent, eventually, keyturn_cli, produce, read_topic
+from tests.integration.conftest import Agent, eventually, keyturn_cli, produce, read_topic, warrant
 
 pytestmark = pytest.mark.integration
 OPA_BINARY = shutil.which("opa") or str(REPO_ROOT / ".cache" / "bin" / "opa")
@@ -128,8 +128,13 @@ class IsolatedPolicyStack:
             payload_digest=Digest.of_json({"action": action, "resource": resource, "parameters": parameters}),
             requested_at=datetime.now(UTC),
         )
-        produce(self.settings, self.topics.requested, registry().encode_event(event), key=action_id.encode())
+        self.send(event)
         return event
+
+    def send(self, event: ActionRequested) -> None:
+        """``event`` on the requested topic as the intake sends it: with its warrant (``bus.warrants``)."""
+        topic, key, value = self.topics.requested, event.action_id.encode(), registry().encode_event(event)
+        produce(self.settings, topic, value, key=key, headers=warrant(self.settings, topic, key, value))
 
     def close(self) -> None:
         self.workers.stop_all()
@@ -285,7 +290,7 @@ def test_a_redelivered_request_gets_the_same_decision_not_a_second_one(isolated:
     first = isolated.request()
     decided = eventually(lambda: decisions(isolated.settings, {first.action_id}).get(first.action_id))
     # the same request again, as a rebalance or a crash before the offset commit delivers it
-    produce(isolated.settings, isolated.topics.requested, registry().encode_event(first), key=first.action_id.encode())
+    isolated.send(first)
     log = isolated.workers.log_dir / "policy.log"
     redelivered = rf"redelivered .*{first.action_id}"  # one line per batch names its redelivered requests
     assert eventually(lambda: re.search(redelivered, log.read_text(errors="replace")), timeout=30)

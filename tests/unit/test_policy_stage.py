@@ -4,6 +4,7 @@ and a request the stage fails on ends denied (policy_error)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -11,11 +12,12 @@ import pytest
 from keyturn.bus import loop
 from keyturn.bus.codec import registry
 from keyturn.bus.loop import Stage, run
+from keyturn.bus.warrants import Warrants
 from keyturn.core.events import ActionDecided, ActionRequested, DeadLetter, DecisionOutcome
 from keyturn.faults import until_done
 from keyturn.policy.decider import PolicyDecider, PolicyStage
 from tests.fakes.service_ports import FakeDecisions, FakeOpa, ListSource, Record, fake_publisher
-from tests.unit.service_events import requested
+from tests.unit.service_events import KEYRING, requested
 
 NEEDS_APPROVAL = {
     "decision": {
@@ -26,6 +28,9 @@ NEEDS_APPROVAL = {
 }
 
 
+WARRANTS_REQUESTED = Warrants(KEYRING, ("unit.actions.requested",))
+
+
 def answers(outcome: str, **extra) -> dict:
     return {"decision": {"outcome": outcome, "reasons": [f"because {outcome}"], **extra}}
 
@@ -33,7 +38,7 @@ def answers(outcome: str, **extra) -> dict:
 def stage_with(opa: FakeOpa, *, unavailable_after_s: float = 30.0, clock=None):
     publisher, send = fake_publisher("policy")
     decider = PolicyDecider(opa, unavailable_after_s, retry_every_s=0, **({"clock": clock} if clock else {}))
-    return PolicyStage(decider, FakeDecisions(), publisher), send
+    return PolicyStage(decider, FakeDecisions(), publisher, WARRANTS_REQUESTED), send
 
 
 def decisions(send) -> list[ActionDecided]:
@@ -52,7 +57,7 @@ def decisions(send) -> list[ActionDecided]:
 )
 async def test_opas_answer_becomes_the_published_decision(answer, outcome) -> None:
     stage, send = stage_with(FakeOpa(lambda _: answer))
-    await stage.decide(requested("a1"))
+    await stage.decide(requested("a1"), sent_by_intake(requested("a1")))
     [decision] = decisions(send)
     assert (decision.action_id, decision.outcome) == ("a1", outcome)
     assert (decision.provenance.policy_revision, decision.provenance.decision_id) == ("sha256:fake", "decision-1#0")
@@ -63,7 +68,10 @@ async def test_opas_answer_becomes_the_published_decision(answer, outcome) -> No
 async def test_the_input_opa_gets_names_the_request() -> None:
     inputs: list[dict] = []
     stage, _ = stage_with(FakeOpa(lambda document: inputs.append(document) or answers("allowed")))
-    await stage.decide(requested("a1", resource="postgres://prod/analytics/orders"))
+    await stage.decide(
+        requested("a1", resource="postgres://prod/analytics/orders"),
+        sent_by_intake(requested("a1", resource="postgres://prod/analytics/orders")),
+    )
     assert (inputs[0]["action_id"], inputs[0]["environment"]) == ("a1", "production")
 
 
@@ -77,7 +85,7 @@ async def test_opa_away_longer_than_the_patience_is_a_denial_never_an_allow() ->
     opa = FakeOpa(lambda _: answers("allowed"))
     opa.down = True
     stage, send = stage_with(opa, unavailable_after_s=30.0, clock=clock)
-    await stage.decide(requested("a1"))
+    await stage.decide(requested("a1"), sent_by_intake(requested("a1")))
     [decision] = decisions(send)
     assert decision.outcome is DecisionOutcome.DENIED
     assert decision.reasons[0].startswith("policy_unavailable:")
@@ -96,16 +104,16 @@ async def test_opa_back_within_the_patience_decides_normally() -> None:
 
     opa.query = back_on_second_try
     stage, send = stage_with(opa)
-    await stage.decide(requested("a1"))
+    await stage.decide(requested("a1"), sent_by_intake(requested("a1")))
     assert [d.outcome for d in decisions(send)] == [DecisionOutcome.ALLOWED]
 
 
 async def test_a_redelivered_request_republishes_the_kept_decision_without_asking_opa_again() -> None:
     opa = FakeOpa(lambda _: answers("allowed"))
     stage, send = stage_with(opa)
-    await stage.decide(requested("a1"))
+    await stage.decide(requested("a1"), sent_by_intake(requested("a1")))
     opa.answer = lambda _: answers("denied")  # a new policy would answer differently now
-    await stage.decide(requested("a1"))
+    await stage.decide(requested("a1"), sent_by_intake(requested("a1")))
     first, second = send.acked
     assert first == second
     assert opa.queries == 1
@@ -120,7 +128,7 @@ async def test_a_request_the_stage_fails_on_is_dead_lettered_and_ends_denied(mon
     opa = FakeOpa(broken)
     stage, send = stage_with(opa)
     request = requested("a1")
-    source = ListSource([[Record("unit.actions.requested", 0, 5, b"a1", registry().encode_event(request))]])
+    source = ListSource([[sent_by_intake(request, offset=5)]])
     await run(source, Stage(stage.publisher, (ActionRequested,), handle=stage.decide, on_failure=stage.on_failure))
     [decision] = decisions(send)
     assert decision.outcome is DecisionOutcome.DENIED
@@ -130,15 +138,40 @@ async def test_a_request_the_stage_fails_on_is_dead_lettered_and_ends_denied(mon
     assert source.committed  # the stream goes on
     # a redelivery after the failure republishes the denial, whatever OPA says now
     opa.answer = lambda _: answers("allowed")
-    await stage.decide(request)
+    await stage.decide(request, sent_by_intake(request))
     assert [d.outcome for d in decisions(send)] == [DecisionOutcome.DENIED, DecisionOutcome.DENIED]
 
 
 def request_records(*action_ids: str, offset: int = 0) -> list[Record]:
-    return [
-        Record("unit.actions.requested", 0, offset + n, a.encode(), registry().encode_event(requested(a)))
-        for n, a in enumerate(action_ids)
+    return [sent_by_intake(requested(a), offset=offset + n) for n, a in enumerate(action_ids)]
+
+
+def sent_by_intake(request: ActionRequested, offset: int = 0) -> Record:
+    """``request`` as the intake sends it: a record with the intake's warrant (``bus.warrants``)."""
+    key, value = request.action_id.encode(), registry().encode_event(request)
+    headers = WARRANTS_REQUESTED.signed("unit.actions.requested", key, value, [])
+    return Record("unit.actions.requested", 0, offset, key, value, headers=headers)
+
+
+async def test_a_request_anyone_but_the_intake_wrote_to_the_topic_is_not_decided() -> None:
+    """A request on the topic names whatever requester it likes and skipped the intake's checks:
+    without the intake's warrant it is dead-lettered, and no decision is made or sent for it."""
+    opa = FakeOpa(lambda _: answers("allowed"))
+    stage, send = stage_with(opa)
+    genuine = sent_by_intake(requested("a2"), offset=1)
+    forged = [
+        Record("unit.actions.requested", 0, 0, b"a1", registry().encode_event(requested("a1"))),
+        dataclasses.replace(genuine, offset=2, key=b"a3", value=registry().encode_event(requested("a3"))),
     ]
+    await run(ListSource([[forged[0], genuine, forged[1]]]), batch_stage(stage))
+    assert [d.action_id for d in decisions(send)] == ["a2"] and opa.queries == 1
+    letters = [e for e in send.events("unit.dlq") if isinstance(e, DeadLetter)]
+    assert [(letter.offset, letter.error_type) for letter in letters] == [
+        (0, "unwarranted_request"),
+        (2, "unwarranted_request"),
+    ]
+    await stage.on_failure(requested("a1"), forged[0], RuntimeError("irrelevant"))
+    assert [d.action_id for d in decisions(send)] == ["a2"], "nor does a failure on it end it denied"
 
 
 def batch_stage(stage: PolicyStage) -> Stage:

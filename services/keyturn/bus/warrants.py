@@ -76,3 +76,19 @@ class Warrants:
             return "a warrant that is not base64"
         expected = self._mac(key_id, str(message.topic), bytes(message.key or b""), bytes(message.value or b""))
         return None if hmac.compare_digest(given, expected) else "a warrant that does not match the record"
+
+
+async def dead_letter_unwarranted(publisher: Any, message: Any, error_type: str, reason: str) -> None:
+    """Record a consumed record refused for its warrant (``Warrants.problem``) as this service's
+    dead letter: its digest and length, never its bytes (``bus.refusals``)."""
+    from keyturn.bus.codec import UndecodableMessage
+
+    await publisher.dead_letter(
+        source_topic=str(getattr(message, "topic", "") or ""),
+        partition=int(getattr(message, "partition", -1)),
+        offset=int(getattr(message, "offset", -1)),
+        key=getattr(message, "key", None),
+        payload=bytes(getattr(message, "value", b"") or b""),
+        error=UndecodableMessage(error_type, reason),
+        by_service=True,
+    )

@@ -34,10 +34,9 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-from keyturn.bus.codec import UndecodableMessage
 from keyturn.bus.headers import Headers, executed_headers
 from keyturn.bus.loop import tally
-from keyturn.bus.warrants import Warrants
+from keyturn.bus.warrants import Warrants, dead_letter_unwarranted
 from keyturn.core.canonical import canonical_json
 from keyturn.core.environments import environment_of
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved, ExecutionOutcome, VoteChoice
@@ -599,18 +598,12 @@ class ExecutorStage:
         if (why := self.warrants.problem(message)) is None:
             return order
         kind = "an approval" if order.resolution is not None else "an allowed decision"
-        await self.publisher.dead_letter(
-            source_topic=str(getattr(message, "topic", "") or ""),
-            partition=int(getattr(message, "partition", -1)),
-            offset=int(getattr(message, "offset", -1)),
-            key=getattr(message, "key", None),
-            payload=bytes(getattr(message, "value", b"") or b""),
-            error=UndecodableMessage(
-                "unwarranted_order",
-                f"{kind} for {order.action_id} with {why}: not sent by Keyturn's "
-                f"{'approval' if order.resolution is not None else 'policy'} service, so nothing was run",
-            ),
-            by_service=True,
+        sender = "approval" if order.resolution is not None else "policy"
+        await dead_letter_unwarranted(
+            self.publisher,
+            message,
+            "unwarranted_order",
+            f"{kind} for {order.action_id} with {why}: not sent by Keyturn's {sender} service, so nothing was run",
         )
         return None
 

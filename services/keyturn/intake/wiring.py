@@ -87,9 +87,10 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
     await producer.start()
 
     publisher = kafka_publisher(producer, topics, "intake")
+    keyring = keyring_for(settings.seal_keys, settings.keys_dir)
+    publisher.warrants = Warrants(keyring, (topics.requested,))  # the policy decides only what the intake sent
     store = ActionStore(pool)
     opa = opa_client(settings)
-    keyring = keyring_for(settings.seal_keys, settings.keys_dir)
     intake = Intake(
         store,
         publisher,

@@ -53,7 +53,7 @@ def create_app(settings: Settings):
                 "policy: opening the database",
             )
         )
-        policy = PolicyStage(decider, record, publisher)
+        policy = PolicyStage(decider, record, publisher, Warrants(keyring, (topics.requested,)))
         stage = Stage(
             publisher,
             (ActionRequested,),

@@ -24,6 +24,7 @@ from keyturn.bus.headers import Headers, headers_of
 from keyturn.bus.loop import tally
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.refusals import masked_line
+from keyturn.bus.warrants import Warrants, dead_letter_unwarranted
 from keyturn.core.events import ActionDecided, ActionRequested, ImpactPreview
 from keyturn.core.impact import bounded
 from keyturn.masking.protect import masked_view
@@ -196,12 +197,31 @@ class PolicyStage:
     """``decide_batch`` per batch (the loop's batch handler), ``decide`` per request (the loop's
     handler when a batch failed) and ``on_failure`` (its terminal event)."""
 
-    def __init__(self, decider: PolicyDecider, decisions: Decisions, publisher: Publisher) -> None:
+    def __init__(self, decider: PolicyDecider, decisions: Decisions, publisher: Publisher, warrants: Warrants) -> None:
         self.decider = decider
         self.decisions = decisions
         self.publisher = publisher
+        # requests are decided only as the intake sent them (``bus.warrants``): one written to the
+        # topic by anyone else names whatever requester it likes and skipped every check at the door
+        self.warrants = warrants
 
-    async def decide(self, request: ActionRequested, _message: Any = None) -> None:
+    async def _vouched(self, batch: list[tuple[ActionRequested, Any]]) -> list[tuple[ActionRequested, Any]]:
+        kept = []
+        for request, message in batch:
+            if (why := self.warrants.problem(message)) is None:
+                kept.append((request, message))
+                continue
+            await dead_letter_unwarranted(
+                self.publisher,
+                message,
+                "unwarranted_request",
+                f"a request for {request.action_id} with {why}: not sent by Keyturn's intake, so it was not decided",
+            )
+        return kept
+
+    async def decide(self, request: ActionRequested, message: Any = None) -> None:
+        if not await self._vouched([(request, message)]):
+            return
         encoded = await self.decisions.earlier(request.action_id)
         if encoded is None:
             decision = with_policy_masking(await self.decider.decide(request))
@@ -219,6 +239,9 @@ class PolicyStage:
         then every decision sent and acknowledged (in the batch's order) before it returns.
 
         A request delivered twice in one batch is decided once and published once per delivery."""
+        batch = await self._vouched(batch)
+        if not batch:
+            return
         requests = list({request.action_id: request for request, _ in batch}.values())
         kept = await self.decisions.earlier_many([request.action_id for request in requests])
         headers: dict[str, Headers] = {}
@@ -243,8 +266,11 @@ class PolicyStage:
             [(topic, r.action_id, kept[r.action_id], headers.get(r.action_id)) for r, _ in batch]
         )
 
-    async def on_failure(self, request: ActionRequested, _message: Any, exc: Exception) -> None:
-        """Deny the request with ``policy_error`` (or republish a decision that was kept after all)."""
+    async def on_failure(self, request: ActionRequested, message: Any, exc: Exception) -> None:
+        """Deny the request with ``policy_error`` (or republish a decision that was kept after all);
+        one without the intake's warrant is not the policy's to decide, even so."""
+        if self.warrants.problem(message) is not None:
+            return
         encoded = await self.decisions.earlier(request.action_id)
         if encoded is None:
             decision = policy_error(request, exc, datetime.now(UTC))
