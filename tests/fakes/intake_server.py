@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from keyturn.bus.codec import registry
 from keyturn.bus.warrants import Warrants
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import (
@@ -45,7 +46,7 @@ from keyturn.intake.wiring import IntakeWiring
 from keyturn.masking.protect import parameter_protector
 from keyturn.masking.sealing import Keyring
 from tests.conftest import free_port
-from tests.fakes.service_ports import FakeActionStore, fake_publisher
+from tests.fakes.service_ports import FakeActionStore, Record, fake_publisher
 
 AGENT_TOKEN = "agent-token"
 AGENT = Principal("agent:reporter", PrincipalKind.AGENT, ("human:alice",))
@@ -73,8 +74,10 @@ class IntakeServer:
         self.store = FakeActionStore()
         self.publisher, self.send = fake_publisher("intake")
         self.intake = Intake(self.store, self.publisher, parameter_protector(Keyring.generate("sdk-unit")))
-        # lifecycle events reach it as records of no topic (``decide``, ``execute``): none is checked
-        self.follower = StatusFollower(self.store, self.publisher, Warrants(Keyring.generate("sdk-unit"), ()))
+        # lifecycle events reach it as the services send them: records with their warrants (``_apply``)
+        topics = self.publisher.topics
+        self.warrants = Warrants(Keyring.generate("sdk-unit"), (topics.decided, topics.resolved, topics.executed))
+        self.follower = StatusFollower(self.store, self.publisher, self.warrants)
         self.verifier = TokenVerifier()
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization)
         self._lose = 0
@@ -158,7 +161,13 @@ class IntakeServer:
 
     def _apply(self, event: Any) -> None:
         assert self.follower.stage.handle_batch is not None
-        self.on_server(self.follower.stage.handle_batch([(event, None)]))
+        topics = self.publisher.topics
+        topic = {"ActionDecided": topics.decided, "ApprovalResolved": topics.resolved}.get(
+            type(event).__name__, topics.executed
+        )
+        key, value = event.action_id.encode(), registry().encode_event(event)
+        record = Record(topic, 0, 0, key, value, headers=self.warrants.signed(topic, key, value, []))
+        self.on_server(self.follower.stage.handle_batch([(event, record)]))
 
     def decide(
         self,
@@ -252,8 +261,6 @@ class IntakeServer:
 
 
 def _decode(data: bytes) -> ActionRequested:
-    from keyturn.bus.codec import registry
-
     event = registry().decode_event(data)
     assert isinstance(event, ActionRequested)
     return event

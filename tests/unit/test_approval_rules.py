@@ -615,3 +615,20 @@ def test_a_refused_approver_is_told_who_may_answer_even_when_the_policy_names_no
     refusal = ApproverNotAuthorised(action_id="a1", action="iam.role.grant", approver_id="erin", required_groups=groups)
     assert str(refusal).startswith(says)
     assert " of  " not in str(refusal) and "groups  " not in str(refusal)
+
+
+@pytest.mark.parametrize(
+    ("reason", "says"),
+    [
+        (5, "is not text"),  # a Teams card's data can carry any JSON
+        (["a", "b"], "is not text"),
+        ("x" * 2001, "longer than 2000 characters"),
+        ("approve \u202eevil", "steers what a reader sees"),
+    ],
+)
+def test_a_vote_reason_is_refused_by_one_rule_for_every_channel(reason: object, says: str) -> None:
+    from keyturn.core.approval import reason_problem
+
+    why = reason_problem(reason)
+    assert why is not None and says in why
+    assert reason_problem("checked the ticket") is None and reason_problem("x" * 2000) is None

@@ -26,7 +26,7 @@ from keyturn.approval.slack_interactions import mount_slack
 from keyturn.bus import headers
 from keyturn.bus.http import BoundedRequests, embedded_server
 from keyturn.bus.loop import Stage
-from keyturn.bus.warrants import Warrants
+from keyturn.bus.warrants import Warrants, log_skipped
 from keyturn.config import Settings
 from keyturn.core.events import ActionDecided, ActionExecuted
 from keyturn.faults import supervised, until_done
@@ -74,12 +74,8 @@ def create_app(settings: Settings):
         desk = await until_done(runtime.desk, "approval: opening the database")
 
         def vouched(batch: list[tuple[ActionDecided | ActionExecuted, Any]]) -> list[tuple[Any, Any]]:
-            kept = []
-            for event, message in batch:
-                if (why := vouching.problem(message)) is not None:
-                    log.warning("%s for %s skipped, %s", type(event).__name__, event.action_id, why)
-                else:
-                    kept.append((event, message))
+            kept, refused = vouching.sorted(batch)
+            log_skipped(refused, "approval")
             return kept
 
         async def follow(event: ActionDecided | ActionExecuted, message) -> None:

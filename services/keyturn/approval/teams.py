@@ -336,13 +336,7 @@ class TeamsChannel:
                 if view
                 else _message(f"Your answer was not applied — {unknown}")
             )
-        if reason is not None and not isinstance(reason, str):  # a card's text input is text
-            await desk.refuse_interaction(
-                SOURCE, "invalid_reason", "reason: not text", _bytes_of(activity), principal=approver.id
-            )
-            refused = "reason: not text. Nothing was recorded."
-            return _card(view, refused) if view else _message(refused)
-        reason = (reason or "").strip() or None
+        reason = reason.strip() or None if isinstance(reason, str) else reason
         if reason is not None and (why := rules.reason_problem(reason)) is not None:  # as on every channel
             await desk.refuse_interaction(
                 SOURCE, "invalid_reason", f"reason: {why}", _bytes_of(activity), principal=approver.id

@@ -59,8 +59,8 @@ class Publisher:
         self._enqueue_all = enqueue_all
         self.topics = topics
         self.service = service
-        # the orders this service vouches for (``bus.warrants``): the policy's decided records and
-        # the approval service's resolved ones carry a warrant the executor checks
+        # the records this service vouches for (``bus.warrants``): the intake's requests, the
+        # policy's decisions, the approval service's resolutions, the executor's outcomes
         self.warrants: Warrants | None = None
 
     async def _put(self, topic: str, key: bytes, value: bytes, headers: Headers | None) -> Awaitable[Any]:
@@ -107,7 +107,8 @@ class Publisher:
     def _headers(self, topic: str, key: bytes, value: bytes, headers: Headers | None) -> Headers:
         """A record's headers (its type's, read from the bytes, when none were given), with its
         warrant when it is an order this service vouches for."""
-        headers = list(headers) if headers is not None else type_headers(value)
+        if headers is None:
+            headers = type_headers(value)
         return self.warrants.signed(topic, key, value, headers) if self.warrants is not None else headers
 
     @staticmethod

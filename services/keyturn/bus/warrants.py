@@ -29,13 +29,16 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from keyturn.masking.sealing import Keyring
 
 HEADER = "keyturn-warrant"
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 _LABEL = b"keyturn.warrant.v1"
 
 
@@ -68,14 +71,32 @@ class Warrants:
             return "no warrant" if not found else "more than one warrant"
         kid, separator, encoded = found[0].partition(b":")
         key_id = kid.decode("ascii", errors="replace")
-        if not separator or key_id not in self._keys:
-            return f"a warrant made with a key this service does not hold ({key_id!r})"
+        if not separator or key_id not in self._keys:  # the id is not repeated: a header holds what anyone wrote
+            return "a warrant made with a key this service does not hold"
         try:
             given = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             return "a warrant that is not base64"
         expected = self._mac(key_id, str(message.topic), bytes(message.key or b""), bytes(message.value or b""))
         return None if hmac.compare_digest(given, expected) else "a warrant that does not match the record"
+
+    def sorted(self, batch: Iterable[tuple[T, Any]]) -> tuple[list[tuple[T, Any]], list[tuple[T, Any, str]]]:
+        """A consumed batch of (event, record) split into those carrying a valid warrant and the
+        others, each with why (``problem``): the one check every reader of warranted topics makes."""
+        kept: list[tuple[T, Any]] = []
+        refused: list[tuple[T, Any, str]] = []
+        for event, message in batch:
+            if (why := self.problem(message)) is None:
+                kept.append((event, message))
+            else:
+                refused.append((event, message, why))
+        return kept, refused
+
+
+def log_skipped(refused: Iterable[tuple[Any, Any, str]], reader: str) -> None:
+    """A warning line per record a reader skipped for its warrant (``Warrants.sorted``)."""
+    for event, _, why in refused:
+        log.warning("%s: %s for %s skipped, %s", reader, type(event).__name__, getattr(event, "action_id", "?"), why)
 
 
 async def dead_letter_unwarranted(publisher: Any, message: Any, error_type: str, reason: str) -> None:

@@ -850,10 +850,13 @@ def shown_channel(channel: object) -> str:
 REASON_MAX_CHARS = 2000
 
 
-def reason_problem(reason: str) -> str | None:
-    """Why a vote's reason is refused, whatever the channel it came through: words no record can
-    hold or that steer a reader (``core.text.words_problem``), or more than ``REASON_MAX_CHARS``
-    (refused, never cut). None when it may be kept."""
+def reason_problem(reason: object) -> str | None:
+    """Why a vote's reason is refused, whatever the channel it came through: not text (a chat
+    payload can carry anything), words no record can hold or that steer a reader
+    (``core.text.words_problem``), or more than ``REASON_MAX_CHARS`` (refused, never cut). None
+    when it may be kept."""
+    if not isinstance(reason, str):
+        return "is not text"
     if (why := words_problem(reason)) is not None:
         return why
     if len(reason.strip()) > REASON_MAX_CHARS:

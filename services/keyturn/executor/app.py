@@ -117,11 +117,11 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
     """The executor's composition root: its faust app, with everything it uses built here from
     ``settings``; ``plugins`` defaults to the shipped ones (``shipped_plugins``)."""
     app, topics, publisher = stream_worker(settings, "executor")
+    keyring = keyring_for(settings.seal_keys, settings.keys_dir)  # opens sealed parameters, and warrants
     registry = plugins or shipped_plugins(settings)
 
     async def build_executor() -> Executor:
         pool = await open_pool(settings.database_url, DDL + SECRETS_DDL, schema=schema_name(settings.namespace))
-        keyring = keyring_for(settings.seal_keys, settings.keys_dir)
         results = ResultShaper(settings.executor_max_result_rows)
         await asyncio.to_thread(results.warm)
         await registry.start()
@@ -144,7 +144,7 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
         )
 
     # its outcomes carry its warrant: the intake's status believes only the executor's (bus.warrants)
-    publisher.warrants = Warrants(keyring_for(settings.seal_keys, settings.keys_dir), (topics.executed,))
+    publisher.warrants = Warrants(keyring, (topics.executed,))
 
     @app.task
     async def execute_orders():
@@ -152,7 +152,7 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
             await until_done(build_executor, "executor: opening the ledger"),
             publisher,
             # orders run only with the warrant of the service that makes them (bus.warrants)
-            Warrants(keyring_for(settings.seal_keys, settings.keys_dir), (topics.decided, topics.resolved)),
+            Warrants(keyring, (topics.decided, topics.resolved)),
         )
         stage = Stage(
             publisher,

@@ -114,15 +114,17 @@ def _columns_masked(masked: Any, clear: Any, columns: frozenset[str], sources: d
     clear_rows = clear.get("rows") if isinstance(clear, dict) else None
     if not isinstance(clear_rows, list) or len(clear_rows) != len(masked["rows"]):
         return masked
+
+    def shown(name: str, value: Any, clear_value: Any) -> Any:
+        source = held.get(name, name)
+        if source.lower() in columns and value is not None and value == clear_value:
+            return placeholder(column_entity(source), value)
+        return value
+
     rows = []
     for row, before in zip(masked["rows"], clear_rows, strict=True):
         if isinstance(row, dict) and isinstance(before, dict):
-            row = {
-                name: placeholder(column_entity(held.get(name) or name), value)
-                if (held.get(name) or name).lower() in columns and value is not None and value == before.get(name)
-                else value
-                for name, value in row.items()
-            }
+            row = {name: shown(name, value, before.get(name)) for name, value in row.items()}
         rows.append(row)
     return {**masked, "rows": rows}
 

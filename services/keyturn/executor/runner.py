@@ -588,29 +588,28 @@ class ExecutorStage:
         self.publisher = publisher
         self.warrants = warrants
 
-    async def _warranted(self, event: ActionDecided | ApprovalResolved, message: Any) -> ExecutionOrder | None:
-        """The order ``event`` gives when its record carries the warrant of the service that makes
-        such records (``bus.warrants``); one without is dead-lettered and runs nothing, nor is its
-        action ended: whoever wrote it may not decide for it, either way."""
-        order = order_from(event)
-        if order is None:
-            return None
-        if (why := self.warrants.problem(message)) is None:
-            return order
-        kind = "an approval" if order.resolution is not None else "an allowed decision"
-        sender = "approval" if order.resolution is not None else "policy"
-        await dead_letter_unwarranted(
-            self.publisher,
-            message,
-            "unwarranted_order",
-            f"{kind} for {order.action_id} with {why}: not sent by Keyturn's {sender} service, so nothing was run",
-        )
-        return None
+    async def _orders(self, batch: list[tuple[ActionDecided | ApprovalResolved, Any]]) -> list[ExecutionOrder]:
+        """The orders of ``batch`` whose records carry the warrant of the service that makes them
+        (``bus.warrants``); one without is dead-lettered and runs nothing, nor is its action ended:
+        whoever wrote it may not decide for it, either way."""
+        orders = [(order, message) for event, message in batch if (order := order_from(event)) is not None]
+        kept, refused = self.warrants.sorted(orders)
+        for order, message, why in refused:
+            approval = order.resolution is not None
+            kind, sender = ("an approval", "approval") if approval else ("an allowed decision", "policy")
+            await dead_letter_unwarranted(
+                self.publisher,
+                message,
+                "unwarranted_order",
+                f"{kind} for {order.action_id} with {why}: not sent by Keyturn's {sender} service, so nothing was run",
+            )
+        return [order for order, _ in kept]
 
     async def execute(self, event: ActionDecided | ApprovalResolved, message: Any = None) -> None:
-        order = await self._warranted(event, message)
-        if order is None:
+        orders = await self._orders([(event, message)])
+        if not orders:
             return
+        [order] = orders
         outcome, encoded = await self.executor.execute(order)
         log.info("executed %s: %s", order.action_id, outcome.value)
         await self.publisher.publish_encoded(
@@ -623,8 +622,7 @@ class ExecutorStage:
         after the others were sent: the loop then takes the batch again one event at a time
         (the ones sent republish their recorded outcome; the failed one ends as ``execute``
         or ``on_failure`` decides, never run twice)."""
-        warranted = [await self._warranted(event, message) for event, message in batch]
-        orders = list({o.action_id: o for o in warranted if o is not None}.values())
+        orders = list({o.action_id: o for o in await self._orders(batch)}.values())
         if not orders:
             return
         done, failures = await self.executor.execute_many(orders)

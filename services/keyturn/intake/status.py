@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.loop import KafkaSource, Stage, run
 from keyturn.bus.publisher import Publisher
-from keyturn.bus.warrants import Warrants
+from keyturn.bus.warrants import Warrants, log_skipped
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved
 from keyturn.intake.store import LifecycleChange, StoredAction
 
@@ -115,13 +115,9 @@ class StatusFollower:
 
     async def _record(self, batch: list[tuple[Any, Any]]) -> None:
         """Record the batch in one statement (a database outage is waited out by the loop)."""
-        changes = []
-        for event, message in batch:
-            if getattr(message, "topic", None) in self.warrants.topics and (why := self.warrants.problem(message)):
-                log.warning("status: %s for %s skipped, %s", type(event).__name__, event.action_id, why)
-                continue
-            changes.append(change_of(event))
-        await self.store.apply_many(changes, patience_s=5.0)
+        kept, refused = self.warrants.sorted(batch)
+        log_skipped(refused, "status")
+        await self.store.apply_many([change_of(event) for event, _ in kept], patience_s=5.0)
         async with self._changed:
             self._changed.notify_all()
 

@@ -206,11 +206,8 @@ class PolicyStage:
         self.warrants = warrants
 
     async def _vouched(self, batch: list[tuple[ActionRequested, Any]]) -> list[tuple[ActionRequested, Any]]:
-        kept = []
-        for request, message in batch:
-            if (why := self.warrants.problem(message)) is None:
-                kept.append((request, message))
-                continue
+        kept, refused = self.warrants.sorted(batch)
+        for request, message, why in refused:
             await dead_letter_unwarranted(
                 self.publisher,
                 message,
