@@ -655,6 +655,28 @@ def test_an_approval_nobody_gave_written_to_the_topics_runs_nothing_and_the_appr
     assert agent.wait_for_state(action_id, "needs_approval", timeout=1)["state"] == "needs_approval"
     assert approval_shown(settings, action_id, "human:judy")["status"] == "pending", "the approval stays open"
 
+    # the audit chains the refusals, never the forgeries: no report counts an approval nobody gave
+    def left_out_of_the_audit() -> list:
+        letters = [
+            e
+            for e, _ in read_topic(settings, topics.dlq)
+            if getattr(e, "error_type", None) == "unwarranted_event" and (action_id in e.reason or ceo in e.reason)
+        ]
+        return letters if len(letters) == 3 else []
+
+    audit_refused = eventually(left_out_of_the_audit, timeout=60)
+    assert {letter.reason.split(" ")[0] for letter in audit_refused} == {
+        "ApprovalResolved",
+        "ActionDecided",
+        "ActionRequested",
+    }
+    chained = [
+        r.event_type
+        for r in asyncio.run(read_audit_log(settings.kafka_bootstrap, topics.audit))
+        if r.action_id == action_id
+    ]
+    assert "ApprovalResolved" not in chained and chained.count("ActionDecided") == 1, chained
+
 
 def test_a_deletion_within_the_approved_count_deletes_exactly_those_rows(
     agent: Agent, settings, shop: SqlTarget

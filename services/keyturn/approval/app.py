@@ -51,7 +51,7 @@ def create_app(settings: Settings):
     app, topics, publisher = stream_worker(settings, "approval")
     keyring = keyring_for(settings.seal_keys, settings.keys_dir)
     # the executor runs an approval only from this service (bus.warrants); its outbox sends them
-    publisher.warrants = Warrants(keyring, (topics.resolved,))
+    publisher.warrants = Warrants(keyring, (topics.resolved, topics.votes))  # votes: the audit counts them
     # and this service takes decisions and outcomes only from theirs: one written to the topics by
     # anyone else opens no approval and tells no chat and no requester's webhook
     vouching = Warrants(keyring, (topics.decided, topics.executed))

@@ -36,10 +36,12 @@ from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.loop import KafkaSource, Stage, group_member, run
 from keyturn.bus.publisher import kafka_publisher
 from keyturn.bus.topics import Topics
+from keyturn.bus.warrants import Warrants, dead_letter_unwarranted
 from keyturn.config import Settings
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
 from keyturn.faults import supervised, until_done
+from keyturn.masking.protect import keyring_for
 from keyturn.metrics import serve_metrics
 from keyturn.roots import topics_of
 
@@ -91,6 +93,13 @@ class AuditService:
         self.topics = topics_of(settings)
         self.writer = audit_writer(settings, load_signer(checkpoint_key_path(settings)))
         self.auditable_names = frozenset(name for name, cls in EVENT_TYPES.items() if cls is not ActionSubmitted)
+        # the chain holds what Keyturn's services did: a lifecycle event or a vote without the
+        # warrant of the service that makes it (``bus.warrants``) is left out of it, and its
+        # refusal is chained instead (a dead letter), so reports never count a forged outcome
+        self.warrants = Warrants(
+            keyring_for(settings.seal_keys, settings.keys_dir), (*self.topics.lifecycle, self.topics.votes)
+        )
+        self.publisher: Any = None  # the dead letters' (``run``)
 
     def audited(self, message: Any) -> AuditedEvent:
         """The event a message holds, as its Avro record (no dataclass: ``AuditedEvent``);
@@ -101,7 +110,18 @@ class AuditService:
         return AuditedEvent(name, record)
 
     async def chain(self, events: list[tuple[Any, Any]]) -> None:
-        """One batch, in the order it happened (``happened_order``), as one transaction of the one chain."""
+        """One batch, in the order it happened (``happened_order``), as one transaction of the one
+        chain; the events of warranted topics without their warrant are dead-lettered instead."""
+        kept, refused = self.warrants.sorted(e for e in events if e[1].topic in self.warrants.topics)
+        for event, message, why in refused:
+            await dead_letter_unwarranted(
+                self.publisher,
+                message,
+                "unwarranted_event",
+                f"{event.name} for {event.action_id or '?'} with {why}: not written by the Keyturn service "
+                "that makes it, so it is left out of the audit chain",
+            )
+        events = [e for e in events if e[1].topic not in self.warrants.topics] + kept
         try:
             await self.writer.record([(event, message.topic) for event, message in happened_order(events, self.topics)])
         except AuditWriterStopped as error:
@@ -124,7 +144,8 @@ class AuditService:
         try:
             await until_done(self.writer.start, "audit: resuming the chain")
             serve_metrics("audit", settings.audit_metrics_port)
-            stage = Stage(kafka_publisher(producer, self.topics, "audit"), handle_batch=self.chain, decode=self.audited)
+            self.publisher = kafka_publisher(producer, self.topics, "audit")
+            stage = Stage(self.publisher, handle_batch=self.chain, decode=self.audited)
             try:
                 await supervised("audit: the chain follower", lambda: self._follow(stage))
             finally:
