@@ -36,7 +36,7 @@ from keyturn.bus.codec import UndecodableMessage, registry
 from keyturn.bus.loop import KafkaSource, Stage, group_member, run
 from keyturn.bus.publisher import kafka_publisher
 from keyturn.bus.topics import Topics
-from keyturn.bus.warrants import Warrants, dead_letter_unwarranted
+from keyturn.bus.warrants import Warrants, dead_letter_unwarranted, log_skipped
 from keyturn.config import Settings
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
@@ -113,7 +113,12 @@ class AuditService:
         """One batch, in the order it happened (``happened_order``), as one transaction of the one
         chain; the events of warranted topics without their warrant are dead-lettered instead."""
         kept, refused = self.warrants.sorted(e for e in events if e[1].topic in self.warrants.topics)
+        # one refusal per record, by its topic's owner (``Topics.dead_letter_owner``): the policy and
+        # the executor dead-letter what they refuse on theirs, and the audit what comes on its own
+        log_skipped([r for r in refused if self.topics.dead_letter_owner(r[1].topic) != "audit"], "audit")
         for event, message, why in refused:
+            if self.topics.dead_letter_owner(message.topic) != "audit":
+                continue
             await dead_letter_unwarranted(
                 self.publisher,
                 message,
