@@ -1,9 +1,14 @@
 """Kafka: topics, the codec, publishing and the one consumption loop.
 
-Importing the package gives every Kafka client of the process a rebootstrap (``bus.rebootstrap``):
-a client that lost every broker it knew connects to its configured servers again.
+Importing the package corrects three ways an aiokafka client stops for good across a broker
+restart: a client that lost every broker it knew connects to its configured servers again
+(``bus.rebootstrap``), a transactional producer keeps looking for its coordinator
+(``bus.coordinator_lookup``), and a producer whose sender task stopped starts it again
+(``bus.sender_revival``).
 """
 
-from keyturn.bus.rebootstrap import install
+from keyturn.bus import coordinator_lookup, rebootstrap, sender_revival
 
-install()
+rebootstrap.install()
+coordinator_lookup.install()
+sender_revival.install()
