@@ -54,6 +54,10 @@ def checkpoint_key_path(settings: Settings) -> Path:
     return settings.keys_dir / "audit-checkpoint.pem"
 
 
+#: How often the writer starts over for one batch before the worker stops (``AuditService.chain``).
+START_OVERS = 3
+
+
 def audit_writer(settings: Settings, signer: CheckpointSigner, **options: Any) -> AuditWriter:
     """The writer of ``<ns>.audit``; every audit worker of a namespace shares its transactional
     id, so a new one fences the old. ``options`` as for ``AuditWriter``."""
@@ -127,12 +131,19 @@ class AuditService:
                 "that makes it, so it is left out of the audit chain",
             )
         events = [e for e in events if e[1].topic not in self.warrants.topics] + kept
-        try:
-            await self.writer.record([(event, message.topic) for event, message in happened_order(events, self.topics)])
-        except AuditWriterStopped as error:
-            # Exit before the batch's offsets are committed: the next worker reads them again.
-            log.critical("audit worker stopping: %s", error)
-            os._exit(70)
+        batch = [(event, message.topic) for event, message in happened_order(events, self.topics)]
+        for attempt in range(1, START_OVERS + 2):
+            try:
+                await self.writer.record(batch)
+                return
+            except AuditWriterStopped as error:
+                # fenced, or failing however the writer starts: exit before the batch's offsets are
+                # committed, and the next worker reads them again
+                if error.fenced or attempt > START_OVERS:
+                    log.critical("audit worker stopping: %s", error)
+                    os._exit(70)
+                log.error("audit: %s; the writer starts over and records the batch again", error)
+                await until_done(self.writer.start_over, "audit: starting the chain writer over")
 
     async def run(self) -> None:
         """Until cancelled (SIGTERM): resume the chain, then chain every batch; on the way out,

@@ -14,14 +14,18 @@ record cannot keep a real event out of the chain). Redelivered events are skippe
 recorded exactly once even when the worker is killed between committing records and
 committing its source offsets.
 
-When a commit fails the writer's head is ahead of the topic; it refuses further writes and the
-worker must stop without committing source offsets (``os._exit`` in the app) so the events
-are read again by the next worker, which resumes from what the topic really holds.
+When a commit fails the writer's head is ahead of the topic, and it refuses further writes.
+Fenced by a newer writer, the worker stops without committing source offsets (``os._exit`` in
+the app), so the events are read again by the next worker. Failed for any other reason (its
+producer lost across a broker restart), it starts over in place (``start_over``): a new
+producer fences the failed one, the chain resumes from what the topic really holds, and the
+batch is recorded again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -29,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import ProducerFenced
 
 from keyturn.audit import metrics
 from keyturn.audit.records import AuditedEvent
@@ -49,7 +54,11 @@ DEDUPE_WINDOW = 100_000
 
 
 class AuditWriterStopped(RuntimeError):
-    """The writer cannot append: it was closed, fenced by a newer writer, or a commit failed."""
+    """The writer cannot append: it was closed, fenced by a newer writer (``fenced``), or a commit failed."""
+
+    def __init__(self, message: str, *, fenced: bool = False) -> None:
+        super().__init__(message)
+        self.fenced = fenced
 
 
 class AuditWriter:
@@ -71,6 +80,7 @@ class AuditWriter:
         self._transactional_id = transactional_id
         self._read_tail = read_tail
         self._topic = audit_topic
+        self._signer = signer
         self._seen = RecentEventIds(dedupe_window)
         self._chain = AuditChain(signer, checkpoint_every=None, seen=self._seen, audit_topic=self._topic)
         self._own_key = CheckpointVerifier.from_keys([signer.public_key])
@@ -122,6 +132,21 @@ class AuditWriter:
                 [self._chain.disown(foreign, now), self._chain.checkpoint(now)], checkpoint_reason="resume"
             )
         metrics.HEAD.set(self._chain.next_sequence - 1)
+
+    async def start_over(self) -> None:
+        """After a commit failed for a reason other than a newer writer (``AuditWriterStopped.fenced``):
+        drop the producer and what the chain held in memory, and start as a new worker does
+        (fence the failed producer, read the topic's tail). The batch can then be recorded again:
+        what the failed commit did land is in the tail, and its events are skipped by id."""
+        async with self._lock:
+            failed, self._producer = self._producer, None
+            self._in_step_with_topic = False
+            if failed is not None:
+                with contextlib.suppress(Exception):  # it failed already: closing it must not hold the worker
+                    await asyncio.wait_for(failed.stop(), 5)
+            self._seen = RecentEventIds(self._seen.limit)
+            self._chain = AuditChain(self._signer, checkpoint_every=None, seen=self._seen, audit_topic=self._topic)
+        await self.start()
 
     async def record(self, events: Iterable[tuple[Any, str]]) -> int:
         """Append (event, source topic) pairs as one transaction; returns records written. An
@@ -196,9 +221,11 @@ class AuditWriter:
                 )
                 await asyncio.gather(*sent)
         except Exception as error:
+            fenced = isinstance(error, ProducerFenced)
             raise AuditWriterStopped(
                 f"committing audit records {records[0].sequence}..{records[-1].sequence} failed "
-                f"({type(error).__name__}: {error}); another audit worker may have taken over"
+                f"({type(error).__name__}: {error})" + ("; another audit worker has taken over" if fenced else ""),
+                fenced=fenced,
             ) from error
         self._in_step_with_topic = True
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
