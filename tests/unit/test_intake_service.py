@@ -249,6 +249,27 @@ async def test_with_the_broker_down_the_request_is_accepted_and_the_outbox_publi
     assert await sweep_outbox(intake, store) == 0
 
 
+async def test_an_outbox_sweep_facing_a_broker_that_never_answers_ends_and_the_next_one_publishes() -> None:
+    """A producer lost across a broker restart neither sends nor fails: the sweep gives up at
+    the patience instead of waiting for good (the accepted actions behind it never left)."""
+    sent, answering = FakeSend(), asyncio.Event()
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        await answering.wait()
+        await sent(topic, key, value)
+
+    store = FakeActionStore()
+    intake = Intake(store, Publisher(send, Topics("unit", 4), "intake"), parameter_protector(KEYRING))
+    intake.publish_patience_s = 0.1
+    stored, _ = await intake.submit(REPORTER, submission(idempotency_key="stuck-1"), SubmissionChannel.HTTP)
+    assert not store.rows[stored.action_id].published
+
+    assert await asyncio.wait_for(sweep_outbox(intake, store), 2) == 0
+    answering.set()
+    assert await sweep_outbox(intake, store) == 1
+    assert [e.action_id for e in published(sent)] == [stored.action_id]
+
+
 async def test_through_an_outage_one_request_per_patience_waits_for_the_broker_not_each() -> None:
     """An unreachable broker neither answers nor fails: the first request waits the patience for
     its ack; those right after it are answered at once, their events still sent, and published

@@ -182,14 +182,20 @@ async def republish_outbox(intake: Intake, store: Outbox, every_s: float = 5.0) 
 
 
 async def sweep_outbox(intake: Intake, store: Outbox) -> int:
-    """One sweep; how many were published. Waits for the next sweep on any failure."""
+    """One sweep; how many were published. Waits for the next sweep on any failure, and when
+    the broker leaves one unacknowledged for the intake's patience: a sweep never waits for good."""
     published = 0
     try:
         for stored in await store.unpublished():
-            await intake.publish_stored(stored)
+            async with asyncio.timeout(intake.publish_patience_s):
+                await intake.publish_stored(stored)
             published += 1
     except StoreUnavailable as exc:
         log.warning("outbox sweep waits for the database: %s", exc)
+    except TimeoutError:
+        log.warning(
+            "outbox sweep: the broker did not acknowledge in time; %d published, the rest at the next sweep", published
+        )
     except Exception:
         log.exception("outbox sweep failed; retrying at the next sweep")
     return published
