@@ -249,18 +249,27 @@ async def test_with_the_broker_down_the_request_is_accepted_and_the_outbox_publi
     assert await sweep_outbox(intake, store) == 0
 
 
-async def test_an_outbox_sweep_facing_a_broker_that_never_answers_ends_and_the_next_one_publishes() -> None:
-    """A producer lost across a broker restart neither sends nor fails: the sweep gives up at
-    the patience instead of waiting for good (the accepted actions behind it never left)."""
+def intake_behind_a_silent_broker(patience_s: float):
+    """An intake whose broker neither answers nor fails until ``answering`` is set; what it then
+    acknowledges is in ``sent``, and ``broker["sends"]`` counts the sends made."""
     sent, answering = FakeSend(), asyncio.Event()
+    broker = {"sends": 0}
 
     async def send(topic: str, key: bytes, value: bytes) -> None:
+        broker["sends"] += 1
         await answering.wait()
         await sent(topic, key, value)
 
     store = FakeActionStore()
     intake = Intake(store, Publisher(send, Topics("unit", 4), "intake"), parameter_protector(KEYRING))
-    intake.publish_patience_s = 0.1
+    intake.publish_patience_s = patience_s
+    return intake, store, sent, answering, broker
+
+
+async def test_an_outbox_sweep_facing_a_broker_that_never_answers_ends_and_the_next_one_publishes() -> None:
+    """A producer lost across a broker restart neither sends nor fails: the sweep gives up at
+    the patience instead of waiting for good (the accepted actions behind it never left)."""
+    intake, store, sent, answering, _ = intake_behind_a_silent_broker(patience_s=0.1)
     stored, _ = await intake.submit(REPORTER, submission(idempotency_key="stuck-1"), SubmissionChannel.HTTP)
     assert not store.rows[stored.action_id].published
 
@@ -274,17 +283,7 @@ async def test_through_an_outage_one_request_per_patience_waits_for_the_broker_n
     """An unreachable broker neither answers nor fails: the first request waits the patience for
     its ack; those right after it are answered at once, their events still sent, and published
     as soon as the broker answers, without waiting for the sweep."""
-    sent, answering = FakeSend(), asyncio.Event()
-    broker = {"sends": 0}
-
-    async def send(topic: str, key: bytes, value: bytes) -> None:
-        broker["sends"] += 1
-        await answering.wait()
-        await sent(topic, key, value)
-
-    store = FakeActionStore()
-    intake = Intake(store, Publisher(send, Topics("unit", 4), "intake"), parameter_protector(KEYRING))
-    intake.publish_patience_s = 0.2
+    intake, store, sent, answering, broker = intake_behind_a_silent_broker(patience_s=0.2)
     first, _ = await intake.submit(REPORTER, submission(idempotency_key="outage-1"), SubmissionChannel.HTTP)
     assert broker["sends"] == 1 and not store.rows[first.action_id].published
 
