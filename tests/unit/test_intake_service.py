@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 from fastapi.testclient import TestClient
 
 from keyturn.bus import loop
@@ -277,6 +278,27 @@ async def test_an_outbox_sweep_facing_a_broker_that_never_answers_ends_and_the_n
     answering.set()
     assert await sweep_outbox(intake, store) == 1
     assert [e.action_id for e in published(sent)] == [stored.action_id]
+
+
+async def test_an_event_the_broker_refuses_for_good_holds_back_no_other_action_of_the_sweep() -> None:
+    sent, refused_keys = FakeSend(down=True), set()
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        if key in refused_keys:
+            raise MessageSizeTooLargeError()  # no retry makes it pass: the sweep must not stop at it
+        await sent(topic, key, value)
+
+    store = FakeActionStore()
+    intake = Intake(store, Publisher(send, Topics("unit", 4), "intake"), parameter_protector(KEYRING))
+    intake.publish_patience_s = 0.05
+    refused, _ = await intake.submit(REPORTER, submission(idempotency_key="refused-1"), SubmissionChannel.HTTP)
+    behind, _ = await intake.submit(REPORTER, submission(idempotency_key="behind-1"), SubmissionChannel.HTTP)
+    await intake.sends_settled()  # the sends made without waiting failed too: both are the sweep's
+    sent.down, refused_keys = False, {refused.action_id.encode()}
+
+    assert await sweep_outbox(intake, store) == 1
+    assert [e.action_id for e in published(sent)] == [behind.action_id]
+    assert not store.rows[refused.action_id].published
 
 
 async def test_through_an_outage_one_request_per_patience_waits_for_the_broker_not_each() -> None:

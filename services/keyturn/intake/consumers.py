@@ -182,20 +182,32 @@ async def republish_outbox(intake: Intake, store: Outbox, every_s: float = 5.0) 
 
 
 async def sweep_outbox(intake: Intake, store: Outbox) -> int:
-    """One sweep; how many were published. Waits for the next sweep on any failure, and when
-    the broker leaves one unacknowledged for the intake's patience: a sweep never waits for good."""
+    """One sweep; how many were published. A failure that goes away (the database or the broker
+    away, or the broker leaving a publish unacknowledged for the intake's patience: a sweep never
+    waits for good) ends the sweep until the next; any other is that action's alone, logged, and
+    the actions behind it are still published."""
     published = 0
     try:
         for stored in await store.unpublished():
-            async with asyncio.timeout(intake.publish_patience_s):
-                await intake.publish_stored(stored)
+            try:
+                async with asyncio.timeout(intake.publish_patience_s):
+                    await intake.publish_stored(stored)
+            except Exception as exc:
+                if isinstance(exc, StoreUnavailable) or is_transient(exc):
+                    raise
+                log.error(
+                    "outbox sweep: the event of action %s could not be published (%s); the sweep goes on",
+                    stored.action_id,
+                    type(exc).__name__,
+                )
+                continue
             published += 1
     except StoreUnavailable as exc:
         log.warning("outbox sweep waits for the database: %s", exc)
-    except TimeoutError:
-        log.warning(
-            "outbox sweep: the broker did not acknowledge in time; %d published, the rest at the next sweep", published
-        )
-    except Exception:
-        log.exception("outbox sweep failed; retrying at the next sweep")
+    except Exception as exc:
+        if not is_transient(exc):
+            log.exception("outbox sweep failed; retrying at the next sweep")
+        else:
+            why = "no acknowledgement in time" if isinstance(exc, TimeoutError) else type(exc).__name__
+            log.warning("outbox sweep: %d published, the rest at the next sweep (%s)", published, why)
     return published
