@@ -41,6 +41,10 @@ go_env() {
   env GOPATH="$CACHE/go" GOBIN="$CACHE/bin" GOCACHE="$CACHE/go-build" GOFLAGS=-mod=mod "$@"
 }
 
+# A tool binary, not one to debug: without debug information the build from a fresh clone (on the
+# path of `make test`) took 78 s instead of 95 s here, and the binary is 43 MB instead of 60.
+BUILD_FLAGS=(-trimpath "-ldflags=-s -w" -gcflags=all=-dwarf=false)
+
 # Plan B when `go install` refuses OPA's go.mod: a one-file module that requires OPA and runs
 # its root command.
 build_wrapper() {
@@ -72,7 +76,7 @@ func main() {
 	}
 }
 EOF
-  (cd "$BUILD_DIR" && go_env go mod tidy && go_env go build -o "$CACHE/bin/opa" .)
+  (cd "$BUILD_DIR" && go_env go mod tidy && go_env go build "${BUILD_FLAGS[@]}" -o "$CACHE/bin/opa" .)
 }
 
 install() { with_cache_lock opa build_opa; }
@@ -87,7 +91,7 @@ build_opa() {
   say "building opa $OPA_VERSION into $CACHE/bin (takes minutes the first time)"
   mkdir -p "$CACHE/bin"
   rm -f "$CACHE/bin/opa" # a binary of another version; go would refuse to overwrite a non-binary
-  if ! go_env go install "github.com/open-policy-agent/opa@v$OPA_VERSION"; then
+  if ! go_env go install "${BUILD_FLAGS[@]}" "github.com/open-policy-agent/opa@v$OPA_VERSION"; then
     warn "go install failed; building through a wrapper module in $BUILD_DIR"
     build_wrapper || die "could not build opa $OPA_VERSION"
   fi
