@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from fastapi.testclient import TestClient
 
 from keyturn.bus import loop
@@ -276,6 +276,27 @@ async def test_an_outbox_sweep_facing_a_broker_that_never_answers_ends_and_the_n
 
     assert await asyncio.wait_for(sweep_outbox(intake, store), 2) == 0
     answering.set()
+    assert await sweep_outbox(intake, store) == 1
+    assert [e.action_id for e in published(sent)] == [stored.action_id]
+
+
+async def test_a_stored_action_whose_publish_fails_is_accepted_and_the_sweep_publishes_it() -> None:
+    """The row is stored: an error answered now would have a caller without an idempotency key
+    submit the same action a second time."""
+    sent, failing = FakeSend(), {"on": True}
+
+    async def send(topic: str, key: bytes, value: bytes) -> None:
+        if failing["on"]:
+            raise KafkaError("Unexpected error during batch delivery")  # a producer that lost its sender
+        await sent(topic, key, value)
+
+    store = FakeActionStore()
+    intake = Intake(store, Publisher(send, Topics("unit", 4), "intake"), parameter_protector(KEYRING))
+    keyless = submission(idempotency_key=None)
+    stored, created = await intake.submit(REPORTER, keyless, SubmissionChannel.HTTP)
+    assert created and not store.rows[stored.action_id].published and list(store.rows) == [stored.action_id]
+
+    failing["on"] = False
     assert await sweep_outbox(intake, store) == 1
     assert [e.action_id for e in published(sent)] == [stored.action_id]
 

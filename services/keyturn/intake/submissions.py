@@ -371,9 +371,10 @@ class Intake:
     async def _answer(self, items: list[Gathered], channel: SubmissionChannel) -> None:
         """Store ``items`` together and answer each. A submission that cannot be prepared (masked,
         sealed, encoded) fails before anything of the batch is stored: it is answered with its
-        own error and the others are stored without it. Any later failure (the INSERT, the
-        produce) is every caller's answer: a row may be stored already, so nothing is stored again
-        (a keyless submission would become a second action); the outbox publishes what was."""
+        own error and the others are stored without it. A failure of the INSERT is every caller's
+        answer: a row may be stored already, so nothing is stored again (a keyless submission
+        would become a second action); the outbox publishes what was. A failed publish is no
+        caller's answer: the actions are stored, so accepted, and the outbox publishes them."""
         waiting = [item for item in items if not item[3].done()]  # a caller that went away is not stored
         while waiting:
             try:
@@ -561,7 +562,14 @@ class Intake:
                 await self.publisher.publish_all([(topic, s.action_id, s.requested_event, None) for s in stored])
         except Exception as exc:
             if not is_transient(exc):
-                raise
+                # the actions are stored: they are accepted, and an error answered now would have a
+                # keyless caller submit a second action; the outbox sweep publishes them
+                log.error(
+                    "accepted %d action(s); publishing their events failed (%s), left to the outbox sweep",
+                    len(stored),
+                    type(exc).__name__,
+                )
+                return
             self._unanswered_at = self.clock()
             reason = "no acknowledgement in time" if isinstance(exc, TimeoutError) else type(exc).__name__
             log.warning("accepted %d action(s); their events wait for the broker (%s)", len(stored), reason)
