@@ -3,12 +3,13 @@ share one partition count and are keyed by ``action_id``, so an action's events 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 # The submissions topic carries parameters in clear. The intake deletes what it took
 # (DeleteRecords), but that only moves the log start offset: the bytes stay in their segment file
@@ -108,6 +109,10 @@ def topic_specs(topics: Topics) -> list[NewTopic]:
     return specs
 
 
+#: How often ``ensure_topics`` asks for the configs of topics the broker does not describe yet (0.2 s apart).
+DESCRIBE_ATTEMPTS = 50
+
+
 async def ensure_topics(bootstrap: str, topics: Topics) -> None:
     """Create any missing topic, and give an existing one the configs its spec names (a topic made
     before a config was added to its spec gets it at the next start). Idempotent; safe for several
@@ -125,9 +130,18 @@ async def ensure_topics(bootstrap: str, topics: Topics) -> None:
                 pass
         # every topic with configs, not only those listed above: a topic made a moment ago (by
         # another service starting) may not be listed yet, and "already exists" says nothing of
-        # its configs. One made with them is left alone; one not described yet raises a
-        # retriable error, and the caller tries again.
-        await _reconcile_configs(admin, [spec for spec in specs if spec.topic_configs])
+        # its configs. One made with them is left alone. One made a moment ago (here or by
+        # another service) may not be described yet: that retriable error is waited out here, for
+        # a few seconds, so no caller fails on it (a test creating its topics did).
+        with_configs = [spec for spec in specs if spec.topic_configs]
+        for attempt in range(DESCRIBE_ATTEMPTS):
+            try:
+                await _reconcile_configs(admin, with_configs)
+                break
+            except KafkaError as error:
+                if not error.retriable or attempt == DESCRIBE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await admin.close()
 
