@@ -81,8 +81,7 @@ class AuditWriter:
         self._read_tail = read_tail
         self._topic = audit_topic
         self._signer = signer
-        self._seen = RecentEventIds(dedupe_window)
-        self._chain = AuditChain(signer, checkpoint_every=None, seen=self._seen, audit_topic=self._topic)
+        self._seen, self._chain = self._fresh_memory(dedupe_window)
         self._own_key = CheckpointVerifier.from_keys([signer.public_key])
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
@@ -144,9 +143,13 @@ class AuditWriter:
             if failed is not None:
                 with contextlib.suppress(Exception):  # it failed already: closing it must not hold the worker
                     await asyncio.wait_for(failed.stop(), 5)
-            self._seen = RecentEventIds(self._seen.limit)
-            self._chain = AuditChain(self._signer, checkpoint_every=None, seen=self._seen, audit_topic=self._topic)
+            self._seen, self._chain = self._fresh_memory(self._seen.limit)
         await self.start()
+
+    def _fresh_memory(self, dedupe_window: int) -> tuple[RecentEventIds, AuditChain]:
+        """The recorded event ids and the chain head, empty until ``start`` reads the topic's tail."""
+        seen = RecentEventIds(dedupe_window)
+        return seen, AuditChain(self._signer, checkpoint_every=None, seen=seen, audit_topic=self._topic)
 
     async def record(self, events: Iterable[tuple[Any, str]]) -> int:
         """Append (event, source topic) pairs as one transaction; returns records written. An

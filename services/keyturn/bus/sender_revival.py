@@ -16,7 +16,7 @@ the broker drops a copy it already holds). An idempotent producer also takes a n
 so the sequence numbers of later batches start again and a batch that failed leaves no gap the
 broker would refuse as out of order (Kafka's own clients reset their producer id so). A
 transactional producer is left stopped: its transaction failed, and its owner must fence and
-start over (the audit writer stops, ``AuditWriter``).
+start over (the audit writer does, ``AuditWriter.start_over``).
 
 Installed once per process by ``keyturn.bus``, as ``bus.rebootstrap`` is.
 """
