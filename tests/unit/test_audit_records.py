@@ -4,6 +4,7 @@ every event type, whatever the record holds."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -38,6 +39,9 @@ def test_a_record_chains_as_its_event_would(name: str) -> None:
         assert audited.flags == flags_of(event)
         assert audited.payload == audit_payload(event)
         assert audited.payload_json == canonical_json(audited.payload)  # the text the chain hashes
+        assert audited.payload_json == json.dumps(  # the standard library's spelling, floats included
+            audited.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
         assert AuditedEvent.of(event) == audited  # what the writer makes of a dataclass it is given
         seen_flags.add(audited.flags)
     if name in ("ActionDecided", "VoteRecorded"):

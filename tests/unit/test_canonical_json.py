@@ -21,7 +21,7 @@ from keyturn.audit.export import read_jsonl
 from keyturn.core.audit.chain import AuditChain
 from keyturn.core.audit.checkpoint import CheckpointSigner, CheckpointVerifier
 from keyturn.core.audit.verify import verify
-from keyturn.core.canonical import canonical_json
+from keyturn.core.canonical import canonical_json, canonical_json_without_floats
 from keyturn.core.events import Digest, SealedParameters
 from keyturn.masking import Keyring, open_sealed, seal_parameters
 
@@ -168,6 +168,44 @@ def test_json_values_keep_the_spelling_digests_and_seals_were_made_with(value):
     assert canonical_json(value) == json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
+
+
+#: Every character a string can hold and UTF-8 can carry (no lone surrogates): controls, quotes,
+#: backslashes, line separators, the byte-order mark, astral characters.
+_ANY_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+FLOATLESS_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80) | _ANY_TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_ANY_TEXT, children, max_size=5),
+    max_leaves=25,
+)
+
+
+def _reference(value):
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(FLOATLESS_VALUES)
+def test_the_fast_writer_spells_every_value_without_floats_as_the_standard_library_does(value):
+    """Audit hashes and float-free payloads are written by orjson: every string (escapes, keys
+    sorted by code point), integer (past 64 bits too) and nesting must come out byte for byte as
+    the spelling the chains were written with."""
+    assert canonical_json_without_floats(value) == _reference(value)
+    assert canonical_json(value) == _reference(value)
+
+
+@pytest.mark.parametrize("number", [1e-05, 1e16, 1.5e300, 5e-324, 0.1, -0.0, 123456789012345678.0])
+def test_a_float_the_fast_writer_would_spell_otherwise_keeps_its_spelling(number):
+    """orjson writes ``0.00001`` for ``1e-05``: a value holding a float is written as before."""
+    value = {"a": [number], "b": "x"}
+    assert canonical_json(value) == _reference(value)
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), -float("inf")])
+def test_a_number_json_cannot_spell_is_refused_not_written_as_null(number):
+    """orjson would write ``null``: two different documents must never share a spelling."""
+    with pytest.raises(ValueError):
+        canonical_json({"ratio": number})
 
 
 def test_keys_that_are_not_strings_are_refused_rather_than_guessed_at():

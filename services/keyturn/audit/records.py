@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from keyturn.core.audit.record import FLAG_BREAK_GLASS, FLAG_MANDATORY_REVIEW, FLAG_VOTE_REFUSED
-from keyturn.core.canonical import CanonicalJson, canonical_json_of_plain
+from keyturn.core.canonical import CanonicalJson, canonical_json_of_plain, canonical_json_without_floats
 from keyturn.core.records import to_record
 
 _TIME_FIELDS = ("requested_at", "decided_at", "recorded_at", "resolved_at", "finished_at", "failed_at")
@@ -19,18 +19,23 @@ def audit_payload(event: Any) -> Any:
     return AuditedEvent.of(event).payload
 
 
-_SCALARS = frozenset({str, int, float, bool, type(None)})
+_SCALARS = frozenset({str, int, bool, type(None)})
 
 
-def _without_bytes(value: Any) -> Any:
-    """A decoded record as JSON types only: bytes become their digest and length, times ISO text."""
+def _without_bytes(value: Any, floats: list[float] | None = None) -> Any:
+    """A decoded record as JSON types only: bytes become their digest and length, times ISO text;
+    every float met is added to ``floats`` (``payload_json`` chooses its writer by it)."""
     kind = type(value)
     if kind in _SCALARS:  # most values: one look-up before any isinstance check
         return value
+    if kind is float:
+        if floats is not None:
+            floats.append(value)
+        return value
     if isinstance(value, dict):
-        return {k: _without_bytes(v) for k, v in value.items()}
+        return {k: _without_bytes(v, floats) for k, v in value.items()}
     if isinstance(value, list):
-        return [_without_bytes(v) for v in value]
+        return [_without_bytes(v, floats) for v in value]
     if isinstance(value, (bytes, bytearray)):
         return {"sha256": hashlib.sha256(value).hexdigest(), "length": len(value)}
     if isinstance(value, datetime):
@@ -88,8 +93,11 @@ class AuditedEvent:
     def payload_json(self) -> CanonicalJson:
         """``payload`` in its canonical spelling. It holds JSON types only (a decoded Avro record:
         string keys; bytes and times converted above), so the general conversion walk of
-        ``canonical_json`` is left out; the text is the same (``tests/unit/test_audit_records.py``)."""
-        return CanonicalJson(canonical_json_of_plain(self.payload))
+        ``canonical_json`` is left out; the text is the same (``tests/unit/test_audit_records.py``).
+        Most events carry no float, and those are written by the faster writer."""
+        floats: list[float] = []
+        payload = _without_bytes(self.record, floats)
+        return CanonicalJson(canonical_json_of_plain(payload) if floats else canonical_json_without_floats(payload))
 
     @property
     def occurred_at(self) -> datetime:

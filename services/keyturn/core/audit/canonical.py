@@ -25,7 +25,7 @@ import hashlib
 import uuid
 
 from keyturn.core.audit.record import AuditRecord
-from keyturn.core.canonical import canonical_json_of_plain
+from keyturn.core.canonical import canonical_json_without_floats
 
 GENESIS_HASH = "0" * 64
 
@@ -38,7 +38,7 @@ def canonical_bytes(record: AuditRecord) -> bytes:
     # Canonical JSON, not Avro bytes: the hash must not change when the schema evolves.
     fields = record.to_dict()
     del fields["hash"]
-    return canonical_json_of_plain(fields).encode("utf-8")
+    return canonical_json_without_floats(fields).encode("utf-8")  # the record has no float (above)
 
 
 def record_hash(record: AuditRecord) -> str:
