@@ -188,6 +188,9 @@ async def send_in_batches(producer: Any, records: Sequence[Record]) -> list[Awai
 
     async def hand_over(where: tuple[str, int]) -> None:
         batch, members = building.pop(where)
+        # closed, a batch is ready at once: aiokafka lingers only over a batch still open to
+        # ``send``, and this one is whole (the linger only delayed it)
+        batch.close()
         ack = await producer.send_batch(batch, where[0], partition=where[1])
         for i in members:
             acks[i] = ack
