@@ -51,3 +51,38 @@ def test_a_record_chains_as_its_event_would(name: str) -> None:
 def test_an_event_with_no_time_is_refused_as_its_dataclass_would_be() -> None:
     with pytest.raises(TypeError, match="carries no time"):
         _ = AuditedEvent("ActionSubmitted", {"event_id": "e"}).occurred_at
+
+
+def _reference(payload: object) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@pytest.mark.parametrize("fractions", [[], [0.5, 0.8], [1e-05, 1.5e300]])
+def test_a_decision_is_spelt_the_same_whether_or_not_it_holds_floats(fractions: list[float]) -> None:
+    """Decisions are written straight from the record unless their reminder fractions hold a
+    float (orjson spells ``1e-05`` as ``0.00001``): either way the text is the reference's."""
+    random.seed(7)
+    codec = registry()
+    (generated,) = generate_many(codec._parsed_readers["ActionDecided"], 1)
+    for approvals in (None, "requirement"):
+        if approvals is None:
+            generated["approvals"] = None
+        else:
+            (requirement,) = generate_many(codec._parsed_readers["ApprovalRequirement"], 1)
+            generated["approvals"] = {**requirement, "reminder_fractions": fractions}
+        name, record = codec.decode(codec.encode("ActionDecided", generated))
+        audited = AuditedEvent(name, record)
+        assert audited.payload_json == _reference(audited.payload)
+
+
+def test_a_float_json_cannot_spell_is_refused_on_the_fast_path_too() -> None:
+    """NaN in a record (a forged or broken one) is refused as the reference refuses it, never
+    written as ``null``."""
+    random.seed(8)
+    codec = registry()
+    (generated,) = generate_many(codec._parsed_readers["ActionDecided"], 1)
+    (requirement,) = generate_many(codec._parsed_readers["ApprovalRequirement"], 1)
+    generated["approvals"] = {**requirement, "reminder_fractions": [float("nan")]}
+    name, record = codec.decode(codec.encode("ActionDecided", generated))
+    with pytest.raises(ValueError):
+        _ = AuditedEvent(name, record).payload_json

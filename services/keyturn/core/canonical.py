@@ -91,6 +91,15 @@ def canonical_json_without_floats(value: Any) -> str:
         return _CANONICAL.encode(value)
 
 
+def canonical_json_converting(value: Any, convert: Callable[[Any], Any]) -> str:
+    """:func:`canonical_json_without_floats` of ``value`` with what JSON has no type for made
+    JSON by ``convert`` (orjson's ``default``: called for bytes and any other type orjson does
+    not write itself), and aware datetimes written as ``datetime.isoformat`` writes them. The
+    caller knows ``value`` holds no float and no type orjson writes in a spelling of its own
+    (UUIDs, dates, enums, dataclasses). Raises ``TypeError`` for what neither writes."""
+    return orjson.dumps(value, default=convert, option=_SORTED).decode()
+
+
 class CanonicalJson(str):
     """Text already in the canonical spelling (made by :func:`canonical_json` or
     :func:`canonical_json_of_plain`): a consumer that canonicalises what it is given (the audit
