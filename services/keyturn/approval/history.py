@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import orjson
+
 from keyturn.audit.report.model import DAY_MS, Report, ReportBuilder, outcome_category
 from keyturn.audit.stream import decode_audit_message
 from keyturn.bus.codec import UndecodableMessage
@@ -197,15 +199,12 @@ def rows_and_changes(records: Iterable[AuditRecord]) -> tuple[list[HistoryRow], 
     for record in records:
         if record.action_id is None or record.is_checkpoint:
             continue
-        try:
-            payload = json.loads(record.payload_json)
-        except ValueError:
-            continue
+        payload = _parsed(record.payload_json)
         if not isinstance(payload, dict):
             continue
         kept = compact(record.event_type, payload)
         # written again only when something was left out: most records are kept as the audit has them
-        text = record.payload_json if kept is payload else json.dumps(kept, ensure_ascii=False, separators=(",", ":"))
+        text = record.payload_json if kept is payload else orjson.dumps(kept).decode()
         rows.append(
             HistoryRow(
                 record.sequence,
@@ -219,6 +218,19 @@ def rows_and_changes(records: Iterable[AuditRecord]) -> tuple[list[HistoryRow], 
         )
         changes.append(change_of(record, payload))
     return rows, changes
+
+
+def _parsed(text: str) -> Any:
+    """A record's payload, or None when it is not JSON. orjson reads the audit's canonical text
+    three to four times faster than the standard library; what it refuses (an integer past 64
+    bits) is read by the standard library, which the history has always used."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
 
 
 def coalesced(changes: Sequence[ActionChange]) -> list[ActionChange]:
