@@ -5,6 +5,7 @@ the next."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
@@ -64,3 +65,26 @@ async def test_records_land_where_send_puts_their_key_in_order_with_headers(sett
     for key in keys:  # one key's records in the order given
         mine = sorted((r for r in seen if r.key == key), key=lambda r: r.offset)
         assert [int(r.value[:4]) for r in mine] == [n for n in range(60) if n % 6 == keys.index(key)]
+
+
+async def test_a_batch_built_whole_leaves_without_waiting_out_the_linger(settings) -> None:
+    """A batch nothing more will join is sent at once: with a producer lingering 20 s, its
+    records are acknowledged within seconds (aiokafka lingered over every batch left open)."""
+    bootstrap = settings.kafka_bootstrap
+    topic = f"{settings.namespace}.batches-{secrets.token_hex(4)}.linger"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 4, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20_000)
+    await producer.start()
+    try:
+        await producer.partitions_for(topic)  # the topic's metadata known, as a running service's is
+        acks = await send_in_batches(producer, [(topic, f"k{n}".encode(), b"v", []) for n in range(12)])
+        async with asyncio.timeout(10):
+            delivered = [await ack for ack in acks]
+    finally:
+        await producer.stop()
+    assert len(delivered) == 12 and all(meta.topic == topic for meta in delivered)
