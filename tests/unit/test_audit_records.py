@@ -10,7 +10,7 @@ import random
 import pytest
 from fastavro.utils import generate_many
 
-from keyturn.audit.records import AuditedEvent, actor_of, audit_payload, flags_of, occurred_at
+from keyturn.audit.records import AuditedEvent, _shape, actor_of, audit_payload, flags_of, occurred_at
 from keyturn.bus.codec import registry
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import EVENT_TYPES
@@ -43,9 +43,19 @@ def test_a_record_chains_as_its_event_would(name: str) -> None:
             audited.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
         assert AuditedEvent.of(event) == audited  # what the writer makes of a dataclass it is given
+        if _shape(name).written_straight(record):  # only a record with no float anywhere skips the walk
+            assert not _floats_in(record)
         seen_flags.add(audited.flags)
     if name in ("ActionDecided", "VoteRecorded"):
         assert len(seen_flags) == 2, "random records should reach both flag cases"
+
+
+def _floats_in(value: object) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_floats_in(v) for v in value.values())
+    return isinstance(value, list) and any(_floats_in(v) for v in value)
 
 
 def test_an_event_with_no_time_is_refused_as_its_dataclass_would_be() -> None:
@@ -86,3 +96,12 @@ def test_a_float_json_cannot_spell_is_refused_on_the_fast_path_too() -> None:
     name, record = codec.decode(codec.encode("ActionDecided", generated))
     with pytest.raises(ValueError):
         _ = AuditedEvent(name, record).payload_json
+
+
+@pytest.mark.parametrize("name", sorted(registry().readers))
+def test_every_place_a_schema_holds_a_float_is_found(name: str) -> None:
+    """A record is written straight only where no float can be: the schema walk must find a
+    float wherever the schema's JSON names one, through named types mentioned again by name."""
+    text = json.dumps(registry().readers[name])
+    holds_float = '"double"' in text or '"float"' in text
+    assert bool(_shape(name).float_paths) == holds_float
