@@ -140,3 +140,21 @@ async def test_a_batch_makes_one_change_per_action_and_leaves_every_line_as_one_
     assert (await history_page(together, now=NOW, limit=1000)).actions == (
         await history_page(one_by_one, now=NOW, limit=1000)
     ).actions
+
+
+def test_a_payload_the_fast_reader_refuses_is_still_in_the_history():
+    """orjson refuses an integer past 64 bits and text that is a ``str`` subclass; the standard
+    library reads both, so such a record still has its row and changes its action's line, and
+    text that is not JSON at all is left out as before."""
+    import dataclasses
+
+    from keyturn.core.canonical import CanonicalJson
+
+    requested = next(r for r in HISTORY.records if r.event_type == "ActionRequested")
+    payload = json.loads(requested.payload_json)
+    huge = dataclasses.replace(requested, payload_json=json.dumps({**payload, "count": 2**70}))
+    subclass = dataclasses.replace(requested, payload_json=CanonicalJson(requested.payload_json))
+    broken = dataclasses.replace(requested, payload_json="{not json")
+    rows, changes = rows_and_changes([huge, subclass, broken])
+    assert [json.loads(row.payload_json).get("count") for row in rows] == [2**70, None]
+    assert [change.action for change in changes] == [payload["action"]] * 2
