@@ -15,6 +15,7 @@ from keyturn.bus.codec import registry
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import EVENT_TYPES
 from keyturn.core.records import from_record
+from tests.unit.test_canonical_json import standard_spelling
 
 RECORDS_PER_TYPE = 150
 
@@ -39,9 +40,7 @@ def test_a_record_chains_as_its_event_would(name: str) -> None:
         assert audited.flags == flags_of(event)
         assert audited.payload == audit_payload(event)
         assert audited.payload_json == canonical_json(audited.payload)  # the text the chain hashes
-        assert audited.payload_json == json.dumps(  # the standard library's spelling, floats included
-            audited.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        assert audited.payload_json == standard_spelling(audited.payload)  # floats included
         assert AuditedEvent.of(event) == audited  # what the writer makes of a dataclass it is given
         if _shape(name).written_straight(record):  # only a record with no float anywhere skips the walk
             assert not _floats_in(record)
@@ -63,10 +62,6 @@ def test_an_event_with_no_time_is_refused_as_its_dataclass_would_be() -> None:
         _ = AuditedEvent("ActionSubmitted", {"event_id": "e"}).occurred_at
 
 
-def _reference(payload: object) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 @pytest.mark.parametrize("fractions", [[], [0.5, 0.8], [1e-05, 1.5e300]])
 def test_a_decision_is_spelt_the_same_whether_or_not_it_holds_floats(fractions: list[float]) -> None:
     """Decisions are written straight from the record unless their reminder fractions hold a
@@ -82,7 +77,7 @@ def test_a_decision_is_spelt_the_same_whether_or_not_it_holds_floats(fractions: 
             generated["approvals"] = {**requirement, "reminder_fractions": fractions}
         name, record = codec.decode(codec.encode("ActionDecided", generated))
         audited = AuditedEvent(name, record)
-        assert audited.payload_json == _reference(audited.payload)
+        assert audited.payload_json == standard_spelling(audited.payload)
 
 
 def test_a_float_json_cannot_spell_is_refused_on_the_fast_path_too() -> None:

@@ -153,6 +153,12 @@ def test_parameters_sealed_before_still_open_and_seal_to_the_same_bytes(monkeypa
     assert again == SEALED
 
 
+def standard_spelling(value):
+    """Canonical JSON as the standard library spells it: what every chain, digest and seal was
+    written with."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
@@ -165,9 +171,7 @@ JSON_VALUES = st.recursive(
 def test_json_values_keep_the_spelling_digests_and_seals_were_made_with(value):
     """Payload digests, policy input and seals are computed over JSON values (parsed JSON): for
     those, canonical JSON is exactly this spelling, as it has always been."""
-    assert canonical_json(value) == json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    assert canonical_json(value) == standard_spelling(value)
 
 
 #: Every character a string can hold and UTF-8 can carry (no lone surrogates): controls, quotes,
@@ -180,25 +184,21 @@ FLOATLESS_VALUES = st.recursive(
 )
 
 
-def _reference(value):
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 @settings(max_examples=1000, deadline=None)
 @given(FLOATLESS_VALUES)
 def test_the_fast_writer_spells_every_value_without_floats_as_the_standard_library_does(value):
     """Audit hashes and float-free payloads are written by orjson: every string (escapes, keys
     sorted by code point), integer (past 64 bits too) and nesting must come out byte for byte as
     the spelling the chains were written with."""
-    assert canonical_json_without_floats(value) == _reference(value)
-    assert canonical_json(value) == _reference(value)
+    assert canonical_json_without_floats(value) == standard_spelling(value)
+    assert canonical_json(value) == standard_spelling(value)
 
 
 @pytest.mark.parametrize("number", [1e-05, 1e16, 1.5e300, 5e-324, 0.1, -0.0, 123456789012345678.0])
 def test_a_float_the_fast_writer_would_spell_otherwise_keeps_its_spelling(number):
     """orjson writes ``0.00001`` for ``1e-05``: a value holding a float is written as before."""
     value = {"a": [number], "b": "x"}
-    assert canonical_json(value) == _reference(value)
+    assert canonical_json(value) == standard_spelling(value)
 
 
 @pytest.mark.parametrize("number", [float("nan"), float("inf"), -float("inf")])

@@ -14,7 +14,6 @@ from keyturn.core.canonical import (
     CanonicalJson,
     canonical_json_converting,
     canonical_json_of_plain,
-    canonical_json_without_floats,
 )
 from keyturn.core.records import to_record
 
@@ -209,7 +208,7 @@ class AuditedEvent:
                 pass
         floats: list[float] = []
         payload = _without_bytes(self.record, floats)
-        return CanonicalJson(canonical_json_of_plain(payload) if floats else canonical_json_without_floats(payload))
+        return CanonicalJson(canonical_json_of_plain(payload, holds_floats=bool(floats)))
 
     @property
     def occurred_at(self) -> datetime:

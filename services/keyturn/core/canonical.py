@@ -60,14 +60,15 @@ def canonical_json(value: Any) -> str:
     """
     floats: list[float] = []
     plain = _plain(value, floats.append)
-    return _CANONICAL.encode(plain) if floats else canonical_json_without_floats(plain)
+    return canonical_json_of_plain(plain, holds_floats=bool(floats))
 
 
-def canonical_json_of_plain(value: Any) -> str:
+def canonical_json_of_plain(value: Any, *, holds_floats: bool = True) -> str:
     """:func:`canonical_json` of a value already made of JSON types only (dicts with string keys,
     lists, strings, integers, finite floats, booleans, None): the same text, without the walk that
-    converts other types."""
-    return _CANONICAL.encode(value)
+    converts other types. A caller whose walk saw no float says so (``holds_floats=False``) and
+    the faster writer spells it (:func:`canonical_json_without_floats`)."""
+    return _CANONICAL.encode(value) if holds_floats else canonical_json_without_floats(value)
 
 
 _SORTED = orjson.OPT_SORT_KEYS
