@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -11,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keyturn.core.audit.canonical import GENESIS_HASH, canonical_bytes, record_hash
+from keyturn.core.audit.canonical import GENESIS_HASH, RECORD_ID_NAMESPACE, canonical_bytes, record_hash, record_id_for
 from keyturn.core.audit.chain import AuditChain
 from keyturn.core.audit.checkpoint import CheckpointSigner, CheckpointVerifier, checkpoint_message
 from keyturn.core.audit.record import AuditRecord, MalformedRecord
@@ -454,6 +455,19 @@ def test_the_hash_is_sha256_of_the_documented_canonical_bytes():
     assert record.hash == hashlib.sha256(expected).hexdigest()
     # Pinned so a change to the encoding cannot slip through: it would invalidate every export.
     assert record.hash == "28a30209b9d266d9af7e282b6928e37e82813926bd63e7896823976c476b2899"
+
+
+@settings(max_examples=500)
+@given(st.text())
+def test_a_record_id_is_the_uuid5_of_its_event_id(event_id):
+    assert record_id_for(event_id) == str(uuid.uuid5(RECORD_ID_NAMESPACE, event_id))
+
+
+def test_every_record_the_chain_links_carries_the_hash_of_its_own_fields():
+    chain = build_chain(events=26, checkpoint_every=10)
+    assert any(r.is_checkpoint for r in chain)
+    assert all(r.hash == record_hash(r) for r in chain)
+    assert all(r.record_id == str(uuid.uuid5(RECORD_ID_NAMESPACE, r.event_id)) for r in chain)
 
 
 # A small chain for property tests: three checkpoints, flags on some records.
