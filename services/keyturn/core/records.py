@@ -118,7 +118,7 @@ def _converter(hint: Any) -> Convert | None:
             return tuple
         return lambda value: tuple(None if v is None else item(v) for v in value)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return lambda value: from_record(hint, value)
+        return _reader(hint)  # a nested record: its own plan, without from_record's check per value
     if isinstance(hint, type) and issubclass(hint, Enum):
         return hint
     if hint is datetime:
