@@ -769,3 +769,28 @@ def test_a_secret_reference_shows_its_name_masked_as_text_never_a_value(masker):
         "password": {"secret": "<AWS_ACCESS_KEY>"},  # a name holding a key is masked as any text is
         "api_key": "<SECRET>",
     }
+
+
+def test_a_name_found_clean_is_answered_again_and_a_name_holding_a_secret_is_never_kept():
+    from keyturn.masking import protect
+
+    clean = "postgres://staging/analytics/memo-check"
+    holding = "deploy-for-jane.doe@example.com"
+    assert protect.hidden_in_name(clean) == set()
+    assert clean in protect._clean_names
+    assert protect.hidden_in_name(clean) == set()  # from the memo, the same answer
+    for _ in range(2):  # asked again, it is found again: a refused name is not remembered as clean
+        assert protect.hidden_in_name(holding) == {"EMAIL_ADDRESS"}
+    assert holding not in protect._clean_names
+
+
+def test_the_memo_of_clean_names_stays_bounded(monkeypatch):
+    from keyturn.masking import protect
+
+    monkeypatch.setattr(protect, "_clean_names", {})
+    monkeypatch.setattr(protect, "_CLEAN_NAMES_KEPT", 50)
+    for n in range(120):
+        assert protect.hidden_in_name(f"read.table.part{chr(97 + n % 26)}{chr(97 + n // 26)}") == set()
+    assert 0 < len(protect._clean_names) <= 50
+    assert protect.hidden_in_name("x" * (protect._CLEAN_NAME_CHARS + 1)) == set()
+    assert "x" * (protect._CLEAN_NAME_CHARS + 1) not in protect._clean_names
