@@ -204,3 +204,22 @@ def test_markers_round_trip_and_a_line_that_only_looks_like_one_is_malformed() -
     [read] = read_jsonl(io.StringIO(json.dumps(odd)))
     assert read == odd
     assert [p.kind for p in verify([read], VERIFIER).problems] == [ProblemKind.MALFORMED]
+
+
+def test_a_record_read_from_the_topic_is_the_record_that_was_written():
+    """Read without the schema's logical types (instants as integers, the id as text), every
+    record of a story comes back equal to what the writer wrote, checkpoints included."""
+    records = story().records
+    assert any(record.is_checkpoint for record in records)
+    read = [
+        stream.decode_audit_message(n, registry().encode("AuditRecord", r.to_dict())) for n, r in enumerate(records)
+    ]
+    assert [message.record for message in read] == records
+
+
+def test_a_record_whose_id_is_not_a_canonical_uuid_is_unreadable_not_taken():
+    written = story().records[0].to_dict()
+    for record_id in (written["record_id"].upper(), "not-a-uuid", "{" + written["record_id"] + "}"):
+        message = stream.decode_audit_message(7, registry().encode("AuditRecord", {**written, "record_id": record_id}))
+        assert message.record is None
+        assert message.unreadable is not None and "record_id" in message.unreadable.reason

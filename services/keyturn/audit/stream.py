@@ -50,7 +50,7 @@ class AuditMessage:
 def decode_audit_message(offset: int, value: bytes | None) -> AuditMessage:
     """The record in one message of the audit topic; never raises on bad bytes."""
     try:
-        name, body = registry().decode(value or b"")
+        name, body = registry().decode(value or b"", logical_types=False)  # instants as integers, as records hold them
         if name != "AuditRecord":
             raise UndecodableMessage("unexpected_type", f"a {name} is not an audit record")
         return AuditMessage(offset, AuditRecord.from_avro(body))

@@ -46,6 +46,7 @@ class _Writer:
     name: str
     schema: Any
     parsed: Any  # the same schema parsed once with fastavro's "already parsed" mark (see ``_parsed``)
+    plain: Any  # and parsed without its logical types (see ``_without_logical_types``)
 
 
 def _parsed(schema: Any) -> Any:
@@ -59,6 +60,18 @@ def _parsed(schema: Any) -> Any:
     return parse_schema(schema)
 
 
+def _without_logical_types(schema: Any) -> Any:
+    """``schema`` without its ``logicalType`` marks: values read as their Avro type (a
+    timestamp-millis as its integer, a uuid as its text). For a reader that wants them so: the
+    audit's readers keep a record's instants as integer milliseconds and its id as text, and
+    building a datetime and a UUID only to turn them back was half of reading a record."""
+    if isinstance(schema, dict):
+        return {key: _without_logical_types(value) for key, value in schema.items() if key != "logicalType"}
+    if isinstance(schema, list):
+        return [_without_logical_types(item) for item in schema]
+    return schema
+
+
 class SchemaRegistry:
     """Current reader schemas by record name, and every known writer schema by fingerprint."""
 
@@ -67,19 +80,23 @@ class SchemaRegistry:
         self.writers: dict[bytes, _Writer] = {}
         self.fingerprints: dict[str, bytes] = {}
         self._parsed_readers: dict[str, Any] = {}
+        self._plain_readers: dict[str, Any] = {}
         for path in sorted(schema_dir.glob("*.avsc")):
             schema: Any = load_schema(str(path), _write_hint=False)  # a record schema: a dict
             name = schema["name"].removeprefix("keyturn.")
             self.readers[name] = schema
             self._parsed_readers[name] = _parsed(schema)
+            self._plain_readers[name] = _parsed(_without_logical_types(schema))
             self.fingerprints[name] = schema_fingerprint(schema)
-            self.writers[self.fingerprints[name]] = _Writer(name, schema, self._parsed_readers[name])
+            self.writers[self.fingerprints[name]] = _Writer(
+                name, schema, self._parsed_readers[name], self._plain_readers[name]
+            )
         for path in sorted((schema_dir / "history").glob("*.avsc")):
             schema = parse_schema(json.loads(path.read_text()), _write_hint=False)
             name = schema["name"].removeprefix("keyturn.")
             fp = schema_fingerprint(schema)
             if fp not in self.writers:
-                self.writers[fp] = _Writer(name, schema, _parsed(schema))
+                self.writers[fp] = _Writer(name, schema, _parsed(schema), _parsed(_without_logical_types(schema)))
 
     def encode(self, name: str, record: dict[str, Any]) -> bytes:
         """Single-object encode ``record`` with the current schema of ``name``."""
@@ -89,8 +106,9 @@ class SchemaRegistry:
         fastavro.schemaless_writer(buf, self._parsed_readers[name], record)
         return buf.getvalue()
 
-    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
-        """(record name, record) from single-object bytes, resolved to the current schema."""
+    def decode(self, data: bytes, *, logical_types: bool = True) -> tuple[str, dict[str, Any]]:
+        """(record name, record) from single-object bytes, resolved to the current schema;
+        without ``logical_types``, instants come as integer milliseconds and uuids as text."""
         if not isinstance(data, (bytes, bytearray)) or len(data) < HEADER_SIZE:
             raise UndecodableMessage(
                 "truncated",
@@ -109,12 +127,13 @@ class SchemaRegistry:
                 f"writer schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()} is not a known Keyturn schema "
                 f"(freeze it into schemas/history)",
             )
-        reader = self._parsed_readers.get(writer.name)
+        reader = (self._parsed_readers if logical_types else self._plain_readers).get(writer.name)
         if reader is None:
             raise UndecodableMessage("unknown_schema", f"no current schema for record {writer.name}")
+        written = writer.parsed if logical_types else writer.plain
         body = io.BytesIO(bytes(data[HEADER_SIZE:]))
         try:  # written with the current schema: nothing to resolve
-            record = fastavro.schemaless_reader(body, writer.parsed, None if writer.parsed is reader else reader)
+            record = fastavro.schemaless_reader(body, written, None if written is reader else reader)
         except Exception as exc:  # fastavro raises many types for corrupt bytes; all mean the same here
             raise UndecodableMessage(
                 "corrupt_body", f"{writer.name} body cannot be decoded: {type(exc).__name__}: {exc}"

@@ -152,11 +152,18 @@ class AuditRecord:
         it), so only the logical types are converted: a third of :meth:`from_dict`'s time, which
         checks every field of input that no schema vouched for (a JSONL line). Reading the audit
         topic decodes every record, so this is most of what ``verify`` and ``report`` spend per
-        record beyond the Avro decoding itself.
+        record beyond the Avro decoding itself. The topic's readers decode without the logical
+        types (``SchemaRegistry.decode(logical_types=False)``): instants come as the integers a
+        record holds, and the id as its text, held to the canonical spelling here.
         """
         checkpoint = data["checkpoint"]
+        record_id = data["record_id"]
+        if isinstance(record_id, uuid.UUID):  # read with the schema's logical types
+            record_id = str(record_id)
+        elif not _is_canonical_uuid(record_id):  # read as its text: held to what the uuid type reads
+            raise MalformedRecord("record_id must be a lowercase hyphenated UUID string")
         return cls(
-            record_id=str(data["record_id"]),
+            record_id=record_id,
             sequence=data["sequence"],
             recorded_at=to_millis(data["recorded_at"]),
             event_id=data["event_id"],
