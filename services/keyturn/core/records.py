@@ -118,7 +118,9 @@ def _converter(hint: Any) -> Convert | None:
             return tuple
         return lambda value: tuple(None if v is None else item(v) for v in value)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _reader(hint)  # a nested record: its own plan, without from_record's check per value
+        # a nested record: its own plan (looked up when first needed, so a record that holds its own
+        # type is planned once), without from_record's check of the class per value
+        return lambda value: _reader(hint)(value)
     if isinstance(hint, type) and issubclass(hint, Enum):
         return hint
     if hint is datetime:
