@@ -777,20 +777,21 @@ def test_a_name_found_clean_is_answered_again_and_a_name_holding_a_secret_is_nev
     clean = "postgres://staging/analytics/memo-check"
     holding = "deploy-for-jane.doe@example.com"
     assert protect.hidden_in_name(clean) == set()
-    assert clean in protect._clean_names
+    assert clean in protect.shared_masker().clean_names
     assert protect.hidden_in_name(clean) == set()  # from the memo, the same answer
     for _ in range(2):  # asked again, it is found again: a refused name is not remembered as clean
         assert protect.hidden_in_name(holding) == {"EMAIL_ADDRESS"}
-    assert holding not in protect._clean_names
+    assert holding not in protect.shared_masker().clean_names
 
 
 def test_the_memo_of_clean_names_stays_bounded(monkeypatch):
     from keyturn.masking import protect
+    from keyturn.masking.masker import CleanTexts
 
-    monkeypatch.setattr(protect, "_clean_names", {})
-    monkeypatch.setattr(protect, "_CLEAN_NAMES_KEPT", 50)
+    memo = CleanTexts(50, 2048)
+    monkeypatch.setattr(protect.shared_masker(), "clean_names", memo)
     for n in range(120):
         assert protect.hidden_in_name(f"read.table.part{chr(97 + n % 26)}{chr(97 + n // 26)}") == set()
-    assert 0 < len(protect._clean_names) <= 50
-    assert protect.hidden_in_name("x" * (protect._CLEAN_NAME_CHARS + 1)) == set()
-    assert "x" * (protect._CLEAN_NAME_CHARS + 1) not in protect._clean_names
+    assert 0 < len(memo) <= 50
+    assert protect.hidden_in_name("x" * (memo.chars + 1)) == set()
+    assert "x" * (memo.chars + 1) not in memo

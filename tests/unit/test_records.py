@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
 
+from keyturn.core.events import VoteChoice
 from keyturn.core.records import from_record, to_record
-
-
-class Colour(str, Enum):
-    RED = "red"
-    BLUE = "blue"
 
 
 @dataclass(frozen=True)
@@ -19,7 +14,7 @@ class Node:
     """A record that holds records of its own type, as an Avro schema may name itself."""
 
     name: str
-    colour: Colour
+    choice: VoteChoice
     at: datetime
     parent: Node | None = None
     children: tuple[Node, ...] = ()
@@ -27,18 +22,18 @@ class Node:
 
 def test_a_record_holding_its_own_type_goes_there_and_back():
     at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-    leaf = Node("leaf", Colour.BLUE, at)
+    leaf = Node("leaf", VoteChoice.DENY, at)
     tree = Node(
         "root",
-        Colour.RED,
+        VoteChoice.APPROVE,
         at,
-        parent=Node("above", Colour.BLUE, at),
-        children=(leaf, Node("other", Colour.RED, at, children=(leaf,))),
+        parent=Node("above", VoteChoice.DENY, at),
+        children=(leaf, Node("other", VoteChoice.APPROVE, at, children=(leaf,))),
     )
     record = to_record(tree)
     assert record["children"][1]["children"][0] == {
         "name": "leaf",
-        "colour": "blue",
+        "choice": "deny",
         "at": at,
         "parent": None,
         "children": [],
@@ -47,7 +42,7 @@ def test_a_record_holding_its_own_type_goes_there_and_back():
 
 
 def test_a_naive_instant_read_back_is_taken_as_utc():
-    naive = to_record(Node("n", Colour.RED, datetime(2026, 3, 2, 9, 0, tzinfo=UTC))) | {
+    naive = to_record(Node("n", VoteChoice.APPROVE, datetime(2026, 3, 2, 9, 0, tzinfo=UTC))) | {
         "at": datetime(2026, 3, 2, 9, 0)
     }
     assert from_record(Node, naive).at == datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -46,7 +46,6 @@ class _Writer:
     name: str
     schema: Any
     parsed: Any  # the same schema parsed once with fastavro's "already parsed" mark (see ``_parsed``)
-    plain: Any  # and parsed without its logical types (see ``_without_logical_types``)
 
 
 def _parsed(schema: Any) -> Any:
@@ -80,23 +79,22 @@ class SchemaRegistry:
         self.writers: dict[bytes, _Writer] = {}
         self.fingerprints: dict[str, bytes] = {}
         self._parsed_readers: dict[str, Any] = {}
-        self._plain_readers: dict[str, Any] = {}
+        # (writer, reader) parsed without logical types, by writer fingerprint: on first use, since
+        # only the audit's readers ask for them (``_plain_schemas``)
+        self._plain: dict[bytes, tuple[Any, Any]] = {}
         for path in sorted(schema_dir.glob("*.avsc")):
             schema: Any = load_schema(str(path), _write_hint=False)  # a record schema: a dict
             name = schema["name"].removeprefix("keyturn.")
             self.readers[name] = schema
             self._parsed_readers[name] = _parsed(schema)
-            self._plain_readers[name] = _parsed(_without_logical_types(schema))
             self.fingerprints[name] = schema_fingerprint(schema)
-            self.writers[self.fingerprints[name]] = _Writer(
-                name, schema, self._parsed_readers[name], self._plain_readers[name]
-            )
+            self.writers[self.fingerprints[name]] = _Writer(name, schema, self._parsed_readers[name])
         for path in sorted((schema_dir / "history").glob("*.avsc")):
             schema = parse_schema(json.loads(path.read_text()), _write_hint=False)
             name = schema["name"].removeprefix("keyturn.")
             fp = schema_fingerprint(schema)
             if fp not in self.writers:
-                self.writers[fp] = _Writer(name, schema, _parsed(schema), _parsed(_without_logical_types(schema)))
+                self.writers[fp] = _Writer(name, schema, _parsed(schema))
 
     def encode(self, name: str, record: dict[str, Any]) -> bytes:
         """Single-object encode ``record`` with the current schema of ``name``."""
@@ -127,10 +125,12 @@ class SchemaRegistry:
                 f"writer schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()} is not a known Keyturn schema "
                 f"(freeze it into schemas/history)",
             )
-        reader = (self._parsed_readers if logical_types else self._plain_readers).get(writer.name)
+        reader = self._parsed_readers.get(writer.name)
         if reader is None:
             raise UndecodableMessage("unknown_schema", f"no current schema for record {writer.name}")
-        written = writer.parsed if logical_types else writer.plain
+        written = writer.parsed
+        if not logical_types:
+            written, reader = self._plain_schemas(bytes(data[2:HEADER_SIZE]), writer)
         body = io.BytesIO(bytes(data[HEADER_SIZE:]))
         try:  # written with the current schema: nothing to resolve
             record = fastavro.schemaless_reader(body, written, None if written is reader else reader)
@@ -145,6 +145,16 @@ class SchemaRegistry:
         if not isinstance(record, dict):  # every Keyturn schema is a record
             raise UndecodableMessage("corrupt_body", f"{writer.name} body is not a record")
         return writer.name, record
+
+    def _plain_schemas(self, fingerprint: bytes, writer: _Writer) -> tuple[Any, Any]:
+        """``writer``'s schema and its current reader, both parsed without logical types."""
+        pair = self._plain.get(fingerprint)
+        if pair is None:
+            reader = _parsed(_without_logical_types(self.readers[writer.name]))
+            current = writer.parsed is self._parsed_readers[writer.name]
+            pair = (reader if current else _parsed(_without_logical_types(writer.schema)), reader)
+            self._plain[fingerprint] = pair
+        return pair
 
     def encode_event(self, event: Any) -> bytes:
         """Encode an event dataclass with the schema named after its class."""

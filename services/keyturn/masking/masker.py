@@ -112,6 +112,29 @@ _BATCH_CHARS = 16_000
 _CLEAN_MEMO_CHARS = 200
 
 
+class CleanTexts:
+    """Texts found to hold nothing, so that the same text is answered again at once: at most
+    ``size`` of them, each of at most ``chars`` characters, then all forgotten together. Only clean
+    texts are kept (shown in clear anyway), never one that holds something: a bounded dict rather
+    than ``functools.lru_cache``, which would keep every answer, the findings' texts with them."""
+
+    def __init__(self, size: int, chars: int) -> None:
+        self.size, self.chars = size, chars
+        self._texts: dict[str, None] = {}
+
+    def __contains__(self, text: str) -> bool:
+        return text in self._texts
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def add(self, text: str) -> None:
+        if len(text) <= self.chars:
+            if len(self._texts) >= self.size:
+                self._texts.clear()
+            self._texts[text] = None
+
+
 class Finding(NamedTuple):
     """One masked span: where it was and what it was, never the value."""
 
@@ -234,8 +257,11 @@ class ParameterMasker:
         self._prefilter = Prefilter() if fast_path else None
         self._cache = _MaskedTextCache(cache_size) if fast_path and cache_size > 0 else None
         # Strings the pre-filter found nothing in; they are shown in clear anyway.
-        self._clean: dict[str, None] = {}
-        self._clean_size = cache_size
+        self._clean = CleanTexts(cache_size, _CLEAN_MEMO_CHARS)
+        # Names masking found nothing in (``protect.hidden_in_name``): an agent sends the same
+        # action, resource and parameter keys request after request, and their checks were half
+        # of a submission's validation.
+        self.clean_names = CleanTexts(8192, 2048)
 
     @property
     def _fast_prefilter(self) -> Prefilter:
@@ -326,10 +352,7 @@ class ParameterMasker:
         entities = self._fast_prefilter.candidates(text)
         if entities:
             return entities
-        if len(text) <= _CLEAN_MEMO_CHARS:
-            if len(self._clean) >= self._clean_size:
-                self._clean.clear()
-            self._clean[text] = None
+        self._clean.add(text)
         return text, ()
 
     def _resolve(self, pending: list[_PendingText]) -> None:

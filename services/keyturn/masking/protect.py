@@ -50,32 +50,20 @@ def hidden_in(values: dict[str, Any]) -> list[tuple[str, str]]:
     return [(finding.path, finding.entity_type) for finding in shared_masker().mask(values).findings]
 
 
-#: Names found to hold nothing (``hidden_in_name``), answered again without masking: an agent sends
-#: the same action, resource and parameter keys request after request, and their checks were half
-#: of a submission's validation. Only clean names are kept (a name that holds something is refused,
-#: and is not kept in memory either), only short ones, and at most ``_CLEAN_NAMES_KEPT`` (then the
-#: memo starts again): a bounded dict rather than ``functools.lru_cache``, which would keep every
-#: answer, the refused names with them.
-_clean_names: dict[str, None] = {}
-_CLEAN_NAMES_KEPT = 8192
-_CLEAN_NAME_CHARS = 2048
-
-
 def hidden_in_name(name: str) -> set[str]:
     """The kinds of secret or personal datum in a name (an action's, a resource's, keys): what
     masking finds in it as a value, and nine digits an SSN could be glued to a letter
     (``recognizers.pii.glued_ssns``), which a value may hold but a name, shown in clear, may not."""
     from keyturn.masking.recognizers.pii import glued_ssns
 
-    if name in _clean_names:
+    clean = shared_masker().clean_names  # answered again at once, as masking found nothing in them
+    if name in clean:
         return set()
     kinds = {kind for _, kind in hidden_in({"name": name})}
     if glued_ssns(name):
         kinds.add("US_SSN")
-    if not kinds and len(name) <= _CLEAN_NAME_CHARS:
-        if len(_clean_names) >= _CLEAN_NAMES_KEPT:
-            _clean_names.clear()
-        _clean_names[name] = None
+    if not kinds:
+        clean.add(name)
     return kinds
 
 
