@@ -284,7 +284,7 @@ def main() -> int:
         extra["access_log"] = 1
     settings = servers.settings(namespace, **extra)
     out = REPO_ROOT / "bench" / "results" / "flood" / namespace
-    procs = ServiceProcesses(settings, log_dir=out / "logs")
+    procs = ServiceProcesses(settings, log_dir=out / "logs", preloaded=False)
     drained = False
     try:
         procs.start_all()

@@ -869,7 +869,7 @@ def main() -> int:
     servers.down(remove=True)  # a fresh broker and database every run
     servers.up()
     settings = servers.settings("bench")
-    procs = ServiceProcesses(settings, log_dir=RESULTS / "logs" / stamp)
+    procs = ServiceProcesses(settings, log_dir=RESULTS / "logs" / stamp, preloaded=False)
     bench = Bench(plan, settings, procs, servers, stamp)
     try:
         procs.start_all()

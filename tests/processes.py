@@ -9,6 +9,9 @@ chaos tests (tests/chaos/) and ``make bench`` (bench/), so all three start thing
 
 from __future__ import annotations
 
+import atexit
+import io
+import multiprocessing
 import os
 import secrets
 import shlex
@@ -17,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -29,6 +33,12 @@ from keyturn.config import REPO_ROOT, Settings
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
 SERVICES = ("intake", "policy", "approval", "executor", "audit")
 SERVERS = ("kafka", "opa", "postgres")
+
+# What every service imports before it does anything: the masker's NLP stack alone is ~2 of the
+# ~3.3 CPU-seconds a service spends importing, and a test run starts services about a hundred
+# times. Not ``keyturn.cli``: its consoles size themselves from the environment when it is imported,
+# so each child imports it (8 ms once these are in).
+PRELOADED = ("typer", *(f"keyturn.{service}.app" for service in SERVICES))
 
 
 def free_port() -> int:
@@ -98,7 +108,7 @@ def settings_env(settings: Settings, extra: dict[str, str] | None = None) -> dic
     return env
 
 
-def stop_process(proc: subprocess.Popen, grace_s: float = 20) -> None:
+def stop_process(proc: ServiceProcess, grace_s: float = 20) -> None:
     """SIGTERM, then SIGKILL if it has not exited within ``grace_s``; wait for it either way."""
     proc.terminate()
     try:
@@ -119,17 +129,163 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def _become(env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
+    """In a child of the fork server: take the environment, working directory and output files a
+    process started by a shell would have (stdout and stderr appended to files, stdin empty)."""
+    for target, path in ((1, stdout), (2, stderr)):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=True)
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
+    )
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+
+
+def _keyturn_forked(args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
+    """``keyturn <args>`` in a child of the fork server, ending as an interpreter ends: its exit
+    handlers run (the fork server's child leaves with ``os._exit``, which would skip them), and
+    its ``SystemExit`` code is the child's exit code."""
+    _become(env, cwd, stdout, stderr)
+    sys.argv = ["keyturn", *args]
+    # what a service that must start over re-executes (``cli._run_worker``): the command this
+    # child stands for, not the fork server's own
+    sys.orig_argv = [sys.executable, "-m", "keyturn.cli", *args]
+    from keyturn.cli import app
+
+    try:
+        app(args=args, prog_name="python -m keyturn.cli")  # as click names what it was started as
+    finally:
+        atexit._run_exitfuncs()
+
+
+def _fork(args: list[str], env: dict[str, str], cwd: Path, stdout: Path, stderr: Path) -> ForkedService:
+    for path in (stdout, stderr):  # there when this returns, as a shell's redirection makes them
+        path.touch()
+    process = _fork_server().Process(
+        target=_keyturn_forked, args=(args, env, str(cwd), str(stdout), str(stderr)), name=f"keyturn {args[0]}"
+    )
+    process.start()
+    return ForkedService(process)
+
+
+def run_keyturn(
+    args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``keyturn <args>`` run to its end as a process of its own (forked from the preloaded fork
+    server), its output captured: what ``subprocess.run(..., capture_output=True, text=True)``
+    returns for ``python -m keyturn.cli <args>``."""
+    with tempfile.TemporaryDirectory(prefix="keyturn-cli-") as scratch:
+        stdout, stderr = Path(scratch) / "stdout", Path(scratch) / "stderr"
+        child = _fork(args, env, cwd, stdout, stderr)
+        try:
+            code = child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(10)
+            raise
+        out, err = (path.read_text("utf-8", errors="replace") if path.exists() else "" for path in (stdout, stderr))
+        return subprocess.CompletedProcess(["keyturn", *args], code, out, err)
+
+
+class ForkedService:
+    """A service forked from the preloaded fork server, answering as the ``subprocess.Popen`` of
+    an exec'd one does: ``pid``, ``poll``, ``wait``, ``returncode`` (negative: the signal that
+    ended it), ``terminate``, ``kill``."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
+        self._process = process
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(f"keyturn serve (pid {self.pid})", timeout or 0)
+        return self._process.exitcode
+
+    def terminate(self) -> None:
+        self._process.terminate()
+
+    def kill(self) -> None:
+        self._process.kill()
+
+
+_FORK_SERVER: multiprocessing.context.ForkServerContext | None = None
+
+
+def _fork_server() -> multiprocessing.context.ForkServerContext:
+    """Python's fork server, started once per test process with every service module imported:
+    each service is then a fork of it, a process of its own, without the import. The modules read
+    no settings when imported (``Settings.from_env`` is called by ``serve``), and import makes no
+    event loop, thread or connection, so a fork starts as clean as an exec."""
+    global _FORK_SERVER
+    if _FORK_SERVER is None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(list(PRELOADED))
+        _FORK_SERVER = context
+    return _FORK_SERVER
+
+
+ServiceProcess = subprocess.Popen | ForkedService
+
+
+def start_service(
+    service: str, *, env: dict[str, str], log_path: Path, cwd: Path, preloaded: bool = True
+) -> ServiceProcess:
+    """``keyturn serve <service>`` with ``env``, run in ``cwd`` and appending its output to
+    ``log_path``: forked from the preloaded fork server (:func:`_fork_server`), or with
+    ``preloaded=False`` a fresh interpreter, as a deployment starts it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if preloaded:
+        return _fork(["serve", service], env, cwd, log_path, log_path)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "keyturn.cli", "serve", service],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+        )
+
+
 class ServiceProcesses:
     """Services as child processes, each logging to ``<log_dir>/<name>.log``.
 
     Each process runs with its log directory as working directory, so what a worker writes
     next to itself (faust's ``<app>-data`` folders) stays with its logs, not in the checkout.
+
+    ``preloaded`` (the tests' way) forks each service from a server that has imported them all
+    (:func:`_fork_server`), sparing each start its ~3 CPU-seconds of imports; without it
+    (the bench's way, which measures processes as a deployment runs them) each is
+    ``python -m keyturn.cli serve <service>``, a fresh interpreter.
     """
 
-    def __init__(self, settings: Settings, *, log_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        log_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        preloaded: bool = True,
+    ) -> None:
         self.settings = settings
         self.env = dict(env or {})
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.preloaded = preloaded
+        self.procs: dict[str, ServiceProcess] = {}
         self.services: dict[str, str] = {}  # process name -> service it runs
         self.log_dir = log_dir or ARTIFACTS / "logs" / settings.namespace
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -137,14 +293,13 @@ class ServiceProcesses:
     def start(self, name: str, service: str | None = None) -> None:
         """Start ``service`` (default: ``name``) as the process called ``name``."""
         service = service or self.services.get(name) or name
-        log = (self.log_dir / f"{name}.log").open("ab")
         self.services[name] = service
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "keyturn.cli", "serve", service],
+        self.procs[name] = start_service(
+            service,
             env=settings_env(self.settings, self.env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log_path=self.log_dir / f"{name}.log",
             cwd=self.log_dir,
+            preloaded=self.preloaded,
         )
 
     def start_all(self, names: tuple[str, ...] = SERVICES, *, timeout: float = 90) -> None:

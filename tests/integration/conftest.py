@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from keyturn.config import REPO_ROOT, Settings
 from keyturn.identity import issue_token, load_or_create_signing_key
 from tests.conftest import settings_env
+from tests.processes import run_keyturn
 
 pytestmark = pytest.mark.integration
 
@@ -85,14 +85,7 @@ def keyturn_cli(settings: Settings, *args: str, token: str | None = None) -> sub
     env = settings_env(settings)
     if token:
         env["KEYTURN_TOKEN"] = token
-    return subprocess.run(
-        [sys.executable, "-m", "keyturn.cli", *args],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_keyturn(list(args), env=env, cwd=REPO_ROOT)
 
 
 def approval_shown(settings: Settings, action_id: str, reader: str) -> dict[str, Any]:

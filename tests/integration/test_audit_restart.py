@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 from collections import Counter
 from dataclasses import replace
@@ -17,6 +15,7 @@ from keyturn.bus.topics import Topics
 from keyturn.config import REPO_ROOT
 from tests.conftest import ServiceProcesses, free_port, settings_env
 from tests.integration.conftest import Agent, eventually, keyturn_cli
+from tests.processes import start_service
 
 pytestmark = pytest.mark.integration
 
@@ -130,14 +129,7 @@ def test_a_second_audit_worker_fences_the_first(services, settings) -> None:
         lambda: f"[{first.pid}] [INFO] audit chain resumed" in first_log.read_text(errors="replace"), timeout=90
     ), "the first audit worker never resumed the chain"
     log_path = services.log_dir / "audit-second.log"
-    with log_path.open("ab") as log:
-        second = subprocess.Popen(
-            [sys.executable, "-m", "keyturn.cli", "serve", "audit"],
-            env=settings_env(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-        )
+    second = start_service("audit", env=settings_env(settings), log_path=log_path, cwd=REPO_ROOT)
     try:
         assert eventually(lambda: "audit chain resumed" in log_path.read_text(errors="replace"), timeout=60)
         agent = Agent(settings, "agent:fencing-probe", ("human:alice",))

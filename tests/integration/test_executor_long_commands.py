@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from keyturn.bus.topics import Topics
+from keyturn.config import REPO_ROOT
 from keyturn.core.events import ActionExecuted
 from keyturn.db import schema_name
 from keyturn.executor.plugins.sql_roles import role_name_for
@@ -31,10 +32,9 @@ from tests.integration.test_executor_support import (  # noqa: F401  (fixture)
     ExecutorUnderTest,
     SqlTarget,
     _wait_ready,
-    _worker,
     sql_target,
 )
-from tests.processes import stop_process
+from tests.processes import start_service, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ def test_orders_moved_by_a_rebalance_while_their_commands_run_are_waited_for_and
     # a second executor joins the group while the first runs commands
     second_log = first.log_path.with_name("executor-joining.log")
     offset = second_log.stat().st_size if second_log.exists() else 0
-    second = _worker(["keyturn.cli", "serve", "executor"], first.env, second_log)
+    second = start_service("executor", env=first.env, log_path=second_log, cwd=REPO_ROOT)
     try:
         _wait_ready(second, second_log, offset)
         views = {action_id: agent.wait(action_id, timeout=120) for action_id in action_ids}

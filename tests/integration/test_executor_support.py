@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from keyturn.bus.loop import JOINED
 from keyturn.config import REPO_ROOT, Settings
 from tests.conftest import ARTIFACTS, ServiceProcesses, free_port, settings_env
 from tests.peers import answer_json
-from tests.processes import stop_process
+from tests.processes import ServiceProcess, start_service, stop_process
 
 JOINED_LINE = f": {JOINED} ".encode()  # "<group>: consuming N partition(s)": the worker's consumer has its partitions
 
@@ -295,28 +294,27 @@ class ExecutorUnderTest:
         self.env = settings_env(settings) | overrides
         self.witness = witness
         self.log_path = ARTIFACTS / "logs" / settings.namespace / "executor-under-test.log"
-        self.proc: subprocess.Popen | None = None
+        self.proc: ServiceProcess | None = None
         self.with_policy = "KEYTURN_SQL_TARGET_URL" in overrides
         self.policy_log = ARTIFACTS / "logs" / settings.namespace / "policy-under-test.log"
-        self.policy_proc: subprocess.Popen | None = None
+        self.policy_proc: ServiceProcess | None = None
 
     def start(self, timeout: float = 120) -> None:
         """Start the process and wait until its consumer has its partitions."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        command = (
-            [sys.executable, "-m", "tests.integration.test_executor_support", str(self.witness)]
-            if self.witness
-            else [sys.executable, "-m", "keyturn.cli", "serve", "executor"]
-        )
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        if self.witness:
+            command = [sys.executable, "-m", "tests.integration.test_executor_support", str(self.witness)]
+            with self.log_path.open("ab") as log:
+                self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        else:
+            self.proc = start_service("executor", env=self.env, log_path=self.log_path, cwd=REPO_ROOT)
         _wait_ready(self.proc, self.log_path, offset, timeout)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no offset commit, no goodbye to the consumer group."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        self.proc.kill()
         self.proc.wait(10)
         self.proc = None
 
@@ -334,7 +332,7 @@ class ExecutorUnderTest:
                 if "policy" in self.services.procs:
                     self.services.stop("policy")
                 offset = self.policy_log.stat().st_size if self.policy_log.exists() else 0
-                self.policy_proc = _worker(["keyturn.cli", "serve", "policy"], self.env, self.policy_log)
+                self.policy_proc = start_service("policy", env=self.env, log_path=self.policy_log, cwd=REPO_ROOT)
             self.start()
             if self.policy_proc is not None:
                 _wait_ready(self.policy_proc, self.policy_log, offset)
@@ -353,15 +351,7 @@ class ExecutorUnderTest:
             self.services.start("policy")
 
 
-def _worker(module_args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", *module_args], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
-        )
-
-
-def _wait_ready(proc: subprocess.Popen, log_path: Path, offset: int, timeout: float = 120) -> None:
+def _wait_ready(proc: ServiceProcess, log_path: Path, offset: int, timeout: float = 120) -> None:
     """Until the worker's consumer has its partitions, in what the log gained after ``offset``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
