@@ -41,8 +41,31 @@ SERVERS = ("kafka", "opa", "postgres")
 PRELOADED = ("typer", *(f"keyturn.{service}.app" for service in SERVICES))
 
 
+def _listening_range() -> range:
+    """Ports for what this run listens on: below the range the kernel takes the local ends of
+    outgoing connections from (``ip_local_port_range``). A server the drills stop and start again
+    on its port (Kafka, an intake) could not bind it if, while it was down, a client's connection
+    to anything had been handed that port as its own end: the short drill's broker once failed to
+    start again that way ("Socket server failed to bind to 127.0.0.1:<controller port>")."""
+    try:
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    return range(15000, first_ephemeral - 1) if first_ephemeral > 16000 else range(0)  # a pair fits below
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the ephemeral range
+    (:func:`_listening_range`) where the system has one."""
+    ports = _listening_range()
+    for _ in range(200 if ports else 0):
+        port = ports[secrets.randbelow(len(ports))]  # not ``random``: tests may seed it alike
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
