@@ -141,6 +141,9 @@ def test_malformed_teams_activities_are_refused_recorded_and_never_crash(chat_de
     assert unsigned and unattributed_refusals(chat, "teams", "unauthenticated_bot_request") - counted_before == unsigned
     assert not procs.exited(), f"services died: {procs.exited()}"
     assert httpx.get(f"{chat.approval_url}/healthz", timeout=30).status_code == 200
+    # a malformed activity is a client's mistake, answered and recorded: not a failure in the log
+    logged = (procs.log_dir / "approval.log").read_text(errors="replace")
+    assert "Traceback" not in logged, "a malformed activity was logged as a failure, with a traceback"
 
 
 def _json_or_empty(response: httpx.Response) -> dict:

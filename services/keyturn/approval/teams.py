@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Literal
 
@@ -103,6 +104,26 @@ def activity_problem(body: dict[str, Any]) -> str | None:
     return None
 
 
+# The SDK's HTTP server, which logs with its traceback any activity it fails to read.
+SDK_SERVER_LOGGER = "microsoft_teams.apps.http.http_server"
+# Set while the SDK is handed an empty activity only to judge the token of a malformed one.
+_JUDGING_THE_TOKEN_ONLY: ContextVar[bool] = ContextVar("judging_the_token_only", default=False)
+
+
+class _TokenOnlyFailure(logging.Filter):
+    """Leaves out the SDK's failure to read the empty activity it is handed to judge only the token
+    of a malformed one: that failure is expected, and the refusal is ours (a 400, recorded as a
+    dead letter under the sender). Logged, it was an error with a traceback per malformed
+    activity. That is the one error the SDK's server logs (its request's last resort); its
+    warnings (a token refused) and anything in any other request are kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_JUDGING_THE_TOKEN_ONLY.get() and record.levelno >= logging.ERROR)
+
+
+_TOKEN_ONLY_FAILURE = _TokenOnlyFailure()
+
+
 class TeamsChannel:
     """The Teams adapter (see ``channels.ApproverChannel``)."""
 
@@ -161,6 +182,7 @@ class TeamsChannel:
     async def mount(self, http: FastAPI, desk_of: Callable[[], Awaitable[ApprovalDesk]]) -> None:
         """Add ``POST /api/messages`` (the bot's messaging endpoint) to the approval service."""
         self._desk_of = desk_of
+        logging.getLogger(SDK_SERVER_LOGGER).addFilter(_TOKEN_ONLY_FAILURE)  # once: the same filter
 
         @http.post("/api/messages", include_in_schema=False)
         async def messages(request: Request) -> Response:
@@ -184,9 +206,13 @@ class TeamsChannel:
             answer: dict[str, Any] = {"status": 401}
             if expiring(request.headers.get("authorization")):
                 activity = body if problem is None else {}
-                answer = dict(
-                    await self.app.server.handle_request({"body": activity, "headers": dict(request.headers)})
-                )
+                judging = _JUDGING_THE_TOKEN_ONLY.set(problem is not None)
+                try:
+                    answer = dict(
+                        await self.app.server.handle_request({"body": activity, "headers": dict(request.headers)})
+                    )
+                finally:
+                    _JUDGING_THE_TOKEN_ONLY.reset(judging)
             if answer["status"] == 401:  # nobody can be held to it: counted, not recorded
                 UNATTRIBUTED.labels("teams", "unauthenticated_bot_request").inc()
                 return JSONResponse(
