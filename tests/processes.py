@@ -10,6 +10,7 @@ chaos tests (tests/chaos/) and ``make bench`` (bench/), so all three start thing
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 import multiprocessing
 import os
@@ -41,6 +42,7 @@ SERVERS = ("kafka", "opa", "postgres")
 PRELOADED = ("typer", *(f"keyturn.{service}.app" for service in SERVICES))
 
 
+@functools.cache
 def _listening_range() -> range:
     """Ports for what this run listens on: below the range the kernel takes the local ends of
     outgoing connections from (``ip_local_port_range``). A server the drills stop and start again
@@ -189,7 +191,7 @@ def _fork(args: list[str], env: dict[str, str], cwd: Path, stdout: Path, stderr:
     for path in (stdout, stderr):  # there when this returns, as a shell's redirection makes them
         path.touch()
     process = _fork_server().Process(
-        target=_keyturn_forked, args=(args, env, str(cwd), str(stdout), str(stderr)), name=f"keyturn {args[0]}"
+        target=_keyturn_forked, args=(args, env, str(cwd), str(stdout), str(stderr)), name=args[0]
     )
     process.start()
     return ForkedService(process)
@@ -210,13 +212,13 @@ def run_keyturn(
             child.kill()
             child.wait(10)
             raise
-        out, err = (path.read_text("utf-8", errors="replace") if path.exists() else "" for path in (stdout, stderr))
+        out, err = (path.read_text("utf-8", errors="replace") for path in (stdout, stderr))  # made by _fork
         return subprocess.CompletedProcess(["keyturn", *args], code, out, err)
 
 
 class ForkedService:
-    """A service forked from the preloaded fork server, answering as the ``subprocess.Popen`` of
-    an exec'd one does: ``pid``, ``poll``, ``wait``, ``returncode`` (negative: the signal that
+    """A service or command forked from the preloaded fork server, answering as the
+    ``subprocess.Popen`` of an exec'd one does: ``pid``, ``poll``, ``wait``, ``returncode`` (negative: the signal that
     ended it), ``terminate``, ``kill``."""
 
     def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
@@ -237,7 +239,8 @@ class ForkedService:
     def wait(self, timeout: float | None = None) -> int:
         self._process.join(timeout)
         if self._process.exitcode is None:
-            raise subprocess.TimeoutExpired(f"keyturn serve (pid {self.pid})", timeout or 0)
+            # named by its subcommand only: its arguments may be anything a test passes
+            raise subprocess.TimeoutExpired(f"keyturn {self._process.name} (pid {self.pid})", timeout or 0)
         return self._process.exitcode
 
     def terminate(self) -> None:
