@@ -335,8 +335,75 @@ def held_fetches(wait_ms: int) -> dict[str, int]:
     holds each fetch until ``FETCH_MIN_BYTES`` are there or ``wait_ms`` passed, instead of
     answering it at once with the one message that arrived. With the defaults (1 byte), a
     consumer under load made a fetch round trip per message or two: a fifth of the intake's
-    and the audit's CPU, and the broker's share of it besides."""
+    and the audit's CPU, and the broker's share of it besides. While nothing comes, a
+    ``KafkaSource`` asks for a long poll instead (``FetchHolding``)."""
     return {"fetch_min_bytes": FETCH_MIN_BYTES, "fetch_max_wait_ms": wait_ms}
+
+
+LONG_POLL_MS = 500
+"""How long the broker holds a quiet follower's fetch (Kafka's own default fetch wait); the
+first record to arrive answers it at once."""
+
+
+class FetchHolding:
+    """A consumer made with ``held_fetches``, switched between two ways of fetching.
+
+    - *Held* while records come: the broker answers a fetch at ``FETCH_MIN_BYTES`` or after the
+      follower's wait, so a batch is one fetch rather than one per record or two.
+    - *Long poll* once a held fetch or two came back empty: the broker answers at the first
+      record, or after ``LONG_POLL_MS`` (the held wait, if longer).
+
+    A follower at rest used to send a held fetch every wait: 50 a second at 20 ms, each a
+    request and an answer naming every partition it follows. That was 5–7 % of a core in the
+    intake and in the approval service each, with nothing arriving, and a third of the idle
+    broker's CPU besides. Its first record after a quiet spell also waited out a hold; now it
+    is handed on at once.
+
+    aiokafka reads both settings from its fetcher each time it builds a fetch
+    (``Fetcher._get_actions_per_node``), and offers no public way to change them on a running
+    consumer, so they are set there. ``tests/unit/test_fetch_holding.py`` checks that aiokafka
+    still reads them there. A consumer made without held fetches is left as it is, and so is
+    one that is not aiokafka's (the tests' in-memory consumers)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.quiet = False  # a consumer starts as it was made
+        self._as_made: tuple[Any, int, int] | None = None  # its fetcher, min bytes and wait ms
+        self._looked = False
+
+    def _held(self) -> tuple[Any, int, int] | None:
+        """The started consumer's fetcher, min bytes and wait as made, when made with held
+        fetches; else None."""
+        if not self._looked:
+            fetcher = getattr(self.consumer, "_fetcher", None)
+            if fetcher is None:
+                return None  # not started, or not aiokafka's
+            self._looked = True
+            min_bytes = getattr(fetcher, "_fetch_min_bytes", None)
+            wait_ms = getattr(fetcher, "_fetch_max_wait_ms", None)
+            if isinstance(min_bytes, int) and isinstance(wait_ms, int) and min_bytes > 1:
+                self._as_made = (fetcher, min_bytes, wait_ms)
+        return self._as_made
+
+    def patience_ms(self, wait_ms: int) -> int:
+        """How long to wait for records before going quiet: two held fetches and a margin, never
+        more than ``wait_ms`` (what the follower waits at most)."""
+        held = self._held()
+        return wait_ms if self.quiet or held is None else min(wait_ms, 2 * held[2] + 10)
+
+    def nothing_came(self) -> None:
+        """Ask for a long poll: the next fetch is answered at the first record."""
+        if not self.quiet and (held := self._held()) is not None:
+            fetcher, _, wait_ms = held
+            fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = 1, max(LONG_POLL_MS, wait_ms)
+            self.quiet = True
+
+    def records_came(self) -> None:
+        """Ask for held fetches again, as the consumer was made."""
+        if self.quiet and (held := self._held()) is not None:
+            fetcher, min_bytes, wait_ms = held
+            fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = min_bytes, wait_ms
+            self.quiet = False
 
 
 def group_member(session_timeout_s: float, rebalance_timeout_s: float | None = None) -> dict[str, int]:
@@ -440,6 +507,7 @@ class KafkaSource:
         self._later: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         self._pace = Pace()
+        self._fetching = FetchHolding(consumer)
 
     async def batches(self) -> AsyncIterator[Sequence[Message]]:
         """Whatever arrived, as soon as anything did; with ``gather_ms``, what arrives within
@@ -448,9 +516,12 @@ class KafkaSource:
         several, and the events of one action often land in the same batch. The window is
         waited only at a pace that fills it (``GATHER_WHEN_EXPECTED``)."""
         while True:
-            batch = _records(await self.consumer.getmany(timeout_ms=self.wait_ms, max_records=self.max_records))
+            waiting_ms = self._fetching.patience_ms(self.wait_ms)
+            batch = _records(await self.consumer.getmany(timeout_ms=waiting_ms, max_records=self.max_records))
             if not batch:
+                self._fetching.nothing_came()
                 continue
+            self._fetching.records_came()
             now = time.monotonic()
             self._pace.add(now, len(batch))
             if self.gather_ms and self._pace.per_second(now) * self.gather_ms / 1000 >= GATHER_WHEN_EXPECTED:
