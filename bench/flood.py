@@ -19,6 +19,7 @@ own that stays up between runs (``.run/flood``, ports 39092 / 38181 / 35433), an
     FLOOD_ACCESS_LOG=1  (the HTTP servers' access log on, as before the sixth round)
     FLOOD_EXECUTOR_IN_FLIGHT=1  (the executor's batches in hand; default the settings')
     FLOOD_POST=32  (one POST per action instead, 32 in flight, as ``make bench``'s one-POST flood)
+    FLOOD_IDLE_S=30  (first, after the warm-up: CPU-ms per second of every process at rest)
     FLOOD_OPEN=200  FLOOD_OPEN_S=15  (then an open loop at 200/s, one POST per action: request→decided
                      p50/p95/p99 and where it went: POST → ``requested`` record, → ``decided_at``,
                      → ``decided`` record, from the records' own timestamps)
@@ -58,6 +59,7 @@ BATCH = int(os.environ.get("BENCH_BATCH_SIZE", 200))
 POST_IN_FLIGHT = int(os.environ.get("FLOOD_POST", 0))  # 0: batched
 OPEN_RATE = float(os.environ.get("FLOOD_OPEN", 0))  # 0: no open-loop probe
 OPEN_SECONDS = float(os.environ.get("FLOOD_OPEN_S", 15))
+IDLE_SECONDS = float(os.environ.get("FLOOD_IDLE_S", 0))  # 0: no at-rest measurement
 SERVICES = ("intake", "policy", "executor", "audit", "approval")
 
 
@@ -128,6 +130,8 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
                 if (pid := servers.pid(server)) is not None:
                     pids[server] = (pid, children)
             meter = machine.CpuMeter(pids)
+            if IDLE_SECONDS:
+                await at_rest(meter, IDLE_SECONDS)
             xacts_before, tables_before = table_writes(settings.database_url)
             backends = Backends(pids["postgres"][0])
             calls.clear()
@@ -170,6 +174,19 @@ async def flood(servers: PrivateServers, settings: Settings, procs: ServiceProce
         late = f"p99 {slip['p99_s'] * 1000:.1f} ms, max {slip['max_s'] * 1000:.1f} ms"
         print(f"  the generator's own schedule slipped (counted in every figure above): {late}")
     return drained
+
+
+async def at_rest(meter: machine.CpuMeter, seconds: float) -> None:
+    """What each process spends while nothing arrives, after the warm-up and before the flood:
+    CPU-ms per second (a deployment is mostly at rest; fetch loops, timers, heartbeats)."""
+    await asyncio.sleep(5)  # the warm-up's last batches and commits settle
+    before = meter.snapshot()
+    await asyncio.sleep(seconds)
+    spent = machine.CpuMeter.spent(before, meter.snapshot())
+    print(f"at rest for {seconds:.0f}s, CPU-ms per second:")
+    for name, cpu in sorted(spent.items(), key=lambda item: -item[1]):
+        print(f"  {name:18} {cpu * 1000 / seconds:7.1f}")
+    print(f"  {'all':18} {sum(spent.values()) * 1000 / seconds:7.1f}")
 
 
 async def where_latency_went(settings: Settings, sent: dict[str, float]) -> None:
