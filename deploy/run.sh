@@ -81,8 +81,8 @@ Try it, in another shell (from $REPO):
   AGENT=\$(keyturn token issue --sub agent:reporter --act human:alice)
   curl -s -X POST $intake/v1/actions -H "Authorization: Bearer \$AGENT" -H 'Content-Type: application/json' \\
        -d '{"action":"iam.role.grant","resource":"iam://staging/roles/analyst","parameters":{"principal":"bob","role":"analyst"},"reason":"onboarding"}'
-  keyturn approve ACTION_ID --token "\$(keyturn token issue --sub human:carol)"     # carol is in group security
-  keyturn status ACTION_ID --token "\$AGENT" --wait 10                              # succeeded: GRANT analyst TO bob
+  keyturn token issue --sub human:carol | keyturn approve ACTION_ID --token -      # carol is in group security
+  echo "\$AGENT" | keyturn status ACTION_ID --token - --wait 10                     # succeeded: GRANT analyst TO bob
   psql $SQL_TARGET -c '\\du bob'                                            # bob is a member of analyst
   keyturn audit tail
 

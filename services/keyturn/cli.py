@@ -257,10 +257,19 @@ def token_issue(
 TOKEN_TEXT = re.compile(r"[A-Za-z0-9_\-.=+/]+")  # what a compact JWT is made of
 
 
+TOKEN_HELP = (
+    "Your token, or - to read it from stdin (default: $KEYTURN_TOKEN). A token written here is in the "
+    "process list, which every user of the machine can read"
+)
+
+
 def _token(token: str | None) -> str:
-    """The caller's token, trimmed (one read from a file often ends in a line break), and refused
-    without being repeated if it holds anything no token has: sent in a header, it made the HTTP
-    library raise with the whole header, token and all, in its message."""
+    """The caller's token (``-``: its first line on stdin), trimmed (one read from a file often
+    ends in a line break), and refused without being repeated if it holds anything no token has:
+    sent in a header, it made the HTTP library raise with the whole header, token and all, in its
+    message."""
+    if token == "-" and not (token := sys.stdin.readline().strip()):
+        _fail("no token on stdin (--token - reads its first line)", 2)
     token = (token or os.environ.get("KEYTURN_TOKEN") or "").strip()
     if not token:
         _fail("no token: pass --token or set KEYTURN_TOKEN (mint one with `keyturn token issue --sub human:NAME`)", 2)
@@ -413,7 +422,7 @@ def _print_approval(approval: dict[str, Any]) -> None:
 
 @approvals_app.command("list")
 def approvals_list(
-    token: str | None = typer.Option(None, "--token", help="Your token (default: $KEYTURN_TOKEN)"),
+    token: str | None = typer.Option(None, "--token", help=TOKEN_HELP),
     as_json: bool = typer.Option(False, "--json", help="The approval service's answer as JSON"),
 ) -> None:
     """Pending approvals you may decide now, each with its impact preview."""
@@ -441,7 +450,7 @@ def approvals_list(
 @approvals_app.command("show")
 def approvals_show(
     action_id: str,
-    token: str | None = typer.Option(None, "--token", help="Your token (default: $KEYTURN_TOKEN)"),
+    token: str | None = typer.Option(None, "--token", help=TOKEN_HELP),
     as_json: bool = typer.Option(False, "--json", help="The approval service's answer as JSON"),
 ) -> None:
     """One approval as approvers see it: the request, its impact preview, the policy, the progress."""
@@ -474,7 +483,7 @@ def _detail(response: httpx.Response) -> str:
 def approve(
     action_id: str,
     reason: str | None = typer.Option(None, help="Why (optional)"),
-    token: str | None = typer.Option(None, help="Approver token (or KEYTURN_TOKEN)"),
+    token: str | None = typer.Option(None, "--token", help=TOKEN_HELP),
 ) -> None:
     """Approve a pending action, bound to the parameters shown."""
     _vote(action_id, "approve", reason, token)
@@ -484,7 +493,7 @@ def approve(
 def deny(
     action_id: str,
     reason: str = typer.Option(..., help="Why; shown to the requester"),
-    token: str | None = typer.Option(None, help="Approver token (or KEYTURN_TOKEN)"),
+    token: str | None = typer.Option(None, "--token", help=TOKEN_HELP),
 ) -> None:
     """Deny a pending action."""
     _vote(action_id, "deny", reason, token)
@@ -494,7 +503,7 @@ def deny(
 def status(
     action_id: str,
     wait: float = typer.Option(0, help="Wait up to this many seconds for a terminal state"),
-    token: str | None = typer.Option(None),
+    token: str | None = typer.Option(None, "--token", help=TOKEN_HELP),
 ) -> None:
     """Show an action's state and history (as its requester)."""
     settings = _settings()

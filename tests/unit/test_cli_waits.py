@@ -3,6 +3,8 @@ bad token, id or unreachable server is one line that repeats nothing pasted with
 
 from __future__ import annotations
 
+import io
+
 import httpx
 import pytest
 import typer
@@ -54,6 +56,23 @@ def test_a_token_read_with_its_line_break_is_trimmed_and_one_holding_other_text_
         cli._token("eyJh.secret-part\r\nX-Other: header")
     err = capsys.readouterr().err
     assert "characters no token has" in err and "secret-part" not in err
+
+
+def test_a_token_is_read_from_stdin_so_it_never_stands_in_the_process_list(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KEYTURN_TOKEN", "eyJh.from-the-environment.c2ln")
+    monkeypatch.setattr(cli.sys, "stdin", io.StringIO("eyJh.eyJi.c2ln\nsecond line\n"))
+    assert cli._token("-") == "eyJh.eyJi.c2ln"
+    monkeypatch.setattr(cli.sys, "stdin", io.StringIO(""))
+    with pytest.raises(typer.Exit):  # asked for stdin: an empty one is no token, not the environment's
+        cli._token("-")
+    assert "no token on stdin" in capsys.readouterr().err
+
+
+def test_every_command_that_sends_a_token_offers_stdin_for_it() -> None:
+    runner = CliRunner()
+    for command in (["approve"], ["deny"], ["status"], ["approvals", "list"], ["approvals", "show"]):
+        shown = runner.invoke(cli.app, [*command, "--help"], env={"COLUMNS": "200"}).output
+        assert "--token" in shown and "stdin" in shown, command
 
 
 @pytest.mark.parametrize("action_id", ["", "abc\ndef", "abc\x01def", "x/../y", ".."])
