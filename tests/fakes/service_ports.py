@@ -9,16 +9,20 @@
   transient error a broker outage raises, so nothing is acknowledged while it is down.
 - ``FakeOpa``: answers from a function of the input, or raises ``PolicyUnavailable`` while down.
 - ``ListSource``: a consumption source over fixed batches, recording each commit.
+- ``MemoryConsumer``: aiokafka's consumer as ``bus.loop.KafkaSource`` uses it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from keyturn.bus.codec import registry
@@ -304,6 +308,50 @@ class ListSource:
         self.committed.append(list(batch))
 
 
+class MemoryConsumer:
+    """aiokafka's consumer as ``KafkaSource`` uses it, over records fed to it: ``getmany`` hands
+    out what was fed (waiting up to its timeout for something) and notes each call's timeout with
+    the fetch settings the broker would be asked for meanwhile (``asked``); ``commit`` records the
+    offsets asked for. ``_fetcher`` holds the two settings where aiokafka's fetcher does, as the
+    consumer was made (aiokafka's defaults unless given)."""
+
+    def __init__(self, topic: str, *, fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 500) -> None:
+        self.topic = topic
+        self._fetcher = SimpleNamespace(_fetch_min_bytes=fetch_min_bytes, _fetch_max_wait_ms=fetch_max_wait_ms)
+        self.fed: asyncio.Queue[Record] = asyncio.Queue()
+        self.asked: list[tuple[int, int, int]] = []  # (getmany timeout, min bytes, wait ms)
+        self.commits: list[dict[tuple[str, int], int]] = []
+
+    def feed(self, *keys_and_offsets: tuple[str, int], partition: int = 0) -> None:
+        for key, offset in keys_and_offsets:
+            self.fed.put_nowait(Record(self.topic, partition, offset, key.encode(), key.encode()))
+
+    def fetching(self) -> tuple[int, int]:
+        """What the next fetch would ask the broker for: (min bytes, wait ms)."""
+        return self._fetcher._fetch_min_bytes, self._fetcher._fetch_max_wait_ms
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
+        self.asked.append((timeout_ms, *self.fetching()))
+        try:
+            first = await asyncio.wait_for(self.fed.get(), timeout_ms / 1000)
+        except TimeoutError:
+            return {}
+        got = [first]
+        while len(got) < max_records and not self.fed.empty():
+            got.append(self.fed.get_nowait())
+        by_partition: dict[Any, list[Record]] = {}
+        for record in got:
+            by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
+        return by_partition
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append({(tp.topic, tp.partition): offset for tp, offset in offsets.items()})
+
+    def committed(self, partition: int = 0) -> int | None:
+        """The last offset committed for ``partition``, None if never."""
+        return next((c[(self.topic, partition)] for c in reversed(self.commits) if (self.topic, partition) in c), None)
+
+
 __all__ = [
     "FakeActionStore",
     "FakeDecisions",
@@ -312,6 +360,7 @@ __all__ = [
     "FakeSend",
     "LifecycleChange",
     "ListSource",
+    "MemoryConsumer",
     "Record",
     "fake_publisher",
 ]

@@ -7,47 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from types import SimpleNamespace
-from typing import Any
 
-from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import Fetcher
 
 from keyturn.bus.loop import FETCH_MIN_BYTES, LONG_POLL_MS, KafkaSource, held_fetches
-from tests.fakes.service_ports import Record
+from tests.fakes.service_ports import MemoryConsumer
 
 TOPIC = "unit.decided"
 
 
-class Consumer:
-    """aiokafka's consumer as ``KafkaSource`` sees it, with the fetcher settings it was made
-    with: ``getmany`` hands out what was fed, and notes how long it was asked to wait and what
-    the fetcher would ask the broker for meanwhile."""
-
-    def __init__(self, **options: int) -> None:
-        self._fetcher = SimpleNamespace(
-            _fetch_min_bytes=options.get("fetch_min_bytes", 1), _fetch_max_wait_ms=options.get("fetch_max_wait_ms", 500)
-        )
-        self.fed: asyncio.Queue[Record] = asyncio.Queue()
-        self.asked: list[tuple[int, int, int]] = []  # (getmany timeout, min bytes, wait ms)
-
-    def feed(self, offset: int) -> None:
-        self.fed.put_nowait(Record(TOPIC, 0, offset, b"k", b"v"))
-
-    def fetching(self) -> tuple[int, int]:
-        return self._fetcher._fetch_min_bytes, self._fetcher._fetch_max_wait_ms
-
-    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
-        self.asked.append((timeout_ms, *self.fetching()))
-        try:
-            record = await asyncio.wait_for(self.fed.get(), timeout_ms / 1000)
-        except TimeoutError:
-            return {}
-        return {TopicPartition(TOPIC, 0): [record]}
-
-
 async def test_a_held_follower_long_polls_while_nothing_comes_and_holds_again_when_records_do() -> None:
-    consumer = Consumer(**held_fetches(20))
+    consumer = MemoryConsumer(TOPIC, **held_fetches(20))
     source = KafkaSource(consumer, max_records=500, wait_ms=1000)
     batches = source.batches()
     waiting = asyncio.create_task(anext(batches))
@@ -57,33 +27,33 @@ async def test_a_held_follower_long_polls_while_nothing_comes_and_holds_again_wh
     # then, nothing having come, the broker is asked to answer at the first record
     assert consumer.fetching() == (1, LONG_POLL_MS)
     assert consumer.asked[-1] == (1000, 1, LONG_POLL_MS)
-    consumer.feed(7)
+    consumer.feed(("k", 7))
     assert [m.offset for m in await asyncio.wait_for(waiting, 1)] == [7]
     assert consumer.fetching() == (FETCH_MIN_BYTES, 20), "records flow: fetches are held again"
     await batches.aclose()
 
 
 async def test_a_wait_longer_than_the_long_poll_is_kept_while_quiet() -> None:
-    consumer = Consumer(**held_fetches(1000))  # the console history's
+    consumer = MemoryConsumer(TOPIC, **held_fetches(1000))  # the console history's
     source = KafkaSource(consumer, max_records=500, wait_ms=1000)
     batches = source.batches()
     waiting = asyncio.create_task(anext(batches))
     await asyncio.sleep(1.1)
     assert consumer.asked[0][0] == 1000  # never more than the follower's own wait
     assert consumer.fetching() == (1, 1000)
-    consumer.feed(1)
+    consumer.feed(("k", 1))
     await asyncio.wait_for(waiting, 2)
     assert consumer.fetching() == (FETCH_MIN_BYTES, 1000)
     await batches.aclose()
 
 
 async def test_a_follower_made_without_held_fetches_is_left_as_it_was() -> None:
-    consumer = Consumer()  # aiokafka's defaults: 1 byte, 500 ms
+    consumer = MemoryConsumer(TOPIC)  # aiokafka's defaults: 1 byte, 500 ms
     source = KafkaSource(consumer, max_records=500, wait_ms=300)
     batches = source.batches()
     waiting = asyncio.create_task(anext(batches))
     await asyncio.sleep(0.7)
-    consumer.feed(3)
+    consumer.feed(("k", 3))
     await asyncio.wait_for(waiting, 1)
     assert {asked for asked in consumer.asked} == {(300, 1, 500)}
     await batches.aclose()

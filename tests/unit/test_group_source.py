@@ -13,42 +13,9 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from keyturn.bus.loop import KafkaSource, Pace, Stage, run
-from tests.fakes.service_ports import Record, fake_publisher
+from tests.fakes.service_ports import MemoryConsumer, fake_publisher
 
 TOPIC = "unit.decided"
-
-
-class Consumer:
-    """The part of aiokafka's consumer ``KafkaSource`` uses: ``getmany`` hands out what was fed
-    (waiting up to its timeout for something), ``commit`` records the offsets asked for."""
-
-    def __init__(self) -> None:
-        self.fed: asyncio.Queue[Record] = asyncio.Queue()
-        self.commits: list[dict[tuple[str, int], int]] = []
-
-    def feed(self, *keys_and_offsets: tuple[str, int], partition: int = 0) -> None:
-        for key, offset in keys_and_offsets:
-            self.fed.put_nowait(Record(TOPIC, partition, offset, key.encode(), key.encode()))
-
-    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
-        try:
-            first = await asyncio.wait_for(self.fed.get(), timeout_ms / 1000)
-        except TimeoutError:
-            return {}
-        got = [first]
-        while len(got) < max_records and not self.fed.empty():
-            got.append(self.fed.get_nowait())
-        by_partition: dict[Any, list[Record]] = {}
-        for record in got:
-            by_partition.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
-        return by_partition
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.commits.append({(tp.topic, tp.partition): offset for tp, offset in offsets.items()})
-
-    def committed(self, partition: int = 0) -> int | None:
-        """The last offset committed for ``partition``, None if never."""
-        return next((c[(TOPIC, partition)] for c in reversed(self.commits) if (TOPIC, partition) in c), None)
 
 
 def decoded_as_key(handle: Any, **options: Any) -> Stage:
@@ -71,7 +38,7 @@ async def running(source: KafkaSource, stage: Stage, **options: Any) -> AsyncIte
 async def test_batches_in_flight_go_on_past_a_slow_one_and_the_commit_stops_at_it() -> None:
     """The executor's loop: a command that runs for minutes holds up only its own action, and
     a crash meanwhile reads it (and what came after) again."""
-    consumer = Consumer()
+    consumer = MemoryConsumer(TOPIC)
     slow_may_finish = asyncio.Event()
     handled: list[str] = []
 
@@ -97,7 +64,7 @@ async def test_batches_in_flight_go_on_past_a_slow_one_and_the_commit_stops_at_i
 
 
 async def test_in_flight_batches_are_bounded() -> None:
-    consumer = Consumer()
+    consumer = MemoryConsumer(TOPIC)
     release = asyncio.Event()
     started: list[int] = []
 
@@ -117,7 +84,7 @@ async def test_in_flight_batches_are_bounded() -> None:
 
 async def test_a_batch_that_ends_soon_holds_up_the_next_so_what_arrives_meanwhile_goes_together() -> None:
     """Taken at once, batches under load were smaller, and each costs statements of its own."""
-    consumer = Consumer()
+    consumer = MemoryConsumer(TOPIC)
     batches: list[list[int]] = []
     in_hand: list[int] = []
 
@@ -144,7 +111,7 @@ async def test_a_batch_that_ends_soon_holds_up_the_next_so_what_arrives_meanwhil
 
 
 async def test_a_rebalance_lets_a_batch_in_hand_finish_and_commit_before_its_partition_moves() -> None:
-    consumer = Consumer()
+    consumer = MemoryConsumer(TOPIC)
     source = KafkaSource(consumer, wait_ms=50)
     consumer.feed(("a", 0), ("b", 1))
     batch = await anext(source.batches())
@@ -160,7 +127,7 @@ async def test_a_rebalance_lets_a_batch_in_hand_finish_and_commit_before_its_par
 
 
 async def test_a_batch_still_in_hand_when_the_patience_ends_commits_nothing_for_the_moved_partition() -> None:
-    consumer = Consumer()
+    consumer = MemoryConsumer(TOPIC)
     source = KafkaSource(consumer, wait_ms=50)
     consumer.feed(("a", 0), ("b", 1))
     batches = source.batches()
@@ -177,7 +144,7 @@ async def test_a_batch_still_in_hand_when_the_patience_ends_commits_nothing_for_
 
 
 async def test_commits_are_paced_and_a_timer_commits_what_is_left() -> None:
-    consumer = Consumer()
+    consumer = MemoryConsumer(TOPIC)
     source = KafkaSource(consumer, wait_ms=50, commit_every_s=0.2)
     batches = source.batches()
     for offset in range(3):
@@ -196,7 +163,7 @@ async def test_commits_are_paced_and_a_timer_commits_what_is_left() -> None:
 
 
 async def test_a_trickle_is_handed_on_at_once_and_a_pace_that_fills_the_window_gathers() -> None:
-    consumer = Consumer()
+    consumer = MemoryConsumer(TOPIC)
     source = KafkaSource(consumer, max_records=500, wait_ms=1000, gather_ms=400)
     batches = source.batches()
     consumer.feed(("a1", 0))  # one record, the first in a second: nothing more is expected
