@@ -663,7 +663,9 @@ def test_a_verified_token_is_answered_from_the_cache_until_it_expires(key):
 
 def test_an_expired_token_is_refused_even_after_it_was_cached(key):
     verifier = TokenVerifier(key.jwks(), issuer=ISSUER, audience=AUDIENCE, leeway_s=0)
-    token = issue_token(key, subject="agent:reporter", ttl=timedelta(seconds=1))
+    # exp is in whole seconds: a 1 s token issued late in a second lives a few milliseconds, which
+    # a busy machine spends before the first check; 2 s leaves at least one
+    token = issue_token(key, subject="agent:reporter", ttl=timedelta(seconds=2))
     assert verifier.verify(token).id == "agent:reporter"
     expires = jwt.decode(token, options={"verify_signature": False})["exp"]
     while datetime.now(UTC).timestamp() < expires:
