@@ -33,9 +33,11 @@ from keyturn.core.events import (
 from keyturn.core.principal import Principal
 from keyturn.faults import until_done
 from keyturn.identity import InvalidToken
+from keyturn.intake import status as status_module
 from keyturn.intake.app import create_app
 from keyturn.intake.consumers import submissions_stage, sweep_outbox
 from keyturn.intake.status import StatusFollower
+from keyturn.intake.store import StoredAction
 from keyturn.intake.submissions import ActionSubmission, IdempotencyConflict, Intake
 from keyturn.intake.wiring import IntakeWiring, MaskUnknown, parameter_masks
 from keyturn.masking.protect import parameter_protector
@@ -519,6 +521,80 @@ async def test_the_status_follower_records_a_batch_and_wakes_a_waiting_requester
     assert [h["event"] for h in row.history] == ["ActionRequested", "ActionDecided", "ActionExecuted"]
     assert source.committed == [batch]
     assert send.events("unit.dlq") == []
+
+
+class CountedReads(FakeActionStore):
+    """The fake store, counting how often an action is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get(self, action_id: str) -> StoredAction | None:
+        self.reads += 1
+        return await super().get(action_id)
+
+
+def decided_record(action_id: str, offset: int) -> Record:
+    decision = dataclasses.replace(allowed(action_id), action_id=action_id)
+    return vouched(Record("unit.actions.decided", 0, offset, action_id.encode(), registry().encode_event(decision)))
+
+
+def executed_record(action_id: str, offset: int) -> Record:
+    executed = ActionExecuted(
+        event_id=f"executed:{action_id}",
+        action_id=action_id,
+        outcome=ExecutionOutcome.SUCCEEDED,
+        plugin="noop",
+        payload_digest=allowed(action_id).request.payload_digest,
+        finished_at=datetime.datetime.now(datetime.UTC),
+    )
+    return vouched(Record("unit.actions.executed", 0, offset, action_id.encode(), registry().encode_event(executed)))
+
+
+async def test_a_waiting_requester_is_woken_by_its_own_actions_end_not_by_every_batch(monkeypatch) -> None:
+    # each waiter used to read its action again after every batch the follower recorded: twenty
+    # reads a second per waiting request under load, whatever the batches held
+    monkeypatch.setattr(status_module, "RECHECK_S", 60.0)  # only the follower's wake-up ends this wait
+    store = CountedReads()
+    intake, _, _ = intake_with(store)
+    mine, _ = await intake.submit(REPORTER, submission(idempotency_key="mine"), SubmissionChannel.HTTP)
+    others = [
+        (await intake.submit(REPORTER, submission(idempotency_key=f"other-{n}"), SubmissionChannel.HTTP))[0]
+        for n in range(10)
+    ]
+    follower = StatusFollower(store, intake.publisher, WARRANTS_ALL)
+    waiting = asyncio.create_task(follower.wait_terminal(mine.action_id, 30))
+    await asyncio.sleep(0)
+    batches = [[decided_record(other.action_id, n)] for n, other in enumerate(others)]
+    batches += [[decided_record(mine.action_id, 10)], [executed_record(mine.action_id, 0)]]
+    for batch in batches:  # as a stream brings them: the waiter gets its turn between batches
+        await run(ListSource([batch]), follower.stage)
+        await asyncio.sleep(0.005)
+    await asyncio.wait_for(waiting, 5)
+    assert store.rows[mine.action_id].state.value == "succeeded"
+    assert store.reads == 1  # its first look; eleven batches later, the one that ended it woke it
+    assert follower._waiting == {}
+
+
+async def test_a_wait_sees_an_end_another_replica_recorded_and_gives_up_at_its_timeout(monkeypatch) -> None:
+    monkeypatch.setattr(status_module, "RECHECK_S", 0.01)
+    store = CountedReads()
+    intake, _, _ = intake_with(store)
+    stored, _ = await intake.submit(REPORTER, submission(), SubmissionChannel.HTTP)
+    follower = StatusFollower(store, intake.publisher, WARRANTS_ALL)
+    # nothing ends it: the wait returns at its timeout, holding nothing
+    await asyncio.wait_for(follower.wait_terminal(stored.action_id, 0.05), 5)
+    assert store.rows[stored.action_id].state.value == "requested" and follower._waiting == {}
+    # another intake's follower records the end in the shared table: this one never sees the event
+    waiting = asyncio.create_task(follower.wait_terminal(stored.action_id, 30))
+    await asyncio.sleep(0.03)
+    assert not waiting.done()
+    elsewhere = StatusFollower(store, intake.publisher, WARRANTS_ALL)
+    ended = [[decided_record(stored.action_id, 0)], [executed_record(stored.action_id, 0)]]
+    await run(ListSource(ended), elsewhere.stage)
+    await asyncio.wait_for(waiting, 5)
+    assert store.rows[stored.action_id].state.value == "succeeded" and follower._waiting == {}
 
 
 async def test_token_keys_that_cannot_be_fetched_hold_a_topic_submission_not_refuse_it(monkeypatch) -> None:

@@ -15,18 +15,25 @@ from keyturn.bus.loop import KafkaSource, Stage, run
 from keyturn.bus.publisher import Publisher
 from keyturn.bus.warrants import Warrants, log_skipped
 from keyturn.core.events import ActionDecided, ActionExecuted, ApprovalResolved
+from keyturn.core.lifecycle import ActionState
 from keyturn.intake.store import LifecycleChange, StoredAction
 
 log = logging.getLogger(__name__)
 LIFECYCLE_EVENTS = (ActionDecided, ApprovalResolved, ActionExecuted)
 GATHER_MS = 50  # a status read may be this far behind: changes are written in batches gathered this long
 FETCH_WAIT_MS = 20  # and the broker holds a fetch this long for more (bus.loop.held_fetches)
+# A waiting requester is woken by this follower when a batch it recorded ends the action; it
+# also reads the action this often, since the end may be recorded by another intake replica's
+# follower (the lifecycle topics' partitions are shared among the replicas).
+RECHECK_S = 0.5
 
 
 class StatusStore(Protocol):
     """What the follower needs of the intake's store."""
 
-    async def apply_many(self, changes: Iterable[LifecycleChange], patience_s: float | None = None) -> Any: ...
+    async def apply_many(
+        self, changes: Iterable[LifecycleChange], patience_s: float | None = None
+    ) -> dict[str, ActionState]: ...
 
     async def get(self, action_id: str) -> StoredAction | None: ...
 
@@ -98,7 +105,8 @@ class StatusFollower:
         # the status tells what Keyturn's services did: a lifecycle record without the warrant
         # of the service that makes it (``bus.warrants``) was written by someone else
         self.warrants = warrants
-        self._changed = asyncio.Condition()
+        # action id → the requesters waiting for it to end (``wait_terminal``), one event each
+        self._waiting: dict[str, set[asyncio.Event]] = {}
         # the intake owns none of the lifecycle topics: the loop skips what it cannot read
         # (``Topics.dead_letter_owner``) and their owners dead-letter it
         self.stage = Stage(publisher, LIFECYCLE_EVENTS, handle_batch=self._record)
@@ -117,24 +125,30 @@ class StatusFollower:
         """Record the batch in one statement (a database outage is waited out by the loop)."""
         kept, refused = self.warrants.sorted(batch)
         log_skipped(refused, "status")
-        await self.store.apply_many([change_of(event) for event, _ in kept], patience_s=5.0)
-        async with self._changed:
-            self._changed.notify_all()
+        states = await self.store.apply_many([change_of(event) for event, _ in kept], patience_s=5.0)
+        # only the requesters of the actions this batch ended are woken: each used to read its
+        # action again after every batch the follower recorded, whatever the batch held
+        for action_id, state in states.items():
+            if state.is_terminal:
+                for ended in self._waiting.get(action_id, ()):
+                    ended.set()
 
     async def wait_terminal(self, action_id: str, timeout: float) -> None:
         """Return when the action is terminal or ``timeout`` seconds passed."""
-
-        async def terminal() -> None:
-            while True:
-                stored = await self.store.get(action_id)
-                if stored is None or stored.state.is_terminal:
-                    return
-                async with self._changed:
-                    # a short wait too, so a change applied by another intake replica is seen
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), 0.5)
-
+        ended = asyncio.Event()  # registered before the first read, so no end recorded after it is missed
+        waiting = self._waiting.setdefault(action_id, set())
+        waiting.add(ended)
         try:
-            await asyncio.wait_for(terminal(), timeout)
+            async with asyncio.timeout(timeout):
+                while not ended.is_set():
+                    stored = await self.store.get(action_id)
+                    if stored is None or stored.state.is_terminal:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ended.wait(), RECHECK_S)
         except TimeoutError:
             pass
+        finally:
+            waiting.discard(ended)
+            if not waiting and self._waiting.get(action_id) is waiting:
+                del self._waiting[action_id]
