@@ -553,8 +553,8 @@ def executed_record(action_id: str, offset: int) -> Record:
 
 
 async def test_a_waiting_requester_is_woken_by_its_own_actions_end_not_by_every_batch(monkeypatch) -> None:
-    # each waiter used to read its action again after every batch the follower recorded: twenty
-    # reads a second per waiting request under load, whatever the batches held
+    # each waiter used to read its action again after every batch the follower recorded,
+    # whatever the batches held
     monkeypatch.setattr(status_module, "RECHECK_S", 60.0)  # only the follower's wake-up ends this wait
     store = CountedReads()
     intake, _, _ = intake_with(store)

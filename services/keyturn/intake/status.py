@@ -128,9 +128,9 @@ class StatusFollower:
         states = await self.store.apply_many([change_of(event) for event, _ in kept], patience_s=5.0)
         # only the requesters of the actions this batch ended are woken: each used to read its
         # action again after every batch the follower recorded, whatever the batch held
-        for action_id, state in states.items():
-            if state.is_terminal:
-                for ended in self._waiting.get(action_id, ()):
+        for action_id in self._waiting.keys() & states.keys():
+            if states[action_id].is_terminal:
+                for ended in self._waiting[action_id]:
                     ended.set()
 
     async def wait_terminal(self, action_id: str, timeout: float) -> None:
