@@ -41,6 +41,7 @@ from keyturn.config import Settings
 from keyturn.core.audit.checkpoint import CheckpointSigner
 from keyturn.core.events import EVENT_TYPES, ActionSubmitted
 from keyturn.faults import supervised, until_done
+from keyturn.masking.agreement import start_only_in_agreement_at
 from keyturn.masking.protect import keyring_for
 from keyturn.metrics import serve_metrics
 from keyturn.roots import topics_of
@@ -100,9 +101,8 @@ class AuditService:
         # the chain holds what Keyturn's services did: a lifecycle event or a vote without the
         # warrant of the service that makes it (``bus.warrants``) is left out of it, and its
         # refusal is chained instead (a dead letter), so reports never count a forged outcome
-        self.warrants = Warrants(
-            keyring_for(settings.seal_keys, settings.keys_dir), (*self.topics.lifecycle, self.topics.votes)
-        )
+        self.keyring = keyring_for(settings.seal_keys, settings.keys_dir)
+        self.warrants = Warrants(self.keyring, (*self.topics.lifecycle, self.topics.votes))
         self.publisher: Any = None  # the dead letters' (``run``)
 
     def audited(self, message: Any) -> AuditedEvent:
@@ -149,6 +149,11 @@ class AuditService:
         """Until cancelled (SIGTERM): resume the chain, then chain every batch; on the way out,
         sign a final checkpoint."""
         settings = self.settings
+        # with another ring than the services', every genuine event would be left out of the chain
+        await until_done(
+            lambda: start_only_in_agreement_at(settings.database_url, settings.namespace, "audit", self.keyring),
+            "audit: checking the seal keys",
+        )
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",

@@ -31,6 +31,7 @@ from keyturn.executor.plugins import PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor, ExecutorStage
 from keyturn.faults import supervised, until_done
+from keyturn.masking.agreement import start_only_in_agreement
 from keyturn.masking.protect import keyring_for, parameter_opener
 from keyturn.roots import follow_group, opa_client, stream_worker
 from keyturn.secret_store import DDL as SECRETS_DDL
@@ -122,6 +123,7 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
 
     async def build_executor() -> Executor:
         pool = await open_pool(settings.database_url, DDL + SECRETS_DDL, schema=schema_name(settings.namespace))
+        await start_only_in_agreement(pool, "executor", keyring)
         results = ResultShaper(settings.executor_max_result_rows)
         await asyncio.to_thread(results.warm)
         await registry.start()

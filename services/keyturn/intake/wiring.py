@@ -34,6 +34,7 @@ from keyturn.intake.status import FETCH_WAIT_MS as STATUS_FETCH_WAIT_MS
 from keyturn.intake.status import StatusFollower
 from keyturn.intake.store import DDL, ActionStore, StoredAction, StoreUnavailable
 from keyturn.intake.submissions import Intake, IntakeStore
+from keyturn.masking.agreement import start_only_in_agreement
 from keyturn.masking.protect import keyring_for, parameter_protector
 from keyturn.receipts import jwks, keys_from
 from keyturn.roots import export_store, opa_client, receipt_public_key_path
@@ -74,6 +75,8 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
     """Open the database and the producer and wire the intake's parts from ``settings``."""
     topics = Topics(settings.namespace, settings.partitions)
     pool = await open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace))
+    keyring = keyring_for(settings.seal_keys, settings.keys_dir)
+    await start_only_in_agreement(pool, "intake", keyring)
     # Concurrent requests' events share produce requests: each send joins the batch of its
     # partition, which leaves after linger_ms (or full), and the request awaits only its own ack.
     # The durability an accepted answer promises is the stored row (the outbox), not the ack.
@@ -87,7 +90,6 @@ async def bootstrap(settings: Settings) -> IntakeWiring:
     await producer.start()
 
     publisher = kafka_publisher(producer, topics, "intake")
-    keyring = keyring_for(settings.seal_keys, settings.keys_dir)
     publisher.warrants = Warrants(keyring, (topics.requested,))  # the policy decides only what the intake sent
     store = ActionStore(pool)
     opa = opa_client(settings)

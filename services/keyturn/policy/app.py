@@ -19,6 +19,7 @@ from keyturn.core.events import ActionRequested
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.db import open_pool, schema_name
 from keyturn.faults import supervised, until_done
+from keyturn.masking.agreement import start_only_in_agreement
 from keyturn.masking.protect import keyring_for, parameter_opener
 from keyturn.metrics import serve_metrics
 from keyturn.policy.decider import PolicyDecider, PolicyStage
@@ -47,12 +48,12 @@ def create_app(settings: Settings):
 
     @app.task
     async def decide_requests():
-        record = DecisionRecord(
-            await until_done(
-                lambda: open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace)),
-                "policy: opening the database",
-            )
+        pool = await until_done(
+            lambda: open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace)),
+            "policy: opening the database",
         )
+        await until_done(lambda: start_only_in_agreement(pool, "policy", keyring), "policy: checking the seal keys")
+        record = DecisionRecord(pool)
         policy = PolicyStage(decider, record, publisher, Warrants(keyring, (topics.requested,)))
         stage = Stage(
             publisher,
