@@ -122,3 +122,36 @@ def test_the_clean_string_memo_and_cache_agree_with_a_fresh_masker(maskers):
     parameters = {"a": SEEDED[:10], "b": DECOYS[:10]}
     first = fast.mask(parameters)
     assert fast.mask(parameters) == first == reference.mask(parameters)
+
+
+def test_a_request_of_many_numbers_is_read_for_non_phone_numbers_a_bounded_number_of_times(monkeypatch):
+    """Each value's results are judged apart, but on the text that joins a batch of them: the
+    joined text was read for dates, addresses and card runs once per value, so a request of
+    2,000 distinct phone numbers cost 26 s of masking, growing with the square of the count."""
+    from keyturn.masking.recognizers import analyzer
+
+    read: list[int] = []
+    real = analyzer.not_phone_spans
+    monkeypatch.setattr(analyzer, "not_phone_spans", lambda text: read.append(len(text)) or real(text))
+    values = [f"+1 415 555 {number:04d}" for number in range(600)]
+
+    masked = ParameterMasker(build_analyzer()).mask({"numbers": values})
+
+    assert masked.parameters == {"numbers": ["<PHONE_NUMBER>"] * 600}
+    assert read, "the phone rule was never asked"
+    assert sum(read) <= 2 * len(_SEPARATOR.join(values)), f"{sum(read)} characters read for {len(values)} numbers"
+
+
+spans = st.lists(st.tuples(st.integers(0, 60), st.integers(1, 12)).map(lambda s: (s[0], s[0] + s[1])), max_size=12)
+probe = st.tuples(st.integers(0, 70), st.integers(1, 12)).map(lambda s: (s[0], s[0] + s[1]))
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(found=spans, asked=probe)
+def test_span_lookups_answer_as_a_walk_over_every_span(found, asked):
+    from keyturn.masking.recognizers.phone import Spans
+
+    start, end = asked
+    index = Spans(found)
+    assert index.overlaps(start, end) == any(a < end and start < b for a, b in found)
+    assert index.contains(start, end) == any(a <= start and end <= b for a, b in found)

@@ -57,6 +57,7 @@ from keyturn.masking.recognizers import (
     LANGUAGE,
     PHONE_DIGIT_RUN,
     SCORE_THRESHOLD,
+    TextSpans,
     build_analyzer,
     kept_results,
 )
@@ -400,15 +401,23 @@ class ParameterMasker:
         joined = _SEPARATOR.join(texts)
         entities = sorted(frozenset().union(*(item.entities for item in batch)))
         results = self._analyzer.analyze(joined, language=LANGUAGE, entities=entities, score_threshold=SCORE_THRESHOLD)
+        # each text's results are taken in one walk, and what the rules read of the joined text
+        # is found once (``TextSpans``): both per text made a request of 2,000 phone numbers
+        # cost 26 s of masking, growing with the square of the values
+        results = sorted(results, key=lambda r: r.start)
+        spans = TextSpans(joined)
         outcomes = []
-        start = 0
+        start = taken = 0
         for text in texts:
             end = start + len(text)
-            mine = [r for r in results if start <= r.start < end + len(_SEPARATOR)]
+            first = taken
+            while taken < len(results) and results[taken].start < end + len(_SEPARATOR):
+                taken += 1
+            mine = [r for r in results[first:taken] if r.start >= start]
             if any(r.end > end for r in mine):
                 # A result ran into the separator: never expected, so be exact, not fast.
                 return [self._scan_single(item) for item in batch]
-            outcomes.append(_render(text, _spans(joined, mine, start, end)))
+            outcomes.append(_render(text, _spans(joined, mine, start, end, spans)))
             start = end + len(_SEPARATOR)
         return outcomes
 
@@ -666,11 +675,12 @@ def _batches(items: list[_PendingText]) -> Iterable[list[_PendingText]]:
         yield batch
 
 
-def _spans(text: str, results, start: int, end: int) -> list[tuple[int, int, str]]:
-    """Kept results inside ``text[start:end]``, relative to ``start``, overlaps merged."""
+def _spans(text: str, results, start: int, end: int, spans: TextSpans | None = None) -> list[tuple[int, int, str]]:
+    """Kept results inside ``text[start:end]``, relative to ``start``, overlaps merged
+    (``spans``: the rules' reading of ``text``, when the caller has it)."""
     kept = sorted(
         (r.start - start, r.end - start, r.entity_type)
-        for r in kept_results(text, [r for r in results if start <= r.start and r.end <= end])
+        for r in kept_results(text, [r for r in results if start <= r.start and r.end <= end], spans)
     )
     merged: list[tuple[int, int, str]] = []
     for span_start, span_end, entity in kept:

@@ -21,6 +21,7 @@ This package re-exports what the rest of masking uses.
 from keyturn.masking.recognizers.analyzer import (
     ENTITY_TYPES,
     SCORE_THRESHOLD,
+    TextSpans,
     build_analyzer,
     kept_results,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "PHONE_DIGIT_RUN",
     "SCORE_THRESHOLD",
     "DetectSecretsRecognizer",
+    "TextSpans",
     "build_analyzer",
     "has_phone_core",
     "kept_results",

@@ -11,6 +11,10 @@ the pre-filter uses the same functions to skip Presidio when no phone core is pr
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable
+from itertools import accumulate
+
 import regex
 
 #: The core every kept phone number contains: seven digits in groups separated by at most
@@ -45,7 +49,37 @@ _GROUP_SEPARATOR = regex.compile(r"[-. ]")
 _MAX_PHONE_DIGITS = 15
 
 
-def not_phone_spans(text: str) -> list[tuple[int, int]]:
+class Spans:
+    """Spans of a text, asked whether any overlaps or contains a given one in O(log n).
+
+    Masking asks this for every result in a text that joins many values: asked by walking
+    every span, 1,000 distinct phone numbers in one request took 7 s and 2,000 took 26 s.
+    Sorted by start with the running maximum of their ends, the spans starting before a point
+    are a prefix, and one of them reaches past another point exactly when that prefix's
+    largest end does."""
+
+    def __init__(self, spans: Iterable[tuple[int, int]]) -> None:
+        ordered = sorted(spans)
+        self._starts = [start for start, _ in ordered]
+        self._reach = list(accumulate((end for _, end in ordered), max))
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def _furthest_end(self, starting_before: int) -> int:
+        count = bisect.bisect_left(self._starts, starting_before)
+        return self._reach[count - 1] if count else -1
+
+    def overlaps(self, start: int, end: int) -> bool:
+        """Whether a span shares a character with ``[start, end)``."""
+        return self._furthest_end(end) > start
+
+    def contains(self, start: int, end: int) -> bool:
+        """Whether a span holds the whole of ``[start, end)``."""
+        return self._furthest_end(start + 1) >= end
+
+
+def not_phone_spans(text: str) -> Spans:
     """Spans of ``text`` holding numbers that cannot be phone numbers.
 
     The shapes of :data:`_NOT_PHONE`, and card-length runs: a maximal run of digit groups
@@ -58,10 +92,10 @@ def not_phone_spans(text: str) -> list[tuple[int, int]]:
         groups = _GROUP_SEPARATOR.split(match.group())
         if all(len(group) >= 4 for group in groups) and sum(map(len, groups)) > _MAX_PHONE_DIGITS:
             spans.append(match.span())
-    return spans
+    return Spans(spans)
 
 
-def has_phone_core(text: str, start: int, end: int, not_phone: list[tuple[int, int]]) -> bool:
+def has_phone_core(text: str, start: int, end: int, not_phone: Spans) -> bool:
     """Whether ``text[start:end]`` holds a phone core clear of every ``not_phone`` span.
 
     Lookarounds see the whole ``text``, so the answer for a span is the same whether it
@@ -71,6 +105,6 @@ def has_phone_core(text: str, start: int, end: int, not_phone: list[tuple[int, i
     for core in PHONE_DIGIT_RUN.finditer(text, start, overlapped=True):
         if core.start() >= end:
             return False
-        if core.end() <= end and not any(a < core.end() and core.start() < b for a, b in not_phone):
+        if core.end() <= end and not not_phone.overlaps(core.start(), core.end()):
             return True
     return False
