@@ -112,6 +112,18 @@ def run_settings(
     return Settings(**{**values, **extra})
 
 
+def run_settings_on(endpoints: Any, run_dir: Path, prefix: str = "kt", **extra: Any) -> Settings:
+    """``run_settings`` on the shared servers (the ``endpoints`` fixture)."""
+    return run_settings(
+        prefix,
+        run_dir,
+        kafka_bootstrap=endpoints.kafka_bootstrap,
+        opa_url=endpoints.opa_url,
+        database_url=endpoints.database_url,
+        **extra,
+    )
+
+
 MCP_NOTES = REPO_ROOT / "tests" / "fakes" / "mcp_notes.py"
 
 

@@ -30,7 +30,7 @@ import pytest
 
 from keyturn.config import REPO_ROOT, Settings
 from tests.integration.conftest import mint
-from tests.processes import PrivateServers, ServiceProcesses, run_settings
+from tests.processes import PrivateServers, ServiceProcesses, run_settings, run_settings_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -119,14 +119,7 @@ def wait_until_right(requester: Requester, timeout: float) -> dict[str, Any]:
 @pytest.fixture
 def intake_on_private_database(endpoints, tmp_path) -> Iterator[tuple[Settings, PrivateServers, ServiceProcesses]]:
     servers = PrivateServers(REPO_ROOT / ".run" / f"intake-db-{secrets.token_hex(3)}")
-    shared = run_settings(
-        "kt",
-        tmp_path / "run",
-        kafka_bootstrap=endpoints.kafka_bootstrap,
-        opa_url=endpoints.opa_url,
-        database_url=endpoints.database_url,
-        policy_unavailable_after_s=10.0,
-    )
+    shared = run_settings_on(endpoints, tmp_path / "run", policy_unavailable_after_s=10.0)
     workers = ServiceProcesses(shared)
     intake = ServiceProcesses(dataclasses.replace(shared, database_url=servers.database_url))
     try:

@@ -16,19 +16,13 @@ import pytest
 from keyturn.masking.agreement import EXIT_CONFIG
 from keyturn.masking.protect import keyring_for
 from tests.integration.conftest import Agent
-from tests.processes import ServiceProcesses, run_settings
+from tests.processes import ServiceProcesses, run_settings_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def test_a_service_with_a_key_of_its_own_refuses_to_start_and_names_key_ids_only(endpoints, tmp_path) -> None:
-    settings = run_settings(
-        "kt",
-        tmp_path / "host-a",
-        kafka_bootstrap=endpoints.kafka_bootstrap,
-        opa_url=endpoints.opa_url,
-        database_url=endpoints.database_url,
-    )
+    settings = run_settings_on(endpoints, tmp_path / "host-a")
     elsewhere = dataclasses.replace(settings, run_dir=str(tmp_path / "host-b"))
     first, second = ServiceProcesses(settings), ServiceProcesses(elsewhere, log_dir=tmp_path / "host-b-logs")
     try:
