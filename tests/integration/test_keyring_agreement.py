@@ -7,8 +7,10 @@ with a run directory of its own (so a key of its own) in the namespace of a runn
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
+import secrets
 import subprocess
 
 import pytest
@@ -61,3 +63,25 @@ def test_a_service_with_a_key_of_its_own_refuses_to_start_and_names_key_ids_only
     finally:
         second.stop_all()
         first.stop_all()
+
+
+async def test_services_starting_together_on_a_new_schema_all_agree(endpoints) -> None:
+    """Every service creates the tables it needs as it starts, the audit through its pool's
+    migration and the others in the check itself: started at once on a schema nobody used, a
+    start failed on the tables' creation (a unique violation), and the service exited."""
+    from keyturn.db import open_pool, schema_name
+    from keyturn.masking.agreement import DDL, agree_on_keyring
+    from keyturn.masking.sealing import Keyring
+
+    ring = Keyring.generate("k1")
+    for _ in range(3):
+        schema = schema_name(f"kt{secrets.token_hex(4)}")
+
+        async def start(service: str, schema: str = schema) -> None:
+            pool = await open_pool(endpoints.database_url, DDL if service == "audit" else "SELECT 1", schema=schema)
+            try:
+                await agree_on_keyring(pool, service, ring)
+            finally:
+                await pool.close()
+
+        await asyncio.gather(*(start(service) for service in ("intake", "policy", "executor", "approval", "audit")))

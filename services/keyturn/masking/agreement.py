@@ -121,10 +121,12 @@ async def agree_on_keyring(pool: Any, service: str, keyring: Keyring) -> None:
     """Check ``keyring`` against what the other services recorded, and record it; raise
     ``KeyringDisagreement`` (recording nothing) when they disagree.
 
-    One transaction under a lock of its own, so of two services starting at once with rings that
-    disagree, the second sees the first's."""
+    One transaction under the schema's lock, so of two services starting at once with rings that
+    disagree, the second sees the first's. It is the lock ``db.open_pool`` migrates under: the
+    tables' ``CREATE … IF NOT EXISTS`` run at once by two sessions collides in the catalog
+    (a unique violation on the table's type), as a service's start and the audit's pool did."""
     async with pool.connection() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.keyring'))")
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
         await conn.execute(DDL)
         cur = await conn.execute("SELECT kid, check_value, first_by FROM keyring_keys")
         keys = {kid: RecordedKey(bytes(value), by) for kid, value, by in await cur.fetchall()}
