@@ -772,6 +772,53 @@ async def test_a_submission_with_much_text_is_masked_off_the_event_loop_and_a_sm
     assert "+1 415 555 1000" not in store.rows[next(reversed(store.rows))].requested_event.decode("latin-1")
 
 
+async def test_a_submission_with_much_text_holds_up_neither_small_ones_nor_another_one_with_much_text() -> None:
+    """Six agents each sending 64 KiB of phone numbers held a one-line request 50 s: single
+    submissions are stored in batches one after another, and the small one waited in the batch
+    behind the masking. Much text is now masked alone, and one such masking at a time, so the
+    event loop shares the interpreter with one worker thread, not with all of them."""
+    import threading
+
+    store = FakeActionStore()
+    publisher, _ = fake_publisher("intake")
+    protect = parameter_protector(KEYRING)
+    release = threading.Event()
+    loop_ = asyncio.get_running_loop()
+    started = asyncio.Event()
+    masking: list[str] = []
+    most_at_once = 0
+    http = SubmissionChannel.HTTP
+
+    def slow_for_much_text(parameters: dict[str, Any], **kwargs: Any) -> Any:
+        nonlocal most_at_once
+        if "notes" in parameters:
+            masking.append(kwargs["action_id"])
+            most_at_once = max(most_at_once, len(masking))
+            loop_.call_soon_threadsafe(started.set)
+            release.wait(10)
+            masking.remove(kwargs["action_id"])
+        return protect(parameters, **kwargs)
+
+    intake = Intake(store, publisher, slow_for_much_text, publish_patience_s=0.05)
+    many = " ".join(f"+1 415 555 {1000 + i}" for i in range(600))
+    big = [
+        asyncio.create_task(
+            intake.submit(REPORTER, submission(idempotency_key=f"big{n}", parameters={"notes": many}), http)
+        )
+        for n in range(3)
+    ]
+    await asyncio.wait_for(started.wait(), 5)
+
+    small, created = await asyncio.wait_for(intake.submit(REPORTER, submission(idempotency_key="small"), http), 5)
+
+    assert created and small.action_id in store.rows, "the small submission was stored while much text was masked"
+    assert not any(task.done() for task in big)
+    release.set()
+    await asyncio.gather(*big)
+    assert most_at_once == 1, "masked one at a time"
+    assert len(store.rows) == 4
+
+
 def test_the_keys_of_the_parameters_are_judged_each_on_its_own_and_their_digits_are_bounded() -> None:
     from pydantic import ValidationError
 
