@@ -37,8 +37,11 @@ find_opa() {
   return 1
 }
 
+# GOGC=400 for the go tool and the compiler it runs (not the OPA it builds): they collect garbage
+# a quarter as often. Building OPA from scratch took 187 s of CPU instead of 235 s (wall 117 s
+# instead of 142 s) at the same peak memory, 0.46 GB; at 800 it took 179 s and 0.61 GB.
 go_env() {
-  env GOPATH="$CACHE/go" GOBIN="$CACHE/bin" GOCACHE="$CACHE/go-build" GOFLAGS=-mod=mod "$@"
+  env GOPATH="$CACHE/go" GOBIN="$CACHE/bin" GOCACHE="$CACHE/go-build" GOFLAGS=-mod=mod GOGC=400 "$@"
 }
 
 # A tool binary, not one to debug: without debug information the build from a fresh clone (on the
