@@ -66,9 +66,9 @@ def test_a_service_with_a_key_of_its_own_refuses_to_start_and_names_key_ids_only
 
 
 async def test_services_starting_together_on_a_new_schema_all_agree(endpoints) -> None:
-    """Every service creates the tables it needs as it starts, the audit through its pool's
-    migration and the others in the check itself: started at once on a schema nobody used, a
-    start failed on the tables' creation (a unique violation), and the service exited."""
+    """Every service creates the keyring tables through its pool's migration and then checks
+    under the same lock: made in the check under another lock, services started at once on a
+    schema nobody used failed on the tables' creation (a unique violation) and exited."""
     from keyturn.db import open_pool, schema_name
     from keyturn.masking.agreement import DDL, agree_on_keyring
     from keyturn.masking.sealing import Keyring
@@ -78,7 +78,7 @@ async def test_services_starting_together_on_a_new_schema_all_agree(endpoints) -
         schema = schema_name(f"kt{secrets.token_hex(4)}")
 
         async def start(service: str, schema: str = schema) -> None:
-            pool = await open_pool(endpoints.database_url, DDL if service == "audit" else "SELECT 1", schema=schema)
+            pool = await open_pool(endpoints.database_url, DDL, schema=schema)
             try:
                 await agree_on_keyring(pool, service, ring)
             finally:

@@ -40,6 +40,7 @@ from keyturn.core.principal import Principal
 from keyturn.db import open_pool, schema_name
 from keyturn.faults import DATABASE_UNAVAILABLE
 from keyturn.identity import InvalidToken, TokenVerifier, bearer_token, verifier_from_settings
+from keyturn.masking.agreement import DDL as KEYRING_DDL
 from keyturn.masking.agreement import start_only_in_agreement
 from keyturn.masking.protect import keyring_for
 from keyturn.roots import follow_group, opa_client
@@ -164,7 +165,7 @@ class ApprovalRuntime:
 
     async def _build(self) -> None:
         s = self.settings
-        pool = await open_pool(s.database_url, DDL + HISTORY_DDL, schema=schema_name(s.namespace))
+        pool = await open_pool(s.database_url, DDL + HISTORY_DDL + KEYRING_DDL, schema=schema_name(s.namespace))
         await start_only_in_agreement(pool, "approval", keyring_for(s.seal_keys, s.keys_dir))
         pool.timeout = CONNECTION_WAIT_S
         self._history = PgHistoryStore(pool)

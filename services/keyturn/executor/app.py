@@ -31,6 +31,7 @@ from keyturn.executor.plugins import PluginRegistry
 from keyturn.executor.results import ResultShaper
 from keyturn.executor.runner import Executor, ExecutorStage
 from keyturn.faults import supervised, until_done
+from keyturn.masking.agreement import DDL as KEYRING_DDL
 from keyturn.masking.agreement import start_only_in_agreement
 from keyturn.masking.protect import keyring_for, parameter_opener
 from keyturn.roots import follow_group, opa_client, stream_worker
@@ -122,7 +123,8 @@ def create_app(settings: Settings, plugins: PluginRegistry | None = None):
     registry = plugins or shipped_plugins(settings)
 
     async def build_executor() -> Executor:
-        pool = await open_pool(settings.database_url, DDL + SECRETS_DDL, schema=schema_name(settings.namespace))
+        ddl = DDL + SECRETS_DDL + KEYRING_DDL
+        pool = await open_pool(settings.database_url, ddl, schema=schema_name(settings.namespace))
         await start_only_in_agreement(pool, "executor", keyring)
         results = ResultShaper(settings.executor_max_result_rows)
         await asyncio.to_thread(results.warm)

@@ -34,6 +34,7 @@ from keyturn.intake.status import FETCH_WAIT_MS as STATUS_FETCH_WAIT_MS
 from keyturn.intake.status import StatusFollower
 from keyturn.intake.store import DDL, ActionStore, StoredAction, StoreUnavailable
 from keyturn.intake.submissions import Intake, IntakeStore
+from keyturn.masking.agreement import DDL as KEYRING_DDL
 from keyturn.masking.agreement import start_only_in_agreement
 from keyturn.masking.protect import keyring_for, parameter_protector
 from keyturn.receipts import jwks, keys_from
@@ -74,7 +75,7 @@ class IntakeWiring:
 async def bootstrap(settings: Settings) -> IntakeWiring:
     """Open the database and the producer and wire the intake's parts from ``settings``."""
     topics = Topics(settings.namespace, settings.partitions)
-    pool = await open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace))
+    pool = await open_pool(settings.database_url, DDL + KEYRING_DDL, schema=schema_name(settings.namespace))
     keyring = keyring_for(settings.seal_keys, settings.keys_dir)
     await start_only_in_agreement(pool, "intake", keyring)
     # Concurrent requests' events share produce requests: each send joins the batch of its

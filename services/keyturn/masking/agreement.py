@@ -121,13 +121,12 @@ async def agree_on_keyring(pool: Any, service: str, keyring: Keyring) -> None:
     """Check ``keyring`` against what the other services recorded, and record it; raise
     ``KeyringDisagreement`` (recording nothing) when they disagree.
 
-    One transaction under the schema's lock, so of two services starting at once with rings that
-    disagree, the second sees the first's. It is the lock ``db.open_pool`` migrates under: the
-    tables' ``CREATE … IF NOT EXISTS`` run at once by two sessions collides in the catalog
-    (a unique violation on the table's type), as a service's start and the audit's pool did."""
+    The tables (``DDL``) are made by ``db.open_pool`` with the service's own, under the schema's
+    lock: made here under another, a service's start and the audit's pool collided in the catalog
+    (a unique violation on the table's type). The check is one transaction under that same lock,
+    so of two services starting at once with rings that disagree, the second sees the first's."""
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
-        await conn.execute(DDL)
         cur = await conn.execute("SELECT kid, check_value, first_by FROM keyring_keys")
         keys = {kid: RecordedKey(bytes(value), by) for kid, value, by in await cur.fetchall()}
         cur = await conn.execute("SELECT service, current_kid, kids, recorded_at FROM keyring_services")
@@ -168,7 +167,7 @@ async def start_only_in_agreement(pool: Any, service: str, keyring: Keyring) -> 
 
 async def start_only_in_agreement_at(database_url: str, namespace: str, service: str, keyring: Keyring) -> None:
     """``start_only_in_agreement`` for a service that keeps no pool (the audit): one connection,
-    for the check alone."""
+    for the tables and the check alone."""
     from keyturn.db import open_pool, schema_name
 
     pool = await open_pool(database_url, DDL, schema=schema_name(namespace), max_size=1)

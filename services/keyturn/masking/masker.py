@@ -413,7 +413,7 @@ class ParameterMasker:
             first = taken
             while taken < len(results) and results[taken].start < end + len(_SEPARATOR):
                 taken += 1
-            mine = [r for r in results[first:taken] if r.start >= start]
+            mine = results[first:taken]  # the walk starts past the texts before this one
             if any(r.end > end for r in mine):
                 # A result ran into the separator: never expected, so be exact, not fast.
                 return [self._scan_single(item) for item in batch]

@@ -19,6 +19,7 @@ from keyturn.core.events import ActionRequested
 from keyturn.core.parameters import ParameterCatalog
 from keyturn.db import open_pool, schema_name
 from keyturn.faults import supervised, until_done
+from keyturn.masking.agreement import DDL as KEYRING_DDL
 from keyturn.masking.agreement import start_only_in_agreement
 from keyturn.masking.protect import keyring_for, parameter_opener
 from keyturn.metrics import serve_metrics
@@ -49,7 +50,7 @@ def create_app(settings: Settings):
     @app.task
     async def decide_requests():
         pool = await until_done(
-            lambda: open_pool(settings.database_url, DDL, schema=schema_name(settings.namespace)),
+            lambda: open_pool(settings.database_url, DDL + KEYRING_DDL, schema=schema_name(settings.namespace)),
             "policy: opening the database",
         )
         await until_done(lambda: start_only_in_agreement(pool, "policy", keyring), "policy: checking the seal keys")

@@ -63,9 +63,6 @@ class Spans:
         self._starts = [start for start, _ in ordered]
         self._reach = list(accumulate((end for _, end in ordered), max))
 
-    def __len__(self) -> int:
-        return len(self._starts)
-
     def _furthest_end(self, starting_before: int) -> int:
         count = bisect.bisect_left(self._starts, starting_before)
         return self._reach[count - 1] if count else -1
