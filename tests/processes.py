@@ -37,9 +37,10 @@ SERVERS = ("kafka", "opa", "postgres")
 
 # What every service imports before it does anything: the masker's NLP stack alone is ~2 of the
 # ~3.3 CPU-seconds a service spends importing, and a test run starts services about a hundred
-# times. Not ``keyturn.cli``: its consoles size themselves from the environment when it is imported,
-# so each child imports it (8 ms once these are in).
-PRELOADED = ("typer", *(f"keyturn.{service}.app" for service in SERVICES))
+# times; then ``tests.prebuilt`` builds what each would build again as it starts. Not
+# ``keyturn.cli``: its consoles size themselves from the environment when it is imported, so
+# each child imports it (8 ms once these are in).
+PRELOADED = ("typer", *(f"keyturn.{service}.app" for service in SERVICES), "tests.prebuilt")
 
 
 @functools.cache

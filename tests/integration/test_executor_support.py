@@ -207,7 +207,7 @@ def _peer_handler(peer: HttpsPeer):
                 return
             principal, claims = verified
             if self.path.startswith("/v1/slow"):
-                time.sleep(4)
+                time.sleep(8)  # past the executor's 5 s timeout in test_executor.py
             if self.path.startswith("/v1/items"):
                 return self._json(200, [{"id": n, "owner": f"owner{n}@example.com"} for n in range(80)])
             self._json(
