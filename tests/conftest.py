@@ -20,6 +20,7 @@ from tests.processes import (  # noqa: F401
     SERVICES,
     ServiceProcesses,
     ensure_target_roles,
+    forget_namespaces,
     free_port,
     mcp_notes_upstream,
     settings_env,
@@ -58,6 +59,13 @@ def endpoints():
     stop = getattr(found, "stop", None)
     if stop:
         stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _forget_namespaces_at_end() -> Iterator[None]:
+    """Set up before, so torn down after, every fixture that starts services."""
+    yield
+    forget_namespaces()
 
 
 @pytest.fixture(scope="session")

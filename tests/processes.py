@@ -136,6 +136,74 @@ def mcp_notes_upstream(notes_dir: Path) -> str:
     return json.dumps({"notes": {"command": [sys.executable, str(MCP_NOTES)], "env": {"NOTES_DIR": str(notes_dir)}}})
 
 
+#: (Kafka bootstrap, database URL, namespace) of each namespace this process started services in.
+_STARTED_IN: set[tuple[str, str, str]] = set()
+
+
+def own_namespace(settings: Settings, suffix: str) -> Settings:
+    """``settings`` in a namespace of its own, ``<namespace><suffix>``: topics, groups and
+    transactional ids no running service shares; forgotten with this process's others."""
+    from dataclasses import replace
+
+    own = replace(settings, namespace=f"{settings.namespace}{suffix}")
+    _STARTED_IN.add((own.kafka_bootstrap, own.database_url, own.namespace))
+    return own
+
+
+def forget_namespaces() -> None:
+    """Delete the topics and SQL schemas of the namespaces this process started services in (or
+    made with :func:`own_namespace`), on
+    the servers that still answer: a run makes ~50 topics of 8 partitions per namespace, and a
+    development broker kept them all, run after run, until its metadata answers and every start
+    grew slow. Servers of a run's own (``PrivateServers``) are gone by then and skipped; nothing
+    another run or ``make run`` uses is touched, as only namespaces made here are named."""
+    import asyncio
+
+    import psycopg
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from keyturn.db import schema_name
+
+    def answers(address: str) -> bool:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except (OSError, ValueError):
+            return False
+        return True
+
+    async def delete_topics(bootstrap: str, namespaces: set[str]) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+        await admin.start()
+        try:
+            doomed = [t for t in await admin.list_topics() if any(t.startswith((f"{n}.", f"{n}-")) for n in namespaces)]
+            for at in range(0, len(doomed), 50):
+                await admin.delete_topics(doomed[at : at + 50], timeout_ms=30_000)
+        finally:
+            await admin.close()
+
+    by_bootstrap: dict[str, set[str]] = {}
+    by_database: dict[str, set[str]] = {}
+    for bootstrap, database_url, namespace in _STARTED_IN:
+        by_bootstrap.setdefault(bootstrap, set()).add(namespace)
+        by_database.setdefault(database_url, set()).add(namespace)
+    _STARTED_IN.clear()
+    for bootstrap, namespaces in by_bootstrap.items():
+        if answers(bootstrap.split(",")[0]):
+            try:
+                asyncio.run(delete_topics(bootstrap, namespaces))
+            except Exception as exc:  # housekeeping: a run's result never depends on it
+                print(f"topics of {sorted(namespaces)} not deleted: {exc!r}", file=sys.stderr)
+    for database_url, namespaces in by_database.items():
+        try:
+            # a lock a straggling connection holds ends the wait, not the run
+            with psycopg.connect(database_url, autocommit=True, connect_timeout=2, options="-c lock_timeout=5s") as db:
+                for namespace in namespaces:
+                    db.execute(f'DROP SCHEMA IF EXISTS "{schema_name(namespace)}" CASCADE')
+        except psycopg.Error as exc:
+            print(f"schemas of {sorted(namespaces)} not dropped: {exc!r}", file=sys.stderr)
+
+
 def settings_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment that makes a child process use ``settings`` (plus ``extra`` variables)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
@@ -328,6 +396,7 @@ class ServiceProcesses:
         self.services: dict[str, str] = {}  # process name -> service it runs
         self.log_dir = log_dir or ARTIFACTS / "logs" / settings.namespace
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        _STARTED_IN.add((settings.kafka_bootstrap, settings.database_url, settings.namespace))
 
     def start(self, name: str, service: str | None = None) -> None:
         """Start ``service`` (default: ``name``) as the process called ``name``."""

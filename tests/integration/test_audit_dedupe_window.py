@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import replace
 
 import pytest
 
@@ -13,6 +12,7 @@ from keyturn.audit.keys import load_signer
 from keyturn.audit.stream import read_audit_log, read_audit_tail
 from keyturn.bus.topics import Topics, ensure_topics
 from tests.integration.conftest import keyturn_cli
+from tests.processes import own_namespace
 from tests.unit.audit_history import History
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ WINDOW = 150  # records; the redelivery below reaches back 100 events (and their
 
 def test_a_restarted_writer_drops_redeliveries_in_its_window_and_keeps_its_memory_bounded(settings) -> None:
     # A namespace of its own: the session's audit worker shares no transactional id with this one.
-    settings = replace(settings, namespace=f"{settings.namespace}dw")
+    settings = own_namespace(settings, "dw")
     asyncio.run(ensure_topics(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions)))
     topic = Topics(settings.namespace, settings.partitions).requested
     history = History()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import replace
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
@@ -20,6 +19,7 @@ from keyturn.audit.keys import load_signer
 from keyturn.audit.stream import read_audit_log
 from keyturn.audit.writer import AuditWriterStopped
 from keyturn.bus.topics import Topics, ensure_topics
+from tests import processes
 from tests.integration.conftest import keyturn_cli
 from tests.unit.audit_history import History
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 def own_namespace(settings, suffix: str):
     """A namespace of its own: the session's audit worker shares no transactional id with it."""
-    settings = replace(settings, namespace=f"{settings.namespace}{suffix}")
+    settings = processes.own_namespace(settings, suffix)
     asyncio.run(ensure_topics(settings.kafka_bootstrap, Topics(settings.namespace, settings.partitions)))
     return settings
 

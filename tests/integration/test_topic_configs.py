@@ -4,7 +4,6 @@ one a second after the broker's retention check, whether it was made by this ver
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -13,6 +12,7 @@ from keyturn.bus.topics import AUDIT_CONFIGS, SUBMISSIONS_CONFIGS, Topics, ensur
 from keyturn.config import Settings
 from keyturn.faults import until_done
 from tests.integration.conftest import eventually
+from tests.processes import own_namespace
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def has(configs: dict[str, str], wanted: dict[str, str]) -> bool:
 
 
 def test_an_existing_submissions_topic_gets_its_segment_configs_and_keeps_an_operators_own(settings) -> None:
-    settings = replace(settings, namespace=f"{settings.namespace}tc")
+    settings = own_namespace(settings, "tc")
     topics = Topics(settings.namespace, settings.partitions)
 
     async def made_by_an_earlier_version() -> None:
@@ -68,7 +68,7 @@ def test_an_existing_submissions_topic_gets_its_segment_configs_and_keeps_an_ope
 
 
 def test_a_submissions_topic_is_made_with_them(settings) -> None:
-    settings = replace(settings, namespace=f"{settings.namespace}tn")
+    settings = own_namespace(settings, "tn")
     topics = Topics(settings.namespace, settings.partitions)
     asyncio.run(until_done(lambda: ensure_topics(settings.kafka_bootstrap, topics), "creating topics"))
     eventually(lambda: has(described(settings, topics.submissions)[topics.submissions], SUBMISSIONS_CONFIGS))
