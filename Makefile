@@ -14,26 +14,32 @@ TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
 CHAOS_RATE ?= 200
 CHAOS_ACTIONS ?= 10000
 
-.PHONY: help e2e-deps venv stack-install stack-up test-ready stack-down run test test-unit test-integration policy-check lint compose-check bench flood chaos chaos-short clean
+.PHONY: help e2e-deps venv stack-install stack-up test-ready test-bytecode stack-down run test test-unit test-integration policy-check lint compose-check bench flood chaos chaos-short clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-# The venv is filled by uv (pinned below), which fetches and unpacks wheels in parallel and
-# compiles their bytecode on both cores: ~45 s from an empty cache where pip took ~150 s, which
-# was most of a fresh clone's wait before the first test. Same pins (requirements.lock), same
-# package set; pip does it instead where uv cannot be had or fails (PIP_FIND_LINKS is honoured
-# by both, the HTTP timeout too).
+# The venv is filled by uv (pinned below), which fetches and unpacks wheels in parallel: ~45 s
+# from an empty cache where pip took ~150 s, which was most of a fresh clone's wait before the
+# first test. Same pins (requirements.lock), same package set; pip does it instead where uv cannot
+# be had or fails (PIP_FIND_LINKS is honoured by both, the HTTP timeout too).
+# Bytecode is written by importing what is used (WARM_IMPORTS here, the test collection in
+# `make test`), not compiled for every file installed: the services and the tests import about a
+# third of the venv's 12,800 modules, and compiling all of them cost 74 CPU-s of a fresh clone's
+# set-up, on the two cores the OPA build needs. Written once, so where PYTHONDONTWRITEBYTECODE is
+# set (it is on our CI hosts) a service's start does not compile its imports again.
 UV_VERSION ?= 0.13.8
 comma := ,
 UV := $(VENV)/bin/uv
 define install_pinned
 	$(PY) -m pip install -q uv==$(UV_VERSION) \
-	&& UV_HTTP_TIMEOUT=$${PIP_DEFAULT_TIMEOUT:-180} $(UV) pip install --python $(PY) -q --compile-bytecode \
+	&& UV_HTTP_TIMEOUT=$${PIP_DEFAULT_TIMEOUT:-180} $(UV) pip install --python $(PY) -q \
 		$${PIP_FIND_LINKS:+--find-links "$$PIP_FIND_LINKS"} -c requirements.lock -e '.[$(1)]' \
 	|| { echo "uv could not install; pip does"; $(PY) -m pip install -q --upgrade pip \
 		&& $(PY) -m pip install -q -c requirements.lock -e '.[$(1)]'; }
+	PYTHONDONTWRITEBYTECODE= $(PY) -c 'import $(WARM_IMPORTS)'
 endef
+WARM_IMPORTS := keyturn.cli, keyturn.intake.app, keyturn.policy.app, keyturn.approval.app, keyturn.executor.app, keyturn.audit.app
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -72,7 +78,12 @@ e2e-deps: $(CHROMIUM)  ## Debian's Chromium for the console browser test (no bro
 
 # What the tests need, prepared side by side: the venv's install, the servers' (an OPA build from a
 # fresh clone is minutes of compiling) and the browser at once; then the gates and the servers' start.
-test-ready: venv lint stack-up policy-check e2e-deps
+test-ready: venv lint stack-up policy-check e2e-deps test-bytecode
+
+# The bytecode of what the tests import, and pytest's rewritten test modules, written by collecting
+# the suite once while the servers are prepared; each test process then reads them.
+test-bytecode: venv
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -p no:cacheprovider --collect-only tests >/dev/null
 
 test:  ## everything CI runs: lint and type gates, policy checks, unit, integration, e2e tests
 	$(MAKE) --no-print-directory -j4 test-ready
