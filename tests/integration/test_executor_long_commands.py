@@ -52,8 +52,10 @@ def first(settings, services, sql_target: SqlTarget):
     overrides = {
         "KEYTURN_SQL_TARGET_URL": sql_target.url,
         "KEYTURN_SQL_STATEMENT_TIMEOUT_S": "120",
-        # the policy's dry run of each statement gives up at once for the planner's estimate
-        "KEYTURN_IMPACT_PREVIEW_TIMEOUT_S": "0.2",
+        # the policy's dry run of each statement (pg_sleep for SLEEP_S) gives up for the planner's
+        # estimate; its other steps (connect, grants, role, EXPLAIN) share the limit, and at 0.2 s
+        # a loaded CI host ran out of it, left previews unavailable, and so actions needing approval
+        "KEYTURN_IMPACT_PREVIEW_TIMEOUT_S": "2",
         # the group stops waiting for the busy first executor after 2 s and moves its partitions,
         # running commands and all (by default it waits 60 s, longer than most commands run)
         "KEYTURN_WORKER_REBALANCE_TIMEOUT_S": "2",
