@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +143,6 @@ _STARTED_IN: set[tuple[str, str, str]] = set()
 def own_namespace(settings: Settings, suffix: str) -> Settings:
     """``settings`` in a namespace of its own, ``<namespace><suffix>``: topics, groups and
     transactional ids no running service shares; forgotten with this process's others."""
-    from dataclasses import replace
-
     own = replace(settings, namespace=f"{settings.namespace}{suffix}")
     _STARTED_IN.add((own.kafka_bootstrap, own.database_url, own.namespace))
     return own
@@ -152,15 +150,16 @@ def own_namespace(settings: Settings, suffix: str) -> Settings:
 
 def forget_namespaces() -> None:
     """Delete the topics and SQL schemas of the namespaces this process started services in (or
-    made with :func:`own_namespace`), on
-    the servers that still answer: a run makes ~50 topics of 8 partitions per namespace, and a
-    development broker kept them all, run after run, until its metadata answers and every start
-    grew slow. Servers of a run's own (``PrivateServers``) are gone by then and skipped; nothing
-    another run or ``make run`` uses is touched, as only namespaces made here are named."""
+    made with :func:`own_namespace`), on the servers that still answer. A run makes dozens of
+    namespaces of ~8 topics of 8 partitions each, and a development broker kept them all, run
+    after run (1,150 topics after two), so every client's metadata answer and every start grew.
+    Servers of a run's own (``PrivateServers``) are gone by then and skipped; nothing another run
+    or ``make run`` uses is touched, as only namespaces made here are named."""
     import asyncio
 
     import psycopg
     from aiokafka.admin import AIOKafkaAdminClient
+    from psycopg import sql
 
     from keyturn.db import schema_name
 
@@ -198,8 +197,9 @@ def forget_namespaces() -> None:
         try:
             # a lock a straggling connection holds ends the wait, not the run
             with psycopg.connect(database_url, autocommit=True, connect_timeout=2, options="-c lock_timeout=5s") as db:
+                drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE")
                 for namespace in namespaces:
-                    db.execute(f'DROP SCHEMA IF EXISTS "{schema_name(namespace)}" CASCADE')
+                    db.execute(drop.format(sql.Identifier(schema_name(namespace))))
         except psycopg.Error as exc:
             print(f"schemas of {sorted(namespaces)} not dropped: {exc!r}", file=sys.stderr)
 
