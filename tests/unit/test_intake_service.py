@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import datetime
 import functools
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -817,6 +818,35 @@ async def test_a_submission_with_much_text_holds_up_neither_small_ones_nor_anoth
     await asyncio.gather(*big)
     assert most_at_once == 1, "masked one at a time"
     assert len(store.rows) == 4
+
+
+async def test_a_callers_submissions_stored_together_share_one_budget_of_phone_number_checks(monkeypatch) -> None:
+    """A batch of submissions, each under the limit of one call, cost what the whole batch
+    held: one caller's submissions stored together share the limit; another caller's, gathered
+    with them, keep their own."""
+    from keyturn.masking import masker
+
+    monkeypatch.setattr(masker, "PHONE_CORES_CHECKED_PER_CALL", 4)
+    intake, store, _ = intake_with()
+    numbers = {"to": [f"+1 415 555 {1000 + n}" for n in range(4)], "note": "build 7305518"}
+    build = {"to": [], "note": "build 7305518"}  # seven digits that are no phone number, when checked
+
+    def masked(action_id: str) -> dict[str, Any]:
+        return json.loads(registry().decode_event(store.rows[action_id].requested_event).parameters_json)
+
+    other = Principal(id="agent:other", kind=REPORTER.kind)
+    results = await intake.submit_many(
+        [
+            (REPORTER, submission(idempotency_key="a", parameters=numbers)),
+            (REPORTER, submission(idempotency_key="b", parameters=build)),
+            (other, submission(idempotency_key="c", parameters=build)),
+        ],
+        SubmissionChannel.HTTP,
+    )
+    first, second, third = (result[0].action_id for result in results)
+    assert masked(first) == {"to": ["<PHONE_NUMBER>"] * 4, "note": "build <PHONE_NUMBER>"}  # over, never under
+    assert masked(second)["note"] == "build <PHONE_NUMBER>"  # the caller's batch had spent the checks
+    assert masked(third)["note"] == "build 7305518"  # another caller's submission was checked
 
 
 def test_the_keys_of_the_parameters_are_judged_each_on_its_own_and_their_digits_are_bounded() -> None:

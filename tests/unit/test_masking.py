@@ -8,6 +8,8 @@ import threading
 
 import pytest
 import spacy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keyturn.masking import (
     ENTITY_TYPES,
@@ -489,8 +491,11 @@ def test_a_hexadecimal_id_is_never_read_as_a_number() -> None:
         *(f"sdk-{uuid.UUID(int=n * 0x9E3779B97F4A7C15 % 2**128)}" for n in range(1, 3000)),
         *(hashlib.sha256(str(n).encode()).hexdigest() for n in range(1000)),
     ]
-    parameters = {str(n): value for n, value in enumerate(seen)}
-    assert masker.mask(parameters).parameters == parameters
+    # in requests of a thousand: a call checks at most PHONE_CORES_CHECKED_PER_CALL phone-like
+    # digit runs one by one (these 4,000 hold 2,071), and masks the digits of any further wholesale
+    for first in range(0, len(seen), 1000):
+        parameters = {str(n): value for n, value in enumerate(seen[first : first + 1000])}
+        assert masker.mask(parameters).parameters == parameters
     # as an idempotency key, a name that travels in clear, none is refused either
     assert [key for key in seen if hidden_in_name(key)] == []
 
@@ -729,6 +734,79 @@ def test_a_text_of_many_digit_groups_is_masked_wholesale_not_checked_one_by_one(
     assert set(kinds) == {"PHONE_NUMBER", "EMAIL_ADDRESS"}
     few = " ".join(f"+1 415 555 {1000 + n}" for n in range(3))  # checked one by one, as always
     assert masker.mask_text(f"order 12 of {few}")[0] == "order 12 of <PHONE_NUMBER> <PHONE_NUMBER> <PHONE_NUMBER>"
+
+
+def test_phone_numbers_are_checked_one_by_one_only_up_to_a_limit_per_call(masker, monkeypatch):
+    from keyturn.masking import masker as masker_module
+
+    # each string under the per-string limit, but a request of 60,000 of them cost 54 CPU-s:
+    # past the call's limit, the digit groups of every further string are masked wholesale
+    monkeypatch.setattr(masker_module, "PHONE_CORES_CHECKED_PER_CALL", 8)
+    numbers = [f"+1 415 555 {1000 + n}" for n in range(8)]
+    build = "build 7305518"  # seven digits python-phonenumbers does not take for a phone number
+    assert masker.mask({"build": build}).parameters == {"build": build}  # checked: stays clear
+    masked = masker.mask({"numbers": numbers, "later": ["build 7305519", "order 12"]})
+    assert masked.parameters["numbers"] == ["<PHONE_NUMBER>"] * len(numbers)
+    assert masked.parameters["later"] == ["build <PHONE_NUMBER>", "order 12"]  # over, never under
+    # what the call's limit masked is not remembered as that string's own outcome
+    assert masker.mask({"build": "build 7305519"}).parameters == {"build": "build 7305519"}
+    # a request within the limit is checked one by one, as always
+    few = masker.mask({"numbers": numbers[:3], "build": build}).parameters
+    assert few == {"numbers": ["<PHONE_NUMBER>"] * 3, "build": build}
+
+
+_KEYWORD_LINE_PIECES = [
+    "password",
+    "api_key",
+    "Secret",
+    "pwd",
+    "=",
+    "==",
+    ":",
+    ";",
+    "!=",
+    "'",
+    '"',
+    "`",
+    " ",
+    ",",
+    "\v",
+    "\t",
+    "x",
+    "hunter2",
+    "<SECRET>",
+    "$HOME",
+    "${v}",
+    "]",
+    "get_secret()",
+    "é",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_KEYWORD_LINE_PIECES), max_size=24))
+def test_the_keyword_regexes_without_their_no_op_lookahead_match_as_detect_secrets_own(pieces):
+    from detect_secrets.plugins.keyword import CONFIG_DENYLIST_REGEX_TO_GROUP
+
+    from keyturn.masking.recognizers.secrets import _NO_OP_LOOKAHEAD, _keyword_regexes
+
+    line = "".join(pieces)
+    ours = _keyword_regexes()
+    assert len(ours) == len(CONFIG_DENYLIST_REGEX_TO_GROUP)
+    for (theirs, group), (mine, my_group) in zip(CONFIG_DENYLIST_REGEX_TO_GROUP.items(), ours, strict=True):
+        # the lookahead read on to the line's end at every keyword tried: a line of many
+        # ``password=<SECRET>`` cost the square of its length
+        assert _NO_OP_LOOKAHEAD in theirs.pattern and _NO_OP_LOOKAHEAD not in mine.pattern
+        assert group == my_group
+        found = [(m.span(), m.groups()) for m in theirs.finditer(line)]
+        assert [(m.span(), m.groups()) for m in mine.finditer(line)] == found
+
+
+def test_a_line_of_many_masked_assignments_is_masked_again_unchanged(masker):
+    line = " ".join(f"password=x{n}" for n in range(2000))
+    masked, kinds = masker.mask_text(line)
+    assert masked == " ".join(["password=<SECRET>"] * 2000) and kinds == ["SECRET"] * 2000
+    assert masker.mask_text(masked) == (masked, [])
 
 
 def test_a_keyword_assignment_masks_its_value_and_leaves_the_sentence_approvers_read(masker):

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -30,6 +30,9 @@ from keyturn.core.text import problem_in, words_problem
 from keyturn.faults import is_transient
 from keyturn.intake.store import NewAction, StoredAction, StoreUnavailable
 from keyturn.masking.protect import hidden_in_name, mask_text, without_hidden
+
+if TYPE_CHECKING:
+    from keyturn.masking.masker import PhoneCoreBudget
 
 log = logging.getLogger(__name__)
 
@@ -472,10 +475,19 @@ class Intake:
                 masks[action] = await self.mask_for(action)
 
         def prepared() -> list[NewAction]:
+            from keyturn.masking.masker import PhoneCoreBudget  # loaded with the masker the protector built
+
             rows: list[NewAction] = []
+            # a caller's submissions stored together (a batch POST) share one budget of phone-number
+            # checks, so a crafted batch costs what one crafted submission does; other callers'
+            # submissions gathered with them are not masked the more for it
+            phone_cores: dict[str, PhoneCoreBudget] = {}
             for index, (principal, submission) in enumerate(submissions):
+                budget = phone_cores.setdefault(principal.id, PhoneCoreBudget())
                 try:
-                    rows.append(self._prepared(principal, submission, channel, now, masks.get(submission.action, ())))
+                    rows.append(
+                        self._prepared(principal, submission, channel, now, masks.get(submission.action, ()), budget)
+                    )
                 except Exception as exc:
                     raise _Unprepared(index, exc) from exc
             return rows
@@ -519,12 +531,16 @@ class Intake:
         channel: SubmissionChannel,
         now: datetime,
         mask: tuple[str, ...] = (),
+        phone_cores: PhoneCoreBudget | None = None,
     ) -> NewAction:
         """The row to store for one submission, with its event masked (credential names, and the
-        policy's ``mask`` for its action), sealed and encoded."""
+        policy's ``mask`` for its action; ``phone_cores``, checks shared with the caller's other
+        submissions), sealed and encoded."""
         action_id = action_id_for(principal, submission.idempotency_key)
         digest = payload_digest(submission.action, submission.resource, submission.parameters)
-        masked_json, sealed = self.protect(submission.parameters, action_id=action_id, payload_digest=digest, mask=mask)
+        masked_json, sealed = self.protect(
+            submission.parameters, action_id=action_id, payload_digest=digest, mask=mask, phone_cores=phone_cores
+        )
         event = ActionRequested(
             event_id=f"requested:{action_id}",
             action_id=action_id,

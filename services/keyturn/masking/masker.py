@@ -94,6 +94,13 @@ MAX_ROUNDS = 4
 #: millisecond per candidate in each of its regions, so a crafted string of digit groups cost
 #: seconds, while no parameter value carries dozens of phone numbers that approvers must read.
 PHONE_CORES_CHECKED = 32
+#: The same, over all the strings of one ``mask`` call (one submission's parameters, one result),
+#: or of the calls sharing a :class:`PhoneCoreBudget` (one caller's submissions stored together):
+#: past it, every further string's digit groups are masked wholesale. A list of 60,000 short phone
+#: numbers, each string under the limit above, cost 54 CPU-s of masking for a body of 1 MB; at this
+#: limit the checks cost about 2 CPU-s at most, and a thousand ids whose digits look like phone
+#: numbers (a UUID's often do) are still shown as they are.
+PHONE_CORES_CHECKED_PER_CALL = 1024
 #: A run of digit groups (and the punctuation people write numbers with) holding a phone core.
 _DIGIT_GROUPS = regex.compile(r"\+?\d(?:[\s\-.()/+]{0,4}\d)*")
 
@@ -276,8 +283,15 @@ class ParameterMasker:
         """(hits, misses) of the masked-string cache since start."""
         return (self._cache.hits, self._cache.misses) if self._cache else (0, 0)
 
-    def mask(self, parameters: Mapping[str, Any], extra_fields: Iterable[str] = ()) -> MaskedParameters:
-        """Mask ``parameters``; ``extra_fields`` are dotted paths the policy marks sensitive.
+    def mask(
+        self,
+        parameters: Mapping[str, Any],
+        extra_fields: Iterable[str] = (),
+        phone_cores: PhoneCoreBudget | None = None,
+    ) -> MaskedParameters:
+        """Mask ``parameters``; ``extra_fields`` are dotted paths the policy marks sensitive;
+        ``phone_cores``, the phone-number checks this call may spend, when shared with others
+        (else a budget of its own: :data:`PHONE_CORES_CHECKED_PER_CALL`).
 
         Raises :class:`UnmaskableParameters` when ``parameters`` is not a JSON object
         (a mapping of JSON values), or nests deeper than :data:`MAX_DEPTH`.
@@ -286,25 +300,26 @@ class ParameterMasker:
             raise UnmaskableParameters(f"parameters must be a JSON object, got {type(parameters).__name__}")
         walk = self._walk(FieldPathTrie.from_paths(extra_fields))
         masked = walk.root(parameters)
+        phone_cores = phone_cores if phone_cores is not None else PhoneCoreBudget()
         if walk.pending:
-            self._resolve(walk.pending)
+            self._resolve(walk.pending, phone_cores)
         for container, slot, text, path in walk.disguised:
-            container[slot], entity_types = self._undisguised(text)
+            container[slot], entity_types = self._undisguised(text, phone_cores)
             walk.found(path, entity_types)
         return MaskedParameters(parameters=masked, findings=walk.flatten_findings())
 
     def _walk(self, extra_fields: FieldPathTrie | None, *, as_is: bool = False) -> _Walk:
         return _Walk(extra_fields, self._scan_fast if self._fast_path else self._scan_reference, as_is=as_is)
 
-    def _as_is(self, text: str) -> tuple[str, list[str]]:
+    def _as_is(self, text: str, phone_cores: PhoneCoreBudget) -> tuple[str, list[str]]:
         """``text`` masked as it stands, no disguise looked through; and the types found."""
         walk = self._walk(None, as_is=True)
         masked = walk.root({"v": text})
         if walk.pending:
-            self._resolve(walk.pending)
+            self._resolve(walk.pending, phone_cores)
         return masked["v"], [finding.entity_type for finding in walk.flatten_findings()]
 
-    def _undisguised(self, text: str) -> tuple[str, list[str]]:
+    def _undisguised(self, text: str, phone_cores: PhoneCoreBudget) -> tuple[str, list[str]]:
         """Rule 5: ``text`` masked two ways, and the one leaving less in clear shown (over, never
         under): as sent, then what a reader reads of what is left; and read first. Each misses
         what the other finds: decoding first hands the recognizers a text they may no longer match
@@ -312,16 +327,16 @@ class ParameterMasker:
         there, leaving the rest in clear); masking as sent first may break a disguised value's
         shape (a full-width token's digits taken for a phone number, its secret tail left). The
         plain form is shown only when it holds something."""
-        sent, sent_types = self._as_is(text)
+        sent, sent_types = self._as_is(text, phone_cores)
         plain = plain_form(sent)
-        read, read_types = self._as_is(plain) if plain != sent else (sent, [])
+        read, read_types = self._as_is(plain, phone_cores) if plain != sent else (sent, [])
         if read_types:
             first, first_types = read, [*sent_types, *read_types]
         elif sent_types:
             first, first_types = sent, sent_types
         else:
             first, first_types = text, []
-        direct, direct_types = self._as_is(plain_form(text))
+        direct, direct_types = self._as_is(plain_form(text), phone_cores)
         if direct_types and _left_in_clear(direct) < _left_in_clear(first):
             return direct, direct_types
         return first, first_types
@@ -356,8 +371,9 @@ class ParameterMasker:
         self._clean.add(text)
         return text, ()
 
-    def _resolve(self, pending: list[_PendingText]) -> None:
-        """Analyse pending strings in batches, round after round, as the reference would."""
+    def _resolve(self, pending: list[_PendingText], phone_cores: PhoneCoreBudget) -> None:
+        """Analyse pending strings in batches, round after round, as the reference would;
+        phone numbers one by one only while ``phone_cores`` lasts, then wholesale."""
         active: list[_PendingText] = []
         for item in pending:
             if self._cache is not None:
@@ -366,7 +382,9 @@ class ParameterMasker:
                 if cached is not None:
                     _deliver(item, cached)
                     continue
-            if "PHONE_NUMBER" in item.entities and _many_phone_cores(item.current):
+            if "PHONE_NUMBER" in item.entities and _many_phone_cores(item.current, phone_cores):
+                if phone_cores.left < 0:
+                    item.digest = None  # masked so for what else the call held: not this text's outcome
                 item.current, masked = _DIGIT_GROUPS.subn(placeholder("PHONE_NUMBER"), item.current)
                 item.found.extend(["PHONE_NUMBER"] * masked)
                 item.entities = self._fast_prefilter.candidates(item.current)
@@ -640,11 +658,25 @@ def _number_outcome(number: int | float, entity_types: tuple[str, ...]) -> tuple
     return placeholder(entity, int(number)), (entity,)
 
 
-def _many_phone_cores(text: str) -> bool:
-    """Whether ``text`` holds more than ``PHONE_CORES_CHECKED`` phone cores: then its digit groups
-    are masked as phone numbers all together (over, never under), not checked one by one."""
-    cores = PHONE_DIGIT_RUN.finditer(text)
-    return any(count > PHONE_CORES_CHECKED for count, _ in enumerate(cores, start=1))
+class PhoneCoreBudget:
+    """Phone-number cores that may still be checked one by one (``PHONE_CORES_CHECKED_PER_CALL``),
+    shared by the strings of one ``mask`` call, or by the calls given the same budget."""
+
+    def __init__(self) -> None:
+        self.left = PHONE_CORES_CHECKED_PER_CALL  # negative once spent
+
+
+def _many_phone_cores(text: str, phone_cores: PhoneCoreBudget) -> bool:
+    """Whether ``text`` holds more than ``PHONE_CORES_CHECKED`` phone cores, or more than the call
+    has left of ``PHONE_CORES_CHECKED_PER_CALL`` (the budget is charged with them): then its digit
+    groups are masked as phone numbers all together (over, never under), not checked one by one."""
+    limit = min(PHONE_CORES_CHECKED, max(phone_cores.left, 0))
+    count = 0
+    for count, _ in enumerate(PHONE_DIGIT_RUN.finditer(text), start=1):
+        if count > limit:
+            break
+    phone_cores.left -= count
+    return count > limit
 
 
 def _deliver(item: _PendingText, outcome: tuple[str, tuple[str, ...]]) -> None:

@@ -10,13 +10,16 @@ import json
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyturn.core.canonical import canonical_json
 from keyturn.core.events import ActionRequested, Digest, SealedParameters
 from keyturn.core.text import PLACEHOLDER, storable, whole_runs
 from keyturn.masking.sealing import Keyring, SealError, open_sealed, seal_parameters
 from keyturn.secret_store import is_reference
+
+if TYPE_CHECKING:  # the masker's imports cost ~1.5 s: only where masking happens
+    from keyturn.masking.masker import PhoneCoreBudget
 
 
 class ParametersUnavailable(SealError):
@@ -39,9 +42,12 @@ def shared_masker() -> Any:
     return ParameterMasker()
 
 
-def mask_parameters(parameters: dict[str, Any], extra_fields: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A copy safe for topics, chat, logs and audit (PII and secrets replaced by placeholders)."""
-    return shared_masker().mask(parameters, extra_fields).parameters
+def mask_parameters(
+    parameters: dict[str, Any], extra_fields: tuple[str, ...] = (), phone_cores: PhoneCoreBudget | None = None
+) -> dict[str, Any]:
+    """A copy safe for topics, chat, logs and audit (PII and secrets replaced by placeholders);
+    ``phone_cores``: checks shared with other calls (``masker.PhoneCoreBudget``)."""
+    return shared_masker().mask(parameters, extra_fields, phone_cores).parameters
 
 
 def hidden_in(values: dict[str, Any]) -> list[tuple[str, str]]:
@@ -117,14 +123,19 @@ def masked_excerpt(body: bytes, *, chars: int, read_at_most: int) -> str | None:
 
 
 def parameter_protector(keyring: Keyring):
-    """(parameters, action_id, payload_digest, the policy's mask paths) → (masked canonical JSON,
-    sealed clear copy)."""
+    """(parameters, action_id, payload_digest, the policy's mask paths, phone checks shared with
+    other submissions) → (masked canonical JSON, sealed clear copy)."""
     shared_masker()  # build at start-up, not on the first request
 
     def protect(
-        parameters: dict[str, Any], *, action_id: str, payload_digest: Digest, mask: tuple[str, ...] = ()
+        parameters: dict[str, Any],
+        *,
+        action_id: str,
+        payload_digest: Digest,
+        mask: tuple[str, ...] = (),
+        phone_cores: PhoneCoreBudget | None = None,
     ) -> tuple[str, SealedParameters]:
-        masked = canonical_json(mask_parameters(parameters, mask))
+        masked = canonical_json(mask_parameters(parameters, mask, phone_cores))
         sealed = seal_parameters(parameters, action_id=action_id, payload_digest=str(payload_digest), keyring=keyring)
         return masked, sealed
 
