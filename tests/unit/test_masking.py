@@ -802,6 +802,26 @@ def test_the_keyword_regexes_without_their_no_op_lookahead_match_as_detect_secre
         assert [(m.span(), m.groups()) for m in mine.finditer(line)] == found
 
 
+_ID_LINE_PIECES = ["_id", "_ids", "id", "myid", "userids", "Id", "s", " ", "-", ":", "=", "x", "_", "k3Y9aQ"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_ID_LINE_PIECES), max_size=16), st.sampled_from(["k3Y9aQ", "x", "id", "s"]))
+def test_the_id_name_check_answers_as_detect_secrets_own_for_every_value_of_a_line(pieces, value):
+    from detect_secrets.filters.heuristic import is_likely_id_string
+    from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString
+
+    from keyturn.masking.recognizers.secrets import _IdNames
+
+    line = "".join(pieces) + value
+    ids = _IdNames(line)  # asked once per line, then for each value, as the recognizer does
+    for start in range(len(line)):
+        for end in range(start + 1, len(line) + 1):
+            found = line[start:end]
+            expected = is_likely_id_string(found, line, Base64HighEntropyString())
+            assert ids.before(line.index(found)) == expected, (line, found)
+
+
 def test_a_line_of_many_masked_assignments_is_masked_again_unchanged(masker):
     line = " ".join(f"password=x{n}" for n in range(2000))
     masked, kinds = masker.mask_text(line)

@@ -19,8 +19,8 @@ import string
 from collections.abc import Iterator
 
 from detect_secrets.filters.heuristic import (
+    _get_id_detector_regex,
     is_indirect_reference,
-    is_likely_id_string,
     is_not_alphanumeric_string,
     is_potential_uuid,
     is_prefixed_with_dollar_sign,
@@ -311,12 +311,13 @@ class DetectSecretsRecognizer(LocalRecognizer):
         runs: re.Pattern[str],
         shape,
     ) -> Iterator[tuple[int, int]]:
+        id_names = _IdNames(line)
         for match in runs.finditer(line):
             value = match.group()
             if (
                 shape(value)
                 and plugin.calculate_shannon_entropy(value) > plugin.entropy_limit
-                and not _filtered_by_default_heuristics(value, line, plugin)
+                and not _filtered_by_default_heuristics(value, line, id_names)
             ):
                 yield match.span()
 
@@ -386,15 +387,36 @@ def _hex_shape(value: str) -> bool:
     return len(value) not in HEX_ID_LENGTHS and not value.isdigit()
 
 
-def _filtered_by_default_heuristics(value: str, line: str, plugin) -> bool:
+def _filtered_by_default_heuristics(value: str, line: str, id_names: _IdNames) -> bool:
     return (
         is_sequential_string(value)
         or is_potential_uuid(value)
         or is_templated_secret(value)
         or is_prefixed_with_dollar_sign(value)
         or is_not_alphanumeric_string(value)
-        or is_likely_id_string(value, line, plugin)
+        or id_names.before(line.index(value))
     )
+
+
+class _IdNames:
+    """detect-secrets' ``is_likely_id_string`` for the high-entropy plugins, asked of one line many
+    times: whether an id's name (``_id``, ``userids``…, ``_get_id_detector_regex``) ends before the
+    value's first place in the line. It searches the line up to the value again for each value, so
+    a line of many random tokens cost the square of its length (a line of 186 KB, 20 CPU-s); the
+    line is searched here once. At each place the regex can match one way only, so the first match
+    in the whole line is the one that ends first, and one ends before a place exactly when it does."""
+
+    def __init__(self, line: str) -> None:
+        self._line = line
+        self._first_end: int | None = None
+        self._searched = False
+
+    def before(self, index: int) -> bool:
+        if not self._searched:
+            found = _get_id_detector_regex().search(self._line)
+            self._first_end = found.end() if found is not None else None
+            self._searched = True
+        return self._first_end is not None and self._first_end <= index
 
 
 def secret_recognizers() -> list[LocalRecognizer]:
