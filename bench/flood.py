@@ -299,7 +299,8 @@ def main() -> int:
         extra["executor_batches_in_flight"] = int(in_flight)
     if os.environ.get("FLOOD_ACCESS_LOG") == "1":  # a log line per HTTP request (off by default)
         extra["access_log"] = 1
-    settings = servers.settings(namespace, **extra)
+    # the load generator is one caller sending all the stack takes: no limit per caller (KEYTURN_SUBMISSION_LIMIT)
+    settings = servers.settings(namespace, submission_limit="", **extra)
     out = REPO_ROOT / "bench" / "results" / "flood" / namespace
     procs = ServiceProcesses(settings, log_dir=out / "logs", preloaded=False)
     drained = False

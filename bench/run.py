@@ -868,7 +868,8 @@ def main() -> int:
     )
     servers.down(remove=True)  # a fresh broker and database every run
     servers.up()
-    settings = servers.settings("bench")
+    # the load generator is one caller sending all the stack takes: no limit per caller (KEYTURN_SUBMISSION_LIMIT)
+    settings = servers.settings("bench", submission_limit="")
     procs = ServiceProcesses(settings, log_dir=RESULTS / "logs" / stamp, preloaded=False)
     bench = Bench(plan, settings, procs, servers, stamp)
     try:

@@ -61,6 +61,9 @@ class Settings:
     intake_workers: int = 1  # intake processes serving one socket (uvicorn workers)
     intake_reuse_port: int = 0  # 1: bind with SO_REUSEPORT, so separately started intakes share the port
     intake_batch_max_items: int = 500  # items one POST /v1/actions:batch may carry; more is answered 422
+    # submissions one caller may make over HTTP, per intake process (``intake.throttle``; ``limits``'
+    # notation, ``;`` between several, empty for none): more is answered 429 with Retry-After
+    submission_limit: str = "3000/minute"
     jwt_issuer: str = "keyturn-dev"
     jwt_audience: str = "keyturn"
     jwks_url: str = ""  # production: the identity provider's JWKS; empty = local dev key

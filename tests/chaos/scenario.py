@@ -171,7 +171,9 @@ class BackgroundLoad:
 
 
 def drill_settings(servers: PrivateServers, drill: Drill) -> Settings:
-    return servers.settings("chaos", policy_unavailable_after_s=drill.policy_unavailable_after_s)
+    # the drill's agent is one caller at the drill's rate, retrying by the thousand under faults:
+    # no limit per caller (KEYTURN_SUBMISSION_LIMIT), which would only slow the drill
+    return servers.settings("chaos", policy_unavailable_after_s=drill.policy_unavailable_after_s, submission_limit="")
 
 
 @contextmanager

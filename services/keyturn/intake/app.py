@@ -52,6 +52,7 @@ from keyturn.intake.submissions import (
     NoExecutor,
     Submitted,
 )
+from keyturn.intake.throttle import Oversized, SubmissionThrottle
 from keyturn.intake.wiring import IntakeWiring, bootstrap, start_background
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,12 @@ UNAVAILABLE = {
     "Retry-After seconds",
     "headers": {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}},
 }
+RATE_LIMITED = {
+    "model": Problem,
+    "description": "The caller is over its submission limit (KEYTURN_SUBMISSION_LIMIT); try again after "
+    "Retry-After seconds",
+    "headers": {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}},
+}
 
 
 class _Wired:
@@ -111,6 +118,7 @@ def create_app(
     settings = settings or Settings.from_env()
     build = wire or (lambda: bootstrap(settings))
     wired = _Wired()
+    throttle = SubmissionThrottle(settings.submission_limit)  # a limit it cannot read stops the start
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -202,6 +210,41 @@ def create_app(
         on_refused=refused_at_the_edge,
     )
 
+    async def throttled(principal: Principal, route: str, count: int) -> JSONResponse | None:
+        """None when ``principal`` may make ``count`` more submissions now, else the answer: 429 with
+        Retry-After, the first refusal of a spell recorded under the caller's identity (one record,
+        not one per refused request: a caller over its limit would write them as fast as it sends);
+        422 for a batch no window would ever take."""
+        refusal = throttle.take(principal.id, count)
+        if refusal is None:
+            return None
+        if isinstance(refusal, Oversized):
+            REJECTED.labels("http", "batch_over_limit").inc()
+            problem = f"items: {count} submissions, more than the limit of {refusal.limit} allows; send smaller batches"
+            return JSONResponse(
+                status_code=422,
+                content=Problem(error="batch_over_limit", detail=problem, problems=[problem]).model_dump(),
+            )
+        REJECTED.labels("http", "rate_limited").inc()
+        detail = (
+            f"{principal.id} is over its submission limit ({refusal.limit}); try again in "
+            f"{refusal.retry_after_s} s (with the same idempotency keys, nothing is created twice)"
+        )
+        if refusal.first:
+            log.warning("%s refused: over its submission limit (%s)", principal.id, refusal.limit)
+            await record_refusal(
+                source_topic=f"http:{route}",
+                payload=b"",  # not the body: the refusal is for how often, not for what
+                error=UndecodableMessage("rate_limited", detail),
+                principal=principal.id,
+                problems=(f"over the submission limit {refusal.limit}",),
+            )
+        return JSONResponse(
+            status_code=429,
+            content=Problem(error="rate_limited", detail=detail, problems=[f"limit: {refusal.limit}"]).model_dump(),
+            headers={"Retry-After": str(refusal.retry_after_s)},
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         return await refuse(request, 422, "invalid_body", validation_problems(exc.errors()))
@@ -234,6 +277,7 @@ def create_app(
                 "description": "Invalid body, or parameters that do not match the action's schema in the catalog "
                 "(docs/catalog.md); each problem names the field path, never its value",
             },
+            429: RATE_LIMITED,
             503: UNAVAILABLE,
         },
     )
@@ -241,8 +285,11 @@ def create_app(
         submission: ActionSubmission, request: Request, response: Response, authorization: str | None = Header(None)
     ) -> Any:
         """Submit an action; 202 with its id, or 200 with the existing id for a repeated idempotency key;
-        422 naming why for an action the catalog refuses (``data.keyturn.execution``)."""
+        422 naming why for an action the catalog refuses (``data.keyturn.execution``); 429 when the
+        caller is over its submission limit."""
         principal = authenticate(authorization)
+        if (refused := await throttled(principal, "/v1/actions", 1)) is not None:
+            return refused
         try:
             stored, created = await wired.parts.intake.submit(principal, submission, SubmissionChannel.HTTP)
         except NoExecutor as exc:
@@ -271,12 +318,14 @@ def create_app(
         ),
     )
 
-    async def submit_actions(batch: Any, authorization: str | None = Header(None)) -> BatchResult:
+    async def submit_actions(batch: Any, authorization: str | None = Header(None)) -> BatchResult | JSONResponse:
         """Submit up to the allowed number of actions at once (one token check, one database statement,
         one produce batch); one result per item, in order. Retrying the whole batch with the same
         idempotency keys never creates a second action."""
         principal = authenticate(authorization)
         items: list[Any] = batch.items
+        if (refused := await throttled(principal, "/v1/actions:batch", len(items))) is not None:
+            return refused  # every item counts, valid or not: each costs the intake its checks
         results: list[ItemResult | None] = [None] * len(items)
         valid: list[tuple[int, ActionSubmission]] = []
         refusals: list[Awaitable[None]] = []
@@ -327,7 +376,12 @@ def create_app(
             400: {"model": Problem, "description": "Body is not parseable JSON"},
             401: {"description": "Missing or invalid token"},
             413: {"model": Problem, "description": "Body too large"},
-            422: {"model": Problem, "description": "Not an object with 1 to the allowed number of items"},
+            422: {
+                "model": Problem,
+                "description": "Not an object with 1 to the allowed number of items, or more items than the "
+                "submission limit allows",
+            },
+            429: RATE_LIMITED,
             503: UNAVAILABLE,
         },
     )(submit_actions)
