@@ -62,3 +62,26 @@ def test_a_caller_over_its_limit_is_answered_429_with_retry_after_and_recorded_o
     assert len(store.rows) == 3, "nothing refused is stored"
     letters = [letter for letter in send.events("unit.dlq") if letter.error_type == "rate_limited"]
     assert [(letter.principal, letter.payload_length) for letter in letters] == [("agent:reporter", 0)]
+    assert letters[0].source_topic == "http:POST /v1/actions"
+
+
+def test_refused_bodies_count_against_the_limit_and_past_it_are_not_recorded_one_by_one() -> None:
+    intake, store, send = intake_with()
+    app = create_app(Settings(submission_limit="2/minute"), wire=wiring_of(intake, store))
+    bad = json.dumps({**GOOD, "reason": ""})  # refused for what it holds: recorded under the caller
+    with TestClient(app) as client:
+        answers = [client.post("/v1/actions", content=bad, headers=AUTH) for _ in range(6)]
+        fine = client.post("/v1/actions", content=json.dumps(GOOD), headers=AUTH)
+    assert [a.status_code for a in answers] == [422, 422, 429, 429, 429, 429] and fine.status_code == 429
+    assert [letter.error_type for letter in send.events("unit.dlq")] == ["invalid_body", "invalid_body", "rate_limited"]
+    assert store.rows == {}
+
+
+def test_bodies_over_the_bounds_count_too_and_past_the_limit_are_answered_but_not_recorded() -> None:
+    intake, store, send = intake_with()
+    settings = Settings(submission_limit="2/minute", max_body_bytes=1024)
+    too_big = json.dumps({**GOOD, "reason": "x" * 2000})
+    with TestClient(create_app(settings, wire=wiring_of(intake, store))) as client:
+        answers = [client.post("/v1/actions", content=too_big, headers=AUTH) for _ in range(4)]
+    assert [a.status_code for a in answers] == [413] * 4
+    assert [letter.error_type for letter in send.events("unit.dlq")] == ["body_too_large"] * 2

@@ -97,6 +97,7 @@ UNAVAILABLE = {
     "Retry-After seconds",
     "headers": {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}},
 }
+SUBMISSION_ROUTES = frozenset({"POST /v1/actions", "POST /v1/actions:batch"})  # what the limit counts
 RATE_LIMITED = {
     "model": Problem,
     "description": "The caller is over its submission limit (KEYTURN_SUBMISSION_LIMIT); try again after "
@@ -172,9 +173,14 @@ def create_app(
             principal = authenticate(request.headers.get("authorization"))
         except HTTPException as unauthenticated:  # raised out of a handler it would become a 500
             return await masked_http_error(request, unauthenticated)
+        route = route_of(request)
+        # a refused submission counts against the caller's limit as an accepted one does: else a
+        # flood of bad bodies would write a refusal record for each
+        if route in SUBMISSION_ROUTES and (over := await throttled(principal, route, 1)) is not None:
+            return over
         problems = [masked_line(p) for p in problems[:MAX_PROBLEMS]]
         REJECTED.labels("http", error).inc()
-        body, route = await received_body(request), route_of(request)
+        body = await received_body(request)
         await record_refusal(
             source_topic=f"http:{route}",
             payload=body,
@@ -195,8 +201,11 @@ def create_app(
             principal = wired.parts.verifier.verify(bearer_token(header(scope, "authorization")))
         except InvalidToken:
             return
+        route = route_of(scope)
+        if route in SUBMISSION_ROUTES and throttle.take(principal.id) is not None:
+            return  # over the caller's limit: answered, counted, not recorded one by one
         await record_refusal(
-            source_topic=f"http:{route_of(scope)}",
+            source_topic=f"http:{route}",
             payload=received,
             error=UndecodableMessage("body_too_large" if status == 413 else "headers_too_large", "; ".join(problems)),
             principal=principal.id,
@@ -288,7 +297,7 @@ def create_app(
         422 naming why for an action the catalog refuses (``data.keyturn.execution``); 429 when the
         caller is over its submission limit."""
         principal = authenticate(authorization)
-        if (refused := await throttled(principal, "/v1/actions", 1)) is not None:
+        if (refused := await throttled(principal, "POST /v1/actions", 1)) is not None:
             return refused
         try:
             stored, created = await wired.parts.intake.submit(principal, submission, SubmissionChannel.HTTP)
@@ -324,7 +333,7 @@ def create_app(
         idempotency keys never creates a second action."""
         principal = authenticate(authorization)
         items: list[Any] = batch.items
-        if (refused := await throttled(principal, "/v1/actions:batch", len(items))) is not None:
+        if (refused := await throttled(principal, "POST /v1/actions:batch", len(items))) is not None:
             return refused  # every item counts, valid or not: each costs the intake its checks
         results: list[ItemResult | None] = [None] * len(items)
         valid: list[tuple[int, ActionSubmission]] = []
