@@ -85,3 +85,17 @@ def test_bodies_over_the_bounds_count_too_and_past_the_limit_are_answered_but_no
         answers = [client.post("/v1/actions", content=too_big, headers=AUTH) for _ in range(4)]
     assert [a.status_code for a in answers] == [413] * 4
     assert [letter.error_type for letter in send.events("unit.dlq")] == ["body_too_large"] * 2
+
+
+def test_a_submission_the_catalog_refuses_counts_once() -> None:
+    intake, store, _send = intake_with()
+
+    async def no_executor(action: str) -> str | None:
+        return "no plugin performs it"
+
+    intake.refusal_for = no_executor
+    app = create_app(Settings(submission_limit="2/minute"), wire=wiring_of(intake, store))
+    with TestClient(app) as client:
+        answers = [client.post("/v1/actions", content=json.dumps(GOOD), headers=AUTH) for _ in range(3)]
+    assert [a.status_code for a in answers] == [422, 422, 429]
+    assert store.rows == {}

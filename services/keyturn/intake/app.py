@@ -163,7 +163,9 @@ def create_app(
                 "a refusal from %s was answered but not recorded: %s", letter.get("principal"), type(exc).__name__
             )
 
-    async def refuse(request: Request, status: int, error: str, problems: list[str]) -> JSONResponse:
+    async def refuse(
+        request: Request, status: int, error: str, problems: list[str], *, counted: bool = False
+    ) -> JSONResponse:
         """Answer a bad request with what is wrong, and record it under the caller's identity.
 
         The caller is authenticated first: without a valid token the answer is 401 and nothing
@@ -174,9 +176,10 @@ def create_app(
         except HTTPException as unauthenticated:  # raised out of a handler it would become a 500
             return await masked_http_error(request, unauthenticated)
         route = route_of(request)
-        # a refused submission counts against the caller's limit as an accepted one does: else a
-        # flood of bad bodies would write a refusal record for each
-        if route in SUBMISSION_ROUTES and (over := await throttled(principal, route, 1)) is not None:
+        # a refused submission counts against the caller's limit as an accepted one does (once: one
+        # the handler counted, then refused for what it asks, is ``counted``): else a flood of bad
+        # bodies would write a refusal record for each
+        if not counted and route in SUBMISSION_ROUTES and (over := await throttled(principal, route, 1)) is not None:
             return over
         problems = [masked_line(p) for p in problems[:MAX_PROBLEMS]]
         REJECTED.labels("http", error).inc()
@@ -302,12 +305,12 @@ def create_app(
         try:
             stored, created = await wired.parts.intake.submit(principal, submission, SubmissionChannel.HTTP)
         except NoExecutor as exc:
-            return await refuse(request, 422, NoExecutor.error_type, exc.problems)
+            return await refuse(request, 422, NoExecutor.error_type, exc.problems, counted=True)
         except IdempotencyConflict as exc:
             REJECTED.labels("http", "idempotency_conflict").inc()
             raise HTTPException(409, detail=str(exc)) from exc
         except InvalidParameters as exc:
-            return await refuse(request, 422, InvalidParameters.error_type, exc.problems)
+            return await refuse(request, 422, InvalidParameters.error_type, exc.problems, counted=True)
         if not created:
             response.status_code = 200
         return {"action_id": stored.action_id, "state": stored.state.value}
