@@ -17,6 +17,7 @@ import binascii
 import re
 import string
 from collections.abc import Iterator
+from functools import cached_property
 
 from detect_secrets.filters.heuristic import (
     _get_id_detector_regex,
@@ -408,14 +409,13 @@ class _IdNames:
 
     def __init__(self, line: str) -> None:
         self._line = line
-        self._first_end: int | None = None
-        self._searched = False
+
+    @cached_property
+    def _first_end(self) -> int | None:  # searched only for a line with a random-looking token
+        found = _get_id_detector_regex().search(self._line)
+        return found.end() if found is not None else None
 
     def before(self, index: int) -> bool:
-        if not self._searched:
-            found = _get_id_detector_regex().search(self._line)
-            self._first_end = found.end() if found is not None else None
-            self._searched = True
         return self._first_end is not None and self._first_end <= index
 
 
