@@ -52,7 +52,7 @@ from keyturn.intake.submissions import (
     NoExecutor,
     Submitted,
 )
-from keyturn.intake.throttle import Oversized, SubmissionThrottle
+from keyturn.intake.throttle import Oversized, SubmissionThrottle, Throttled
 from keyturn.intake.wiring import IntakeWiring, bootstrap, start_background
 
 log = logging.getLogger(__name__)
@@ -205,8 +205,9 @@ def create_app(
         except InvalidToken:
             return
         route = route_of(scope)
-        if route in SUBMISSION_ROUTES and throttle.take(principal.id) is not None:
-            return  # over the caller's limit: answered, counted, not recorded one by one
+        over = throttle.take(principal.id) if route in SUBMISSION_ROUTES else None
+        if isinstance(over, Throttled) and not over.first:
+            return  # over the caller's limit: answered and counted; its spell's first refusal was recorded
         await record_refusal(
             source_topic=f"http:{route}",
             payload=received,
